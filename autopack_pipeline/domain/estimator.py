@@ -1,0 +1,432 @@
+"""Autopack's TokenEstimator and ``select_budget``, formula for formula, with numbers from data.
+
+An estimate picks one of four models (``reference/autopack_spec.md`` section 2):
+
+* no deliverables: the complexity default, confidence 0.5;
+* DOC_SOT_UPDATE: pure-doc phases touching a ledger file such as CHANGELOG.md;
+* DOC_SYNTHESIS: pure-doc phases that need API extraction, examples or research;
+* the overhead model: ``int((overhead(category, complexity) + sum of marginal costs) * 1.3)``.
+
+Every number comes from a ``CoefficientTable`` (``seeds/estimator_coefficients.yaml``). One
+deliberate difference is selectable: Autopack looked PHASE_OVERHEAD up by the raw category, so
+``tests`` phases missed the calibrated ``testing`` row (pitfall P7). ``category_lookup="canonical"``
+(default) normalises both sides; ``category_lookup="autopack"`` reproduces the miss for parity.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
+
+from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
+from autopack_pipeline.domain.coefficients import (
+    CoefficientTable,
+    ContextQuality,
+    default_coefficients,
+    load_coefficients,
+)
+
+__all__ = [
+    "CoefficientTable",
+    "TokenEstimate",
+    "TokenEstimator",
+    "clear_file_complexity_cache",
+    "complexity_default_budget",
+    "context_quality",
+    "deliverable_kind",
+    "estimate_confidence",
+    "extract_deliverable_path",
+    "extract_doc_features",
+    "file_complexity_multiplier",
+    "is_doc_synthesis",
+    "load_coefficients",
+    "normalize_deliverables",
+    "select_budget",
+]
+
+logger = logging.getLogger(__name__)
+
+CATEGORY_LOOKUPS = ("canonical", "autopack")
+NO_DELIVERABLES_CONFIDENCE = 0.5
+
+# Autopack's raw spellings of "already a documentation category" (autopack mode), and ours.
+_AUTOPACK_DOC_CATEGORIES = frozenset({"documentation", "docs", "doc_synthesis", "doc_sot_update"})
+_AUTOPACK_SYNTHESIS_CATEGORIES = frozenset({"documentation", "docs"})
+_CANONICAL_DOC_CATEGORIES = frozenset({"docs", "doc_synthesis", "doc_sot_update"})
+
+# First "path-like token with an extension" in a deliverable such as "Create src/foo.py (new)".
+_PATH_TOKEN = re.compile(r"[A-Za-z0-9_\-./]+\.[A-Za-z0-9]+")
+_LEADING_VERBS = ("create ", "modify ", "update ", "add ", "new file: ", "new: ")
+_TRAILING_PARENTHESIS = re.compile(r"\s*\([^)]*\)\s*$")
+_HAS_EXTENSION = re.compile(r"\.[A-Za-z0-9]{2,4}")
+_NEW_FILE_WORDS = ("create", "new", "add")
+_ACTION_WORDS = ("create", "modify", "update", "add", "new")
+
+_TEST_SUFFIXES = ("_test.py", ".spec.ts", ".spec.tsx", ".test.ts", ".test.tsx")
+_CONFIG_EXTENSIONS = (".yml", ".yaml", ".json", ".toml", ".txt", ".ini")
+_FRONTEND_EXTENSIONS = (".tsx", ".jsx", ".vue", ".svelte")
+# Breakdown labels group the three code kinds under Autopack's "backend" label.
+_LABEL_OF_KIND = {"python": "backend", "sql": "backend", "default": "backend"}
+
+
+@dataclass(frozen=True)
+class TokenEstimate:
+    """One prediction. ``doc_features`` carries what the telemetry writer records for doc phases."""
+
+    estimated_tokens: int
+    deliverable_count: int
+    category: str
+    complexity: str
+    breakdown: dict[str, int]
+    confidence: float
+    doc_features: dict[str, Any] = field(default_factory=dict)
+
+
+# -- deliverables ------------------------------------------------------------------------------
+
+
+def normalize_deliverables(obj: Any) -> list[str]:
+    """Flatten str/list/tuple/set/dict nesting into non-empty stripped strings (dicts: values).
+
+    Production phases stored deliverables as ``{"tests": [...], "docs": [...]}``; counting that as
+    zero deliverables sent them to the complexity default (pitfall P6). Other types go through str().
+    """
+    flat: list[str] = []
+
+    def walk(item: Any) -> None:
+        if item is None:
+            return
+        if isinstance(item, dict):
+            for value in item.values():
+                walk(value)
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            for value in item:
+                walk(value)
+        else:
+            text = (item if isinstance(item, str) else str(item)).strip()
+            if text:
+                flat.append(text)
+
+    walk(obj)
+    return flat
+
+
+def extract_deliverable_path(deliverable: str) -> str:
+    """The file path a deliverable names ("Modify src/a.py to add X" -> "src/a.py").
+
+    Without a path-like token, the lower-cased text minus a leading verb and a trailing "(...)".
+    """
+    match = _PATH_TOKEN.search(deliverable)
+    if match:
+        return match.group(0)
+    text = deliverable.lower()
+    for verb in _LEADING_VERBS:  # applied in order, each at most once, as Autopack does
+        if text.startswith(verb):
+            text = text[len(verb):]
+    return _TRAILING_PARENTHESIS.sub("", text).strip()
+
+
+def _is_doc_text(deliverable: str) -> bool:
+    text = deliverable.strip().lower().replace("\\", "/")
+    return text.startswith("docs/") or text.endswith(".md")
+
+
+def _lower_basename(deliverable: str) -> str:
+    return PurePosixPath(deliverable.lower().replace("\\", "/")).name
+
+
+def deliverable_kind(path: str, category: str) -> str:
+    """Row of the marginal-cost table for a path: the first of test, doc, config, frontend, python, sql."""
+    lower = path.replace("\\", "/").lower()
+    base = PurePosixPath(lower).name
+    if lower.startswith("tests/") or "/tests/" in lower or base.startswith("test_") or base.endswith(_TEST_SUFFIXES):
+        return "test"
+    if lower.startswith("docs/") or lower.endswith(".md"):
+        return "doc"
+    if lower.endswith(_CONFIG_EXTENSIONS) or "migration" in lower or "alembic/versions" in lower:
+        return "config"
+    if lower.endswith(_FRONTEND_EXTENSIONS) or category == "frontend":
+        return "frontend"
+    if lower.endswith((".py", ".pyi")):
+        return "python"
+    if lower.endswith(".sql"):
+        return "sql"
+    return "default"
+
+
+def estimate_confidence(deliverables: Sequence[str]) -> float:
+    """0.5 + 0.3 * share naming a file extension + 0.2 * share with an action verb, at most 1.0."""
+    if not deliverables:
+        return 0.0
+    n = len(deliverables)
+    specific = sum(1 for d in deliverables if _HAS_EXTENSION.search(d)) / n
+    actionable = sum(1 for d in deliverables if any(w in d.lower() for w in _ACTION_WORDS)) / n
+    return min(1.0, 0.5 + 0.3 * specific + 0.2 * actionable)
+
+
+# -- documentation features ----------------------------------------------------------------------
+
+
+def extract_doc_features(deliverables: Sequence[str], task_description: str = "") -> dict[str, bool]:
+    """Substring signals of documentation synthesis; research looks at the description only."""
+    task = (task_description or "").lower()
+    text = " ".join(deliverables).lower() + " " + task
+
+    def any_in(haystack: str, *needles: str) -> bool:
+        return any(needle in haystack for needle in needles)
+
+    return {
+        "api_reference_required": any_in(text, "api_reference", "api reference", "api.md", "endpoints", "rest api"),
+        "examples_required": any_in(text, "examples.md", "example", "snippets", "sample code", "usage example"),
+        "research_required": any_in(
+            task, "from scratch", "create documentation for", "document the", "comprehensive", "investigate"
+        ),
+        "usage_guide_required": any_in(text, "usage_guide", "user guide", "getting started", "tutorial"),
+    }
+
+
+def is_doc_synthesis(features: dict[str, bool]) -> bool:
+    """API reference, or examples together with research or a usage guide."""
+    examples = features["examples_required"]
+    return bool(
+        features["api_reference_required"]
+        or (examples and features["research_required"])
+        or (examples and features["usage_guide_required"])
+    )
+
+
+def context_quality(
+    scope_paths: Sequence[str] | None, coefficients: CoefficientTable | None = None
+) -> ContextQuality:
+    """How much code context the phase gets: none, some, or strong (more than 10 scope paths)."""
+    table = coefficients or default_coefficients()
+    if not scope_paths:
+        return "none"
+    return "strong" if len(scope_paths) > table.context_quality.strong_above_paths else "some"
+
+
+# -- existing-file complexity ---------------------------------------------------------------------
+
+# (resolved path, mtime_ns, size) -> (code lines, import lines, max indent). The file measures are
+# cached rather than the multiplier, so tables with different bands can share the cache.
+_file_measures: dict[tuple[str, int, int], tuple[int, int, int]] = {}
+_FILE_CACHE_LIMIT = 2048
+
+
+def clear_file_complexity_cache() -> None:
+    """Forget every cached file measurement."""
+    _file_measures.clear()
+
+
+def _measure_file(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    key = (str(path.resolve()), info.st_mtime_ns, info.st_size)
+    cached = _file_measures.get(key)
+    if cached is not None:
+        return cached
+    lines = path.read_text(encoding="utf-8", errors="ignore").split("\n")
+    code = [line for line in lines if line.strip() and not line.strip().startswith("#")]
+    measures = (
+        len(code),
+        sum(1 for line in code if "import " in line),
+        max((len(line) - len(line.lstrip()) for line in code), default=0),
+    )
+    if len(_file_measures) >= _FILE_CACHE_LIMIT:
+        _file_measures.clear()  # crude bound; a cold cache only costs a re-read
+    _file_measures[key] = measures
+    return measures
+
+
+def file_complexity_multiplier(path: Path, coefficients: CoefficientTable | None = None) -> float:
+    """Multiplier on a modified file's marginal cost from its size, imports and nesting.
+
+    Product of three step factors clamped to [0.5, 2.0] (by default); 1.0 when unreadable.
+    """
+    rules = (coefficients or default_coefficients()).file_complexity
+    try:
+        code_lines, import_lines, max_indent = _measure_file(Path(path))
+    except (OSError, ValueError) as exc:
+        logger.debug("file complexity of %s unavailable: %s", path, exc)
+        return 1.0
+    product = rules.code_lines.factor(code_lines) * rules.import_lines.factor(import_lines)
+    product *= rules.max_indent.factor(max_indent)
+    return max(rules.clamp.min, min(rules.clamp.max, product))
+
+
+def _exists(path: Path) -> bool | None:
+    """``Path.exists`` that reports an unanswerable question (bad name, permissions) as None."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return None
+
+
+# -- the estimator --------------------------------------------------------------------------------
+
+
+class TokenEstimator:
+    """Predicts a phase's output tokens from its deliverables, category and complexity."""
+
+    def __init__(
+        self,
+        coefficients: CoefficientTable | None = None,
+        workspace: Path | None = None,
+        category_lookup: str = "canonical",
+    ) -> None:
+        if category_lookup not in CATEGORY_LOOKUPS:
+            raise ValueError(f"category_lookup must be one of {CATEGORY_LOOKUPS}, got {category_lookup!r}")
+        self.coefficients = coefficients if coefficients is not None else default_coefficients()
+        self.workspace = Path(workspace) if workspace is not None else None
+        self.category_lookup = category_lookup
+
+    def estimate(
+        self,
+        deliverables: Any,
+        category: str,
+        complexity: str,
+        scope_paths: Sequence[str] | None = None,
+        task_description: str = "",
+    ) -> TokenEstimate:
+        """Estimate one phase (dispatch of spec section 2.2)."""
+        items = normalize_deliverables(deliverables)
+        canonical = self.category_lookup == "canonical"
+        raw_category = "" if category is None else str(category)
+        raw_complexity = "" if complexity is None else str(complexity)
+        if canonical:
+            category_key = normalise_category(raw_category)
+            level = canonical_complexity(raw_complexity) or raw_complexity.strip().lower()
+        else:
+            category_key, level = raw_category, raw_complexity
+        table = self.coefficients
+
+        if not items:
+            return TokenEstimate(
+                estimated_tokens=table.no_deliverables_default(level),
+                deliverable_count=0,
+                category=category_key,
+                complexity=level,
+                breakdown={},
+                confidence=NO_DELIVERABLES_CONFIDENCE,
+            )
+
+        # A phase whose deliverables are all docs is a docs phase whatever it was filed under
+        # (some phases had no category at all), so the doc models can apply.
+        pure_doc = all(_is_doc_text(d) for d in items)
+        doc_categories = _CANONICAL_DOC_CATEGORIES if canonical else _AUTOPACK_DOC_CATEGORIES
+        effective = category_key
+        if pure_doc and category_key not in doc_categories:
+            effective = "docs" if canonical else "documentation"
+
+        features: dict[str, Any] = extract_doc_features(items, task_description)
+        features["context_quality"] = quality = context_quality(scope_paths, table)
+        features.update(is_sot_file=False, sot_file_name=None, sot_entry_count_hint=None)
+
+        sot_names = set(table.doc_sot_update.sot_file_names)
+        sot_file = next((_lower_basename(d) for d in items if _lower_basename(d) in sot_names), None)
+        if pure_doc and sot_file is not None:
+            features.update(is_sot_file=True, sot_file_name=sot_file, sot_entry_count_hint=len(items))
+            return self._doc_sot_update(items, level, quality, features)
+
+        synthesis_categories = {"docs"} if canonical else _AUTOPACK_SYNTHESIS_CATEGORIES
+        if pure_doc and effective in synthesis_categories and is_doc_synthesis(features):
+            return self._doc_synthesis(items, level, quality, features)
+
+        return self._overhead_model(items, effective, level, features)
+
+    # -- models ----------------------------------------------------------------------------------
+
+    def _doc_sot_update(self, items: list[str], level: str, quality: ContextQuality, features: dict) -> TokenEstimate:
+        model = self.coefficients.doc_sot_update
+        context = model.context.for_quality(quality)
+        write = model.write_per_entry * max(1, len(items))
+        consistency = int(model.consistency_fraction * write)
+        total = int((context + write + consistency) * self.coefficients.safety_margin)
+        breakdown = {
+            "sot_context_reconstruction": context,
+            "sot_write_entries": write,
+            "sot_consistency_overhead": consistency,
+        }
+        return TokenEstimate(total, len(items), "doc_sot_update", level, breakdown, model.confidence, features)
+
+    def _doc_synthesis(self, items: list[str], level: str, quality: ContextQuality, features: dict) -> TokenEstimate:
+        model = self.coefficients.doc_synthesis
+        writing = model.writing_per_deliverable * len(items)
+        breakdown = {
+            "doc_synthesis_investigate": model.investigate.for_quality(quality),
+            "doc_synthesis_api_extract": model.api_extract if features["api_reference_required"] else 0,
+            "doc_synthesis_examples": model.examples if features["examples_required"] else 0,
+            "doc_synthesis_writing": writing,
+            "doc_synthesis_coordination": (
+                int(model.coordination_fraction * writing) if len(items) >= model.coordination_min_deliverables else 0
+            ),
+        }
+        total = int(sum(breakdown.values()) * self.coefficients.safety_margin)
+        return TokenEstimate(total, len(items), "doc_synthesis", level, breakdown, model.confidence, features)
+
+    def _overhead_model(self, items: list[str], category: str, level: str, features: dict) -> TokenEstimate:
+        workspace = self.workspace if self.workspace is not None else Path.cwd()
+        breakdown: dict[str, int] = {}
+        marginal = 0
+        for item in items:
+            label, tokens = self._deliverable_cost(item, category, workspace)
+            marginal += tokens
+            breakdown[label] = breakdown.get(label, 0) + tokens
+        overhead = self.coefficients.overhead(category, level, self.category_lookup)
+        total = int((overhead + marginal) * self.coefficients.safety_margin)
+        logger.debug(
+            "overhead model: category=%s complexity=%s overhead=%d marginal=%d total=%d (coefficients %s)",
+            category, level, overhead, marginal, total, self.coefficients.version,
+        )
+        return TokenEstimate(total, len(items), category, level, breakdown, estimate_confidence(items), features)
+
+    def _deliverable_cost(self, item: str, category: str, workspace: Path) -> tuple[str, int]:
+        """(breakdown label, marginal tokens) of one deliverable."""
+        path = extract_deliverable_path(item)
+        target = workspace / path
+        exists = _exists(target)
+        # Plain paths carry no verb, so a file missing from the workspace is a new file; without
+        # this, new files were priced as modifications and systematically underestimated.
+        is_new = any(word in item.lower() for word in _NEW_FILE_WORDS) or exists is False
+        kind = deliverable_kind(path, category)
+        costs = getattr(self.coefficients.marginal_cost, kind)
+        tokens = costs.new if is_new else costs.modify
+        if not is_new and exists:
+            tokens = int(tokens * file_complexity_multiplier(target, self.coefficients))
+        label = f"{_LABEL_OF_KIND.get(kind, kind)}_{'new' if is_new else 'modify'}"
+        return label, tokens
+
+
+# -- budgets --------------------------------------------------------------------------------------
+
+
+def complexity_default_budget(complexity: str, coefficients: CoefficientTable | None = None) -> int:
+    """Autopack's complexity default: low 8192, medium 12288, high 16384, anything else 8192.
+
+    The key is matched exactly, as Autopack did; pass a canonical complexity.
+    """
+    return (coefficients or default_coefficients()).no_deliverables_default(complexity)
+
+
+def select_budget(estimate: TokenEstimate, complexity: str, coefficients: CoefficientTable | None = None) -> int:
+    """The ``max_tokens`` to request: ``min(max(floor, int(estimate * margin)), cap)`` (spec 2.7).
+
+    The floor is looked up by canonical category; the margin rules see the estimate's own category
+    and the ``complexity`` argument exactly as given, as in Autopack.
+    """
+    table = coefficients or default_coefficients()
+    rules = table.budget
+    floor = table.budget_floor(normalise_category(estimate.category), complexity)
+    margin = rules.buffer_margin
+    if estimate.confidence < rules.low_confidence.below:
+        margin = max(margin, rules.low_confidence.margin)
+    if estimate.deliverable_count >= rules.many_deliverables.at_least:
+        margin = max(margin, rules.many_deliverables.margin)
+    if estimate.category in rules.high_risk.categories and complexity == rules.high_risk.complexity:
+        margin = max(margin, rules.high_risk.margin)
+    if estimate.category in rules.doc_models.categories:
+        # An assignment, not a max: these models are known to underestimate by about 2x.
+        margin = rules.doc_models.margin
+    return min(max(floor, int(estimate.estimated_tokens * margin)), rules.cap)
