@@ -1,0 +1,1 @@
+"""A telemetry collection run: phases from ``seeds/``, drained through the Builder."""

@@ -1,0 +1,81 @@
+"""Settings read from the environment, in one place.
+
+Secrets are ``SecretStr`` so that printing or serialising the settings never shows them. Nothing
+here is read at import time: call :func:`load_settings` when a command or an asset starts, so a
+``DATABASE_URL`` set after import is honoured (Autopack's pitfall P1: an engine bound at import).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+BackendName = Literal["simulated", "anthropic"]
+
+
+class SettingsError(ValueError):
+    """A setting from the environment has a value we cannot use; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    telemetry_db_enabled: bool = Field(default=False, validation_alias="TELEMETRY_DB_ENABLED")
+    llm_backend: BackendName = Field(default="simulated", validation_alias="AUTOPACK_LLM_BACKEND")
+    anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+    model: str = Field(default="claude-sonnet-4-5", validation_alias="AUTOPACK_MODEL")
+    seeds_dir: Path = Field(default=REPO_ROOT / "seeds", validation_alias="AUTOPACK_SEEDS_DIR")
+    reports_dir: Path = Field(default=Path("reports"), validation_alias="AUTOPACK_REPORTS_DIR")
+    simulation_seed: int = Field(default=42, validation_alias="AUTOPACK_SIM_SEED")
+
+    task_generation_enabled: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("AUTOPACK_TASK_GENERATION_ENABLED", "TASK_GENERATION_ENABLED"),
+    )
+    task_generation_auto_execute: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("AUTOPACK_TASK_GENERATION_AUTO_EXECUTE", "TASK_GENERATION_AUTO_EXECUTE"),
+    )
+    task_generation_max_tasks: int = Field(
+        default=10,
+        ge=0,
+        validation_alias=AliasChoices("AUTOPACK_TASK_GENERATION_MAX_TASKS", "TASK_GENERATION_MAX_TASKS_PER_RUN"),
+    )
+    task_generation_min_confidence: float = Field(
+        default=0.7,
+        ge=0.0,
+        le=1.0,
+        validation_alias=AliasChoices(
+            "AUTOPACK_TASK_GENERATION_MIN_CONFIDENCE", "TASK_GENERATION_MIN_CONFIDENCE"
+        ),
+    )
+
+    def resolved_reports_dir(self) -> Path:
+        """The reports directory as an absolute path (relative paths resolve against the cwd)."""
+        return self.reports_dir.expanduser().resolve()
+
+
+def _variable_name(field_name: str) -> str:
+    alias = Settings.model_fields[field_name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return str(alias or field_name)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a bad value raises :class:`SettingsError` naming the environment variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            name = _variable_name(field) if field in Settings.model_fields else field
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid setting: " + "; ".join(problems)) from None
