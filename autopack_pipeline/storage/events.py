@@ -1,0 +1,320 @@
+"""Writing and reading token-estimation and escalation events (Autopack's §3.3 writer, and readers).
+
+The writers are best-effort by contract: telemetry must never fail a build, so they catch every
+exception, log it without secrets, and return ``False``. The reader returns the events DataFrame
+shape of :mod:`autopack_pipeline.domain.events`, also for databases that lack our newer columns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, insert, inspect, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.events import EVENT_COLUMNS, conform_events_frame, empty_events_frame
+from autopack_pipeline.storage.database import insert_ignoring_conflicts, safe_error_text
+from autopack_pipeline.storage.models import (
+    Phase,
+    Run,
+    Tier,
+    TokenBudgetEscalationEvent,
+    TokenEstimationV2Event,
+    utc_now,
+)
+
+logger = logging.getLogger(__name__)
+
+TELEMETRY_FLAG = "TELEMETRY_DB_ENABLED"
+MIN_VALID_OUTPUT_TOKENS = 50  # smaller outputs are parser/API failures (e.g. an empty "files: []")
+MAX_STORED_DELIVERABLES = 20
+MAX_DELIVERABLE_CHARS = 200
+
+_EVENTS = TokenEstimationV2Event.__table__
+_ESCALATIONS = TokenBudgetEscalationEvent.__table__
+
+
+def telemetry_enabled(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the Builder should persist events: ``TELEMETRY_DB_ENABLED`` is 1/true/yes (default off)."""
+    return str(env.get(TELEMETRY_FLAG, "")).strip().lower() in {"1", "true", "yes"}
+
+
+class EstimationEvent(BaseModel):
+    """What the Builder knows after one LLM call: the writer's input."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    phase_id: str
+    category: str | None = None
+    complexity: str | None = None
+    deliverables: list[str] = Field(default_factory=list)
+    predicted_output_tokens: int
+    actual_output_tokens: int
+    selected_budget: int = 0
+    actual_max_tokens: int | None = None
+    success: bool
+    truncated: bool = False
+    stop_reason: str | None = None
+    model: str
+    attempt: int | None = None
+    event_uid: str | None = Field(default=None, max_length=64)
+    actual_is_total_tokens: bool = False
+    phase_completed: bool | None = None
+    api_reference_required: bool | None = None
+    examples_required: bool | None = None
+    research_required: bool | None = None
+    usage_guide_required: bool | None = None
+    context_quality: str | None = None
+    is_sot_file: bool | None = False
+    sot_file_name: str | None = None
+    sot_entry_count_hint: int | None = None
+    timestamp: datetime | None = None
+
+
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    """Columns are timezone-less and hold UTC; aware values are converted, naive ones taken as UTC."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _clip_deliverable(text: str) -> str:
+    if len(text) <= MAX_DELIVERABLE_CHARS:
+        return text
+    return text[: MAX_DELIVERABLE_CHARS - 3] + "..."
+
+
+def estimation_metrics(predicted: int, actual: int) -> tuple[float | None, float | None, bool | None]:
+    """``(smape_percent, waste_ratio, underestimated)`` as Autopack stores them; all None unless both > 0."""
+    if actual <= 0 or predicted <= 0:
+        return None, None, None
+    smape = abs(actual - predicted) / max(1.0, (abs(actual) + abs(predicted)) / 2) * 100
+    return smape, predicted / actual, actual > predicted
+
+
+def estimation_row(event: EstimationEvent) -> dict[str, Any]:
+    """The ``token_estimation_v2_events`` row for ``event`` (column name -> value), minus ``event_id``."""
+    smape, waste, under = estimation_metrics(event.predicted_output_tokens, event.actual_output_tokens)
+    now = utc_now()
+    stored = [_clip_deliverable(str(item)) for item in event.deliverables[:MAX_STORED_DELIVERABLES]]
+    return {
+        "run_id": event.run_id,
+        "phase_id": event.phase_id,
+        "timestamp": _naive_utc(event.timestamp) or now,
+        "category": normalise_category(event.category),
+        "complexity": normalise_complexity(event.complexity),
+        "deliverable_count": len(event.deliverables),  # the full count, not the stored 20
+        "deliverables_json": json.dumps(stored),
+        "predicted_output_tokens": event.predicted_output_tokens,
+        "actual_output_tokens": event.actual_output_tokens,
+        "selected_budget": event.selected_budget,
+        "actual_max_tokens": event.actual_max_tokens,
+        "success": event.success,
+        "truncated": event.truncated,
+        "stop_reason": event.stop_reason,
+        "model": event.model,
+        "smape_percent": smape,
+        "waste_ratio": waste,
+        "underestimated": under,
+        "is_truncated_output": event.truncated,
+        "api_reference_required": event.api_reference_required,
+        "examples_required": event.examples_required,
+        "research_required": event.research_required,
+        "usage_guide_required": event.usage_guide_required,
+        "context_quality": event.context_quality,
+        "is_sot_file": event.is_sot_file,
+        "sot_file_name": event.sot_file_name,
+        "sot_entry_count_hint": event.sot_entry_count_hint,
+        "created_at": now,
+        "attempt": event.attempt,
+        "event_uid": event.event_uid or uuid.uuid4().hex,
+        "actual_is_total_tokens": event.actual_is_total_tokens,
+        "phase_completed": event.phase_completed,
+    }
+
+
+def record_estimation_event(
+    engine: Engine, event: EstimationEvent | Mapping[str, Any], *, respect_flag: bool = True
+) -> bool:
+    """Persist one estimation event; ``True`` when it is stored (or already was, by ``event_uid``).
+
+    Returns ``False`` without writing when ``respect_flag`` and telemetry is off, or when the actual
+    output is below 50 tokens. Never raises: any failure is logged and reported as ``False``.
+    """
+    try:
+        if respect_flag and not telemetry_enabled():
+            return False
+        if not isinstance(event, EstimationEvent):
+            event = EstimationEvent.model_validate(event)
+        if event.actual_output_tokens < MIN_VALID_OUTPUT_TOKENS:
+            logger.warning(
+                "[TELEMETRY] Skipping invalid event run=%s phase=%s: actual_output_tokens=%d < %d",
+                event.run_id, event.phase_id, event.actual_output_tokens, MIN_VALID_OUTPUT_TOKENS,
+            )
+            return False
+        row = estimation_row(event)
+        with engine.begin() as connection:
+            # A duplicate event_uid inserts nothing: replaying an import or a spool is harmless.
+            insert_ignoring_conflicts(connection, _EVENTS, row, ["event_uid"])
+        return True
+    except Exception as exc:  # noqa: BLE001 - the contract is "never raise into the Builder"
+        logger.warning("[TokenEstimationV2] Failed to write DB telemetry: %s", safe_error_text(exc))
+        return False
+
+
+def record_escalation_event(
+    engine: Engine,
+    *,
+    run_id: str,
+    phase_id: str,
+    attempt_index: int,
+    reason: str,
+    was_truncated: bool,
+    output_utilization: float | None,
+    escalation_factor: float,
+    base_value: int,
+    base_source: str,
+    retry_max_tokens: int,
+    selected_budget: int | None,
+    actual_max_tokens: int | None,
+    tokens_used: int | None,
+    timestamp: datetime | None = None,
+    respect_flag: bool = False,
+) -> bool:
+    """Persist one token-budget escalation decision; ``True`` when stored. Never raises.
+
+    Autopack's version passed a keyword that is not a column, so its rows never persisted (P14).
+    ``attempt_index`` is 1-based; ``output_utilization`` is a percent (0-100). The caller decides
+    whether telemetry is on (pass ``respect_flag=True`` to have this function check the flag).
+    """
+    try:
+        if respect_flag and not telemetry_enabled():
+            return False
+        row = {
+            "run_id": run_id,
+            "phase_id": phase_id,
+            "timestamp": _naive_utc(timestamp) or utc_now(),
+            "attempt_index": attempt_index,
+            "reason": reason,
+            "was_truncated": was_truncated,
+            "output_utilization": output_utilization,
+            "escalation_factor": escalation_factor,
+            "base_value": base_value,
+            "base_source": base_source,
+            "retry_max_tokens": retry_max_tokens,
+            "selected_budget": selected_budget,
+            "actual_max_tokens": actual_max_tokens,
+            "tokens_used": tokens_used,
+        }
+        with engine.begin() as connection:
+            connection.execute(insert(_ESCALATIONS).values(**row))
+        return True
+    except Exception as exc:  # noqa: BLE001 - best-effort telemetry, as the estimation writer
+        logger.warning("[TokenBudgetEscalation] Failed to write DB telemetry: %s", safe_error_text(exc))
+        return False
+
+
+@contextmanager
+def _connection_for(target: Session | Connection | Engine) -> Iterator[Connection]:
+    """A connection for ``target``; only an engine gets its own (committed) transaction."""
+    if isinstance(target, Engine):
+        with target.begin() as connection:
+            yield connection
+    elif isinstance(target, Session):
+        yield target.connection()
+    elif isinstance(target, Connection):
+        yield target
+    else:
+        raise TypeError(f"expected an Engine, Connection or Session, got {type(target).__name__}")
+
+
+def ensure_run_and_phase(
+    session_or_engine: Session | Connection | Engine,
+    run_id: str,
+    phase_id: str,
+    *,
+    tier_id: str = "T1",
+    phase_name: str | None = None,
+    category: str | None = None,
+    complexity: str | None = None,
+    phase_state: str = "QUEUED",
+    run_state: str = "RUN_CREATED",
+) -> int:
+    """Create the minimal ``runs``/``tiers``/``phases`` rows an event needs, when missing.
+
+    Returns the phase's integer primary key. Existing rows are left exactly as they are. With a
+    Session or Connection the caller owns the transaction; with an Engine this commits.
+    """
+    runs, tiers, phases = Run.__table__, Tier.__table__, Phase.__table__
+    with _connection_for(session_or_engine) as connection:
+        insert_ignoring_conflicts(connection, runs, {"id": run_id, "state": run_state}, ["id"])
+        existing = connection.execute(
+            select(phases.c.id).where(phases.c.run_id == run_id, phases.c.phase_id == phase_id)
+        ).scalar()
+        if existing is not None:
+            return int(existing)
+        tier_pk = connection.execute(
+            select(tiers.c.id).where(tiers.c.run_id == run_id, tiers.c.tier_id == tier_id).order_by(tiers.c.id)
+        ).scalar()
+        if tier_pk is None:
+            tier_index = connection.execute(
+                select(func.count()).select_from(tiers).where(tiers.c.run_id == run_id)
+            ).scalar_one()
+            result = connection.execute(
+                insert(tiers).values(tier_id=tier_id, run_id=run_id, tier_index=tier_index, name=tier_id, state="PENDING")
+            )
+            tier_pk = result.inserted_primary_key[0]
+        phase_index = connection.execute(
+            select(func.count()).select_from(phases).where(phases.c.run_id == run_id)
+        ).scalar_one()
+        values = {
+            "phase_id": phase_id,
+            "run_id": run_id,
+            "tier_id": tier_pk,
+            "phase_index": phase_index,
+            "name": phase_name or phase_id,
+            "state": phase_state,
+            "task_category": category,
+            "complexity": complexity,
+        }
+        insert_ignoring_conflicts(connection, phases, values, ["run_id", "phase_id"])
+        return int(
+            connection.execute(
+                select(phases.c.id).where(phases.c.run_id == run_id, phases.c.phase_id == phase_id)
+            ).scalar_one()
+        )
+
+
+def read_events(engine: Engine, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """All ``token_estimation_v2_events`` (or those of ``run_ids``) as a conformed events frame.
+
+    Only columns the database actually has are selected, so an Autopack database without our
+    columns (or without ``actual_max_tokens``) reads fine; missing columns come back as nulls.
+    A database without the table gives an empty frame.
+    """
+    inspector = inspect(engine)
+    if not inspector.has_table(_EVENTS.name):
+        logger.warning("table %s not found; returning no events", _EVENTS.name)
+        return empty_events_frame()
+    present = {column["name"] for column in inspector.get_columns(_EVENTS.name)}
+    by_name = {column.name: column for column in _EVENTS.columns}
+    wanted = [name for name in EVENT_COLUMNS if name in present and name in by_name]
+    statement = select(*(by_name[name].label(name) for name in wanted)).order_by(by_name["event_id"])
+    if run_ids is not None:
+        statement = statement.where(by_name["run_id"].in_(list(run_ids)))
+    with engine.connect() as connection:
+        result = connection.execute(statement)
+        frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+    return conform_events_frame(frame)

@@ -1,0 +1,118 @@
+"""What is in the telemetry database, in one JSON-ready dict (the ``db-check`` command's data).
+
+Read-only, and tolerant of partial schemas: a table that is missing is listed as missing rather than
+failing the check, because "no such table" is exactly the situation (pitfall P1) this report must
+make visible.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sqlalchemy import func, inspect, select, table
+from sqlalchemy.engine import Connection, Engine
+
+from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
+from autopack_pipeline.storage.database import describe_database
+from autopack_pipeline.storage.migrate import current_revision, head_revision
+from autopack_pipeline.storage.models import TELEMETRY_TABLES, Phase, TokenEstimationV2Event
+
+_ALEMBIC_TABLE = "alembic_version"
+
+
+def _pct(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 1) if whole else 0.0
+
+
+def _phase_states(connection: Connection) -> dict[str, int]:
+    phases = Phase.__table__
+    rows = connection.execute(select(phases.c.state, func.count()).group_by(phases.c.state)).all()
+    states = {str(state): int(count) for state, count in rows}
+    return dict(sorted(states.items())) | {"TOTAL": sum(states.values())}
+
+
+def _event_breakdown(connection: Connection) -> dict[str, Any]:
+    """Totals and per-category / per-complexity counts from one grouped query.
+
+    Groups use the canonical vocabulary (pitfall P7), so an Autopack row saying "documentation" and
+    one of ours saying "docs" are counted together; an unrecognised complexity keeps its raw value
+    rather than being folded into "medium".
+    """
+    events = TokenEstimationV2Event.__table__
+    columns = (events.c.category, events.c.complexity, events.c.success, events.c.truncated)
+    rows = connection.execute(select(*columns, func.count()).group_by(*columns)).all()
+    total = success = truncated = 0
+    by_category: dict[str, Counter[str]] = {"all": Counter(), "success": Counter()}
+    by_complexity: dict[str, Counter[str]] = {"all": Counter(), "success": Counter()}
+    for category, complexity, was_success, was_truncated, count in rows:
+        count = int(count)
+        cat = normalise_category(category)
+        cpx = canonical_complexity(complexity) or str(complexity)
+        total += count
+        success += count if was_success else 0
+        truncated += count if was_truncated else 0
+        scopes = ("all", "success") if was_success else ("all",)
+        for scope in scopes:
+            by_category[scope][cat] += count
+            by_complexity[scope][cpx] += count
+    return {
+        "total": total,
+        "success": success,
+        "truncated": truncated,
+        "success_pct": _pct(success, total),
+        "truncated_pct": _pct(truncated, total),
+        "by_category": dict(sorted(by_category["all"].items())),
+        "by_complexity": dict(sorted(by_complexity["all"].items())),
+        "success_by_category": dict(sorted(by_category["success"].items())),
+        "success_by_complexity": dict(sorted(by_complexity["success"].items())),
+    }
+
+
+def _no_events() -> dict[str, Any]:
+    """The event block of a database without the events table (fresh dicts each time)."""
+    return {
+        "total": 0,
+        "success": 0,
+        "truncated": 0,
+        "success_pct": 0.0,
+        "truncated_pct": 0.0,
+        "by_category": {},
+        "by_complexity": {},
+        "success_by_category": {},
+        "success_by_complexity": {},
+    }
+
+
+def database_summary(engine: Engine) -> dict[str, Any]:
+    """Identity, schema revision, row counts, phase states and event statistics of ``engine``'s database.
+
+    Keys: ``database`` (masked identity), ``schema`` {revision, head, up_to_date}, ``row_counts``
+    {table: rows} for every table present, ``missing_tables``, ``is_empty``, ``phase_states``
+    {state: n, "TOTAL": n}, ``events`` {total, success, truncated, success_pct, truncated_pct,
+    by_category, by_complexity, success_by_category, success_by_complexity}, ``escalations``.
+    """
+    present = set(inspect(engine).get_table_names())
+    with engine.connect() as connection:
+        counts = {
+            name: int(connection.execute(select(func.count()).select_from(table(name))).scalar_one())
+            for name in sorted(present - {_ALEMBIC_TABLE})
+        }
+        phase_states = _phase_states(connection) if "phases" in present else {"TOTAL": 0}
+        if TokenEstimationV2Event.__tablename__ in present:
+            events = _event_breakdown(connection)
+        else:
+            events = _no_events()
+    revision = current_revision(engine) if _ALEMBIC_TABLE in present else None
+    head = head_revision()
+    return {
+        "database": describe_database(engine).to_dict(),
+        "schema": {"revision": revision, "head": head, "up_to_date": revision == head},
+        "row_counts": counts,
+        "missing_tables": [name for name in TELEMETRY_TABLES if name not in present],
+        # Autopack's definition of an empty database: no runs and no phases.
+        "is_empty": counts.get("runs", 0) == 0 and counts.get("phases", 0) == 0,
+        "phase_states": phase_states,
+        "events": events,
+        "escalations": counts.get("token_budget_escalation_events", 0),
+    }
