@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autopack_pipeline.domain.calibration import DECREASE_BELOW, INCREASE_ABOVE
 from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
 
 MIN_CONFIDENCE_FLOOR = 0.5
@@ -104,12 +105,15 @@ def insights_from_tier_metrics(tier1: dict[str, Any], scope: str = "overall") ->
 
 
 def insights_from_calibration(groups: list[dict[str, Any]], method: str) -> list[Insight]:
-    """One insight per actionable recommendation; applying it always waits for a person."""
+    """One insight per actionable recommendation that changes something; applying it waits for a person.
+
+    A multiplier inside Autopack's +-20% tolerance band is "no adjustment needed", not a task.
+    """
     insights = []
     for group in groups:
-        if not group.get("actionable"):
-            continue
         multiplier = float(group["proposed_multiplier"])
+        if not group.get("actionable") or DECREASE_BELOW <= multiplier <= INCREASE_ABOVE:
+            continue
         change = abs(multiplier - 1.0) * 100
         subject = f"{group['category']}/{group['complexity']}"
         insights.append(

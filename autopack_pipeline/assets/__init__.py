@@ -1,0 +1,17 @@
+"""The six software-defined assets, one module per stage, in pipeline order."""
+
+from autopack_pipeline.assets.calibration import calibration_recommendations
+from autopack_pipeline.assets.collection import telemetry_collection_run
+from autopack_pipeline.assets.events import raw_events
+from autopack_pipeline.assets.metrics import tier_metrics
+from autopack_pipeline.assets.samples import success_samples
+from autopack_pipeline.assets.tasks import generated_tasks
+
+PIPELINE_ASSETS = [
+    telemetry_collection_run,
+    raw_events,
+    success_samples,
+    tier_metrics,
+    calibration_recommendations,
+    generated_tasks,
+]

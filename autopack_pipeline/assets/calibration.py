@@ -1,0 +1,69 @@
+"""Calibration recommendations: what to change in the estimator's coefficients, with the evidence."""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from autopack_pipeline import workflows
+from autopack_pipeline.assets.metadata import markdown_table
+from autopack_pipeline.resources import TelemetryDatabase
+from autopack_pipeline.settings import load_settings
+
+
+class CalibrationConfig(dg.Config):
+    min_samples: int = 5
+    confidence_threshold: float = 0.7
+    dedup: bool = True
+    force: bool = False
+    output_dir: str | None = None
+
+
+@dg.asset(group_name="calibration", kinds={"pandas"})
+def calibration_recommendations(
+    context: dg.AssetExecutionContext,
+    config: CalibrationConfig,
+    telemetry_db: TelemetryDatabase,
+    raw_events: pd.DataFrame,
+    tier_metrics: dict[str, Any],
+) -> dg.MaterializeResult:
+    """Per (category, complexity) multipliers by Autopack's median method, written as
+    token_estimator_calibration_<UTC>.md and .json, only when the calibration gate is open:
+    at least 20 clean samples, one group with at least 5, and a Tier-1 target breached.
+    Nothing here edits the coefficient file.
+    """
+    settings = load_settings()
+    outcome = workflows.calibrate(
+        raw_events,
+        settings,
+        tier1=tier_metrics["all_events"]["tier1"],
+        min_samples=config.min_samples,
+        confidence_threshold=config.confidence_threshold,
+        dedup=config.dedup,
+        force=config.force,
+        output_dir=Path(config.output_dir).expanduser().resolve() if config.output_dir else None,
+        dagster_run_id=context.run.run_id,
+        database=telemetry_db.identity().url,
+    )
+    context.log.info(outcome.gate.summary())
+    metadata: dict[str, Any] = {
+        "gate_open": outcome.gate.open,
+        "gate": dg.MetadataValue.text(outcome.gate.summary()),
+    }
+    if outcome.result is not None:
+        groups = outcome.result.groups
+        metadata |= {
+            "groups_calibrated": len(groups),
+            "actionable_groups": len(outcome.result.actionable_groups),
+            "report_markdown": dg.MetadataValue.path(str(outcome.markdown_path)),
+            "report_json": dg.MetadataValue.path(str(outcome.json_path)),
+            "recommendations": dg.MetadataValue.md(
+                markdown_table(
+                    ["category", "complexity", "n", "median ratio", "confidence", "multiplier", "actionable"],
+                    [[g.category, g.complexity, g.sample_count, g.median_ratio, g.confidence, g.proposed_multiplier,
+                      "yes" if g.actionable else "no"] for g in groups],
+                )
+            ),
+        }
+    return dg.MaterializeResult(value=outcome.as_dict(), metadata=metadata)

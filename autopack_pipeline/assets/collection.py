@@ -1,0 +1,63 @@
+"""The telemetry collection run: phases from ``seeds/`` drained through the Builder."""
+
+import dagster as dg
+
+from autopack_pipeline import workflows
+from autopack_pipeline.assets.metadata import database_metadata
+from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.settings import load_settings
+
+
+class CollectionConfig(dg.Config):
+    """Every field has a default, so the asset materialises from the UI with no run config."""
+
+    run_id: str | None = None
+    backend: str | None = None
+    concurrency: int = 4
+    template_phases_per_group: int = workflows.DEFAULT_TEMPLATE_PHASES_PER_GROUP
+    seed: int | None = None
+
+
+@dg.asset(
+    group_name="telemetry",
+    kinds={"python", "sqlite"},
+    pool="anthropic",
+)
+def telemetry_collection_run(
+    context: dg.AssetExecutionContext,
+    config: CollectionConfig,
+    telemetry_db: TelemetryDatabase,
+    llm: LLMBackendResource,
+) -> dg.MaterializeResult:
+    """A telemetry collection run: Autopack's ten seed phases plus template phases for every group,
+    each asked of the LLM with the estimator's budget, one event recorded per Builder call.
+
+    The default backend is the offline simulator; set AUTOPACK_LLM_BACKEND=anthropic and
+    ANTHROPIC_API_KEY for the real API.
+    """
+    settings = load_settings()
+    backend = llm.build(config.backend, config.seed)
+    context.log.info("collecting with the %s backend", backend.name)
+    summary = workflows.collect(
+        telemetry_db.engine(),
+        settings,
+        backend,
+        run_id=config.run_id,
+        concurrency=config.concurrency,
+        template_phases_per_group=config.template_phases_per_group,
+    )
+    return dg.MaterializeResult(
+        value=summary.as_dict(),
+        metadata={
+            "run_id": summary.run_id,
+            "backend": summary.backend,
+            "model": summary.model,
+            "phases_total": summary.phases_total,
+            "phases_completed": summary.phases_completed,
+            "phases_failed": summary.phases_failed,
+            "phases_skipped_complete": summary.phases_skipped_complete,
+            "events_written": summary.events_written,
+            "escalations": summary.escalations,
+            **database_metadata(telemetry_db.identity()),
+        },
+    )

@@ -1,0 +1,79 @@
+"""Run the pipeline job headlessly on a persistent Dagster instance and say where the results are.
+
+The run lands in the same instance storage the UI reads (``.dagster_home/`` by default), so after
+the quickstart `dagster dev -w workspace.yaml` shows the materialisations it made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from autopack_pipeline.settings import REPO_ROOT
+
+
+def _instance() -> dg.DagsterInstance:
+    if not os.environ.get("DAGSTER_HOME"):
+        home = Path.cwd() / ".dagster_home"
+        home.mkdir(exist_ok=True)
+        if not (home / "dagster.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
+            shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def run_pipeline(collect: bool = True) -> int:
+    from autopack_pipeline.definitions import defs
+
+    job = defs.resolve_job_def("telemetry_pipeline_job" if collect else "analysis_job")
+    with _instance() as instance:
+        # Step-level DEBUG lines drown the summary on a terminal; the UI keeps the full event log.
+        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=quiet)
+        home = os.environ["DAGSTER_HOME"]
+    if not result.success:
+        failed = [event.step_key for event in result.all_events if event.is_step_failure]
+        print(f"The pipeline run {result.run_id} failed at {', '.join(failed) or 'an unknown step'}; "
+              f"see `dagster dev -w workspace.yaml` (run history in {home}).", file=sys.stderr)
+        return 1
+    _print_results(result, home)
+    return 0
+
+
+def _print_results(result: dg.ExecuteInProcessResult, home: str) -> None:
+    from autopack_pipeline.storage.database import resolve_database_url
+    from autopack_pipeline.storage.database import make_engine, describe_database
+
+    identity = describe_database(make_engine(resolve_database_url()))
+    print(f"Telemetry database: {identity.url}" + (f" ({identity.sqlite_path})" if identity.sqlite_path else ""))
+    outputs = {node: result.output_for_node(node) for node in (
+        "tier_metrics", "calibration_recommendations", "generated_tasks")}
+    if "telemetry_collection_run" in [n.name for n in result.job_def.nodes]:
+        run = result.output_for_node("telemetry_collection_run")
+        print(
+            f"Collection run {run['run_id']} ({run['backend']} backend): {run['phases_completed']} phases completed, "
+            f"{run['phases_failed']} failed, {run['events_written']} events, {run['escalations']} escalations."
+        )
+    metrics = outputs["tier_metrics"]["all_events"]
+    tier1 = metrics["tier1"]
+    print(f"Tier 1 over {tier1['total_samples']} Builder calls (targets: underestimation <= 5%, truncation <= 2%):")
+    for key, name in (("underestimation_rate_pct", "underestimation"), ("truncation_rate_pct", "truncation"),
+                      ("success_rate_pct", "success")):
+        low, high = tier1[f"{key}_ci"]
+        print(f"  {name:<16} {tier1[key]:6.1f}%   95% interval {low:.1f}%-{high:.1f}%")
+    print("  verdict: " + ("TUNING NEEDED" if metrics["needs_tuning"] else "within targets"))
+    calibration = outputs["calibration_recommendations"]
+    print(calibration["gate"]["summary"])
+    if calibration["reports"]:
+        print(f"Calibration report: {calibration['reports']['markdown']}")
+        print(f"Calibration patch:  {calibration['reports']['json']}")
+    tasks = outputs["generated_tasks"]
+    print(f"Generated tasks: {len(tasks)} (stored in the generated_tasks table)")
+    for task in tasks:
+        print(f"  {task['task_id']} [{task['priority']}] {task['title']}")
+    print(f"Dagster run {result.run_id} is recorded in {home}; browse it with: "
+          "dagster dev -w workspace.yaml -h 127.0.0.1")

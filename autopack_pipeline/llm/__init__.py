@@ -1,0 +1,1 @@
+"""The Builder and the LLM backends it talks to (Anthropic, simulated, replay)."""

@@ -1,0 +1,165 @@
+"""The product's jobs as plain functions: collect, analyse, calibrate, generate tasks.
+
+The Dagster assets and the CLI both call these, so a figure in the UI and the same figure in a
+terminal come from one code path. Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.collection.phases import RunSpec, default_phase_set, phases_from_templates
+from autopack_pipeline.collection.run import CollectionSummary, default_run_id, run_collection
+from autopack_pipeline.domain.calibration import CalibrationResult, calibrate_autopack_median, group_samples
+from autopack_pipeline.domain.coefficients import load_coefficients
+from autopack_pipeline.domain.estimator import TokenEstimator
+from autopack_pipeline.domain.gates import GateDecision, evaluate_calibration_gate
+from autopack_pipeline.domain.metrics import compute_metrics
+from autopack_pipeline.domain.samples import clean_samples, sample_exclusions
+from autopack_pipeline.domain.tasks import (
+    GeneratedTask,
+    generate_tasks,
+    insights_from_calibration,
+    insights_from_sample_shortfalls,
+    insights_from_tier_metrics,
+)
+from autopack_pipeline.llm.backends import LLMBackend
+from autopack_pipeline.llm.builder import Builder
+from autopack_pipeline.reporting import write_calibration_reports
+from autopack_pipeline.settings import Settings
+from autopack_pipeline.storage.tasks import save_generated_tasks
+
+DEFAULT_TEMPLATE_PHASES_PER_GROUP = 8
+
+
+def collect(
+    engine: Engine,
+    settings: Settings,
+    backend: LLMBackend,
+    *,
+    run_id: str | None = None,
+    concurrency: int = 4,
+    template_phases_per_group: int = DEFAULT_TEMPLATE_PHASES_PER_GROUP,
+    category: str | None = None,
+    complexity: str | None = None,
+    phases: int | None = None,
+    progress: Callable[..., None] | None = None,
+) -> CollectionSummary:
+    """One collection run: the default phase set, or ``phases`` phases for one (category, complexity)."""
+    if category or complexity:
+        if not (category and complexity):
+            raise ValueError("a targeted collection needs both a category and a complexity")
+        run = RunSpec(run_id=run_id or default_run_id())
+        phase_list = phases_from_templates(settings.seeds_dir, category, complexity, phases or 5)
+    else:
+        run, phase_list = default_phase_set(settings.seeds_dir, template_phases_per_group)
+        run = run.model_copy(update={"run_id": run_id or default_run_id()})
+    builder = Builder(TokenEstimator(load_coefficients_for(settings)), backend, settings.model)
+    return run_collection(engine, run, phase_list, builder, concurrency=concurrency, progress=progress)
+
+
+def load_coefficients_for(settings: Settings):
+    return load_coefficients(settings.seeds_dir / "estimator_coefficients.yaml")
+
+
+def tier_metrics_document(events: pd.DataFrame, samples: pd.DataFrame, *, under_multiplier: float = 1.1) -> dict[str, Any]:
+    """Tier metrics over all Builder calls (the gate's figures) and over successful calls only."""
+    successful = events[events["success"].fillna(False).astype(bool)]
+    return {
+        "all_events": compute_metrics(events, under_multiplier=under_multiplier, stratify=True),
+        "success_only": compute_metrics(successful, under_multiplier=under_multiplier, stratify=False),
+        "clean_samples": int(len(samples)),
+    }
+
+
+@dataclass(frozen=True)
+class CalibrationOutcome:
+    gate: GateDecision
+    result: CalibrationResult | None
+    markdown_path: Path | None = None
+    json_path: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gate": self.gate.to_dict(),
+            "result": self.result.model_dump(mode="json") if self.result else None,
+            "reports": {"markdown": str(self.markdown_path), "json": str(self.json_path)}
+            if self.markdown_path
+            else None,
+        }
+
+
+def calibrate(
+    events: pd.DataFrame,
+    settings: Settings,
+    *,
+    tier1: dict[str, Any] | None = None,
+    min_samples: int = 5,
+    confidence_threshold: float = 0.7,
+    dedup: bool = True,
+    force: bool = False,
+    output_dir: Path | None = None,
+    under_multiplier: float = 1.1,
+    dagster_run_id: str | None = None,
+    database: str | None = None,
+) -> CalibrationOutcome:
+    """Gate, then calibrate with ``autopack-median`` and write the reports; a closed gate writes nothing."""
+    samples = clean_samples(events, dedup=dedup)
+    if tier1 is None:
+        tier1 = compute_metrics(events, under_multiplier=under_multiplier)["tier1"]
+    gate = evaluate_calibration_gate(samples, tier1, min_samples=min_samples, force=force)
+    if not gate.open:
+        return CalibrationOutcome(gate=gate, result=None)
+    result = calibrate_autopack_median(
+        samples,
+        min_samples=min_samples,
+        confidence_threshold=confidence_threshold,
+        provenance={
+            "exclusions": sample_exclusions(events, dedup=dedup),
+            "coefficient_file_version": load_coefficients_for(settings).version,
+            "dagster_run_id": dagster_run_id,
+            "forced": gate.forced,
+            "dedup": dedup,
+            "database": database,
+            "gate_summary": gate.summary(),
+        },
+    )
+    markdown, json_path = write_calibration_reports(result, output_dir or settings.resolved_reports_dir())
+    return CalibrationOutcome(gate=gate, result=result, markdown_path=markdown, json_path=json_path)
+
+
+def improvement_tasks(
+    engine: Engine,
+    settings: Settings,
+    metrics: dict[str, Any],
+    samples: pd.DataFrame,
+    calibration: CalibrationOutcome | dict[str, Any] | None,
+    *,
+    min_samples: int = 5,
+) -> tuple[list[GeneratedTask], int]:
+    """Insights from metrics, calibration and sample counts, as tasks; returns (tasks, newly stored)."""
+    if not settings.task_generation_enabled:
+        return [], 0
+    insights = insights_from_tier_metrics(metrics["all_events"]["tier1"], scope="overall")
+    for category, block in metrics["all_events"].get("strata", {}).get("category", {}).items():
+        insights += insights_from_tier_metrics(block, scope=f"category={category}")
+    if isinstance(calibration, CalibrationOutcome):
+        calibration = calibration.as_dict()
+    result = (calibration or {}).get("result")
+    if result:
+        insights += insights_from_calibration(result["groups"], result["method"])
+    counts = {key: len(rows) for key, rows in group_samples(samples).items()}
+    insights += insights_from_sample_shortfalls(counts, min_samples)
+    tasks = generate_tasks(
+        insights,
+        max_tasks=settings.task_generation_max_tasks,
+        min_confidence=settings.task_generation_min_confidence,
+    )
+    stored = save_generated_tasks(engine, [task.as_dict() for task in tasks])
+    return tasks, stored

@@ -1,0 +1,52 @@
+"""The Definitions object loads, and holds what the product promises."""
+
+import subprocess
+import sys
+
+import dagster as dg
+
+from autopack_pipeline.definitions import defs
+from autopack_pipeline.settings import REPO_ROOT
+
+PIPELINE_ORDER = [
+    "telemetry_collection_run",
+    "raw_events",
+    "success_samples",
+    "tier_metrics",
+    "calibration_recommendations",
+    "generated_tasks",
+]
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_six_assets_in_lineage_order_each_with_docstring_group_and_kinds():
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(PIPELINE_ORDER)
+    for upstream, downstream in zip(PIPELINE_ORDER, PIPELINE_ORDER[1:]):
+        parents = {k.to_user_string() for k in graph.get(dg.AssetKey(downstream)).parent_keys}
+        assert upstream in parents, f"{downstream} should depend on {upstream}"
+    for name in PIPELINE_ORDER:
+        spec = graph.get(dg.AssetKey(name))
+        assert spec.group_name in {"telemetry", "metrics", "calibration", "tasks"}
+        assert spec.kinds, f"{name} has no kinds"
+        assert spec.description and len(spec.description) > 40, f"{name} needs a docstring"
+
+
+def test_jobs_are_named_for_what_they_do():
+    assert defs.resolve_job_def("telemetry_pipeline_job") is not None
+    assert defs.resolve_job_def("analysis_job") is not None
+
+
+def test_dagster_cli_validates_the_workspace():
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

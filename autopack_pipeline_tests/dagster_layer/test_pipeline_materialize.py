@@ -1,0 +1,93 @@
+"""The whole graph materialised in-process against a temporary database and Dagster instance."""
+
+import json
+
+import dagster as dg
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from autopack_pipeline.assets import PIPELINE_ASSETS
+from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.models import GeneratedTask, Phase, TokenEstimationV2Event
+
+
+def _materialize(instance, url, run_config=None):
+    return dg.materialize(
+        PIPELINE_ASSETS,
+        instance=instance,
+        resources={"telemetry_db": TelemetryDatabase(database_url=url), "llm": LLMBackendResource()},
+        run_config=run_config,
+    )
+
+
+def test_whole_pipeline_on_embedded_defaults(sqlite_url, tmp_path):
+    with dg.instance_for_test() as instance:
+        result = _materialize(instance, sqlite_url)
+        assert result.success
+        collection = result.output_for_node("telemetry_collection_run")
+        engine = make_engine(sqlite_url)
+        with Session(engine) as session:
+            events = session.scalar(select(func.count()).select_from(TokenEstimationV2Event))
+            phases = session.scalar(select(func.count()).select_from(Phase))
+            stored_tasks = session.scalars(select(GeneratedTask.task_id)).all()
+        assert collection["backend"] == "simulated"
+        assert collection["events_written"] == events > 0
+        assert phases == collection["phases_total"]
+        assert collection["phases_completed"] + collection["phases_failed"] == phases
+
+        raw = result.output_for_node("raw_events")
+        samples = result.output_for_node("success_samples")
+        assert len(raw) == events
+        assert 0 < len(samples) < len(raw)
+        assert samples["success"].all() and not samples["truncated"].any()
+
+        metrics = result.output_for_node("tier_metrics")
+        assert metrics["all_events"]["tier1"]["total_samples"] == events
+        assert metrics["clean_samples"] == len(samples)
+
+        calibration = result.output_for_node("calibration_recommendations")
+        assert calibration["gate"]["open"], calibration["gate"]["summary"]
+        report = json.loads(open(calibration["reports"]["json"]).read())
+        assert set(report["metadata"]) == {"generated_at", "confidence_threshold", "total_samples", "high_confidence_groups"}
+        assert report["provenance"]["dagster_run_id"] == result.run_id
+        assert calibration["reports"]["json"].startswith(str(tmp_path / "reports"))
+
+        tasks = result.output_for_node("generated_tasks")
+        assert tasks and sorted(t["task_id"] for t in tasks) == sorted(stored_tasks)
+        kinds = {t["kind"] for t in tasks}
+        assert "investigate_estimator" in kinds  # Tier 1 is breached by the simulator's profile
+
+        # Materialisations carry the headline numbers as numbers, so the UI can plot them.
+        event = instance.get_latest_materialization_event(dg.AssetKey("tier_metrics"))
+        metadata = event.asset_materialization.metadata
+        assert metadata["underestimation_rate_pct"].value == metrics["all_events"]["tier1"]["underestimation_rate_pct"]
+
+
+def test_second_run_generates_no_duplicate_tasks(sqlite_url):
+    with dg.instance_for_test() as instance:
+        first = _materialize(instance, sqlite_url)
+        second = _materialize(instance, sqlite_url)
+        assert first.success and second.success
+        engine = make_engine(sqlite_url)
+        with Session(engine) as session:
+            ids = session.scalars(select(GeneratedTask.task_id)).all()
+        assert len(ids) == len(set(ids))
+        second_meta = instance.get_latest_materialization_event(dg.AssetKey("generated_tasks")).asset_materialization.metadata
+        first_ids = {t["task_id"] for t in first.output_for_node("generated_tasks")}
+        second_ids = {t["task_id"] for t in second.output_for_node("generated_tasks")}
+        assert second_meta["tasks_new"].value == len(second_ids - first_ids)
+
+
+def test_closed_gate_writes_no_report_and_says_why(sqlite_url, tmp_path):
+    config = {"ops": {"telemetry_collection_run": {"config": {"template_phases_per_group": 0}}}}
+    with dg.instance_for_test() as instance:
+        result = _materialize(instance, sqlite_url, run_config=config)
+        assert result.success
+        calibration = result.output_for_node("calibration_recommendations")
+        assert not calibration["gate"]["open"]
+        assert "the gate needs at least 20" in calibration["gate"]["summary"]
+        assert calibration["reports"] is None
+        assert not (tmp_path / "reports").exists()
+        tasks = result.output_for_node("generated_tasks")
+        assert any(t["kind"] == "collect_samples" for t in tasks)
