@@ -47,6 +47,8 @@ def test_only_actionable_recommendations_become_insights_and_they_need_approval(
          "actionable": True},
         {"category": "docs", "complexity": "low", "sample_count": 5, "confidence": 0.55, "proposed_multiplier": 2.0,
          "actionable": False},
+        {"category": "implementation", "complexity": "low", "sample_count": 12, "confidence": 0.9,
+         "proposed_multiplier": 1.15, "actionable": True},  # inside the +-20% band: no adjustment needed
     ]
     insights = insights_from_calibration(groups, "autopack-median")
     assert [i.subject for i in insights] == ["tests/low"]
