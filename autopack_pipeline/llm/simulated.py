@@ -83,7 +83,8 @@ class SimulatedBackend:
         wanted = self.intended_output_tokens(phase)
         text = _answer_text(deliverables, wanted)
         if wanted > request.max_tokens:
-            return LLMResponse(_cut(text, request.max_tokens), request.max_tokens, input_tokens, "max_tokens", request.model)
+            cut = _cut(text, request.max_tokens)
+            return LLMResponse(cut, request.max_tokens, input_tokens, "max_tokens", request.model)
         return LLMResponse(text, wanted, input_tokens, "end_turn", request.model)
 
 

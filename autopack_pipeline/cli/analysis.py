@@ -1,0 +1,126 @@
+"""`metrics` and `calibrate`: is the estimator within its targets, and what to change if not."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from autopack_pipeline.cli.common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    identity_line,
+    load_events,
+    open_engine,
+    positive_float,
+    positive_int,
+    print_json,
+    unit_float,
+)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from autopack_pipeline.domain.metrics import compute_metrics
+
+    engine = open_engine(args)
+    events = load_events(engine, args, args.run_id)
+    if args.success_only:
+        events = events[events["success"].fillna(False).astype(bool)]
+    document = compute_metrics(events, under_multiplier=args.under_multiplier, stratify=args.stratify)
+    if args.json:
+        print_json(document)
+        return EXIT_OK
+    print(identity_line(engine))
+    print(f"Analysis set: {'successful calls only' if args.success_only else 'all Builder calls'}")
+    _print_tier1(document["tier1"], "Tier 1")
+    tier2 = document["tier2"]
+    print(
+        "Tier 2: waste ratio median {} / P90 {} / mean {}; budget waste P90 {} (target < 3x)".format(
+            *(_num(tier2.get(k)) for k in ("waste_ratio_median", "waste_ratio_p90", "waste_ratio_mean", "budget_waste_p90"))
+        )
+    )
+    diag = document["diagnostics"]
+    print(
+        f"Diagnostics: SMAPE mean {_num(diag.get('smape_mean'))}% median {_num(diag.get('smape_median'))}% over "
+        f"{diag.get('non_truncated_count')} untruncated events; {diag.get('truncated_count')} truncated (lower bounds)"
+    )
+    print("Verdict: " + ("TUNING NEEDED (a Tier-1 target is breached)" if document["needs_tuning"] else "WITHIN TARGETS"))
+    for dimension, blocks in document.get("strata", {}).items():
+        print(f"By {dimension}:")
+        for value, block in blocks.items():
+            _print_tier1(block, f"  {value}")
+    return EXIT_OK
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _print_tier1(tier1: dict[str, Any], label: str) -> None:
+    parts = []
+    for key, name in (("underestimation_rate_pct", "underestimation"), ("truncation_rate_pct", "truncation"),
+                      ("success_rate_pct", "success")):
+        low, high = tier1[f"{key}_ci"]
+        parts.append(f"{name} {tier1[key]:.1f}% [{low:.1f}-{high:.1f}]")
+    print(f"{label} over {tier1['total_samples']} events: " + ", ".join(parts))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from autopack_pipeline import workflows
+    from autopack_pipeline.settings import load_settings
+    from autopack_pipeline.storage.database import describe_database
+
+    settings = load_settings()
+    engine = open_engine(args)
+    events = load_events(engine, args, args.include_run_id)
+    outcome = workflows.calibrate(
+        events,
+        settings,
+        min_samples=args.min_samples,
+        confidence_threshold=args.confidence_threshold,
+        dedup=not args.no_dedup,
+        force=args.force,
+        output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
+        database=describe_database(engine).url,
+    )
+    if args.json:
+        print_json(outcome.as_dict())
+    else:
+        print(identity_line(engine))
+        print(outcome.gate.summary())
+        if outcome.result is not None:
+            for group in outcome.result.groups:
+                flag = "actionable" if group.actionable else "below confidence threshold"
+                print(
+                    f"  {group.category}/{group.complexity}: n={group.sample_count} median ratio {group.median_ratio:.3f} "
+                    f"confidence {group.confidence:.2f} -> x{group.proposed_multiplier:.3f} ({flag}); {group.action}"
+                )
+            for group in outcome.result.below_threshold:
+                print(f"  {group.category}/{group.complexity}: {group.note}")
+            print(f"Report: {outcome.markdown_path}")
+            print(f"Patch:  {outcome.json_path}")
+    return EXIT_OK if outcome.gate.open else EXIT_REFUSED
+
+
+def register(sub: Any, parser_class: type) -> None:
+    p = sub.add_parser("metrics", help="Tier-1/Tier-2 metrics and diagnostics")
+    p.add_argument("--success-only", action="store_true", help="analyse successful Builder calls only")
+    p.add_argument("--stratify", action="store_true", help="break Tier 1 down by category, complexity, deliverables")
+    p.add_argument("--under-multiplier", type=positive_float, default=1.1,
+                   help="count actual > predicted * X as underestimated (1.0 = Autopack's strict rule)")
+    p.add_argument("--run-id", action="append", help="restrict to these runs (repeatable)")
+    p.add_argument("--allow-empty-db", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("calibrate", help="gate, then calibrate and write the report and JSON patch")
+    p.add_argument("--method", choices=["autopack-median"], default="autopack-median")
+    p.add_argument("--min-samples", type=positive_int, default=5)
+    p.add_argument("--confidence-threshold", type=unit_float, default=0.7)
+    p.add_argument("--output-dir", help="where reports go (default: $AUTOPACK_REPORTS_DIR or ./reports)")
+    p.add_argument("--include-run-id", action="append", help="only these runs (repeatable)")
+    p.add_argument("--no-dedup", action="store_true", help="count every attempt, as Autopack does")
+    p.add_argument("--force", action="store_true", help="calibrate even when the gate is closed (the report says so)")
+    p.add_argument("--allow-empty-db", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)

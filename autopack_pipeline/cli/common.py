@@ -1,0 +1,78 @@
+"""What every subcommand shares: exit codes, errors, the database, JSON output, argument types."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad usage or configuration: exit 2 with the message."""
+
+
+class Refused(Exception):
+    """The data refuses the request: exit 1 with the message."""
+
+
+def print_json(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def open_engine(args: argparse.Namespace):
+    from autopack_pipeline.storage.database import make_engine, resolve_database_url
+    from autopack_pipeline.storage.migrate import upgrade_database
+
+    engine = make_engine(resolve_database_url(args.database_url))
+    upgrade_database(engine)
+    return engine
+
+
+def identity_line(engine) -> str:
+    from autopack_pipeline.storage.database import describe_database
+
+    identity = describe_database(engine)
+    return f"Telemetry database: {identity.url}" + (f" ({identity.sqlite_path})" if identity.sqlite_path else "")
+
+
+def load_events(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
+    from autopack_pipeline.storage.events import read_events
+    from autopack_pipeline.storage.database import describe_database
+
+    events = read_events(engine, run_ids=run_ids or None)
+    if events.empty and not getattr(args, "allow_empty_db", False):
+        raise Refused(
+            f"no token-estimation events in {describe_database(engine).url}"
+            + (f" for runs {', '.join(run_ids)}" if run_ids else "")
+            + ". Likely causes: DATABASE_URL names another database, no collection has run yet "
+            "(try `autopack-telemetry collect`), or telemetry was disabled (TELEMETRY_DB_ENABLED) "
+            "when Autopack ran. Pass --allow-empty-db to analyse anyway."
+        )
+    return events
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
