@@ -45,8 +45,11 @@ def run_pipeline(collect: bool = True) -> int:
 
 
 def _print_results(result: dg.ExecuteInProcessResult, home: str) -> None:
-    from autopack_pipeline.storage.database import resolve_database_url
-    from autopack_pipeline.storage.database import make_engine, describe_database
+    from autopack_pipeline.storage.database import (
+        describe_database,
+        make_engine,
+        resolve_database_url,
+    )
 
     identity = describe_database(make_engine(resolve_database_url()))
     print(f"Telemetry database: {identity.url}" + (f" ({identity.sqlite_path})" if identity.sqlite_path else ""))

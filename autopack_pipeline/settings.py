@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-BackendName = Literal["simulated", "anthropic"]
+BackendName = Literal["simulated", "anthropic", "replay"]
 
 
 class SettingsError(ValueError):
@@ -30,9 +30,12 @@ class Settings(BaseSettings):
     llm_backend: BackendName = Field(default="simulated", validation_alias="AUTOPACK_LLM_BACKEND")
     anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     model: str = Field(default="claude-sonnet-4-5", validation_alias="AUTOPACK_MODEL")
+    llm_stream: bool = Field(default=True, validation_alias="AUTOPACK_LLM_STREAM")
     seeds_dir: Path = Field(default=REPO_ROOT / "seeds", validation_alias="AUTOPACK_SEEDS_DIR")
     reports_dir: Path = Field(default=Path("reports"), validation_alias="AUTOPACK_REPORTS_DIR")
     simulation_seed: int = Field(default=42, validation_alias="AUTOPACK_SIM_SEED")
+    replay_file: Path | None = Field(default=None, validation_alias="AUTOPACK_REPLAY_FILE")
+    record_file: Path | None = Field(default=None, validation_alias="AUTOPACK_RECORD_FILE")
 
     task_generation_enabled: bool = Field(
         default=True,

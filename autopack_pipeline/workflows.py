@@ -14,9 +14,22 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.collection.phases import RunSpec, default_phase_set, phases_from_templates
-from autopack_pipeline.collection.run import CollectionSummary, default_run_id, run_collection
-from autopack_pipeline.domain.calibration import CalibrationResult, calibrate_autopack_median, group_samples
+from autopack_pipeline.collection.phases import (
+    RunSpec,
+    default_phase_set,
+    load_phase_file,
+    phases_from_templates,
+)
+from autopack_pipeline.collection.run import (
+    CollectionSummary,
+    default_run_id,
+    run_collection,
+)
+from autopack_pipeline.domain.calibration import (
+    CalibrationResult,
+    calibrate_autopack_median,
+    group_samples,
+)
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator
 from autopack_pipeline.domain.gates import GateDecision, evaluate_calibration_gate
@@ -49,17 +62,26 @@ def collect(
     category: str | None = None,
     complexity: str | None = None,
     phases: int | None = None,
+    phases_file: Path | None = None,
     progress: Callable[..., None] | None = None,
 ) -> CollectionSummary:
-    """One collection run: the default phase set, or ``phases`` phases for one (category, complexity)."""
-    if category or complexity:
+    """One collection run over one of three phase sets.
+
+    ``phases_file``: the phases of a YAML file; ``category`` and ``complexity``: ``phases`` template
+    phases for that one group (a targeted run); otherwise Autopack's ten seed phases plus
+    ``template_phases_per_group`` template phases for every group.
+    """
+    if phases_file is not None:
+        run, phase_list = load_phase_file(Path(phases_file))
+        run_id = run_id or run.run_id  # a phases file names its own run
+    elif category or complexity:
         if not (category and complexity):
             raise ValueError("a targeted collection needs both a category and a complexity")
         run = RunSpec(run_id=run_id or default_run_id())
         phase_list = phases_from_templates(settings.seeds_dir, category, complexity, phases or 5)
     else:
         run, phase_list = default_phase_set(settings.seeds_dir, template_phases_per_group)
-        run = run.model_copy(update={"run_id": run_id or default_run_id()})
+    run = run.model_copy(update={"run_id": run_id or default_run_id()})
     builder = Builder(TokenEstimator(load_coefficients_for(settings)), backend, settings.model)
     return run_collection(engine, run, phase_list, builder, concurrency=concurrency, progress=progress)
 

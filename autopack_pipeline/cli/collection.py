@@ -4,44 +4,44 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from collections.abc import Callable
-
-from autopack_pipeline.cli.common import EXIT_OK, identity_line, open_engine, positive_int, print_json
+from autopack_pipeline.cli.common import (
+    EXIT_OK,
+    UsageError,
+    identity_line,
+    open_engine,
+    positive_int,
+    print_json,
+)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from autopack_pipeline import workflows
-    from autopack_pipeline.collection.phases import load_phase_file
-    from autopack_pipeline.collection.run import default_run_id, run_collection
-    from autopack_pipeline.domain.estimator import TokenEstimator
-    from autopack_pipeline.llm.builder import Builder
     from autopack_pipeline.llm.factory import make_backend
     from autopack_pipeline.settings import load_settings
 
+    phases_file, phase_count = _phases_argument(args)
     settings = load_settings()
     engine = open_engine(args)
-    backend = make_backend(settings, args.backend, args.seed)
+    backend = make_backend(
+        settings, args.backend, args.seed, replay_file=args.replay_file, record_file=args.record
+    )
     progress = None if args.json or not sys.stderr.isatty() else _progress_printer()
-    if args.phases is not None and not args.phases.isdigit():
-        run, phases = load_phase_file(Path(args.phases))
-        run = run.model_copy(update={"run_id": args.run_id or run.run_id or default_run_id()})
-        builder = Builder(TokenEstimator(workflows.load_coefficients_for(settings)), backend, settings.model)
-        summary = run_collection(engine, run, phases, builder, concurrency=args.concurrency, progress=progress)
-    else:
-        summary = workflows.collect(
-            engine,
-            settings,
-            backend,
-            run_id=args.run_id,
-            concurrency=args.concurrency,
-            category=args.category,
-            complexity=args.complexity,
-            phases=int(args.phases) if args.phases else None,
-            progress=progress,
-        )
+    summary = workflows.collect(
+        engine,
+        settings,
+        backend,
+        run_id=args.run_id,
+        concurrency=args.concurrency,
+        category=args.category,
+        complexity=args.complexity,
+        phases=phase_count,
+        phases_file=phases_file,
+        progress=progress,
+    )
     if args.json:
         print_json(summary.as_dict())
     else:
@@ -55,6 +55,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
         for phase_id, reason in sorted(summary.failures.items()):
             print(f"  FAILED {phase_id}: {reason}")
     return EXIT_OK
+
+
+def _phases_argument(args: argparse.Namespace) -> tuple[Path | None, int | None]:
+    """``--phases`` is a count with --category/--complexity, else a phases YAML file."""
+    if args.phases is None:
+        return None, None
+    if args.category or args.complexity:
+        if not args.phases.isdigit() or int(args.phases) <= 0:
+            raise UsageError(f"--phases must be a positive number with --category/--complexity, got {args.phases!r}")
+        return None, int(args.phases)
+    return Path(args.phases), None
 
 
 def _progress_printer() -> Callable[..., None]:
@@ -71,7 +82,10 @@ def _progress_printer() -> Callable[..., None]:
 def register(sub: Any, parser_class: type) -> None:
     p = sub.add_parser("collect", help="run a telemetry collection run")
     p.add_argument("--run-id", help="resume or name a run (default: telemetry-collection-<UTC time>)")
-    p.add_argument("--backend", choices=["simulated", "anthropic"], help="default: $AUTOPACK_LLM_BACKEND or simulated")
+    p.add_argument("--backend", choices=["simulated", "anthropic", "replay"],
+                   help="default: $AUTOPACK_LLM_BACKEND or simulated")
+    p.add_argument("--replay-file", type=Path, help="recorded answers for --backend replay (NDJSON)")
+    p.add_argument("--record", type=Path, help="also append every answer to this NDJSON file, for replay later")
     p.add_argument("--concurrency", type=positive_int, default=4)
     p.add_argument("--phases", help="a phases YAML file, or with --category/--complexity a number of phases")
     p.add_argument("--category", help="targeted run: phases for one category (with --complexity)")

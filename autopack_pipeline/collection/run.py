@@ -19,8 +19,16 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.collection.phases import PhaseSpec, RunSpec
 from autopack_pipeline.llm.builder import Builder, PhaseResult
-from autopack_pipeline.storage.events import EstimationEvent, record_escalation_event, record_estimation_event
-from autopack_pipeline.storage.runs import prepare_run, record_phase_outcome, set_phase_state
+from autopack_pipeline.storage.events import (
+    EstimationEvent,
+    record_escalation_event,
+    record_estimation_event,
+)
+from autopack_pipeline.storage.runs import (
+    prepare_run,
+    record_phase_outcome,
+    set_phase_state,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from autopack_pipeline.llm.backends import LLMCallError, LLMRequest, LLMResponse
 
 logger = logging.getLogger(__name__)
 
+TEMPERATURE = 0.2  # as Autopack's Builder
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 
 
@@ -37,6 +38,7 @@ class AnthropicBackend:
         backoff_base_seconds: float = 1.0,
         backoff_max_seconds: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        stream: bool = True,
     ) -> None:
         self._client = anthropic.Anthropic(
             api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_seconds
@@ -45,17 +47,14 @@ class AnthropicBackend:
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_max_seconds = backoff_max_seconds
         self._sleep = sleep
+        # Autopack streams its Builder calls: a 64k-token answer outlasts any sane non-streaming timeout.
+        self.stream = stream
 
     def complete(self, request: LLMRequest) -> LLMResponse:
         retries = 0
         while True:
             try:
-                message = self._client.messages.create(
-                    model=request.model,
-                    max_tokens=request.max_tokens,
-                    system=request.system,
-                    messages=[{"role": "user", "content": request.prompt}],
-                )
+                message = self._send(request)
             except anthropic.APIStatusError as exc:
                 reason = f"HTTP {exc.status_code} from the Messages API"
                 if exc.status_code not in RETRYABLE_STATUS or retries >= self.max_retries:
@@ -74,6 +73,8 @@ class AnthropicBackend:
             except (anthropic.APIResponseValidationError, json.JSONDecodeError):
                 # A 2xx whose body is not a Messages API answer (a proxy's page, a cut body).
                 raise LLMCallError("unreadable answer from the Messages API", retries=retries) from None
+            except (TypeError, AttributeError):
+                raise LLMCallError("malformed answer from the Messages API", retries=retries) from None
             except ValueError:
                 # The SDK refuses some requests before sending them (e.g. a non-streaming call it
                 # expects to outlast its timeout). Its message is not kept: only fixed text is stored.
@@ -86,6 +87,23 @@ class AnthropicBackend:
             retries += 1
             logger.warning("LLM call failed (%s); retry %d of %d in %.1fs", reason, retries, self.max_retries, delay)
             self._sleep(delay)
+
+    def _send(self, request: LLMRequest) -> anthropic.types.Message:
+        arguments = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "system": request.system,
+            "messages": [{"role": "user", "content": request.prompt}],
+            "temperature": TEMPERATURE,
+        }
+        if not self.stream:
+            return self._client.messages.create(**arguments)
+        with self._client.messages.stream(**arguments) as stream:
+            try:
+                return stream.get_final_message()
+            except AssertionError:
+                # The SDK asserts when the body held no message events (not an event stream at all).
+                raise TypeError("no message in the event stream") from None
 
     def _backoff(self, retries: int) -> float:
         # Full jitter: spreads retries from concurrent phases so they do not arrive together.

@@ -12,7 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from autopack_pipeline.domain.estimator import TokenEstimate, TokenEstimator, extract_deliverable_path, select_budget
+from autopack_pipeline.domain.estimator import (
+    TokenEstimate,
+    TokenEstimator,
+    extract_deliverable_path,
+    select_budget,
+)
 from autopack_pipeline.llm.backends import LLMBackend, LLMCallError, LLMRequest
 from autopack_pipeline.llm.prompt import SYSTEM_PROMPT, build_prompt, parse_files
 

@@ -13,7 +13,13 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from autopack_pipeline.storage.models import Phase, PhaseOutcomeEvent, Run, Tier, utc_now
+from autopack_pipeline.storage.models import (
+    Phase,
+    PhaseOutcomeEvent,
+    Run,
+    Tier,
+    utc_now,
+)
 
 if TYPE_CHECKING:
     from autopack_pipeline.collection.phases import PhaseSpec, RunSpec

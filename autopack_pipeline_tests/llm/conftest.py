@@ -55,11 +55,18 @@ def delays() -> list[float]:
     return []
 
 
+@pytest.fixture(params=[False, True], ids=["create", "stream"])
+def stream_mode(request: pytest.FixtureRequest) -> bool:
+    """Every backend test runs twice: a plain Messages call and a streamed one."""
+    return request.param
+
+
 @pytest.fixture
-def make_anthropic(messages_server: MessagesServer, delays: list[float]):
+def make_anthropic(messages_server: MessagesServer, delays: list[float], stream_mode: bool):
     """An AnthropicBackend pointed at the local server, with its sleeps recorded instead of slept."""
 
     def make(max_retries: int = 2, timeout_seconds: float = 5.0, **kwargs) -> AnthropicBackend:
+        kwargs.setdefault("stream", stream_mode)
         return AnthropicBackend(
             FAKE_KEY,
             base_url=messages_server.url,

@@ -33,7 +33,7 @@ def request(max_tokens: int = 1000, prompt: str = "Write src/app.py") -> LLMRequ
     return LLMRequest(model=MODEL, max_tokens=max_tokens, system="You are a test.", prompt=prompt)
 
 
-def test_normal_answer_comes_back_as_sent(make_anthropic, messages_server: MessagesServer, delays) -> None:
+def test_normal_answer_comes_back_as_sent(make_anthropic, messages_server: MessagesServer, delays, stream_mode) -> None:
     messages_server.script(Answer("hello from the server", output_tokens=37, input_tokens=11, stop_reason="end_turn"))
 
     response = make_anthropic().complete(request(max_tokens=1234, prompt="the prompt"))
@@ -52,7 +52,8 @@ def test_normal_answer_comes_back_as_sent(make_anthropic, messages_server: Messa
     assert sent.body["max_tokens"] == 1234
     assert sent.body["system"] == "You are a test."
     assert sent.body["messages"] == [{"role": "user", "content": "the prompt"}]
-    assert "stream" not in sent.body or sent.body["stream"] is False
+    assert sent.body.get("stream", False) is stream_mode
+    assert sent.body["temperature"] == 0.2
 
 
 def test_stop_reason_and_model_are_the_servers(make_anthropic, messages_server: MessagesServer) -> None:
@@ -224,13 +225,16 @@ def test_api_key_never_in_errors_or_logs(
         (Raw(200, b"[]"), "malformed answer from the Messages API"),
     ],
 )
-def test_unusable_success_bodies_become_call_errors(make_anthropic, messages_server: MessagesServer, delays, raw, reason) -> None:
+def test_unusable_success_bodies_become_call_errors(
+    make_anthropic, messages_server: MessagesServer, delays, raw, reason, stream_mode
+) -> None:
     messages_server.script(raw, Answer("unused"))
 
     with pytest.raises(LLMCallError) as caught:
         make_anthropic(max_retries=2).complete(request())
 
-    assert caught.value.reason == reason
+    # A streamed call reads server-sent events: any body that is not a message stream is malformed.
+    assert caught.value.reason == ("malformed answer from the Messages API" if stream_mode else reason)
     assert caught.value.retries == 0 and caught.value.status_code is None
     assert messages_server.remaining == 1 and delays == []
 
@@ -243,7 +247,9 @@ def test_gateway_error_page_is_retried(make_anthropic, messages_server: Messages
 
 def test_request_the_sdk_refuses_to_send_becomes_a_call_error(messages_server: MessagesServer) -> None:
     # With the SDK's own default timeout, a non-streaming call this large is refused client-side.
-    backend = AnthropicBackend(FAKE_KEY, base_url=messages_server.url, timeout_seconds=anthropic.DEFAULT_TIMEOUT)
+    backend = AnthropicBackend(
+        FAKE_KEY, base_url=messages_server.url, timeout_seconds=anthropic.DEFAULT_TIMEOUT, stream=False
+    )
 
     with pytest.raises(LLMCallError) as caught:
         backend.complete(request(max_tokens=64000))
