@@ -1,5 +1,7 @@
 """The telemetry collection run: phases from ``seeds/`` drained through the Builder."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from autopack_pipeline import workflows
@@ -16,6 +18,12 @@ class CollectionConfig(dg.Config):
     concurrency: int = 4
     template_phases_per_group: int = workflows.DEFAULT_TEMPLATE_PHASES_PER_GROUP
     seed: int | None = None
+    # A targeted run: `phases` template phases for one (category, complexity) group.
+    category: str | None = None
+    complexity: str | None = None
+    phases: int | None = None
+    # A phases YAML file instead of the default set (relative paths resolve against the cwd).
+    phases_file: str | None = None
 
 
 @dg.asset(
@@ -45,6 +53,10 @@ def telemetry_collection_run(
         run_id=config.run_id,
         concurrency=config.concurrency,
         template_phases_per_group=config.template_phases_per_group,
+        category=config.category,
+        complexity=config.complexity,
+        phases=config.phases,
+        phases_file=Path(config.phases_file) if config.phases_file else None,
     )
     return dg.MaterializeResult(
         value=summary.as_dict(),

@@ -91,3 +91,23 @@ def test_closed_gate_writes_no_report_and_says_why(sqlite_url, tmp_path):
         assert not (tmp_path / "reports").exists()
         tasks = result.output_for_node("generated_tasks")
         assert any(t["kind"] == "collect_samples" for t in tasks)
+
+
+def test_collection_asset_takes_a_targeted_run_as_config(sqlite_url):
+    config = {"ops": {"telemetry_collection_run": {"config": {
+        "run_id": "targeted", "category": "tests", "complexity": "low", "phases": 3, "concurrency": 2}}}}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [PIPELINE_ASSETS[0]],
+            instance=instance,
+            resources={"telemetry_db": TelemetryDatabase(database_url=sqlite_url), "llm": LLMBackendResource()},
+            run_config=config,
+        )
+        assert result.success
+        summary = result.output_for_node("telemetry_collection_run")
+        assert (summary["run_id"], summary["phases_total"]) == ("targeted", 3)
+        metadata = instance.get_latest_materialization_event(
+            dg.AssetKey("telemetry_collection_run")).asset_materialization.metadata
+        assert metadata["backend"].value == "simulated"
+        assert metadata["phases_completed"].value + metadata["phases_failed"].value == 3
+        assert metadata["events_written"].value == summary["events_written"] > 0

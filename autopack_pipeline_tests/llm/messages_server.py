@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 import socket
 import threading
 from collections import deque
@@ -202,9 +203,17 @@ class MessagesServer:
 
     # used by the handler
 
-    def _next_entry(self) -> ScriptEntry | None:
+    def answer_all_with(self, responder: Callable[[dict], ScriptEntry] | None) -> None:
+        """When the script is empty, answer every valid request with ``responder(request_body)``."""
         with self._lock:
-            return self._script.popleft() if self._script else None
+            self._responder = responder
+
+    def _next_entry(self, body: dict) -> ScriptEntry | None:
+        with self._lock:
+            if self._script:
+                return self._script.popleft()
+            responder = getattr(self, "_responder", None)
+        return responder(body) if responder is not None else None
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -319,7 +328,7 @@ class _MessagesHandler(BaseHTTPRequestHandler):
             record("invalid_request_error")
             self._send_error(400, "invalid_request_error", problem)
             return
-        entry = owner._next_entry()
+        entry = owner._next_entry(body)
         if entry is None:
             # A status no client retries, so a test that sends one request too many fails loudly.
             record("script_exhausted")

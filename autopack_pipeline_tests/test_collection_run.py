@@ -1,0 +1,108 @@
+"""Collection runs: resuming an interrupted run writes no duplicates; recordings replay exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from autopack_pipeline import workflows
+from autopack_pipeline.llm.backends import LLMRequest, LLMResponse
+from autopack_pipeline.llm.factory import make_backend
+from autopack_pipeline.settings import load_settings
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.events import read_events
+from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline.storage.models import Phase, TokenBudgetEscalationEvent
+
+
+class CrashAfter:
+    """Passes calls through, then fails every call after ``limit`` as if the process died."""
+
+    def __init__(self, inner, limit: int) -> None:
+        self.inner, self.limit, self.calls, self.name = inner, limit, 0, inner.name
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        self.calls += 1
+        if self.calls > self.limit:
+            raise RuntimeError("worker died")
+        return self.inner.complete(request)
+
+
+@pytest.fixture
+def engine(sqlite_url):
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    return engine
+
+
+def _collect(engine, backend, run_id: str):
+    return workflows.collect(engine, load_settings(), backend, run_id=run_id, template_phases_per_group=2,
+                             concurrency=3)
+
+
+def test_interrupted_run_resumes_without_duplicate_events(engine):
+    settings = load_settings()
+    crashed = _collect(engine, CrashAfter(make_backend(settings), limit=9), "resume-me")
+    assert crashed.phases_failed > 0 and crashed.phases_completed > 0
+    assert all(reason.startswith("internal error") for reason in crashed.failures.values())
+    # A killed process also leaves phases EXECUTING; those must be drained again too.
+    with Session(engine) as session, session.begin():
+        victim = session.scalars(select(Phase).where(Phase.run_id == "resume-me", Phase.state == "COMPLETE")).first()
+        session.execute(update(Phase).where(Phase.id == victim.id).values(state="EXECUTING"))
+    before = read_events(engine, ["resume-me"])
+
+    resumed = _collect(engine, make_backend(settings), "resume-me")
+    assert resumed.phases_skipped_complete == crashed.phases_completed - 1
+    after = read_events(engine, ["resume-me"])
+
+    reference_engine = make_engine(f"sqlite:///{engine.url.database}.reference")
+    upgrade_database(reference_engine)
+    clean = _collect(reference_engine, make_backend(settings), "resume-me")
+    reference = read_events(reference_engine, ["resume-me"])
+
+    key = ["phase_id", "attempt"]
+    assert not after.duplicated(key).any()
+    assert len(after) == len(reference) == clean.events_written
+    assert len(after) > len(before)
+    merged = after.merge(reference, on=key, suffixes=("", "_ref"))
+    assert (merged["actual_output_tokens"] == merged["actual_output_tokens_ref"]).all()
+    with Session(engine) as session:
+        escalations = session.scalars(select(TokenBudgetEscalationEvent.phase_id)).all()
+    assert len(escalations) == len(set(escalations)) == clean.escalations
+
+
+def test_a_recording_replays_the_same_events(engine, tmp_path):
+    settings = load_settings()
+    recording = tmp_path / "answers.ndjson"
+    live = workflows.collect(engine, settings, make_backend(settings, record_file=recording),
+                             run_id="live", category="tests", complexity="medium", phases=4)
+    replayed = workflows.collect(engine, settings, make_backend(settings, "replay", replay_file=recording),
+                                 run_id="replayed", category="tests", complexity="medium", phases=4)
+    assert replayed.backend == "replay"
+    lines = [json.loads(line) for line in recording.read_text().splitlines()]
+    assert len(lines) >= live.events_written and {"phase_id", "attempt", "text"} <= set(lines[0])
+    columns = ["phase_id", "attempt", "actual_output_tokens", "stop_reason", "truncated", "success"]
+    a = read_events(engine, ["live"])[columns].sort_values(["phase_id", "attempt"]).reset_index(drop=True)
+    b = read_events(engine, ["replayed"])[columns].sort_values(["phase_id", "attempt"]).reset_index(drop=True)
+    assert a.equals(b)
+
+
+def test_replay_without_an_answer_fails_the_phase_and_the_run_goes_on(engine, tmp_path):
+    settings = load_settings()
+    recording = tmp_path / "partial.ndjson"
+    recording.write_text(json.dumps({"phase_id": "tpl-docs-low-001", "attempt": 1, "text": "x", "output_tokens": 80,
+                                     "input_tokens": 5, "stop_reason": "end_turn", "model": "m"}) + "\n")
+    summary = workflows.collect(engine, settings, make_backend(settings, "replay", replay_file=recording),
+                                run_id="partial", category="docs", complexity="low", phases=2)
+    assert summary.phases_failed == 2  # the one answer lacks the file block; the other has no answer
+    assert "no recorded answer for phase tpl-docs-low-002 attempt 1" in summary.failures["tpl-docs-low-002"]
+
+
+def test_an_unreadable_recording_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.ndjson"
+    bad.write_text('{"phase_id": "p"}\n')
+    with pytest.raises(ValueError, match=r"bad.ndjson:1: not a recorded answer"):
+        make_backend(load_settings(), "replay", replay_file=bad)
