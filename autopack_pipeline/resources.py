@@ -14,15 +14,26 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.factory import make_backend
 from autopack_pipeline.settings import load_settings
-from autopack_pipeline.storage.database import DatabaseIdentity, describe_database, make_engine, resolve_database_url
-from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline.storage.database import (
+    DatabaseIdentity,
+    describe_database,
+    make_engine,
+    resolve_database_url,
+)
+from autopack_pipeline.storage.migrate import prepare_database
 
 
 @lru_cache(maxsize=8)
 def _engine_for(url: str) -> Engine:
     engine = make_engine(url)
-    # The embedded default must work from the UI with no set-up, so the schema is brought to head here.
-    upgrade_database(engine)
+    # The embedded default must work from the UI with no set-up, so a new database gets the schema
+    # here; an older one raises SchemaOutOfDate (whose message says to run `db upgrade`) and, as the
+    # cache only keeps returned values, is checked again on the next run after the upgrade.
+    try:
+        prepare_database(engine)
+    except Exception:
+        engine.dispose()
+        raise
     return engine
 
 

@@ -24,11 +24,20 @@ def print_json(document: Any) -> None:
 
 
 def open_engine(args: argparse.Namespace):
+    """The telemetry database of ``--database-url`` / ``DATABASE_URL``, ready for use.
+
+    A brand-new database gets the schema; one at an older revision (including an Autopack database
+    never migrated) is refused with exit 1 and a message saying to run ``db upgrade``.
+    """
     from autopack_pipeline.storage.database import make_engine, resolve_database_url
-    from autopack_pipeline.storage.migrate import upgrade_database
+    from autopack_pipeline.storage.migrate import SchemaOutOfDate, prepare_database
 
     engine = make_engine(resolve_database_url(args.database_url))
-    upgrade_database(engine)
+    try:
+        prepare_database(engine)
+    except SchemaOutOfDate as exc:
+        engine.dispose()
+        raise Refused(str(exc)) from exc
     return engine
 
 
@@ -40,8 +49,8 @@ def identity_line(engine) -> str:
 
 
 def load_events(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
-    from autopack_pipeline.storage.events import read_events
     from autopack_pipeline.storage.database import describe_database
+    from autopack_pipeline.storage.events import read_events
 
     events = read_events(engine, run_ids=run_ids or None)
     if events.empty and not getattr(args, "allow_empty_db", False):

@@ -1,8 +1,10 @@
 """Writing and reading token-estimation and escalation events (Autopack's §3.3 writer, and readers).
 
 The writers are best-effort by contract: telemetry must never fail a build, so they catch every
-exception, log it without secrets, and return ``False``. The reader returns the events DataFrame
-shape of :mod:`autopack_pipeline.domain.events`, also for databases that lack our newer columns.
+exception, log it without secrets, and return ``False``. A write that failed because the database was
+locked, down or unreachable is not lost: the row goes to the local spool (:mod:`.spool`) and is
+written after the next successful write, or by ``autopack-telemetry spool replay``. The reader
+returns the events DataFrame shape of :mod:`autopack_pipeline.domain.events`, also for databases that lack our newer columns.
 """
 
 from __future__ import annotations
@@ -18,13 +20,21 @@ from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, insert, inspect, select
+from sqlalchemy import Table, exists, func, insert, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.events import EVENT_COLUMNS, conform_events_frame, empty_events_frame
-from autopack_pipeline.storage.database import insert_ignoring_conflicts, safe_error_text
+from autopack_pipeline.domain.events import (
+    EVENT_COLUMNS,
+    conform_events_frame,
+    empty_events_frame,
+)
+from autopack_pipeline.storage import spool
+from autopack_pipeline.storage.database import (
+    insert_ignoring_conflicts,
+    safe_error_text,
+)
 from autopack_pipeline.storage.models import (
     Phase,
     Run,
@@ -145,13 +155,60 @@ def estimation_row(event: EstimationEvent) -> dict[str, Any]:
     }
 
 
+def insert_estimation_row(connection: Connection, row: Mapping[str, Any]) -> int:
+    """Insert one events row unless its ``event_uid`` is stored already; return rows inserted (0/1)."""
+    return insert_ignoring_conflicts(connection, _EVENTS, row, ["event_uid"])
+
+
+# What identifies one escalation decision: the table has no event id of ours, and the timestamp is
+# fixed when the row is built, so a replayed row matches the original exactly.
+_ESCALATION_KEY = ("run_id", "phase_id", "attempt_index", "reason", "timestamp")
+
+
+def insert_escalation_row(connection: Connection, row: Mapping[str, Any]) -> int:
+    """Insert one escalation row unless the same decision is stored already; return rows inserted (0/1).
+
+    Used by spool replay, where a write that failed on the client may have committed on the server.
+    Replays of one spool are serialised by the spool's lock, so check-then-insert cannot race itself.
+    """
+    match = [_ESCALATIONS.c[column] == row[column] for column in _ESCALATION_KEY]
+    if connection.execute(select(exists().where(*match))).scalar():
+        return 0
+    connection.execute(insert(_ESCALATIONS).values(**row))
+    return 1
+
+
+def _plain_escalation_insert(connection: Connection, row: Mapping[str, Any]) -> int:
+    connection.execute(insert(_ESCALATIONS).values(**row))
+    return 1
+
+
+def _write_or_spool(engine: Engine, table: Table, row: dict[str, Any], inserter: Any, label: str) -> bool:
+    """Write ``row`` in its own transaction; on a transient failure spool it. Never raises.
+
+    After a successful write, anything spooled earlier for this database is replayed (cheap when
+    there is nothing: one ``stat``).
+    """
+    try:
+        with engine.begin() as connection:
+            inserter(connection, row)
+    except Exception as exc:  # noqa: BLE001 - the contract is "never raise into the Builder"
+        spooled = spool.spool_row(engine, table.name, row, exc) if spool.is_transient_failure(exc) else None
+        where = f"; spooled to {spooled} for replay" if spooled else ""
+        logger.warning("[%s] Failed to write DB telemetry: %s%s", label, safe_error_text(exc), where)
+        return False
+    spool.replay_if_pending(engine)
+    return True
+
+
 def record_estimation_event(
     engine: Engine, event: EstimationEvent | Mapping[str, Any], *, respect_flag: bool = True
 ) -> bool:
     """Persist one estimation event; ``True`` when it is stored (or already was, by ``event_uid``).
 
     Returns ``False`` without writing when ``respect_flag`` and telemetry is off, or when the actual
-    output is below 50 tokens. Never raises: any failure is logged and reported as ``False``.
+    output is below 50 tokens. Never raises: any failure is logged and reported as ``False``; when the
+    database was unavailable the event is also spooled (see the module docstring).
     """
     try:
         if respect_flag and not telemetry_enabled():
@@ -164,11 +221,8 @@ def record_estimation_event(
                 event.run_id, event.phase_id, event.actual_output_tokens, MIN_VALID_OUTPUT_TOKENS,
             )
             return False
-        row = estimation_row(event)
-        with engine.begin() as connection:
-            # A duplicate event_uid inserts nothing: replaying an import or a spool is harmless.
-            insert_ignoring_conflicts(connection, _EVENTS, row, ["event_uid"])
-        return True
+        # A duplicate event_uid inserts nothing: replaying an import or a spool is harmless.
+        return _write_or_spool(engine, _EVENTS, estimation_row(event), insert_estimation_row, "TokenEstimationV2")
     except Exception as exc:  # noqa: BLE001 - the contract is "never raise into the Builder"
         logger.warning("[TokenEstimationV2] Failed to write DB telemetry: %s", safe_error_text(exc))
         return False
@@ -218,9 +272,7 @@ def record_escalation_event(
             "actual_max_tokens": actual_max_tokens,
             "tokens_used": tokens_used,
         }
-        with engine.begin() as connection:
-            connection.execute(insert(_ESCALATIONS).values(**row))
-        return True
+        return _write_or_spool(engine, _ESCALATIONS, row, _plain_escalation_insert, "TokenBudgetEscalation")
     except Exception as exc:  # noqa: BLE001 - best-effort telemetry, as the estimation writer
         logger.warning("[TokenBudgetEscalation] Failed to write DB telemetry: %s", safe_error_text(exc))
         return False

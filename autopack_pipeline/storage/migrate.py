@@ -2,13 +2,18 @@
 
 The Alembic environment ships inside the package (``storage/migrations``) and is configured here
 without an ``alembic.ini``, so ``upgrade_database`` works from an installed wheel and from any
-working directory. Commands and assets call :func:`require_current_schema` before touching data, and
-a person runs ``autopack-telemetry db upgrade`` when it says so.
+working directory. Commands and assets call :func:`prepare_database` before touching data: a brand-new
+database is created at head, anything older is refused with a message saying to run
+``autopack-telemetry db upgrade`` (so adopting someone's Autopack database is always a deliberate act).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +22,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from autopack_pipeline.storage.database import describe_database, make_engine
+from autopack_pipeline.storage.models import TELEMETRY_TABLES
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,19 @@ class SchemaOutOfDate(RuntimeError):
         super().__init__(
             f"Telemetry database {database} is at schema revision {at}; this version of "
             f"autopack_pipeline needs revision {required}. Run: {UPGRADE_COMMAND}"
+        )
+
+
+class SchemaTooNew(SchemaOutOfDate):
+    """The database carries a revision this code does not know: a newer version migrated it."""
+
+    def __init__(self, current: str | None, required: str, database: str) -> None:
+        super().__init__(current, required, database)
+        # Replace the message: running `db upgrade` cannot help here, upgrading the package can.
+        self.args = (
+            f"Telemetry database {database} is at schema revision {current}, which this version of "
+            f"autopack_pipeline does not know (it needs {required}); a newer version migrated it. "
+            "Upgrade autopack_pipeline, or point DATABASE_URL at another database.",
         )
 
 
@@ -101,6 +120,27 @@ def migration_connection(engine: Engine) -> Iterator[Connection]:
                 connection.commit()
 
 
+@contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """Serialise upgraders of one SQLite file across processes.
+
+    The Dagster webserver, the daemon and run workers may all open a new database at once; SQLite
+    has no advisory locks, and two ``CREATE TABLE alembic_version`` would collide. A lock file in the
+    temp directory, named by a hash of the database path, keeps the database's folder clean.
+    """
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"autopack-migrate-{digest}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def upgrade_database(engine_or_url: Engine | str | None = None) -> str:
     """Bring the database to the head revision and return it; a no-op when it is already there.
 
@@ -110,14 +150,19 @@ def upgrade_database(engine_or_url: Engine | str | None = None) -> str:
     owned = not isinstance(engine_or_url, Engine)
     engine = make_engine(engine_or_url) if owned else engine_or_url
     try:
-        with migration_connection(engine) as connection:
-            command.upgrade(alembic_config(connection), "head")
-        head = head_revision()
-        logger.info("telemetry database %s is at schema revision %s", describe_database(engine).url, head)
-        return head
+        with _sqlite_migration_lock(engine):
+            return _upgrade(engine)
     finally:
         if owned:
             engine.dispose()
+
+
+def _upgrade(engine: Engine) -> str:
+    with migration_connection(engine) as connection:
+        command.upgrade(alembic_config(connection), "head")
+    head = head_revision()
+    logger.info("telemetry database %s is at schema revision %s", describe_database(engine).url, head)
+    return head
 
 
 def require_current_schema(engine: Engine) -> None:
@@ -126,3 +171,34 @@ def require_current_schema(engine: Engine) -> None:
     current = current_revision(engine)
     if current != required:
         raise SchemaOutOfDate(current, required, describe_database(engine).url)
+
+
+def known_revisions() -> set[str]:
+    """Every revision shipped with this code."""
+    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
+def prepare_database(engine: Engine) -> str:
+    """Make ``engine``'s database usable by a command or asset and return its revision (the head).
+
+    - None of our tables (a new file, an empty PostgreSQL database): the schema is created at head,
+      so the embedded default works with no set-up.
+    - At head: nothing to do.
+    - Anything else (an Autopack database that was never migrated, an older revision): raises
+      :class:`SchemaOutOfDate` naming the database, its revision, the one needed and the upgrade
+      command. Migrating someone else's database in place is left to an explicit ``db upgrade``.
+    - A revision newer than this code knows: raises :class:`SchemaTooNew`.
+    """
+    head = head_revision()
+    # Under the lock, another process's half-made schema is never mistaken for an old one.
+    with _sqlite_migration_lock(engine):
+        present = set(inspect(engine).get_table_names())
+        if not present & (set(TELEMETRY_TABLES) | {"alembic_version"}):
+            return _upgrade(engine)
+        current = current_revision(engine)
+    if current == head:
+        return head
+    database = describe_database(engine).url
+    if current is not None and current not in known_revisions():
+        raise SchemaTooNew(current, head, database)
+    raise SchemaOutOfDate(current, head, database)

@@ -16,7 +16,11 @@ from sqlalchemy.engine import Connection, Engine
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
 from autopack_pipeline.storage.database import describe_database
 from autopack_pipeline.storage.migrate import current_revision, head_revision
-from autopack_pipeline.storage.models import TELEMETRY_TABLES, Phase, TokenEstimationV2Event
+from autopack_pipeline.storage.models import (
+    TELEMETRY_TABLES,
+    Phase,
+    TokenEstimationV2Event,
+)
 
 _ALEMBIC_TABLE = "alembic_version"
 

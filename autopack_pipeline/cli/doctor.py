@@ -1,0 +1,108 @@
+"""`doctor`: the Telemetry Guide's troubleshooting section, run against the configured database.
+
+Unlike other commands this one never creates or migrates the database: a missing file or an old
+schema is exactly what it must report, not repair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from autopack_pipeline.cli.common import EXIT_OK, EXIT_REFUSED, print_json
+
+_MARKS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
+
+
+def gather_facts(database_url: str | None) -> dict[str, Any]:
+    """Everything the checks need, read from the environment and the database (read-only)."""
+    from sqlalchemy import func, inspect, select
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autopack_pipeline.domain.samples import clean_samples, truncation_flag_disagreements
+    from autopack_pipeline.storage import spool
+    from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
+    from autopack_pipeline.storage.events import TELEMETRY_FLAG, read_events, telemetry_enabled
+    from autopack_pipeline.storage.models import TokenEstimationV2Event
+    from autopack_pipeline.storage.summary import database_summary
+
+    env_url = os.environ.get("DATABASE_URL")
+    engine = make_engine(database_url)
+    identity = describe_database(engine)
+    facts: dict[str, Any] = {
+        "database": identity.to_dict(),
+        "database_url_env": make_url(env_url).render_as_string(hide_password=True) if env_url else None,
+        "telemetry_flag": os.environ.get(TELEMETRY_FLAG),
+        "telemetry_enabled": telemetry_enabled(),
+        "file_exists": Path(identity.sqlite_path).exists() if identity.sqlite_path else None,
+        "connect_error": None,
+        "summary": None,
+        "spooled_events": spool.pending_count(engine),
+    }
+    if facts["file_exists"] is False:  # connecting would create an empty file and hide the problem
+        return facts
+    try:
+        facts["summary"] = summary = database_summary(engine)
+        if summary["events"]["total"]:
+            events = read_events(engine)
+            clean = clean_samples(events)
+            groups = clean.groupby(["category", "complexity"]).size()
+            facts["clean_samples"] = len(clean)
+            facts["group_counts"] = {f"{cat}/{cpx}": int(n) for (cat, cpx), n in groups.items()}
+            facts["flag_disagreements"] = truncation_flag_disagreements(events)
+            table = TokenEstimationV2Event.__table__
+            columns = {c["name"] for c in inspect(engine).get_columns(table.name)}
+            if "actual_is_total_tokens" in columns:  # absent on an Autopack database not yet upgraded
+                with engine.connect() as connection:
+                    facts["fallback_rows"] = int(connection.execute(
+                        select(func.count()).select_from(table).where(table.c.actual_is_total_tokens.is_(True))
+                    ).scalar_one())
+    except SQLAlchemyError as exc:
+        facts["connect_error"] = safe_error_text(exc)
+    finally:
+        engine.dispose()
+    return facts
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from autopack_pipeline.domain.doctor import FAIL, overall_status, run_checks
+    from autopack_pipeline.storage.database import resolve_database_url
+
+    facts = gather_facts(resolve_database_url(args.database_url))
+    checks = run_checks(facts)
+    status = overall_status(checks)
+    if args.json:
+        print_json({"database": facts["database"], "status": status, "checks": [c.to_dict() for c in checks]})
+    else:
+        print(f"Telemetry doctor for {facts['database']['url']}")
+        for check in checks:
+            print(f"{_MARKS[check.status]} {check.title}: {_show(check.observed)} (expected {check.threshold})")
+            for line in check.advice:
+                print(f"       - {line}")
+        failed = sum(c.status == FAIL for c in checks)
+        warned = sum(c.status == "warn" for c in checks)
+        print(f"{len(checks)} checks: {failed} failed, {warned} warnings.")
+    return EXIT_REFUSED if status == FAIL else EXIT_OK
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_show(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def register(sub: Any, parser_class: type) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="run the Telemetry Guide's troubleshooting as checks",
+        description="Check the telemetry database and environment the way the Telemetry Guide's "
+        "troubleshooting section does; each finding has a status, the observed value, the threshold "
+        "and what to do. Read-only: never creates or migrates the database. Exit 1 when a check fails.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_doctor)

@@ -1,0 +1,174 @@
+"""`export`, `import` and `spool replay`: moving events in and out of the telemetry database."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from autopack_pipeline.cli.common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    Refused,
+    UsageError,
+    identity_line,
+    open_engine,
+    positive_int,
+    print_json,
+)
+
+_SHOWN_REJECTIONS = 20  # the rest are in the quarantine file
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sqlalchemy import func, select
+
+    from autopack_pipeline.storage.models import TokenEstimationV2Event
+    from autopack_pipeline.storage.transfer import export_to_file, write_export
+
+    engine = open_engine(args)
+    # The banner goes to stderr so stdout stays pure NDJSON; it says which database was read (P1).
+    print(identity_line(engine), file=sys.stderr)
+    with engine.connect() as connection:
+        total = connection.execute(select(func.count()).select_from(TokenEstimationV2Event.__table__)).scalar_one()
+    if total == 0 and not args.allow_empty_db:
+        raise Refused(
+            "no token-estimation events to export. If you expected some, check DATABASE_URL names the right "
+            "database. Pass --allow-empty-db to write an empty export."
+        )
+    if args.output:
+        count = export_to_file(engine, Path(args.output))
+        print(f"Exported {count} events to {Path(args.output).resolve()}")
+    else:
+        count = write_export(engine, sys.stdout)
+        sys.stdout.flush()
+        print(f"Exported {count} events", file=sys.stderr)
+    return EXIT_OK
+
+
+def _progress_printer():
+    def show(lines: int) -> None:
+        print(f"\r  {lines} lines read", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from autopack_pipeline.storage.database import describe_database
+    from autopack_pipeline.storage.transfer import import_file
+
+    source = Path(args.file)
+    if not source.is_file():
+        raise UsageError(f"no such file: {source}")
+    quarantine = Path(args.quarantine) if args.quarantine else source.with_name(source.name + ".rejected.ndjson")
+    if quarantine.resolve() == source.resolve():
+        raise UsageError("the quarantine file must differ from the input file")
+    engine = open_engine(args)
+    tty = sys.stderr.isatty() and not args.json
+    report = import_file(engine, source, quarantine, batch_size=args.batch_size,
+                         progress=_progress_printer() if tty else None)
+    if tty:
+        print(file=sys.stderr)
+    if args.json:
+        print_json({"database": describe_database(engine).to_dict(), "file": str(source.resolve()), **report.to_dict()})
+    else:
+        for rejection in report.rejections[:_SHOWN_REJECTIONS]:
+            print(f"{source}:{rejection['line']}: rejected: {rejection['reason']}", file=sys.stderr)
+        if report.rejected > _SHOWN_REJECTIONS:
+            print(f"... and {report.rejected - _SHOWN_REJECTIONS} more rejected lines", file=sys.stderr)
+        print(identity_line(engine))
+        print(
+            f"Read {report.lines} lines from {source}: {report.imported} events imported, "
+            f"{report.duplicates} already present, {report.rejected} rejected."
+        )
+        if report.quarantine_file:
+            print(f"Rejected lines, with their line numbers and reasons: {report.quarantine_file}")
+        if report.aborted:
+            print(f"Stopped early, the database became unavailable: {report.aborted}. "
+                  "Run the same import again; lines already imported are skipped.", file=sys.stderr)
+    return EXIT_REFUSED if report.rejected or report.aborted else EXIT_OK
+
+
+def cmd_spool_replay(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autopack_pipeline.storage import spool
+    from autopack_pipeline.storage.database import make_engine, resolve_database_url, safe_error_text
+
+    target = make_engine(resolve_database_url(args.database_url))
+    report = spool.ReplayReport(spool_file=str(spool.spool_path(target)))
+    pending = spool.pending_count(target)
+    if pending:
+        try:
+            engine = open_engine(args)
+        except SQLAlchemyError as exc:
+            if not spool.is_transient_failure(exc):
+                raise
+            report.still_failing, report.error = pending, safe_error_text(exc)
+        else:
+            report = spool.replay(engine)
+    others = spool.other_spools(target)
+    document = {**report.to_dict(), "database": target.url.render_as_string(hide_password=True),
+                "other_spools": others}
+    target.dispose()
+    if args.json:
+        print_json(document)
+    else:
+        _print_replay(document, pending)
+    return EXIT_REFUSED if report.still_failing or report.rejected else EXIT_OK
+
+
+def _print_replay(document: dict[str, Any], pending: int) -> None:
+    print(f"Telemetry database: {document['database']}")
+    if not pending:
+        print(f"Nothing to replay: {document['spool_file']} holds no events for this database.")
+    else:
+        print(
+            f"Replayed {document['spool_file']}: {document['written']} written, {document['duplicates']} already "
+            f"stored, {document['still_failing']} still failing, {document['rejected']} rejected."
+        )
+    if document["still_failing"]:
+        print(f"The database is still unavailable ({document['error']}); those lines are kept. Run again later.")
+    if document["rejected_file"]:
+        print(f"Lines the database refused are in {document['rejected_file']} with the reason.")
+    for path, count in document["other_spools"].items():
+        print(f"Note: {path} holds {count} events for another database; replay it with that DATABASE_URL.")
+
+
+def register(sub: Any, parser_class: type) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write every event as NDJSON (newest first)",
+        description="Write token_estimation_v2_events as NDJSON, one object per event with the table's column "
+        "names (deliverables as a list), newest first. The database banner goes to stderr.",
+    )
+    p.add_argument("-o", "--output", help="write to this file (atomically) instead of stdout")
+    p.add_argument("--allow-empty-db", action="store_true", help="write an empty export instead of refusing")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "import",
+        help="import events from NDJSON (ours or Autopack's export format)",
+        description="Import NDJSON events (this tool's export or Autopack's export_token_estimation_telemetry.py). "
+        "Missing run/phase rows are created; rows without event_uid get one derived from their content, so "
+        "importing twice adds nothing. Rows are kept as the source had them: the live writer's under-50-token "
+        "guard does not apply. Bad lines are reported with their line number and written, with the reason, to "
+        "the quarantine file; the good lines are imported. Exit 1 when any line was rejected.",
+    )
+    p.add_argument("file", help="the NDJSON file")
+    p.add_argument("--quarantine", help="where rejected lines go (default: FILE.rejected.ndjson)")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="lines per transaction (default 500)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("spool", help="events kept locally while the database was unavailable")
+    spool_sub = p.add_subparsers(dest="spool_command", required=True, parser_class=parser_class)
+    p = spool_sub.add_parser(
+        "replay",
+        help="write spooled events to the database now",
+        description="Write the events spooled for this database (AUTOPACK_SPOOL_DIR, default .autopack/spool) "
+        "to it. Idempotent; lines that still fail are kept. Exit 1 when any line could not be written.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_spool_replay)
