@@ -3,22 +3,29 @@
 The JSON keeps every key Autopack's ``calibrate_token_estimator.py`` writes (``metadata`` and
 ``proposed_changes``, high-confidence groups only) so tools reading its reports keep working, and
 adds ours beside them: ``method``, ``parameters``, ``provenance``, ``all_groups`` and
-``below_threshold``. Files are written atomically, so a reader (or a crash) never sees half a report.
+``below_threshold``, and, when several methods ran, ``methods`` with each one's figures side by side.
+Files are written atomically, so a reader (or a crash) never sees half a report, and their names are
+checked so that no stem can put a file outside the output directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from autopack_pipeline.domain.calibration import CalibrationResult, GroupCalibration
 
 REPORT_PREFIX = "token_estimator_calibration_"
 REPORT_TIME_FORMAT = "%Y%m%d_%H%M%S"
+# A stem is one plain file-name component: no separators, no leading dot, nothing but these characters.
+_SAFE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 
 
 def _utc(moment: datetime | None) -> datetime:
@@ -35,6 +42,34 @@ def report_stem(now: datetime | None = None) -> str:
     return REPORT_PREFIX + _utc(now).strftime(REPORT_TIME_FORMAT)
 
 
+def safe_stem(stem: str) -> str:
+    """``stem`` if it is a plain file-name component, else ``ValueError``: no ``/``, ``\\``, ``..``."""
+    if not isinstance(stem, str) or not _SAFE_STEM.fullmatch(stem) or ".." in stem:
+        raise ValueError(f"unsafe report file name {stem!r}: use letters, digits, '_', '-' and '.' only")
+    return stem
+
+
+def _inside(directory: Path, name: str) -> Path:
+    """``directory / name``, refusing any result whose parent is not ``directory`` itself."""
+    path = directory / name
+    if path.resolve().parent != directory.resolve():
+        raise ValueError(f"report file {name!r} would leave {directory}")
+    return path
+
+
+def _reasoning(group: GroupCalibration) -> str:
+    details = group.method_details
+    if details.get("status") is None:
+        return f"Actual tokens are {group.median_ratio:.2f}x estimated (median)"
+    if details.get("multiplier_is_lower_bound"):
+        return "Unidentifiable: too many truncated observations for a 95% bound"
+    return (
+        f"95% of actual/predicted at or below {details['upper_ratio_bound']:.2f} ({details['status']}); "
+        f"x{group.proposed_multiplier:.3f} keeps actual > {details['tolerance']:g}x estimate to about "
+        f"{details['target_underestimation_pct']:g}% of calls"
+    )
+
+
 def _proposed_change(group: GroupCalibration) -> dict[str, Any]:
     """One entry of Autopack's ``proposed_changes``: exactly its keys, figures to 3 decimals."""
     return {
@@ -48,14 +83,26 @@ def _proposed_change(group: GroupCalibration) -> dict[str, Any]:
             f"multiply PHASE_OVERHEAD[('{group.category}', '{group.complexity}')] "
             f"by {group.proposed_multiplier:.3f}"
         ),
-        "reasoning": f"Actual tokens are {group.median_ratio:.2f}x estimated (median)",
+        "reasoning": _reasoning(group),
     }
 
 
-def calibration_report_payload(result: CalibrationResult, generated_at: datetime | None = None) -> dict[str, Any]:
-    """The JSON report as a plain dict (also what ``calibrate --json`` prints)."""
-    actionable = result.actionable_groups
+def _method_block(result: CalibrationResult) -> dict[str, Any]:
     return {
+        "parameters": dict(result.parameters),
+        "proposed_changes": [_proposed_change(g) for g in result.actionable_groups],
+        "groups": [g.model_dump(mode="json") for g in result.groups],
+        "below_threshold": [{**g.model_dump(mode="json"), "note": g.note} for g in result.below_threshold],
+    }
+
+
+def calibration_report_payload(
+    result: CalibrationResult, generated_at: datetime | None = None, *, others: Sequence[CalibrationResult] = ()
+) -> dict[str, Any]:
+    """The JSON report as a plain dict. ``result`` is the chosen method: Autopack's keys carry its
+    figures; with ``others``, ``methods`` holds every method's figures under its name."""
+    actionable = result.actionable_groups
+    payload = {
         "metadata": {
             "generated_at": _utc(generated_at).isoformat(),
             "confidence_threshold": result.confidence_threshold,
@@ -69,6 +116,9 @@ def calibration_report_payload(result: CalibrationResult, generated_at: datetime
         "all_groups": [g.model_dump(mode="json") for g in result.groups],
         "below_threshold": [{**g.model_dump(mode="json"), "note": g.note} for g in result.below_threshold],
     }
+    if others:
+        payload["methods"] = {r.method: _method_block(r) for r in (result, *others)}
+    return payload
 
 
 def _cell(value: Any) -> str:
@@ -91,8 +141,94 @@ def _recommendation(group: GroupCalibration) -> list[str]:
         f"- Median ratio: {group.median_ratio:.3f}",
         f"- Proposed multiplier: {group.proposed_multiplier:.3f}",
         f"- Budget waste: median {_waste(group.median_budget_waste)}, P90 {_waste(group.p90_budget_waste)}",
+        *_coverage_lines(group.method_details),
         f"- **Action**: {group.action}",
         "",
+    ]
+
+
+def _multiplier(group: GroupCalibration) -> str:
+    # An unidentifiable coverage group carries only a lower bound, never a proposal.
+    prefix = ">= " if group.method_details.get("multiplier_is_lower_bound") else ""
+    return f"{prefix}{group.proposed_multiplier:.3f}"
+
+
+def _pct_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+def _coverage_lines(details: dict[str, Any]) -> list[str]:
+    if details.get("status") is None:
+        return []
+    bound = details.get("upper_ratio_bound")
+    how = {"identifiable": f"the group's own finite-sample bound (order statistic k={details['order_statistic_k']})",
+           "thin": "borrowed from its category (too few observations for a bound of its own)",
+           "unidentifiable": "unidentifiable"}[details["status"]]
+    return [
+        f"- Observations: {details['clean_samples']} clean, {details['censored_samples']} truncated (censored)",
+        f"- 95% upper bound of actual/predicted: {'none' if bound is None else f'{bound:.3f}'} ({how})",
+        f"- Underestimation on these observations: now {_pct_text(details['underestimation_pct_now'])}, "
+        f"with the multiplier {_pct_text(details['underestimation_pct_projected'])}",
+        f"- Budget waste P50/P90: now {_waste(details['budget_waste_p50_now'])}/{_waste(details['budget_waste_p90_now'])}, "
+        f"projected {_waste(details['budget_waste_p50_projected'])}/{_waste(details['budget_waste_p90_projected'])}",
+    ]
+
+
+def _side_by_side(results: Sequence[CalibrationResult]) -> list[str]:
+    """One row per group, one column per method: how far apart the methods' answers are."""
+    by_method = {r.method: {(g.category, g.complexity): g for g in r.groups} for r in results}
+    keys = sorted({key for groups in by_method.values() for key in groups})
+    header = "| Category | Complexity | " + " | ".join(f"{m} (confidence)" for m in by_method)
+    header += " | Coverage status | Underestimation now -> projected | Budget waste P90 now -> projected |"
+    lines = ["## Methods side by side", "",
+             "Multipliers marked * are actionable (confidence at or above the threshold); - means the "
+             "method had too few samples for the group.", "", header,
+             "|---|---|" + "---:|" * len(by_method) + "---|---:|---:|"]
+    for key in keys:
+        cells = []
+        for groups in by_method.values():
+            g = groups.get(key)
+            cells.append("-" if g is None else
+                         f"{g.proposed_multiplier:.3f}{'*' if g.actionable else ''} ({g.confidence:.2f})")
+        cov = by_method.get("coverage", {}).get(key)
+        d = cov.method_details if cov is not None else {}
+        if d.get("multiplier_is_lower_bound") and cells:
+            cells[list(by_method).index("coverage")] = f">= {cov.proposed_multiplier:.3f} ({cov.confidence:.2f})"
+        extra = [d.get("status", "-"),
+                 f"{_pct_text(d.get('underestimation_pct_now'))} -> {_pct_text(d.get('underestimation_pct_projected'))}"
+                 if d else "-",
+                 f"{_waste(d.get('budget_waste_p90_now'))} -> {_waste(d.get('budget_waste_p90_projected'))}" if d else "-"]
+        lines.append(f"| {_cell(key[0])} | {_cell(key[1])} | " + " | ".join(cells + extra) + " |")
+    return lines + [""]
+
+
+def _notes(result: CalibrationResult) -> list[str]:
+    common = [
+        "- Budget waste = (actual_max_tokens or selected_budget) / actual output tokens.",
+        "- Nothing edits the coefficient file automatically: review, then run `apply-calibration`.",
+    ]
+    if result.method != "coverage":
+        return [
+            "- Ratio = actual / predicted output tokens, over clean samples only (successful, not truncated, "
+            "at least 50 output tokens).",
+            "- Median ratio is the upper-middle value, sorted(ratios)[n // 2], as in Autopack's script.",
+            "- Confidence = 0.6 * min(1, n / 12) + 0.4 / (1 + population std of ratios).",
+            *common,
+        ]
+    p = result.parameters
+    return [
+        "- Ratio = actual / predicted output tokens over clean samples; truncated events are censored "
+        "observations that count as exceeding every candidate multiplier (never dropped).",
+        f"- 95% upper bound = the k-th smallest of N observations, k = ceil((N + 1) * (1 - "
+        f"{p.get('target_underestimation_pct', 5.0):g}/100)); groups too small for it borrow from their category "
+        "(and categories from the global bound) with weight w = clean / (clean + "
+        f"{p.get('prior_weight', 8):g}), and borrowing never lowers a group's own figure.",
+        f"- Proposed multiplier = bound / {p.get('tolerance', 1.1):g}: predictions scaled by it leave about "
+        f"{p.get('target_underestimation_pct', 5.0):g}% of calls above {p.get('tolerance', 1.1):g}x the estimate. "
+        "Confidence is the weight w.",
+        "- Projected budget waste scales today's budgets by the multiplier (floors and caps aside); "
+        "`backtest` re-runs the estimator exactly.",
+        *common,
     ]
 
 
@@ -125,8 +261,13 @@ def _provenance_lines(result: CalibrationResult) -> list[str]:
     return lines
 
 
-def render_calibration_markdown(result: CalibrationResult, *, generated_at: datetime | None = None) -> str:
-    """The markdown report. Pure: without ``generated_at`` the time line says it was not stamped."""
+def render_calibration_markdown(
+    result: CalibrationResult, *, generated_at: datetime | None = None, others: Sequence[CalibrationResult] = ()
+) -> str:
+    """The markdown report of ``result``, the chosen method; with ``others``, a side-by-side section.
+
+    Pure: without ``generated_at`` the time line says it was not stamped.
+    """
     threshold = result.confidence_threshold
     min_samples = result.parameters.get("min_samples")
     stamp = _utc(generated_at).isoformat() if generated_at is not None else "not stamped"
@@ -150,6 +291,12 @@ def render_calibration_markdown(result: CalibrationResult, *, generated_at: date
             lines += _recommendation(group)
     else:
         lines += [f"No group reached confidence {threshold:.2f}; no coefficient change is proposed.", ""]
+    blocked = [g for g in result.groups if g.method_details.get("multiplier_is_lower_bound")]
+    if blocked:
+        # These need a decision as much as the recommendations do, so they get their own section.
+        lines += ["## Groups needing data", ""]
+        lines += [f"- {g.category}/{g.complexity} (n={g.sample_count}): {g.action}" for g in blocked]
+        lines.append("")
 
     lines += [
         "## Detailed Results",
@@ -159,20 +306,17 @@ def render_calibration_markdown(result: CalibrationResult, *, generated_at: date
     ]
     lines += [
         f"| {_cell(g.category)} | {_cell(g.complexity)} | {g.sample_count} | {g.avg_actual:.0f} | "
-        f"{g.avg_estimated:.0f} | {g.median_ratio:.3f} | {g.confidence:.2f} | {g.proposed_multiplier:.3f} |"
+        f"{g.avg_estimated:.0f} | {g.median_ratio:.3f} | {g.confidence:.2f} | {_multiplier(g)} |"
         for g in sorted(result.groups, key=lambda g: (-g.sample_count, g.category, g.complexity))
     ]
 
+    lines.append("")
+    if others:
+        lines += _side_by_side([result, *others])
     lines += [
-        "",
         "## Notes",
         "",
-        "- Ratio = actual / predicted output tokens, over clean samples only (successful, not truncated, "
-        "at least 50 output tokens).",
-        "- Median ratio is the upper-middle value, sorted(ratios)[n // 2], as in Autopack's script.",
-        "- Confidence = 0.6 * min(1, n / 12) + 0.4 / (1 + population std of ratios).",
-        "- Budget waste = (actual_max_tokens or selected_budget) / actual output tokens.",
-        "- Nothing edits the coefficient file automatically: review, then run `apply-calibration`.",
+        *_notes(result),
         "",
         "## Provenance",
         "",
@@ -182,14 +326,13 @@ def render_calibration_markdown(result: CalibrationResult, *, generated_at: date
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
+def write_atomic_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Have ``write`` fill a temporary file next to ``path``, then move it into place with
+    ``os.replace``: readers see the old file or the whole new one, never a part."""
+    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
-            handle.write(text)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(handle.name, path)
@@ -198,22 +341,52 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_calibration_reports(
-    result: CalibrationResult, output_dir: Path, now: datetime | None = None
-) -> tuple[Path, Path]:
-    """Write the markdown and JSON reports into ``output_dir`` (created if missing).
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_atomic_with(path, lambda handle: handle.write(text.encode("utf-8")))
 
-    Returns ``(markdown_path, json_path)``. Both carry the same UTC timestamp, taken from ``now``
-    (default: the current time); a second report in the same second replaces the first.
+
+@dataclass(frozen=True)
+class ReportFiles:
+    markdown: Path
+    json: Path
+    plot: Path | None = None
+
+
+def write_calibration_report_set(
+    result: CalibrationResult,
+    output_dir: Path,
+    now: datetime | None = None,
+    *,
+    others: Sequence[CalibrationResult] = (),
+    stem: str | None = None,
+    plot: Callable[[IO[bytes]], None] | None = None,
+) -> ReportFiles:
+    """Write ``<stem>.json``, ``<stem>.md`` and, given a ``plot`` writer, ``<stem>.png`` into
+    ``output_dir`` (created if missing), each atomically.
+
+    ``stem`` defaults to ``token_estimator_calibration_<UTC %Y%m%d_%H%M%S>`` from ``now``; a caller's
+    stem must pass :func:`safe_stem`. A second report in the same second replaces the first.
     """
     moment = _utc(now)
     directory = Path(output_dir)
+    name = safe_stem(stem if stem is not None else report_stem(moment))
     directory.mkdir(parents=True, exist_ok=True)
-    stem = report_stem(moment)
-    markdown_path = directory / f"{stem}.md"
-    json_path = directory / f"{stem}.json"
-    payload = calibration_report_payload(result, moment)
+    markdown_path, json_path = _inside(directory, f"{name}.md"), _inside(directory, f"{name}.json")
+    payload = calibration_report_payload(result, moment, others=others)
     # allow_nan=False: a NaN would make the file unreadable for strict JSON parsers; fail here instead.
     _write_atomic(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    _write_atomic(markdown_path, render_calibration_markdown(result, generated_at=moment))
-    return markdown_path, json_path
+    _write_atomic(markdown_path, render_calibration_markdown(result, generated_at=moment, others=others))
+    plot_path = None
+    if plot is not None:
+        plot_path = _inside(directory, f"{name}.png")
+        write_atomic_with(plot_path, plot)
+    return ReportFiles(markdown_path, json_path, plot_path)
+
+
+def write_calibration_reports(
+    result: CalibrationResult, output_dir: Path, now: datetime | None = None
+) -> tuple[Path, Path]:
+    """Write the markdown and JSON reports of one method; returns ``(markdown_path, json_path)``."""
+    files = write_calibration_report_set(result, output_dir, now)
+    return files.markdown, files.json

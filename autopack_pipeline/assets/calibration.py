@@ -1,7 +1,7 @@
 """Calibration recommendations: what to change in the estimator's coefficients, with the evidence."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
@@ -13,6 +13,7 @@ from autopack_pipeline.settings import load_settings
 
 
 class CalibrationConfig(dg.Config):
+    method: Literal["coverage", "autopack-median"] = "coverage"
     min_samples: int = 5
     confidence_threshold: float = 0.7
     dedup: bool = True
@@ -28,8 +29,9 @@ def calibration_recommendations(
     raw_events: pd.DataFrame,
     tier_metrics: dict[str, Any],
 ) -> dg.MaterializeResult:
-    """Per (category, complexity) multipliers by Autopack's median method, written as
-    token_estimator_calibration_<UTC>.md and .json, only when the calibration gate is open:
+    """Per (category, complexity) multipliers by the coverage method (default: the 95% upper bound of
+    actual/predicted, truncated events censored) and by Autopack's median method side by side, written
+    as token_estimator_calibration_<UTC>.md, .json and .png, only when the calibration gate is open:
     at least 20 clean samples, one group with at least 5, and a Tier-1 target breached.
     Nothing here edits the coefficient file.
     """
@@ -45,6 +47,7 @@ def calibration_recommendations(
         output_dir=Path(config.output_dir).expanduser().resolve() if config.output_dir else None,
         dagster_run_id=context.run.run_id,
         database=telemetry_db.identity().url,
+        method=config.method,
     )
     context.log.info(outcome.gate.summary())
     metadata: dict[str, Any] = {
@@ -54,15 +57,17 @@ def calibration_recommendations(
     if outcome.result is not None:
         groups = outcome.result.groups
         metadata |= {
+            "method": outcome.result.method,
             "groups_calibrated": len(groups),
             "actionable_groups": len(outcome.result.actionable_groups),
             "report_markdown": dg.MetadataValue.path(str(outcome.markdown_path)),
             "report_json": dg.MetadataValue.path(str(outcome.json_path)),
+            **({"report_plot": dg.MetadataValue.path(str(outcome.plot_path))} if outcome.plot_path else {}),
             "recommendations": dg.MetadataValue.md(
                 markdown_table(
-                    ["category", "complexity", "n", "median ratio", "confidence", "multiplier", "actionable"],
+                    ["category", "complexity", "n", "median ratio", "confidence", "multiplier", "status", "actionable"],
                     [[g.category, g.complexity, g.sample_count, g.median_ratio, g.confidence, g.proposed_multiplier,
-                      "yes" if g.actionable else "no"] for g in groups],
+                      g.method_details.get("status", "-"), "yes" if g.actionable else "no"] for g in groups],
                 )
             ),
         }

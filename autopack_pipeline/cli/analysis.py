@@ -19,6 +19,36 @@ from autopack_pipeline.cli.common import (
 )
 
 
+# The `metrics --json` contract of DESIGN §10, key for key. The domain returns more (counts behind
+# each rate, truncated lower bounds); the text report shows those, the JSON stays to the contract.
+TIER1_KEYS = (
+    "underestimation_rate_pct", "underestimation_rate_pct_ci", "truncation_rate_pct", "truncation_rate_pct_ci",
+    "success_rate_pct", "success_rate_pct_ci", "under_multiplier", "total_samples",
+)
+TIER2_KEYS = ("waste_ratio_median", "waste_ratio_p90", "waste_ratio_mean", "budget_waste_p90")
+DIAGNOSTICS_KEYS = ("smape_mean", "smape_median", "non_truncated_count", "truncated_count")
+
+
+def _pick(block: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: block[key] for key in keys}
+
+
+def metrics_json(document: dict[str, Any]) -> dict[str, Any]:
+    """``compute_metrics``'s document trimmed to exactly the keys DESIGN §10 promises."""
+    out = {
+        "tier1": _pick(document["tier1"], TIER1_KEYS),
+        "tier2": _pick(document["tier2"], TIER2_KEYS),
+        "diagnostics": _pick(document["diagnostics"], DIAGNOSTICS_KEYS),
+        "needs_tuning": bool(document["needs_tuning"]),
+    }
+    if "strata" in document:
+        out["strata"] = {
+            dimension: {value: _pick(block, TIER1_KEYS) for value, block in blocks.items()}
+            for dimension, blocks in document["strata"].items()
+        }
+    return out
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     from autopack_pipeline.domain.metrics import compute_metrics
 
@@ -28,7 +58,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         events = events[events["success"].fillna(False).astype(bool)]
     document = compute_metrics(events, under_multiplier=args.under_multiplier, stratify=args.stratify)
     if args.json:
-        print_json(document)
+        print_json(metrics_json(document))
         return EXIT_OK
     print(identity_line(engine))
     print(f"Analysis set: {'successful calls only' if args.success_only else 'all Builder calls'}")
@@ -82,6 +112,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         force=args.force,
         output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
         database=describe_database(engine).url,
+        method=args.method,
     )
     if args.json:
         print_json(outcome.as_dict())
@@ -89,17 +120,33 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(identity_line(engine))
         print(outcome.gate.summary())
         if outcome.result is not None:
-            for group in outcome.result.groups:
-                flag = "actionable" if group.actionable else "below confidence threshold"
-                print(
-                    f"  {group.category}/{group.complexity}: n={group.sample_count} median ratio {group.median_ratio:.3f} "
-                    f"confidence {group.confidence:.2f} -> x{group.proposed_multiplier:.3f} ({flag}); {group.action}"
-                )
-            for group in outcome.result.below_threshold:
-                print(f"  {group.category}/{group.complexity}: {group.note}")
+            others = [r for name, r in (outcome.results or {}).items() if name != outcome.result.method]
+            for result in (outcome.result, *others):
+                chosen = " (chosen: its actionable groups are the patch)" if result is outcome.result else ""
+                print(f"Method {result.method}{chosen}:")
+                for group in result.groups:
+                    _print_group(group)
+                for group in result.below_threshold:
+                    print(f"  {group.category}/{group.complexity}: {group.note}")
             print(f"Report: {outcome.markdown_path}")
             print(f"Patch:  {outcome.json_path}")
+            if outcome.plot_path:
+                print(f"Plot:   {outcome.plot_path}")
     return EXIT_OK if outcome.gate.open else EXIT_REFUSED
+
+
+def _print_group(group: Any) -> None:
+    flag = "actionable" if group.actionable else "below confidence threshold"
+    details = group.method_details
+    if details.get("status") == "unidentifiable":
+        figure = f"unidentifiable ({details['censored_samples']} truncated)"
+    elif details.get("status"):
+        figure = (f"95% bound {details['upper_ratio_bound']:.3f} ({details['status']}) -> "
+                  f"x{group.proposed_multiplier:.3f} ({flag})")
+    else:
+        figure = f"median ratio {group.median_ratio:.3f} -> x{group.proposed_multiplier:.3f} ({flag})"
+    print(f"  {group.category}/{group.complexity}: n={group.sample_count} confidence {group.confidence:.2f}, "
+          f"{figure}; {group.action}")
 
 
 def register(sub: Any, parser_class: type) -> None:
@@ -114,7 +161,9 @@ def register(sub: Any, parser_class: type) -> None:
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("calibrate", help="gate, then calibrate and write the report and JSON patch")
-    p.add_argument("--method", choices=["autopack-median"], default="autopack-median")
+    p.add_argument("--method", choices=["coverage", "autopack-median"], default="coverage",
+                   help="whose recommendations form the patch (default coverage: a 95%%-coverage upper bound with "
+                        "truncated events censored; autopack-median: Autopack's median ratio). Both are reported.")
     p.add_argument("--min-samples", type=positive_int, default=5)
     p.add_argument("--confidence-threshold", type=unit_float, default=0.7)
     p.add_argument("--output-dir", help="where reports go (default: $AUTOPACK_REPORTS_DIR or ./reports)")

@@ -15,9 +15,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from autopack_pipeline.domain.categories import COMPLEXITIES, canonical_complexity, normalise_category
+from autopack_pipeline.domain.categories import (
+    COMPLEXITIES,
+    canonical_complexity,
+    normalise_category,
+)
 
 SEEDS_DIR_ENV = "AUTOPACK_SEEDS_DIR"
 COEFFICIENTS_FILE_NAME = "estimator_coefficients.yaml"

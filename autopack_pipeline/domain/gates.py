@@ -13,7 +13,10 @@ from typing import Any
 import pandas as pd
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.domain.metrics import (
+    TRUNCATION_TARGET_PCT,
+    UNDERESTIMATION_TARGET_PCT,
+)
 from autopack_pipeline.domain.samples import canonical_labels
 
 DEFAULT_MIN_TOTAL_SAMPLES = 20

@@ -1,0 +1,248 @@
+"""Calibration patches and their backtest: what a coefficient change would have done to past events.
+
+A patch is a calibration JSON: ours, or Autopack's ``proposed_changes`` format (the same keys). Its
+accepted recommendations are the ``proposed_changes`` entries (high-confidence groups only), each a
+multiplier on ``PHASE_OVERHEAD[(category, complexity)]``.
+
+The backtest re-runs the estimator and ``select_budget`` on each stored event's deliverables, once
+with the current coefficients and once with the patched ones, and compares, per coefficient set:
+
+- underestimation % = events with ``actual > tolerance * predicted``. A truncated event's recorded
+  actual is only a floor, so for those rows this counts certain underestimates only;
+- truncation % = events whose new budget is below their actual output, plus truncated events whose
+  new budget is no larger than the ceiling they already hit. Truncated events that would get more
+  budget than they hit are *unresolved*: nobody knows whether that would have been enough;
+- budget waste (budget / actual) P50 and P90 over events that were not truncated.
+
+Re-running both sides, rather than comparing the new estimate with the recorded one, keeps the
+comparison fair: inputs the events do not store (scope paths, the workspace's files) affect both
+sides alike. ``rerun_match_pct`` says how often the re-run reproduced the recorded prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from autopack_pipeline.domain.categories import canonical_complexity, normalise_category, normalise_complexity
+from autopack_pipeline.domain.coefficients import CoefficientTable
+from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
+from autopack_pipeline.domain.metrics import budget_sent, p90
+from autopack_pipeline.domain.samples import as_events_frame, truncated_mask
+
+
+class PatchError(ValueError):
+    """The patch file is not a calibration JSON we can apply; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class PatchChange:
+    category: str
+    complexity: str
+    multiplier: float
+    sample_count: int | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationPatch:
+    changes: list[PatchChange]
+    method: str | None
+    generated_at: str | None
+    coefficient_file_version: str | None
+    total_samples: int | None
+
+    def multipliers(self) -> dict[tuple[str, str], float]:
+        return {(c.category, c.complexity): c.multiplier for c in self.changes}
+
+
+def _change(entry: Any, index: int) -> PatchChange:
+    if not isinstance(entry, dict):
+        raise PatchError(f"proposed_changes[{index}] is not an object")
+    try:
+        category, complexity = str(entry["category"]), str(entry["complexity"])
+        multiplier = float(entry["proposed_multiplier"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PatchError(f"proposed_changes[{index}] needs category, complexity and a numeric "
+                         f"proposed_multiplier ({exc})") from None
+    if not math.isfinite(multiplier) or multiplier <= 0:
+        raise PatchError(f"proposed_changes[{index}]: multiplier must be a positive number, got {multiplier}")
+    level = canonical_complexity(complexity)
+    if level is None:
+        raise PatchError(f"proposed_changes[{index}]: unknown complexity {complexity!r}")
+    return PatchChange(normalise_category(category), level, multiplier,
+                       entry.get("sample_count"), entry.get("confidence"))
+
+
+def read_patch(data: Any, method: str | None = None) -> CalibrationPatch:
+    """The accepted recommendations of a calibration JSON document.
+
+    ``method`` picks another method's proposals from our ``methods`` block; by default the top-level
+    ``proposed_changes`` (the chosen method's, or Autopack's) are used.
+    """
+    if not isinstance(data, dict):
+        raise PatchError("a calibration patch is a JSON object with proposed_changes")
+    source = data
+    if method is not None:
+        methods = data.get("methods") or {}
+        if method not in methods:
+            raise PatchError(f"the patch has no figures for method {method!r} (has: {', '.join(methods) or 'none'})")
+        source = methods[method]
+    entries = source.get("proposed_changes")
+    if not isinstance(entries, list):
+        raise PatchError("the patch has no proposed_changes list")
+    changes = [_change(entry, i) for i, entry in enumerate(entries)]
+    keys = [(c.category, c.complexity) for c in changes]
+    if len(set(keys)) != len(keys):
+        raise PatchError("the patch proposes two changes for the same (category, complexity)")
+    metadata = data.get("metadata") or {}
+    provenance = data.get("provenance") or {}
+    return CalibrationPatch(
+        changes=changes,
+        method=method or data.get("method"),
+        generated_at=metadata.get("generated_at"),
+        coefficient_file_version=provenance.get("coefficient_file_version"),
+        total_samples=metadata.get("total_samples"),
+    )
+
+
+def _rerun(events: pd.DataFrame, deliverables: list, table: CoefficientTable, workspace: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, budget) per row under ``table``; identical inputs are estimated once."""
+    estimator = TokenEstimator(table, workspace=workspace)
+    cache: dict[tuple, tuple[int, int]] = {}
+    predicted, budget = np.zeros(len(events)), np.zeros(len(events))
+    for i, (items, category, complexity) in enumerate(zip(deliverables, events["category"], events["complexity"])):
+        key = (tuple(items), category, complexity)
+        if key not in cache:
+            estimate = estimator.estimate(list(items), category, complexity)
+            cache[key] = (estimate.estimated_tokens, select_budget(estimate, complexity, table))
+        predicted[i], budget[i] = cache[key]
+    return predicted, budget
+
+
+def _figures(predicted: np.ndarray, budget: np.ndarray, actual: np.ndarray, truncated: np.ndarray,
+             ceiling: np.ndarray, tolerance: float) -> dict[str, Any]:
+    n = len(actual)
+    over = actual > tolerance * predicted
+    cut = (~truncated & (actual > budget)) | (truncated & (budget <= ceiling))
+    unresolved = truncated & (budget > ceiling)
+    fits = ~truncated & (actual > 0)
+    waste = (budget[fits] / actual[fits]).tolist()
+    pct = (lambda k: 100.0 * int(k) / n if n else 0.0)
+    return {
+        "underestimation_pct": pct(over.sum()),
+        "truncation_pct": pct(cut.sum()),
+        "truncation_unresolved": int(unresolved.sum()),
+        "budget_waste_p50": float(np.median(waste)) if waste else None,
+        "budget_waste_p90": p90(waste),
+        "mean_budget": float(budget.mean()) if n else None,
+        "mean_predicted": float(predicted.mean()) if n else None,
+    }
+
+
+def run_backtest(
+    events: pd.DataFrame,
+    deliverables: pd.Series,
+    old: CoefficientTable,
+    new: CoefficientTable,
+    *,
+    groups: list[tuple[str, str]] = (),
+    tolerance: float = 1.1,
+    workspace: Any = None,
+) -> dict[str, Any]:
+    """Old versus new coefficients on ``events`` (events frame) whose ``deliverables`` (a Series of
+    lists aligned with ``events``; empty or missing means none) are known.
+
+    Returns counts (used, skipped by reason), ``rerun_match_pct``, figures ``old`` and ``new`` over all
+    usable events, and the same per group in ``groups`` (those the patch changes).
+    """
+    frame = as_events_frame(events)
+    items = [list(d) if isinstance(d, (list, tuple)) else [] for d in deliverables.reindex(frame.index)]
+    has_items = np.array([bool(d) for d in items], dtype=bool)
+    has_tokens = (frame["actual_output_tokens"].notna() & frame["predicted_output_tokens"].notna()).to_numpy()
+    usable = has_items & has_tokens
+    used = frame[usable].copy()
+    used["category"] = used["category"].fillna("unknown").map(normalise_category)
+    used["complexity"] = used["complexity"].map(lambda v: normalise_complexity(None if pd.isna(v) else v))
+    used_items = [d for d, keep in zip(items, usable) if keep]
+    actual = used["actual_output_tokens"].to_numpy(dtype=float)
+    truncated = truncated_mask(used).to_numpy()
+    ceiling = np.fmax(np.nan_to_num(budget_sent(used), nan=0.0), actual)
+    old_pred, old_budget = _rerun(used, used_items, old, workspace)
+    new_pred, new_budget = _rerun(used, used_items, new, workspace)
+    recorded = used["predicted_output_tokens"].to_numpy(dtype=float)
+
+    def both(mask: np.ndarray) -> dict[str, Any]:
+        args = (actual[mask], truncated[mask], ceiling[mask], tolerance)
+        # How much the predictions really moved: a PHASE_OVERHEAD multiplier moves only the overhead
+        # part of an estimate, and not at all for the doc models, which do not read PHASE_OVERHEAD.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = new_pred[mask] / old_pred[mask]
+        scale = scale[np.isfinite(scale)]
+        return {"events": int(mask.sum()), "old": _figures(old_pred[mask], old_budget[mask], *args),
+                "new": _figures(new_pred[mask], new_budget[mask], *args),
+                "prediction_scale_median": float(np.median(scale)) if scale.size else None}
+
+    everything = np.ones(len(used), dtype=bool)
+    per_group = []
+    for category, complexity in groups:
+        mask = ((used["category"] == category) & (used["complexity"] == complexity)).to_numpy(dtype=bool)
+        per_group.append({"category": category, "complexity": complexity, **both(mask)})
+    return {
+        "tolerance": tolerance,
+        "old_version": old.version,
+        "new_version": new.version,
+        "skipped": {"no_deliverables": int((~has_items).sum()), "missing_tokens": int((has_items & ~has_tokens).sum())},
+        "rerun_match_pct": 100.0 * float((old_pred == recorded).mean()) if len(used) else None,
+        **both(everything),
+        "groups": per_group,
+    }
+
+
+# Smallest overhead multiplier we will write: below it a row would lose most of its overhead, which no
+# calibration over a handful of groups should do in one step.
+MIN_OVERHEAD_MULTIPLIER = 0.25
+
+
+def overhead_multipliers_for_prediction_scale(
+    events: pd.DataFrame,
+    deliverables: pd.Series,
+    table: CoefficientTable,
+    changes: dict[tuple[str, str], float],
+    *,
+    workspace: Any = None,
+) -> dict[tuple[str, str], float | None]:
+    """The PHASE_OVERHEAD multiplier that moves each group's median prediction by its proposed factor.
+
+    A calibration multiplier is a statement about whole predictions (actual / predicted), but the
+    estimator multiplies only the overhead: ``int((overhead + marginal) * margin)``. Scaling the
+    overhead by ``k`` moves a prediction by ``(k*o + r) / (o + r)``; solving that at the group's
+    median unscaled total ``S = o + r`` gives ``k = 1 + (m - 1) * S / o``. A group whose events are
+    all priced by a doc model (which reads no PHASE_OVERHEAD) gets ``None``: no overhead change can
+    move it. ``k`` is kept at or above :data:`MIN_OVERHEAD_MULTIPLIER`.
+    """
+    frame = as_events_frame(events)
+    items = [list(d) if isinstance(d, (list, tuple)) else [] for d in deliverables.reindex(frame.index)]
+    categories = frame["category"].fillna("unknown").map(normalise_category)
+    complexities = frame["complexity"].map(lambda v: normalise_complexity(None if pd.isna(v) else v))
+    estimator = TokenEstimator(table, workspace=workspace)
+    out: dict[tuple[str, str], float | None] = {}
+    for (category, complexity), multiplier in changes.items():
+        overhead = table.overhead(category, complexity)
+        totals = []
+        for deliverable_list, c, x in zip(items, categories, complexities):
+            if (c, x) != (category, complexity) or not deliverable_list:
+                continue
+            estimate = estimator.estimate(deliverable_list, category, complexity)
+            if estimate.category == category:  # priced by the overhead model, not a doc model
+                totals.append(estimate.estimated_tokens / table.safety_margin)
+        if not totals:
+            out[(category, complexity)] = None
+            continue
+        k = 1.0 + (multiplier - 1.0) * float(np.median(totals)) / overhead
+        out[(category, complexity)] = round(max(MIN_OVERHEAD_MULTIPLIER, k), 4)
+    return out

@@ -1,0 +1,248 @@
+"""Autopack's token-estimation log lines as an events frame, and the V3 analyser's metrics over them.
+
+Three line shapes are read (autopack_spec §3.1, §3.4):
+
+- ``[TokenEstimationV2] predicted_output=N actual_output=M smape=X% selected_budget=B category=C
+  complexity=X deliverables=D success=S stop_reason=R truncated=T model=M``: the primary line;
+- the same marker with ``actual_total=M`` instead of ``actual_output=``: Autopack's fallback path,
+  where M is input + output tokens (pitfall P10). Kept, marked ``v2-fallback``, and left out of the
+  analysis unless asked for, because its "actual" is not an output size;
+- ``[TokenEstimation] Predicted: N output tokens, Actual: M output tokens, Error: X%``: legacy V1.
+
+A line carrying a marker that does not parse is counted as unreadable for its file; nothing here
+raises on bad input. The metrics are :mod:`autopack_pipeline.domain.metrics`, the same code as the
+database path, with the V3 analyser's own rules where it differs: V1 lines are never successful (so
+``success_only`` drops them) and truncation and success rates are over V2 records only, as is the
+stratification.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+from autopack_pipeline.domain.metrics import (
+    DEFAULT_UNDER_MULTIPLIER,
+    compute_metrics,
+    needs_tuning,
+    tier1_metrics,
+)
+from autopack_pipeline.domain.metrics import (
+    stratify as stratify_tier1,
+)
+from autopack_pipeline.domain.samples import truncated_mask
+
+V2_MARKER = "[TokenEstimationV2]"
+V1_MARKER = "[TokenEstimation]"
+FORMATS = ("v2", "v2-fallback", "v1")
+_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})")
+_PAIR = re.compile(r"(\w+)=(\S+)")
+_V1 = re.compile(
+    r"\[TokenEstimation\]\s+Predicted:\s*(\d+)\s+output tokens,\s*Actual:\s*(\d+)\s+output tokens,"
+    r"\s*Error:\s*([\d.]+)%"
+)
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One parsed line: the event fields plus where it came from and what it logged as its error."""
+
+    format: str
+    source_file: str
+    line_number: int
+    predicted: int
+    actual: int
+    logged_error_pct: float | None = None
+    timestamp: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def _none(text: str | None) -> str | None:
+    return None if text is None or text == "None" else text
+
+
+def _int(text: str | None) -> int | None:
+    text = _none(text)
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _timestamp(text: str | None) -> pd.Timestamp | None:
+    try:
+        return pd.Timestamp(text, tz="UTC") if text else None
+    except ValueError:  # a prefix that looks like a time but is not one (month 13) is just ignored
+        return None
+
+
+def _bool(text: str | None) -> bool | None:
+    # Autopack compares str(value).lower() == "true"; anything else but "false" is unknown.
+    text = _none(text)
+    if text is None:
+        return None
+    return {"true": True, "false": False}.get(text.lower())
+
+
+def parse_line(line: str, source_file: str = "<memory>", line_number: int = 0) -> LogRecord | None | bool:
+    """A :class:`LogRecord`, ``None`` for a line without a marker, or ``False`` for an unreadable one."""
+    stamp = _TIMESTAMP.match(line)
+    timestamp = f"{stamp.group(1)}T{stamp.group(2)}" if stamp else None
+    if V2_MARKER in line:
+        pairs = dict(_PAIR.findall(line.split(V2_MARKER, 1)[1]))
+        predicted = _int(pairs.get("predicted_output"))
+        actual = _int(pairs.get("actual_output"))
+        fmt = "v2"
+        if actual is None and "actual_output" not in pairs:
+            actual, fmt = _int(pairs.get("actual_total")), "v2-fallback"
+        if predicted is None or actual is None:
+            return False
+        return LogRecord(
+            format=fmt, source_file=source_file, line_number=line_number, predicted=predicted, actual=actual,
+            logged_error_pct=_float(pairs.get("smape", "").rstrip("%")), timestamp=timestamp,
+            fields={
+                "selected_budget": _int(pairs.get("selected_budget")),
+                "category": _none(pairs.get("category")),
+                "complexity": _none(pairs.get("complexity")),
+                "deliverable_count": _int(pairs.get("deliverables")),
+                "success": _bool(pairs.get("success")),
+                "stop_reason": _none(pairs.get("stop_reason")),
+                "truncated": _bool(pairs.get("truncated")),
+                "model": _none(pairs.get("model")),
+            },
+        )
+    if V1_MARKER in line:
+        match = _V1.search(line)
+        if match is None:
+            return False
+        return LogRecord(format="v1", source_file=source_file, line_number=line_number,
+                         predicted=int(match.group(1)), actual=int(match.group(2)),
+                         logged_error_pct=_float(match.group(3)), timestamp=timestamp)
+    return None
+
+
+@dataclass
+class ParsedLogs:
+    """Every record found, per-file counts (by format, plus ``unreadable``) and files that failed to open."""
+
+    records: list[LogRecord] = field(default_factory=list)
+    files: dict[str, Counter] = field(default_factory=dict)
+    unopenable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def unreadable_lines(self) -> int:
+        return sum(counts["unreadable"] for counts in self.files.values())
+
+    def format_counts(self) -> dict[str, int]:
+        counts = Counter(record.format for record in self.records)
+        return {fmt: counts.get(fmt, 0) for fmt in FORMATS}
+
+
+def parse_lines(lines: Iterable[str], source_file: str, into: ParsedLogs) -> None:
+    counts = into.files.setdefault(source_file, Counter())
+    for number, line in enumerate(lines, start=1):
+        parsed = parse_line(line, source_file, number)
+        if parsed is False:
+            counts["unreadable"] += 1
+        elif parsed is not None:
+            counts[parsed.format] += 1
+            into.records.append(parsed)
+
+
+def parse_log_dir(log_dir: Path, pattern: str = "*.log") -> ParsedLogs:
+    """Parse every file matching ``pattern`` under ``log_dir``, recursively, in sorted path order."""
+    parsed = ParsedLogs()
+    for path in sorted(p for p in Path(log_dir).rglob(pattern) if p.is_file()):
+        try:
+            # errors="replace": a stray byte spoils one line (then counted unreadable), not the file.
+            with path.open(encoding="utf-8", errors="replace") as handle:
+                parse_lines(handle, str(path), parsed)
+        except OSError as exc:
+            parsed.unopenable[str(path)] = exc.strerror or type(exc).__name__
+    return parsed
+
+
+def records_frame(records: list[LogRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(events frame, record metadata with ``format``, ``source_file``, ``line_number``, ``logged_error_pct``)."""
+    if not records:
+        meta = pd.DataFrame({"format": [], "source_file": [], "line_number": [], "logged_error_pct": []})
+        return empty_events_frame(), meta
+    rows = [{"predicted_output_tokens": r.predicted, "actual_output_tokens": r.actual,
+             "timestamp": _timestamp(r.timestamp), **r.fields} for r in records]
+    events = conform_events_frame(pd.DataFrame(rows))
+    meta = pd.DataFrame({
+        "format": [r.format for r in records],
+        "source_file": [r.source_file for r in records],
+        "line_number": [r.line_number for r in records],
+        "logged_error_pct": [r.logged_error_pct for r in records],
+    })
+    return events, meta
+
+
+def analyse_logs(
+    parsed: ParsedLogs,
+    *,
+    success_only: bool = False,
+    stratify: bool = False,
+    under_multiplier: float = DEFAULT_UNDER_MULTIPLIER,
+    include_fallback: bool = False,
+) -> dict[str, Any]:
+    """The metrics document for the parsed records, with the V3 analyser's rules (module docstring).
+
+    Keys: ``tier1`` (with ``v2_samples``), ``tier2``, ``diagnostics`` (plus ``logged_error_mean``, the
+    V3 figure: the mean of the logged, rounded errors, V1's included), ``needs_tuning``, ``strata``
+    when asked, and ``records`` (counts found, analysed and left out).
+    """
+    events, meta = records_frame(parsed.records)
+    keep = meta["format"].isin(["v2", "v1"] + (["v2-fallback"] if include_fallback else [])).to_numpy(dtype=bool)
+    if success_only:
+        keep &= events["success"].fillna(False).to_numpy(dtype=bool) & (meta["format"] != "v1").to_numpy(dtype=bool)
+    frame, info = events[keep].reset_index(drop=True), meta[keep].reset_index(drop=True)
+    v2 = frame[(info["format"] != "v1").to_numpy(dtype=bool)]
+
+    document = compute_metrics(frame, under_multiplier=under_multiplier)
+    tier1 = document["tier1"]
+    v2_tier1 = tier1_metrics(v2, under_multiplier)
+    for key in ("truncation_rate_pct", "success_rate_pct"):
+        tier1[key], tier1[f"{key}_ci"] = v2_tier1[key], v2_tier1[f"{key}_ci"]
+    tier1["truncated_count"], tier1["success_count"] = v2_tier1["truncated_count"], v2_tier1["success_count"]
+    tier1["v2_samples"] = len(v2)
+    document["needs_tuning"] = needs_tuning(tier1)
+
+    untruncated = ~truncated_mask(frame).to_numpy()
+    logged = info["logged_error_pct"].to_numpy(dtype=float, na_value=np.nan)[untruncated]
+    logged = logged[~np.isnan(logged)]
+    document["diagnostics"]["logged_error_mean"] = float(logged.mean()) if logged.size else None
+    if stratify:
+        document["strata"] = stratify_tier1(v2, under_multiplier)
+    found = parsed.format_counts()
+    document["records"] = {
+        "found": found,
+        "analysed": len(frame),
+        "fallback_left_out": 0 if include_fallback else found["v2-fallback"],
+        "unreadable_lines": parsed.unreadable_lines,
+        "success_only": success_only,
+    }
+    return document
+
+
+def source_counts(parsed: ParsedLogs) -> dict[str, dict[str, int]]:
+    """Per file: records by format and unreadable lines; files that would not open carry ``error``."""
+    out: dict[str, dict[str, Any]] = {
+        name: {key: int(counts.get(key, 0)) for key in (*FORMATS, "unreadable")} for name, counts in parsed.files.items()
+    }
+    for name, error in parsed.unopenable.items():
+        out[name] = {"error": error}
+    return out
