@@ -7,6 +7,7 @@ here is read at import time: call :func:`load_settings` when a command or an ass
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +55,7 @@ class Settings(BaseSettings):
         default=0.7,
         ge=0.0,
         le=1.0,
+        allow_inf_nan=False,
         validation_alias=AliasChoices(
             "AUTOPACK_TASK_GENERATION_MIN_CONFIDENCE", "TASK_GENERATION_MIN_CONFIDENCE"
         ),
@@ -64,11 +66,32 @@ class Settings(BaseSettings):
         return self.reports_dir.expanduser().resolve()
 
 
-def _variable_name(field_name: str) -> str:
+def _variable_names(field_name: str) -> list[str]:
     alias = Settings.model_fields[field_name].validation_alias
     if isinstance(alias, AliasChoices):
-        return str(alias.choices[0])
-    return str(alias or field_name)
+        return [str(choice) for choice in alias.choices]
+    return [str(alias or field_name)]
+
+
+def _variable_name(field_name: str) -> str:
+    """The variable a bad value came from: the alias actually set (the first one wins, as in
+    pydantic-settings), else the main name."""
+    names = _variable_names(field_name)
+    return next((name for name in names if name in os.environ), names[0])
+
+
+def _shown(field_name: str, value: object) -> str:
+    # Never echo a secret; anything else is shown, so the message says what was wrong with it.
+    if field_name == "anthropic_api_key" or isinstance(value, (dict, list)):
+        return ""
+    return f" (got {value!r})"
+
+
+def _field_for(location: str) -> str | None:
+    """The field an error location names: pydantic reports an env error under the field's first alias."""
+    if location in Settings.model_fields:
+        return location
+    return next((name for name in Settings.model_fields if location in _variable_names(name)), None)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -78,7 +101,11 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            name = _variable_name(field) if field in Settings.model_fields else field
-            problems.append(f"{name}: {error['msg']}")
+            location = str(error["loc"][0]) if error["loc"] else "?"
+            field = _field_for(location)
+            if field is None:
+                problems.append(f"{location}: {error['msg']}")
+                continue
+            name = field if field in overrides else _variable_name(field)
+            problems.append(f"{name}: {error['msg']}{_shown(field, error.get('input'))}")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None

@@ -1,4 +1,4 @@
-"""Generated tasks: insights from metrics and calibration as deduplicated improvement tasks."""
+"""Generated tasks: insights from metrics, calibration and phase outcomes as deduplicated improvement tasks."""
 
 from typing import Any
 
@@ -6,35 +6,74 @@ import dagster as dg
 import pandas as pd
 
 from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import markdown_table
+from autopack_pipeline.assets.metadata import database_metadata, markdown_table
+from autopack_pipeline.domain.drift import detect_drift, drift_insights
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
+
+_INPUTS = ("raw_events", "success_samples", "tier_metrics", "calibration_recommendations")
+
+
+def _input_materializations(context: dg.AssetExecutionContext) -> dict[str, dict[str, Any]]:
+    """Run id and storage id of each input's latest materialisation, which is the one this run loaded.
+
+    Provenance must never fail the asset, so an instance that cannot answer leaves the entry out.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for name in _INPUTS:
+        try:
+            records = context.instance.fetch_materializations(dg.AssetKey(name), limit=1).records
+        except Exception as exc:  # noqa: BLE001 - best effort, see above
+            context.log.warning(f"no provenance for input {name}: {type(exc).__name__}: {exc}")
+            continue
+        if records:
+            found[name] = {"dagster_run_id": records[0].run_id, "storage_id": records[0].storage_id}
+    return found
 
 
 @dg.asset(group_name="tasks", kinds={"python", "sqlite"})
 def generated_tasks(
+    context: dg.AssetExecutionContext,
     telemetry_db: TelemetryDatabase,
+    raw_events: pd.DataFrame,
     success_samples: pd.DataFrame,
     tier_metrics: dict[str, Any],
     calibration_recommendations: dict[str, Any],
 ) -> dg.MaterializeResult:
-    """Improvement tasks from Tier-1 breaches, actionable recommendations and groups short of samples,
-    stored in generated_tasks. A task's id is a fingerprint of its finding, so a finding seen again
-    is not stored twice. Coefficient changes always wait for a person.
+    """Improvement tasks from Tier-1 breaches and truncation hot spots per group, actionable
+    recommendations, groups short of samples, and the cost sinks, failure modes and retry causes in
+    phase_outcome_events over the last 7 days; stored in generated_tasks with their evidence and the
+    materialisations it came from. A task's id is a fingerprint of its finding, so a finding seen
+    again is not stored twice. Only collect-samples tasks may run on their own; coefficient changes
+    always wait for a person.
     """
+    settings = load_settings()
+    source = {"asset": "generated_tasks", "dagster_run_id": context.run.run_id,
+              "inputs": _input_materializations(context)}
     tasks, stored = workflows.improvement_tasks(
-        telemetry_db.engine(), load_settings(), tier_metrics, success_samples, calibration_recommendations
+        telemetry_db.engine(), settings, tier_metrics, success_samples, calibration_recommendations,
+        events=raw_events, source=source,
+        # The same drift statistics as the daily drift checks, on the events this run loaded.
+        extra_insights=drift_insights(detect_drift(raw_events)),
     )
+    if not settings.task_generation_enabled:
+        context.log.info("task generation is off (AUTOPACK_TASK_GENERATION_ENABLED=false); no tasks generated")
+    by_priority = {p: sum(t.priority == p for t in tasks) for p in ("critical", "high", "medium", "low")}
     return dg.MaterializeResult(
         value=[task.as_dict() for task in tasks],
         metadata={
+            "task_generation_enabled": settings.task_generation_enabled,
             "tasks_generated": len(tasks),
             "tasks_new": stored,
+            "tasks_auto_executable": sum(not t.requires_approval for t in tasks),
+            **{f"tasks_{priority}": n for priority, n in by_priority.items()},
             "tasks": dg.MetadataValue.md(
                 markdown_table(
-                    ["task", "priority", "kind", "confidence", "title"],
-                    [[t.task_id, t.priority, t.kind, t.confidence, t.title] for t in tasks],
+                    ["task", "priority", "kind", "confidence", "approval", "title"],
+                    [[t.task_id, t.priority, t.kind, t.confidence, "needed" if t.requires_approval else "no",
+                      t.title] for t in tasks],
                 )
             ),
+            **database_metadata(telemetry_db.identity()),
         },
     )

@@ -1,35 +1,118 @@
-"""Insights from metrics and calibration, turned into deduplicated, prioritised improvement tasks.
+"""Insights, grouped into patterns, turned into deduplicated, prioritised improvement tasks.
 
-A task's id comes from a fingerprint of what it is about (its kind and subject), never from a random
-number, so the same finding seen by two generation runs is one task, not two (Autopack's task ids
-were random uuids and defeated its own dedup).
+The shape is Autopack's task generator (spec §7.3): insights are filtered by confidence (never
+below the 0.5 floor), grouped into patterns, each pattern gets a confidence and a severity (a base
+plus a boost for its type), severity gives the priority, and effort times a type multiplier gives
+the estimated cost. Where we depart from it, on purpose:
+
+- A task's id comes from a fingerprint of what it is about, never from a random number, so the same
+  finding seen by two generation runs is one task, not two (Autopack's uuid task ids defeated its own
+  dedup across runs).
+- Autopack's insights are single phase-outcome rows, so a pattern is something that recurs: at least
+  two insights of a type, with confidence and severity growing with the count. Our metric, calibration,
+  sample and drift insights are already aggregates over many events and carry a statistical confidence
+  of their own, so for them one insight is a pattern, judged on its own confidence and severity.
+- Patterns are filtered by confidence before ``max_tasks`` is applied (Autopack cut first, so a
+  low-confidence pattern could take the place of a good one).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pandas as pd
+
 from autopack_pipeline.domain.calibration import DECREASE_BELOW, INCREASE_ABOVE
-from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT, tier1_metrics
+from autopack_pipeline.domain.samples import as_events_frame, canonical_labels
 
 MIN_CONFIDENCE_FLOOR = 0.5
 EFFORT_COST = {"S": 10_000, "M": 30_000, "L": 75_000, "XL": 150_000}
+EFFORT_ORDER = ("S", "M", "L", "XL")
+HIGH_SEVERITY = 6  # an insight at or above this counts as "high" in a pattern's base severity
+EXAMPLES_PER_PATTERN = 3
+EXAMPLE_CHARS = 100
+# Autopack adds one more severity point to a cost-sink pattern whose biggest sink passed this.
+COST_SINK_EXTRA_SEVERITY_TOKENS = 100_000
 
 
 @dataclass(frozen=True)
 class Insight:
-    kind: str  # tier1_breach | calibration_recommendation | sample_shortfall
+    kind: str  # tier1_breach | truncation_hotspot | calibration_recommendation | sample_shortfall | drift
+    #            | cost_sink | failure_mode | retry_cause
     subject: str  # what it is about, e.g. "underestimation:overall" or "implementation/medium"
     title: str
     detail: str
     confidence: float
-    severity: int  # 1..10
-    task_kind: str  # review_coefficients | collect_samples | investigate_estimator
+    severity: int  # 1..10; Autopack's "high" maps to 6 and "medium" to 4, the same bands as priority
+    task_kind: str  # review_coefficients | collect_samples | investigate_estimator | ...
     requires_approval: bool
     effort: str = "M"
     evidence: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # the asset (or table) whose figures it came from, e.g. "tier_metrics"
+
+    @property
+    def high(self) -> bool:
+        return self.severity >= HIGH_SEVERITY
+
+
+@dataclass(frozen=True)
+class PatternRule:
+    """How one insight type becomes a pattern.
+
+    ``recurrence``: confidence and severity come from how often the insight recurs (Autopack's
+    ``min(1, n/5)`` and ``n + 2·#high``); otherwise from the strongest insight itself.
+    """
+
+    recurrence: bool
+    confidence_boost: float = 0.0
+    severity_boost: int = 0
+    cost_multiplier: float = 1.0
+    min_occurrences: int = 1
+
+
+PATTERN_RULES: dict[str, PatternRule] = {
+    # Autopack's three outcome types, with its boosts, multipliers and the two-occurrence minimum.
+    "cost_sink": PatternRule(True, 0.15, 2, 1.5, 2),
+    "failure_mode": PatternRule(True, 0.2, 3, 1.3, 2),
+    "retry_cause": PatternRule(True, 0.1, 1, 1.2, 2),
+    # Ours. Investigations of the estimator cost like a failure mode; a drift finding like a retry
+    # cause (look, compare, decide); reviewing a multiplier or collecting samples is plain work.
+    "tier1_breach": PatternRule(False, cost_multiplier=1.3),
+    "truncation_hotspot": PatternRule(False, cost_multiplier=1.3),
+    "drift": PatternRule(False, cost_multiplier=1.2),
+    "calibration_recommendation": PatternRule(False),
+    "sample_shortfall": PatternRule(False),
+}
+DEFAULT_RULE = PatternRule(False)
+
+SUGGESTED_FIX = {
+    "cost_sink": "Find why these phases use so many tokens (context size, deliverable count, retries) and trim it.",
+    "failure_mode": "Read the failing phases' stop reasons and fix the cause shared by the most occurrences first.",
+    "retry_cause": "Find why these phases need several attempts (budget too small, timeouts) and remove the cause.",
+}
+
+
+@dataclass(frozen=True)
+class Pattern:
+    kind: str
+    subject: str
+    insights: tuple[Insight, ...]
+    confidence: float
+    severity: int
+    effort: str
+
+    @property
+    def occurrences(self) -> int:
+        return len(self.insights)
+
+    @property
+    def examples(self) -> tuple[Insight, ...]:
+        return self.insights[:EXAMPLES_PER_PATTERN]
 
 
 @dataclass(frozen=True)
@@ -55,6 +138,10 @@ def fingerprint(kind: str, subject: str) -> str:
     return hashlib.sha256(f"{kind.strip().lower()}|{subject.strip().lower()}".encode()).hexdigest()
 
 
+def task_id_for(fp: str) -> str:
+    return f"TASK-{fp[:12].upper()}"
+
+
 def priority_for(severity: int) -> str:
     if severity >= 8:
         return "critical"
@@ -65,8 +152,24 @@ def priority_for(severity: int) -> str:
     return "low"
 
 
+def effort_for_occurrences(occurrences: int) -> str:
+    if occurrences > 10:
+        return "XL"
+    if occurrences > 5:
+        return "L"
+    if occurrences > 2:
+        return "M"
+    return "S"
+
+
+def estimated_cost(effort: str, kind: str, occurrences: int) -> int:
+    """Tokens a task is expected to cost: effort base x type multiplier x (1 + 0.05 per occurrence, up to 10)."""
+    rule = PATTERN_RULES.get(kind, DEFAULT_RULE)
+    return round(EFFORT_COST[effort] * rule.cost_multiplier * (1 + 0.05 * min(occurrences, 10)))
+
+
 def insights_from_tier_metrics(tier1: dict[str, Any], scope: str = "overall") -> list[Insight]:
-    """One insight per Tier-1 target the rates breach.
+    """One insight per Tier-1 target the rates breach; a truncation breach in a stratum is a hot spot.
 
     Confidence is high only when the Wilson interval's lower bound is above the target: a breach
     seen on a handful of events may be noise, and then the useful task is to collect more data.
@@ -82,11 +185,14 @@ def insights_from_tier_metrics(tier1: dict[str, Any], scope: str = "overall") ->
         low, high = tier1.get(f"{metric}_ci") or (0.0, 100.0)
         demonstrated = low > target
         name = metric.removesuffix("_rate_pct")
+        hotspot = name == "truncation" and scope != "overall"
         insights.append(
             Insight(
-                kind="tier1_breach",
+                kind="truncation_hotspot" if hotspot else "tier1_breach",
                 subject=f"{name}:{scope}",
-                title=f"Tier-1 {name} rate {observed:.1f}% exceeds the {target:g}% target ({scope})",
+                title=(f"Truncation hot spot: {observed:.1f}% of calls truncated ({scope}), target {target:g}%"
+                       if hotspot else
+                       f"Tier-1 {name} rate {observed:.1f}% exceeds the {target:g}% target ({scope})"),
                 detail=(
                     f"Observed {observed:.1f}% over {tier1.get('total_samples', 0)} events "
                     f"(95% interval {low:.1f}%-{high:.1f}%); the target is at most {target:g}%."
@@ -97,10 +203,28 @@ def insights_from_tier_metrics(tier1: dict[str, Any], scope: str = "overall") ->
                 task_kind="investigate_estimator",
                 requires_approval=True,
                 effort="M",
-                evidence={"metric": metric, "observed": observed, "threshold": target, "ci": [low, high],
-                          "total_samples": tier1.get("total_samples", 0)},
+                evidence={"metric": metric, "scope": scope, "observed": observed, "threshold": target,
+                          "ci": [low, high], "total_samples": tier1.get("total_samples", 0)},
+                source="tier_metrics",
             )
         )
+    return insights
+
+
+def insights_from_group_metrics(events: pd.DataFrame, *, under_multiplier: float = 1.1) -> list[Insight]:
+    """Tier-1 breaches and truncation hot spots per (category, complexity) group of ``events``
+    (all Builder calls, canonical labels): the group is where a coefficient would change."""
+    frame = as_events_frame(events)
+    keys = pd.Series(
+        list(zip(canonical_labels(frame["category"], normalise_category),
+                 canonical_labels(frame["complexity"], normalise_complexity))),
+        index=frame.index, dtype=object,
+    )
+    insights = []
+    for category, complexity in sorted(set(keys)):
+        rows = frame[(keys == (category, complexity)).to_numpy()]
+        tier1 = tier1_metrics(rows, under_multiplier=under_multiplier)
+        insights += insights_from_tier_metrics(tier1, scope=f"group={category}/{complexity}")
     return insights
 
 
@@ -133,6 +257,7 @@ def insights_from_calibration(groups: list[dict[str, Any]], method: str) -> list
                 effort="S",
                 evidence={key: group[key] for key in ("category", "complexity", "sample_count", "confidence",
                                                       "proposed_multiplier") if key in group} | {"method": method},
+                source="calibration_recommendations",
             )
         )
     return insights
@@ -157,37 +282,130 @@ def insights_from_sample_shortfalls(group_counts: dict[tuple[str, str], int], mi
                 requires_approval=False,
                 effort="S",
                 evidence={"category": category, "complexity": complexity, "observed": n, "threshold": min_samples},
+                source="success_samples",
             )
         )
     return insights
 
 
-def generate_tasks(insights: list[Insight], *, max_tasks: int, min_confidence: float) -> list[GeneratedTask]:
-    """Filter by confidence (never below the 0.5 floor), dedup by fingerprint, keep the most severe."""
-    threshold = max(min_confidence, MIN_CONFIDENCE_FLOOR)
-    kept: dict[str, GeneratedTask] = {}
-    ranked = sorted(insights, key=lambda i: (-i.severity, -i.confidence, i.kind, i.subject))
-    for insight in ranked:
-        if insight.confidence < threshold:
-            continue
-        fp = fingerprint(insight.kind, insight.subject)
-        if fp in kept:
-            continue
-        kept[fp] = GeneratedTask(
-            task_id=f"TASK-{fp[:12].upper()}",
-            fingerprint=fp,
-            title=insight.title[:255],
-            description=f"## Problem\n{insight.detail}\n\n## Evidence\n"
-            + "\n".join(f"- {k}: {v}" for k, v in insight.evidence.items()),
-            priority=priority_for(insight.severity),
-            kind=insight.task_kind,
-            confidence=round(insight.confidence, 3),
-            estimated_effort=insight.effort,
-            estimated_cost=EFFORT_COST[insight.effort],
-            requires_approval=insight.requires_approval,
-            source_insights=[f"{insight.kind}:{insight.subject}"],
-            evidence=dict(insight.evidence),
+def _phase_types(members: tuple[Insight, ...] | list[Insight]) -> str:
+    """What a recurrence pattern is about: its phase types, which outlive the phase ids of one run
+    (so the fingerprint stays put while the same phases keep failing, and changes when a new type joins)."""
+    return ", ".join(sorted({str(i.evidence.get("phase_type") or "unknown") for i in members}))
+
+
+def _pattern(kind: str, members: list[Insight]) -> Pattern | None:
+    rule = PATTERN_RULES.get(kind, DEFAULT_RULE)
+    n = len(members)
+    if n < rule.min_occurrences:
+        return None
+    if rule.recurrence:
+        confidence = min(1.0, n / 5) + rule.confidence_boost
+        severity = min(10, n + 2 * sum(i.high for i in members)) + rule.severity_boost
+        if kind == "cost_sink" and max(float(i.evidence.get("total_tokens") or 0) for i in members) > \
+                COST_SINK_EXTRA_SEVERITY_TOKENS:
+            severity += 1
+        effort = effort_for_occurrences(n)
+        subject = f"phase types: {_phase_types(members)}"
+    else:
+        confidence = max(i.confidence for i in members) + rule.confidence_boost
+        severity = max(i.severity for i in members) + rule.severity_boost
+        effort = max((i.effort for i in members), key=EFFORT_ORDER.index)
+        subject = members[0].subject
+    return Pattern(kind=kind, subject=subject, insights=tuple(members), confidence=round(min(1.0, confidence), 3),
+                   severity=int(min(10, severity)), effort=effort)
+
+
+def detect_patterns(insights: list[Insight]) -> list[Pattern]:
+    """Group insights into patterns, most severe first, then most frequent, then most confident.
+
+    Recurrence types group by type (Autopack); the others by (type, subject), one finding each.
+    """
+    groups: dict[tuple[str, str], list[Insight]] = {}
+    # Stable sort: within equal severity and confidence the caller's order (the analyser's rank) stays.
+    ordered = sorted(insights, key=lambda i: (-i.severity, -i.confidence))
+    for insight in ordered:
+        rule = PATTERN_RULES.get(insight.kind, DEFAULT_RULE)
+        key = (insight.kind, "" if rule.recurrence else insight.subject.strip().lower())
+        groups.setdefault(key, []).append(insight)
+    patterns = [p for (kind, _), members in groups.items() if (p := _pattern(kind, members)) is not None]
+    return sorted(patterns, key=lambda p: (-p.severity, -p.occurrences, -p.confidence, p.kind, p.subject))
+
+
+def _source_of(insight: Insight, source: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Provenance: the input the figures came from, the generating run, and that input's materialisation."""
+    common = {k: v for k, v in (source or {}).items() if k != "inputs"}
+    upstream = ((source or {}).get("inputs") or {}).get(insight.source)
+    return {"input": insight.source or None, **common} | ({"input_materialization": upstream} if upstream else {})
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 3] + "..."
+
+
+def _task(pattern: Pattern, source: Mapping[str, Any] | None) -> GeneratedTask:
+    fp = fingerprint(pattern.kind, pattern.subject)
+    lead = pattern.insights[0]
+    rule = PATTERN_RULES.get(pattern.kind, DEFAULT_RULE)
+    figures = {"severity": pattern.severity, "occurrences": pattern.occurrences}
+    if rule.recurrence:
+        title = f"Fix recurring {pattern.kind} issues ({_phase_types(pattern.insights)} phases)"
+        description = (
+            f"## Problem\n{pattern.occurrences} {pattern.kind} findings in the analysis window "
+            f"({sum(i.high for i in pattern.insights)} of high severity).\n\n## Examples\n"
+            + "\n".join(f"- {_clip(i.title)}" for i in pattern.examples)
+            + f"\n\n## Suggested Fix\n{SUGGESTED_FIX.get(pattern.kind, 'Investigate the examples.')}"
         )
-        if len(kept) >= max_tasks:
+        evidence = figures | {"examples": [dict(i.evidence) for i in pattern.examples]}
+    else:
+        title = lead.title
+        description = f"## Problem\n{lead.detail}\n\n## Evidence\n" + "\n".join(
+            f"- {k}: {v}" for k, v in lead.evidence.items()
+        )
+        evidence = dict(lead.evidence) | figures
+    evidence["source"] = _source_of(lead, source)
+    return GeneratedTask(
+        task_id=task_id_for(fp),
+        fingerprint=fp,
+        title=title[:255],
+        description=description,
+        priority=priority_for(pattern.severity),
+        kind=lead.task_kind,
+        confidence=pattern.confidence,
+        estimated_effort=pattern.effort,
+        estimated_cost=estimated_cost(pattern.effort, pattern.kind, pattern.occurrences),
+        requires_approval=any(i.requires_approval for i in pattern.insights),
+        source_insights=[f"{i.kind}:{i.subject}" for i in pattern.examples],
+        evidence=evidence,
+    )
+
+
+def generate_tasks(
+    insights: list[Insight],
+    *,
+    max_tasks: int,
+    min_confidence: float,
+    source: Mapping[str, Any] | None = None,
+) -> list[GeneratedTask]:
+    """Tasks from ``insights``: filter by confidence (never below the 0.5 floor), group into patterns,
+    keep the confident ones, dedup by fingerprint, at most ``max_tasks``, most severe first.
+
+    ``source`` is the generation's provenance, stored in each task's evidence, e.g.
+    ``{"asset": "generated_tasks", "dagster_run_id": ..., "inputs": {"tier_metrics": {"dagster_run_id": ...}}}``;
+    ``inputs`` maps an insight's source to the materialisation its figures came from.
+    """
+    if max_tasks <= 0:
+        return []
+    threshold = max(min_confidence, MIN_CONFIDENCE_FLOOR)
+    confident = [i for i in insights if i.confidence >= threshold]
+    tasks: dict[str, GeneratedTask] = {}
+    for pattern in detect_patterns(confident):
+        if pattern.confidence < threshold:
+            continue
+        task = _task(pattern, source)
+        if task.fingerprint in tasks:
+            continue
+        tasks[task.fingerprint] = task
+        if len(tasks) >= max_tasks:
             break
-    return list(kept.values())
+    return list(tasks.values())

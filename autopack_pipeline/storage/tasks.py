@@ -1,21 +1,32 @@
-"""Persisting generated improvement tasks in Autopack's ``generated_tasks`` table."""
+"""Generated improvement tasks in Autopack's ``generated_tasks`` table: storing them and their lifecycle.
+
+Statuses are Autopack's: ``pending`` -> ``in_progress`` -> ``completed`` or ``failed``, and ``skipped``
+for a task a person rejected. A failure with retries left sends the task back to ``pending`` (its
+``retry_count`` and ``failure_runs`` grow); at ``max_retries`` it is ``failed`` for good. An
+``in_progress`` task nobody has touched for a day was abandoned (a crash, a killed process) and is
+failed by :func:`cleanup_stale_tasks`, so it cannot block its group forever.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import case, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import case, false, func, select, update
+from sqlalchemy.engine import Connection, Engine
 
 from autopack_pipeline.storage.database import insert_ignoring_conflicts
-from autopack_pipeline.storage.models import GeneratedTask
+from autopack_pipeline.storage.models import GeneratedTask, utc_now
 
 _TASKS = GeneratedTask.__table__
 _WRITABLE = frozenset(column.key for column in _TASKS.columns) - {"id"}
 # Autopack's get_pending_tasks order: most urgent first, then oldest first.
 _PRIORITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+STATUSES = ("pending", "in_progress", "completed", "failed", "skipped")
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_STALE_HOURS = 24
 
 
 def _to_row(task: Mapping[str, Any]) -> dict[str, Any]:
@@ -60,16 +71,170 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _ordered(statement):
+    rank = case(_PRIORITY_RANK, value=_TASKS.c.priority, else_=len(_PRIORITY_RANK))
+    return statement.order_by(rank, _TASKS.c.created_at, _TASKS.c.id)
+
+
+def _plain_rows(rows) -> list[dict[str, Any]]:
+    return [{key: _plain(value) for key, value in row.items()} for row in rows]
+
+
 def list_generated_tasks(engine: Engine, status: str | None = None) -> list[dict[str, Any]]:
     """Tasks (optionally only those with ``status``), most urgent priority first, then oldest first.
 
     Each task is a dict keyed by column name; datetimes are ISO strings so the result can be
     printed as JSON as it is.
     """
-    rank = case(_PRIORITY_RANK, value=_TASKS.c.priority, else_=len(_PRIORITY_RANK))
-    statement = select(_TASKS).order_by(rank, _TASKS.c.created_at, _TASKS.c.id)
+    statement = _ordered(select(_TASKS))
     if status is not None:
         statement = statement.where(_TASKS.c.status == status)
     with engine.connect() as connection:
-        rows = connection.execute(statement).mappings().all()
-    return [{key: _plain(value) for key, value in row.items()} for row in rows]
+        return _plain_rows(connection.execute(statement).mappings().all())
+
+
+def get_task(engine: Engine, task_id: str) -> dict[str, Any] | None:
+    """One task as a JSON-ready dict, or ``None``."""
+    with engine.connect() as connection:
+        row = connection.execute(select(_TASKS).where(_TASKS.c.task_id == task_id)).mappings().first()
+    return _plain_rows([row])[0] if row is not None else None
+
+
+def pending_tasks(
+    engine: Engine, *, kind: str | None = None, auto_executable_only: bool = False, limit: int = 10
+) -> list[dict[str, Any]]:
+    """Pending tasks, critical > high > medium > low, then oldest first.
+
+    ``auto_executable_only`` keeps tasks that need no approval; a NULL ``requires_approval`` (a row
+    written by Autopack, which never stored it) counts as needing one.
+    """
+    statement = _ordered(select(_TASKS).where(_TASKS.c.status == "pending")).limit(limit)
+    if kind is not None:
+        statement = statement.where(_TASKS.c.kind == kind)
+    if auto_executable_only:
+        statement = statement.where(_TASKS.c.requires_approval == false())
+    with engine.connect() as connection:
+        return _plain_rows(connection.execute(statement).mappings().all())
+
+
+def _locked(connection: Connection, task_id: str) -> Mapping[str, Any] | None:
+    # FOR UPDATE on PostgreSQL, so a sensor and a terminal updating one task serialise; SQLite ignores
+    # it and serialises writers by itself.
+    statement = select(_TASKS).where(_TASKS.c.task_id == task_id).with_for_update()
+    return connection.execute(statement).mappings().first()
+
+
+def _set(connection: Connection, task_id: str, **values: Any) -> None:
+    connection.execute(update(_TASKS).where(_TASKS.c.task_id == task_id).values(**values))
+
+
+def mark_task_status(
+    engine: Engine,
+    task_id: str,
+    status: str,
+    *,
+    executed_in_run_id: str | None = None,
+    failure_reason: str | None = None,
+    increment_retry: bool = False,
+) -> str:
+    """Move a task to ``status``; returns ``"updated"``, ``"retry"``, ``"failed"`` or ``"not_found"``.
+
+    With ``increment_retry`` this records a failed attempt, whatever ``status`` says (Autopack's
+    semantics): ``retry_count`` grows, ``executed_in_run_id`` joins ``failure_runs`` if new, and the
+    task goes back to ``pending`` ("retry") or, at ``max_retries``, to ``failed`` ("failed").
+    ``completed`` stamps ``completed_at``; ``updated_at`` is always stamped.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"unknown task status {status!r}; known: {', '.join(STATUSES)}")
+    now = utc_now()
+    with engine.begin() as connection:
+        task = _locked(connection, task_id)
+        if task is None:
+            return "not_found"
+        values: dict[str, Any] = {"updated_at": now}
+        if executed_in_run_id is not None:
+            values["executed_in_run_id"] = executed_in_run_id
+        if failure_reason is not None:
+            values["failure_reason"] = failure_reason
+        if increment_retry:
+            retries = int(task["retry_count"] or 0) + 1
+            runs = list(task["failure_runs"] or [])
+            if executed_in_run_id is not None and executed_in_run_id not in runs:
+                runs.append(executed_in_run_id)
+            limit = int(task["max_retries"] if task["max_retries"] is not None else DEFAULT_MAX_RETRIES)
+            exhausted = retries >= limit
+            values |= {"retry_count": retries, "failure_runs": runs, "status": "failed" if exhausted else "pending"}
+            if exhausted:
+                values["failure_reason"] = f"{failure_reason or 'failed'} (gave up after {retries} attempts)"
+            _set(connection, task_id, **values)
+            return "failed" if exhausted else "retry"
+        values["status"] = status
+        if status == "completed":
+            values["completed_at"] = now
+        _set(connection, task_id, **values)
+        return "updated"
+
+
+def claim_task(engine: Engine, task_id: str, *, executed_in_run_id: str | None = None) -> bool:
+    """Atomically move a ``pending`` task to ``in_progress``; ``False`` if it is not pending (any more).
+
+    One conditional UPDATE, so two executors racing for the same task cannot both win it.
+    """
+    values: dict[str, Any] = {"status": "in_progress", "updated_at": utc_now()}
+    if executed_in_run_id is not None:
+        values["executed_in_run_id"] = executed_in_run_id
+    statement = update(_TASKS).where(_TASKS.c.task_id == task_id, _TASKS.c.status == "pending").values(**values)
+    with engine.begin() as connection:
+        return connection.execute(statement).rowcount == 1
+
+
+def cleanup_stale_tasks(engine: Engine, threshold_hours: float = DEFAULT_STALE_HOURS) -> int:
+    """Fail ``in_progress`` tasks last touched (``updated_at``, else ``created_at``) more than
+    ``threshold_hours`` ago; returns how many."""
+    now = utc_now()
+    cutoff = now - timedelta(hours=threshold_hours)
+    touched = func.coalesce(_TASKS.c.updated_at, _TASKS.c.created_at)
+    with engine.begin() as connection:
+        stale = connection.execute(
+            select(_TASKS.c.task_id, touched.label("touched")).where(_TASKS.c.status == "in_progress", touched < cutoff)
+        ).all()
+        for task_id, last in stale:
+            reason = f"Stale: in progress since {_plain(last)} with no update for more than {threshold_hours:g} h"
+            connection.execute(
+                update(_TASKS)
+                .where(_TASKS.c.task_id == task_id, _TASKS.c.status == "in_progress")
+                .values(status="failed", failure_reason=reason, updated_at=now)
+            )
+    return len(stale)
+
+
+def approve_task(engine: Engine, task_id: str, *, note: str | None = None) -> str:
+    """A person approves a pending task: it no longer needs approval, and the approval is kept in its
+    evidence. Returns ``"updated"``, ``"not_found"`` or ``"not_pending"``.
+
+    Approval makes a collect-samples task executable; a coefficient review stays a person's job.
+    """
+    with engine.begin() as connection:
+        task = _locked(connection, task_id)
+        if task is None:
+            return "not_found"
+        if task["status"] != "pending":
+            return "not_pending"
+        evidence = dict(task["evidence"] or {})
+        evidence["approval"] = {"approved_at": _plain(utc_now()), "note": note}
+        _set(connection, task_id, requires_approval=False, evidence=evidence, updated_at=utc_now())
+    return "updated"
+
+
+def reject_task(engine: Engine, task_id: str, *, reason: str | None = None) -> str:
+    """A person rejects a pending task: status ``skipped`` (Autopack's word) with the reason.
+    Returns ``"updated"``, ``"not_found"`` or ``"not_pending"``."""
+    with engine.begin() as connection:
+        task = _locked(connection, task_id)
+        if task is None:
+            return "not_found"
+        if task["status"] != "pending":
+            return "not_pending"
+        _set(connection, task_id, status="skipped", failure_reason=f"Rejected: {reason or 'no reason given'}",
+             updated_at=utc_now())
+    return "updated"

@@ -1,10 +1,17 @@
-"""Insights and generated tasks: confidence floor, dedup by fingerprint, priorities."""
+"""Insights, patterns and generated tasks: confidence floor, dedup by fingerprint, priorities, effort, cost."""
+
+import pandas as pd
 
 from autopack_pipeline.domain.tasks import (
     MIN_CONFIDENCE_FLOOR,
+    Insight,
+    detect_patterns,
+    effort_for_occurrences,
+    estimated_cost,
     fingerprint,
     generate_tasks,
     insights_from_calibration,
+    insights_from_group_metrics,
     insights_from_sample_shortfalls,
     insights_from_tier_metrics,
     priority_for,
@@ -88,3 +95,112 @@ def test_confidence_filter_never_goes_below_the_floor_and_max_tasks_keeps_the_mo
 
 def test_priority_bands():
     assert [priority_for(s) for s in (9, 8, 7, 6, 5, 4, 3)] == ["critical", "critical", "high", "high", "medium", "medium", "low"]
+
+
+# --- patterns (spec §7.3), effort, cost, provenance -------------------------------------------------
+
+def _outcome(kind: str, n: int, *, phase_type: str = "docs", severity: int = 4, tokens: int = 0) -> Insight:
+    return Insight(kind=kind, subject=f"{phase_type}/p{n}", title=f"{kind} #{n}", detail="", confidence=1.0,
+                   severity=severity, task_kind={"cost_sink": "reduce_token_cost", "failure_mode": "fix_failure_mode",
+                                                 "retry_cause": "reduce_retries"}[kind],
+                   requires_approval=True, evidence={"phase_type": phase_type, "total_tokens": tokens},
+                   source="phase_outcome_events")
+
+
+def test_a_single_outcome_insight_is_not_a_pattern_but_two_are():
+    assert detect_patterns([_outcome("failure_mode", 1)]) == []
+    (pattern,) = detect_patterns([_outcome("failure_mode", 1), _outcome("failure_mode", 2)])
+    assert pattern.occurrences == 2
+    # base confidence min(1, 2/5) = 0.4, +0.2 for failure modes; base severity 2 + 0 high, +3.
+    assert pattern.confidence == 0.6 and pattern.severity == 5
+
+
+def test_pattern_boosts_per_outcome_type():
+    def three(kind: str, **kw) -> list[Insight]:
+        return [_outcome(kind, i, **kw) for i in range(3)]
+
+    cost, = detect_patterns(three("cost_sink"))
+    retry, = detect_patterns(three("retry_cause"))
+    failure, = detect_patterns(three("failure_mode"))
+    assert (cost.confidence, cost.severity) == (0.75, 5)  # 0.6+0.15, 3+2
+    assert (retry.confidence, retry.severity) == (0.7, 4)  # 0.6+0.1, 3+1
+    assert (failure.confidence, failure.severity) == (0.8, 6)  # 0.6+0.2, 3+3
+    high, = detect_patterns(three("cost_sink", severity=6))
+    assert high.severity == 10  # 3 + 2*3 high, +2, capped at 10
+    big, = detect_patterns(three("cost_sink", tokens=150_000)[:2])
+    small, = detect_patterns(three("cost_sink", tokens=90_000)[:2])
+    assert big.severity == small.severity + 1  # the extra point for a sink above 100k tokens
+    assert detect_patterns([_outcome("cost_sink", i) for i in range(7)])[0].confidence == 1.0  # capped
+
+
+def test_measured_insights_are_patterns_of_one_judged_on_their_own_figures():
+    insight = insights_from_sample_shortfalls({("docs", "low"): 1}, 5)[0]
+    (pattern,) = detect_patterns([insight])
+    assert (pattern.occurrences, pattern.confidence, pattern.severity, pattern.effort) == (1, 0.8, 4, "S")
+
+
+def test_patterns_are_ordered_by_severity_then_occurrences():
+    failures = [_outcome("failure_mode", i) for i in range(2)]  # severity 5
+    retries = [_outcome("retry_cause", i) for i in range(4)]  # severity 5, more occurrences
+    breach = insights_from_tier_metrics(_tier1(30.0, (18.0, 45.0)))  # severity 8
+    assert [p.kind for p in detect_patterns(failures + retries + breach)] == ["tier1_breach", "retry_cause",
+                                                                             "failure_mode"]
+
+
+def test_effort_bands_and_estimated_cost():
+    assert [effort_for_occurrences(n) for n in (1, 2, 3, 5, 6, 10, 11)] == ["S", "S", "M", "M", "L", "L", "XL"]
+    assert estimated_cost("M", "cost_sink", 3) == round(30_000 * 1.5 * 1.15)
+    assert estimated_cost("XL", "failure_mode", 25) == round(150_000 * 1.3 * 1.5)  # occurrences capped at 10
+    assert estimated_cost("S", "sample_shortfall", 1) == 10_500
+    assert estimated_cost("S", "something_new", 1) == 10_500  # unknown types cost x1.0
+
+
+def test_an_outcome_pattern_becomes_one_task_with_examples_and_approval():
+    insights = [_outcome("failure_mode", i, phase_type=t) for i, t in enumerate(["docs", "tests", "docs", "tests"])]
+    (task,) = generate_tasks(insights, max_tasks=10, min_confidence=0.7)
+    assert task.title == "Fix recurring failure_mode issues (docs, tests phases)"
+    assert task.kind == "fix_failure_mode" and task.requires_approval
+    assert task.estimated_effort == "M" and task.priority == "high"  # 4 occurrences; severity 4 + 3
+    assert len(task.evidence["examples"]) == 3 and task.evidence["occurrences"] == 4
+    assert task.source_insights == ["failure_mode:docs/p0", "failure_mode:tests/p1", "failure_mode:docs/p2"]
+    assert "## Examples" in task.description and "## Suggested Fix" in task.description
+    # The id follows the phase types, not the phase ids, so next week's run of the same phases is the same task.
+    again = [_outcome("failure_mode", i + 10, phase_type=t) for i, t in enumerate(["tests", "docs"])]
+    assert generate_tasks(again, max_tasks=10, min_confidence=0.5)[0].task_id == task.task_id
+
+
+def test_a_pattern_below_the_confidence_threshold_is_not_a_task():
+    two = [_outcome("retry_cause", i) for i in range(2)]  # 0.4 + 0.1 = 0.5
+    assert generate_tasks(two, max_tasks=10, min_confidence=0.7) == []
+    assert len(generate_tasks(two, max_tasks=10, min_confidence=0.5)) == 1
+
+
+def test_max_tasks_zero_gives_nothing():
+    assert generate_tasks(insights_from_sample_shortfalls({("docs", "low"): 1}, 5), max_tasks=0,
+                          min_confidence=0.5) == []
+
+
+def test_evidence_records_the_input_and_the_materialisation_it_came_from():
+    insights = insights_from_sample_shortfalls({("docs", "low"): 1}, 5)
+    source = {"asset": "generated_tasks", "dagster_run_id": "run-9",
+              "inputs": {"success_samples": {"dagster_run_id": "run-8", "storage_id": 41}}}
+    (task,) = generate_tasks(insights, max_tasks=10, min_confidence=0.7, source=source)
+    assert task.evidence["source"] == {"input": "success_samples", "asset": "generated_tasks",
+                                       "dagster_run_id": "run-9",
+                                       "input_materialization": {"dagster_run_id": "run-8", "storage_id": 41}}
+    assert task.evidence["category"] == "docs" and task.evidence["threshold"] == 5  # figures stay at the top
+    assert not task.requires_approval and task.estimated_cost == 10_500
+
+
+def test_group_metrics_find_breaches_and_truncation_hot_spots_per_group():
+    rows = []
+    for i in range(20):  # docs/low: every call truncated; implementation/medium: on target
+        rows.append({"event_id": i, "run_id": "r", "phase_id": f"d{i}", "category": "documentation",
+                     "complexity": "low", "predicted_output_tokens": 1000, "actual_output_tokens": 1000,
+                     "success": True, "truncated": True})
+        rows.append({"event_id": 100 + i, "run_id": "r", "phase_id": f"i{i}", "category": "implementation",
+                     "complexity": "medium", "predicted_output_tokens": 1000, "actual_output_tokens": 900,
+                     "success": True, "truncated": False})
+    insights = insights_from_group_metrics(pd.DataFrame(rows))
+    assert [(i.kind, i.subject) for i in insights] == [("truncation_hotspot", "truncation:group=docs/low")]
+    assert insights[0].confidence == 0.9 and insights[0].source == "tier_metrics"

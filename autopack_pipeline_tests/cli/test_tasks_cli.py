@@ -1,0 +1,170 @@
+"""`autopack-telemetry tasks ...` run as a user runs it: a subprocess, its exit code and its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autopack_pipeline.domain.samples import clean_samples
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.events import read_events
+from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline.storage.tasks import get_task, save_generated_tasks
+
+
+def run(*args: str, db: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    # The user's own settings must not leak in; the spool directory the cli conftest sets stays.
+    env = {k: v for k, v in os.environ.items() if k == "AUTOPACK_SPOOL_DIR" or
+           not k.startswith(("DATABASE_URL", "AUTOPACK_", "TASK_GENERATION_", "ANTHROPIC_", "DAGSTER_HOME"))}
+    env.update({"DATABASE_URL": f"sqlite:///{db}", **(env_extra or {})})
+    return subprocess.run([sys.executable, "-m", "autopack_pipeline.cli", *args], cwd=db.parent, env=env, check=False,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "telemetry.db"
+
+
+def _seed(db: Path, *tasks: dict) -> None:
+    engine = make_engine(f"sqlite:///{db}")
+    upgrade_database(engine)
+    save_generated_tasks(engine, list(tasks))
+    engine.dispose()
+
+
+def _task(db: Path, task_id: str) -> dict | None:
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        return get_task(engine, task_id)
+    finally:
+        engine.dispose()
+
+
+REVIEW = {"task_id": "TASK-REVIEW", "title": "Review PHASE_OVERHEAD for tests/low", "priority": "high",
+          "kind": "review_coefficients", "requires_approval": True, "description": "## Problem\nx",
+          "evidence": {"category": "tests", "complexity": "low"}}
+COLLECT = {"task_id": "TASK-COLLECT", "title": "Collect 2 more clean samples for docs/low", "priority": "medium",
+           "kind": "collect_samples", "requires_approval": True,
+           "evidence": {"category": "docs", "complexity": "low", "observed": 0, "threshold": 2}}
+
+
+@pytest.mark.parametrize("command", ["list", "show", "generate", "execute", "approve", "reject", "complete"])
+def test_every_tasks_subcommand_has_help(command, db):
+    result = run("tasks", command, "--help", db=db)
+    assert result.returncode == 0, result.stderr
+    assert f"usage: autopack-telemetry tasks {command}" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["tasks"], ["tasks", "list", "--status", "done"], ["tasks", "execute", "--limit", "0"],
+                                  ["tasks", "show"], ["tasks", "generate", "--window-days", "-1"]])
+def test_bad_usage_exits_2_without_a_traceback(args, db):
+    result = run(*args, db=db)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "error:" in result.stderr
+
+
+def test_an_invalid_setting_exits_2_naming_the_variable(db):
+    result = run("tasks", "generate", db=db, env_extra={"TASK_GENERATION_MAX_TASKS_PER_RUN": "-4"})
+    assert result.returncode == 2
+    assert "TASK_GENERATION_MAX_TASKS_PER_RUN: Input should be greater than or equal to 0 (got '-4')" in result.stderr
+
+
+def test_unknown_ids_exit_1(db):
+    for args in (["show", "TASK-NOPE"], ["approve", "TASK-NOPE"], ["reject", "TASK-NOPE"], ["complete", "TASK-NOPE"]):
+        result = run("tasks", *args, db=db)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "no task TASK-NOPE" in result.stderr
+
+
+def test_an_empty_database_has_nothing_to_generate_from(db):
+    result = run("tasks", "generate", db=db)
+    assert result.returncode == 1 and "nothing to analyse" in result.stderr
+    listed = run("tasks", "list", db=db)
+    assert listed.returncode == 0 and "No tasks." in listed.stdout
+
+
+def test_list_show_approve_reject_complete(db):
+    _seed(db, REVIEW, COLLECT)
+    listed = run("tasks", "list", db=db)
+    assert listed.returncode == 0
+    assert listed.stdout.index("TASK-REVIEW") < listed.stdout.index("TASK-COLLECT")  # high before medium
+    assert "[needs approval]" in listed.stdout
+    assert [t["task_id"] for t in json.loads(run("tasks", "list", "--status", "pending", "--json", db=db).stdout)] == [
+        "TASK-REVIEW", "TASK-COLLECT"]
+    shown = json.loads(run("tasks", "show", "TASK-COLLECT", "--json", db=db).stdout)
+    assert shown["evidence"]["threshold"] == 2 and shown["status"] == "pending"
+    assert "Review PHASE_OVERHEAD" in run("tasks", "show", "TASK-REVIEW", db=db).stdout
+
+    approved = run("tasks", "approve", "TASK-REVIEW", "--note", "looks right", db=db)
+    assert approved.returncode == 0 and "carried out by a person" in approved.stdout
+    assert _task(db, "TASK-REVIEW")["evidence"]["approval"]["note"] == "looks right"
+    assert run("tasks", "complete", "TASK-REVIEW", db=db).returncode == 0
+    assert _task(db, "TASK-REVIEW")["status"] == "completed"
+    again = run("tasks", "reject", "TASK-REVIEW", db=db)
+    assert again.returncode == 1 and "is completed" in again.stderr
+
+    rejected = run("tasks", "reject", "TASK-COLLECT", "--reason", "not now", db=db)
+    assert rejected.returncode == 0 and "rejected" in rejected.stdout
+    task = _task(db, "TASK-COLLECT")
+    assert (task["status"], task["failure_reason"]) == ("skipped", "Rejected: not now")
+    assert [t["task_id"] for t in json.loads(run("tasks", "list", "--status", "skipped", "--json", db=db).stdout)] == [
+        "TASK-COLLECT"]
+
+
+def test_execute_waits_for_approval_then_collects(db):
+    _seed(db, REVIEW, COLLECT)
+    waiting = json.loads(run("tasks", "execute", "--json", db=db).stdout)
+    assert {r["task_id"]: r["outcome"] for r in waiting["results"]} == {"TASK-REVIEW": "needs_person",
+                                                                       "TASK-COLLECT": "needs_person"}
+    assert run("tasks", "approve", "TASK-COLLECT", db=db).returncode == 0
+
+    off = run("tasks", "execute", db=db, env_extra={"AUTOPACK_TASK_GENERATION_AUTO_EXECUTE": "false"})
+    assert off.returncode == 0 and "Auto-execution is off" in off.stdout
+    assert _task(db, "TASK-COLLECT")["status"] == "pending"
+
+    outcomes = []
+    while len(outcomes) < 3 and (not outcomes or outcomes[-1] == "retry"):
+        result = run("tasks", "execute", "--backend", "simulated", "--json", db=db)
+        assert result.returncode == 0, result.stderr
+        outcomes += [r["outcome"] for r in json.loads(result.stdout)["results"] if r["task_id"] == "TASK-COLLECT"]
+    assert outcomes[-1] == "completed", outcomes
+    assert _task(db, "TASK-COLLECT")["status"] == "completed"
+    engine = make_engine(f"sqlite:///{db}")
+    samples = clean_samples(read_events(engine))
+    engine.dispose()
+    assert len(samples[(samples["category"] == "docs") & (samples["complexity"] == "low")]) >= 2
+    assert set(samples["run_id"]) <= {f"TASK-COLLECT-attempt-{n}" for n in range(1, 4)}
+    text = run("tasks", "execute", db=db)
+    assert "No pending task can run on its own." in text.stdout and "wait for a person" in text.stdout
+
+
+def test_generate_from_collected_telemetry_twice_stores_each_task_once(db):
+    for category, complexity, phases in (("docs", "low", "2"), ("implementation", "low", "6")):
+        collected = run("collect", "--category", category, "--complexity", complexity, "--phases", phases,
+                        "--run-id", f"cli-{category}", "--json", db=db)
+        assert collected.returncode == 0, collected.stderr
+    first = run("tasks", "generate", "--json", db=db)
+    assert first.returncode == 0, first.stderr
+    document = json.loads(first.stdout)
+    assert document["tasks_new"] == document["tasks_generated"] > 0
+    assert not document["gate"]["open"]  # fewer than 20 clean samples: no calibration, and no report written
+    assert not (db.parent / "reports").exists()
+    shortfall = [t for t in document["tasks"] if t["kind"] == "collect_samples"]
+    assert [t["evidence"]["category"] for t in shortfall] == ["docs"]
+    assert shortfall[0]["evidence"]["source"]["command"] == "autopack-telemetry tasks generate"
+
+    second = json.loads(run("tasks", "generate", "--json", db=db).stdout)
+    assert second["tasks_new"] == 0
+    assert {t["task_id"] for t in second["tasks"]} == {t["task_id"] for t in document["tasks"]}
+    assert len(json.loads(run("tasks", "list", "--json", db=db).stdout)) == document["tasks_generated"]
+
+    text = run("tasks", "generate", db=db)
+    assert "0 new" in text.stdout and "Calibration gate closed" in text.stdout
+    off = run("tasks", "generate", db=db, env_extra={"AUTOPACK_TASK_GENERATION_ENABLED": "false"})
+    assert off.returncode == 0 and "Task generation is off" in off.stdout
