@@ -3,12 +3,48 @@
 import dagster as dg
 
 from autopack_pipeline.assets import PIPELINE_ASSETS
-from autopack_pipeline.jobs import analysis_job, telemetry_pipeline_job
+from autopack_pipeline.checks import ALL_CHECKS
+from autopack_pipeline.jobs import (
+    analysis_job,
+    calibration_job,
+    drift_check_job,
+    targeted_collection_job,
+    task_generation_job,
+    telemetry_pipeline_job,
+)
 from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.schedules import drift_check_schedule
+from autopack_pipeline.sensors import (
+    auto_execution_sensor,
+    calibration_gate_sensor,
+    collection_task_failure_sensor,
+    collection_task_success_sensor,
+    task_generation_sensor,
+)
 
+# Steps are light pandas work on one telemetry database: running them in the run's own process
+# saves a Python start-up per step (seconds each) and keeps each run a single SQLite writer. A
+# deployment that wants steps spread out swaps this line only (README, "Scaling out").
 defs = dg.Definitions(
     assets=PIPELINE_ASSETS,
-    jobs=[telemetry_pipeline_job, analysis_job],
+    asset_checks=ALL_CHECKS,
+    jobs=[
+        telemetry_pipeline_job,
+        analysis_job,
+        calibration_job,
+        task_generation_job,
+        drift_check_job,
+        targeted_collection_job,
+    ],
+    sensors=[
+        calibration_gate_sensor,
+        task_generation_sensor,
+        auto_execution_sensor,
+        collection_task_success_sensor,
+        collection_task_failure_sensor,
+    ],
+    schedules=[drift_check_schedule],
+    executor=dg.in_process_executor,
     resources={
         "telemetry_db": TelemetryDatabase(),
         "llm": LLMBackendResource(),

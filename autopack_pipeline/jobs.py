@@ -1,17 +1,70 @@
-"""Jobs, named for what they do."""
+"""Jobs, named for what they do.
+
+Every job that writes the telemetry database carries the run tag ``autopack/telemetry-db: write``;
+dagster.yaml lets one such run at a time out of the queue, because SQLite takes one writer at a
+time. The drift checks only read, and carry ``read``.
+"""
 
 import dagster as dg
 
 from autopack_pipeline.assets import PIPELINE_ASSETS
+from autopack_pipeline.assets.calibration import calibration_recommendations
+from autopack_pipeline.assets.collection import telemetry_collection_run
+from autopack_pipeline.assets.events import raw_events
+from autopack_pipeline.assets.metrics import tier_metrics
+from autopack_pipeline.assets.samples import success_samples
+from autopack_pipeline.assets.tasks import generated_tasks
+from autopack_pipeline.checks import DRIFT_CHECK_KEYS
+
+TELEMETRY_DB_TAG = "autopack/telemetry-db"
+WRITES = {TELEMETRY_DB_TAG: "write"}
+READS = {TELEMETRY_DB_TAG: "read"}
 
 telemetry_pipeline_job = dg.define_asset_job(
     name="telemetry_pipeline_job",
     selection=dg.AssetSelection.assets(*PIPELINE_ASSETS),
     description="The whole loop: collect telemetry, analyse it, calibrate when the gate allows, generate tasks.",
+    tags=WRITES,
 )
 
 analysis_job = dg.define_asset_job(
     name="analysis_job",
     selection=dg.AssetSelection.assets(*PIPELINE_ASSETS[1:]),
     description="Everything after collection, on the events already in the telemetry database.",
+    tags=WRITES,
+)
+
+calibration_job = dg.define_asset_job(
+    name="calibration_job",
+    selection=dg.AssetSelection.assets(calibration_recommendations, generated_tasks),
+    description=(
+        "Calibrate on the latest samples and metrics (no new collection), then turn the result into tasks. "
+        "Requested by calibration_gate_sensor once per batch of samples."
+    ),
+    tags=WRITES,
+)
+
+task_generation_job = dg.define_asset_job(
+    name="task_generation_job",
+    selection=dg.AssetSelection.assets(generated_tasks),
+    description="Turn the latest metrics, calibration and drift into improvement tasks. Requested by task_generation_sensor.",
+    tags=WRITES,
+)
+
+drift_check_job = dg.define_asset_job(
+    name="drift_check_job",
+    selection=dg.AssetSelection.checks(*DRIFT_CHECK_KEYS),
+    description="Only the drift checks (PSI, KS, CUSUM) on the telemetry database; run daily by drift_check_schedule.",
+    tags=READS,
+)
+
+targeted_collection_job = dg.define_asset_job(
+    name="targeted_collection_job",
+    selection=dg.AssetSelection.assets(telemetry_collection_run, raw_events, success_samples, tier_metrics),
+    description=(
+        "Collect samples for one (category, complexity) group (collection config: category, complexity, phases), "
+        "then re-read and re-measure, so the gate sensor sees the new batch. Launched by auto_execution_sensor "
+        "for collect-samples tasks."
+    ),
+    tags=WRITES,
 )

@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from autopack_pipeline.domain.events import EVENT_COLUMNS
 from autopack_pipeline.storage.database import DatabaseIdentity
 
 
@@ -37,3 +38,42 @@ def tier1_rows(tier1: dict[str, Any]) -> list[list[Any]]:
         ["truncation %", tier1["truncation_rate_pct"], tier1["truncation_rate_pct_ci"], "≤ 2"],
         ["success %", tier1["success_rate_pct"], tier1["success_rate_pct_ci"], "monitor"],
     ]
+
+
+_SCHEMA_TYPES = {"Int64": "int", "string": "string", "boolean": "bool", "datetime64[ns, UTC]": "timestamp"}
+
+
+def events_column_schema() -> dg.TableSchema:
+    """Column schema of an events-shaped DataFrame (raw events and clean samples share it)."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, _SCHEMA_TYPES.get(dtype, dtype)) for name, dtype in EVENT_COLUMNS.items()]
+    )
+
+
+def sample_group_metadata(groups: dict[tuple[str, str], Any], min_samples: int) -> dict[str, Any]:
+    """Group sizes of the clean samples, as the calibration gate sensor reads them back.
+
+    ``group_counts`` is the full list, so the sensor can re-run the gate function itself on the
+    latest materialisation without loading the samples.
+    """
+    counts = sorted(((c, x, len(rows)) for (c, x), rows in groups.items()), key=lambda item: (-item[2], item[0], item[1]))
+    largest = counts[0] if counts else None
+    return {
+        "group_count": len(counts),
+        "groups_at_min_samples": sum(1 for *_, n in counts if n >= min_samples),
+        "largest_group": dg.MetadataValue.text(f"{largest[0]}/{largest[1]}" if largest else "none"),
+        "largest_group_samples": largest[2] if largest else 0,
+        "group_counts": dg.MetadataValue.json([{"category": c, "complexity": x, "n": n} for c, x, n in counts]),
+    }
+
+
+def strata_table(dimension: str, strata: dict[str, dict[str, Any]]) -> str:
+    """Tier-1 rates per stratum value (category, complexity or deliverable bucket)."""
+    rows = [
+        [name, block["total_samples"], block["underestimation_rate_pct"], block["truncation_rate_pct"],
+         block["success_rate_pct"]]
+        for name, block in strata.items()
+    ]
+    if not rows:
+        return "_no events_"
+    return markdown_table([dimension, "events", "underestimation %", "truncation %", "success %"], rows)

@@ -6,7 +6,8 @@ import dagster as dg
 import pandas as pd
 
 from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import markdown_table, tier1_rows
+from autopack_pipeline.assets.metadata import markdown_table, strata_table, tier1_rows
+from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
 
 
 class MetricsConfig(dg.Config):
@@ -32,7 +33,17 @@ def tier_metrics(config: MetricsConfig, raw_events: pd.DataFrame, success_sample
             "clean_samples": int(document["clean_samples"]),
             "needs_tuning": bool(overall["needs_tuning"]),
             "tier1": dg.MetadataValue.md(markdown_table(["metric", "value", "95% interval", "target"], tier1_rows(tier1))),
+            "tier1_breached": bool(
+                tier1["underestimation_rate_pct"] > UNDERESTIMATION_TARGET_PCT
+                or tier1["truncation_rate_pct"] > TRUNCATION_TARGET_PCT
+            ),
             "tier1_by_category": dg.MetadataValue.md(_strata_table(overall.get("strata", {}).get("category", {}))),
+            "tier1_by_complexity": dg.MetadataValue.md(
+                strata_table("complexity", overall.get("strata", {}).get("complexity", {}))
+            ),
+            "tier1_by_deliverables": dg.MetadataValue.md(
+                strata_table("deliverables", overall.get("strata", {}).get("deliverables", {}))
+            ),
             # Only numbers go in: the UI plots numeric metadata across materialisations.
             **{key: float(tier2[key]) for key in ("waste_ratio_p90", "budget_waste_p90") if tier2.get(key) is not None},
         },

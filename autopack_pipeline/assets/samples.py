@@ -3,8 +3,9 @@
 import dagster as dg
 import pandas as pd
 
-from autopack_pipeline.assets.metadata import markdown_table
+from autopack_pipeline.assets.metadata import events_column_schema, markdown_table, sample_group_metadata
 from autopack_pipeline.domain.calibration import group_samples
+from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES
 from autopack_pipeline.domain.samples import clean_samples, sample_exclusions
 
 
@@ -24,7 +25,9 @@ def success_samples(config: SamplesConfig, raw_events: pd.DataFrame) -> dg.Mater
         value=samples,
         metadata={
             "dagster/row_count": len(samples),
+            "dagster/column_schema": events_column_schema(),
             "sample_count": len(samples),
+            **sample_group_metadata(groups, min_samples=DEFAULT_MIN_GROUP_SAMPLES),
             "excluded_count": sum(exclusions.values()),
             "exclusions": dg.MetadataValue.json(exclusions),
             "groups": dg.MetadataValue.md(

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import yaml
 
 from autopack_pipeline.definitions import defs
 from autopack_pipeline.settings import REPO_ROOT
@@ -39,6 +40,34 @@ def test_six_assets_in_lineage_order_each_with_docstring_group_and_kinds():
 def test_jobs_are_named_for_what_they_do():
     assert defs.resolve_job_def("telemetry_pipeline_job") is not None
     assert defs.resolve_job_def("analysis_job") is not None
+
+
+def test_jobs_sensors_and_schedule_of_the_orchestration_layer():
+    jobs = {
+        "calibration_job": {"calibration_recommendations", "generated_tasks"},
+        "task_generation_job": {"generated_tasks"},
+        "drift_check_job": {"estimator_drift"},
+        "targeted_collection_job": {"telemetry_collection_run", "raw_events", "success_samples", "tier_metrics"},
+    }
+    for name, steps in jobs.items():
+        assert steps <= {node.name for node in defs.resolve_job_def(name).nodes}, name
+    repository = defs.get_repository_def()
+    sensors = {s.name: s for s in repository.sensor_defs}
+    assert set(sensors) == {
+        "calibration_gate_sensor",
+        "task_generation_sensor",
+        "auto_execution_sensor",
+        "collection_task_success_sensor",
+        "collection_task_failure_sensor",
+    }
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
+    assert [s.name for s in repository.schedule_defs] == ["drift_check_schedule"]
+    # Every job that writes the telemetry database is held to one run at a time by dagster.yaml.
+    limits = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": "autopack/telemetry-db", "value": "write", "limit": 1} in limits
+    for name in ("telemetry_pipeline_job", "analysis_job", "calibration_job", "task_generation_job",
+                 "targeted_collection_job"):
+        assert defs.resolve_job_def(name).tags["autopack/telemetry-db"] == "write", name
 
 
 def test_dagster_cli_validates_the_workspace():

@@ -1,0 +1,72 @@
+"""Helpers for the Dagster-layer tests: run slices of the real graph, checks included, on a test instance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import dagster as dg
+import pytest
+
+from autopack_pipeline.assets import PIPELINE_ASSETS
+from autopack_pipeline.checks import ALL_CHECKS
+from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.storage.events import EstimationEvent, ensure_run_and_phase, record_estimation_event
+
+SMALL_COLLECTION = {"ops": {"telemetry_collection_run": {"config": {"template_phases_per_group": 0}}}}
+
+
+def materialize_slice(
+    instance: dg.DagsterInstance,
+    url: str,
+    selection: str | None = None,
+    run_config: dict | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Materialise ``selection`` (default: all six assets) with every check of the selected assets."""
+    return dg.materialize(
+        [*PIPELINE_ASSETS, *ALL_CHECKS],
+        selection=selection,
+        instance=instance,
+        resources={"telemetry_db": TelemetryDatabase(database_url=url), "llm": LLMBackendResource()},
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+@pytest.fixture
+def write_events(sqlite_url) -> Callable[..., int]:
+    """Write events with chosen timestamps and token counts straight into the telemetry database."""
+    engine = TelemetryDatabase(database_url=sqlite_url).engine()
+
+    def write(rows: list[tuple[datetime, int, int]], *, category="implementation", complexity="medium", run_id="seeded") -> int:
+        phase_id = f"{category}-{complexity}"
+        ensure_run_and_phase(engine, run_id, phase_id, category=category, complexity=complexity)
+        written = 0
+        for moment, predicted, actual in rows:
+            event = EstimationEvent(
+                run_id=run_id,
+                phase_id=phase_id,
+                category=category,
+                complexity=complexity,
+                deliverables=["src/module.py"],
+                predicted_output_tokens=predicted,
+                actual_output_tokens=actual,
+                selected_budget=predicted * 2,
+                success=True,
+                model="claude-sonnet-4-5",
+                timestamp=moment,
+            )
+            written += record_estimation_event(engine, event, respect_flag=False)
+        return written
+
+    return write

@@ -1,0 +1,116 @@
+"""Asset checks: observed value and threshold on every result; data quality blocks, Tier 1 does not."""
+
+import dagster as dg
+import pandas as pd
+
+from autopack_pipeline.checks import (
+    events_exist,
+    not_all_failures,
+    tier1_truncation_within_target,
+    tier1_underestimation_within_target,
+    tier2_budget_waste_p90_below_3x,
+    token_counts_plausible,
+)
+from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+
+from .conftest import check_evaluations, materialize_slice
+
+
+def _events(**columns) -> pd.DataFrame:
+    n = len(next(iter(columns.values())))
+    base = {"event_id": range(1, n + 1), "run_id": ["r"] * n, "phase_id": [f"p{i}" for i in range(n)]}
+    return conform_events_frame(pd.DataFrame(base | columns))
+
+
+def _metrics(under=0.0, truncation=0.0, waste=None, n=100):
+    tier1 = {
+        "underestimation_rate_pct": under,
+        "underestimation_rate_pct_ci": [max(0.0, under - 3), under + 3],
+        "truncation_rate_pct": truncation,
+        "truncation_rate_pct_ci": [max(0.0, truncation - 1), truncation + 1],
+        "total_samples": n,
+    }
+    return {"all_events": {"tier1": tier1, "tier2": {"budget_waste_p90": waste}}}
+
+
+def test_whole_graph_runs_with_its_checks_and_tier1_breaches_do_not_block(instance, sqlite_url):
+    result = materialize_slice(instance, sqlite_url)
+    assert result.success
+    evaluations = check_evaluations(result)
+    for name in ("events_exist", "not_all_failures", "token_counts_plausible"):
+        assert evaluations[name].passed, evaluations[name].description
+        assert evaluations[name].blocking
+    under = evaluations["tier1_underestimation_within_target"]
+    # The simulator's profile breaches Tier 1, and the run still reaches calibration.
+    assert not under.passed and under.severity == dg.AssetCheckSeverity.ERROR and not under.blocking
+    assert under.metadata["threshold_pct"].value == 5.0
+    assert under.metadata["observed_pct"].value > 5.0
+    assert "breaches the Tier-1 target of at most 5%" in under.description
+    waste = evaluations["tier2_budget_waste_p90_below_3x"]
+    assert waste.severity == dg.AssetCheckSeverity.WARN and waste.metadata["threshold_ratio"].value == 3.0
+    assert {"log_ratio_psi_drift", "log_ratio_ks_drift", "underestimation_cusum_drift"} <= set(evaluations)
+    materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+    assert {"calibration_recommendations", "generated_tasks"} <= materialized
+
+
+def test_an_empty_database_blocks_the_calibration_path_but_raw_events_is_still_materialised(instance, sqlite_url):
+    result = materialize_slice(instance, sqlite_url, selection="key:raw_events+")
+    assert not result.success
+    evaluation = check_evaluations(result)["events_exist"]
+    assert not evaluation.passed
+    assert evaluation.metadata["observed_events"].value == 0
+    assert evaluation.metadata["threshold_min_events"].value == 1
+    failed_steps = {event.step_key for event in result.all_events if event.is_step_failure}
+    assert "raw_events_events_exist" in failed_steps
+    executed = {event.step_key for event in result.all_events if event.is_step_start}
+    assert executed.isdisjoint({"success_samples", "tier_metrics", "calibration_recommendations", "generated_tasks"})
+    assert instance.get_latest_materialization_event(dg.AssetKey("raw_events")) is not None
+    assert instance.get_latest_materialization_event(dg.AssetKey("success_samples")) is None
+
+
+def test_events_exist_states_the_count():
+    assert events_exist(raw_events=_events(success=[True])).passed
+    empty = events_exist(raw_events=empty_events_frame())
+    assert not empty.passed and "no events" in empty.description
+
+
+def test_all_failures_fail_with_the_observed_rate():
+    result = not_all_failures(raw_events=_events(success=[False, False, None]))
+    assert not result.passed
+    assert result.metadata["observed_successes"].value == 0
+    assert result.metadata["threshold_min_successes"].value == 1
+    assert "0 of 3 events succeeded" in result.description
+    assert not_all_failures(raw_events=_events(success=[False, True])).passed
+
+
+def test_negative_and_absurd_counts_are_named_by_column():
+    frame = _events(
+        predicted_output_tokens=[1000, -5, 2000],
+        actual_output_tokens=[900, 800, 5_000_000],
+        deliverable_count=[1, 2, 3],
+    )
+    result = token_counts_plausible(raw_events=frame)
+    assert not result.passed
+    assert result.metadata["observed_negative_values"].value == 1
+    assert result.metadata["observed_absurd_values"].value == 1
+    assert result.metadata["threshold_max_tokens"].value == 1_000_000
+    assert "predicted_output_tokens: 1 negative" in result.description
+    assert "actual_output_tokens: 0 negative, 1 > 1,000,000" in result.description
+    assert token_counts_plausible(raw_events=_events(predicted_output_tokens=[10], actual_output_tokens=[20])).passed
+
+
+def test_tier1_checks_compare_with_the_targets():
+    within = tier1_underestimation_within_target(tier_metrics=_metrics(under=4.0))
+    assert within.passed and "within the Tier-1 target of at most 5%" in within.description
+    breach = tier1_truncation_within_target(tier_metrics=_metrics(truncation=2.5))
+    assert not breach.passed
+    assert breach.metadata["observed_pct"].value == 2.5 and breach.metadata["threshold_pct"].value == 2.0
+    assert "not blocked" in breach.description
+
+
+def test_tier2_waste_is_a_warning_with_its_threshold():
+    high = tier2_budget_waste_p90_below_3x(tier_metrics=_metrics(waste=4.2))
+    assert not high.passed and high.severity == dg.AssetCheckSeverity.WARN
+    assert "4.20x" in high.description
+    assert tier2_budget_waste_p90_below_3x(tier_metrics=_metrics(waste=2.0)).passed
+    assert tier2_budget_waste_p90_below_3x(tier_metrics=_metrics(waste=None)).passed
