@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,14 @@ from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator
 from autopack_pipeline.domain.gates import GateDecision, evaluate_calibration_gate
 from autopack_pipeline.domain.metrics import compute_metrics
+from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
 from autopack_pipeline.domain.samples import clean_samples, sample_exclusions
 from autopack_pipeline.domain.tasks import (
     GeneratedTask,
+    Insight,
     generate_tasks,
     insights_from_calibration,
+    insights_from_group_metrics,
     insights_from_sample_shortfalls,
     insights_from_tier_metrics,
 )
@@ -46,6 +50,7 @@ from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.builder import Builder
 from autopack_pipeline.reporting import write_calibration_reports
 from autopack_pipeline.settings import Settings
+from autopack_pipeline.storage.outcomes import read_phase_outcomes
 from autopack_pipeline.storage.tasks import save_generated_tasks
 
 DEFAULT_TEMPLATE_PHASES_PER_GROUP = 8
@@ -102,18 +107,26 @@ def tier_metrics_document(events: pd.DataFrame, samples: pd.DataFrame, *, under_
 
 @dataclass(frozen=True)
 class CalibrationOutcome:
+    """The gate's decision and, when it opened, the chosen method's result and every method's."""
+
     gate: GateDecision
     result: CalibrationResult | None
     markdown_path: Path | None = None
     json_path: Path | None = None
+    plot_path: Path | None = None
+    results: dict[str, CalibrationResult] | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        reports = None
+        if self.markdown_path:
+            reports = {"markdown": str(self.markdown_path), "json": str(self.json_path),
+                       "plot": str(self.plot_path) if self.plot_path else None}
         return {
             "gate": self.gate.to_dict(),
+            "method": self.result.method if self.result else None,
             "result": self.result.model_dump(mode="json") if self.result else None,
-            "reports": {"markdown": str(self.markdown_path), "json": str(self.json_path)}
-            if self.markdown_path
-            else None,
+            "methods": {name: r.model_dump(mode="json") for name, r in (self.results or {}).items()},
+            "reports": reports,
         }
 
 
@@ -130,30 +143,52 @@ def calibrate(
     under_multiplier: float = 1.1,
     dagster_run_id: str | None = None,
     database: str | None = None,
+    method: str = "coverage",
 ) -> CalibrationOutcome:
-    """Gate, then calibrate with ``autopack-median`` and write the reports; a closed gate writes nothing."""
+    """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
+
+    ``method`` (``coverage`` or ``autopack-median``) is the one whose recommendations fill Autopack's
+    ``proposed_changes``; the other is reported beside it. ``under_multiplier`` is both the gate's
+    underestimation tolerance and the tolerance the coverage multiplier is computed against.
+    """
+    from autopack_pipeline.domain.coverage import CALIBRATION_METHODS, calibrate_coverage, group_observations
+    from autopack_pipeline.plots import render_calibration_plot
+    from autopack_pipeline.reporting import write_calibration_report_set
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
     samples = clean_samples(events, dedup=dedup)
     if tier1 is None:
         tier1 = compute_metrics(events, under_multiplier=under_multiplier)["tier1"]
     gate = evaluate_calibration_gate(samples, tier1, min_samples=min_samples, force=force)
     if not gate.open:
         return CalibrationOutcome(gate=gate, result=None)
-    result = calibrate_autopack_median(
-        samples,
-        min_samples=min_samples,
-        confidence_threshold=confidence_threshold,
-        provenance={
-            "exclusions": sample_exclusions(events, dedup=dedup),
-            "coefficient_file_version": load_coefficients_for(settings).version,
-            "dagster_run_id": dagster_run_id,
-            "forced": gate.forced,
-            "dedup": dedup,
-            "database": database,
-            "gate_summary": gate.summary(),
-        },
+    provenance = {
+        "exclusions": sample_exclusions(events, dedup=dedup),
+        "coefficient_file_version": load_coefficients_for(settings).version,
+        "dagster_run_id": dagster_run_id,
+        "forced": gate.forced,
+        "dedup": dedup,
+        "database": database,
+        "gate_summary": gate.summary(),
+    }
+    results = {
+        "coverage": calibrate_coverage(events, min_samples=min_samples, confidence_threshold=confidence_threshold,
+                                       dedup=dedup, tolerance=under_multiplier,
+                                       coefficients=load_coefficients_for(settings), provenance=provenance),
+        "autopack-median": calibrate_autopack_median(samples, min_samples=min_samples,
+                                                     confidence_threshold=confidence_threshold, provenance=provenance),
+    }
+    observations = group_observations(events, dedup=dedup)
+    files = write_calibration_report_set(
+        results[method],
+        output_dir or settings.resolved_reports_dir(),
+        others=[r for name, r in results.items() if name != method],
+        plot=lambda handle: render_calibration_plot(handle, observations, list(results.values()),
+                                                    tolerance=under_multiplier),
     )
-    markdown, json_path = write_calibration_reports(result, output_dir or settings.resolved_reports_dir())
-    return CalibrationOutcome(gate=gate, result=result, markdown_path=markdown, json_path=json_path)
+    return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
+                              json_path=files.json, plot_path=files.plot, results=results)
 
 
 def improvement_tasks(
@@ -164,13 +199,29 @@ def improvement_tasks(
     calibration: CalibrationOutcome | dict[str, Any] | None,
     *,
     min_samples: int = 5,
+    extra_insights: list[Insight] | None = None,
+    events: pd.DataFrame | None = None,
+    source: dict[str, Any] | None = None,
+    outcome_window_days: float = 7,
+    now: datetime | None = None,
 ) -> tuple[list[GeneratedTask], int]:
-    """Insights from metrics, calibration and sample counts, as tasks; returns (tasks, newly stored)."""
+    """Insights from metrics, calibration, sample counts, phase outcomes and ``extra_insights`` (drift),
+    as tasks; returns (tasks, newly stored).
+
+    With ``events`` the Tier-1 breaches and truncation hot spots are looked for per (category,
+    complexity) group, else per category. ``source`` is the provenance stored in every task's evidence
+    (see :func:`~autopack_pipeline.domain.tasks.generate_tasks`); its ``dagster_run_id`` also fills
+    Autopack's ``run_id`` column.
+    """
     if not settings.task_generation_enabled:
         return [], 0
-    insights = insights_from_tier_metrics(metrics["all_events"]["tier1"], scope="overall")
-    for category, block in metrics["all_events"].get("strata", {}).get("category", {}).items():
-        insights += insights_from_tier_metrics(block, scope=f"category={category}")
+    tier1 = metrics["all_events"]["tier1"]
+    insights = insights_from_tier_metrics(tier1, scope="overall")
+    if events is not None:
+        insights += insights_from_group_metrics(events, under_multiplier=tier1.get("under_multiplier") or 1.1)
+    else:
+        for category, block in metrics["all_events"].get("strata", {}).get("category", {}).items():
+            insights += insights_from_tier_metrics(block, scope=f"category={category}")
     if isinstance(calibration, CalibrationOutcome):
         calibration = calibration.as_dict()
     result = (calibration or {}).get("result")
@@ -178,10 +229,16 @@ def improvement_tasks(
         insights += insights_from_calibration(result["groups"], result["method"])
     counts = {key: len(rows) for key, rows in group_samples(samples).items()}
     insights += insights_from_sample_shortfalls(counts, min_samples)
+    end = now or datetime.now(timezone.utc)
+    outcomes = read_phase_outcomes(engine, since=end - timedelta(days=outcome_window_days), until=end)
+    insights += insights_from_outcomes(analyse_outcomes(outcomes, now=end, window_days=outcome_window_days))
+    insights += list(extra_insights or [])
     tasks = generate_tasks(
         insights,
         max_tasks=settings.task_generation_max_tasks,
         min_confidence=settings.task_generation_min_confidence,
+        source=source,
     )
-    stored = save_generated_tasks(engine, [task.as_dict() for task in tasks])
+    run_id = str((source or {}).get("dagster_run_id") or f"tasks-{end:%Y%m%d-%H%M%S}")[:50]
+    stored = save_generated_tasks(engine, [task.as_dict() | {"run_id": run_id} for task in tasks])
     return tasks, stored

@@ -4,13 +4,10 @@ import dagster as dg
 import pandas as pd
 
 from autopack_pipeline.assets.collection import telemetry_collection_run
-from autopack_pipeline.assets.metadata import database_metadata
-from autopack_pipeline.domain.events import EVENT_COLUMNS
-from autopack_pipeline.domain.samples import truncation_flag_disagreements
+from autopack_pipeline.assets.metadata import database_metadata, events_column_schema
+from autopack_pipeline.domain.samples import success_mask, truncated_mask, truncation_flag_disagreements
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.storage.events import read_events
-
-_SCHEMA_TYPES = {"Int64": "int", "string": "string", "boolean": "bool", "datetime64[ns, UTC]": "timestamp"}
 
 
 @dg.asset(group_name="telemetry", kinds={"pandas", "sqlite"}, deps=[telemetry_collection_run])
@@ -19,7 +16,20 @@ def raw_events(context: dg.AssetExecutionContext, telemetry_db: TelemetryDatabas
 
     Failed and truncated calls stay in: they are the evidence for truncation and success rates.
     """
-    events = read_events(telemetry_db.engine())
+    from autopack_pipeline.storage.columnar import ColumnarStoreError, refresh_store
+
+    engine = telemetry_db.engine()
+    try:
+        # Only events above the columnar copy's high-water event id are read from the database.
+        store, refresh = refresh_store(engine)
+    except (ColumnarStoreError, OSError) as exc:
+        context.log.warning("columnar store unavailable (%s); reading the whole events table", exc)
+        store, refresh = None, None
+    if store is None:
+        events = read_events(engine)
+    else:
+        context.log.info(refresh.summary())
+        events = store.events_frame()
     disagreements = truncation_flag_disagreements(events)
     if disagreements:
         context.log.warning(
@@ -29,10 +39,10 @@ def raw_events(context: dg.AssetExecutionContext, telemetry_db: TelemetryDatabas
         value=events,
         metadata={
             "dagster/row_count": len(events),
-            "dagster/column_schema": dg.TableSchema(
-                columns=[dg.TableColumn(name, _SCHEMA_TYPES.get(dtype, dtype)) for name, dtype in EVENT_COLUMNS.items()]
-            ),
+            "dagster/column_schema": events_column_schema(),
             "runs": int(events["run_id"].nunique()),
+            "events_succeeded": int(success_mask(events).sum()),
+            "events_truncated": int(truncated_mask(events).sum()),
             "truncation_flag_disagreements": disagreements,
             "events_by_run": dg.MetadataValue.md(_counts_markdown(events)),
             **database_metadata(telemetry_db.identity()),

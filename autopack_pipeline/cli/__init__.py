@@ -12,9 +12,19 @@ import sys
 from collections.abc import Sequence
 
 from autopack_pipeline.cli import analysis, collection, database, pipeline
-from autopack_pipeline.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Refused, UsageError
+from autopack_pipeline.cli import doctor, transfer
+from autopack_pipeline.cli import tasks
+from autopack_pipeline.cli import calibration_patch, logs
+from autopack_pipeline.cli import synth
+from autopack_pipeline.cli.common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    Refused,
+    UsageError,
+)
 
-COMMAND_MODULES = [database, collection, analysis, pipeline]
+COMMAND_MODULES = [database, collection, analysis, pipeline, transfer, doctor, tasks, logs, calibration_patch, synth]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -20,8 +20,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autopack_pipeline.domain.categories import deliverable_bucket, normalise_category, normalise_complexity
-from autopack_pipeline.domain.samples import as_events_frame, canonical_labels, success_mask, truncated_mask
+from autopack_pipeline.domain.categories import (
+    deliverable_bucket,
+    normalise_category,
+    normalise_complexity,
+)
+from autopack_pipeline.domain.samples import (
+    as_events_frame,
+    canonical_labels,
+    success_mask,
+    truncated_mask,
+)
 
 # Tier-1 targets: calibration is warranted only when one of these is exceeded.
 UNDERESTIMATION_TARGET_PCT = 5.0

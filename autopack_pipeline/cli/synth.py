@@ -1,0 +1,68 @@
+"""`synth`: fill the telemetry database with realistic synthetic events, in bulk."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from autopack_pipeline.cli.common import EXIT_OK, UsageError, identity_line, open_engine, positive_int, print_json
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from autopack_pipeline.storage.bulk import RunsAlreadyPresent, bulk_load, default_run_count
+
+    if args.runs is not None and args.runs > args.events:
+        raise UsageError(f"--runs ({args.runs}) cannot exceed --events ({args.events})")
+    engine = open_engine(args)
+    if engine.dialect.name not in ("sqlite", "postgresql"):
+        raise UsageError(f"synth loads SQLite and PostgreSQL databases, not {engine.dialect.name}")
+    progress = None if args.json or not sys.stderr.isatty() else _progress_printer()
+    try:
+        summary = bulk_load(engine, args.events, runs=args.runs or default_run_count(args.events), seed=args.seed,
+                            progress=progress)
+    except RunsAlreadyPresent as exc:
+        raise UsageError(str(exc)) from exc
+    if args.json:
+        print_json(summary.as_dict())
+        return EXIT_OK
+    print(identity_line(engine))
+    print(
+        f"Synthesised {summary.events} events in {summary.phases} phases of {summary.runs} runs "
+        f"({summary.first_run_id} .. {summary.last_run_id}), seed {summary.seed}, "
+        f"timestamps {summary.first_timestamp} .. {summary.last_timestamp}."
+    )
+    print(f"{summary.seconds:.1f} s, {summary.events_per_second:,.0f} events/s ({summary.method}).")
+    return EXIT_OK
+
+
+def _progress_printer() -> Callable[[int, int], None]:
+    started = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        sys.stderr.write(f"\r{done:,}/{total:,} events ({100 * done / total:5.1f}%), {done / elapsed:,.0f}/s".ljust(72))
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def register(sub: Any, parser_class: type) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="fill the telemetry database with realistic synthetic events, in bulk",
+        description=(
+            "Generate runs, tiers, phases and token-estimation events like the simulated backend's, "
+            "priced by the real estimator, and load them in bulk (SQLite executemany, PostgreSQL COPY). "
+            "The same --seed gives the same rows; a seed's runs can be loaded once per database."
+        ),
+    )
+    p.add_argument("--events", type=positive_int, required=True, help="number of events to create")
+    p.add_argument("--runs", type=positive_int, help="number of runs they belong to (default: one per 2,000 events)")
+    p.add_argument("--seed", type=int, default=1, help="random seed; runs are named synth-<seed>-rNNNNN (default 1)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_synth)
