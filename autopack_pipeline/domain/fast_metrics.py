@@ -205,10 +205,14 @@ class EventArrays:
 # -- exact arithmetic helpers -----------------------------------------------------------------------
 
 
-def order_statistics(values: np.ndarray, positions: list[int]) -> dict[int, float]:
-    """The values at ``positions`` of ``sorted(values)``, from one ``np.partition``."""
+def order_statistics(values: np.ndarray, positions: list[int], *, overwrite: bool = False) -> dict[int, float]:
+    """The values at ``positions`` of ``sorted(values)``, from one partition (in place if ``overwrite``)."""
     wanted = sorted(set(positions))
-    picked = np.partition(values, wanted)
+    if overwrite:
+        values.partition(wanted)
+        picked = values
+    else:
+        picked = np.partition(values, wanted)
     return {p: float(picked[p]) for p in wanted}
 
 
@@ -238,7 +242,7 @@ def _p90_from(picked: dict[int, float], n: int, maximum: float) -> float:
     return float((picked[low] * (10 - delta) + picked[high] * delta) / 10)
 
 
-def p90_of(values: np.ndarray) -> float | None:
+def p90_of(values: np.ndarray, *, overwrite: bool = False) -> float | None:
     """``metrics.p90``: ``statistics.quantiles(v, n=10)[8]`` from 10 values on, else the maximum."""
     n = len(values)
     if n == 0:
@@ -246,12 +250,12 @@ def p90_of(values: np.ndarray) -> float | None:
     if n < 10:
         return float(values.max())
     low, high, _delta = _p90_positions(n)
-    return _p90_from(order_statistics(values, [low, high]), n, math.nan)
+    return _p90_from(order_statistics(values, [low, high], overwrite=overwrite), n, math.nan)
 
 
-def median_of(values: np.ndarray) -> float:
+def median_of(values: np.ndarray, *, overwrite: bool = False) -> float:
     """``statistics.median`` of a non-empty array."""
-    return _median_from(order_statistics(values, _median_positions(len(values))), len(values))
+    return _median_from(order_statistics(values, _median_positions(len(values)), overwrite=overwrite), len(values))
 
 
 def fsum_mean(values: np.ndarray) -> float:
@@ -266,8 +270,9 @@ def _summary(values: np.ndarray, total: Fraction | None = None) -> tuple[float |
     """
     if len(values) == 0:
         return None, None
-    mean = fsum_mean(values) if total is None else float(total) / len(values)
-    return median_of(values), mean
+    if total is None:
+        return median_of(values), fsum_mean(values)
+    return median_of(values, overwrite=True), float(total) / len(values)  # the caller's copy: reorder it
 
 
 def _summary_and_p90(values: np.ndarray, total: Fraction | None = None
@@ -277,9 +282,10 @@ def _summary_and_p90(values: np.ndarray, total: Fraction | None = None
     if n == 0:
         return None, None, None
     positions = _median_positions(n) + (list(_p90_positions(n)[:2]) if n >= 10 else [])
-    picked = order_statistics(values, positions)
-    p90 = _p90_from(picked, n, float(values.max()) if n < 10 else math.nan)
     mean = fsum_mean(values) if total is None else float(total) / n
+    maximum = float(values.max()) if n < 10 else math.nan
+    picked = order_statistics(values, positions, overwrite=total is not None)  # with a total: the caller's copy
+    p90 = _p90_from(picked, n, maximum)
     return _median_from(picked, n), mean, p90
 
 
@@ -463,76 +469,60 @@ def success_flags(arrays: EventArrays) -> np.ndarray:
 
 @dataclass
 class _Basics:
-    """Per-row figures every metric needs, computed once and shared by every subset of rows.
+    """Per-row flags every metric needs, computed once and shared by every subset of rows.
 
-    A value computed row by row is the same whether the reference computes it over all rows or over
-    a subset, so subsets take their values from these arrays (in row order) instead of recomputing.
+    Token counts stay int32 in ``arrays``; float copies are made only of the rows a figure reads.
+    A figure computed row by row is the same whether the reference computes it over all rows or a
+    subset, so subsets reuse these flags instead of recomputing them.
     """
 
-    predicted: np.ndarray
-    actual: np.ndarray
-    known: np.ndarray
+    arrays: EventArrays
+    known: np.ndarray  # both token counts known
     truncated: np.ndarray
     success: np.ndarray
-    waste: np.ndarray  # predicted / actual
-    waste_ok: np.ndarray  # finite
-    budget: np.ndarray  # the ceiling sent, else the selected budget (metrics.budget_sent)
-    budget_waste: np.ndarray  # budget sent / actual
-    budget_ok: np.ndarray  # finite, positive budget and actual
-    smape: np.ndarray  # SMAPE %, where usable
-    smape_ok: np.ndarray  # not truncated, positive finite scale
     _over: dict[float, np.ndarray] = field(default_factory=dict)
-    _sums: dict[tuple[str, bool], Fraction] = field(default_factory=dict)
 
     @classmethod
     def of(cls, arrays: EventArrays) -> _Basics:
-        predicted, actual = arrays.predicted.floats(), arrays.actual.floats()
-        known = ~np.isnan(predicted) & ~np.isnan(actual)
-        truncated = truncated_flags(arrays)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            waste = predicted / actual
-            budget = _budget_sent(arrays, None)
-            budget_waste = budget / actual
-            budget_ok = np.isfinite(budget_waste) & (budget > 0) & (actual > 0)
-            scale = np.abs(predicted) + np.abs(actual)
-            smape_ok = ~truncated & np.isfinite(scale) & (scale > 0)
-            smape = np.abs(predicted - actual)
-            smape *= 200.0  # 200.0 * |p - a| first, then / scale, as the reference
-            smape /= scale
-            del scale
-        return cls(predicted, actual, known, truncated, success_flags(arrays), waste, np.isfinite(waste),
-                   budget, budget_waste, budget_ok, smape, smape_ok)
+        known = arrays.predicted.notna() & arrays.actual.notna()
+        return cls(arrays, known, truncated_flags(arrays), success_flags(arrays))
 
-    def drop_metric_arrays(self) -> None:
-        """Free the per-row ratios only the tier metrics need (the calibrations do not)."""
-        empty = np.zeros(0)
-        self.waste = self.budget_waste = self.smape = empty
-        self.waste_ok = self.budget_ok = self.smape_ok = empty.astype(bool)
+    def predicted(self, rows: np.ndarray | None) -> np.ndarray:
+        return self.arrays.predicted.floats_at(rows)
 
-    def subset_sum(self, name: str, rows: np.ndarray | None) -> Fraction:
-        """Exact sum of ``waste`` or ``smape`` over its usable rows among ``rows``.
+    def actual(self, rows: np.ndarray | None) -> np.ndarray:
+        return self.arrays.actual.floats_at(rows)
 
-        Successful and other rows are summed once each; all events add the two (exactly).
-        """
-        values, usable = (self.waste, self.waste_ok) if name == "waste" else (self.smape, self.smape_ok)
-
-        def part(successful: bool) -> Fraction:
-            if (name, successful) not in self._sums:
-                chosen = usable & (self.success if successful else ~self.success)
-                self._sums[(name, successful)] = exact_moments(values[chosen], squares=False)[0]
-            return self._sums[(name, successful)]
-
-        if rows is None:
-            return part(True) + part(False)
-        if rows is self.success:
-            return part(True)
-        return exact_moments(values[usable & rows], squares=False)[0]
+    def budget(self, rows: np.ndarray | None) -> np.ndarray:
+        return _budget_sent(self.arrays, rows)
 
     def over(self, multiplier: float) -> np.ndarray:
         if multiplier not in self._over:
             with np.errstate(invalid="ignore"):
-                self._over[multiplier] = self.known & (self.actual > self.predicted * multiplier)
+                self._over[multiplier] = self.known & (self.actual(None) > self.predicted(None) * multiplier)
         return self._over[multiplier]
+
+    def ratio_values(self, name: str, rows: np.ndarray | None) -> np.ndarray:
+        """The values the reference sorts for one figure, over ``rows`` (a mask), in row order.
+
+        ``waste``: finite predicted/actual; ``budget_waste``: finite budget/actual with both positive;
+        ``smape``: 200 * |p - a| / (|p| + |a|) over non-truncated rows with a positive finite scale.
+        """
+        predicted, actual = self.predicted(rows), self.actual(rows)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if name == "waste":
+                values = predicted / actual
+                return values[np.isfinite(values)]
+            if name == "budget_waste":
+                budget = self.budget(rows)
+                values = budget / actual
+                return values[np.isfinite(values) & (budget > 0) & (actual > 0)]
+            scale = np.abs(predicted) + np.abs(actual)
+            usable = ~_select(self.truncated, rows) & np.isfinite(scale) & (scale > 0)
+            values = np.abs(predicted[usable] - actual[usable])
+            values *= 200.0  # 200.0 * |p - a|, then / scale: the reference's order of operations
+            values /= scale[usable]
+            return values
 
 
 def _select(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -572,6 +562,75 @@ def _both(mask: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return mask if rows is None else mask & rows
 
 
+def _ratio_figures(base: _Basics, parts: list[np.ndarray | None]) -> dict[str, Any]:
+    """Tier-2 figures and SMAPE summaries over the union of the disjoint row masks ``parts``."""
+    return _shared_ratio_figures(base, parts, [list(range(len(parts)))])[0]
+
+
+def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documents: list[list[int]]
+                          ) -> list[dict[str, Any]]:
+    """Figures for several documents, each the union of some of the disjoint ``parts``.
+
+    Each part's values are computed once; a document partitions its own concatenation of them, and
+    its exact sums are the sums of its parts' exact sums. One figure at a time, to bound memory.
+    """
+    out: list[dict[str, Any]] = [{} for _ in documents]
+    for name in ("waste", "budget_waste", "smape"):
+        values = [base.ratio_values(name, part) for part in parts]
+        sums = None if name == "budget_waste" else [exact_moments(v, squares=False)[0] for v in values]
+        uses = [sum(i in members for members in documents) for i in range(len(parts))]
+        for doc, members in zip(out, documents):
+            for i in members:
+                uses[i] -= 1
+            if len(members) > 1:
+                chosen = np.concatenate([values[i] for i in members])
+            else:  # the last document to read a part may reorder it in place
+                chosen = values[members[0]] if uses[members[0]] == 0 else values[members[0]].copy()
+            total = None if sums is None else sum((sums[i] for i in members), Fraction(0))
+            if name == "waste":
+                doc["waste_ratio_median"], doc["waste_ratio_mean"], doc["waste_ratio_p90"] = _summary_and_p90(
+                    chosen, total)
+            elif name == "budget_waste":
+                doc["budget_waste_p90"] = p90_of(chosen, overwrite=True)
+            else:
+                doc["smape_median"], doc["smape_mean"] = _summary(chosen, total)
+            del chosen
+        del values
+    return out
+
+
+def _document(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multiplier: float, figures: dict[str, Any],
+              stratify: bool) -> dict[str, Any]:
+    known, truncated = _select(base.known, rows), _select(base.truncated, rows)
+    success = _select(base.success, rows)
+    over = _select(base.over(multiplier), rows)
+    total = len(known)
+    truncated_count = int(truncated.sum())
+    bounded = _both(base.truncated & base.known, rows)
+    tier1 = tier1_block(multiplier, total, int(known.sum()), int(over.sum()), truncated_count, int(success.sum()))
+    document: dict[str, Any] = {
+        "tier1": tier1,
+        "tier2": {key: figures[key] for key in
+                  ("waste_ratio_median", "waste_ratio_p90", "waste_ratio_mean", "budget_waste_p90")},
+        "diagnostics": {
+            "smape_mean": figures["smape_mean"],
+            "smape_median": figures["smape_median"],
+            "non_truncated_count": total - truncated_count,
+            "truncated_count": truncated_count,
+            "truncated_lower_bound": {
+                "count": truncated_count,
+                "predicted_mean": float(base.predicted(bounded).mean()) if bounded.any() else None,
+                "actual_mean": float(base.actual(bounded).mean()) if bounded.any() else None,
+                "underestimated_pct": _pct(int((over & truncated).sum()), int(bounded.sum())),
+            },
+        },
+        "needs_tuning": needs_tuning(tier1),
+    }
+    if stratify:
+        document["strata"] = _strata(arrays, rows, multiplier, known, over, truncated, success)
+    return document
+
+
 def compute_metrics_arrays(
     arrays: EventArrays,
     *,
@@ -583,41 +642,7 @@ def compute_metrics_arrays(
     """``metrics.compute_metrics`` of the events at ``rows`` (a boolean mask; None: all), in row order."""
     multiplier = _check_multiplier(under_multiplier)
     base = basics or _Basics.of(arrays)
-    known, truncated = _select(base.known, rows), _select(base.truncated, rows)
-    success = _select(base.success, rows)
-    over = _select(base.over(multiplier), rows)
-    total = len(known)
-    tier1 = tier1_block(multiplier, total, int(known.sum()), int(over.sum()), int(truncated.sum()),
-                        int(success.sum()))
-    median, mean, waste_p90 = _summary_and_p90(base.waste[_both(base.waste_ok, rows)], base.subset_sum("waste", rows))
-    smape_median, smape_mean = _summary(base.smape[_both(base.smape_ok, rows)], base.subset_sum("smape", rows))
-    bounded = _both(base.truncated & base.known, rows)
-    truncated_count = int(truncated.sum())
-    document: dict[str, Any] = {
-        "tier1": tier1,
-        "tier2": {
-            "waste_ratio_median": median,
-            "waste_ratio_p90": waste_p90,
-            "waste_ratio_mean": mean,
-            "budget_waste_p90": p90_of(base.budget_waste[_both(base.budget_ok, rows)]),
-        },
-        "diagnostics": {
-            "smape_mean": smape_mean,
-            "smape_median": smape_median,
-            "non_truncated_count": total - truncated_count,
-            "truncated_count": truncated_count,
-            "truncated_lower_bound": {
-                "count": truncated_count,
-                "predicted_mean": float(base.predicted[bounded].mean()) if bounded.any() else None,
-                "actual_mean": float(base.actual[bounded].mean()) if bounded.any() else None,
-                "underestimated_pct": _pct(int((over & truncated).sum()), int(bounded.sum())),
-            },
-        },
-        "needs_tuning": needs_tuning(tier1),
-    }
-    if stratify:
-        document["strata"] = _strata(arrays, rows, multiplier, known, over, truncated, success)
-    return document
+    return _document(arrays, base, rows, multiplier, _ratio_figures(base, [rows]), stratify)
 
 
 def deliverable_codes(arrays: EventArrays) -> tuple[np.ndarray, list[str]]:
@@ -673,12 +698,16 @@ def tier_metrics_document_arrays(
     arrays: EventArrays, *, under_multiplier: float = DEFAULT_UNDER_MULTIPLIER, clean_samples: int,
     basics: _Basics | None = None,
 ) -> dict[str, Any]:
-    """``workflows.tier_metrics_document``: all events with strata, success-only, and the clean count."""
+    """``workflows.tier_metrics_document``: all events with strata, success-only, and the clean count.
+
+    The successful and the other rows are the two parts both documents are made of.
+    """
+    multiplier = _check_multiplier(under_multiplier)
     base = basics or _Basics.of(arrays)
+    every, successful = _shared_ratio_figures(base, [base.success, ~base.success], [[0, 1], [0]])
     return {
-        "all_events": compute_metrics_arrays(arrays, under_multiplier=under_multiplier, stratify=True, basics=base),
-        "success_only": compute_metrics_arrays(arrays, rows=base.success, under_multiplier=under_multiplier,
-                                               basics=base),
+        "all_events": _document(arrays, base, None, multiplier, every, stratify=True),
+        "success_only": _document(arrays, base, base.success, multiplier, successful, stratify=False),
         "clean_samples": int(clean_samples),
     }
 
@@ -897,27 +926,21 @@ def calibrate_autopack_median_arrays(
         for i, rows in enumerate(groups.rows) if len(rows) < min_samples
     ]
     calibrated: list[GroupCalibration] = []
-    if big:
-        rows = np.concatenate([groups.rows[i] for i in big])
-        sizes = np.array([len(groups.rows[i]) for i in big])
-        bounds = np.r_[0, np.cumsum(sizes)]
-        predicted = arrays.predicted.values[rows].astype(np.int64)
-        actual = arrays.actual.values[rows].astype(np.int64)
+    for i in big:  # one group at a time: temporaries stay the size of the largest group
+        rows = groups.rows[i]
+        predicted = arrays.predicted.values[rows]
+        actual = arrays.actual.values[rows]
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = np.where(predicted != 0, actual.astype(np.float64) / predicted, 0.0)
+            ratios = np.where(predicted != 0, actual / predicted, 0.0)  # int / int: the exact quotient, rounded
         sent = np.where(arrays.actual_max_tokens.notna()[rows], arrays.actual_max_tokens.values[rows], 0)
         selected_known = arrays.selected_budget.notna()[rows]
         selected = np.where(selected_known, arrays.selected_budget.values[rows], 0)
-        budgets = np.where(sent != 0, sent, selected).astype(np.int64)  # Python's `s or b or 0`
+        budgets = np.where(sent != 0, sent, selected)  # Python's `s or b or 0`
         with np.errstate(divide="ignore", invalid="ignore"):
-            waste = np.where(actual != 0, budgets.astype(np.float64) / actual, 0.0)
-        moments = [exact_moments(ratios[bounds[k]:bounds[k + 1]]) for k in range(len(big))]
-        for position, i in enumerate(big):
-            lo, hi = bounds[position], bounds[position + 1]
-            calibrated.append(_group_figures(
-                groups.keys[i], ratios[lo:hi], waste[lo:hi], predicted[lo:hi], actual[lo:hi],
-                selected[lo:hi][selected_known[lo:hi]], *moments[position], confidence_threshold,
-            ))
+            waste = np.where(actual != 0, budgets / actual, 0.0)
+        ratio_sum, ratio_squares = exact_moments(ratios)
+        calibrated.append(_group_figures(groups.keys[i], ratios, waste, predicted, actual, selected[selected_known],
+                                         ratio_sum, ratio_squares, confidence_threshold))
     return CalibrationResult(
         method=AUTOPACK_MEDIAN,
         parameters={"min_samples": int(min_samples), "confidence_threshold": float(confidence_threshold)},
@@ -931,9 +954,10 @@ def _group_figures(key: tuple[str, str], ratios: np.ndarray, waste: np.ndarray, 
                    actual: np.ndarray, known_selected: np.ndarray, ratio_sum: Fraction, ratio_squares: Fraction,
                    threshold: float) -> GroupCalibration:
     n = len(ratios)
-    upper_middle = float(np.partition(ratios, n // 2)[n // 2])
+    low, high = float(ratios.min()), float(ratios.max())
+    upper_middle = order_statistics(ratios, [n // 2], overwrite=True)[n // 2]  # our own copies: reorder them
     p90_index = min(int(0.9 * n), n - 1)
-    picked = np.partition(waste, sorted({n // 2, p90_index}))
+    picked = order_statistics(waste, [n // 2, p90_index], overwrite=True)
     std = population_std(n, ratio_sum, ratio_squares)
     confidence = 0.6 * min(1.0, n / FULL_CONFIDENCE_SAMPLES) + 0.4 * (1.0 / (1.0 + std))
     return GroupCalibration(
@@ -944,8 +968,8 @@ def _group_figures(key: tuple[str, str], ratios: np.ndarray, waste: np.ndarray, 
         avg_estimated=float(int(predicted.sum())) / n,
         avg_ratio=float(ratio_sum) / n,
         median_ratio=upper_middle,
-        min_ratio=float(ratios.min()),
-        max_ratio=float(ratios.max()),
+        min_ratio=low,
+        max_ratio=high,
         ratio_std=std,
         confidence=confidence,
         proposed_multiplier=upper_middle,
@@ -1046,7 +1070,7 @@ def _coverage_waste(budget_sent: np.ndarray, predicted: np.ndarray, actual: np.n
         values = waste[np.isfinite(waste) & (budget > 0)]
     if len(values) == 0:
         return None, None
-    return float(np.median(values)), p90_of(values)
+    return float(np.median(values)), p90_of(values, overwrite=True)
 
 
 @dataclass
@@ -1074,6 +1098,7 @@ def _coverage_group(arrays: EventArrays, group: _CoverageGroup, level: LevelValu
     source = group.clean_rows if len(ratios) else group.censored_rows
     source_actual = group.actual if len(ratios) else group.censored_actual
     source_predicted = group.predicted if len(ratios) else group.censored_predicted
+    clean_budget, clean_predicted, clean_actual = group.budget, group.predicted, group.actual
     q = level.value
     status = "unidentifiable" if math.isinf(q) else ("identifiable" if level.finite_sample else "thin")
     floor_hint = float(bounds.max()) if len(bounds) else float(described.max())
@@ -1081,8 +1106,8 @@ def _coverage_group(arrays: EventArrays, group: _CoverageGroup, level: LevelValu
     n = len(ratios) + censored
     now_over = int((ratios > tolerance).sum()) + censored
     new_over = None if math.isinf(q) else int((ratios > q).sum()) + censored
-    waste_now = _coverage_waste(group.budget, group.predicted, group.actual, 1.0, None, key)
-    waste_new = (_coverage_waste(group.budget, group.predicted, group.actual, multiplier, table, key)
+    waste_now = _coverage_waste(clean_budget, clean_predicted, clean_actual, 1.0, None, key)
+    waste_new = (_coverage_waste(clean_budget, clean_predicted, clean_actual, multiplier, table, key)
                  if status != "unidentifiable" else (None, None))
     selected = arrays.selected_budget.floats_at(source)
     selected = selected[~np.isnan(selected)]
@@ -1143,12 +1168,10 @@ def calibrate_coverage_arrays(
     coefficients: CoefficientTable | None = None,
     provenance: dict[str, Any],
     all_clean: CleanSamples | None = None,
-    basics: _Basics | None = None,
 ) -> CalibrationResult:
     """``coverage.calibrate_coverage`` of all the events in ``arrays``.
 
-    ``all_clean`` (``clean_sample_rows(arrays, dedup=dedup)``) and ``basics`` may pass what the caller
-    computed already.
+    ``all_clean`` may pass ``clean_sample_rows(arrays, dedup=dedup)`` when the caller has it already.
     """
     if min_samples < 1:
         raise ValueError(f"min_samples must be at least 1, got {min_samples}")
@@ -1166,24 +1189,24 @@ def calibrate_coverage_arrays(
     del order
     starts = np.flatnonzero(np.r_[True, pair[1:] // 2 != pair[:-1] // 2]) if len(pair) else np.zeros(0, dtype=np.int64)
     bounds_at = np.r_[starts, len(pair)]
-    base = basics or _Basics.of(arrays)
-    # Gathered once in group order; each group below is a slice (a view) of these.
-    predicted, actual, budget = base.predicted[rows], base.actual[rows], base.budget[rows]
+    # The figures of the used rows, gathered once in group order; every group is a slice (a view).
+    predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), _budget_sent(
+        arrays, rows)
 
     groups: list[_CoverageGroup] = []
     for start, end in itertools.pairwise(bounds_at):
         cat, cx = divmod(int(pair[start]) // 2, len(cx_names))
         split = start + int(np.searchsorted(pair[start:end] % 2, 1))  # first censored row
-        clean_part, censored_part = slice(start, split), slice(split, end)
-        ceiling = np.nan_to_num(budget[censored_part], nan=0.0)
+        kept, cut = slice(start, split), slice(split, end)
+        ceiling = np.nan_to_num(budget[cut], nan=0.0)
         groups.append(_CoverageGroup(
             key=(cat_names[cat], cx_names[cx]),
-            clean_rows=rows[clean_part],
-            censored_rows=rows[censored_part],
-            predicted=predicted[clean_part], actual=actual[clean_part], budget=budget[clean_part],
-            censored_predicted=predicted[censored_part], censored_actual=actual[censored_part],
-            ratios=actual[clean_part] / predicted[clean_part],
-            bounds=np.maximum(ceiling, np.nan_to_num(actual[censored_part], nan=0.0)) / predicted[censored_part],
+            clean_rows=rows[kept],
+            censored_rows=rows[cut],
+            predicted=predicted[kept], actual=actual[kept], budget=budget[kept],
+            censored_predicted=predicted[cut], censored_actual=actual[cut],
+            ratios=actual[kept] / predicted[kept],
+            bounds=np.maximum(ceiling, np.nan_to_num(actual[cut], nan=0.0)) / predicted[cut],
         ))
     groups.sort(key=lambda g: g.key)
 
@@ -1255,7 +1278,7 @@ def analyse(
     force: bool = False,
     coefficients: CoefficientTable | None = None,
     provenance: dict[str, Any] | None = None,
-    clock: Callable[[], float] | None = None,
+    threads: int = 2,
 ) -> Analysis:
     """What ``workflows.tier_metrics_document`` and ``workflows.calibrate`` compute, at scale.
 
@@ -1263,39 +1286,69 @@ def analyse(
     open (or ``force``), both calibration methods with the parameters ``calibrate`` gives them:
     ``coverage`` against the ``under_multiplier`` tolerance with ``coefficients``, and
     ``autopack-median``. ``provenance`` (coefficient file version, Dagster run id, database) is
-    completed with the exclusions and the gate, as there. ``timings`` holds seconds per stage.
-    """
-    import time
+    completed with the exclusions and the gate, as there.
 
-    tick = clock or time.perf_counter
+    With ``threads=2`` two chains run side by side (numpy releases the GIL in its heavy loops): the
+    tier metrics in one; clean samples, groups and both calibrations in the other. The calibrations
+    start before the gate is known and are dropped if it stays closed; their provenance gets the
+    gate's summary at the end. ``timings`` holds seconds per step (steps of the two chains overlap).
+    """
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
     timings: dict[str, float] = {}
-    began = tick()
-    samples = clean_sample_rows(arrays, dedup=dedup)
-    timings["clean_samples"] = tick() - began
-    began = tick()
-    basics = _Basics.of(arrays)
-    metrics = tier_metrics_document_arrays(arrays, under_multiplier=under_multiplier, clean_samples=samples.count,
-                                           basics=basics)
-    timings["tier_metrics"] = tick() - began
-    basics.drop_metric_arrays()
-    began = tick()
-    groups = sample_groups(arrays, samples.mask)
+    lock = threading.Lock()
+
+    def timed(name: str, work: Callable[[], Any]) -> Any:
+        began = time.perf_counter()
+        result = work()
+        with lock:
+            timings[name] = time.perf_counter() - began
+        return result
+
+    base_provenance = {**(provenance or {}), "dedup": dedup}
+    def metrics_chain(samples_future: Any) -> dict[str, Any]:
+        basics = timed("per_row_flags", lambda: _Basics.of(arrays))
+        document = timed("tier_metrics", lambda: tier_metrics_document_arrays(
+            arrays, under_multiplier=under_multiplier, clean_samples=0, basics=basics))
+        document["clean_samples"] = samples_future.result().count
+        return document
+
+    def calibration_chain(samples: CleanSamples) -> tuple[SampleGroups, dict[str, CalibrationResult]]:
+        groups = timed("sample_groups", lambda: sample_groups(arrays, samples.mask))
+        shared = {**base_provenance, "exclusions": samples.exclusions}
+        results = {AUTOPACK_MEDIAN: timed("calibration_autopack_median", lambda: calibrate_autopack_median_arrays(
+            arrays, samples.mask, groups=groups, min_samples=min_samples,
+            confidence_threshold=confidence_threshold, provenance=shared))}
+        results[COVERAGE] = timed("calibration_coverage", lambda: calibrate_coverage_arrays(
+            arrays, min_samples=min_samples, confidence_threshold=confidence_threshold, dedup=dedup,
+            tolerance=under_multiplier, coefficients=coefficients, provenance=shared, all_clean=samples))
+        return groups, results
+
+    began = time.perf_counter()
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="analyse") as pool:
+            samples_future = pool.submit(timed, "clean_samples", lambda: clean_sample_rows(arrays, dedup=dedup))
+            metrics_future = pool.submit(metrics_chain, samples_future)
+            samples = samples_future.result()
+            groups, results = calibration_chain(samples)
+            metrics = metrics_future.result()
+    else:
+        from concurrent.futures import Future
+
+        samples_future: Future = Future()
+        samples = timed("clean_samples", lambda: clean_sample_rows(arrays, dedup=dedup))
+        samples_future.set_result(samples)
+        metrics = metrics_chain(samples_future)
+        groups, results = calibration_chain(samples)
     gate = calibration_gate_arrays(samples.count, groups, metrics["all_events"]["tier1"], min_samples=min_samples,
                                    force=force)
-    timings["gate"] = tick() - began
-    results: dict[str, CalibrationResult] = {}
     if gate.open:
-        shared = {**(provenance or {}), "exclusions": samples.exclusions, "forced": gate.forced, "dedup": dedup,
-                  "gate_summary": gate.summary()}
-        began = tick()
-        results[COVERAGE] = calibrate_coverage_arrays(
-            arrays, min_samples=min_samples, confidence_threshold=confidence_threshold, dedup=dedup,
-            tolerance=under_multiplier, coefficients=coefficients, provenance=shared, all_clean=samples,
-            basics=basics)
-        timings["calibration_coverage"] = tick() - began
-        began = tick()
-        results[AUTOPACK_MEDIAN] = calibrate_autopack_median_arrays(
-            arrays, samples.mask, groups=groups, min_samples=min_samples, confidence_threshold=confidence_threshold,
-            provenance=shared)
-        timings["calibration_autopack_median"] = tick() - began
+        stamp = {"forced": gate.forced, "gate_summary": gate.summary()}
+        results = {name: results[name].model_copy(update={"provenance": results[name].provenance.model_copy(
+            update=stamp)}) for name in (COVERAGE, AUTOPACK_MEDIAN)}
+    else:
+        results = {}
+    timings["total"] = time.perf_counter() - began
     return Analysis(metrics=metrics, samples=samples, gate=gate, calibrations=results, timings=timings)

@@ -35,15 +35,14 @@ from __future__ import annotations
 import io
 import json
 import math
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +55,7 @@ from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
 from autopack_pipeline.llm.builder import ESCALATION_FACTOR, MAX_TOKENS_CAP
 from autopack_pipeline.llm.simulated import DEGENERATE_TOKENS, SimulationProfile
 from autopack_pipeline.settings import REPO_ROOT
+from autopack_pipeline.storage.columnar import prefetch
 from autopack_pipeline.storage.events import MAX_STORED_DELIVERABLES, MIN_VALID_OUTPUT_TOKENS
 from autopack_pipeline.storage.models import Run, TokenEstimationV2Event
 
@@ -340,10 +340,11 @@ def generate_chunks(
         # Phase rows: state from the attempts that exist (a phase cut at the end is still running).
         attempts = draws["attempts"][sl].copy()
         completed = draws["completed"][sl].copy()
-        if len(p) and len(p) < rec.sum():
+        if len(p) and len(p) < rec.sum():  # the load ends inside this phase: it has not completed
             last = int(p[-1])
             attempts[last] = int((p == last).sum())
             completed[last] = False
+            events["phase_completed"] = np.where(p == last, False, events["phase_completed"])
         last_us = np.where(attempts == 2, retry_us, started_us)
         output_sum = draws["output"][0, sl] + np.where(attempts == 2, draws["output"][1, sl], 0)
         phases = {
@@ -400,6 +401,9 @@ class SynthSummary:
     first_timestamp: str | None = None
     last_timestamp: str | None = None
     coefficient_version: str = ""
+    # Seconds per stage: "generate" (rows built in the helper thread, overlapping the rest),
+    # "phases" and "events" (the database taking the rows), "indexes" (rebuilt after a fresh load).
+    timings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -484,6 +488,7 @@ def bulk_load(
         first_timestamp=_text_timestamps(np.array([loader.first_us]))[0] if loader.first_us is not None else None,
         last_timestamp=_text_timestamps(np.array([loader.last_us]))[0] if loader.last_us is not None else None,
         coefficient_version=load_archetypes(seeds_dir).coefficient_version,
+        timings={k: round(v, 3) for k, v in loader.timings.items()},
     )
 
 
@@ -708,45 +713,6 @@ class _RunStats:
         ]
 
 
-def _ahead(items: Iterator, convert: Callable, depth: int = 2) -> Iterator:
-    """``convert(item)`` for every item, computed in a helper thread one or two items ahead.
-
-    The database step (SQLite's ``sqlite3_step``, a COPY on the server) runs without the GIL, so
-    generating the next chunk overlaps with writing the current one.
-    """
-    done = object()
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                buffer.put((item, convert(item)))
-            buffer.put((done, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            buffer.put((done, exc))
-
-    worker = threading.Thread(target=produce, name="synth-generator", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, converted = buffer.get()
-            if item is done:
-                if converted is not None:
-                    raise converted
-                return
-            yield item, converted
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                buffer.get_nowait()
-            except queue.Empty:
-                worker.join(timeout=0.05)
-
-
 class _Loader:
     """Writes generated chunks into one database and counts what it wrote."""
 
@@ -759,6 +725,14 @@ class _Loader:
         self.first_us: int | None = None
         self.last_us: int | None = None
         self.method = ""
+        self.timings = {"generate": 0.0, "phases": 0.0, "events": 0.0, "indexes": 0.0}
+
+    def _timed(self, stage: str, work: Callable[[], Any]) -> Any:
+        began = time.perf_counter()
+        try:
+            return work()
+        finally:
+            self.timings[stage] += time.perf_counter() - began
 
     def _written(self, chunk: SynthChunk) -> None:
         self.stats.add(chunk)
@@ -783,7 +757,7 @@ class _Loader:
             # copy of every new page. Switching needs the only connection; otherwise stay incremental.
             fresh = empty and connection.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
             for pragma in ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-1048576",
-                           "PRAGMA temp_store=MEMORY"):
+                           "PRAGMA temp_store=MEMORY", "PRAGMA threads=2"):
                 connection.execute(pragma)
             self.method = ("sqlite: one transaction, secondary indexes rebuilt after the rows" if fresh
                            else "sqlite: executemany with indexes in place, 500k events per transaction")
@@ -810,13 +784,16 @@ class _Loader:
             event_sql = _sqlite_insert("token_estimation_v2_events", _EVENT_SPEC)
 
             def rows(chunk: SynthChunk) -> tuple[list, list]:
-                phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
-                return _python_columns(phase_cols, _PHASE_SPEC), _python_columns(event_cols, _EVENT_SPEC)
+                def build() -> tuple[list, list]:
+                    phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
+                    return _python_columns(phase_cols, _PHASE_SPEC), _python_columns(event_cols, _EVENT_SPEC)
+
+                return self._timed("generate", build)
 
             in_transaction = 0
-            for chunk, (phase_rows, event_rows) in _ahead(_chain(first, chunks), rows):
-                cursor.executemany(phase_sql, zip(*phase_rows))
-                cursor.executemany(event_sql, zip(*event_rows))
+            for chunk, (phase_rows, event_rows) in prefetch(_chain(first, chunks), rows):
+                self._timed("phases", lambda: cursor.executemany(phase_sql, zip(*phase_rows)))  # noqa: B023
+                self._timed("events", lambda: cursor.executemany(event_sql, zip(*event_rows)))  # noqa: B023
                 self._written(chunk)
                 in_transaction += len(chunk.events["run"])
                 if not fresh and in_transaction >= SQLITE_TRANSACTION_EVENTS:
@@ -824,7 +801,7 @@ class _Loader:
                     cursor.execute("BEGIN")
                     in_transaction = 0
             for _name, sql in indexes:
-                cursor.execute(sql)
+                self._timed("indexes", lambda: cursor.execute(sql))  # noqa: B023
             cursor.executemany("UPDATE runs SET max_phases = ?, tokens_used = ?, completed_at = ?, updated_at = ? "
                                "WHERE id = ?", self.stats.rows(self.run_ids))
             cursor.execute("COMMIT")
@@ -865,27 +842,31 @@ class _Loader:
                 rebuild = _drop_for_load(cursor) if fresh else []
 
                 def encode(chunk: SynthChunk) -> tuple[bytes, bytes]:
-                    phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
-                    return (_csv_bytes(_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"]))),
-                            _csv_bytes(_arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"]))))
+                    def build() -> tuple[bytes, bytes]:
+                        phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
+                        return (_csv_bytes(_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"]))),
+                                _csv_bytes(_arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"]))))
+
+                    return self._timed("generate", build)
 
                 phase_copy = f"COPY phases ({', '.join(c for c, _s in _PHASE_SPEC)}) FROM STDIN WITH (FORMAT csv)"
                 event_copy = (f"COPY token_estimation_v2_events ({', '.join(c for c, _s in _EVENT_SPEC)}) "
                               "FROM STDIN WITH (FORMAT csv)")
                 in_transaction = 0
-                for chunk, (phase_csv, event_csv) in _ahead(_chain(first, chunks), encode):
-                    with cursor.copy(phase_copy) as copy:
-                        copy.write(phase_csv)
-                    with cursor.copy(event_copy) as copy:
-                        copy.write(event_csv)
+                for chunk, (phase_csv, event_csv) in prefetch(_chain(first, chunks), encode):
+                    self._timed("phases", lambda: _copy(cursor, phase_copy, phase_csv))  # noqa: B023
+                    self._timed("events", lambda: _copy(cursor, event_copy, event_csv))  # noqa: B023
                     self._written(chunk)
                     in_transaction += len(chunk.events["run"])
                     if not fresh and in_transaction >= PG_TRANSACTION_EVENTS:
                         connection.commit()
                         cursor.execute("SET LOCAL synchronous_commit = off")
                         in_transaction = 0
+                if rebuild:
+                    # Index builds sort in memory instead of spilling to disk (this transaction only).
+                    cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
                 for statement in rebuild:
-                    cursor.execute(statement)
+                    self._timed("indexes", lambda: cursor.execute(statement))  # noqa: B023
                 cursor.executemany(
                     "UPDATE runs SET max_phases = %s, tokens_used = %s, completed_at = %s, updated_at = %s "
                     "WHERE id = %s",
@@ -899,7 +880,12 @@ class _Loader:
             raw.close()
 
 
-def _drop_for_load(cursor) -> list[str]:
+def _copy(cursor: Any, statement: str, data: bytes) -> None:
+    with cursor.copy(statement) as copy:
+        copy.write(data)
+
+
+def _drop_for_load(cursor: Any) -> list[str]:
     """Drop the secondary indexes and foreign keys of phases and events; return what rebuilds them.
 
     Runs inside the load's transaction (PostgreSQL DDL is transactional), so a failed load leaves

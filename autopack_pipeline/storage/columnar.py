@@ -734,6 +734,15 @@ class _Filler:
         for name in self.valid:
             self.valid[name] = self.valid[name][order]
 
+    def narrow(self) -> None:
+        """Smaller integer types where every value fits (event ids, deliverable counts, label codes)."""
+        for name, small in (("event_id", np.int32), ("deliverable_count", np.int16), ("category", np.int16),
+                            ("complexity", np.int16)):
+            values = self.values[name]
+            info = np.iinfo(small)
+            if len(values) == 0 or (info.min <= int(values.min()) and int(values.max()) <= info.max):
+                self.values[name] = values.astype(small)
+
     def int_column(self, name: str) -> IntColumn:
         return IntColumn(self.values[name], self.valid.get(name))
 
@@ -759,6 +768,7 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
         raise ColumnarStoreError(f"the manifest of {directory} counts {filler.rows} rows, its parts {position}")
     if not manifest["sorted"]:
         filler.permute(np.argsort(filler.values["event_id"], kind="stable"))
+    filler.narrow()
     pa.default_memory_pool().release_unused()
     return EventArrays(
         event_id=filler.int_column("event_id"),

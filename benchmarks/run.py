@@ -1,0 +1,673 @@
+"""Every figure of issue 8, measured in one run on this machine, each printed with its bound and a ratio.
+
+    .venv/bin/python benchmarks/run.py [--data-dir /tmp/autopack-bench] [--json-out FILE]
+
+Each measurement runs in its own child process, so its wall time, CPU time and peak memory (the
+child's own ``ru_maxrss``, from ``os.wait4``) are its alone. Data lives under ``--data-dir`` (never in
+the repository): synthetic SQLite histories of 1M, 3M and 10M events are built there on the first run
+(``autopack-telemetry synth``'s loader, about 6 minutes for 10M here) and reused afterwards; every run
+appends 100k events per history for the incremental figures. See ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # for autopack_pipeline_tests.llm.messages_server
+
+PG_ADMIN_URL = os.environ.get("AUTOPACK_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+HISTORY_SIZES = (1_000_000, 3_000_000, 10_000_000)
+NEW_EVENTS = 100_000
+
+
+def size_name(events: int) -> str:
+    return f"{events // 1_000_000}m" if events % 1_000_000 == 0 else f"{events // 1000}k"
+
+# The issue's bounds.
+SYNTH_SQLITE_PER_S = 100_000
+SYNTH_PG_PER_S = 50_000
+ANALYSIS_S = 10.0
+ANALYSIS_MB = 2048
+COLD_EXTRACTION_S = 90.0
+REFRESH_S = 3.0
+RECORD_MS = 5.0
+COLLECTION_S = 2.5
+
+
+# -- children -----------------------------------------------------------------------------------------
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child_synth(db: str, events: int, seed: int) -> dict:
+    from autopack_pipeline.storage.bulk import bulk_load
+    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.storage.migrate import upgrade_database
+
+    engine = make_engine(db)
+    upgrade_database(engine)
+    return bulk_load(engine, events, seed=seed).as_dict()
+
+
+def child_extract(db: str, store: str, full: bool) -> dict:
+    from autopack_pipeline.storage.columnar import ColumnarStore
+    from autopack_pipeline.storage.database import make_engine
+
+    return ColumnarStore(store).refresh(make_engine(db), full=full).as_dict()
+
+
+def child_analyse(store: str, threads: int) -> dict:
+    began = time.perf_counter()
+    from autopack_pipeline import workflows
+    from autopack_pipeline.domain import fast_metrics
+    from autopack_pipeline.settings import load_settings
+    from autopack_pipeline.storage.columnar import ColumnarStore
+
+    imported = time.perf_counter()
+    arrays = ColumnarStore(store).event_arrays()
+    loaded = time.perf_counter()
+    table = workflows.load_coefficients_for(load_settings())
+    analysis = fast_metrics.analyse(arrays, force=True, coefficients=table, threads=threads,
+                                    provenance={"coefficient_file_version": table.version})
+    done = time.perf_counter()
+    tier1 = analysis.metrics["all_events"]["tier1"]
+    return {
+        "import_s": imported - began, "load_s": loaded - imported, "analyse_s": done - loaded,
+        "load_and_analyse_s": done - imported, "steps": analysis.timings, "events": tier1["total_samples"],
+        "clean_samples": analysis.samples.count, "gate": analysis.gate.summary(),
+        "groups": {name: len(result.groups) for name, result in analysis.calibrations.items()},
+        "underestimation_rate_pct": tier1["underestimation_rate_pct"],
+    }
+
+
+def child_orm(db: str, limit: int) -> dict:
+    """Autopack's way: ORM objects, one Python loop over the rows, ``statistics`` over Python lists."""
+    import math
+    import statistics
+    from collections import defaultdict
+
+    from sqlalchemy.orm import Session
+
+    from autopack_pipeline.domain.categories import deliverable_bucket, normalise_category, normalise_complexity
+    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.storage.models import TokenEstimationV2Event as Event
+
+    began = time.perf_counter()
+    strata: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    waste, budget_waste, smape = [], [], []
+    latest: dict[tuple[str, str], tuple] = {}
+    rows = under = truncated = success = 0
+    with Session(make_engine(db)) as session:
+        query = session.query(Event).order_by(Event.id).limit(limit).yield_per(5_000)
+        for event in query:
+            rows += 1
+            p, a = event.predicted_output_tokens, event.actual_output_tokens
+            over = a > p * 1.1
+            cut = bool(event.truncated)
+            under += over
+            truncated += cut
+            success += bool(event.success)
+            labels = (("category", normalise_category(event.category)),
+                      ("complexity", normalise_complexity(event.complexity)),
+                      ("deliverables", deliverable_bucket(event.deliverable_count)))
+            for label in labels:
+                counts = strata[label]
+                counts[0] += 1
+                counts[1] += over
+                counts[2] += cut
+                counts[3] += bool(event.success)
+            budget = event.actual_max_tokens or event.selected_budget
+            if a:
+                waste.append(p / a)
+                if budget:
+                    budget_waste.append(budget / a)
+            if not cut and p + a:
+                smape.append(200 * abs(p - a) / (p + a))
+            if event.success and not cut and a >= 50:
+                key = (event.run_id, event.phase_id)
+                candidate = (event.attempt or 0, event.id, labels[0][1], labels[1][1], p, a, budget)
+                if key not in latest or candidate[:2] > latest[key][:2]:
+                    latest[key] = candidate
+    groups: dict[tuple[str, str], list[tuple]] = defaultdict(list)
+    for item in latest.values():
+        groups[(item[2], item[3])].append(item)
+    figures = {
+        "waste_p90": statistics.quantiles(waste, n=10)[8], "waste_median": statistics.median(waste),
+        "waste_mean": math.fsum(waste) / len(waste), "budget_waste_p90": statistics.quantiles(budget_waste, n=10)[8],
+        "smape_median": statistics.median(smape), "smape_mean": math.fsum(smape) / len(smape),
+    }
+    calibrated = {}
+    for key, items in groups.items():
+        ratios = [a / p if p else 0.0 for *_rest, p, a, _b in items]
+        if len(ratios) >= 5:
+            calibrated[key] = (sorted(ratios)[len(ratios) // 2], statistics.pstdev(ratios))
+    return {"rows": rows, "seconds": time.perf_counter() - began, "groups": len(calibrated), "figures": figures,
+            "underestimation_rate_pct": 100 * under / rows}
+
+
+def child_record(db: str, calls: int) -> dict:
+    import statistics
+
+    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.storage.events import EstimationEvent, ensure_run_and_phase, record_estimation_event
+    from autopack_pipeline.storage.migrate import upgrade_database
+
+    engine = make_engine(db)
+    upgrade_database(engine)
+    run_id = f"bench-record-{os.getpid()}-{time.time_ns()}"
+    ensure_run_and_phase(engine, run_id, "phase-1", category="implementation", complexity="low")
+    times = []
+    for i in range(calls + 20):
+        event = EstimationEvent(run_id=run_id, phase_id="phase-1", category="implementation", complexity="low",
+                                deliverables=["src/a.py"], predicted_output_tokens=1200, actual_output_tokens=900 + i,
+                                selected_budget=8192, actual_max_tokens=8192, success=True, model="claude-sonnet-4-5",
+                                attempt=1 + i)
+        began = time.perf_counter()
+        stored = record_estimation_event(engine, event, respect_flag=False)
+        elapsed = time.perf_counter() - began
+        if not stored:
+            raise RuntimeError("record_estimation_event did not store the event")
+        if i >= 20:  # the first calls open connections and warm caches
+            times.append(elapsed * 1000)
+    times.sort()
+    return {"calls": calls, "median_ms": statistics.median(times), "p90_ms": times[int(0.9 * len(times))],
+            "max_ms": times[-1]}
+
+
+def child_collection(db: str, latency: float, concurrency: int) -> dict:
+    from autopack_pipeline.collection.phases import load_phase_file
+    from autopack_pipeline.collection.run import run_collection
+    from autopack_pipeline.domain.coefficients import load_coefficients
+    from autopack_pipeline.domain.estimator import TokenEstimator
+    from autopack_pipeline.llm.anthropic_backend import AnthropicBackend
+    from autopack_pipeline.llm.builder import Builder
+    from autopack_pipeline.llm.prompt import render_files
+    from autopack_pipeline.settings import REPO_ROOT
+    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.storage.migrate import upgrade_database
+    from autopack_pipeline_tests.llm.messages_server import Answer, MessagesServer, Slow
+
+    run, phases = load_phase_file(REPO_ROOT / "seeds" / "telemetry_collection_phases.yaml")
+    phases = phases[:10]
+    text = render_files({path: f"# {path}\nprint('ok')\n" for phase in phases for path in phase.deliverables})
+    server = MessagesServer().start()
+    server.answer_all_with(lambda body: Slow(latency, Answer(text)))
+    try:
+        engine = make_engine(db)
+        upgrade_database(engine)
+        builder = Builder(TokenEstimator(load_coefficients(REPO_ROOT / "seeds" / "estimator_coefficients.yaml")),
+                          AnthropicBackend("bench-key", base_url=server.url, max_retries=0), "claude-sonnet-4-5")
+        run = run.model_copy(update={"run_id": f"bench-collection-{time.time_ns()}"})
+        began = time.perf_counter()
+        summary = run_collection(engine, run, phases, builder, concurrency=concurrency)
+        seconds = time.perf_counter() - began
+    finally:
+        server.stop()
+    return {"seconds": seconds, "phases": summary.phases_total, "completed": summary.phases_completed,
+            "events_written": summary.events_written, "requests": len(server.message_requests())}
+
+
+def child_dagster(db: str, workdir: str) -> dict:
+    """raw_events .. calibration_recommendations, materialised in process with the pickle IO manager."""
+    os.environ["AUTOPACK_REPORTS_DIR"] = str(Path(workdir) / "reports")
+
+    from autopack_pipeline.assets.calibration import calibration_recommendations
+    from autopack_pipeline.assets.events import raw_events
+    from autopack_pipeline.assets.metrics import tier_metrics
+    from autopack_pipeline.assets.samples import success_samples
+    from autopack_pipeline.resources import TelemetryDatabase
+
+    return _materialize_and_split([raw_events, success_samples, tier_metrics, calibration_recommendations],
+                                  {"telemetry_db": TelemetryDatabase(database_url=db)}, workdir)
+
+
+def child_dagster_columnar(db: str, workdir: str) -> dict:
+    """The proposed shape: the first asset hands on the columnar store's path, the second analyses it."""
+    import dagster as dg
+
+    from autopack_pipeline import workflows
+    from autopack_pipeline.domain import fast_metrics
+    from autopack_pipeline.resources import TelemetryDatabase
+    from autopack_pipeline.settings import load_settings
+    from autopack_pipeline.storage.columnar import ColumnarStore, refresh_store
+
+    @dg.asset(required_resource_keys={"telemetry_db"})
+    def columnar_events(context) -> str:
+        store, _refresh = refresh_store(context.resources.telemetry_db.engine())
+        return str(store.directory)
+
+    @dg.asset
+    def columnar_analysis(columnar_events: str) -> dict:
+        table = workflows.load_coefficients_for(load_settings())
+        analysis = fast_metrics.analyse(ColumnarStore(columnar_events).event_arrays(), coefficients=table,
+                                        force=True, provenance={"coefficient_file_version": table.version})
+        return {"metrics": analysis.metrics, "gate": analysis.gate.to_dict(),
+                "calibrations": {k: v.model_dump(mode="json") for k, v in analysis.calibrations.items()}}
+
+    return _materialize_and_split([columnar_events, columnar_analysis],
+                                  {"telemetry_db": TelemetryDatabase(database_url=db)}, workdir)
+
+
+def _materialize_and_split(assets: list, resources: dict, workdir: str) -> dict:
+    """Materialise in process with the pickle IO manager; split the wall time with the event log."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.ephemeral(tempdir=workdir)
+    began = time.perf_counter()
+    result = dg.materialize(
+        assets,
+        instance=instance,
+        resources={**resources, "io_manager": dg.FilesystemIOManager(base_dir=str(Path(workdir) / "io"))},
+        raise_on_error=False,
+    )
+    wall = time.perf_counter() - began
+    steps: dict[str, dict[str, float]] = {}
+    for record in instance.all_logs(result.run_id):
+        event = record.dagster_event
+        if event is None or not event.step_key:
+            continue
+        marks = steps.setdefault(event.step_key, {})
+        kind = event.event_type_value
+        if kind in ("STEP_START", "STEP_OUTPUT", "HANDLED_OUTPUT", "STEP_SUCCESS", "STEP_FAILURE"):
+            marks.setdefault(kind, record.timestamp)
+        if kind == "LOADED_INPUT":
+            marks["LOADED_INPUT"] = record.timestamp  # the last input loaded
+    figures = {}
+    compute = io = 0.0
+    for step, marks in steps.items():
+        start = marks.get("STEP_START")
+        loaded = marks.get("LOADED_INPUT", start)
+        output = marks.get("STEP_OUTPUT", loaded)
+        handled = marks.get("HANDLED_OUTPUT", output)
+        end = marks.get("STEP_SUCCESS") or marks.get("STEP_FAILURE") or handled
+        figures[step] = {"load_inputs_s": loaded - start, "compute_s": output - loaded,
+                         "handle_output_s": handled - output, "step_s": end - start}
+        compute += output - loaded
+        io += (loaded - start) + (handled - output)
+    pickles = sum(p.stat().st_size for p in (Path(workdir) / "io").rglob("*") if p.is_file())
+    return {"success": result.success, "wall_s": wall, "compute_s": compute, "io_s": io,
+            "dagster_overhead_s": wall - compute, "framework_s": wall - compute - io, "steps": figures,
+            "pickle_bytes": pickles}
+
+
+CHILDREN = {
+    "synth": child_synth, "extract": child_extract, "analyse": child_analyse, "orm": child_orm,
+    "record": child_record, "collection": child_collection, "dagster": child_dagster,
+    "dagster_columnar": child_dagster_columnar,
+}
+
+
+@dataclass
+class ChildResult:
+    result: dict
+    wall_s: float
+    cpu_s: float
+    maxrss_mb: float
+
+
+def run_child(task: str, timeout: float = 3600, **kwargs: Any) -> ChildResult:
+    """Run one measurement in a fresh interpreter; its rusage is read with wait4, so it is its own."""
+    began = time.perf_counter()
+    process = subprocess.Popen([sys.executable, __file__, "--child", task, json.dumps(kwargs)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError(f"benchmark step {task} took longer than {timeout:.0f} s")
+        time.sleep(0.02)
+    wall = time.perf_counter() - began
+    process.returncode = os.waitstatus_to_exitcode(status)
+    out, err = process.stdout.read(), process.stderr.read()
+    if process.returncode != 0:
+        raise RuntimeError(f"benchmark step {task} failed:\n{err[-3000:]}")
+    return ChildResult(json.loads(out.strip().splitlines()[-1]), wall, usage.ru_utime + usage.ru_stime,
+                       usage.ru_maxrss / 1024)
+
+
+# -- the run ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    machine: dict = field(default_factory=dict)
+
+    def add(self, name: str, value: float, unit: str, bound: str = "", ratio: str = "", holds: bool | None = None,
+            detail: str = "") -> None:
+        row = {"figure": name, "value": value, "unit": unit, "bound": bound, "ratio": ratio, "holds": holds,
+               "detail": detail}
+        self.rows.append(row)
+        verdict = "" if holds is None else ("HOLDS" if holds else "MISSED")
+        print(f"  {name:<58} {_fmt(value):>10} {unit:<8} {bound:<14} {ratio:<22} {verdict:<6} {detail}", flush=True)
+
+
+def _fmt(value: float) -> str:
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import duckdb  # noqa: F401 - only its version
+    import numpy
+    import pandas
+    import pyarrow
+    import sqlalchemy
+
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(), "cpu": model,
+        "ram_gib": round(memory, 1), "python": platform.python_version(), "sqlite": __import__("sqlite3").sqlite_version,
+        "numpy": numpy.__version__, "pandas": pandas.__version__, "pyarrow": pyarrow.__version__,
+        "sqlalchemy": sqlalchemy.__version__, "load_average_before": os.getloadavg(),
+    }
+
+
+def free_seed(db: str) -> int:
+    """A synth seed whose runs are not in the database yet."""
+    import sqlite3
+
+    path = db.removeprefix("sqlite:///")
+    connection = sqlite3.connect(path)
+    try:
+        seed = 1000
+        while connection.execute("SELECT 1 FROM runs WHERE id = ?", (f"synth-{seed}-r00000",)).fetchone():
+            seed += 1
+        return seed
+    finally:
+        connection.close()
+
+
+def event_count(db: str) -> int:
+    import sqlite3
+
+    connection = sqlite3.connect(db.removeprefix("sqlite:///"))
+    try:
+        return int(connection.execute("SELECT count(*) FROM token_estimation_v2_events").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        connection.close()
+
+
+def ensure_history(data: Path, name: str, events: int, report: Report) -> str:
+    db = f"sqlite:///{data / f'events-{name}.db'}"
+    have = event_count(db)
+    if have >= events:
+        report.notes.append(f"history {name}: reused {have:,} events in {db}")
+        return db
+    if have:
+        raise SystemExit(f"{db} holds {have} events, fewer than {events}: delete it to rebuild")
+    print(f"building the {name} history ({events:,} events) in {db} ...", flush=True)
+    built = run_child("synth", timeout=7200, db=db, events=events, seed=1)
+    report.notes.append(f"history {name}: built {events:,} events in {built.wall_s:.0f} s "
+                        f"({built.result['events_per_second']:,.0f} events/s)")
+    return db
+
+
+def postgres_available() -> bool:
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: no server to measure
+        return False
+
+
+def _stages(result: dict) -> str:
+    t = result.get("timings") or {}
+    return (f"database: phases {t.get('phases', 0):.1f} s + events {t.get('events', 0):.1f} s + index rebuild "
+            f"{t.get('indexes', 0):.1f} s; row generation {t.get('generate', 0):.1f} s in a helper thread")
+
+
+def bench_synth(report: Report, work: Path, scale: int) -> None:
+    print("synth: bulk load rates", flush=True)
+    db = f"sqlite:///{work / 'synth-rate.db'}"
+    fresh = run_child("synth", db=db, events=1_000_000 // scale, seed=1)
+    rate = fresh.result["events_per_second"]
+    report.add(f"synth into SQLite, {size_name(1_000_000 // scale)} events into an empty DB", rate, "events/s", f">= {SYNTH_SQLITE_PER_S:,}/s",
+               f"{rate / SYNTH_SQLITE_PER_S:.2f}x of bound", rate >= SYNTH_SQLITE_PER_S,
+               f"{fresh.result['phases']:,} phases too; {_stages(fresh.result)}")
+    append = run_child("synth", db=db, events=NEW_EVENTS, seed=2)
+    rate = append.result["events_per_second"]
+    report.add(f"synth into SQLite, {size_name(NEW_EVENTS)} more (indexes in place)", rate, "events/s",
+               f">= {SYNTH_SQLITE_PER_S:,}/s", f"{rate / SYNTH_SQLITE_PER_S:.2f}x of bound", rate >= SYNTH_SQLITE_PER_S,
+               _stages(append.result))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{work / 'synth-rate.db'}{suffix}").unlink(missing_ok=True)
+    if not postgres_available():
+        report.notes.append(f"PostgreSQL synth not measured: no server at {PG_ADMIN_URL}")
+        return
+    import sqlalchemy as sa
+
+    name = f"autopack_bench_{os.getpid()}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        fresh = run_child("synth", db=url, events=500_000 // scale, seed=1)
+        rate = fresh.result["events_per_second"]
+        report.add(f"synth into PostgreSQL (COPY), {size_name(500_000 // scale)} into an empty DB", rate, "events/s",
+                   f">= {SYNTH_PG_PER_S:,}/s", f"{rate / SYNTH_PG_PER_S:.2f}x of bound", rate >= SYNTH_PG_PER_S,
+                   _stages(fresh.result))
+        append = run_child("synth", db=url, events=NEW_EVENTS, seed=2)
+        rate = append.result["events_per_second"]
+        report.add("synth into PostgreSQL, 100k more (indexes in place)", rate, "events/s",
+                   f">= {SYNTH_PG_PER_S:,}/s", f"{rate / SYNTH_PG_PER_S:.2f}x of bound", rate >= SYNTH_PG_PER_S,
+                   _stages(append.result))
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def bench_columnar(report: Report, data: Path, histories: dict[str, str]) -> dict:
+    largest = list(histories)[-1]
+    big = histories[largest]
+    store = str(data / "stores" / largest)
+    print("cold extraction and analysis over the 10M history", flush=True)
+    cold = run_child("extract", db=big, store=store, full=True)
+    rows = cold.result["rows_after"]
+    report.add(f"cold extraction of {rows / 1e6:.1f}M events from SQLite", cold.wall_s, "s", f"<= {COLD_EXTRACTION_S:.0f} s",
+               f"{COLD_EXTRACTION_S / cold.wall_s:.1f}x headroom", cold.wall_s <= COLD_EXTRACTION_S,
+               f"peak {cold.maxrss_mb:,.0f} MB, cpu {cold.cpu_s:.0f} s")
+    analysis = run_child("analyse", store=store, threads=2)
+    single = run_child("analyse", store=store, threads=1)
+    figures = analysis.result
+    report.add(f"full analysis of {figures['events'] / 1e6:.1f}M events (process wall)", analysis.wall_s, "s",
+               f"<= {ANALYSIS_S:.0f} s", f"{ANALYSIS_S / analysis.wall_s:.2f}x headroom", analysis.wall_s <= ANALYSIS_S,
+               f"imports {figures['import_s']:.1f} + load {figures['load_s']:.1f} + analysis {figures['analyse_s']:.1f} s; "
+               f"cpu {analysis.cpu_s:.1f} s")
+    report.add("full analysis, peak memory", analysis.maxrss_mb, "MB", f"<= {ANALYSIS_MB:,} MB",
+               f"{ANALYSIS_MB / analysis.maxrss_mb:.2f}x headroom", analysis.maxrss_mb <= ANALYSIS_MB)
+    report.add("full analysis on one thread (process wall)", single.wall_s, "s", f"<= {ANALYSIS_S:.0f} s",
+               f"{ANALYSIS_S / single.wall_s:.2f}x headroom", single.wall_s <= ANALYSIS_S,
+               f"peak {single.maxrss_mb:,.0f} MB")
+    report.notes.append("analysis steps (2 threads, overlapping): " + ", ".join(
+        f"{k} {v:.2f} s" for k, v in figures["steps"].items()))
+    report.notes.append(f"analysis result: {figures['clean_samples']:,} clean samples; {figures['gate']}; "
+                        f"groups per method {figures['groups']}")
+    return {"analysis_wall": analysis.wall_s, "extract_wall": cold.wall_s, "rows": figures["events"]}
+
+
+def bench_incremental(report: Report, data: Path, histories: dict[str, str]) -> None:
+    print("incremental refresh after 100k new events", flush=True)
+    times = {}
+    for name, db in histories.items():
+        store = str(data / "stores" / name)
+        run_child("extract", db=db, store=store, full=False)  # catch up with the history first
+        added = run_child("synth", db=db, events=NEW_EVENTS, seed=free_seed(db))
+        refresh = run_child("extract", db=db, store=store, full=False)
+        seconds = refresh.result["seconds"]
+        times[name] = seconds
+        report.add(f"refresh after {NEW_EVENTS // 1000}k new events, {refresh.result['rows_before'] / 1e6:.1f}M history",
+                   seconds, "s",
+                   f"<= {REFRESH_S:.0f} s", f"{REFRESH_S / seconds:.1f}x headroom", seconds <= REFRESH_S,
+                   f"process wall {refresh.wall_s:.1f} s, peak {refresh.maxrss_mb:,.0f} MB; "
+                   f"append {added.result['events_per_second']:,.0f} events/s")
+    names = list(times)
+    ratio = times[names[-1]] / times[names[0]]
+    report.add(f"refresh time, {names[-1]} history / {names[0]} history", ratio, "x", "flat (~1x)",
+               f"{ratio:.2f}x for 10x history", ratio < 2.0)
+
+
+def bench_orm(report: Report, histories: dict[str, str], slice_rows: int, fast: dict) -> None:
+    print(f"naive per-row ORM analysis on a {slice_rows:,}-event slice", flush=True)
+    orm = run_child("orm", db=list(histories.values())[-1], limit=slice_rows)
+    per_row = orm.result["seconds"] / orm.result["rows"]
+    projected = per_row * fast["rows"]
+    report.add(f"naive ORM loop, {orm.result['rows']:,}-event slice (measured)", orm.result["seconds"], "s", "", "",
+               None, f"{per_row * 1e6:.1f} µs/event; peak {orm.maxrss_mb:,.0f} MB")
+    report.add(f"naive ORM loop, {fast['rows'] / 1e6:.0f}M events (extrapolated x{fast['rows'] / orm.result['rows']:.0f})",
+               projected, "s", "", f"{projected / fast['analysis_wall']:.0f}x the columnar analysis", None,
+               f"{projected / (fast['analysis_wall'] + fast['extract_wall']):.0f}x even with the cold extraction")
+
+
+def bench_record(report: Report, work: Path, histories: dict[str, str]) -> None:
+    print("recording one event from the Builder", flush=True)
+    fresh = run_child("record", db=f"sqlite:///{work / 'record.db'}", calls=300)
+    report.add("record_estimation_event on SQLite, median added time", fresh.result["median_ms"], "ms",
+               f"<= {RECORD_MS:.0f} ms", f"{RECORD_MS / fresh.result['median_ms']:.1f}x headroom",
+               fresh.result["median_ms"] <= RECORD_MS,
+               f"p90 {fresh.result['p90_ms']:.2f} ms; fresh database, 300 calls")
+    big = run_child("record", db=list(histories.values())[-1], calls=300)
+    report.add(f"record_estimation_event on the {list(histories)[-1]}-event SQLite DB, median", big.result["median_ms"],
+               "ms",
+               f"<= {RECORD_MS:.0f} ms", f"{RECORD_MS / big.result['median_ms']:.1f}x headroom",
+               big.result["median_ms"] <= RECORD_MS, f"p90 {big.result['p90_ms']:.2f} ms")
+
+
+def bench_collection(report: Report, work: Path) -> None:
+    print("a 10-phase collection run against a 1 s server at concurrency 10", flush=True)
+    run = run_child("collection", db=f"sqlite:///{work / 'collection.db'}", latency=1.0, concurrency=10)
+    seconds = run.result["seconds"]
+    report.add("collection run, 10 phases, 1 s latency, concurrency 10", seconds, "s", f"<= {COLLECTION_S} s",
+               f"{COLLECTION_S / seconds:.2f}x headroom", seconds <= COLLECTION_S,
+               f"{run.result['requests']} requests, {run.result['completed']}/{run.result['phases']} phases completed, "
+               f"{run.result['events_written']} events; serial would be >= 10 s")
+
+
+def _dagster_rows(report: Report, label: str, run: ChildResult, budget: float | None = None) -> None:
+    figures = run.result
+    holds = None if budget is None else bool(figures["success"] and run.wall_s <= budget)
+    report.add(label, figures["wall_s"], "s", f"<= {budget:.0f} s" if budget else "",
+               f"{budget / figures['wall_s']:.2f}x headroom" if budget else "", holds,
+               f"{'succeeded' if figures['success'] else 'FAILED'}; peak {run.maxrss_mb:,.0f} MB; "
+               f"pickles {figures['pickle_bytes'] / 2**20:,.1f} MB")
+    report.add("  of which asset bodies", figures["compute_s"], "s", "", "", None,
+               "; ".join(f"{k} {v['compute_s']:.1f}" for k, v in figures["steps"].items()))
+    report.add("  of which pickle IO manager (write + read)", figures["io_s"], "s", "", "", None)
+    report.add("  of which Dagster's own time (wall - bodies - IO)", figures["framework_s"], "s", "", "", None)
+
+
+def bench_dagster(report: Report, data: Path, work: Path, events: int, largest: str) -> None:
+    for name, child, budget in ((size_name(events), "dagster", None), (largest, "dagster_columnar", ANALYSIS_S)):
+        db = f"sqlite:///{data / f'events-{name}.db'}"
+        label = ("Dagster, the project's assets raw_events..calibration" if child == "dagster"
+                 else "Dagster, store path handed on + fast_metrics asset")
+        print(f"{label} on the {name} history", flush=True)
+        workdir = work / f"{child}-{name}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.environ["AUTOPACK_COLUMNAR_DIR"] = str(data / "stores" / name)  # the store the benchmarks refreshed
+        try:
+            run = run_child(child, timeout=7200, db=db, workdir=str(workdir))
+        finally:
+            os.environ.pop("AUTOPACK_COLUMNAR_DIR", None)
+            shutil.rmtree(workdir, ignore_errors=True)
+        _dagster_rows(report, f"{label}, {name}", run, budget)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "autopack-bench")
+    parser.add_argument("--orm-slice", type=int, default=200_000, help="events the naive ORM loop reads")
+    parser.add_argument("--dagster-events", type=int, default=1_000_000, choices=[0, 1_000_000, 3_000_000, 10_000_000],
+                        help="history the Dagster materialisation runs on (0: skip)")
+    parser.add_argument("--skip-synth", action="store_true", help="do not measure the bulk-load rates")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="divide every data size by this (a quick rehearsal; the bounds are for scale 1)")
+    parser.add_argument("--json-out", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("child_args", nargs="?", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        result = CHILDREN[args.child](**json.loads(args.child_args or "{}"))
+        print(json.dumps(result, default=str))
+        return 0
+
+    data = args.data_dir.resolve()
+    if data == REPO or REPO in data.parents:
+        raise SystemExit("--data-dir must be outside the repository")
+    (data / "stores").mkdir(parents=True, exist_ok=True)
+    report = Report(machine=machine())
+    m = report.machine
+    print(f"machine: {m['nproc']} x {m['cpu']}, {m['ram_gib']} GiB RAM; load average {m['load_average_before']}")
+    began = time.perf_counter()
+    global NEW_EVENTS
+    NEW_EVENTS = NEW_EVENTS // args.scale
+    sizes = [n // args.scale for n in HISTORY_SIZES]
+    histories = {size_name(n): ensure_history(data, size_name(n), n, report) for n in sizes}
+    with tempfile.TemporaryDirectory(dir=data, prefix="run-") as scratch:
+        work = Path(scratch)
+        print(f"  {'figure':<58} {'value':>10} {'unit':<8} {'bound':<14} {'ratio':<22}")
+        if not args.skip_synth:
+            bench_synth(report, work, args.scale)
+        fast = bench_columnar(report, data, histories)
+        bench_incremental(report, data, histories)
+        bench_orm(report, histories, args.orm_slice // args.scale, fast)
+        bench_record(report, work, histories)
+        bench_collection(report, work)
+        if args.dagster_events:
+            bench_dagster(report, data, work, args.dagster_events // args.scale, list(histories)[-1])
+    m["load_average_after"] = os.getloadavg()
+    m["benchmark_minutes"] = round((time.perf_counter() - began) / 60, 1)
+    print(f"load average after: {m['load_average_after']}; {m['benchmark_minutes']} minutes")
+    for note in report.notes:
+        print(f"note: {note}")
+    held = [r for r in report.rows if r["holds"] is True]
+    missed = [r for r in report.rows if r["holds"] is False]
+    print(f"bounds: {len(held)} hold, {len(missed)} missed" + (": " + "; ".join(r["figure"] for r in missed)
+                                                             if missed else ""))
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"machine": m, "figures": report.rows, "notes": report.notes}, indent=1,
+                                            default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
