@@ -57,12 +57,15 @@ from autopack_pipeline.domain.coverage import (
 from autopack_pipeline.domain.coverage import _action as coverage_action
 from autopack_pipeline.domain.coverage import _finite as coverage_finite
 from autopack_pipeline.domain.coverage import weight as coverage_weight
-from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES, DEFAULT_MIN_TOTAL_SAMPLES, GateDecision
+from autopack_pipeline.domain.gates import (
+    DEFAULT_MIN_GROUP_SAMPLES,
+    DEFAULT_MIN_TOTAL_SAMPLES,
+    GateDecision,
+    decide_gate,
+)
 from autopack_pipeline.domain.metrics import (
     DEFAULT_UNDER_MULTIPLIER,
     STRATA_DIMENSIONS,
-    TRUNCATION_TARGET_PCT,
-    UNDERESTIMATION_TARGET_PCT,
     needs_tuning,
     wilson_interval,
 )
@@ -834,39 +837,8 @@ def calibration_gate_arrays(
         group = {"category": category, "complexity": complexity, "n": int(n)}
     under = float(tier1.get("underestimation_rate_pct") or 0.0)
     truncation = float(tier1.get("truncation_rate_pct") or 0.0)
-    reasons: list[str] = []
-    if clean_count < min_total:
-        reasons.append(f"only {clean_count} clean samples; the gate needs at least {min_total}")
-    if group is None:
-        reasons.append(f"no (category, complexity) group has samples; the gate needs one with at least {min_samples}")
-    elif group["n"] < min_samples:
-        reasons.append(
-            f"the largest (category, complexity) group, {group['category']}/{group['complexity']}, "
-            f"has {group['n']} clean samples; the gate needs one with at least {min_samples}"
-        )
-    if not (under > UNDERESTIMATION_TARGET_PCT or truncation > TRUNCATION_TARGET_PCT):
-        reasons.append(
-            f"Tier 1 is within targets: underestimation {under:.1f}% (limit {UNDERESTIMATION_TARGET_PCT:.1f}%), "
-            f"truncation {truncation:.1f}% (limit {TRUNCATION_TARGET_PCT:.1f}%); calibration runs only "
-            "when one is breached"
-        )
-    return GateDecision(
-        open=force or not reasons,
-        forced=force,
-        reasons=reasons,
-        observed={
-            "clean_samples": clean_count,
-            "largest_group": group,
-            "underestimation_rate_pct": under,
-            "truncation_rate_pct": truncation,
-        },
-        thresholds={
-            "min_clean_samples": min_total,
-            "min_group_samples": min_samples,
-            "underestimation_rate_pct": UNDERESTIMATION_TARGET_PCT,
-            "truncation_rate_pct": TRUNCATION_TARGET_PCT,
-        },
-    )
+    return decide_gate(clean_count, group, under, truncation, min_total=min_total, min_samples=min_samples,
+                       force=force)
 
 
 # -- calibration --------------------------------------------------------------------------------------

@@ -94,11 +94,23 @@ def evaluate_calibration_gate(
     group with ``min_samples``; Tier 1 breached (underestimation > 5% or truncation > 2%). With
     ``force`` the gate opens regardless, but the failed conditions stay in ``reasons``.
     """
-    clean = int(len(samples))
-    group = largest_group(samples)
     under = float(tier1.get("underestimation_rate_pct") or 0.0)
     truncation = float(tier1.get("truncation_rate_pct") or 0.0)
+    return decide_gate(int(len(samples)), largest_group(samples), under, truncation,
+                       min_total=min_total, min_samples=min_samples, force=force)
 
+
+def decide_gate(
+    clean: int,
+    group: dict[str, Any] | None,
+    under: float,
+    truncation: float,
+    *,
+    min_total: int = DEFAULT_MIN_TOTAL_SAMPLES,
+    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
+    force: bool = False,
+) -> GateDecision:
+    """The gate's rule from its four figures, whichever path computed them (pandas or columnar)."""
     reasons: list[str] = []
     if clean < min_total:
         reasons.append(f"only {clean} clean samples; the gate needs at least {min_total}")
@@ -115,7 +127,6 @@ def evaluate_calibration_gate(
             f"truncation {truncation:.1f}% (limit {TRUNCATION_TARGET_PCT:.1f}%); calibration runs only "
             "when one is breached"
         )
-
     return GateDecision(
         open=force or not reasons,
         forced=force,
