@@ -48,7 +48,6 @@ from autopack_pipeline.domain.tasks import (
 )
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.builder import Builder
-from autopack_pipeline.reporting import write_calibration_reports
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
 from autopack_pipeline.storage.tasks import save_generated_tasks

@@ -34,6 +34,7 @@ confidence threshold 0.7 exactly at 19 clean samples, the size at which its own 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -234,12 +235,13 @@ def _waste(obs: GroupObservations, scale: float, table: CoefficientTable | None 
     return float(np.median(values)), p90(values)
 
 
-def _action(status: str, multiplier: float, obs: GroupObservations, level: LevelValue, level_tolerance: float) -> str:
+def _action(status: str, multiplier: float, size: int, censored: int, level: LevelValue,
+            level_tolerance: float) -> str:
     if status == "unidentifiable":
         if math.isinf(level.own):
-            allowed = max(0, obs.size - level.k) if level.finite_sample else 0
-            why = (f"{len(obs.censored)} of {obs.size} observations were truncated; a 95% bound from "
-                   f"{obs.size} observations can absorb at most {allowed}")
+            allowed = max(0, size - level.k) if level.finite_sample else 0
+            why = (f"{censored} of {size} observations were truncated; a 95% bound from "
+                   f"{size} observations can absorb at most {allowed}")
         else:
             why = "too few observations for a bound of its own, and its category's bound is censored"
         return (f"Unidentifiable: {why}. Raise this group's budget floor above x{multiplier * level_tolerance:.2f} "
@@ -257,24 +259,54 @@ def _action(status: str, multiplier: float, obs: GroupObservations, level: Level
 
 def _group(key: tuple[str, str], obs: GroupObservations, level: LevelValue, parent_name: str,
            tolerance: float, target_pct: float, threshold: float, table: CoefficientTable | None) -> GroupCalibration:
-    ratios = obs.ratios
-    described = ratios if len(ratios) else obs.lower_bounds  # only lower bounds when nothing was clean
-    source = obs.clean if len(ratios) else obs.censored
+    source = obs.clean if len(obs.ratios) else obs.censored  # only lower bounds when nothing was clean
+    return group_calibration(
+        key, ratios=obs.ratios, bounds=obs.lower_bounds,
+        source_actual=source["actual_output_tokens"].to_numpy(dtype=float),
+        source_predicted=source["predicted_output_tokens"].to_numpy(dtype=float),
+        selected=source["selected_budget"].dropna().to_numpy(dtype=float),
+        level=level, parent_name=parent_name, tolerance=tolerance, target_pct=target_pct, threshold=threshold,
+        waste_now=_waste(obs, 1.0), projected_waste=lambda scale: _waste(obs, scale, table, key),
+    )
+
+
+def group_calibration(
+    key: tuple[str, str],
+    *,
+    ratios: np.ndarray,
+    bounds: np.ndarray,
+    source_actual: np.ndarray,
+    source_predicted: np.ndarray,
+    selected: np.ndarray,
+    level: LevelValue,
+    parent_name: str,
+    tolerance: float,
+    target_pct: float,
+    threshold: float,
+    waste_now: tuple[float | None, float | None],
+    projected_waste: Callable[[float], tuple[float | None, float | None]],
+) -> GroupCalibration:
+    """One group's coverage figures from plain arrays, so the pandas and the columnar paths share them.
+
+    ``ratios`` are the clean samples' actual/predicted, ``bounds`` the censored events' lower bounds;
+    ``source_*`` and ``selected`` describe the clean samples (the censored ones when none is clean);
+    ``waste_now`` is budget waste P50/P90 as sent; ``projected_waste(scale)`` the same with estimates
+    scaled by ``scale`` and budgets recomputed (called only for a multiplier that exists).
+    """
+    described = ratios if len(ratios) else bounds
+    censored = len(bounds)
     q = level.value
     status = "unidentifiable" if math.isinf(q) else ("identifiable" if level.finite_sample else "thin")
-    bounds = obs.lower_bounds
     floor_hint = float(bounds.max()) if len(bounds) else float(described.max())
     multiplier = q / tolerance if status != "unidentifiable" else floor_hint / tolerance
-    n = obs.size
-    now_over = int((ratios > tolerance).sum()) + len(obs.censored)
-    new_over = None if math.isinf(q) else int((ratios > q).sum()) + len(obs.censored)
-    waste_now = _waste(obs, 1.0)
-    waste_new = _waste(obs, multiplier, table, key) if status != "unidentifiable" else (None, None)
-    selected = source["selected_budget"].dropna()
+    n = len(ratios) + censored
+    now_over = int((ratios > tolerance).sum()) + censored
+    new_over = None if math.isinf(q) else int((ratios > q).sum()) + censored
+    waste_new = projected_waste(multiplier) if status != "unidentifiable" else (None, None)
     details = {
         "status": status,
         "clean_samples": len(ratios),
-        "censored_samples": len(obs.censored),
+        "censored_samples": censored,
         "order_statistic_k": level.k,
         "own_bound": _finite(level.own),
         "own_bound_is_finite_sample": level.finite_sample,
@@ -297,10 +329,10 @@ def _group(key: tuple[str, str], obs: GroupObservations, level: LevelValue, pare
         category=key[0],
         complexity=key[1],
         sample_count=n,
-        avg_actual=float(source["actual_output_tokens"].astype(float).mean()),
-        avg_estimated=float(source["predicted_output_tokens"].astype(float).mean()),
+        avg_actual=float(source_actual.mean()),
+        avg_estimated=float(source_predicted.mean()),
         avg_ratio=float(described.mean()),
-        median_ratio=float(np.sort(described)[len(described) // 2]),
+        median_ratio=float(np.partition(described, len(described) // 2)[len(described) // 2]),
         min_ratio=float(described.min()),
         max_ratio=float(described.max()),
         ratio_std=float(described.std()),
@@ -308,9 +340,9 @@ def _group(key: tuple[str, str], obs: GroupObservations, level: LevelValue, pare
         proposed_multiplier=float(multiplier),
         median_budget_waste=waste_now[0],
         p90_budget_waste=waste_now[1],
-        avg_selected_budget=float(selected.astype(float).mean()) if len(selected) else None,
+        avg_selected_budget=float(selected.mean()) if len(selected) else None,
         actionable=status != "unidentifiable" and level.weight >= threshold,
-        action=_action(status, multiplier, obs, level, tolerance),
+        action=_action(status, multiplier, n, censored, level, tolerance),
         method_details=details,
     )
 

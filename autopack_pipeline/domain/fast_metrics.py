@@ -52,10 +52,9 @@ from autopack_pipeline.domain.coverage import (
     PRIOR_WEIGHT,
     LevelValue,
     borrow,
+    group_calibration,
     order_statistic_index,
 )
-from autopack_pipeline.domain.coverage import _action as coverage_action
-from autopack_pipeline.domain.coverage import _finite as coverage_finite
 from autopack_pipeline.domain.coverage import weight as coverage_weight
 from autopack_pipeline.domain.gates import (
     DEFAULT_MIN_GROUP_SAMPLES,
@@ -956,14 +955,6 @@ def _group_figures(key: tuple[str, str], ratios: np.ndarray, waste: np.ndarray, 
 # -- coverage calibration -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _ObservationCounts:
-    """The two figures ``coverage._action`` reads from a group's observations."""
-
-    size: int
-    censored: range
-
-
 def coverage_observations(
     arrays: EventArrays, *, dedup: bool = True, all_clean: CleanSamples | None = None
 ) -> tuple[CleanSamples, np.ndarray]:
@@ -1063,68 +1054,20 @@ class _CoverageGroup:
 
 def _coverage_group(arrays: EventArrays, group: _CoverageGroup, level: LevelValue, tolerance: float,
                     target_pct: float, threshold: float, table: CoefficientTable | None) -> GroupCalibration:
-    """``coverage._group`` for one group."""
-    key, ratios, bounds = group.key, group.ratios, group.bounds
-    censored = len(group.censored_rows)
-    described = ratios if len(ratios) else bounds
-    source = group.clean_rows if len(ratios) else group.censored_rows
-    source_actual = group.actual if len(ratios) else group.censored_actual
-    source_predicted = group.predicted if len(ratios) else group.censored_predicted
-    clean_budget, clean_predicted, clean_actual = group.budget, group.predicted, group.actual
-    q = level.value
-    status = "unidentifiable" if math.isinf(q) else ("identifiable" if level.finite_sample else "thin")
-    floor_hint = float(bounds.max()) if len(bounds) else float(described.max())
-    multiplier = q / tolerance if status != "unidentifiable" else floor_hint / tolerance
-    n = len(ratios) + censored
-    now_over = int((ratios > tolerance).sum()) + censored
-    new_over = None if math.isinf(q) else int((ratios > q).sum()) + censored
-    waste_now = _coverage_waste(clean_budget, clean_predicted, clean_actual, 1.0, None, key)
-    waste_new = (_coverage_waste(clean_budget, clean_predicted, clean_actual, multiplier, table, key)
-                 if status != "unidentifiable" else (None, None))
-    selected = arrays.selected_budget.floats_at(source)
-    selected = selected[~np.isnan(selected)]
-    details = {
-        "status": status,
-        "clean_samples": len(ratios),
-        "censored_samples": censored,
-        "order_statistic_k": level.k,
-        "own_bound": coverage_finite(level.own),
-        "own_bound_is_finite_sample": level.finite_sample,
-        "parent": f"category {key[0]}",
-        "parent_bound": coverage_finite(level.parent),
-        "weight": level.weight,
-        "upper_ratio_bound": coverage_finite(q),
-        "tolerance": tolerance,
-        "target_underestimation_pct": target_pct,
-        "censored_lower_bound_max": float(bounds.max()) if len(bounds) else None,
-        "multiplier_is_lower_bound": status == "unidentifiable",
-        "underestimation_pct_now": _pct(now_over, n),
-        "underestimation_pct_projected": None if new_over is None else _pct(new_over, n),
-        "budget_waste_p50_now": waste_now[0],
-        "budget_waste_p90_now": waste_now[1],
-        "budget_waste_p50_projected": waste_new[0],
-        "budget_waste_p90_projected": waste_new[1],
-    }
-    counts = _ObservationCounts(size=n, censored=range(censored))
-    return GroupCalibration(
-        category=key[0],
-        complexity=key[1],
-        sample_count=n,
-        avg_actual=float(pd.Series(source_actual).mean()),
-        avg_estimated=float(pd.Series(source_predicted).mean()),
-        avg_ratio=float(described.mean()),
-        median_ratio=float(np.partition(described, len(described) // 2)[len(described) // 2]),
-        min_ratio=float(described.min()),
-        max_ratio=float(described.max()),
-        ratio_std=float(described.std()),
-        confidence=level.weight,
-        proposed_multiplier=float(multiplier),
-        median_budget_waste=waste_now[0],
-        p90_budget_waste=waste_now[1],
-        avg_selected_budget=float(pd.Series(selected).mean()) if len(selected) else None,
-        actionable=status != "unidentifiable" and level.weight >= threshold,
-        action=coverage_action(status, multiplier, counts, level, tolerance),
-        method_details=details,
+    """``coverage._group`` for one group: the same figures, from the arrays."""
+    clean = len(group.ratios) > 0
+    selected = arrays.selected_budget.floats_at(group.clean_rows if clean else group.censored_rows)
+
+    def waste(scale: float, with_table: CoefficientTable | None) -> tuple[float | None, float | None]:
+        return _coverage_waste(group.budget, group.predicted, group.actual, scale, with_table, group.key)
+
+    return group_calibration(
+        group.key, ratios=group.ratios, bounds=group.bounds,
+        source_actual=np.asarray(group.actual if clean else group.censored_actual, dtype=float),
+        source_predicted=np.asarray(group.predicted if clean else group.censored_predicted, dtype=float),
+        selected=selected[~np.isnan(selected)],
+        level=level, parent_name=f"category {group.key[0]}", tolerance=tolerance, target_pct=target_pct,
+        threshold=threshold, waste_now=waste(1.0, None), projected_waste=lambda scale: waste(scale, table),
     )
 
 

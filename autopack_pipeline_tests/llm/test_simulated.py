@@ -65,7 +65,7 @@ def test_run_and_phase_shape_the_length_but_attempt_does_not(profile) -> None:
     backend = SimulatedBackend(profile, seed=5)
     base = backend.intended_output_tokens(phase("P1"))
     assert backend.intended_output_tokens(phase("P1", attempt=2)) == base
-    others = {backend.intended_output_tokens(phase(f"P1", run_id=f"run-{i}")) for i in range(10)}
+    others = {backend.intended_output_tokens(phase("P1", run_id=f"run-{i}")) for i in range(10)}
     assert len(others) >= 9
 
 
