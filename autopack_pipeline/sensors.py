@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from autopack_pipeline.assets.calibration import calibration_recommendations
@@ -20,7 +19,7 @@ from autopack_pipeline.assets.samples import success_samples
 from autopack_pipeline.assets.tasks import generated_tasks
 from autopack_pipeline.checks import DATA_QUALITY_CHECK_KEYS
 from autopack_pipeline.collection.phases import PhaseSetError
-from autopack_pipeline.domain.gates import GateDecision, evaluate_calibration_gate
+from autopack_pipeline.domain.gates import GateDecision, decide_gate
 from autopack_pipeline.jobs import calibration_job, targeted_collection_job, task_generation_job
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import Settings, load_settings
@@ -84,22 +83,23 @@ def data_quality_problems(instance: dg.DagsterInstance, events: dg.EventLogRecor
 
 
 def gate_from_metadata(samples: dg.EventLogRecord, metrics: dg.EventLogRecord) -> GateDecision | None:
-    """The DESIGN §6 gate, by the same function the calibration asset uses, on materialisation metadata.
+    """The DESIGN §6 gate, by the same rule the calibration asset uses, on materialisation metadata.
 
     success_samples records every (category, complexity) group size, which is all the gate reads of
-    the samples, so the frame rebuilt here gives the decision the asset will reach on the same data.
-    ``None`` when the metadata predates these entries.
+    the samples, so the decision is the one the asset will reach on the same data. ``None`` when the
+    metadata predates these entries.
     """
     groups = _metadata_value(samples, "group_counts")
     under = _metadata_value(metrics, "underestimation_rate_pct")
     truncation = _metadata_value(metrics, "truncation_rate_pct")
     if groups is None or under is None or truncation is None:
         return None
-    frame = pd.DataFrame(
-        [(group["category"], group["complexity"]) for group in groups for _ in range(int(group["n"]))],
-        columns=["category", "complexity"],
-    )
-    return evaluate_calibration_gate(frame, {"underestimation_rate_pct": under, "truncation_rate_pct": truncation})
+    sizes = {(g["category"], g["complexity"]): int(g["n"]) for g in groups if int(g["n"]) > 0}
+    largest = None
+    if sizes:  # ties go to the alphabetically first group, as gates.largest_group does
+        (category, complexity), n = min(sizes.items(), key=lambda item: (-item[1], item[0]))
+        largest = {"category": category, "complexity": complexity, "n": n}
+    return decide_gate(sum(sizes.values()), largest, float(under), float(truncation))
 
 
 @dg.sensor(
