@@ -32,6 +32,7 @@ from autopack_pipeline.domain.calibration import (
     group_samples,
 )
 from autopack_pipeline.domain.coefficients import load_coefficients
+from autopack_pipeline.domain.coverage import CALIBRATION_METHODS, calibrate_coverage, group_observations
 from autopack_pipeline.domain.estimator import TokenEstimator
 from autopack_pipeline.domain.gates import GateDecision, evaluate_calibration_gate
 from autopack_pipeline.domain.metrics import compute_metrics
@@ -48,6 +49,8 @@ from autopack_pipeline.domain.tasks import (
 )
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.builder import Builder
+from autopack_pipeline.plots import render_calibration_plot
+from autopack_pipeline.reporting import write_calibration_report_set
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
 from autopack_pipeline.storage.tasks import save_generated_tasks
@@ -150,10 +153,6 @@ def calibrate(
     ``proposed_changes``; the other is reported beside it. ``under_multiplier`` is both the gate's
     underestimation tolerance and the tolerance the coverage multiplier is computed against.
     """
-    from autopack_pipeline.domain.coverage import CALIBRATION_METHODS, calibrate_coverage, group_observations
-    from autopack_pipeline.plots import render_calibration_plot
-    from autopack_pipeline.reporting import write_calibration_report_set
-
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
     samples = clean_samples(events, dedup=dedup)
@@ -162,9 +161,10 @@ def calibrate(
     gate = evaluate_calibration_gate(samples, tier1, min_samples=min_samples, force=force)
     if not gate.open:
         return CalibrationOutcome(gate=gate, result=None)
+    coefficients = load_coefficients_for(settings)
     provenance = {
         "exclusions": sample_exclusions(events, dedup=dedup),
-        "coefficient_file_version": load_coefficients_for(settings).version,
+        "coefficient_file_version": coefficients.version,
         "dagster_run_id": dagster_run_id,
         "forced": gate.forced,
         "dedup": dedup,
@@ -174,7 +174,7 @@ def calibrate(
     results = {
         "coverage": calibrate_coverage(events, min_samples=min_samples, confidence_threshold=confidence_threshold,
                                        dedup=dedup, tolerance=under_multiplier,
-                                       coefficients=load_coefficients_for(settings), provenance=provenance),
+                                       coefficients=coefficients, provenance=provenance),
         "autopack-median": calibrate_autopack_median(samples, min_samples=min_samples,
                                                      confidence_threshold=confidence_threshold, provenance=provenance),
     }
