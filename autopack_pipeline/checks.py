@@ -12,25 +12,27 @@ Which checks block, and why:
 from typing import Any
 
 import dagster as dg
-import pandas as pd
+import numpy as np
 
 from autopack_pipeline.assets.events import raw_events
 from autopack_pipeline.assets.metadata import markdown_table
 from autopack_pipeline.assets.metrics import tier_metrics
 from autopack_pipeline.domain.drift import DriftReport, DriftThresholds, detect_drift
+from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, success_flags
 from autopack_pipeline.domain.metrics import (
     BUDGET_WASTE_P90_TARGET,
     TRUNCATION_TARGET_PCT,
     UNDERESTIMATION_TARGET_PCT,
 )
-from autopack_pipeline.domain.samples import success_mask
 from autopack_pipeline.resources import TelemetryDatabase
-from autopack_pipeline.storage.events import read_events
+from autopack_pipeline.storage.snapshot import EventSnapshot, snapshot_events
 
 # Claude's largest output ceiling is 128k tokens; a count beyond a million is a unit or parsing error.
 MAX_PLAUSIBLE_TOKENS = 1_000_000
 MAX_PLAUSIBLE_DELIVERABLES = 1_000
-TOKEN_COLUMNS = ("predicted_output_tokens", "actual_output_tokens", "selected_budget", "actual_max_tokens")
+# Column name -> the EventArrays field that holds it.
+TOKEN_COLUMNS = {"predicted_output_tokens": "predicted", "actual_output_tokens": "actual",
+                 "selected_budget": "selected_budget", "actual_max_tokens": "actual_max_tokens"}
 
 EVENTS_EXIST = "events_exist"
 NOT_ALL_FAILURES = "not_all_failures"
@@ -41,9 +43,9 @@ DATA_QUALITY_CHECK_KEYS = [
 
 
 @dg.asset_check(asset=raw_events, name=EVENTS_EXIST, blocking=True)
-def events_exist(raw_events: pd.DataFrame) -> dg.AssetCheckResult:
+def events_exist(raw_events: EventSnapshot) -> dg.AssetCheckResult:
     """The telemetry database holds at least one token-estimation event (blocks the analysis)."""
-    n = len(raw_events)
+    n = raw_events.rows
     return dg.AssetCheckResult(
         passed=n > 0,
         metadata={"observed_events": n, "threshold_min_events": 1},
@@ -52,10 +54,10 @@ def events_exist(raw_events: pd.DataFrame) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=raw_events, name=NOT_ALL_FAILURES, blocking=True)
-def not_all_failures(raw_events: pd.DataFrame) -> dg.AssetCheckResult:
+def not_all_failures(raw_events: EventSnapshot) -> dg.AssetCheckResult:
     """At least one Builder call succeeded; all failures means a broken backend, not an estimator to tune."""
-    n = len(raw_events)
-    succeeded = int(success_mask(raw_events).sum()) if n else 0
+    n = raw_events.rows
+    succeeded = int(success_flags(raw_events.arrays()).sum()) if n else 0
     rate = 100.0 * succeeded / n if n else 0.0
     return dg.AssetCheckResult(
         passed=succeeded > 0,
@@ -69,21 +71,25 @@ def not_all_failures(raw_events: pd.DataFrame) -> dg.AssetCheckResult:
     )
 
 
-def implausible_counts(events: pd.DataFrame) -> dict[str, dict[str, int]]:
+def implausible_counts(events: EventArrays) -> dict[str, dict[str, int]]:
     """Per numeric column, how many values are negative and how many beyond the plausible ceiling."""
+    columns = [(name, getattr(events, field), MAX_PLAUSIBLE_TOKENS) for name, field in TOKEN_COLUMNS.items()]
+    columns.append(("deliverable_count", events.deliverable_count, MAX_PLAUSIBLE_DELIVERABLES))
     found: dict[str, dict[str, int]] = {}
-    for column, ceiling in [(name, MAX_PLAUSIBLE_TOKENS) for name in TOKEN_COLUMNS] + [
-        ("deliverable_count", MAX_PLAUSIBLE_DELIVERABLES)
-    ]:
-        values = events[column].dropna() if column in events else pd.Series(dtype="Int64")
-        found[column] = {"negative": int((values < 0).sum()), "absurd": int((values > ceiling).sum()), "ceiling": ceiling}
+    for name, column, ceiling in columns:
+        values = _known(column)
+        found[name] = {"negative": int((values < 0).sum()), "absurd": int((values > ceiling).sum()), "ceiling": ceiling}
     return found
 
 
+def _known(column: IntColumn) -> np.ndarray:
+    return column.values if column.valid is None else column.values[column.valid]
+
+
 @dg.asset_check(asset=raw_events, name=PLAUSIBLE_COUNTS, blocking=True)
-def token_counts_plausible(raw_events: pd.DataFrame) -> dg.AssetCheckResult:
+def token_counts_plausible(raw_events: EventSnapshot) -> dg.AssetCheckResult:
     """No negative token or deliverable counts, none beyond 1,000,000 tokens or 1,000 deliverables."""
-    found = implausible_counts(raw_events)
+    found = implausible_counts(raw_events.arrays())
     negative = sum(v["negative"] for v in found.values())
     absurd = sum(v["absurd"] for v in found.values())
     offenders = [f"{c}: {v['negative']} negative, {v['absurd']} > {v['ceiling']:,}" for c, v in found.items()
@@ -255,9 +261,13 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
 def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: TelemetryDatabase):
     """Drift of the estimator's error per (category, complexity), on the telemetry database as it is now.
 
-    Groups need 30 events in each window; the others are counted as skipped.
+    Groups need 30 events in each window; the others are counted as skipped. The events come through
+    the columnar copy, refreshed first (only new rows are read from the database).
     """
-    report = detect_drift(read_events(telemetry_db.engine()), thresholds=DriftThresholds())
+    snapshot, _refresh, fallback = snapshot_events(telemetry_db.engine())
+    if fallback:
+        context.log.warning(fallback)
+    report = detect_drift(snapshot.arrays(), thresholds=DriftThresholds())
     context.log.info("drift: %s", report.summary())
     yield from drift_check_results(report)
 

@@ -1,7 +1,9 @@
 """The product's jobs as plain functions: collect, analyse, calibrate, generate tasks.
 
 The Dagster assets and the CLI both call these, so a figure in the UI and the same figure in a
-terminal come from one code path. Nothing here imports Dagster.
+terminal come from one code path. The analysis runs on :class:`EventArrays` (the vectorised
+``fast_metrics``, equal to the pandas reference functions by test); an events frame is converted.
+Nothing here imports Dagster.
 """
 
 from __future__ import annotations
@@ -28,16 +30,23 @@ from autopack_pipeline.collection.run import (
 )
 from autopack_pipeline.domain.calibration import (
     CalibrationResult,
-    calibrate_autopack_median,
-    group_samples,
 )
 from autopack_pipeline.domain.coefficients import load_coefficients
-from autopack_pipeline.domain.coverage import CALIBRATION_METHODS, calibrate_coverage, group_observations
+from autopack_pipeline.domain.coverage import CALIBRATION_METHODS
 from autopack_pipeline.domain.estimator import TokenEstimator
-from autopack_pipeline.domain.gates import GateDecision, evaluate_calibration_gate
-from autopack_pipeline.domain.metrics import compute_metrics
+from autopack_pipeline.domain.fast_metrics import (
+    EventArrays,
+    as_event_arrays,
+    calibration_gate_arrays,
+    calibrations_arrays,
+    clean_sample_rows,
+    compute_metrics_arrays,
+    coverage_groups,
+    sample_groups,
+    tier_metrics_document_arrays,
+)
+from autopack_pipeline.domain.gates import GateDecision
 from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
-from autopack_pipeline.domain.samples import clean_samples, sample_exclusions
 from autopack_pipeline.domain.tasks import (
     GeneratedTask,
     Insight,
@@ -97,14 +106,33 @@ def load_coefficients_for(settings: Settings):
     return load_coefficients(settings.seeds_dir / "estimator_coefficients.yaml")
 
 
-def tier_metrics_document(events: pd.DataFrame, samples: pd.DataFrame, *, under_multiplier: float = 1.1) -> dict[str, Any]:
-    """Tier metrics over all Builder calls (the gate's figures) and over successful calls only."""
-    successful = events[events["success"].fillna(False).astype(bool)]
-    return {
-        "all_events": compute_metrics(events, under_multiplier=under_multiplier, stratify=True),
-        "success_only": compute_metrics(successful, under_multiplier=under_multiplier, stratify=False),
-        "clean_samples": int(len(samples)),
-    }
+@dataclass(frozen=True)
+class SampleSummary:
+    """The clean samples of an events set, as counts: what the metrics, the gate and the tasks read."""
+
+    count: int
+    group_counts: dict[tuple[str, str], int]  # canonical (category, complexity) -> clean samples
+    exclusions: dict[str, int]  # why the other events are not samples
+    dedup: bool
+
+
+def summarise_samples(events: pd.DataFrame | EventArrays, *, dedup: bool = True) -> SampleSummary:
+    arrays = as_event_arrays(events)
+    samples = clean_sample_rows(arrays, dedup=dedup)
+    groups = sample_groups(arrays, samples.mask)
+    return SampleSummary(count=samples.count, group_counts=groups.counts(), exclusions=samples.exclusions,
+                         dedup=dedup)
+
+
+def tier_metrics_document(
+    events: pd.DataFrame | EventArrays, clean_samples: int, *, under_multiplier: float = 1.1
+) -> dict[str, Any]:
+    """Tier metrics over all Builder calls (the gate's figures) and over successful calls only.
+
+    ``events`` is an events frame or its arrays; ``clean_samples`` is how many clean samples they hold.
+    """
+    return tier_metrics_document_arrays(as_event_arrays(events), under_multiplier=under_multiplier,
+                                        clean_samples=clean_samples)
 
 
 @dataclass(frozen=True)
@@ -133,7 +161,7 @@ class CalibrationOutcome:
 
 
 def calibrate(
-    events: pd.DataFrame,
+    events: pd.DataFrame | EventArrays,
     settings: Settings,
     *,
     tier1: dict[str, Any] | None = None,
@@ -155,15 +183,16 @@ def calibrate(
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
-    samples = clean_samples(events, dedup=dedup)
+    arrays = as_event_arrays(events)
+    samples = clean_sample_rows(arrays, dedup=dedup)
+    groups = sample_groups(arrays, samples.mask)
     if tier1 is None:
-        tier1 = compute_metrics(events, under_multiplier=under_multiplier)["tier1"]
-    gate = evaluate_calibration_gate(samples, tier1, min_samples=min_samples, force=force)
+        tier1 = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)["tier1"]
+    gate = calibration_gate_arrays(samples.count, groups, tier1, min_samples=min_samples, force=force)
     if not gate.open:
         return CalibrationOutcome(gate=gate, result=None)
     coefficients = load_coefficients_for(settings)
     provenance = {
-        "exclusions": sample_exclusions(events, dedup=dedup),
         "coefficient_file_version": coefficients.version,
         "dagster_run_id": dagster_run_id,
         "forced": gate.forced,
@@ -171,20 +200,16 @@ def calibrate(
         "database": database,
         "gate_summary": gate.summary(),
     }
-    results = {
-        "coverage": calibrate_coverage(events, min_samples=min_samples, confidence_threshold=confidence_threshold,
-                                       dedup=dedup, tolerance=under_multiplier,
-                                       coefficients=coefficients, provenance=provenance),
-        "autopack-median": calibrate_autopack_median(samples, min_samples=min_samples,
-                                                     confidence_threshold=confidence_threshold, provenance=provenance),
-    }
-    observations = group_observations(events, dedup=dedup)
+    results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
+                                  confidence_threshold=confidence_threshold, dedup=dedup,
+                                  tolerance=under_multiplier, coefficients=coefficients, provenance=provenance)
+    _clean, _censored, observations = coverage_groups(arrays, dedup=dedup, all_clean=samples)
     files = write_calibration_report_set(
         results[method],
         output_dir or settings.resolved_reports_dir(),
         others=[r for name, r in results.items() if name != method],
-        plot=lambda handle: render_calibration_plot(handle, observations, list(results.values()),
-                                                    tolerance=under_multiplier),
+        plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observations},
+                                                    list(results.values()), tolerance=under_multiplier),
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
                               json_path=files.json, plot_path=files.plot, results=results)
@@ -194,17 +219,17 @@ def improvement_tasks(
     engine: Engine,
     settings: Settings,
     metrics: dict[str, Any],
-    samples: pd.DataFrame,
+    sample_counts: dict[tuple[str, str], int],
     calibration: CalibrationOutcome | dict[str, Any] | None,
     *,
     min_samples: int = 5,
     extra_insights: list[Insight] | None = None,
-    events: pd.DataFrame | None = None,
+    events: pd.DataFrame | EventArrays | None = None,
     source: dict[str, Any] | None = None,
     outcome_window_days: float = 7,
     now: datetime | None = None,
 ) -> tuple[list[GeneratedTask], int]:
-    """Insights from metrics, calibration, sample counts, phase outcomes and ``extra_insights`` (drift),
+    """Insights from metrics, calibration, clean-sample counts per group, phase outcomes and ``extra_insights`` (drift),
     as tasks; returns (tasks, newly stored).
 
     With ``events`` the Tier-1 breaches and truncation hot spots are looked for per (category,
@@ -226,8 +251,7 @@ def improvement_tasks(
     result = (calibration or {}).get("result")
     if result:
         insights += insights_from_calibration(result["groups"], result["method"])
-    counts = {key: len(rows) for key, rows in group_samples(samples).items()}
-    insights += insights_from_sample_shortfalls(counts, min_samples)
+    insights += insights_from_sample_shortfalls(sample_counts, min_samples)
     end = now or datetime.now(timezone.utc)
     outcomes = read_phase_outcomes(engine, since=end - timedelta(days=outcome_window_days), until=end)
     insights += insights_from_outcomes(analyse_outcomes(outcomes, now=end, window_days=outcome_window_days))

@@ -4,12 +4,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
-import pandas as pd
 
 from autopack_pipeline import workflows
 from autopack_pipeline.assets.metadata import markdown_table
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
+from autopack_pipeline.storage.snapshot import EventSnapshot
 
 
 class CalibrationConfig(dg.Config):
@@ -21,12 +21,12 @@ class CalibrationConfig(dg.Config):
     output_dir: str | None = None
 
 
-@dg.asset(group_name="calibration", kinds={"pandas"})
+@dg.asset(group_name="calibration", kinds={"numpy"})
 def calibration_recommendations(
     context: dg.AssetExecutionContext,
     config: CalibrationConfig,
     telemetry_db: TelemetryDatabase,
-    raw_events: pd.DataFrame,
+    raw_events: EventSnapshot,
     tier_metrics: dict[str, Any],
 ) -> dg.MaterializeResult:
     """Per (category, complexity) multipliers by the coverage method (default: the 95% upper bound of
@@ -37,7 +37,7 @@ def calibration_recommendations(
     """
     settings = load_settings()
     outcome = workflows.calibrate(
-        raw_events,
+        raw_events.arrays(),
         settings,
         tier1=tier_metrics["all_events"]["tier1"],
         min_samples=config.min_samples,

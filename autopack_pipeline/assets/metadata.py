@@ -44,19 +44,19 @@ _SCHEMA_TYPES = {"Int64": "int", "string": "string", "boolean": "bool", "datetim
 
 
 def events_column_schema() -> dg.TableSchema:
-    """Column schema of an events-shaped DataFrame (raw events and clean samples share it)."""
+    """Column schema of the events table as the columnar copy holds it."""
     return dg.TableSchema(
         columns=[dg.TableColumn(name, _SCHEMA_TYPES.get(dtype, dtype)) for name, dtype in EVENT_COLUMNS.items()]
     )
 
 
-def sample_group_metadata(groups: dict[tuple[str, str], Any], min_samples: int) -> dict[str, Any]:
+def sample_group_metadata(group_counts: dict[tuple[str, str], int], min_samples: int) -> dict[str, Any]:
     """Group sizes of the clean samples, as the calibration gate sensor reads them back.
 
     ``group_counts`` is the full list, so the sensor can re-run the gate function itself on the
     latest materialisation without loading the samples.
     """
-    counts = sorted(((c, x, len(rows)) for (c, x), rows in groups.items()), key=lambda item: (-item[2], item[0], item[1]))
+    counts = sorted(((c, x, n) for (c, x), n in group_counts.items()), key=lambda item: (-item[2], item[0], item[1]))
     largest = counts[0] if counts else None
     return {
         "group_count": len(counts),

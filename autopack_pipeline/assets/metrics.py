@@ -3,24 +3,27 @@
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 from autopack_pipeline import workflows
 from autopack_pipeline.assets.metadata import markdown_table, strata_table, tier1_rows
 from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.storage.snapshot import EventSnapshot
 
 
 class MetricsConfig(dg.Config):
     under_multiplier: float = 1.1
 
 
-@dg.asset(group_name="metrics", kinds={"pandas"})
-def tier_metrics(config: MetricsConfig, raw_events: pd.DataFrame, success_samples: pd.DataFrame) -> dg.MaterializeResult:
+@dg.asset(group_name="metrics", kinds={"numpy"})
+def tier_metrics(
+    config: MetricsConfig, raw_events: EventSnapshot, success_samples: workflows.SampleSummary
+) -> dg.MaterializeResult:
     """Tier 1 (underestimation, truncation, success, with Wilson 95% intervals), Tier 2 (waste) and
     SMAPE diagnostics over all Builder calls, stratified by category, complexity and deliverables;
     plus the same over successful calls only.
     """
-    document = workflows.tier_metrics_document(raw_events, success_samples, under_multiplier=config.under_multiplier)
+    document = workflows.tier_metrics_document(raw_events.arrays(), success_samples.count,
+                                               under_multiplier=config.under_multiplier)
     overall = document["all_events"]
     tier1, tier2 = overall["tier1"], overall["tier2"]
     return dg.MaterializeResult(

@@ -1,37 +1,35 @@
 """Clean samples: the events calibration may learn from."""
 
 import dagster as dg
-import pandas as pd
 
-from autopack_pipeline.assets.metadata import events_column_schema, markdown_table, sample_group_metadata
-from autopack_pipeline.domain.calibration import group_samples
+from autopack_pipeline import workflows
+from autopack_pipeline.assets.metadata import markdown_table, sample_group_metadata
 from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES
-from autopack_pipeline.domain.samples import clean_samples, sample_exclusions
+from autopack_pipeline.storage.snapshot import EventSnapshot
 
 
 class SamplesConfig(dg.Config):
     dedup: bool = True
 
 
-@dg.asset(group_name="metrics", kinds={"pandas"})
-def success_samples(config: SamplesConfig, raw_events: pd.DataFrame) -> dg.MaterializeResult:
+@dg.asset(group_name="metrics", kinds={"numpy"})
+def success_samples(config: SamplesConfig, raw_events: EventSnapshot) -> dg.MaterializeResult:
     """Successful, untruncated events with at least 50 output tokens, one per (run, phase) unless
-    dedup is off; categories and complexities in their canonical spelling.
+    dedup is off; categories and complexities in their canonical spelling. Handed on as counts per
+    (category, complexity) group with the reasons the other events were left out.
     """
-    samples = clean_samples(raw_events, dedup=config.dedup)
-    exclusions = sample_exclusions(raw_events, dedup=config.dedup)
-    groups = group_samples(samples)
+    summary = workflows.summarise_samples(raw_events.arrays(), dedup=config.dedup)
+    counts = summary.group_counts
     return dg.MaterializeResult(
-        value=samples,
+        value=summary,
         metadata={
-            "dagster/row_count": len(samples),
-            "dagster/column_schema": events_column_schema(),
-            "sample_count": len(samples),
-            **sample_group_metadata(groups, min_samples=DEFAULT_MIN_GROUP_SAMPLES),
-            "excluded_count": sum(exclusions.values()),
-            "exclusions": dg.MetadataValue.json(exclusions),
+            "dagster/row_count": summary.count,
+            "sample_count": summary.count,
+            **sample_group_metadata(counts, min_samples=DEFAULT_MIN_GROUP_SAMPLES),
+            "excluded_count": sum(summary.exclusions.values()),
+            "exclusions": dg.MetadataValue.json(summary.exclusions),
             "groups": dg.MetadataValue.md(
-                markdown_table(["category", "complexity", "clean samples"], [[c, x, len(g)] for (c, x), g in groups.items()])
+                markdown_table(["category", "complexity", "clean samples"], [[c, x, n] for (c, x), n in counts.items()])
             ),
         },
     )

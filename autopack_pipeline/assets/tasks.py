@@ -3,13 +3,13 @@
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 from autopack_pipeline import workflows
 from autopack_pipeline.assets.metadata import database_metadata, markdown_table
 from autopack_pipeline.domain.drift import detect_drift, drift_insights
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
+from autopack_pipeline.storage.snapshot import EventSnapshot
 
 _INPUTS = ("raw_events", "success_samples", "tier_metrics", "calibration_recommendations")
 
@@ -35,8 +35,8 @@ def _input_materializations(context: dg.AssetExecutionContext) -> dict[str, dict
 def generated_tasks(
     context: dg.AssetExecutionContext,
     telemetry_db: TelemetryDatabase,
-    raw_events: pd.DataFrame,
-    success_samples: pd.DataFrame,
+    raw_events: EventSnapshot,
+    success_samples: workflows.SampleSummary,
     tier_metrics: dict[str, Any],
     calibration_recommendations: dict[str, Any],
 ) -> dg.MaterializeResult:
@@ -50,11 +50,12 @@ def generated_tasks(
     settings = load_settings()
     source = {"asset": "generated_tasks", "dagster_run_id": context.run.run_id,
               "inputs": _input_materializations(context)}
+    events = raw_events.arrays()
     tasks, stored = workflows.improvement_tasks(
-        telemetry_db.engine(), settings, tier_metrics, success_samples, calibration_recommendations,
-        events=raw_events, source=source,
+        telemetry_db.engine(), settings, tier_metrics, success_samples.group_counts, calibration_recommendations,
+        events=events, source=source,
         # The same drift statistics as the daily drift checks, on the events this run loaded.
-        extra_insights=drift_insights(detect_drift(raw_events)),
+        extra_insights=drift_insights(detect_drift(events)),
     )
     if not settings.task_generation_enabled:
         context.log.info("task generation is off (AUTOPACK_TASK_GENERATION_ENABLED=false); no tasks generated")

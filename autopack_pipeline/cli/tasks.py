@@ -78,7 +78,7 @@ def _generate(engine, settings, *, min_samples: int, window_days: float) -> dict
     """The generated_tasks asset's inputs, computed from the database: metrics, the gate and (when it is
     open) autopack-median recommendations, without writing any report file."""
     from autopack_pipeline import workflows
-    from autopack_pipeline.domain.calibration import calibrate_autopack_median
+    from autopack_pipeline.domain.calibration import calibrate_autopack_median, group_samples
     from autopack_pipeline.domain.gates import evaluate_calibration_gate
     from autopack_pipeline.domain.samples import clean_samples
     from autopack_pipeline.storage.database import describe_database
@@ -90,7 +90,7 @@ def _generate(engine, settings, *, min_samples: int, window_days: float) -> dict
         raise Refused(f"nothing to analyse in {describe_database(engine).url}: no token-estimation events and no "
                       "phase outcomes (run `autopack-telemetry collect` first, or check DATABASE_URL)")
     samples = clean_samples(events)
-    metrics = workflows.tier_metrics_document(events, samples)
+    metrics = workflows.tier_metrics_document(events, len(samples))
     gate = evaluate_calibration_gate(samples, metrics["all_events"]["tier1"], min_samples=min_samples)
     calibration: dict[str, Any] = {"gate": gate.to_dict(), "result": None}
     if gate.open:
@@ -99,7 +99,8 @@ def _generate(engine, settings, *, min_samples: int, window_days: float) -> dict
         calibration["result"] = result.model_dump(mode="json")
     now = datetime.now(timezone.utc)
     source = {"command": "autopack-telemetry tasks generate", "generated_at": now.isoformat()}
-    tasks, stored = workflows.improvement_tasks(engine, settings, metrics, samples, calibration,
+    counts = {key: len(rows) for key, rows in group_samples(samples).items()}
+    tasks, stored = workflows.improvement_tasks(engine, settings, metrics, counts, calibration,
                                                 min_samples=min_samples, events=events, source=source,
                                                 outcome_window_days=window_days, now=now)
     return {"enabled": settings.task_generation_enabled, "database": describe_database(engine).url,

@@ -13,11 +13,12 @@ events for the statistics to mean something; other groups are listed as skipped,
   indicator ``actual > predicted * 1.1``: it accumulates the log-likelihood ratio of "the rate has
   doubled" against the reference rate and signals when the sum passes ``h``.
 
-Pure functions on events frames; drifted groups also become :class:`Insight` objects for task generation.
+Pure functions on events (a frame or its arrays); drifted groups also become :class:`Insight` objects for task generation.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -28,8 +29,8 @@ import pandas as pd
 from scipy import stats
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.fast_metrics import EventArrays, as_event_arrays
 from autopack_pipeline.domain.metrics import DEFAULT_UNDER_MULTIPLIER
-from autopack_pipeline.domain.samples import as_events_frame, canonical_labels
 from autopack_pipeline.domain.tasks import Insight
 
 
@@ -162,49 +163,58 @@ class DriftReport:
         return f"{len(self.groups)} groups compared, {len(drifted)} drifted: {names}"
 
 
-def _usable_events(events: pd.DataFrame) -> pd.DataFrame:
-    frame = as_events_frame(events)
-    predicted = frame["predicted_output_tokens"].to_numpy(dtype=float, na_value=np.nan)
-    actual = frame["actual_output_tokens"].to_numpy(dtype=float, na_value=np.nan)
-    keep = (predicted > 0) & (actual > 0) & frame["timestamp"].notna().to_numpy()
-    kept = frame[keep].copy()
-    kept["log_ratio"] = np.log(actual[keep] / predicted[keep])
-    kept["category"] = canonical_labels(kept["category"], normalise_category)
-    kept["complexity"] = canonical_labels(kept["complexity"], normalise_complexity)
-    return kept
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _microseconds(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def detect_drift(
-    events: pd.DataFrame, *, now: datetime | None = None, thresholds: DriftThresholds | None = None
+    events: pd.DataFrame | EventArrays, *, now: datetime | None = None, thresholds: DriftThresholds | None = None
 ) -> DriftReport:
     """Compare each (category, complexity) group's recent window with its reference window.
 
     Events need positive predicted and actual token counts and a timestamp; events dated after
-    ``now`` (clock skew) are ignored.
+    ``now`` (clock skew) are ignored. ``events`` is an events frame or its arrays.
     """
     thresholds = thresholds or DriftThresholds()
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     recent_start = now - timedelta(days=thresholds.recent_days)
-    frame = _usable_events(events)
-    frame = frame[frame["timestamp"] <= pd.Timestamp(now)]
-    frame["underestimated"] = np.exp(frame["log_ratio"].to_numpy()) > thresholds.under_multiplier
-    frame = frame.sort_values(["timestamp", "event_id"], kind="mergesort")
-    recent_mask = frame["timestamp"] >= pd.Timestamp(recent_start)
+    arrays = as_event_arrays(events)
+    predicted, actual = arrays.predicted.floats(), arrays.actual.floats()
+    stamps = arrays.timestamp_us.values
+    with np.errstate(invalid="ignore"):
+        usable = (predicted > 0) & (actual > 0) & arrays.timestamp_us.notna() & (stamps <= _microseconds(now))
+    rows = np.flatnonzero(usable)
+    log_ratio = np.log(actual[rows] / predicted[rows])
+    underestimated = np.exp(log_ratio) > thresholds.under_multiplier
+    stamps, event_ids = stamps[rows], arrays.event_id.values[rows]
+    in_recent = stamps >= _microseconds(recent_start)
+    cat_codes, cat_names = arrays.category.canonical(normalise_category)
+    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
+    pair = cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]
+    order = np.argsort(pair, kind="stable")  # by group, row order kept within each
+    starts = np.flatnonzero(np.r_[True, pair[order][1:] != pair[order][:-1]]) if len(order) else order
 
     groups: list[GroupDrift] = []
     skipped: dict[str, tuple[int, int]] = {}
-    for (category, complexity), group in frame.groupby(["category", "complexity"], sort=True):
-        in_recent = recent_mask.loc[group.index]
-        reference, recent = group[~in_recent], group[in_recent]
+    for start, end in itertools.pairwise([*starts, len(order)]):
+        members = order[start:end]
+        category, complexity = divmod(int(pair[members[0]]), len(cx_names))
+        category, complexity = cat_names[category], cx_names[complexity]
+        reference, recent = members[~in_recent[members]], members[in_recent[members]]
         subject = f"{category}/{complexity}"
         if min(len(reference), len(recent)) < thresholds.min_events_per_window:
             skipped[subject] = (len(reference), len(recent))
             continue
-        ref_l, rec_l = reference["log_ratio"].to_numpy(), recent["log_ratio"].to_numpy()
+        # The CUSUM reads the recent events in time order (ties: event id, then row order).
+        recent = recent[np.lexsort((recent, event_ids[recent], stamps[recent]))]
+        ref_l, rec_l = log_ratio[reference], log_ratio[recent]
         psi = population_stability_index(ref_l, rec_l, thresholds.psi_bins)
         ks_statistic, ks_pvalue = ks_two_sample(ref_l, rec_l)
-        reference_rate = float(reference["underestimated"].mean())
-        cusum = bernoulli_cusum(recent["underestimated"].to_numpy(), reference_rate, thresholds.cusum_h)
+        reference_rate = float(underestimated[reference].mean())
+        cusum = bernoulli_cusum(underestimated[recent], reference_rate, thresholds.cusum_h)
         groups.append(
             GroupDrift(
                 category=str(category),
@@ -216,7 +226,7 @@ def detect_drift(
                 ks_pvalue=ks_pvalue,
                 cusum=cusum,
                 reference_under_rate=reference_rate,
-                recent_under_rate=float(recent["underestimated"].mean()),
+                recent_under_rate=float(underestimated[recent].mean()),
                 psi_drift=psi > thresholds.psi_threshold,
                 ks_drift=ks_pvalue < thresholds.ks_alpha and ks_statistic >= thresholds.ks_min_statistic,
                 cusum_alarm=cusum.alarm_index is not None,
@@ -226,7 +236,7 @@ def detect_drift(
         thresholds=thresholds,
         now=now,
         recent_start=recent_start,
-        events_considered=len(frame),
+        events_considered=len(rows),
         groups=groups,
         skipped=skipped,
     )

@@ -102,6 +102,9 @@ class IntColumn:
     def notna(self) -> np.ndarray:
         return np.ones(len(self.values), dtype=bool) if self.valid is None else self.valid
 
+    def take(self, rows: np.ndarray) -> IntColumn:
+        return IntColumn(self.values[rows], None if self.valid is None else self.valid[rows])
+
 
 @dataclass(frozen=True)
 class LabelColumn:
@@ -149,6 +152,19 @@ class EventArrays:
 
     def __len__(self) -> int:
         return len(self.success)
+
+    def take(self, rows: np.ndarray) -> EventArrays:
+        """The events at ``rows`` (indices or a boolean mask), in that order; labels keep their codes."""
+        columns = {}
+        for name in self.__dataclass_fields__:
+            column = getattr(self, name)
+            if isinstance(column, IntColumn):
+                columns[name] = column.take(rows)
+            elif isinstance(column, LabelColumn):
+                columns[name] = LabelColumn(column.codes[rows], column.labels)
+            else:
+                columns[name] = column[rows]
+        return EventArrays(**columns)
 
     @cached_property
     def phase_key(self) -> IntColumn:
@@ -203,6 +219,11 @@ class EventArrays:
             phase_code=codes("phase_id"),
         )
 
+
+
+def as_event_arrays(events: pd.DataFrame | EventArrays) -> EventArrays:
+    """``events`` as arrays: an events frame is converted, arrays are returned as they are."""
+    return events if isinstance(events, EventArrays) else EventArrays.from_frame(events)
 
 # -- exact arithmetic helpers -----------------------------------------------------------------------
 
@@ -469,6 +490,12 @@ def success_flags(arrays: EventArrays) -> np.ndarray:
     return arrays.success == 1
 
 
+def truncation_disagreements(arrays: EventArrays) -> int:
+    """``samples.truncation_flag_disagreements``: both truncation flags known and different."""
+    a, b = arrays.truncated, arrays.is_truncated_output
+    return int(((a >= 0) & (b >= 0) & (a != b)).sum())
+
+
 @dataclass
 class _Basics:
     """Per-row flags every metric needs, computed once and shared by every subset of rows.
@@ -674,26 +701,44 @@ def dimension_codes(arrays: EventArrays, dimension: str) -> tuple[np.ndarray, li
     return arrays.complexity.canonical(normalise_complexity)
 
 
+def _flag_bits(known: np.ndarray, over: np.ndarray, truncated: np.ndarray, success: np.ndarray) -> np.ndarray:
+    # The four Tier-1 flags of a row in one small integer, so one bincount counts them all.
+    return known.astype(np.uint8) | (over.astype(np.uint8) << 1) | (truncated.astype(np.uint8) << 2) | (
+        success.astype(np.uint8) << 3)
+
+
+def _tier1_by_code(codes: np.ndarray, names: list, bits: np.ndarray, multiplier: float) -> dict[Any, dict[str, Any]]:
+    """``tier1_metrics`` of the rows of each code (``names[code]``), for the codes that have rows."""
+    size = len(names)
+    counts = np.bincount(codes.astype(np.int64) * 16 + bits, minlength=size * 16).reshape(size, 16)
+    totals = counts.sum(axis=1)
+    patterns = np.arange(16)
+    flagged = [counts[:, (patterns >> bit) & 1 == 1].sum(axis=1) for bit in range(4)]
+    return {
+        names[i]: tier1_block(multiplier, int(totals[i]), int(flagged[0][i]), int(flagged[1][i]),
+                              int(flagged[2][i]), int(flagged[3][i]))
+        for i in range(size) if totals[i] > 0
+    }
+
+
 def _strata(arrays: EventArrays, rows: np.ndarray | None, multiplier: float, known: np.ndarray, over: np.ndarray,
             truncated: np.ndarray, success: np.ndarray) -> dict[str, dict[str, Any]]:
-    # One bincount per dimension over (code, 4 flag bits) instead of one per flag.
-    bits = known.astype(np.uint8) | (over.astype(np.uint8) << 1) | (truncated.astype(np.uint8) << 2) | (
-        success.astype(np.uint8) << 3)
-    patterns = np.arange(16)
-    strata: dict[str, dict[str, Any]] = {}
-    for dimension in STRATA_DIMENSIONS:
-        codes, names = dimension_codes(arrays, dimension)
-        codes = _select(codes, rows)
-        size = len(names)
-        counts = np.bincount(codes.astype(np.int64) * 16 + bits, minlength=size * 16).reshape(size, 16)
-        totals = counts.sum(axis=1)
-        flagged = [counts[:, (patterns >> bit) & 1 == 1].sum(axis=1) for bit in range(4)]
-        strata[dimension] = {
-            names[i]: tier1_block(multiplier, int(totals[i]), int(flagged[0][i]), int(flagged[1][i]),
-                                  int(flagged[2][i]), int(flagged[3][i]))
-            for i in range(size) if totals[i] > 0
-        }
-    return strata
+    bits = _flag_bits(known, over, truncated, success)
+    return {dimension: _tier1_by_code(_select(codes, rows), names, bits, multiplier)
+            for dimension in STRATA_DIMENSIONS for codes, names in [dimension_codes(arrays, dimension)]}
+
+
+def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = DEFAULT_UNDER_MULTIPLIER
+                       ) -> dict[tuple[str, str], dict[str, Any]]:
+    """``tier1_metrics`` of every canonical (category, complexity) group's events, sorted by group."""
+    multiplier = _check_multiplier(under_multiplier)
+    base = _Basics.of(arrays)
+    cat_codes, cat_names = arrays.category.canonical(normalise_category)
+    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
+    pairs = [(c, x) for c in cat_names for x in cx_names]  # code = category * len(cx_names) + complexity
+    codes = cat_codes.astype(np.int64) * len(cx_names) + cx_codes
+    bits = _flag_bits(base.known, base.over(multiplier), base.truncated, base.success)
+    return _tier1_by_code(codes, pairs, bits, multiplier)
 
 
 def tier_metrics_document_arrays(
@@ -1037,7 +1082,7 @@ def _coverage_waste(budget_sent: np.ndarray, predicted: np.ndarray, actual: np.n
 
 
 @dataclass
-class _CoverageGroup:
+class CoverageGroup:
     """One (category, complexity) group's observations: row indices and their figures, in row order."""
 
     key: tuple[str, str]
@@ -1051,8 +1096,17 @@ class _CoverageGroup:
     ratios: np.ndarray  # actual / predicted of the clean rows
     bounds: np.ndarray  # max(ceiling, actual) / predicted of the censored rows
 
+    # What the calibration plot reads (the names of ``coverage.GroupObservations``).
+    @property
+    def lower_bounds(self) -> np.ndarray:
+        return self.bounds
 
-def _coverage_group(arrays: EventArrays, group: _CoverageGroup, level: LevelValue, tolerance: float,
+    @property
+    def size(self) -> int:
+        return len(self.clean_rows) + len(self.censored_rows)
+
+
+def _coverage_group(arrays: EventArrays, group: CoverageGroup, level: LevelValue, tolerance: float,
                     target_pct: float, threshold: float, table: CoefficientTable | None) -> GroupCalibration:
     """``coverage._group`` for one group: the same figures, from the arrays."""
     clean = len(group.ratios) > 0
@@ -1069,6 +1123,44 @@ def _coverage_group(arrays: EventArrays, group: _CoverageGroup, level: LevelValu
         level=level, parent_name=f"category {group.key[0]}", tolerance=tolerance, target_pct=target_pct,
         threshold=threshold, waste_now=waste(1.0, None), projected_waste=lambda scale: waste(scale, table),
     )
+
+
+def coverage_groups(
+    arrays: EventArrays, *, dedup: bool = True, all_clean: CleanSamples | None = None
+) -> tuple[CleanSamples, np.ndarray, list[CoverageGroup]]:
+    """``coverage.group_observations``: (clean samples, censored rows mask, groups sorted by key)."""
+    clean, censored = coverage_observations(arrays, dedup=dedup, all_clean=all_clean)
+    cat_codes, cat_names = arrays.category.canonical(normalise_category)
+    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
+    rows = np.flatnonzero(clean.mask | censored)
+    # Group by (category, complexity), clean rows before censored ones, row order kept within each.
+    pair = (cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]) * 2 + censored[rows]
+    order = stable_order(pair)
+    rows, pair = rows[order], pair[order]
+    del order
+    starts = np.flatnonzero(np.r_[True, pair[1:] // 2 != pair[:-1] // 2]) if len(pair) else np.zeros(0, dtype=np.int64)
+    bounds_at = np.r_[starts, len(pair)]
+    # The figures of the used rows, gathered once in group order; every group is a slice (a view).
+    predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), _budget_sent(
+        arrays, rows)
+
+    groups: list[CoverageGroup] = []
+    for start, end in itertools.pairwise(bounds_at):
+        cat, cx = divmod(int(pair[start]) // 2, len(cx_names))
+        split = start + int(np.searchsorted(pair[start:end] % 2, 1))  # first censored row
+        kept, cut = slice(start, split), slice(split, end)
+        ceiling = np.nan_to_num(budget[cut], nan=0.0)
+        groups.append(CoverageGroup(
+            key=(cat_names[cat], cx_names[cx]),
+            clean_rows=rows[kept],
+            censored_rows=rows[cut],
+            predicted=predicted[kept], actual=actual[kept], budget=budget[kept],
+            censored_predicted=predicted[cut], censored_actual=actual[cut],
+            ratios=actual[kept] / predicted[kept],
+            bounds=np.maximum(ceiling, np.nan_to_num(actual[cut], nan=0.0)) / predicted[cut],
+        ))
+    groups.sort(key=lambda g: g.key)
+    return clean, censored, groups
 
 
 def calibrate_coverage_arrays(
@@ -1092,38 +1184,7 @@ def calibrate_coverage_arrays(
         raise ValueError(f"min_samples must be at least 1, got {min_samples}")
     if not 0 < target_pct < 100 or tolerance <= 0 or prior_weight <= 0:
         raise ValueError("need 0 < target_pct < 100, tolerance > 0 and prior_weight > 0")
-    clean, censored = coverage_observations(arrays, dedup=dedup, all_clean=all_clean)
-    cat_codes, cat_names = arrays.category.canonical(normalise_category)
-    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
-    used = clean.mask | censored
-    rows = np.flatnonzero(used)
-    # Group by (category, complexity), clean rows before censored ones, row order kept within each.
-    pair = (cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]) * 2 + censored[rows]
-    order = stable_order(pair)
-    rows, pair = rows[order], pair[order]
-    del order
-    starts = np.flatnonzero(np.r_[True, pair[1:] // 2 != pair[:-1] // 2]) if len(pair) else np.zeros(0, dtype=np.int64)
-    bounds_at = np.r_[starts, len(pair)]
-    # The figures of the used rows, gathered once in group order; every group is a slice (a view).
-    predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), _budget_sent(
-        arrays, rows)
-
-    groups: list[_CoverageGroup] = []
-    for start, end in itertools.pairwise(bounds_at):
-        cat, cx = divmod(int(pair[start]) // 2, len(cx_names))
-        split = start + int(np.searchsorted(pair[start:end] % 2, 1))  # first censored row
-        kept, cut = slice(start, split), slice(split, end)
-        ceiling = np.nan_to_num(budget[cut], nan=0.0)
-        groups.append(_CoverageGroup(
-            key=(cat_names[cat], cx_names[cx]),
-            clean_rows=rows[kept],
-            censored_rows=rows[cut],
-            predicted=predicted[kept], actual=actual[kept], budget=budget[kept],
-            censored_predicted=predicted[cut], censored_actual=actual[cut],
-            ratios=actual[kept] / predicted[kept],
-            bounds=np.maximum(ceiling, np.nan_to_num(actual[cut], nan=0.0)) / predicted[cut],
-        ))
-    groups.sort(key=lambda g: g.key)
+    clean, censored, groups = coverage_groups(arrays, dedup=dedup, all_clean=all_clean)
 
     calibrated: list[GroupCalibration] = []
     below: list[BelowThresholdGroup] = []
@@ -1165,8 +1226,33 @@ def calibrate_coverage_arrays(
         },
         groups=sorted(calibrated, key=_by_size),
         below_threshold=sorted(below, key=_by_size),
-        provenance=provenance_arrays(arrays, used, {**provenance, "exclusions": exclusions}),
+        provenance=provenance_arrays(arrays, clean.mask | censored, {**provenance, "exclusions": exclusions}),
     )
+
+
+def calibrations_arrays(
+    arrays: EventArrays,
+    samples: CleanSamples,
+    groups: SampleGroups,
+    *,
+    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
+    confidence_threshold: float = 0.7,
+    dedup: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    coefficients: CoefficientTable | None = None,
+    provenance: dict[str, Any],
+) -> dict[str, CalibrationResult]:
+    """Both methods, as ``workflows.calibrate`` runs them: ``samples`` and ``groups`` are the clean
+    samples (``dedup`` as given) and their groups; ``provenance`` gets the exclusions added."""
+    shared = {**provenance, "exclusions": samples.exclusions}
+    return {
+        COVERAGE: calibrate_coverage_arrays(
+            arrays, min_samples=min_samples, confidence_threshold=confidence_threshold, dedup=dedup,
+            tolerance=tolerance, coefficients=coefficients, provenance=shared, all_clean=samples),
+        AUTOPACK_MEDIAN: calibrate_autopack_median_arrays(
+            arrays, samples.mask, groups=groups, min_samples=min_samples,
+            confidence_threshold=confidence_threshold, provenance=shared),
+    }
 
 
 # -- the whole analysis -------------------------------------------------------------------------------
@@ -1232,13 +1318,9 @@ def analyse(
 
     def calibration_chain(samples: CleanSamples) -> tuple[SampleGroups, dict[str, CalibrationResult]]:
         groups = timed("sample_groups", lambda: sample_groups(arrays, samples.mask))
-        shared = {**base_provenance, "exclusions": samples.exclusions}
-        results = {AUTOPACK_MEDIAN: timed("calibration_autopack_median", lambda: calibrate_autopack_median_arrays(
-            arrays, samples.mask, groups=groups, min_samples=min_samples,
-            confidence_threshold=confidence_threshold, provenance=shared))}
-        results[COVERAGE] = timed("calibration_coverage", lambda: calibrate_coverage_arrays(
-            arrays, min_samples=min_samples, confidence_threshold=confidence_threshold, dedup=dedup,
-            tolerance=under_multiplier, coefficients=coefficients, provenance=shared, all_clean=samples))
+        results = timed("calibrations", lambda: calibrations_arrays(
+            arrays, samples, groups, min_samples=min_samples, confidence_threshold=confidence_threshold,
+            dedup=dedup, tolerance=under_multiplier, coefficients=coefficients, provenance=base_provenance))
         return groups, results
 
     began = time.perf_counter()

@@ -278,3 +278,17 @@ def compute_metrics(
 
 # ``compute_metrics`` takes a keyword named ``stratify``; this alias keeps the function reachable there.
 _stratify = stratify
+
+
+def tier_metrics_document(
+    events: pd.DataFrame, clean_samples: int, *, under_multiplier: float = DEFAULT_UNDER_MULTIPLIER
+) -> dict[str, Any]:
+    """The tier-metrics asset's document: all Builder calls with strata, successful calls only, the
+    clean-sample count. The reference that ``fast_metrics.tier_metrics_document_arrays`` equals."""
+    frame = as_events_frame(events)
+    successful = frame[success_mask(frame).to_numpy()]
+    return {
+        "all_events": compute_metrics(frame, under_multiplier=under_multiplier, stratify=True),
+        "success_only": compute_metrics(successful, under_multiplier=under_multiplier, stratify=False),
+        "clean_samples": int(clean_samples),
+    }

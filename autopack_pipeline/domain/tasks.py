@@ -26,9 +26,8 @@ from typing import Any
 import pandas as pd
 
 from autopack_pipeline.domain.calibration import DECREASE_BELOW, INCREASE_ABOVE
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT, tier1_metrics
-from autopack_pipeline.domain.samples import as_events_frame, canonical_labels
+from autopack_pipeline.domain.fast_metrics import EventArrays, as_event_arrays, group_tier1_arrays
+from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
 
 MIN_CONFIDENCE_FLOOR = 0.5
 EFFORT_COST = {"S": 10_000, "M": 30_000, "L": 75_000, "XL": 150_000}
@@ -211,19 +210,12 @@ def insights_from_tier_metrics(tier1: dict[str, Any], scope: str = "overall") ->
     return insights
 
 
-def insights_from_group_metrics(events: pd.DataFrame, *, under_multiplier: float = 1.1) -> list[Insight]:
+def insights_from_group_metrics(events: pd.DataFrame | EventArrays, *, under_multiplier: float = 1.1) -> list[Insight]:
     """Tier-1 breaches and truncation hot spots per (category, complexity) group of ``events``
-    (all Builder calls, canonical labels): the group is where a coefficient would change."""
-    frame = as_events_frame(events)
-    keys = pd.Series(
-        list(zip(canonical_labels(frame["category"], normalise_category),
-                 canonical_labels(frame["complexity"], normalise_complexity))),
-        index=frame.index, dtype=object,
-    )
+    (all Builder calls, canonical labels; a frame or its arrays): the group is where a coefficient would change."""
     insights = []
-    for category, complexity in sorted(set(keys)):
-        rows = frame[(keys == (category, complexity)).to_numpy()]
-        tier1 = tier1_metrics(rows, under_multiplier=under_multiplier)
+    for (category, complexity), tier1 in group_tier1_arrays(as_event_arrays(events),
+                                                            under_multiplier=under_multiplier).items():
         insights += insights_from_tier_metrics(tier1, scope=f"group={category}/{complexity}")
     return insights
 

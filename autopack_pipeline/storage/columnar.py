@@ -140,13 +140,13 @@ class RefreshResult:
 
 def store_directory_for(engine: Engine) -> Path | None:
     """Where the store of ``engine``'s database lives; None for an in-memory SQLite database."""
+    identity = describe_database(engine)
+    if identity.backend == "sqlite" and not identity.sqlite_path:
+        return None  # even with an override: a copy would outlive the database it copies
     override = os.environ.get(COLUMNAR_DIR_VARIABLE)
     if override:
         return Path(override).expanduser().resolve()
-    identity = describe_database(engine)
     if identity.backend == "sqlite":
-        if not identity.sqlite_path:
-            return None
         path = Path(identity.sqlite_path)
         return path.parent / ".autopack" / "columnar" / path.name
     url = engine.url

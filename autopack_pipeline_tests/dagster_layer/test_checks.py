@@ -12,14 +12,15 @@ from autopack_pipeline.checks import (
     token_counts_plausible,
 )
 from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+from autopack_pipeline.storage.snapshot import EventSnapshot
 
 from .conftest import check_evaluations, materialize_slice
 
 
-def _events(**columns) -> pd.DataFrame:
+def _events(**columns) -> EventSnapshot:
     n = len(next(iter(columns.values())))
     base = {"event_id": range(1, n + 1), "run_id": ["r"] * n, "phase_id": [f"p{i}" for i in range(n)]}
-    return conform_events_frame(pd.DataFrame(base | columns))
+    return EventSnapshot.from_frame(conform_events_frame(pd.DataFrame(base | columns)))
 
 
 def _metrics(under=0.0, truncation=0.0, waste=None, n=100):
@@ -70,7 +71,7 @@ def test_an_empty_database_blocks_the_calibration_path_but_raw_events_is_still_m
 
 def test_events_exist_states_the_count():
     assert events_exist(raw_events=_events(success=[True])).passed
-    empty = events_exist(raw_events=empty_events_frame())
+    empty = events_exist(raw_events=EventSnapshot.from_frame(empty_events_frame()))
     assert not empty.passed and "no events" in empty.description
 
 

@@ -38,13 +38,15 @@ def test_whole_pipeline_on_embedded_defaults(sqlite_url, tmp_path):
 
         raw = result.output_for_node("raw_events")
         samples = result.output_for_node("success_samples")
-        assert len(raw) == events
-        assert 0 < len(samples) < len(raw)
-        assert samples["success"].all() and not samples["truncated"].any()
+        assert raw.rows == len(raw.arrays()) == events
+        assert raw.store_directory is not None  # the events travel through the columnar copy
+        assert 0 < samples.count < raw.rows
+        assert samples.count == sum(samples.group_counts.values())
+        assert samples.count + sum(samples.exclusions.values()) == raw.rows
 
         metrics = result.output_for_node("tier_metrics")
         assert metrics["all_events"]["tier1"]["total_samples"] == events
-        assert metrics["clean_samples"] == len(samples)
+        assert metrics["clean_samples"] == samples.count
 
         calibration = result.output_for_node("calibration_recommendations")
         assert calibration["gate"]["open"], calibration["gate"]["summary"]

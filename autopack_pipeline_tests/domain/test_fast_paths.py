@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 from autopack_pipeline import workflows
 from autopack_pipeline.domain import fast_metrics as fm
 from autopack_pipeline.domain.calibration import calibrate_autopack_median
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coverage import calibrate_coverage
 from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
 from autopack_pipeline.domain.gates import evaluate_calibration_gate
-from autopack_pipeline.domain.metrics import compute_metrics, p90
-from autopack_pipeline.domain.samples import clean_samples, sample_exclusions
+from autopack_pipeline.domain.metrics import compute_metrics, p90, tier1_metrics, tier_metrics_document
+from autopack_pipeline.domain.samples import canonical_labels, clean_samples, sample_exclusions
 from autopack_pipeline.settings import load_settings
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -79,7 +80,7 @@ SEEDS = list(range(6))
 
 def reference_analysis(frame: pd.DataFrame, *, dedup: bool = True, under: float = 1.1):
     samples = clean_samples(frame, dedup=dedup)
-    return samples, workflows.tier_metrics_document(frame, samples, under_multiplier=under)
+    return samples, tier_metrics_document(frame, len(samples), under_multiplier=under)
 
 
 # -- order statistics and exact sums ---------------------------------------------------------------
@@ -154,6 +155,29 @@ def test_tier_metrics_document_equals_the_reference(seed, under):
     assert fm.tier_metrics_document_arrays(arrays, under_multiplier=under, clean_samples=len(samples)) == expected
     assert fm.compute_metrics_arrays(arrays, stratify=True, under_multiplier=under) == compute_metrics(
         frame, under_multiplier=under, stratify=True)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_group_tier1_equals_the_reference_per_group(seed):
+    frame = random_events(seed, 400)
+    keys = list(zip(canonical_labels(frame["category"], normalise_category),
+                    canonical_labels(frame["complexity"], normalise_complexity)))
+    expected = {key: tier1_metrics(frame[[k == key for k in keys]], under_multiplier=1.2) for key in sorted(set(keys))}
+    assert fm.group_tier1_arrays(fm.EventArrays.from_frame(frame), under_multiplier=1.2) == expected
+
+
+def test_take_keeps_the_rows_asked_for_in_that_order():
+    frame = random_events(3, 200)
+    arrays = fm.EventArrays.from_frame(frame)
+    rows = np.array([5, 0, 199, 5])
+    taken = arrays.take(rows)
+    again = fm.EventArrays.from_frame(frame.iloc[rows].reset_index(drop=True))
+    assert len(taken) == 4
+    assert fm.compute_metrics_arrays(taken, stratify=True) == fm.compute_metrics_arrays(again, stratify=True)
+    assert np.array_equal(taken.event_id.notna(), again.event_id.notna())
+    mask = np.zeros(200, dtype=bool)
+    mask[[0, 5]] = True
+    assert fm.compute_metrics_arrays(arrays.take(mask)) == compute_metrics(frame.iloc[[0, 5]])
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -249,8 +273,8 @@ def test_small_awkward_frames_equal_the_reference(rows, dedup):
     kept = fm.clean_sample_rows(arrays, dedup=dedup)
     assert kept.exclusions == sample_exclusions(frame, dedup=dedup)
     assert kept.count == len(samples)
-    assert fm.tier_metrics_document_arrays(arrays, clean_samples=kept.count) == workflows.tier_metrics_document(
-        frame, samples)
+    assert fm.tier_metrics_document_arrays(arrays, clean_samples=kept.count) == tier_metrics_document(
+        frame, len(samples))
     assert fm.calibrate_autopack_median_arrays(arrays, kept.mask, min_samples=1, provenance=PROVENANCE) == \
         calibrate_autopack_median(samples, min_samples=1, provenance=PROVENANCE)
 

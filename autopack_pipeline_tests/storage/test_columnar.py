@@ -4,20 +4,18 @@ a late PostgreSQL commit) is caught."""
 
 from __future__ import annotations
 
-import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
 from autopack_pipeline import workflows
-from autopack_pipeline.assets.events import raw_events
 from autopack_pipeline.domain import fast_metrics as fm
 from autopack_pipeline.domain.calibration import calibrate_autopack_median
 from autopack_pipeline.domain.coverage import calibrate_coverage
 from autopack_pipeline.domain.gates import evaluate_calibration_gate
+from autopack_pipeline.domain.metrics import tier_metrics_document
 from autopack_pipeline.domain.samples import clean_samples, sample_exclusions
-from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import columnar
 from autopack_pipeline.storage.bulk import bulk_load
@@ -192,7 +190,7 @@ def test_the_analysis_on_the_store_equals_the_reference(sqlite_engine, store):
     events = read_events(engine)
     table = workflows.load_coefficients_for(load_settings())
     samples = clean_samples(events)
-    document = workflows.tier_metrics_document(events, samples)
+    document = tier_metrics_document(events, len(samples))
     gate = evaluate_calibration_gate(samples, document["all_events"]["tier1"], force=True)
     provenance = {"exclusions": sample_exclusions(events), "coefficient_file_version": table.version,
                   "forced": True, "dedup": True, "gate_summary": gate.summary()}
@@ -202,16 +200,6 @@ def test_the_analysis_on_the_store_equals_the_reference(sqlite_engine, store):
     assert analysis.gate == gate
     assert analysis.calibrations["autopack-median"] == calibrate_autopack_median(samples, provenance=provenance)
     assert analysis.calibrations["coverage"] == calibrate_coverage(events, coefficients=table, provenance=provenance)
-
-
-def test_the_raw_events_asset_reads_through_the_store(sqlite_url, tmp_path):
-    engine = make_engine(sqlite_url)
-    upgrade_database(engine)
-    bulk_load(engine, 700, runs=2, seed=2)
-    result = dg.materialize([raw_events], resources={"telemetry_db": TelemetryDatabase(database_url=sqlite_url)})
-    assert result.success
-    pd.testing.assert_frame_equal(result.output_for_node("raw_events"), read_events(engine))
-    assert ColumnarStore(tmp_path / ".autopack" / "columnar" / "telemetry.db").rows == 700
 
 
 def test_where_the_store_lives(tmp_path, monkeypatch):
@@ -224,3 +212,4 @@ def test_where_the_store_lives(tmp_path, monkeypatch):
     assert directory.name == "postgresql-db.example-5433-telemetry" and "secret" not in str(directory)
     monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(tmp_path / "elsewhere"))
     assert store_directory_for(sqlite) == tmp_path / "elsewhere"
+    assert store_directory_for(sa.create_engine("sqlite://")) is None  # nothing to keep a copy of

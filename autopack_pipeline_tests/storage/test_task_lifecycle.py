@@ -172,13 +172,14 @@ def test_generation_stores_every_field_and_a_second_run_adds_nothing(engine: Eng
             _outcome(session, f"p{i}", age=timedelta(hours=2), tokens=120_000, phase_type=phase_type)
     events = _events()
     samples = clean_samples(events)
-    metrics = workflows.tier_metrics_document(events, samples)
+    metrics = workflows.tier_metrics_document(events, len(samples))
+    counts = workflows.summarise_samples(events).group_counts
     settings = load_settings(task_generation_max_tasks=10, task_generation_min_confidence=0.7,
                              task_generation_enabled=True)
     drift = Insight(kind="drift", subject="implementation/medium", title="Estimator error drifted", detail="",
                     confidence=0.8, severity=6, task_kind="investigate_estimator", requires_approval=True)
     source = {"asset": "generated_tasks", "dagster_run_id": "dagster-run-1"}
-    first, stored = workflows.improvement_tasks(engine, settings, metrics, samples, None, events=events,
+    first, stored = workflows.improvement_tasks(engine, settings, metrics, counts, None, events=events,
                                                 extra_insights=[drift], source=source)
     kinds = sorted(t.kind for t in first)
     assert kinds == ["collect_samples", "investigate_estimator", "investigate_estimator", "investigate_estimator",
@@ -195,7 +196,7 @@ def test_generation_stores_every_field_and_a_second_run_adds_nothing(engine: Eng
     assert rows[shortfall.task_id]["evidence"]["category"] == "docs" and not rows[shortfall.task_id]["requires_approval"]
 
     mark_task_status(engine, shortfall.task_id, "completed")
-    second, stored_again = workflows.improvement_tasks(engine, settings, metrics, samples, None, events=events,
+    second, stored_again = workflows.improvement_tasks(engine, settings, metrics, counts, None, events=events,
                                                        extra_insights=[drift], source={"dagster_run_id": "run-2"})
     assert {t.task_id for t in second} == {t.task_id for t in first}
     assert stored_again == 0
@@ -207,6 +208,6 @@ def test_generation_can_be_switched_off(engine: Engine) -> None:
     events = _events()
     samples = clean_samples(events)
     settings = load_settings(task_generation_enabled=False)
-    assert workflows.improvement_tasks(engine, settings, workflows.tier_metrics_document(events, samples), samples,
-                                       None) == ([], 0)
+    metrics = workflows.tier_metrics_document(events, len(samples))
+    assert workflows.improvement_tasks(engine, settings, metrics, {}, None) == ([], 0)
     assert list_generated_tasks(engine) == []

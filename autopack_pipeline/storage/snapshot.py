@@ -1,0 +1,130 @@
+"""What the ``raw_events`` asset hands on: where the events of one refresh are, not the events.
+
+A ten-million-row events frame costs gigabytes and a minute to pickle between assets, and every
+downstream asset would unpickle it again. So ``raw_events`` refreshes the columnar store (only the
+new rows are read from the database) and hands on an :class:`EventSnapshot`: the store's directory,
+its row count and its high-water event id at that moment. Downstream steps load the analysis arrays
+from the store, once per process (steps of a run share one process with the in-process executor),
+and keep only the rows the snapshot saw, so a refresh by another run in between does not change
+what this run analyses.
+
+A database without a store (in-memory SQLite), or a store that cannot be written, is read whole
+and its arrays travel inside the snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, RefreshResult, refresh_store
+from autopack_pipeline.storage.events import read_events
+
+logger = logging.getLogger(__name__)
+
+
+class SnapshotUnavailable(RuntimeError):
+    """The store no longer holds the rows a snapshot saw (it was rebuilt or deleted)."""
+
+
+@dataclass(frozen=True)
+class EventSnapshot:
+    """The events as one refresh saw them: ``rows`` events with ids up to ``high_water_event_id``."""
+
+    rows: int
+    high_water_event_id: int
+    run_counts: dict[str, int] = field(default_factory=dict)  # events per run id
+    store_directory: str | None = None
+    inline: EventArrays | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_frame(cls, events: pd.DataFrame) -> EventSnapshot:
+        """A snapshot carrying an events frame's arrays (a database read whole, or a test's events)."""
+        arrays = EventArrays.from_frame(events)
+        known = arrays.event_id.values[arrays.event_id.notna()]
+        counts = events["run_id"].value_counts(dropna=True)
+        return cls(rows=len(arrays), high_water_event_id=int(known.max()) if len(known) else 0,
+                   run_counts={str(k): int(v) for k, v in counts.items()}, inline=arrays)
+
+    def arrays(self) -> EventArrays:
+        """The events as analysis arrays, in event-id order."""
+        if self.inline is not None:
+            return self.inline
+        if self.store_directory is None:
+            raise SnapshotUnavailable("the snapshot names no columnar store and carries no events")
+        arrays = _load_cached(self.store_directory)
+        if len(arrays) == self.rows:
+            return arrays
+        # The store grew since the snapshot: keep the rows it saw.
+        kept = arrays.take(arrays.event_id.values <= self.high_water_event_id)
+        if len(kept) != self.rows:
+            raise SnapshotUnavailable(
+                f"the columnar store {self.store_directory} holds {len(kept)} events up to id "
+                f"{self.high_water_event_id}, the snapshot saw {self.rows}: it was rebuilt since; "
+                "materialise raw_events again"
+            )
+        return kept
+
+
+_cache_lock = threading.Lock()
+_cache: dict[str, tuple[tuple, EventArrays]] = {}
+
+
+def _load_cached(directory: str) -> EventArrays:
+    """The store's arrays, loaded once per manifest version (one store kept: they are large)."""
+    store = ColumnarStore(directory)
+    manifest = store.manifest()
+    if manifest is None:
+        raise SnapshotUnavailable(f"no columnar store at {directory} any more; materialise raw_events again")
+    version = (manifest.get("updated_at"), manifest["rows"], manifest["high_water_event_id"])
+    with _cache_lock:
+        cached = _cache.get(directory)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        _cache.clear()  # drop the old arrays before loading new ones: peak memory is one copy
+    arrays = store.event_arrays()
+    with _cache_lock:
+        _cache[directory] = (version, arrays)
+    return arrays
+
+
+def snapshot_events(engine: Engine) -> tuple[EventSnapshot, RefreshResult | None, str | None]:
+    """Refresh the columnar store of ``engine``'s database and snapshot it.
+
+    Returns (snapshot, the refresh, None), or, without a usable store, (a snapshot of the whole
+    table read from the database, None, why there was no store).
+    """
+    try:
+        store, refresh = refresh_store(engine)
+    except (ColumnarStoreError, OSError) as exc:
+        store, refresh, reason = None, None, f"columnar store unavailable ({exc}); read the whole events table"
+    else:
+        reason = None if store is not None else "an in-memory database has no columnar store; read it whole"
+    if store is None or refresh is None:
+        return EventSnapshot.from_frame(read_events(engine)), None, reason
+    snapshot = EventSnapshot(rows=refresh.rows_after, high_water_event_id=refresh.high_water,
+                             run_counts=_run_counts(store, refresh.high_water), store_directory=str(store.directory))
+    return snapshot, refresh, None
+
+
+def _run_counts(store: ColumnarStore, high_water: int) -> dict[str, int]:
+    table = store.table(["run_id", "event_id"], as_codes=("run_id",))
+    if table.num_rows == 0:
+        return {}
+    seen = table.filter(pc.less_equal(table.column("event_id"), high_water))
+    counts: Counter[str] = Counter()
+    for chunk in seen.column("run_id").chunks:  # dictionary chunks: count codes, name them once
+        codes = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        per_code = np.bincount(codes[codes >= 0], minlength=len(chunk.dictionary))
+        for name, n in zip(chunk.dictionary.to_pylist(), per_code.tolist()):
+            if n:
+                counts[name] += n
+    return dict(counts)
