@@ -10,14 +10,13 @@ from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
     identity_line,
-    load_events,
+    load_event_arrays,
     open_engine,
     positive_float,
     positive_int,
     print_json,
     unit_float,
 )
-
 
 # The `metrics --json` contract of DESIGN §10, key for key. The domain returns more (counts behind
 # each rate, truncated lower bounds); the text report shows those, the JSON stays to the contract.
@@ -50,13 +49,12 @@ def metrics_json(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from autopack_pipeline.domain.metrics import compute_metrics
+    from autopack_pipeline.domain.fast_metrics import compute_metrics_arrays, success_flags
 
     engine = open_engine(args)
-    events = load_events(engine, args, args.run_id)
-    if args.success_only:
-        events = events[events["success"].fillna(False).astype(bool)]
-    document = compute_metrics(events, under_multiplier=args.under_multiplier, stratify=args.stratify)
+    events = load_event_arrays(engine, args, args.run_id)
+    document = compute_metrics_arrays(events, rows=success_flags(events) if args.success_only else None,
+                                      under_multiplier=args.under_multiplier, stratify=args.stratify)
     if args.json:
         print_json(metrics_json(document))
         return EXIT_OK
@@ -102,7 +100,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     engine = open_engine(args)
-    events = load_events(engine, args, args.include_run_id)
+    events = load_event_arrays(engine, args, args.include_run_id)
     outcome = workflows.calibrate(
         events,
         settings,

@@ -64,6 +64,20 @@ def load_events(engine, args: argparse.Namespace, run_ids: list[str] | None = No
     return events
 
 
+def load_event_arrays(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
+    """The events as analysis arrays. All runs come through the columnar copy (refreshed first, so only
+    new events are read from the database); a selection of runs is read from the database."""
+    from autopack_pipeline.domain.fast_metrics import EventArrays
+    from autopack_pipeline.storage.snapshot import snapshot_events
+
+    if run_ids:
+        return EventArrays.from_frame(load_events(engine, args, run_ids))
+    snapshot, _refresh, _fallback = snapshot_events(engine)
+    if snapshot.rows == 0:
+        load_events(engine, args)  # refuses an empty database with its explanation, unless allowed
+    return snapshot.arrays()
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:

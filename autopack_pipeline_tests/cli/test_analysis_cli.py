@@ -56,6 +56,17 @@ def test_metrics_success_only_and_the_strict_multiplier(tmp_path, breached):
     assert strict["underestimation_rate_pct"] == pytest.approx(100 * 21 / 30)
 
 
+def test_metrics_reads_through_the_columnar_copy_and_picks_up_new_events(tmp_path, breached):
+    first = json.loads(run("metrics", "--json", cwd=tmp_path, env=breached).stdout)["tier1"]
+    manifest = json.loads((tmp_path / ".autopack" / "columnar" / "telemetry.db" / "manifest.json").read_text())
+    assert manifest["rows"] == first["total_samples"] == 31
+    populate(breached["DATABASE_URL"], [1000] * 4, run_id="run-2")  # only these are read on the next run
+    second = json.loads(run("metrics", "--json", cwd=tmp_path, env=breached).stdout)["tier1"]
+    assert second["total_samples"] == 35
+    only_run_2 = json.loads(run("metrics", "--json", "--run-id", "run-2", cwd=tmp_path, env=breached).stdout)
+    assert only_run_2["tier1"]["total_samples"] == 4 and only_run_2["tier1"]["underestimation_rate_pct"] == 0
+
+
 def test_metrics_on_an_empty_database_refuses(tmp_path, env):
     result = run("metrics", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 1
