@@ -200,15 +200,16 @@ def calibrate(
         "database": database,
         "gate_summary": gate.summary(),
     }
+    observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
     results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
                                   confidence_threshold=confidence_threshold, dedup=dedup,
-                                  tolerance=under_multiplier, coefficients=coefficients, provenance=provenance)
-    _clean, _censored, observations = coverage_groups(arrays, dedup=dedup, all_clean=samples)
+                                  tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
+                                  observed=observed)
     files = write_calibration_report_set(
         results[method],
         output_dir or settings.resolved_reports_dir(),
         others=[r for name, r in results.items() if name != method],
-        plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observations},
+        plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observed[2]},
                                                     list(results.values()), tolerance=under_multiplier),
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,

@@ -1175,16 +1175,18 @@ def calibrate_coverage_arrays(
     coefficients: CoefficientTable | None = None,
     provenance: dict[str, Any],
     all_clean: CleanSamples | None = None,
+    observed: tuple[CleanSamples, np.ndarray, list[CoverageGroup]] | None = None,
 ) -> CalibrationResult:
     """``coverage.calibrate_coverage`` of all the events in ``arrays``.
 
-    ``all_clean`` may pass ``clean_sample_rows(arrays, dedup=dedup)`` when the caller has it already.
+    ``all_clean`` may pass ``clean_sample_rows(arrays, dedup=dedup)`` and ``observed`` the result of
+    ``coverage_groups(arrays, dedup=dedup)`` when the caller has them already.
     """
     if min_samples < 1:
         raise ValueError(f"min_samples must be at least 1, got {min_samples}")
     if not 0 < target_pct < 100 or tolerance <= 0 or prior_weight <= 0:
         raise ValueError("need 0 < target_pct < 100, tolerance > 0 and prior_weight > 0")
-    clean, censored, groups = coverage_groups(arrays, dedup=dedup, all_clean=all_clean)
+    clean, censored, groups = observed or coverage_groups(arrays, dedup=dedup, all_clean=all_clean)
 
     calibrated: list[GroupCalibration] = []
     below: list[BelowThresholdGroup] = []
@@ -1241,18 +1243,22 @@ def calibrations_arrays(
     tolerance: float = DEFAULT_TOLERANCE,
     coefficients: CoefficientTable | None = None,
     provenance: dict[str, Any],
+    observed: tuple[CleanSamples, np.ndarray, list[CoverageGroup]] | None = None,
 ) -> dict[str, CalibrationResult]:
     """Both methods, as ``workflows.calibrate`` runs them: ``samples`` and ``groups`` are the clean
-    samples (``dedup`` as given) and their groups; ``provenance`` gets the exclusions added."""
+    samples (``dedup`` as given) and their groups, ``observed`` optionally ``coverage_groups``' result;
+    ``provenance`` gets the exclusions added. The two methods run side by side on two threads (numpy
+    releases the GIL in its heavy loops)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     shared = {**provenance, "exclusions": samples.exclusions}
-    return {
-        COVERAGE: calibrate_coverage_arrays(
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="median") as pool:
+        median = pool.submit(calibrate_autopack_median_arrays, arrays, samples.mask, groups=groups,
+                             min_samples=min_samples, confidence_threshold=confidence_threshold, provenance=shared)
+        coverage = calibrate_coverage_arrays(
             arrays, min_samples=min_samples, confidence_threshold=confidence_threshold, dedup=dedup,
-            tolerance=tolerance, coefficients=coefficients, provenance=shared, all_clean=samples),
-        AUTOPACK_MEDIAN: calibrate_autopack_median_arrays(
-            arrays, samples.mask, groups=groups, min_samples=min_samples,
-            confidence_threshold=confidence_threshold, provenance=shared),
-    }
+            tolerance=tolerance, coefficients=coefficients, provenance=shared, all_clean=samples, observed=observed)
+        return {COVERAGE: coverage, AUTOPACK_MEDIAN: median.result()}
 
 
 # -- the whole analysis -------------------------------------------------------------------------------
