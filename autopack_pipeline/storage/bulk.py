@@ -26,18 +26,23 @@ appending a second batch to a database looks like more months of use.
 Loading: SQLite through ``executemany`` on a dedicated ``sqlite3`` connection in large transactions,
 with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the
 runs, tiers and phases every event refers to, and the tests check the keys); PostgreSQL through
-``COPY ... FROM STDIN`` (CSV written by pyarrow) on the psycopg connection, keys checked by the
-server as usual.
+``COPY ... FROM STDIN`` (CSV written by pyarrow) on the psycopg connection. A PostgreSQL append,
+where every index is maintained row by row, copies the events on a second connection while the first
+copies the phases (two backends, two cores); that needs the foreign-key triggers off for the load
+(``session_replication_role``, superuser or granted), otherwise it runs on one connection with the
+keys checked by the server.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -60,6 +65,7 @@ from autopack_pipeline.storage.events import MAX_STORED_DELIVERABLES, MIN_VALID_
 from autopack_pipeline.storage.models import Run, TokenEstimationV2Event
 
 Progress = Callable[[int, int], None]
+logger = logging.getLogger(__name__)
 
 # Canonical categories and how often each occurs. Categories without their own row in the simulated
 # profile answer with its "default" lengths, as the simulated backend does.
@@ -89,7 +95,13 @@ RETRY_DELAY_SECONDS = (20.0, 120.0)
 DEFAULT_START = datetime(2025, 1, 1)
 # Events per transaction: large enough that commits cost nothing, small enough to bound memory.
 SQLITE_TRANSACTION_EVENTS = 500_000
+# Page cache while SQLite rebuilds the indexes after a fresh load, which is also the size of the sorter's
+# in-memory runs; 4 MiB was fastest here from 1M to 3M events (64 MiB: 25-35% slower).
+SQLITE_INDEX_SORT_KIB = 4096
 PG_TRANSACTION_EVENTS = 500_000
+# Phases per COPY (with their events): pieces of a chunk, so the first COPY starts sooner and the two
+# connections of an append wait less for each other.
+PG_PIECE_PHASES = 10_000
 
 
 def default_run_count(events: int) -> int:
@@ -402,7 +414,8 @@ class SynthSummary:
     last_timestamp: str | None = None
     coefficient_version: str = ""
     # Seconds per stage: "generate" (rows built in the helper thread, overlapping the rest),
-    # "phases" and "events" (the database taking the rows), "indexes" (rebuilt after a fresh load).
+    # "phases" and "events" (the database taking the rows; they overlap on a PostgreSQL append with two
+    # connections), "indexes" (rebuilt after a fresh load).
     timings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -451,8 +464,12 @@ def bulk_load(
 
     Into an empty events table the load is one transaction that drops the secondary indexes (and, on
     PostgreSQL, the foreign keys), copies the rows and builds them again before committing, the
-    usual way to populate a database; an interruption rolls all of it back. Into a table that holds
-    events already, rows are inserted with the indexes in place, in transactions of 500k events.
+    usual way to populate a database; an interruption rolls all of it back. (On SQLite that needs the
+    only connection to the file; with another one open, the load is incremental as below.) Into a
+    table that holds events already, rows are inserted with the indexes in place, in transactions of
+    500k events. On SQLite an interruption keeps the transactions committed before it; on PostgreSQL
+    the loader then deletes its runs, which cascades to their tiers, phases and events (if the server
+    cannot be reached for that either, the seed's runs stay and loading the seed again is refused).
     """
     if events < 1:
         raise ValueError(f"the number of events must be at least 1, got {events}")
@@ -753,11 +770,8 @@ class _Loader:
         connection = sqlite3.connect(path, isolation_level=None, timeout=30)
         try:
             empty = connection.execute("SELECT 1 FROM token_estimation_v2_events LIMIT 1").fetchone() is None
-            # A rollback journal on disk keeps the one-transaction load crash-safe; WAL would hold a
-            # copy of every new page. Switching needs the only connection; otherwise stay incremental.
-            fresh = empty and connection.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
-            for pragma in ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-1048576",
-                           "PRAGMA temp_store=MEMORY", "PRAGMA threads=2"):
+            fresh = empty and _leave_wal(connection)
+            for pragma in _SQLITE_LOAD_PRAGMAS:
                 connection.execute(pragma)
             self.method = ("sqlite: one transaction, secondary indexes rebuilt after the rows" if fresh
                            else "sqlite: executemany with indexes in place, 500k events per transaction")
@@ -800,6 +814,10 @@ class _Loader:
                     cursor.execute("COMMIT")
                     cursor.execute("BEGIN")
                     in_transaction = 0
+            if indexes:
+                # CREATE INDEX's sorter keeps runs of cache_size bytes in memory: small runs are sorted
+                # and merged by the worker threads (PRAGMA threads) while this one scans the table.
+                cursor.execute(f"PRAGMA cache_size=-{SQLITE_INDEX_SORT_KIB}")
             for _name, sql in indexes:
                 self._timed("indexes", lambda: cursor.execute(sql))  # noqa: B023
             cursor.executemany("UPDATE runs SET max_phases = ?, tokens_used = ?, completed_at = ?, updated_at = ? "
@@ -812,6 +830,8 @@ class _Loader:
         finally:
             try:
                 connection.execute("PRAGMA journal_mode=WAL")  # what make_engine's connections use
+            except sqlite3.OperationalError:
+                pass  # someone connected meanwhile; make_engine's connections switch it back to WAL
             finally:
                 connection.close()
 
@@ -819,65 +839,208 @@ class _Loader:
 
     def load_postgresql(self, engine: Engine, chunks: Iterator[SynthChunk]) -> None:
         raw = engine.raw_connection()
-        connection = raw.driver_connection
+        streams = _PgStreams(raw.driver_connection)
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit = off")
-                cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)")
-                fresh = bool(cursor.fetchone()[0])
-                self.method = ("postgresql: COPY in one transaction, indexes and foreign keys rebuilt after the rows"
-                               if fresh else "postgresql: COPY with indexes in place, 500k events per transaction")
-                chunks = iter(chunks)
-                first = next(chunks)
-                start_text = _text_timestamps(first.phases["started_us"][:1])[0]
-                with cursor.copy(f"COPY runs ({', '.join(_RUN_COLUMNS)}) FROM STDIN") as copy:
-                    for row in _run_rows(self.seed, self.runs, start_text):
-                        copy.write_row(row)
-                with cursor.copy(f"COPY tiers ({', '.join(_TIER_COLUMNS)}) FROM STDIN") as copy:
-                    for row in _tier_rows(self.run_ids.tolist(), start_text):
-                        copy.write_row(row)
-                cursor.execute("SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id = ANY(%s)",
-                               (self.run_ids.tolist(),))
-                tier_pk = _tier_keys(cursor.fetchall(), self.run_ids)
-                rebuild = _drop_for_load(cursor) if fresh else []
+            cursor = streams.cursor
+            _pg_begin(cursor, skip_key_checks=False)
+            cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)")
+            fresh = bool(cursor.fetchone()[0])
+            # An append keeps every index, so the server's per-row work is what limits it. Events then go
+            # through a second connection, in parallel with the phases (one backend per core); that
+            # needs the foreign-key triggers off, as the events' phases are not committed yet.
+            if not fresh and _may_skip_key_checks(cursor):
+                streams.add_events_connection(engine)
+            if fresh:
+                self.method = "postgresql: COPY in one transaction, indexes and foreign keys rebuilt after the rows"
+            else:
+                self.method = "postgresql: COPY with indexes in place, 500k events per transaction" + (
+                    ", events on a second connection" if streams.parallel else "")
+            chunks = iter(chunks)
+            first = next(chunks)
+            start_text = _text_timestamps(first.phases["started_us"][:1])[0]
+            with cursor.copy(f"COPY runs ({', '.join(_RUN_COLUMNS)}) FROM STDIN") as copy:
+                for row in _run_rows(self.seed, self.runs, start_text):
+                    copy.write_row(row)
+            with cursor.copy(f"COPY tiers ({', '.join(_TIER_COLUMNS)}) FROM STDIN") as copy:
+                for row in _tier_rows(self.run_ids.tolist(), start_text):
+                    copy.write_row(row)
+            cursor.execute("SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id = ANY(%s)",
+                           (self.run_ids.tolist(),))
+            tier_pk = _tier_keys(cursor.fetchall(), self.run_ids)
+            rebuild = _drop_for_load(cursor) if fresh else []
 
-                def encode(chunk: SynthChunk) -> tuple[bytes, bytes]:
-                    def build() -> tuple[bytes, bytes]:
-                        phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
-                        return (_csv_bytes(_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"]))),
-                                _csv_bytes(_arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"]))))
+            def encode(chunk: SynthChunk) -> tuple[bytes, bytes]:
+                def build() -> tuple[bytes, bytes]:
+                    phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
+                    return (_csv_bytes(_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"]))),
+                            _csv_bytes(_arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"]))))
 
-                    return self._timed("generate", build)
+                return self._timed("generate", build)
 
-                phase_copy = f"COPY phases ({', '.join(c for c, _s in _PHASE_SPEC)}) FROM STDIN WITH (FORMAT csv)"
-                event_copy = (f"COPY token_estimation_v2_events ({', '.join(c for c, _s in _EVENT_SPEC)}) "
-                              "FROM STDIN WITH (FORMAT csv)")
-                in_transaction = 0
-                for chunk, (phase_csv, event_csv) in prefetch(_chain(first, chunks), encode):
-                    self._timed("phases", lambda: _copy(cursor, phase_copy, phase_csv))  # noqa: B023
-                    self._timed("events", lambda: _copy(cursor, event_copy, event_csv))  # noqa: B023
-                    self._written(chunk)
-                    in_transaction += len(chunk.events["run"])
-                    if not fresh and in_transaction >= PG_TRANSACTION_EVENTS:
-                        connection.commit()
-                        cursor.execute("SET LOCAL synchronous_commit = off")
-                        in_transaction = 0
-                if rebuild:
-                    # Index builds sort in memory instead of spilling to disk (this transaction only).
-                    cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
-                for statement in rebuild:
-                    self._timed("indexes", lambda: cursor.execute(statement))  # noqa: B023
-                cursor.executemany(
-                    "UPDATE runs SET max_phases = %s, tokens_used = %s, completed_at = %s, updated_at = %s "
-                    "WHERE id = %s",
-                    self.stats.rows(self.run_ids),
-                )
-            connection.commit()
+            in_transaction = 0
+            # Pieces smaller than a chunk: the first COPY starts sooner, the streams wait less for each other.
+            pieces = _sliced(_chain(first, chunks), PG_PIECE_PHASES)
+            for chunk, (phase_csv, event_csv) in prefetch(pieces, encode):
+                streams.copy(phase_csv, event_csv, self._timed)
+                self._written(chunk)
+                in_transaction += len(chunk.events["run"])
+                if not fresh and in_transaction >= PG_TRANSACTION_EVENTS:
+                    streams.commit()
+                    in_transaction = 0
+            if rebuild:
+                # Index builds sort in memory instead of spilling to disk (this transaction only).
+                cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
+            for statement in rebuild:
+                self._timed("indexes", lambda: cursor.execute(statement))  # noqa: B023
+            cursor.executemany(
+                "UPDATE runs SET max_phases = %s, tokens_used = %s, completed_at = %s, updated_at = %s "
+                "WHERE id = %s",
+                self.stats.rows(self.run_ids),
+            )
+            streams.commit(last=True)
         except BaseException:
-            connection.rollback()
+            try:
+                streams.rollback()
+            finally:
+                if streams.committed:
+                    _undo_load(raw.driver_connection, self.run_ids.tolist())
             raise
         finally:
+            streams.close()
             raw.close()
+
+
+_PHASE_COPY = f"COPY phases ({', '.join(c for c, _s in _PHASE_SPEC)}) FROM STDIN WITH (FORMAT csv)"
+_EVENT_COPY = (f"COPY token_estimation_v2_events ({', '.join(c for c, _s in _EVENT_SPEC)}) "
+               "FROM STDIN WITH (FORMAT csv)")
+
+
+class _PgStreams:
+    """The load's PostgreSQL connections: phases (and everything else) on the first; events on a
+    second one when :meth:`add_events_connection` was called, copied by a worker thread meanwhile.
+
+    Each batch commits the first connection, then the second, so whoever reads between the two
+    commits sees phases without their events yet, never events without their phases, and event ids
+    (one sequence, one connection) become visible in ascending order as the columnar refresh expects.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.cursor = connection.cursor()
+        self.events_raw: Any = None
+        self.events_cursor = self.cursor
+        self.worker: ThreadPoolExecutor | None = None
+        self.committed = False  # a batch of this load is committed: a failure must undo it
+
+    @property
+    def parallel(self) -> bool:
+        return self.events_raw is not None
+
+    def add_events_connection(self, engine: Engine) -> None:
+        self.events_raw = engine.raw_connection()
+        self.events_cursor = self.events_raw.driver_connection.cursor()
+        _pg_begin(self.events_cursor, skip_key_checks=True)
+        _pg_begin(self.cursor, skip_key_checks=True)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-events")
+
+    def copy(self, phase_csv: bytes, event_csv: bytes, timed: Callable[[str, Callable[[], Any]], Any]) -> None:
+        if self.worker is None:
+            timed("phases", lambda: _copy(self.cursor, _PHASE_COPY, phase_csv))
+            timed("events", lambda: _copy(self.cursor, _EVENT_COPY, event_csv))
+            return
+        events = self.worker.submit(timed, "events", lambda: _copy(self.events_cursor, _EVENT_COPY, event_csv))
+        try:
+            timed("phases", lambda: _copy(self.cursor, _PHASE_COPY, phase_csv))
+        except BaseException:
+            wait([events])  # its connection must be idle before the rollback
+            raise
+        events.result()
+
+    def commit(self, *, last: bool = False) -> None:
+        self.connection.commit()
+        self.committed = True
+        if self.parallel:
+            self.events_raw.driver_connection.commit()
+        if not last:
+            _pg_begin(self.cursor, skip_key_checks=self.parallel)
+            if self.parallel:
+                _pg_begin(self.events_cursor, skip_key_checks=True)
+
+    def rollback(self) -> None:
+        try:
+            self.connection.rollback()
+        finally:
+            if self.parallel:
+                self.events_raw.driver_connection.rollback()
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.shutdown()
+        self.cursor.close()
+        if self.events_raw is not None:
+            self.events_cursor.close()
+            self.events_raw.close()
+
+
+def _pg_begin(cursor: Any, *, skip_key_checks: bool) -> None:
+    """Settings for the transaction just begun (``SET LOCAL`` ends with it)."""
+    # A crash may lose the last batches, which are copies of generated data anyway.
+    cursor.execute("SET LOCAL synchronous_commit = off")
+    if skip_key_checks:
+        # The generator writes the runs, tiers and phases every event refers to (the tests check the
+        # keys), as the SQLite load does with foreign_keys=OFF; this also saves a lookup per key and row.
+        cursor.execute("SET LOCAL session_replication_role = replica")
+
+
+def _may_skip_key_checks(cursor: Any) -> bool:
+    """Whether this role may turn the foreign-key triggers off (superuser, or granted the setting)."""
+    from psycopg.errors import InsufficientPrivilege
+
+    cursor.execute("SAVEPOINT synth_probe")
+    try:
+        cursor.execute("SET LOCAL session_replication_role = replica")
+    except InsufficientPrivilege:
+        cursor.execute("ROLLBACK TO SAVEPOINT synth_probe")
+        cursor.execute("RELEASE SAVEPOINT synth_probe")
+        return False
+    cursor.execute("ROLLBACK TO SAVEPOINT synth_probe")  # the setting is made per stream, per batch
+    cursor.execute("RELEASE SAVEPOINT synth_probe")
+    return True
+
+
+def _undo_load(connection: Any, run_ids: list[str]) -> None:
+    """Delete the load's runs after a failure that left batches committed; the keys cascade to tiers,
+    phases and events. Best effort: when the server is unreachable too, the committed rows stay, and
+    loading the same seed again is refused (:class:`RunsAlreadyPresent`)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM runs WHERE id = ANY(%s)", (run_ids,))
+        connection.commit()
+    except Exception:  # the original failure is the one to report
+        logger.warning("could not remove the partly loaded synthetic runs %s .. %s", run_ids[0], run_ids[-1],
+                       exc_info=True)
+
+
+# Settings of the loader's own connection. The rows are copies of generated data, so a crash may lose
+# them (synchronous=OFF); the keys are checked by the tests, not per row. A modest page cache: a large
+# one only defers writing every new page to the commit, after paying to allocate it. Temporary files
+# (not memory) let CREATE INDEX's sorter hand sorted runs to the worker threads; with
+# temp_store=MEMORY it sorts everything at the end, on the one thread.
+_SQLITE_LOAD_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-65536",
+                        "PRAGMA temp_store=FILE", "PRAGMA threads=2")
+
+
+def _leave_wal(connection: sqlite3.Connection) -> bool:
+    """Switch to a rollback journal for a one-transaction load; False if another connection is open.
+
+    A rollback journal keeps the load crash-safe without the WAL holding a copy of every new page.
+    SQLite refuses the switch ("database is locked", at once) while any other connection has the
+    file open; the load then stays incremental, in WAL mode.
+    """
+    try:
+        return connection.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    except sqlite3.OperationalError:
+        return False
 
 
 def _copy(cursor: Any, statement: str, data: bytes) -> None:
@@ -917,6 +1080,21 @@ def _drop_for_load(cursor: Any) -> list[str]:
 def _chain(first: SynthChunk, rest: Iterator[SynthChunk]) -> Iterator[SynthChunk]:
     yield first
     yield from rest
+
+
+def _sliced(chunks: Iterator[SynthChunk], phases: int) -> Iterator[SynthChunk]:
+    """The chunks cut into pieces of ``phases`` phases, each with the events of those phases."""
+    for chunk in chunks:
+        ph, ev = chunk.phases, chunk.events
+        # (run, phase number) grows along both tables, so one search finds where a piece's events start.
+        phase_keys = (ph["run"] << 32) + ph["phase_index"]
+        event_keys = (ev["run"] << 32) + ev["phase_index"]
+        starts = list(range(0, len(phase_keys), phases))
+        event_starts = np.searchsorted(event_keys, phase_keys[starts]).tolist() + [len(event_keys)]
+        for i, start in enumerate(starts):
+            a, b = event_starts[i], event_starts[i + 1]
+            yield SynthChunk(phases={k: v[start:start + phases] for k, v in ph.items()},
+                             events={k: v[a:b] for k, v in ev.items()})
 
 
 def _sqlite_path(engine: Engine) -> str:

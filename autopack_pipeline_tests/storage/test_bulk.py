@@ -4,6 +4,7 @@ left as it was, on SQLite and PostgreSQL alike."""
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
 from autopack_pipeline.llm.builder import MAX_TOKENS_CAP
 from autopack_pipeline.settings import REPO_ROOT
+from autopack_pipeline.storage import bulk
 from autopack_pipeline.storage.bulk import (
     LEGACY_SPELLINGS,
     RunsAlreadyPresent,
@@ -184,3 +186,93 @@ def test_synth_command(sqlite_url, capsys):
     assert main(["synth", "--events", "10", "--runs", "20"]) == 2
     assert main(["synth", "--events", "300", "--seed", "9"]) == 0
     assert "Synthesised 300 events" in capsys.readouterr().out
+
+
+def test_an_empty_database_another_connection_holds_open_gets_the_incremental_load(tmp_path):
+    # Leaving WAL for the one-transaction load needs the only connection; with a reader holding the
+    # file open, the load must still succeed, with the indexes in place.
+    path = tmp_path / "telemetry.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade_database(engine)
+    reader = sqlite3.connect(path)
+    try:
+        reader.execute("SELECT count(*) FROM runs").fetchone()
+        summary = bulk_load(engine, 500, runs=1, seed=6)
+    finally:
+        reader.close()
+    assert "indexes in place" in summary.method
+    assert count_rows(engine, "token_estimation_v2_events") == 500
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+
+
+POSTGRES_ONLY = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+
+
+def key_violations(engine) -> tuple[int, int, int]:
+    """Events without their phase, events without their run, phases without their tier."""
+    with engine.connect() as connection:
+        return tuple(connection.execute(sa.text(query)).scalar() for query in (
+            ("SELECT count(*) FROM token_estimation_v2_events e LEFT JOIN phases p "
+             "ON p.run_id = e.run_id AND p.phase_id = e.phase_id WHERE p.id IS NULL"),
+            "SELECT count(*) FROM token_estimation_v2_events e LEFT JOIN runs r ON r.id = e.run_id WHERE r.id IS NULL",
+            "SELECT count(*) FROM phases p LEFT JOIN tiers t ON t.id = p.tier_id WHERE t.id IS NULL",
+        ))
+
+
+@POSTGRES_ONLY
+@pytest.mark.parametrize("may_skip_key_checks", [True, False])
+def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_role_may(
+        engine, monkeypatch, may_skip_key_checks):
+    if not may_skip_key_checks:  # a role that may not set session_replication_role
+        monkeypatch.setattr(bulk, "_may_skip_key_checks", lambda cursor: False)
+    monkeypatch.setattr(bulk, "PG_PIECE_PHASES", 97)  # chunks copied in many pieces
+    bulk_load(engine, 800, runs=2, seed=1)
+    second = bulk_load(engine, 700, runs=3, seed=2)
+    assert ("events on a second connection" in second.method) == may_skip_key_checks
+    stored = read_events(engine).iloc[800:]
+    expected = generated_frame(700, 3, 2)
+    assert stored["event_id"].is_monotonic_increasing  # ids in the order generated, as one connection gives
+    assert stored["run_id"].tolist() == [run_id_for(2, r) for r in expected["run"]]
+    assert stored["phase_id"].tolist() == [f"phase-{i + 1:05d}" for i in expected["phase_index"]]
+    assert stored["actual_output_tokens"].tolist() == expected["actual_output_tokens"].tolist()
+    assert key_violations(engine) == (0, 0, 0)
+    with engine.connect() as connection:
+        counted = connection.execute(sa.text(
+            "SELECT r.max_phases, count(p.id) FROM runs r JOIN phases p ON p.run_id = r.id "
+            "WHERE r.id LIKE 'synth-2-%' GROUP BY r.id, r.max_phases")).all()
+    assert len(counted) == 3 and all(declared == found for declared, found in counted)
+    assert sum(found for _declared, found in counted) == second.phases
+    # The triggers were off for the load's transactions only: no pooled connection keeps that.
+    with engine.connect() as one, engine.connect() as other:
+        roles = {c.exec_driver_sql("SHOW session_replication_role").scalar() for c in (one, other)}
+    assert roles == {"origin"}
+
+
+@POSTGRES_ONLY
+def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_runs(engine, monkeypatch):
+    bulk_load(engine, 300, runs=1, seed=1)
+    # Small chunks and batches, so that several batches are committed before the failure.
+    monkeypatch.setattr(bulk, "PHASES_PER_CHUNK", 100)
+    monkeypatch.setattr(bulk, "PG_TRANSACTION_EVENTS", 100)
+    copies = []
+    real_copy = bulk._copy
+
+    def copy_then_fail(cursor, statement, data):
+        copies.append(statement)
+        if len(copies) > 6:
+            raise RuntimeError("connection lost")
+        real_copy(cursor, statement, data)
+
+    monkeypatch.setattr(bulk, "_copy", copy_then_fail)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        bulk_load(engine, 1000, runs=2, seed=2)
+    assert count_rows(engine, "runs") == 1 and count_rows(engine, "tiers") == 1
+    assert count_rows(engine, "token_estimation_v2_events") == 300
+    with engine.connect() as connection:
+        phases = connection.execute(sa.text("SELECT count(*) FROM phases WHERE run_id LIKE 'synth-2-%'")).scalar()
+    assert phases == 0
+    monkeypatch.setattr(bulk, "_copy", real_copy)
+    assert bulk_load(engine, 1000, runs=2, seed=2).events == 1000  # the seed is free again
