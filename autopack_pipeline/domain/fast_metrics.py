@@ -66,7 +66,7 @@ from autopack_pipeline.domain.metrics import (
     DEFAULT_UNDER_MULTIPLIER,
     STRATA_DIMENSIONS,
     needs_tuning,
-    wilson_interval,
+    tier1_block,
 )
 from autopack_pipeline.domain.samples import DEFAULT_MIN_ACTUAL_TOKENS, EXCLUSION_REASONS, as_events_frame
 
@@ -457,27 +457,6 @@ def _check_multiplier(under_multiplier: float) -> float:
 
 def _pct(k: int, n: int) -> float:
     return 100.0 * k / n if n else 0.0
-
-
-def _rate(name: str, k: int, n: int) -> dict[str, Any]:
-    low, high = wilson_interval(k, n)
-    return {name: _pct(k, n), f"{name}_ci": [low, high]}
-
-
-def tier1_block(multiplier: float, total: int, under_n: int, under_k: int, truncated_k: int,
-                success_k: int) -> dict[str, Any]:
-    """The ``tier1_metrics`` document from its counts."""
-    return {
-        **_rate("underestimation_rate_pct", under_k, under_n),
-        **_rate("truncation_rate_pct", truncated_k, total),
-        **_rate("success_rate_pct", success_k, total),
-        "under_multiplier": multiplier,
-        "total_samples": total,
-        "underestimation_samples": under_n,
-        "underestimated_count": under_k,
-        "truncated_count": truncated_k,
-        "success_count": success_k,
-    }
 
 
 def truncated_flags(arrays: EventArrays) -> np.ndarray:

@@ -74,6 +74,22 @@ def _rate_block(name: str, k: int, n: int) -> dict[str, Any]:
     return {name: _pct(k, n), f"{name}_ci": [low, high]}
 
 
+def tier1_block(multiplier: float, total: int, under_n: int, under_k: int, truncated_k: int,
+                success_k: int) -> dict[str, Any]:
+    """The ``tier1_metrics`` document from its counts (shared with the vectorised path)."""
+    return {
+        **_rate_block("underestimation_rate_pct", under_k, under_n),
+        **_rate_block("truncation_rate_pct", truncated_k, total),
+        **_rate_block("success_rate_pct", success_k, total),
+        "under_multiplier": multiplier,
+        "total_samples": total,
+        "underestimation_samples": under_n,
+        "underestimated_count": under_k,
+        "truncated_count": truncated_k,
+        "success_count": success_k,
+    }
+
+
 def _floats(series: pd.Series) -> np.ndarray:
     """A nullable integer column as a float array, missing values as NaN."""
     return series.to_numpy(dtype=float, na_value=np.nan)
@@ -110,17 +126,7 @@ def tier1_metrics(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_
     under_n, under_k = int(known.sum()), int(over.sum())
     truncated_k = int(truncated_mask(frame).sum())
     success_k = int(success_mask(frame).sum())
-    return {
-        **_rate_block("underestimation_rate_pct", under_k, under_n),
-        **_rate_block("truncation_rate_pct", truncated_k, total),
-        **_rate_block("success_rate_pct", success_k, total),
-        "under_multiplier": multiplier,
-        "total_samples": total,
-        "underestimation_samples": under_n,
-        "underestimated_count": under_k,
-        "truncated_count": truncated_k,
-        "success_count": success_k,
-    }
+    return tier1_block(multiplier, total, under_n, under_k, truncated_k, success_k)
 
 
 def p90(values: list[float]) -> float | None:
