@@ -174,11 +174,12 @@ def calibrate(
     dagster_run_id: str | None = None,
     database: str | None = None,
     method: str = "coverage",
+    write_reports: bool = True,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
     ``method`` (``coverage`` or ``autopack-median``) is the one whose recommendations fill Autopack's
-    ``proposed_changes``; the other is reported beside it. ``under_multiplier`` is both the gate's
+    ``proposed_changes``; the other is reported beside it. ``write_reports=False`` only computes them. ``under_multiplier`` is both the gate's
     underestimation tolerance and the tolerance the coverage multiplier is computed against.
     """
     if method not in CALIBRATION_METHODS:
@@ -205,6 +206,8 @@ def calibrate(
                                   confidence_threshold=confidence_threshold, dedup=dedup,
                                   tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
                                   observed=observed)
+    if not write_reports:
+        return CalibrationOutcome(gate=gate, result=results[method], results=results)
     files = write_calibration_report_set(
         results[method],
         output_dir or settings.resolved_reports_dir(),

@@ -67,6 +67,65 @@ def child_synth(db: str, events: int, seed: int) -> dict:
     return bulk_load(engine, events, seed=seed).as_dict()
 
 
+def child_sqlite_floor(source: str, target: str, stage: str, events: int, phases: int) -> dict:
+    """SQLite's own cost of storing rows the loader wrote, with no Python per row: a lower bound for any loader.
+
+    ``stage="empty"`` copies the first ``events`` events and ``phases`` phases of ``source`` (with their
+    runs and tiers) into a new database at ``target`` the way the loader fills an empty one: rollback
+    journal, secondary indexes dropped, ``INSERT ... SELECT``, indexes rebuilt, one commit.
+    ``stage="append"`` then copies the rest of ``source`` into ``target`` with every index in place, in
+    WAL mode, as the loader appends. Same rows, schema and pragmas as the loader; only the row
+    building and binding in Python are gone.
+    """
+    import sqlite3
+
+    from autopack_pipeline.storage.bulk import SQLITE_INDEX_SORT_KIB, SQLITE_LOAD_PRAGMAS
+    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.storage.migrate import upgrade_database
+
+    loaded = ("phases", "token_estimation_v2_events")
+    if stage == "empty":
+        engine = make_engine(f"sqlite:///{target}")
+        upgrade_database(engine)
+        engine.dispose()
+    connection = sqlite3.connect(target, isolation_level=None)
+    if stage == "empty":
+        connection.execute("PRAGMA journal_mode=DELETE")
+    for pragma in SQLITE_LOAD_PRAGMAS:
+        connection.execute(pragma)
+    connection.execute("ATTACH ? AS src", (source,))
+    first = stage == "empty"
+    keep = "<=" if first else ">"
+    began = time.perf_counter()
+    connection.execute("BEGIN")
+    connection.execute("INSERT INTO runs SELECT * FROM src.runs WHERE id NOT IN (SELECT id FROM runs)")
+    connection.execute("INSERT INTO tiers SELECT * FROM src.tiers WHERE id NOT IN (SELECT id FROM tiers)")
+    indexes = []
+    if first:
+        indexes = connection.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+            f"AND tbl_name IN {loaded}").fetchall()
+        for name, _sql in indexes:
+            connection.execute(f'DROP INDEX "{name}"')
+    connection.execute(f"INSERT INTO phases SELECT * FROM src.phases WHERE id {keep} ?", (phases,))
+    connection.execute(f"INSERT INTO token_estimation_v2_events SELECT * FROM src.token_estimation_v2_events "
+                       f"WHERE event_id {keep} ?", (events,))
+    rows = time.perf_counter()
+    if indexes:
+        connection.execute(f"PRAGMA cache_size=-{SQLITE_INDEX_SORT_KIB}")
+    for _name, sql in indexes:
+        connection.execute(sql)
+    built = time.perf_counter()
+    connection.execute("COMMIT")
+    done = time.perf_counter()
+    copied = connection.execute("SELECT count(*) FROM token_estimation_v2_events WHERE event_id "
+                                f"{keep} ?", (events,)).fetchone()[0]
+    connection.execute("PRAGMA journal_mode=WAL")  # the loader leaves the file in WAL mode too
+    connection.close()
+    return {"events": copied, "rows_s": rows - began, "indexes_s": built - rows, "commit_s": done - built,
+            "seconds": done - began, "events_per_second": copied / (done - began), "indexes": len(indexes)}
+
+
 def child_extract(db: str, store: str, full: bool) -> dict:
     from autopack_pipeline.storage.columnar import ColumnarStore
     from autopack_pipeline.storage.database import make_engine
@@ -285,7 +344,7 @@ def _materialize_and_split(assets: list, resources: dict, workdir: str) -> dict:
 
 
 CHILDREN = {
-    "synth": child_synth, "extract": child_extract, "analyse": child_analyse, "orm": child_orm,
+    "synth": child_synth, "sqlite_floor": child_sqlite_floor, "extract": child_extract, "analyse": child_analyse, "orm": child_orm,
     "record": child_record, "collection": child_collection, "dagster": child_dagster,
 }
 
@@ -431,19 +490,35 @@ def _stages(result: dict) -> str:
 
 def bench_synth(report: Report, work: Path, scale: int) -> None:
     print("synth: bulk load rates", flush=True)
-    db = f"sqlite:///{work / 'synth-rate.db'}"
+    path = work / "synth-rate.db"
+    floor_path = work / "synth-floor.db"
+    db = f"sqlite:///{path}"
     fresh = run_child("synth", db=db, events=1_000_000 // scale, seed=1)
-    rate = fresh.result["events_per_second"]
+    first = fresh.result
+    rate = first["events_per_second"]
     report.add(f"synth into SQLite, {size_name(1_000_000 // scale)} events into an empty DB", rate, "events/s", f">= {SYNTH_SQLITE_PER_S:,}/s",
                f"{rate / SYNTH_SQLITE_PER_S:.2f}x of bound", rate >= SYNTH_SQLITE_PER_S,
-               f"{fresh.result['phases']:,} phases too; {_stages(fresh.result)}")
+               f"{first['phases']:,} phases too; {_stages(first)}")
+    floor = run_child("sqlite_floor", source=str(path), target=str(floor_path), stage="empty",
+                      events=first["events"], phases=first["phases"]).result
+    report.add("  SQLite's floor: the same rows by INSERT..SELECT", floor["events_per_second"], "events/s", "",
+               f"loader at {rate / floor['events_per_second']:.2f}x of it", None,
+               f"no Python per row: rows {floor['rows_s']:.1f} s + {floor['indexes']} index rebuilds "
+               f"{floor['indexes_s']:.1f} s + commit {floor['commit_s']:.1f} s")
     append = run_child("synth", db=db, events=NEW_EVENTS, seed=2)
     rate = append.result["events_per_second"]
     report.add(f"synth into SQLite, {size_name(NEW_EVENTS)} more (indexes in place)", rate, "events/s",
                f">= {SYNTH_SQLITE_PER_S:,}/s", f"{rate / SYNTH_SQLITE_PER_S:.2f}x of bound", rate >= SYNTH_SQLITE_PER_S,
                _stages(append.result))
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{work / 'synth-rate.db'}{suffix}").unlink(missing_ok=True)
+    floor = run_child("sqlite_floor", source=str(path), target=str(floor_path), stage="append",
+                      events=first["events"], phases=first["phases"]).result
+    report.add("  SQLite's floor: the same rows by INSERT..SELECT", floor["events_per_second"], "events/s", "",
+               f"loader at {rate / floor['events_per_second']:.2f}x of it", None,
+               f"no Python per row: rows with their index entries {floor['rows_s']:.1f} s + commit "
+               f"{floor['commit_s']:.1f} s")
+    for name in (path, floor_path):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
     if not postgres_available():
         report.notes.append(f"PostgreSQL synth not measured: no server at {PG_ADMIN_URL}")
         return
@@ -462,7 +537,7 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
                    _stages(fresh.result))
         append = run_child("synth", db=url, events=NEW_EVENTS, seed=2)
         rate = append.result["events_per_second"]
-        report.add("synth into PostgreSQL, 100k more (indexes in place)", rate, "events/s",
+        report.add(f"synth into PostgreSQL, {size_name(NEW_EVENTS)} more (indexes in place)", rate, "events/s",
                    f">= {SYNTH_PG_PER_S:,}/s", f"{rate / SYNTH_PG_PER_S:.2f}x of bound", rate >= SYNTH_PG_PER_S,
                    _stages(append.result))
     finally:
@@ -599,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=[0, 1_000_000, 3_000_000, 10_000_000],
                         help="history the Dagster materialisation runs on (0: skip)")
     parser.add_argument("--skip-synth", action="store_true", help="do not measure the bulk-load rates")
+    parser.add_argument("--synth-only", action="store_true",
+                        help="measure only the bulk-load rates and SQLite's floor (no histories needed)")
     parser.add_argument("--scale", type=int, default=1,
                         help="divide every data size by this (a quick rehearsal; the bounds are for scale 1)")
     parser.add_argument("--json-out", type=Path, help="also write every figure to this JSON file")
@@ -621,19 +698,21 @@ def main(argv: list[str] | None = None) -> int:
     global NEW_EVENTS
     NEW_EVENTS = NEW_EVENTS // args.scale
     sizes = [n // args.scale for n in HISTORY_SIZES]
-    histories = {size_name(n): ensure_history(data, size_name(n), n, report) for n in sizes}
+    histories = {} if args.synth_only else {
+        size_name(n): ensure_history(data, size_name(n), n, report) for n in sizes}
     with tempfile.TemporaryDirectory(dir=data, prefix="run-") as scratch:
         work = Path(scratch)
         print(f"  {'figure':<58} {'value':>10} {'unit':<8} {'bound':<14} {'ratio':<22}")
         if not args.skip_synth:
             bench_synth(report, work, args.scale)
-        fast = bench_columnar(report, data, histories)
-        bench_incremental(report, data, histories)
-        bench_orm(report, histories, args.orm_slice // args.scale, fast)
-        bench_record(report, work, histories)
-        bench_collection(report, work)
-        if args.dagster_events:
-            bench_dagster(report, data, work, size_name(args.dagster_events // args.scale))
+        if not args.synth_only:
+            fast = bench_columnar(report, data, histories)
+            bench_incremental(report, data, histories)
+            bench_orm(report, histories, args.orm_slice // args.scale, fast)
+            bench_record(report, work, histories)
+            bench_collection(report, work)
+            if args.dagster_events:
+                bench_dagster(report, data, work, size_name(args.dagster_events // args.scale))
     m["load_average_after"] = os.getloadavg()
     m["benchmark_minutes"] = round((time.perf_counter() - began) / 60, 1)
     print(f"load average after: {m['load_average_after']}; {m['benchmark_minutes']} minutes")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from autopack_pipeline.cli.common import (
+    CALIBRATION_METHOD_CHOICES,
     EXIT_OK,
     EXIT_REFUSED,
     identity_line,
@@ -159,7 +160,7 @@ def register(sub: Any, parser_class: type) -> None:
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("calibrate", help="gate, then calibrate and write the report and JSON patch")
-    p.add_argument("--method", choices=["coverage", "autopack-median"], default="coverage",
+    p.add_argument("--method", choices=CALIBRATION_METHOD_CHOICES, default="coverage",
                    help="whose recommendations form the patch (default coverage: a 95%%-coverage upper bound with "
                         "truncated events censored; autopack-median: Autopack's median ratio). Both are reported.")
     p.add_argument("--min-samples", type=positive_int, default=5)

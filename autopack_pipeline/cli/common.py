@@ -18,6 +18,9 @@ class Refused(Exception):
     """The data refuses the request: exit 1 with the message."""
 
 
+# domain.coverage.CALIBRATION_METHODS, spelled out so the CLI starts without importing the domain.
+CALIBRATION_METHOD_CHOICES = ("coverage", "autopack-median")
+
 def print_json(document: Any) -> None:
     json.dump(document, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from autopack_pipeline.cli.common import (
+    CALIBRATION_METHOD_CHOICES,
     EXIT_OK,
     Refused,
     identity_line,
@@ -74,38 +75,35 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _generate(engine, settings, *, min_samples: int, window_days: float) -> dict[str, Any]:
-    """The generated_tasks asset's inputs, computed from the database: metrics, the gate and (when it is
-    open) autopack-median recommendations, without writing any report file."""
+def _generate(engine, settings, *, min_samples: int, window_days: float, method: str) -> dict[str, Any]:
+    """What the generated_tasks asset computes, from the database: metrics, the gate, both calibration
+    methods when it is open (``method`` chosen), drift; no report file is written."""
     from autopack_pipeline import workflows
-    from autopack_pipeline.domain.calibration import calibrate_autopack_median, group_samples
-    from autopack_pipeline.domain.gates import evaluate_calibration_gate
-    from autopack_pipeline.domain.samples import clean_samples
+    from autopack_pipeline.domain.drift import detect_drift, drift_insights
     from autopack_pipeline.storage.database import describe_database
-    from autopack_pipeline.storage.events import read_events
     from autopack_pipeline.storage.outcomes import read_phase_outcomes
+    from autopack_pipeline.storage.snapshot import snapshot_events
 
-    events = read_events(engine)
-    if events.empty and read_phase_outcomes(engine).empty:
-        raise Refused(f"nothing to analyse in {describe_database(engine).url}: no token-estimation events and no "
+    database = describe_database(engine).url
+    snapshot, _refresh, _fallback = snapshot_events(engine)  # new events only, through the columnar copy
+    if snapshot.rows == 0 and read_phase_outcomes(engine).empty:
+        raise Refused(f"nothing to analyse in {database}: no token-estimation events and no "
                       "phase outcomes (run `autopack-telemetry collect` first, or check DATABASE_URL)")
-    samples = clean_samples(events)
-    metrics = workflows.tier_metrics_document(events, len(samples))
-    gate = evaluate_calibration_gate(samples, metrics["all_events"]["tier1"], min_samples=min_samples)
-    calibration: dict[str, Any] = {"gate": gate.to_dict(), "result": None}
-    if gate.open:
-        result = calibrate_autopack_median(samples, min_samples=min_samples,
-                                           provenance={"database": describe_database(engine).url})
-        calibration["result"] = result.model_dump(mode="json")
+    events = snapshot.arrays()
+    samples = workflows.summarise_samples(events)
+    metrics = workflows.tier_metrics_document(events, samples.count)
+    calibration = workflows.calibrate(events, settings, tier1=metrics["all_events"]["tier1"],
+                                      min_samples=min_samples, method=method, database=database,
+                                      write_reports=False)
     now = datetime.now(timezone.utc)
     source = {"command": "autopack-telemetry tasks generate", "generated_at": now.isoformat()}
-    counts = {key: len(rows) for key, rows in group_samples(samples).items()}
-    tasks, stored = workflows.improvement_tasks(engine, settings, metrics, counts, calibration,
+    tasks, stored = workflows.improvement_tasks(engine, settings, metrics, samples.group_counts, calibration,
                                                 min_samples=min_samples, events=events, source=source,
+                                                extra_insights=drift_insights(detect_drift(events)),
                                                 outcome_window_days=window_days, now=now)
-    return {"enabled": settings.task_generation_enabled, "database": describe_database(engine).url,
-            "gate": gate.to_dict(), "tasks_generated": len(tasks), "tasks_new": stored,
-            "tasks": [task.as_dict() for task in tasks]}
+    return {"enabled": settings.task_generation_enabled, "database": database,
+            "gate": calibration.gate.to_dict(), "method": method, "tasks_generated": len(tasks),
+            "tasks_new": stored, "tasks": [task.as_dict() for task in tasks]}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -113,7 +111,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     engine = open_engine(args)
-    document = _generate(engine, settings, min_samples=args.min_samples, window_days=args.window_days)
+    document = _generate(engine, settings, min_samples=args.min_samples, window_days=args.window_days,
+                         method=args.method)
     if args.json:
         print_json(document)
         return EXIT_OK
@@ -204,6 +203,8 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--min-samples", type=positive_int, default=5, help="clean samples a group needs (default 5)")
     p.add_argument("--window-days", type=positive_float, default=7.0,
                    help="phase outcomes from the last N days (default 7)")
+    p.add_argument("--method", choices=CALIBRATION_METHOD_CHOICES, default="coverage",
+                   help="calibration method whose recommendations become tasks (default coverage, as the asset)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 

@@ -771,7 +771,7 @@ class _Loader:
         try:
             empty = connection.execute("SELECT 1 FROM token_estimation_v2_events LIMIT 1").fetchone() is None
             fresh = empty and _leave_wal(connection)
-            for pragma in _SQLITE_LOAD_PRAGMAS:
+            for pragma in SQLITE_LOAD_PRAGMAS:
                 connection.execute(pragma)
             self.method = ("sqlite: one transaction, secondary indexes rebuilt after the rows" if fresh
                            else "sqlite: executemany with indexes in place, 500k events per transaction")
@@ -1026,7 +1026,7 @@ def _undo_load(connection: Any, run_ids: list[str]) -> None:
 # one only defers writing every new page to the commit, after paying to allocate it. Temporary files
 # (not memory) let CREATE INDEX's sorter hand sorted runs to the worker threads; with
 # temp_store=MEMORY it sorts everything at the end, on the one thread.
-_SQLITE_LOAD_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-65536",
+SQLITE_LOAD_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-65536",
                         "PRAGMA temp_store=FILE", "PRAGMA threads=2")
 
 

@@ -168,3 +168,42 @@ def test_generate_from_collected_telemetry_twice_stores_each_task_once(db):
     assert "0 new" in text.stdout and "Calibration gate closed" in text.stdout
     off = run("tasks", "generate", db=db, env_extra={"AUTOPACK_TASK_GENERATION_ENABLED": "false"})
     assert off.returncode == 0 and "Task generation is off" in off.stdout
+
+
+def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db):
+    """Same events, same analysis: the chosen calibration method's recommendations and the drift findings
+    become the same tasks from the terminal as from "Materialize all"."""
+    import dagster as dg
+
+    from autopack_pipeline.assets import PIPELINE_ASSETS
+    from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
+    from autopack_pipeline.storage.bulk import bulk_load
+
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    bulk_load(engine, 4_000, runs=8, seed=3)
+    engine.dispose()
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(PIPELINE_ASSETS, instance=instance,
+                                selection=dg.AssetSelection.assets("raw_events").downstream(),
+                                resources={"telemetry_db": TelemetryDatabase(database_url=sqlite_url),
+                                           "llm": LLMBackendResource()})
+    assert result.success
+    calibration = result.output_for_node("calibration_recommendations")
+    assert calibration["gate"]["open"] and calibration["method"] == "coverage"
+    from_asset = {t["task_id"]: t for t in result.output_for_node("generated_tasks")}
+    reports = sorted((db.parent / "reports").iterdir())
+    assert Path(calibration["reports"]["json"]) in reports
+
+    document = json.loads(run("tasks", "generate", "--json", db=db).stdout)
+    assert document["gate"]["open"] and document["method"] == "coverage"
+    assert document["tasks_new"] == 0  # every finding was stored by the asset already
+    assert {t["task_id"] for t in document["tasks"]} == set(from_asset)
+    methods = {t["evidence"].get("method") for t in document["tasks"] if t["kind"] == "review_coefficients"}
+    assert methods <= {"coverage"}
+
+    median = json.loads(run("tasks", "generate", "--json", "--method", "autopack-median", db=db).stdout)
+    assert median["method"] == "autopack-median"
+    reviews = [t for t in median["tasks"] if t["kind"] == "review_coefficients"]
+    assert all(t["evidence"].get("method") == "autopack-median" for t in reviews)
+    assert sorted((db.parent / "reports").iterdir()) == reports  # the terminal's generation writes no report
