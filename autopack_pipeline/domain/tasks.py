@@ -14,13 +14,17 @@ the estimated cost. Where we depart from it, on purpose:
   of their own, so for them one insight is a pattern, judged on its own confidence and severity.
 - Patterns are filtered by confidence before ``max_tasks`` is applied (Autopack cut first, so a
   low-confidence pattern could take the place of a good one).
+- A (category, complexity) group gets one task, not one per symptom: its Tier-1 breaches and
+  truncation hot spot ride along with its calibration recommendation when it has one (the change a
+  person would make), else they make one investigation. Otherwise a few breaching groups fill every
+  slot with symptoms and crowd out the tasks that act on them.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -280,6 +284,75 @@ def insights_from_sample_shortfalls(group_counts: dict[tuple[str, str], int], mi
     return insights
 
 
+_SYMPTOMS = ("tier1_breach", "truncation_hotspot")
+
+
+def _group_of(insight: Insight) -> str | None:
+    """The "category/complexity" a per-group symptom or a recommendation is about; None for the rest."""
+    if insight.kind == "calibration_recommendation":
+        return insight.subject
+    scope = str(insight.evidence.get("scope", ""))
+    return scope.removeprefix("group=") if insight.kind in _SYMPTOMS and scope.startswith("group=") else None
+
+
+def _symptom_figures(insight: Insight) -> dict[str, Any]:
+    return {key: insight.evidence.get(key) for key in ("metric", "observed", "threshold", "ci")}
+
+
+def _symptom_text(insight: Insight) -> str:
+    name = str(insight.evidence.get("metric", "")).removesuffix("_rate_pct")
+    return f"{name} {float(insight.evidence.get('observed') or 0):.1f}% (target {insight.evidence.get('threshold'):g}%)"
+
+
+def _with_symptoms(fix: Insight, symptoms: list[Insight]) -> Insight:
+    if not symptoms:
+        return fix
+    return replace(
+        fix,
+        severity=max(fix.severity, *(s.severity for s in symptoms)),
+        detail=f"{fix.detail} Tier-1 figures of this group: {'; '.join(_symptom_text(s) for s in symptoms)}.",
+        evidence=fix.evidence | {"symptoms": [_symptom_figures(s) for s in symptoms]},
+    )
+
+
+def _one_investigation(group: str, symptoms: list[Insight]) -> Insight:
+    if len(symptoms) == 1:
+        return symptoms[0]  # its own title and fingerprint, as before folding existed
+    return Insight(
+        kind="tier1_breach",
+        subject=f"tier1:group={group}",
+        title=f"Tier-1 targets breached in {group}: {', '.join(_symptom_text(s) for s in symptoms)}",
+        detail=" ".join(s.detail for s in symptoms),
+        confidence=max(s.confidence for s in symptoms),
+        severity=max(s.severity for s in symptoms),
+        task_kind="investigate_estimator",
+        requires_approval=True,
+        effort=max((s.effort for s in symptoms), key=EFFORT_ORDER.index),
+        evidence={"scope": f"group={group}", "symptoms": [_symptom_figures(s) for s in symptoms]},
+        source="tier_metrics",
+    )
+
+
+def fold_group_findings(insights: list[Insight]) -> list[Insight]:
+    """One finding per (category, complexity) group: its calibration recommendation carrying the
+    group's Tier-1 breaches and truncation hot spot, or, without one, those symptoms as one
+    investigation. Overall, drift, sample and phase-outcome insights pass through unchanged."""
+    fixes: dict[str, Insight] = {}
+    symptoms: dict[str, list[Insight]] = {}
+    rest = []
+    for insight in insights:
+        group = _group_of(insight)
+        if group is None:
+            rest.append(insight)
+        elif insight.kind == "calibration_recommendation":
+            fixes[group] = insight
+        else:
+            symptoms.setdefault(group, []).append(insight)
+    folded = [_with_symptoms(fix, symptoms.pop(group, [])) for group, fix in fixes.items()]
+    folded += [_one_investigation(group, found) for group, found in symptoms.items()]
+    return rest + folded
+
+
 def _phase_types(members: tuple[Insight, ...] | list[Insight]) -> str:
     """What a recurrence pattern is about: its phase types, which outlive the phase ids of one run
     (so the fingerprint stays put while the same phases keep failing, and changes when a new type joins)."""
@@ -309,7 +382,8 @@ def _pattern(kind: str, members: list[Insight]) -> Pattern | None:
 
 
 def detect_patterns(insights: list[Insight]) -> list[Pattern]:
-    """Group insights into patterns, most severe first, then most frequent, then most confident.
+    """Group insights into patterns, most severe first, then overall before per group, then most
+    frequent, then most confident.
 
     Recurrence types group by type (Autopack); the others by (type, subject), one finding each.
     """
@@ -321,7 +395,9 @@ def detect_patterns(insights: list[Insight]) -> list[Pattern]:
         key = (insight.kind, "" if rule.recurrence else insight.subject.strip().lower())
         groups.setdefault(key, []).append(insight)
     patterns = [p for (kind, _), members in groups.items() if (p := _pattern(kind, members)) is not None]
-    return sorted(patterns, key=lambda p: (-p.severity, -p.occurrences, -p.confidence, p.kind, p.subject))
+    # At equal severity a finding over all events comes before one about a single group.
+    return sorted(patterns, key=lambda p: (-p.severity, p.insights[0].evidence.get("scope") != "overall",
+                                           -p.occurrences, -p.confidence, p.kind, p.subject))
 
 
 def _source_of(insight: Insight, source: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -379,8 +455,9 @@ def generate_tasks(
     min_confidence: float,
     source: Mapping[str, Any] | None = None,
 ) -> list[GeneratedTask]:
-    """Tasks from ``insights``: filter by confidence (never below the 0.5 floor), group into patterns,
-    keep the confident ones, dedup by fingerprint, at most ``max_tasks``, most severe first.
+    """Tasks from ``insights``: filter by confidence (never below the 0.5 floor), fold each group's
+    findings into one (:func:`fold_group_findings`), group into patterns, keep the confident ones,
+    dedup by fingerprint, at most ``max_tasks``, most severe first.
 
     ``source`` is the generation's provenance, stored in each task's evidence, e.g.
     ``{"asset": "generated_tasks", "dagster_run_id": ..., "inputs": {"tier_metrics": {"dagster_run_id": ...}}}``;
@@ -389,7 +466,8 @@ def generate_tasks(
     if max_tasks <= 0:
         return []
     threshold = max(min_confidence, MIN_CONFIDENCE_FLOOR)
-    confident = [i for i in insights if i.confidence >= threshold]
+    # Fold after filtering: a symptom too uncertain to be a task must not raise its group's severity.
+    confident = fold_group_findings([i for i in insights if i.confidence >= threshold])
     tasks: dict[str, GeneratedTask] = {}
     for pattern in detect_patterns(confident):
         if pattern.confidence < threshold:

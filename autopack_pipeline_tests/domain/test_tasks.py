@@ -9,6 +9,7 @@ from autopack_pipeline.domain.tasks import (
     effort_for_occurrences,
     estimated_cost,
     fingerprint,
+    fold_group_findings,
     generate_tasks,
     insights_from_calibration,
     insights_from_group_metrics,
@@ -204,3 +205,41 @@ def test_group_metrics_find_breaches_and_truncation_hot_spots_per_group():
     insights = insights_from_group_metrics(pd.DataFrame(rows))
     assert [(i.kind, i.subject) for i in insights] == [("truncation_hotspot", "truncation:group=docs/low")]
     assert insights[0].confidence == 0.9 and insights[0].source == "tier_metrics"
+
+
+def _recommendation(category: str, complexity: str, multiplier: float = 1.6) -> Insight:
+    return insights_from_calibration([{"category": category, "complexity": complexity, "sample_count": 30,
+                                       "confidence": 0.8, "proposed_multiplier": multiplier, "actionable": True}],
+                                     "coverage")[0]
+
+
+def test_a_group_gets_one_task_its_recommendation_carrying_its_breaches():
+    overall = insights_from_tier_metrics(_tier1(30.0, (18.0, 45.0)))
+    docs = insights_from_tier_metrics(_tier1(40.0, (25.0, 55.0), trunc=12.0, trunc_ci=(5.0, 25.0)),
+                                      scope="group=docs/low")
+    tests = insights_from_tier_metrics(_tier1(40.0, (25.0, 55.0), trunc=12.0, trunc_ci=(5.0, 25.0)),
+                                       scope="group=tests/high")
+    fix = _recommendation("docs", "low", multiplier=1.3)  # severity 7 on its own
+    tasks = generate_tasks([*overall, *docs, *tests, fix], max_tasks=10, min_confidence=0.7)
+
+    assert len(tasks) == 3  # four symptoms and a fix in two groups: one task per group, plus the overall one
+    assert tasks[0].title.endswith("(overall)")  # at equal severity, the finding over every event comes first
+    [review] = [t for t in tasks if t.kind == "review_coefficients"]
+    assert review.evidence["method"] == "coverage" and review.priority == "critical"  # the breach's severity 8
+    assert [s["metric"] for s in review.evidence["symptoms"]] == ["underestimation_rate_pct", "truncation_rate_pct"]
+    assert "underestimation 40.0% (target 5%); truncation 12.0% (target 2%)" in review.description
+    [combined] = [t for t in tasks[1:] if t.kind == "investigate_estimator"]
+    assert combined.title == ("Tier-1 targets breached in tests/high: underestimation 40.0% (target 5%), "
+                              "truncation 12.0% (target 2%)")
+    assert combined.evidence["scope"] == "group=tests/high" and len(combined.evidence["symptoms"]) == 2
+
+
+def test_a_lone_symptom_keeps_its_own_task_and_an_uncertain_one_does_not_raise_the_fix():
+    lone = insights_from_tier_metrics(_tier1(0.0, (0.0, 5.0), trunc=12.0, trunc_ci=(5.0, 25.0)),
+                                      scope="group=docs/low")
+    assert fold_group_findings(lone) == lone  # same subject, so the same task id as before folding
+
+    uncertain = insights_from_tier_metrics(_tier1(8.0, (2.0, 20.0)), scope="group=tests/low")  # confidence 0.6
+    fix = _recommendation("tests", "low", multiplier=1.1 * 1.2)
+    [task] = generate_tasks([*uncertain, fix], max_tasks=10, min_confidence=0.7)
+    assert task.kind == "review_coefficients" and "symptoms" not in task.evidence and task.priority == "high"
