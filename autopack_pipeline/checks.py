@@ -14,10 +14,11 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
+from autopack_pipeline import workflows
 from autopack_pipeline.assets.events import raw_events
 from autopack_pipeline.assets.metadata import markdown_table
 from autopack_pipeline.assets.metrics import tier_metrics
-from autopack_pipeline.domain.drift import DriftReport, DriftThresholds, detect_drift
+from autopack_pipeline.domain.drift import DriftReport
 from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, success_flags
 from autopack_pipeline.domain.metrics import (
     BUDGET_WASTE_P90_TARGET,
@@ -267,7 +268,7 @@ def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: Teleme
     snapshot, _refresh, fallback = snapshot_events(telemetry_db.engine())
     if fallback:
         context.log.warning(fallback)
-    report = detect_drift(snapshot.arrays(), thresholds=DriftThresholds())
+    report = workflows.drift_for_run(snapshot, context.run.run_id)
     context.log.info("drift: %s", report.summary())
     yield from drift_check_results(report)
 

@@ -8,6 +8,7 @@ Nothing here imports Dagster.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -33,6 +34,7 @@ from autopack_pipeline.domain.calibration import (
 )
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.coverage import CALIBRATION_METHODS
+from autopack_pipeline.domain.drift import DriftReport, detect_drift
 from autopack_pipeline.domain.estimator import TokenEstimator
 from autopack_pipeline.domain.fast_metrics import (
     EventArrays,
@@ -62,6 +64,7 @@ from autopack_pipeline.plots import render_calibration_plot
 from autopack_pipeline.reporting import write_calibration_report_set
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
+from autopack_pipeline.storage.snapshot import EventSnapshot
 from autopack_pipeline.storage.tasks import save_generated_tasks
 
 DEFAULT_TEMPLATE_PHASES_PER_GROUP = 8
@@ -217,6 +220,30 @@ def calibrate(
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
                               json_path=files.json, plot_path=files.plot, results=results)
+
+
+_drift_lock = threading.Lock()
+_last_drift: tuple[tuple, DriftReport] | None = None
+
+
+def drift_for_run(snapshot: EventSnapshot, run_id: str) -> DriftReport:
+    """The drift statistics of ``snapshot``'s events, computed once per Dagster run.
+
+    In one "Materialize all" the drift checks and ``generated_tasks`` look at the same events (the
+    check refreshes the copy too, and usually finds nothing new), so the second step gets the report
+    the first one computed, with the first one's clock, instead of computing it again (about 3 s at
+    ten million events). A snapshot whose events travel inline is not remembered.
+    """
+    global _last_drift
+    key = (run_id, snapshot.store_directory, snapshot.rows, snapshot.high_water_event_id)
+    with _drift_lock:
+        if snapshot.store_directory is not None and _last_drift is not None and _last_drift[0] == key:
+            return _last_drift[1]
+    report = detect_drift(snapshot.arrays())
+    if snapshot.store_directory is not None:
+        with _drift_lock:
+            _last_drift = (key, report)
+    return report
 
 
 def improvement_tasks(

@@ -495,27 +495,27 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
     db = f"sqlite:///{path}"
     fresh = run_child("synth", db=db, events=1_000_000 // scale, seed=1)
     first = fresh.result
+
+    def add_floor(stage: str, loader_rate: float) -> None:
+        floor = run_child("sqlite_floor", source=str(path), target=str(floor_path), stage=stage,
+                          events=first["events"], phases=first["phases"]).result
+        rows = f"rows {floor['rows_s']:.1f} s + {floor['indexes']} index rebuilds {floor['indexes_s']:.1f} s" \
+            if stage == "empty" else f"rows with their index entries {floor['rows_s']:.1f} s"
+        report.add("  SQLite's floor: the same rows by INSERT..SELECT", floor["events_per_second"], "events/s", "",
+                   f"loader at {loader_rate / floor['events_per_second']:.2f}x of it", None,
+                   f"no Python per row: {rows} + commit {floor['commit_s']:.1f} s")
+
     rate = first["events_per_second"]
     report.add(f"synth into SQLite, {size_name(1_000_000 // scale)} events into an empty DB", rate, "events/s", f">= {SYNTH_SQLITE_PER_S:,}/s",
                f"{rate / SYNTH_SQLITE_PER_S:.2f}x of bound", rate >= SYNTH_SQLITE_PER_S,
                f"{first['phases']:,} phases too; {_stages(first)}")
-    floor = run_child("sqlite_floor", source=str(path), target=str(floor_path), stage="empty",
-                      events=first["events"], phases=first["phases"]).result
-    report.add("  SQLite's floor: the same rows by INSERT..SELECT", floor["events_per_second"], "events/s", "",
-               f"loader at {rate / floor['events_per_second']:.2f}x of it", None,
-               f"no Python per row: rows {floor['rows_s']:.1f} s + {floor['indexes']} index rebuilds "
-               f"{floor['indexes_s']:.1f} s + commit {floor['commit_s']:.1f} s")
+    add_floor("empty", rate)
     append = run_child("synth", db=db, events=NEW_EVENTS, seed=2)
     rate = append.result["events_per_second"]
     report.add(f"synth into SQLite, {size_name(NEW_EVENTS)} more (indexes in place)", rate, "events/s",
                f">= {SYNTH_SQLITE_PER_S:,}/s", f"{rate / SYNTH_SQLITE_PER_S:.2f}x of bound", rate >= SYNTH_SQLITE_PER_S,
                _stages(append.result))
-    floor = run_child("sqlite_floor", source=str(path), target=str(floor_path), stage="append",
-                      events=first["events"], phases=first["phases"]).result
-    report.add("  SQLite's floor: the same rows by INSERT..SELECT", floor["events_per_second"], "events/s", "",
-               f"loader at {rate / floor['events_per_second']:.2f}x of it", None,
-               f"no Python per row: rows with their index entries {floor['rows_s']:.1f} s + commit "
-               f"{floor['commit_s']:.1f} s")
+    add_floor("append", rate)
     for name in (path, floor_path):
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{name}{suffix}").unlink(missing_ok=True)

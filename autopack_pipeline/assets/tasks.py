@@ -6,7 +6,7 @@ import dagster as dg
 
 from autopack_pipeline import workflows
 from autopack_pipeline.assets.metadata import database_metadata, markdown_table
-from autopack_pipeline.domain.drift import detect_drift, drift_insights
+from autopack_pipeline.domain.drift import drift_insights
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventSnapshot
@@ -54,8 +54,8 @@ def generated_tasks(
     tasks, stored = workflows.improvement_tasks(
         telemetry_db.engine(), settings, tier_metrics, success_samples.group_counts, calibration_recommendations,
         events=events, source=source,
-        # The same drift statistics as the daily drift checks, on the events this run loaded.
-        extra_insights=drift_insights(detect_drift(events)),
+        # The drift checks' statistics: computed by them earlier in this run, or here on these events.
+        extra_insights=drift_insights(workflows.drift_for_run(raw_events, context.run.run_id)),
     )
     if not settings.task_generation_enabled:
         context.log.info("task generation is off (AUTOPACK_TASK_GENERATION_ENABLED=false); no tasks generated")

@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from autopack_pipeline import workflows
 from autopack_pipeline.checks import (
     events_exist,
     not_all_failures,
@@ -34,9 +35,14 @@ def _metrics(under=0.0, truncation=0.0, waste=None, n=100):
     return {"all_events": {"tier1": tier1, "tier2": {"budget_waste_p90": waste}}}
 
 
-def test_whole_graph_runs_with_its_checks_and_tier1_breaches_do_not_block(instance, sqlite_url):
+def test_whole_graph_runs_with_its_checks_and_tier1_breaches_do_not_block(instance, sqlite_url, monkeypatch):
+    drift_runs = []
+    detect = workflows.detect_drift
+    monkeypatch.setattr(workflows, "detect_drift", lambda events: drift_runs.append(len(events)) or detect(events))
     result = materialize_slice(instance, sqlite_url)
     assert result.success
+    # The drift checks and generated_tasks saw the same events: the statistics were computed once.
+    assert len(drift_runs) == 1 and drift_runs[0] > 0
     evaluations = check_evaluations(result)
     for name in ("events_exist", "not_all_failures", "token_counts_plausible"):
         assert evaluations[name].passed, evaluations[name].description
