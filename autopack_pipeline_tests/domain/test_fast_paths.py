@@ -25,6 +25,7 @@ from autopack_pipeline.domain.calibration import calibrate_autopack_median
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coverage import calibrate_coverage
 from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+from autopack_pipeline.domain.fast_metrics import exact_sums
 from autopack_pipeline.domain.gates import evaluate_calibration_gate
 from autopack_pipeline.domain.metrics import compute_metrics, p90, tier1_metrics, tier_metrics_document
 from autopack_pipeline.domain.samples import canonical_labels, clean_samples, sample_exclusions
@@ -118,7 +119,7 @@ def test_population_std_is_statistics_pstdev(values):
 
 @pytest.mark.parametrize("spread", [1, 30, 300])
 def test_exact_group_sums_by_group_on_random_ratios(spread, monkeypatch):
-    monkeypatch.setattr(fm, "_CHUNK_ROWS", 1024)  # several chunks, with different lowest exponents
+    monkeypatch.setattr(exact_sums, "_CHUNK_ROWS", 1024)  # several chunks, with different lowest exponents
     rng = np.random.default_rng(spread)
     values = rng.integers(50, 40000, 5000) / rng.integers(1, 20000, 5000) * 2.0 ** rng.integers(-spread, spread + 1, 5000)
     values[::17] *= -1

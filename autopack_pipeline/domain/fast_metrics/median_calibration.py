@@ -1,0 +1,139 @@
+"""The ``autopack-median`` calibration of the clean samples, and the provenance both methods report.
+
+Each group's figures come from one partition of its ratios and budget waste, and its ratio standard
+deviation from exact sums, as ``calibration.calibrate_autopack_median`` computes them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from autopack_pipeline.domain.calibration import (
+    AUTOPACK_MEDIAN,
+    FULL_CONFIDENCE_SAMPLES,
+    BelowThresholdGroup,
+    CalibrationResult,
+    GroupCalibration,
+    Provenance,
+    action_text,
+)
+from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, IntColumn
+from autopack_pipeline.domain.fast_metrics.exact_sums import exact_moments, population_std
+from autopack_pipeline.domain.fast_metrics.order_statistics import order_statistics
+from autopack_pipeline.domain.fast_metrics.samples import SampleGroups, sample_groups
+from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _datetime_from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(us))
+
+
+def _masked_range(column: IntColumn, rows: np.ndarray) -> tuple[int, int] | None:
+    """(min, max) of ``column`` over ``rows`` where it is known, without copying; None when empty."""
+    chosen = rows if column.valid is None else rows & column.valid
+    if not chosen.any():
+        return None
+    values = column.values
+    info = np.iinfo(values.dtype)
+    return (int(values.min(where=chosen, initial=info.max)), int(values.max(where=chosen, initial=info.min)))
+
+
+def provenance_arrays(arrays: EventArrays, samples: np.ndarray, provenance: dict[str, Any]) -> Provenance:
+    """``calibration.build_provenance`` of the rows ``samples`` (a boolean mask)."""
+    ids = _masked_range(arrays.event_id, samples)
+    stamps = _masked_range(arrays.timestamp_us, samples)
+    exclusions = {str(k): int(v) for k, v in (provenance.get("exclusions") or {}).items()}
+    return Provenance(
+        event_id_min=ids[0] if ids else None,
+        event_id_max=ids[1] if ids else None,
+        time_window_start=_datetime_from_us(stamps[0]) if stamps else None,
+        time_window_end=_datetime_from_us(stamps[1]) if stamps else None,
+        samples_kept=int(samples.sum()),
+        samples_excluded=sum(exclusions.values()),
+        **{**provenance, "exclusions": exclusions},
+    )
+
+
+def _by_size(item: Any) -> tuple[int, str, str]:
+    return (-item.sample_count, item.category, item.complexity)
+
+
+def calibrate_autopack_median_arrays(
+    arrays: EventArrays,
+    samples: np.ndarray,
+    *,
+    groups: SampleGroups | None = None,
+    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
+    confidence_threshold: float = 0.7,
+    provenance: dict[str, Any],
+) -> CalibrationResult:
+    """``calibration.calibrate_autopack_median`` of the clean rows ``samples`` (a boolean mask)."""
+    if min_samples < 1:
+        raise ValueError(f"min_samples must be at least 1, got {min_samples}")
+    groups = groups or sample_groups(arrays, samples)
+    big = [i for i, rows in enumerate(groups.rows) if len(rows) >= min_samples]
+    below = [
+        BelowThresholdGroup(category=groups.keys[i][0], complexity=groups.keys[i][1], sample_count=len(rows),
+                            needed=min_samples - len(rows))
+        for i, rows in enumerate(groups.rows) if len(rows) < min_samples
+    ]
+    calibrated: list[GroupCalibration] = []
+    for i in big:  # one group at a time: temporaries stay the size of the largest group
+        rows = groups.rows[i]
+        predicted = arrays.predicted.values[rows]
+        actual = arrays.actual.values[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(predicted != 0, actual / predicted, 0.0)  # int / int: the exact quotient, rounded
+        sent = np.where(arrays.actual_max_tokens.notna()[rows], arrays.actual_max_tokens.values[rows], 0)
+        selected_known = arrays.selected_budget.notna()[rows]
+        selected = np.where(selected_known, arrays.selected_budget.values[rows], 0)
+        budgets = np.where(sent != 0, sent, selected)  # Python's `s or b or 0`
+        with np.errstate(divide="ignore", invalid="ignore"):
+            waste = np.where(actual != 0, budgets / actual, 0.0)
+        ratio_sum, ratio_squares = exact_moments(ratios)
+        calibrated.append(_group_figures(groups.keys[i], ratios, waste, predicted, actual, selected[selected_known],
+                                         ratio_sum, ratio_squares, confidence_threshold))
+    return CalibrationResult(
+        method=AUTOPACK_MEDIAN,
+        parameters={"min_samples": int(min_samples), "confidence_threshold": float(confidence_threshold)},
+        groups=sorted(calibrated, key=_by_size),
+        below_threshold=sorted(below, key=_by_size),
+        provenance=provenance_arrays(arrays, samples, provenance),
+    )
+
+
+def _group_figures(key: tuple[str, str], ratios: np.ndarray, waste: np.ndarray, predicted: np.ndarray,
+                   actual: np.ndarray, known_selected: np.ndarray, ratio_sum: Fraction, ratio_squares: Fraction,
+                   threshold: float) -> GroupCalibration:
+    n = len(ratios)
+    low, high = float(ratios.min()), float(ratios.max())
+    upper_middle = order_statistics(ratios, [n // 2], overwrite=True)[n // 2]  # our own copies: reorder them
+    p90_index = min(int(0.9 * n), n - 1)
+    picked = order_statistics(waste, [n // 2, p90_index], overwrite=True)
+    std = population_std(n, ratio_sum, ratio_squares)
+    confidence = 0.6 * min(1.0, n / FULL_CONFIDENCE_SAMPLES) + 0.4 * (1.0 / (1.0 + std))
+    return GroupCalibration(
+        category=key[0],
+        complexity=key[1],
+        sample_count=n,
+        avg_actual=float(int(actual.sum())) / n,
+        avg_estimated=float(int(predicted.sum())) / n,
+        avg_ratio=float(ratio_sum) / n,
+        median_ratio=upper_middle,
+        min_ratio=low,
+        max_ratio=high,
+        ratio_std=std,
+        confidence=confidence,
+        proposed_multiplier=upper_middle,
+        median_budget_waste=float(picked[n // 2]),
+        p90_budget_waste=float(picked[p90_index]),
+        avg_selected_budget=float(int(known_selected.sum())) / len(known_selected) if len(known_selected) else None,
+        actionable=confidence >= threshold,
+        action=action_text(upper_middle),
+    )

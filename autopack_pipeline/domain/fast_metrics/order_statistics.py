@@ -1,0 +1,94 @@
+"""Order statistics by partition: P90, medians and the summaries the tier metrics report.
+
+Order statistics (P90 with the 'exclusive' method, medians, the upper-middle ratio, budget-waste
+picks) come from ``np.partition`` at exactly the positions the reference indexes after sorting, so
+no array is ever sorted whole.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from autopack_pipeline.domain.fast_metrics.exact_sums import fsum_mean
+
+
+def order_statistics(values: np.ndarray, positions: list[int], *, overwrite: bool = False) -> dict[int, float]:
+    """The values at ``positions`` of ``sorted(values)``, from one partition (in place if ``overwrite``)."""
+    wanted = sorted(set(positions))
+    if overwrite:
+        values.partition(wanted)
+        picked = values
+    else:
+        picked = np.partition(values, wanted)
+    return {p: float(picked[p]) for p in wanted}
+
+
+def _median_positions(n: int) -> list[int]:
+    return [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+
+
+def _median_from(picked: dict[int, float], n: int) -> float:
+    """``statistics.median``: the middle value, or the two middle values' mean."""
+    if n % 2:
+        return picked[n // 2]
+    return (picked[n // 2 - 1] + picked[n // 2]) / 2
+
+
+def _p90_positions(n: int) -> tuple[int, int, int]:
+    """``statistics.quantiles(data, n=10)[8]`` (method 'exclusive') reads sorted data at j-1 and j."""
+    cuts, i = 10, 9
+    m = n + 1
+    j = min(max(i * m // cuts, 1), n - 1)
+    return j - 1, j, i * m - j * cuts
+
+
+def _p90_from(picked: dict[int, float], n: int, maximum: float) -> float:
+    if n < 10:
+        return maximum
+    low, high, delta = _p90_positions(n)
+    return float((picked[low] * (10 - delta) + picked[high] * delta) / 10)
+
+
+def p90_of(values: np.ndarray, *, overwrite: bool = False) -> float | None:
+    """``metrics.p90``: ``statistics.quantiles(v, n=10)[8]`` from 10 values on, else the maximum."""
+    n = len(values)
+    if n == 0:
+        return None
+    if n < 10:
+        return float(values.max())
+    low, high, _delta = _p90_positions(n)
+    return _p90_from(order_statistics(values, [low, high], overwrite=overwrite), n, math.nan)
+
+
+def median_of(values: np.ndarray, *, overwrite: bool = False) -> float:
+    """``statistics.median`` of a non-empty array."""
+    return _median_from(order_statistics(values, _median_positions(len(values)), overwrite=overwrite), len(values))
+
+
+def _summary(values: np.ndarray, total: Fraction | None = None) -> tuple[float | None, float | None]:
+    """(``statistics.median``, ``math.fsum`` mean), as the metrics module's ``_summary``.
+
+    ``total`` is the exact sum of ``values`` when the caller has it.
+    """
+    if len(values) == 0:
+        return None, None
+    if total is None:
+        return median_of(values), fsum_mean(values)
+    return median_of(values, overwrite=True), float(total) / len(values)  # the caller's copy: reorder it
+
+
+def _summary_and_p90(values: np.ndarray, total: Fraction | None = None
+                     ) -> tuple[float | None, float | None, float | None]:
+    """Median, fsum mean and P90 of ``values`` with one partition."""
+    n = len(values)
+    if n == 0:
+        return None, None, None
+    positions = _median_positions(n) + (list(_p90_positions(n)[:2]) if n >= 10 else [])
+    mean = fsum_mean(values) if total is None else float(total) / n
+    maximum = float(values.max()) if n < 10 else math.nan
+    picked = order_statistics(values, positions, overwrite=total is not None)  # with a total: the caller's copy
+    p90 = _p90_from(picked, n, maximum)
+    return _median_from(picked, n), mean, p90
