@@ -227,8 +227,8 @@ def key_violations(engine) -> tuple[int, int, int]:
 def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_role_may(
         engine, monkeypatch, may_skip_key_checks):
     if not may_skip_key_checks:  # a role that may not set session_replication_role
-        monkeypatch.setattr(bulk, "_may_skip_key_checks", lambda cursor: False)
-    monkeypatch.setattr(bulk, "PG_PIECE_PHASES", 97)  # chunks copied in many pieces
+        monkeypatch.setattr(bulk.postgresql, "_may_skip_key_checks", lambda cursor: False)
+    monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 97)  # chunks copied in many pieces
     bulk_load(engine, 800, runs=2, seed=1)
     second = bulk_load(engine, 700, runs=3, seed=2)
     assert ("events on a second connection" in second.method) == may_skip_key_checks
@@ -255,10 +255,10 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
 def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_runs(engine, monkeypatch):
     bulk_load(engine, 300, runs=1, seed=1)
     # Small chunks and batches, so that several batches are committed before the failure.
-    monkeypatch.setattr(bulk, "PHASES_PER_CHUNK", 100)
-    monkeypatch.setattr(bulk, "PG_TRANSACTION_EVENTS", 100)
+    monkeypatch.setattr(bulk.generate, "PHASES_PER_CHUNK", 100)
+    monkeypatch.setattr(bulk.postgresql, "PG_TRANSACTION_EVENTS", 100)
     copies = []
-    real_copy = bulk._copy
+    real_copy = bulk.postgresql._copy
 
     def copy_then_fail(cursor, statement, data):
         copies.append(statement)
@@ -266,7 +266,7 @@ def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_run
             raise RuntimeError("connection lost")
         real_copy(cursor, statement, data)
 
-    monkeypatch.setattr(bulk, "_copy", copy_then_fail)
+    monkeypatch.setattr(bulk.postgresql, "_copy", copy_then_fail)
     with pytest.raises(RuntimeError, match="connection lost"):
         bulk_load(engine, 1000, runs=2, seed=2)
     assert count_rows(engine, "runs") == 1 and count_rows(engine, "tiers") == 1
@@ -274,5 +274,5 @@ def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_run
     with engine.connect() as connection:
         phases = connection.execute(sa.text("SELECT count(*) FROM phases WHERE run_id LIKE 'synth-2-%'")).scalar()
     assert phases == 0
-    monkeypatch.setattr(bulk, "_copy", real_copy)
+    monkeypatch.setattr(bulk.postgresql, "_copy", real_copy)
     assert bulk_load(engine, 1000, runs=2, seed=2).events == 1000  # the seed is free again

@@ -1,0 +1,142 @@
+"""The entry point of a synthetic load, :func:`bulk_load`: it refuses a seed whose runs exist already,
+starts the generated timestamps a minute after the newest stored event (so a second batch reads as
+later use), hands the chunks to the SQLite or PostgreSQL loader and returns a :class:`SynthSummary` of
+what was written and how fast."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.settings import REPO_ROOT
+from autopack_pipeline.storage.bulk.archetypes import DEFAULT_LEGACY_FRACTION, load_archetypes
+from autopack_pipeline.storage.bulk.generate import DEFAULT_START, generate_chunks
+from autopack_pipeline.storage.bulk.loader import Progress
+from autopack_pipeline.storage.bulk.postgresql import _PostgresqlLoader
+from autopack_pipeline.storage.bulk.rows import _text_timestamps, run_id_for
+from autopack_pipeline.storage.bulk.sqlite import _SqliteLoader
+from autopack_pipeline.storage.models import Run, TokenEstimationV2Event
+
+
+def default_run_count(events: int) -> int:
+    """About 2,000 events per run, as a busy Autopack run with retries would give."""
+    return max(1, math.ceil(events / 2_000))
+
+
+class RunsAlreadyPresent(ValueError):
+    """The runs a seed would create exist already: loading again would duplicate them."""
+
+
+@dataclass
+class SynthSummary:
+    """What a bulk load wrote, and how fast."""
+
+    database: str
+    backend: str
+    seed: int
+    events: int
+    phases: int
+    runs: int
+    first_run_id: str
+    last_run_id: str
+    seconds: float
+    events_per_second: float
+    method: str = ""
+    first_timestamp: str | None = None
+    last_timestamp: str | None = None
+    coefficient_version: str = ""
+    # Seconds per stage: "generate" (rows built in the helper thread, overlapping the rest),
+    # "phases" and "events" (the database taking the rows; they overlap on a PostgreSQL append with two
+    # connections), "indexes" (rebuilt after a fresh load).
+    timings: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _latest_event_time(engine: Engine) -> datetime | None:
+    table = TokenEstimationV2Event.__table__
+    with engine.connect() as connection:
+        latest = connection.execute(select(func.max(table.c.timestamp))).scalar()
+    if isinstance(latest, str):  # a database written without SQLAlchemy's type processing
+        latest = datetime.fromisoformat(latest)
+    return latest
+
+
+def _check_runs_absent(engine: Engine, seed: int, runs: int) -> None:
+    ids = [run_id_for(seed, 0), run_id_for(seed, runs - 1)]
+    with engine.connect() as connection:
+        found = connection.execute(select(Run.__table__.c.id).where(Run.__table__.c.id.in_(ids))).scalars().all()
+    if found:
+        raise RunsAlreadyPresent(
+            f"runs {', '.join(sorted(found))} exist already: this database was filled with seed {seed} before; "
+            "pass another --seed to add more events"
+        )
+
+
+def bulk_load(
+    engine: Engine,
+    events: int,
+    *,
+    runs: int | None = None,
+    seed: int = 1,
+    legacy_fraction: float = DEFAULT_LEGACY_FRACTION,
+    progress: Progress | None = None,
+    seeds_dir: Path = REPO_ROOT / "seeds",
+) -> SynthSummary:
+    """Fill the (migrated) telemetry database behind ``engine`` with ``events`` synthetic events.
+
+    Creates ``runs`` runs (default: one per ~2,000 events) named ``synth-<seed>-rNNNNN``, one tier
+    each, a phase row for every phase and the events. Refuses with :class:`RunsAlreadyPresent` when
+    the seed's runs exist. ``progress(events_written, events)`` is called after every chunk.
+
+    Into an empty events table the load is one transaction that drops the secondary indexes (and, on
+    PostgreSQL, the foreign keys), copies the rows and builds them again before committing, the
+    usual way to populate a database; an interruption rolls all of it back. (On SQLite that needs the
+    only connection to the file; with another one open, the load is incremental as below.) Into a
+    table that holds events already, rows are inserted with the indexes in place, in transactions of
+    500k events. On SQLite an interruption keeps the transactions committed before it; on PostgreSQL
+    the loader then deletes its runs, which cascades to their tiers, phases and events (if the server
+    cannot be reached for that either, the seed's runs stay and loading the seed again is refused).
+    """
+    if events < 1:
+        raise ValueError(f"the number of events must be at least 1, got {events}")
+    runs = max(1, min(int(runs or default_run_count(events)), events))
+    _check_runs_absent(engine, seed, runs)
+    latest = _latest_event_time(engine)
+    # Continue a minute after the newest stored event, so a second batch reads as later use.
+    start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
+    chunks = generate_chunks(events, runs=runs, seed=seed, start=start,
+                             legacy_fraction=legacy_fraction, seeds_dir=seeds_dir)
+    backend = engine.dialect.name
+    loaders = {"sqlite": _SqliteLoader, "postgresql": _PostgresqlLoader}
+    if backend not in loaders:
+        raise ValueError(f"bulk loading supports SQLite and PostgreSQL, not {backend}")
+    loader = loaders[backend](seed, runs, events, progress)
+    began = time.perf_counter()
+    loader.load(engine, chunks)
+    seconds = time.perf_counter() - began
+    return SynthSummary(
+        database=engine.url.render_as_string(hide_password=True),
+        backend=backend,
+        seed=seed,
+        events=loader.events_written,
+        phases=loader.phases_written,
+        runs=runs,
+        first_run_id=run_id_for(seed, 0),
+        last_run_id=run_id_for(seed, runs - 1),
+        seconds=round(seconds, 3),
+        events_per_second=round(loader.events_written / seconds, 1) if seconds > 0 else 0.0,
+        method=loader.method,
+        first_timestamp=_text_timestamps(np.array([loader.first_us]))[0] if loader.first_us is not None else None,
+        last_timestamp=_text_timestamps(np.array([loader.last_us]))[0] if loader.last_us is not None else None,
+        coefficient_version=load_archetypes(seeds_dir).coefficient_version,
+        timings={k: round(v, 3) for k, v in loader.timings.items()},
+    )

@@ -1,0 +1,77 @@
+"""What every bulk loader shares: the run ids of the load, the per-run phase counts and tokens written
+back to ``runs`` at the end, the events and phases written so far with their time span, the seconds
+spent per stage, and the progress callback called after every chunk. The SQLite and PostgreSQL loaders
+subclass :class:`_Loader` and add their ``load`` method."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from autopack_pipeline.storage.bulk.generate import SynthChunk
+from autopack_pipeline.storage.bulk.rows import _text_timestamps, run_id_for
+
+Progress = Callable[[int, int], None]
+
+
+class _RunStats:
+    """Per-run phase count, tokens and last activity, accumulated over chunks."""
+
+    def __init__(self, runs: int) -> None:
+        self.phases = np.zeros(runs, dtype=np.int64)
+        self.tokens = np.zeros(runs, dtype=np.int64)
+        self.last_us = np.zeros(runs, dtype=np.int64)
+
+    def add(self, chunk: SynthChunk) -> None:
+        ph = chunk.phases
+        self.phases += np.bincount(ph["run"], minlength=len(self.phases))
+        self.tokens += np.bincount(ph["run"], weights=ph["tokens_used"], minlength=len(self.phases)).astype(np.int64)
+        np.maximum.at(self.last_us, ph["run"], ph["last_us"])
+
+    def rows(self, run_ids: np.ndarray) -> list[tuple]:
+        last = _text_timestamps(self.last_us)
+        return [
+            (int(n), int(min(t, 2**31 - 1)), stamp, stamp, rid)
+            for n, t, stamp, rid in zip(self.phases.tolist(), self.tokens.tolist(), last, run_ids.tolist())
+        ]
+
+
+class _Loader:
+    """Writes generated chunks into one database and counts what it wrote."""
+
+    def __init__(self, seed: int, runs: int, total: int, progress: Progress | None) -> None:
+        self.seed, self.runs, self.total, self.progress = seed, runs, total, progress
+        self.run_ids = np.array([run_id_for(seed, k) for k in range(runs)], dtype=object)
+        self.stats = _RunStats(runs)
+        self.events_written = 0
+        self.phases_written = 0
+        self.first_us: int | None = None
+        self.last_us: int | None = None
+        self.method = ""
+        self.timings = {"generate": 0.0, "phases": 0.0, "events": 0.0, "indexes": 0.0}
+
+    def _timed(self, stage: str, work: Callable[[], Any]) -> Any:
+        began = time.perf_counter()
+        try:
+            return work()
+        finally:
+            self.timings[stage] += time.perf_counter() - began
+
+    def _written(self, chunk: SynthChunk) -> None:
+        self.stats.add(chunk)
+        stamps = chunk.events["timestamp_us"]
+        if len(stamps):
+            self.first_us = int(stamps.min()) if self.first_us is None else min(self.first_us, int(stamps.min()))
+            self.last_us = int(stamps.max()) if self.last_us is None else max(self.last_us, int(stamps.max()))
+        self.events_written += len(chunk.events["run"])
+        self.phases_written += len(chunk.phases["run"])
+        if self.progress is not None:
+            self.progress(self.events_written, self.total)
+
+
+def _chain(first: SynthChunk, rest: Iterator[SynthChunk]) -> Iterator[SynthChunk]:
+    yield first
+    yield from rest

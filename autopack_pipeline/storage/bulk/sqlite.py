@@ -1,0 +1,156 @@
+"""The SQLite bulk loader: ``executemany`` on a dedicated ``sqlite3`` connection in large transactions,
+with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the runs,
+tiers and phases every event refers to, and the tests check the keys). Into an empty events table, when
+the loader has the only connection to the file, the load is one transaction in a rollback journal that
+drops the secondary indexes and builds them again after the rows; otherwise it inserts with the
+indexes in place and commits every 500k events."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.storage.bulk.generate import SynthChunk
+from autopack_pipeline.storage.bulk.loader import _chain, _Loader
+from autopack_pipeline.storage.bulk.rows import (
+    _EVENT_SPEC,
+    _PHASE_SPEC,
+    _RUN_COLUMNS,
+    _TIER_COLUMNS,
+    _chunk_columns,
+    _Const,
+    _python_columns,
+    _run_rows,
+    _sources,
+    _text_timestamps,
+    _tier_keys,
+    _tier_rows,
+)
+from autopack_pipeline.storage.columnar import prefetch
+
+# Events per transaction: large enough that commits cost nothing, small enough to bound memory.
+SQLITE_TRANSACTION_EVENTS = 500_000
+# Page cache while SQLite rebuilds the indexes after a fresh load, which is also the size of the sorter's
+# in-memory runs; 4 MiB was fastest here from 1M to 3M events (64 MiB: 25-35% slower).
+SQLITE_INDEX_SORT_KIB = 4096
+
+# Settings of the loader's own connection. The rows are copies of generated data, so a crash may lose
+# them (synchronous=OFF); the keys are checked by the tests, not per row. A modest page cache: a large
+# one only defers writing every new page to the commit, after paying to allocate it. Temporary files
+# (not memory) let CREATE INDEX's sorter hand sorted runs to the worker threads; with
+# temp_store=MEMORY it sorts everything at the end, on the one thread.
+SQLITE_LOAD_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-65536",
+                        "PRAGMA temp_store=FILE", "PRAGMA threads=2")
+
+
+class _SqliteLoader(_Loader):
+    """Writes generated chunks into a SQLite file and counts what it wrote."""
+
+    def load(self, engine: Engine, chunks: Iterator[SynthChunk]) -> None:
+        path = _sqlite_path(engine)
+        engine.dispose()  # our own pooled connections let go of the file while the loader has it
+        connection = sqlite3.connect(path, isolation_level=None, timeout=30)
+        try:
+            empty = connection.execute("SELECT 1 FROM token_estimation_v2_events LIMIT 1").fetchone() is None
+            fresh = empty and _leave_wal(connection)
+            for pragma in SQLITE_LOAD_PRAGMAS:
+                connection.execute(pragma)
+            self.method = ("sqlite: one transaction, secondary indexes rebuilt after the rows" if fresh
+                           else "sqlite: executemany with indexes in place, 500k events per transaction")
+            cursor = connection.cursor()
+            cursor.execute("BEGIN")
+            chunks = iter(chunks)
+            first = next(chunks)
+            start_text = _text_timestamps(first.phases["started_us"][:1])[0]
+            cursor.executemany(f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES "
+                               f"({', '.join('?' * len(_RUN_COLUMNS))})", _run_rows(self.seed, self.runs, start_text))
+            cursor.executemany(f"INSERT INTO tiers ({', '.join(_TIER_COLUMNS)}) VALUES "
+                               f"({', '.join('?' * len(_TIER_COLUMNS))})", _tier_rows(self.run_ids.tolist(), start_text))
+            tier_pk = _tier_keys(cursor.execute(
+                "SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id >= ? AND run_id <= ?",
+                (self.run_ids[0], self.run_ids[-1])).fetchall(), self.run_ids)
+            indexes = []
+            if fresh:
+                indexes = cursor.execute(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                    "AND tbl_name IN ('phases', 'token_estimation_v2_events')").fetchall()
+                for name, _sql in indexes:
+                    cursor.execute(f'DROP INDEX "{name}"')
+            phase_sql = _sqlite_insert("phases", _PHASE_SPEC)
+            event_sql = _sqlite_insert("token_estimation_v2_events", _EVENT_SPEC)
+
+            def rows(chunk: SynthChunk) -> tuple[list, list]:
+                def build() -> tuple[list, list]:
+                    phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
+                    return _python_columns(phase_cols, _PHASE_SPEC), _python_columns(event_cols, _EVENT_SPEC)
+
+                return self._timed("generate", build)
+
+            in_transaction = 0
+            for chunk, (phase_rows, event_rows) in prefetch(_chain(first, chunks), rows):
+                self._timed("phases", lambda: cursor.executemany(phase_sql, zip(*phase_rows)))  # noqa: B023
+                self._timed("events", lambda: cursor.executemany(event_sql, zip(*event_rows)))  # noqa: B023
+                self._written(chunk)
+                in_transaction += len(chunk.events["run"])
+                if not fresh and in_transaction >= SQLITE_TRANSACTION_EVENTS:
+                    cursor.execute("COMMIT")
+                    cursor.execute("BEGIN")
+                    in_transaction = 0
+            if indexes:
+                # CREATE INDEX's sorter keeps runs of cache_size bytes in memory: small runs are sorted
+                # and merged by the worker threads (PRAGMA threads) while this one scans the table.
+                cursor.execute(f"PRAGMA cache_size=-{SQLITE_INDEX_SORT_KIB}")
+            for _name, sql in indexes:
+                self._timed("indexes", lambda: cursor.execute(sql))  # noqa: B023
+            cursor.executemany("UPDATE runs SET max_phases = ?, tokens_used = ?, completed_at = ?, updated_at = ? "
+                               "WHERE id = ?", self.stats.rows(self.run_ids))
+            cursor.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        finally:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")  # what make_engine's connections use
+            except sqlite3.OperationalError:
+                pass  # someone connected meanwhile; make_engine's connections switch it back to WAL
+            finally:
+                connection.close()
+
+
+def _leave_wal(connection: sqlite3.Connection) -> bool:
+    """Switch to a rollback journal for a one-transaction load; False if another connection is open.
+
+    A rollback journal keeps the load crash-safe without the WAL holding a copy of every new page.
+    SQLite refuses the switch ("database is locked", at once) while any other connection has the
+    file open; the load then stays incremental, in WAL mode.
+    """
+    try:
+        return connection.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    except sqlite3.OperationalError:
+        return False
+
+
+def _sql_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _sqlite_insert(table: str, spec: tuple) -> str:
+    """INSERT with constants inlined and one numbered parameter per distinct source."""
+    numbers = {name: i + 1 for i, name in enumerate(_sources(spec))}
+    values = [_sql_literal(s.value) if isinstance(s, _Const) else f"?{numbers[s]}" for _c, s in spec]
+    return f"INSERT INTO {table} ({', '.join(c for c, _s in spec)}) VALUES ({', '.join(values)})"
+
+
+def _sqlite_path(engine: Engine) -> str:
+    database = engine.url.database or ""
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        raise ValueError("bulk loading needs a SQLite file, not an in-memory database")
+    return str(Path(database).expanduser().resolve())
