@@ -21,6 +21,7 @@ class Refused(Exception):
 # domain.coverage.CALIBRATION_METHODS, spelled out so the CLI starts without importing the domain.
 CALIBRATION_METHOD_CHOICES = ("coverage", "autopack-median")
 
+
 def print_json(document: Any) -> None:
     json.dump(document, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

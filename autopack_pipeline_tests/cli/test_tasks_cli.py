@@ -207,3 +207,26 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db):
     reviews = [t for t in median["tasks"] if t["kind"] == "review_coefficients"]
     assert reviews and all(t["evidence"]["method"] == "autopack-median" for t in reviews)
     assert sorted((db.parent / "reports").iterdir()) == reports  # the terminal's generation writes no report
+
+
+def test_generate_on_phase_outcomes_alone_finds_their_patterns(db):
+    from datetime import datetime, timezone
+
+    from sqlalchemy.orm import Session
+
+    from autopack_pipeline.storage.models import PhaseOutcomeEvent
+
+    engine = make_engine(f"sqlite:///{db}")
+    upgrade_database(engine)
+    with Session(engine) as session:
+        session.add_all(PhaseOutcomeEvent(run_id="r1", phase_id=f"p{i}", phase_type="build", phase_outcome="FAILED",
+                                          stop_reason="max_tokens", tokens_used=60_000,
+                                          timestamp=datetime.now(timezone.utc)) for i in range(3))
+        session.commit()
+    engine.dispose()
+    result = run("tasks", "generate", "--json", db=db)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert not document["gate"]["open"] and "only 0 clean samples" in document["gate"]["summary"]
+    assert {t["kind"] for t in document["tasks"]} and all("build" in t["title"] for t in document["tasks"])
+    assert {t["title"].split()[2] for t in document["tasks"]} == {"cost_sink", "failure_mode"}
