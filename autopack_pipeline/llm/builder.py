@@ -1,8 +1,10 @@
 """The Builder: one phase, one estimate, one or two LLM calls, and what happened on each.
 
 Truncation is the API's ``stop_reason == "max_tokens"`` or output reaching the ceiling sent. A
-truncated phase escalates once, to ``min(int(base * 1.25), 64000)`` where ``base`` is the largest
-of the selected budget, the ceiling sent and the tokens used, as Autopack's executor does.
+phase escalates once, to ``min(int(base * 1.25), 64000)`` where ``base`` is the largest of the
+selected budget, the ceiling sent and the tokens used, as Autopack's executor does: after a truncated
+attempt, or after a failed one whose output used at least 95% of the ceiling (deliverables missing
+from an answer that ran out of room without being cut, reason ``utilization``).
 Builder success (every deliverable came back, not truncated) and phase completion are both kept,
 because Autopack conflated them (its pitfall P12).
 """
@@ -23,6 +25,7 @@ from autopack_pipeline.llm.prompt import SYSTEM_PROMPT, build_prompt, parse_file
 
 MAX_TOKENS_CAP = 64_000
 ESCALATION_FACTOR = 1.25
+NEAR_CEILING_PCT = 95.0  # Autopack's executor escalates a failed attempt at this output utilisation
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,10 @@ class Escalation:
     selected_budget: int
     actual_max_tokens: int
     tokens_used: int
-    was_truncated: bool = True
-    output_utilization: float = 100.0
+    was_truncated: bool
+    output_utilization: float  # percent of the ceiling, as Autopack stores it
+    reason: str  # "truncation" or "utilization"
     escalation_factor: float = ESCALATION_FACTOR
-    reason: str = "truncation"
 
 
 @dataclass
@@ -78,8 +81,13 @@ class PhaseResult:
         return sum(a.output_tokens + a.input_tokens for a in self.attempts)
 
 
+def output_utilization(attempt: Attempt) -> float:
+    """Output tokens as a percentage of the ceiling sent (Autopack stores percent, not a fraction)."""
+    return 100.0 * attempt.output_tokens / max(1, attempt.actual_max_tokens)
+
+
 def escalation_for(attempt: Attempt) -> Escalation:
-    """The retry ceiling after a truncated attempt (the base is the largest known budget figure)."""
+    """The retry ceiling after a truncated or near-ceiling attempt (the base is the largest known budget figure)."""
     candidates = {
         "selected_budget": attempt.selected_budget,
         "actual_max_tokens": attempt.actual_max_tokens,
@@ -94,7 +102,9 @@ def escalation_for(attempt: Attempt) -> Escalation:
         selected_budget=attempt.selected_budget,
         actual_max_tokens=attempt.actual_max_tokens,
         tokens_used=attempt.output_tokens,
-        output_utilization=round(100.0 * attempt.output_tokens / max(1, attempt.actual_max_tokens), 2),
+        was_truncated=attempt.truncated,
+        output_utilization=round(output_utilization(attempt), 2),
+        reason="truncation" if attempt.truncated else "utilization",
     )
 
 
@@ -167,7 +177,8 @@ class Builder:
             if attempt.success:
                 result.failure_reason = None
                 break
-            if truncated and not result.escalations and attempt_number < max_builder_attempts:
+            out_of_room = truncated or output_utilization(attempt) >= NEAR_CEILING_PCT
+            if out_of_room and not result.escalations and attempt_number < max_builder_attempts:
                 escalation = escalation_for(attempt)
                 result.escalations.append(escalation)
                 max_tokens = escalation.retry_max_tokens

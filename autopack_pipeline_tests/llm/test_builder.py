@@ -123,7 +123,7 @@ def test_truncation_escalates_once_and_completes(builder: Builder, estimator, me
     assert escalation.selected_budget == budget
     assert escalation.actual_max_tokens == first["max_tokens"]
     assert escalation.tokens_used == first["max_tokens"]
-    assert escalation.was_truncated is True
+    assert escalation.was_truncated is True and escalation.reason == "truncation"
     assert escalation.output_utilization == 100.0
     assert escalation.escalation_factor == 1.25
     assert result.tokens_used == sum(a.output_tokens + a.input_tokens for a in result.attempts)
@@ -188,6 +188,41 @@ def test_missing_deliverable_fails_without_escalation(builder: Builder, messages
     assert result.escalations == []
     assert result.failure_reason == "missing deliverables: src/app/other.py"
     assert len(messages_server.requests) == 1
+
+
+def test_missing_deliverable_near_the_ceiling_escalates_for_utilisation(
+    builder: Builder, estimator, messages_server: MessagesServer
+) -> None:
+    spec = phase("src/app/new_module.py", "src/app/other.py")
+    _, budget = selected_budget(estimator, spec)
+    near = -(-budget * 95 // 100)  # the least output at 95% of the ceiling, not cut off
+    messages_server.script(Answer(files_for(["src/app/new_module.py"]), output_tokens=near),
+                           Answer(files_for(spec["deliverables"]), output_tokens=700))
+
+    result = builder.run_phase(spec, max_builder_attempts=3)
+
+    assert result.completed
+    first, retried = result.attempts
+    assert not first.truncated and first.missing_deliverables == ("src/app/other.py",)
+    [escalation] = result.escalations
+    assert (escalation.reason, escalation.was_truncated) == ("utilization", False)
+    assert escalation.output_utilization == round(100 * near / budget, 2) >= 95.0
+    assert retried.actual_max_tokens == escalation.retry_max_tokens == min(int(budget * 1.25), MAX_TOKENS_CAP)
+    assert [r.body["max_tokens"] for r in messages_server.requests] == [budget, escalation.retry_max_tokens]
+
+
+def test_missing_deliverable_just_below_the_near_ceiling_mark_fails_without_escalation(
+    builder: Builder, estimator, messages_server: MessagesServer
+) -> None:
+    spec = phase("src/app/new_module.py", "src/app/other.py")
+    _, budget = selected_budget(estimator, spec)
+    below = -(-budget * 95 // 100) - 1
+    messages_server.script(Answer(files_for(["src/app/new_module.py"]), output_tokens=below), Answer("unused"))
+
+    result = builder.run_phase(spec, max_builder_attempts=3)
+
+    assert not result.completed and result.escalations == [] and len(messages_server.requests) == 1
+    assert result.failure_reason == "missing deliverables: src/app/other.py"
 
 
 def test_call_error_is_stored_without_attempts(builder: Builder, messages_server: MessagesServer) -> None:

@@ -116,7 +116,15 @@ def test_rows_follow_the_builder_and_the_writer(sqlite_engine):
     retries = events[events["attempt"] == 2]
     assert len(retries) > 0
     earlier = first.set_index(["run_id", "phase_id"]).loc[list(zip(retries["run_id"], retries["phase_id"]))]
-    assert earlier["truncated"].astype(bool).all()  # only a truncation escalates
+    # Only a truncation, or a failure at 95% of the ceiling, escalates (the Builder's rule).
+    near_ceiling = earlier["actual_output_tokens"] * 100 >= 95 * earlier["actual_max_tokens"]
+    assert (earlier["truncated"].astype(bool) | (near_ceiling & ~earlier["success"].astype(bool))).all()
+    assert (near_ceiling & ~earlier["truncated"].astype(bool)).any()  # the utilisation rule happened too
+    out_of_room = first["truncated"].astype(bool) | (
+        ~first["success"].astype(bool) & (first["actual_output_tokens"] * 100 >= 95 * first["actual_max_tokens"]))
+    # ... and every such attempt did escalate (a degenerate retry is not stored, its phase counts it)
+    escalated = phases.loc[list(zip(first.loc[out_of_room, "run_id"], first.loc[out_of_room, "phase_id"]))]
+    assert (escalated["builder_attempts"] == 2).all()
     ceiling = np.minimum((retries["selected_budget"] * 1.25).astype(int), MAX_TOKENS_CAP).to_numpy()
     assert (retries["actual_max_tokens"].to_numpy() == np.maximum(ceiling, retries["selected_budget"])).all()
     for row in events.sample(50, random_state=1).itertuples():

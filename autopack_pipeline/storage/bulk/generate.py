@@ -3,8 +3,9 @@
 Every chunk is drawn from a generator seeded by ``(seed, chunk number)``, so a seed gives the same rows
 whatever reads them. Each phase follows the simulated backend's output lengths (log-normal body, Pareto
 tail, malformed and degenerate answers) and the Builder's rules: the first call runs under the selected
-budget, a truncated call escalates once, a second truncation fails. The columns the writer derives
-(SMAPE, waste ratio, underestimated) are computed as the writer computes them.
+budget, a truncated call (or a failed one that used 95% of its ceiling) escalates once, a second
+truncation fails. The columns the writer derives (SMAPE, waste ratio, underestimated) are computed
+as the writer computes them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autopack_pipeline.llm.builder import ESCALATION_FACTOR, MAX_TOKENS_CAP
+from autopack_pipeline.llm.builder import ESCALATION_FACTOR, MAX_TOKENS_CAP, NEAR_CEILING_PCT
 from autopack_pipeline.llm.simulated import DEGENERATE_TOKENS
 from autopack_pipeline.settings import REPO_ROOT
 from autopack_pipeline.storage.bulk.archetypes import (
@@ -72,7 +73,7 @@ def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_frac
     index = (cat, cx, deliverables - 1, variant)
     predicted = arch.predicted[index]
     selected = arch.selected[index]
-    # Attempt 1 runs under the selected budget; a truncated one escalates once (Builder rules).
+    # Attempt 1 runs under the selected budget; it escalates at most once (Builder rules).
     ceiling1 = np.minimum(selected, MAX_TOKENS_CAP)
     ceiling2 = np.minimum(np.maximum((np.maximum(selected, ceiling1) * ESCALATION_FACTOR).astype(np.int64), selected),
                           MAX_TOKENS_CAP)
@@ -85,7 +86,9 @@ def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_frac
         success = ~degenerate_now & ~truncated & ~malformed[attempt]
         out.append((ceiling, truncated, output, stop_max, success))
     (c1, t1, o1, s1, ok1), (c2, t2, o2, s2, ok2) = out
-    second = t1  # only a truncation escalates; a malformed or degenerate answer fails the phase
+    # A truncated attempt escalates, and so does a failed one that used 95% of its ceiling (a malformed
+    # answer that nearly ran out of room); any other failure (degenerate, malformed and short) is final.
+    second = t1 | (~ok1 & (o1 * 100 >= NEAR_CEILING_PCT * c1))
     recorded1 = o1 >= MIN_VALID_OUTPUT_TOKENS
     recorded2 = second & (o2 >= MIN_VALID_OUTPUT_TOKENS)
     completed = np.where(second, ok2, ok1)
