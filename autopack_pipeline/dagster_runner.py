@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 
 from autopack_pipeline.settings import REPO_ROOT
+from autopack_pipeline.storage.events import MIN_VALID_OUTPUT_TOKENS
 
 
 def _instance() -> dg.DagsterInstance:
@@ -59,7 +60,9 @@ def _print_results(result: dg.ExecuteInProcessResult, home: str) -> None:
         run = result.output_for_node("telemetry_collection_run")
         print(
             f"Collection run {run['run_id']} ({run['backend']} backend): {run['phases_completed']} phases completed, "
-            f"{run['phases_failed']} failed, {run['events_written']} events, {run['escalations']} escalations."
+            f"{run['phases_failed']} failed, {run['events_written']} events, {run['escalations']} escalations"
+            + (f", {run['short_answers_not_recorded']} answers under {MIN_VALID_OUTPUT_TOKENS} tokens not recorded."
+               if run.get("short_answers_not_recorded") else ".")
         )
     metrics = outputs["tier_metrics"]["all_events"]
     tier1 = metrics["tier1"]

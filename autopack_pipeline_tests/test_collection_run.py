@@ -106,3 +106,36 @@ def test_an_unreadable_recording_is_a_clear_error(tmp_path):
     bad.write_text('{"phase_id": "p"}\n')
     with pytest.raises(ValueError, match=r"bad.ndjson:1: not a recorded answer"):
         make_backend(load_settings(), "replay", replay_file=bad)
+
+
+class EmptyFor:
+    """Answers an empty file list (5 output tokens) for the given phases, the rest as ``inner``; counts
+    every answer it hands back under the writer's 50-token minimum (the simulator makes some too)."""
+
+    def __init__(self, inner, phase_ids: set[str]) -> None:
+        self.inner, self.phase_ids, self.name, self.short = inner, phase_ids, inner.name, 0
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        if request.phase["phase_id"] in self.phase_ids:
+            response = LLMResponse("files: []", 5, 100, "end_turn", request.model)
+        else:
+            response = self.inner.complete(request)
+        self.short += response.output_tokens < 50
+        return response
+
+
+def test_answers_too_short_to_record_are_counted_in_the_summary(engine):
+    settings = load_settings()
+    reference_engine = make_engine(f"sqlite:///{engine.url.database}.reference")
+    upgrade_database(reference_engine)
+    _collect(reference_engine, make_backend(settings), "short")
+    empty = set(sorted(set(read_events(reference_engine, ["short"])["phase_id"]))[:3])
+    backend = EmptyFor(make_backend(settings), empty)
+
+    summary = _collect(engine, backend, "short")
+
+    stored = read_events(engine, ["short"])
+    assert not stored["phase_id"].isin(empty).any()  # the writer refused them, as Autopack's does
+    assert summary.events_written == len(stored) > 0
+    assert summary.short_answers_not_recorded == backend.short >= len(empty)
+    assert all(summary.failures[p] for p in empty)

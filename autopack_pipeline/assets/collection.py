@@ -69,6 +69,7 @@ def telemetry_collection_run(
             "phases_failed": summary.phases_failed,
             "phases_skipped_complete": summary.phases_skipped_complete,
             "events_written": summary.events_written,
+            "short_answers_not_recorded": summary.short_answers_not_recorded,
             "escalations": summary.escalations,
             **database_metadata(telemetry_db.identity()),
         },

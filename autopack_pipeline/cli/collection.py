@@ -22,6 +22,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from autopack_pipeline import workflows
     from autopack_pipeline.llm.factory import make_backend
     from autopack_pipeline.settings import load_settings
+    from autopack_pipeline.storage.events import MIN_VALID_OUTPUT_TOKENS
 
     phases_file, phase_count = _phases_argument(args)
     settings = load_settings()
@@ -51,6 +52,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
             f"{summary.phases_completed} phases completed, {summary.phases_failed} failed, "
             f"{summary.phases_skipped_complete} already complete; {summary.events_written} events written, "
             f"{summary.escalations} escalations."
+            + (f" {summary.short_answers_not_recorded} answer(s) under {MIN_VALID_OUTPUT_TOKENS} output tokens "
+               "not recorded (as Autopack's writer)." if summary.short_answers_not_recorded else "")
         )
         for phase_id, reason in sorted(summary.failures.items()):
             print(f"  FAILED {phase_id}: {reason}")

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.collection.phases import PhaseSpec, RunSpec
 from autopack_pipeline.llm.builder import Builder, PhaseResult
 from autopack_pipeline.storage.events import (
+    MIN_VALID_OUTPUT_TOKENS,
     EstimationEvent,
     record_escalation_event,
     record_estimation_event,
@@ -43,6 +44,9 @@ class CollectionSummary:
     phases_completed: int = 0
     phases_failed: int = 0
     events_written: int = 0
+    # Answers under MIN_VALID_OUTPUT_TOKENS (an empty "files: []"): the writer refuses them, as
+    # Autopack's does, with a warning each; counted here so the summary says how many.
+    short_answers_not_recorded: int = 0
     escalations: int = 0
     failures: dict[str, str] = field(default_factory=dict)
 
@@ -86,6 +90,8 @@ def run_collection(
                 set_phase_state(engine, run.run_id, phase.phase_id, "FAILED", summary.failures[phase.phase_id])
                 continue
             summary.events_written += written
+            summary.short_answers_not_recorded += sum(
+                a.output_tokens < MIN_VALID_OUTPUT_TOKENS for a in result.attempts)
             summary.escalations += len(result.escalations)
             if result.completed:
                 summary.phases_completed += 1
