@@ -81,6 +81,15 @@ def engine(blank_engine: Engine) -> Engine:
 
 
 @pytest.fixture
+def sqlite_engine(tmp_path) -> Iterator[Engine]:
+    """A migrated SQLite database, for tests where the backend does not matter."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'telemetry.db'}")
+    upgrade_database(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
 def telemetry_on(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TELEMETRY_DB_ENABLED", "1")
 

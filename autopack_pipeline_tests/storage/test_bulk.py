@@ -32,15 +32,6 @@ from autopack_pipeline_tests.storage.conftest import count_rows, fetch_all
 N = 3000
 
 
-@pytest.fixture
-def sqlite_engine(tmp_path):
-    """A migrated SQLite database, for tests where the backend does not matter."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'telemetry.db'}")
-    upgrade_database(engine)
-    yield engine
-    engine.dispose()
-
-
 def schema_objects(engine) -> set[tuple[str, str]]:
     """Index and foreign-key definitions of phases and events, as the database reports them."""
     inspector = sa.inspect(engine)

@@ -32,15 +32,6 @@ from autopack_pipeline_tests.storage.test_autopack_upgrade import autopack_engin
 
 
 @pytest.fixture
-def sqlite_engine(tmp_path):
-    """A migrated SQLite database, for tests where the backend does not matter."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'telemetry.db'}")
-    upgrade_database(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def store(tmp_path, monkeypatch) -> ColumnarStore:
     directory = tmp_path / "columnar"
     monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(directory))
