@@ -204,7 +204,8 @@ def group_samples(samples: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     return {key: usable[(keys == key).to_numpy()] for key in sorted(set(keys))}
 
 
-def _by_size(item: Any) -> tuple[int, str, str]:
+def group_order(item: Any) -> tuple[int, str, str]:
+    """Sort key of calibrated groups: most samples first, then category and complexity."""
     return (-item.sample_count, item.category, item.complexity)
 
 
@@ -234,7 +235,7 @@ def calibrate_autopack_median(
     return CalibrationResult(
         method=AUTOPACK_MEDIAN,
         parameters={"min_samples": int(min_samples), "confidence_threshold": float(confidence_threshold)},
-        groups=sorted(groups, key=_by_size),
-        below_threshold=sorted(below, key=_by_size),
+        groups=sorted(groups, key=group_order),
+        below_threshold=sorted(below, key=group_order),
         provenance=build_provenance(samples, provenance),
     )

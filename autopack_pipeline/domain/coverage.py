@@ -48,10 +48,11 @@ from autopack_pipeline.domain.calibration import (
     CalibrationResult,
     GroupCalibration,
     build_provenance,
+    group_order,
 )
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable
-from autopack_pipeline.domain.metrics import budget_sent, p90
+from autopack_pipeline.domain.metrics import budget_sent, p90, percent
 from autopack_pipeline.domain.samples import (
     as_events_frame,
     canonical_labels,
@@ -200,10 +201,6 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) else float(value)
 
 
-def _pct(count: int, total: int) -> float:
-    return 100.0 * count / total if total else 0.0
-
-
 def projected_budgets(frame: pd.DataFrame, scale: float, table: CoefficientTable | None, key: tuple[str, str]) -> np.ndarray:
     """The budgets ``frame``'s calls would get with estimates scaled by ``scale``.
 
@@ -318,8 +315,8 @@ def group_calibration(
         "target_underestimation_pct": target_pct,
         "censored_lower_bound_max": float(bounds.max()) if len(bounds) else None,
         "multiplier_is_lower_bound": status == "unidentifiable",
-        "underestimation_pct_now": _pct(now_over, n),
-        "underestimation_pct_projected": None if new_over is None else _pct(new_over, n),
+        "underestimation_pct_now": percent(now_over, n),
+        "underestimation_pct_projected": None if new_over is None else percent(new_over, n),
         "budget_waste_p50_now": waste_now[0],
         "budget_waste_p90_now": waste_now[1],
         "budget_waste_p50_projected": waste_new[0],
@@ -405,7 +402,6 @@ def calibrate_coverage(
     clean, censored = split_observations(frame, dedup=dedup)
     used = pd.concat([clean, censored], ignore_index=True) if len(censored) else clean
     exclusions = _provenance_exclusions(frame, censored, dedup)
-    order = lambda g: (-g.sample_count, g.category, g.complexity)
     return CalibrationResult(
         method=COVERAGE,
         parameters={
@@ -416,7 +412,7 @@ def calibrate_coverage(
             "prior_weight": float(prior_weight),
             "censored_observations": len(censored),
         },
-        groups=sorted(calibrated, key=order),
-        below_threshold=sorted(below, key=order),
+        groups=sorted(calibrated, key=group_order),
+        below_threshold=sorted(below, key=group_order),
         provenance=build_provenance(used, {**provenance, "exclusions": exclusions}),
     )

@@ -17,10 +17,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES, DEFAULT_MIN_TOTAL_SAMPLES
+from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT
+
 OK, WARN, FAIL = "ok", "warn", "fail"
 HIGH_TRUNCATION_PCT = 10.0  # the guide's "High Truncation Rate" symptom
-MIN_CLEAN_SAMPLES = 20  # the guide's "When to Calibrate"
-MIN_GROUP_SAMPLES = 5  # calibration's per-(category, complexity) minimum
+MIN_CLEAN_SAMPLES = DEFAULT_MIN_TOTAL_SAMPLES  # the guide's "When to Calibrate", the gate's minimum
+MIN_GROUP_SAMPLES = DEFAULT_MIN_GROUP_SAMPLES  # calibration's per-(category, complexity) minimum
 UPGRADE_COMMAND = "autopack-telemetry db upgrade"
 
 
@@ -138,7 +141,7 @@ def check_truncation(summary: dict[str, Any]) -> Check:
     events = summary.get("events") or {}
     pct = float(events.get("truncated_pct", 0.0))
     observed = f"{pct:.1f}% ({events.get('truncated', 0)} of {events.get('total', 0)})"
-    threshold = f"<= {HIGH_TRUNCATION_PCT:.0f}% (Tier-1 target 2%)"
+    threshold = f"<= {HIGH_TRUNCATION_PCT:.0f}% (Tier-1 target {TRUNCATION_TARGET_PCT:g}%)"
     if pct <= HIGH_TRUNCATION_PCT:
         return Check("truncation_rate", "Truncation rate", OK, observed, threshold)
     return Check("truncation_rate", "Truncation rate", WARN, observed, threshold, [

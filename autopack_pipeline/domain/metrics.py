@@ -65,13 +65,14 @@ def wilson_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
     return (100.0 * low, 100.0 * high)
 
 
-def _pct(k: int, n: int) -> float:
+def percent(k: int, n: int) -> float:
+    """``k`` of ``n`` in percent; 0 for an empty set."""
     return 100.0 * k / n if n else 0.0
 
 
 def _rate_block(name: str, k: int, n: int) -> dict[str, Any]:
     low, high = wilson_interval(k, n)
-    return {name: _pct(k, n), f"{name}_ci": [low, high]}
+    return {name: percent(k, n), f"{name}_ci": [low, high]}
 
 
 def tier1_block(multiplier: float, total: int, under_n: int, under_k: int, truncated_k: int,
@@ -95,7 +96,7 @@ def _floats(series: pd.Series) -> np.ndarray:
     return series.to_numpy(dtype=float, na_value=np.nan)
 
 
-def _check_multiplier(under_multiplier: float) -> float:
+def check_under_multiplier(under_multiplier: float) -> float:
     value = float(under_multiplier)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"under_multiplier must be a positive number, got {under_multiplier!r}")
@@ -119,7 +120,7 @@ def tier1_metrics(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_
     counts are known (``underestimation_samples``; every row in an Autopack database). Truncation and
     success are over all ``total_samples`` rows.
     """
-    multiplier = _check_multiplier(under_multiplier)
+    multiplier = check_under_multiplier(under_multiplier)
     frame = as_events_frame(events)
     total = len(frame)
     known, over = _underestimated(frame, multiplier)
@@ -199,7 +200,7 @@ def diagnostics(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_MU
     percent of them already underestimated (actual > predicted * ``under_multiplier``) even though
     their actual is only a floor.
     """
-    multiplier = _check_multiplier(under_multiplier)
+    multiplier = check_under_multiplier(under_multiplier)
     frame = as_events_frame(events)
     truncated = truncated_mask(frame).to_numpy()
     predicted = _floats(frame["predicted_output_tokens"])
@@ -220,7 +221,7 @@ def diagnostics(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_MU
             "count": int(truncated.sum()),
             "predicted_mean": _mean(predicted[bounded]),
             "actual_mean": _mean(actual[bounded]),
-            "underestimated_pct": _pct(int((over & truncated).sum()), int(bounded.sum())),
+            "underestimated_pct": percent(int((over & truncated).sum()), int(bounded.sum())),
         },
     }
 
@@ -249,7 +250,7 @@ def stratify(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_MULTI
 
     Values are the canonical spellings, so ``testing`` and ``tests`` land in one stratum.
     """
-    multiplier = _check_multiplier(under_multiplier)
+    multiplier = check_under_multiplier(under_multiplier)
     frame = as_events_frame(events)
     strata: dict[str, dict[str, Any]] = {}
     for dimension in STRATA_DIMENSIONS:

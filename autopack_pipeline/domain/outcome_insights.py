@@ -30,12 +30,12 @@ from typing import Any
 
 import pandas as pd
 
-from autopack_pipeline.domain.tasks import Insight
+from autopack_pipeline.domain.tasks import HIGH_SEVERITY, Insight
 
 DEFAULT_WINDOW_DAYS = 7
 DEFAULT_TOP_N = 10
 OUTCOME_SOURCE = "phase_outcome_events"
-HIGH, MEDIUM = 6, 4  # Autopack's "high"/"medium" on our 1..10 severity scale (priority bands high/medium)
+HIGH, MEDIUM = HIGH_SEVERITY, 4  # Autopack's "high"/"medium" on our 1..10 severity scale (priority bands)
 _COLUMNS = ("run_id", "phase_id", "phase_type", "phase_outcome", "stop_reason", "tokens_used", "model_used",
             "timestamp")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.calibration import BelowThresholdGroup, CalibrationResult, GroupCalibration
+from autopack_pipeline.domain.calibration import BelowThresholdGroup, CalibrationResult, GroupCalibration, group_order
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.coverage import (
@@ -29,7 +29,7 @@ from autopack_pipeline.domain.coverage import (
 )
 from autopack_pipeline.domain.coverage import weight as coverage_weight
 from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, _budget_sent, success_flags, truncated_flags
-from autopack_pipeline.domain.fast_metrics.median_calibration import _by_size, provenance_arrays
+from autopack_pipeline.domain.fast_metrics.median_calibration import provenance_arrays
 from autopack_pipeline.domain.fast_metrics.order_statistics import p90_of
 from autopack_pipeline.domain.fast_metrics.samples import (
     CleanSamples,
@@ -259,7 +259,7 @@ def calibrate_coverage_arrays(
             "prior_weight": float(prior_weight),
             "censored_observations": int(censored.sum()),
         },
-        groups=sorted(calibrated, key=_by_size),
-        below_threshold=sorted(below, key=_by_size),
+        groups=sorted(calibrated, key=group_order),
+        below_threshold=sorted(below, key=group_order),
         provenance=provenance_arrays(arrays, clean.mask | censored, {**provenance, "exclusions": exclusions}),
     )

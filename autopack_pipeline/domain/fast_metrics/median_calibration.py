@@ -20,6 +20,7 @@ from autopack_pipeline.domain.calibration import (
     GroupCalibration,
     Provenance,
     action_text,
+    group_order,
 )
 from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, IntColumn
 from autopack_pipeline.domain.fast_metrics.exact_sums import exact_moments, population_std
@@ -60,10 +61,6 @@ def provenance_arrays(arrays: EventArrays, samples: np.ndarray, provenance: dict
     )
 
 
-def _by_size(item: Any) -> tuple[int, str, str]:
-    return (-item.sample_count, item.category, item.complexity)
-
-
 def calibrate_autopack_median_arrays(
     arrays: EventArrays,
     samples: np.ndarray,
@@ -102,8 +99,8 @@ def calibrate_autopack_median_arrays(
     return CalibrationResult(
         method=AUTOPACK_MEDIAN,
         parameters={"min_samples": int(min_samples), "confidence_threshold": float(confidence_threshold)},
-        groups=sorted(calibrated, key=_by_size),
-        below_threshold=sorted(below, key=_by_size),
+        groups=sorted(calibrated, key=group_order),
+        below_threshold=sorted(below, key=group_order),
         provenance=provenance_arrays(arrays, samples, provenance),
     )
 

@@ -7,7 +7,6 @@ figures come from order statistics by partition and exact sums. Strata and group
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -22,20 +21,11 @@ from autopack_pipeline.domain.fast_metrics.order_statistics import _summary, _su
 from autopack_pipeline.domain.metrics import (
     DEFAULT_UNDER_MULTIPLIER,
     STRATA_DIMENSIONS,
+    check_under_multiplier,
     needs_tuning,
+    percent,
     tier1_block,
 )
-
-
-def _check_multiplier(under_multiplier: float) -> float:
-    value = float(under_multiplier)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"under_multiplier must be a positive number, got {under_multiplier!r}")
-    return value
-
-
-def _pct(k: int, n: int) -> float:
-    return 100.0 * k / n if n else 0.0
 
 
 @dataclass
@@ -163,7 +153,7 @@ def _document(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multi
                 "count": truncated_count,
                 "predicted_mean": float(base.predicted(bounded).mean()) if bounded.any() else None,
                 "actual_mean": float(base.actual(bounded).mean()) if bounded.any() else None,
-                "underestimated_pct": _pct(int((over & truncated).sum()), int(bounded.sum())),
+                "underestimated_pct": percent(int((over & truncated).sum()), int(bounded.sum())),
             },
         },
         "needs_tuning": needs_tuning(tier1),
@@ -182,7 +172,7 @@ def compute_metrics_arrays(
     basics: _Basics | None = None,
 ) -> dict[str, Any]:
     """``metrics.compute_metrics`` of the events at ``rows`` (a boolean mask; None: all), in row order."""
-    multiplier = _check_multiplier(under_multiplier)
+    multiplier = check_under_multiplier(under_multiplier)
     base = basics or _Basics.of(arrays)
     return _document(arrays, base, rows, multiplier, _ratio_figures(base, [rows]), stratify)
 
@@ -247,7 +237,7 @@ def _strata(arrays: EventArrays, rows: np.ndarray | None, multiplier: float, kno
 def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = DEFAULT_UNDER_MULTIPLIER
                        ) -> dict[tuple[str, str], dict[str, Any]]:
     """``tier1_metrics`` of every canonical (category, complexity) group's events, sorted by group."""
-    multiplier = _check_multiplier(under_multiplier)
+    multiplier = check_under_multiplier(under_multiplier)
     base = _Basics.of(arrays)
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
     cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
@@ -265,7 +255,7 @@ def tier_metrics_document_arrays(
 
     The successful and the other rows are the two parts both documents are made of.
     """
-    multiplier = _check_multiplier(under_multiplier)
+    multiplier = check_under_multiplier(under_multiplier)
     base = basics or _Basics.of(arrays)
     every, successful = _shared_ratio_figures(base, [base.success, ~base.success], [[0, 1], [0]])
     return {
