@@ -18,17 +18,17 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import pandas as pd
+import numpy as np
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline import workflows
 from autopack_pipeline.collection.phases import PhaseSetError, load_templates, phases_from_templates
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.estimator import TokenEstimator
-from autopack_pipeline.domain.samples import as_events_frame, canonical_labels, clean_samples
+from autopack_pipeline.domain.fast_metrics import clean_sample_rows
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.settings import Settings
-from autopack_pipeline.storage.events import read_events
+from autopack_pipeline.storage.snapshot import snapshot_events
 from autopack_pipeline.storage.tasks import (
     DEFAULT_STALE_HOURS,
     claim_task,
@@ -68,18 +68,23 @@ class ExecutionResult:
         return asdict(self)
 
 
-def _group_mask(frame: pd.DataFrame, category: str, complexity: str) -> pd.Series:
-    return (canonical_labels(frame["category"], normalise_category) == normalise_category(category)) & (
-        canonical_labels(frame["complexity"], normalise_complexity) == normalise_complexity(complexity)
-    )
-
-
 def group_sample_counts(engine: Engine, category: str, complexity: str) -> tuple[int, int]:
-    """(clean samples, distinct phases with events) of one group, as the database holds them now."""
-    events = as_events_frame(read_events(engine))
-    in_group = events[_group_mask(events, category, complexity).to_numpy()]
-    phases = int(in_group[["run_id", "phase_id"]].drop_duplicates().shape[0])
-    return len(clean_samples(in_group)), phases
+    """(clean samples, distinct phases with events) of one group, as the database holds them now.
+
+    The events come through the columnar copy, refreshed first, so a sensor tick reads only the rows
+    added since the last refresh instead of the whole table; the arrays stay cached for the process
+    (one store version), which the next task of the same tick reuses.
+    """
+    arrays = snapshot_events(engine)[0].arrays()
+    categories, category_names = arrays.category.canonical(normalise_category)
+    complexities, complexity_names = arrays.complexity.canonical(normalise_complexity)
+    wanted = (normalise_category(category), normalise_complexity(complexity))
+    if wanted[0] not in category_names or wanted[1] not in complexity_names:
+        return 0, 0
+    in_group = (categories == category_names.index(wanted[0])) & (complexities == complexity_names.index(wanted[1]))
+    phases = arrays.phase_key
+    clean = int(clean_sample_rows(arrays, within=in_group).mask.sum())
+    return clean, len(np.unique(phases.values[in_group & phases.notna()]))
 
 
 def phases_for_shortfall(shortfall: int, clean: int, phases_seen: int) -> int:

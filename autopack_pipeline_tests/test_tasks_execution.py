@@ -3,6 +3,7 @@ task-generation settings that govern it."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -245,3 +246,21 @@ def test_a_secret_is_never_echoed(clean_env):
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert "sk-ant-secret" not in str(caught.value)
+
+
+def test_group_counts_through_the_columnar_copy_equal_the_reference_on_a_mixed_history(engine):
+    from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+    from autopack_pipeline.domain.samples import as_events_frame, canonical_labels
+    from autopack_pipeline.storage.bulk import bulk_load
+
+    bulk_load(engine, 3_000, runs=6, seed=5)  # every category and complexity, legacy spellings included
+    events = as_events_frame(read_events(engine))
+    labels = pd.DataFrame({"category": canonical_labels(events["category"], normalise_category),
+                           "complexity": canonical_labels(events["complexity"], normalise_complexity)})
+    checked = 0
+    for (category, complexity), rows in labels.groupby(["category", "complexity"]):
+        group = events[labels.index.isin(rows.index)]
+        expected = (len(clean_samples(group)), len(group[["run_id", "phase_id"]].drop_duplicates()))
+        assert group_sample_counts(engine, category, complexity) == expected, (category, complexity)
+        checked += 1
+    assert checked >= 10
