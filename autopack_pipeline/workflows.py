@@ -60,7 +60,6 @@ from autopack_pipeline.domain.tasks import (
 )
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.builder import Builder
-from autopack_pipeline.plots import render_calibration_plot
 from autopack_pipeline.reporting import write_calibration_report_set
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
@@ -212,6 +211,8 @@ def calibrate(
                                   observed=observed)
     if not write_reports:
         return CalibrationOutcome(gate=gate, result=results[method], results=results)
+    from autopack_pipeline.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
+
     files = write_calibration_report_set(
         results[method],
         output_dir or settings.resolved_reports_dir(),

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.fast_metrics import EventArrays, as_event_arrays
@@ -77,6 +76,8 @@ def population_stability_index(reference: np.ndarray, recent: np.ndarray, bins: 
 
 def ks_two_sample(reference: np.ndarray, recent: np.ndarray) -> tuple[float, float]:
     """Kolmogorov-Smirnov statistic and two-sided p-value."""
+    from scipy import stats  # here, not at import: scipy.stats costs a second to load, and only KS needs it
+
     result = stats.ks_2samp(np.asarray(reference, dtype=float), np.asarray(recent, dtype=float))
     return float(result.statistic), float(result.pvalue)
 
