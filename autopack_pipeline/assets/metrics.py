@@ -1,12 +1,10 @@
 """Tier metrics: does the estimator meet its targets?"""
 
-from typing import Any
 
 import dagster as dg
 
 from autopack_pipeline import workflows
 from autopack_pipeline.assets.metadata import markdown_table, strata_table, tier1_rows
-from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.storage.snapshot import EventSnapshot
 
 
@@ -25,7 +23,7 @@ def tier_metrics(
     document = workflows.tier_metrics_document(raw_events.arrays(), success_samples.count,
                                                under_multiplier=config.under_multiplier)
     overall = document["all_events"]
-    tier1, tier2 = overall["tier1"], overall["tier2"]
+    tier1, tier2, strata = overall["tier1"], overall["tier2"], overall.get("strata", {})
     return dg.MaterializeResult(
         value=document,
         metadata={
@@ -36,26 +34,11 @@ def tier_metrics(
             "clean_samples": int(document["clean_samples"]),
             "needs_tuning": bool(overall["needs_tuning"]),
             "tier1": dg.MetadataValue.md(markdown_table(["metric", "value", "95% interval", "target"], tier1_rows(tier1))),
-            "tier1_breached": bool(
-                tier1["underestimation_rate_pct"] > UNDERESTIMATION_TARGET_PCT
-                or tier1["truncation_rate_pct"] > TRUNCATION_TARGET_PCT
-            ),
-            "tier1_by_category": dg.MetadataValue.md(_strata_table(overall.get("strata", {}).get("category", {}))),
-            "tier1_by_complexity": dg.MetadataValue.md(
-                strata_table("complexity", overall.get("strata", {}).get("complexity", {}))
-            ),
-            "tier1_by_deliverables": dg.MetadataValue.md(
-                strata_table("deliverables", overall.get("strata", {}).get("deliverables", {}))
-            ),
+            "tier1_breached": bool(overall["needs_tuning"]),  # Autopack's decision: a Tier-1 target breached
+            **{f"tier1_by_{dimension}": dg.MetadataValue.md(strata_table(dimension, strata.get(dimension, {})))
+               for dimension in ("category", "complexity", "deliverables")},
             # Only numbers go in: the UI plots numeric metadata across materialisations.
             **{key: float(tier2[key]) for key in ("waste_ratio_p90", "budget_waste_p90") if tier2.get(key) is not None},
         },
     )
 
-
-def _strata_table(strata: dict[str, dict[str, Any]]) -> str:
-    rows = [
-        [name, block["total_samples"], block["underestimation_rate_pct"], block["truncation_rate_pct"], block["success_rate_pct"]]
-        for name, block in strata.items()
-    ]
-    return markdown_table(["category", "events", "underestimation %", "truncation %", "success %"], rows)
