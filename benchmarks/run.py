@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -50,11 +49,6 @@ COLLECTION_S = 2.5
 
 
 # -- children -----------------------------------------------------------------------------------------
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def child_synth(db: str, events: int, seed: int) -> dict:
@@ -358,25 +352,32 @@ class ChildResult:
 
 
 def run_child(task: str, timeout: float = 3600, **kwargs: Any) -> ChildResult:
-    """Run one measurement in a fresh interpreter; its rusage is read with wait4, so it is its own."""
+    """Run one measurement in a fresh interpreter; its rusage is read with wait4, so it is its own.
+
+    Its output goes to temporary files, not pipes: nobody reads a pipe while the child runs, and a
+    child that logs more than a pipe holds (Dagster's does) would block until the timeout.
+    """
     began = time.perf_counter()
-    process = subprocess.Popen([sys.executable, __file__, "--child", task, json.dumps(kwargs)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            process.kill()
-            raise TimeoutError(f"benchmark step {task} took longer than {timeout:.0f} s")
-        time.sleep(0.02)
-    wall = time.perf_counter() - began
-    process.returncode = os.waitstatus_to_exitcode(status)
-    out, err = process.stdout.read(), process.stderr.read()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen([sys.executable, __file__, "--child", task, json.dumps(kwargs)],
+                                   stdout=out, stderr=err, text=True, cwd=REPO)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+                raise TimeoutError(f"benchmark step {task} took longer than {timeout:.0f} s")
+            time.sleep(0.02)
+        wall = time.perf_counter() - began
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if process.returncode != 0:
-        raise RuntimeError(f"benchmark step {task} failed:\n{err[-3000:]}")
-    return ChildResult(json.loads(out.strip().splitlines()[-1]), wall, usage.ru_utime + usage.ru_stime,
+        raise RuntimeError(f"benchmark step {task} failed:\n{stderr[-3000:]}")
+    return ChildResult(json.loads(stdout.strip().splitlines()[-1]), wall, usage.ru_utime + usage.ru_stime,
                        usage.ru_maxrss / 1024)
 
 
