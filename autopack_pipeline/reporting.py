@@ -341,7 +341,7 @@ def write_atomic_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     write_atomic_with(path, lambda handle: handle.write(text.encode("utf-8")))
 
@@ -375,8 +375,8 @@ def write_calibration_report_set(
     markdown_path, json_path = _inside(directory, f"{name}.md"), _inside(directory, f"{name}.json")
     payload = calibration_report_payload(result, moment, others=others)
     # allow_nan=False: a NaN would make the file unreadable for strict JSON parsers; fail here instead.
-    _write_atomic(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    _write_atomic(markdown_path, render_calibration_markdown(result, generated_at=moment, others=others))
+    write_atomic_text(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    write_atomic_text(markdown_path, render_calibration_markdown(result, generated_at=moment, others=others))
     plot_path = None
     if plot is not None:
         plot_path = _inside(directory, f"{name}.png")

@@ -275,7 +275,7 @@ def _history_path(directory: Path, version: str, text: str) -> Path:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from autopack_pipeline.reporting import write_atomic_with
+    from autopack_pipeline.reporting import write_atomic_text
 
     patch, path, old_text, old, new, stored, overhead_changes = _prepare(args)
     new_text = updated_yaml_text(old_text, old, new)
@@ -302,8 +302,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     history = path.parent / HISTORY_DIR_NAME
     history.mkdir(parents=True, exist_ok=True)
     kept = _history_path(history, old.version, old_text)
-    write_atomic_with(kept, lambda handle: handle.write(old_text.encode("utf-8")))
-    write_atomic_with(path, lambda handle: handle.write(new_text.encode("utf-8")))
+    write_atomic_text(kept, old_text)
+    write_atomic_text(path, new_text)
     print(f"Wrote {path} (version {new.version}); previous version kept as {kept}.")
     return EXIT_OK
 

@@ -90,7 +90,7 @@ def render_log_report(document: dict[str, Any], config: dict[str, Any], sources:
 
 def cmd_analyze_logs(args: argparse.Namespace) -> int:
     from autopack_pipeline.domain.logparse import analyse_logs, parse_log_dir, source_counts
-    from autopack_pipeline.reporting import write_atomic_with
+    from autopack_pipeline.reporting import write_atomic_text
 
     log_dir = Path(args.log_dir)
     if not log_dir.is_dir():
@@ -111,7 +111,7 @@ def cmd_analyze_logs(args: argparse.Namespace) -> int:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
         text = render_log_report(document, config, sources)
-        write_atomic_with(output, lambda handle: handle.write(text.encode("utf-8")))
+        write_atomic_text(output, text)
     if args.json:
         print_json({**document, "config": config, "sources": sources})
     elif args.output:
