@@ -15,7 +15,7 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -41,6 +41,7 @@ from autopack_pipeline.storage.models import (
     Tier,
     TokenBudgetEscalationEvent,
     TokenEstimationV2Event,
+    naive_utc,
     utc_now,
 )
 
@@ -93,17 +94,12 @@ class EstimationEvent(BaseModel):
     timestamp: datetime | None = None
 
 
-def _naive_utc(moment: datetime | None) -> datetime | None:
-    """Columns are timezone-less and hold UTC; aware values are converted, naive ones taken as UTC."""
-    if moment is None or moment.tzinfo is None:
-        return moment
-    return moment.astimezone(timezone.utc).replace(tzinfo=None)
-
-
-def _clip_deliverable(text: str) -> str:
-    if len(text) <= MAX_DELIVERABLE_CHARS:
-        return text
-    return text[: MAX_DELIVERABLE_CHARS - 3] + "..."
+def deliverables_json(deliverables: list) -> str:
+    """The ``deliverables_json`` column: the first MAX_STORED_DELIVERABLES, each clipped to MAX_DELIVERABLE_CHARS."""
+    return json.dumps([
+        text if len(text) <= MAX_DELIVERABLE_CHARS else text[: MAX_DELIVERABLE_CHARS - 3] + "..."
+        for text in (str(item) for item in deliverables[:MAX_STORED_DELIVERABLES])
+    ])
 
 
 def estimation_metrics(predicted: int, actual: int) -> tuple[float | None, float | None, bool | None]:
@@ -118,15 +114,14 @@ def estimation_row(event: EstimationEvent) -> dict[str, Any]:
     """The ``token_estimation_v2_events`` row for ``event`` (column name -> value), minus ``event_id``."""
     smape, waste, under = estimation_metrics(event.predicted_output_tokens, event.actual_output_tokens)
     now = utc_now()
-    stored = [_clip_deliverable(str(item)) for item in event.deliverables[:MAX_STORED_DELIVERABLES]]
     return {
         "run_id": event.run_id,
         "phase_id": event.phase_id,
-        "timestamp": _naive_utc(event.timestamp) or now,
+        "timestamp": naive_utc(event.timestamp) or now,
         "category": normalise_category(event.category),
         "complexity": normalise_complexity(event.complexity),
         "deliverable_count": len(event.deliverables),  # the full count, not the stored 20
-        "deliverables_json": json.dumps(stored),
+        "deliverables_json": deliverables_json(event.deliverables),
         "predicted_output_tokens": event.predicted_output_tokens,
         "actual_output_tokens": event.actual_output_tokens,
         "selected_budget": event.selected_budget,
@@ -259,7 +254,7 @@ def record_escalation_event(
         row = {
             "run_id": run_id,
             "phase_id": phase_id,
-            "timestamp": _naive_utc(timestamp) or utc_now(),
+            "timestamp": naive_utc(timestamp) or utc_now(),
             "attempt_index": attempt_index,
             "reason": reason,
             "was_truncated": was_truncated,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,11 +127,11 @@ def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
     has no advisory locks, and two ``CREATE TABLE alembic_version`` would collide. A lock file in the
     temp directory, named by a hash of the database path, keeps the database's folder clean.
     """
-    path = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not path or path == ":memory:":
+    path = describe_database(engine).sqlite_path  # None for PostgreSQL and in-memory SQLite
+    if path is None:
         yield
         return
-    digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(path.encode()).hexdigest()[:16]
     with open(Path(tempfile.gettempdir()) / f"autopack-migrate-{digest}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -41,6 +41,13 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def naive_utc(moment: datetime | None) -> datetime | None:
+    """``moment`` as the columns hold it: naive UTC. Aware values are converted, naive ones taken as UTC."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
 class _UncastVarchar(UserDefinedType):
     """VARCHAR whose bound parameters carry no ``::VARCHAR`` cast (see :class:`StateString`)."""
 

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.storage.models import PhaseOutcomeEvent
+from autopack_pipeline.storage.models import PhaseOutcomeEvent, naive_utc
 
 _OUTCOMES = PhaseOutcomeEvent.__table__
 OUTCOME_COLUMNS: tuple[str, ...] = tuple(column.key for column in _OUTCOMES.columns)
-
-
-def _naive_utc(moment: datetime | None) -> datetime | None:
-    # The column is timezone-less UTC (Autopack's convention); an aware bound would compare wrongly.
-    if moment is None or moment.tzinfo is None:
-        return moment
-    return moment.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def read_phase_outcomes(engine: Engine, *, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
@@ -28,9 +21,9 @@ def read_phase_outcomes(engine: Engine, *, since: datetime | None = None, until:
     """
     statement = select(_OUTCOMES).order_by(_OUTCOMES.c.timestamp, _OUTCOMES.c.id)
     if since is not None:
-        statement = statement.where(_OUTCOMES.c.timestamp >= _naive_utc(since))
+        statement = statement.where(_OUTCOMES.c.timestamp >= naive_utc(since))
     if until is not None:
-        statement = statement.where(_OUTCOMES.c.timestamp <= _naive_utc(until))
+        statement = statement.where(_OUTCOMES.c.timestamp <= naive_utc(until))
     with engine.connect() as connection:
         rows = connection.execute(statement).mappings().all()
     return pd.DataFrame([dict(row) for row in rows], columns=list(OUTCOME_COLUMNS))

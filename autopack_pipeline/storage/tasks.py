@@ -17,7 +17,7 @@ from sqlalchemy import case, false, func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from autopack_pipeline.storage.database import insert_ignoring_conflicts
-from autopack_pipeline.storage.models import GeneratedTask, utc_now
+from autopack_pipeline.storage.models import GeneratedTask, naive_utc, utc_now
 
 _TASKS = GeneratedTask.__table__
 _WRITABLE = frozenset(column.key for column in _TASKS.columns) - {"id"}
@@ -42,8 +42,8 @@ def _to_row(task: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and length is not None and len(value) > length:
             raise ValueError(f"generated_tasks.{key} holds at most {length} characters, got {len(value)}")
         # Columns are timezone-less UTC, as everywhere in Autopack's schema.
-        if isinstance(value, datetime) and value.tzinfo is not None:
-            row[key] = value.astimezone(timezone.utc).replace(tzinfo=None)
+        if isinstance(value, datetime):
+            row[key] = naive_utc(value)
     return row
 
 

@@ -21,7 +21,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,13 +31,12 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
 from autopack_pipeline.storage.database import safe_error_text
 from autopack_pipeline.storage.events import (
-    MAX_DELIVERABLE_CHARS,
-    MAX_STORED_DELIVERABLES,
+    deliverables_json,
     ensure_run_and_phase,
     estimation_metrics,
     insert_estimation_row,
 )
-from autopack_pipeline.storage.models import TokenEstimationV2Event, utc_now
+from autopack_pipeline.storage.models import TokenEstimationV2Event, naive_utc, utc_now
 from autopack_pipeline.storage.spool import is_transient_failure
 
 _EVENTS = TokenEstimationV2Event.__table__
@@ -126,10 +125,9 @@ def _reject_constant(name: str) -> Any:
 
 
 def _text(record: dict[str, Any], key: str, *, required: bool = False, limit: int | None = _MAX_TEXT) -> str | None:
+    """A string field; ``required`` ones may not be blank (their presence is checked by ``_parse_line``)."""
     value = record.get(key)
     if value is None:
-        if required:
-            raise LineRejected(f"missing required field '{key}'")
         return None
     if not isinstance(value, str):
         raise LineRejected(f"'{key}' must be a string, got {type(value).__name__}")
@@ -146,11 +144,9 @@ def _text(record: dict[str, Any], key: str, *, required: bool = False, limit: in
     return value
 
 
-def _int(record: dict[str, Any], key: str, *, maximum: int = _MAX_OTHER_INT, required: bool = False) -> int | None:
+def _int(record: dict[str, Any], key: str, *, maximum: int = _MAX_OTHER_INT) -> int | None:
     value = record.get(key)
     if value is None:
-        if required:
-            raise LineRejected(f"missing required field '{key}'")
         return None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
@@ -163,11 +159,9 @@ def _int(record: dict[str, Any], key: str, *, maximum: int = _MAX_OTHER_INT, req
     return value
 
 
-def _bool(record: dict[str, Any], key: str, *, required: bool = False) -> bool | None:
+def _bool(record: dict[str, Any], key: str) -> bool | None:
     value = record.get(key)
     if value is None:
-        if required:
-            raise LineRejected(f"missing required field '{key}'")
         return None
     if not isinstance(value, bool):
         raise LineRejected(f"'{key}' must be true or false, got {type(value).__name__}")
@@ -195,8 +189,7 @@ def _timestamp(record: dict[str, Any], key: str) -> datetime | None:
         raise LineRejected(f"'{key}' must be an ISO-8601 string, got {type(value).__name__}")
     try:
         moment = datetime.fromisoformat(value.strip())
-        # Columns hold naive UTC (see models.utc_now); aware values are converted.
-        return moment if moment.tzinfo is None else moment.astimezone(timezone.utc).replace(tzinfo=None)
+        return naive_utc(moment)
     except (ValueError, OverflowError):
         raise LineRejected(f"unreadable timestamp in '{key}': {value[:40]!r}") from None
 
@@ -253,14 +246,13 @@ def _parse_line(raw: bytes) -> dict[str, Any]:
     complexity = canonical_complexity(raw_complexity)
     if complexity is None:
         raise LineRejected(f"unknown complexity {raw_complexity!r}")
-    predicted = _int(record, "predicted_output_tokens", maximum=MAX_PREDICTED_OUTPUT_TOKENS, required=True)
-    actual = _int(record, "actual_output_tokens", maximum=MAX_ACTUAL_OUTPUT_TOKENS, required=True)
-    success = _bool(record, "success", required=True)
+    predicted = _int(record, "predicted_output_tokens", maximum=MAX_PREDICTED_OUTPUT_TOKENS)
+    actual = _int(record, "actual_output_tokens", maximum=MAX_ACTUAL_OUTPUT_TOKENS)
+    success = _bool(record, "success")
     timestamp = _timestamp(record, "timestamp")
     created_at = _timestamp(record, "created_at")
     deliverables = _deliverables(record)
-    truncated = _bool(record, "truncated")
-    truncated = bool(truncated)
+    truncated = bool(_bool(record, "truncated"))
     is_truncated_output = _bool(record, "is_truncated_output")
     row: dict[str, Any] = {
         "run_id": run_id,
@@ -269,10 +261,7 @@ def _parse_line(raw: bytes) -> dict[str, Any]:
         "category": category,
         "complexity": complexity,
         "deliverable_count": _int(record, "deliverable_count", maximum=MAX_PREDICTED_OUTPUT_TOKENS),
-        "deliverables_json": json.dumps([
-            item if len(item) <= MAX_DELIVERABLE_CHARS else item[: MAX_DELIVERABLE_CHARS - 3] + "..."
-            for item in deliverables[:MAX_STORED_DELIVERABLES]
-        ]),
+        "deliverables_json": deliverables_json(deliverables),
         "predicted_output_tokens": predicted,
         "actual_output_tokens": actual,
         "selected_budget": _int(record, "selected_budget", maximum=MAX_PREDICTED_OUTPUT_TOKENS) or 0,

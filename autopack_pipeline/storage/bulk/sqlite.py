@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
@@ -30,6 +29,7 @@ from autopack_pipeline.storage.bulk.rows import (
     _tier_rows,
 )
 from autopack_pipeline.storage.columnar import prefetch
+from autopack_pipeline.storage.database import describe_database
 
 # Events per transaction: large enough that commits cost nothing, small enough to bound memory.
 SQLITE_TRANSACTION_EVENTS = 500_000
@@ -150,7 +150,7 @@ def _sqlite_insert(table: str, spec: tuple) -> str:
 
 
 def _sqlite_path(engine: Engine) -> str:
-    database = engine.url.database or ""
-    if not database or database == ":memory:" or database.startswith("file::memory:"):
+    path = describe_database(engine).sqlite_path
+    if path is None:
         raise ValueError("bulk loading needs a SQLite file, not an in-memory database")
-    return str(Path(database).expanduser().resolve())
+    return path
