@@ -187,7 +187,17 @@ def insert_ignoring_conflicts(
             returned = connection.execute(statement.returning(*table.primary_key.columns)).all()
             return len(returned)
         return max(connection.execute(statement).rowcount, 0)
-    match = [table.c[column] == values[column] for column in conflict_columns]
+    return insert_unless_exists(connection, table, values, conflict_columns)
+
+
+def insert_unless_exists(
+    connection: Connection, table: Table, values: Mapping[str, object], key_columns: Sequence[str]
+) -> int:
+    """Check-then-insert on ``key_columns`` (no unique index needed); return rows inserted (0/1).
+
+    Not safe against a concurrent writer of the same key: callers serialise, or accept a duplicate.
+    """
+    match = [table.c[column] == values[column] for column in key_columns]
     if connection.execute(select(exists().where(*match))).scalar():
         return 0
     connection.execute(insert(table).values(**values))

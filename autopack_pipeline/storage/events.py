@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Table, exists, func, insert, inspect, select
+from sqlalchemy import Table, func, insert, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,7 @@ from autopack_pipeline.domain.events import (
 from autopack_pipeline.storage import spool
 from autopack_pipeline.storage.database import (
     insert_ignoring_conflicts,
+    insert_unless_exists,
     safe_error_text,
 )
 from autopack_pipeline.storage.models import (
@@ -166,11 +167,7 @@ def insert_escalation_row(connection: Connection, row: Mapping[str, Any]) -> int
     Used by spool replay, where a write that failed on the client may have committed on the server.
     Replays of one spool are serialised by the spool's lock, so check-then-insert cannot race itself.
     """
-    match = [_ESCALATIONS.c[column] == row[column] for column in _ESCALATION_KEY]
-    if connection.execute(select(exists().where(*match))).scalar():
-        return 0
-    connection.execute(insert(_ESCALATIONS).values(**row))
-    return 1
+    return insert_unless_exists(connection, _ESCALATIONS, row, _ESCALATION_KEY)
 
 
 def _plain_escalation_insert(connection: Connection, row: Mapping[str, Any]) -> int:
