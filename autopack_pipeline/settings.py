@@ -60,6 +60,11 @@ class Settings(BaseSettings):
             "AUTOPACK_TASK_GENERATION_MIN_CONFIDENCE", "TASK_GENERATION_MIN_CONFIDENCE"
         ),
     )
+    # A collection run: how long a phase-state write is retried while the telemetry database is
+    # unavailable before the run stops (resumably), and how long a crashed drain's claim on a run lasts.
+    db_retry_seconds: float = Field(default=120.0, ge=0, allow_inf_nan=False, validation_alias="AUTOPACK_DB_RETRY_SECONDS")
+    run_lease_seconds: float = Field(default=120.0, gt=0, allow_inf_nan=False,
+                                     validation_alias="AUTOPACK_RUN_LEASE_SECONDS")
 
     def resolved_reports_dir(self) -> Path:
         """The reports directory as an absolute path (relative paths resolve against the cwd)."""

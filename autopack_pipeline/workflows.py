@@ -101,7 +101,8 @@ def collect(
         run, phase_list = default_phase_set(settings.seeds_dir, template_phases_per_group)
     run = run.model_copy(update={"run_id": run_id or default_run_id()})
     builder = Builder(TokenEstimator(load_coefficients_for(settings)), backend, settings.model)
-    return run_collection(engine, run, phase_list, builder, concurrency=concurrency, progress=progress)
+    return run_collection(engine, run, phase_list, builder, concurrency=concurrency, progress=progress,
+                          db_retry_seconds=settings.db_retry_seconds, lease_seconds=settings.run_lease_seconds)
 
 
 def load_coefficients_for(settings: Settings):

@@ -40,6 +40,10 @@ def telemetry_collection_run(
     """A telemetry collection run: Autopack's ten seed phases plus template phases for every group,
     each asked of the LLM with the estimator's budget, one event recorded per Builder call.
 
+    Fails (as `collect` exits 1) when the run did not do what was asked: it stopped (refused API
+    key, database unavailable), every phase failed, no event was written, or events were lost or are
+    still spooled.
+
     The default backend is the offline simulator; set AUTOPACK_LLM_BACKEND=anthropic and
     ANTHROPIC_API_KEY for the real API.
     """
@@ -58,19 +62,23 @@ def telemetry_collection_run(
         phases=config.phases,
         phases_file=Path(config.phases_file) if config.phases_file else None,
     )
-    return dg.MaterializeResult(
-        value=summary.as_dict(),
-        metadata={
-            "run_id": summary.run_id,
-            "backend": summary.backend,
-            "model": summary.model,
-            "phases_total": summary.phases_total,
-            "phases_completed": summary.phases_completed,
-            "phases_failed": summary.phases_failed,
-            "phases_skipped_complete": summary.phases_skipped_complete,
-            "events_written": summary.events_written,
-            "short_answers_not_recorded": summary.short_answers_not_recorded,
-            "escalations": summary.escalations,
-            **database_metadata(telemetry_db.identity()),
-        },
-    )
+    metadata = {
+        "run_id": summary.run_id,
+        "backend": summary.backend,
+        "model": summary.model,
+        "phases_total": summary.phases_total,
+        "phases_completed": summary.phases_completed,
+        "phases_failed": summary.phases_failed,
+        "phases_skipped_complete": summary.phases_skipped_complete,
+        "events_written": summary.events_written,
+        "short_answers_not_recorded": summary.short_answers_not_recorded,
+        "escalations": summary.escalations,
+        "phases_pending": summary.phases_pending,
+        "events_spooled": summary.events_spooled,
+        "events_not_stored": summary.events_not_stored,
+        **database_metadata(telemetry_db.identity()),
+    }
+    if not summary.ok:
+        # As `collect` exits 1: a run that did not do what was asked is not a materialisation.
+        raise dg.Failure(description="; ".join(summary.problems()), metadata=metadata)
+    return dg.MaterializeResult(value=summary.as_dict(), metadata=metadata)

@@ -10,6 +10,8 @@ from typing import Any
 
 from autopack_pipeline.cli.common import (
     EXIT_OK,
+    EXIT_REFUSED,
+    Refused,
     UsageError,
     identity_line,
     open_engine,
@@ -22,7 +24,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from autopack_pipeline import workflows
     from autopack_pipeline.llm.factory import make_backend
     from autopack_pipeline.settings import load_settings
-    from autopack_pipeline.storage.events import MIN_VALID_OUTPUT_TOKENS
+    from autopack_pipeline.storage.retry import DatabaseUnavailable
+    from autopack_pipeline.storage.run_lease import RunBusy
 
     phases_file, phase_count = _phases_argument(args)
     settings = load_settings()
@@ -31,33 +34,46 @@ def cmd_collect(args: argparse.Namespace) -> int:
         settings, args.backend, args.seed, replay_file=args.replay_file, record_file=args.record
     )
     progress = None if args.json or not sys.stderr.isatty() else _progress_printer()
-    summary = workflows.collect(
-        engine,
-        settings,
-        backend,
-        run_id=args.run_id,
-        concurrency=args.concurrency,
-        category=args.category,
-        complexity=args.complexity,
-        phases=phase_count,
-        phases_file=phases_file,
-        progress=progress,
-    )
+    try:
+        summary = workflows.collect(
+            engine,
+            settings,
+            backend,
+            run_id=args.run_id,
+            concurrency=args.concurrency,
+            category=args.category,
+            complexity=args.complexity,
+            phases=phase_count,
+            phases_file=phases_file,
+            progress=progress,
+        )
+    except (RunBusy, DatabaseUnavailable) as exc:
+        raise Refused(str(exc)) from None
     if args.json:
         print_json(summary.as_dict())
     else:
-        print(identity_line(engine))
-        print(
-            f"Collection run {summary.run_id} with the {summary.backend} backend ({summary.model}): "
-            f"{summary.phases_completed} phases completed, {summary.phases_failed} failed, "
-            f"{summary.phases_skipped_complete} already complete; {summary.events_written} events written, "
-            f"{summary.escalations} escalations."
-            + (f" {summary.short_answers_not_recorded} answer(s) under {MIN_VALID_OUTPUT_TOKENS} output tokens "
-               "not recorded (as Autopack's writer)." if summary.short_answers_not_recorded else "")
-        )
-        for phase_id, reason in sorted(summary.failures.items()):
-            print(f"  FAILED {phase_id}: {reason}")
-    return EXIT_OK
+        _print_summary(engine, summary)
+    # 1 whenever the run did not do what was asked (see CollectionSummary.problems and the README).
+    return EXIT_OK if summary.ok else EXIT_REFUSED
+
+
+def _print_summary(engine: Any, summary: Any) -> None:
+    from autopack_pipeline.storage.events import MIN_VALID_OUTPUT_TOKENS
+
+    print(identity_line(engine))
+    print(
+        f"Collection run {summary.run_id} with the {summary.backend} backend ({summary.model}): "
+        f"{summary.phases_completed} phases completed, {summary.phases_failed} failed, "
+        f"{summary.phases_skipped_complete} already complete, {summary.phases_pending} left pending; "
+        f"{summary.events_written} events written, {summary.events_spooled} still spooled, "
+        f"{summary.escalations} escalations."
+        + (f" {summary.short_answers_not_recorded} answer(s) under {MIN_VALID_OUTPUT_TOKENS} output tokens "
+           "not recorded (as Autopack's writer)." if summary.short_answers_not_recorded else "")
+    )
+    for phase_id, reason in sorted(summary.failures.items()):
+        print(f"  FAILED {phase_id}: {reason}")
+    for problem in summary.problems():
+        print(f"error: {problem}", file=sys.stderr)
 
 
 def _phases_argument(args: argparse.Namespace) -> tuple[Path | None, int | None]:
@@ -84,7 +100,7 @@ def _progress_printer() -> Callable[..., None]:
 
 def register(sub: Any, parser_class: type) -> None:
     p = sub.add_parser("collect", help="run a telemetry collection run")
-    p.add_argument("--run-id", help="resume or name a run (default: telemetry-collection-<UTC time>)")
+    p.add_argument("--run-id", help="resume or name a run (default: telemetry-collection-<UTC time>-<random>)")
     p.add_argument("--backend", choices=["simulated", "anthropic", "replay"],
                    help="default: $AUTOPACK_LLM_BACKEND or simulated")
     p.add_argument("--replay-file", type=Path, help="recorded answers for --backend replay (NDJSON)")

@@ -11,6 +11,7 @@ because Autopack conflated them (its pitfall P12).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ from autopack_pipeline.domain.estimator import (
 )
 from autopack_pipeline.llm.backends import LLMBackend, LLMCallError, LLMRequest
 from autopack_pipeline.llm.prompt import SYSTEM_PROMPT, build_prompt, parse_files
+
+logger = logging.getLogger(__name__)
 
 MAX_TOKENS_CAP = 64_000
 ESCALATION_FACTOR = 1.25
@@ -71,6 +74,8 @@ class PhaseResult:
     escalations: list[Escalation] = field(default_factory=list)
     failure_reason: str | None = None
     duration_seconds: float = 0.0
+    # The HTTP status of the API error that ended the phase (401: the key was refused), if any.
+    error_status: int | None = None
 
     @property
     def completed(self) -> bool:
@@ -131,8 +136,12 @@ class Builder:
         self.backend = backend
         self.model = model
 
-    def run_phase(self, phase: dict, max_builder_attempts: int = 3) -> PhaseResult:
-        """Drive one phase; ``phase`` has run_id, phase_id, goal, category, complexity, deliverables."""
+    def run_phase(self, phase: dict, max_builder_attempts: int = 3, first_attempt: int = 1) -> PhaseResult:
+        """Drive one phase; ``phase`` has run_id, phase_id, goal, category, complexity, deliverables.
+
+        At most ``max_builder_attempts`` calls, numbered from ``first_attempt`` (a resumed phase
+        continues after the attempts it already stored, so every answer keeps its own number).
+        """
         started = time.monotonic()
         deliverables = list(phase["deliverables"])
         estimate = self.estimator.estimate(
@@ -142,7 +151,8 @@ class Builder:
         result = PhaseResult(phase_id=phase["phase_id"], estimate=estimate)
         prompt = build_prompt(phase.get("goal", ""), deliverables, phase.get("read_only_context") or [])
         max_tokens = selected
-        for attempt_number in range(1, max_builder_attempts + 1):
+        for call in range(1, max_builder_attempts + 1):
+            attempt_number = first_attempt + call - 1
             # Autopack's P4 rule: never send less than the estimator selected.
             ceiling = min(max(max_tokens, selected), MAX_TOKENS_CAP)
             request = LLMRequest(
@@ -156,6 +166,11 @@ class Builder:
                 response = self.backend.complete(request)
             except LLMCallError as exc:
                 result.failure_reason = f"LLM call failed after {exc.retries} retries: {exc.reason}"
+                result.error_status = exc.status_code
+                break
+            except Exception as exc:  # noqa: BLE001 - the answers of earlier attempts must still be stored
+                logger.exception("phase %s attempt %d: the backend crashed", phase["phase_id"], attempt_number)
+                result.failure_reason = f"internal error: {type(exc).__name__}"
                 break
             truncated = response.stop_reason == "max_tokens" or response.output_tokens >= ceiling
             missing = _missing_deliverables(deliverables, response.text)
@@ -178,7 +193,7 @@ class Builder:
                 result.failure_reason = None
                 break
             out_of_room = truncated or output_utilization(attempt) >= NEAR_CEILING_PCT
-            if out_of_room and not result.escalations and attempt_number < max_builder_attempts:
+            if out_of_room and not result.escalations and call < max_builder_attempts:
                 escalation = escalation_for(attempt)
                 result.escalations.append(escalation)
                 max_tokens = escalation.retry_max_tokens

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 import pandas as pd
@@ -175,7 +176,22 @@ def _plain_escalation_insert(connection: Connection, row: Mapping[str, Any]) -> 
     return 1
 
 
-def _write_or_spool(engine: Engine, table: Table, row: dict[str, Any], inserter: Any, label: str) -> bool:
+class WriteOutcome(str, Enum):
+    """What became of one row handed to a writer."""
+
+    WRITTEN = "written"
+    ALREADY_STORED = "already_stored"  # its event_uid was in the table already
+    SPOOLED = "spooled"  # the database was unavailable: the row waits in the spool
+    TOO_SHORT = "too_short"  # under MIN_VALID_OUTPUT_TOKENS, refused as Autopack's writer does
+    NOT_STORED = "not_stored"  # neither written nor spooled: logged, and lost
+
+    @property
+    def kept(self) -> bool:
+        """In the database or on its way there."""
+        return self in (WriteOutcome.WRITTEN, WriteOutcome.ALREADY_STORED, WriteOutcome.SPOOLED)
+
+
+def _write_or_spool(engine: Engine, table: Table, row: dict[str, Any], inserter: Any, label: str) -> WriteOutcome:
     """Write ``row`` in its own transaction; on a transient failure spool it. Never raises.
 
     After a successful write, anything spooled earlier for this database is replayed (cheap when
@@ -183,14 +199,35 @@ def _write_or_spool(engine: Engine, table: Table, row: dict[str, Any], inserter:
     """
     try:
         with engine.begin() as connection:
-            inserter(connection, row)
+            inserted = inserter(connection, row)
     except Exception as exc:  # noqa: BLE001 - the contract is "never raise into the Builder"
         spooled = spool.spool_row(engine, table.name, row, exc) if spool.is_transient_failure(exc) else None
         where = f"; spooled to {spooled} for replay" if spooled else ""
         logger.warning("[%s] Failed to write DB telemetry: %s%s", label, safe_error_text(exc), where)
-        return False
+        return WriteOutcome.SPOOLED if spooled else WriteOutcome.NOT_STORED
     spool.replay_if_pending(engine)
-    return True
+    return WriteOutcome.WRITTEN if inserted else WriteOutcome.ALREADY_STORED
+
+
+def store_estimation_event(engine: Engine, event: EstimationEvent | Mapping[str, Any]) -> WriteOutcome:
+    """Persist one estimation event whatever ``TELEMETRY_DB_ENABLED`` says, and say what became of it.
+
+    Never raises. A duplicate ``event_uid`` inserts nothing (ALREADY_STORED): replaying an import or a
+    spool is harmless.
+    """
+    try:
+        if not isinstance(event, EstimationEvent):
+            event = EstimationEvent.model_validate(event)
+        if event.actual_output_tokens < MIN_VALID_OUTPUT_TOKENS:
+            logger.warning(
+                "[TELEMETRY] Skipping invalid event run=%s phase=%s: actual_output_tokens=%d < %d",
+                event.run_id, event.phase_id, event.actual_output_tokens, MIN_VALID_OUTPUT_TOKENS,
+            )
+            return WriteOutcome.TOO_SHORT
+        return _write_or_spool(engine, _EVENTS, estimation_row(event), insert_estimation_row, "TokenEstimationV2")
+    except Exception as exc:  # noqa: BLE001 - the contract is "never raise into the Builder"
+        logger.warning("[TokenEstimationV2] Failed to write DB telemetry: %s", safe_error_text(exc))
+        return WriteOutcome.NOT_STORED
 
 
 def record_estimation_event(
@@ -202,25 +239,24 @@ def record_estimation_event(
     output is below 50 tokens. Never raises: any failure is logged and reported as ``False``; when the
     database was unavailable the event is also spooled (see the module docstring).
     """
-    try:
-        if respect_flag and not telemetry_enabled():
-            return False
-        if not isinstance(event, EstimationEvent):
-            event = EstimationEvent.model_validate(event)
-        if event.actual_output_tokens < MIN_VALID_OUTPUT_TOKENS:
-            logger.warning(
-                "[TELEMETRY] Skipping invalid event run=%s phase=%s: actual_output_tokens=%d < %d",
-                event.run_id, event.phase_id, event.actual_output_tokens, MIN_VALID_OUTPUT_TOKENS,
-            )
-            return False
-        # A duplicate event_uid inserts nothing: replaying an import or a spool is harmless.
-        return _write_or_spool(engine, _EVENTS, estimation_row(event), insert_estimation_row, "TokenEstimationV2")
-    except Exception as exc:  # noqa: BLE001 - the contract is "never raise into the Builder"
-        logger.warning("[TokenEstimationV2] Failed to write DB telemetry: %s", safe_error_text(exc))
+    if respect_flag and not telemetry_enabled():
         return False
+    outcome = store_estimation_event(engine, event)
+    return outcome in (WriteOutcome.WRITTEN, WriteOutcome.ALREADY_STORED)
 
 
-def record_escalation_event(
+def record_escalation_event(engine: Engine, *, respect_flag: bool = False, **decision: Any) -> bool:
+    """Persist one token-budget escalation decision; ``True`` when stored. Never raises.
+
+    ``decision`` holds :func:`store_escalation_event`'s keyword arguments. The caller decides whether
+    telemetry is on (pass ``respect_flag=True`` to have this function check the flag).
+    """
+    if respect_flag and not telemetry_enabled():
+        return False
+    return store_escalation_event(engine, **decision) == WriteOutcome.WRITTEN
+
+
+def store_escalation_event(
     engine: Engine,
     *,
     run_id: str,
@@ -237,17 +273,13 @@ def record_escalation_event(
     actual_max_tokens: int | None,
     tokens_used: int | None,
     timestamp: datetime | None = None,
-    respect_flag: bool = False,
-) -> bool:
-    """Persist one token-budget escalation decision; ``True`` when stored. Never raises.
+) -> WriteOutcome:
+    """Persist one token-budget escalation decision whatever the flag says; what became of it. Never raises.
 
     Autopack's version passed a keyword that is not a column, so its rows never persisted (P14).
-    ``attempt_index`` is 1-based; ``output_utilization`` is a percent (0-100). The caller decides
-    whether telemetry is on (pass ``respect_flag=True`` to have this function check the flag).
+    ``attempt_index`` is 1-based; ``output_utilization`` is a percent (0-100).
     """
     try:
-        if respect_flag and not telemetry_enabled():
-            return False
         row = {
             "run_id": run_id,
             "phase_id": phase_id,
@@ -267,7 +299,7 @@ def record_escalation_event(
         return _write_or_spool(engine, _ESCALATIONS, row, _plain_escalation_insert, "TokenBudgetEscalation")
     except Exception as exc:  # noqa: BLE001 - best-effort telemetry, as the estimation writer
         logger.warning("[TokenBudgetEscalation] Failed to write DB telemetry: %s", safe_error_text(exc))
-        return False
+        return WriteOutcome.NOT_STORED
 
 
 @contextmanager

@@ -7,19 +7,24 @@ RUN_CREATED, tier PENDING, phases QUEUED), so Autopack's own scripts can read a 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from autopack_pipeline.storage.database import insert_ignoring_conflicts
 from autopack_pipeline.storage.models import (
     Phase,
     PhaseOutcomeEvent,
     Run,
     Tier,
+    TokenBudgetEscalationEvent,
+    TokenEstimationV2Event,
     utc_now,
 )
+from autopack_pipeline.storage.retry import DEFAULT_RETRY_SECONDS, retry_while_unavailable
 
 if TYPE_CHECKING:
     from autopack_pipeline.collection.phases import PhaseSpec, RunSpec
@@ -28,20 +33,43 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def prepare_run(engine: Engine, run: RunSpec, phases: list[PhaseSpec]) -> set[str]:
-    """Create whatever rows are missing and return the ids of phases already COMPLETE."""
+@dataclass
+class RunProgress:
+    """What a run's rows say before a drain: which phases are done, and how many attempts each has stored."""
+
+    complete: set[str] = field(default_factory=set)
+    # Highest attempt number stored per phase (events and escalations): a re-run continues after it,
+    # so a new answer never gets the event_uid of an old one.
+    attempts_stored: dict[str, int] = field(default_factory=dict)
+
+
+def create_run_row(engine: Engine, run: RunSpec, phase_count: int) -> None:
+    """The ``runs`` row, unless it exists; two processes creating the same run do not collide."""
+    with engine.begin() as connection:
+        insert_ignoring_conflicts(
+            connection,
+            Run.__table__,
+            {
+                "id": run.run_id,
+                "state": "RUN_CREATED",
+                "token_cap": run.token_cap,
+                "max_phases": max(run.max_phases, phase_count),
+                "max_duration_minutes": run.max_duration_minutes,
+            },
+            ["id"],
+        )
+
+
+def prepare_run(engine: Engine, run: RunSpec, phases: list[PhaseSpec]) -> RunProgress:
+    """Create the tier and phase rows that are missing (the run row is :func:`create_run_row`'s), make every phase's state agree with its stored
+    events, and say which phases are complete. Call it holding the run's lease (see :mod:`.run_lease`).
+
+    A phase is COMPLETE exactly when its last stored event (highest attempt) is a success. So a phase
+    left EXECUTING or FAILED by a drain that stopped after storing its successful answer becomes
+    COMPLETE without asking the LLM again, and a COMPLETE phase whose last event failed, or an
+    EXECUTING phase of a drain that died (nobody else can hold the lease), is pending again.
+    """
     with Session(engine) as session, session.begin():
-        if session.get(Run, run.run_id) is None:
-            session.add(
-                Run(
-                    id=run.run_id,
-                    state="RUN_CREATED",
-                    token_cap=run.token_cap,
-                    max_phases=max(run.max_phases, len(phases)),
-                    max_duration_minutes=run.max_duration_minutes,
-                )
-            )
-            session.flush()
         tier = session.scalars(select(Tier).where(Tier.run_id == run.run_id, Tier.tier_id == run.tier_id)).first()
         if tier is None:
             tier = Tier(tier_id=run.tier_id, run_id=run.run_id, tier_index=0, name=run.tier_name,
@@ -74,18 +102,71 @@ def prepare_run(engine: Engine, run: RunSpec, phases: list[PhaseSpec]) -> set[st
                     incident_token_cap=50_000,
                 )
             )
-        return {pid for pid, phase in existing.items() if phase.state == "COMPLETE"}
+        last_success, attempts = _stored_attempts(session, run.run_id)
+        for phase_id, phase in existing.items():
+            _reconcile(phase, last_success.get(phase_id))
+        complete = {pid for pid, phase in existing.items() if phase.state == "COMPLETE"}
+        return RunProgress(complete=complete, attempts_stored=attempts)
 
 
-def set_phase_state(engine: Engine, run_id: str, phase_id: str, state: str, failure_reason: str | None = None) -> None:
+def _stored_attempts(session: Session, run_id: str) -> tuple[dict[str, bool], dict[str, int]]:
+    """Per phase of ``run_id``: whether its last stored event succeeded, and its highest attempt number."""
+    events, escalations = TokenEstimationV2Event, TokenBudgetEscalationEvent
+    last_success: dict[str, bool] = {}
+    attempts: dict[str, int] = {}
+    rows = session.execute(
+        select(events.phase_id, events.attempt, events.success)
+        .where(events.run_id == run_id)
+        .order_by(events.phase_id, func.coalesce(events.attempt, 0), events.id)
+    )
+    for phase_id, attempt, success in rows:  # ordered: the last row of a phase is its last attempt
+        last_success[phase_id] = bool(success)
+        attempts[phase_id] = max(attempts.get(phase_id, 0), attempt or 0)
+    for phase_id, highest in session.execute(
+        select(escalations.phase_id, func.max(escalations.attempt_index))
+        .where(escalations.run_id == run_id)
+        .group_by(escalations.phase_id)
+    ):
+        attempts[phase_id] = max(attempts.get(phase_id, 0), highest or 0)
+    return last_success, attempts
+
+
+def _reconcile(phase: Phase, last_event_succeeded: bool | None) -> None:
+    if last_event_succeeded is None:  # no stored event: only a stale EXECUTING needs undoing
+        if phase.state == "EXECUTING":
+            phase.state = "QUEUED"
+        return
+    if last_event_succeeded and phase.state != "COMPLETE":
+        phase.state, phase.last_failure_reason, phase.completed_at = "COMPLETE", None, utc_now()
+    elif not last_event_succeeded and phase.state in ("COMPLETE", "EXECUTING"):
+        phase.state = "QUEUED"
+
+
+def set_phase_state(
+    engine: Engine,
+    run_id: str,
+    phase_id: str,
+    state: str,
+    failure_reason: str | None = None,
+    *,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
+) -> None:
+    """Write a phase's state; while the database is unavailable, retried for up to ``retry_seconds``.
+
+    Raises :class:`~autopack_pipeline.storage.retry.DatabaseUnavailable` when the budget runs out.
+    """
     values: dict = {"state": state, "updated_at": utc_now()}
     if state == "EXECUTING":
         values["started_at"] = utc_now()
     elif state in ("COMPLETE", "FAILED"):
         values["completed_at"] = utc_now()
         values["last_failure_reason"] = failure_reason
-    with engine.begin() as conn:
-        conn.execute(update(Phase).where(Phase.run_id == run_id, Phase.phase_id == phase_id).values(**values))
+
+    def write() -> None:
+        with engine.begin() as conn:
+            conn.execute(update(Phase).where(Phase.run_id == run_id, Phase.phase_id == phase_id).values(**values))
+
+    retry_while_unavailable(write, what=f"the state of phase {phase_id}", budget_seconds=retry_seconds)
 
 
 def record_phase_outcome(engine: Engine, run_id: str, phase: PhaseSpec, result: PhaseResult, model: str) -> bool:
