@@ -188,7 +188,7 @@ def run_collection(
         _count_replayed(drain, summary)
     finally:
         finished = not summary.stopped_reason and summary.phases_failed == 0 and summary.phases_pending == 0
-        lease.release(FINISHED_STATE if finished else RESUMABLE_STATE)
+        lease.release(FINISHED_STATE if finished else RESUMABLE_STATE, retry_seconds=db_retry_seconds)
     return summary
 
 

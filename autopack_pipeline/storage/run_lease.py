@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage.database import safe_error_text
 from autopack_pipeline.storage.models import Run, utc_now
+from autopack_pipeline.storage.retry import retry_while_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +77,16 @@ class RunLease:
         self.stamp = now
         return True
 
-    def release(self, final_state: str) -> bool:
-        """Give the run back, in ``final_state``; False when it was no longer ours (or the database is down)."""
+    def release(self, final_state: str, retry_seconds: float = 0) -> bool:
+        """Give the run back, in ``final_state``; False when it was no longer ours or the database stayed
+        unavailable for ``retry_seconds`` (the lease then expires after ``lease_seconds``)."""
         now = utc_now()
         values = {"state": final_state, "updated_at": now}
         if final_state == FINISHED_STATE:
             values["completed_at"] = now
         try:
-            return self._compare_and_set(**values)
+            return retry_while_unavailable(lambda: self._compare_and_set(**values), what=f"the lease on {self.run_id}",
+                                           budget_seconds=retry_seconds)
         except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
             logger.warning("could not release run %s (%s); its lease expires in %g s",
                            self.run_id, safe_error_text(exc), self.lease_seconds)

@@ -1,0 +1,206 @@
+"""Re-runs, outages and exit codes of a collection run, on real SQLite: every answer the backend
+returned is stored exactly once, phase states agree with the stored events, and `collect` says (and
+exits 1) when the run did not do what was asked."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from autopack_pipeline import workflows
+from autopack_pipeline.cli import main
+from autopack_pipeline.collection.run import default_run_id
+from autopack_pipeline.llm.backends import LLMRequest, LLMResponse
+from autopack_pipeline.llm.factory import make_backend
+from autopack_pipeline.settings import load_settings
+from autopack_pipeline.storage import database
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.events import read_events
+from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline.storage.models import Phase, TokenBudgetEscalationEvent
+
+
+class Recording:
+    """Passes calls to ``inner`` and keeps every answer it returned (what must end up stored)."""
+
+    def __init__(self, inner, before=None) -> None:
+        self.inner, self.name, self.answers, self.before = inner, inner.name, [], before
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        if self.before is not None:
+            self.before(len(self.answers) + 1, request)
+        response = self.inner.complete(request)
+        self.answers.append((request.phase["phase_id"], request.phase["attempt"], response.output_tokens))
+        return response
+
+
+class NoFilesFor:
+    """Answers prose without any file block (a failed attempt, stored) for ``phase_ids``."""
+
+    def __init__(self, inner, phase_ids: set[str]) -> None:
+        self.inner, self.phase_ids, self.name = inner, phase_ids, inner.name
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        if request.phase["phase_id"] in self.phase_ids:
+            return LLMResponse("I could not write the files. " * 20, 300, 100, "end_turn", request.model)
+        return self.inner.complete(request)
+
+
+@pytest.fixture
+def engine(sqlite_url):
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    yield engine
+    engine.dispose()
+
+
+def _collect(engine, backend, run_id: str, phases: int = 4):
+    return workflows.collect(engine, load_settings(), backend, run_id=run_id, category="tests", complexity="low",
+                             phases=phases, concurrency=2)
+
+
+def assert_stored_exactly_once(engine, run_id: str, answers: list[tuple[str, int, int]]) -> None:
+    """Every answer of 50 tokens or more is one stored event; each phase's state agrees with its last event."""
+    events = read_events(engine, [run_id])
+    kept = sorted((phase, attempt) for phase, attempt, tokens in answers if tokens >= 50)
+    assert sorted(zip(events["phase_id"], events["attempt"].astype(int))) == kept
+    with engine.connect() as connection:
+        states = dict(connection.execute(select(Phase.phase_id, Phase.state).where(Phase.run_id == run_id)).all())
+        escalations = connection.execute(select(TokenBudgetEscalationEvent.phase_id,
+                                                TokenBudgetEscalationEvent.attempt_index)).all()
+    assert len(escalations) == len(set(escalations))
+    assert "EXECUTING" not in states.values()
+    last = events.sort_values("attempt").groupby("phase_id")["success"].last()
+    for phase_id, succeeded in last.items():
+        assert (states[phase_id] == "COMPLETE") == bool(succeeded), phase_id
+
+
+def test_a_failed_phase_rerun_continues_its_attempts_and_stores_every_answer(engine):
+    settings = load_settings()
+    first = Recording(NoFilesFor(make_backend(settings), {"tpl-tests-low-002"}))
+    before = _collect(engine, first, "rerun")
+    assert before.failures["tpl-tests-low-002"].startswith("missing deliverables")
+
+    second = Recording(make_backend(settings))
+    after = _collect(engine, second, "rerun")
+
+    assert [(p, a) for p, a, _ in second.answers if p == "tpl-tests-low-002"][0][1] == 2  # after attempt 1
+    assert after.events_written == sum(tokens >= 50 for _, _, tokens in second.answers) > 0
+    assert before.events_written + after.events_written == len(read_events(engine, ["rerun"]))
+    assert_stored_exactly_once(engine, "rerun", first.answers + second.answers)
+
+
+def test_a_complete_phase_whose_last_event_failed_is_drained_again(engine):
+    """Old runs could end COMPLETE while the stored event was the failed one; the next drain mends that."""
+    settings = load_settings()
+    first = Recording(NoFilesFor(make_backend(settings), {"tpl-tests-low-001"}))
+    _collect(engine, first, "mend", phases=2)
+    with engine.begin() as connection:
+        connection.execute(Phase.__table__.update().where(Phase.phase_id == "tpl-tests-low-001")
+                           .values(state="COMPLETE"))
+    second = Recording(make_backend(settings))
+    _collect(engine, second, "mend", phases=2)
+    assert "tpl-tests-low-001" in {p for p, _, _ in second.answers}
+    assert_stored_exactly_once(engine, "mend", first.answers + second.answers)
+
+
+def _hold_write_lock(path: str, seconds: float) -> threading.Thread:
+    """Another connection holds SQLite's write lock for ``seconds``; returns once it has it."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+        connection.execute("BEGIN EXCLUSIVE")
+        taken.set()
+        time.sleep(seconds)
+        connection.execute("COMMIT")
+        connection.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert taken.wait(10)
+    return thread
+
+
+@pytest.fixture
+def short_busy_timeout(monkeypatch):
+    # The lock outlives SQLite's busy timeout, as a 75 s lock outlives the default 30 s one.
+    monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_MS", 50)
+
+
+def test_a_lock_shorter_than_the_retry_budget_marks_nothing_failed(sqlite_url, monkeypatch, short_busy_timeout):
+    monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "15")
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    holders = []
+    backend = Recording(make_backend(load_settings()), before=lambda n, _r: n == 3 and holders.append(
+        _hold_write_lock(engine.url.database, 1.5)))
+
+    summary = _collect(engine, backend, "locked", phases=6)
+
+    holders[0].join()
+    assert not any(reason.startswith("internal error") for reason in summary.failures.values())
+    assert summary.ok, summary.problems()
+    assert summary.events_spooled == 0
+    assert summary.events_written == len(read_events(engine, ["locked"]))
+    assert_stored_exactly_once(engine, "locked", backend.answers)
+
+
+def test_a_lock_longer_than_the_budget_stops_cleanly_and_resumes(sqlite_url, monkeypatch, short_busy_timeout):
+    monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "0.3")
+    # The stopped run cannot hand its lease back while the lock is held; it expires after this.
+    monkeypatch.setenv("AUTOPACK_RUN_LEASE_SECONDS", "1")
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    holders = []
+    first = Recording(make_backend(load_settings()), before=lambda n, _r: n == 2 and holders.append(
+        _hold_write_lock(engine.url.database, 2.5)))
+
+    stopped = _collect(engine, first, "outage", phases=6)
+
+    assert not stopped.ok and "unavailable" in stopped.stopped_reason
+    holders[0].join()
+    time.sleep(1.1)
+    second = Recording(make_backend(load_settings()))
+    resumed = _collect(engine, second, "outage", phases=6)
+    assert resumed.ok, resumed.problems()
+    assert_stored_exactly_once(engine, "outage", first.answers + second.answers)
+
+
+def test_an_unwritable_spool_during_an_outage_is_an_error(sqlite_url, monkeypatch, tmp_path, short_busy_timeout):
+    not_a_directory = tmp_path / "spool-is-a-file"
+    not_a_directory.write_text("")
+    monkeypatch.setenv("AUTOPACK_SPOOL_DIR", str(not_a_directory))
+    monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "0.3")
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    holders = []
+    backend = Recording(make_backend(load_settings()), before=lambda n, _r: n == 1 and holders.append(
+        _hold_write_lock(engine.url.database, 1.5)))
+
+    summary = _collect(engine, backend, "nospool", phases=2)
+
+    holders[0].join()
+    assert not summary.ok
+    assert summary.events_not_stored > 0
+    assert any("spool" in problem for problem in summary.problems())
+
+
+def test_collect_exits_1_when_every_phase_failed_and_0_when_it_worked(sqlite_url, tmp_path, capsys):
+    empty = tmp_path / "empty.ndjson"
+    empty.write_text("")
+    failed = main(["collect", "--backend", "replay", "--replay-file", str(empty), "--category", "docs",
+                   "--complexity", "low", "--phases", "2", "--run-id", "nothing"])
+    assert failed == 1
+    assert "every phase drained failed" in capsys.readouterr().err
+    assert main(["collect", "--category", "docs", "--complexity", "low", "--phases", "3"]) == 0
+
+
+def test_default_run_ids_differ_within_one_second():
+    now = default_run_id.__globals__["datetime"](2025, 1, 2, 3, 4, 5)
+    first, second = default_run_id(now), default_run_id(now)
+    assert first != second and first.startswith("telemetry-collection-20250102-030405-")
