@@ -109,3 +109,23 @@ def test_a_bad_request_fails_the_phase_with_the_reason_and_writes_no_event(engin
     assert summary.phases_failed == 1 and events.empty
     assert phase.state == "FAILED" and "HTTP 400" in phase.last_failure_reason
     assert outcome.phase_outcome == "FAILED"
+
+
+def test_a_refused_key_stops_the_run_and_leaves_every_phase_pending(engine, make_anthropic, messages_server,
+                                                                     tmp_path):
+    from autopack_pipeline_tests.llm.conftest import FAKE_KEY
+    from autopack_pipeline_tests.llm.messages_server import Error
+
+    phases = tmp_path / "three.yaml"
+    phases.write_text("run: {run_id: key-run}\nphases:\n" + "".join(
+        f"  - {{phase_id: k{i}, name: n{i}, goal: Write it, category: implementation, complexity: low,"
+        f" deliverables: [{DELIVERABLE}]}}\n" for i in range(3)))
+    messages_server.script(Error(401, "authentication_error", "invalid x-api-key"))
+
+    summary = _collect(engine, make_anthropic, phases)
+
+    assert len(messages_server.message_requests()) == 1  # stopped at the first 401
+    assert summary.phases_failed == 0 and summary.phases_pending == 3 and not summary.ok
+    assert "ANTHROPIC_API_KEY" in summary.stopped_reason and FAKE_KEY not in str(summary.as_dict())
+    with Session(engine) as session:
+        assert set(session.scalars(select(Phase.state))) == {"QUEUED"}
