@@ -218,7 +218,8 @@ class GroupFrontier:
         u, t = self.underestimation, self.truncation
         text = (f"Cheapest Tier 1: x{self.multiplier:.3f} prediction, margin {self.margin:.3f} (budget "
                 f"{self.budget_multiple:.3f}x prediction): underestimation {u.pct:.1f}% [95% CI up to {u.ci[1]:.1f}%], "
-                f"truncation {t.pct:.1f}% [up to {t.ci[1]:.1f}%]; prediction waste P90 {_x(self.prediction_waste_p90)}, "
+                f"truncation {t.pct:.1f}% [up to {t.ci[1]:.1f}%]; "
+                f"prediction waste P90 {_x(self.prediction_waste_p90)}, "
                 f"budget waste P90 {_x(self.budget_waste_p90)}. ")
         if self.tier2_holds:
             text += f"Tier 2 holds at the same time ({_x(self.budget_waste_p90)} < {self.waste_target:g}x)."
