@@ -97,7 +97,8 @@ def _method_block(result: CalibrationResult) -> dict[str, Any]:
 
 
 def calibration_report_payload(
-    result: CalibrationResult, generated_at: datetime | None = None, *, others: Sequence[CalibrationResult] = ()
+    result: CalibrationResult, generated_at: datetime | None = None, *, others: Sequence[CalibrationResult] = (),
+    economics: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The JSON report as a plain dict. ``result`` is the chosen method: Autopack's keys carry its
     figures; with ``others``, ``methods`` holds every method's figures under its name."""
@@ -118,6 +119,8 @@ def calibration_report_payload(
     }
     if others:
         payload["methods"] = {r.method: _method_block(r) for r in (result, *others)}
+    if economics is not None:
+        payload["frontier_and_cost"] = list(economics)
     return payload
 
 
@@ -262,7 +265,8 @@ def _provenance_lines(result: CalibrationResult) -> list[str]:
 
 
 def render_calibration_markdown(
-    result: CalibrationResult, *, generated_at: datetime | None = None, others: Sequence[CalibrationResult] = ()
+    result: CalibrationResult, *, generated_at: datetime | None = None, others: Sequence[CalibrationResult] = (),
+    economics: Sequence[dict[str, Any]] | None = None,
 ) -> str:
     """The markdown report of ``result``, the chosen method; with ``others``, a side-by-side section.
 
@@ -313,6 +317,8 @@ def render_calibration_markdown(
     lines.append("")
     if others:
         lines += _side_by_side([result, *others])
+    if economics is not None:
+        lines += frontier_and_cost_lines(economics)
     lines += [
         "## Notes",
         "",
@@ -324,6 +330,51 @@ def render_calibration_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def frontier_and_cost_lines(economics: Sequence[dict[str, Any]]) -> list[str]:
+    """The "Frontier and cost" section: per group, the cheapest Tier-1 point, Tier 2, certification, cost."""
+    lines = [
+        "## Frontier and cost",
+        "",
+        "Per group, from its observed actual/predicted (truncated calls count above every candidate): the "
+        "cheapest prediction multiplier m and budget margin b (budget = b x m x predicted) meeting Tier 1 "
+        "(underestimation <= 5%, truncation <= 2%), and whether Tier 2 (budget waste P90 < 3x) holds with it. "
+        "Cost: billed output tokens of every stored attempt x the model's output price (input tokens are not "
+        "stored), and the output-rate-limit capacity the budgets reserve (max_tokens sent), per 1,000 calls, "
+        "now vs each proposal with the floor and cap kept.",
+        "",
+        "| Category | Complexity | N (truncated) | m | b | Under % | Trunc % | Pred waste P90 | Budget waste P90 "
+        "| Tier 2 | Certified |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for entry in economics:
+        f = entry["frontier"]
+        reach = f["reachable"]
+        cells = [_cell(entry["category"]), _cell(entry["complexity"]), f"{f['observations']} ({f['censored']})",
+                 f"{f['multiplier']:.3f}" if reach else "-", f"{f['margin']:.3f}" if reach else "-",
+                 _pct_text(f["underestimation"]["pct"]) if reach else "-",
+                 _pct_text(f["truncation"]["pct"]) if reach else "-",
+                 _waste(f["prediction_waste_p90"]), _waste(f["budget_waste_p90"]),
+                 "-" if f["tier2_holds"] is None else ("holds" if f["tier2_holds"] else "no: Tier 1 wins"),
+                 "yes" if f["certified"] else f"no (~{f['observations_needed']} needed)"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for entry in economics:
+        lines += [f"### {entry['category']}/{entry['complexity']}", "", entry["frontier"]["verdict"], ""]
+        cost = entry["cost"]
+        now = cost["now"]
+        lines.append(f"- Now: ${now['dollars_per_1000_calls']:.2f} per 1,000 calls, reserved "
+                     f"{now['reserved_output_tokens_per_1000_calls'] / 1e6:.2f}M output tokens per 1,000 calls over "
+                     f"{now['calls']} stored attempts ({now['truncated_calls']} truncated); {cost['prices']}")
+        for proposal in cost["proposals"]:
+            margin = proposal["margin"]
+            margin_text = "each call's current margin" if margin == "current" else f"margin {margin:.3f}"
+            lines.append(f"- With the {proposal['label']} proposal (x{proposal['multiplier']:.3f}, {margin_text}, "
+                         f"floor {cost['floor']}, cap {cost['cap']}): {proposal['summary']}; "
+                         f"{proposal['proposed']['truncated_calls']} of {now['calls']} would truncate")
+        lines.append("")
+    return lines
 
 
 def write_atomic_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -361,6 +412,7 @@ def write_calibration_report_set(
     others: Sequence[CalibrationResult] = (),
     stem: str | None = None,
     plot: Callable[[IO[bytes]], None] | None = None,
+    economics: Sequence[dict[str, Any]] | None = None,
 ) -> ReportFiles:
     """Write ``<stem>.json``, ``<stem>.md`` and, given a ``plot`` writer, ``<stem>.png`` into
     ``output_dir`` (created if missing), each atomically.
@@ -373,10 +425,11 @@ def write_calibration_report_set(
     name = safe_stem(stem if stem is not None else report_stem(moment))
     directory.mkdir(parents=True, exist_ok=True)
     markdown_path, json_path = _inside(directory, f"{name}.md"), _inside(directory, f"{name}.json")
-    payload = calibration_report_payload(result, moment, others=others)
+    payload = calibration_report_payload(result, moment, others=others, economics=economics)
     # allow_nan=False: a NaN would make the file unreadable for strict JSON parsers; fail here instead.
     write_atomic_text(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    write_atomic_text(markdown_path, render_calibration_markdown(result, generated_at=moment, others=others))
+    write_atomic_text(markdown_path, render_calibration_markdown(result, generated_at=moment, others=others,
+                                                                 economics=economics))
     plot_path = None
     if plot is not None:
         plot_path = _inside(directory, f"{name}.png")

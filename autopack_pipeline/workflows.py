@@ -48,6 +48,8 @@ from autopack_pipeline.domain.fast_metrics import (
     tier_metrics_document_arrays,
 )
 from autopack_pipeline.domain.gates import GateDecision
+from autopack_pipeline.domain.group_economics import group_economics
+from autopack_pipeline.domain.prices import PRICES_FILE_NAME, PriceTable, load_price_table
 from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
 from autopack_pipeline.domain.tasks import (
     GeneratedTask,
@@ -61,7 +63,7 @@ from autopack_pipeline.domain.tasks import (
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.builder import Builder
 from autopack_pipeline.reporting import write_calibration_report_set
-from autopack_pipeline.settings import Settings
+from autopack_pipeline.settings import REPO_ROOT, Settings
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
 from autopack_pipeline.storage.snapshot import EventSnapshot
 from autopack_pipeline.storage.tasks import save_generated_tasks
@@ -148,6 +150,7 @@ class CalibrationOutcome:
     json_path: Path | None = None
     plot_path: Path | None = None
     results: dict[str, CalibrationResult] | None = None
+    economics: list[dict[str, Any]] | None = None  # per group: frontier and cost (group_economics)
 
     def as_dict(self) -> dict[str, Any]:
         reports = None
@@ -160,6 +163,7 @@ class CalibrationOutcome:
             "result": self.result.model_dump(mode="json") if self.result else None,
             "methods": {name: r.model_dump(mode="json") for name, r in (self.results or {}).items()},
             "reports": reports,
+            "frontier_and_cost": self.economics,
         }
 
 
@@ -210,8 +214,10 @@ def calibrate(
                                   confidence_threshold=confidence_threshold, dedup=dedup,
                                   tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
                                   observed=observed)
+    economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
+                                      tolerance=under_multiplier)
     if not write_reports:
-        return CalibrationOutcome(gate=gate, result=results[method], results=results)
+        return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics)
     from autopack_pipeline.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
 
     files = write_calibration_report_set(
@@ -220,9 +226,30 @@ def calibrate(
         others=[r for name, r in results.items() if name != method],
         plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observed[2]},
                                                     list(results.values()), tolerance=under_multiplier),
+        economics=economics,
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
-                              json_path=files.json, plot_path=files.plot, results=results)
+                              json_path=files.json, plot_path=files.plot, results=results, economics=economics)
+
+
+# -- frontier and cost (issue 15 items 4 and 5) ---------------------------------------------------------
+
+
+def load_prices_for(settings: Settings) -> PriceTable:
+    """``model_prices.yaml`` of the seeds directory; a seeds directory without one uses the bundled file."""
+    path = settings.seeds_dir / PRICES_FILE_NAME
+    if not path.exists():
+        path = REPO_ROOT / "seeds" / PRICES_FILE_NAME
+    return load_price_table(path)
+
+
+def calibration_economics(arrays: EventArrays, groups: list, result: CalibrationResult, coefficients,
+                          settings: Settings, *, tolerance: float) -> list[dict[str, Any]]:
+    """Per group: the frontier and what the frontier's (m, b) and the calibration's multiplier cost."""
+    multipliers = {(g.category, g.complexity): g.proposed_multiplier for g in result.actionable_groups
+                   if not g.method_details.get("multiplier_is_lower_bound")}
+    return group_economics(arrays, groups, coefficients, load_prices_for(settings),
+                           calibrated_multipliers=multipliers, tolerance=tolerance)
 
 
 _drift_lock = threading.Lock()

@@ -71,4 +71,27 @@ def calibration_recommendations(
                 )
             ),
         }
+        if outcome.economics:
+            metadata["frontier_and_cost"] = dg.MetadataValue.md(frontier_and_cost_table(outcome.economics))
     return dg.MaterializeResult(value=outcome.as_dict(), metadata=metadata)
+
+
+def frontier_and_cost_table(economics: list[dict[str, Any]]) -> str:
+    """Per group: the cheapest Tier-1 (m, b), Tier 2, certification, and the frontier proposal's cost change."""
+    rows = []
+    for entry in economics:
+        f, cost = entry["frontier"], entry["cost"]
+        proposal = next((p for p in cost["proposals"] if p["label"] == "frontier"), None)
+        rows.append([
+            entry["category"], entry["complexity"], f["observations"], f["censored"],
+            f["multiplier"] if f["reachable"] else "out of reach", f["margin"] if f["reachable"] else "-",
+            f["budget_waste_p90"] if f["budget_waste_p90"] is not None else "-",
+            "-" if f["tier2_holds"] is None else ("holds" if f["tier2_holds"] else "Tier 1 wins"),
+            "yes" if f["certified"] else f"~{f['observations_needed']} needed",
+            round(cost["now"]["dollars_per_1000_calls"], 2),
+            round(proposal["proposed"]["dollars_per_1000_calls"], 2) if proposal else "-",
+            round(cost["now"]["reserved_output_tokens_per_1000_calls"]),
+            round(proposal["proposed"]["reserved_output_tokens_per_1000_calls"]) if proposal else "-",
+        ])
+    return markdown_table(["category", "complexity", "N", "truncated", "m", "b", "budget waste P90", "Tier 2",
+                           "certified", "$/1k calls now", "$/1k then", "reserved/1k now", "reserved/1k then"], rows)

@@ -73,12 +73,22 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         f"Diagnostics: SMAPE mean {_num(diag.get('smape_mean'))}% median {_num(diag.get('smape_median'))}% over "
         f"{diag.get('non_truncated_count')} untruncated events; {diag.get('truncated_count')} truncated (lower bounds)"
     )
+    print(_spend_line(events))
     print("Verdict: " + ("TUNING NEEDED (a Tier-1 target is breached)" if document["needs_tuning"] else "WITHIN TARGETS"))
     for dimension, blocks in document.get("strata", {}).items():
         print(f"By {dimension}:")
         for value, block in blocks.items():
             _print_tier1(block, f"  {value}")
     return EXIT_OK
+
+
+def _spend_line(events: Any) -> str:
+    """Spend per model over every stored attempt (not only the analysis set: every attempt was billed)."""
+    from autopack_pipeline.domain.group_economics import spend_of_events
+    from autopack_pipeline.settings import load_settings
+    from autopack_pipeline.workflows import load_prices_for
+
+    return spend_of_events(events, load_prices_for(load_settings())).line()
 
 
 def _num(value: Any) -> str:
@@ -127,11 +137,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                     _print_group(group)
                 for group in result.below_threshold:
                     print(f"  {group.category}/{group.complexity}: {group.note}")
+            _print_frontier_and_cost(outcome.economics)
             print(f"Report: {outcome.markdown_path}")
             print(f"Patch:  {outcome.json_path}")
             if outcome.plot_path:
                 print(f"Plot:   {outcome.plot_path}")
     return EXIT_OK if outcome.gate.open else EXIT_REFUSED
+
+
+def _print_frontier_and_cost(economics: list[dict[str, Any]] | None) -> None:
+    from autopack_pipeline.domain.group_economics import economics_line
+
+    if economics:
+        print("Frontier and cost (cheapest Tier-1 multiplier and margin; money and reserved capacity now -> then):")
+        for entry in economics:
+            print("  " + economics_line(entry))
 
 
 def _print_group(group: Any) -> None:

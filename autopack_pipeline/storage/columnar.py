@@ -682,7 +682,7 @@ _ARRAY_INTS = {
     "attempt": np.int32,
 }
 _ARRAY_FLAGS = ("success", "truncated", "is_truncated_output")
-_ARRAY_CODES = ("run_id", "phase_id", "category", "complexity")
+_ARRAY_CODES = ("run_id", "phase_id", "category", "complexity", "model")
 
 
 class _Filler:
@@ -737,7 +737,7 @@ class _Filler:
     def narrow(self) -> None:
         """Smaller integer types where every value fits (event ids, deliverable counts, label codes)."""
         for name, small in (("event_id", np.int32), ("deliverable_count", np.int16), ("category", np.int16),
-                            ("complexity", np.int16)):
+                            ("complexity", np.int16), ("model", np.int16)):
             values = self.values[name]
             info = np.iinfo(small)
             if len(values) == 0 or (info.min <= int(values.min()) and int(values.max()) <= info.max):
@@ -786,6 +786,7 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
         attempt=filler.int_column("attempt"),
         run_code=filler.code_column("run_id"),
         phase_code=filler.code_column("phase_id"),
+        model=filler.label_column("model"),
     )
 
 

@@ -101,7 +101,7 @@ def test_calibrate_defaults_to_coverage_and_reports_both_methods(tmp_path, breac
     result = run("calibrate", "--json", cwd=tmp_path, env=breached)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert set(document) == {"gate", "method", "result", "methods", "reports"}
+    assert set(document) == {"gate", "method", "result", "methods", "reports", "frontier_and_cost"}
     assert document["method"] == "coverage" and set(document["methods"]) == {"coverage", "autopack-median"}
     (group,) = document["result"]["groups"]
     # 30 clean + 1 truncated = 31 observations, k = ceil(32 * 0.95) = 31: the censored one, so no bound.
@@ -111,6 +111,26 @@ def test_calibrate_defaults_to_coverage_and_reports_both_methods(tmp_path, breac
         assert Path(reports[key]).exists() and Path(reports[key]).parent == tmp_path / "reports"
     patch = json.loads(Path(reports["json"]).read_text())
     assert patch["proposed_changes"] == [] and "methods" in patch
+
+
+def test_metrics_text_prices_every_billed_attempt_in_one_line(tmp_path, breached):
+    result = run("metrics", cwd=tmp_path, env=breached)
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("Spend")]
+    # 30 clean calls and one truncated at 8192, all claude-sonnet-4-5 at $15 per million output tokens.
+    tokens = sum(BREACHING) + 8192
+    assert f"${tokens * 15 / 1e6:.2f} for {tokens:,} billed output tokens over 1 day" in line
+    assert "claude-sonnet-4-5" in line and "input is not stored" in line
+
+
+def test_calibrate_text_has_one_frontier_and_cost_line_per_group(tmp_path, breached):
+    result = run("calibrate", cwd=tmp_path, env=breached)
+    assert result.returncode == 0, result.stderr
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    heading = lines.index("Frontier and cost (cheapest Tier-1 multiplier and margin; money and reserved capacity "
+                          "now -> then):")
+    # 1 truncated of 31 (3.2%) is above every candidate: 2% truncation is out of reach on this data.
+    assert lines[heading + 1].startswith("implementation/low: frontier out of reach (1 of 31 truncated)")
 
 
 def test_calibrate_autopack_median_fills_the_patch_with_its_proposals(tmp_path, breached):

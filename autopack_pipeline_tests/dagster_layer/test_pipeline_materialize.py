@@ -54,6 +54,11 @@ def test_whole_pipeline_on_embedded_defaults(sqlite_url, tmp_path):
         assert set(report["metadata"]) == {"generated_at", "confidence_threshold", "total_samples", "high_confidence_groups"}
         assert report["provenance"]["dagster_run_id"] == result.run_id
         assert calibration["reports"]["json"].startswith(str(tmp_path / "reports"))
+        # The frontier and cost per group: in the report, in the asset's value and as a metadata table.
+        assert report["frontier_and_cost"] and calibration["frontier_and_cost"] == report["frontier_and_cost"]
+        recommendations = instance.get_latest_materialization_event(
+            dg.AssetKey("calibration_recommendations")).asset_materialization.metadata
+        assert "| category | complexity | N | truncated | m | b |" in recommendations["frontier_and_cost"].value
 
         tasks = result.output_for_node("generated_tasks")
         assert tasks and sorted(t["task_id"] for t in tasks) == sorted(stored_tasks)

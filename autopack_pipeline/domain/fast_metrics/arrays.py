@@ -91,6 +91,8 @@ class EventArrays:
     attempt: IntColumn
     run_code: IntColumn
     phase_code: IntColumn
+    # The model each call used (the spend figures price it); None when the source did not carry it.
+    model: LabelColumn | None = None
 
     def __len__(self) -> int:
         return len(self.success)
@@ -100,7 +102,9 @@ class EventArrays:
         columns = {}
         for name in self.__dataclass_fields__:
             column = getattr(self, name)
-            if isinstance(column, IntColumn):
+            if column is None:
+                columns[name] = None
+            elif isinstance(column, IntColumn):
                 columns[name] = column.take(rows)
             elif isinstance(column, LabelColumn):
                 columns[name] = LabelColumn(column.codes[rows], column.labels)
@@ -159,6 +163,7 @@ class EventArrays:
             attempt=ints("attempt"),
             run_code=codes("run_id"),
             phase_code=codes("phase_id"),
+            model=labels("model"),
         )
 
 

@@ -1,0 +1,115 @@
+"""Per (category, complexity) group: the frontier and what each proposal changes in money and capacity.
+
+Glue between the event arrays and the pure :mod:`~autopack_pipeline.domain.frontier` and
+:mod:`~autopack_pipeline.domain.cost`: the frontier reads the group's coverage observations (clean
+ratios, truncated calls censored); the cost reads every stored attempt of the group (all are billed).
+Two proposals are priced when they exist: the frontier's cheapest (m, b), and the calibration's own
+multiplier with each call's current margin (budget / prediction when above the floor, else the
+table's buffer margin, as the coverage method's projection reads it). Both keep the floor and the cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.coefficients import CoefficientTable
+from autopack_pipeline.domain.cost import (
+    Spend,
+    clamped_budgets,
+    compare,
+    comparison_line,
+    cost_now,
+    cost_with_budgets,
+    spend_by_model_and_day,
+)
+from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, _budget_sent, truncated_flags
+from autopack_pipeline.domain.fast_metrics.coverage_calibration import CoverageGroup
+from autopack_pipeline.domain.frontier import group_frontier
+from autopack_pipeline.domain.metrics import DEFAULT_UNDER_MULTIPLIER
+from autopack_pipeline.domain.prices import PriceTable
+
+
+def output_price_per_row(arrays: EventArrays, prices: PriceTable) -> np.ndarray:
+    """Each event's output price per million tokens (the default price where the model is unknown)."""
+    if arrays.model is None:
+        return np.full(len(arrays), prices.default.output)
+    by_code = np.r_[prices.output_prices(arrays.model.labels), prices.default.output]
+    return by_code[arrays.model.codes]
+
+
+def spend_of_events(arrays: EventArrays, prices: PriceTable) -> Spend:
+    """Billed output spend of every stored attempt, per model and per UTC day."""
+    if arrays.model is None:
+        codes, labels = np.full(len(arrays), -1), ()
+    else:
+        codes, labels = arrays.model.codes, arrays.model.labels
+    return spend_by_model_and_day(codes, labels, arrays.timestamp_us.values, arrays.actual.values, prices,
+                                  known=arrays.actual.notna() & arrays.timestamp_us.notna())
+
+
+def group_economics(
+    arrays: EventArrays,
+    groups: list[CoverageGroup],
+    coefficients: CoefficientTable,
+    prices: PriceTable,
+    *,
+    calibrated_multipliers: Mapping[tuple[str, str], float] | None = None,
+    tolerance: float = DEFAULT_UNDER_MULTIPLIER,
+) -> list[dict[str, Any]]:
+    """One entry per coverage group, in the groups' order: its frontier and its cost now vs each proposal."""
+    cat_codes, cat_names = arrays.category.canonical(normalise_category)
+    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
+    known = arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0)
+    truncated_all = truncated_flags(arrays)
+    price_all = output_price_per_row(arrays, prices)
+    out = []
+    for group in groups:
+        category, complexity = group.key
+        rows = known & (cat_codes == cat_names.index(category)) & (cx_codes == cx_names.index(complexity))
+        frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
+        predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
+        sent, truncated, price = _budget_sent(arrays, rows), truncated_all[rows], price_all[rows]
+        sent = np.where(np.isnan(sent), 0.0, sent)
+        now = cost_now(actual, sent, truncated, price)
+        floor, cap = coefficients.budget_floor(category, complexity), coefficients.budget.cap
+        proposals = []
+        if frontier.reachable:
+            budgets = clamped_budgets(predicted, frontier.multiplier, frontier.margin, floor, cap)
+            proposals.append({"label": "frontier", "multiplier": frontier.multiplier, "margin": frontier.margin,
+                              **compare(now, cost_with_budgets(actual, budgets, truncated, price))})
+        multiplier = (calibrated_multipliers or {}).get(group.key)
+        if multiplier is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                margin = np.where(sent > floor, sent / predicted, coefficients.budget.buffer_margin)
+            budgets = clamped_budgets(predicted, multiplier, margin, floor, cap)
+            proposals.append({"label": "calibration", "multiplier": multiplier, "margin": "current",
+                              **compare(now, cost_with_budgets(actual, budgets, truncated, price))})
+        for proposal in proposals:
+            proposal["summary"] = comparison_line(proposal)
+        out.append({
+            "category": category,
+            "complexity": complexity,
+            "frontier": frontier.to_dict(),
+            "cost": {"now": now.to_dict(), "floor": floor, "cap": cap, "proposals": proposals,
+                     "prices": prices.describe()},
+        })
+    return out
+
+
+def economics_line(entry: dict[str, Any]) -> str:
+    """One line per group for terminals and sensors' logs: the frontier's point and its cost change."""
+    f = entry["frontier"]
+    head = f"{entry['category']}/{entry['complexity']}"
+    if not f["reachable"]:
+        return (f"{head}: frontier out of reach ({f['censored']} of {f['observations']} truncated); "
+                f"~{f['observations_needed']} observations needed")
+    tier2 = "Tier 2 holds" if f["tier2_holds"] else "Tier 1 wins over Tier 2"
+    if f["budget_waste_p90"] is not None:
+        tier2 += f", budget waste P90 {f['budget_waste_p90']:.2f}x"
+    certified = "certified" if f["certified"] else f"not certified (~{f['observations_needed']} observations needed)"
+    cost = next((p["summary"] for p in entry["cost"]["proposals"] if p["label"] == "frontier"), "")
+    return f"{head}: Tier 1 at x{f['multiplier']:.3f}, margin {f['margin']:.3f}; {tier2}; {certified}; {cost}"
