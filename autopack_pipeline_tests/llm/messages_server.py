@@ -455,7 +455,8 @@ class _MessagesHandler(BaseHTTPRequestHandler):
             for name, data in events[: min(entry.after_events, len(events) - 1)]:
                 self._send_event(name, data)
             if isinstance(entry, ErrorMidStream):
-                self._send_event("error", {"type": "error", "error": {"type": entry.error_type, "message": entry.message}})
+                error = {"type": entry.error_type, "message": entry.message}
+                self._send_event("error", {"type": "error", "error": error})
                 self._end_stream()
                 return
         if isinstance(entry, StallMidStream):
