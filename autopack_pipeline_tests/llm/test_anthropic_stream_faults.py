@@ -12,6 +12,8 @@ import time
 import pytest
 
 from autopack_pipeline.llm.backends import LLMCallError, LLMRequest
+from autopack_pipeline.llm.factory import make_backend
+from autopack_pipeline.settings import SettingsError, load_settings
 from autopack_pipeline_tests.llm.conftest import FAKE_KEY
 from autopack_pipeline_tests.llm.messages_server import (
     Answer,
@@ -123,6 +125,39 @@ def test_stalled_streams_until_retries_run_out(make_anthropic, messages_server: 
     assert "timed out" in caught.value.reason
     assert caught.value.retries == 1 and caught.value.status_code is None
     assert time.monotonic() - started < 5
+
+
+def test_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, messages_server: MessagesServer) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", messages_server.url)
+    monkeypatch.setenv("AUTOPACK_LLM_READ_TIMEOUT", "0.4")
+    messages_server.script(StallMidStream(after_events=3, seconds=30), Answer("unstuck"))
+    started = time.monotonic()
+
+    response = make_backend(load_settings(), backend="anthropic").complete(request())
+
+    assert response.text == "unstuck" and response.retries == 1
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("variable", ["AUTOPACK_LLM_CONNECT_TIMEOUT", "AUTOPACK_LLM_READ_TIMEOUT",
+                                      "AUTOPACK_LLM_TOTAL_TIMEOUT"])
+def test_a_bad_timeout_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv(variable, "0")
+    with pytest.raises(SettingsError, match=variable):
+        load_settings()
+
+
+def test_an_answer_longer_than_the_total_timeout_is_a_retried_timeout(
+    make_anthropic, messages_server: MessagesServer
+) -> None:
+    messages_server.script(Answer("slow " * 50), Answer("slow " * 50))
+
+    with pytest.raises(LLMCallError) as caught:
+        make_anthropic(max_retries=1, total_timeout_seconds=1e-6).complete(request())
+
+    assert "total timeout" in caught.value.reason and caught.value.retries == 1
+    assert messages_server.remaining == 0
 
 
 def test_retries_before_and_during_the_stream_share_one_budget(make_anthropic, messages_server: MessagesServer) -> None:
