@@ -126,9 +126,11 @@ class Raw:
 @dataclass(frozen=True)
 class DropMidStream:
     """Begin ``answer`` (status 200, headers and ``after_events`` events, or part of a plain body), then
-    close the connection abruptly, as a proxy or the API does when a long answer is cut."""
+    close the connection abruptly, as a proxy or the API does when a long answer is cut. ``cleanly``:
+    end the stream's body properly instead (a proxy that cuts an answer but not the HTTP framing)."""
 
     after_events: int = 4
+    cleanly: bool = False
     answer: Answer = field(default_factory=lambda: Answer("an answer that never finishes " * 4))
 
 
@@ -457,6 +459,9 @@ class _MessagesHandler(BaseHTTPRequestHandler):
             if isinstance(entry, ErrorMidStream):
                 error = {"type": entry.error_type, "message": entry.message}
                 self._send_event("error", {"type": "error", "error": error})
+                self._end_stream()
+                return
+            if isinstance(entry, DropMidStream) and entry.cleanly:
                 self._end_stream()
                 return
         if isinstance(entry, StallMidStream):

@@ -68,6 +68,14 @@ def test_connection_dropped_mid_stream_until_retries_run_out(make_anthropic, mes
     assert messages_server.remaining == 0
 
 
+def test_stream_that_ends_before_message_stop_is_retried(make_anthropic, messages_server: MessagesServer) -> None:
+    messages_server.script(DropMidStream(after_events=5, cleanly=True), Answer("complete this time"))
+
+    response = make_anthropic(max_retries=2).complete(request())
+
+    assert response.text == "complete this time" and response.retries == 1
+
+
 def test_overloaded_error_event_mid_stream_is_retried(make_anthropic, messages_server: MessagesServer, delays) -> None:
     messages_server.script(ErrorMidStream("overloaded_error", after_events=4), Answer("after the overload"))
 
