@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     model: str = Field(default="claude-sonnet-4-5", validation_alias="AUTOPACK_MODEL")
     llm_stream: bool = Field(default=True, validation_alias="AUTOPACK_LLM_STREAM")
+    # Seconds. Read: the longest silence in a streamed answer (the API sends pings while it works), so a
+    # stalled stream is retried in minutes, not the SDK's 10; total: one answer, first byte to last.
+    llm_connect_timeout: float = Field(
+        default=10.0, gt=0, allow_inf_nan=False, validation_alias="AUTOPACK_LLM_CONNECT_TIMEOUT"
+    )
+    llm_read_timeout: float = Field(default=120.0, gt=0, allow_inf_nan=False, validation_alias="AUTOPACK_LLM_READ_TIMEOUT")
+    llm_total_timeout: float = Field(
+        default=1800.0, gt=0, allow_inf_nan=False, validation_alias="AUTOPACK_LLM_TOTAL_TIMEOUT"
+    )
     seeds_dir: Path = Field(default=REPO_ROOT / "seeds", validation_alias="AUTOPACK_SEEDS_DIR")
     reports_dir: Path = Field(default=Path("reports"), validation_alias="AUTOPACK_REPORTS_DIR")
     simulation_seed: int = Field(default=42, validation_alias="AUTOPACK_SIM_SEED")

@@ -32,7 +32,13 @@ def make_backend(
             raise SettingsError("the anthropic backend needs ANTHROPIC_API_KEY; set it, or use --backend simulated")
         from autopack_pipeline.llm.anthropic_backend import AnthropicBackend
 
-        chosen = AnthropicBackend(settings.anthropic_api_key.get_secret_value(), stream=settings.llm_stream)
+        chosen = AnthropicBackend(
+            settings.anthropic_api_key.get_secret_value(),
+            stream=settings.llm_stream,
+            connect_timeout_seconds=settings.llm_connect_timeout,
+            read_timeout_seconds=settings.llm_read_timeout,
+            total_timeout_seconds=settings.llm_total_timeout,
+        )
     elif name == "replay":
         path = replay_file or settings.replay_file
         if path is None:

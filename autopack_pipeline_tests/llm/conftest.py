@@ -63,15 +63,19 @@ def stream_mode(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture
 def make_anthropic(messages_server: MessagesServer, delays: list[float], stream_mode: bool):
-    """An AnthropicBackend pointed at the local server, with its sleeps recorded instead of slept."""
+    """An AnthropicBackend pointed at the local server, with the sleeps of its own retry loop recorded
+    instead of slept (the SDK's retries before an answer starts sleep for real)."""
 
     def make(max_retries: int = 2, timeout_seconds: float = 5.0, **kwargs) -> AnthropicBackend:
+        """``timeout_seconds`` is the read timeout of a streamed call and the total one of a plain call."""
         kwargs.setdefault("stream", stream_mode)
         return AnthropicBackend(
             FAKE_KEY,
             base_url=messages_server.url,
             max_retries=max_retries,
-            timeout_seconds=timeout_seconds,
+            connect_timeout_seconds=kwargs.pop("connect_timeout_seconds", 5.0),
+            read_timeout_seconds=timeout_seconds,
+            total_timeout_seconds=kwargs.pop("total_timeout_seconds", 60.0 if kwargs["stream"] else timeout_seconds),
             backoff_base_seconds=kwargs.pop("backoff_base_seconds", 0.5),
             backoff_max_seconds=kwargs.pop("backoff_max_seconds", 8.0),
             sleep=delays.append,

@@ -3,7 +3,9 @@
 It speaks just enough of ``POST /v1/messages`` for the SDK: it checks the request body and the
 auth headers, records every request, and answers each one with the next entry of a per-test
 script. Script entries are the small classes below: a normal answer, a truncated answer, an API
-error, a slow answer (to trip the client's timeout) and a dropped connection. Requests with
+error (with any headers, e.g. ``retry-after-ms`` or ``x-should-retry``), a slow answer (to trip the
+client's timeout), a dropped connection, and three faults that strike after the answer has begun: a
+connection dropped part-way, an ``event: error`` part-way, and a stall part-way. Requests with
 ``"stream": true`` get their answer as server-sent events.
 
 The server binds 127.0.0.1 on a port the OS picks, serves from one background thread, and
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
 import socket
 import threading
+import time
+from collections.abc import Callable
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -94,6 +97,10 @@ def invalid_request(message: str = "max_tokens: field required") -> Error:
     return Error(400, "invalid_request_error", message)
 
 
+def authentication_failed() -> Error:
+    return Error(401, "authentication_error", "invalid x-api-key")
+
+
 @dataclass(frozen=True)
 class Slow:
     """Wait ``seconds`` before sending ``then``; longer than the client's timeout, it never arrives."""
@@ -116,7 +123,54 @@ class Raw:
     content_type: str = "application/json"
 
 
-ScriptEntry = Answer | Truncated | Error | Slow | Drop | Raw
+@dataclass(frozen=True)
+class DropMidStream:
+    """Begin ``answer`` (status 200, headers and ``after_events`` events, or part of a plain body), then
+    close the connection abruptly, as a proxy or the API does when a long answer is cut. ``cleanly``:
+    end the stream's body properly instead (a proxy that cuts an answer but not the HTTP framing)."""
+
+    after_events: int = 4
+    cleanly: bool = False
+    answer: Answer = field(default_factory=lambda: Answer("an answer that never finishes " * 4))
+
+
+@dataclass(frozen=True)
+class ErrorMidStream:
+    """Begin ``answer`` with ``after_events`` events, then ``event: error`` of ``error_type`` (as the API
+    reports an overload that strikes after the 200 went out) and the end of the stream. A plain
+    (non-streamed) request gets the error's usual HTTP status instead."""
+
+    error_type: str = "overloaded_error"
+    message: str = "Overloaded"
+    after_events: int = 4
+    answer: Answer = field(default_factory=lambda: Answer("an answer cut by an error " * 4))
+
+
+@dataclass(frozen=True)
+class StallMidStream:
+    """Begin ``answer`` (headers and ``after_events`` events, or part of a plain body), then send nothing
+    for ``seconds`` (the client's read timeout should fire first), then close the connection."""
+
+    after_events: int = 4
+    seconds: float = 5.0
+    answer: Answer = field(default_factory=lambda: Answer("an answer that stalls " * 4))
+
+
+# The HTTP status the API uses for each error type (what an ``event: error`` would have been before the 200).
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+MidStreamFault = DropMidStream | ErrorMidStream | StallMidStream
+ScriptEntry = Answer | Truncated | Error | Slow | Drop | Raw | DropMidStream | ErrorMidStream | StallMidStream
 
 
 @dataclass(frozen=True)
@@ -126,6 +180,7 @@ class RecordedRequest:
     headers: dict[str, str]  # names lower-cased
     body: dict | None
     answered_with: str  # the script entry's class name, or why the server refused the request
+    received_at: float = 0.0  # time.monotonic() when the request was read, to measure the client's waits
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -227,7 +282,9 @@ class MessagesServer:
                 self._connections.discard(conn)
 
 
-_ENTRY_NAMES = {cls.__name__ for cls in (Answer, Truncated, Error, Slow, Drop, Raw)}
+_ENTRY_NAMES = {
+    cls.__name__ for cls in (Answer, Truncated, Error, Slow, Drop, Raw, DropMidStream, ErrorMidStream, StallMidStream)
+}
 
 
 def _close_quietly(conn: socket.socket) -> None:
@@ -303,13 +360,14 @@ class _MessagesHandler(BaseHTTPRequestHandler):
         owner = self.server_owner
         headers = {name.lower(): value for name, value in self.headers.items()}
         raw = self._read_body()
+        received = time.monotonic()
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
 
         def record(answered_with: str) -> None:
-            owner._record(RecordedRequest("POST", self.path, headers, body, answered_with))
+            owner._record(RecordedRequest("POST", self.path, headers, body, answered_with, received))
 
         if self.path.split("?", 1)[0] != "/v1/messages":
             record("unknown_path")
@@ -355,6 +413,9 @@ class _MessagesHandler(BaseHTTPRequestHandler):
         if isinstance(entry, Error):
             self._send_error(entry.status, entry.error_type, entry.message, entry.headers)
             return
+        if isinstance(entry, (DropMidStream, ErrorMidStream, StallMidStream)):
+            self._answer_then_fail(entry, body)
+            return
         if isinstance(entry, Truncated):
             text, output_tokens, stop_reason = entry.cut_text(), body["max_tokens"], "max_tokens"
             input_tokens, model = entry.input_tokens, body["model"]
@@ -363,67 +424,68 @@ class _MessagesHandler(BaseHTTPRequestHandler):
             input_tokens, model = entry.input_tokens, entry.model or body["model"]
         message_id = f"msg_test_{next(_ids):06d}"
         if body.get("stream") is True:
-            self._send_stream(message_id, model, text, input_tokens, output_tokens, stop_reason)
+            events = _stream_events(message_id, model, text, input_tokens, output_tokens, stop_reason)
+            self._start_stream(message_id)
+            for name, data in events:
+                self._send_event(name, data)
+            self._end_stream()
             return
-        message = {
-            "id": message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": stop_reason,
-            "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
-        }
+        message = _message(message_id, model, text, input_tokens, output_tokens, stop_reason)
         self._send_json(200, message)
 
-    def _send_stream(
-        self, message_id: str, model: str, text: str, input_tokens: int, output_tokens: int, stop_reason: str
-    ) -> None:
-        start = {
-            "id": message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
-        }
-        pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
-        events: list[tuple[str, dict]] = [
-            ("message_start", {"type": "message_start", "message": start}),
-            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ("ping", {"type": "ping"}),
-        ]
-        events += [
-            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})
-            for piece in pieces
-        ]
-        events += [
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            (
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                    "usage": {"output_tokens": output_tokens},
-                },
-            ),
-            ("message_stop", {"type": "message_stop"}),
-        ]
+    def _answer_then_fail(self, entry: MidStreamFault, body: dict) -> None:
+        """Send the first part of ``entry.answer`` with status 200, then the entry's fault."""
+        answer = entry.answer
+        message_id = f"msg_test_{next(_ids):06d}"
+        model = answer.model or body["model"]
+        fields = (message_id, model, answer.text, answer.input_tokens, answer.tokens_for(body), answer.stop_reason)
+        if body.get("stream") is not True:
+            if isinstance(entry, ErrorMidStream):
+                self._send_error(ERROR_STATUS.get(entry.error_type, 500), entry.error_type, entry.message)
+                return
+            data = json.dumps(_message(*fields)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+        else:
+            events = _stream_events(*fields)
+            # Never the whole stream: the fault must come before message_stop.
+            self._start_stream(message_id)
+            for name, data in events[: min(entry.after_events, len(events) - 1)]:
+                self._send_event(name, data)
+            if isinstance(entry, ErrorMidStream):
+                error = {"type": entry.error_type, "message": entry.message}
+                self._send_event("error", {"type": "error", "error": error})
+                self._end_stream()
+                return
+            if isinstance(entry, DropMidStream) and entry.cleanly:
+                self._end_stream()
+                return
+        if isinstance(entry, StallMidStream):
+            self.server_owner._stopping.wait(entry.seconds)
+        self.close_connection = True
+        _close_quietly(self.connection)
+
+    def _start_stream(self, message_id: str) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("request-id", f"req_{message_id}")
         self.end_headers()
-        for name, data in events:
-            chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
-            self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-        self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
+    def _send_event(self, name: str, data: dict) -> None:
+        chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        self.wfile.flush()
+
+    def _end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
     def _send_error(
         self, status: int, error_type: str, message: str, headers: tuple[tuple[str, str], ...] = ()
     ) -> None:
@@ -452,3 +514,55 @@ class _MessagesHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return b""
         return self.rfile.read(length) if length else b""
+
+
+def _message(message_id: str, model: str, text: str, input_tokens: int, output_tokens: int, stop_reason: str) -> dict:
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+
+
+def _stream_events(
+    message_id: str, model: str, text: str, input_tokens: int, output_tokens: int, stop_reason: str
+) -> list[tuple[str, dict]]:
+    """The server-sent events of one answer, in the API's order."""
+    start = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+    }
+    pieces = [text[i : i + 16] for i in range(0, len(text), 16)] or [""]
+    events: list[tuple[str, dict]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("ping", {"type": "ping"}),
+    ]
+    events += [
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})
+        for piece in pieces
+    ]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return events

@@ -17,6 +17,7 @@ from autopack_pipeline.storage.models import Phase, PhaseOutcomeEvent, TokenBudg
 from autopack_pipeline_tests.llm.messages_server import (
     Answer,
     Drop,
+    DropMidStream,
     Slow,
     Truncated,
     invalid_request,
@@ -129,3 +130,28 @@ def test_a_refused_key_stops_the_run_and_leaves_every_phase_pending(engine, make
     assert "ANTHROPIC_API_KEY" in summary.stopped_reason and FAKE_KEY not in str(summary.as_dict())
     with Session(engine) as session:
         assert set(session.scalars(select(Phase.state))) == {"QUEUED"}
+
+
+def test_a_stream_dropped_on_attempt_2_keeps_attempt_1s_event(engine, make_anthropic, messages_server, phases_file):
+    # Attempt 1 is truncated (stored, escalated); attempt 2's first stream is cut part-way, then retried.
+    messages_server.script(Truncated(FILES), DropMidStream(after_events=5), Answer(FILES, output_tokens=9000))
+    summary = _collect(engine, make_anthropic, phases_file)
+    events, phase, outcome, escalations = _rows(engine)
+    assert summary.phases_completed == 1 and summary.failures == {}
+    assert list(events["attempt"]) == [1, 2]
+    assert events.loc[0, "truncated"] and events.loc[1, "actual_output_tokens"] == 9000
+    assert len(escalations) == 1
+    assert phase.state == "COMPLETE" and outcome.phase_outcome == "SUCCESS"
+    assert len(messages_server.message_requests()) == 3
+
+
+def test_a_stream_that_keeps_dropping_fails_the_phase_with_the_reason_and_keeps_attempt_1(
+        engine, make_anthropic, messages_server, phases_file):
+    messages_server.script(Truncated(FILES), DropMidStream(), DropMidStream())
+    summary = _collect(engine, make_anthropic, phases_file, max_retries=1)
+    events, phase, outcome, _ = _rows(engine)
+    assert summary.phases_failed == 1
+    assert list(events["attempt"]) == [1] and events.loc[0, "truncated"]
+    assert phase.state == "FAILED" and "dropped" in phase.last_failure_reason
+    assert "internal error" not in phase.last_failure_reason
+    assert outcome.phase_outcome == "FAILED"
