@@ -198,3 +198,25 @@ def test_sqlite_table_rebuild_in_a_migration_does_not_cascade(tmp_path: Path) ->
         assert count_rows(engine, "token_budget_escalation_events") == 0
     finally:
         engine.dispose()
+
+
+def test_revision_0003_adds_missing_columns_by_the_live_schema_keeping_rows(seeded: Engine) -> None:
+    """Stamped at 0002 without two of Autopack's columns: 0003 adds them, a NOT NULL one with
+    Autopack's default for the rows already there, and leaves the columns already present alone."""
+    with seeded.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE phases DROP COLUMN quality_blocked")
+        connection.exec_driver_sql("ALTER TABLE token_estimation_v2_events DROP COLUMN sot_file_name")
+    _migrate_to(seeded, "0002", down=True)
+    assert {"quality_blocked", "sot_file_name"}.isdisjoint(
+        _columns(seeded, "phases") | _columns(seeded, "token_estimation_v2_events"))
+
+    _migrate_to(seeded, "0003")
+    assert current_revision(seeded) == "0003"
+    assert "sot_file_name" in _columns(seeded, "token_estimation_v2_events")
+    quality_blocked = next(c for c in sa.inspect(seeded).get_columns("phases") if c["name"] == "quality_blocked")
+    assert quality_blocked["nullable"] is False and quality_blocked["default"] is not None
+    phases = fetch_all(seeded, "phases", "id")
+    assert len(phases) == 1 and phases[0]["quality_blocked"] in (False, 0)
+    _migrate_to(seeded, "0002", down=True)  # 0003 never drops Autopack's columns
+    _migrate_to(seeded, "0003")  # and runs again without adding anything twice
+    assert "sot_file_name" in _columns(seeded, "token_estimation_v2_events")
