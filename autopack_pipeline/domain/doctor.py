@@ -89,8 +89,13 @@ def check_schema(summary: dict[str, Any]) -> Check:
     observed = f"revision {revision}" if revision else "no revision (never migrated, e.g. written by Autopack)"
     if missing:
         observed += "; missing tables: " + ", ".join(missing)
-    threshold = f"revision {schema.get('head')}, every telemetry table present"
-    if schema.get("up_to_date") and not missing:
+    # The columns, not only the revision stamp: an older `db upgrade` stamped databases without them.
+    missing_columns = [f"{table}.{column}" for table, columns in (summary.get("missing_columns") or {}).items()
+                       for column in columns]
+    if missing_columns:
+        observed += "; missing columns: " + ", ".join(missing_columns)
+    threshold = f"revision {schema.get('head')}, every telemetry table and column present"
+    if schema.get("up_to_date") and not missing and not missing_columns:
         return Check("schema", "Schema revision", OK, observed, threshold)
     return Check("schema", "Schema revision", FAIL, observed, threshold,
                  [f"run {UPGRADE_COMMAND} (keeps every row, also for a database Autopack created)"])

@@ -5,6 +5,10 @@ without an ``alembic.ini``, so ``upgrade_database`` works from an installed whee
 working directory. Commands and assets call :func:`prepare_database` before touching data: a brand-new
 database is created at head, anything older is refused with a message saying to run
 ``autopack-telemetry db upgrade`` (so adopting someone's Autopack database is always a deliberate act).
+
+"Current" means the head revision *and* every table and column of the models: the revision stamp
+alone is not trusted, because an older ``db upgrade`` stamped Autopack's databases without adding
+some of Autopack's columns. ``db upgrade`` adds whatever is missing, also at head.
 """
 
 from __future__ import annotations
@@ -13,19 +17,21 @@ import fcntl
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import Column, false, inspect, text, true
 from sqlalchemy.engine import Connection, Engine
 
 from autopack_pipeline.storage.database import describe_database, make_engine
-from autopack_pipeline.storage.models import TELEMETRY_TABLES
+from autopack_pipeline.storage.models import TELEMETRY_TABLES, Base
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,9 @@ UPGRADE_COMMAND = "autopack-telemetry db upgrade"
 # Arbitrary constant naming our advisory lock; two processes (say the Dagster daemon and the
 # webserver) starting together must not both run the same DDL.
 _PG_MIGRATION_LOCK_KEY = 0x4150_4B54
+# Tables whose presence means the database already holds a telemetry schema. Not llm_usage_events:
+# Autopack's executor has created that table alone in a stray file (pitfall P1), which is still new.
+_SCHEMA_MARKERS = (set(TELEMETRY_TABLES) - {"llm_usage_events"}) | {"alembic_version"}
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -62,6 +71,108 @@ class SchemaTooNew(SchemaOutOfDate):
             f"autopack_pipeline does not know (it needs {required}); a newer version migrated it. "
             "Upgrade autopack_pipeline, or point DATABASE_URL at another database.",
         )
+
+
+class SchemaIncomplete(SchemaOutOfDate):
+    """The database is stamped at the head revision but lacks tables or columns the models have."""
+
+    def __init__(self, current: str, database: str, gaps: list[str]) -> None:
+        super().__init__(current, current, database)
+        self.gaps = gaps
+        self.args = (
+            f"Telemetry database {database} is at schema revision {current} but lacks {', '.join(gaps)}. "
+            f"Run: {UPGRADE_COMMAND} (it adds them and keeps every row)",
+        )
+
+
+def missing_columns(bind: Engine | Connection) -> dict[str, list[str]]:
+    """Columns of the models that the database's telemetry tables lack, by table.
+
+    Read from the live tables (the inspector), never from the revision stamp. Absent tables are not
+    listed here: they are a finding of their own (see :func:`schema_gaps`).
+    """
+    inspector = inspect(bind)
+    present = set(inspector.get_table_names())
+    missing: dict[str, list[str]] = {}
+    for name in TELEMETRY_TABLES:
+        if name not in present:
+            continue
+        live = {column["name"] for column in inspector.get_columns(name)}
+        lacking = [column.name for column in Base.metadata.tables[name].columns if column.name not in live]
+        if lacking:
+            missing[name] = lacking
+    return missing
+
+
+def schema_gaps(bind: Engine | Connection) -> list[str]:
+    """What the database lacks of the models, as ``table NAME`` and ``TABLE.COLUMN`` items."""
+    present = set(inspect(bind).get_table_names())
+    gaps = [f"table {name}" for name in TELEMETRY_TABLES if name not in present]
+    for table, columns in missing_columns(bind).items():
+        gaps += [f"{table}.{column}" for column in columns]
+    return gaps
+
+
+def add_missing_columns(operations: Operations, wanted: Mapping[str, Sequence[Column]]) -> dict[str, list[str]]:
+    """Add to each existing table of ``wanted`` the columns it lacks; return what was added.
+
+    Idempotent: it compares with the live columns, so a column already there (added by Autopack, a
+    person, or an earlier run) is left alone. A NOT NULL column keeps NOT NULL only with a server
+    default, which is also the value every existing row gets; without one it is added nullable,
+    because a table with rows cannot take a NOT NULL column that has no value, and Autopack's
+    readers only need the column to exist (its writer always fills it).
+    """
+    inspector = inspect(operations.get_bind())
+    present_tables = set(inspector.get_table_names())
+    added: dict[str, list[str]] = {}
+    for table, columns in wanted.items():
+        if table not in present_tables:
+            continue
+        live = {column["name"] for column in inspector.get_columns(table)}
+        missing = [column for column in columns if column.name not in live]
+        if not missing:
+            continue
+        # Batch mode: a plain ALTER TABLE ADD COLUMN on both backends (SQLite rebuilds nothing for it).
+        with operations.batch_alter_table(table) as batch:
+            for column in missing:
+                default = column.server_default.arg if column.server_default is not None else None
+                batch.add_column(Column(column.name, column.type, nullable=column.nullable or default is None,
+                                        server_default=default))
+        added[table] = [column.name for column in missing]
+    return added
+
+
+def _server_default_of(column: Column) -> Any:
+    """The server default for adding ``column`` to a table with rows: its scalar Python default, if any."""
+    if column.nullable or column.default is None or not column.default.is_scalar:
+        return None
+    value = column.default.arg
+    if isinstance(value, bool):
+        return true() if value else false()
+    return str(value)
+
+
+def _repair_to_models(connection: Connection) -> None:
+    """Create the telemetry tables and add the columns a database at head still lacks.
+
+    Revisions add what their author knew was missing; a database stamped by an older ``db upgrade``
+    (or altered by hand) can still lack something, so after the revisions run the live schema is
+    compared with the models and completed. New columns never carry foreign keys or indexes: they
+    are only needed to exist for Autopack's ORM and our writers.
+    """
+    present = set(inspect(connection).get_table_names())
+    absent = [Base.metadata.tables[name] for name in TELEMETRY_TABLES if name not in present]
+    if absent:
+        Base.metadata.create_all(connection, tables=absent)
+        logger.warning("created missing telemetry tables: %s", ", ".join(table.name for table in absent))
+    wanted = {
+        name: [Column(column.name, column.type, nullable=column.nullable, server_default=_server_default_of(column))
+               for column in Base.metadata.tables[name].columns]
+        for name in TELEMETRY_TABLES
+    }
+    added = add_missing_columns(Operations(MigrationContext.configure(connection)), wanted)
+    for table, columns in added.items():
+        logger.warning("added missing columns to %s: %s", table, ", ".join(columns))
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -159,17 +270,26 @@ def upgrade_database(engine_or_url: Engine | str | None = None) -> str:
 def _upgrade(engine: Engine) -> str:
     with migration_connection(engine) as connection:
         command.upgrade(alembic_config(connection), "head")
+        _repair_to_models(connection)
     head = head_revision()
     logger.info("telemetry database %s is at schema revision %s", describe_database(engine).url, head)
     return head
 
 
 def require_current_schema(engine: Engine) -> None:
-    """Raise :class:`SchemaOutOfDate` unless the database is at :func:`head_revision`."""
+    """Raise :class:`SchemaOutOfDate` unless the database is at :func:`head_revision` with every
+    table and column of the models (:class:`SchemaIncomplete` when only the columns are missing)."""
     required = head_revision()
     current = current_revision(engine)
     if current != required:
         raise SchemaOutOfDate(current, required, describe_database(engine).url)
+    _require_complete(engine, current)
+
+
+def _require_complete(engine: Engine, current: str) -> None:
+    gaps = schema_gaps(engine)
+    if gaps:
+        raise SchemaIncomplete(current, describe_database(engine).url, gaps)
 
 
 def known_revisions() -> set[str]:
@@ -182,7 +302,8 @@ def prepare_database(engine: Engine) -> str:
 
     - None of our tables (a new file, an empty PostgreSQL database): the schema is created at head,
       so the embedded default works with no set-up.
-    - At head: nothing to do.
+    - At head with every table and column: nothing to do. At head but lacking some (stamped by an
+      older upgrade that did not add them): raises :class:`SchemaIncomplete` naming them.
     - Anything else (an Autopack database that was never migrated, an older revision): raises
       :class:`SchemaOutOfDate` naming the database, its revision, the one needed and the upgrade
       command. Migrating someone else's database in place is left to an explicit ``db upgrade``.
@@ -192,10 +313,11 @@ def prepare_database(engine: Engine) -> str:
     # Under the lock, another process's half-made schema is never mistaken for an old one.
     with _sqlite_migration_lock(engine):
         present = set(inspect(engine).get_table_names())
-        if not present & (set(TELEMETRY_TABLES) | {"alembic_version"}):
+        if not present & _SCHEMA_MARKERS:
             return _upgrade(engine)
         current = current_revision(engine)
     if current == head:
+        _require_complete(engine, head)
         return head
     database = describe_database(engine).url
     if current is not None and current not in known_revisions():

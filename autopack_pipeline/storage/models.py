@@ -2,8 +2,10 @@
 
 A database written by Autopack must open here unchanged and one written by us must stay readable by
 Autopack's scripts, so table names, column names, nullability, Python-side defaults, index names and
-constraint names follow Autopack's ``src/autopack/models.py``. Everything we add is nullable and is
-marked "ours" below; migration 0002 adds exactly those columns.
+constraint names follow Autopack's ``src/autopack/models.py``: every column of Autopack's models (as of
+hshk99/Autopack c81c7189) is here, because Autopack's ORM selects every mapped column and fails on a
+database lacking one. Everything we add is nullable and is marked "ours" below; migration 0002 adds
+exactly those columns, 0003 any of Autopack's that an older database lacks.
 
 Enum-like state columns are plain strings: Autopack stores enum *names* ("QUEUED", "DONE_SUCCESS"),
 and on PostgreSQL it created native enum types for them (see :class:`StateString`).
@@ -146,6 +148,11 @@ class Phase(Base):
         UniqueConstraint("run_id", "phase_id", name="uq_phases_run_id_phase_id"),
         Index("ix_phases_run_state", "run_id", "state"),
         Index("ix_phases_state_started", "state", "started_at"),
+        # Several new phases in one flush would otherwise go out as PostgreSQL's batched
+        # "INSERT ... SELECT p0::INTEGER, p7::VARCHAR ... FROM (VALUES ...)", whose VARCHAR cast
+        # Autopack's native ``phasestate`` enum column refuses. Without implicit RETURNING each id
+        # comes from the SERIAL sequence and the rows are inserted with plain parameters.
+        {"implicit_returning": False},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, index=True)
@@ -163,6 +170,7 @@ class Phase(Base):
     builder_mode: Mapped[str | None] = mapped_column(String, nullable=True)
     phase_type: Mapped[str | None] = mapped_column(String, nullable=True)
     scope: Mapped[Any | None] = mapped_column(JSON, nullable=True)
+    deployment_config: Mapped[Any | None] = mapped_column(JSON, nullable=True)
     max_builder_attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_auditor_attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
     incident_token_cap: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -341,6 +349,33 @@ class GeneratedTask(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
+class LlmUsageEvent(Base):
+    """Tokens of one LLM call as Autopack's usage recorder logs them (``llm_usage_events``).
+
+    We never write it; it exists because Autopack's ``db_identity_check.py`` counts its rows and
+    Autopack's writer expects it. No foreign keys: Autopack logs calls outside any run too.
+    """
+
+    __tablename__ = "llm_usage_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String, nullable=False)
+    model: Mapped[str] = mapped_column(String, nullable=False)
+    run_id: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+    phase_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    role: Mapped[str] = mapped_column(String, nullable=False)
+    total_tokens: Mapped[int] = mapped_column(Integer, nullable=False)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False, default=utc_now, index=True)
+    client_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    is_doctor_call: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    doctor_model: Mapped[str | None] = mapped_column(String, nullable=True)
+    doctor_action: Mapped[str | None] = mapped_column(String, nullable=True)
+    phase_type: Mapped[str | None] = mapped_column(String, nullable=True)
+    intent: Mapped[str | None] = mapped_column(String, nullable=True)
+
+
 TELEMETRY_TABLES: tuple[str, ...] = (
     "runs",
     "tiers",
@@ -349,5 +384,6 @@ TELEMETRY_TABLES: tuple[str, ...] = (
     "token_budget_escalation_events",
     "phase_outcome_events",
     "generated_tasks",
+    "llm_usage_events",
 )
-"""The seven tables of the telemetry schema, parents before children."""
+"""The eight tables of the telemetry schema, parents before children."""

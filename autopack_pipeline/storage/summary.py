@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
 from autopack_pipeline.storage.database import describe_database
-from autopack_pipeline.storage.migrate import current_revision, head_revision
+from autopack_pipeline.storage.migrate import current_revision, head_revision, missing_columns
 from autopack_pipeline.storage.models import (
     TELEMETRY_TABLES,
     Phase,
@@ -92,7 +92,8 @@ def database_summary(engine: Engine) -> dict[str, Any]:
     """Identity, schema revision, row counts, phase states and event statistics of ``engine``'s database.
 
     Keys: ``database`` (masked identity), ``schema`` {revision, head, up_to_date}, ``row_counts``
-    {table: rows} for every table present, ``missing_tables``, ``is_empty``, ``phase_states``
+    {table: rows} for every table present, ``missing_tables``, ``missing_columns`` {table: [column]}
+    (read from the live tables, whatever the revision says), ``is_empty``, ``phase_states``
     {state: n, "TOTAL": n}, ``events`` {total, success, truncated, success_pct, truncated_pct,
     by_category, by_complexity, success_by_category, success_by_complexity}, ``escalations``.
     """
@@ -114,6 +115,7 @@ def database_summary(engine: Engine) -> dict[str, Any]:
         "schema": {"revision": revision, "head": head, "up_to_date": revision == head},
         "row_counts": counts,
         "missing_tables": [name for name in TELEMETRY_TABLES if name not in present],
+        "missing_columns": missing_columns(engine),
         # Autopack's definition of an empty database: no runs and no phases.
         "is_empty": counts.get("runs", 0) == 0 and counts.get("phases", 0) == 0,
         "phase_states": phase_states,

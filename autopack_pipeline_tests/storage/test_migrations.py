@@ -45,14 +45,14 @@ def _migrate_to(engine: Engine, revision: str, *, down: bool = False) -> None:
         (command.downgrade if down else command.upgrade)(config, revision)
 
 
-def test_head_is_0002() -> None:
-    assert head_revision() == "0002"
+def test_head_is_0003() -> None:
+    assert head_revision() == "0003"
 
 
 def test_upgrade_from_empty_creates_every_table_at_head(blank_engine: Engine) -> None:
     assert current_revision(blank_engine) is None
-    assert upgrade_database(blank_engine) == "0002"
-    assert current_revision(blank_engine) == "0002"
+    assert upgrade_database(blank_engine) == "0003"
+    assert current_revision(blank_engine) == "0003"
     tables = set(sa.inspect(blank_engine).get_table_names())
     assert set(TELEMETRY_TABLES) <= tables
     assert OUR_EVENT_COLUMNS <= _columns(blank_engine, "token_estimation_v2_events")
@@ -61,8 +61,8 @@ def test_upgrade_from_empty_creates_every_table_at_head(blank_engine: Engine) ->
 
 
 def test_upgrade_is_idempotent_and_keeps_rows(seeded: Engine) -> None:
-    assert upgrade_database(seeded) == "0002"
-    assert upgrade_database(seeded) == "0002"
+    assert upgrade_database(seeded) == "0003"
+    assert upgrade_database(seeded) == "0003"
     assert count_rows(seeded, "phases") == 1
 
 
@@ -107,15 +107,15 @@ def test_require_current_schema_explains_what_to_do(blank_engine: Engine) -> Non
     with pytest.raises(SchemaOutOfDate) as never_migrated:
         require_current_schema(blank_engine)
     message = str(never_migrated.value)
-    assert "no revision" in message and "0002" in message and "autopack-telemetry db upgrade" in message
-    assert never_migrated.value.current is None and never_migrated.value.required == "0002"
+    assert "no revision" in message and "0003" in message and "autopack-telemetry db upgrade" in message
+    assert never_migrated.value.current is None and never_migrated.value.required == "0003"
 
     _migrate_to(blank_engine, "0001")
     with pytest.raises(SchemaOutOfDate) as behind:
         require_current_schema(blank_engine)
     assert behind.value.current == "0001"
     assert "at schema revision 0001" in str(behind.value)
-    assert "needs revision 0002" in str(behind.value)
+    assert "needs revision 0003" in str(behind.value)
 
 
 @pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
@@ -136,7 +136,7 @@ def test_upgrade_works_from_any_working_directory(tmp_path: Path, monkeypatch: p
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert upgrade_database("sqlite:///relative.db") == "0002"
+    assert upgrade_database("sqlite:///relative.db") == "0003"
     assert (elsewhere / "relative.db").exists()
 
 
@@ -156,7 +156,7 @@ def test_downgrade_to_baseline_and_back_keeps_rows(seeded: Engine) -> None:
     assert count_rows(seeded, "token_estimation_v2_events") == 1
     assert count_rows(seeded, "phases") == 1
 
-    assert upgrade_database(seeded) == "0002"
+    assert upgrade_database(seeded) == "0003"
     rows = fetch_all(seeded, "token_estimation_v2_events", "event_id")
     assert len(rows) == 1
     assert rows[0]["actual_output_tokens"] == 700 and rows[0]["event_uid"] is None
@@ -198,3 +198,25 @@ def test_sqlite_table_rebuild_in_a_migration_does_not_cascade(tmp_path: Path) ->
         assert count_rows(engine, "token_budget_escalation_events") == 0
     finally:
         engine.dispose()
+
+
+def test_revision_0003_adds_missing_columns_by_the_live_schema_keeping_rows(seeded: Engine) -> None:
+    """Stamped at 0002 without two of Autopack's columns: 0003 adds them, a NOT NULL one with
+    Autopack's default for the rows already there, and leaves the columns already present alone."""
+    with seeded.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE phases DROP COLUMN quality_blocked")
+        connection.exec_driver_sql("ALTER TABLE token_estimation_v2_events DROP COLUMN sot_file_name")
+    _migrate_to(seeded, "0002", down=True)
+    assert {"quality_blocked", "sot_file_name"}.isdisjoint(
+        _columns(seeded, "phases") | _columns(seeded, "token_estimation_v2_events"))
+
+    _migrate_to(seeded, "0003")
+    assert current_revision(seeded) == "0003"
+    assert "sot_file_name" in _columns(seeded, "token_estimation_v2_events")
+    quality_blocked = next(c for c in sa.inspect(seeded).get_columns("phases") if c["name"] == "quality_blocked")
+    assert quality_blocked["nullable"] is False and quality_blocked["default"] is not None
+    phases = fetch_all(seeded, "phases", "id")
+    assert len(phases) == 1 and phases[0]["quality_blocked"] in (False, 0)
+    _migrate_to(seeded, "0002", down=True)  # 0003 never drops Autopack's columns
+    _migrate_to(seeded, "0003")  # and runs again without adding anything twice
+    assert "sot_file_name" in _columns(seeded, "token_estimation_v2_events")

@@ -127,7 +127,7 @@ def test_database_summary_counts(seeded: Engine, make_event) -> None:
     assert summary["row_counts"]["token_estimation_v2_events"] == 4
     assert summary["row_counts"]["phases"] == 3 and summary["row_counts"]["runs"] == 1
     assert summary["missing_tables"] == [] and summary["is_empty"] is False
-    assert summary["schema"] == {"revision": "0002", "head": "0002", "up_to_date": True}
+    assert summary["schema"] == {"revision": "0003", "head": "0003", "up_to_date": True}
     assert summary["phase_states"] == {"COMPLETE": 2, "QUEUED": 1, "TOTAL": 3}
     assert summary["events"] == {
         "total": 4, "success": 2, "truncated": 2, "success_pct": 50.0, "truncated_pct": 50.0,
@@ -141,7 +141,7 @@ def test_database_summary_counts(seeded: Engine, make_event) -> None:
 def test_database_summary_of_an_empty_unmigrated_database(blank_engine: Engine) -> None:
     summary = database_summary(blank_engine)
     assert summary["row_counts"] == {}
-    assert summary["missing_tables"][0] == "runs" and len(summary["missing_tables"]) == 7
+    assert summary["missing_tables"][0] == "runs" and len(summary["missing_tables"]) == 8
     assert summary["is_empty"] is True
     assert summary["schema"]["revision"] is None and summary["schema"]["up_to_date"] is False
     assert summary["events"]["total"] == 0 and summary["phase_states"] == {"TOTAL": 0}
