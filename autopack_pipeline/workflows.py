@@ -32,6 +32,7 @@ from autopack_pipeline.collection.run import (
 from autopack_pipeline.domain.calibration import (
     CalibrationResult,
 )
+from autopack_pipeline.domain.budget_calibration import calibration_section
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.coverage import CALIBRATION_METHODS
 from autopack_pipeline.domain.drift import DriftReport, detect_drift
@@ -48,6 +49,7 @@ from autopack_pipeline.domain.fast_metrics import (
     tier_metrics_document_arrays,
 )
 from autopack_pipeline.domain.gates import GateDecision
+from autopack_pipeline.domain.reprediction import arrays_in_force
 from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
 from autopack_pipeline.domain.tasks import (
     GeneratedTask,
@@ -147,6 +149,10 @@ class CalibrationOutcome:
     json_path: Path | None = None
     plot_path: Path | None = None
     results: dict[str, CalibrationResult] | None = None
+    # The patch's calibration section (prediction multiplier, budget margin and floor per group).
+    calibration_section: dict[str, Any] | None = None
+    # How the predictions were re-expressed under the coefficients in force (events per way).
+    reprediction: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         reports = None
@@ -158,6 +164,8 @@ class CalibrationOutcome:
             "method": self.result.method if self.result else None,
             "result": self.result.model_dump(mode="json") if self.result else None,
             "methods": {name: r.model_dump(mode="json") for name, r in (self.results or {}).items()},
+            "calibration": self.calibration_section,
+            "reprediction": self.reprediction,
             "reports": reports,
         }
 
@@ -177,6 +185,8 @@ def calibrate(
     database: str | None = None,
     method: str = "coverage",
     write_reports: bool = True,
+    prediction_inputs: pd.DataFrame | None = None,
+    coefficient_history: dict[str, Any] | None = None,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -184,6 +194,12 @@ def calibrate(
     ``proposed_changes``; the other is reported beside it. ``under_multiplier`` is both the gate's
     underestimation tolerance and the tolerance the coverage multiplier is computed against.
     ``write_reports=False`` computes everything and writes no file (``tasks generate``).
+
+    With ``prediction_inputs`` (``storage.prediction_inputs.read_prediction_inputs``), every event's
+    prediction is first re-expressed under the coefficients in force (``domain.reprediction``;
+    ``coefficient_history`` holds the kept versions, by version), so the multipliers proposed are
+    factors on top of the current file, never a second application of an earlier one. The gate still
+    judges the recorded predictions: it is about what happened.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
@@ -204,24 +220,36 @@ def calibrate(
         "database": database,
         "gate_summary": gate.summary(),
     }
+    reprediction = None
+    if prediction_inputs is not None:
+        arrays, reprediction = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
+        provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
+                                       + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
+        samples = clean_sample_rows(arrays, dedup=dedup)
+        groups = sample_groups(arrays, samples.mask)
     observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
     results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
                                   confidence_threshold=confidence_threshold, dedup=dedup,
                                   tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
                                   observed=observed)
+    factors = {(g.category, g.complexity): g.proposed_multiplier for g in results[method].actionable_groups}
+    section = calibration_section(observed[2], coefficients, factors, min_samples=min_samples)
     if not write_reports:
-        return CalibrationOutcome(gate=gate, result=results[method], results=results)
+        return CalibrationOutcome(gate=gate, result=results[method], results=results, calibration_section=section,
+                                  reprediction=reprediction)
     from autopack_pipeline.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
 
     files = write_calibration_report_set(
         results[method],
         output_dir or settings.resolved_reports_dir(),
         others=[r for name, r in results.items() if name != method],
+        calibration_section=section,
         plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observed[2]},
                                                     list(results.values()), tolerance=under_multiplier),
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
-                              json_path=files.json, plot_path=files.plot, results=results)
+                              json_path=files.json, plot_path=files.plot, results=results,
+                              calibration_section=section, reprediction=reprediction)
 
 
 _drift_lock = threading.Lock()

@@ -103,6 +103,14 @@ def run_collection(
     return summary
 
 
+def _estimate_features(result: PhaseResult) -> dict:
+    """The doc features the estimate used (Autopack's columns), so the phase can be re-predicted."""
+    features = result.estimate.doc_features
+    keys = ("api_reference_required", "examples_required", "research_required", "usage_guide_required",
+            "context_quality", "is_sot_file", "sot_file_name", "sot_entry_count_hint")
+    return {key: features[key] for key in keys if key in features}
+
+
 def _drain_phase(engine: Engine, run_id: str, phase: PhaseSpec, builder: Builder) -> tuple[PhaseResult, int]:
     set_phase_state(engine, run_id, phase.phase_id, "EXECUTING")
     result = builder.run_phase({**phase.model_dump(), "run_id": run_id}, phase.max_builder_attempts)
@@ -125,6 +133,8 @@ def _drain_phase(engine: Engine, run_id: str, phase: PhaseSpec, builder: Builder
             attempt=attempt.attempt,
             event_uid=event_uid(run_id, phase.phase_id, attempt.attempt),
             phase_completed=result.completed,
+            coefficients_version=builder.estimator.coefficients.version,
+            **_estimate_features(result),
         )
         written += bool(record_estimation_event(engine, event, respect_flag=False))
     for escalation in result.escalations:
