@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0002"  # DEV: 0003 at merge
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
