@@ -99,6 +99,7 @@ def _method_block(result: CalibrationResult) -> dict[str, Any]:
 def calibration_report_payload(
     result: CalibrationResult, generated_at: datetime | None = None, *, others: Sequence[CalibrationResult] = (),
     economics: Sequence[dict[str, Any]] | None = None,
+    calibration_section: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report as a plain dict. ``result`` is the chosen method: Autopack's keys carry its
     figures; with ``others``, ``methods`` holds every method's figures under its name."""
@@ -121,6 +122,9 @@ def calibration_report_payload(
         payload["methods"] = {r.method: _method_block(r) for r in (result, *others)}
     if economics is not None:
         payload["frontier_and_cost"] = list(economics)
+    if calibration_section is not None:
+        # What apply-calibration writes into the coefficient file's calibration section.
+        payload["calibration"] = calibration_section
     return payload
 
 
@@ -264,9 +268,27 @@ def _provenance_lines(result: CalibrationResult) -> list[str]:
     return lines
 
 
+def calibration_section_lines(section: dict[str, Any] | None) -> list[str]:
+    """The patch's calibration section as a markdown table (what apply-calibration would write)."""
+    if not section or not section.get("groups"):
+        return []
+    lines = ["## Coefficient file calibration section (the patch)", "",
+             f"Against coefficients `{section['coefficient_file_version']}`; budgets aim at truncation <= "
+             f"{section['target_truncation_pct']:g}%.", "",
+             "| Group | Status | N (truncated) | Multiplier now -> new | Budget margin | Budget floor (was) | Note |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for g in section["groups"]:
+        margin = "rules" if g["budget_margin"] is None else f"x{g['budget_margin']:.3f}"
+        lines.append(f"| {_cell(g['category'])}/{_cell(g['complexity'])} | {g['status']} | {g['observations']} "
+                     f"({g['censored']}) | x{g['current_prediction_multiplier']:.3f} -> x{g['prediction_multiplier']:.3f}"
+                     f" | {margin} | {g['budget_floor']} ({g['previous_budget_floor']}) | {_cell(g['note'])} |")
+    return [*lines, ""]
+
+
 def render_calibration_markdown(
     result: CalibrationResult, *, generated_at: datetime | None = None, others: Sequence[CalibrationResult] = (),
     economics: Sequence[dict[str, Any]] | None = None,
+    calibration_section: dict[str, Any] | None = None,
 ) -> str:
     """The markdown report of ``result``, the chosen method; with ``others``, a side-by-side section.
 
@@ -315,6 +337,7 @@ def render_calibration_markdown(
     ]
 
     lines.append("")
+    lines += calibration_section_lines(calibration_section)
     if others:
         lines += _side_by_side([result, *others])
     if economics is not None:
@@ -413,6 +436,7 @@ def write_calibration_report_set(
     stem: str | None = None,
     plot: Callable[[IO[bytes]], None] | None = None,
     economics: Sequence[dict[str, Any]] | None = None,
+    calibration_section: dict[str, Any] | None = None,
 ) -> ReportFiles:
     """Write ``<stem>.json``, ``<stem>.md`` and, given a ``plot`` writer, ``<stem>.png`` into
     ``output_dir`` (created if missing), each atomically.
@@ -425,11 +449,13 @@ def write_calibration_report_set(
     name = safe_stem(stem if stem is not None else report_stem(moment))
     directory.mkdir(parents=True, exist_ok=True)
     markdown_path, json_path = _inside(directory, f"{name}.md"), _inside(directory, f"{name}.json")
-    payload = calibration_report_payload(result, moment, others=others, economics=economics)
+    payload = calibration_report_payload(result, moment, others=others, economics=economics,
+                                         calibration_section=calibration_section)
     # allow_nan=False: a NaN would make the file unreadable for strict JSON parsers; fail here instead.
     write_atomic_text(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     write_atomic_text(markdown_path, render_calibration_markdown(result, generated_at=moment, others=others,
-                                                                 economics=economics))
+                                                                 economics=economics,
+                                                                 calibration_section=calibration_section))
     plot_path = None
     if plot is not None:
         plot_path = _inside(directory, f"{name}.png")

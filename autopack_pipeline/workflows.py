@@ -32,6 +32,7 @@ from autopack_pipeline.collection.run import (
 from autopack_pipeline.domain.calibration import (
     CalibrationResult,
 )
+from autopack_pipeline.domain.budget_calibration import calibration_section
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.coverage import CALIBRATION_METHODS
 from autopack_pipeline.domain.drift import DriftReport, detect_drift
@@ -50,6 +51,7 @@ from autopack_pipeline.domain.fast_metrics import (
 from autopack_pipeline.domain.gates import GateDecision
 from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.prices import PRICES_FILE_NAME, PriceTable, load_price_table
+from autopack_pipeline.domain.reprediction import arrays_in_force
 from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
 from autopack_pipeline.domain.tasks import (
     GeneratedTask,
@@ -151,6 +153,10 @@ class CalibrationOutcome:
     plot_path: Path | None = None
     results: dict[str, CalibrationResult] | None = None
     economics: list[dict[str, Any]] | None = None  # per group: frontier and cost (group_economics)
+    # The patch's calibration section (prediction multiplier, budget margin and floor per group).
+    calibration_section: dict[str, Any] | None = None
+    # How the predictions were re-expressed under the coefficients in force (events per way).
+    reprediction: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         reports = None
@@ -162,6 +168,8 @@ class CalibrationOutcome:
             "method": self.result.method if self.result else None,
             "result": self.result.model_dump(mode="json") if self.result else None,
             "methods": {name: r.model_dump(mode="json") for name, r in (self.results or {}).items()},
+            "calibration": self.calibration_section,
+            "reprediction": self.reprediction,
             "reports": reports,
             "frontier_and_cost": self.economics,
         }
@@ -182,6 +190,8 @@ def calibrate(
     database: str | None = None,
     method: str = "coverage",
     write_reports: bool = True,
+    prediction_inputs: pd.DataFrame | None = None,
+    coefficient_history: dict[str, Any] | None = None,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -189,6 +199,12 @@ def calibrate(
     ``proposed_changes``; the other is reported beside it. ``under_multiplier`` is both the gate's
     underestimation tolerance and the tolerance the coverage multiplier is computed against.
     ``write_reports=False`` computes everything and writes no file (``tasks generate``).
+
+    With ``prediction_inputs`` (``storage.prediction_inputs.read_prediction_inputs``), every event's
+    prediction is first re-expressed under the coefficients in force (``domain.reprediction``;
+    ``coefficient_history`` holds the kept versions, by version), so the multipliers proposed are
+    factors on top of the current file, never a second application of an earlier one. The gate still
+    judges the recorded predictions: it is about what happened.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
@@ -209,6 +225,13 @@ def calibrate(
         "database": database,
         "gate_summary": gate.summary(),
     }
+    reprediction = None
+    if prediction_inputs is not None:
+        arrays, reprediction = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
+        provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
+                                       + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
+        samples = clean_sample_rows(arrays, dedup=dedup)
+        groups = sample_groups(arrays, samples.mask)
     observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
     results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
                                   confidence_threshold=confidence_threshold, dedup=dedup,
@@ -216,20 +239,25 @@ def calibrate(
                                   observed=observed)
     economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
                                       tolerance=under_multiplier)
+    factors = {(g.category, g.complexity): g.proposed_multiplier for g in results[method].actionable_groups}
+    section = calibration_section(observed[2], coefficients, factors, min_samples=min_samples)
     if not write_reports:
-        return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics)
+        return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,
+                                  calibration_section=section, reprediction=reprediction)
     from autopack_pipeline.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
 
     files = write_calibration_report_set(
         results[method],
         output_dir or settings.resolved_reports_dir(),
         others=[r for name, r in results.items() if name != method],
+        calibration_section=section,
         plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observed[2]},
                                                     list(results.values()), tolerance=under_multiplier),
         economics=economics,
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
-                              json_path=files.json, plot_path=files.plot, results=results, economics=economics)
+                              json_path=files.json, plot_path=files.plot, results=results, economics=economics,
+                              calibration_section=section, reprediction=reprediction)
 
 
 # -- frontier and cost (issue 15 items 4 and 5) ---------------------------------------------------------

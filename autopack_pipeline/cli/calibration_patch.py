@@ -3,7 +3,8 @@
 Nothing changes the coefficient file without a person: the diff and the backtest are shown first, and
 the file is written only with ``--yes`` or a typed "yes" on a terminal. The previous file is kept,
 byte for byte, under ``estimator_coefficients.history/<version>.yaml`` so a calibration can be undone
-by copying it back. The coefficient path honours ``AUTOPACK_SEEDS_DIR``.
+by copying it back. The coefficient path honours ``AUTOPACK_SEEDS_DIR``. The work itself is
+``autopack_pipeline.calibration_apply`` (which a loop calls without the CLI).
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import re
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from autopack_pipeline.calibration_apply import new_version_name, updated_yaml_text  # noqa: F401 (re-exported)
 from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -27,105 +25,25 @@ from autopack_pipeline.cli.common import (
     positive_float,
     print_json,
 )
-
-HISTORY_DIR_NAME = "estimator_coefficients.history"
-_VERSION_SUFFIX = "+cal"
-_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
+from autopack_pipeline.domain.coefficients import HISTORY_DIR_NAME
 
 
-def read_deliverables(engine, event_ids) -> Any:
-    """``deliverables_json`` of the given events as lists, indexed by ``event_id``.
-
-    ``read_events`` does not return deliverables (the metrics never need them); the backtest does.
-    Unparseable JSON counts as no deliverables.
-    """
-    import pandas as pd
-    from sqlalchemy import select
-
-    from autopack_pipeline.storage.models import TokenEstimationV2Event
-
-    table = TokenEstimationV2Event.__table__
-    with engine.connect() as connection:
-        rows = connection.execute(select(table.c.event_id, table.c.deliverables_json)).all()
-    wanted = {int(i) for i in event_ids}
-    parsed = {}
-    for event_id, text in rows:
-        if event_id not in wanted:
-            continue
-        try:
-            value = json.loads(text) if text else []
-        except ValueError:
-            value = []
-        parsed[int(event_id)] = [str(v) for v in value] if isinstance(value, list) else []
-    return pd.Series(parsed, dtype=object)
-
-
-def _load_patch(args: argparse.Namespace):
-    from autopack_pipeline.domain.backtest import read_patch
-
-    path = Path(args.patch)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"patch file not found: {path}") from None
-    except ValueError as exc:
-        raise UsageError(f"{path} is not JSON: {exc}") from None
-    return read_patch(data, method=args.method)
-
-
-def new_version_name(old_version: str, now: datetime) -> str:
-    """``<base>+cal<UTC stamp>``: the base is the old version without an earlier ``+cal`` suffix."""
-    return old_version.split(_VERSION_SUFFIX)[0] + _VERSION_SUFFIX + now.strftime("%Y%m%dT%H%M%SZ")
-
-
-def _line(key: str, value: Any) -> str:
-    if key == "calibration_date":
-        return f"{key}: {value}"  # an ISO date reads back as the same date, unquoted as in the seed file
-    return yaml.safe_dump({key: value}, width=10**6, default_flow_style=False).strip()
-
-
-def updated_yaml_text(old_text: str, old, new) -> str:
-    """The new file: the old text with only the changed values edited, so comments survive and the
-    diff shows exactly what moved. If the edit does not reproduce ``new`` exactly (an unusual layout,
-    a new row), the whole table is written out instead, after a note."""
-    from autopack_pipeline.domain.coefficients import CoefficientTable
-
-    text = old_text
-    for key in ("version", "calibration_date", "calibration_samples"):
-        if getattr(new, key) != getattr(old, key):
-            text = re.sub(rf"^{key}:.*$", lambda _m, k=key: _line(k, getattr(new, k)), text, count=1, flags=re.MULTILINE)
-    if new.source != old.source:
-        # `source` may be a folded block over several indented lines: replace the key and its block.
-        text = re.sub(r"^source:.*\n(?:[ \t]+.*\n)*", lambda _m: _line("source", new.source) + "\n", text,
-                      count=1, flags=re.MULTILINE)
-    for raw, row in new.phase_overhead.table.items():
-        if old.phase_overhead.table.get(raw) == row:
-            continue
-        flow = "{" + ", ".join(f"{level}: {value}" for level, value in row.items()) + "}"
-        if raw in old.phase_overhead.table:
-            text = re.sub(rf"^([ \t]+{re.escape(raw)}:[ \t]*)\{{[^}}\n]*\}}", lambda m, f=flow: m.group(1) + f, text,
-                          count=1, flags=re.MULTILINE)
-            continue
-        # A group predicted with the fallback gets a new row, placed after the table's last row.
-        rows = list(re.finditer(r"^([ \t]+)[\w-]+:[ \t]*\{[^}\n]*\}.*\n", text[text.find("phase_overhead:"):], re.MULTILINE))
-        if rows and "phase_overhead:" in text:
-            last, offset = rows[0], text.find("phase_overhead:")
-            for match in rows[1:]:
-                if match.start() != last.end():
-                    break  # the table is the first run of consecutive row lines
-                last = match
-            at = offset + last.end()
-            text = text[:at] + f"{last.group(1)}{raw}: {flow}   # added by apply-calibration\n" + text[at:]
-    try:
-        if CoefficientTable.from_mapping(yaml.safe_load(text)).to_dict() == new.to_dict():
-            return text
-    except (ValueError, yaml.YAMLError):
-        pass
-    return (f"# Written by apply-calibration; the commented previous version is kept in {HISTORY_DIR_NAME}/.\n"
-            + new.to_yaml())
-
-
-def _changes_table(patch, old, new, overhead_changes) -> list[str]:
+def _changes_table(application) -> list[str]:
+    patch, old, new = application.patch, application.old, application.new
+    if application.through_calibration_section:
+        lines = ["Changes (calibration section, by the estimate's category): prediction multiplier, budget margin, "
+                 "budget floor"]
+        for (category, complexity), setting in patch.settings.items():
+            before = old.group_setting(category, complexity)
+            was_m = 1.0 if before is None else before.prediction_multiplier
+            was_floor = old.budget_floor(category, complexity) if before is None or before.budget_floor is None \
+                else before.budget_floor
+            was_margin = "rules" if before is None or before.budget_margin is None else f"x{before.budget_margin:.3f}"
+            margin = "rules" if setting.budget_margin is None else f"x{setting.budget_margin:.3f}"
+            lines.append(f"  {category}/{complexity}: multiplier x{was_m:.3f} -> x{setting.prediction_multiplier:.3f}, "
+                         f"margin {was_margin} -> {margin}, floor {was_floor} -> {setting.budget_floor}")
+        return lines
+    overhead_changes = application.overhead_changes
     lines = ["Changes (PHASE_OVERHEAD, canonical category): proposed prediction multiplier, overhead multiplier"]
     for change in patch.changes:
         group = (change.category, change.complexity)
@@ -170,119 +88,56 @@ def render_backtest(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _stored_events(args: argparse.Namespace):
-    """Stored events and their deliverables (aligned Series), read once per command."""
-    import pandas as pd
-
-    from autopack_pipeline.cli.common import open_engine
-    from autopack_pipeline.storage.events import read_events
-
-    engine = open_engine(args)
-    events = read_events(engine)
-    deliverables = read_deliverables(engine, events["event_id"].dropna()) if not events.empty else {}
-    aligned = pd.Series([deliverables.get(int(i)) if pd.notna(i) else None for i in events["event_id"]],
-                        index=events.index, dtype=object)
-    return events, aligned
-
-
-def _backtest(args: argparse.Namespace, patch, old, new, stored) -> dict[str, Any] | None:
-    from autopack_pipeline.domain.backtest import run_backtest
-
-    events, aligned = stored
-    if events.empty:
-        return None
-    result = run_backtest(events, aligned, old, new, groups=list(patch.multipliers()), tolerance=args.under_multiplier)
-    for group in result["groups"]:
-        group["multiplier"] = patch.multipliers()[(group["category"], group["complexity"])]
-    return result
-
-
 def _prepare(args: argparse.Namespace):
+    from autopack_pipeline.calibration_apply import ApplicationRefused, plan_application, read_stored
+    from autopack_pipeline.cli.common import open_engine
     from autopack_pipeline.domain.backtest import PatchError
-    from autopack_pipeline.domain.coefficients import default_coefficients_path, load_coefficients
 
+    path = Path(args.patch)
     try:
-        patch = _load_patch(args)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"patch file not found: {path}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None
+    try:
+        return plan_application(data, read_stored(open_engine(args)), method=args.method, force=args.force,
+                                scale=args.scale, tolerance=args.under_multiplier, patch_name=path.name)
     except PatchError as exc:
         raise UsageError(str(exc)) from None
-    if not patch.changes:
-        raise Refused("the patch proposes no change (no group reached the confidence threshold)")
-    path = default_coefficients_path()
-    old_text = path.read_text(encoding="utf-8") if path.exists() else None
-    if old_text is None:
-        raise UsageError(f"coefficient file not found: {path} (set AUTOPACK_SEEDS_DIR?)")
-    old = load_coefficients(path)
-    if patch.coefficient_file_version and patch.coefficient_file_version != old.version and not args.force:
-        raise Refused(f"the patch was computed against coefficients {patch.coefficient_file_version}, but {path} is "
-                      f"{old.version}; applying it would compound an earlier change. Re-run calibrate, or --force.")
-    stored = _stored_events(args)
-    overhead_changes = _overhead_changes(args, patch, old, stored)
-    now = datetime.now(timezone.utc)
-    samples = patch.total_samples if isinstance(patch.total_samples, int) else sum(c.sample_count or 0 for c in patch.changes)
-    new = old.with_overhead_multipliers(
-        {group: k for group, k in overhead_changes.items() if k is not None}, new_version_name(old.version, now), calibration_date=now.date().isoformat(),
-        calibration_samples=int(samples),
-        source=f"apply-calibration of {Path(args.patch).name} ({patch.method or 'autopack format'}, generated "
-               f"{patch.generated_at or 'unknown'}) on top of {old.version}",
-    )
-    return patch, path, old_text, old, new, stored, overhead_changes
-
-
-def _overhead_changes(args: argparse.Namespace, patch, old, stored) -> dict[tuple[str, str], float | None]:
-    """What to multiply PHASE_OVERHEAD by. ``--scale prediction`` (default) converts each proposed
-    multiplier, which is about whole predictions, into the overhead multiplier that moves the group's
-    median prediction by that much; ``--scale overhead`` applies it to the overhead as Autopack's
-    report literally says (which moves predictions less)."""
-    from autopack_pipeline.domain.backtest import overhead_multipliers_for_prediction_scale
-
-    proposed = patch.multipliers()
-    events, aligned = stored
-    if args.scale == "overhead" or events.empty:
-        return dict(proposed)
-    converted = overhead_multipliers_for_prediction_scale(events, aligned, old, proposed)
-    # A group with no stored events to convert on keeps the literal multiplier.
-    return {group: converted[group] if converted[group] is not None or _has_events(events, group) else m
-            for group, m in proposed.items()}
-
-
-def _has_events(events, group: tuple[str, str]) -> bool:
-    from autopack_pipeline.domain.categories import normalise_category
-
-    return bool(((events["category"].map(normalise_category) == group[0]) & (events["complexity"] == group[1])).any())
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except ApplicationRefused as exc:
+        raise Refused(str(exc)) from None
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    patch, _, _, old, new, stored, overhead_changes = _prepare(args)
-    result = _backtest(args, patch, old, new, stored)
+    application = _prepare(args)
+    result = application.backtest
     if result is None:
         raise Refused("no stored events to backtest on (check DATABASE_URL)")
     if args.json:
-        print_json({"patch": [c.__dict__ for c in patch.changes], "backtest": result,
+        print_json({"patch": [c.__dict__ for c in application.patch.changes], "backtest": result,
+                    "calibration": [{"category": c, "complexity": x, **s.model_dump()}
+                                    for (c, x), s in application.patch.settings.items()],
                     "overhead_multipliers": [{"category": c, "complexity": x, "multiplier": k}
-                                             for (c, x), k in overhead_changes.items()]})
+                                             for (c, x), k in application.overhead_changes.items()]})
     else:
-        print("\n".join(_changes_table(patch, old, new, overhead_changes)))
+        print("\n".join(_changes_table(application)))
         print(render_backtest(result))
     return EXIT_OK
 
 
-def _history_path(directory: Path, version: str, text: str) -> Path:
-    stem = _UNSAFE_FILE_CHARS.sub("_", version) or "unversioned"
-    candidate, n = directory / f"{stem}.yaml", 2
-    while candidate.exists() and candidate.read_text(encoding="utf-8") != text:
-        candidate, n = directory / f"{stem}-{n}.yaml", n + 1
-    return candidate
-
-
 def cmd_apply(args: argparse.Namespace) -> int:
-    from autopack_pipeline.reporting import write_atomic_text
+    from autopack_pipeline.calibration_apply import write_application
 
-    patch, path, old_text, old, new, stored, overhead_changes = _prepare(args)
-    new_text = updated_yaml_text(old_text, old, new)
-    print("\n".join(_changes_table(patch, old, new, overhead_changes)))
-    sys.stdout.writelines(difflib.unified_diff(old_text.splitlines(keepends=True), new_text.splitlines(keepends=True),
+    application = _prepare(args)
+    path, old, new = application.path, application.old, application.new
+    print("\n".join(_changes_table(application)))
+    sys.stdout.writelines(difflib.unified_diff(application.old_text.splitlines(keepends=True),
+                                               application.new_text.splitlines(keepends=True),
                                                fromfile=f"{path} ({old.version})", tofile=f"{path} ({new.version})"))
-    result = _backtest(args, patch, old, new, stored)
+    result = application.backtest
     print(render_backtest(result) if result else "Backtest skipped: no stored events (check DATABASE_URL).")
     if args.dry_run:
         print("Dry run: nothing written.")
@@ -299,11 +154,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if answer.strip().lower() != "yes":
             print("Not written.")
             return EXIT_REFUSED
-    history = path.parent / HISTORY_DIR_NAME
-    history.mkdir(parents=True, exist_ok=True)
-    kept = _history_path(history, old.version, old_text)
-    write_atomic_text(kept, old_text)
-    write_atomic_text(path, new_text)
+    kept = write_application(application)
     print(f"Wrote {path} (version {new.version}); previous version kept as {kept}.")
     return EXIT_OK
 

@@ -232,6 +232,14 @@ def _drain_all(drain: _Drain, pending: list[PhaseSpec], attempts_stored: dict[st
                                    f"--run-id {drain.run_id} to drain them")
 
 
+def _estimate_features(result: PhaseResult) -> dict:
+    """The doc features the estimate used (Autopack's columns), so the phase can be re-predicted."""
+    features = result.estimate.doc_features
+    keys = ("api_reference_required", "examples_required", "research_required", "usage_guide_required",
+            "context_quality", "is_sot_file", "sot_file_name", "sot_entry_count_hint")
+    return {key: features[key] for key in keys if key in features}
+
+
 def _drain_phase(drain: _Drain, phase: PhaseSpec, first_attempt: int) -> _PhaseDrained | None:
     """Drain one phase; None when the run was stopping and the phase was not touched."""
     if drain.stop.is_set():
@@ -288,6 +296,8 @@ def _store_answers(drain: _Drain, phase: PhaseSpec, result: PhaseResult) -> _Pha
             attempt=attempt.attempt,
             event_uid=uid,
             phase_completed=result.completed,
+            coefficients_version=drain.builder.estimator.coefficients.version,
+            **_estimate_features(result),
         ))
         drained.written += outcome == WriteOutcome.WRITTEN
         drained.short += outcome == WriteOutcome.TOO_SHORT

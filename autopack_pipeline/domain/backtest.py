@@ -22,15 +22,16 @@ sides alike. ``rerun_match_pct`` says how often the re-run reproduced the record
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category, normalise_complexity
-from autopack_pipeline.domain.coefficients import CoefficientTable
-from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
+from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
+from autopack_pipeline.domain.estimator import TokenEstimator
+from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, Repredictor, StoredPrediction
 from autopack_pipeline.domain.metrics import budget_sent, p90
 from autopack_pipeline.domain.samples import as_events_frame, truncated_mask
 
@@ -55,6 +56,9 @@ class CalibrationPatch:
     generated_at: str | None
     coefficient_file_version: str | None
     total_samples: int | None
+    # Our reports' calibration section: the settings per group that apply-calibration writes into the
+    # coefficient file's ``calibration`` section. Empty for Autopack's format (PHASE_OVERHEAD path).
+    settings: dict[tuple[str, str], GroupSetting] = field(default_factory=dict)
 
     def multipliers(self) -> dict[tuple[str, str], float]:
         return {(c.category, c.complexity): c.multiplier for c in self.changes}
@@ -76,6 +80,30 @@ def _change(entry: Any, index: int) -> PatchChange:
         raise PatchError(f"proposed_changes[{index}]: unknown complexity {complexity!r}")
     return PatchChange(normalise_category(category), level, multiplier,
                        entry.get("sample_count"), entry.get("confidence"))
+
+
+def _settings(section: Any) -> dict[tuple[str, str], GroupSetting]:
+    """The per-group settings of a report's ``calibration`` block (see ``domain.budget_calibration``)."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict) or not isinstance(section.get("groups"), list):
+        raise PatchError("the patch's calibration block needs a groups list")
+    settings: dict[tuple[str, str], GroupSetting] = {}
+    for index, entry in enumerate(section["groups"]):
+        try:
+            level = canonical_complexity(str(entry["complexity"]))
+            if level is None:
+                raise ValueError(f"unknown complexity {entry['complexity']!r}")
+            key = (normalise_category(str(entry["category"])), level)
+            settings[key] = GroupSetting(
+                prediction_multiplier=float(entry["prediction_multiplier"]),
+                budget_margin=None if entry.get("budget_margin") is None else float(entry["budget_margin"]),
+                budget_floor=None if entry.get("budget_floor") is None else int(entry["budget_floor"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PatchError(f"calibration.groups[{index}]: needs category, complexity and a positive "
+                             f"prediction_multiplier, budget_margin and budget_floor ({exc})") from None
+    return settings
 
 
 def read_patch(data: Any, method: str | None = None) -> CalibrationPatch:
@@ -101,7 +129,11 @@ def read_patch(data: Any, method: str | None = None) -> CalibrationPatch:
         raise PatchError("the patch proposes two changes for the same (category, complexity)")
     metadata = data.get("metadata") or {}
     provenance = data.get("provenance") or {}
+    # The calibration section belongs to the chosen method's proposals; another method's figures
+    # apply through PHASE_OVERHEAD as before.
+    section = data.get("calibration") if method in (None, data.get("method")) else None
     return CalibrationPatch(
+        settings=_settings(section),
         changes=changes,
         method=method or data.get("method"),
         generated_at=metadata.get("generated_at"),
@@ -110,18 +142,15 @@ def read_patch(data: Any, method: str | None = None) -> CalibrationPatch:
     )
 
 
-def _rerun(events: pd.DataFrame, deliverables: list, table: CoefficientTable, workspace: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted, budget) per row under ``table``; identical inputs are estimated once."""
-    estimator = TokenEstimator(table, workspace=workspace)
-    cache: dict[tuple, tuple[int, int]] = {}
-    predicted, budget = np.zeros(len(events)), np.zeros(len(events))
-    for i, (items, category, complexity) in enumerate(zip(deliverables, events["category"], events["complexity"])):
-        key = (tuple(items), category, complexity)
-        if key not in cache:
-            estimate = estimator.estimate(list(items), category, complexity)
-            cache[key] = (estimate.estimated_tokens, select_budget(estimate, complexity, table))
-        predicted[i], budget[i] = cache[key]
-    return predicted, budget
+def _rerun(events: pd.DataFrame, deliverables: list, table: CoefficientTable, workspace: Any,
+           features: list[dict[str, Any]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, budget) per row under ``table``, by ``TokenEstimator.repredict`` (the recorded
+    category names the doc model that priced a doc phase); identical inputs are estimated once."""
+    stored = [StoredPrediction(category, complexity, items, None, features=features[i] if features else None)
+              for i, (items, category, complexity) in enumerate(zip(deliverables, events["category"],
+                                                                    events["complexity"]))]
+    result = Repredictor(table, workspace=workspace).rerun_all(stored)
+    return result.predicted, result.budget
 
 
 def _figures(predicted: np.ndarray, budget: np.ndarray, actual: np.ndarray, truncated: np.ndarray,
@@ -153,9 +182,11 @@ def run_backtest(
     groups: list[tuple[str, str]] = (),
     tolerance: float = 1.1,
     workspace: Any = None,
+    features: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Old versus new coefficients on ``events`` (events frame) whose ``deliverables`` (a Series of
-    lists aligned with ``events``; empty or missing means none) are known.
+    lists aligned with ``events``; empty or missing means none) are known. ``features`` (aligned
+    with ``events``) may carry the stored doc features the estimator reads back.
 
     Returns counts (used, skipped by reason), ``rerun_match_pct``, figures ``old`` and ``new`` over all
     usable events, and the same per group in ``groups`` (those the patch changes).
@@ -169,11 +200,17 @@ def run_backtest(
     used["category"] = used["category"].fillna("unknown").map(normalise_category)
     used["complexity"] = used["complexity"].map(lambda v: normalise_complexity(None if pd.isna(v) else v))
     used_items = [d for d, keep in zip(items, usable) if keep]
+    used_features = None
+    if features is not None:
+        aligned = features.reindex(frame.index)
+        columns = [c for c in FEATURE_COLUMNS if c in aligned.columns]
+        used_features = [{c: (None if pd.isna(v) else v) for c, v in zip(columns, row)}
+                         for row, keep in zip(aligned[columns].itertuples(index=False), usable) if keep]
     actual = used["actual_output_tokens"].to_numpy(dtype=float)
     truncated = truncated_mask(used).to_numpy()
     ceiling = np.fmax(np.nan_to_num(budget_sent(used), nan=0.0), actual)
-    old_pred, old_budget = _rerun(used, used_items, old, workspace)
-    new_pred, new_budget = _rerun(used, used_items, new, workspace)
+    old_pred, old_budget = _rerun(used, used_items, old, workspace, used_features)
+    new_pred, new_budget = _rerun(used, used_items, new, workspace, used_features)
     recorded = used["predicted_output_tokens"].to_numpy(dtype=float)
 
     def both(mask: np.ndarray) -> dict[str, Any]:

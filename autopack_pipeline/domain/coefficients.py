@@ -33,6 +33,8 @@ from autopack_pipeline.domain.categories import (
 
 SEEDS_DIR_ENV = "AUTOPACK_SEEDS_DIR"
 COEFFICIENTS_FILE_NAME = "estimator_coefficients.yaml"
+# apply-calibration keeps each replaced version here, next to the file, byte for byte.
+HISTORY_DIR_NAME = "estimator_coefficients.history"
 ContextQuality = Literal["none", "some", "strong"]
 
 NonNegInt = Annotated[int, Field(strict=True, ge=0)]
@@ -223,6 +225,19 @@ class Budget(_Strict):
         return row
 
 
+class GroupSetting(_Strict):
+    """A calibrated group's settings (the optional ``calibration`` section of the file).
+
+    ``prediction_multiplier`` scales the estimator's final estimate, whichever model produced it;
+    ``budget_margin`` and ``budget_floor`` replace ``select_budget``'s margin rules and floor for the
+    group. A missing entry keeps the file's general rule.
+    """
+
+    prediction_multiplier: PosFloat = 1.0
+    budget_margin: PosFloat | None = None
+    budget_floor: PosInt | None = None
+
+
 class CoefficientTable(_Strict):
     """One validated version of the coefficient file. Build it with ``load_coefficients``."""
 
@@ -239,6 +254,8 @@ class CoefficientTable(_Strict):
     doc_synthesis: DocSynthesis
     doc_sot_update: DocSotUpdate
     budget: Budget
+    # Per (category as events record it, complexity): see GroupSetting. Absent: no group is calibrated.
+    calibration: dict[str, dict[str, GroupSetting]] | None = None
 
     # (canonical category, complexity) -> overhead, built once after validation.
     _canonical_overhead: dict[tuple[str, str], int] = PrivateAttr(default_factory=dict)
@@ -256,6 +273,19 @@ class CoefficientTable(_Strict):
         if "other" not in row:
             raise ValueError("needs an 'other' entry for unlisted complexities")
         return row
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration_keys(cls, section: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        # Looked up by the estimate's canonical category: a row under an alias would never be read.
+        for name, row in (section or {}).items():
+            if normalise_category(name) != name:
+                raise ValueError(f"row {name!r} must use the canonical name {normalise_category(name)!r}")
+            try:
+                _check_complexity_keys(row)
+            except ValueError as exc:
+                raise ValueError(f"row {name!r}: {exc}") from None
+        return section
 
     @model_validator(mode="after")
     def _aliases_agree(self) -> CoefficientTable:
@@ -291,8 +321,12 @@ class CoefficientTable(_Strict):
             raise ValueError(f"{origin}: invalid coefficients: " + "; ".join(problems)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML-safe dict in the file's layout (``from_mapping(to_dict())`` round-trips)."""
-        return self.model_dump(mode="python")
+        """Plain, YAML-safe dict in the file's layout (``from_mapping(to_dict())`` round-trips).
+
+        Unset optional entries (no ``calibration`` section, a group without a floor) are left out,
+        so a file without the section dumps as it did before the section existed.
+        """
+        return self.model_dump(mode="python", exclude_none=True)
 
     def to_yaml(self) -> str:
         """The table as YAML text, keys in file order (comments are not preserved)."""
@@ -325,7 +359,57 @@ class CoefficientTable(_Strict):
         universal = self.budget.universal_floor
         return universal.get(complexity, universal["other"])
 
+    def group_setting(self, category: str, complexity: str) -> GroupSetting | None:
+        """The calibration entry of (canonical category, canonical complexity), or None."""
+        row = (self.calibration or {}).get(category)
+        return None if row is None else row.get(complexity)
+
+    def prediction_multiplier(self, category: str, complexity: str) -> float:
+        setting = self.group_setting(category, complexity)
+        return 1.0 if setting is None else setting.prediction_multiplier
+
+    def differs_only_in_calibration(self, other: CoefficientTable) -> bool:
+        """Whether ``other`` has the same estimator and budget numbers, the calibration section and
+        the version's own metadata aside: then a prediction of one converts exactly into the other's
+        by the ratio of the groups' prediction multipliers."""
+        ignored = {"version", "calibration_date", "calibration_samples", "source", "calibration"}
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: v for k, v in mine.items() if k not in ignored} == {
+            k: v for k, v in theirs.items() if k not in ignored}
+
     # -- new versions -------------------------------------------------------------------------
+
+    def with_calibration(
+        self,
+        settings: dict[tuple[str, str], GroupSetting],
+        new_version: str,
+        *,
+        calibration_date: str | None = None,
+        calibration_samples: int | None = None,
+        source: str | None = None,
+    ) -> CoefficientTable:
+        """A new version whose ``calibration`` section has ``settings`` (by canonical category and
+        complexity) in place of those groups' entries; other groups keep theirs."""
+        if not new_version or new_version == self.version:
+            raise ValueError(f"new_version must be non-empty and differ from {self.version!r}")
+        section = {category: dict(row) for category, row in (self.calibration or {}).items()}
+        for (category, complexity), setting in settings.items():
+            level = canonical_complexity(complexity)
+            if level is None:
+                raise ValueError(f"unknown complexity {complexity!r} in {(category, complexity)}")
+            section.setdefault(normalise_category(category), {})[level] = setting
+        data = self.to_dict()
+        data["version"] = new_version
+        data["calibration"] = {category: {level: setting.model_dump(exclude_none=True)
+                                          for level, setting in sorted(row.items())}
+                               for category, row in sorted(section.items())}
+        if calibration_date is not None:
+            data["calibration_date"] = calibration_date
+        if calibration_samples is not None:
+            data["calibration_samples"] = calibration_samples
+        if source is not None:
+            data["source"] = source
+        return CoefficientTable.from_mapping(data, origin=f"<version {new_version}>")
 
     def with_overhead_multipliers(
         self,
@@ -398,6 +482,24 @@ def load_coefficients(path: Path | None = None) -> CoefficientTable:
     except yaml.YAMLError as exc:
         raise ValueError(f"{target}: not valid YAML: {exc}") from None
     return CoefficientTable.from_mapping(data, origin=str(target))
+
+
+def load_coefficient_history(path: Path | None = None) -> dict[str, CoefficientTable]:
+    """Every readable version kept in ``estimator_coefficients.history/`` beside ``path``, by version.
+
+    A file that does not load is skipped: the history only makes re-prediction cheaper, events of a
+    version it lacks are re-run through the estimator instead.
+    """
+    target = Path(path) if path is not None else default_coefficients_path()
+    directory = target.parent / HISTORY_DIR_NAME
+    tables: dict[str, CoefficientTable] = {}
+    for kept in sorted(directory.glob("*.yaml")) if directory.is_dir() else ():
+        try:
+            table = load_coefficients(kept)
+        except (OSError, ValueError):
+            continue
+        tables.setdefault(table.version, table)
+    return tables
 
 
 _default_cache: dict[tuple[str, int], CoefficientTable] = {}

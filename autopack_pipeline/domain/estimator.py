@@ -16,8 +16,9 @@ deliberate difference is selectable: Autopack looked PHASE_OVERHEAD up by the ra
 from __future__ import annotations
 
 import logging
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
@@ -290,7 +291,60 @@ class TokenEstimator:
         scope_paths: Sequence[str] | None = None,
         task_description: str = "",
     ) -> TokenEstimate:
-        """Estimate one phase (dispatch of spec section 2.2)."""
+        """Estimate one phase (dispatch of spec section 2.2), times its group's prediction multiplier."""
+        return self.calibrated(self._estimate(deliverables, category, complexity, scope_paths, task_description))
+
+    def calibrated(self, estimate: TokenEstimate) -> TokenEstimate:
+        """``estimate`` scaled by its group's ``prediction_multiplier`` (the calibration section).
+
+        One rule for every model (overhead, doc synthesis, SOT update, no deliverables), so every
+        prediction path is calibratable and a multiplier moves predictions by exactly that factor.
+        Rounded half up, as ``with_overhead_multipliers`` does. Without a section entry the estimate
+        is returned untouched (byte-identical to a file without the section).
+        """
+        setting = self.coefficients.group_setting(normalise_category(estimate.category),
+                                                  canonical_complexity(estimate.complexity) or estimate.complexity)
+        if setting is None or setting.prediction_multiplier == 1.0:
+            return estimate
+        scaled = int(math.floor(estimate.estimated_tokens * setting.prediction_multiplier + 0.5))
+        return replace(estimate, estimated_tokens=scaled)
+
+    def repredict(
+        self,
+        deliverables: Any,
+        recorded_category: str,
+        complexity: str,
+        features: dict[str, Any] | None = None,
+    ) -> TokenEstimate:
+        """Predict a stored event again, from what the event stores.
+
+        ``recorded_category`` is the estimate's category as the event recorded it: for
+        ``doc_synthesis`` and ``doc_sot_update`` that names the model that priced the phase, so that
+        model runs again (its trigger may have been the task description, which events do not keep).
+        ``features`` are the stored doc features (``api_reference_required``, ``examples_required``,
+        ``context_quality``...); missing ones are derived from the deliverables, context ``none``.
+        """
+        items = normalize_deliverables(deliverables)
+        category = normalise_category(recorded_category)
+        level = canonical_complexity(complexity) or str(complexity or "").strip().lower()
+        if items and category in ("doc_synthesis", "doc_sot_update"):
+            derived: dict[str, Any] = extract_doc_features(items)
+            stored = {k: v for k, v in (features or {}).items() if v is not None}
+            merged = {**derived, **{k: bool(v) for k, v in stored.items() if k in derived}}
+            quality = stored.get("context_quality")
+            merged["context_quality"] = quality = quality if quality in ("none", "some", "strong") else "none"
+            model = self._doc_synthesis if category == "doc_synthesis" else self._doc_sot_update
+            return self.calibrated(model(items, level, quality, merged))
+        return self.estimate(items, recorded_category, complexity)
+
+    def _estimate(
+        self,
+        deliverables: Any,
+        category: str,
+        complexity: str,
+        scope_paths: Sequence[str] | None = None,
+        task_description: str = "",
+    ) -> TokenEstimate:
         items = normalize_deliverables(deliverables)
         canonical = self.category_lookup == "canonical"
         raw_category = "" if category is None else str(category)
@@ -414,11 +468,26 @@ def select_budget(estimate: TokenEstimate, complexity: str, coefficients: Coeffi
     """The ``max_tokens`` to request: ``min(max(floor, int(estimate * margin)), cap)`` (spec 2.7).
 
     The floor is looked up by canonical category; the margin rules see the estimate's own category
-    and the ``complexity`` argument exactly as given, as in Autopack.
+    and the ``complexity`` argument exactly as given, as in Autopack. A group of the coefficient
+    file's ``calibration`` section may replace the margin (``budget_margin``) and the floor
+    (``budget_floor``).
     """
     table = coefficients or default_coefficients()
     rules = table.budget
-    floor = table.budget_floor(normalise_category(estimate.category), complexity)
+    category = normalise_category(estimate.category)
+    floor = table.budget_floor(category, complexity)
+    margin = _rule_margin(estimate, complexity, rules)
+    # A calibrated group (the file's calibration section): its margin replaces every margin rule,
+    # its floor the floor table.
+    setting = table.group_setting(category, canonical_complexity(complexity) or complexity)
+    if setting is not None:
+        margin = margin if setting.budget_margin is None else setting.budget_margin
+        floor = floor if setting.budget_floor is None else setting.budget_floor
+    return min(max(floor, int(estimate.estimated_tokens * margin)), rules.cap)
+
+
+def _rule_margin(estimate: TokenEstimate, complexity: str, rules: Any) -> float:
+    """The margin of ``select_budget``'s rules (Autopack's, spec 2.7)."""
     margin = rules.buffer_margin
     if estimate.confidence < rules.low_confidence.below:
         margin = max(margin, rules.low_confidence.margin)
@@ -429,4 +498,4 @@ def select_budget(estimate: TokenEstimate, complexity: str, coefficients: Coeffi
     if estimate.category in rules.doc_models.categories:
         # An assignment, not a max: these models are known to underestimate by about 2x.
         margin = rules.doc_models.margin
-    return min(max(floor, int(estimate.estimated_tokens * margin)), rules.cap)
+    return margin

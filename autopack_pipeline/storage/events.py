@@ -93,6 +93,7 @@ class EstimationEvent(BaseModel):
     is_sot_file: bool | None = False
     sot_file_name: str | None = None
     sot_entry_count_hint: int | None = None
+    coefficients_version: str | None = None
     timestamp: datetime | None = None
 
 
@@ -149,6 +150,7 @@ def estimation_row(event: EstimationEvent) -> dict[str, Any]:
         "event_uid": event.event_uid or uuid.uuid4().hex,
         "actual_is_total_tokens": event.actual_is_total_tokens,
         "phase_completed": event.phase_completed,
+        "coefficients_version": event.coefficients_version,
     }
 
 

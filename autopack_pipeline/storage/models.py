@@ -247,6 +247,9 @@ class TokenEstimationV2Event(Base):
     actual_is_total_tokens: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # P12: whether the phase reached COMPLETE, as opposed to ``success`` (the Builder call parsed).
     phase_completed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Migration 0005: the coefficient file version that predicted this call, so calibration can
+    # re-express old predictions under the coefficients in force instead of compounding multipliers.
+    coefficients_version: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class TokenBudgetEscalationEvent(Base):

@@ -60,7 +60,7 @@ _OPTIONAL_BOOLS = (
     "api_reference_required", "examples_required", "research_required", "usage_guide_required",
     "actual_is_total_tokens", "phase_completed", "underestimated",
 )
-_OPTIONAL_TEXT = ("stop_reason", "context_quality", "sot_file_name")
+_OPTIONAL_TEXT = ("stop_reason", "context_quality", "sot_file_name", "coefficients_version")
 _OPTIONAL_INTS = ("actual_max_tokens", "attempt", "sot_entry_count_hint")
 
 

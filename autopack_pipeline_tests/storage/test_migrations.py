@@ -45,14 +45,14 @@ def _migrate_to(engine: Engine, revision: str, *, down: bool = False) -> None:
         (command.downgrade if down else command.upgrade)(config, revision)
 
 
-def test_head_is_0003() -> None:
-    assert head_revision() == "0003"
+def test_head_is_0004() -> None:
+    assert head_revision() == "0004"
 
 
 def test_upgrade_from_empty_creates_every_table_at_head(blank_engine: Engine) -> None:
     assert current_revision(blank_engine) is None
-    assert upgrade_database(blank_engine) == "0003"
-    assert current_revision(blank_engine) == "0003"
+    assert upgrade_database(blank_engine) == "0004"
+    assert current_revision(blank_engine) == "0004"
     tables = set(sa.inspect(blank_engine).get_table_names())
     assert set(TELEMETRY_TABLES) <= tables
     assert OUR_EVENT_COLUMNS <= _columns(blank_engine, "token_estimation_v2_events")
@@ -61,8 +61,8 @@ def test_upgrade_from_empty_creates_every_table_at_head(blank_engine: Engine) ->
 
 
 def test_upgrade_is_idempotent_and_keeps_rows(seeded: Engine) -> None:
-    assert upgrade_database(seeded) == "0003"
-    assert upgrade_database(seeded) == "0003"
+    assert upgrade_database(seeded) == "0004"
+    assert upgrade_database(seeded) == "0004"
     assert count_rows(seeded, "phases") == 1
 
 
@@ -107,15 +107,15 @@ def test_require_current_schema_explains_what_to_do(blank_engine: Engine) -> Non
     with pytest.raises(SchemaOutOfDate) as never_migrated:
         require_current_schema(blank_engine)
     message = str(never_migrated.value)
-    assert "no revision" in message and "0003" in message and "autopack-telemetry db upgrade" in message
-    assert never_migrated.value.current is None and never_migrated.value.required == "0003"
+    assert "no revision" in message and "0004" in message and "autopack-telemetry db upgrade" in message
+    assert never_migrated.value.current is None and never_migrated.value.required == "0004"
 
     _migrate_to(blank_engine, "0001")
     with pytest.raises(SchemaOutOfDate) as behind:
         require_current_schema(blank_engine)
     assert behind.value.current == "0001"
     assert "at schema revision 0001" in str(behind.value)
-    assert "needs revision 0003" in str(behind.value)
+    assert "needs revision 0004" in str(behind.value)
 
 
 @pytest.mark.parametrize("database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
@@ -136,7 +136,7 @@ def test_upgrade_works_from_any_working_directory(tmp_path: Path, monkeypatch: p
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert upgrade_database("sqlite:///relative.db") == "0003"
+    assert upgrade_database("sqlite:///relative.db") == "0004"
     assert (elsewhere / "relative.db").exists()
 
 
@@ -156,7 +156,7 @@ def test_downgrade_to_baseline_and_back_keeps_rows(seeded: Engine) -> None:
     assert count_rows(seeded, "token_estimation_v2_events") == 1
     assert count_rows(seeded, "phases") == 1
 
-    assert upgrade_database(seeded) == "0003"
+    assert upgrade_database(seeded) == "0004"
     rows = fetch_all(seeded, "token_estimation_v2_events", "event_id")
     assert len(rows) == 1
     assert rows[0]["actual_output_tokens"] == 700 and rows[0]["event_uid"] is None

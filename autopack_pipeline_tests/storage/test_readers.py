@@ -127,7 +127,7 @@ def test_database_summary_counts(seeded: Engine, make_event) -> None:
     assert summary["row_counts"]["token_estimation_v2_events"] == 4
     assert summary["row_counts"]["phases"] == 3 and summary["row_counts"]["runs"] == 1
     assert summary["missing_tables"] == [] and summary["is_empty"] is False
-    assert summary["schema"] == {"revision": "0003", "head": "0003", "up_to_date": True}
+    assert summary["schema"] == {"revision": "0004", "head": "0004", "up_to_date": True}
     assert summary["phase_states"] == {"COMPLETE": 2, "QUEUED": 1, "TOTAL": 3}
     assert summary["events"] == {
         "total": 4, "success": 2, "truncated": 2, "success_pct": 50.0, "truncated_pct": 50.0,

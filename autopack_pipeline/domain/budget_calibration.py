@@ -1,0 +1,233 @@
+"""Per-group settings for the coefficient file's ``calibration`` section: multiplier, margin, floor.
+
+Calibration of predictions (``coverage``) moves underestimation; truncation is a question of the
+budget ``select_budget`` sends, ``min(cap, max(floor, int(prediction * margin)))``. Here, for each
+(category, complexity) group, on its observations with predictions already re-expressed under the
+coefficients in force (``domain.reprediction``) and scaled by the factor proposed for the group:
+
+- ``prediction_multiplier`` = the group's current multiplier x the proposed factor (never compounding:
+  the factor was measured against predictions that already include the current multiplier);
+- ``budget_margin`` b: ratios ``actual / new prediction``, truncated calls censored (they count as
+  exceeding every candidate), ``N`` observations, ``k = ceil((N + 1) * (1 - target))``; b is the k-th
+  smallest. For a new call exchangeable with the past ones, ``P(actual > b * prediction) <= target``
+  (split-conformal, as the coverage method). With fewer than ``k`` observations (N < 49 at 2%) and no
+  truncation, b is the largest ratio seen: an advisory bound (status ``thin``);
+- ``budget_floor``: a floor that binds for the largest calls of the group inflates every small call's
+  budget (waste), so it is put at the group's smallest new prediction x b, where it binds for none of
+  the past calls. If that would truncate more past calls than the group's floor in force does with
+  the same margin, it is raised to the lowest value that does not;
+- *unidentifiable* groups (more truncated calls than the bound absorbs, or fewer than ``min_samples``
+  observations with a truncation among them) keep their margin (the multiplier still moves), and get a concrete
+  floor they can apply, twice the largest ceiling that was hit (capped at the provider cap, never
+  below the floor in force), and a collect-samples task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
+from autopack_pipeline.domain.coverage import order_statistic_index
+from autopack_pipeline.domain.tasks import Insight
+
+DEFAULT_TRUNCATION_TARGET_PCT = 2.0
+# The floor raise for an unidentifiable group: this many times the largest ceiling that was hit.
+FLOOR_RAISE_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class GroupObservationsInForce:
+    """One group's observations, predictions in force (before the proposed factor)."""
+
+    category: str
+    complexity: str
+    predicted: np.ndarray  # clean samples
+    actual: np.ndarray
+    censored_predicted: np.ndarray  # truncated calls
+    censored_ceiling: np.ndarray  # the ceiling each truncated call hit (at least its output)
+
+
+@dataclass(frozen=True)
+class GroupBudgetProposal:
+    """What the patch sets for one group, and the figures behind it."""
+
+    category: str
+    complexity: str
+    status: str  # identifiable | thin | unidentifiable
+    observations: int
+    censored: int
+    order_statistic_k: int
+    current_prediction_multiplier: float
+    proposed_factor: float
+    prediction_multiplier: float
+    budget_margin: float | None
+    budget_floor: int
+    previous_budget_floor: int
+    truncated_past_calls_projected: int
+    truncated_past_calls_with_previous_floor: int
+    note: str
+
+    def setting(self) -> GroupSetting:
+        return GroupSetting(prediction_multiplier=self.prediction_multiplier, budget_margin=self.budget_margin,
+                            budget_floor=self.budget_floor)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _budgets(predicted: np.ndarray, margin: float, floor: int, cap: int) -> np.ndarray:
+    return np.minimum(cap, np.maximum(floor, np.floor(predicted * margin)))
+
+
+def _truncated(group: GroupObservationsInForce, factor: float, margin: float, floor: int, cap: int) -> int:
+    """Past calls the settings would truncate: clean ones whose output exceeds the budget, truncated
+    ones whose budget is no larger than the ceiling they already hit."""
+    clean = int((group.actual > _budgets(group.predicted * factor, margin, floor, cap)).sum())
+    cut = int((_budgets(group.censored_predicted * factor, margin, floor, cap) <= group.censored_ceiling).sum())
+    return clean + cut
+
+
+def _least_floor(group: GroupObservationsInForce, factor: float, margin: float, start: int, limit: int,
+                 cap: int) -> int:
+    """The lowest floor from ``start`` up to ``limit`` that truncates no more past calls than ``limit`` does."""
+    allowed = _truncated(group, factor, margin, limit, cap)
+    if _truncated(group, factor, margin, start, cap) <= allowed:
+        return start
+    candidates = sorted({int(v) for v in np.r_[group.actual, group.censored_ceiling + 1] if start < v <= limit})
+    for candidate in candidates:  # truncation only falls as the floor rises: the first that fits
+        if _truncated(group, factor, margin, candidate, cap) <= allowed:
+            return candidate
+    return limit
+
+
+def propose_group_budget(
+    group: GroupObservationsInForce,
+    table: CoefficientTable,
+    *,
+    proposed_factor: float = 1.0,
+    target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
+    min_samples: int = 5,
+) -> GroupBudgetProposal:
+    """The settings of one group (see the module docstring)."""
+    key = (group.category, group.complexity)
+    current = table.group_setting(*key)
+    previous_floor = current.budget_floor if current is not None and current.budget_floor else table.budget_floor(*key)
+    current_m = table.prediction_multiplier(*key)
+    cap = table.budget.cap
+    n_clean, n_cut = len(group.actual), len(group.censored_ceiling)
+    n = n_clean + n_cut
+    k = order_statistic_index(n, target_pct) if n else 0
+    ratios = np.sort(group.actual / (group.predicted * proposed_factor)) if n_clean else np.zeros(0)
+    if n >= min_samples and k <= n and k - 1 < n_clean:
+        status, margin = "identifiable", float(ratios[k - 1])
+    elif n >= min_samples and k > n and n_cut == 0:
+        status, margin = "thin", float(ratios[-1])
+    else:
+        status, margin = "unidentifiable", None
+
+    if margin is None:
+        hit = group.censored_ceiling.max() if n_cut else (group.actual.max() if n_clean else 0)
+        floor = int(min(cap, max(previous_floor, FLOOR_RAISE_FACTOR * hit)))
+        why = (f"{n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} can absorb "
+               f"at most {max(0, n - k)}") if n >= min_samples else f"only {n} observations (need {min_samples})"
+        return GroupBudgetProposal(
+            *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
+            current_prediction_multiplier=current_m, proposed_factor=proposed_factor,
+            prediction_multiplier=round(current_m * proposed_factor, 4),
+            budget_margin=current.budget_margin if current is not None else None, budget_floor=floor,
+            previous_budget_floor=int(previous_floor),
+            truncated_past_calls_projected=_truncated(group, proposed_factor, _margin_in_force(table, key), floor,
+                                                      cap),
+            truncated_past_calls_with_previous_floor=_truncated(group, proposed_factor, _margin_in_force(table, key),
+                                                                int(previous_floor), cap),
+            note=f"Unidentifiable: {why}. Floor raised to {floor} ({FLOOR_RAISE_FACTOR}x the largest ceiling "
+                 f"hit, capped at {cap}); collect more samples.")
+
+    margin = math.ceil(margin * 1000) / 1000  # rounded up: the written margin still covers the k-th call
+    lowest = np.r_[group.predicted, group.censored_predicted].min() * proposed_factor
+    start = min(cap, max(1, int(lowest * margin)))
+    floor = _least_floor(group, proposed_factor, margin, start, max(start, int(previous_floor)), cap)
+    multiplier = round(current_m * proposed_factor, 4)
+    projected = _truncated(group, proposed_factor, margin, floor, cap)
+    kind = (f"the {k}-th of {n} ratios (a {100 - target_pct:g}% bound)" if status == "identifiable"
+            else f"the largest of {n} ratios (advisory: a {100 - target_pct:g}% bound needs "
+                 f"{_needed(target_pct)} observations)")
+    return GroupBudgetProposal(
+        *key, status=status, observations=n, censored=n_cut, order_statistic_k=k,
+        current_prediction_multiplier=current_m, proposed_factor=proposed_factor, prediction_multiplier=multiplier,
+        budget_margin=margin, budget_floor=int(floor), previous_budget_floor=int(previous_floor),
+        truncated_past_calls_projected=projected,
+        truncated_past_calls_with_previous_floor=_truncated(group, proposed_factor, margin, int(previous_floor), cap),
+        note=f"margin x{margin:.3f} = {kind}; floor {floor} (was {previous_floor})")
+
+
+def _needed(target_pct: float) -> int:
+    """Observations needed for an order-statistic bound at ``target_pct``: the least n with k <= n."""
+    n = 1
+    while order_statistic_index(n, target_pct) > n:
+        n += 1
+    return n
+
+
+def _margin_in_force(table: CoefficientTable, key: tuple[str, str]) -> float:
+    """The group's calibrated margin, or the base margin (an approximation of the rules' margin)."""
+    setting = table.group_setting(*key)
+    if setting is not None and setting.budget_margin is not None:
+        return setting.budget_margin
+    return table.budget.doc_models.margin if key[0] in table.budget.doc_models.categories else table.budget.buffer_margin
+
+
+def insights_from_budget_proposals(proposals: Sequence[GroupBudgetProposal], min_samples: int) -> list[Insight]:
+    """A collect-samples task per unidentifiable group: its figure needs more (untruncated) data."""
+    insights = []
+    for proposal in proposals:
+        if proposal.status != "unidentifiable":
+            continue
+        subject = f"{proposal.category}/{proposal.complexity}"
+        wanted = max(min_samples, _needed(DEFAULT_TRUNCATION_TARGET_PCT))
+        insights.append(Insight(
+            kind="sample_shortfall", subject=subject,
+            title=f"Collect more samples for {subject}: its truncation budget is unidentifiable",
+            detail=proposal.note, confidence=0.8, severity=5, task_kind="collect_samples", requires_approval=False,
+            effort="S",
+            evidence={"category": proposal.category, "complexity": proposal.complexity,
+                      "observed": proposal.observations, "threshold": wanted,
+                      "proposed_budget_floor": proposal.budget_floor},
+            source="calibration_recommendations",
+        ))
+    return insights
+
+
+def calibration_section(
+    groups: Sequence,
+    table: CoefficientTable,
+    factors: dict[tuple[str, str], float],
+    *,
+    min_samples: int = 5,
+    target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
+) -> dict:
+    """The patch's ``calibration`` block from coverage groups (``fast_metrics.CoverageGroup``, whose
+    predictions are in force) and the proposed prediction factor of each group (1 when absent).
+
+    Every group with ``min_samples`` observations gets settings, and so does a smaller group with a
+    truncated call (a floor raise); a group too small and never truncated only needs more samples.
+    """
+    proposals = []
+    for group in groups:
+        if group.size < min_samples and len(group.censored_rows) == 0:
+            continue
+        observed = GroupObservationsInForce(
+            group.key[0], group.key[1], np.asarray(group.predicted, dtype=float), np.asarray(group.actual, dtype=float),
+            np.asarray(group.censored_predicted, dtype=float),
+            np.asarray(group.bounds * group.censored_predicted, dtype=float))
+        proposals.append(propose_group_budget(observed, table, proposed_factor=factors.get(group.key, 1.0),
+                                              target_pct=target_pct, min_samples=min_samples))
+    return {
+        "coefficient_file_version": table.version,
+        "target_truncation_pct": target_pct,
+        "groups": [p.as_dict() for p in proposals],
+    }

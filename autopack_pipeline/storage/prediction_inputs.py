@@ -1,0 +1,53 @@
+"""What each stored event keeps about its prediction: deliverables, coefficient version, doc features.
+
+The events frame (``read_events``) leaves these out because the metrics never need them; the
+backtest and the calibration's re-prediction do (``domain.reprediction``). Columns a database does
+not have (an Autopack database has no ``coefficients_version``) come back as nulls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import pandas as pd
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS
+from autopack_pipeline.storage.models import TokenEstimationV2Event
+
+_EVENTS = TokenEstimationV2Event.__table__
+INPUT_COLUMNS = ("coefficients_version", *FEATURE_COLUMNS)
+
+
+def _deliverables(text: str | None) -> list[str]:
+    """``deliverables_json`` as a list of strings; unparseable JSON counts as no deliverables."""
+    try:
+        value = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = None) -> pd.DataFrame:
+    """A frame indexed by ``event_id``: ``deliverables`` (lists) and :data:`INPUT_COLUMNS`."""
+    columns = ["deliverables", *INPUT_COLUMNS]
+    if not inspect(engine).has_table(_EVENTS.name):
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="event_id"))
+    present = {column["name"] for column in inspect(engine).get_columns(_EVENTS.name)}
+    chosen = [name for name in INPUT_COLUMNS if name in present]
+    statement = select(_EVENTS.c.event_id, _EVENTS.c.deliverables_json, *(_EVENTS.c[name] for name in chosen))
+    with engine.connect() as connection:
+        rows = connection.execute(statement).all()
+    wanted = None if event_ids is None else {int(i) for i in event_ids}
+    records = {}
+    for row in rows:
+        if wanted is not None and row[0] not in wanted:
+            continue
+        values = dict(zip(chosen, row[2:]))
+        records[int(row[0])] = {"deliverables": _deliverables(row[1]),
+                                **{name: values.get(name) for name in INPUT_COLUMNS}}
+    frame = pd.DataFrame.from_dict(records, orient="index", columns=columns)
+    frame.index.name = "event_id"
+    return frame.astype(object)

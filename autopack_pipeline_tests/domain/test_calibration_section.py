@@ -1,0 +1,135 @@
+"""The coefficient file's calibration section: multipliers on every model, budget margins and floors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from autopack_pipeline.domain.backtest import run_backtest
+from autopack_pipeline.domain.budget_calibration import (
+    GroupObservationsInForce,
+    insights_from_budget_proposals,
+    propose_group_budget,
+)
+from autopack_pipeline.domain.coefficients import GroupSetting, load_coefficients
+from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
+from autopack_pipeline.domain.reprediction import Repredictor, StoredPrediction
+
+SYNTHESIS = ["docs/api_reference.md", "docs/examples.md"]  # api reference + examples: the doc_synthesis model
+DOCS_LOW = ["docs/notes.md"]  # a plain docs phase: the overhead model under docs
+PHASES = [(SYNTHESIS, "docs", "medium"), (DOCS_LOW, "docs", "low"), (["src/a.py (new)"], "implementation", "low"),
+          ([], "tests", "high"), (["CHANGELOG.md"], "docs", "low"), (["tests/test_a.py"] * 9, "testing", "medium")]
+
+
+@pytest.fixture
+def seed():
+    return load_coefficients()
+
+
+def test_a_file_without_the_section_estimates_and_budgets_exactly_as_before(seed):
+    assert "calibration" not in seed.to_dict()
+    # A section naming only an unrelated group changes nothing for the others, byte for byte.
+    other = seed.with_calibration({("database", "high"): GroupSetting(prediction_multiplier=3.0, budget_floor=1)},
+                                  "v-other")
+    for deliverables, category, complexity in PHASES:
+        before = TokenEstimator(seed).estimate(deliverables, category, complexity)
+        after = TokenEstimator(other).estimate(deliverables, category, complexity)
+        assert after == before
+        assert select_budget(after, complexity, other) == select_budget(before, complexity, seed)
+    # The pinned Autopack figure of one new python file in implementation/low: (634 + 2000) * 1.3.
+    assert TokenEstimator(seed).estimate(["src/a.py (new)"], "implementation", "low").estimated_tokens == 3424
+
+
+def test_doc_model_groups_move_by_their_multiplier(seed):
+    plain = TokenEstimator(seed)
+    synthesis = plain.estimate(SYNTHESIS, "docs", "medium")
+    docs = plain.estimate(DOCS_LOW, "docs", "low")
+    assert synthesis.category == "doc_synthesis" and docs.category == "docs"
+    table = seed.with_calibration({("doc_synthesis", "medium"): GroupSetting(prediction_multiplier=1.5),
+                                   ("docs", "low"): GroupSetting(prediction_multiplier=2.0)}, "v-doc")
+    calibrated = TokenEstimator(table)
+    assert calibrated.estimate(SYNTHESIS, "docs", "medium").estimated_tokens == math.floor(
+        synthesis.estimated_tokens * 1.5 + 0.5)
+    assert calibrated.estimate(DOCS_LOW, "docs", "low").estimated_tokens == docs.estimated_tokens * 2
+
+    # The backtest re-runs stored events (the recorded category names the doc model) and sees them scale.
+    events = pd.DataFrame({
+        "event_id": [1, 2], "run_id": ["r", "r"], "phase_id": ["a", "b"], "category": ["doc_synthesis", "docs"],
+        "complexity": ["medium", "low"], "predicted_output_tokens": [synthesis.estimated_tokens, docs.estimated_tokens],
+        "actual_output_tokens": [5000, 3000], "selected_budget": [12288, 4096], "success": [True, True],
+        "truncated": [False, False]})
+    result = run_backtest(events, pd.Series([SYNTHESIS, DOCS_LOW]), seed, table,
+                          groups=[("doc_synthesis", "medium"), ("docs", "low")])
+    assert result["rerun_match_pct"] == 100.0
+    scales = {(g["category"], g["complexity"]): g["prediction_scale_median"] for g in result["groups"]}
+    assert scales[("doc_synthesis", "medium")] == pytest.approx(1.5, abs=1e-3)
+    assert scales[("docs", "low")] == pytest.approx(2.0)
+
+
+def test_budget_margin_and_floor_replace_the_rules_for_their_group(seed):
+    estimate = TokenEstimator(seed).estimate(SYNTHESIS, "docs", "medium")
+    assert select_budget(estimate, "medium", seed) == max(12288, int(estimate.estimated_tokens * 2.2))
+    table = seed.with_calibration({("doc_synthesis", "medium"): GroupSetting(budget_margin=1.3, budget_floor=1000)},
+                                  "v-budget")
+    assert select_budget(estimate, "medium", table) == int(estimate.estimated_tokens * 1.3)
+
+
+def test_predictions_convert_exactly_between_versions_that_differ_only_in_multipliers(seed):
+    old = seed.with_calibration({("docs", "low"): GroupSetting(prediction_multiplier=2.0)}, "v-old")
+    new = old.with_calibration({("docs", "low"): GroupSetting(prediction_multiplier=3.0)}, "v-new")
+    recorded = TokenEstimator(old).estimate(DOCS_LOW, "docs", "low").estimated_tokens
+    repredictor = Repredictor(new, {"v-old": old})
+    value, how = repredictor.one(StoredPrediction("docs", "low", DOCS_LOW, recorded, version="v-old"))
+    assert how == "scaled" and value == TokenEstimator(new).estimate(DOCS_LOW, "docs", "low").estimated_tokens
+    assert repredictor.one(StoredPrediction("docs", "low", DOCS_LOW, 123.0, version="v-new")) == (123.0, "recorded")
+    # Unknown version (a row from before the column): re-run under the table in force.
+    assert repredictor.one(StoredPrediction("docs", "low", DOCS_LOW, 1.0, version=None)) == (value, "rerun")
+
+
+def _group(ratios, censored_ceilings=(), predicted=1000.0, key=("implementation", "low")):
+    ratios = np.asarray(ratios, dtype=float)
+    return GroupObservationsInForce(key[0], key[1], np.full(len(ratios), predicted), ratios * predicted,
+                                    np.full(len(censored_ceilings), predicted),
+                                    np.asarray(censored_ceilings, dtype=float))
+
+
+def test_margin_is_the_order_statistic_with_truncations_censored_and_the_floor_stops_no_call(seed):
+    # 19 clean ratios 1.00, 1.05, ..., 1.90 and one call truncated at a ceiling of 2500 (N = 20).
+    # At a 10% target k = ceil(21 * 0.9) = 19: the 19th smallest is 1.90 (the censored one is 20th).
+    group = _group([1 + 0.05 * i for i in range(19)], [2500])
+    proposal = propose_group_budget(group, seed, target_pct=10.0)
+    assert proposal.status == "identifiable" and proposal.order_statistic_k == 19
+    assert proposal.budget_margin == pytest.approx(1.9)
+    # Smallest prediction x margin = 1900 would re-truncate the call cut at 2500, which the floor in
+    # force (8192) does not: the floor goes to the least value that does not, 2501.
+    assert proposal.previous_budget_floor == 8192 and proposal.budget_floor == 2501
+    assert proposal.truncated_past_calls_projected == proposal.truncated_past_calls_with_previous_floor == 0
+    # Spread predictions and no truncation: the floor is the smallest prediction x margin and binds
+    # for no past call (least waste), and it truncates nothing the floor in force did not.
+    spread = GroupObservationsInForce("implementation", "low", np.array([1000.0 + 100 * i for i in range(20)]),
+                                      np.array([1000.0 + 100 * i for i in range(20)]), np.zeros(0), np.zeros(0))
+    plain = propose_group_budget(spread, seed, target_pct=10.0)
+    assert plain.budget_margin == pytest.approx(1.0) and plain.budget_floor == 1000
+    assert plain.truncated_past_calls_projected == 0
+
+
+def test_the_proposed_factor_multiplies_the_current_multiplier(seed):
+    table = seed.with_calibration({("implementation", "low"): GroupSetting(prediction_multiplier=1.5)}, "v-cur")
+    proposal = propose_group_budget(_group([1.0] * 10), table, proposed_factor=1.2)
+    assert proposal.prediction_multiplier == pytest.approx(1.8)
+    assert proposal.status == "thin" and proposal.budget_margin == pytest.approx(1 / 1.2, abs=1e-3)
+
+
+def test_an_unidentifiable_group_gets_a_floor_raise_and_a_collect_samples_task(seed):
+    proposal = propose_group_budget(_group([1.0] * 10, [5000, 4000, 3000]), seed)
+    assert proposal.status == "unidentifiable" and proposal.budget_margin is None
+    assert proposal.budget_floor == 10000  # twice the largest ceiling hit, above the floor in force (8192)
+    capped = propose_group_budget(_group([1.0] * 10, [40000, 40000]), seed)
+    assert capped.budget_floor == seed.budget.cap
+    [insight] = insights_from_budget_proposals([proposal], min_samples=5)
+    assert insight.task_kind == "collect_samples" and not insight.requires_approval
+    assert insight.evidence["category"] == "implementation" and insight.evidence["complexity"] == "low"
+    assert insight.evidence["threshold"] >= 49  # a 98% bound needs 49 observations
