@@ -101,7 +101,8 @@ def test_calibrate_defaults_to_coverage_and_reports_both_methods(tmp_path, breac
     result = run("calibrate", "--json", cwd=tmp_path, env=breached)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert set(document) == {"gate", "method", "result", "methods", "reports", "frontier_and_cost"}
+    assert set(document) == {"gate", "method", "result", "methods", "reports", "frontier_and_cost",
+                             "calibration", "reprediction"}
     assert document["method"] == "coverage" and set(document["methods"]) == {"coverage", "autopack-median"}
     (group,) = document["result"]["groups"]
     # 30 clean + 1 truncated = 31 observations, k = ceil(32 * 0.95) = 31: the censored one, so no bound.
