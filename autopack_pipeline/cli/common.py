@@ -27,16 +27,43 @@ def print_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
+# The commands that only read the telemetry database. Given a SQLite file that does not exist they stop
+# with exit 2 naming the path (a wrong path is a usage mistake, as `import` of a missing file is) and
+# create nothing; every other command creates the database. `doctor` reports the same as a failed check.
+READ_ONLY_COMMANDS = frozenset({
+    "db-check", "metrics", "calibrate", "export", "tasks list", "tasks show", "backtest", "apply-calibration",
+})
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The subcommand as typed, e.g. ``metrics`` or ``tasks list``."""
+    command = getattr(args, "command", None) or ""
+    nested = getattr(args, f"{command}_command", None)
+    return f"{command} {nested}" if nested else command
+
+
 def open_engine(args: argparse.Namespace):
     """The telemetry database of ``--database-url`` / ``DATABASE_URL``, ready for use.
 
-    A brand-new database gets the schema; one at an older revision (including an Autopack database
-    never migrated) is refused with exit 1 and a message saying to run ``db upgrade``.
+    A brand-new database gets the schema, unless the command only reads (``READ_ONLY_COMMANDS``):
+    then a missing SQLite file is a usage error naming the path. One at an older revision (including
+    an Autopack database never migrated) is refused with exit 1 and a message saying to run ``db upgrade``.
     """
-    from autopack_pipeline.storage.database import make_engine, resolve_database_url
+    from autopack_pipeline.storage.database import (
+        DatabaseNotFound,
+        make_engine,
+        require_existing_database,
+        resolve_database_url,
+    )
     from autopack_pipeline.storage.migrate import SchemaOutOfDate, prepare_database
 
-    engine = make_engine(resolve_database_url(args.database_url))
+    url = resolve_database_url(args.database_url)
+    if command_name(args) in READ_ONLY_COMMANDS:
+        try:
+            require_existing_database(url)
+        except DatabaseNotFound as exc:
+            raise UsageError(str(exc)) from exc
+    engine = make_engine(url)
     try:
         prepare_database(engine)
     except SchemaOutOfDate as exc:

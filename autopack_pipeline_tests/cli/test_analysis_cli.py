@@ -68,6 +68,7 @@ def test_metrics_reads_through_the_columnar_copy_and_picks_up_new_events(tmp_pat
 
 
 def test_metrics_on_an_empty_database_refuses(tmp_path, env):
+    populate(env["DATABASE_URL"], [])
     result = run("metrics", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert "no token-estimation events" in result.stderr and result.stdout == ""
@@ -84,6 +85,7 @@ def test_bad_usage_exits_2(args, tmp_path, env):
 
 
 def test_calibrate_on_an_empty_database_refuses(tmp_path, env):
+    populate(env["DATABASE_URL"], [])
     assert run("calibrate", cwd=tmp_path, env=env).returncode == 1
 
 
