@@ -80,33 +80,52 @@ def identity_line(engine) -> str:
 
 
 def load_events(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
+    """The events frame (of ``run_ids`` when given) and the document of the rows left out for an
+    unreadable timestamp; an empty result is refused unless ``--allow-empty-db``."""
     from autopack_pipeline.storage.database import describe_database
-    from autopack_pipeline.storage.events import read_events
+    from autopack_pipeline.storage.events import read_events_checked
+    from autopack_pipeline.storage.timestamps import describe_unreadable, unreadable_document
 
-    events = read_events(engine, run_ids=run_ids or None)
+    events, unreadable = read_events_checked(engine, run_ids=run_ids or None)
+    document = unreadable_document(unreadable)
     if events.empty and not getattr(args, "allow_empty_db", False):
+        set_aside = describe_unreadable(document)
         raise Refused(
             f"no token-estimation events in {describe_database(engine).url}"
             + (f" for runs {', '.join(run_ids)}" if run_ids else "")
+            + (f" ({set_aside})" if set_aside else "")
             + ". Likely causes: DATABASE_URL names another database, no collection has run yet "
             "(try `autopack-telemetry collect`), or telemetry was disabled (TELEMETRY_DB_ENABLED) "
             "when Autopack ran. Pass --allow-empty-db to analyse anyway."
         )
-    return events
+    return events, document
 
 
 def load_event_arrays(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
-    """The events as analysis arrays. All runs come through the columnar copy (refreshed first, so only
+    """The events as analysis arrays, and the document of the rows left out for an unreadable timestamp
+    (warned about on stderr here). All runs come through the columnar copy (refreshed first, so only
     new events are read from the database); a selection of runs is read from the database."""
     from autopack_pipeline.domain.fast_metrics import EventArrays
     from autopack_pipeline.storage.snapshot import snapshot_events
 
     if run_ids:
-        return EventArrays.from_frame(load_events(engine, args, run_ids))
+        events, unreadable = load_events(engine, args, run_ids)
+        warn_unreadable(unreadable)
+        return EventArrays.from_frame(events), unreadable
     snapshot, _refresh, _fallback = snapshot_events(engine)
     if snapshot.rows == 0:
         load_events(engine, args)  # refuses an empty database with its explanation, unless allowed
-    return snapshot.arrays()
+    warn_unreadable(snapshot.unreadable)
+    return snapshot.arrays(), snapshot.unreadable
+
+
+def warn_unreadable(document: dict[str, Any], what: str = "those rows are left out of the analysis") -> None:
+    """One warning on stderr naming the rows set aside for an unreadable timestamp, if there are any."""
+    from autopack_pipeline.storage.timestamps import describe_unreadable
+
+    message = describe_unreadable(document, what=what)
+    if message:
+        print(f"autopack-telemetry: warning: {message}", file=sys.stderr)
 
 
 def positive_int(text: str) -> int:

@@ -32,7 +32,7 @@ def test_metrics_json_has_exactly_the_design_keys(tmp_path, breached):
     result = run("metrics", "--json", cwd=tmp_path, env=breached)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert set(document) == {"tier1", "tier2", "diagnostics", "needs_tuning"}
+    assert set(document) == {"tier1", "tier2", "diagnostics", "needs_tuning", "unreadable_timestamps"}
     assert set(document["tier1"]) == TIER1
     assert set(document["tier2"]) == TIER2
     assert set(document["diagnostics"]) == DIAGNOSTICS
@@ -103,7 +103,7 @@ def test_calibrate_defaults_to_coverage_and_reports_both_methods(tmp_path, breac
     result = run("calibrate", "--json", cwd=tmp_path, env=breached)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert set(document) == {"gate", "method", "result", "methods", "reports"}
+    assert set(document) == {"gate", "method", "result", "methods", "reports", "unreadable_timestamps"}
     assert document["method"] == "coverage" and set(document["methods"]) == {"coverage", "autopack-median"}
     (group,) = document["result"]["groups"]
     # 30 clean + 1 truncated = 31 observations, k = ceil(32 * 0.95) = 31: the censored one, so no bound.

@@ -62,7 +62,7 @@ def test_collect_then_db_check_then_metrics(workdir):
 
     metrics = run("metrics", "--json", "--stratify", cwd=workdir)
     document = json.loads(metrics.stdout)
-    assert set(document) == {"tier1", "tier2", "diagnostics", "needs_tuning", "strata"}
+    assert set(document) == {"tier1", "tier2", "diagnostics", "needs_tuning", "strata", "unreadable_timestamps"}
     assert document["tier1"]["total_samples"] == summary["events_written"]
 
     again = run("collect", "--run-id", "cli-run", "--json", cwd=workdir)
