@@ -259,7 +259,7 @@ class _BatchReader:
         Rows with an unreadable timestamp are left out and added to ``self.unreadable``.
         """
         table = self._read(where, params)
-        if self.dialect == "sqlite":  # the SQLite routes carry the timestamp as the stored text
+        if pa.types.is_string(table.schema.field("timestamp").type):  # SQLite's CSV route: the stored text
             table, found = set_aside_unreadable(table, ["timestamp"])
             self.unreadable += found
         return _store_table(table)
@@ -296,7 +296,7 @@ class _BatchReader:
             connection.close()
         if not blob:
             return _empty_parsed(timestamps_as_text=True)
-        table = pa_csv.read_csv(
+        return pa_csv.read_csv(
             io.BytesIO(blob.encode("utf-8")),
             read_options=pa_csv.ReadOptions(column_names=list(_KINDS)),
             parse_options=pa_csv.ParseOptions(quote_char="'", double_quote=True, newlines_in_values=True),
@@ -305,7 +305,6 @@ class _BatchReader:
                 strings_can_be_null=True, quoted_strings_can_be_null=False,
             ),
         )
-        return table
 
     def _postgresql_csv(self, where: str, params: tuple) -> pa.Table:
         exprs = []

@@ -89,6 +89,19 @@ def test_the_last_row_unreadable_is_not_read_again_and_again(db, capsys):
         assert named(err, "x, y", event_id=EVENTS)
 
 
+def test_the_row_by_row_extraction_sets_it_aside_too(db, capsys, monkeypatch):
+    from autopack_pipeline.storage import columnar
+
+    def refuse(*_args):
+        raise pa.ArrowInvalid("odd types in this batch")
+
+    monkeypatch.setattr(columnar._BatchReader, "_sqlite_csv", refuse)  # as when a batch holds odd types
+    corrupt(db, "timestamp", "2025-13-45 99:00:00")
+    code, out, err = cli(capsys, db, "metrics", "--json")
+    assert code == 0, err
+    assert json.loads(out)["tier1"]["total_samples"] == EVENTS - 1 and named(err, "2025-13-45 99:00:00")
+
+
 def test_calibrate_runs_without_the_row(db, capsys):
     corrupt(db, "timestamp", "2025-13-45 99:00:00")
     code, out, err = cli(capsys, db, "calibrate", "--json")
