@@ -7,6 +7,7 @@ from autopack_pipeline.assets.metadata import database_metadata, events_column_s
 from autopack_pipeline.domain.fast_metrics import success_flags, truncated_flags, truncation_disagreements
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.storage.snapshot import EventSnapshot, snapshot_events
+from autopack_pipeline.storage.timestamps import describe_unreadable
 
 
 @dg.asset(group_name="telemetry", kinds={"parquet", "sqlite"}, deps=[telemetry_collection_run])
@@ -29,6 +30,9 @@ def raw_events(context: dg.AssetExecutionContext, telemetry_db: TelemetryDatabas
         context.log.warning(
             "%d events disagree between truncated and is_truncated_output; truncated is trusted", disagreements
         )
+    set_aside = describe_unreadable(snapshot.unreadable)
+    if set_aside:
+        context.log.warning(set_aside)
     refresh_metadata = {} if refresh is None else {
         "columnar_store": dg.MetadataValue.path(refresh.directory),
         "events_extracted": refresh.new_rows,
@@ -44,6 +48,7 @@ def raw_events(context: dg.AssetExecutionContext, telemetry_db: TelemetryDatabas
             "events_succeeded": int(success_flags(arrays).sum()),
             "events_truncated": int(truncated_flags(arrays).sum()),
             "truncation_flag_disagreements": disagreements,
+            "unreadable_timestamps": int(snapshot.unreadable["count"]),
             "events_by_run": dg.MetadataValue.md(_counts_markdown(snapshot)),
             **refresh_metadata,
             **database_metadata(telemetry_db.identity()),

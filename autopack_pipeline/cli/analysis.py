@@ -53,11 +53,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from autopack_pipeline.domain.fast_metrics import compute_metrics_arrays, success_flags
 
     engine = open_engine(args)
-    events = load_event_arrays(engine, args, args.run_id)
+    events, unreadable = load_event_arrays(engine, args, args.run_id)
     document = compute_metrics_arrays(events, rows=success_flags(events) if args.success_only else None,
                                       under_multiplier=args.under_multiplier, stratify=args.stratify)
     if args.json:
-        print_json(metrics_json(document))
+        print_json(metrics_json(document) | {"unreadable_timestamps": unreadable})
         return EXIT_OK
     print(identity_line(engine))
     print(f"Analysis set: {'successful calls only' if args.success_only else 'all Builder calls'}")
@@ -111,7 +111,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     engine = open_engine(args)
-    events = load_event_arrays(engine, args, args.include_run_id)
+    events, unreadable = load_event_arrays(engine, args, args.include_run_id)
     outcome = calibrate_in_force(
         engine,
         settings,
@@ -125,7 +125,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         method=args.method,
     )
     if args.json:
-        print_json(outcome.as_dict())
+        print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})
     else:
         print(identity_line(engine))
         print(outcome.gate.summary())

@@ -27,16 +27,43 @@ def print_json(document: Any) -> None:
     sys.stdout.write("\n")
 
 
+# The commands that only read the telemetry database. Given a SQLite file that does not exist they stop
+# with exit 2 naming the path (a wrong path is a usage mistake, as `import` of a missing file is) and
+# create nothing; every other command creates the database. `doctor` reports the same as a failed check.
+READ_ONLY_COMMANDS = frozenset({
+    "db-check", "metrics", "calibrate", "export", "tasks list", "tasks show", "backtest", "apply-calibration",
+})
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """The subcommand as typed, e.g. ``metrics`` or ``tasks list``."""
+    command = getattr(args, "command", None) or ""
+    nested = getattr(args, f"{command}_command", None)
+    return f"{command} {nested}" if nested else command
+
+
 def open_engine(args: argparse.Namespace):
     """The telemetry database of ``--database-url`` / ``DATABASE_URL``, ready for use.
 
-    A brand-new database gets the schema; one at an older revision (including an Autopack database
-    never migrated) is refused with exit 1 and a message saying to run ``db upgrade``.
+    A brand-new database gets the schema, unless the command only reads (``READ_ONLY_COMMANDS``):
+    then a missing SQLite file is a usage error naming the path. One at an older revision (including
+    an Autopack database never migrated) is refused with exit 1 and a message saying to run ``db upgrade``.
     """
-    from autopack_pipeline.storage.database import make_engine, resolve_database_url
+    from autopack_pipeline.storage.database import (
+        DatabaseNotFound,
+        make_engine,
+        require_existing_database,
+        resolve_database_url,
+    )
     from autopack_pipeline.storage.migrate import SchemaOutOfDate, prepare_database
 
-    engine = make_engine(resolve_database_url(args.database_url))
+    url = resolve_database_url(args.database_url)
+    if command_name(args) in READ_ONLY_COMMANDS:
+        try:
+            require_existing_database(url)
+        except DatabaseNotFound as exc:
+            raise UsageError(str(exc)) from exc
+    engine = make_engine(url)
     try:
         prepare_database(engine)
     except SchemaOutOfDate as exc:
@@ -53,33 +80,52 @@ def identity_line(engine) -> str:
 
 
 def load_events(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
+    """The events frame (of ``run_ids`` when given) and the document of the rows left out for an
+    unreadable timestamp; an empty result is refused unless ``--allow-empty-db``."""
     from autopack_pipeline.storage.database import describe_database
-    from autopack_pipeline.storage.events import read_events
+    from autopack_pipeline.storage.events import read_events_checked
+    from autopack_pipeline.storage.timestamps import describe_unreadable, unreadable_document
 
-    events = read_events(engine, run_ids=run_ids or None)
+    events, unreadable = read_events_checked(engine, run_ids=run_ids or None)
+    document = unreadable_document(unreadable)
     if events.empty and not getattr(args, "allow_empty_db", False):
+        set_aside = describe_unreadable(document)
         raise Refused(
             f"no token-estimation events in {describe_database(engine).url}"
             + (f" for runs {', '.join(run_ids)}" if run_ids else "")
+            + (f" ({set_aside})" if set_aside else "")
             + ". Likely causes: DATABASE_URL names another database, no collection has run yet "
             "(try `autopack-telemetry collect`), or telemetry was disabled (TELEMETRY_DB_ENABLED) "
             "when Autopack ran. Pass --allow-empty-db to analyse anyway."
         )
-    return events
+    return events, document
 
 
 def load_event_arrays(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
-    """The events as analysis arrays. All runs come through the columnar copy (refreshed first, so only
+    """The events as analysis arrays, and the document of the rows left out for an unreadable timestamp
+    (warned about on stderr here). All runs come through the columnar copy (refreshed first, so only
     new events are read from the database); a selection of runs is read from the database."""
     from autopack_pipeline.domain.fast_metrics import EventArrays
     from autopack_pipeline.storage.snapshot import snapshot_events
 
     if run_ids:
-        return EventArrays.from_frame(load_events(engine, args, run_ids))
+        events, unreadable = load_events(engine, args, run_ids)
+        warn_unreadable(unreadable)
+        return EventArrays.from_frame(events), unreadable
     snapshot, _refresh, _fallback = snapshot_events(engine)
     if snapshot.rows == 0:
         load_events(engine, args)  # refuses an empty database with its explanation, unless allowed
-    return snapshot.arrays()
+    warn_unreadable(snapshot.unreadable)
+    return snapshot.arrays(), snapshot.unreadable
+
+
+def warn_unreadable(document: dict[str, Any], what: str = "those rows are left out of the analysis") -> None:
+    """One warning on stderr naming the rows set aside for an unreadable timestamp, if there are any."""
+    from autopack_pipeline.storage.timestamps import describe_unreadable
+
+    message = describe_unreadable(document, what=what)
+    if message:
+        print(f"autopack-telemetry: warning: {message}", file=sys.stderr)
 
 
 def positive_int(text: str) -> int:

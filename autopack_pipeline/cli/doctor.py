@@ -25,9 +25,10 @@ def gather_facts(database_url: str | None) -> dict[str, Any]:
     from autopack_pipeline.domain.samples import clean_samples, truncation_flag_disagreements
     from autopack_pipeline.storage import spool
     from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
-    from autopack_pipeline.storage.events import TELEMETRY_FLAG, read_events, telemetry_enabled
+    from autopack_pipeline.storage.events import TELEMETRY_FLAG, read_events_checked, telemetry_enabled
     from autopack_pipeline.storage.models import TokenEstimationV2Event
     from autopack_pipeline.storage.summary import database_summary
+    from autopack_pipeline.storage.timestamps import unreadable_document
 
     env_url = os.environ.get("DATABASE_URL")
     engine = make_engine(database_url)
@@ -47,7 +48,8 @@ def gather_facts(database_url: str | None) -> dict[str, Any]:
     try:
         facts["summary"] = summary = database_summary(engine)
         if summary["events"]["total"]:
-            events = read_events(engine)
+            events, unreadable = read_events_checked(engine)
+            facts["unreadable_timestamps"] = unreadable_document(unreadable)
             clean = clean_samples(events)
             groups = clean.groupby(["category", "complexity"]).size()
             facts["clean_samples"] = len(clean)

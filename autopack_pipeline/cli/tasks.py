@@ -15,6 +15,7 @@ from autopack_pipeline.cli.common import (
     positive_float,
     positive_int,
     print_json,
+    warn_unreadable,
 )
 
 STATUS_CHOICES = ("pending", "in_progress", "completed", "failed", "skipped")
@@ -89,6 +90,7 @@ def _generate(engine, settings, *, min_samples: int, window_days: float, method:
     if snapshot.rows == 0 and read_phase_outcomes(engine).empty:
         raise Refused(f"nothing to analyse in {database}: no token-estimation events and no "
                       "phase outcomes (run `autopack-telemetry collect` first, or check DATABASE_URL)")
+    warn_unreadable(snapshot.unreadable)
     events = snapshot.arrays()
     samples = workflows.summarise_samples(events)
     metrics = workflows.tier_metrics_document(events, samples.count)
@@ -103,7 +105,8 @@ def _generate(engine, settings, *, min_samples: int, window_days: float, method:
                                                 outcome_window_days=window_days, now=now)
     return {"enabled": settings.task_generation_enabled, "database": database,
             "gate": calibration.gate.to_dict(), "method": method, "tasks_generated": len(tasks),
-            "tasks_new": stored, "tasks": [task.as_dict() for task in tasks]}
+            "tasks_new": stored, "tasks": [task.as_dict() for task in tasks],
+            "unreadable_timestamps": snapshot.unreadable}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

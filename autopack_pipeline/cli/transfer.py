@@ -16,6 +16,7 @@ from autopack_pipeline.cli.common import (
     open_engine,
     positive_int,
     print_json,
+    warn_unreadable,
 )
 
 _SHOWN_REJECTIONS = 20  # the rest are in the quarantine file
@@ -25,6 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sqlalchemy import func, select
 
     from autopack_pipeline.storage.models import TokenEstimationV2Event
+    from autopack_pipeline.storage.timestamps import unreadable_document
     from autopack_pipeline.storage.transfer import export_to_file, write_export
 
     engine = open_engine(args)
@@ -37,13 +39,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             "no token-estimation events to export. If you expected some, check DATABASE_URL names the right "
             "database. Pass --allow-empty-db to write an empty export."
         )
+    unreadable: list = []
     if args.output:
-        count = export_to_file(engine, Path(args.output))
+        count = export_to_file(engine, Path(args.output), unreadable)
         print(f"Exported {count} events to {Path(args.output).resolve()}")
     else:
-        count = write_export(engine, sys.stdout)
+        count = write_export(engine, sys.stdout, unreadable)
         sys.stdout.flush()
         print(f"Exported {count} events", file=sys.stderr)
+    warn_unreadable(unreadable_document(unreadable), what="those rows are exported with the value as stored")
     return EXIT_OK
 
 

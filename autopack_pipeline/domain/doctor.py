@@ -4,7 +4,7 @@ Each symptom the guide lists (no events collected, all samples failed, high trun
 samples, database identity confusion) becomes a check with a status (``ok``/``warn``/``fail``), the
 value observed, the threshold it was held against, and what to do. A few data-quality findings of
 our own sit next to them: the two truncation flags disagreeing, rows whose "actual" is total tokens
-(Autopack pitfall P10), and events waiting in the local spool.
+(Autopack pitfall P10), timestamps that are not dates, and events waiting in the local spool.
 
 The input is a dict of facts the caller gathered (the ``database_summary`` document plus a few
 counts); nothing here touches a database or the environment, so every finding is testable alone.
@@ -203,6 +203,21 @@ def check_fallback_rows(facts: dict[str, Any]) -> Check:
     ])
 
 
+def check_unreadable_timestamps(facts: dict[str, Any]) -> Check:
+    document = facts.get("unreadable_timestamps") or {}
+    count = int(document.get("count") or 0)
+    threshold = "0 rows with a timestamp that is not a date"
+    if not count:
+        return Check("unreadable_timestamps", "Timestamps are dates", OK, 0, threshold)
+    named = [f"{row['table']} event_id {row['event_id']} {row['column']}={row['value']!r}" for row in document["rows"]]
+    more = count - len(named)
+    return Check("unreadable_timestamps", "Timestamps are dates", WARN, count, threshold, [
+        "these rows are left out of metrics, calibration and tasks; export writes them as stored: "
+        + "; ".join(named) + (f"; and {more} more" if more > 0 else ""),
+        "fix the value (an ISO-8601 date-time such as 2025-01-31 12:00:00) or delete the row in the database",
+    ])
+
+
 def check_spool(facts: dict[str, Any]) -> Check:
     spooled = int(facts.get("spooled_events") or 0)
     if not spooled:
@@ -218,7 +233,8 @@ def run_checks(facts: dict[str, Any]) -> list[Check]:
     Facts: ``database`` (masked identity dict), ``database_url_env`` (masked, or None when unset),
     ``telemetry_flag`` (raw value or None), ``telemetry_enabled``, ``file_exists`` (SQLite only),
     ``connect_error``, ``summary`` (``database_summary`` output), ``clean_samples``, ``group_counts``
-    {"category/complexity": n}, ``flag_disagreements``, ``fallback_rows``, ``spooled_events``.
+    {"category/complexity": n}, ``flag_disagreements``, ``fallback_rows``, ``spooled_events``,
+    ``unreadable_timestamps`` ({"count", "rows"}: rows whose timestamp is not a date).
     """
     checks = [check_identity(facts)]
     summary = facts.get("summary")
@@ -233,6 +249,7 @@ def run_checks(facts: dict[str, Any]) -> list[Check]:
             check_group_samples(facts),
             check_flag_agreement(facts),
             check_fallback_rows(facts),
+            check_unreadable_timestamps(facts),
         ]
     checks.append(check_spool(facts))
     return checks

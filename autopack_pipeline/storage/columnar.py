@@ -58,6 +58,14 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.domain.events import EVENT_COLUMNS, conform_events_frame
 from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.storage.database import describe_database
+from autopack_pipeline.storage.timestamps import (
+    SHOWN_ROWS,
+    UnreadableTimestamp,
+    merge_ids,
+    readable_column,
+    set_aside_in_frame,
+    set_aside_unreadable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +226,8 @@ class _BatchReader:
         if not inspector.has_table(TABLE):
             raise ColumnarStoreError(f"the telemetry database has no {TABLE} table")
         self.present = {column["name"] for column in inspector.get_columns(TABLE)}
+        # Rows whose timestamp is not a date (SQLite holds any text): kept out of the store, named.
+        self.unreadable: list[UnreadableTimestamp] = []
         missing = {"event_id", "run_id", "phase_id"} - self.present
         if missing:
             raise ColumnarStoreError(f"{TABLE} lacks the columns {', '.join(sorted(missing))}")
@@ -244,23 +254,33 @@ class _BatchReader:
     # batches -----------------------------------------------------------------------------------
 
     def read(self, where: str, params: tuple) -> pa.Table:
-        """Rows matching ``where`` (SQL over event_id with positional params), as a store table."""
+        """Rows matching ``where`` (SQL over event_id with positional params), as a store table.
+
+        Rows with an unreadable timestamp are left out and added to ``self.unreadable``.
+        """
+        table = self._read(where, params)
+        if pa.types.is_string(table.schema.field("timestamp").type):  # SQLite's CSV route: the stored text
+            table, found = set_aside_unreadable(table, ["timestamp"])
+            self.unreadable += found
+        return _store_table(table)
+
+    def _read(self, where: str, params: tuple) -> pa.Table:
         if self.dialect == "sqlite":
             try:
-                return _store_table(self._sqlite_csv(where, params), timestamps_as_text=True)
+                return self._sqlite_csv(where, params)
             except (pa.ArrowInvalid, ValueError) as exc:
                 logger.info("CSV route could not parse a batch (%s); reading it row by row", exc)
         elif self.dialect == "postgresql":
             try:
-                return _store_table(self._postgresql_csv(where, params), timestamps_as_text=False)
+                return self._postgresql_csv(where, params)
             except (pa.ArrowInvalid, ValueError) as exc:
                 logger.info("COPY route could not parse a batch (%s); reading it row by row", exc)
-        return _store_table(self._rows(where, params), timestamps_as_text=None)
+        return self._rows(where, params)
 
     def _sqlite_csv(self, where: str, params: tuple) -> pa.Table:
         formats, values = [], []
         for name, kind in _KINDS.items():
-            text_like = kind in ("label", "text")
+            text_like = kind in ("label", "text", "timestamp")  # a timestamp may be any text in SQLite
             formats.append("%Q" if text_like else "%s")
             values.append(f'"{name}"' if name in self.present else "NULL")
         line = f"printf('{','.join(formats)}', {', '.join(values)})"
@@ -309,7 +329,7 @@ class _BatchReader:
             raw.close()
         if not sink.tell():
             return _empty_parsed(timestamps_as_text=False)
-        return pa_csv.read_csv(
+        table = pa_csv.read_csv(
             io.BytesIO(sink.getvalue()),
             read_options=pa_csv.ReadOptions(column_names=list(_KINDS)),
             parse_options=pa_csv.ParseOptions(newlines_in_values=True),
@@ -318,6 +338,9 @@ class _BatchReader:
                 strings_can_be_null=True, quoted_strings_can_be_null=False,
             ),
         )
+        # µs since the epoch, as the store holds them
+        return table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
+                                table.column("timestamp").cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")))
 
     def _rows(self, where: str, params: tuple) -> pa.Table:
         from autopack_pipeline.storage.models import TokenEstimationV2Event
@@ -330,19 +353,25 @@ class _BatchReader:
         for i, value in enumerate(params):
             clause = clause.replace("%s", f":p{i}", 1)
             bind[f"p{i}"] = value
-        statement = select(*(by_name[name].label(name) for name in wanted)).where(text(clause).bindparams(**bind))
+        statement = select(*(readable_column(by_name[name], self.dialect) for name in wanted))
+        statement = statement.where(text(clause).bindparams(**bind))
         with self.engine.connect() as connection:
             result = connection.execute(statement.order_by(by_name["event_id"]))
             frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+        if self.dialect == "sqlite":
+            frame, found = set_aside_in_frame(frame, ["timestamp"])
+            self.unreadable += found
         frame = conform_events_frame(frame)
-        return pa.Table.from_pandas(frame, preserve_index=False)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        return table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
+                                table.column("timestamp").cast(pa.timestamp("us", tz="UTC"), safe=False))
 
 
 def _parse_types(timestamps_as_text: bool) -> dict[str, pa.DataType]:
     types = {}
     for name, kind in _KINDS.items():
         if kind == "timestamp":
-            types[name] = pa.timestamp("us") if timestamps_as_text else pa.int64()
+            types[name] = pa.string() if timestamps_as_text else pa.int64()
         elif kind in ("label", "text"):
             types[name] = pa.string()
         elif kind == "flag":
@@ -354,20 +383,23 @@ def _parse_types(timestamps_as_text: bool) -> dict[str, pa.DataType]:
     return types
 
 
+def _unreadable_entry(rows: list[UnreadableTimestamp]) -> dict[str, Any]:
+    """The manifest's record of the rows set aside: their count, id ranges (asked for again on every
+    refresh) and the first few, as a command shows them."""
+    return {"count": len(rows), "ranges": merge_ids(row.event_id for row in rows),
+            "rows": [row.to_dict() for row in rows[:SHOWN_ROWS]]}
+
+
 def _empty_parsed(timestamps_as_text: bool) -> pa.Table:
     return pa.schema(list(_parse_types(timestamps_as_text).items())).empty_table()
 
 
-def _store_table(parsed: pa.Table, timestamps_as_text: bool | None) -> pa.Table:
-    """A parsed batch in the store's schema, sorted by event_id."""
+def _store_table(parsed: pa.Table) -> pa.Table:
+    """A parsed batch (its timestamps already µs UTC) in the store's schema, sorted by event_id."""
     columns = {}
     for name, kind in _KINDS.items():
         column = parsed.column(name)
         if kind == "timestamp":
-            if timestamps_as_text is False:  # µs since the epoch
-                column = column.cast(pa.timestamp("us"))
-            elif timestamps_as_text is None:  # from pandas: already tz-aware (ns)
-                column = column.cast(pa.timestamp("us", tz="UTC"), safe=False)
             column = column.cast(pa.timestamp("us", tz="UTC"))
         elif kind == "label":
             column = pc.dictionary_encode(column.cast(pa.string()))
@@ -465,11 +497,13 @@ class ColumnarStore:
             started = time.perf_counter()
             top = reader.max_event_id()
             gaps = self._live_gaps(manifest) if reader.dialect != "sqlite" else []
+            # Rows set aside for an unreadable timestamp are asked for again: one fixed since joins the store.
+            retry = [[lo, hi, 0] for lo, hi in (manifest.get("unreadable") or {}).get("ranges", [])]
             new_rows = written = 0
             id_pieces: list[np.ndarray] = []
             writing = 0.0
             # Each ~1M-row table becomes a part file as soon as it is read, so memory stays bounded.
-            for table in self._extract(reader, manifest["high_water_event_id"], top, gaps, progress):
+            for table in self._extract(reader, manifest["high_water_event_id"], top, gaps + retry, progress):
                 tick = time.perf_counter()
                 id_pieces.append(table.column("event_id").to_numpy())
                 self._append_part(manifest, table)
@@ -479,9 +513,14 @@ class ColumnarStore:
             timings["extract"] = time.perf_counter() - started - writing
 
             started = time.perf_counter()
-            if new_rows:
-                ids = np.concatenate(id_pieces)
-                if ids.min() <= manifest["high_water_event_id"]:
+            aside = np.array([row.event_id for row in reader.unreadable], dtype=np.int64)
+            manifest["unreadable"] = _unreadable_entry(reader.unreadable)
+            if reader.unreadable:
+                logger.info("%d events set aside for an unreadable timestamp (first: event_id %d)",
+                            len(reader.unreadable), reader.unreadable[0].event_id)
+            if new_rows or len(aside):
+                ids = np.concatenate([*id_pieces, aside])  # set-aside rows exist: they count for the mark
+                if new_rows and np.concatenate(id_pieces).min() <= manifest["high_water_event_id"]:
                     manifest["sorted"] = False  # late rows filled a gap below the mark
                 manifest["rows"] += new_rows
                 self._update_gaps(manifest, ids, gaps, top, reader.dialect)
@@ -613,6 +652,11 @@ class ColumnarStore:
         return len(merging), [p["file"] for p in merging]
 
     # reading -------------------------------------------------------------------------------------
+
+    def unreadable(self) -> dict[str, Any]:
+        """The rows the last refresh left out for an unreadable timestamp: ``{"count", "rows"}``."""
+        entry = (self.manifest() or {}).get("unreadable") or {}
+        return {"count": int(entry.get("count", 0)), "rows": list(entry.get("rows", []))}
 
     @property
     def rows(self) -> int:

@@ -66,6 +66,40 @@ def resolve_database_url(url: str | None = None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+class DatabaseNotFound(RuntimeError):
+    """A command that only reads was pointed at a SQLite file that does not exist."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"no telemetry database at {path}: the file does not exist, and this command only reads, so it "
+            "created nothing. Choose the database with --database-url URL or the DATABASE_URL environment "
+            "variable (default sqlite:///autopack.db in the working directory); `collect`, `import` and "
+            "`db upgrade` create a new one."
+        )
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The absolute file ``url`` names when it is a SQLite file that does not exist, else None.
+
+    Opening such a URL would make SQLite create an empty database there, which then reports "empty"
+    instead of "wrong path" (the identity confusion of Autopack's pitfall P1). PostgreSQL and
+    in-memory SQLite have no file and give None. Does not connect.
+    """
+    parsed = make_url(resolve_database_url(url))
+    if parsed.get_backend_name() != "sqlite" or _is_memory_sqlite(parsed):
+        return None
+    path = Path(parsed.database or "")
+    return None if path.exists() else path
+
+
+def require_existing_database(url: str) -> None:
+    """Raise :class:`DatabaseNotFound` when ``url`` names a SQLite file that does not exist."""
+    path = missing_sqlite_file(url)
+    if path is not None:
+        raise DatabaseNotFound(path)
+
+
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     """Per-connection SQLite settings; SQLite forgets them when a connection closes.
 

@@ -46,6 +46,7 @@ from autopack_pipeline.storage.models import (
     naive_utc,
     utc_now,
 )
+from autopack_pipeline.storage.timestamps import UnreadableTimestamp, readable_column, set_aside_in_frame
 
 logger = logging.getLogger(__name__)
 
@@ -380,19 +381,30 @@ def read_events(engine: Engine, run_ids: Iterable[str] | None = None) -> pd.Data
 
     Only columns the database actually has are selected, so an Autopack database without our
     columns (or without ``actual_max_tokens``) reads fine; missing columns come back as nulls.
-    A database without the table gives an empty frame.
+    A database without the table gives an empty frame. Rows whose timestamp is not a date are left
+    out; :func:`read_events_checked` also names them.
     """
+    return read_events_checked(engine, run_ids)[0]
+
+
+def read_events_checked(engine: Engine, run_ids: Iterable[str] | None = None
+                        ) -> tuple[pd.DataFrame, list[UnreadableTimestamp]]:
+    """:func:`read_events`, and the rows it left out because their timestamp is not a date (SQLite)."""
     inspector = inspect(engine)
     if not inspector.has_table(_EVENTS.name):
         logger.warning("table %s not found; returning no events", _EVENTS.name)
-        return empty_events_frame()
+        return empty_events_frame(), []
     present = {column["name"] for column in inspector.get_columns(_EVENTS.name)}
     by_name = {column.name: column for column in _EVENTS.columns}
     wanted = [name for name in EVENT_COLUMNS if name in present and name in by_name]
-    statement = select(*(by_name[name].label(name) for name in wanted)).order_by(by_name["event_id"])
+    dialect = engine.dialect.name
+    statement = select(*(readable_column(by_name[name], dialect) for name in wanted)).order_by(by_name["event_id"])
     if run_ids is not None:
         statement = statement.where(by_name["run_id"].in_(list(run_ids)))
     with engine.connect() as connection:
         result = connection.execute(statement)
         frame = pd.DataFrame(result.all(), columns=list(result.keys()))
-    return conform_events_frame(frame)
+    unreadable: list[UnreadableTimestamp] = []
+    if dialect == "sqlite":
+        frame, unreadable = set_aside_in_frame(frame, ["timestamp"])
+    return conform_events_frame(frame), unreadable

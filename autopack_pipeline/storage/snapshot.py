@@ -18,6 +18,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,8 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.fast_metrics import EventArrays
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, RefreshResult, refresh_store
-from autopack_pipeline.storage.events import read_events
+from autopack_pipeline.storage.events import read_events_checked
+from autopack_pipeline.storage.timestamps import UnreadableTimestamp, unreadable_document
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +46,18 @@ class EventSnapshot:
     run_counts: dict[str, int] = field(default_factory=dict)  # events per run id
     store_directory: str | None = None
     inline: EventArrays | None = field(default=None, repr=False)
+    # Rows left out for an unreadable timestamp: {"count": n, "rows": [the first few, named]}.
+    unreadable: dict[str, Any] = field(default_factory=lambda: unreadable_document([]))
 
     @classmethod
-    def from_frame(cls, events: pd.DataFrame) -> EventSnapshot:
+    def from_frame(cls, events: pd.DataFrame, unreadable: list[UnreadableTimestamp] | None = None) -> EventSnapshot:
         """A snapshot carrying an events frame's arrays (a database read whole, or a test's events)."""
         arrays = EventArrays.from_frame(events)
         known = arrays.event_id.values[arrays.event_id.notna()]
         counts = events["run_id"].value_counts(dropna=True)
         return cls(rows=len(arrays), high_water_event_id=int(known.max()) if len(known) else 0,
-                   run_counts={str(k): int(v) for k, v in counts.items()}, inline=arrays)
+                   run_counts={str(k): int(v) for k, v in counts.items()}, inline=arrays,
+                   unreadable=unreadable_document(unreadable or []))
 
     def arrays(self) -> EventArrays:
         """The events as analysis arrays, in event-id order."""
@@ -109,9 +114,10 @@ def snapshot_events(engine: Engine) -> tuple[EventSnapshot, RefreshResult | None
     else:
         reason = None if store is not None else "an in-memory database has no columnar store; read it whole"
     if store is None or refresh is None:
-        return EventSnapshot.from_frame(read_events(engine)), None, reason
+        return EventSnapshot.from_frame(*read_events_checked(engine)), None, reason
     snapshot = EventSnapshot(rows=refresh.rows_after, high_water_event_id=refresh.high_water,
-                             run_counts=_run_counts(store, refresh.high_water), store_directory=str(store.directory))
+                             run_counts=_run_counts(store, refresh.high_water), store_directory=str(store.directory),
+                             unreadable=store.unreadable())
     return snapshot, refresh, None
 
 

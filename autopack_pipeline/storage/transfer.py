@@ -25,7 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import select
+import pyarrow as pa
+from sqlalchemy import DateTime, select
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
@@ -38,6 +39,7 @@ from autopack_pipeline.storage.events import (
 )
 from autopack_pipeline.storage.models import TokenEstimationV2Event, naive_utc, utc_now
 from autopack_pipeline.storage.spool import is_transient_failure
+from autopack_pipeline.storage.timestamps import UnreadableTimestamp, parse_timestamp_text, readable_column, text_column
 
 _EVENTS = TokenEstimationV2Event.__table__
 
@@ -82,31 +84,63 @@ def _export_record(row: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def iter_export(engine: Engine) -> Iterator[dict[str, Any]]:
-    """Every event as an export record, newest first (ties: highest event id first), streamed."""
-    statement = select(_EVENTS).order_by(_EVENTS.c.timestamp.desc(), _EVENTS.c.event_id.desc())
+_DATETIME_COLUMNS = [column.name for column in _EVENTS.columns if isinstance(column.type, DateTime)]
+
+
+def _read_datetimes(rows: list[dict[str, Any]]) -> list[UnreadableTimestamp]:
+    """Turn the stored text of each date-time column of ``rows`` into datetimes, in place; a value that
+    is not a date stays as stored and is returned (SQLite only: PostgreSQL hands datetimes over)."""
+    found: list[UnreadableTimestamp] = []
+    for column in _DATETIME_COLUMNS:
+        parsed, unread = parse_timestamp_text(text_column(row.get(column) for row in rows))
+        values = parsed.cast(pa.timestamp("us")).to_pylist()  # naive UTC, as the ORM reads them
+        for row, value, bad in zip(rows, values, unread):
+            if bad:
+                row[column] = str(row[column])
+                found.append(UnreadableTimestamp(_EVENTS.name, int(row["event_id"]), column, row[column][:80]))
+            else:
+                row[column] = value
+    return found
+
+
+def iter_export(engine: Engine, unreadable: list[UnreadableTimestamp] | None = None) -> Iterator[dict[str, Any]]:
+    """Every event as an export record, newest first (ties: highest event id first), streamed.
+
+    A date-time that is not a date (SQLite holds any text) is exported as stored and appended to
+    ``unreadable``; the row is exported all the same.
+    """
+    dialect = engine.dialect.name
+    statement = select(*(readable_column(column, dialect) for column in _EVENTS.columns))
+    statement = statement.order_by(_EVENTS.c.timestamp.desc(), _EVENTS.c.event_id.desc())
     with engine.connect() as connection:
-        for row in connection.execution_options(yield_per=1000).execute(statement).mappings():
-            yield _export_record(dict(row))
+        result = connection.execution_options(yield_per=1000).execute(statement).mappings()
+        for partition in result.partitions():
+            rows = [dict(row) for row in partition]
+            if dialect == "sqlite":
+                found = _read_datetimes(rows)
+                if unreadable is not None:
+                    unreadable += found
+            for row in rows:
+                yield _export_record(row)
 
 
-def write_export(engine: Engine, out: IO[str]) -> int:
-    """Write the NDJSON export to ``out``; return the number of events."""
+def write_export(engine: Engine, out: IO[str], unreadable: list[UnreadableTimestamp] | None = None) -> int:
+    """Write the NDJSON export to ``out``; return the number of events (see :func:`iter_export`)."""
     count = 0
-    for record in iter_export(engine):
+    for record in iter_export(engine, unreadable):
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         count += 1
     return count
 
 
-def export_to_file(engine: Engine, path: Path) -> int:
+def export_to_file(engine: Engine, path: Path, unreadable: list[UnreadableTimestamp] | None = None) -> int:
     """Write the export to ``path`` atomically (a reader never sees half a file); return the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            count = write_export(engine, out)
+            count = write_export(engine, out, unreadable)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)

@@ -32,7 +32,7 @@ def test_metrics_json_has_exactly_the_design_keys(tmp_path, breached):
     result = run("metrics", "--json", cwd=tmp_path, env=breached)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert set(document) == {"tier1", "tier2", "diagnostics", "needs_tuning"}
+    assert set(document) == {"tier1", "tier2", "diagnostics", "needs_tuning", "unreadable_timestamps"}
     assert set(document["tier1"]) == TIER1
     assert set(document["tier2"]) == TIER2
     assert set(document["diagnostics"]) == DIAGNOSTICS
@@ -68,6 +68,7 @@ def test_metrics_reads_through_the_columnar_copy_and_picks_up_new_events(tmp_pat
 
 
 def test_metrics_on_an_empty_database_refuses(tmp_path, env):
+    populate(env["DATABASE_URL"], [])
     result = run("metrics", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert "no token-estimation events" in result.stderr and result.stdout == ""
@@ -84,6 +85,7 @@ def test_bad_usage_exits_2(args, tmp_path, env):
 
 
 def test_calibrate_on_an_empty_database_refuses(tmp_path, env):
+    populate(env["DATABASE_URL"], [])
     assert run("calibrate", cwd=tmp_path, env=env).returncode == 1
 
 
@@ -102,7 +104,7 @@ def test_calibrate_defaults_to_coverage_and_reports_both_methods(tmp_path, breac
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert set(document) == {"gate", "method", "result", "methods", "reports", "frontier_and_cost",
-                             "calibration", "reprediction"}
+                             "calibration", "reprediction", "unreadable_timestamps"}
     assert document["method"] == "coverage" and set(document["methods"]) == {"coverage", "autopack-median"}
     (group,) = document["result"]["groups"]
     # 30 clean + 1 truncated = 31 observations, k = ceil(32 * 0.95) = 31: the censored one, so no bound.

@@ -39,6 +39,7 @@ def test_every_subcommand_has_help(command, workdir):
 
 
 def test_default_database_is_autopack_db_in_the_working_directory(workdir):
+    assert run("db", "upgrade", cwd=workdir).returncode == 0  # db-check only reads: it never creates the file
     result = run("db-check", "--json", cwd=workdir)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
@@ -61,7 +62,7 @@ def test_collect_then_db_check_then_metrics(workdir):
 
     metrics = run("metrics", "--json", "--stratify", cwd=workdir)
     document = json.loads(metrics.stdout)
-    assert set(document) == {"tier1", "tier2", "diagnostics", "needs_tuning", "strata"}
+    assert set(document) == {"tier1", "tier2", "diagnostics", "needs_tuning", "strata", "unreadable_timestamps"}
     assert document["tier1"]["total_samples"] == summary["events_written"]
 
     again = run("collect", "--run-id", "cli-run", "--json", cwd=workdir)
@@ -71,12 +72,14 @@ def test_collect_then_db_check_then_metrics(workdir):
 def test_database_url_names_another_database(workdir):
     other = workdir / "elsewhere" / "telemetry.db"
     other.parent.mkdir()
+    assert run("db", "upgrade", cwd=workdir, env_extra={"DATABASE_URL": f"sqlite:///{other}"}).returncode == 0
     result = run("db-check", "--json", cwd=workdir, env_extra={"DATABASE_URL": f"sqlite:///{other}"})
     assert json.loads(result.stdout)["database"]["sqlite_path"] == str(other)
     assert not (workdir / "autopack.db").exists()
 
 
 def test_analysis_of_an_empty_database_refuses_and_names_it(workdir):
+    assert run("db", "upgrade", cwd=workdir).returncode == 0
     result = run("metrics", cwd=workdir)
     assert result.returncode == 1
     assert str(workdir / "autopack.db") in result.stderr and "DATABASE_URL" in result.stderr

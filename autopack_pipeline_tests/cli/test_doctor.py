@@ -54,7 +54,8 @@ def test_a_healthy_database_passes_every_check() -> None:
     checks = doctor.run_checks(healthy_facts())
     assert [c.name for c in checks] == [
         "database_identity", "schema", "empty_database", "events_collected", "success_samples", "truncation_rate",
-        "clean_samples", "group_samples", "truncation_flags", "fallback_rows", "spool"]
+        "clean_samples", "group_samples", "truncation_flags", "fallback_rows", "unreadable_timestamps",
+        "spool"]
     assert {c.status for c in checks} == {"ok"} and doctor.overall_status(checks) == "ok"
 
 

@@ -76,6 +76,7 @@ def test_an_invalid_setting_exits_2_naming_the_variable(db):
 
 
 def test_unknown_ids_exit_1(db):
+    _seed(db)  # an existing database: `tasks show` only reads, and would refuse a missing file (exit 2)
     for args in (["show", "TASK-NOPE"], ["approve", "TASK-NOPE"], ["reject", "TASK-NOPE"], ["complete", "TASK-NOPE"]):
         result = run("tasks", *args, db=db)
         assert result.returncode == 1, (args, result.stderr)

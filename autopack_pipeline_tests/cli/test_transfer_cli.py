@@ -107,9 +107,10 @@ def test_import_of_a_missing_file_is_a_usage_error(engine: Engine, tmp_path: Pat
     assert code == 2 and "no such file" in err
 
 
-def test_a_new_database_is_created_by_any_command(tmp_path: Path, capsys) -> None:
+def test_a_new_database_is_created_by_a_command_that_writes(tmp_path: Path, capsys) -> None:
     url = f"sqlite:///{tmp_path / 'brand-new.db'}"
-    code, _out, _err = run(capsys, "--database-url", url, "db-check", "--json")
+    (tmp_path / "empty.ndjson").write_text("")
+    code, _out, _err = run(capsys, "--database-url", url, "import", str(tmp_path / "empty.ndjson"))
     assert code == 0
     assert current_revision(make_engine(url)) == head_revision()
 

@@ -264,7 +264,7 @@ def test_failed_export_leaves_the_previous_file_intact(varied: Engine, tmp_path:
     path.parent.mkdir()
     path.write_text("previous export\n")
 
-    def broken(engine: Engine) -> Iterator[dict]:
+    def broken(engine: Engine, unreadable: list | None = None) -> Iterator[dict]:
         yield {"partial": True}
         raise RuntimeError("disk on fire")
 
