@@ -4,12 +4,17 @@ exits 1) when the run did not do what was asked."""
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
 
 from autopack_pipeline import workflows
 from autopack_pipeline.cli import main
@@ -21,7 +26,7 @@ from autopack_pipeline.storage import database
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.migrate import upgrade_database
-from autopack_pipeline.storage.models import Phase, TokenBudgetEscalationEvent
+from autopack_pipeline.storage.models import Phase, PhaseOutcomeEvent, TokenBudgetEscalationEvent
 
 
 class Recording:
@@ -204,3 +209,63 @@ def test_default_run_ids_differ_within_one_second():
     now = default_run_id.__globals__["datetime"](2025, 1, 2, 3, 4, 5)
     first, second = default_run_id(now), default_run_id(now)
     assert first != second and first.startswith("telemetry-collection-20250102-030405-")
+
+
+@contextmanager
+def first_outcome_write_meets_a_lock(seconds: float) -> Iterator[list[threading.Thread]]:
+    """The first ``phase_outcome_events`` insert finds SQLite's write lock held by another connection
+    for ``seconds`` (a real lock, taken just before that statement runs)."""
+    holders: list[threading.Thread] = []
+
+    def before_execute(conn, _cursor, statement, *_args) -> None:
+        if not holders and statement.lstrip().upper().startswith("INSERT INTO PHASE_OUTCOME_EVENTS"):
+            holders.append(_hold_write_lock(conn.engine.url.database, seconds))
+
+    event.listen(Engine, "before_cursor_execute", before_execute)
+    try:
+        yield holders
+    finally:
+        event.remove(Engine, "before_cursor_execute", before_execute)
+        for holder in holders:
+            holder.join()
+
+
+def _outcome_rows(engine, run_id: str) -> int:
+    with engine.connect() as connection:
+        return len(connection.execute(select(PhaseOutcomeEvent.id).where(PhaseOutcomeEvent.run_id == run_id)).all())
+
+
+def test_an_outcome_row_is_retried_through_a_short_outage(sqlite_url, monkeypatch, short_busy_timeout, caplog):
+    monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "15")
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+
+    with first_outcome_write_meets_a_lock(1.0) as holders:
+        summary = _collect(engine, make_backend(load_settings()), "outcome-retried", phases=2)
+
+    assert holders, "the outcome write never met the lock"
+    assert _outcome_rows(engine, "outcome-retried") == 2
+    assert summary.ok, summary.problems()
+    assert summary.outcomes_not_stored == 0
+    assert not [r for r in caplog.records if r.exc_info]  # retries are one line each, no traceback
+
+
+def test_an_outcome_row_lost_to_an_outage_is_counted_and_collect_exits_1(sqlite_url, monkeypatch, short_busy_timeout,
+                                                                         caplog, capsys):
+    monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "0.3")
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    caplog.set_level(logging.WARNING, logger="autopack_pipeline.storage.runs")
+
+    with first_outcome_write_meets_a_lock(1.5):
+        code = main(["collect", "--category", "docs", "--complexity", "low", "--phases", "1", "--run-id", "outcome-lost",
+                     "--json"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert report["outcomes_not_stored"] == 1 and report["phases_completed"] == 1, json.dumps(report)
+    assert any("outcome" in problem for problem in report["problems"])
+    assert _outcome_rows(engine, "outcome-lost") == 0
+    (warning,) = [r for r in caplog.records if r.name == "autopack_pipeline.storage.runs"]
+    assert warning.exc_info is None and "\n" not in warning.getMessage()
+    assert "OperationalError: database is locked" in warning.getMessage()
