@@ -4,7 +4,6 @@ talking to the local Messages API server, and a real SQLite telemetry database."
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from autopack_pipeline.storage import database
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.models import Phase
+from autopack_pipeline_tests.collection_support import hold_write_lock
 from autopack_pipeline_tests.dagster_layer.conftest import materialize_slice
 from autopack_pipeline_tests.llm.messages_server import Answer, Error, MessagesServer, invalid_request
 
@@ -100,47 +100,34 @@ def test_every_phase_failing_fails_the_materialisation(sqlite_url, instance, mes
     assert _phase_states(sqlite_url, "asset-all-failed") == ["FAILED"] * PHASES
 
 
-def _hold_write_lock(path: str, seconds: float) -> None:
-    """Another connection takes SQLite's write lock and keeps it for ``seconds`` (returns once it has it)."""
-    taken = threading.Event()
-
-    def hold() -> None:
-        connection = sqlite3.connect(path, timeout=30, isolation_level=None)
-        connection.execute("BEGIN EXCLUSIVE")
-        taken.set()
-        time.sleep(seconds)
-        connection.execute("COMMIT")
-        connection.close()
-
-    threading.Thread(target=hold, daemon=True).start()
-    assert taken.wait(10)
-
-
 def test_a_database_outage_fails_the_materialisation_and_the_next_one_resumes(sqlite_url, instance,
                                                                               messages_server, monkeypatch):
     # The lock outlives SQLite's busy timeout and the retry budget: the run must stop, not hang.
     monkeypatch.setattr(database, "SQLITE_BUSY_TIMEOUT_MS", 50)
     monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "0.3")
     monkeypatch.setenv("AUTOPACK_RUN_LEASE_SECONDS", "1")
-    lock_seconds = 3.0
-    locked_at: list[float] = []
+    released = threading.Event()  # the lock lasts until the first materialisation is over
+    holders: list[threading.Thread] = []
 
     def answer(body: dict) -> Answer:
-        if not locked_at:  # the first answer arrives while the telemetry database is locked
-            _hold_write_lock(make_url(sqlite_url).database, lock_seconds)
-            locked_at.append(time.monotonic())
+        if not holders:  # the first answer arrives while the telemetry database is locked
+            holders.append(hold_write_lock(make_url(sqlite_url).database, until=released))
         return _answer_with_files(body)
 
     messages_server.answer_all_with(answer)
 
-    stopped = materialize_slice(instance, sqlite_url, ASSET, _run_config("asset-outage"))
+    try:
+        stopped = materialize_slice(instance, sqlite_url, ASSET, _run_config("asset-outage"))
+    finally:
+        released.set()
 
     reason, metadata = _failure(stopped)
     assert "telemetry database was unavailable" in reason
     assert "re-run with --run-id asset-outage" in reason
     assert metadata["events_spooled"].value > 0 and "still spooled" in reason
 
-    time.sleep(max(0.0, locked_at[0] + lock_seconds - time.monotonic()) + 1.1)  # lock gone, lease expired
+    holders[0].join()
+    time.sleep(1.1)  # the stopped run's lease has expired
     resumed = materialize_slice(instance, sqlite_url, ASSET, _run_config("asset-outage"))
 
     assert resumed.success, resumed.failure_data_for_node(ASSET)

@@ -21,7 +21,7 @@ from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.models import PhaseOutcomeEvent
 from autopack_pipeline_tests.storage.conftest import _admin_engine
-from autopack_pipeline_tests.test_collection_resume import Recording, assert_stored_exactly_once
+from autopack_pipeline_tests.collection_support import Recording, assert_stored_exactly_once
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)]
 
@@ -30,14 +30,14 @@ ANSWER_SECONDS = 0.1  # each answer takes a moment, so the drain is still going 
 
 
 class Outage:
-    """Takes the test database away (no new connections, open ones terminated) for ``seconds``."""
+    """Takes the test database away (no new connections, open ones terminated) for ``seconds``, or, with
+    ``seconds=None``, until :meth:`close`."""
 
-    def __init__(self, database_url: str, seconds: float) -> None:
+    def __init__(self, database_url: str, seconds: float | None) -> None:
         self.name, self.seconds = make_url(database_url).database, seconds
         self.admin = _admin_engine()
         self.started: float | None = None
         self.thread: threading.Thread | None = None
-        self._once = threading.Lock()
 
     def _allow_connections(self, allowed: bool) -> None:
         with self.admin.connect() as connection:
@@ -49,23 +49,19 @@ class Outage:
                 )
 
     def begin(self) -> None:
-        """Returns with the database already unavailable; it comes back by itself after ``seconds``.
-        Only the first call starts an outage (workers may ask at the same time)."""
-        with self._once:
-            if self.started is not None:
-                return
-            self._allow_connections(False)
-            self.started = time.monotonic()
-            self.thread = threading.Thread(target=lambda: (time.sleep(self.seconds), self._allow_connections(True)),
-                                           daemon=True)
-            self.thread.start()
-
-    def wait_until_over(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
+        """Returns with the database already unavailable."""
+        self._allow_connections(False)
+        self.started = time.monotonic()
+        if self.seconds is None:
+            return
+        self.thread = threading.Thread(target=lambda: (time.sleep(self.seconds), self._allow_connections(True)),
+                                       daemon=True)
+        self.thread.start()
 
     def close(self) -> None:
-        self.wait_until_over()
+        """Waits for a timed outage to end; ends an open-ended one."""
+        if self.thread is not None:
+            self.thread.join()
         self._allow_connections(True)
         self.admin.dispose()
 
@@ -117,11 +113,10 @@ def test_an_outage_beyond_the_budget_stops_cleanly_and_a_resumed_run_stores_ever
     monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "0.5")
     # The stopped run may not be able to hand its lease back during the outage; it expires after this.
     monkeypatch.setenv("AUTOPACK_RUN_LEASE_SECONDS", "1")
-    outage = Outage(database_url, seconds=4.0)
+    outage = Outage(database_url, seconds=None)  # down until the run has stopped, however long that takes
     first = _slow_backend_with_outage_at(3, outage)
     try:
         stopped = _collect(engine, first, "pg-outage-long")
-        outage.wait_until_over()
     finally:
         outage.close()
 
