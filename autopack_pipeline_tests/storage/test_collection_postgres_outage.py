@@ -87,7 +87,7 @@ def _outcome_rows(engine, run_id: str) -> int:
         ).scalar_one()
 
 
-def test_an_outage_within_the_retry_budget_changes_nothing(engine, database_url, monkeypatch):
+def test_an_outage_within_the_retry_budget_changes_nothing(engine, database_url, monkeypatch, caplog):
     monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "20")
     outage = Outage(database_url, seconds=2.0)
     backend = _slow_backend_with_outage_at(3, outage)
@@ -105,10 +105,12 @@ def test_an_outage_within_the_retry_budget_changes_nothing(engine, database_url,
     assert summary.events_written == len(read_events(engine, ["pg-outage-short"]))
     assert _outcome_rows(engine, "pg-outage-short") == PHASES
     assert_stored_exactly_once(engine, "pg-outage-short", backend.answers)
+    # An outage is reported as one line per failed write, never as a traceback.
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.exc_info] == []
 
 
 def test_an_outage_beyond_the_budget_stops_cleanly_and_a_resumed_run_stores_every_answer_once(
-    engine, database_url, monkeypatch
+    engine, database_url, monkeypatch, caplog
 ):
     monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "0.5")
     # The stopped run may not be able to hand its lease back during the outage; it expires after this.
@@ -125,6 +127,7 @@ def test_an_outage_beyond_the_budget_stops_cleanly_and_a_resumed_run_stores_ever
     assert "re-run with --run-id pg-outage-long" in stopped.stopped_reason
     assert stopped.phases_pending > 0
     assert stopped.events_not_stored == 0  # what could not be written was spooled
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.exc_info] == []
 
     time.sleep(1.1)  # the stopped run's lease has expired
     second = Recording(make_backend(load_settings(), "simulated"))
