@@ -4,12 +4,16 @@ exits 1) when the run did not do what was asked."""
 
 from __future__ import annotations
 
-import sqlite3
+import json
+import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
 
 from autopack_pipeline import workflows
 from autopack_pipeline.cli import main
@@ -21,21 +25,8 @@ from autopack_pipeline.storage import database
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.migrate import upgrade_database
-from autopack_pipeline.storage.models import Phase, TokenBudgetEscalationEvent
-
-
-class Recording:
-    """Passes calls to ``inner`` and keeps every answer it returned (what must end up stored)."""
-
-    def __init__(self, inner, before=None) -> None:
-        self.inner, self.name, self.answers, self.before = inner, inner.name, [], before
-
-    def complete(self, request: LLMRequest) -> LLMResponse:
-        if self.before is not None:
-            self.before(len(self.answers) + 1, request)
-        response = self.inner.complete(request)
-        self.answers.append((request.phase["phase_id"], request.phase["attempt"], response.output_tokens))
-        return response
+from autopack_pipeline.storage.models import Phase, PhaseOutcomeEvent
+from autopack_pipeline_tests.collection_support import Recording, assert_stored_exactly_once, hold_write_lock
 
 
 class NoFilesFor:
@@ -61,22 +52,6 @@ def engine(sqlite_url):
 def _collect(engine, backend, run_id: str, phases: int = 4):
     return workflows.collect(engine, load_settings(), backend, run_id=run_id, category="tests", complexity="low",
                              phases=phases, concurrency=2)
-
-
-def assert_stored_exactly_once(engine, run_id: str, answers: list[tuple[str, int, int]]) -> None:
-    """Every answer of 50 tokens or more is one stored event; each phase's state agrees with its last event."""
-    events = read_events(engine, [run_id])
-    kept = sorted((phase, attempt) for phase, attempt, tokens in answers if tokens >= 50)
-    assert sorted(zip(events["phase_id"], events["attempt"].astype(int))) == kept
-    with engine.connect() as connection:
-        states = dict(connection.execute(select(Phase.phase_id, Phase.state).where(Phase.run_id == run_id)).all())
-        escalations = connection.execute(select(TokenBudgetEscalationEvent.phase_id,
-                                                TokenBudgetEscalationEvent.attempt_index)).all()
-    assert len(escalations) == len(set(escalations))
-    assert "EXECUTING" not in states.values()
-    last = events.sort_values("attempt").groupby("phase_id")["success"].last()
-    for phase_id, succeeded in last.items():
-        assert (states[phase_id] == "COMPLETE") == bool(succeeded), phase_id
 
 
 def test_a_failed_phase_rerun_continues_its_attempts_and_stores_every_answer(engine):
@@ -108,24 +83,6 @@ def test_a_complete_phase_whose_last_event_failed_is_drained_again(engine):
     assert_stored_exactly_once(engine, "mend", first.answers + second.answers)
 
 
-def _hold_write_lock(path: str, seconds: float) -> threading.Thread:
-    """Another connection holds SQLite's write lock for ``seconds``; returns once it has it."""
-    taken = threading.Event()
-
-    def hold() -> None:
-        connection = sqlite3.connect(path, timeout=30, isolation_level=None)
-        connection.execute("BEGIN EXCLUSIVE")
-        taken.set()
-        time.sleep(seconds)
-        connection.execute("COMMIT")
-        connection.close()
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    assert taken.wait(10)
-    return thread
-
-
 @pytest.fixture
 def short_busy_timeout(monkeypatch):
     # The lock outlives SQLite's busy timeout, as a 75 s lock outlives the default 30 s one.
@@ -138,7 +95,7 @@ def test_a_lock_shorter_than_the_retry_budget_marks_nothing_failed(sqlite_url, m
     upgrade_database(engine)
     holders = []
     backend = Recording(make_backend(load_settings()), before=lambda n, _r: n == 3 and holders.append(
-        _hold_write_lock(engine.url.database, 1.5)))
+        hold_write_lock(engine.url.database, 1.5)))
 
     summary = _collect(engine, backend, "locked", phases=6)
 
@@ -158,7 +115,7 @@ def test_a_lock_longer_than_the_budget_stops_cleanly_and_resumes(sqlite_url, mon
     upgrade_database(engine)
     holders = []
     first = Recording(make_backend(load_settings()), before=lambda n, _r: n == 2 and holders.append(
-        _hold_write_lock(engine.url.database, 2.5)))
+        hold_write_lock(engine.url.database, 2.5)))
 
     stopped = _collect(engine, first, "outage", phases=6)
 
@@ -180,7 +137,7 @@ def test_an_unwritable_spool_during_an_outage_is_an_error(sqlite_url, monkeypatc
     upgrade_database(engine)
     holders = []
     backend = Recording(make_backend(load_settings()), before=lambda n, _r: n == 1 and holders.append(
-        _hold_write_lock(engine.url.database, 1.5)))
+        hold_write_lock(engine.url.database, 1.5)))
 
     summary = _collect(engine, backend, "nospool", phases=2)
 
@@ -204,3 +161,67 @@ def test_default_run_ids_differ_within_one_second():
     now = default_run_id.__globals__["datetime"](2025, 1, 2, 3, 4, 5)
     first, second = default_run_id(now), default_run_id(now)
     assert first != second and first.startswith("telemetry-collection-20250102-030405-")
+
+
+@contextmanager
+def first_outcome_write_meets_a_lock(**hold) -> Iterator[list[threading.Thread]]:
+    """The first ``phase_outcome_events`` insert finds SQLite's write lock held by another connection
+    (a real lock, taken just before that statement runs; ``hold`` says how long, as for hold_write_lock)."""
+    holders: list[threading.Thread] = []
+
+    def before_execute(conn, _cursor, statement, *_args) -> None:
+        if not holders and statement.lstrip().upper().startswith("INSERT INTO PHASE_OUTCOME_EVENTS"):
+            holders.append(hold_write_lock(conn.engine.url.database, **hold))
+
+    event.listen(Engine, "before_cursor_execute", before_execute)
+    try:
+        yield holders
+    finally:
+        event.remove(Engine, "before_cursor_execute", before_execute)
+        for holder in holders:
+            holder.join()
+
+
+def _outcome_rows(engine, run_id: str) -> int:
+    with engine.connect() as connection:
+        return len(connection.execute(select(PhaseOutcomeEvent.id).where(PhaseOutcomeEvent.run_id == run_id)).all())
+
+
+def test_an_outcome_row_is_retried_through_a_short_outage(sqlite_url, monkeypatch, short_busy_timeout, caplog):
+    monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "15")
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+
+    with first_outcome_write_meets_a_lock(seconds=1.0) as holders:
+        summary = _collect(engine, make_backend(load_settings()), "outcome-retried", phases=2)
+
+    assert holders, "the outcome write never met the lock"
+    assert _outcome_rows(engine, "outcome-retried") == 2
+    assert summary.ok, summary.problems()
+    assert summary.outcomes_not_stored == 0
+    assert not [r for r in caplog.records if r.exc_info]  # retries are one line each, no traceback
+
+
+def test_an_outcome_row_lost_to_an_outage_is_counted_and_collect_exits_1(sqlite_url, monkeypatch, short_busy_timeout,
+                                                                         caplog, capsys):
+    monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "0.3")
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    caplog.set_level(logging.WARNING, logger="autopack_pipeline.storage.runs")
+
+    released = threading.Event()  # the lock outlasts the retry budget however slow the machine is
+    with first_outcome_write_meets_a_lock(until=released):
+        try:
+            code = main(["collect", "--category", "docs", "--complexity", "low", "--phases", "1", "--run-id",
+                         "outcome-lost", "--json"])
+        finally:
+            released.set()
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert report["outcomes_not_stored"] == 1 and report["phases_completed"] == 1, json.dumps(report)
+    assert any("outcome" in problem for problem in report["problems"])
+    assert _outcome_rows(engine, "outcome-lost") == 0
+    (warning,) = [r for r in caplog.records if r.name == "autopack_pipeline.storage.runs"]
+    assert warning.exc_info is None and "\n" not in warning.getMessage()
+    assert "OperationalError: database is locked" in warning.getMessage()

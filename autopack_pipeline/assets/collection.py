@@ -76,6 +76,7 @@ def telemetry_collection_run(
         "phases_pending": summary.phases_pending,
         "events_spooled": summary.events_spooled,
         "events_not_stored": summary.events_not_stored,
+        "outcomes_not_stored": summary.outcomes_not_stored,
         **database_metadata(telemetry_db.identity()),
     }
     if not summary.ok:

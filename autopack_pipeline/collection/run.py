@@ -77,6 +77,8 @@ class CollectionSummary:
     events_spooled: int = 0
     # Answers neither written nor spooled (the database and the spool both failed): lost.
     events_not_stored: int = 0
+    # Drained phases whose phase_outcome_events row could not be written within the retry budget: lost.
+    outcomes_not_stored: int = 0
     # Answers under MIN_VALID_OUTPUT_TOKENS (an empty "files: []"): the writer refuses them, as
     # Autopack's does, with a warning each; counted here so the summary says how many.
     short_answers_not_recorded: int = 0
@@ -94,6 +96,9 @@ class CollectionSummary:
         if self.events_spooled:
             found.append(f"{self.events_spooled} event(s) are still spooled in {self.spool_file}; run "
                          "`autopack-telemetry spool replay` when the database is back")
+        if self.outcomes_not_stored:
+            found.append(f"the outcome row (phase_outcome_events) of {self.outcomes_not_stored} phase(s) could not "
+                         "be stored: the database stayed unavailable or refused it")
         drained = self.phases_completed + self.phases_failed
         if drained and not self.phases_completed:
             found.append(f"every phase drained failed ({drained})")
@@ -149,6 +154,7 @@ class _PhaseDrained:
     not_stored: int = 0
     short: int = 0
     pending: bool = False  # the phase was left for a re-run
+    outcome_not_stored: bool = False
 
 
 def run_collection(
@@ -215,6 +221,7 @@ def _drain_all(drain: _Drain, pending: list[PhaseSpec], attempts_stored: dict[st
             result = drained.result
             summary.events_written += drained.written
             summary.events_not_stored += drained.not_stored
+            summary.outcomes_not_stored += drained.outcome_not_stored
             summary.short_answers_not_recorded += drained.short
             summary.escalations += len(result.escalations)
             if drained.pending:
@@ -271,7 +278,8 @@ def _drain_phase(drain: _Drain, phase: PhaseSpec, first_attempt: int) -> _PhaseD
         # The answers are stored or spooled; the next drain sets the state from them.
         drain.halt(f"stopped: {exc}")
         return drained
-    record_phase_outcome(drain.engine, drain.run_id, phase, result, drain.builder.model)
+    drained.outcome_not_stored = not record_phase_outcome(drain.engine, drain.run_id, phase, result,
+                                                          drain.builder.model, retry_seconds=drain.retry_seconds)
     return drained
 
 

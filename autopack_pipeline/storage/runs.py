@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from autopack_pipeline.storage.database import insert_ignoring_conflicts
+from autopack_pipeline.storage.database import insert_ignoring_conflicts, safe_error_text
 from autopack_pipeline.storage.models import (
     Phase,
     PhaseOutcomeEvent,
@@ -169,26 +169,42 @@ def set_phase_state(
     retry_while_unavailable(write, what=f"the state of phase {phase_id}", budget_seconds=retry_seconds)
 
 
-def record_phase_outcome(engine: Engine, run_id: str, phase: PhaseSpec, result: PhaseResult, model: str) -> bool:
-    """One ``phase_outcome_events`` row per drained phase; a failed write is logged, never raised."""
+def record_phase_outcome(
+    engine: Engine,
+    run_id: str,
+    phase: PhaseSpec,
+    result: PhaseResult,
+    model: str,
+    *,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
+) -> bool:
+    """One ``phase_outcome_events`` row per drained phase, retried like a phase's state while the database
+    is unavailable. False (with one warning line, never raised) when it could not be written: the
+    caller counts it, as nothing else can write it later (the run's rows no longer hold the answer's
+    duration and tokens once the phase is COMPLETE)."""
     last = result.attempts[-1] if result.attempts else None
+    row = PhaseOutcomeEvent.__table__.insert().values(
+        run_id=run_id,
+        phase_id=phase.phase_id,
+        phase_type=phase.category,
+        phase_outcome="SUCCESS" if result.completed else "FAILED",
+        stop_reason=last.stop_reason if last else result.failure_reason,
+        tokens_used=result.tokens_used,
+        duration_seconds=result.duration_seconds,
+        model_used=model,
+        timestamp=utc_now(),
+        context_injected=bool(phase.read_only_context),
+        context_item_count=len(phase.read_only_context),
+    )
+
+    def write() -> None:
+        with engine.begin() as connection:
+            connection.execute(row)
+
     try:
-        with Session(engine) as session, session.begin():
-            session.add(
-                PhaseOutcomeEvent(
-                    run_id=run_id,
-                    phase_id=phase.phase_id,
-                    phase_type=phase.category,
-                    phase_outcome="SUCCESS" if result.completed else "FAILED",
-                    stop_reason=last.stop_reason if last else result.failure_reason,
-                    tokens_used=result.tokens_used,
-                    duration_seconds=result.duration_seconds,
-                    model_used=model,
-                    context_injected=bool(phase.read_only_context),
-                    context_item_count=len(phase.read_only_context),
-                )
-            )
+        retry_while_unavailable(write, what=f"the outcome of phase {phase.phase_id}", budget_seconds=retry_seconds)
         return True
-    except Exception:
-        logger.warning("could not record the outcome of phase %s/%s", run_id, phase.phase_id, exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - counted by the caller; one line, the safe text, no traceback
+        logger.warning("could not record the outcome of phase %s/%s: %s", run_id, phase.phase_id,
+                       safe_error_text(exc))
         return False
