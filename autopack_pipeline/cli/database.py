@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autopack_pipeline.cli.common import EXIT_OK, identity_line, open_engine, print_json
+from autopack_pipeline.cli.common import EXIT_OK, Refused, identity_line, open_engine, print_json
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
@@ -36,10 +36,15 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.database import make_engine, resolve_database_url
+    from autopack_pipeline.storage.database import describe_database, make_engine, resolve_database_url
+    from autopack_pipeline.storage.migrate import SchemaTooNew, current_revision, head_revision, known_revisions
     from autopack_pipeline.storage.migrate import upgrade_database
 
     engine = make_engine(resolve_database_url(args.database_url))
+    current = current_revision(engine)
+    if current is not None and current not in known_revisions():
+        # Alembic would fail with "Can't locate revision": say what it means and what to do.
+        raise Refused(str(SchemaTooNew(current, head_revision(), describe_database(engine).url)))
     revision = upgrade_database(engine)
     print(identity_line(engine))
     print(f"Schema is at revision {revision}.")
