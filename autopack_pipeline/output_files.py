@@ -96,7 +96,10 @@ class AtomicFile:
         self.path = Path(path)
         check_output_path(self.path)
         ensure_directory(self.path.parent)
-        fd, self._temporary = _create_temporary(self.path)
+        try:
+            fd, self._temporary = _create_temporary(self.path)
+        except OSError as exc:  # the error would name the temporary file; the user named the target
+            raise OutputPathError(f"cannot write {self.path}: {exc.strerror}") from None
         self.handle: IO[Any] = os.fdopen(fd, "w" if text else "wb", encoding=encoding, newline=newline)
 
     def commit(self) -> None:
