@@ -102,6 +102,12 @@ class AtomicFile:
             raise OutputPathError(f"cannot write {self.path}: {exc.strerror}") from None
         self.handle: IO[Any] = os.fdopen(fd, "w" if text else "wb", encoding=encoding, newline=newline)
 
+    @property
+    def temporary_path(self) -> Path:
+        """The file being written, for a writer that needs a path rather than :attr:`handle` (SQLite's
+        backup); it is what :meth:`commit` moves into place."""
+        return self._temporary
+
     def commit(self) -> None:
         try:
             self.handle.flush()
