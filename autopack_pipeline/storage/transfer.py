@@ -320,9 +320,14 @@ class _Quarantine:
         return str(self.path)
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     for number, raw in enumerate(source, start=1):
         line = raw.rstrip(b"\r\n")
+        if number == 1 and line.startswith(_UTF8_BOM):  # a file's byte order mark, as Windows tools write it
+            line = line[len(_UTF8_BOM):]
         if line.strip():
             yield number, line
 
