@@ -11,9 +11,7 @@ checked so that no stem can put a file outside the output directory.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +19,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from autopack_pipeline.domain.calibration import CalibrationResult, GroupCalibration
+# The one writer of user-facing files (atomic, umask modes, special files refused), re-exported here
+# because the report writers grew up in this module.
+from autopack_pipeline.output_files import ensure_directory, write_atomic_text, write_atomic_with  # noqa: F401
 
 REPORT_PREFIX = "token_estimator_calibration_"
 REPORT_TIME_FORMAT = "%Y%m%d_%H%M%S"
@@ -400,26 +401,6 @@ def frontier_and_cost_lines(economics: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_atomic_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Have ``write`` fill a temporary file next to ``path``, then move it into place with
-    ``os.replace``: readers see the old file or the whole new one, never a part."""
-    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def write_atomic_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    write_atomic_with(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
 @dataclass(frozen=True)
 class ReportFiles:
     markdown: Path
@@ -447,7 +428,7 @@ def write_calibration_report_set(
     moment = _utc(now)
     directory = Path(output_dir)
     name = safe_stem(stem if stem is not None else report_stem(moment))
-    directory.mkdir(parents=True, exist_ok=True)
+    ensure_directory(directory)
     markdown_path, json_path = _inside(directory, f"{name}.md"), _inside(directory, f"{name}.json")
     payload = calibration_report_payload(result, moment, others=others, economics=economics,
                                          calibration_section=calibration_section)

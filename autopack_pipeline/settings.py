@@ -11,16 +11,51 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Read-only defaults shipped inside the package (package data; in a checkout, a link to ./seeds).
+PACKAGED_SEEDS_DIR = PACKAGE_DIR / "seeds_default"
+SEEDS_DIR_VARIABLE = "AUTOPACK_SEEDS_DIR"
 
 BackendName = Literal["simulated", "anthropic", "replay"]
 
 
 class SettingsError(ValueError):
     """A setting from the environment has a value we cannot use; the message names the variable."""
+
+
+def _existing_directory(value: str | Path) -> Path:
+    path = Path(value).expanduser().absolute()
+    if not path.is_dir():
+        raise ValueError("not a directory")
+    return path
+
+
+def seeds_directory() -> Path:
+    """The seeds in use: ``$AUTOPACK_SEEDS_DIR``, else ``./seeds`` when the working directory has one,
+    else the packaged read-only defaults.
+
+    Looked up from the working directory, not next to the installed code, so two checkouts (or an
+    installed package) never share, or edit, each other's coefficient file.
+    """
+    value = os.environ.get(SEEDS_DIR_VARIABLE)
+    if value:
+        try:
+            return _existing_directory(value)
+        except ValueError as exc:
+            raise SettingsError(f"invalid setting: {SEEDS_DIR_VARIABLE}: {exc} (got {value!r})") from None
+    local = Path.cwd() / "seeds"
+    return local if local.is_dir() else PACKAGED_SEEDS_DIR
+
+
+def is_packaged_seeds(path: Path) -> bool:
+    """Whether ``path`` is, or lies inside, the installed package: a place never to write to."""
+    if path == PACKAGED_SEEDS_DIR:
+        return True
+    return Path(path).resolve().is_relative_to(PACKAGE_DIR)
 
 
 class Settings(BaseSettings):
@@ -41,7 +76,7 @@ class Settings(BaseSettings):
     llm_total_timeout: float = Field(
         default=1800.0, gt=0, allow_inf_nan=False, validation_alias="AUTOPACK_LLM_TOTAL_TIMEOUT"
     )
-    seeds_dir: Path = Field(default=REPO_ROOT / "seeds", validation_alias="AUTOPACK_SEEDS_DIR")
+    seeds_dir: Path = Field(default_factory=seeds_directory, validation_alias="AUTOPACK_SEEDS_DIR")
     reports_dir: Path = Field(default=Path("reports"), validation_alias="AUTOPACK_REPORTS_DIR")
     simulation_seed: int = Field(default=42, validation_alias="AUTOPACK_SIM_SEED")
     replay_file: Path | None = Field(default=None, validation_alias="AUTOPACK_REPLAY_FILE")
@@ -74,6 +109,11 @@ class Settings(BaseSettings):
     db_retry_seconds: float = Field(default=120.0, ge=0, allow_inf_nan=False, validation_alias="AUTOPACK_DB_RETRY_SECONDS")
     run_lease_seconds: float = Field(default=120.0, gt=0, allow_inf_nan=False,
                                      validation_alias="AUTOPACK_RUN_LEASE_SECONDS")
+
+    @field_validator("seeds_dir")
+    @classmethod
+    def _seeds_dir_exists(cls, value: Path) -> Path:
+        return _existing_directory(value)
 
     def resolved_reports_dir(self) -> Path:
         """The reports directory as an absolute path (relative paths resolve against the cwd)."""

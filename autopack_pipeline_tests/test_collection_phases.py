@@ -55,3 +55,19 @@ def test_bad_phase_file_is_reported_with_its_path(tmp_path):
     bad.write_text("phases: [unclosed")
     with pytest.raises(PhaseSetError, match="not valid YAML"):
         load_phase_file(bad)
+
+
+def test_unknown_complexity_in_a_phases_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "phases.yaml"
+    path.write_text("phases:\n  - {phase_id: a, name: a, goal: g, category: tests, complexity: LOW, deliverables: [x]}\n"
+                    "  - {phase_id: b, name: b, goal: g, category: tests, complexity: extreme, deliverables: [y]}\n")
+    with pytest.raises(PhaseSetError) as caught:
+        load_phase_file(path)
+    message = str(caught.value)
+    assert "extreme" in message and "phase 2" in message and str(path) in message and "\n" not in message
+
+
+def test_targeted_phase_count_has_an_upper_bound():
+    with pytest.raises(PhaseSetError, match="1 to 10000"):
+        phases_from_templates(SEEDS, "tests", "low", 10_001)
+    assert len(phases_from_templates(SEEDS, "tests", "low", 3)) == 3

@@ -15,7 +15,7 @@ from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.migrate import upgrade_database
-from autopack_pipeline.storage.models import Phase, TokenBudgetEscalationEvent
+from autopack_pipeline.storage.models import Phase
 
 
 class CrashAfter:

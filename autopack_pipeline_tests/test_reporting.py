@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from autopack_pipeline import reporting
+from autopack_pipeline import output_files
 from autopack_pipeline.domain.calibration import calibrate_autopack_median
 from autopack_pipeline.domain.events import conform_events_frame
 from autopack_pipeline.reporting import (
@@ -146,7 +146,7 @@ def test_a_failed_write_leaves_neither_partial_file_nor_temp_file(tmp_path, resu
     def refuse(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(reporting.os, "replace", refuse)
+    monkeypatch.setattr(output_files.os, "replace", refuse)  # the shared writer reporting uses
     with pytest.raises(OSError):
         write_calibration_reports(result, tmp_path, now=NOW)
     assert list(Path(tmp_path).iterdir()) == []

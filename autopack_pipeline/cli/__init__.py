@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from autopack_pipeline.cli import analysis, collection, database, pipeline
 from autopack_pipeline.cli import doctor, transfer
@@ -22,6 +23,7 @@ from autopack_pipeline.cli.common import (
     EXIT_USAGE,
     Refused,
     UsageError,
+    print_json,
 )
 
 COMMAND_MODULES = [database, collection, analysis, pipeline, transfer, doctor, tasks, logs, calibration_patch, synth]
@@ -33,41 +35,74 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _SubcommandParser(_Parser):
+    """A subcommand's parser: it also takes ``--database-url``, so the option works after the
+    subcommand too. SUPPRESS leaves the value given before the subcommand alone when it is absent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--database-url", default=argparse.SUPPRESS, help=_DATABASE_URL_HELP)
+
+
+_DATABASE_URL_HELP = "telemetry database (default: $DATABASE_URL, else sqlite:///autopack.db)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autopack-telemetry", description="Token-budget telemetry and calibration for Autopack.")
-    parser.add_argument("--database-url", help="telemetry database (default: $DATABASE_URL, else sqlite:///autopack.db)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--database-url", help=_DATABASE_URL_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
     for module in COMMAND_MODULES:
-        module.register(sub, _Parser)
+        module.register(sub, _SubcommandParser)
     return parser
 
 
+def _fail(message: str, code: int, as_json: bool) -> int:
+    """One line on stderr (``error:`` for bad usage); with ``--json`` also one JSON document on
+    stdout, so a script reading stdout always gets JSON."""
+    print(f"autopack-telemetry: {'error: ' if code == EXIT_USAGE else ''}{message}", file=sys.stderr)
+    if as_json:
+        print_json({"error": message, "exit_code": code})
+    return code
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``PATH: reason`` for an error about a file; the path is what the user can act on."""
+    paths = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+    return f"{paths}: {exc.strerror or exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. User mistakes (bad arguments or settings, unusable paths, unsupported
+    database URLs) end in one line and exit 2, never a traceback; with ``--json`` also as JSON."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from autopack_pipeline.collection.phases import PhaseSetError
     from autopack_pipeline.settings import SettingsError
 
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in arguments  # known before parsing, so a parse error is JSON too
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(arguments)
+        as_json = bool(getattr(args, "json", False))
         return args.func(args)
     except UsageError as exc:
-        print(f"autopack-telemetry: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE, as_json)
     except (SettingsError, PhaseSetError, ValueError) as exc:
-        print(f"autopack-telemetry: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE, as_json)
     except Refused as exc:
-        print(f"autopack-telemetry: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(str(exc), EXIT_REFUSED, as_json)
     except SQLAlchemyError as exc:
         # Show the driver's message without the SQL text or connection parameters.
-        print(f"autopack-telemetry: database error: {getattr(exc, 'orig', exc) or type(exc).__name__}", file=sys.stderr)
-        return EXIT_REFUSED
+        return _fail(f"database error: {getattr(exc, 'orig', exc) or type(exc).__name__}", EXIT_REFUSED, as_json)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
         return EXIT_OK
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a path the user named: a fault worth its traceback
+        # A file or directory the user named (or configured) cannot be read or written.
+        return _fail(_os_error_text(exc), EXIT_USAGE, as_json)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import difflib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,17 +129,55 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _coefficient_file_to_write(in_use: Path) -> tuple[Path, Path | None]:
+    """Where a calibration is written, and the packaged seeds directory to copy first (or ``None``).
+
+    The installed package is never edited: when no ``AUTOPACK_SEEDS_DIR`` and no ``./seeds`` exist,
+    the packaged defaults are copied to ``./seeds`` and the copy is edited (what ``--yes`` asks for,
+    and from then on the seeds of this directory). ``AUTOPACK_SEEDS_DIR`` pointing into the package
+    is refused, since the copy would not be the seeds in use.
+    """
+    import os
+
+    from autopack_pipeline.settings import SEEDS_DIR_VARIABLE, is_packaged_seeds
+
+    seeds = in_use.parent
+    if not is_packaged_seeds(seeds):
+        return in_use, None
+    if os.environ.get(SEEDS_DIR_VARIABLE):
+        raise UsageError(f"{SEEDS_DIR_VARIABLE} points into the installed package ({seeds}), which is never edited: "
+                         f"copy that directory elsewhere, point {SEEDS_DIR_VARIABLE} at the copy and run again")
+    local = Path.cwd() / "seeds"
+    return local / in_use.name, seeds
+
+
+def _copy_seeds(source: Path, target: Path) -> None:
+    import shutil
+
+    from autopack_pipeline.output_files import ensure_directory
+
+    ensure_directory(target)
+    for seed_file in sorted(source.glob("*.yaml")):
+        if not (target / seed_file.name).exists():
+            shutil.copyfile(seed_file, target / seed_file.name)  # content only: the copy is the user's, writable
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     from autopack_pipeline.calibration_apply import write_application
 
     application = _prepare(args)
-    path, old, new = application.path, application.old, application.new
+    old, new = application.old, application.new
+    path, packaged = _coefficient_file_to_write(application.path)
     print("\n".join(_changes_table(application)))
     sys.stdout.writelines(difflib.unified_diff(application.old_text.splitlines(keepends=True),
                                                application.new_text.splitlines(keepends=True),
                                                fromfile=f"{path} ({old.version})", tofile=f"{path} ({new.version})"))
     result = application.backtest
     print(render_backtest(result) if result else "Backtest skipped: no stored events (check DATABASE_URL).")
+    if packaged is not None:
+        print(f"The seeds in use are the installed package's read-only defaults ({packaged}); they are never "
+              f"edited. {'Writing would copy' if args.dry_run else 'Copying'} them to {path.parent} first, "
+              "the seeds every command run from this directory then uses.")
     if args.dry_run:
         print("Dry run: nothing written.")
         return EXIT_OK
@@ -154,7 +193,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if answer.strip().lower() != "yes":
             print("Not written.")
             return EXIT_REFUSED
-    kept = write_application(application)
+    if packaged is not None:
+        _copy_seeds(packaged, path.parent)
+    kept = write_application(replace(application, path=path))
     print(f"Wrote {path} (version {new.version}); previous version kept as {kept}.")
     return EXIT_OK
 

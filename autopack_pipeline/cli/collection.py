@@ -29,6 +29,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     phases_file, phase_count = _phases_argument(args)
     settings = load_settings()
+    _refuse_memory_database(args)
     engine = open_engine(args)
     backend = make_backend(
         settings, args.backend, args.seed, replay_file=args.replay_file, record_file=args.record
@@ -78,13 +79,30 @@ def _print_summary(engine: Any, summary: Any) -> None:
 
 def _phases_argument(args: argparse.Namespace) -> tuple[Path | None, int | None]:
     """``--phases`` is a count with --category/--complexity, else a phases YAML file."""
+    from autopack_pipeline.collection.phases import check_template_phase_count
+
     if args.phases is None:
         return None, None
     if args.category or args.complexity:
         if not args.phases.isdigit() or int(args.phases) <= 0:
             raise UsageError(f"--phases must be a positive number with --category/--complexity, got {args.phases!r}")
+        check_template_phase_count(int(args.phases))
         return None, int(args.phases)
     return Path(args.phases), None
+
+
+def _refuse_memory_database(args: argparse.Namespace) -> None:
+    """A collection run into an in-memory database would be thrown away when the command ends."""
+    from autopack_pipeline.storage.database import describe_database, make_engine, resolve_database_url
+
+    engine = make_engine(resolve_database_url(args.database_url))
+    try:
+        identity = describe_database(engine)
+    finally:
+        engine.dispose()
+    if identity.backend == "sqlite" and identity.sqlite_path is None:
+        raise UsageError(f"collect needs a database that outlives the command, not {identity.url}: "
+                         "name a file (sqlite:///autopack.db) or a PostgreSQL database")
 
 
 def _progress_printer() -> Callable[..., None]:

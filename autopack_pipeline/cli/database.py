@@ -1,11 +1,13 @@
-"""`db-check` and `db upgrade`: which database, what is in it, and bringing its schema up to date."""
+"""`db-check`, `db upgrade` and `db backup`: which database, what is in it, bringing its schema up to date, and
+a safe copy of it."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from autopack_pipeline.cli.common import EXIT_OK, identity_line, open_engine, print_json
+from autopack_pipeline.cli.common import EXIT_OK, Refused, UsageError, identity_line, open_engine, print_json
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
@@ -36,13 +38,37 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.database import make_engine, resolve_database_url
+    from autopack_pipeline.storage.database import describe_database, make_engine, resolve_database_url
+    from autopack_pipeline.storage.migrate import SchemaTooNew, current_revision, head_revision, known_revisions
     from autopack_pipeline.storage.migrate import upgrade_database
 
     engine = make_engine(resolve_database_url(args.database_url))
+    current = current_revision(engine)
+    if current is not None and current not in known_revisions():
+        # Alembic would fail with "Can't locate revision": say what it means and what to do.
+        raise Refused(str(SchemaTooNew(current, head_revision(), describe_database(engine).url)))
     revision = upgrade_database(engine)
     print(identity_line(engine))
     print(f"Schema is at revision {revision}.")
+    return EXIT_OK
+
+
+def cmd_db_backup(args: argparse.Namespace) -> int:
+    from autopack_pipeline.storage.backup import BackupNotPossible, backup_sqlite
+    from autopack_pipeline.storage.database import make_engine, resolve_database_url
+
+    engine = make_engine(resolve_database_url(args.database_url))
+    try:
+        report = backup_sqlite(engine, Path(args.file))
+    except BackupNotPossible as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(f"Backed up {report.database} to {report.backup_file}: {report.events} events, {report.bytes} bytes, "
+              "one self-contained file (recent rows still in the WAL included).")
     return EXIT_OK
 
 
@@ -54,3 +80,11 @@ def register(sub: Any, parser_class: type) -> None:
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=parser_class)
     p = db_sub.add_parser("upgrade", help="bring the schema to the newest revision, in place")
     p.set_defaults(func=cmd_db_upgrade)
+    p = db_sub.add_parser(
+        "backup", help="a consistent copy of a SQLite database (WAL included), safe while others write",
+        description="Copies the SQLite telemetry database through SQLite's backup API into FILE (atomically), "
+                    "including rows still in the -wal file that a plain copy of the .db file would miss. The copy "
+                    "is one self-contained file. For PostgreSQL it prints the pg_dump command to use instead.")
+    p.add_argument("file", metavar="FILE", help="where the copy goes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_db_backup)

@@ -108,10 +108,7 @@ def cmd_analyze_logs(args: argparse.Namespace) -> int:
     config = {"log_dir": str(log_dir.resolve()), "pattern": args.pattern, "success_only": args.success_only,
               "under_multiplier": args.under_multiplier, "include_fallback": args.include_fallback}
     if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        text = render_log_report(document, config, sources)
-        write_atomic_text(output, text)
+        write_atomic_text(Path(args.output), render_log_report(document, config, sources))
     if args.json:
         print_json({**document, "config": config, "sources": sources})
     elif args.output:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
+from autopack_pipeline.domain.categories import COMPLEXITIES, canonical_complexity, normalise_category
 
 PHASES_FILE = "telemetry_collection_phases.yaml"
 TEMPLATES_FILE = "phase_templates.yaml"
+# A targeted run's phases are built in memory up front; an absurd count once ate gigabytes in seconds.
+MAX_TEMPLATE_PHASES = 10_000
 
 
 class PhaseSpec(BaseModel):
@@ -26,6 +28,14 @@ class PhaseSpec(BaseModel):
     scope_paths: list[str] = Field(default_factory=list)
     phase_index: int = 0
     max_builder_attempts: int = 3
+
+    @field_validator("complexity")
+    @classmethod
+    def _known_complexity(cls, value: str) -> str:
+        # An unknown value would be estimated and recorded as "medium" without a word: refuse it.
+        if canonical_complexity(value) is None:
+            raise ValueError(f"unknown complexity {value!r} (known: {', '.join(COMPLEXITIES)})")
+        return value
 
 
 class RunSpec(BaseModel):
@@ -46,11 +56,23 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PhaseSetError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise PhaseSetError(f"{path}: is a directory, not a YAML file") from None
+    except OSError as exc:
+        raise PhaseSetError(f"{path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise PhaseSetError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise PhaseSetError(f"{path}: not valid YAML ({exc})") from None
+        raise PhaseSetError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
         raise PhaseSetError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
+    return str(exc)
 
 
 def load_phase_file(path: Path) -> tuple[RunSpec, list[PhaseSpec]]:
@@ -59,12 +81,14 @@ def load_phase_file(path: Path) -> tuple[RunSpec, list[PhaseSpec]]:
     defaults = data.get("phase_defaults") or {}
     try:
         run = RunSpec(**(data.get("run") or {"run_id": path.stem}))
-        phases = [
-            PhaseSpec(**{**defaults, **entry, "phase_index": index})
-            for index, entry in enumerate(data.get("phases") or [])
-        ]
     except (ValidationError, TypeError) as exc:
-        raise PhaseSetError(f"{path}: {exc}") from None
+        raise PhaseSetError(f"{path}: run: {_one_line(exc)}") from None
+    phases = []
+    for index, entry in enumerate(data.get("phases") or []):
+        try:
+            phases.append(PhaseSpec(**{**defaults, **entry, "phase_index": index}))
+        except (ValidationError, TypeError) as exc:
+            raise PhaseSetError(f"{path}: phase {index + 1}: {_one_line(exc)}") from None
     if not phases:
         raise PhaseSetError(f"{path}: no phases listed")
     duplicates = {p.phase_id for p in phases if sum(q.phase_id == p.phase_id for q in phases) > 1}
@@ -87,10 +111,17 @@ def load_templates(seeds_dir: Path) -> dict[tuple[str, str], list[dict]]:
     return out
 
 
+def check_template_phase_count(count: int) -> None:
+    """Refuse a targeted phase count outside 1..MAX_TEMPLATE_PHASES."""
+    if not 1 <= count <= MAX_TEMPLATE_PHASES:
+        raise PhaseSetError(f"a targeted run takes 1 to {MAX_TEMPLATE_PHASES} phases, got {count}")
+
+
 def phases_from_templates(
     seeds_dir: Path, category: str, complexity: str, count: int, *, start_index: int = 0
 ) -> list[PhaseSpec]:
     """``count`` phases for one group, cycling through its templates."""
+    check_template_phase_count(count)
     group = (normalise_category(category), canonical_complexity(complexity) or "")
     templates = load_templates(seeds_dir)
     if group not in templates:

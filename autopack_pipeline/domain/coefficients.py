@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,7 +30,6 @@ from autopack_pipeline.domain.categories import (
     normalise_category,
 )
 
-SEEDS_DIR_ENV = "AUTOPACK_SEEDS_DIR"
 COEFFICIENTS_FILE_NAME = "estimator_coefficients.yaml"
 # apply-calibration keeps each replaced version here, next to the file, byte for byte.
 HISTORY_DIR_NAME = "estimator_coefficients.history"
@@ -459,11 +457,12 @@ class CoefficientTable(_Strict):
 
 
 def default_coefficients_path() -> Path:
-    """``$AUTOPACK_SEEDS_DIR/estimator_coefficients.yaml`` if set, else the repo's ``seeds/`` file."""
-    seeds_dir = os.environ.get(SEEDS_DIR_ENV)
-    if seeds_dir:
-        return Path(seeds_dir).expanduser() / COEFFICIENTS_FILE_NAME
-    return Path(__file__).resolve().parents[2] / "seeds" / COEFFICIENTS_FILE_NAME
+    """``estimator_coefficients.yaml`` in the seeds in use (``settings.seeds_directory``:
+    ``$AUTOPACK_SEEDS_DIR``, else ``./seeds``, else the packaged defaults)."""
+    # The environment is read in settings only; imported here so the domain stays importable alone.
+    from autopack_pipeline.settings import seeds_directory
+
+    return seeds_directory() / COEFFICIENTS_FILE_NAME
 
 
 def load_coefficients(path: Path | None = None) -> CoefficientTable:

@@ -17,6 +17,7 @@ from autopack_pipeline.llm.backends import (
     LLMRequest,
     LLMResponse,
 )
+from autopack_pipeline.output_files import check_appendable
 
 RECORD_FIELDS = ("text", "output_tokens", "input_tokens", "stop_reason", "model")
 
@@ -70,7 +71,7 @@ class RecordingBackend:
         self.inner = inner
         self.name = inner.name
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_appendable(self.path)  # a bad --record path fails before the first LLM call
         self._lock = threading.Lock()
 
     def complete(self, request: LLMRequest) -> LLMResponse:

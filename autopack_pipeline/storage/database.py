@@ -28,6 +28,7 @@ from sqlalchemy import Table, create_engine, event, exists, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,15 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # In-memory SQLite names that must not be turned into file paths.
 _SQLITE_MEMORY_NAMES = {"", ":memory:"}
+
+
+# The drivers this product installs; any other URL is refused up front instead of failing on an import.
+_SUPPORTED_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"}
+_URL_EXAMPLES = "use sqlite:///FILE or postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+
+
+class UnsupportedDatabaseURL(ValueError):
+    """``--database-url``/``DATABASE_URL`` names no database this product can use (never shows a password)."""
 
 
 def _is_memory_sqlite(url: URL) -> bool:
@@ -53,7 +63,15 @@ def resolve_database_url(url: str | None = None) -> str:
     one installed.
     """
     raw = url if url else os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    parsed = make_url(raw.strip())
+    try:
+        parsed = make_url(raw.strip())
+    except ArgumentError:  # the text is not shown: it may hold a password
+        raise UnsupportedDatabaseURL(f"the telemetry database URL is not a URL; {_URL_EXAMPLES}") from None
+    if parsed.drivername not in _SUPPORTED_DRIVERS:
+        raise UnsupportedDatabaseURL(
+            f"unsupported database URL scheme {parsed.drivername!r} in "
+            f"{parsed.render_as_string(hide_password=True)}; {_URL_EXAMPLES}"
+        )
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres") and parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +28,7 @@ from sqlalchemy import DateTime, select
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
+from autopack_pipeline.output_files import AtomicFile, check_output_path
 from autopack_pipeline.storage.database import safe_error_text
 from autopack_pipeline.storage.events import (
     deliverables_json,
@@ -135,19 +134,8 @@ def write_export(engine: Engine, out: IO[str], unreadable: list[UnreadableTimest
 
 def export_to_file(engine: Engine, path: Path, unreadable: list[UnreadableTimestamp] | None = None) -> int:
     """Write the export to ``path`` atomically (a reader never sees half a file); return the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            count = write_export(engine, out, unreadable)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return count
+    with AtomicFile(Path(path), text=True, encoding="utf-8", newline="\n") as target:
+        return write_export(engine, target.handle, unreadable)
 
 
 class LineRejected(ValueError):
@@ -340,33 +328,40 @@ class ImportReport:
 
 
 class _Quarantine:
-    """Rejected lines, verbatim with line number and reason, written atomically at the end."""
+    """Rejected lines, verbatim with line number and reason, written atomically at the end.
+
+    The path is checked up front (a directory, link or FIFO there stops the import before any line
+    is read); the file is only created when a line is rejected, so a clean import from a read-only
+    directory works.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._tmp: Path | None = None
-        self._out: IO[str] | None = None
+        check_output_path(self.path)
+        self._file: AtomicFile | None = None
 
     def add(self, line_no: int, raw: bytes, reason: str) -> None:
-        if self._out is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            self._tmp, self._out = Path(tmp), os.fdopen(fd, "w", encoding="ascii")
+        if self._file is None:
+            self._file = AtomicFile(self.path, text=True, encoding="ascii")
         # surrogateescape keeps undecodable bytes recoverable; ensure_ascii keeps the file valid UTF-8.
         record = {"line": line_no, "reason": reason, "raw": raw.decode("utf-8", errors="surrogateescape")}
-        self._out.write(json.dumps(record, ensure_ascii=True) + "\n")
+        self._file.handle.write(json.dumps(record, ensure_ascii=True) + "\n")
 
     def close(self) -> str | None:
-        if self._out is None or self._tmp is None:
+        if self._file is None:
             return None
-        self._out.close()
-        os.replace(self._tmp, self.path)
+        self._file.commit()
         return str(self.path)
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     for number, raw in enumerate(source, start=1):
         line = raw.rstrip(b"\r\n")
+        if number == 1 and line.startswith(_UTF8_BOM):  # a file's byte order mark, as Windows tools write it
+            line = line[len(_UTF8_BOM):]
         if line.strip():
             yield number, line
 

@@ -71,7 +71,10 @@ def test_metrics_on_an_empty_database_refuses(tmp_path, env):
     populate(env["DATABASE_URL"], [])
     result = run("metrics", "--json", cwd=tmp_path, env=env)
     assert result.returncode == 1
-    assert "no token-estimation events" in result.stderr and result.stdout == ""
+    assert "no token-estimation events" in result.stderr
+    # Under --json the refusal is a JSON document on stdout too (issue 13: every --json error is JSON).
+    assert json.loads(result.stdout) == {"error": result.stderr.strip().removeprefix("autopack-telemetry: "),
+                                         "exit_code": 1}
 
 
 @pytest.mark.parametrize("args", [

@@ -149,6 +149,20 @@ def test_autopack_format_imports_with_derived_stable_ids(engine: Engine, tmp_pat
     assert count_rows(engine, EVENTS) == 2
 
 
+def test_a_utf8_byte_order_mark_at_the_start_is_accepted(engine: Engine, tmp_path: Path) -> None:
+    # Windows editors and PowerShell's Out-File write one; it is not part of the first JSON line.
+    data = b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\r\n" for r in AUTOPACK_EXPORT).encode()
+    report = import_bytes(engine, data, tmp_path)
+    assert (report.imported, report.rejected) == (2, 0), report.rejections
+
+
+def test_a_byte_order_mark_after_the_first_line_is_still_rejected(engine: Engine, tmp_path: Path) -> None:
+    first, second = (json.dumps(r).encode() for r in AUTOPACK_EXPORT)
+    report = import_bytes(engine, first + b"\n\xef\xbb\xbf" + second + b"\n", tmp_path)
+    assert (report.imported, report.rejected) == (1, 1)
+    assert report.rejections[0]["line"] == 2
+
+
 def test_metrics_are_computed_when_the_source_has_none(engine: Engine, tmp_path: Path) -> None:
     record = {k: v for k, v in AUTOPACK_EXPORT[0].items() if k not in ("smape_percent", "waste_ratio", "underestimated")}
     record["actual_output_tokens"] = 4000

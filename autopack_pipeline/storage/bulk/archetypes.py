@@ -15,7 +15,7 @@ import numpy as np
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
 from autopack_pipeline.llm.simulated import SimulationProfile
-from autopack_pipeline.settings import REPO_ROOT
+from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
 from autopack_pipeline.storage.events import MAX_STORED_DELIVERABLES
 
 # Canonical categories and how often each occurs. Categories without their own row in the simulated
@@ -75,7 +75,7 @@ def _deliverable_paths(category: str, count: int, variant: int) -> list[str]:
 
 
 @lru_cache(maxsize=4)
-def load_archetypes(seeds_dir: Path = REPO_ROOT / "seeds") -> Archetypes:
+def load_archetypes(seeds_dir: Path = PACKAGED_SEEDS_DIR) -> Archetypes:
     """Price every archetype once with the real estimator (``seeds/estimator_coefficients.yaml``)."""
     coefficients = load_coefficients(seeds_dir / "estimator_coefficients.yaml")
     profile = SimulationProfile.load(seeds_dir)

@@ -19,7 +19,7 @@ import numpy as np
 
 from autopack_pipeline.llm.builder import ESCALATION_FACTOR, MAX_TOKENS_CAP, NEAR_CEILING_PCT
 from autopack_pipeline.llm.simulated import DEGENERATE_TOKENS
-from autopack_pipeline.settings import REPO_ROOT
+from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
 from autopack_pipeline.storage.bulk.archetypes import (
     ARCHETYPE_VARIANTS,
     CATEGORY_WEIGHTS,
@@ -120,7 +120,7 @@ def generate_chunks(
     seed: int,
     start: datetime = DEFAULT_START,
     legacy_fraction: float = DEFAULT_LEGACY_FRACTION,
-    seeds_dir: Path = REPO_ROOT / "seeds",
+    seeds_dir: Path = PACKAGED_SEEDS_DIR,
 ) -> Iterator[SynthChunk]:
     """Yield chunks of phases and their events until exactly ``total_events`` events exist.
 

@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.settings import REPO_ROOT
+from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
 from autopack_pipeline.storage.bulk.archetypes import DEFAULT_LEGACY_FRACTION, load_archetypes
 from autopack_pipeline.storage.bulk.generate import DEFAULT_START, generate_chunks
 from autopack_pipeline.storage.bulk.loader import Progress
@@ -89,7 +89,7 @@ def bulk_load(
     seed: int = 1,
     legacy_fraction: float = DEFAULT_LEGACY_FRACTION,
     progress: Progress | None = None,
-    seeds_dir: Path = REPO_ROOT / "seeds",
+    seeds_dir: Path = PACKAGED_SEEDS_DIR,
 ) -> SynthSummary:
     """Fill the (migrated) telemetry database behind ``engine`` with ``events`` synthetic events.
 
