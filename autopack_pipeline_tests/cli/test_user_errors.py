@@ -107,9 +107,9 @@ def test_user_mistake_is_one_line_with_exit_code(
 
 def test_database_url_after_the_subcommand(workspace: Path, capsys: pytest.CaptureFixture) -> None:
     other = workspace / "other.db"
-    assert main(["db-check", "--database-url", f"sqlite:///{other}"]) == 0
+    assert main(["db", "upgrade", "--database-url", f"sqlite:///{other}"]) == 0  # creates it
     assert str(other) in capsys.readouterr().out
-    assert main(["db", "upgrade", "--database-url", f"sqlite:///{other}"]) == 0
+    assert main(["db-check", "--database-url", f"sqlite:///{other}"]) == 0
     assert str(other) in capsys.readouterr().out
 
 
@@ -117,6 +117,8 @@ def test_database_url_before_the_subcommand_still_wins_when_not_repeated(
     workspace: Path, capsys: pytest.CaptureFixture
 ) -> None:
     other = workspace / "other.db"
+    assert main(["--database-url", f"sqlite:///{other}", "db", "upgrade"]) == 0
+    capsys.readouterr()
     assert main(["--database-url", f"sqlite:///{other}", "db-check"]) == 0
     assert str(other) in capsys.readouterr().out
 
