@@ -280,18 +280,11 @@ def calibrate_and_apply(engine: Engine, settings: Any, *, write: bool = False, *
     Returns ``{"outcome", "application", "kept"}``; ``application`` is None when the gate refused or
     the patch changes nothing.
     """
-    import json
-
     options.setdefault("write_reports", False)
     outcome = calibrate_in_force(engine, settings, **options)
     if outcome.result is None:
         return {"outcome": outcome, "application": None, "kept": None}
-    from autopack_pipeline.reporting import calibration_report_payload
-
-    payload = calibration_report_payload(outcome.result, others=[r for n, r in (outcome.results or {}).items()
-                                                                 if n != outcome.result.method],
-                                         calibration_section=outcome.calibration_section)
-    payload = json.loads(json.dumps(payload, default=str))  # exactly what the JSON file would hold
+    payload = outcome.patch_payload()  # exactly what the JSON file would hold
     try:
         application = plan_application(payload, read_stored(engine),
                                        coefficients_path=settings.seeds_dir / "estimator_coefficients.yaml")
