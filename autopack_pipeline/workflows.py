@@ -32,7 +32,11 @@ from autopack_pipeline.collection.run import (
 from autopack_pipeline.domain.calibration import (
     CalibrationResult,
 )
-from autopack_pipeline.domain.budget_calibration import calibration_section
+from autopack_pipeline.domain.budget_calibration import (
+    GroupBudgetProposal,
+    calibration_section,
+    insights_from_budget_proposals,
+)
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.coverage import CALIBRATION_METHODS
 from autopack_pipeline.domain.drift import DriftReport, detect_drift
@@ -364,6 +368,11 @@ def improvement_tasks(
     if result:
         insights += insights_from_calibration(result["groups"], result["method"])
     insights += insights_from_sample_shortfalls(sample_counts, min_samples)
+    # A group whose truncation budget is unidentifiable: a collect-samples task carrying its floor raise
+    # (the same subject as a plain shortfall, so the two are one task).
+    section = (calibration or {}).get("calibration") or {}
+    insights += insights_from_budget_proposals([GroupBudgetProposal(**g) for g in section.get("groups", [])],
+                                               min_samples)
     end = now or datetime.now(timezone.utc)
     outcomes = read_phase_outcomes(engine, since=end - timedelta(days=outcome_window_days), until=end)
     insights += insights_from_outcomes(analyse_outcomes(outcomes, now=end, window_days=outcome_window_days))
