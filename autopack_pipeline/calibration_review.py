@@ -119,7 +119,21 @@ def no_patch_reason(outcome: dict[str, Any]) -> str | None:
     proposed = (outcome.get("result") or {}).get("groups") or []
     if any(g.get("actionable") for g in proposed) or any(_changes(g) for g in groups):
         return None
-    below = (outcome.get("result") or {}).get("below_threshold") or []
-    why = [f"{g['category']}/{g['complexity']}: {g.get('note') or 'below the confidence threshold'}"
-           for g in (*proposed, *below) if not g.get("actionable")]
+    result = outcome.get("result") or {}
+    threshold = (result.get("parameters") or {}).get("confidence_threshold", 0.7)
+    why = [f"{g['category']}/{g['complexity']}: {_why_not(g, threshold)}"
+           for g in (*proposed, *(result.get("below_threshold") or [])) if not g.get("actionable")]
     return "no group has a proposal" + (": " + "; ".join(why) if why else " (no group has enough observations)")
+
+
+def _why_not(group: dict[str, Any], threshold: float) -> str:
+    """Why one group of a calibration result has no actionable multiplier."""
+    if group.get("note"):
+        return group["note"]
+    n = group.get("sample_count", 0)
+    if "needed" in group:
+        return f"{n} clean samples, {group['needed']} more needed"
+    details = group.get("method_details") or {}
+    if details.get("status") == "unidentifiable":
+        return f"{n} clean samples and {details.get('censored_samples', 0)} truncated: no bound yet, collect more"
+    return f"{n} clean samples, confidence {group.get('confidence', 0):.2f} below {threshold:g}"
