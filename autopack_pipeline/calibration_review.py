@@ -90,8 +90,8 @@ def section_lines(section: dict[str, Any] | None) -> list[str]:
     for g in section["groups"]:
         margin = "rules" if g["budget_margin"] is None else f"x{g['budget_margin']:.3f}"
         lines.append(f"  {g['category']}/{g['complexity']}: {g['status']}, multiplier "
-                     f"x{g['current_prediction_multiplier']:.3f} -> x{g['prediction_multiplier']:.3f}, margin {margin}, "
-                     f"floor {g['previous_budget_floor']} -> {g['budget_floor']}")
+                     f"x{g['current_prediction_multiplier']:.3f} -> x{g['prediction_multiplier']:.3f}, "
+                     f"margin {margin}, floor {g['previous_budget_floor']} -> {g['budget_floor']}")
     return lines
 
 

@@ -17,7 +17,8 @@ def test_an_unidentifiable_group_gets_a_collect_samples_task_with_its_floor_rais
     settings = load_settings()
     events = read_events(engine)
     outcome = workflows.calibrate(events, settings, write_reports=False)
-    (group,) = [g for g in outcome.calibration_section["groups"] if (g["category"], g["complexity"]) == ("tests", "low")]
+    (group,) = [g for g in outcome.calibration_section["groups"]
+                if (g["category"], g["complexity"]) == ("tests", "low")]
     assert group["status"] == "unidentifiable" and group["budget_floor"] > group["previous_budget_floor"]
 
     summary = workflows.summarise_samples(events)
