@@ -280,18 +280,11 @@ def calibrate_and_apply(engine: Engine, settings: Any, *, write: bool = False, *
     Returns ``{"outcome", "application", "kept"}``; ``application`` is None when the gate refused or
     the patch changes nothing.
     """
-    import json
-
     options.setdefault("write_reports", False)
     outcome = calibrate_in_force(engine, settings, **options)
     if outcome.result is None:
         return {"outcome": outcome, "application": None, "kept": None}
-    from autopack_pipeline.reporting import calibration_report_payload
-
-    payload = calibration_report_payload(outcome.result, others=[r for n, r in (outcome.results or {}).items()
-                                                                 if n != outcome.result.method],
-                                         calibration_section=outcome.calibration_section)
-    payload = json.loads(json.dumps(payload, default=str))  # exactly what the JSON file would hold
+    payload = outcome.patch_payload()  # exactly what the JSON file would hold
     try:
         application = plan_application(payload, read_stored(engine),
                                        coefficients_path=settings.seeds_dir / "estimator_coefficients.yaml")
@@ -299,3 +292,25 @@ def calibrate_and_apply(engine: Engine, settings: Any, *, write: bool = False, *
         return {"outcome": outcome, "application": None, "kept": None}
     kept = write_application(application) if write else None
     return {"outcome": outcome, "application": application, "kept": kept}
+
+
+def read_patch_file(path: Path) -> Any:
+    """The JSON document of a patch file; :class:`PatchError` when it is missing or not JSON."""
+    import json
+
+    from autopack_pipeline.domain.backtest import PatchError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PatchError(f"patch file not found: {path}") from None
+    except IsADirectoryError:
+        raise PatchError(f"{path} is a directory, not a patch file") from None
+    except ValueError as exc:
+        raise PatchError(f"{path} is not JSON: {exc}") from None
+
+
+def plan_patch_file(engine: Engine, path: Path, **options: Any) -> CalibrationApplication:
+    """:func:`plan_application` of a patch file on every stored event: what ``apply-calibration`` and
+    the Dagster ``apply_calibration_job`` both run before anything is written."""
+    return plan_application(read_patch_file(path), read_stored(engine), patch_name=Path(path).name, **options)

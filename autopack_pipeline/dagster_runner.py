@@ -76,10 +76,29 @@ def _print_results(result: dg.ExecuteInProcessResult, home: str) -> None:
     print(calibration["gate"]["summary"])
     if calibration["reports"]:
         print(f"Calibration report: {calibration['reports']['markdown']}")
-        print(f"Calibration patch:  {calibration['reports']['json']}")
+    _print_patch(calibration)
     tasks = outputs["generated_tasks"]
     print(f"Generated tasks: {len(tasks)} (stored in the generated_tasks table)")
     for task in tasks:
         print(f"  {task['task_id']} [{task['priority']}] {task['title']}")
     print(f"Dagster run {result.run_id} is recorded in {home}; browse it with: "
           "dagster dev -w workspace.yaml -h 127.0.0.1")
+
+
+def _print_patch(calibration: dict) -> None:
+    """The patch to review and how to apply it, or exactly why there is none."""
+    from autopack_pipeline.calibration_review import apply_instructions, no_patch_reason, section_lines
+
+    reason = no_patch_reason(calibration)
+    if reason:
+        print(f"Nothing to apply: {reason}")
+        return
+    actionable = [g for g in calibration["result"]["groups"] if g.get("actionable")]
+    print(f"Calibration patch to review: {calibration['reports']['json']}")
+    print(f"  {len(actionable)} group(s) with an actionable {calibration['method']} multiplier: "
+          + (", ".join(f"{g['category']}/{g['complexity']} x{g['proposed_multiplier']:.3f}" for g in actionable)
+             or "none (the patch sets budgets only)"))
+    for line in section_lines(calibration.get("calibration")):
+        print("  " + line)
+    for line in apply_instructions(calibration["reports"]["json"]):
+        print("  " + line)

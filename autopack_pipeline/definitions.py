@@ -6,6 +6,7 @@ from autopack_pipeline.assets import PIPELINE_ASSETS
 from autopack_pipeline.checks import ALL_CHECKS
 from autopack_pipeline.jobs import (
     analysis_job,
+    apply_calibration_job,
     calibration_job,
     drift_check_job,
     targeted_collection_job,
@@ -35,6 +36,7 @@ defs = dg.Definitions(
         task_generation_job,
         drift_check_job,
         targeted_collection_job,
+        apply_calibration_job,
     ],
     sensors=[
         calibration_gate_sensor,

@@ -15,6 +15,7 @@ from autopack_pipeline.assets.metrics import tier_metrics
 from autopack_pipeline.assets.samples import success_samples
 from autopack_pipeline.assets.tasks import generated_tasks
 from autopack_pipeline.checks import DRIFT_CHECK_KEYS
+from autopack_pipeline.ops import apply_calibration
 
 TELEMETRY_DB_TAG = "autopack/telemetry-db"
 WRITES = {TELEMETRY_DB_TAG: "write"}
@@ -68,3 +69,15 @@ targeted_collection_job = dg.define_asset_job(
     ),
     tags=WRITES,
 )
+
+
+@dg.job(
+    description=(
+        "Apply a reviewed calibration patch (config: patch_path, method, confirm) to the coefficient file, after "
+        "showing its diff and backtest; writes only with confirm: true. Launched by a person from the UI: no "
+        "sensor or schedule targets it."
+    ),
+    tags=READS,  # it reads the telemetry database (the backtest); it writes the coefficient file only
+)
+def apply_calibration_job():
+    apply_calibration()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,9 +101,11 @@ def calibration_report_payload(
     result: CalibrationResult, generated_at: datetime | None = None, *, others: Sequence[CalibrationResult] = (),
     economics: Sequence[dict[str, Any]] | None = None,
     calibration_section: dict[str, Any] | None = None,
+    method_sections: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The JSON report as a plain dict. ``result`` is the chosen method: Autopack's keys carry its
-    figures; with ``others``, ``methods`` holds every method's figures under its name."""
+    figures; with ``others``, ``methods`` holds every method's figures under its name, and, given
+    ``method_sections``, each method's own calibration section (``apply-calibration --method``)."""
     actionable = result.actionable_groups
     payload = {
         "metadata": {
@@ -121,6 +123,9 @@ def calibration_report_payload(
     }
     if others:
         payload["methods"] = {r.method: _method_block(r) for r in (result, *others)}
+        for name, section in (method_sections or {}).items():
+            if name in payload["methods"]:
+                payload["methods"][name]["calibration"] = section
     if economics is not None:
         payload["frontier_and_cost"] = list(economics)
     if calibration_section is not None:
@@ -418,6 +423,7 @@ def write_calibration_report_set(
     plot: Callable[[IO[bytes]], None] | None = None,
     economics: Sequence[dict[str, Any]] | None = None,
     calibration_section: dict[str, Any] | None = None,
+    method_sections: Mapping[str, dict[str, Any]] | None = None,
 ) -> ReportFiles:
     """Write ``<stem>.json``, ``<stem>.md`` and, given a ``plot`` writer, ``<stem>.png`` into
     ``output_dir`` (created if missing), each atomically.
@@ -431,7 +437,7 @@ def write_calibration_report_set(
     ensure_directory(directory)
     markdown_path, json_path = _inside(directory, f"{name}.md"), _inside(directory, f"{name}.json")
     payload = calibration_report_payload(result, moment, others=others, economics=economics,
-                                         calibration_section=calibration_section)
+                                         calibration_section=calibration_section, method_sections=method_sections)
     # allow_nan=False: a NaN would make the file unreadable for strict JSON parsers; fail here instead.
     write_atomic_text(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     write_atomic_text(markdown_path, render_calibration_markdown(result, generated_at=moment, others=others,

@@ -32,7 +32,11 @@ from autopack_pipeline.collection.run import (
 from autopack_pipeline.domain.calibration import (
     CalibrationResult,
 )
-from autopack_pipeline.domain.budget_calibration import calibration_section
+from autopack_pipeline.domain.budget_calibration import (
+    GroupBudgetProposal,
+    calibration_section,
+    insights_from_budget_proposals,
+)
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.coverage import CALIBRATION_METHODS
 from autopack_pipeline.domain.drift import DriftReport, detect_drift
@@ -70,7 +74,10 @@ from autopack_pipeline.storage.outcomes import read_phase_outcomes
 from autopack_pipeline.storage.snapshot import EventSnapshot
 from autopack_pipeline.storage.tasks import save_generated_tasks
 
-DEFAULT_TEMPLATE_PHASES_PER_GROUP = 8
+# Enough template phases per group that the default collection gives several groups the 19 clean
+# samples a 95% coverage bound needs (with the simulated LLM: four of seven), so the README's first
+# command ends with an actionable proposal; a collection run costs about a second of CPU.
+DEFAULT_TEMPLATE_PHASES_PER_GROUP = 24
 
 
 def collect(
@@ -157,6 +164,21 @@ class CalibrationOutcome:
     calibration_section: dict[str, Any] | None = None
     # How the predictions were re-expressed under the coefficients in force (events per way).
     reprediction: dict[str, int] | None = None
+    # Every method's calibration section, by method name (the chosen one is ``calibration_section``).
+    calibration_sections: dict[str, dict[str, Any]] | None = None
+
+    def patch_payload(self) -> dict[str, Any]:
+        """The patch document, exactly as the JSON report holds it (JSON types only)."""
+        import json
+
+        from autopack_pipeline.reporting import calibration_report_payload
+
+        if self.result is None:
+            raise ValueError("the calibration gate refused: there is no patch")
+        payload = calibration_report_payload(
+            self.result, others=[r for n, r in (self.results or {}).items() if n != self.result.method],
+            calibration_section=self.calibration_section, method_sections=self.calibration_sections)
+        return json.loads(json.dumps(payload, default=str))
 
     def as_dict(self) -> dict[str, Any]:
         reports = None
@@ -239,11 +261,17 @@ def calibrate(
                                   observed=observed)
     economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
                                       tolerance=under_multiplier)
-    factors = {(g.category, g.complexity): g.proposed_multiplier for g in results[method].actionable_groups}
-    section = calibration_section(observed[2], coefficients, factors, min_samples=min_samples)
+    # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
+    # multipliers (and the margins measured against them) into the calibration section.
+    sections = {name: calibration_section(observed[2], coefficients,
+                                          {(g.category, g.complexity): g.proposed_multiplier
+                                           for g in result.actionable_groups}, min_samples=min_samples)
+                for name, result in results.items()}
+    section = sections[method]
     if not write_reports:
         return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,
-                                  calibration_section=section, reprediction=reprediction)
+                                  calibration_section=section, reprediction=reprediction,
+                                  calibration_sections=sections)
     from autopack_pipeline.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
 
     files = write_calibration_report_set(
@@ -251,13 +279,15 @@ def calibrate(
         output_dir or settings.resolved_reports_dir(),
         others=[r for name, r in results.items() if name != method],
         calibration_section=section,
+        method_sections=sections,
         plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observed[2]},
                                                     list(results.values()), tolerance=under_multiplier),
         economics=economics,
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
                               json_path=files.json, plot_path=files.plot, results=results, economics=economics,
-                              calibration_section=section, reprediction=reprediction)
+                              calibration_section=section, reprediction=reprediction,
+                              calibration_sections=sections)
 
 
 # -- frontier and cost (issue 15 items 4 and 5) ---------------------------------------------------------
@@ -341,6 +371,11 @@ def improvement_tasks(
     if result:
         insights += insights_from_calibration(result["groups"], result["method"])
     insights += insights_from_sample_shortfalls(sample_counts, min_samples)
+    # A group whose truncation budget is unidentifiable: a collect-samples task carrying its floor raise
+    # (the same subject as a plain shortfall, so the two are one task).
+    section = (calibration or {}).get("calibration") or {}
+    insights += insights_from_budget_proposals([GroupBudgetProposal(**g) for g in section.get("groups", [])],
+                                               min_samples)
     end = now or datetime.now(timezone.utc)
     outcomes = read_phase_outcomes(engine, since=end - timedelta(days=outcome_window_days), until=end)
     insights += insights_from_outcomes(analyse_outcomes(outcomes, now=end, window_days=outcome_window_days))

@@ -5,8 +5,9 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from autopack_pipeline import workflows
 from autopack_pipeline.assets.metadata import markdown_table
+from autopack_pipeline.calibration_apply import calibrate_in_force
+from autopack_pipeline.calibration_review import apply_instructions, no_patch_reason
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventSnapshot
@@ -32,13 +33,19 @@ def calibration_recommendations(
     """Per (category, complexity) multipliers by the coverage method (default: the 95% upper bound of
     actual/predicted, truncated events censored) and by Autopack's median method side by side, written
     as token_estimator_calibration_<UTC>.md, .json and .png, only when the calibration gate is open:
-    at least 20 clean samples, one group with at least 5, and a Tier-1 target breached.
-    Nothing here edits the coefficient file.
+    at least 20 clean samples, one group with at least 5, and a Tier-1 target breached. Predictions are
+    first re-expressed under the coefficient file in force, as `autopack-telemetry calibrate` does.
+    The metadata shows the patch (per group: multiplier, budget margin, floor, status and why), the
+    frontier and cost per group, and the patch JSON's path. Nothing here edits the coefficient file:
+    a person applies a reviewed patch with apply_calibration_job (or `apply-calibration`).
     """
     settings = load_settings()
-    outcome = workflows.calibrate(
-        raw_events.arrays(),
+    # The CLI's `calibrate` runs this same function: predictions re-expressed under the coefficients
+    # in force (the stored prediction inputs and the kept coefficient versions), so nothing compounds.
+    outcome = calibrate_in_force(
+        telemetry_db.engine(),
         settings,
+        raw_events.arrays(),
         tier1=tier_metrics["all_events"]["tier1"],
         min_samples=config.min_samples,
         confidence_threshold=config.confidence_threshold,
@@ -73,7 +80,32 @@ def calibration_recommendations(
         }
         if outcome.economics:
             metadata["frontier_and_cost"] = dg.MetadataValue.md(frontier_and_cost_table(outcome.economics))
-    return dg.MaterializeResult(value=outcome.as_dict(), metadata=metadata)
+        if outcome.reprediction:
+            metadata["predictions_in_force"] = dg.MetadataValue.text(
+                ", ".join(f"{n} {way}" for way, n in outcome.reprediction.items() if n) or "none")
+        metadata |= patch_metadata(outcome.calibration_section, str(outcome.json_path))
+    value = outcome.as_dict()
+    reason = no_patch_reason(value)
+    if reason:
+        metadata["no_patch"] = dg.MetadataValue.text(reason)
+    return dg.MaterializeResult(value=value, metadata=metadata)
+
+
+def patch_metadata(section: dict[str, Any] | None, patch_path: str) -> dict[str, Any]:
+    """The patch a person reviews: per group what apply_calibration_job would write, and how to apply it."""
+    groups = (section or {}).get("groups") or []
+    rows = [[g["category"], g["complexity"], g["status"],
+             f"x{g['current_prediction_multiplier']:.3f} -> x{g['prediction_multiplier']:.3f}",
+             "rules" if g["budget_margin"] is None else f"x{g['budget_margin']:.3f}",
+             f"{g['previous_budget_floor']} -> {g['budget_floor']}", g["note"]] for g in groups]
+    return {
+        "patch_json": dg.MetadataValue.path(patch_path),
+        "patch_groups": len(groups),
+        "patch": dg.MetadataValue.md(
+            markdown_table(["category", "complexity", "status", "multiplier", "margin", "floor", "why"], rows)
+            if rows else "_no group has enough observations for settings of its own_"),
+        "apply": dg.MetadataValue.md("\n\n".join(f"`{line.strip()}`" for line in apply_instructions(patch_path))),
+    }
 
 
 def frontier_and_cost_table(economics: list[dict[str, Any]]) -> str:

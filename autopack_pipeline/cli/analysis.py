@@ -106,6 +106,7 @@ def _print_tier1(tier1: dict[str, Any], label: str) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from autopack_pipeline.calibration_apply import calibrate_in_force
+    from autopack_pipeline.calibration_review import section_lines
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.database import describe_database
 
@@ -142,7 +143,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 for group in result.below_threshold:
                     print(f"  {group.category}/{group.complexity}: {group.note}")
             _print_frontier_and_cost(outcome.economics)
-            _print_section(outcome.calibration_section)
+            for line in section_lines(outcome.calibration_section):
+                print(line)
             print(f"Report: {outcome.markdown_path}")
             print(f"Patch:  {outcome.json_path}")
             if outcome.plot_path:
@@ -157,18 +159,6 @@ def _print_frontier_and_cost(economics: list[dict[str, Any]] | None) -> None:
         print("Frontier and cost (cheapest Tier-1 multiplier and margin; money and reserved capacity now -> then):")
         for entry in economics:
             print("  " + economics_line(entry))
-
-
-def _print_section(section: dict[str, Any] | None) -> None:
-    """The patch's calibration section: what apply-calibration would write per group."""
-    if not section or not section["groups"]:
-        return
-    print(f"Patch (calibration section, budgets for truncation <= {section['target_truncation_pct']:g}%):")
-    for g in section["groups"]:
-        margin = "rules" if g["budget_margin"] is None else f"x{g['budget_margin']:.3f}"
-        print(f"  {g['category']}/{g['complexity']}: {g['status']}, multiplier x{g['current_prediction_multiplier']:.3f}"
-              f" -> x{g['prediction_multiplier']:.3f}, margin {margin}, floor {g['previous_budget_floor']} -> "
-              f"{g['budget_floor']}")
 
 
 def _print_group(group: Any) -> None:

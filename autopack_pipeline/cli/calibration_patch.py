@@ -10,14 +10,13 @@ by copying it back. The coefficient path honours ``AUTOPACK_SEEDS_DIR``. The wor
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from autopack_pipeline.calibration_apply import new_version_name, updated_yaml_text  # noqa: F401 (re-exported)
+from autopack_pipeline.calibration_review import change_lines, diff_text, render_backtest  # noqa: F401
 from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -29,84 +28,15 @@ from autopack_pipeline.cli.common import (
 from autopack_pipeline.domain.coefficients import HISTORY_DIR_NAME
 
 
-def _changes_table(application) -> list[str]:
-    patch, old, new = application.patch, application.old, application.new
-    if application.through_calibration_section:
-        lines = ["Changes (calibration section, by the estimate's category): prediction multiplier, budget margin, "
-                 "budget floor"]
-        for (category, complexity), setting in patch.settings.items():
-            before = old.group_setting(category, complexity)
-            was_m = 1.0 if before is None else before.prediction_multiplier
-            was_floor = old.budget_floor(category, complexity) if before is None or before.budget_floor is None \
-                else before.budget_floor
-            was_margin = "rules" if before is None or before.budget_margin is None else f"x{before.budget_margin:.3f}"
-            margin = "rules" if setting.budget_margin is None else f"x{setting.budget_margin:.3f}"
-            lines.append(f"  {category}/{complexity}: multiplier x{was_m:.3f} -> x{setting.prediction_multiplier:.3f}, "
-                         f"margin {was_margin} -> {margin}, floor {was_floor} -> {setting.budget_floor}")
-        return lines
-    overhead_changes = application.overhead_changes
-    lines = ["Changes (PHASE_OVERHEAD, canonical category): proposed prediction multiplier, overhead multiplier"]
-    for change in patch.changes:
-        group = (change.category, change.complexity)
-        before, after = old.overhead(*group), new.overhead(*group)
-        k = overhead_changes.get(group)
-        applied = "not applicable: a doc model prices this group, PHASE_OVERHEAD does not" if k is None else (
-            f"overhead x{k:.3f}  {before} -> {after}")
-        lines.append(f"  {change.category}/{change.complexity}: x{change.multiplier:.3f}  {applied}"
-                     + (f"  (n={change.sample_count}, confidence {change.confidence})" if change.sample_count else ""))
-    return lines
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def render_backtest(result: dict[str, Any]) -> str:
-    rows = [("underestimation", "underestimation_pct", ".1f", "%"), ("truncation", "truncation_pct", ".1f", "%"),
-            ("  unresolved truncated", "truncation_unresolved", "d", ""),
-            ("budget waste P50", "budget_waste_p50", ".2f", "x"), ("budget waste P90", "budget_waste_p90", ".2f", "x"),
-            ("mean budget", "mean_budget", ".0f", ""), ("mean prediction", "mean_predicted", ".0f", "")]
-    lines = [f"Backtest on {result['events']} stored events ({result['skipped']['no_deliverables']} without "
-             f"deliverables skipped); underestimation = actual > {result['tolerance']:g} x prediction.",
-             f"The re-run reproduced the recorded prediction for {_fmt(result['rerun_match_pct'], '.1f')}% of events."]
-
-    def table(title: str, block: dict[str, Any]) -> None:
-        lines.append(f"{title} ({block['events']} events)       {result['old_version']:>22}  {result['new_version']:>28}")
-        for label, key, spec, unit in rows:
-            lines.append(f"  {label:<24}{_fmt(block['old'][key], spec) + unit:>22}  {_fmt(block['new'][key], spec) + unit:>28}")
-
-    table("All events", result)
-    for group in result["groups"]:
-        table(f"{group['category']}/{group['complexity']}", group)
-        scale, wanted = group.get("prediction_scale_median"), group.get("multiplier")
-        if scale is not None and wanted is not None:
-            lines.append(f"  predictions scaled by x{scale:.3f} (median) for a proposed x{wanted:.3f}")
-            if abs(scale - wanted) > 0.05 * wanted:
-                lines.append("  NOTE: the PHASE_OVERHEAD change moves only the overhead part of these estimates "
-                             "(or nothing, for the doc models); the projected figures above are what it achieves.")
-    lines.append("Unresolved: truncated events whose new budget exceeds the ceiling they hit; whether it would "
-                 "have been enough is unknown.")
-    return "\n".join(lines)
-
-
 def _prepare(args: argparse.Namespace):
-    from autopack_pipeline.calibration_apply import ApplicationRefused, plan_application, read_stored
+    from autopack_pipeline.calibration_apply import ApplicationRefused, plan_patch_file
     from autopack_pipeline.cli.common import open_engine
     from autopack_pipeline.domain.backtest import PatchError
 
-    path = Path(args.patch)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"patch file not found: {path}") from None
-    except ValueError as exc:
-        raise UsageError(f"{path} is not JSON: {exc}") from None
-    try:
-        return plan_application(data, read_stored(open_engine(args)), method=args.method, force=args.force,
-                                scale=args.scale, tolerance=args.under_multiplier, patch_name=path.name)
-    except PatchError as exc:
-        raise UsageError(str(exc)) from None
-    except FileNotFoundError as exc:
+        return plan_patch_file(open_engine(args), Path(args.patch), method=args.method, force=args.force,
+                               scale=args.scale, tolerance=args.under_multiplier)
+    except (PatchError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     except ApplicationRefused as exc:
         raise Refused(str(exc)) from None
@@ -124,7 +54,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
                     "overhead_multipliers": [{"category": c, "complexity": x, "multiplier": k}
                                              for (c, x), k in application.overhead_changes.items()]})
     else:
-        print("\n".join(_changes_table(application)))
+        print("\n".join(change_lines(application)))
         print(render_backtest(result))
     return EXIT_OK
 
@@ -166,12 +96,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from autopack_pipeline.calibration_apply import write_application
 
     application = _prepare(args)
-    old, new = application.old, application.new
+    new = application.new
     path, packaged = _coefficient_file_to_write(application.path)
-    print("\n".join(_changes_table(application)))
-    sys.stdout.writelines(difflib.unified_diff(application.old_text.splitlines(keepends=True),
-                                               application.new_text.splitlines(keepends=True),
-                                               fromfile=f"{path} ({old.version})", tofile=f"{path} ({new.version})"))
+    print("\n".join(change_lines(application)))
+    sys.stdout.write(diff_text(application))
     result = application.backtest
     print(render_backtest(result) if result else "Backtest skipped: no stored events (check DATABASE_URL).")
     if packaged is not None:

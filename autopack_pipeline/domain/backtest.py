@@ -129,9 +129,15 @@ def read_patch(data: Any, method: str | None = None) -> CalibrationPatch:
         raise PatchError("the patch proposes two changes for the same (category, complexity)")
     metadata = data.get("metadata") or {}
     provenance = data.get("provenance") or {}
-    # The calibration section belongs to the chosen method's proposals; another method's figures
-    # apply through PHASE_OVERHEAD as before.
-    section = data.get("calibration") if method in (None, data.get("method")) else None
+    # The top-level calibration section belongs to the chosen method's proposals; another method's
+    # section is in its own block. A patch of ours without one (written before each method had its
+    # own) is refused rather than applied through PHASE_OVERHEAD behind the person's back.
+    section = data.get("calibration")
+    if method is not None and method != data.get("method"):
+        section = source.get("calibration")
+        if section is None and data.get("calibration") is not None:
+            raise PatchError(f"the patch has no calibration section for method {method!r}; re-run "
+                             f"`autopack-telemetry calibrate --method {method}` and apply its patch")
     return CalibrationPatch(
         settings=_settings(section),
         changes=changes,

@@ -116,7 +116,11 @@ def test_pipeline_runs_through_dagster_and_says_where_results_are(workdir):
     assert f"Telemetry database: sqlite:///{workdir / 'autopack.db'}" in out
     assert "underestimation" in out and "truncation" in out and "95% interval" in out
     assert f"Calibration report: {workdir / 'reports'}" in out
-    report = Path(out.split("Calibration patch:", 1)[1].split()[0])
-    assert report.exists() and json.loads(report.read_text())["proposed_changes"] is not None
+    # The default collection ends with a patch to review, with at least one actionable group, and says how to apply it.
+    report = Path(out.split("Calibration patch to review:", 1)[1].split()[0])
+    assert report.exists() and json.loads(report.read_text())["proposed_changes"]
+    assert f"autopack-telemetry apply-calibration {report} --dry-run" in out
+    assert f"autopack-telemetry apply-calibration {report} --yes" in out
+    assert "apply_calibration_job" in out
     assert (workdir / ".dagster_home" / "dagster.yaml").exists()
     assert "dagster dev -w workspace.yaml" in out

@@ -51,6 +51,25 @@ def test_our_patch_can_pick_the_other_methods_proposals():
         read_patch(ours, method="bogus")
 
 
+SECTION = {"coefficient_file_version": "v5-step1", "target_truncation_pct": 2.0, "groups": [
+    {"category": "implementation", "complexity": "medium", "prediction_multiplier": 1.5, "budget_margin": 1.3,
+     "budget_floor": 4000}]}
+
+
+def test_the_chosen_methods_own_calibration_section_is_read():
+    median_section = {**SECTION, "groups": [{**SECTION["groups"][0], "prediction_multiplier": 1.2}]}
+    ours = {**AUTOPACK_PATCH, "method": "coverage", "calibration": SECTION,
+            "methods": {"autopack-median": {"calibration": median_section, "proposed_changes": [
+                {"category": "implementation", "complexity": "medium", "proposed_multiplier": 1.2}]}}}
+    assert read_patch(ours).settings[("implementation", "medium")].prediction_multiplier == 1.5
+    other = read_patch(ours, method="autopack-median")
+    assert other.settings[("implementation", "medium")].prediction_multiplier == 1.2
+    # A patch whose other method has no section of its own is refused, not applied through PHASE_OVERHEAD.
+    older = {**ours, "methods": {"autopack-median": {"proposed_changes": []}}}
+    with pytest.raises(PatchError, match="no calibration section for method 'autopack-median'"):
+        read_patch(older, method="autopack-median")
+
+
 @pytest.mark.parametrize("bad, message", [
     ([], "JSON object"),
     ({"metadata": {}}, "no proposed_changes"),
