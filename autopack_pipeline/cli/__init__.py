@@ -16,6 +16,7 @@ from autopack_pipeline.cli import doctor, transfer
 from autopack_pipeline.cli import tasks
 from autopack_pipeline.cli import calibration_patch, logs
 from autopack_pipeline.cli import synth
+from autopack_pipeline.cli import loop
 from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -24,7 +25,7 @@ from autopack_pipeline.cli.common import (
     UsageError,
 )
 
-COMMAND_MODULES = [database, collection, analysis, pipeline, transfer, doctor, tasks, logs, calibration_patch, synth]
+COMMAND_MODULES = [database, collection, analysis, pipeline, transfer, doctor, tasks, logs, calibration_patch, synth, loop]
 
 
 class _Parser(argparse.ArgumentParser):
