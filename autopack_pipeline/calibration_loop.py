@@ -136,8 +136,17 @@ class LoopOptions:
 def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any], options: LoopOptions
                      ) -> dict[str, Any]:
     """Calibrate on all history (in force), gate on this round's own Tier 1, apply what it proposes."""
-    step = calibrate_and_apply(engine, settings, write=True, tier1=round_tier1, min_samples=options.min_samples,
-                               confidence_threshold=options.confidence_threshold)
+    # Version names carry the UTC second: two rounds within one second still get distinct versions.
+    from datetime import datetime, timedelta, timezone
+
+    from autopack_pipeline.calibration_apply import new_version_name
+    from autopack_pipeline.workflows import load_coefficients_for
+
+    now, current = datetime.now(timezone.utc), load_coefficients_for(settings).version
+    while new_version_name(current, now) == current:
+        now += timedelta(seconds=1)
+    step = calibrate_and_apply(engine, settings, write=True, now=now, tier1=round_tier1,
+                               min_samples=options.min_samples, confidence_threshold=options.confidence_threshold)
     outcome, application = step["outcome"], step["application"]
     if not outcome.gate.open:
         return {"status": "gate_closed", "message": outcome.gate.summary(), "applied_version": None}
