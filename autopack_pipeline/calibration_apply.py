@@ -274,7 +274,8 @@ def _history_path(directory: Path, version: str, text: str) -> Path:
     return candidate
 
 
-def calibrate_and_apply(engine: Engine, settings: Any, *, write: bool = False, **options: Any) -> dict[str, Any]:
+def calibrate_and_apply(engine: Engine, settings: Any, *, write: bool = False, now: datetime | None = None,
+                        **options: Any) -> dict[str, Any]:
     """One round of the loop: calibrate in force -> plan (patch + backtest) -> apply when ``write``.
 
     Returns ``{"outcome", "application", "kept"}``; ``application`` is None when the gate refused or
@@ -287,7 +288,8 @@ def calibrate_and_apply(engine: Engine, settings: Any, *, write: bool = False, *
     payload = outcome.patch_payload()  # exactly what the JSON file would hold
     try:
         application = plan_application(payload, read_stored(engine),
-                                       coefficients_path=settings.seeds_dir / "estimator_coefficients.yaml")
+                                       coefficients_path=settings.seeds_dir / "estimator_coefficients.yaml",
+                                       now=now)
     except ApplicationRefused:
         return {"outcome": outcome, "application": None, "kept": None}
     kept = write_application(application) if write else None

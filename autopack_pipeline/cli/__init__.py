@@ -17,6 +17,7 @@ from autopack_pipeline.cli import doctor, transfer
 from autopack_pipeline.cli import tasks
 from autopack_pipeline.cli import calibration_patch, logs
 from autopack_pipeline.cli import synth
+from autopack_pipeline.cli import loop
 from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -26,7 +27,7 @@ from autopack_pipeline.cli.common import (
     print_json,
 )
 
-COMMAND_MODULES = [database, collection, analysis, pipeline, transfer, doctor, tasks, logs, calibration_patch, synth]
+COMMAND_MODULES = [database, collection, analysis, pipeline, transfer, doctor, tasks, logs, calibration_patch, synth, loop]
 
 
 class _Parser(argparse.ArgumentParser):

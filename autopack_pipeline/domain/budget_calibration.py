@@ -16,10 +16,16 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
   budget (waste), so it is put at the group's smallest new prediction x b, where it binds for none of
   the past calls. If that would truncate more past calls than the group's floor in force does with
   the same margin, it is raised to the lowest value that does not;
-- *unidentifiable* groups (more truncated calls than the bound absorbs, or fewer than ``min_samples``
-  observations with a truncation among them) keep their margin (the multiplier still moves), and get a concrete
-  floor they can apply, twice the largest ceiling that was hit (capped at the provider cap, never
-  below the floor in force), and a collect-samples task.
+- *unidentifiable* groups (more truncated calls than the bound absorbs) have no honest order statistic,
+  but they have lower bounds: the coverage factor is at least the largest clean ratio / the 1.1
+  tolerance (with the censored calls counted above every candidate, the k-th smallest ratio lies
+  beyond every clean one), so the factor rises at least that far; the margin covers every clean call
+  and every truncated one's ceiling with :data:`CENSORED_HEADROOM` to spare (its length is unknown
+  but larger than the ceiling it hit), and the floor is chosen as for the other groups. Budgets stay
+  proportional to the prediction, where a blunt floor raise (the earlier rule: twice the largest
+  ceiling hit) inflated every small call's budget. Each still gets a collect-samples task. A group
+  under ``min_samples`` observations with a truncation gets that blunt floor raise: too little to
+  estimate a margin from.
 """
 
 from __future__ import annotations
@@ -35,8 +41,14 @@ from autopack_pipeline.domain.coverage import order_statistic_index
 from autopack_pipeline.domain.tasks import Insight
 
 DEFAULT_TRUNCATION_TARGET_PCT = 2.0
-# The floor raise for an unidentifiable group: this many times the largest ceiling that was hit.
+# The floor raise for a group too small to estimate (a truncation among fewer than min_samples calls):
+# this many times the largest ceiling that was hit.
 FLOOR_RAISE_FACTOR = 2
+# An unidentifiable group's margin covers each truncated call's ceiling by this much: the call's real
+# length is unknown, only larger than the ceiling (Autopack escalates a truncated call by 25% too).
+CENSORED_HEADROOM = 1.25
+# The underestimation tolerance the coverage factor is measured against (actual > 1.1 x predicted).
+UNDER_TOLERANCE = 1.1
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,8 @@ def propose_group_budget(
         status, margin = "identifiable", float(ratios[k - 1])
     elif n >= min_samples and k > n and n_cut == 0:
         status, margin = "thin", float(ratios[-1])
+    elif n >= min_samples and n_clean:
+        return _unidentifiable_bounds(group, table, proposed_factor, target_pct, k, previous_floor)
     else:
         status, margin = "unidentifiable", None
 
@@ -163,6 +177,33 @@ def propose_group_budget(
         truncated_past_calls_projected=projected,
         truncated_past_calls_with_previous_floor=_truncated(group, proposed_factor, margin, int(previous_floor), cap),
         note=f"margin x{margin:.3f} = {kind}; floor {floor} (was {previous_floor})")
+
+
+def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTable, proposed_factor: float,
+                           target_pct: float, k: int, previous_floor: int) -> GroupBudgetProposal:
+    """Settings from lower bounds for a group with more truncated calls than its bound absorbs."""
+    key = (group.category, group.complexity)
+    current_m, cap = table.prediction_multiplier(*key), table.budget.cap
+    n_clean, n_cut = len(group.actual), len(group.censored_ceiling)
+    n = n_clean + n_cut
+    clean_max = float((group.actual / group.predicted).max())
+    factor = max(proposed_factor, clean_max / UNDER_TOLERANCE)
+    censored_max = float((group.censored_ceiling / group.censored_predicted).max())
+    margin = math.ceil(max(clean_max, CENSORED_HEADROOM * censored_max) / factor * 1000) / 1000
+    lowest = np.r_[group.predicted, group.censored_predicted].min() * factor
+    start = min(cap, max(1, int(lowest * margin)))
+    floor = _least_floor(group, factor, margin, start, max(start, int(previous_floor)), cap)
+    return GroupBudgetProposal(
+        *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
+        current_prediction_multiplier=current_m, proposed_factor=factor,
+        prediction_multiplier=round(current_m * factor, 4), budget_margin=margin, budget_floor=int(floor),
+        previous_budget_floor=int(previous_floor),
+        truncated_past_calls_projected=_truncated(group, factor, margin, floor, cap),
+        truncated_past_calls_with_previous_floor=_truncated(group, factor, margin, int(previous_floor), cap),
+        note=(f"Unidentifiable: {n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} "
+              f"can absorb at most {max(0, n - k)}. From lower bounds: factor x{factor:.3f} (largest clean ratio "
+              f"/ {UNDER_TOLERANCE}), margin x{margin:.3f} (every clean call, and {CENSORED_HEADROOM}x every "
+              f"ceiling hit), floor {floor} (was {previous_floor}); collect more samples."))
 
 
 def _needed(target_pct: float) -> int:

@@ -123,12 +123,22 @@ def test_the_proposed_factor_multiplies_the_current_multiplier(seed):
     assert proposal.status == "thin" and proposal.budget_margin == pytest.approx(1 / 1.2, abs=1e-3)
 
 
-def test_an_unidentifiable_group_gets_a_floor_raise_and_a_collect_samples_task(seed):
+def test_an_unidentifiable_group_gets_proportional_budgets_from_lower_bounds_and_a_collect_samples_task(seed):
+    # 10 clean calls at ratio 1.0 and 3 truncated at ceilings 5000, 4000, 3000 (predictions 1000): no
+    # order statistic exists. The margin covers every clean call and 1.25x the largest ceiling ratio
+    # (5.0 -> 6.25); the floor is the smallest prediction x margin, below the floor in force (8192):
+    # a blunt floor (twice the largest ceiling, the earlier rule) would inflate every small call's budget.
     proposal = propose_group_budget(_group([1.0] * 10, [5000, 4000, 3000]), seed)
-    assert proposal.status == "unidentifiable" and proposal.budget_margin is None
-    assert proposal.budget_floor == 10000  # twice the largest ceiling hit, above the floor in force (8192)
-    capped = propose_group_budget(_group([1.0] * 10, [40000, 40000]), seed)
-    assert capped.budget_floor == seed.budget.cap
+    assert proposal.status == "unidentifiable"
+    assert proposal.proposed_factor == pytest.approx(1.0) and proposal.budget_margin == pytest.approx(6.25)
+    assert proposal.budget_floor == 6250 and proposal.truncated_past_calls_projected == 0
+    # A clean call above the 1.1 tolerance raises the factor to at least largest ratio / 1.1, and the
+    # margin is measured against the new prediction.
+    raised = propose_group_budget(_group([1.0] * 9 + [2.2], [5000, 4000, 3000]), seed)
+    assert raised.proposed_factor == pytest.approx(2.0) and raised.budget_margin == pytest.approx(3.125)
+    # Too few observations to estimate anything: the blunt floor raise stays (capped at the provider cap).
+    capped = propose_group_budget(_group([1.0] * 2, [40000, 40000]), seed)
+    assert capped.budget_margin is None and capped.budget_floor == seed.budget.cap
     [insight] = insights_from_budget_proposals([proposal], min_samples=5)
     assert insight.task_kind == "collect_samples" and not insight.requires_approval
     assert insight.evidence["category"] == "implementation" and insight.evidence["complexity"] == "low"

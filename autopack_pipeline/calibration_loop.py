@@ -1,0 +1,254 @@
+"""The calibration loop, round by round: collect -> measure -> calibrate -> backtest -> apply.
+
+Each round collects ``runs_per_round`` runs with the coefficients in force, measures *that round's
+own* events (Tier 1 with Wilson intervals, Tier 2, cost, the oracle of ``domain.oracle`` and per-group
+figures with their frontier), then calibrates on every stored event re-expressed under the
+coefficients in force (``calibration_apply``; no compounding) and applies the patch to the private
+seeds copy. The gate judges the round's own Tier 1: when it holds, nothing is applied and the round
+says so. Nothing here imports Dagster; the CLI's ``loop`` and ``benchmarks/loop.py`` call
+:func:`run_loop`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.calibration_apply import calibrate_and_apply, read_stored
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.cost import cost_now
+from autopack_pipeline.domain.fast_metrics import EventArrays, compute_metrics_arrays
+from autopack_pipeline.domain.frontier import group_frontier
+from autopack_pipeline.domain.group_economics import output_price_per_row
+from autopack_pipeline.domain.metrics import (
+    TRUNCATION_TARGET_PCT,
+    UNDERESTIMATION_TARGET_PCT,
+    budget_sent,
+    p90,
+    wilson_interval,
+)
+from autopack_pipeline.domain.oracle import oracle_budget_waste
+from autopack_pipeline.llm.backends import LLMBackend
+
+COEFFICIENTS_FILE = "estimator_coefficients.yaml"
+
+
+def private_seeds(source: Path, work_dir: Path) -> Path:
+    """A copy of ``source`` (the seeds directory) under ``work_dir``, for the loop to edit."""
+    target = Path(work_dir) / "seeds"
+    if target.exists():
+        raise FileExistsError(f"{target} already exists: the loop starts from a fresh copy of the seeds")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.history"))
+    return target
+
+
+def _group_labels(frame: pd.DataFrame) -> np.ndarray:
+    categories = frame["category"].map(lambda v: normalise_category(None if pd.isna(v) else v))
+    complexities = frame["complexity"].map(lambda v: normalise_complexity(None if pd.isna(v) else v))
+    return np.array([f"{c}/{x}" for c, x in zip(categories, complexities)], dtype=object)
+
+
+def _rate(k: int, n: int) -> dict[str, Any]:
+    return {"count": int(k), "pct": 100.0 * k / n if n else 0.0, "ci": list(wilson_interval(int(k), int(n)))}
+
+
+def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = 1.1) -> dict[str, Any]:
+    """Tier 1, Tier 2, cost, oracle and per-group figures of one round's events (an events frame)."""
+    arrays = EventArrays.from_frame(frame)
+    document = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)
+    tier1, tier2 = document["tier1"], document["tier2"]
+    predicted = frame["predicted_output_tokens"].to_numpy(dtype=float, na_value=np.nan)
+    actual = frame["actual_output_tokens"].to_numpy(dtype=float, na_value=np.nan)
+    truncated = frame["truncated"].fillna(False).to_numpy(dtype=bool)
+    sent = np.nan_to_num(budget_sent(frame), nan=0.0)
+    known = np.isfinite(actual)
+    cost = cost_now(actual[known], sent[known], truncated[known], output_price_per_row(arrays, prices)[known])
+    labels = _group_labels(frame)
+    oracle = oracle_budget_waste(labels, predicted, actual, truncated)
+    ours = tier2.get("budget_waste_p90")
+    groups = []
+    for label in sorted(set(labels.tolist())):
+        rows = labels == label
+        p, a, t = predicted[rows], actual[rows], truncated[rows]
+        usable = (p > 0) & np.isfinite(a)
+        n = int(rows.sum())
+        under = int(((a > p * under_multiplier) & usable).sum())
+        cut = int(t.sum())
+        clean = usable & ~t
+        frontier = group_frontier(a[clean] / p[clean], int((usable & t).sum()))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            waste = (sent[rows] / a)[usable & (sent[rows] > 0)]
+        meets = 100.0 * under / n <= UNDERESTIMATION_TARGET_PCT and 100.0 * cut / n <= TRUNCATION_TARGET_PCT
+        oracle_group = oracle.groups.get(label)
+        groups.append({
+            "group": label, "events": n, "underestimation": _rate(under, n), "truncation": _rate(cut, n),
+            "meets_tier1": meets, "budget_waste_p90": p90(waste.tolist()),
+            "oracle_multiplier": oracle_group.multiplier if oracle_group else None,
+            "frontier_reachable": frontier.reachable,
+            "frontier_tier2_holds": frontier.tier2_holds,
+            "why": None if meets else _why(frontier),
+        })
+    return {
+        "events": int(len(frame)),
+        "tier1": {"underestimation": _rate(tier1["underestimated_count"], tier1["underestimation_samples"]),
+                  "truncation": _rate(tier1["truncated_count"], tier1["total_samples"]),
+                  "meets": (tier1["underestimation_rate_pct"] <= UNDERESTIMATION_TARGET_PCT
+                            and tier1["truncation_rate_pct"] <= TRUNCATION_TARGET_PCT)},
+        "tier2": {"budget_waste_p90": ours},
+        "cost": {"billed_output_tokens": cost.billed_output_tokens, "dollars": cost.dollars,
+                 "reserved_output_tokens": cost.reserved_output_tokens,
+                 "capacity_utilisation": cost.utilisation},
+        "oracle": {"budget_waste_p90": oracle.budget_waste_p90,
+                   "ratio": (ours / oracle.budget_waste_p90) if ours and oracle.budget_waste_p90 else None},
+        "groups": groups,
+    }
+
+
+def _why(frontier: Any) -> str:
+    """Why a group missed Tier 1 this round, from the frontier of its own figures."""
+    if not frontier.reachable:
+        return (f"out of reach on this round's spread: {frontier.censored} of {frontier.observations} calls truncated "
+                "(count above every budget)")
+    if not frontier.certified:
+        return (f"reachable at x{frontier.multiplier:.2f} margin {frontier.margin:.2f}, but {frontier.observations} "
+                f"calls cannot certify it (~{frontier.observations_needed} needed): sampling noise")
+    return f"reachable at x{frontier.multiplier:.2f} margin {frontier.margin:.2f}"
+
+
+@dataclass
+class LoopOptions:
+    rounds: int
+    runs_per_round: int
+    world: str = "simulated"
+    concurrency: int = 4
+    template_phases_per_group: int | None = None
+    min_samples: int = 5
+    confidence_threshold: float = 0.7
+
+
+def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any], options: LoopOptions
+                     ) -> dict[str, Any]:
+    """Calibrate on all history (in force), gate on this round's own Tier 1, apply what it proposes."""
+    # Version names carry the UTC second: two rounds within one second still get distinct versions.
+    from datetime import datetime, timedelta, timezone
+
+    from autopack_pipeline.calibration_apply import new_version_name
+    from autopack_pipeline.workflows import load_coefficients_for
+
+    now, current = datetime.now(timezone.utc), load_coefficients_for(settings).version
+    while new_version_name(current, now) == current:
+        now += timedelta(seconds=1)
+    step = calibrate_and_apply(engine, settings, write=True, now=now, tier1=round_tier1,
+                               min_samples=options.min_samples, confidence_threshold=options.confidence_threshold)
+    outcome, application = step["outcome"], step["application"]
+    if not outcome.gate.open:
+        return {"status": "gate_closed", "message": outcome.gate.summary(), "applied_version": None}
+    if application is None:
+        return {"status": "nothing_to_apply", "message": "the patch proposes no change", "applied_version": None}
+    backtest = application.backtest or {}
+    return {
+        "status": "applied", "message": outcome.gate.summary(), "applied_version": application.new.version,
+        "groups_set": len(application.patch.settings),
+        "backtest": {side: backtest.get(side) for side in ("old", "new")} if backtest else None,
+    }
+
+
+def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], LLMBackend], options: LoopOptions,
+             *, before_round: Callable[[int], None] | None = None,
+             on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """``options.rounds`` rounds on ``engine`` with the seeds of ``settings.seeds_dir`` (edited in place:
+    pass a private copy). Returns one document per round (see :func:`measure_round`), in order."""
+    from autopack_pipeline import workflows
+    from autopack_pipeline.domain.fast_metrics import as_event_arrays
+
+    prices = workflows.load_prices_for(settings)
+    rounds = []
+    for number in range(1, options.rounds + 1):
+        if before_round is not None:
+            before_round(number)
+        version = workflows.load_coefficients_for(settings).version
+        backend = backend_for_round(number)
+        run_ids, failures = [], 0
+        for run in range(1, options.runs_per_round + 1):
+            run_id = f"loop-{options.world}-r{number}-{run}"
+            extra = ({} if options.template_phases_per_group is None
+                     else {"template_phases_per_group": options.template_phases_per_group})
+            summary = workflows.collect(engine, settings, backend, run_id=run_id, concurrency=options.concurrency,
+                                        **extra)
+            failures += len(summary.problems())
+            run_ids.append(run_id)
+        stored = read_stored(engine, run_ids)
+        measured = measure_round(stored.events, prices)
+        versions = sorted({v for v in stored.inputs.get("coefficients_version", pd.Series(dtype=object)).dropna()})
+        round_tier1 = compute_metrics_arrays(as_event_arrays(stored.events))["tier1"]
+        document = {"round": number, "world": options.world, "run_ids": run_ids, "coefficients_version": version,
+                    "event_coefficients_versions": versions, "collection_problems": failures, **measured,
+                    "calibration": _calibrate_round(engine, settings, round_tier1, options)}
+        rounds.append(document)
+        if on_round is not None:
+            on_round(document)
+    return rounds
+
+
+# -- text -----------------------------------------------------------------------------------------
+
+
+def _pct(rate: dict[str, Any]) -> str:
+    low, high = rate["ci"]
+    return f"{rate['pct']:.1f}% [{low:.1f}-{high:.1f}]"
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def round_lines(document: dict[str, Any], *, groups: bool = True) -> list[str]:
+    """What a person reads for one round."""
+    t1, cost, oracle = document["tier1"], document["cost"], document["oracle"]
+    use = cost["capacity_utilisation"]
+    lines = [
+        f"Round {document['round']} ({document['world']}, {document['events']} calls, coefficients "
+        f"{document['coefficients_version']}):",
+        f"  Tier 1: underestimation {_pct(t1['underestimation'])}, truncation {_pct(t1['truncation'])} -> "
+        + ("targets met" if t1["meets"] else "targets missed"),
+        f"  Tier 2: budget waste P90 {_x(document['tier2']['budget_waste_p90'])}; oracle "
+        f"{_x(oracle['budget_waste_p90'])}; ratio {_x(oracle['ratio'])}",
+        f"  Cost: ${cost['dollars']:.2f} for {cost['billed_output_tokens']:,.0f} billed output tokens; reserved "
+        f"{cost['reserved_output_tokens']:,.0f} output tokens (used {'n/a' if use is None else f'{100 * use:.0f}%'})",
+    ]
+    if groups:
+        for g in document["groups"]:
+            state = "meets Tier 1" if g["meets_tier1"] else f"misses Tier 1: {g['why']}"
+            lines.append(f"    {g['group']}: {g['events']} calls, under {g['underestimation']['pct']:.1f}%, "
+                         f"trunc {g['truncation']['pct']:.1f}%, waste P90 {_x(g['budget_waste_p90'])}; {state}")
+    calibration = document["calibration"]
+    if calibration["status"] == "applied":
+        lines.append(f"  Calibration: applied {calibration['applied_version']} ({calibration['groups_set']} groups)")
+    elif calibration["status"] == "gate_closed":
+        lines.append(f"  Calibration: nothing applied: {calibration['message']}")
+    else:
+        lines.append(f"  Calibration: nothing applied: {calibration['message']}")
+    return lines
+
+
+TABLE_COLUMNS = ("round", "calls", "under %", "trunc %", "waste P90", "oracle P90", "ratio", "$ billed", "reserved")
+
+
+def table_lines(rounds: list[dict[str, Any]]) -> list[str]:
+    """The per-round table (one line per round)."""
+    rows = [TABLE_COLUMNS]
+    for d in rounds:
+        rows.append((
+            str(d["round"]), str(d["events"]), f"{d['tier1']['underestimation']['pct']:.1f}",
+            f"{d['tier1']['truncation']['pct']:.1f}", _x(d["tier2"]["budget_waste_p90"]),
+            _x(d["oracle"]["budget_waste_p90"]), _x(d["oracle"]["ratio"]), f"{d['cost']['dollars']:.2f}",
+            f"{d['cost']['reserved_output_tokens'] / 1e6:.2f}M"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
+    return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
