@@ -69,8 +69,8 @@ def _decision(engine: Engine, task_id: str, action: str, outcome: str, *, refusa
         return Decision(task_id, action, "not_allowed", task["status"],
                         f"task {task_id} is {task['status']}; {refusal or 'only a pending task'} can be "
                         f"{PAST_TENSE[action]}")
-    shown = task["status"] if task["status"] == PAST_TENSE[action] else f"status {task['status']}"
-    message = f"{task_id} {PAST_TENSE[action]}" + ("" if shown == task["status"] else f" ({shown})") + "."
+    # A rejection is stored under Autopack's word for it, which a person would not guess.
+    message = f"{task_id} {PAST_TENSE[action]}" + (f" (status {task['status']})" if action == "reject" else "") + "."
     return Decision(task_id, action, "done", task["status"], message, next_step(task))
 
 

@@ -71,7 +71,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(identity_line(engine))
     if not tasks:
-        print("No tasks" + (f" with status {args.status}" if args.status else "" if args.all else " open") + ".")
+        print("No tasks" + (f" with status {args.status}" if args.status else " open" if every else "") + ".")
     else:
         _print_todo(tasks)
     closed = len(every) - len(tasks)
