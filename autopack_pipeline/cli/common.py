@@ -76,7 +76,10 @@ def load_event_arrays(engine, args: argparse.Namespace, run_ids: list[str] | Non
 
     if run_ids:
         return EventArrays.from_frame(load_events(engine, args, run_ids))
-    snapshot, _refresh, _fallback = snapshot_events(engine)
+    from autopack_pipeline.cli.progress import progress_bar
+
+    with progress_bar(args, "Extracting new events to the columnar copy", "rows", transient=True) as advance:
+        snapshot, _refresh, _fallback = snapshot_events(engine, progress=advance)
     if snapshot.rows == 0:
         load_events(engine, args)  # refuses an empty database with its explanation, unless allowed
     return snapshot.arrays()

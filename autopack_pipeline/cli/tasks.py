@@ -132,7 +132,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _generate(engine, settings, *, min_samples: int, window_days: float, method: str) -> dict[str, Any]:
+def _generate(engine, settings, args: argparse.Namespace, *, min_samples: int, window_days: float, method: str
+              ) -> dict[str, Any]:
     """What the generated_tasks asset computes, from the database: metrics, the gate, both calibration
     methods when it is open (``method`` chosen), drift; no report file is written."""
     from autopack_pipeline import workflows
@@ -142,7 +143,10 @@ def _generate(engine, settings, *, min_samples: int, window_days: float, method:
     from autopack_pipeline.storage.snapshot import snapshot_events
 
     database = describe_database(engine).url
-    snapshot, _refresh, _fallback = snapshot_events(engine)  # new events only, through the columnar copy
+    from autopack_pipeline.cli.progress import progress_bar
+
+    with progress_bar(args, "Extracting new events to the columnar copy", "rows", transient=True) as advance:
+        snapshot, _refresh, _fallback = snapshot_events(engine, progress=advance)  # new events only
     if snapshot.rows == 0 and read_phase_outcomes(engine).empty:
         raise Refused(f"nothing to analyse in {database}: no token-estimation events and no "
                       "phase outcomes (run `autopack-telemetry collect` first, or check DATABASE_URL)")
@@ -168,7 +172,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     engine = open_engine(args)
-    document = _generate(engine, settings, min_samples=args.min_samples, window_days=args.window_days,
+    document = _generate(engine, settings, args, min_samples=args.min_samples, window_days=args.window_days,
                          method=args.method)
     if args.json:
         print_json(document)
@@ -250,8 +254,8 @@ def register(sub: Any, parser_class: type) -> None:
     p.set_defaults(func=cmd_list)
 
     p = tasks_sub.add_parser("show", help="one task with its description and evidence")
-    p.add_argument("task_id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("task_id", help="the task's id, TASK-... (see `tasks list`)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_show)
 
     p = tasks_sub.add_parser("generate", help="analyse the database and store new tasks (no report files written)")
@@ -260,27 +264,27 @@ def register(sub: Any, parser_class: type) -> None:
                    help="phase outcomes from the last N days (default 7)")
     p.add_argument("--method", choices=CALIBRATION_METHOD_CHOICES, default="coverage",
                    help="calibration method whose recommendations become tasks (default coverage, as the asset)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_generate)
 
     p = tasks_sub.add_parser("execute", help="run pending tasks that need no person (collect samples for a group)")
     p.add_argument("--limit", type=positive_int, default=10, help="run at most N tasks (default 10)")
     p.add_argument("--backend", choices=["simulated", "anthropic"], help="default: $AUTOPACK_LLM_BACKEND or simulated")
     p.add_argument("--seed", type=int, help="simulated backend seed (default: $AUTOPACK_SIM_SEED or 42)")
-    p.add_argument("--concurrency", type=positive_int, default=4)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="phases drained in parallel (default 4)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_execute)
 
     p = tasks_sub.add_parser("approve", help="a person approves a pending task")
-    p.add_argument("task_id")
+    p.add_argument("task_id", help="the task's id, TASK-... (see `tasks list`)")
     p.add_argument("--note", help="kept with the approval in the task's evidence")
     p.set_defaults(func=lambda args: _decide(args, "approve"))
 
     p = tasks_sub.add_parser("reject", help="a person rejects a pending task (status skipped)")
-    p.add_argument("task_id")
+    p.add_argument("task_id", help="the task's id, TASK-... (see `tasks list`)")
     p.add_argument("--reason", help="why; stored as the task's failure_reason")
     p.set_defaults(func=lambda args: _decide(args, "reject"))
 
     p = tasks_sub.add_parser("complete", help="a person closes a task they carried out")
-    p.add_argument("task_id")
+    p.add_argument("task_id", help="the task's id, TASK-... (see `tasks list`)")
     p.set_defaults(func=lambda args: _decide(args, "complete"))
