@@ -44,7 +44,8 @@ def next_step(task: Mapping[str, Any]) -> str | None:
     """The command a person runs next on ``task``, or ``None`` when it is closed."""
     task_id, kind, status = task["task_id"], task.get("kind"), task.get("status")
     if status == "in_progress":
-        return f"wait for its run ({task.get('executed_in_run_id') or 'in progress'}), then `{CLI} tasks show {task_id}`"
+        run = task.get("executed_in_run_id") or "in progress"
+        return f"wait for its run ({run}), then `{CLI} tasks show {task_id}`"
     if status != "pending":
         return None
     if kind == "collect_samples":

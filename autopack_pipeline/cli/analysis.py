@@ -192,7 +192,8 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--under-multiplier", type=positive_float, default=1.1,
                    help="count actual > predicted * X as underestimated (1.0 = Autopack's strict rule)")
     p.add_argument("--run-id", action="append", help="restrict to these runs (repeatable)")
-    p.add_argument("--allow-empty-db", action="store_true", help="analyse an empty database instead of refusing with exit 1")
+    p.add_argument("--allow-empty-db", action="store_true",
+                   help="analyse an empty database instead of refusing with exit 1")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_metrics)
 
@@ -208,6 +209,7 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--include-run-id", action="append", help="only these runs (repeatable)")
     p.add_argument("--no-dedup", action="store_true", help="count every attempt, as Autopack does")
     p.add_argument("--force", action="store_true", help="calibrate even when the gate is closed (the report says so)")
-    p.add_argument("--allow-empty-db", action="store_true", help="analyse an empty database instead of refusing with exit 1")
+    p.add_argument("--allow-empty-db", action="store_true",
+                   help="analyse an empty database instead of refusing with exit 1")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_calibrate)

@@ -92,7 +92,8 @@ def _phase_progress(advance: Callable[..., None] | None) -> Callable[..., None] 
     """The collection's per-phase report as a move of the bar, noting the phase just drained."""
     if advance is None:
         return None
-    return lambda done, total, result: advance(done, total, f"{result.phase_id} {'ok' if result.completed else 'failed'}")
+    return lambda done, total, result: advance(done, total,
+                                               f"{result.phase_id} {'ok' if result.completed else 'failed'}")
 
 
 def register(sub: Any, parser_class: type) -> None:

@@ -12,7 +12,6 @@ from autopack_pipeline.domain.tasks import (
     breach_level,
     breach_severity,
     fingerprint,
-    fold_group_findings,
     generate_tasks,
     insights_from_calibration,
     insights_from_group_metrics,
@@ -228,7 +227,7 @@ def test_a_group_gets_one_task_its_recommendation_carrying_its_breaches():
     assert len(tasks) == 3  # four symptoms and a fix in two groups: one task per group, plus the overall one
     assert tasks[0].title.endswith("(overall)")  # at equal severity, the finding over every event comes first
     [review] = [t for t in tasks if t.kind == "review_coefficients"]
-    assert review.evidence["method"] == "coverage" and review.priority == "high"  # both breaches high: surely >= 2x the target
+    assert review.evidence["method"] == "coverage" and review.priority == "high"  # both breaches surely >= 2x the target
     assert [s["metric"] for s in review.evidence["symptoms"]] == ["underestimation_rate_pct", "truncation_rate_pct"]
     assert "underestimation 40.0% (target 5%); truncation 12.0% (target 2%)" in review.description
     [combined] = [t for t in tasks[1:] if t.kind == "investigate_estimator"]
