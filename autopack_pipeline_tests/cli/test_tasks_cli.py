@@ -171,7 +171,7 @@ def test_generate_from_collected_telemetry_twice_stores_each_task_once(db):
     assert off.returncode == 0 and "Task generation is off" in off.stdout
 
 
-def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db):
+def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db, monkeypatch):
     """Same events, same analysis: the chosen calibration method's recommendations and the drift findings
     become the same tasks from the terminal as from "Materialize all"."""
     import dagster as dg
@@ -180,6 +180,10 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db):
     from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
     from autopack_pipeline.storage.bulk import bulk_load
 
+    # Room for every finding: the synthetic groups' critical breaches would otherwise fill the 10 slots
+    # ahead of the (high) coefficient reviews this test compares.
+    slots = {"AUTOPACK_TASK_GENERATION_MAX_TASKS": "40"}
+    monkeypatch.setenv("AUTOPACK_TASK_GENERATION_MAX_TASKS", "40")
     engine = make_engine(sqlite_url)
     upgrade_database(engine)
     bulk_load(engine, 4_000, runs=8, seed=3)
@@ -196,14 +200,14 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db):
     reports = sorted((db.parent / "reports").iterdir())
     assert Path(calibration["reports"]["json"]) in reports
 
-    document = json.loads(run("tasks", "generate", "--json", db=db).stdout)
+    document = json.loads(run("tasks", "generate", "--json", db=db, env_extra=slots).stdout)
     assert document["gate"]["open"] and document["method"] == "coverage"
     assert document["tasks_new"] == 0  # every finding was stored by the asset already
     assert {t["task_id"] for t in document["tasks"]} == set(from_asset)
     reviews = [t for t in document["tasks"] if t["kind"] == "review_coefficients"]
     assert reviews and all(t["evidence"]["method"] == "coverage" for t in reviews)
 
-    median = json.loads(run("tasks", "generate", "--json", "--method", "autopack-median", db=db).stdout)
+    median = json.loads(run("tasks", "generate", "--json", "--method", "autopack-median", db=db, env_extra=slots).stdout)
     assert median["method"] == "autopack-median"
     reviews = [t for t in median["tasks"] if t["kind"] == "review_coefficients"]
     assert reviews and all(t["evidence"]["method"] == "autopack-median" for t in reviews)
