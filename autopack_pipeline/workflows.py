@@ -72,7 +72,8 @@ from autopack_pipeline.reporting import write_calibration_report_set
 from autopack_pipeline.settings import REPO_ROOT, Settings
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
 from autopack_pipeline.storage.snapshot import EventSnapshot
-from autopack_pipeline.storage.tasks import save_generated_tasks
+from autopack_pipeline.storage.tasks import TaskRefresh
+from autopack_pipeline.tasks_review import refresh_tasks
 
 # Enough template phases per group that the default collection gives several groups the 19 clean
 # samples a 95% coverage bound needs (with the simulated LLM: four of seven), so the README's first
@@ -347,9 +348,10 @@ def improvement_tasks(
     source: dict[str, Any] | None = None,
     outcome_window_days: float = 7,
     now: datetime | None = None,
-) -> tuple[list[GeneratedTask], int]:
+) -> tuple[list[GeneratedTask], TaskRefresh]:
     """Insights from metrics, calibration, clean-sample counts per group, phase outcomes and ``extra_insights`` (drift),
-    as tasks; returns (tasks, newly stored).
+    as tasks; returns (the first ``MAX_TASKS`` tasks, what storing every detected task did: inserted,
+    refreshed, reopened, superseded; see :func:`~autopack_pipeline.tasks_review.refresh_tasks`).
 
     With ``events`` the Tier-1 breaches and truncation hot spots are looked for per (category,
     complexity) group, else per category. ``source`` is the provenance stored in every task's evidence
@@ -357,7 +359,7 @@ def improvement_tasks(
     Autopack's ``run_id`` column.
     """
     if not settings.task_generation_enabled:
-        return [], 0
+        return [], TaskRefresh()
     tier1 = metrics["all_events"]["tier1"]
     insights = insights_from_tier_metrics(tier1, scope="overall")
     if events is not None:
@@ -380,12 +382,13 @@ def improvement_tasks(
     outcomes = read_phase_outcomes(engine, since=end - timedelta(days=outcome_window_days), until=end)
     insights += insights_from_outcomes(analyse_outcomes(outcomes, now=end, window_days=outcome_window_days))
     insights += list(extra_insights or [])
-    tasks = generate_tasks(
-        insights,
-        max_tasks=settings.task_generation_max_tasks,
-        min_confidence=settings.task_generation_min_confidence,
-        source=source,
-    )
+    # Every finding, uncapped: a pending task whose finding is still seen below the MAX_TASKS cut is
+    # refreshed, not superseded.
+    detected = generate_tasks(insights, max_tasks=None, min_confidence=settings.task_generation_min_confidence,
+                              source=source)
+    tasks = detected[:settings.task_generation_max_tasks]
     run_id = str((source or {}).get("dagster_run_id") or f"tasks-{end:%Y%m%d-%H%M%S}")[:50]
-    stored = save_generated_tasks(engine, [task.as_dict() | {"run_id": run_id} for task in tasks])
+    stored = refresh_tasks(engine, [task.as_dict() | {"run_id": run_id} for task in detected],
+                           max_new=settings.task_generation_max_tasks,
+                           detected_by=f"the generation of {end:%Y-%m-%d %H:%M} UTC ({run_id})")
     return tasks, stored

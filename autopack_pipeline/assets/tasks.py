@@ -65,7 +65,9 @@ def generated_tasks(
         metadata={
             "task_generation_enabled": settings.task_generation_enabled,
             "tasks_generated": len(tasks),
-            "tasks_new": stored,
+            "tasks_new": len(stored.inserted),
+            "tasks_refreshed": len(stored.refreshed) + len(stored.reopened),
+            "tasks_superseded": len(stored.superseded),
             "tasks_auto_executable": sum(not t.requires_approval for t in tasks),
             **{f"tasks_{priority}": n for priority, n in by_priority.items()},
             "tasks": dg.MetadataValue.md(

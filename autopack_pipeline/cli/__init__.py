@@ -48,8 +48,20 @@ class _SubcommandParser(_Parser):
 _DATABASE_URL_HELP = "telemetry database (default: $DATABASE_URL, else sqlite:///autopack.db)"
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's), or a note when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("autopack_pipeline")
+    except PackageNotFoundError:  # running from a source tree that was never pip-installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autopack-telemetry", description="Token-budget telemetry and calibration for Autopack.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the installed autopack_pipeline version and exit")
     parser.add_argument("--database-url", help=_DATABASE_URL_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
     for module in COMMAND_MODULES:

@@ -182,20 +182,24 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--under-multiplier", type=positive_float, default=1.1,
                    help="count actual > predicted * X as underestimated (1.0 = Autopack's strict rule)")
     p.add_argument("--run-id", action="append", help="restrict to these runs (repeatable)")
-    p.add_argument("--allow-empty-db", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--allow-empty-db", action="store_true",
+                   help="analyse an empty database instead of refusing with exit 1")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("calibrate", help="gate, then calibrate and write the report and JSON patch")
     p.add_argument("--method", choices=CALIBRATION_METHOD_CHOICES, default="coverage",
                    help="whose recommendations form the patch (default coverage: a 95%%-coverage upper bound with "
                         "truncated events censored; autopack-median: Autopack's median ratio). Both are reported.")
-    p.add_argument("--min-samples", type=positive_int, default=5)
-    p.add_argument("--confidence-threshold", type=unit_float, default=0.7)
+    p.add_argument("--min-samples", type=positive_int, default=5,
+                   help="clean samples a (category, complexity) group needs to be calibrated (default 5)")
+    p.add_argument("--confidence-threshold", type=unit_float, default=0.7,
+                   help="smallest confidence, 0..1, for a recommendation to be actionable (default 0.7)")
     p.add_argument("--output-dir", help="where reports go (default: $AUTOPACK_REPORTS_DIR or ./reports)")
     p.add_argument("--include-run-id", action="append", help="only these runs (repeatable)")
     p.add_argument("--no-dedup", action="store_true", help="count every attempt, as Autopack does")
     p.add_argument("--force", action="store_true", help="calibrate even when the gate is closed (the report says so)")
-    p.add_argument("--allow-empty-db", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--allow-empty-db", action="store_true",
+                   help="analyse an empty database instead of refusing with exit 1")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_calibrate)

@@ -153,5 +153,5 @@ def register(sub: Any, parser_class: type) -> None:
 
     p = sub.add_parser("backtest", help="old vs patched coefficients re-run on stored events")
     _common(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_backtest)

@@ -18,6 +18,7 @@ from autopack_pipeline.cli.common import (
     positive_int,
     print_json,
 )
+from autopack_pipeline.cli.progress import progress_bar
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -34,20 +35,20 @@ def cmd_collect(args: argparse.Namespace) -> int:
     backend = make_backend(
         settings, args.backend, args.seed, replay_file=args.replay_file, record_file=args.record
     )
-    progress = None if args.json or not sys.stderr.isatty() else _progress_printer()
     try:
-        summary = workflows.collect(
-            engine,
-            settings,
-            backend,
-            run_id=args.run_id,
-            concurrency=args.concurrency,
-            category=args.category,
-            complexity=args.complexity,
-            phases=phase_count,
-            phases_file=phases_file,
-            progress=progress,
-        )
+        with progress_bar(args, "Collecting", "phases") as advance:
+            summary = workflows.collect(
+                engine,
+                settings,
+                backend,
+                run_id=args.run_id,
+                concurrency=args.concurrency,
+                category=args.category,
+                complexity=args.complexity,
+                phases=phase_count,
+                phases_file=phases_file,
+                progress=_phase_progress(advance),
+            )
     except (RunBusy, DatabaseUnavailable) as exc:
         raise Refused(str(exc)) from None
     if args.json:
@@ -105,15 +106,12 @@ def _refuse_memory_database(args: argparse.Namespace) -> None:
                          "name a file (sqlite:///autopack.db) or a PostgreSQL database")
 
 
-def _progress_printer() -> Callable[..., None]:
-    def show(done: int, total: int, result: Any) -> None:
-        state = "ok" if result.completed else "failed"
-        sys.stderr.write(f"\r[{done}/{total}] {result.phase_id} {state}".ljust(72))
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
+def _phase_progress(advance: Callable[..., None] | None) -> Callable[..., None] | None:
+    """The collection's per-phase report as a move of the bar, noting the phase just drained."""
+    if advance is None:
+        return None
+    return lambda done, total, result: advance(done, total,
+                                               f"{result.phase_id} {'ok' if result.completed else 'failed'}")
 
 
 def register(sub: Any, parser_class: type) -> None:
@@ -123,10 +121,10 @@ def register(sub: Any, parser_class: type) -> None:
                    help="default: $AUTOPACK_LLM_BACKEND or simulated")
     p.add_argument("--replay-file", type=Path, help="recorded answers for --backend replay (NDJSON)")
     p.add_argument("--record", type=Path, help="also append every answer to this NDJSON file, for replay later")
-    p.add_argument("--concurrency", type=positive_int, default=4)
+    p.add_argument("--concurrency", type=positive_int, default=4, help="phases drained in parallel (default 4)")
     p.add_argument("--phases", help="a phases YAML file, or with --category/--complexity a number of phases")
     p.add_argument("--category", help="targeted run: phases for one category (with --complexity)")
     p.add_argument("--complexity", help="targeted run: phases for one complexity (with --category)")
     p.add_argument("--seed", type=int, help="simulated backend seed (default: $AUTOPACK_SIM_SEED or 42)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_collect)

@@ -112,7 +112,10 @@ def load_event_arrays(engine, args: argparse.Namespace, run_ids: list[str] | Non
         events, unreadable = load_events(engine, args, run_ids)
         warn_unreadable(unreadable)
         return EventArrays.from_frame(events), unreadable
-    snapshot, _refresh, _fallback = snapshot_events(engine)
+    from autopack_pipeline.cli.progress import progress_bar
+
+    with progress_bar(args, "Extracting new events to the columnar copy", "rows", transient=True) as advance:
+        snapshot, _refresh, _fallback = snapshot_events(engine, progress=advance)
     if snapshot.rows == 0:
         load_events(engine, args)  # refuses an empty database with its explanation, unless allowed
     warn_unreadable(snapshot.unreadable)

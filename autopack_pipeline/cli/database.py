@@ -74,7 +74,7 @@ def cmd_db_backup(args: argparse.Namespace) -> int:
 
 def register(sub: Any, parser_class: type) -> None:
     p = sub.add_parser("db-check", help="database identity, row counts, phase states, event counts")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_db_check)
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=parser_class)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 from autopack_pipeline.cli.common import EXIT_OK, UsageError, identity_line, open_engine, positive_int, print_json
+from autopack_pipeline.cli.progress import progress_bar
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -19,10 +17,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     engine = open_engine(args)
     if engine.dialect.name not in ("sqlite", "postgresql"):
         raise UsageError(f"synth loads SQLite and PostgreSQL databases, not {engine.dialect.name}")
-    progress = None if args.json or not sys.stderr.isatty() else _progress_printer()
     try:
-        summary = bulk_load(engine, args.events, runs=args.runs or default_run_count(args.events), seed=args.seed,
-                            progress=progress)
+        with progress_bar(args, "Synthesising", "events") as advance:
+            summary = bulk_load(engine, args.events, runs=args.runs or default_run_count(args.events),
+                                seed=args.seed, progress=advance)
     except RunsAlreadyPresent as exc:
         raise UsageError(str(exc)) from exc
     if args.json:
@@ -38,19 +36,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _progress_printer() -> Callable[[int, int], None]:
-    started = time.perf_counter()
-
-    def show(done: int, total: int) -> None:
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        sys.stderr.write(f"\r{done:,}/{total:,} events ({100 * done / total:5.1f}%), {done / elapsed:,.0f}/s".ljust(72))
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
-
-
 def register(sub: Any, parser_class: type) -> None:
     p = sub.add_parser(
         "synth",
@@ -64,5 +49,5 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--events", type=positive_int, required=True, help="number of events to create")
     p.add_argument("--runs", type=positive_int, help="number of runs they belong to (default: one per 2,000 events)")
     p.add_argument("--seed", type=int, default=1, help="random seed; runs are named synth-<seed>-rNNNNN (default 1)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_synth)

@@ -18,7 +18,8 @@ from autopack_pipeline.cli.common import (
     warn_unreadable,
 )
 
-STATUS_CHOICES = ("pending", "in_progress", "completed", "failed", "skipped")
+# storage.tasks.STATUSES, spelled out so the CLI starts without importing storage (a test keeps them equal).
+STATUS_CHOICES = ("pending", "in_progress", "completed", "failed", "skipped", "superseded")
 
 
 def _found(engine, task_id: str) -> dict[str, Any]:
@@ -30,53 +31,110 @@ def _found(engine, task_id: str) -> dict[str, Any]:
     return task
 
 
-def _line(task: dict[str, Any]) -> str:
+def _age(created_at: str | None, now: datetime) -> str:
+    """How long ago a task was created: ``45m``, ``5h``, ``3d``."""
+    if not created_at:
+        return "-"
+    seconds = max(0.0, (now - datetime.fromisoformat(created_at)).total_seconds())
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    return f"{int(seconds // 3600)}h" if seconds < 86400 else f"{int(seconds // 86400)}d"
+
+
+def _row(task: dict[str, Any], now: datetime) -> list[str]:
+    from autopack_pipeline.domain.task_evidence import group_label
+
     approval = " [needs approval]" if task.get("requires_approval") and task["status"] == "pending" else ""
-    return f"{task['task_id']}  {task['status']:<11} {task['priority']:<8} {task.get('kind') or '-':<22} {task['title']}{approval}"
+    return [task.get("priority") or "-", task["status"], _age(task.get("created_at"), now),
+            group_label(task.get("evidence")), task["task_id"], task["title"] + approval]
+
+
+def _print_todo(tasks: list[dict[str, Any]]) -> None:
+    """Tasks as a to-do list: aligned columns, most urgent first (the order they come in)."""
+    now = datetime.now(timezone.utc)
+    rows = [["PRIORITY", "STATUS", "AGE", "GROUP", "TASK", "TITLE"]] + [_row(t, now) for t in tasks]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.tasks import list_generated_tasks
+    from autopack_pipeline.storage.tasks import OPEN_STATUSES, list_generated_tasks
 
     engine = open_engine(args)
-    tasks = list_generated_tasks(engine, status=args.status)
+    every = list_generated_tasks(engine, status=args.status)
     if args.kind:
-        tasks = [t for t in tasks if t.get("kind") == args.kind]
+        every = [t for t in every if t.get("kind") == args.kind]
+    # Without --status or --all the list is a to-do list: the open tasks only.
+    tasks = every if args.status or args.all else [t for t in every if t["status"] in OPEN_STATUSES]
     if args.json:
         print_json(tasks)
         return EXIT_OK
     print(identity_line(engine))
     if not tasks:
-        print("No tasks" + (f" with status {args.status}" if args.status else "") + ".")
-    for task in tasks:
-        print(_line(task))
+        print("No tasks" + (f" with status {args.status}" if args.status else " open" if every else "") + ".")
+    else:
+        _print_todo(tasks)
+    closed = len(every) - len(tasks)
+    if closed:
+        print(f"({closed} closed task(s) not shown: `autopack-telemetry tasks list --all`)")
     return EXIT_OK
 
 
+def _cost_line(tokens: int) -> str:
+    """The estimated cost in tokens and, at the configured model's output price, in dollars."""
+    from autopack_pipeline import workflows
+    from autopack_pipeline.settings import SettingsError, load_settings
+
+    text = f"{tokens:,} tokens (Autopack's estimate of the work)"
+    try:
+        settings = load_settings()
+        price = workflows.load_prices_for(settings).price_of(settings.model).output
+    except (OSError, ValueError, SettingsError):  # no price table is no reason to refuse showing a task
+        return text
+    return text + f", about ${tokens * price / 1_000_000:,.2f} at {settings.model}'s output price"
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    from autopack_pipeline.domain.task_evidence import evidence_lines, group_label
+    from autopack_pipeline.tasks_review import next_step
+
     engine = open_engine(args)
     task = _found(engine, args.task_id)
     if args.json:
         print_json(task)
         return EXIT_OK
-    print(_line(task))
-    for key in ("confidence", "estimated_effort", "estimated_cost", "requires_approval", "created_at", "updated_at",
-                "completed_at", "retry_count", "max_retries", "executed_in_run_id", "failure_runs", "failure_reason",
-                "run_id", "fingerprint"):
-        if task.get(key) not in (None, []):
-            print(f"  {key}: {task[key]}")
-    print()
-    print(task.get("description") or "")
-    # The description already lists the finding's figures; add what only the stored evidence holds.
-    extra = {k: v for k, v in (task.get("evidence") or {}).items() if f"- {k}:" not in (task.get("description") or "")}
-    if extra:
-        print("\n## Also stored")
-        for key, value in extra.items():
-            print(f"- {key}: {value}")
+    approval = "needs approval" if task.get("requires_approval") else "no approval needed"
+    print(f"{task['task_id']}  {task['title']}")
+    print(f"  status: {task['status']}    priority: {task.get('priority')}    group: "
+          f"{group_label(task.get('evidence'))}    kind: {task.get('kind') or '-'}    {approval}")
+    if task.get("confidence") is not None:
+        print(f"  confidence: {task['confidence']:.2f}    effort: {task.get('estimated_effort') or '-'}")
+    if task.get("estimated_cost") is not None:
+        print(f"  estimated cost: {_cost_line(int(task['estimated_cost']))}")
+    print(f"  created: {task.get('created_at')}    updated: {task.get('updated_at') or '-'}"
+          + (f"    completed: {task['completed_at']}" if task.get("completed_at") else ""))
+    if task.get("retry_count") or task.get("failure_runs"):
+        print(f"  attempts: {task.get('retry_count') or 0} of {task.get('max_retries')}"
+              + (f" (runs {', '.join(task['failure_runs'])})" if task.get("failure_runs") else ""))
+    if task.get("failure_reason"):
+        print(f"  reason: {task['failure_reason']}")
+    # The stored description's problem statement; the evidence is rendered from the stored JSON, so a
+    # task written before the readable format is shown the same way.
+    problem = (task.get("description") or "").split("\n\n## Evidence")[0].strip()
+    if problem:
+        print()
+        print(problem)
+    print("\n## Evidence")
+    for line in evidence_lines(task.get("evidence")):
+        print(f"- {line}")
+    step = next_step(task)
+    print(f"\nNext: {step}" if step else "\nNothing to do: the task is closed.")
     return EXIT_OK
 
 
-def _generate(engine, settings, *, min_samples: int, window_days: float, method: str) -> dict[str, Any]:
+def _generate(engine, settings, args: argparse.Namespace, *, min_samples: int, window_days: float, method: str
+              ) -> dict[str, Any]:
     """What the generated_tasks asset computes, from the database: metrics, the gate, both calibration
     methods when it is open (``method`` chosen), drift; no report file is written."""
     from autopack_pipeline import workflows
@@ -86,7 +144,10 @@ def _generate(engine, settings, *, min_samples: int, window_days: float, method:
     from autopack_pipeline.storage.snapshot import snapshot_events
 
     database = describe_database(engine).url
-    snapshot, _refresh, _fallback = snapshot_events(engine)  # new events only, through the columnar copy
+    from autopack_pipeline.cli.progress import progress_bar
+
+    with progress_bar(args, "Extracting new events to the columnar copy", "rows", transient=True) as advance:
+        snapshot, _refresh, _fallback = snapshot_events(engine, progress=advance)  # new events only
     if snapshot.rows == 0 and read_phase_outcomes(engine).empty:
         raise Refused(f"nothing to analyse in {database}: no token-estimation events and no "
                       "phase outcomes (run `autopack-telemetry collect` first, or check DATABASE_URL)")
@@ -105,7 +166,7 @@ def _generate(engine, settings, *, min_samples: int, window_days: float, method:
                                                 outcome_window_days=window_days, now=now)
     return {"enabled": settings.task_generation_enabled, "database": database,
             "gate": calibration.gate.to_dict(), "method": method, "tasks_generated": len(tasks),
-            "tasks_new": stored, "tasks": [task.as_dict() for task in tasks],
+            "tasks_new": len(stored.inserted), "stored": stored.as_dict(), "tasks": [task.as_dict() for task in tasks],
             "unreadable_timestamps": snapshot.unreadable}
 
 
@@ -114,7 +175,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     engine = open_engine(args)
-    document = _generate(engine, settings, min_samples=args.min_samples, window_days=args.window_days,
+    document = _generate(engine, settings, args, min_samples=args.min_samples, window_days=args.window_days,
                          method=args.method)
     if args.json:
         print_json(document)
@@ -124,10 +185,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("Task generation is off (AUTOPACK_TASK_GENERATION_ENABLED=false): nothing generated.")
         return EXIT_OK
     print(document["gate"]["summary"])
-    print(f"{document['tasks_generated']} task(s) from this analysis, {document['tasks_new']} new "
-          f"(at most {settings.task_generation_max_tasks}, confidence >= {settings.task_generation_min_confidence:g}):")
+    stored = document["stored"]
+    print(f"{document['tasks_generated']} task(s) from this analysis (at most {settings.task_generation_max_tasks}, "
+          f"confidence >= {settings.task_generation_min_confidence:g}): {len(stored['inserted'])} new, "
+          f"{len(stored['refreshed']) + len(stored['reopened'])} refreshed with the new figures, "
+          f"{len(stored['superseded'])} superseded (finding gone).")
     for task in document["tasks"]:
         print(f"  {task['task_id']}  {task['priority']:<8} {task['kind']:<22} {task['title']}")
+    for task_id in stored["superseded"]:
+        print(f"  {task_id}  superseded")
+    print("See them with `autopack-telemetry tasks list`.")
     return EXIT_OK
 
 
@@ -161,29 +228,20 @@ def cmd_execute(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, verb: str) -> int:
-    from autopack_pipeline.storage import tasks as store
+    from autopack_pipeline import tasks_review
 
     engine = open_engine(args)
-    task = _found(engine, args.task_id)
     if verb == "approve":
-        outcome = store.approve_task(engine, args.task_id, note=args.note)
+        decision = tasks_review.approve_task(engine, args.task_id, note=args.note)
     elif verb == "reject":
-        outcome = store.reject_task(engine, args.task_id, reason=args.reason)
-    elif task["status"] in ("pending", "in_progress"):
-        outcome = store.mark_task_status(engine, args.task_id, "completed", failure_reason=None)
+        decision = tasks_review.reject_task(engine, args.task_id, reason=args.reason)
     else:
-        outcome = "not_pending"
-    if outcome == "not_found":
-        raise Refused(f"no task {args.task_id}")
-    if outcome == "not_pending":
-        raise Refused(f"task {args.task_id} is {task['status']}; only a pending task can be {verb}d"
-                      + (" (or an in-progress one completed)" if verb == "complete" else ""))
-    done = {"approve": "approved", "reject": "rejected (status skipped)", "complete": "completed"}[verb]
-    print(f"{args.task_id} {done}.")
-    if verb == "approve":
-        print("It will run with `autopack-telemetry tasks execute`." if task.get("kind") == "collect_samples" else
-              "This kind is carried out by a person; close it with `autopack-telemetry tasks complete "
-              f"{args.task_id}` when done.")
+        decision = tasks_review.complete_task(engine, args.task_id)
+    if not decision.done:
+        raise Refused(decision.message)
+    print(decision.message)
+    if decision.next_step:
+        print(f"Next: {decision.next_step}")
     return EXIT_OK
 
 
@@ -191,15 +249,16 @@ def register(sub: Any, parser_class: type) -> None:
     tasks = sub.add_parser("tasks", help="generated improvement tasks: list, show, generate, execute, approve, reject")
     tasks_sub = tasks.add_subparsers(dest="tasks_command", required=True, parser_class=parser_class)
 
-    p = tasks_sub.add_parser("list", help="tasks, most urgent first, then oldest")
-    p.add_argument("--status", choices=STATUS_CHOICES)
+    p = tasks_sub.add_parser("list", help="open tasks as a to-do list, most urgent first, then oldest")
+    p.add_argument("--status", choices=STATUS_CHOICES, help="only tasks with this status (closed ones included)")
+    p.add_argument("--all", action="store_true", help="every task, closed ones too (default: pending and in progress)")
     p.add_argument("--kind", help="only this kind, e.g. collect_samples or review_coefficients")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the tasks as one JSON document")
     p.set_defaults(func=cmd_list)
 
     p = tasks_sub.add_parser("show", help="one task with its description and evidence")
-    p.add_argument("task_id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("task_id", help="the task's id, TASK-... (see `tasks list`)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_show)
 
     p = tasks_sub.add_parser("generate", help="analyse the database and store new tasks (no report files written)")
@@ -208,27 +267,27 @@ def register(sub: Any, parser_class: type) -> None:
                    help="phase outcomes from the last N days (default 7)")
     p.add_argument("--method", choices=CALIBRATION_METHOD_CHOICES, default="coverage",
                    help="calibration method whose recommendations become tasks (default coverage, as the asset)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_generate)
 
     p = tasks_sub.add_parser("execute", help="run pending tasks that need no person (collect samples for a group)")
     p.add_argument("--limit", type=positive_int, default=10, help="run at most N tasks (default 10)")
     p.add_argument("--backend", choices=["simulated", "anthropic"], help="default: $AUTOPACK_LLM_BACKEND or simulated")
     p.add_argument("--seed", type=int, help="simulated backend seed (default: $AUTOPACK_SIM_SEED or 42)")
-    p.add_argument("--concurrency", type=positive_int, default=4)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--concurrency", type=positive_int, default=4, help="phases drained in parallel (default 4)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_execute)
 
     p = tasks_sub.add_parser("approve", help="a person approves a pending task")
-    p.add_argument("task_id")
+    p.add_argument("task_id", help="the task's id, TASK-... (see `tasks list`)")
     p.add_argument("--note", help="kept with the approval in the task's evidence")
     p.set_defaults(func=lambda args: _decide(args, "approve"))
 
     p = tasks_sub.add_parser("reject", help="a person rejects a pending task (status skipped)")
-    p.add_argument("task_id")
+    p.add_argument("task_id", help="the task's id, TASK-... (see `tasks list`)")
     p.add_argument("--reason", help="why; stored as the task's failure_reason")
     p.set_defaults(func=lambda args: _decide(args, "reject"))
 
     p = tasks_sub.add_parser("complete", help="a person closes a task they carried out")
-    p.add_argument("task_id")
+    p.add_argument("task_id", help="the task's id, TASK-... (see `tasks list`)")
     p.set_defaults(func=lambda args: _decide(args, "complete"))

@@ -18,6 +18,7 @@ from autopack_pipeline.cli.common import (
     print_json,
     warn_unreadable,
 )
+from autopack_pipeline.cli.progress import progress_bar
 
 _SHOWN_REJECTIONS = 20  # the rest are in the quarantine file
 
@@ -51,13 +52,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _progress_printer():
-    def show(lines: int) -> None:
-        print(f"\r  {lines} lines read", end="", file=sys.stderr, flush=True)
-
-    return show
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     from autopack_pipeline.storage.database import describe_database
     from autopack_pipeline.storage.transfer import import_file
@@ -69,11 +63,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     if quarantine.resolve() == source.resolve():
         raise UsageError("the quarantine file must differ from the input file")
     engine = open_engine(args)
-    tty = sys.stderr.isatty() and not args.json
-    report = import_file(engine, source, quarantine, batch_size=args.batch_size,
-                         progress=_progress_printer() if tty else None)
-    if tty:
-        print(file=sys.stderr)
+    with progress_bar(args, f"Importing {source.name}", "lines") as advance:
+        report = import_file(engine, source, quarantine, batch_size=args.batch_size,
+                             progress=(lambda lines: advance(lines)) if advance else None)
     if args.json:
         print_json({"database": describe_database(engine).to_dict(), "file": str(source.resolve()), **report.to_dict()})
     else:

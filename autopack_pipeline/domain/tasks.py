@@ -17,7 +17,11 @@ the estimated cost. Where we depart from it, on purpose:
 - A (category, complexity) group gets one task, not one per symptom: its Tier-1 breaches and
   truncation hot spot ride along with its calibration recommendation when it has one (the change a
   person would make), else they make one investigation. Otherwise a few breaching groups fill every
-  slot with symptoms and crowd out the tasks that act on them.
+  slot with symptoms and crowd out the tasks that act on them. The investigation's fingerprint is
+  the group's, whichever symptoms it holds, so a group never has two open investigations.
+- A Tier-1 breach's severity comes from how far beyond its target the rate surely is (the lower end
+  of its Wilson interval, in multiples of the target; :func:`breach_severity`), not from a fixed
+  "breach" level, so a group at 60% underestimation outranks one at 7%.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import pandas as pd
 from autopack_pipeline.domain.calibration import DECREASE_BELOW, INCREASE_ABOVE
 from autopack_pipeline.domain.fast_metrics import EventArrays, as_event_arrays, group_tier1_arrays
 from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.domain.task_evidence import evidence_lines
 
 MIN_CONFIDENCE_FLOOR = 0.5
 EFFORT_COST = {"S": 10_000, "M": 30_000, "L": 75_000, "XL": 150_000}
@@ -41,6 +46,13 @@ EXAMPLES_PER_PATTERN = 3
 EXAMPLE_CHARS = 100
 # Autopack adds one more severity point to a cost-sink pattern whose biggest sink passed this.
 COST_SINK_EXTRA_SEVERITY_TOKENS = 100_000
+# A Tier-1 breach is critical when even the lower end of its 95% interval is at least 5x the target
+# (e.g. underestimation surely >= 25%: one call in four runs out of budget), high at 2x, medium when
+# the interval lies above the target, low when it still includes the target (not demonstrated).
+CRITICAL_BREACH_FACTOR = 5.0
+HIGH_BREACH_FACTOR = 2.0
+# One severity in the middle of each priority band of priority_for.
+BREACH_SEVERITY = {"critical": 9, "high": 7, "medium": 5, "low": 3}
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,20 @@ def priority_for(severity: int) -> str:
     return "low"
 
 
+def breach_level(ci_low: float, target: float) -> str:
+    """How bad a breach of ``target`` is, from the lower end of the rate's 95% interval (both in %)."""
+    if ci_low <= target:
+        return "low"
+    if ci_low >= CRITICAL_BREACH_FACTOR * target:
+        return "critical"
+    return "high" if ci_low >= HIGH_BREACH_FACTOR * target else "medium"
+
+
+def breach_severity(ci_low: float, target: float) -> int:
+    """The 1..10 severity of a Tier-1 breach (its priority band is :func:`breach_level`)."""
+    return BREACH_SEVERITY[breach_level(ci_low, target)]
+
+
 def effort_for_occurrences(occurrences: int) -> str:
     if occurrences > 10:
         return "XL"
@@ -202,7 +228,7 @@ def insights_from_tier_metrics(tier1: dict[str, Any], scope: str = "overall") ->
                     + ("" if demonstrated else " The interval still includes the target: collect more events.")
                 ),
                 confidence=0.9 if demonstrated else 0.6,
-                severity=8 if demonstrated else 6,
+                severity=breach_severity(low, target),
                 task_kind="investigate_estimator",
                 requires_approval=True,
                 effort="M",
@@ -296,7 +322,7 @@ def _group_of(insight: Insight) -> str | None:
 
 
 def _symptom_figures(insight: Insight) -> dict[str, Any]:
-    return {key: insight.evidence.get(key) for key in ("metric", "observed", "threshold", "ci")}
+    return {key: insight.evidence.get(key) for key in ("metric", "observed", "threshold", "ci", "total_samples")}
 
 
 def _symptom_text(insight: Insight) -> str:
@@ -316,12 +342,14 @@ def _with_symptoms(fix: Insight, symptoms: list[Insight]) -> Insight:
 
 
 def _one_investigation(group: str, symptoms: list[Insight]) -> Insight:
-    if len(symptoms) == 1:
-        return symptoms[0]  # its own title and fingerprint, as before folding existed
+    # The subject is the group's whichever symptoms it holds today, so the task keeps its id when a
+    # second symptom appears or one goes away, and is refreshed instead of duplicated.
+    lone = symptoms[0] if len(symptoms) == 1 else None
     return Insight(
         kind="tier1_breach",
         subject=f"tier1:group={group}",
-        title=f"Tier-1 targets breached in {group}: {', '.join(_symptom_text(s) for s in symptoms)}",
+        title=lone.title if lone else
+        f"Tier-1 targets breached in {group}: {', '.join(_symptom_text(s) for s in symptoms)}",
         detail=" ".join(s.detail for s in symptoms),
         confidence=max(s.confidence for s in symptoms),
         severity=max(s.severity for s in symptoms),
@@ -428,8 +456,7 @@ def _task(pattern: Pattern, source: Mapping[str, Any] | None) -> GeneratedTask:
     else:
         title = lead.title
         description = f"## Problem\n{lead.detail}\n\n## Evidence\n" + "\n".join(
-            f"- {k}: {v}" for k, v in lead.evidence.items()
-        )
+            f"- {line}" for line in evidence_lines(lead.evidence))
         evidence = dict(lead.evidence) | figures
     evidence["source"] = _source_of(lead, source)
     return GeneratedTask(
@@ -451,19 +478,19 @@ def _task(pattern: Pattern, source: Mapping[str, Any] | None) -> GeneratedTask:
 def generate_tasks(
     insights: list[Insight],
     *,
-    max_tasks: int,
+    max_tasks: int | None,
     min_confidence: float,
     source: Mapping[str, Any] | None = None,
 ) -> list[GeneratedTask]:
     """Tasks from ``insights``: filter by confidence (never below the 0.5 floor), fold each group's
     findings into one (:func:`fold_group_findings`), group into patterns, keep the confident ones,
-    dedup by fingerprint, at most ``max_tasks``, most severe first.
+    dedup by fingerprint, at most ``max_tasks`` (``None``: every finding), most severe first.
 
     ``source`` is the generation's provenance, stored in each task's evidence, e.g.
     ``{"asset": "generated_tasks", "dagster_run_id": ..., "inputs": {"tier_metrics": {"dagster_run_id": ...}}}``;
     ``inputs`` maps an insight's source to the materialisation its figures came from.
     """
-    if max_tasks <= 0:
+    if max_tasks is not None and max_tasks <= 0:
         return []
     threshold = max(min_confidence, MIN_CONFIDENCE_FLOOR)
     # Fold after filtering: a symptom too uncertain to be a task must not raise its group's severity.
@@ -476,6 +503,6 @@ def generate_tasks(
         if task.fingerprint in tasks:
             continue
         tasks[task.fingerprint] = task
-        if len(tasks) >= max_tasks:
+        if max_tasks is not None and len(tasks) >= max_tasks:
             break
     return list(tasks.values())

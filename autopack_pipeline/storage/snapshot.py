@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.fast_metrics import EventArrays
-from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, RefreshResult, refresh_store
+from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, Progress, RefreshResult, refresh_store
 from autopack_pipeline.storage.events import read_events_checked
 from autopack_pipeline.storage.timestamps import UnreadableTimestamp, unreadable_document
 
@@ -101,14 +101,16 @@ def _load_cached(directory: str) -> EventArrays:
     return arrays
 
 
-def snapshot_events(engine: Engine) -> tuple[EventSnapshot, RefreshResult | None, str | None]:
-    """Refresh the columnar store of ``engine``'s database and snapshot it.
+def snapshot_events(engine: Engine, *, progress: Progress | None = None
+                    ) -> tuple[EventSnapshot, RefreshResult | None, str | None]:
+    """Refresh the columnar store of ``engine``'s database and snapshot it; ``progress(rows, total)``
+    follows the extraction of new rows.
 
     Returns (snapshot, the refresh, None), or, without a usable store, (a snapshot of the whole
     table read from the database, None, why there was no store).
     """
     try:
-        store, refresh = refresh_store(engine)
+        store, refresh = refresh_store(engine, progress=progress)
     except (ColumnarStoreError, OSError) as exc:
         store, refresh, reason = None, None, f"columnar store unavailable ({exc}); read the whole events table"
     else:

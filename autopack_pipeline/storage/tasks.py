@@ -5,11 +5,17 @@ for a task a person rejected. A failure with retries left sends the task back to
 ``retry_count`` and ``failure_runs`` grow); at ``max_retries`` it is ``failed`` for good. An
 ``in_progress`` task nobody has touched for a day was abandoned (a crash, a killed process) and is
 failed by :func:`cleanup_stale_tasks`, so it cannot block its group forever.
+
+Ours: ``superseded``, for a pending task whose finding a later generation no longer detects (the
+reason is its ``failure_reason``, the time its ``updated_at`` and ``evidence.superseded``). Such a task
+is reopened if its finding comes back. :func:`refresh_generated_tasks` stores one generation's
+findings: new ones inserted, pending ones given the new figures, the vanished ones superseded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -24,7 +30,14 @@ _WRITABLE = frozenset(column.key for column in _TASKS.columns) - {"id"}
 # Autopack's get_pending_tasks order: most urgent first, then oldest first.
 _PRIORITY_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 
-STATUSES = ("pending", "in_progress", "completed", "failed", "skipped")
+STATUSES = ("pending", "in_progress", "completed", "failed", "skipped", "superseded")
+OPEN_STATUSES = ("pending", "in_progress")
+# What a re-detection refreshes on a pending task: its figures. Status, approval, retries, kind and
+# the run that first found it stay as they are.
+REFRESHED_COLUMNS = ("title", "description", "priority", "confidence", "estimated_effort", "estimated_cost",
+                     "source_insights", "evidence")
+# Evidence a person or the lifecycle added, carried over when the figures are refreshed.
+_KEPT_EVIDENCE = ("approval", "reopened")
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_STALE_HOURS = 24
 
@@ -237,4 +250,91 @@ def reject_task(engine: Engine, task_id: str, *, reason: str | None = None) -> s
             return "not_pending"
         _set(connection, task_id, status="skipped", failure_reason=f"Rejected: {reason or 'no reason given'}",
              updated_at=utc_now())
+    return "updated"
+
+
+@dataclass(frozen=True)
+class TaskRefresh:
+    """What storing one generation did, by task id."""
+
+    inserted: list[str] = field(default_factory=list)
+    refreshed: list[str] = field(default_factory=list)
+    reopened: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"inserted": self.inserted, "refreshed": self.refreshed, "reopened": self.reopened,
+                "superseded": self.superseded}
+
+
+def _figures(row: Mapping[str, Any], old: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    values = {key: row[key] for key in REFRESHED_COLUMNS if key in row}
+    kept = {key: value for key, value in (old["evidence"] or {}).items() if key in _KEPT_EVIDENCE}
+    values["evidence"] = dict(row.get("evidence") or {}) | kept
+    return values | {"updated_at": now}
+
+
+def _supersede(connection: Connection, task: Mapping[str, Any], reason: str, now: datetime) -> None:
+    evidence = dict(task["evidence"] or {}) | {"superseded": {"at": _plain(now), "reason": reason}}
+    connection.execute(update(_TASKS).where(_TASKS.c.task_id == task["task_id"], _TASKS.c.status == "pending")
+                       .values(status="superseded", failure_reason=f"Superseded: {reason}", evidence=evidence,
+                               updated_at=now))
+
+
+def refresh_generated_tasks(
+    engine: Engine,
+    detected: list[dict[str, Any]],
+    *,
+    insert_at_most: int | None = None,
+    supersede_reason: Callable[[Mapping[str, Any]], str] | None = None,
+) -> TaskRefresh:
+    """Store one generation's findings, in one transaction.
+
+    ``detected`` is every task the generation found, most urgent first. A new one among the first
+    ``insert_at_most`` is inserted; one already pending gets the new figures (the task keeps its
+    status, approval and history); a superseded one among the first ``insert_at_most`` is reopened
+    as pending; a task a person or an executor has taken further (in progress, completed, failed,
+    skipped) is left alone. Every other pending generated task (one with a fingerprint) is no longer
+    detected and becomes ``superseded``, with ``supersede_reason(task)`` as the reason.
+    """
+    now = utc_now()
+    rows = [_to_row(task) for task in detected]
+    ids = [row["task_id"] for row in rows]
+    result = TaskRefresh()
+    with engine.begin() as connection:
+        stored = {row["task_id"]: row for row in connection.execute(
+            select(_TASKS).where(_TASKS.c.task_id.in_(ids)).with_for_update()).mappings()} if ids else {}
+        for position, row in enumerate(rows):
+            old = stored.get(row["task_id"])
+            may_open = insert_at_most is None or position < insert_at_most
+            if old is None:
+                if may_open and insert_ignoring_conflicts(connection, _TASKS, row, ["task_id"]):
+                    result.inserted.append(row["task_id"])
+            elif old["status"] == "pending":
+                _set(connection, row["task_id"], **_figures(row, old, now))
+                result.refreshed.append(row["task_id"])
+            elif old["status"] == "superseded" and may_open:
+                values = _figures(row, old, now)
+                values["evidence"]["reopened"] = {"at": _plain(now), "after": old["failure_reason"]}
+                _set(connection, row["task_id"], status="pending", failure_reason=None, **values)
+                result.reopened.append(row["task_id"])
+        gone = connection.execute(
+            select(_TASKS).where(_TASKS.c.status == "pending", _TASKS.c.fingerprint.is_not(None),
+                                 _TASKS.c.task_id.not_in(ids)).with_for_update()).mappings().all()
+        for task in gone:
+            _supersede(connection, task, supersede_reason(task) if supersede_reason else "no longer detected", now)
+            result.superseded.append(task["task_id"])
+    return result
+
+
+def supersede_task(engine: Engine, task_id: str, *, reason: str) -> str:
+    """Close a pending task as ``superseded`` with ``reason``. Returns ``"updated"``, ``"not_found"`` or
+    ``"not_pending"``."""
+    with engine.begin() as connection:
+        task = _locked(connection, task_id)
+        if task is None:
+            return "not_found"
+        if task["status"] != "pending":
+            return "not_pending"
+        _supersede(connection, task, reason, utc_now())
     return "updated"

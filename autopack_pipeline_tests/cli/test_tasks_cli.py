@@ -103,7 +103,8 @@ def test_list_show_approve_reject_complete(db):
     assert "Review PHASE_OVERHEAD" in run("tasks", "show", "TASK-REVIEW", db=db).stdout
 
     approved = run("tasks", "approve", "TASK-REVIEW", "--note", "looks right", db=db)
-    assert approved.returncode == 0 and "carried out by a person" in approved.stdout
+    assert approved.returncode == 0 and approved.stdout.startswith("TASK-REVIEW approved.\nNext: review the report")
+    assert "`autopack-telemetry tasks complete TASK-REVIEW`" in approved.stdout
     assert _task(db, "TASK-REVIEW")["evidence"]["approval"]["note"] == "looks right"
     assert run("tasks", "complete", "TASK-REVIEW", db=db).returncode == 0
     assert _task(db, "TASK-REVIEW")["status"] == "completed"
@@ -171,7 +172,7 @@ def test_generate_from_collected_telemetry_twice_stores_each_task_once(db):
     assert off.returncode == 0 and "Task generation is off" in off.stdout
 
 
-def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db):
+def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db, monkeypatch):
     """Same events, same analysis: the chosen calibration method's recommendations and the drift findings
     become the same tasks from the terminal as from "Materialize all"."""
     import dagster as dg
@@ -180,6 +181,10 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db):
     from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
     from autopack_pipeline.storage.bulk import bulk_load
 
+    # Room for every finding: the synthetic groups' critical breaches would otherwise fill the 10 slots
+    # ahead of the (high) coefficient reviews this test compares.
+    slots = {"AUTOPACK_TASK_GENERATION_MAX_TASKS": "40"}
+    monkeypatch.setenv("AUTOPACK_TASK_GENERATION_MAX_TASKS", "40")
     engine = make_engine(sqlite_url)
     upgrade_database(engine)
     bulk_load(engine, 4_000, runs=8, seed=3)
@@ -196,14 +201,14 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db):
     reports = sorted((db.parent / "reports").iterdir())
     assert Path(calibration["reports"]["json"]) in reports
 
-    document = json.loads(run("tasks", "generate", "--json", db=db).stdout)
+    document = json.loads(run("tasks", "generate", "--json", db=db, env_extra=slots).stdout)
     assert document["gate"]["open"] and document["method"] == "coverage"
     assert document["tasks_new"] == 0  # every finding was stored by the asset already
     assert {t["task_id"] for t in document["tasks"]} == set(from_asset)
     reviews = [t for t in document["tasks"] if t["kind"] == "review_coefficients"]
     assert reviews and all(t["evidence"]["method"] == "coverage" for t in reviews)
 
-    median = json.loads(run("tasks", "generate", "--json", "--method", "autopack-median", db=db).stdout)
+    median = json.loads(run("tasks", "generate", "--json", "--method", "autopack-median", db=db, env_extra=slots).stdout)
     assert median["method"] == "autopack-median"
     reviews = [t for t in median["tasks"] if t["kind"] == "review_coefficients"]
     assert reviews and all(t["evidence"]["method"] == "autopack-median" for t in reviews)
@@ -231,3 +236,74 @@ def test_generate_on_phase_outcomes_alone_finds_their_patterns(db):
     assert not document["gate"]["open"] and "only 0 clean samples" in document["gate"]["summary"]
     assert {t["kind"] for t in document["tasks"]} and all("build" in t["title"] for t in document["tasks"])
     assert {t["title"].split()[2] for t in document["tasks"]} == {"cost_sink", "failure_mode"}
+
+
+# -- a person's view, in process -------------------------------------------------------------------------
+
+BREACH = {"task_id": "TASK-BREACH", "fingerprint": "breach", "title": "Tier-1 targets breached in docs/low",
+          "priority": "critical", "kind": "investigate_estimator", "requires_approval": True, "estimated_cost": 40950,
+          "estimated_effort": "M", "confidence": 0.9,
+          "description": "## Problem\nObserved 60.0% over 40 events.\n\n## Evidence\n- ci: [44.6, 73.7]",
+          "evidence": {"scope": "group=docs/low", "severity": 9, "occurrences": 1,
+                       "symptoms": [{"metric": "underestimation_rate_pct", "observed": 60.0, "threshold": 5.0,
+                                     "ci": [44.6, 73.7], "total_samples": 40}],
+                       "source": {"input": "tier_metrics", "dagster_run_id": "run-7"}}}
+SINKS = {"task_id": "TASK-SINKS", "fingerprint": "sinks", "title": "Fix recurring cost_sink issues (docs phases)",
+         "priority": "high", "kind": "reduce_token_cost", "requires_approval": True, "estimated_cost": 20000,
+         "evidence": {"severity": 7, "occurrences": 2,
+                      "examples": [{"phase_id": "p1", "phase_type": "docs", "total_tokens": 120000,
+                                    "avg_tokens": 60000.5, "count": 2, "phase_type_failure_rate": 0.35}]}}
+
+
+def _cli(capsys, db: Path, *args: str) -> tuple[int, str, str]:
+    from autopack_pipeline.cli import main
+
+    code = main(["--database-url", f"sqlite:///{db}", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_show_renders_evidence_with_units_and_the_next_command(capsys, db):
+    _seed(db, BREACH, SINKS)
+    code, out, _ = _cli(capsys, db, "tasks", "show", "TASK-BREACH")
+    assert code == 0
+    evidence = out[out.index("## Evidence"):]
+    assert "{" not in evidence and "[" not in evidence and "'" not in evidence  # no Python reprs
+    assert "underestimation rate 60.0% (95% interval 44.6-73.7%; target at most 5%; 40 events)" in evidence
+    assert "estimated cost: 40,950 tokens" in out and "$" in out
+    assert "group: docs/low" in out
+    assert "Next: look at `autopack-telemetry metrics --stratify`" in out and "tasks complete TASK-BREACH" in out
+
+    code, out, _ = _cli(capsys, db, "tasks", "show", "TASK-SINKS")
+    assert "used: 120,000 tokens" in out and "failure rate of the phase type: 35.0%" in out
+    assert "{" not in out[out.index("## Evidence"):]
+
+
+def test_reject_says_rejected_and_a_second_reject_is_refused_in_plain_english(capsys, db):
+    _seed(db, BREACH)
+    code, out, _ = _cli(capsys, db, "tasks", "reject", "TASK-BREACH", "--reason", "known")
+    assert code == 0 and out.startswith("TASK-BREACH rejected (status skipped).")
+    code, _, err = _cli(capsys, db, "tasks", "reject", "TASK-BREACH")
+    assert code == 1 and "only a pending task can be rejected" in err and "rejectd" not in err
+    code, out, _ = _cli(capsys, db, "tasks", "show", "TASK-BREACH")
+    assert "reason: Rejected: known" in out and "Nothing to do: the task is closed." in out
+
+
+def test_list_reads_as_a_to_do_list_of_open_tasks(capsys, db):
+    _seed(db, BREACH, SINKS, COLLECT)
+    _cli(capsys, db, "tasks", "reject", "TASK-COLLECT")
+    code, out, _ = _cli(capsys, db, "tasks", "list")
+    lines = out.splitlines()
+    assert code == 0 and lines[1].split() == ["PRIORITY", "STATUS", "AGE", "GROUP", "TASK", "TITLE"]
+    assert lines[2].split()[:5] == ["critical", "pending", "0m", "docs/low", "TASK-BREACH"]
+    assert lines[3].split()[:6] == ["high", "pending", "0m", "phases:", "docs", "TASK-SINKS"]
+    assert "TASK-COLLECT" not in out and "1 closed task(s) not shown" in out
+    _, out, _ = _cli(capsys, db, "tasks", "list", "--all")
+    assert "TASK-COLLECT" in out and "skipped" in out
+
+
+def test_the_cli_status_choices_are_the_stored_statuses():
+    from autopack_pipeline.cli.tasks import STATUS_CHOICES
+    from autopack_pipeline.storage.tasks import STATUSES
+
+    assert STATUS_CHOICES == STATUSES

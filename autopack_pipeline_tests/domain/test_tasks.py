@@ -1,6 +1,7 @@
 """Insights, patterns and generated tasks: confidence floor, dedup by fingerprint, priorities, effort, cost."""
 
 import pandas as pd
+import pytest
 
 from autopack_pipeline.domain.tasks import (
     MIN_CONFIDENCE_FLOOR,
@@ -8,8 +9,9 @@ from autopack_pipeline.domain.tasks import (
     detect_patterns,
     effort_for_occurrences,
     estimated_cost,
+    breach_level,
+    breach_severity,
     fingerprint,
-    fold_group_findings,
     generate_tasks,
     insights_from_calibration,
     insights_from_group_metrics,
@@ -91,7 +93,7 @@ def test_confidence_filter_never_goes_below_the_floor_and_max_tasks_keeps_the_mo
     mixed = insights_from_tier_metrics(_tier1(30.0, (18.0, 45.0))) + insights_from_sample_shortfalls({("docs", "low"): 1}, 5)
     only = generate_tasks(mixed, max_tasks=1, min_confidence=0.5)
     assert [t.kind for t in only] == ["investigate_estimator"]
-    assert only[0].priority == "critical"
+    assert only[0].priority == "high"  # the interval's lower end, 18%, is 3.6x the 5% target
 
 
 def test_priority_bands():
@@ -215,9 +217,9 @@ def _recommendation(category: str, complexity: str, multiplier: float = 1.6) -> 
 
 def test_a_group_gets_one_task_its_recommendation_carrying_its_breaches():
     overall = insights_from_tier_metrics(_tier1(30.0, (18.0, 45.0)))
-    docs = insights_from_tier_metrics(_tier1(40.0, (25.0, 55.0), trunc=12.0, trunc_ci=(5.0, 25.0)),
+    docs = insights_from_tier_metrics(_tier1(40.0, (12.0, 55.0), trunc=12.0, trunc_ci=(4.5, 25.0)),
                                       scope="group=docs/low")
-    tests = insights_from_tier_metrics(_tier1(40.0, (25.0, 55.0), trunc=12.0, trunc_ci=(5.0, 25.0)),
+    tests = insights_from_tier_metrics(_tier1(40.0, (12.0, 55.0), trunc=12.0, trunc_ci=(4.5, 25.0)),
                                        scope="group=tests/high")
     fix = _recommendation("docs", "low", multiplier=1.3)  # severity 7 on its own
     tasks = generate_tasks([*overall, *docs, *tests, fix], max_tasks=10, min_confidence=0.7)
@@ -225,7 +227,7 @@ def test_a_group_gets_one_task_its_recommendation_carrying_its_breaches():
     assert len(tasks) == 3  # four symptoms and a fix in two groups: one task per group, plus the overall one
     assert tasks[0].title.endswith("(overall)")  # at equal severity, the finding over every event comes first
     [review] = [t for t in tasks if t.kind == "review_coefficients"]
-    assert review.evidence["method"] == "coverage" and review.priority == "critical"  # the breach's severity 8
+    assert review.evidence["method"] == "coverage" and review.priority == "high"  # both breaches surely >= 2x the target
     assert [s["metric"] for s in review.evidence["symptoms"]] == ["underestimation_rate_pct", "truncation_rate_pct"]
     assert "underestimation 40.0% (target 5%); truncation 12.0% (target 2%)" in review.description
     [combined] = [t for t in tasks[1:] if t.kind == "investigate_estimator"]
@@ -234,12 +236,47 @@ def test_a_group_gets_one_task_its_recommendation_carrying_its_breaches():
     assert combined.evidence["scope"] == "group=tests/high" and len(combined.evidence["symptoms"]) == 2
 
 
-def test_a_lone_symptom_keeps_its_own_task_and_an_uncertain_one_does_not_raise_the_fix():
-    lone = insights_from_tier_metrics(_tier1(0.0, (0.0, 5.0), trunc=12.0, trunc_ci=(5.0, 25.0)),
-                                      scope="group=docs/low")
-    assert fold_group_findings(lone) == lone  # same subject, so the same task id as before folding
+def test_a_groups_investigation_keeps_its_task_id_as_its_symptoms_change_and_an_uncertain_one_does_not_raise_the_fix():
+    one = insights_from_tier_metrics(_tier1(0.0, (0.0, 5.0), trunc=12.0, trunc_ci=(5.0, 25.0)),
+                                     scope="group=docs/low")
+    two = insights_from_tier_metrics(_tier1(40.0, (25.0, 55.0), trunc=12.0, trunc_ci=(5.0, 25.0)),
+                                     scope="group=docs/low")
+    [alone] = generate_tasks(one, max_tasks=10, min_confidence=0.7)
+    [both] = generate_tasks(two, max_tasks=10, min_confidence=0.7)
+    assert alone.task_id == both.task_id  # one open investigation per group, whichever symptoms it has
+    assert alone.title == one[0].title and "docs/low" in both.title
 
     uncertain = insights_from_tier_metrics(_tier1(8.0, (2.0, 20.0)), scope="group=tests/low")  # confidence 0.6
     fix = _recommendation("tests", "low", multiplier=1.1 * 1.2)
     [task] = generate_tasks([*uncertain, fix], max_tasks=10, min_confidence=0.7)
     assert task.kind == "review_coefficients" and "symptoms" not in task.evidence and task.priority == "high"
+
+
+@pytest.mark.parametrize(("ci_low", "target", "level"), [
+    (30.0, 5.0, "critical"),  # even the pessimistic end is 6x the target
+    (25.0, 5.0, "critical"),  # exactly 5x
+    (24.9, 5.0, "high"),
+    (10.0, 5.0, "high"),  # 2x
+    (9.9, 5.0, "medium"),
+    (5.1, 5.0, "medium"),  # demonstrated, but not by much
+    (5.0, 5.0, "low"),  # the interval still includes the target
+    (0.5, 2.0, "low"),
+    (4.0, 2.0, "high"),
+    (10.0, 2.0, "critical"),
+])
+def test_breach_severity_follows_the_lower_end_of_the_interval_in_multiples_of_the_target(ci_low, target, level):
+    assert breach_level(ci_low, target) == level
+    assert priority_for(breach_severity(ci_low, target)) == level
+
+
+def test_breaches_of_different_sizes_get_different_priorities():
+    """Constructed figures: the same observed 12% truncation is critical on 2,000 events and low on
+    25; 60% underestimation on 200 events outranks 8% on 2,000."""
+    tier1s = {
+        "big-sure": _tier1(60.0, (53.1, 66.6), trunc=12.0, trunc_ci=(10.7, 13.5)),
+        "small-sure": _tier1(8.0, (6.9, 9.3)),
+        "uncertain": _tier1(0.0, (0.0, 5.0), trunc=12.0, trunc_ci=(1.5, 30.0)),
+    }
+    levels = {scope: [priority_for(i.severity) for i in insights_from_tier_metrics(t, scope=f"group=g/{scope}")]
+              for scope, t in tier1s.items()}
+    assert levels == {"big-sure": ["critical", "critical"], "small-sure": ["medium"], "uncertain": ["low"]}

@@ -184,7 +184,7 @@ def test_generation_stores_every_field_and_a_second_run_adds_nothing(engine: Eng
     kinds = sorted(t.kind for t in first)
     assert kinds == ["collect_samples", "investigate_estimator", "investigate_estimator", "investigate_estimator",
                      "reduce_token_cost"]  # overall + group breach, drift, docs/low shortfall, cost sinks
-    assert stored == len(first)
+    assert len(stored.inserted) == len(first)
     rows = {t["task_id"]: t for t in list_generated_tasks(engine)}
     for task in first:
         row = rows[task.task_id]
@@ -199,7 +199,7 @@ def test_generation_stores_every_field_and_a_second_run_adds_nothing(engine: Eng
     second, stored_again = workflows.improvement_tasks(engine, settings, metrics, counts, None, events=events,
                                                        extra_insights=[drift], source={"dagster_run_id": "run-2"})
     assert {t.task_id for t in second} == {t.task_id for t in first}
-    assert stored_again == 0
+    assert stored_again.inserted == [] and stored_again.superseded == []
     assert len(list_generated_tasks(engine)) == len(first)
     assert get_task(engine, shortfall.task_id)["status"] == "completed"  # a stored task's history is left alone
 
@@ -209,5 +209,101 @@ def test_generation_can_be_switched_off(engine: Engine) -> None:
     samples = clean_samples(events)
     settings = load_settings(task_generation_enabled=False)
     metrics = workflows.tier_metrics_document(events, len(samples))
-    assert workflows.improvement_tasks(engine, settings, metrics, {}, None) == ([], 0)
+    assert workflows.improvement_tasks(engine, settings, metrics, {}, None) == ([], workflows.TaskRefresh())
     assert list_generated_tasks(engine) == []
+
+
+def _group_events(under: int, n: int = 40, *, category: str = "implementation", start: int = 1) -> pd.DataFrame:
+    """``n`` successful events of one group, ``under`` of them underestimated (actual 2x predicted)."""
+    return pd.DataFrame([{"event_id": start + i, "run_id": "r", "phase_id": f"{category}{start + i}",
+                          "category": category, "complexity": "medium", "predicted_output_tokens": 1000,
+                          "actual_output_tokens": 2000 if i < under else 900, "selected_budget": 4000,
+                          "success": True, "truncated": False} for i in range(n)])
+
+
+def _generate(engine: Engine, events: pd.DataFrame):
+    settings = load_settings(task_generation_max_tasks=10, task_generation_min_confidence=0.7,
+                             task_generation_enabled=True)
+    metrics = workflows.tier_metrics_document(events, len(clean_samples(events)))
+    return workflows.improvement_tasks(engine, settings, metrics, workflows.summarise_samples(events).group_counts,
+                                       None, events=events)
+
+
+def _open_by_group(engine: Engine) -> dict[str, list[str]]:
+    from autopack_pipeline.domain.task_evidence import group_label
+
+    found: dict[str, list[str]] = {}
+    for task in list_generated_tasks(engine, status="pending"):
+        found.setdefault(group_label(task["evidence"]), []).append(task["task_id"])
+    return found
+
+
+def test_re_detection_refreshes_the_figures_and_a_vanished_finding_is_superseded(engine: Engine) -> None:
+    first, stored = _generate(engine, _group_events(under=10))  # 25% underestimated
+    [breach] = [t for t in first if t.evidence.get("scope") == "group=implementation/medium"]
+    assert breach.task_id in stored.inserted
+    before = get_task(engine, breach.task_id)
+
+    worse = pd.concat([_group_events(under=10), _group_events(under=30, start=41)])  # now 50%
+    _, stored = _generate(engine, worse)
+    after = get_task(engine, breach.task_id)
+    assert breach.task_id in stored.refreshed and after["status"] == "pending"
+    assert after["evidence"]["symptoms"][0]["observed"] == 50.0 != before["evidence"]["symptoms"][0]["observed"]
+    assert after["priority"] == "critical" != before["priority"]
+    assert "50.0%" in after["title"] and "50.0%" in after["description"]
+    assert after["updated_at"] is not None and after["created_at"] == before["created_at"]
+    assert all(len(ids) == 1 for ids in _open_by_group(engine).values())  # one open task per group
+
+    _, stored = _generate(engine, _group_events(under=0, n=80))  # the group meets its targets now
+    gone = get_task(engine, breach.task_id)
+    assert breach.task_id in stored.superseded and gone["status"] == "superseded"
+    assert gone["failure_reason"].startswith("Superseded: not detected by the generation of")
+    assert gone["evidence"]["superseded"]["at"] and gone["evidence"]["superseded"]["reason"]
+    assert "implementation/medium" not in _open_by_group(engine)
+
+    _, stored = _generate(engine, worse)  # the finding is back: the same task reopens
+    assert breach.task_id in stored.reopened and get_task(engine, breach.task_id)["status"] == "pending"
+
+
+def test_re_detection_keeps_a_persons_decisions(engine: Engine) -> None:
+    events = _group_events(under=10)
+    first, _ = _generate(engine, events)
+    [breach] = [t for t in first if t.evidence.get("scope") == "group=implementation/medium"]
+    [overall] = [t for t in first if t.evidence.get("scope") == "overall"]
+    assert approve_task(engine, breach.task_id, note="ok") == "updated"
+    assert reject_task(engine, overall.task_id, reason="known") == "updated"
+    _, stored = _generate(engine, pd.concat([events, _group_events(under=30, start=41)]))
+    assert breach.task_id in stored.refreshed and overall.task_id not in stored.refreshed + stored.reopened
+    assert get_task(engine, breach.task_id)["evidence"]["approval"]["note"] == "ok"
+    assert get_task(engine, overall.task_id)["status"] == "skipped"
+
+
+def test_a_group_whose_calibration_starts_recommending_has_one_open_task(engine: Engine) -> None:
+    """Its investigation is superseded by the review that now carries the group's breaches."""
+    from autopack_pipeline.tasks_review import refresh_tasks
+
+    investigation = {"task_id": "TASK-INV", "fingerprint": "inv", "title": "Tier-1 targets breached in a/b",
+                     "kind": "investigate_estimator", "evidence": {"scope": "group=a/b", "symptoms": [{}]}}
+    review = {"task_id": "TASK-REV", "fingerprint": "rev", "title": "Review PHASE_OVERHEAD for a/b",
+              "kind": "review_coefficients",
+              "evidence": {"category": "a", "complexity": "b", "method": "coverage", "symptoms": [{}]}}
+    shortfall = {"task_id": "TASK-FEW", "fingerprint": "few", "title": "Collect 2 more clean samples for a/b",
+                 "kind": "collect_samples", "evidence": {"category": "a", "complexity": "b", "observed": 3,
+                                                         "threshold": 5}}
+    assert refresh_tasks(engine, [investigation, shortfall], max_new=10, detected_by="run 1").inserted == [
+        "TASK-INV", "TASK-FEW"]
+    stored = refresh_tasks(engine, [review], max_new=10, detected_by="run 2")
+    assert (stored.inserted, sorted(stored.superseded)) == (["TASK-REV"], ["TASK-FEW", "TASK-INV"])
+    assert get_task(engine, "TASK-INV")["failure_reason"] == (
+        "Superseded: not detected by run 2; the group's finding is now TASK-REV")
+    assert get_task(engine, "TASK-FEW")["failure_reason"] == "Superseded: not detected by run 2"
+    assert [t["task_id"] for t in list_generated_tasks(engine, status="pending")] == ["TASK-REV"]
+
+
+def test_findings_beyond_max_tasks_are_refreshed_not_superseded_nor_inserted(engine: Engine) -> None:
+    from autopack_pipeline.tasks_review import refresh_tasks
+
+    tasks = [{"task_id": f"T-{i}", "fingerprint": str(i), "title": f"t{i}", "evidence": {}} for i in range(3)]
+    assert refresh_tasks(engine, tasks[1:], max_new=1, detected_by="g1").inserted == ["T-1"]
+    stored = refresh_tasks(engine, tasks, max_new=1, detected_by="g2")  # T-1 is now second, past the cut
+    assert (stored.inserted, stored.refreshed, stored.superseded) == (["T-0"], ["T-1"], [])

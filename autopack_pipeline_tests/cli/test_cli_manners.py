@@ -1,0 +1,97 @@
+"""CLI manners: progress bars on a terminal only, help on every flag, ``--version``. In process, through
+``autopack_pipeline.cli.main``; a terminal is simulated by making the captured streams say they are one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from autopack_pipeline.cli import build_parser, main
+
+
+def _cli(capsys, db: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["--database-url", f"sqlite:///{db}", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _as_terminal(monkeypatch) -> None:
+    """Make the captured stdout and stderr claim to be a terminal (as rich and the CLI ask them). Called
+    in the test itself: during fixture set-up the streams are not yet the test's captured ones."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+
+
+COLLECT = ("collect", "--backend", "simulated", "--category", "docs", "--complexity", "low", "--phases", "2")
+# What each long command's bar says: its description and its unit.
+LONG_COMMANDS = {
+    "collect": (COLLECT, "Collecting", "phases"),
+    "synth": (("synth", "--events", "300", "--seed", "5"), "Synthesising", "events"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LONG_COMMANDS))
+def test_long_commands_draw_a_bar_on_a_terminal(name, capsys, monkeypatch, tmp_path):
+    _as_terminal(monkeypatch)
+    terminal = capsys
+    args, description, unit = LONG_COMMANDS[name]
+    code, out, err = _cli(terminal, tmp_path / "t.db", *args)
+    assert code == 0, err
+    assert description in err and unit in err and "\x1b[" in err  # rich's bar, on stderr
+    assert description not in out
+
+
+@pytest.mark.parametrize("name", sorted(LONG_COMMANDS))
+def test_no_bar_when_the_output_is_not_a_terminal_or_json_is_asked(name, capsys, monkeypatch, tmp_path):
+    args, description, _unit = LONG_COMMANDS[name]
+    code, _out, err = _cli(capsys, tmp_path / "a.db", *args)  # captured streams: not terminals
+    assert code == 0 and description not in err and "\x1b[" not in err
+    _as_terminal(monkeypatch)
+    code, out, err = _cli(capsys, tmp_path / "b.db", *args, "--json")
+    assert code == 0 and description not in err and "\x1b[" not in err
+    json.loads(out)
+
+
+def test_import_and_the_columnar_extraction_draw_bars_on_a_terminal(capsys, monkeypatch, tmp_path):
+    _as_terminal(monkeypatch)
+    terminal = capsys
+    source = tmp_path / "source.db"
+    assert _cli(terminal, source, "synth", "--events", "300", "--json")[0] == 0
+    export = tmp_path / "events.ndjson"
+    assert _cli(terminal, source, "export", "-o", str(export))[0] == 0
+
+    code, _out, err = _cli(terminal, tmp_path / "target.db", "import", str(export), "--batch-size", "100")
+    assert code == 0, err
+    assert "Importing events.ndjson" in err and "lines" in err and "\x1b[" in err
+
+    code, _out, err = _cli(terminal, source, "metrics")
+    assert code == 0, err
+    assert "Extracting new events" in err and "rows" in err
+    code, _out, err = _cli(terminal, source, "metrics")  # nothing new to extract: no bar at all
+    assert code == 0 and "Extracting" not in err
+
+
+def _flags_without_help(parser: argparse.ArgumentParser, path: str):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _flags_without_help(sub, f"{path} {name}")
+        elif not (action.help or "").strip():
+            yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+
+def test_every_flag_and_argument_of_every_subcommand_has_help():
+    missing = list(_flags_without_help(build_parser(), "autopack-telemetry"))
+    assert missing == [], "options without help text:\n" + "\n".join(missing)
+
+
+def test_version_prints_the_installed_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"autopack-telemetry {version('autopack_pipeline')}"
