@@ -86,5 +86,5 @@ def register(sub: Any, parser_class: type) -> None:
                     "including rows still in the -wal file that a plain copy of the .db file would miss. The copy "
                     "is one self-contained file. For PostgreSQL it prints the pg_dump command to use instead.")
     p.add_argument("file", metavar="FILE", help="where the copy goes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(func=cmd_db_backup)

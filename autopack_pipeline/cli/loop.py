@@ -60,15 +60,16 @@ def cmd_loop(args: argparse.Namespace) -> int:
 
 def register(sub: Any, parser_class: type) -> None:
     p = sub.add_parser("loop", help="rounds of collect -> calibrate -> backtest -> apply, measured per round")
-    p.add_argument("--rounds", type=positive_int, required=True)
-    p.add_argument("--runs-per-round", type=positive_int, required=True)
-    p.add_argument("--backend", choices=["simulated", "anthropic"], default="simulated")
+    p.add_argument("--rounds", type=positive_int, required=True, help="rounds of collect -> calibrate -> apply")
+    p.add_argument("--runs-per-round", type=positive_int, required=True, help="collection runs in each round")
+    p.add_argument("--backend", choices=["simulated", "anthropic"], default="simulated",
+                   help="who answers: the offline simulator (default) or the Messages API (paid)")
     p.add_argument("--world", help="a name for the world answering (default: the backend's); run ids carry it")
     p.add_argument("--seed", type=int, help="simulated backend seed (default: $AUTOPACK_SIM_SEED or 42)")
     p.add_argument("--work-dir", help="where the database and the seeds copy go (default: a new temp directory)")
     p.add_argument("--seeds-dir", help="edit these seeds in place instead of a private copy (asked for explicitly)")
-    p.add_argument("--concurrency", type=positive_int, default=4)
+    p.add_argument("--concurrency", type=positive_int, default=4, help="phases drained at a time (default 4)")
     p.add_argument("--template-phases-per-group", type=positive_int,
                    help="template phases per group in each run (default: the collection's)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(func=cmd_loop)
