@@ -128,6 +128,33 @@ def test_a_lock_longer_than_the_budget_stops_cleanly_and_resumes(sqlite_url, mon
     assert_stored_exactly_once(engine, "outage", first.answers + second.answers)
 
 
+def test_a_resumed_run_stores_the_spooled_answers_before_retrying_their_phases(sqlite_url, monkeypatch,
+                                                                               short_busy_timeout):
+    """The spool is written first even when the database is still locked as the resumed run starts.
+
+    Otherwise a spooled answer's phase is asked again under the same attempt number, and the spooled
+    answer is refused as a duplicate when it is replayed later: one answer lost."""
+    monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "0.3")
+    monkeypatch.setenv("AUTOPACK_RUN_LEASE_SECONDS", "1")
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    holders = []
+    first = Recording(make_backend(load_settings()), before=lambda n, _r: n == 2 and holders.append(
+        hold_write_lock(engine.url.database, 2.5)))
+    stopped = _collect(engine, first, "spooled", phases=6)
+    holders[0].join()
+    assert not stopped.ok and stopped.events_spooled > 0
+
+    time.sleep(1.1)  # the stopped run's lease expires
+    monkeypatch.setenv("AUTOPACK_DB_RETRY_SECONDS", "15")
+    hold_write_lock(engine.url.database, 1.0)  # still locked as the resumed run starts
+    second = Recording(make_backend(load_settings()))
+    resumed = _collect(engine, second, "spooled", phases=6)
+
+    assert resumed.ok, resumed.problems()
+    assert_stored_exactly_once(engine, "spooled", first.answers + second.answers)
+
+
 def test_an_unwritable_spool_during_an_outage_is_an_error(sqlite_url, monkeypatch, tmp_path, short_busy_timeout):
     not_a_directory = tmp_path / "spool-is-a-file"
     not_a_directory.write_text("")

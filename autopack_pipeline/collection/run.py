@@ -177,14 +177,13 @@ def run_collection(
     summary = CollectionSummary(run_id=run.run_id, backend=builder.backend.name, model=builder.model,
                                 spool_file=str(spool.spool_path(engine)))
     summary.phases_total = len(phases)
-    # Events spooled by an earlier drain go in first, so the phases' states are judged on all of them.
-    _replay_spool(engine)
     retry_while_unavailable(lambda: create_run_row(engine, run, len(phases)), what=f"run {run.run_id}",
                             budget_seconds=db_retry_seconds)
     lease = retry_while_unavailable(lambda: RunLease.claim(engine, run.run_id, lease_seconds),
                                     what=f"the lease on run {run.run_id}", budget_seconds=db_retry_seconds)
     drain = _Drain(engine, run.run_id, builder, db_retry_seconds)
     try:
+        _store_spooled_answers(engine, db_retry_seconds)
         before = retry_while_unavailable(lambda: prepare_run(engine, run, phases), what=f"the phases of {run.run_id}",
                                          budget_seconds=db_retry_seconds)
         pending = [p for p in phases if p.phase_id not in before.complete]
@@ -327,6 +326,28 @@ def _leave_pending(drain: _Drain, phase_id: str) -> None:
     except Exception as exc:  # noqa: BLE001 - prepare_run treats a stale EXECUTING phase as pending
         logger.warning("phase %s left EXECUTING (%s); the next drain treats it as pending",
                        phase_id, safe_error_text(exc))
+
+
+class _SpoolNotEmpty(RuntimeError):
+    """Spooled events could not be written yet (the database is still locked or down)."""
+
+
+def _store_spooled_answers(engine: Engine, budget_seconds: float) -> None:
+    """Write every spooled event before the phases are judged, retrying within the budget.
+
+    A retried phase numbers its new attempts after the ones stored. An answer still in the spool would
+    share its attempt number (and so its event id) with a new attempt, and the later replay would refuse
+    it as a duplicate: one answer lost. So the drain does not start until the spool is empty; if the
+    database stays unavailable the run stops (DatabaseUnavailable) and can be resumed.
+    """
+
+    def replay_all() -> None:
+        report = spool.replay(engine)
+        if report.still_failing:
+            raise _SpoolNotEmpty(report.error or "spooled events could not be written")
+
+    retry_while_unavailable(replay_all, what=f"the spooled events in {spool.spool_path(engine)}",
+                            budget_seconds=budget_seconds, also_retry=(_SpoolNotEmpty,))
 
 
 def _replay_spool(engine: Engine) -> None:

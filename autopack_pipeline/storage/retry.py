@@ -36,11 +36,16 @@ class DatabaseUnavailable(RuntimeError):
         self.error = error
 
 
-def retry_while_unavailable(write: Callable[[], T], *, what: str, budget_seconds: float) -> T:
+def retry_while_unavailable(write: Callable[[], T], *, what: str, budget_seconds: float,
+                            also_retry: tuple[type[BaseException], ...] = ()) -> T:
     """``write()``, retried on transient database failures for up to ``budget_seconds``.
 
-    Errors about the data itself are raised at once: retrying them cannot help.
+    Errors about the data itself are raised at once: retrying them cannot help. ``also_retry`` names
+    the caller's own exceptions that mean "the database is not ready yet" as well.
     """
+
+    def retryable(exc: BaseException) -> bool:
+        return is_transient_failure(exc) or isinstance(exc, also_retry)
 
     def log_retry(details: dict) -> None:
         logger.warning("writing %s failed (%s); retrying in %.1f s", what,
@@ -52,13 +57,13 @@ def retry_while_unavailable(write: Callable[[], T], *, what: str, budget_seconds
         max_time=budget_seconds,
         max_value=MAX_BACKOFF_SECONDS,
         factor=0.1,
-        giveup=lambda exc: not is_transient_failure(exc),
+        giveup=lambda exc: not retryable(exc),
         on_backoff=log_retry,
         logger=None,
     )(write)
     try:
         return retrying()
     except Exception as exc:
-        if is_transient_failure(exc):
+        if retryable(exc):
             raise DatabaseUnavailable(what, budget_seconds, safe_error_text(exc)) from exc
         raise

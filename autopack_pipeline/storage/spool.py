@@ -232,7 +232,7 @@ def replay(engine: Engine, *, blocking: bool = True) -> ReplayReport:
     report = ReplayReport(spool_file=str(path))
     try:
         fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no spool file can be there: nothing spooled
         return report
     try:
         with _locked(fd, blocking=blocking) as acquired:
