@@ -377,6 +377,17 @@ class CoefficientTable(_Strict):
 
     # -- new versions -------------------------------------------------------------------------
 
+    @staticmethod
+    def _new_version(data: dict[str, Any], new_version: str, calibration_date: str | None,
+                     calibration_samples: int | None, source: str | None) -> CoefficientTable:
+        """``data`` as version ``new_version``, with the version metadata that was given replaced."""
+        data["version"] = new_version
+        for key, value in (("calibration_date", calibration_date), ("calibration_samples", calibration_samples),
+                           ("source", source)):
+            if value is not None:
+                data[key] = value
+        return CoefficientTable.from_mapping(data, origin=f"<version {new_version}>")
+
     def with_calibration(
         self,
         settings: dict[tuple[str, str], GroupSetting],
@@ -397,17 +408,10 @@ class CoefficientTable(_Strict):
                 raise ValueError(f"unknown complexity {complexity!r} in {(category, complexity)}")
             section.setdefault(normalise_category(category), {})[level] = setting
         data = self.to_dict()
-        data["version"] = new_version
         data["calibration"] = {category: {level: setting.model_dump(exclude_none=True)
                                           for level, setting in sorted(row.items())}
                                for category, row in sorted(section.items())}
-        if calibration_date is not None:
-            data["calibration_date"] = calibration_date
-        if calibration_samples is not None:
-            data["calibration_samples"] = calibration_samples
-        if source is not None:
-            data["source"] = source
-        return CoefficientTable.from_mapping(data, origin=f"<version {new_version}>")
+        return self._new_version(data, new_version, calibration_date, calibration_samples, source)
 
     def with_overhead_multipliers(
         self,
@@ -445,15 +449,8 @@ class CoefficientTable(_Strict):
                 base = table.setdefault(raw, {}).get(level, self.phase_overhead.fallback)
                 table[raw][level] = int(math.floor(base * multiplier + 0.5))
         data = self.to_dict()
-        data["version"] = new_version
         data["phase_overhead"]["table"] = table
-        if calibration_date is not None:
-            data["calibration_date"] = calibration_date
-        if calibration_samples is not None:
-            data["calibration_samples"] = calibration_samples
-        if source is not None:
-            data["source"] = source
-        return CoefficientTable.from_mapping(data, origin=f"<version {new_version}>")
+        return self._new_version(data, new_version, calibration_date, calibration_samples, source)
 
 
 def default_coefficients_path() -> Path:
@@ -472,15 +469,20 @@ def load_coefficients(path: Path | None = None) -> CoefficientTable:
     offending key when its content is malformed.
     """
     target = Path(path) if path is not None else default_coefficients_path()
+    return CoefficientTable.from_mapping(read_yaml_file(target, "coefficient file"), origin=str(target))
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """The YAML document in ``path``; ``FileNotFoundError`` naming ``what`` and the path, or
+    ``ValueError`` naming the file when it is not YAML."""
     try:
-        text = target.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"coefficient file not found: {target}") from None
+        raise FileNotFoundError(f"{what} not found: {path}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{target}: not valid YAML: {exc}") from None
-    return CoefficientTable.from_mapping(data, origin=str(target))
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
 
 
 def load_coefficient_history(path: Path | None = None) -> dict[str, CoefficientTable]:

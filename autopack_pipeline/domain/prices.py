@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PRICES_FILE_NAME = "model_prices.yaml"
@@ -90,13 +89,6 @@ class PriceTable(_Strict):
 
 def load_price_table(path: Path) -> PriceTable:
     """Read and validate a price table; ``FileNotFoundError`` or ``ValueError`` naming the file."""
-    target = Path(path)
-    try:
-        text = target.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"price table not found: {target}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{target}: not valid YAML: {exc}") from None
-    return PriceTable.from_mapping(data, origin=str(target))
+    from autopack_pipeline.domain.coefficients import read_yaml_file
+
+    return PriceTable.from_mapping(read_yaml_file(Path(path), "price table"), origin=str(path))
