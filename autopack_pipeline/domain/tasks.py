@@ -266,7 +266,7 @@ def insights_from_calibration(groups: list[dict[str, Any]], method: str) -> list
             Insight(
                 kind="calibration_recommendation",
                 subject=subject,
-                title=f"Review PHASE_OVERHEAD for {subject}: proposed multiplier {multiplier:.3f}",
+                title=f"Review the calibration patch for {subject}: prediction multiplier x{multiplier:.3f}",
                 detail=(
                     f"{method} calibration over {group['sample_count']} clean samples proposes x{multiplier:.3f} "
                     f"(confidence {group['confidence']:.2f}). Apply with `autopack-telemetry apply-calibration` "
