@@ -71,13 +71,16 @@ def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, **opti
     """``workflows.calibrate`` with every prediction re-expressed under the coefficients in force.
 
     ``events`` (a frame or EventArrays) defaults to all stored events; ``options`` are
-    ``workflows.calibrate``'s keyword arguments.
+    ``workflows.calibrate``'s keyword arguments. ``window_versions`` defaults to the setting
+    (``AUTOPACK_CALIBRATION_WINDOW_VERSIONS``, 2): what calibration learns from.
     """
     from autopack_pipeline import workflows
     from autopack_pipeline.storage.events import read_events
     from autopack_pipeline.storage.prediction_inputs import read_prediction_inputs
 
     path = settings.seeds_dir / "estimator_coefficients.yaml"
+    if options.get("window_versions") is None:
+        options["window_versions"] = settings.calibration_window_versions
     return workflows.calibrate(
         read_events(engine) if events is None else events, settings,
         prediction_inputs=read_prediction_inputs(engine), coefficient_history=load_coefficient_history(path),

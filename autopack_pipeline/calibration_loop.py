@@ -2,8 +2,9 @@
 
 Each round collects ``runs_per_round`` runs with the coefficients in force, measures *that round's
 own* events (Tier 1 with Wilson intervals, Tier 2, cost, the oracle of ``domain.oracle`` and per-group
-figures with their frontier), then calibrates on every stored event re-expressed under the
-coefficients in force (``calibration_apply``; no compounding) and applies the patch to the private
+figures with their frontier), then calibrates on the stored events of the recent coefficient versions
+(``domain.calibration_window``), re-expressed under the coefficients in force (``calibration_apply``;
+no compounding) and applies the patch to the private
 seeds copy. The gate judges the round's own Tier 1: when it holds, nothing is applied and the round
 says so. Nothing here imports Dagster; the CLI's ``loop`` and ``benchmarks/loop.py`` call
 :func:`run_loop`.
@@ -22,6 +23,7 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.calibration_apply import calibrate_and_apply, read_stored
+from autopack_pipeline.domain.calibration_window import window_line
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.cost import cost_now
 from autopack_pipeline.domain.fast_metrics import EventArrays, compute_metrics_arrays
@@ -131,11 +133,12 @@ class LoopOptions:
     template_phases_per_group: int | None = None
     min_samples: int = 5
     confidence_threshold: float = 0.7
+    window_versions: int | None = None  # None: the setting (AUTOPACK_CALIBRATION_WINDOW_VERSIONS)
 
 
 def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any], options: LoopOptions
                      ) -> dict[str, Any]:
-    """Calibrate on all history (in force), gate on this round's own Tier 1, apply what it proposes."""
+    """Calibrate on the recent window (in force), gate on this round's own Tier 1, apply what it proposes."""
     # Version names carry the UTC second: two rounds within one second still get distinct versions.
     from datetime import datetime, timedelta, timezone
 
@@ -146,7 +149,8 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     while new_version_name(current, now) == current:
         now += timedelta(seconds=1)
     step = calibrate_and_apply(engine, settings, write=True, now=now, tier1=round_tier1,
-                               min_samples=options.min_samples, confidence_threshold=options.confidence_threshold)
+                               min_samples=options.min_samples, confidence_threshold=options.confidence_threshold,
+                               window_versions=options.window_versions)
     outcome, application = step["outcome"], step["application"]
     if not outcome.gate.open:
         return {"status": "gate_closed", "message": outcome.gate.summary(), "applied_version": None}
@@ -155,7 +159,7 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     backtest = application.backtest or {}
     return {
         "status": "applied", "message": outcome.gate.summary(), "applied_version": application.new.version,
-        "groups_set": len(application.patch.settings),
+        "groups_set": len(application.patch.settings), "window": outcome.window,
         "backtest": {side: backtest.get(side) for side in ("old", "new")} if backtest else None,
     }
 
@@ -231,6 +235,8 @@ def round_lines(document: dict[str, Any], *, groups: bool = True) -> list[str]:
     calibration = document["calibration"]
     if calibration["status"] == "applied":
         lines.append(f"  Calibration: applied {calibration['applied_version']} ({calibration['groups_set']} groups)")
+        if calibration.get("window"):
+            lines.append("  " + window_line(calibration["window"]))
     elif calibration["status"] == "gate_closed":
         lines.append(f"  Calibration: nothing applied: {calibration['message']}")
     else:

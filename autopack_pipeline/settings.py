@@ -104,6 +104,9 @@ class Settings(BaseSettings):
             "AUTOPACK_TASK_GENERATION_MIN_CONFIDENCE", "TASK_GENERATION_MIN_CONFIDENCE"
         ),
     )
+    # Calibration learns from the events of this many most recent coefficient versions (the newest
+    # one's alone when its error moved; 0 = every version): domain.calibration_window.
+    calibration_window_versions: int = Field(default=2, ge=0, validation_alias="AUTOPACK_CALIBRATION_WINDOW_VERSIONS")
     # A collection run: how long a phase-state write is retried while the telemetry database is
     # unavailable before the run stops (resumably), and how long a crashed drain's claim on a run lasts.
     db_retry_seconds: float = Field(default=120.0, ge=0, allow_inf_nan=False, validation_alias="AUTOPACK_DB_RETRY_SECONDS")

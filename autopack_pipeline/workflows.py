@@ -167,6 +167,8 @@ class CalibrationOutcome:
     reprediction: dict[str, int] | None = None
     # Every method's calibration section, by method name (the chosen one is ``calibration_section``).
     calibration_sections: dict[str, dict[str, Any]] | None = None
+    # The events calibration read (``domain.calibration_window``), when a window was asked for.
+    window: dict[str, Any] | None = None
 
     def patch_payload(self) -> dict[str, Any]:
         """The patch document, exactly as the JSON report holds it (JSON types only)."""
@@ -193,6 +195,7 @@ class CalibrationOutcome:
             "methods": {name: r.model_dump(mode="json") for name, r in (self.results or {}).items()},
             "calibration": self.calibration_section,
             "reprediction": self.reprediction,
+            "window": self.window,
             "reports": reports,
             "frontier_and_cost": self.economics,
         }
@@ -215,6 +218,7 @@ def calibrate(
     write_reports: bool = True,
     prediction_inputs: pd.DataFrame | None = None,
     coefficient_history: dict[str, Any] | None = None,
+    window_versions: int | None = None,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -228,6 +232,10 @@ def calibrate(
     ``coefficient_history`` holds the kept versions, by version), so the multipliers proposed are
     factors on top of the current file, never a second application of an earlier one. The gate still
     judges the recorded predictions: it is about what happened.
+
+    ``window_versions`` (with ``prediction_inputs``) limits what calibration learns from to the events
+    of the last that many coefficient versions, or the newest one's alone when its error moved
+    (``domain.calibration_window``; 0 keeps every version). None reads every event.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
@@ -248,11 +256,19 @@ def calibrate(
         "database": database,
         "gate_summary": gate.summary(),
     }
-    reprediction = None
+    reprediction = window = None
     if prediction_inputs is not None:
         arrays, reprediction = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
         provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
                                        + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
+        if window_versions is not None:
+            from autopack_pipeline.domain.calibration_window import window_of_events
+
+            chosen = window_of_events(arrays, prediction_inputs, keep_versions=window_versions)
+            arrays, window = arrays.take(chosen.rows), chosen.as_dict()
+            provenance["window"] = window
+            provenance["gate_summary"] += (f"; window: {window['events']} events of {len(window['versions'])} "
+                                           f"version(s), {window['events_dropped']} older left out ({chosen.reason})")
         samples = clean_sample_rows(arrays, dedup=dedup)
         groups = sample_groups(arrays, samples.mask)
     observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
@@ -272,7 +288,7 @@ def calibrate(
     if not write_reports:
         return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,
                                   calibration_section=section, reprediction=reprediction,
-                                  calibration_sections=sections)
+                                  calibration_sections=sections, window=window)
     from autopack_pipeline.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
 
     files = write_calibration_report_set(
@@ -288,7 +304,7 @@ def calibrate(
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
                               json_path=files.json, plot_path=files.plot, results=results, economics=economics,
                               calibration_section=section, reprediction=reprediction,
-                              calibration_sections=sections)
+                              calibration_sections=sections, window=window)
 
 
 # -- frontier and cost (issue 15 items 4 and 5) ---------------------------------------------------------

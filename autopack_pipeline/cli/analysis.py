@@ -12,6 +12,7 @@ from autopack_pipeline.cli.common import (
     EXIT_REFUSED,
     identity_line,
     load_event_arrays,
+    non_negative_int,
     open_engine,
     positive_float,
     positive_int,
@@ -107,6 +108,7 @@ def _print_tier1(tier1: dict[str, Any], label: str) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from autopack_pipeline.calibration_apply import calibrate_in_force
     from autopack_pipeline.calibration_review import section_lines
+    from autopack_pipeline.domain.calibration_window import window_line
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.database import describe_database
 
@@ -124,6 +126,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
         database=describe_database(engine).url,
         method=args.method,
+        window_versions=args.window_versions,
     )
     if args.json:
         print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})
@@ -133,6 +136,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if outcome.reprediction:
             print("Predictions re-expressed under the coefficients in force: "
                   + ", ".join(f"{n} {way}" for way, n in outcome.reprediction.items() if n))
+        if outcome.window:
+            print(window_line(outcome.window))
         if outcome.result is not None:
             others = [r for name, r in (outcome.results or {}).items() if name != outcome.result.method]
             for result in (outcome.result, *others):
@@ -198,6 +203,9 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--output-dir", help="where reports go (default: $AUTOPACK_REPORTS_DIR or ./reports)")
     p.add_argument("--include-run-id", action="append", help="only these runs (repeatable)")
     p.add_argument("--no-dedup", action="store_true", help="count every attempt, as Autopack does")
+    p.add_argument("--window-versions", type=non_negative_int,
+                   help="learn from the events of this many most recent coefficient versions, the newest alone "
+                        "when its error moved; 0 = all (default: $AUTOPACK_CALIBRATION_WINDOW_VERSIONS or 2)")
     p.add_argument("--force", action="store_true", help="calibrate even when the gate is closed (the report says so)")
     p.add_argument("--allow-empty-db", action="store_true",
                    help="analyse an empty database instead of refusing with exit 1")

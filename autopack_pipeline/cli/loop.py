@@ -8,7 +8,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from autopack_pipeline.cli.common import EXIT_OK, EXIT_REFUSED, Refused, UsageError, positive_int, print_json
+from autopack_pipeline.cli.common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    Refused,
+    UsageError,
+    non_negative_int,
+    positive_int,
+    print_json,
+)
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -39,7 +47,8 @@ def cmd_loop(args: argparse.Namespace) -> int:
         raise Refused(f"the loop needs a fresh database; {url.split('@')[-1]} already holds events")
     make = lambda number: make_backend(settings, args.backend, args.seed)  # noqa: E731 - one backend per round
     options = LoopOptions(rounds=args.rounds, runs_per_round=args.runs_per_round, world=args.world or args.backend,
-                          concurrency=args.concurrency, template_phases_per_group=args.template_phases_per_group)
+                          concurrency=args.concurrency, template_phases_per_group=args.template_phases_per_group,
+                          window_versions=args.window_versions)
     if not args.json:
         print(f"Work directory: {work_dir} (database {url.split('@')[-1]}, seeds {seeds})")
 
@@ -71,5 +80,8 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--concurrency", type=positive_int, default=4, help="phases drained at a time (default 4)")
     p.add_argument("--template-phases-per-group", type=positive_int,
                    help="template phases per group in each run (default: the collection's)")
+    p.add_argument("--window-versions", type=non_negative_int,
+                   help="calibrate on the events of this many most recent coefficient versions, the newest alone "
+                        "when its error moved; 0 = all (default: $AUTOPACK_CALIBRATION_WINDOW_VERSIONS or 2)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(func=cmd_loop)

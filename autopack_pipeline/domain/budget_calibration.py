@@ -14,8 +14,11 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
   truncation, b is the largest ratio seen: an advisory bound (status ``thin``);
 - ``budget_floor``: a floor that binds for the largest calls of the group inflates every small call's
   budget (waste), so it is put at the group's smallest new prediction x b, where it binds for none of
-  the past calls. If that would truncate more past calls than the group's floor in force does with
-  the same margin, it is raised to the lowest value that does not;
+  the past calls. The rule then exceeds on at most ``N - k`` past calls (0 for a ``thin`` group): the
+  finite-sample allowance of the order statistic that chose b. The floor in force is no reference:
+  an earlier, larger floor covered calls that allowance is there to leave uncovered, and keeping it
+  (the earlier rule: never truncate more past calls than the floor in force) made floors, not
+  margins, set most budgets;
 - *unidentifiable* groups (more truncated calls than the bound absorbs) have no honest order statistic,
   but they have lower bounds: the coverage factor is at least the largest clean ratio / the 1.1
   tolerance (with the censored calls counted above every candidate, the k-th smallest ratio lies
@@ -103,17 +106,16 @@ def _truncated(group: GroupObservationsInForce, factor: float, margin: float, fl
     return clean + cut
 
 
-def _least_floor(group: GroupObservationsInForce, factor: float, margin: float, start: int, limit: int,
-                 cap: int) -> int:
-    """The lowest floor from ``start`` up to ``limit`` that truncates no more past calls than ``limit`` does."""
-    allowed = _truncated(group, factor, margin, limit, cap)
-    if _truncated(group, factor, margin, start, cap) <= allowed:
-        return start
-    candidates = sorted({int(v) for v in np.r_[group.actual, group.censored_ceiling + 1] if start < v <= limit})
-    for candidate in candidates:  # truncation only falls as the floor rises: the first that fits
-        if _truncated(group, factor, margin, candidate, cap) <= allowed:
-            return candidate
-    return limit
+def _proportional_floor(group: GroupObservationsInForce, factor: float, margin: float, cap: int) -> int:
+    """The group's smallest new prediction x ``margin``: a floor that binds for no past call.
+
+    No search above it is needed: the margin is the k-th smallest of the N ratios (censored calls
+    above every one), so the proportional rule exceeds on at most ``N - k`` past calls, the allowance
+    the order statistic gives (0 for a thin group, whose margin is the largest ratio). Only the cap
+    can make it exceed on more, and no floor lifts a budget over the cap.
+    """
+    lowest = np.r_[group.predicted, group.censored_predicted].min() * factor
+    return int(min(cap, max(1, int(lowest * margin))))
 
 
 def propose_group_budget(
@@ -162,9 +164,7 @@ def propose_group_budget(
                  f"hit, capped at {cap}); collect more samples.")
 
     margin = math.ceil(margin * 1000) / 1000  # rounded up: the written margin still covers the k-th call
-    lowest = np.r_[group.predicted, group.censored_predicted].min() * proposed_factor
-    start = min(cap, max(1, int(lowest * margin)))
-    floor = _least_floor(group, proposed_factor, margin, start, max(start, int(previous_floor)), cap)
+    floor = _proportional_floor(group, proposed_factor, margin, cap)
     multiplier = round(current_m * proposed_factor, 4)
     projected = _truncated(group, proposed_factor, margin, floor, cap)
     kind = (f"the {k}-th of {n} ratios (a {100 - target_pct:g}% bound)" if status == "identifiable"
@@ -190,9 +190,7 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
     factor = max(proposed_factor, clean_max / UNDER_TOLERANCE)
     censored_max = float((group.censored_ceiling / group.censored_predicted).max())
     margin = math.ceil(max(clean_max, CENSORED_HEADROOM * censored_max) / factor * 1000) / 1000
-    lowest = np.r_[group.predicted, group.censored_predicted].min() * factor
-    start = min(cap, max(1, int(lowest * margin)))
-    floor = _least_floor(group, factor, margin, start, max(start, int(previous_floor)), cap)
+    floor = _proportional_floor(group, factor, margin, cap)
     return GroupBudgetProposal(
         *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
         current_prediction_multiplier=current_m, proposed_factor=factor,

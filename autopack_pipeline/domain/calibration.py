@@ -87,6 +87,8 @@ class Provenance(_Frozen):
     run_ids: list[str] | None = None
     database: str | None = None
     gate_summary: str | None = None
+    # Which coefficient versions' events calibration read, and why (domain.calibration_window).
+    window: dict[str, Any] | None = None
 
 
 class CalibrationResult(_Frozen):

@@ -107,8 +107,10 @@ def test_calibrate_defaults_to_coverage_and_reports_both_methods(tmp_path, breac
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert set(document) == {"gate", "method", "result", "methods", "reports", "frontier_and_cost",
-                             "calibration", "reprediction", "unreadable_timestamps"}
+                             "calibration", "reprediction", "window", "unreadable_timestamps"}
     assert document["method"] == "coverage" and set(document["methods"]) == {"coverage", "autopack-median"}
+    # One coefficient version has events: the window is all of them, and says why.
+    assert document["window"]["events_dropped"] == 0 and len(document["window"]["versions"]) == 1
     (group,) = document["result"]["groups"]
     # 30 clean + 1 truncated = 31 observations, k = ceil(32 * 0.95) = 31: the censored one, so no bound.
     assert group["method_details"]["status"] == "unidentifiable"

@@ -103,10 +103,12 @@ def test_margin_is_the_order_statistic_with_truncations_censored_and_the_floor_s
     proposal = propose_group_budget(group, seed, target_pct=10.0)
     assert proposal.status == "identifiable" and proposal.order_statistic_k == 19
     assert proposal.budget_margin == pytest.approx(1.9)
-    # Smallest prediction x margin = 1900 would re-truncate the call cut at 2500, which the floor in
-    # force (8192) does not: the floor goes to the least value that does not, 2501.
-    assert proposal.previous_budget_floor == 8192 and proposal.budget_floor == 2501
-    assert proposal.truncated_past_calls_projected == proposal.truncated_past_calls_with_previous_floor == 0
+    # Smallest prediction x margin = 1900 re-truncates the call cut at 2500: one past call, which is
+    # what the order statistic allows (N - k = 1), so the floor stays at 1900 (not the 2501 that
+    # would copy the floor in force, 8192, in covering it).
+    assert proposal.previous_budget_floor == 8192 and proposal.budget_floor == 1900
+    assert proposal.truncated_past_calls_projected == 1
+    assert proposal.truncated_past_calls_with_previous_floor == 0
     # Spread predictions and no truncation: the floor is the smallest prediction x margin and binds
     # for no past call (least waste), and it truncates nothing the floor in force did not.
     spread = GroupObservationsInForce("implementation", "low", np.array([1000.0 + 100 * i for i in range(20)]),
@@ -114,6 +116,19 @@ def test_margin_is_the_order_statistic_with_truncations_censored_and_the_floor_s
     plain = propose_group_budget(spread, seed, target_pct=10.0)
     assert plain.budget_margin == pytest.approx(1.0) and plain.budget_floor == 1000
     assert plain.truncated_past_calls_projected == 0
+
+
+def test_the_floor_uses_the_order_statistics_allowance_instead_of_copying_the_floor_in_force(seed):
+    # N = 100 calls predicted at 1000: ratios 1.00, 1.01, ..., 1.98 and one at 3.00. At 2%,
+    # k = ceil(101 * 0.98) = 99, so the margin is 1.98 and the rule may exceed on N - k = 1 past call.
+    group = _group([1 + i / 100 for i in range(99)] + [3.0])
+    proposal = propose_group_budget(group, seed)
+    assert proposal.order_statistic_k == 99 and proposal.budget_margin == pytest.approx(1.98)
+    # The floor in force (8192) covered the 3.00 call; a floor that must not truncate more than it
+    # did would sit at 3000 and set every call's budget (1.5x the proportional one). With the
+    # allowance the floor binds for no past call and the one call above the bound is the 2% it allows.
+    assert proposal.previous_budget_floor == 8192 and proposal.truncated_past_calls_with_previous_floor == 0
+    assert proposal.budget_floor == 1980 and proposal.truncated_past_calls_projected == 1
 
 
 def test_the_proposed_factor_multiplies_the_current_multiplier(seed):
