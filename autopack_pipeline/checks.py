@@ -4,9 +4,12 @@ Which checks block, and why:
 - Data quality on ``raw_events`` blocks. Metrics and calibration computed on no events, on nothing
   but failures, or on impossible token counts would be wrong, so the run stops before them. Blocking
   only acts inside a run; the calibration gate sensor reads these checks' latest results as well.
-- Tier-1 targets on ``tier_metrics`` fail (severity ERROR) but never block: a breach is exactly what
-  calibration exists to fix, so it must not stop the calibration path.
+- Tier-1 targets on ``tier_metrics`` (the rolling window) are findings, severity WARN, never blocking:
+  a breach is exactly what calibration exists to fix, so it must neither stop the calibration path
+  nor paint the catalog red. Each states the observed rate, its Wilson 95% interval and the target.
 - Tier-2 budget waste and drift are advisory (severity WARN).
+- A check that could not evaluate (no events in the window, no group with enough events in both
+  drift windows) says so and does not pass: a green check must mean something was compared.
 """
 
 from typing import Any
@@ -112,41 +115,58 @@ def token_counts_plausible(raw_events: EventSnapshot) -> dg.AssetCheckResult:
     )
 
 
+def not_evaluated(reason: str, metadata: dict[str, Any], **check: Any) -> dg.AssetCheckResult:
+    """A check that had too little data to compare anything: a WARN that does not pass, and says why."""
+    return dg.AssetCheckResult(
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={**metadata, "evaluated": False},
+        description=f"could not evaluate: {reason}",
+        **check,
+    )
+
+
 def _tier1_result(document: dict[str, Any], metric: str, target: float) -> dg.AssetCheckResult:
     tier1 = document["all_events"]["tier1"]
-    observed = float(tier1[metric])
-    low, high = tier1[f"{metric}_ci"]
+    window = document.get("window", "all events")
     n = int(tier1["total_samples"])
     name = metric.removesuffix("_rate_pct")
+    if n == 0:
+        return not_evaluated(f"no Builder calls in the window ({window}); collect telemetry first",
+                             {"threshold_pct": target, "events": 0})
+    observed = float(tier1[metric])
+    low, high = tier1[f"{metric}_ci"]
     within = observed <= target
     verdict = "within" if within else "breaches"
     return dg.AssetCheckResult(
         passed=within,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "observed_pct": observed,
             "threshold_pct": target,
             "ci95_low_pct": float(low),
             "ci95_high_pct": float(high),
             "events": n,
+            "evaluated": True,
+            "window": dg.MetadataValue.text(window),
         },
         description=(
             f"{name} {observed:.1f}% over {n} events (95% interval {low:.1f}-{high:.1f}%) {verdict} the "
-            f"Tier-1 target of at most {target:g}%"
-            + ("" if within else "; calibration is what fixes this, so the path to it is not blocked")
+            f"Tier-1 target of at most {target:g}% ({window})"
+            + ("" if within else "; a finding for calibration to act on, so the path to it is not blocked")
         ),
     )
 
 
 @dg.asset_check(asset=tier_metrics, name="tier1_underestimation_within_target")
 def tier1_underestimation_within_target(tier_metrics: dict[str, Any]) -> dg.AssetCheckResult:
-    """Tier 1: underestimation rate (actual > predicted x 1.1) at most 5% over all Builder calls. Not blocking."""
+    """Tier 1: underestimation rate (actual > predicted x 1.1) at most 5% over the rolling window. A WARN finding."""
     return _tier1_result(tier_metrics, "underestimation_rate_pct", UNDERESTIMATION_TARGET_PCT)
 
 
 @dg.asset_check(asset=tier_metrics, name="tier1_truncation_within_target")
 def tier1_truncation_within_target(tier_metrics: dict[str, Any]) -> dg.AssetCheckResult:
-    """Tier 1: truncation rate at most 2% over all Builder calls. Not blocking."""
+    """Tier 1: truncation rate at most 2% over the rolling window. A WARN finding."""
     return _tier1_result(tier_metrics, "truncation_rate_pct", TRUNCATION_TARGET_PCT)
 
 
@@ -155,17 +175,13 @@ def tier2_budget_waste_p90_below_3x(tier_metrics: dict[str, Any]) -> dg.AssetChe
     """Tier 2 (advisory): the 90th percentile of budget / actual output stays below 3x."""
     observed = tier_metrics["all_events"]["tier2"].get("budget_waste_p90")
     if observed is None:
-        return dg.AssetCheckResult(
-            passed=True,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"threshold_ratio": BUDGET_WASTE_P90_TARGET},
-            description="no events with a budget and an actual output: nothing to measure",
-        )
+        return not_evaluated("no events with a budget and an actual output in the window",
+                             {"threshold_ratio": BUDGET_WASTE_P90_TARGET})
     observed = float(observed)
     return dg.AssetCheckResult(
         passed=observed < BUDGET_WASTE_P90_TARGET,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"observed_ratio": observed, "threshold_ratio": BUDGET_WASTE_P90_TARGET},
+        metadata={"observed_ratio": observed, "threshold_ratio": BUDGET_WASTE_P90_TARGET, "evaluated": True},
         description=f"budget waste P90 {observed:.2f}x; the Tier-2 target is below {BUDGET_WASTE_P90_TARGET:g}x",
     )
 
@@ -204,8 +220,13 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
     def result(name: str, signal: str, metadata: dict[str, Any], what: str) -> dg.AssetCheckResult:
         drifted = report.drifted(signal)
         if not report.groups:
-            description = report.summary()
-        elif drifted:
+            return not_evaluated(
+                f"no group had {t.min_events_per_window} events both in the last {t.recent_days:g} days and before "
+                f"({len(report.skipped)} groups too small); {report.summary()}",
+                {**shared, **metadata, "groups_drifted": 0},
+                check_name=name, asset_key=raw_events.key,
+            )
+        if drifted:
             description = f"{what} flags {', '.join(g.subject for g in drifted)}"
         else:
             description = f"{what}: no drift in {len(report.groups)} groups"
@@ -214,7 +235,7 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
             asset_key=raw_events.key,
             passed=not drifted,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={**shared, **metadata, "groups_drifted": len(drifted)},
+            metadata={**shared, **metadata, "groups_drifted": len(drifted), "evaluated": True},
             description=description,
         )
 

@@ -36,13 +36,59 @@ def run_pipeline(collect: bool = True) -> int:
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=quiet)
         home = os.environ["DAGSTER_HOME"]
+        if result.success:
+            days = _materialise_days(defs, instance, result.output_for_node("raw_events"), quiet)
     if not result.success:
-        failed = [event.step_key for event in result.all_events if event.is_step_failure]
-        print(f"The pipeline run {result.run_id} failed at {', '.join(failed) or 'an unknown step'}; "
-              f"see `dagster dev -w workspace.yaml` (run history in {home}).", file=sys.stderr)
+        _print_failure(result, home)
         return 1
     _print_results(result, home)
+    failed = [run for run in days if not run.success]
+    _print_days(days)
+    if failed:
+        _print_failure(failed[0], home)
+        return 1
     return 0
+
+
+def _print_failure(result: dg.ExecuteInProcessResult, home: str) -> None:
+    failed = [event for event in result.all_events if event.is_step_failure]
+    why = "; ".join(e.step_failure_data.error.message.strip() for e in failed if e.step_failure_data.error)
+    print(f"The run {result.run_id} failed at {', '.join(e.step_key for e in failed) or 'an unknown step'}"
+          + (f": {why}" if why else "") + f"; see `dagster dev -w workspace.yaml` (run history in {home}).",
+          file=sys.stderr)
+
+
+def _materialise_days(defs, instance, snapshot, run_config) -> list[dg.ExecuteInProcessResult]:
+    """The day partitions of daily_tier_metrics for the days of the rolling window that have events.
+
+    In the UI the metrics_automation_sensor does this for today and yesterday; here it runs in process,
+    one run per day, as a backfill would. Older days: backfill them from the asset's page.
+    """
+    from autopack_pipeline import workflows
+    from autopack_pipeline.domain.windows import days_with_events, events_in_window
+    from autopack_pipeline.partitions import event_days
+    from autopack_pipeline.settings import load_settings
+
+    window = workflows.analysis_window(load_settings())
+    known = set(event_days.get_partition_keys(dynamic_partitions_store=instance))
+    days = [d.isoformat() for d in days_with_events(events_in_window(snapshot.arrays(), window))]
+    job = defs.resolve_job_def("daily_metrics_job")
+    return [job.execute_in_process(instance=instance, partition_key=day, raise_on_error=False, run_config=run_config)
+            for day in days if day in known]
+
+
+def _print_days(days: list[dg.ExecuteInProcessResult]) -> None:
+    done = [run for run in days if run.success]
+    if not done:
+        return
+    print(f"Per day (daily_tier_metrics, {len(done)} day(s) with events in the rolling window; 95% intervals):")
+    for run in done:
+        document = run.output_for_node("daily_tier_metrics")
+        tier1 = document["all_events"]["tier1"]
+        figures = [f"{name} {tier1[key]:.1f}% ({tier1[key + '_ci'][0]:.1f}-{tier1[key + '_ci'][1]:.1f})"
+                   for key, name in (("underestimation_rate_pct", "underestimation"),
+                                     ("truncation_rate_pct", "truncation"))]
+        print(f"  {document['day']}: {tier1['total_samples']} calls, " + ", ".join(figures))
 
 
 def _print_results(result: dg.ExecuteInProcessResult, home: str) -> None:

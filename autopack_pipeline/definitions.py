@@ -2,12 +2,14 @@
 
 import dagster as dg
 
-from autopack_pipeline.assets import PIPELINE_ASSETS
+from autopack_pipeline.assets import ALL_ASSETS, daily_tier_metrics, success_samples, tier_metrics
+from autopack_pipeline.automation import metrics_automation_sensor
 from autopack_pipeline.checks import ALL_CHECKS
 from autopack_pipeline.jobs import (
     analysis_job,
     apply_calibration_job,
     calibration_job,
+    daily_metrics_job,
     drift_check_job,
     targeted_collection_job,
     task_generation_job,
@@ -27,12 +29,13 @@ from autopack_pipeline.sensors import (
 # saves a Python start-up per step (seconds each) and keeps each run a single SQLite writer. A
 # deployment that wants steps spread out swaps this line only (README, "Scaling out").
 defs = dg.Definitions(
-    assets=PIPELINE_ASSETS,
+    assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
     jobs=[
         telemetry_pipeline_job,
         analysis_job,
         calibration_job,
+        daily_metrics_job,
         task_generation_job,
         drift_check_job,
         targeted_collection_job,
@@ -44,6 +47,7 @@ defs = dg.Definitions(
         auto_execution_sensor,
         collection_task_success_sensor,
         collection_task_failure_sensor,
+        metrics_automation_sensor(dg.AssetSelection.assets(success_samples, tier_metrics, daily_tier_metrics)),
     ],
     schedules=[drift_check_schedule],
     executor=dg.in_process_executor,

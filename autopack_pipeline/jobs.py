@@ -1,13 +1,13 @@
 """Jobs, named for what they do.
 
-Every job that writes the telemetry database carries the run tag ``autopack/telemetry-db: write``;
+Every job that writes the telemetry database carries the run tag ``autopack/telemetry-db: write`` (run_tags.py);
 dagster.yaml lets one such run at a time out of the queue, because SQLite takes one writer at a
 time. The drift checks only read, and carry ``read``.
 """
 
 import dagster as dg
 
-from autopack_pipeline.assets import PIPELINE_ASSETS
+from autopack_pipeline.assets import DAILY_ASSETS, PIPELINE_ASSETS
 from autopack_pipeline.assets.calibration import calibration_recommendations
 from autopack_pipeline.assets.collection import telemetry_collection_run
 from autopack_pipeline.assets.events import raw_events
@@ -16,10 +16,8 @@ from autopack_pipeline.assets.samples import success_samples
 from autopack_pipeline.assets.tasks import generated_tasks
 from autopack_pipeline.checks import DRIFT_CHECK_KEYS
 from autopack_pipeline.ops import apply_calibration
+from autopack_pipeline.run_tags import READS, WRITES
 
-TELEMETRY_DB_TAG = "autopack/telemetry-db"
-WRITES = {TELEMETRY_DB_TAG: "write"}
-READS = {TELEMETRY_DB_TAG: "read"}
 
 telemetry_pipeline_job = dg.define_asset_job(
     name="telemetry_pipeline_job",
@@ -68,6 +66,16 @@ targeted_collection_job = dg.define_asset_job(
         "for collect-samples tasks."
     ),
     tags=WRITES,
+)
+
+daily_metrics_job = dg.define_asset_job(
+    name="daily_metrics_job",
+    selection=dg.AssetSelection.assets(*DAILY_ASSETS),
+    description=(
+        "Tier 1 and Tier 2 of one UTC day (the run's partition) from the events raw_events last read; a backfill "
+        "over a date range fills a series. Requested by metrics_automation_sensor for today and yesterday."
+    ),
+    tags=READS,
 )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from autopack_pipeline.assets.calibration import calibration_recommendations
 from autopack_pipeline.assets.events import raw_events
@@ -60,14 +59,15 @@ def data_quality_problems(instance: dg.DagsterInstance, events: dg.EventLogRecor
 
     Blocking checks stop only their own run, so a later run, or a sensor, must look for itself.
     """
-    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(DATA_QUALITY_CHECK_KEYS)
     problems = []
     for key in DATA_QUALITY_CHECK_KEYS:
-        record = latest.get(key)
+        record = instance.get_latest_asset_check_evaluation_record(key)
         if record is None:
             problems.append(f"data-quality check {key.name} has never been evaluated on raw_events")
             continue
-        if record.status == AssetCheckExecutionRecordStatus.PLANNED or record.evaluation is None:
+        # No evaluation: planned and still to run, or its step failed or was skipped; either way nothing
+        # vouches for the data, whatever the record's status is called.
+        if record.evaluation is None:
             problems.append(f"data-quality check {key.name} has no result from run {record.run_id[:8]} yet")
             continue
         evaluation = record.evaluation
@@ -136,7 +136,8 @@ def calibration_gate_sensor(context: dg.SensorEvaluationContext):
             "materialise success_samples and tier_metrics again"
         )
     if not gate.open:
-        return dg.SkipReason(f"{batch}: {gate.summary()}")
+        window = _metadata_value(samples, "window")
+        return dg.SkipReason(f"{batch}" + (f" ({window})" if window else "") + f": {gate.summary()}")
     done = latest_materialization(instance, calibration_recommendations)
     if done is not None and done.storage_id > samples.storage_id:
         return dg.SkipReason(

@@ -8,17 +8,23 @@ here is read at import time: call :func:`load_settings` when a command or an ass
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from autopack_pipeline.domain.windows import LONG_WINDOW_DAYS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Read-only defaults shipped inside the package (package data; in a checkout, a link to ./seeds).
 PACKAGED_SEEDS_DIR = PACKAGE_DIR / "seeds_default"
 SEEDS_DIR_VARIABLE = "AUTOPACK_SEEDS_DIR"
+
+PARTITIONS_START_VARIABLE = "AUTOPACK_PARTITIONS_START"
+DEFAULT_PARTITIONS_START = "2024-01-01"
 
 BackendName = Literal["simulated", "anthropic", "replay"]
 
@@ -56,6 +62,20 @@ def is_packaged_seeds(path: Path) -> bool:
     if path == PACKAGED_SEEDS_DIR:
         return True
     return Path(path).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def partitions_start() -> str:
+    """First day (YYYY-MM-DD, UTC) of the per-day metric partitions: ``$AUTOPACK_PARTITIONS_START``.
+
+    Read when the Dagster definitions load (a partitions definition is fixed then), unlike the
+    settings below; events before it are in no day partition, but still in the all-time figures.
+    """
+    value = os.environ.get(PARTITIONS_START_VARIABLE) or DEFAULT_PARTITIONS_START
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise SettingsError(f"invalid setting: {PARTITIONS_START_VARIABLE}: not a YYYY-MM-DD date (got {value!r})") from None
+    return value
 
 
 class Settings(BaseSettings):
@@ -112,6 +132,10 @@ class Settings(BaseSettings):
     db_retry_seconds: float = Field(default=120.0, ge=0, allow_inf_nan=False, validation_alias="AUTOPACK_DB_RETRY_SECONDS")
     run_lease_seconds: float = Field(default=120.0, gt=0, allow_inf_nan=False,
                                      validation_alias="AUTOPACK_RUN_LEASE_SECONDS")
+
+    # The rolling window the calibration gate and its inputs (clean samples, Tier-1 rates) read, in
+    # days up to now; 0 reads every event, as the CLI does (an old Autopack database imported whole).
+    metrics_window_days: int = Field(default=LONG_WINDOW_DAYS, ge=0, validation_alias="AUTOPACK_METRICS_WINDOW_DAYS")
 
     @field_validator("seeds_dir")
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.prices import PRICES_FILE_NAME, PriceTable, load_price_table
 from autopack_pipeline.domain.reprediction import arrays_in_force
 from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
+from autopack_pipeline.domain.windows import TimeWindow, trailing_days
 from autopack_pipeline.domain.tasks import (
     GeneratedTask,
     Insight,
@@ -137,6 +138,16 @@ def summarise_samples(events: pd.DataFrame | EventArrays, *, dedup: bool = True)
     groups = sample_groups(arrays, samples.mask)
     return SampleSummary(count=samples.count, group_counts=groups.counts(), exclusions=samples.exclusions,
                          dedup=dedup)
+
+
+def analysis_window(settings: Settings, today: date | None = None) -> TimeWindow | None:
+    """The rolling window the Dagster assets analyse and gate on: the last AUTOPACK_METRICS_WINDOW_DAYS
+    whole UTC days (28 by default); ``None`` (the setting at 0) means every event, as the CLI reads them."""
+    return trailing_days(settings.metrics_window_days, today) if settings.metrics_window_days else None
+
+
+def window_label(window: TimeWindow | None) -> str:
+    return "all events" if window is None else f"events of {window.label()}"
 
 
 def tier_metrics_document(

@@ -1,7 +1,12 @@
-"""The six software-defined assets, one module per stage, in pipeline order."""
+"""The six software-defined assets, one module per stage, in pipeline order, and the per-day metrics.
+
+The per-day metrics are partitioned by day, so they are not in the unpartitioned pipeline jobs:
+declarative automation keeps them current, and daily_metrics_job (or a backfill) fills any day.
+"""
 
 from autopack_pipeline.assets.calibration import calibration_recommendations
 from autopack_pipeline.assets.collection import telemetry_collection_run
+from autopack_pipeline.assets.daily_metrics import daily_tier_metrics
 from autopack_pipeline.assets.events import raw_events
 from autopack_pipeline.assets.metrics import tier_metrics
 from autopack_pipeline.assets.samples import success_samples
@@ -15,3 +20,6 @@ PIPELINE_ASSETS = [
     calibration_recommendations,
     generated_tasks,
 ]
+
+DAILY_ASSETS = [daily_tier_metrics]
+ALL_ASSETS = [*PIPELINE_ASSETS, *DAILY_ASSETS]

@@ -5,9 +5,11 @@ from typing import Any, Literal
 
 import dagster as dg
 
+from autopack_pipeline import workflows
 from autopack_pipeline.assets.metadata import markdown_table
 from autopack_pipeline.calibration_apply import calibrate_in_force
 from autopack_pipeline.calibration_review import apply_instructions, no_patch_reason
+from autopack_pipeline.domain.windows import events_in_window
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventSnapshot
@@ -30,7 +32,8 @@ def calibration_recommendations(
     raw_events: EventSnapshot,
     tier_metrics: dict[str, Any],
 ) -> dg.MaterializeResult:
-    """Per (category, complexity) multipliers by the coverage method (default: the 95% upper bound of
+    """Over the rolling window of tier_metrics (the last 28 UTC days by default):
+    per (category, complexity) multipliers by the coverage method (default: the 95% upper bound of
     actual/predicted, truncated events censored) and by Autopack's median method side by side, written
     as token_estimator_calibration_<UTC>.md, .json and .png, only when the calibration gate is open:
     at least 20 clean samples, one group with at least 5, and a Tier-1 target breached. Predictions are
@@ -40,12 +43,14 @@ def calibration_recommendations(
     a person applies a reviewed patch with apply_calibration_job (or `apply-calibration`).
     """
     settings = load_settings()
+    # The same rolling window as success_samples and tier_metrics, so the gate here and the sensor's agree.
+    events = events_in_window(raw_events.arrays(), workflows.analysis_window(settings))
     # The CLI's `calibrate` runs this same function: predictions re-expressed under the coefficients
     # in force (the stored prediction inputs and the kept coefficient versions), so nothing compounds.
     outcome = calibrate_in_force(
         telemetry_db.engine(),
         settings,
-        raw_events.arrays(),
+        events,
         tier1=tier_metrics["all_events"]["tier1"],
         min_samples=config.min_samples,
         confidence_threshold=config.confidence_threshold,

@@ -4,7 +4,11 @@
 import dagster as dg
 
 from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import markdown_table, strata_table, tier1_rows
+from autopack_pipeline.assets.metadata import database_metadata, markdown_table, strata_table, tier1_rows
+from autopack_pipeline.automation import ON_NEW_EVENTS_OR_NEW_DAY
+from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS, events_in_window, trailing_days
+from autopack_pipeline.resources import TelemetryDatabase
+from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventSnapshot
 
 
@@ -12,21 +16,34 @@ class MetricsConfig(dg.Config):
     under_multiplier: float = 1.1
 
 
-@dg.asset(group_name="metrics", kinds={"numpy"})
+@dg.asset(group_name="metrics", kinds={"numpy"}, automation_condition=ON_NEW_EVENTS_OR_NEW_DAY)
 def tier_metrics(
-    config: MetricsConfig, raw_events: EventSnapshot, success_samples: workflows.SampleSummary
+    config: MetricsConfig,
+    telemetry_db: TelemetryDatabase,
+    raw_events: EventSnapshot,
+    success_samples: workflows.SampleSummary,
 ) -> dg.MaterializeResult:
     """Tier 1 (underestimation, truncation, success, with Wilson 95% intervals), Tier 2 (waste) and
-    SMAPE diagnostics over all Builder calls, stratified by category, complexity and deliverables;
-    plus the same over successful calls only.
+    SMAPE diagnostics over the Builder calls of the rolling window the calibration gate reads (the
+    last 28 UTC days; AUTOPACK_METRICS_WINDOW_DAYS, 0 = all events), stratified by category,
+    complexity and deliverables; plus the same over successful calls only, and Tier 1 over the last
+    7 days. Per-day figures are in daily_tier_metrics.
     """
-    document = workflows.tier_metrics_document(raw_events.arrays(), success_samples.count,
+    window = workflows.analysis_window(load_settings())
+    events = raw_events.arrays()
+    document = workflows.tier_metrics_document(events_in_window(events, window), success_samples.count,
                                                under_multiplier=config.under_multiplier)
+    document["window"] = workflows.window_label(window)
+    short = trailing_days(SHORT_WINDOW_DAYS)
+    recent = workflows.tier_metrics_document(events_in_window(events, short), 0,
+                                             under_multiplier=config.under_multiplier)["all_events"]["tier1"]
+    document["last_7_days"] = {"window": workflows.window_label(short), "tier1": recent}
     overall = document["all_events"]
     tier1, tier2, strata = overall["tier1"], overall["tier2"], overall.get("strata", {})
     return dg.MaterializeResult(
         value=document,
         metadata={
+            "window": dg.MetadataValue.text(document["window"]),
             "underestimation_rate_pct": float(tier1["underestimation_rate_pct"]),
             "truncation_rate_pct": float(tier1["truncation_rate_pct"]),
             "success_rate_pct": float(tier1["success_rate_pct"]),
@@ -39,6 +56,10 @@ def tier_metrics(
                for dimension in ("category", "complexity", "deliverables")},
             # Only numbers go in: the UI plots numeric metadata across materialisations.
             **{key: float(tier2[key]) for key in ("waste_ratio_p90", "budget_waste_p90") if tier2.get(key) is not None},
+            "events_last_7_days": int(recent["total_samples"]),
+            **({f"{key}_last_7_days": float(recent[key]) for key in ("underestimation_rate_pct", "truncation_rate_pct")}
+               if recent["total_samples"] else {}),
+            **database_metadata(telemetry_db.identity()),
         },
     )
 

@@ -4,7 +4,10 @@ import dagster as dg
 
 from autopack_pipeline import workflows
 from autopack_pipeline.assets.metadata import markdown_table, sample_group_metadata
+from autopack_pipeline.automation import ON_NEW_EVENTS_OR_NEW_DAY
 from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES
+from autopack_pipeline.domain.windows import events_in_window
+from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventSnapshot
 
 
@@ -12,17 +15,20 @@ class SamplesConfig(dg.Config):
     dedup: bool = True
 
 
-@dg.asset(group_name="metrics", kinds={"numpy"})
+@dg.asset(group_name="metrics", kinds={"numpy"}, automation_condition=ON_NEW_EVENTS_OR_NEW_DAY)
 def success_samples(config: SamplesConfig, raw_events: EventSnapshot) -> dg.MaterializeResult:
     """Successful, untruncated events with at least 50 output tokens, one per (run, phase) unless
-    dedup is off; categories and complexities in their canonical spelling. Handed on as counts per
-    (category, complexity) group with the reasons the other events were left out.
+    dedup is off; categories and complexities in their canonical spelling; over the rolling window
+    the calibration gate reads (the last 28 UTC days, AUTOPACK_METRICS_WINDOW_DAYS; 0 = all events).
+    Handed on as counts per (category, complexity) group with the reasons the other events were left out.
     """
-    summary = workflows.summarise_samples(raw_events.arrays(), dedup=config.dedup)
+    window = workflows.analysis_window(load_settings())
+    summary = workflows.summarise_samples(events_in_window(raw_events.arrays(), window), dedup=config.dedup)
     counts = summary.group_counts
     return dg.MaterializeResult(
         value=summary,
         metadata={
+            "window": dg.MetadataValue.text(workflows.window_label(window)),
             "dagster/row_count": summary.count,
             "sample_count": summary.count,
             **sample_group_metadata(counts, min_samples=DEFAULT_MIN_GROUP_SAMPLES),

@@ -31,13 +31,14 @@ from autopack_pipeline.domain.categories import normalise_category, normalise_co
 from autopack_pipeline.domain.fast_metrics import EventArrays, as_event_arrays
 from autopack_pipeline.domain.metrics import DEFAULT_UNDER_MULTIPLIER
 from autopack_pipeline.domain.tasks import Insight
+from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS
 
 
 @dataclass(frozen=True)
 class DriftThresholds:
     """Every knob of the drift checks; reported next to the observed values."""
 
-    recent_days: float = 7.0
+    recent_days: float = SHORT_WINDOW_DAYS  # the rolling 7-day window of the metrics
     min_events_per_window: int = 30
     psi_bins: int = 10
     psi_threshold: float = 0.25  # "significant shift" by convention; 0.1-0.25 is "moderate"

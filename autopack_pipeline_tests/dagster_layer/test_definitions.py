@@ -26,7 +26,7 @@ def test_definitions_load():
 def test_six_assets_in_lineage_order_each_with_docstring_group_and_kinds():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == set(PIPELINE_ORDER)
+    assert keys == {*PIPELINE_ORDER, "daily_tier_metrics"}
     for upstream, downstream in zip(PIPELINE_ORDER, PIPELINE_ORDER[1:]):
         parents = {k.to_user_string() for k in graph.get(dg.AssetKey(downstream)).parent_keys}
         assert upstream in parents, f"{downstream} should depend on {upstream}"
@@ -59,6 +59,7 @@ def test_jobs_sensors_and_schedule_of_the_orchestration_layer():
         "auto_execution_sensor",
         "collection_task_success_sensor",
         "collection_task_failure_sensor",
+        "metrics_automation_sensor",
     }
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
     assert [s.name for s in repository.schedule_defs] == ["drift_check_schedule"]
@@ -79,3 +80,21 @@ def test_dagster_cli_validates_the_workspace():
         timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_metric_assets_are_partitioned_by_day_and_automated():
+    graph = defs.resolve_asset_graph()
+    daily = graph.get(dg.AssetKey("daily_tier_metrics"))
+    assert isinstance(daily.partitions_def, dg.DailyPartitionsDefinition)
+    for name in ("daily_tier_metrics", "success_samples", "tier_metrics"):
+        assert graph.get(dg.AssetKey(name)).automation_condition is not None, name
+    # The paid collection is never started by automation.
+    assert graph.get(dg.AssetKey("telemetry_collection_run")).automation_condition is None
+    sensor = defs.resolve_sensor_def("metrics_automation_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_no_private_dagster_api():
+    offenders = [str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "autopack_pipeline").rglob("*.py")
+                 if "dagster._" in path.read_text()]
+    assert offenders == []

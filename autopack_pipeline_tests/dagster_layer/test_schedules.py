@@ -59,10 +59,12 @@ def test_schedule_tick_runs_the_drift_checks_and_they_flag_a_shift(sqlite_url, w
         assert ks["observed_min_ks_pvalue"].value < ks["threshold_ks_alpha"].value
 
 
-def test_drift_checks_pass_and_say_why_when_no_group_has_history(sqlite_url, write_events):
+def test_drift_checks_that_compared_nothing_say_so_and_do_not_pass(sqlite_url, write_events):
     write_events(_rows(datetime.now(timezone.utc) - timedelta(days=1), 8, 0.0, seed=4))
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("drift_check_job").execute_in_process(instance=instance)
         evaluations = result.get_asset_check_evaluations()
-        assert len(evaluations) == 3 and all(e.passed for e in evaluations)
-        assert all("no group has 30 events" in e.description for e in evaluations)
+        assert len(evaluations) == 3 and not any(e.passed for e in evaluations)
+        assert all(e.severity == dg.AssetCheckSeverity.WARN for e in evaluations)
+        assert all(e.description.startswith("could not evaluate") and "no group has 30 events" in e.description
+                   for e in evaluations)
