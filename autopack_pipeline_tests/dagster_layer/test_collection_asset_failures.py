@@ -47,7 +47,7 @@ def messages_server(monkeypatch) -> Iterator[MessagesServer]:
 
 def _run_config(run_id: str) -> dict:
     config = {"backend": "anthropic", "run_id": run_id, "category": "docs", "complexity": "low", "phases": PHASES,
-              "concurrency": 1}
+              "concurrency": 1, "allow_paid_backend": True}
     return {"ops": {ASSET: {"config": config}}}
 
 
