@@ -62,8 +62,8 @@ def sample_group_metadata(group_counts: dict[tuple[str, str], int], min_samples:
 def strata_table(dimension: str, strata: dict[str, dict[str, Any]]) -> str:
     """Tier-1 rates per stratum value (category, complexity or deliverable bucket)."""
     rows = [
-        [name, block["total_samples"], block["underestimation_rate_pct"], block["truncation_rate_pct"],
-         block["success_rate_pct"]]
+        [name, block["total_samples"], *(f"{float(block[key]):.1f}" for key in
+                                          ("underestimation_rate_pct", "truncation_rate_pct", "success_rate_pct"))]
         for name, block in strata.items()
     ]
     if not rows:
@@ -188,12 +188,12 @@ def task_next_step_in_ui(task: dict[str, Any]) -> str:
 _PRIORITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 _TASK_COLUMNS = [
     ("priority", "string", "from the size of the finding and its interval"),
-    ("task_id", "string", "the config of the task jobs"),
     ("what", "string", ""),
+    ("next_step", "string", "in the UI"),
+    ("task_id", "string", "the config of the task jobs"),
     ("about", "string", "group, overall, or the phase types"),
     ("status", "string", ""),
     ("approval", "string", ""),
-    ("next_step", "string", "in the UI"),
 ]
 
 

@@ -48,6 +48,8 @@ def test_asset_pages_answer_in_the_ui(sqlite_url, instance, tmp_path):
     assert isinstance(by_model, dg.TableMetadataValue) and by_model.records
     assert round(sum(r.data["usd"] for r in by_model.records), 2) == metrics["spend_usd"].value
     assert metrics["spend_by_day"].records and "output tokens only" in metrics["spend_prices"].value
+    rates = re.findall(r"\| (\d+\.\d+) ", metrics["tier1_by_category"].value)
+    assert rates and all(len(rate.split(".")[1]) == 1 for rate in rates)  # a tenth of a percent
 
     calibration = _latest(instance, "calibration_recommendations")
     (png,) = _DATA_URI.findall(calibration["plot"].value)
@@ -62,7 +64,7 @@ def test_asset_pages_answer_in_the_ui(sqlite_url, instance, tmp_path):
     tasks = _latest(instance, "generated_tasks")
     todo = tasks["tasks"]
     assert isinstance(todo, dg.TableMetadataValue)
-    assert _columns(todo)[:3] == ["priority", "task_id", "what"] and "next_step" in _columns(todo)
+    assert _columns(todo)[:3] == ["priority", "what", "next_step"] and "task_id" in _columns(todo)
     assert len(todo.records) == tasks["tasks_open"].value > 0
     ranks = [("critical", "high", "medium", "low").index(r.data["priority"]) for r in todo.records]
     assert ranks == sorted(ranks)  # most urgent first
