@@ -170,7 +170,7 @@ APPLY_CALIBRATION_JOB = "apply_calibration_job"
 
 def task_next_step_in_ui(task: dict[str, Any]) -> str:
     """What a person does next on an open task, in the Dagster UI (``tasks_review.next_step`` is the CLI's)."""
-    task_id, kind, status = task["task_id"], task.get("kind"), task.get("status")
+    kind, status = task.get("kind"), task.get("status")
     if status == "in_progress":
         return f"wait for its run {task.get('executed_in_run_id') or ''}".rstrip()
     close = f"then {COMPLETE_TASK_JOB} (or {REJECT_TASK_JOB} with a reason)"

@@ -7,11 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from autopack_pipeline_tests.dagster_layer.conftest import materialize_slice
-from autopack_pipeline_tests.dagster_layer.test_collection_asset_failures import (  # noqa: F401 - fixture
-    ASSET,
-    _answer_with_files,
-    messages_server,
-)
+from autopack_pipeline_tests.dagster_layer.test_collection_asset_failures import ASSET, _answer_with_files
 
 
 def _seed(write_events) -> int:
