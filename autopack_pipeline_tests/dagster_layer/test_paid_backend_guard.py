@@ -59,3 +59,20 @@ def test_naming_the_paid_backend_in_config_is_not_consent(sqlite_url, instance, 
     assert result.success and messages_server.requests == []
     (collection,) = result.asset_materializations_for_node(ASSET)
     assert collection.metadata["collection"].value == "skipped"
+
+
+def test_the_quickstart_on_the_paid_backend_says_the_collection_was_skipped(
+        sqlite_url, messages_server, write_events, monkeypatch, tmp_path, capsys):
+    from autopack_pipeline.dagster_runner import run_pipeline
+
+    monkeypatch.setenv("AUTOPACK_LLM_BACKEND", "anthropic")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    stored = _seed(write_events)
+
+    assert run_pipeline() == 0
+
+    out = capsys.readouterr().out
+    assert "Collection skipped: the anthropic backend is paid" in out
+    assert f"Tier 1 over {stored} Builder calls" in out
+    assert messages_server.requests == []
