@@ -104,12 +104,15 @@ def _print_results(result: dg.ExecuteInProcessResult, home: str) -> None:
         "tier_metrics", "calibration_recommendations", "generated_tasks")}
     if "telemetry_collection_run" in [n.name for n in result.job_def.nodes]:
         run = result.output_for_node("telemetry_collection_run")
-        print(
-            f"Collection run {run['run_id']} ({run['backend']} backend): {run['phases_completed']} phases completed, "
-            f"{run['phases_failed']} failed, {run['events_written']} events, {run['escalations']} escalations"
-            + (f", {run['short_answers_not_recorded']} answers under {MIN_VALID_OUTPUT_TOKENS} tokens not recorded."
-               if run.get("short_answers_not_recorded") else ".")
-        )
+        if run.get("skipped"):
+            print(f"Collection skipped: {run['reason']}; the figures below are of the events already stored.")
+        else:
+            print(
+                f"Collection run {run['run_id']} ({run['backend']} backend): {run['phases_completed']} phases "
+                f"completed, {run['phases_failed']} failed, {run['events_written']} events, {run['escalations']} "
+                "escalations" + (f", {run['short_answers_not_recorded']} answers under {MIN_VALID_OUTPUT_TOKENS} "
+                                 "tokens not recorded." if run.get("short_answers_not_recorded") else ".")
+            )
     metrics = outputs["tier_metrics"]["all_events"]
     tier1 = metrics["tier1"]
     print(f"Tier 1 over {tier1['total_samples']} Builder calls (targets: underestimation <= 5%, truncation <= 2%):")

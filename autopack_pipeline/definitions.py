@@ -8,9 +8,12 @@ from autopack_pipeline.checks import ALL_CHECKS
 from autopack_pipeline.jobs import (
     analysis_job,
     apply_calibration_job,
+    approve_task_job,
     calibration_job,
     daily_metrics_job,
+    complete_task_job,
     drift_check_job,
+    reject_task_job,
     targeted_collection_job,
     task_generation_job,
     telemetry_pipeline_job,
@@ -40,6 +43,9 @@ defs = dg.Definitions(
         drift_check_job,
         targeted_collection_job,
         apply_calibration_job,
+        approve_task_job,
+        reject_task_job,
+        complete_task_job,
     ],
     sensors=[
         calibration_gate_sensor,

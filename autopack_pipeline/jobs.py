@@ -15,7 +15,7 @@ from autopack_pipeline.assets.metrics import tier_metrics
 from autopack_pipeline.assets.samples import success_samples
 from autopack_pipeline.assets.tasks import generated_tasks
 from autopack_pipeline.checks import DRIFT_CHECK_KEYS
-from autopack_pipeline.ops import apply_calibration
+from autopack_pipeline.ops import apply_calibration, approve_task_op, complete_task_op, reject_task_op
 from autopack_pipeline.run_tags import READS, WRITES
 
 
@@ -89,3 +89,23 @@ daily_metrics_job = dg.define_asset_job(
 )
 def apply_calibration_job():
     apply_calibration()
+
+
+# A person's decisions on generated tasks, launched from the UI with config
+# {ops: {<op>: {config: {task_id: TASK-..., reason: ...}}}}; an unknown or closed task fails the run.
+_TASK_DECISION = "Launched by a person from the UI (config: task_id, reason); fails on an unknown or closed task."
+
+
+@dg.job(description=f"Approve a pending generated task. {_TASK_DECISION}", tags=WRITES)
+def approve_task_job():
+    approve_task_op()
+
+
+@dg.job(description=f"Reject a pending generated task, with a reason. {_TASK_DECISION}", tags=WRITES)
+def reject_task_job():
+    reject_task_op()
+
+
+@dg.job(description=f"Mark a generated task completed once it was carried out. {_TASK_DECISION}", tags=WRITES)
+def complete_task_job():
+    complete_task_op()

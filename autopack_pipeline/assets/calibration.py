@@ -6,9 +6,15 @@ from typing import Any, Literal
 import dagster as dg
 
 from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import markdown_table
+from autopack_pipeline.assets.metadata import (
+    markdown_table,
+    next_step_metadata,
+    png_markdown,
+    rounded,
+    table,
+)
 from autopack_pipeline.calibration_apply import calibrate_in_force
-from autopack_pipeline.calibration_review import apply_instructions, no_patch_reason
+from autopack_pipeline.calibration_review import UI_JOB, apply_instructions, no_patch_reason
 from autopack_pipeline.domain.windows import events_in_window
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
@@ -75,13 +81,8 @@ def calibration_recommendations(
             "report_markdown": dg.MetadataValue.path(str(outcome.markdown_path)),
             "report_json": dg.MetadataValue.path(str(outcome.json_path)),
             **({"report_plot": dg.MetadataValue.path(str(outcome.plot_path))} if outcome.plot_path else {}),
-            "recommendations": dg.MetadataValue.md(
-                markdown_table(
-                    ["category", "complexity", "n", "median ratio", "confidence", "multiplier", "status", "actionable"],
-                    [[g.category, g.complexity, g.sample_count, g.median_ratio, g.confidence, g.proposed_multiplier,
-                      g.method_details.get("status", "-"), "yes" if g.actionable else "no"] for g in groups],
-                )
-            ),
+            **plot_metadata(outcome.plot_path),
+            "recommendations": recommendations_table(groups, config.confidence_threshold),
         }
         if outcome.economics:
             metadata["frontier_and_cost"] = dg.MetadataValue.md(frontier_and_cost_table(outcome.economics))
@@ -93,7 +94,67 @@ def calibration_recommendations(
     reason = no_patch_reason(value)
     if reason:
         metadata["no_patch"] = dg.MetadataValue.text(reason)
+    # The next step first, so it is the first line a person reads on the asset page.
+    metadata = next_step_metadata(calibration_next_step(reason, str(outcome.json_path))) | metadata
     return dg.MaterializeResult(value=value, metadata=metadata)
+
+
+# A plot bigger than this is not inlined (the event log stores every materialisation's metadata);
+# the report's own plot at 1000 px wide is a few tens of kB.
+MAX_INLINE_PLOT_BYTES = 1_500_000
+
+
+def plot_metadata(plot_path: Path | None) -> dict[str, Any]:
+    """The calibration plot inside the asset page, as an image in Markdown."""
+    if plot_path is None or not Path(plot_path).exists():
+        return {}
+    png = Path(plot_path).read_bytes()
+    if len(png) > MAX_INLINE_PLOT_BYTES:
+        return {"plot": dg.MetadataValue.md(f"_the plot is {len(png):,} bytes, too big to show here; see report_plot_")}
+    return {"plot": png_markdown(png, "ratio distributions and proposed multipliers per group")}
+
+
+def calibration_next_step(no_patch: str | None, patch_path: str) -> str:
+    """What a person does with this result: nothing to apply and why, or review and apply the patch."""
+    if no_patch:
+        return f"Nothing to apply: {no_patch.removeprefix('no patch: ')}"
+    return (f"Review `plot`, `recommendations` and `patch`, then launch **{UI_JOB}** with `patch_path: {patch_path}` "
+            "(first with `confirm: false`: it shows the diff and the backtest and writes nothing).")
+
+
+_RECOMMENDATION_COLUMNS = [
+    ("category", "string", ""),
+    ("complexity", "string", ""),
+    ("samples", "int", "observations: clean samples plus truncated calls"),
+    ("median_ratio", "float", "actual / predicted output tokens"),
+    ("confidence", "float", "weight of the group's own bound"),
+    ("multiplier", "float", "empty when none is proposed"),
+    ("status", "string", "proposed, advisory (below the confidence threshold) or unidentifiable"),
+    ("why", "string", ""),
+]
+
+
+def recommendation_status(group: Any, confidence_threshold: float) -> str:
+    """``proposed`` (actionable), ``unidentifiable`` (no bound: no multiplier at all) or ``advisory``."""
+    if (group.method_details or {}).get("status") == "unidentifiable":
+        return "unidentifiable"
+    if group.actionable:
+        return "proposed"
+    return f"advisory: confidence {group.confidence:.2f} < {confidence_threshold:g}"
+
+
+def recommendations_table(groups: list[Any], confidence_threshold: float) -> dg.MetadataValue:
+    """One row per group; a group the report calls unidentifiable shows no multiplier."""
+    records = []
+    for g in groups:
+        status = recommendation_status(g, confidence_threshold)
+        records.append({
+            "category": g.category, "complexity": g.complexity, "samples": int(g.sample_count),
+            "median_ratio": rounded(g.median_ratio, 2), "confidence": rounded(g.confidence, 2),
+            "multiplier": None if status == "unidentifiable" else rounded(g.proposed_multiplier, 3),
+            "status": status, "why": g.action,
+        })
+    return table(_RECOMMENDATION_COLUMNS, records)
 
 
 def patch_metadata(section: dict[str, Any] | None, patch_path: str) -> dict[str, Any]:

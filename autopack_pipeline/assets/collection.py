@@ -5,7 +5,8 @@ from pathlib import Path
 import dagster as dg
 
 from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import database_metadata
+from autopack_pipeline.assets.metadata import database_metadata, next_step_metadata
+from autopack_pipeline.llm.factory import PAID_BACKENDS
 from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.settings import load_settings
 
@@ -24,6 +25,8 @@ class CollectionConfig(dg.Config):
     phases: int | None = None
     # A phases YAML file instead of the default set (relative paths resolve against the cwd).
     phases_file: str | None = None
+    # A paid backend (anthropic) spends money: "Materialize all" must not, so only this says it may.
+    allow_paid_backend: bool = False
 
 
 @dg.asset(
@@ -45,9 +48,14 @@ def telemetry_collection_run(
     still spooled.
 
     The default backend is the offline simulator; set AUTOPACK_LLM_BACKEND=anthropic and
-    ANTHROPIC_API_KEY for the real API.
+    ANTHROPIC_API_KEY for the real API. A paid backend collects only with `allow_paid_backend: true`
+    in the run config; otherwise the run records a skipped collection, with the reason, before any
+    call, and the assets downstream analyse the events already stored.
     """
     settings = load_settings()
+    name = config.backend or llm.backend or settings.llm_backend
+    if name in PAID_BACKENDS and not config.allow_paid_backend:
+        return skipped_collection(name, telemetry_db, context)
     backend = llm.build(config.backend, config.seed)
     context.log.info("collecting with the %s backend", backend.name)
     summary = workflows.collect(
@@ -63,6 +71,7 @@ def telemetry_collection_run(
         phases_file=Path(config.phases_file) if config.phases_file else None,
     )
     metadata = {
+        "collection": "ran",
         "run_id": summary.run_id,
         "backend": summary.backend,
         "model": summary.model,
@@ -83,3 +92,24 @@ def telemetry_collection_run(
         # As `collect` exits 1: a run that did not do what was asked is not a materialisation.
         raise dg.Failure(description="; ".join(summary.problems()), metadata=metadata)
     return dg.MaterializeResult(value=summary.as_dict(), metadata=metadata)
+
+
+def skipped_collection(backend: str, telemetry_db: TelemetryDatabase,
+                       context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """A collection on a paid backend that its run config did not allow: nothing asked, and said why."""
+    reason = (f"the {backend} backend is paid and this run's config does not say `allow_paid_backend: true`; "
+              "no call was made")
+    context.log.warning(f"collection skipped: {reason}")
+    return dg.MaterializeResult(
+        value={"skipped": True, "reason": reason, "backend": backend, "run_id": None, "events_written": 0},
+        metadata={
+            **next_step_metadata(
+                f"To collect with {backend} (billed), launch again with run config `ops: {{telemetry_collection_run: "
+                "{config: {allow_paid_backend: true}}}`; the assets downstream analysed the events already stored."),
+            "collection": "skipped",
+            "skipped_reason": dg.MetadataValue.text(reason),
+            "backend": backend,
+            "events_written": 0,
+            **database_metadata(telemetry_db.identity()),
+        },
+    )

@@ -4,8 +4,16 @@
 import dagster as dg
 
 from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import database_metadata, markdown_table, strata_table, tier1_rows
+from autopack_pipeline.assets.metadata import (
+    database_metadata,
+    metrics_next_step,
+    rounded,
+    spend_metadata,
+    strata_table,
+    tier1_table,
+)
 from autopack_pipeline.automation import ON_NEW_EVENTS_OR_NEW_DAY
+from autopack_pipeline.domain.group_economics import spend_of_events
 from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS, events_in_window, trailing_days
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
@@ -31,7 +39,8 @@ def tier_metrics(
     """
     window = workflows.analysis_window(load_settings())
     events = raw_events.arrays()
-    document = workflows.tier_metrics_document(events_in_window(events, window), success_samples.count,
+    windowed = events_in_window(events, window)
+    document = workflows.tier_metrics_document(windowed, success_samples.count,
                                                under_multiplier=config.under_multiplier)
     document["window"] = workflows.window_label(window)
     short = trailing_days(SHORT_WINDOW_DAYS)
@@ -40,26 +49,31 @@ def tier_metrics(
     document["last_7_days"] = {"window": workflows.window_label(short), "tier1": recent}
     overall = document["all_events"]
     tier1, tier2, strata = overall["tier1"], overall["tier2"], overall.get("strata", {})
+    spend = spend_of_events(windowed, workflows.load_prices_for(load_settings()))  # the Tier-1 figures' window
     return dg.MaterializeResult(
         value=document,
         metadata={
             "window": dg.MetadataValue.text(document["window"]),
-            "underestimation_rate_pct": float(tier1["underestimation_rate_pct"]),
-            "truncation_rate_pct": float(tier1["truncation_rate_pct"]),
-            "success_rate_pct": float(tier1["success_rate_pct"]),
+            **metrics_next_step(overall["needs_tuning"], tier1),
+            # Rounded to what they mean: a tenth of a percent; the UI plots these across materialisations.
+            "underestimation_rate_pct": rounded(tier1["underestimation_rate_pct"]),
+            "truncation_rate_pct": rounded(tier1["truncation_rate_pct"]),
+            "success_rate_pct": rounded(tier1["success_rate_pct"]),
             "total_samples": int(tier1["total_samples"]),
             "clean_samples": int(document["clean_samples"]),
             "needs_tuning": bool(overall["needs_tuning"]),
-            "tier1": dg.MetadataValue.md(markdown_table(["metric", "value", "95% interval", "target"], tier1_rows(tier1))),
+            "tier1": tier1_table(tier1),
             "tier1_breached": bool(overall["needs_tuning"]),  # Autopack's decision: a Tier-1 target breached
+            **spend_metadata(spend),
             **{f"tier1_by_{dimension}": dg.MetadataValue.md(strata_table(dimension, strata.get(dimension, {})))
                for dimension in ("category", "complexity", "deliverables")},
             # Only numbers go in: the UI plots numeric metadata across materialisations.
-            **{key: float(tier2[key]) for key in ("waste_ratio_p90", "budget_waste_p90") if tier2.get(key) is not None},
+            **{key: rounded(tier2[key], 2) for key in ("waste_ratio_p90", "budget_waste_p90")
+               if tier2.get(key) is not None},
             "events_last_7_days": int(recent["total_samples"]),
-            **({f"{key}_last_7_days": float(recent[key]) for key in ("underestimation_rate_pct", "truncation_rate_pct")}
+            **({f"{key}_last_7_days": rounded(recent[key]) for key in ("underestimation_rate_pct",
+                                                                       "truncation_rate_pct")}
                if recent["total_samples"] else {}),
             **database_metadata(telemetry_db.identity()),
         },
     )
-

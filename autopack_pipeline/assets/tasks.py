@@ -5,10 +5,11 @@ from typing import Any
 import dagster as dg
 
 from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import database_metadata, markdown_table
+from autopack_pipeline.assets.metadata import database_metadata, next_step_metadata, task_todo_table
 from autopack_pipeline.domain.drift import drift_insights
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
+from autopack_pipeline.storage import tasks as task_store
 from autopack_pipeline.storage.snapshot import EventSnapshot
 
 _INPUTS = ("raw_events", "success_samples", "tier_metrics", "calibration_recommendations")
@@ -60,9 +61,12 @@ def generated_tasks(
     if not settings.task_generation_enabled:
         context.log.info("task generation is off (AUTOPACK_TASK_GENERATION_ENABLED=false); no tasks generated")
     by_priority = {p: sum(t.priority == p for t in tasks) for p in ("critical", "high", "medium", "low")}
+    # The to-do list is every open task in the database, not only this generation's findings.
+    todo = [t for t in task_store.list_generated_tasks(telemetry_db.engine()) if t["status"] in task_store.OPEN_STATUSES]
     return dg.MaterializeResult(
         value=[task.as_dict() for task in tasks],
         metadata={
+            **next_step_metadata(tasks_next_step(todo)),
             "task_generation_enabled": settings.task_generation_enabled,
             "tasks_generated": len(tasks),
             "tasks_new": len(stored.inserted),
@@ -70,13 +74,17 @@ def generated_tasks(
             "tasks_superseded": len(stored.superseded),
             "tasks_auto_executable": sum(not t.requires_approval for t in tasks),
             **{f"tasks_{priority}": n for priority, n in by_priority.items()},
-            "tasks": dg.MetadataValue.md(
-                markdown_table(
-                    ["task", "priority", "kind", "confidence", "approval", "title"],
-                    [[t.task_id, t.priority, t.kind, t.confidence, "needed" if t.requires_approval else "no",
-                      t.title] for t in tasks],
-                )
-            ),
+            "tasks_open": len(todo),
+            "tasks": task_todo_table(todo),
             **database_metadata(telemetry_db.identity()),
         },
     )
+
+
+def tasks_next_step(todo: list[dict[str, Any]]) -> str:
+    """One line over the to-do list: how many open tasks, and how to act on one from the UI."""
+    if not todo:
+        return "Nothing to do: no open task."
+    waiting = sum(t["status"] == "pending" for t in todo)
+    return (f"{waiting} task(s) wait for a person: work down `tasks` from the top; each row says its next step. "
+            "Launch approve_task_job, reject_task_job or complete_task_job with `task_id` (and `reason` to reject).")

@@ -10,6 +10,8 @@ from autopack_pipeline.llm.simulated import SimulatedBackend, SimulationProfile
 from autopack_pipeline.settings import Settings, SettingsError
 
 BACKENDS = ("simulated", "anthropic", "replay")
+# Backends whose calls are billed: an orchestrated collection on one needs explicit consent.
+PAID_BACKENDS = frozenset({"anthropic"})
 
 
 def make_backend(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import dagster as dg
@@ -12,7 +12,9 @@ from autopack_pipeline.assets import PIPELINE_ASSETS
 from autopack_pipeline.checks import ALL_CHECKS
 from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.storage.events import EstimationEvent, ensure_run_and_phase, record_estimation_event
+from autopack_pipeline_tests.llm.messages_server import MessagesServer
 
+FAKE_KEY = "sk-test-asset-key-4b1e0d"
 SMALL_COLLECTION = {"ops": {"telemetry_collection_run": {"config": {"template_phases_per_group": 0}}}}
 
 
@@ -70,3 +72,19 @@ def write_events(sqlite_url) -> Callable[..., int]:
         return written
 
     return write
+
+
+@pytest.fixture
+def messages_server(monkeypatch) -> Iterator[MessagesServer]:
+    """The local Messages API, reached by the anthropic backend the asset builds from the environment."""
+    server = MessagesServer().start()
+    for name in ("ANTHROPIC_AUTH_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    try:
+        yield server
+    finally:
+        server.stop()

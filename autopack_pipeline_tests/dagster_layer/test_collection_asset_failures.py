@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import dagster as dg
-import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
@@ -19,35 +17,18 @@ from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.models import Phase
 from autopack_pipeline_tests.collection_support import hold_write_lock
-from autopack_pipeline_tests.dagster_layer.conftest import materialize_slice
-from autopack_pipeline_tests.llm.messages_server import Answer, Error, MessagesServer, invalid_request
+from autopack_pipeline_tests.dagster_layer.conftest import FAKE_KEY, materialize_slice
+from autopack_pipeline_tests.llm.messages_server import Answer, Error, invalid_request
 
 ASSET = "telemetry_collection_run"
-FAKE_KEY = "sk-test-asset-key-4b1e0d"
 PHASES = 3
 # Enough for any template phase's deliverables check: one file per deliverable path asked for.
 ANSWER_FILE_BODY = "def handler():\n    return 1\n" * 30
 
 
-@pytest.fixture
-def messages_server(monkeypatch) -> Iterator[MessagesServer]:
-    """The local Messages API, reached by the anthropic backend the asset builds from the environment."""
-    server = MessagesServer().start()
-    for name in ("ANTHROPIC_AUTH_TOKEN", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                 "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", FAKE_KEY)
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _run_config(run_id: str) -> dict:
     config = {"backend": "anthropic", "run_id": run_id, "category": "docs", "complexity": "low", "phases": PHASES,
-              "concurrency": 1}
+              "concurrency": 1, "allow_paid_backend": True}
     return {"ops": {ASSET: {"config": config}}}
 
 

@@ -368,14 +368,15 @@ CHROME_FLAGS = [
 GROUPS = ("telemetry", "metrics", "calibration", "tasks")
 
 
-def test_browser_shows_the_asset_graph(dagster_server, pipeline_run, tmp_path):
+@pytest.fixture
+def browser(tmp_path):
+    """A headless Chromium driven by selenium; skips when Debian's chromium or its driver is missing."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     chromedriver = shutil.which("chromedriver")
     if not chromium or not chromedriver:
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
@@ -383,32 +384,119 @@ def test_browser_shows_the_asset_graph(dagster_server, pipeline_run, tmp_path):
         options.add_argument(flag)
     service = Service(executable_path=chromedriver, log_output=str(tmp_path / "chromedriver.log"))
     driver = webdriver.Chrome(service=service, options=options)
+    driver.set_page_load_timeout(60)
     try:
-        driver.set_page_load_timeout(60)
-        # The lineage page draws several groups collapsed; `expanded` opens them (the UI's group ids).
-        expanded = ",".join(f"global@global:{group}" for group in GROUPS)
-        driver.get(f"{dagster_server.url}/asset-groups?expanded={expanded}")
-
-        def all_six_shown(d):
-            # A first visit may open the "join the community" dialog over the graph; dismiss it.
-            for button in d.find_elements("xpath", "//button[normalize-space()='Skip']"):
-                button.click()
-            text = d.find_element("tag name", "body").text
-            # Wait for the nodes' status rows too, so the screenshot shows the run's results.
-            return (
-                all(name in text for name in PIPELINE_ORDER)
-                and "Loading" not in text
-                and not d.find_elements("xpath", "//button[normalize-space()='Skip']")
-            )
-
-        try:
-            WebDriverWait(driver, 90, poll_frequency=1).until(all_six_shown)
-        finally:
-            ARTIFACTS.mkdir(exist_ok=True)
-            suffix = "" if dagster_server.backend == "sqlite" else f"_{dagster_server.backend}"
-            driver.save_screenshot(str(ARTIFACTS / f"asset_graph{suffix}.png"))
-        body = driver.find_element("tag name", "body").text
-        for name in PIPELINE_ORDER:
-            assert name in body
+        yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory) -> Callable[[object, str], Path]:
+    """Save a page's screenshot under the pytest tmp dir (printed); with AUTOPACK_SCREENSHOTS_DIR set,
+    copy it there too (e.g. reports/screenshots)."""
+    directory = tmp_path_factory.mktemp("screenshots")
+    print(f"screenshots: {directory}")
+    wanted = os.environ.get("AUTOPACK_SCREENSHOTS_DIR")
+
+    def save(driver, name: str) -> Path:
+        path = directory / f"{name}.png"
+        driver.save_screenshot(str(path))
+        if wanted:
+            Path(wanted).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, Path(wanted) / path.name)
+        print(f"screenshot: {path}")
+        return path
+
+    return save
+
+
+def _dismiss_dialogs(driver) -> bool:
+    """A first visit may open the "join the community" dialog over the page; dismiss it."""
+    buttons = driver.find_elements("xpath", "//button[normalize-space()='Skip']")
+    for button in buttons:
+        button.click()
+    return not buttons
+
+
+def test_browser_shows_the_asset_graph(dagster_server, pipeline_run, browser, screenshots):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    # The lineage page draws several groups collapsed; `expanded` opens them (the UI's group ids).
+    expanded = ",".join(f"global@global:{group}" for group in GROUPS)
+    driver.get(f"{dagster_server.url}/asset-groups?expanded={expanded}")
+
+    def all_six_shown(d):
+        dismissed = _dismiss_dialogs(d)
+        text = d.find_element("tag name", "body").text
+        # Wait for the nodes' status rows too, so the screenshot shows the run's results.
+        return all(name in text for name in PIPELINE_ORDER) and "Loading" not in text and dismissed
+
+    try:
+        WebDriverWait(driver, 90, poll_frequency=1).until(all_six_shown)
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        suffix = "" if dagster_server.backend == "sqlite" else f"_{dagster_server.backend}"
+        driver.save_screenshot(str(ARTIFACTS / f"asset_graph{suffix}.png"))
+        screenshots(driver, f"asset_graph_{dagster_server.backend}")
+    body = driver.find_element("tag name", "body").text
+    for name in PIPELINE_ORDER:
+        assert name in body
+
+
+def _metadata_row(driver, server: DagsterServer, asset: str, key: str):
+    """Open ``asset``'s page and return its metadata row ``key`` (the latest materialisation's), scrolled into view."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{server.url}/assets/{asset}")
+    row_xpath = f"//tr[td[normalize-space()='{key}']]"
+
+    def row_shown(d):
+        _dismiss_dialogs(d)
+        rows = d.find_elements("xpath", row_xpath)
+        return rows[0] if rows and rows[0].is_displayed() else False
+
+    row = WebDriverWait(driver, 90, poll_frequency=1).until(row_shown)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", row)
+    return row
+
+
+def test_browser_shows_the_calibration_plot_inside_the_ui(dagster_server, pipeline_run, browser, screenshots):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    next_step = _metadata_row(driver, dagster_server, "calibration_recommendations", "next_step")
+    assert "apply_calibration_job" in next_step.text
+    recommendations = _metadata_row(driver, dagster_server, "calibration_recommendations", "recommendations")
+    assert "unidentifiable" in recommendations.text or "proposed" in recommendations.text
+    screenshots(driver, f"calibration_recommendations_{dagster_server.backend}")
+    # The UI inlines Markdown under 1,000 characters; the plot is longer, so it opens in a dialog.
+    plot = _metadata_row(driver, dagster_server, "calibration_recommendations", "plot")
+    plot.find_element("xpath", ".//a[normalize-space()='[Show Markdown]']").click()
+
+    def plot_drawn(d):
+        images = d.find_elements("css selector", "img[src^='data:image/png;base64,']")
+        # naturalWidth > 0: the browser decoded the PNG, not a broken-image icon.
+        return images[0] if images and int(images[0].get_attribute("naturalWidth") or 0) > 0 else False
+
+    image = WebDriverWait(driver, 30, poll_frequency=0.5).until(plot_drawn)
+    assert image.is_displayed() and image.size["width"] >= 600, image.size
+    screenshots(driver, f"calibration_plot_{dagster_server.backend}")
+
+
+def test_browser_shows_the_tasks_as_a_to_do_list(dagster_server, pipeline_run, browser, screenshots):
+    driver = browser
+    next_step = _metadata_row(driver, dagster_server, "generated_tasks", "next_step")
+    assert "approve_task_job" in next_step.text
+    tasks = _metadata_row(driver, dagster_server, "generated_tasks", "tasks")
+    header = [cell.text for cell in tasks.find_elements("css selector", "th")]
+    assert header[:3] == ["priority", "what", "next_step"], header
+    first = tasks.find_element("xpath", ".//table/tbody/tr[td]")
+    assert first.find_element("xpath", "./td[1]").text == "critical"  # most urgent first
+    screenshots(driver, f"tasks_{dagster_server.backend}")
+    metrics_row = _metadata_row(driver, dagster_server, "tier_metrics", "tier1")
+    assert "underestimation" in metrics_row.text and "at most 5%" in metrics_row.text
+    screenshots(driver, f"tier_metrics_{dagster_server.backend}")
+    spend = _metadata_row(driver, dagster_server, "tier_metrics", "spend_by_model")
+    assert "claude-sonnet-4-5" in spend.text
