@@ -473,14 +473,15 @@ def test_browser_shows_the_calibration_plot_inside_the_ui(dagster_server, pipeli
     screenshots(driver, f"calibration_recommendations_{dagster_server.backend}")
     # The UI inlines Markdown under 1,000 characters; the plot is longer, so it opens in a dialog.
     plot = _metadata_row(driver, dagster_server, "calibration_recommendations", "plot")
-    plot.find_element("xpath", ".//a[normalize-space()='[Show Markdown]']").click()
+    link = plot.find_element("xpath", ".//a[normalize-space()='[Show Markdown]']")
+    driver.execute_script("arguments[0].click()", link)  # a script click: no overlay can intercept it
 
     def plot_drawn(d):
         images = d.find_elements("css selector", "img[src^='data:image/png;base64,']")
         # naturalWidth > 0: the browser decoded the PNG, not a broken-image icon.
         return images[0] if images and int(images[0].get_attribute("naturalWidth") or 0) > 0 else False
 
-    image = WebDriverWait(driver, 30, poll_frequency=0.5).until(plot_drawn)
+    image = WebDriverWait(driver, 90, poll_frequency=0.5).until(plot_drawn)  # a loaded machine is slow
     assert image.is_displayed() and image.size["width"] >= 600, image.size
     screenshots(driver, f"calibration_plot_{dagster_server.backend}")
 
