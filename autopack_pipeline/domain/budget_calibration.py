@@ -23,8 +23,9 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
   but they have lower bounds: each truncated call's ratio is above its ceiling / prediction, and an
   order statistic only grows when values do, so the coverage factor (the k-th smallest ratio at the
   underestimation target, / the 1.1 tolerance) is at least the k-th smallest of the clean ratios and
-  the ceiling ratios together, and the factor rises at least that far (the largest clean ratio alone,
-  the earlier rule, ignored how long the truncated calls were known to be); the margin covers every clean call
+  the ceiling ratios together, and at least the largest clean ratio (the truncated calls counted above
+  every candidate put the k-th beyond every clean one); the factor rises at least to the larger (the
+  clean ratio alone, the earlier rule, ignored how long the truncated calls were known to be); the margin covers every clean call
   and every truncated one's ceiling with :data:`CENSORED_HEADROOM` to spare (its length is unknown
   but larger than the ceiling it hit), and the floor is chosen as for the other groups. Budgets stay
   proportional to the prediction, where a blunt floor raise (the earlier rule: twice the largest
@@ -190,7 +191,7 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
     n_clean, n_cut = len(group.actual), len(group.censored_ceiling)
     n = n_clean + n_cut
     clean_max = float((group.actual / group.predicted).max())
-    factor = max(proposed_factor, _coverage_ratio_lower_bound(group) / UNDER_TOLERANCE)
+    factor = max(proposed_factor, max(clean_max, _ceiling_order_statistic(group)) / UNDER_TOLERANCE)
     censored_max = float((group.censored_ceiling / group.censored_predicted).max())
     margin = math.ceil(max(clean_max, CENSORED_HEADROOM * censored_max) / factor * 1000) / 1000
     floor = _proportional_floor(group, factor, margin, cap)
@@ -203,14 +204,16 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
         truncated_past_calls_with_previous_floor=_truncated(group, factor, margin, int(previous_floor), cap),
         note=(f"Unidentifiable: {n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} "
               f"can absorb at most {max(0, n - k)}. From lower bounds: factor x{factor:.3f} (the "
-              f"{UNDERESTIMATION_TARGET_PCT:g}% bound's ratio, ceilings counted as lengths, / {UNDER_TOLERANCE}), margin x{margin:.3f} (every clean call, and {CENSORED_HEADROOM}x every "
+              f"larger of the largest clean ratio and the {UNDERESTIMATION_TARGET_PCT:g}% bound's ratio with ceilings "
+              f"counted as lengths, / {UNDER_TOLERANCE}), margin x{margin:.3f} (every clean call, and {CENSORED_HEADROOM}x every "
               f"ceiling hit), floor {floor} (was {previous_floor}); collect more samples."))
 
 
-def _coverage_ratio_lower_bound(group: GroupObservationsInForce) -> float:
+def _ceiling_order_statistic(group: GroupObservationsInForce) -> float:
     """A lower bound on the ratio the coverage method needs: the k-th smallest (k at the underestimation
     target; the largest when the group is too small for k) of the clean ratios and the truncated calls'
-    ceiling / prediction, each a lower bound on that call's ratio."""
+    ceiling / prediction, each a lower bound on that call's ratio. The largest clean ratio is the other
+    bound (the truncated calls counted above every candidate): the factor takes the larger."""
     lows = np.sort(np.r_[group.actual / group.predicted, group.censored_ceiling / group.censored_predicted])
     k = order_statistic_index(len(lows), UNDERESTIMATION_TARGET_PCT)
     return float(lows[min(k, len(lows)) - 1])

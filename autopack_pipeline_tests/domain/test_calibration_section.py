@@ -175,3 +175,7 @@ def test_an_unidentifiable_groups_factor_counts_its_truncated_calls_at_their_cei
     assert proposal.proposed_factor == pytest.approx(1.72 / 1.1)
     # The budget does not depend on the factor: 1.25x the largest ceiling ratio, of the old prediction.
     assert proposal.budget_margin * proposal.proposed_factor == pytest.approx(1.25 * 1.72, abs=2e-3)
+    # Calls truncated at low ceilings lower no bound: counted above every candidate, they put the 70th
+    # smallest above every clean ratio, so the largest clean ratio still bounds the factor from below.
+    low_ceilings = propose_group_budget(_group(ratios, [1200] * 3), seed)
+    assert low_ceilings.status == "unidentifiable" and low_ceilings.proposed_factor == pytest.approx(1.60 / 1.1)
