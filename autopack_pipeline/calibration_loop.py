@@ -5,8 +5,8 @@ own* events (Tier 1 with Wilson intervals, Tier 2, cost, the oracle of ``domain.
 figures with their frontier), then calibrates on the stored events of the recent coefficient versions
 (``domain.calibration_window``), re-expressed under the coefficients in force (``calibration_apply``;
 no compounding) and applies the patch to the private
-seeds copy. The gate judges the round's own Tier 1: when it holds, nothing is applied and the round
-says so. Nothing here imports Dagster; the CLI's ``loop`` and ``benchmarks/loop.py`` call
+seeds copy. The gate judges the round's own Tier 1, overall and per group (a group whose breach is
+certain opens it): when it holds, nothing is applied and the round says so. Nothing here imports Dagster; the CLI's ``loop`` and ``benchmarks/loop.py`` call
 :func:`run_loop`.
 """
 
@@ -26,7 +26,7 @@ from autopack_pipeline.calibration_apply import calibrate_and_apply, read_stored
 from autopack_pipeline.domain.calibration_window import window_line
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.cost import cost_now
-from autopack_pipeline.domain.fast_metrics import EventArrays, compute_metrics_arrays
+from autopack_pipeline.domain.fast_metrics import EventArrays, compute_metrics_arrays, group_tier1_arrays
 from autopack_pipeline.domain.frontier import group_frontier
 from autopack_pipeline.domain.group_economics import output_price_per_row
 from autopack_pipeline.domain.metrics import (
@@ -136,9 +136,11 @@ class LoopOptions:
     window_versions: int | None = None  # None: the setting (AUTOPACK_CALIBRATION_WINDOW_VERSIONS)
 
 
-def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any], options: LoopOptions
+def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
+                     round_group_tier1: dict[tuple[str, str], dict[str, Any]], options: LoopOptions
                      ) -> dict[str, Any]:
-    """Calibrate on the recent window (in force), gate on this round's own Tier 1, apply what it proposes."""
+    """Calibrate on the recent window (in force), gate on this round's own Tier 1 (overall and per group),
+    apply what it proposes."""
     # Version names carry the UTC second: two rounds within one second still get distinct versions.
     from datetime import datetime, timedelta, timezone
 
@@ -149,7 +151,7 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     while new_version_name(current, now) == current:
         now += timedelta(seconds=1)
     step = calibrate_and_apply(engine, settings, write=True, now=now, tier1=round_tier1,
-                               min_samples=options.min_samples, confidence_threshold=options.confidence_threshold,
+                               group_tier1=round_group_tier1, min_samples=options.min_samples, confidence_threshold=options.confidence_threshold,
                                window_versions=options.window_versions)
     outcome, application = step["outcome"], step["application"]
     if not outcome.gate.open:
@@ -191,10 +193,12 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
         stored = read_stored(engine, run_ids)
         measured = measure_round(stored.events, prices)
         versions = sorted({v for v in stored.inputs.get("coefficients_version", pd.Series(dtype=object)).dropna()})
-        round_tier1 = compute_metrics_arrays(as_event_arrays(stored.events))["tier1"]
+        round_arrays = as_event_arrays(stored.events)
+        round_tier1 = compute_metrics_arrays(round_arrays)["tier1"]
         document = {"round": number, "world": options.world, "run_ids": run_ids, "coefficients_version": version,
                     "event_coefficients_versions": versions, "collection_problems": failures, **measured,
-                    "calibration": _calibrate_round(engine, settings, round_tier1, options)}
+                    "calibration": _calibrate_round(engine, settings, round_tier1, group_tier1_arrays(round_arrays),
+                                                    options)}
         rounds.append(document)
         if on_round is not None:
             on_round(document)

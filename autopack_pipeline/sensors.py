@@ -18,7 +18,7 @@ from autopack_pipeline.assets.samples import success_samples
 from autopack_pipeline.assets.tasks import generated_tasks
 from autopack_pipeline.checks import DATA_QUALITY_CHECK_KEYS
 from autopack_pipeline.collection.phases import PhaseSetError
-from autopack_pipeline.domain.gates import GateDecision, decide_gate
+from autopack_pipeline.domain.gates import GateDecision, certain_group_breaches, decide_gate
 from autopack_pipeline.jobs import calibration_job, targeted_collection_job, task_generation_job
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import Settings, load_settings
@@ -99,7 +99,9 @@ def gate_from_metadata(samples: dg.EventLogRecord, metrics: dg.EventLogRecord) -
     if sizes:  # ties go to the alphabetically first group, as gates.largest_group does
         (category, complexity), n = min(sizes.items(), key=lambda item: (-item[1], item[0]))
         largest = {"category": category, "complexity": complexity, "n": n}
-    return decide_gate(sum(sizes.values()), largest, float(under), float(truncation))
+    figures = _metadata_value(metrics, "group_tier1")  # None before it was recorded: overall rates alone decide
+    breaches = None if figures is None else certain_group_breaches(figures, sizes)
+    return decide_gate(sum(sizes.values()), largest, float(under), float(truncation), group_breaches=breaches)
 
 
 @dg.sensor(

@@ -49,6 +49,7 @@ from autopack_pipeline.domain.fast_metrics import (
     clean_sample_rows,
     compute_metrics_arrays,
     coverage_groups,
+    group_tier1_arrays,
     sample_groups,
     tier_metrics_document_arrays,
 )
@@ -230,6 +231,7 @@ def calibrate(
     prediction_inputs: pd.DataFrame | None = None,
     coefficient_history: dict[str, Any] | None = None,
     window_versions: int | None = None,
+    group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -244,6 +246,10 @@ def calibrate(
     factors on top of the current file, never a second application of an earlier one. The gate still
     judges the recorded predictions: it is about what happened.
 
+    The gate also opens for a group whose own Tier-1 breach is certain (``gates.certain_group_breaches``),
+    from ``group_tier1``: each group's Tier-1 counts over the events ``tier1`` describes (by default,
+    computed from ``events``; a caller passing the ``tier1`` of other events passes theirs too).
+
     ``window_versions`` (with ``prediction_inputs``) limits what calibration learns from to the events
     of the last that many coefficient versions, or the newest one's alone when its error moved
     (``domain.calibration_window``; 0 keeps every version). None reads every event.
@@ -255,7 +261,10 @@ def calibrate(
     groups = sample_groups(arrays, samples.mask)
     if tier1 is None:
         tier1 = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)["tier1"]
-    gate = calibration_gate_arrays(samples.count, groups, tier1, min_samples=min_samples, force=force)
+    if group_tier1 is None:
+        group_tier1 = group_tier1_arrays(arrays, under_multiplier=under_multiplier)
+    gate = calibration_gate_arrays(samples.count, groups, tier1, min_samples=min_samples, force=force,
+                                   group_tier1=group_tier1)
     if not gate.open:
         return CalibrationOutcome(gate=gate, result=None)
     coefficients = load_coefficients_for(settings)

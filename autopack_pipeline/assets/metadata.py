@@ -59,6 +59,15 @@ def sample_group_metadata(group_counts: dict[tuple[str, str], int], min_samples:
     }
 
 
+GROUP_TIER1_COUNTS = ("total_samples", "underestimation_samples", "underestimated_count", "truncated_count")
+
+
+def group_tier1_metadata(group_tier1: dict[tuple[str, str], dict[str, Any]]) -> dg.MetadataValue:
+    """Each (category, complexity) group's Tier-1 counts, which is all ``gates.certain_group_breaches`` reads."""
+    return dg.MetadataValue.json([{"category": c, "complexity": x, **{k: int(block[k]) for k in GROUP_TIER1_COUNTS}}
+                                  for (c, x), block in group_tier1.items()])
+
+
 def strata_table(dimension: str, strata: dict[str, dict[str, Any]]) -> str:
     """Tier-1 rates per stratum value (category, complexity or deliverable bucket)."""
     rows = [

@@ -6,6 +6,7 @@ import dagster as dg
 from autopack_pipeline import workflows
 from autopack_pipeline.assets.metadata import (
     database_metadata,
+    group_tier1_metadata,
     metrics_next_step,
     rounded,
     spend_metadata,
@@ -13,6 +14,7 @@ from autopack_pipeline.assets.metadata import (
     tier1_table,
 )
 from autopack_pipeline.automation import ON_NEW_EVENTS_OR_NEW_DAY
+from autopack_pipeline.domain.fast_metrics import group_tier1_arrays
 from autopack_pipeline.domain.group_economics import spend_of_events
 from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS, events_in_window, trailing_days
 from autopack_pipeline.resources import TelemetryDatabase
@@ -67,6 +69,8 @@ def tier_metrics(
             **spend_metadata(spend),
             **{f"tier1_by_{dimension}": dg.MetadataValue.md(strata_table(dimension, strata.get(dimension, {})))
                for dimension in ("category", "complexity", "deliverables")},
+            # Each group's Tier-1 counts: the gate sensor opens for a group whose breach is certain.
+            "group_tier1": group_tier1_metadata(group_tier1_arrays(windowed, under_multiplier=config.under_multiplier)),
             # Only numbers go in: the UI plots numeric metadata across materialisations.
             **{key: rounded(tier2[key], 2) for key in ("waste_ratio_p90", "budget_waste_p90")
                if tier2.get(key) is not None},

@@ -20,9 +20,12 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
   (the earlier rule: never truncate more past calls than the floor in force) made floors, not
   margins, set most budgets;
 - *unidentifiable* groups (more truncated calls than the bound absorbs) have no honest order statistic,
-  but they have lower bounds: the coverage factor is at least the largest clean ratio / the 1.1
-  tolerance (with the censored calls counted above every candidate, the k-th smallest ratio lies
-  beyond every clean one), so the factor rises at least that far; the margin covers every clean call
+  but they have lower bounds: each truncated call's ratio is above its ceiling / prediction, and an
+  order statistic only grows when values do, so the coverage factor (the k-th smallest ratio at the
+  underestimation target, / the 1.1 tolerance) is at least the k-th smallest of the clean ratios and
+  the ceiling ratios together, and at least the largest clean ratio (the truncated calls counted above
+  every candidate put the k-th beyond every clean one); the factor rises at least to the larger (the
+  clean ratio alone, the earlier rule, ignored how long the truncated calls were known to be); the margin covers every clean call
   and every truncated one's ceiling with :data:`CENSORED_HEADROOM` to spare (its length is unknown
   but larger than the ceiling it hit), and the floor is chosen as for the other groups. Budgets stay
   proportional to the prediction, where a blunt floor raise (the earlier rule: twice the largest
@@ -41,6 +44,7 @@ import numpy as np
 
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.coverage import order_statistic_index
+from autopack_pipeline.domain.metrics import UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.tasks import Insight
 
 DEFAULT_TRUNCATION_TARGET_PCT = 2.0
@@ -187,7 +191,7 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
     n_clean, n_cut = len(group.actual), len(group.censored_ceiling)
     n = n_clean + n_cut
     clean_max = float((group.actual / group.predicted).max())
-    factor = max(proposed_factor, clean_max / UNDER_TOLERANCE)
+    factor = max(proposed_factor, max(clean_max, _ceiling_order_statistic(group)) / UNDER_TOLERANCE)
     censored_max = float((group.censored_ceiling / group.censored_predicted).max())
     margin = math.ceil(max(clean_max, CENSORED_HEADROOM * censored_max) / factor * 1000) / 1000
     floor = _proportional_floor(group, factor, margin, cap)
@@ -199,9 +203,20 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
         truncated_past_calls_projected=_truncated(group, factor, margin, floor, cap),
         truncated_past_calls_with_previous_floor=_truncated(group, factor, margin, int(previous_floor), cap),
         note=(f"Unidentifiable: {n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} "
-              f"can absorb at most {max(0, n - k)}. From lower bounds: factor x{factor:.3f} (largest clean ratio "
-              f"/ {UNDER_TOLERANCE}), margin x{margin:.3f} (every clean call, and {CENSORED_HEADROOM}x every "
+              f"can absorb at most {max(0, n - k)}. From lower bounds: factor x{factor:.3f} (the "
+              f"larger of the largest clean ratio and the {UNDERESTIMATION_TARGET_PCT:g}% bound's ratio with ceilings "
+              f"counted as lengths, / {UNDER_TOLERANCE}), margin x{margin:.3f} (every clean call, and {CENSORED_HEADROOM}x every "
               f"ceiling hit), floor {floor} (was {previous_floor}); collect more samples."))
+
+
+def _ceiling_order_statistic(group: GroupObservationsInForce) -> float:
+    """A lower bound on the ratio the coverage method needs: the k-th smallest (k at the underestimation
+    target; the largest when the group is too small for k) of the clean ratios and the truncated calls'
+    ceiling / prediction, each a lower bound on that call's ratio. The largest clean ratio is the other
+    bound (the truncated calls counted above every candidate): the factor takes the larger."""
+    lows = np.sort(np.r_[group.actual / group.predicted, group.censored_ceiling / group.censored_predicted])
+    k = order_statistic_index(len(lows), UNDERESTIMATION_TARGET_PCT)
+    return float(lows[min(k, len(lows)) - 1])
 
 
 def _needed(target_pct: float) -> int:

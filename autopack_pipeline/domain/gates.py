@@ -3,10 +3,17 @@
 Autopack documented these conditions but never enforced them (its pitfall P15), and recalibrated on
 25 samples spread over groups of 3 to 15. Here they are one function that the Dagster sensor, the
 asset and the CLI all call, and every refusal carries the number that failed next to its threshold.
+
+Tier 1 is breached overall, or in one (category, complexity) group whose breach is certain: its own
+Wilson 95% lower bound above the target, with at least ``min_samples`` clean samples. The overall rate
+averages a group's misses away (one group at 10% among nine at 3% is 3.7% overall), so without the
+group rule that group would never be calibrated again; the lower bound keeps one unlucky small group
+from reopening the gate on noise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +23,7 @@ from autopack_pipeline.domain.categories import normalise_category, normalise_co
 from autopack_pipeline.domain.metrics import (
     TRUNCATION_TARGET_PCT,
     UNDERESTIMATION_TARGET_PCT,
+    wilson_interval,
 )
 from autopack_pipeline.domain.samples import canonical_labels
 
@@ -44,13 +52,17 @@ class GateDecision:
             return "Calibration gate forced open (--force) despite: " + "; ".join(self.reasons)
         if self.open:
             group = self.observed.get("largest_group") or {}
-            return (
+            text = (
                 f"Calibration gate open{' (forced)' if self.forced else ''}: "
                 f"{self.observed.get('clean_samples', 0)} clean samples, largest group "
                 f"{group.get('category')}/{group.get('complexity')} with {group.get('n')}, "
                 f"underestimation {self.observed.get('underestimation_rate_pct', 0.0):.1f}%, "
                 f"truncation {self.observed.get('truncation_rate_pct', 0.0):.1f}%"
             )
+            breaches = self.observed.get("group_breaches") or []
+            if breaches:
+                text += "; Tier 1 certainly breached in " + "; ".join(group_breach_text(b) for b in breaches)
+            return text
         return "Calibration gate closed: " + "; ".join(self.reasons)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +92,58 @@ def largest_group(samples: pd.DataFrame) -> dict[str, Any] | None:
     return {"category": category, "complexity": complexity, "n": int(n)}
 
 
+def _count(block: Mapping[str, Any], key: str) -> int:
+    return int(block.get(key) or 0)
+
+
+def certain_group_breaches(
+    group_tier1: Mapping[tuple[str, str], Mapping[str, Any]] | Iterable[Mapping[str, Any]],
+    clean_counts: Mapping[tuple[str, str], int],
+    *,
+    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
+) -> list[dict[str, Any]]:
+    """The (category, complexity) groups whose own Tier-1 breach is certain, sorted by group.
+
+    ``group_tier1`` holds each group's Tier-1 counts (``tier1_block``'s ``underestimated_count`` of
+    ``underestimation_samples``, ``truncated_count`` of ``total_samples``): a mapping by group, as
+    ``group_tier1_arrays`` returns, or records with ``category`` and ``complexity`` (the metadata
+    form). ``clean_counts`` are the clean samples per group. A group counts when it has at least
+    ``min_samples`` clean samples (calibration can learn from it) and a rate's Wilson 95% lower bound
+    is above its target; the rates are recomputed from the counts, so only counts need to travel.
+    """
+    if isinstance(group_tier1, Mapping):
+        records = [{"category": c, "complexity": x, **block} for (c, x), block in group_tier1.items()]
+    else:
+        records = list(group_tier1)
+    breaches = []
+    for record in records:
+        key = (str(record["category"]), str(record["complexity"]))
+        clean = int(clean_counts.get(key, 0))
+        if clean < min_samples:
+            continue
+        found = []
+        for name, k, n, target in (
+            ("underestimation", _count(record, "underestimated_count"), _count(record, "underestimation_samples"),
+             UNDERESTIMATION_TARGET_PCT),
+            ("truncation", _count(record, "truncated_count"), _count(record, "total_samples"), TRUNCATION_TARGET_PCT),
+        ):
+            low, high = wilson_interval(k, n)
+            if n and low > target:
+                found.append({"metric": name, "count": k, "of": n, "pct": 100.0 * k / n, "ci": [low, high],
+                              "target_pct": target})
+        if found:
+            breaches.append({"category": key[0], "complexity": key[1], "clean_samples": clean, "breaches": found})
+    return sorted(breaches, key=lambda b: (b["category"], b["complexity"]))
+
+
+def group_breach_text(breach: Mapping[str, Any]) -> str:
+    """``implementation/medium: underestimation 9 of 86 = 10.5% [5.6-18.7], lower bound above 5.0%; ...``."""
+    rates = ", ".join(
+        f"{b['metric']} {b['count']} of {b['of']} = {b['pct']:.1f}% [{b['ci'][0]:.1f}-{b['ci'][1]:.1f}], "
+        f"lower bound above {b['target_pct']:.1f}%" for b in breach["breaches"])
+    return f"{breach['category']}/{breach['complexity']} ({breach['clean_samples']} clean samples): {rates}"
+
+
 def evaluate_calibration_gate(
     samples: pd.DataFrame,
     tier1: dict[str, Any],
@@ -87,17 +151,27 @@ def evaluate_calibration_gate(
     min_total: int = DEFAULT_MIN_TOTAL_SAMPLES,
     min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
     force: bool = False,
+    group_tier1: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> GateDecision:
     """Decide whether calibration may run on ``samples`` (clean samples) given the ``tier1`` block.
 
     All three must hold: at least ``min_total`` clean samples; at least one (category, complexity)
-    group with ``min_samples``; Tier 1 breached (underestimation > 5% or truncation > 2%). With
-    ``force`` the gate opens regardless, but the failed conditions stay in ``reasons``.
+    group with ``min_samples``; Tier 1 breached (underestimation > 5% or truncation > 2%) overall or,
+    given ``group_tier1`` (each group's Tier-1 counts over the same events as ``tier1``), certainly
+    in one group (:func:`certain_group_breaches`). With ``force`` the gate opens regardless, but the
+    failed conditions stay in ``reasons``.
     """
     under = float(tier1.get("underestimation_rate_pct") or 0.0)
     truncation = float(tier1.get("truncation_rate_pct") or 0.0)
+    breaches = None
+    if group_tier1 is not None:
+        categories = canonical_labels(samples["category"], normalise_category)
+        complexities = canonical_labels(samples["complexity"], normalise_complexity)
+        counts = pd.Series(list(zip(categories, complexities)), dtype=object).value_counts()
+        breaches = certain_group_breaches(group_tier1, {k: int(n) for k, n in counts.items()},
+                                          min_samples=min_samples)
     return decide_gate(int(len(samples)), largest_group(samples), under, truncation,
-                       min_total=min_total, min_samples=min_samples, force=force)
+                       min_total=min_total, min_samples=min_samples, force=force, group_breaches=breaches)
 
 
 def decide_gate(
@@ -109,8 +183,13 @@ def decide_gate(
     min_total: int = DEFAULT_MIN_TOTAL_SAMPLES,
     min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
     force: bool = False,
+    group_breaches: list[dict[str, Any]] | None = None,
 ) -> GateDecision:
-    """The gate's rule from its four figures, whichever path computed them (pandas or columnar)."""
+    """The gate's rule from its figures, whichever path computed them (pandas, columnar, metadata).
+
+    ``group_breaches`` is :func:`certain_group_breaches`' answer; None when the caller has no
+    per-group figures (then only the overall rates decide, and the reasons do not mention groups).
+    """
     reasons: list[str] = []
     if clean < min_total:
         reasons.append(f"only {clean} clean samples; the gate needs at least {min_total}")
@@ -121,11 +200,14 @@ def decide_gate(
             f"the largest (category, complexity) group, {group['category']}/{group['complexity']}, "
             f"has {group['n']} clean samples; the gate needs one with at least {min_samples}"
         )
-    if not (under > UNDERESTIMATION_TARGET_PCT or truncation > TRUNCATION_TARGET_PCT):
+    if not (under > UNDERESTIMATION_TARGET_PCT or truncation > TRUNCATION_TARGET_PCT or group_breaches):
         reasons.append(
             f"Tier 1 is within targets: underestimation {under:.1f}% (limit {UNDERESTIMATION_TARGET_PCT:.1f}%), "
             f"truncation {truncation:.1f}% (limit {TRUNCATION_TARGET_PCT:.1f}%); calibration runs only "
             "when one is breached"
+            + ("" if group_breaches is None else
+               f", overall or certainly in one group (Wilson 95% lower bound above the target, with at least "
+               f"{min_samples} clean samples); no group's is")
         )
     return GateDecision(
         open=force or not reasons,
@@ -136,6 +218,7 @@ def decide_gate(
             "largest_group": group,
             "underestimation_rate_pct": under,
             "truncation_rate_pct": truncation,
+            **({} if group_breaches is None else {"group_breaches": list(group_breaches)}),
         },
         thresholds={
             "min_clean_samples": min_total,

@@ -140,17 +140,19 @@ def test_the_proposed_factor_multiplies_the_current_multiplier(seed):
 
 def test_an_unidentifiable_group_gets_proportional_budgets_from_lower_bounds_and_a_collect_samples_task(seed):
     # 10 clean calls at ratio 1.0 and 3 truncated at ceilings 5000, 4000, 3000 (predictions 1000): no
-    # order statistic exists. The margin covers every clean call and 1.25x the largest ceiling ratio
-    # (5.0 -> 6.25); the floor is the smallest prediction x margin, below the floor in force (8192):
-    # a blunt floor (twice the largest ceiling, the earlier rule) would inflate every small call's budget.
+    # order statistic exists. 13 calls are too few for a 5% bound, so the factor is at least the largest
+    # lower bound, the 5.0 ceiling ratio, / 1.1. The budget covers every clean call and 1.25x the largest
+    # ceiling ratio (5.0 -> 6.25x the old prediction, a margin of 6.25 / 4.545 on the new one); the floor
+    # is the smallest prediction x margin, below the floor in force (8192): a blunt floor (twice the
+    # largest ceiling, the earlier rule) would inflate every small call's budget.
     proposal = propose_group_budget(_group([1.0] * 10, [5000, 4000, 3000]), seed)
     assert proposal.status == "unidentifiable"
-    assert proposal.proposed_factor == pytest.approx(1.0) and proposal.budget_margin == pytest.approx(6.25)
-    assert proposal.budget_floor == 6250 and proposal.truncated_past_calls_projected == 0
-    # A clean call above the 1.1 tolerance raises the factor to at least largest ratio / 1.1, and the
-    # margin is measured against the new prediction.
-    raised = propose_group_budget(_group([1.0] * 9 + [2.2], [5000, 4000, 3000]), seed)
-    assert raised.proposed_factor == pytest.approx(2.0) and raised.budget_margin == pytest.approx(3.125)
+    assert proposal.proposed_factor == pytest.approx(5.0 / 1.1) and proposal.budget_margin == 1.376  # rounded up
+    assert proposal.budget_floor == 6254 and proposal.truncated_past_calls_projected == 0  # 4545.45 x 1.376
+    # A clean call above every ceiling raises the factor to its ratio / 1.1, and the margin is measured
+    # against the new prediction.
+    raised = propose_group_budget(_group([1.0] * 9 + [6.6], [5000, 4000, 3000]), seed)
+    assert raised.proposed_factor == pytest.approx(6.0) and raised.budget_margin == pytest.approx(1.1)
     # Too few observations to estimate anything: the blunt floor raise stays (capped at the provider cap).
     capped = propose_group_budget(_group([1.0] * 2, [40000, 40000]), seed)
     assert capped.budget_margin is None and capped.budget_floor == seed.budget.cap
@@ -158,3 +160,22 @@ def test_an_unidentifiable_group_gets_proportional_budgets_from_lower_bounds_and
     assert insight.task_kind == "collect_samples" and not insight.requires_approval
     assert insight.evidence["category"] == "implementation" and insight.evidence["complexity"] == "low"
     assert insight.evidence["threshold"] >= 49  # a 98% bound needs 49 observations
+
+
+def test_an_unidentifiable_groups_factor_counts_its_truncated_calls_at_their_ceilings(seed):
+    # The length world's doc_synthesis/medium after its drift round: 69 clean calls with ratios up to
+    # 1.60 and 3 truncated at a ceiling of 1.72x their prediction (N = 72, so a 5% underestimation bound
+    # is the k = ceil(73 * 0.95) = 70th smallest ratio, and 3 above 1.72 make it unidentifiable). The
+    # truncated calls ran longer than 1.72x, so the 70th smallest is at least 1.72 (order statistics only
+    # grow when values do): the factor is at least 1.72 / 1.1 = 1.5636, not the largest clean ratio's
+    # 1.60 / 1.1 = 1.4545, which leaves all 3 truncated calls underestimated on the calls it learned from.
+    ratios = np.r_[np.linspace(0.25, 1.55, 68), 1.60]
+    proposal = propose_group_budget(_group(ratios, [1720] * 3), seed)
+    assert proposal.status == "unidentifiable" and proposal.observations == 72
+    assert proposal.proposed_factor == pytest.approx(1.72 / 1.1)
+    # The budget does not depend on the factor: 1.25x the largest ceiling ratio, of the old prediction.
+    assert proposal.budget_margin * proposal.proposed_factor == pytest.approx(1.25 * 1.72, abs=2e-3)
+    # Calls truncated at low ceilings lower no bound: counted above every candidate, they put the 70th
+    # smallest above every clean ratio, so the largest clean ratio still bounds the factor from below.
+    low_ceilings = propose_group_budget(_group(ratios, [1200] * 3), seed)
+    assert low_ceilings.status == "unidentifiable" and low_ceilings.proposed_factor == pytest.approx(1.60 / 1.1)

@@ -114,3 +114,54 @@ def test_decision_is_frozen_and_serialisable():
     assert data["open"] is False and data["summary"] == decision.summary()
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.open = True  # type: ignore[misc]
+
+
+# -- Tier 1 per group: a group whose own breach is certain opens the gate -----------------------------
+
+
+def group_figures(category: str, complexity: str, *, events: int, underestimated: int = 0,
+                  truncated: int = 0) -> dict[tuple[str, str], dict[str, int]]:
+    return {(category, complexity): {"total_samples": events, "underestimation_samples": events,
+                                     "underestimated_count": underestimated, "truncated_count": truncated}}
+
+
+def test_a_group_whose_breach_is_certain_opens_the_gate_and_is_named():
+    # Overall 4.0% / 1.0%: within targets. implementation/medium has 9 of 86 underestimated (10.5%,
+    # Wilson 95% 5.6%-18.7%): the lower bound is above 5%, so its breach is certain.
+    figures = group_figures("implementation", "medium", events=86, underestimated=9)
+    decision = evaluate_calibration_gate(samples(("implementation", "medium", 80), ("tests", "low", 20)),
+                                         {"underestimation_rate_pct": 4.0, "truncation_rate_pct": 1.0},
+                                         group_tier1=figures)
+    assert decision.open and decision.reasons == []
+    (breach,) = decision.observed["group_breaches"]
+    assert (breach["category"], breach["complexity"], breach["clean_samples"]) == ("implementation", "medium", 80)
+    assert [b["metric"] for b in breach["breaches"]] == ["underestimation"]
+    assert breach["breaches"][0]["ci"][0] == pytest.approx(5.6, abs=0.05)
+    assert ("Tier 1 certainly breached in implementation/medium (80 clean samples): underestimation 9 of 86 "
+            "= 10.5% [5.6-18.7], lower bound above 5.0%") in decision.summary()
+
+
+def test_a_noisy_group_breach_inside_its_interval_keeps_the_gate_closed():
+    # 1 of 12 underestimated and 1 of 12 truncated are 8.3%, above both targets, but their Wilson 95%
+    # interval (1.5%-35.4%) still includes them: noise on 12 calls, not a certain breach.
+    noisy = group_figures("docs", "low", events=12, underestimated=1, truncated=1)
+    decision = evaluate_calibration_gate(samples(("docs", "low", 12), ("tests", "low", 20)), WITHIN, group_tier1=noisy)
+    assert not decision.open and decision.observed["group_breaches"] == []
+    (reason,) = decision.reasons
+    assert "no group's is" in reason and "at least 5 clean samples" in reason
+
+
+def test_a_certain_group_breach_needs_min_samples_clean_samples():
+    # Certain on its events (10 of 40 truncated), but only 4 clean samples to learn from.
+    figures = group_figures("docs", "low", events=40, truncated=10)
+    decision = evaluate_calibration_gate(samples(("docs", "low", 4), ("tests", "low", 20)), WITHIN,
+                                         group_tier1=figures)
+    assert not decision.open
+    decision = evaluate_calibration_gate(samples(("docs", "low", 5), ("tests", "low", 20)), WITHIN,
+                                         group_tier1=figures)
+    assert decision.open and "docs/low (5 clean samples): truncation 10 of 40 = 25.0%" in decision.summary()
+
+
+def test_without_group_figures_the_reason_is_unchanged():
+    decision = evaluate_calibration_gate(samples(("implementation", "low", 25)), WITHIN)
+    assert "group" not in decision.reasons[0] and "group_breaches" not in decision.observed

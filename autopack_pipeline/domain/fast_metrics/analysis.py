@@ -26,6 +26,7 @@ from autopack_pipeline.domain.gates import (
     DEFAULT_MIN_GROUP_SAMPLES,
     DEFAULT_MIN_TOTAL_SAMPLES,
     GateDecision,
+    certain_group_breaches,
     decide_gate,
 )
 from autopack_pipeline.domain.metrics import DEFAULT_UNDER_MULTIPLIER
@@ -39,9 +40,12 @@ def calibration_gate_arrays(
     min_total: int = DEFAULT_MIN_TOTAL_SAMPLES,
     min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
     force: bool = False,
+    group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> GateDecision:
     """``gates.evaluate_calibration_gate`` from the clean count and the group sizes."""
     counts = groups.counts()
+    breaches = (None if group_tier1 is None
+                else certain_group_breaches(group_tier1, counts, min_samples=min_samples))
     group = None
     if clean_count:
         (category, complexity), n = min(counts.items(), key=lambda item: (-item[1], item[0]))
@@ -49,7 +53,7 @@ def calibration_gate_arrays(
     under = float(tier1.get("underestimation_rate_pct") or 0.0)
     truncation = float(tier1.get("truncation_rate_pct") or 0.0)
     return decide_gate(clean_count, group, under, truncation, min_total=min_total, min_samples=min_samples,
-                       force=force)
+                       force=force, group_breaches=breaches)
 
 
 def calibrations_arrays(
