@@ -69,9 +69,10 @@ def _materialise_days(defs, instance, snapshot, run_config) -> list[dg.ExecuteIn
     from autopack_pipeline.partitions import event_days
     from autopack_pipeline.settings import load_settings
 
-    window = workflows.analysis_window(load_settings())
+    events = snapshot.arrays()
+    window = workflows.analysis_window(load_settings(), events)
     known = set(event_days.get_partition_keys(dynamic_partitions_store=instance))
-    days = [d.isoformat() for d in days_with_events(events_in_window(snapshot.arrays(), window))]
+    days = [d.isoformat() for d in days_with_events(events_in_window(events, window))]
     job = defs.resolve_job_def("daily_metrics_job")
     return [job.execute_in_process(instance=instance, partition_key=day, raise_on_error=False, run_config=run_config)
             for day in days if day in known]

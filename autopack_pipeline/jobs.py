@@ -18,7 +18,6 @@ from autopack_pipeline.checks import DRIFT_CHECK_KEYS
 from autopack_pipeline.ops import apply_calibration, approve_task_op, complete_task_op, reject_task_op
 from autopack_pipeline.run_tags import READS, WRITES
 
-
 telemetry_pipeline_job = dg.define_asset_job(
     name="telemetry_pipeline_job",
     selection=dg.AssetSelection.assets(*PIPELINE_ASSETS),

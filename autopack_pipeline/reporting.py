@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from autopack_pipeline.domain.calibration import CalibrationResult, GroupCalibration
+
 # The one writer of user-facing files (atomic, umask modes, special files refused), re-exported here
 # because the report writers grew up in this module.
 from autopack_pipeline.output_files import ensure_directory, write_atomic_text, write_atomic_with  # noqa: F401

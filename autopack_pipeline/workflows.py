@@ -29,13 +29,13 @@ from autopack_pipeline.collection.run import (
     default_run_id,
     run_collection,
 )
-from autopack_pipeline.domain.calibration import (
-    CalibrationResult,
-)
 from autopack_pipeline.domain.budget_calibration import (
     GroupBudgetProposal,
     calibration_section,
     insights_from_budget_proposals,
+)
+from autopack_pipeline.domain.calibration import (
+    CalibrationResult,
 )
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.coverage import CALIBRATION_METHODS
@@ -55,10 +55,9 @@ from autopack_pipeline.domain.fast_metrics import (
 )
 from autopack_pipeline.domain.gates import GateDecision
 from autopack_pipeline.domain.group_economics import group_economics
+from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
 from autopack_pipeline.domain.prices import PRICES_FILE_NAME, PriceTable, load_price_table
 from autopack_pipeline.domain.reprediction import arrays_in_force
-from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
-from autopack_pipeline.domain.windows import TimeWindow, trailing_days
 from autopack_pipeline.domain.tasks import (
     GeneratedTask,
     Insight,
@@ -68,6 +67,7 @@ from autopack_pipeline.domain.tasks import (
     insights_from_sample_shortfalls,
     insights_from_tier_metrics,
 )
+from autopack_pipeline.domain.windows import TimeWindow, latest_day, trailing_days
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.builder import Builder
 from autopack_pipeline.reporting import write_calibration_report_set
@@ -141,10 +141,17 @@ def summarise_samples(events: pd.DataFrame | EventArrays, *, dedup: bool = True)
                          dedup=dedup)
 
 
-def analysis_window(settings: Settings, today: date | None = None) -> TimeWindow | None:
+def analysis_window(settings: Settings, events: EventArrays | None = None,
+                    today: date | None = None) -> TimeWindow | None:
     """The rolling window the Dagster assets analyse and gate on: the last AUTOPACK_METRICS_WINDOW_DAYS
-    whole UTC days (28 by default); ``None`` (the setting at 0) means every event, as the CLI reads them."""
-    return trailing_days(settings.metrics_window_days, today) if settings.metrics_window_days else None
+    whole UTC days (28 by default) of telemetry, ending on the day of the newest of ``events`` (or
+    ``today``). Anchored on the data, not the clock, so an imported or idle database still shows its
+    latest four weeks; the window's dates are in every asset's metadata. ``None`` (the setting at 0)
+    means every event, as the CLI reads them."""
+    if not settings.metrics_window_days:
+        return None
+    anchor = today or (latest_day(events) if events is not None else None)
+    return trailing_days(settings.metrics_window_days, anchor)
 
 
 def window_label(window: TimeWindow | None) -> str:

@@ -50,7 +50,8 @@ def calibration_recommendations(
     """
     settings = load_settings()
     # The same rolling window as success_samples and tier_metrics, so the gate here and the sensor's agree.
-    events = events_in_window(raw_events.arrays(), workflows.analysis_window(settings))
+    every_event = raw_events.arrays()
+    events = events_in_window(every_event, workflows.analysis_window(settings, every_event))
     # The CLI's `calibrate` runs this same function: predictions re-expressed under the coefficients
     # in force (the stored prediction inputs and the kept coefficient versions), so nothing compounds.
     outcome = calibrate_in_force(

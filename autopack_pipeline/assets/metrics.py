@@ -16,7 +16,7 @@ from autopack_pipeline.assets.metadata import (
 from autopack_pipeline.automation import ON_NEW_EVENTS_OR_NEW_DAY
 from autopack_pipeline.domain.fast_metrics import group_tier1_arrays
 from autopack_pipeline.domain.group_economics import spend_of_events
-from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS, events_in_window, trailing_days
+from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS, events_in_window, latest_day, trailing_days
 from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventSnapshot
@@ -39,13 +39,13 @@ def tier_metrics(
     complexity and deliverables; plus the same over successful calls only, and Tier 1 over the last
     7 days. Per-day figures are in daily_tier_metrics.
     """
-    window = workflows.analysis_window(load_settings())
     events = raw_events.arrays()
+    window = workflows.analysis_window(load_settings(), events)
     windowed = events_in_window(events, window)
     document = workflows.tier_metrics_document(windowed, success_samples.count,
                                                under_multiplier=config.under_multiplier)
     document["window"] = workflows.window_label(window)
-    short = trailing_days(SHORT_WINDOW_DAYS)
+    short = trailing_days(SHORT_WINDOW_DAYS, latest_day(events))
     recent = workflows.tier_metrics_document(events_in_window(events, short), 0,
                                              under_multiplier=config.under_multiplier)["all_events"]["tier1"]
     document["last_7_days"] = {"window": workflows.window_label(short), "tier1": recent}

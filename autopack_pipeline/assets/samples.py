@@ -19,11 +19,12 @@ class SamplesConfig(dg.Config):
 def success_samples(config: SamplesConfig, raw_events: EventSnapshot) -> dg.MaterializeResult:
     """Successful, untruncated events with at least 50 output tokens, one per (run, phase) unless
     dedup is off; categories and complexities in their canonical spelling; over the rolling window
-    the calibration gate reads (the last 28 UTC days, AUTOPACK_METRICS_WINDOW_DAYS; 0 = all events).
+    the calibration gate reads (the last 28 UTC days of telemetry, AUTOPACK_METRICS_WINDOW_DAYS; 0 = all events).
     Handed on as counts per (category, complexity) group with the reasons the other events were left out.
     """
-    window = workflows.analysis_window(load_settings())
-    summary = workflows.summarise_samples(events_in_window(raw_events.arrays(), window), dedup=config.dedup)
+    events = raw_events.arrays()
+    window = workflows.analysis_window(load_settings(), events)
+    summary = workflows.summarise_samples(events_in_window(events, window), dedup=config.dedup)
     counts = summary.group_counts
     return dg.MaterializeResult(
         value=summary,

@@ -12,12 +12,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from autopack_pipeline.cli import analysis, collection, database, pipeline
-from autopack_pipeline.cli import doctor, transfer
-from autopack_pipeline.cli import tasks
-from autopack_pipeline.cli import calibration_patch, logs
-from autopack_pipeline.cli import synth
-from autopack_pipeline.cli import loop
+from autopack_pipeline.cli import (
+    analysis,
+    calibration_patch,
+    collection,
+    database,
+    doctor,
+    logs,
+    loop,
+    pipeline,
+    synth,
+    tasks,
+    transfer,
+)
 from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,

@@ -39,8 +39,13 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from autopack_pipeline.storage.database import describe_database, make_engine, resolve_database_url
-    from autopack_pipeline.storage.migrate import SchemaTooNew, current_revision, head_revision, known_revisions
-    from autopack_pipeline.storage.migrate import upgrade_database
+    from autopack_pipeline.storage.migrate import (
+        SchemaTooNew,
+        current_revision,
+        head_revision,
+        known_revisions,
+        upgrade_database,
+    )
 
     engine = make_engine(resolve_database_url(args.database_url))
     current = current_revision(engine)

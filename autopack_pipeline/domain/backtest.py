@@ -31,8 +31,8 @@ import pandas as pd
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.estimator import TokenEstimator
-from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, Repredictor, StoredPrediction
 from autopack_pipeline.domain.metrics import budget_sent, p90
+from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, Repredictor, StoredPrediction
 from autopack_pipeline.domain.samples import as_events_frame, truncated_mask
 
 

@@ -65,6 +65,15 @@ def events_in_window(arrays: EventArrays, window: TimeWindow | None) -> EventArr
     return arrays if window is None else arrays.take(rows_in_window(arrays, window))
 
 
+def latest_day(arrays: EventArrays) -> date | None:
+    """The UTC day of the newest event; ``None`` when no event has a timestamp."""
+    stamps = arrays.timestamp_us
+    known = stamps.values[stamps.notna()]
+    if not len(known):
+        return None
+    return (_EPOCH + timedelta(microseconds=int(known.max()))).date()
+
+
 def days_with_events(arrays: EventArrays) -> list[date]:
     """The UTC days on which at least one event was recorded, oldest first."""
     stamps = arrays.timestamp_us
