@@ -167,24 +167,68 @@ def arrays_in_force(arrays: Any, inputs: Any, table: CoefficientTable,
                     history: Mapping[str, CoefficientTable] | None = None,
                     workspace: Any = None) -> tuple[Any, dict[str, int]]:
     """``arrays`` with ``predicted`` re-expressed under ``table`` (see the module docstring), and the
-    count of events per way (``kept`` for events without stored inputs, whose prediction stays)."""
+    count of events per way (``kept`` for events without stored inputs, whose prediction stays).
+
+    Whole columns at a time: the ways are chosen with masks, ``scaled`` multiplies by a ratio per
+    (version, group), and the estimator runs once per distinct input of the ``rerun`` rows. A
+    Python object per event cost ~50 us each (9/10 of ``calibrate`` at a million events).
+    """
     from dataclasses import replace
+
+    import pandas as pd
 
     from autopack_pipeline.domain.fast_metrics.arrays import IntColumn
 
-    events = stored_predictions(arrays, inputs)
-    repredictor = Repredictor(table, history, workspace)
+    n = len(arrays)
+    ids = arrays.event_id
+    id_values = pd.array(ids.values, dtype="Int64")
+    if ids.valid is not None:
+        id_values[~ids.valid] = pd.NA
+    aligned = inputs.reindex(pd.Index(id_values))  # one row per event, NaN where nothing is stored
+    has_inputs = np.asarray(pd.Index(id_values).isin(inputs.index) & ~pd.isna(id_values), dtype=bool)
+    recorded = arrays.predicted.floats()
+    has_recorded = ~np.isnan(recorded)
+    versions = (aligned["coefficients_version"].to_numpy(dtype=object) if "coefficients_version" in aligned
+                else np.full(n, None, dtype=object))
+    versions = np.array([v if isinstance(v, str) else None for v in versions], dtype=object)
+
     values = arrays.predicted.values.astype(np.int64).copy()
-    valid = None if arrays.predicted.valid is None else arrays.predicted.valid.copy()
-    how: Counter[str] = Counter()
-    for i, event in enumerate(events):
-        if event is None:
-            how["kept"] += 1
+    way = np.full(n, "kept", dtype=object)
+    way[has_inputs] = "rerun"
+    same = has_inputs & has_recorded & (versions == table.version)
+    way[same] = "recorded"
+
+    repredictor = Repredictor(table, history, workspace)
+    cat_labels, cx_labels = list(arrays.category.labels), list(arrays.complexity.labels)
+    pair = arrays.category.codes.astype(np.int64) * (len(cx_labels) + 1) + (arrays.complexity.codes + 1)
+    for version in {v for v in versions[has_inputs & has_recorded & ~same] if v is not None}:
+        old = repredictor._scalable(version)
+        if old is None:
             continue
-        value, way = repredictor.one(event)
-        values[i] = int(value)
-        if valid is not None:
-            valid[i] = True
-        how[way] += 1
-    counts = {way: int(how[way]) for way in (*HOW, "kept")}
+        rows = has_inputs & has_recorded & ~same & (versions == version)
+        ratio = np.ones(n)
+        for code in np.unique(pair[rows]):
+            cat, cx = divmod(int(code), len(cx_labels) + 1)
+            key = (normalise_category(cat_labels[cat] if cat >= 0 else None),
+                   normalise_complexity(cx_labels[cx - 1] if cx > 0 else None))
+            ratio[rows & (pair == code)] = table.prediction_multiplier(*key) / old.prediction_multiplier(*key)
+        scaled = np.where(ratio != 1.0, np.floor(recorded * ratio + 0.5), recorded)
+        values[rows] = scaled[rows].astype(np.int64)
+        way[rows] = "scaled"
+
+    rerun_rows = np.flatnonzero(way == "rerun")
+    if len(rerun_rows):
+        features = [c for c in FEATURE_COLUMNS if c in aligned.columns]
+        columns = [aligned["deliverables"].to_numpy(dtype=object)[rerun_rows],
+                   *(aligned[c].to_numpy(dtype=object)[rerun_rows] for c in features)]
+        cats = np.array(cat_labels + [None], dtype=object)[arrays.category.codes[rerun_rows]]
+        cxs = np.array(cx_labels + [None], dtype=object)[arrays.complexity.codes[rerun_rows]]
+        for j, (items, cat, cx, *feature_values) in enumerate(zip(*columns[:1], cats, cxs, *columns[1:])):
+            event = StoredPrediction(category=cat, complexity=cx,
+                                     deliverables=items if isinstance(items, (list, tuple)) else [],
+                                     recorded=None,
+                                     features={c: _plain(v) for c, v in zip(features, feature_values)})
+            values[rerun_rows[j]] = int(repredictor.rerun(event)[0])  # cached per distinct input
+    valid = None if arrays.predicted.valid is None else arrays.predicted.valid | (way != "kept")
+    counts = {name: int((way == name).sum()) for name in (*HOW, "kept")}
     return replace(arrays, predicted=IntColumn(values, valid)), counts

@@ -40,14 +40,15 @@ def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = Non
     statement = select(_EVENTS.c.event_id, _EVENTS.c.deliverables_json, *(_EVENTS.c[name] for name in chosen))
     with engine.connect() as connection:
         rows = connection.execute(statement).all()
-    wanted = None if event_ids is None else {int(i) for i in event_ids}
-    records = {}
-    for row in rows:
-        if wanted is not None and row[0] not in wanted:
-            continue
-        values = dict(zip(chosen, row[2:]))
-        records[int(row[0])] = {"deliverables": _deliverables(row[1]),
-                                **{name: values.get(name) for name in INPUT_COLUMNS}}
-    frame = pd.DataFrame.from_dict(records, orient="index", columns=columns)
-    frame.index.name = "event_id"
-    return frame.astype(object)
+    frame = pd.DataFrame(rows, columns=["event_id", "deliverables_json", *chosen]).astype(object)
+    if event_ids is not None:
+        frame = frame[frame["event_id"].isin({int(i) for i in event_ids})]
+    # Each distinct deliverables text is parsed once (phases of one run, retries and templates repeat them).
+    codes, texts = pd.factorize(frame["deliverables_json"], use_na_sentinel=True)
+    parsed = [_deliverables(text) for text in texts]
+    frame["deliverables"] = [parsed[c] if c >= 0 else [] for c in codes]
+    for name in INPUT_COLUMNS:
+        if name not in frame:
+            frame[name] = None
+    frame.index = pd.Index(frame.pop("event_id").astype("int64"), name="event_id")
+    return frame[columns].astype(object)

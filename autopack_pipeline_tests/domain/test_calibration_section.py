@@ -179,3 +179,37 @@ def test_an_unidentifiable_groups_factor_counts_its_truncated_calls_at_their_cei
     # smallest above every clean ratio, so the largest clean ratio still bounds the factor from below.
     low_ceilings = propose_group_budget(_group(ratios, [1200] * 3), seed)
     assert low_ceilings.status == "unidentifiable" and low_ceilings.proposed_factor == pytest.approx(1.60 / 1.1)
+
+
+def test_whole_column_reprediction_agrees_with_the_event_by_event_rule(seed):
+    """arrays_in_force chooses recorded / scaled / rerun / kept with masks; each row must get what
+    Repredictor.one gives that event alone."""
+    from autopack_pipeline.domain.fast_metrics import EventArrays
+    from autopack_pipeline.domain.reprediction import arrays_in_force
+
+    old = seed.with_calibration({("docs", "low"): GroupSetting(prediction_multiplier=2.0)}, "v-old")
+    new = old.with_calibration({("docs", "low"): GroupSetting(prediction_multiplier=3.0),
+                                ("implementation", "low"): GroupSetting(prediction_multiplier=0.5)}, "v-new")
+    rows = [  # event_id, category, complexity, deliverables, recorded, version
+        (1, "docs", "low", DOCS_LOW, 777, "v-new"),            # recorded
+        (2, "docs", "low", DOCS_LOW, 1001, "v-old"),           # scaled x1.5
+        (3, "implementation", "low", ["src/a.py (new)"], 4001, "v-old"),  # scaled x0.5
+        (4, "docs", "medium", SYNTHESIS, 5, None),             # rerun (before the column)
+        (5, "testing", "medium", ["tests/test_a.py"] * 9, 9, "v-unknown"),  # rerun (version not kept)
+        (6, "docs", "low", DOCS_LOW, 321, "v-new"),            # kept: no stored inputs
+    ]
+    frame = pd.DataFrame({"event_id": [r[0] for r in rows], "run_id": "r", "phase_id": [f"p{r[0]}" for r in rows],
+                          "category": [r[1] for r in rows], "complexity": [r[2] for r in rows],
+                          "predicted_output_tokens": [r[4] for r in rows], "actual_output_tokens": 1000,
+                          "selected_budget": 8192, "success": True, "truncated": False})
+    inputs = pd.DataFrame({"deliverables": [r[3] for r in rows[:5]], "coefficients_version": [r[5] for r in rows[:5]],
+                           "context_quality": "some"}, index=pd.Index([r[0] for r in rows[:5]], name="event_id"),
+                          dtype=object)
+    arrays, counts = arrays_in_force(EventArrays.from_frame(frame), inputs, new, {"v-old": old})
+
+    repredictor = Repredictor(new, {"v-old": old})
+    expected = [repredictor.one(StoredPrediction(r[1], r[2], r[3], float(r[4]), version=r[5],
+                                                 features={"context_quality": "some"}))[0] for r in rows[:5]]
+    assert arrays.predicted.values.tolist() == [int(v) for v in expected] + [321]
+    assert counts == {"recorded": 1, "scaled": 2, "rerun": 2, "kept": 1}
+    assert arrays.predicted.values[1] == math.floor(1001 * 1.5 + 0.5) and arrays.predicted.values[2] == 2001
