@@ -739,7 +739,10 @@ class _Filler:
         self.values.update({name: np.zeros(rows, dtype=np.int8) for name in _ARRAY_FLAGS})
         self.values.update({name: np.zeros(rows, dtype=np.int32) for name in _ARRAY_CODES})
         self.valid: dict[str, np.ndarray] = {}
-        self.labels: dict[str, dict[str, int]] = {name: {} for name in _ARRAY_CODES}
+        # Per label column, the dictionary of every chunk written so far and the rows it covers; the codes
+        # written are the chunk's own until :meth:`unify_labels` maps them onto one dictionary.
+        self.chunk_dictionaries: dict[str, list[tuple[slice, pa.Array]]] = {name: [] for name in _ARRAY_CODES}
+        self.labels: dict[str, pa.Array] = {}
 
     def _mark_nulls(self, name: str, where: slice, array: pa.Array) -> None:
         if array.null_count:
@@ -761,16 +764,38 @@ class _Filler:
             if array.null_count:
                 flags[where][~array.is_valid().to_numpy(zero_copy_only=False)] = -1
         for name in _ARRAY_CODES:
-            out = self.values[name][where]
-            offset = 0
+            out = self.values[name]
+            offset = start
             for chunk in table.column(name).chunks:
                 if not isinstance(chunk, pa.DictionaryArray):
                     chunk = pc.dictionary_encode(chunk)
-                known = self.labels[name]
-                local = np.array([known.setdefault(v, len(known)) for v in chunk.dictionary.to_pylist()] + [-1],
-                                 dtype=np.int32)
-                out[offset:offset + len(chunk)] = local[chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
+                rows = slice(offset, offset + len(chunk))
+                out[rows] = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                self.chunk_dictionaries[name].append((rows, chunk.dictionary))
                 offset += len(chunk)
+
+    def unify_labels(self) -> None:
+        """One dictionary per label column over every chunk of every part, and the codes into it.
+
+        The chunks' dictionaries are concatenated and dictionary-encoded once (one hash pass in Arrow):
+        the result's dictionary is the unified one, and its indices, cut at the chunk boundaries, map
+        each chunk's local codes onto it. Python never touches a label value, so a million distinct
+        phase ids cost what a thousand do, bar the hashing.
+        """
+        for name, pieces in self.chunk_dictionaries.items():
+            if not pieces:
+                self.labels[name] = pa.array([], type=pa.string())
+                continue
+            encoded = pc.dictionary_encode(pa.concat_arrays([d.cast(pa.string()) for _rows, d in pieces]))
+            self.labels[name] = encoded.dictionary
+            maps = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+            out = self.values[name]
+            first = 0
+            for rows, dictionary in pieces:
+                lookup = np.append(maps[first:first + len(dictionary)], np.int32(-1))  # local -1: missing
+                out[rows] = lookup[out[rows]]
+                first += len(dictionary)
+        self.chunk_dictionaries = {name: [] for name in _ARRAY_CODES}
 
     def permute(self, order: np.ndarray) -> None:
         for name in self.values:
@@ -796,7 +821,7 @@ class _Filler:
         return IntColumn(np.maximum(codes, 0), None if valid.all() else valid)
 
     def label_column(self, name: str) -> LabelColumn:
-        return LabelColumn(self.values[name], tuple(self.labels[name]))
+        return LabelColumn(self.values[name], tuple(self.labels[name].to_pylist()))
 
 
 def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
@@ -810,6 +835,7 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
         del table
     if position != filler.rows:
         raise ColumnarStoreError(f"the manifest of {directory} counts {filler.rows} rows, its parts {position}")
+    filler.unify_labels()
     if not manifest["sorted"]:
         filler.permute(np.argsort(filler.values["event_id"], kind="stable"))
     filler.narrow()
