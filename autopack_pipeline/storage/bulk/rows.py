@@ -82,14 +82,37 @@ def _text_timestamps(us: np.ndarray) -> list[str]:
 
 def _numbered(prefix: str, numbers: np.ndarray, digits: int) -> np.ndarray:
     """``prefix`` + zero-padded ``numbers``, built as code points without a Python loop."""
-    head = np.frombuffer(prefix.encode("utf-32-le"), dtype=np.uint32)
-    codes = np.empty((len(numbers), len(head) + digits), dtype=np.uint32)
-    codes[:, : len(head)] = head
-    rest = np.asarray(numbers, dtype=np.int64).copy()
-    for position in range(len(head) + digits - 1, len(head) - 1, -1):
-        codes[:, position] = 48 + rest % 10
-        rest //= 10
-    return _fixed_width_text(codes).astype(object)
+    return _composed([prefix, (numbers, digits)], len(numbers))
+
+
+def _composed(pieces: list, rows: int) -> np.ndarray:
+    """Text made of fixed ``str`` pieces and ``(numbers, digits)`` zero-padded numbers, per row, as code
+    points with numpy (no Python loop per row)."""
+    blocks = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            head = np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32)
+            blocks.append(np.broadcast_to(head, (rows, len(head))))
+        else:
+            numbers, digits = piece
+            rest = np.asarray(numbers, dtype=np.int64).copy()
+            codes = np.empty((rows, digits), dtype=np.uint32)
+            for position in range(digits - 1, -1, -1):
+                codes[:, position] = 48 + rest % 10
+                rest //= 10
+            blocks.append(codes)
+    return _fixed_width_text(np.hstack(blocks)).astype(object)
+
+
+def phase_ids_for(chunk: SynthChunk, seed: int, runs: np.ndarray, phase_index: np.ndarray) -> np.ndarray:
+    """The phase ids of rows of ``chunk`` (their run numbers and 0-based phase numbers in the run).
+
+    ``per-run``: ``s<seed>-r<run>-p<phase>``, distinct in every run; ``reused``: ``phase-<phase>``.
+    """
+    if chunk.phase_ids == "reused":
+        return _composed(["phase-", (phase_index + 1, chunk.phase_digits)], len(phase_index))
+    return _composed([f"s{seed}-r", (runs, chunk.run_digits), "-p", (phase_index + 1, chunk.phase_digits)],
+                     len(phase_index))
 
 
 def _chunk_columns(chunk: SynthChunk, run_ids: np.ndarray, tier_pk: np.ndarray, seed: int) -> tuple[dict, dict]:
@@ -98,7 +121,7 @@ def _chunk_columns(chunk: SynthChunk, run_ids: np.ndarray, tier_pk: np.ndarray, 
     completed = ph["completed"]
     retries = ph["attempts"] - 1
     phase_cols = {
-        "phase_id": _numbered("phase-", ph["phase_index"] + 1, 5),
+        "phase_id": phase_ids_for(chunk, seed, ph["run"], ph["phase_index"]),
         "run_id": run_ids[ph["run"]],
         "tier_id": tier_pk[ph["run"]],
         "phase_index": ph["phase_index"],
@@ -115,7 +138,7 @@ def _chunk_columns(chunk: SynthChunk, run_ids: np.ndarray, tier_pk: np.ndarray, 
     }
     event_cols = {
         "run_id": run_ids[ev["run"]],
-        "phase_id": _numbered("phase-", ev["phase_index"] + 1, 5),
+        "phase_id": phase_ids_for(chunk, seed, ev["run"], ev["phase_index"]),
         "timestamp": ev["timestamp_us"],
         "category": ev["category"],
         "complexity": ev["complexity"],
