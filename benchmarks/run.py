@@ -415,7 +415,6 @@ def machine() -> dict:
     except OSError:
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    import duckdb  # noqa: F401 - only its version
     import numpy
     import pandas
     import pyarrow

@@ -57,6 +57,8 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.events import EVENT_COLUMNS, conform_events_frame
 from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, LabelColumn
+from autopack_pipeline.storage import adbc
+from autopack_pipeline.storage.adbc import AdbcUnavailable
 from autopack_pipeline.storage.database import describe_database
 from autopack_pipeline.storage.timestamps import (
     SHOWN_ROWS,
@@ -265,6 +267,13 @@ class _BatchReader:
         return _store_table(table)
 
     def _read(self, where: str, params: tuple) -> pa.Table:
+        if self.dialect in ("sqlite", "postgresql"):
+            try:
+                return self._adbc(where, params)
+            except (AdbcUnavailable, adbc.Error, pa.ArrowException) as exc:
+                # SQLite's driver types a column by its first rows; a column holding mixed types (any
+                # value is allowed there) stops it. The CSV route takes anything.
+                logger.info("the ADBC route could not read a batch (%s); trying the CSV route", exc)
         if self.dialect == "sqlite":
             try:
                 return self._sqlite_csv(where, params)
@@ -276,6 +285,30 @@ class _BatchReader:
             except (pa.ArrowInvalid, ValueError) as exc:
                 logger.info("COPY route could not parse a batch (%s); reading it row by row", exc)
         return self._rows(where, params)
+
+    def _adbc(self, where: str, params: tuple) -> pa.Table:
+        """The rows straight into Arrow through the ADBC driver of the backend (no text in between)."""
+        exprs = [f'"{name}"' if name in self.present else f'NULL AS "{name}"' for name in _KINDS]
+        if self.dialect == "sqlite":
+            clause = where.replace("%s", "?")
+        else:
+            parts = where.split("%s")
+            clause = "".join(part + (f"${i + 1}" if i < len(parts) - 1 else "") for i, part in enumerate(parts))
+        sql = f"SELECT {', '.join(exprs)} FROM {TABLE} WHERE {clause} ORDER BY event_id"
+        with adbc.connect(self.engine) as connection, connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            table = cursor.fetch_arrow_table()
+        if self.dialect == "postgresql":
+            return table
+        # SQLite: a column that is NULL in every row read comes back as int64 or null; the store's
+        # casts in _store_table make it the right type. Timestamps stay text, parsed by read().
+        stamps = table.column("timestamp")
+        if not pa.types.is_string(stamps.type):
+            if stamps.null_count != len(stamps):
+                raise pa.ArrowInvalid(f"timestamps stored as {stamps.type}, not text")
+            table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
+                                     pa.nulls(len(stamps), pa.string()))
+        return table
 
     def _sqlite_csv(self, where: str, params: tuple) -> pa.Table:
         formats, values = [], []

@@ -90,12 +90,36 @@ def test_awkward_values_read_back_exactly(engine, store, make_event):
     assert_reads_like_the_table(store, engine)
 
 
+def test_batches_are_read_into_arrow_by_the_adbc_driver(engine, store, monkeypatch):
+    bulk_load(engine, 1200, seed=4)
+    text_routes: list[str] = []
+    for route in ("_sqlite_csv", "_postgresql_csv", "_rows"):
+        original = getattr(columnar._BatchReader, route)
+        monkeypatch.setattr(columnar._BatchReader, route,
+                            lambda self, *a, _route=route, _original=original: text_routes.append(_route) or _original(self, *a))
+    assert store.refresh(engine).new_rows == 1200
+    assert text_routes == []  # neither CSV text nor SQLAlchemy rows
+    assert_reads_like_the_table(store, engine)
+
+
+def test_a_column_of_mixed_types_the_adbc_driver_refuses_goes_through_the_csv_route(sqlite_engine, store):
+    # SQLite keeps any value in any column; ADBC's SQLite driver types a column by its first rows and
+    # stops at a value of another type.
+    bulk_load(sqlite_engine, 3000, seed=4)
+    with sqlite_engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE token_estimation_v2_events SET model = 7 WHERE event_id = 2900")
+    assert store.refresh(sqlite_engine).new_rows == 3000
+    assert_reads_like_the_table(store, sqlite_engine)
+    assert store.events_frame()["model"].iloc[2899] == "7"
+
+
 def test_batches_the_csv_route_cannot_parse_go_through_sqlalchemy(sqlite_engine, store, monkeypatch):
     bulk_load(sqlite_engine, 300, runs=1, seed=4)
 
     def refuse(self, where, params):
         raise pa.ArrowInvalid("unparseable")
 
+    monkeypatch.setattr(columnar._BatchReader, "_adbc", refuse)
     monkeypatch.setattr(columnar._BatchReader, "_sqlite_csv", refuse)
     assert store.refresh(sqlite_engine).new_rows == 300
     assert_reads_like_the_table(store, sqlite_engine)
