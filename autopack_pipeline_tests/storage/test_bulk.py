@@ -119,6 +119,13 @@ def test_every_run_has_its_own_phase_ids_and_runs_differ_in_size_as_autopacks_do
     assert reused["phase_id"].nunique() < 0.1 * reused.drop_duplicates(["run", "phase_index"]).shape[0]
 
 
+def test_more_than_100k_runs_load(engine):
+    """Run numbers of six digits (Autopack's shape gives ~294k runs for 10M events) do not sort
+    between the first and the last run id as text; every run still gets its tier."""
+    summary = bulk_load(engine, 100_002, runs=100_001, seed=3)
+    assert (summary.runs, count_rows(engine, "tiers"), key_violations(engine)) == (100_001, 100_001, (0, 0, 0))
+
+
 def test_rows_follow_the_builder_and_the_writer(sqlite_engine):
     engine = sqlite_engine
     bulk_load(engine, N, runs=2, seed=3)

@@ -27,6 +27,7 @@ from autopack_pipeline.storage.bulk.rows import (
     _text_timestamps,
     _tier_keys,
     _tier_rows,
+    run_id_for,
 )
 from autopack_pipeline.storage.columnar import prefetch
 from autopack_pipeline.storage.database import describe_database
@@ -69,9 +70,12 @@ class _SqliteLoader(_Loader):
                                f"({', '.join('?' * len(_RUN_COLUMNS))})", _run_rows(self.seed, self.runs, start_text))
             cursor.executemany(f"INSERT INTO tiers ({', '.join(_TIER_COLUMNS)}) VALUES "
                                f"({', '.join('?' * len(_TIER_COLUMNS))})", _tier_rows(self.run_ids.tolist(), start_text))
+            # The seed's runs by their common prefix: run numbers of more than five digits do not sort
+            # between the first and the last run id as text.
+            prefix = run_id_for(self.seed, 0)[:-5]
             tier_pk = _tier_keys(cursor.execute(
-                "SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id >= ? AND run_id <= ?",
-                (self.run_ids[0], self.run_ids[-1])).fetchall(), self.run_ids)
+                "SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id >= ? AND run_id < ?",
+                (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).fetchall(), self.run_ids)
             indexes = []
             if fresh:
                 indexes = cursor.execute(
