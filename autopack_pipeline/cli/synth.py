@@ -43,7 +43,7 @@ def register(sub: Any, parser_class: type) -> None:
         help="fill the telemetry database with realistic synthetic events, in bulk",
         description=(
             "Generate runs, tiers, phases and token-estimation events like the simulated backend's, "
-            "priced by the real estimator, and load them in bulk (SQLite executemany, PostgreSQL COPY). "
+            "priced by the real estimator, and load them in bulk (SQLite through ADBC, PostgreSQL COPY). "
             "The same --seed gives the same rows; a seed's runs can be loaded once per database."
         ),
     )

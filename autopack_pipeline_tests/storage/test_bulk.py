@@ -119,6 +119,20 @@ def test_every_run_has_its_own_phase_ids_and_runs_differ_in_size_as_autopacks_do
     assert reused["phase_id"].nunique() < 0.1 * reused.drop_duplicates(["run", "phase_index"]).shape[0]
 
 
+def test_a_fresh_sqlite_load_that_fails_midway_leaves_nothing(sqlite_engine, monkeypatch):
+    def fail(self, chunk):
+        raise RuntimeError("interrupted after the first chunk's rows")
+
+    monkeypatch.setattr(bulk.sqlite._SqliteLoader, "_written", fail)
+    before = schema_objects(sqlite_engine)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        bulk_load(sqlite_engine, 2000, seed=1)
+    assert [count_rows(sqlite_engine, t) for t in ("runs", "tiers", "phases", "token_estimation_v2_events")] == [0] * 4
+    assert schema_objects(sqlite_engine) == before  # the dropped indexes are back
+    monkeypatch.undo()
+    assert bulk_load(sqlite_engine, 2000, seed=1).events == 2000  # and the seed is free
+
+
 def test_more_than_100k_runs_load(engine):
     """Run numbers of six digits (Autopack's shape gives ~294k runs for 10M events) do not sort
     between the first and the last run id as text; every run still gets its tier."""

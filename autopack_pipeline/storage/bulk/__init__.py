@@ -23,7 +23,7 @@ same rows on SQLite and PostgreSQL, whatever the progress reporting. Event ids a
 own (autoincrement / sequence). Timestamps continue after the newest event already stored, so
 appending a second batch to a database looks like more months of use.
 
-Loading: SQLite through ``executemany`` on a dedicated ``sqlite3`` connection in large transactions,
+Loading: SQLite through ADBC's SQLite driver (Arrow tables bound column by column in C) in large transactions,
 with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the
 runs, tiers and phases every event refers to, and the tests check the keys); PostgreSQL through
 ``COPY ... FROM STDIN`` (CSV written by pyarrow) on the psycopg connection. A PostgreSQL append,
