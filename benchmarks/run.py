@@ -1,4 +1,4 @@
-"""Every figure of issue 8, measured in one run on this machine, each printed with its bound and a ratio.
+"""Every figure of issues 8 and 17, measured in one run on this machine, each printed with its bound and a ratio.
 
     .venv/bin/python benchmarks/run.py [--data-dir /tmp/autopack-bench] [--json-out FILE]
 
