@@ -776,6 +776,7 @@ class _Filler:
         # written are the chunk's own until :meth:`unify_labels` maps them onto one dictionary.
         self.chunk_dictionaries: dict[str, list[tuple[slice, pa.Array]]] = {name: [] for name in _ARRAY_CODES}
         self.labels: dict[str, pa.Array] = {}
+        self.texts: dict[str, list[tuple[int, pa.ChunkedArray]]] = {name: [] for name in _ARRAY_CODES}
 
     def _mark_nulls(self, name: str, where: slice, array: pa.Array) -> None:
         if array.null_count:
@@ -800,7 +801,10 @@ class _Filler:
             out = self.values[name]
             column = table.column(name)
             if not pa.types.is_dictionary(column.type):
-                column = pc.dictionary_encode(column)  # one hash table over all chunks: one shared dictionary
+                # Text (phase ids): kept as it is and encoded once over every part in unify_labels, one
+                # hash pass in all, where encoding per part and then unifying hashes every id twice.
+                self.texts[name].append((start, column))
+                continue
             pieces = self.chunk_dictionaries[name]
             offset = start
             for chunk in column.chunks:
@@ -814,14 +818,31 @@ class _Filler:
     def unify_labels(self) -> None:
         """One dictionary per label column over every chunk of every part, and the codes into it.
 
-        The chunks' dictionaries are concatenated and dictionary-encoded once (one hash pass in Arrow):
-        the result's dictionary is the unified one, and its indices, cut at the chunk boundaries, map
-        each chunk's local codes onto it. Python never touches a label value, so a million distinct
+        Text columns (phase ids) are dictionary-encoded over all their parts at once. For dictionary
+        columns, the chunks' dictionaries are concatenated and dictionary-encoded once (one hash pass in
+        Arrow): the result's dictionary is the unified one, and its indices, cut at the chunk boundaries,
+        map each chunk's local codes onto it. Python never touches a label value, so a million distinct
         phase ids cost what a thousand do, bar the hashing.
         """
+        for name, parts in self.texts.items():
+            if not parts:
+                continue
+            encoded = pc.dictionary_encode(pa.chunked_array([chunk for _start, column in parts
+                                                             for chunk in column.chunks], type=pa.string()))
+            out = self.values[name]
+            offset = parts[0][0]
+            for chunk in encoded.chunks:  # parts were added in row order, so chunks follow one another
+                out[offset:offset + len(chunk)] = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                offset += len(chunk)
+            if encoded.num_chunks:
+                self.chunk_dictionaries[name].append((slice(parts[0][0], offset), encoded.chunk(0).dictionary))
+        self.texts = {name: [] for name in _ARRAY_CODES}
         for name, pieces in self.chunk_dictionaries.items():
             if not pieces:
                 self.labels[name] = pa.array([], type=pa.string())
+                continue
+            if len(pieces) == 1:  # one dictionary already (one part, or text encoded above): the codes stand
+                self.labels[name] = pieces[0][1].cast(pa.string())
                 continue
             encoded = pc.dictionary_encode(pa.concat_arrays([d.cast(pa.string()) for _rows, d in pieces]))
             self.labels[name] = encoded.dictionary
