@@ -19,8 +19,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise UsageError(f"synth loads SQLite and PostgreSQL databases, not {engine.dialect.name}")
     try:
         with progress_bar(args, "Synthesising", "events") as advance:
-            summary = bulk_load(engine, args.events, runs=args.runs or default_run_count(args.events),
-                                seed=args.seed, progress=advance)
+            runs = args.runs or default_run_count(args.events, args.phase_ids)
+            summary = bulk_load(engine, args.events, runs=runs,
+                                seed=args.seed, progress=advance, phase_ids=args.phase_ids)
     except RunsAlreadyPresent as exc:
         raise UsageError(str(exc)) from exc
     if args.json:
@@ -42,12 +43,17 @@ def register(sub: Any, parser_class: type) -> None:
         help="fill the telemetry database with realistic synthetic events, in bulk",
         description=(
             "Generate runs, tiers, phases and token-estimation events like the simulated backend's, "
-            "priced by the real estimator, and load them in bulk (SQLite executemany, PostgreSQL COPY). "
+            "priced by the real estimator, and load them in bulk (SQLite through ADBC, PostgreSQL COPY). "
             "The same --seed gives the same rows; a seed's runs can be loaded once per database."
         ),
     )
     p.add_argument("--events", type=positive_int, required=True, help="number of events to create")
-    p.add_argument("--runs", type=positive_int, help="number of runs they belong to (default: one per 2,000 events)")
+    p.add_argument("--runs", type=positive_int,
+                   help="number of runs they belong to (default: one per 34 events, as in a database Autopack "
+                        "wrote; one per 2,000 with --phase-ids reused)")
+    p.add_argument("--phase-ids", choices=("per-run", "reused"), default="per-run",
+                   help="per-run (default): every run has its own phase ids and runs differ in size, as "
+                        "Autopack's; reused: phase-00001... again in every run of equal size")
     p.add_argument("--seed", type=int, default=1, help="random seed; runs are named synth-<seed>-rNNNNN (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout (no progress bar)")
     p.set_defaults(func=cmd_synth)

@@ -22,6 +22,7 @@ from autopack_pipeline.storage.bulk import (
     RunsAlreadyPresent,
     bulk_load,
     generate_chunks,
+    phase_ids_for,
     run_id_for,
 )
 from autopack_pipeline.storage.database import make_engine
@@ -44,16 +45,20 @@ def schema_objects(engine) -> set[tuple[str, str]]:
     return found
 
 
-def generated_frame(events: int, runs: int, seed: int) -> pd.DataFrame:
-    """The generator's events (before any database), in the columns the loaders write."""
-    pieces = [pd.DataFrame({k: v for k, v in chunk.events.items() if k != "deliverables_json"})
-              for chunk in generate_chunks(events, runs=runs, seed=seed)]
+def generated_frame(events: int, runs: int, seed: int, phase_ids: str = "per-run") -> pd.DataFrame:
+    """The generator's events (before any database), in the columns the loaders write, with their phase ids."""
+    pieces = []
+    for chunk in generate_chunks(events, runs=runs, seed=seed, phase_ids=phase_ids):
+        piece = pd.DataFrame({k: v for k, v in chunk.events.items() if k != "deliverables_json"})
+        piece["phase_id"] = phase_ids_for(chunk, seed, chunk.events["run"], chunk.events["phase_index"])
+        pieces.append(piece)
     return pd.concat(pieces, ignore_index=True)
 
 
-def test_a_load_writes_exactly_the_generated_events_and_keeps_the_schema(engine, backend):
+@pytest.mark.parametrize("phase_ids", ["per-run", "reused"])
+def test_a_load_writes_exactly_the_generated_events_and_keeps_the_schema(engine, backend, phase_ids):
     before = schema_objects(engine)
-    summary = bulk_load(engine, N, runs=4, seed=11)
+    summary = bulk_load(engine, N, runs=4, seed=11, phase_ids=phase_ids)
     assert (summary.events, summary.runs, summary.backend) == (N, 4, backend)
     assert "rebuilt after the rows" in summary.method  # an empty table gets the one-transaction load
     assert schema_objects(engine) == before
@@ -62,10 +67,12 @@ def test_a_load_writes_exactly_the_generated_events_and_keeps_the_schema(engine,
     assert count_rows(engine, "phases") == summary.phases
 
     stored = read_events(engine)
-    expected = generated_frame(N, 4, 11)
+    expected = generated_frame(N, 4, 11, phase_ids)
     assert stored["event_id"].tolist() == list(range(1, N + 1))
     assert stored["run_id"].tolist() == [run_id_for(11, r) for r in expected["run"]]
-    assert stored["phase_id"].tolist() == [f"phase-{i + 1:05d}" for i in expected["phase_index"]]
+    assert stored["phase_id"].tolist() == expected["phase_id"].tolist()
+    if phase_ids == "reused":
+        assert stored["phase_id"].tolist() == [f"phase-{i + 1:05d}" for i in expected["phase_index"]]
     for column in ("predicted_output_tokens", "actual_output_tokens", "selected_budget", "actual_max_tokens",
                    "attempt", "deliverable_count"):
         assert stored[column].tolist() == expected[column].tolist(), column
@@ -90,6 +97,47 @@ def test_every_event_has_its_phase_and_run(engine, backend):
         else:
             violations = []
     assert (orphans, tierless, violations) == (0, 0, [])
+
+
+def test_every_run_has_its_own_phase_ids_and_runs_differ_in_size_as_autopacks_do():
+    """Autopack's shape: a database it wrote held ~29,400 runs and as many distinct phase ids as phases
+    (no id in two runs); the reused shape restarts the ids in every run of equal size."""
+    events = 60_000
+    runs = bulk.default_run_count(events)
+    assert runs == 1765  # ~34 events per run
+    frame = generated_frame(events, runs, 7)
+    phases = frame.drop_duplicates(["run", "phase_index"])
+    assert frame["phase_id"].nunique() == len(phases)  # every phase its own id
+    assert phases.groupby("phase_id")["run"].nunique().max() == 1  # no id shared by two runs
+    assert phases["phase_id"].str.startswith("s7-r").all()
+    sizes = frame.groupby("run").size()
+    assert frame["run"].nunique() >= 0.99 * runs and 25 <= sizes.mean() <= 40
+    assert sizes.quantile(0.9) > 2.5 * sizes.quantile(0.1)  # a spread, not equal blocks
+
+    reused = generated_frame(events, bulk.default_run_count(events, "reused"), 7, "reused")
+    assert reused.groupby("phase_id")["run"].nunique().max() > 1  # the same id in several runs
+    assert reused["phase_id"].nunique() < 0.1 * reused.drop_duplicates(["run", "phase_index"]).shape[0]
+
+
+def test_a_fresh_sqlite_load_that_fails_midway_leaves_nothing(sqlite_engine, monkeypatch):
+    def fail(self, chunk):
+        raise RuntimeError("interrupted after the first chunk's rows")
+
+    monkeypatch.setattr(bulk.sqlite._SqliteLoader, "_written", fail)
+    before = schema_objects(sqlite_engine)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        bulk_load(sqlite_engine, 2000, seed=1)
+    assert [count_rows(sqlite_engine, t) for t in ("runs", "tiers", "phases", "token_estimation_v2_events")] == [0] * 4
+    assert schema_objects(sqlite_engine) == before  # the dropped indexes are back
+    monkeypatch.undo()
+    assert bulk_load(sqlite_engine, 2000, seed=1).events == 2000  # and the seed is free
+
+
+def test_more_than_100k_runs_load(engine):
+    """Run numbers of six digits (Autopack's shape gives ~294k runs for 10M events) do not sort
+    between the first and the last run id as text; every run still gets its tier."""
+    summary = bulk_load(engine, 100_002, runs=100_001, seed=3)
+    assert (summary.runs, count_rows(engine, "tiers"), key_violations(engine)) == (100_001, 100_001, (0, 0, 0))
 
 
 def test_rows_follow_the_builder_and_the_writer(sqlite_engine):
@@ -235,7 +283,7 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
     expected = generated_frame(700, 3, 2)
     assert stored["event_id"].is_monotonic_increasing  # ids in the order generated, as one connection gives
     assert stored["run_id"].tolist() == [run_id_for(2, r) for r in expected["run"]]
-    assert stored["phase_id"].tolist() == [f"phase-{i + 1:05d}" for i in expected["phase_index"]]
+    assert stored["phase_id"].tolist() == expected["phase_id"].tolist()
     assert stored["actual_output_tokens"].tolist() == expected["actual_output_tokens"].tolist()
     assert key_violations(engine) == (0, 0, 0)
     with engine.connect() as connection:

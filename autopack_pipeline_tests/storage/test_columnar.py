@@ -90,12 +90,36 @@ def test_awkward_values_read_back_exactly(engine, store, make_event):
     assert_reads_like_the_table(store, engine)
 
 
+def test_batches_are_read_into_arrow_by_the_adbc_driver(engine, store, monkeypatch):
+    bulk_load(engine, 1200, seed=4)
+    text_routes: list[str] = []
+    for route in ("_sqlite_csv", "_postgresql_csv", "_rows"):
+        original = getattr(columnar._BatchReader, route)
+        monkeypatch.setattr(columnar._BatchReader, route,
+                            lambda self, *a, _route=route, _original=original: text_routes.append(_route) or _original(self, *a))
+    assert store.refresh(engine).new_rows == 1200
+    assert text_routes == []  # neither CSV text nor SQLAlchemy rows
+    assert_reads_like_the_table(store, engine)
+
+
+def test_a_column_of_mixed_types_the_adbc_driver_refuses_goes_through_the_csv_route(sqlite_engine, store):
+    # SQLite keeps any value in any column; ADBC's SQLite driver types a column by its first rows and
+    # stops at a value of another type.
+    bulk_load(sqlite_engine, 3000, seed=4)
+    with sqlite_engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE token_estimation_v2_events SET model = 7 WHERE event_id = 2900")
+    assert store.refresh(sqlite_engine).new_rows == 3000
+    assert_reads_like_the_table(store, sqlite_engine)
+    assert store.events_frame()["model"].iloc[2899] == "7"
+
+
 def test_batches_the_csv_route_cannot_parse_go_through_sqlalchemy(sqlite_engine, store, monkeypatch):
     bulk_load(sqlite_engine, 300, runs=1, seed=4)
 
     def refuse(self, where, params):
         raise pa.ArrowInvalid("unparseable")
 
+    monkeypatch.setattr(columnar._BatchReader, "_adbc", refuse)
     monkeypatch.setattr(columnar._BatchReader, "_sqlite_csv", refuse)
     assert store.refresh(sqlite_engine).new_rows == 300
     assert_reads_like_the_table(store, sqlite_engine)
@@ -174,18 +198,32 @@ def test_a_postgresql_commit_below_the_mark_is_picked_up_later(engine, backend, 
     assert store.events_frame()["actual_output_tokens"].tolist() == [111, 222]
 
 
-def test_the_analysis_on_the_store_equals_the_reference(sqlite_engine, store):
-    engine = sqlite_engine
-    bulk_load(engine, 3000, runs=4, seed=6)
+@pytest.mark.parametrize("phase_ids", ["per-run", "reused"])
+def test_the_analysis_on_the_store_equals_the_reference(engine, store, phase_ids):
+    # Three parts (a cold extraction and two refreshes), on Autopack's shape and on reused phase ids,
+    # whose labels repeat across parts: the codes are unified over all of them.
+    bulk_load(engine, 3000, runs=4 if phase_ids == "reused" else None, seed=6, phase_ids=phase_ids)
     store.refresh(engine)
+    bulk_load(engine, 1500, runs=2 if phase_ids == "reused" else None, seed=7, phase_ids=phase_ids)
+    store.refresh(engine)
+    bulk_load(engine, 700, runs=1 if phase_ids == "reused" else None, seed=8, phase_ids=phase_ids)
+    store.refresh(engine)
+    assert len(store.manifest()["parts"]) == 3
     events = read_events(engine)
+    arrays = store.event_arrays()
+    # Equal codes exactly where the strings are equal, for every label column.
+    for codes, column in ((arrays.run_code.values, "run_id"), (arrays.phase_key.values, None),
+                          (arrays.category.codes, "category"), (arrays.model.codes, "model")):
+        labels = (events["run_id"] + "\x00" + events["phase_id"]) if column is None else events[column]
+        assert (pd.factorize(codes)[0] == pd.factorize(labels)[0]).all()
+    assert [arrays.category.labels[c] for c in arrays.category.codes] == events["category"].tolist()
     table = workflows.load_coefficients_for(load_settings())
     samples = clean_samples(events)
     document = tier_metrics_document(events, len(samples))
     gate = evaluate_calibration_gate(samples, document["all_events"]["tier1"], force=True)
     provenance = {"exclusions": sample_exclusions(events), "coefficient_file_version": table.version,
                   "forced": True, "dedup": True, "gate_summary": gate.summary()}
-    analysis = fm.analyse(store.event_arrays(), force=True, coefficients=table,
+    analysis = fm.analyse(arrays, force=True, coefficients=table,
                           provenance={"coefficient_file_version": table.version})
     assert analysis.metrics == document
     assert analysis.gate == gate

@@ -55,12 +55,14 @@ def test_the_raw_events_asset_hands_on_a_snapshot_of_the_table(engine, tmp_path)
     assert metadata["dagster/row_count"].value == 700 and metadata["events_extracted"].value == 700
 
 
-def test_a_snapshot_keeps_its_rows_after_the_store_grows(engine):
-    bulk_load(engine, 500, runs=2, seed=3)
+@pytest.mark.parametrize("phase_ids", ["per-run", "reused"])
+def test_a_snapshot_keeps_its_rows_after_the_store_grows(engine, phase_ids):
+    # Autopack's shape (many runs, every phase its own id) and reused ids (the same labels in both parts).
+    bulk_load(engine, 500, runs=2 if phase_ids == "reused" else None, seed=3, phase_ids=phase_ids)
     first, refresh, fallback = snapshot_events(engine)
     assert fallback is None and refresh.new_rows == 500
     before = read_events(engine)
-    bulk_load(engine, 300, runs=1, seed=4)
+    bulk_load(engine, 300, runs=1 if phase_ids == "reused" else None, seed=4, phase_ids=phase_ids)
     second, refresh, _ = snapshot_events(engine)
     assert refresh.new_rows == 300 and second.rows == 800
     same_events(first, before)  # the store holds 800 rows; the first snapshot still sees its 500

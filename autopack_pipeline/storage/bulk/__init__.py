@@ -23,7 +23,7 @@ same rows on SQLite and PostgreSQL, whatever the progress reporting. Event ids a
 own (autoincrement / sequence). Timestamps continue after the newest event already stored, so
 appending a second batch to a database looks like more months of use.
 
-Loading: SQLite through ``executemany`` on a dedicated ``sqlite3`` connection in large transactions,
+Loading: SQLite through ADBC's SQLite driver (Arrow tables bound column by column in C) in large transactions,
 with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the
 runs, tiers and phases every event refers to, and the tests check the keys); PostgreSQL through
 ``COPY ... FROM STDIN`` (CSV written by pyarrow) on the psycopg connection. A PostgreSQL append,
@@ -49,7 +49,9 @@ from autopack_pipeline.storage.bulk.archetypes import (
 )
 from autopack_pipeline.storage.bulk.generate import (
     DEFAULT_START,
+    EVENTS_PER_RUN,
     PHASE_GAP_SECONDS,
+    PHASE_ID_SCHEMES,
     PHASES_PER_CHUNK,
     RETRY_DELAY_SECONDS,
     SynthChunk,
@@ -58,7 +60,7 @@ from autopack_pipeline.storage.bulk.generate import (
 from autopack_pipeline.storage.bulk.load import RunsAlreadyPresent, SynthSummary, bulk_load, default_run_count
 from autopack_pipeline.storage.bulk.loader import Progress
 from autopack_pipeline.storage.bulk.postgresql import PG_PIECE_PHASES, PG_TRANSACTION_EVENTS
-from autopack_pipeline.storage.bulk.rows import SYNTH_MODEL, run_id_for
+from autopack_pipeline.storage.bulk.rows import SYNTH_MODEL, phase_ids_for, run_id_for
 from autopack_pipeline.storage.bulk.sqlite import SQLITE_INDEX_SORT_KIB, SQLITE_LOAD_PRAGMAS, SQLITE_TRANSACTION_EVENTS
 
 __all__ = [
@@ -67,12 +69,14 @@ __all__ = [
     "COMPLEXITY_WEIGHTS",
     "DEFAULT_LEGACY_FRACTION",
     "DEFAULT_START",
+    "EVENTS_PER_RUN",
     "DELIVERABLE_WEIGHTS",
     "LEGACY_SPELLINGS",
     "PG_PIECE_PHASES",
     "PG_TRANSACTION_EVENTS",
     "PHASES_PER_CHUNK",
     "PHASE_GAP_SECONDS",
+    "PHASE_ID_SCHEMES",
     "RETRY_DELAY_SECONDS",
     "SQLITE_INDEX_SORT_KIB",
     "SQLITE_LOAD_PRAGMAS",
@@ -87,5 +91,6 @@ __all__ = [
     "default_run_count",
     "generate_chunks",
     "load_archetypes",
+    "phase_ids_for",
     "run_id_for",
 ]

@@ -39,6 +39,16 @@ PHASES_PER_CHUNK = 50_000
 PHASE_GAP_SECONDS = 1.5
 RETRY_DELAY_SECONDS = (20.0, 120.0)
 DEFAULT_START = datetime(2025, 1, 1)
+# How phase ids relate to runs. "per-run" (the default) is Autopack's shape: every run has its own phase
+# ids, so a million events hold about as many distinct phase ids as phases (~590k), and runs differ in
+# size. "reused" restarts ``phase-00001``... in every run of equal size, the shape synth had before: a
+# million events hold only ~1,700 distinct phase ids, which hides what per-phase work costs.
+PHASE_ID_SCHEMES = ("per-run", "reused")
+# A database Autopack wrote held 29,422 runs and 588,428 phases per million events: ~34 events and
+# ~20 phases per run. Run sizes spread log-normally around that (sigma in log space; an assumption:
+# Autopack's runs range from a handful of phases to a few hundred).
+EVENTS_PER_RUN = {"per-run": 34, "reused": 2_000}
+RUN_SIZE_SIGMA = 1.0
 
 
 @dataclass
@@ -47,6 +57,9 @@ class SynthChunk:
 
     phases: dict[str, np.ndarray]
     events: dict[str, np.ndarray]
+    phase_ids: str = "per-run"  # one of PHASE_ID_SCHEMES
+    phase_digits: int = 5  # zero-padded width of the phase number in a phase id
+    run_digits: int = 5  # the same for the run number
 
 
 def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_fraction: float) -> dict[str, np.ndarray]:
@@ -121,16 +134,25 @@ def generate_chunks(
     start: datetime = DEFAULT_START,
     legacy_fraction: float = DEFAULT_LEGACY_FRACTION,
     seeds_dir: Path = PACKAGED_SEEDS_DIR,
+    phase_ids: str = "per-run",
 ) -> Iterator[SynthChunk]:
     """Yield chunks of phases and their events until exactly ``total_events`` events exist.
 
-    Phases go to runs in order: a phase belongs to run ``events_before_it * runs // total_events``,
-    so the runs are consecutive blocks of about equal size. Phase ids restart in every run
-    (``phase-00001``...), as Autopack's do.
+    Phases go to runs in order, as consecutive blocks. With ``phase_ids="per-run"`` the blocks' sizes
+    are drawn log-normally (seeded by ``seed``) and every run gets its own phase ids, as Autopack's
+    runs do; with ``"reused"`` the blocks are of about equal size (a phase belongs to run
+    ``events_before_it * runs // total_events``) and phase ids restart in every run (``phase-00001``...).
     """
     if total_events < 1:
         raise ValueError(f"the number of events must be at least 1, got {total_events}")
+    if phase_ids not in PHASE_ID_SCHEMES:
+        raise ValueError(f"phase_ids must be one of {', '.join(PHASE_ID_SCHEMES)}, not {phase_ids!r}")
     runs = max(1, min(int(runs), total_events))
+    run_ends = _run_ends(total_events, runs, seed) if phase_ids == "per-run" else None
+    # A run holds at most as many phases as its block has events (+2 for the phases straddling its ends).
+    largest_run = total_events // runs if run_ends is None else int(np.diff(run_ends, prepend=0.0).max())
+    widths = {"phase_ids": phase_ids, "run_digits": max(5, len(str(runs - 1))),
+              "phase_digits": max(4 if run_ends is not None else 5, len(str(largest_run + 2)))}
     arch = load_archetypes(seeds_dir)
     labels = np.array(arch.categories, dtype=object)
     legacy_labels = np.array([LEGACY_SPELLINGS.get(c, c) for c in arch.categories], dtype=object)
@@ -151,7 +173,10 @@ def generate_chunks(
         keep_phases = max(1, min(keep_phases, PHASES_PER_CHUNK))
         sl = slice(0, keep_phases)
         events_before = events_before[sl]
-        run_of_phase = (events_before * runs) // total_events
+        if run_ends is None:
+            run_of_phase = (events_before * runs) // total_events
+        else:
+            run_of_phase = np.minimum(np.searchsorted(run_ends, events_before, side="right"), runs - 1)
 
         # Phase start times (µs after `start`), cumulative over the whole load.
         gaps_us = np.round(draws["gaps"][sl] * 1_000_000).astype(np.int64)
@@ -241,7 +266,19 @@ def generate_chunks(
         }
         state.events_done += len(p)
         state.phases_done += keep_phases
-        yield SynthChunk(phases=phases, events=events)
+        yield SynthChunk(phases=phases, events=events, **widths)
+
+
+def _run_ends(total_events: int, runs: int, seed: int) -> np.ndarray:
+    """Where each run's block of events ends (a float event count, increasing), sizes log-normal.
+
+    Every run is given at least one event's worth of room, so runs stay non-empty unless a phase's
+    two events straddle a run that small.
+    """
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x52554E53])))  # "RUNS"
+    weights = rng.lognormal(0.0, RUN_SIZE_SIGMA, size=runs)
+    sizes = 1.0 + (total_events - runs) * weights / weights.sum()
+    return np.cumsum(sizes)
 
 
 def _archetype_json(draws: dict[str, np.ndarray], arch: Archetypes, sl: slice, p: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
 from autopack_pipeline.storage.bulk.archetypes import DEFAULT_LEGACY_FRACTION, load_archetypes
-from autopack_pipeline.storage.bulk.generate import DEFAULT_START, generate_chunks
+from autopack_pipeline.storage.bulk.generate import DEFAULT_START, EVENTS_PER_RUN, generate_chunks
 from autopack_pipeline.storage.bulk.loader import Progress
 from autopack_pipeline.storage.bulk.postgresql import _PostgresqlLoader
 from autopack_pipeline.storage.bulk.rows import _text_timestamps, run_id_for
@@ -25,9 +25,10 @@ from autopack_pipeline.storage.bulk.sqlite import _SqliteLoader
 from autopack_pipeline.storage.models import Run, TokenEstimationV2Event
 
 
-def default_run_count(events: int) -> int:
-    """About 2,000 events per run, as a busy Autopack run with retries would give."""
-    return max(1, math.ceil(events / 2_000))
+def default_run_count(events: int, phase_ids: str = "per-run") -> int:
+    """Runs for ``events``: about 34 events per run in Autopack's shape (what a database Autopack wrote
+    holds), 2,000 with reused phase ids (the older synthetic shape)."""
+    return max(1, math.ceil(events / EVENTS_PER_RUN[phase_ids]))
 
 
 class RunsAlreadyPresent(ValueError):
@@ -52,6 +53,7 @@ class SynthSummary:
     first_timestamp: str | None = None
     last_timestamp: str | None = None
     coefficient_version: str = ""
+    phase_ids: str = "per-run"  # generate.PHASE_ID_SCHEMES
     # Seconds per stage: "generate" (rows built in the helper thread, overlapping the rest),
     # "phases" and "events" (the database taking the rows; they overlap on a PostgreSQL append with two
     # connections), "indexes" (rebuilt after a fresh load).
@@ -90,10 +92,11 @@ def bulk_load(
     legacy_fraction: float = DEFAULT_LEGACY_FRACTION,
     progress: Progress | None = None,
     seeds_dir: Path = PACKAGED_SEEDS_DIR,
+    phase_ids: str = "per-run",
 ) -> SynthSummary:
     """Fill the (migrated) telemetry database behind ``engine`` with ``events`` synthetic events.
 
-    Creates ``runs`` runs (default: one per ~2,000 events) named ``synth-<seed>-rNNNNN``, one tier
+    Creates ``runs`` runs (default: :func:`default_run_count`) named ``synth-<seed>-rNNNNN``, one tier
     each, a phase row for every phase and the events. Refuses with :class:`RunsAlreadyPresent` when
     the seed's runs exist. ``progress(events_written, events)`` is called after every chunk.
 
@@ -108,13 +111,13 @@ def bulk_load(
     """
     if events < 1:
         raise ValueError(f"the number of events must be at least 1, got {events}")
-    runs = max(1, min(int(runs or default_run_count(events)), events))
+    runs = max(1, min(int(runs or default_run_count(events, phase_ids)), events))
     _check_runs_absent(engine, seed, runs)
     latest = _latest_event_time(engine)
     # Continue a minute after the newest stored event, so a second batch reads as later use.
     start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
     chunks = generate_chunks(events, runs=runs, seed=seed, start=start,
-                             legacy_fraction=legacy_fraction, seeds_dir=seeds_dir)
+                             legacy_fraction=legacy_fraction, seeds_dir=seeds_dir, phase_ids=phase_ids)
     backend = engine.dialect.name
     loaders = {"sqlite": _SqliteLoader, "postgresql": _PostgresqlLoader}
     if backend not in loaders:
@@ -138,5 +141,6 @@ def bulk_load(
         first_timestamp=_text_timestamps(np.array([loader.first_us]))[0] if loader.first_us is not None else None,
         last_timestamp=_text_timestamps(np.array([loader.last_us]))[0] if loader.last_us is not None else None,
         coefficient_version=load_archetypes(seeds_dir).coefficient_version,
+        phase_ids=phase_ids,
         timings={k: round(v, 3) for k, v in loader.timings.items()},
     )

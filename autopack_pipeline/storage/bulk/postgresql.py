@@ -8,6 +8,8 @@ failure after some batches were committed deletes the load's runs again, which c
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -274,5 +276,5 @@ def _sliced(chunks: Iterator[SynthChunk], phases: int) -> Iterator[SynthChunk]:
         event_starts = np.searchsorted(event_keys, phase_keys[starts]).tolist() + [len(event_keys)]
         for i, start in enumerate(starts):
             a, b = event_starts[i], event_starts[i + 1]
-            yield SynthChunk(phases={k: v[start:start + phases] for k, v in ph.items()},
-                             events={k: v[a:b] for k, v in ev.items()})
+            yield dataclasses.replace(chunk, phases={k: v[start:start + phases] for k, v in ph.items()},
+                                      events={k: v[a:b] for k, v in ev.items()})

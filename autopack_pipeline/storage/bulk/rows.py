@@ -1,7 +1,7 @@
 """Generated chunks as table rows: the run ids, which column of ``runs``, ``tiers``, ``phases`` and
 ``token_estimation_v2_events`` takes which generated column or constant, and the encodings the loaders
-hand to the database (Python lists of SQLite DATETIME text for ``executemany``, an Arrow table written
-as CSV for PostgreSQL's ``COPY``). Text columns such as phase ids and event uids are built as code
+hand to the database (Arrow tables: ingested by ADBC into SQLite, with DATETIME text, and written as CSV
+for PostgreSQL's ``COPY``). Text columns such as phase ids and event uids are built as code
 points with numpy, without a Python loop per row."""
 
 from __future__ import annotations
@@ -72,24 +72,53 @@ def _fixed_width_text(codes: np.ndarray) -> np.ndarray:
     return codes.view(f"<U{codes.shape[1]}").ravel()
 
 
-def _text_timestamps(us: np.ndarray) -> list[str]:
-    """Microsecond UTC timestamps as SQLAlchemy's SQLite DATETIME text (``YYYY-MM-DD HH:MM:SS.ffffff``)."""
+def _text_timestamp_array(us: np.ndarray) -> np.ndarray:
+    """Microsecond UTC timestamps as SQLAlchemy's SQLite DATETIME text (``YYYY-MM-DD HH:MM:SS.ffffff``),
+    a numpy unicode array."""
     text = np.datetime_as_string(np.asarray(us, dtype=np.int64).astype("datetime64[us]"), unit="us")
     codes = np.ascontiguousarray(text).view(np.uint32).reshape(len(text), -1).copy()
     codes[:, 10] = ord(" ")  # numpy writes the ISO "T"
-    return _fixed_width_text(codes).tolist()
+    return _fixed_width_text(codes)
+
+
+def _text_timestamps(us: np.ndarray) -> list[str]:
+    """:func:`_text_timestamp_array` as a list of ``str``."""
+    return _text_timestamp_array(us).tolist()
 
 
 def _numbered(prefix: str, numbers: np.ndarray, digits: int) -> np.ndarray:
     """``prefix`` + zero-padded ``numbers``, built as code points without a Python loop."""
-    head = np.frombuffer(prefix.encode("utf-32-le"), dtype=np.uint32)
-    codes = np.empty((len(numbers), len(head) + digits), dtype=np.uint32)
-    codes[:, : len(head)] = head
-    rest = np.asarray(numbers, dtype=np.int64).copy()
-    for position in range(len(head) + digits - 1, len(head) - 1, -1):
-        codes[:, position] = 48 + rest % 10
-        rest //= 10
-    return _fixed_width_text(codes).astype(object)
+    return _composed([prefix, (numbers, digits)], len(numbers))
+
+
+def _composed(pieces: list, rows: int) -> np.ndarray:
+    """Text made of fixed ``str`` pieces and ``(numbers, digits)`` zero-padded numbers, per row, as code
+    points with numpy (no Python loop per row)."""
+    blocks = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            head = np.frombuffer(piece.encode("utf-32-le"), dtype=np.uint32)
+            blocks.append(np.broadcast_to(head, (rows, len(head))))
+        else:
+            numbers, digits = piece
+            rest = np.asarray(numbers, dtype=np.int64).copy()
+            codes = np.empty((rows, digits), dtype=np.uint32)
+            for position in range(digits - 1, -1, -1):
+                codes[:, position] = 48 + rest % 10
+                rest //= 10
+            blocks.append(codes)
+    return _fixed_width_text(np.hstack(blocks)).astype(object)
+
+
+def phase_ids_for(chunk: SynthChunk, seed: int, runs: np.ndarray, phase_index: np.ndarray) -> np.ndarray:
+    """The phase ids of rows of ``chunk`` (their run numbers and 0-based phase numbers in the run).
+
+    ``per-run``: ``s<seed>-r<run>-p<phase>``, distinct in every run; ``reused``: ``phase-<phase>``.
+    """
+    if chunk.phase_ids == "reused":
+        return _composed(["phase-", (phase_index + 1, chunk.phase_digits)], len(phase_index))
+    return _composed([f"s{seed}-r", (runs, chunk.run_digits), "-p", (phase_index + 1, chunk.phase_digits)],
+                     len(phase_index))
 
 
 def _chunk_columns(chunk: SynthChunk, run_ids: np.ndarray, tier_pk: np.ndarray, seed: int) -> tuple[dict, dict]:
@@ -98,7 +127,7 @@ def _chunk_columns(chunk: SynthChunk, run_ids: np.ndarray, tier_pk: np.ndarray, 
     completed = ph["completed"]
     retries = ph["attempts"] - 1
     phase_cols = {
-        "phase_id": _numbered("phase-", ph["phase_index"] + 1, 5),
+        "phase_id": phase_ids_for(chunk, seed, ph["run"], ph["phase_index"]),
         "run_id": run_ids[ph["run"]],
         "tier_id": tier_pk[ph["run"]],
         "phase_index": ph["phase_index"],
@@ -115,7 +144,7 @@ def _chunk_columns(chunk: SynthChunk, run_ids: np.ndarray, tier_pk: np.ndarray, 
     }
     event_cols = {
         "run_id": run_ids[ev["run"]],
-        "phase_id": _numbered("phase-", ev["phase_index"] + 1, 5),
+        "phase_id": phase_ids_for(chunk, seed, ev["run"], ev["phase_index"]),
         "timestamp": ev["timestamp_us"],
         "category": ev["category"],
         "complexity": ev["complexity"],
@@ -141,21 +170,6 @@ def _chunk_columns(chunk: SynthChunk, run_ids: np.ndarray, tier_pk: np.ndarray, 
 _TIMESTAMP_SOURCES = {"timestamp", "last", "started", "completed_at"}
 
 
-def _python_columns(columns: dict[str, np.ndarray], spec: tuple) -> list[list]:
-    """The distinct sources of ``spec`` as Python lists, in order of first use (for executemany)."""
-    out = []
-    for name in _sources(spec):
-        values = columns[name]
-        if name in _TIMESTAMP_SOURCES:
-            text = _text_timestamps(np.maximum(values, 0))
-            if name == "completed_at":
-                text = [t if keep else None for t, keep in zip(text, (values >= 0).tolist())]
-            out.append(text)
-        else:
-            out.append(values.tolist())
-    return out
-
-
 def _sources(spec: tuple) -> list[str]:
     seen: list[str] = []
     for _column, source in spec:
@@ -164,17 +178,25 @@ def _sources(spec: tuple) -> list[str]:
     return seen
 
 
-def _arrow_columns(columns: dict[str, np.ndarray], spec: tuple, n: int) -> pa.Table:
-    arrays = {}
+def _arrow_columns(columns: dict[str, np.ndarray], spec: tuple, n: int, *, text_timestamps: bool = False) -> pa.Table:
+    """The rows of ``spec`` as an Arrow table: constants repeated, timestamps as ``timestamp[us]`` or, with
+    ``text_timestamps``, as SQLite's DATETIME text (NULL where the µs value is negative)."""
+    arrays: dict[str, pa.Array] = {}
+    converted: dict[str, pa.Array] = {}  # a source feeding two columns is converted once
     for column, source in spec:
         if isinstance(source, _Const):
             arrays[column] = pa.array(np.full(n, source.value, dtype=object if isinstance(source.value, str) else None))
-        elif source in _TIMESTAMP_SOURCES:
+            continue
+        if source not in converted:
             values = columns[source]
-            arrays[column] = pa.array(values, type=pa.timestamp("us"), mask=values < 0)
-        else:
-            values = columns[source]
-            arrays[column] = pa.array(values, from_pandas=True) if values.dtype == object else pa.array(values)
+            if source in _TIMESTAMP_SOURCES:
+                if text_timestamps:
+                    converted[source] = pa.array(_text_timestamp_array(np.maximum(values, 0)), mask=values < 0)
+                else:
+                    converted[source] = pa.array(values, type=pa.timestamp("us"), mask=values < 0)
+            else:
+                converted[source] = pa.array(values, from_pandas=True) if values.dtype == object else pa.array(values)
+        arrays[column] = converted[source]
     return pa.table(arrays)
 
 

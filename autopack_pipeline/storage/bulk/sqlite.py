@@ -1,4 +1,4 @@
-"""The SQLite bulk loader: ``executemany`` on a dedicated ``sqlite3`` connection in large transactions,
+"""The SQLite bulk loader: Arrow tables ingested through ADBC's SQLite driver in large transactions,
 with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the runs,
 tiers and phases every event refers to, and the tests check the keys). Into an empty events table, when
 the loader has the only connection to the file, the load is one transaction in a rollback journal that
@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 
+import pyarrow as pa
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage.bulk.generate import SynthChunk
@@ -19,14 +20,13 @@ from autopack_pipeline.storage.bulk.rows import (
     _PHASE_SPEC,
     _RUN_COLUMNS,
     _TIER_COLUMNS,
+    _arrow_columns,
     _chunk_columns,
-    _Const,
-    _python_columns,
     _run_rows,
-    _sources,
     _text_timestamps,
     _tier_keys,
     _tier_rows,
+    run_id_for,
 )
 from autopack_pipeline.storage.columnar import prefetch
 from autopack_pipeline.storage.database import describe_database
@@ -52,16 +52,28 @@ class _SqliteLoader(_Loader):
     def load(self, engine: Engine, chunks: Iterator[SynthChunk]) -> None:
         path = _sqlite_path(engine)
         engine.dispose()  # our own pooled connections let go of the file while the loader has it
-        connection = sqlite3.connect(path, isolation_level=None, timeout=30)
+        probe = sqlite3.connect(path, isolation_level=None, timeout=30)
         try:
-            empty = connection.execute("SELECT 1 FROM token_estimation_v2_events LIMIT 1").fetchone() is None
-            fresh = empty and _leave_wal(connection)
+            empty = probe.execute("SELECT 1 FROM token_estimation_v2_events LIMIT 1").fetchone() is None
+            fresh = empty and _leave_wal(probe)
+        finally:
+            probe.close()
+        # ADBC's SQLite driver binds whole Arrow columns in C: no Python object per value, where the
+        # standard library's executemany converts and binds every value in Python. Transactions are
+        # ours (autocommit on, explicit BEGIN/COMMIT), so the one-transaction load stays one.
+        import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+        connection = adbc_sqlite.connect(path, autocommit=True)
+        cursor = connection.cursor()
+        in_transaction = False
+        try:
+            cursor.execute("PRAGMA busy_timeout=30000")
             for pragma in SQLITE_LOAD_PRAGMAS:
-                connection.execute(pragma)
-            self.method = ("sqlite: one transaction, secondary indexes rebuilt after the rows" if fresh
-                           else "sqlite: executemany with indexes in place, 500k events per transaction")
-            cursor = connection.cursor()
+                cursor.execute(pragma)
+            self.method = ("sqlite (ADBC): one transaction, secondary indexes rebuilt after the rows" if fresh
+                           else "sqlite (ADBC): indexes in place, 500k events per transaction")
             cursor.execute("BEGIN")
+            in_transaction = True
             chunks = iter(chunks)
             first = next(chunks)
             start_text = _text_timestamps(first.phases["started_us"][:1])[0]
@@ -69,36 +81,39 @@ class _SqliteLoader(_Loader):
                                f"({', '.join('?' * len(_RUN_COLUMNS))})", _run_rows(self.seed, self.runs, start_text))
             cursor.executemany(f"INSERT INTO tiers ({', '.join(_TIER_COLUMNS)}) VALUES "
                                f"({', '.join('?' * len(_TIER_COLUMNS))})", _tier_rows(self.run_ids.tolist(), start_text))
-            tier_pk = _tier_keys(cursor.execute(
-                "SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id >= ? AND run_id <= ?",
-                (self.run_ids[0], self.run_ids[-1])).fetchall(), self.run_ids)
+            # The seed's runs by their common prefix: run numbers of more than five digits do not sort
+            # between the first and the last run id as text.
+            prefix = run_id_for(self.seed, 0)[:-5]
+            cursor.execute("SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id >= ? AND run_id < ?",
+                           (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
+            tier_pk = _tier_keys(cursor.fetchall(), self.run_ids)
             indexes = []
             if fresh:
-                indexes = cursor.execute(
-                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-                    "AND tbl_name IN ('phases', 'token_estimation_v2_events')").fetchall()
+                cursor.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                               "AND tbl_name IN ('phases', 'token_estimation_v2_events')")
+                indexes = cursor.fetchall()
                 for name, _sql in indexes:
                     cursor.execute(f'DROP INDEX "{name}"')
-            phase_sql = _sqlite_insert("phases", _PHASE_SPEC)
-            event_sql = _sqlite_insert("token_estimation_v2_events", _EVENT_SPEC)
 
-            def rows(chunk: SynthChunk) -> tuple[list, list]:
-                def build() -> tuple[list, list]:
+            def tables(chunk: SynthChunk) -> tuple[pa.Table, pa.Table]:
+                def build() -> tuple[pa.Table, pa.Table]:
                     phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
-                    return _python_columns(phase_cols, _PHASE_SPEC), _python_columns(event_cols, _EVENT_SPEC)
+                    return (_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"]), text_timestamps=True),
+                            _arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"]), text_timestamps=True))
 
                 return self._timed("generate", build)
 
-            in_transaction = 0
-            for chunk, (phase_rows, event_rows) in prefetch(_chain(first, chunks), rows):
-                self._timed("phases", lambda: cursor.executemany(phase_sql, zip(*phase_rows)))  # noqa: B023
-                self._timed("events", lambda: cursor.executemany(event_sql, zip(*event_rows)))  # noqa: B023
+            written = 0
+            for chunk, (phase_rows, event_rows) in prefetch(_chain(first, chunks), tables):
+                self._timed("phases", lambda: cursor.adbc_ingest("phases", phase_rows, mode="append"))  # noqa: B023
+                self._timed("events", lambda: cursor.adbc_ingest(  # noqa: B023
+                    "token_estimation_v2_events", event_rows, mode="append"))
                 self._written(chunk)
-                in_transaction += len(chunk.events["run"])
-                if not fresh and in_transaction >= SQLITE_TRANSACTION_EVENTS:
+                written += len(chunk.events["run"])
+                if not fresh and written >= SQLITE_TRANSACTION_EVENTS:
                     cursor.execute("COMMIT")
                     cursor.execute("BEGIN")
-                    in_transaction = 0
+                    written = 0
             if indexes:
                 # CREATE INDEX's sorter keeps runs of cache_size bytes in memory: small runs are sorted
                 # and merged by the worker threads (PRAGMA threads) while this one scans the table.
@@ -108,16 +123,18 @@ class _SqliteLoader(_Loader):
             cursor.executemany("UPDATE runs SET max_phases = ?, tokens_used = ?, completed_at = ?, updated_at = ? "
                                "WHERE id = ?", self.stats.rows(self.run_ids))
             cursor.execute("COMMIT")
+            in_transaction = False
         except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
+            if in_transaction:
+                cursor.execute("ROLLBACK")
             raise
         finally:
             try:
-                connection.execute("PRAGMA journal_mode=WAL")  # what make_engine's connections use
-            except sqlite3.OperationalError:
+                cursor.execute("PRAGMA journal_mode=WAL")  # what make_engine's connections use
+            except adbc_sqlite.Error:
                 pass  # someone connected meanwhile; make_engine's connections switch it back to WAL
             finally:
+                cursor.close()
                 connection.close()
 
 
@@ -132,21 +149,6 @@ def _leave_wal(connection: sqlite3.Connection) -> bool:
         return connection.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
     except sqlite3.OperationalError:
         return False
-
-
-def _sql_literal(value: object) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _sqlite_insert(table: str, spec: tuple) -> str:
-    """INSERT with constants inlined and one numbered parameter per distinct source."""
-    numbers = {name: i + 1 for i, name in enumerate(_sources(spec))}
-    values = [_sql_literal(s.value) if isinstance(s, _Const) else f"?{numbers[s]}" for _c, s in spec]
-    return f"INSERT INTO {table} ({', '.join(c for c, _s in spec)}) VALUES ({', '.join(values)})"
 
 
 def _sqlite_path(engine: Engine) -> str:
