@@ -42,7 +42,8 @@ def test_api_key_stays_secret_through_the_whole_pipeline(sqlite_url, tmp_path, m
     monkeypatch.setenv("ANTHROPIC_BASE_URL", messages_server.url)
     monkeypatch.setenv("AUTOPACK_LLM_BACKEND", "anthropic")
     caplog.set_level(logging.DEBUG)
-    config = {"ops": {"telemetry_collection_run": {"config": {"template_phases_per_group": 2}}}}
+    config = {"ops": {"telemetry_collection_run": {"config": {"template_phases_per_group": 2,
+                                                                     "allow_paid_backend": True}}}}
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         result = dg.materialize(
