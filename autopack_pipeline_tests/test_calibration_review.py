@@ -1,6 +1,6 @@
 """Why a calibration leaves nothing to apply, said exactly (the pipeline's last lines)."""
 
-from autopack_pipeline.calibration_review import apply_instructions, no_patch_reason
+from autopack_pipeline.services.calibration_review import apply_instructions, no_patch_reason
 
 CLOSED = {"gate": {"open": False, "summary": "Calibration gate closed: 12 clean samples < 20"}}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autopack_pipeline import workflows
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events

@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline import workflows
 from autopack_pipeline.cli import main
 from autopack_pipeline.collection.run import default_run_id
 from autopack_pipeline.llm.backends import LLMRequest, LLMResponse
 from autopack_pipeline.llm.factory import make_backend
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import database
 from autopack_pipeline.storage.database import make_engine

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from autopack_pipeline import workflows
 from autopack_pipeline.llm.backends import LLMRequest, LLMResponse
 from autopack_pipeline.llm.factory import make_backend
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events

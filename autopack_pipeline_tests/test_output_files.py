@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autopack_pipeline.reporting import write_atomic_text
+from autopack_pipeline.services.reporting import write_atomic_text
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from autopack_pipeline import output_files
 from autopack_pipeline.domain.calibration import calibrate_autopack_median
 from autopack_pipeline.domain.events import conform_events_frame
-from autopack_pipeline.reporting import (
+from autopack_pipeline.services.reporting import (
     calibration_report_payload,
     render_calibration_markdown,
     write_calibration_reports,

@@ -13,9 +13,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from autopack_pipeline.assets import PIPELINE_ASSETS
+from autopack_pipeline.defs.assets import PIPELINE_ASSETS
+from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.llm.prompt import render_files
-from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline_tests.llm.messages_server import Answer, MessagesServer
 
 SECRET = "sk-ant-test-7Hs9-do-not-leak-0123456789"

@@ -11,19 +11,19 @@ from sqlalchemy.orm import Session
 from autopack_pipeline.domain.samples import clean_samples
 from autopack_pipeline.llm.backends import LLMCallError, LLMRequest, LLMResponse
 from autopack_pipeline.llm.factory import make_backend
-from autopack_pipeline.settings import SettingsError, load_settings
-from autopack_pipeline.storage.database import make_engine
-from autopack_pipeline.storage.events import read_events
-from autopack_pipeline.storage.migrate import upgrade_database
-from autopack_pipeline.storage.models import Run
-from autopack_pipeline.storage.tasks import get_task, save_generated_tasks
-from autopack_pipeline.tasks_execution import (
+from autopack_pipeline.services.tasks_execution import (
     execute_pending_tasks,
     execute_task,
     group_sample_counts,
     phases_for_shortfall,
     template_group_for,
 )
+from autopack_pipeline.settings import SettingsError, load_settings
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.events import read_events
+from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline.storage.models import Run
+from autopack_pipeline.storage.tasks import get_task, save_generated_tasks
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autopack_pipeline.calibration_loop import LoopOptions, private_seeds, round_lines, run_loop, table_lines  # noqa: E402
 from autopack_pipeline.llm.anthropic_backend import AnthropicBackend  # noqa: E402
 from autopack_pipeline.llm.factory import make_backend  # noqa: E402
+from autopack_pipeline.services.calibration_loop import LoopOptions, private_seeds, round_lines, run_loop, table_lines  # noqa: E402
 from autopack_pipeline.settings import load_settings  # noqa: E402
 from autopack_pipeline.storage.database import make_engine  # noqa: E402
 from autopack_pipeline.storage.migrate import prepare_database  # noqa: E402

@@ -139,8 +139,8 @@ def child_extract(db: str, store: str, full: bool) -> dict:
 
 def child_analyse(store: str, threads: int) -> dict:
     began = time.perf_counter()
-    from autopack_pipeline import workflows
     from autopack_pipeline.domain import fast_metrics
+    from autopack_pipeline.services import workflows
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.columnar import ColumnarStore
 
@@ -296,13 +296,13 @@ def child_dagster(db: str, workdir: str) -> dict:
     """Every asset after collection and every check, as "Materialize all" runs them, in process."""
     os.environ["AUTOPACK_REPORTS_DIR"] = str(Path(workdir) / "reports")
 
-    from autopack_pipeline.assets.calibration import calibration_recommendations
-    from autopack_pipeline.assets.events import raw_events
-    from autopack_pipeline.assets.metrics import tier_metrics
-    from autopack_pipeline.assets.samples import success_samples
-    from autopack_pipeline.assets.tasks import generated_tasks
-    from autopack_pipeline.checks import ALL_CHECKS
-    from autopack_pipeline.resources import TelemetryDatabase
+    from autopack_pipeline.defs.assets.calibration import calibration_recommendations
+    from autopack_pipeline.defs.assets.events import raw_events
+    from autopack_pipeline.defs.assets.metrics import tier_metrics
+    from autopack_pipeline.defs.assets.samples import success_samples
+    from autopack_pipeline.defs.assets.tasks import generated_tasks
+    from autopack_pipeline.defs.checks import ALL_CHECKS
+    from autopack_pipeline.defs.resources import TelemetryDatabase
 
     return _materialize_and_split(
         [raw_events, success_samples, tier_metrics, calibration_recommendations, generated_tasks, *ALL_CHECKS],

@@ -86,8 +86,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def _spend_line(events: Any) -> str:
     """Spend per model over every stored attempt (not only the analysis set: every attempt was billed)."""
     from autopack_pipeline.domain.group_economics import spend_of_events
+    from autopack_pipeline.services.workflows import load_prices_for
     from autopack_pipeline.settings import load_settings
-    from autopack_pipeline.workflows import load_prices_for
 
     return spend_of_events(events, load_prices_for(load_settings())).line()
 
@@ -106,9 +106,9 @@ def _print_tier1(tier1: dict[str, Any], label: str) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from autopack_pipeline.calibration_apply import calibrate_in_force
-    from autopack_pipeline.calibration_review import section_lines
     from autopack_pipeline.domain.calibration_window import window_line
+    from autopack_pipeline.services.calibration_apply import calibrate_in_force
+    from autopack_pipeline.services.calibration_review import section_lines
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.database import describe_database
 

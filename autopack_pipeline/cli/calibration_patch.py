@@ -4,7 +4,7 @@ Nothing changes the coefficient file without a person: the diff and the backtest
 the file is written only with ``--yes`` or a typed "yes" on a terminal. The previous file is kept,
 byte for byte, under ``estimator_coefficients.history/<version>.yaml`` so a calibration can be undone
 by copying it back. The coefficient path honours ``AUTOPACK_SEEDS_DIR``. The work itself is
-``autopack_pipeline.calibration_apply`` (which a loop calls without the CLI).
+``autopack_pipeline.services.calibration_apply`` (which a loop calls without the CLI).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from autopack_pipeline.calibration_apply import new_version_name, updated_yaml_text  # noqa: F401 (re-exported)
-from autopack_pipeline.calibration_review import change_lines, diff_text, render_backtest  # noqa: F401
 from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -26,12 +24,14 @@ from autopack_pipeline.cli.common import (
     print_json,
 )
 from autopack_pipeline.domain.coefficients import HISTORY_DIR_NAME
+from autopack_pipeline.services.calibration_apply import new_version_name, updated_yaml_text  # noqa: F401 (re-exported)
+from autopack_pipeline.services.calibration_review import change_lines, diff_text, render_backtest  # noqa: F401
 
 
 def _prepare(args: argparse.Namespace):
-    from autopack_pipeline.calibration_apply import ApplicationRefused, plan_patch_file
     from autopack_pipeline.cli.common import open_engine
     from autopack_pipeline.domain.backtest import PatchError
+    from autopack_pipeline.services.calibration_apply import ApplicationRefused, plan_patch_file
 
     try:
         return plan_patch_file(open_engine(args), Path(args.patch), method=args.method, force=args.force,
@@ -93,7 +93,7 @@ def _copy_seeds(source: Path, target: Path) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from autopack_pipeline.calibration_apply import write_application
+    from autopack_pipeline.services.calibration_apply import write_application
 
     application = _prepare(args)
     new = application.new

@@ -22,8 +22,8 @@ from autopack_pipeline.cli.progress import progress_bar
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from autopack_pipeline import workflows
     from autopack_pipeline.llm.factory import make_backend
+    from autopack_pipeline.services import workflows
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.retry import DatabaseUnavailable
     from autopack_pipeline.storage.run_lease import RunBusy

@@ -90,7 +90,7 @@ def render_log_report(document: dict[str, Any], config: dict[str, Any], sources:
 
 def cmd_analyze_logs(args: argparse.Namespace) -> int:
     from autopack_pipeline.domain.logparse import analyse_logs, parse_log_dir, source_counts
-    from autopack_pipeline.reporting import write_atomic_text
+    from autopack_pipeline.services.reporting import write_atomic_text
 
     log_dir = Path(args.log_dir)
     if not log_dir.is_dir():

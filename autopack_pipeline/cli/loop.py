@@ -20,8 +20,14 @@ from autopack_pipeline.cli.common import (
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
-    from autopack_pipeline.calibration_loop import LoopOptions, private_seeds, round_lines, run_loop, table_lines
     from autopack_pipeline.llm.factory import make_backend
+    from autopack_pipeline.services.calibration_loop import (
+        LoopOptions,
+        private_seeds,
+        round_lines,
+        run_loop,
+        table_lines,
+    )
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.database import make_engine
     from autopack_pipeline.storage.events import read_events

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from autopack_pipeline.dagster_runner import run_pipeline
+    from autopack_pipeline.defs.dagster_runner import run_pipeline
 
     return run_pipeline(collect=not args.skip_collection)
 

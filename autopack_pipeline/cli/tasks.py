@@ -83,7 +83,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _cost_line(tokens: int) -> str:
     """The estimated cost in tokens and, at the configured model's output price, in dollars."""
-    from autopack_pipeline import workflows
+    from autopack_pipeline.services import workflows
     from autopack_pipeline.settings import SettingsError, load_settings
 
     text = f"{tokens:,} tokens (Autopack's estimate of the work)"
@@ -97,7 +97,7 @@ def _cost_line(tokens: int) -> str:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from autopack_pipeline.domain.task_evidence import evidence_lines, group_label
-    from autopack_pipeline.tasks_review import next_step
+    from autopack_pipeline.services.tasks_review import next_step
 
     engine = open_engine(args)
     task = _found(engine, args.task_id)
@@ -137,8 +137,8 @@ def _generate(engine, settings, args: argparse.Namespace, *, min_samples: int, w
               ) -> dict[str, Any]:
     """What the generated_tasks asset computes, from the database: metrics, the gate, both calibration
     methods when it is open (``method`` chosen), drift; no report file is written."""
-    from autopack_pipeline import workflows
     from autopack_pipeline.domain.drift import detect_drift, drift_insights
+    from autopack_pipeline.services import workflows
     from autopack_pipeline.storage.database import describe_database
     from autopack_pipeline.storage.outcomes import read_phase_outcomes
     from autopack_pipeline.storage.snapshot import snapshot_events
@@ -200,8 +200,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_execute(args: argparse.Namespace) -> int:
     from autopack_pipeline.llm.factory import make_backend
+    from autopack_pipeline.services.tasks_execution import AUTO_EXECUTE_OFF, execute_pending_tasks
     from autopack_pipeline.settings import load_settings
-    from autopack_pipeline.tasks_execution import AUTO_EXECUTE_OFF, execute_pending_tasks
 
     settings = load_settings()
     engine = open_engine(args)
@@ -228,7 +228,7 @@ def cmd_execute(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, verb: str) -> int:
-    from autopack_pipeline import tasks_review
+    from autopack_pipeline.services import tasks_review
 
     engine = open_engine(args)
     if verb == "approve":

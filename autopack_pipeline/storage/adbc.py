@@ -13,8 +13,6 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.storage.database import describe_database
-
 try:  # the drivers' own error class, so callers can tell a refused read from a bug
     from adbc_driver_manager import Error
 except ImportError:  # pragma: no cover - the drivers are declared dependencies
@@ -30,14 +28,13 @@ def connect(engine: Engine) -> Any:
     """A DB-API connection of the ADBC driver for ``engine``'s database (close it, or use ``with``)."""
     backend = engine.dialect.name
     if backend == "sqlite":
-        path = describe_database(engine).sqlite_path
-        if not path:
-            raise AdbcUnavailable("an in-memory SQLite database is not shared with another driver")
-        try:
-            import adbc_driver_sqlite.dbapi as driver
-        except ImportError as exc:  # pragma: no cover - a declared dependency
-            raise AdbcUnavailable(f"adbc-driver-sqlite is not installed ({exc})") from exc
-        return driver.connect(path)
+        # Not for SQLite: adbc-driver-sqlite links its own copy of the SQLite library. Two copies in one
+        # process share the file's POSIX locks, and closing a file in one drops the locks the other
+        # holds (SQLite's "multiple copies of SQLite in one application" hazard): measured here, a
+        # Dagster run that extracted through it and then stored tasks through sqlite3 lost those rows
+        # and later reads failed with "disk I/O error". The CSV route reads through sqlite3 itself.
+        raise AdbcUnavailable("SQLite is read through the sqlite3 module: a second SQLite library in one "
+                              "process would break the database's locks")
     if backend == "postgresql":
         try:
             import adbc_driver_postgresql.dbapi as driver

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
 EXE = shutil.which("autopack-telemetry", path=str(Path(sys.executable).parent))
 
 

@@ -177,14 +177,14 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db, mon
     become the same tasks from the terminal as from "Materialize all"."""
     import dagster as dg
 
-    from autopack_pipeline.assets import PIPELINE_ASSETS
-    from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
+    from autopack_pipeline.defs.assets import PIPELINE_ASSETS
+    from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
     from autopack_pipeline.storage.bulk import bulk_load
 
     # Room for every finding: the synthetic groups' critical breaches would otherwise fill the 10 slots
     # ahead of the (high) coefficient reviews this test compares.
-    slots = {"AUTOPACK_TASK_GENERATION_MAX_TASKS": "40"}
-    monkeypatch.setenv("AUTOPACK_TASK_GENERATION_MAX_TASKS", "40")
+    slots = {"AUTOPACK_TASK_GENERATION_MAX_TASKS": "500"}
+    monkeypatch.setenv("AUTOPACK_TASK_GENERATION_MAX_TASKS", "500")
     engine = make_engine(sqlite_url)
     upgrade_database(engine)
     bulk_load(engine, 4_000, runs=8, seed=3)

@@ -8,9 +8,9 @@ from datetime import datetime
 import dagster as dg
 import pytest
 
-from autopack_pipeline.assets import PIPELINE_ASSETS
-from autopack_pipeline.checks import ALL_CHECKS
-from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.defs.assets import PIPELINE_ASSETS
+from autopack_pipeline.defs.checks import ALL_CHECKS
+from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.storage.events import EstimationEvent, ensure_run_and_phase, record_estimation_event
 from autopack_pipeline_tests.llm.messages_server import MessagesServer
 

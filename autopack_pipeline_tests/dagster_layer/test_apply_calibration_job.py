@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from autopack_pipeline.definitions import defs
+from autopack_pipeline.defs.definitions import defs
 from autopack_pipeline_tests.cli.calibration_cli_support import REPO_SEEDS, populate
 from autopack_pipeline_tests.dagster_layer.conftest import materialize_slice
 

@@ -3,15 +3,15 @@ run-status sensors close them from the database's count when the runs end."""
 
 import dagster as dg
 
-from autopack_pipeline.definitions import defs
-from autopack_pipeline.resources import TelemetryDatabase
-from autopack_pipeline.sensors import (
+from autopack_pipeline.defs.definitions import defs
+from autopack_pipeline.defs.resources import TelemetryDatabase
+from autopack_pipeline.defs.sensors import (
     auto_execution_sensor,
     collection_task_failure_sensor,
     collection_task_success_sensor,
 )
+from autopack_pipeline.services.tasks_execution import AUTO_EXECUTE_OFF, group_sample_counts
 from autopack_pipeline.storage.tasks import get_task, pending_tasks
-from autopack_pipeline.tasks_execution import AUTO_EXECUTE_OFF, group_sample_counts
 
 from .conftest import SMALL_COLLECTION, materialize_slice
 

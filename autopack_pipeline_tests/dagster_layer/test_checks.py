@@ -3,8 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from autopack_pipeline import workflows
-from autopack_pipeline.checks import (
+from autopack_pipeline.defs.checks import (
     events_exist,
     not_all_failures,
     tier1_truncation_within_target,
@@ -13,6 +12,7 @@ from autopack_pipeline.checks import (
     token_counts_plausible,
 )
 from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+from autopack_pipeline.services import workflows
 from autopack_pipeline.storage.snapshot import EventSnapshot
 
 from .conftest import check_evaluations, materialize_slice
@@ -142,7 +142,7 @@ def test_tier1_on_no_events_could_not_evaluate_and_does_not_pass():
 def test_drift_that_compared_no_group_does_not_pass():
     from datetime import datetime, timezone
 
-    from autopack_pipeline.checks import drift_check_results
+    from autopack_pipeline.defs.checks import drift_check_results
     from autopack_pipeline.domain.drift import DriftReport, DriftThresholds
 
     report = DriftReport(thresholds=DriftThresholds(), now=datetime(2026, 11, 25, tzinfo=timezone.utc),

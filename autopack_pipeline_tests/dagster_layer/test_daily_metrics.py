@@ -6,11 +6,10 @@ from datetime import date, datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from autopack_pipeline.assets import ALL_ASSETS
-from autopack_pipeline.checks import ALL_CHECKS
-from autopack_pipeline.definitions import defs
+from autopack_pipeline.defs.assets import ALL_ASSETS
+from autopack_pipeline.defs.definitions import defs
+from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.domain.windows import days_with_events, events_in_window, trailing_days
-from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
 
 from .conftest import materialize_slice
 
@@ -123,7 +122,7 @@ def test_windows_pick_whole_utc_days(two_days, sqlite_url):
 
 def test_the_window_ends_on_the_newest_event_so_an_idle_database_still_shows_its_latest_weeks(
         write_events, sqlite_url):
-    from autopack_pipeline import workflows
+    from autopack_pipeline.services import workflows
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.snapshot import snapshot_events
 

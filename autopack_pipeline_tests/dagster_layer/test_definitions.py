@@ -6,7 +6,7 @@ import sys
 import dagster as dg
 import yaml
 
-from autopack_pipeline.definitions import defs
+from autopack_pipeline.defs.definitions import defs
 from autopack_pipeline.settings import REPO_ROOT
 
 PIPELINE_ORDER = [

@@ -63,7 +63,7 @@ def test_naming_the_paid_backend_in_config_is_not_consent(sqlite_url, instance, 
 
 def test_the_quickstart_on_the_paid_backend_says_the_collection_was_skipped(
         sqlite_url, messages_server, write_events, monkeypatch, tmp_path, capsys):
-    from autopack_pipeline.dagster_runner import run_pipeline
+    from autopack_pipeline.defs.dagster_runner import run_pipeline
 
     monkeypatch.setenv("AUTOPACK_LLM_BACKEND", "anthropic")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))

@@ -6,8 +6,8 @@ import dagster as dg
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from autopack_pipeline.assets import PIPELINE_ASSETS
-from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.defs.assets import PIPELINE_ASSETS
+from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.models import GeneratedTask, Phase, TokenEstimationV2Event
 

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import numpy as np
 
-from autopack_pipeline.definitions import defs
+from autopack_pipeline.defs.definitions import defs
 
 DRIFT_CHECKS = {"log_ratio_psi_drift", "log_ratio_ks_drift", "underestimation_cusum_drift"}
 

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from autopack_pipeline.definitions import defs
-from autopack_pipeline.sensors import calibration_gate_sensor, task_generation_sensor
+from autopack_pipeline.defs.definitions import defs
+from autopack_pipeline.defs.sensors import calibration_gate_sensor, task_generation_sensor
 
 from .conftest import SMALL_COLLECTION, materialize_slice
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from autopack_pipeline.definitions import defs
+from autopack_pipeline.defs.definitions import defs
 from autopack_pipeline.storage import tasks as store
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline_tests.dagster_layer.conftest import SMALL_COLLECTION, materialize_slice

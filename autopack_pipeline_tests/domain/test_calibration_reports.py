@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from autopack_pipeline import reporting, workflows
 from autopack_pipeline.domain.calibration import calibrate_autopack_median
 from autopack_pipeline.domain.coverage import calibrate_coverage, group_observations
 from autopack_pipeline.domain.events import conform_events_frame
 from autopack_pipeline.domain.samples import clean_samples
-from autopack_pipeline.plots import render_calibration_plot
-from autopack_pipeline.reporting import (
+from autopack_pipeline.services import reporting, workflows
+from autopack_pipeline.services.plots import render_calibration_plot
+from autopack_pipeline.services.reporting import (
     calibration_report_payload,
     render_calibration_markdown,
     safe_stem,

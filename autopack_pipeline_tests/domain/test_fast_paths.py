@@ -19,7 +19,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autopack_pipeline import workflows
 from autopack_pipeline.domain import fast_metrics as fm
 from autopack_pipeline.domain.calibration import calibrate_autopack_median
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
@@ -29,6 +28,7 @@ from autopack_pipeline.domain.fast_metrics import exact_sums
 from autopack_pipeline.domain.gates import evaluate_calibration_gate
 from autopack_pipeline.domain.metrics import compute_metrics, p90, tier1_metrics, tier_metrics_document
 from autopack_pipeline.domain.samples import canonical_labels, clean_samples, sample_exclusions
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)

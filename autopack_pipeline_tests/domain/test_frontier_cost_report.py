@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from autopack_pipeline import workflows
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline_tests.domain.test_calibration_reports import events
 

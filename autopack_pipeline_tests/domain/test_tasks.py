@@ -6,11 +6,11 @@ import pytest
 from autopack_pipeline.domain.tasks import (
     MIN_CONFIDENCE_FLOOR,
     Insight,
+    breach_level,
+    breach_severity,
     detect_patterns,
     effort_for_occurrences,
     estimated_cost,
-    breach_level,
-    breach_severity,
     fingerprint,
     generate_tasks,
     insights_from_calibration,

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autopack_pipeline import workflows
 from autopack_pipeline.llm.prompt import render_files
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autopack_pipeline.calibration_loop import LoopOptions, private_seeds, run_loop
+from autopack_pipeline.services.calibration_loop import LoopOptions, private_seeds, run_loop
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.migrate import prepare_database

@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from autopack_pipeline import workflows
 from autopack_pipeline.llm.factory import make_backend
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.models import PhaseOutcomeEvent
-from autopack_pipeline_tests.storage.conftest import _admin_engine
 from autopack_pipeline_tests.collection_support import Recording, assert_stored_exactly_once
+from autopack_pipeline_tests.storage.conftest import _admin_engine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)]
 

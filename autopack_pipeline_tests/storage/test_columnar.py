@@ -9,15 +9,16 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from autopack_pipeline import workflows
 from autopack_pipeline.domain import fast_metrics as fm
 from autopack_pipeline.domain.calibration import calibrate_autopack_median
 from autopack_pipeline.domain.coverage import calibrate_coverage
 from autopack_pipeline.domain.gates import evaluate_calibration_gate
 from autopack_pipeline.domain.metrics import tier_metrics_document
 from autopack_pipeline.domain.samples import clean_samples, sample_exclusions
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
-from autopack_pipeline.storage import columnar
+from autopack_pipeline.storage import adbc, columnar
+from autopack_pipeline.storage.adbc import AdbcUnavailable
 from autopack_pipeline.storage.bulk import bulk_load
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, store_directory_for
 from autopack_pipeline.storage.database import make_engine
@@ -90,7 +91,7 @@ def test_awkward_values_read_back_exactly(engine, store, make_event):
     assert_reads_like_the_table(store, engine)
 
 
-def test_batches_are_read_into_arrow_by_the_adbc_driver(engine, store, monkeypatch):
+def test_batches_are_read_into_arrow_by_adbc_on_postgresql_and_by_sqlite3_on_sqlite(engine, store, monkeypatch):
     bulk_load(engine, 1200, seed=4)
     text_routes: list[str] = []
     for route in ("_sqlite_csv", "_postgresql_csv", "_rows"):
@@ -98,7 +99,13 @@ def test_batches_are_read_into_arrow_by_the_adbc_driver(engine, store, monkeypat
         monkeypatch.setattr(columnar._BatchReader, route,
                             lambda self, *a, _route=route, _original=original: text_routes.append(_route) or _original(self, *a))
     assert store.refresh(engine).new_rows == 1200
-    assert text_routes == []  # neither CSV text nor SQLAlchemy rows
+    if engine.dialect.name == "sqlite":
+        # Never ADBC's SQLite driver: a second SQLite library in the process would break the file's locks.
+        assert set(text_routes) == {"_sqlite_csv"}
+        with pytest.raises(AdbcUnavailable, match="second SQLite library"):
+            adbc.connect(engine)
+    else:
+        assert text_routes == []  # neither CSV text nor SQLAlchemy rows
     assert_reads_like_the_table(store, engine)
 
 

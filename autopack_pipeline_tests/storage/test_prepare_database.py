@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.resources import TelemetryDatabase, _engine_for
+from autopack_pipeline.defs.resources import TelemetryDatabase, _engine_for
 from autopack_pipeline.storage.migrate import (
     SchemaOutOfDate,
     SchemaTooNew,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from autopack_pipeline.assets.events import raw_events
+from autopack_pipeline.defs.assets.events import raw_events
+from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain import fast_metrics as fm
 from autopack_pipeline.domain.metrics import tier_metrics_document
-from autopack_pipeline.resources import TelemetryDatabase
 from autopack_pipeline.storage import columnar
 from autopack_pipeline.storage.bulk import bulk_load
 from autopack_pipeline.storage.database import make_engine

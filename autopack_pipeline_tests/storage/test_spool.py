@@ -24,8 +24,15 @@ from autopack_pipeline.storage.events import (
     record_estimation_event,
 )
 from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline_tests.storage.conftest import (
+    PG_ADMIN_URL,
+    PHASE_ID,
+    RUN_ID,
+    _admin_engine,
+    count_rows,
+    fetch_all,
+)
 from autopack_pipeline_tests.storage.writer_processes import append_to_spool
-from autopack_pipeline_tests.storage.conftest import PG_ADMIN_URL, PHASE_ID, RUN_ID, _admin_engine, count_rows, fetch_all
 
 EVENTS = "token_estimation_v2_events"
 ESCALATIONS = "token_budget_escalation_events"

@@ -10,9 +10,9 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from autopack_pipeline import workflows
 from autopack_pipeline.domain.samples import clean_samples
 from autopack_pipeline.domain.tasks import Insight
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.models import GeneratedTask, PhaseOutcomeEvent, utc_now
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
@@ -280,7 +280,7 @@ def test_re_detection_keeps_a_persons_decisions(engine: Engine) -> None:
 
 def test_a_group_whose_calibration_starts_recommending_has_one_open_task(engine: Engine) -> None:
     """Its investigation is superseded by the review that now carries the group's breaches."""
-    from autopack_pipeline.tasks_review import refresh_tasks
+    from autopack_pipeline.services.tasks_review import refresh_tasks
 
     investigation = {"task_id": "TASK-INV", "fingerprint": "inv", "title": "Tier-1 targets breached in a/b",
                      "kind": "investigate_estimator", "evidence": {"scope": "group=a/b", "symptoms": [{}]}}
@@ -301,7 +301,7 @@ def test_a_group_whose_calibration_starts_recommending_has_one_open_task(engine:
 
 
 def test_findings_beyond_max_tasks_are_refreshed_not_superseded_nor_inserted(engine: Engine) -> None:
-    from autopack_pipeline.tasks_review import refresh_tasks
+    from autopack_pipeline.services.tasks_review import refresh_tasks
 
     tasks = [{"task_id": f"T-{i}", "fingerprint": str(i), "title": f"t{i}", "evidence": {}} for i in range(3)]
     assert refresh_tasks(engine, tasks[1:], max_new=1, detected_by="g1").inserted == ["T-1"]

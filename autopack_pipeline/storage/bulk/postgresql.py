@@ -9,7 +9,6 @@ failure after some batches were committed deletes the load's runs again, which c
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from autopack_pipeline.assets import ALL_ASSETS, daily_tier_metrics, success_samples, tier_metrics
-from autopack_pipeline.automation import metrics_automation_sensor
-from autopack_pipeline.checks import ALL_CHECKS
-from autopack_pipeline.jobs import (
+from autopack_pipeline.defs.assets import ALL_ASSETS, daily_tier_metrics, success_samples, tier_metrics
+from autopack_pipeline.defs.automation import metrics_automation_sensor
+from autopack_pipeline.defs.checks import ALL_CHECKS
+from autopack_pipeline.defs.jobs import (
     analysis_job,
     apply_calibration_job,
     approve_task_job,
@@ -18,9 +18,9 @@ from autopack_pipeline.jobs import (
     task_generation_job,
     telemetry_pipeline_job,
 )
-from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
-from autopack_pipeline.schedules import drift_check_schedule
-from autopack_pipeline.sensors import (
+from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.defs.schedules import drift_check_schedule
+from autopack_pipeline.defs.sensors import (
     auto_execution_sensor,
     calibration_gate_sensor,
     collection_task_failure_sensor,

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import database_metadata, next_step_metadata
+from autopack_pipeline.defs.assets.metadata import database_metadata, next_step_metadata
+from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.llm.factory import PAID_BACKENDS
-from autopack_pipeline.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 
 

@@ -4,10 +4,10 @@ from typing import Any
 
 import dagster as dg
 
-from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import database_metadata, next_step_metadata, task_todo_table
+from autopack_pipeline.defs.assets.metadata import database_metadata, next_step_metadata, task_todo_table
+from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain.drift import drift_insights
-from autopack_pipeline.resources import TelemetryDatabase
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import tasks as task_store
 from autopack_pipeline.storage.snapshot import EventSnapshot

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline import workflows
 from autopack_pipeline.collection.phases import PhaseSetError, load_templates, phases_from_templates
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.estimator import TokenEstimator
 from autopack_pipeline.domain.fast_metrics import clean_sample_rows
 from autopack_pipeline.llm.backends import LLMBackend
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.snapshot import snapshot_events
 from autopack_pipeline.storage.tasks import (

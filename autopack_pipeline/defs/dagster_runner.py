@@ -28,7 +28,7 @@ def _instance() -> dg.DagsterInstance:
 
 
 def run_pipeline(collect: bool = True) -> int:
-    from autopack_pipeline.definitions import defs
+    from autopack_pipeline.defs.definitions import defs
 
     job = defs.resolve_job_def("telemetry_pipeline_job" if collect else "analysis_job")
     with _instance() as instance:
@@ -64,9 +64,9 @@ def _materialise_days(defs, instance, snapshot, run_config) -> list[dg.ExecuteIn
     In the UI the metrics_automation_sensor does this for today and yesterday; here it runs in process,
     one run per day, as a backfill would. Older days: backfill them from the asset's page.
     """
-    from autopack_pipeline import workflows
+    from autopack_pipeline.defs.partitions import event_days
     from autopack_pipeline.domain.windows import days_with_events, events_in_window
-    from autopack_pipeline.partitions import event_days
+    from autopack_pipeline.services import workflows
     from autopack_pipeline.settings import load_settings
 
     events = snapshot.arrays()
@@ -137,7 +137,7 @@ def _print_results(result: dg.ExecuteInProcessResult, home: str) -> None:
 
 def _print_patch(calibration: dict) -> None:
     """The patch to review and how to apply it, or exactly why there is none."""
-    from autopack_pipeline.calibration_review import apply_instructions, no_patch_reason, section_lines
+    from autopack_pipeline.services.calibration_review import apply_instructions, no_patch_reason, section_lines
 
     reason = no_patch_reason(calibration)
     if reason:

@@ -3,8 +3,7 @@
 
 import dagster as dg
 
-from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import (
+from autopack_pipeline.defs.assets.metadata import (
     database_metadata,
     group_tier1_metadata,
     metrics_next_step,
@@ -13,11 +12,12 @@ from autopack_pipeline.assets.metadata import (
     strata_table,
     tier1_table,
 )
-from autopack_pipeline.automation import ON_NEW_EVENTS_OR_NEW_DAY
+from autopack_pipeline.defs.automation import ON_NEW_EVENTS_OR_NEW_DAY
+from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain.fast_metrics import group_tier1_arrays
 from autopack_pipeline.domain.group_economics import spend_of_events
 from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS, events_in_window, latest_day, trailing_days
-from autopack_pipeline.resources import TelemetryDatabase
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventSnapshot
 

@@ -5,14 +5,14 @@ from typing import Any
 
 import dagster as dg
 
-from autopack_pipeline import workflows
-from autopack_pipeline.assets.events import raw_events
-from autopack_pipeline.assets.metadata import database_metadata
-from autopack_pipeline.automation import ON_NEW_EVENTS_PER_DAY
+from autopack_pipeline.defs.assets.events import raw_events
+from autopack_pipeline.defs.assets.metadata import database_metadata
+from autopack_pipeline.defs.automation import ON_NEW_EVENTS_PER_DAY
+from autopack_pipeline.defs.partitions import event_days
+from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.windows import day_window, events_in_window
-from autopack_pipeline.partitions import event_days
-from autopack_pipeline.resources import TelemetryDatabase
+from autopack_pipeline.services import workflows
 from autopack_pipeline.storage.snapshot import EventSnapshot
 
 DATABASE_KEY = "telemetry_database"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from autopack_pipeline.calibration_apply import CalibrationApplication
+from autopack_pipeline.services.calibration_apply import CalibrationApplication
 
 UI_JOB = "apply_calibration_job"
 

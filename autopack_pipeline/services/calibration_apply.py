@@ -74,7 +74,7 @@ def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, **opti
     ``workflows.calibrate``'s keyword arguments. ``window_versions`` defaults to the setting
     (``AUTOPACK_CALIBRATION_WINDOW_VERSIONS``, 2): what calibration learns from.
     """
-    from autopack_pipeline import workflows
+    from autopack_pipeline.services import workflows
     from autopack_pipeline.storage.events import read_events
     from autopack_pipeline.storage.prediction_inputs import read_prediction_inputs
 
@@ -259,7 +259,7 @@ def _overhead_changes(patch: CalibrationPatch, old: CoefficientTable, stored: St
 
 def write_application(application: CalibrationApplication) -> Path:
     """Write the new file; the previous one is kept, byte for byte, in the history directory."""
-    from autopack_pipeline.reporting import write_atomic_text
+    from autopack_pipeline.services.reporting import write_atomic_text
 
     history = application.path.parent / HISTORY_DIR_NAME
     history.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from autopack_pipeline import tasks_review
-from autopack_pipeline.calibration_apply import ApplicationRefused, plan_patch_file, write_application
-from autopack_pipeline.calibration_review import change_lines, diff_text, render_backtest
+from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain.backtest import PatchError
-from autopack_pipeline.resources import TelemetryDatabase
+from autopack_pipeline.services import tasks_review
+from autopack_pipeline.services.calibration_apply import ApplicationRefused, plan_patch_file, write_application
+from autopack_pipeline.services.calibration_review import change_lines, diff_text, render_backtest
 from autopack_pipeline.settings import load_settings
 
 # The figures of the backtest shown as numbers (the UI plots numeric metadata across runs).

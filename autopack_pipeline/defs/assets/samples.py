@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import markdown_table, sample_group_metadata
-from autopack_pipeline.automation import ON_NEW_EVENTS_OR_NEW_DAY
+from autopack_pipeline.defs.assets.metadata import markdown_table, sample_group_metadata
+from autopack_pipeline.defs.automation import ON_NEW_EVENTS_OR_NEW_DAY
 from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES
 from autopack_pipeline.domain.windows import events_in_window
+from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventSnapshot
 

@@ -11,24 +11,24 @@ from typing import Any
 
 import dagster as dg
 
-from autopack_pipeline.assets.calibration import calibration_recommendations
-from autopack_pipeline.assets.events import raw_events
-from autopack_pipeline.assets.metrics import tier_metrics
-from autopack_pipeline.assets.samples import success_samples
-from autopack_pipeline.assets.tasks import generated_tasks
-from autopack_pipeline.checks import DATA_QUALITY_CHECK_KEYS
 from autopack_pipeline.collection.phases import PhaseSetError
+from autopack_pipeline.defs.assets.calibration import calibration_recommendations
+from autopack_pipeline.defs.assets.events import raw_events
+from autopack_pipeline.defs.assets.metrics import tier_metrics
+from autopack_pipeline.defs.assets.samples import success_samples
+from autopack_pipeline.defs.assets.tasks import generated_tasks
+from autopack_pipeline.defs.checks import DATA_QUALITY_CHECK_KEYS
+from autopack_pipeline.defs.jobs import calibration_job, targeted_collection_job, task_generation_job
+from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain.gates import GateDecision, certain_group_breaches, decide_gate
-from autopack_pipeline.jobs import calibration_job, targeted_collection_job, task_generation_job
-from autopack_pipeline.resources import TelemetryDatabase
-from autopack_pipeline.settings import Settings, load_settings
-from autopack_pipeline.storage.tasks import claim_task, cleanup_stale_tasks, get_task, mark_task_status, pending_tasks
-from autopack_pipeline.tasks_execution import (
+from autopack_pipeline.services.tasks_execution import (
     AUTO_EXECUTE_OFF,
     group_sample_counts,
     phases_for_shortfall,
     template_group_for,
 )
+from autopack_pipeline.settings import Settings, load_settings
+from autopack_pipeline.storage.tasks import claim_task, cleanup_stale_tasks, get_task, mark_task_status, pending_tasks
 
 BATCH_TAG = "autopack/samples-batch"
 TASK_TAG = "autopack/task-id"

@@ -7,16 +7,16 @@ time. The drift checks only read, and carry ``read``.
 
 import dagster as dg
 
-from autopack_pipeline.assets import DAILY_ASSETS, PIPELINE_ASSETS
-from autopack_pipeline.assets.calibration import calibration_recommendations
-from autopack_pipeline.assets.collection import telemetry_collection_run
-from autopack_pipeline.assets.events import raw_events
-from autopack_pipeline.assets.metrics import tier_metrics
-from autopack_pipeline.assets.samples import success_samples
-from autopack_pipeline.assets.tasks import generated_tasks
-from autopack_pipeline.checks import DRIFT_CHECK_KEYS
-from autopack_pipeline.ops import apply_calibration, approve_task_op, complete_task_op, reject_task_op
-from autopack_pipeline.run_tags import READS, WRITES
+from autopack_pipeline.defs.assets import DAILY_ASSETS, PIPELINE_ASSETS
+from autopack_pipeline.defs.assets.calibration import calibration_recommendations
+from autopack_pipeline.defs.assets.collection import telemetry_collection_run
+from autopack_pipeline.defs.assets.events import raw_events
+from autopack_pipeline.defs.assets.metrics import tier_metrics
+from autopack_pipeline.defs.assets.samples import success_samples
+from autopack_pipeline.defs.assets.tasks import generated_tasks
+from autopack_pipeline.defs.checks import DRIFT_CHECK_KEYS
+from autopack_pipeline.defs.ops import apply_calibration, approve_task_op, complete_task_op, reject_task_op
+from autopack_pipeline.defs.run_tags import READS, WRITES
 
 telemetry_pipeline_job = dg.define_asset_job(
     name="telemetry_pipeline_job",

@@ -5,18 +5,18 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from autopack_pipeline import workflows
-from autopack_pipeline.assets.metadata import (
+from autopack_pipeline.defs.assets.metadata import (
     markdown_table,
     next_step_metadata,
     png_markdown,
     rounded,
     table,
 )
-from autopack_pipeline.calibration_apply import calibrate_in_force
-from autopack_pipeline.calibration_review import UI_JOB, apply_instructions, no_patch_reason
+from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain.windows import events_in_window
-from autopack_pipeline.resources import TelemetryDatabase
+from autopack_pipeline.services import workflows
+from autopack_pipeline.services.calibration_apply import calibrate_in_force
+from autopack_pipeline.services.calibration_review import UI_JOB, apply_instructions, no_patch_reason
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventSnapshot
 

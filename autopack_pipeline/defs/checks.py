@@ -17,10 +17,10 @@ from typing import Any
 import dagster as dg
 import numpy as np
 
-from autopack_pipeline import workflows
-from autopack_pipeline.assets.events import raw_events
-from autopack_pipeline.assets.metadata import markdown_table
-from autopack_pipeline.assets.metrics import tier_metrics
+from autopack_pipeline.defs.assets.events import raw_events
+from autopack_pipeline.defs.assets.metadata import markdown_table
+from autopack_pipeline.defs.assets.metrics import tier_metrics
+from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain.drift import DriftReport
 from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, success_flags
 from autopack_pipeline.domain.metrics import (
@@ -28,7 +28,7 @@ from autopack_pipeline.domain.metrics import (
     TRUNCATION_TARGET_PCT,
     UNDERESTIMATION_TARGET_PCT,
 )
-from autopack_pipeline.resources import TelemetryDatabase
+from autopack_pipeline.services import workflows
 from autopack_pipeline.storage.snapshot import EventSnapshot, snapshot_events
 
 # Claude's largest output ceiling is 128k tokens; a count beyond a million is a unit or parsing error.

@@ -172,7 +172,7 @@ def metrics_next_step(needs_tuning: bool, tier1: dict[str, Any]) -> dict[str, An
         "none yet.")
 
 
-# The jobs a person launches from the UI on a task (autopack_pipeline/jobs.py).
+# The jobs a person launches from the UI on a task (autopack_pipeline/defs/jobs.py).
 APPROVE_TASK_JOB, REJECT_TASK_JOB, COMPLETE_TASK_JOB = "approve_task_job", "reject_task_job", "complete_task_job"
 APPLY_CALIBRATION_JOB = "apply_calibration_job"
 

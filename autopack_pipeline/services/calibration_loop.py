@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.calibration_apply import calibrate_and_apply, read_stored
 from autopack_pipeline.domain.calibration_window import window_line
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.cost import cost_now
@@ -38,6 +37,7 @@ from autopack_pipeline.domain.metrics import (
 )
 from autopack_pipeline.domain.oracle import oracle_budget_waste
 from autopack_pipeline.llm.backends import LLMBackend
+from autopack_pipeline.services.calibration_apply import calibrate_and_apply, read_stored
 
 COEFFICIENTS_FILE = "estimator_coefficients.yaml"
 
@@ -144,8 +144,8 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     # Version names carry the UTC second: two rounds within one second still get distinct versions.
     from datetime import datetime, timedelta, timezone
 
-    from autopack_pipeline.calibration_apply import new_version_name
-    from autopack_pipeline.workflows import load_coefficients_for
+    from autopack_pipeline.services.calibration_apply import new_version_name
+    from autopack_pipeline.services.workflows import load_coefficients_for
 
     now, current = datetime.now(timezone.utc), load_coefficients_for(settings).version
     while new_version_name(current, now) == current:
@@ -171,8 +171,8 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
              on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """``options.rounds`` rounds on ``engine`` with the seeds of ``settings.seeds_dir`` (edited in place:
     pass a private copy). Returns one document per round (see :func:`measure_round`), in order."""
-    from autopack_pipeline import workflows
     from autopack_pipeline.domain.fast_metrics import as_event_arrays
+    from autopack_pipeline.services import workflows
 
     prices = workflows.load_prices_for(settings)
     rounds = []

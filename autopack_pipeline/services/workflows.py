@@ -70,12 +70,12 @@ from autopack_pipeline.domain.tasks import (
 from autopack_pipeline.domain.windows import TimeWindow, latest_day, trailing_days
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.builder import Builder
-from autopack_pipeline.reporting import write_calibration_report_set
+from autopack_pipeline.services.reporting import write_calibration_report_set
+from autopack_pipeline.services.tasks_review import refresh_tasks
 from autopack_pipeline.settings import REPO_ROOT, Settings
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
 from autopack_pipeline.storage.snapshot import EventSnapshot
 from autopack_pipeline.storage.tasks import TaskRefresh
-from autopack_pipeline.tasks_review import refresh_tasks
 
 # Enough template phases per group that the default collection gives several groups the 19 clean
 # samples a 95% coverage bound needs (with the simulated LLM: four of seven), so the README's first
@@ -193,7 +193,7 @@ class CalibrationOutcome:
         """The patch document, exactly as the JSON report holds it (JSON types only)."""
         import json
 
-        from autopack_pipeline.reporting import calibration_report_payload
+        from autopack_pipeline.services.reporting import calibration_report_payload
 
         if self.result is None:
             raise ValueError("the calibration gate refused: there is no patch")
@@ -316,7 +316,7 @@ def calibrate(
         return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,
                                   calibration_section=section, reprediction=reprediction,
                                   calibration_sections=sections, window=window)
-    from autopack_pipeline.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
+    from autopack_pipeline.services.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
 
     files = write_calibration_report_set(
         results[method],
@@ -394,7 +394,7 @@ def improvement_tasks(
 ) -> tuple[list[GeneratedTask], TaskRefresh]:
     """Insights from metrics, calibration, clean-sample counts per group, phase outcomes and ``extra_insights`` (drift),
     as tasks; returns (the first ``MAX_TASKS`` tasks, what storing every detected task did: inserted,
-    refreshed, reopened, superseded; see :func:`~autopack_pipeline.tasks_review.refresh_tasks`).
+    refreshed, reopened, superseded; see :func:`~autopack_pipeline.services.tasks_review.refresh_tasks`).
 
     With ``events`` the Tier-1 breaches and truncation hot spots are looked for per (category,
     complexity) group, else per category. ``source`` is the provenance stored in every task's evidence
