@@ -479,10 +479,12 @@ def test_browser_shows_the_calibration_plot_inside_the_ui(dagster_server, pipeli
     def plot_drawn(d):
         images = d.find_elements("css selector", "img[src^='data:image/png;base64,']")
         # naturalWidth > 0: the browser decoded the PNG, not a broken-image icon.
-        return images[0] if images and int(images[0].get_attribute("naturalWidth") or 0) > 0 else False
+        # is_displayed too: the dialog fades in, so the decoded image is visible a moment later.
+        shown = images and int(images[0].get_attribute("naturalWidth") or 0) > 0 and images[0].is_displayed()
+        return images[0] if shown else False
 
     image = WebDriverWait(driver, 90, poll_frequency=0.5).until(plot_drawn)  # a loaded machine is slow
-    assert image.is_displayed() and image.size["width"] >= 600, image.size
+    assert image.size["width"] >= 600, image.size
     screenshots(driver, f"calibration_plot_{dagster_server.backend}")
 
 
