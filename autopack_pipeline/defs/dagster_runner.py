@@ -111,8 +111,9 @@ def _print_results(result: dg.ExecuteInProcessResult, home: str) -> None:
             print(
                 f"Collection run {run['run_id']} ({run['backend']} backend): {run['phases_completed']} phases "
                 f"completed, {run['phases_failed']} failed, {run['events_written']} events, {run['escalations']} "
-                "escalations" + (f", {run['short_answers_not_recorded']} answers under {MIN_VALID_OUTPUT_TOKENS} "
-                                 "tokens not recorded." if run.get("short_answers_not_recorded") else ".")
+                "escalations" + (f", {_count(run['short_answers_not_recorded'], 'answer')} under "
+                                 f"{MIN_VALID_OUTPUT_TOKENS} tokens not recorded."
+                                 if run.get("short_answers_not_recorded") else ".")
             )
     metrics = outputs["tier_metrics"]["all_events"]
     tier1 = metrics["tier1"]
@@ -152,3 +153,8 @@ def _print_patch(calibration: dict) -> None:
         print("  " + line)
     for line in apply_instructions(calibration["reports"]["json"]):
         print("  " + line)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 answer``, ``2 answers``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
