@@ -45,6 +45,7 @@ import numpy as np
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.coverage import order_statistic_index
 from autopack_pipeline.domain.metrics import UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import Insight
 
 DEFAULT_TRUNCATION_TARGET_PCT = 2.0
@@ -55,7 +56,6 @@ FLOOR_RAISE_FACTOR = 2
 # length is unknown, only larger than the ceiling (Autopack escalates a truncated call by 25% too).
 CENSORED_HEADROOM = 1.25
 # The underestimation tolerance the coverage factor is measured against (actual > 1.1 x predicted).
-UNDER_TOLERANCE = 1.1
 
 
 @dataclass(frozen=True)

@@ -61,12 +61,13 @@ from autopack_pipeline.domain.samples import (
     success_mask,
     truncated_mask,
 )
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 COVERAGE = "coverage"
 # Every calibration method, the default first.
 CALIBRATION_METHODS = (COVERAGE, AUTOPACK_MEDIAN)
 DEFAULT_TARGET_PCT = 5.0
-DEFAULT_TOLERANCE = 1.1
+DEFAULT_TOLERANCE = UNDER_TOLERANCE
 PRIOR_WEIGHT = 8
 # Multipliers this close to 1 are not worth a coefficient change.
 NO_CHANGE_BAND = 0.05

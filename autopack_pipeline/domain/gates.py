@@ -26,9 +26,10 @@ from autopack_pipeline.domain.metrics import (
     wilson_interval,
 )
 from autopack_pipeline.domain.samples import canonical_labels
+from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, MIN_TOTAL_SAMPLES
 
-DEFAULT_MIN_TOTAL_SAMPLES = 20
-DEFAULT_MIN_GROUP_SAMPLES = 5
+DEFAULT_MIN_TOTAL_SAMPLES = MIN_TOTAL_SAMPLES
+DEFAULT_MIN_GROUP_SAMPLES = MIN_GROUP_SAMPLES
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ import pandas as pd
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.events import EVENT_COLUMNS, conform_events_frame
+from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
 
-DEFAULT_MIN_ACTUAL_TOKENS = 50
+DEFAULT_MIN_ACTUAL_TOKENS = MIN_ACTUAL_TOKENS
 
 # Exclusion reasons, in the order they are tested. A row failing several tests is counted under the
 # first one, so the counts partition the excluded rows.
