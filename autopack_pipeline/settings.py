@@ -8,11 +8,12 @@ here is read at import time: call :func:`load_settings` when a command or an ass
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from autopack_pipeline.domain.windows import LONG_WINDOW_DAYS
@@ -27,6 +28,16 @@ PARTITIONS_START_VARIABLE = "AUTOPACK_PARTITIONS_START"
 DEFAULT_PARTITIONS_START = "2024-01-01"
 
 BackendName = Literal["simulated", "anthropic", "replay"]
+
+# The storage settings' variables, named here once: messages and the CLI's help quote them.
+DATABASE_URL_VARIABLE = "DATABASE_URL"
+TELEMETRY_FLAG_VARIABLE = "TELEMETRY_DB_ENABLED"
+SPOOL_DIR_VARIABLE = "AUTOPACK_SPOOL_DIR"
+COLUMNAR_DIR_VARIABLE = "AUTOPACK_COLUMNAR_DIR"
+DAGSTER_HOME_VARIABLE = "DAGSTER_HOME"
+DEFAULT_SPOOL_DIR = Path(".autopack") / "spool"
+# Only these switch telemetry on; anything else (including "on") leaves it off, as Autopack did.
+_TELEMETRY_ON_VALUES = frozenset({"1", "true", "yes"})
 
 
 class SettingsError(ValueError):
@@ -57,6 +68,11 @@ def seeds_directory() -> Path:
     return local if local.is_dir() else PACKAGED_SEEDS_DIR
 
 
+def seeds_directory_is_configured() -> bool:
+    """Whether ``$AUTOPACK_SEEDS_DIR`` chooses the seeds (rather than ``./seeds`` or the packaged ones)."""
+    return bool(os.environ.get(SEEDS_DIR_VARIABLE))
+
+
 def is_packaged_seeds(path: Path) -> bool:
     """Whether ``path`` is, or lies inside, the installed package: a place never to write to."""
     if path == PACKAGED_SEEDS_DIR:
@@ -78,11 +94,76 @@ def partitions_start() -> str:
     return value
 
 
-class Settings(BaseSettings):
+def telemetry_flag_is_on(value: str | None) -> bool:
+    """The ``TELEMETRY_DB_ENABLED`` rule: on for 1/true/yes in any case, off for anything else or unset."""
+    return str(value or "").strip().lower() in _TELEMETRY_ON_VALUES
+
+
+def _blank_is_unset(value: object) -> object:
+    # An exported but empty variable (``DATABASE_URL=``) means "not set", as it always did.
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value.strip() if isinstance(value, str) else value
+
+
+class StorageSettings(BaseModel):
+    """What the telemetry database and its local files need: nothing here can be invalid.
+
+    Kept apart from :class:`Settings` so that the database commands (``doctor``, ``db upgrade``,
+    ``spool replay``) and the Builder's writer work whatever the LLM settings say; ``Settings``
+    inherits every field, so a command holding a ``Settings`` passes it wherever these are wanted.
+    A plain model, not a BaseSettings: :func:`load_storage_settings` picks its five variables itself,
+    which is what makes it cheap enough for the writer to call on every event.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    # None: not set, so the storage default (``sqlite:///autopack.db`` in the working directory) applies.
+    database_url: str | None = Field(default=None, validation_alias=DATABASE_URL_VARIABLE)
+    # The raw value, kept as set (even blank), shown by `doctor`; ``telemetry_db_enabled`` applies the rule.
+    telemetry_flag: str | None = Field(default=None, validation_alias=TELEMETRY_FLAG_VARIABLE)
+    # Relative paths resolve against the working directory when used (storage.spool.spool_dir).
+    spool_dir: Path = Field(default=DEFAULT_SPOOL_DIR, validation_alias=SPOOL_DIR_VARIABLE)
+    # None: the store sits next to the SQLite file (storage.columnar.store_directory_for).
+    columnar_dir: Path | None = Field(default=None, validation_alias=COLUMNAR_DIR_VARIABLE)
+    # None: the `pipeline` command uses ./.dagster_home (defs.dagster_runner).
+    dagster_home: Path | None = Field(default=None, validation_alias=DAGSTER_HOME_VARIABLE)
+
+    @field_validator("database_url", "columnar_dir", "dagster_home", mode="before")
+    @classmethod
+    def _unset_when_blank(cls, value: object) -> object:
+        return _blank_is_unset(value)
+
+    @field_validator("spool_dir", mode="before")
+    @classmethod
+    def _default_spool_when_blank(cls, value: object) -> object:
+        value = _blank_is_unset(value)
+        return DEFAULT_SPOOL_DIR if value is None else value
+
+    @field_validator("spool_dir", "columnar_dir", "dagster_home")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def telemetry_db_enabled(self) -> bool:
+        """Whether the Builder's writer stores events (``TELEMETRY_DB_ENABLED``, default off)."""
+        return telemetry_flag_is_on(self.telemetry_flag)
+
+    def resolved_database_url(self, explicit: str | None = None) -> str:
+        """The one database URL a command or asset uses: ``explicit`` (``--database-url``, a resource's
+        config), else ``DATABASE_URL``, else the default, resolved by the storage rule (absolute SQLite
+        path, psycopg driver). Carries the password: never log it, use ``describe_database`` for that."""
+        from autopack_pipeline.storage.database import resolve_database_url
+
+        return resolve_database_url(explicit or self.database_url)
+
+
+class Settings(BaseSettings, StorageSettings):
+    """Every setting of the product; read once per command or asset by :func:`load_settings`."""
+
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
-    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
-    telemetry_db_enabled: bool = Field(default=False, validation_alias="TELEMETRY_DB_ENABLED")
     llm_backend: BackendName = Field(default="simulated", validation_alias="AUTOPACK_LLM_BACKEND")
     anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     model: str = Field(default="claude-sonnet-4-5", validation_alias="AUTOPACK_MODEL")
@@ -190,3 +271,14 @@ def load_settings(**overrides: object) -> Settings:
             name = field if field in overrides else _variable_name(field)
             problems.append(f"{name}: {error['msg']}{_shown(field, error.get('input'))}")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None
+
+
+def load_storage_settings(env: Mapping[str, str] | None = None) -> StorageSettings:
+    """The storage settings alone, from ``env`` (tests, a subprocess's environment) or the process
+    environment. Never fails: every value of these has a meaning. Cheap (microseconds), as the
+    Builder's writer asks for the telemetry flag and the spool on every event."""
+    source = os.environ if env is None else env
+    return StorageSettings.model_validate({name: source[name] for name in _STORAGE_VARIABLES if name in source})
+
+
+_STORAGE_VARIABLES = tuple(str(field.validation_alias) for field in StorageSettings.model_fields.values())

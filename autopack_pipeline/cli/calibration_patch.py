@@ -67,14 +67,12 @@ def _coefficient_file_to_write(in_use: Path) -> tuple[Path, Path | None]:
     and from then on the seeds of this directory). ``AUTOPACK_SEEDS_DIR`` pointing into the package
     is refused, since the copy would not be the seeds in use.
     """
-    import os
-
-    from autopack_pipeline.settings import SEEDS_DIR_VARIABLE, is_packaged_seeds
+    from autopack_pipeline.settings import SEEDS_DIR_VARIABLE, is_packaged_seeds, seeds_directory_is_configured
 
     seeds = in_use.parent
     if not is_packaged_seeds(seeds):
         return in_use, None
-    if os.environ.get(SEEDS_DIR_VARIABLE):
+    if seeds_directory_is_configured():
         raise UsageError(f"{SEEDS_DIR_VARIABLE} points into the installed package ({seeds}), which is never edited: "
                          f"copy that directory elsewhere, point {SEEDS_DIR_VARIABLE} at the copy and run again")
     local = Path.cwd() / "seeds"

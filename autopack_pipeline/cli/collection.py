@@ -13,6 +13,7 @@ from autopack_pipeline.cli.common import (
     EXIT_REFUSED,
     Refused,
     UsageError,
+    database_url,
     identity_line,
     open_engine,
     positive_int,
@@ -94,9 +95,9 @@ def _phases_argument(args: argparse.Namespace) -> tuple[Path | None, int | None]
 
 def _refuse_memory_database(args: argparse.Namespace) -> None:
     """A collection run into an in-memory database would be thrown away when the command ends."""
-    from autopack_pipeline.storage.database import describe_database, make_engine, resolve_database_url
+    from autopack_pipeline.storage.database import describe_database, make_engine
 
-    engine = make_engine(resolve_database_url(args.database_url))
+    engine = make_engine(database_url(args))
     try:
         identity = describe_database(engine)
     finally:

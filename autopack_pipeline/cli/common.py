@@ -42,6 +42,22 @@ def command_name(args: argparse.Namespace) -> str:
     return f"{command} {nested}" if nested else command
 
 
+def storage_settings(args: argparse.Namespace):
+    """The storage settings of this command (``DATABASE_URL``, ``TELEMETRY_DB_ENABLED``, the spool and
+    columnar directories), read from the environment once per command and kept on ``args``."""
+    from autopack_pipeline.settings import load_storage_settings
+
+    if getattr(args, "storage_settings", None) is None:
+        args.storage_settings = load_storage_settings()
+    return args.storage_settings
+
+
+def database_url(args: argparse.Namespace) -> str:
+    """The database this command uses: ``--database-url``, else ``DATABASE_URL``, else the default;
+    resolved (absolute SQLite path). It carries the password: show ``describe_database`` instead."""
+    return storage_settings(args).resolved_database_url(getattr(args, "database_url", None))
+
+
 def open_engine(args: argparse.Namespace):
     """The telemetry database of ``--database-url`` / ``DATABASE_URL``, ready for use.
 
@@ -49,15 +65,10 @@ def open_engine(args: argparse.Namespace):
     then a missing SQLite file is a usage error naming the path. One at an older revision (including
     an Autopack database never migrated) is refused with exit 1 and a message saying to run ``db upgrade``.
     """
-    from autopack_pipeline.storage.database import (
-        DatabaseNotFound,
-        make_engine,
-        require_existing_database,
-        resolve_database_url,
-    )
+    from autopack_pipeline.storage.database import DatabaseNotFound, make_engine, require_existing_database
     from autopack_pipeline.storage.migrate import SchemaOutOfDate, prepare_database
 
-    url = resolve_database_url(args.database_url)
+    url = database_url(args)
     if command_name(args) in READ_ONLY_COMMANDS:
         try:
             require_existing_database(url)

@@ -7,7 +7,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from autopack_pipeline.cli.common import EXIT_OK, Refused, UsageError, identity_line, open_engine, print_json
+from autopack_pipeline.cli.common import (
+    EXIT_OK,
+    Refused,
+    UsageError,
+    database_url,
+    identity_line,
+    open_engine,
+    print_json,
+)
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
@@ -38,7 +46,7 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.database import describe_database, make_engine, resolve_database_url
+    from autopack_pipeline.storage.database import describe_database, make_engine
     from autopack_pipeline.storage.migrate import (
         SchemaTooNew,
         current_revision,
@@ -47,7 +55,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         upgrade_database,
     )
 
-    engine = make_engine(resolve_database_url(args.database_url))
+    engine = make_engine(database_url(args))
     current = current_revision(engine)
     if current is not None and current not in known_revisions():
         # Alembic would fail with "Can't locate revision": say what it means and what to do.
@@ -60,9 +68,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_db_backup(args: argparse.Namespace) -> int:
     from autopack_pipeline.storage.backup import BackupNotPossible, backup_sqlite
-    from autopack_pipeline.storage.database import make_engine, resolve_database_url
+    from autopack_pipeline.storage.database import make_engine
 
-    engine = make_engine(resolve_database_url(args.database_url))
+    engine = make_engine(database_url(args))
     try:
         report = backup_sqlite(engine, Path(args.file))
     except BackupNotPossible as exc:

@@ -7,17 +7,20 @@ schema is exactly what it must report, not repair.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autopack_pipeline.cli.common import EXIT_OK, EXIT_REFUSED, print_json
+from autopack_pipeline.cli.common import EXIT_OK, EXIT_REFUSED, database_url, print_json, storage_settings
+
+if TYPE_CHECKING:
+    from autopack_pipeline.settings import StorageSettings
 
 _MARKS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
 
 
-def gather_facts(database_url: str | None) -> dict[str, Any]:
-    """Everything the checks need, read from the environment and the database (read-only)."""
+def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]:
+    """Everything the checks need, from the settings (``DATABASE_URL`` as set, the telemetry flag) and
+    the database ``database_url`` names (read-only)."""
     from sqlalchemy import func, inspect, select
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
@@ -25,23 +28,23 @@ def gather_facts(database_url: str | None) -> dict[str, Any]:
     from autopack_pipeline.domain.samples import clean_samples, truncation_flag_disagreements
     from autopack_pipeline.storage import spool
     from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
-    from autopack_pipeline.storage.events import TELEMETRY_FLAG, read_events_checked, telemetry_enabled
+    from autopack_pipeline.storage.events import read_events_checked
     from autopack_pipeline.storage.models import TokenEstimationV2Event
     from autopack_pipeline.storage.summary import database_summary
     from autopack_pipeline.storage.timestamps import unreadable_document
 
-    env_url = os.environ.get("DATABASE_URL")
+    env_url = settings.database_url
     engine = make_engine(database_url)
     identity = describe_database(engine)
     facts: dict[str, Any] = {
         "database": identity.to_dict(),
         "database_url_env": make_url(env_url).render_as_string(hide_password=True) if env_url else None,
-        "telemetry_flag": os.environ.get(TELEMETRY_FLAG),
-        "telemetry_enabled": telemetry_enabled(),
+        "telemetry_flag": settings.telemetry_flag,
+        "telemetry_enabled": settings.telemetry_db_enabled,
         "file_exists": Path(identity.sqlite_path).exists() if identity.sqlite_path else None,
         "connect_error": None,
         "summary": None,
-        "spooled_events": spool.pending_count(engine),
+        "spooled_events": spool.pending_count(engine, settings.spool_dir),
     }
     if facts["file_exists"] is False:  # connecting would create an empty file and hide the problem
         return facts
@@ -71,9 +74,8 @@ def gather_facts(database_url: str | None) -> dict[str, Any]:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from autopack_pipeline.domain.doctor import FAIL, overall_status, run_checks
-    from autopack_pipeline.storage.database import resolve_database_url
 
-    facts = gather_facts(resolve_database_url(args.database_url))
+    facts = gather_facts(database_url(args), storage_settings(args))
     checks = run_checks(facts)
     status = overall_status(checks)
     if args.json:

@@ -7,9 +7,10 @@ from typing import Any
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    from autopack_pipeline.cli.common import storage_settings
     from autopack_pipeline.defs.dagster_runner import run_pipeline
 
-    return run_pipeline(collect=not args.skip_collection)
+    return run_pipeline(collect=not args.skip_collection, settings=storage_settings(args))
 
 
 def register(sub: Any, parser_class: type) -> None:

@@ -12,6 +12,7 @@ from autopack_pipeline.cli.common import (
     EXIT_REFUSED,
     Refused,
     UsageError,
+    database_url,
     identity_line,
     open_engine,
     positive_int,
@@ -90,9 +91,9 @@ def cmd_spool_replay(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from autopack_pipeline.storage import spool
-    from autopack_pipeline.storage.database import make_engine, resolve_database_url, safe_error_text
+    from autopack_pipeline.storage.database import make_engine, safe_error_text
 
-    target = make_engine(resolve_database_url(args.database_url))
+    target = make_engine(database_url(args))
     report = spool.ReplayReport(spool_file=str(spool.spool_path(target)))
     pending = spool.pending_count(target)
     if pending:

@@ -6,42 +6,48 @@ the quickstart `dagster dev -w workspace.yaml` shows the materialisations it mad
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
 
 import dagster as dg
 
-from autopack_pipeline.settings import REPO_ROOT
+from autopack_pipeline.settings import REPO_ROOT, StorageSettings, load_storage_settings
 from autopack_pipeline.storage.events import MIN_VALID_OUTPUT_TOKENS
 
 
-def _instance() -> dg.DagsterInstance:
-    if not os.environ.get("DAGSTER_HOME"):
-        home = Path.cwd() / ".dagster_home"
-        home.mkdir(exist_ok=True)
-        if not (home / "dagster.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
-            shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-        os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+def _dagster_home(configured: Path | None) -> Path:
+    """``DAGSTER_HOME`` when set, else ``./.dagster_home`` (made, with the repository's dagster.yaml)."""
+    if configured is not None:
+        return configured
+    home = Path.cwd() / ".dagster_home"
+    home.mkdir(exist_ok=True)
+    if not (home / "dagster.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
+        shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    return home
 
 
-def run_pipeline(collect: bool = True) -> int:
+def _instance(home: Path) -> dg.DagsterInstance:
+    # Not DagsterInstance.get(): that reads DAGSTER_HOME itself, and this process need not export it.
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def run_pipeline(collect: bool = True, settings: StorageSettings | None = None) -> int:
     from autopack_pipeline.defs.definitions import defs
 
+    settings = settings if settings is not None else load_storage_settings()
     job = defs.resolve_job_def("telemetry_pipeline_job" if collect else "analysis_job")
-    with _instance() as instance:
+    home = str(_dagster_home(settings.dagster_home))
+    with _instance(Path(home)) as instance:
         # Step-level DEBUG lines drown the summary on a terminal; the UI keeps the full event log.
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=quiet)
-        home = os.environ["DAGSTER_HOME"]
         if result.success:
             days = _materialise_days(defs, instance, result.output_for_node("raw_events"), quiet)
     if not result.success:
         _print_failure(result, home)
         return 1
-    _print_results(result, home)
+    _print_results(result, home, settings)
     failed = [run for run in days if not run.success]
     _print_days(days)
     if failed:
@@ -92,14 +98,10 @@ def _print_days(days: list[dg.ExecuteInProcessResult]) -> None:
         print(f"  {document['day']}: {tier1['total_samples']} calls, " + ", ".join(figures))
 
 
-def _print_results(result: dg.ExecuteInProcessResult, home: str) -> None:
-    from autopack_pipeline.storage.database import (
-        describe_database,
-        make_engine,
-        resolve_database_url,
-    )
+def _print_results(result: dg.ExecuteInProcessResult, home: str, settings: StorageSettings) -> None:
+    from autopack_pipeline.storage.database import describe_database, make_engine
 
-    identity = describe_database(make_engine(resolve_database_url()))
+    identity = describe_database(make_engine(settings.resolved_database_url()))
     print(f"Telemetry database: {identity.url}" + (f" ({identity.sqlite_path})" if identity.sqlite_path else ""))
     outputs = {node: result.output_for_node(node) for node in (
         "tier_metrics", "calibration_recommendations", "generated_tasks")}

@@ -18,7 +18,7 @@ from autopack_pipeline.defs.jobs import (
     task_generation_job,
     telemetry_pipeline_job,
 )
-from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.defs.resources import build_resources
 from autopack_pipeline.defs.schedules import drift_check_schedule
 from autopack_pipeline.defs.sensors import (
     auto_execution_sensor,
@@ -57,8 +57,5 @@ defs = dg.Definitions(
     ],
     schedules=[drift_check_schedule],
     executor=dg.in_process_executor,
-    resources={
-        "telemetry_db": TelemetryDatabase(),
-        "llm": LLMBackendResource(),
-    },
+    resources=build_resources(),
 )

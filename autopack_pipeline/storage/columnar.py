@@ -73,7 +73,7 @@ logger = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 MANIFEST = "manifest.json"
-COLUMNAR_DIR_VARIABLE = "AUTOPACK_COLUMNAR_DIR"
+COLUMNAR_DIR_VARIABLE = "AUTOPACK_COLUMNAR_DIR"  # read by settings.StorageSettings.columnar_dir
 TABLE = "token_estimation_v2_events"
 PART_ROWS = 1_000_000  # rows per file of a cold extraction
 BATCH_IDS = 250_000  # event ids per database query
@@ -148,12 +148,16 @@ class RefreshResult:
                 f"({self.rows_after} in total) in {self.seconds:.2f} s")
 
 
-def store_directory_for(engine: Engine) -> Path | None:
-    """Where the store of ``engine``'s database lives; None for an in-memory SQLite database."""
+def store_directory_for(engine: Engine, override: Path | str | None = None) -> Path | None:
+    """Where the store of ``engine``'s database lives: ``override``, else the settings' ``columnar_dir``
+    (``$AUTOPACK_COLUMNAR_DIR``), else next to the SQLite file; None for an in-memory SQLite database."""
     identity = describe_database(engine)
     if identity.backend == "sqlite" and not identity.sqlite_path:
         return None  # even with an override: a copy would outlive the database it copies
-    override = os.environ.get(COLUMNAR_DIR_VARIABLE)
+    if override is None:
+        from autopack_pipeline.settings import load_storage_settings
+
+        override = load_storage_settings().columnar_dir
     if override:
         return Path(override).expanduser().resolve()
     if identity.backend == "sqlite":

@@ -3,8 +3,9 @@
 Autopack's worst telemetry bug (pitfall P1) was database identity drift: an engine bound at import
 time, relative SQLite paths resolved against different directories by different scripts, health
 checks printing a hard-coded path. Here there is exactly one rule, applied when a command or asset
-starts (never at import): the explicit argument, else ``DATABASE_URL``, else ``sqlite:///autopack.db``,
-with a relative SQLite path turned into an absolute one against the current working directory.
+starts (never at import): the URL given (``Settings.resolved_database_url`` gives ``--database-url``,
+else ``DATABASE_URL``), else ``sqlite:///autopack.db``, with a relative SQLite path turned into an
+absolute one against the current working directory.
 
 Secrets: :func:`resolve_database_url` returns the connectable URL (it has to carry the password to
 be usable); everything else in this module that returns or logs a URL masks the password.
@@ -16,7 +17,6 @@ description and an insert-unless-present helper shared by the writers.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -56,13 +56,13 @@ def _is_memory_sqlite(url: URL) -> bool:
 def resolve_database_url(url: str | None = None) -> str:
     """Return the one database URL every command and asset must use.
 
-    Precedence: ``url`` argument, then the ``DATABASE_URL`` environment variable, then
-    ``sqlite:///autopack.db``. A relative SQLite path is resolved against the current working
+    ``url``, else ``sqlite:///autopack.db`` (the environment's ``DATABASE_URL`` is the settings'
+    to add: :meth:`autopack_pipeline.settings.StorageSettings.resolved_database_url`). A relative SQLite path is resolved against the current working
     directory, so the result names an absolute file and means the same thing from any process.
     ``postgresql://`` (and the older ``postgres://``) select the psycopg 3 driver, which is the
     one installed.
     """
-    raw = url if url else os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    raw = url or DEFAULT_DATABASE_URL
     try:
         parsed = make_url(raw.strip())
     except ArgumentError:  # the text is not shown: it may hold a password

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -50,7 +49,7 @@ from autopack_pipeline.storage.timestamps import UnreadableTimestamp, readable_c
 
 logger = logging.getLogger(__name__)
 
-TELEMETRY_FLAG = "TELEMETRY_DB_ENABLED"
+TELEMETRY_FLAG = "TELEMETRY_DB_ENABLED"  # read by settings.StorageSettings.telemetry_flag
 MIN_VALID_OUTPUT_TOKENS = 50  # smaller outputs are parser/API failures (e.g. an empty "files: []")
 MAX_STORED_DELIVERABLES = 20
 MAX_DELIVERABLE_CHARS = 200
@@ -59,9 +58,12 @@ _EVENTS = TokenEstimationV2Event.__table__
 _ESCALATIONS = TokenBudgetEscalationEvent.__table__
 
 
-def telemetry_enabled(env: Mapping[str, str] = os.environ) -> bool:
-    """Whether the Builder should persist events: ``TELEMETRY_DB_ENABLED`` is 1/true/yes (default off)."""
-    return str(env.get(TELEMETRY_FLAG, "")).strip().lower() in {"1", "true", "yes"}
+def telemetry_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the Builder should persist events: ``TELEMETRY_DB_ENABLED`` is 1/true/yes (default off),
+    in ``env`` when given, else in the process environment (read by the settings, at each call)."""
+    from autopack_pipeline.settings import load_storage_settings
+
+    return load_storage_settings(env).telemetry_db_enabled
 
 
 class EstimationEvent(BaseModel):

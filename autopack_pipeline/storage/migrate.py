@@ -251,10 +251,10 @@ def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def upgrade_database(engine_or_url: Engine | str | None = None) -> str:
+def upgrade_database(engine_or_url: Engine | str) -> str:
     """Bring the database to the head revision and return it; a no-op when it is already there.
 
-    Accepts an engine, a URL, or ``None`` (the ``DATABASE_URL`` rule). Works on an empty database
+    Accepts an engine or a URL (``Settings.resolved_database_url`` gives the configured one). Works on an empty database
     and on one Autopack created (tables and rows, no ``alembic_version``): its rows stay untouched.
     """
     owned = not isinstance(engine_or_url, Engine)

@@ -43,16 +43,20 @@ except ImportError:  # pragma: no cover - Windows
 
 logger = logging.getLogger(__name__)
 
-SPOOL_DIR_ENV = "AUTOPACK_SPOOL_DIR"
-DEFAULT_SPOOL_DIR = Path(".autopack") / "spool"
 SPOOL_FORMAT_VERSION = 1
 _DATETIME_COLUMNS = ("timestamp", "created_at")
 
 
-def spool_dir() -> Path:
-    """The spool directory: ``$AUTOPACK_SPOOL_DIR``, else ``.autopack/spool`` under the working directory."""
-    configured = os.environ.get(SPOOL_DIR_ENV, "").strip()
-    directory = Path(configured).expanduser() if configured else DEFAULT_SPOOL_DIR
+def spool_dir(configured: Path | None = None) -> Path:
+    """The spool directory: ``configured``, else the settings' ``spool_dir`` (``$AUTOPACK_SPOOL_DIR``,
+    else ``.autopack/spool``); a relative one lies under the working directory."""
+    if configured is None:
+        # The Builder calls the writer with an engine alone, so the variable is its contract: ask the
+        # settings (the one reader of the environment) at the moment of the write.
+        from autopack_pipeline.settings import load_storage_settings
+
+        configured = load_storage_settings().spool_dir
+    directory = Path(configured).expanduser()
     return directory if directory.is_absolute() else Path.cwd() / directory
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from autopack_pipeline.settings import load_storage_settings
 from autopack_pipeline.storage.database import (
     describe_database,
     make_engine,
@@ -29,9 +30,14 @@ def test_default_is_autopack_db_in_the_cwd(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_environment_variable_is_used_and_an_argument_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The environment is the settings' to read; storage resolves what it is given.
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'from_env.db'}")
-    assert resolve_database_url() == f"sqlite:///{tmp_path / 'from_env.db'}"
-    assert resolve_database_url(f"sqlite:///{tmp_path / 'explicit.db'}") == f"sqlite:///{tmp_path / 'explicit.db'}"
+    settings = load_storage_settings()
+    assert settings.resolved_database_url() == f"sqlite:///{tmp_path / 'from_env.db'}"
+    explicit = f"sqlite:///{tmp_path / 'explicit.db'}"
+    assert settings.resolved_database_url(explicit) == explicit
+    monkeypatch.chdir(tmp_path)
+    assert resolve_database_url() == f"sqlite:///{tmp_path / 'autopack.db'}"  # storage alone: the default
 
 
 def test_absolute_sqlite_path_is_kept_and_dot_dot_folded(tmp_path: Path) -> None:

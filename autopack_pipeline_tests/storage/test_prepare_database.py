@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.defs.resources import TelemetryDatabase, _engine_for
+from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.storage.migrate import (
     SchemaOutOfDate,
     SchemaTooNew,
@@ -78,25 +78,33 @@ def test_a_revision_from_a_newer_version_says_to_upgrade_the_package(engine: Eng
 
 def test_the_dagster_resource_applies_the_same_rule(autopack_engine: Engine, database_url: str) -> None:  # noqa: F811
     resource = TelemetryDatabase(database_url=database_url)
-    _engine_for.cache_clear()
+    with pytest.raises(SchemaOutOfDate, match="autopack-telemetry db upgrade"):
+        resource.engine()
+    upgrade_database(autopack_engine)
     try:
-        with pytest.raises(SchemaOutOfDate, match="autopack-telemetry db upgrade"):
-            resource.engine()
-        upgrade_database(autopack_engine)
-        assert count_rows(resource.engine(), "runs") == 1  # works after the upgrade: failures are not cached
-        resource.engine().dispose()
+        assert count_rows(resource.engine(), "runs") == 1  # works after the upgrade: failures are not kept
     finally:
-        _engine_for.cache_clear()
+        resource.engine().dispose()
 
 
 def test_the_dagster_resource_creates_a_new_database(database_url: str) -> None:
     resource = TelemetryDatabase(database_url=database_url)
-    _engine_for.cache_clear()
     try:
         assert current_revision(resource.engine()) == head_revision()
     finally:
         resource.engine().dispose()
-        _engine_for.cache_clear()
+
+
+def test_the_resource_keeps_one_engine_for_its_lifetime_and_disposes_it(database_url: str) -> None:
+    import dagster as dg
+
+    with dg.build_resources({"telemetry_db": TelemetryDatabase(database_url=database_url)}) as resources:
+        database = resources.telemetry_db
+        engine = database.engine()
+        assert database.engine() is engine  # prepared once, not per call
+        with engine.connect():
+            assert engine.pool.checkedout() == 1
+    assert database._engine is None  # torn down with the resource: no engine outlives its run
 
 
 def test_processes_preparing_one_new_sqlite_file_at_once_all_succeed(tmp_path):

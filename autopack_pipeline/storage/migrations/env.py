@@ -3,7 +3,7 @@
 Configured from Python by :mod:`autopack_pipeline.storage.migrate` (no alembic.ini): the caller puts
 an open connection in ``config.attributes["connection"]``, so the migration runs on exactly the
 database the command resolved (pitfall P1). Without one, the URL comes from the ``sqlalchemy.url``
-option or the usual ``DATABASE_URL`` rule.
+option or the settings' ``DATABASE_URL`` rule (this file is an entry point of its own, like a command).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from autopack_pipeline.storage.database import make_engine, resolve_database_url
+from autopack_pipeline.settings import load_storage_settings
+from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.migrate import migration_connection
 from autopack_pipeline.storage.models import Base
 
@@ -32,9 +33,13 @@ def _run_on(connection: Connection) -> None:
         context.run_migrations()
 
 
+def _database_url() -> str:
+    return load_storage_settings().resolved_database_url(config.get_main_option("sqlalchemy.url") or None)
+
+
 def run_migrations_offline() -> None:
     """Emit SQL to stdout instead of executing it (``--sql`` mode)."""
-    url = config.get_main_option("sqlalchemy.url") or resolve_database_url()
+    url = _database_url()
     context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
@@ -46,7 +51,7 @@ def run_migrations_online() -> None:
     if shared is not None:
         _run_on(shared)
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url") or None)
+    engine = make_engine(_database_url())
     try:
         with migration_connection(engine) as connection:
             _run_on(connection)
