@@ -74,11 +74,12 @@ def _url_of(target: Engine | URL | str) -> str:
     return _identity.__wrapped__(raw)
 
 
-def spool_path(target: Engine | URL | str) -> Path:
-    """The spool file of the database ``target`` names (an engine, a URL, or a URL string)."""
+def spool_path(target: Engine | URL | str, directory: Path | None = None) -> Path:
+    """The spool file of the database ``target`` names (an engine, a URL, or a URL string), in
+    ``directory`` (default: :func:`spool_dir`'s)."""
     # The password is masked before hashing: a changed password is still the same database.
     key = hashlib.sha256(_url_of(target).encode("utf-8")).hexdigest()[:16]
-    return spool_dir() / f"events-{key}.ndjson"
+    return spool_dir(directory) / f"events-{key}.ndjson"
 
 
 def is_transient_failure(exc: BaseException) -> bool:
@@ -164,9 +165,9 @@ def _read_lines(path: Path) -> list[bytes]:
         return []
 
 
-def pending_count(target: Engine | URL | str) -> int:
+def pending_count(target: Engine | URL | str, directory: Path | None = None) -> int:
     """How many spooled lines wait for the database ``target`` names."""
-    return len(_read_lines(spool_path(target)))
+    return len(_read_lines(spool_path(target, directory)))
 
 
 def other_spools(target: Engine | URL | str) -> dict[str, int]:
