@@ -19,6 +19,7 @@ from autopack_pipeline.cli.common import (
     print_json,
     unit_float,
 )
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 # The `metrics --json` contract of DESIGN §10, key for key. The domain returns more (counts behind
 # each rate, truncated lower bounds); the text report shows those, the JSON stays to the contract.
@@ -184,7 +185,7 @@ def register(sub: Any, parser_class: type) -> None:
     p = sub.add_parser("metrics", help="Tier-1/Tier-2 metrics and diagnostics")
     p.add_argument("--success-only", action="store_true", help="analyse successful Builder calls only")
     p.add_argument("--stratify", action="store_true", help="break Tier 1 down by category, complexity, deliverables")
-    p.add_argument("--under-multiplier", type=positive_float, default=1.1,
+    p.add_argument("--under-multiplier", type=positive_float, default=UNDER_TOLERANCE,
                    help="count actual > predicted * X as underestimated (1.0 = Autopack's strict rule)")
     p.add_argument("--run-id", action="append", help="restrict to these runs (repeatable)")
     p.add_argument("--allow-empty-db", action="store_true",

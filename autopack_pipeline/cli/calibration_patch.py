@@ -24,6 +24,7 @@ from autopack_pipeline.cli.common import (
     print_json,
 )
 from autopack_pipeline.domain.coefficients import HISTORY_DIR_NAME
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.services.calibration_apply import new_version_name, updated_yaml_text  # noqa: F401 (re-exported)
 from autopack_pipeline.services.calibration_review import change_lines, diff_text, render_backtest  # noqa: F401
 
@@ -129,8 +130,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("patch", metavar="PATCH.json", help="a calibration JSON (ours, or Autopack's proposed_changes)")
     p.add_argument("--method", help="apply this method's proposals from the report's `methods` block instead")
-    p.add_argument("--under-multiplier", type=positive_float, default=1.1,
-                   help="underestimation tolerance of the backtest (default 1.1)")
+    p.add_argument("--under-multiplier", type=positive_float, default=UNDER_TOLERANCE,
+                   help=f"underestimation tolerance of the backtest (default {UNDER_TOLERANCE:g})")
     p.add_argument("--force", action="store_true",
                    help="apply even if the patch was computed against another coefficient version")
     p.add_argument("--scale", choices=["prediction", "overhead"], default="prediction",

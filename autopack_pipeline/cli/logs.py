@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autopack_pipeline.cli.common import EXIT_OK, Refused, UsageError, positive_float, print_json
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 TARGETS = "underestimation <= 5%, truncation <= 2%"
 
@@ -130,8 +131,8 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--pattern", default="*.log", help="file name glob (default *.log)")
     p.add_argument("--success-only", action="store_true", help="successful V2 records only (drops every V1 line)")
     p.add_argument("--stratify", action="store_true", help="Tier 1 by category, complexity, deliverables (V2 only)")
-    p.add_argument("--under-multiplier", type=positive_float, default=1.1,
-                   help="count actual > predicted * X as underestimated (default 1.1, as the database path; "
+    p.add_argument("--under-multiplier", type=positive_float, default=UNDER_TOLERANCE,
+                   help=f"count actual > predicted * X as underestimated (default {UNDER_TOLERANCE:g}, as the database path; "
                         "Autopack's analyser defaulted to 1.0, its strict actual > predicted)")
     p.add_argument("--include-fallback", action="store_true",
                    help="also analyse fallback lines (actual_total=, i.e. input + output tokens)")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from autopack_pipeline.domain.calibration import CalibrationResult, GroupCalibration
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 # The one writer of user-facing files (atomic, umask modes, special files refused), re-exported here
 # because the report writers grew up in this module.
@@ -237,8 +238,8 @@ def _notes(result: CalibrationResult) -> list[str]:
         f"{p.get('target_underestimation_pct', 5.0):g}/100)); groups too small for it borrow from their category "
         "(and categories from the global bound) with weight w = clean / (clean + "
         f"{p.get('prior_weight', 8):g}), and borrowing never lowers a group's own figure.",
-        f"- Proposed multiplier = bound / {p.get('tolerance', 1.1):g}: predictions scaled by it leave about "
-        f"{p.get('target_underestimation_pct', 5.0):g}% of calls above {p.get('tolerance', 1.1):g}x the estimate. "
+        f"- Proposed multiplier = bound / {p.get('tolerance', UNDER_TOLERANCE):g}: predictions scaled by it leave about "
+        f"{p.get('target_underestimation_pct', 5.0):g}% of calls above {p.get('tolerance', UNDER_TOLERANCE):g}x the estimate. "
         "Confidence is the weight w.",
         "- Projected budget waste scales today's budgets by the multiplier (floors and caps aside); "
         "`backtest` re-runs the estimator exactly.",

@@ -58,6 +58,7 @@ from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
 from autopack_pipeline.domain.prices import PRICES_FILE_NAME, PriceTable, load_price_table
 from autopack_pipeline.domain.reprediction import arrays_in_force
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import (
     GeneratedTask,
     Insight,
@@ -159,7 +160,7 @@ def window_label(window: TimeWindow | None) -> str:
 
 
 def tier_metrics_document(
-    events: pd.DataFrame | EventArrays, clean_samples: int, *, under_multiplier: float = 1.1
+    events: pd.DataFrame | EventArrays, clean_samples: int, *, under_multiplier: float = UNDER_TOLERANCE
 ) -> dict[str, Any]:
     """Tier metrics over all Builder calls (the gate's figures) and over successful calls only.
 
@@ -230,7 +231,7 @@ def calibrate(
     dedup: bool = True,
     force: bool = False,
     output_dir: Path | None = None,
-    under_multiplier: float = 1.1,
+    under_multiplier: float = UNDER_TOLERANCE,
     dagster_run_id: str | None = None,
     database: str | None = None,
     method: str = "coverage",
@@ -406,7 +407,7 @@ def improvement_tasks(
     tier1 = metrics["all_events"]["tier1"]
     insights = insights_from_tier_metrics(tier1, scope="overall")
     if events is not None:
-        insights += insights_from_group_metrics(events, under_multiplier=tier1.get("under_multiplier") or 1.1)
+        insights += insights_from_group_metrics(events, under_multiplier=tier1.get("under_multiplier") or UNDER_TOLERANCE)
     else:
         for category, block in metrics["all_events"].get("strata", {}).get("category", {}).items():
             insights += insights_from_tier_metrics(block, scope=f"category={category}")
