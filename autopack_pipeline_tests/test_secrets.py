@@ -68,3 +68,34 @@ def test_api_key_stays_secret_through_the_whole_pipeline(sqlite_url, tmp_path, m
             assert SECRET.encode() not in path.read_bytes(), f"the key leaked into {path}"
     db_file = Path(sqlite_url.removeprefix("sqlite:///"))
     assert db_file.exists() and SECRET.encode() not in db_file.read_bytes()
+
+
+def test_the_database_password_stays_out_of_the_resources_config_repr_and_metadata(tmp_path, monkeypatch):
+    """Built from settings, the database resource names DATABASE_URL instead of holding its value."""
+    from autopack_pipeline.defs.resources import build_resources
+    from autopack_pipeline.settings import load_storage_settings
+
+    password = "pw-Zq8-do-not-leak"
+    url = f"postgresql://bob:{password}@db.example:5432/telemetry"
+    monkeypatch.setenv("DATABASE_URL", url)
+    resources = build_resources(load_storage_settings())
+    database = resources["telemetry_db"]
+    assert isinstance(database.database_url, dg.EnvVar) and database.database_url == "DATABASE_URL"
+    assert password not in repr(database) and password not in str(database)
+    assert password not in repr(resources["llm"])
+    # In a run the variable is read: the engine gets the password, metadata the masked identity only.
+    from autopack_pipeline.storage.database import describe_database, make_engine
+
+    with dg.build_resources({"telemetry_db": database}) as built:
+        assert built.telemetry_db.resolved_url() == url.replace("postgresql://", "postgresql+psycopg://")
+        assert password not in repr(built.telemetry_db)
+    identity = describe_database(make_engine(url))  # what assets put in metadata (no server needed)
+    assert password not in str(identity.to_dict()) and "***" in identity.url
+
+
+def test_without_database_url_the_definitions_need_no_environment(monkeypatch):
+    from autopack_pipeline.defs.resources import build_resources
+    from autopack_pipeline.settings import load_storage_settings
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert build_resources(load_storage_settings())["telemetry_db"].database_url is None

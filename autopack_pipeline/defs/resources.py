@@ -9,7 +9,7 @@ reads it from the settings when it is built, so it cannot show up in run config 
 from __future__ import annotations
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.llm.backends import LLMBackend
@@ -39,7 +39,8 @@ class TelemetryDatabase(dg.ConfigurableResource):
     one step or one sensor tick, then disposed: no engine outlives the run that opened it.
     """
 
-    database_url: str | None = None
+    # repr=False: in a run the resolved value (with its password) would otherwise show in a repr.
+    database_url: str | None = Field(default=None, repr=False)
     _engine: Engine | None = PrivateAttr(default=None)
 
     def resolved_url(self) -> str:
