@@ -20,7 +20,7 @@ from autopack_pipeline.defs.assets.tasks import generated_tasks
 from autopack_pipeline.defs.checks import DATA_QUALITY_CHECK_KEYS
 from autopack_pipeline.defs.jobs import calibration_job, targeted_collection_job, task_generation_job
 from autopack_pipeline.defs.resources import TelemetryDatabase
-from autopack_pipeline.domain.gates import GateDecision, certain_group_breaches, decide_gate
+from autopack_pipeline.domain.fast_metrics import GateDecision, certain_group_breaches, decide_gate
 from autopack_pipeline.services.tasks_execution import (
     AUTO_EXECUTE_OFF,
     group_sample_counts,

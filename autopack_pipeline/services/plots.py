@@ -18,8 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from autopack_pipeline.domain.calibration import CalibrationResult
-from autopack_pipeline.domain.coverage import COVERAGE, GroupObservations
+from autopack_pipeline.domain.fast_metrics import COVERAGE, CalibrationResult, CoverageGroup
 
 # Beyond this many points per group a strip plot is just ink; a seeded sample keeps its shape.
 MAX_POINTS_PER_GROUP = 1500
@@ -43,7 +42,7 @@ def _markers(results: list[CalibrationResult]) -> dict[tuple[str, str], dict[str
 
 def render_calibration_plot(
     target: Path | BinaryIO,
-    observations: dict[tuple[str, str], GroupObservations],
+    observations: dict[tuple[str, str], CoverageGroup],
     results: list[CalibrationResult],
     *,
     tolerance: float = 1.1,
