@@ -2,9 +2,9 @@
 
 Every comparison is on the documents, dataclasses and pydantic models the oracle returns, equal but
 for floats, which may differ in their last bits (numpy sums where the oracle uses ``math.fsum``) and
-are compared to a relative 1e-9 (``assert_close``), over random frames that hit the awkward cases: missing values in every column, legacy category
-spellings, zero and tiny outputs, retries of one phase with and without attempt numbers, phases
-with the same id in different runs, and ties.
+are compared to a relative 1e-9 (``assert_close``), over random frames that hit the awkward cases:
+missing values in every column, legacy category spellings, zero and tiny outputs, retries of one
+phase with and without attempt numbers, phases with the same id in different runs, and ties.
 """
 
 from __future__ import annotations
@@ -236,7 +236,8 @@ def test_small_awkward_frames_equal_the_reference(rows, dedup):
     # Plain records (the log parser's path) make the same arrays as the frame does.
     from_records = fm.EventArrays.from_records(rows)
     assert fm.clean_sample_rows(from_records, dedup=dedup).exclusions == kept.exclusions
-    assert_close(fm.compute_metrics_arrays(from_records, stratify=True), fm.compute_metrics_arrays(arrays, stratify=True))
+    assert_close(fm.compute_metrics_arrays(from_records, stratify=True),
+                 fm.compute_metrics_arrays(arrays, stratify=True))
     assert np.array_equal(from_records.timestamp_us.notna(), arrays.timestamp_us.notna())
     assert np.array_equal(from_records.timestamp_us.values[arrays.timestamp_us.notna()],
                           arrays.timestamp_us.values[arrays.timestamp_us.notna()])

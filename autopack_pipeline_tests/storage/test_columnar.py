@@ -236,7 +236,8 @@ def test_the_analysis_on_the_store_equals_the_reference(engine, store, phase_ids
     assert_close(analysis.metrics, document)
     assert analysis.gate == gate
     assert_close(analysis.calibrations["autopack-median"], calibrate_autopack_median(samples, provenance=provenance))
-    assert_close(analysis.calibrations["coverage"], calibrate_coverage(events, coefficients=table, provenance=provenance))
+    assert_close(analysis.calibrations["coverage"],
+                 calibrate_coverage(events, coefficients=table, provenance=provenance))
 
 
 def test_where_the_store_lives(tmp_path, monkeypatch):

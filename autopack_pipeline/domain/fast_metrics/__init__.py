@@ -49,7 +49,7 @@ from autopack_pipeline.domain.fast_metrics.coverage_calibration import (
     coverage_groups,
 )
 from autopack_pipeline.domain.fast_metrics.coverage_rules import CALIBRATION_METHODS, COVERAGE
-from autopack_pipeline.domain.fast_metrics.gate import GateDecision, certain_group_breaches, decide_gate
+from autopack_pipeline.domain.fast_metrics.gate import GateDecision, certain_group_breaches, decide_gate, largest_group
 from autopack_pipeline.domain.fast_metrics.median_calibration import calibrate_autopack_median_arrays
 from autopack_pipeline.domain.fast_metrics.metrics import (
     compute_metrics_arrays,
@@ -89,6 +89,7 @@ __all__ = [
     "coverage_groups",
     "decide_gate",
     "group_tier1_arrays",
+    "largest_group",
     "median_of",
     "p90",
     "p90_of",
