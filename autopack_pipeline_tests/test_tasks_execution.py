@@ -8,7 +8,6 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autopack_pipeline.domain.samples import clean_samples
 from autopack_pipeline.llm.backends import LLMCallError, LLMRequest, LLMResponse
 from autopack_pipeline.llm.factory import make_backend
 from autopack_pipeline.services.tasks_execution import (
@@ -24,6 +23,7 @@ from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.migrate import upgrade_database
 from autopack_pipeline.storage.models import Run
 from autopack_pipeline.storage.tasks import get_task, save_generated_tasks
+from autopack_pipeline_tests.oracle.samples import clean_samples
 
 
 @pytest.fixture
@@ -250,8 +250,8 @@ def test_a_secret_is_never_echoed(clean_env):
 
 def test_group_counts_through_the_columnar_copy_equal_the_reference_on_a_mixed_history(engine):
     from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-    from autopack_pipeline.domain.samples import as_events_frame, canonical_labels
     from autopack_pipeline.storage.bulk import bulk_load
+    from autopack_pipeline_tests.oracle.samples import as_events_frame, canonical_labels
 
     bulk_load(engine, 3_000, runs=6, seed=5)  # every category and complexity, legacy spellings included
     events = as_events_frame(read_events(engine))

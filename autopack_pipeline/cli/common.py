@@ -18,7 +18,7 @@ class Refused(Exception):
     """The data refuses the request: exit 1 with the message."""
 
 
-# domain.coverage.CALIBRATION_METHODS, spelled out so the CLI starts without importing the domain.
+# domain.fast_metrics.CALIBRATION_METHODS, spelled out so the CLI starts without importing the domain.
 CALIBRATION_METHOD_CHOICES = ("coverage", "autopack-median")
 
 
@@ -116,13 +116,13 @@ def load_event_arrays(engine, args: argparse.Namespace, run_ids: list[str] | Non
     """The events as analysis arrays, and the document of the rows left out for an unreadable timestamp
     (warned about on stderr here). All runs come through the columnar copy (refreshed first, so only
     new events are read from the database); a selection of runs is read from the database."""
-    from autopack_pipeline.domain.fast_metrics import EventArrays
+    from autopack_pipeline.storage.frames import event_arrays_from_frame
     from autopack_pipeline.storage.snapshot import snapshot_events
 
     if run_ids:
         events, unreadable = load_events(engine, args, run_ids)
         warn_unreadable(unreadable)
-        return EventArrays.from_frame(events), unreadable
+        return event_arrays_from_frame(events), unreadable
     from autopack_pipeline.cli.progress import progress_bar
 
     with progress_bar(args, "Extracting new events to the columnar copy", "rows", transient=True) as advance:

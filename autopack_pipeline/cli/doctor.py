@@ -25,10 +25,11 @@ def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from autopack_pipeline.domain.samples import clean_samples, truncation_flag_disagreements
+    from autopack_pipeline.domain.fast_metrics import clean_sample_rows, sample_groups, truncation_disagreements
     from autopack_pipeline.storage import spool
     from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
     from autopack_pipeline.storage.events import read_events_checked
+    from autopack_pipeline.storage.frames import event_arrays_from_frame
     from autopack_pipeline.storage.models import TokenEstimationV2Event
     from autopack_pipeline.storage.summary import database_summary
     from autopack_pipeline.storage.timestamps import unreadable_document
@@ -53,11 +54,12 @@ def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]
         if summary["events"]["total"]:
             events, unreadable = read_events_checked(engine)
             facts["unreadable_timestamps"] = unreadable_document(unreadable)
-            clean = clean_samples(events)
-            groups = clean.groupby(["category", "complexity"]).size()
-            facts["clean_samples"] = len(clean)
-            facts["group_counts"] = {f"{cat}/{cpx}": int(n) for (cat, cpx), n in groups.items()}
-            facts["flag_disagreements"] = truncation_flag_disagreements(events)
+            arrays = event_arrays_from_frame(events)
+            clean = clean_sample_rows(arrays)
+            groups = sample_groups(arrays, clean.mask).counts()  # sorted by (category, complexity)
+            facts["clean_samples"] = clean.count
+            facts["group_counts"] = {f"{cat}/{cpx}": n for (cat, cpx), n in groups.items()}
+            facts["flag_disagreements"] = truncation_disagreements(arrays)
             table = TokenEstimationV2Event.__table__
             columns = {c["name"] for c in inspect(engine).get_columns(table.name)}
             if "actual_is_total_tokens" in columns:  # absent on an Autopack database not yet upgraded

@@ -23,7 +23,7 @@ from autopack_pipeline.defs.assets.metrics import tier_metrics
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain.drift import DriftReport
 from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, success_flags
-from autopack_pipeline.domain.metrics import (
+from autopack_pipeline.domain.targets import (
     BUDGET_WASTE_P90_TARGET,
     TRUNCATION_TARGET_PCT,
     UNDERESTIMATION_TARGET_PCT,

@@ -20,7 +20,7 @@ from autopack_pipeline.defs.assets.tasks import generated_tasks
 from autopack_pipeline.defs.checks import DATA_QUALITY_CHECK_KEYS
 from autopack_pipeline.defs.jobs import calibration_job, targeted_collection_job, task_generation_job
 from autopack_pipeline.defs.resources import TelemetryDatabase
-from autopack_pipeline.domain.gates import GateDecision, certain_group_breaches, decide_gate
+from autopack_pipeline.domain.fast_metrics import GateDecision, certain_group_breaches, decide_gate, largest_group
 from autopack_pipeline.services.tasks_execution import (
     AUTO_EXECUTE_OFF,
     group_sample_counts,
@@ -95,10 +95,7 @@ def gate_from_metadata(samples: dg.EventLogRecord, metrics: dg.EventLogRecord) -
     if groups is None or under is None or truncation is None:
         return None
     sizes = {(g["category"], g["complexity"]): int(g["n"]) for g in groups if int(g["n"]) > 0}
-    largest = None
-    if sizes:  # ties go to the alphabetically first group, as gates.largest_group does
-        (category, complexity), n = min(sizes.items(), key=lambda item: (-item[1], item[0]))
-        largest = {"category": category, "complexity": complexity, "n": n}
+    largest = largest_group(sizes)
     figures = _metadata_value(metrics, "group_tier1")  # None before it was recorded: overall rates alone decide
     breaches = None if figures is None else certain_group_breaches(figures, sizes)
     return decide_gate(sum(sizes.values()), largest, float(under), float(truncation), group_breaches=breaches)

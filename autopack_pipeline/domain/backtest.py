@@ -31,9 +31,10 @@ import pandas as pd
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.estimator import TokenEstimator
-from autopack_pipeline.domain.metrics import budget_sent, p90
+from autopack_pipeline.domain.events import as_events_frame
+from autopack_pipeline.domain.fast_metrics.arrays import budget_sent_rule, truncation_rule
+from autopack_pipeline.domain.fast_metrics.order_statistics import p90
 from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, Repredictor, StoredPrediction
-from autopack_pipeline.domain.samples import as_events_frame, truncated_mask
 
 
 class PatchError(ValueError):
@@ -179,6 +180,11 @@ def _figures(predicted: np.ndarray, budget: np.ndarray, actual: np.ndarray, trun
     }
 
 
+def _flags(column: pd.Series) -> np.ndarray:
+    """A nullable boolean column as int8 flags: 1, 0, or -1 where unknown."""
+    return np.where(column.isna().to_numpy(), -1, column.fillna(False).to_numpy(dtype=bool)).astype(np.int8)
+
+
 def run_backtest(
     events: pd.DataFrame,
     deliverables: pd.Series,
@@ -213,8 +219,10 @@ def run_backtest(
         used_features = [{c: (None if pd.isna(v) else v) for c, v in zip(columns, row)}
                          for row, keep in zip(aligned[columns].itertuples(index=False), usable) if keep]
     actual = used["actual_output_tokens"].to_numpy(dtype=float)
-    truncated = truncated_mask(used).to_numpy()
-    ceiling = np.fmax(np.nan_to_num(budget_sent(used), nan=0.0), actual)
+    truncated = truncation_rule(_flags(used["truncated"]), _flags(used["is_truncated_output"]))
+    sent = budget_sent_rule(*(used[c].to_numpy(dtype=float, na_value=np.nan) for c in ("actual_max_tokens",
+                                                                                      "selected_budget")))
+    ceiling = np.fmax(np.nan_to_num(sent, nan=0.0), actual)
     old_pred, old_budget = _rerun(used, used_items, old, workspace, used_features)
     new_pred, new_budget = _rerun(used, used_items, new, workspace, used_features)
     recorded = used["predicted_output_tokens"].to_numpy(dtype=float)

@@ -43,9 +43,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
-from autopack_pipeline.domain.coverage import order_statistic_index
-from autopack_pipeline.domain.metrics import UNDERESTIMATION_TARGET_PCT
-from autopack_pipeline.domain.targets import UNDER_TOLERANCE
+from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.tasks import Insight
 
 DEFAULT_TRUNCATION_TARGET_PCT = 2.0

@@ -150,7 +150,7 @@ def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_W
     """:func:`choose_window` over ``arrays`` (EventArrays, predictions already in force) and ``inputs``
     (``storage.prediction_inputs``: ``coefficients_version`` by ``event_id``)."""
     from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-    from autopack_pipeline.domain.fast_metrics.arrays import _budget_sent, truncated_flags
+    from autopack_pipeline.domain.fast_metrics.arrays import budget_sent, truncated_flags
 
     ids = arrays.event_id
     known = ids.notna()
@@ -166,7 +166,7 @@ def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_W
     predicted, actual = arrays.predicted.floats(), arrays.actual.floats()
     censored = truncated_flags(arrays)
     # A truncated call's value is its lower bound: the larger of the ceiling it hit and its output.
-    value = np.where(censored, np.fmax(_budget_sent(arrays, None), actual), actual)
+    value = np.where(censored, np.fmax(budget_sent(arrays, None), actual), actual)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = np.where((predicted > 0) & (value > 0), np.log(value / predicted), np.nan)
     return choose_window(versions, order, groups, log_ratio, censored, keep_versions=keep_versions)

@@ -17,13 +17,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES, DEFAULT_MIN_TOTAL_SAMPLES
-from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT
+# MIN_GROUP_SAMPLES: calibration's per-(category, complexity) minimum, which the doctor checks too.
+from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, MIN_TOTAL_SAMPLES, TRUNCATION_TARGET_PCT
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 HIGH_TRUNCATION_PCT = 10.0  # the guide's "High Truncation Rate" symptom
-MIN_CLEAN_SAMPLES = DEFAULT_MIN_TOTAL_SAMPLES  # the guide's "When to Calibrate", the gate's minimum
-MIN_GROUP_SAMPLES = DEFAULT_MIN_GROUP_SAMPLES  # calibration's per-(category, complexity) minimum
+MIN_CLEAN_SAMPLES = MIN_TOTAL_SAMPLES  # the guide's "When to Calibrate", the gate's minimum
 UPGRADE_COMMAND = "autopack-telemetry db upgrade"
 
 

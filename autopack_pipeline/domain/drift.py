@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.fast_metrics import EventArrays, as_event_arrays
-from autopack_pipeline.domain.metrics import DEFAULT_UNDER_MULTIPLIER
+from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import Insight
 from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS
 
@@ -45,7 +45,7 @@ class DriftThresholds:
     ks_alpha: float = 0.01
     ks_min_statistic: float = 0.1  # effect size the KS statistic must also reach
     cusum_h: float = 5.0  # decision interval, in log-likelihood units
-    under_multiplier: float = DEFAULT_UNDER_MULTIPLIER
+    under_multiplier: float = UNDER_TOLERANCE
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,7 +183,7 @@ def detect_drift(
     thresholds = thresholds or DriftThresholds()
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     recent_start = now - timedelta(days=thresholds.recent_days)
-    arrays = as_event_arrays(events)
+    arrays = events
     predicted, actual = arrays.predicted.floats(), arrays.actual.floats()
     stamps = arrays.timestamp_us.values
     with np.errstate(invalid="ignore"):

@@ -1,8 +1,9 @@
-"""The shape of an events DataFrame, as every domain function receives it.
+"""The shape of an events DataFrame, as storage readers, the NDJSON importer and the log parser produce it.
 
 Columns carry the names of Autopack's ``token_estimation_v2_events`` table (the key is ``event_id``),
-plus our nullable ``attempt``. Storage readers, the NDJSON importer and the log analyser all produce
-this shape, so the metric code never knows where the data came from.
+plus our nullable ``attempt``. The analysis itself reads arrays (``fast_metrics.EventArrays``), which
+``autopack_pipeline.storage.frames`` makes from this shape. This module stays in the domain only while
+the log parser and the backtest still build frames; it belongs beside ``storage.frames`` after that.
 """
 
 from __future__ import annotations
@@ -49,3 +50,12 @@ def conform_events_frame(frame: pd.DataFrame) -> pd.DataFrame:
         else:
             out[name] = column.astype(dtype)
     return out.reset_index(drop=True)
+
+
+def as_events_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """Return ``events`` in the canonical events shape, without copying when it already is."""
+    # A duplicated index would make row-wise assignments ambiguous, so such frames get a fresh one.
+    already = events.index.is_unique and list(events.columns) == list(EVENT_COLUMNS) and all(
+        str(events[name].dtype) == dtype for name, dtype in EVENT_COLUMNS.items()
+    )
+    return events if already else conform_events_frame(events)

@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 
 from autopack_pipeline.domain.fast_metrics.order_statistics import _p90_positions
-from autopack_pipeline.domain.metrics import (
+from autopack_pipeline.domain.fast_metrics.rates import wilson_interval
+from autopack_pipeline.domain.targets import (
     BUDGET_WASTE_P90_TARGET,
-    DEFAULT_UNDER_MULTIPLIER,
     TRUNCATION_TARGET_PCT,
+    UNDER_TOLERANCE,
     UNDERESTIMATION_TARGET_PCT,
-    wilson_interval,
 )
 
 # The grid the report's JSON carries: multipliers 0.25x to 16x in quarter-octave steps, margins 1x to 4x.
@@ -142,7 +142,7 @@ class FrontierGrid:
 
 
 def frontier_grid(ratios: np.ndarray, censored: int, *, multipliers=DEFAULT_MULTIPLIERS, margins=DEFAULT_MARGINS,
-                  tolerance: float = DEFAULT_UNDER_MULTIPLIER) -> FrontierGrid:
+                  tolerance: float = UNDER_TOLERANCE) -> FrontierGrid:
     """Underestimation, truncation and both wastes for every (multiplier, margin) of the grid."""
     r = np.sort(np.asarray(ratios, dtype=float))
     m = np.asarray(multipliers, dtype=float)
@@ -269,7 +269,7 @@ def group_frontier(
     ratios: np.ndarray,
     censored: int,
     *,
-    tolerance: float = DEFAULT_UNDER_MULTIPLIER,
+    tolerance: float = UNDER_TOLERANCE,
     under_target_pct: float = UNDERESTIMATION_TARGET_PCT,
     truncation_target_pct: float = TRUNCATION_TARGET_PCT,
     waste_target: float = BUDGET_WASTE_P90_TARGET,

@@ -26,11 +26,11 @@ from autopack_pipeline.domain.cost import (
     cost_with_budgets,
     spend_by_model_and_day,
 )
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, _budget_sent, truncated_flags
+from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, budget_sent, truncated_flags
 from autopack_pipeline.domain.fast_metrics.coverage_calibration import CoverageGroup
 from autopack_pipeline.domain.frontier import group_frontier
-from autopack_pipeline.domain.metrics import DEFAULT_UNDER_MULTIPLIER
 from autopack_pipeline.domain.prices import PriceTable
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 
 def output_price_per_row(arrays: EventArrays, prices: PriceTable) -> np.ndarray:
@@ -58,7 +58,7 @@ def group_economics(
     prices: PriceTable,
     *,
     calibrated_multipliers: Mapping[tuple[str, str], float] | None = None,
-    tolerance: float = DEFAULT_UNDER_MULTIPLIER,
+    tolerance: float = UNDER_TOLERANCE,
 ) -> list[dict[str, Any]]:
     """One entry per coverage group, in the groups' order: its frontier and its cost now vs each proposal."""
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
@@ -72,7 +72,7 @@ def group_economics(
         rows = known & (cat_codes == cat_names.index(category)) & (cx_codes == cx_names.index(complexity))
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
-        sent, truncated, price = _budget_sent(arrays, rows), truncated_all[rows], price_all[rows]
+        sent, truncated, price = budget_sent(arrays, rows), truncated_all[rows], price_all[rows]
         sent = np.where(np.isnan(sent), 0.0, sent)
         now = cost_now(actual, sent, truncated, price)
         floor, cap = coefficients.budget_floor(category, complexity), coefficients.budget.cap

@@ -10,8 +10,8 @@ Three line shapes are read (autopack_spec §3.1, §3.4):
 - ``[TokenEstimation] Predicted: N output tokens, Actual: M output tokens, Error: X%``: legacy V1.
 
 A line carrying a marker that does not parse is counted as unreadable for its file; nothing here
-raises on bad input. The metrics are :mod:`autopack_pipeline.domain.metrics`, the same code as the
-database path, with the V3 analyser's own rules where it differs: V1 lines are never successful (so
+raises on bad input. The metrics are :mod:`autopack_pipeline.domain.fast_metrics`, the same code as
+the database path, with the V3 analyser's own rules where it differs: V1 lines are never successful (so
 ``success_only`` drops them) and truncation and success rates are over V2 records only, as is the
 stratification.
 """
@@ -29,16 +29,9 @@ import numpy as np
 import pandas as pd
 
 from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
-from autopack_pipeline.domain.metrics import (
-    DEFAULT_UNDER_MULTIPLIER,
-    compute_metrics,
-    needs_tuning,
-    tier1_metrics,
-)
-from autopack_pipeline.domain.metrics import (
-    stratify as stratify_tier1,
-)
-from autopack_pipeline.domain.samples import truncated_mask
+from autopack_pipeline.domain.fast_metrics import EventArrays, compute_metrics_arrays, truncated_flags
+from autopack_pipeline.domain.fast_metrics.rates import needs_tuning
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 V2_MARKER = "[TokenEstimationV2]"
 V1_MARKER = "[TokenEstimation]"
@@ -174,14 +167,17 @@ def parse_log_dir(log_dir: Path, pattern: str = "*.log") -> ParsedLogs:
     return parsed
 
 
+def _event_rows(records: list[LogRecord]) -> list[dict[str, Any]]:
+    return [{"predicted_output_tokens": r.predicted, "actual_output_tokens": r.actual,
+             "timestamp": _timestamp(r.timestamp), **r.fields} for r in records]
+
+
 def records_frame(records: list[LogRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(events frame, record metadata with ``format``, ``source_file``, ``line_number``, ``logged_error_pct``)."""
     if not records:
         meta = pd.DataFrame({"format": [], "source_file": [], "line_number": [], "logged_error_pct": []})
         return empty_events_frame(), meta
-    rows = [{"predicted_output_tokens": r.predicted, "actual_output_tokens": r.actual,
-             "timestamp": _timestamp(r.timestamp), **r.fields} for r in records]
-    events = conform_events_frame(pd.DataFrame(rows))
+    events = conform_events_frame(pd.DataFrame(_event_rows(records)))
     meta = pd.DataFrame({
         "format": [r.format for r in records],
         "source_file": [r.source_file for r in records],
@@ -196,7 +192,7 @@ def analyse_logs(
     *,
     success_only: bool = False,
     stratify: bool = False,
-    under_multiplier: float = DEFAULT_UNDER_MULTIPLIER,
+    under_multiplier: float = UNDER_TOLERANCE,
     include_fallback: bool = False,
 ) -> dict[str, Any]:
     """The metrics document for the parsed records, with the V3 analyser's rules (module docstring).
@@ -210,23 +206,25 @@ def analyse_logs(
     if success_only:
         keep &= events["success"].fillna(False).to_numpy(dtype=bool) & (meta["format"] != "v1").to_numpy(dtype=bool)
     frame, info = events[keep].reset_index(drop=True), meta[keep].reset_index(drop=True)
-    v2 = frame[(info["format"] != "v1").to_numpy(dtype=bool)]
+    v2 = (info["format"] != "v1").to_numpy(dtype=bool)
+    arrays = EventArrays.from_records(_event_rows(parsed.records)).take(keep)
 
-    document = compute_metrics(frame, under_multiplier=under_multiplier)
+    document = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)
     tier1 = document["tier1"]
-    v2_tier1 = tier1_metrics(v2, under_multiplier)
+    v2_document = compute_metrics_arrays(arrays, rows=v2, under_multiplier=under_multiplier, stratify=stratify)
+    v2_tier1 = v2_document["tier1"]
     for key in ("truncation_rate_pct", "success_rate_pct"):
         tier1[key], tier1[f"{key}_ci"] = v2_tier1[key], v2_tier1[f"{key}_ci"]
     tier1["truncated_count"], tier1["success_count"] = v2_tier1["truncated_count"], v2_tier1["success_count"]
-    tier1["v2_samples"] = len(v2)
+    tier1["v2_samples"] = int(v2.sum())
     document["needs_tuning"] = needs_tuning(tier1)
 
-    untruncated = ~truncated_mask(frame).to_numpy()
+    untruncated = ~truncated_flags(arrays)
     logged = info["logged_error_pct"].to_numpy(dtype=float, na_value=np.nan)[untruncated]
     logged = logged[~np.isnan(logged)]
     document["diagnostics"]["logged_error_mean"] = float(logged.mean()) if logged.size else None
     if stratify:
-        document["strata"] = stratify_tier1(v2, under_multiplier)
+        document["strata"] = v2_document["strata"]
     found = parsed.format_counts()
     document["records"] = {
         "found": found,

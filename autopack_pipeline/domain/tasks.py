@@ -33,9 +33,9 @@ from typing import Any
 
 import pandas as pd
 
-from autopack_pipeline.domain.calibration import DECREASE_BELOW, INCREASE_ABOVE
-from autopack_pipeline.domain.fast_metrics import EventArrays, as_event_arrays, group_tier1_arrays
-from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.domain.fast_metrics import EventArrays, group_tier1_arrays
+from autopack_pipeline.domain.fast_metrics.calibration_results import DECREASE_BELOW, INCREASE_ABOVE
+from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.task_evidence import evidence_lines
 
 MIN_CONFIDENCE_FLOOR = 0.5
@@ -244,7 +244,7 @@ def insights_from_group_metrics(events: pd.DataFrame | EventArrays, *, under_mul
     """Tier-1 breaches and truncation hot spots per (category, complexity) group of ``events``
     (all Builder calls, canonical labels; a frame or its arrays): the group is where a coefficient would change."""
     insights = []
-    for (category, complexity), tier1 in group_tier1_arrays(as_event_arrays(events),
+    for (category, complexity), tier1 in group_tier1_arrays(events,
                                                             under_multiplier=under_multiplier).items():
         insights += insights_from_tier_metrics(tier1, scope=f"group={category}/{complexity}")
     return insights

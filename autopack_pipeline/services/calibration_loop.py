@@ -25,20 +25,20 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.domain.calibration_window import window_line
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.cost import cost_now
-from autopack_pipeline.domain.fast_metrics import EventArrays, compute_metrics_arrays, group_tier1_arrays
-from autopack_pipeline.domain.frontier import group_frontier
-from autopack_pipeline.domain.group_economics import output_price_per_row
-from autopack_pipeline.domain.metrics import (
-    TRUNCATION_TARGET_PCT,
-    UNDERESTIMATION_TARGET_PCT,
+from autopack_pipeline.domain.fast_metrics import (
     budget_sent,
+    compute_metrics_arrays,
+    group_tier1_arrays,
     p90,
     wilson_interval,
 )
+from autopack_pipeline.domain.frontier import group_frontier
+from autopack_pipeline.domain.group_economics import output_price_per_row
 from autopack_pipeline.domain.oracle import oracle_budget_waste
-from autopack_pipeline.domain.targets import UNDER_TOLERANCE
+from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.services.calibration_apply import calibrate_and_apply, read_stored
+from autopack_pipeline.storage.frames import as_event_arrays, event_arrays_from_frame
 
 COEFFICIENTS_FILE = "estimator_coefficients.yaml"
 
@@ -64,13 +64,13 @@ def _rate(k: int, n: int) -> dict[str, Any]:
 
 def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = UNDER_TOLERANCE) -> dict[str, Any]:
     """Tier 1, Tier 2, cost, oracle and per-group figures of one round's events (an events frame)."""
-    arrays = EventArrays.from_frame(frame)
+    arrays = event_arrays_from_frame(frame)
     document = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)
     tier1, tier2 = document["tier1"], document["tier2"]
     predicted = frame["predicted_output_tokens"].to_numpy(dtype=float, na_value=np.nan)
     actual = frame["actual_output_tokens"].to_numpy(dtype=float, na_value=np.nan)
     truncated = frame["truncated"].fillna(False).to_numpy(dtype=bool)
-    sent = np.nan_to_num(budget_sent(frame), nan=0.0)
+    sent = np.nan_to_num(budget_sent(arrays), nan=0.0)
     known = np.isfinite(actual)
     cost = cost_now(actual[known], sent[known], truncated[known], output_price_per_row(arrays, prices)[known])
     labels = _group_labels(frame)
@@ -172,7 +172,6 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
              on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """``options.rounds`` rounds on ``engine`` with the seeds of ``settings.seeds_dir`` (edited in place:
     pass a private copy). Returns one document per round (see :func:`measure_round`), in order."""
-    from autopack_pipeline.domain.fast_metrics import as_event_arrays
     from autopack_pipeline.services import workflows
 
     prices = workflows.load_prices_for(settings)

@@ -18,8 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from autopack_pipeline.domain.calibration import CalibrationResult
-from autopack_pipeline.domain.coverage import COVERAGE, GroupObservations
+from autopack_pipeline.domain.fast_metrics import COVERAGE, CalibrationResult, CoverageGroup
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 # Beyond this many points per group a strip plot is just ink; a seeded sample keeps its shape.
@@ -44,7 +43,7 @@ def _markers(results: list[CalibrationResult]) -> dict[tuple[str, str], dict[str
 
 def render_calibration_plot(
     target: Path | BinaryIO,
-    observations: dict[tuple[str, str], GroupObservations],
+    observations: dict[tuple[str, str], CoverageGroup],
     results: list[CalibrationResult],
     *,
     tolerance: float = UNDER_TOLERANCE,

@@ -34,16 +34,14 @@ from autopack_pipeline.domain.budget_calibration import (
     calibration_section,
     insights_from_budget_proposals,
 )
-from autopack_pipeline.domain.calibration import (
-    CalibrationResult,
-)
 from autopack_pipeline.domain.coefficients import load_coefficients
-from autopack_pipeline.domain.coverage import CALIBRATION_METHODS
 from autopack_pipeline.domain.drift import DriftReport, detect_drift
 from autopack_pipeline.domain.estimator import TokenEstimator
 from autopack_pipeline.domain.fast_metrics import (
+    CALIBRATION_METHODS,
+    CalibrationResult,
     EventArrays,
-    as_event_arrays,
+    GateDecision,
     calibration_gate_arrays,
     calibrations_arrays,
     clean_sample_rows,
@@ -53,7 +51,6 @@ from autopack_pipeline.domain.fast_metrics import (
     sample_groups,
     tier_metrics_document_arrays,
 )
-from autopack_pipeline.domain.gates import GateDecision
 from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
 from autopack_pipeline.domain.prices import PRICES_FILE_NAME, PriceTable, load_price_table
@@ -74,6 +71,7 @@ from autopack_pipeline.llm.builder import Builder
 from autopack_pipeline.services.reporting import write_calibration_report_set
 from autopack_pipeline.services.tasks_review import refresh_tasks
 from autopack_pipeline.settings import REPO_ROOT, Settings
+from autopack_pipeline.storage.frames import as_event_arrays
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
 from autopack_pipeline.storage.snapshot import EventSnapshot
 from autopack_pipeline.storage.tasks import TaskRefresh
@@ -407,7 +405,8 @@ def improvement_tasks(
     tier1 = metrics["all_events"]["tier1"]
     insights = insights_from_tier_metrics(tier1, scope="overall")
     if events is not None:
-        insights += insights_from_group_metrics(events, under_multiplier=tier1.get("under_multiplier") or UNDER_TOLERANCE)
+        insights += insights_from_group_metrics(as_event_arrays(events),
+                                                under_multiplier=tier1.get("under_multiplier") or UNDER_TOLERANCE)
     else:
         for category, block in metrics["all_events"].get("strata", {}).get("category", {}).items():
             insights += insights_from_tier_metrics(block, scope=f"category={category}")

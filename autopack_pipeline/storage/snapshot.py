@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.domain.fast_metrics import EventArrays
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, Progress, RefreshResult, refresh_store
 from autopack_pipeline.storage.events import read_events_checked
+from autopack_pipeline.storage.frames import event_arrays_from_frame
 from autopack_pipeline.storage.timestamps import UnreadableTimestamp, unreadable_document
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class EventSnapshot:
     @classmethod
     def from_frame(cls, events: pd.DataFrame, unreadable: list[UnreadableTimestamp] | None = None) -> EventSnapshot:
         """A snapshot carrying an events frame's arrays (a database read whole, or a test's events)."""
-        arrays = EventArrays.from_frame(events)
+        arrays = event_arrays_from_frame(events)
         known = arrays.event_id.values[arrays.event_id.notna()]
         counts = events["run_id"].value_counts(dropna=True)
         return cls(rows=len(arrays), high_water_event_id=int(known.max()) if len(known) else 0,

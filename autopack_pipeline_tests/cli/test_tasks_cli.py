@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from autopack_pipeline.domain.samples import clean_samples
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.migrate import upgrade_database
 from autopack_pipeline.storage.tasks import get_task, save_generated_tasks
+from autopack_pipeline_tests.oracle.samples import clean_samples
 
 
 def run(*args: str, db: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from autopack_pipeline.domain.calibration import (
+from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+from autopack_pipeline_tests.oracle.calibration import (
     AUTOPACK_MEDIAN,
     CalibrationResult,
     action_text,
     calibrate_autopack_median,
     median_confidence,
 )
-from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 PROVENANCE = {"exclusions": {"failed": 3, "truncated": 1}, "coefficient_file_version": "v5"}

@@ -8,10 +8,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from autopack_pipeline.domain.calibration import calibrate_autopack_median
-from autopack_pipeline.domain.coverage import calibrate_coverage, group_observations
 from autopack_pipeline.domain.events import conform_events_frame
-from autopack_pipeline.domain.samples import clean_samples
 from autopack_pipeline.services import reporting, workflows
 from autopack_pipeline.services.plots import render_calibration_plot
 from autopack_pipeline.services.reporting import (
@@ -21,6 +18,9 @@ from autopack_pipeline.services.reporting import (
     write_calibration_report_set,
 )
 from autopack_pipeline.settings import load_settings
+from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
+from autopack_pipeline_tests.oracle.coverage import calibrate_coverage, group_observations
+from autopack_pipeline_tests.oracle.samples import clean_samples
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

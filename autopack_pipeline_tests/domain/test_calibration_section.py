@@ -17,6 +17,7 @@ from autopack_pipeline.domain.budget_calibration import (
 from autopack_pipeline.domain.coefficients import GroupSetting, load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
 from autopack_pipeline.domain.reprediction import Repredictor, StoredPrediction
+from autopack_pipeline.storage.frames import event_arrays_from_frame
 
 SYNTHESIS = ["docs/api_reference.md", "docs/examples.md"]  # api reference + examples: the doc_synthesis model
 DOCS_LOW = ["docs/notes.md"]  # a plain docs phase: the overhead model under docs
@@ -184,7 +185,6 @@ def test_an_unidentifiable_groups_factor_counts_its_truncated_calls_at_their_cei
 def test_whole_column_reprediction_agrees_with_the_event_by_event_rule(seed):
     """arrays_in_force chooses recorded / scaled / rerun / kept with masks; each row must get what
     Repredictor.one gives that event alone."""
-    from autopack_pipeline.domain.fast_metrics import EventArrays
     from autopack_pipeline.domain.reprediction import arrays_in_force
 
     old = seed.with_calibration({("docs", "low"): GroupSetting(prediction_multiplier=2.0)}, "v-old")
@@ -205,7 +205,7 @@ def test_whole_column_reprediction_agrees_with_the_event_by_event_rule(seed):
     inputs = pd.DataFrame({"deliverables": [r[3] for r in rows[:5]], "coefficients_version": [r[5] for r in rows[:5]],
                            "context_quality": "some"}, index=pd.Index([r[0] for r in rows[:5]], name="event_id"),
                           dtype=object)
-    arrays, counts = arrays_in_force(EventArrays.from_frame(frame), inputs, new, {"v-old": old})
+    arrays, counts = arrays_in_force(event_arrays_from_frame(frame), inputs, new, {"v-old": old})
 
     repredictor = Repredictor(new, {"v-old": old})
     expected = [repredictor.one(StoredPrediction(r[1], r[2], r[3], float(r[4]), version=r[5],

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autopack_pipeline.domain.calibration import calibrate_autopack_median
 from autopack_pipeline.domain.coefficients import load_coefficients
-from autopack_pipeline.domain.coverage import (
+from autopack_pipeline.domain.events import conform_events_frame
+from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
+from autopack_pipeline_tests.oracle.coverage import (
     COVERAGE,
     calibrate_coverage,
     order_statistic_index,
@@ -20,8 +21,7 @@ from autopack_pipeline.domain.coverage import (
     upper_bound,
     weight,
 )
-from autopack_pipeline.domain.events import conform_events_frame
-from autopack_pipeline.domain.samples import clean_samples
+from autopack_pipeline_tests.oracle.samples import clean_samples
 
 TOL = 1.1
 

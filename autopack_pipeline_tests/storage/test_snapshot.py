@@ -13,13 +13,14 @@ import sqlalchemy as sa
 from autopack_pipeline.defs.assets.events import raw_events
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain import fast_metrics as fm
-from autopack_pipeline.domain.metrics import tier_metrics_document
 from autopack_pipeline.storage import columnar
 from autopack_pipeline.storage.bulk import bulk_load
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.migrate import upgrade_database
 from autopack_pipeline.storage.snapshot import EventSnapshot, SnapshotUnavailable, snapshot_events
+from autopack_pipeline_tests.oracle.compare import assert_close
+from autopack_pipeline_tests.oracle.metrics import tier_metrics_document
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def same_events(snapshot: EventSnapshot, frame) -> None:
     arrays = snapshot.arrays()
     assert snapshot.rows == len(arrays) == len(frame)
     assert arrays.event_id.values.tolist() == frame["event_id"].tolist()
-    assert fm.tier_metrics_document_arrays(arrays, clean_samples=0) == tier_metrics_document(frame, 0)
+    assert_close(fm.tier_metrics_document_arrays(arrays, clean_samples=0), tier_metrics_document(frame, 0))
     assert snapshot.run_counts == {str(k): int(v) for k, v in frame["run_id"].value_counts().items()}
 
 

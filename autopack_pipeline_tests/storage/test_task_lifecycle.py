@@ -10,7 +10,6 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from autopack_pipeline.domain.samples import clean_samples
 from autopack_pipeline.domain.tasks import Insight
 from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
@@ -27,6 +26,7 @@ from autopack_pipeline.storage.tasks import (
     reject_task,
     save_generated_tasks,
 )
+from autopack_pipeline_tests.oracle.samples import clean_samples
 
 
 def _task(task_id: str, **fields) -> dict:

@@ -10,7 +10,7 @@ from autopack_pipeline.defs.assets.metadata import database_metadata
 from autopack_pipeline.defs.automation import ON_NEW_EVENTS_PER_DAY
 from autopack_pipeline.defs.partitions import event_days
 from autopack_pipeline.defs.resources import TelemetryDatabase
-from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.windows import day_window, events_in_window
 from autopack_pipeline.services import workflows
 from autopack_pipeline.storage.snapshot import EventSnapshot

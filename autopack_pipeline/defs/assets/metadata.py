@@ -121,7 +121,7 @@ def _against_target(value: float, high_low: tuple[float, float] | None, target: 
 
 def tier1_table(tier1: dict[str, Any]) -> dg.MetadataValue:
     """Tier 1 with intervals and targets as a typed table, rounded to a tenth of a percent."""
-    from autopack_pipeline.domain.metrics import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
+    from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
 
     rows = [("underestimation", "underestimation_rate_pct", UNDERESTIMATION_TARGET_PCT),
             ("truncation", "truncation_rate_pct", TRUNCATION_TARGET_PCT),

@@ -4,7 +4,7 @@ import dagster as dg
 
 from autopack_pipeline.defs.assets.metadata import markdown_table, sample_group_metadata
 from autopack_pipeline.defs.automation import ON_NEW_EVENTS_OR_NEW_DAY
-from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES
+from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES
 from autopack_pipeline.domain.windows import events_in_window
 from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
@@ -32,7 +32,7 @@ def success_samples(config: SamplesConfig, raw_events: EventSnapshot) -> dg.Mate
             "window": dg.MetadataValue.text(workflows.window_label(window)),
             "dagster/row_count": summary.count,
             "sample_count": summary.count,
-            **sample_group_metadata(counts, min_samples=DEFAULT_MIN_GROUP_SAMPLES),
+            **sample_group_metadata(counts, min_samples=MIN_GROUP_SAMPLES),
             "excluded_count": sum(summary.exclusions.values()),
             "exclusions": dg.MetadataValue.json(summary.exclusions),
             "groups": dg.MetadataValue.md(

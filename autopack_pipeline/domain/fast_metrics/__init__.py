@@ -1,25 +1,24 @@
-"""The analysis over millions of events: the domain functions' results, computed with numpy.
+"""The analysis: clean samples, tier metrics, the gate and both calibration methods, with numpy.
 
-The reference implementations (:mod:`autopack_pipeline.domain.metrics`, :mod:`~autopack_pipeline.domain.samples`,
-:mod:`~autopack_pipeline.domain.gates`, :mod:`~autopack_pipeline.domain.calibration`) work on a pandas
-events frame and on Python lists: ``statistics.quantiles``, ``statistics.median``, ``statistics.pstdev``,
-``math.fsum`` and ``sorted`` over every value, and one boolean mask per group. On ten million events
-that takes minutes and gigabytes. Here the same figures come from :class:`EventArrays` (one numpy array
-per column, labels as integer codes) in O(n) passes.
-
-Every public function equals its reference on the same data (``==`` on the documents and pydantic
-models; ``autopack_pipeline_tests/domain/test_fast_paths.py`` checks this on random data).
+The one implementation of each analysis rule. It works on :class:`EventArrays` (one numpy array per
+column, labels as integer codes) in O(n) passes, so ten million events take seconds; it imports no
+pandas. An events frame becomes arrays in the storage layer (``autopack_pipeline.storage.frames``).
+The tests keep the first, pandas implementation as an oracle (``autopack_pipeline_tests/oracle``) and
+compare the two on random data (``autopack_pipeline_tests/domain/test_fast_paths.py``).
 
 The modules, each importing only from those listed before it:
 
-* :mod:`.arrays`: the column containers, :class:`EventArrays`, conversion from a frame, per-row flags;
-* :mod:`.exact_sums`: exact sums of floats, ``math.fsum`` means, ``statistics.pstdev``;
+* :mod:`.rates`: rates, Wilson intervals, the Tier-1 block and the tuning decision;
+* :mod:`.calibration_results`: the result models every calibration method returns;
+* :mod:`.coverage_rules`: the coverage method's definitions (bound, weight, borrowing, a group's figures);
+* :mod:`.gate`: the calibration gate's rule and its certain per-group breaches;
+* :mod:`.arrays`: the column containers, :class:`EventArrays`, per-row flags (success, truncation, budget);
 * :mod:`.order_statistics`: P90, medians and summaries by ``np.partition``;
 * :mod:`.samples`: clean samples, attempt dedup, the clean samples' (category, complexity) groups;
 * :mod:`.metrics`: tier metrics, strata and per-group Tier-1 figures;
 * :mod:`.median_calibration`: the ``autopack-median`` method and the calibrations' provenance;
 * :mod:`.coverage_calibration`: coverage observations and groups, the ``coverage`` method;
-* :mod:`.analysis`: both methods together, the gate, and :func:`analyse`.
+* :mod:`.analysis`: both methods together, the gate over the arrays, and :func:`analyse`.
 """
 
 from autopack_pipeline.domain.fast_metrics.analysis import (
@@ -32,54 +31,73 @@ from autopack_pipeline.domain.fast_metrics.arrays import (
     EventArrays,
     IntColumn,
     LabelColumn,
-    as_event_arrays,
+    budget_sent,
     success_flags,
     truncated_flags,
     truncation_disagreements,
+)
+from autopack_pipeline.domain.fast_metrics.calibration_results import (
+    AUTOPACK_MEDIAN,
+    BelowThresholdGroup,
+    CalibrationResult,
+    GroupCalibration,
+    Provenance,
 )
 from autopack_pipeline.domain.fast_metrics.coverage_calibration import (
     CoverageGroup,
     calibrate_coverage_arrays,
     coverage_groups,
 )
-from autopack_pipeline.domain.fast_metrics.exact_sums import exact_group_sums, fsum_mean, population_std, sqrt_fraction
+from autopack_pipeline.domain.fast_metrics.coverage_rules import CALIBRATION_METHODS, COVERAGE
+from autopack_pipeline.domain.fast_metrics.gate import GateDecision, certain_group_breaches, decide_gate, largest_group
 from autopack_pipeline.domain.fast_metrics.median_calibration import calibrate_autopack_median_arrays
 from autopack_pipeline.domain.fast_metrics.metrics import (
     compute_metrics_arrays,
     group_tier1_arrays,
     tier_metrics_document_arrays,
 )
-from autopack_pipeline.domain.fast_metrics.order_statistics import _summary_and_p90, median_of, p90_of
+from autopack_pipeline.domain.fast_metrics.order_statistics import _summary_and_p90, median_of, p90, p90_of
+from autopack_pipeline.domain.fast_metrics.rates import percent, wilson_interval
 from autopack_pipeline.domain.fast_metrics.samples import CleanSamples, SampleGroups, clean_sample_rows, sample_groups
 
 __all__ = [
+    "AUTOPACK_MEDIAN",
     "Analysis",
+    "BelowThresholdGroup",
+    "CALIBRATION_METHODS",
+    "COVERAGE",
+    "CalibrationResult",
     "CleanSamples",
     "CoverageGroup",
     "EventArrays",
+    "GateDecision",
+    "GroupCalibration",
     "IntColumn",
     "LabelColumn",
+    "Provenance",
     "SampleGroups",
     "_summary_and_p90",  # private, but the fast-path tests compare it with the reference
     "analyse",
-    "as_event_arrays",
+    "budget_sent",
     "calibrate_autopack_median_arrays",
     "calibrate_coverage_arrays",
     "calibration_gate_arrays",
     "calibrations_arrays",
+    "certain_group_breaches",
     "clean_sample_rows",
     "compute_metrics_arrays",
     "coverage_groups",
-    "exact_group_sums",
-    "fsum_mean",
+    "decide_gate",
     "group_tier1_arrays",
+    "largest_group",
     "median_of",
+    "p90",
     "p90_of",
-    "population_std",
+    "percent",
     "sample_groups",
-    "sqrt_fraction",
     "success_flags",
     "tier_metrics_document_arrays",
     "truncated_flags",
     "truncation_disagreements",
+    "wilson_interval",
 ]

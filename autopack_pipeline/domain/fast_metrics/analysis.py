@@ -14,22 +14,20 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.calibration import AUTOPACK_MEDIAN, CalibrationResult
 from autopack_pipeline.domain.coefficients import CoefficientTable
-from autopack_pipeline.domain.coverage import COVERAGE, DEFAULT_TOLERANCE
 from autopack_pipeline.domain.fast_metrics.arrays import EventArrays
+from autopack_pipeline.domain.fast_metrics.calibration_results import (
+    AUTOPACK_MEDIAN,
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    CalibrationResult,
+)
 from autopack_pipeline.domain.fast_metrics.coverage_calibration import CoverageGroup, calibrate_coverage_arrays
+from autopack_pipeline.domain.fast_metrics.coverage_rules import COVERAGE
+from autopack_pipeline.domain.fast_metrics.gate import GateDecision, certain_group_breaches, decide_gate, largest_group
 from autopack_pipeline.domain.fast_metrics.median_calibration import calibrate_autopack_median_arrays
 from autopack_pipeline.domain.fast_metrics.metrics import _Basics, tier_metrics_document_arrays
 from autopack_pipeline.domain.fast_metrics.samples import CleanSamples, SampleGroups, clean_sample_rows, sample_groups
-from autopack_pipeline.domain.gates import (
-    DEFAULT_MIN_GROUP_SAMPLES,
-    DEFAULT_MIN_TOTAL_SAMPLES,
-    GateDecision,
-    certain_group_breaches,
-    decide_gate,
-)
-from autopack_pipeline.domain.metrics import DEFAULT_UNDER_MULTIPLIER
+from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, MIN_TOTAL_SAMPLES, UNDER_TOLERANCE
 
 
 def calibration_gate_arrays(
@@ -37,19 +35,20 @@ def calibration_gate_arrays(
     groups: SampleGroups,
     tier1: dict[str, Any],
     *,
-    min_total: int = DEFAULT_MIN_TOTAL_SAMPLES,
-    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
+    min_total: int = MIN_TOTAL_SAMPLES,
+    min_samples: int = MIN_GROUP_SAMPLES,
     force: bool = False,
     group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> GateDecision:
-    """``gates.evaluate_calibration_gate`` from the clean count and the group sizes."""
+    """The calibration gate (:func:`.gate.decide_gate`) from the clean count and the group sizes.
+
+    ``group_tier1`` (each group's Tier-1 counts over the same events as ``tier1``) lets a group's
+    certain breach open the gate (:func:`.gate.certain_group_breaches`).
+    """
     counts = groups.counts()
     breaches = (None if group_tier1 is None
                 else certain_group_breaches(group_tier1, counts, min_samples=min_samples))
-    group = None
-    if clean_count:
-        (category, complexity), n = min(counts.items(), key=lambda item: (-item[1], item[0]))
-        group = {"category": category, "complexity": complexity, "n": int(n)}
+    group = largest_group(counts) if clean_count else None
     under = float(tier1.get("underestimation_rate_pct") or 0.0)
     truncation = float(tier1.get("truncation_rate_pct") or 0.0)
     return decide_gate(clean_count, group, under, truncation, min_total=min_total, min_samples=min_samples,
@@ -61,10 +60,10 @@ def calibrations_arrays(
     samples: CleanSamples,
     groups: SampleGroups,
     *,
-    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
-    confidence_threshold: float = 0.7,
+    min_samples: int = MIN_GROUP_SAMPLES,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     dedup: bool = True,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float = UNDER_TOLERANCE,
     coefficients: CoefficientTable | None = None,
     provenance: dict[str, Any],
     observed: tuple[CleanSamples, np.ndarray, list[CoverageGroup]] | None = None,
@@ -99,10 +98,10 @@ class Analysis:
 def analyse(
     arrays: EventArrays,
     *,
-    under_multiplier: float = DEFAULT_UNDER_MULTIPLIER,
+    under_multiplier: float = UNDER_TOLERANCE,
     dedup: bool = True,
-    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
-    confidence_threshold: float = 0.7,
+    min_samples: int = MIN_GROUP_SAMPLES,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     force: bool = False,
     coefficients: CoefficientTable | None = None,
     provenance: dict[str, Any] | None = None,

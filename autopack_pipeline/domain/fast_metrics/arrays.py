@@ -2,20 +2,22 @@
 
 :class:`EventArrays` holds an events frame's columns as one numpy array per column, labels as integer
 codes, in the frame's row order. Nothing in this package knows where the arrays came from: the
-columnar store builds them, and so does :meth:`EventArrays.from_frame`, which the tests use. The
-per-row readings every later step shares (success, truncation, the budget sent) are here too.
+columnar store builds them, ``autopack_pipeline.storage.frames`` converts an events frame, and
+:meth:`EventArrays.from_records` builds them from plain records. The per-row readings every later
+step shares (success, truncation, the budget sent) are defined here, once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from autopack_pipeline.domain.samples import as_events_frame
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -121,35 +123,50 @@ class EventArrays:
         return IntColumn(keys, None if valid.all() else valid)
 
     @classmethod
-    def from_frame(cls, events: pd.DataFrame) -> EventArrays:
-        """Arrays of an events frame (conformed first, as every domain function does)."""
-        frame = as_events_frame(events)
+    def from_records(cls, records: Sequence[Mapping[str, Any]]) -> EventArrays:
+        """Arrays of plain event records (dicts keyed by the events table's column names).
+
+        A missing key or ``None`` is an unknown value; ``timestamp`` is a :class:`datetime` (naive
+        means UTC). For the small inputs built in Python (parsed log lines, tests); a database or a
+        frame is converted by the storage layer (``autopack_pipeline.storage.frames``).
+        """
+        def values(name: str) -> list[Any]:
+            return [record.get(name) for record in records]
 
         def ints(name: str) -> IntColumn:
-            column = frame[name]
-            valid = column.notna().to_numpy()
-            return IntColumn(column.fillna(0).to_numpy(dtype=np.int64), None if valid.all() else valid)
+            found = values(name)
+            valid = np.array([v is not None for v in found], dtype=bool)
+            numbers = np.array([0 if v is None else int(v) for v in found], dtype=np.int64)
+            return IntColumn(numbers, None if valid.all() else valid)
+
+        def codes_of(found: list[Any]) -> tuple[np.ndarray, tuple[str, ...]]:
+            seen: dict[str, int] = {}  # in order of first appearance, as a factorisation numbers them
+            codes = [-1 if v is None else seen.setdefault(str(v), len(seen)) for v in found]
+            return np.array(codes, dtype=np.int32), tuple(seen)
 
         def labels(name: str) -> LabelColumn:
-            codes, uniques = pd.factorize(frame[name], use_na_sentinel=True)
-            return LabelColumn(codes.astype(np.int32), tuple(str(u) for u in uniques))
+            return LabelColumn(*codes_of(values(name)))
 
         def flags(name: str) -> np.ndarray:
-            column = frame[name]
-            return np.where(column.isna().to_numpy(), -1, column.fillna(False).to_numpy(dtype=bool)).astype(np.int8)
+            return np.array([-1 if v is None else int(bool(v)) for v in values(name)], dtype=np.int8)
 
-        def codes(name: str) -> IntColumn:
-            found, _uniques = pd.factorize(frame[name], use_na_sentinel=True)
+        def keys(name: str) -> IntColumn:
+            found, _labels = codes_of(values(name))
             valid = found >= 0
             return IntColumn(np.where(valid, found, 0).astype(np.int64), None if valid.all() else valid)
 
-        stamps = frame["timestamp"]
-        stamp_valid = stamps.notna().to_numpy()
-        stamp_us = np.zeros(len(frame), dtype=np.int64)
-        stamp_us[stamp_valid] = stamps[stamp_valid].to_numpy(dtype="datetime64[us]").astype(np.int64)
+        def microseconds(moment: datetime | None) -> int | None:
+            if moment is None:
+                return None
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+            return (moment - _EPOCH) // timedelta(microseconds=1)
+
+        stamps = [microseconds(v) for v in values("timestamp")]
+        stamp_valid = np.array([v is not None for v in stamps], dtype=bool)
         return cls(
             event_id=ints("event_id"),
-            timestamp_us=IntColumn(stamp_us, None if stamp_valid.all() else stamp_valid),
+            timestamp_us=IntColumn(np.array([v or 0 for v in stamps], dtype=np.int64),
+                                   None if stamp_valid.all() else stamp_valid),
             category=labels("category"),
             complexity=labels("complexity"),
             deliverable_count=ints("deliverable_count"),
@@ -161,35 +178,51 @@ class EventArrays:
             truncated=flags("truncated"),
             is_truncated_output=flags("is_truncated_output"),
             attempt=ints("attempt"),
-            run_code=codes("run_id"),
-            phase_code=codes("phase_id"),
+            run_code=keys("run_id"),
+            phase_code=keys("phase_id"),
             model=labels("model"),
         )
 
 
-def as_event_arrays(events: pd.DataFrame | EventArrays) -> EventArrays:
-    """``events`` as arrays: an events frame is converted, arrays are returned as they are."""
-    return events if isinstance(events, EventArrays) else EventArrays.from_frame(events)
+def truncation_rule(truncated: np.ndarray, is_truncated_output: np.ndarray) -> np.ndarray:
+    """Whether each call was truncated, from the two int8 flags (1, 0, -1 missing); DESIGN §5.
+
+    ``truncated`` is trusted; ``is_truncated_output`` only fills in where ``truncated`` is missing:
+    rows written before that later column existed carry ``False`` there even when the call was
+    truncated. Both unknown: not truncated.
+    """
+    return np.where(truncated >= 0, truncated == 1, is_truncated_output == 1)
 
 
 def truncated_flags(arrays: EventArrays) -> np.ndarray:
-    """``samples.truncated_mask``: ``truncated``, else ``is_truncated_output``, else False."""
-    t = arrays.truncated
-    return np.where(t >= 0, t == 1, arrays.is_truncated_output == 1)
+    """:func:`truncation_rule` of every event."""
+    return truncation_rule(arrays.truncated, arrays.is_truncated_output)
 
 
 def success_flags(arrays: EventArrays) -> np.ndarray:
+    """Successful Builder calls; an unknown outcome does not count as success."""
     return arrays.success == 1
 
 
 def truncation_disagreements(arrays: EventArrays) -> int:
-    """``samples.truncation_flag_disagreements``: both truncation flags known and different."""
+    """Rows whose ``truncated`` and ``is_truncated_output`` flags are both known and differ.
+
+    A data-quality finding rather than an error: the metrics trust ``truncated``.
+    """
     a, b = arrays.truncated, arrays.is_truncated_output
     return int(((a >= 0) & (b >= 0) & (a != b)).sum())
 
 
-def _budget_sent(arrays: EventArrays, rows: np.ndarray | None) -> np.ndarray:
-    """``metrics.budget_sent``: the ceiling sent, else (missing or 0) the selected budget."""
-    sent = arrays.actual_max_tokens.floats_at(rows)
-    selected = arrays.selected_budget.floats_at(rows)
+def budget_sent_rule(sent: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """The ceiling each call ran under, from ``actual_max_tokens`` and ``selected_budget`` (NaN: missing).
+
+    ``selected_budget`` is the estimator's intent; overrides can raise the ceiling actually sent
+    (Autopack's pitfall P5), so the recorded ceiling wins where it exists. Like Autopack's
+    ``actual_max_tokens or selected_budget``, a zero ceiling also falls back.
+    """
     return np.where(np.isnan(sent) | (sent == 0), selected, sent)
+
+
+def budget_sent(arrays: EventArrays, rows: np.ndarray | None = None) -> np.ndarray:
+    """:func:`budget_sent_rule` of the events at ``rows`` (indices or a mask; None: all), as floats."""
+    return budget_sent_rule(arrays.actual_max_tokens.floats_at(rows), arrays.selected_budget.floats_at(rows))

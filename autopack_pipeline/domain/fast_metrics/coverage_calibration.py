@@ -1,8 +1,8 @@
 """The ``coverage`` calibration: observations with censored (truncated) rows, their groups, the method.
 
-The same figures as ``coverage.split_observations``, ``coverage.group_observations`` and
-``coverage.calibrate_coverage``: each group's rows are a slice of one gather in group order, and the
-coverage levels (all groups, a category, a group) are order statistics by partition.
+The method's definitions are in :mod:`.coverage_rules`. Here the observations are gathered from the
+arrays: each group's rows are a slice of one gather in group order, and the coverage levels (all
+groups, a category, a group) are order statistics by partition.
 """
 
 from __future__ import annotations
@@ -14,21 +14,26 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.calibration import BelowThresholdGroup, CalibrationResult, GroupCalibration, group_order
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable
-from autopack_pipeline.domain.coverage import (
+from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, budget_sent, success_flags, truncated_flags
+from autopack_pipeline.domain.fast_metrics.calibration_results import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    BelowThresholdGroup,
+    CalibrationResult,
+    GroupCalibration,
+    group_order,
+)
+from autopack_pipeline.domain.fast_metrics.coverage_rules import (
     COVERAGE,
     DEFAULT_TARGET_PCT,
-    DEFAULT_TOLERANCE,
     PRIOR_WEIGHT,
     LevelValue,
     borrow,
     group_calibration,
     order_statistic_index,
 )
-from autopack_pipeline.domain.coverage import weight as coverage_weight
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, _budget_sent, success_flags, truncated_flags
+from autopack_pipeline.domain.fast_metrics.coverage_rules import weight as coverage_weight
 from autopack_pipeline.domain.fast_metrics.median_calibration import provenance_arrays
 from autopack_pipeline.domain.fast_metrics.order_statistics import p90_of
 from autopack_pipeline.domain.fast_metrics.samples import (
@@ -38,12 +43,13 @@ from autopack_pipeline.domain.fast_metrics.samples import (
     clean_sample_rows,
     stable_order,
 )
+from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
 
 
 def coverage_observations(
     arrays: EventArrays, *, dedup: bool = True, all_clean: CleanSamples | None = None
 ) -> tuple[CleanSamples, np.ndarray]:
-    """``coverage.split_observations``: (clean samples among positive predictions, censored rows mask).
+    """(clean samples among positive predictions, censored rows mask): what coverage learns from.
 
     A truncated row is censored when its prediction is positive and its actual known; with dedup a
     phase that has a clean sample drops its censored rows, and the rest keep their last attempt.
@@ -59,7 +65,8 @@ def coverage_observations(
         phase = arrays.phase_key
         run_ok, phase_ok = arrays.run_code.notna(), arrays.phase_code.notna()
         if (clean.mask & ~(run_ok & phase_ok)).any():
-            # The reference zips run ids and phase ids after dropping missing ones separately.
+            # Rows missing one id: run ids and phase ids are paired after dropping missing ones separately
+            # (the reference's rule, kept so results do not change).
             runs = arrays.run_code.values[clean.mask & run_ok]
             phases = arrays.phase_code.values[clean.mask & phase_ok]
             size = min(len(runs), len(phases))
@@ -80,7 +87,8 @@ def _phase_width(arrays: EventArrays) -> int:
 
 def _coverage_level(ratios: np.ndarray, censored: int, parent: float | None, target_pct: float,
                     prior: float) -> LevelValue:
-    """``coverage.level_value`` from the ratios and the number of censored observations."""
+    """The coverage bound of one level from its clean ratios and its number of censored observations:
+    its own bound when it has one, else borrowed from ``parent`` (see :mod:`.coverage_rules`)."""
     n = len(ratios) + censored
     if n == 0:
         raise ValueError("no observations")
@@ -98,7 +106,12 @@ def _coverage_level(ratios: np.ndarray, censored: int, parent: float | None, tar
 
 def _coverage_waste(budget_sent: np.ndarray, predicted: np.ndarray, actual: np.ndarray, scale: float,
                     table: CoefficientTable | None, key: tuple[str, str]) -> tuple[float | None, float | None]:
-    """``coverage._waste`` of one group's clean samples: budget-waste P50 and P90 with estimates scaled."""
+    """Budget-waste P50 and P90 of one group's clean samples with estimates scaled by ``scale``.
+
+    Without a coefficient table, budgets scale with the estimate. With one, ``select_budget``'s shape
+    is kept: ``min(cap, max(floor, estimate * scale * margin))``, the margin read off each call
+    (budget / estimate) when its budget was above the floor, else the table's base margin.
+    """
     if table is None or scale == 1.0:
         budget = budget_sent * scale
     else:
@@ -129,7 +142,7 @@ class CoverageGroup:
     ratios: np.ndarray  # actual / predicted of the clean rows
     bounds: np.ndarray  # max(ceiling, actual) / predicted of the censored rows
 
-    # What the calibration plot reads (the names of ``coverage.GroupObservations``).
+    # What the calibration plot reads.
     @property
     def lower_bounds(self) -> np.ndarray:
         return self.bounds
@@ -141,7 +154,7 @@ class CoverageGroup:
 
 def _coverage_group(arrays: EventArrays, group: CoverageGroup, level: LevelValue, tolerance: float,
                     target_pct: float, threshold: float, table: CoefficientTable | None) -> GroupCalibration:
-    """``coverage._group`` for one group: the same figures, from the arrays."""
+    """One group's coverage figures (:func:`.coverage_rules.group_calibration`) from its arrays."""
     clean = len(group.ratios) > 0
     selected = arrays.selected_budget.floats_at(group.clean_rows if clean else group.censored_rows)
 
@@ -161,7 +174,7 @@ def _coverage_group(arrays: EventArrays, group: CoverageGroup, level: LevelValue
 def coverage_groups(
     arrays: EventArrays, *, dedup: bool = True, all_clean: CleanSamples | None = None
 ) -> tuple[CleanSamples, np.ndarray, list[CoverageGroup]]:
-    """``coverage.group_observations``: (clean samples, censored rows mask, groups sorted by key)."""
+    """(clean samples, censored rows mask, observations per canonical group sorted by key)."""
     clean, censored = coverage_observations(arrays, dedup=dedup, all_clean=all_clean)
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
     cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
@@ -174,7 +187,7 @@ def coverage_groups(
     starts = np.flatnonzero(np.r_[True, pair[1:] // 2 != pair[:-1] // 2]) if len(pair) else np.zeros(0, dtype=np.int64)
     bounds_at = np.r_[starts, len(pair)]
     # The figures of the used rows, gathered once in group order; every group is a slice (a view).
-    predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), _budget_sent(
+    predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), budget_sent(
         arrays, rows)
 
     groups: list[CoverageGroup] = []
@@ -199,10 +212,10 @@ def coverage_groups(
 def calibrate_coverage_arrays(
     arrays: EventArrays,
     *,
-    min_samples: int = 5,
-    confidence_threshold: float = 0.7,
+    min_samples: int = MIN_GROUP_SAMPLES,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     dedup: bool = True,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float = UNDER_TOLERANCE,
     target_pct: float = DEFAULT_TARGET_PCT,
     prior_weight: float = PRIOR_WEIGHT,
     coefficients: CoefficientTable | None = None,
@@ -210,8 +223,14 @@ def calibrate_coverage_arrays(
     all_clean: CleanSamples | None = None,
     observed: tuple[CleanSamples, np.ndarray, list[CoverageGroup]] | None = None,
 ) -> CalibrationResult:
-    """``coverage.calibrate_coverage`` of all the events in ``arrays``.
+    """Coverage-targeted multipliers for every group with at least ``min_samples`` observations.
 
+    ``arrays`` is the whole analysis set (not only clean samples): truncated events are part of the
+    evidence. Groups below ``min_samples`` observations are listed in ``below_threshold``; every
+    level (group, category, global) still uses all observations. With ``coefficients``, projected
+    budgets respect its floors and cap (``select_budget``'s shape). Provenance counts the exclusions
+    of the clean samples, minus the truncated events used as censored observations, plus the clean
+    samples left out for a zero prediction (``zero_prediction``): kept + excluded = all rows.
     ``all_clean`` may pass ``clean_sample_rows(arrays, dedup=dedup)`` and ``observed`` the result of
     ``coverage_groups(arrays, dedup=dedup)`` when the caller has them already.
     """

@@ -1,32 +1,34 @@
 """The ``autopack-median`` calibration of the clean samples, and the provenance both methods report.
 
-Each group's figures come from one partition of its ratios and budget waste, and its ratio standard
-deviation from exact sums, as ``calibration.calibrate_autopack_median`` computes them.
+``autopack-median`` reproduces Autopack's ``calibrate_token_estimator.py`` figure by figure
+(autopack_spec §4 step 6) so its recommendations can be compared with ours: per (category,
+complexity) group the upper-middle ratio actual/predicted (``sorted(r)[n // 2]``), its population
+standard deviation, budget waste at ``n // 2`` and ``min(int(0.9 n), n - 1)``. Each group's figures
+come from one partition of its ratios and budget waste.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.calibration import (
+from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, IntColumn
+from autopack_pipeline.domain.fast_metrics.calibration_results import (
     AUTOPACK_MEDIAN,
-    FULL_CONFIDENCE_SAMPLES,
+    DEFAULT_CONFIDENCE_THRESHOLD,
     BelowThresholdGroup,
     CalibrationResult,
     GroupCalibration,
     Provenance,
     action_text,
     group_order,
+    median_confidence,
 )
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, IntColumn
-from autopack_pipeline.domain.fast_metrics.exact_sums import exact_moments, population_std
 from autopack_pipeline.domain.fast_metrics.order_statistics import order_statistics
 from autopack_pipeline.domain.fast_metrics.samples import SampleGroups, sample_groups
-from autopack_pipeline.domain.gates import DEFAULT_MIN_GROUP_SAMPLES
+from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -46,7 +48,10 @@ def _masked_range(column: IntColumn, rows: np.ndarray) -> tuple[int, int] | None
 
 
 def provenance_arrays(arrays: EventArrays, samples: np.ndarray, provenance: dict[str, Any]) -> Provenance:
-    """``calibration.build_provenance`` of the rows ``samples`` (a boolean mask)."""
+    """Provenance of the rows ``samples`` (a boolean mask): their id range and time window, plus what
+    the caller knows (``exclusions``, ``coefficient_file_version``, ``dagster_run_id``, ``forced``,
+    ``dedup``, ``run_ids``, ``database``, ``gate_summary``, ``window``); an unknown key is refused by
+    :class:`Provenance`, so a typo cannot silently drop audit data."""
     ids = _masked_range(arrays.event_id, samples)
     stamps = _masked_range(arrays.timestamp_us, samples)
     exclusions = {str(k): int(v) for k, v in (provenance.get("exclusions") or {}).items()}
@@ -66,11 +71,16 @@ def calibrate_autopack_median_arrays(
     samples: np.ndarray,
     *,
     groups: SampleGroups | None = None,
-    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
-    confidence_threshold: float = 0.7,
+    min_samples: int = MIN_GROUP_SAMPLES,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     provenance: dict[str, Any],
 ) -> CalibrationResult:
-    """``calibration.calibrate_autopack_median`` of the clean rows ``samples`` (a boolean mask)."""
+    """Autopack's median-ratio calibration of the clean rows ``samples`` (a boolean mask).
+
+    Groups with fewer than ``min_samples`` are listed in ``below_threshold``; the others get the
+    full figure set, ``actionable`` when confidence >= ``confidence_threshold``. Both lists are sorted
+    by (-samples, category, complexity), the order of Autopack's detailed table.
+    """
     if min_samples < 1:
         raise ValueError(f"min_samples must be at least 1, got {min_samples}")
     groups = groups or sample_groups(arrays, samples)
@@ -93,9 +103,8 @@ def calibrate_autopack_median_arrays(
         budgets = np.where(sent != 0, sent, selected)  # Python's `s or b or 0`
         with np.errstate(divide="ignore", invalid="ignore"):
             waste = np.where(actual != 0, budgets / actual, 0.0)
-        ratio_sum, ratio_squares = exact_moments(ratios)
         calibrated.append(_group_figures(groups.keys[i], ratios, waste, predicted, actual, selected[selected_known],
-                                         ratio_sum, ratio_squares, confidence_threshold))
+                                         confidence_threshold))
     return CalibrationResult(
         method=AUTOPACK_MEDIAN,
         parameters={"min_samples": int(min_samples), "confidence_threshold": float(confidence_threshold)},
@@ -106,22 +115,21 @@ def calibrate_autopack_median_arrays(
 
 
 def _group_figures(key: tuple[str, str], ratios: np.ndarray, waste: np.ndarray, predicted: np.ndarray,
-                   actual: np.ndarray, known_selected: np.ndarray, ratio_sum: Fraction, ratio_squares: Fraction,
-                   threshold: float) -> GroupCalibration:
+                   actual: np.ndarray, known_selected: np.ndarray, threshold: float) -> GroupCalibration:
     n = len(ratios)
     low, high = float(ratios.min()), float(ratios.max())
+    mean, std = float(ratios.mean()), float(ratios.std())  # before the partition reorders the ratios
     upper_middle = order_statistics(ratios, [n // 2], overwrite=True)[n // 2]  # our own copies: reorder them
     p90_index = min(int(0.9 * n), n - 1)
     picked = order_statistics(waste, [n // 2, p90_index], overwrite=True)
-    std = population_std(n, ratio_sum, ratio_squares)
-    confidence = 0.6 * min(1.0, n / FULL_CONFIDENCE_SAMPLES) + 0.4 * (1.0 / (1.0 + std))
+    confidence = median_confidence(n, std)
     return GroupCalibration(
         category=key[0],
         complexity=key[1],
         sample_count=n,
         avg_actual=float(int(actual.sum())) / n,
         avg_estimated=float(int(predicted.sum())) / n,
-        avg_ratio=float(ratio_sum) / n,
+        avg_ratio=mean,
         median_ratio=upper_middle,
         min_ratio=low,
         max_ratio=high,

@@ -1,31 +1,28 @@
 """Tier metrics (``metrics.compute_metrics``), strata and per-group Tier-1 figures, from the arrays.
 
 Per-row flags are computed once (:class:`_Basics`) and shared by every subset of rows; the ratio
-figures come from order statistics by partition and exact sums. Strata and groups are
-``np.bincount`` over label codes.
+figures come from order statistics by partition. Strata and groups are ``np.bincount`` over label
+codes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from autopack_pipeline.domain.categories import deliverable_bucket, normalise_category, normalise_complexity
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, _budget_sent, success_flags, truncated_flags
-from autopack_pipeline.domain.fast_metrics.exact_sums import exact_moments
+from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, budget_sent, success_flags, truncated_flags
 from autopack_pipeline.domain.fast_metrics.order_statistics import _summary, _summary_and_p90, p90_of
-from autopack_pipeline.domain.metrics import (
-    DEFAULT_UNDER_MULTIPLIER,
+from autopack_pipeline.domain.fast_metrics.rates import (
     STRATA_DIMENSIONS,
     check_under_multiplier,
     needs_tuning,
     percent,
     tier1_block,
 )
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 
 @dataclass
@@ -55,7 +52,7 @@ class _Basics:
         return self.arrays.actual.floats_at(rows)
 
     def budget(self, rows: np.ndarray | None) -> np.ndarray:
-        return _budget_sent(self.arrays, rows)
+        return budget_sent(self.arrays, rows)
 
     def over(self, multiplier: float) -> np.ndarray:
         if multiplier not in self._over:
@@ -103,13 +100,12 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
                           ) -> list[dict[str, Any]]:
     """Figures for several documents, each the union of some of the disjoint ``parts``.
 
-    Each part's values are computed once; a document partitions its own concatenation of them, and
-    its exact sums are the sums of its parts' exact sums. One figure at a time, to bound memory.
+    Each part's values are computed once; a document partitions its own concatenation of them. One
+    figure at a time, to bound memory.
     """
     out: list[dict[str, Any]] = [{} for _ in documents]
     for name in ("waste", "budget_waste", "smape"):
         values = [base.ratio_values(name, part) for part in parts]
-        sums = None if name == "budget_waste" else [exact_moments(v, squares=False)[0] for v in values]
         uses = [sum(i in members for members in documents) for i in range(len(parts))]
         for doc, members in zip(out, documents):
             for i in members:
@@ -118,14 +114,13 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
                 chosen = np.concatenate([values[i] for i in members])
             else:  # the last document to read a part may reorder it in place
                 chosen = values[members[0]] if uses[members[0]] == 0 else values[members[0]].copy()
-            total = None if sums is None else sum((sums[i] for i in members), Fraction(0))
             if name == "waste":
                 doc["waste_ratio_median"], doc["waste_ratio_mean"], doc["waste_ratio_p90"] = _summary_and_p90(
-                    chosen, total)
+                    chosen, overwrite=True)
             elif name == "budget_waste":
                 doc["budget_waste_p90"] = p90_of(chosen, overwrite=True)
             else:
-                doc["smape_median"], doc["smape_mean"] = _summary(chosen, total)
+                doc["smape_median"], doc["smape_mean"] = _summary(chosen, overwrite=True)
             del chosen
         del values
     return out
@@ -167,11 +162,17 @@ def compute_metrics_arrays(
     arrays: EventArrays,
     *,
     rows: np.ndarray | None = None,
-    under_multiplier: float = DEFAULT_UNDER_MULTIPLIER,
+    under_multiplier: float = UNDER_TOLERANCE,
     stratify: bool = False,
     basics: _Basics | None = None,
 ) -> dict[str, Any]:
-    """``metrics.compute_metrics`` of the events at ``rows`` (a boolean mask; None: all), in row order."""
+    """The ``metrics --json`` document (DESIGN §10) of the events at ``rows`` (a boolean mask; None: all).
+
+    Keys: ``tier1`` (rates with Wilson 95% intervals and their counts), ``tier2`` (waste ratio
+    predicted/actual, budget waste), ``diagnostics`` (SMAPE over non-truncated events, truncated events
+    as lower bounds), ``needs_tuning``, and ``strata`` (Tier 1 per category, complexity and deliverable
+    bucket) with ``stratify``. Every figure is a plain ``int``, ``float``, ``bool`` or ``None``.
+    """
     multiplier = check_under_multiplier(under_multiplier)
     base = basics or _Basics.of(arrays)
     return _document(arrays, base, rows, multiplier, _ratio_figures(base, [rows]), stratify)
@@ -191,7 +192,7 @@ def deliverable_codes(arrays: EventArrays) -> tuple[np.ndarray, list[str]]:
         names = sorted(set(buckets))
         lookup = np.array([names.index(b) for b in buckets], dtype=np.int32)
         return lookup[counts - low], names
-    codes, uniques = pd.factorize(counts)
+    uniques, codes = np.unique(counts, return_inverse=True)
     buckets = [deliverable_bucket(int(n)) for n in uniques]
     names = sorted(set(buckets))
     lookup = np.array([names.index(b) for b in buckets], dtype=np.int32)
@@ -214,7 +215,7 @@ def _flag_bits(known: np.ndarray, over: np.ndarray, truncated: np.ndarray, succe
 
 
 def _tier1_by_code(codes: np.ndarray, names: list, bits: np.ndarray, multiplier: float) -> dict[Any, dict[str, Any]]:
-    """``tier1_metrics`` of the rows of each code (``names[code]``), for the codes that have rows."""
+    """The Tier-1 block of the rows of each code (``names[code]``), for the codes that have rows."""
     size = len(names)
     counts = np.bincount(codes.astype(np.int64) * 16 + bits, minlength=size * 16).reshape(size, 16)
     totals = counts.sum(axis=1)
@@ -234,9 +235,9 @@ def _strata(arrays: EventArrays, rows: np.ndarray | None, multiplier: float, kno
             for dimension in STRATA_DIMENSIONS for codes, names in [dimension_codes(arrays, dimension)]}
 
 
-def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = DEFAULT_UNDER_MULTIPLIER
+def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = UNDER_TOLERANCE
                        ) -> dict[tuple[str, str], dict[str, Any]]:
-    """``tier1_metrics`` of every canonical (category, complexity) group's events, sorted by group."""
+    """The Tier-1 block of every canonical (category, complexity) group's events, sorted by group."""
     multiplier = check_under_multiplier(under_multiplier)
     base = _Basics.of(arrays)
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
@@ -248,10 +249,10 @@ def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = DEFAULT
 
 
 def tier_metrics_document_arrays(
-    arrays: EventArrays, *, under_multiplier: float = DEFAULT_UNDER_MULTIPLIER, clean_samples: int,
+    arrays: EventArrays, *, under_multiplier: float = UNDER_TOLERANCE, clean_samples: int,
     basics: _Basics | None = None,
 ) -> dict[str, Any]:
-    """``workflows.tier_metrics_document``: all events with strata, success-only, and the clean count.
+    """The tier-metrics asset's document: all events with strata, success-only, and the clean count.
 
     The successful and the other rows are the two parts both documents are made of.
     """

@@ -8,11 +8,9 @@ no array is ever sorted whole.
 from __future__ import annotations
 
 import math
-from fractions import Fraction
+from collections.abc import Sequence
 
 import numpy as np
-
-from autopack_pipeline.domain.fast_metrics.exact_sums import fsum_mean
 
 
 def order_statistics(values: np.ndarray, positions: list[int], *, overwrite: bool = False) -> dict[int, float]:
@@ -63,32 +61,32 @@ def p90_of(values: np.ndarray, *, overwrite: bool = False) -> float | None:
     return _p90_from(order_statistics(values, [low, high], overwrite=overwrite), n, math.nan)
 
 
+def p90(values: Sequence[float] | np.ndarray) -> float | None:
+    """P90 of any sequence of numbers (a copy is partitioned): :func:`p90_of` for lists."""
+    return p90_of(np.array(values, dtype=float), overwrite=True)
+
+
 def median_of(values: np.ndarray, *, overwrite: bool = False) -> float:
     """``statistics.median`` of a non-empty array."""
     return _median_from(order_statistics(values, _median_positions(len(values)), overwrite=overwrite), len(values))
 
 
-def _summary(values: np.ndarray, total: Fraction | None = None) -> tuple[float | None, float | None]:
-    """(``statistics.median``, ``math.fsum`` mean), as the metrics module's ``_summary``.
-
-    ``total`` is the exact sum of ``values`` when the caller has it.
-    """
+def _summary(values: np.ndarray, *, overwrite: bool = False) -> tuple[float | None, float | None]:
+    """(median, mean) of ``values``; (None, None) when empty. ``overwrite``: reorder the caller's copy."""
     if len(values) == 0:
         return None, None
-    if total is None:
-        return median_of(values), fsum_mean(values)
-    return median_of(values, overwrite=True), float(total) / len(values)  # the caller's copy: reorder it
+    mean = float(values.mean())  # before any partition: numpy's pairwise sum depends on the order
+    return median_of(values, overwrite=overwrite), mean
 
 
-def _summary_and_p90(values: np.ndarray, total: Fraction | None = None
+def _summary_and_p90(values: np.ndarray, *, overwrite: bool = False
                      ) -> tuple[float | None, float | None, float | None]:
-    """Median, fsum mean and P90 of ``values`` with one partition."""
+    """Median, mean and P90 of ``values`` with one partition (of the caller's copy if ``overwrite``)."""
     n = len(values)
     if n == 0:
         return None, None, None
     positions = _median_positions(n) + (list(_p90_positions(n)[:2]) if n >= 10 else [])
-    mean = fsum_mean(values) if total is None else float(total) / n
+    mean = float(values.mean())
     maximum = float(values.max()) if n < 10 else math.nan
-    picked = order_statistics(values, positions, overwrite=total is not None)  # with a total: the caller's copy
-    p90 = _p90_from(picked, n, maximum)
-    return _median_from(picked, n), mean, p90
+    picked = order_statistics(values, positions, overwrite=overwrite)
+    return _median_from(picked, n), mean, _p90_from(picked, n, maximum)

@@ -1,4 +1,12 @@
-"""Clean samples (``samples.clean_samples``), attempt dedup, and the clean samples' groups.
+"""Clean samples: the events calibration may learn from, attempt dedup, and the samples' groups.
+
+Autopack's first baseline was computed on failed calls with ~120-token outputs and told people to cut
+coefficients by 80% (its pitfall P2); truncated rows only give a lower bound on the real output (P3);
+tiny outputs are parser failures (P4); and retries put several rows under one phase (P11). A clean
+sample is therefore: ``success`` and not truncated and ``actual_output_tokens >= 50`` with both token
+counts known, and, unless dedup is turned off, one row per ``(run_id, phase_id)``: its highest
+attempt, ties going to the newest event id, then the latest timestamp. Every excluded row is counted
+under exactly one reason (the first it meets), so the counts add up to the rows given.
 
 Dedup is exact without comparing strings: a phase, (run_id, phase_id), is identified by the pair of
 integer codes :class:`EventArrays` keeps (its ``phase_key``), and only rows whose phase occurs more than
@@ -12,11 +20,20 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, IntColumn, success_flags, truncated_flags
-from autopack_pipeline.domain.samples import DEFAULT_MIN_ACTUAL_TOKENS, EXCLUSION_REASONS
+from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
+
+# Exclusion reasons, in the order they are tested. A row failing several tests is counted under the
+# first one, so the counts partition the excluded rows.
+EXCLUSION_REASONS: tuple[str, ...] = (
+    "failed",
+    "truncated",
+    "missing_tokens",
+    "below_min_actual",
+    "duplicate_attempt",
+)
 
 
 def stable_order(keys: np.ndarray) -> np.ndarray:
@@ -33,7 +50,8 @@ def _occurs_twice(keys: np.ndarray) -> np.ndarray:
     top = int(keys.max()) + 1
     if top <= 4 * len(keys) + 4096:
         return np.bincount(keys, minlength=top)[keys] > 1
-    return pd.Series(keys).duplicated(keep=False).to_numpy()
+    _uniques, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return counts[inverse] > 1
 
 
 def _member_of(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
@@ -45,12 +63,12 @@ def _member_of(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
         marks = np.zeros(top, dtype=bool)
         marks[pool] = True
         return marks[keys]
-    return pd.Series(keys).isin(pd.unique(pool)).to_numpy()
+    return np.isin(keys, pool)
 
 
 @dataclass(frozen=True)
 class CleanSamples:
-    """Which rows are clean samples (``samples.clean_samples``) and why the others are not."""
+    """Which rows are clean samples (``mask``) and why the others are not (counts by reason)."""
 
     mask: np.ndarray
     exclusions: dict[str, int]
@@ -64,12 +82,12 @@ def clean_sample_rows(
     arrays: EventArrays,
     *,
     dedup: bool = True,
-    min_actual: int = DEFAULT_MIN_ACTUAL_TOKENS,
+    min_actual: int = MIN_ACTUAL_TOKENS,
     within: np.ndarray | None = None,
 ) -> CleanSamples:
-    """The rows ``clean_samples`` keeps and the counts of ``sample_exclusions``, in one pass.
+    """Which rows are clean samples and, for the others, the count per exclusion reason, in one pass.
 
-    ``within`` (a boolean mask) restricts both to those rows, as ``clean_samples(frame[within])``.
+    ``within`` (a boolean mask) restricts both to those rows (the others are neither kept nor counted).
     """
     n = len(arrays)
     outside = len(EXCLUSION_REASONS) + 1
@@ -129,7 +147,7 @@ class SampleGroups:
 
 
 def sample_groups(arrays: EventArrays, samples: np.ndarray) -> SampleGroups:
-    """``calibration.group_samples`` of the clean rows ``samples`` (a boolean mask)."""
+    """The clean rows ``samples`` (a boolean mask) split into canonical (category, complexity) groups."""
     usable = samples & arrays.predicted.notna() & arrays.actual.notna()
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
     cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)

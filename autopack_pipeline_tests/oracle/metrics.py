@@ -1,4 +1,6 @@
-"""Tier metrics over an events frame (DESIGN §5; Autopack's V3 analyser, autopack_spec §5).
+"""Oracle: tier metrics over an events frame (the product: ``fast_metrics.metrics``).
+
+DESIGN §5; Autopack's V3 analyser, autopack_spec §5.
 
 - Tier 1 (risk, the tuning gate): underestimation, truncation and success rates, each with its
   Wilson 95% interval, because on Autopack-sized data (tens of events) a point rate alone cannot say
@@ -25,81 +27,33 @@ from autopack_pipeline.domain.categories import (
     normalise_category,
     normalise_complexity,
 )
-from autopack_pipeline.domain.samples import (
-    as_events_frame,
-    canonical_labels,
-    success_mask,
-    truncated_mask,
+from autopack_pipeline.domain.fast_metrics.rates import (  # noqa: F401 - re-exported for the tests
+    STRATA_DIMENSIONS,
+    Z_95,
+    budget_waste_within_target,
+    check_under_multiplier,
+    needs_tuning,
+    percent,
+    tier1_block,
+    wilson_interval,
 )
-from autopack_pipeline.domain.targets import (  # re-exported under the names callers use
+from autopack_pipeline.domain.targets import (  # noqa: F401 - re-exported for the tests
     BUDGET_WASTE_P90_TARGET,
     TRUNCATION_TARGET_PCT,
     UNDERESTIMATION_TARGET_PCT,
 )
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE as DEFAULT_UNDER_MULTIPLIER
-
-# Two-sided 95% normal quantile, to full double precision.
-Z_95 = 1.959963984540054
-
-STRATA_DIMENSIONS = ("category", "complexity", "deliverables")
-
-
-def wilson_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval for ``k`` successes in ``n`` trials, in percent.
-
-    With no trials nothing is known, so the interval is the whole range ``(0.0, 100.0)``.
-    """
-    if n < 0 or k < 0 or k > n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return (0.0, 100.0)
-    p = k / n
-    z2 = z * z
-    denominator = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denominator
-    half_width = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
-    # Clamp away float dust so 0/n starts at exactly 0 and n/n ends at exactly 100.
-    low = max(0.0, centre - half_width) if k > 0 else 0.0
-    high = min(1.0, centre + half_width) if k < n else 1.0
-    return (100.0 * low, 100.0 * high)
-
-
-def percent(k: int, n: int) -> float:
-    """``k`` of ``n`` in percent; 0 for an empty set."""
-    return 100.0 * k / n if n else 0.0
-
-
-def _rate_block(name: str, k: int, n: int) -> dict[str, Any]:
-    low, high = wilson_interval(k, n)
-    return {name: percent(k, n), f"{name}_ci": [low, high]}
-
-
-def tier1_block(multiplier: float, total: int, under_n: int, under_k: int, truncated_k: int,
-                success_k: int) -> dict[str, Any]:
-    """The ``tier1_metrics`` document from its counts (shared with the vectorised path)."""
-    return {
-        **_rate_block("underestimation_rate_pct", under_k, under_n),
-        **_rate_block("truncation_rate_pct", truncated_k, total),
-        **_rate_block("success_rate_pct", success_k, total),
-        "under_multiplier": multiplier,
-        "total_samples": total,
-        "underestimation_samples": under_n,
-        "underestimated_count": under_k,
-        "truncated_count": truncated_k,
-        "success_count": success_k,
-    }
+from autopack_pipeline_tests.oracle.samples import (
+    as_events_frame,
+    canonical_labels,
+    success_mask,
+    truncated_mask,
+)
 
 
 def _floats(series: pd.Series) -> np.ndarray:
     """A nullable integer column as a float array, missing values as NaN."""
     return series.to_numpy(dtype=float, na_value=np.nan)
-
-
-def check_under_multiplier(under_multiplier: float) -> float:
-    value = float(under_multiplier)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"under_multiplier must be a positive number, got {under_multiplier!r}")
-    return value
 
 
 def _underestimated(frame: pd.DataFrame, under_multiplier: float) -> tuple[np.ndarray, np.ndarray]:
@@ -181,12 +135,6 @@ def tier2_metrics(events: pd.DataFrame) -> dict[str, float | None]:
     }
 
 
-def budget_waste_within_target(tier2: dict[str, Any]) -> bool | None:
-    """Whether budget-waste P90 is under :data:`BUDGET_WASTE_P90_TARGET`; ``None`` when unknown."""
-    value = tier2.get("budget_waste_p90")
-    return None if value is None else value < BUDGET_WASTE_P90_TARGET
-
-
 def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
@@ -223,14 +171,6 @@ def diagnostics(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_MU
             "underestimated_pct": percent(int((over & truncated).sum()), int(bounded.sum())),
         },
     }
-
-
-def needs_tuning(tier1: dict[str, Any]) -> bool:
-    """Autopack's decision: underestimation above 5% or truncation above 2%."""
-    return (
-        float(tier1.get("underestimation_rate_pct") or 0.0) > UNDERESTIMATION_TARGET_PCT
-        or float(tier1.get("truncation_rate_pct") or 0.0) > TRUNCATION_TARGET_PCT
-    )
 
 
 def _labels(frame: pd.DataFrame, dimension: str) -> pd.Series:

@@ -1,4 +1,5 @@
-"""Per-group calibration of the estimator's coefficients, with provenance (DESIGN §7).
+"""Oracle: the ``autopack-median`` calibration over a pandas frame (the product:
+``fast_metrics.median_calibration``). Per-group calibration with provenance (DESIGN §7).
 
 ``autopack-median`` reproduces Autopack's ``calibrate_token_estimator.py`` figure by figure
 (autopack_spec §4 step 6) so its recommendations can be compared with ours. Every method returns the
@@ -11,115 +12,38 @@ from __future__ import annotations
 
 import math
 import statistics
-from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.samples import as_events_frame, canonical_labels
-
-AUTOPACK_MEDIAN = "autopack-median"
-DEFAULT_MIN_SAMPLES = 5
-DEFAULT_CONFIDENCE_THRESHOLD = 0.7
-# Below 12 samples the sample-size half of the confidence score is not yet full.
-FULL_CONFIDENCE_SAMPLES = 12
-# A median ratio inside [0.8, 1.2] is treated as noise, not as a reason to change anything.
-INCREASE_ABOVE = 1.2
-DECREASE_BELOW = 0.8
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class GroupCalibration(_Frozen):
-    """The figures for one (category, complexity) group with enough samples."""
-
-    category: str
-    complexity: str
-    sample_count: int
-    avg_actual: float
-    avg_estimated: float
-    avg_ratio: float
-    median_ratio: float
-    min_ratio: float
-    max_ratio: float
-    ratio_std: float
-    confidence: float
-    proposed_multiplier: float
-    median_budget_waste: float | None
-    p90_budget_waste: float | None
-    avg_selected_budget: float | None
-    actionable: bool
-    action: str
-    method_details: dict[str, Any] = Field(default_factory=dict)
+from autopack_pipeline.domain.fast_metrics.calibration_results import (  # noqa: F401 - re-exported for the tests
+    AUTOPACK_MEDIAN,
+    DECREASE_BELOW,
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    FULL_CONFIDENCE_SAMPLES,
+    INCREASE_ABOVE,
+    BelowThresholdGroup,
+    CalibrationResult,
+    GroupCalibration,
+    Provenance,
+    action_text,
+    group_order,
+)
+from autopack_pipeline.domain.fast_metrics.calibration_results import median_confidence as _median_confidence
+from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES as DEFAULT_MIN_SAMPLES
+from autopack_pipeline_tests.oracle.samples import as_events_frame, canonical_labels
 
 
-class BelowThresholdGroup(_Frozen):
-    """A group with fewer samples than the method needs, and how many more it needs."""
-
-    category: str
-    complexity: str
-    sample_count: int
-    needed: int
-
-    @property
-    def note(self) -> str:
-        return f"{self.sample_count} samples (need {self.needed} more)"
-
-
-class Provenance(_Frozen):
-    """What an auditor needs to walk from a recommendation back to its events (DESIGN §7)."""
-
-    event_id_min: int | None = None
-    event_id_max: int | None = None
-    time_window_start: datetime | None = None
-    time_window_end: datetime | None = None
-    samples_kept: int = 0
-    samples_excluded: int = 0
-    exclusions: dict[str, int] = Field(default_factory=dict)
-    coefficient_file_version: str | None = None
-    dagster_run_id: str | None = None
-    forced: bool = False
-    dedup: bool | None = None
-    run_ids: list[str] | None = None
-    database: str | None = None
-    gate_summary: str | None = None
-    # Which coefficient versions' events calibration read, and why (domain.calibration_window).
-    window: dict[str, Any] | None = None
-
-
-class CalibrationResult(_Frozen):
-    """What a calibration method proposes, for every group, and where it came from."""
-
-    method: str
-    parameters: dict[str, Any]
-    groups: list[GroupCalibration]
-    below_threshold: list[BelowThresholdGroup]
-    provenance: Provenance
-
-    @property
-    def confidence_threshold(self) -> float:
-        return float(self.parameters.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
-
-    @property
-    def actionable_groups(self) -> list[GroupCalibration]:
-        """Groups at or above the confidence threshold, most confident first."""
-        chosen = [g for g in self.groups if g.actionable]
-        return sorted(chosen, key=lambda g: (-g.confidence, g.category, g.complexity))
-
-    @property
-    def total_samples(self) -> int:
-        """Samples in groups that reached ``min_samples`` (Autopack's ``total_samples``)."""
-        return sum(g.sample_count for g in self.groups)
+def median_confidence(ratios: list[float]) -> float:
+    """The product's confidence score of a list of ratios (population std by ``statistics``)."""
+    return _median_confidence(len(ratios), statistics.pstdev(ratios))
 
 
 def build_provenance(samples: pd.DataFrame, provenance: dict[str, Any]) -> Provenance:
     """Provenance from the samples' own id range and time window plus what the caller knows.
 
-    ``provenance`` may carry ``exclusions`` (from :func:`~autopack_pipeline.domain.samples.sample_exclusions`),
+    ``provenance`` may carry ``exclusions`` (from :func:`~autopack_pipeline_tests.oracle.samples.sample_exclusions`),
     ``coefficient_file_version``, ``dagster_run_id``, ``forced``, ``dedup``, ``run_ids``, ``database``
     and ``gate_summary``; unknown keys are refused so a typo cannot silently drop audit data.
     """
@@ -136,22 +60,6 @@ def build_provenance(samples: pd.DataFrame, provenance: dict[str, Any]) -> Prove
         samples_excluded=sum(exclusions.values()),
         **{**provenance, "exclusions": exclusions},
     )
-
-
-def action_text(median_ratio: float) -> str:
-    """Autopack's recommendation wording for a median ratio."""
-    if median_ratio > INCREASE_ABOVE:
-        return f"Increase coefficients by {(median_ratio - 1) * 100:.0f}%"
-    if median_ratio < DECREASE_BELOW:
-        return f"Decrease coefficients by {(1 - median_ratio) * 100:.0f}%"
-    return "No adjustment needed (within ±20% tolerance)"
-
-
-def median_confidence(ratios: list[float]) -> float:
-    """``0.6 * min(1, n/12) + 0.4 / (1 + population std of ratios)``: more and steadier is surer."""
-    sample_part = min(1.0, len(ratios) / FULL_CONFIDENCE_SAMPLES)
-    spread_part = 1.0 / (1.0 + statistics.pstdev(ratios))
-    return 0.6 * sample_part + 0.4 * spread_part
 
 
 def _upper_middle(values: list[float]) -> float:
@@ -204,11 +112,6 @@ def group_samples(samples: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     complexities = canonical_labels(usable["complexity"], normalise_complexity)
     keys = pd.Series(list(zip(categories, complexities)), index=usable.index, dtype=object)
     return {key: usable[(keys == key).to_numpy()] for key in sorted(set(keys))}
-
-
-def group_order(item: Any) -> tuple[int, str, str]:
-    """Sort key of calibrated groups: most samples first, then category and complexity."""
-    return (-item.sample_count, item.category, item.complexity)
 
 
 def calibrate_autopack_median(

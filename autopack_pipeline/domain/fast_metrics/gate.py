@@ -17,24 +17,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.metrics import (
+from autopack_pipeline.domain.fast_metrics.rates import wilson_interval
+from autopack_pipeline.domain.targets import (
+    MIN_GROUP_SAMPLES,
+    MIN_TOTAL_SAMPLES,
     TRUNCATION_TARGET_PCT,
     UNDERESTIMATION_TARGET_PCT,
-    wilson_interval,
 )
-from autopack_pipeline.domain.samples import canonical_labels
-from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, MIN_TOTAL_SAMPLES
-
-DEFAULT_MIN_TOTAL_SAMPLES = MIN_TOTAL_SAMPLES
-DEFAULT_MIN_GROUP_SAMPLES = MIN_GROUP_SAMPLES
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    """Outcome of :func:`evaluate_calibration_gate`.
+    """Outcome of :func:`decide_gate`.
 
     ``open`` is whether calibration may run; ``forced`` whether it was opened by ``--force`` despite
     ``reasons`` (which are kept, so the report can say what was overridden). ``observed`` and
@@ -78,19 +72,17 @@ class GateDecision:
         }
 
 
-def largest_group(samples: pd.DataFrame) -> dict[str, Any] | None:
-    """The (category, complexity) group with the most samples, or ``None`` without samples.
+def largest_group(counts: Mapping[tuple[str, str], int]) -> dict[str, Any] | None:
+    """The (category, complexity) group with the most clean samples, or ``None`` when there is none.
 
-    Labels go through the canonical normalisers so spellings of one group are counted together.
-    Ties go to the alphabetically first group, so the answer does not depend on row order.
+    ``counts`` are the clean samples per canonical group. Ties go to the alphabetically first group,
+    so the answer does not depend on row order.
     """
-    if len(samples) == 0:
+    found = [(key, int(n)) for key, n in counts.items() if n > 0]
+    if not found:
         return None
-    categories = canonical_labels(samples["category"], normalise_category)
-    complexities = canonical_labels(samples["complexity"], normalise_complexity)
-    counts = pd.Series(list(zip(categories, complexities)), dtype=object).value_counts()
-    (category, complexity), n = min(counts.items(), key=lambda item: (-item[1], item[0]))
-    return {"category": category, "complexity": complexity, "n": int(n)}
+    (category, complexity), n = min(found, key=lambda item: (-item[1], item[0]))
+    return {"category": category, "complexity": complexity, "n": n}
 
 
 def _count(block: Mapping[str, Any], key: str) -> int:
@@ -101,7 +93,7 @@ def certain_group_breaches(
     group_tier1: Mapping[tuple[str, str], Mapping[str, Any]] | Iterable[Mapping[str, Any]],
     clean_counts: Mapping[tuple[str, str], int],
     *,
-    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
+    min_samples: int = MIN_GROUP_SAMPLES,
 ) -> list[dict[str, Any]]:
     """The (category, complexity) groups whose own Tier-1 breach is certain, sorted by group.
 
@@ -145,48 +137,18 @@ def group_breach_text(breach: Mapping[str, Any]) -> str:
     return f"{breach['category']}/{breach['complexity']} ({breach['clean_samples']} clean samples): {rates}"
 
 
-def evaluate_calibration_gate(
-    samples: pd.DataFrame,
-    tier1: dict[str, Any],
-    *,
-    min_total: int = DEFAULT_MIN_TOTAL_SAMPLES,
-    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
-    force: bool = False,
-    group_tier1: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
-) -> GateDecision:
-    """Decide whether calibration may run on ``samples`` (clean samples) given the ``tier1`` block.
-
-    All three must hold: at least ``min_total`` clean samples; at least one (category, complexity)
-    group with ``min_samples``; Tier 1 breached (underestimation > 5% or truncation > 2%) overall or,
-    given ``group_tier1`` (each group's Tier-1 counts over the same events as ``tier1``), certainly
-    in one group (:func:`certain_group_breaches`). With ``force`` the gate opens regardless, but the
-    failed conditions stay in ``reasons``.
-    """
-    under = float(tier1.get("underestimation_rate_pct") or 0.0)
-    truncation = float(tier1.get("truncation_rate_pct") or 0.0)
-    breaches = None
-    if group_tier1 is not None:
-        categories = canonical_labels(samples["category"], normalise_category)
-        complexities = canonical_labels(samples["complexity"], normalise_complexity)
-        counts = pd.Series(list(zip(categories, complexities)), dtype=object).value_counts()
-        breaches = certain_group_breaches(group_tier1, {k: int(n) for k, n in counts.items()},
-                                          min_samples=min_samples)
-    return decide_gate(int(len(samples)), largest_group(samples), under, truncation,
-                       min_total=min_total, min_samples=min_samples, force=force, group_breaches=breaches)
-
-
 def decide_gate(
     clean: int,
     group: dict[str, Any] | None,
     under: float,
     truncation: float,
     *,
-    min_total: int = DEFAULT_MIN_TOTAL_SAMPLES,
-    min_samples: int = DEFAULT_MIN_GROUP_SAMPLES,
+    min_total: int = MIN_TOTAL_SAMPLES,
+    min_samples: int = MIN_GROUP_SAMPLES,
     force: bool = False,
     group_breaches: list[dict[str, Any]] | None = None,
 ) -> GateDecision:
-    """The gate's rule from its figures, whichever path computed them (pandas, columnar, metadata).
+    """The gate's rule from its figures, whichever path computed them (arrays or asset metadata).
 
     ``group_breaches`` is :func:`certain_group_breaches`' answer; None when the caller has no
     per-group figures (then only the overall rates decide, and the reasons do not mention groups).

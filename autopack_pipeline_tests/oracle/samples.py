@@ -1,4 +1,4 @@
-"""Clean samples: the events calibration is allowed to learn from, and an account of the rest.
+"""Oracle: clean samples over a pandas frame (the product: ``fast_metrics.samples``).
 
 Autopack's first baseline was computed on failed calls with ~120-token outputs and told people to cut
 coefficients by 80% (its pitfall P2); truncated rows only give a lower bound on the real output (P3);
@@ -17,33 +17,15 @@ from typing import Callable
 import pandas as pd
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.events import EVENT_COLUMNS, conform_events_frame
+from autopack_pipeline.domain.events import as_events_frame
+from autopack_pipeline.domain.fast_metrics.samples import EXCLUSION_REASONS
 from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
 
 DEFAULT_MIN_ACTUAL_TOKENS = MIN_ACTUAL_TOKENS
 
-# Exclusion reasons, in the order they are tested. A row failing several tests is counted under the
-# first one, so the counts partition the excluded rows.
-EXCLUSION_REASONS: tuple[str, ...] = (
-    "failed",
-    "truncated",
-    "missing_tokens",
-    "below_min_actual",
-    "duplicate_attempt",
-)
-
 # Ordering used to pick the one row kept per phase: the highest attempt wins, ties go to the newest
 # event id, then the latest timestamp. A missing attempt number sorts below any recorded one.
 _DEDUP_ORDER = ["attempt", "event_id", "timestamp"]
-
-
-def as_events_frame(events: pd.DataFrame) -> pd.DataFrame:
-    """Return ``events`` in the canonical events shape, without copying when it already is."""
-    # A duplicated index would make row-wise assignments ambiguous, so such frames get a fresh one.
-    already = events.index.is_unique and list(events.columns) == list(EVENT_COLUMNS) and all(
-        str(events[name].dtype) == dtype for name, dtype in EVENT_COLUMNS.items()
-    )
-    return events if already else conform_events_frame(events)
 
 
 def truncated_mask(events: pd.DataFrame) -> pd.Series:
