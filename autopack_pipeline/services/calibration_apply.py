@@ -29,10 +29,11 @@ from autopack_pipeline.domain.backtest import CalibrationPatch, read_patch, run_
 from autopack_pipeline.domain.coefficients import (
     HISTORY_DIR_NAME,
     CoefficientTable,
-    default_coefficients_path,
+    coefficients_path_in,
     load_coefficient_history,
     load_coefficients,
 )
+from autopack_pipeline.settings import seeds_directory
 
 _VERSION_SUFFIX = "+cal"
 
@@ -188,7 +189,7 @@ def plan_application(
     patch = read_patch(patch_data, method=method)
     if not patch.changes and not patch.settings:
         raise ApplicationRefused("the patch proposes no change (no group reached the confidence threshold)")
-    path = Path(coefficients_path) if coefficients_path is not None else default_coefficients_path()
+    path = Path(coefficients_path) if coefficients_path is not None else coefficients_path_in(seeds_directory())
     if not path.exists():
         raise FileNotFoundError(f"coefficient file not found: {path} (set AUTOPACK_SEEDS_DIR?)")
     old_text = path.read_text(encoding="utf-8")
