@@ -406,7 +406,7 @@ def improvement_tasks(
     tier1 = metrics["all_events"]["tier1"]
     insights = insights_from_tier_metrics(tier1, scope="overall")
     if events is not None:
-        insights += insights_from_group_metrics(events, under_multiplier=tier1.get("under_multiplier") or 1.1)
+        insights += insights_from_group_metrics(as_event_arrays(events), under_multiplier=tier1.get("under_multiplier") or 1.1)
     else:
         for category, block in metrics["all_events"].get("strata", {}).get("category", {}).items():
             insights += insights_from_tier_metrics(block, scope=f"category={category}")

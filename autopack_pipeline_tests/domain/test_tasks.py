@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from autopack_pipeline.domain.fast_metrics import EventArrays
 from autopack_pipeline.domain.tasks import (
     MIN_CONFIDENCE_FLOOR,
     Insight,
@@ -204,7 +205,7 @@ def test_group_metrics_find_breaches_and_truncation_hot_spots_per_group():
         rows.append({"event_id": 100 + i, "run_id": "r", "phase_id": f"i{i}", "category": "implementation",
                      "complexity": "medium", "predicted_output_tokens": 1000, "actual_output_tokens": 900,
                      "success": True, "truncated": False})
-    insights = insights_from_group_metrics(pd.DataFrame(rows))
+    insights = insights_from_group_metrics(EventArrays.from_frame(pd.DataFrame(rows)))
     assert [(i.kind, i.subject) for i in insights] == [("truncation_hotspot", "truncation:group=docs/low")]
     assert insights[0].confidence == 0.9 and insights[0].source == "tier_metrics"
 
