@@ -52,7 +52,6 @@ KNOWN: set[str] = {
     'layer: autopack_pipeline.domain.backtest imports pandas',
     'layer: autopack_pipeline.domain.calibration imports pandas',
     'layer: autopack_pipeline.domain.coverage imports pandas',
-    'layer: autopack_pipeline.domain.drift imports pandas',
     'layer: autopack_pipeline.domain.events imports pandas',
     'layer: autopack_pipeline.domain.fast_metrics.arrays imports pandas',
     'layer: autopack_pipeline.domain.fast_metrics.metrics imports pandas',

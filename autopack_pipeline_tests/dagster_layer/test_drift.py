@@ -18,8 +18,14 @@ from autopack_pipeline.domain.drift import (
     population_stability_index,
 )
 from autopack_pipeline.domain.events import conform_events_frame
+from autopack_pipeline.domain.fast_metrics import EventArrays
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+
+def as_arrays(events: pd.DataFrame) -> EventArrays:
+    """The drift checks read the events' arrays; these tests build them from a frame."""
+    return EventArrays.from_frame(events)
 
 
 def synthetic_events(
@@ -88,7 +94,7 @@ def test_cusum_clamps_a_reference_rate_of_zero():
 
 
 def test_unshifted_group_raises_no_signal_and_no_insight():
-    report = detect_drift(synthetic_events(shift=0.0), now=NOW)
+    report = detect_drift(as_arrays(synthetic_events(shift=0.0)), now=NOW)
     (group,) = report.groups
     assert (group.n_reference, group.n_recent) == (200, 200)
     assert group.psi < 0.25 and not group.drifted, group
@@ -96,7 +102,7 @@ def test_unshifted_group_raises_no_signal_and_no_insight():
 
 
 def test_shifted_group_is_flagged_by_all_three_and_becomes_an_insight():
-    report = detect_drift(synthetic_events(shift=0.5), now=NOW)
+    report = detect_drift(as_arrays(synthetic_events(shift=0.5)), now=NOW)
     (group,) = report.groups
     assert group.signals == ["psi", "ks", "cusum"]
     assert group.recent_under_rate > group.reference_under_rate
@@ -114,7 +120,7 @@ def test_groups_short_of_events_in_either_window_are_skipped_with_counts():
             synthetic_events(n_reference=12, n_recent=200, category="docs", complexity="high", seed=9),
         ]
     )
-    report = detect_drift(events, now=NOW, thresholds=DriftThresholds(min_events_per_window=30))
+    report = detect_drift(as_arrays(events), now=NOW, thresholds=DriftThresholds(min_events_per_window=30))
     assert report.groups == []
     assert report.skipped == {"tests/low": (200, 10), "docs/high": (12, 200)}
     assert "no group has 30 events" in report.summary()
@@ -125,6 +131,6 @@ def test_category_spellings_are_one_group_and_future_events_are_ignored():
     events.loc[events.index[::2], "category"] = "IMPLEMENT_FEATURE"
     future = synthetic_events(n_reference=0, n_recent=5, seed=11)
     future["timestamp"] = future["timestamp"] + pd.Timedelta(days=30)
-    report = detect_drift(pd.concat([events, future], ignore_index=True), now=NOW)
+    report = detect_drift(as_arrays(pd.concat([events, future], ignore_index=True)), now=NOW)
     assert [g.subject for g in report.groups] == ["implementation/medium"]
     assert report.events_considered == 400
