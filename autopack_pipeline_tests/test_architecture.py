@@ -59,7 +59,6 @@ KNOWN: set[str] = {
     'layer: autopack_pipeline.domain.gates imports pandas',
     'layer: autopack_pipeline.domain.logparse imports pandas',
     'layer: autopack_pipeline.domain.metrics imports pandas',
-    'layer: autopack_pipeline.domain.outcome_insights imports pandas',
     'layer: autopack_pipeline.domain.reprediction imports pandas',
     'layer: autopack_pipeline.domain.samples imports pandas',
     'layer: autopack_pipeline.storage.bulk.archetypes imports autopack_pipeline.llm',

@@ -73,7 +73,7 @@ from autopack_pipeline.llm.builder import Builder
 from autopack_pipeline.services.reporting import write_calibration_report_set
 from autopack_pipeline.services.tasks_review import refresh_tasks
 from autopack_pipeline.settings import REPO_ROOT, Settings
-from autopack_pipeline.storage.outcomes import read_phase_outcomes
+from autopack_pipeline.storage.outcomes import read_phase_outcome_rows
 from autopack_pipeline.storage.snapshot import EventSnapshot
 from autopack_pipeline.storage.tasks import TaskRefresh
 
@@ -422,7 +422,7 @@ def improvement_tasks(
     insights += insights_from_budget_proposals([GroupBudgetProposal(**g) for g in section.get("groups", [])],
                                                min_samples)
     end = now or datetime.now(timezone.utc)
-    outcomes = read_phase_outcomes(engine, since=end - timedelta(days=outcome_window_days), until=end)
+    outcomes = read_phase_outcome_rows(engine, since=end - timedelta(days=outcome_window_days), until=end)
     insights += insights_from_outcomes(analyse_outcomes(outcomes, now=end, window_days=outcome_window_days))
     insights += list(extra_insights or [])
     # Every finding, uncapped: a pending task whose finding is still seen below the MAX_TASKS cut is
