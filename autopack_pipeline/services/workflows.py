@@ -74,6 +74,7 @@ from autopack_pipeline.services.reporting import write_calibration_report_set
 from autopack_pipeline.services.tasks_review import refresh_tasks
 from autopack_pipeline.settings import REPO_ROOT, Settings
 from autopack_pipeline.storage.outcomes import read_phase_outcome_rows
+from autopack_pipeline.storage.prediction_inputs import prediction_inputs_of
 from autopack_pipeline.storage.snapshot import EventSnapshot
 from autopack_pipeline.storage.tasks import TaskRefresh
 
@@ -285,6 +286,7 @@ def calibrate(
     }
     reprediction = window = None
     if prediction_inputs is not None:
+        prediction_inputs = prediction_inputs_of(prediction_inputs)
         arrays, reprediction = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
         provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
                                        + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))

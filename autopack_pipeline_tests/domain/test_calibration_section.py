@@ -17,7 +17,8 @@ from autopack_pipeline.domain.budget_calibration import (
 )
 from autopack_pipeline.domain.coefficients import GroupSetting, load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
-from autopack_pipeline.domain.reprediction import Repredictor, StoredPrediction
+from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.reprediction import PredictionInputs, Repredictor, StoredPrediction
 
 SYNTHESIS = ["docs/api_reference.md", "docs/examples.md"]  # api reference + examples: the doc_synthesis model
 DOCS_LOW = ["docs/notes.md"]  # a plain docs phase: the overhead model under docs
@@ -62,8 +63,8 @@ def test_doc_model_groups_move_by_their_multiplier(seed):
         "complexity": ["medium", "low"], "predicted_output_tokens": [synthesis.estimated_tokens, docs.estimated_tokens],
         "actual_output_tokens": [5000, 3000], "selected_budget": [12288, 4096], "success": [True, True],
         "truncated": [False, False]})
-    result = run_backtest(events, pd.Series([SYNTHESIS, DOCS_LOW]), seed, table,
-                          groups=[("doc_synthesis", "medium"), ("docs", "low")])
+    result = run_backtest(EventArrays.from_frame(events), PredictionInputs.from_rows([1, 2], [SYNTHESIS, DOCS_LOW]),
+                          seed, table, groups=[("doc_synthesis", "medium"), ("docs", "low")])
     assert result["rerun_match_pct"] == 100.0
     scales = {(g["category"], g["complexity"]): g["prediction_scale_median"] for g in result["groups"]}
     assert scales[("doc_synthesis", "medium")] == pytest.approx(1.5, abs=1e-3)
@@ -185,7 +186,6 @@ def test_an_unidentifiable_groups_factor_counts_its_truncated_calls_at_their_cei
 def test_whole_column_reprediction_agrees_with_the_event_by_event_rule(seed):
     """arrays_in_force chooses recorded / scaled / rerun / kept with masks; each row must get what
     Repredictor.one gives that event alone."""
-    from autopack_pipeline.domain.fast_metrics import EventArrays
     from autopack_pipeline.domain.reprediction import arrays_in_force
 
     old = seed.with_calibration({("docs", "low"): GroupSetting(prediction_multiplier=2.0)}, "v-old")
@@ -203,9 +203,8 @@ def test_whole_column_reprediction_agrees_with_the_event_by_event_rule(seed):
                           "category": [r[1] for r in rows], "complexity": [r[2] for r in rows],
                           "predicted_output_tokens": [r[4] for r in rows], "actual_output_tokens": 1000,
                           "selected_budget": 8192, "success": True, "truncated": False})
-    inputs = pd.DataFrame({"deliverables": [r[3] for r in rows[:5]], "coefficients_version": [r[5] for r in rows[:5]],
-                           "context_quality": "some"}, index=pd.Index([r[0] for r in rows[:5]], name="event_id"),
-                          dtype=object)
+    inputs = PredictionInputs.from_rows([r[0] for r in rows[:5]], [r[3] for r in rows[:5]], [r[5] for r in rows[:5]],
+                                        {"context_quality": ["some"] * 5})
     arrays, counts = arrays_in_force(EventArrays.from_frame(frame), inputs, new, {"v-old": old})
 
     repredictor = Repredictor(new, {"v-old": old})
