@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.estimator import TokenEstimator
-from autopack_pipeline.domain.events import as_events_frame
-from autopack_pipeline.domain.fast_metrics.arrays import budget_sent_rule, truncation_rule
-from autopack_pipeline.domain.fast_metrics.order_statistics import p90
-from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, Repredictor, StoredPrediction
+from autopack_pipeline.domain.fast_metrics import EventArrays, LabelColumn, p90_of, truncated_flags
+from autopack_pipeline.domain.fast_metrics.arrays import budget_sent
+from autopack_pipeline.domain.reprediction import PredictionInputs, Repredictor, StoredPrediction
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 
 class PatchError(ValueError):
@@ -149,13 +148,12 @@ def read_patch(data: Any, method: str | None = None) -> CalibrationPatch:
     )
 
 
-def _rerun(events: pd.DataFrame, deliverables: list, table: CoefficientTable, workspace: Any,
-           features: list[dict[str, Any]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _rerun(categories: np.ndarray, complexities: np.ndarray, deliverables: list, table: CoefficientTable,
+           workspace: Any, features: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, budget) per row under ``table``, by ``TokenEstimator.repredict`` (the recorded
     category names the doc model that priced a doc phase); identical inputs are estimated once."""
-    stored = [StoredPrediction(category, complexity, items, None, features=features[i] if features else None)
-              for i, (items, category, complexity) in enumerate(zip(deliverables, events["category"],
-                                                                    events["complexity"]))]
+    stored = [StoredPrediction(category, complexity, items, None, features=features[i])
+              for i, (items, category, complexity) in enumerate(zip(deliverables, categories, complexities))]
     result = Repredictor(table, workspace=workspace).rerun_all(stored)
     return result.predicted, result.budget
 
@@ -167,65 +165,62 @@ def _figures(predicted: np.ndarray, budget: np.ndarray, actual: np.ndarray, trun
     cut = (~truncated & (actual > budget)) | (truncated & (budget <= ceiling))
     unresolved = truncated & (budget > ceiling)
     fits = ~truncated & (actual > 0)
-    waste = (budget[fits] / actual[fits]).tolist()
+    waste = budget[fits] / actual[fits]
     pct = (lambda k: 100.0 * int(k) / n if n else 0.0)
     return {
         "underestimation_pct": pct(over.sum()),
         "truncation_pct": pct(cut.sum()),
         "truncation_unresolved": int(unresolved.sum()),
-        "budget_waste_p50": float(np.median(waste)) if waste else None,
-        "budget_waste_p90": p90(waste),
+        "budget_waste_p50": float(np.median(waste)) if waste.size else None,
+        "budget_waste_p90": p90_of(waste),
         "mean_budget": float(budget.mean()) if n else None,
         "mean_predicted": float(predicted.mean()) if n else None,
     }
 
 
-def _flags(column: pd.Series) -> np.ndarray:
-    """A nullable boolean column as int8 flags: 1, 0, or -1 where unknown."""
-    return np.where(column.isna().to_numpy(), -1, column.fillna(False).to_numpy(dtype=bool)).astype(np.int8)
+def _canonical(column: LabelColumn, normaliser: Any, missing: str | None) -> np.ndarray:
+    """Each row's label through ``normaliser``; a missing label reads as ``missing``."""
+    names = [normaliser(label) for label in column.labels] + [normaliser(missing)]
+    return np.array(names, dtype=object)[column.codes]  # code -1 picks the last entry
+
+
+def _groups_of(arrays: EventArrays) -> tuple[np.ndarray, np.ndarray]:
+    """(canonical category, canonical complexity) per row; a missing category is ``unknown``."""
+    return (_canonical(arrays.category, normalise_category, "unknown"),
+            _canonical(arrays.complexity, normalise_complexity, None))
 
 
 def run_backtest(
-    events: pd.DataFrame,
-    deliverables: pd.Series,
+    arrays: EventArrays,
+    inputs: PredictionInputs,
     old: CoefficientTable,
     new: CoefficientTable,
     *,
     groups: list[tuple[str, str]] = (),
-    tolerance: float = 1.1,
+    tolerance: float = UNDER_TOLERANCE,
     workspace: Any = None,
-    features: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Old versus new coefficients on ``events`` (events frame) whose ``deliverables`` (a Series of
-    lists aligned with ``events``; empty or missing means none) are known. ``features`` (aligned
-    with ``events``) may carry the stored doc features the estimator reads back.
+    """Old versus new coefficients on the events of ``arrays`` whose deliverables ``inputs`` keeps
+    (found by ``event_id``; empty or missing means none), with the stored doc features the estimator
+    reads back.
 
     Returns counts (used, skipped by reason), ``rerun_match_pct``, figures ``old`` and ``new`` over all
     usable events, and the same per group in ``groups`` (those the patch changes).
     """
-    frame = as_events_frame(events)
-    items = [list(d) if isinstance(d, (list, tuple)) else [] for d in deliverables.reindex(frame.index)]
+    position = inputs.positions(arrays.event_id)
+    items = [inputs.deliverables_at(p) for p in position.tolist()]
     has_items = np.array([bool(d) for d in items], dtype=bool)
-    has_tokens = (frame["actual_output_tokens"].notna() & frame["predicted_output_tokens"].notna()).to_numpy()
-    usable = has_items & has_tokens
-    used = frame[usable].copy()
-    used["category"] = used["category"].fillna("unknown").map(normalise_category)
-    used["complexity"] = used["complexity"].map(lambda v: normalise_complexity(None if pd.isna(v) else v))
-    used_items = [d for d, keep in zip(items, usable) if keep]
-    used_features = None
-    if features is not None:
-        aligned = features.reindex(frame.index)
-        columns = [c for c in FEATURE_COLUMNS if c in aligned.columns]
-        used_features = [{c: (None if pd.isna(v) else v) for c, v in zip(columns, row)}
-                         for row, keep in zip(aligned[columns].itertuples(index=False), usable) if keep]
-    actual = used["actual_output_tokens"].to_numpy(dtype=float)
-    truncated = truncation_rule(_flags(used["truncated"]), _flags(used["is_truncated_output"]))
-    sent = budget_sent_rule(*(used[c].to_numpy(dtype=float, na_value=np.nan) for c in ("actual_max_tokens",
-                                                                                      "selected_budget")))
-    ceiling = np.fmax(np.nan_to_num(sent, nan=0.0), actual)
-    old_pred, old_budget = _rerun(used, used_items, old, workspace, used_features)
-    new_pred, new_budget = _rerun(used, used_items, new, workspace, used_features)
-    recorded = used["predicted_output_tokens"].to_numpy(dtype=float)
+    has_tokens = arrays.actual.notna() & arrays.predicted.notna()
+    rows = np.flatnonzero(has_items & has_tokens)
+    categories, complexities = (labels[rows] for labels in _groups_of(arrays))
+    used_items = [items[r] for r in rows]
+    used_features = [inputs.features_at(p) for p in position[rows].tolist()]
+    actual = arrays.actual.floats_at(rows)
+    truncated = truncated_flags(arrays)[rows]
+    ceiling = np.fmax(np.nan_to_num(budget_sent(arrays, rows), nan=0.0), actual)
+    old_pred, old_budget = _rerun(categories, complexities, used_items, old, workspace, used_features)
+    new_pred, new_budget = _rerun(categories, complexities, used_items, new, workspace, used_features)
+    recorded = arrays.predicted.floats_at(rows)
 
     def both(mask: np.ndarray) -> dict[str, Any]:
         args = (actual[mask], truncated[mask], ceiling[mask], tolerance)
@@ -238,17 +233,17 @@ def run_backtest(
                 "new": _figures(new_pred[mask], new_budget[mask], *args),
                 "prediction_scale_median": float(np.median(scale)) if scale.size else None}
 
-    everything = np.ones(len(used), dtype=bool)
+    everything = np.ones(len(rows), dtype=bool)
     per_group = []
     for category, complexity in groups:
-        mask = ((used["category"] == category) & (used["complexity"] == complexity)).to_numpy(dtype=bool)
-        per_group.append({"category": category, "complexity": complexity, **both(mask)})
+        mask = (categories == category) & (complexities == complexity)
+        per_group.append({"category": category, "complexity": complexity, **both(np.asarray(mask, dtype=bool))})
     return {
         "tolerance": tolerance,
         "old_version": old.version,
         "new_version": new.version,
         "skipped": {"no_deliverables": int((~has_items).sum()), "missing_tokens": int((has_items & ~has_tokens).sum())},
-        "rerun_match_pct": 100.0 * float((old_pred == recorded).mean()) if len(used) else None,
+        "rerun_match_pct": 100.0 * float((old_pred == recorded).mean()) if len(rows) else None,
         **both(everything),
         "groups": per_group,
     }
@@ -260,8 +255,8 @@ MIN_OVERHEAD_MULTIPLIER = 0.25
 
 
 def overhead_multipliers_for_prediction_scale(
-    events: pd.DataFrame,
-    deliverables: pd.Series,
+    arrays: EventArrays,
+    inputs: PredictionInputs,
     table: CoefficientTable,
     changes: dict[tuple[str, str], float],
     *,
@@ -276,10 +271,8 @@ def overhead_multipliers_for_prediction_scale(
     all priced by a doc model (which reads no PHASE_OVERHEAD) gets ``None``: no overhead change can
     move it. ``k`` is kept at or above :data:`MIN_OVERHEAD_MULTIPLIER`.
     """
-    frame = as_events_frame(events)
-    items = [list(d) if isinstance(d, (list, tuple)) else [] for d in deliverables.reindex(frame.index)]
-    categories = frame["category"].fillna("unknown").map(normalise_category)
-    complexities = frame["complexity"].map(lambda v: normalise_complexity(None if pd.isna(v) else v))
+    items = [inputs.deliverables_at(p) for p in inputs.positions(arrays.event_id).tolist()]
+    categories, complexities = _groups_of(arrays)
     estimator = TokenEstimator(table, workspace=workspace)
     out: dict[tuple[str, str], float | None] = {}
     for (category, complexity), multiplier in changes.items():

@@ -148,17 +148,13 @@ def choose_window(versions: Sequence[str | None], order: np.ndarray, groups: np.
 
 def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_WINDOW_VERSIONS) -> CalibrationWindow:
     """:func:`choose_window` over ``arrays`` (EventArrays, predictions already in force) and ``inputs``
-    (``storage.prediction_inputs``: ``coefficients_version`` by ``event_id``)."""
+    (``reprediction.PredictionInputs``: the ``coefficients_version`` of each stored event)."""
     from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
     from autopack_pipeline.domain.fast_metrics.arrays import budget_sent, truncated_flags
 
     ids = arrays.event_id
     known = ids.notna()
-    column = inputs["coefficients_version"] if "coefficients_version" in inputs.columns else None
-    versions: list[str | None] = []
-    for i, event_id in enumerate(ids.values.tolist()):
-        value = column.get(int(event_id)) if column is not None and known[i] else None
-        versions.append(value if isinstance(value, str) else None)
+    versions = [inputs.version_at(int(position)) for position in inputs.positions(ids)]
     order = np.where(known, ids.values, np.arange(len(arrays))).astype(float)
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
     cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)

@@ -13,7 +13,7 @@ events for the statistics to mean something; other groups are listed as skipped,
   indicator ``actual > predicted * 1.1``: it accumulates the log-likelihood ratio of "the rate has
   doubled" against the reference rate and signals when the sum passes ``h``.
 
-Pure functions on events (a frame or its arrays); drifted groups also become :class:`Insight` objects for task generation.
+Pure functions on the events' arrays; drifted groups also become :class:`Insight` objects for task generation.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.insights import Insight
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
-from autopack_pipeline.domain.tasks import Insight
 from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS
 
 
@@ -173,17 +172,16 @@ def _microseconds(moment: datetime) -> int:
 
 
 def detect_drift(
-    events: pd.DataFrame | EventArrays, *, now: datetime | None = None, thresholds: DriftThresholds | None = None
+    arrays: EventArrays, *, now: datetime | None = None, thresholds: DriftThresholds | None = None
 ) -> DriftReport:
     """Compare each (category, complexity) group's recent window with its reference window.
 
     Events need positive predicted and actual token counts and a timestamp; events dated after
-    ``now`` (clock skew) are ignored. ``events`` is an events frame or its arrays.
+    ``now`` (clock skew) are ignored.
     """
     thresholds = thresholds or DriftThresholds()
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     recent_start = now - timedelta(days=thresholds.recent_days)
-    arrays = events
     predicted, actual = arrays.predicted.floats(), arrays.actual.floats()
     stamps = arrays.timestamp_us.values
     with np.errstate(invalid="ignore"):

@@ -11,23 +11,33 @@ Every number comes from a ``CoefficientTable`` (``seeds/estimator_coefficients.y
 deliberate difference is selectable: Autopack looked PHASE_OVERHEAD up by the raw category, so
 ``tests`` phases missed the calibrated ``testing`` row (pitfall P7). ``category_lookup="canonical"``
 (default) normalises both sides; ``category_lookup="autopack"`` reproduces the miss for parity.
+How a deliverable's text is read (its path, kind, wording, the file it modifies) is in
+:mod:`.deliverables`; the names are re-exported here, where callers have always found them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Sequence
 
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
-from autopack_pipeline.domain.coefficients import (
-    CoefficientTable,
-    ContextQuality,
-    default_coefficients,
-    load_coefficients,
+from autopack_pipeline.domain.coefficient_blocks import ContextQuality
+from autopack_pipeline.domain.coefficient_table import CoefficientTable
+from autopack_pipeline.domain.deliverables import (
+    clear_file_complexity_cache,
+    deliverable_kind,
+    estimate_confidence,
+    extract_deliverable_path,
+    extract_doc_features,
+    file_complexity_multiplier,
+    is_doc_path,
+    is_doc_synthesis,
+    lower_basename,
+    normalize_deliverables,
+    path_exists,
 )
 
 __all__ = [
@@ -43,7 +53,6 @@ __all__ = [
     "extract_doc_features",
     "file_complexity_multiplier",
     "is_doc_synthesis",
-    "load_coefficients",
     "normalize_deliverables",
     "select_budget",
 ]
@@ -58,17 +67,7 @@ _AUTOPACK_DOC_CATEGORIES = frozenset({"documentation", "docs", "doc_synthesis", 
 _AUTOPACK_SYNTHESIS_CATEGORIES = frozenset({"documentation", "docs"})
 _CANONICAL_DOC_CATEGORIES = frozenset({"docs", "doc_synthesis", "doc_sot_update"})
 
-# First "path-like token with an extension" in a deliverable such as "Create src/foo.py (new)".
-_PATH_TOKEN = re.compile(r"[A-Za-z0-9_\-./]+\.[A-Za-z0-9]+")
-_LEADING_VERBS = ("create ", "modify ", "update ", "add ", "new file: ", "new: ")
-_TRAILING_PARENTHESIS = re.compile(r"\s*\([^)]*\)\s*$")
-_HAS_EXTENSION = re.compile(r"\.[A-Za-z0-9]{2,4}")
 _NEW_FILE_WORDS = ("create", "new", "add")
-_ACTION_WORDS = ("create", "modify", "update", "add", "new")
-
-_TEST_SUFFIXES = ("_test.py", ".spec.ts", ".spec.tsx", ".test.ts", ".test.tsx")
-_CONFIG_EXTENSIONS = (".yml", ".yaml", ".json", ".toml", ".txt", ".ini")
-_FRONTEND_EXTENSIONS = (".tsx", ".jsx", ".vue", ".svelte")
 # Breakdown labels group the three code kinds under Autopack's "backend" label.
 _LABEL_OF_KIND = {"python": "backend", "sql": "backend", "default": "backend"}
 
@@ -89,180 +88,16 @@ class TokenEstimate:
 # -- deliverables ------------------------------------------------------------------------------
 
 
-def normalize_deliverables(obj: Any) -> list[str]:
-    """Flatten str/list/tuple/set/dict nesting into non-empty stripped strings (dicts: values).
-
-    Production phases stored deliverables as ``{"tests": [...], "docs": [...]}``; counting that as
-    zero deliverables sent them to the complexity default (pitfall P6). Other types go through str().
-    """
-    flat: list[str] = []
-
-    def walk(item: Any) -> None:
-        if item is None:
-            return
-        if isinstance(item, dict):
-            for value in item.values():
-                walk(value)
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            for value in item:
-                walk(value)
-        else:
-            text = (item if isinstance(item, str) else str(item)).strip()
-            if text:
-                flat.append(text)
-
-    walk(obj)
-    return flat
-
-
-def extract_deliverable_path(deliverable: str) -> str:
-    """The file path a deliverable names ("Modify src/a.py to add X" -> "src/a.py").
-
-    Without a path-like token, the lower-cased text minus a leading verb and a trailing "(...)".
-    """
-    match = _PATH_TOKEN.search(deliverable)
-    if match:
-        return match.group(0)
-    text = deliverable.lower()
-    for verb in _LEADING_VERBS:  # applied in order, each at most once, as Autopack does
-        if text.startswith(verb):
-            text = text[len(verb):]
-    return _TRAILING_PARENTHESIS.sub("", text).strip()
-
-
-def _is_doc_text(deliverable: str) -> bool:
-    text = deliverable.strip().lower().replace("\\", "/")
-    return text.startswith("docs/") or text.endswith(".md")
-
-
-def _lower_basename(deliverable: str) -> str:
-    return PurePosixPath(deliverable.lower().replace("\\", "/")).name
-
-
-def deliverable_kind(path: str, category: str) -> str:
-    """Row of the marginal-cost table for a path: the first of test, doc, config, frontend, python, sql."""
-    lower = path.replace("\\", "/").lower()
-    base = PurePosixPath(lower).name
-    if lower.startswith("tests/") or "/tests/" in lower or base.startswith("test_") or base.endswith(_TEST_SUFFIXES):
-        return "test"
-    if lower.startswith("docs/") or lower.endswith(".md"):
-        return "doc"
-    if lower.endswith(_CONFIG_EXTENSIONS) or "migration" in lower or "alembic/versions" in lower:
-        return "config"
-    if lower.endswith(_FRONTEND_EXTENSIONS) or category == "frontend":
-        return "frontend"
-    if lower.endswith((".py", ".pyi")):
-        return "python"
-    if lower.endswith(".sql"):
-        return "sql"
-    return "default"
-
-
-def estimate_confidence(deliverables: Sequence[str]) -> float:
-    """0.5 + 0.3 * share naming a file extension + 0.2 * share with an action verb, at most 1.0."""
-    if not deliverables:
-        return 0.0
-    n = len(deliverables)
-    specific = sum(1 for d in deliverables if _HAS_EXTENSION.search(d)) / n
-    actionable = sum(1 for d in deliverables if any(w in d.lower() for w in _ACTION_WORDS)) / n
-    return min(1.0, 0.5 + 0.3 * specific + 0.2 * actionable)
-
-
-# -- documentation features ----------------------------------------------------------------------
-
-
-def extract_doc_features(deliverables: Sequence[str], task_description: str = "") -> dict[str, bool]:
-    """Substring signals of documentation synthesis; research looks at the description only."""
-    task = (task_description or "").lower()
-    text = " ".join(deliverables).lower() + " " + task
-
-    def any_in(haystack: str, *needles: str) -> bool:
-        return any(needle in haystack for needle in needles)
-
-    return {
-        "api_reference_required": any_in(text, "api_reference", "api reference", "api.md", "endpoints", "rest api"),
-        "examples_required": any_in(text, "examples.md", "example", "snippets", "sample code", "usage example"),
-        "research_required": any_in(
-            task, "from scratch", "create documentation for", "document the", "comprehensive", "investigate"
-        ),
-        "usage_guide_required": any_in(text, "usage_guide", "user guide", "getting started", "tutorial"),
-    }
-
-
-def is_doc_synthesis(features: dict[str, bool]) -> bool:
-    """API reference, or examples together with research or a usage guide."""
-    examples = features["examples_required"]
-    return bool(
-        features["api_reference_required"]
-        or (examples and features["research_required"])
-        or (examples and features["usage_guide_required"])
-    )
-
 
 def context_quality(
-    scope_paths: Sequence[str] | None, coefficients: CoefficientTable | None = None
+    scope_paths: Sequence[str] | None, coefficients: CoefficientTable
 ) -> ContextQuality:
     """How much code context the phase gets: none, some, or strong (more than 10 scope paths)."""
-    table = coefficients or default_coefficients()
+    table = coefficients
     if not scope_paths:
         return "none"
     return "strong" if len(scope_paths) > table.context_quality.strong_above_paths else "some"
 
-
-# -- existing-file complexity ---------------------------------------------------------------------
-
-# (resolved path, mtime_ns, size) -> (code lines, import lines, max indent). The file measures are
-# cached rather than the multiplier, so tables with different bands can share the cache.
-_file_measures: dict[tuple[str, int, int], tuple[int, int, int]] = {}
-_FILE_CACHE_LIMIT = 2048
-
-
-def clear_file_complexity_cache() -> None:
-    """Forget every cached file measurement."""
-    _file_measures.clear()
-
-
-def _measure_file(path: Path) -> tuple[int, int, int]:
-    info = path.stat()
-    key = (str(path.resolve()), info.st_mtime_ns, info.st_size)
-    cached = _file_measures.get(key)
-    if cached is not None:
-        return cached
-    lines = path.read_text(encoding="utf-8", errors="ignore").split("\n")
-    code = [line for line in lines if line.strip() and not line.strip().startswith("#")]
-    measures = (
-        len(code),
-        sum(1 for line in code if "import " in line),
-        max((len(line) - len(line.lstrip()) for line in code), default=0),
-    )
-    if len(_file_measures) >= _FILE_CACHE_LIMIT:
-        _file_measures.clear()  # crude bound; a cold cache only costs a re-read
-    _file_measures[key] = measures
-    return measures
-
-
-def file_complexity_multiplier(path: Path, coefficients: CoefficientTable | None = None) -> float:
-    """Multiplier on a modified file's marginal cost from its size, imports and nesting.
-
-    Product of three step factors clamped to [0.5, 2.0] (by default); 1.0 when unreadable.
-    """
-    rules = (coefficients or default_coefficients()).file_complexity
-    try:
-        code_lines, import_lines, max_indent = _measure_file(Path(path))
-    except (OSError, ValueError) as exc:
-        logger.debug("file complexity of %s unavailable: %s", path, exc)
-        return 1.0
-    product = rules.code_lines.factor(code_lines) * rules.import_lines.factor(import_lines)
-    product *= rules.max_indent.factor(max_indent)
-    return max(rules.clamp.min, min(rules.clamp.max, product))
-
-
-def _exists(path: Path) -> bool | None:
-    """``Path.exists`` that reports an unanswerable question (bad name, permissions) as None."""
-    try:
-        return path.exists()
-    except (OSError, ValueError):
-        return None
 
 
 # -- the estimator --------------------------------------------------------------------------------
@@ -273,13 +108,13 @@ class TokenEstimator:
 
     def __init__(
         self,
-        coefficients: CoefficientTable | None = None,
+        coefficients: CoefficientTable,
         workspace: Path | None = None,
         category_lookup: str = "canonical",
     ) -> None:
         if category_lookup not in CATEGORY_LOOKUPS:
             raise ValueError(f"category_lookup must be one of {CATEGORY_LOOKUPS}, got {category_lookup!r}")
-        self.coefficients = coefficients if coefficients is not None else default_coefficients()
+        self.coefficients = coefficients
         self.workspace = Path(workspace) if workspace is not None else None
         self.category_lookup = category_lookup
 
@@ -368,7 +203,7 @@ class TokenEstimator:
 
         # A phase whose deliverables are all docs is a docs phase whatever it was filed under
         # (some phases had no category at all), so the doc models can apply.
-        pure_doc = all(_is_doc_text(d) for d in items)
+        pure_doc = all(is_doc_path(d) for d in items)
         doc_categories = _CANONICAL_DOC_CATEGORIES if canonical else _AUTOPACK_DOC_CATEGORIES
         effective = category_key
         if pure_doc and category_key not in doc_categories:
@@ -379,7 +214,7 @@ class TokenEstimator:
         features.update(is_sot_file=False, sot_file_name=None, sot_entry_count_hint=None)
 
         sot_names = set(table.doc_sot_update.sot_file_names)
-        sot_file = next((_lower_basename(d) for d in items if _lower_basename(d) in sot_names), None)
+        sot_file = next((lower_basename(d) for d in items if lower_basename(d) in sot_names), None)
         if pure_doc and sot_file is not None:
             features.update(is_sot_file=True, sot_file_name=sot_file, sot_entry_count_hint=len(items))
             return self._doc_sot_update(items, level, quality, features)
@@ -440,7 +275,7 @@ class TokenEstimator:
         """(breakdown label, marginal tokens) of one deliverable."""
         path = extract_deliverable_path(item)
         target = workspace / path
-        exists = _exists(target)
+        exists = path_exists(target)
         # Plain paths carry no verb, so a file missing from the workspace is a new file; without
         # this, new files were priced as modifications and systematically underestimated.
         is_new = any(word in item.lower() for word in _NEW_FILE_WORDS) or exists is False
@@ -456,15 +291,15 @@ class TokenEstimator:
 # -- budgets --------------------------------------------------------------------------------------
 
 
-def complexity_default_budget(complexity: str, coefficients: CoefficientTable | None = None) -> int:
+def complexity_default_budget(complexity: str, coefficients: CoefficientTable) -> int:
     """Autopack's complexity default: low 8192, medium 12288, high 16384, anything else 8192.
 
     The key is matched exactly, as Autopack did; pass a canonical complexity.
     """
-    return (coefficients or default_coefficients()).no_deliverables_default(complexity)
+    return coefficients.no_deliverables_default(complexity)
 
 
-def select_budget(estimate: TokenEstimate, complexity: str, coefficients: CoefficientTable | None = None) -> int:
+def select_budget(estimate: TokenEstimate, complexity: str, coefficients: CoefficientTable) -> int:
     """The ``max_tokens`` to request: ``min(max(floor, int(estimate * margin)), cap)`` (spec 2.7).
 
     The floor is looked up by canonical category; the margin rules see the estimate's own category
@@ -472,7 +307,7 @@ def select_budget(estimate: TokenEstimate, complexity: str, coefficients: Coeffi
     file's ``calibration`` section may replace the margin (``budget_margin``) and the floor
     (``budget_floor``).
     """
-    table = coefficients or default_coefficients()
+    table = coefficients
     rules = table.budget
     category = normalise_category(estimate.category)
     floor = table.budget_floor(category, complexity)

@@ -1,7 +1,7 @@
 """Autopack's phase-outcome analyser: top cost sinks, failure modes and retry causes, as insights.
 
-Input is ``phase_outcome_events`` rows (a DataFrame or a list of dicts with that table's column
-names); nothing here touches the database. Over a time window (7 days by default) it ranks, as
+Input is ``phase_outcome_events`` rows (mappings with that table's column names, e.g. dicts);
+nothing here touches the database. Over a time window (7 days by default) it ranks, as
 Autopack's ROAD-B ``TelemetryAnalyzer`` does:
 
 - cost sinks: tokens summed per (phase_id, phase_type), biggest first;
@@ -24,13 +24,13 @@ since these are counts, not estimates.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import pandas as pd
-
-from autopack_pipeline.domain.tasks import HIGH_SEVERITY, Insight
+from autopack_pipeline.domain.insights import HIGH_SEVERITY, Insight
 
 DEFAULT_WINDOW_DAYS = 7
 DEFAULT_TOP_N = 10
@@ -77,94 +77,128 @@ class OutcomeAnalysis:
         return asdict(self)
 
 
-def _frame(rows: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:
-    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    for column in _COLUMNS:
-        if column not in frame.columns:
-            frame[column] = None
-    # Columns are timezone-less UTC in the database; aware inputs are converted, so both compare.
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce").dt.tz_localize(None)
-    frame["tokens_used"] = pd.to_numeric(frame["tokens_used"], errors="coerce")
-    # A missing phase type or stop reason is a group of its own, as NULL is in Autopack's GROUP BY.
-    for column in ("phase_type", "stop_reason", "model_used"):
-        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-    return frame
+def _missing(value: Any) -> bool:
+    # A NaN (a frame's missing value, when a caller hands over a frame's records) counts as NULL.
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _keyed(frame: pd.DataFrame, keys: list[str]) -> pd.core.groupby.DataFrameGroupBy:
-    return frame.groupby(keys, dropna=False, sort=False)
+def _naive_utc(value: Any) -> datetime | None:
+    """A timestamp as timezone-less UTC (the database's form), aware ones converted; None when unreadable."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
 
 
-def _top(table: pd.DataFrame, metric: str, top_n: int) -> pd.DataFrame:
-    # Ties are broken by phase id so the ranking does not depend on row order.
-    return table.sort_values([metric, "phase_id"], ascending=[False, True], kind="mergesort").head(top_n)
+def _tokens(value: Any) -> float | None:
+    if isinstance(value, bool) or _missing(value):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
 
 
-def _none(value: Any) -> Any:
-    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+@dataclass(frozen=True)
+class _Outcome:
+    """One outcome row, cleaned: a missing phase type or stop reason is a group of its own, as NULL is
+    in Autopack's GROUP BY."""
+
+    run_id: Any
+    phase_id: Any
+    phase_type: Any
+    phase_outcome: Any
+    stop_reason: Any
+    tokens_used: float | None
+    model_used: Any
+    timestamp: datetime | None
+
+    @property
+    def succeeded(self) -> bool:
+        return str(self.phase_outcome).upper() == "SUCCESS"
+
+
+def _outcomes(rows: Iterable[Mapping[str, Any]]) -> list[_Outcome]:
+    cleaned = []
+    for row in rows:
+        values = {column: (None if _missing(row.get(column)) else row.get(column)) for column in _COLUMNS}
+        values["tokens_used"] = _tokens(row.get("tokens_used"))
+        values["timestamp"] = _naive_utc(row.get("timestamp"))
+        cleaned.append(_Outcome(**values))
+    return cleaned
+
+
+def _grouped(rows: list[_Outcome], key: Callable[[_Outcome], tuple]) -> dict[tuple, list[_Outcome]]:
+    """Rows by key, groups in order of first appearance."""
+    groups: dict[tuple, list[_Outcome]] = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    return groups
+
+
+def _top(groups: list[tuple[float, Any, Any]], top_n: int) -> list[tuple[float, Any, Any]]:
+    """(metric, phase id, payload) ranked by metric, biggest first; ties by phase id, so the ranking does
+    not depend on row order (then by first appearance)."""
+    ranked = sorted(groups, key=lambda item: (-item[0], item[1] is None, "" if item[1] is None else item[1]))
+    return ranked[:top_n]
 
 
 def analyse_outcomes(
-    rows: pd.DataFrame | list[dict[str, Any]],
+    rows: Iterable[Mapping[str, Any]],
     *,
     now: datetime | None = None,
     window_days: float = DEFAULT_WINDOW_DAYS,
     top_n: int = DEFAULT_TOP_N,
 ) -> OutcomeAnalysis:
-    """Rank the outcome rows whose timestamp falls in ``[now - window_days, now]``."""
+    """Rank the outcome rows (mappings by column name) whose timestamp falls in ``[now - window_days, now]``."""
     end = (now or datetime.now(timezone.utc))
     end = end.astimezone(timezone.utc).replace(tzinfo=None) if end.tzinfo else end
     start = end - timedelta(days=window_days)
-    frame = _frame(rows)
-    frame = frame[(frame["timestamp"] >= start) & (frame["timestamp"] <= end)]
+    window = [row for row in _outcomes(rows) if row.timestamp is not None and start <= row.timestamp <= end]
 
-    costed = frame[frame["tokens_used"].notna()]
-    sinks = _keyed(costed, ["phase_id", "phase_type"])["tokens_used"].agg(["sum", "mean", "count"]).reset_index()
-    # Renamed because "sum", "mean" and "count" are also Series methods, which attribute access would return.
-    sinks = _top(sinks.rename(columns={"sum": "total", "mean": "average", "count": "rows"}), "total", top_n)
-    cost_sinks = [
-        RankedIssue(rank, "cost_sink", row.phase_id, _none(row.phase_type), float(row.total),
-                    {"avg_tokens": float(row.average), "count": int(row.rows)})
-        for rank, (_, row) in enumerate(sinks.iterrows(), start=1)
-    ]
+    sinks = _grouped([row for row in window if row.tokens_used is not None], lambda r: (r.phase_id, r.phase_type))
+    cost_sinks = []
+    for rank, (total, _, members) in enumerate(
+            _top([(sum(r.tokens_used for r in m), k[0], m) for k, m in sinks.items()], top_n), start=1):
+        cost_sinks.append(RankedIssue(rank, "cost_sink", members[0].phase_id, members[0].phase_type, float(total),
+                                      {"avg_tokens": float(total / len(members)), "count": len(members)}))
 
-    failed = frame[frame["phase_outcome"].astype(str).str.upper() != "SUCCESS"]
-    modes = _keyed(failed, ["phase_id", "phase_type", "phase_outcome", "stop_reason"]).size().reset_index(name="n")
+    modes = _grouped([row for row in window if not row.succeeded],
+                     lambda r: (r.phase_id, r.phase_type, r.phase_outcome, r.stop_reason))
     failure_modes = [
-        RankedIssue(rank, "failure_mode", row.phase_id, _none(row.phase_type), float(row.n),
-                    {"outcome": row.phase_outcome, "stop_reason": _none(row.stop_reason)})
-        for rank, (_, row) in enumerate(_top(modes, "n", top_n).iterrows(), start=1)
+        RankedIssue(rank, "failure_mode", m[0].phase_id, m[0].phase_type, float(n),
+                    {"outcome": m[0].phase_outcome, "stop_reason": m[0].stop_reason})
+        for rank, (n, _, m) in enumerate(_top([(len(m), k[0], m) for k, m in modes.items()], top_n), start=1)
     ]
 
-    succeeded = frame["phase_outcome"].astype(str).str.upper() == "SUCCESS"
-    retries = (
-        frame.assign(ok=succeeded.astype(int))
-        .pipe(_keyed, ["run_id", "phase_id", "phase_type", "stop_reason"])
-        .agg(n=("ok", "size"), successes=("ok", "sum"))
-        .reset_index()
-    )
-    retries = retries[retries["n"] > 1]
+    runs = _grouped(window, lambda r: (r.run_id, r.phase_id, r.phase_type, r.stop_reason))
+    retried = [(len(m), k[1], m) for k, m in runs.items() if len(m) > 1]
     retry_causes = [
-        RankedIssue(rank, "retry_cause", row.phase_id, _none(row.phase_type), float(row.n),
-                    {"run_id": row.run_id, "stop_reason": _none(row.stop_reason),
-                     "success_count": int(row.successes), "retry_count": int(row.n)})
-        for rank, (_, row) in enumerate(_top(retries, "n", top_n).iterrows(), start=1)
+        RankedIssue(rank, "retry_cause", m[0].phase_id, m[0].phase_type, float(n),
+                    {"run_id": m[0].run_id, "stop_reason": m[0].stop_reason,
+                     "success_count": sum(r.succeeded for r in m), "retry_count": n})
+        for rank, (n, _, m) in enumerate(_top(retried, top_n), start=1)
     ]
 
     stats: dict[str, dict[str, float]] = {}
-    typed = frame[frame["phase_type"].notna()].assign(ok=succeeded.astype(int))
-    for (phase_type, model), group in _keyed(typed, ["phase_type", "model_used"]):
-        tokens = group["tokens_used"].dropna()
-        stats[f"{phase_type}:{_none(model)}"] = {
-            "success_rate": float(group["ok"].mean()),
-            "avg_tokens": float(tokens.mean()) if len(tokens) else 0.0,
-            "sample_count": len(group),
+    typed = _grouped([row for row in window if row.phase_type is not None], lambda r: (r.phase_type, r.model_used))
+    for (phase_type, model), members in typed.items():
+        tokens = [r.tokens_used for r in members if r.tokens_used is not None]
+        stats[f"{phase_type}:{model}"] = {
+            "success_rate": sum(r.succeeded for r in members) / len(members),
+            "avg_tokens": sum(tokens) / len(tokens) if tokens else 0.0,
+            "sample_count": len(members),
         }
     failure_rates = {
-        _none(phase_type): float(1 - group["ok"].mean())
-        for (phase_type,), group in _keyed(frame.assign(ok=succeeded.astype(int)), ["phase_type"])
+        phase_type: 1 - sum(r.succeeded for r in members) / len(members)
+        for (phase_type,), members in _grouped(window, lambda r: (r.phase_type,)).items()
     }
-    return OutcomeAnalysis(window_days, start, end, len(frame), cost_sinks, failure_modes, retry_causes,
+    return OutcomeAnalysis(window_days, start, end, len(window), cost_sinks, failure_modes, retry_causes,
                            dict(sorted(stats.items())), failure_rates)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ import numpy as np
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
+from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn
 
 # The stored doc features the estimator reads back (Autopack's columns of the events table).
 FEATURE_COLUMNS = ("api_reference_required", "examples_required", "research_required", "usage_guide_required",
@@ -58,6 +59,57 @@ class Repredicted:
     budget: np.ndarray
     how: dict[str, int]  # events per way (recorded / scaled / rerun)
     version: str
+
+
+@dataclass(frozen=True)
+class PredictionInputs:
+    """What stored events keep about their prediction, one entry per event id: the deliverables, the
+    coefficient version that predicted it (None before the column existed) and the doc features.
+
+    Storage builds it (``storage.prediction_inputs``); events find their entry by ``event_id``.
+    """
+
+    event_ids: np.ndarray  # int64
+    deliverables: Sequence[Sequence[str] | None]
+    versions: Sequence[str | None]
+    features: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # the FEATURE_COLUMNS stored
+
+    @classmethod
+    def from_rows(cls, event_ids: Sequence[int], deliverables: Sequence[Sequence[str] | None],
+                  versions: Sequence[str | None] | None = None,
+                  features: Mapping[str, Sequence[Any]] | None = None) -> PredictionInputs:
+        return cls(np.asarray(event_ids, dtype=np.int64), list(deliverables),
+                   list(versions) if versions is not None else [None] * len(deliverables),
+                   {name: list(values) for name, values in (features or {}).items()})
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def positions(self, ids: IntColumn) -> np.ndarray:
+        """Per event, the index of its entry; -1 where the event has no id or nothing is stored."""
+        out = np.full(len(ids.values), -1, dtype=np.int64)
+        if not len(self.event_ids):
+            return out
+        order = np.argsort(self.event_ids, kind="stable")  # duplicates: the first entry wins
+        ordered = self.event_ids[order]
+        wanted = ids.values.astype(np.int64, copy=False)
+        at = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
+        found = (ordered[at] == wanted) & ids.notna()
+        out[found] = order[at[found]]
+        return out
+
+    def deliverables_at(self, position: int) -> list[str]:
+        """The deliverables of entry ``position`` (-1: none stored)."""
+        items = self.deliverables[position] if position >= 0 else None
+        return list(items) if isinstance(items, (list, tuple)) else []
+
+    def version_at(self, position: int) -> str | None:
+        version = self.versions[position] if position >= 0 else None
+        return version if isinstance(version, str) else None
+
+    def features_at(self, position: int) -> dict[str, Any]:
+        """The stored doc features of entry ``position``, missing ones as None."""
+        return {name: (_plain(values[position]) if position >= 0 else None) for name, values in self.features.items()}
 
 
 class Repredictor:
@@ -119,38 +171,6 @@ class Repredictor:
         return Repredicted(predicted, budget, {"rerun": len(events)}, self.table.version)
 
 
-def stored_predictions(arrays: Any, inputs: Any) -> list[StoredPrediction | None]:
-    """One :class:`StoredPrediction` per row of ``arrays`` (EventArrays), from ``inputs`` (a frame
-    indexed by ``event_id`` with ``deliverables``, ``coefficients_version`` and the feature columns);
-    None where the event has no id or no stored inputs."""
-    cats = _labels(arrays.category)
-    cxs = _labels(arrays.complexity)
-    ids = arrays.event_id
-    predicted = arrays.predicted.floats()
-    known = set(inputs.index)
-    features = [c for c in FEATURE_COLUMNS if c in inputs.columns]
-    out: list[StoredPrediction | None] = []
-    for i in range(len(arrays)):
-        event_id = int(ids.values[i]) if ids.valid is None or ids.valid[i] else None
-        if event_id is None or event_id not in known:
-            out.append(None)
-            continue
-        row = inputs.loc[event_id]
-        version = row.get("coefficients_version")
-        out.append(StoredPrediction(
-            category=cats[i], complexity=cxs[i], deliverables=list(row["deliverables"] or []),
-            recorded=None if math.isnan(predicted[i]) else float(predicted[i]),
-            version=version if isinstance(version, str) else None,
-            features={c: _plain(row[c]) for c in features},
-        ))
-    return out
-
-
-def _labels(column: Any) -> list[str | None]:
-    labels = list(column.labels)
-    return [labels[c] if c >= 0 else None for c in column.codes.tolist()]
-
-
 def _plain(value: Any) -> Any:
     """A stored value as a plain Python value; missing (None/NaN/NA) as None."""
     if value is None:
@@ -163,9 +183,9 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def arrays_in_force(arrays: Any, inputs: Any, table: CoefficientTable,
+def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: CoefficientTable,
                     history: Mapping[str, CoefficientTable] | None = None,
-                    workspace: Any = None) -> tuple[Any, dict[str, int]]:
+                    workspace: Any = None) -> tuple[EventArrays, dict[str, int]]:
     """``arrays`` with ``predicted`` re-expressed under ``table`` (see the module docstring), and the
     count of events per way (``kept`` for events without stored inputs, whose prediction stays).
 
@@ -173,24 +193,13 @@ def arrays_in_force(arrays: Any, inputs: Any, table: CoefficientTable,
     (version, group), and the estimator runs once per distinct input of the ``rerun`` rows. A
     Python object per event cost ~50 us each (9/10 of ``calibrate`` at a million events).
     """
-    from dataclasses import replace
-
-    import pandas as pd
-
-    from autopack_pipeline.domain.fast_metrics.arrays import IntColumn
-
     n = len(arrays)
-    ids = arrays.event_id
-    id_values = pd.array(ids.values, dtype="Int64")
-    if ids.valid is not None:
-        id_values[~ids.valid] = pd.NA
-    aligned = inputs.reindex(pd.Index(id_values))  # one row per event, NaN where nothing is stored
-    has_inputs = np.asarray(pd.Index(id_values).isin(inputs.index) & ~pd.isna(id_values), dtype=bool)
+    position = inputs.positions(arrays.event_id)
+    has_inputs = position >= 0
     recorded = arrays.predicted.floats()
     has_recorded = ~np.isnan(recorded)
-    versions = (aligned["coefficients_version"].to_numpy(dtype=object) if "coefficients_version" in aligned
-                else np.full(n, None, dtype=object))
-    versions = np.array([v if isinstance(v, str) else None for v in versions], dtype=object)
+    # Position -1 (no entry) picks the None appended at the end.
+    versions = np.array([inputs.version_at(i) for i in range(len(inputs))] + [None], dtype=object)[position]
 
     values = arrays.predicted.values.astype(np.int64).copy()
     way = np.full(n, "kept", dtype=object)
@@ -218,17 +227,12 @@ def arrays_in_force(arrays: Any, inputs: Any, table: CoefficientTable,
 
     rerun_rows = np.flatnonzero(way == "rerun")
     if len(rerun_rows):
-        features = [c for c in FEATURE_COLUMNS if c in aligned.columns]
-        columns = [aligned["deliverables"].to_numpy(dtype=object)[rerun_rows],
-                   *(aligned[c].to_numpy(dtype=object)[rerun_rows] for c in features)]
         cats = np.array(cat_labels + [None], dtype=object)[arrays.category.codes[rerun_rows]]
         cxs = np.array(cx_labels + [None], dtype=object)[arrays.complexity.codes[rerun_rows]]
-        for j, (items, cat, cx, *feature_values) in enumerate(zip(*columns[:1], cats, cxs, *columns[1:])):
-            event = StoredPrediction(category=cat, complexity=cx,
-                                     deliverables=items if isinstance(items, (list, tuple)) else [],
-                                     recorded=None,
-                                     features={c: _plain(v) for c, v in zip(features, feature_values)})
-            values[rerun_rows[j]] = int(repredictor.rerun(event)[0])  # cached per distinct input
+        for row, cat, cx in zip(rerun_rows, cats, cxs):
+            event = StoredPrediction(category=cat, complexity=cx, deliverables=inputs.deliverables_at(position[row]),
+                                     recorded=None, features=inputs.features_at(position[row]))
+            values[row] = int(repredictor.rerun(event)[0])  # cached per distinct input
     valid = None if arrays.predicted.valid is None else arrays.predicted.valid | (way != "kept")
     counts = {name: int((way == name).sum()) for name in (*HOW, "kept")}
     return replace(arrays, predicted=IntColumn(values, valid)), counts

@@ -17,3 +17,6 @@ MIN_TOTAL_SAMPLES = 20
 MIN_GROUP_SAMPLES = 5
 # Events whose actual output is shorter than this are not samples (the guide's minimum).
 MIN_ACTUAL_TOKENS = 50
+# A calibration's proposed multiplier inside this band is Autopack's "no adjustment needed".
+INCREASE_ABOVE = 1.2
+DECREASE_BELOW = 0.8

@@ -29,11 +29,16 @@ from autopack_pipeline.domain.backtest import CalibrationPatch, read_patch, run_
 from autopack_pipeline.domain.coefficients import (
     HISTORY_DIR_NAME,
     CoefficientTable,
-    default_coefficients_path,
+    coefficients_path_in,
     load_coefficient_history,
     load_coefficients,
 )
+from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.reprediction import PredictionInputs
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
+from autopack_pipeline.settings import seeds_directory
+from autopack_pipeline.storage.frames import as_event_arrays
+from autopack_pipeline.storage.prediction_inputs import prediction_inputs_of
 
 _VERSION_SUFFIX = "+cal"
 
@@ -49,14 +54,13 @@ class StoredEvents:
     events: pd.DataFrame
     inputs: pd.DataFrame  # indexed by event_id: deliverables, coefficients_version, doc features
 
-    def aligned(self) -> tuple[pd.Series, pd.DataFrame]:
-        """(deliverables Series, inputs frame), both aligned with ``events``' rows."""
-        ids = [int(i) if pd.notna(i) else None for i in self.events["event_id"]]
-        inputs = self.inputs.reindex([i if i is not None else -1 for i in ids])
-        inputs.index = self.events.index
-        deliverables = pd.Series([d if isinstance(d, list) else None for d in inputs["deliverables"]],
-                                 index=self.events.index, dtype=object)
-        return deliverables, inputs
+    def arrays(self) -> EventArrays:
+        """The events as the domain's arrays."""
+        return as_event_arrays(self.events)
+
+    def prediction_inputs(self) -> PredictionInputs:
+        """The stored inputs as the domain reads them (found by ``event_id``)."""
+        return prediction_inputs_of(self.inputs)
 
 
 def read_stored(engine: Engine, run_ids: list[str] | None = None) -> StoredEvents:
@@ -189,7 +193,7 @@ def plan_application(
     patch = read_patch(patch_data, method=method)
     if not patch.changes and not patch.settings:
         raise ApplicationRefused("the patch proposes no change (no group reached the confidence threshold)")
-    path = Path(coefficients_path) if coefficients_path is not None else default_coefficients_path()
+    path = Path(coefficients_path) if coefficients_path is not None else coefficients_path_in(seeds_directory())
     if not path.exists():
         raise FileNotFoundError(f"coefficient file not found: {path} (set AUTOPACK_SEEDS_DIR?)")
     old_text = path.read_text(encoding="utf-8")
@@ -221,10 +225,8 @@ def backtest_patch(patch: CalibrationPatch, old: CoefficientTable, new: Coeffici
     """Old versus new re-run on the stored events, per group the patch touches; None without events."""
     if stored.events.empty:
         return None
-    deliverables, inputs = stored.aligned()
     groups = list(dict.fromkeys([*patch.settings, *patch.multipliers()]))
-    result = run_backtest(stored.events, deliverables, old, new, groups=groups, tolerance=tolerance,
-                          features=inputs)
+    result = run_backtest(stored.arrays(), stored.prediction_inputs(), old, new, groups=groups, tolerance=tolerance)
     for group in result["groups"]:
         key = (group["category"], group["complexity"])
         if key in patch.settings:
@@ -246,8 +248,7 @@ def _overhead_changes(patch: CalibrationPatch, old: CoefficientTable, stored: St
     events = stored.events
     if scale == "overhead" or events.empty:
         return dict(proposed)
-    deliverables, _ = stored.aligned()
-    converted = overhead_multipliers_for_prediction_scale(events, deliverables, old, proposed)
+    converted = overhead_multipliers_for_prediction_scale(stored.arrays(), stored.prediction_inputs(), old, proposed)
     categories = events["category"].map(normalise_category)
 
     def has_events(group: tuple[str, str]) -> bool:

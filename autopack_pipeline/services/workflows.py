@@ -72,7 +72,8 @@ from autopack_pipeline.services.reporting import write_calibration_report_set
 from autopack_pipeline.services.tasks_review import refresh_tasks
 from autopack_pipeline.settings import REPO_ROOT, Settings
 from autopack_pipeline.storage.frames import as_event_arrays
-from autopack_pipeline.storage.outcomes import read_phase_outcomes
+from autopack_pipeline.storage.outcomes import read_phase_outcome_rows
+from autopack_pipeline.storage.prediction_inputs import prediction_inputs_of
 from autopack_pipeline.storage.snapshot import EventSnapshot
 from autopack_pipeline.storage.tasks import TaskRefresh
 
@@ -284,6 +285,7 @@ def calibrate(
     }
     reprediction = window = None
     if prediction_inputs is not None:
+        prediction_inputs = prediction_inputs_of(prediction_inputs)
         arrays, reprediction = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
         provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
                                        + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
@@ -422,7 +424,7 @@ def improvement_tasks(
     insights += insights_from_budget_proposals([GroupBudgetProposal(**g) for g in section.get("groups", [])],
                                                min_samples)
     end = now or datetime.now(timezone.utc)
-    outcomes = read_phase_outcomes(engine, since=end - timedelta(days=outcome_window_days), until=end)
+    outcomes = read_phase_outcome_rows(engine, since=end - timedelta(days=outcome_window_days), until=end)
     insights += insights_from_outcomes(analyse_outcomes(outcomes, now=end, window_days=outcome_window_days))
     insights += list(extra_insights or [])
     # Every finding, uncapped: a pending task whose finding is still seen below the MAX_TASKS cut is

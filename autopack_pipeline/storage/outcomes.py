@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import select
@@ -14,8 +15,10 @@ _OUTCOMES = PhaseOutcomeEvent.__table__
 OUTCOME_COLUMNS: tuple[str, ...] = tuple(column.key for column in _OUTCOMES.columns)
 
 
-def read_phase_outcomes(engine: Engine, *, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
-    """Rows with ``since <= timestamp <= until`` (either bound optional), oldest first, one column per table column.
+def read_phase_outcome_rows(engine: Engine, *, since: datetime | None = None,
+                            until: datetime | None = None) -> list[dict[str, Any]]:
+    """Rows with ``since <= timestamp <= until`` (either bound optional), oldest first, as dicts by column name
+    (what the outcome analyser reads).
 
     Rows without a timestamp are left out when a bound is given, as Autopack's ``timestamp >= :cutoff`` does.
     """
@@ -26,4 +29,9 @@ def read_phase_outcomes(engine: Engine, *, since: datetime | None = None, until:
         statement = statement.where(_OUTCOMES.c.timestamp <= naive_utc(until))
     with engine.connect() as connection:
         rows = connection.execute(statement).mappings().all()
-    return pd.DataFrame([dict(row) for row in rows], columns=list(OUTCOME_COLUMNS))
+    return [dict(row) for row in rows]
+
+
+def read_phase_outcomes(engine: Engine, *, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+    """:func:`read_phase_outcome_rows` as a frame, one column per table column."""
+    return pd.DataFrame(read_phase_outcome_rows(engine, since=since, until=until), columns=list(OUTCOME_COLUMNS))

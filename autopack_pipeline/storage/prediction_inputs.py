@@ -14,7 +14,7 @@ import pandas as pd
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS
+from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, PredictionInputs
 from autopack_pipeline.storage.models import TokenEstimationV2Event
 
 _EVENTS = TokenEstimationV2Event.__table__
@@ -52,3 +52,18 @@ def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = Non
             frame[name] = None
     frame.index = pd.Index(frame.pop("event_id").astype("int64"), name="event_id")
     return frame[columns].astype(object)
+
+
+def prediction_inputs_of(frame: pd.DataFrame) -> PredictionInputs:
+    """A :func:`read_prediction_inputs` frame (indexed by ``event_id``) as the domain's
+    :class:`PredictionInputs`; feature columns the frame lacks are left out, missing values are None."""
+    def column(name: str) -> list:
+        return [None if value is None or (isinstance(value, float) and value != value) else value
+                for value in frame[name].to_numpy(dtype=object)]
+
+    versions = column("coefficients_version") if "coefficients_version" in frame else [None] * len(frame)
+    return PredictionInputs.from_rows(
+        frame.index.to_numpy(dtype="int64"), list(frame["deliverables"].to_numpy(dtype=object)),
+        [v if isinstance(v, str) else None for v in versions],
+        {name: column(name) for name in FEATURE_COLUMNS if name in frame.columns},
+    )

@@ -23,6 +23,7 @@ from autopack_pipeline.storage.frames import as_event_arrays
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 
 
+
 def synthetic_events(
     *, n_reference=200, n_recent=200, shift=0.0, spread=0.25, category="implementation", complexity="medium", seed=7
 ) -> pd.DataFrame:

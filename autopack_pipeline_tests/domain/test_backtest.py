@@ -10,6 +10,8 @@ from autopack_pipeline.cli.calibration_patch import new_version_name, updated_ya
 from autopack_pipeline.domain.backtest import PatchError, read_patch, run_backtest
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.events import conform_events_frame
+from autopack_pipeline.domain.reprediction import PredictionInputs
+from autopack_pipeline.storage.frames import event_arrays_from_frame
 
 
 @pytest.fixture
@@ -135,7 +137,7 @@ def events_for_backtest():
     base = {"run_id": "r", "category": "implementation", "complexity": "low", "success": True, "truncated": False}
     frame = conform_events_frame(pd.DataFrame([{**base, "phase_id": f"p{r['event_id']}", **r} for r in rows]))
     one, three = ["src/new_module.py (new)"], ["src/a.py (new)", "src/b.py (new)", "src/c.py (new)"]
-    return frame, pd.Series([one, one, three, []], dtype=object)
+    return event_arrays_from_frame(frame), PredictionInputs.from_rows([1, 2, 3, 4], [one, one, three, []])
 
 
 def test_backtest_by_hand(table, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from autopack_pipeline.domain.budget_calibration import (
 )
 from autopack_pipeline.domain.coefficients import GroupSetting, load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
-from autopack_pipeline.domain.reprediction import Repredictor, StoredPrediction
+from autopack_pipeline.domain.reprediction import PredictionInputs, Repredictor, StoredPrediction
 from autopack_pipeline.storage.frames import event_arrays_from_frame
 
 SYNTHESIS = ["docs/api_reference.md", "docs/examples.md"]  # api reference + examples: the doc_synthesis model
@@ -27,7 +28,7 @@ PHASES = [(SYNTHESIS, "docs", "medium"), (DOCS_LOW, "docs", "low"), (["src/a.py 
 
 @pytest.fixture
 def seed():
-    return load_coefficients()
+    return load_coefficients(Path(__file__).resolve().parents[2] / "seeds" / "estimator_coefficients.yaml")
 
 
 def test_a_file_without_the_section_estimates_and_budgets_exactly_as_before(seed):
@@ -62,8 +63,8 @@ def test_doc_model_groups_move_by_their_multiplier(seed):
         "complexity": ["medium", "low"], "predicted_output_tokens": [synthesis.estimated_tokens, docs.estimated_tokens],
         "actual_output_tokens": [5000, 3000], "selected_budget": [12288, 4096], "success": [True, True],
         "truncated": [False, False]})
-    result = run_backtest(events, pd.Series([SYNTHESIS, DOCS_LOW]), seed, table,
-                          groups=[("doc_synthesis", "medium"), ("docs", "low")])
+    result = run_backtest(event_arrays_from_frame(events), PredictionInputs.from_rows([1, 2], [SYNTHESIS, DOCS_LOW]),
+                          seed, table, groups=[("doc_synthesis", "medium"), ("docs", "low")])
     assert result["rerun_match_pct"] == 100.0
     scales = {(g["category"], g["complexity"]): g["prediction_scale_median"] for g in result["groups"]}
     assert scales[("doc_synthesis", "medium")] == pytest.approx(1.5, abs=1e-3)
@@ -202,9 +203,8 @@ def test_whole_column_reprediction_agrees_with_the_event_by_event_rule(seed):
                           "category": [r[1] for r in rows], "complexity": [r[2] for r in rows],
                           "predicted_output_tokens": [r[4] for r in rows], "actual_output_tokens": 1000,
                           "selected_budget": 8192, "success": True, "truncated": False})
-    inputs = pd.DataFrame({"deliverables": [r[3] for r in rows[:5]], "coefficients_version": [r[5] for r in rows[:5]],
-                           "context_quality": "some"}, index=pd.Index([r[0] for r in rows[:5]], name="event_id"),
-                          dtype=object)
+    inputs = PredictionInputs.from_rows([r[0] for r in rows[:5]], [r[3] for r in rows[:5]], [r[5] for r in rows[:5]],
+                                        {"context_quality": ["some"] * 5})
     arrays, counts = arrays_in_force(event_arrays_from_frame(frame), inputs, new, {"v-old": old})
 
     repredictor = Repredictor(new, {"v-old": old})

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from autopack_pipeline.domain import coefficient_blocks as coefficient_blocks_module
+from autopack_pipeline.domain import coefficient_table as coefficient_table_module
 from autopack_pipeline.domain import coefficients as coefficients_module
+from autopack_pipeline.domain import deliverables as deliverables_module
 from autopack_pipeline.domain import estimator as estimator_module
-from autopack_pipeline.domain.coefficients import CoefficientTable, default_coefficients, load_coefficients
+from autopack_pipeline.domain.coefficients import CoefficientTable, coefficients_path_in, load_coefficients
 from autopack_pipeline.domain.estimator import (
     TokenEstimate,
     TokenEstimator,
@@ -31,6 +34,7 @@ from autopack_pipeline.domain.estimator import (
     normalize_deliverables,
     select_budget,
 )
+from autopack_pipeline.settings import seeds_directory
 
 SEED_FILE = Path(__file__).resolve().parents[2] / "seeds" / "estimator_coefficients.yaml"
 MODES = ["canonical", "autopack"]
@@ -98,13 +102,13 @@ def test_seeds_dir_env_var_is_honoured(tmp_path: Path, monkeypatch: pytest.Monke
     data["version"] = "from-env"
     write_yaml(tmp_path / "estimator_coefficients.yaml", data)
     monkeypatch.setenv("AUTOPACK_SEEDS_DIR", str(tmp_path))
-    assert load_coefficients().version == "from-env"
-    assert default_coefficients().version == "from-env"
+    assert load_coefficients(coefficients_path_in(seeds_directory())).version == "from-env"
 
 
-def test_default_path_is_the_repo_seed_file() -> None:
-    assert coefficients_module.default_coefficients_path() == SEED_FILE
-    assert load_coefficients().version == "v5-step1"
+def test_default_path_is_the_repo_seed_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(SEED_FILE.parents[1])  # ./seeds of the working directory, as a checkout runs
+    assert coefficients_path_in(seeds_directory()) == SEED_FILE
+    assert load_coefficients(coefficients_path_in(seeds_directory())).version == "v5-step1"
 
 
 def _set(data: dict, dotted: str, value: object) -> None:
@@ -311,8 +315,8 @@ def test_complexity_defaults(table: CoefficientTable, tmp_path: Path, complexity
     assert complexity_default_budget(complexity, table) == expected
 
 
-def test_complexity_default_budget_without_table() -> None:
-    budgets = [complexity_default_budget(c) for c in ("low", "medium", "high", "maintenance")]
+def test_complexity_default_budget_of_the_seed_file(table: CoefficientTable) -> None:
+    budgets = [complexity_default_budget(c, table) for c in ("low", "medium", "high", "maintenance")]
     assert budgets == [8192, 12288, 16384, 8192]
 
 
@@ -656,7 +660,8 @@ def test_token_estimate_is_frozen() -> None:
         estimate_of(1).estimated_tokens = 2  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("module", [estimator_module, coefficients_module])
+@pytest.mark.parametrize("module", [estimator_module, coefficients_module, deliverables_module,
+                                    coefficient_table_module, coefficient_blocks_module])
 def test_domain_modules_import_no_infrastructure(module: object) -> None:
     tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = {

@@ -65,9 +65,12 @@ def test_top_n_and_phase_type_statistics():
     assert analysis.failure_rate_by_phase_type == {"implementation": 0.0, "docs": 0.5}
 
 
-def test_a_dataframe_and_an_empty_input_both_work():
-    frame = pd.DataFrame([_row("a", tokens=70_000), _row("b", tokens=80_000)])
-    assert len(analyse_outcomes(frame, now=NOW).top_cost_sinks) == 2
+def test_a_frames_records_and_an_empty_input_both_work():
+    frame = pd.DataFrame([_row("a", tokens=70_000), _row("b", tokens=80_000, phase_type=None),
+                          _row("c", tokens=None, stop_reason=None)])
+    analysis = analyse_outcomes(frame.to_dict("records"), now=NOW)  # missing values arrive as NaN/NaT
+    assert [(i.phase_id, i.phase_type) for i in analysis.top_cost_sinks] == [("b", None), ("a", "implementation")]
+    assert analysis.rows_in_window == 3
     empty = analyse_outcomes([], now=NOW)
     assert (empty.top_cost_sinks, empty.top_failure_modes, empty.top_retry_causes) == ([], [], [])
     assert insights_from_outcomes(empty) == []

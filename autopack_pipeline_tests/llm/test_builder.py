@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
 from autopack_pipeline.llm.builder import MAX_TOKENS_CAP, Attempt, Builder, escalation_for
 from autopack_pipeline.llm.prompt import SYSTEM_PROMPT, render_files
@@ -43,7 +44,8 @@ def files_for(deliverables: list[str]) -> str:
 
 @pytest.fixture
 def estimator(tmp_path: Path) -> TokenEstimator:
-    return TokenEstimator(workspace=tmp_path)
+    seed_file = Path(__file__).resolve().parents[2] / "seeds" / "estimator_coefficients.yaml"
+    return TokenEstimator(load_coefficients(seed_file), workspace=tmp_path)
 
 
 @pytest.fixture

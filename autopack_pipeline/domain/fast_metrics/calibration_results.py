@@ -12,13 +12,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autopack_pipeline.domain.targets import DECREASE_BELOW, INCREASE_ABOVE
+
 AUTOPACK_MEDIAN = "autopack-median"
 DEFAULT_CONFIDENCE_THRESHOLD = 0.7
 # Below 12 samples the sample-size half of the confidence score is not yet full.
 FULL_CONFIDENCE_SAMPLES = 12
-# A median ratio inside [0.8, 1.2] is treated as noise, not as a reason to change anything.
-INCREASE_ABOVE = 1.2
-DECREASE_BELOW = 0.8
 
 
 class _Frozen(BaseModel):
