@@ -30,8 +30,8 @@ from autopack_pipeline.services.calibration_loop import LoopOptions, private_see
 from autopack_pipeline.settings import load_settings  # noqa: E402
 from autopack_pipeline.storage.database import make_engine  # noqa: E402
 from autopack_pipeline.storage.migrate import prepare_database  # noqa: E402
-from autopack_pipeline_tests.llm.length_world import LengthWorld  # noqa: E402
-from autopack_pipeline_tests.llm.messages_server import MessagesServer  # noqa: E402
+from autopack_pipeline_tests.support.length_world import LengthWorld  # noqa: E402
+from autopack_pipeline_tests.support.messages_server import MessagesServer  # noqa: E402
 
 
 def _fresh(world: str, base: Path):

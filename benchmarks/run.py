@@ -27,7 +27,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # for autopack_pipeline_tests.llm.messages_server
+    sys.path.insert(0, str(REPO))  # for autopack_pipeline_tests.support.messages_server
 
 PG_ADMIN_URL = os.environ.get("AUTOPACK_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 HISTORY_SIZES = (1_000_000, 3_000_000, 10_000_000)
@@ -270,7 +270,7 @@ def child_collection(db: str, latency: float, concurrency: int) -> dict:
     from autopack_pipeline.settings import REPO_ROOT
     from autopack_pipeline.storage.database import make_engine
     from autopack_pipeline.storage.migrate import upgrade_database
-    from autopack_pipeline_tests.llm.messages_server import Answer, MessagesServer, Slow
+    from autopack_pipeline_tests.support.messages_server import Answer, MessagesServer, Slow
 
     run, phases = load_phase_file(REPO_ROOT / "seeds" / "telemetry_collection_phases.yaml")
     phases = phases[:10]

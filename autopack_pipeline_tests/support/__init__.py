@@ -1,0 +1,1 @@
+"""Helpers and fixtures every tier imports: databases, the local Messages API server, CLI runs."""

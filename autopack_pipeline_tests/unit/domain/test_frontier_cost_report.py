@@ -1,0 +1,46 @@
+"""The calibrate workflow's reports carry the frontier and the cost per group (markdown, JSON, as_dict)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autopack_pipeline.services import workflows
+from autopack_pipeline.settings import load_settings
+from autopack_pipeline_tests.unit.domain.test_calibration_reports import events
+
+
+def test_reports_show_frontier_and_cost_per_group(tmp_path, monkeypatch):
+    monkeypatch.delenv("AUTOPACK_SEEDS_DIR", raising=False)
+    outcome = workflows.calibrate(events(), load_settings(), force=True, output_dir=tmp_path)
+    markdown = outcome.markdown_path.read_text()
+    assert "## Frontier and cost" in markdown
+    assert "### implementation/low" in markdown and "### tests/medium" in markdown
+
+    payload = json.loads(outcome.json_path.read_text())
+    by_group = {(e["category"], e["complexity"]): e for e in payload["frontier_and_cost"]}
+    low = by_group[("implementation", "low")]
+    # 40 clean ratios 0.05 .. 2.0: 5% of 40 lets 2 exceed 1.1 m -> m = 1.9 / 1.1 -> 1.728; 2% lets none
+    # exceed b m -> b = 2.0 / 1.728 -> 1.158.
+    assert (low["frontier"]["multiplier"], low["frontier"]["margin"]) == (1.728, 1.158)
+    # Budget waste P90 of S / r over 40 values (S = 1.728 * 1.158): j = 36, delta 9, ascending values 35 and
+    # 36 are S / 0.25 and S / 0.2: (4 S + 9 * 5 S) / 10 = 4.9 S = 9.81x, so Tier 2 cannot hold.
+    assert low["frontier"]["budget_waste_p90"] == pytest.approx(4.9 * 1.728 * 1.158)
+    assert low["frontier"]["tier2_holds"] is False
+    # Billed: 50 * (1 + ... + 40) = 41,000 tokens at the default $15 per million (no model stored):
+    # $0.615 over 40 calls = $15.375 per 1,000 calls; 40 budgets of 8192 reserved.
+    now = low["cost"]["now"]
+    assert now["dollars_per_1000_calls"] == pytest.approx(15.375)
+    assert now["reserved_output_tokens_per_1000_calls"] == 8_192_000
+    # The frontier's budgets, 1.158 * 1.728 * 1000 = 2001, sit under the 8192 floor: nothing moves.
+    frontier = next(p for p in low["cost"]["proposals"] if p["label"] == "frontier")
+    assert frontier["proposed"]["reserved_output_tokens_per_1000_calls"] == 8_192_000
+    assert {p["label"] for p in low["cost"]["proposals"]} == {"frontier", "calibration"}
+    assert "$15.38 -> $15.38 per 1,000 calls" in markdown
+
+    medium = by_group[("tests", "medium")]
+    # 3 of 28 truncated (10.7%) count above every candidate: out of reach.
+    assert medium["frontier"]["reachable"] is False
+    assert "3 of 28 observations (10.7%) were truncated" in markdown
+    assert outcome.as_dict()["frontier_and_cost"] == payload["frontier_and_cost"]

@@ -1,0 +1,325 @@
+"""Synthetic bulk loads: exactly what the generator says, keys that hold, the Builder's rules, the schema
+left as it was, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from autopack_pipeline.cli import main
+from autopack_pipeline.domain.coefficients import load_coefficients
+from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
+from autopack_pipeline.llm.builder import MAX_TOKENS_CAP
+from autopack_pipeline.settings import REPO_ROOT
+from autopack_pipeline.storage import bulk
+from autopack_pipeline.storage.bulk import (
+    LEGACY_SPELLINGS,
+    RunsAlreadyPresent,
+    bulk_load,
+    generate_chunks,
+    phase_ids_for,
+    run_id_for,
+)
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.events import estimation_metrics, read_events
+from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline_tests.support.databases import count_rows, fetch_all
+
+N = 3000
+
+
+def schema_objects(engine) -> set[tuple[str, str]]:
+    """Index and foreign-key definitions of phases and events, as the database reports them."""
+    inspector = sa.inspect(engine)
+    found = set()
+    for table in ("phases", "token_estimation_v2_events"):
+        for index in inspector.get_indexes(table):
+            found.add((table, f"index {index['name']} {index['column_names']} unique={bool(index['unique'])}"))
+        for fk in inspector.get_foreign_keys(table):
+            found.add((table, f"fk {fk['constrained_columns']}->{fk['referred_table']}{fk['referred_columns']}"))
+    return found
+
+
+def generated_frame(events: int, runs: int, seed: int, phase_ids: str = "per-run") -> pd.DataFrame:
+    """The generator's events (before any database), in the columns the loaders write, with their phase ids."""
+    pieces = []
+    for chunk in generate_chunks(events, runs=runs, seed=seed, phase_ids=phase_ids):
+        piece = pd.DataFrame({k: v for k, v in chunk.events.items() if k != "deliverables_json"})
+        piece["phase_id"] = phase_ids_for(chunk, seed, chunk.events["run"], chunk.events["phase_index"])
+        pieces.append(piece)
+    return pd.concat(pieces, ignore_index=True)
+
+
+@pytest.mark.parametrize("phase_ids", ["per-run", "reused"])
+def test_a_load_writes_exactly_the_generated_events_and_keeps_the_schema(engine, backend, phase_ids):
+    before = schema_objects(engine)
+    summary = bulk_load(engine, N, runs=4, seed=11, phase_ids=phase_ids)
+    assert (summary.events, summary.runs, summary.backend) == (N, 4, backend)
+    assert "rebuilt after the rows" in summary.method  # an empty table gets the one-transaction load
+    assert schema_objects(engine) == before
+    assert count_rows(engine, "token_estimation_v2_events") == N
+    assert count_rows(engine, "runs") == 4 and count_rows(engine, "tiers") == 4
+    assert count_rows(engine, "phases") == summary.phases
+
+    stored = read_events(engine)
+    expected = generated_frame(N, 4, 11, phase_ids)
+    assert stored["event_id"].tolist() == list(range(1, N + 1))
+    assert stored["run_id"].tolist() == [run_id_for(11, r) for r in expected["run"]]
+    assert stored["phase_id"].tolist() == expected["phase_id"].tolist()
+    if phase_ids == "reused":
+        assert stored["phase_id"].tolist() == [f"phase-{i + 1:05d}" for i in expected["phase_index"]]
+    for column in ("predicted_output_tokens", "actual_output_tokens", "selected_budget", "actual_max_tokens",
+                   "attempt", "deliverable_count"):
+        assert stored[column].tolist() == expected[column].tolist(), column
+    assert stored["success"].tolist() == expected["success"].tolist()
+    assert stored["truncated"].tolist() == expected["truncated"].tolist()
+    assert stored["category"].tolist() == expected["category"].tolist()
+    stamps = pd.to_datetime(expected["timestamp_us"], unit="us", utc=True)
+    assert stored["timestamp"].tolist() == stamps.tolist()
+
+
+def test_every_event_has_its_phase_and_run(engine, backend):
+    bulk_load(engine, N, runs=3, seed=5)
+    with engine.connect() as connection:
+        orphans = connection.execute(sa.text(
+            "SELECT count(*) FROM token_estimation_v2_events e LEFT JOIN phases p "
+            "ON p.run_id = e.run_id AND p.phase_id = e.phase_id WHERE p.id IS NULL")).scalar()
+        tierless = connection.execute(sa.text(
+            "SELECT count(*) FROM phases p LEFT JOIN tiers t ON t.id = p.tier_id WHERE t.id IS NULL")).scalar()
+        if backend == "sqlite":
+            violations = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        else:
+            violations = []
+    assert (orphans, tierless, violations) == (0, 0, [])
+
+
+def test_every_run_has_its_own_phase_ids_and_runs_differ_in_size_as_autopacks_do():
+    """Autopack's shape: a database it wrote held ~29,400 runs and as many distinct phase ids as phases
+    (no id in two runs); the reused shape restarts the ids in every run of equal size."""
+    events = 60_000
+    runs = bulk.default_run_count(events)
+    assert runs == 1765  # ~34 events per run
+    frame = generated_frame(events, runs, 7)
+    phases = frame.drop_duplicates(["run", "phase_index"])
+    assert frame["phase_id"].nunique() == len(phases)  # every phase its own id
+    assert phases.groupby("phase_id")["run"].nunique().max() == 1  # no id shared by two runs
+    assert phases["phase_id"].str.startswith("s7-r").all()
+    sizes = frame.groupby("run").size()
+    assert frame["run"].nunique() >= 0.99 * runs and 25 <= sizes.mean() <= 40
+    assert sizes.quantile(0.9) > 2.5 * sizes.quantile(0.1)  # a spread, not equal blocks
+
+    reused = generated_frame(events, bulk.default_run_count(events, "reused"), 7, "reused")
+    assert reused.groupby("phase_id")["run"].nunique().max() > 1  # the same id in several runs
+    assert reused["phase_id"].nunique() < 0.1 * reused.drop_duplicates(["run", "phase_index"]).shape[0]
+
+
+def test_a_fresh_sqlite_load_that_fails_midway_leaves_nothing(sqlite_engine, monkeypatch):
+    def fail(self, chunk):
+        raise RuntimeError("interrupted after the first chunk's rows")
+
+    monkeypatch.setattr(bulk.sqlite._SqliteLoader, "_written", fail)
+    before = schema_objects(sqlite_engine)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        bulk_load(sqlite_engine, 2000, seed=1)
+    assert [count_rows(sqlite_engine, t) for t in ("runs", "tiers", "phases", "token_estimation_v2_events")] == [0] * 4
+    assert schema_objects(sqlite_engine) == before  # the dropped indexes are back
+    monkeypatch.undo()
+    assert bulk_load(sqlite_engine, 2000, seed=1).events == 2000  # and the seed is free
+
+
+def test_more_than_100k_runs_load(engine):
+    """Run numbers of six digits (Autopack's shape gives ~294k runs for 10M events) do not sort
+    between the first and the last run id as text; every run still gets its tier."""
+    summary = bulk_load(engine, 100_002, runs=100_001, seed=3)
+    assert (summary.runs, count_rows(engine, "tiers"), key_violations(engine)) == (100_001, 100_001, (0, 0, 0))
+
+
+def test_rows_follow_the_builder_and_the_writer(sqlite_engine):
+    engine = sqlite_engine
+    bulk_load(engine, N, runs=2, seed=3)
+    events = pd.DataFrame(fetch_all(engine, "token_estimation_v2_events", "event_id"))
+    phases = pd.DataFrame(fetch_all(engine, "phases", "id")).set_index(["run_id", "phase_id"])
+    assert (events["actual_output_tokens"] >= 50).all()  # the writer never stores less
+    truncated = events["truncated"].astype(bool)
+    assert (events.loc[truncated, "actual_output_tokens"] == events.loc[truncated, "actual_max_tokens"]).all()
+    assert not (events["success"].astype(bool) & truncated).any()
+    assert (events["is_truncated_output"].astype(bool) == truncated).all()
+    first = events[events["attempt"] == 1]
+    assert (first["actual_max_tokens"] == np.minimum(first["selected_budget"], MAX_TOKENS_CAP)).all()
+    retries = events[events["attempt"] == 2]
+    assert len(retries) > 0
+    earlier = first.set_index(["run_id", "phase_id"]).loc[list(zip(retries["run_id"], retries["phase_id"]))]
+    # Only a truncation, or a failure at 95% of the ceiling, escalates (the Builder's rule).
+    near_ceiling = earlier["actual_output_tokens"] * 100 >= 95 * earlier["actual_max_tokens"]
+    assert (earlier["truncated"].astype(bool) | (near_ceiling & ~earlier["success"].astype(bool))).all()
+    assert (near_ceiling & ~earlier["truncated"].astype(bool)).any()  # the utilisation rule happened too
+    out_of_room = first["truncated"].astype(bool) | (
+        ~first["success"].astype(bool) & (first["actual_output_tokens"] * 100 >= 95 * first["actual_max_tokens"]))
+    # ... and every such attempt did escalate (a degenerate retry is not stored, its phase counts it)
+    escalated = phases.loc[list(zip(first.loc[out_of_room, "run_id"], first.loc[out_of_room, "phase_id"]))]
+    assert (escalated["builder_attempts"] == 2).all()
+    ceiling = np.minimum((retries["selected_budget"] * 1.25).astype(int), MAX_TOKENS_CAP).to_numpy()
+    assert (retries["actual_max_tokens"].to_numpy() == np.maximum(ceiling, retries["selected_budget"])).all()
+    for row in events.sample(50, random_state=1).itertuples():
+        smape, waste, under = estimation_metrics(row.predicted_output_tokens, row.actual_output_tokens)
+        assert (row.smape_percent, row.waste_ratio, bool(row.underestimated)) == (smape, waste, under)
+        phase = phases.loc[(row.run_id, row.phase_id)]
+        assert phase["task_category"] == row.category and phase["complexity"] == row.complexity
+    last = events.groupby(["run_id", "phase_id"]).tail(1).set_index(["run_id", "phase_id"])
+    assert ((phases.loc[last.index, "state"] == "COMPLETE") == last["success"].astype(bool)).all()
+
+
+def test_predictions_and_budgets_are_the_real_estimators():
+    coefficients = load_coefficients(REPO_ROOT / "seeds" / "estimator_coefficients.yaml")
+    estimator = TokenEstimator(coefficients, workspace=REPO_ROOT / "seeds" / "__no_workspace__")
+    chunk = next(generate_chunks(2000, runs=1, seed=9))
+    ev = chunk.events
+    canonical = {v: k for k, v in LEGACY_SPELLINGS.items()}
+    for i in range(0, len(ev["run"]), 97):
+        deliverables = json.loads(ev["deliverables_json"][i])
+        category = canonical.get(ev["category"][i], ev["category"][i])
+        estimate = estimator.estimate(deliverables, category, ev["complexity"][i])
+        assert estimate.estimated_tokens == ev["predicted_output_tokens"][i]
+        assert select_budget(estimate, ev["complexity"][i], coefficients) == ev["selected_budget"][i]
+        assert len(deliverables) == ev["deliverable_count"][i]
+
+
+def test_distributions_look_like_the_simulated_backend():
+    frame = generated_frame(40_000, 20, 2)
+    shares = frame["category"].value_counts(normalize=True)
+    assert 0.35 < shares["implementation"] < 0.45 and 0.18 < shares["tests"] < 0.26
+    assert 0.005 < shares.get("testing", 0) < 0.02  # Autopack's legacy spellings, now and then
+    assert 0.05 < frame["truncated"].mean() < 0.4
+    assert 0.6 < frame["success"].mean() < 0.95
+    assert (frame["deliverable_count"] == 1).mean() > 0.45 and frame["deliverable_count"].max() == 10
+    ratio = frame["actual_output_tokens"] / frame["predicted_output_tokens"]
+    assert 0.7 < ratio.median() < 1.5  # the estimator is roughly right, with heavy tails
+    assert ratio.quantile(0.99) > 2 * ratio.median()
+
+
+def test_a_seed_gives_the_same_events_and_loads_once(sqlite_engine):
+    assert generated_frame(N, 3, 4).equals(generated_frame(N, 3, 4))
+    assert not generated_frame(N, 3, 4).equals(generated_frame(N, 3, 5))
+    bulk_load(sqlite_engine, 500, runs=2, seed=4)
+    with pytest.raises(RunsAlreadyPresent, match="another --seed"):
+        bulk_load(sqlite_engine, 500, runs=2, seed=4)
+
+
+def test_a_second_seed_appends_after_the_newest_event_with_indexes_in_place(engine):
+    before = schema_objects(engine)
+    first = bulk_load(engine, 800, runs=2, seed=1)
+    second = bulk_load(engine, 700, runs=3, seed=2)
+    assert "indexes in place" in second.method
+    assert schema_objects(engine) == before
+    stored = read_events(engine)
+    assert len(stored) == 1500 and stored["event_id"].is_monotonic_increasing
+    assert stored["timestamp"].iloc[800:].min() > stored["timestamp"].iloc[:800].max()
+    assert second.first_timestamp > first.last_timestamp
+    assert set(stored["run_id"]) == {run_id_for(1, 0), run_id_for(1, 1)} | {run_id_for(2, r) for r in range(3)}
+
+
+def test_synth_command(sqlite_url, capsys):
+    assert main(["synth", "--events", "400", "--runs", "2", "--seed", "8", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["events"], document["runs"], document["first_run_id"]) == (400, 2, "synth-8-r00000")
+    assert main(["synth", "--events", "400", "--runs", "2", "--seed", "8"]) == 2
+    assert "another --seed" in capsys.readouterr().err
+    assert main(["synth", "--events", "10", "--runs", "20"]) == 2
+    assert main(["synth", "--events", "300", "--seed", "9"]) == 0
+    assert "Synthesised 300 events" in capsys.readouterr().out
+
+
+def test_an_empty_database_another_connection_holds_open_gets_the_incremental_load(tmp_path):
+    # Leaving WAL for the one-transaction load needs the only connection; with a reader holding the
+    # file open, the load must still succeed, with the indexes in place.
+    path = tmp_path / "telemetry.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade_database(engine)
+    reader = sqlite3.connect(path)
+    try:
+        reader.execute("SELECT count(*) FROM runs").fetchone()
+        summary = bulk_load(engine, 500, runs=1, seed=6)
+    finally:
+        reader.close()
+    assert "indexes in place" in summary.method
+    assert count_rows(engine, "token_estimation_v2_events") == 500
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+
+
+POSTGRES_ONLY = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+
+
+def key_violations(engine) -> tuple[int, int, int]:
+    """Events without their phase, events without their run, phases without their tier."""
+    with engine.connect() as connection:
+        return tuple(connection.execute(sa.text(query)).scalar() for query in (
+            ("SELECT count(*) FROM token_estimation_v2_events e LEFT JOIN phases p "
+             "ON p.run_id = e.run_id AND p.phase_id = e.phase_id WHERE p.id IS NULL"),
+            "SELECT count(*) FROM token_estimation_v2_events e LEFT JOIN runs r ON r.id = e.run_id WHERE r.id IS NULL",
+            "SELECT count(*) FROM phases p LEFT JOIN tiers t ON t.id = p.tier_id WHERE t.id IS NULL",
+        ))
+
+
+@POSTGRES_ONLY
+@pytest.mark.parametrize("may_skip_key_checks", [True, False])
+def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_role_may(
+        engine, monkeypatch, may_skip_key_checks):
+    if not may_skip_key_checks:  # a role that may not set session_replication_role
+        monkeypatch.setattr(bulk.postgresql, "_may_skip_key_checks", lambda cursor: False)
+    monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 97)  # chunks copied in many pieces
+    bulk_load(engine, 800, runs=2, seed=1)
+    second = bulk_load(engine, 700, runs=3, seed=2)
+    assert ("events on a second connection" in second.method) == may_skip_key_checks
+    stored = read_events(engine).iloc[800:]
+    expected = generated_frame(700, 3, 2)
+    assert stored["event_id"].is_monotonic_increasing  # ids in the order generated, as one connection gives
+    assert stored["run_id"].tolist() == [run_id_for(2, r) for r in expected["run"]]
+    assert stored["phase_id"].tolist() == expected["phase_id"].tolist()
+    assert stored["actual_output_tokens"].tolist() == expected["actual_output_tokens"].tolist()
+    assert key_violations(engine) == (0, 0, 0)
+    with engine.connect() as connection:
+        counted = connection.execute(sa.text(
+            "SELECT r.max_phases, count(p.id) FROM runs r JOIN phases p ON p.run_id = r.id "
+            "WHERE r.id LIKE 'synth-2-%' GROUP BY r.id, r.max_phases")).all()
+    assert len(counted) == 3 and all(declared == found for declared, found in counted)
+    assert sum(found for _declared, found in counted) == second.phases
+    # The triggers were off for the load's transactions only: no pooled connection keeps that.
+    with engine.connect() as one, engine.connect() as other:
+        roles = {c.exec_driver_sql("SHOW session_replication_role").scalar() for c in (one, other)}
+    assert roles == {"origin"}
+
+
+@POSTGRES_ONLY
+def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_runs(engine, monkeypatch):
+    bulk_load(engine, 300, runs=1, seed=1)
+    # Small chunks and batches, so that several batches are committed before the failure.
+    monkeypatch.setattr(bulk.generate, "PHASES_PER_CHUNK", 100)
+    monkeypatch.setattr(bulk.postgresql, "PG_TRANSACTION_EVENTS", 100)
+    copies = []
+    real_copy = bulk.postgresql._copy
+
+    def copy_then_fail(cursor, statement, data):
+        copies.append(statement)
+        if len(copies) > 6:
+            raise RuntimeError("connection lost")
+        real_copy(cursor, statement, data)
+
+    monkeypatch.setattr(bulk.postgresql, "_copy", copy_then_fail)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        bulk_load(engine, 1000, runs=2, seed=2)
+    assert count_rows(engine, "runs") == 1 and count_rows(engine, "tiers") == 1
+    assert count_rows(engine, "token_estimation_v2_events") == 300
+    with engine.connect() as connection:
+        phases = connection.execute(sa.text("SELECT count(*) FROM phases WHERE run_id LIKE 'synth-2-%'")).scalar()
+    assert phases == 0
+    monkeypatch.setattr(bulk.postgresql, "_copy", real_copy)
+    assert bulk_load(engine, 1000, runs=2, seed=2).events == 1000  # the seed is free again

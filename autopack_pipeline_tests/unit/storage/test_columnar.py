@@ -1,0 +1,253 @@
+"""The columnar copy of the events table: it reads back exactly as the table does, a refresh asks the
+database only for new rows, and anything that would make it stale (another database, a replaced file,
+a late PostgreSQL commit) is caught."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from autopack_pipeline.domain import fast_metrics as fm
+from autopack_pipeline.services import workflows
+from autopack_pipeline.settings import load_settings
+from autopack_pipeline.storage import adbc, columnar
+from autopack_pipeline.storage.adbc import AdbcUnavailable
+from autopack_pipeline.storage.bulk import bulk_load
+from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, store_directory_for
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.events import (
+    ensure_run_and_phase,
+    estimation_row,
+    insert_estimation_row,
+    read_events,
+)
+from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
+from autopack_pipeline_tests.oracle.compare import assert_close
+from autopack_pipeline_tests.oracle.coverage import calibrate_coverage
+from autopack_pipeline_tests.oracle.gates import evaluate_calibration_gate
+from autopack_pipeline_tests.oracle.metrics import tier_metrics_document
+from autopack_pipeline_tests.oracle.samples import clean_samples, sample_exclusions
+from autopack_pipeline_tests.unit.storage.test_autopack_upgrade import autopack_engine  # noqa: F401 - a fixture
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> ColumnarStore:
+    directory = tmp_path / "columnar"
+    monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(directory))
+    return ColumnarStore(directory)
+
+
+def assert_reads_like_the_table(store: ColumnarStore, engine) -> None:
+    pd.testing.assert_frame_equal(store.events_frame(), read_events(engine))
+
+
+def test_a_cold_refresh_copies_every_event(engine, store):
+    bulk_load(engine, 2500, runs=3, seed=1)
+    result = store.refresh(engine)
+    assert (result.new_rows, result.rows_after, result.high_water, result.rebuilt) == (2500, 2500, 2500, None)
+    assert_reads_like_the_table(store, engine)
+    manifest = store.manifest()
+    assert manifest["high_water_event_id"] == 2500 and len(manifest["parts"]) == 1
+    assert store.table(["category"]).schema.field("category").type == pa.dictionary(pa.int32(), pa.string())
+
+
+def test_a_refresh_asks_only_for_rows_above_the_mark(engine, store, monkeypatch):
+    bulk_load(engine, 1200, runs=2, seed=1)
+    store.refresh(engine)
+    bulk_load(engine, 300, runs=1, seed=2)
+    asked: list[tuple] = []
+    original = columnar._BatchReader.read
+
+    def spy(self, where, params):
+        asked.append(params)
+        return original(self, where, params)
+
+    monkeypatch.setattr(columnar._BatchReader, "read", spy)
+    result = store.refresh(engine)
+    assert (result.new_rows, result.rows_before, result.parts_written) == (300, 1200, 1)
+    assert asked and all(low >= 1200 for low, _high in asked)
+    assert_reads_like_the_table(store, engine)
+    again = store.refresh(engine)
+    assert (again.new_rows, again.parts_written, again.rebuilt) == (0, 0, None)
+
+
+def test_awkward_values_read_back_exactly(engine, store, make_event):
+    odd = [('run,"1"', "phase\nwith newline"), ("run'2", "phase,2"), ("r3", "")]
+    for run_id, phase_id in odd:
+        ensure_run_and_phase(engine, run_id, phase_id)
+    with engine.begin() as connection:
+        for i, (run_id, phase_id) in enumerate(odd):
+            row = estimation_row(make_event(run_id=run_id, phase_id=phase_id, stop_reason=None if i else 'it"s, odd',
+                                            actual_max_tokens=None, attempt=None if i else 2, category="testing"))
+            insert_estimation_row(connection, row)
+    bulk_load(engine, 50, runs=1, seed=3)
+    if engine.dialect.name == "sqlite":  # text stamps without a fraction, as other writers leave them
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE token_estimation_v2_events SET timestamp = '2025-02-03 04:05:06' "
+                                       "WHERE event_id = 2")
+    store.refresh(engine)
+    assert_reads_like_the_table(store, engine)
+
+
+def test_batches_are_read_into_arrow_by_adbc_on_postgresql_and_by_sqlite3_on_sqlite(engine, store, monkeypatch):
+    bulk_load(engine, 1200, seed=4)
+    text_routes: list[str] = []
+    for route in ("_sqlite_csv", "_postgresql_csv", "_rows"):
+        original = getattr(columnar._BatchReader, route)
+        monkeypatch.setattr(columnar._BatchReader, route,
+                            lambda self, *a, _route=route, _original=original: text_routes.append(_route) or _original(self, *a))
+    assert store.refresh(engine).new_rows == 1200
+    if engine.dialect.name == "sqlite":
+        # Never ADBC's SQLite driver: a second SQLite library in the process would break the file's locks.
+        assert set(text_routes) == {"_sqlite_csv"}
+        with pytest.raises(AdbcUnavailable, match="second SQLite library"):
+            adbc.connect(engine)
+    else:
+        assert text_routes == []  # neither CSV text nor SQLAlchemy rows
+    assert_reads_like_the_table(store, engine)
+
+
+def test_a_column_of_mixed_types_the_adbc_driver_refuses_goes_through_the_csv_route(sqlite_engine, store):
+    # SQLite keeps any value in any column; ADBC's SQLite driver types a column by its first rows and
+    # stops at a value of another type.
+    bulk_load(sqlite_engine, 3000, seed=4)
+    with sqlite_engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE token_estimation_v2_events SET model = 7 WHERE event_id = 2900")
+    assert store.refresh(sqlite_engine).new_rows == 3000
+    assert_reads_like_the_table(store, sqlite_engine)
+    assert store.events_frame()["model"].iloc[2899] == "7"
+
+
+def test_batches_the_csv_route_cannot_parse_go_through_sqlalchemy(sqlite_engine, store, monkeypatch):
+    bulk_load(sqlite_engine, 300, runs=1, seed=4)
+
+    def refuse(self, where, params):
+        raise pa.ArrowInvalid("unparseable")
+
+    monkeypatch.setattr(columnar._BatchReader, "_adbc", refuse)
+    monkeypatch.setattr(columnar._BatchReader, "_sqlite_csv", refuse)
+    assert store.refresh(sqlite_engine).new_rows == 300
+    assert_reads_like_the_table(store, sqlite_engine)
+
+
+def test_an_autopack_database_without_our_columns(autopack_engine, store):  # noqa: F811 - the fixture
+    store.refresh(autopack_engine)
+    assert_reads_like_the_table(store, autopack_engine)
+    assert store.events_frame()["attempt"].isna().all()
+
+
+def test_a_database_without_the_events_table_is_refused(blank_engine, store):
+    with pytest.raises(ColumnarStoreError, match="token_estimation_v2_events"):
+        store.refresh(blank_engine)
+
+
+def test_a_replaced_database_rebuilds_the_store(tmp_path, store):
+    path = tmp_path / "telemetry.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade_database(engine)
+    bulk_load(engine, 400, runs=1, seed=1)
+    store.refresh(engine)
+    engine.dispose()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"telemetry.db{suffix}").unlink(missing_ok=True)
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade_database(engine)
+    bulk_load(engine, 600, runs=2, seed=7)
+    result = store.refresh(engine)
+    assert result.rebuilt and "gone or changed" in result.rebuilt
+    assert result.rows_after == 600
+    assert_reads_like_the_table(store, engine)
+    assert {p.name for p in store.directory.glob("*.parquet")} == {p["file"] for p in store.manifest()["parts"]}
+
+
+def test_one_directory_never_mixes_two_databases(tmp_path, store):
+    engines = []
+    for name, seed in (("a.db", 1), ("b.db", 2)):
+        engine = make_engine(f"sqlite:///{tmp_path / name}")
+        upgrade_database(engine)
+        bulk_load(engine, 300, runs=1, seed=seed)
+        engines.append(engine)
+    store.refresh(engines[0])
+    result = store.refresh(engines[1])
+    assert result.rebuilt and "held events of" in result.rebuilt
+    assert_reads_like_the_table(store, engines[1])
+
+
+def test_many_small_refreshes_are_compacted(sqlite_engine, store, monkeypatch):
+    monkeypatch.setattr(columnar, "MAX_SMALL_PARTS", 2)
+    for seed in range(1, 6):
+        bulk_load(sqlite_engine, 40, runs=1, seed=seed)
+        store.refresh(sqlite_engine)
+    parts = store.manifest()["parts"]
+    assert len(parts) <= 3
+    assert {p.name for p in store.directory.glob("*.parquet")} == {p["file"] for p in parts}
+    assert_reads_like_the_table(store, sqlite_engine)
+
+
+def test_a_postgresql_commit_below_the_mark_is_picked_up_later(engine, backend, store, make_event):
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer: ids commit in order")
+    ensure_run_and_phase(engine, "run-1", "phase-1")
+    late = engine.connect()
+    transaction = late.begin()
+    insert_estimation_row(late, estimation_row(make_event(actual_output_tokens=111)))  # takes the lower id
+    with engine.begin() as connection:
+        insert_estimation_row(connection, estimation_row(make_event(actual_output_tokens=222)))
+    first = store.refresh(engine)
+    assert first.new_rows == 1 and store.manifest()["gaps"]
+    transaction.commit()
+    late.close()
+    second = store.refresh(engine)
+    assert second.new_rows == 1 and not store.manifest()["gaps"]
+    assert_reads_like_the_table(store, engine)
+    assert store.events_frame()["actual_output_tokens"].tolist() == [111, 222]
+
+
+@pytest.mark.parametrize("phase_ids", ["per-run", "reused"])
+def test_the_analysis_on_the_store_equals_the_reference(engine, store, phase_ids):
+    # Three parts (a cold extraction and two refreshes), on Autopack's shape and on reused phase ids,
+    # whose labels repeat across parts: the codes are unified over all of them.
+    bulk_load(engine, 3000, runs=4 if phase_ids == "reused" else None, seed=6, phase_ids=phase_ids)
+    store.refresh(engine)
+    bulk_load(engine, 1500, runs=2 if phase_ids == "reused" else None, seed=7, phase_ids=phase_ids)
+    store.refresh(engine)
+    bulk_load(engine, 700, runs=1 if phase_ids == "reused" else None, seed=8, phase_ids=phase_ids)
+    store.refresh(engine)
+    assert len(store.manifest()["parts"]) == 3
+    events = read_events(engine)
+    arrays = store.event_arrays()
+    # Equal codes exactly where the strings are equal, for every label column.
+    for codes, column in ((arrays.run_code.values, "run_id"), (arrays.phase_key.values, None),
+                          (arrays.category.codes, "category"), (arrays.model.codes, "model")):
+        labels = (events["run_id"] + "\x00" + events["phase_id"]) if column is None else events[column]
+        assert (pd.factorize(codes)[0] == pd.factorize(labels)[0]).all()
+    assert [arrays.category.labels[c] for c in arrays.category.codes] == events["category"].tolist()
+    table = workflows.load_coefficients_for(load_settings())
+    samples = clean_samples(events)
+    document = tier_metrics_document(events, len(samples))
+    gate = evaluate_calibration_gate(samples, document["all_events"]["tier1"], force=True)
+    provenance = {"exclusions": sample_exclusions(events), "coefficient_file_version": table.version,
+                  "forced": True, "dedup": True, "gate_summary": gate.summary()}
+    analysis = fm.analyse(arrays, force=True, coefficients=table,
+                          provenance={"coefficient_file_version": table.version})
+    assert_close(analysis.metrics, document)
+    assert analysis.gate == gate
+    assert_close(analysis.calibrations["autopack-median"], calibrate_autopack_median(samples, provenance=provenance))
+    assert_close(analysis.calibrations["coverage"],
+                 calibrate_coverage(events, coefficients=table, provenance=provenance))
+
+
+def test_where_the_store_lives(tmp_path, monkeypatch):
+    monkeypatch.delenv(columnar.COLUMNAR_DIR_VARIABLE, raising=False)
+    sqlite = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    assert store_directory_for(sqlite) == tmp_path / ".autopack" / "columnar" / "x.db"
+    assert store_directory_for(sa.create_engine("sqlite://")) is None
+    postgres = sa.create_engine("postgresql+psycopg://u:secret@db.example:5433/telemetry")
+    directory = store_directory_for(postgres)
+    assert directory.name == "postgresql-db.example-5433-telemetry" and "secret" not in str(directory)
+    monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(tmp_path / "elsewhere"))
+    assert store_directory_for(sqlite) == tmp_path / "elsewhere"
+    assert store_directory_for(sa.create_engine("sqlite://")) is None  # nothing to keep a copy of
