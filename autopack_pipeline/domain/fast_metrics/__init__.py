@@ -4,7 +4,7 @@ The one implementation of each analysis rule. It works on :class:`EventArrays` (
 column, labels as integer codes) in O(n) passes, so ten million events take seconds; it imports no
 pandas. An events frame becomes arrays in the storage layer (``autopack_pipeline.storage.frames``).
 The tests keep the first, pandas implementation as an oracle (``autopack_pipeline_tests/oracle``) and
-compare the two on random data (``autopack_pipeline_tests/domain/test_fast_paths.py``).
+compare the two on random data (``autopack_pipeline_tests/unit/domain/test_fast_paths.py``).
 
 The modules, each importing only from those listed before it:
 
