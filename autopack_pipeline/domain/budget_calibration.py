@@ -44,6 +44,12 @@ import numpy as np
 
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.pooled_margin import (
+    group_shape,
+    own_tail_contradicts,
+    pooled_bound,
+    pooled_survival,
+)
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.tasks import Insight
 
@@ -75,7 +81,7 @@ class GroupBudgetProposal:
 
     category: str
     complexity: str
-    status: str  # identifiable | thin | unidentifiable
+    status: str  # pooled | identifiable | thin | unidentifiable
     observations: int
     censored: int
     order_statistic_k: int
@@ -128,8 +134,11 @@ def propose_group_budget(
     proposed_factor: float = 1.0,
     target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
     min_samples: int = 5,
+    pooled: tuple[float, str] | None = None,
 ) -> GroupBudgetProposal:
-    """The settings of one group (see the module docstring)."""
+    """The settings of one group (see the module docstring). ``pooled`` is (margin, why) from
+    :func:`pooled_margins`, already checked against the group's own calls; it replaces the group's
+    own order statistic."""
     key = (group.category, group.complexity)
     current = table.group_setting(*key)
     previous_floor = current.budget_floor if current is not None and current.budget_floor else table.budget_floor(*key)
@@ -139,7 +148,9 @@ def propose_group_budget(
     n = n_clean + n_cut
     k = order_statistic_index(n, target_pct) if n else 0
     ratios = np.sort(group.actual / (group.predicted * proposed_factor)) if n_clean else np.zeros(0)
-    if n >= min_samples and k <= n and k - 1 < n_clean:
+    if pooled is not None and n >= min_samples:
+        status, margin = "pooled", pooled[0]
+    elif n >= min_samples and k <= n and k - 1 < n_clean:
         status, margin = "identifiable", float(ratios[k - 1])
     elif n >= min_samples and k > n and n_cut == 0:
         status, margin = "thin", float(ratios[-1])
@@ -170,7 +181,8 @@ def propose_group_budget(
     floor = _proportional_floor(group, proposed_factor, margin, cap)
     multiplier = round(current_m * proposed_factor, 4)
     projected = _truncated(group, proposed_factor, margin, floor, cap)
-    kind = (f"the {k}-th of {n} ratios (a {100 - target_pct:g}% bound)" if status == "identifiable"
+    kind = (pooled[1] if status == "pooled"
+            else f"the {k}-th of {n} ratios (a {100 - target_pct:g}% bound)" if status == "identifiable"
             else f"the largest of {n} ratios (advisory: a {100 - target_pct:g}% bound needs "
                  f"{_needed(target_pct)} observations)")
     return GroupBudgetProposal(
@@ -255,6 +267,36 @@ def insights_from_budget_proposals(proposals: Sequence[GroupBudgetProposal], min
     return insights
 
 
+def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[tuple[str, str], float], *,
+                   target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, min_samples: int = 5
+                   ) -> dict[tuple[str, str], tuple[float, str]]:
+    """Per group, (margin, why) from the pooled tail shape (``domain.pooled_margin``), for the groups
+    whose own calls do not refuse it; the others keep their own order statistic."""
+    shapes = []
+    for g in observed:
+        key = (g.category, g.complexity)
+        if len(g.actual) + len(g.censored_ceiling) < min_samples or not len(g.actual):
+            continue
+        scale = factors.get(key, 1.0)
+        shape = group_shape(key, g.actual / (g.predicted * scale), g.censored_ceiling / (g.censored_predicted * scale))
+        if shape is not None:
+            shapes.append(shape)
+    bound = pooled_bound(shapes, target_pct)
+    if bound is None:
+        return {}
+    q, k, m = bound
+    survival = pooled_survival(shapes)
+    chosen = {}
+    for shape in shapes:
+        margin = shape.margin(q)
+        refused, above, p = own_tail_contradicts(shape, margin, target_pct, survival)
+        if not refused:
+            chosen[shape.key] = (margin, f"exp(median {shape.location:+.3f} + upper spread {shape.scale:.3f} x "
+                                         f"{q:.3f}), the pooled scores' {k}/{m} point over {len(shapes)} groups; "
+                                         f"{above:.1f} own past calls above (binomial p {p:.2f})")
+    return chosen
+
+
 def calibration_section(
     groups: Sequence,
     table: CoefficientTable,
@@ -269,16 +311,19 @@ def calibration_section(
     Every group with ``min_samples`` observations gets settings, and so does a smaller group with a
     truncated call (a floor raise); a group too small and never truncated only needs more samples.
     """
-    proposals = []
+    observed = []
     for group in groups:
         if group.size < min_samples and len(group.censored_rows) == 0:
             continue
-        observed = GroupObservationsInForce(
+        observed.append(GroupObservationsInForce(
             group.key[0], group.key[1], np.asarray(group.predicted, dtype=float), np.asarray(group.actual, dtype=float),
             np.asarray(group.censored_predicted, dtype=float),
-            np.asarray(group.bounds * group.censored_predicted, dtype=float))
-        proposals.append(propose_group_budget(observed, table, proposed_factor=factors.get(group.key, 1.0),
-                                              target_pct=target_pct, min_samples=min_samples))
+            np.asarray(group.bounds * group.censored_predicted, dtype=float)))
+    pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples)
+    proposals = [propose_group_budget(g, table, proposed_factor=factors.get((g.category, g.complexity), 1.0),
+                                      target_pct=target_pct, min_samples=min_samples,
+                                      pooled=pooled.get((g.category, g.complexity)))
+                 for g in observed]
     return {
         "coefficient_file_version": table.version,
         "target_truncation_pct": target_pct,

@@ -160,9 +160,13 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     if application is None:
         return {"status": "nothing_to_apply", "message": "the patch proposes no change", "applied_version": None}
     backtest = application.backtest or {}
+    section = outcome.calibration_section or {}
     return {
         "status": "applied", "message": outcome.gate.summary(), "applied_version": application.new.version,
         "groups_set": len(application.patch.settings), "window": outcome.window,
+        "budgets": [{"group": f"{g['category']}/{g['complexity']}", "status": g["status"],
+                     "observations": g["observations"], "censored": g["censored"], "margin": g["budget_margin"],
+                     "factor": g["proposed_factor"]} for g in section.get("groups", [])],
         "backtest": {side: backtest.get(side) for side in ("old", "new")} if backtest else None,
     }
 
@@ -241,6 +245,10 @@ def round_lines(document: dict[str, Any], *, groups: bool = True) -> list[str]:
         lines.append(f"  Calibration: applied {calibration['applied_version']} ({calibration['groups_set']} groups)")
         if calibration.get("window"):
             lines.append("  " + window_line(calibration["window"]))
+        if calibration.get("budgets") and groups:
+            lines.append("  Budgets set: " + "; ".join(
+                f"{b['group']} {b['status']} ({b['censored']} of {b['observations']} cut) factor x{b['factor']:.2f} "
+                f"margin {'rules' if b['margin'] is None else format(b['margin'], '.3f')}" for b in calibration["budgets"]))
     elif calibration["status"] == "gate_closed":
         lines.append(f"  Calibration: nothing applied: {calibration['message']}")
     else:

@@ -1,0 +1,138 @@
+"""Budget margins from the pooled tail shape: location and upper spread per group, one pooled bound,
+truncated calls as right-censored scores, and each group's own calls able to refuse the pooled margin."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from autopack_pipeline.domain.budget_calibration import GroupObservationsInForce, pooled_margins
+from autopack_pipeline.domain.coefficients import load_coefficients
+from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.pooled_margin import (
+    group_shape,
+    kaplan_meier,
+    own_tail_contradicts,
+    pooled_bound,
+    pooled_survival,
+)
+
+pytestmark = pytest.mark.unit
+
+# One tail shape: 80 evenly spaced quantiles of a standard normal, on the log scale.
+SHAPE = norm.ppf((np.arange(80) + 0.5) / 80)
+
+
+def _observations(key, log_ratios, censored_ratios=(), predicted=1000.0):
+    ratios = np.exp(np.asarray(log_ratios, dtype=float))
+    return GroupObservationsInForce(key[0], key[1], np.full(len(ratios), predicted), ratios * predicted,
+                                    np.full(len(censored_ratios), predicted),
+                                    np.asarray(censored_ratios, dtype=float) * predicted)
+
+
+def test_kaplan_meier_is_the_empirical_cdf_without_censoring_and_moves_a_censored_share_to_the_right():
+    points, cdf = kaplan_meier(np.array([3.0, 1.0, 2.0, 4.0]), np.zeros(0))
+    assert points.tolist() == [1, 2, 3, 4] and cdf.tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    # 2 is censored: its quarter is shared by 3 and 4 (S = 3/4 x 1/2 after 3, 0 after 4).
+    points, cdf = kaplan_meier(np.array([1.0, 3.0, 4.0]), np.array([2.0]))
+    assert points.tolist() == [1, 3, 4] and cdf.tolist() == pytest.approx([0.25, 0.625, 1.0])
+    # A censored value tied with a clean one counts as still at risk there (clean first).
+    _, tied = kaplan_meier(np.array([1.0, 2.0]), np.array([1.0]))
+    assert tied.tolist() == pytest.approx([1 / 3, 1.0])
+
+
+def test_without_truncations_the_pooled_bound_is_the_conformal_order_statistic_of_the_scores():
+    shapes = [group_shape((f"g{i}", "low"), np.exp(0.3 * i + (0.2 + 0.1 * i) * SHAPE), np.zeros(0))
+              for i in range(4)]
+    q, k, m = pooled_bound(shapes, 2.0)
+    scores = np.sort(np.concatenate([s.scores()[0] for s in shapes]))
+    assert m == 320 and k == order_statistic_index(320, 2.0) == 315
+    assert q == pytest.approx(scores[k - 1])
+    # Same shape, other place and spread: each group's margin is exp(location + scale x q), so the
+    # same share of each group lies above it (here the 80 - 79 = 1 largest of each, 1.25%).
+    for shape in shapes:
+        above = int((shape.log_ratios > math.log(shape.margin(q)) + 1e-9).sum())
+        assert above == 1
+
+
+def test_a_thin_group_gets_a_pooled_margin_below_the_maximum_its_own_rule_would_take():
+    # Three groups of 80 and a thin one of 20 drawn from the same shape: alone, the thin group's 98%
+    # bound needs 49 calls and its rule takes the largest ratio; pooled, it gets the shared quantile.
+    observed = [_observations((f"g{i}", "low"), 0.1 * i + 0.3 * SHAPE) for i in range(3)]
+    thin = 0.3 * SHAPE[2::4]
+    observed.append(_observations(("thin", "low"), thin))
+    chosen = pooled_margins(observed, {})
+    assert set(chosen) == {("g0", "low"), ("g1", "low"), ("g2", "low"), ("thin", "low")}
+    assert chosen[("thin", "low")][0] < math.exp(thin.max())
+
+
+def test_truncations_beyond_what_the_rank_absorbs_still_leave_a_bound_from_the_clean_calls_above_them():
+    # 200 clean scores and 10 calls truncated low in the distribution (M - k = 4 would be absorbed):
+    # counted as +infinity no bound exists; as censored, their share goes to the clean calls above.
+    shapes = [group_shape(("a", "low"), np.exp(0.3 * np.r_[SHAPE, SHAPE, SHAPE[::2]]), np.full(10, 1.0))]
+    q, k, m = pooled_bound(shapes, 2.0)
+    assert m - k < 10 and math.isfinite(q)
+    clean = np.sort(shapes[0].scores()[0])
+    assert clean[-int(0.02 * len(clean)) - 2] <= q <= clean[-1]
+    # A censored call above every clean one keeps its share out of reach: no bound.
+    assert pooled_bound([group_shape(("b", "low"), np.exp(0.3 * SHAPE), np.full(5, 1e6))], 2.0) is None
+
+
+def test_a_group_with_too_many_truncations_has_no_shape():
+    # The 80th percentile falls on a truncated call (counted above every clean one): no upper spread.
+    assert group_shape(("a", "low"), np.exp(SHAPE[:60]), np.full(20, 2.0)) is None
+    assert group_shape(("a", "low"), np.exp(SHAPE[:5]), np.zeros(0)) is None  # too few to place
+    assert group_shape(("a", "low"), np.exp(SHAPE[:70]), np.full(10, 2.0)) is not None
+
+
+def test_the_own_check_is_binomial_in_the_groups_size_and_counts_truncated_calls_by_what_is_known():
+    shape = group_shape(("a", "low"), np.r_[np.ones(77), np.full(3, 3.0)], np.zeros(0))
+    refused, above, p = own_tail_contradicts(shape, 2.0, 2.0)
+    assert not refused and above == 3 and p == pytest.approx(0.2165, abs=1e-3)  # P(Bin(80, .02) >= 3)
+    heavy = group_shape(("a", "low"), np.r_[np.ones(75), np.full(5, 3.0)], np.zeros(0))
+    refused, above, p = own_tail_contradicts(heavy, 2.0, 2.0)
+    assert refused and above == 5 and p == pytest.approx(0.0215, abs=1e-3)
+    # Truncated calls: one whose ceiling is above the margin counts whole; one cut below it counts
+    # the pooled chance of passing the margin given that it passed its ceiling.
+    cut = group_shape(("a", "low"), np.ones(78), np.array([2.5, 1.5]))
+    _, whole, _ = own_tail_contradicts(cut, 2.0, 2.0)
+    assert whole == 2.0  # without a pooled estimate every truncated call counts
+    _, partial, _ = own_tail_contradicts(cut, 2.0, 2.0, survival=lambda s: math.exp(-s / 100))
+    assert 1.0 < partial < 2.0
+
+
+def test_a_group_whose_own_tail_is_heavier_than_the_pool_keeps_its_own_bound():
+    observed = [_observations((f"g{i}", "low"), 0.3 * SHAPE) for i in range(5)]
+    heavy = 0.3 * SHAPE.copy()
+    heavy[-8:] += 1.5  # 8 of its 80 calls far out in the tail
+    observed.append(_observations(("heavy", "low"), heavy))
+    chosen = pooled_margins(observed, {})
+    assert ("heavy", "low") not in chosen and len(chosen) == 5
+
+
+def test_the_section_marks_pooled_groups_and_measures_margins_against_the_new_prediction():
+    from autopack_pipeline.domain.budget_calibration import propose_group_budget
+
+    seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
+    observed = [_observations(("implementation", c), 0.3 * SHAPE) for c in ("low", "medium", "high")]
+    plain = pooled_margins(observed, {})
+    scaled = pooled_margins(observed, {("implementation", "low"): 2.0})
+    # The group's predictions x2: its ratios, location and margin halve, the others' stay.
+    assert scaled[("implementation", "low")][0] == pytest.approx(plain[("implementation", "low")][0] / 2)
+    assert scaled[("implementation", "high")][0] == pytest.approx(plain[("implementation", "high")][0])
+    proposal = propose_group_budget(observed[0], seed, pooled=plain[("implementation", "low")])
+    assert proposal.status == "pooled"
+    assert proposal.budget_margin == math.ceil(plain[("implementation", "low")][0] * 1000) / 1000
+    assert "pooled" in proposal.note
+
+
+def test_the_pooled_survival_is_one_minus_the_kaplan_meier_cdf():
+    shape = group_shape(("a", "low"), np.exp(np.arange(1, 11, dtype=float)), np.zeros(0))
+    survival = pooled_survival([shape])
+    scores = np.sort(shape.scores()[0])
+    assert survival(scores[0] - 1) == 1.0 and survival(scores[4]) == pytest.approx(0.5)
+    assert survival(scores[-1]) == 0.0
