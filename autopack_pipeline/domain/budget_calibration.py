@@ -7,7 +7,14 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
 
 - ``prediction_multiplier`` = the group's current multiplier x the proposed factor (never compounding:
   the factor was measured against predictions that already include the current multiplier);
-- ``budget_margin`` b: ratios ``actual / new prediction``, truncated calls censored (they count as
+- ``budget_margin`` b, first from the tail shape pooled over the groups (``domain.pooled_margin``,
+  status ``pooled``): a group whose own calls accept it takes ``exp(median + upper spread x q)``,
+  ``q`` one bound over several hundred calls, where its own order statistic below would be the
+  largest of its ~80 ratios; when the coverage method left such a group no factor (too many
+  truncations for its bound), the factor comes from the Kaplan-Meier estimate of the group's
+  ratios (:func:`_censored_coverage_factor`) and the margin shrinks so the budget stays put.
+  Otherwise (a group refused by the check, or no pooled bound), the group's own bound b: ratios
+  ``actual / new prediction``, truncated calls censored (they count as
   exceeding every candidate), ``N`` observations, ``k = ceil((N + 1) * (1 - target))``; b is the k-th
   smallest. For a new call exchangeable with the past ones, ``P(actual > b * prediction) <= target``
   (split-conformal, as the coverage method). With fewer than ``k`` observations (N < 49 at 2%) and no
@@ -46,9 +53,8 @@ from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.pooled_margin import (
     group_shape,
-    own_tail_contradicts,
-    pooled_bound,
-    pooled_survival,
+    kaplan_meier,
+    pooled_group_margins,
 )
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.tasks import Insight
@@ -150,6 +156,12 @@ def propose_group_budget(
     ratios = np.sort(group.actual / (group.predicted * proposed_factor)) if n_clean else np.zeros(0)
     if pooled is not None and n >= min_samples:
         status, margin = "pooled", pooled[0]
+        if n_cut and n_cut > n - order_statistic_index(n, UNDERESTIMATION_TARGET_PCT):
+            # The coverage method proposed no factor (too many truncations for its bound): the
+            # prediction still has to move, by the censored estimate; the budget stays where the
+            # pooled margin put it.
+            factor = max(proposed_factor, _censored_coverage_factor(group))
+            margin, proposed_factor = margin * proposed_factor / factor, factor
     elif n >= min_samples and k <= n and k - 1 < n_clean:
         status, margin = "identifiable", float(ratios[k - 1])
     elif n >= min_samples and k > n and n_cut == 0:
@@ -220,6 +232,20 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
               f"ceiling hit), floor {floor} (was {previous_floor}); collect more samples."))
 
 
+def _censored_coverage_factor(group: GroupObservationsInForce) -> float:
+    """The coverage factor of a group whose truncations leave the coverage method no bound: the
+    ratio where the Kaplan-Meier estimate of its ratios (truncated calls right-censored at their
+    ceiling / prediction) reaches the coverage rank, or the largest clean ratio when it never does,
+    and never below :func:`_ceiling_order_statistic`; / the 1.1 tolerance."""
+    clean = group.actual / group.predicted
+    points, cdf = kaplan_meier(clean, group.censored_ceiling / group.censored_predicted)
+    n = len(clean) + len(group.censored_ceiling)
+    k = min(order_statistic_index(n, UNDERESTIMATION_TARGET_PCT), n)
+    reached = np.nonzero(cdf >= k / n - 1e-12)[0]
+    estimate = float(points[reached[0]]) if len(reached) else float(clean.max())
+    return max(estimate, _ceiling_order_statistic(group)) / UNDER_TOLERANCE
+
+
 def _ceiling_order_statistic(group: GroupObservationsInForce) -> float:
     """A lower bound on the ratio the coverage method needs: the k-th smallest (k at the underestimation
     target; the largest when the group is too small for k) of the clean ratios and the truncated calls'
@@ -271,7 +297,8 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
                    target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, min_samples: int = 5
                    ) -> dict[tuple[str, str], tuple[float, str]]:
     """Per group, (margin, why) from the pooled tail shape (``domain.pooled_margin``), for the groups
-    whose own calls do not refuse it; the others keep their own order statistic."""
+    whose own calls do not refuse it; the others keep their own order statistic. Margins are measured
+    against the new prediction (the current one x the group's proposed factor)."""
     shapes = []
     for g in observed:
         key = (g.category, g.complexity)
@@ -281,20 +308,7 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
         shape = group_shape(key, g.actual / (g.predicted * scale), g.censored_ceiling / (g.censored_predicted * scale))
         if shape is not None:
             shapes.append(shape)
-    bound = pooled_bound(shapes, target_pct)
-    if bound is None:
-        return {}
-    q, k, m = bound
-    survival = pooled_survival(shapes)
-    chosen = {}
-    for shape in shapes:
-        margin = shape.margin(q)
-        refused, above, p = own_tail_contradicts(shape, margin, target_pct, survival)
-        if not refused:
-            chosen[shape.key] = (margin, f"exp(median {shape.location:+.3f} + upper spread {shape.scale:.3f} x "
-                                         f"{q:.3f}), the pooled scores' {k}/{m} point over {len(shapes)} groups; "
-                                         f"{above:.1f} own past calls above (binomial p {p:.2f})")
-    return chosen
+    return pooled_group_margins(shapes, target_pct)
 
 
 def calibration_section(

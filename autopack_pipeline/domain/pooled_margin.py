@@ -11,27 +11,35 @@ they spread, far less in the *shape* of the tail beyond that. So, per group, on 
   quantile, the upper spread: the tail is what a margin covers), both nearest-rank order
   statistics with truncated calls counted above every value (a truncated call is longer than the
   ceiling it hit, by an unknown amount), so a few truncations do not move them;
-- a score per call, ``(log ratio - location) / scale``; a truncated call's score is only known to
-  be above the score of the ceiling it hit (right-censored);
+- a score per call, ``(log ratio - location) / scale``, with the location and scale fitted without
+  that call (cross-fitted, :meth:`GroupShape.scores`); a truncated call's score is only known to be
+  above the score of the ceiling it hit (right-censored);
 - one bound ``q`` from all groups' scores pooled: the score where the Kaplan-Meier estimate of their
-  distribution reaches ``k / M``, ``k = ceil((M + 1) * (1 - target))``. Without truncations that is
-  the k-th smallest score, the split-conformal bound, on several hundred calls where each group
-  alone had ~80, so its rank falls inside the data, not on its maximum. With truncations, each one's
-  share moves to the clean scores above its ceiling (Kaplan-Meier's redistribution): a call is
-  truncated because its budget, fixed before the call, was short, so the censoring point does not
-  depend on the call's own noise, the condition under which that estimate is consistent. Counting
-  truncated calls as +infinity instead (the coverage method's rule) leaves no bound as soon as a
+  distribution reaches ``k / M``, with ``k`` the least rank whose order statistic covers at least
+  ``1 - target`` of new calls with probability ``CONFIDENCE`` (a tolerance limit,
+  :func:`confident_rank`; the split-conformal ``ceil((M + 1) * (1 - target))`` covers
+  ``1 - target`` only on average, so about every other round would land above the target).
+  Without truncations that is the k-th smallest score, on several hundred calls where each group
+  alone had ~80, so its rank falls inside the data, not on its maximum. With truncations, each
+  one's share moves to the clean scores above its ceiling (Kaplan-Meier's redistribution): a call
+  is truncated because its budget, fixed before the call, was short, so the censoring point does
+  not depend on the call's own noise, the condition under which that estimate is consistent.
+  Counting truncated calls as +infinity (the coverage method's rule) leaves no bound as soon as a
   pool holds more truncations than ``M - k``, which after a drift is the usual case;
 - the group's margin ``exp(location + scale * q)``.
 
-For a new call exchangeable with the pooled ones, ``P(score > q) <= target`` (exactly so without
-truncations, in the estimate's limit with them): the guarantee is over the groups together. A group whose own tail is heavier than the pool's breaks it for itself;
-that shows in its own past calls, so each group is checked (:func:`own_tail_contradicts`): the
-number of its calls above its pooled margin is compared with a binomial(N, target) (a truncated
-call counts as above when its ceiling already is, otherwise with the pooled estimate's probability
-of being above given that it passed its ceiling); when that many or more would happen with
-probability under ``CHECK_ALPHA``, the pooled margin is refused and the group keeps its own bound.
-The check is sized to the group's N: 3 of 80 above passes (p 0.22), 5 of 80 does not (p 0.02).
+For a new call exchangeable with the pooled ones, ``P(score > q) <= target`` with the stated
+confidence (exactly so without truncations, in the estimate's limit with them), over the groups
+together. A group whose own tail is heavier than the pool's breaks it for itself, and inside the
+pool it raises every other group's margin (waste). Both show in its own past calls, so each group
+is checked (:func:`own_tail_contradicts`), first against the bound of the *other* groups (a heavy
+group leaves the pool before it sets everyone's bound), then against the final bound: the number
+of its calls above its pooled margin is compared with a binomial(N, target) (a truncated call
+counts as above when its ceiling already is, otherwise with the pooled estimate's probability of
+being above given that it passed its ceiling); when that many or more would happen with
+probability under ``CHECK_ALPHA``, the pooled margin is refused and the group keeps its own bound
+(``domain.budget_calibration``). The check is sized to the group's N: 3 of 80 above passes
+(p 0.22), 5 of 80 does not (p 0.02).
 """
 
 from __future__ import annotations
@@ -44,13 +52,19 @@ import numpy as np
 
 from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
 
-# The upper spread's end: the 80th percentile is the 16th largest of 80 calls, stable, and finite
-# until a fifth of a group's calls are truncated.
-SCALE_QUANTILE = 0.80
+# The upper spread's end: the 90th percentile, the 8th largest of 80 calls, is near enough the tail
+# that groups whose tails differ in weight still share a shape in these units (the 80th left the
+# lighter groups' margins set by the heavier ones' scores), and finite until a tenth of a group's
+# calls are truncated (a group past that keeps its own rule).
+SCALE_QUANTILE = 0.90
 # A group with fewer usable observations has no location or scale worth pooling.
 MIN_SHAPE_OBSERVATIONS = 10
+# The confidence with which the pooled bound covers 1 - target of new calls (see the docstring).
+CONFIDENCE = 0.90
 # The level at which a group's own calls refuse the pooled margin (one-sided binomial tail).
 CHECK_ALPHA = 0.05
+# Cross-fitting folds for the scores (see GroupShape.scores).
+FOLDS = 5
 # A scale below this (in log units, ~1%) is a group whose ratios barely vary: no tail to scale.
 MIN_SCALE = 0.01
 
@@ -70,8 +84,22 @@ class GroupShape:
         return len(self.censored_logs)
 
     def scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """(clean scores, truncated calls' lower bounds)."""
-        return (self.log_ratios - self.location) / self.scale, (self.censored_logs - self.location) / self.scale
+        """(clean scores, truncated calls' lower bounds), cross-fitted: the calls are dealt into
+        ``FOLDS`` folds (every ``FOLDS``-th call), and each fold is scored with the location and scale
+        of the other calls. Scored against a place fitted on themselves, calls look closer to it
+        than a new call will (the median and spread bend towards the very calls they score), and the
+        pooled bound undercovers; against a place fitted without them, a score carries the
+        estimation error a new call meets (from 4/5 of the data: slightly more, on the safe side;
+        halves overshot: a spread from ~37 calls is much noisier than from ~75). A fold whose place
+        cannot be fitted (too many truncations) is scored with the whole group's."""
+        clean, cut = np.empty(len(self.log_ratios)), np.empty(len(self.censored_logs))
+        fold_clean, fold_cut = np.arange(len(clean)) % FOLDS, (np.arange(len(cut)) + len(clean)) % FOLDS
+        for fold in range(FOLDS):
+            mine_clean, mine_cut = fold_clean == fold, fold_cut == fold
+            place = _place(self.log_ratios[~mine_clean], self.censored_logs[~mine_cut]) or (self.location, self.scale)
+            clean[mine_clean] = (self.log_ratios[mine_clean] - place[0]) / place[1]
+            cut[mine_cut] = (self.censored_logs[mine_cut] - place[0]) / place[1]
+        return clean, cut
 
     def margin(self, q: float) -> float:
         return float(math.exp(self.location + self.scale * q))
@@ -79,6 +107,16 @@ class GroupShape:
 
 def _nearest_rank(values: np.ndarray, quantile: float) -> float:
     return float(values[max(1, math.ceil(quantile * len(values) - 1e-9)) - 1])
+
+
+def _place(logs: np.ndarray, cut: np.ndarray) -> tuple[float, float] | None:
+    """(median, upper spread) with truncated calls above every clean one, or None when the spread's
+    end falls on a truncated call or there are too few calls."""
+    if len(logs) + len(cut) < MIN_SHAPE_OBSERVATIONS // 2:
+        return None
+    values = np.r_[np.sort(logs), np.full(len(cut), np.inf)]
+    location, upper = _nearest_rank(values, 0.5), _nearest_rank(values, SCALE_QUANTILE)
+    return (location, max(upper - location, MIN_SCALE)) if math.isfinite(upper) else None
 
 
 def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.ndarray) -> GroupShape | None:
@@ -89,13 +127,8 @@ def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.nd
     logs = logs[np.isfinite(logs)]
     cut = np.log(np.asarray(censored_ratios, dtype=float))
     cut = cut[np.isfinite(cut)]
-    if len(logs) + len(cut) < MIN_SHAPE_OBSERVATIONS:
-        return None
-    values = np.r_[np.sort(logs), np.full(len(cut), np.inf)]
-    location, upper = _nearest_rank(values, 0.5), _nearest_rank(values, SCALE_QUANTILE)
-    if not math.isfinite(upper):
-        return None
-    return GroupShape(key, location, max(upper - location, MIN_SCALE), logs, cut)
+    place = _place(logs, cut) if len(logs) + len(cut) >= MIN_SHAPE_OBSERVATIONS else None
+    return None if place is None else GroupShape(key, place[0], place[1], logs, cut)
 
 
 def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +151,19 @@ def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, n
     return np.asarray(points), np.asarray(cdf)
 
 
+def confident_rank(m: int, target_pct: float, confidence: float = CONFIDENCE) -> int:
+    """The least k whose k-th smallest of ``m`` exchangeable values covers ``1 - target`` of new ones
+    with probability ``confidence`` (the coverage of the k-th is Beta(k, m - k + 1)), and at least the
+    split-conformal rank; ``m + 1`` when no rank reaches it."""
+    from scipy.stats import binom
+
+    p = 1 - target_pct / 100
+    ranks = np.arange(1, m + 1)
+    reached = np.nonzero(binom.cdf(ranks - 1, m, p) >= confidence)[0]
+    k = int(ranks[reached[0]]) if len(reached) else m + 1
+    return max(k, order_statistic_index(m, target_pct))
+
+
 def pooled_bound(shapes: Sequence[GroupShape], target_pct: float) -> tuple[float, int, int] | None:
     """(q, k, M): the least pooled score whose Kaplan-Meier probability reaches ``k / M``, or None
     when the estimate never does (the truncated calls' share stays above every clean score)."""
@@ -126,7 +172,7 @@ def pooled_bound(shapes: Sequence[GroupShape], target_pct: float) -> tuple[float
     clean = np.concatenate([shape.scores()[0] for shape in shapes])
     censored = np.concatenate([shape.scores()[1] for shape in shapes])
     m = len(clean) + len(censored)
-    k = order_statistic_index(m, target_pct)
+    k = confident_rank(m, target_pct)
     if k > m:
         return None
     points, cdf = kaplan_meier(clean, censored)
@@ -167,3 +213,30 @@ def pooled_survival(shapes: Sequence[GroupShape]) -> Callable[[float], float]:
         return 1.0 if at == 0 else float(1 - cdf[at - 1])
 
     return survival
+
+
+def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float) -> dict[tuple[str, str], tuple[float, str]]:
+    """Per group, (margin, why): the groups whose own calls accept the bound of the others form the
+    pool; each of them whose own calls also accept the pool's bound gets its margin from it. A group
+    left out keeps its own order statistic (the caller's rule)."""
+    members = []
+    for shape in shapes:
+        others = [other for other in shapes if other is not shape]
+        bound = pooled_bound(others, target_pct) if others else None
+        if bound is None or not own_tail_contradicts(shape, shape.margin(bound[0]), target_pct,
+                                                     pooled_survival(others))[0]:
+            members.append(shape)
+    bound = pooled_bound(members, target_pct)
+    if bound is None:
+        return {}
+    q, k, m = bound
+    survival = pooled_survival(members)
+    chosen = {}
+    for shape in members:
+        margin = shape.margin(q)
+        refused, above, p = own_tail_contradicts(shape, margin, target_pct, survival)
+        if not refused:
+            chosen[shape.key] = (margin, f"exp(median {shape.location:+.3f} + upper spread {shape.scale:.3f} x "
+                                         f"{q:.3f}), the pooled scores' {k}/{m} point over {len(members)} of "
+                                         f"{len(shapes)} groups; {above:.1f} own past calls above (binomial p {p:.2f})")
+    return chosen

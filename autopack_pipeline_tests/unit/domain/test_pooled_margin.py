@@ -8,12 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import norm
+from scipy.stats import binom, norm
 
 from autopack_pipeline.domain.budget_calibration import GroupObservationsInForce, pooled_margins
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.pooled_margin import (
+    CONFIDENCE,
+    FOLDS,
+    confident_rank,
     group_shape,
     kaplan_meier,
     own_tail_contradicts,
@@ -45,29 +48,52 @@ def test_kaplan_meier_is_the_empirical_cdf_without_censoring_and_moves_a_censore
     assert tied.tolist() == pytest.approx([1 / 3, 1.0])
 
 
-def test_without_truncations_the_pooled_bound_is_the_conformal_order_statistic_of_the_scores():
+def test_the_rank_covers_the_target_with_the_stated_confidence_and_never_below_the_conformal_one():
+    k = confident_rank(1000, 2.0)
+    assert binom.cdf(k - 1, 1000, 0.98) >= CONFIDENCE > binom.cdf(k - 2, 1000, 0.98)
+    assert k > order_statistic_index(1000, 2.0) == 981
+    # 98% with 90% confidence needs at least 114 values (0.98 ** 114 < 0.1): none of 80 reaches it.
+    assert confident_rank(80, 2.0) == 81 and confident_rank(114, 2.0) == 114
+
+
+def test_without_truncations_the_pooled_bound_is_an_order_statistic_of_the_cross_fitted_scores():
     shapes = [group_shape((f"g{i}", "low"), np.exp(0.3 * i + (0.2 + 0.1 * i) * SHAPE), np.zeros(0))
               for i in range(4)]
     q, k, m = pooled_bound(shapes, 2.0)
     scores = np.sort(np.concatenate([s.scores()[0] for s in shapes]))
-    assert m == 320 and k == order_statistic_index(320, 2.0) == 315
+    assert m == 320 and k == confident_rank(320, 2.0) == 318
     assert q == pytest.approx(scores[k - 1])
     # Same shape, other place and spread: each group's margin is exp(location + scale x q), so the
-    # same share of each group lies above it (here the 80 - 79 = 1 largest of each, 1.25%).
-    for shape in shapes:
-        above = int((shape.log_ratios > math.log(shape.margin(q)) + 1e-9).sum())
-        assert above == 1
+    # same share of each group lies above it.
+    above = {int((shape.log_ratios > math.log(shape.margin(q)) + 1e-9).sum()) for shape in shapes}
+    assert len(above) == 1 and above.pop() <= 2
+    # Too small a pool for the confidence: no pooled bound (each group keeps its own rule).
+    assert pooled_bound(shapes[:1], 2.0) is None
 
 
-def test_a_thin_group_gets_a_pooled_margin_below_the_maximum_its_own_rule_would_take():
+def test_cross_fitted_scores_place_each_call_against_the_others():
+    # Calls are dealt into 5 folds (every 5th call); a call of fold 0 is scored with the median and
+    # the 90th-percentile spread of the calls outside fold 0 (nearest rank), not with its own group's.
+    logs = 0.3 * SHAPE[::4]  # 20 calls
+    shape = group_shape(("a", "low"), np.exp(logs), np.zeros(0))
+    others = np.sort(logs[np.arange(20) % FOLDS != 0])  # 16 calls
+    median, upper = others[math.ceil(0.5 * 16) - 1], others[math.ceil(0.9 * 16) - 1]
+    assert shape.scores()[0][::FOLDS] == pytest.approx((logs[::FOLDS] - median) / (upper - median))
+    assert shape.location == pytest.approx(np.sort(logs)[9]) and shape.scale == pytest.approx(
+        np.sort(logs)[17] - np.sort(logs)[9])
+
+
+def test_a_thin_group_gets_the_pooled_point_its_own_calls_are_too_few_to_show():
     # Three groups of 80 and a thin one of 20 drawn from the same shape: alone, the thin group's 98%
-    # bound needs 49 calls and its rule takes the largest ratio; pooled, it gets the shared quantile.
+    # bound needs 49 calls and its rule takes the largest of 20 ratios, which covers about 95% of
+    # new calls; pooled, it gets the shape's 98% point, above that maximum.
     observed = [_observations((f"g{i}", "low"), 0.1 * i + 0.3 * SHAPE) for i in range(3)]
     thin = 0.3 * SHAPE[2::4]
     observed.append(_observations(("thin", "low"), thin))
     chosen = pooled_margins(observed, {})
     assert set(chosen) == {("g0", "low"), ("g1", "low"), ("g2", "low"), ("thin", "low")}
-    assert chosen[("thin", "low")][0] < math.exp(thin.max())
+    assert chosen[("thin", "low")][0] > math.exp(thin.max())
+    assert chosen[("g0", "low")][0] < 1.1 * math.exp(0.3 * SHAPE.max())
 
 
 def test_truncations_beyond_what_the_rank_absorbs_still_leave_a_bound_from_the_clean_calls_above_them():
@@ -84,9 +110,10 @@ def test_truncations_beyond_what_the_rank_absorbs_still_leave_a_bound_from_the_c
 
 def test_a_group_with_too_many_truncations_has_no_shape():
     # The 80th percentile falls on a truncated call (counted above every clean one): no upper spread.
-    assert group_shape(("a", "low"), np.exp(SHAPE[:60]), np.full(20, 2.0)) is None
+    # 72nd of 80 for the 90th percentile: 70 clean calls and 10 truncated leave it on a truncated one.
+    assert group_shape(("a", "low"), np.exp(SHAPE[:70]), np.full(10, 2.0)) is None
     assert group_shape(("a", "low"), np.exp(SHAPE[:5]), np.zeros(0)) is None  # too few to place
-    assert group_shape(("a", "low"), np.exp(SHAPE[:70]), np.full(10, 2.0)) is not None
+    assert group_shape(("a", "low"), np.exp(SHAPE[:75]), np.full(5, 2.0)) is not None
 
 
 def test_the_own_check_is_binomial_in_the_groups_size_and_counts_truncated_calls_by_what_is_known():
@@ -131,8 +158,28 @@ def test_the_section_marks_pooled_groups_and_measures_margins_against_the_new_pr
 
 
 def test_the_pooled_survival_is_one_minus_the_kaplan_meier_cdf():
-    shape = group_shape(("a", "low"), np.exp(np.arange(1, 11, dtype=float)), np.zeros(0))
+    shape = group_shape(("a", "low"), np.exp(0.3 * SHAPE), np.array([1.2, 1.5]))
     survival = pooled_survival([shape])
-    scores = np.sort(shape.scores()[0])
-    assert survival(scores[0] - 1) == 1.0 and survival(scores[4]) == pytest.approx(0.5)
-    assert survival(scores[-1]) == 0.0
+    points, cdf = kaplan_meier(*shape.scores())
+    assert survival(points[0] - 1) == 1.0
+    assert survival(points[10]) == pytest.approx(1 - cdf[10])
+    assert survival(points[-1]) == pytest.approx(1 - cdf[-1])
+
+
+def test_a_pooled_group_the_coverage_method_left_without_a_factor_still_moves_its_prediction():
+    from autopack_pipeline.domain.budget_calibration import propose_group_budget
+
+    seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
+    # 70 clean calls (ratios up to 2.0) and 10 truncated at 1.5x the prediction: more truncations than
+    # a 95% bound of 80 absorbs (4), so the coverage method proposes no factor (1.0).
+    clean = np.linspace(0.5, 2.0, 70)
+    group = _observations(("implementation", "high"), np.log(clean), np.full(10, 1.5))
+    proposal = propose_group_budget(group, seed, proposed_factor=1.0, pooled=(2.2, "pooled"))
+    # Kaplan-Meier puts the truncated calls' share on the clean ratios above 1.5: its 95% point
+    # (k = 77 of 80) is one of them, above the ceilings' order statistic, / 1.1.
+    points, cdf = kaplan_meier(clean, np.full(10, 1.5))
+    expected = points[np.nonzero(cdf >= 77 / 80 - 1e-12)[0][0]] / 1.1
+    assert proposal.status == "pooled" and proposal.proposed_factor == pytest.approx(expected)
+    assert 1.5 / 1.1 < proposal.proposed_factor < 2.0 / 1.1
+    # The budget stays where the pooled margin put it: factor x margin = 2.2 (margin rounded up).
+    assert proposal.proposed_factor * proposal.budget_margin == pytest.approx(2.2, abs=2e-3)
