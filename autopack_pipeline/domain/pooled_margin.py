@@ -63,6 +63,8 @@ MIN_SHAPE_OBSERVATIONS = 10
 CONFIDENCE = 0.90
 # The level at which a group's own calls refuse the pooled margin (one-sided binomial tail).
 CHECK_ALPHA = 0.05
+# A truncated call taken at this many times its ceiling caps the pooled bound (see pooled_bound).
+CENSORED_HEADROOM = 1.25
 # Cross-fitting folds for the scores (see GroupShape.scores).
 FOLDS = 5
 # A scale below this (in log units, ~1%) is a group whose ratios barely vary: no tail to scale.
@@ -83,7 +85,7 @@ class GroupShape:
     def censored(self) -> int:
         return len(self.censored_logs)
 
-    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, censored_shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """(clean scores, truncated calls' lower bounds), cross-fitted: the calls are dealt into
         ``FOLDS`` folds (every ``FOLDS``-th call), and each fold is scored with the location and scale
         of the other calls. Scored against a place fitted on themselves, calls look closer to it
@@ -91,14 +93,15 @@ class GroupShape:
         pooled bound undercovers; against a place fitted without them, a score carries the
         estimation error a new call meets (from 4/5 of the data: slightly more, on the safe side;
         halves overshot: a spread from ~37 calls is much noisier than from ~75). A fold whose place
-        cannot be fitted (too many truncations) is scored with the whole group's."""
+        cannot be fitted (too many truncations) is scored with the whole group's.
+        ``censored_shift`` is added to the truncated calls' log bounds before they are scored."""
         clean, cut = np.empty(len(self.log_ratios)), np.empty(len(self.censored_logs))
         fold_clean, fold_cut = np.arange(len(clean)) % FOLDS, (np.arange(len(cut)) + len(clean)) % FOLDS
         for fold in range(FOLDS):
             mine_clean, mine_cut = fold_clean == fold, fold_cut == fold
             place = _place(self.log_ratios[~mine_clean], self.censored_logs[~mine_cut]) or (self.location, self.scale)
             clean[mine_clean] = (self.log_ratios[mine_clean] - place[0]) / place[1]
-            cut[mine_cut] = (self.censored_logs[mine_cut] - place[0]) / place[1]
+            cut[mine_cut] = (self.censored_logs[mine_cut] + censored_shift - place[0]) / place[1]
         return clean, cut
 
     def margin(self, q: float) -> float:
@@ -165,8 +168,9 @@ def confident_rank(m: int, target_pct: float, confidence: float = CONFIDENCE) ->
 
 
 def pooled_bound(shapes: Sequence[GroupShape], target_pct: float) -> tuple[float, int, int] | None:
-    """(q, k, M): the least pooled score whose Kaplan-Meier probability reaches ``k / M``, or None
-    when the estimate never does (the truncated calls' share stays above every clean score)."""
+    """(q, k, M): the least pooled score whose Kaplan-Meier probability reaches ``k / M``, at most
+    the k-th score with truncated calls taken at ``CENSORED_HEADROOM`` x their ceiling (also the
+    bound when the estimate never reaches ``k / M``); None when ``k > M``."""
     if not shapes:
         return None
     clean = np.concatenate([shape.scores()[0] for shape in shapes])
@@ -177,7 +181,16 @@ def pooled_bound(shapes: Sequence[GroupShape], target_pct: float) -> tuple[float
         return None
     points, cdf = kaplan_meier(clean, censored)
     reached = np.nonzero(cdf >= k / m - 1e-12)[0]
-    return None if not len(reached) else (float(points[reached[0]]), k, m)
+    # Where truncations sit near the tail, few clean scores lie above them and the estimate's tail
+    # rests on the very largest (a round of heavy truncation put q on single outliers: margins of
+    # x7 to x13). It is capped by the k-th score with every truncated call taken as CENSORED_HEADROOM
+    # times its ceiling, the length the unidentifiable rule of ``domain.budget_calibration`` assumes
+    # too (Autopack's own escalation of a truncated call is +25%).
+    headroom = np.concatenate([shape.scores(math.log(CENSORED_HEADROOM))[1] for shape in shapes])
+    cap = float(np.sort(np.r_[clean, headroom])[k - 1])
+    if not len(reached):
+        return cap, k, m
+    return min(float(points[reached[0]]), cap), k, m
 
 
 def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
