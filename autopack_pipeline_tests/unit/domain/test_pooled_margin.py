@@ -14,6 +14,7 @@ from autopack_pipeline.domain.budget_calibration import GroupObservationsInForce
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.pooled_margin import (
+    CENSORED_HEADROOM,
     CONFIDENCE,
     FOLDS,
     confident_rank,
@@ -104,8 +105,32 @@ def test_truncations_beyond_what_the_rank_absorbs_still_leave_a_bound_from_the_c
     assert m - k < 10 and math.isfinite(q)
     clean = np.sort(shapes[0].scores()[0])
     assert clean[-int(0.02 * len(clean)) - 2] <= q <= clean[-1]
-    # A censored call above every clean one keeps its share out of reach: no bound.
+    # Too few values for the rank at all: no bound.
     assert pooled_bound([group_shape(("b", "low"), np.exp(0.3 * SHAPE), np.full(5, 1e6))], 2.0) is None
+
+
+def test_the_bound_is_capped_by_the_truncated_calls_taken_at_their_ceilings_with_headroom():
+    # 240 clean calls, one far outlier (x20), and 12 calls truncated near the top of the clean ones:
+    # Kaplan-Meier hands their share to the few clean calls above them, and its 98% point lands on
+    # the outlier. The cap, every truncated call at 1.25x its ceiling, keeps the bound near them.
+    logs = 0.3 * np.r_[SHAPE, SHAPE, SHAPE]
+    logs[np.argmax(logs)] = math.log(20.0)
+    shape = group_shape(("a", "low"), np.exp(logs), np.full(12, math.exp(0.3 * SHAPE[-3])))
+    clean, censored = shape.scores()
+    points, cdf = kaplan_meier(clean, censored)
+    m = len(clean) + len(censored)
+    k = confident_rank(m, 2.0)
+    uncapped = points[np.nonzero(cdf >= k / m - 1e-12)[0][0]]
+    q, _, _ = pooled_bound([shape], 2.0)
+    cap = np.sort(np.r_[clean, shape.scores(math.log(CENSORED_HEADROOM))[1]])[k - 1]
+    assert q == pytest.approx(cap) and q < uncapped
+    assert uncapped == pytest.approx(clean.max())  # the outlier
+    # The cap is also the bound when the estimate never reaches k / M (the truncated calls' share
+    # stays above every clean call).
+    above_all = group_shape(("b", "low"), np.exp(0.3 * np.r_[SHAPE, SHAPE, SHAPE]), np.full(12, 1e3))
+    q, k, _ = pooled_bound([above_all], 2.0)
+    assert q == pytest.approx(np.sort(np.r_[above_all.scores()[0],
+                                            above_all.scores(math.log(CENSORED_HEADROOM))[1]])[k - 1])
 
 
 def test_a_group_with_too_many_truncations_has_no_shape():
