@@ -91,6 +91,7 @@ def cmd_spool_replay(args: argparse.Namespace) -> int:
 
     from autopack_pipeline.storage import spool
     from autopack_pipeline.storage.database import make_engine, resolve_database_url, safe_error_text
+    from autopack_pipeline.storage.events import SPOOL_INSERTERS
 
     target = make_engine(resolve_database_url(args.database_url))
     report = spool.ReplayReport(spool_file=str(spool.spool_path(target)))
@@ -103,7 +104,7 @@ def cmd_spool_replay(args: argparse.Namespace) -> int:
                 raise
             report.still_failing, report.error = pending, safe_error_text(exc)
         else:
-            report = spool.replay(engine)
+            report = spool.replay(engine, SPOOL_INSERTERS)
     others = spool.other_spools(target)
     document = {**report.to_dict(), "database": target.url.render_as_string(hide_password=True),
                 "other_spools": others}

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from autopack_pipeline.domain.escalation import MAX_TOKENS_CAP
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
-from autopack_pipeline.llm.builder import MAX_TOKENS_CAP, Attempt, Builder, escalation_for
+from autopack_pipeline.llm.builder import Attempt, Builder, escalation_for
 from autopack_pipeline.llm.prompt import SYSTEM_PROMPT, render_files
 from autopack_pipeline.llm.simulated import SimulatedBackend
 from autopack_pipeline_tests.llm.messages_server import (

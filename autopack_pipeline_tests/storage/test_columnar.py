@@ -19,7 +19,6 @@ from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import adbc, columnar
 from autopack_pipeline.storage.adbc import AdbcUnavailable
-from autopack_pipeline.storage.bulk import bulk_load
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, store_directory_for
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import (
@@ -29,6 +28,7 @@ from autopack_pipeline.storage.events import (
     read_events,
 )
 from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline.synth import bulk_load
 from autopack_pipeline_tests.storage.test_autopack_upgrade import autopack_engine  # noqa: F401 - a fixture
 
 
