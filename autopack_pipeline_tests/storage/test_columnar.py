@@ -176,7 +176,7 @@ def test_one_directory_never_mixes_two_databases(tmp_path, store):
 
 
 def test_many_small_refreshes_are_compacted(sqlite_engine, store, monkeypatch):
-    monkeypatch.setattr(columnar, "MAX_SMALL_PARTS", 2)
+    monkeypatch.setattr(columnar.store, "MAX_SMALL_PARTS", 2)
     for seed in range(1, 6):
         bulk_load(sqlite_engine, 40, runs=1, seed=seed)
         store.refresh(sqlite_engine)
