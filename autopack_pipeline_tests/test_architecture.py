@@ -69,7 +69,6 @@ KNOWN: set[str] = {
     'over 450 lines: autopack_pipeline.domain.estimator',
     'over 450 lines: autopack_pipeline.domain.tasks',
     'over 450 lines: autopack_pipeline.services.reporting',
-    'over 450 lines: autopack_pipeline.storage.transfer',
 }
 
 
