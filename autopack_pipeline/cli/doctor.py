@@ -18,7 +18,6 @@ _MARKS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
 
 def gather_facts(database_url: str | None) -> dict[str, Any]:
     """Everything the checks need, read from the environment and the database (read-only)."""
-    from sqlalchemy import func, inspect, select
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,8 +25,7 @@ def gather_facts(database_url: str | None) -> dict[str, Any]:
     from autopack_pipeline.storage import spool
     from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
     from autopack_pipeline.storage.events import TELEMETRY_FLAG, read_events_checked, telemetry_enabled
-    from autopack_pipeline.storage.models import TokenEstimationV2Event
-    from autopack_pipeline.storage.summary import database_summary
+    from autopack_pipeline.storage.summary import count_total_token_fallbacks, database_summary
     from autopack_pipeline.storage.timestamps import unreadable_document
 
     env_url = os.environ.get("DATABASE_URL")
@@ -55,13 +53,9 @@ def gather_facts(database_url: str | None) -> dict[str, Any]:
             facts["clean_samples"] = len(clean)
             facts["group_counts"] = {f"{cat}/{cpx}": int(n) for (cat, cpx), n in groups.items()}
             facts["flag_disagreements"] = truncation_flag_disagreements(events)
-            table = TokenEstimationV2Event.__table__
-            columns = {c["name"] for c in inspect(engine).get_columns(table.name)}
-            if "actual_is_total_tokens" in columns:  # absent on an Autopack database not yet upgraded
-                with engine.connect() as connection:
-                    facts["fallback_rows"] = int(connection.execute(
-                        select(func.count()).select_from(table).where(table.c.actual_is_total_tokens.is_(True))
-                    ).scalar_one())
+            fallback_rows = count_total_token_fallbacks(engine)
+            if fallback_rows is not None:  # the column is absent on an Autopack database not yet upgraded
+                facts["fallback_rows"] = fallback_rows
     except SQLAlchemyError as exc:
         facts["connect_error"] = safe_error_text(exc)
     finally:

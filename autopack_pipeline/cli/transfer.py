@@ -24,17 +24,14 @@ _SHOWN_REJECTIONS = 20  # the rest are in the quarantine file
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sqlalchemy import func, select
-
-    from autopack_pipeline.storage.models import TokenEstimationV2Event
+    from autopack_pipeline.storage.summary import count_events
     from autopack_pipeline.storage.timestamps import unreadable_document
     from autopack_pipeline.storage.transfer import export_to_file, write_export
 
     engine = open_engine(args)
     # The banner goes to stderr so stdout stays pure NDJSON; it says which database was read (P1).
     print(identity_line(engine), file=sys.stderr)
-    with engine.connect() as connection:
-        total = connection.execute(select(func.count()).select_from(TokenEstimationV2Event.__table__)).scalar_one()
+    total = count_events(engine)
     if total == 0 and not args.allow_empty_db:
         raise Refused(
             "no token-estimation events to export. If you expected some, check DATABASE_URL names the right "
