@@ -62,9 +62,9 @@ def history_file(data: Path, name: str, shape: str) -> Path:
 
 
 def child_synth(db: str, events: int, seed: int, phase_ids: str = "per-run") -> dict:
-    from autopack_pipeline.storage.bulk import bulk_load
     from autopack_pipeline.storage.database import make_engine
     from autopack_pipeline.storage.migrate import upgrade_database
+    from autopack_pipeline.synth import bulk_load
 
     engine = make_engine(db)
     upgrade_database(engine)

@@ -21,7 +21,6 @@ _MARKS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
 def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]:
     """Everything the checks need, from the settings (``DATABASE_URL`` as set, the telemetry flag) and
     the database ``database_url`` names (read-only)."""
-    from sqlalchemy import func, inspect, select
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,8 +29,7 @@ def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]
     from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
     from autopack_pipeline.storage.events import read_events_checked
     from autopack_pipeline.storage.frames import event_arrays_from_frame
-    from autopack_pipeline.storage.models import TokenEstimationV2Event
-    from autopack_pipeline.storage.summary import database_summary
+    from autopack_pipeline.storage.summary import count_total_token_fallbacks, database_summary
     from autopack_pipeline.storage.timestamps import unreadable_document
 
     env_url = settings.database_url
@@ -60,13 +58,9 @@ def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]
             facts["clean_samples"] = clean.count
             facts["group_counts"] = {f"{cat}/{cpx}": n for (cat, cpx), n in groups.items()}
             facts["flag_disagreements"] = truncation_disagreements(arrays)
-            table = TokenEstimationV2Event.__table__
-            columns = {c["name"] for c in inspect(engine).get_columns(table.name)}
-            if "actual_is_total_tokens" in columns:  # absent on an Autopack database not yet upgraded
-                with engine.connect() as connection:
-                    facts["fallback_rows"] = int(connection.execute(
-                        select(func.count()).select_from(table).where(table.c.actual_is_total_tokens.is_(True))
-                    ).scalar_one())
+            fallback_rows = count_total_token_fallbacks(engine)
+            if fallback_rows is not None:  # the column is absent on an Autopack database not yet upgraded
+                facts["fallback_rows"] = fallback_rows
     except SQLAlchemyError as exc:
         facts["connect_error"] = safe_error_text(exc)
     finally:

@@ -10,7 +10,7 @@ from autopack_pipeline.cli.progress import progress_bar
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.bulk import RunsAlreadyPresent, bulk_load, default_run_count
+    from autopack_pipeline.synth import RunsAlreadyPresent, bulk_load, default_run_count
 
     if args.runs is not None and args.runs > args.events:
         raise UsageError(f"--runs ({args.runs}) cannot exceed --events ({args.events})")

@@ -25,17 +25,14 @@ _SHOWN_REJECTIONS = 20  # the rest are in the quarantine file
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sqlalchemy import func, select
-
-    from autopack_pipeline.storage.models import TokenEstimationV2Event
+    from autopack_pipeline.storage.summary import count_events
     from autopack_pipeline.storage.timestamps import unreadable_document
     from autopack_pipeline.storage.transfer import export_to_file, write_export
 
     engine = open_engine(args)
     # The banner goes to stderr so stdout stays pure NDJSON; it says which database was read (P1).
     print(identity_line(engine), file=sys.stderr)
-    with engine.connect() as connection:
-        total = connection.execute(select(func.count()).select_from(TokenEstimationV2Event.__table__)).scalar_one()
+    total = count_events(engine)
     if total == 0 and not args.allow_empty_db:
         raise Refused(
             "no token-estimation events to export. If you expected some, check DATABASE_URL names the right "
@@ -92,6 +89,7 @@ def cmd_spool_replay(args: argparse.Namespace) -> int:
 
     from autopack_pipeline.storage import spool
     from autopack_pipeline.storage.database import make_engine, safe_error_text
+    from autopack_pipeline.storage.events import SPOOL_INSERTERS
 
     target = make_engine(database_url(args))
     report = spool.ReplayReport(spool_file=str(spool.spool_path(target)))
@@ -104,7 +102,7 @@ def cmd_spool_replay(args: argparse.Namespace) -> int:
                 raise
             report.still_failing, report.error = pending, safe_error_text(exc)
         else:
-            report = spool.replay(engine)
+            report = spool.replay(engine, SPOOL_INSERTERS)
     others = spool.other_spools(target)
     document = {**report.to_dict(), "database": target.url.render_as_string(hide_password=True),
                 "other_spools": others}

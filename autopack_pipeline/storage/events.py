@@ -24,13 +24,13 @@ from sqlalchemy import Table, func, insert, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+import autopack_pipeline.storage.spool as spool
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.events import (
     EVENT_COLUMNS,
     conform_events_frame,
     empty_events_frame,
 )
-from autopack_pipeline.storage import spool
 from autopack_pipeline.storage.database import (
     insert_ignoring_conflicts,
     insert_unless_exists,
@@ -181,6 +181,14 @@ def _plain_escalation_insert(connection: Connection, row: Mapping[str, Any]) -> 
     return 1
 
 
+# What spool replay inserts each spooled table's rows with (idempotent: a write that failed on the
+# client may have committed on the server).
+SPOOL_INSERTERS: spool.Inserters = {
+    _EVENTS.name: insert_estimation_row,
+    _ESCALATIONS.name: insert_escalation_row,
+}
+
+
 class WriteOutcome(str, Enum):
     """What became of one row handed to a writer."""
 
@@ -210,7 +218,7 @@ def _write_or_spool(engine: Engine, table: Table, row: dict[str, Any], inserter:
         where = f"; spooled to {spooled} for replay" if spooled else ""
         logger.warning("[%s] Failed to write DB telemetry: %s%s", label, safe_error_text(exc), where)
         return WriteOutcome.SPOOLED if spooled else WriteOutcome.NOT_STORED
-    spool.replay_if_pending(engine)
+    spool.replay_if_pending(engine, SPOOL_INSERTERS)
     return WriteOutcome.WRITTEN if inserted else WriteOutcome.ALREADY_STORED
 
 

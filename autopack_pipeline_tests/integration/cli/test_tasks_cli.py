@@ -179,7 +179,7 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db, mon
 
     from autopack_pipeline.defs.assets import PIPELINE_ASSETS
     from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
-    from autopack_pipeline.storage.bulk import bulk_load
+    from autopack_pipeline.synth import bulk_load
 
     # Room for every finding: the synthetic groups' critical breaches would otherwise fill the 10 slots
     # ahead of the (high) coefficient reviews this test compares.

@@ -14,7 +14,6 @@ from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import adbc, columnar
 from autopack_pipeline.storage.adbc import AdbcUnavailable
-from autopack_pipeline.storage.bulk import bulk_load
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, store_directory_for
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import (
@@ -24,6 +23,7 @@ from autopack_pipeline.storage.events import (
     read_events,
 )
 from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline.synth import bulk_load
 from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
 from autopack_pipeline_tests.oracle.compare import assert_close
 from autopack_pipeline_tests.oracle.coverage import calibrate_coverage
@@ -177,7 +177,7 @@ def test_one_directory_never_mixes_two_databases(tmp_path, store):
 
 
 def test_many_small_refreshes_are_compacted(sqlite_engine, store, monkeypatch):
-    monkeypatch.setattr(columnar, "MAX_SMALL_PARTS", 2)
+    monkeypatch.setattr(columnar.store, "MAX_SMALL_PARTS", 2)
     for seed in range(1, 6):
         bulk_load(sqlite_engine, 40, runs=1, seed=seed)
         store.refresh(sqlite_engine)

@@ -8,12 +8,12 @@ import time
 import pytest
 
 from autopack_pipeline.collection.phases import RunSpec
+from autopack_pipeline.collection.run_rows import create_run_row
 from autopack_pipeline.llm.factory import make_backend
 from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.run_lease import RunBusy, RunLease
-from autopack_pipeline.storage.runs import create_run_row
 
 
 @pytest.fixture

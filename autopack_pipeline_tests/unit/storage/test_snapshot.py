@@ -14,11 +14,11 @@ from autopack_pipeline.defs.assets.events import raw_events
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain import fast_metrics as fm
 from autopack_pipeline.storage import columnar
-from autopack_pipeline.storage.bulk import bulk_load
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.migrate import upgrade_database
 from autopack_pipeline.storage.snapshot import EventSnapshot, SnapshotUnavailable, snapshot_events
+from autopack_pipeline.synth import bulk_load
 from autopack_pipeline_tests.oracle.compare import assert_close
 from autopack_pipeline_tests.oracle.metrics import tier_metrics_document
 

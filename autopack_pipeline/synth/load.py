@@ -8,21 +8,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
-from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
-from autopack_pipeline.storage.bulk.archetypes import DEFAULT_LEGACY_FRACTION, load_archetypes
-from autopack_pipeline.storage.bulk.generate import DEFAULT_START, EVENTS_PER_RUN, generate_chunks
 from autopack_pipeline.storage.bulk.loader import Progress
-from autopack_pipeline.storage.bulk.postgresql import _PostgresqlLoader
-from autopack_pipeline.storage.bulk.rows import _text_timestamps, run_id_for
-from autopack_pipeline.storage.bulk.sqlite import _SqliteLoader
-from autopack_pipeline.storage.models import Run, TokenEstimationV2Event
+from autopack_pipeline.storage.bulk.loading import latest_event_time, load_chunks, stored_run_ids, text_timestamp
+from autopack_pipeline.storage.bulk.rows import run_id_for
+from autopack_pipeline.synth.archetypes import DEFAULT_LEGACY_FRACTION, load_archetypes
+from autopack_pipeline.synth.generate import DEFAULT_START, EVENTS_PER_RUN, generate_chunks
 
 
 def default_run_count(events: int, phase_ids: str = "per-run") -> int:
@@ -63,19 +59,8 @@ class SynthSummary:
         return asdict(self)
 
 
-def _latest_event_time(engine: Engine) -> datetime | None:
-    table = TokenEstimationV2Event.__table__
-    with engine.connect() as connection:
-        latest = connection.execute(select(func.max(table.c.timestamp))).scalar()
-    if isinstance(latest, str):  # a database written without SQLAlchemy's type processing
-        latest = datetime.fromisoformat(latest)
-    return latest
-
-
 def _check_runs_absent(engine: Engine, seed: int, runs: int) -> None:
-    ids = [run_id_for(seed, 0), run_id_for(seed, runs - 1)]
-    with engine.connect() as connection:
-        found = connection.execute(select(Run.__table__.c.id).where(Run.__table__.c.id.in_(ids))).scalars().all()
+    found = stored_run_ids(engine, [run_id_for(seed, 0), run_id_for(seed, runs - 1)])
     if found:
         raise RunsAlreadyPresent(
             f"runs {', '.join(sorted(found))} exist already: this database was filled with seed {seed} before; "
@@ -113,22 +98,17 @@ def bulk_load(
         raise ValueError(f"the number of events must be at least 1, got {events}")
     runs = max(1, min(int(runs or default_run_count(events, phase_ids)), events))
     _check_runs_absent(engine, seed, runs)
-    latest = _latest_event_time(engine)
+    latest = latest_event_time(engine)
     # Continue a minute after the newest stored event, so a second batch reads as later use.
     start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
     chunks = generate_chunks(events, runs=runs, seed=seed, start=start,
                              legacy_fraction=legacy_fraction, seeds_dir=seeds_dir, phase_ids=phase_ids)
-    backend = engine.dialect.name
-    loaders = {"sqlite": _SqliteLoader, "postgresql": _PostgresqlLoader}
-    if backend not in loaders:
-        raise ValueError(f"bulk loading supports SQLite and PostgreSQL, not {backend}")
-    loader = loaders[backend](seed, runs, events, progress)
     began = time.perf_counter()
-    loader.load(engine, chunks)
+    loader = load_chunks(engine, chunks, seed=seed, runs=runs, events=events, progress=progress)
     seconds = time.perf_counter() - began
     return SynthSummary(
         database=engine.url.render_as_string(hide_password=True),
-        backend=backend,
+        backend=engine.dialect.name,
         seed=seed,
         events=loader.events_written,
         phases=loader.phases_written,
@@ -138,8 +118,8 @@ def bulk_load(
         seconds=round(seconds, 3),
         events_per_second=round(loader.events_written / seconds, 1) if seconds > 0 else 0.0,
         method=loader.method,
-        first_timestamp=_text_timestamps(np.array([loader.first_us]))[0] if loader.first_us is not None else None,
-        last_timestamp=_text_timestamps(np.array([loader.last_us]))[0] if loader.last_us is not None else None,
+        first_timestamp=text_timestamp(loader.first_us),
+        last_timestamp=text_timestamp(loader.last_us),
         coefficient_version=load_archetypes(seeds_dir).coefficient_version,
         phase_ids=phase_ids,
         timings={k: round(v, 3) for k, v in loader.timings.items()},

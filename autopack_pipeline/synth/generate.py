@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from autopack_pipeline.llm.builder import ESCALATION_FACTOR, MAX_TOKENS_CAP, NEAR_CEILING_PCT
+from autopack_pipeline.domain import escalation as rule
 from autopack_pipeline.llm.simulated import DEGENERATE_TOKENS
 from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
-from autopack_pipeline.storage.bulk.archetypes import (
+from autopack_pipeline.storage.bulk.chunk import SynthChunk
+from autopack_pipeline.storage.events import MIN_VALID_OUTPUT_TOKENS
+from autopack_pipeline.synth.archetypes import (
     ARCHETYPE_VARIANTS,
     CATEGORY_WEIGHTS,
     COMPLEXITY_WEIGHTS,
@@ -30,7 +32,6 @@ from autopack_pipeline.storage.bulk.archetypes import (
     Archetypes,
     load_archetypes,
 )
-from autopack_pipeline.storage.events import MIN_VALID_OUTPUT_TOKENS
 
 # Phases per generated chunk. Fixed: the random streams are seeded per chunk, so changing this would
 # change the data a seed gives.
@@ -49,17 +50,6 @@ PHASE_ID_SCHEMES = ("per-run", "reused")
 # Autopack's runs range from a handful of phases to a few hundred).
 EVENTS_PER_RUN = {"per-run": 34, "reused": 2_000}
 RUN_SIZE_SIGMA = 1.0
-
-
-@dataclass
-class SynthChunk:
-    """One chunk of generated rows, column by column (numpy arrays / lists)."""
-
-    phases: dict[str, np.ndarray]
-    events: dict[str, np.ndarray]
-    phase_ids: str = "per-run"  # one of PHASE_ID_SCHEMES
-    phase_digits: int = 5  # zero-padded width of the phase number in a phase id
-    run_digits: int = 5  # the same for the run number
 
 
 def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_fraction: float) -> dict[str, np.ndarray]:
@@ -86,22 +76,21 @@ def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_frac
     index = (cat, cx, deliverables - 1, variant)
     predicted = arch.predicted[index]
     selected = arch.selected[index]
-    # Attempt 1 runs under the selected budget; it escalates at most once (Builder rules).
-    ceiling1 = np.minimum(selected, MAX_TOKENS_CAP)
-    ceiling2 = np.minimum(np.maximum((np.maximum(selected, ceiling1) * ESCALATION_FACTOR).astype(np.int64), selected),
-                          MAX_TOKENS_CAP)
-    out = []
-    for attempt, ceiling in ((0, ceiling1), (1, ceiling2)):
-        degenerate_now = degenerate[attempt]
+    # The Builder's rules (domain/escalation.py): attempt 1 runs under the selected budget; a failed
+    # attempt that ran out of room (truncated, or a malformed answer that used 95% of its ceiling)
+    # escalates once; any other failure (degenerate, malformed and short) is final.
+    def attempt(number: int, ceiling: np.ndarray) -> tuple[np.ndarray, ...]:
+        degenerate_now = degenerate[number]
         truncated = ~degenerate_now & (wanted >= ceiling)
         output = np.where(degenerate_now, DEGENERATE_TOKENS, np.minimum(wanted, ceiling))
         stop_max = ~degenerate_now & (wanted > ceiling)
-        success = ~degenerate_now & ~truncated & ~malformed[attempt]
-        out.append((ceiling, truncated, output, stop_max, success))
-    (c1, t1, o1, s1, ok1), (c2, t2, o2, s2, ok2) = out
-    # A truncated attempt escalates, and so does a failed one that used 95% of its ceiling (a malformed
-    # answer that nearly ran out of room); any other failure (degenerate, malformed and short) is final.
-    second = t1 | (~ok1 & (o1 * 100 >= NEAR_CEILING_PCT * c1))
+        success = ~degenerate_now & ~truncated & ~malformed[number]
+        return ceiling, truncated, output, stop_max, success
+
+    c1, t1, o1, s1, ok1 = attempt(0, rule.ceiling_to_send(selected, selected))
+    retry = rule.retry_max_tokens(rule.escalation_base(selected, c1, o1))
+    c2, t2, o2, s2, ok2 = attempt(1, rule.ceiling_to_send(retry, selected))
+    second = ~ok1 & rule.runs_out_of_room(t1, o1, c1)
     recorded1 = o1 >= MIN_VALID_OUTPUT_TOKENS
     recorded2 = second & (o2 >= MIN_VALID_OUTPUT_TOKENS)
     completed = np.where(second, ok2, ok1)
