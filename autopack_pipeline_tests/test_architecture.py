@@ -73,7 +73,6 @@ KNOWN: set[str] = {
     'over 450 lines: autopack_pipeline.domain.coefficients',
     'over 450 lines: autopack_pipeline.domain.estimator',
     'over 450 lines: autopack_pipeline.domain.tasks',
-    'over 450 lines: autopack_pipeline.services.reporting',
     'over 450 lines: autopack_pipeline.storage.columnar',
     'over 450 lines: autopack_pipeline.storage.transfer',
 }

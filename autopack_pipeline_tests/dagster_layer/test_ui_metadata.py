@@ -9,7 +9,7 @@ import re
 
 import dagster as dg
 
-from autopack_pipeline.defs.assets.calibration import recommendations_table
+from autopack_pipeline.defs.calibration.assets import recommendations_table
 from autopack_pipeline.domain.calibration import GroupCalibration
 from autopack_pipeline_tests.dagster_layer.conftest import materialize_slice
 

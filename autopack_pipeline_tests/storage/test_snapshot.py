@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from autopack_pipeline.defs.assets.events import raw_events
+from autopack_pipeline.defs.events.assets import raw_events
+from autopack_pipeline.defs.events.io_manager import event_io_resources
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain import fast_metrics as fm
 from autopack_pipeline.domain.metrics import tier_metrics_document
@@ -43,7 +44,7 @@ def same_events(snapshot: EventSnapshot, frame) -> None:
 def test_the_raw_events_asset_hands_on_a_snapshot_of_the_table(engine, tmp_path):
     bulk_load(engine, 700, runs=2, seed=2)
     result = dg.materialize([raw_events], resources={"telemetry_db": TelemetryDatabase(
-        database_url=str(engine.url))})
+        database_url=str(engine.url)), **event_io_resources()})
     assert result.success
     snapshot = result.output_for_node("raw_events")
     assert isinstance(snapshot, EventSnapshot) and snapshot.inline is None
