@@ -33,6 +33,7 @@ from autopack_pipeline.domain.coefficients import (
     load_coefficient_history,
     load_coefficients,
 )
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 _VERSION_SUFFIX = "+cal"
 
@@ -179,7 +180,7 @@ def plan_application(
     method: str | None = None,
     force: bool = False,
     scale: str = "prediction",
-    tolerance: float = 1.1,
+    tolerance: float = UNDER_TOLERANCE,
     patch_name: str = "patch",
     now: datetime | None = None,
 ) -> CalibrationApplication:
@@ -216,7 +217,7 @@ def plan_application(
 
 
 def backtest_patch(patch: CalibrationPatch, old: CoefficientTable, new: CoefficientTable, stored: StoredEvents,
-                   tolerance: float = 1.1) -> dict[str, Any] | None:
+                   tolerance: float = UNDER_TOLERANCE) -> dict[str, Any] | None:
     """Old versus new re-run on the stored events, per group the patch touches; None without events."""
     if stored.events.empty:
         return None

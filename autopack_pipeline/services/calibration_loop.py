@@ -36,6 +36,7 @@ from autopack_pipeline.domain.metrics import (
     wilson_interval,
 )
 from autopack_pipeline.domain.oracle import oracle_budget_waste
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.services.calibration_apply import calibrate_and_apply, read_stored
 
@@ -61,7 +62,7 @@ def _rate(k: int, n: int) -> dict[str, Any]:
     return {"count": int(k), "pct": 100.0 * k / n if n else 0.0, "ci": list(wilson_interval(int(k), int(n)))}
 
 
-def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = 1.1) -> dict[str, Any]:
+def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = UNDER_TOLERANCE) -> dict[str, Any]:
     """Tier 1, Tier 2, cost, oracle and per-group figures of one round's events (an events frame)."""
     arrays = EventArrays.from_frame(frame)
     document = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)

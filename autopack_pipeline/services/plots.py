@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter
 
 from autopack_pipeline.domain.calibration import CalibrationResult
 from autopack_pipeline.domain.coverage import COVERAGE, GroupObservations
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 # Beyond this many points per group a strip plot is just ink; a seeded sample keeps its shape.
 MAX_POINTS_PER_GROUP = 1500
@@ -46,7 +47,7 @@ def render_calibration_plot(
     observations: dict[tuple[str, str], GroupObservations],
     results: list[CalibrationResult],
     *,
-    tolerance: float = 1.1,
+    tolerance: float = UNDER_TOLERANCE,
 ) -> None:
     """Write the PNG to ``target`` (a path or a binary file object)."""
     rng = np.random.default_rng(0)  # same data, same picture

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from autopack_pipeline.domain.calibration import CalibrationResult, GroupCalibration
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 
 # The one writer of user-facing files (atomic, umask modes, special files refused), re-exported here
 # because the report writers grew up in this module.
@@ -225,11 +226,11 @@ def _notes(result: CalibrationResult) -> list[str]:
         "- Ratio = actual / predicted output tokens over clean samples; truncated events are censored "
         "observations that count as exceeding every candidate multiplier (never dropped).",
         f"- 95% upper bound = the k-th smallest of N observations, k = ceil((N + 1) * (1 - "
-        f"{p.get('target_underestimation_pct', 5.0):g}/100)); groups too small for it borrow from their category "
+        f"{p.get('target_underestimation_pct', UNDERESTIMATION_TARGET_PCT):g}/100)); groups too small for it borrow from their category "
         "(and categories from the global bound) with weight w = clean / (clean + "
         f"{p.get('prior_weight', 8):g}), and borrowing never lowers a group's own figure.",
-        f"- Proposed multiplier = bound / {p.get('tolerance', 1.1):g}: predictions scaled by it leave about "
-        f"{p.get('target_underestimation_pct', 5.0):g}% of calls above {p.get('tolerance', 1.1):g}x the estimate. "
+        f"- Proposed multiplier = bound / {p.get('tolerance', UNDER_TOLERANCE):g}: predictions scaled by it leave about "
+        f"{p.get('target_underestimation_pct', UNDERESTIMATION_TARGET_PCT):g}% of calls above {p.get('tolerance', UNDER_TOLERANCE):g}x the estimate. "
         "Confidence is the weight w.",
         "- Projected budget waste scales today's budgets by the multiplier (floors and caps aside); "
         "`backtest` re-runs the estimator exactly.",
