@@ -296,17 +296,18 @@ def child_dagster(db: str, workdir: str) -> dict:
     """Every asset after collection and every check, as "Materialize all" runs them, in process."""
     os.environ["AUTOPACK_REPORTS_DIR"] = str(Path(workdir) / "reports")
 
-    from autopack_pipeline.defs.assets.calibration import calibration_recommendations
-    from autopack_pipeline.defs.assets.events import raw_events
-    from autopack_pipeline.defs.assets.metrics import tier_metrics
-    from autopack_pipeline.defs.assets.samples import success_samples
-    from autopack_pipeline.defs.assets.tasks import generated_tasks
-    from autopack_pipeline.defs.checks import ALL_CHECKS
+    from autopack_pipeline.defs.asset_graph import ALL_CHECKS
+    from autopack_pipeline.defs.calibration.assets import calibration_recommendations
+    from autopack_pipeline.defs.events.assets import raw_events
+    from autopack_pipeline.defs.events.io_manager import event_io_resources
+    from autopack_pipeline.defs.metrics.assets import tier_metrics
     from autopack_pipeline.defs.resources import TelemetryDatabase
+    from autopack_pipeline.defs.samples.assets import success_samples
+    from autopack_pipeline.defs.tasks.assets import generated_tasks
 
     return _materialize_and_split(
         [raw_events, success_samples, tier_metrics, calibration_recommendations, generated_tasks, *ALL_CHECKS],
-        {"telemetry_db": TelemetryDatabase(database_url=db)}, workdir)
+        {"telemetry_db": TelemetryDatabase(database_url=db), **event_io_resources()}, workdir)
 
 
 def _materialize_and_split(assets: list, resources: dict, workdir: str) -> dict:

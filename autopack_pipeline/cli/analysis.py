@@ -108,15 +108,17 @@ def _print_tier1(tier1: dict[str, Any], label: str) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from autopack_pipeline.domain.calibration_window import window_line
-    from autopack_pipeline.services.calibration_apply import calibrate_in_force
     from autopack_pipeline.services.calibration_review import section_lines
+    from autopack_pipeline.services.pipeline import analyse
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.database import describe_database
 
     settings = load_settings()
     engine = open_engine(args)
     events, unreadable = load_event_arrays(engine, args, args.include_run_id)
-    outcome = calibrate_in_force(
+    # The one composition and window rule the calibration_recommendations asset uses: the last
+    # AUTOPACK_METRICS_WINDOW_DAYS days of telemetry, ending on the newest event (0 = every event).
+    outcome = analyse(
         engine,
         settings,
         events,
@@ -128,7 +130,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         database=describe_database(engine).url,
         method=args.method,
         window_versions=args.window_versions,
-    )
+    ).calibration
     if args.json:
         print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})
     else:

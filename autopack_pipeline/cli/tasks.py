@@ -137,8 +137,7 @@ def _generate(engine, settings, args: argparse.Namespace, *, min_samples: int, w
               ) -> dict[str, Any]:
     """What the generated_tasks asset computes, from the database: metrics, the gate, both calibration
     methods when it is open (``method`` chosen), drift; no report file is written."""
-    from autopack_pipeline.domain.drift import detect_drift, drift_insights
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services.pipeline import analyse
     from autopack_pipeline.storage.database import describe_database
     from autopack_pipeline.storage.outcomes import read_phase_outcomes
     from autopack_pipeline.storage.snapshot import snapshot_events
@@ -152,18 +151,13 @@ def _generate(engine, settings, args: argparse.Namespace, *, min_samples: int, w
         raise Refused(f"nothing to analyse in {database}: no token-estimation events and no "
                       "phase outcomes (run `autopack-telemetry collect` first, or check DATABASE_URL)")
     warn_unreadable(snapshot.unreadable)
-    events = snapshot.arrays()
-    samples = workflows.summarise_samples(events)
-    metrics = workflows.tier_metrics_document(events, samples.count)
-    calibration = workflows.calibrate(events, settings, tier1=metrics["all_events"]["tier1"],
-                                      min_samples=min_samples, method=method, database=database,
-                                      write_reports=False)
     now = datetime.now(timezone.utc)
     source = {"command": "autopack-telemetry tasks generate", "generated_at": now.isoformat()}
-    tasks, stored = workflows.improvement_tasks(engine, settings, metrics, samples.group_counts, calibration,
-                                                min_samples=min_samples, events=events, source=source,
-                                                extra_insights=drift_insights(detect_drift(events)),
-                                                outcome_window_days=window_days, now=now)
+    # The composition the assets run, on the same window: samples, metrics, calibration, tasks.
+    analysis = analyse(engine, settings, snapshot.arrays(), min_samples=min_samples, method=method,
+                       database=database, write_reports=False, generate=True, source=source,
+                       outcome_window_days=window_days, now=now)
+    calibration, tasks, stored = analysis.calibration, analysis.tasks, analysis.stored
     return {"enabled": settings.task_generation_enabled, "database": database,
             "gate": calibration.gate.to_dict(), "method": method, "tasks_generated": len(tasks),
             "tasks_new": len(stored.inserted), "stored": stored.as_dict(), "tasks": [task.as_dict() for task in tasks],

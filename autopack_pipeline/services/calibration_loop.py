@@ -146,7 +146,7 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     from datetime import datetime, timedelta, timezone
 
     from autopack_pipeline.services.calibration_apply import new_version_name
-    from autopack_pipeline.services.workflows import load_coefficients_for
+    from autopack_pipeline.services.seed_files import load_coefficients_for
 
     now, current = datetime.now(timezone.utc), load_coefficients_for(settings).version
     while new_version_name(current, now) == current:
@@ -172,21 +172,22 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
              on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """``options.rounds`` rounds on ``engine`` with the seeds of ``settings.seeds_dir`` (edited in place:
     pass a private copy). Returns one document per round (see :func:`measure_round`), in order."""
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services.collecting import collect
+    from autopack_pipeline.services.seed_files import load_coefficients_for, load_prices_for
 
-    prices = workflows.load_prices_for(settings)
+    prices = load_prices_for(settings)
     rounds = []
     for number in range(1, options.rounds + 1):
         if before_round is not None:
             before_round(number)
-        version = workflows.load_coefficients_for(settings).version
+        version = load_coefficients_for(settings).version
         backend = backend_for_round(number)
         run_ids, failures = [], 0
         for run in range(1, options.runs_per_round + 1):
             run_id = f"loop-{options.world}-r{number}-{run}"
             extra = ({} if options.template_phases_per_group is None
                      else {"template_phases_per_group": options.template_phases_per_group})
-            summary = workflows.collect(engine, settings, backend, run_id=run_id, concurrency=options.concurrency,
+            summary = collect(engine, settings, backend, run_id=run_id, concurrency=options.concurrency,
                                         **extra)
             failures += len(summary.problems())
             run_ids.append(run_id)

@@ -43,7 +43,6 @@ ALLOWED = {("autopack_pipeline.cli.pipeline", "autopack_pipeline.defs.dagster_ru
 KNOWN: set[str] = {
     'layer: autopack_pipeline.domain.events imports pandas',
     'layer: autopack_pipeline.domain.logparse imports pandas',
-    'over 450 lines: autopack_pipeline.services.reporting',
 }
 
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from autopack_pipeline.defs.run_tags import READS
+from autopack_pipeline.defs.shared.run_tags import READS
 
 # Just after midnight UTC the rolling windows move on by a day even when no event arrived.
 NEW_DAY_CRON = "5 0 * * *"

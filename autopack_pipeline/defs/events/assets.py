@@ -2,22 +2,26 @@
 
 import dagster as dg
 
-from autopack_pipeline.defs.assets.collection import telemetry_collection_run
-from autopack_pipeline.defs.assets.metadata import database_metadata, events_column_schema
+from autopack_pipeline.defs.collection.assets import telemetry_collection_run
 from autopack_pipeline.defs.resources import TelemetryDatabase
+from autopack_pipeline.defs.shared.metadata import database_metadata, events_column_schema
 from autopack_pipeline.domain.fast_metrics import success_flags, truncated_flags, truncation_disagreements
 from autopack_pipeline.storage.snapshot import EventSnapshot, snapshot_events
 from autopack_pipeline.storage.timestamps import describe_unreadable
 
+# The resource key of the IO manager that stores raw_events (events/io_manager.py).
+EVENTS_IO_MANAGER = "event_snapshot_io_manager"
 
-@dg.asset(group_name="telemetry", kinds={"parquet", "sqlite"}, deps=[telemetry_collection_run])
+
+@dg.asset(group_name="telemetry", kinds={"parquet", "sqlite"}, deps=[telemetry_collection_run],
+          io_manager_key=EVENTS_IO_MANAGER)
 def raw_events(context: dg.AssetExecutionContext, telemetry_db: TelemetryDatabase) -> dg.MaterializeResult:
     """Every token-estimation event in the telemetry database, as Autopack's table holds them.
 
     Failed and truncated calls stay in: they are the evidence for truncation and success rates.
     Only events above the columnar copy's high-water event id are read from the database; the value
-    handed on is an EventSnapshot (the copy's directory, row count and high-water id), from which
-    the downstream assets load the events as arrays.
+    handed on is an EventSnapshot (the copy's directory, row count and high-water id); its IO manager
+    hands the downstream assets the events it names, as arrays.
     """
     snapshot, refresh, fallback = snapshot_events(telemetry_db.engine())
     if fallback:

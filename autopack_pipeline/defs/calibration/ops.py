@@ -1,6 +1,6 @@
-"""Ops: work a person launches by hand that is no asset. Applying a reviewed calibration patch writes
-the coefficient file, which the pipeline reads but does not own, so it is an op in a job of its own
-(``apply_calibration_job``) that no sensor or schedule targets.
+"""Applying a reviewed calibration patch: it writes the coefficient file, which the pipeline reads but
+does not own, so it is an op in a job of its own (``apply_calibration_job``) that no sensor or schedule
+targets: a person launches it from the UI.
 """
 
 from pathlib import Path
@@ -11,7 +11,6 @@ from pydantic import Field
 
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain.backtest import PatchError
-from autopack_pipeline.services import tasks_review
 from autopack_pipeline.services.calibration_apply import ApplicationRefused, plan_patch_file, write_application
 from autopack_pipeline.services.calibration_review import change_lines, diff_text, render_backtest
 from autopack_pipeline.settings import load_settings
@@ -75,43 +74,3 @@ def apply_calibration(context: dg.OpExecutionContext, config: ApplyCalibrationCo
     metadata["previous_version_kept_as"] = dg.MetadataValue.path(str(kept))
     return dg.Output({"path": str(application.path), "version": application.new.version,
                       "previous_version": application.old.version, "kept": str(kept)}, metadata=metadata)
-
-
-# --- A person's decisions on generated tasks, launched from the UI (the CLI's `tasks approve|reject|complete`) ---
-
-
-class TaskDecisionConfig(dg.Config):
-    task_id: str = Field(description="The task's id, as the generated_tasks asset's `tasks` table shows it "
-                                     "(TASK-...).")
-    reason: str | None = Field(default=None, description="Why: stored with a rejection, or as the approval's note.")
-
-
-def _decide(context: dg.OpExecutionContext, decision) -> dg.Output[dict]:
-    """A decision that was not taken fails the run with the reason (unknown id, task not pending)."""
-    if not decision.done:
-        raise dg.Failure(description=decision.message, allow_retries=False,
-                         metadata={"task_id": decision.task_id, "outcome": decision.outcome})
-    context.log.info(decision.message)
-    metadata = {"task_id": decision.task_id, "status": decision.status or "-",
-                "message": dg.MetadataValue.text(decision.message)}
-    if decision.next_step:
-        metadata["next_step"] = dg.MetadataValue.md(decision.next_step)
-    return dg.Output(decision.as_dict(), metadata=metadata)
-
-
-@dg.op(name="approve_task", description="Approve a pending task (a collect-samples task may then run on its own).")
-def approve_task_op(context: dg.OpExecutionContext, config: TaskDecisionConfig,
-                    telemetry_db: TelemetryDatabase) -> dg.Output[dict]:
-    return _decide(context, tasks_review.approve_task(telemetry_db.engine(), config.task_id, note=config.reason))
-
-
-@dg.op(name="reject_task", description="Reject a pending task (status skipped), with the reason.")
-def reject_task_op(context: dg.OpExecutionContext, config: TaskDecisionConfig,
-                   telemetry_db: TelemetryDatabase) -> dg.Output[dict]:
-    return _decide(context, tasks_review.reject_task(telemetry_db.engine(), config.task_id, reason=config.reason))
-
-
-@dg.op(name="complete_task", description="Close a pending or in-progress task that was carried out.")
-def complete_task_op(context: dg.OpExecutionContext, config: TaskDecisionConfig,
-                     telemetry_db: TelemetryDatabase) -> dg.Output[dict]:
-    return _decide(context, tasks_review.complete_task(telemetry_db.engine(), config.task_id))

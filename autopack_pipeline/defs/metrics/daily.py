@@ -5,21 +5,21 @@ from typing import Any
 
 import dagster as dg
 
-from autopack_pipeline.defs.assets.events import raw_events
-from autopack_pipeline.defs.assets.metadata import database_metadata
-from autopack_pipeline.defs.automation import ON_NEW_EVENTS_PER_DAY
-from autopack_pipeline.defs.partitions import event_days
+from autopack_pipeline.defs.events.assets import raw_events
 from autopack_pipeline.defs.resources import TelemetryDatabase
-from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.defs.shared.automation import ON_NEW_EVENTS_PER_DAY
+from autopack_pipeline.defs.shared.metadata import database_metadata
+from autopack_pipeline.defs.shared.partitions import event_days
+from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.windows import day_window, events_in_window
-from autopack_pipeline.services import workflows
-from autopack_pipeline.storage.snapshot import EventSnapshot
+from autopack_pipeline.services.analysis import TierMetrics, summarise_samples
 
 DATABASE_KEY = "telemetry_database"
 
 
 class DailyMetricsConfig(dg.Config):
-    under_multiplier: float = 1.1
+    under_multiplier: float = UNDER_TOLERANCE
 
 
 def series_database(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> str | None:
@@ -31,10 +31,10 @@ def series_database(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> str
     return entry.value if entry is not None else None
 
 
-def day_figures(document: dict[str, Any]) -> dict[str, Any]:
+def day_figures(metrics: TierMetrics) -> dict[str, Any]:
     """Tier 1 with its Wilson 95% bounds and targets, and Tier 2, as numbers: each one a plot in the UI."""
-    tier1, tier2 = document["all_events"]["tier1"], document["all_events"]["tier2"]
-    figures: dict[str, Any] = {"events": int(tier1["total_samples"]), "clean_samples": int(document["clean_samples"])}
+    tier1, tier2 = metrics.tier1, metrics.tier2
+    figures: dict[str, Any] = {"events": int(tier1["total_samples"]), "clean_samples": metrics.clean_samples}
     for metric, target in (("underestimation_rate_pct", UNDERESTIMATION_TARGET_PCT),
                            ("truncation_rate_pct", TRUNCATION_TARGET_PCT), ("success_rate_pct", None)):
         if not tier1["total_samples"]:
@@ -60,7 +60,7 @@ def daily_tier_metrics(
     context: dg.AssetExecutionContext,
     config: DailyMetricsConfig,
     telemetry_db: TelemetryDatabase,
-    raw_events: EventSnapshot,
+    raw_events: EventArrays,
 ) -> dg.MaterializeResult:
     """Tier 1 (underestimation, truncation, success, each with its Wilson 95% interval and target)
     and Tier 2 for the Builder calls of one UTC day, by the same functions as tier_metrics. A day
@@ -80,19 +80,18 @@ def daily_tier_metrics(
             ),
             metadata=database_metadata(identity),
         )
-    events = events_in_window(raw_events.arrays(), day_window(day))
-    samples = workflows.summarise_samples(events)
-    document = workflows.tier_metrics_document(events, samples.count, under_multiplier=config.under_multiplier)
-    document["day"] = day.isoformat()
+    events = events_in_window(raw_events, day_window(day))
+    metrics = TierMetrics.of(events, summarise_samples(events).count, under_multiplier=config.under_multiplier,
+                             window=day.isoformat())
     if not len(events):
         context.log.info(f"no events on {day}: an empty day")
     return dg.MaterializeResult(
-        value=document,
+        value=metrics,
         metadata={
             "day": dg.MetadataValue.text(day.isoformat()),
             "dagster/row_count": len(events),
-            **day_figures(document),
-            "tier1_breached": bool(document["all_events"]["needs_tuning"]) if len(events) else False,
+            **day_figures(metrics),
+            "tier1_breached": metrics.needs_tuning if len(events) else False,
             **database_metadata(identity),
         },
     )

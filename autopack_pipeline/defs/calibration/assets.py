@@ -5,20 +5,19 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from autopack_pipeline.defs.assets.metadata import (
+from autopack_pipeline.defs.resources import TelemetryDatabase
+from autopack_pipeline.defs.shared.metadata import (
     markdown_table,
     next_step_metadata,
     png_markdown,
     rounded,
     table,
 )
-from autopack_pipeline.defs.resources import TelemetryDatabase
-from autopack_pipeline.domain.windows import events_in_window
-from autopack_pipeline.services import workflows
-from autopack_pipeline.services.calibration_apply import calibrate_in_force
+from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.services.analysis import TierMetrics, events_for_analysis
 from autopack_pipeline.services.calibration_review import UI_JOB, apply_instructions, no_patch_reason
+from autopack_pipeline.services.pipeline import calibration_stage
 from autopack_pipeline.settings import load_settings
-from autopack_pipeline.storage.snapshot import EventSnapshot
 
 
 class CalibrationConfig(dg.Config):
@@ -35,30 +34,31 @@ def calibration_recommendations(
     context: dg.AssetExecutionContext,
     config: CalibrationConfig,
     telemetry_db: TelemetryDatabase,
-    raw_events: EventSnapshot,
-    tier_metrics: dict[str, Any],
+    raw_events: EventArrays,
+    tier_metrics: TierMetrics,
 ) -> dg.MaterializeResult:
     """Over the rolling window of tier_metrics (the last 28 UTC days by default):
     per (category, complexity) multipliers by the coverage method (default: the 95% upper bound of
     actual/predicted, truncated events censored) and by Autopack's median method side by side, written
     as token_estimator_calibration_<UTC>.md, .json and .png, only when the calibration gate is open:
     at least 20 clean samples, one group with at least 5, and a Tier-1 target breached. Predictions are
-    first re-expressed under the coefficient file in force, as `autopack-telemetry calibrate` does.
+    first re-expressed under the coefficient file in force, as `autopack-telemetry calibrate` does; the
+    tolerance is tier_metrics' under_multiplier.
     The metadata shows the patch (per group: multiplier, budget margin, floor, status and why), the
     frontier and cost per group, and the patch JSON's path. Nothing here edits the coefficient file:
     a person applies a reviewed patch with apply_calibration_job (or `apply-calibration`).
     """
     settings = load_settings()
     # The same rolling window as success_samples and tier_metrics, so the gate here and the sensor's agree.
-    every_event = raw_events.arrays()
-    events = events_in_window(every_event, workflows.analysis_window(settings, every_event))
-    # The CLI's `calibrate` runs this same function: predictions re-expressed under the coefficients
-    # in force (the stored prediction inputs and the kept coefficient versions), so nothing compounds.
-    outcome = calibrate_in_force(
+    windowed = events_for_analysis(settings, raw_events)
+    # The CLI's `calibrate` runs this same stage: predictions re-expressed under the coefficients in
+    # force (the stored prediction inputs and the kept coefficient versions), so nothing compounds; the
+    # gate reads tier_metrics' Tier 1, and the coverage bound its under_multiplier.
+    outcome = calibration_stage(
         telemetry_db.engine(),
         settings,
-        events,
-        tier1=tier_metrics["all_events"]["tier1"],
+        windowed,
+        tier_metrics,
         min_samples=config.min_samples,
         confidence_threshold=config.confidence_threshold,
         dedup=config.dedup,

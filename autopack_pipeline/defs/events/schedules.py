@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from autopack_pipeline.defs.jobs import drift_check_job
+from autopack_pipeline.defs.events.jobs import drift_check_job
 
 drift_check_schedule = dg.ScheduleDefinition(
     name="drift_check_schedule",

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from autopack_pipeline.defs.assets.metadata import database_metadata, next_step_metadata
 from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
+from autopack_pipeline.defs.shared.metadata import database_metadata, next_step_metadata
 from autopack_pipeline.llm.factory import PAID_BACKENDS
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services.collecting import DEFAULT_TEMPLATE_PHASES_PER_GROUP, collect
 from autopack_pipeline.settings import load_settings
 
 
@@ -17,7 +17,7 @@ class CollectionConfig(dg.Config):
     run_id: str | None = None
     backend: str | None = None
     concurrency: int = 4
-    template_phases_per_group: int = workflows.DEFAULT_TEMPLATE_PHASES_PER_GROUP
+    template_phases_per_group: int = DEFAULT_TEMPLATE_PHASES_PER_GROUP
     seed: int | None = None
     # A targeted run: `phases` template phases for one (category, complexity) group.
     category: str | None = None
@@ -58,7 +58,7 @@ def telemetry_collection_run(
         return skipped_collection(name, telemetry_db, context)
     backend = llm.build(config.backend, config.seed)
     context.log.info("collecting with the %s backend", backend.name)
-    summary = workflows.collect(
+    summary = collect(
         telemetry_db.engine(),
         settings,
         backend,

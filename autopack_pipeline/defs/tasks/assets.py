@@ -4,13 +4,13 @@ from typing import Any
 
 import dagster as dg
 
-from autopack_pipeline.defs.assets.metadata import database_metadata, next_step_metadata, task_todo_table
 from autopack_pipeline.defs.resources import TelemetryDatabase
-from autopack_pipeline.domain.drift import drift_insights
-from autopack_pipeline.services import workflows
+from autopack_pipeline.defs.shared.metadata import database_metadata, next_step_metadata, task_todo_table
+from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.services.analysis import SampleSummary, TierMetrics
+from autopack_pipeline.services.pipeline import task_stage
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import tasks as task_store
-from autopack_pipeline.storage.snapshot import EventSnapshot
 
 _INPUTS = ("raw_events", "success_samples", "tier_metrics", "calibration_recommendations")
 
@@ -36,9 +36,9 @@ def _input_materializations(context: dg.AssetExecutionContext) -> dict[str, dict
 def generated_tasks(
     context: dg.AssetExecutionContext,
     telemetry_db: TelemetryDatabase,
-    raw_events: EventSnapshot,
-    success_samples: workflows.SampleSummary,
-    tier_metrics: dict[str, Any],
+    raw_events: EventArrays,
+    success_samples: SampleSummary,
+    tier_metrics: TierMetrics,
     calibration_recommendations: dict[str, Any],
 ) -> dg.MaterializeResult:
     """Improvement tasks from Tier-1 breaches and truncation hot spots per group, actionable
@@ -51,13 +51,9 @@ def generated_tasks(
     settings = load_settings()
     source = {"asset": "generated_tasks", "dagster_run_id": context.run.run_id,
               "inputs": _input_materializations(context)}
-    events = raw_events.arrays()
-    tasks, stored = workflows.improvement_tasks(
-        telemetry_db.engine(), settings, tier_metrics, success_samples.group_counts, calibration_recommendations,
-        events=events, source=source,
-        # The drift checks' statistics: computed by them earlier in this run, or here on these events.
-        extra_insights=drift_insights(workflows.drift_for_run(raw_events, context.run.run_id)),
-    )
+    # Drift is computed here on these events (the drift checks compute their own on the database).
+    tasks, stored = task_stage(telemetry_db.engine(), settings, raw_events, success_samples, tier_metrics,
+                               calibration_recommendations, source=source)
     if not settings.task_generation_enabled:
         context.log.info("task generation is off (AUTOPACK_TASK_GENERATION_ENABLED=false); no tasks generated")
     by_priority = {p: sum(t.priority == p for t in tasks) for p in ("critical", "high", "medium", "low")}
