@@ -28,7 +28,7 @@ PHASES = [(SYNTHESIS, "docs", "medium"), (DOCS_LOW, "docs", "low"), (["src/a.py 
 
 @pytest.fixture
 def seed():
-    return load_coefficients(Path(__file__).resolve().parents[2] / "seeds" / "estimator_coefficients.yaml")
+    return load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
 
 
 def test_a_file_without_the_section_estimates_and_budgets_exactly_as_before(seed):

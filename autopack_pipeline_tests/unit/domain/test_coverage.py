@@ -156,7 +156,7 @@ def test_small_groups_are_listed_below_threshold_but_still_inform_their_category
 
 
 def test_projected_budget_waste_respects_floors_when_the_table_is_given():
-    table = load_coefficients(Path(__file__).resolve().parents[2] / "seeds" / "estimator_coefficients.yaml")  # read only
+    table = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")  # read only
     floor = table.budget_floor("implementation", "low")
     rows = frame(clean([1.0] * 3, selected_budget=floor))
     assert list(projected_budgets(rows, 2.0, None, ("implementation", "low"))) == [2 * floor] * 3
