@@ -55,11 +55,11 @@ import pyarrow.parquet as pq
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.events import EVENT_COLUMNS, conform_events_frame
 from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.adbc import AdbcUnavailable
 from autopack_pipeline.storage.database import describe_database
+from autopack_pipeline.storage.frames import EVENT_COLUMNS, conform_events_frame
 from autopack_pipeline.storage.timestamps import (
     SHOWN_ROWS,
     UnreadableTimestamp,

@@ -25,16 +25,16 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.events import (
-    EVENT_COLUMNS,
-    conform_events_frame,
-    empty_events_frame,
-)
 from autopack_pipeline.storage import spool
 from autopack_pipeline.storage.database import (
     insert_ignoring_conflicts,
     insert_unless_exists,
     safe_error_text,
+)
+from autopack_pipeline.storage.frames import (
+    EVENT_COLUMNS,
+    conform_events_frame,
+    empty_events_frame,
 )
 from autopack_pipeline.storage.models import (
     Phase,

@@ -11,8 +11,8 @@ from autopack_pipeline.defs.checks import (
     tier2_budget_waste_p90_below_3x,
     token_counts_plausible,
 )
-from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
 from autopack_pipeline.services import workflows
+from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame
 from autopack_pipeline.storage.snapshot import EventSnapshot
 
 from .conftest import check_evaluations, materialize_slice
