@@ -44,7 +44,7 @@ def files_for(deliverables: list[str]) -> str:
 
 @pytest.fixture
 def estimator(tmp_path: Path) -> TokenEstimator:
-    seed_file = Path(__file__).resolve().parents[2] / "seeds" / "estimator_coefficients.yaml"
+    seed_file = Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml"
     return TokenEstimator(load_coefficients(seed_file), workspace=tmp_path)
 
 
