@@ -4,7 +4,7 @@ The writers are best-effort by contract: telemetry must never fail a build, so t
 exception, log it without secrets, and return ``False``. A write that failed because the database was
 locked, down or unreachable is not lost: the row goes to the local spool (:mod:`.spool`) and is
 written after the next successful write, or by ``autopack-telemetry spool replay``. The reader
-returns the events DataFrame shape of :mod:`autopack_pipeline.domain.events`, also for databases that lack our newer columns.
+returns the events DataFrame shape of :mod:`autopack_pipeline.storage.frames`, also for databases that lack our newer columns.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from sqlalchemy.orm import Session
 
 import autopack_pipeline.storage.spool as spool
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.events import (
-    EVENT_COLUMNS,
-    conform_events_frame,
-    empty_events_frame,
-)
 from autopack_pipeline.storage.database import (
     insert_ignoring_conflicts,
     insert_unless_exists,
     safe_error_text,
+)
+from autopack_pipeline.storage.frames import (
+    EVENT_COLUMNS,
+    conform_events_frame,
+    empty_events_frame,
 )
 from autopack_pipeline.storage.models import (
     Phase,

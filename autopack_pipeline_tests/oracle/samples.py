@@ -17,9 +17,9 @@ from typing import Callable
 import pandas as pd
 
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.events import as_events_frame
 from autopack_pipeline.domain.fast_metrics.samples import EXCLUSION_REASONS
 from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
+from autopack_pipeline.storage.frames import as_events_frame
 
 DEFAULT_MIN_ACTUAL_TOKENS = MIN_ACTUAL_TOKENS
 

@@ -4,8 +4,8 @@ from typing import Any
 
 import dagster as dg
 
-from autopack_pipeline.domain.events import EVENT_COLUMNS
 from autopack_pipeline.storage.database import DatabaseIdentity
+from autopack_pipeline.storage.frames import EVENT_COLUMNS
 
 
 def database_metadata(identity: DatabaseIdentity) -> dict[str, Any]:

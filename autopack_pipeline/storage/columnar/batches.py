@@ -12,7 +12,6 @@ import pyarrow.csv as pa_csv
 from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.events import conform_events_frame
 from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.adbc import AdbcUnavailable
 from autopack_pipeline.storage.columnar.encoding import (
@@ -23,6 +22,7 @@ from autopack_pipeline.storage.columnar.encoding import (
     _parse_types,
     _store_table,
 )
+from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline.storage.timestamps import (
     UnreadableTimestamp,
     readable_column,

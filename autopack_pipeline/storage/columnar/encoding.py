@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from autopack_pipeline.domain.events import EVENT_COLUMNS
+from autopack_pipeline.storage.frames import EVENT_COLUMNS
 from autopack_pipeline.storage.timestamps import SHOWN_ROWS, UnreadableTimestamp, merge_ids
 
 STORE_FORMAT = 1
@@ -28,7 +28,7 @@ MAX_GAP_RANGES = 1_000
 Progress = Callable[[int, int], None]
 
 
-# Column -> kind. Order is the events frame's (domain/events.py).
+# Column -> kind. Order is the events frame's (storage/frames.py).
 _KINDS: dict[str, str] = {
     "event_id": "key",
     "run_id": "label",

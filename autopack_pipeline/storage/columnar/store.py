@@ -21,7 +21,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.events import EVENT_COLUMNS, conform_events_frame
 from autopack_pipeline.domain.fast_metrics import EventArrays
 from autopack_pipeline.storage.columnar.arrays import _load_arrays
 from autopack_pipeline.storage.columnar.batches import _BatchReader
@@ -43,6 +42,7 @@ from autopack_pipeline.storage.columnar.encoding import (
 )
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
 from autopack_pipeline.storage.columnar.prefetch import prefetch
+from autopack_pipeline.storage.frames import EVENT_COLUMNS, conform_events_frame
 
 # The package's logger, as before the split, so a log filter on it keeps working.
 logger = logging.getLogger("autopack_pipeline.storage.columnar")

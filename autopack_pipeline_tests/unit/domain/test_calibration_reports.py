@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from autopack_pipeline.domain.events import conform_events_frame
 from autopack_pipeline.services import reporting, workflows
 from autopack_pipeline.services.plots import render_calibration_plot
 from autopack_pipeline.services.reporting import (
@@ -18,6 +17,7 @@ from autopack_pipeline.services.reporting import (
     write_calibration_report_set,
 )
 from autopack_pipeline.settings import load_settings
+from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
 from autopack_pipeline_tests.oracle.coverage import calibrate_coverage, group_observations
 from autopack_pipeline_tests.oracle.samples import clean_samples

@@ -21,10 +21,9 @@ from hypothesis import strategies as st
 
 from autopack_pipeline.domain import fast_metrics as fm
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
 from autopack_pipeline.services import workflows
 from autopack_pipeline.settings import load_settings
-from autopack_pipeline.storage.frames import event_arrays_from_frame
+from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame, event_arrays_from_frame
 from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
 from autopack_pipeline_tests.oracle.compare import assert_close
 from autopack_pipeline_tests.oracle.coverage import calibrate_coverage

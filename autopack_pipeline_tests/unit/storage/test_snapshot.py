@@ -15,10 +15,10 @@ from autopack_pipeline.defs.events.assets import raw_events
 from autopack_pipeline.defs.events.io_manager import EventSnapshotIOManager, event_io_resources
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.domain import fast_metrics as fm
-from autopack_pipeline.domain.events import conform_events_frame
 from autopack_pipeline.storage import columnar
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
+from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline.storage.migrate import upgrade_database
 from autopack_pipeline.storage.snapshot import EventSnapshot, SnapshotUnavailable, snapshot_events
 from autopack_pipeline.synth import bulk_load
