@@ -140,14 +140,14 @@ def child_extract(db: str, store: str, full: bool) -> dict:
 def child_analyse(store: str, threads: int) -> dict:
     began = time.perf_counter()
     from autopack_pipeline.domain import fast_metrics
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services import seed_files
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.columnar import ColumnarStore
 
     imported = time.perf_counter()
     arrays = ColumnarStore(store).event_arrays()
     loaded = time.perf_counter()
-    table = workflows.load_coefficients_for(load_settings())
+    table = seed_files.load_coefficients_for(load_settings())
     analysis = fast_metrics.analyse(arrays, force=True, coefficients=table, threads=threads,
                                     provenance={"coefficient_file_version": table.version})
     done = time.perf_counter()

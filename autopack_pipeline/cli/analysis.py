@@ -87,7 +87,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def _spend_line(events: Any) -> str:
     """Spend per model over every stored attempt (not only the analysis set: every attempt was billed)."""
     from autopack_pipeline.domain.group_economics import spend_of_events
-    from autopack_pipeline.services.workflows import load_prices_for
+    from autopack_pipeline.services.seed_files import load_prices_for
     from autopack_pipeline.settings import load_settings
 
     return spend_of_events(events, load_prices_for(load_settings())).line()

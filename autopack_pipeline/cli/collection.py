@@ -24,7 +24,7 @@ from autopack_pipeline.cli.progress import progress_bar
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from autopack_pipeline.llm.factory import make_backend
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services import collecting
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.retry import DatabaseUnavailable
     from autopack_pipeline.storage.run_lease import RunBusy
@@ -38,7 +38,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     )
     try:
         with progress_bar(args, "Collecting", "phases") as advance:
-            summary = workflows.collect(
+            summary = collecting.collect(
                 engine,
                 settings,
                 backend,

@@ -83,13 +83,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _cost_line(tokens: int) -> str:
     """The estimated cost in tokens and, at the configured model's output price, in dollars."""
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services import seed_files
     from autopack_pipeline.settings import SettingsError, load_settings
 
     text = f"{tokens:,} tokens (Autopack's estimate of the work)"
     try:
         settings = load_settings()
-        price = workflows.load_prices_for(settings).price_of(settings.model).output
+        price = seed_files.load_prices_for(settings).price_of(settings.model).output
     except (OSError, ValueError, SettingsError):  # no price table is no reason to refuse showing a task
         return text
     return text + f", about ${tokens * price / 1_000_000:,.2f} at {settings.model}'s output price"

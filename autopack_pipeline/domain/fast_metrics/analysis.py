@@ -1,8 +1,8 @@
 """The whole analysis after extraction: tier metrics, clean samples, the gate and both calibrations.
 
-:func:`analyse` computes what ``workflows.tier_metrics_document`` and ``workflows.calibrate`` do, at
+:func:`analyse` computes what ``analysis.tier_metrics_document`` and ``calibrating.calibrate`` do, at
 scale, in two chains side by side; :func:`calibrations_arrays` runs both calibration methods as
-``workflows.calibrate`` runs them, and :func:`calibration_gate_arrays` decides the gate from the clean
+``calibrating.calibrate`` runs them, and :func:`calibration_gate_arrays` decides the gate from the clean
 count and the group sizes.
 """
 
@@ -68,7 +68,7 @@ def calibrations_arrays(
     provenance: dict[str, Any],
     observed: tuple[CleanSamples, np.ndarray, list[CoverageGroup]] | None = None,
 ) -> dict[str, CalibrationResult]:
-    """Both methods, as ``workflows.calibrate`` runs them: ``samples`` and ``groups`` are the clean
+    """Both methods, as ``calibrating.calibrate`` runs them: ``samples`` and ``groups`` are the clean
     samples (``dedup`` as given) and their groups, ``observed`` optionally ``coverage_groups``' result;
     ``provenance`` gets the exclusions added. The two methods run side by side on two threads (numpy
     releases the GIL in its heavy loops)."""
@@ -107,7 +107,7 @@ def analyse(
     provenance: dict[str, Any] | None = None,
     threads: int = 2,
 ) -> Analysis:
-    """What ``workflows.tier_metrics_document`` and ``workflows.calibrate`` compute, at scale.
+    """What ``analysis.tier_metrics_document`` and ``calibrating.calibrate`` compute, at scale.
 
     Tier metrics (all events with strata, success-only), clean samples, the gate and, when the gate is
     open (or ``force``), both calibration methods with the parameters ``calibrate`` gives them:

@@ -123,7 +123,7 @@ def test_windows_pick_whole_utc_days(two_days, sqlite_url):
 
 def test_the_window_ends_on_the_newest_event_so_an_idle_database_still_shows_its_latest_weeks(
         write_events, sqlite_url):
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services import analysis
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.snapshot import snapshot_events
 
@@ -132,8 +132,8 @@ def test_the_window_ends_on_the_newest_event_so_an_idle_database_still_shows_its
     snapshot, _, _ = snapshot_events(TelemetryDatabase(database_url=sqlite_url).engine())
     arrays = snapshot.arrays()
 
-    window = workflows.analysis_window(load_settings(), arrays)
+    window = analysis.analysis_window(load_settings(), arrays)
     assert window.label() == "2025-02-11..2025-03-10 (UTC)"
     assert days_with_events(events_in_window(arrays, window)) == [within, newest]
     # Without events (or when asked) the clock anchors it, as on a live database.
-    assert workflows.analysis_window(load_settings(), today=TODAY).label().endswith(f"..{TODAY.isoformat()} (UTC)")
+    assert analysis.analysis_window(load_settings(), today=TODAY).label().endswith(f"..{TODAY.isoformat()} (UTC)")

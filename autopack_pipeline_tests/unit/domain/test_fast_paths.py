@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from autopack_pipeline.domain import fast_metrics as fm
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import seed_files
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame, event_arrays_from_frame
 from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
@@ -252,7 +252,7 @@ def test_small_awkward_frames_equal_the_reference(rows, dedup):
 def test_coverage_calibration_equals_the_reference(seed, dedup, tolerance, target, min_samples, with_table):
     # Big groups with little truncation (identifiable and thin groups), or many small messy ones.
     frame = random_events(seed, 400, phases=8) if seed % 2 else coverage_events(seed)
-    table = workflows.load_coefficients_for(load_settings()) if with_table else None
+    table = seed_files.load_coefficients_for(load_settings()) if with_table else None
     expected = calibrate_coverage(frame, min_samples=min_samples, dedup=dedup, tolerance=tolerance,
                                   target_pct=target, coefficients=table, provenance=PROVENANCE)
     got = fm.calibrate_coverage_arrays(event_arrays_from_frame(frame), min_samples=min_samples, dedup=dedup,
@@ -280,7 +280,7 @@ def test_the_coverage_comparisons_meet_every_group_status():
 @pytest.mark.parametrize("seed", SEEDS[:4])
 def test_analyse_gives_what_the_workflow_computes(seed):
     frame = random_events(seed, 500, phases=10)
-    table = workflows.load_coefficients_for(load_settings())
+    table = seed_files.load_coefficients_for(load_settings())
     samples, document = reference_analysis(frame)
     gate = evaluate_calibration_gate(samples, document["all_events"]["tier1"], force=True)
     provenance = {"exclusions": sample_exclusions(frame), "coefficient_file_version": table.version,

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack_pipeline.domain import fast_metrics as fm
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import seed_files
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import adbc, columnar
 from autopack_pipeline.storage.adbc import AdbcUnavailable
@@ -225,7 +225,7 @@ def test_the_analysis_on_the_store_equals_the_reference(engine, store, phase_ids
         labels = (events["run_id"] + "\x00" + events["phase_id"]) if column is None else events[column]
         assert (pd.factorize(codes)[0] == pd.factorize(labels)[0]).all()
     assert [arrays.category.labels[c] for c in arrays.category.codes] == events["category"].tolist()
-    table = workflows.load_coefficients_for(load_settings())
+    table = seed_files.load_coefficients_for(load_settings())
     samples = clean_samples(events)
     document = tier_metrics_document(events, len(samples))
     gate = evaluate_calibration_gate(samples, document["all_events"]["tier1"], force=True)
