@@ -90,6 +90,12 @@ def test_too_many_censored_is_out_of_reach_with_the_count_needed():
     assert document["reachable"] is False and document["tier2_holds"] is None
 
 
+def test_a_group_of_truncated_calls_only_is_out_of_reach_not_an_error():
+    # No clean ratio at all (every call hit its budget): nothing to put a frontier through.
+    frontier = group_frontier(np.array([]), 4)
+    assert not frontier.reachable and frontier.multiplier is None
+    assert frontier.observations_needed == observations_needed(4, 2.0, at_least=5)
+
 def test_censored_calls_never_make_a_group_look_better():
     clean = np.linspace(0.5, 2.0, 60)
     without = group_frontier(clean, 0)
