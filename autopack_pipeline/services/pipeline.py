@@ -2,13 +2,16 @@
 
 Each stage is a function of the stage before it. The Dagster assets run one stage each (an asset
 per stage, so the UI shows and re-runs them apart); ``autopack-telemetry tasks generate`` and
-``calibrate`` run :func:`analyse`, which chains the same functions. So the window, the tolerance
-and the calibration options are applied the same way whichever front end asked.
+``calibrate`` run :func:`analyse`, which chains the same functions through :func:`analyse_events`.
+So the window, the tolerance and the calibration options are applied the same way whichever front
+end asked. :func:`analyse_events` needs no database (no engine: predictions as recorded), which is
+how the benchmarks run the same chain on the columnar store's arrays.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,11 +53,19 @@ def metrics_stage(windowed: WindowedEvents, samples: SampleSummary, every_event:
                        last_7_days={"window": window_label(short), "tier1": recent.tier1})
 
 
-def calibration_stage(engine: Engine, settings: Settings, windowed: WindowedEvents, metrics: TierMetrics,
+def calibration_stage(engine: Engine | None, settings: Settings, windowed: WindowedEvents, metrics: TierMetrics,
                       **options: Any) -> CalibrationOutcome:
     """Gate and calibrate the window's events under the coefficients in force; the gate reads
     ``metrics``' Tier 1 and the coverage bound its tolerance (the ``under_multiplier`` it was measured
-    with). ``options``: ``calibrating.calibrate``'s keyword arguments (method, min_samples, ...)."""
+    with). ``options``: ``calibrating.calibrate``'s keyword arguments (method, min_samples, ...).
+
+    Without an ``engine`` there are no stored prediction inputs to re-express the predictions with,
+    so they are calibrated as recorded (the benchmarks, the parity tests)."""
+    if engine is None:
+        from autopack_pipeline.services.calibrating import calibrate
+
+        return calibrate(windowed.events, settings, tier1=metrics.tier1,
+                         under_multiplier=metrics.under_multiplier, **options)
     from autopack_pipeline.services.calibration_apply import calibrate_in_force
 
     return calibrate_in_force(engine, settings, windowed.events, tier1=metrics.tier1,
@@ -85,6 +96,33 @@ class Analysis:
     calibration: CalibrationOutcome
     tasks: list[GeneratedTask] | None = None
     stored: TaskRefresh | None = None
+    # Wall seconds per stage ("samples", "metrics", "calibration", "tasks"): cheap to keep, and how
+    # the benchmarks break the figure down.
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: EventArrays, *,
+                   engine: Engine | None = None, dedup: bool = True, under_multiplier: float = UNDER_TOLERANCE,
+                   min_samples: int = MIN_GROUP_SAMPLES, **calibration: Any) -> Analysis:
+    """Samples, metrics and calibration of ``windowed`` (``every_event`` gives the last 7 days' Tier 1),
+    one stage after the other. ``engine`` is what :func:`calibration_stage` re-expresses the predictions
+    with; without one nothing is read from a database."""
+    timings: dict[str, float] = {}
+
+    def timed(name: str, began: float) -> None:
+        timings[name] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    samples = sample_stage(windowed, dedup=dedup)
+    timed("samples", began)
+    began = time.perf_counter()
+    metrics = metrics_stage(windowed, samples, every_event, under_multiplier=under_multiplier)
+    timed("metrics", began)
+    began = time.perf_counter()
+    outcome = calibration_stage(engine, settings, windowed, metrics, dedup=dedup, min_samples=min_samples,
+                                **calibration)
+    timed("calibration", began)
+    return Analysis(windowed, samples, metrics, outcome, timings=timings)
 
 
 def analyse(engine: Engine, settings: Settings, every_event: EventArrays, *, dedup: bool = True,
@@ -95,12 +133,14 @@ def analyse(engine: Engine, settings: Settings, every_event: EventArrays, *, ded
     metrics, calibration (``calibration``: method, force, write_reports, ...) and, with ``generate``,
     the tasks stored in the database."""
     windowed = events_for_analysis(settings, every_event)
-    samples = sample_stage(windowed, dedup=dedup)
-    metrics = metrics_stage(windowed, samples, every_event, under_multiplier=under_multiplier)
-    outcome = calibration_stage(engine, settings, windowed, metrics, dedup=dedup, min_samples=min_samples,
-                                output_dir=output_dir, **calibration)
+    analysis = analyse_events(settings, windowed, every_event, engine=engine, dedup=dedup,
+                              under_multiplier=under_multiplier, min_samples=min_samples, output_dir=output_dir,
+                              **calibration)
     if not generate:
-        return Analysis(windowed, samples, metrics, outcome)
-    tasks, stored = task_stage(engine, settings, every_event, samples, metrics, outcome, min_samples=min_samples,
-                               source=source, outcome_window_days=outcome_window_days, now=now)
-    return Analysis(windowed, samples, metrics, outcome, tasks, stored)
+        return analysis
+    began = time.perf_counter()
+    tasks, stored = task_stage(engine, settings, every_event, analysis.samples, analysis.metrics,
+                               analysis.calibration, min_samples=min_samples, source=source,
+                               outcome_window_days=outcome_window_days, now=now)
+    timings = {**analysis.timings, "tasks": time.perf_counter() - began}
+    return replace(analysis, tasks=tasks, stored=stored, timings=timings)

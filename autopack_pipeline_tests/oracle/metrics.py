@@ -83,6 +83,16 @@ def tier1_metrics(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_
     return tier1_block(multiplier, total, under_n, under_k, truncated_k, success_k)
 
 
+def group_tier1_metrics(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_MULTIPLIER
+                        ) -> dict[tuple[str, str], dict[str, Any]]:
+    """The Tier-1 block of each canonical (category, complexity) group's events, sorted by group:
+    what the gate reads to open for one group's certain breach."""
+    frame = as_events_frame(events)
+    keys = list(zip(canonical_labels(frame["category"], normalise_category),
+                    canonical_labels(frame["complexity"], normalise_complexity)))
+    return {key: tier1_metrics(frame[[k == key for k in keys]], under_multiplier=under_multiplier)
+            for key in sorted(set(keys))}
+
 def p90(values: list[float]) -> float | None:
     """Autopack's P90: ``statistics.quantiles(v, n=10)[8]`` from 10 values on, else the maximum."""
     if not values:

@@ -18,15 +18,11 @@ The modules, each importing only from those listed before it:
 * :mod:`.metrics`: tier metrics, strata and per-group Tier-1 figures;
 * :mod:`.median_calibration`: the ``autopack-median`` method and the calibrations' provenance;
 * :mod:`.coverage_calibration`: coverage observations and groups, the ``coverage`` method;
-* :mod:`.analysis`: both methods together, the gate over the arrays, and :func:`analyse`.
+* :mod:`.analysis`: both methods together and the gate over the arrays (the chain of samples,
+  metrics, gate and calibrations is ``services.pipeline``'s).
 """
 
-from autopack_pipeline.domain.fast_metrics.analysis import (
-    Analysis,
-    analyse,
-    calibration_gate_arrays,
-    calibrations_arrays,
-)
+from autopack_pipeline.domain.fast_metrics.analysis import calibration_gate_arrays, calibrations_arrays
 from autopack_pipeline.domain.fast_metrics.arrays import (
     EventArrays,
     IntColumn,
@@ -62,7 +58,6 @@ from autopack_pipeline.domain.fast_metrics.samples import CleanSamples, SampleGr
 
 __all__ = [
     "AUTOPACK_MEDIAN",
-    "Analysis",
     "BelowThresholdGroup",
     "CALIBRATION_METHODS",
     "COVERAGE",
@@ -77,7 +72,6 @@ __all__ = [
     "Provenance",
     "SampleGroups",
     "_summary_and_p90",  # private, but the fast-path tests compare it with the reference
-    "analyse",
     "budget_sent",
     "calibrate_autopack_median_arrays",
     "calibrate_coverage_arrays",

@@ -1,15 +1,12 @@
-"""The whole analysis after extraction: tier metrics, clean samples, the gate and both calibrations.
+"""Both calibration methods side by side, and the calibration gate over the arrays.
 
-:func:`analyse` computes what ``analysis.tier_metrics_document`` and ``calibrating.calibrate`` do, at
-scale, in two chains side by side; :func:`calibrations_arrays` runs both calibration methods as
-``calibrating.calibrate`` runs them, and :func:`calibration_gate_arrays` decides the gate from the clean
-count and the group sizes.
+:func:`calibrations_arrays` runs both methods as ``services.calibrating.calibrate`` runs them, and
+:func:`calibration_gate_arrays` decides the gate from the clean count and the group sizes. Chaining
+them after the samples and the metrics is the services' job (``services.pipeline``), done once there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,8 +22,7 @@ from autopack_pipeline.domain.fast_metrics.coverage_calibration import CoverageG
 from autopack_pipeline.domain.fast_metrics.coverage_rules import COVERAGE
 from autopack_pipeline.domain.fast_metrics.gate import GateDecision, certain_group_breaches, decide_gate, largest_group
 from autopack_pipeline.domain.fast_metrics.median_calibration import calibrate_autopack_median_arrays
-from autopack_pipeline.domain.fast_metrics.metrics import _Basics, tier_metrics_document_arrays
-from autopack_pipeline.domain.fast_metrics.samples import CleanSamples, SampleGroups, clean_sample_rows, sample_groups
+from autopack_pipeline.domain.fast_metrics.samples import CleanSamples, SampleGroups
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, MIN_TOTAL_SAMPLES, UNDER_TOLERANCE
 
 
@@ -82,96 +78,3 @@ def calibrations_arrays(
             arrays, min_samples=min_samples, confidence_threshold=confidence_threshold, dedup=dedup,
             tolerance=tolerance, coefficients=coefficients, provenance=shared, all_clean=samples, observed=observed)
         return {COVERAGE: coverage, AUTOPACK_MEDIAN: median.result()}
-
-
-@dataclass
-class Analysis:
-    """What the pipeline computes after extraction: metrics, samples, gate and both calibrations."""
-
-    metrics: dict[str, Any]
-    samples: CleanSamples
-    gate: GateDecision
-    calibrations: dict[str, CalibrationResult]  # by method; empty when the gate is closed
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def analyse(
-    arrays: EventArrays,
-    *,
-    under_multiplier: float = UNDER_TOLERANCE,
-    dedup: bool = True,
-    min_samples: int = MIN_GROUP_SAMPLES,
-    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
-    force: bool = False,
-    coefficients: CoefficientTable | None = None,
-    provenance: dict[str, Any] | None = None,
-    threads: int = 2,
-) -> Analysis:
-    """What ``analysis.tier_metrics_document`` and ``calibrating.calibrate`` compute, at scale.
-
-    Tier metrics (all events with strata, success-only), clean samples, the gate and, when the gate is
-    open (or ``force``), both calibration methods with the parameters ``calibrate`` gives them:
-    ``coverage`` against the ``under_multiplier`` tolerance with ``coefficients``, and
-    ``autopack-median``. ``provenance`` (coefficient file version, Dagster run id, database) is
-    completed with the exclusions and the gate, as there.
-
-    With ``threads=2`` two chains run side by side (numpy releases the GIL in its heavy loops): the
-    tier metrics in one; clean samples, groups and both calibrations in the other. The calibrations
-    start before the gate is known and are dropped if it stays closed; their provenance gets the
-    gate's summary at the end. ``timings`` holds seconds per step (steps of the two chains overlap).
-    """
-    import threading
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    timings: dict[str, float] = {}
-    lock = threading.Lock()
-
-    def timed(name: str, work: Callable[[], Any]) -> Any:
-        began = time.perf_counter()
-        result = work()
-        with lock:
-            timings[name] = time.perf_counter() - began
-        return result
-
-    base_provenance = {**(provenance or {}), "dedup": dedup}
-    def metrics_chain(samples_future: Any) -> dict[str, Any]:
-        basics = timed("per_row_flags", lambda: _Basics.of(arrays))
-        document = timed("tier_metrics", lambda: tier_metrics_document_arrays(
-            arrays, under_multiplier=under_multiplier, clean_samples=0, basics=basics))
-        document["clean_samples"] = samples_future.result().count
-        return document
-
-    def calibration_chain(samples: CleanSamples) -> tuple[SampleGroups, dict[str, CalibrationResult]]:
-        groups = timed("sample_groups", lambda: sample_groups(arrays, samples.mask))
-        results = timed("calibrations", lambda: calibrations_arrays(
-            arrays, samples, groups, min_samples=min_samples, confidence_threshold=confidence_threshold,
-            dedup=dedup, tolerance=under_multiplier, coefficients=coefficients, provenance=base_provenance))
-        return groups, results
-
-    began = time.perf_counter()
-    if threads > 1:
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="analyse") as pool:
-            samples_future = pool.submit(timed, "clean_samples", lambda: clean_sample_rows(arrays, dedup=dedup))
-            metrics_future = pool.submit(metrics_chain, samples_future)
-            samples = samples_future.result()
-            groups, results = calibration_chain(samples)
-            metrics = metrics_future.result()
-    else:
-        from concurrent.futures import Future
-
-        samples_future: Future = Future()
-        samples = timed("clean_samples", lambda: clean_sample_rows(arrays, dedup=dedup))
-        samples_future.set_result(samples)
-        metrics = metrics_chain(samples_future)
-        groups, results = calibration_chain(samples)
-    gate = calibration_gate_arrays(samples.count, groups, metrics["all_events"]["tier1"], min_samples=min_samples,
-                                   force=force)
-    if gate.open:
-        stamp = {"forced": gate.forced, "gate_summary": gate.summary()}
-        results = {name: results[name].model_copy(update={"provenance": results[name].provenance.model_copy(
-            update=stamp)}) for name in (COVERAGE, AUTOPACK_MEDIAN)}
-    else:
-        results = {}
-    timings["total"] = time.perf_counter() - began
-    return Analysis(metrics=metrics, samples=samples, gate=gate, calibrations=results, timings=timings)
