@@ -250,14 +250,13 @@ def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = UNDER_T
 
 def tier_metrics_document_arrays(
     arrays: EventArrays, *, under_multiplier: float = UNDER_TOLERANCE, clean_samples: int,
-    basics: _Basics | None = None,
 ) -> dict[str, Any]:
     """The tier-metrics asset's document: all events with strata, success-only, and the clean count.
 
     The successful and the other rows are the two parts both documents are made of.
     """
     multiplier = check_under_multiplier(under_multiplier)
-    base = basics or _Basics.of(arrays)
+    base = _Basics.of(arrays)
     every, successful = _shared_ratio_figures(base, [base.success, ~base.success], [[0, 1], [0]])
     return {
         "all_events": _document(arrays, base, None, multiplier, every, stratify=True),
