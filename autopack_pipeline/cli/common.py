@@ -7,15 +7,15 @@ import json
 import sys
 from typing import Any
 
+# Refused: the data refuses the request, exit 1 with the message. It is the services' own class, so a
+# refusal raised in the application layer ends the command the same way as one raised here.
+from autopack_pipeline.services.refusals import Refused  # noqa: F401 (re-exported)
+
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
     """Bad usage or configuration: exit 2 with the message."""
-
-
-class Refused(Exception):
-    """The data refuses the request: exit 1 with the message."""
 
 
 # domain.fast_metrics.CALIBRATION_METHODS, spelled out so the CLI starts without importing the domain.
