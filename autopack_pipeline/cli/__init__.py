@@ -96,7 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     database URLs) end in one line and exit 2, never a traceback; with ``--json`` also as JSON."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from autopack_pipeline.collection.phases import PhaseSetError
     from autopack_pipeline.settings import SettingsError
 
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -107,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE, as_json)
-    except (SettingsError, PhaseSetError, ValueError) as exc:
+    except (SettingsError, ValueError) as exc:  # a bad phases file (PhaseSetError) is a ValueError too
         return _fail(str(exc), EXIT_USAGE, as_json)
     except Refused as exc:
         return _fail(str(exc), EXIT_REFUSED, as_json)
