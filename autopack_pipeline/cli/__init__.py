@@ -3,6 +3,12 @@
 Exit codes: 0 success; 1 when the data refuses (empty database, gate closed, nothing to analyse);
 2 for bad usage. A user mistake ends in a one-line message on stderr, never a traceback. Each area's
 subcommands live in their own module, which registers them here.
+
+The CLI is a front end, like the Dagster assets: a command parses its arguments, calls the application
+layer (``autopack_pipeline.services``) and prints the result and an exit code. It composes no domain
+rule and reads no table itself; besides services it uses only infrastructure: the settings, the
+database URL and engine (``storage.database``), atomic output files, and the targets' constants as
+argparse defaults. ``test_architecture.CLI_MAY_IMPORT`` holds that list.
 """
 
 from __future__ import annotations
