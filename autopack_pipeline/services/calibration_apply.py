@@ -25,7 +25,12 @@ import pandas as pd
 import yaml
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.backtest import CalibrationPatch, read_patch, run_backtest
+from autopack_pipeline.domain.backtest import (
+    CalibrationPatch,
+    PatchError,
+    read_patch,
+    run_backtest,
+)
 from autopack_pipeline.domain.coefficients import (
     HISTORY_DIR_NAME,
     CoefficientTable,
@@ -304,8 +309,6 @@ def calibrate_and_apply(engine: Engine, settings: Any, *, write: bool = False, n
 def read_patch_file(path: Path) -> Any:
     """The JSON document of a patch file; :class:`PatchError` when it is missing or not JSON."""
     import json
-
-    from autopack_pipeline.domain.backtest import PatchError
 
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

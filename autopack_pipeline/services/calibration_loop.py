@@ -38,7 +38,11 @@ from autopack_pipeline.domain.oracle import oracle_budget_waste
 from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.services.calibration_apply import calibrate_and_apply, read_stored
+from autopack_pipeline.services.refusals import Refused
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.frames import as_event_arrays, event_arrays_from_frame
+from autopack_pipeline.storage.migrate import prepare_database
 
 COEFFICIENTS_FILE = "estimator_coefficients.yaml"
 
@@ -50,6 +54,16 @@ def private_seeds(source: Path, work_dir: Path) -> Path:
         raise FileExistsError(f"{target} already exists: the loop starts from a fresh copy of the seeds")
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.history"))
     return target
+
+
+def open_fresh_database(url: str) -> Engine:
+    """The loop's database, with the schema; refused when it already holds events, since the rounds'
+    figures would mix with them."""
+    engine = make_engine(url)
+    prepare_database(engine)
+    if not read_events(engine).empty:
+        raise Refused(f"the loop needs a fresh database; {url.split('@')[-1]} already holds events")
+    return engine
 
 
 def _group_labels(frame: pd.DataFrame) -> np.ndarray:

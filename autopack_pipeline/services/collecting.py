@@ -8,13 +8,30 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.collection.phases import RunSpec, default_phase_set, load_phase_file, phases_from_templates
+from autopack_pipeline.collection.phases import (
+    RunSpec,
+    check_template_phase_count,
+    default_phase_set,
+    load_phase_file,
+    phases_from_templates,
+)
 from autopack_pipeline.collection.run import CollectionSummary, default_run_id, run_collection
 from autopack_pipeline.domain.estimator import TokenEstimator
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.builder import Builder
+from autopack_pipeline.llm.factory import make_backend
 from autopack_pipeline.services.seed_files import load_coefficients_for
 from autopack_pipeline.settings import Settings
+from autopack_pipeline.storage.events import MIN_VALID_OUTPUT_TOKENS
+from autopack_pipeline.storage.retry import DatabaseUnavailable
+from autopack_pipeline.storage.run_lease import RunBusy
+
+# What a front end needs around a collection, named here so it calls this layer only: the backend it
+# builds from the settings and its options (make_backend), the check of a targeted run's phase count,
+# the shortest answer the writer records, and the two ways a run is refused before it starts.
+COLLECTION_REFUSALS = (RunBusy, DatabaseUnavailable)
+__all__ = ["COLLECTION_REFUSALS", "DEFAULT_TEMPLATE_PHASES_PER_GROUP", "MIN_VALID_OUTPUT_TOKENS",
+           "check_template_phase_count", "collect", "make_backend"]
 
 # Enough template phases per group that the default collection gives several groups the 19 clean
 # samples a 95% coverage bound needs (with the simulated LLM: four of seven), so the README's first
