@@ -18,7 +18,7 @@ class UsageError(Exception):
     """Bad usage or configuration: exit 2 with the message."""
 
 
-# domain.fast_metrics.CALIBRATION_METHODS, spelled out so the CLI starts without importing the domain.
+# domain.analysis.CALIBRATION_METHODS, spelled out so the CLI starts without importing the domain.
 CALIBRATION_METHOD_CHOICES = ("coverage", "autopack-median")
 
 

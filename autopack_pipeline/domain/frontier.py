@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.fast_metrics.order_statistics import _p90_positions
-from autopack_pipeline.domain.fast_metrics.rates import wilson_interval
+from autopack_pipeline.domain.analysis.order_statistics import _p90_positions
+from autopack_pipeline.domain.analysis.rates import wilson_interval
 from autopack_pipeline.domain.targets import (
     BUDGET_WASTE_P90_TARGET,
     TRUNCATION_TARGET_PCT,

@@ -10,7 +10,7 @@ Three line shapes are read (autopack_spec §3.1, §3.4):
 - ``[TokenEstimation] Predicted: N output tokens, Actual: M output tokens, Error: X%``: legacy V1.
 
 A line carrying a marker that does not parse is counted as unreadable for its file; nothing here
-raises on bad input. The metrics are :mod:`autopack_pipeline.domain.fast_metrics`, the same code as
+raises on bad input. The metrics are :mod:`autopack_pipeline.domain.analysis`, the same code as
 the database path, with the V3 analyser's own rules where it differs: V1 lines are never successful (so
 ``success_only`` drops them) and truncation and success rates are over V2 records only, as is the
 stratification.
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.fast_metrics import EventArrays, compute_metrics_arrays, truncated_flags
-from autopack_pipeline.domain.fast_metrics.rates import needs_tuning
+from autopack_pipeline.domain.analysis import EventArrays, compute_metrics_arrays, truncated_flags
+from autopack_pipeline.domain.analysis.rates import needs_tuning
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 V2_MARKER = "[TokenEstimationV2]"

@@ -1,7 +1,7 @@
 """The analysis window, the clean samples and the tier metrics of an events set, as typed values.
 
 The Dagster assets, the CLI and the composition in :mod:`~autopack_pipeline.services.pipeline`
-read these; the numbers come from ``domain.fast_metrics``.
+read these; the numbers come from ``domain.analysis``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from autopack_pipeline.domain.fast_metrics import (
+from autopack_pipeline.domain.analysis import (
     EventArrays,
     GateDecision,
     calibration_gate_arrays,
@@ -144,7 +144,7 @@ class TierMetrics:
 @dataclass(frozen=True)
 class GroupCounts:
     """Clean samples per group known only by their counts (say, from a materialisation's metadata):
-    all the calibration gate reads of ``fast_metrics.SampleGroups``."""
+    all the calibration gate reads of ``domain.analysis.SampleGroups``."""
 
     sizes: dict[tuple[str, str], int]
 
@@ -154,6 +154,6 @@ class GroupCounts:
 
 def gate_of_counts(sizes: dict[tuple[str, str], int], tier1: dict[str, Any],
                    group_tier1: dict[Any, dict[str, Any]] | None = None) -> GateDecision:
-    """The calibration gate (``fast_metrics.calibration_gate_arrays``: the largest group, certain group
+    """The calibration gate (``domain.analysis.calibration_gate_arrays``: the largest group, certain group
     breaches, the rates) from the clean samples per group and the Tier-1 rates alone."""
     return calibration_gate_arrays(sum(sizes.values()), GroupCounts(sizes), tier1, group_tier1=group_tier1)

@@ -12,8 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from autopack_pipeline.domain.budget_calibration import calibration_section
-from autopack_pipeline.domain.fast_metrics import (
+from autopack_pipeline.domain.analysis import (
     CALIBRATION_METHODS,
     CalibrationResult,
     EventArrays,
@@ -26,6 +25,7 @@ from autopack_pipeline.domain.fast_metrics import (
     group_tier1_arrays,
     sample_groups,
 )
+from autopack_pipeline.domain.budget_calibration import calibration_section
 from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.reprediction import arrays_in_force
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE

@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 from sqlalchemy.engine import Engine
 
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.backtest import (
     CalibrationPatch,
     PatchError,
@@ -38,7 +39,6 @@ from autopack_pipeline.domain.coefficients import (
     load_coefficient_history,
     load_coefficients,
 )
-from autopack_pipeline.domain.fast_metrics import EventArrays
 from autopack_pipeline.domain.reprediction import PredictionInputs
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.settings import seeds_directory

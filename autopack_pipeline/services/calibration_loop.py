@@ -22,16 +22,16 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.calibration_window import window_line
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.cost import cost_now
-from autopack_pipeline.domain.fast_metrics import (
+from autopack_pipeline.domain.analysis import (
     budget_sent,
     compute_metrics_arrays,
     group_tier1_arrays,
     p90,
     wilson_interval,
 )
+from autopack_pipeline.domain.calibration_window import window_line
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.cost import cost_now
 from autopack_pipeline.domain.frontier import group_frontier
 from autopack_pipeline.domain.group_economics import output_price_per_row
 from autopack_pipeline.domain.oracle import oracle_budget_waste

@@ -18,7 +18,7 @@ def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from autopack_pipeline.domain.fast_metrics import clean_sample_rows, sample_groups, truncation_disagreements
+    from autopack_pipeline.domain.analysis import clean_sample_rows, sample_groups, truncation_disagreements
     from autopack_pipeline.storage import spool
     from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
     from autopack_pipeline.storage.events import read_events_checked

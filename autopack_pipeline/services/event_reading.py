@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.services.refusals import Refused
 from autopack_pipeline.storage.database import describe_database
 from autopack_pipeline.storage.events import read_events_checked

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autopack_pipeline.domain.fast_metrics import EventArrays, compute_metrics_arrays, success_flags
+from autopack_pipeline.domain.analysis import EventArrays, compute_metrics_arrays, success_flags
 from autopack_pipeline.domain.group_economics import spend_of_events
 from autopack_pipeline.services.seed_files import load_prices_for
 from autopack_pipeline.settings import Settings

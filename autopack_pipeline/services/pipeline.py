@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.drift import detect_drift, drift_insights
-from autopack_pipeline.domain.fast_metrics import EventArrays
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import GeneratedTask, Insight
 from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS, events_in_window, latest_day, trailing_days

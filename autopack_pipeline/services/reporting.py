@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from autopack_pipeline.domain.fast_metrics import CalibrationResult, GroupCalibration
+from autopack_pipeline.domain.analysis import CalibrationResult, GroupCalibration
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 
 # The one writer of user-facing files (atomic, umask modes, special files refused), re-exported here

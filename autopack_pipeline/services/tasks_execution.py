@@ -23,9 +23,9 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.collection.phases import PhaseSetError, load_templates, phases_from_templates
+from autopack_pipeline.domain.analysis import clean_sample_rows
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.estimator import TokenEstimator
-from autopack_pipeline.domain.fast_metrics import clean_sample_rows
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.services.collecting import collect
 from autopack_pipeline.services.seed_files import load_coefficients_for

@@ -2,7 +2,7 @@
 
 Storage readers, the NDJSON importer and reports work with an events frame. Its columns carry the
 names of Autopack's ``token_estimation_v2_events`` table (the key is ``event_id``), plus our nullable
-``attempt``. The analysis (:mod:`autopack_pipeline.domain.fast_metrics`) works on :class:`EventArrays`
+``attempt``. The analysis (:mod:`autopack_pipeline.domain.analysis`) works on :class:`EventArrays`
 and never imports pandas; ``event_arrays_from_frame`` is where pandas hands over to the numpy domain.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, LabelColumn
+from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
 
 # Column -> pandas dtype, in the frame's column order.
 EVENT_COLUMNS: dict[str, str] = {

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, Progress, RefreshResult, refresh_store
 from autopack_pipeline.storage.events import read_events_checked
 from autopack_pipeline.storage.frames import event_arrays_from_frame

@@ -13,7 +13,7 @@ from autopack_pipeline.defs.shared.metadata import (
     rounded,
     table,
 )
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.services.analysis import TierMetrics, events_for_analysis
 from autopack_pipeline.services.calibration_review import UI_JOB, apply_instructions, no_patch_reason
 from autopack_pipeline.services.pipeline import calibration_stage

@@ -15,7 +15,7 @@ from autopack_pipeline.defs.events.checks import DATA_QUALITY_CHECK_KEYS
 from autopack_pipeline.defs.metrics.assets import tier_metrics
 from autopack_pipeline.defs.samples.assets import success_samples
 from autopack_pipeline.defs.shared.instance import latest_materialization, metadata_value, unfinished_run
-from autopack_pipeline.domain.fast_metrics import GateDecision
+from autopack_pipeline.domain.analysis import GateDecision
 from autopack_pipeline.services.analysis import gate_of_counts
 
 BATCH_TAG = "autopack/samples-batch"

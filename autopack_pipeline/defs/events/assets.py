@@ -5,7 +5,7 @@ import dagster as dg
 from autopack_pipeline.defs.collection.assets import telemetry_collection_run
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.metadata import database_metadata, events_column_schema
-from autopack_pipeline.domain.fast_metrics import success_flags, truncated_flags, truncation_disagreements
+from autopack_pipeline.domain.analysis import success_flags, truncated_flags, truncation_disagreements
 from autopack_pipeline.storage.snapshot import EventSnapshot, snapshot_events
 from autopack_pipeline.storage.timestamps import describe_unreadable
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from autopack_pipeline.defs.events.assets import raw_events
 from autopack_pipeline.defs.shared.metadata import markdown_table
-from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, success_flags
+from autopack_pipeline.domain.analysis import EventArrays, IntColumn, success_flags
 
 # Claude's largest output ceiling is 128k tokens; a count beyond a million is a unit or parsing error.
 MAX_PLAUSIBLE_TOKENS = 1_000_000

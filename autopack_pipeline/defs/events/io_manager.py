@@ -21,7 +21,7 @@ from typing import Any
 
 import dagster as dg
 
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.storage.snapshot import EventSnapshot
 
 

@@ -14,7 +14,7 @@ from autopack_pipeline.defs.shared.metadata import (
     strata_table,
     tier1_table,
 )
-from autopack_pipeline.domain.fast_metrics import EventArrays, group_tier1_arrays
+from autopack_pipeline.domain.analysis import EventArrays, group_tier1_arrays
 from autopack_pipeline.domain.group_economics import spend_of_events
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.services.analysis import SampleSummary, events_for_analysis

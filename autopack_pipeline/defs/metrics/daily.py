@@ -10,7 +10,7 @@ from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.automation import ON_NEW_EVENTS_PER_DAY
 from autopack_pipeline.defs.shared.metadata import database_metadata
 from autopack_pipeline.defs.shared.partitions import event_days
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.windows import day_window, events_in_window
 from autopack_pipeline.services.analysis import TierMetrics, summarise_samples

@@ -4,7 +4,7 @@ import dagster as dg
 
 from autopack_pipeline.defs.shared.automation import ON_NEW_EVENTS_OR_NEW_DAY
 from autopack_pipeline.defs.shared.metadata import markdown_table, sample_group_metadata
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES
 from autopack_pipeline.services.analysis import events_for_analysis
 from autopack_pipeline.services.pipeline import sample_stage

@@ -6,7 +6,7 @@ import dagster as dg
 
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.metadata import database_metadata, next_step_metadata, task_todo_table
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.services.analysis import SampleSummary, TierMetrics
 from autopack_pipeline.services.pipeline import task_stage
 from autopack_pipeline.settings import load_settings

@@ -1,4 +1,4 @@
-"""Reading the store's parts into :class:`~autopack_pipeline.domain.fast_metrics.EventArrays`: numpy
+"""Reading the store's parts into :class:`~autopack_pipeline.domain.analysis.EventArrays`: numpy
 arrays filled part by part, labels unified into one dictionary per column over all parts."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, LabelColumn
+from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError
 
 _ARRAY_INTS = {

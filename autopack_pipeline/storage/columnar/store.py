@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.storage.columnar.arrays import _load_arrays
 from autopack_pipeline.storage.columnar.batches import _BatchReader
 from autopack_pipeline.storage.columnar.encoding import (
@@ -332,7 +332,7 @@ class ColumnarStore:
         return conform_events_frame(frame)
 
     def event_arrays(self) -> EventArrays:
-        """The columns the analysis needs as :class:`~autopack_pipeline.domain.fast_metrics.EventArrays`.
+        """The columns the analysis needs as :class:`~autopack_pipeline.domain.analysis.EventArrays`.
 
         Parts are read one at a time straight into preallocated numpy arrays, so the peak memory is
         the arrays plus one part; labels become integer codes, unified over all parts in Arrow.

@@ -10,7 +10,7 @@ from autopack_pipeline.defs.metrics.checks import (
     tier1_underestimation_within_target,
     tier2_budget_waste_p90_below_3x,
 )
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.services import pipeline
 from autopack_pipeline.services.analysis import TierMetrics
 from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame, event_arrays_from_frame

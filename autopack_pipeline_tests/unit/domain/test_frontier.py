@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from autopack_pipeline.domain.fast_metrics import wilson_interval
-from autopack_pipeline.domain.fast_metrics.order_statistics import p90_of
+from autopack_pipeline.domain.analysis import wilson_interval
+from autopack_pipeline.domain.analysis.order_statistics import p90_of
 from autopack_pipeline.domain.frontier import frontier_grid, group_frontier, observations_needed
 
 # 49 clean ratios 0.1, 0.2, ..., 4.9 (exactly i / 10) and one truncated call: N = 50.

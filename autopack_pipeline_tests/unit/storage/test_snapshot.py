@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from autopack_pipeline.defs.events.assets import raw_events
 from autopack_pipeline.defs.events.io_manager import EventSnapshotIOManager, event_io_resources
 from autopack_pipeline.defs.resources import TelemetryDatabase
-from autopack_pipeline.domain import fast_metrics as fm
+from autopack_pipeline.domain import analysis as fm
 from autopack_pipeline.storage import columnar
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events

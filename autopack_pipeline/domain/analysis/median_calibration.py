@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, IntColumn
-from autopack_pipeline.domain.fast_metrics.calibration_results import (
+from autopack_pipeline.domain.analysis.arrays import EventArrays, IntColumn
+from autopack_pipeline.domain.analysis.calibration_results import (
     AUTOPACK_MEDIAN,
     DEFAULT_CONFIDENCE_THRESHOLD,
     BelowThresholdGroup,
@@ -26,8 +26,8 @@ from autopack_pipeline.domain.fast_metrics.calibration_results import (
     group_order,
     median_confidence,
 )
-from autopack_pipeline.domain.fast_metrics.order_statistics import order_statistics
-from autopack_pipeline.domain.fast_metrics.samples import SampleGroups, sample_groups
+from autopack_pipeline.domain.analysis.order_statistics import order_statistics
+from autopack_pipeline.domain.analysis.samples import SampleGroups, sample_groups
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

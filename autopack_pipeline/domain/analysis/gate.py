@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from autopack_pipeline.domain.fast_metrics.rates import wilson_interval
+from autopack_pipeline.domain.analysis.rates import wilson_interval
 from autopack_pipeline.domain.targets import (
     MIN_GROUP_SAMPLES,
     MIN_TOTAL_SAMPLES,

@@ -11,18 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.coefficients import CoefficientTable
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays
-from autopack_pipeline.domain.fast_metrics.calibration_results import (
+from autopack_pipeline.domain.analysis.arrays import EventArrays
+from autopack_pipeline.domain.analysis.calibration_results import (
     AUTOPACK_MEDIAN,
     DEFAULT_CONFIDENCE_THRESHOLD,
     CalibrationResult,
 )
-from autopack_pipeline.domain.fast_metrics.coverage_calibration import CoverageGroup, calibrate_coverage_arrays
-from autopack_pipeline.domain.fast_metrics.coverage_rules import COVERAGE
-from autopack_pipeline.domain.fast_metrics.gate import GateDecision, certain_group_breaches, decide_gate, largest_group
-from autopack_pipeline.domain.fast_metrics.median_calibration import calibrate_autopack_median_arrays
-from autopack_pipeline.domain.fast_metrics.samples import CleanSamples, SampleGroups
+from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup, calibrate_coverage_arrays
+from autopack_pipeline.domain.analysis.coverage_rules import COVERAGE
+from autopack_pipeline.domain.analysis.gate import GateDecision, certain_group_breaches, decide_gate, largest_group
+from autopack_pipeline.domain.analysis.median_calibration import calibrate_autopack_median_arrays
+from autopack_pipeline.domain.analysis.samples import CleanSamples, SampleGroups
+from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, MIN_TOTAL_SAMPLES, UNDER_TOLERANCE
 
 

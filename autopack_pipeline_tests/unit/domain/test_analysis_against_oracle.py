@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autopack_pipeline.domain import fast_metrics as fm
+from autopack_pipeline.domain import analysis as fm
 from autopack_pipeline.services import seed_files
 from autopack_pipeline.services.analysis import WindowedEvents
 from autopack_pipeline.services.pipeline import Analysis, analyse_events

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autopack_pipeline.domain.analysis.arrays import EventArrays, IntColumn, success_flags, truncated_flags
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, IntColumn, success_flags, truncated_flags
 from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
 
 # Exclusion reasons, in the order they are tested. A row failing several tests is counted under the

@@ -40,8 +40,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from autopack_pipeline.domain.fast_metrics.calibration_results import AUTOPACK_MEDIAN, GroupCalibration
-from autopack_pipeline.domain.fast_metrics.rates import percent
+from autopack_pipeline.domain.analysis.calibration_results import AUTOPACK_MEDIAN, GroupCalibration
+from autopack_pipeline.domain.analysis.rates import percent
 from autopack_pipeline.domain.targets import UNDERESTIMATION_TARGET_PCT
 
 COVERAGE = "coverage"

@@ -4,7 +4,7 @@ The one implementation of each analysis rule. It works on :class:`EventArrays` (
 column, labels as integer codes) in O(n) passes, so ten million events take seconds; it imports no
 pandas. An events frame becomes arrays in the storage layer (``autopack_pipeline.storage.frames``).
 The tests keep the first, pandas implementation as an oracle (``autopack_pipeline_tests/oracle``) and
-compare the two on random data (``autopack_pipeline_tests/unit/domain/test_fast_paths.py``).
+compare the two on random data (``autopack_pipeline_tests/unit/domain/test_analysis_against_oracle.py``).
 
 The modules, each importing only from those listed before it:
 
@@ -18,12 +18,11 @@ The modules, each importing only from those listed before it:
 * :mod:`.metrics`: tier metrics, strata and per-group Tier-1 figures;
 * :mod:`.median_calibration`: the ``autopack-median`` method and the calibrations' provenance;
 * :mod:`.coverage_calibration`: coverage observations and groups, the ``coverage`` method;
-* :mod:`.analysis`: both methods together and the gate over the arrays (the chain of samples,
+* :mod:`.calibrations`: both methods together and the gate over the arrays (the chain of samples,
   metrics, gate and calibrations is ``services.pipeline``'s).
 """
 
-from autopack_pipeline.domain.fast_metrics.analysis import calibration_gate_arrays, calibrations_arrays
-from autopack_pipeline.domain.fast_metrics.arrays import (
+from autopack_pipeline.domain.analysis.arrays import (
     EventArrays,
     IntColumn,
     LabelColumn,
@@ -32,29 +31,30 @@ from autopack_pipeline.domain.fast_metrics.arrays import (
     truncated_flags,
     truncation_disagreements,
 )
-from autopack_pipeline.domain.fast_metrics.calibration_results import (
+from autopack_pipeline.domain.analysis.calibration_results import (
     AUTOPACK_MEDIAN,
     BelowThresholdGroup,
     CalibrationResult,
     GroupCalibration,
     Provenance,
 )
-from autopack_pipeline.domain.fast_metrics.coverage_calibration import (
+from autopack_pipeline.domain.analysis.calibrations import calibration_gate_arrays, calibrations_arrays
+from autopack_pipeline.domain.analysis.coverage_calibration import (
     CoverageGroup,
     calibrate_coverage_arrays,
     coverage_groups,
 )
-from autopack_pipeline.domain.fast_metrics.coverage_rules import CALIBRATION_METHODS, COVERAGE
-from autopack_pipeline.domain.fast_metrics.gate import GateDecision, certain_group_breaches, decide_gate, largest_group
-from autopack_pipeline.domain.fast_metrics.median_calibration import calibrate_autopack_median_arrays
-from autopack_pipeline.domain.fast_metrics.metrics import (
+from autopack_pipeline.domain.analysis.coverage_rules import CALIBRATION_METHODS, COVERAGE
+from autopack_pipeline.domain.analysis.gate import GateDecision, certain_group_breaches, decide_gate, largest_group
+from autopack_pipeline.domain.analysis.median_calibration import calibrate_autopack_median_arrays
+from autopack_pipeline.domain.analysis.metrics import (
     compute_metrics_arrays,
     group_tier1_arrays,
     tier_metrics_document_arrays,
 )
-from autopack_pipeline.domain.fast_metrics.order_statistics import _summary_and_p90, median_of, p90, p90_of
-from autopack_pipeline.domain.fast_metrics.rates import percent, wilson_interval
-from autopack_pipeline.domain.fast_metrics.samples import CleanSamples, SampleGroups, clean_sample_rows, sample_groups
+from autopack_pipeline.domain.analysis.order_statistics import _summary_and_p90, median_of, p90, p90_of
+from autopack_pipeline.domain.analysis.rates import percent, wilson_interval
+from autopack_pipeline.domain.analysis.samples import CleanSamples, SampleGroups, clean_sample_rows, sample_groups
 
 __all__ = [
     "AUTOPACK_MEDIAN",

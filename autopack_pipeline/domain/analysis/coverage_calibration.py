@@ -14,17 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.coefficients import CoefficientTable
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, budget_sent, success_flags, truncated_flags
-from autopack_pipeline.domain.fast_metrics.calibration_results import (
+from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, success_flags, truncated_flags
+from autopack_pipeline.domain.analysis.calibration_results import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     BelowThresholdGroup,
     CalibrationResult,
     GroupCalibration,
     group_order,
 )
-from autopack_pipeline.domain.fast_metrics.coverage_rules import (
+from autopack_pipeline.domain.analysis.coverage_rules import (
     COVERAGE,
     DEFAULT_TARGET_PCT,
     PRIOR_WEIGHT,
@@ -33,16 +31,18 @@ from autopack_pipeline.domain.fast_metrics.coverage_rules import (
     group_calibration,
     order_statistic_index,
 )
-from autopack_pipeline.domain.fast_metrics.coverage_rules import weight as coverage_weight
-from autopack_pipeline.domain.fast_metrics.median_calibration import provenance_arrays
-from autopack_pipeline.domain.fast_metrics.order_statistics import p90_of
-from autopack_pipeline.domain.fast_metrics.samples import (
+from autopack_pipeline.domain.analysis.coverage_rules import weight as coverage_weight
+from autopack_pipeline.domain.analysis.median_calibration import provenance_arrays
+from autopack_pipeline.domain.analysis.order_statistics import p90_of
+from autopack_pipeline.domain.analysis.samples import (
     CleanSamples,
     _duplicate_attempts,
     _member_of,
     clean_sample_rows,
     stable_order,
 )
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
 
 

@@ -12,16 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.categories import deliverable_bucket, normalise_category, normalise_complexity
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, budget_sent, success_flags, truncated_flags
-from autopack_pipeline.domain.fast_metrics.order_statistics import _summary, _summary_and_p90, p90_of
-from autopack_pipeline.domain.fast_metrics.rates import (
+from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, success_flags, truncated_flags
+from autopack_pipeline.domain.analysis.order_statistics import _summary, _summary_and_p90, p90_of
+from autopack_pipeline.domain.analysis.rates import (
     STRATA_DIMENSIONS,
     check_under_multiplier,
     needs_tuning,
     percent,
     tier1_block,
 )
+from autopack_pipeline.domain.categories import deliverable_bucket, normalise_category, normalise_complexity
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 
