@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from autopack_pipeline.domain.analysis import largest_group
 from autopack_pipeline.storage.database import DatabaseIdentity
 from autopack_pipeline.storage.frames import EVENT_COLUMNS
 
@@ -49,12 +50,12 @@ def sample_group_metadata(group_counts: dict[tuple[str, str], int], min_samples:
     latest materialisation without loading the samples.
     """
     counts = sorted(((c, x, n) for (c, x), n in group_counts.items()), key=lambda item: (-item[2], item[0], item[1]))
-    largest = counts[0] if counts else None
+    largest = largest_group(group_counts)
     return {
         "group_count": len(counts),
         "groups_at_min_samples": sum(1 for *_, n in counts if n >= min_samples),
-        "largest_group": dg.MetadataValue.text(f"{largest[0]}/{largest[1]}" if largest else "none"),
-        "largest_group_samples": largest[2] if largest else 0,
+        "largest_group": dg.MetadataValue.text(f"{largest['category']}/{largest['complexity']}" if largest else "none"),
+        "largest_group_samples": largest["n"] if largest else 0,
         "group_counts": dg.MetadataValue.json([{"category": c, "complexity": x, "n": n} for c, x, n in counts]),
     }
 
