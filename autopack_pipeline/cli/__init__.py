@@ -3,6 +3,12 @@
 Exit codes: 0 success; 1 when the data refuses (empty database, gate closed, nothing to analyse);
 2 for bad usage. A user mistake ends in a one-line message on stderr, never a traceback. Each area's
 subcommands live in their own module, which registers them here.
+
+The CLI is a front end, like the Dagster assets: a command parses its arguments, calls the application
+layer (``autopack_pipeline.services``) and prints the result and an exit code. It composes no domain
+rule and reads no table itself; besides services it uses only infrastructure: the settings, the
+database URL and engine (``storage.database``), atomic output files, and the targets' constants as
+argparse defaults. ``test_architecture.CLI_MAY_IMPORT`` holds that list.
 """
 
 from __future__ import annotations
@@ -96,7 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     database URLs) end in one line and exit 2, never a traceback; with ``--json`` also as JSON."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from autopack_pipeline.collection.phases import PhaseSetError
     from autopack_pipeline.settings import SettingsError
 
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -107,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE, as_json)
-    except (SettingsError, PhaseSetError, ValueError) as exc:
+    except (SettingsError, ValueError) as exc:  # a bad phases file (PhaseSetError) is a ValueError too
         return _fail(str(exc), EXIT_USAGE, as_json)
     except Refused as exc:
         return _fail(str(exc), EXIT_REFUSED, as_json)

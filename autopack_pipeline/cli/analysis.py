@@ -21,43 +21,15 @@ from autopack_pipeline.cli.common import (
 )
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
-# The `metrics --json` contract of DESIGN §10, key for key. The domain returns more (counts behind
-# each rate, truncated lower bounds); the text report shows those, the JSON stays to the contract.
-TIER1_KEYS = (
-    "underestimation_rate_pct", "underestimation_rate_pct_ci", "truncation_rate_pct", "truncation_rate_pct_ci",
-    "success_rate_pct", "success_rate_pct_ci", "under_multiplier", "total_samples",
-)
-TIER2_KEYS = ("waste_ratio_median", "waste_ratio_p90", "waste_ratio_mean", "budget_waste_p90")
-DIAGNOSTICS_KEYS = ("smape_mean", "smape_median", "non_truncated_count", "truncated_count")
-
-
-def _pick(block: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {key: block[key] for key in keys}
-
-
-def metrics_json(document: dict[str, Any]) -> dict[str, Any]:
-    """``compute_metrics``'s document trimmed to exactly the keys DESIGN §10 promises."""
-    out = {
-        "tier1": _pick(document["tier1"], TIER1_KEYS),
-        "tier2": _pick(document["tier2"], TIER2_KEYS),
-        "diagnostics": _pick(document["diagnostics"], DIAGNOSTICS_KEYS),
-        "needs_tuning": bool(document["needs_tuning"]),
-    }
-    if "strata" in document:
-        out["strata"] = {
-            dimension: {value: _pick(block, TIER1_KEYS) for value, block in blocks.items()}
-            for dimension, blocks in document["strata"].items()
-        }
-    return out
-
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from autopack_pipeline.domain.fast_metrics import compute_metrics_arrays, success_flags
+    from autopack_pipeline.services.metrics_report import measure, metrics_json, spend_line
+    from autopack_pipeline.settings import load_settings
 
     engine = open_engine(args)
     events, unreadable = load_event_arrays(engine, args, args.run_id)
-    document = compute_metrics_arrays(events, rows=success_flags(events) if args.success_only else None,
-                                      under_multiplier=args.under_multiplier, stratify=args.stratify)
+    document = measure(events, success_only=args.success_only, under_multiplier=args.under_multiplier,
+                       stratify=args.stratify)
     if args.json:
         print_json(metrics_json(document) | {"unreadable_timestamps": unreadable})
         return EXIT_OK
@@ -75,22 +47,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         f"Diagnostics: SMAPE mean {_num(diag.get('smape_mean'))}% median {_num(diag.get('smape_median'))}% over "
         f"{diag.get('non_truncated_count')} untruncated events; {diag.get('truncated_count')} truncated (lower bounds)"
     )
-    print(_spend_line(events))
+    print(spend_line(events, load_settings()))
     print("Verdict: " + ("TUNING NEEDED (a Tier-1 target is breached)" if document["needs_tuning"] else "WITHIN TARGETS"))
     for dimension, blocks in document.get("strata", {}).items():
         print(f"By {dimension}:")
         for value, block in blocks.items():
             _print_tier1(block, f"  {value}")
     return EXIT_OK
-
-
-def _spend_line(events: Any) -> str:
-    """Spend per model over every stored attempt (not only the analysis set: every attempt was billed)."""
-    from autopack_pipeline.domain.group_economics import spend_of_events
-    from autopack_pipeline.services.workflows import load_prices_for
-    from autopack_pipeline.settings import load_settings
-
-    return spend_of_events(events, load_prices_for(load_settings())).line()
 
 
 def _num(value: Any) -> str:
@@ -107,16 +70,17 @@ def _print_tier1(tier1: dict[str, Any], label: str) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from autopack_pipeline.domain.calibration_window import window_line
-    from autopack_pipeline.services.calibration_apply import calibrate_in_force
-    from autopack_pipeline.services.calibration_review import section_lines
+    from autopack_pipeline.services.calibration_review import frontier_and_cost_lines, section_lines, window_line
+    from autopack_pipeline.services.pipeline import analyse
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.database import describe_database
 
     settings = load_settings()
     engine = open_engine(args)
     events, unreadable = load_event_arrays(engine, args, args.include_run_id)
-    outcome = calibrate_in_force(
+    # The one composition and window rule the calibration_recommendations asset uses: the last
+    # AUTOPACK_METRICS_WINDOW_DAYS days of telemetry, ending on the newest event (0 = every event).
+    outcome = analyse(
         engine,
         settings,
         events,
@@ -128,7 +92,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         database=describe_database(engine).url,
         method=args.method,
         window_versions=args.window_versions,
-    )
+    ).calibration
     if args.json:
         print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})
     else:
@@ -148,7 +112,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                     _print_group(group)
                 for group in result.below_threshold:
                     print(f"  {group.category}/{group.complexity}: {group.note}")
-            _print_frontier_and_cost(outcome.economics)
+            for line in frontier_and_cost_lines(outcome.economics):
+                print(line)
             for line in section_lines(outcome.calibration_section):
                 print(line)
             print(f"Report: {outcome.markdown_path}")
@@ -156,15 +121,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             if outcome.plot_path:
                 print(f"Plot:   {outcome.plot_path}")
     return EXIT_OK if outcome.gate.open else EXIT_REFUSED
-
-
-def _print_frontier_and_cost(economics: list[dict[str, Any]] | None) -> None:
-    from autopack_pipeline.domain.group_economics import economics_line
-
-    if economics:
-        print("Frontier and cost (cheapest Tier-1 multiplier and margin; money and reserved capacity now -> then):")
-        for entry in economics:
-            print("  " + economics_line(entry))
 
 
 def _print_group(group: Any) -> None:

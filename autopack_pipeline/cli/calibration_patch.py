@@ -23,16 +23,14 @@ from autopack_pipeline.cli.common import (
     positive_float,
     print_json,
 )
-from autopack_pipeline.domain.coefficients import HISTORY_DIR_NAME
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
-from autopack_pipeline.services.calibration_apply import new_version_name, updated_yaml_text  # noqa: F401 (re-exported)
-from autopack_pipeline.services.calibration_review import change_lines, diff_text, render_backtest  # noqa: F401
+from autopack_pipeline.services.calibration_apply import HISTORY_DIR_NAME
+from autopack_pipeline.services.calibration_review import change_lines, diff_text, render_backtest
 
 
 def _prepare(args: argparse.Namespace):
     from autopack_pipeline.cli.common import open_engine
-    from autopack_pipeline.domain.backtest import PatchError
-    from autopack_pipeline.services.calibration_apply import ApplicationRefused, plan_patch_file
+    from autopack_pipeline.services.calibration_apply import ApplicationRefused, PatchError, plan_patch_file
 
     try:
         return plan_patch_file(open_engine(args), Path(args.patch), method=args.method, force=args.force,
@@ -60,43 +58,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _coefficient_file_to_write(in_use: Path) -> tuple[Path, Path | None]:
-    """Where a calibration is written, and the packaged seeds directory to copy first (or ``None``).
-
-    The installed package is never edited: when no ``AUTOPACK_SEEDS_DIR`` and no ``./seeds`` exist,
-    the packaged defaults are copied to ``./seeds`` and the copy is edited (what ``--yes`` asks for,
-    and from then on the seeds of this directory). ``AUTOPACK_SEEDS_DIR`` pointing into the package
-    is refused, since the copy would not be the seeds in use.
-    """
-    from autopack_pipeline.settings import SEEDS_DIR_VARIABLE, is_packaged_seeds, seeds_directory_is_configured
-
-    seeds = in_use.parent
-    if not is_packaged_seeds(seeds):
-        return in_use, None
-    if seeds_directory_is_configured():
-        raise UsageError(f"{SEEDS_DIR_VARIABLE} points into the installed package ({seeds}), which is never edited: "
-                         f"copy that directory elsewhere, point {SEEDS_DIR_VARIABLE} at the copy and run again")
-    local = Path.cwd() / "seeds"
-    return local / in_use.name, seeds
-
-
-def _copy_seeds(source: Path, target: Path) -> None:
-    import shutil
-
-    from autopack_pipeline.output_files import ensure_directory
-
-    ensure_directory(target)
-    for seed_file in sorted(source.glob("*.yaml")):
-        if not (target / seed_file.name).exists():
-            shutil.copyfile(seed_file, target / seed_file.name)  # content only: the copy is the user's, writable
-
-
 def cmd_apply(args: argparse.Namespace) -> int:
     from autopack_pipeline.services.calibration_apply import write_application
+    from autopack_pipeline.services.coefficient_target import coefficient_file_to_write, copy_packaged_seeds
 
     application = _prepare(args)
     new = application.new
-    path, packaged = _coefficient_file_to_write(application.path)
+    path, packaged = coefficient_file_to_write(application.path)
     print("\n".join(change_lines(application)))
     sys.stdout.write(diff_text(application))
     result = application.backtest
@@ -121,7 +89,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print("Not written.")
             return EXIT_REFUSED
     if packaged is not None:
-        _copy_seeds(packaged, path.parent)
+        copy_packaged_seeds(packaged, path.parent)
     kept = write_application(replace(application, path=path))
     print(f"Wrote {path} (version {new.version}); previous version kept as {kept}.")
     return EXIT_OK

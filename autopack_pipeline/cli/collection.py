@@ -23,22 +23,19 @@ from autopack_pipeline.cli.progress import progress_bar
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from autopack_pipeline.llm.factory import make_backend
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services import collecting
     from autopack_pipeline.settings import load_settings
-    from autopack_pipeline.storage.retry import DatabaseUnavailable
-    from autopack_pipeline.storage.run_lease import RunBusy
 
     phases_file, phase_count = _phases_argument(args)
     settings = load_settings()
     _refuse_memory_database(args)
     engine = open_engine(args)
-    backend = make_backend(
+    backend = collecting.make_backend(
         settings, args.backend, args.seed, replay_file=args.replay_file, record_file=args.record
     )
     try:
         with progress_bar(args, "Collecting", "phases") as advance:
-            summary = workflows.collect(
+            summary = collecting.collect(
                 engine,
                 settings,
                 backend,
@@ -50,7 +47,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
                 phases_file=phases_file,
                 progress=_phase_progress(advance),
             )
-    except (RunBusy, DatabaseUnavailable) as exc:
+    except collecting.COLLECTION_REFUSALS as exc:
         raise Refused(str(exc)) from None
     if args.json:
         print_json(summary.as_dict())
@@ -61,7 +58,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _print_summary(engine: Any, summary: Any) -> None:
-    from autopack_pipeline.storage.events import MIN_VALID_OUTPUT_TOKENS
+    from autopack_pipeline.services.collecting import MIN_VALID_OUTPUT_TOKENS
 
     print(identity_line(engine))
     print(
@@ -81,7 +78,7 @@ def _print_summary(engine: Any, summary: Any) -> None:
 
 def _phases_argument(args: argparse.Namespace) -> tuple[Path | None, int | None]:
     """``--phases`` is a count with --category/--complexity, else a phases YAML file."""
-    from autopack_pipeline.collection.phases import check_template_phase_count
+    from autopack_pipeline.services.collecting import check_template_phase_count
 
     if args.phases is None:
         return None, None

@@ -7,6 +7,10 @@ import json
 import sys
 from typing import Any
 
+# Refused: the data refuses the request, exit 1 with the message. It is the services' own class, so a
+# refusal raised in the application layer ends the command the same way as one raised here.
+from autopack_pipeline.services.refusals import Refused  # noqa: F401 (re-exported)
+
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
@@ -14,11 +18,7 @@ class UsageError(Exception):
     """Bad usage or configuration: exit 2 with the message."""
 
 
-class Refused(Exception):
-    """The data refuses the request: exit 1 with the message."""
-
-
-# domain.fast_metrics.CALIBRATION_METHODS, spelled out so the CLI starts without importing the domain.
+# domain.analysis.CALIBRATION_METHODS, spelled out so the CLI starts without importing the domain.
 CALIBRATION_METHOD_CHOICES = ("coverage", "autopack-median")
 
 
@@ -65,22 +65,13 @@ def open_engine(args: argparse.Namespace):
     then a missing SQLite file is a usage error naming the path. One at an older revision (including
     an Autopack database never migrated) is refused with exit 1 and a message saying to run ``db upgrade``.
     """
-    from autopack_pipeline.storage.database import DatabaseNotFound, make_engine, require_existing_database
-    from autopack_pipeline.storage.migrate import SchemaOutOfDate, prepare_database
+    from autopack_pipeline.services.telemetry_database import open_database
+    from autopack_pipeline.storage.database import DatabaseNotFound
 
-    url = database_url(args)
-    if command_name(args) in READ_ONLY_COMMANDS:
-        try:
-            require_existing_database(url)
-        except DatabaseNotFound as exc:
-            raise UsageError(str(exc)) from exc
-    engine = make_engine(url)
     try:
-        prepare_database(engine)
-    except SchemaOutOfDate as exc:
-        engine.dispose()
-        raise Refused(str(exc)) from exc
-    return engine
+        return open_database(database_url(args), must_exist=command_name(args) in READ_ONLY_COMMANDS)
+    except DatabaseNotFound as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def identity_line(engine) -> str:
@@ -90,52 +81,28 @@ def identity_line(engine) -> str:
     return f"Telemetry database: {identity.url}" + (f" ({identity.sqlite_path})" if identity.sqlite_path else "")
 
 
-def load_events(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
-    """The events frame (of ``run_ids`` when given) and the document of the rows left out for an
-    unreadable timestamp; an empty result is refused unless ``--allow-empty-db``."""
-    from autopack_pipeline.storage.database import describe_database
-    from autopack_pipeline.storage.events import read_events_checked
-    from autopack_pipeline.storage.timestamps import describe_unreadable, unreadable_document
+def extraction_progress(args: argparse.Namespace):
+    """The progress scope of a refresh of the columnar copy: a transient bar on a terminal."""
+    from autopack_pipeline.cli.progress import progress_bar
 
-    events, unreadable = read_events_checked(engine, run_ids=run_ids or None)
-    document = unreadable_document(unreadable)
-    if events.empty and not getattr(args, "allow_empty_db", False):
-        set_aside = describe_unreadable(document)
-        raise Refused(
-            f"no token-estimation events in {describe_database(engine).url}"
-            + (f" for runs {', '.join(run_ids)}" if run_ids else "")
-            + (f" ({set_aside})" if set_aside else "")
-            + ". Likely causes: DATABASE_URL names another database, no collection has run yet "
-            "(try `autopack-telemetry collect`), or telemetry was disabled (TELEMETRY_DB_ENABLED) "
-            "when Autopack ran. Pass --allow-empty-db to analyse anyway."
-        )
-    return events, document
+    return lambda: progress_bar(args, "Extracting new events to the columnar copy", "rows", transient=True)
 
 
 def load_event_arrays(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
     """The events as analysis arrays, and the document of the rows left out for an unreadable timestamp
     (warned about on stderr here). All runs come through the columnar copy (refreshed first, so only
     new events are read from the database); a selection of runs is read from the database."""
-    from autopack_pipeline.storage.frames import event_arrays_from_frame
-    from autopack_pipeline.storage.snapshot import snapshot_events
+    from autopack_pipeline.services.event_reading import read_event_arrays
 
-    if run_ids:
-        events, unreadable = load_events(engine, args, run_ids)
-        warn_unreadable(unreadable)
-        return event_arrays_from_frame(events), unreadable
-    from autopack_pipeline.cli.progress import progress_bar
-
-    with progress_bar(args, "Extracting new events to the columnar copy", "rows", transient=True) as advance:
-        snapshot, _refresh, _fallback = snapshot_events(engine, progress=advance)
-    if snapshot.rows == 0:
-        load_events(engine, args)  # refuses an empty database with its explanation, unless allowed
-    warn_unreadable(snapshot.unreadable)
-    return snapshot.arrays(), snapshot.unreadable
+    arrays, unreadable = read_event_arrays(engine, run_ids, allow_empty=getattr(args, "allow_empty_db", False),
+                                           extraction_progress=extraction_progress(args))
+    warn_unreadable(unreadable)
+    return arrays, unreadable
 
 
 def warn_unreadable(document: dict[str, Any], what: str = "those rows are left out of the analysis") -> None:
     """One warning on stderr naming the rows set aside for an unreadable timestamp, if there are any."""
-    from autopack_pipeline.storage.timestamps import describe_unreadable
+    from autopack_pipeline.services.event_reading import describe_unreadable
 
     message = describe_unreadable(document, what=what)
     if message:

@@ -9,7 +9,6 @@ from typing import Any
 
 from autopack_pipeline.cli.common import (
     EXIT_OK,
-    Refused,
     UsageError,
     database_url,
     identity_line,
@@ -19,10 +18,10 @@ from autopack_pipeline.cli.common import (
 
 
 def cmd_db_check(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.summary import database_summary
+    from autopack_pipeline.services.telemetry_database import summarise
 
     engine = open_engine(args)
-    summary = database_summary(engine)
+    summary = summarise(engine)
     if args.json:
         print_json(summary)
         return EXIT_OK
@@ -46,37 +45,21 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.database import describe_database, make_engine
-    from autopack_pipeline.storage.migrate import (
-        SchemaTooNew,
-        current_revision,
-        head_revision,
-        known_revisions,
-        upgrade_database,
-    )
+    from autopack_pipeline.services.telemetry_database import upgrade
 
-    engine = make_engine(database_url(args))
-    current = current_revision(engine)
-    if current is not None and current not in known_revisions():
-        # Alembic would fail with "Can't locate revision": say what it means and what to do.
-        raise Refused(str(SchemaTooNew(current, head_revision(), describe_database(engine).url)))
-    revision = upgrade_database(engine)
+    engine, revision = upgrade(database_url(args))
     print(identity_line(engine))
     print(f"Schema is at revision {revision}.")
     return EXIT_OK
 
 
 def cmd_db_backup(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.backup import BackupNotPossible, backup_sqlite
-    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.services.telemetry_database import BackupNotPossible, back_up
 
-    engine = make_engine(database_url(args))
     try:
-        report = backup_sqlite(engine, Path(args.file))
+        report = back_up(database_url(args), Path(args.file))
     except BackupNotPossible as exc:
         raise UsageError(str(exc)) from None
-    finally:
-        engine.dispose()
     if args.json:
         print_json(report.to_dict())
     else:

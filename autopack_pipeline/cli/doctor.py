@@ -7,91 +7,27 @@ schema is exactly what it must report, not repair.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autopack_pipeline.cli.common import EXIT_OK, EXIT_REFUSED, database_url, print_json, storage_settings
-
-if TYPE_CHECKING:
-    from autopack_pipeline.settings import StorageSettings
 
 _MARKS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
 
 
-def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]:
-    """Everything the checks need, from the settings (``DATABASE_URL`` as set, the telemetry flag) and
-    the database ``database_url`` names (read-only)."""
-    from sqlalchemy import func, inspect, select
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from autopack_pipeline.domain.fast_metrics import clean_sample_rows, sample_groups, truncation_disagreements
-    from autopack_pipeline.storage import spool
-    from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
-    from autopack_pipeline.storage.events import read_events_checked
-    from autopack_pipeline.storage.frames import event_arrays_from_frame
-    from autopack_pipeline.storage.models import TokenEstimationV2Event
-    from autopack_pipeline.storage.summary import database_summary
-    from autopack_pipeline.storage.timestamps import unreadable_document
-
-    env_url = settings.database_url
-    engine = make_engine(database_url)
-    identity = describe_database(engine)
-    facts: dict[str, Any] = {
-        "database": identity.to_dict(),
-        "database_url_env": make_url(env_url).render_as_string(hide_password=True) if env_url else None,
-        "telemetry_flag": settings.telemetry_flag,
-        "telemetry_enabled": settings.telemetry_db_enabled,
-        "file_exists": Path(identity.sqlite_path).exists() if identity.sqlite_path else None,
-        "connect_error": None,
-        "summary": None,
-        "spooled_events": spool.pending_count(engine, settings.spool_dir),
-    }
-    if facts["file_exists"] is False:  # connecting would create an empty file and hide the problem
-        return facts
-    try:
-        facts["summary"] = summary = database_summary(engine)
-        if summary["events"]["total"]:
-            events, unreadable = read_events_checked(engine)
-            facts["unreadable_timestamps"] = unreadable_document(unreadable)
-            arrays = event_arrays_from_frame(events)
-            clean = clean_sample_rows(arrays)
-            groups = sample_groups(arrays, clean.mask).counts()  # sorted by (category, complexity)
-            facts["clean_samples"] = clean.count
-            facts["group_counts"] = {f"{cat}/{cpx}": n for (cat, cpx), n in groups.items()}
-            facts["flag_disagreements"] = truncation_disagreements(arrays)
-            table = TokenEstimationV2Event.__table__
-            columns = {c["name"] for c in inspect(engine).get_columns(table.name)}
-            if "actual_is_total_tokens" in columns:  # absent on an Autopack database not yet upgraded
-                with engine.connect() as connection:
-                    facts["fallback_rows"] = int(connection.execute(
-                        select(func.count()).select_from(table).where(table.c.actual_is_total_tokens.is_(True))
-                    ).scalar_one())
-    except SQLAlchemyError as exc:
-        facts["connect_error"] = safe_error_text(exc)
-    finally:
-        engine.dispose()
-    return facts
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from autopack_pipeline.domain.doctor import FAIL, overall_status, run_checks
+    from autopack_pipeline.services.doctor import FAIL, WARN, run_doctor
 
-    facts = gather_facts(database_url(args), storage_settings(args))
-    checks = run_checks(facts)
-    status = overall_status(checks)
+    report = run_doctor(database_url(args), storage_settings(args))
     if args.json:
-        print_json({"database": facts["database"], "status": status, "checks": [c.to_dict() for c in checks]})
+        print_json(report.as_dict())
     else:
-        print(f"Telemetry doctor for {facts['database']['url']}")
-        for check in checks:
+        print(f"Telemetry doctor for {report.database['url']}")
+        for check in report.checks:
             print(f"{_MARKS[check.status]} {check.title}: {_show(check.observed)} (expected {check.threshold})")
             for line in check.advice:
                 print(f"       - {line}")
-        failed = sum(c.status == FAIL for c in checks)
-        warned = sum(c.status == "warn" for c in checks)
-        print(f"{len(checks)} checks: {failed} failed, {warned} warnings.")
-    return EXIT_REFUSED if status == FAIL else EXIT_OK
+        print(f"{len(report.checks)} checks: {report.count(FAIL)} failed, {report.count(WARN)} warnings.")
+    return EXIT_REFUSED if report.failed else EXIT_OK
 
 
 def _show(value: Any) -> str:

@@ -11,7 +11,6 @@ from typing import Any
 from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
-    Refused,
     UsageError,
     non_negative_int,
     positive_int,
@@ -20,18 +19,16 @@ from autopack_pipeline.cli.common import (
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
-    from autopack_pipeline.llm.factory import make_backend
     from autopack_pipeline.services.calibration_loop import (
         LoopOptions,
+        open_fresh_database,
         private_seeds,
         round_lines,
         run_loop,
         table_lines,
     )
+    from autopack_pipeline.services.collecting import make_backend
     from autopack_pipeline.settings import load_settings
-    from autopack_pipeline.storage.database import make_engine
-    from autopack_pipeline.storage.events import read_events
-    from autopack_pipeline.storage.migrate import prepare_database
 
     settings = load_settings()
     work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="autopack-loop-"))
@@ -47,10 +44,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     settings = settings.model_copy(update={"seeds_dir": seeds.resolve()})
     url = args.database_url or f"sqlite:///{(work_dir / 'loop.db').resolve()}"
-    engine = make_engine(url)
-    prepare_database(engine)
-    if not read_events(engine).empty:
-        raise Refused(f"the loop needs a fresh database; {url.split('@')[-1]} already holds events")
+    engine = open_fresh_database(url)
     make = lambda number: make_backend(settings, args.backend, args.seed)  # noqa: E731 - one backend per round
     options = LoopOptions(rounds=args.rounds, runs_per_round=args.runs_per_round, world=args.world or args.backend,
                           concurrency=args.concurrency, template_phases_per_group=args.template_phases_per_group,

@@ -10,7 +10,7 @@ from autopack_pipeline.cli.progress import progress_bar
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.bulk import RunsAlreadyPresent, bulk_load, default_run_count
+    from autopack_pipeline.services.synthetic_data import RunsAlreadyPresent, synthesise
 
     if args.runs is not None and args.runs > args.events:
         raise UsageError(f"--runs ({args.runs}) cannot exceed --events ({args.events})")
@@ -19,9 +19,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise UsageError(f"synth loads SQLite and PostgreSQL databases, not {engine.dialect.name}")
     try:
         with progress_bar(args, "Synthesising", "events") as advance:
-            runs = args.runs or default_run_count(args.events, args.phase_ids)
-            summary = bulk_load(engine, args.events, runs=runs,
-                                seed=args.seed, progress=advance, phase_ids=args.phase_ids)
+            summary = synthesise(engine, args.events, runs=args.runs, seed=args.seed, phase_ids=args.phase_ids,
+                                 progress=advance)
     except RunsAlreadyPresent as exc:
         raise UsageError(str(exc)) from exc
     if args.json:

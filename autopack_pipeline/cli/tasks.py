@@ -10,6 +10,7 @@ from autopack_pipeline.cli.common import (
     CALIBRATION_METHOD_CHOICES,
     EXIT_OK,
     Refused,
+    extraction_progress,
     identity_line,
     open_engine,
     positive_float,
@@ -23,9 +24,9 @@ STATUS_CHOICES = ("pending", "in_progress", "completed", "failed", "skipped", "s
 
 
 def _found(engine, task_id: str) -> dict[str, Any]:
-    from autopack_pipeline.storage.tasks import get_task
+    from autopack_pipeline.services.tasks_review import find_task
 
-    task = get_task(engine, task_id)
+    task = find_task(engine, task_id)
     if task is None:
         raise Refused(f"no task {task_id} (see `autopack-telemetry tasks list`)")
     return task
@@ -42,7 +43,7 @@ def _age(created_at: str | None, now: datetime) -> str:
 
 
 def _row(task: dict[str, Any], now: datetime) -> list[str]:
-    from autopack_pipeline.domain.task_evidence import group_label
+    from autopack_pipeline.services.tasks_review import group_label
 
     approval = " [needs approval]" if task.get("requires_approval") and task["status"] == "pending" else ""
     return [task.get("priority") or "-", task["status"], _age(task.get("created_at"), now),
@@ -59,45 +60,27 @@ def _print_todo(tasks: list[dict[str, Any]]) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from autopack_pipeline.storage.tasks import OPEN_STATUSES, list_generated_tasks
+    from autopack_pipeline.services.tasks_review import list_tasks
 
     engine = open_engine(args)
-    every = list_generated_tasks(engine, status=args.status)
-    if args.kind:
-        every = [t for t in every if t.get("kind") == args.kind]
     # Without --status or --all the list is a to-do list: the open tasks only.
-    tasks = every if args.status or args.all else [t for t in every if t["status"] in OPEN_STATUSES]
+    tasks, matched = list_tasks(engine, status=args.status, kind=args.kind, include_closed=args.all)
     if args.json:
         print_json(tasks)
         return EXIT_OK
     print(identity_line(engine))
     if not tasks:
-        print("No tasks" + (f" with status {args.status}" if args.status else " open" if every else "") + ".")
+        print("No tasks" + (f" with status {args.status}" if args.status else " open" if matched else "") + ".")
     else:
         _print_todo(tasks)
-    closed = len(every) - len(tasks)
+    closed = matched - len(tasks)
     if closed:
         print(f"({closed} closed task(s) not shown: `autopack-telemetry tasks list --all`)")
     return EXIT_OK
 
 
-def _cost_line(tokens: int) -> str:
-    """The estimated cost in tokens and, at the configured model's output price, in dollars."""
-    from autopack_pipeline.services import workflows
-    from autopack_pipeline.settings import SettingsError, load_settings
-
-    text = f"{tokens:,} tokens (Autopack's estimate of the work)"
-    try:
-        settings = load_settings()
-        price = workflows.load_prices_for(settings).price_of(settings.model).output
-    except (OSError, ValueError, SettingsError):  # no price table is no reason to refuse showing a task
-        return text
-    return text + f", about ${tokens * price / 1_000_000:,.2f} at {settings.model}'s output price"
-
-
 def cmd_show(args: argparse.Namespace) -> int:
-    from autopack_pipeline.domain.task_evidence import evidence_lines, group_label
-    from autopack_pipeline.services.tasks_review import next_step
+    from autopack_pipeline.services.tasks_review import estimated_cost_text, evidence_lines, group_label, next_step
 
     engine = open_engine(args)
     task = _found(engine, args.task_id)
@@ -111,7 +94,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if task.get("confidence") is not None:
         print(f"  confidence: {task['confidence']:.2f}    effort: {task.get('estimated_effort') or '-'}")
     if task.get("estimated_cost") is not None:
-        print(f"  estimated cost: {_cost_line(int(task['estimated_cost']))}")
+        print(f"  estimated cost: {estimated_cost_text(int(task['estimated_cost']))}")
     print(f"  created: {task.get('created_at')}    updated: {task.get('updated_at') or '-'}"
           + (f"    completed: {task['completed_at']}" if task.get("completed_at") else ""))
     if task.get("retry_count") or task.get("failure_runs"):
@@ -133,50 +116,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _generate(engine, settings, args: argparse.Namespace, *, min_samples: int, window_days: float, method: str
-              ) -> dict[str, Any]:
-    """What the generated_tasks asset computes, from the database: metrics, the gate, both calibration
-    methods when it is open (``method`` chosen), drift; no report file is written."""
-    from autopack_pipeline.domain.drift import detect_drift, drift_insights
-    from autopack_pipeline.services import workflows
-    from autopack_pipeline.storage.database import describe_database
-    from autopack_pipeline.storage.outcomes import read_phase_outcomes
-    from autopack_pipeline.storage.snapshot import snapshot_events
-
-    database = describe_database(engine).url
-    from autopack_pipeline.cli.progress import progress_bar
-
-    with progress_bar(args, "Extracting new events to the columnar copy", "rows", transient=True) as advance:
-        snapshot, _refresh, _fallback = snapshot_events(engine, progress=advance)  # new events only
-    if snapshot.rows == 0 and read_phase_outcomes(engine).empty:
-        raise Refused(f"nothing to analyse in {database}: no token-estimation events and no "
-                      "phase outcomes (run `autopack-telemetry collect` first, or check DATABASE_URL)")
-    warn_unreadable(snapshot.unreadable)
-    events = snapshot.arrays()
-    samples = workflows.summarise_samples(events)
-    metrics = workflows.tier_metrics_document(events, samples.count)
-    calibration = workflows.calibrate(events, settings, tier1=metrics["all_events"]["tier1"],
-                                      min_samples=min_samples, method=method, database=database,
-                                      write_reports=False)
-    now = datetime.now(timezone.utc)
-    source = {"command": "autopack-telemetry tasks generate", "generated_at": now.isoformat()}
-    tasks, stored = workflows.improvement_tasks(engine, settings, metrics, samples.group_counts, calibration,
-                                                min_samples=min_samples, events=events, source=source,
-                                                extra_insights=drift_insights(detect_drift(events)),
-                                                outcome_window_days=window_days, now=now)
-    return {"enabled": settings.task_generation_enabled, "database": database,
-            "gate": calibration.gate.to_dict(), "method": method, "tasks_generated": len(tasks),
-            "tasks_new": len(stored.inserted), "stored": stored.as_dict(), "tasks": [task.as_dict() for task in tasks],
-            "unreadable_timestamps": snapshot.unreadable}
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
+    from autopack_pipeline.services.tasks_from_database import generate_tasks
     from autopack_pipeline.settings import load_settings
 
     settings = load_settings()
     engine = open_engine(args)
-    document = _generate(engine, settings, args, min_samples=args.min_samples, window_days=args.window_days,
-                         method=args.method)
+    document = generate_tasks(engine, settings, min_samples=args.min_samples, window_days=args.window_days,
+                              method=args.method, extraction_progress=extraction_progress(args),
+                              warn_unreadable=warn_unreadable)
     if args.json:
         print_json(document)
         return EXIT_OK
@@ -199,7 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
-    from autopack_pipeline.llm.factory import make_backend
+    from autopack_pipeline.services.collecting import make_backend
     from autopack_pipeline.services.tasks_execution import AUTO_EXECUTE_OFF, execute_pending_tasks
     from autopack_pipeline.settings import load_settings
 

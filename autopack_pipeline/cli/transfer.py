@@ -10,7 +10,6 @@ from typing import Any
 from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
-    Refused,
     UsageError,
     database_url,
     identity_line,
@@ -25,37 +24,25 @@ _SHOWN_REJECTIONS = 20  # the rest are in the quarantine file
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sqlalchemy import func, select
-
-    from autopack_pipeline.storage.models import TokenEstimationV2Event
-    from autopack_pipeline.storage.timestamps import unreadable_document
-    from autopack_pipeline.storage.transfer import export_to_file, write_export
+    from autopack_pipeline.services.event_transfer import export_events
 
     engine = open_engine(args)
     # The banner goes to stderr so stdout stays pure NDJSON; it says which database was read (P1).
     print(identity_line(engine), file=sys.stderr)
-    with engine.connect() as connection:
-        total = connection.execute(select(func.count()).select_from(TokenEstimationV2Event.__table__)).scalar_one()
-    if total == 0 and not args.allow_empty_db:
-        raise Refused(
-            "no token-estimation events to export. If you expected some, check DATABASE_URL names the right "
-            "database. Pass --allow-empty-db to write an empty export."
-        )
-    unreadable: list = []
     if args.output:
-        count = export_to_file(engine, Path(args.output), unreadable)
+        count, unreadable = export_events(engine, Path(args.output), allow_empty=args.allow_empty_db)
         print(f"Exported {count} events to {Path(args.output).resolve()}")
     else:
-        count = write_export(engine, sys.stdout, unreadable)
+        count, unreadable = export_events(engine, sys.stdout, allow_empty=args.allow_empty_db)
         sys.stdout.flush()
         print(f"Exported {count} events", file=sys.stderr)
-    warn_unreadable(unreadable_document(unreadable), what="those rows are exported with the value as stored")
+    warn_unreadable(unreadable, what="those rows are exported with the value as stored")
     return EXIT_OK
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from autopack_pipeline.services.event_transfer import import_events
     from autopack_pipeline.storage.database import describe_database
-    from autopack_pipeline.storage.transfer import import_file
 
     source = Path(args.file)
     if not source.is_file():
@@ -65,7 +52,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError("the quarantine file must differ from the input file")
     engine = open_engine(args)
     with progress_bar(args, f"Importing {source.name}", "lines") as advance:
-        report = import_file(engine, source, quarantine, batch_size=args.batch_size,
+        report = import_events(engine, source, quarantine, batch_size=args.batch_size,
                              progress=(lambda lines: advance(lines)) if advance else None)
     if args.json:
         print_json({"database": describe_database(engine).to_dict(), "file": str(source.resolve()), **report.to_dict()})
@@ -88,32 +75,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_spool_replay(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
+    from autopack_pipeline.services.event_transfer import replay_spool
 
-    from autopack_pipeline.storage import spool
-    from autopack_pipeline.storage.database import make_engine, safe_error_text
-
-    target = make_engine(database_url(args))
-    report = spool.ReplayReport(spool_file=str(spool.spool_path(target)))
-    pending = spool.pending_count(target)
-    if pending:
-        try:
-            engine = open_engine(args)
-        except SQLAlchemyError as exc:
-            if not spool.is_transient_failure(exc):
-                raise
-            report.still_failing, report.error = pending, safe_error_text(exc)
-        else:
-            report = spool.replay(engine)
-    others = spool.other_spools(target)
-    document = {**report.to_dict(), "database": target.url.render_as_string(hide_password=True),
-                "other_spools": others}
-    target.dispose()
+    document, pending = replay_spool(database_url(args))
     if args.json:
         print_json(document)
     else:
         _print_replay(document, pending)
-    return EXIT_REFUSED if report.still_failing or report.rejected else EXIT_OK
+    return EXIT_REFUSED if document["still_failing"] or document["rejected"] else EXIT_OK
 
 
 def _print_replay(document: dict[str, Any], pending: int) -> None:

@@ -31,10 +31,12 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.collection.phases import PhaseSpec, RunSpec
+from autopack_pipeline.collection.run_rows import create_run_row, prepare_run, record_phase_outcome
 from autopack_pipeline.llm.builder import Builder, PhaseResult
 from autopack_pipeline.storage import spool
 from autopack_pipeline.storage.database import safe_error_text
 from autopack_pipeline.storage.events import (
+    SPOOL_INSERTERS,
     EstimationEvent,
     WriteOutcome,
     store_escalation_event,
@@ -48,12 +50,7 @@ from autopack_pipeline.storage.run_lease import (
     RESUMABLE_STATE,
     RunLease,
 )
-from autopack_pipeline.storage.runs import (
-    create_run_row,
-    prepare_run,
-    record_phase_outcome,
-    set_phase_state,
-)
+from autopack_pipeline.storage.runs import set_phase_state
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +339,7 @@ def _store_spooled_answers(engine: Engine, budget_seconds: float) -> None:
     """
 
     def replay_all() -> None:
-        report = spool.replay(engine)
+        report = spool.replay(engine, SPOOL_INSERTERS)
         if report.still_failing:
             raise _SpoolNotEmpty(report.error or "spooled events could not be written")
 
@@ -352,7 +349,7 @@ def _store_spooled_answers(engine: Engine, budget_seconds: float) -> None:
 
 def _replay_spool(engine: Engine) -> None:
     try:
-        spool.replay(engine)
+        spool.replay(engine, SPOOL_INSERTERS)
     except Exception as exc:  # noqa: BLE001 - what is left is counted and reported at the end
         logger.warning("spool replay failed: %s", safe_error_text(exc))
 

@@ -70,13 +70,13 @@ def _materialise_days(defs, instance, snapshot, run_config) -> list[dg.ExecuteIn
     In the UI the metrics_automation_sensor does this for today and yesterday; here it runs in process,
     one run per day, as a backfill would. Older days: backfill them from the asset's page.
     """
-    from autopack_pipeline.defs.partitions import event_days
+    from autopack_pipeline.defs.shared.partitions import event_days
     from autopack_pipeline.domain.windows import days_with_events, events_in_window
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services.analysis import analysis_window
     from autopack_pipeline.settings import load_settings
 
     events = snapshot.arrays()
-    window = workflows.analysis_window(load_settings(), events)
+    window = analysis_window(load_settings(), events)
     known = set(event_days.get_partition_keys(dynamic_partitions_store=instance))
     days = [d.isoformat() for d in days_with_events(events_in_window(events, window))]
     job = defs.resolve_job_def("daily_metrics_job")
@@ -90,12 +90,12 @@ def _print_days(days: list[dg.ExecuteInProcessResult]) -> None:
         return
     print(f"Per day (daily_tier_metrics, {len(done)} day(s) with events in the rolling window; 95% intervals):")
     for run in done:
-        document = run.output_for_node("daily_tier_metrics")
-        tier1 = document["all_events"]["tier1"]
+        metrics = run.output_for_node("daily_tier_metrics")  # services.analysis.TierMetrics of one day
+        tier1 = metrics.tier1
         figures = [f"{name} {tier1[key]:.1f}% ({tier1[key + '_ci'][0]:.1f}-{tier1[key + '_ci'][1]:.1f})"
                    for key, name in (("underestimation_rate_pct", "underestimation"),
                                      ("truncation_rate_pct", "truncation"))]
-        print(f"  {document['day']}: {tier1['total_samples']} calls, " + ", ".join(figures))
+        print(f"  {metrics.window}: {tier1['total_samples']} calls, " + ", ".join(figures))
 
 
 def _print_results(result: dg.ExecuteInProcessResult, home: str, settings: StorageSettings) -> None:
@@ -117,14 +117,14 @@ def _print_results(result: dg.ExecuteInProcessResult, home: str, settings: Stora
                                  f"{MIN_VALID_OUTPUT_TOKENS} tokens not recorded."
                                  if run.get("short_answers_not_recorded") else ".")
             )
-    metrics = outputs["tier_metrics"]["all_events"]
-    tier1 = metrics["tier1"]
+    metrics = outputs["tier_metrics"]  # services.analysis.TierMetrics
+    tier1 = metrics.tier1
     print(f"Tier 1 over {tier1['total_samples']} Builder calls (targets: underestimation <= 5%, truncation <= 2%):")
     for key, name in (("underestimation_rate_pct", "underestimation"), ("truncation_rate_pct", "truncation"),
                       ("success_rate_pct", "success")):
         low, high = tier1[f"{key}_ci"]
         print(f"  {name:<16} {tier1[key]:6.1f}%   95% interval {low:.1f}%-{high:.1f}%")
-    print("  verdict: " + ("TUNING NEEDED" if metrics["needs_tuning"] else "within targets"))
+    print("  verdict: " + ("TUNING NEEDED" if metrics.needs_tuning else "within targets"))
     calibration = outputs["calibration_recommendations"]
     print(calibration["gate"]["summary"])
     if calibration["reports"]:

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from autopack_pipeline.domain.analysis import EventArrays, LabelColumn, p90_of, truncated_flags
+from autopack_pipeline.domain.analysis.arrays import budget_sent
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.estimator import TokenEstimator
-from autopack_pipeline.domain.fast_metrics import EventArrays, LabelColumn, p90_of, truncated_flags
-from autopack_pipeline.domain.fast_metrics.arrays import budget_sent
 from autopack_pipeline.domain.reprediction import PredictionInputs, Repredictor, StoredPrediction
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 

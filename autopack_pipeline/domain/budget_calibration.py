@@ -49,8 +49,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
-from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.pooled_margin import (
     group_shape,
     kaplan_meier,
@@ -319,7 +319,7 @@ def calibration_section(
     min_samples: int = 5,
     target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
 ) -> dict:
-    """The patch's ``calibration`` block from coverage groups (``fast_metrics.CoverageGroup``, whose
+    """The patch's ``calibration`` block from coverage groups (``domain.analysis.CoverageGroup``, whose
     predictions are in force) and the proposed prediction factor of each group (1 when absent).
 
     Every group with ``min_samples`` observations gets settings, and so does a smaller group with a

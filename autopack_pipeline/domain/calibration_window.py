@@ -149,8 +149,8 @@ def choose_window(versions: Sequence[str | None], order: np.ndarray, groups: np.
 def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_WINDOW_VERSIONS) -> CalibrationWindow:
     """:func:`choose_window` over ``arrays`` (EventArrays, predictions already in force) and ``inputs``
     (``reprediction.PredictionInputs``: the ``coefficients_version`` of each stored event)."""
+    from autopack_pipeline.domain.analysis.arrays import budget_sent, truncated_flags
     from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-    from autopack_pipeline.domain.fast_metrics.arrays import budget_sent, truncated_flags
 
     ids = arrays.event_id
     known = ids.notna()

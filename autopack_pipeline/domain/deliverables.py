@@ -4,7 +4,7 @@ The text of a deliverable names a file (``extract_deliverable_path``), that file
 of the marginal-cost table (``deliverable_kind``), the wording says how specific the list is
 (``estimate_confidence``) and whether a documentation phase needs synthesis
 (``extract_doc_features``); an existing file's size and nesting scale a modification's cost
-(``file_complexity_multiplier``). :mod:`.estimator` combines these into an estimate.
+(``file_complexity_multiplier``, with the files measured by a ``FileMeasurer`` its caller owns). :mod:`.estimator` combines these into an estimate.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from autopack_pipeline.domain.coefficient_table import CoefficientTable
 
@@ -142,47 +142,75 @@ def is_doc_synthesis(features: dict[str, bool]) -> bool:
     )
 
 
-
 # -- existing-file complexity ---------------------------------------------------------------------
 
-# (resolved path, mtime_ns, size) -> (code lines, import lines, max indent). The file measures are
-# cached rather than the multiplier, so tables with different bands can share the cache.
-_file_measures: dict[tuple[str, int, int], tuple[int, int, int]] = {}
-_FILE_CACHE_LIMIT = 2048
+
+class FileMeasures(NamedTuple):
+    """What the complexity rule reads from a file: code lines, import lines, deepest indentation."""
+
+    code_lines: int
+    import_lines: int
+    max_indent: int
 
 
-def clear_file_complexity_cache() -> None:
-    """Forget every cached file measurement."""
-    _file_measures.clear()
-
-
-def _measure_file(path: Path) -> tuple[int, int, int]:
-    info = path.stat()
-    key = (str(path.resolve()), info.st_mtime_ns, info.st_size)
-    cached = _file_measures.get(key)
-    if cached is not None:
-        return cached
-    lines = path.read_text(encoding="utf-8", errors="ignore").split("\n")
-    code = [line for line in lines if line.strip() and not line.strip().startswith("#")]
-    measures = (
+def measure_source(text: str) -> FileMeasures:
+    """Measures of a file's text; blank lines and ``#`` comment lines are not code."""
+    code = [line for line in text.split("\n") if line.strip() and not line.strip().startswith("#")]
+    return FileMeasures(
         len(code),
         sum(1 for line in code if "import " in line),
         max((len(line) - len(line.lstrip()) for line in code), default=0),
     )
-    if len(_file_measures) >= _FILE_CACHE_LIMIT:
-        _file_measures.clear()  # crude bound; a cold cache only costs a re-read
-    _file_measures[key] = measures
-    return measures
 
 
-def file_complexity_multiplier(path: Path, coefficients: CoefficientTable) -> float:
+def read_source(path: Path) -> str:
+    """A file's text as the measures want it: UTF-8, undecodable bytes dropped."""
+    return path.read_text(encoding="utf-8", errors="ignore")
+
+
+class FileMeasurer:
+    """Measures workspace files and remembers them while their size and mtime stay the same.
+
+    Each estimator holds its own (no process-wide cache). The measures are kept rather than the
+    multiplier, so coefficient tables with different bands reuse them. ``read_text`` is how a file's
+    text is fetched; the default reads the disk.
+    """
+
+    def __init__(self, read_text: Callable[[Path], str] = read_source, limit: int = 2048) -> None:
+        self._read_text = read_text
+        self._limit = limit
+        # (resolved path, mtime_ns, size) -> measures
+        self._known: dict[tuple[str, int, int], FileMeasures] = {}
+
+    def measures(self, path: Path) -> FileMeasures:
+        """The measures of ``path``; ``OSError`` or ``ValueError`` when it cannot be read."""
+        info = path.stat()
+        key = (str(path.resolve()), info.st_mtime_ns, info.st_size)
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        found = measure_source(self._read_text(path))
+        if len(self._known) >= self._limit:
+            self._known.clear()  # crude bound; forgetting only costs a re-read
+        self._known[key] = found
+        return found
+
+    def clear(self) -> None:
+        """Forget every measured file."""
+        self._known.clear()
+
+
+def file_complexity_multiplier(
+    path: Path, coefficients: CoefficientTable, measurer: FileMeasurer | None = None
+) -> float:
     """Multiplier on a modified file's marginal cost from its size, imports and nesting.
 
-    Product of three step factors clamped to [0.5, 2.0] (by default); 1.0 when unreadable.
+    Product of three step factors clamped to [0.5, 2.0] (by default); 1.0 when unreadable. Without
+    a ``measurer`` the file is read afresh.
     """
     rules = coefficients.file_complexity
     try:
-        code_lines, import_lines, max_indent = _measure_file(Path(path))
+        code_lines, import_lines, max_indent = (measurer or FileMeasurer()).measures(Path(path))
     except (OSError, ValueError) as exc:
         logger.debug("file complexity of %s unavailable: %s", path, exc)
         return 1.0

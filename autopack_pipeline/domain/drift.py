@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.fast_metrics import EventArrays
 from autopack_pipeline.domain.insights import Insight
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS

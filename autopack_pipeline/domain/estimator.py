@@ -27,7 +27,7 @@ from autopack_pipeline.domain.categories import canonical_complexity, normalise_
 from autopack_pipeline.domain.coefficient_blocks import ContextQuality
 from autopack_pipeline.domain.coefficient_table import CoefficientTable
 from autopack_pipeline.domain.deliverables import (
-    clear_file_complexity_cache,
+    FileMeasurer,
     deliverable_kind,
     estimate_confidence,
     extract_deliverable_path,
@@ -44,7 +44,6 @@ __all__ = [
     "CoefficientTable",
     "TokenEstimate",
     "TokenEstimator",
-    "clear_file_complexity_cache",
     "complexity_default_budget",
     "context_quality",
     "deliverable_kind",
@@ -111,12 +110,18 @@ class TokenEstimator:
         coefficients: CoefficientTable,
         workspace: Path | None = None,
         category_lookup: str = "canonical",
+        file_measurer: FileMeasurer | None = None,
     ) -> None:
+        """``workspace`` is where deliverable paths are looked up (the current directory at estimate
+        time when None); ``file_measurer`` measures the files a phase modifies and remembers them for
+        this estimator's life (a fresh one when None).
+        """
         if category_lookup not in CATEGORY_LOOKUPS:
             raise ValueError(f"category_lookup must be one of {CATEGORY_LOOKUPS}, got {category_lookup!r}")
         self.coefficients = coefficients
         self.workspace = Path(workspace) if workspace is not None else None
         self.category_lookup = category_lookup
+        self.file_measurer = file_measurer if file_measurer is not None else FileMeasurer()
 
     def estimate(
         self,
@@ -283,7 +288,7 @@ class TokenEstimator:
         costs = getattr(self.coefficients.marginal_cost, kind)
         tokens = costs.new if is_new else costs.modify
         if not is_new and exists:
-            tokens = int(tokens * file_complexity_multiplier(target, self.coefficients))
+            tokens = int(tokens * file_complexity_multiplier(target, self.coefficients, self.file_measurer))
         label = f"{_LABEL_OF_KIND.get(kind, kind)}_{'new' if is_new else 'modify'}"
         return label, tokens
 

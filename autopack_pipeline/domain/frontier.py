@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.fast_metrics.order_statistics import _p90_positions
-from autopack_pipeline.domain.fast_metrics.rates import wilson_interval
+from autopack_pipeline.domain.analysis.order_statistics import _p90_positions
+from autopack_pipeline.domain.analysis.rates import wilson_interval
 from autopack_pipeline.domain.targets import (
     BUDGET_WASTE_P90_TARGET,
     TRUNCATION_TARGET_PCT,
@@ -76,7 +76,8 @@ def scaled_reciprocal_p90(sorted_ratios: np.ndarray, scale: np.ndarray, count: n
     scale, count = np.broadcast_arrays(np.asarray(scale, dtype=float), np.asarray(count, dtype=np.int64))
     out = np.full(scale.shape, np.nan)
     small = (count > 0) & (count < 10)
-    out[small] = scale[small] / sorted_ratios[0]  # the maximum of scale / r
+    if small.any():  # (a group of censored calls only has no ratio to index)
+        out[small] = scale[small] / sorted_ratios[0]  # the maximum of scale / r
     for j in np.unique(count[count >= 10]):
         low, high, delta = _p90_positions(int(j))
         at = count == j

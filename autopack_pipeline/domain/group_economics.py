@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, truncated_flags
+from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.cost import (
@@ -26,8 +28,6 @@ from autopack_pipeline.domain.cost import (
     cost_with_budgets,
     spend_by_model_and_day,
 )
-from autopack_pipeline.domain.fast_metrics.arrays import EventArrays, budget_sent, truncated_flags
-from autopack_pipeline.domain.fast_metrics.coverage_calibration import CoverageGroup
 from autopack_pipeline.domain.frontier import group_frontier
 from autopack_pipeline.domain.prices import PriceTable
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE

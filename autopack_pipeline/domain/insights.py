@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from autopack_pipeline.domain.fast_metrics import EventArrays, group_tier1_arrays
+from autopack_pipeline.domain.analysis import EventArrays, group_tier1_arrays
 from autopack_pipeline.domain.targets import (
     DECREASE_BELOW,
     INCREASE_ABOVE,

@@ -1,4 +1,4 @@
-"""Autopack's token-estimation log lines as an events frame, and the V3 analyser's metrics over them.
+"""Autopack's token-estimation log lines as event records, and the V3 analyser's metrics over them.
 
 Three line shapes are read (autopack_spec §3.1, §3.4):
 
@@ -10,7 +10,7 @@ Three line shapes are read (autopack_spec §3.1, §3.4):
 - ``[TokenEstimation] Predicted: N output tokens, Actual: M output tokens, Error: X%``: legacy V1.
 
 A line carrying a marker that does not parse is counted as unreadable for its file; nothing here
-raises on bad input. The metrics are :mod:`autopack_pipeline.domain.fast_metrics`, the same code as
+raises on bad input. The metrics are :mod:`autopack_pipeline.domain.analysis`, the same code as
 the database path, with the V3 analyser's own rules where it differs: V1 lines are never successful (so
 ``success_only`` drops them) and truncation and success rates are over V2 records only, as is the
 stratification.
@@ -22,15 +22,14 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
-from autopack_pipeline.domain.fast_metrics import EventArrays, compute_metrics_arrays, truncated_flags
-from autopack_pipeline.domain.fast_metrics.rates import needs_tuning
+from autopack_pipeline.domain.analysis import EventArrays, compute_metrics_arrays, truncated_flags
+from autopack_pipeline.domain.analysis.rates import needs_tuning
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 V2_MARKER = "[TokenEstimationV2]"
@@ -74,9 +73,10 @@ def _float(text: str | None) -> float | None:
         return None
 
 
-def _timestamp(text: str | None) -> pd.Timestamp | None:
+def _timestamp(text: str | None) -> datetime | None:
+    # The text is "YYYY-MM-DDTHH:MM:SS" as parse_line builds it; log times are UTC.
     try:
-        return pd.Timestamp(text, tz="UTC") if text else None
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc) if text else None
     except ValueError:  # a prefix that looks like a time but is not one (month 13) is just ignored
         return None
 
@@ -167,24 +167,10 @@ def parse_log_dir(log_dir: Path, pattern: str = "*.log") -> ParsedLogs:
     return parsed
 
 
-def _event_rows(records: list[LogRecord]) -> list[dict[str, Any]]:
-    return [{"predicted_output_tokens": r.predicted, "actual_output_tokens": r.actual,
-             "timestamp": _timestamp(r.timestamp), **r.fields} for r in records]
-
-
-def records_frame(records: list[LogRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(events frame, record metadata with ``format``, ``source_file``, ``line_number``, ``logged_error_pct``)."""
-    if not records:
-        meta = pd.DataFrame({"format": [], "source_file": [], "line_number": [], "logged_error_pct": []})
-        return empty_events_frame(), meta
-    events = conform_events_frame(pd.DataFrame(_event_rows(records)))
-    meta = pd.DataFrame({
-        "format": [r.format for r in records],
-        "source_file": [r.source_file for r in records],
-        "line_number": [r.line_number for r in records],
-        "logged_error_pct": [r.logged_error_pct for r in records],
-    })
-    return events, meta
+def event_record(record: LogRecord) -> dict[str, Any]:
+    """The event fields of a parsed line, keyed by the events table's column names (``timestamp`` in UTC)."""
+    return {"predicted_output_tokens": record.predicted, "actual_output_tokens": record.actual,
+            "timestamp": _timestamp(record.timestamp), **record.fields}
 
 
 def analyse_logs(
@@ -201,13 +187,14 @@ def analyse_logs(
     V3 figure: the mean of the logged, rounded errors, V1's included), ``needs_tuning``, ``strata``
     when asked, and ``records`` (counts found, analysed and left out).
     """
-    events, meta = records_frame(parsed.records)
-    keep = meta["format"].isin(["v2", "v1"] + (["v2-fallback"] if include_fallback else [])).to_numpy(dtype=bool)
-    if success_only:
-        keep &= events["success"].fillna(False).to_numpy(dtype=bool) & (meta["format"] != "v1").to_numpy(dtype=bool)
-    frame, info = events[keep].reset_index(drop=True), meta[keep].reset_index(drop=True)
-    v2 = (info["format"] != "v1").to_numpy(dtype=bool)
-    arrays = EventArrays.from_records(_event_rows(parsed.records)).take(keep)
+    records = parsed.records
+    formats = {"v2", "v1"} | ({"v2-fallback"} if include_fallback else set())
+    keep = np.array([r.format in formats for r in records], dtype=bool)
+    if success_only:  # an unknown success is not a success; V1 lines never are
+        keep &= np.array([r.format != "v1" and r.fields.get("success") is True for r in records], dtype=bool)
+    kept = [r for r, chosen in zip(records, keep) if chosen]
+    v2 = np.array([r.format != "v1" for r in kept], dtype=bool)
+    arrays = EventArrays.from_records([event_record(r) for r in records]).take(keep)
 
     document = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)
     tier1 = document["tier1"]
@@ -220,7 +207,8 @@ def analyse_logs(
     document["needs_tuning"] = needs_tuning(tier1)
 
     untruncated = ~truncated_flags(arrays)
-    logged = info["logged_error_pct"].to_numpy(dtype=float, na_value=np.nan)[untruncated]
+    logged = np.array([np.nan if r.logged_error_pct is None else r.logged_error_pct for r in kept], dtype=float)
+    logged = logged[untruncated]
     logged = logged[~np.isnan(logged)]
     document["diagnostics"]["logged_error_mean"] = float(logged.mean()) if logged.size else None
     if stratify:
@@ -228,7 +216,7 @@ def analyse_logs(
     found = parsed.format_counts()
     document["records"] = {
         "found": found,
-        "analysed": len(frame),
+        "analysed": len(kept),
         "fallback_left_out": 0 if include_fallback else found["v2-fallback"],
         "unreadable_lines": parsed.unreadable_lines,
         "success_only": success_only,

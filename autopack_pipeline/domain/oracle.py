@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autopack_pipeline.domain.fast_metrics.order_statistics import p90
+from autopack_pipeline.domain.analysis.order_statistics import p90
 
 ORACLE_QUANTILE = 0.98
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 
 # The upper spread's end: the 90th percentile, the 8th largest of 80 calls, is near enough the tail
 # that groups whose tails differ in weight still share a shape in these units (the 80th left the

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from autopack_pipeline.domain.analysis import EventArrays, IntColumn
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
-from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn
 
 # The stored doc features the estimator reads back (Autopack's columns of the events table).
 FEATURE_COLUMNS = ("api_reference_required", "examples_required", "research_required", "usage_guide_required",

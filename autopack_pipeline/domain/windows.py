@@ -12,7 +12,7 @@ from datetime import date, datetime, time, timedelta, timezone
 
 import numpy as np
 
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 
 SHORT_WINDOW_DAYS = 7  # "this week": the drift checks' recent window, and the short rolling figures
 LONG_WINDOW_DAYS = 28  # the calibration gate's window: four weeks are enough samples, recent enough to matter

@@ -15,6 +15,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from autopack_pipeline.domain import escalation as rule
+from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 from autopack_pipeline.domain.estimator import (
     TokenEstimate,
     TokenEstimator,
@@ -25,10 +27,6 @@ from autopack_pipeline.llm.backends import LLMBackend, LLMCallError, LLMRequest
 from autopack_pipeline.llm.prompt import SYSTEM_PROMPT, build_prompt, parse_files
 
 logger = logging.getLogger(__name__)
-
-MAX_TOKENS_CAP = 64_000
-ESCALATION_FACTOR = 1.25
-NEAR_CEILING_PCT = 95.0  # Autopack's executor escalates a failed attempt at this output utilisation
 
 
 @dataclass(frozen=True)
@@ -88,22 +86,18 @@ class PhaseResult:
 
 def output_utilization(attempt: Attempt) -> float:
     """Output tokens as a percentage of the ceiling sent (Autopack stores percent, not a fraction)."""
-    return 100.0 * attempt.output_tokens / max(1, attempt.actual_max_tokens)
+    return float(rule.output_utilization(attempt.output_tokens, attempt.actual_max_tokens))
 
 
 def escalation_for(attempt: Attempt) -> Escalation:
     """The retry ceiling after a truncated or near-ceiling attempt (the base is the largest known budget figure)."""
-    candidates = {
-        "selected_budget": attempt.selected_budget,
-        "actual_max_tokens": attempt.actual_max_tokens,
-        "tokens_used": attempt.output_tokens,
-    }
-    source, base = max(candidates.items(), key=lambda item: item[1])
+    figures = (attempt.selected_budget, attempt.actual_max_tokens, attempt.output_tokens)
+    base = int(rule.escalation_base(*figures))
     return Escalation(
         attempt_index=attempt.attempt,
         base_value=base,
-        base_source=source,
-        retry_max_tokens=min(int(base * ESCALATION_FACTOR), MAX_TOKENS_CAP),
+        base_source=rule.base_source(*figures),
+        retry_max_tokens=int(rule.retry_max_tokens(base)),
         selected_budget=attempt.selected_budget,
         actual_max_tokens=attempt.actual_max_tokens,
         tokens_used=attempt.output_tokens,
@@ -154,7 +148,7 @@ class Builder:
         for call in range(1, max_builder_attempts + 1):
             attempt_number = first_attempt + call - 1
             # Autopack's P4 rule: never send less than the estimator selected.
-            ceiling = min(max(max_tokens, selected), MAX_TOKENS_CAP)
+            ceiling = int(rule.ceiling_to_send(max_tokens, selected))
             request = LLMRequest(
                 model=self.model,
                 max_tokens=ceiling,
@@ -192,7 +186,7 @@ class Builder:
             if attempt.success:
                 result.failure_reason = None
                 break
-            out_of_room = truncated or output_utilization(attempt) >= NEAR_CEILING_PCT
+            out_of_room = bool(rule.runs_out_of_room(truncated, attempt.output_tokens, ceiling))
             if out_of_room and not result.escalations and call < max_builder_attempts:
                 escalation = escalation_for(attempt)
                 result.escalations.append(escalation)

@@ -1,7 +1,7 @@
 """Calibrate -> patch -> backtest -> apply, as functions a loop (or the CLI) calls.
 
 - :func:`read_stored` reads the events and what each keeps about its prediction, once;
-- :func:`calibrate_in_force` runs ``workflows.calibrate`` on predictions re-expressed under the
+- :func:`calibrate_in_force` runs ``calibrating.calibrate`` on predictions re-expressed under the
   coefficient file in force (no compounding) and returns its outcome, whose JSON is the patch;
 - :func:`plan_application` turns a patch document into the new coefficient version, its YAML text
   and the backtest of old versus new on the stored events, writing nothing;
@@ -25,7 +25,13 @@ import pandas as pd
 import yaml
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.backtest import CalibrationPatch, read_patch, run_backtest
+from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.domain.backtest import (
+    CalibrationPatch,
+    PatchError,
+    read_patch,
+    run_backtest,
+)
 from autopack_pipeline.domain.coefficients import (
     HISTORY_DIR_NAME,
     CoefficientTable,
@@ -33,7 +39,6 @@ from autopack_pipeline.domain.coefficients import (
     load_coefficient_history,
     load_coefficients,
 )
-from autopack_pipeline.domain.fast_metrics import EventArrays
 from autopack_pipeline.domain.reprediction import PredictionInputs
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.settings import seeds_directory
@@ -73,20 +78,20 @@ def read_stored(engine: Engine, run_ids: list[str] | None = None) -> StoredEvent
 
 
 def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, **options: Any):
-    """``workflows.calibrate`` with every prediction re-expressed under the coefficients in force.
+    """``calibrating.calibrate`` with every prediction re-expressed under the coefficients in force.
 
     ``events`` (a frame or EventArrays) defaults to all stored events; ``options`` are
-    ``workflows.calibrate``'s keyword arguments. ``window_versions`` defaults to the setting
+    ``calibrating.calibrate``'s keyword arguments. ``window_versions`` defaults to the setting
     (``AUTOPACK_CALIBRATION_WINDOW_VERSIONS``, 2): what calibration learns from.
     """
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services.calibrating import calibrate
     from autopack_pipeline.storage.events import read_events
     from autopack_pipeline.storage.prediction_inputs import read_prediction_inputs
 
     path = settings.seeds_dir / "estimator_coefficients.yaml"
     if options.get("window_versions") is None:
         options["window_versions"] = settings.calibration_window_versions
-    return workflows.calibrate(
+    return calibrate(
         read_events(engine) if events is None else events, settings,
         prediction_inputs=read_prediction_inputs(engine), coefficient_history=load_coefficient_history(path),
         **options,
@@ -304,8 +309,6 @@ def calibrate_and_apply(engine: Engine, settings: Any, *, write: bool = False, n
 def read_patch_file(path: Path) -> Any:
     """The JSON document of a patch file; :class:`PatchError` when it is missing or not JSON."""
     import json
-
-    from autopack_pipeline.domain.backtest import PatchError
 
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -22,23 +22,27 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.calibration_window import window_line
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.cost import cost_now
-from autopack_pipeline.domain.fast_metrics import (
+from autopack_pipeline.domain.analysis import (
     budget_sent,
     compute_metrics_arrays,
     group_tier1_arrays,
     p90,
     wilson_interval,
 )
+from autopack_pipeline.domain.calibration_window import window_line
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.cost import cost_now
 from autopack_pipeline.domain.frontier import group_frontier
 from autopack_pipeline.domain.group_economics import output_price_per_row
 from autopack_pipeline.domain.oracle import oracle_budget_waste
 from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.services.calibration_apply import calibrate_and_apply, read_stored
+from autopack_pipeline.services.refusals import Refused
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.frames import as_event_arrays, event_arrays_from_frame
+from autopack_pipeline.storage.migrate import prepare_database
 
 COEFFICIENTS_FILE = "estimator_coefficients.yaml"
 
@@ -50,6 +54,16 @@ def private_seeds(source: Path, work_dir: Path) -> Path:
         raise FileExistsError(f"{target} already exists: the loop starts from a fresh copy of the seeds")
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.history"))
     return target
+
+
+def open_fresh_database(url: str) -> Engine:
+    """The loop's database, with the schema; refused when it already holds events, since the rounds'
+    figures would mix with them."""
+    engine = make_engine(url)
+    prepare_database(engine)
+    if not read_events(engine).empty:
+        raise Refused(f"the loop needs a fresh database; {url.split('@')[-1]} already holds events")
+    return engine
 
 
 def _group_labels(frame: pd.DataFrame) -> np.ndarray:
@@ -146,7 +160,7 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     from datetime import datetime, timedelta, timezone
 
     from autopack_pipeline.services.calibration_apply import new_version_name
-    from autopack_pipeline.services.workflows import load_coefficients_for
+    from autopack_pipeline.services.seed_files import load_coefficients_for
 
     now, current = datetime.now(timezone.utc), load_coefficients_for(settings).version
     while new_version_name(current, now) == current:
@@ -176,21 +190,22 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
              on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """``options.rounds`` rounds on ``engine`` with the seeds of ``settings.seeds_dir`` (edited in place:
     pass a private copy). Returns one document per round (see :func:`measure_round`), in order."""
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services.collecting import collect
+    from autopack_pipeline.services.seed_files import load_coefficients_for, load_prices_for
 
-    prices = workflows.load_prices_for(settings)
+    prices = load_prices_for(settings)
     rounds = []
     for number in range(1, options.rounds + 1):
         if before_round is not None:
             before_round(number)
-        version = workflows.load_coefficients_for(settings).version
+        version = load_coefficients_for(settings).version
         backend = backend_for_round(number)
         run_ids, failures = [], 0
         for run in range(1, options.runs_per_round + 1):
             run_id = f"loop-{options.world}-r{number}-{run}"
             extra = ({} if options.template_phases_per_group is None
                      else {"template_phases_per_group": options.template_phases_per_group})
-            summary = workflows.collect(engine, settings, backend, run_id=run_id, concurrency=options.concurrency,
+            summary = collect(engine, settings, backend, run_id=run_id, concurrency=options.concurrency,
                                         **extra)
             failures += len(summary.problems())
             run_ids.append(run_id)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from autopack_pipeline.domain.calibration_window import window_line  # noqa: F401 (the CLI prints it from here)
+from autopack_pipeline.domain.group_economics import economics_line
 from autopack_pipeline.services.calibration_apply import CalibrationApplication
 
 UI_JOB = "apply_calibration_job"
@@ -93,6 +95,14 @@ def section_lines(section: dict[str, Any] | None) -> list[str]:
                      f"x{g['current_prediction_multiplier']:.3f} -> x{g['prediction_multiplier']:.3f}, "
                      f"margin {margin}, floor {g['previous_budget_floor']} -> {g['budget_floor']}")
     return lines
+
+
+def frontier_and_cost_lines(economics: list[dict[str, Any]] | None) -> list[str]:
+    """Each group's cheapest Tier-1 multiplier and margin, and its money and reserved capacity now and then."""
+    if not economics:
+        return []
+    return (["Frontier and cost (cheapest Tier-1 multiplier and margin; money and reserved capacity now -> then):"]
+            + ["  " + economics_line(entry) for entry in economics])
 
 
 def apply_instructions(patch_path: str) -> list[str]:

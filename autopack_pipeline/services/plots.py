@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from autopack_pipeline.domain.fast_metrics import COVERAGE, CalibrationResult, CoverageGroup
+from autopack_pipeline.domain.analysis import COVERAGE, CalibrationResult, CoverageGroup
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 # Beyond this many points per group a strip plot is just ink; a seeded sample keeps its shape.

@@ -18,12 +18,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from autopack_pipeline.domain.fast_metrics import CalibrationResult, GroupCalibration
-from autopack_pipeline.domain.targets import UNDER_TOLERANCE
+from autopack_pipeline.domain.analysis import CalibrationResult, GroupCalibration
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 
 # The one writer of user-facing files (atomic, umask modes, special files refused), re-exported here
 # because the report writers grew up in this module.
 from autopack_pipeline.output_files import ensure_directory, write_atomic_text, write_atomic_with  # noqa: F401
+from autopack_pipeline.services.report_cells import cell as _cell
+from autopack_pipeline.services.report_cells import frontier_and_cost_lines
+from autopack_pipeline.services.report_cells import pct_text as _pct_text
+from autopack_pipeline.services.report_cells import waste as _waste
 
 REPORT_PREFIX = "token_estimator_calibration_"
 REPORT_TIME_FORMAT = "%Y%m%d_%H%M%S"
@@ -136,15 +140,6 @@ def calibration_report_payload(
     return payload
 
 
-def _cell(value: Any) -> str:
-    # A pipe inside a value would split the markdown table cell.
-    return str(value).replace("|", "\\|")
-
-
-def _waste(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
-
-
 def _recommendation(group: GroupCalibration) -> list[str]:
     return [
         f"### {group.category}/{group.complexity}",
@@ -166,10 +161,6 @@ def _multiplier(group: GroupCalibration) -> str:
     # An unidentifiable coverage group carries only a lower bound, never a proposal.
     prefix = ">= " if group.method_details.get("multiplier_is_lower_bound") else ""
     return f"{prefix}{group.proposed_multiplier:.3f}"
-
-
-def _pct_text(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}%"
 
 
 def _coverage_lines(details: dict[str, Any]) -> list[str]:
@@ -235,11 +226,11 @@ def _notes(result: CalibrationResult) -> list[str]:
         "- Ratio = actual / predicted output tokens over clean samples; truncated events are censored "
         "observations that count as exceeding every candidate multiplier (never dropped).",
         f"- 95% upper bound = the k-th smallest of N observations, k = ceil((N + 1) * (1 - "
-        f"{p.get('target_underestimation_pct', 5.0):g}/100)); groups too small for it borrow from their category "
+        f"{p.get('target_underestimation_pct', UNDERESTIMATION_TARGET_PCT):g}/100)); groups too small for it borrow from their category "
         "(and categories from the global bound) with weight w = clean / (clean + "
         f"{p.get('prior_weight', 8):g}), and borrowing never lowers a group's own figure.",
         f"- Proposed multiplier = bound / {p.get('tolerance', UNDER_TOLERANCE):g}: predictions scaled by it leave about "
-        f"{p.get('target_underestimation_pct', 5.0):g}% of calls above {p.get('tolerance', UNDER_TOLERANCE):g}x the estimate. "
+        f"{p.get('target_underestimation_pct', UNDERESTIMATION_TARGET_PCT):g}% of calls above {p.get('tolerance', UNDER_TOLERANCE):g}x the estimate. "
         "Confidence is the weight w.",
         "- Projected budget waste scales today's budgets by the multiplier (floors and caps aside); "
         "`backtest` re-runs the estimator exactly.",
@@ -361,51 +352,6 @@ def render_calibration_markdown(
         "",
     ]
     return "\n".join(lines)
-
-
-def frontier_and_cost_lines(economics: Sequence[dict[str, Any]]) -> list[str]:
-    """The "Frontier and cost" section: per group, the cheapest Tier-1 point, Tier 2, certification, cost."""
-    lines = [
-        "## Frontier and cost",
-        "",
-        "Per group, from its observed actual/predicted (truncated calls count above every candidate): the "
-        "cheapest prediction multiplier m and budget margin b (budget = b x m x predicted) meeting Tier 1 "
-        "(underestimation <= 5%, truncation <= 2%), and whether Tier 2 (budget waste P90 < 3x) holds with it. "
-        "Cost: billed output tokens of every stored attempt x the model's output price (input tokens are not "
-        "stored), and the output-rate-limit capacity the budgets reserve (max_tokens sent), per 1,000 calls, "
-        "now vs each proposal with the floor and cap kept.",
-        "",
-        "| Category | Complexity | N (truncated) | m | b | Under % | Trunc % | Pred waste P90 | Budget waste P90 "
-        "| Tier 2 | Certified |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for entry in economics:
-        f = entry["frontier"]
-        reach = f["reachable"]
-        cells = [_cell(entry["category"]), _cell(entry["complexity"]), f"{f['observations']} ({f['censored']})",
-                 f"{f['multiplier']:.3f}" if reach else "-", f"{f['margin']:.3f}" if reach else "-",
-                 _pct_text(f["underestimation"]["pct"]) if reach else "-",
-                 _pct_text(f["truncation"]["pct"]) if reach else "-",
-                 _waste(f["prediction_waste_p90"]), _waste(f["budget_waste_p90"]),
-                 "-" if f["tier2_holds"] is None else ("holds" if f["tier2_holds"] else "no: Tier 1 wins"),
-                 "yes" if f["certified"] else f"no (~{f['observations_needed']} needed)"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    for entry in economics:
-        lines += [f"### {entry['category']}/{entry['complexity']}", "", entry["frontier"]["verdict"], ""]
-        cost = entry["cost"]
-        now = cost["now"]
-        lines.append(f"- Now: ${now['dollars_per_1000_calls']:.2f} per 1,000 calls, reserved "
-                     f"{now['reserved_output_tokens_per_1000_calls'] / 1e6:.2f}M output tokens per 1,000 calls over "
-                     f"{now['calls']} stored attempts ({now['truncated_calls']} truncated); {cost['prices']}")
-        for proposal in cost["proposals"]:
-            margin = proposal["margin"]
-            margin_text = "each call's current margin" if margin == "current" else f"margin {margin:.3f}"
-            lines.append(f"- With the {proposal['label']} proposal (x{proposal['multiplier']:.3f}, {margin_text}, "
-                         f"floor {cost['floor']}, cap {cost['cap']}): {proposal['summary']}; "
-                         f"{proposal['proposed']['truncated_calls']} of {now['calls']} would truncate")
-        lines.append("")
-    return lines
 
 
 @dataclass(frozen=True)

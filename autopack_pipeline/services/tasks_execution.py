@@ -8,7 +8,8 @@ pending while retries are left, failed after ``max_retries``. The run id is deri
 and the attempt number, so an attempt that is repeated resumes its own run instead of collecting twice.
 
 Every other kind waits for a person: in particular a task never applies a coefficient change.
-The CLI (``tasks execute``) and Dagster call the same two functions.
+The CLI (``tasks execute``) and the Dagster sensors call the same functions: ``plan_collection``
+before the collection and ``close_collection`` after it.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.collection.phases import PhaseSetError, load_templates, phases_from_templates
+from autopack_pipeline.domain.analysis import clean_sample_rows
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.estimator import TokenEstimator
-from autopack_pipeline.domain.fast_metrics import clean_sample_rows
 from autopack_pipeline.llm.backends import LLMBackend
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services.collecting import collect
+from autopack_pipeline.services.seed_files import load_coefficients_for
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.snapshot import snapshot_events
 from autopack_pipeline.storage.tasks import (
@@ -106,7 +108,7 @@ def template_group_for(settings: Settings, category: str, complexity: str) -> tu
     templates = load_templates(settings.seeds_dir)
     if target in templates:
         return target
-    estimator = TokenEstimator(workflows.load_coefficients_for(settings))
+    estimator = TokenEstimator(load_coefficients_for(settings))
     for group in sorted(g for g in templates if g[1] == target[1]):
         phase = phases_from_templates(settings.seeds_dir, *group, 1)[0]
         estimate = estimator.estimate(phase.deliverables, phase.category, phase.complexity, phase.scope_paths,
@@ -134,6 +136,89 @@ def _result(task: dict[str, Any], outcome: str, message: str, **figures: Any) ->
     return ExecutionResult(task_id=task["task_id"], kind=task.get("kind"), outcome=outcome, message=message, **figures)
 
 
+@dataclass(frozen=True)
+class CollectionPlan:
+    """A claimed collect-samples task and the targeted collection that should fulfil it."""
+
+    task: dict[str, Any]
+    run_id: str  # the attempt's id: <task id>-attempt-<n>, so a repeated attempt resumes its own run
+    category: str
+    complexity: str
+    template_category: str  # the template group whose phases are recorded under (category, complexity)
+    template_complexity: str
+    threshold: int
+    clean_samples_before: int
+    phases: int
+
+    @property
+    def group(self) -> str:
+        return f"{self.category}/{self.complexity}"
+
+    def figures(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "phases_requested": self.phases,
+                "clean_samples_before": self.clean_samples_before, "threshold": self.threshold}
+
+
+def plan_collection(engine: Engine, settings: Settings, task: dict[str, Any]) -> CollectionPlan | ExecutionResult:
+    """The state machine of a pending collect-samples task up to its collection, in one place for the
+    CLI (``execute_task``) and the Dagster sensor: a task whose evidence names no group fails; a group
+    that already holds its threshold completes; a group without templates fails at once (retrying
+    cannot help); otherwise the task is claimed (in progress) and the plan says what to collect. The
+    result when there is nothing to collect, or another executor claimed the task first.
+    """
+    task_id = task["task_id"]
+    evidence = task.get("evidence") or {}
+    category, complexity, threshold = evidence.get("category"), evidence.get("complexity"), evidence.get("threshold")
+    if not (category and complexity and isinstance(threshold, int) and threshold > 0):
+        message = "evidence lacks category, complexity or a positive threshold; cannot target a collection"
+        mark_task_status(engine, task_id, "failed", failure_reason=message)
+        return _result(task, "failed", message)
+    group = f"{category}/{complexity}"
+    before, phases_seen = group_sample_counts(engine, category, complexity)
+    if before >= threshold:
+        mark_task_status(engine, task_id, "completed")
+        return _result(task, "completed", f"{group} already has {before} clean samples (threshold {threshold})",
+                       clean_samples_before=before, clean_samples_after=before, threshold=threshold)
+    run_id = f"{task_id}-attempt-{int(task.get('retry_count') or 0) + 1}"
+    phases = phases_for_shortfall(threshold - before, before, phases_seen)
+    figures = {"run_id": run_id, "phases_requested": phases, "clean_samples_before": before, "threshold": threshold}
+    try:
+        template_category, template_complexity = template_group_for(settings, category, complexity)
+    except PhaseSetError as exc:
+        message = f"cannot build phases for {group}: {exc}"
+        mark_task_status(engine, task_id, "failed", executed_in_run_id=run_id, failure_reason=message)
+        return _result(task, "failed", message, **figures)
+    if not claim_task(engine, task_id, executed_in_run_id=run_id):
+        return _result(task, "not_pending", "another executor took this task first")
+    return CollectionPlan(task, run_id, category, complexity, template_category, template_complexity, threshold,
+                          before, phases)
+
+
+def close_collection(engine: Engine, task: dict[str, Any], run_id: str, ran: str,
+                     figures: dict[str, Any] | None = None) -> ExecutionResult:
+    """Complete or fail ``task`` after its collection attempt ``run_id`` ``ran`` (a description), from the
+    database's count of its group's clean samples.
+
+    The count decides, not how the run ended: a run that failed after writing enough samples (say, at a
+    blocking data-quality check further on) still fulfilled the task. Short of the threshold is a failed
+    attempt, back to pending while retries are left.
+    """
+    evidence = task.get("evidence") or {}
+    category, complexity, threshold = evidence["category"], evidence["complexity"], int(evidence["threshold"])
+    group = f"{category}/{complexity}"
+    after, _ = group_sample_counts(engine, category, complexity)
+    figures = (figures or {}) | {"clean_samples_after": after}
+    if after >= threshold:
+        mark_task_status(engine, task["task_id"], "completed", executed_in_run_id=run_id)
+        return _result(task, "completed", f"{ran}: {group} now has {after} clean samples (threshold {threshold})",
+                       **figures)
+    message = f"{ran}: {group} has {after} clean samples, {threshold} needed"
+    status = mark_task_status(engine, task["task_id"], "failed", executed_in_run_id=run_id, failure_reason=message,
+                              increment_retry=True)
+    return _result(task, status, message + ("; will retry on the next execution" if status == "retry" else ""),
+                   **figures)
+
+
 def execute_task(
     engine: Engine, settings: Settings, backend: LLMBackend, task_id: str, *, concurrency: int = 4
 ) -> ExecutionResult:
@@ -148,53 +233,20 @@ def execute_task(
     reason = _needs_person(task)
     if reason:
         return _result(task, "needs_person", reason)
-
-    evidence = task.get("evidence") or {}
-    category, complexity, threshold = evidence.get("category"), evidence.get("complexity"), evidence.get("threshold")
-    if not (category and complexity and isinstance(threshold, int) and threshold > 0):
-        message = "evidence lacks category, complexity or a positive threshold; cannot target a collection"
-        mark_task_status(engine, task_id, "failed", failure_reason=message)
-        return _result(task, "failed", message)
-    group = f"{category}/{complexity}"
-    before, phases_seen = group_sample_counts(engine, category, complexity)
-    if before >= threshold:
-        mark_task_status(engine, task_id, "completed")
-        return _result(task, "completed", f"{group} already has {before} clean samples (threshold {threshold})",
-                       clean_samples_before=before, clean_samples_after=before, threshold=threshold)
-
-    run_id = f"{task_id}-attempt-{int(task.get('retry_count') or 0) + 1}"
-    phases = phases_for_shortfall(threshold - before, before, phases_seen)
-    figures = {"run_id": run_id, "phases_requested": phases, "clean_samples_before": before, "threshold": threshold}
-    if not claim_task(engine, task_id, executed_in_run_id=run_id):
-        return _result(task, "not_pending", "another executor took this task first")
+    plan = plan_collection(engine, settings, task)
+    if isinstance(plan, ExecutionResult):
+        return plan
     try:
-        template_category, template_complexity = template_group_for(settings, category, complexity)
-        summary = workflows.collect(engine, settings, backend, run_id=run_id, category=template_category,
-                                    complexity=template_complexity, phases=phases, concurrency=concurrency)
-    except PhaseSetError as exc:
-        # No templates for the group: retrying cannot help, so fail at once.
-        message = f"cannot build phases for {group}: {exc}"
-        mark_task_status(engine, task_id, "failed", executed_in_run_id=run_id, failure_reason=message)
-        return _result(task, "failed", message, **figures)
+        summary = collect(engine, settings, backend, run_id=plan.run_id, category=plan.template_category,
+                          complexity=plan.template_complexity, phases=plan.phases, concurrency=concurrency)
     except Exception as exc:  # the run crashed; the task must not stay in progress
-        logger.exception("collection run %s for task %s crashed", run_id, task_id)
-        message = f"collection run {run_id} crashed: {type(exc).__name__}: {exc}"
-        status = mark_task_status(engine, task_id, "failed", executed_in_run_id=run_id, failure_reason=message,
+        logger.exception("collection run %s for task %s crashed", plan.run_id, task_id)
+        message = f"collection run {plan.run_id} crashed: {type(exc).__name__}: {exc}"
+        status = mark_task_status(engine, task_id, "failed", executed_in_run_id=plan.run_id, failure_reason=message,
                                   increment_retry=True)
-        return _result(task, status, message, **figures)
-
-    after, _ = group_sample_counts(engine, category, complexity)
-    figures["clean_samples_after"] = after
-    ran = f"collection run {run_id} ({summary.phases_completed} of {phases} phases completed)"
-    if after >= threshold:
-        mark_task_status(engine, task_id, "completed", executed_in_run_id=run_id)
-        return _result(task, "completed", f"{ran}: {group} now has {after} clean samples (threshold {threshold})",
-                       **figures)
-    message = f"{ran}: {group} has {after} clean samples, {threshold} needed"
-    status = mark_task_status(engine, task_id, "failed", executed_in_run_id=run_id, failure_reason=message,
-                              increment_retry=True)
-    return _result(task, status, message + ("; will retry on the next execution" if status == "retry" else ""),
-                   **figures)
+        return _result(task, status, message, **plan.figures())
+    ran = f"collection run {plan.run_id} ({summary.phases_completed} of {plan.phases} phases completed)"
+    return close_collection(engine, task, plan.run_id, ran, plan.figures())
 
 
 def execute_pending_tasks(

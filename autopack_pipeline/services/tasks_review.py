@@ -15,8 +15,14 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.task_evidence import group_label
+from autopack_pipeline.domain.task_evidence import evidence_lines, group_label
+from autopack_pipeline.services import seed_files
+from autopack_pipeline.settings import SettingsError, load_settings
 from autopack_pipeline.storage import tasks as store
+
+# What a person reads of a task, rendered from its stored evidence (the CLI prints these from here).
+__all__ = ["Decision", "approve_task", "complete_task", "estimated_cost_text", "evidence_lines", "find_task",
+           "group_label", "list_tasks", "next_step", "refresh_tasks", "reject_task", "supersede_task"]
 
 CLI = "autopack-telemetry"
 # The word a person reads for each decision (a verb's past tense is not always verb + "d").
@@ -38,6 +44,34 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"done": self.done}
+
+
+def list_tasks(engine: Engine, *, status: str | None = None, kind: str | None = None,
+               include_closed: bool = False) -> tuple[list[dict[str, Any]], int]:
+    """The stored tasks, most urgent first, then oldest: those of ``status`` (closed ones included) when
+    given, every one with ``include_closed``, else the open ones only (a to-do list); and how many tasks
+    matched before closed ones were left out."""
+    every = store.list_generated_tasks(engine, status=status)
+    if kind:
+        every = [t for t in every if t.get("kind") == kind]
+    tasks = every if status or include_closed else [t for t in every if t["status"] in store.OPEN_STATUSES]
+    return tasks, len(every)
+
+
+def find_task(engine: Engine, task_id: str) -> dict[str, Any] | None:
+    """One stored task, or ``None``."""
+    return store.get_task(engine, task_id)
+
+
+def estimated_cost_text(tokens: int) -> str:
+    """The estimated cost in tokens and, at the configured model's output price, in dollars."""
+    text = f"{tokens:,} tokens (Autopack's estimate of the work)"
+    try:
+        settings = load_settings()
+        price = seed_files.load_prices_for(settings).price_of(settings.model).output
+    except (OSError, ValueError, SettingsError):  # no price table is no reason to refuse showing a task
+        return text
+    return text + f", about ${tokens * price / 1_000_000:,.2f} at {settings.model}'s output price"
 
 
 def next_step(task: Mapping[str, Any]) -> str | None:

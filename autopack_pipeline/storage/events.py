@@ -4,7 +4,7 @@ The writers are best-effort by contract: telemetry must never fail a build, so t
 exception, log it without secrets, and return ``False``. A write that failed because the database was
 locked, down or unreachable is not lost: the row goes to the local spool (:mod:`.spool`) and is
 written after the next successful write, or by ``autopack-telemetry spool replay``. The reader
-returns the events DataFrame shape of :mod:`autopack_pipeline.domain.events`, also for databases that lack our newer columns.
+returns the events DataFrame shape of :mod:`autopack_pipeline.storage.frames`, also for databases that lack our newer columns.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from sqlalchemy import Table, func, insert, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
+import autopack_pipeline.storage.spool as spool
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.events import (
-    EVENT_COLUMNS,
-    conform_events_frame,
-    empty_events_frame,
-)
-from autopack_pipeline.storage import spool
 from autopack_pipeline.storage.database import (
     insert_ignoring_conflicts,
     insert_unless_exists,
     safe_error_text,
+)
+from autopack_pipeline.storage.frames import (
+    EVENT_COLUMNS,
+    conform_events_frame,
+    empty_events_frame,
 )
 from autopack_pipeline.storage.models import (
     Phase,
@@ -181,6 +181,14 @@ def _plain_escalation_insert(connection: Connection, row: Mapping[str, Any]) -> 
     return 1
 
 
+# What spool replay inserts each spooled table's rows with (idempotent: a write that failed on the
+# client may have committed on the server).
+SPOOL_INSERTERS: spool.Inserters = {
+    _EVENTS.name: insert_estimation_row,
+    _ESCALATIONS.name: insert_escalation_row,
+}
+
+
 class WriteOutcome(str, Enum):
     """What became of one row handed to a writer."""
 
@@ -210,7 +218,7 @@ def _write_or_spool(engine: Engine, table: Table, row: dict[str, Any], inserter:
         where = f"; spooled to {spooled} for replay" if spooled else ""
         logger.warning("[%s] Failed to write DB telemetry: %s%s", label, safe_error_text(exc), where)
         return WriteOutcome.SPOOLED if spooled else WriteOutcome.NOT_STORED
-    spool.replay_if_pending(engine)
+    spool.replay_if_pending(engine, SPOOL_INSERTERS)
     return WriteOutcome.WRITTEN if inserted else WriteOutcome.ALREADY_STORED
 
 

@@ -1,8 +1,9 @@
-"""Events frames to the analysis' arrays: where pandas hands over to the numpy domain.
+"""The events frame: its columns and dtypes, conforming a frame to them, and its arrays for the analysis.
 
-Storage readers, the NDJSON importer and reports work with an events frame (the shape of
-:mod:`autopack_pipeline.domain.events`); the analysis (:mod:`autopack_pipeline.domain.fast_metrics`)
-works on :class:`EventArrays` and never imports pandas. This module is the one conversion.
+Storage readers, the NDJSON importer and reports work with an events frame. Its columns carry the
+names of Autopack's ``token_estimation_v2_events`` table (the key is ``event_id``), plus our nullable
+``attempt``. The analysis (:mod:`autopack_pipeline.domain.analysis`) works on :class:`EventArrays`
+and never imports pandas; ``event_arrays_from_frame`` is where pandas hands over to the numpy domain.
 """
 
 from __future__ import annotations
@@ -10,8 +11,58 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from autopack_pipeline.domain.events import as_events_frame
-from autopack_pipeline.domain.fast_metrics import EventArrays, IntColumn, LabelColumn
+from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
+
+# Column -> pandas dtype, in the frame's column order.
+EVENT_COLUMNS: dict[str, str] = {
+    "event_id": "Int64",
+    "run_id": "string",
+    "phase_id": "string",
+    "timestamp": "datetime64[ns, UTC]",
+    "category": "string",
+    "complexity": "string",
+    "deliverable_count": "Int64",
+    "predicted_output_tokens": "Int64",
+    "actual_output_tokens": "Int64",
+    "selected_budget": "Int64",
+    "actual_max_tokens": "Int64",
+    "success": "boolean",
+    "truncated": "boolean",
+    "is_truncated_output": "boolean",
+    "stop_reason": "string",
+    "model": "string",
+    "attempt": "Int64",
+}
+
+
+def empty_events_frame() -> pd.DataFrame:
+    """An events frame with no rows and every column typed."""
+    return conform_events_frame(pd.DataFrame({name: [] for name in EVENT_COLUMNS}))
+
+
+def conform_events_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return ``frame`` with exactly the event columns, in order, with their dtypes.
+
+    Missing optional columns are added as nulls, so data from older Autopack databases (no
+    ``actual_max_tokens``, no ``attempt``) flows through the same code.
+    """
+    out = pd.DataFrame(index=frame.index)
+    for name, dtype in EVENT_COLUMNS.items():
+        column = frame[name] if name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+        if dtype.startswith("datetime"):
+            out[name] = pd.to_datetime(column, utc=True)
+        else:
+            out[name] = column.astype(dtype)
+    return out.reset_index(drop=True)
+
+
+def as_events_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """Return ``events`` in the canonical events shape, without copying when it already is."""
+    # A duplicated index would make row-wise assignments ambiguous, so such frames get a fresh one.
+    already = events.index.is_unique and list(events.columns) == list(EVENT_COLUMNS) and all(
+        str(events[name].dtype) == dtype for name, dtype in EVENT_COLUMNS.items()
+    )
+    return events if already else conform_events_frame(events)
 
 
 def event_arrays_from_frame(events: pd.DataFrame) -> EventArrays:

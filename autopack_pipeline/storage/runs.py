@@ -2,13 +2,16 @@
 
 Rows are created the way Autopack's ``create_telemetry_collection_run.py`` made them (run
 RUN_CREATED, tier PENDING, phases QUEUED), so Autopack's own scripts can read a run we collected.
+The functions take column values; what a collection run's specs and the Builder's results put in
+them is :mod:`autopack_pipeline.collection.run_rows`'s business.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
@@ -26,10 +29,6 @@ from autopack_pipeline.storage.models import (
 )
 from autopack_pipeline.storage.retry import DEFAULT_RETRY_SECONDS, retry_while_unavailable
 
-if TYPE_CHECKING:
-    from autopack_pipeline.collection.phases import PhaseSpec, RunSpec
-    from autopack_pipeline.llm.builder import PhaseResult
-
 logger = logging.getLogger(__name__)
 
 
@@ -43,26 +42,32 @@ class RunProgress:
     attempts_stored: dict[str, int] = field(default_factory=dict)
 
 
-def create_run_row(engine: Engine, run: RunSpec, phase_count: int) -> None:
+def create_run_row(engine: Engine, run_id: str, *, token_cap: int, max_phases: int, max_duration_minutes: int) -> None:
     """The ``runs`` row, unless it exists; two processes creating the same run do not collide."""
     with engine.begin() as connection:
         insert_ignoring_conflicts(
             connection,
             Run.__table__,
             {
-                "id": run.run_id,
+                "id": run_id,
                 "state": "RUN_CREATED",
-                "token_cap": run.token_cap,
-                "max_phases": max(run.max_phases, phase_count),
-                "max_duration_minutes": run.max_duration_minutes,
+                "token_cap": token_cap,
+                "max_phases": max_phases,
+                "max_duration_minutes": max_duration_minutes,
             },
             ["id"],
         )
 
 
-def prepare_run(engine: Engine, run: RunSpec, phases: list[PhaseSpec]) -> RunProgress:
+def prepare_run(
+    engine: Engine, run_id: str, tier: Mapping[str, Any], phases: Sequence[Mapping[str, Any]],
+) -> RunProgress:
     """Create the tier and phase rows that are missing (the run row is :func:`create_run_row`'s), make every phase's state agree with its stored
     events, and say which phases are complete. Call it holding the run's lease (see :mod:`.run_lease`).
+
+    ``tier`` holds the tier's ``tier_id``, ``name`` and ``token_cap``; each of ``phases`` the columns
+    of its ``phases`` row that differ between phases (``phase_id``, ``phase_index``, ``name``,
+    ``description``, ``task_category``, ``complexity``, ``scope``, ``max_builder_attempts``).
 
     A phase is COMPLETE exactly when its last stored event (highest attempt) is a success. So a phase
     left EXECUTING or FAILED by a drain that stopped after storing its successful answer becomes
@@ -70,39 +75,28 @@ def prepare_run(engine: Engine, run: RunSpec, phases: list[PhaseSpec]) -> RunPro
     EXECUTING phase of a drain that died (nobody else can hold the lease), is pending again.
     """
     with Session(engine) as session, session.begin():
-        tier = session.scalars(select(Tier).where(Tier.run_id == run.run_id, Tier.tier_id == run.tier_id)).first()
-        if tier is None:
-            tier = Tier(tier_id=run.tier_id, run_id=run.run_id, tier_index=0, name=run.tier_name,
-                        state="PENDING", token_cap=run.token_cap, ci_run_cap=20)
-            session.add(tier)
+        tier_row = session.scalars(select(Tier).where(Tier.run_id == run_id, Tier.tier_id == tier["tier_id"])).first()
+        if tier_row is None:
+            tier_row = Tier(tier_id=tier["tier_id"], run_id=run_id, tier_index=0, name=tier["name"],
+                            state="PENDING", token_cap=tier["token_cap"], ci_run_cap=20)
+            session.add(tier_row)
             session.flush()
-        existing = {p.phase_id: p for p in session.scalars(select(Phase).where(Phase.run_id == run.run_id))}
-        for spec in phases:
-            if spec.phase_id in existing:
+        existing = {p.phase_id: p for p in session.scalars(select(Phase).where(Phase.run_id == run_id))}
+        for values in phases:
+            if values["phase_id"] in existing:
                 continue
             session.add(
                 Phase(
-                    phase_id=spec.phase_id,
-                    run_id=run.run_id,
-                    tier_id=tier.id,
-                    phase_index=spec.phase_index,
-                    name=spec.name,
-                    description=spec.goal,
+                    **values,
+                    run_id=run_id,
+                    tier_id=tier_row.id,
                     state="QUEUED",
-                    task_category=spec.category,
-                    complexity=spec.complexity,
                     builder_mode="full_file",
-                    scope={
-                        "paths": spec.scope_paths,
-                        "read_only_context": spec.read_only_context,
-                        "deliverables": spec.deliverables,
-                    },
-                    max_builder_attempts=spec.max_builder_attempts,
                     max_auditor_attempts=2,
                     incident_token_cap=50_000,
                 )
             )
-        last_success, attempts = _stored_attempts(session, run.run_id)
+        last_success, attempts = _stored_attempts(session, run_id)
         for phase_id, phase in existing.items():
             _reconcile(phase, last_success.get(phase_id))
         complete = {pid for pid, phase in existing.items() if phase.state == "COMPLETE"}
@@ -172,29 +166,21 @@ def set_phase_state(
 def record_phase_outcome(
     engine: Engine,
     run_id: str,
-    phase: PhaseSpec,
-    result: PhaseResult,
-    model: str,
+    phase_id: str,
+    outcome: Mapping[str, Any],
     *,
     retry_seconds: float = DEFAULT_RETRY_SECONDS,
 ) -> bool:
     """One ``phase_outcome_events`` row per drained phase, retried like a phase's state while the database
     is unavailable. False (with one warning line, never raised) when it could not be written: the
     caller counts it, as nothing else can write it later (the run's rows no longer hold the answer's
-    duration and tokens once the phase is COMPLETE)."""
-    last = result.attempts[-1] if result.attempts else None
+    duration and tokens once the phase is COMPLETE).
+
+    ``outcome`` holds the row's other columns (``phase_type``, ``phase_outcome``, ``stop_reason``,
+    ``tokens_used``, ``duration_seconds``, ``model_used``, ``context_injected``, ``context_item_count``);
+    the timestamp is now."""
     row = PhaseOutcomeEvent.__table__.insert().values(
-        run_id=run_id,
-        phase_id=phase.phase_id,
-        phase_type=phase.category,
-        phase_outcome="SUCCESS" if result.completed else "FAILED",
-        stop_reason=last.stop_reason if last else result.failure_reason,
-        tokens_used=result.tokens_used,
-        duration_seconds=result.duration_seconds,
-        model_used=model,
-        timestamp=utc_now(),
-        context_injected=bool(phase.read_only_context),
-        context_item_count=len(phase.read_only_context),
+        **outcome, run_id=run_id, phase_id=phase_id, timestamp=utc_now(),
     )
 
     def write() -> None:
@@ -202,9 +188,9 @@ def record_phase_outcome(
             connection.execute(row)
 
     try:
-        retry_while_unavailable(write, what=f"the outcome of phase {phase.phase_id}", budget_seconds=retry_seconds)
+        retry_while_unavailable(write, what=f"the outcome of phase {phase_id}", budget_seconds=retry_seconds)
         return True
     except Exception as exc:  # noqa: BLE001 - counted by the caller; one line, the safe text, no traceback
-        logger.warning("could not record the outcome of phase %s/%s: %s", run_id, phase.phase_id,
+        logger.warning("could not record the outcome of phase %s/%s: %s", run_id, phase_id,
                        safe_error_text(exc))
         return False

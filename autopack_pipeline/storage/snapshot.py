@@ -3,10 +3,9 @@
 A ten-million-row events frame costs gigabytes and a minute to pickle between assets, and every
 downstream asset would unpickle it again. So ``raw_events`` refreshes the columnar store (only the
 new rows are read from the database) and hands on an :class:`EventSnapshot`: the store's directory,
-its row count and its high-water event id at that moment. Downstream steps load the analysis arrays
-from the store, once per process (steps of a run share one process with the in-process executor),
-and keep only the rows the snapshot saw, so a refresh by another run in between does not change
-what this run analyses.
+its row count and its high-water event id at that moment. Its IO manager (``defs/events/io_manager``)
+loads the analysis arrays from the store for the steps downstream and keeps only the rows the
+snapshot saw, so a refresh by another run in between does not change what this run analyses.
 
 A database without a store (in-memory SQLite), or a store that cannot be written, is read whole
 and its arrays travel inside the snapshot.
@@ -15,7 +14,6 @@ and its arrays travel inside the snapshot.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.fast_metrics import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, Progress, RefreshResult, refresh_store
 from autopack_pipeline.storage.events import read_events_checked
 from autopack_pipeline.storage.frames import event_arrays_from_frame
@@ -66,7 +64,7 @@ class EventSnapshot:
             return self.inline
         if self.store_directory is None:
             raise SnapshotUnavailable("the snapshot names no columnar store and carries no events")
-        arrays = _load_cached(self.store_directory)
+        arrays = _load_store(self.store_directory)
         if len(arrays) == self.rows:
             return arrays
         # The store grew since the snapshot: keep the rows it saw.
@@ -80,26 +78,13 @@ class EventSnapshot:
         return kept
 
 
-_cache_lock = threading.Lock()
-_cache: dict[str, tuple[tuple, EventArrays]] = {}
-
-
-def _load_cached(directory: str) -> EventArrays:
-    """The store's arrays, loaded once per manifest version (one store kept: they are large)."""
+def _load_store(directory: str) -> EventArrays:
+    """Every event of the store at ``directory`` as arrays. Not cached here: whoever hands a snapshot
+    on keeps the loaded arrays for as long as it serves them (the raw_events IO manager, per run)."""
     store = ColumnarStore(directory)
-    manifest = store.manifest()
-    if manifest is None:
+    if store.manifest() is None:
         raise SnapshotUnavailable(f"no columnar store at {directory} any more; materialise raw_events again")
-    version = (manifest.get("updated_at"), manifest["rows"], manifest["high_water_event_id"])
-    with _cache_lock:
-        cached = _cache.get(directory)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        _cache.clear()  # drop the old arrays before loading new ones: peak memory is one copy
-    arrays = store.event_arrays()
-    with _cache_lock:
-        _cache[directory] = (version, arrays)
-    return arrays
+    return store.event_arrays()
 
 
 def snapshot_events(engine: Engine, *, progress: Progress | None = None

@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -45,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 SPOOL_FORMAT_VERSION = 1
 _DATETIME_COLUMNS = ("timestamp", "created_at")
+
+# Inserts one spooled row unless it is stored already; returns the rows inserted (0 or 1).
+Inserter = Callable[[Connection, dict[str, Any]], int]
+# Table name -> its inserter.
+Inserters = Mapping[str, Inserter]
 
 
 def spool_dir(configured: Path | None = None) -> Path:
@@ -209,24 +214,17 @@ def _decode(line: bytes) -> tuple[str, dict[str, Any]]:
     return str(envelope.get("table")), row
 
 
-def _inserters() -> dict[str, Callable[[Connection, dict[str, Any]], int]]:
-    # Imported here: events.py imports this module for its failure path.
-    from autopack_pipeline.storage.events import insert_escalation_row, insert_estimation_row
-    from autopack_pipeline.storage.models import TokenBudgetEscalationEvent, TokenEstimationV2Event
-
-    return {
-        TokenEstimationV2Event.__tablename__: insert_estimation_row,
-        TokenBudgetEscalationEvent.__tablename__: insert_escalation_row,
-    }
-
-
 def _reject(path: Path, line: bytes, reason: str) -> None:
     record = {"reason": reason, "line": line.decode("utf-8", errors="surrogateescape")}
     _append(path, (json.dumps(record) + "\n").encode("utf-8"))
 
 
-def replay(engine: Engine, *, blocking: bool = True) -> ReplayReport:
+def replay(engine: Engine, inserters: Inserters, *, blocking: bool = True) -> ReplayReport:
     """Write ``engine``'s spooled events to it, idempotently; keep what still cannot be written.
+
+    ``inserters`` maps a spooled row's table name to the function that inserts it unless it is stored
+    already (the writer's, :data:`autopack_pipeline.storage.events.SPOOL_INSERTERS`): passed in, so
+    the spool knows files and locks, and the writer knows rows.
 
     Stops at the first transient failure (the database is still locked or down) and keeps that line
     and every later one. A line the database refuses for its content (or that cannot be parsed) goes
@@ -246,7 +244,7 @@ def replay(engine: Engine, *, blocking: bool = True) -> ReplayReport:
                 return report
             with os.fdopen(os.dup(fd), "rb") as reader:
                 lines = [line for line in reader.read().splitlines() if line.strip()]
-            kept = _replay_lines(engine, lines, report, Path(f"{path}.rejected.ndjson"))
+            kept = _replay_lines(engine, inserters, lines, report, Path(f"{path}.rejected.ndjson"))
             # Rewrite in place under the lock: appenders waiting on it then append to this same file.
             data = b"".join(line + b"\n" for line in kept)
             os.lseek(fd, 0, os.SEEK_SET)
@@ -261,8 +259,9 @@ def replay(engine: Engine, *, blocking: bool = True) -> ReplayReport:
     return report
 
 
-def _replay_lines(engine: Engine, lines: list[bytes], report: ReplayReport, rejected_path: Path) -> list[bytes]:
-    inserters = _inserters()
+def _replay_lines(
+    engine: Engine, inserters: Inserters, lines: list[bytes], report: ReplayReport, rejected_path: Path,
+) -> list[bytes]:
     for index, line in enumerate(lines):
         try:
             table, row = _decode(line)
@@ -291,7 +290,7 @@ def _replay_lines(engine: Engine, lines: list[bytes], report: ReplayReport, reje
     return []
 
 
-def replay_if_pending(engine: Engine) -> None:
+def replay_if_pending(engine: Engine, inserters: Inserters) -> None:
     """Replay ``engine``'s spool when it has lines; a single ``stat`` when it has none. Never raises."""
     try:
         if os.stat(spool_path(engine)).st_size == 0:
@@ -299,6 +298,6 @@ def replay_if_pending(engine: Engine) -> None:
     except OSError:
         return
     try:
-        replay(engine, blocking=False)
+        replay(engine, inserters, blocking=False)
     except Exception as exc:  # noqa: BLE001 - a replay problem must not fail the write that triggered it
         logger.warning("spool replay failed: %s", safe_error_text(exc))

@@ -122,3 +122,21 @@ def database_summary(engine: Engine) -> dict[str, Any]:
         "events": events,
         "escalations": counts.get("token_budget_escalation_events", 0),
     }
+
+
+def count_events(engine: Engine) -> int:
+    """How many rows ``token_estimation_v2_events`` holds."""
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(TokenEstimationV2Event.__table__)).scalar_one())
+
+
+def count_total_token_fallbacks(engine: Engine) -> int | None:
+    """Events whose ``actual_output_tokens`` holds the total tokens (``actual_is_total_tokens``), or
+    None when the column is absent (an Autopack database not yet upgraded)."""
+    events = TokenEstimationV2Event.__table__
+    if "actual_is_total_tokens" not in {c["name"] for c in inspect(engine).get_columns(events.name)}:
+        return None
+    with engine.connect() as connection:
+        return int(connection.execute(
+            select(func.count()).select_from(events).where(events.c.actual_is_total_tokens.is_(True))
+        ).scalar_one())

@@ -13,7 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from autopack_pipeline.defs.assets import PIPELINE_ASSETS
+from autopack_pipeline.defs.asset_graph import PIPELINE_ASSETS
+from autopack_pipeline.defs.events.io_manager import event_io_resources
 from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.llm.prompt import render_files
 from autopack_pipeline_tests.support.messages_server import Answer, MessagesServer
@@ -49,7 +50,7 @@ def test_api_key_stays_secret_through_the_whole_pipeline(sqlite_url, tmp_path, m
         result = dg.materialize(
             PIPELINE_ASSETS,
             instance=instance,
-            resources={"telemetry_db": TelemetryDatabase(database_url=sqlite_url), "llm": LLMBackendResource()},
+            resources={"telemetry_db": TelemetryDatabase(database_url=sqlite_url), "llm": LLMBackendResource(), **event_io_resources()},
             run_config=config,
         )
         assert result.success

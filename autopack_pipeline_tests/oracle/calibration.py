@@ -1,5 +1,5 @@
 """Oracle: the ``autopack-median`` calibration over a pandas frame (the product:
-``fast_metrics.median_calibration``). Per-group calibration with provenance (DESIGN §7).
+``domain.analysis.median_calibration``). Per-group calibration with provenance (DESIGN §7).
 
 ``autopack-median`` reproduces Autopack's ``calibrate_token_estimator.py`` figure by figure
 (autopack_spec §4 step 6) so its recommendations can be compared with ours. Every method returns the
@@ -16,8 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.fast_metrics.calibration_results import (  # noqa: F401 - re-exported for the tests
+from autopack_pipeline.domain.analysis.calibration_results import (  # noqa: F401 - re-exported for the tests
     AUTOPACK_MEDIAN,
     DECREASE_BELOW,
     DEFAULT_CONFIDENCE_THRESHOLD,
@@ -30,7 +29,8 @@ from autopack_pipeline.domain.fast_metrics.calibration_results import (  # noqa:
     action_text,
     group_order,
 )
-from autopack_pipeline.domain.fast_metrics.calibration_results import median_confidence as _median_confidence
+from autopack_pipeline.domain.analysis.calibration_results import median_confidence as _median_confidence
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES as DEFAULT_MIN_SAMPLES
 from autopack_pipeline_tests.oracle.samples import as_events_frame, canonical_labels
 

@@ -1,5 +1,5 @@
-"""Oracle: the ``coverage`` calibration over a pandas frame (the product: ``fast_metrics.coverage_calibration``,
-with the method's definitions in ``fast_metrics.coverage_rules``)."""
+"""Oracle: the ``coverage`` calibration over a pandas frame (the product: ``domain.analysis.coverage_calibration``,
+with the method's definitions in ``domain.analysis.coverage_rules``)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.coefficients import CoefficientTable
-from autopack_pipeline.domain.fast_metrics.calibration_results import (
+from autopack_pipeline.domain.analysis.calibration_results import (
     BelowThresholdGroup,
     CalibrationResult,
     GroupCalibration,
     group_order,
 )
-from autopack_pipeline.domain.fast_metrics.coverage_rules import (  # noqa: F401 - re-exported for the tests
+from autopack_pipeline.domain.analysis.coverage_rules import (  # noqa: F401 - re-exported for the tests
     CALIBRATION_METHODS,
     COVERAGE,
     DEFAULT_TARGET_PCT,
@@ -30,6 +28,8 @@ from autopack_pipeline.domain.fast_metrics.coverage_rules import (  # noqa: F401
     upper_bound,
     weight,
 )
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE as DEFAULT_TOLERANCE
 from autopack_pipeline_tests.oracle.calibration import build_provenance
 from autopack_pipeline_tests.oracle.metrics import budget_sent, p90

@@ -1,5 +1,5 @@
-"""Oracle: the calibration gate over a pandas frame of clean samples (the product: ``fast_metrics.gate``
-and ``fast_metrics.analysis.calibration_gate_arrays``)."""
+"""Oracle: the calibration gate over a pandas frame of clean samples (the product: ``domain.analysis.gate``
+and ``analysis.calibrations.calibration_gate_arrays``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.fast_metrics.gate import (  # noqa: F401 - re-exported for the tests
+from autopack_pipeline.domain.analysis.gate import (  # noqa: F401 - re-exported for the tests
     GateDecision,
     certain_group_breaches,
     decide_gate,
     group_breach_text,
 )
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, MIN_TOTAL_SAMPLES
 from autopack_pipeline_tests.oracle.samples import canonical_labels
 

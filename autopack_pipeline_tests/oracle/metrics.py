@@ -1,4 +1,4 @@
-"""Oracle: tier metrics over an events frame (the product: ``fast_metrics.metrics``).
+"""Oracle: tier metrics over an events frame (the product: ``domain.analysis.metrics``).
 
 DESIGN §5; Autopack's V3 analyser, autopack_spec §5.
 
@@ -22,12 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autopack_pipeline.domain.categories import (
-    deliverable_bucket,
-    normalise_category,
-    normalise_complexity,
-)
-from autopack_pipeline.domain.fast_metrics.rates import (  # noqa: F401 - re-exported for the tests
+from autopack_pipeline.domain.analysis.rates import (  # noqa: F401 - re-exported for the tests
     STRATA_DIMENSIONS,
     Z_95,
     budget_waste_within_target,
@@ -36,6 +31,11 @@ from autopack_pipeline.domain.fast_metrics.rates import (  # noqa: F401 - re-exp
     percent,
     tier1_block,
     wilson_interval,
+)
+from autopack_pipeline.domain.categories import (
+    deliverable_bucket,
+    normalise_category,
+    normalise_complexity,
 )
 from autopack_pipeline.domain.targets import (  # noqa: F401 - re-exported for the tests
     BUDGET_WASTE_P90_TARGET,
@@ -82,6 +82,16 @@ def tier1_metrics(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_
     success_k = int(success_mask(frame).sum())
     return tier1_block(multiplier, total, under_n, under_k, truncated_k, success_k)
 
+
+def group_tier1_metrics(events: pd.DataFrame, under_multiplier: float = DEFAULT_UNDER_MULTIPLIER
+                        ) -> dict[tuple[str, str], dict[str, Any]]:
+    """The Tier-1 block of each canonical (category, complexity) group's events, sorted by group:
+    what the gate reads to open for one group's certain breach."""
+    frame = as_events_frame(events)
+    keys = list(zip(canonical_labels(frame["category"], normalise_category),
+                    canonical_labels(frame["complexity"], normalise_complexity)))
+    return {key: tier1_metrics(frame[[k == key for k in keys]], under_multiplier=under_multiplier)
+            for key in sorted(set(keys))}
 
 def p90(values: list[float]) -> float | None:
     """Autopack's P90: ``statistics.quantiles(v, n=10)[8]`` from 10 values on, else the maximum."""
@@ -230,7 +240,7 @@ def tier_metrics_document(
     events: pd.DataFrame, clean_samples: int, *, under_multiplier: float = DEFAULT_UNDER_MULTIPLIER
 ) -> dict[str, Any]:
     """The tier-metrics asset's document: all Builder calls with strata, successful calls only, the
-    clean-sample count. The reference that ``fast_metrics.tier_metrics_document_arrays`` equals."""
+    clean-sample count. The reference that ``domain.analysis.tier_metrics_document_arrays`` equals."""
     frame = as_events_frame(events)
     successful = frame[success_mask(frame).to_numpy()]
     return {

@@ -1,4 +1,4 @@
-"""Oracle: clean samples over a pandas frame (the product: ``fast_metrics.samples``).
+"""Oracle: clean samples over a pandas frame (the product: ``domain.analysis.samples``).
 
 Autopack's first baseline was computed on failed calls with ~120-token outputs and told people to cut
 coefficients by 80% (its pitfall P2); truncated rows only give a lower bound on the real output (P3);
@@ -16,10 +16,10 @@ from typing import Callable
 
 import pandas as pd
 
+from autopack_pipeline.domain.analysis.samples import EXCLUSION_REASONS
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-from autopack_pipeline.domain.events import as_events_frame
-from autopack_pipeline.domain.fast_metrics.samples import EXCLUSION_REASONS
 from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
+from autopack_pipeline.storage.frames import as_events_frame
 
 DEFAULT_MIN_ACTUAL_TOKENS = MIN_ACTUAL_TOKENS
 

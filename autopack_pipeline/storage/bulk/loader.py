@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.storage.bulk.generate import SynthChunk
+from autopack_pipeline.storage.bulk.chunk import SynthChunk
 from autopack_pipeline.storage.bulk.rows import _text_timestamps, run_id_for
 
 Progress = Callable[[int, int], None]

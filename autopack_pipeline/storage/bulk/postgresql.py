@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.storage.bulk.generate import SynthChunk
+from autopack_pipeline.storage.bulk.chunk import SynthChunk
 from autopack_pipeline.storage.bulk.loader import _chain, _Loader
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,

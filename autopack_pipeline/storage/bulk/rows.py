@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from autopack_pipeline.storage.bulk.generate import SynthChunk
+from autopack_pipeline.storage.bulk.chunk import SynthChunk
 
 # The model every synthetic event names.
 SYNTH_MODEL = "claude-sonnet-4-5"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.storage.bulk.generate import SynthChunk
+from autopack_pipeline.storage.bulk.chunk import SynthChunk
 from autopack_pipeline.storage.bulk.loader import _chain, _Loader
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,

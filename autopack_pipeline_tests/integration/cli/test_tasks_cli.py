@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from autopack_pipeline.defs.events.io_manager import event_io_resources
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.migrate import upgrade_database
@@ -177,9 +178,9 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db, mon
     become the same tasks from the terminal as from "Materialize all"."""
     import dagster as dg
 
-    from autopack_pipeline.defs.assets import PIPELINE_ASSETS
+    from autopack_pipeline.defs.asset_graph import PIPELINE_ASSETS
     from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
-    from autopack_pipeline.storage.bulk import bulk_load
+    from autopack_pipeline.synth import bulk_load
 
     # Room for every finding: the synthetic groups' critical breaches would otherwise fill the 10 slots
     # ahead of the (high) coefficient reviews this test compares.
@@ -193,7 +194,7 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db, mon
         result = dg.materialize(PIPELINE_ASSETS, instance=instance,
                                 selection=dg.AssetSelection.assets("raw_events").downstream(),
                                 resources={"telemetry_db": TelemetryDatabase(database_url=sqlite_url),
-                                           "llm": LLMBackendResource()})
+                                           "llm": LLMBackendResource(), **event_io_resources()})
     assert result.success
     calibration = result.output_for_node("calibration_recommendations")
     assert calibration["gate"]["open"] and calibration["method"] == "coverage"

@@ -8,8 +8,8 @@ from datetime import datetime
 import dagster as dg
 import pytest
 
-from autopack_pipeline.defs.assets import PIPELINE_ASSETS
-from autopack_pipeline.defs.checks import ALL_CHECKS
+from autopack_pipeline.defs.asset_graph import ALL_CHECKS, PIPELINE_ASSETS
+from autopack_pipeline.defs.events.io_manager import event_io_resources
 from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.storage.events import EstimationEvent, ensure_run_and_phase, record_estimation_event
 from autopack_pipeline_tests.support.messages_server import MessagesServer
@@ -29,7 +29,7 @@ def materialize_slice(
         [*PIPELINE_ASSETS, *ALL_CHECKS],
         selection=selection,
         instance=instance,
-        resources={"telemetry_db": TelemetryDatabase(database_url=url), "llm": LLMBackendResource()},
+        resources={"telemetry_db": TelemetryDatabase(database_url=url), "llm": LLMBackendResource(), **event_io_resources()},
         run_config=run_config,
         raise_on_error=False,
     )

@@ -4,8 +4,9 @@ run-status sensors close them from the database's count when the runs end."""
 import dagster as dg
 
 from autopack_pipeline.defs.definitions import defs
+from autopack_pipeline.defs.events.io_manager import event_io_resources
 from autopack_pipeline.defs.resources import TelemetryDatabase
-from autopack_pipeline.defs.sensors import (
+from autopack_pipeline.defs.tasks.sensors import (
     auto_execution_sensor,
     collection_task_failure_sensor,
     collection_task_success_sensor,
@@ -17,8 +18,11 @@ from .conftest import SMALL_COLLECTION, materialize_slice
 
 
 def tick(instance, url):
-    resources = {"telemetry_db": TelemetryDatabase(database_url=url)}
-    return auto_execution_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
+    resources = {"telemetry_db": TelemetryDatabase(database_url=url), **event_io_resources()}
+    # The telemetry_db resource holds its engine for its lifetime (set up and torn down), so the context
+    # opens and closes it as the daemon does.
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return auto_execution_sensor.evaluate_tick(context)
 
 
 def close(sensor, instance, url, result, event):
@@ -27,11 +31,12 @@ def close(sensor, instance, url, result, event):
         dagster_instance=instance,
         dagster_run=result.dagster_run,
         dagster_event=event,
-        resources={"telemetry_db": TelemetryDatabase(database_url=url)},
+        resources={"telemetry_db": TelemetryDatabase(database_url=url), **event_io_resources()},
     )
-    if sensor is collection_task_failure_sensor:
-        context = context.for_run_failure()
-    return sensor(context)
+    with context:
+        if sensor is collection_task_failure_sensor:
+            return sensor(context.for_run_failure())
+        return sensor(context)
 
 
 def test_auto_execution_off_says_so(instance, sqlite_url, monkeypatch):

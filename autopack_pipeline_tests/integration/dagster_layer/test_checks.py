@@ -3,25 +3,25 @@
 import dagster as dg
 import pandas as pd
 
-from autopack_pipeline.defs.checks import (
-    events_exist,
-    not_all_failures,
+from autopack_pipeline.defs.events import drift_checks
+from autopack_pipeline.defs.events.checks import events_exist, not_all_failures, token_counts_plausible
+from autopack_pipeline.defs.metrics.checks import (
     tier1_truncation_within_target,
     tier1_underestimation_within_target,
     tier2_budget_waste_p90_below_3x,
-    token_counts_plausible,
 )
-from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
-from autopack_pipeline.services import workflows
-from autopack_pipeline.storage.snapshot import EventSnapshot
+from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.services import pipeline
+from autopack_pipeline.services.analysis import TierMetrics
+from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame, event_arrays_from_frame
 
 from .conftest import check_evaluations, materialize_slice
 
 
-def _events(**columns) -> EventSnapshot:
+def _events(**columns) -> EventArrays:
     n = len(next(iter(columns.values())))
     base = {"event_id": range(1, n + 1), "run_id": ["r"] * n, "phase_id": [f"p{i}" for i in range(n)]}
-    return EventSnapshot.from_frame(conform_events_frame(pd.DataFrame(base | columns)))
+    return event_arrays_from_frame(conform_events_frame(pd.DataFrame(base | columns)))
 
 
 def _metrics(under=0.0, truncation=0.0, waste=None, n=100):
@@ -32,17 +32,24 @@ def _metrics(under=0.0, truncation=0.0, waste=None, n=100):
         "truncation_rate_pct_ci": [max(0.0, truncation - 1), truncation + 1],
         "total_samples": n,
     }
-    return {"all_events": {"tier1": tier1, "tier2": {"budget_waste_p90": waste}}}
+    return TierMetrics({"all_events": {"tier1": tier1, "tier2": {"budget_waste_p90": waste}}})
 
 
 def test_whole_graph_runs_with_its_checks_and_tier1_breaches_do_not_block(instance, sqlite_url, monkeypatch):
     drift_runs = []
-    detect = workflows.detect_drift
-    monkeypatch.setattr(workflows, "detect_drift", lambda events: drift_runs.append(len(events)) or detect(events))
+    detect = pipeline.detect_drift
+
+    def counted(events):
+        drift_runs.append(len(events))
+        return detect(events)
+
+    monkeypatch.setattr(drift_checks, "detect_drift", counted)
+    monkeypatch.setattr(pipeline, "detect_drift", counted)
     result = materialize_slice(instance, sqlite_url)
     assert result.success
-    # The drift checks and generated_tasks saw the same events: the statistics were computed once.
-    assert len(drift_runs) == 1 and drift_runs[0] > 0
+    # The drift checks (on the database) and generated_tasks (on raw_events) each compute the statistics,
+    # with no cache between steps, and they saw the same events.
+    assert len(drift_runs) == 2 and drift_runs[0] == drift_runs[1] > 0
     evaluations = check_evaluations(result)
     for name in ("events_exist", "not_all_failures", "token_counts_plausible"):
         assert evaluations[name].passed, evaluations[name].description
@@ -85,7 +92,7 @@ def test_an_empty_database_blocks_the_calibration_path_but_raw_events_is_still_m
 
 def test_events_exist_states_the_count():
     assert events_exist(raw_events=_events(success=[True])).passed
-    empty = events_exist(raw_events=EventSnapshot.from_frame(empty_events_frame()))
+    empty = events_exist(raw_events=event_arrays_from_frame(empty_events_frame()))
     assert not empty.passed and "no events" in empty.description
 
 
@@ -142,7 +149,7 @@ def test_tier1_on_no_events_could_not_evaluate_and_does_not_pass():
 def test_drift_that_compared_no_group_does_not_pass():
     from datetime import datetime, timezone
 
-    from autopack_pipeline.defs.checks import drift_check_results
+    from autopack_pipeline.defs.events.drift_checks import drift_check_results
     from autopack_pipeline.domain.drift import DriftReport, DriftThresholds
 
     report = DriftReport(thresholds=DriftThresholds(), now=datetime(2026, 11, 25, tzinfo=timezone.utc),

@@ -6,8 +6,9 @@ from datetime import date, datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from autopack_pipeline.defs.assets import ALL_ASSETS
+from autopack_pipeline.defs.asset_graph import ALL_ASSETS
 from autopack_pipeline.defs.definitions import defs
+from autopack_pipeline.defs.events.io_manager import event_io_resources
 from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.domain.windows import days_with_events, events_in_window, trailing_days
 
@@ -23,7 +24,7 @@ def _at(day: date, hour: int) -> datetime:
 def _day(instance, url, day: date) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         ALL_ASSETS, selection="key:daily_tier_metrics", partition_key=day.isoformat(), instance=instance,
-        resources={"telemetry_db": TelemetryDatabase(database_url=url), "llm": LLMBackendResource()},
+        resources={"telemetry_db": TelemetryDatabase(database_url=url), "llm": LLMBackendResource(), **event_io_resources()},
         raise_on_error=False,
     )
 
@@ -43,7 +44,7 @@ def test_each_day_holds_only_its_own_events_and_an_empty_day_is_empty(instance, 
 
     recent = _day(instance, sqlite_url, yesterday)
     assert recent.success
-    tier1 = recent.output_for_node("daily_tier_metrics")["all_events"]["tier1"]
+    tier1 = recent.output_for_node("daily_tier_metrics").tier1
     assert tier1["total_samples"] == 10 and tier1["underestimation_rate_pct"] == 40.0
     metadata = instance.get_latest_materialization_event(dg.AssetKey("daily_tier_metrics")).asset_materialization
     assert metadata.partition == yesterday.isoformat()
@@ -53,11 +54,11 @@ def test_each_day_holds_only_its_own_events_and_an_empty_day_is_empty(instance, 
     assert figures["underestimation_rate_pct_target"].value == 5.0
     assert figures["telemetry_database"].value.startswith("sqlite:///")
 
-    assert _day(instance, sqlite_url, old).output_for_node("daily_tier_metrics")["all_events"]["tier1"][
+    assert _day(instance, sqlite_url, old).output_for_node("daily_tier_metrics").tier1[
         "total_samples"] == 5
     empty = _day(instance, sqlite_url, TODAY - timedelta(days=3))
     assert empty.success
-    assert empty.output_for_node("daily_tier_metrics")["all_events"]["tier1"]["total_samples"] == 0
+    assert empty.output_for_node("daily_tier_metrics").tier1["total_samples"] == 0
     empty_figures = instance.get_latest_materialization_event(
         dg.AssetKey("daily_tier_metrics")).asset_materialization.metadata
     assert empty_figures["events"].value == 0 and "underestimation_rate_pct" not in empty_figures
@@ -122,7 +123,7 @@ def test_windows_pick_whole_utc_days(two_days, sqlite_url):
 
 def test_the_window_ends_on_the_newest_event_so_an_idle_database_still_shows_its_latest_weeks(
         write_events, sqlite_url):
-    from autopack_pipeline.services import workflows
+    from autopack_pipeline.services import analysis
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.snapshot import snapshot_events
 
@@ -131,8 +132,8 @@ def test_the_window_ends_on_the_newest_event_so_an_idle_database_still_shows_its
     snapshot, _, _ = snapshot_events(TelemetryDatabase(database_url=sqlite_url).engine())
     arrays = snapshot.arrays()
 
-    window = workflows.analysis_window(load_settings(), arrays)
+    window = analysis.analysis_window(load_settings(), arrays)
     assert window.label() == "2025-02-11..2025-03-10 (UTC)"
     assert days_with_events(events_in_window(arrays, window)) == [within, newest]
     # Without events (or when asked) the clock anchors it, as on a live database.
-    assert workflows.analysis_window(load_settings(), today=TODAY).label().endswith(f"..{TODAY.isoformat()} (UTC)")
+    assert analysis.analysis_window(load_settings(), today=TODAY).label().endswith(f"..{TODAY.isoformat()} (UTC)")

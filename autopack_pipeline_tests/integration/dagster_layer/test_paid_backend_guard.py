@@ -33,7 +33,7 @@ def test_materialize_all_on_the_paid_backend_analyses_and_stops_before_the_api(
     assert "allow_paid_backend" in collection.metadata["next_step"].value
     # Downstream assets still ran, on the events already stored.
     metrics = result.output_for_node("tier_metrics")
-    assert metrics["all_events"]["tier1"]["total_samples"] == stored
+    assert metrics.tier1["total_samples"] == stored
     assert result.output_for_node("generated_tasks") is not None
 
 

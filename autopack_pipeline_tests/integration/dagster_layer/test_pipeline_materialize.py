@@ -6,7 +6,8 @@ import dagster as dg
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from autopack_pipeline.defs.assets import PIPELINE_ASSETS
+from autopack_pipeline.defs.asset_graph import PIPELINE_ASSETS
+from autopack_pipeline.defs.events.io_manager import event_io_resources
 from autopack_pipeline.defs.resources import LLMBackendResource, TelemetryDatabase
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.models import GeneratedTask, Phase, TokenEstimationV2Event
@@ -16,7 +17,7 @@ def _materialize(instance, url, run_config=None):
     return dg.materialize(
         PIPELINE_ASSETS,
         instance=instance,
-        resources={"telemetry_db": TelemetryDatabase(database_url=url), "llm": LLMBackendResource()},
+        resources={"telemetry_db": TelemetryDatabase(database_url=url), "llm": LLMBackendResource(), **event_io_resources()},
         run_config=run_config,
     )
 
@@ -45,8 +46,8 @@ def test_whole_pipeline_on_embedded_defaults(sqlite_url, tmp_path):
         assert samples.count + sum(samples.exclusions.values()) == raw.rows
 
         metrics = result.output_for_node("tier_metrics")
-        assert metrics["all_events"]["tier1"]["total_samples"] == events
-        assert metrics["clean_samples"] == samples.count
+        assert metrics.tier1["total_samples"] == events
+        assert metrics.clean_samples == samples.count
 
         calibration = result.output_for_node("calibration_recommendations")
         assert calibration["gate"]["open"], calibration["gate"]["summary"]
@@ -69,7 +70,7 @@ def test_whole_pipeline_on_embedded_defaults(sqlite_url, tmp_path):
         event = instance.get_latest_materialization_event(dg.AssetKey("tier_metrics"))
         metadata = event.asset_materialization.metadata
         assert metadata["underestimation_rate_pct"].value == round(
-            metrics["all_events"]["tier1"]["underestimation_rate_pct"], 1)  # a tenth of a percent, as it means
+            metrics.tier1["underestimation_rate_pct"], 1)  # a tenth of a percent, as it means
 
 
 def test_second_run_generates_no_duplicate_tasks(sqlite_url):
@@ -108,7 +109,7 @@ def test_collection_asset_takes_a_targeted_run_as_config(sqlite_url):
         result = dg.materialize(
             [PIPELINE_ASSETS[0]],
             instance=instance,
-            resources={"telemetry_db": TelemetryDatabase(database_url=sqlite_url), "llm": LLMBackendResource()},
+            resources={"telemetry_db": TelemetryDatabase(database_url=sqlite_url), "llm": LLMBackendResource(), **event_io_resources()},
             run_config=config,
         )
         assert result.success

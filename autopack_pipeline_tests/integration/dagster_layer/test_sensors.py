@@ -2,8 +2,9 @@
 
 import dagster as dg
 
+from autopack_pipeline.defs.calibration.sensors import calibration_gate_sensor
 from autopack_pipeline.defs.definitions import defs
-from autopack_pipeline.defs.sensors import calibration_gate_sensor, task_generation_sensor
+from autopack_pipeline.defs.tasks.sensors import task_generation_sensor
 
 from .conftest import SMALL_COLLECTION, materialize_slice
 

@@ -9,8 +9,8 @@ import re
 
 import dagster as dg
 
-from autopack_pipeline.defs.assets.calibration import recommendations_table
-from autopack_pipeline.domain.fast_metrics import GroupCalibration
+from autopack_pipeline.defs.calibration.assets import recommendations_table
+from autopack_pipeline.domain.analysis import GroupCalibration
 from autopack_pipeline_tests.integration.dagster_layer.conftest import materialize_slice
 
 _DATA_URI = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from autopack_pipeline.domain.coefficients import load_coefficients
+from autopack_pipeline.domain.escalation import MAX_TOKENS_CAP
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
-from autopack_pipeline.llm.builder import MAX_TOKENS_CAP, Attempt, Builder, escalation_for
+from autopack_pipeline.llm.builder import Attempt, Builder, escalation_for
 from autopack_pipeline.llm.prompt import SYSTEM_PROMPT, render_files
 from autopack_pipeline.llm.simulated import SimulatedBackend
 from autopack_pipeline_tests.support.messages_server import (
@@ -44,7 +45,7 @@ def files_for(deliverables: list[str]) -> str:
 
 @pytest.fixture
 def estimator(tmp_path: Path) -> TokenEstimator:
-    seed_file = Path(__file__).resolve().parents[2] / "seeds" / "estimator_coefficients.yaml"
+    seed_file = Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml"
     return TokenEstimator(load_coefficients(seed_file), workspace=tmp_path)
 
 

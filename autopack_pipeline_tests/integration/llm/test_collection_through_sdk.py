@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autopack_pipeline.llm.prompt import render_files
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import collecting
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
@@ -49,7 +49,7 @@ def phases_file(tmp_path):
 
 def _collect(engine, make_anthropic, phases_file, **backend_options):
     backend = make_anthropic(**backend_options)
-    return workflows.collect(engine, load_settings(), backend, phases_file=phases_file, concurrency=1)
+    return collecting.collect(engine, load_settings(), backend, phases_file=phases_file, concurrency=1)
 
 
 def _rows(engine):

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from autopack_pipeline.llm.factory import make_backend
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import collecting
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.models import PhaseOutcomeEvent
@@ -76,7 +76,7 @@ def _slow_backend_with_outage_at(call: int, outage: Outage) -> Recording:
 
 
 def _collect(engine, backend, run_id: str):
-    return workflows.collect(engine, load_settings(), backend, run_id=run_id, category="tests", complexity="low",
+    return collecting.collect(engine, load_settings(), backend, run_id=run_id, category="tests", complexity="low",
                              phases=PHASES, concurrency=2)
 
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage import spool
-from autopack_pipeline.storage.events import ensure_run_and_phase
+from autopack_pipeline.storage.events import SPOOL_INSERTERS, ensure_run_and_phase
 from autopack_pipeline_tests.support.databases import fetch_all
 from autopack_pipeline_tests.support.writer_processes import write_events
 
@@ -35,7 +35,7 @@ def test_four_processes_write_every_event_exactly_once(
     assert sum(stored) + spooled == WORKERS * EVENTS_EACH
     if spooled:
         monkeypatch.setenv("AUTOPACK_SPOOL_DIR", str(spool_dir))
-        assert spool.replay(engine).still_failing == 0
+        assert spool.replay(engine, SPOOL_INSERTERS).still_failing == 0
     rows = fetch_all(engine, "token_estimation_v2_events", "event_id")
     uids = [row["event_uid"] for row in rows]
     expected = {f"w{w}-{n:04d}" for w in range(WORKERS) for n in range(EVENTS_EACH)}

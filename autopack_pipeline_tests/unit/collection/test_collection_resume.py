@@ -19,7 +19,7 @@ from autopack_pipeline.cli import main
 from autopack_pipeline.collection.run import default_run_id
 from autopack_pipeline.llm.backends import LLMRequest, LLMResponse
 from autopack_pipeline.llm.factory import make_backend
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import collecting
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import database
 from autopack_pipeline.storage.database import make_engine
@@ -50,7 +50,7 @@ def engine(sqlite_url):
 
 
 def _collect(engine, backend, run_id: str, phases: int = 4):
-    return workflows.collect(engine, load_settings(), backend, run_id=run_id, category="tests", complexity="low",
+    return collecting.collect(engine, load_settings(), backend, run_id=run_id, category="tests", complexity="low",
                              phases=phases, concurrency=2)
 
 

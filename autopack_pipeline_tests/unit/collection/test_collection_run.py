@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from autopack_pipeline.llm.backends import LLMRequest, LLMResponse
 from autopack_pipeline.llm.factory import make_backend
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import collecting
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
@@ -39,7 +39,7 @@ def engine(sqlite_url):
 
 
 def _collect(engine, backend, run_id: str):
-    return workflows.collect(engine, load_settings(), backend, run_id=run_id, template_phases_per_group=2,
+    return collecting.collect(engine, load_settings(), backend, run_id=run_id, template_phases_per_group=2,
                              concurrency=3)
 
 
@@ -71,9 +71,9 @@ def test_interrupted_run_resumes_without_duplicate_events(engine):
 def test_a_recording_replays_the_same_events(engine, tmp_path):
     settings = load_settings()
     recording = tmp_path / "answers.ndjson"
-    live = workflows.collect(engine, settings, make_backend(settings, record_file=recording),
+    live = collecting.collect(engine, settings, make_backend(settings, record_file=recording),
                              run_id="live", category="tests", complexity="medium", phases=4)
-    replayed = workflows.collect(engine, settings, make_backend(settings, "replay", replay_file=recording),
+    replayed = collecting.collect(engine, settings, make_backend(settings, "replay", replay_file=recording),
                                  run_id="replayed", category="tests", complexity="medium", phases=4)
     assert replayed.backend == "replay"
     lines = [json.loads(line) for line in recording.read_text().splitlines()]
@@ -89,7 +89,7 @@ def test_replay_without_an_answer_fails_the_phase_and_the_run_goes_on(engine, tm
     recording = tmp_path / "partial.ndjson"
     recording.write_text(json.dumps({"phase_id": "tpl-docs-low-001", "attempt": 1, "text": "x", "output_tokens": 80,
                                      "input_tokens": 5, "stop_reason": "end_turn", "model": "m"}) + "\n")
-    summary = workflows.collect(engine, settings, make_backend(settings, "replay", replay_file=recording),
+    summary = collecting.collect(engine, settings, make_backend(settings, "replay", replay_file=recording),
                                 run_id="partial", category="docs", complexity="low", phases=2)
     assert summary.phases_failed == 2  # the one answer lacks the file block; the other has no answer
     assert "no recorded answer for phase tpl-docs-low-002 attempt 1" in summary.failures["tpl-docs-low-002"]

@@ -17,8 +17,7 @@ from autopack_pipeline.domain.drift import (
     ks_two_sample,
     population_stability_index,
 )
-from autopack_pipeline.domain.events import conform_events_frame
-from autopack_pipeline.storage.frames import as_event_arrays
+from autopack_pipeline.storage.frames import as_event_arrays, conform_events_frame
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import dagster as dg
 
-from autopack_pipeline.defs.assets.metadata import group_tier1_metadata, sample_group_metadata
-from autopack_pipeline.defs.sensors import gate_from_metadata
+from autopack_pipeline.defs.calibration.sensors import gate_from_metadata
+from autopack_pipeline.defs.shared.metadata import group_tier1_metadata, sample_group_metadata
 
 
 def _record(metadata: dict) -> SimpleNamespace:

@@ -6,12 +6,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from autopack_pipeline.cli.calibration_patch import new_version_name, updated_yaml_text
 from autopack_pipeline.domain.backtest import PatchError, read_patch, run_backtest
 from autopack_pipeline.domain.coefficients import CoefficientTable
-from autopack_pipeline.domain.events import conform_events_frame
 from autopack_pipeline.domain.reprediction import PredictionInputs
-from autopack_pipeline.storage.frames import event_arrays_from_frame
+from autopack_pipeline.services.calibration_apply import new_version_name, updated_yaml_text
+from autopack_pipeline.storage.frames import conform_events_frame, event_arrays_from_frame
 
 
 @pytest.fixture

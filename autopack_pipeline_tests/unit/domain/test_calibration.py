@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame
 from autopack_pipeline_tests.oracle.calibration import (
     AUTOPACK_MEDIAN,
     CalibrationResult,

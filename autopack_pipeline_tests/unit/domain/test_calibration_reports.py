@@ -8,8 +8,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from autopack_pipeline.domain.events import conform_events_frame
-from autopack_pipeline.services import reporting, workflows
+from autopack_pipeline.services import calibrating, reporting
 from autopack_pipeline.services.plots import render_calibration_plot
 from autopack_pipeline.services.reporting import (
     calibration_report_payload,
@@ -18,6 +17,7 @@ from autopack_pipeline.services.reporting import (
     write_calibration_report_set,
 )
 from autopack_pipeline.settings import load_settings
+from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
 from autopack_pipeline_tests.oracle.coverage import calibrate_coverage, group_observations
 from autopack_pipeline_tests.oracle.samples import clean_samples
@@ -131,14 +131,14 @@ def test_inside_check_refuses_a_symlinked_escape(tmp_path):
 def test_calibrate_workflow_reports_both_methods_and_the_plot(tmp_path, monkeypatch):
     monkeypatch.delenv("AUTOPACK_SEEDS_DIR", raising=False)
     settings = load_settings()
-    outcome = workflows.calibrate(events(), settings, force=True, output_dir=tmp_path)
+    outcome = calibrating.calibrate(events(), settings, force=True, output_dir=tmp_path)
     assert outcome.gate.open and outcome.result.method == "coverage"
     assert set(outcome.results) == {"coverage", "autopack-median"}
     document = outcome.as_dict()
     assert document["method"] == "coverage" and set(document["methods"]) == {"coverage", "autopack-median"}
     assert document["reports"]["plot"].endswith(".png") and outcome.plot_path.read_bytes().startswith(PNG_MAGIC)
-    median = workflows.calibrate(events(), settings, force=True, output_dir=tmp_path / "m", method="autopack-median")
+    median = calibrating.calibrate(events(), settings, force=True, output_dir=tmp_path / "m", method="autopack-median")
     assert median.result.method == "autopack-median"
     assert json.loads(median.json_path.read_text())["method"] == "autopack-median"
     with pytest.raises(ValueError, match="unknown calibration method"):
-        workflows.calibrate(events(), settings, force=True, output_dir=tmp_path, method="mean")
+        calibrating.calibrate(events(), settings, force=True, output_dir=tmp_path, method="mean")

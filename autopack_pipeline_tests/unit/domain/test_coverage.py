@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autopack_pipeline.domain.coefficients import load_coefficients
-from autopack_pipeline.domain.events import conform_events_frame
+from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
 from autopack_pipeline_tests.oracle.coverage import (
     COVERAGE,

@@ -21,10 +21,10 @@ from autopack_pipeline.domain import coefficients as coefficients_module
 from autopack_pipeline.domain import deliverables as deliverables_module
 from autopack_pipeline.domain import estimator as estimator_module
 from autopack_pipeline.domain.coefficients import CoefficientTable, coefficients_path_in, load_coefficients
+from autopack_pipeline.domain.deliverables import FileMeasurer, FileMeasures, measure_source, read_source
 from autopack_pipeline.domain.estimator import (
     TokenEstimate,
     TokenEstimator,
-    clear_file_complexity_cache,
     complexity_default_budget,
     deliverable_kind,
     estimate_confidence,
@@ -44,7 +44,6 @@ MODES = ["canonical", "autopack"]
 def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     # Another test (or the shell) may point the loader elsewhere; these tests pin the repo file.
     monkeypatch.delenv("AUTOPACK_SEEDS_DIR", raising=False)
-    clear_file_complexity_cache()
 
 
 @pytest.fixture
@@ -523,12 +522,56 @@ def test_existing_files_are_modifications_priced_by_complexity(table: Coefficien
 
 
 def test_complexity_cache_follows_file_changes(table: CoefficientTable, tmp_path: Path) -> None:
+    measurer = FileMeasurer()
     path = _write(tmp_path / "grow.py", _small_file_lines())
-    assert file_complexity_multiplier(path, table) < 1.0
+    assert file_complexity_multiplier(path, table, measurer) < 1.0
     _write(path, _large_file_lines())
     stamp = path.stat().st_mtime_ns + 5_000_000_000
     os.utime(path, ns=(stamp, stamp))
-    assert file_complexity_multiplier(path, table) == 2.0
+    assert file_complexity_multiplier(path, table, measurer) == 2.0
+
+
+class CountingReader:
+    """Reads the disk like the default reader, counting the files it was asked for."""
+
+    def __init__(self) -> None:
+        self.reads: list[Path] = []
+
+    def __call__(self, path: Path) -> str:
+        self.reads.append(path)
+        return read_source(path)
+
+
+def test_a_measurer_reads_an_unchanged_file_once_and_belongs_to_its_estimator(
+    table: CoefficientTable, tmp_path: Path
+) -> None:
+    _write(tmp_path / "src" / "small.py", _small_file_lines())
+    reader = CountingReader()
+    estimator = TokenEstimator(table, workspace=tmp_path, file_measurer=FileMeasurer(reader))
+    for _ in range(3):
+        assert estimator.estimate(["src/small.py"], "implementation", "low").breakdown == {"backend_modify": 396}
+    assert reader.reads == [tmp_path / "src" / "small.py"]
+    # no process-wide state: another estimator measures the file with its own measurer
+    other = make(table, tmp_path)
+    assert other.file_measurer is not estimator.file_measurer
+    assert other.estimate(["src/small.py"], "implementation", "low").breakdown == {"backend_modify": 396}
+    assert len(reader.reads) == 1
+    estimator.file_measurer.clear()
+    estimator.estimate(["src/small.py"], "implementation", "low")
+    assert len(reader.reads) == 2
+
+
+def test_the_measures_are_a_pure_rule_over_the_text() -> None:
+    text = "# comment\n\nimport os\nfrom a import b\ndef f():\n        return 1\n   # indented comment\n"
+    assert measure_source(text) == FileMeasures(code_lines=4, import_lines=2, max_indent=8)
+    assert measure_source("") == FileMeasures(0, 0, 0)
+
+
+def test_a_measurer_fetches_text_through_its_reader(table: CoefficientTable, tmp_path: Path) -> None:
+    path = _write(tmp_path / "stub.py", ["x = 1"])  # on disk only for its size and mtime
+    measurer = FileMeasurer(lambda _path: "\n".join(_large_file_lines()))
+    assert file_complexity_multiplier(path, table, measurer) == 2.0
+    assert file_complexity_multiplier(path, table) < 1.0  # the disk's own text: one short line
 
 
 def test_workspace_defaults_to_cwd_at_call_time(

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from autopack_pipeline.domain.fast_metrics import wilson_interval
-from autopack_pipeline.domain.fast_metrics.order_statistics import p90_of
+from autopack_pipeline.domain.analysis import wilson_interval
+from autopack_pipeline.domain.analysis.order_statistics import p90_of
 from autopack_pipeline.domain.frontier import frontier_grid, group_frontier, observations_needed
 
 # 49 clean ratios 0.1, 0.2, ..., 4.9 (exactly i / 10) and one truncated call: N = 50.
@@ -89,6 +89,12 @@ def test_too_many_censored_is_out_of_reach_with_the_count_needed():
     document = frontier.to_dict()
     assert document["reachable"] is False and document["tier2_holds"] is None
 
+
+def test_a_group_of_truncated_calls_only_is_out_of_reach_not_an_error():
+    # No clean ratio at all (every call hit its budget): nothing to put a frontier through.
+    frontier = group_frontier(np.array([]), 4)
+    assert not frontier.reachable and frontier.multiplier is None
+    assert frontier.observations_needed == observations_needed(4, 2.0, at_least=5)
 
 def test_censored_calls_never_make_a_group_look_better():
     clean = np.linspace(0.5, 2.0, 60)

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import calibrating
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline_tests.unit.domain.test_calibration_reports import events
 
 
 def test_reports_show_frontier_and_cost_per_group(tmp_path, monkeypatch):
     monkeypatch.delenv("AUTOPACK_SEEDS_DIR", raising=False)
-    outcome = workflows.calibrate(events(), load_settings(), force=True, output_dir=tmp_path)
+    outcome = calibrating.calibrate(events(), load_settings(), force=True, output_dir=tmp_path)
     markdown = outcome.markdown_path.read_text()
     assert "## Frontier and cost" in markdown
     assert "### implementation/low" in markdown and "### tests/medium" in markdown

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame
 from autopack_pipeline_tests.oracle.gates import GateDecision, evaluate_calibration_gate, largest_group
 
 BREACHED = {"underestimation_rate_pct": 8.0, "truncation_rate_pct": 0.0}

@@ -9,10 +9,10 @@ import pytest
 from autopack_pipeline.domain.logparse import (
     ParsedLogs,
     analyse_logs,
+    event_record,
     parse_line,
     parse_lines,
     parse_log_dir,
-    records_frame,
     source_counts,
 )
 
@@ -43,9 +43,17 @@ def test_v2_line_fields_and_timestamp():
     assert record.logged_error_pct == 18.2
     assert record.fields["selected_budget"] is None
     assert record.fields["success"] is True and record.fields["truncated"] is False
-    events, meta = records_frame([record])
-    assert events.loc[0, "timestamp"].isoformat() == "2025-12-01T10:00:05+00:00"
-    assert meta.loc[0, "source_file"] == "a.log"
+    assert record.source_file == "a.log"
+    event = event_record(record)
+    assert event["timestamp"].isoformat() == "2025-12-01T10:00:05+00:00"
+    assert (event["predicted_output_tokens"], event["actual_output_tokens"], event["model"]) == (
+        1000, 1200, "claude-sonnet-4-5")
+
+
+def test_a_timestamp_that_is_not_a_time_is_left_unknown():
+    record = parse_line(v2(100, 100, stamp="2025-13-01 10:00:00 "))
+    assert record.timestamp == "2025-13-01T10:00:00"
+    assert event_record(record)["timestamp"] is None
 
 
 def test_fallback_line_is_marked_and_v1_line_read():

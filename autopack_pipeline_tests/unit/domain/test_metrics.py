@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame
 from autopack_pipeline_tests.oracle.metrics import (
     BUDGET_WASTE_P90_TARGET,
     TRUNCATION_TARGET_PCT,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.stats import binom, norm
 
+from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.budget_calibration import GroupObservationsInForce, pooled_margins
 from autopack_pipeline.domain.coefficients import load_coefficients
-from autopack_pipeline.domain.fast_metrics.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.pooled_margin import (
     CENSORED_HEADROOM,
     CONFIDENCE,

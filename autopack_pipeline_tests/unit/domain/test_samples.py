@@ -8,7 +8,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autopack_pipeline.domain.events import conform_events_frame, empty_events_frame
+from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame
 from autopack_pipeline_tests.oracle.samples import (
     EXCLUSION_REASONS,
     clean_samples,

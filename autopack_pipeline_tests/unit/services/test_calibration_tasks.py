@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import analysis, calibrating, task_generation
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
@@ -16,14 +16,14 @@ def test_an_unidentifiable_group_gets_a_collect_samples_task_with_its_floor_rais
     engine = make_engine(sqlite_url)
     settings = load_settings()
     events = read_events(engine)
-    outcome = workflows.calibrate(events, settings, write_reports=False)
+    outcome = calibrating.calibrate(events, settings, write_reports=False)
     (group,) = [g for g in outcome.calibration_section["groups"]
                 if (g["category"], g["complexity"]) == ("tests", "low")]
     assert group["status"] == "unidentifiable" and group["budget_floor"] > group["previous_budget_floor"]
 
-    summary = workflows.summarise_samples(events)
-    metrics = {"all_events": workflows.tier_metrics_document(events, summary.count)["all_events"]}
-    tasks, _ = workflows.improvement_tasks(engine, settings, metrics, summary.group_counts, outcome)
+    summary = analysis.summarise_samples(events)
+    metrics = {"all_events": analysis.tier_metrics_document(events, summary.count)["all_events"]}
+    tasks, _ = task_generation.improvement_tasks(engine, settings, metrics, summary.group_counts, outcome)
     collect = [t for t in tasks if t.kind == "collect_samples" and t.evidence.get("category") == "tests"]
     assert len(collect) == 1, [t.title for t in tasks]
     assert collect[0].evidence["complexity"] == "low"

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from autopack_pipeline import output_files
-from autopack_pipeline.domain.events import conform_events_frame
 from autopack_pipeline.services.reporting import (
     calibration_report_payload,
     render_calibration_markdown,
     write_calibration_reports,
 )
+from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

@@ -250,7 +250,7 @@ def test_a_secret_is_never_echoed(clean_env):
 
 def test_group_counts_through_the_columnar_copy_equal_the_reference_on_a_mixed_history(engine):
     from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
-    from autopack_pipeline.storage.bulk import bulk_load
+    from autopack_pipeline.synth import bulk_load
     from autopack_pipeline_tests.oracle.samples import as_events_frame, canonical_labels
 
     bulk_load(engine, 3_000, runs=6, seed=5)  # every category and complexity, legacy spellings included

@@ -11,23 +11,18 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from autopack_pipeline import synth
 from autopack_pipeline.cli import main
 from autopack_pipeline.domain.coefficients import load_coefficients
+from autopack_pipeline.domain.escalation import MAX_TOKENS_CAP
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
-from autopack_pipeline.llm.builder import MAX_TOKENS_CAP
 from autopack_pipeline.settings import REPO_ROOT
 from autopack_pipeline.storage import bulk
-from autopack_pipeline.storage.bulk import (
-    LEGACY_SPELLINGS,
-    RunsAlreadyPresent,
-    bulk_load,
-    generate_chunks,
-    phase_ids_for,
-    run_id_for,
-)
+from autopack_pipeline.storage.bulk import phase_ids_for, run_id_for
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import estimation_metrics, read_events
 from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline.synth import LEGACY_SPELLINGS, RunsAlreadyPresent, bulk_load, generate_chunks
 from autopack_pipeline_tests.support.databases import count_rows, fetch_all
 
 N = 3000
@@ -103,7 +98,7 @@ def test_every_run_has_its_own_phase_ids_and_runs_differ_in_size_as_autopacks_do
     """Autopack's shape: a database it wrote held ~29,400 runs and as many distinct phase ids as phases
     (no id in two runs); the reused shape restarts the ids in every run of equal size."""
     events = 60_000
-    runs = bulk.default_run_count(events)
+    runs = synth.default_run_count(events)
     assert runs == 1765  # ~34 events per run
     frame = generated_frame(events, runs, 7)
     phases = frame.drop_duplicates(["run", "phase_index"])
@@ -114,7 +109,7 @@ def test_every_run_has_its_own_phase_ids_and_runs_differ_in_size_as_autopacks_do
     assert frame["run"].nunique() >= 0.99 * runs and 25 <= sizes.mean() <= 40
     assert sizes.quantile(0.9) > 2.5 * sizes.quantile(0.1)  # a spread, not equal blocks
 
-    reused = generated_frame(events, bulk.default_run_count(events, "reused"), 7, "reused")
+    reused = generated_frame(events, synth.default_run_count(events, "reused"), 7, "reused")
     assert reused.groupby("phase_id")["run"].nunique().max() > 1  # the same id in several runs
     assert reused["phase_id"].nunique() < 0.1 * reused.drop_duplicates(["run", "phase_index"]).shape[0]
 
@@ -302,7 +297,7 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
 def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_runs(engine, monkeypatch):
     bulk_load(engine, 300, runs=1, seed=1)
     # Small chunks and batches, so that several batches are committed before the failure.
-    monkeypatch.setattr(bulk.generate, "PHASES_PER_CHUNK", 100)
+    monkeypatch.setattr(synth.generate, "PHASES_PER_CHUNK", 100)
     monkeypatch.setattr(bulk.postgresql, "PG_TRANSACTION_EVENTS", 100)
     copies = []
     real_copy = bulk.postgresql._copy

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from autopack_pipeline.domain import fast_metrics as fm
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import seed_files
+from autopack_pipeline.services.analysis import WindowedEvents
+from autopack_pipeline.services.pipeline import analyse_events
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import adbc, columnar
 from autopack_pipeline.storage.adbc import AdbcUnavailable
-from autopack_pipeline.storage.bulk import bulk_load
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, store_directory_for
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import (
@@ -24,11 +24,12 @@ from autopack_pipeline.storage.events import (
     read_events,
 )
 from autopack_pipeline.storage.migrate import upgrade_database
+from autopack_pipeline.synth import bulk_load
 from autopack_pipeline_tests.oracle.calibration import calibrate_autopack_median
 from autopack_pipeline_tests.oracle.compare import assert_close
 from autopack_pipeline_tests.oracle.coverage import calibrate_coverage
 from autopack_pipeline_tests.oracle.gates import evaluate_calibration_gate
-from autopack_pipeline_tests.oracle.metrics import tier_metrics_document
+from autopack_pipeline_tests.oracle.metrics import group_tier1_metrics, tier_metrics_document
 from autopack_pipeline_tests.oracle.samples import clean_samples, sample_exclusions
 from autopack_pipeline_tests.unit.storage.test_autopack_upgrade import autopack_engine  # noqa: F401 - a fixture
 
@@ -177,7 +178,7 @@ def test_one_directory_never_mixes_two_databases(tmp_path, store):
 
 
 def test_many_small_refreshes_are_compacted(sqlite_engine, store, monkeypatch):
-    monkeypatch.setattr(columnar, "MAX_SMALL_PARTS", 2)
+    monkeypatch.setattr(columnar.store, "MAX_SMALL_PARTS", 2)
     for seed in range(1, 6):
         bulk_load(sqlite_engine, 40, runs=1, seed=seed)
         store.refresh(sqlite_engine)
@@ -225,19 +226,22 @@ def test_the_analysis_on_the_store_equals_the_reference(engine, store, phase_ids
         labels = (events["run_id"] + "\x00" + events["phase_id"]) if column is None else events[column]
         assert (pd.factorize(codes)[0] == pd.factorize(labels)[0]).all()
     assert [arrays.category.labels[c] for c in arrays.category.codes] == events["category"].tolist()
-    table = workflows.load_coefficients_for(load_settings())
+    table = seed_files.load_coefficients_for(load_settings())
     samples = clean_samples(events)
     document = tier_metrics_document(events, len(samples))
-    gate = evaluate_calibration_gate(samples, document["all_events"]["tier1"], force=True)
+    gate = evaluate_calibration_gate(samples, document["all_events"]["tier1"], force=True,
+                                     group_tier1=group_tier1_metrics(events))
     provenance = {"exclusions": sample_exclusions(events), "coefficient_file_version": table.version,
-                  "forced": True, "dedup": True, "gate_summary": gate.summary()}
-    analysis = fm.analyse(arrays, force=True, coefficients=table,
-                          provenance={"coefficient_file_version": table.version})
-    assert_close(analysis.metrics, document)
-    assert analysis.gate == gate
-    assert_close(analysis.calibrations["autopack-median"], calibrate_autopack_median(samples, provenance=provenance))
-    assert_close(analysis.calibrations["coverage"],
-                 calibrate_coverage(events, coefficients=table, provenance=provenance))
+                  "dagster_run_id": None, "database": None, "forced": True, "dedup": True,
+                  "gate_summary": gate.summary()}
+    # The services' one chain on the store's arrays, with no database: what the benchmarks run.
+    analysis = analyse_events(load_settings(), WindowedEvents(arrays, None), arrays, force=True, write_reports=False)
+    assert analysis.samples.count == len(samples)
+    assert_close(analysis.metrics.document, document)
+    assert analysis.calibration.gate == gate
+    results = analysis.calibration.results
+    assert_close(results["autopack-median"], calibrate_autopack_median(samples, provenance=provenance))
+    assert_close(results["coverage"], calibrate_coverage(events, coefficients=table, provenance=provenance))
 
 
 def test_where_the_store_lives(tmp_path, monkeypatch):

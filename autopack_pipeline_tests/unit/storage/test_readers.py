@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.events import EVENT_COLUMNS
 from autopack_pipeline.storage.events import ensure_run_and_phase, read_events, record_estimation_event
+from autopack_pipeline.storage.frames import EVENT_COLUMNS
 from autopack_pipeline.storage.summary import database_summary
 from autopack_pipeline.storage.tasks import list_generated_tasks, save_generated_tasks
 from autopack_pipeline_tests.support.databases import PHASE_ID, RUN_ID, fetch_all

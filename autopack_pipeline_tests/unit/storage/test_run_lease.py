@@ -8,12 +8,12 @@ import time
 import pytest
 
 from autopack_pipeline.collection.phases import RunSpec
+from autopack_pipeline.collection.run_rows import create_run_row
 from autopack_pipeline.llm.factory import make_backend
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import collecting
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.run_lease import RunBusy, RunLease
-from autopack_pipeline.storage.runs import create_run_row
 
 
 @pytest.fixture
@@ -70,10 +70,10 @@ def test_a_second_collect_on_a_drained_run_calls_no_llm(engine, run_row):
 
     held = RunLease.claim(engine, run_row)
     with pytest.raises(RunBusy):
-        workflows.collect(engine, load_settings(), Counting(), run_id=run_row, category="docs", complexity="low",
+        collecting.collect(engine, load_settings(), Counting(), run_id=run_row, category="docs", complexity="low",
                           phases=2)
     assert Counting.calls == 0
     held.release("PHASE_QUEUEING")
-    summary = workflows.collect(engine, load_settings(), make_backend(load_settings()), run_id=run_row,
+    summary = collecting.collect(engine, load_settings(), make_backend(load_settings()), run_id=run_row,
                                 category="docs", complexity="low", phases=2)
     assert summary.phases_completed + summary.phases_failed == 2

@@ -7,18 +7,21 @@ import sqlite3
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from autopack_pipeline.defs.assets.events import raw_events
+from autopack_pipeline.defs.events.assets import raw_events
+from autopack_pipeline.defs.events.io_manager import EventSnapshotIOManager, event_io_resources
 from autopack_pipeline.defs.resources import TelemetryDatabase
-from autopack_pipeline.domain import fast_metrics as fm
+from autopack_pipeline.domain import analysis as fm
 from autopack_pipeline.storage import columnar
-from autopack_pipeline.storage.bulk import bulk_load
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
+from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline.storage.migrate import upgrade_database
 from autopack_pipeline.storage.snapshot import EventSnapshot, SnapshotUnavailable, snapshot_events
+from autopack_pipeline.synth import bulk_load
 from autopack_pipeline_tests.oracle.compare import assert_close
 from autopack_pipeline_tests.oracle.metrics import tier_metrics_document
 
@@ -45,7 +48,7 @@ def same_events(snapshot: EventSnapshot, frame) -> None:
 def test_the_raw_events_asset_hands_on_a_snapshot_of_the_table(engine, tmp_path):
     bulk_load(engine, 700, runs=2, seed=2)
     result = dg.materialize([raw_events], resources={"telemetry_db": TelemetryDatabase(
-        database_url=str(engine.url))})
+        database_url=str(engine.url)), **event_io_resources()})
     assert result.success
     snapshot = result.output_for_node("raw_events")
     assert isinstance(snapshot, EventSnapshot) and snapshot.inline is None
@@ -71,10 +74,28 @@ def test_a_snapshot_keeps_its_rows_after_the_store_grows(engine, phase_ids):
     same_events(second, read_events(engine))
 
 
-def test_arrays_are_loaded_once_per_store_version(engine):
+def test_the_io_manager_stores_a_description_and_loads_the_events_once_per_snapshot(engine, tmp_path):
+    """raw_events' IO manager replaces the old module cache: the arrays live as long as the IO manager
+    object (one run in process); another object (another process) loads them again from the disk."""
     bulk_load(engine, 200, runs=1, seed=5)
     snapshot, _, _ = snapshot_events(engine)
-    assert snapshot.arrays() is snapshot.arrays()
+    manager = EventSnapshotIOManager(str(tmp_path / "io"))
+    manager.handle_output(dg.build_output_context(asset_key=raw_events.key), snapshot)
+    stored = tmp_path / "io" / "raw_events.snapshot.json"
+    assert stored.exists() and stored.stat().st_size < 10_000  # a description, not the events
+    loaded = manager.load_input(dg.build_input_context(asset_key=raw_events.key))
+    assert manager.load_input(dg.build_input_context(asset_key=raw_events.key)) is loaded
+    elsewhere = EventSnapshotIOManager(str(tmp_path / "io")).load_input(dg.build_input_context(asset_key=raw_events.key))
+    assert elsewhere is not loaded and len(elsewhere) == len(loaded) == 200
+    assert (elsewhere.event_id.values == loaded.event_id.values).all()
+
+
+def test_the_io_manager_carries_inline_events_in_a_file(tmp_path):
+    frame = conform_events_frame(pd.DataFrame({"event_id": [1, 2], "run_id": ["r", "r"], "phase_id": ["a", "b"]}))
+    manager = EventSnapshotIOManager(str(tmp_path))
+    manager.handle_output(dg.build_output_context(asset_key=raw_events.key), EventSnapshot.from_frame(frame))
+    loaded = EventSnapshotIOManager(str(tmp_path)).load_input(dg.build_input_context(asset_key=raw_events.key))
+    assert list(loaded.event_id.values) == [1, 2]
 
 
 def test_a_rebuilt_store_refuses_an_old_snapshot_with_a_reason(engine):

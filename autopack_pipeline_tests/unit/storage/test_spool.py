@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.storage import spool
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import (
+    SPOOL_INSERTERS,
     ensure_run_and_phase,
     record_escalation_event,
     record_estimation_event,
@@ -99,14 +100,14 @@ def test_locked_database_spools_events_and_replay_writes_them_once(sqlite_seeded
     assert [line["row"]["event_uid"] for line in lines[:3]] == ["uid-0", "uid-1", "uid-2"]
     assert all("database is locked" in line["error"] for line in lines)
 
-    report = spool.replay(sqlite_seeded)
+    report = spool.replay(sqlite_seeded, SPOOL_INSERTERS)
     assert (report.written, report.duplicates, report.still_failing, report.rejected) == (4, 0, 0, 0)
     rows = fetch_all(sqlite_seeded, EVENTS, "event_id")
     assert [(r["event_uid"], r["actual_output_tokens"]) for r in rows] == [("uid-0", 500), ("uid-1", 501), ("uid-2", 502)]
     escalation = fetch_all(sqlite_seeded, ESCALATIONS, "event_id")
     assert len(escalation) == 1 and escalation[0]["retry_max_tokens"] == 10240
     assert spool.pending_count(sqlite_seeded) == 0
-    assert spool.replay(sqlite_seeded).written == 0  # nothing left to do
+    assert spool.replay(sqlite_seeded, SPOOL_INSERTERS).written == 0  # nothing left to do
 
 
 def test_replaying_rows_that_did_commit_adds_no_duplicates(sqlite_seeded: Engine, make_event) -> None:
@@ -115,10 +116,10 @@ def test_replaying_rows_that_did_commit_adds_no_duplicates(sqlite_seeded: Engine
         record_escalation_event(sqlite_seeded, **ESCALATION)
     path = spool.spool_path(sqlite_seeded)
     saved = path.read_bytes()
-    assert spool.replay(sqlite_seeded).written == 2
+    assert spool.replay(sqlite_seeded, SPOOL_INSERTERS).written == 2
     # As if the client had seen an error although the server committed: the same lines come back.
     path.write_bytes(saved + saved)
-    report = spool.replay(sqlite_seeded)
+    report = spool.replay(sqlite_seeded, SPOOL_INSERTERS)
     assert (report.written, report.duplicates) == (0, 4)
     assert count_rows(sqlite_seeded, EVENTS) == 1 and count_rows(sqlite_seeded, ESCALATIONS) == 1
 
@@ -139,11 +140,11 @@ def test_a_replay_that_still_fails_keeps_every_line(sqlite_seeded: Engine, make_
         for n in range(3):
             record_estimation_event(sqlite_seeded, make_event(event_uid=f"kept-{n}"), respect_flag=False)
         before = spool.spool_path(sqlite_seeded).read_bytes()
-        report = spool.replay(sqlite_seeded)
+        report = spool.replay(sqlite_seeded, SPOOL_INSERTERS)
         assert (report.written, report.still_failing) == (0, 3)
         assert "database is locked" in report.error
         assert spool.spool_path(sqlite_seeded).read_bytes() == before
-    assert spool.replay(sqlite_seeded).written == 3
+    assert spool.replay(sqlite_seeded, SPOOL_INSERTERS).written == 3
 
 
 def test_rows_the_database_refuses_move_aside_with_the_reason(sqlite_seeded: Engine, make_event) -> None:
@@ -154,7 +155,7 @@ def test_rows_the_database_refuses_move_aside_with_the_reason(sqlite_seeded: Eng
     with sqlite_seeded.begin() as connection:  # phase-1 disappears before the replay: its event cannot go in
         connection.exec_driver_sql(f"DELETE FROM phases WHERE phase_id = '{PHASE_ID}'")
     spool.spool_path(sqlite_seeded).open("ab").write(b"{not json\n")
-    report = spool.replay(sqlite_seeded)
+    report = spool.replay(sqlite_seeded, SPOOL_INSERTERS)
     assert (report.written, report.rejected, report.still_failing) == (1, 2, 0)
     rejected = [json.loads(line) for line in Path(report.rejected_file).read_text().splitlines()]
     assert "database refused the row" in rejected[0]["reason"] and "orphan" in rejected[0]["line"]
@@ -235,12 +236,12 @@ def test_postgres_outage_spools_without_the_password_and_replays_after_recovery(
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
         upgrade_database(engine)
         ensure_run_and_phase(engine, RUN_ID, PHASE_ID)
-        report = spool.replay(engine)
+        report = spool.replay(engine, SPOOL_INSERTERS)
         assert (report.written, report.still_failing) == (4, 0)
         assert sorted(r["event_uid"] for r in fetch_all(engine, EVENTS, "event_id")) == ["pg-0", "pg-1", "pg-2"]
         assert count_rows(engine, ESCALATIONS) == 1
         spool.spool_path(engine).write_text(text)  # the same lines again: nothing new
-        assert spool.replay(engine).duplicates == 4 and count_rows(engine, EVENTS) == 3
+        assert spool.replay(engine, SPOOL_INSERTERS).duplicates == 4 and count_rows(engine, EVENTS) == 3
     finally:
         engine.dispose()
         with admin.connect() as connection:

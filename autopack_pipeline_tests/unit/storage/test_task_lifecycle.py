@@ -11,11 +11,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from autopack_pipeline.domain.tasks import Insight
-from autopack_pipeline.services import workflows
+from autopack_pipeline.services import analysis, task_generation
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.models import GeneratedTask, PhaseOutcomeEvent, utc_now
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
 from autopack_pipeline.storage.tasks import (
+    TaskRefresh,
     approve_task,
     claim_task,
     cleanup_stale_tasks,
@@ -172,14 +173,14 @@ def test_generation_stores_every_field_and_a_second_run_adds_nothing(engine: Eng
             _outcome(session, f"p{i}", age=timedelta(hours=2), tokens=120_000, phase_type=phase_type)
     events = _events()
     samples = clean_samples(events)
-    metrics = workflows.tier_metrics_document(events, len(samples))
-    counts = workflows.summarise_samples(events).group_counts
+    metrics = analysis.tier_metrics_document(events, len(samples))
+    counts = analysis.summarise_samples(events).group_counts
     settings = load_settings(task_generation_max_tasks=10, task_generation_min_confidence=0.7,
                              task_generation_enabled=True)
     drift = Insight(kind="drift", subject="implementation/medium", title="Estimator error drifted", detail="",
                     confidence=0.8, severity=6, task_kind="investigate_estimator", requires_approval=True)
     source = {"asset": "generated_tasks", "dagster_run_id": "dagster-run-1"}
-    first, stored = workflows.improvement_tasks(engine, settings, metrics, counts, None, events=events,
+    first, stored = task_generation.improvement_tasks(engine, settings, metrics, counts, None, events=events,
                                                 extra_insights=[drift], source=source)
     kinds = sorted(t.kind for t in first)
     assert kinds == ["collect_samples", "investigate_estimator", "investigate_estimator", "investigate_estimator",
@@ -196,7 +197,7 @@ def test_generation_stores_every_field_and_a_second_run_adds_nothing(engine: Eng
     assert rows[shortfall.task_id]["evidence"]["category"] == "docs" and not rows[shortfall.task_id]["requires_approval"]
 
     mark_task_status(engine, shortfall.task_id, "completed")
-    second, stored_again = workflows.improvement_tasks(engine, settings, metrics, counts, None, events=events,
+    second, stored_again = task_generation.improvement_tasks(engine, settings, metrics, counts, None, events=events,
                                                        extra_insights=[drift], source={"dagster_run_id": "run-2"})
     assert {t.task_id for t in second} == {t.task_id for t in first}
     assert stored_again.inserted == [] and stored_again.superseded == []
@@ -208,8 +209,8 @@ def test_generation_can_be_switched_off(engine: Engine) -> None:
     events = _events()
     samples = clean_samples(events)
     settings = load_settings(task_generation_enabled=False)
-    metrics = workflows.tier_metrics_document(events, len(samples))
-    assert workflows.improvement_tasks(engine, settings, metrics, {}, None) == ([], workflows.TaskRefresh())
+    metrics = analysis.tier_metrics_document(events, len(samples))
+    assert task_generation.improvement_tasks(engine, settings, metrics, {}, None) == ([], TaskRefresh())
     assert list_generated_tasks(engine) == []
 
 
@@ -224,8 +225,8 @@ def _group_events(under: int, n: int = 40, *, category: str = "implementation", 
 def _generate(engine: Engine, events: pd.DataFrame):
     settings = load_settings(task_generation_max_tasks=10, task_generation_min_confidence=0.7,
                              task_generation_enabled=True)
-    metrics = workflows.tier_metrics_document(events, len(clean_samples(events)))
-    return workflows.improvement_tasks(engine, settings, metrics, workflows.summarise_samples(events).group_counts,
+    metrics = analysis.tier_metrics_document(events, len(clean_samples(events)))
+    return task_generation.improvement_tasks(engine, settings, metrics, analysis.summarise_samples(events).group_counts,
                                        None, events=events)
 
 

@@ -282,7 +282,7 @@ def test_failed_export_leaves_the_previous_file_intact(varied: Engine, tmp_path:
         yield {"partial": True}
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(transfer, "iter_export", broken)
+    monkeypatch.setattr(transfer.export, "iter_export", broken)
     with pytest.raises(RuntimeError):
         transfer.export_to_file(varied, path)
     assert path.read_text() == "previous export\n"

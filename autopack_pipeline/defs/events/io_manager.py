@@ -1,0 +1,88 @@
+"""The IO manager of raw_events: it stores where the events are, and hands the next assets the events.
+
+raw_events returns an :class:`EventSnapshot` (the columnar store's directory, its row count and
+high-water event id at the refresh). Pickling ten million events between steps would cost gigabytes
+and a minute, and the columnar store already holds them, so this IO manager writes only the
+snapshot's description (a small JSON file per materialisation) and, on load, reads the rows that
+snapshot saw from the store as :class:`EventArrays`. The file and the store are on disk, so any
+executor's step (another process included) loads the same events. A database without a columnar
+store (in-memory SQLite) has its events inside the snapshot: they are pickled beside the JSON.
+
+The loaded arrays are kept by this IO manager object for the steps it serves (with the in-process
+executor, one run), keyed on the snapshot: a run's downstream assets load the events once.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.storage.snapshot import EventSnapshot
+
+
+class EventSnapshotIOManager(dg.IOManager):
+    """Stores a snapshot's description under ``base_dir``; loads the events it names as arrays."""
+
+    def __init__(self, base_dir: str) -> None:
+        self._base = Path(base_dir)
+        self._loaded: dict[tuple, EventArrays] = {}
+
+    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
+        key = context.asset_key if context.has_asset_key else dg.AssetKey(context.name)
+        return self._base.joinpath(*key.path).with_suffix(".snapshot.json")
+
+    def handle_output(self, context: dg.OutputContext, obj: EventSnapshot) -> None:
+        if not isinstance(obj, EventSnapshot):
+            raise TypeError(f"the event snapshot IO manager stores EventSnapshot values, not {type(obj).__name__}")
+        path = self._path(context)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        description: dict[str, Any] = {
+            "rows": obj.rows, "high_water_event_id": obj.high_water_event_id, "run_counts": obj.run_counts,
+            "store_directory": obj.store_directory, "unreadable": obj.unreadable, "inline": None,
+        }
+        if obj.inline is not None:  # no columnar store: the events themselves must travel
+            inline = path.with_suffix(".arrays.pickle")
+            inline.write_bytes(pickle.dumps(obj.inline, protocol=pickle.HIGHEST_PROTOCOL))
+            description["inline"] = inline.name
+        path.write_text(json.dumps(description))
+
+    def load_snapshot(self, context: dg.InputContext) -> EventSnapshot:
+        """The snapshot as raw_events stored it (its events inline when it had no store)."""
+        path = self._path(context)
+        if not path.exists():
+            raise dg.Failure(f"raw_events has no stored snapshot at {path}: materialise raw_events first")
+        description = json.loads(path.read_text())
+        inline_name = description.pop("inline")
+        inline = pickle.loads(path.with_name(inline_name).read_bytes()) if inline_name else None
+        return EventSnapshot(**description, inline=inline)
+
+    def load_input(self, context: dg.InputContext) -> EventArrays:
+        snapshot = self.load_snapshot(context)
+        key = (snapshot.store_directory, snapshot.rows, snapshot.high_water_event_id)
+        if snapshot.inline is not None or key not in self._loaded:
+            arrays = snapshot.arrays()
+            if snapshot.inline is not None:
+                return arrays
+            self._loaded = {key: arrays}  # one snapshot kept: the arrays are large
+        return self._loaded[key]
+
+
+class EventSnapshotIOManagerFactory(dg.ConfigurableIOManagerFactory):
+    """Where raw_events' snapshot descriptions go: ``base_dir``, by default the Dagster instance's storage."""
+
+    base_dir: str | None = None
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> EventSnapshotIOManager:
+        return EventSnapshotIOManager(self.base_dir or context.instance.storage_directory())
+
+
+def event_io_resources() -> dict[str, EventSnapshotIOManagerFactory]:
+    """The resource raw_events needs beside telemetry_db, for a ``dg.materialize`` outside ``defs``."""
+    from autopack_pipeline.defs.events.assets import EVENTS_IO_MANAGER
+
+    return {EVENTS_IO_MANAGER: EventSnapshotIOManagerFactory()}

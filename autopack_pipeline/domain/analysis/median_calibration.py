@@ -1,0 +1,144 @@
+"""The ``autopack-median`` calibration of the clean samples, and the provenance both methods report.
+
+``autopack-median`` reproduces Autopack's ``calibrate_token_estimator.py`` figure by figure
+(autopack_spec §4 step 6) so its recommendations can be compared with ours: per (category,
+complexity) group the upper-middle ratio actual/predicted (``sorted(r)[n // 2]``), its population
+standard deviation, budget waste at ``n // 2`` and ``min(int(0.9 n), n - 1)``. Each group's figures
+come from one partition of its ratios and budget waste.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+
+from autopack_pipeline.domain.analysis.arrays import EventArrays, IntColumn
+from autopack_pipeline.domain.analysis.calibration_results import (
+    AUTOPACK_MEDIAN,
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    BelowThresholdGroup,
+    CalibrationResult,
+    GroupCalibration,
+    Provenance,
+    action_text,
+    group_order,
+    median_confidence,
+)
+from autopack_pipeline.domain.analysis.order_statistics import order_statistics
+from autopack_pipeline.domain.analysis.samples import SampleGroups, sample_groups
+from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _datetime_from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(us))
+
+
+def _masked_range(column: IntColumn, rows: np.ndarray) -> tuple[int, int] | None:
+    """(min, max) of ``column`` over ``rows`` where it is known, without copying; None when empty."""
+    chosen = rows if column.valid is None else rows & column.valid
+    if not chosen.any():
+        return None
+    values = column.values
+    info = np.iinfo(values.dtype)
+    return (int(values.min(where=chosen, initial=info.max)), int(values.max(where=chosen, initial=info.min)))
+
+
+def provenance_arrays(arrays: EventArrays, samples: np.ndarray, provenance: dict[str, Any]) -> Provenance:
+    """Provenance of the rows ``samples`` (a boolean mask): their id range and time window, plus what
+    the caller knows (``exclusions``, ``coefficient_file_version``, ``dagster_run_id``, ``forced``,
+    ``dedup``, ``run_ids``, ``database``, ``gate_summary``, ``window``); an unknown key is refused by
+    :class:`Provenance`, so a typo cannot silently drop audit data."""
+    ids = _masked_range(arrays.event_id, samples)
+    stamps = _masked_range(arrays.timestamp_us, samples)
+    exclusions = {str(k): int(v) for k, v in (provenance.get("exclusions") or {}).items()}
+    return Provenance(
+        event_id_min=ids[0] if ids else None,
+        event_id_max=ids[1] if ids else None,
+        time_window_start=_datetime_from_us(stamps[0]) if stamps else None,
+        time_window_end=_datetime_from_us(stamps[1]) if stamps else None,
+        samples_kept=int(samples.sum()),
+        samples_excluded=sum(exclusions.values()),
+        **{**provenance, "exclusions": exclusions},
+    )
+
+
+def calibrate_autopack_median_arrays(
+    arrays: EventArrays,
+    samples: np.ndarray,
+    *,
+    groups: SampleGroups | None = None,
+    min_samples: int = MIN_GROUP_SAMPLES,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+    provenance: dict[str, Any],
+) -> CalibrationResult:
+    """Autopack's median-ratio calibration of the clean rows ``samples`` (a boolean mask).
+
+    Groups with fewer than ``min_samples`` are listed in ``below_threshold``; the others get the
+    full figure set, ``actionable`` when confidence >= ``confidence_threshold``. Both lists are sorted
+    by (-samples, category, complexity), the order of Autopack's detailed table.
+    """
+    if min_samples < 1:
+        raise ValueError(f"min_samples must be at least 1, got {min_samples}")
+    groups = groups or sample_groups(arrays, samples)
+    big = [i for i, rows in enumerate(groups.rows) if len(rows) >= min_samples]
+    below = [
+        BelowThresholdGroup(category=groups.keys[i][0], complexity=groups.keys[i][1], sample_count=len(rows),
+                            needed=min_samples - len(rows))
+        for i, rows in enumerate(groups.rows) if len(rows) < min_samples
+    ]
+    calibrated: list[GroupCalibration] = []
+    for i in big:  # one group at a time: temporaries stay the size of the largest group
+        rows = groups.rows[i]
+        predicted = arrays.predicted.values[rows]
+        actual = arrays.actual.values[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(predicted != 0, actual / predicted, 0.0)  # int / int: the exact quotient, rounded
+        sent = np.where(arrays.actual_max_tokens.notna()[rows], arrays.actual_max_tokens.values[rows], 0)
+        selected_known = arrays.selected_budget.notna()[rows]
+        selected = np.where(selected_known, arrays.selected_budget.values[rows], 0)
+        budgets = np.where(sent != 0, sent, selected)  # Python's `s or b or 0`
+        with np.errstate(divide="ignore", invalid="ignore"):
+            waste = np.where(actual != 0, budgets / actual, 0.0)
+        calibrated.append(_group_figures(groups.keys[i], ratios, waste, predicted, actual, selected[selected_known],
+                                         confidence_threshold))
+    return CalibrationResult(
+        method=AUTOPACK_MEDIAN,
+        parameters={"min_samples": int(min_samples), "confidence_threshold": float(confidence_threshold)},
+        groups=sorted(calibrated, key=group_order),
+        below_threshold=sorted(below, key=group_order),
+        provenance=provenance_arrays(arrays, samples, provenance),
+    )
+
+
+def _group_figures(key: tuple[str, str], ratios: np.ndarray, waste: np.ndarray, predicted: np.ndarray,
+                   actual: np.ndarray, known_selected: np.ndarray, threshold: float) -> GroupCalibration:
+    n = len(ratios)
+    low, high = float(ratios.min()), float(ratios.max())
+    mean, std = float(ratios.mean()), float(ratios.std())  # before the partition reorders the ratios
+    upper_middle = order_statistics(ratios, [n // 2], overwrite=True)[n // 2]  # our own copies: reorder them
+    p90_index = min(int(0.9 * n), n - 1)
+    picked = order_statistics(waste, [n // 2, p90_index], overwrite=True)
+    confidence = median_confidence(n, std)
+    return GroupCalibration(
+        category=key[0],
+        complexity=key[1],
+        sample_count=n,
+        avg_actual=float(int(actual.sum())) / n,
+        avg_estimated=float(int(predicted.sum())) / n,
+        avg_ratio=mean,
+        median_ratio=upper_middle,
+        min_ratio=low,
+        max_ratio=high,
+        ratio_std=std,
+        confidence=confidence,
+        proposed_multiplier=upper_middle,
+        median_budget_waste=float(picked[n // 2]),
+        p90_budget_waste=float(picked[p90_index]),
+        avg_selected_budget=float(int(known_selected.sum())) / len(known_selected) if len(known_selected) else None,
+        actionable=confidence >= threshold,
+        action=action_text(upper_middle),
+    )

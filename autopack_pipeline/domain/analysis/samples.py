@@ -1,0 +1,165 @@
+"""Clean samples: the events calibration may learn from, attempt dedup, and the samples' groups.
+
+Autopack's first baseline was computed on failed calls with ~120-token outputs and told people to cut
+coefficients by 80% (its pitfall P2); truncated rows only give a lower bound on the real output (P3);
+tiny outputs are parser failures (P4); and retries put several rows under one phase (P11). A clean
+sample is therefore: ``success`` and not truncated and ``actual_output_tokens >= 50`` with both token
+counts known, and, unless dedup is turned off, one row per ``(run_id, phase_id)``: its highest
+attempt, ties going to the newest event id, then the latest timestamp. Every excluded row is counted
+under exactly one reason (the first it meets), so the counts add up to the rows given.
+
+Dedup is exact without comparing strings: a phase, (run_id, phase_id), is identified by the pair of
+integer codes :class:`EventArrays` keeps (its ``phase_key``), and only rows whose phase occurs more than
+once are sorted. The key helpers here (stable radix order, repeated keys, membership) are shared with
+the coverage calibration.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from autopack_pipeline.domain.analysis.arrays import EventArrays, IntColumn, success_flags, truncated_flags
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
+
+# Exclusion reasons, in the order they are tested. A row failing several tests is counted under the
+# first one, so the counts partition the excluded rows.
+EXCLUSION_REASONS: tuple[str, ...] = (
+    "failed",
+    "truncated",
+    "missing_tokens",
+    "below_min_actual",
+    "duplicate_attempt",
+)
+
+
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``, as a radix sort when the keys fit in 16 bits."""
+    if len(keys) and int(keys.min()) >= 0 and int(keys.max()) < 1 << 16:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    return np.argsort(keys, kind="stable")
+
+
+def _occurs_twice(keys: np.ndarray) -> np.ndarray:
+    """Mask of the non-negative ``keys`` that occur more than once."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=bool)
+    top = int(keys.max()) + 1
+    if top <= 4 * len(keys) + 4096:
+        return np.bincount(keys, minlength=top)[keys] > 1
+    _uniques, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return counts[inverse] > 1
+
+
+def _member_of(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Mask of the non-negative ``keys`` found in ``pool``."""
+    if len(keys) == 0 or len(pool) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    top = max(int(keys.max()), int(pool.max())) + 1
+    if top <= 4 * (len(keys) + len(pool)) + 4096:
+        marks = np.zeros(top, dtype=bool)
+        marks[pool] = True
+        return marks[keys]
+    return np.isin(keys, pool)
+
+
+@dataclass(frozen=True)
+class CleanSamples:
+    """Which rows are clean samples (``mask``) and why the others are not (counts by reason)."""
+
+    mask: np.ndarray
+    exclusions: dict[str, int]
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+
+def clean_sample_rows(
+    arrays: EventArrays,
+    *,
+    dedup: bool = True,
+    min_actual: int = MIN_ACTUAL_TOKENS,
+    within: np.ndarray | None = None,
+) -> CleanSamples:
+    """Which rows are clean samples and, for the others, the count per exclusion reason, in one pass.
+
+    ``within`` (a boolean mask) restricts both to those rows (the others are neither kept nor counted).
+    """
+    n = len(arrays)
+    outside = len(EXCLUSION_REASONS) + 1
+    reason = np.zeros(n, dtype=np.int8)  # 0: kept, else 1 + index into EXCLUSION_REASONS
+    if within is not None:
+        reason[~within] = outside
+    missing = ~arrays.predicted.notna() | ~arrays.actual.notna()
+    actual = np.where(arrays.actual.notna(), arrays.actual.values, min_actual)
+    tests = (~success_flags(arrays), truncated_flags(arrays), missing, actual < min_actual)
+    for code, failed in enumerate(tests, start=1):
+        reason[(reason == 0) & failed] = code
+    if dedup:
+        reason[_duplicate_attempts(arrays, reason == 0)] = len(tests) + 1
+    counts = np.bincount(reason, minlength=outside + 1)
+    exclusions = {name: int(counts[i + 1]) for i, name in enumerate(EXCLUSION_REASONS)}
+    return CleanSamples(mask=reason == 0, exclusions=exclusions)
+
+
+def _duplicate_attempts(arrays: EventArrays, candidates: np.ndarray) -> np.ndarray:
+    """Row indices that lose their phase's one slot to a later attempt (``keep="last"`` after sorting).
+
+    Only rows whose phase occurs more than once among the candidates are sorted, as
+    ``sort_values(["attempt", "event_id", "timestamp"], na_position="first", kind="mergesort")``
+    sorts them, the original position breaking ties.
+    """
+    phase = arrays.phase_key
+    keyed = np.flatnonzero(candidates & phase.notna())
+    if len(keyed) < 2:
+        return np.zeros(0, dtype=np.int64)
+    rows = keyed[_occurs_twice(phase.values[keyed])]
+    if len(rows) == 0:
+        return rows
+    group = phase.values[rows]
+
+    def key(column: IntColumn) -> tuple[np.ndarray, np.ndarray]:
+        present = column.notna()[rows]
+        return present.astype(np.int8), np.where(present, column.values[rows], 0)
+
+    attempt_present, attempt = key(arrays.attempt)
+    event_present, event = key(arrays.event_id)
+    stamp_present, stamp = key(arrays.timestamp_us)
+    order = np.lexsort((rows, stamp, stamp_present, event, event_present, attempt, attempt_present, group))
+    ordered_group = group[order]
+    last_of_group = np.r_[ordered_group[1:] != ordered_group[:-1], True]
+    return rows[order[~last_of_group]]
+
+
+@dataclass(frozen=True)
+class SampleGroups:
+    """Clean samples split into canonical (category, complexity) groups, row indices per group."""
+
+    keys: list[tuple[str, str]]  # sorted
+    rows: list[np.ndarray]  # row indices into the arrays, in row order
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return {key: len(r) for key, r in zip(self.keys, self.rows)}
+
+
+def sample_groups(arrays: EventArrays, samples: np.ndarray) -> SampleGroups:
+    """The clean rows ``samples`` (a boolean mask) split into canonical (category, complexity) groups."""
+    usable = samples & arrays.predicted.notna() & arrays.actual.notna()
+    cat_codes, cat_names = arrays.category.canonical(normalise_category)
+    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
+    rows = np.flatnonzero(usable)
+    pair = cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]
+    order = stable_order(pair)
+    pair_sorted = pair[order]
+    starts = np.flatnonzero(np.r_[True, pair_sorted[1:] != pair_sorted[:-1]]) if len(pair_sorted) else np.zeros(0, int)
+    bounds = np.r_[starts, len(pair_sorted)]
+    found = []
+    for start, end in itertools.pairwise(bounds):
+        cat, cx = divmod(int(pair_sorted[start]), len(cx_names))
+        found.append(((cat_names[cat], cx_names[cx]), rows[order[start:end]]))
+    found.sort(key=lambda item: item[0])
+    return SampleGroups(keys=[k for k, _r in found], rows=[r for _k, r in found])

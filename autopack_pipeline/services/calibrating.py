@@ -1,0 +1,211 @@
+"""Calibration: the gate, both calibration methods, the frontier and cost per group, and the reports.
+
+``calibrate`` is the one place these are put together; ``calibration_apply.calibrate_in_force``
+first re-expresses the predictions under the coefficients in force and then calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from autopack_pipeline.domain.analysis import (
+    CALIBRATION_METHODS,
+    CalibrationResult,
+    EventArrays,
+    GateDecision,
+    calibration_gate_arrays,
+    calibrations_arrays,
+    clean_sample_rows,
+    compute_metrics_arrays,
+    coverage_groups,
+    group_tier1_arrays,
+    sample_groups,
+)
+from autopack_pipeline.domain.budget_calibration import calibration_section
+from autopack_pipeline.domain.group_economics import group_economics
+from autopack_pipeline.domain.reprediction import arrays_in_force
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE
+from autopack_pipeline.services.reporting import write_calibration_report_set
+from autopack_pipeline.services.seed_files import load_coefficients_for, load_prices_for
+from autopack_pipeline.settings import Settings
+from autopack_pipeline.storage.frames import as_event_arrays
+from autopack_pipeline.storage.prediction_inputs import prediction_inputs_of
+
+
+@dataclass(frozen=True)
+class CalibrationOutcome:
+    """The gate's decision and, when it opened, the chosen method's result and every method's."""
+
+    gate: GateDecision
+    result: CalibrationResult | None
+    markdown_path: Path | None = None
+    json_path: Path | None = None
+    plot_path: Path | None = None
+    results: dict[str, CalibrationResult] | None = None
+    economics: list[dict[str, Any]] | None = None  # per group: frontier and cost (group_economics)
+    # The patch's calibration section (prediction multiplier, budget margin and floor per group).
+    calibration_section: dict[str, Any] | None = None
+    # How the predictions were re-expressed under the coefficients in force (events per way).
+    reprediction: dict[str, int] | None = None
+    # Every method's calibration section, by method name (the chosen one is ``calibration_section``).
+    calibration_sections: dict[str, dict[str, Any]] | None = None
+    # The events calibration read (``domain.calibration_window``), when a window was asked for.
+    window: dict[str, Any] | None = None
+
+    def patch_payload(self) -> dict[str, Any]:
+        """The patch document, exactly as the JSON report holds it (JSON types only)."""
+        import json
+
+        from autopack_pipeline.services.reporting import calibration_report_payload
+
+        if self.result is None:
+            raise ValueError("the calibration gate refused: there is no patch")
+        payload = calibration_report_payload(
+            self.result, others=[r for n, r in (self.results or {}).items() if n != self.result.method],
+            calibration_section=self.calibration_section, method_sections=self.calibration_sections)
+        return json.loads(json.dumps(payload, default=str))
+
+    def as_dict(self) -> dict[str, Any]:
+        reports = None
+        if self.markdown_path:
+            reports = {"markdown": str(self.markdown_path), "json": str(self.json_path),
+                       "plot": str(self.plot_path) if self.plot_path else None}
+        return {
+            "gate": self.gate.to_dict(),
+            "method": self.result.method if self.result else None,
+            "result": self.result.model_dump(mode="json") if self.result else None,
+            "methods": {name: r.model_dump(mode="json") for name, r in (self.results or {}).items()},
+            "calibration": self.calibration_section,
+            "reprediction": self.reprediction,
+            "window": self.window,
+            "reports": reports,
+            "frontier_and_cost": self.economics,
+        }
+
+
+def calibrate(
+    events: pd.DataFrame | EventArrays,
+    settings: Settings,
+    *,
+    tier1: dict[str, Any] | None = None,
+    min_samples: int = 5,
+    confidence_threshold: float = 0.7,
+    dedup: bool = True,
+    force: bool = False,
+    output_dir: Path | None = None,
+    under_multiplier: float = UNDER_TOLERANCE,
+    dagster_run_id: str | None = None,
+    database: str | None = None,
+    method: str = "coverage",
+    write_reports: bool = True,
+    prediction_inputs: pd.DataFrame | None = None,
+    coefficient_history: dict[str, Any] | None = None,
+    window_versions: int | None = None,
+    group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
+) -> CalibrationOutcome:
+    """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
+
+    ``method`` (``coverage`` or ``autopack-median``) is the one whose recommendations fill Autopack's
+    ``proposed_changes``; the other is reported beside it. ``under_multiplier`` is both the gate's
+    underestimation tolerance and the tolerance the coverage multiplier is computed against.
+    ``write_reports=False`` computes everything and writes no file (``tasks generate``).
+
+    With ``prediction_inputs`` (``storage.prediction_inputs.read_prediction_inputs``), every event's
+    prediction is first re-expressed under the coefficients in force (``domain.reprediction``;
+    ``coefficient_history`` holds the kept versions, by version), so the multipliers proposed are
+    factors on top of the current file, never a second application of an earlier one. The gate still
+    judges the recorded predictions: it is about what happened.
+
+    The gate also opens for a group whose own Tier-1 breach is certain (``gates.certain_group_breaches``),
+    from ``group_tier1``: each group's Tier-1 counts over the events ``tier1`` describes (by default,
+    computed from ``events``; a caller passing the ``tier1`` of other events passes theirs too).
+
+    ``window_versions`` (with ``prediction_inputs``) limits what calibration learns from to the events
+    of the last that many coefficient versions, or the newest one's alone when its error moved
+    (``domain.calibration_window``; 0 keeps every version). None reads every event.
+    """
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
+    arrays = as_event_arrays(events)
+    samples = clean_sample_rows(arrays, dedup=dedup)
+    groups = sample_groups(arrays, samples.mask)
+    if tier1 is None:
+        tier1 = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)["tier1"]
+    if group_tier1 is None:
+        group_tier1 = group_tier1_arrays(arrays, under_multiplier=under_multiplier)
+    gate = calibration_gate_arrays(samples.count, groups, tier1, min_samples=min_samples, force=force,
+                                   group_tier1=group_tier1)
+    if not gate.open:
+        return CalibrationOutcome(gate=gate, result=None)
+    coefficients = load_coefficients_for(settings)
+    provenance = {
+        "coefficient_file_version": coefficients.version,
+        "dagster_run_id": dagster_run_id,
+        "forced": gate.forced,
+        "dedup": dedup,
+        "database": database,
+        "gate_summary": gate.summary(),
+    }
+    reprediction = window = None
+    if prediction_inputs is not None:
+        prediction_inputs = prediction_inputs_of(prediction_inputs)
+        arrays, reprediction = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
+        provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
+                                       + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
+        if window_versions is not None:
+            from autopack_pipeline.domain.calibration_window import window_of_events
+
+            chosen = window_of_events(arrays, prediction_inputs, keep_versions=window_versions)
+            arrays, window = arrays.take(chosen.rows), chosen.as_dict()
+            provenance["window"] = window
+            provenance["gate_summary"] += (f"; window: {window['events']} events of {len(window['versions'])} "
+                                           f"version(s), {window['events_dropped']} older left out ({chosen.reason})")
+        samples = clean_sample_rows(arrays, dedup=dedup)
+        groups = sample_groups(arrays, samples.mask)
+    observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
+    results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
+                                  confidence_threshold=confidence_threshold, dedup=dedup,
+                                  tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
+                                  observed=observed)
+    economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
+                                      tolerance=under_multiplier)
+    # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
+    # multipliers (and the margins measured against them) into the calibration section.
+    sections = {name: calibration_section(observed[2], coefficients,
+                                          {(g.category, g.complexity): g.proposed_multiplier
+                                           for g in result.actionable_groups}, min_samples=min_samples)
+                for name, result in results.items()}
+    section = sections[method]
+    if not write_reports:
+        return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,
+                                  calibration_section=section, reprediction=reprediction,
+                                  calibration_sections=sections, window=window)
+    from autopack_pipeline.services.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
+
+    files = write_calibration_report_set(
+        results[method],
+        output_dir or settings.resolved_reports_dir(),
+        others=[r for name, r in results.items() if name != method],
+        calibration_section=section,
+        method_sections=sections,
+        plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observed[2]},
+                                                    list(results.values()), tolerance=under_multiplier),
+        economics=economics,
+    )
+    return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
+                              json_path=files.json, plot_path=files.plot, results=results, economics=economics,
+                              calibration_section=section, reprediction=reprediction,
+                              calibration_sections=sections, window=window)
+
+
+def calibration_economics(arrays: EventArrays, groups: list, result: CalibrationResult, coefficients,
+                          settings: Settings, *, tolerance: float) -> list[dict[str, Any]]:
+    """Per group: the frontier and what the frontier's (m, b) and the calibration's multiplier cost."""
+    multipliers = {(g.category, g.complexity): g.proposed_multiplier for g in result.actionable_groups
+                   if not g.method_details.get("multiplier_is_lower_bound")}
+    return group_economics(arrays, groups, coefficients, load_prices_for(settings),
+                           calibrated_multipliers=multipliers, tolerance=tolerance)

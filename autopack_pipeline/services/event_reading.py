@@ -1,0 +1,65 @@
+"""Reading the stored events for an analysis: as a frame for a selection of runs, as analysis arrays
+through the columnar copy for all of them, refused when there is nothing to analyse.
+
+The front end brings the progress display: ``extraction_progress`` opens a scope (a progress bar)
+around the refresh of the columnar copy and yields the callable that moves it, or ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.services.refusals import Refused
+from autopack_pipeline.storage.database import describe_database
+from autopack_pipeline.storage.events import read_events_checked
+from autopack_pipeline.storage.frames import event_arrays_from_frame
+from autopack_pipeline.storage.snapshot import EventSnapshot, snapshot_events
+from autopack_pipeline.storage.timestamps import describe_unreadable, unreadable_document
+
+ProgressScope = Callable[[], AbstractContextManager[Callable[..., None] | None]]
+
+__all__ = ["ProgressScope", "describe_unreadable", "read_event_arrays", "read_events_frame", "refreshed_snapshot"]
+
+
+def read_events_frame(engine: Engine, run_ids: list[str] | None = None, *, allow_empty: bool = False):
+    """The events frame (of ``run_ids`` when given) and the document of the rows left out for an
+    unreadable timestamp; an empty result is refused with its likely causes unless ``allow_empty``."""
+    events, unreadable = read_events_checked(engine, run_ids=run_ids or None)
+    document = unreadable_document(unreadable)
+    if events.empty and not allow_empty:
+        set_aside = describe_unreadable(document)
+        raise Refused(
+            f"no token-estimation events in {describe_database(engine).url}"
+            + (f" for runs {', '.join(run_ids)}" if run_ids else "")
+            + (f" ({set_aside})" if set_aside else "")
+            + ". Likely causes: DATABASE_URL names another database, no collection has run yet "
+            "(try `autopack-telemetry collect`), or telemetry was disabled (TELEMETRY_DB_ENABLED) "
+            "when Autopack ran. Pass --allow-empty-db to analyse anyway."
+        )
+    return events, document
+
+
+def refreshed_snapshot(engine: Engine, extraction_progress: ProgressScope | None = None) -> EventSnapshot:
+    """Every stored event, through the columnar copy refreshed first (only new events are read from
+    the database)."""
+    with (extraction_progress or nullcontext)() as advance:
+        snapshot, _refresh, _fallback = snapshot_events(engine, progress=advance)
+    return snapshot
+
+
+def read_event_arrays(engine: Engine, run_ids: list[str] | None = None, *, allow_empty: bool = False,
+                      extraction_progress: ProgressScope | None = None) -> tuple[EventArrays, dict[str, Any]]:
+    """The events as analysis arrays, and the document of the rows left out for an unreadable timestamp.
+    All runs come through the columnar copy; a selection of runs is read from the database."""
+    if run_ids:
+        events, unreadable = read_events_frame(engine, run_ids, allow_empty=allow_empty)
+        return event_arrays_from_frame(events), unreadable
+    snapshot = refreshed_snapshot(engine, extraction_progress)
+    if snapshot.rows == 0:
+        read_events_frame(engine, allow_empty=allow_empty)  # refuses an empty database with its explanation
+    return snapshot.arrays(), snapshot.unreadable

@@ -1,0 +1,146 @@
+"""The pipeline's composition, once: events -> clean samples -> tier metrics -> calibration -> tasks.
+
+Each stage is a function of the stage before it. The Dagster assets run one stage each (an asset
+per stage, so the UI shows and re-runs them apart); ``autopack-telemetry tasks generate`` and
+``calibrate`` run :func:`analyse`, which chains the same functions through :func:`analyse_events`.
+So the window, the tolerance and the calibration options are applied the same way whichever front
+end asked. :func:`analyse_events` needs no database (no engine: predictions as recorded), which is
+how the benchmarks run the same chain on the columnar store's arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.domain.drift import detect_drift, drift_insights
+from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
+from autopack_pipeline.domain.tasks import GeneratedTask, Insight
+from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS, events_in_window, latest_day, trailing_days
+from autopack_pipeline.services.analysis import (
+    SampleSummary,
+    TierMetrics,
+    WindowedEvents,
+    events_for_analysis,
+    summarise_samples,
+    window_label,
+)
+from autopack_pipeline.services.calibrating import CalibrationOutcome
+from autopack_pipeline.services.task_generation import improvement_tasks
+from autopack_pipeline.settings import Settings
+from autopack_pipeline.storage.tasks import TaskRefresh
+
+
+def sample_stage(windowed: WindowedEvents, *, dedup: bool = True) -> SampleSummary:
+    """The clean samples of the analysis window."""
+    return summarise_samples(windowed.events, dedup=dedup)
+
+
+def metrics_stage(windowed: WindowedEvents, samples: SampleSummary, every_event: EventArrays, *,
+                  under_multiplier: float = UNDER_TOLERANCE) -> TierMetrics:
+    """Tier 1 and 2 over the window, with Tier 1 over the last 7 days of ``every_event`` beside them."""
+    metrics = TierMetrics.of(windowed.events, samples.count, under_multiplier=under_multiplier,
+                             window=windowed.label)
+    short = trailing_days(SHORT_WINDOW_DAYS, latest_day(every_event))
+    recent = TierMetrics.of(events_in_window(every_event, short), 0, under_multiplier=under_multiplier)
+    return TierMetrics(metrics.document, under_multiplier, windowed.label,
+                       last_7_days={"window": window_label(short), "tier1": recent.tier1})
+
+
+def calibration_stage(engine: Engine | None, settings: Settings, windowed: WindowedEvents, metrics: TierMetrics,
+                      **options: Any) -> CalibrationOutcome:
+    """Gate and calibrate the window's events under the coefficients in force; the gate reads
+    ``metrics``' Tier 1 and the coverage bound its tolerance (the ``under_multiplier`` it was measured
+    with). ``options``: ``calibrating.calibrate``'s keyword arguments (method, min_samples, ...).
+
+    Without an ``engine`` there are no stored prediction inputs to re-express the predictions with,
+    so they are calibrated as recorded (the benchmarks, the parity tests)."""
+    if engine is None:
+        from autopack_pipeline.services.calibrating import calibrate
+
+        return calibrate(windowed.events, settings, tier1=metrics.tier1,
+                         under_multiplier=metrics.under_multiplier, **options)
+    from autopack_pipeline.services.calibration_apply import calibrate_in_force
+
+    return calibrate_in_force(engine, settings, windowed.events, tier1=metrics.tier1,
+                              under_multiplier=metrics.under_multiplier, **options)
+
+
+def task_stage(engine: Engine, settings: Settings, every_event: EventArrays, samples: SampleSummary,
+               metrics: TierMetrics, calibration: CalibrationOutcome | dict[str, Any] | None, *,
+               min_samples: int = MIN_GROUP_SAMPLES, source: dict[str, Any] | None = None,
+               extra_insights: list[Insight] | None = None, outcome_window_days: float = 7,
+               now: datetime | None = None) -> tuple[list[GeneratedTask], TaskRefresh]:
+    """Improvement tasks from the stages before and from the drift of every event (computed here
+    unless ``extra_insights`` already holds it)."""
+    if extra_insights is None:
+        extra_insights = drift_insights(detect_drift(every_event))
+    return improvement_tasks(engine, settings, metrics, samples.group_counts, calibration, min_samples=min_samples,
+                             events=every_event, source=source, extra_insights=extra_insights,
+                             outcome_window_days=outcome_window_days, now=now)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What :func:`analyse` computed, stage by stage (``tasks`` and ``stored`` only when asked)."""
+
+    windowed: WindowedEvents
+    samples: SampleSummary
+    metrics: TierMetrics
+    calibration: CalibrationOutcome
+    tasks: list[GeneratedTask] | None = None
+    stored: TaskRefresh | None = None
+    # Wall seconds per stage ("samples", "metrics", "calibration", "tasks"): cheap to keep, and how
+    # the benchmarks break the figure down.
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: EventArrays, *,
+                   engine: Engine | None = None, dedup: bool = True, under_multiplier: float = UNDER_TOLERANCE,
+                   min_samples: int = MIN_GROUP_SAMPLES, **calibration: Any) -> Analysis:
+    """Samples, metrics and calibration of ``windowed`` (``every_event`` gives the last 7 days' Tier 1),
+    one stage after the other. ``engine`` is what :func:`calibration_stage` re-expresses the predictions
+    with; without one nothing is read from a database."""
+    timings: dict[str, float] = {}
+
+    def timed(name: str, began: float) -> None:
+        timings[name] = time.perf_counter() - began
+
+    began = time.perf_counter()
+    samples = sample_stage(windowed, dedup=dedup)
+    timed("samples", began)
+    began = time.perf_counter()
+    metrics = metrics_stage(windowed, samples, every_event, under_multiplier=under_multiplier)
+    timed("metrics", began)
+    began = time.perf_counter()
+    outcome = calibration_stage(engine, settings, windowed, metrics, dedup=dedup, min_samples=min_samples,
+                                **calibration)
+    timed("calibration", began)
+    return Analysis(windowed, samples, metrics, outcome, timings=timings)
+
+
+def analyse(engine: Engine, settings: Settings, every_event: EventArrays, *, dedup: bool = True,
+            under_multiplier: float = UNDER_TOLERANCE, min_samples: int = MIN_GROUP_SAMPLES,
+            output_dir: Path | None = None, generate: bool = False, source: dict[str, Any] | None = None,
+            outcome_window_days: float = 7, now: datetime | None = None, **calibration: Any) -> Analysis:
+    """The whole analysis of ``every_event``: the window (``analysis.analysis_window``), samples,
+    metrics, calibration (``calibration``: method, force, write_reports, ...) and, with ``generate``,
+    the tasks stored in the database."""
+    windowed = events_for_analysis(settings, every_event)
+    analysis = analyse_events(settings, windowed, every_event, engine=engine, dedup=dedup,
+                              under_multiplier=under_multiplier, min_samples=min_samples, output_dir=output_dir,
+                              **calibration)
+    if not generate:
+        return analysis
+    began = time.perf_counter()
+    tasks, stored = task_stage(engine, settings, every_event, analysis.samples, analysis.metrics,
+                               analysis.calibration, min_samples=min_samples, source=source,
+                               outcome_window_days=outcome_window_days, now=now)
+    timings = {**analysis.timings, "tasks": time.perf_counter() - began}
+    return replace(analysis, tasks=tasks, stored=stored, timings=timings)

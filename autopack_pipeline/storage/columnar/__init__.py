@@ -1,0 +1,76 @@
+"""A columnar copy of the events table, extracted incrementally by event id.
+
+Reading ten million rows out of SQLite costs a minute; grouping them there costs more (peers.md §5).
+So the analysis reads a copy: Parquet files in a directory, one ``manifest.json`` naming the files and
+the high-water ``event_id`` already copied. A refresh asks the database only for rows above that
+mark and appends them as one new file, so its cost follows the new rows, not the history.
+
+Why Parquet files and not a DuckDB file: the store is append-only and immutable per file, so a
+refresh writes one new file and swaps the manifest atomically while readers (the Dagster webserver,
+a CLI) keep reading the old one; a DuckDB file takes a single writer lock across processes, and its
+on-disk format is tied to the DuckDB version. Parquet is read here with pyarrow, and any engine
+(DuckDB, polars, pandas) can read it too.
+
+Layout (default: ``.autopack/columnar/<file name>/`` next to a SQLite file; for PostgreSQL
+``./.autopack/columnar/<backend>-<host>-<port>-<database>/``; ``AUTOPACK_COLUMNAR_DIR`` overrides
+both)::
+
+    manifest.json           format, source database, high-water event id, parts, pending id gaps
+    part-000001.parquet     ~1M rows each from a cold extraction; one file per refresh after that
+
+Compact types: labels (run, category, complexity, stop reason, model) are dictionary-encoded, token
+counts and flags int32/bool, timestamps µs UTC; phase ids are plain strings, which Parquet
+dictionary-encodes on disk and the analysis reads back as codes (a phase is (run code, phase code)).
+
+Safety: the manifest names the database it copies, and the row at the high-water mark is checked
+on every refresh; a different database, a replaced file or a deleted row there rebuilds the store.
+Rows are immutable in Autopack's table, so nothing below the mark is re-read, except on PostgreSQL,
+where a transaction can commit an id below one already seen: ids missing below the mark are asked
+for again for ten minutes. ``refresh(full=True)`` rebuilds from scratch.
+
+The modules: ``encoding`` (columns, Arrow types, sizes), ``layout`` (where a store lives),
+``batches`` (rows out of the database), ``store`` (:class:`ColumnarStore`: manifest, refresh,
+reading), ``arrays`` (parts into the analysis arrays), ``prefetch`` (a helper thread ahead).
+"""
+
+from autopack_pipeline.storage.columnar.batches import _BatchReader
+from autopack_pipeline.storage.columnar.encoding import (
+    BATCH_IDS,
+    GAP_RETENTION_SECONDS,
+    MANIFEST,
+    MAX_GAP_RANGES,
+    MAX_SMALL_PARTS,
+    PART_ROWS,
+    SMALL_PART_ROWS,
+    STORE_FORMAT,
+    STORE_SCHEMA,
+    TABLE,
+    ColumnarStoreError,
+    Progress,
+    RefreshResult,
+)
+from autopack_pipeline.storage.columnar.layout import COLUMNAR_DIR_VARIABLE, store_directory_for
+from autopack_pipeline.storage.columnar.prefetch import prefetch
+from autopack_pipeline.storage.columnar.store import ColumnarStore, refresh_store
+
+__all__ = [
+    "BATCH_IDS",
+    "COLUMNAR_DIR_VARIABLE",
+    "GAP_RETENTION_SECONDS",
+    "MANIFEST",
+    "MAX_GAP_RANGES",
+    "MAX_SMALL_PARTS",
+    "PART_ROWS",
+    "SMALL_PART_ROWS",
+    "STORE_FORMAT",
+    "STORE_SCHEMA",
+    "TABLE",
+    "ColumnarStore",
+    "ColumnarStoreError",
+    "Progress",
+    "RefreshResult",
+    "_BatchReader",
+    "prefetch",
+    "refresh_store",
+    "store_directory_for",
+]

@@ -1,0 +1,141 @@
+"""The store's columns and their Arrow types: labels dictionary-encoded, token counts int32, flags
+bool, timestamps µs UTC, phase ids plain strings; a batch read from the database becomes a table of
+this schema here. Also the store's sizes and limits, its error, and what a refresh reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from autopack_pipeline.storage.frames import EVENT_COLUMNS
+from autopack_pipeline.storage.timestamps import SHOWN_ROWS, UnreadableTimestamp, merge_ids
+
+STORE_FORMAT = 1
+MANIFEST = "manifest.json"
+TABLE = "token_estimation_v2_events"
+PART_ROWS = 1_000_000  # rows per file of a cold extraction
+BATCH_IDS = 250_000  # event ids per database query
+SMALL_PART_ROWS = PART_ROWS // 2
+MAX_SMALL_PARTS = 8  # more small files than this are merged into one
+GAP_RETENTION_SECONDS = 600
+MAX_GAP_RANGES = 1_000
+
+Progress = Callable[[int, int], None]
+
+
+# Column -> kind. Order is the events frame's (storage/frames.py).
+_KINDS: dict[str, str] = {
+    "event_id": "key",
+    "run_id": "label",
+    "phase_id": "text",
+    "timestamp": "timestamp",
+    "category": "label",
+    "complexity": "label",
+    "deliverable_count": "int",
+    "predicted_output_tokens": "int",
+    "actual_output_tokens": "int",
+    "selected_budget": "int",
+    "actual_max_tokens": "int",
+    "success": "flag",
+    "truncated": "flag",
+    "is_truncated_output": "flag",
+    "stop_reason": "label",
+    "model": "label",
+    "attempt": "int",
+}
+assert list(_KINDS) == list(EVENT_COLUMNS), "the store holds exactly the events frame's columns"
+
+_ARROW_TYPES = {
+    "key": pa.int64(),
+    "label": pa.dictionary(pa.int32(), pa.string()),
+    "text": pa.string(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+    "int": pa.int32(),
+    "flag": pa.bool_(),
+}
+STORE_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in _KINDS.items()])
+
+
+class ColumnarStoreError(RuntimeError):
+    """The store or the database could not be read as expected."""
+
+
+@dataclass
+class RefreshResult:
+    """What one refresh did."""
+
+    directory: str
+    rows_before: int
+    new_rows: int
+    rows_after: int
+    high_water_before: int
+    high_water: int
+    parts_written: int
+    parts_compacted: int
+    seconds: float
+    rebuilt: str | None = None  # why the store was rebuilt from scratch, if it was
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        head = f"columnar store {self.directory}: "
+        if self.rebuilt:
+            head += f"rebuilt ({self.rebuilt}); "
+        return (head + f"{self.new_rows} new events up to event_id {self.high_water} "
+                f"({self.rows_after} in total) in {self.seconds:.2f} s")
+
+
+def _parse_types(timestamps_as_text: bool) -> dict[str, pa.DataType]:
+    types = {}
+    for name, kind in _KINDS.items():
+        if kind == "timestamp":
+            types[name] = pa.string() if timestamps_as_text else pa.int64()
+        elif kind in ("label", "text"):
+            types[name] = pa.string()
+        elif kind == "flag":
+            types[name] = pa.bool_()
+        elif kind == "key":
+            types[name] = pa.int64()
+        else:
+            types[name] = pa.int32()
+    return types
+
+
+def _unreadable_entry(rows: list[UnreadableTimestamp]) -> dict[str, Any]:
+    """The manifest's record of the rows set aside: their count, id ranges (asked for again on every
+    refresh) and the first few, as a command shows them."""
+    return {"count": len(rows), "ranges": merge_ids(row.event_id for row in rows),
+            "rows": [row.to_dict() for row in rows[:SHOWN_ROWS]]}
+
+
+def _empty_parsed(timestamps_as_text: bool) -> pa.Table:
+    return pa.schema(list(_parse_types(timestamps_as_text).items())).empty_table()
+
+
+def _store_table(parsed: pa.Table) -> pa.Table:
+    """A parsed batch (its timestamps already µs UTC) in the store's schema, sorted by event_id."""
+    columns = {}
+    for name, kind in _KINDS.items():
+        column = parsed.column(name)
+        if kind == "timestamp":
+            column = column.cast(pa.timestamp("us", tz="UTC"))
+        elif kind == "label":
+            column = pc.dictionary_encode(column.cast(pa.string()))
+        elif kind == "text":
+            column = column.cast(pa.string())
+        else:
+            column = column.cast(_ARROW_TYPES[kind])  # safe cast: an int32 overflow raises
+        columns[name] = column
+    table = pa.table(columns).combine_chunks()
+    if table.num_rows > 1:
+        ids = table.column("event_id").to_numpy()
+        if not np.all(ids[1:] > ids[:-1]):
+            table = table.take(np.argsort(ids, kind="stable"))
+    return table

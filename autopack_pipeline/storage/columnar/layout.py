@@ -1,0 +1,37 @@
+"""Where a database's store lives, and which database a store copies (its manifest's ``source``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.storage.database import describe_database
+
+COLUMNAR_DIR_VARIABLE = "AUTOPACK_COLUMNAR_DIR"  # read by settings.StorageSettings.columnar_dir
+
+
+def store_directory_for(engine: Engine, override: Path | str | None = None) -> Path | None:
+    """Where the store of ``engine``'s database lives: ``override``, else the settings' ``columnar_dir``
+    (``$AUTOPACK_COLUMNAR_DIR``), else next to the SQLite file; None for an in-memory SQLite database."""
+    identity = describe_database(engine)
+    if identity.backend == "sqlite" and not identity.sqlite_path:
+        return None  # even with an override: a copy would outlive the database it copies
+    if override is None:
+        from autopack_pipeline.settings import load_storage_settings
+
+        override = load_storage_settings().columnar_dir
+    if override:
+        return Path(override).expanduser().resolve()
+    if identity.backend == "sqlite":
+        path = Path(identity.sqlite_path)
+        return path.parent / ".autopack" / "columnar" / path.name
+    url = engine.url
+    name = f"{url.get_backend_name()}-{url.host or 'local'}-{url.port or 'default'}-{url.database or 'db'}"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return (Path.cwd() / ".autopack" / "columnar" / safe).resolve()
+
+
+def _source_identity(engine: Engine) -> str:
+    identity = describe_database(engine)
+    return identity.sqlite_path or identity.url

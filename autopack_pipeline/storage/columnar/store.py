@@ -1,0 +1,358 @@
+"""The store: its manifest and lock, a refresh (new rows, PostgreSQL id gaps, compaction) and reading
+it back as a table, an events frame or the analysis arrays."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.storage.columnar.arrays import _load_arrays
+from autopack_pipeline.storage.columnar.batches import _BatchReader
+from autopack_pipeline.storage.columnar.encoding import (
+    _KINDS,
+    BATCH_IDS,
+    GAP_RETENTION_SECONDS,
+    MANIFEST,
+    MAX_GAP_RANGES,
+    MAX_SMALL_PARTS,
+    PART_ROWS,
+    SMALL_PART_ROWS,
+    STORE_FORMAT,
+    STORE_SCHEMA,
+    ColumnarStoreError,
+    Progress,
+    RefreshResult,
+    _unreadable_entry,
+)
+from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
+from autopack_pipeline.storage.columnar.prefetch import prefetch
+from autopack_pipeline.storage.frames import EVENT_COLUMNS, conform_events_frame
+
+# The package's logger, as before the split, so a log filter on it keeps working.
+logger = logging.getLogger("autopack_pipeline.storage.columnar")
+
+
+def _now() -> float:
+    return time.time()
+
+
+class ColumnarStore:
+    """The Parquet copy of one database's events table (see the module docstring)."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> ColumnarStore | None:
+        directory = store_directory_for(engine)
+        return None if directory is None else cls(directory)
+
+    # manifest ------------------------------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    def manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest["updated_at"] = datetime.now(timezone.utc).isoformat()
+        tmp = self.directory / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        os.replace(tmp, self.manifest_path)
+
+    @staticmethod
+    def _new_manifest(source: str) -> dict[str, Any]:
+        return {"format": STORE_FORMAT, "source": source, "high_water_event_id": 0,
+                "rows": 0, "sorted": True, "parts": [], "next_part": 1, "gaps": [], "anchor": None}
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".lock", "a+") as handle:
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - not POSIX: one refresh at a time is the caller's job
+                yield
+                return
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # refresh -------------------------------------------------------------------------------------
+
+    def refresh(self, engine: Engine, *, full: bool = False, progress: Progress | None = None) -> RefreshResult:
+        """Copy the events above the high-water mark (all of them when ``full``); return what happened."""
+        began = time.perf_counter()
+        timings: dict[str, float] = {}
+        with self._locked():
+            source = _source_identity(engine)
+            manifest = self.manifest()
+            reader = _BatchReader(engine)
+            rebuilt = self._rebuild_reason(manifest, source, reader, full)
+            obsolete: list[str] = []
+            if rebuilt or manifest is None:
+                fresh = self._new_manifest(source)
+                if manifest is not None:
+                    obsolete = [part["file"] for part in manifest["parts"]]
+                    fresh["next_part"] = manifest["next_part"]  # new names never overwrite old files
+                    logger.warning("rebuilding the columnar store %s: %s", self.directory, rebuilt)
+                manifest = fresh
+            before_rows, before_hw = manifest["rows"], manifest["high_water_event_id"]
+            timings["checks"] = time.perf_counter() - began
+
+            started = time.perf_counter()
+            top = reader.max_event_id()
+            gaps = self._live_gaps(manifest) if reader.dialect != "sqlite" else []
+            # Rows set aside for an unreadable timestamp are asked for again: one fixed since joins the store.
+            retry = [[lo, hi, 0] for lo, hi in (manifest.get("unreadable") or {}).get("ranges", [])]
+            new_rows = written = 0
+            id_pieces: list[np.ndarray] = []
+            writing = 0.0
+            # Each ~1M-row table becomes a part file as soon as it is read, so memory stays bounded.
+            for table in self._extract(reader, manifest["high_water_event_id"], top, gaps + retry, progress):
+                tick = time.perf_counter()
+                id_pieces.append(table.column("event_id").to_numpy())
+                self._append_part(manifest, table)
+                written += 1
+                new_rows += table.num_rows
+                writing += time.perf_counter() - tick
+            timings["extract"] = time.perf_counter() - started - writing
+
+            started = time.perf_counter()
+            aside = np.array([row.event_id for row in reader.unreadable], dtype=np.int64)
+            manifest["unreadable"] = _unreadable_entry(reader.unreadable)
+            if reader.unreadable:
+                logger.info("%d events set aside for an unreadable timestamp (first: event_id %d)",
+                            len(reader.unreadable), reader.unreadable[0].event_id)
+            if new_rows or len(aside):
+                ids = np.concatenate([*id_pieces, aside])  # set-aside rows exist: they count for the mark
+                if new_rows and np.concatenate(id_pieces).min() <= manifest["high_water_event_id"]:
+                    manifest["sorted"] = False  # late rows filled a gap below the mark
+                manifest["rows"] += new_rows
+                self._update_gaps(manifest, ids, gaps, top, reader.dialect)
+                manifest["high_water_event_id"] = max(manifest["high_water_event_id"], int(ids.max()))
+                manifest["anchor"] = reader.anchor(manifest["high_water_event_id"])
+            else:
+                manifest["gaps"] = gaps
+            compacted, removed = self._compact(manifest)
+            obsolete += removed
+            timings["write"] = time.perf_counter() - started + writing
+            self._write_manifest(manifest)
+            for name in obsolete:
+                (self.directory / name).unlink(missing_ok=True)
+        return RefreshResult(
+            directory=str(self.directory),
+            rows_before=0 if rebuilt else before_rows,
+            new_rows=new_rows,
+            rows_after=manifest["rows"],
+            high_water_before=0 if rebuilt else before_hw,
+            high_water=manifest["high_water_event_id"],
+            parts_written=written,
+            parts_compacted=compacted,
+            seconds=round(time.perf_counter() - began, 4),
+            rebuilt=rebuilt,
+            timings={k: round(v, 4) for k, v in timings.items()},
+        )
+
+    def _rebuild_reason(self, manifest: dict | None, source: str, reader: _BatchReader, full: bool) -> str | None:
+        if manifest is None:
+            return None
+        if full:
+            return "a full rebuild was asked for"
+        if manifest.get("format") != STORE_FORMAT:
+            return "the store was written by another version"
+        if manifest.get("source") != source:
+            return f"it held events of {manifest.get('source')}, not of {source}"
+        missing = [p["file"] for p in manifest["parts"] if not (self.directory / p["file"]).exists()]
+        if missing:
+            return f"part files are missing ({', '.join(missing[:3])})"
+        anchor = manifest.get("anchor")
+        if manifest["high_water_event_id"] and anchor != reader.anchor(manifest["high_water_event_id"]):
+            return (f"event {manifest['high_water_event_id']} is gone or changed in the database "
+                    "(the database was replaced, or rows were deleted)")
+        return None
+
+    def _extract(self, reader: _BatchReader, high_water: int, top: int, gaps: list[list], progress: Progress | None
+                 ) -> Iterator[pa.Table]:
+        """New rows as tables of about PART_ROWS rows each (ids in gaps first, then above the mark)."""
+        batches: list[tuple[str, tuple]] = [("event_id BETWEEN %s AND %s", (int(lo), int(hi))) for lo, hi, _t in gaps]
+        start = high_water
+        while start < top:
+            end = min(start + BATCH_IDS, top)
+            batches.append(("event_id > %s AND event_id <= %s", (start, end)))
+            start = end
+        total = max(0, top - high_water)
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        for (where, params), table in prefetch(batches, lambda b: reader.read(*b)):
+            if table.num_rows:
+                pending.append(table)
+                pending_rows += table.num_rows
+            if pending_rows >= PART_ROWS:
+                yield pa.concat_tables(pending).combine_chunks()
+                pending, pending_rows = [], 0
+            if progress is not None and where.startswith("event_id >"):
+                progress(params[1] - high_water, total)
+        if pending:
+            yield pa.concat_tables(pending).combine_chunks()
+
+    def _append_part(self, manifest: dict[str, Any], table: pa.Table) -> str:
+        name = f"part-{manifest['next_part']:06d}.parquet"
+        manifest["next_part"] += 1
+        tmp = self.directory / f".{name}.tmp"
+        # Dictionary pages only for labels: plain integers decode several times faster than dictionary ones.
+        labels = [name for name, kind in _KINDS.items() if kind in ("label", "text")]
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=labels)
+        os.replace(tmp, self.directory / name)
+        ids = table.column("event_id")
+        manifest["parts"].append({"file": name, "rows": table.num_rows, "min_event_id": int(pc.min(ids).as_py()),
+                                  "max_event_id": int(pc.max(ids).as_py())})
+        return name
+
+    # PostgreSQL id gaps ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _live_gaps(manifest: dict[str, Any]) -> list[list]:
+        now = _now()
+        return [g for g in manifest.get("gaps", []) if now - g[2] < GAP_RETENTION_SECONDS]
+
+    @staticmethod
+    def _update_gaps(manifest: dict[str, Any], ids: np.ndarray, asked: list[list], top: int, dialect: str) -> None:
+        if dialect == "sqlite":
+            manifest["gaps"] = []
+            return
+        found = np.unique(ids)
+        ranges: list[list] = []
+        for lo, hi, seen in asked:  # re-asked gaps: keep the ids still missing
+            inside = found[(found >= lo) & (found <= hi)]
+            edges = np.r_[lo - 1, inside, hi + 1]
+            for a, b in itertools.pairwise(edges):
+                if b - a > 1:
+                    ranges.append([int(a + 1), int(b - 1), seen])
+        fresh = found[found > manifest["high_water_event_id"]]
+        edges = np.r_[manifest["high_water_event_id"], fresh]
+        now = _now()
+        for a, b in itertools.pairwise(edges):
+            if b - a > 1:
+                ranges.append([int(a + 1), int(b - 1), now])
+        manifest["gaps"] = ranges[-MAX_GAP_RANGES:]
+
+    # compaction ------------------------------------------------------------------------------------
+
+    def _compact(self, manifest: dict[str, Any]) -> tuple[int, list[str]]:
+        """Merge the trailing small parts into one when there are more than MAX_SMALL_PARTS of them."""
+        parts = manifest["parts"]
+        tail = 0
+        while tail < len(parts) and parts[len(parts) - 1 - tail]["rows"] < SMALL_PART_ROWS:
+            tail += 1
+        if tail <= MAX_SMALL_PARTS:
+            return 0, []
+        merging = parts[len(parts) - tail:]
+        table = pa.concat_tables([pq.read_table(self.directory / p["file"]) for p in merging],
+                                 promote_options="permissive")
+        table = table.take(pc.sort_indices(table.column("event_id"))).combine_chunks()
+        manifest["parts"] = parts[: len(parts) - tail]
+        self._append_part(manifest, table)
+        if all(a["max_event_id"] < b["min_event_id"] for a, b in zip(manifest["parts"], manifest["parts"][1:])):
+            manifest["sorted"] = True
+        return len(merging), [p["file"] for p in merging]
+
+    # reading -------------------------------------------------------------------------------------
+
+    def unreadable(self) -> dict[str, Any]:
+        """The rows the last refresh left out for an unreadable timestamp: ``{"count", "rows"}``."""
+        entry = (self.manifest() or {}).get("unreadable") or {}
+        return {"count": int(entry.get("count", 0)), "rows": list(entry.get("rows", []))}
+
+    @property
+    def rows(self) -> int:
+        manifest = self.manifest()
+        return 0 if manifest is None else int(manifest["rows"])
+
+    def table(self, columns: list[str] | None = None, *, as_codes: tuple[str, ...] = ()) -> pa.Table:
+        """The stored events (``columns`` of the store schema, default all) in event_id order.
+
+        Columns named in ``as_codes`` come back dictionary-encoded (Parquet's own dictionary pages),
+        without building a string per row.
+        """
+        for attempt in (1, 2):
+            manifest = self.manifest()
+            if manifest is None:
+                raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
+            wanted = list(columns) if columns else STORE_SCHEMA.names
+            need_ids = not manifest["sorted"] and "event_id" not in wanted
+            read_columns = wanted + (["event_id"] if need_ids else [])
+            try:
+                pieces = [pq.read_table(self.directory / p["file"], columns=read_columns,
+                                        read_dictionary=list(as_codes) or None) for p in manifest["parts"]]
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                continue  # a refresh compacted the parts under us; read the new manifest
+            if pieces:
+                table = pa.concat_tables(pieces, promote_options="permissive")
+            else:
+                table = pa.schema([STORE_SCHEMA.field(name) for name in read_columns]).empty_table()
+            if not manifest["sorted"]:
+                table = table.take(pc.sort_indices(table.column("event_id")))
+                if need_ids:
+                    table = table.drop_columns(["event_id"])
+            return table
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def events_frame(self) -> pd.DataFrame:
+        """The events frame, exactly as :func:`~autopack_pipeline.storage.events.read_events` returns it."""
+        table = self.table(list(EVENT_COLUMNS))
+        mapping = {pa.int32(): pd.Int64Dtype(), pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(),
+                   pa.string(): pd.StringDtype()}
+        frame = table.to_pandas(types_mapper=mapping.get, coerce_temporal_nanoseconds=True)
+        return conform_events_frame(frame)
+
+    def event_arrays(self) -> EventArrays:
+        """The columns the analysis needs as :class:`~autopack_pipeline.domain.analysis.EventArrays`.
+
+        Parts are read one at a time straight into preallocated numpy arrays, so the peak memory is
+        the arrays plus one part; labels become integer codes, unified over all parts in Arrow.
+        """
+        for attempt in (1, 2):
+            manifest = self.manifest()
+            if manifest is None:
+                raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
+            try:
+                return _load_arrays(self.directory, manifest)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def refresh_store(engine: Engine, *, full: bool = False, progress: Progress | None = None
+                  ) -> tuple[ColumnarStore | None, RefreshResult | None]:
+    """Refresh the store of ``engine``'s database; ``(None, None)`` for an in-memory database."""
+    store = ColumnarStore.for_engine(engine)
+    if store is None:
+        return None, None
+    return store, store.refresh(engine, full=full, progress=progress)

@@ -1,0 +1,126 @@
+"""The entry point of a synthetic load, :func:`bulk_load`: it refuses a seed whose runs exist already,
+starts the generated timestamps a minute after the newest stored event (so a second batch reads as
+later use), hands the chunks to the SQLite or PostgreSQL loader and returns a :class:`SynthSummary` of
+what was written and how fast."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
+from autopack_pipeline.storage.bulk.loader import Progress
+from autopack_pipeline.storage.bulk.loading import latest_event_time, load_chunks, stored_run_ids, text_timestamp
+from autopack_pipeline.storage.bulk.rows import run_id_for
+from autopack_pipeline.synth.archetypes import DEFAULT_LEGACY_FRACTION, load_archetypes
+from autopack_pipeline.synth.generate import DEFAULT_START, EVENTS_PER_RUN, generate_chunks
+
+
+def default_run_count(events: int, phase_ids: str = "per-run") -> int:
+    """Runs for ``events``: about 34 events per run in Autopack's shape (what a database Autopack wrote
+    holds), 2,000 with reused phase ids (the older synthetic shape)."""
+    return max(1, math.ceil(events / EVENTS_PER_RUN[phase_ids]))
+
+
+class RunsAlreadyPresent(ValueError):
+    """The runs a seed would create exist already: loading again would duplicate them."""
+
+
+@dataclass
+class SynthSummary:
+    """What a bulk load wrote, and how fast."""
+
+    database: str
+    backend: str
+    seed: int
+    events: int
+    phases: int
+    runs: int
+    first_run_id: str
+    last_run_id: str
+    seconds: float
+    events_per_second: float
+    method: str = ""
+    first_timestamp: str | None = None
+    last_timestamp: str | None = None
+    coefficient_version: str = ""
+    phase_ids: str = "per-run"  # generate.PHASE_ID_SCHEMES
+    # Seconds per stage: "generate" (rows built in the helper thread, overlapping the rest),
+    # "phases" and "events" (the database taking the rows; they overlap on a PostgreSQL append with two
+    # connections), "indexes" (rebuilt after a fresh load).
+    timings: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_runs_absent(engine: Engine, seed: int, runs: int) -> None:
+    found = stored_run_ids(engine, [run_id_for(seed, 0), run_id_for(seed, runs - 1)])
+    if found:
+        raise RunsAlreadyPresent(
+            f"runs {', '.join(sorted(found))} exist already: this database was filled with seed {seed} before; "
+            "pass another --seed to add more events"
+        )
+
+
+def bulk_load(
+    engine: Engine,
+    events: int,
+    *,
+    runs: int | None = None,
+    seed: int = 1,
+    legacy_fraction: float = DEFAULT_LEGACY_FRACTION,
+    progress: Progress | None = None,
+    seeds_dir: Path = PACKAGED_SEEDS_DIR,
+    phase_ids: str = "per-run",
+) -> SynthSummary:
+    """Fill the (migrated) telemetry database behind ``engine`` with ``events`` synthetic events.
+
+    Creates ``runs`` runs (default: :func:`default_run_count`) named ``synth-<seed>-rNNNNN``, one tier
+    each, a phase row for every phase and the events. Refuses with :class:`RunsAlreadyPresent` when
+    the seed's runs exist. ``progress(events_written, events)`` is called after every chunk.
+
+    Into an empty events table the load is one transaction that drops the secondary indexes (and, on
+    PostgreSQL, the foreign keys), copies the rows and builds them again before committing, the
+    usual way to populate a database; an interruption rolls all of it back. (On SQLite that needs the
+    only connection to the file; with another one open, the load is incremental as below.) Into a
+    table that holds events already, rows are inserted with the indexes in place, in transactions of
+    500k events. On SQLite an interruption keeps the transactions committed before it; on PostgreSQL
+    the loader then deletes its runs, which cascades to their tiers, phases and events (if the server
+    cannot be reached for that either, the seed's runs stay and loading the seed again is refused).
+    """
+    if events < 1:
+        raise ValueError(f"the number of events must be at least 1, got {events}")
+    runs = max(1, min(int(runs or default_run_count(events, phase_ids)), events))
+    _check_runs_absent(engine, seed, runs)
+    latest = latest_event_time(engine)
+    # Continue a minute after the newest stored event, so a second batch reads as later use.
+    start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
+    chunks = generate_chunks(events, runs=runs, seed=seed, start=start,
+                             legacy_fraction=legacy_fraction, seeds_dir=seeds_dir, phase_ids=phase_ids)
+    began = time.perf_counter()
+    loader = load_chunks(engine, chunks, seed=seed, runs=runs, events=events, progress=progress)
+    seconds = time.perf_counter() - began
+    return SynthSummary(
+        database=engine.url.render_as_string(hide_password=True),
+        backend=engine.dialect.name,
+        seed=seed,
+        events=loader.events_written,
+        phases=loader.phases_written,
+        runs=runs,
+        first_run_id=run_id_for(seed, 0),
+        last_run_id=run_id_for(seed, runs - 1),
+        seconds=round(seconds, 3),
+        events_per_second=round(loader.events_written / seconds, 1) if seconds > 0 else 0.0,
+        method=loader.method,
+        first_timestamp=text_timestamp(loader.first_us),
+        last_timestamp=text_timestamp(loader.last_us),
+        coefficient_version=load_archetypes(seeds_dir).coefficient_version,
+        phase_ids=phase_ids,
+        timings={k: round(v, 3) for k, v in loader.timings.items()},
+    )
