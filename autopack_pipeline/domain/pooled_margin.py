@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -104,6 +105,16 @@ class GroupShape:
             cut[mine_cut] = (self.censored_logs[mine_cut] + censored_shift - place[0]) / place[1]
         return clean, cut
 
+    @cached_property
+    def plain_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`scores` with no shift, computed once: every pooled bound over this group reads them."""
+        return self.scores()
+
+    @cached_property
+    def headroom_scores(self) -> np.ndarray:
+        """The truncated calls' scores at ``CENSORED_HEADROOM`` x their ceilings, computed once."""
+        return self.scores(math.log(CENSORED_HEADROOM))[1]
+
     def margin(self, q: float) -> float:
         return float(math.exp(self.location + self.scale * q))
 
@@ -136,22 +147,24 @@ def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.nd
 
 def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct clean values ascending, the estimated P(value <= each)) of right-censored data:
-    ``censored`` values are lower bounds. At a tie a clean value comes before a censored one."""
-    values = np.r_[clean, censored]
+    ``censored`` values are lower bounds. At a tie a clean value comes before a censored one.
+
+    The product-limit estimate in array form: sorted, each clean value multiplies the survival by
+    ``1 - 1/at_risk``; ``np.cumprod`` multiplies in order, as a loop would (the pooled bound runs it
+    over every call of every group, dozens of times per calibration)."""
+    values = np.r_[clean, censored].astype(float)
     is_event = np.r_[np.ones(len(clean), bool), np.zeros(len(censored), bool)]
-    order = np.lexsort((~is_event, values))
-    values, is_event = values[order], is_event[order]
-    at_risk, survival, points, cdf = len(values), 1.0, [], []
-    for value, event in zip(values.tolist(), is_event.tolist()):
-        if event:
-            survival *= 1 - 1 / at_risk
-            if points and points[-1] == value:
-                cdf[-1] = 1 - survival
-            else:
-                points.append(value)
-                cdf.append(1 - survival)
-        at_risk -= 1
-    return np.asarray(points), np.asarray(cdf)
+    order = np.argsort(values, kind="stable")  # stable: clean values, listed first, precede censored at a tie
+    return _product_limit(values[order], is_event[order])
+
+
+def _product_limit(values: np.ndarray, is_event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kaplan_meier` of values already in its order (ascending, clean first at a tie)."""
+    at_risk = len(values) - np.arange(len(values))
+    survival = np.cumprod(np.where(is_event, 1 - 1 / at_risk, 1.0))
+    points, cdf = values[is_event], 1 - survival[is_event]
+    last_of_tie = np.r_[points[1:] != points[:-1], True] if len(points) else np.zeros(0, bool)
+    return points[last_of_tie], cdf[last_of_tie]
 
 
 def confident_rank(m: int, target_pct: float, confidence: float = CONFIDENCE) -> int:
@@ -161,36 +174,99 @@ def confident_rank(m: int, target_pct: float, confidence: float = CONFIDENCE) ->
     from scipy.stats import binom
 
     p = 1 - target_pct / 100
-    ranks = np.arange(1, m + 1)
-    reached = np.nonzero(binom.cdf(ranks - 1, m, p) >= confidence)[0]
-    k = int(ranks[reached[0]]) if len(reached) else m + 1
+    # binom.ppf finds the rank directly (a million-call pool made the whole cdf a second's work); the
+    # two-step check keeps the answer exactly "least k with cdf(k - 1) >= confidence" despite rounding.
+    k = int(binom.ppf(confidence, m, p)) + 1 if m else 1
+    while k > 1 and binom.cdf(k - 2, m, p) >= confidence:
+        k -= 1
+    while k <= m and binom.cdf(k - 1, m, p) < confidence:
+        k += 1
+    k = min(k, m + 1)
     return max(k, order_statistic_index(m, target_pct))
 
 
-def pooled_bound(shapes: Sequence[GroupShape], target_pct: float) -> tuple[float, int, int] | None:
+@dataclass(frozen=True)
+class PooledScores:
+    """The scores of a set of groups and their Kaplan-Meier estimate, computed once for the pooled
+    bound and the survival function that both read them."""
+
+    clean: np.ndarray
+    censored_count: int
+    headroom: np.ndarray  # the truncated calls' scores at CENSORED_HEADROOM x their ceilings
+    points: np.ndarray
+    cdf: np.ndarray
+
+    @classmethod
+    def of(cls, shapes: Sequence[GroupShape]) -> PooledScores:
+        return ScorePool.of(shapes).subset(range(len(shapes)))
+
+    def survival(self, s: float) -> float:
+        """``P(score > s)`` of the pooled estimate."""
+        at = np.searchsorted(self.points, s, side="right")
+        return 1.0 if at == 0 else float(1 - self.cdf[at - 1])
+
+
+@dataclass(frozen=True)
+class ScorePool:
+    """Every group's scores, sorted once. The groups are pooled leaving one out at a time, so the
+    estimate of a subset is read off the one sorted order in O(n) rather than sorted again."""
+
+    values: np.ndarray  # every score, clean and censored, in kaplan_meier's order
+    is_event: np.ndarray
+    group: np.ndarray  # per sorted score, the index of its group
+    clean: np.ndarray
+    clean_group: np.ndarray
+    headroom: np.ndarray
+    headroom_group: np.ndarray
+
+    @classmethod
+    def of(cls, shapes: Sequence[GroupShape]) -> ScorePool:
+        def stacked(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            ids = np.repeat(np.arange(len(parts)), [len(part) for part in parts])
+            return (np.concatenate(parts) if parts else np.zeros(0)), ids
+
+        clean, clean_group = stacked([shape.plain_scores[0] for shape in shapes])
+        censored, censored_group = stacked([shape.plain_scores[1] for shape in shapes])
+        headroom, headroom_group = stacked([shape.headroom_scores for shape in shapes])
+        values = np.r_[clean, censored].astype(float)
+        is_event = np.r_[np.ones(len(clean), bool), np.zeros(len(censored), bool)]
+        order = np.argsort(values, kind="stable")  # stable: clean first at a tie, as kaplan_meier
+        return cls(values[order], is_event[order], np.r_[clean_group, censored_group][order],
+                   clean, clean_group, headroom, headroom_group)
+
+    def subset(self, groups: Sequence[int] | range) -> PooledScores:
+        """The pooled scores of the groups with these indices."""
+        chosen = np.zeros(int(self.group.max(initial=-1)) + 2, bool)
+        chosen[list(groups)] = True
+        keep = chosen[self.group]
+        points, cdf = _product_limit(self.values[keep], self.is_event[keep])
+        return PooledScores(self.clean[chosen[self.clean_group]], int((keep & ~self.is_event).sum()),
+                            self.headroom[chosen[self.headroom_group]], points, cdf)
+
+
+def pooled_bound(shapes: Sequence[GroupShape], target_pct: float,
+                 pooled: PooledScores | None = None) -> tuple[float, int, int] | None:
     """(q, k, M): the least pooled score whose Kaplan-Meier probability reaches ``k / M``, at most
     the k-th score with truncated calls taken at ``CENSORED_HEADROOM`` x their ceiling (also the
-    bound when the estimate never reaches ``k / M``); None when ``k > M``."""
+    bound when the estimate never reaches ``k / M``); None when ``k > M``. ``pooled``: the shapes'
+    :class:`PooledScores`, when the caller has them already."""
     if not shapes:
         return None
-    clean = np.concatenate([shape.scores()[0] for shape in shapes])
-    censored = np.concatenate([shape.scores()[1] for shape in shapes])
-    m = len(clean) + len(censored)
+    pooled = pooled or PooledScores.of(shapes)
+    m = len(pooled.clean) + pooled.censored_count
     k = confident_rank(m, target_pct)
     if k > m:
         return None
-    points, cdf = kaplan_meier(clean, censored)
-    reached = np.nonzero(cdf >= k / m - 1e-12)[0]
+    reached = np.nonzero(pooled.cdf >= k / m - 1e-12)[0]
     # Where truncations sit near the tail, few clean scores lie above them and the estimate's tail
     # rests on the very largest (a round of heavy truncation put q on single outliers: margins of
     # x7 to x13). It is capped by the k-th score with every truncated call taken as CENSORED_HEADROOM
     # times its ceiling, the length the unidentifiable rule of ``domain.budget_calibration`` assumes
     # too (Autopack's own escalation of a truncated call is +25%).
-    headroom = np.concatenate([shape.scores(math.log(CENSORED_HEADROOM))[1] for shape in shapes])
-    cap = float(np.sort(np.r_[clean, headroom])[k - 1])
+    cap = float(np.partition(np.r_[pooled.clean, pooled.headroom], k - 1)[k - 1])
     if not len(reached):
         return cap, k, m
-    return min(float(points[reached[0]]), cap), k, m
+    return min(float(pooled.points[reached[0]]), cap), k, m
 
 
 def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
@@ -217,15 +293,7 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
 
 def pooled_survival(shapes: Sequence[GroupShape]) -> Callable[[float], float]:
     """``P(score > s)`` of the pooled Kaplan-Meier estimate, as a function of ``s``."""
-    clean = np.concatenate([shape.scores()[0] for shape in shapes])
-    censored = np.concatenate([shape.scores()[1] for shape in shapes])
-    points, cdf = kaplan_meier(clean, censored)
-
-    def survival(s: float) -> float:
-        at = np.searchsorted(points, s, side="right")
-        return 1.0 if at == 0 else float(1 - cdf[at - 1])
-
-    return survival
+    return PooledScores.of(shapes).survival
 
 
 def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float) -> dict[tuple[str, str], tuple[float, str]]:
@@ -233,17 +301,23 @@ def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float) -> dic
     pool; each of them whose own calls also accept the pool's bound gets its margin from it. A group
     left out keeps its own order statistic (the caller's rule)."""
     members = []
-    for shape in shapes:
+    pool = ScorePool.of(shapes)
+    for index, shape in enumerate(shapes):
         others = [other for other in shapes if other is not shape]
-        bound = pooled_bound(others, target_pct) if others else None
+        pooled = pool.subset([i for i in range(len(shapes)) if i != index]) if others else None
+        bound = pooled_bound(others, target_pct, pooled) if others else None
         if bound is None or not own_tail_contradicts(shape, shape.margin(bound[0]), target_pct,
-                                                     pooled_survival(others))[0]:
+                                                     pooled.survival)[0]:
             members.append(shape)
-    bound = pooled_bound(members, target_pct)
+    if not members:
+        return {}
+    member_ids = {id(shape) for shape in members}
+    pooled = pool.subset([i for i, shape in enumerate(shapes) if id(shape) in member_ids])
+    bound = pooled_bound(members, target_pct, pooled)
     if bound is None:
         return {}
     q, k, m = bound
-    survival = pooled_survival(members)
+    survival = pooled.survival
     chosen = {}
     for shape in members:
         margin = shape.margin(q)

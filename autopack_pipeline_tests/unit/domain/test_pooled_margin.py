@@ -208,3 +208,48 @@ def test_a_pooled_group_the_coverage_method_left_without_a_factor_still_moves_it
     assert 1.5 / 1.1 < proposal.proposed_factor < 2.0 / 1.1
     # The budget stays where the pooled margin put it: factor x margin = 2.2 (margin rounded up).
     assert proposal.proposed_factor * proposal.budget_margin == pytest.approx(2.2, abs=2e-3)
+
+
+def _kaplan_meier_by_loop(clean, censored):
+    """The product-limit estimate written as the textbook loop, to hold the array form to."""
+    rows = sorted([(v, 0) for v in clean] + [(v, 1) for v in censored])  # clean first at a tie
+    at_risk, survival, points, cdf = len(rows), 1.0, [], []
+    for value, is_censored in rows:
+        if not is_censored:
+            survival *= 1 - 1 / at_risk
+            if points and points[-1] == value:
+                cdf[-1] = 1 - survival
+            else:
+                points.append(value)
+                cdf.append(1 - survival)
+        at_risk -= 1
+    return points, cdf
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kaplan_meier_in_arrays_equals_the_loop_on_tied_and_censored_data(seed):
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, 40, 500).astype(float)  # many ties
+    censored = rng.integers(0, 40, 120).astype(float)  # ties with clean values too
+    points, cdf = kaplan_meier(clean, censored)
+    want_points, want_cdf = _kaplan_meier_by_loop(clean.tolist(), censored.tolist())
+    assert points.tolist() == want_points
+    assert cdf.tolist() == want_cdf
+
+
+def test_kaplan_meier_of_nothing_clean_is_empty():
+    points, cdf = kaplan_meier(np.zeros(0), np.array([1.0, 2.0]))
+    assert len(points) == 0 and len(cdf) == 0
+
+
+@pytest.mark.parametrize("m", [0, 1, 5, 19, 20, 59, 60, 200, 1000, 4321])
+@pytest.mark.parametrize("target_pct", [2.0, 5.0])
+def test_confident_rank_is_the_least_rank_the_binomial_allows(m, target_pct):
+    from scipy.stats import binom
+
+    from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+
+    ranks = np.arange(1, m + 1)
+    reached = np.nonzero(binom.cdf(ranks - 1, m, 1 - target_pct / 100) >= 0.90)[0]
+    least = int(ranks[reached[0]]) if len(reached) else m + 1
+    assert confident_rank(m, target_pct, 0.90) == max(least, order_statistic_index(m, target_pct))
