@@ -14,6 +14,7 @@ from autopack_pipeline.defs.shared.metadata import (
     strata_table,
     tier1_table,
 )
+from autopack_pipeline.defs.shared.series import refuse_another_database
 from autopack_pipeline.domain.analysis import EventArrays, group_tier1_arrays
 from autopack_pipeline.domain.group_economics import spend_of_events
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
@@ -31,6 +32,7 @@ class MetricsConfig(dg.Config):
 
 @dg.asset(group_name="metrics", kinds={"numpy"}, automation_condition=ON_NEW_EVENTS_OR_NEW_DAY)
 def tier_metrics(
+    context: dg.AssetExecutionContext,
     config: MetricsConfig,
     telemetry_db: TelemetryDatabase,
     raw_events: EventArrays,
@@ -40,8 +42,11 @@ def tier_metrics(
     SMAPE diagnostics over the Builder calls of the rolling window the calibration gate reads (the
     last 28 UTC days; AUTOPACK_METRICS_WINDOW_DAYS, 0 = all events), stratified by category,
     complexity and deliverables; plus the same over successful calls only, and Tier 1 over the last
-    7 days. Per-day figures are in daily_tier_metrics.
+    7 days. Per-day figures are in daily_tier_metrics. Its plotted series holds one telemetry database:
+    another database's figures fail with the way out, instead of mixing two in one plot.
     """
+    identity = telemetry_db.identity()
+    refuse_another_database(context.instance, context.asset_key, identity)
     settings = load_settings()
     windowed = events_for_analysis(settings, raw_events)
     metrics = metrics_stage(windowed, success_samples, raw_events, under_multiplier=config.under_multiplier)
@@ -73,6 +78,6 @@ def tier_metrics(
             **({f"{key}_last_7_days": rounded(recent[key]) for key in ("underestimation_rate_pct",
                                                                        "truncation_rate_pct")}
                if recent["total_samples"] else {}),
-            **database_metadata(telemetry_db.identity()),
+            **database_metadata(identity),
         },
     )

@@ -10,25 +10,15 @@ from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.automation import ON_NEW_EVENTS_PER_DAY
 from autopack_pipeline.defs.shared.metadata import database_metadata
 from autopack_pipeline.defs.shared.partitions import event_days
+from autopack_pipeline.defs.shared.series import refuse_another_database
 from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.windows import day_window, events_in_window
 from autopack_pipeline.services.analysis import TierMetrics, summarise_samples
 
-DATABASE_KEY = "telemetry_database"
-
 
 class DailyMetricsConfig(dg.Config):
     under_multiplier: float = UNDER_TOLERANCE
-
-
-def series_database(instance: dg.DagsterInstance, asset_key: dg.AssetKey) -> str | None:
-    """The telemetry database the per-day series holds figures of (its latest materialisation's)."""
-    records = instance.fetch_materializations(asset_key, limit=1).records
-    if not records:
-        return None
-    entry = records[0].asset_materialization.metadata.get(DATABASE_KEY)
-    return entry.value if entry is not None else None
 
 
 def day_figures(metrics: TierMetrics) -> dict[str, Any]:
@@ -70,16 +60,7 @@ def daily_tier_metrics(
     """
     day = date.fromisoformat(context.partition_key)
     identity = telemetry_db.identity()
-    held = series_database(context.instance, context.asset_key)
-    if held is not None and held != identity.url:
-        raise dg.Failure(
-            description=(
-                f"the per-day series holds figures of {held}, not of {identity.url}; one series never mixes two "
-                "telemetry databases: use a separate DAGSTER_HOME for this database, or start the series again "
-                "with `dagster asset wipe daily_tier_metrics` and backfill it"
-            ),
-            metadata=database_metadata(identity),
-        )
+    refuse_another_database(context.instance, context.asset_key, identity, " and backfill it")
     events = events_in_window(raw_events, day_window(day))
     metrics = TierMetrics.of(events, summarise_samples(events).count, under_multiplier=config.under_multiplier,
                              window=day.isoformat())

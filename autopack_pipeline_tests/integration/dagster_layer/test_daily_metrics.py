@@ -1,6 +1,7 @@
 """Per-day metrics: one partition per UTC day of the events, empty days empty, one database per series,
 recomputed by declarative automation; and the rolling window the gate reads."""
 
+import sqlite3
 from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
@@ -79,6 +80,23 @@ def test_a_second_database_never_joins_the_series(instance, sqlite_url, two_days
     assert latest.metadata["telemetry_database"].value == first.metadata["telemetry_database"].value
     assert latest.metadata["events"].value == 10
 
+
+
+def test_the_rolling_metrics_series_refuses_a_second_database_too(instance, sqlite_url, two_days, tmp_path):
+    """tier_metrics' figures are plotted across its materialisations: another database's would join them."""
+    rolling = "key:raw_events or key:success_samples or key:tier_metrics"
+    assert materialize_slice(instance, sqlite_url, rolling).success
+    first = instance.get_latest_materialization_event(dg.AssetKey("tier_metrics")).asset_materialization
+    other = tmp_path / "other.db"
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as source, sqlite3.connect(other) as copy:
+        source.backup(copy)  # the same events (WAL included), another database
+    refused = materialize_slice(instance, f"sqlite:///{other}", rolling)
+    assert not refused.success
+    failure = next(e for e in refused.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.message
+    assert "the tier_metrics series holds figures of" in message and "dagster asset wipe tier_metrics" in message
+    latest = instance.get_latest_materialization_event(dg.AssetKey("tier_metrics")).asset_materialization
+    assert latest.metadata["telemetry_database"].value == first.metadata["telemetry_database"].value
 
 def test_the_gate_reads_the_rolling_window_not_all_time(instance, sqlite_url, two_days):
     assert materialize_slice(instance, sqlite_url, "key:raw_events or key:success_samples or key:tier_metrics").success
