@@ -44,6 +44,14 @@ logger = logging.getLogger(__name__)
 
 AUTO_EXECUTABLE_KINDS = frozenset({"collect_samples"})
 AUTO_EXECUTE_OFF = "auto-execution is off (AUTOPACK_TASK_GENERATION_AUTO_EXECUTE=false): nothing was run"
+
+
+def paid_backend_refusal(backend: str) -> str:
+    """Why automation leaves collect-samples tasks alone on a paid backend: collecting spends money, and
+    only a person asks for that (the collection asset's ``allow_paid_backend``, or the CLI)."""
+    return (f"the {backend} backend is paid, so no collection is started by automation: run "
+            "`autopack-telemetry tasks execute TASK_ID`, or launch targeted_collection_job with "
+            "`allow_paid_backend: true` in its collection config")
 # Share of a group's phases that end as a clean sample when the group has no history yet; the
 # simulated and real Builders both lose some phases to truncation, failures and tiny outputs. Even a
 # group that never lost one is assumed to lose some (MAX), so one unlucky phase does not cost a whole

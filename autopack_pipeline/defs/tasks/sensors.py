@@ -17,10 +17,12 @@ from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.instance import latest_materialization, unfinished_run
 from autopack_pipeline.defs.tasks.assets import generated_tasks
 from autopack_pipeline.defs.tasks.jobs import task_generation_job
+from autopack_pipeline.llm.factory import PAID_BACKENDS
 from autopack_pipeline.services.tasks_execution import (
     AUTO_EXECUTE_OFF,
     ExecutionResult,
     close_collection,
+    paid_backend_refusal,
     plan_collection,
 )
 from autopack_pipeline.settings import Settings, load_settings
@@ -100,6 +102,8 @@ def auto_execution_sensor(context: dg.SensorEvaluationContext, telemetry_db: Tel
     settings = load_settings()
     if not settings.task_generation_auto_execute:
         return dg.SkipReason(AUTO_EXECUTE_OFF)
+    if settings.llm_backend in PAID_BACKENDS:
+        return dg.SkipReason(paid_backend_refusal(settings.llm_backend))
     engine = telemetry_db.engine()
     stale = cleanup_stale_tasks(engine)
     if stale:

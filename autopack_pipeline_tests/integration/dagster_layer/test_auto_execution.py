@@ -101,3 +101,12 @@ def test_collect_samples_tasks_run_as_targeted_collections_and_close_from_the_ou
     assert task["status"] == "pending" and task["retry_count"] == 1
     assert "FAILURE" in task["failure_reason"] and "clean samples" in task["failure_reason"]
     assert "back to pending for a retry" in message.skip_message
+
+
+def test_a_paid_backend_gets_no_automatic_collection(instance, sqlite_url, monkeypatch):
+    """Collecting on a paid backend spends money: the sensor leaves pending collect-samples tasks alone
+    and says how a person runs them."""
+    monkeypatch.setenv("AUTOPACK_LLM_BACKEND", "anthropic")
+    data = tick(instance, sqlite_url)
+    assert not data.run_requests
+    assert "anthropic backend is paid" in data.skip_message and "allow_paid_backend: true" in data.skip_message
