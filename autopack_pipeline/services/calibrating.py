@@ -14,6 +14,7 @@ import pandas as pd
 
 from autopack_pipeline.domain.analysis import (
     CALIBRATION_METHODS,
+    COVERAGE,
     CalibrationResult,
     EventArrays,
     GateDecision,
@@ -177,7 +178,8 @@ def calibrate(
     # multipliers (and the margins measured against them) into the calibration section.
     sections = {name: calibration_section(observed[2], coefficients,
                                           {(g.category, g.complexity): g.proposed_multiplier
-                                           for g in result.actionable_groups}, min_samples=min_samples)
+                                           for g in result.actionable_groups}, min_samples=min_samples,
+                                          pooled_factors=name == COVERAGE)
                 for name, result in results.items()}
     section = sections[method]
     if not write_reports:
