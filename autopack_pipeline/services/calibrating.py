@@ -107,6 +107,7 @@ def calibrate(
     coefficient_history: dict[str, Any] | None = None,
     window_versions: int | None = None,
     group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
+    waste_over_oracle: float | None = None,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -139,7 +140,7 @@ def calibrate(
     if group_tier1 is None:
         group_tier1 = group_tier1_arrays(arrays, under_multiplier=under_multiplier)
     gate = calibration_gate_arrays(samples.count, groups, tier1, min_samples=min_samples, force=force,
-                                   group_tier1=group_tier1)
+                                   group_tier1=group_tier1, waste_over_oracle=waste_over_oracle)
     if not gate.open:
         return CalibrationOutcome(gate=gate, result=None)
     coefficients = load_coefficients_for(settings)
