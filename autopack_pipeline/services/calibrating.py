@@ -14,6 +14,7 @@ import pandas as pd
 
 from autopack_pipeline.domain.analysis import (
     CALIBRATION_METHODS,
+    COVERAGE,
     CalibrationResult,
     EventArrays,
     GateDecision,
@@ -106,6 +107,7 @@ def calibrate(
     coefficient_history: dict[str, Any] | None = None,
     window_versions: int | None = None,
     group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
+    waste_over_oracle: float | None = None,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -138,7 +140,7 @@ def calibrate(
     if group_tier1 is None:
         group_tier1 = group_tier1_arrays(arrays, under_multiplier=under_multiplier)
     gate = calibration_gate_arrays(samples.count, groups, tier1, min_samples=min_samples, force=force,
-                                   group_tier1=group_tier1)
+                                   group_tier1=group_tier1, waste_over_oracle=waste_over_oracle)
     if not gate.open:
         return CalibrationOutcome(gate=gate, result=None)
     coefficients = load_coefficients_for(settings)
@@ -177,7 +179,8 @@ def calibrate(
     # multipliers (and the margins measured against them) into the calibration section.
     sections = {name: calibration_section(observed[2], coefficients,
                                           {(g.category, g.complexity): g.proposed_multiplier
-                                           for g in result.actionable_groups}, min_samples=min_samples)
+                                           for g in result.actionable_groups}, min_samples=min_samples,
+                                          pooled_factors=name == COVERAGE)
                 for name, result in results.items()}
     section = sections[method]
     if not write_reports:

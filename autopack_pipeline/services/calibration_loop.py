@@ -152,10 +152,10 @@ class LoopOptions:
 
 
 def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
-                     round_group_tier1: dict[tuple[str, str], dict[str, Any]], options: LoopOptions
-                     ) -> dict[str, Any]:
-    """Calibrate on the recent window (in force), gate on this round's own Tier 1 (overall and per group),
-    apply what it proposes."""
+                     round_group_tier1: dict[tuple[str, str], dict[str, Any]], options: LoopOptions,
+                     waste_over_oracle: float | None = None) -> dict[str, Any]:
+    """Calibrate on the recent window (in force), gate on this round's own Tier 1 (overall and per group)
+    and its budget waste against the oracle's (Tier 2 reopens the gate), apply what it proposes."""
     # Version names carry the UTC second: two rounds within one second still get distinct versions.
     from datetime import datetime, timedelta, timezone
 
@@ -166,7 +166,8 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     while new_version_name(current, now) == current:
         now += timedelta(seconds=1)
     step = calibrate_and_apply(engine, settings, write=True, now=now, tier1=round_tier1,
-                               group_tier1=round_group_tier1, min_samples=options.min_samples, confidence_threshold=options.confidence_threshold,
+                               group_tier1=round_group_tier1, waste_over_oracle=waste_over_oracle,
+                               min_samples=options.min_samples, confidence_threshold=options.confidence_threshold,
                                window_versions=options.window_versions)
     outcome, application = step["outcome"], step["application"]
     if not outcome.gate.open:
@@ -217,7 +218,7 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
         document = {"round": number, "world": options.world, "run_ids": run_ids, "coefficients_version": version,
                     "event_coefficients_versions": versions, "collection_problems": failures, **measured,
                     "calibration": _calibrate_round(engine, settings, round_tier1, group_tier1_arrays(round_arrays),
-                                                    options)}
+                                                    options, measured["oracle"]["ratio"])}
         rounds.append(document)
         if on_round is not None:
             on_round(document)

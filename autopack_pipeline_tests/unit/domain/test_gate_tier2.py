@@ -1,0 +1,36 @@
+"""Tier 2 reopens the calibration gate: a round within Tier 1 whose budget waste P90 is far above the
+oracle's is calibrated again, instead of keeping the margins of an older window for good."""
+
+from __future__ import annotations
+
+import pytest
+
+from autopack_pipeline.domain.analysis.gate import WASTE_OVER_ORACLE_LIMIT, decide_gate
+
+pytestmark = pytest.mark.unit
+
+GROUP = {"category": "implementation", "complexity": "low", "n": 80}
+
+
+def test_waste_above_the_limit_opens_a_gate_tier1_would_close():
+    closed = decide_gate(500, GROUP, 3.0, 1.0)
+    assert not closed.open and "Tier 1 is within targets" in closed.reasons[0]
+    reopened = decide_gate(500, GROUP, 3.0, 1.0, waste_over_oracle=1.44)
+    assert reopened.open and not reopened.reasons and not reopened.forced
+    assert reopened.observed["waste_over_oracle"] == 1.44
+    assert "Tier 2: budget waste P90 1.44x the oracle's, above 1.20x" in reopened.summary()
+
+
+def test_waste_at_or_below_the_limit_or_unknown_keeps_the_tier1_rule():
+    for ratio in (WASTE_OVER_ORACLE_LIMIT, 1.05, None):
+        decision = decide_gate(500, GROUP, 3.0, 1.0, waste_over_oracle=ratio)
+        assert not decision.open
+    # The reason states the ratio it judged when there was one.
+    assert "budget waste P90 is 1.05x the oracle's (reopens above 1.20x)" in decide_gate(
+        500, GROUP, 3.0, 1.0, waste_over_oracle=1.05).reasons[0]
+    assert "oracle" not in decide_gate(500, GROUP, 3.0, 1.0).reasons[0]
+
+
+def test_tier2_does_not_open_a_gate_that_lacks_samples():
+    decision = decide_gate(10, GROUP, 3.0, 1.0, waste_over_oracle=2.0)
+    assert not decision.open and any("clean samples" in reason for reason in decision.reasons)

@@ -1,0 +1,92 @@
+"""Coverage factors raised to the pooled 95% bound: a group whose own few largest ratios happen to be
+short no longer gets a factor that covers 95% only on average; budgets do not move, predictions do."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.budget_calibration import (
+    GroupObservationsInForce,
+    calibration_section,
+    pooled_margins,
+    raise_to_pooled_coverage,
+)
+from autopack_pipeline.domain.coefficients import load_coefficients
+from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
+
+pytestmark = pytest.mark.unit
+
+# One tail shape: 80 evenly spaced quantiles of a standard normal, on the log scale, spread 0.3.
+SHAPE = 0.3 * norm.ppf((np.arange(80) + 0.5) / 80)
+
+
+def _observations(key, log_ratios, predicted=1000.0):
+    ratios = np.exp(np.asarray(log_ratios, dtype=float))
+    return GroupObservationsInForce(key[0], key[1], np.full(len(ratios), predicted), ratios * predicted,
+                                    np.zeros(0), np.zeros(0))
+
+
+def _own_coverage_factor(group: GroupObservationsInForce) -> float:
+    """What the coverage method proposes without truncations: the k-th ratio at 95%, / 1.1."""
+    ratios = np.sort(group.actual / group.predicted)
+    return float(ratios[order_statistic_index(len(ratios), UNDERESTIMATION_TARGET_PCT) - 1]) / UNDER_TOLERANCE
+
+
+def _groups():
+    """Four groups of one shape, and one ("short", "low") whose top tenth happened to come out short:
+    its own 95% order statistic sits below the shape's 95% point."""
+    observed = [_observations((f"g{i}", "low"), SHAPE) for i in range(4)]
+    short = SHAPE.copy()
+    short[-8:] = short[-9]  # its 8 largest ratios no longer than its 9th largest
+    observed.append(_observations(("short", "low"), short))
+    return observed
+
+
+def test_a_factor_below_the_pooled_bound_is_raised_to_it_and_one_above_is_kept():
+    observed = _groups()
+    own = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed}
+    factors = dict(own)
+    factors[("g0", "low")] = 3.0  # already above any bound of this shape: kept
+    del factors[("g1", "low")]  # not actionable: no factor, none is added
+    raised = raise_to_pooled_coverage(observed, factors)
+    bounds = pooled_margins(observed, {}, target_pct=UNDERESTIMATION_TARGET_PCT)
+    assert raised[("short", "low")] == pytest.approx(bounds[("short", "low")][0] / UNDER_TOLERANCE)
+    assert raised[("short", "low")] > own[("short", "low")]
+    assert raised[("g0", "low")] == 3.0 and ("g1", "low") not in raised
+    # The pooled bound is a tolerance limit: above the shape's own 95% point (z 1.645), for a group
+    # with no short top, it is still within the shape (below its 99% point, z 2.33).
+    assert math.exp(0.3 * 1.645) / UNDER_TOLERANCE < raised[("g2", "low")] < math.exp(0.3 * 2.33) / UNDER_TOLERANCE
+    assert raised[("g2", "low")] >= own[("g2", "low")]
+
+
+def test_raising_the_factor_moves_predictions_not_budgets():
+    seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
+    observed = [_observations(("implementation", c), SHAPE) for c in ("low", "medium", "high")]
+    short = SHAPE.copy()
+    short[-8:] = short[-9]
+    observed.append(_observations(("tests", "low"), short))
+
+    class Coverage:  # the slice of a coverage group calibration_section reads
+        def __init__(self, g):
+            self.key, self.predicted, self.actual = (g.category, g.complexity), g.predicted, g.actual
+            self.censored_predicted, self.bounds, self.censored_rows = np.zeros(0), np.zeros(0), np.zeros(0)
+            self.size = len(g.actual)
+
+    groups = [Coverage(g) for g in observed]
+    factors = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed}
+    plain = {(g["category"], g["complexity"]): g for g in calibration_section(groups, seed, factors)["groups"]}
+    raised = {(g["category"], g["complexity"]): g
+              for g in calibration_section(groups, seed, factors, pooled_factors=True)["groups"]}
+    assert raised[("tests", "low")]["proposed_factor"] > plain[("tests", "low")]["proposed_factor"]
+    for key, proposal in raised.items():
+        assert proposal["status"] == plain[key]["status"] == "pooled"
+        budget_per_prediction = proposal["proposed_factor"] * proposal["budget_margin"]
+        # The same budget per prediction in force (margins are rounded up to 1/1000).
+        assert budget_per_prediction == pytest.approx(plain[key]["proposed_factor"] * plain[key]["budget_margin"],
+                                                      rel=2e-3)
