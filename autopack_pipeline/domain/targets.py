@@ -20,3 +20,6 @@ MIN_ACTUAL_TOKENS = 50
 # A calibration's proposed multiplier inside this band is Autopack's "no adjustment needed".
 INCREASE_ABOVE = 1.2
 DECREASE_BELOW = 0.8
+# Tier 2 reopens a calibration gate Tier 1 would close when a round's budget waste P90 is more than
+# this many times the oracle's (the loop's bar for "the least waste the data allows").
+WASTE_OVER_ORACLE_LIMIT = 1.2

@@ -31,11 +31,8 @@ from autopack_pipeline.domain.targets import (
     MIN_TOTAL_SAMPLES,
     TRUNCATION_TARGET_PCT,
     UNDERESTIMATION_TARGET_PCT,
+    WASTE_OVER_ORACLE_LIMIT,
 )
-
-# Tier 2 reopens a gate Tier 1 would close when the round's budget waste P90 is more than this many
-# times the oracle's (the bar for "the least waste"): see :func:`decide_gate`.
-WASTE_OVER_ORACLE_LIMIT = 1.2
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from autopack_pipeline.domain.analysis.gate import WASTE_OVER_ORACLE_LIMIT, decide_gate
+from autopack_pipeline.domain.analysis.gate import decide_gate
+from autopack_pipeline.domain.targets import WASTE_OVER_ORACLE_LIMIT
 
 pytestmark = pytest.mark.unit
 
