@@ -35,6 +35,19 @@ def check_complexity_keys(row: dict[str, Any], allow_other: bool = False) -> dic
     return row
 
 
+def check_canonical_rows(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rows keyed by canonical category, each keyed by complexity. The estimator looks a row up by the
+    estimate's canonical category, so a row under an alias would never be read: it is refused."""
+    for name, row in rows.items():
+        if normalise_category(name) != name:
+            raise ValueError(f"row {name!r} must use the canonical name {normalise_category(name)!r}")
+        try:
+            check_complexity_keys(row)
+        except ValueError as exc:
+            raise ValueError(f"row {name!r}: {exc}") from None
+    return rows
+
+
 class NewModify(StrictBlock):
     """Marginal cost of one deliverable when it is a new file and when it is a modification."""
 
@@ -184,15 +197,7 @@ class Budget(StrictBlock):
     @field_validator("base_floor")
     @classmethod
     def _canonical_rows(cls, floors: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-        # select_budget looks floors up by canonical category; a row under an alias would be dead.
-        for name, row in floors.items():
-            if normalise_category(name) != name:
-                raise ValueError(f"row {name!r} must use the canonical name {normalise_category(name)!r}")
-            try:
-                check_complexity_keys(row)
-            except ValueError as exc:
-                raise ValueError(f"row {name!r}: {exc}") from None
-        return floors
+        return check_canonical_rows(floors)  # select_budget looks floors up by canonical category
 
     @field_validator("universal_floor")
     @classmethod

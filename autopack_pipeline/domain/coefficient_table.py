@@ -28,6 +28,7 @@ from autopack_pipeline.domain.coefficient_blocks import (
     PosFloat,
     PosInt,
     StrictBlock,
+    check_canonical_rows,
     check_complexity_keys,
 )
 
@@ -71,15 +72,7 @@ class CoefficientTable(StrictBlock):
     @field_validator("calibration")
     @classmethod
     def _calibration_keys(cls, section: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
-        # Looked up by the estimate's canonical category: a row under an alias would never be read.
-        for name, row in (section or {}).items():
-            if normalise_category(name) != name:
-                raise ValueError(f"row {name!r} must use the canonical name {normalise_category(name)!r}")
-            try:
-                check_complexity_keys(row)
-            except ValueError as exc:
-                raise ValueError(f"row {name!r}: {exc}") from None
-        return section
+        return None if section is None else check_canonical_rows(section)
 
     @model_validator(mode="after")
     def _aliases_agree(self) -> CoefficientTable:
