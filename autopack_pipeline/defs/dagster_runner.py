@@ -125,7 +125,7 @@ def _print_results(result: dg.ExecuteInProcessResult, home: str, settings: Stora
         low, high = tier1[f"{key}_ci"]
         print(f"  {name:<16} {tier1[key]:6.1f}%   95% interval {low:.1f}%-{high:.1f}%")
     print("  verdict: " + ("TUNING NEEDED" if metrics.needs_tuning else "within targets"))
-    calibration = outputs["calibration_recommendations"]
+    calibration = outputs["calibration_recommendations"].as_dict()  # services.calibrating.CalibrationOutcome
     print(calibration["gate"]["summary"])
     if calibration["reports"]:
         print(f"Calibration report: {calibration['reports']['markdown']}")

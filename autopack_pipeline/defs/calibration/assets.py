@@ -91,13 +91,12 @@ def calibration_recommendations(
             metadata["predictions_in_force"] = dg.MetadataValue.text(
                 ", ".join(f"{n} {way}" for way, n in outcome.reprediction.items() if n) or "none")
         metadata |= patch_metadata(outcome.calibration_section, str(outcome.json_path))
-    value = outcome.as_dict()
-    reason = no_patch_reason(value)
+    reason = no_patch_reason(outcome.as_dict())
     if reason:
         metadata["no_patch"] = dg.MetadataValue.text(reason)
     # The next step first, so it is the first line a person reads on the asset page.
     metadata = next_step_metadata(calibration_next_step(reason, str(outcome.json_path))) | metadata
-    return dg.MaterializeResult(value=value, metadata=metadata)
+    return dg.MaterializeResult(value=outcome, metadata=metadata)
 
 
 # A plot bigger than this is not inlined (the event log stores every materialisation's metadata);

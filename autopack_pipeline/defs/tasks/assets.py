@@ -8,6 +8,7 @@ from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.metadata import database_metadata, next_step_metadata, task_todo_table
 from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.services.analysis import SampleSummary, TierMetrics
+from autopack_pipeline.services.calibrating import CalibrationOutcome
 from autopack_pipeline.services.pipeline import task_stage
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage import tasks as task_store
@@ -39,7 +40,7 @@ def generated_tasks(
     raw_events: EventArrays,
     success_samples: SampleSummary,
     tier_metrics: TierMetrics,
-    calibration_recommendations: dict[str, Any],
+    calibration_recommendations: CalibrationOutcome,
 ) -> dg.MaterializeResult:
     """Improvement tasks from Tier-1 breaches and truncation hot spots per group, actionable
     recommendations, groups short of samples, and the cost sinks, failure modes and retry causes in

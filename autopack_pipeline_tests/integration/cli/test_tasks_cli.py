@@ -197,10 +197,10 @@ def test_generate_finds_what_the_generated_tasks_asset_finds(sqlite_url, db, mon
                                            "llm": LLMBackendResource(), **event_io_resources()})
     assert result.success
     calibration = result.output_for_node("calibration_recommendations")
-    assert calibration["gate"]["open"] and calibration["method"] == "coverage"
+    assert calibration.gate.open and calibration.result.method == "coverage"
     from_asset = {t["task_id"]: t for t in result.output_for_node("generated_tasks")}
     reports = sorted((db.parent / "reports").iterdir())
-    assert Path(calibration["reports"]["json"]) in reports
+    assert calibration.json_path in reports
 
     document = json.loads(run("tasks", "generate", "--json", db=db, env_extra=slots).stdout)
     assert document["gate"]["open"] and document["method"] == "coverage"

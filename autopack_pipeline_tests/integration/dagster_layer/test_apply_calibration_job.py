@@ -30,7 +30,7 @@ def _recommendations(instance, url):
     assert result.success
     metadata = instance.get_latest_materialization_event(
         dg.AssetKey("calibration_recommendations")).asset_materialization.metadata
-    return result.output_for_node("calibration_recommendations"), metadata
+    return result.output_for_node("calibration_recommendations").as_dict(), metadata
 
 
 def _apply(instance, config: dict) -> dg.ExecuteInProcessResult:

@@ -49,7 +49,7 @@ def test_whole_pipeline_on_embedded_defaults(sqlite_url, tmp_path):
         assert metrics.tier1["total_samples"] == events
         assert metrics.clean_samples == samples.count
 
-        calibration = result.output_for_node("calibration_recommendations")
+        calibration = result.output_for_node("calibration_recommendations").as_dict()
         assert calibration["gate"]["open"], calibration["gate"]["summary"]
         report = json.loads(open(calibration["reports"]["json"]).read())
         assert set(report["metadata"]) == {"generated_at", "confidence_threshold", "total_samples", "high_confidence_groups"}
@@ -93,7 +93,7 @@ def test_closed_gate_writes_no_report_and_says_why(sqlite_url, tmp_path):
     with dg.instance_for_test() as instance:
         result = _materialize(instance, sqlite_url, run_config=config)
         assert result.success
-        calibration = result.output_for_node("calibration_recommendations")
+        calibration = result.output_for_node("calibration_recommendations").as_dict()
         assert not calibration["gate"]["open"]
         assert "the gate needs at least 20" in calibration["gate"]["summary"]
         assert calibration["reports"] is None

@@ -66,7 +66,7 @@ def test_gate_sensor_requests_calibration_once_per_batch(instance, sqlite_url):
     assert {node.name for node in job.nodes} == {"calibration_recommendations", "generated_tasks"}
     outcome = job.execute_in_process(instance=instance, tags=request.tags)
     assert outcome.success
-    assert outcome.output_for_node("calibration_recommendations")["gate"]["open"]
+    assert outcome.output_for_node("calibration_recommendations").gate.open
     after = tick(calibration_gate_sensor, instance)
     assert not after.run_requests and "calibration already ran on it" in after.skip_message
     assert "Calibration gate open" in after.skip_message
