@@ -291,11 +291,6 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
     return p < CHECK_ALPHA, above, p
 
 
-def pooled_survival(shapes: Sequence[GroupShape]) -> Callable[[float], float]:
-    """``P(score > s)`` of the pooled Kaplan-Meier estimate, as a function of ``s``."""
-    return PooledScores.of(shapes).survival
-
-
 def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float) -> dict[tuple[str, str], tuple[float, str]]:
     """Per group, (margin, why): the groups whose own calls accept the bound of the others form the
     pool; each of them whose own calls also accept the pool's bound gets its margin from it. A group

@@ -21,7 +21,6 @@ so they affect the old and the current prediction alike.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -153,15 +152,6 @@ class Repredictor:
                 ratio = self.table.prediction_multiplier(*key) / old.prediction_multiplier(*key)
                 return float(math.floor(recorded * ratio + 0.5)) if ratio != 1.0 else float(recorded), "scaled"
         return float(self.rerun(event)[0]), "rerun"
-
-    def predictions(self, events: Sequence[StoredPrediction]) -> tuple[np.ndarray, dict[str, int]]:
-        """Predictions in force for ``events``, and how many came each way."""
-        out = np.zeros(len(events))
-        how: Counter[str] = Counter()
-        for i, event in enumerate(events):
-            out[i], way = self.one(event)
-            how[way] += 1
-        return out, {way: int(how[way]) for way in HOW}
 
     def rerun_all(self, events: Sequence[StoredPrediction]) -> Repredicted:
         """Every event re-run through the estimator and ``select_budget`` (the backtest's both sides)."""

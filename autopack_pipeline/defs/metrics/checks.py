@@ -9,6 +9,7 @@ import dagster as dg
 
 from autopack_pipeline.defs.metrics.assets import tier_metrics
 from autopack_pipeline.defs.shared.not_evaluated import not_evaluated
+from autopack_pipeline.domain.analysis.rates import budget_waste_within_target
 from autopack_pipeline.domain.targets import BUDGET_WASTE_P90_TARGET, TRUNCATION_TARGET_PCT, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.services.analysis import TierMetrics
 
@@ -60,13 +61,13 @@ def tier1_truncation_within_target(tier_metrics: TierMetrics) -> dg.AssetCheckRe
 @dg.asset_check(asset=tier_metrics, name="tier2_budget_waste_p90_below_3x")
 def tier2_budget_waste_p90_below_3x(tier_metrics: TierMetrics) -> dg.AssetCheckResult:
     """Tier 2 (advisory): the 90th percentile of budget / actual output stays below 3x."""
-    observed = tier_metrics.tier2.get("budget_waste_p90")
-    if observed is None:
+    within = budget_waste_within_target(tier_metrics.tier2)
+    if within is None:
         return not_evaluated("no events with a budget and an actual output in the window",
                              {"threshold_ratio": BUDGET_WASTE_P90_TARGET})
-    observed = float(observed)
+    observed = float(tier_metrics.tier2["budget_waste_p90"])
     return dg.AssetCheckResult(
-        passed=observed < BUDGET_WASTE_P90_TARGET,
+        passed=within,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"observed_ratio": observed, "threshold_ratio": BUDGET_WASTE_P90_TARGET, "evaluated": True},
         description=f"budget waste P90 {observed:.2f}x; the Tier-2 target is below {BUDGET_WASTE_P90_TARGET:g}x",

@@ -170,14 +170,6 @@ def _chunk_columns(chunk: SynthChunk, run_ids: np.ndarray, tier_pk: np.ndarray, 
 _TIMESTAMP_SOURCES = {"timestamp", "last", "started", "completed_at"}
 
 
-def _sources(spec: tuple) -> list[str]:
-    seen: list[str] = []
-    for _column, source in spec:
-        if isinstance(source, str) and source not in seen:
-            seen.append(source)
-    return seen
-
-
 def _arrow_columns(columns: dict[str, np.ndarray], spec: tuple, n: int, *, text_timestamps: bool = False) -> pa.Table:
     """The rows of ``spec`` as an Arrow table: constants repeated, timestamps as ``timestamp[us]`` or, with
     ``text_timestamps``, as SQLite's DATETIME text (NULL where the µs value is negative)."""

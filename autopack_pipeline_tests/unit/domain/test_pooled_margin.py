@@ -17,12 +17,12 @@ from autopack_pipeline.domain.pooled_margin import (
     CENSORED_HEADROOM,
     CONFIDENCE,
     FOLDS,
+    PooledScores,
     confident_rank,
     group_shape,
     kaplan_meier,
     own_tail_contradicts,
     pooled_bound,
-    pooled_survival,
 )
 
 pytestmark = pytest.mark.unit
@@ -184,7 +184,7 @@ def test_the_section_marks_pooled_groups_and_measures_margins_against_the_new_pr
 
 def test_the_pooled_survival_is_one_minus_the_kaplan_meier_cdf():
     shape = group_shape(("a", "low"), np.exp(0.3 * SHAPE), np.array([1.2, 1.5]))
-    survival = pooled_survival([shape])
+    survival = PooledScores.of([shape]).survival
     points, cdf = kaplan_meier(*shape.scores())
     assert survival(points[0] - 1) == 1.0
     assert survival(points[10]) == pytest.approx(1 - cdf[10])
