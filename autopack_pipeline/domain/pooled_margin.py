@@ -88,7 +88,7 @@ class GroupShape:
 
     def scores(self, censored_shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """(clean scores, truncated calls' lower bounds), cross-fitted: the calls are dealt into
-        ``FOLDS`` folds (every ``FOLDS``-th call), and each fold is scored with the location and scale
+        ``FOLDS`` folds (:func:`folds_of`), and each fold is scored with the location and scale
         of the other calls. Scored against a place fitted on themselves, calls look closer to it
         than a new call will (the median and spread bend towards the very calls they score), and the
         pooled bound undercovers; against a place fitted without them, a score carries the
@@ -97,7 +97,7 @@ class GroupShape:
         cannot be fitted (too many truncations) is scored with the whole group's.
         ``censored_shift`` is added to the truncated calls' log bounds before they are scored."""
         clean, cut = np.empty(len(self.log_ratios)), np.empty(len(self.censored_logs))
-        fold_clean, fold_cut = np.arange(len(clean)) % FOLDS, (np.arange(len(cut)) + len(clean)) % FOLDS
+        fold_clean, fold_cut = folds_of(self.log_ratios), folds_of(self.censored_logs)
         for fold in range(FOLDS):
             mine_clean, mine_cut = fold_clean == fold, fold_cut == fold
             place = _place(self.log_ratios[~mine_clean], self.censored_logs[~mine_cut]) or (self.location, self.scale)
@@ -117,6 +117,20 @@ class GroupShape:
 
     def margin(self, q: float) -> float:
         return float(math.exp(self.location + self.scale * q))
+
+
+def folds_of(values: np.ndarray) -> np.ndarray:
+    """Each call's cross-fitting fold, from a hash of its own value: the same calls get the same folds
+    in whatever order they are stored (collection threads finish in any order, and folds dealt by
+    position made one seed's margins differ from run to run). The hash is the 64-bit finaliser of
+    MurmurHash3 on the value's bits, written out because numpy has no vectorised hash of elements
+    and a per-call ``hashlib`` would be slow on millions of events; equal values share a fold."""
+    mixed = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64).copy()
+    for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        mixed ^= mixed >> np.uint64(33)
+        mixed *= np.uint64(multiplier)
+    mixed ^= mixed >> np.uint64(33)
+    return (mixed % np.uint64(FOLDS)).astype(np.int64)
 
 
 def _nearest_rank(values: np.ndarray, quantile: float) -> float:

@@ -6,7 +6,11 @@ log-t: Student's t with 3 degrees of freedom on the log scale); and from ``drift
 length is multiplied by ``drift``. A drawn length over the request's ``max_tokens`` comes back as a
 real truncated answer (stop_reason ``max_tokens``, output_tokens = max_tokens). An escalated retry of
 a truncated call (same prompt, larger ``max_tokens``) wants the same length, as a real model would
-roughly; any other request draws afresh. Test and benchmark infrastructure, independent of the product.
+roughly; any other request draws afresh. Each fresh draw is seeded by the world's seed, the prompt and
+how many fresh draws that prompt had before, not taken from one generator in the order the server's
+threads happen to ask: the same seed gives the same lengths run after run (a phase's attempts come one
+after another, and no two phases of a run share a prompt). Test and benchmark infrastructure,
+independent of the product.
 """
 
 from __future__ import annotations
@@ -49,28 +53,32 @@ class LengthWorld:
 
     def __init__(self, seed: int = 7, *, sigma: float = 0.3, df: int = 3, drift: float = 1.3,
                  drift_round: int = 3) -> None:
-        self.rng = random.Random(seed)
+        self.seed = seed
         self.sigma, self.df, self.drift, self.drift_round = sigma, df, drift, drift_round
         self.round = 1
         self._last: dict[str, tuple[int, int]] = {}  # prompt -> (length wanted, max_tokens of the truncated call)
+        self._draws: dict[str, int] = {}  # prompt -> fresh draws so far
         self._lock = threading.Lock()
 
     def set_round(self, number: int) -> None:
         self.round = number
 
-    def _log_t(self) -> float:
+    def _log_t(self, rng: random.Random) -> float:
         # Student's t: a normal over the root of a scaled chi-square with df degrees of freedom.
-        chi2 = sum(self.rng.gauss(0, 1) ** 2 for _ in range(self.df))
-        return self.rng.gauss(0, 1) / math.sqrt(chi2 / self.df)
+        chi2 = sum(rng.gauss(0, 1) ** 2 for _ in range(self.df))
+        return rng.gauss(0, 1) / math.sqrt(chi2 / self.df)
 
     def wanted(self, prompt: str, max_tokens: int) -> int:
         with self._lock:
             previous = self._last.pop(prompt, None)
             if previous is not None and max_tokens > previous[1]:
                 return previous[0]  # the escalated retry of a truncated call
-            files = deliverables_of(prompt) or ["answer.txt"]
-            typical = sum(file_tokens(p) for p in files) * (self.drift if self.round >= self.drift_round else 1.0)
-            return max(80, int(typical * math.exp(self.sigma * self._log_t())))
+            draw = self._draws.get(prompt, 0)
+            self._draws[prompt] = draw + 1
+        rng = random.Random(int(_unit("draw", self.seed, prompt, draw) * 2**64))
+        files = deliverables_of(prompt) or ["answer.txt"]
+        typical = sum(file_tokens(p) for p in files) * (self.drift if self.round >= self.drift_round else 1.0)
+        return max(80, int(typical * math.exp(self.sigma * self._log_t(rng))))
 
     def responder(self, body: dict):
         prompt = body["messages"][-1]["content"]

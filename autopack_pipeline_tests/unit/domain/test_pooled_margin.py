@@ -19,6 +19,7 @@ from autopack_pipeline.domain.pooled_margin import (
     FOLDS,
     PooledScores,
     confident_rank,
+    folds_of,
     group_shape,
     kaplan_meier,
     own_tail_contradicts,
@@ -73,15 +74,33 @@ def test_without_truncations_the_pooled_bound_is_an_order_statistic_of_the_cross
 
 
 def test_cross_fitted_scores_place_each_call_against_the_others():
-    # Calls are dealt into 5 folds (every 5th call); a call of fold 0 is scored with the median and
-    # the 90th-percentile spread of the calls outside fold 0 (nearest rank), not with its own group's.
+    # Calls are dealt into 5 folds by a hash of their value; a call of fold 0 is scored with the median
+    # and the 90th-percentile spread of the calls outside fold 0 (nearest rank), not with its own group's.
     logs = 0.3 * SHAPE[::4]  # 20 calls
     shape = group_shape(("a", "low"), np.exp(logs), np.zeros(0))
-    others = np.sort(logs[np.arange(20) % FOLDS != 0])  # 16 calls
-    median, upper = others[math.ceil(0.5 * 16) - 1], others[math.ceil(0.9 * 16) - 1]
-    assert shape.scores()[0][::FOLDS] == pytest.approx((logs[::FOLDS] - median) / (upper - median))
+    mine = folds_of(shape.log_ratios) == 0
+    others = np.sort(shape.log_ratios[~mine])
+    n = len(others)
+    assert 0 < mine.sum() < 20
+    median, upper = others[math.ceil(0.5 * n) - 1], others[math.ceil(0.9 * n) - 1]
+    assert shape.scores()[0][mine] == pytest.approx((shape.log_ratios[mine] - median) / (upper - median))
     assert shape.location == pytest.approx(np.sort(logs)[9]) and shape.scale == pytest.approx(
         np.sort(logs)[17] - np.sort(logs)[9])
+
+
+def test_folds_follow_the_calls_not_their_storage_order():
+    # Collection threads store calls in any order; the same calls must give the same bound.
+    rng = np.random.default_rng(3)
+    logs = [0.1 * i + 0.3 * rng.standard_t(3, 80) for i in range(4)]
+    cut = [np.exp(np.sort(g)[-3:] - 0.05) for g in logs]  # three truncated calls per group
+    shapes = [group_shape((f"g{i}", "low"), np.exp(g), c) for i, (g, c) in enumerate(zip(logs, cut))]
+    shuffled = [group_shape((f"g{i}", "low"), np.exp(rng.permutation(g)), rng.permutation(c))
+                for i, (g, c) in enumerate(zip(logs, cut))]
+    assert pooled_bound(shapes, 2.0) == pooled_bound(shuffled, 2.0)
+    for a, b in zip(shapes, shuffled):
+        assert np.sort(a.scores()[0]) == pytest.approx(np.sort(b.scores()[0]))
+    # Every fold is used, about evenly.
+    assert np.bincount(folds_of(np.concatenate(logs)), minlength=FOLDS).min() > 320 / FOLDS / 2
 
 
 def test_a_thin_group_gets_the_pooled_point_its_own_calls_are_too_few_to_show():
