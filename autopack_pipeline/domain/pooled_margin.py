@@ -97,7 +97,7 @@ class GroupShape:
         cannot be fitted (too many truncations) is scored with the whole group's.
         ``censored_shift`` is added to the truncated calls' log bounds before they are scored."""
         clean, cut = np.empty(len(self.log_ratios)), np.empty(len(self.censored_logs))
-        fold_clean, fold_cut = folds_of(self.log_ratios), folds_of(self.censored_logs)
+        fold_clean, fold_cut = folds_of(self.log_ratios), folds_of(self.censored_logs, salt=1)
         for fold in range(FOLDS):
             mine_clean, mine_cut = fold_clean == fold, fold_cut == fold
             place = _place(self.log_ratios[~mine_clean], self.censored_logs[~mine_cut]) or (self.location, self.scale)
@@ -119,13 +119,18 @@ class GroupShape:
         return float(math.exp(self.location + self.scale * q))
 
 
-def folds_of(values: np.ndarray) -> np.ndarray:
-    """Each call's cross-fitting fold, from a hash of its own value: the same calls get the same folds
-    in whatever order they are stored (collection threads finish in any order, and folds dealt by
-    position made one seed's margins differ from run to run). The hash is the 64-bit finaliser of
-    MurmurHash3 on the value's bits, written out because numpy has no vectorised hash of elements
-    and a per-call ``hashlib`` would be slow on millions of events; equal values share a fold."""
-    mixed = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64).copy()
+def folds_of(values: np.ndarray, salt: int = 0) -> np.ndarray:
+    """Each call's cross-fitting fold, from a hash of its rank among ``values``: the same calls get the
+    same folds in whatever order they are stored (collection threads finish in any order, and folds
+    dealt by position made one seed's margins differ from run to run), and a factor that shifts every
+    log ratio of a group leaves its folds, so its budgets, as they were. Hashed rather than dealt in
+    rank order, which would put every fold at every height and leave the other folds' place no
+    different from the whole group's. The hash is the 64-bit finaliser of MurmurHash3, written out
+    because numpy has no vectorised hash of integers; ``salt`` keeps the truncated calls' pattern
+    apart from the clean calls'."""
+    ranks = np.empty(len(values), dtype=np.uint64)
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values), dtype=np.uint64)
+    mixed = ranks + np.uint64(salt << 32)
     for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
         mixed ^= mixed >> np.uint64(33)
         mixed *= np.uint64(multiplier)

@@ -74,7 +74,7 @@ def test_without_truncations_the_pooled_bound_is_an_order_statistic_of_the_cross
 
 
 def test_cross_fitted_scores_place_each_call_against_the_others():
-    # Calls are dealt into 5 folds by a hash of their value; a call of fold 0 is scored with the median
+    # Calls are dealt into 5 folds by a hash of their rank; a call of fold 0 is scored with the median
     # and the 90th-percentile spread of the calls outside fold 0 (nearest rank), not with its own group's.
     logs = 0.3 * SHAPE[::4]  # 20 calls
     shape = group_shape(("a", "low"), np.exp(logs), np.zeros(0))
@@ -99,8 +99,12 @@ def test_folds_follow_the_calls_not_their_storage_order():
     assert pooled_bound(shapes, 2.0) == pooled_bound(shuffled, 2.0)
     for a, b in zip(shapes, shuffled):
         assert np.sort(a.scores()[0]) == pytest.approx(np.sort(b.scores()[0]))
-    # Every fold is used, about evenly.
-    assert np.bincount(folds_of(np.concatenate(logs)), minlength=FOLDS).min() > 320 / FOLDS / 2
+    # Every fold is used, about evenly, and not in rank order (each fold spans the group's range).
+    folds = folds_of(np.concatenate(logs))
+    assert np.bincount(folds, minlength=FOLDS).min() > 320 / FOLDS / 2
+    assert not np.array_equal(folds[np.argsort(np.concatenate(logs))], np.arange(320) % FOLDS)
+    # A constant shift of a group's log ratios (a factor on its predictions) leaves its folds.
+    assert np.array_equal(folds_of(logs[0]), folds_of(logs[0] - 0.4))
 
 
 def test_a_thin_group_gets_the_pooled_point_its_own_calls_are_too_few_to_show():
