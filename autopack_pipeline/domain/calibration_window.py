@@ -7,8 +7,16 @@ back, round after round. So the window is:
 
 - the events of the ``versions`` most recent coefficient versions that have events (versions ordered
   by their first event; events from before the column count as one version, the oldest); 0 = all;
-- shortened to the newest version's events alone when its error ``log(actual / predicted in force)``
-  differs from the rest of the window's (:func:`error_moved`).
+- when the newest version's error ``log(actual / predicted in force)`` differs from the rest of the
+  window's (:func:`error_moved`), the older versions' events are kept *re-expressed* in the newest
+  world (:func:`measured_shift`): each older version's outputs and ceilings are multiplied by the
+  shift of its group's median log error to the newest's (the pooled shift where a group has too few
+  events on a side), so the location follows the newest version while the tail's shape is still
+  estimated from every version in the window (after a drift, one round's ~550 calls alone set
+  margins from a few extreme calls). Each version is measured against the newest directly, never
+  through the one between, and nothing re-expressed is stored: the next calibration measures again
+  from the stored events, so shifts never compound. A version whose shift cannot be measured (no
+  group with enough events on both sides) is dropped, as all older versions were before.
 
 The drift test is a stratified rank test: per (category, complexity) group with enough events on
 both sides, a Mann-Whitney z of newest against older, combined over groups by Stouffer's sum (a
@@ -17,10 +25,16 @@ where a per-group test on ~75 calls would miss a 30% shift); a single group movi
 its own test at a Bonferroni-corrected level. Truncated calls only bound their ratio from below, and
 older versions had other budgets, so both sides of a group are censored at the lowest ceiling either
 side hit (a value above it counts as tied at it): censoring then cannot pass for drift.
+
+The shift is a difference of medians, which truncated calls do not move as long as the ceilings they
+hit lie above the median; a side where one does not has no known median, and its group takes the
+pooled shift. Scaling a truncated call's ceiling with its output keeps it censored at the same place
+relative to the prediction, so the re-expressed call is still a lower bound.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +64,20 @@ class DriftTest:
 
 
 @dataclass(frozen=True)
+class VersionShift:
+    """How an older version's events were re-expressed in the newest version's world (log factors)."""
+
+    version: str | None
+    events: int
+    pooled: float  # the groups' shifts averaged, weighted as their precision (n_new n_old / (n_new + n_old))
+    groups: dict[str, float]  # groups measured on their own; the others take ``pooled``
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "events": self.events, "pooled_factor": math.exp(self.pooled),
+                "group_factors": {g: math.exp(v) for g, v in self.groups.items()}}
+
+
+@dataclass(frozen=True)
 class CalibrationWindow:
     rows: np.ndarray  # boolean mask over the events
     versions: list[str | None]  # in the window, oldest first
@@ -57,11 +85,28 @@ class CalibrationWindow:
     drift: DriftTest | None = None
     reason: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    # Per event, the log factor its output and ceiling are re-expressed by (0: as stored); None: none is.
+    log_shift: np.ndarray | None = None
+    shifts: list[VersionShift] = field(default_factory=list)
+
+    def events_of(self, arrays: Any) -> Any:
+        """The window's events of ``arrays`` (EventArrays), older versions' outputs and ceilings re-expressed."""
+        kept = arrays.take(self.rows)
+        if self.log_shift is None:
+            return kept
+        factor = np.exp(self.log_shift[self.rows])
+
+        def scaled(column: Any) -> Any:  # token counts stay integers, as stored
+            return dataclasses.replace(column, values=np.rint(column.values * factor).astype(column.values.dtype))
+
+        return dataclasses.replace(kept, actual=scaled(kept.actual), selected_budget=scaled(kept.selected_budget),
+                                   actual_max_tokens=scaled(kept.actual_max_tokens))
 
     def as_dict(self) -> dict[str, Any]:
         return {"versions": self.versions, "dropped_versions": self.dropped_versions, "events": int(self.rows.sum()),
                 "events_dropped": int((~self.rows).sum()), "reason": self.reason,
-                "drift": None if self.drift is None else {"moved": self.drift.moved, "summary": self.drift.summary()}}
+                "drift": None if self.drift is None else {"moved": self.drift.moved, "summary": self.drift.summary()},
+                "re_expressed": [shift.as_dict() for shift in self.shifts]}
 
 
 def _censored_at_common_ceiling(newest: tuple[np.ndarray, np.ndarray], older: tuple[np.ndarray, np.ndarray]
@@ -116,6 +161,38 @@ def error_moved(groups: np.ndarray, log_ratio: np.ndarray, censored: np.ndarray,
     return DriftTest(moved, combined, len(z), str(labels[worst]), float(p[worst]))
 
 
+def _median_if_known(values: np.ndarray, censored: np.ndarray) -> float | None:
+    """The median of ``values`` whose ``censored`` entries are lower bounds, or None when one of those
+    bounds is not above it (that call may lie on either side)."""
+    median = float(np.median(np.where(censored, np.inf, values)))
+    if not math.isfinite(median) or (censored.any() and float(values[censored].min()) <= median):
+        return None
+    return median
+
+
+def measured_shift(groups: np.ndarray, log_ratio: np.ndarray, censored: np.ndarray, newest: np.ndarray,
+                   older: np.ndarray, *, min_events: int = MIN_EVENTS_PER_SIDE) -> tuple[float, dict[str, float]] | None:
+    """(pooled, per group) shift of the median log error from the ``older`` rows to the ``newest``;
+    None when no group has ``min_events`` usable events with a known median on both sides."""
+    usable = np.isfinite(log_ratio)
+    own: dict[str, float] = {}
+    weights: list[float] = []
+    for label in dict.fromkeys(np.asarray(groups, dtype=object)[usable & (newest | older)].tolist()):
+        rows = usable & (groups == label)
+        a, b = rows & newest, rows & older
+        n_new, n_old = int(a.sum()), int(b.sum())
+        if n_new < min_events or n_old < min_events:
+            continue
+        new_median, old_median = _median_if_known(log_ratio[a], censored[a]), _median_if_known(log_ratio[b], censored[b])
+        if new_median is None or old_median is None:
+            continue
+        own[str(label)] = new_median - old_median
+        weights.append(n_new * n_old / (n_new + n_old))
+    if not own:
+        return None
+    return float(np.average(list(own.values()), weights=weights)), own
+
+
 def choose_window(versions: Sequence[str | None], order: np.ndarray, groups: np.ndarray, log_ratio: np.ndarray,
                   censored: np.ndarray, *, keep_versions: int = DEFAULT_WINDOW_VERSIONS) -> CalibrationWindow:
     """The rows calibration reads (see the module docstring). ``order`` ranks the events in time (event
@@ -141,9 +218,37 @@ def choose_window(versions: Sequence[str | None], order: np.ndarray, groups: np.
     drift = error_moved(np.asarray(groups, dtype=object), np.asarray(log_ratio, dtype=float),
                         np.asarray(censored, dtype=bool), newest, rows & ~newest)
     if drift.moved:
-        return CalibrationWindow(newest, kept[-1:], dropped + kept[:-1], drift,
-                                 f"the error moved under {kept[-1]}: only its events are kept")
+        return _re_expressed_window(kept, dropped, rows_of, newest, drift, np.asarray(groups, dtype=object),
+                                    np.asarray(log_ratio, dtype=float), np.asarray(censored, dtype=bool))
     return CalibrationWindow(rows, kept, dropped, drift, f"the last {len(kept)} versions with events")
+
+
+def _re_expressed_window(kept: list[str | None], dropped: list[str | None], rows_of: Any, newest: np.ndarray,
+                         drift: DriftTest, groups: np.ndarray, log_ratio: np.ndarray,
+                         censored: np.ndarray) -> CalibrationWindow:
+    """After a drift: the newest version's events, and each older version's re-expressed by its own
+    shift to the newest (measured against the newest directly: no chain of shifts to compound)."""
+    rows, log_shift, shifts, gone = newest.copy(), np.zeros(len(newest)), [], []
+    for version in kept[:-1]:
+        mine = rows_of([version])
+        measured = measured_shift(groups, log_ratio, censored, newest, mine)
+        if measured is None:
+            gone.append(version)
+            continue
+        pooled, own = measured
+        log_shift[mine] = [own.get(str(g), pooled) for g in groups[mine].tolist()]
+        rows |= mine
+        shifts.append(VersionShift(version, int(mine.sum()), pooled, own))
+    versions = [v for v in kept if v not in gone]
+    if not shifts:
+        return CalibrationWindow(newest, versions, dropped + gone, drift,
+                                 f"the error moved under {kept[-1]}: only its events are kept")
+    factors = "; ".join(f"{s.version}: {len(s.groups)} group(s) by their own medians, "
+                        f"x{math.exp(min(s.groups.values())):.3f} to x{math.exp(max(s.groups.values())):.3f}, "
+                        f"the others x{math.exp(s.pooled):.3f} (pooled)" for s in shifts)
+    return CalibrationWindow(rows, versions, dropped + gone, drift,
+                             f"the error moved under {kept[-1]}: older events re-expressed in its world by the "
+                             f"measured shift ({factors})", log_shift=log_shift, shifts=shifts)
 
 
 def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_WINDOW_VERSIONS) -> CalibrationWindow:

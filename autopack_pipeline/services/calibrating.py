@@ -162,7 +162,7 @@ def calibrate(
             from autopack_pipeline.domain.calibration_window import window_of_events
 
             chosen = window_of_events(arrays, prediction_inputs, keep_versions=window_versions)
-            arrays, window = arrays.take(chosen.rows), chosen.as_dict()
+            arrays, window = chosen.events_of(arrays), chosen.as_dict()
             provenance["window"] = window
             provenance["gate_summary"] += (f"; window: {window['events']} events of {len(window['versions'])} "
                                            f"version(s), {window['events_dropped']} older left out ({chosen.reason})")

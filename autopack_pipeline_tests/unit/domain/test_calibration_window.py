@@ -1,10 +1,14 @@
-"""What calibration learns from: the recent coefficient versions, the newest alone after a drift."""
+"""What calibration learns from: the recent coefficient versions, older ones re-expressed after a drift."""
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
-from autopack_pipeline.domain.calibration_window import choose_window, error_moved
+import numpy as np
+import pytest
+
+from autopack_pipeline.domain.analysis.arrays import EventArrays, truncated_flags
+from autopack_pipeline.domain.calibration_window import choose_window, error_moved, measured_shift
 
 GROUPS = ("docs/low", "tests/low", "implementation/medium", "tests/medium")
 
@@ -30,20 +34,107 @@ def test_the_window_keeps_the_last_versions_and_drops_older_ones():
     assert window.versions == ["v1", "v2"] and window.dropped_versions == ["v0"]
     assert window.rows.sum() == 2 * 4 * 60 and not window.rows[:240].any()
     assert window.drift is not None and not window.drift.moved  # same world: both versions kept
+    assert window.log_shift is None and window.shifts == []  # and kept as they are
     # 0 keeps every version; a history from before the column (version None) is the oldest.
     assert choose_window(versions, order, groups, values, censored, keep_versions=0).rows.all()
     mixed = [None] * 240 + versions[240:]
     assert choose_window(mixed, order, groups, values, censored, keep_versions=2).dropped_versions == [None]
 
 
-def test_a_drift_under_the_newest_version_leaves_only_its_events():
+def test_a_drift_under_the_newest_version_re_expresses_the_older_events_in_its_world():
     # A 30% longer output under v2, heavy-tailed noise (log-t, 3 df): no single group of 60 + 60 calls
     # shows it at a Bonferroni level, but the groups together do.
     versions, order, groups, values, censored = _history(shift_last=np.log(1.3))
     window = choose_window(versions, order, groups, values, censored, keep_versions=2)
     assert window.drift.moved and window.drift.combined_z > 0
-    assert window.versions == ["v2"] and window.dropped_versions == ["v0", "v1"]
-    assert window.rows.sum() == 240 and window.rows[-240:].all()
+    assert window.versions == ["v1", "v2"] and window.dropped_versions == ["v0"]
+    assert window.rows.sum() == 480 and window.rows[-480:].all()
+    # Each v1 call is moved by its group's shift of the median, v2's are left as they are: every
+    # group's v1 median lands on its v2 median.
+    newest, older = np.arange(720) >= 480, (np.arange(720) >= 240) & (np.arange(720) < 480)
+    for group in GROUPS:
+        mine = groups == group
+        shift = np.median(values[mine & newest]) - np.median(values[mine & older])
+        assert window.log_shift[mine & older] == pytest.approx(np.full(60, shift))
+        assert np.median((values + window.log_shift)[mine & older]) == pytest.approx(np.median(values[mine & newest]))
+    assert not window.log_shift[newest].any()
+    assert math.exp(window.shifts[0].pooled) == pytest.approx(1.3, abs=0.12)
+
+
+def test_a_shifted_round_is_re_expressed_exactly_and_each_version_against_the_newest():
+    # The same calls three times, v0's shorter than v2's by x0.6 in every group and v1's by x0.77
+    # (log shifts 0.51 and 0.26), except tests/low, where v1 is the same world as v2. Each version is
+    # measured against the newest directly: v0 is moved by 0.51, not by 0.26 + 0.26 (no chain).
+    rng = np.random.default_rng(11)
+    noise = {group: 0.4 * rng.standard_t(3, 60) for group in GROUPS}
+    shifts = {"v0": {g: np.log(1 / 0.6) for g in GROUPS}, "v1": {g: np.log(1 / 0.77) for g in GROUPS}, "v2": {}}
+    shifts["v1"]["tests/low"] = 0.0
+    versions, groups, values = [], [], []
+    for version in ("v0", "v1", "v2"):
+        for group in GROUPS:
+            values.extend(noise[group] - shifts[version].get(group, 0.0))
+            versions.extend([version] * 60)
+            groups.extend([group] * 60)
+    groups, values = np.array(groups, dtype=object), np.array(values)
+    window = choose_window(versions, np.arange(720.0), groups, values, np.zeros(720, dtype=bool), keep_versions=0)
+    assert window.versions == ["v0", "v1", "v2"] and window.rows.all()
+    for at, version in enumerate(("v0", "v1")):
+        for group in GROUPS:
+            rows = (np.array(versions) == version) & (groups == group)
+            assert window.log_shift[rows] == pytest.approx(np.full(60, shifts[version][group]))
+            assert (values + window.log_shift)[rows] == pytest.approx(noise[group])  # exactly the newest world
+        assert window.shifts[at].version == version and window.shifts[at].events == 240
+    assert window.shifts[1].groups["tests/low"] == pytest.approx(0.0)
+    # Measured once more on the same stored events, the same shifts: nothing accumulates.
+    again = choose_window(versions, np.arange(720.0), groups, values, np.zeros(720, dtype=bool), keep_versions=0)
+    assert again.log_shift == pytest.approx(window.log_shift)
+
+
+def test_a_group_whose_median_truncation_hides_takes_the_pooled_shift():
+    # tests/medium's older calls are cut below their median: its median is unknown there, so its
+    # calls move by the other groups' shift, weighted by their sizes.
+    rng = np.random.default_rng(2)
+    groups = np.array(["docs/low"] * 100 + ["tests/low"] * 60 + ["tests/medium"] * 100, dtype=object)
+    base = rng.normal(0, 0.3, 260)
+    older = np.r_[np.zeros(50, bool), np.ones(50, bool), np.zeros(30, bool), np.ones(30, bool),
+                  np.zeros(50, bool), np.ones(50, bool)]
+    values = base - 0.2 * older - 0.1 * (older & (groups == "tests/low"))
+    censored = older & (groups == "tests/medium") & (values > np.quantile(values[older & (groups == "tests/medium")], 0.3))
+    values = np.where(censored, np.quantile(values[older & (groups == "tests/medium")], 0.3), values)
+    pooled, own = measured_shift(groups, values, censored, ~older, older)
+    assert set(own) == {"docs/low", "tests/low"}
+    for group in own:
+        assert own[group] == pytest.approx(np.median(values[~older & (groups == group)])
+                                           - np.median(values[older & (groups == group)]))
+    # Weights n_new x n_old / (n_new + n_old): 25 for docs/low, 15 for tests/low.
+    assert pooled == pytest.approx((25 * own["docs/low"] + 15 * own["tests/low"]) / 40)
+    # No group measurable on both sides: nothing to re-express by.
+    assert measured_shift(groups, values, censored, ~older, older, min_events=60) is None
+
+
+def test_re_expressed_events_scale_output_and_ceiling_together():
+    # A truncated older call keeps its place relative to its prediction: still truncated, at a ceiling
+    # scaled with its output, so it stays a lower bound in the newest world.
+    records = [
+        {"event_id": 1, "predicted_output_tokens": 1000, "actual_output_tokens": 1200, "selected_budget": 2000,
+         "actual_max_tokens": 2000, "truncated": False, "success": True, "run_id": "r1", "phase_id": "a"},
+        {"event_id": 2, "predicted_output_tokens": 1000, "actual_output_tokens": 2000, "selected_budget": 2000,
+         "actual_max_tokens": 2000, "truncated": True, "success": False, "run_id": "r1", "phase_id": "b"},
+        {"event_id": 3, "predicted_output_tokens": 1000, "actual_output_tokens": 1500, "selected_budget": 2600,
+         "actual_max_tokens": None, "truncated": False, "success": True, "run_id": "r2", "phase_id": "a"},
+    ]
+    arrays = EventArrays.from_records(records)
+    versions = ["v1", "v1", "v2"]
+    window = choose_window(versions, np.arange(3.0), np.array(["g"] * 3, dtype=object), np.zeros(3),
+                           np.zeros(3, bool), keep_versions=2)
+    assert window.log_shift is None
+    shifted = type(window)(np.ones(3, bool), ["v1", "v2"], [], log_shift=np.array([np.log(1.3)] * 2 + [0.0]))
+    out = shifted.events_of(arrays)
+    assert out.actual.values.tolist() == [1560, 2600, 1500]
+    assert out.selected_budget.values.tolist() == [2600, 2600, 2600]
+    assert out.actual_max_tokens.floats()[:2].tolist() == [2600.0, 2600.0] and not out.actual_max_tokens.notna()[2]
+    assert out.predicted.values.tolist() == [1000, 1000, 1000]
+    assert truncated_flags(out).tolist() == [False, True, False]
 
 
 def test_censoring_by_older_budgets_is_not_taken_for_drift():
