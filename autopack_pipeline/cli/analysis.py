@@ -161,8 +161,9 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--include-run-id", action="append", help="only these runs (repeatable)")
     p.add_argument("--no-dedup", action="store_true", help="count every attempt, as Autopack does")
     p.add_argument("--window-versions", type=non_negative_int,
-                   help="learn from the events of this many most recent coefficient versions, the newest alone "
-                        "when its error moved; 0 = all (default: $AUTOPACK_CALIBRATION_WINDOW_VERSIONS or 2)")
+                   help="learn from the events of this many most recent coefficient versions, the older ones "
+                        "re-expressed in the newest's world when its error moved; 0 = all "
+                        "(default: $AUTOPACK_CALIBRATION_WINDOW_VERSIONS or 2)")
     p.add_argument("--force", action="store_true", help="calibrate even when the gate is closed (the report says so)")
     p.add_argument("--allow-empty-db", action="store_true",
                    help="analyse an empty database instead of refusing with exit 1")

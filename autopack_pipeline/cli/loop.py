@@ -81,7 +81,8 @@ def register(sub: Any, parser_class: type) -> None:
     p.add_argument("--template-phases-per-group", type=positive_int,
                    help="template phases per group in each run (default: the collection's)")
     p.add_argument("--window-versions", type=non_negative_int,
-                   help="calibrate on the events of this many most recent coefficient versions, the newest alone "
-                        "when its error moved; 0 = all (default: $AUTOPACK_CALIBRATION_WINDOW_VERSIONS or 2)")
+                   help="calibrate on the events of this many most recent coefficient versions, the older ones "
+                        "re-expressed in the newest's world when its error moved; 0 = all "
+                        "(default: $AUTOPACK_CALIBRATION_WINDOW_VERSIONS or 2)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(func=cmd_loop)

@@ -171,7 +171,8 @@ def _median_if_known(values: np.ndarray, censored: np.ndarray) -> float | None:
 
 
 def measured_shift(groups: np.ndarray, log_ratio: np.ndarray, censored: np.ndarray, newest: np.ndarray,
-                   older: np.ndarray, *, min_events: int = MIN_EVENTS_PER_SIDE) -> tuple[float, dict[str, float]] | None:
+                   older: np.ndarray, *,
+                   min_events: int = MIN_EVENTS_PER_SIDE) -> tuple[float, dict[str, float]] | None:
     """(pooled, per group) shift of the median log error from the ``older`` rows to the ``newest``;
     None when no group has ``min_events`` usable events with a known median on both sides."""
     usable = np.isfinite(log_ratio)
@@ -183,7 +184,8 @@ def measured_shift(groups: np.ndarray, log_ratio: np.ndarray, censored: np.ndarr
         n_new, n_old = int(a.sum()), int(b.sum())
         if n_new < min_events or n_old < min_events:
             continue
-        new_median, old_median = _median_if_known(log_ratio[a], censored[a]), _median_if_known(log_ratio[b], censored[b])
+        new_median = _median_if_known(log_ratio[a], censored[a])
+        old_median = _median_if_known(log_ratio[b], censored[b])
         if new_median is None or old_median is None:
             continue
         own[str(label)] = new_median - old_median

@@ -127,8 +127,8 @@ def calibrate(
     computed from ``events``; a caller passing the ``tier1`` of other events passes theirs too).
 
     ``window_versions`` (with ``prediction_inputs``) limits what calibration learns from to the events
-    of the last that many coefficient versions, or the newest one's alone when its error moved
-    (``domain.calibration_window``; 0 keeps every version). None reads every event.
+    of the last that many coefficient versions, the older ones re-expressed in the newest one's world
+    when its error moved (``domain.calibration_window``; 0 keeps every version). None reads every event.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
