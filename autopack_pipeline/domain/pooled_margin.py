@@ -40,7 +40,8 @@ being above given that it passed its ceiling); when that many or more would happ
 probability under ``CHECK_ALPHA``, the pooled margin is refused and the group keeps its own bound
 (``domain.budget_calibration``). The check is sized to the group's N: 3 of 80 above passes
 (p 0.22), 5 of 80 does not (p 0.02). A group too small for the check to have power (thin, the
-caller says below what size) gets the pooled margin only up to its reach (:func:`pooled_group_margins`).
+caller says below what size) gets the pooled margin only up to its reach, a stated headroom over its
+largest ratio (:func:`pooled_group_margins`).
 """
 
 from __future__ import annotations
@@ -124,11 +125,10 @@ class GroupShape:
         return len(self.log_ratios) + self.censored
 
     @cached_property
-    def reach(self) -> float:
-        """``CENSORED_HEADROOM`` x the largest ratio the group has shown, a truncated call's ceiling
-        counting as shown: how far a thin group's own calls let a pooled margin go
-        (:func:`pooled_group_margins`)."""
-        return CENSORED_HEADROOM * float(np.exp(np.r_[self.log_ratios, self.censored_logs].max()))
+    def largest_ratio(self) -> float:
+        """The largest ratio the group has shown, a truncated call's ceiling counting as shown: what a
+        thin group's reach is measured from (:func:`pooled_group_margins`)."""
+        return float(np.exp(np.r_[self.log_ratios, self.censored_logs].max()))
 
 
 def _nearest_rank(values: np.ndarray, quantile: float) -> float:
@@ -303,21 +303,22 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
     return p < CHECK_ALPHA, above, p
 
 
-def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float,
-                         thin_below: int = 0) -> dict[tuple[str, str], tuple[float, str]]:
+def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float, thin_below: int = 0,
+                         headroom: float = CENSORED_HEADROOM) -> dict[tuple[str, str], tuple[float, str]]:
     """Per group, (margin, why): the groups whose own calls accept the bound of the others form the
     pool; each of them whose own calls also accept the pool's bound gets its margin from it. A group
     left out keeps its own order statistic (the caller's rule).
 
-    A thin group (fewer than ``thin_below`` observations) gets at most its reach, ``CENSORED_HEADROOM``
-    x its largest ratio: with ~20 calls it can neither show the pool's shape nor refuse it (4 of 21
-    calls above a 5% margin are needed to refuse), and in the pool such groups make (~120 calls, the
-    README's first command) the confident rank sits among the pool's 3 largest scores at 5%, on its
-    largest at 2%: one or two other groups' outliers, set in the thin group's units (a x5.6 factor for a
-    group whose 21 calls never passed x1.41). Its largest ratio is what its own calls show (a new call
-    passes it with chance 1 / (N + 1), exchangeability alone); beyond it, the pool's shape may carry it
-    as far as the rules let an unseen length go past a ceiling, ``CENSORED_HEADROOM``. Groups with more
-    calls keep the pooled margin: there the rank falls inside the data and the check has power."""
+    A thin group (fewer than ``thin_below`` observations) gets at most its reach, ``headroom`` x its
+    largest ratio (:attr:`GroupShape.largest_ratio`): with ~20 calls it can neither show the pool's
+    shape nor refuse it (4 of 21 calls above a 5% margin are needed to refuse), and in the pool such
+    groups make (~120 calls, the README's first command) the confident rank sits among the pool's 3
+    largest scores at 5%, on its largest at 2%: one or two other groups' outliers, set in the thin
+    group's units (a x5.6 factor for a group whose 21 calls never passed x1.41). Its largest ratio is
+    what its own calls show (a new call passes it with chance 1 / (N + 1), exchangeability alone);
+    beyond it, the pool's shape may carry it by the stated ``headroom`` (the caller's, per target).
+    Groups with more calls keep the pooled margin: there the rank falls inside the data and the check
+    has power."""
     members = []
     pool = ScorePool.of(shapes)
     for index, shape in enumerate(shapes):
@@ -338,13 +339,14 @@ def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float,
     survival = pooled.survival
     chosen = {}
     for shape in members:
-        margin = min(shape.margin(q), shape.reach) if shape.observations < thin_below else shape.margin(q)
+        thin = shape.observations < thin_below
+        margin = min(shape.margin(q), headroom * shape.largest_ratio) if thin else shape.margin(q)
         refused, above, p = own_tail_contradicts(shape, margin, target_pct, survival)
         if not refused:
             pooled_figure = (f"exp(median {shape.location:+.3f} + upper spread {shape.scale:.3f} x {q:.3f}), the "
                              f"pooled scores' {k}/{m} point over {len(members)} of {len(shapes)} groups")
             if margin < shape.margin(q):
-                pooled_figure = (f"{CENSORED_HEADROOM:g} x the group's largest ratio (its reach), under the pooled "
+                pooled_figure = (f"{headroom:g} x the group's largest ratio (its reach), under the pooled "
                                  f"{shape.margin(q):.3f} = {pooled_figure}")
             chosen[shape.key] = (margin, f"{pooled_figure}; {above:.1f} own past calls above (binomial p {p:.2f})")
     return chosen

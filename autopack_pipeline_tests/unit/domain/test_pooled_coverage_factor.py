@@ -13,13 +13,15 @@ from scipy.stats import norm
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.budget_calibration import (
+    CENSORED_HEADROOM,
+    THIN_MARGIN_HEADROOM,
     GroupObservationsInForce,
     calibration_section,
     pooled_margins,
     raise_to_pooled_coverage,
 )
 from autopack_pipeline.domain.coefficients import load_coefficients
-from autopack_pipeline.domain.pooled_margin import CENSORED_HEADROOM, group_shape, pooled_bound, pooled_group_margins
+from autopack_pipeline.domain.pooled_margin import group_shape, pooled_bound, pooled_group_margins
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 
 pytestmark = pytest.mark.unit
@@ -149,10 +151,10 @@ def test_a_small_clean_groups_budget_stays_within_its_reach_of_the_prediction_in
                for g in calibration_section(groups, seed, factors, pooled_factors=True)["groups"]}
     small = section[SMALL]
     assert small["status"] == "pooled" and "its reach" in small["note"]
-    # The budget per prediction in force, factor x margin, is 1.25 x its largest ratio (margin
-    # rounded up to 1/1000), where the pool alone put it above x4.
-    reach = CENSORED_HEADROOM * 1.41
-    assert small["proposed_factor"] * small["budget_margin"] == pytest.approx(reach, rel=2e-3)
+    # Its factor stops at 1.25 x its largest ratio / 1.1; its budget per prediction in force, factor x
+    # margin, at 2 x its largest ratio (margin rounded up to 1/1000), where the pool alone put it above x4.
+    assert small["proposed_factor"] == pytest.approx(CENSORED_HEADROOM * 1.41 / UNDER_TOLERANCE)
+    assert small["proposed_factor"] * small["budget_margin"] == pytest.approx(THIN_MARGIN_HEADROOM * 1.41, rel=2e-3)
     assert _uncapped_bound(observed, SMALL, 2.0) > 4.0
     # The floor is the smallest prediction x factor x margin (every prediction here is 1000).
     assert small["budget_floor"] == int(1000 * small["proposed_factor"] * small["budget_margin"])

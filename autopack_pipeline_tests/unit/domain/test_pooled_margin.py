@@ -260,7 +260,8 @@ def test_only_a_thin_group_is_held_to_its_reach():
     # Five groups of 80 from a heavy shape (8 calls a long way out) and a light group (log ratios even
     # over [0, 1], no tail): the pooled margin, set by the heavy tails, lies above 1.25x the light
     # group's largest ratio. With 80 calls the light group keeps it (the rule is unchanged where groups
-    # have a bound of their own); cut to 20 calls it is thin and gets its reach instead.
+    # have a bound of their own); cut to 20 calls it is thin and gets its reach instead, the headroom
+    # given x its largest ratio.
     heavy = 0.3 * SHAPE.copy()
     heavy[-8:] += 0.8
     light = np.linspace(0.0, 1.0, 80)
@@ -268,13 +269,14 @@ def test_only_a_thin_group_is_held_to_its_reach():
         shapes = [group_shape((f"g{i}", "low"), np.exp(heavy), np.zeros(0)) for i in range(5)]
         shapes.append(group_shape(("light", "low"), np.exp(calls), np.zeros(0)))
         q, _, _ = pooled_bound(shapes, 2.0)
-        margin = pooled_group_margins(shapes, 2.0, thin_below=49)[("light", "low")][0]
-        assert shapes[-1].margin(q) > CENSORED_HEADROOM * math.exp(calls.max())
-        expected = CENSORED_HEADROOM * math.exp(calls.max()) if thin else shapes[-1].margin(q)
-        assert margin == pytest.approx(expected)
+        assert shapes[-1].margin(q) > 1.25 * math.exp(calls.max())
+        for headroom in (1.25, 2.0):
+            margin = pooled_group_margins(shapes, 2.0, thin_below=49, headroom=headroom)[("light", "low")][0]
+            expected = min(headroom * math.exp(calls.max()), shapes[-1].margin(q)) if thin else shapes[-1].margin(q)
+            assert margin == pytest.approx(expected)
 
 
-def test_a_groups_reach_counts_a_truncated_calls_ceiling_as_a_ratio_it_has_shown():
+def test_a_groups_largest_ratio_counts_a_truncated_calls_ceiling():
     clean = np.exp(0.3 * SHAPE[::4])
-    assert group_shape(("a", "low"), clean, np.zeros(0)).reach == pytest.approx(CENSORED_HEADROOM * clean.max())
-    assert group_shape(("a", "low"), clean, np.array([3.0])).reach == pytest.approx(CENSORED_HEADROOM * 3.0)
+    assert group_shape(("a", "low"), clean, np.zeros(0)).largest_ratio == pytest.approx(clean.max())
+    assert group_shape(("a", "low"), clean, np.array([3.0])).largest_ratio == pytest.approx(3.0)
