@@ -10,8 +10,9 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
 - ``budget_margin`` b, first from the tail shape pooled over the groups (``domain.pooled_margin``,
   status ``pooled``): a group whose own calls accept it takes ``exp(median + upper spread x q)``,
   ``q`` one bound over several hundred calls, where its own order statistic below would be the
-  largest of its ~80 ratios; when the coverage method left such a group no factor (too many
-  truncations for its bound), the factor comes from the Kaplan-Meier estimate of the group's
+  largest of its ~80 ratios (a thin group, too few observations for that order statistic, at most
+  its reach: ``THIN_MARGIN_HEADROOM`` x its largest ratio); when the coverage method left such a group
+  no factor (too many truncations for its bound), the factor comes from the Kaplan-Meier estimate of the group's
   ratios (:func:`_censored_coverage_factor`) and the margin shrinks so the budget stays put.
   Otherwise (a group refused by the check, or no pooled bound), the group's own bound b: ratios
   ``actual / new prediction``, truncated calls censored (they count as
@@ -66,6 +67,15 @@ FLOOR_RAISE_FACTOR = 2
 # An unidentifiable group's margin covers each truncated call's ceiling by this much: the call's real
 # length is unknown, only larger than the ceiling (Autopack escalates a truncated call by 25% too).
 CENSORED_HEADROOM = 1.25
+# How far past its largest ratio the pooled margin may carry a thin group (its reach; see
+# ``pooled_margin.pooled_group_margins``). The factor raise stops at CENSORED_HEADROOM: at 5%, a
+# group of 19 or more already covers on average with its largest ratio, and the headroom only adds
+# confidence. A margin needs more: at 2%, the largest of N < 49 ratios covers only N / (N + 1) on
+# average (96% for 24 calls), and the headroom carries the rest, as far as the rules already go for a
+# group too small to estimate (FLOOR_RAISE_FACTOR, twice the largest length seen). Measured on
+# quickstart-sized loops (README, "The loop, measured"): 2 kept Tier 1 where the uncapped pooled
+# margin had it, at less budget waste; 1.5 and 1.25 truncated more.
+THIN_MARGIN_HEADROOM = FLOOR_RAISE_FACTOR
 # The underestimation tolerance the coverage factor is measured against (actual > 1.1 x predicted).
 
 
@@ -294,11 +304,14 @@ def insights_from_budget_proposals(proposals: Sequence[GroupBudgetProposal], min
 
 
 def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[tuple[str, str], float], *,
-                   target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, min_samples: int = 5
-                   ) -> dict[tuple[str, str], tuple[float, str]]:
+                   target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, min_samples: int = 5,
+                   truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
+                   reach_headroom: float = THIN_MARGIN_HEADROOM) -> dict[tuple[str, str], tuple[float, str]]:
     """Per group, (margin, why) from the pooled tail shape (``domain.pooled_margin``), for the groups
     whose own calls do not refuse it; the others keep their own order statistic. Margins are measured
-    against the new prediction (the current one x the group's proposed factor)."""
+    against the new prediction (the current one x the group's proposed factor). A thin group (too few
+    observations for its own bound at ``truncation_target_pct``, the rule's ``thin`` status, whatever
+    ``target_pct`` this bound is at) gets no more than its reach, ``reach_headroom`` x its largest ratio."""
     shapes = []
     for g in observed:
         key = (g.category, g.complexity)
@@ -308,7 +321,8 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
         shape = group_shape(key, g.actual / (g.predicted * scale), g.censored_ceiling / (g.censored_predicted * scale))
         if shape is not None:
             shapes.append(shape)
-    return pooled_group_margins(shapes, target_pct)
+    return pooled_group_margins(shapes, target_pct, thin_below=_needed(truncation_target_pct),
+                                headroom=reach_headroom)
 
 
 def calibration_section(
@@ -337,7 +351,7 @@ def calibration_section(
             np.asarray(group.censored_predicted, dtype=float),
             np.asarray(group.bounds * group.censored_predicted, dtype=float)))
     if pooled_factors:
-        factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples)
+        factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct)
     pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples)
     proposals = [propose_group_budget(g, table, proposed_factor=factors.get((g.category, g.complexity), 1.0),
                                       target_pct=target_pct, min_samples=min_samples,
@@ -351,7 +365,8 @@ def calibration_section(
 
 
 def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], factors: dict[tuple[str, str], float], *,
-                             min_samples: int = 5) -> dict[tuple[str, str], float]:
+                             min_samples: int = 5, truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT
+                             ) -> dict[tuple[str, str], float]:
     """The coverage factors, each raised to its group's pooled bound at the underestimation target
     / the 1.1 tolerance where that is higher; groups without a factor (not actionable) are left out.
 
@@ -363,10 +378,13 @@ def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], facto
     (``domain.pooled_margin``, the rule the margins use, here at 5%) takes the tail's shape from all
     groups' calls with 90% confidence, so its coverage no longer rests on a group's few largest
     ratios. It only raises: a factor moves predictions, not budgets (margins are measured against
-    the new prediction), so the cost is prediction waste, never truncation or budget waste.
+    the new prediction), so the cost is prediction waste, never truncation or budget waste. A thin
+    group's bound (``truncation_target_pct`` says which are thin) stops at its reach, so its factor
+    is never raised past ``CENSORED_HEADROOM`` x its largest ratio / 1.1 (:func:`pooled_margins`).
     """
     chosen = {key: factor for key, factor in factors.items()}
-    bounds = pooled_margins(observed, {}, target_pct=UNDERESTIMATION_TARGET_PCT, min_samples=min_samples)
+    bounds = pooled_margins(observed, {}, target_pct=UNDERESTIMATION_TARGET_PCT, min_samples=min_samples,
+                            truncation_target_pct=truncation_target_pct, reach_headroom=CENSORED_HEADROOM)
     for key, factor in factors.items():
         if key in bounds:
             chosen[key] = max(factor, bounds[key][0] / UNDER_TOLERANCE)

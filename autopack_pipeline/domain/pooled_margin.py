@@ -39,7 +39,9 @@ counts as above when its ceiling already is, otherwise with the pooled estimate'
 being above given that it passed its ceiling); when that many or more would happen with
 probability under ``CHECK_ALPHA``, the pooled margin is refused and the group keeps its own bound
 (``domain.budget_calibration``). The check is sized to the group's N: 3 of 80 above passes
-(p 0.22), 5 of 80 does not (p 0.02).
+(p 0.22), 5 of 80 does not (p 0.02). A group too small for the check to have power (thin, the
+caller says below what size) gets the pooled margin only up to its reach, a stated headroom over its
+largest ratio (:func:`pooled_group_margins`).
 """
 
 from __future__ import annotations
@@ -117,6 +119,16 @@ class GroupShape:
 
     def margin(self, q: float) -> float:
         return float(math.exp(self.location + self.scale * q))
+
+    @property
+    def observations(self) -> int:
+        return len(self.log_ratios) + self.censored
+
+    @cached_property
+    def largest_ratio(self) -> float:
+        """The largest ratio the group has shown, a truncated call's ceiling counting as shown: what a
+        thin group's reach is measured from (:func:`pooled_group_margins`)."""
+        return float(np.exp(np.r_[self.log_ratios, self.censored_logs].max()))
 
 
 def folds_of(values: np.ndarray, salt: int = 0) -> np.ndarray:
@@ -310,10 +322,22 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
     return p < CHECK_ALPHA, above, p
 
 
-def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float) -> dict[tuple[str, str], tuple[float, str]]:
+def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float, thin_below: int = 0,
+                         headroom: float = CENSORED_HEADROOM) -> dict[tuple[str, str], tuple[float, str]]:
     """Per group, (margin, why): the groups whose own calls accept the bound of the others form the
     pool; each of them whose own calls also accept the pool's bound gets its margin from it. A group
-    left out keeps its own order statistic (the caller's rule)."""
+    left out keeps its own order statistic (the caller's rule).
+
+    A thin group (fewer than ``thin_below`` observations) gets at most its reach, ``headroom`` x its
+    largest ratio (:attr:`GroupShape.largest_ratio`): with ~20 calls it can neither show the pool's
+    shape nor refuse it (4 of 21 calls above a 5% margin are needed to refuse), and in the pool such
+    groups make (~120 calls, the README's first command) the confident rank sits among the pool's 3
+    largest scores at 5%, on its largest at 2%: one or two other groups' outliers, set in the thin
+    group's units (a x5.6 factor for a group whose 21 calls never passed x1.41). Its largest ratio is
+    what its own calls show (a new call passes it with chance 1 / (N + 1), exchangeability alone);
+    beyond it, the pool's shape may carry it by the stated ``headroom`` (the caller's, per target).
+    Groups with more calls keep the pooled margin: there the rank falls inside the data and the check
+    has power."""
     members = []
     pool = ScorePool.of(shapes)
     for index, shape in enumerate(shapes):
@@ -334,10 +358,14 @@ def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float) -> dic
     survival = pooled.survival
     chosen = {}
     for shape in members:
-        margin = shape.margin(q)
+        thin = shape.observations < thin_below
+        margin = min(shape.margin(q), headroom * shape.largest_ratio) if thin else shape.margin(q)
         refused, above, p = own_tail_contradicts(shape, margin, target_pct, survival)
         if not refused:
-            chosen[shape.key] = (margin, f"exp(median {shape.location:+.3f} + upper spread {shape.scale:.3f} x "
-                                         f"{q:.3f}), the pooled scores' {k}/{m} point over {len(members)} of "
-                                         f"{len(shapes)} groups; {above:.1f} own past calls above (binomial p {p:.2f})")
+            pooled_figure = (f"exp(median {shape.location:+.3f} + upper spread {shape.scale:.3f} x {q:.3f}), the "
+                             f"pooled scores' {k}/{m} point over {len(members)} of {len(shapes)} groups")
+            if margin < shape.margin(q):
+                pooled_figure = (f"{headroom:g} x the group's largest ratio (its reach), under the pooled "
+                                 f"{shape.margin(q):.3f} = {pooled_figure}")
+            chosen[shape.key] = (margin, f"{pooled_figure}; {above:.1f} own past calls above (binomial p {p:.2f})")
     return chosen

@@ -1,5 +1,6 @@
 """Coverage factors raised to the pooled 95% bound: a group whose own few largest ratios happen to be
-short no longer gets a factor that covers 95% only on average; budgets do not move, predictions do."""
+short no longer gets a factor that covers 95% only on average; budgets do not move, predictions do;
+a thin group is raised no further than its reach."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from scipy.stats import norm
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.budget_calibration import (
+    CENSORED_HEADROOM,
+    THIN_MARGIN_HEADROOM,
     GroupObservationsInForce,
     calibration_section,
     pooled_margins,
     raise_to_pooled_coverage,
 )
 from autopack_pipeline.domain.coefficients import load_coefficients
+from autopack_pipeline.domain.pooled_margin import group_shape, pooled_bound, pooled_group_margins
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 
 pytestmark = pytest.mark.unit
@@ -48,6 +52,13 @@ def _groups():
     return observed
 
 
+class _Coverage:  # the slice of a coverage group calibration_section reads
+    def __init__(self, g):
+        self.key, self.predicted, self.actual = (g.category, g.complexity), g.predicted, g.actual
+        self.censored_predicted, self.bounds, self.censored_rows = np.zeros(0), np.zeros(0), np.zeros(0)
+        self.size = len(g.actual)
+
+
 def test_a_factor_below_the_pooled_bound_is_raised_to_it_and_one_above_is_kept():
     observed = _groups()
     own = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed}
@@ -72,13 +83,7 @@ def test_raising_the_factor_moves_predictions_not_budgets():
     short[-8:] = short[-9]
     observed.append(_observations(("tests", "low"), short))
 
-    class Coverage:  # the slice of a coverage group calibration_section reads
-        def __init__(self, g):
-            self.key, self.predicted, self.actual = (g.category, g.complexity), g.predicted, g.actual
-            self.censored_predicted, self.bounds, self.censored_rows = np.zeros(0), np.zeros(0), np.zeros(0)
-            self.size = len(g.actual)
-
-    groups = [Coverage(g) for g in observed]
+    groups = [_Coverage(g) for g in observed]
     factors = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed}
     plain = {(g["category"], g["complexity"]): g for g in calibration_section(groups, seed, factors)["groups"]}
     raised = {(g["category"], g["complexity"]): g
@@ -90,3 +95,66 @@ def test_raising_the_factor_moves_predictions_not_budgets():
         # The same budget per prediction in force (margins are rounded up to 1/1000).
         assert budget_per_prediction == pytest.approx(plain[key]["proposed_factor"] * plain[key]["budget_margin"],
                                                       rel=2e-3)
+
+
+# The README's first command in small: four groups of 25 calls, a narrow body with 2 calls of a long
+# mode (x2.0 and x2.8) each, and one clean group of 21 calls spread widely (x0.34 to x1.41) with no
+# long mode. 121 calls pool; the 5% bound's rank is among their 3 largest scores.
+NOISY_BODY = 0.15 * norm.ppf((np.arange(23) + 0.5) / 23)
+SMALL = ("small", "medium")
+
+
+def _small_pool():
+    noisy = [_observations((f"noisy{i}", "low"), np.r_[NOISY_BODY + 0.1 * i, math.log(2.0), math.log(2.8)])
+             for i in range(4)]
+    return noisy + [_observations(SMALL, np.log(np.linspace(0.34, 1.41, 21)))]
+
+
+def _uncapped_bound(observed, key, target_pct):
+    """The pooled bound of one group with no group treated as thin (the rule before the reach)."""
+    shapes = [group_shape((g.category, g.complexity), g.actual / g.predicted, np.zeros(0)) for g in observed]
+    return pooled_group_margins(shapes, target_pct)[key][0]
+
+
+def test_a_small_clean_group_next_to_noisy_ones_is_raised_no_further_than_its_reach():
+    observed = _small_pool()
+    shapes = [group_shape((g.category, g.complexity), g.actual / g.predicted, np.zeros(0)) for g in observed]
+    _, k, m = pooled_bound(shapes, UNDERESTIMATION_TARGET_PCT)
+    assert (k, m) == (119, 121)  # the 3rd largest score of the pool
+    own = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed}
+    assert own[SMALL] == pytest.approx(1.41 / 1.1)  # 21 calls: the coverage method's k is its largest
+    # Without the reach, the pool's top (the noisy groups' long mode) set in the small group's wide
+    # spread asks for a factor near three times its own.
+    assert _uncapped_bound(observed, SMALL, UNDERESTIMATION_TARGET_PCT) / UNDER_TOLERANCE > 2.5 * own[SMALL]
+    raised = raise_to_pooled_coverage(observed, own)
+    # Thin (21 < 49 observations): at most 1.25 x its largest ratio, / 1.1.
+    assert raised[SMALL] == pytest.approx(CENSORED_HEADROOM * 1.41 / UNDER_TOLERANCE)
+    # Each noisy group: the pooled bound where it is under its reach, its reach where it is not.
+    for g in observed[:4]:
+        key = (g.category, g.complexity)
+        expected = max(own[key], min(_uncapped_bound(observed, key, UNDERESTIMATION_TARGET_PCT),
+                                     CENSORED_HEADROOM * 2.8) / UNDER_TOLERANCE)
+        assert raised[key] == pytest.approx(expected)
+    # Thin is the truncation target's notion (under 49 observations at 2%): at a 5% truncation
+    # target, 19 observations make a bound and no group here is thin: no reach.
+    unthinned = raise_to_pooled_coverage(observed, own, truncation_target_pct=5.0)
+    assert unthinned[SMALL] == pytest.approx(_uncapped_bound(observed, SMALL, UNDERESTIMATION_TARGET_PCT)
+                                             / UNDER_TOLERANCE)
+
+
+def test_a_small_clean_groups_budget_stays_within_its_reach_of_the_prediction_in_force():
+    seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
+    observed = _small_pool()
+    groups = [_Coverage(g) for g in observed]
+    factors = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed}
+    section = {(g["category"], g["complexity"]): g
+               for g in calibration_section(groups, seed, factors, pooled_factors=True)["groups"]}
+    small = section[SMALL]
+    assert small["status"] == "pooled" and "its reach" in small["note"]
+    # Its factor stops at 1.25 x its largest ratio / 1.1; its budget per prediction in force, factor x
+    # margin, at 2 x its largest ratio (margin rounded up to 1/1000), where the pool alone put it above x4.
+    assert small["proposed_factor"] == pytest.approx(CENSORED_HEADROOM * 1.41 / UNDER_TOLERANCE)
+    assert small["proposed_factor"] * small["budget_margin"] == pytest.approx(THIN_MARGIN_HEADROOM * 1.41, rel=2e-3)
+    assert _uncapped_bound(observed, SMALL, 2.0) > 4.0
+    # The floor is the smallest prediction x factor x margin (every prediction here is 1000).
+    assert small["budget_floor"] == int(1000 * small["proposed_factor"] * small["budget_margin"])

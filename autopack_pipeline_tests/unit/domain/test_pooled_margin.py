@@ -24,6 +24,7 @@ from autopack_pipeline.domain.pooled_margin import (
     kaplan_meier,
     own_tail_contradicts,
     pooled_bound,
+    pooled_group_margins,
 )
 
 pytestmark = pytest.mark.unit
@@ -276,3 +277,29 @@ def test_confident_rank_is_the_least_rank_the_binomial_allows(m, target_pct):
     reached = np.nonzero(binom.cdf(ranks - 1, m, 1 - target_pct / 100) >= 0.90)[0]
     least = int(ranks[reached[0]]) if len(reached) else m + 1
     assert confident_rank(m, target_pct, 0.90) == max(least, order_statistic_index(m, target_pct))
+
+
+def test_only_a_thin_group_is_held_to_its_reach():
+    # Five groups of 80 from a heavy shape (8 calls a long way out) and a light group (log ratios even
+    # over [0, 1], no tail): the pooled margin, set by the heavy tails, lies above 1.25x the light
+    # group's largest ratio. With 80 calls the light group keeps it (the rule is unchanged where groups
+    # have a bound of their own); cut to 20 calls it is thin and gets its reach instead, the headroom
+    # given x its largest ratio.
+    heavy = 0.3 * SHAPE.copy()
+    heavy[-8:] += 0.8
+    light = np.linspace(0.0, 1.0, 80)
+    for calls, thin in ((light, False), (light[::4], True)):
+        shapes = [group_shape((f"g{i}", "low"), np.exp(heavy), np.zeros(0)) for i in range(5)]
+        shapes.append(group_shape(("light", "low"), np.exp(calls), np.zeros(0)))
+        q, _, _ = pooled_bound(shapes, 2.0)
+        assert shapes[-1].margin(q) > 1.25 * math.exp(calls.max())
+        for headroom in (1.25, 2.0):
+            margin = pooled_group_margins(shapes, 2.0, thin_below=49, headroom=headroom)[("light", "low")][0]
+            expected = min(headroom * math.exp(calls.max()), shapes[-1].margin(q)) if thin else shapes[-1].margin(q)
+            assert margin == pytest.approx(expected)
+
+
+def test_a_groups_largest_ratio_counts_a_truncated_calls_ceiling():
+    clean = np.exp(0.3 * SHAPE[::4])
+    assert group_shape(("a", "low"), clean, np.zeros(0)).largest_ratio == pytest.approx(clean.max())
+    assert group_shape(("a", "low"), clean, np.array([3.0])).largest_ratio == pytest.approx(3.0)
