@@ -53,6 +53,7 @@ import numpy as np
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.pooled_margin import (
+    CENSORED_HEADROOM,
     group_shape,
     kaplan_meier,
     pooled_group_margins,
@@ -64,9 +65,9 @@ DEFAULT_TRUNCATION_TARGET_PCT = 2.0
 # The floor raise for a group too small to estimate (a truncation among fewer than min_samples calls):
 # this many times the largest ceiling that was hit.
 FLOOR_RAISE_FACTOR = 2
-# An unidentifiable group's margin covers each truncated call's ceiling by this much: the call's real
-# length is unknown, only larger than the ceiling (Autopack escalates a truncated call by 25% too).
-CENSORED_HEADROOM = 1.25
+# An unidentifiable group's margin covers each truncated call's ceiling by CENSORED_HEADROOM (the
+# pooled bound's cap uses the same allowance): the call's real length is unknown, only larger than the
+# ceiling (Autopack escalates a truncated call by 25% too).
 # How far past its largest ratio the pooled margin may carry a thin group (its reach; see
 # ``pooled_margin.pooled_group_margins``). The factor raise stops at CENSORED_HEADROOM: at 5%, a
 # group of 19 or more already covers on average with its largest ratio, and the headroom only adds
