@@ -22,7 +22,25 @@ def test_truncated_calls_count_above_every_multiplier():
     assert oracle_multiplier(ratios, truncated).multiplier == pytest.approx(1.0)
     truncated[:2] = True  # two of 50 above every multiplier: the rank falls on one, no finite multiplier covers it
     group = oracle_multiplier(ratios, truncated)
-    assert group.censored and group.multiplier == pytest.approx(1.0)  # the largest finite ratio
+    # The percentile is only bounded below: with the two truncated calls at their ceilings (0.02, 0.04),
+    # the 49th smallest of all 50 is 0.98, and their real lengths can only raise it.
+    assert group.censored and group.multiplier == pytest.approx(0.98)
+
+
+def test_a_censored_group_is_not_given_less_than_the_ceilings_its_truncated_calls_passed():
+    # 48 clean calls at 0.02 .. 0.96 and two truncated at ceilings 1.5 and 2.0 (their output at the cut /
+    # predicted). The rank, ceil(0.98 * 50) = 49, falls on a truncated call. The largest clean ratio, 0.96,
+    # would budget the first truncated call below the 1.5 it is known to have passed; the 49th smallest of
+    # the clean and ceiling ratios together is 1.5, a lower bound of the real percentile.
+    ratios = np.r_[np.arange(1, 49) / 50, 1.5, 2.0]
+    truncated = np.r_[np.zeros(48, dtype=bool), True, True]
+    group = oracle_multiplier(ratios, truncated)
+    assert group.censored and group.observations == 50
+    assert group.multiplier == pytest.approx(sorted(ratios.tolist())[48]) == pytest.approx(1.5)
+    assert group.multiplier > ratios[~truncated].max()
+    # Stored in another order, the same answer.
+    order = np.random.default_rng(3).permutation(50)
+    assert oracle_multiplier(ratios[order], truncated[order]).multiplier == pytest.approx(1.5)
 
 
 def test_budgets_are_proportional_to_the_predictions_and_the_waste_p90_is_over_the_round():
