@@ -33,9 +33,12 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
   underestimation target, / the 1.1 tolerance) is at least the k-th smallest of the clean ratios and
   the ceiling ratios together, and at least the largest clean ratio (the truncated calls counted above
   every candidate put the k-th beyond every clean one); the factor rises at least to the larger (the
-  clean ratio alone, the earlier rule, ignored how long the truncated calls were known to be); the margin covers every clean call
-  and every truncated one's ceiling with :data:`CENSORED_HEADROOM` to spare (its length is unknown
-  but larger than the ceiling it hit), and the floor is chosen as for the other groups. Budgets stay
+  clean ratio alone, the earlier rule, ignored how long the truncated calls were known to be). The
+  margin is the group's own Kaplan-Meier estimate of its 98% point, truncated calls censored at their
+  ceilings, capped (and replaced where the estimate never gets there) by the k-th smallest ratio with
+  each truncated call at :data:`CENSORED_HEADROOM` x its ceiling, as the pooled bound is
+  (:func:`_censored_margin`); a group too small for the rank covers every clean call and every
+  ceiling x that headroom. The floor is chosen as for the other groups. Budgets stay
   proportional to the prediction, where a blunt floor raise (the earlier rule: twice the largest
   ceiling hit) inflated every small call's budget. Each still gets a collect-samples task. A group
   under ``min_samples`` observations with a truncation gets that blunt floor raise: too little to
@@ -226,8 +229,8 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
     n = n_clean + n_cut
     clean_max = float((group.actual / group.predicted).max())
     factor = max(proposed_factor, max(clean_max, _ceiling_order_statistic(group)) / UNDER_TOLERANCE)
-    censored_max = float((group.censored_ceiling / group.censored_predicted).max())
-    margin = math.ceil(max(clean_max, CENSORED_HEADROOM * censored_max) / factor * 1000) / 1000
+    margin, how = _censored_margin(group, factor, k)
+    margin = math.ceil(margin * 1000) / 1000
     floor = _proportional_floor(group, factor, margin, cap)
     return GroupBudgetProposal(
         *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
@@ -239,8 +242,36 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
         note=(f"Unidentifiable: {n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} "
               f"can absorb at most {max(0, n - k)}. From lower bounds: factor x{factor:.3f} (the "
               f"larger of the largest clean ratio and the {UNDERESTIMATION_TARGET_PCT:g}% bound's ratio with ceilings "
-              f"counted as lengths, / {UNDER_TOLERANCE}), margin x{margin:.3f} (every clean call, and {CENSORED_HEADROOM}x every "
-              f"ceiling hit), floor {floor} (was {previous_floor}); collect more samples."))
+              f"counted as lengths, / {UNDER_TOLERANCE}), margin x{margin:.3f} ({how}), floor {floor} (was "
+              f"{previous_floor}); collect more samples."))
+
+
+def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> tuple[float, str]:
+    """(margin, how) of an unidentifiable group, on its ratios against the new prediction.
+
+    Where its 98% rank lies inside the data (``k <= N``), the ratio where the group's own Kaplan-Meier
+    estimate (truncated calls right-censored at their ceilings) reaches ``k / N``: without truncations
+    that is the k-th smallest ratio, the identifiable rule, and the censoring is as independent of a
+    call's own noise as in the pooled bound (a budget is fixed before the call). It is capped as the
+    pooled bound is, by the k-th smallest with truncated calls at ``CENSORED_HEADROOM`` x their
+    ceilings, which is also the margin when the estimate never reaches ``k / N`` (truncations above
+    every clean call). Covering every clean call and every ceiling x1.25 (the earlier rule) took the
+    largest of 150 ratios where the rank allows ``N - k`` above (length-world seed 11's docs/low:
+    margin x2.81, 11x budget waste for the group). A group too small for the rank (``k > N``) has no
+    such allowance: its margin still covers every clean call and every ceiling x1.25."""
+    clean = group.actual / (group.predicted * factor)
+    ceilings = group.censored_ceiling / (group.censored_predicted * factor)
+    n = len(clean) + len(ceilings)
+    rank = min(k, n)
+    cap = float(np.partition(np.r_[clean, CENSORED_HEADROOM * ceilings], rank - 1)[rank - 1])
+    if k > n:
+        return cap, f"every clean call, and {CENSORED_HEADROOM}x every ceiling hit"
+    points, cdf = kaplan_meier(clean, ceilings)
+    reached = np.nonzero(cdf >= k / n - 1e-12)[0]
+    if len(reached) and points[reached[0]] < cap:
+        return float(points[reached[0]]), (f"the Kaplan-Meier {k}/{n} point of its ratios, truncated calls censored "
+                                           f"at their ceilings")
+    return cap, f"the {k}-th of {n} ratios with truncated calls at {CENSORED_HEADROOM}x their ceilings"
 
 
 def _censored_coverage_factor(group: GroupObservationsInForce) -> float:

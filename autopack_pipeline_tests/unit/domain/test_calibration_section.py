@@ -149,8 +149,10 @@ def test_an_unidentifiable_group_gets_proportional_budgets_from_lower_bounds_and
     # largest ceiling, the earlier rule) would inflate every small call's budget.
     proposal = propose_group_budget(_group([1.0] * 10, [5000, 4000, 3000]), seed)
     assert proposal.status == "unidentifiable"
-    assert proposal.proposed_factor == pytest.approx(5.0 / 1.1) and proposal.budget_margin == 1.376  # rounded up
-    assert proposal.budget_floor == 6254 and proposal.truncated_past_calls_projected == 0  # 4545.45 x 1.376
+    assert proposal.proposed_factor == pytest.approx(5.0 / 1.1)
+    assert proposal.budget_margin == pytest.approx(6.25 / (5.0 / 1.1), abs=1e-3)
+    assert proposal.budget_floor == int(1000 * proposal.proposed_factor * proposal.budget_margin)
+    assert proposal.truncated_past_calls_projected == 0
     # A clean call above every ceiling raises the factor to its ratio / 1.1, and the margin is measured
     # against the new prediction.
     raised = propose_group_budget(_group([1.0] * 9 + [6.6], [5000, 4000, 3000]), seed)
@@ -181,6 +183,48 @@ def test_an_unidentifiable_groups_factor_counts_its_truncated_calls_at_their_cei
     # smallest above every clean ratio, so the largest clean ratio still bounds the factor from below.
     low_ceilings = propose_group_budget(_group(ratios, [1200] * 3), seed)
     assert low_ceilings.status == "unidentifiable" and low_ceilings.proposed_factor == pytest.approx(1.60 / 1.1)
+
+
+def _product_limit_point(clean, censored, level):
+    """Reference Kaplan-Meier: walk the values up, each clean one removing 1 / (at risk) of the survival
+    left (a clean value before a censored one at a tie); the first clean value where P(<=) reaches level."""
+    calls = sorted([(v, 0) for v in clean] + [(v, 1) for v in censored])
+    survival, at_risk = 1.0, len(calls)
+    for value, is_censored in calls:
+        if not is_censored:
+            survival *= 1 - 1 / at_risk
+            if 1 - survival >= level - 1e-12:
+                return value
+        at_risk -= 1
+    return None
+
+
+def test_an_unidentifiable_group_with_room_for_its_rank_takes_its_kaplan_meier_point_not_its_largest_call(seed):
+    # 150 calls (k = ceil(151 * 0.98) = 148, so 2 may lie above): 145 clean ratios 0.5 .. 2.0, one clean
+    # outlier at 4.0, and 4 truncated at a ceiling of 1.9x their prediction: more truncations than the
+    # bound absorbs. Covering every call (the earlier rule) set budgets at 4.0x the prediction for one
+    # call. The Kaplan-Meier estimate gives each truncated call's share to the 10 clean calls above 1.9
+    # and reaches 148/150 at the second largest clean ratio, 2.0; the cap (the 148th smallest with the
+    # truncated calls at 1.25 x 1.9 = 2.375) is above it.
+    clean = np.r_[np.linspace(0.5, 2.0, 145), 4.0]
+    proposal = propose_group_budget(_group(clean, [1900] * 4), seed)
+    assert proposal.status == "unidentifiable" and proposal.order_statistic_k == 148
+    factor = proposal.proposed_factor
+    assert factor == pytest.approx(4.0 / 1.1)  # the factor rule is unchanged: the largest clean ratio / 1.1
+    expected = _product_limit_point(clean / factor, np.full(4, 1.9) / factor, 148 / 150)
+    assert expected * factor == pytest.approx(2.0)
+    cap = sorted(np.r_[clean, np.full(4, 1.25 * 1.9)].tolist())[147]
+    assert cap == pytest.approx(2.375) and expected * factor < cap
+    assert proposal.budget_margin == pytest.approx(math.ceil(expected * 1000) / 1000)
+    assert "Kaplan-Meier 148/150" in proposal.note
+    # Past calls over the new budgets: the outlier alone (the truncated calls' budgets, 2.0x, pass their ceilings).
+    assert proposal.truncated_past_calls_projected == 1
+    # Truncated above every clean call, the estimate never reaches 148/150: the cap is the margin.
+    high = propose_group_budget(_group(np.linspace(0.5, 2.0, 146), [2100] * 4), seed)
+    assert high.status == "unidentifiable"
+    cap = sorted(np.r_[np.linspace(0.5, 2.0, 146), np.full(4, 1.25 * 2.1)].tolist())[147]
+    assert high.budget_margin * high.proposed_factor == pytest.approx(cap, abs=2e-3)
+    assert cap == pytest.approx(1.25 * 2.1)
 
 
 def test_whole_column_reprediction_agrees_with_the_event_by_event_rule(seed):
