@@ -255,10 +255,11 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
     call's own noise as in the pooled bound (a budget is fixed before the call). It is capped as the
     pooled bound is, by the k-th smallest with truncated calls at ``CENSORED_HEADROOM`` x their
     ceilings, which is also the margin when the estimate never reaches ``k / N`` (truncations above
-    every clean call). Covering every clean call and every ceiling x1.25 (the earlier rule) took the
-    largest of 150 ratios where the rank allows ``N - k`` above (length-world seed 11's docs/low:
-    margin x2.81, 11x budget waste for the group). A group too small for the rank (``k > N``) has no
-    such allowance: its margin still covers every clean call and every ceiling x1.25."""
+    every clean call: then the rank must cover truncated calls, and nothing says by how much). Covering
+    every clean call and every ceiling x1.25 (the earlier rule) ignored the ``N - k`` calls the rank
+    allows above (length-world seed 43's implementation/low after round 2, 6 of 156 truncated:
+    margin x1.831 where the estimate gives x1.100, the largest clean ratio). A group too small for the rank (``k > N``)
+    has no such allowance: its margin still covers every clean call and every ceiling x1.25."""
     clean = group.actual / (group.predicted * factor)
     ceilings = group.censored_ceiling / (group.censored_predicted * factor)
     n = len(clean) + len(ceilings)
