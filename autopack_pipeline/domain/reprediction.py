@@ -155,7 +155,7 @@ class Repredictor:
                  workspace: Any = None) -> None:
         self.table = table
         self.history = dict(history or {})
-        self.estimator = TokenEstimator(table, workspace=workspace)
+        self.estimator = TokenEstimator(table, workspace=workspace, remember_deliverables=True)
         self._cache: dict[tuple, tuple[int, int]] = {}
         self._convertible: dict[str, bool] = {}
 
