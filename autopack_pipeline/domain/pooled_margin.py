@@ -219,16 +219,17 @@ class ScorePool:
 
     values: np.ndarray  # every score, clean and censored, in kaplan_meier's order
     is_event: np.ndarray
-    group: np.ndarray  # per sorted score, the index of its group
+    group: np.ndarray  # per sorted score, the index of its group (int16: fewer bytes to read per subset)
     clean: np.ndarray
     clean_group: np.ndarray
     headroom: np.ndarray
     headroom_group: np.ndarray
+    censored_per_group: np.ndarray  # truncated calls per group
 
     @classmethod
     def of(cls, shapes: Sequence[GroupShape]) -> ScorePool:
         def stacked(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-            ids = np.repeat(np.arange(len(parts)), [len(part) for part in parts])
+            ids = np.repeat(np.arange(len(parts), dtype=np.int16), [len(part) for part in parts])
             return (np.concatenate(parts) if parts else np.zeros(0)), ids
 
         clean, clean_group = stacked([shape.plain_scores[0] for shape in shapes])
@@ -238,16 +239,25 @@ class ScorePool:
         is_event = np.r_[np.ones(len(clean), bool), np.zeros(len(censored), bool)]
         order = np.argsort(values, kind="stable")  # stable: clean first at a tie, as kaplan_meier
         return cls(values[order], is_event[order], np.r_[clean_group, censored_group][order],
-                   clean, clean_group, headroom, headroom_group)
+                   clean, clean_group, headroom, headroom_group,
+                   np.bincount(censored_group, minlength=len(shapes)))
 
     def subset(self, groups: Sequence[int] | range) -> PooledScores:
         """The pooled scores of the groups with these indices."""
-        chosen = np.zeros(int(self.group.max(initial=-1)) + 2, bool)
+        chosen = np.zeros(len(self.censored_per_group) + 1, bool)
         chosen[list(groups)] = True
-        keep = chosen[self.group]
+        return self._of(chosen[self.group], chosen[self.clean_group], chosen[self.headroom_group],
+                        int(self.censored_per_group[chosen[:-1]].sum()))
+
+    def without(self, index: int) -> PooledScores:
+        """The pooled scores of every group but the one at ``index`` (one comparison per score)."""
+        return self._of(self.group != index, self.clean_group != index, self.headroom_group != index,
+                        int(self.censored_per_group.sum() - self.censored_per_group[index]))
+
+    def _of(self, keep: np.ndarray, keep_clean: np.ndarray, keep_headroom: np.ndarray, censored: int
+            ) -> PooledScores:
         points, cdf = _product_limit(self.values[keep], self.is_event[keep])
-        return PooledScores(self.clean[chosen[self.clean_group]], int((keep & ~self.is_event).sum()),
-                            self.headroom[chosen[self.headroom_group]], points, cdf)
+        return PooledScores(self.clean[keep_clean], censored, self.headroom[keep_headroom], points, cdf)
 
 
 def pooled_bound(shapes: Sequence[GroupShape], target_pct: float,
@@ -308,7 +318,7 @@ def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float) -> dic
     pool = ScorePool.of(shapes)
     for index, shape in enumerate(shapes):
         others = [other for other in shapes if other is not shape]
-        pooled = pool.subset([i for i in range(len(shapes)) if i != index]) if others else None
+        pooled = pool.without(index) if others else None
         bound = pooled_bound(others, target_pct, pooled) if others else None
         if bound is None or not own_tail_contradicts(shape, shape.margin(bound[0]), target_pct,
                                                      pooled.survival)[0]:
