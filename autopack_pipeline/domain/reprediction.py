@@ -211,9 +211,11 @@ def _plain(value: Any) -> Any:
 
 
 def distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(first row of each distinct combination, each row's combination number) over integer columns
-    of codes (-1 allowed): the columns are combined into one int64 key per row (mixed radix) when the
-    cardinalities allow, which sorts several times faster than ``np.unique(axis=0)`` over the stack."""
+    """(a row of each distinct combination, each row's combination number, in the order of the
+    combinations) over integer columns of codes (-1 allowed). The columns are combined into one int64
+    key per row (mixed radix) when the cardinalities allow; keys from a small range are numbered by
+    marking them in a table (no sort), others by ``np.unique``; too wide for a key, the rows
+    themselves are compared (``np.unique(axis=0)``, several times slower)."""
     n = len(columns[0]) if columns else 0
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -222,14 +224,22 @@ def distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     for column in columns:
         low, high = int(column.min()), int(column.max())
         span = high - low + 1
-        if room * span >= 2 ** 62:  # the radix would overflow: compare the rows themselves
+        if room * span >= 2 ** 62:
             _, first, inverse = np.unique(np.stack([c.astype(np.int64) for c in columns], axis=1), axis=0,
                                           return_index=True, return_inverse=True)
             return first, inverse.reshape(-1)
         key = key * span + (column.astype(np.int64) - low)
         room *= span
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    return first, inverse.reshape(-1)
+    if room > 4 * n + 4096:
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return first, inverse.reshape(-1)
+    seen = np.zeros(room, dtype=bool)
+    seen[key] = True
+    number = np.cumsum(seen) - 1  # the keys present, numbered in ascending order
+    inverse = number[key]
+    representative = np.empty(int(seen.sum()), dtype=np.int64)
+    representative[inverse] = np.arange(n)  # any row of a combination will do: they hold the same codes
+    return representative, inverse
 
 
 def rerun_codes(repredictor: Repredictor, inputs: PredictionInputs, position: np.ndarray,
@@ -240,10 +250,10 @@ def rerun_codes(repredictor: Repredictor, inputs: PredictionInputs, position: np
     if not len(position):
         return np.zeros(0), np.zeros(0)
     features = list(inputs.features.items())
-    first, inverse = distinct_rows([inputs.deliverables.codes[position], category.codes, complexity.codes,
+    rows, inverse = distinct_rows([inputs.deliverables.codes[position], category.codes, complexity.codes,
                                     *(column.codes[position] for _name, column in features)])
-    predicted, budget = np.zeros(len(first)), np.zeros(len(first))
-    for k, row in enumerate(first.tolist()):
+    predicted, budget = np.zeros(len(rows)), np.zeros(len(rows))
+    for k, row in enumerate(rows.tolist()):
         at = int(position[row])
         cat, cx = int(category.codes[row]), int(complexity.codes[row])
         event = StoredPrediction(category=category.labels[cat] if cat >= 0 else None,

@@ -88,12 +88,15 @@ def test_whole_columns_equal_the_event_by_event_rule(tables, seed_value):
 
 def test_distinct_rows_numbers_each_combination_once():
     rng = np.random.default_rng(7)
-    columns = [rng.integers(-1, 4, 500), rng.integers(0, 3, 500), rng.integers(-1, 2, 500)]
-    first, inverse = distinct_rows(columns)
-    stacked = np.stack(columns, axis=1)
-    assert len(first) == len({tuple(row) for row in stacked.tolist()})
-    assert (stacked[first][inverse] == stacked).all()
+    stacked_sets = [[rng.integers(-1, 4, 500), rng.integers(0, 3, 500), rng.integers(-1, 2, 500)],  # a table
+                    [rng.integers(-1, 400, 500), rng.integers(0, 300, 500)]]  # a sparse key: np.unique
+    for columns in stacked_sets:
+        rows, inverse = distinct_rows(columns)
+        stacked = np.stack(columns, axis=1)
+        assert len(rows) == len({tuple(row) for row in stacked.tolist()})
+        assert (stacked[rows][inverse] == stacked).all()
+        assert sorted(set(inverse.tolist())) == list(range(len(rows)))
     # Columns too wide for one int64 key compare the rows themselves, with the same result.
     wide = [np.array([0, 2**40, 0, 2**40]), np.array([0, 2**40, 0, 1]), np.array([5, 5, 5, 5])]
-    first, inverse = distinct_rows(wide)
-    assert len(first) == 3 and inverse[0] == inverse[2] and len(set(inverse.tolist())) == 3
+    rows, inverse = distinct_rows(wide)
+    assert len(rows) == 3 and inverse[0] == inverse[2] and len(set(inverse.tolist())) == 3
