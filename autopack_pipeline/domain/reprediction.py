@@ -51,16 +51,6 @@ class StoredPrediction:
 
 
 @dataclass(frozen=True)
-class Repredicted:
-    """Predictions (and the budgets ``select_budget`` gives them) under one coefficient table."""
-
-    predicted: np.ndarray
-    budget: np.ndarray
-    how: dict[str, int]  # events per way (recorded / scaled / rerun)
-    version: str
-
-
-@dataclass(frozen=True)
 class EncodedColumn:
     """A column as codes into its distinct values (any hashable Python values); code -1 is missing."""
 
@@ -139,6 +129,14 @@ class PredictionInputs:
         return np.where(position >= 0, self.versions.codes[np.maximum(position, 0)], -1) if len(self) else \
             np.full(len(position), -1, dtype=np.int32)
 
+    def has_deliverables(self, position: np.ndarray) -> np.ndarray:
+        """Per entry position (-1: none), whether it keeps at least one deliverable."""
+        if not len(self):
+            return np.zeros(len(position), dtype=bool)
+        non_empty = np.array([bool(items) for items in self.deliverables.values] + [False], dtype=bool)
+        codes = np.where(position >= 0, self.deliverables.codes[np.maximum(position, 0)], -1)
+        return non_empty[codes]  # code -1 picks the last entry: False
+
     def versions_present(self) -> list[str]:
         """The coefficient versions some entry names, sorted."""
         return sorted(self.versions.values[code] for code in np.unique(self.versions.codes).tolist() if code >= 0)
@@ -189,13 +187,6 @@ class Repredictor:
                 ratio = self.table.prediction_multiplier(*key) / old.prediction_multiplier(*key)
                 return float(math.floor(recorded * ratio + 0.5)) if ratio != 1.0 else float(recorded), "scaled"
         return float(self.rerun(event)[0]), "rerun"
-
-    def rerun_all(self, events: Sequence[StoredPrediction]) -> Repredicted:
-        """Every event re-run through the estimator and ``select_budget`` (the backtest's both sides)."""
-        predicted, budget = np.zeros(len(events)), np.zeros(len(events))
-        for i, event in enumerate(events):
-            predicted[i], budget[i] = self.rerun(event)
-        return Repredicted(predicted, budget, {"rerun": len(events)}, self.table.version)
 
 
 def _plain(value: Any) -> Any:

@@ -100,3 +100,30 @@ def test_distinct_rows_numbers_each_combination_once():
     wide = [np.array([0, 2**40, 0, 2**40]), np.array([0, 2**40, 0, 1]), np.array([5, 5, 5, 5])]
     rows, inverse = distinct_rows(wide)
     assert len(rows) == 3 and inverse[0] == inverse[2] and len(set(inverse.tolist())) == 3
+
+
+def test_rerun_codes_gives_each_row_the_prediction_and_budget_of_its_own_rerun(tables):
+    """The backtest's both sides: predictions and ``select_budget``'s budgets, row by row."""
+    from autopack_pipeline.domain.analysis import LabelColumn
+    from autopack_pipeline.domain.reprediction import rerun_codes
+
+    new, _history = tables
+    rng = np.random.default_rng(11)
+    n = 2000
+    items = [DELIVERABLES[i] for i in rng.integers(0, len(DELIVERABLES), n)]
+    features = {name: [values[i] for i in rng.integers(0, len(values), n)] for name, values in FEATURES.items()}
+    inputs = PredictionInputs.from_rows(np.arange(n), items, None, features)
+    category = LabelColumn(rng.integers(-1, 4, n).astype(np.int32), ("docs", "tests", "doc_synthesis", "unknown"))
+    complexity = LabelColumn(rng.integers(-1, 3, n).astype(np.int32), ("low", "medium", "high"))
+    position = rng.permutation(n)  # rows read their inputs out of order
+    predicted, budget = rerun_codes(Repredictor(new), inputs, position, category, complexity)
+
+    one_by_one = Repredictor(new)
+    for row in range(n):
+        at = int(position[row])
+        cat, cx = int(category.codes[row]), int(complexity.codes[row])
+        expected = one_by_one.rerun(StoredPrediction(category.labels[cat] if cat >= 0 else None,
+                                                     complexity.labels[cx] if cx >= 0 else None,
+                                                     inputs.deliverables_at(at), None,
+                                                     features=inputs.features_at(at)))
+        assert (predicted[row], budget[row]) == expected
