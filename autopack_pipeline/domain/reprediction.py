@@ -219,7 +219,9 @@ def distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
             _, first, inverse = np.unique(np.stack([c.astype(np.int64) for c in columns], axis=1), axis=0,
                                           return_index=True, return_inverse=True)
             return first, inverse.reshape(-1)
-        key = key * span + (column.astype(np.int64) - low)
+        key *= span  # in place, the column widened on the fly: no int64 copy of each column
+        key += column
+        key -= low
         room *= span
     if room > 4 * n + 4096:
         _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
@@ -274,7 +276,7 @@ def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: Coeffi
     version = inputs.version_codes(position)
     current = inputs.versions.values.index(table.version) if table.version in inputs.versions.values else -2
 
-    values = arrays.predicted.values.astype(np.int64).copy()
+    values = np.array(arrays.predicted.values, dtype=np.int64)  # a copy, made once
     kept, recorded_way, scaled_way, rerun_way = -1, 0, 1, 2  # indices into HOW; -1 for "kept"
     way = np.full(n, kept, dtype=np.int8)
     way[has_inputs] = rerun_way
@@ -283,21 +285,23 @@ def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: Coeffi
 
     repredictor = Repredictor(table, history, workspace)
     cat_labels, cx_labels = list(arrays.category.labels), list(arrays.complexity.labels)
-    pair = arrays.category.codes.astype(np.int64) * (len(cx_labels) + 1) + (arrays.complexity.codes + 1)
     candidates = has_inputs & has_recorded & ~same
-    for code in np.unique(version[candidates]).tolist():
-        old = repredictor._scalable(inputs.versions.values[code]) if code >= 0 else None
-        if old is None:
-            continue
-        rows = candidates & (version == code)
-        ratio = np.ones(n)
+    versions_to_scale = [code for code in np.unique(version[candidates]).tolist()
+                         if code >= 0 and repredictor._scalable(inputs.versions.values[code]) is not None]
+    # Per (category, complexity) code pair, one ratio per version: rows look theirs up in a table.
+    width = len(cx_labels) + 1
+    pair = (arrays.category.codes.astype(np.int64) + 1) * width + (arrays.complexity.codes + 1)
+    for code in versions_to_scale:
+        old = repredictor._scalable(inputs.versions.values[code])
+        rows = np.flatnonzero(candidates & (version == code))
+        ratio_of = np.ones((len(cat_labels) + 1) * width)
         for group in np.unique(pair[rows]).tolist():
-            cat, cx = divmod(group, len(cx_labels) + 1)
-            key = (normalise_category(cat_labels[cat] if cat >= 0 else None),
+            cat, cx = divmod(group, width)
+            key = (normalise_category(cat_labels[cat - 1] if cat > 0 else None),
                    normalise_complexity(cx_labels[cx - 1] if cx > 0 else None))
-            ratio[rows & (pair == group)] = table.prediction_multiplier(*key) / old.prediction_multiplier(*key)
-        scaled = np.where(ratio != 1.0, np.floor(recorded * ratio + 0.5), recorded)
-        values[rows] = scaled[rows].astype(np.int64)
+            ratio_of[group] = table.prediction_multiplier(*key) / old.prediction_multiplier(*key)
+        ratio, before = ratio_of[pair[rows]], recorded[rows]
+        values[rows] = np.where(ratio != 1.0, np.floor(before * ratio + 0.5), before).astype(np.int64)
         way[rows] = scaled_way
 
     rerun_rows = np.flatnonzero(way == rerun_way)

@@ -162,7 +162,9 @@ def calibrate(
             from autopack_pipeline.domain.calibration_window import window_of_events
 
             chosen = window_of_events(arrays, prediction_inputs, keep_versions=window_versions)
-            arrays, window = arrays.take(chosen.rows), chosen.as_dict()
+            window = chosen.as_dict()
+            if not chosen.rows.all():  # a window of every event is the arrays as they are: no copy
+                arrays = arrays.take(chosen.rows)
             provenance["window"] = window
             provenance["gate_summary"] += (f"; window: {window['events']} events of {len(window['versions'])} "
                                            f"version(s), {window['events_dropped']} older left out ({chosen.reason})")
