@@ -158,15 +158,24 @@ def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, n
     return _product_limit(values[order], is_event[order])
 
 
-def _product_limit(values: np.ndarray, is_event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`kaplan_meier` of values already in its order (ascending, clean first at a tie)."""
+def _product_limit(values: np.ndarray, is_event: np.ndarray, factors: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kaplan_meier` of values already in its order (ascending, clean first at a tie).
+    ``factors``: :func:`survival_factors` of at least ``len(values)``, when the caller keeps them."""
     events = np.flatnonzero(is_event)
+    at_risk = len(values) - events
     # A censored value multiplies the survival by 1, which changes no bit: only the events' factors
     # are multiplied, in order (cumprod multiplies one after the other, as a loop would).
-    survival = np.cumprod(1 - 1 / (len(values) - events))
+    survival = np.cumprod(factors[at_risk] if factors is not None else 1 - 1 / at_risk)
     points, cdf = values[events], 1 - survival
     last_of_tie = np.r_[points[1:] != points[:-1], True] if len(points) else np.zeros(0, bool)
     return points[last_of_tie], cdf[last_of_tie]
+
+
+def survival_factors(n: int) -> np.ndarray:
+    """``1 - 1/r`` at every number at risk ``r`` up to ``n`` (index r), each computed as
+    :func:`_product_limit` computes it: a pool's subsets look their factors up instead of dividing."""
+    return np.r_[0.0, 1 - 1 / np.arange(1, n + 1)]
 
 
 def confident_rank(m: int, target_pct: float, confidence: float = CONFIDENCE) -> int:
@@ -225,6 +234,7 @@ class ScorePool:
     headroom: np.ndarray
     headroom_group: np.ndarray
     censored_per_group: np.ndarray  # truncated calls per group
+    factors: np.ndarray  # survival_factors of the whole pool
 
     @classmethod
     def of(cls, shapes: Sequence[GroupShape]) -> ScorePool:
@@ -240,7 +250,7 @@ class ScorePool:
         order = np.argsort(values, kind="stable")  # stable: clean first at a tie, as kaplan_meier
         return cls(values[order], is_event[order], np.r_[clean_group, censored_group][order],
                    clean, clean_group, headroom, headroom_group,
-                   np.bincount(censored_group, minlength=len(shapes)))
+                   np.bincount(censored_group, minlength=len(shapes)), survival_factors(len(values)))
 
     def subset(self, groups: Sequence[int] | range) -> PooledScores:
         """The pooled scores of the groups with these indices."""
@@ -256,7 +266,7 @@ class ScorePool:
 
     def _of(self, keep: np.ndarray, keep_clean: np.ndarray, keep_headroom: np.ndarray, censored: int
             ) -> PooledScores:
-        points, cdf = _product_limit(self.values[keep], self.is_event[keep])
+        points, cdf = _product_limit(self.values[keep], self.is_event[keep], self.factors)
         return PooledScores(self.clean[keep_clean], censored, self.headroom[keep_headroom], points, cdf)
 
 
