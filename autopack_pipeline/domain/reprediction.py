@@ -242,6 +242,11 @@ def rerun_codes(repredictor: Repredictor, inputs: PredictionInputs, position: np
     once per distinct combination of codes and the results are scattered back to the rows."""
     if not len(position):
         return np.zeros(0), np.zeros(0)
+    if repredictor.estimator.category_lookup == "canonical":
+        # That estimator reads a category only through normalise_category (a missing one included,
+        # as "unknown"), so spellings of one category (tests/testing, docs/documentation) share a run.
+        codes, names = category.canonical(normalise_category)
+        category = LabelColumn(codes, tuple(names))
     features = list(inputs.features.items())
     rows, inverse = distinct_rows([inputs.deliverables.codes[position], category.codes, complexity.codes,
                                     *(column.codes[position] for _name, column in features)])
