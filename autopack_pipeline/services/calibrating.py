@@ -142,8 +142,6 @@ def calibrate(
                                    group_tier1=group_tier1, waste_over_oracle=waste_over_oracle)
     if not gate.open:
         return CalibrationOutcome(gate=gate, result=None)
-    if write_reports:
-        _load_plotting_meanwhile()
     coefficients = load_coefficients_for(settings)
     provenance = {
         "coefficient_file_version": coefficients.version,
@@ -205,25 +203,6 @@ def calibrate(
                               json_path=files.json, plot_path=files.plot, results=results, economics=economics,
                               calibration_section=section, reprediction=reprediction,
                               calibration_sections=sections, window=window)
-
-
-def _load_plotting_meanwhile() -> None:
-    """Import the plot's module (matplotlib: half a second or more) on another thread while the
-    calibration computes; most of that work is numpy's, which lets the interpreter go, so the report
-    hardly waits. The plot's own import joins it; an import error is raised there, not here."""
-    import sys
-    import threading
-
-    if "autopack_pipeline.services.plots" in sys.modules:
-        return
-
-    def load() -> None:
-        try:
-            import autopack_pipeline.services.plots  # noqa: F401
-        except Exception:  # noqa: BLE001 - the plot's own import raises it where it is handled
-            pass
-
-    threading.Thread(target=load, name="load-plotting", daemon=True).start()
 
 
 def calibration_economics(arrays: EventArrays, groups: list, result: CalibrationResult, coefficients,
