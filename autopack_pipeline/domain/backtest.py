@@ -32,7 +32,7 @@ from autopack_pipeline.domain.analysis.arrays import budget_sent
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.estimator import TokenEstimator
-from autopack_pipeline.domain.reprediction import PredictionInputs, Repredictor, StoredPrediction
+from autopack_pipeline.domain.reprediction import PredictionInputs, Repredictor, rerun_codes
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 
@@ -148,14 +148,21 @@ def read_patch(data: Any, method: str | None = None) -> CalibrationPatch:
     )
 
 
-def _rerun(categories: np.ndarray, complexities: np.ndarray, deliverables: list, table: CoefficientTable,
-           workspace: Any, features: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted, budget) per row under ``table``, by ``TokenEstimator.repredict`` (the recorded
-    category names the doc model that priced a doc phase); identical inputs are estimated once."""
-    stored = [StoredPrediction(category, complexity, items, None, features=features[i])
-              for i, (items, category, complexity) in enumerate(zip(deliverables, categories, complexities))]
-    result = Repredictor(table, workspace=workspace).rerun_all(stored)
-    return result.predicted, result.budget
+def _rerun(arrays: EventArrays, rows: np.ndarray, inputs: PredictionInputs, position: np.ndarray,
+           table: CoefficientTable, workspace: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, budget) of ``rows`` under ``table``, by ``TokenEstimator.repredict`` on each row's
+    canonical category and complexity (the recorded category names the doc model that priced a doc
+    phase) and stored inputs; each distinct combination is estimated once (``rerun_codes``)."""
+    category = LabelColumn(*_canonical_codes(arrays.category, normalise_category))
+    complexity = LabelColumn(*_canonical_codes(arrays.complexity, normalise_complexity))
+    return rerun_codes(Repredictor(table, workspace=workspace), inputs, position[rows],
+                       LabelColumn(category.codes[rows], category.labels),
+                       LabelColumn(complexity.codes[rows], complexity.labels))
+
+
+def _canonical_codes(column: LabelColumn, normaliser: Any) -> tuple[np.ndarray, tuple[str, ...]]:
+    codes, names = column.canonical(normaliser)  # a missing label is normaliser(None): "unknown" for categories
+    return codes, tuple(names)
 
 
 def _figures(predicted: np.ndarray, budget: np.ndarray, actual: np.ndarray, truncated: np.ndarray,
@@ -208,18 +215,15 @@ def run_backtest(
     usable events, and the same per group in ``groups`` (those the patch changes).
     """
     position = inputs.positions(arrays.event_id)
-    items = [inputs.deliverables_at(p) for p in position.tolist()]
-    has_items = np.array([bool(d) for d in items], dtype=bool)
+    has_items = inputs.has_deliverables(position)
     has_tokens = arrays.actual.notna() & arrays.predicted.notna()
     rows = np.flatnonzero(has_items & has_tokens)
     categories, complexities = (labels[rows] for labels in _groups_of(arrays))
-    used_items = [items[r] for r in rows]
-    used_features = [inputs.features_at(p) for p in position[rows].tolist()]
     actual = arrays.actual.floats_at(rows)
     truncated = truncated_flags(arrays)[rows]
     ceiling = np.fmax(np.nan_to_num(budget_sent(arrays, rows), nan=0.0), actual)
-    old_pred, old_budget = _rerun(categories, complexities, used_items, old, workspace, used_features)
-    new_pred, new_budget = _rerun(categories, complexities, used_items, new, workspace, used_features)
+    old_pred, old_budget = _rerun(arrays, rows, inputs, position, old, workspace)
+    new_pred, new_budget = _rerun(arrays, rows, inputs, position, new, workspace)
     recorded = arrays.predicted.floats_at(rows)
 
     def both(mask: np.ndarray) -> dict[str, Any]:

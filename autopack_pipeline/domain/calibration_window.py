@@ -91,6 +91,8 @@ class CalibrationWindow:
 
     def events_of(self, arrays: Any) -> Any:
         """The window's events of ``arrays`` (EventArrays), older versions' outputs and ceilings re-expressed."""
+        if self.log_shift is None and self.rows.all():  # a window of every event: the arrays as they are, no copy
+            return arrays
         kept = arrays.take(self.rows)
         if self.log_shift is None:
             return kept
@@ -132,25 +134,39 @@ def _rank_z(newest: np.ndarray, older: np.ndarray) -> float:
     return 0.0 if variance <= 0 else float((u - n1 * n2 / 2) / math.sqrt(variance))
 
 
+def _first_seen(codes: np.ndarray) -> list[int]:
+    """The distinct codes of ``codes``, in the order they first appear."""
+    distinct, first = np.unique(codes, return_index=True)
+    return distinct[np.argsort(first, kind="stable")].tolist()
+
+
 def error_moved(groups: np.ndarray, log_ratio: np.ndarray, censored: np.ndarray, newest: np.ndarray,
-                older: np.ndarray, *, alpha: float = DRIFT_ALPHA, min_events: int = MIN_EVENTS_PER_SIDE) -> DriftTest:
+                older: np.ndarray, *, alpha: float = DRIFT_ALPHA, min_events: int = MIN_EVENTS_PER_SIDE,
+                group_names: Sequence[str] | None = None) -> DriftTest:
     """Whether the error of the ``newest`` rows differs from the ``older`` rows' (see the module docstring).
 
     ``log_ratio`` is log(actual / predicted in force), NaN where unusable; ``censored`` marks truncated
-    calls (their value is the log of the ceiling ratio, a lower bound).
+    calls (their value is the log of the ceiling ratio, a lower bound). ``groups`` holds each row's
+    group label, or, with ``group_names``, its integer code into them.
     """
     from scipy.stats import norm
 
     usable = np.isfinite(log_ratio)
+    if group_names is None:  # labels: number them in the order they first appear
+        group_names = list(dict.fromkeys(np.asarray(groups, dtype=object)[usable].tolist()))
+        lookup = {name: i for i, name in enumerate(group_names)}
+        groups = np.array([lookup.get(label, -1) for label in np.asarray(groups, dtype=object).tolist()],
+                          dtype=np.int64)
+    groups = np.where(usable, groups, -1)
     zs, labels = [], []
-    for label in dict.fromkeys(np.asarray(groups, dtype=object)[usable].tolist()):
-        rows = usable & (groups == label)
+    for code in _first_seen(groups[usable]):
+        rows = groups == code
         a, b = rows & newest, rows & older
         if a.sum() < min_events or b.sum() < min_events:
             continue
         x, y = _censored_at_common_ceiling((log_ratio[a], censored[a]), (log_ratio[b], censored[b]))
         zs.append(_rank_z(x, y))
-        labels.append(label)
+        labels.append(group_names[code])
     if not zs:
         return DriftTest(False, None, 0)
     z = np.asarray(zs)
@@ -199,29 +215,46 @@ def choose_window(versions: Sequence[str | None], order: np.ndarray, groups: np.
                   censored: np.ndarray, *, keep_versions: int = DEFAULT_WINDOW_VERSIONS) -> CalibrationWindow:
     """The rows calibration reads (see the module docstring). ``order`` ranks the events in time (event
     ids); ``keep_versions`` 0 keeps every version."""
-    versions = list(versions)
+    names = list(dict.fromkeys(versions))
+    lookup = {name: i for i, name in enumerate(names)}
+    codes = np.array([lookup[v] for v in versions], dtype=np.int64)
+    return window_of_codes(codes, names, order, groups, log_ratio, censored, keep_versions=keep_versions)
+
+
+def window_of_codes(version_codes: np.ndarray, version_names: Sequence[str | None], order: np.ndarray,
+                    groups: np.ndarray, log_ratio: np.ndarray, censored: np.ndarray, *,
+                    keep_versions: int = DEFAULT_WINDOW_VERSIONS,
+                    group_names: Sequence[str] | None = None) -> CalibrationWindow:
+    """:func:`choose_window` with each row's version as a code into ``version_names`` (and, with
+    ``group_names``, its group as a code into them): whole columns, no Python value per row."""
     order = np.asarray(order, dtype=float)
-    first: dict[str | None, float] = {}
-    for version, at in zip(versions, order.tolist()):
-        first[version] = min(first.get(version, math.inf), at)
-    # Events from before the column (None) are the oldest; the others by their first event.
-    ranked = sorted(first, key=lambda v: (v is not None, first[v]))
-    kept = ranked if keep_versions <= 0 else ranked[-keep_versions:]
-    labels = np.asarray(versions, dtype=object)
-
-    def rows_of(chosen: list[str | None]) -> np.ndarray:
-        return np.array([v in chosen for v in labels.tolist()], dtype=bool) if len(labels) else np.zeros(0, bool)
-
-    rows = rows_of(kept)
+    codes = np.asarray(version_codes, dtype=np.int64)
+    present = _first_seen(codes)
+    first = np.full(len(version_names), math.inf)
+    if len(codes):
+        np.minimum.at(first, codes, order)
+    # Events from before the column (None) are the oldest; the others by their first event (ties: the
+    # version seen first).
+    ranked_codes = sorted(present, key=lambda c: (version_names[c] is not None, first[c]))
+    ranked = [version_names[c] for c in ranked_codes]
+    kept_codes = ranked_codes if keep_versions <= 0 else ranked_codes[-keep_versions:]
+    kept = [version_names[c] for c in kept_codes]
+    rows = np.isin(codes, kept_codes)
     dropped = [v for v in ranked if v not in kept]
     if len(kept) < 2:
         return CalibrationWindow(rows, kept, dropped, None, f"{len(kept)} version(s) with events: all kept")
-    newest = rows_of(kept[-1:])
-    drift = error_moved(np.asarray(groups, dtype=object), np.asarray(log_ratio, dtype=float),
-                        np.asarray(censored, dtype=bool), newest, rows & ~newest)
+    newest = codes == kept_codes[-1]
+    drift = error_moved(np.asarray(groups), np.asarray(log_ratio, dtype=float), np.asarray(censored, dtype=bool),
+                        newest, rows & ~newest, group_names=group_names)
     if drift.moved:
-        return _re_expressed_window(kept, dropped, rows_of, newest, drift, np.asarray(groups, dtype=object),
-                                    np.asarray(log_ratio, dtype=float), np.asarray(censored, dtype=bool))
+        code_of = {version_names[c]: c for c in kept_codes}
+        labels = np.asarray(groups, dtype=object)
+        if group_names is not None:  # the shifts are reported per group name
+            named = np.asarray([*group_names, None], dtype=object)
+            labels = named[np.where(np.asarray(groups) >= 0, groups, len(group_names))]
+        return _re_expressed_window(kept, dropped, lambda chosen: np.isin(codes, [code_of[v] for v in chosen]),
+                                    newest, drift, labels, np.asarray(log_ratio, dtype=float),
+                                    np.asarray(censored, dtype=bool))
     return CalibrationWindow(rows, kept, dropped, drift, f"the last {len(kept)} versions with events")
 
 
@@ -261,18 +294,23 @@ def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_W
 
     ids = arrays.event_id
     known = ids.notna()
-    versions = [inputs.version_at(int(position)) for position in inputs.positions(ids)]
+    # Events without a version (or without stored inputs) share the last code: None.
+    codes = inputs.version_codes(inputs.positions(ids)).astype(np.int64)
+    version_names = [*inputs.versions.values, None]
+    codes[codes < 0] = len(version_names) - 1
     order = np.where(known, ids.values, np.arange(len(arrays))).astype(float)
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
     cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
-    groups = np.array([f"{cat_names[c]}/{cx_names[x]}" for c, x in zip(cat_codes, cx_codes)], dtype=object)
+    groups = cat_codes.astype(np.int64) * len(cx_names) + cx_codes
+    group_names = [f"{cat}/{cx}" for cat in cat_names for cx in cx_names]
     predicted, actual = arrays.predicted.floats(), arrays.actual.floats()
     censored = truncated_flags(arrays)
     # A truncated call's value is its lower bound: the larger of the ceiling it hit and its output.
     value = np.where(censored, np.fmax(budget_sent(arrays, None), actual), actual)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = np.where((predicted > 0) & (value > 0), np.log(value / predicted), np.nan)
-    return choose_window(versions, order, groups, log_ratio, censored, keep_versions=keep_versions)
+    return window_of_codes(codes, version_names, order, groups, log_ratio, censored, keep_versions=keep_versions,
+                           group_names=group_names)
 
 
 def window_line(window: dict[str, Any]) -> str:

@@ -111,10 +111,14 @@ class TokenEstimator:
         workspace: Path | None = None,
         category_lookup: str = "canonical",
         file_measurer: FileMeasurer | None = None,
+        remember_deliverables: bool = False,
     ) -> None:
         """``workspace`` is where deliverable paths are looked up (the current directory at estimate
         time when None); ``file_measurer`` measures the files a phase modifies and remembers them for
-        this estimator's life (a fresh one when None).
+        this estimator's life (a fresh one when None). ``remember_deliverables`` keeps each
+        deliverable's cost (whether its file exists included) for the estimator's life: right for a
+        re-prediction over stored events, which asks about the same few hundred files thousands of
+        times in one pass; not for the Builder, whose phases create files between estimates.
         """
         if category_lookup not in CATEGORY_LOOKUPS:
             raise ValueError(f"category_lookup must be one of {CATEGORY_LOOKUPS}, got {category_lookup!r}")
@@ -122,6 +126,8 @@ class TokenEstimator:
         self.workspace = Path(workspace) if workspace is not None else None
         self.category_lookup = category_lookup
         self.file_measurer = file_measurer if file_measurer is not None else FileMeasurer()
+        self._deliverable_costs: dict[tuple[str, str, Path], tuple[str, int]] | None = (
+            {} if remember_deliverables else None)
 
     def estimate(
         self,
@@ -277,7 +283,15 @@ class TokenEstimator:
         return TokenEstimate(total, len(items), category, level, breakdown, estimate_confidence(items), features)
 
     def _deliverable_cost(self, item: str, category: str, workspace: Path) -> tuple[str, int]:
-        """(breakdown label, marginal tokens) of one deliverable."""
+        """(breakdown label, marginal tokens) of one deliverable (remembered when asked to)."""
+        if self._deliverable_costs is None:
+            return self._measured_deliverable_cost(item, category, workspace)
+        key = (item, category, workspace)
+        if key not in self._deliverable_costs:
+            self._deliverable_costs[key] = self._measured_deliverable_cost(item, category, workspace)
+        return self._deliverable_costs[key]
+
+    def _measured_deliverable_cost(self, item: str, category: str, workspace: Path) -> tuple[str, int]:
         path = extract_deliverable_path(item)
         target = workspace / path
         exists = path_exists(target)

@@ -66,10 +66,16 @@ def group_economics(
     known = arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0)
     truncated_all = truncated_flags(arrays)
     price_all = output_price_per_row(arrays, prices)
+    # Each group's rows (ascending, as a mask would give them) from one stable sort by group code,
+    # instead of a mask over every event per group.
+    codes = np.where(known, cat_codes.astype(np.int64) * len(cx_names) + cx_codes, -1)
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
     out = []
     for group in groups:
         category, complexity = group.key
-        rows = known & (cat_codes == cat_names.index(category)) & (cx_codes == cx_names.index(complexity))
+        code = cat_names.index(category) * len(cx_names) + cx_names.index(complexity)
+        rows = order[np.searchsorted(sorted_codes, code, "left"):np.searchsorted(sorted_codes, code, "right")]
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
         sent, truncated, price = budget_sent(arrays, rows), truncated_all[rows], price_all[rows]

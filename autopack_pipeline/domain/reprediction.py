@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis import EventArrays, IntColumn
+from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
@@ -51,35 +51,55 @@ class StoredPrediction:
 
 
 @dataclass(frozen=True)
-class Repredicted:
-    """Predictions (and the budgets ``select_budget`` gives them) under one coefficient table."""
+class EncodedColumn:
+    """A column as codes into its distinct values (any hashable Python values); code -1 is missing."""
 
-    predicted: np.ndarray
-    budget: np.ndarray
-    how: dict[str, int]  # events per way (recorded / scaled / rerun)
-    version: str
+    codes: np.ndarray  # int32
+    values: tuple = ()
+
+    @classmethod
+    def of(cls, items: Sequence[Any]) -> EncodedColumn:
+        """Encoded from Python values, one at a time (small inputs, tests); None and NaN are missing."""
+        index: dict[Any, int] = {}
+        codes = np.full(len(items), -1, dtype=np.int32)
+        for i, item in enumerate(items):
+            value = _plain(item)
+            if value is not None:
+                codes[i] = index.setdefault(value, len(index))
+        return cls(codes, tuple(index))
+
+    def at(self, position: int) -> Any:
+        """The value of entry ``position`` (-1, or a missing value: None)."""
+        code = int(self.codes[position]) if position >= 0 else -1
+        return self.values[code] if code >= 0 else None
 
 
 @dataclass(frozen=True)
 class PredictionInputs:
-    """What stored events keep about their prediction, one entry per event id: the deliverables, the
-    coefficient version that predicted it (None before the column existed) and the doc features.
+    """What stored events keep about their prediction, one entry per event id: the deliverables (each
+    distinct list once, as a tuple of strings), the coefficient version that predicted it (None before
+    the column existed) and the doc features, each column dictionary-encoded.
 
     Storage builds it (``storage.prediction_inputs``); events find their entry by ``event_id``.
     """
 
     event_ids: np.ndarray  # int64
-    deliverables: Sequence[Sequence[str] | None]
-    versions: Sequence[str | None]
-    features: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # the FEATURE_COLUMNS stored
+    deliverables: EncodedColumn  # values: tuples of strings; missing means none stored
+    versions: EncodedColumn  # values: version names
+    features: Mapping[str, EncodedColumn] = field(default_factory=dict)  # the FEATURE_COLUMNS stored
 
     @classmethod
     def from_rows(cls, event_ids: Sequence[int], deliverables: Sequence[Sequence[str] | None],
                   versions: Sequence[str | None] | None = None,
                   features: Mapping[str, Sequence[Any]] | None = None) -> PredictionInputs:
-        return cls(np.asarray(event_ids, dtype=np.int64), list(deliverables),
-                   list(versions) if versions is not None else [None] * len(deliverables),
-                   {name: list(values) for name, values in (features or {}).items()})
+        """From Python values per event (deliverables as lists; anything else counts as none)."""
+        lists = [tuple(str(item) for item in items) if isinstance(items, (list, tuple)) else None
+                 for items in deliverables]
+        names = [v if isinstance(v, str) else None for v in versions] if versions is not None else []
+        return cls(np.asarray(event_ids, dtype=np.int64), EncodedColumn.of(lists),
+                   EncodedColumn.of(names) if versions is not None else
+                   EncodedColumn(np.full(len(lists), -1, dtype=np.int32)),
+                   {name: EncodedColumn.of(list(values)) for name, values in (features or {}).items()})
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -99,16 +119,31 @@ class PredictionInputs:
 
     def deliverables_at(self, position: int) -> list[str]:
         """The deliverables of entry ``position`` (-1: none stored)."""
-        items = self.deliverables[position] if position >= 0 else None
-        return list(items) if isinstance(items, (list, tuple)) else []
+        return list(self.deliverables.at(position) or ())
 
     def version_at(self, position: int) -> str | None:
-        version = self.versions[position] if position >= 0 else None
-        return version if isinstance(version, str) else None
+        return self.versions.at(position)
+
+    def version_codes(self, position: np.ndarray) -> np.ndarray:
+        """Per entry position (-1: none), the code of its version (-1: none)."""
+        return np.where(position >= 0, self.versions.codes[np.maximum(position, 0)], -1) if len(self) else \
+            np.full(len(position), -1, dtype=np.int32)
+
+    def has_deliverables(self, position: np.ndarray) -> np.ndarray:
+        """Per entry position (-1: none), whether it keeps at least one deliverable."""
+        if not len(self):
+            return np.zeros(len(position), dtype=bool)
+        non_empty = np.array([bool(items) for items in self.deliverables.values] + [False], dtype=bool)
+        codes = np.where(position >= 0, self.deliverables.codes[np.maximum(position, 0)], -1)
+        return non_empty[codes]  # code -1 picks the last entry: False
+
+    def versions_present(self) -> list[str]:
+        """The coefficient versions some entry names, sorted."""
+        return sorted(self.versions.values[code] for code in np.unique(self.versions.codes).tolist() if code >= 0)
 
     def features_at(self, position: int) -> dict[str, Any]:
         """The stored doc features of entry ``position``, missing ones as None."""
-        return {name: (_plain(values[position]) if position >= 0 else None) for name, values in self.features.items()}
+        return {name: column.at(position) for name, column in self.features.items()}
 
 
 class Repredictor:
@@ -118,7 +153,7 @@ class Repredictor:
                  workspace: Any = None) -> None:
         self.table = table
         self.history = dict(history or {})
-        self.estimator = TokenEstimator(table, workspace=workspace)
+        self.estimator = TokenEstimator(table, workspace=workspace, remember_deliverables=True)
         self._cache: dict[tuple, tuple[int, int]] = {}
         self._convertible: dict[str, bool] = {}
 
@@ -153,13 +188,6 @@ class Repredictor:
                 return float(math.floor(recorded * ratio + 0.5)) if ratio != 1.0 else float(recorded), "scaled"
         return float(self.rerun(event)[0]), "rerun"
 
-    def rerun_all(self, events: Sequence[StoredPrediction]) -> Repredicted:
-        """Every event re-run through the estimator and ``select_budget`` (the backtest's both sides)."""
-        predicted, budget = np.zeros(len(events)), np.zeros(len(events))
-        for i, event in enumerate(events):
-            predicted[i], budget[i] = self.rerun(event)
-        return Repredicted(predicted, budget, {"rerun": len(events)}, self.table.version)
-
 
 def _plain(value: Any) -> Any:
     """A stored value as a plain Python value; missing (None/NaN/NA) as None."""
@@ -173,6 +201,67 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def distinct_rows(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(a row of each distinct combination, each row's combination number, in the order of the
+    combinations) over integer columns of codes (-1 allowed). The columns are combined into one int64
+    key per row (mixed radix) when the cardinalities allow; keys from a small range are numbered by
+    marking them in a table (no sort), others by ``np.unique``; too wide for a key, the rows
+    themselves are compared (``np.unique(axis=0)``, several times slower)."""
+    n = len(columns[0]) if columns else 0
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    key = np.zeros(n, dtype=np.int64)
+    room = 1
+    for column in columns:
+        low, high = int(column.min()), int(column.max())
+        span = high - low + 1
+        if room * span >= 2 ** 62:
+            _, first, inverse = np.unique(np.stack([c.astype(np.int64) for c in columns], axis=1), axis=0,
+                                          return_index=True, return_inverse=True)
+            return first, inverse.reshape(-1)
+        key *= span  # in place, the column widened on the fly: no int64 copy of each column
+        key += column
+        key -= low
+        room *= span
+    if room > 4 * n + 4096:
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        return first, inverse.reshape(-1)
+    seen = np.zeros(room, dtype=bool)
+    seen[key] = True
+    number = np.cumsum(seen) - 1  # the keys present, numbered in ascending order
+    inverse = number[key]
+    representative = np.empty(int(seen.sum()), dtype=np.int64)
+    representative[inverse] = np.arange(n)  # any row of a combination will do: they hold the same codes
+    return representative, inverse
+
+
+def rerun_codes(repredictor: Repredictor, inputs: PredictionInputs, position: np.ndarray,
+                category: LabelColumn, complexity: LabelColumn) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, budget) per row by :meth:`Repredictor.rerun` of the row's stored inputs
+    (``position`` into ``inputs``, all >= 0), its category and complexity label: the estimator runs
+    once per distinct combination of codes and the results are scattered back to the rows."""
+    if not len(position):
+        return np.zeros(0), np.zeros(0)
+    if repredictor.estimator.category_lookup == "canonical":
+        # That estimator reads a category only through normalise_category (a missing one included,
+        # as "unknown"), so spellings of one category (tests/testing, docs/documentation) share a run.
+        codes, names = category.canonical(normalise_category)
+        category = LabelColumn(codes, tuple(names))
+    features = list(inputs.features.items())
+    rows, inverse = distinct_rows([inputs.deliverables.codes[position], category.codes, complexity.codes,
+                                    *(column.codes[position] for _name, column in features)])
+    predicted, budget = np.zeros(len(rows)), np.zeros(len(rows))
+    for k, row in enumerate(rows.tolist()):
+        at = int(position[row])
+        cat, cx = int(category.codes[row]), int(complexity.codes[row])
+        event = StoredPrediction(category=category.labels[cat] if cat >= 0 else None,
+                                 complexity=complexity.labels[cx] if cx >= 0 else None,
+                                 deliverables=inputs.deliverables_at(at), recorded=None,
+                                 features={name: column.at(at) for name, column in features})
+        predicted[k], budget[k] = repredictor.rerun(event)
+    return predicted[inverse], budget[inverse]
+
+
 def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: CoefficientTable,
                     history: Mapping[str, CoefficientTable] | None = None,
                     workspace: Any = None) -> tuple[EventArrays, dict[str, int]]:
@@ -180,49 +269,52 @@ def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: Coeffi
     count of events per way (``kept`` for events without stored inputs, whose prediction stays).
 
     Whole columns at a time: the ways are chosen with masks, ``scaled`` multiplies by a ratio per
-    (version, group), and the estimator runs once per distinct input of the ``rerun`` rows. A
-    Python object per event cost ~50 us each (9/10 of ``calibrate`` at a million events).
+    (version, group), and the estimator runs once per distinct input of the ``rerun`` rows
+    (:func:`rerun_codes`). A Python object per event cost ~10 us each (a third of ``calibrate`` at a
+    million events).
     """
     n = len(arrays)
     position = inputs.positions(arrays.event_id)
     has_inputs = position >= 0
     recorded = arrays.predicted.floats()
     has_recorded = ~np.isnan(recorded)
-    # Position -1 (no entry) picks the None appended at the end.
-    versions = np.array([inputs.version_at(i) for i in range(len(inputs))] + [None], dtype=object)[position]
+    version = inputs.version_codes(position)
+    current = inputs.versions.values.index(table.version) if table.version in inputs.versions.values else -2
 
-    values = arrays.predicted.values.astype(np.int64).copy()
-    way = np.full(n, "kept", dtype=object)
-    way[has_inputs] = "rerun"
-    same = has_inputs & has_recorded & (versions == table.version)
-    way[same] = "recorded"
+    values = np.array(arrays.predicted.values, dtype=np.int64)  # a copy, made once
+    kept, recorded_way, scaled_way, rerun_way = -1, 0, 1, 2  # indices into HOW; -1 for "kept"
+    way = np.full(n, kept, dtype=np.int8)
+    way[has_inputs] = rerun_way
+    same = has_inputs & has_recorded & (version == current)
+    way[same] = recorded_way
 
     repredictor = Repredictor(table, history, workspace)
     cat_labels, cx_labels = list(arrays.category.labels), list(arrays.complexity.labels)
-    pair = arrays.category.codes.astype(np.int64) * (len(cx_labels) + 1) + (arrays.complexity.codes + 1)
-    for version in {v for v in versions[has_inputs & has_recorded & ~same] if v is not None}:
-        old = repredictor._scalable(version)
-        if old is None:
-            continue
-        rows = has_inputs & has_recorded & ~same & (versions == version)
-        ratio = np.ones(n)
-        for code in np.unique(pair[rows]):
-            cat, cx = divmod(int(code), len(cx_labels) + 1)
-            key = (normalise_category(cat_labels[cat] if cat >= 0 else None),
+    candidates = has_inputs & has_recorded & ~same
+    versions_to_scale = [code for code in np.unique(version[candidates]).tolist()
+                         if code >= 0 and repredictor._scalable(inputs.versions.values[code]) is not None]
+    # Per (category, complexity) code pair, one ratio per version: rows look theirs up in a table.
+    width = len(cx_labels) + 1
+    pair = (arrays.category.codes.astype(np.int64) + 1) * width + (arrays.complexity.codes + 1)
+    for code in versions_to_scale:
+        old = repredictor._scalable(inputs.versions.values[code])
+        rows = np.flatnonzero(candidates & (version == code))
+        ratio_of = np.ones((len(cat_labels) + 1) * width)
+        for group in np.unique(pair[rows]).tolist():
+            cat, cx = divmod(group, width)
+            key = (normalise_category(cat_labels[cat - 1] if cat > 0 else None),
                    normalise_complexity(cx_labels[cx - 1] if cx > 0 else None))
-            ratio[rows & (pair == code)] = table.prediction_multiplier(*key) / old.prediction_multiplier(*key)
-        scaled = np.where(ratio != 1.0, np.floor(recorded * ratio + 0.5), recorded)
-        values[rows] = scaled[rows].astype(np.int64)
-        way[rows] = "scaled"
+            ratio_of[group] = table.prediction_multiplier(*key) / old.prediction_multiplier(*key)
+        ratio, before = ratio_of[pair[rows]], recorded[rows]
+        values[rows] = np.where(ratio != 1.0, np.floor(before * ratio + 0.5), before).astype(np.int64)
+        way[rows] = scaled_way
 
-    rerun_rows = np.flatnonzero(way == "rerun")
+    rerun_rows = np.flatnonzero(way == rerun_way)
     if len(rerun_rows):
-        cats = np.array(cat_labels + [None], dtype=object)[arrays.category.codes[rerun_rows]]
-        cxs = np.array(cx_labels + [None], dtype=object)[arrays.complexity.codes[rerun_rows]]
-        for row, cat, cx in zip(rerun_rows, cats, cxs):
-            event = StoredPrediction(category=cat, complexity=cx, deliverables=inputs.deliverables_at(position[row]),
-                                     recorded=None, features=inputs.features_at(position[row]))
-            values[row] = int(repredictor.rerun(event)[0])  # cached per distinct input
-    valid = None if arrays.predicted.valid is None else arrays.predicted.valid | (way != "kept")
-    counts = {name: int((way == name).sum()) for name in (*HOW, "kept")}
+        predicted, _budget = rerun_codes(repredictor, inputs, position[rerun_rows],
+                                         LabelColumn(arrays.category.codes[rerun_rows], arrays.category.labels),
+                                         LabelColumn(arrays.complexity.codes[rerun_rows], arrays.complexity.labels))
+        values[rerun_rows] = predicted.astype(np.int64)
+    valid = None if arrays.predicted.valid is None else arrays.predicted.valid | (way != kept)
+    counts = {name: int((way == i).sum()) for i, name in enumerate(HOW)} | {"kept": int((way == kept).sum())}
     return replace(arrays, predicted=IntColumn(values, valid)), counts

@@ -28,13 +28,12 @@ from autopack_pipeline.domain.analysis import (
 )
 from autopack_pipeline.domain.budget_calibration import calibration_section
 from autopack_pipeline.domain.group_economics import group_economics
-from autopack_pipeline.domain.reprediction import arrays_in_force
+from autopack_pipeline.domain.reprediction import PredictionInputs, arrays_in_force
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.services.reporting import write_calibration_report_set
 from autopack_pipeline.services.seed_files import load_coefficients_for, load_prices_for
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.frames import as_event_arrays
-from autopack_pipeline.storage.prediction_inputs import prediction_inputs_of
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ def calibrate(
     database: str | None = None,
     method: str = "coverage",
     write_reports: bool = True,
-    prediction_inputs: pd.DataFrame | None = None,
+    prediction_inputs: PredictionInputs | None = None,
     coefficient_history: dict[str, Any] | None = None,
     window_versions: int | None = None,
     group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
@@ -154,7 +153,6 @@ def calibrate(
     }
     reprediction = window = None
     if prediction_inputs is not None:
-        prediction_inputs = prediction_inputs_of(prediction_inputs)
         arrays, reprediction = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
         provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
                                        + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))

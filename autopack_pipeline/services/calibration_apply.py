@@ -43,7 +43,6 @@ from autopack_pipeline.domain.reprediction import PredictionInputs
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.settings import seeds_directory
 from autopack_pipeline.storage.frames import as_event_arrays
-from autopack_pipeline.storage.prediction_inputs import prediction_inputs_of
 
 _VERSION_SUFFIX = "+cal"
 
@@ -54,10 +53,10 @@ class ApplicationRefused(Exception):
 
 @dataclass(frozen=True)
 class StoredEvents:
-    """The events frame and, aligned by ``event_id``, what each event keeps about its prediction."""
+    """The events frame and, found by ``event_id``, what each event keeps about its prediction."""
 
     events: pd.DataFrame
-    inputs: pd.DataFrame  # indexed by event_id: deliverables, coefficients_version, doc features
+    inputs: PredictionInputs  # deliverables, coefficients_version, doc features
 
     def arrays(self) -> EventArrays:
         """The events as the domain's arrays."""
@@ -65,7 +64,7 @@ class StoredEvents:
 
     def prediction_inputs(self) -> PredictionInputs:
         """The stored inputs as the domain reads them (found by ``event_id``)."""
-        return prediction_inputs_of(self.inputs)
+        return self.inputs
 
 
 def read_stored(engine: Engine, run_ids: list[str] | None = None) -> StoredEvents:

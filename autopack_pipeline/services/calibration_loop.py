@@ -212,7 +212,7 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
             run_ids.append(run_id)
         stored = read_stored(engine, run_ids)
         measured = measure_round(stored.events, prices)
-        versions = sorted({v for v in stored.inputs.get("coefficients_version", pd.Series(dtype=object)).dropna()})
+        versions = stored.inputs.versions_present()
         round_arrays = as_event_arrays(stored.events)
         round_tier1 = compute_metrics_arrays(round_arrays)["tier1"]
         document = {"round": number, "world": options.world, "run_ids": run_ids, "coefficients_version": version,

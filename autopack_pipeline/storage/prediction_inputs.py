@@ -1,8 +1,12 @@
 """What each stored event keeps about its prediction: deliverables, coefficient version, doc features.
 
-The events frame (``read_events``) leaves these out because the metrics never need them; the
-backtest and the calibration's re-prediction do (``domain.reprediction``). Columns a database does
-not have (an Autopack database has no ``coefficients_version``) come back as nulls.
+The analysis arrays leave these out because the metrics never need them; the backtest and the
+calibration's re-prediction do (``domain.reprediction``). They are read whole columns at a time:
+from the columnar copy, which carries them (``storage/columnar``), refreshed first; without a
+usable copy (an in-memory database), from the database in one query. Each column becomes codes into
+its distinct values in Arrow, and each distinct ``deliverables_json`` text is parsed once (phases of
+a run, retries and templates repeat them), so no Python object is made per event. Columns a
+database does not have (an Autopack database has no ``coefficients_version``) come back missing.
 """
 
 from __future__ import annotations
@@ -10,60 +14,95 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-import pandas as pd
-from sqlalchemy import inspect, select
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, PredictionInputs
-from autopack_pipeline.storage.models import TokenEstimationV2Event
+from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, EncodedColumn, PredictionInputs
 
-_EVENTS = TokenEstimationV2Event.__table__
-INPUT_COLUMNS = ("coefficients_version", *FEATURE_COLUMNS)
+TABLE = "token_estimation_v2_events"
+INPUT_COLUMNS = ("deliverables_json", "coefficients_version", *FEATURE_COLUMNS)
+TEXT_COLUMNS = ("deliverables_json", "coefficients_version", "context_quality")  # the rest are flags
 
 
-def _deliverables(text: str | None) -> list[str]:
-    """``deliverables_json`` as a list of strings; unparseable JSON counts as no deliverables."""
+def _deliverables(text: str | None) -> tuple[str, ...] | None:
+    """``deliverables_json`` as a tuple of strings; unparseable JSON counts as no deliverables."""
     try:
         value = json.loads(text) if text else []
     except ValueError:
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else []
+        return None
+    return tuple(str(v) for v in value) if isinstance(value, list) else None
 
 
-def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = None) -> pd.DataFrame:
-    """A frame indexed by ``event_id``: ``deliverables`` (lists) and :data:`INPUT_COLUMNS`."""
-    columns = ["deliverables", *INPUT_COLUMNS]
-    if not inspect(engine).has_table(_EVENTS.name):
-        return pd.DataFrame(columns=columns, index=pd.Index([], name="event_id"))
-    present = {column["name"] for column in inspect(engine).get_columns(_EVENTS.name)}
-    chosen = [name for name in INPUT_COLUMNS if name in present]
-    statement = select(_EVENTS.c.event_id, _EVENTS.c.deliverables_json, *(_EVENTS.c[name] for name in chosen))
-    with engine.connect() as connection:
-        rows = connection.execute(statement).all()
-    frame = pd.DataFrame(rows, columns=["event_id", "deliverables_json", *chosen]).astype(object)
-    if event_ids is not None:
-        frame = frame[frame["event_id"].isin({int(i) for i in event_ids})]
-    # Each distinct deliverables text is parsed once (phases of one run, retries and templates repeat them).
-    codes, texts = pd.factorize(frame["deliverables_json"], use_na_sentinel=True)
-    parsed = [_deliverables(text) for text in texts]
-    frame["deliverables"] = [parsed[c] if c >= 0 else [] for c in codes]
-    for name in INPUT_COLUMNS:
-        if name not in frame:
-            frame[name] = None
-    frame.index = pd.Index(frame.pop("event_id").astype("int64"), name="event_id")
-    return frame[columns].astype(object)
+def _encoded(column: pa.ChunkedArray | pa.Array, parse=None) -> EncodedColumn:
+    """A column as codes into its distinct values (nulls: -1), values through ``parse`` when given."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_null(column.type):
+        return EncodedColumn(np.full(len(column), -1, dtype=np.int32))
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+    values = column.dictionary.to_pylist()
+    if parse is not None:
+        values = [parse(value) for value in values]
+        # A text that parses to nothing (bad JSON) is missing, like NULL.
+        lookup = np.array([i if value is not None else -1 for i, value in enumerate(values)] + [-1], dtype=np.int32)
+        codes = lookup[codes]
+    return EncodedColumn(codes, tuple(values))
 
 
-def prediction_inputs_of(frame: pd.DataFrame) -> PredictionInputs:
-    """A :func:`read_prediction_inputs` frame (indexed by ``event_id``) as the domain's
-    :class:`PredictionInputs`; feature columns the frame lacks are left out, missing values are None."""
-    def column(name: str) -> list:
-        return [None if value is None or (isinstance(value, float) and value != value) else value
-                for value in frame[name].to_numpy(dtype=object)]
-
-    versions = column("coefficients_version") if "coefficients_version" in frame else [None] * len(frame)
-    return PredictionInputs.from_rows(
-        frame.index.to_numpy(dtype="int64"), list(frame["deliverables"].to_numpy(dtype=object)),
-        [v if isinstance(v, str) else None for v in versions],
-        {name: column(name) for name in FEATURE_COLUMNS if name in frame.columns},
+def prediction_inputs_from_arrow(table: pa.Table) -> PredictionInputs:
+    """``event_id`` and any of :data:`INPUT_COLUMNS` as the domain's :class:`PredictionInputs`
+    (a missing ``coefficients_version`` is None everywhere; missing feature columns are left out)."""
+    rows = table.num_rows
+    ids = table.column("event_id").to_numpy().astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
+    names = set(table.column_names)
+    none = EncodedColumn(np.full(rows, -1, dtype=np.int32))
+    return PredictionInputs(
+        ids,
+        _encoded(table.column("deliverables_json"), _deliverables) if "deliverables_json" in names else none,
+        _encoded(table.column("coefficients_version")) if "coefficients_version" in names else none,
+        {name: _encoded(table.column(name)) for name in FEATURE_COLUMNS if name in names},
     )
+
+
+def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = None) -> PredictionInputs:
+    """Every stored event's prediction inputs (of ``event_ids`` only, when given)."""
+    from autopack_pipeline.storage.columnar import ColumnarStoreError, refresh_store
+
+    table = None
+    try:
+        store, _refresh = refresh_store(engine)
+        if store is not None:
+            table = store.table(["event_id", *INPUT_COLUMNS], as_codes=TEXT_COLUMNS)
+    except (ColumnarStoreError, OSError):
+        table = None  # no usable copy: the database itself
+    if table is None:
+        table = _read_from_database(engine)
+    if event_ids is not None:
+        wanted = pa.array(np.fromiter((int(i) for i in event_ids), dtype=np.int64))
+        table = table.filter(pc.is_in(table.column("event_id").cast(pa.int64()), value_set=wanted))
+    return prediction_inputs_from_arrow(table)
+
+
+def _read_from_database(engine: Engine) -> pa.Table:
+    """The input columns the events table has, in one query, as Arrow columns of the raw values."""
+    inspector = inspect(engine)
+    if not inspector.has_table(TABLE):
+        return pa.table({"event_id": pa.array([], type=pa.int64())})
+    present = {column["name"] for column in inspector.get_columns(TABLE)}
+    chosen = ["event_id", *(name for name in INPUT_COLUMNS if name in present)]
+    with engine.connect() as connection:
+        rows = connection.execute(text(f"SELECT {', '.join(chosen)} FROM {TABLE}")).fetchall()
+    columns = list(zip(*rows)) if rows else [()] * len(chosen)
+    return pa.table({name: pa.array([_plain(v) for v in values] if name in FEATURE_COLUMNS else list(values),
+                                    type=pa.int64() if name == "event_id" else None)
+                     for name, values in zip(chosen, columns)})
+
+
+def _plain(value):
+    """A stored feature as what the estimator reads: SQLite keeps booleans as 0/1."""
+    return bool(value) if isinstance(value, int) and not isinstance(value, bool) else value

@@ -37,7 +37,7 @@ from autopack_pipeline.domain.analysis.order_statistics import p90_of
 from autopack_pipeline.domain.analysis.samples import (
     CleanSamples,
     _duplicate_attempts,
-    _member_of,
+    _pair_member_of,
     clean_sample_rows,
     stable_order,
 )
@@ -74,7 +74,7 @@ def coverage_observations(
         else:
             pairs = phase.values[clean.mask]
         rows = np.flatnonzero(censored & run_ok & phase_ok)
-        has_clean = _member_of(phase.values[rows], pairs)
+        has_clean = _pair_member_of(phase.values[rows], pairs, width)
         censored = censored.copy()
         censored[rows[has_clean]] = False
         censored[_duplicate_attempts(arrays, censored)] = False

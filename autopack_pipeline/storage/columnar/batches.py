@@ -22,7 +22,7 @@ from autopack_pipeline.storage.columnar.encoding import (
     _parse_types,
     _store_table,
 )
-from autopack_pipeline.storage.frames import conform_events_frame
+from autopack_pipeline.storage.frames import EVENT_COLUMNS, conform_events_frame
 from autopack_pipeline.storage.timestamps import (
     UnreadableTimestamp,
     readable_column,
@@ -216,7 +216,11 @@ class _BatchReader:
         if self.dialect == "sqlite":
             frame, found = set_aside_in_frame(frame, ["timestamp"])
             self.unreadable += found
-        frame = conform_events_frame(frame)
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        extra = {name: frame[name].tolist() if name in frame.columns else [None] * len(frame)
+                 for name in _KINDS if name not in EVENT_COLUMNS}
+        table = pa.Table.from_pandas(conform_events_frame(frame), preserve_index=False)
+        types = _parse_types(timestamps_as_text=False)
+        for name, values in extra.items():  # the prediction inputs, beside the events frame's columns
+            table = table.append_column(name, pa.array([None if v != v else v for v in values], type=types[name]))
         return table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
                                 table.column("timestamp").cast(pa.timestamp("us", tz="UTC"), safe=False))

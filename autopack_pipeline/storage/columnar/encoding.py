@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from autopack_pipeline.storage.frames import EVENT_COLUMNS
 from autopack_pipeline.storage.timestamps import SHOWN_ROWS, UnreadableTimestamp, merge_ids
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: with the prediction inputs (deliverables, coefficient version, doc features)
 MANIFEST = "manifest.json"
 TABLE = "token_estimation_v2_events"
 PART_ROWS = 1_000_000  # rows per file of a cold extraction
@@ -47,8 +47,17 @@ _KINDS: dict[str, str] = {
     "stop_reason": "label",
     "model": "label",
     "attempt": "int",
+    # What each event keeps about its prediction (storage/prediction_inputs.py), for calibration's
+    # re-prediction: read only by it, never by the analysis arrays.
+    "deliverables_json": "label",
+    "coefficients_version": "label",
+    "api_reference_required": "flag",
+    "examples_required": "flag",
+    "research_required": "flag",
+    "usage_guide_required": "flag",
+    "context_quality": "label",
 }
-assert list(_KINDS) == list(EVENT_COLUMNS), "the store holds exactly the events frame's columns"
+assert list(_KINDS)[:len(EVENT_COLUMNS)] == list(EVENT_COLUMNS), "the store begins with the events frame's columns"
 
 _ARROW_TYPES = {
     "key": pa.int64(),

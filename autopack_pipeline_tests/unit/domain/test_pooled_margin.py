@@ -177,7 +177,7 @@ def test_the_own_check_is_binomial_in_the_groups_size_and_counts_truncated_calls
     cut = group_shape(("a", "low"), np.ones(78), np.array([2.5, 1.5]))
     _, whole, _ = own_tail_contradicts(cut, 2.0, 2.0)
     assert whole == 2.0  # without a pooled estimate every truncated call counts
-    _, partial, _ = own_tail_contradicts(cut, 2.0, 2.0, survival=lambda s: math.exp(-s / 100))
+    _, partial, _ = own_tail_contradicts(cut, 2.0, 2.0, survival=lambda s: np.exp(-s / 100))
     assert 1.0 < partial < 2.0
 
 

@@ -12,7 +12,52 @@ def test_events_record_their_coefficients_version(seeded, make_event):
                                                       event_uid="with-version"), respect_flag=False)
     assert record_estimation_event(seeded, make_event(event_uid="without-version"), respect_flag=False)
     inputs = read_prediction_inputs(seeded)
-    assert set(inputs["coefficients_version"].tolist()) == {"v5-step1+cal20260101T000000Z", None}
-    row = inputs[inputs["coefficients_version"].notna()].iloc[0]
-    assert row["deliverables"] == ["src/example.py"]
-    assert row["context_quality"] == "some" and bool(row["examples_required"]) is True
+    assert {inputs.version_at(i) for i in range(len(inputs))} == {"v5-step1+cal20260101T000000Z", None}
+    assert inputs.versions_present() == ["v5-step1+cal20260101T000000Z"]
+    at = next(i for i in range(len(inputs)) if inputs.version_at(i) is not None)
+    assert inputs.deliverables_at(at) == ["src/example.py"]
+    features = inputs.features_at(at)
+    assert features["context_quality"] == "some" and features["examples_required"] is True
+
+
+def test_the_columnar_copy_and_the_database_give_the_same_inputs(seeded, make_event, tmp_path, monkeypatch):
+    """Both routes (the columnar copy, refreshed first; the table itself) against the rows read one by
+    one: NULL and set features, unparseable deliverables, events before and after the version column."""
+    import json
+
+    import sqlalchemy as sa
+
+    from autopack_pipeline.storage import columnar
+    from autopack_pipeline.storage.events import estimation_row, insert_estimation_row
+    from autopack_pipeline.storage.models import TokenEstimationV2Event
+    from autopack_pipeline.storage.prediction_inputs import _read_from_database, prediction_inputs_from_arrow
+
+    monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(tmp_path / "columnar"))
+    engine = seeded
+    with engine.begin() as connection:
+        for i in range(40):
+            row = estimation_row(make_event(event_uid=f"e{i}", coefficients_version=[None, "v1", "v2"][i % 3],
+                                                    context_quality=[None, "some", "strong", "none"][i % 4],
+                                                    examples_required=[None, True, False][i % 3],
+                                                    api_reference_required=[None, False][i % 2]))
+            row["deliverables_json"] = ['["docs/a.md"]', '["src/b.py", "tests/test_b.py"]', "not json", "[]",
+                                        '{"a": 1}'][i % 5]
+            insert_estimation_row(connection, row)
+    events = TokenEstimationV2Event.__table__
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(events).order_by(events.c.event_id)).mappings().all()
+
+    def expected(row) -> tuple:
+        try:
+            items = json.loads(row["deliverables_json"])
+        except ValueError:
+            items = []
+        return (int(row["event_id"]), items if isinstance(items, list) else [], row["coefficients_version"],
+                {name: row[name] for name in ("api_reference_required", "examples_required", "research_required",
+                                              "usage_guide_required", "context_quality")})
+
+    for inputs in (read_prediction_inputs(engine), prediction_inputs_from_arrow(_read_from_database(engine))):
+        got = [(int(inputs.event_ids[i]), inputs.deliverables_at(i), inputs.version_at(i), inputs.features_at(i))
+               for i in range(len(inputs))]
+        assert sorted(got, key=lambda entry: entry[0]) == [expected(row) for row in stored]
+    assert columnar.ColumnarStore(tmp_path / "columnar").rows == 40  # the first read went through the copy
