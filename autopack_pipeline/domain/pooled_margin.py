@@ -52,6 +52,7 @@ from functools import cached_property
 import numpy as np
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.pooled_scores import PooledScores, ScorePool
 
 # The upper spread's end: the 90th percentile, the 8th largest of 80 calls, is near enough the tail
 # that groups whose tails differ in weight still share a shape in these units (the 80th left the
@@ -97,13 +98,36 @@ class GroupShape:
         cannot be fitted (too many truncations) is scored with the whole group's.
         ``censored_shift`` is added to the truncated calls' log bounds before they are scored."""
         clean, cut = np.empty(len(self.log_ratios)), np.empty(len(self.censored_logs))
-        fold_clean, fold_cut = np.arange(len(clean)) % FOLDS, (np.arange(len(cut)) + len(clean)) % FOLDS
-        for fold in range(FOLDS):
+        fold_clean, fold_cut = self._folds
+        for fold, place in enumerate(self._fold_places):
             mine_clean, mine_cut = fold_clean == fold, fold_cut == fold
-            place = _place(self.log_ratios[~mine_clean], self.censored_logs[~mine_cut]) or (self.location, self.scale)
             clean[mine_clean] = (self.log_ratios[mine_clean] - place[0]) / place[1]
             cut[mine_cut] = (self.censored_logs[mine_cut] + censored_shift - place[0]) / place[1]
         return clean, cut
+
+    @cached_property
+    def _folds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each clean and each truncated call's fold (calls dealt in turn, clean ones first)."""
+        clean, cut = len(self.log_ratios), len(self.censored_logs)
+        return np.arange(clean) % FOLDS, (np.arange(cut) + clean) % FOLDS
+
+    @cached_property
+    def _fold_places(self) -> list[tuple[float, float]]:
+        """Per fold, the (location, scale) of the other calls (:func:`_place`), or the group's own.
+
+        The group's clean log ratios are sorted once; a fold's order statistics are read off that
+        order with the fold's calls skipped (the same values a sort of the other calls gives), so
+        the five places cost one sort, not five."""
+        fold_clean, fold_cut = self._folds
+        order = np.argsort(self.log_ratios)  # equal values are interchangeable: the faster, unstable sort
+        ordered, ordered_fold = self.log_ratios[order], fold_clean[order]
+        places = []
+        for fold in range(FOLDS):
+            kept = np.flatnonzero(ordered_fold != fold)
+            censored = int((fold_cut != fold).sum())
+            place = _place_of_sorted(len(kept), censored, lambda i, kept=kept: ordered[kept[i]])
+            places.append(place or (self.location, self.scale))
+        return places
 
     @cached_property
     def plain_scores(self) -> tuple[np.ndarray, np.ndarray]:
@@ -119,17 +143,25 @@ class GroupShape:
         return float(math.exp(self.location + self.scale * q))
 
 
-def _nearest_rank(values: np.ndarray, quantile: float) -> float:
-    return float(values[max(1, math.ceil(quantile * len(values) - 1e-9)) - 1])
-
-
 def _place(logs: np.ndarray, cut: np.ndarray) -> tuple[float, float] | None:
     """(median, upper spread) with truncated calls above every clean one, or None when the spread's
     end falls on a truncated call or there are too few calls."""
-    if len(logs) + len(cut) < MIN_SHAPE_OBSERVATIONS // 2:
+    ordered = np.sort(logs)
+    return _place_of_sorted(len(ordered), len(cut), ordered.__getitem__)
+
+
+def _place_of_sorted(clean: int, censored: int, nth: Callable[[int], float]) -> tuple[float, float] | None:
+    """:func:`_place` of ``clean`` clean values, of which ``nth(i)`` is the i-th smallest, and
+    ``censored`` truncated calls (above every clean value)."""
+    n = clean + censored
+    if n < MIN_SHAPE_OBSERVATIONS // 2:
         return None
-    values = np.r_[np.sort(logs), np.full(len(cut), np.inf)]
-    location, upper = _nearest_rank(values, 0.5), _nearest_rank(values, SCALE_QUANTILE)
+
+    def nearest_rank(quantile: float) -> float:
+        index = max(1, math.ceil(quantile * n - 1e-9)) - 1
+        return float(nth(index)) if index < clean else math.inf
+
+    location, upper = nearest_rank(0.5), nearest_rank(SCALE_QUANTILE)
     return (location, max(upper - location, MIN_SCALE)) if math.isfinite(upper) else None
 
 
@@ -185,65 +217,6 @@ def confident_rank(m: int, target_pct: float, confidence: float = CONFIDENCE) ->
     return max(k, order_statistic_index(m, target_pct))
 
 
-@dataclass(frozen=True)
-class PooledScores:
-    """The scores of a set of groups and their Kaplan-Meier estimate, computed once for the pooled
-    bound and the survival function that both read them."""
-
-    clean: np.ndarray
-    censored_count: int
-    headroom: np.ndarray  # the truncated calls' scores at CENSORED_HEADROOM x their ceilings
-    points: np.ndarray
-    cdf: np.ndarray
-
-    @classmethod
-    def of(cls, shapes: Sequence[GroupShape]) -> PooledScores:
-        return ScorePool.of(shapes).subset(range(len(shapes)))
-
-    def survival(self, s: float) -> float:
-        """``P(score > s)`` of the pooled estimate."""
-        at = np.searchsorted(self.points, s, side="right")
-        return 1.0 if at == 0 else float(1 - self.cdf[at - 1])
-
-
-@dataclass(frozen=True)
-class ScorePool:
-    """Every group's scores, sorted once. The groups are pooled leaving one out at a time, so the
-    estimate of a subset is read off the one sorted order in O(n) rather than sorted again."""
-
-    values: np.ndarray  # every score, clean and censored, in kaplan_meier's order
-    is_event: np.ndarray
-    group: np.ndarray  # per sorted score, the index of its group
-    clean: np.ndarray
-    clean_group: np.ndarray
-    headroom: np.ndarray
-    headroom_group: np.ndarray
-
-    @classmethod
-    def of(cls, shapes: Sequence[GroupShape]) -> ScorePool:
-        def stacked(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-            ids = np.repeat(np.arange(len(parts)), [len(part) for part in parts])
-            return (np.concatenate(parts) if parts else np.zeros(0)), ids
-
-        clean, clean_group = stacked([shape.plain_scores[0] for shape in shapes])
-        censored, censored_group = stacked([shape.plain_scores[1] for shape in shapes])
-        headroom, headroom_group = stacked([shape.headroom_scores for shape in shapes])
-        values = np.r_[clean, censored].astype(float)
-        is_event = np.r_[np.ones(len(clean), bool), np.zeros(len(censored), bool)]
-        order = np.argsort(values, kind="stable")  # stable: clean first at a tie, as kaplan_meier
-        return cls(values[order], is_event[order], np.r_[clean_group, censored_group][order],
-                   clean, clean_group, headroom, headroom_group)
-
-    def subset(self, groups: Sequence[int] | range) -> PooledScores:
-        """The pooled scores of the groups with these indices."""
-        chosen = np.zeros(int(self.group.max(initial=-1)) + 2, bool)
-        chosen[list(groups)] = True
-        keep = chosen[self.group]
-        points, cdf = _product_limit(self.values[keep], self.is_event[keep])
-        return PooledScores(self.clean[chosen[self.clean_group]], int((keep & ~self.is_event).sum()),
-                            self.headroom[chosen[self.headroom_group]], points, cdf)
-
-
 def pooled_bound(shapes: Sequence[GroupShape], target_pct: float,
                  pooled: PooledScores | None = None) -> tuple[float, int, int] | None:
     """(q, k, M): the least pooled score whose Kaplan-Meier probability reaches ``k / M``, at most
@@ -253,24 +226,24 @@ def pooled_bound(shapes: Sequence[GroupShape], target_pct: float,
     if not shapes:
         return None
     pooled = pooled or PooledScores.of(shapes)
-    m = len(pooled.clean) + pooled.censored_count
+    m = pooled.size
     k = confident_rank(m, target_pct)
     if k > m:
         return None
-    reached = np.nonzero(pooled.cdf >= k / m - 1e-12)[0]
+    reached = pooled.first_reaching(k / m - 1e-12)
     # Where truncations sit near the tail, few clean scores lie above them and the estimate's tail
     # rests on the very largest (a round of heavy truncation put q on single outliers: margins of
     # x7 to x13). It is capped by the k-th score with every truncated call taken as CENSORED_HEADROOM
     # times its ceiling, the length the unidentifiable rule of ``domain.budget_calibration`` assumes
     # too (Autopack's own escalation of a truncated call is +25%).
-    cap = float(np.partition(np.r_[pooled.clean, pooled.headroom], k - 1)[k - 1])
-    if not len(reached):
+    cap = pooled.kth_smallest_capped(k)
+    if reached is None:
         return cap, k, m
-    return min(float(pooled.points[reached[0]]), cap), k, m
+    return min(reached, cap), k, m
 
 
 def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
-                         survival: Callable[[float], float] | None = None) -> tuple[bool, float, float]:
+                         survival: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[bool, float, float]:
     """(refused, calls above, p): whether the group's own calls make the pooled ``margin`` implausible,
     i.e. ``P(Binomial(N, target) >= calls above) < CHECK_ALPHA``. A truncated call whose ceiling is
     below the margin counts ``survival(margin score) / survival(its ceiling's score)`` (the pooled
@@ -279,12 +252,17 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
 
     line = math.log(margin)
     above = float((shape.log_ratios > line).sum())
-    for bound in shape.censored_logs.tolist():
-        if bound >= line or survival is None:
-            above += 1.0
-        else:
-            below = survival((bound - shape.location) / shape.scale)
-            above += 1.0 if below <= 0 else min(1.0, survival((line - shape.location) / shape.scale) / below)
+    bounds = shape.censored_logs
+    if len(bounds):
+        passed = np.ones(len(bounds))  # a ceiling at or above the margin, or no estimate to ask
+        if survival is not None:
+            below = survival((bounds - shape.location) / shape.scale)
+            beyond = survival(np.array([(line - shape.location) / shape.scale]))[0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                chance = np.where(below <= 0, 1.0, np.minimum(1.0, beyond / below))
+            passed = np.where(bounds >= line, 1.0, chance)
+        # Added one by one in the calls' order, as a running float sum (the counts stay exact).
+        above = float(np.add.accumulate(np.r_[above, passed])[-1])
     n = len(shape.log_ratios) + shape.censored
     count = math.ceil(above - 1e-9)
     p = float(binom.sf(count - 1, n, target_pct / 100)) if count else 1.0
@@ -296,7 +274,7 @@ def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float) -> dic
     pool; each of them whose own calls also accept the pool's bound gets its margin from it. A group
     left out keeps its own order statistic (the caller's rule)."""
     members = []
-    pool = ScorePool.of(shapes)
+    pool = ScorePool.of_shapes(shapes)
     for index, shape in enumerate(shapes):
         others = [other for other in shapes if other is not shape]
         pooled = pool.subset([i for i in range(len(shapes)) if i != index]) if others else None

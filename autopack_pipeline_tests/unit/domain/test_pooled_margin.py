@@ -153,7 +153,7 @@ def test_the_own_check_is_binomial_in_the_groups_size_and_counts_truncated_calls
     cut = group_shape(("a", "low"), np.ones(78), np.array([2.5, 1.5]))
     _, whole, _ = own_tail_contradicts(cut, 2.0, 2.0)
     assert whole == 2.0  # without a pooled estimate every truncated call counts
-    _, partial, _ = own_tail_contradicts(cut, 2.0, 2.0, survival=lambda s: math.exp(-s / 100))
+    _, partial, _ = own_tail_contradicts(cut, 2.0, 2.0, survival=lambda s: np.exp(-s / 100))
     assert 1.0 < partial < 2.0
 
 
@@ -253,3 +253,33 @@ def test_confident_rank_is_the_least_rank_the_binomial_allows(m, target_pct):
     reached = np.nonzero(binom.cdf(ranks - 1, m, 1 - target_pct / 100) >= 0.90)[0]
     least = int(ranks[reached[0]]) if len(reached) else m + 1
     assert confident_rank(m, target_pct, 0.90) == max(least, order_statistic_index(m, target_pct))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_pooled_subset_reads_the_same_estimate_as_kaplan_meier_over_its_own_scores(seed):
+    """ScorePool.subset (truncated scores only, off one sorted order) against kaplan_meier of the
+    subset's scores gathered and sorted afresh: survival anywhere, the first point reaching a level,
+    and the k-th smallest with headroom; ties and a truncated score last of all included."""
+    from autopack_pipeline.domain.pooled_scores import ScorePool
+
+    rng = np.random.default_rng(seed)
+    clean = [rng.integers(0, 30, n).astype(float) for n in (40, 25, 60, 5)]
+    censored = [rng.integers(0, 31, n).astype(float) for n in (10, 0, 20, 3)]
+    censored[2][0] = 99.0  # after every clean score
+    headroom = [c + 0.5 for c in censored]
+    pool = ScorePool.of(clean, censored, headroom)
+    for groups in ([0, 1, 2, 3], [1, 2, 3], [0, 2], [0, 1, 3], [2]):
+        pooled = pool.subset(groups)
+        mine_clean = np.concatenate([clean[g] for g in groups])
+        mine_cut = np.concatenate([censored[g] for g in groups])
+        points, cdf = kaplan_meier(mine_clean, mine_cut)
+        at = np.r_[points, points - 0.5, -1.0, 200.0]
+        want = np.array([1.0 if (i := np.searchsorted(points, s, side="right")) == 0 else 1 - cdf[i - 1] for s in at])
+        assert pooled.survival(at) == pytest.approx(want, rel=1e-12, abs=1e-15)
+        assert pooled.size == len(mine_clean) + len(mine_cut)
+        for level in (0.1, 0.5, 0.9, cdf[-1], cdf[-1] + 0.01):
+            reached = np.nonzero(cdf >= level)[0]
+            assert pooled.first_reaching(level) == (float(points[reached[0]]) if len(reached) else None)
+        capped = np.sort(np.r_[mine_clean, np.concatenate([headroom[g] for g in groups])])
+        for k in (1, len(capped) // 2, len(capped)):
+            assert pooled.kth_smallest_capped(k) == capped[k - 1]
