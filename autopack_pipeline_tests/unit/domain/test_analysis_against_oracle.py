@@ -154,6 +154,26 @@ def test_clean_samples_and_exclusions_equal_the_reference(seed, dedup):
         pd.testing.assert_series_equal(chosen[column], expected[column])
 
 
+def per_run_phase_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every run's phase ids its own (Autopack's shape: the phase code alone is the key)."""
+    frame = frame.copy()
+    both = frame["run_id"].notna() & frame["phase_id"].notna()
+    frame.loc[both, "phase_id"] = frame.loc[both, "run_id"] + "-" + frame.loc[both, "phase_id"]
+    return frame
+
+
+@pytest.mark.parametrize("seed", SEEDS[:4])
+def test_clean_samples_and_censored_rows_with_per_run_phase_ids_equal_the_reference(seed):
+    frame = per_run_phase_ids(random_events(seed, 300, phases=6))
+    arrays = event_arrays_from_frame(frame)
+    kept = fm.clean_sample_rows(arrays)
+    assert kept.exclusions == sample_exclusions(frame)
+    assert frame[kept.mask]["event_id"].tolist() == clean_samples(frame)["event_id"].tolist()
+    assert np.array_equal(arrays.phase_key.values, arrays.phase_code.values)  # the dense key was taken
+    assert_close(fm.calibrate_coverage_arrays(arrays, provenance=PROVENANCE),
+                 calibrate_coverage(frame, provenance=PROVENANCE))
+
+
 def test_a_phase_is_its_run_and_phase_id_together():
     frame = conform_events_frame(pd.DataFrame({
         "event_id": [1, 2, 3, 4], "run_id": ["a", "b", "a", None], "phase_id": ["p", "p", "p", "p"],
