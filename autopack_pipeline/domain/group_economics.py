@@ -17,6 +17,7 @@ import numpy as np
 
 from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, truncated_flags
 from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
+from autopack_pipeline.domain.analysis.samples import stable_order
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.cost import (
@@ -63,13 +64,18 @@ def group_economics(
     """One entry per coverage group, in the groups' order: its frontier and its cost now vs each proposal."""
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
     cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
-    known = arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0)
+    known = np.flatnonzero(arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0))
     truncated_all = truncated_flags(arrays)
     price_all = output_price_per_row(arrays, prices)
+    # Every group's rows (ascending) from one stable sort of the known rows by group, rather than a
+    # mask over every event per group (35 groups x 10M events was most of this function's time).
+    pair = cat_codes[known].astype(np.int64) * len(cx_names) + cx_codes[known]
+    sizes = np.bincount(pair, minlength=len(cat_names) * len(cx_names))
+    rows_by_pair = np.split(known[stable_order(pair)], np.cumsum(sizes)[:-1])
     out = []
     for group in groups:
         category, complexity = group.key
-        rows = known & (cat_codes == cat_names.index(category)) & (cx_codes == cx_names.index(complexity))
+        rows = rows_by_pair[cat_names.index(category) * len(cx_names) + cx_names.index(complexity)]
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
         sent, truncated, price = budget_sent(arrays, rows), truncated_all[rows], price_all[rows]

@@ -97,13 +97,19 @@ class GroupShape:
         halves overshot: a spread from ~37 calls is much noisier than from ~75). A fold whose place
         cannot be fitted (too many truncations) is scored with the whole group's.
         ``censored_shift`` is added to the truncated calls' log bounds before they are scored."""
-        clean, cut = np.empty(len(self.log_ratios)), np.empty(len(self.censored_logs))
-        fold_clean, fold_cut = self._folds
+        clean = np.empty(len(self.log_ratios))
+        fold_clean, _fold_cut = self._folds
         for fold, place in enumerate(self._fold_places):
-            mine_clean, mine_cut = fold_clean == fold, fold_cut == fold
-            clean[mine_clean] = (self.log_ratios[mine_clean] - place[0]) / place[1]
-            cut[mine_cut] = (self.censored_logs[mine_cut] + censored_shift - place[0]) / place[1]
-        return clean, cut
+            mine = fold_clean == fold
+            clean[mine] = (self.log_ratios[mine] - place[0]) / place[1]
+        return clean, self._censored_scores(censored_shift)
+
+    def _censored_scores(self, shift: float) -> np.ndarray:
+        cut = np.empty(len(self.censored_logs))
+        for fold, place in enumerate(self._fold_places):
+            mine = self._folds[1] == fold
+            cut[mine] = (self.censored_logs[mine] + shift - place[0]) / place[1]
+        return cut
 
     @cached_property
     def _folds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -112,32 +118,44 @@ class GroupShape:
         return np.arange(clean) % FOLDS, (np.arange(cut) + clean) % FOLDS
 
     @cached_property
+    def _sorted_logs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the clean log ratios ascending, each one's fold)."""
+        order = np.argsort(self.log_ratios)  # equal values are interchangeable: the faster, unstable sort
+        return self.log_ratios[order], self._folds[0][order]
+
+    @cached_property
     def _fold_places(self) -> list[tuple[float, float]]:
         """Per fold, the (location, scale) of the other calls (:func:`_place`), or the group's own.
 
         The group's clean log ratios are sorted once; a fold's order statistics are read off that
         order with the fold's calls skipped (the same values a sort of the other calls gives), so
         the five places cost one sort, not five."""
-        fold_clean, fold_cut = self._folds
-        order = np.argsort(self.log_ratios)  # equal values are interchangeable: the faster, unstable sort
-        ordered, ordered_fold = self.log_ratios[order], fold_clean[order]
+        ordered, ordered_fold = self._sorted_logs
         places = []
         for fold in range(FOLDS):
             kept = np.flatnonzero(ordered_fold != fold)
-            censored = int((fold_cut != fold).sum())
+            censored = int((self._folds[1] != fold).sum())
             place = _place_of_sorted(len(kept), censored, lambda i, kept=kept: ordered[kept[i]])
             places.append(place or (self.location, self.scale))
         return places
 
     @cached_property
-    def plain_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`scores` with no shift, computed once: every pooled bound over this group reads them."""
-        return self.scores()
+    def pooled_clean_scores(self) -> np.ndarray:
+        """The clean calls' cross-fitted scores (the values of ``scores()[0]``), ascending within each
+        fold: the pool, which only needs the values, sorts five runs per group 3x faster than a shuffle."""
+        ordered, ordered_fold = self._sorted_logs
+        return np.concatenate([(ordered[ordered_fold == fold] - place[0]) / place[1]
+                               for fold, place in enumerate(self._fold_places)])
+
+    @cached_property
+    def plain_censored_scores(self) -> np.ndarray:
+        """The truncated calls' scores at their ceilings, computed once for every pooled bound."""
+        return self._censored_scores(0.0)
 
     @cached_property
     def headroom_scores(self) -> np.ndarray:
         """The truncated calls' scores at ``CENSORED_HEADROOM`` x their ceilings, computed once."""
-        return self.scores(math.log(CENSORED_HEADROOM))[1]
+        return self._censored_scores(math.log(CENSORED_HEADROOM))
 
     def margin(self, q: float) -> float:
         return float(math.exp(self.location + self.scale * q))

@@ -73,8 +73,8 @@ class ScorePool:
     @classmethod
     def of_shapes(cls, shapes: Sequence) -> ScorePool:
         """From ``pooled_margin.GroupShape`` values (their cross-fitted and headroom scores)."""
-        return cls.of([shape.plain_scores[0] for shape in shapes], [shape.plain_scores[1] for shape in shapes],
-                      [shape.headroom_scores for shape in shapes])
+        return cls.of([shape.pooled_clean_scores for shape in shapes],
+                      [shape.plain_censored_scores for shape in shapes], [shape.headroom_scores for shape in shapes])
 
     def subset(self, groups: Sequence[int] | range) -> PooledScores:
         """The pooled scores of the groups with these indices."""
