@@ -329,3 +329,30 @@ def test_the_services_chain_gives_what_the_reference_computes(seed):
         "coverage": calibrate_coverage(frame, tolerance=1.1, coefficients=table, provenance=provenance),
         "autopack-median": calibrate_autopack_median(samples, provenance=provenance),
     })
+
+
+def test_the_sample_summary_hands_its_rows_to_calibration_in_process_and_pickles_only_its_counts():
+    import pickle
+
+    from autopack_pipeline.services.pipeline import sample_stage
+
+    frame = random_events(3, 400, phases=8)
+    windowed = WindowedEvents(event_arrays_from_frame(frame), None)
+    summary = sample_stage(windowed)
+    assert summary.rows is not None and summary.rows.count == summary.count
+    assert summary.groups is not None and summary.groups.counts() == summary.group_counts
+    restored = pickle.loads(pickle.dumps(summary))
+    assert restored == summary and restored.rows is None and restored.groups is None
+    # The chain with the rows handed on gives what calibrate finds on its own; rows found with the
+    # other dedup are not used.
+    from autopack_pipeline.services.pipeline import calibration_stage
+
+    settings = load_settings()
+    handed = analyse_events(settings, windowed, windowed.events, force=True, write_reports=False)
+    alone = calibration_stage(None, settings, windowed, handed.metrics, force=True, write_reports=False)
+    assert handed.calibration.as_dict() == alone.as_dict()
+    other = calibration_stage(None, settings, windowed, handed.metrics, summary, dedup=False, force=True,
+                              write_reports=False)
+    assert other.as_dict() == calibration_stage(None, settings, windowed, handed.metrics, dedup=False, force=True,
+                                                write_reports=False).as_dict()
+    assert other.gate.observed != alone.gate.observed  # dedup changes the counts: the check can fail
