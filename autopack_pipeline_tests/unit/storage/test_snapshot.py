@@ -20,7 +20,7 @@ from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline.storage.migrate import upgrade_database
-from autopack_pipeline.storage.snapshot import EventSnapshot, SnapshotUnavailable, snapshot_events
+from autopack_pipeline.storage.snapshot import EventSnapshot, SnapshotUnavailable, snapshot_events, with_arrays_loaded
 from autopack_pipeline.synth import bulk_load
 from autopack_pipeline_tests.oracle.compare import assert_close
 from autopack_pipeline_tests.oracle.metrics import tier_metrics_document
@@ -88,6 +88,17 @@ def test_the_io_manager_stores_a_description_and_loads_the_events_once_per_snaps
     elsewhere = EventSnapshotIOManager(str(tmp_path / "io")).load_input(dg.build_input_context(asset_key=raw_events.key))
     assert elsewhere is not loaded and len(elsewhere) == len(loaded) == 200
     assert (elsewhere.event_id.values == loaded.event_id.values).all()
+
+
+def test_the_io_manager_hands_on_the_arrays_raw_events_loaded_in_the_same_process(engine, tmp_path):
+    bulk_load(engine, 200, runs=1, seed=6)
+    snapshot = with_arrays_loaded(snapshot_events(engine)[0])
+    assert snapshot.loaded is not None and len(pickle.dumps(snapshot)) < 2_000  # never stored
+    manager = EventSnapshotIOManager(str(tmp_path / "io"))
+    manager.handle_output(dg.build_output_context(asset_key=raw_events.key), snapshot)
+    assert manager.load_input(dg.build_input_context(asset_key=raw_events.key)) is snapshot.loaded
+    elsewhere = EventSnapshotIOManager(str(tmp_path / "io")).load_input(dg.build_input_context(asset_key=raw_events.key))
+    assert elsewhere is not snapshot.loaded and (elsewhere.event_id.values == snapshot.loaded.event_id.values).all()
 
 
 def test_the_io_manager_carries_inline_events_in_a_file(tmp_path):
