@@ -87,6 +87,15 @@ def _rank_z(newest: np.ndarray, older: np.ndarray) -> float:
     return 0.0 if variance <= 0 else float((u - n1 * n2 / 2) / math.sqrt(variance))
 
 
+def _codes(values: Any) -> tuple[np.ndarray, list[Any]]:
+    """Integer codes of ``values`` (labels, None included) in order of first appearance, and the
+    labels they stand for: one pass in Python, then every comparison is between integers."""
+    lookup: dict[Any, int] = {}
+    items = values.tolist() if isinstance(values, np.ndarray) else values
+    codes = np.fromiter((lookup.setdefault(v, len(lookup)) for v in items), dtype=np.int64, count=len(items))
+    return codes, list(lookup)
+
+
 def error_moved(groups: np.ndarray, log_ratio: np.ndarray, censored: np.ndarray, newest: np.ndarray,
                 older: np.ndarray, *, alpha: float = DRIFT_ALPHA, min_events: int = MIN_EVENTS_PER_SIDE) -> DriftTest:
     """Whether the error of the ``newest`` rows differs from the ``older`` rows' (see the module docstring).
@@ -97,9 +106,14 @@ def error_moved(groups: np.ndarray, log_ratio: np.ndarray, censored: np.ndarray,
     from scipy.stats import norm
 
     usable = np.isfinite(log_ratio)
+    codes, names = _codes(groups)
+    # The groups in order of their first usable row (the order Stouffer's sum and a tie for the
+    # worst group are read in); each group's rows by its integer code, not by comparing strings.
+    present, first_row = np.unique(codes[usable], return_index=True)
     zs, labels = [], []
-    for label in dict.fromkeys(np.asarray(groups, dtype=object)[usable].tolist()):
-        rows = usable & (groups == label)
+    for code in present[np.argsort(first_row)].tolist():
+        label = names[code]
+        rows = usable & (codes == code)
         a, b = rows & newest, rows & older
         if a.sum() < min_events or b.sum() < min_events:
             continue
@@ -120,25 +134,24 @@ def choose_window(versions: Sequence[str | None], order: np.ndarray, groups: np.
                   censored: np.ndarray, *, keep_versions: int = DEFAULT_WINDOW_VERSIONS) -> CalibrationWindow:
     """The rows calibration reads (see the module docstring). ``order`` ranks the events in time (event
     ids); ``keep_versions`` 0 keeps every version."""
-    versions = list(versions)
+    codes, names = _codes(versions)
     order = np.asarray(order, dtype=float)
-    first: dict[str | None, float] = {}
-    for version, at in zip(versions, order.tolist()):
-        first[version] = min(first.get(version, math.inf), at)
+    earliest = np.full(len(names), math.inf)
+    np.minimum.at(earliest, codes, order)
+    first = dict(zip(names, earliest.tolist()))  # in order of first appearance, as the sort's ties keep
     # Events from before the column (None) are the oldest; the others by their first event.
     ranked = sorted(first, key=lambda v: (v is not None, first[v]))
     kept = ranked if keep_versions <= 0 else ranked[-keep_versions:]
-    labels = np.asarray(versions, dtype=object)
 
     def rows_of(chosen: list[str | None]) -> np.ndarray:
-        return np.array([v in chosen for v in labels.tolist()], dtype=bool) if len(labels) else np.zeros(0, bool)
+        return np.isin(codes, [names.index(v) for v in chosen])
 
     rows = rows_of(kept)
     dropped = [v for v in ranked if v not in kept]
     if len(kept) < 2:
         return CalibrationWindow(rows, kept, dropped, None, f"{len(kept)} version(s) with events: all kept")
     newest = rows_of(kept[-1:])
-    drift = error_moved(np.asarray(groups, dtype=object), np.asarray(log_ratio, dtype=float),
+    drift = error_moved(groups, np.asarray(log_ratio, dtype=float),
                         np.asarray(censored, dtype=bool), newest, rows & ~newest)
     if drift.moved:
         return CalibrationWindow(newest, kept[-1:], dropped + kept[:-1], drift,
@@ -158,7 +171,8 @@ def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_W
     order = np.where(known, ids.values, np.arange(len(arrays))).astype(float)
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
     cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
-    groups = np.array([f"{cat_names[c]}/{cx_names[x]}" for c, x in zip(cat_codes, cx_codes)], dtype=object)
+    names = np.array([f"{c}/{x}" for c in cat_names for x in cx_names], dtype=object)
+    groups = names[cat_codes.astype(np.int64) * len(cx_names) + cx_codes]  # one label object per group, shared
     predicted, actual = arrays.predicted.floats(), arrays.actual.floats()
     censored = truncated_flags(arrays)
     # A truncated call's value is its lower bound: the larger of the ceiling it hit and its output.
