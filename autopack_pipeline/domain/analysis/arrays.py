@@ -128,7 +128,7 @@ class EventArrays:
         owner = np.full(width, -1, dtype=runs.dtype)
         owner[phases[valid]] = runs[valid]  # a phase's last run wins; any other run shows below
         if np.array_equal(owner[phases[valid]], runs[valid]):
-            keys = phases.astype(np.int64)
+            keys = phases  # the codes themselves (int32: half the memory of pair codes)
         else:
             keys = runs.astype(np.int64) * width + phases
         return IntColumn(keys, None if valid.all() else valid)
