@@ -65,13 +65,17 @@ class EventSnapshotIOManager(dg.IOManager):
         return EventSnapshot(**description, inline=inline)
 
     def load_input(self, context: dg.InputContext) -> EventArrays:
-        snapshot = self.load_snapshot(context)
+        return self.arrays_of(self.load_snapshot(context))
+
+    def arrays_of(self, snapshot: EventSnapshot) -> EventArrays:
+        """The events ``snapshot`` names, read once per snapshot for every step this object serves
+        (the drift checks ask with the snapshot of their own refresh: the same one, when nothing new
+        arrived since raw_events)."""
+        if snapshot.inline is not None:
+            return snapshot.arrays()
         key = (snapshot.store_directory, snapshot.rows, snapshot.high_water_event_id)
-        if snapshot.inline is not None or key not in self._loaded:
-            arrays = snapshot.arrays()
-            if snapshot.inline is not None:
-                return arrays
-            self._loaded = {key: arrays}  # one snapshot kept: the arrays are large
+        if key not in self._loaded:
+            self._loaded = {key: snapshot.arrays()}  # one snapshot kept: the arrays are large
         return self._loaded[key]
 
 

@@ -137,3 +137,19 @@ def test_without_a_store_the_events_travel_inside_the_snapshot(engine, tmp_path,
     assert refresh is None and reason.startswith("columnar store unavailable")
     same_events(snapshot, read_events(engine))
     assert np.all(np.diff(snapshot.arrays().event_id.values) > 0)
+
+
+@pytest.mark.integration  # materialises through Dagster
+def test_a_run_reads_the_events_once_for_raw_events_its_checks_and_the_drift_check(engine, monkeypatch):
+    from autopack_pipeline.defs.asset_graph import DATA_QUALITY_CHECKS
+    from autopack_pipeline.defs.events.drift_checks import estimator_drift
+    from autopack_pipeline.storage import snapshot as snapshot_module
+
+    bulk_load(engine, 400, runs=2, seed=7)
+    reads = []
+    real = snapshot_module._load_store
+    monkeypatch.setattr(snapshot_module, "_load_store", lambda directory: reads.append(directory) or real(directory))
+    result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS, estimator_drift], resources={
+        "telemetry_db": TelemetryDatabase(database_url=str(engine.url)), **event_io_resources()})
+    assert result.success and len(result.get_asset_check_evaluations()) >= 4
+    assert len(reads) == 1
