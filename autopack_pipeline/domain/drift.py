@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.domain.analysis.samples import stable_order
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.insights import Insight
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
@@ -194,7 +195,7 @@ def detect_drift(
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
     cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
     pair = cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]
-    order = np.argsort(pair, kind="stable")  # by group, row order kept within each
+    order = stable_order(pair)  # by group, row order kept within each (a radix sort: the codes are small)
     starts = np.flatnonzero(np.r_[True, pair[order][1:] != pair[order][:-1]]) if len(order) else order
 
     groups: list[GroupDrift] = []

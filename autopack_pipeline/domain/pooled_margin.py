@@ -54,6 +54,7 @@ from functools import cached_property
 import numpy as np
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.pooled_scores import PooledScores, ScorePool
 
 # The upper spread's end: the 90th percentile, the 8th largest of 80 calls, is near enough the tail
 # that groups whose tails differ in weight still share a shape in these units (the 80th left the
@@ -98,24 +99,65 @@ class GroupShape:
         halves overshot: a spread from ~37 calls is much noisier than from ~75). A fold whose place
         cannot be fitted (too many truncations) is scored with the whole group's.
         ``censored_shift`` is added to the truncated calls' log bounds before they are scored."""
-        clean, cut = np.empty(len(self.log_ratios)), np.empty(len(self.censored_logs))
-        fold_clean, fold_cut = folds_of(self.log_ratios), folds_of(self.censored_logs, salt=1)
-        for fold in range(FOLDS):
-            mine_clean, mine_cut = fold_clean == fold, fold_cut == fold
-            place = _place(self.log_ratios[~mine_clean], self.censored_logs[~mine_cut]) or (self.location, self.scale)
-            clean[mine_clean] = (self.log_ratios[mine_clean] - place[0]) / place[1]
-            cut[mine_cut] = (self.censored_logs[mine_cut] + censored_shift - place[0]) / place[1]
-        return clean, cut
+        clean = np.empty(len(self.log_ratios))
+        fold_clean, _fold_cut = self._folds
+        for fold, place in enumerate(self._fold_places):
+            mine = fold_clean == fold
+            clean[mine] = (self.log_ratios[mine] - place[0]) / place[1]
+        return clean, self._censored_scores(censored_shift)
+
+    def _censored_scores(self, shift: float) -> np.ndarray:
+        cut = np.empty(len(self.censored_logs))
+        for fold, place in enumerate(self._fold_places):
+            mine = self._folds[1] == fold
+            cut[mine] = (self.censored_logs[mine] + shift - place[0]) / place[1]
+        return cut
 
     @cached_property
-    def plain_scores(self) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`scores` with no shift, computed once: every pooled bound over this group reads them."""
-        return self.scores()
+    def _folds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each clean and each truncated call's fold (calls dealt in turn, clean ones first)."""
+        # int8: at ten million calls the folds are otherwise 80 MB a copy, near the analysis' peak memory
+        return folds_of(self.log_ratios).astype(np.int8), folds_of(self.censored_logs, salt=1).astype(np.int8)
+
+    @cached_property
+    def _sorted_logs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the clean log ratios ascending, each one's fold)."""
+        order = np.argsort(self.log_ratios)  # equal values are interchangeable: the faster, unstable sort
+        return self.log_ratios[order], self._folds[0][order]
+
+    @cached_property
+    def _fold_places(self) -> list[tuple[float, float]]:
+        """Per fold, the (location, scale) of the other calls (:func:`_place`), or the group's own.
+
+        The group's clean log ratios are sorted once; a fold's order statistics are read off that
+        order with the fold's calls skipped (the same values a sort of the other calls gives), so
+        the five places cost one sort, not five."""
+        ordered, ordered_fold = self._sorted_logs
+        places = []
+        for fold in range(FOLDS):
+            kept = np.flatnonzero(ordered_fold != fold)
+            censored = int((self._folds[1] != fold).sum())
+            place = _place_of_sorted(len(kept), censored, lambda i, kept=kept: ordered[kept[i]])
+            places.append(place or (self.location, self.scale))
+        return places
+
+    @cached_property
+    def pooled_clean_scores(self) -> np.ndarray:
+        """The clean calls' cross-fitted scores (the values of ``scores()[0]``), ascending within each
+        fold: the pool, which only needs the values, sorts five runs per group 3x faster than a shuffle."""
+        ordered, ordered_fold = self._sorted_logs
+        return np.concatenate([(ordered[ordered_fold == fold] - place[0]) / place[1]
+                               for fold, place in enumerate(self._fold_places)])
+
+    @cached_property
+    def plain_censored_scores(self) -> np.ndarray:
+        """The truncated calls' scores at their ceilings, computed once for every pooled bound."""
+        return self._censored_scores(0.0)
 
     @cached_property
     def headroom_scores(self) -> np.ndarray:
         """The truncated calls' scores at ``CENSORED_HEADROOM`` x their ceilings, computed once."""
-        return self.scores(math.log(CENSORED_HEADROOM))[1]
+        return self._censored_scores(math.log(CENSORED_HEADROOM))
 
     def margin(self, q: float) -> float:
         return float(math.exp(self.location + self.scale * q))
@@ -150,17 +192,25 @@ def folds_of(values: np.ndarray, salt: int = 0) -> np.ndarray:
     return (mixed % np.uint64(FOLDS)).astype(np.int64)
 
 
-def _nearest_rank(values: np.ndarray, quantile: float) -> float:
-    return float(values[max(1, math.ceil(quantile * len(values) - 1e-9)) - 1])
-
-
 def _place(logs: np.ndarray, cut: np.ndarray) -> tuple[float, float] | None:
     """(median, upper spread) with truncated calls above every clean one, or None when the spread's
     end falls on a truncated call or there are too few calls."""
-    if len(logs) + len(cut) < MIN_SHAPE_OBSERVATIONS // 2:
+    ordered = np.sort(logs)
+    return _place_of_sorted(len(ordered), len(cut), ordered.__getitem__)
+
+
+def _place_of_sorted(clean: int, censored: int, nth: Callable[[int], float]) -> tuple[float, float] | None:
+    """:func:`_place` of ``clean`` clean values, of which ``nth(i)`` is the i-th smallest, and
+    ``censored`` truncated calls (above every clean value)."""
+    n = clean + censored
+    if n < MIN_SHAPE_OBSERVATIONS // 2:
         return None
-    values = np.r_[np.sort(logs), np.full(len(cut), np.inf)]
-    location, upper = _nearest_rank(values, 0.5), _nearest_rank(values, SCALE_QUANTILE)
+
+    def nearest_rank(quantile: float) -> float:
+        index = max(1, math.ceil(quantile * n - 1e-9)) - 1
+        return float(nth(index)) if index < clean else math.inf
+
+    location, upper = nearest_rank(0.5), nearest_rank(SCALE_QUANTILE)
     return (location, max(upper - location, MIN_SCALE)) if math.isfinite(upper) else None
 
 
@@ -229,78 +279,6 @@ def confident_rank(m: int, target_pct: float, confidence: float = CONFIDENCE) ->
     return max(k, order_statistic_index(m, target_pct))
 
 
-@dataclass(frozen=True)
-class PooledScores:
-    """The scores of a set of groups and their Kaplan-Meier estimate, computed once for the pooled
-    bound and the survival function that both read them."""
-
-    clean: np.ndarray
-    censored_count: int
-    headroom: np.ndarray  # the truncated calls' scores at CENSORED_HEADROOM x their ceilings
-    points: np.ndarray
-    cdf: np.ndarray
-
-    @classmethod
-    def of(cls, shapes: Sequence[GroupShape]) -> PooledScores:
-        return ScorePool.of(shapes).subset(range(len(shapes)))
-
-    def survival(self, s: float | np.ndarray) -> float | np.ndarray:
-        """``P(score > s)`` of the pooled estimate (at each of an array of scores, or at one)."""
-        at = np.searchsorted(self.points, s, side="right")
-        if np.ndim(at) == 0:
-            return 1.0 if at == 0 else float(1 - self.cdf[at - 1])
-        return np.where(at == 0, 1.0, 1 - self.cdf[np.maximum(at - 1, 0)])
-
-
-@dataclass(frozen=True)
-class ScorePool:
-    """Every group's scores, sorted once. The groups are pooled leaving one out at a time, so the
-    estimate of a subset is read off the one sorted order in O(n) rather than sorted again."""
-
-    values: np.ndarray  # every score, clean and censored, in kaplan_meier's order
-    is_event: np.ndarray
-    group: np.ndarray  # per sorted score, the index of its group (int16: fewer bytes to read per subset)
-    clean: np.ndarray
-    clean_group: np.ndarray
-    headroom: np.ndarray
-    headroom_group: np.ndarray
-    censored_per_group: np.ndarray  # truncated calls per group
-    factors: np.ndarray  # survival_factors of the whole pool
-
-    @classmethod
-    def of(cls, shapes: Sequence[GroupShape]) -> ScorePool:
-        def stacked(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-            ids = np.repeat(np.arange(len(parts), dtype=np.int16), [len(part) for part in parts])
-            return (np.concatenate(parts) if parts else np.zeros(0)), ids
-
-        clean, clean_group = stacked([shape.plain_scores[0] for shape in shapes])
-        censored, censored_group = stacked([shape.plain_scores[1] for shape in shapes])
-        headroom, headroom_group = stacked([shape.headroom_scores for shape in shapes])
-        values = np.r_[clean, censored].astype(float)
-        is_event = np.r_[np.ones(len(clean), bool), np.zeros(len(censored), bool)]
-        order = np.argsort(values, kind="stable")  # stable: clean first at a tie, as kaplan_meier
-        return cls(values[order], is_event[order], np.r_[clean_group, censored_group][order],
-                   clean, clean_group, headroom, headroom_group,
-                   np.bincount(censored_group, minlength=len(shapes)), survival_factors(len(values)))
-
-    def subset(self, groups: Sequence[int] | range) -> PooledScores:
-        """The pooled scores of the groups with these indices."""
-        chosen = np.zeros(len(self.censored_per_group) + 1, bool)
-        chosen[list(groups)] = True
-        return self._of(chosen[self.group], chosen[self.clean_group], chosen[self.headroom_group],
-                        int(self.censored_per_group[chosen[:-1]].sum()))
-
-    def without(self, index: int) -> PooledScores:
-        """The pooled scores of every group but the one at ``index`` (one comparison per score)."""
-        return self._of(self.group != index, self.clean_group != index, self.headroom_group != index,
-                        int(self.censored_per_group.sum() - self.censored_per_group[index]))
-
-    def _of(self, keep: np.ndarray, keep_clean: np.ndarray, keep_headroom: np.ndarray, censored: int
-            ) -> PooledScores:
-        points, cdf = _product_limit(self.values[keep], self.is_event[keep], self.factors)
-        return PooledScores(self.clean[keep_clean], censored, self.headroom[keep_headroom], points, cdf)
-
-
 def pooled_bound(shapes: Sequence[GroupShape], target_pct: float,
                  pooled: PooledScores | None = None) -> tuple[float, int, int] | None:
     """(q, k, M): the least pooled score whose Kaplan-Meier probability reaches ``k / M``, at most
@@ -310,20 +288,20 @@ def pooled_bound(shapes: Sequence[GroupShape], target_pct: float,
     if not shapes:
         return None
     pooled = pooled or PooledScores.of(shapes)
-    m = len(pooled.clean) + pooled.censored_count
+    m = pooled.size
     k = confident_rank(m, target_pct)
     if k > m:
         return None
-    reached = np.nonzero(pooled.cdf >= k / m - 1e-12)[0]
+    reached = pooled.first_reaching(k / m - 1e-12)
     # Where truncations sit near the tail, few clean scores lie above them and the estimate's tail
     # rests on the very largest (a round of heavy truncation put q on single outliers: margins of
     # x7 to x13). It is capped by the k-th score with every truncated call taken as CENSORED_HEADROOM
     # times its ceiling, the length the unidentifiable rule of ``domain.budget_calibration`` assumes
     # too (Autopack's own escalation of a truncated call is +25%).
-    cap = float(np.partition(np.r_[pooled.clean, pooled.headroom], k - 1)[k - 1])
-    if not len(reached):
+    cap = pooled.kth_smallest_capped(k)
+    if reached is None:
         return cap, k, m
-    return min(float(pooled.points[reached[0]]), cap), k, m
+    return min(reached, cap), k, m
 
 
 def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
@@ -336,15 +314,18 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
     from scipy.special import bdtrc  # scipy.stats' binom.sf without importing scipy.stats (see confident_rank)
 
     line = math.log(margin)
-    shares = np.ones(len(shape.censored_logs))
-    if survival is not None:
-        below_line = shape.censored_logs < line
-        below = survival((shape.censored_logs[below_line] - shape.location) / shape.scale)
-        at_line = survival(np.array([(line - shape.location) / shape.scale]))[0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            shares[below_line] = np.where(below <= 0, 1.0, np.minimum(1.0, at_line / below))
-    # Added one after the other from the clean count, as the rule reads (np.add.accumulate is sequential).
-    above = float(np.add.accumulate(np.r_[float((shape.log_ratios > line).sum()), shares])[-1])
+    above = float((shape.log_ratios > line).sum())
+    bounds = shape.censored_logs
+    if len(bounds):
+        passed = np.ones(len(bounds))  # a ceiling at or above the margin, or no estimate to ask
+        if survival is not None:
+            below = survival((bounds - shape.location) / shape.scale)
+            beyond = survival(np.array([(line - shape.location) / shape.scale]))[0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                chance = np.where(below <= 0, 1.0, np.minimum(1.0, beyond / below))
+            passed = np.where(bounds >= line, 1.0, chance)
+        # Added one by one in the calls' order, as a running float sum (the counts stay exact).
+        above = float(np.add.accumulate(np.r_[above, passed])[-1])
     n = len(shape.log_ratios) + shape.censored
     count = math.ceil(above - 1e-9)
     p = float(bdtrc(count - 1, n, target_pct / 100)) if count else 1.0
@@ -368,10 +349,10 @@ def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float, thin_b
     Groups with more calls keep the pooled margin: there the rank falls inside the data and the check
     has power."""
     members = []
-    pool = ScorePool.of(shapes)
+    pool = ScorePool.of_shapes(shapes)
     for index, shape in enumerate(shapes):
         others = [other for other in shapes if other is not shape]
-        pooled = pool.without(index) if others else None
+        pooled = pool.subset([i for i in range(len(shapes)) if i != index]) if others else None
         bound = pooled_bound(others, target_pct, pooled) if others else None
         if bound is None or not own_tail_contradicts(shape, shape.margin(bound[0]), target_pct,
                                                      pooled.survival)[0]:

@@ -13,8 +13,10 @@ from typing import Any
 import pandas as pd
 
 from autopack_pipeline.domain.analysis import (
+    CleanSamples,
     EventArrays,
     GateDecision,
+    SampleGroups,
     calibration_gate_arrays,
     clean_sample_rows,
     sample_groups,
@@ -68,6 +70,17 @@ class SampleSummary:
     group_counts: dict[tuple[str, str], int]  # canonical (category, complexity) -> clean samples
     exclusions: dict[str, int]  # why the other events are not samples
     dedup: bool
+    # The rows behind the counts, which the calibration stage of the same process reads instead of
+    # finding them again (services.pipeline). Never pickled: an IO manager stores the counts only
+    # (the rows are tens of MB at ten million events), and a step elsewhere finds them itself.
+    rows: CleanSamples | None = field(default=None, compare=False, repr=False)
+    groups: SampleGroups | None = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"rows": None, "groups": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
 
 def summarise_samples(events: pd.DataFrame | EventArrays, *, dedup: bool = True) -> SampleSummary:
@@ -75,7 +88,7 @@ def summarise_samples(events: pd.DataFrame | EventArrays, *, dedup: bool = True)
     samples = clean_sample_rows(arrays, dedup=dedup)
     groups = sample_groups(arrays, samples.mask)
     return SampleSummary(count=samples.count, group_counts=groups.counts(), exclusions=samples.exclusions,
-                         dedup=dedup)
+                         dedup=dedup, rows=samples, groups=groups)
 
 
 def tier_metrics_document(

@@ -16,8 +16,10 @@ from autopack_pipeline.domain.analysis import (
     CALIBRATION_METHODS,
     COVERAGE,
     CalibrationResult,
+    CleanSamples,
     EventArrays,
     GateDecision,
+    SampleGroups,
     calibration_gate_arrays,
     calibrations_arrays,
     clean_sample_rows,
@@ -107,6 +109,8 @@ def calibrate(
     window_versions: int | None = None,
     group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
     waste_over_oracle: float | None = None,
+    clean: CleanSamples | None = None,
+    groups: SampleGroups | None = None,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -128,12 +132,15 @@ def calibrate(
     ``window_versions`` (with ``prediction_inputs``) limits what calibration learns from to the events
     of the last that many coefficient versions, the older ones re-expressed in the newest one's world
     when its error moved (``domain.calibration_window``; 0 keeps every version). None reads every event.
+
+    ``clean`` and ``groups``: the clean samples of ``events`` (with this ``dedup``) and their groups,
+    when the caller found them already (the pipeline's sample stage).
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
     arrays = as_event_arrays(events)
-    samples = clean_sample_rows(arrays, dedup=dedup)
-    groups = sample_groups(arrays, samples.mask)
+    samples = clean if clean is not None and groups is not None else clean_sample_rows(arrays, dedup=dedup)
+    groups = groups if clean is not None and groups is not None else sample_groups(arrays, samples.mask)
     if tier1 is None:
         tier1 = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)["tier1"]
     if group_tier1 is None:

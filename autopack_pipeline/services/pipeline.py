@@ -54,13 +54,17 @@ def metrics_stage(windowed: WindowedEvents, samples: SampleSummary, every_event:
 
 
 def calibration_stage(engine: Engine | None, settings: Settings, windowed: WindowedEvents, metrics: TierMetrics,
-                      **options: Any) -> CalibrationOutcome:
+                      samples: SampleSummary | None = None, **options: Any) -> CalibrationOutcome:
     """Gate and calibrate the window's events under the coefficients in force; the gate reads
     ``metrics``' Tier 1 and the coverage bound its tolerance (the ``under_multiplier`` it was measured
     with). ``options``: ``calibrating.calibrate``'s keyword arguments (method, min_samples, ...).
+    ``samples``: the window's clean samples as :func:`sample_stage` found them in this process, so
+    the gate does not find them again (ignored when they were found with another ``dedup``).
 
     Without an ``engine`` there are no stored prediction inputs to re-express the predictions with,
     so they are calibrated as recorded (the benchmarks, the parity tests)."""
+    if samples is not None and samples.rows is not None and samples.dedup == options.get("dedup", True):
+        options |= {"clean": samples.rows, "groups": samples.groups}
     if engine is None:
         from autopack_pipeline.services.calibrating import calibrate
 
@@ -119,7 +123,7 @@ def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: Ev
     metrics = metrics_stage(windowed, samples, every_event, under_multiplier=under_multiplier)
     timed("metrics", began)
     began = time.perf_counter()
-    outcome = calibration_stage(engine, settings, windowed, metrics, dedup=dedup, min_samples=min_samples,
+    outcome = calibration_stage(engine, settings, windowed, metrics, samples, dedup=dedup, min_samples=min_samples,
                                 **calibration)
     timed("calibration", began)
     return Analysis(windowed, samples, metrics, outcome, timings=timings)

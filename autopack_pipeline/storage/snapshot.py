@@ -14,7 +14,7 @@ and its arrays travel inside the snapshot.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,16 @@ class EventSnapshot:
     inline: EventArrays | None = field(default=None, repr=False)
     # Rows left out for an unreadable timestamp: {"count": n, "rows": [the first few, named]}.
     unreadable: dict[str, Any] = field(default_factory=lambda: unreadable_document([]))
+    # The store's events as whoever made the snapshot already loaded them (raw_events reads them for
+    # its metadata): handed to the IO manager of the same process so the steps downstream do not
+    # read ten million events again. Never stored; not part of what the snapshot is.
+    loaded: EventArrays | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"loaded": None}  # a snapshot pickles as the reference it is
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     @classmethod
     def from_frame(cls, events: pd.DataFrame, unreadable: list[UnreadableTimestamp] | None = None) -> EventSnapshot:
@@ -62,6 +72,8 @@ class EventSnapshot:
         """The events as analysis arrays, in event-id order."""
         if self.inline is not None:
             return self.inline
+        if self.loaded is not None:
+            return self.loaded
         if self.store_directory is None:
             raise SnapshotUnavailable("the snapshot names no columnar store and carries no events")
         arrays = _load_store(self.store_directory)
@@ -76,6 +88,13 @@ class EventSnapshot:
                 "materialise raw_events again"
             )
         return kept
+
+
+def with_arrays_loaded(snapshot: EventSnapshot) -> EventSnapshot:
+    """The snapshot with its events loaded (once) and kept in it, for the steps of this process."""
+    if snapshot.inline is not None or snapshot.loaded is not None:
+        return snapshot
+    return replace(snapshot, loaded=snapshot.arrays())
 
 
 def _load_store(directory: str) -> EventArrays:

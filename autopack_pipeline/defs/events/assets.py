@@ -6,7 +6,7 @@ from autopack_pipeline.defs.collection.assets import telemetry_collection_run
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.metadata import database_metadata, events_column_schema
 from autopack_pipeline.domain.analysis import success_flags, truncated_flags, truncation_disagreements
-from autopack_pipeline.storage.snapshot import EventSnapshot, snapshot_events
+from autopack_pipeline.storage.snapshot import EventSnapshot, snapshot_events, with_arrays_loaded
 from autopack_pipeline.storage.timestamps import describe_unreadable
 
 # The resource key of the IO manager that stores raw_events (events/io_manager.py).
@@ -28,6 +28,8 @@ def raw_events(context: dg.AssetExecutionContext, telemetry_db: TelemetryDatabas
         context.log.warning(fallback)
     else:
         context.log.info(refresh.summary())
+    # Loaded once and kept in the snapshot: the IO manager hands these same arrays downstream.
+    snapshot = with_arrays_loaded(snapshot)
     arrays = snapshot.arrays()
     disagreements = truncation_disagreements(arrays)
     if disagreements:

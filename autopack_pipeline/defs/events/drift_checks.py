@@ -1,8 +1,10 @@
 """Drift checks on raw_events (PSI, KS, CUSUM of the estimator's error), advisory (severity WARN).
 
 They read the telemetry database as it is now (through the columnar copy, refreshed first), not the
-last raw_events materialisation, so the daily drift_check_job needs no analysis run before it. A
-check with no group to compare says so and does not pass: a green check must mean something was compared.
+last raw_events materialisation, so the daily drift_check_job needs no analysis run before it; the
+events come through raw_events' IO manager, so in a run that just materialised raw_events (nothing new
+since) the arrays it read are used, not read again. A check with no group to compare says so and does
+not pass: a green check must mean something was compared.
 """
 
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 from autopack_pipeline.defs.events.assets import raw_events
+from autopack_pipeline.defs.events.io_manager import EventSnapshotIOManager
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.metadata import markdown_table
 from autopack_pipeline.defs.shared.not_evaluated import not_evaluated
@@ -110,7 +113,8 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
                           description="Bernoulli CUSUM of the underestimation indicator over the last 7 days"),
     ],
 )
-def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: TelemetryDatabase):
+def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: TelemetryDatabase,
+                    event_snapshot_io_manager: dg.ResourceParam[EventSnapshotIOManager]):
     """Drift of the estimator's error per (category, complexity), on the telemetry database as it is now.
 
     Groups need 30 events in each window; the others are counted as skipped. The events come through
@@ -119,6 +123,8 @@ def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: Teleme
     snapshot, _refresh, fallback = snapshot_events(telemetry_db.engine())
     if fallback:
         context.log.warning(fallback)
-    report = detect_drift(snapshot.arrays())
+    # Through raw_events' IO manager: in a run that read these very events already (raw_events
+    # materialised in the same process, nothing new since), they are not read again.
+    report = detect_drift(event_snapshot_io_manager.arrays_of(snapshot))
     context.log.info("drift: %s", report.summary())
     yield from drift_check_results(report)

@@ -9,7 +9,8 @@ executor's step (another process included) loads the same events. A database wit
 store (in-memory SQLite) has its events inside the snapshot: they are pickled beside the JSON.
 
 The loaded arrays are kept by this IO manager object for the steps it serves (with the in-process
-executor, one run), keyed on the snapshot: a run's downstream assets load the events once.
+executor, one run), keyed on the snapshot: a run's downstream assets load the events once, and not at
+all when raw_events ran in the same process (it hands over the arrays it read for its metadata).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class EventSnapshotIOManager(dg.IOManager):
             "rows": obj.rows, "high_water_event_id": obj.high_water_event_id, "run_counts": obj.run_counts,
             "store_directory": obj.store_directory, "unreadable": obj.unreadable, "inline": None,
         }
+        if obj.inline is None and obj.loaded is not None:  # this run's steps get the arrays raw_events read
+            self._loaded = {(obj.store_directory, obj.rows, obj.high_water_event_id): obj.loaded}
         if obj.inline is not None:  # no columnar store: the events themselves must travel
             inline = path.with_suffix(".arrays.pickle")
             inline.write_bytes(pickle.dumps(obj.inline, protocol=pickle.HIGHEST_PROTOCOL))
@@ -62,13 +65,17 @@ class EventSnapshotIOManager(dg.IOManager):
         return EventSnapshot(**description, inline=inline)
 
     def load_input(self, context: dg.InputContext) -> EventArrays:
-        snapshot = self.load_snapshot(context)
+        return self.arrays_of(self.load_snapshot(context))
+
+    def arrays_of(self, snapshot: EventSnapshot) -> EventArrays:
+        """The events ``snapshot`` names, read once per snapshot for every step this object serves
+        (the drift checks ask with the snapshot of their own refresh: the same one, when nothing new
+        arrived since raw_events)."""
+        if snapshot.inline is not None:
+            return snapshot.arrays()
         key = (snapshot.store_directory, snapshot.rows, snapshot.high_water_event_id)
-        if snapshot.inline is not None or key not in self._loaded:
-            arrays = snapshot.arrays()
-            if snapshot.inline is not None:
-                return arrays
-            self._loaded = {key: arrays}  # one snapshot kept: the arrays are large
+        if key not in self._loaded:
+            self._loaded = {key: snapshot.arrays()}  # one snapshot kept: the arrays are large
         return self._loaded[key]
 
 

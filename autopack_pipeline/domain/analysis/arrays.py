@@ -116,10 +116,21 @@ class EventArrays:
 
     @cached_property
     def phase_key(self) -> IntColumn:
-        """One exact integer per (run_id, phase_id); invalid where either is missing."""
-        width = int(self.phase_code.values.max()) + 1 if len(self.phase_code.values) else 1
-        keys = self.run_code.values.astype(np.int64) * width + self.phase_code.values
+        """One exact integer per (run_id, phase_id); invalid where either is missing.
+
+        When every phase id occurs under one run only (Autopack gives each run its own phase ids),
+        the phase code alone is that integer: dense, below the number of phase ids, so the sample
+        dedup counts and marks keys in arrays (``np.bincount``) where the pair's code, up to
+        runs x phase ids, would have to be hashed (seconds at ten million events)."""
+        runs, phases = self.run_code.values, self.phase_code.values
+        width = int(phases.max()) + 1 if len(phases) else 1
         valid = self.run_code.notna() & self.phase_code.notna()
+        owner = np.full(width, -1, dtype=runs.dtype)
+        owner[phases[valid]] = runs[valid]  # a phase's last run wins; any other run shows below
+        if np.array_equal(owner[phases[valid]], runs[valid]):
+            keys = phases  # the codes themselves (int32: half the memory of pair codes)
+        else:
+            keys = runs.astype(np.int64) * width + phases
         return IntColumn(keys, None if valid.all() else valid)
 
     @classmethod

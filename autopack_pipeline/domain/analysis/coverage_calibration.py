@@ -37,7 +37,6 @@ from autopack_pipeline.domain.analysis.order_statistics import p90_of
 from autopack_pipeline.domain.analysis.samples import (
     CleanSamples,
     _duplicate_attempts,
-    _pair_member_of,
     clean_sample_rows,
     stable_order,
 )
@@ -64,17 +63,19 @@ def coverage_observations(
         width = _phase_width(arrays)
         phase = arrays.phase_key
         run_ok, phase_ok = arrays.run_code.notna(), arrays.phase_code.notna()
+        rows = np.flatnonzero(censored & run_ok & phase_ok)
         if (clean.mask & ~(run_ok & phase_ok)).any():
             # Rows missing one id: run ids and phase ids are paired after dropping missing ones separately
-            # (the reference's rule, kept so results do not change).
+            # (the reference's rule, kept so results do not change). Such pairs need not be phases that
+            # exist, so they are compared as run x width + phase codes, not as phase keys.
             runs = arrays.run_code.values[clean.mask & run_ok]
             phases = arrays.phase_code.values[clean.mask & phase_ok]
             size = min(len(runs), len(phases))
             pairs = runs[:size].astype(np.int64) * width + phases[:size]
+            has_clean = _member_of(arrays.run_code.values[rows].astype(np.int64) * width
+                                   + arrays.phase_code.values[rows], pairs)
         else:
-            pairs = phase.values[clean.mask]
-        rows = np.flatnonzero(censored & run_ok & phase_ok)
-        has_clean = _pair_member_of(phase.values[rows], pairs, width)
+            has_clean = _member_of(phase.values[rows], phase.values[clean.mask])
         censored = censored.copy()
         censored[rows[has_clean]] = False
         censored[_duplicate_attempts(arrays, censored)] = False

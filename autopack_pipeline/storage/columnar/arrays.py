@@ -37,7 +37,9 @@ class _Filler:
         # written are the chunk's own until :meth:`unify_labels` maps them onto one dictionary.
         self.chunk_dictionaries: dict[str, list[tuple[slice, pa.Array]]] = {name: [] for name in _ARRAY_CODES}
         self.labels: dict[str, pa.Array] = {}
-        self.texts: dict[str, list[tuple[int, pa.ChunkedArray]]] = {name: [] for name in _ARRAY_CODES}
+        # Text columns (phase ids), encoded part by part: per part, the rows and the part's dictionary,
+        # whose codes were written shifted past the dictionaries of the parts before (_add_text).
+        self.texts: dict[str, list[tuple[slice, pa.Array]]] = {name: [] for name in _ARRAY_CODES}
 
     def _mark_nulls(self, name: str, where: slice, array: pa.Array) -> None:
         if array.null_count:
@@ -62,9 +64,7 @@ class _Filler:
             out = self.values[name]
             column = table.column(name)
             if not pa.types.is_dictionary(column.type):
-                # Text (phase ids): kept as it is and encoded once over every part in unify_labels, one
-                # hash pass in all, where encoding per part and then unifying hashes every id twice.
-                self.texts[name].append((start, column))
+                self._add_text(name, where, column)
                 continue
             pieces = self.chunk_dictionaries[name]
             offset = start
@@ -76,28 +76,82 @@ class _Filler:
                     pieces.append((slice(offset, offset + len(chunk)), chunk.dictionary))
                 offset += len(chunk)
 
+    def _add_text(self, name: str, where: slice, column: pa.ChunkedArray) -> None:
+        """A text column (phase ids) dictionary-encoded within its part, the codes shifted past the
+        parts before: equal codes, equal text, but one text may have a code per part until
+        :meth:`_join_phase_parts` (encoding 10 parts of a million costs 0.6 of encoding ten million at
+        once: smaller hash tables)."""
+        out = self.values[name]
+        encoded = pc.dictionary_encode(column.cast(pa.string()))
+        shift = sum(len(dictionary) for _rows, dictionary in self.texts[name])
+        offset = where.start
+        for chunk in encoded.chunks:  # one dictionary for the chunks of one call
+            codes = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            out[offset:offset + len(chunk)] = np.where(codes >= 0, codes + shift, -1)
+            offset += len(chunk)
+        dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], type=pa.string())
+        self.texts[name].append((where, dictionary))
+
+    def _join_phase_parts(self) -> None:
+        """Phase codes that identify a phase, (run id, phase id), across parts.
+
+        Within a part one phase id has one code. A phase of a run whose events lie in several parts has
+        a code per part: those runs' rows (a few per part boundary: Autopack writes a run's events
+        together) are encoded again together, into codes past every part's. Rows of other runs keep
+        their part's code; the same phase id in two such runs may differ in code, which is harmless:
+        a phase is its run and its id together (``EventArrays.phase_key``). When a run id or a phase id
+        is missing somewhere, the codes are unified over all parts instead (one dictionary, equal text
+        equal code), as the reference's pairing of ids across rows then needs.
+        """
+        parts = self.texts["phase_id"]
+        if len(parts) < 2:
+            self._unify_text_parts("phase_id")
+            return
+        runs, phases = self.values["run_id"], self.values["phase_id"]
+        if (runs < 0).any() or (phases < 0).any():
+            self._unify_text_parts("phase_id")
+            return
+        present = np.zeros(len(self.labels["run_id"]), dtype=np.int32)
+        for rows, _dictionary in parts:
+            present += np.bincount(runs[rows], minlength=len(present)) > 0
+        spanning = present > 1
+        top = sum(len(dictionary) for _rows, dictionary in parts)
+        if spanning.any():
+            texts, where = [], []
+            for rows, dictionary in parts:
+                mine = np.flatnonzero(spanning[runs[rows]]) + rows.start
+                if len(mine):
+                    first = top - sum(len(d) for r, d in parts if r.start >= rows.start)  # this part's shift
+                    texts.append(dictionary.take(pa.array(phases[mine] - first)))
+                    where.append(mine)
+            rows = np.concatenate(where)
+            joined = pc.dictionary_encode(pa.chunked_array(texts, type=pa.string()))
+            phases[rows] = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in joined.chunks]) + top
+        self.texts["phase_id"] = []  # no labels kept: phase codes are only compared, never named
+
+    def _unify_text_parts(self, name: str) -> None:
+        """One dictionary over every part of a text column, and the codes into it."""
+        parts = self.texts[name]
+        self.labels[name] = pa.array([], type=pa.string())
+        if parts:
+            out = self.values[name]
+            encoded = pc.dictionary_encode(pa.concat_arrays([dictionary for _rows, dictionary in parts]))
+            self.labels[name] = encoded.dictionary
+            lookup = np.append(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32), np.int32(-1))
+            for rows, _dictionary in parts:
+                out[rows] = lookup[out[rows]]  # the codes were shifted into the concatenation already
+        self.texts[name] = []
+
     def unify_labels(self) -> None:
         """One dictionary per label column over every chunk of every part, and the codes into it.
 
-        Text columns (phase ids) are dictionary-encoded over all their parts at once. For dictionary
-        columns, the chunks' dictionaries are concatenated and dictionary-encoded once (one hash pass in
-        Arrow): the result's dictionary is the unified one, and its indices, cut at the chunk boundaries,
-        map each chunk's local codes onto it. Python never touches a label value, so a million distinct
-        phase ids cost what a thousand do, bar the hashing.
+        For dictionary columns, the chunks' dictionaries are concatenated and dictionary-encoded once
+        (one hash pass in Arrow): the result's dictionary is the unified one, and its indices, cut at the
+        chunk boundaries, map each chunk's local codes onto it. Text columns (phase ids, about one per
+        phase) were encoded part by part; their codes identify a phase with its run
+        (:meth:`_join_phase_parts`). Python never touches a label value, so a million distinct phase ids
+        cost what a thousand do, bar the hashing.
         """
-        for name, parts in self.texts.items():
-            if not parts:
-                continue
-            encoded = pc.dictionary_encode(pa.chunked_array([chunk for _start, column in parts
-                                                             for chunk in column.chunks], type=pa.string()))
-            out = self.values[name]
-            offset = parts[0][0]
-            for chunk in encoded.chunks:  # parts were added in row order, so chunks follow one another
-                out[offset:offset + len(chunk)] = chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-                offset += len(chunk)
-            if encoded.num_chunks:
-                self.chunk_dictionaries[name].append((slice(parts[0][0], offset), encoded.chunk(0).dictionary))
-        self.texts = {name: [] for name in _ARRAY_CODES}
         for name, pieces in self.chunk_dictionaries.items():
             if not pieces:
                 self.labels[name] = pa.array([], type=pa.string())
@@ -115,6 +169,9 @@ class _Filler:
                 out[rows] = lookup[out[rows]]
                 first += len(dictionary)
         self.chunk_dictionaries = {name: [] for name in _ARRAY_CODES}
+        for name in _ARRAY_CODES:
+            if self.texts[name]:
+                self._join_phase_parts() if name == "phase_id" else self._unify_text_parts(name)
 
     def permute(self, order: np.ndarray) -> None:
         for name in self.values:

@@ -154,6 +154,26 @@ def test_clean_samples_and_exclusions_equal_the_reference(seed, dedup):
         pd.testing.assert_series_equal(chosen[column], expected[column])
 
 
+def per_run_phase_ids(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every run's phase ids its own (Autopack's shape: the phase code alone is the key)."""
+    frame = frame.copy()
+    both = frame["run_id"].notna() & frame["phase_id"].notna()
+    frame.loc[both, "phase_id"] = frame.loc[both, "run_id"] + "-" + frame.loc[both, "phase_id"]
+    return frame
+
+
+@pytest.mark.parametrize("seed", SEEDS[:4])
+def test_clean_samples_and_censored_rows_with_per_run_phase_ids_equal_the_reference(seed):
+    frame = per_run_phase_ids(random_events(seed, 300, phases=6))
+    arrays = event_arrays_from_frame(frame)
+    kept = fm.clean_sample_rows(arrays)
+    assert kept.exclusions == sample_exclusions(frame)
+    assert frame[kept.mask]["event_id"].tolist() == clean_samples(frame)["event_id"].tolist()
+    assert np.array_equal(arrays.phase_key.values, arrays.phase_code.values)  # the dense key was taken
+    assert_close(fm.calibrate_coverage_arrays(arrays, provenance=PROVENANCE),
+                 calibrate_coverage(frame, provenance=PROVENANCE))
+
+
 def test_a_phase_is_its_run_and_phase_id_together():
     frame = conform_events_frame(pd.DataFrame({
         "event_id": [1, 2, 3, 4], "run_id": ["a", "b", "a", None], "phase_id": ["p", "p", "p", "p"],
@@ -309,3 +329,30 @@ def test_the_services_chain_gives_what_the_reference_computes(seed):
         "coverage": calibrate_coverage(frame, tolerance=1.1, coefficients=table, provenance=provenance),
         "autopack-median": calibrate_autopack_median(samples, provenance=provenance),
     })
+
+
+def test_the_sample_summary_hands_its_rows_to_calibration_in_process_and_pickles_only_its_counts():
+    import pickle
+
+    from autopack_pipeline.services.pipeline import sample_stage
+
+    frame = random_events(3, 400, phases=8)
+    windowed = WindowedEvents(event_arrays_from_frame(frame), None)
+    summary = sample_stage(windowed)
+    assert summary.rows is not None and summary.rows.count == summary.count
+    assert summary.groups is not None and summary.groups.counts() == summary.group_counts
+    restored = pickle.loads(pickle.dumps(summary))
+    assert restored == summary and restored.rows is None and restored.groups is None
+    # The chain with the rows handed on gives what calibrate finds on its own; rows found with the
+    # other dedup are not used.
+    from autopack_pipeline.services.pipeline import calibration_stage
+
+    settings = load_settings()
+    handed = analyse_events(settings, windowed, windowed.events, force=True, write_reports=False)
+    alone = calibration_stage(None, settings, windowed, handed.metrics, force=True, write_reports=False)
+    assert handed.calibration.as_dict() == alone.as_dict()
+    other = calibration_stage(None, settings, windowed, handed.metrics, summary, dedup=False, force=True,
+                              write_reports=False)
+    assert other.as_dict() == calibration_stage(None, settings, windowed, handed.metrics, dedup=False, force=True,
+                                                write_reports=False).as_dict()
+    assert other.gate.observed != alone.gate.observed  # dedup changes the counts: the check can fail

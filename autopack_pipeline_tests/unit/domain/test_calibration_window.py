@@ -153,3 +153,34 @@ def test_censoring_by_older_budgets_is_not_taken_for_drift():
     assert not error_moved(groups, values, censored, newest, ~newest).moved
     # Ignoring the censoring (values taken as exact), the same data would be called a drift.
     assert error_moved(groups, values, np.zeros(2000, dtype=bool), newest, ~newest).moved
+
+
+def test_the_window_of_stored_events_is_choose_window_over_their_plain_labels():
+    """window_of_events (labels coded once, integer comparisons) against choose_window fed the plain
+    per-event lists: same rows, versions and drift."""
+    import math
+
+    from autopack_pipeline.domain.analysis import EventArrays
+    from autopack_pipeline.domain.calibration_window import window_of_events
+    from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+    from autopack_pipeline.domain.reprediction import PredictionInputs
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    version_of = [["v0", "v1", "v2", None][i] for i in rng.integers(0, 4, n)]
+    records = [{"event_id": i + 1, "category": ["tests", "docs", "IMPLEMENT_FEATURE"][int(rng.integers(0, 3))],
+                "complexity": ["low", "medium"][int(rng.integers(0, 2))], "predicted_output_tokens": 1000,
+                "actual_output_tokens": int(1000 * math.exp(rng.normal(0.3 if version_of[i] == "v2" else 0, 0.4))),
+                "selected_budget": 4000, "truncated": bool(rng.random() < 0.05)} for i in range(n)]
+    arrays = EventArrays.from_records(records)
+    inputs = PredictionInputs.from_rows(list(range(1, n + 1)), [None] * n, version_of)
+    got = window_of_events(arrays, inputs, keep_versions=2)
+    labels = np.array([f"{normalise_category(r['category'])}/{normalise_complexity(r['complexity'])}" for r in records],
+                      dtype=object)
+    actual = np.array([r["actual_output_tokens"] for r in records], dtype=float)
+    truncated = np.array([r["truncated"] for r in records])
+    values = np.log(np.where(truncated, np.fmax(4000.0, actual), actual) / 1000.0)
+    want = choose_window(version_of, np.arange(1, n + 1, dtype=float), labels, values, truncated, keep_versions=2)
+    assert (got.rows == want.rows).all() and got.versions == want.versions
+    assert got.dropped_versions == want.dropped_versions and got.drift == want.drift
+    assert got.drift is not None and got.drift.groups_tested == 6

@@ -303,3 +303,33 @@ def test_a_groups_largest_ratio_counts_a_truncated_calls_ceiling():
     clean = np.exp(0.3 * SHAPE[::4])
     assert group_shape(("a", "low"), clean, np.zeros(0)).largest_ratio == pytest.approx(clean.max())
     assert group_shape(("a", "low"), clean, np.array([3.0])).largest_ratio == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_pooled_subset_reads_the_same_estimate_as_kaplan_meier_over_its_own_scores(seed):
+    """ScorePool.subset (truncated scores only, off one sorted order) against kaplan_meier of the
+    subset's scores gathered and sorted afresh: survival anywhere, the first point reaching a level,
+    and the k-th smallest with headroom; ties and a truncated score last of all included."""
+    from autopack_pipeline.domain.pooled_scores import ScorePool
+
+    rng = np.random.default_rng(seed)
+    clean = [rng.integers(0, 30, n).astype(float) for n in (40, 25, 60, 5)]
+    censored = [rng.integers(0, 31, n).astype(float) for n in (10, 0, 20, 3)]
+    censored[2][0] = 99.0  # after every clean score
+    headroom = [c + 0.5 for c in censored]
+    pool = ScorePool.of(clean, censored, headroom)
+    for groups in ([0, 1, 2, 3], [1, 2, 3], [0, 2], [0, 1, 3], [2]):
+        pooled = pool.subset(groups)
+        mine_clean = np.concatenate([clean[g] for g in groups])
+        mine_cut = np.concatenate([censored[g] for g in groups])
+        points, cdf = kaplan_meier(mine_clean, mine_cut)
+        at = np.r_[points, points - 0.5, -1.0, 200.0]
+        want = np.array([1.0 if (i := np.searchsorted(points, s, side="right")) == 0 else 1 - cdf[i - 1] for s in at])
+        assert pooled.survival(at) == pytest.approx(want, rel=1e-12, abs=1e-15)
+        assert pooled.size == len(mine_clean) + len(mine_cut)
+        for level in (0.1, 0.5, 0.9, cdf[-1], cdf[-1] + 0.01):
+            reached = np.nonzero(cdf >= level)[0]
+            assert pooled.first_reaching(level) == (float(points[reached[0]]) if len(reached) else None)
+        capped = np.sort(np.r_[mine_clean, np.concatenate([headroom[g] for g in groups])])
+        for k in (1, len(capped) // 2, len(capped)):
+            assert pooled.kth_smallest_capped(k) == capped[k - 1]

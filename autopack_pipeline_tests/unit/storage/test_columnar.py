@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from autopack_pipeline.domain import analysis as fm
 from autopack_pipeline.services import seed_files
 from autopack_pipeline.services.analysis import WindowedEvents
 from autopack_pipeline.services.pipeline import analyse_events
@@ -255,3 +256,44 @@ def test_where_the_store_lives(tmp_path, monkeypatch):
     monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(tmp_path / "elsewhere"))
     assert store_directory_for(sqlite) == tmp_path / "elsewhere"
     assert store_directory_for(sa.create_engine("sqlite://")) is None  # nothing to keep a copy of
+
+
+def test_phases_of_runs_split_across_parts_keep_one_key(engine, store, monkeypatch):
+    """Phase ids are encoded part by part; a run whose events fall in several parts (parts of 700
+    rows here, runs of ~34 events) has its phases joined across them: one key per (run_id, phase_id)."""
+    monkeypatch.setattr(columnar.store, "PART_ROWS", 700)
+    monkeypatch.setattr(columnar.store, "BATCH_IDS", 350)
+    bulk_load(engine, 3000, seed=9)
+    store.refresh(engine, full=True)
+    assert len(store.manifest()["parts"]) >= 4
+    events = read_events(engine)
+    arrays = store.event_arrays()
+    pairs = events["run_id"] + "\x00" + events["phase_id"]
+    assert (pd.factorize(arrays.phase_key.values)[0] == pd.factorize(pairs)[0]).all()
+    assert fm.clean_sample_rows(arrays).exclusions == sample_exclusions(events)
+
+
+def test_with_a_phase_id_missing_the_phase_codes_are_unified_over_every_part():
+    """A missing id (possible in an Autopack database, not in ours) makes the reference pair ids across
+    rows, which needs equal codes for equal phase ids in every part: they are unified instead."""
+    from autopack_pipeline.storage.columnar.arrays import _Filler
+
+    def part(runs, phases):
+        n = len(runs)
+        columns = {name: pa.array([1] * n, pa.int64()) for name in
+                   ("event_id", "deliverable_count", "predicted_output_tokens", "actual_output_tokens",
+                    "selected_budget", "actual_max_tokens", "attempt")}
+        columns |= {"timestamp": pa.array([0] * n, pa.timestamp("us")),
+                    **{name: pa.array([True] * n) for name in ("success", "truncated", "is_truncated_output")},
+                    "run_id": pa.array(runs).dictionary_encode(), "phase_id": pa.array(phases, pa.string()),
+                    **{name: pa.array(["x"] * n).dictionary_encode() for name in ("category", "complexity", "model")}}
+        return pa.table(columns)
+
+    for phases, unified in ((["p1", "p2", "p1"], False), (["p1", None, "p1"], True)):
+        filler = _Filler(6)
+        filler.add(part(["a", "b", "c"], ["p1", "p2", "p3"]), 0)
+        filler.add(part(["a", "d", "e"], phases), 3)
+        filler.unify_labels()
+        codes = filler.values["phase_id"]
+        assert codes[0] == codes[3]  # run a's p1 in both parts: one phase
+        assert bool(codes[5] == codes[0]) is unified  # another run's p1: the same code only when unified

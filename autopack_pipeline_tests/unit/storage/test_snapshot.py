@@ -20,7 +20,7 @@ from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
 from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline.storage.migrate import upgrade_database
-from autopack_pipeline.storage.snapshot import EventSnapshot, SnapshotUnavailable, snapshot_events
+from autopack_pipeline.storage.snapshot import EventSnapshot, SnapshotUnavailable, snapshot_events, with_arrays_loaded
 from autopack_pipeline.synth import bulk_load
 from autopack_pipeline_tests.oracle.compare import assert_close
 from autopack_pipeline_tests.oracle.metrics import tier_metrics_document
@@ -90,6 +90,17 @@ def test_the_io_manager_stores_a_description_and_loads_the_events_once_per_snaps
     assert (elsewhere.event_id.values == loaded.event_id.values).all()
 
 
+def test_the_io_manager_hands_on_the_arrays_raw_events_loaded_in_the_same_process(engine, tmp_path):
+    bulk_load(engine, 200, runs=1, seed=6)
+    snapshot = with_arrays_loaded(snapshot_events(engine)[0])
+    assert snapshot.loaded is not None and len(pickle.dumps(snapshot)) < 2_000  # never stored
+    manager = EventSnapshotIOManager(str(tmp_path / "io"))
+    manager.handle_output(dg.build_output_context(asset_key=raw_events.key), snapshot)
+    assert manager.load_input(dg.build_input_context(asset_key=raw_events.key)) is snapshot.loaded
+    elsewhere = EventSnapshotIOManager(str(tmp_path / "io")).load_input(dg.build_input_context(asset_key=raw_events.key))
+    assert elsewhere is not snapshot.loaded and (elsewhere.event_id.values == snapshot.loaded.event_id.values).all()
+
+
 def test_the_io_manager_carries_inline_events_in_a_file(tmp_path):
     frame = conform_events_frame(pd.DataFrame({"event_id": [1, 2], "run_id": ["r", "r"], "phase_id": ["a", "b"]}))
     manager = EventSnapshotIOManager(str(tmp_path))
@@ -126,3 +137,19 @@ def test_without_a_store_the_events_travel_inside_the_snapshot(engine, tmp_path,
     assert refresh is None and reason.startswith("columnar store unavailable")
     same_events(snapshot, read_events(engine))
     assert np.all(np.diff(snapshot.arrays().event_id.values) > 0)
+
+
+@pytest.mark.integration  # materialises through Dagster
+def test_a_run_reads_the_events_once_for_raw_events_its_checks_and_the_drift_check(engine, monkeypatch):
+    from autopack_pipeline.defs.asset_graph import DATA_QUALITY_CHECKS
+    from autopack_pipeline.defs.events.drift_checks import estimator_drift
+    from autopack_pipeline.storage import snapshot as snapshot_module
+
+    bulk_load(engine, 400, runs=2, seed=7)
+    reads = []
+    real = snapshot_module._load_store
+    monkeypatch.setattr(snapshot_module, "_load_store", lambda directory: reads.append(directory) or real(directory))
+    result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS, estimator_drift], resources={
+        "telemetry_db": TelemetryDatabase(database_url=str(engine.url)), **event_io_resources()})
+    assert result.success and len(result.get_asset_check_evaluations()) >= 4
+    assert len(reads) == 1
