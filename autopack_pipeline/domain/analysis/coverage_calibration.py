@@ -37,6 +37,7 @@ from autopack_pipeline.domain.analysis.order_statistics import p90_of
 from autopack_pipeline.domain.analysis.samples import (
     CleanSamples,
     _duplicate_attempts,
+    _member_of,
     clean_sample_rows,
     stable_order,
 )

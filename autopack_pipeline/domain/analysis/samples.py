@@ -66,28 +66,6 @@ def _member_of(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
     return np.isin(keys, pool)
 
 
-def _pair_member_of(keys: np.ndarray, pool: np.ndarray, width: int) -> np.ndarray:
-    """:func:`_member_of` for phase keys ``run * width + phase`` (codes, ``0 <= phase < width``).
-
-    Their range is far too wide for one table, and ``np.isin`` sorts both sides. But a phase code
-    the pool pairs with a single run (Autopack gives every run its own phase ids, so nearly every
-    one) answers by a table indexed by phase code holding that run; only phases the pool pairs with
-    several runs (ids reused across runs) go through :func:`_member_of`."""
-    if len(keys) == 0 or len(pool) == 0 or width > 4 * (len(keys) + len(pool)) + 4096:
-        return _member_of(keys, pool)
-    pool_run, pool_phase = np.divmod(pool, width)
-    run_of = np.full(width, -1, dtype=np.int64)
-    run_of[pool_phase] = pool_run  # one of the phase's runs; any other run marks the phase shared
-    shared = np.zeros(width, dtype=bool)
-    shared[pool_phase[run_of[pool_phase] != pool_run]] = True
-    run, phase = np.divmod(keys, width)
-    found = run_of[phase] == run
-    tangled = shared[phase]
-    if tangled.any():
-        found[tangled] = _member_of(keys[tangled], pool[shared[pool_phase]])
-    return found
-
-
 @dataclass(frozen=True)
 class CleanSamples:
     """Which rows are clean samples (``mask``) and why the others are not (counts by reason)."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
 import pandas as pd
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -167,19 +165,3 @@ def test_kept_plus_excluded_is_every_row(rows, dedup):
     if dedup:
         keyed = kept.dropna(subset=["phase_id"])
         assert not keyed.duplicated(subset=["run_id", "phase_id"]).any()
-
-
-@pytest.mark.parametrize("runs_per_phase", [1, 3, 40])
-def test_pair_membership_equals_isin_whether_phase_ids_are_per_run_or_reused(runs_per_phase):
-    """``_pair_member_of`` (a table by phase code, shared phases through ``_member_of``) against
-    ``np.isin``: phase ids given to one run each (Autopack), reused by a few runs, or by many."""
-    from autopack_pipeline.domain.analysis.samples import _pair_member_of
-
-    rng = np.random.default_rng(runs_per_phase)
-    width = 5000
-    phases = rng.integers(0, width, 20000)
-    runs = (phases * 7 + rng.integers(0, runs_per_phase, len(phases))) % 900  # a phase's runs: runs_per_phase
-    keys = runs.astype(np.int64) * width + phases
-    pool, queries = keys[:12000], np.r_[keys[12000:], keys[:500], keys[:100] + width * 900]  # misses too
-    assert (_pair_member_of(queries, pool, width) == np.isin(queries, pool)).all()
-    assert not _pair_member_of(queries[:0], pool, width).size
