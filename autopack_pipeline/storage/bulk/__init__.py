@@ -6,11 +6,11 @@ package only writes them. Event ids are the database's own (autoincrement / sequ
 SQLite through ADBC's SQLite driver (Arrow tables bound column by column in C) in large transactions,
 with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the
 runs, tiers and phases every event refers to, and the tests check the keys); PostgreSQL through
-``COPY ... FROM STDIN`` (CSV written by pyarrow) on the psycopg connection. A PostgreSQL append,
-where every index is maintained row by row, copies the events on a second connection while the first
-copies the phases (two backends, two cores); that needs the foreign-key triggers off for the load
-(``session_replication_role``, superuser or granted), otherwise it runs on one connection with the
-keys checked by the server.
+ADBC's PostgreSQL driver, whose ``adbc_ingest`` writes Arrow tables by binary ``COPY``. A PostgreSQL
+append, where every index is maintained row by row, copies the events on a second connection while
+the first copies the phases (two backends, two cores); that needs the foreign-key triggers off for the
+load (``session_replication_role``, superuser or granted), otherwise it runs on one connection with
+the keys checked by the server.
 
 The modules: ``chunk`` (what a loader takes), ``rows`` (chunks as table rows), ``loader`` (what the
 loaders share), ``sqlite`` and ``postgresql`` (the loaders), ``loading`` (:func:`load_chunks` and the

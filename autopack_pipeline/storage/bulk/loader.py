@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from autopack_pipeline.storage.bulk.chunk import SynthChunk
 from autopack_pipeline.storage.bulk.rows import _text_timestamps, run_id_for
@@ -31,6 +32,10 @@ class _RunStats:
         self.tokens += np.bincount(ph["run"], weights=ph["tokens_used"], minlength=len(self.phases)).astype(np.int64)
         np.maximum.at(self.last_us, ph["run"], ph["last_us"])
 
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Phase counts, tokens (held to the column's 32 bits) and last activity (µs), per run."""
+        return self.phases, np.minimum(self.tokens, 2**31 - 1), self.last_us
+
     def rows(self, run_ids: np.ndarray) -> list[tuple]:
         last = _text_timestamps(self.last_us)
         return [
@@ -45,6 +50,7 @@ class _Loader:
     def __init__(self, seed: int, runs: int, total: int, progress: Progress | None) -> None:
         self.seed, self.runs, self.total, self.progress = seed, runs, total, progress
         self.run_ids = np.array([run_id_for(seed, k) for k in range(runs)], dtype=object)
+        self.run_id_text = pa.array(self.run_ids, type=pa.string())  # taken by run number into each chunk
         self.stats = _RunStats(runs)
         self.events_written = 0
         self.phases_written = 0

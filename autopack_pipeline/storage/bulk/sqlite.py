@@ -97,7 +97,7 @@ class _SqliteLoader(_Loader):
 
             def tables(chunk: SynthChunk) -> tuple[pa.Table, pa.Table]:
                 def build() -> tuple[pa.Table, pa.Table]:
-                    phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
+                    phase_cols, event_cols = _chunk_columns(chunk, self.run_id_text, tier_pk, self.seed)
                     return (_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"]), text_timestamps=True),
                             _arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"]), text_timestamps=True))
 
