@@ -34,6 +34,7 @@ from autopack_pipeline.storage.bulk.rows import (
     _arrow_columns,
     _cast_to,
     _chunk_columns,
+    _row_table,
     _run_rows,
     _text_timestamps,
     _tier_keys,
@@ -56,7 +57,6 @@ _ARROW_TYPES = {
     "double precision": pa.float64(), "real": pa.float32(), "timestamp without time zone": pa.timestamp("us"),
     "character varying": pa.string(), "text": pa.string(),
 }
-_RUN_STATS = "synth_run_stats"  # the temporary table the runs' final counts go through
 
 
 class _PostgresqlLoader(_Loader):
@@ -121,7 +121,7 @@ class _PostgresqlLoader(_Loader):
                 cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
             for statement in rebuild:
                 self._timed("indexes", lambda: cursor.execute(statement))  # noqa: B023
-            self._update_runs(cursor)
+            self._update_runs(cursor, text_timestamps=False)
             streams.commit(last=True)
         except BaseException:
             try:
@@ -132,18 +132,6 @@ class _PostgresqlLoader(_Loader):
             raise
         finally:
             streams.close()
-
-    def _update_runs(self, cursor: Any) -> None:
-        """Every run's phase count, tokens and last activity, by one UPDATE from a temporary table."""
-        phases, tokens, last_us = self.stats.columns()
-        last = pa.array(last_us, type=pa.timestamp("us"))
-        stats = pa.table({"id": self.run_id_text, "max_phases": pa.array(phases, pa.int32()),
-                          "tokens_used": pa.array(tokens, pa.int32()), "completed_at": last, "updated_at": last})
-        cursor.adbc_ingest(_RUN_STATS, stats, mode="create", temporary=True)
-        cursor.execute(f"UPDATE runs SET max_phases = s.max_phases, tokens_used = s.tokens_used, "
-                       f"completed_at = s.completed_at, updated_at = s.updated_at FROM {_RUN_STATS} s "
-                       "WHERE runs.id = s.id")
-        cursor.execute(f"DROP TABLE {_RUN_STATS}")
 
 
 class _PgStreams:
@@ -250,11 +238,6 @@ def _column_types(cursor: Any, table: str) -> pa.Schema:
     cursor.execute("SELECT column_name, data_type FROM information_schema.columns "
                    f"WHERE table_schema = current_schema() AND table_name = '{table}'")
     return pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in cursor.fetchall() if kind in _ARROW_TYPES])
-
-
-def _row_table(columns: tuple[str, ...], rows: list[tuple]) -> pa.Table:
-    """Python rows (the runs', the tiers') as an Arrow table, one column per name."""
-    return pa.table({name: pa.array(list(values)) for name, values in zip(columns, zip(*rows))})
 
 
 def _ingest(cursor: Any, table: str, rows: pa.Table) -> None:

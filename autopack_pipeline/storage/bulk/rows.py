@@ -80,20 +80,23 @@ def _ascii_text(codes: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
 
 def _ascii_codes(pieces: list, rows: int) -> np.ndarray:
     """(rows, width) ASCII codes of text made of fixed ``str`` pieces and ``(numbers, digits)``
-    zero-padded numbers, digit by digit with numpy."""
-    blocks = []
+    zero-padded numbers (the last ``digits`` digits), written with numpy into one array."""
+    width = sum(len(piece) if isinstance(piece, str) else piece[1] for piece in pieces)
+    # Filled position by position (each a contiguous row here), then transposed once.
+    codes = np.empty((width, rows), dtype=np.uint8)
+    at = 0
     for piece in pieces:
         if isinstance(piece, str):
-            blocks.append(np.broadcast_to(np.frombuffer(piece.encode("ascii"), dtype=np.uint8), (rows, len(piece))))
-        else:
-            numbers, digits = piece
-            rest = np.asarray(numbers, dtype=np.int64).copy()
-            codes = np.empty((rows, digits), dtype=np.uint8)
-            for position in range(digits - 1, -1, -1):
-                codes[:, position] = 48 + rest % 10
-                rest //= 10
-            blocks.append(codes)
-    return np.hstack(blocks)
+            codes[at:at + len(piece)] = np.frombuffer(piece.encode("ascii"), dtype=np.uint8)[:, None]
+            at += len(piece)
+            continue
+        numbers, digits = piece
+        rest = np.asarray(numbers, dtype=np.int64)
+        for position in range(at + digits - 1, at - 1, -1):
+            rest, digit = np.divmod(rest, 10)
+            np.add(digit, 48, out=codes[position], casting="unsafe")
+        at += digits
+    return np.ascontiguousarray(codes.T)
 
 
 def _composed(pieces: list, rows: int) -> pa.Array:
@@ -212,6 +215,11 @@ def _arrow_columns(columns: dict, spec: tuple, n: int, *, text_timestamps: bool 
                 converted[source] = values if isinstance(values, pa.Array) else pa.array(values)
         arrays[column] = converted[source]
     return pa.table(arrays)
+
+
+def _row_table(columns: tuple[str, ...], rows: list[tuple]) -> pa.Table:
+    """Python rows (the runs', the tiers') as an Arrow table, one column per name."""
+    return pa.table({name: pa.array(list(values)) for name, values in zip(columns, zip(*rows))})
 
 
 def _cast_to(table: pa.Table, schema: pa.Schema) -> pa.Table:

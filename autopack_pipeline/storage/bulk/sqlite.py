@@ -1,9 +1,10 @@
-"""The SQLite bulk loader: Arrow tables ingested through ADBC's SQLite driver in large transactions,
-with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the runs,
-tiers and phases every event refers to, and the tests check the keys). Into an empty events table, when
-the loader has the only connection to the file, the load is one transaction in a rollback journal that
-drops the secondary indexes and builds them again after the rows; otherwise it inserts with the
-indexes in place and commits every 500k events."""
+"""The SQLite bulk loader: Arrow tables ingested through ADBC's SQLite driver in one transaction, so a
+failure leaves nothing, with ``synchronous=OFF`` and foreign-key enforcement off for the load (the
+generator produces the runs, tiers and phases every event refers to, and the tests check the keys).
+Into an empty events table, when the loader has the only connection to the file, the transaction runs
+in a rollback journal and drops the secondary indexes, building them again after the rows; otherwise
+it inserts with the indexes in place, in WAL mode (the WAL then holds every page the load writes until
+the commit)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from autopack_pipeline.storage.bulk.rows import (
     _TIER_COLUMNS,
     _arrow_columns,
     _chunk_columns,
+    _row_table,
     _run_rows,
     _text_timestamps,
     _tier_keys,
@@ -31,8 +33,6 @@ from autopack_pipeline.storage.bulk.rows import (
 from autopack_pipeline.storage.columnar import prefetch
 from autopack_pipeline.storage.database import describe_database
 
-# Events per transaction: large enough that commits cost nothing, small enough to bound memory.
-SQLITE_TRANSACTION_EVENTS = 500_000
 # Page cache while SQLite rebuilds the indexes after a fresh load, which is also the size of the sorter's
 # in-memory runs; 4 MiB was fastest here from 1M to 3M events (64 MiB: 25-35% slower).
 SQLITE_INDEX_SORT_KIB = 4096
@@ -71,16 +71,16 @@ class _SqliteLoader(_Loader):
             for pragma in SQLITE_LOAD_PRAGMAS:
                 cursor.execute(pragma)
             self.method = ("sqlite (ADBC): one transaction, secondary indexes rebuilt after the rows" if fresh
-                           else "sqlite (ADBC): indexes in place, 500k events per transaction")
+                           else "sqlite (ADBC): one transaction, indexes in place")
             cursor.execute("BEGIN")
             in_transaction = True
             chunks = iter(chunks)
             first = next(chunks)
             start_text = _text_timestamps(first.phases["started_us"][:1])[0]
-            cursor.executemany(f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES "
-                               f"({', '.join('?' * len(_RUN_COLUMNS))})", _run_rows(self.seed, self.runs, start_text))
-            cursor.executemany(f"INSERT INTO tiers ({', '.join(_TIER_COLUMNS)}) VALUES "
-                               f"({', '.join('?' * len(_TIER_COLUMNS))})", _tier_rows(self.run_ids.tolist(), start_text))
+            cursor.adbc_ingest("runs", _row_table(_RUN_COLUMNS, _run_rows(self.seed, self.runs, start_text)),
+                               mode="append")
+            cursor.adbc_ingest("tiers", _row_table(_TIER_COLUMNS, _tier_rows(self.run_ids.tolist(), start_text)),
+                               mode="append")
             # The seed's runs by their common prefix: run numbers of more than five digits do not sort
             # between the first and the last run id as text.
             prefix = run_id_for(self.seed, 0)[:-5]
@@ -103,25 +103,18 @@ class _SqliteLoader(_Loader):
 
                 return self._timed("generate", build)
 
-            written = 0
             for chunk, (phase_rows, event_rows) in prefetch(_chain(first, chunks), tables):
                 self._timed("phases", lambda: cursor.adbc_ingest("phases", phase_rows, mode="append"))  # noqa: B023
                 self._timed("events", lambda: cursor.adbc_ingest(  # noqa: B023
                     "token_estimation_v2_events", event_rows, mode="append"))
                 self._written(chunk)
-                written += len(chunk.events["run"])
-                if not fresh and written >= SQLITE_TRANSACTION_EVENTS:
-                    cursor.execute("COMMIT")
-                    cursor.execute("BEGIN")
-                    written = 0
             if indexes:
                 # CREATE INDEX's sorter keeps runs of cache_size bytes in memory: small runs are sorted
                 # and merged by the worker threads (PRAGMA threads) while this one scans the table.
                 cursor.execute(f"PRAGMA cache_size=-{SQLITE_INDEX_SORT_KIB}")
             for _name, sql in indexes:
                 self._timed("indexes", lambda: cursor.execute(sql))  # noqa: B023
-            cursor.executemany("UPDATE runs SET max_phases = ?, tokens_used = ?, completed_at = ?, updated_at = ? "
-                               "WHERE id = ?", self.stats.rows(self.run_ids))
+            self._update_runs(cursor, text_timestamps=True)
             cursor.execute("COMMIT")
             in_transaction = False
         except BaseException:

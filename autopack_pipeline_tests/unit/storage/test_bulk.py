@@ -128,6 +128,25 @@ def test_a_fresh_sqlite_load_that_fails_midway_leaves_nothing(sqlite_engine, mon
     assert bulk_load(sqlite_engine, 2000, seed=1).events == 2000  # and the seed is free
 
 
+def test_a_sqlite_append_that_fails_midway_leaves_nothing(sqlite_engine, monkeypatch):
+    """An append is one transaction too: a failure after the first chunk's rows rolls all of it back."""
+    monkeypatch.setattr(synth.generate, "PHASES_PER_CHUNK", 100)  # several chunks, the failure after one
+    bulk_load(sqlite_engine, 300, runs=1, seed=1)
+    calls = []
+
+    def fail_on_second_chunk(self, chunk):
+        calls.append(chunk)
+        if len(calls) > 1:
+            raise RuntimeError("interrupted after the first chunk's rows")
+
+    monkeypatch.setattr(bulk.sqlite._SqliteLoader, "_written", fail_on_second_chunk)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        bulk_load(sqlite_engine, 1000, runs=2, seed=2)
+    assert [count_rows(sqlite_engine, t) for t in ("runs", "tiers", "token_estimation_v2_events")] == [1, 1, 300]
+    monkeypatch.undo()
+    assert bulk_load(sqlite_engine, 1000, runs=2, seed=2).events == 1000  # the seed is free
+
+
 def test_more_than_100k_runs_load(engine):
     """Run numbers of six digits (Autopack's shape gives ~294k runs for 10M events) do not sort
     between the first and the last run id as text; every run still gets its tier."""
