@@ -194,27 +194,58 @@ def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray, se
 _TIMESTAMP_SOURCES = {"timestamp", "last", "started", "completed_at"}
 
 
+def _source_array(values: pa.Array | np.ndarray, source: str, *, text_timestamps: bool) -> pa.Array:
+    """One generated column as Arrow: timestamps as ``timestamp[us]`` or, with ``text_timestamps``, as
+    SQLite's DATETIME text (NULL where the µs value is negative)."""
+    if isinstance(values, pa.Array):
+        return values
+    if source not in _TIMESTAMP_SOURCES:
+        return pa.array(values)
+    valid = values >= 0
+    if text_timestamps:
+        return _ascii_text(_timestamp_codes(np.maximum(values, 0)), valid)
+    return pa.array(values, type=pa.timestamp("us"), mask=~valid)
+
+
 def _arrow_columns(columns: dict, spec: tuple, n: int, *, text_timestamps: bool = False) -> pa.Table:
-    """The rows of ``spec`` as an Arrow table: constants repeated, timestamps as ``timestamp[us]`` or, with
-    ``text_timestamps``, as SQLite's DATETIME text (NULL where the µs value is negative)."""
+    """The rows of ``spec`` as an Arrow table, a column per table column: constants repeated, a source
+    feeding two columns converted once."""
     arrays: dict[str, pa.Array] = {}
-    converted: dict[str, pa.Array] = {}  # a source feeding two columns is converted once
+    converted: dict[str, pa.Array] = {}
     for column, source in spec:
         if isinstance(source, _Const):
             arrays[column] = pa.repeat(source.value, n)
             continue
         if source not in converted:
-            values = columns[source]
-            if source in _TIMESTAMP_SOURCES:
-                valid = values >= 0
-                if text_timestamps:
-                    converted[source] = _ascii_text(_timestamp_codes(np.maximum(values, 0)), valid)
-                else:
-                    converted[source] = pa.array(values, type=pa.timestamp("us"), mask=~valid)
-            else:
-                converted[source] = values if isinstance(values, pa.Array) else pa.array(values)
+            converted[source] = _source_array(columns[source], source, text_timestamps=text_timestamps)
         arrays[column] = converted[source]
     return pa.table(arrays)
+
+
+def _sqlite_insert(table: str, spec: tuple) -> tuple[str, tuple[str, ...]]:
+    """An INSERT for ``spec`` that binds each distinct source once: constants are SQL literals and
+    columns sharing a source share a numbered parameter (``?N``). Returns it with the sources in
+    parameter order (what :func:`_source_table` binds). Binding fewer values per row is cheaper than
+    ``adbc_ingest``, which binds every column (measured here: 0.75 against 0.93 CPU s for 300k events
+    and their phases, no indexes)."""
+    sources: list[str] = []
+    values = []
+    for _column, source in spec:
+        if isinstance(source, _Const):
+            value = source.value
+            values.append("'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(int(value)))
+            continue
+        if source not in sources:
+            sources.append(source)
+        values.append(f"?{sources.index(source) + 1}")
+    columns = ", ".join(column for column, _source in spec)
+    return f"INSERT INTO {table} ({columns}) VALUES ({', '.join(values)})", tuple(sources)
+
+
+def _source_table(columns: dict, sources: tuple[str, ...]) -> pa.Table:
+    """The parameters of a :func:`_sqlite_insert` statement: each source once, timestamps as text."""
+    return pa.table({f"p{i}": _source_array(columns[source], source, text_timestamps=True)
+                     for i, source in enumerate(sources)})
 
 
 def _row_table(columns: tuple[str, ...], rows: list[tuple]) -> pa.Table:

@@ -21,10 +21,11 @@ from autopack_pipeline.storage.bulk.rows import (
     _PHASE_SPEC,
     _RUN_COLUMNS,
     _TIER_COLUMNS,
-    _arrow_columns,
     _chunk_columns,
     _row_table,
     _run_rows,
+    _source_table,
+    _sqlite_insert,
     _text_timestamps,
     _tier_keys,
     _tier_rows,
@@ -95,18 +96,21 @@ class _SqliteLoader(_Loader):
                 for name, _sql in indexes:
                     cursor.execute(f'DROP INDEX "{name}"')
 
+            # Prepared INSERTs bound to whole Arrow tables (the driver steps through them in C), with the
+            # constants as literals and shared columns bound once.
+            insert_phases, phase_sources = _sqlite_insert("phases", _PHASE_SPEC)
+            insert_events, event_sources = _sqlite_insert("token_estimation_v2_events", _EVENT_SPEC)
+
             def tables(chunk: SynthChunk) -> tuple[pa.Table, pa.Table]:
                 def build() -> tuple[pa.Table, pa.Table]:
                     phase_cols, event_cols = _chunk_columns(chunk, self.run_id_text, tier_pk, self.seed)
-                    return (_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"]), text_timestamps=True),
-                            _arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"]), text_timestamps=True))
+                    return _source_table(phase_cols, phase_sources), _source_table(event_cols, event_sources)
 
                 return self._timed("generate", build)
 
             for chunk, (phase_rows, event_rows) in prefetch(_chain(first, chunks), tables):
-                self._timed("phases", lambda: cursor.adbc_ingest("phases", phase_rows, mode="append"))  # noqa: B023
-                self._timed("events", lambda: cursor.adbc_ingest(  # noqa: B023
-                    "token_estimation_v2_events", event_rows, mode="append"))
+                self._timed("phases", lambda: cursor.executemany(insert_phases, phase_rows))  # noqa: B023
+                self._timed("events", lambda: cursor.executemany(insert_events, event_rows))  # noqa: B023
                 self._written(chunk)
             if indexes:
                 # CREATE INDEX's sorter keeps runs of cache_size bytes in memory: small runs are sorted
