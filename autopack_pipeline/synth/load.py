@@ -85,14 +85,16 @@ def bulk_load(
     each, a phase row for every phase and the events. Refuses with :class:`RunsAlreadyPresent` when
     the seed's runs exist. ``progress(events_written, events)`` is called after every chunk.
 
-    Into an empty events table the load is one transaction that drops the secondary indexes (and, on
-    PostgreSQL, the foreign keys), copies the rows and builds them again before committing, the
-    usual way to populate a database; an interruption rolls all of it back. (On SQLite that needs the
-    only connection to the file; with another one open, the load is incremental as below.) Into a
-    table that holds events already, rows are inserted with the indexes in place, in transactions of
-    500k events. On SQLite an interruption keeps the transactions committed before it; on PostgreSQL
-    the loader then deletes its runs, which cascades to their tiers, phases and events (if the server
-    cannot be reached for that either, the seed's runs stay and loading the seed again is refused).
+    Into an empty events table the load is one transaction that drops the secondary indexes, copies
+    the rows and builds them again before committing, the usual way to populate a database; an
+    interruption rolls all of it back. (On SQLite that needs the only connection to the file; with
+    another one open, the load keeps the indexes in place as below. On PostgreSQL the foreign keys stay,
+    their triggers off for the load, or are dropped and added again when the role may not turn them
+    off.) Into a table that holds events already, rows are inserted with the indexes in place: on SQLite
+    in one transaction, rolled back whole on an interruption; on PostgreSQL in transactions of 500k
+    events, after which an interruption makes the loader delete its runs, which cascades to their tiers,
+    phases and events (if the server cannot be reached for that either, the seed's runs stay and loading
+    the seed again is refused).
     """
     if events < 1:
         raise ValueError(f"the number of events must be at least 1, got {events}")

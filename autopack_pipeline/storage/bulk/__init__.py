@@ -3,14 +3,14 @@
 The rows come from :mod:`autopack_pipeline.synth` (the generator) as :class:`SynthChunk` columns; this
 package only writes them. Event ids are the database's own (autoincrement / sequence).
 
-SQLite through ADBC's SQLite driver (Arrow tables bound column by column in C) in large transactions,
+SQLite through ADBC's SQLite driver (Arrow tables bound column by column in C) in one transaction,
 with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the
 runs, tiers and phases every event refers to, and the tests check the keys); PostgreSQL through
-``COPY ... FROM STDIN`` (CSV written by pyarrow) on the psycopg connection. A PostgreSQL append,
-where every index is maintained row by row, copies the events on a second connection while the first
-copies the phases (two backends, two cores); that needs the foreign-key triggers off for the load
-(``session_replication_role``, superuser or granted), otherwise it runs on one connection with the
-keys checked by the server.
+ADBC's PostgreSQL driver, whose ``adbc_ingest`` writes Arrow tables by binary ``COPY``. A PostgreSQL
+append, where every index is maintained row by row, copies the events on a second connection while
+the first copies the phases (two backends, two cores); that needs the foreign-key triggers off for the
+load (``session_replication_role``, superuser or granted), otherwise it runs on one connection with
+the keys checked by the server.
 
 The modules: ``chunk`` (what a loader takes), ``rows`` (chunks as table rows), ``loader`` (what the
 loaders share), ``sqlite`` and ``postgresql`` (the loaders), ``loading`` (:func:`load_chunks` and the
@@ -28,14 +28,13 @@ from autopack_pipeline.storage.bulk.loading import (
 )
 from autopack_pipeline.storage.bulk.postgresql import PG_PIECE_PHASES, PG_TRANSACTION_EVENTS
 from autopack_pipeline.storage.bulk.rows import SYNTH_MODEL, phase_ids_for, run_id_for
-from autopack_pipeline.storage.bulk.sqlite import SQLITE_INDEX_SORT_KIB, SQLITE_LOAD_PRAGMAS, SQLITE_TRANSACTION_EVENTS
+from autopack_pipeline.storage.bulk.sqlite import SQLITE_INDEX_SORT_KIB, SQLITE_LOAD_PRAGMAS
 
 __all__ = [
     "PG_PIECE_PHASES",
     "PG_TRANSACTION_EVENTS",
     "SQLITE_INDEX_SORT_KIB",
     "SQLITE_LOAD_PRAGMAS",
-    "SQLITE_TRANSACTION_EVENTS",
     "SYNTH_MODEL",
     "Progress",
     "SynthChunk",

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from autopack_pipeline.storage.bulk.chunk import SynthChunk
-from autopack_pipeline.storage.bulk.rows import _text_timestamps, run_id_for
+from autopack_pipeline.storage.bulk.rows import _ascii_text, _timestamp_codes, run_id_for
 
 Progress = Callable[[int, int], None]
 
@@ -31,12 +32,14 @@ class _RunStats:
         self.tokens += np.bincount(ph["run"], weights=ph["tokens_used"], minlength=len(self.phases)).astype(np.int64)
         np.maximum.at(self.last_us, ph["run"], ph["last_us"])
 
-    def rows(self, run_ids: np.ndarray) -> list[tuple]:
-        last = _text_timestamps(self.last_us)
-        return [
-            (int(n), int(min(t, 2**31 - 1)), stamp, stamp, rid)
-            for n, t, stamp, rid in zip(self.phases.tolist(), self.tokens.tolist(), last, run_ids.tolist())
-        ]
+    def table(self, run_ids: pa.Array, *, text_timestamps: bool) -> pa.Table:
+        """Per run: id, phase count, tokens (held to the column's 32 bits) and last activity, the
+        timestamps as DATETIME text or ``timestamp[us]``."""
+        last = _ascii_text(_timestamp_codes(self.last_us)) if text_timestamps else pa.array(
+            self.last_us, type=pa.timestamp("us"))
+        return pa.table({"id": run_ids, "max_phases": pa.array(self.phases, pa.int32()),
+                         "tokens_used": pa.array(np.minimum(self.tokens, 2**31 - 1), pa.int32()),
+                         "completed_at": last, "updated_at": last})
 
 
 class _Loader:
@@ -45,6 +48,7 @@ class _Loader:
     def __init__(self, seed: int, runs: int, total: int, progress: Progress | None) -> None:
         self.seed, self.runs, self.total, self.progress = seed, runs, total, progress
         self.run_ids = np.array([run_id_for(seed, k) for k in range(runs)], dtype=object)
+        self.run_id_text = pa.array(self.run_ids, type=pa.string())  # taken by run number into each chunk
         self.stats = _RunStats(runs)
         self.events_written = 0
         self.phases_written = 0
@@ -52,6 +56,16 @@ class _Loader:
         self.last_us: int | None = None
         self.method = ""
         self.timings = {"generate": 0.0, "phases": 0.0, "events": 0.0, "indexes": 0.0}
+
+    def _update_runs(self, cursor: Any, *, text_timestamps: bool) -> None:
+        """Every run's phase count, tokens and last activity, by one UPDATE from a temporary table
+        (both SQLite and PostgreSQL take ``UPDATE ... FROM``), in the load's transaction."""
+        cursor.adbc_ingest("synth_run_stats", self.stats.table(self.run_id_text, text_timestamps=text_timestamps),
+                           mode="create", temporary=True)
+        cursor.execute("UPDATE runs SET max_phases = s.max_phases, tokens_used = s.tokens_used, "
+                       "completed_at = s.completed_at, updated_at = s.updated_at FROM synth_run_stats AS s "
+                       "WHERE runs.id = s.id")
+        cursor.execute("DROP TABLE synth_run_stats")
 
     def _timed(self, stage: str, work: Callable[[], Any]) -> Any:
         began = time.perf_counter()

@@ -1,9 +1,10 @@
-"""The SQLite bulk loader: Arrow tables ingested through ADBC's SQLite driver in large transactions,
-with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the runs,
-tiers and phases every event refers to, and the tests check the keys). Into an empty events table, when
-the loader has the only connection to the file, the load is one transaction in a rollback journal that
-drops the secondary indexes and builds them again after the rows; otherwise it inserts with the
-indexes in place and commits every 500k events."""
+"""The SQLite bulk loader: Arrow tables ingested through ADBC's SQLite driver in one transaction, so a
+failure leaves nothing, with ``synchronous=OFF`` and foreign-key enforcement off for the load (the
+generator produces the runs, tiers and phases every event refers to, and the tests check the keys).
+Into an empty events table, when the loader has the only connection to the file, the transaction runs
+in a rollback journal and drops the secondary indexes, building them again after the rows; otherwise
+it inserts with the indexes in place, in WAL mode (the WAL then holds every page the load writes until
+the commit)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from autopack_pipeline.storage.bulk.rows import (
     _PHASE_SPEC,
     _RUN_COLUMNS,
     _TIER_COLUMNS,
-    _arrow_columns,
     _chunk_columns,
+    _row_table,
     _run_rows,
+    _source_table,
+    _sqlite_insert,
     _text_timestamps,
     _tier_keys,
     _tier_rows,
@@ -31,8 +34,6 @@ from autopack_pipeline.storage.bulk.rows import (
 from autopack_pipeline.storage.columnar import prefetch
 from autopack_pipeline.storage.database import describe_database
 
-# Events per transaction: large enough that commits cost nothing, small enough to bound memory.
-SQLITE_TRANSACTION_EVENTS = 500_000
 # Page cache while SQLite rebuilds the indexes after a fresh load, which is also the size of the sorter's
 # in-memory runs; 4 MiB was fastest here from 1M to 3M events (64 MiB: 25-35% slower).
 SQLITE_INDEX_SORT_KIB = 4096
@@ -71,16 +72,16 @@ class _SqliteLoader(_Loader):
             for pragma in SQLITE_LOAD_PRAGMAS:
                 cursor.execute(pragma)
             self.method = ("sqlite (ADBC): one transaction, secondary indexes rebuilt after the rows" if fresh
-                           else "sqlite (ADBC): indexes in place, 500k events per transaction")
+                           else "sqlite (ADBC): one transaction, indexes in place")
             cursor.execute("BEGIN")
             in_transaction = True
             chunks = iter(chunks)
             first = next(chunks)
             start_text = _text_timestamps(first.phases["started_us"][:1])[0]
-            cursor.executemany(f"INSERT INTO runs ({', '.join(_RUN_COLUMNS)}) VALUES "
-                               f"({', '.join('?' * len(_RUN_COLUMNS))})", _run_rows(self.seed, self.runs, start_text))
-            cursor.executemany(f"INSERT INTO tiers ({', '.join(_TIER_COLUMNS)}) VALUES "
-                               f"({', '.join('?' * len(_TIER_COLUMNS))})", _tier_rows(self.run_ids.tolist(), start_text))
+            cursor.adbc_ingest("runs", _row_table(_RUN_COLUMNS, _run_rows(self.seed, self.runs, start_text)),
+                               mode="append")
+            cursor.adbc_ingest("tiers", _row_table(_TIER_COLUMNS, _tier_rows(self.run_ids.tolist(), start_text)),
+                               mode="append")
             # The seed's runs by their common prefix: run numbers of more than five digits do not sort
             # between the first and the last run id as text.
             prefix = run_id_for(self.seed, 0)[:-5]
@@ -95,33 +96,29 @@ class _SqliteLoader(_Loader):
                 for name, _sql in indexes:
                     cursor.execute(f'DROP INDEX "{name}"')
 
+            # Prepared INSERTs bound to whole Arrow tables (the driver steps through them in C), with the
+            # constants as literals and shared columns bound once.
+            insert_phases, phase_sources = _sqlite_insert("phases", _PHASE_SPEC)
+            insert_events, event_sources = _sqlite_insert("token_estimation_v2_events", _EVENT_SPEC)
+
             def tables(chunk: SynthChunk) -> tuple[pa.Table, pa.Table]:
                 def build() -> tuple[pa.Table, pa.Table]:
-                    phase_cols, event_cols = _chunk_columns(chunk, self.run_ids, tier_pk, self.seed)
-                    return (_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"]), text_timestamps=True),
-                            _arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"]), text_timestamps=True))
+                    phase_cols, event_cols = _chunk_columns(chunk, self.run_id_text, tier_pk, self.seed)
+                    return _source_table(phase_cols, phase_sources), _source_table(event_cols, event_sources)
 
                 return self._timed("generate", build)
 
-            written = 0
             for chunk, (phase_rows, event_rows) in prefetch(_chain(first, chunks), tables):
-                self._timed("phases", lambda: cursor.adbc_ingest("phases", phase_rows, mode="append"))  # noqa: B023
-                self._timed("events", lambda: cursor.adbc_ingest(  # noqa: B023
-                    "token_estimation_v2_events", event_rows, mode="append"))
+                self._timed("phases", lambda: cursor.executemany(insert_phases, phase_rows))  # noqa: B023
+                self._timed("events", lambda: cursor.executemany(insert_events, event_rows))  # noqa: B023
                 self._written(chunk)
-                written += len(chunk.events["run"])
-                if not fresh and written >= SQLITE_TRANSACTION_EVENTS:
-                    cursor.execute("COMMIT")
-                    cursor.execute("BEGIN")
-                    written = 0
             if indexes:
                 # CREATE INDEX's sorter keeps runs of cache_size bytes in memory: small runs are sorted
                 # and merged by the worker threads (PRAGMA threads) while this one scans the table.
                 cursor.execute(f"PRAGMA cache_size=-{SQLITE_INDEX_SORT_KIB}")
             for _name, sql in indexes:
                 self._timed("indexes", lambda: cursor.execute(sql))  # noqa: B023
-            cursor.executemany("UPDATE runs SET max_phases = ?, tokens_used = ?, completed_at = ?, updated_at = ? "
-                               "WHERE id = ?", self.stats.rows(self.run_ids))
+            self._update_runs(cursor, text_timestamps=True)
             cursor.execute("COMMIT")
             in_transaction = False
         except BaseException:

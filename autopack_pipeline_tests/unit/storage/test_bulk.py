@@ -128,6 +128,25 @@ def test_a_fresh_sqlite_load_that_fails_midway_leaves_nothing(sqlite_engine, mon
     assert bulk_load(sqlite_engine, 2000, seed=1).events == 2000  # and the seed is free
 
 
+def test_a_sqlite_append_that_fails_midway_leaves_nothing(sqlite_engine, monkeypatch):
+    """An append is one transaction too: a failure after the first chunk's rows rolls all of it back."""
+    monkeypatch.setattr(synth.generate, "PHASES_PER_CHUNK", 100)  # several chunks, the failure after one
+    bulk_load(sqlite_engine, 300, runs=1, seed=1)
+    calls = []
+
+    def fail_on_second_chunk(self, chunk):
+        calls.append(chunk)
+        if len(calls) > 1:
+            raise RuntimeError("interrupted after the first chunk's rows")
+
+    monkeypatch.setattr(bulk.sqlite._SqliteLoader, "_written", fail_on_second_chunk)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        bulk_load(sqlite_engine, 1000, runs=2, seed=2)
+    assert [count_rows(sqlite_engine, t) for t in ("runs", "tiers", "token_estimation_v2_events")] == [1, 1, 300]
+    monkeypatch.undo()
+    assert bulk_load(sqlite_engine, 1000, runs=2, seed=2).events == 1000  # the seed is free
+
+
 def test_more_than_100k_runs_load(engine):
     """Run numbers of six digits (Autopack's shape gives ~294k runs for 10M events) do not sort
     between the first and the last run id as text; every run still gets its tier."""
@@ -300,15 +319,15 @@ def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_run
     monkeypatch.setattr(synth.generate, "PHASES_PER_CHUNK", 100)
     monkeypatch.setattr(bulk.postgresql, "PG_TRANSACTION_EVENTS", 100)
     copies = []
-    real_copy = bulk.postgresql._copy
+    real_ingest = bulk.postgresql._ingest
 
-    def copy_then_fail(cursor, statement, data):
-        copies.append(statement)
-        if len(copies) > 6:
+    def copy_then_fail(cursor, table, rows):
+        copies.append(table)
+        if len(copies) > 6:  # runs, tiers, then two batches of phases and events committed
             raise RuntimeError("connection lost")
-        real_copy(cursor, statement, data)
+        real_ingest(cursor, table, rows)
 
-    monkeypatch.setattr(bulk.postgresql, "_copy", copy_then_fail)
+    monkeypatch.setattr(bulk.postgresql, "_ingest", copy_then_fail)
     with pytest.raises(RuntimeError, match="connection lost"):
         bulk_load(engine, 1000, runs=2, seed=2)
     assert count_rows(engine, "runs") == 1 and count_rows(engine, "tiers") == 1
@@ -316,5 +335,20 @@ def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_run
     with engine.connect() as connection:
         phases = connection.execute(sa.text("SELECT count(*) FROM phases WHERE run_id LIKE 'synth-2-%'")).scalar()
     assert phases == 0
-    monkeypatch.setattr(bulk.postgresql, "_copy", real_copy)
+    monkeypatch.setattr(bulk.postgresql, "_ingest", real_ingest)
     assert bulk_load(engine, 1000, runs=2, seed=2).events == 1000  # the seed is free again
+
+
+@POSTGRES_ONLY
+def test_a_fresh_postgresql_load_that_fails_midway_leaves_nothing(engine, monkeypatch):
+    def fail(self, chunk):
+        raise RuntimeError("interrupted after the first chunk's rows")
+
+    monkeypatch.setattr(bulk.postgresql._PostgresqlLoader, "_written", fail)
+    before = schema_objects(engine)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        bulk_load(engine, 2000, seed=1)
+    assert [count_rows(engine, t) for t in ("runs", "tiers", "phases", "token_estimation_v2_events")] == [0] * 4
+    assert schema_objects(engine) == before  # the dropped indexes are back
+    monkeypatch.undo()
+    assert bulk_load(engine, 2000, seed=1).events == 2000  # and the seed is free
