@@ -180,6 +180,9 @@ def child_cli(db: str, store: str, args: list[str]) -> dict:
 
     os.environ["DATABASE_URL"] = db
     os.environ["AUTOPACK_COLUMNAR_DIR"] = store
+    # Every event, as the per-row ORM way reads them: the default 28-day window ends on the newest day,
+    # which after a run has appended its 100k events (dated later) holds only those.
+    os.environ["AUTOPACK_METRICS_WINDOW_DAYS"] = "0"
     from autopack_pipeline.cli import main
 
     began = time.perf_counter()
