@@ -2,9 +2,10 @@
 
 The analysis arrays leave these out because the metrics never need them; the backtest and the
 calibration's re-prediction do (``domain.reprediction``). They are read whole columns at a time:
-from the columnar copy, which carries them (``storage/columnar``), refreshed first; without a
-usable copy (an in-memory database), from the database in one query. Each column becomes codes into
-its distinct values in Arrow, and each distinct ``deliverables_json`` text is parsed once (phases of
+from the columnar copy (``storage/columnar``), refreshed first, which reads them out of the
+database beside its parts the first time they are asked for and for new parts only after that;
+without a usable copy (an in-memory database), from the database in one query. Each column becomes
+codes into its distinct values in Arrow, and each distinct ``deliverables_json`` text is parsed once (phases of
 a run, retries and templates repeat them), so no Python object is made per event. Columns a
 database does not have (an Autopack database has no ``coefficients_version``) come back missing.
 """
@@ -77,7 +78,7 @@ def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = Non
     try:
         store, _refresh = refresh_store(engine)
         if store is not None:
-            table = store.table(["event_id", *INPUT_COLUMNS], as_codes=TEXT_COLUMNS)
+            table = store.inputs_table(engine, as_codes=TEXT_COLUMNS)
     except (ColumnarStoreError, OSError):
         table = None  # no usable copy: the database itself
     if table is None:

@@ -22,7 +22,7 @@ from autopack_pipeline.storage.columnar.encoding import (
     _parse_types,
     _store_table,
 )
-from autopack_pipeline.storage.frames import EVENT_COLUMNS, conform_events_frame
+from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline.storage.timestamps import (
     UnreadableTimestamp,
     readable_column,
@@ -43,8 +43,9 @@ class _BatchReader:
     types), goes through SQLAlchemy rows.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, kinds: dict[str, str] = _KINDS) -> None:
         self.engine = engine
+        self.kinds = kinds  # the column group read: the events' (_KINDS) or the prediction inputs
         self.dialect = engine.dialect.name
         inspector = inspect(engine)
         if not inspector.has_table(TABLE):
@@ -78,15 +79,16 @@ class _BatchReader:
     # batches -----------------------------------------------------------------------------------
 
     def read(self, where: str, params: tuple) -> pa.Table:
-        """Rows matching ``where`` (SQL over event_id with positional params), as a store table.
+        """Rows matching ``where`` (SQL over event_id with positional params), as a table of the group.
 
         Rows with an unreadable timestamp are left out and added to ``self.unreadable``.
         """
         table = self._read(where, params)
-        if pa.types.is_string(table.schema.field("timestamp").type):  # SQLite's CSV route: the stored text
+        timed = "timestamp" in self.kinds
+        if timed and pa.types.is_string(table.schema.field("timestamp").type):  # SQLite's CSV route: the text
             table, found = set_aside_unreadable(table, ["timestamp"])
             self.unreadable += found
-        return _store_table(table)
+        return _store_table(table, self.kinds)
 
     def _read(self, where: str, params: tuple) -> pa.Table:
         if self.dialect in ("sqlite", "postgresql"):
@@ -110,7 +112,7 @@ class _BatchReader:
 
     def _adbc(self, where: str, params: tuple) -> pa.Table:
         """The rows straight into Arrow through the ADBC driver of the backend (no text in between)."""
-        exprs = [f'"{name}"' if name in self.present else f'NULL AS "{name}"' for name in _KINDS]
+        exprs = [f'"{name}"' if name in self.present else f'NULL AS "{name}"' for name in self.kinds]
         if self.dialect == "sqlite":
             clause = where.replace("%s", "?")
         else:
@@ -120,7 +122,7 @@ class _BatchReader:
         with adbc.connect(self.engine) as connection, connection.cursor() as cursor:
             cursor.execute(sql, params)
             table = cursor.fetch_arrow_table()
-        if self.dialect == "postgresql":
+        if self.dialect == "postgresql" or "timestamp" not in self.kinds:
             return table
         # SQLite: a column that is NULL in every row read comes back as int64 or null; the store's
         # casts in _store_table make it the right type. Timestamps stay text, parsed by read().
@@ -134,7 +136,7 @@ class _BatchReader:
 
     def _sqlite_csv(self, where: str, params: tuple) -> pa.Table:
         formats, values = [], []
-        for name, kind in _KINDS.items():
+        for name, kind in self.kinds.items():
             text_like = kind in ("label", "text", "timestamp")  # a timestamp may be any text in SQLite
             formats.append("%Q" if text_like else "%s")
             values.append(f'"{name}"' if name in self.present else "NULL")
@@ -150,20 +152,20 @@ class _BatchReader:
         finally:
             connection.close()
         if not blob:
-            return _empty_parsed(timestamps_as_text=True)
+            return _empty_parsed(True, self.kinds)
         return pa_csv.read_csv(
             io.BytesIO(blob.encode("utf-8")),
-            read_options=pa_csv.ReadOptions(column_names=list(_KINDS)),
+            read_options=pa_csv.ReadOptions(column_names=list(self.kinds)),
             parse_options=pa_csv.ParseOptions(quote_char="'", double_quote=True, newlines_in_values=True),
             convert_options=pa_csv.ConvertOptions(
-                column_types=_parse_types(timestamps_as_text=True), null_values=["", "NULL"],
+                column_types=_parse_types(True, self.kinds), null_values=["", "NULL"],
                 strings_can_be_null=True, quoted_strings_can_be_null=False,
             ),
         )
 
     def _postgresql_csv(self, where: str, params: tuple) -> pa.Table:
         exprs = []
-        for name, kind in _KINDS.items():
+        for name, kind in self.kinds.items():
             if name not in self.present:
                 exprs.append("NULL")
             elif kind == "timestamp":
@@ -183,16 +185,18 @@ class _BatchReader:
         finally:
             raw.close()
         if not sink.tell():
-            return _empty_parsed(timestamps_as_text=False)
+            return _empty_parsed(False, self.kinds)
         table = pa_csv.read_csv(
             io.BytesIO(sink.getvalue()),
-            read_options=pa_csv.ReadOptions(column_names=list(_KINDS)),
+            read_options=pa_csv.ReadOptions(column_names=list(self.kinds)),
             parse_options=pa_csv.ParseOptions(newlines_in_values=True),
             convert_options=pa_csv.ConvertOptions(
-                column_types=_parse_types(timestamps_as_text=False), null_values=[""],
+                column_types=_parse_types(False, self.kinds), null_values=[""],
                 strings_can_be_null=True, quoted_strings_can_be_null=False,
             ),
         )
+        if "timestamp" not in self.kinds:
+            return table
         # µs since the epoch, as the store holds them
         return table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
                                 table.column("timestamp").cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")))
@@ -202,7 +206,7 @@ class _BatchReader:
 
         table = TokenEstimationV2Event.__table__
         by_name = {column.name: column for column in table.columns}
-        wanted = [name for name in _KINDS if name in self.present and name in by_name]
+        wanted = [name for name in self.kinds if name in self.present and name in by_name]
         clause = where
         bind: dict[str, Any] = {}
         for i, value in enumerate(params):
@@ -213,14 +217,14 @@ class _BatchReader:
         with self.engine.connect() as connection:
             result = connection.execute(statement.order_by(by_name["event_id"]))
             frame = pd.DataFrame(result.all(), columns=list(result.keys()))
+        if "timestamp" not in self.kinds:  # the prediction inputs: the values as they are (NaN: missing)
+            types = _parse_types(False, self.kinds)
+            return pa.table({name: pa.array([None if v != v else v for v in frame[name].tolist()]
+                                            if name in frame.columns else [None] * len(frame), type=types[name])
+                             for name in self.kinds})
         if self.dialect == "sqlite":
             frame, found = set_aside_in_frame(frame, ["timestamp"])
             self.unreadable += found
-        extra = {name: frame[name].tolist() if name in frame.columns else [None] * len(frame)
-                 for name in _KINDS if name not in EVENT_COLUMNS}
         table = pa.Table.from_pandas(conform_events_frame(frame), preserve_index=False)
-        types = _parse_types(timestamps_as_text=False)
-        for name, values in extra.items():  # the prediction inputs, beside the events frame's columns
-            table = table.append_column(name, pa.array([None if v != v else v for v in values], type=types[name]))
         return table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
                                 table.column("timestamp").cast(pa.timestamp("us", tz="UTC"), safe=False))

@@ -28,6 +28,8 @@ from autopack_pipeline.storage.columnar.encoding import (
     _KINDS,
     BATCH_IDS,
     GAP_RETENTION_SECONDS,
+    INPUT_KINDS,
+    INPUT_SCHEMA,
     MANIFEST,
     MAX_GAP_RANGES,
     MAX_SMALL_PARTS,
@@ -116,7 +118,7 @@ class ColumnarStore:
             if rebuilt or manifest is None:
                 fresh = self._new_manifest(source)
                 if manifest is not None:
-                    obsolete = [part["file"] for part in manifest["parts"]]
+                    obsolete = [name for part in manifest["parts"] for name in _files_of(part)]
                     fresh["next_part"] = manifest["next_part"]  # new names never overwrite old files
                     logger.warning("rebuilding the columnar store %s: %s", self.directory, rebuilt)
                 manifest = fresh
@@ -157,7 +159,7 @@ class ColumnarStore:
                 manifest["anchor"] = reader.anchor(manifest["high_water_event_id"])
             else:
                 manifest["gaps"] = gaps
-            compacted, removed = self._compact(manifest)
+            compacted, removed = self._compact(manifest, engine)
             obsolete += removed
             timings["write"] = time.perf_counter() - started + writing
             self._write_manifest(manifest)
@@ -219,17 +221,25 @@ class ColumnarStore:
         if pending:
             yield pa.concat_tables(pending).combine_chunks()
 
-    def _append_part(self, manifest: dict[str, Any], table: pa.Table) -> str:
+    def _append_part(self, manifest: dict[str, Any], table: pa.Table, inputs: pa.Table | None = None) -> str:
+        """Write ``table`` as the next part (and ``inputs`` as its prediction inputs, when given)."""
         name = f"part-{manifest['next_part']:06d}.parquet"
         manifest["next_part"] += 1
+        self._write_file(name, table, _KINDS)
+        ids = table.column("event_id")
+        part = {"file": name, "rows": table.num_rows, "min_event_id": int(pc.min(ids).as_py()),
+                "max_event_id": int(pc.max(ids).as_py())}
+        if inputs is not None:
+            part["inputs"] = self._write_file(_inputs_file(name), inputs, INPUT_KINDS)
+        manifest["parts"].append(part)
+        return name
+
+    def _write_file(self, name: str, table: pa.Table, kinds: dict[str, str]) -> str:
         tmp = self.directory / f".{name}.tmp"
         # Dictionary pages only for labels: plain integers decode several times faster than dictionary ones.
-        labels = [name for name, kind in _KINDS.items() if kind in ("label", "text")]
+        labels = [column for column, kind in kinds.items() if kind in ("label", "text")]
         pq.write_table(table, tmp, compression="zstd", use_dictionary=labels)
         os.replace(tmp, self.directory / name)
-        ids = table.column("event_id")
-        manifest["parts"].append({"file": name, "rows": table.num_rows, "min_event_id": int(pc.min(ids).as_py()),
-                                  "max_event_id": int(pc.max(ids).as_py())})
         return name
 
     # PostgreSQL id gaps ----------------------------------------------------------------------------
@@ -262,7 +272,7 @@ class ColumnarStore:
 
     # compaction ------------------------------------------------------------------------------------
 
-    def _compact(self, manifest: dict[str, Any]) -> tuple[int, list[str]]:
+    def _compact(self, manifest: dict[str, Any], engine: Engine) -> tuple[int, list[str]]:
         """Merge the trailing small parts into one when there are more than MAX_SMALL_PARTS of them."""
         parts = manifest["parts"]
         tail = 0
@@ -271,14 +281,67 @@ class ColumnarStore:
         if tail <= MAX_SMALL_PARTS:
             return 0, []
         merging = parts[len(parts) - tail:]
-        table = pa.concat_tables([pq.read_table(self.directory / p["file"]) for p in merging],
-                                 promote_options="permissive")
-        table = table.take(pc.sort_indices(table.column("event_id"))).combine_chunks()
+        table = self._merged([p["file"] for p in merging])
+        inputs = None
+        if any("inputs" in p for p in merging):
+            # The inputs are in use: the new parts' are read now (few rows), and all merge with the parts,
+            # rather than reading every merged row's again at the next calibration.
+            self._add_inputs(engine, [p for p in merging if "inputs" not in p])
+            inputs = self._merged([p["inputs"] for p in merging])
         manifest["parts"] = parts[: len(parts) - tail]
-        self._append_part(manifest, table)
+        self._append_part(manifest, table, inputs)
         if all(a["max_event_id"] < b["min_event_id"] for a, b in zip(manifest["parts"], manifest["parts"][1:])):
             manifest["sorted"] = True
-        return len(merging), [p["file"] for p in merging]
+        return len(merging), [name for p in merging for name in _files_of(p)]
+
+    def _merged(self, names: list[str]) -> pa.Table:
+        table = pa.concat_tables([pq.read_table(self.directory / name) for name in names], promote_options="permissive")
+        return table.take(pc.sort_indices(table.column("event_id"))).combine_chunks()
+
+    # prediction inputs -----------------------------------------------------------------------------
+
+    def inputs_table(self, engine: Engine, *, as_codes: tuple[str, ...] = ()) -> pa.Table:
+        """``event_id`` and the prediction inputs of every stored event, in event_id order (columns in
+        ``as_codes`` dictionary-encoded, as in :meth:`table`).
+
+        A part's inputs are read from ``engine``'s database the first time they are asked for, by the
+        part's id range and filtered to its events, and kept in a file beside it; so only the parts
+        written since the last call are read again. Call :meth:`refresh` first.
+        """
+        with self._locked():  # a refresh neither compacts nor rebuilds while the files are written and read
+            manifest = self.manifest()
+            if manifest is None:
+                raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
+            missing = [part for part in manifest["parts"] if "inputs" not in part]
+            if missing:
+                self._add_inputs(engine, missing)
+                self._write_manifest(manifest)
+            pieces = [pq.read_table(self.directory / part["inputs"], read_dictionary=list(as_codes) or None)
+                      for part in manifest["parts"]]
+            table = pa.concat_tables(pieces, promote_options="permissive") if pieces else INPUT_SCHEMA.empty_table()
+            if not manifest["sorted"]:
+                table = table.take(pc.sort_indices(table.column("event_id")))
+            return table
+
+    def _add_inputs(self, engine: Engine, parts: list[dict[str, Any]]) -> None:
+        """Read the inputs of ``parts`` from the database into files beside them, named in their entries."""
+        reader = _BatchReader(engine, INPUT_KINDS) if parts else None
+        for part in parts:
+            inputs = self._extract_inputs(reader, part)
+            part["inputs"] = self._write_file(_inputs_file(part["file"]), inputs, INPUT_KINDS)
+
+    def _extract_inputs(self, reader: _BatchReader, part: dict[str, Any]) -> pa.Table:
+        stored = pq.read_table(self.directory / part["file"], columns=["event_id"]).column("event_id")
+        batches, start = [], part["min_event_id"] - 1
+        while start < part["max_event_id"]:
+            end = min(start + BATCH_IDS, part["max_event_id"])
+            batches.append(("event_id > %s AND event_id <= %s", (start, end)))
+            start = end
+        tables = [table for _batch, table in prefetch(batches, lambda b: reader.read(*b))]
+        table = pa.concat_tables(tables).combine_chunks()
+        # The range also holds rows that are not in this part: set aside for their timestamp, or
+        # (PostgreSQL) committed late into another part.
+        return table.filter(pc.is_in(table.column("event_id"), value_set=stored.combine_chunks()))
 
     # reading -------------------------------------------------------------------------------------
 
@@ -347,6 +410,14 @@ class ColumnarStore:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _inputs_file(part_file: str) -> str:
+    return part_file.replace("part-", "inputs-", 1)
+
+
+def _files_of(part: dict[str, Any]) -> list[str]:
+    return [part["file"], *([part["inputs"]] if "inputs" in part else [])]
 
 
 def refresh_store(engine: Engine, *, full: bool = False, progress: Progress | None = None

@@ -61,3 +61,66 @@ def test_the_columnar_copy_and_the_database_give_the_same_inputs(seeded, make_ev
                for i in range(len(inputs))]
         assert sorted(got, key=lambda entry: entry[0]) == [expected(row) for row in stored]
     assert columnar.ColumnarStore(tmp_path / "columnar").rows == 40  # the first read went through the copy
+
+
+def _rows(inputs) -> list[tuple]:
+    return sorted((int(inputs.event_ids[i]), inputs.deliverables_at(i), inputs.version_at(i), inputs.features_at(i))
+                  for i in range(len(inputs)))
+
+
+def _reference(engine) -> list[tuple]:
+    from autopack_pipeline.storage.prediction_inputs import _read_from_database, prediction_inputs_from_arrow
+
+    return _rows(prediction_inputs_from_arrow(_read_from_database(engine)))
+
+
+def test_the_copy_extracts_the_inputs_when_first_asked_for_then_only_for_new_parts(engine, tmp_path, monkeypatch):
+    from autopack_pipeline.storage import columnar
+    from autopack_pipeline.synth import bulk_load
+
+    directory = tmp_path / "columnar"
+    monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(directory))
+    store = columnar.ColumnarStore(directory)
+    bulk_load(engine, 1200, runs=2, seed=1)
+    store.refresh(engine)
+    assert not list(directory.glob("inputs-*")) and all("inputs" not in p for p in store.manifest()["parts"])
+
+    asked: list[tuple] = []
+    original = columnar._BatchReader.read
+
+    def spy(self, where, params):
+        if self.kinds is columnar.INPUT_KINDS:
+            asked.append(params)
+        return original(self, where, params)
+
+    monkeypatch.setattr(columnar._BatchReader, "read", spy)
+    assert _rows(read_prediction_inputs(engine)) == _reference(engine)
+    assert asked and all("inputs" in p for p in store.manifest()["parts"])
+    bulk_load(engine, 300, runs=1, seed=2)
+    asked.clear()
+    assert _rows(read_prediction_inputs(engine)) == _reference(engine)  # refreshes the copy first
+    assert asked and all(low >= 1200 for low, _high in asked)  # the inputs of the new part alone
+    asked.clear()
+    read_prediction_inputs(engine)
+    assert not asked
+
+
+def test_compaction_merges_the_inputs_beside_the_parts(sqlite_engine, tmp_path, monkeypatch):
+    from autopack_pipeline.storage import columnar
+    from autopack_pipeline.synth import bulk_load
+
+    directory = tmp_path / "columnar"
+    monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(directory))
+    monkeypatch.setattr(columnar.store, "MAX_SMALL_PARTS", 2)
+    store = columnar.ColumnarStore(directory)
+    compactions = 0
+    for seed in range(1, 6):
+        bulk_load(sqlite_engine, 40, runs=1, seed=seed)
+        if store.refresh(sqlite_engine).parts_compacted:
+            compactions += 1  # the new part's inputs were read, and merged with the others'
+            assert all("inputs" in p for p in store.manifest()["parts"])
+        assert _rows(read_prediction_inputs(sqlite_engine)) == _reference(sqlite_engine)
+    assert compactions
+    parts = store.manifest()["parts"]
+    assert len(parts) <= 3 and all("inputs" in p for p in parts)
+    assert {p.name for p in directory.glob("*.parquet")} == {name for p in parts for name in (p["file"], p["inputs"])}
