@@ -292,22 +292,26 @@ class ColumnarStore:
         manifest = self.manifest()
         return 0 if manifest is None else int(manifest["rows"])
 
-    def table(self, columns: list[str] | None = None, *, as_codes: tuple[str, ...] = ()) -> pa.Table:
+    def table(self, columns: list[str] | None = None, *, as_codes: tuple[str, ...] = (),
+              id_range: tuple[int, int] | None = None) -> pa.Table:
         """The stored events (``columns`` of the store schema, default all) in event_id order.
 
         Columns named in ``as_codes`` come back dictionary-encoded (Parquet's own dictionary pages),
-        without building a string per row.
+        without building a string per row. ``id_range`` (lowest, highest event id, both included):
+        only those events, and only the parts that can hold them are read.
         """
         for attempt in (1, 2):
             manifest = self.manifest()
             if manifest is None:
                 raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
             wanted = list(columns) if columns else STORE_SCHEMA.names
-            need_ids = not manifest["sorted"] and "event_id" not in wanted
+            need_ids = (not manifest["sorted"] or id_range is not None) and "event_id" not in wanted
             read_columns = wanted + (["event_id"] if need_ids else [])
+            parts = manifest["parts"] if id_range is None else [
+                p for p in manifest["parts"] if p["max_event_id"] >= id_range[0] and p["min_event_id"] <= id_range[1]]
             try:
                 pieces = [pq.read_table(self.directory / p["file"], columns=read_columns,
-                                        read_dictionary=list(as_codes) or None) for p in manifest["parts"]]
+                                        read_dictionary=list(as_codes) or None) for p in parts]
             except FileNotFoundError:
                 if attempt == 2:
                     raise
@@ -316,10 +320,13 @@ class ColumnarStore:
                 table = pa.concat_tables(pieces, promote_options="permissive")
             else:
                 table = pa.schema([STORE_SCHEMA.field(name) for name in read_columns]).empty_table()
+            if id_range is not None:
+                ids = table.column("event_id")
+                table = table.filter(pc.and_(pc.greater_equal(ids, id_range[0]), pc.less_equal(ids, id_range[1])))
             if not manifest["sorted"]:
                 table = table.take(pc.sort_indices(table.column("event_id")))
-                if need_ids:
-                    table = table.drop_columns(["event_id"])
+            if need_ids:
+                table = table.drop_columns(["event_id"])
             return table
         raise AssertionError("unreachable")  # pragma: no cover
 
