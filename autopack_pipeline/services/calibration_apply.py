@@ -92,9 +92,19 @@ def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, **opti
         options["window_versions"] = settings.calibration_window_versions
     return calibrate(
         read_events(engine) if events is None else events, settings,
-        prediction_inputs=read_prediction_inputs(engine), coefficient_history=load_coefficient_history(path),
-        **options,
+        prediction_inputs=read_prediction_inputs(engine, id_range=_id_range(events)),
+        coefficient_history=load_coefficient_history(path), **options,
     )
+
+
+def _id_range(events: Any) -> tuple[int, int] | None:
+    """The lowest and highest event id of ``events`` when they are EventArrays with ids, else None
+    (every stored input is read). The analysis window is a few weeks of a long history: its events'
+    inputs sit in the last parts of the columnar copy, and only those need reading."""
+    if not isinstance(events, EventArrays):
+        return None
+    known = events.event_id.values[events.event_id.notna()]
+    return (int(known.min()), int(known.max())) if len(known) else None
 
 
 @dataclass(frozen=True)

@@ -70,19 +70,25 @@ def prediction_inputs_from_arrow(table: pa.Table) -> PredictionInputs:
     )
 
 
-def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = None) -> PredictionInputs:
-    """Every stored event's prediction inputs (of ``event_ids`` only, when given)."""
+def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = None, *,
+                           id_range: tuple[int, int] | None = None) -> PredictionInputs:
+    """Every stored event's prediction inputs (of ``event_ids`` only, when given; of the events with
+    ids from ``id_range[0]`` to ``id_range[1]`` only, when given: the columnar copy reads only the
+    parts that can hold them)."""
     from autopack_pipeline.storage.columnar import ColumnarStoreError, refresh_store
 
     table = None
     try:
         store, _refresh = refresh_store(engine)
         if store is not None:
-            table = store.inputs_table(engine, as_codes=TEXT_COLUMNS)
+            table = store.inputs_table(engine, as_codes=TEXT_COLUMNS, id_range=id_range)
     except (ColumnarStoreError, OSError):
         table = None  # no usable copy: the database itself
     if table is None:
         table = _read_from_database(engine)
+        if id_range is not None and table.num_rows:
+            ids = table.column("event_id")
+            table = table.filter(pc.and_(pc.greater_equal(ids, id_range[0]), pc.less_equal(ids, id_range[1])))
     if event_ids is not None:
         wanted = pa.array(np.fromiter((int(i) for i in event_ids), dtype=np.int64))
         table = table.filter(pc.is_in(table.column("event_id").cast(pa.int64()), value_set=wanted))

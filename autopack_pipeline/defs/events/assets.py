@@ -1,5 +1,7 @@
 """Raw events: every row of ``token_estimation_v2_events``, failed and truncated ones included."""
 
+import heapq
+
 import dagster as dg
 
 from autopack_pipeline.defs.collection.assets import telemetry_collection_run
@@ -65,5 +67,6 @@ def raw_events(context: dg.AssetExecutionContext, telemetry_db: TelemetryDatabas
 def _counts_markdown(snapshot: EventSnapshot) -> str:
     if not snapshot.run_counts:
         return "_no events_"
-    top = sorted(snapshot.run_counts.items(), key=lambda item: (-item[1], item[0]))[:20]
+    # The 20 largest without sorting every run (hundreds of thousands at ten million events).
+    top = heapq.nsmallest(20, snapshot.run_counts.items(), key=lambda item: (-item[1], item[0]))
     return "| run | events |\n|---|---|\n" + "\n".join(f"| {run} | {n} |" for run, n in top)

@@ -3,7 +3,8 @@
 They read the telemetry database as it is now (through the columnar copy, refreshed first), not the
 last raw_events materialisation, so the daily drift_check_job needs no analysis run before it; the
 events come through raw_events' IO manager, so in a run that just materialised raw_events (nothing new
-since) the arrays it read are used, not read again. A check with no group to compare says so and does
+since) the arrays it read are used, not read again, and their drift report is the one generated_tasks
+uses (computed once per run). A check with no group to compare says so and does
 not pass: a green check must mean something was compared.
 """
 
@@ -16,7 +17,7 @@ from autopack_pipeline.defs.events.io_manager import EventSnapshotIOManager
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.metadata import markdown_table
 from autopack_pipeline.defs.shared.not_evaluated import not_evaluated
-from autopack_pipeline.domain.drift import DriftReport, detect_drift
+from autopack_pipeline.domain.drift import DriftReport
 from autopack_pipeline.storage.snapshot import snapshot_events
 
 DRIFT_PSI = "log_ratio_psi_drift"
@@ -120,11 +121,11 @@ def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: Teleme
     Groups need 30 events in each window; the others are counted as skipped. The events come through
     the columnar copy, refreshed first (only new rows are read from the database).
     """
-    snapshot, _refresh, fallback = snapshot_events(telemetry_db.engine())
+    snapshot, _refresh, fallback = snapshot_events(telemetry_db.engine(), count_runs=False)
     if fallback:
         context.log.warning(fallback)
     # Through raw_events' IO manager: in a run that read these very events already (raw_events
     # materialised in the same process, nothing new since), they are not read again.
-    report = detect_drift(event_snapshot_io_manager.arrays_of(snapshot))
+    report = event_snapshot_io_manager.drift_of(event_snapshot_io_manager.arrays_of(snapshot))
     context.log.info("drift: %s", report.summary())
     yield from drift_check_results(report)

@@ -11,6 +11,8 @@ store (in-memory SQLite) has its events inside the snapshot: they are pickled be
 The loaded arrays are kept by this IO manager object for the steps it serves (with the in-process
 executor, one run), keyed on the snapshot: a run's downstream assets load the events once, and not at
 all when raw_events ran in the same process (it hands over the arrays it read for its metadata).
+The drift report of those arrays is kept beside them: the estimator_drift check and generated_tasks
+both need it, and it costs seconds at ten million events, so a run computes it once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import dagster as dg
 
 from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.domain.drift import DriftReport, detect_drift
 from autopack_pipeline.storage.snapshot import EventSnapshot
 
 
@@ -32,6 +35,10 @@ class EventSnapshotIOManager(dg.IOManager):
     def __init__(self, base_dir: str) -> None:
         self._base = Path(base_dir)
         self._loaded: dict[tuple, EventArrays] = {}
+        self._drift: dict[tuple, DriftReport] = {}  # same key as _loaded, emptied with it
+        # The last description read, by (path, mtime, size): at ten million events its run counts make
+        # it megabytes, and every downstream step of a run loads the same one.
+        self._description: tuple[tuple, dict[str, Any]] | None = None
 
     def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
         key = context.asset_key if context.has_asset_key else dg.AssetKey(context.name)
@@ -48,6 +55,7 @@ class EventSnapshotIOManager(dg.IOManager):
         }
         if obj.inline is None and obj.loaded is not None:  # this run's steps get the arrays raw_events read
             self._loaded = {(obj.store_directory, obj.rows, obj.high_water_event_id): obj.loaded}
+            self._drift = {}
         if obj.inline is not None:  # no columnar store: the events themselves must travel
             inline = path.with_suffix(".arrays.pickle")
             inline.write_bytes(pickle.dumps(obj.inline, protocol=pickle.HIGHEST_PROTOCOL))
@@ -59,7 +67,11 @@ class EventSnapshotIOManager(dg.IOManager):
         path = self._path(context)
         if not path.exists():
             raise dg.Failure(f"raw_events has no stored snapshot at {path}: materialise raw_events first")
-        description = json.loads(path.read_text())
+        stat = path.stat()
+        stamp = (str(path), stat.st_mtime_ns, stat.st_size)
+        if self._description is None or self._description[0] != stamp:
+            self._description = (stamp, json.loads(path.read_text()))
+        description = dict(self._description[1])
         inline_name = description.pop("inline")
         inline = pickle.loads(path.with_name(inline_name).read_bytes()) if inline_name else None
         return EventSnapshot(**description, inline=inline)
@@ -76,7 +88,18 @@ class EventSnapshotIOManager(dg.IOManager):
         key = (snapshot.store_directory, snapshot.rows, snapshot.high_water_event_id)
         if key not in self._loaded:
             self._loaded = {key: snapshot.arrays()}  # one snapshot kept: the arrays are large
+            self._drift = {}
         return self._loaded[key]
+
+    def drift_of(self, arrays: EventArrays) -> DriftReport:
+        """``detect_drift(arrays)``, computed once for the arrays this object handed out; arrays it
+        does not hold (inline ones, or read elsewhere) are analysed afresh each time."""
+        key = next((key for key, held in self._loaded.items() if held is arrays), None)
+        if key is None:
+            return detect_drift(arrays)
+        if key not in self._drift:
+            self._drift[key] = detect_drift(arrays)
+        return self._drift[key]
 
 
 class EventSnapshotIOManagerFactory(dg.ConfigurableIOManagerFactory):

@@ -4,9 +4,11 @@ from typing import Any
 
 import dagster as dg
 
+from autopack_pipeline.defs.events.io_manager import EventSnapshotIOManager
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.metadata import database_metadata, next_step_metadata, task_todo_table
 from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.domain.drift import drift_insights
 from autopack_pipeline.services.analysis import SampleSummary, TierMetrics
 from autopack_pipeline.services.calibrating import CalibrationOutcome
 from autopack_pipeline.services.pipeline import task_stage
@@ -41,6 +43,7 @@ def generated_tasks(
     success_samples: SampleSummary,
     tier_metrics: TierMetrics,
     calibration_recommendations: CalibrationOutcome,
+    event_snapshot_io_manager: dg.ResourceParam[EventSnapshotIOManager],
 ) -> dg.MaterializeResult:
     """Improvement tasks from Tier-1 breaches and truncation hot spots per group, actionable
     recommendations, groups short of samples, and the cost sinks, failure modes and retry causes in
@@ -52,9 +55,11 @@ def generated_tasks(
     settings = load_settings()
     source = {"asset": "generated_tasks", "dagster_run_id": context.run.run_id,
               "inputs": _input_materializations(context)}
-    # Drift is computed here on these events (the drift checks compute their own on the database).
+    # The drift of these events through raw_events' IO manager: the estimator_drift check of the same
+    # run (nothing new since raw_events) asks it for the same report, so it is computed once.
+    drift = drift_insights(event_snapshot_io_manager.drift_of(raw_events))
     tasks, stored = task_stage(telemetry_db.engine(), settings, raw_events, success_samples, tier_metrics,
-                               calibration_recommendations, source=source)
+                               calibration_recommendations, source=source, extra_insights=drift)
     if not settings.task_generation_enabled:
         context.log.info("task generation is off (AUTOPACK_TASK_GENERATION_ENABLED=false); no tasks generated")
     by_priority = {p: sum(t.priority == p for t in tasks) for p in ("critical", "high", "medium", "low")}

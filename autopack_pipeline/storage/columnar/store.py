@@ -300,9 +300,10 @@ class ColumnarStore:
 
     # prediction inputs -----------------------------------------------------------------------------
 
-    def inputs_table(self, engine: Engine, *, as_codes: tuple[str, ...] = ()) -> pa.Table:
-        """``event_id`` and the prediction inputs of every stored event, in event_id order (columns in
-        ``as_codes`` dictionary-encoded, as in :meth:`table`).
+    def inputs_table(self, engine: Engine, *, as_codes: tuple[str, ...] = (),
+                     id_range: tuple[int, int] | None = None) -> pa.Table:
+        """``event_id`` and the prediction inputs of every stored event (``id_range``: of those events
+        only, as in :meth:`table`), in event_id order (columns in ``as_codes`` dictionary-encoded).
 
         A part's inputs are read from ``engine``'s database the first time they are asked for, by the
         part's id range and filtered to its events, and kept in a file beside it; so only the parts
@@ -312,13 +313,15 @@ class ColumnarStore:
             manifest = self.manifest()
             if manifest is None:
                 raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
-            missing = [part for part in manifest["parts"] if "inputs" not in part]
+            parts = _parts_holding(manifest, id_range)
+            missing = [part for part in parts if "inputs" not in part]
             if missing:
                 self._add_inputs(engine, missing)
                 self._write_manifest(manifest)
             pieces = [pq.read_table(self.directory / part["inputs"], read_dictionary=list(as_codes) or None)
-                      for part in manifest["parts"]]
+                      for part in parts]
             table = pa.concat_tables(pieces, promote_options="permissive") if pieces else INPUT_SCHEMA.empty_table()
+            table = _within(table, id_range)
             if not manifest["sorted"]:
                 table = table.take(pc.sort_indices(table.column("event_id")))
             return table
@@ -355,22 +358,25 @@ class ColumnarStore:
         manifest = self.manifest()
         return 0 if manifest is None else int(manifest["rows"])
 
-    def table(self, columns: list[str] | None = None, *, as_codes: tuple[str, ...] = ()) -> pa.Table:
+    def table(self, columns: list[str] | None = None, *, as_codes: tuple[str, ...] = (),
+              id_range: tuple[int, int] | None = None) -> pa.Table:
         """The stored events (``columns`` of the store schema, default all) in event_id order.
 
         Columns named in ``as_codes`` come back dictionary-encoded (Parquet's own dictionary pages),
-        without building a string per row.
+        without building a string per row. ``id_range`` (lowest, highest event id, both included):
+        only those events, and only the parts that can hold them are read.
         """
         for attempt in (1, 2):
             manifest = self.manifest()
             if manifest is None:
                 raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
             wanted = list(columns) if columns else STORE_SCHEMA.names
-            need_ids = not manifest["sorted"] and "event_id" not in wanted
+            need_ids = (not manifest["sorted"] or id_range is not None) and "event_id" not in wanted
             read_columns = wanted + (["event_id"] if need_ids else [])
+            parts = _parts_holding(manifest, id_range)
             try:
                 pieces = [pq.read_table(self.directory / p["file"], columns=read_columns,
-                                        read_dictionary=list(as_codes) or None) for p in manifest["parts"]]
+                                        read_dictionary=list(as_codes) or None) for p in parts]
             except FileNotFoundError:
                 if attempt == 2:
                     raise
@@ -379,10 +385,11 @@ class ColumnarStore:
                 table = pa.concat_tables(pieces, promote_options="permissive")
             else:
                 table = pa.schema([STORE_SCHEMA.field(name) for name in read_columns]).empty_table()
+            table = _within(table, id_range)
             if not manifest["sorted"]:
                 table = table.take(pc.sort_indices(table.column("event_id")))
-                if need_ids:
-                    table = table.drop_columns(["event_id"])
+            if need_ids:
+                table = table.drop_columns(["event_id"])
             return table
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -427,3 +434,17 @@ def refresh_store(engine: Engine, *, full: bool = False, progress: Progress | No
     if store is None:
         return None, None
     return store, store.refresh(engine, full=full, progress=progress)
+
+
+def _parts_holding(manifest: dict[str, Any], id_range: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """The manifest's parts that can hold events of ``id_range`` (lowest, highest id; None: every part)."""
+    return [p for p in manifest["parts"]
+            if id_range is None or (p["max_event_id"] >= id_range[0] and p["min_event_id"] <= id_range[1])]
+
+
+def _within(table: pa.Table, id_range: tuple[int, int] | None) -> pa.Table:
+    """The rows of ``table`` whose ``event_id`` lies in ``id_range`` (both ends included; None: all)."""
+    if id_range is None:
+        return table
+    ids = table.column("event_id")
+    return table.filter(pc.and_(pc.greater_equal(ids, id_range[0]), pc.less_equal(ids, id_range[1])))

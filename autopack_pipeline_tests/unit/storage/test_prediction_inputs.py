@@ -124,3 +124,29 @@ def test_compaction_merges_the_inputs_beside_the_parts(sqlite_engine, tmp_path, 
     parts = store.manifest()["parts"]
     assert len(parts) <= 3 and all("inputs" in p for p in parts)
     assert {p.name for p in directory.glob("*.parquet")} == {name for p in parts for name in (p["file"], p["inputs"])}
+
+
+def test_an_id_range_reads_the_inputs_of_those_events_only(seeded, make_event, tmp_path, monkeypatch):
+    """The range crosses the columnar copy's parts (two refreshes, two parts) and ends inside one:
+    the inputs are those of the full read within the range, event by event."""
+    from autopack_pipeline.storage import columnar
+
+    monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(tmp_path / "columnar"))
+    for batch in range(2):
+        for i in range(20):
+            assert record_estimation_event(seeded, make_event(event_uid=f"b{batch}-{i}",
+                                                              coefficients_version=[None, "v1", "v2"][i % 3]),
+                                           respect_flag=False)
+        columnar.refresh_store(seeded)
+    assert len(columnar.ColumnarStore(tmp_path / "columnar").manifest()["parts"]) >= 2
+
+    def entries(inputs) -> list[tuple]:
+        return [(int(inputs.event_ids[i]), inputs.deliverables_at(i), inputs.version_at(i))
+                for i in range(len(inputs))]
+
+    every = entries(read_prediction_inputs(seeded))
+    ids = sorted(entry[0] for entry in every)
+    for low, high in ((ids[5], ids[30]), (ids[25], ids[25]), (ids[-1] + 1, ids[-1] + 9)):
+        chosen = entries(read_prediction_inputs(seeded, id_range=(low, high)))
+        assert chosen == [entry for entry in every if low <= entry[0] <= high]
+    assert len(entries(read_prediction_inputs(seeded, id_range=(ids[5], ids[30])))) == 26

@@ -153,3 +153,19 @@ def test_a_run_reads_the_events_once_for_raw_events_its_checks_and_the_drift_che
         "telemetry_db": TelemetryDatabase(database_url=str(engine.url)), **event_io_resources()})
     assert result.success and len(result.get_asset_check_evaluations()) >= 4
     assert len(reads) == 1
+
+
+def test_run_counts_are_those_of_the_rows_up_to_the_high_water_id(engine):
+    """The store grew past a snapshot's high-water id: its counts leave the later rows out; at the
+    store's own high-water id every row counts (the rows are counted without a filter then)."""
+    from autopack_pipeline.storage.snapshot import _run_counts
+
+    bulk_load(engine, 300, runs=3, seed=2)
+    first = read_events(engine)
+    store, refresh = columnar.refresh_store(engine)
+    bulk_load(engine, 200, runs=2, seed=5)
+    store, later = columnar.refresh_store(engine)
+    counts = {str(k): int(v) for k, v in first["run_id"].value_counts().items()}
+    assert _run_counts(store, refresh.high_water) == counts
+    every = {str(k): int(v) for k, v in read_events(engine)["run_id"].value_counts().items()}
+    assert _run_counts(store, later.high_water) == every != counts
