@@ -167,7 +167,9 @@ def propose_group_budget(
     n_clean, n_cut = len(group.actual), len(group.censored_ceiling)
     n = n_clean + n_cut
     k = order_statistic_index(n, target_pct) if n else 0
-    ratios = np.sort(group.actual / (group.predicted * proposed_factor)) if n_clean else np.zeros(0)
+    # Only the identifiable and thin rules read a ratio: the k-th smallest or the largest, each found
+    # without sorting the group (a pooled group's millions of ratios were sorted for nothing).
+    ratios = group.actual / (group.predicted * proposed_factor)
     if pooled is not None and n >= min_samples:
         status, margin = "pooled", pooled[0]
         if n_cut and n_cut > n - order_statistic_index(n, UNDERESTIMATION_TARGET_PCT):
@@ -177,9 +179,9 @@ def propose_group_budget(
             factor = max(proposed_factor, _censored_coverage_factor(group))
             margin, proposed_factor = margin * proposed_factor / factor, factor
     elif n >= min_samples and k <= n and k - 1 < n_clean:
-        status, margin = "identifiable", float(ratios[k - 1])
+        status, margin = "identifiable", float(np.partition(ratios, k - 1)[k - 1])
     elif n >= min_samples and k > n and n_cut == 0:
-        status, margin = "thin", float(ratios[-1])
+        status, margin = "thin", float(ratios.max())
     elif n >= min_samples and n_clean:
         return _unidentifiable_bounds(group, table, proposed_factor, target_pct, k, previous_floor)
     else:
