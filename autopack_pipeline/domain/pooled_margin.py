@@ -54,6 +54,7 @@ from functools import cached_property
 import numpy as np
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.analysis.samples import stable_order
 from autopack_pipeline.domain.pooled_scores import PooledScores, ScorePool
 
 # The upper spread's end: the 90th percentile, the 8th largest of 80 calls, is near enough the tail
@@ -116,7 +117,7 @@ class GroupShape:
     @cached_property
     def _clean_order(self) -> np.ndarray:
         """The clean calls' stable ascending order: their folds' ranks and the sorted logs, from one sort."""
-        return np.argsort(self.log_ratios, kind="stable")
+        return stable_order(self.log_ratios)
 
     @cached_property
     def _folds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -190,9 +191,9 @@ def folds_of(values: np.ndarray, salt: int = 0, order: np.ndarray | None = None)
     rank order, which would put every fold at every height and leave the other folds' place no
     different from the whole group's. The hash is the 64-bit finaliser of MurmurHash3, written out
     because numpy has no vectorised hash of integers; ``salt`` keeps the truncated calls' pattern
-    apart from the clean calls'. ``order``: ``np.argsort(values, kind="stable")``, when the caller has it."""
+    apart from the clean calls'. ``order``: ``stable_order(values)``, when the caller has it."""
     ranks = np.empty(len(values), dtype=np.uint64)
-    ranks[np.argsort(values, kind="stable") if order is None else order] = np.arange(len(values), dtype=np.uint64)
+    ranks[stable_order(values) if order is None else order] = np.arange(len(values), dtype=np.uint64)
     mixed = ranks + np.uint64(salt << 32)
     for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
         mixed ^= mixed >> np.uint64(33)
@@ -244,7 +245,7 @@ def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, n
     over every call of every group, dozens of times per calibration)."""
     values = np.r_[clean, censored].astype(float, copy=False)  # np.r_ made a new array already
     is_event = np.r_[np.ones(len(clean), bool), np.zeros(len(censored), bool)]
-    order = np.argsort(values, kind="stable")  # stable: clean values, listed first, precede censored at a tie
+    order = stable_order(values)  # stable: clean values, listed first, precede censored at a tie
     return _product_limit(values[order], is_event[order])
 
 
