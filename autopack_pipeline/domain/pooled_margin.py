@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -85,6 +85,7 @@ class GroupShape:
     scale: float
     log_ratios: np.ndarray  # clean calls
     censored_logs: np.ndarray  # truncated calls: log(ceiling / new prediction), a lower bound
+    near: np.ndarray | None = field(default=None, compare=False, repr=False)  # stable_order's, speed only
 
     @property
     def censored(self) -> int:
@@ -117,7 +118,7 @@ class GroupShape:
     @cached_property
     def _clean_order(self) -> np.ndarray:
         """The clean calls' stable ascending order: their folds' ranks and the sorted logs, from one sort."""
-        return stable_order(self.log_ratios)
+        return stable_order(self.log_ratios, near=self.near)
 
     @cached_property
     def _folds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -224,16 +225,19 @@ def _place_of_sorted(clean: int, censored: int, nth: Callable[[int], float]) -> 
     return (location, max(upper - location, MIN_SCALE)) if math.isfinite(upper) else None
 
 
-def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.ndarray) -> GroupShape | None:
+def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.ndarray,
+                near: np.ndarray | None = None) -> GroupShape | None:
     """The group's location and scale, or None when it has too few calls or too many truncated for
     its upper spread to be seen (``SCALE_QUANTILE`` falls on a truncated call, counted above every
     clean one: its length is unknown)."""
     logs = np.log(np.asarray(ratios, dtype=float))
-    logs = logs[np.isfinite(logs)]
+    finite = np.isfinite(logs)
+    if not finite.all():  # ``near`` (an order of ``ratios``, see GroupShape) is of the unfiltered calls
+        logs, near = logs[finite], None
     cut = np.log(np.asarray(censored_ratios, dtype=float))
     cut = cut[np.isfinite(cut)]
     place = _place(logs, cut) if len(logs) + len(cut) >= MIN_SHAPE_OBSERVATIONS else None
-    return None if place is None else GroupShape(key, place[0], place[1], logs, cut)
+    return None if place is None else GroupShape(key, place[0], place[1], logs, cut, near)
 
 
 def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

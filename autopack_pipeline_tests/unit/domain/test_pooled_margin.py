@@ -346,5 +346,8 @@ def test_stable_order_of_floats_is_numpys_stable_argsort(distinct):
         keys[::5] = -0.0
         keys[1::7] = 0.0
         assert np.array_equal(stable_order(keys), np.argsort(keys, kind="stable"))
+        # Started from an order that nearly sorts them (of the keys before a factor), or from any order.
+        for near in (np.argsort(keys * 1.37 + rng.normal(0, 1e-3, size)), rng.permutation(size)):
+            assert np.array_equal(stable_order(keys, near=near), np.argsort(keys, kind="stable"))
     with_nan = np.array([1.0, np.nan, 1.0, np.nan, 0.0, 1.0])
     assert np.array_equal(stable_order(with_nan), np.argsort(with_nan, kind="stable"))
