@@ -271,7 +271,7 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
     cap = float(np.partition(np.r_[clean, CENSORED_HEADROOM * ceilings], rank - 1)[rank - 1])
     if k > n:
         return cap, f"every clean call, and {CENSORED_HEADROOM}x every ceiling hit"
-    points, cdf = kaplan_meier(clean, ceilings)
+    points, cdf = kaplan_meier(clean, ceilings, near=group.clean_order)
     reached = np.nonzero(cdf >= k / n - 1e-12)[0]
     if len(reached) and points[reached[0]] < cap:
         return float(points[reached[0]]), (f"the Kaplan-Meier {k}/{n} point of its ratios, truncated calls censored "

@@ -240,7 +240,8 @@ def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.nd
     return None if place is None else GroupShape(key, place[0], place[1], logs, cut, near)
 
 
-def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def kaplan_meier(clean: np.ndarray, censored: np.ndarray, near: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """(distinct clean values ascending, the estimated P(value <= each)) of right-censored data:
     ``censored`` values are lower bounds. At a tie a clean value comes before a censored one.
 
@@ -249,7 +250,9 @@ def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, n
     over every call of every group, dozens of times per calibration)."""
     values = np.r_[clean, censored].astype(float, copy=False)  # np.r_ made a new array already
     is_event = np.r_[np.ones(len(clean), bool), np.zeros(len(censored), bool)]
-    order = stable_order(values)  # stable: clean values, listed first, precede censored at a tie
+    if near is not None:  # an order that nearly sorts ``clean`` (stable_order's): the censored values after it
+        near = np.r_[near, len(clean) + stable_order(np.asarray(censored, dtype=float))]
+    order = stable_order(values, near=near)  # stable: clean values, listed first, precede censored at a tie
     return _product_limit(values[order], is_event[order])
 
 
