@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -152,6 +153,14 @@ class CoverageGroup:
     @property
     def size(self) -> int:
         return len(self.clean_rows) + len(self.censored_rows)
+
+    @cached_property
+    def ratio_order(self) -> np.ndarray:
+        """The clean ratios' stable order: every pooled margin sorts these ratios under some factor,
+        and starts from this order (``samples.stable_order``'s ``near``). int32: it is kept for the whole
+        calibration, 30 MB at ten million events instead of 60, when the analysis is at its peak memory."""
+        order = stable_order(self.ratios)
+        return order.astype(np.int32) if len(order) < 2**31 else order
 
 
 def _coverage_group(arrays: EventArrays, group: CoverageGroup, level: LevelValue, tolerance: float,

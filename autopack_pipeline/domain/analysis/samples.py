@@ -36,11 +36,38 @@ EXCLUSION_REASONS: tuple[str, ...] = (
 )
 
 
-def stable_order(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")``, as a radix sort when the keys fit in 16 bits."""
+def stable_order(keys: np.ndarray, near: np.ndarray | None = None) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``, as a radix sort when the keys fit in 16 bits; floats
+    by :func:`_stable_float_order` (``near``: see there)."""
+    if keys.dtype.kind == "f":
+        return _stable_float_order(keys, near)
     if len(keys) and int(keys.min()) >= 0 and int(keys.max()) < 1 << 16:
         return np.argsort(keys.astype(np.uint16), kind="stable")
     return np.argsort(keys, kind="stable")
+
+
+def _stable_float_order(keys: np.ndarray, near: np.ndarray | None = None) -> np.ndarray:
+    """The stable order of float ``keys``, the same permutation, from numpy's unstable sort: its
+    stable one of float64 is a merge sort, 4x slower, and a pooled margin sorts a group of 1.5M
+    ratios per call. The unstable order differs only inside runs of equal keys, and those (token
+    ratios repeat: three in four at 3M events) are put back in row order by one sort of (run, row).
+
+    ``near``: an order that nearly sorts ``keys`` (the same calls' ratios before a factor moved
+    them), when the caller has one: numpy's stable sort of the keys in that order is a timsort,
+    which runs through sorted stretches, 5x faster than sorting from scratch. Only speed depends on
+    it: the order returned is the same."""
+    order = np.argsort(keys) if near is None else near[np.argsort(keys[near], kind="stable")]
+    ordered = keys[order]
+    if len(keys) < 2 or np.isnan(ordered[-1]):  # NaN (sorted last) is unequal to itself: no runs to find
+        return np.argsort(keys, kind="stable")
+    starts = np.r_[True, ordered[1:] != ordered[:-1]]
+    tied = ~starts
+    tied[:-1] |= ~starts[1:]  # the first of each run too
+    at = np.flatnonzero(tied)
+    if len(at):
+        run = np.cumsum(starts)[at].astype(np.int64)
+        order[at] = np.sort(run * len(keys) + order[at]) % len(keys)
+    return order
 
 
 def _occurs_twice(keys: np.ndarray) -> np.ndarray:
