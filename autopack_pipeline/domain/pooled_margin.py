@@ -256,24 +256,16 @@ def kaplan_meier(clean: np.ndarray, censored: np.ndarray, near: np.ndarray | Non
     return _product_limit(values[order], is_event[order])
 
 
-def _product_limit(values: np.ndarray, is_event: np.ndarray, factors: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`kaplan_meier` of values already in its order (ascending, clean first at a tie).
-    ``factors``: :func:`survival_factors` of at least ``len(values)``, when the caller keeps them."""
+def _product_limit(values: np.ndarray, is_event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kaplan_meier` of values already in its order (ascending, clean first at a tie)."""
     events = np.flatnonzero(is_event)
     at_risk = len(values) - events
     # A censored value multiplies the survival by 1, which changes no bit: only the events' factors
     # are multiplied, in order (cumprod multiplies one after the other, as a loop would).
-    survival = np.cumprod(factors[at_risk] if factors is not None else 1 - 1 / at_risk)
+    survival = np.cumprod(1 - 1 / at_risk)
     points, cdf = values[events], 1 - survival
     last_of_tie = np.r_[points[1:] != points[:-1], True] if len(points) else np.zeros(0, bool)
     return points[last_of_tie], cdf[last_of_tie]
-
-
-def survival_factors(n: int) -> np.ndarray:
-    """``1 - 1/r`` at every number at risk ``r`` up to ``n`` (index r), each computed as
-    :func:`_product_limit` computes it: a pool's subsets look their factors up instead of dividing."""
-    return np.r_[0.0, 1 - 1 / np.arange(1, n + 1)]
 
 
 def confident_rank(m: int, target_pct: float, confidence: float = CONFIDENCE) -> int:
