@@ -184,8 +184,13 @@ def record_phase_outcome(
     )
 
     def write() -> None:
+        # A retry after a commit whose answer was lost would add the row again, and Autopack's table has
+        # no unique key to refuse it: the insert looks for the phase's row first, in the same transaction.
         with engine.begin() as connection:
-            connection.execute(row)
+            written = connection.execute(select(PhaseOutcomeEvent.id).where(
+                PhaseOutcomeEvent.run_id == run_id, PhaseOutcomeEvent.phase_id == phase_id).limit(1)).first()
+            if written is None:
+                connection.execute(row)
 
     try:
         retry_while_unavailable(write, what=f"the outcome of phase {phase_id}", budget_seconds=retry_seconds)
