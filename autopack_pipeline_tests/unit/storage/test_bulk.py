@@ -114,18 +114,24 @@ def test_every_run_has_its_own_phase_ids_and_runs_differ_in_size_as_autopacks_do
     assert reused["phase_id"].nunique() < 0.1 * reused.drop_duplicates(["run", "phase_index"]).shape[0]
 
 
-def test_a_fresh_sqlite_load_that_fails_midway_leaves_nothing(sqlite_engine, monkeypatch):
+def _fresh_load_failing_midway_leaves_nothing(engine, monkeypatch, loader) -> None:
+    """A fresh load whose ``loader`` fails after the first chunk's rows: no row, the schema as it was,
+    and the same seed loads afterwards."""
     def fail(self, chunk):
         raise RuntimeError("interrupted after the first chunk's rows")
 
-    monkeypatch.setattr(bulk.sqlite._SqliteLoader, "_written", fail)
-    before = schema_objects(sqlite_engine)
+    monkeypatch.setattr(loader, "_written", fail)
+    before = schema_objects(engine)
     with pytest.raises(RuntimeError, match="interrupted"):
-        bulk_load(sqlite_engine, 2000, seed=1)
-    assert [count_rows(sqlite_engine, t) for t in ("runs", "tiers", "phases", "token_estimation_v2_events")] == [0] * 4
-    assert schema_objects(sqlite_engine) == before  # the dropped indexes are back
+        bulk_load(engine, 2000, seed=1)
+    assert [count_rows(engine, t) for t in ("runs", "tiers", "phases", "token_estimation_v2_events")] == [0] * 4
+    assert schema_objects(engine) == before  # the dropped indexes are back
     monkeypatch.undo()
-    assert bulk_load(sqlite_engine, 2000, seed=1).events == 2000  # and the seed is free
+    assert bulk_load(engine, 2000, seed=1).events == 2000  # and the seed is free
+
+
+def test_a_fresh_sqlite_load_that_fails_midway_leaves_nothing(sqlite_engine, monkeypatch):
+    _fresh_load_failing_midway_leaves_nothing(sqlite_engine, monkeypatch, bulk.sqlite._SqliteLoader)
 
 
 def test_a_sqlite_append_that_fails_midway_leaves_nothing(sqlite_engine, monkeypatch):
@@ -341,14 +347,4 @@ def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_run
 
 @POSTGRES_ONLY
 def test_a_fresh_postgresql_load_that_fails_midway_leaves_nothing(engine, monkeypatch):
-    def fail(self, chunk):
-        raise RuntimeError("interrupted after the first chunk's rows")
-
-    monkeypatch.setattr(bulk.postgresql._PostgresqlLoader, "_written", fail)
-    before = schema_objects(engine)
-    with pytest.raises(RuntimeError, match="interrupted"):
-        bulk_load(engine, 2000, seed=1)
-    assert [count_rows(engine, t) for t in ("runs", "tiers", "phases", "token_estimation_v2_events")] == [0] * 4
-    assert schema_objects(engine) == before  # the dropped indexes are back
-    monkeypatch.undo()
-    assert bulk_load(engine, 2000, seed=1).events == 2000  # and the seed is free
+    _fresh_load_failing_midway_leaves_nothing(engine, monkeypatch, bulk.postgresql._PostgresqlLoader)
