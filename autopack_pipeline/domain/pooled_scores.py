@@ -128,14 +128,6 @@ class PooledScores:
         """Every one of ``shapes`` (``pooled_margin.GroupShape``) pooled."""
         return ScorePool.of_shapes(shapes).subset(range(len(shapes)))
 
-    @property
-    def clean_count(self) -> int:
-        return len(self.pool.clean) - len(self.out_clean)
-
-    @property
-    def censored_count(self) -> int:
-        return self.size - self.clean_count
-
     def _clean_upto(self, clean_seen: np.ndarray) -> np.ndarray:
         """How many of the set's clean scores are among the pool's first ``clean_seen``."""
         return clean_seen - np.searchsorted(self.out_clean, clean_seen)
