@@ -30,7 +30,7 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
 - *unidentifiable* groups (more truncated calls than the bound absorbs) have no honest order statistic,
   but they have lower bounds: each truncated call's ratio is above its ceiling / prediction, and an
   order statistic only grows when values do, so the coverage factor (the k-th smallest ratio at the
-  underestimation target, / the 1.1 tolerance) is at least the k-th smallest of the clean ratios and
+  phase target ``targets.FACTOR_PHASE_TARGET_PCT``, / the 1.1 tolerance) is at least the k-th smallest of the clean ratios and
   the ceiling ratios together, and at least the largest clean ratio (the truncated calls counted above
   every candidate put the k-th beyond every clean one); the factor rises at least to the larger (the
   clean ratio alone, the earlier rule, ignored how long the truncated calls were known to be). The
@@ -61,7 +61,7 @@ from autopack_pipeline.domain.pooled_margin import (
     kaplan_meier,
     pooled_group_margins,
 )
-from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.domain.tasks import Insight
 
 DEFAULT_TRUNCATION_TARGET_PCT = 2.0
@@ -245,7 +245,7 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
         truncated_past_calls_with_previous_floor=_truncated(group, factor, margin, int(previous_floor), cap),
         note=(f"Unidentifiable: {n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} "
               f"can absorb at most {max(0, n - k)}. From lower bounds: factor x{factor:.3f} (the "
-              f"larger of the largest clean ratio and the {UNDERESTIMATION_TARGET_PCT:g}% bound's ratio with ceilings "
+              f"larger of the largest clean ratio and the {FACTOR_PHASE_TARGET_PCT:.2f}% bound's ratio with ceilings "
               f"counted as lengths, / {UNDER_TOLERANCE}), margin x{margin:.3f} ({how}), floor {floor} (was "
               f"{previous_floor}); collect more samples."))
 
@@ -280,27 +280,30 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
 
 
 def _censored_coverage_factor(group: GroupObservationsInForce) -> float:
-    """The coverage factor of a group whose truncations leave the coverage method no bound: the
+    """The group's own coverage factor at the phase target (``targets.FACTOR_PHASE_TARGET_PCT``): the
     ratio where the Kaplan-Meier estimate of its ratios (truncated calls right-censored at their
-    ceiling / prediction) reaches the coverage rank, or the largest clean ratio when it never does,
-    and never below :func:`_ceiling_order_statistic`; / the 1.1 tolerance."""
+    ceiling / prediction) reaches the rank ``k = ceil((N + 1) x (1 - target))`` (the k-th smallest
+    ratio when none is truncated), or the largest clean ratio when it never does (or when the group
+    is too small for k), and never below :func:`_ceiling_order_statistic`; / the 1.1 tolerance. Every
+    factor the patch sets is at least this (:func:`raise_to_pooled_coverage`), and it is the factor
+    of a group whose truncations leave the coverage method no bound."""
     clean = group.actual / group.predicted
-    points, cdf = kaplan_meier(clean, group.censored_ceiling / group.censored_predicted)
+    points, cdf = kaplan_meier(clean, group.censored_ceiling / group.censored_predicted, near=group.clean_order)
     n = len(clean) + len(group.censored_ceiling)
-    k = min(order_statistic_index(n, UNDERESTIMATION_TARGET_PCT), n)
+    k = min(order_statistic_index(n, FACTOR_PHASE_TARGET_PCT), n)
     reached = np.nonzero(cdf >= k / n - 1e-12)[0]
     estimate = float(points[reached[0]]) if len(reached) else float(clean.max())
     return max(estimate, _ceiling_order_statistic(group)) / UNDER_TOLERANCE
 
 
 def _ceiling_order_statistic(group: GroupObservationsInForce) -> float:
-    """A lower bound on the ratio the coverage method needs: the k-th smallest (k at the underestimation
-    target; the largest when the group is too small for k) of the clean ratios and the truncated calls'
+    """A lower bound on the ratio the factor needs: the k-th smallest (k at the phase target; the
+    largest when the group is too small for k) of the clean ratios and the truncated calls'
     ceiling / prediction, each a lower bound on that call's ratio. The largest clean ratio is the other
     bound (the truncated calls counted above every candidate): the factor takes the larger."""
-    lows = np.sort(np.r_[group.actual / group.predicted, group.censored_ceiling / group.censored_predicted])
-    k = order_statistic_index(len(lows), UNDERESTIMATION_TARGET_PCT)
-    return float(lows[min(k, len(lows)) - 1])
+    lows = np.r_[group.actual / group.predicted, group.censored_ceiling / group.censored_predicted]
+    k = min(order_statistic_index(len(lows), FACTOR_PHASE_TARGET_PCT), len(lows))
+    return float(np.partition(lows, k - 1)[k - 1])
 
 
 def _needed(target_pct: float) -> int:
@@ -406,25 +409,34 @@ def calibration_section(
 def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], factors: dict[tuple[str, str], float], *,
                              min_samples: int = 5, truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT
                              ) -> dict[tuple[str, str], float]:
-    """The coverage factors, each raised to its group's pooled bound at the underestimation target
-    / the 1.1 tolerance where that is higher; groups without a factor (not actionable) are left out.
+    """The coverage factors, each raised to the larger of its group's own bound and its pooled bound at
+    the phase target (``targets.FACTOR_PHASE_TARGET_PCT``), / the 1.1 tolerance, where that is higher;
+    groups without a factor (not actionable) are left out.
 
-    The coverage factor is the group's own k-th ratio at ``k = ceil((N + 1) x 0.95)``: on the ~150
-    observations of a window it covers 95% of new calls only on average (its coverage is
-    Beta(k, N + 1 - k), a standard deviation of about 2 points), so a round after a window whose
-    tail happened to be short lands well above 5% (simulated seed 31: implementation/low 17% and
-    implementation/medium 13% in round 4, after round 3 had lowered both factors). The pooled bound
-    (``domain.pooled_margin``, the rule the margins use, here at 5%) takes the tail's shape from all
-    groups' calls with 90% confidence, so its coverage no longer rests on a group's few largest
-    ratios. It only raises: a factor moves predictions, not budgets (margins are measured against
-    the new prediction), so the cost is prediction waste, never truncation or budget waste. A thin
-    group's bound (``truncation_target_pct`` says which are thin) stops at its reach, so its factor
-    is never raised past ``CENSORED_HEADROOM`` x its largest ratio / 1.1 (:func:`pooled_margins`).
+    The coverage method's factor is the group's own k-th ratio at 5% of its observations, one per
+    phase. Tier 1 counts calls, and every truncation adds a retried call of a phase that is already
+    above the tolerance, so 5% of phases is more than 5% of calls whenever anything truncates
+    (simulated seed 31, round 4: 5.3% of phases, 7.2% of calls). Both bounds are therefore taken at
+    the share of phases that keeps the calls within 5% when truncation is at its 2% target: the
+    group's own (:func:`_censored_coverage_factor`, the coverage rule with truncated calls censored),
+    and the pooled one (``domain.pooled_margin``, the rule the margins use, here at the phase target):
+    the pooled bound takes the tail's shape from all groups' calls with 90% confidence, where a
+    group's own k-th ratio of ~150 observations covers only on average (its coverage is
+    Beta(k, N + 1 - k), a standard deviation of about 1.5 points), so it no longer rests on a
+    group's few largest ratios. It only raises: a factor moves predictions, not budgets (margins are
+    measured against the new prediction), so the cost is prediction waste, never truncation or
+    budget waste. A thin group's pooled bound (``truncation_target_pct`` says which are thin) stops
+    at its reach, so the pooled bound never raises its factor past ``CENSORED_HEADROOM`` x its
+    largest ratio / 1.1 (:func:`pooled_margins`); its own bound is at most its largest ratio.
     """
     chosen = {key: factor for key, factor in factors.items()}
-    bounds = pooled_margins(observed, {}, target_pct=UNDERESTIMATION_TARGET_PCT, min_samples=min_samples,
+    bounds = pooled_margins(observed, {}, target_pct=FACTOR_PHASE_TARGET_PCT, min_samples=min_samples,
                             truncation_target_pct=truncation_target_pct, reach_headroom=CENSORED_HEADROOM)
-    for key, factor in factors.items():
-        if key in bounds:
-            chosen[key] = max(factor, bounds[key][0] / UNDER_TOLERANCE)
+    for group in observed:
+        key = (group.category, group.complexity)
+        if key not in factors or not len(group.actual):
+            continue
+        own = _censored_coverage_factor(group)
+        pooled = bounds[key][0] / UNDER_TOLERANCE if key in bounds else 0.0
+        chosen[key] = max(factors[key], own, pooled)
     return chosen

@@ -27,6 +27,7 @@ from autopack_pipeline.domain.pooled_margin import (
     pooled_bound,
     pooled_group_margins,
 )
+from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT
 
 pytestmark = pytest.mark.unit
 
@@ -225,12 +226,15 @@ def test_a_pooled_group_the_coverage_method_left_without_a_factor_still_moves_it
     clean = np.linspace(0.5, 2.0, 70)
     group = _observations(("implementation", "high"), np.log(clean), np.full(10, 1.5))
     proposal = propose_group_budget(group, seed, proposed_factor=1.0, pooled=(2.2, "pooled"))
-    # Kaplan-Meier puts the truncated calls' share on the clean ratios above 1.5: its 95% point
-    # (k = 77 of 80) is one of them, above the ceilings' order statistic, / 1.1.
+    # Kaplan-Meier puts the truncated calls' share on the clean ratios above 1.5: its point at the
+    # factor's phase target (k = 79 of 80, targets.FACTOR_PHASE_TARGET_PCT) is one of them, above the
+    # ceilings' order statistic, / 1.1.
+    k = order_statistic_index(80, FACTOR_PHASE_TARGET_PCT)
+    assert k == 79
     points, cdf = kaplan_meier(clean, np.full(10, 1.5))
-    expected = points[np.nonzero(cdf >= 77 / 80 - 1e-12)[0][0]] / 1.1
+    expected = points[np.nonzero(cdf >= k / 80 - 1e-12)[0][0]] / 1.1
     assert proposal.status == "pooled" and proposal.proposed_factor == pytest.approx(expected)
-    assert 1.5 / 1.1 < proposal.proposed_factor < 2.0 / 1.1
+    assert 1.5 / 1.1 < proposal.proposed_factor <= 2.0 / 1.1
     # The budget stays where the pooled margin put it: factor x margin = 2.2 (margin rounded up).
     assert proposal.proposed_factor * proposal.budget_margin == pytest.approx(2.2, abs=2e-3)
 
