@@ -203,3 +203,25 @@ def test_a_factor_covers_the_phase_target_with_the_groups_own_ratios():
                                                   [("g0", "low")][0] / UNDER_TOLERANCE)
     assert raised[("g0", "low")] > math.exp(base[146]) / UNDER_TOLERANCE
 
+
+
+def test_a_pooled_group_the_coverage_method_left_without_a_factor_gets_the_pooled_bound_too():
+    # Four groups of 150 phases of one shape, and one of the same shape whose 7 longest phases were
+    # truncated at 0.95x their length: more than the 6 a 5% bound of 150 absorbs, so the coverage method
+    # proposes no factor; its calls still accept the pooled margin. Its factor is the larger of its own
+    # Kaplan-Meier bound and the pooled bound at the phase target, as every other group's.
+    base = 0.3 * norm.ppf((np.arange(150) + 0.5) / 150)
+    observed = [_observations((f"g{i}", "low"), base) for i in range(4)]
+    ratios = np.exp(base)
+    cut = GroupObservationsInForce("cut", "low", np.full(143, 1000.0), ratios[:143] * 1000.0, np.full(7, 1000.0),
+                                   0.95 * ratios[143:] * 1000.0)
+    observed.append(cut)
+    assert 7 > 150 - order_statistic_index(150, UNDERESTIMATION_TARGET_PCT)
+    factors = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed[:4]}  # none for "cut"
+    pooled = pooled_margins(observed, {}, target_pct=FACTOR_PHASE_TARGET_PCT)
+    assert ("cut", "low") in pooled  # its calls accept the pooled margin
+    raised = raise_to_pooled_coverage(observed, factors)
+    assert raised[("cut", "low")] >= pooled[("cut", "low")][0] / UNDER_TOLERANCE
+    # Above its own estimate, where the Kaplan-Meier tail rests on the few clean ratios above the ceilings.
+    clean_max = ratios[142]
+    assert raised[("cut", "low")] > clean_max / UNDER_TOLERANCE
