@@ -436,7 +436,8 @@ def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], facto
     measured against the new prediction), so the cost is prediction waste, never truncation or
     budget waste. A thin group's pooled bound (``truncation_target_pct`` says which are thin) stops
     at its reach, so the pooled bound never raises its factor past ``CENSORED_HEADROOM`` x its
-    largest ratio / 1.1 (:func:`pooled_margins`); its own bound is at most its largest ratio.
+    largest ratio / 1.1 (:func:`pooled_margins`); its own bound is at most its largest ratio (a
+    truncated call's ceiling counting as one).
     """
     chosen = {key: factor for key, factor in factors.items()}
     bounds = pooled_margins(observed, {}, target_pct=FACTOR_PHASE_TARGET_PCT, min_samples=min_samples,
