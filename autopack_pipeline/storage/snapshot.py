@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -85,6 +86,16 @@ class EventSnapshot:
     unreadable: dict[str, Any] = field(default_factory=lambda: unreadable_document([]))
     # Figures over every event (None unless asked for: ``snapshot_events(with_history=True)``).
     history: EventHistory | None = None
+    # Every event, when whoever made the snapshot loaded them (raw_events, tallying a store none of
+    # whose parts was tallied yet): handed to the IO manager of the same process, so the steps that
+    # read every event do not read them again. Never stored; not part of what the snapshot is.
+    loaded: EventArrays | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"loaded": None}  # a snapshot pickles as the reference it is
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     @classmethod
     def from_frame(cls, events: pd.DataFrame, unreadable: list[UnreadableTimestamp] | None = None) -> EventSnapshot:
@@ -110,6 +121,8 @@ class EventSnapshot:
     def _all_or_parts(self, since: datetime | None) -> EventArrays:
         if self.inline is not None:
             return self.inline
+        if self.loaded is not None:
+            return self.loaded
         for attempt in (1, 2):
             try:
                 return self._read(since)
@@ -237,27 +250,71 @@ def snapshot_events(engine: Engine, *, progress: Progress | None = None, with_hi
     snapshot = EventSnapshot(rows=refresh.rows_after, high_water_event_id=refresh.high_water,
                              store_directory=str(store.directory), unreadable=store.unreadable())
     if with_history:
-        snapshot = replace(snapshot, history=history_of(store, refresh.high_water))
+        history, loaded = _history_and_events(store, refresh.high_water)
+        if loaded is not None and len(loaded) != snapshot.rows:
+            loaded = None  # rows set aside since: let the snapshot read them as it reads any store
+        snapshot = replace(snapshot, history=history, loaded=loaded)
     return snapshot, refresh, None
 
 
 def history_of(store: ColumnarStore, high_water: int) -> EventHistory:
     """The figures over every stored event up to ``high_water``: the parts' tallies added up."""
+    return _history_and_events(store, high_water)[0]
+
+
+def _history_and_events(store: ColumnarStore, high_water: int) -> tuple[EventHistory, EventArrays | None]:
+    """:func:`history_of`, and every event when they were loaded for it: when most rows are in parts
+    never tallied (the first run after an extraction or a rebuild), reading every event once and
+    tallying each part's rows costs what reading each part does, and the events are there for the
+    steps that read them all (drift, generated_tasks)."""
     for attempt in (1, 2):
         manifest = store.manifest()
         if manifest is None:
             raise SnapshotUnavailable(f"no columnar store at {store.directory} any more")
         parts = [p for p in manifest["parts"] if p["min_event_id"] <= high_water]
         try:
-            tallies = [_part_tally(store, manifest, part, high_water) for part in parts]
+            every = _every_event_to_tally(store, manifest, parts, high_water)
+            tallies = [_part_tally(store, manifest, part, high_water, every) for part in parts]
         except FileNotFoundError:
             if attempt == 2:
                 raise
             continue  # a refresh compacted the parts under us; read the new manifest
         _drop_stale_tallies(store, manifest)
         runs = pa.concat_tables([runs for _tally, runs in tallies]) if tallies else _runs_table([], [])
-        return _history(add_tallies([tally for tally, _runs in tallies]), runs)
+        return _history(add_tallies([tally for tally, _runs in tallies]), runs), (
+            None if every is None else every[0])
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _every_event_to_tally(store: ColumnarStore, manifest: dict[str, Any], parts: list[dict[str, Any]],
+                          high_water: int) -> tuple[EventArrays, dict[str, slice]] | None:
+    """Every event and each part's rows among them, when most rows are in parts without a tally and
+    the parts lie one after the other in event-id order, all up to ``high_water`` (so a part's rows
+    are one slice); else None (each untallied part is read on its own)."""
+    if not manifest["sorted"] or len(parts) != len(manifest["parts"]) or any(
+            p["max_event_id"] > high_water for p in parts):
+        return None
+    untallied = sum(p["rows"] for p in parts if _kept_tally(store, p) is None)
+    if untallied * 2 <= manifest["rows"]:
+        return None
+    arrays = store.event_arrays(parts=parts, manifest=manifest)
+    slices, start = {}, 0
+    for part in parts:
+        slices[part["file"]] = slice(start, start + part["rows"])
+        start += part["rows"]
+    return arrays, slices
+
+
+def _kept_tally(store: ColumnarStore, part: dict[str, Any]) -> tuple[EventTally, pa.Table] | None:
+    """The tally file of ``part``, when there is a readable one of this format."""
+    try:
+        kept = pq.read_table(store.directory / f"{_TALLY_PREFIX}{part['file']}")
+        metadata = kept.schema.metadata or {}
+        if metadata.get(b"format") == _TALLY_FORMAT:
+            return EventTally.from_dict(json.loads(metadata[b"tally"])), kept.replace_schema_metadata(None)
+    except (FileNotFoundError, OSError, pa.ArrowInvalid, KeyError, ValueError, TypeError):
+        pass  # missing or unreadable: tallied again
+    return None
 
 
 def _history(tally: EventTally, runs: pa.Table) -> EventHistory:
@@ -274,21 +331,20 @@ def _runs_table(names: list[str], counts: list[int]) -> pa.Table:
     return pa.table({"run_id": pa.array(names, pa.string()), "events": pa.array(counts, pa.int64())})
 
 
-def _part_tally(store: ColumnarStore, manifest: dict[str, Any], part: dict[str, Any], high_water: int
-                ) -> tuple[EventTally, pa.Table]:
-    """A part's tally and run counts (of its rows up to ``high_water``): from its tally file, or read
-    from the part (and kept, when every row of the part counts)."""
+def _part_tally(store: ColumnarStore, manifest: dict[str, Any], part: dict[str, Any], high_water: int,
+                every: tuple[EventArrays, dict[str, slice]] | None = None) -> tuple[EventTally, pa.Table]:
+    """A part's tally and run counts (of its rows up to ``high_water``): from its tally file, or
+    counted from its rows (``every``: every event and each part's slice of them, already loaded;
+    else the part is read) and kept, when every row of the part counts."""
     whole = part["max_event_id"] <= high_water
     path = store.directory / f"{_TALLY_PREFIX}{part['file']}"
-    if whole:
-        try:
-            kept = pq.read_table(path)
-            metadata = kept.schema.metadata or {}
-            if metadata.get(b"format") == _TALLY_FORMAT:
-                return EventTally.from_dict(json.loads(metadata[b"tally"])), kept.replace_schema_metadata(None)
-        except (FileNotFoundError, OSError, pa.ArrowInvalid, KeyError, ValueError, TypeError):
-            pass  # missing or unreadable: tallied again below
-    arrays = store.event_arrays(parts=[part], manifest=manifest)
+    if whole and (kept := _kept_tally(store, part)) is not None:
+        return kept
+    if every is not None:
+        rows = every[1][part["file"]]
+        arrays = every[0].take(np.arange(rows.start, rows.stop))
+    else:
+        arrays = store.event_arrays(parts=[part], manifest=manifest)
     table = pq.read_table(store.directory / part["file"], columns=["run_id", "event_id"])
     if not whole:
         arrays = arrays.take(arrays.event_id.values <= high_water)

@@ -19,7 +19,9 @@ same events. A database without a columnar store (in-memory SQLite) has its even
 snapshot: they are pickled beside the JSON.
 
 Loaded arrays are kept by this IO manager object for the steps it serves (with the in-process
-executor, one run), keyed on the snapshot and the reach: a run's steps read each once. The drift
+executor, one run), keyed on the snapshot and the reach: a run's steps read each once. When
+raw_events read every event itself (tallying a store none of whose parts was tallied yet), it hands
+them over: then nothing is read again, and the analysis' reach is taken from them. The drift
 report of every event is kept beside them: the estimator_drift check and generated_tasks both need
 it, and it costs seconds at ten million events, so a run computes it once.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,9 @@ class EventSnapshotIOManager(dg.IOManager):
             "store_directory": obj.store_directory, "unreadable": obj.unreadable, "inline": None,
             "history": None if obj.history is None else obj.history.as_dict(),
         }
+        if obj.inline is None and obj.loaded is not None:  # this run's steps get the events raw_events read
+            self._loaded = {self._key(obj, _EVERY_EVENT): obj.loaded}
+            self._drift = {}
         if obj.inline is not None:  # no columnar store: the events themselves must travel
             inline = path.with_suffix(".arrays.pickle")
             inline.write_bytes(pickle.dumps(obj.inline, protocol=pickle.HIGHEST_PROTOCOL))
@@ -109,13 +115,20 @@ class EventSnapshotIOManager(dg.IOManager):
 
     def arrays_within_reach(self, snapshot: EventSnapshot) -> EventArrays:
         """The events of ``snapshot`` the analysis steps read (``services.analysis.events_within_reach``)."""
-        return self._kept(snapshot, "analysis_reach", lambda: events_within_reach(load_settings(), snapshot))
+        # Taken from every event when this object holds them already (no part read again).
+        every = self._loaded.get(self._key(snapshot, _EVERY_EVENT))
+        source = snapshot if every is None else replace(snapshot, loaded=every)
+        return self._kept(snapshot, "analysis_reach", lambda: events_within_reach(load_settings(), source))
+
+    @staticmethod
+    def _key(snapshot: EventSnapshot, reach: str) -> tuple:
+        return (snapshot.store_directory, snapshot.rows, snapshot.high_water_event_id, reach)
 
     def _kept(self, snapshot: EventSnapshot, reach: str, load) -> EventArrays:
         if snapshot.inline is not None:
             return load()
-        snapshot_key = (snapshot.store_directory, snapshot.rows, snapshot.high_water_event_id)
-        key = (*snapshot_key, reach)
+        key = self._key(snapshot, reach)
+        snapshot_key = key[:3]
         if key not in self._loaded:
             # Only this snapshot's arrays are kept (they are large): another snapshot's go.
             self._loaded = {k: v for k, v in self._loaded.items() if k[:3] == snapshot_key}

@@ -181,8 +181,9 @@ def test_without_a_store_the_events_travel_inside_the_snapshot(engine, tmp_path,
 
 @pytest.mark.integration  # materialises through Dagster
 def test_raw_events_and_its_checks_read_no_event_once_each_part_is_tallied(engine, monkeypatch):
-    """The data-quality checks read the parts' tallies; the drift check reads every event, once; a
-    later run reads no part for the tallies (they are kept beside the parts)."""
+    """The data-quality checks read the parts' tallies; the drift check reads every event, once (in
+    the first run, those raw_events read to tally the parts); a later run reads no part for the
+    tallies (they are kept beside the parts)."""
     from autopack_pipeline.defs.asset_graph import DATA_QUALITY_CHECKS
     from autopack_pipeline.defs.events.drift_checks import estimator_drift
 
@@ -196,8 +197,9 @@ def test_raw_events_and_its_checks_read_no_event_once_each_part_is_tallied(engin
     monkeypatch.setattr(columnar.ColumnarStore, "event_arrays", counted)
     resources = {"telemetry_db": TelemetryDatabase(database_url=str(engine.url)), **event_io_resources()}
     bulk_load(engine, 400, runs=2, seed=7)
-    result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS], resources=resources)
-    assert result.success and reads == [1]  # the new part, tallied once
+    result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS, estimator_drift], resources=resources)
+    # No part tallied yet: every event read once to tally the part, and handed on to the drift check.
+    assert result.success and reads == [1]
     reads.clear()
     result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS, estimator_drift], resources=resources)
     assert result.success and len(result.get_asset_check_evaluations()) >= 4
@@ -273,3 +275,21 @@ def test_the_analysis_reach_reads_only_the_parts_that_hold_it_whatever_the_order
             reference = (samples.count, samples.group_counts, metrics.document, metrics.last_7_days)
         else:
             assert (samples.count, samples.group_counts, metrics.document, metrics.last_7_days) == reference
+
+
+def test_a_tally_is_the_same_read_with_every_event_or_part_by_part(engine):
+    """The first tally reads every event once (no part tallied yet); a part whose tally file is gone
+    is read on its own. Both give the frame's figures."""
+    from autopack_pipeline.storage import snapshot as snapshot_module
+
+    for seed in (21, 22, 23):
+        bulk_load(engine, 200, runs=2, seed=seed)
+        store, refresh = columnar.refresh_store(engine)
+    history, every = snapshot_module._history_and_events(store, refresh.high_water)
+    assert every is not None and len(every) == 600  # every event read once, for all three parts
+    same_history(history, read_events(engine))
+    tallies = sorted(store.directory.glob("tally-*"))
+    assert len(tallies) == 3
+    tallies[1].unlink()
+    again, every = snapshot_module._history_and_events(store, refresh.high_water)
+    assert every is None and again == history and len(list(store.directory.glob("tally-*"))) == 3
