@@ -782,7 +782,7 @@ def _report_dagster(report: Report, label: str, run: ChildResult) -> None:
                bool(figures["success"] and analysis <= DAGSTER_ANALYSIS_S),
                f"CPU {analysis_cpu:.2f} s; " + "; ".join(f"{k} {v['step_s']:.2f}" for k, v in steps.items()
                                                         if k in ANALYSIS_STEPS))
-    report.add("  generated_tasks, the drift and Tier checks (every event read here)",
+    report.add("  generated_tasks, the drift and Tier checks (drift and generated_tasks read every event)",
                sum(v["step_s"] for k, v in steps.items() if k not in ANALYSIS_STEPS), "s", "", "", None,
                "; ".join(f"{k} {v['step_s']:.2f}" for k, v in steps.items() if k not in ANALYSIS_STEPS))
     report.add("  Dagster's own time (wall - asset bodies - IO)", figures["framework_s"], "s", "", "", None,
