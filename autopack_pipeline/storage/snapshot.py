@@ -341,18 +341,15 @@ def _part_tally(store: ColumnarStore, manifest: dict[str, Any], part: dict[str, 
     if whole and (kept := _kept_tally(store, part)) is not None:
         return kept
     if every is not None:
-        rows = every[1][part["file"]]
-        arrays = every[0].take(np.arange(rows.start, rows.stop))
+        arrays = every[0].take(every[1][part["file"]])  # a slice: views of the arrays, nothing copied
     else:
         arrays = store.event_arrays(parts=[part], manifest=manifest)
-    table = pq.read_table(store.directory / part["file"], columns=["run_id", "event_id"])
+    # Run ids as Parquet's dictionary codes, counted per code: no string per row.
+    table = pq.read_table(store.directory / part["file"], columns=["run_id", "event_id"], read_dictionary=["run_id"])
     if not whole:
         arrays = arrays.take(arrays.event_id.values <= high_water)
         table = table.filter(pc.less_equal(table.column("event_id"), high_water))
-    run_ids = table.column("run_id").cast(pa.string())
-    counted = pc.value_counts(run_ids.filter(pc.is_valid(run_ids)).combine_chunks()) if table.num_rows else None
-    runs = _runs_table([], []) if counted is None else pa.table(
-        {"run_id": counted.field("values"), "events": counted.field("counts").cast(pa.int64())})
+    runs = _run_counts(table.column("run_id"))
     tally = tally_events(arrays)
     if whole:
         tmp = path.with_name(f".{path.name}.tmp")
@@ -363,6 +360,21 @@ def _part_tally(store: ColumnarStore, manifest: dict[str, Any], part: dict[str, 
         except OSError as exc:  # a read-only store still answers; it tallies again next time
             logger.warning("could not keep the tally of %s: %s", part["file"], exc)
     return tally, runs
+
+
+def _run_counts(run_ids: pa.ChunkedArray) -> pa.Table:
+    """Events per run id of a dictionary-encoded column (a run may have a row per chunk; missing ids
+    are not counted)."""
+    names, counts = [], []
+    for chunk in run_ids.chunks:
+        per_code = np.bincount(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False) + 1,
+                               minlength=len(chunk.dictionary) + 1)[1:]
+        present = per_code > 0
+        names.append(chunk.dictionary.cast(pa.string()).filter(pa.array(present)))
+        counts.append(pa.array(per_code[present], pa.int64()))
+    if not names:
+        return _runs_table([], [])
+    return pa.table({"run_id": pa.concat_arrays(names), "events": pa.concat_arrays(counts)})
 
 
 def _drop_stale_tallies(store: ColumnarStore, manifest: dict[str, Any]) -> None:
