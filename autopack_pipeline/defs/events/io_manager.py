@@ -91,7 +91,10 @@ class EventSnapshotIOManager(dg.IOManager):
             self._description = (stamp, json.loads(path.read_text()))
         description = dict(self._description[1])
         inline_name = description.pop("inline")
-        history = description.pop("history")
+        # A description written before the figures over every event were kept has run counts instead
+        # (megabytes at ten million events, read by no step): the events it names still load.
+        description.pop("run_counts", None)
+        history = description.pop("history", None)
         inline = pickle.loads(path.with_name(inline_name).read_bytes()) if inline_name else None
         return EventSnapshot(**description, inline=inline,
                              history=None if history is None else EventHistory.from_dict(history))

@@ -293,3 +293,22 @@ def test_a_tally_is_the_same_read_with_every_event_or_part_by_part(engine):
     tallies[1].unlink()
     again, every = snapshot_module._history_and_events(store, refresh.high_water)
     assert every is None and again == history and len(list(store.directory.glob("tally-*"))) == 3
+
+
+def test_a_description_from_before_the_history_still_loads_its_events(engine, tmp_path):
+    """A raw_events materialisation stored by the previous version (run counts, no history): the
+    analysis steps still load its events; a data-quality check asks for raw_events again."""
+    import json
+
+    bulk_load(engine, 120, runs=2, seed=8)
+    snapshot = snapshot_events(engine)[0]
+    stored = tmp_path / "raw_events.snapshot.json"
+    stored.write_text(json.dumps({"rows": snapshot.rows, "high_water_event_id": snapshot.high_water_event_id,
+                                  "run_counts": {"r": 120}, "store_directory": snapshot.store_directory,
+                                  "unreadable": snapshot.unreadable, "inline": None}))
+    manager = EventSnapshotIOManager(str(tmp_path))
+    assert len(manager.load_input(dg.build_input_context(asset_key=raw_events.key))) == 120
+    typed = dg.build_input_context(asset_key=raw_events.key, dagster_type=dg.DagsterType(
+        lambda _c, v: True, typing_type=EventHistory, name="EventHistory"))
+    with pytest.raises(dg.Failure, match="materialise raw_events again"):
+        manager.load_input(typed)
