@@ -7,7 +7,7 @@ read these; the numbers come from ``domain.analysis``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
@@ -23,9 +23,16 @@ from autopack_pipeline.domain.analysis import (
     tier_metrics_document_arrays,
 )
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
-from autopack_pipeline.domain.windows import TimeWindow, events_in_window, latest_day, trailing_days
+from autopack_pipeline.domain.windows import (
+    SHORT_WINDOW_DAYS,
+    TimeWindow,
+    events_in_window,
+    latest_day,
+    trailing_days,
+)
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.frames import as_event_arrays
+from autopack_pipeline.storage.snapshot import EventSnapshot
 
 
 def analysis_window(settings: Settings, events: EventArrays | None = None,
@@ -38,6 +45,24 @@ def analysis_window(settings: Settings, events: EventArrays | None = None,
         return None
     anchor = today or (latest_day(events) if events is not None else None)
     return trailing_days(settings.metrics_window_days, anchor)
+
+
+def analysis_reach(settings: Settings, latest: date | None) -> datetime | None:
+    """The earliest moment any analysis step reads when the newest event is on day ``latest``: the
+    start of :func:`analysis_window` or of the last 7 days' Tier 1 beside it, whichever is earlier.
+    ``None`` means every event: the window is off, or no event has a timestamp."""
+    window = analysis_window(settings, today=latest) if latest is not None else None
+    if window is None:
+        return None
+    return min(window.start, trailing_days(SHORT_WINDOW_DAYS, latest).start)
+
+
+def events_within_reach(settings: Settings, snapshot: EventSnapshot) -> EventArrays:
+    """The events of ``snapshot`` the analysis steps read (:func:`analysis_reach`), loaded from only
+    the parts of the columnar copy that hold them. The window, the last 7 days and the newest event
+    (the windows' anchor) are all inside, so every figure of the analysis is what it would be over
+    every event."""
+    return snapshot.arrays(since=analysis_reach(settings, snapshot.latest_day()))
 
 
 def window_label(window: TimeWindow | None) -> str:

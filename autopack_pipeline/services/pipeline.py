@@ -44,7 +44,9 @@ def sample_stage(windowed: WindowedEvents, *, dedup: bool = True) -> SampleSumma
 
 def metrics_stage(windowed: WindowedEvents, samples: SampleSummary, every_event: EventArrays, *,
                   under_multiplier: float = UNDER_TOLERANCE) -> TierMetrics:
-    """Tier 1 and 2 over the window, with Tier 1 over the last 7 days of ``every_event`` beside them."""
+    """Tier 1 and 2 over the window, with Tier 1 over the last 7 days of ``every_event`` beside them
+    (``every_event``: every event, or the events within :func:`~.analysis.analysis_reach` of the newest,
+    which hold the same last 7 days)."""
     metrics = TierMetrics.of(windowed.events, samples.count, under_multiplier=under_multiplier,
                              window=windowed.label)
     short = trailing_days(SHORT_WINDOW_DAYS, latest_day(every_event))

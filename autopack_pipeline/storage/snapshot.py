@@ -7,23 +7,37 @@ its row count and its high-water event id at that moment. Its IO manager (``defs
 loads the analysis arrays from the store for the steps downstream and keeps only the rows the
 snapshot saw, so a refresh by another run in between does not change what this run analyses.
 
+Not every step needs every event. The analysis reads its rolling window, so a snapshot loads the
+events since a moment (:meth:`EventSnapshot.arrays`' ``since``) from only the parts that can hold them:
+each part's newest timestamp is in its Parquet statistics, so the choice holds whatever order the
+events were written in. The whole-history figures (data-quality checks, raw_events' metadata) are
+sums over events: each part is tallied once (:class:`EventHistory`), the tally kept in a small file
+beside the part (parts are never rewritten: a compaction writes a new part), and a snapshot adds
+the tallies up instead of reading every event.
+
 A database without a store (in-memory SQLite), or a store that cannot be written, is read whole
 and its arrays travel inside the snapshot.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.domain.event_tally import EventTally, add_tallies, tally_events
+from autopack_pipeline.domain.windows import latest_day
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, Progress, RefreshResult, refresh_store
 from autopack_pipeline.storage.events import read_events_checked
 from autopack_pipeline.storage.frames import event_arrays_from_frame
@@ -31,9 +45,33 @@ from autopack_pipeline.storage.timestamps import UnreadableTimestamp, unreadable
 
 logger = logging.getLogger(__name__)
 
+LARGEST_RUNS = 20  # how many runs raw_events lists by event count
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# A part's tally file: ``tally-<part file>``, its run counts as rows and its tally in the schema's metadata.
+_TALLY_PREFIX = "tally-"
+_TALLY_FORMAT = b"1"
+
 
 class SnapshotUnavailable(RuntimeError):
     """The store no longer holds the rows a snapshot saw (it was rebuilt or deleted)."""
+
+
+@dataclass(frozen=True)
+class EventHistory:
+    """Figures over every event of a snapshot: the tally (data quality), how many runs, and the
+    ``LARGEST_RUNS`` runs with the most events (most first, then by run id)."""
+
+    tally: EventTally
+    runs: int
+    largest_runs: list[tuple[str, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tally": self.tally.as_dict(), "runs": self.runs, "largest_runs": [list(r) for r in self.largest_runs]}
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> EventHistory:
+        return cls(EventTally.from_dict(document["tally"]), int(document["runs"]),
+                   [(str(run), int(n)) for run, n in document["largest_runs"]])
 
 
 @dataclass(frozen=True)
@@ -42,14 +80,15 @@ class EventSnapshot:
 
     rows: int
     high_water_event_id: int
-    run_counts: dict[str, int] = field(default_factory=dict)  # events per run id
     store_directory: str | None = None
     inline: EventArrays | None = field(default=None, repr=False)
     # Rows left out for an unreadable timestamp: {"count": n, "rows": [the first few, named]}.
     unreadable: dict[str, Any] = field(default_factory=lambda: unreadable_document([]))
-    # The store's events as whoever made the snapshot already loaded them (raw_events reads them for
-    # its metadata): handed to the IO manager of the same process so the steps downstream do not
-    # read ten million events again. Never stored; not part of what the snapshot is.
+    # Figures over every event (None unless asked for: ``snapshot_events(with_history=True)``).
+    history: EventHistory | None = None
+    # Every event, when whoever made the snapshot loaded them (raw_events, tallying a store none of
+    # whose parts was tallied yet): handed to the IO manager of the same process, so the steps that
+    # read every event do not read them again. Never stored; not part of what the snapshot is.
     loaded: EventArrays | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -64,53 +103,138 @@ class EventSnapshot:
         arrays = event_arrays_from_frame(events)
         known = arrays.event_id.values[arrays.event_id.notna()]
         counts = events["run_id"].value_counts(dropna=True)
-        return cls(rows=len(arrays), high_water_event_id=int(known.max()) if len(known) else 0,
-                   run_counts={str(k): int(v) for k, v in counts.items()}, inline=arrays,
-                   unreadable=unreadable_document(unreadable or []))
+        runs = pa.table({"run_id": pa.array([str(k) for k in counts.index], pa.string()),
+                         "events": pa.array(counts.to_numpy(), pa.int64())})
+        return cls(rows=len(arrays), high_water_event_id=int(known.max()) if len(known) else 0, inline=arrays,
+                   unreadable=unreadable_document(unreadable or []),
+                   history=_history(tally_events(arrays), runs))
 
-    def arrays(self) -> EventArrays:
-        """The events as analysis arrays, in event-id order."""
+    def arrays(self, since: datetime | None = None) -> EventArrays:
+        """The events as analysis arrays, in event-id order; with ``since``, only those with a timestamp
+        at or after it, read from only the parts whose newest timestamp reaches it."""
+        events = self._all_or_parts(since)
+        if since is None:
+            return events
+        stamps = events.timestamp_us
+        return events.take(stamps.notna() & (stamps.values >= _microseconds(since)))
+
+    def _all_or_parts(self, since: datetime | None) -> EventArrays:
         if self.inline is not None:
             return self.inline
         if self.loaded is not None:
             return self.loaded
-        if self.store_directory is None:
-            raise SnapshotUnavailable("the snapshot names no columnar store and carries no events")
-        arrays = _load_store(self.store_directory)
-        if len(arrays) == self.rows:
-            return arrays
+        for attempt in (1, 2):
+            try:
+                return self._read(since)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read(self, since: datetime | None) -> EventArrays:
+        store = self._store()
+        manifest = store.manifest()
+        if since is None:
+            arrays = store.event_arrays()
+            if len(arrays) == self.rows:
+                return arrays
+            parts = None
+        else:
+            # The parts that can hold an event of the snapshot at or after ``since``; a part without
+            # timestamp statistics is read.
+            self._check_rows(store, manifest)
+            floor = _microseconds(since)
+            parts = [p for p in self._parts(manifest) if (newest := _newest_stamp(store, p)) is None or newest >= floor]
+            arrays = store.event_arrays(parts=parts, manifest=manifest)
         # The store grew since the snapshot: keep the rows it saw.
         kept = arrays.take(arrays.event_id.values <= self.high_water_event_id)
-        if len(kept) != self.rows:
-            raise SnapshotUnavailable(
-                f"the columnar store {self.store_directory} holds {len(kept)} events up to id "
-                f"{self.high_water_event_id}, the snapshot saw {self.rows}: it was rebuilt since; "
-                "materialise raw_events again"
-            )
+        if parts is None and len(kept) != self.rows:
+            raise self._rebuilt(len(kept))
         return kept
 
+    def latest_day(self) -> date | None:
+        """The UTC day of the snapshot's newest event (``domain.windows.latest_day`` of all its events),
+        from the parts' timestamp statistics: only a part holding rows past the snapshot is read."""
+        if self.inline is not None:
+            return latest_day(self.inline)
+        store = self._store()
+        newest = None
+        for part in self._parts(store.manifest()):
+            if part["max_event_id"] > self.high_water_event_id:  # rows past the snapshot: read its own
+                table = pq.read_table(store.directory / part["file"], columns=["event_id", "timestamp"])
+                seen = table.filter(pc.less_equal(table.column("event_id"), self.high_water_event_id))
+                top = pc.max(seen.column("timestamp").cast(pa.int64())).as_py() if seen.num_rows else None
+            else:
+                top = _newest_stamp(store, part)
+                if top is None:  # no statistics: read the column
+                    stamps = pq.read_table(store.directory / part["file"], columns=["timestamp"]).column("timestamp")
+                    top = pc.max(stamps.cast(pa.int64())).as_py()
+            if top is not None:
+                newest = top if newest is None else max(newest, top)
+        return None if newest is None else (_EPOCH + timedelta(microseconds=newest)).date()
 
-def with_arrays_loaded(snapshot: EventSnapshot) -> EventSnapshot:
-    """The snapshot with its events loaded (once) and kept in it, for the steps of this process."""
-    if snapshot.inline is not None or snapshot.loaded is not None:
-        return snapshot
-    return replace(snapshot, loaded=snapshot.arrays())
+    def _store(self) -> ColumnarStore:
+        if self.store_directory is None:
+            raise SnapshotUnavailable("the snapshot names no columnar store and carries no events")
+        store = ColumnarStore(self.store_directory)
+        if store.manifest() is None:
+            raise SnapshotUnavailable(f"no columnar store at {self.store_directory} any more; "
+                                      "materialise raw_events again")
+        return store
+
+    def _parts(self, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+        return [p for p in manifest["parts"] if p["min_event_id"] <= self.high_water_event_id]
+
+    def _check_rows(self, store: ColumnarStore, manifest: dict[str, Any]) -> None:
+        """The store still holds the snapshot's rows (counted from the manifest; only a part holding
+        rows past the snapshot is read)."""
+        rows = 0
+        for part in self._parts(manifest):
+            if part["max_event_id"] <= self.high_water_event_id:
+                rows += part["rows"]
+            else:
+                ids = pq.read_table(store.directory / part["file"], columns=["event_id"]).column("event_id")
+                rows += int(pc.sum(pc.less_equal(ids, self.high_water_event_id)).as_py() or 0)
+        if rows != self.rows:
+            raise self._rebuilt(rows)
+
+    def _rebuilt(self, rows: int) -> SnapshotUnavailable:
+        return SnapshotUnavailable(
+            f"the columnar store {self.store_directory} holds {rows} events up to id "
+            f"{self.high_water_event_id}, the snapshot saw {self.rows}: it was rebuilt since; "
+            "materialise raw_events again"
+        )
 
 
-def _load_store(directory: str) -> EventArrays:
-    """Every event of the store at ``directory`` as arrays. Not cached here: whoever hands a snapshot
-    on keeps the loaded arrays for as long as it serves them (the raw_events IO manager, per run)."""
-    store = ColumnarStore(directory)
-    if store.manifest() is None:
-        raise SnapshotUnavailable(f"no columnar store at {directory} any more; materialise raw_events again")
-    return store.event_arrays()
+def _microseconds(moment: datetime) -> int:
+    return (moment.astimezone(timezone.utc) - _EPOCH) // timedelta(microseconds=1)
 
 
-def snapshot_events(engine: Engine, *, progress: Progress | None = None, count_runs: bool = True
+def _newest_stamp(store: ColumnarStore, part: dict[str, Any]) -> int | None:
+    """The part's newest timestamp (µs) from its Parquet row-group statistics; None when a row group
+    has none (then the part must be read). A row group of null timestamps only holds no window's event."""
+    metadata = pq.ParquetFile(store.directory / part["file"]).metadata
+    column = metadata.schema.to_arrow_schema().get_field_index("timestamp")
+    newest = None
+    for group in range(metadata.num_row_groups):
+        chunk = metadata.row_group(group).column(column)
+        statistics = chunk.statistics
+        if statistics is None:
+            return None
+        if not statistics.has_min_max:
+            if statistics.has_null_count and statistics.null_count == chunk.num_values:
+                continue
+            return None
+        top = statistics.max_raw if isinstance(statistics.max_raw, int) else _microseconds(statistics.max)
+        newest = top if newest is None else max(newest, top)
+    return newest
+
+
+def snapshot_events(engine: Engine, *, progress: Progress | None = None, with_history: bool = False
                     ) -> tuple[EventSnapshot, RefreshResult | None, str | None]:
     """Refresh the columnar store of ``engine``'s database and snapshot it; ``progress(rows, total)``
-    follows the extraction of new rows. ``count_runs=False`` leaves the snapshot's ``run_counts``
-    empty for a caller that only reads its events (counting runs reads the store's run ids whole).
+    follows the extraction of new rows. ``with_history``: with the figures over every event
+    (:class:`EventHistory`; a part never tallied before is read once for it).
 
     Returns (snapshot, the refresh, None), or, without a usable store, (a snapshot of the whole
     table read from the database, None, why there was no store).
@@ -124,29 +248,138 @@ def snapshot_events(engine: Engine, *, progress: Progress | None = None, count_r
     if store is None or refresh is None:
         return EventSnapshot.from_frame(*read_events_checked(engine)), None, reason
     snapshot = EventSnapshot(rows=refresh.rows_after, high_water_event_id=refresh.high_water,
-                             run_counts=_run_counts(store, refresh.high_water) if count_runs else {},
-                             store_directory=str(store.directory),
-                             unreadable=store.unreadable())
+                             store_directory=str(store.directory), unreadable=store.unreadable())
+    if with_history:
+        history, loaded = _history_and_events(store, refresh.high_water)
+        if loaded is not None and len(loaded) != snapshot.rows:
+            loaded = None  # rows set aside since: let the snapshot read them as it reads any store
+        snapshot = replace(snapshot, history=history, loaded=loaded)
     return snapshot, refresh, None
 
 
-def _run_counts(store: ColumnarStore, high_water: int) -> dict[str, int]:
-    table = store.table(["run_id", "event_id"], as_codes=("run_id",))
-    if table.num_rows == 0:
-        return {}
-    ids = table.column("event_id")
-    # Filtering ten million dictionary-coded rows costs a third of a second: only when a refresh
-    # since added rows past the snapshot's high-water id.
-    seen = table.filter(pc.less_equal(ids, high_water)) if pc.max(ids).as_py() > high_water else table
-    chunks = [chunk for chunk in seen.column("run_id").chunks if len(chunk)]
-    if not chunks:
-        return {}
-    # Count codes per chunk, then add the counts up per name with one Arrow encoding of the chunks'
-    # dictionaries: no Python per event and none per (chunk, run) either.
-    per_code = [np.bincount(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False) + 1,
-                            minlength=len(chunk.dictionary) + 1)[1:] for chunk in chunks]
-    names = pc.dictionary_encode(pa.concat_arrays([chunk.dictionary.cast(pa.string()) for chunk in chunks]))
-    totals = np.bincount(names.indices.to_numpy(zero_copy_only=False), weights=np.concatenate(per_code),
-                         minlength=len(names.dictionary)).astype(np.int64)
-    present = totals > 0
-    return dict(zip(names.dictionary.filter(pa.array(present)).to_pylist(), totals[present].tolist()))
+def history_of(store: ColumnarStore, high_water: int) -> EventHistory:
+    """The figures over every stored event up to ``high_water``: the parts' tallies added up."""
+    return _history_and_events(store, high_water)[0]
+
+
+def _history_and_events(store: ColumnarStore, high_water: int) -> tuple[EventHistory, EventArrays | None]:
+    """:func:`history_of`, and every event when they were loaded for it: when most rows are in parts
+    never tallied (the first run after an extraction or a rebuild), reading every event once and
+    tallying each part's rows costs what reading each part does, and the events are there for the
+    steps that read them all (drift, generated_tasks)."""
+    for attempt in (1, 2):
+        manifest = store.manifest()
+        if manifest is None:
+            raise SnapshotUnavailable(f"no columnar store at {store.directory} any more")
+        parts = [p for p in manifest["parts"] if p["min_event_id"] <= high_water]
+        try:
+            every = _every_event_to_tally(store, manifest, parts, high_water)
+            tallies = [_part_tally(store, manifest, part, high_water, every) for part in parts]
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+            continue  # a refresh compacted the parts under us; read the new manifest
+        _drop_stale_tallies(store, manifest)
+        runs = pa.concat_tables([runs for _tally, runs in tallies]) if tallies else _runs_table([], [])
+        return _history(add_tallies([tally for tally, _runs in tallies]), runs), (
+            None if every is None else every[0])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _every_event_to_tally(store: ColumnarStore, manifest: dict[str, Any], parts: list[dict[str, Any]],
+                          high_water: int) -> tuple[EventArrays, dict[str, slice]] | None:
+    """Every event and each part's rows among them, when most rows are in parts without a tally and
+    the parts lie one after the other in event-id order, all up to ``high_water`` (so a part's rows
+    are one slice); else None (each untallied part is read on its own)."""
+    if not manifest["sorted"] or len(parts) != len(manifest["parts"]) or any(
+            p["max_event_id"] > high_water for p in parts):
+        return None
+    untallied = sum(p["rows"] for p in parts if _kept_tally(store, p) is None)
+    if untallied * 2 <= manifest["rows"]:
+        return None
+    arrays = store.event_arrays(parts=parts, manifest=manifest)
+    slices, start = {}, 0
+    for part in parts:
+        slices[part["file"]] = slice(start, start + part["rows"])
+        start += part["rows"]
+    return arrays, slices
+
+
+def _kept_tally(store: ColumnarStore, part: dict[str, Any]) -> tuple[EventTally, pa.Table] | None:
+    """The tally file of ``part``, when there is a readable one of this format."""
+    try:
+        kept = pq.read_table(store.directory / f"{_TALLY_PREFIX}{part['file']}")
+        metadata = kept.schema.metadata or {}
+        if metadata.get(b"format") == _TALLY_FORMAT:
+            return EventTally.from_dict(json.loads(metadata[b"tally"])), kept.replace_schema_metadata(None)
+    except (FileNotFoundError, OSError, pa.ArrowInvalid, KeyError, ValueError, TypeError):
+        pass  # missing or unreadable: tallied again
+    return None
+
+
+def _history(tally: EventTally, runs: pa.Table) -> EventHistory:
+    """``runs`` (run id, events; a run may have a row per part) summed per run."""
+    per_run = runs.group_by("run_id").aggregate([("events", "sum")]) if runs.num_rows else runs.rename_columns(
+        ["run_id", "events_sum"])
+    order = pc.sort_indices(per_run, sort_keys=[("events_sum", "descending"), ("run_id", "ascending")])
+    top = per_run.take(order[:LARGEST_RUNS])
+    return EventHistory(tally, per_run.num_rows,
+                        list(zip(top.column("run_id").to_pylist(), top.column("events_sum").to_pylist())))
+
+
+def _runs_table(names: list[str], counts: list[int]) -> pa.Table:
+    return pa.table({"run_id": pa.array(names, pa.string()), "events": pa.array(counts, pa.int64())})
+
+
+def _part_tally(store: ColumnarStore, manifest: dict[str, Any], part: dict[str, Any], high_water: int,
+                every: tuple[EventArrays, dict[str, slice]] | None = None) -> tuple[EventTally, pa.Table]:
+    """A part's tally and run counts (of its rows up to ``high_water``): from its tally file, or
+    counted from its rows (``every``: every event and each part's slice of them, already loaded;
+    else the part is read) and kept, when every row of the part counts."""
+    whole = part["max_event_id"] <= high_water
+    path = store.directory / f"{_TALLY_PREFIX}{part['file']}"
+    if whole and (kept := _kept_tally(store, part)) is not None:
+        return kept
+    if every is not None:
+        arrays = every[0].take(every[1][part["file"]])  # a slice: views of the arrays, nothing copied
+    else:
+        arrays = store.event_arrays(parts=[part], manifest=manifest)
+    # Run ids as Parquet's dictionary codes, counted per code: no string per row.
+    table = pq.read_table(store.directory / part["file"], columns=["run_id", "event_id"], read_dictionary=["run_id"])
+    if not whole:
+        arrays = arrays.take(arrays.event_id.values <= high_water)
+        table = table.filter(pc.less_equal(table.column("event_id"), high_water))
+    runs = _run_counts(table.column("run_id"))
+    tally = tally_events(arrays)
+    if whole:
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            pq.write_table(runs.replace_schema_metadata({b"format": _TALLY_FORMAT,
+                                                         b"tally": json.dumps(tally.as_dict()).encode()}), tmp)
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only store still answers; it tallies again next time
+            logger.warning("could not keep the tally of %s: %s", part["file"], exc)
+    return tally, runs
+
+
+def _run_counts(run_ids: pa.ChunkedArray) -> pa.Table:
+    """Events per run id of a dictionary-encoded column (a run may have a row per chunk; missing ids
+    are not counted)."""
+    names, counts = [], []
+    for chunk in run_ids.chunks:
+        per_code = np.bincount(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False) + 1,
+                               minlength=len(chunk.dictionary) + 1)[1:]
+        present = per_code > 0
+        names.append(chunk.dictionary.cast(pa.string()).filter(pa.array(present)))
+        counts.append(pa.array(per_code[present], pa.int64()))
+    if not names:
+        return _runs_table([], [])
+    return pa.table({"run_id": pa.concat_arrays(names), "events": pa.concat_arrays(counts)})
+
+
+def _drop_stale_tallies(store: ColumnarStore, manifest: dict[str, Any]) -> None:
+    """Remove the tally files of parts the store no longer has (compacted or rebuilt away)."""
+    current = {f"{_TALLY_PREFIX}{p['file']}" for p in manifest["parts"]}
+    for path in store.directory.glob(f"{_TALLY_PREFIX}*"):
+        if path.name not in current and not (store.directory / path.name.removeprefix(_TALLY_PREFIX)).exists():
+            path.unlink(missing_ok=True)

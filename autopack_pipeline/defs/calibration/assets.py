@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 import dagster as dg
 
+from autopack_pipeline.defs.events.io_manager import ANALYSIS_REACH
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.metadata import (
     markdown_table,
@@ -29,7 +30,7 @@ class CalibrationConfig(dg.Config):
     output_dir: str | None = None
 
 
-@dg.asset(group_name="calibration", kinds={"numpy"})
+@dg.asset(group_name="calibration", kinds={"numpy"}, ins={"raw_events": dg.AssetIn(metadata=ANALYSIS_REACH)})
 def calibration_recommendations(
     context: dg.AssetExecutionContext,
     config: CalibrationConfig,

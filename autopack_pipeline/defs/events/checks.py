@@ -5,18 +5,11 @@ Every result states what was observed and the threshold it was held to.
 """
 
 import dagster as dg
-import numpy as np
 
 from autopack_pipeline.defs.events.assets import raw_events
 from autopack_pipeline.defs.shared.metadata import markdown_table
-from autopack_pipeline.domain.analysis import EventArrays, IntColumn, success_flags
-
-# Claude's largest output ceiling is 128k tokens; a count beyond a million is a unit or parsing error.
-MAX_PLAUSIBLE_TOKENS = 1_000_000
-MAX_PLAUSIBLE_DELIVERABLES = 1_000
-# Column name -> the EventArrays field that holds it.
-TOKEN_COLUMNS = {"predicted_output_tokens": "predicted", "actual_output_tokens": "actual",
-                 "selected_budget": "selected_budget", "actual_max_tokens": "actual_max_tokens"}
+from autopack_pipeline.domain.event_tally import MAX_PLAUSIBLE_DELIVERABLES, MAX_PLAUSIBLE_TOKENS
+from autopack_pipeline.storage.snapshot import EventHistory
 
 EVENTS_EXIST = "events_exist"
 NOT_ALL_FAILURES = "not_all_failures"
@@ -24,12 +17,14 @@ PLAUSIBLE_COUNTS = "token_counts_plausible"
 DATA_QUALITY_CHECK_KEYS = [
     dg.AssetCheckKey(raw_events.key, name) for name in (EVENTS_EXIST, NOT_ALL_FAILURES, PLAUSIBLE_COUNTS)
 ]
+# The checks judge every event raw_events saw, through its figures over every event (EventHistory:
+# each part of the columnar copy tallied once), so no event is read for them.
 
 
 @dg.asset_check(asset=raw_events, name=EVENTS_EXIST, blocking=True)
-def events_exist(raw_events: EventArrays) -> dg.AssetCheckResult:
+def events_exist(raw_events: EventHistory) -> dg.AssetCheckResult:
     """The telemetry database holds at least one token-estimation event (blocks the analysis)."""
-    n = len(raw_events)
+    n = raw_events.tally.events
     return dg.AssetCheckResult(
         passed=n > 0,
         metadata={"observed_events": n, "threshold_min_events": 1},
@@ -38,10 +33,10 @@ def events_exist(raw_events: EventArrays) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=raw_events, name=NOT_ALL_FAILURES, blocking=True)
-def not_all_failures(raw_events: EventArrays) -> dg.AssetCheckResult:
+def not_all_failures(raw_events: EventHistory) -> dg.AssetCheckResult:
     """At least one Builder call succeeded; all failures means a broken backend, not an estimator to tune."""
-    n = len(raw_events)
-    succeeded = int(success_flags(raw_events).sum()) if n else 0
+    n = raw_events.tally.events
+    succeeded = raw_events.tally.succeeded if n else 0
     rate = 100.0 * succeeded / n if n else 0.0
     return dg.AssetCheckResult(
         passed=succeeded > 0,
@@ -55,25 +50,10 @@ def not_all_failures(raw_events: EventArrays) -> dg.AssetCheckResult:
     )
 
 
-def implausible_counts(events: EventArrays) -> dict[str, dict[str, int]]:
-    """Per numeric column, how many values are negative and how many beyond the plausible ceiling."""
-    columns = [(name, getattr(events, field), MAX_PLAUSIBLE_TOKENS) for name, field in TOKEN_COLUMNS.items()]
-    columns.append(("deliverable_count", events.deliverable_count, MAX_PLAUSIBLE_DELIVERABLES))
-    found: dict[str, dict[str, int]] = {}
-    for name, column, ceiling in columns:
-        values = _known(column)
-        found[name] = {"negative": int((values < 0).sum()), "absurd": int((values > ceiling).sum()), "ceiling": ceiling}
-    return found
-
-
-def _known(column: IntColumn) -> np.ndarray:
-    return column.values if column.valid is None else column.values[column.valid]
-
-
 @dg.asset_check(asset=raw_events, name=PLAUSIBLE_COUNTS, blocking=True)
-def token_counts_plausible(raw_events: EventArrays) -> dg.AssetCheckResult:
+def token_counts_plausible(raw_events: EventHistory) -> dg.AssetCheckResult:
     """No negative token or deliverable counts, none beyond 1,000,000 tokens or 1,000 deliverables."""
-    found = implausible_counts(raw_events)
+    found = raw_events.tally.implausible
     negative = sum(v["negative"] for v in found.values())
     absurd = sum(v["absurd"] for v in found.values())
     offenders = [f"{c}: {v['negative']} negative, {v['absurd']} > {v['ceiling']:,}" for c, v in found.items()

@@ -121,7 +121,7 @@ def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: Teleme
     Groups need 30 events in each window; the others are counted as skipped. The events come through
     the columnar copy, refreshed first (only new rows are read from the database).
     """
-    snapshot, _refresh, fallback = snapshot_events(telemetry_db.engine(), count_runs=False)
+    snapshot, _refresh, fallback = snapshot_events(telemetry_db.engine())
     if fallback:
         context.log.warning(fallback)
     # Through raw_events' IO manager: in a run that read these very events already (raw_events

@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from autopack_pipeline.defs.events.io_manager import ANALYSIS_REACH
 from autopack_pipeline.defs.resources import TelemetryDatabase
 from autopack_pipeline.defs.shared.automation import ON_NEW_EVENTS_OR_NEW_DAY
 from autopack_pipeline.defs.shared.metadata import (
@@ -30,7 +31,8 @@ class MetricsConfig(dg.Config):
     under_multiplier: float = UNDER_TOLERANCE
 
 
-@dg.asset(group_name="metrics", kinds={"numpy"}, automation_condition=ON_NEW_EVENTS_OR_NEW_DAY)
+@dg.asset(group_name="metrics", kinds={"numpy"}, automation_condition=ON_NEW_EVENTS_OR_NEW_DAY,
+          ins={"raw_events": dg.AssetIn(metadata=ANALYSIS_REACH)})
 def tier_metrics(
     context: dg.AssetExecutionContext,
     config: MetricsConfig,

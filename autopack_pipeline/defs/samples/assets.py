@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from autopack_pipeline.defs.events.io_manager import ANALYSIS_REACH
 from autopack_pipeline.defs.shared.automation import ON_NEW_EVENTS_OR_NEW_DAY
 from autopack_pipeline.defs.shared.metadata import markdown_table, sample_group_metadata
 from autopack_pipeline.domain.analysis import EventArrays
@@ -15,7 +16,8 @@ class SamplesConfig(dg.Config):
     dedup: bool = True
 
 
-@dg.asset(group_name="metrics", kinds={"numpy"}, automation_condition=ON_NEW_EVENTS_OR_NEW_DAY)
+@dg.asset(group_name="metrics", kinds={"numpy"}, automation_condition=ON_NEW_EVENTS_OR_NEW_DAY,
+          ins={"raw_events": dg.AssetIn(metadata=ANALYSIS_REACH)})
 def success_samples(config: SamplesConfig, raw_events: EventArrays) -> dg.MaterializeResult:
     """Successful, untruncated events with at least 50 output tokens, one per (run, phase) unless
     dedup is off; categories and complexities in their canonical spelling; over the rolling window

@@ -401,12 +401,19 @@ class ColumnarStore:
         frame = table.to_pandas(types_mapper=mapping.get, coerce_temporal_nanoseconds=True)
         return conform_events_frame(frame)
 
-    def event_arrays(self) -> EventArrays:
+    def event_arrays(self, *, parts: list[dict[str, Any]] | None = None,
+                     manifest: dict[str, Any] | None = None) -> EventArrays:
         """The columns the analysis needs as :class:`~autopack_pipeline.domain.analysis.EventArrays`.
 
         Parts are read one at a time straight into preallocated numpy arrays, so the peak memory is
         the arrays plus one part; labels become integer codes, unified over all parts in Arrow.
+        ``parts`` (entries of ``manifest``, the one they were chosen from): only those parts' events,
+        in event_id order; a missing part file raises FileNotFoundError (choose again from a new manifest).
         """
+        if parts is not None:
+            if manifest is None:
+                raise ValueError("parts are chosen from a manifest: pass it")
+            return _load_arrays(self.directory, {**manifest, "parts": parts, "rows": sum(p["rows"] for p in parts)})
         for attempt in (1, 2):
             manifest = self.manifest()
             if manifest is None:

@@ -10,18 +10,19 @@ from autopack_pipeline.defs.metrics.checks import (
     tier1_underestimation_within_target,
     tier2_budget_waste_p90_below_3x,
 )
-from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.services import pipeline
 from autopack_pipeline.services.analysis import TierMetrics
-from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame, event_arrays_from_frame
+from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame
+from autopack_pipeline.storage.snapshot import EventHistory, EventSnapshot
 
 from .conftest import check_evaluations, materialize_slice
 
 
-def _events(**columns) -> EventArrays:
+def _events(**columns) -> EventHistory:
+    """What the data-quality checks read: the figures over every event of these rows."""
     n = len(next(iter(columns.values())))
     base = {"event_id": range(1, n + 1), "run_id": ["r"] * n, "phase_id": [f"p{i}" for i in range(n)]}
-    return event_arrays_from_frame(conform_events_frame(pd.DataFrame(base | columns)))
+    return EventSnapshot.from_frame(conform_events_frame(pd.DataFrame(base | columns))).history
 
 
 def _metrics(under=0.0, truncation=0.0, waste=None, n=100):
@@ -92,7 +93,7 @@ def test_an_empty_database_blocks_the_calibration_path_but_raw_events_is_still_m
 
 def test_events_exist_states_the_count():
     assert events_exist(raw_events=_events(success=[True])).passed
-    empty = events_exist(raw_events=event_arrays_from_frame(empty_events_frame()))
+    empty = events_exist(raw_events=EventSnapshot.from_frame(empty_events_frame()).history)
     assert not empty.passed and "no events" in empty.description
 
 
