@@ -183,6 +183,12 @@ class GroupShape:
     def margin(self, q: float) -> float:
         return float(math.exp(self.location + self.scale * q))
 
+    def clean_above(self, line: float) -> int:
+        """How many clean calls' log ratios exceed ``line``: a binary search in the sorted logs, where
+        a comparison of every call was redone for each pooled bound's check."""
+        ordered = self._sorted_logs[0]
+        return len(ordered) - int(np.searchsorted(ordered, line, side="right"))
+
     @property
     def observations(self) -> int:
         return len(self.log_ratios) + self.censored
@@ -354,7 +360,7 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
     from scipy.special import bdtrc  # scipy.stats' binom.sf without importing scipy.stats (see confident_rank)
 
     line = math.log(margin)
-    above = float((shape.log_ratios > line).sum())
+    above = float(shape.clean_above(line))
     bounds = shape.censored_logs
     if len(bounds):
         passed = np.ones(len(bounds))  # a ceiling at or above the margin, or no estimate to ask
