@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError
-from autopack_pipeline.storage.columnar.prefetch import prefetch
+from autopack_pipeline.storage.columnar.prefetch import converted_in_order
 
 _ARRAY_INTS = {
     "event_id": np.int64, "deliverable_count": np.int32, "predicted_output_tokens": np.int32,
@@ -227,9 +227,9 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
                        if not pa.types.is_dictionary(table.schema.field(name).type)}
 
     position = 0
-    # The next part is read and its phase ids encoded on a helper thread (pyarrow releases the GIL)
-    # while this one is copied into the arrays: a second core's work, one more part in memory.
-    for _part, (table, encoded) in prefetch(manifest["parts"], read, depth=1):
+    # The next two parts are read and their phase ids encoded on helper threads (pyarrow releases the
+    # GIL) while this one is copied into the arrays: both cores' work, two more parts in memory.
+    for _part, (table, encoded) in converted_in_order(manifest["parts"], read, workers=2):
         filler.add(table, position, encoded)
         position += table.num_rows
         del table, encoded
