@@ -38,7 +38,7 @@ for again for ten minutes. ``refresh(full=True)`` rebuilds from scratch.
 
 The modules: ``encoding`` (columns, Arrow types, sizes), ``layout`` (where a store lives),
 ``batches`` (rows out of the database), ``store`` (:class:`ColumnarStore`: manifest, refresh,
-reading), ``arrays`` (parts into the analysis arrays), ``prefetch`` (helper threads ahead).
+reading), ``arrays`` (parts into the analysis arrays), ``prefetch`` (a helper thread ahead).
 """
 
 from autopack_pipeline.storage.columnar.batches import _BatchReader

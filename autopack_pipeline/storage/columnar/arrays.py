@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError
-from autopack_pipeline.storage.columnar.prefetch import converted_in_order
 
 _ARRAY_INTS = {
     "event_id": np.int64, "deliverable_count": np.int32, "predicted_output_tokens": np.int32,
@@ -47,9 +46,7 @@ class _Filler:
             mask = self.valid.setdefault(name, np.ones(self.rows, dtype=bool))
             mask[where] = array.is_valid().to_numpy(zero_copy_only=False)
 
-    def add(self, table: pa.Table, start: int, encoded: dict[str, pa.ChunkedArray] | None = None) -> None:
-        """The part ``table`` into rows ``start`` on; ``encoded``: its text columns already dictionary-
-        encoded (:func:`encode_text_columns`), by name."""
+    def add(self, table: pa.Table, start: int) -> None:
         where = slice(start, start + table.num_rows)
         for name in (*_ARRAY_INTS, "timestamp"):
             array = table.column(name).combine_chunks()
@@ -67,8 +64,7 @@ class _Filler:
             out = self.values[name]
             column = table.column(name)
             if not pa.types.is_dictionary(column.type):
-                done = (encoded or {}).get(name)
-                self._add_text(name, where, encode_text(column) if done is None else done)
+                self._add_text(name, where, column)
                 continue
             pieces = self.chunk_dictionaries[name]
             offset = start
@@ -80,12 +76,13 @@ class _Filler:
                     pieces.append((slice(offset, offset + len(chunk)), chunk.dictionary))
                 offset += len(chunk)
 
-    def _add_text(self, name: str, where: slice, encoded: pa.ChunkedArray) -> None:
-        """A text column (phase ids) dictionary-encoded within its part (``encoded``, by
-        :func:`encode_text`), the codes shifted past the parts before: equal codes, equal text, but one
-        text may have a code per part until :meth:`_join_phase_parts` (encoding 10 parts of a million
-        costs 0.6 of encoding ten million at once: smaller hash tables)."""
+    def _add_text(self, name: str, where: slice, column: pa.ChunkedArray) -> None:
+        """A text column (phase ids) dictionary-encoded within its part, the codes shifted past the
+        parts before: equal codes, equal text, but one text may have a code per part until
+        :meth:`_join_phase_parts` (encoding 10 parts of a million costs 0.6 of encoding ten million at
+        once: smaller hash tables)."""
         out = self.values[name]
+        encoded = pc.dictionary_encode(column.cast(pa.string()))
         shift = sum(len(dictionary) for _rows, dictionary in self.texts[name])
         offset = where.start
         for chunk in encoded.chunks:  # one dictionary for the chunks of one call
@@ -203,11 +200,6 @@ class _Filler:
         return LabelColumn(self.values[name], tuple(self.labels[name].to_pylist()))
 
 
-def encode_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A text column of one part dictionary-encoded (one dictionary for its chunks)."""
-    return pc.dictionary_encode(column.cast(pa.string()))
-
-
 def _same_array(a: pa.Array, b: pa.Array) -> bool:
     """The same Arrow data (one buffer shared), without comparing values."""
     return len(a) == len(b) and a.offset == b.offset and [x.address if x else 0 for x in a.buffers()] == \
@@ -217,22 +209,15 @@ def _same_array(a: pa.Array, b: pa.Array) -> bool:
 def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
     filler = _Filler(int(manifest["rows"]))
     names = [*_ARRAY_INTS, "timestamp", *_ARRAY_FLAGS, *_ARRAY_CODES]
-
-    def read(part: dict[str, Any]) -> tuple[pa.Table, dict[str, pa.ChunkedArray]]:
+    position = 0
+    for part in manifest["parts"]:
         # Phase ids are read as text and encoded here in one pass: with about one distinct id per phase,
         # Parquet's dictionary pages overflow to plain ones, and asking pyarrow for a dictionary costs
         # twice as much as encoding the text (0.87 s against 0.41 s per million, measured).
         table = pq.read_table(directory / part["file"], columns=names)
-        return table, {name: encode_text(table.column(name)) for name in _ARRAY_CODES
-                       if not pa.types.is_dictionary(table.schema.field(name).type)}
-
-    position = 0
-    # The next two parts are read and their phase ids encoded on helper threads (pyarrow releases the
-    # GIL) while this one is copied into the arrays: both cores' work, two more parts in memory.
-    for _part, (table, encoded) in converted_in_order(manifest["parts"], read, workers=2):
-        filler.add(table, position, encoded)
+        filler.add(table, position)
         position += table.num_rows
-        del table, encoded
+        del table
     if position != filler.rows:
         raise ColumnarStoreError(f"the manifest of {directory} counts {filler.rows} rows, its parts {position}")
     filler.unify_labels()

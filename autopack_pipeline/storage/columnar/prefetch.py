@@ -45,36 +45,3 @@ def prefetch(items: Iterable, convert: Callable[[Any], Any], depth: int = 2) -> 
                 buffer.get_nowait()
             except queue.Empty:
                 worker.join(timeout=0.05)
-
-
-def converted_in_order(items: Iterable, convert: Callable[[Any], Any], workers: int = 2
-                       ) -> Iterator[tuple[Any, Any]]:
-    """``(item, convert(item))`` for every item, in order, with up to ``workers`` conversions running
-    at once on helper threads while the caller handles the one before: :func:`prefetch` with more
-    than one helper, for conversions that release the GIL (pyarrow's reads and hashing), so several
-    cores convert while memory holds at most ``workers`` results ahead of the caller."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    remaining = iter(items)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch") as pool:
-        pending: deque = deque()
-        try:
-            for item in remaining:
-                pending.append((item, pool.submit(convert, item)))
-                if len(pending) == workers:
-                    break
-            while pending:
-                item, done = pending.popleft()
-                converted = done.result()
-                following = next(remaining, _NOTHING)
-                if following is not _NOTHING:
-                    pending.append((following, pool.submit(convert, following)))
-                yield item, converted
-                del converted
-        finally:
-            for _item, future in pending:
-                future.cancel()
-
-
-_NOTHING = object()
