@@ -93,8 +93,6 @@ class GroupObservationsInForce:
     actual: np.ndarray
     censored_predicted: np.ndarray  # truncated calls
     censored_ceiling: np.ndarray  # the ceiling each truncated call hit (at least its output)
-    # An order that nearly sorts the clean ratios (any factor keeps it nearly so): speed only.
-    clean_order: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -271,7 +269,7 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
     cap = float(np.partition(np.r_[clean, CENSORED_HEADROOM * ceilings], rank - 1)[rank - 1])
     if k > n:
         return cap, f"every clean call, and {CENSORED_HEADROOM}x every ceiling hit"
-    points, cdf = kaplan_meier(clean, ceilings, near=group.clean_order)
+    points, cdf = kaplan_meier(clean, ceilings)
     reached = np.nonzero(cdf >= k / n - 1e-12)[0]
     if len(reached) and points[reached[0]] < cap:
         return float(points[reached[0]]), (f"the Kaplan-Meier {k}/{n} point of its ratios, truncated calls censored "
@@ -364,8 +362,7 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
         if len(g.actual) + len(g.censored_ceiling) < min_samples or not len(g.actual):
             continue
         scale = factors.get(key, 1.0)
-        shape = group_shape(key, g.actual / (g.predicted * scale), g.censored_ceiling / (g.censored_predicted * scale),
-                            near=g.clean_order)
+        shape = group_shape(key, g.actual / (g.predicted * scale), g.censored_ceiling / (g.censored_predicted * scale))
         if shape is not None:
             shapes.append(shape)
     return pooled_group_margins(shapes, target_pct, thin_below=_needed(truncation_target_pct),
@@ -396,8 +393,7 @@ def calibration_section(
         observed.append(GroupObservationsInForce(
             group.key[0], group.key[1], np.asarray(group.predicted, dtype=float), np.asarray(group.actual, dtype=float),
             np.asarray(group.censored_predicted, dtype=float),
-            np.asarray(group.bounds * group.censored_predicted, dtype=float),
-            getattr(group, "ratio_order", None)))  # a group with no such order is sorted from scratch
+            np.asarray(group.bounds * group.censored_predicted, dtype=float)))
     if pooled_factors:
         factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct)
     pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples)

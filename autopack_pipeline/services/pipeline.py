@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.domain.analysis import EventArrays, tier1_arrays
 from autopack_pipeline.domain.drift import detect_drift, drift_insights
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import GeneratedTask, Insight
@@ -50,9 +50,10 @@ def metrics_stage(windowed: WindowedEvents, samples: SampleSummary, every_event:
     metrics = TierMetrics.of(windowed.events, samples.count, under_multiplier=under_multiplier,
                              window=windowed.label)
     short = trailing_days(SHORT_WINDOW_DAYS, latest_day(every_event))
-    recent = TierMetrics.of(events_in_window(every_event, short), 0, under_multiplier=under_multiplier)
+    # Only the Tier-1 block of the last 7 days is kept: its ratio figures and strata are not computed.
+    recent = tier1_arrays(events_in_window(every_event, short), under_multiplier=under_multiplier)
     return TierMetrics(metrics.document, under_multiplier, windowed.label,
-                       last_7_days={"window": window_label(short), "tier1": recent.tier1})
+                       last_7_days={"window": window_label(short), "tier1": recent})
 
 
 def calibration_stage(engine: Engine | None, settings: Settings, windowed: WindowedEvents, metrics: TierMetrics,

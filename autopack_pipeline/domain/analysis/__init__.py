@@ -50,6 +50,7 @@ from autopack_pipeline.domain.analysis.median_calibration import calibrate_autop
 from autopack_pipeline.domain.analysis.metrics import (
     compute_metrics_arrays,
     group_tier1_arrays,
+    tier1_arrays,
     tier_metrics_document_arrays,
 )
 from autopack_pipeline.domain.analysis.order_statistics import _summary_and_p90, median_of, p90, p90_of
@@ -90,6 +91,7 @@ __all__ = [
     "percent",
     "sample_groups",
     "success_flags",
+    "tier1_arrays",
     "tier_metrics_document_arrays",
     "truncated_flags",
     "truncation_disagreements",

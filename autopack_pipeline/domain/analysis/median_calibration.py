@@ -38,13 +38,14 @@ def _datetime_from_us(us: int) -> datetime:
 
 
 def _masked_range(column: IntColumn, rows: np.ndarray) -> tuple[int, int] | None:
-    """(min, max) of ``column`` over ``rows`` where it is known, without copying; None when empty."""
+    """(min, max) of ``column`` over ``rows`` where it is known; None when empty."""
     chosen = rows if column.valid is None else rows & column.valid
     if not chosen.any():
         return None
-    values = column.values
-    info = np.iinfo(values.dtype)
-    return (int(values.min(where=chosen, initial=info.max)), int(values.max(where=chosen, initial=info.min)))
+    # The chosen values copied out, then two plain reductions: twice as fast as reducing with
+    # ``where=`` (not vectorised), for a transient copy the size of one column.
+    values = column.values[chosen]
+    return int(values.min()), int(values.max())
 
 
 def provenance_arrays(arrays: EventArrays, samples: np.ndarray, provenance: dict[str, Any]) -> Provenance:

@@ -60,13 +60,15 @@ class _Basics:
                 self._over[multiplier] = self.known & (self.actual(None) > self.predicted(None) * multiplier)
         return self._over[multiplier]
 
-    def ratio_values(self, name: str, rows: np.ndarray | None) -> np.ndarray:
+    def ratio_values(self, name: str, rows: np.ndarray | None,
+                     tokens: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """The values the reference sorts for one figure, over ``rows`` (a mask), in row order.
 
         ``waste``: finite predicted/actual; ``budget_waste``: finite budget/actual with both positive;
         ``smape``: 200 * |p - a| / (|p| + |a|) over non-truncated rows with a positive finite scale.
+        ``tokens``: ``(self.predicted(rows), self.actual(rows))`` when the caller has them (not changed).
         """
-        predicted, actual = self.predicted(rows), self.actual(rows)
+        predicted, actual = tokens or (self.predicted(rows), self.actual(rows))
         with np.errstate(divide="ignore", invalid="ignore"):
             if name == "waste":
                 values = predicted / actual
@@ -104,8 +106,11 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
     figure at a time, to bound memory.
     """
     out: list[dict[str, Any]] = [{} for _ in documents]
+    # Each part's token counts as floats once for the three figures (converting them per figure was a
+    # third of the metrics' time at ten million events); two columns of floats, held to the last figure.
+    tokens = [(base.predicted(part), base.actual(part)) for part in parts]
     for name in ("waste", "budget_waste", "smape"):
-        values = [base.ratio_values(name, part) for part in parts]
+        values = [base.ratio_values(name, part, pair) for part, pair in zip(parts, tokens)]
         uses = [sum(i in members for members in documents) for i in range(len(parts))]
         for doc, members in zip(out, documents):
             for i in members:
@@ -134,7 +139,7 @@ def _document(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multi
     total = len(known)
     truncated_count = int(truncated.sum())
     bounded = _both(base.truncated & base.known, rows)
-    tier1 = tier1_block(multiplier, total, int(known.sum()), int(over.sum()), truncated_count, int(success.sum()))
+    tier1 = _tier1_of(multiplier, known, over, truncated, success)
     document: dict[str, Any] = {
         "tier1": tier1,
         "tier2": {key: figures[key] for key in
@@ -156,6 +161,20 @@ def _document(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multi
     if stratify:
         document["strata"] = _strata(arrays, rows, multiplier, known, over, truncated, success)
     return document
+
+
+def tier1_arrays(arrays: EventArrays, *, under_multiplier: float = UNDER_TOLERANCE) -> dict[str, Any]:
+    """The Tier-1 block of every event alone (``compute_metrics_arrays(arrays)["tier1"]``), without
+    the ratio figures and strata: counts over per-row flags, a fraction of the document's cost."""
+    multiplier = check_under_multiplier(under_multiplier)
+    base = _Basics.of(arrays)
+    return _tier1_of(multiplier, base.known, base.over(multiplier), base.truncated, base.success)
+
+
+def _tier1_of(multiplier: float, known: np.ndarray, over: np.ndarray, truncated: np.ndarray, success: np.ndarray
+              ) -> dict[str, Any]:
+    return tier1_block(multiplier, len(known), int(known.sum()), int(over.sum()), int(truncated.sum()),
+                       int(success.sum()))
 
 
 def compute_metrics_arrays(

