@@ -292,7 +292,7 @@ def _censored_coverage_factor(group: GroupObservationsInForce) -> float:
     factor the patch sets is at least this (:func:`raise_to_pooled_coverage`), and it is the factor
     of a group whose truncations leave the coverage method no bound."""
     clean = group.actual / group.predicted
-    points, cdf = kaplan_meier(clean, group.censored_ceiling / group.censored_predicted, near=group.clean_order)
+    points, cdf = kaplan_meier(clean, group.censored_ceiling / group.censored_predicted)
     n = len(clean) + len(group.censored_ceiling)
     k = min(order_statistic_index(n, FACTOR_PHASE_TARGET_PCT), n)
     reached = np.nonzero(cdf >= k / n - 1e-12)[0]
