@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from autopack_pipeline.domain.analysis import (
     CleanSamples,
@@ -26,6 +24,9 @@ from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.domain.windows import TimeWindow, events_in_window, latest_day, trailing_days
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.frames import as_event_arrays
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def analysis_window(settings: Settings, events: EventArrays | None = None,

@@ -22,6 +22,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, EncodedColumn, PredictionInputs
+from autopack_pipeline.storage.columnar.encoding import filled, numpy_of
 
 TABLE = "token_estimation_v2_events"
 INPUT_COLUMNS = ("deliverables_json", "coefficients_version", *FEATURE_COLUMNS)
@@ -45,7 +46,7 @@ def _encoded(column: pa.ChunkedArray | pa.Array, parse=None) -> EncodedColumn:
         return EncodedColumn(np.full(len(column), -1, dtype=np.int32))
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
-    codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
+    codes = numpy_of(filled(column.indices, -1)).astype(np.int32)
     values = column.dictionary.to_pylist()
     if parse is not None:
         values = [parse(value) for value in values]
@@ -59,7 +60,7 @@ def prediction_inputs_from_arrow(table: pa.Table) -> PredictionInputs:
     """``event_id`` and any of :data:`INPUT_COLUMNS` as the domain's :class:`PredictionInputs`
     (a missing ``coefficients_version`` is None everywhere; missing feature columns are left out)."""
     rows = table.num_rows
-    ids = table.column("event_id").to_numpy().astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
+    ids = numpy_of(table.column("event_id")).astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
     names = set(table.column_names)
     none = EncodedColumn(np.full(rows, -1, dtype=np.int32))
     return PredictionInputs(
