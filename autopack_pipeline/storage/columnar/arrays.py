@@ -102,6 +102,8 @@ class _Filler:
             offset += len(chunk)
         dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else _NO_LABELS
         self.texts[name].append((where, dictionary))
+        del encoded, column
+        pa.default_memory_pool().release_unused()  # the hash table of a million ids: 80 MB back before the next column
 
     def _join_phase_parts(self) -> None:
         """Phase codes that identify a phase, (run id, phase id), across parts.
@@ -115,8 +117,8 @@ class _Filler:
         equal code), as the reference's pairing of ids across rows then needs.
         """
         parts = self.texts["phase_id"]
-        if len(parts) < 2:
-            self._unify_text_parts("phase_id")
+        if len(parts) < 2:  # one encoding already: equal text, equal code (hashing it again cost 0.1 s)
+            self.texts["phase_id"] = []
             return
         runs, phases = self.values["run_id"], self.values["phase_id"]
         if (runs < 0).any() or (phases < 0).any():
