@@ -138,7 +138,7 @@ class ColumnarStore:
             # Each ~1M-row table becomes a part file as soon as it is read, so memory stays bounded.
             for table in self._extract(reader, manifest["high_water_event_id"], top, gaps + retry, progress):
                 tick = time.perf_counter()
-                id_pieces.append(table.column("event_id").to_numpy())
+                id_pieces.append(numpy_of(table.column("event_id")))
                 self._append_part(manifest, table)
                 written += 1
                 new_rows += table.num_rows
