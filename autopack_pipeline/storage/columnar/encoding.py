@@ -197,5 +197,5 @@ def _store_table(parsed: pa.Table, kinds: dict[str, str] = _KINDS) -> pa.Table:
     if table.num_rows > 1:
         ids = numpy_of(table.column("event_id"))
         if not np.all(ids[1:] > ids[:-1]):
-            table = table.take(np.argsort(ids, kind="stable"))
+            table = table.take(arrow_of(np.argsort(ids, kind="stable")))
     return table
