@@ -54,7 +54,7 @@ class StoredPrediction:
 class EncodedColumn:
     """A column as codes into its distinct values (any hashable Python values); code -1 is missing."""
 
-    codes: np.ndarray  # int32
+    codes: np.ndarray  # signed integers, as narrow as the number of values allows
     values: tuple = ()
 
     @classmethod

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from autopack_pipeline.domain.analysis import (
     CleanSamples,
@@ -33,6 +31,9 @@ from autopack_pipeline.domain.windows import (
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.frames import as_event_arrays
 from autopack_pipeline.storage.snapshot import EventSnapshot
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def analysis_window(settings: Settings, events: EventArrays | None = None,

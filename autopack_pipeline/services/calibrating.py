@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from autopack_pipeline.domain.analysis import (
     CALIBRATION_METHODS,
@@ -36,6 +34,9 @@ from autopack_pipeline.services.reporting import write_calibration_report_set
 from autopack_pipeline.services.seed_files import load_coefficients_for, load_prices_for
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.frames import as_event_arrays
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 from sqlalchemy.engine import Engine
 
@@ -43,6 +42,9 @@ from autopack_pipeline.domain.reprediction import PredictionInputs
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.settings import seeds_directory
 from autopack_pipeline.storage.frames import as_event_arrays
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _VERSION_SUFFIX = "+cal"
 
@@ -84,14 +86,17 @@ def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, **opti
     (``AUTOPACK_CALIBRATION_WINDOW_VERSIONS``, 2): what calibration learns from.
     """
     from autopack_pipeline.services.calibrating import calibrate
-    from autopack_pipeline.storage.events import read_events
     from autopack_pipeline.storage.prediction_inputs import read_prediction_inputs
 
+    if events is None:
+        from autopack_pipeline.storage.events import read_events  # pandas and the ORM, for this case only
+
+        events = read_events(engine)
     path = settings.seeds_dir / "estimator_coefficients.yaml"
     if options.get("window_versions") is None:
         options["window_versions"] = settings.calibration_window_versions
     return calibrate(
-        read_events(engine) if events is None else events, settings,
+        events, settings,
         prediction_inputs=read_prediction_inputs(engine, id_range=_id_range(events)),
         coefficient_history=load_coefficient_history(path), **options,
     )

@@ -4,9 +4,8 @@ and drift, turned into stored, deduplicated improvement tasks."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.analysis import EventArrays
@@ -29,6 +28,9 @@ from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.frames import as_event_arrays
 from autopack_pipeline.storage.outcomes import read_phase_outcome_rows
 from autopack_pipeline.storage.tasks import TaskRefresh
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def improvement_tasks(

@@ -4,14 +4,23 @@ Storage readers, the NDJSON importer and reports work with an events frame. Its 
 names of Autopack's ``token_estimation_v2_events`` table (the key is ``event_id``), plus our nullable
 ``attempt``. The analysis (:mod:`autopack_pipeline.domain.analysis`) works on :class:`EventArrays`
 and never imports pandas; ``event_arrays_from_frame`` is where pandas hands over to the numpy domain.
+
+pandas is imported by the functions that make or read a frame, not by this module: the columns
+(``EVENT_COLUMNS``) and ``as_event_arrays`` of arrays serve ``calibrate`` and ``metrics``, which read
+the columnar copy and never hold a frame, and importing pandas costs them a quarter second and 50 MB.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 # Column -> pandas dtype, in the frame's column order.
 EVENT_COLUMNS: dict[str, str] = {
@@ -37,6 +46,8 @@ EVENT_COLUMNS: dict[str, str] = {
 
 def empty_events_frame() -> pd.DataFrame:
     """An events frame with no rows and every column typed."""
+    import pandas as pd
+
     return conform_events_frame(pd.DataFrame({name: [] for name in EVENT_COLUMNS}))
 
 
@@ -46,6 +57,8 @@ def conform_events_frame(frame: pd.DataFrame) -> pd.DataFrame:
     Missing optional columns are added as nulls, so data from older Autopack databases (no
     ``actual_max_tokens``, no ``attempt``) flows through the same code.
     """
+    import pandas as pd
+
     out = pd.DataFrame(index=frame.index)
     for name, dtype in EVENT_COLUMNS.items():
         column = frame[name] if name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
@@ -65,8 +78,20 @@ def as_events_frame(events: pd.DataFrame) -> pd.DataFrame:
     return events if already else conform_events_frame(events)
 
 
+def events_frame_of_table(table: pa.Table) -> pd.DataFrame:
+    """The events frame of an Arrow table with the event columns (the columnar copy's)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    mapping = {pa.int32(): pd.Int64Dtype(), pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(),
+               pa.string(): pd.StringDtype()}
+    return conform_events_frame(table.to_pandas(types_mapper=mapping.get, coerce_temporal_nanoseconds=True))
+
+
 def event_arrays_from_frame(events: pd.DataFrame) -> EventArrays:
     """Arrays of an events frame (conformed first), in the frame's row order."""
+    import pandas as pd
+
     frame = as_events_frame(events)
 
     def ints(name: str) -> IntColumn:

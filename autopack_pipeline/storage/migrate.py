@@ -20,22 +20,26 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.operations import Operations
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Column, false, inspect, text, true
 from sqlalchemy.engine import Connection, Engine
 
 from autopack_pipeline.storage.database import describe_database, make_engine
 from autopack_pipeline.storage.models import TELEMETRY_TABLES, Base
 
+if TYPE_CHECKING:  # Alembic loads where a migration runs or its scripts are read, not for every command
+    from alembic.config import Config
+    from alembic.operations import Operations
+
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# The newest revision under migrations/versions, spelled out so that opening a database at it (every
+# command, every asset) needs no Alembic: importing it and reading the scripts cost a tenth of a second.
+# test_migrations checks it is Alembic's head; a database at any other revision still asks Alembic.
+HEAD_REVISION = "0004"
+_VERSION_TABLE = "alembic_version"  # Alembic's default, which migrations/env.py keeps
 UPGRADE_COMMAND = "autopack-telemetry db upgrade"
 # Arbitrary constant naming our advisory lock; two processes (say the Dagster daemon and the
 # webserver) starting together must not both run the same DDL.
@@ -160,6 +164,9 @@ def _repair_to_models(connection: Connection) -> None:
     compared with the models and completed. New columns never carry foreign keys or indexes: they
     are only needed to exist for Autopack's ORM and our writers.
     """
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+
     present = set(inspect(connection).get_table_names())
     absent = [Base.metadata.tables[name] for name in TELEMETRY_TABLES if name not in present]
     if absent:
@@ -181,6 +188,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
     Also the entry point for developers: ``alembic.command.revision(alembic_config(), "msg",
     autogenerate=True)`` writes a new revision file next to the others.
     """
+    from alembic.config import Config
+
     config = Config()
     # ConfigParser interpolates "%", which may occur in a checkout path.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -190,7 +199,9 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The newest revision shipped with this code."""
+    """The newest revision shipped with this code, as Alembic reads it from the scripts."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # only possible with a broken installation (no revision files)
         raise RuntimeError(f"no migration revisions found under {MIGRATIONS_DIR}")
@@ -198,9 +209,17 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision recorded in the database, or ``None`` when it has no ``alembic_version`` table."""
+    """The revision recorded in the database, or ``None`` when it has no ``alembic_version`` table
+    (or an empty one). Read with SQLAlchemy's core, as Alembic reads it, without loading Alembic."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not inspect(connection).has_table(_VERSION_TABLE):
+            return None
+        rows = connection.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalars().all()
+        if len(rows) > 1:  # several heads: Alembic's own error says what that means
+            from alembic.runtime.migration import MigrationContext
+
+            return MigrationContext.configure(connection).get_current_revision()
+    return rows[0] if rows else None
 
 
 @contextmanager
@@ -268,6 +287,8 @@ def upgrade_database(engine_or_url: Engine | str) -> str:
 
 
 def _upgrade(engine: Engine) -> str:
+    from alembic import command
+
     with migration_connection(engine) as connection:
         command.upgrade(alembic_config(connection), "head")
         _repair_to_models(connection)
@@ -294,6 +315,8 @@ def _require_complete(engine: Engine, current: str) -> None:
 
 def known_revisions() -> set[str]:
     """Every revision shipped with this code."""
+    from alembic.script import ScriptDirectory
+
     return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
 
 
@@ -309,13 +332,14 @@ def prepare_database(engine: Engine) -> str:
       command. Migrating someone else's database in place is left to an explicit ``db upgrade``.
     - A revision newer than this code knows: raises :class:`SchemaTooNew`.
     """
-    head = head_revision()
     # Under the lock, another process's half-made schema is never mistaken for an old one.
     with _sqlite_migration_lock(engine):
         present = set(inspect(engine).get_table_names())
         if not present & _SCHEMA_MARKERS:
             return _upgrade(engine)
         current = current_revision(engine)
+    # The usual case, at the head this code was written for, asks Alembic nothing (HEAD_REVISION).
+    head = HEAD_REVISION if current == HEAD_REVISION else head_revision()
     if current == head:
         _require_complete(engine, head)
         return head

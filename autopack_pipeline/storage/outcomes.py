@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage.models import PhaseOutcomeEvent, naive_utc
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _OUTCOMES = PhaseOutcomeEvent.__table__
 OUTCOME_COLUMNS: tuple[str, ...] = tuple(column.key for column in _OUTCOMES.columns)
@@ -34,4 +36,6 @@ def read_phase_outcome_rows(engine: Engine, *, since: datetime | None = None,
 
 def read_phase_outcomes(engine: Engine, *, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
     """:func:`read_phase_outcome_rows` as a frame, one column per table column."""
+    import pandas as pd
+
     return pd.DataFrame(read_phase_outcome_rows(engine, since=since, until=until), columns=list(OUTCOME_COLUMNS))

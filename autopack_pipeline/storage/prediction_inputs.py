@@ -22,6 +22,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, EncodedColumn, PredictionInputs
+from autopack_pipeline.storage.columnar.encoding import filled, numpy_of
 
 TABLE = "token_estimation_v2_events"
 INPUT_COLUMNS = ("deliverables_json", "coefficients_version", *FEATURE_COLUMNS)
@@ -37,20 +38,26 @@ def _deliverables(text: str | None) -> tuple[str, ...] | None:
     return tuple(str(v) for v in value) if isinstance(value, list) else None
 
 
+def _code_type(distinct: int) -> type[np.signedinteger]:
+    """The narrowest signed integer for codes -1 .. distinct - 1: the doc features and versions take a
+    byte per event, not four (the inputs are held through the whole calibration, its memory peak)."""
+    return np.int8 if distinct < 2**7 else np.int16 if distinct < 2**15 else np.int32
+
+
 def _encoded(column: pa.ChunkedArray | pa.Array, parse=None) -> EncodedColumn:
     """A column as codes into its distinct values (nulls: -1), values through ``parse`` when given."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if pa.types.is_null(column.type):
-        return EncodedColumn(np.full(len(column), -1, dtype=np.int32))
+        return EncodedColumn(np.full(len(column), -1, dtype=np.int8))
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
-    codes = column.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
     values = column.dictionary.to_pylist()
+    codes = numpy_of(filled(column.indices, -1)).astype(_code_type(len(values)))
     if parse is not None:
         values = [parse(value) for value in values]
         # A text that parses to nothing (bad JSON) is missing, like NULL.
-        lookup = np.array([i if value is not None else -1 for i, value in enumerate(values)] + [-1], dtype=np.int32)
+        lookup = np.array([i if value is not None else -1 for i, value in enumerate(values)] + [-1], dtype=codes.dtype)
         codes = lookup[codes]
     return EncodedColumn(codes, tuple(values))
 
@@ -59,9 +66,9 @@ def prediction_inputs_from_arrow(table: pa.Table) -> PredictionInputs:
     """``event_id`` and any of :data:`INPUT_COLUMNS` as the domain's :class:`PredictionInputs`
     (a missing ``coefficients_version`` is None everywhere; missing feature columns are left out)."""
     rows = table.num_rows
-    ids = table.column("event_id").to_numpy().astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
+    ids = numpy_of(table.column("event_id")).astype(np.int64) if rows else np.zeros(0, dtype=np.int64)
     names = set(table.column_names)
-    none = EncodedColumn(np.full(rows, -1, dtype=np.int32))
+    none = EncodedColumn(np.full(rows, -1, dtype=np.int8))
     return PredictionInputs(
         ids,
         _encoded(table.column("deliverables_json"), _deliverables) if "deliverables_json" in names else none,
@@ -92,7 +99,10 @@ def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = Non
     if event_ids is not None:
         wanted = pa.array(np.fromiter((int(i) for i in event_ids), dtype=np.int64))
         table = table.filter(pc.is_in(table.column("event_id").cast(pa.int64()), value_set=wanted))
-    return prediction_inputs_from_arrow(table)
+    inputs = prediction_inputs_from_arrow(table)
+    del table
+    pa.default_memory_pool().release_unused()  # the table's memory back to the system: the analysis is at its peak next
+    return inputs
 
 
 def _read_from_database(engine: Engine) -> pa.Table:

@@ -26,10 +26,9 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -39,9 +38,11 @@ from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.event_tally import EventTally, add_tallies, tally_events
 from autopack_pipeline.domain.windows import latest_day
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, Progress, RefreshResult, refresh_store
-from autopack_pipeline.storage.events import read_events_checked
 from autopack_pipeline.storage.frames import event_arrays_from_frame
 from autopack_pipeline.storage.timestamps import UnreadableTimestamp, unreadable_document
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +247,9 @@ def snapshot_events(engine: Engine, *, progress: Progress | None = None, with_hi
     else:
         reason = None if store is not None else "an in-memory database has no columnar store; read it whole"
     if store is None or refresh is None:
+        # Only here is the table read row by row: the reader (pandas, the ORM's models) loads for it alone.
+        from autopack_pipeline.storage.events import read_events_checked
+
         return EventSnapshot.from_frame(*read_events_checked(engine)), None, reason
     snapshot = EventSnapshot(rows=refresh.rows_after, high_water_event_id=refresh.high_water,
                              store_directory=str(store.directory), unreadable=store.unreadable())

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from sqlalchemy import DateTime, String, type_coerce
+
+if TYPE_CHECKING:  # pandas loads only when a batch Arrow refuses is parsed: the columnar reads never need it
+    import pandas as pd
 
 EVENTS_TABLE = "token_estimation_v2_events"
 SHOWN_ROWS = 20  # rows named in a JSON document or a warning; the count is always complete
@@ -54,6 +56,8 @@ def parse_timestamp_text(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
         return values.cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")), np.zeros(len(values), dtype=bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
+    import pandas as pd
+
     text = values.to_pandas()
     # Values with an offset and values without are parsed apart: in one call, pandas 2.x gives a naive
     # value that follows an offset-bearing one that value's offset.

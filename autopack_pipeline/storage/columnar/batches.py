@@ -6,7 +6,6 @@ import io
 import logging
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from sqlalchemy import inspect, select, text
@@ -202,6 +201,8 @@ class _BatchReader:
                                 table.column("timestamp").cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")))
 
     def _rows(self, where: str, params: tuple) -> pa.Table:
+        import pandas as pd  # this path alone (no ADBC, no CSV route) builds a frame
+
         from autopack_pipeline.storage.models import TokenEstimationV2Event
 
         table = TokenEstimationV2Event.__table__

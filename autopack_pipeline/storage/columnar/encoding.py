@@ -74,6 +74,45 @@ _ARROW_TYPES = {
 }
 
 
+# pyarrow imports pandas the first time it converts between Arrow and Python or numpy through its
+# pandas machinery: ``pa.array`` and ``pa.scalar`` (a list, a Python number, even a numpy array) and
+# ``Array.to_numpy``. That is 0.3 s and 50 MB that reading the store for ``calibrate`` or ``metrics``
+# never needs, so the readers cross over through ``arrow_of`` and ``numpy_of`` instead.
+
+
+def arrow_of(values: np.ndarray) -> pa.Array:
+    """A numpy array of numbers or booleans (no nulls) as an Arrow array, sharing its memory where it can."""
+    values = np.ascontiguousarray(values)
+    if values.dtype == np.bool_:  # Arrow keeps booleans as bits
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(np.packbits(values, bitorder="little"))])
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def numpy_of(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Arrow numbers or booleans without nulls as numpy (a read-only view where it can be one)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_boolean(array.type):  # bits: as bytes of 0 and 1, read as booleans
+        return array.cast(pa.int8()).to_tensor().to_numpy().view(np.bool_)
+    return array.to_tensor().to_numpy()
+
+
+def filled(array: pa.Array, value: Any) -> pa.Array:
+    """``array`` (numbers or booleans) with its nulls set to ``value``; ``array`` itself when it has none."""
+    if not array.null_count:
+        return array
+    return array.fill_null(arrow_of(np.full(1, value, dtype=array.type.to_pandas_dtype()))[0])
+
+
+def read_parquet(path: Any, columns: list[str] | None = None, read_dictionary: list[str] | None = None) -> pa.Table:
+    """One Parquet file (``columns`` of it) as a table. Through ``ParquetFile``, not ``pq.read_table``:
+    that one imports pyarrow.dataset, whose import loads pandas (see ``arrow_of``)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path, read_dictionary=read_dictionary) as parquet:
+        return parquet.read(columns=columns)
+
+
 def _schema(kinds: dict[str, str]) -> pa.Schema:
     return pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in kinds.items()])
 
@@ -156,7 +195,7 @@ def _store_table(parsed: pa.Table, kinds: dict[str, str] = _KINDS) -> pa.Table:
         columns[name] = column
     table = pa.table(columns).combine_chunks()
     if table.num_rows > 1:
-        ids = table.column("event_id").to_numpy()
+        ids = numpy_of(table.column("event_id"))
         if not np.all(ids[1:] > ids[:-1]):
-            table = table.take(np.argsort(ids, kind="stable"))
+            table = table.take(arrow_of(np.argsort(ids, kind="stable")))
     return table

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -41,10 +40,13 @@ from autopack_pipeline.storage.columnar.encoding import (
     Progress,
     RefreshResult,
     _unreadable_entry,
+    arrow_of,
+    numpy_of,
+    read_parquet,
 )
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
 from autopack_pipeline.storage.columnar.prefetch import prefetch
-from autopack_pipeline.storage.frames import EVENT_COLUMNS, conform_events_frame
+from autopack_pipeline.storage.frames import EVENT_COLUMNS, events_frame_of_table
 
 # The package's logger, as before the split, so a log filter on it keeps working.
 logger = logging.getLogger("autopack_pipeline.storage.columnar")
@@ -136,7 +138,7 @@ class ColumnarStore:
             # Each ~1M-row table becomes a part file as soon as it is read, so memory stays bounded.
             for table in self._extract(reader, manifest["high_water_event_id"], top, gaps + retry, progress):
                 tick = time.perf_counter()
-                id_pieces.append(table.column("event_id").to_numpy())
+                id_pieces.append(numpy_of(table.column("event_id")))
                 self._append_part(manifest, table)
                 written += 1
                 new_rows += table.num_rows
@@ -295,7 +297,7 @@ class ColumnarStore:
         return len(merging), [name for p in merging for name in _files_of(p)]
 
     def _merged(self, names: list[str]) -> pa.Table:
-        table = pa.concat_tables([pq.read_table(self.directory / name) for name in names], promote_options="permissive")
+        table = pa.concat_tables([read_parquet(self.directory / name) for name in names], promote_options="permissive")
         return table.take(pc.sort_indices(table.column("event_id"))).combine_chunks()
 
     # prediction inputs -----------------------------------------------------------------------------
@@ -318,7 +320,7 @@ class ColumnarStore:
             if missing:
                 self._add_inputs(engine, missing)
                 self._write_manifest(manifest)
-            pieces = [pq.read_table(self.directory / part["inputs"], read_dictionary=list(as_codes) or None)
+            pieces = [read_parquet(self.directory / part["inputs"], read_dictionary=list(as_codes) or None)
                       for part in parts]
             table = pa.concat_tables(pieces, promote_options="permissive") if pieces else INPUT_SCHEMA.empty_table()
             table = _within(table, id_range)
@@ -334,7 +336,7 @@ class ColumnarStore:
             part["inputs"] = self._write_file(_inputs_file(part["file"]), inputs, INPUT_KINDS)
 
     def _extract_inputs(self, reader: _BatchReader, part: dict[str, Any]) -> pa.Table:
-        stored = pq.read_table(self.directory / part["file"], columns=["event_id"]).column("event_id")
+        stored = read_parquet(self.directory / part["file"], ["event_id"]).column("event_id")
         batches, start = [], part["min_event_id"] - 1
         while start < part["max_event_id"]:
             end = min(start + BATCH_IDS, part["max_event_id"])
@@ -375,8 +377,7 @@ class ColumnarStore:
             read_columns = wanted + (["event_id"] if need_ids else [])
             parts = _parts_holding(manifest, id_range)
             try:
-                pieces = [pq.read_table(self.directory / p["file"], columns=read_columns,
-                                        read_dictionary=list(as_codes) or None) for p in parts]
+                pieces = [read_parquet(self.directory / p["file"], read_columns, list(as_codes) or None) for p in parts]
             except FileNotFoundError:
                 if attempt == 2:
                     raise
@@ -393,13 +394,9 @@ class ColumnarStore:
             return table
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def events_frame(self) -> pd.DataFrame:
+    def events_frame(self) -> Any:
         """The events frame, exactly as :func:`~autopack_pipeline.storage.events.read_events` returns it."""
-        table = self.table(list(EVENT_COLUMNS))
-        mapping = {pa.int32(): pd.Int64Dtype(), pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype(),
-                   pa.string(): pd.StringDtype()}
-        frame = table.to_pandas(types_mapper=mapping.get, coerce_temporal_nanoseconds=True)
-        return conform_events_frame(frame)
+        return events_frame_of_table(self.table(list(EVENT_COLUMNS)))
 
     def event_arrays(self, *, parts: list[dict[str, Any]] | None = None,
                      manifest: dict[str, Any] | None = None) -> EventArrays:
@@ -453,5 +450,6 @@ def _within(table: pa.Table, id_range: tuple[int, int] | None) -> pa.Table:
     """The rows of ``table`` whose ``event_id`` lies in ``id_range`` (both ends included; None: all)."""
     if id_range is None:
         return table
-    ids = table.column("event_id")
-    return table.filter(pc.and_(pc.greater_equal(ids, id_range[0]), pc.less_equal(ids, id_range[1])))
+    ids = numpy_of(table.column("event_id"))  # in numpy: Arrow scalars load pandas (encoding.arrow_of)
+    keep = (ids >= id_range[0]) & (ids <= id_range[1])
+    return table if keep.all() else table.filter(arrow_of(keep))

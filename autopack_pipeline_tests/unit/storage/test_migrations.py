@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import ensure_run_and_phase
 from autopack_pipeline.storage.migrate import (
+    HEAD_REVISION,
     SchemaOutOfDate,
     alembic_config,
     current_revision,
@@ -47,6 +48,27 @@ def _migrate_to(engine: Engine, revision: str, *, down: bool = False) -> None:
 
 def test_head_is_0004() -> None:
     assert head_revision() == "0004"
+
+
+def test_the_head_spelled_out_for_opening_a_database_is_alembics() -> None:
+    # prepare_database trusts HEAD_REVISION without asking Alembic: a new revision script must move it.
+    assert HEAD_REVISION == head_revision()
+
+
+def test_the_revision_is_read_as_alembic_reads_it(blank_engine: Engine) -> None:
+    def alembic_reads() -> str | None:
+        with blank_engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    assert current_revision(blank_engine) is None and alembic_reads() is None  # no version table
+    with blank_engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    assert current_revision(blank_engine) is None and alembic_reads() is None  # an empty one
+    for revision in ("0002", "0004"):
+        with blank_engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM alembic_version")
+            connection.execute(sa.text("INSERT INTO alembic_version VALUES (:v)"), {"v": revision})
+        assert current_revision(blank_engine) == alembic_reads() == revision
 
 
 def test_upgrade_from_empty_creates_every_table_at_head(blank_engine: Engine) -> None:

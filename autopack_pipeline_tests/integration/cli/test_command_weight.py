@@ -1,0 +1,64 @@
+"""`calibrate` and `metrics` read the columnar copy without loading pandas or Alembic.
+
+Both cost a command time and memory it does not need (pandas 0.3 s and 50 MB, Alembic a tenth of a
+second): nothing in the path may import them, and pyarrow imports pandas by itself the first time it
+converts between Arrow and Python or numpy through ``pa.array``, ``pa.scalar`` or ``to_numpy``
+(``storage.columnar.encoding.arrow_of``). A fresh interpreter runs the command and reports what it loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autopack_pipeline_tests.support.calibration_cli_support import environment, populate
+
+HEAVY = ("pandas", "alembic")
+_PROBE = """
+import contextlib, io, json, sys
+from autopack_pipeline.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(sys.argv[1:])
+print(json.dumps({"exit": code, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
+""" % (HEAVY,)
+
+
+def _loaded(args: list[str], env: dict[str, str], cwd: Path) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "AUTOPACK_"))}
+    done = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=cwd, env={**clean, **env},
+                          capture_output=True, text=True, timeout=240, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def store_of_two_parts(tmp_path: Path) -> dict[str, str]:
+    """A database whose columnar copy has two parts (the second from a refresh), so that reading it joins
+    phase codes across parts; the second run's events lack a coefficient version (nulls to fill)."""
+    env = environment(tmp_path) | {"AUTOPACK_METRICS_WINDOW_DAYS": "0"}
+    populate(env["DATABASE_URL"], [int(3424 * (0.8 + 0.025 * i)) for i in range(30)], truncated=2)
+    assert _loaded(["metrics", "--json"], env, tmp_path)["exit"] == 0  # the first part
+    populate(env["DATABASE_URL"], [4000] * 6, run_id="run-2")
+    from sqlalchemy import text
+
+    from autopack_pipeline.storage.database import make_engine
+
+    engine = make_engine(env["DATABASE_URL"])
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE token_estimation_v2_events SET coefficients_version = NULL "
+                                "WHERE run_id = 'run-2'"))
+    engine.dispose()
+    return env
+
+
+@pytest.mark.parametrize("args", [["metrics", "--json"], ["calibrate", "--force", "--json"]],
+                         ids=["metrics", "calibrate"])
+def test_reading_the_columnar_copy_loads_neither_pandas_nor_alembic(tmp_path, store_of_two_parts, args):
+    found = _loaded(args, store_of_two_parts, tmp_path)
+    assert found == {"exit": 0, "loaded": []}
+    manifest = json.loads((tmp_path / ".autopack" / "columnar" / "telemetry.db" / "manifest.json").read_text())
+    assert len(manifest["parts"]) == 2 and manifest["rows"] == 38
