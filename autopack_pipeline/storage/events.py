@@ -157,6 +157,11 @@ def estimation_row(event: EstimationEvent) -> dict[str, Any]:
     }
 
 
+def event_uid_stored(connection: Connection, event_uid: str) -> bool:
+    """Whether an events row with ``event_uid`` exists (committed, or written by this transaction)."""
+    return connection.execute(select(_EVENTS.c.event_uid).where(_EVENTS.c.event_uid == event_uid).limit(1)).first() is not None
+
+
 def insert_estimation_row(connection: Connection, row: Mapping[str, Any]) -> int:
     """Insert one events row unless its ``event_uid`` is stored already; return rows inserted (0/1)."""
     return insert_ignoring_conflicts(connection, _EVENTS, row, ["event_uid"])

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.output_files import AtomicFile, check_output_path
 from autopack_pipeline.storage.database import safe_error_text
-from autopack_pipeline.storage.events import ensure_run_and_phase, insert_estimation_row
+from autopack_pipeline.storage.events import ensure_run_and_phase, event_uid_stored, insert_estimation_row
 from autopack_pipeline.storage.spool import is_transient_failure
 from autopack_pipeline.storage.transfer.records import LineRejected, parse_line
 
@@ -95,6 +95,10 @@ class _Importer:
             for _line_no, _raw, row in batch:
                 pair = (row["run_id"], row["phase_id"])
                 if pair not in self.known_phases and pair not in ensured:
+                    # A duplicate line names a run and phase of its own: only a row that goes in may
+                    # create them (else an import of nothing new would add phases).
+                    if event_uid_stored(connection, row["event_uid"]):
+                        continue
                     ensure_run_and_phase(connection, *pair, category=row["category"], complexity=row["complexity"])
                     ensured.add(pair)
                 inserted += insert_estimation_row(connection, row)

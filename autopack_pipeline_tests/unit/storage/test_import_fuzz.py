@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
@@ -152,9 +152,19 @@ def run_fuzz(fresh_database: Callable, tmp_path: Path, lines: list[bytes]) -> No
         check_import(engine, lines, tmp_path / f"in-{uuid.uuid4().hex[:8]}.ndjson")
 
 
+# Found by the fuzzer: a line whose event_uid is stored already names a phase nothing else has.
+_DUPLICATE_IN_A_NEW_PHASE = [
+    b'{"run_id": "run-1", "phase_id": "p1", "category": "implementation", "complexity": "low", '
+    b'"predicted_output_tokens": 0, "actual_output_tokens": 0, "success": false, "event_uid": "0"}',
+    b'{"run_id": "run-1", "phase_id": "p2", "category": "implementation", "complexity": "low", '
+    b'"predicted_output_tokens": 0, "actual_output_tokens": 0, "success": false, "event_uid": "0"}',
+]
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=lines_strategy)
+@example(lines=_DUPLICATE_IN_A_NEW_PHASE)
 def test_fuzzed_import_never_crashes_or_half_imports(fresh_database, tmp_path: Path, lines: list[bytes]) -> None:
     run_fuzz(fresh_database, tmp_path, lines)
 
