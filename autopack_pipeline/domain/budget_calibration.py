@@ -55,6 +55,7 @@ import numpy as np
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
+from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 from autopack_pipeline.domain.pooled_margin import (
     CENSORED_HEADROOM,
     group_shape,
@@ -343,7 +344,8 @@ def insights_from_budget_proposals(proposals: Sequence[GroupBudgetProposal], min
 def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[tuple[str, str], float], *,
                    target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, min_samples: int = 5,
                    truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
-                   reach_headroom: float = THIN_MARGIN_HEADROOM) -> dict[tuple[str, str], tuple[float, str]]:
+                   reach_headroom: float = THIN_MARGIN_HEADROOM, retry_factor: float | None = None
+                   ) -> dict[tuple[str, str], tuple[float, str]]:
     """Per group, (margin, why) from the pooled tail shape (``domain.pooled_margin``), for the groups
     whose own calls do not refuse it; the others keep their own order statistic. Margins are measured
     against the new prediction (the current one x the group's proposed factor). A thin group (too few
@@ -360,7 +362,7 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
         if shape is not None:
             shapes.append(shape)
     return pooled_group_margins(shapes, target_pct, thin_below=_needed(truncation_target_pct),
-                                headroom=reach_headroom)
+                                headroom=reach_headroom, retry_factor=retry_factor)
 
 
 def calibration_section(
@@ -391,7 +393,9 @@ def calibration_section(
             getattr(group, "ratio_order", None)))  # a group with no such order is sorted from scratch
     if pooled_factors:
         factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct)
-    pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples)
+    # Tier 1 counts the escalated retry of a cut call as a call too (see pooled_margin.first_call_target).
+    pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples,
+                            retry_factor=ESCALATION_FACTOR)
     proposals = [propose_group_budget(g, table, proposed_factor=factors.get((g.category, g.complexity), 1.0),
                                       target_pct=target_pct, min_samples=min_samples,
                                       pooled=pooled.get((g.category, g.complexity)))
