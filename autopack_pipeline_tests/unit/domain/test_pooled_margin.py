@@ -429,4 +429,4 @@ def test_the_calibration_section_sets_margins_with_the_retry_counted():
         key = (group["category"], group["complexity"])
         assert group["status"] == "pooled"
         assert group["budget_margin"] == pytest.approx(math.ceil(counted[key][0] * 1000) / 1000)
-        assert group["budget_margin"] > plain[key][0]
+        assert group["budget_margin"] > math.ceil(plain[key][0] * 1000) / 1000  # the 2% of phases' margin, as written
