@@ -12,6 +12,7 @@ from scipy.stats import binom, norm
 from scipy.stats import t as t_dist
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.analysis.samples import stable_order
 from autopack_pipeline.domain.budget_calibration import GroupObservationsInForce, pooled_margins
 from autopack_pipeline.domain.coefficients import load_coefficients
@@ -28,6 +29,7 @@ from autopack_pipeline.domain.pooled_margin import (
     own_tail_contradicts,
     pooled_bound,
     pooled_group_margins,
+    retry_cut_chance,
 )
 
 pytestmark = pytest.mark.unit
@@ -430,3 +432,48 @@ def test_the_calibration_section_sets_margins_with_the_retry_counted():
         assert group["status"] == "pooled"
         assert group["budget_margin"] == pytest.approx(math.ceil(counted[key][0] * 1000) / 1000)
         assert group["budget_margin"] > math.ceil(plain[key][0] * 1000) / 1000  # the 2% of phases' margin, as written
+
+
+def test_the_retrys_chance_is_the_windows_own_retries_where_the_pooled_tail_is_flat():
+    """After a drift the pool's largest calls are often truncated: past its last clean score the
+    estimate is flat, reads a retry 25% longer as cut again for sure (r = 1), and the first-call share
+    halves, margins x9.8 where the tail needs ~x4 (length world 31 read r = 0.92 this way, 1.81x the
+    oracle's waste). The window's stored retries measure r directly."""
+    shapes = []
+    for i in range(7):  # the largest two calls of each group cut just short of their length
+        logs = LOG_T3 + 0.1 * i
+        shapes.append(group_shape((f"g{i}", "low"), np.exp(logs[:-2]), 0.95 * np.exp(logs[-2:])))
+    pooled = PooledScores.of(shapes)
+    q = pooled_bound(shapes, 2.0, pooled)[0]
+    assert retry_cut_chance(shapes, pooled, q, 1.25) == 1.0
+    # The tail's own chance near the 1.3% point: a log-t(3) past its 98.7% quantile passes +log(1.25) too.
+    x = t_dist.isf(0.013, 3)
+    truth = t_dist.sf(x + math.log(1.25) / 0.3, 3) / 0.013
+    assert 0.6 < truth < 0.7
+    retries = RetryOutcomes(retried=100, cut_again=round(100 * truth))
+    # A Beta prior worth one retry, centred on the pooled reading; no retry leaves that reading.
+    assert retry_cut_chance(shapes, pooled, q, 1.25, retries) == pytest.approx((retries.cut_again + 1) / 101)
+    assert retry_cut_chance(shapes, pooled, q, 1.25, RetryOutcomes(0, 0)) == 1.0
+    flat = pooled_group_margins(shapes, 2.0, retry_factor=1.25)[("g0", "low")][0]
+    margin, why = pooled_group_margins(shapes, 2.0, retry_factor=1.25, retries=retries)[("g0", "low")]
+    assert _calls_cut(flat) < 0.5  # five times the margin's share held back: waste, not Tier 1
+    assert 1.0 < _calls_cut(margin) <= 2.0
+    assert f"{retries.cut_again} of the window's 100 retries cut again" in why
+
+
+def test_the_calibration_section_reads_the_retrys_chance_from_the_retries_it_is_given():
+    from autopack_pipeline.domain.budget_calibration import calibration_section
+    from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
+
+    seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
+    observed = [_observations((f"g{i}", "low"), LOG_T3 + 0.1 * i) for i in range(7)]
+    pooled_only = pooled_margins(observed, {}, retry_factor=ESCALATION_FACTOR)  # the pooled reading, ~0.5
+    # Retries that nearly always fit leave first calls more of the target; retries cut again, less.
+    for retries, wider in ((RetryOutcomes(retried=60, cut_again=3), False), (RetryOutcomes(60, 50), True)):
+        section = calibration_section([_CoverageGroup(g) for g in observed], seed, {}, retries=retries)
+        counted = pooled_margins(observed, {}, retry_factor=ESCALATION_FACTOR, retries=retries)
+        for group in section["groups"]:
+            key = (group["category"], group["complexity"])
+            assert group["budget_margin"] == pytest.approx(math.ceil(counted[key][0] * 1000) / 1000)
+            assert (counted[key][0] > pooled_only[key][0]) is wider
+            assert (counted[key][0] < pooled_only[key][0]) is not wider
