@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, truncated_flags
+from autopack_pipeline.domain.analysis.samples import _member_of
 from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 
 
@@ -42,20 +43,19 @@ def escalated_retries(arrays: EventArrays, factor: float = ESCALATION_FACTOR) ->
     phase = arrays.phase_key
     known = phase.notna() & arrays.attempt.notna()
     attempt = arrays.attempt.values
-    truncated = truncated_flags(arrays)
-    firsts = np.flatnonzero(known & (attempt == 1))
     seconds = np.flatnonzero(known & (attempt == 2))
-    if len(firsts) == 0 or len(seconds) == 0:
+    if len(seconds) == 0:
         return RetryOutcomes(0, 0)
+    truncated = truncated_flags(arrays)
+    # Only the first calls of retried phases are looked at (a few in a thousand of the events).
+    firsts = np.flatnonzero(known & (attempt == 1))
+    firsts = firsts[_member_of(phase.values[firsts], phase.values[seconds])]
     keys, counts = np.unique(phase.values[firsts], return_counts=True)
-    single = np.isin(phase.values[firsts], keys[counts == 1])
-    cut = firsts[single & truncated[firsts]]
-    cut = cut[np.argsort(phase.values[cut], kind="stable")]
-    cut_keys = phase.values[cut]
-    at = np.searchsorted(cut_keys, phase.values[seconds])
-    at_ok = at < len(cut_keys)
-    matched = np.zeros(len(seconds), dtype=bool)
-    matched[at_ok] = cut_keys[at[at_ok]] == phase.values[seconds][at_ok]
-    retry, first = seconds[matched], cut[at[matched]]
+    firsts = firsts[np.isin(phase.values[firsts], keys[counts == 1]) & truncated[firsts]]
+    firsts = firsts[np.argsort(phase.values[firsts], kind="stable")]
+    first_keys = phase.values[firsts]
+    at = np.minimum(np.searchsorted(first_keys, phase.values[seconds]), max(len(firsts) - 1, 0))
+    matched = (first_keys[at] == phase.values[seconds]) if len(firsts) else np.zeros(len(seconds), dtype=bool)
+    retry, first = seconds[matched], firsts[at[matched]]
     room = budget_sent(arrays, retry) >= np.floor(budget_sent(arrays, first) * factor)
     return RetryOutcomes(int(room.sum()), int((room & truncated[retry]).sum()))
