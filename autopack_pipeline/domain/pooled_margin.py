@@ -331,8 +331,9 @@ def retry_cut_chance(shapes: Sequence[GroupShape], pooled: PooledScores, q: floa
     to 0.92 between windows of one run. So when the window's own ``retries`` are given (each a direct
     trial: a length past b, does it pass 1.25 b? ``domain.analysis.retries``), ``r`` is their share cut
     again under a Beta prior worth one retry centred on the pooled reading: ``(cut_again + r_pooled) /
-    (retried + 1)``. With no retry in the window that is the pooled reading; with the usual 20-60 it
-    is the retries' own share, within one retry's weight."""
+    (retried + 1)``. With no retry in the window that is the pooled reading; with the 2 to 78 the loop's
+    windows held, the retries' own share within one retry's weight (docs/calibration-loop.md compares
+    the estimators)."""
     beyond = float(pooled.survival(q))
     if beyond <= 0:
         reading = 1.0
