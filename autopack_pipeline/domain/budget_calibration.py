@@ -54,7 +54,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
+from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 from autopack_pipeline.domain.pooled_margin import (
     CENSORED_HEADROOM,
     group_shape,
@@ -350,7 +352,8 @@ def insights_from_budget_proposals(proposals: Sequence[GroupBudgetProposal], min
 def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[tuple[str, str], float], *,
                    target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, min_samples: int = 5,
                    truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
-                   reach_headroom: float = THIN_MARGIN_HEADROOM) -> dict[tuple[str, str], tuple[float, str]]:
+                   reach_headroom: float = THIN_MARGIN_HEADROOM, retry_factor: float | None = None,
+                   retries: RetryOutcomes | None = None) -> dict[tuple[str, str], tuple[float, str]]:
     """Per group, (margin, why) from the pooled tail shape (``domain.pooled_margin``), for the groups
     whose own calls do not refuse it; the others keep their own order statistic. Margins are measured
     against the new prediction (the current one x the group's proposed factor). A thin group (too few
@@ -366,7 +369,7 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
         if shape is not None:
             shapes.append(shape)
     return pooled_group_margins(shapes, target_pct, thin_below=_needed(truncation_target_pct),
-                                headroom=reach_headroom)
+                                headroom=reach_headroom, retry_factor=retry_factor, retries=retries)
 
 
 def calibration_section(
@@ -377,6 +380,7 @@ def calibration_section(
     min_samples: int = 5,
     target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
     pooled_factors: bool = False,
+    retries: RetryOutcomes | None = None,
 ) -> dict:
     """The patch's ``calibration`` block from coverage groups (``domain.analysis.CoverageGroup``, whose
     predictions are in force) and the proposed prediction factor of each group (1 when absent).
@@ -385,6 +389,10 @@ def calibration_section(
 
     Every group with ``min_samples`` observations gets settings, and so does a smaller group with a
     truncated call (a floor raise); a group too small and never truncated only needs more samples.
+
+    ``retries``: the escalated retries among the events the groups come from
+    (``domain.analysis.retries``), how often a cut call's retry is cut again, which sets the share of
+    first calls the truncation margins may leave cut (``pooled_margin.retry_cut_chance``).
     """
     observed = []
     for group in groups:
@@ -396,7 +404,9 @@ def calibration_section(
             np.asarray(group.bounds * group.censored_predicted, dtype=float)))
     if pooled_factors:
         factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct)
-    pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples)
+    # Tier 1 counts the escalated retry of a cut call as a call too (see pooled_margin.first_call_target).
+    pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples,
+                            retry_factor=ESCALATION_FACTOR, retries=retries)
     proposals = [propose_group_budget(g, table, proposed_factor=factors.get((g.category, g.complexity), 1.0),
                                       target_pct=target_pct, min_samples=min_samples,
                                       pooled=pooled.get((g.category, g.complexity)))

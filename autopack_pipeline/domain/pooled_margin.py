@@ -28,6 +28,11 @@ they spread, far less in the *shape* of the tail beyond that. So, per group, on 
   pool holds more truncations than ``M - k``, which after a drift is the usual case;
 - the group's margin ``exp(location + scale * q)``.
 
+For truncation margins the target is the share of *calls* cut, as Tier 1 counts it: a phase cut at
+its budget is retried once at 1.25x, a second call that is cut again when the length passes that
+too, so the bound is read at the share of phases' first calls that keeps first calls and retries
+together at the target (:func:`first_call_target`; about 1.3% at a 2% target on a log-t tail).
+
 For a new call exchangeable with the pooled ones, ``P(score > q) <= target`` with the stated
 confidence (exactly so without truncations, in the estimate's limit with them), over the groups
 together. A group whose own tail is heavier than the pool's breaks it for itself, and inside the
@@ -54,6 +59,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.analysis.samples import stable_order
 from autopack_pipeline.domain.pooled_scores import PooledScores, ScorePool
 
@@ -350,6 +356,65 @@ def pooled_bound(shapes: Sequence[GroupShape], target_pct: float,
     return min(reached, cap), k, m
 
 
+def retry_cut_chance(shapes: Sequence[GroupShape], pooled: PooledScores, q: float, retry_factor: float,
+                     retries: RetryOutcomes | None = None) -> float:
+    """``r``, the chance that a call cut at its budget is cut again at ``retry_factor`` x it.
+
+    From the pooled estimate at the bound ``q``: per group, ``S(q + log(retry_factor) / scale) / S(q)``,
+    the retry's ceiling in the group's own score units, weighted by the group's calls (1 when the
+    estimate puts no mass past ``q``: nothing says the retry fits). That reading rests on the ~2% of
+    pooled scores past ``q``, ~20 in a window of ~1,000 calls, many of them truncated (after a drift,
+    most): the estimate's tail there is flat between its few clean scores, and ``r`` swung from 0.60
+    to 0.92 between windows of one run. So when the window's own ``retries`` are given (each a direct
+    trial: a length past b, does it pass 1.25 b? ``domain.analysis.retries``), ``r`` is their share cut
+    again under a Beta prior worth one retry centred on the pooled reading: ``(cut_again + r_pooled) /
+    (retried + 1)``. With no retry in the window that is the pooled reading; with the 2 to 78 the loop's
+    windows held, the retries' own share within one retry's weight (docs/calibration-loop.md compares
+    the estimators)."""
+    beyond = float(pooled.survival(q))
+    if beyond <= 0:
+        reading = 1.0
+    else:
+        sizes = np.array([shape.observations for shape in shapes], dtype=float)
+        retried = pooled.survival(q + math.log(retry_factor) / np.array([shape.scale for shape in shapes]))
+        reading = min(1.0, float(np.dot(sizes, retried) / sizes.sum()) / beyond)
+    if retries is None:
+        return reading
+    return (retries.cut_again + reading) / (retries.retried + 1)
+
+
+def first_call_target(shapes: Sequence[GroupShape], pooled: PooledScores, q: float, target_pct: float,
+                      retry_factor: float, retries: RetryOutcomes | None = None) -> float:
+    """The share of phases' first calls that may pass their budget, in %, for the share of *calls* past
+    their budget to be ``target_pct``, when each cut call is retried once at ``retry_factor`` x its budget.
+
+    Tier 1 counts every call (Autopack writes one event per attempt), but margins are fitted on one
+    observation per phase. A phase cut at budget b sends a second call at 1.25 b, which is cut again
+    when its length passes that too: per phase, ``t + t r`` cut calls in ``1 + t`` calls, ``t`` the
+    first call's chance, ``r`` the retry's given a cut. Holding that at the target needs
+    ``t = target / (1 + r - target)``, ``r`` from :func:`retry_cut_chance` (at the bound ``q``, with
+    the window's ``retries`` when given)."""
+    r = retry_cut_chance(shapes, pooled, q, retry_factor, retries)
+    return target_pct / (1 + r - target_pct / 100)
+
+
+def _escalated_bound(shapes: Sequence[GroupShape], target_pct: float, pooled: PooledScores,
+                     retry_factor: float | None, retries: RetryOutcomes | None = None
+                     ) -> tuple[tuple[float, int, int] | None, float]:
+    """(:func:`pooled_bound`, the first-call target it was read at): at ``target_pct`` when no retry is
+    counted, else at :func:`first_call_target` with the retry's chance read at the bound for
+    ``target_pct`` (read once: further out, past the pool's largest scores, the estimate has no mass
+    left to say how often a retry is cut again). A pool too small for a rank at the first-call share
+    (fewer than ~175 calls at 1.3%) keeps the bound at ``target_pct``, its largest rank there: no
+    bound at all would leave every group to its own rule, a thin group to its largest ratio."""
+    bound = pooled_bound(shapes, target_pct, pooled)
+    if retry_factor is None or bound is None:
+        return bound, target_pct
+    first = first_call_target(shapes, pooled, bound[0], target_pct, retry_factor, retries)
+    counted = pooled_bound(shapes, first, pooled)
+    return (bound, target_pct) if counted is None else (counted, first)
+
+
 def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
                          survival: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[bool, float, float]:
     """(refused, calls above, p): whether the group's own calls make the pooled ``margin`` implausible,
@@ -379,7 +444,8 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
 
 
 def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float, thin_below: int = 0,
-                         headroom: float = CENSORED_HEADROOM) -> dict[tuple[str, str], tuple[float, str]]:
+                         headroom: float = CENSORED_HEADROOM, retry_factor: float | None = None,
+                         retries: RetryOutcomes | None = None) -> dict[tuple[str, str], tuple[float, str]]:
     """Per group, (margin, why): the groups whose own calls accept the bound of the others form the
     pool; each of them whose own calls also accept the pool's bound gets its margin from it. A group
     left out keeps its own order statistic (the caller's rule).
@@ -393,21 +459,25 @@ def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float, thin_b
     what its own calls show (a new call passes it with chance 1 / (N + 1), exchangeability alone);
     beyond it, the pool's shape may carry it by the stated ``headroom`` (the caller's, per target).
     Groups with more calls keep the pooled margin: there the rank falls inside the data and the check
-    has power."""
+    has power.
+
+    ``retry_factor`` (truncation margins: the escalated retry's ceiling factor) reads every bound, and
+    checks every group, at the first-call share that keeps all calls, retries counted, at the target
+    (:func:`first_call_target`; ``retries``: the window's escalated retries, which ``r`` is read from)."""
     members = []
     pool = ScorePool.of_shapes(shapes)
     for index, shape in enumerate(shapes):
         others = [other for other in shapes if other is not shape]
         pooled = pool.subset([i for i in range(len(shapes)) if i != index]) if others else None
-        bound = pooled_bound(others, target_pct, pooled) if others else None
-        if bound is None or not own_tail_contradicts(shape, shape.margin(bound[0]), target_pct,
+        bound, first = _escalated_bound(others, target_pct, pooled, retry_factor, retries) if others else (None, target_pct)
+        if bound is None or not own_tail_contradicts(shape, shape.margin(bound[0]), first,
                                                      pooled.survival)[0]:
             members.append(shape)
     if not members:
         return {}
     member_ids = {id(shape) for shape in members}
     pooled = pool.subset([i for i, shape in enumerate(shapes) if id(shape) in member_ids])
-    bound = pooled_bound(members, target_pct, pooled)
+    bound, first = _escalated_bound(members, target_pct, pooled, retry_factor, retries)
     if bound is None:
         return {}
     q, k, m = bound
@@ -416,10 +486,13 @@ def pooled_group_margins(shapes: Sequence[GroupShape], target_pct: float, thin_b
     for shape in members:
         thin = shape.observations < thin_below
         margin = min(shape.margin(q), headroom * shape.largest_ratio) if thin else shape.margin(q)
-        refused, above, p = own_tail_contradicts(shape, margin, target_pct, survival)
+        refused, above, p = own_tail_contradicts(shape, margin, first, survival)
         if not refused:
             pooled_figure = (f"exp(median {shape.location:+.3f} + upper spread {shape.scale:.3f} x {q:.3f}), the "
-                             f"pooled scores' {k}/{m} point over {len(members)} of {len(shapes)} groups")
+                             f"pooled scores' {k}/{m} point over {len(members)} of {len(shapes)} groups"
+                             + (f" (first calls at {first:.2f}%, their retries counted"
+                                + (f"; {retries.cut_again} of the window's {retries.retried} retries cut again"
+                                   if retries is not None else "") + ")" if first != target_pct else ""))
             if margin < shape.margin(q):
                 pooled_figure = (f"{headroom:g} x the group's largest ratio (its reach), under the pooled "
                                  f"{shape.margin(q):.3f} = {pooled_figure}")

@@ -26,6 +26,7 @@ from autopack_pipeline.domain.analysis import (
     group_tier1_arrays,
     sample_groups,
 )
+from autopack_pipeline.domain.analysis.retries import escalated_retries
 from autopack_pipeline.domain.budget_calibration import calibration_section
 from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.reprediction import PredictionInputs, arrays_in_force
@@ -183,10 +184,11 @@ def calibrate(
                                       tolerance=under_multiplier)
     # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
     # multipliers (and the margins measured against them) into the calibration section.
+    retries = escalated_retries(arrays)  # the window's retries: the samples keep one call per phase
     sections = {name: calibration_section(observed[2], coefficients,
                                           {(g.category, g.complexity): g.proposed_multiplier
                                            for g in result.actionable_groups}, min_samples=min_samples,
-                                          pooled_factors=name == COVERAGE)
+                                          pooled_factors=name == COVERAGE, retries=retries)
                 for name, result in results.items()}
     section = sections[method]
     if not write_reports:

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.stats import binom, norm
+from scipy.stats import t as t_dist
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.analysis.samples import stable_order
 from autopack_pipeline.domain.budget_calibration import GroupObservationsInForce, pooled_margins
 from autopack_pipeline.domain.coefficients import load_coefficients
@@ -20,12 +22,14 @@ from autopack_pipeline.domain.pooled_margin import (
     FOLDS,
     PooledScores,
     confident_rank,
+    first_call_target,
     folds_of,
     group_shape,
     kaplan_meier,
     own_tail_contradicts,
     pooled_bound,
     pooled_group_margins,
+    retry_cut_chance,
 )
 from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT
 
@@ -370,3 +374,114 @@ def test_kaplan_meier_sorted_apart_is_the_loops_estimate(seed):
     assert cdf.tolist() == want_cdf
     shuffled = kaplan_meier(rng.permutation(clean), rng.permutation(censored))
     assert np.array_equal(shuffled[0], points) and np.array_equal(shuffled[1], cdf)
+
+
+# The length world's noise: 150 evenly spaced quantiles of a log-t with 3 degrees of freedom, spread 0.3.
+LOG_T3 = 0.3 * t_dist.ppf((np.arange(150) + 0.5) / 150, 3)
+
+
+def _calls_cut(margin: float, retry_factor: float = 1.25) -> float:
+    """The share of calls cut (%) when lengths are exp(LOG_T3)'s distribution and every cut call is
+    retried once at ``retry_factor`` x its budget: Tier 1's count, retries included."""
+    first = t_dist.sf(math.log(margin) / 0.3, 3)
+    again = t_dist.sf(math.log(retry_factor * margin) / 0.3, 3)
+    return 100 * (first + again) / (1 + first)
+
+
+def test_the_first_call_target_keeps_all_calls_retries_counted_at_the_target():
+    shapes = [group_shape((f"g{i}", "low"), np.exp(LOG_T3 + 0.1 * i), np.zeros(0)) for i in range(7)]
+    pooled = PooledScores.of(shapes)
+    q = pooled_bound(shapes, 2.0, pooled)[0]
+    first = first_call_target(shapes, pooled, q, 2.0, 1.25)
+    # The retry's chance of a second cut, from the pooled estimate (one spread here, so one step).
+    r = pooled.survival(q + math.log(1.25) / shapes[0].scale) / pooled.survival(q)
+    assert 0.3 < r < 0.9  # a heavy tail: past the bound, a retry 25% longer is often cut again
+    t = first / 100
+    assert (t + t * r) / (1 + t) == pytest.approx(0.02)
+    # Without a retry the first call's share is the target; a retry always cut again halves it (nearly).
+    assert first_call_target(shapes, pooled, q, 2.0, 1.0) == pytest.approx(2.0 / (2 - 0.02))
+
+
+def test_truncation_margins_count_the_escalated_retry_of_a_cut_call():
+    """Tier 1 counts every call, Autopack retrying a cut one at 1.25x. Margins read at 2% of first calls
+    cut 2.6% of calls on the length world's tail (its round-4 average over 13 seeds was 2.6%)."""
+    shapes = [group_shape((f"g{i}", "low"), np.exp(LOG_T3 + 0.1 * i), np.zeros(0)) for i in range(7)]
+    plain = pooled_group_margins(shapes, 2.0)[("g0", "low")][0]
+    counted = pooled_group_margins(shapes, 2.0, retry_factor=1.25)
+    margin, why = counted[("g0", "low")]
+    assert _calls_cut(plain) > 2.5
+    assert margin > plain and _calls_cut(margin) < 2.05  # at 2% up to the retry's chance read one step out
+    assert "their retries counted" in why
+    # The calibration section's margins are these (the coverage factors' 5% bound counts no retry).
+    observed = [_observations((f"g{i}", "low"), LOG_T3 + 0.1 * i) for i in range(7)]
+    assert pooled_margins(observed, {}, retry_factor=1.25)[("g0", "low")][0] == pytest.approx(margin)
+    assert pooled_margins(observed, {})[("g0", "low")][0] == pytest.approx(plain)
+
+
+class _CoverageGroup:  # the slice of a coverage group calibration_section reads
+    def __init__(self, g):
+        self.key, self.predicted, self.actual = (g.category, g.complexity), g.predicted, g.actual
+        self.censored_predicted, self.bounds, self.censored_rows = np.zeros(0), np.zeros(0), np.zeros(0)
+        self.size = len(g.actual)
+
+
+def test_the_calibration_section_sets_margins_with_the_retry_counted():
+    from autopack_pipeline.domain.budget_calibration import calibration_section
+    from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
+
+    seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
+    observed = [_observations(("implementation", c), LOG_T3 + 0.1 * i) for i, c in enumerate(("low", "medium"))]
+    observed += [_observations(("tests", c), LOG_T3 - 0.1 * i) for i, c in enumerate(("low", "medium", "high"))]
+    section = calibration_section([_CoverageGroup(g) for g in observed], seed, {})
+    counted = pooled_margins(observed, {}, retry_factor=ESCALATION_FACTOR)
+    plain = pooled_margins(observed, {})
+    for group in section["groups"]:
+        key = (group["category"], group["complexity"])
+        assert group["status"] == "pooled"
+        assert group["budget_margin"] == pytest.approx(math.ceil(counted[key][0] * 1000) / 1000)
+        assert group["budget_margin"] > math.ceil(plain[key][0] * 1000) / 1000  # the 2% of phases' margin, as written
+
+
+def test_the_retrys_chance_is_the_windows_own_retries_where_the_pooled_tail_is_flat():
+    """After a drift the pool's largest calls are often truncated: past its last clean score the
+    estimate is flat, reads a retry 25% longer as cut again for sure (r = 1), and the first-call share
+    halves, margins x9.8 where the tail needs ~x4 (length world 31 read r = 0.92 this way, 1.81x the
+    oracle's waste). The window's stored retries measure r directly."""
+    shapes = []
+    for i in range(7):  # the largest two calls of each group cut just short of their length
+        logs = LOG_T3 + 0.1 * i
+        shapes.append(group_shape((f"g{i}", "low"), np.exp(logs[:-2]), 0.95 * np.exp(logs[-2:])))
+    pooled = PooledScores.of(shapes)
+    q = pooled_bound(shapes, 2.0, pooled)[0]
+    assert retry_cut_chance(shapes, pooled, q, 1.25) == 1.0
+    # The tail's own chance near the 1.3% point: a log-t(3) past its 98.7% quantile passes +log(1.25) too.
+    x = t_dist.isf(0.013, 3)
+    truth = t_dist.sf(x + math.log(1.25) / 0.3, 3) / 0.013
+    assert 0.6 < truth < 0.7
+    retries = RetryOutcomes(retried=100, cut_again=round(100 * truth))
+    # A Beta prior worth one retry, centred on the pooled reading; no retry leaves that reading.
+    assert retry_cut_chance(shapes, pooled, q, 1.25, retries) == pytest.approx((retries.cut_again + 1) / 101)
+    assert retry_cut_chance(shapes, pooled, q, 1.25, RetryOutcomes(0, 0)) == 1.0
+    flat = pooled_group_margins(shapes, 2.0, retry_factor=1.25)[("g0", "low")][0]
+    margin, why = pooled_group_margins(shapes, 2.0, retry_factor=1.25, retries=retries)[("g0", "low")]
+    assert _calls_cut(flat) < 0.5  # five times the margin's share held back: waste, not Tier 1
+    assert 1.0 < _calls_cut(margin) <= 2.0
+    assert f"{retries.cut_again} of the window's 100 retries cut again" in why
+
+
+def test_the_calibration_section_reads_the_retrys_chance_from_the_retries_it_is_given():
+    from autopack_pipeline.domain.budget_calibration import calibration_section
+    from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
+
+    seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
+    observed = [_observations((f"g{i}", "low"), LOG_T3 + 0.1 * i) for i in range(7)]
+    pooled_only = pooled_margins(observed, {}, retry_factor=ESCALATION_FACTOR)  # the pooled reading, ~0.5
+    # Retries that nearly always fit leave first calls more of the target; retries cut again, less.
+    for retries, wider in ((RetryOutcomes(retried=60, cut_again=3), False), (RetryOutcomes(60, 50), True)):
+        section = calibration_section([_CoverageGroup(g) for g in observed], seed, {}, retries=retries)
+        counted = pooled_margins(observed, {}, retry_factor=ESCALATION_FACTOR, retries=retries)
+        for group in section["groups"]:
+            key = (group["category"], group["complexity"])
+            assert group["budget_margin"] == pytest.approx(math.ceil(counted[key][0] * 1000) / 1000)
+            assert (counted[key][0] > pooled_only[key][0]) is wider
+            assert (counted[key][0] < pooled_only[key][0]) is not wider
