@@ -242,6 +242,26 @@ def _sqlite_insert(table: str, spec: tuple) -> tuple[str, tuple[str, ...]]:
     return f"INSERT INTO {table} ({columns}) VALUES ({', '.join(values)})", tuple(sources)
 
 
+def _sqlite_copy(table: str, spec: tuple, stage: str) -> tuple[str, tuple[str, ...]]:
+    """An ``INSERT ... SELECT`` for ``spec`` from the temporary table ``stage``, which holds each
+    distinct source once (columns ``p0``, ``p1``... in the order returned, what :func:`_source_table`
+    builds); constants are SQL literals, columns sharing a source read the same stage column. The
+    stage's rows are taken in the order they were added."""
+    sources: list[str] = []
+    values = []
+    for _column, source in spec:
+        if isinstance(source, _Const):
+            value = source.value
+            values.append("'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(int(value)))
+            continue
+        if source not in sources:
+            sources.append(source)
+        values.append(f"p{sources.index(source)}")
+    columns = ", ".join(column for column, _source in spec)
+    return (f"INSERT INTO {table} ({columns}) SELECT {', '.join(values)} FROM temp.{stage} ORDER BY rowid",
+            tuple(sources))
+
+
 def _source_table(columns: dict, sources: tuple[str, ...]) -> pa.Table:
     """The parameters of a :func:`_sqlite_insert` statement: each source once, timestamps as text."""
     return pa.table({f"p{i}": _source_array(columns[source], source, text_timestamps=True)

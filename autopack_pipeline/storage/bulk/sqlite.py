@@ -25,7 +25,7 @@ from autopack_pipeline.storage.bulk.rows import (
     _row_table,
     _run_rows,
     _source_table,
-    _sqlite_insert,
+    _sqlite_copy,
     _text_timestamps,
     _tier_keys,
     _tier_rows,
@@ -45,6 +45,10 @@ SQLITE_INDEX_SORT_KIB = 4096
 # temp_store=MEMORY it sorts everything at the end, on the one thread.
 SQLITE_LOAD_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRAGMA cache_size=-65536",
                         "PRAGMA temp_store=FILE", "PRAGMA threads=2")
+
+
+# The temporary tables a chunk's rows pass through (the connection's own; gone with it).
+_STAGE_PHASES, _STAGE_EVENTS = "synth_stage_phases", "synth_stage_events"
 
 
 class _SqliteLoader(_Loader):
@@ -96,10 +100,20 @@ class _SqliteLoader(_Loader):
                 for name, _sql in indexes:
                     cursor.execute(f'DROP INDEX "{name}"')
 
-            # Prepared INSERTs bound to whole Arrow tables (the driver steps through them in C), with the
-            # constants as literals and shared columns bound once.
-            insert_phases, phase_sources = _sqlite_insert("phases", _PHASE_SPEC)
-            insert_events, event_sources = _sqlite_insert("token_estimation_v2_events", _EVENT_SPEC)
+            # Each chunk's rows go first into a temporary table without indexes (ADBC's bulk ingest, in C),
+            # then into the real table by one INSERT ... SELECT, as SQLite's own copy does: one statement
+            # keeps its cursors on the table and every index open from row to row, where a prepared
+            # INSERT executed per row opens them all again for each one (measured here, 100k events
+            # appended to 1M: 1.06 against 1.29 CPU s, SQLite's own copy 1.07). Constants are literals,
+            # shared columns staged once.
+            insert_phases, phase_sources = _sqlite_copy("phases", _PHASE_SPEC, _STAGE_PHASES)
+            insert_events, event_sources = _sqlite_copy("token_estimation_v2_events", _EVENT_SPEC, _STAGE_EVENTS)
+            staged = False
+
+            def copy(stage: str, rows: pa.Table, insert: str) -> None:
+                cursor.adbc_ingest(stage, rows, mode="append" if staged else "create", temporary=True)
+                cursor.execute(insert)
+                cursor.execute(f"DELETE FROM temp.{stage}")
 
             def tables(chunk: SynthChunk) -> tuple[pa.Table, pa.Table]:
                 def build() -> tuple[pa.Table, pa.Table]:
@@ -109,8 +123,9 @@ class _SqliteLoader(_Loader):
                 return self._timed("generate", build)
 
             for chunk, (phase_rows, event_rows) in prefetch(_chain(first, chunks), tables):
-                self._timed("phases", lambda: cursor.executemany(insert_phases, phase_rows))  # noqa: B023
-                self._timed("events", lambda: cursor.executemany(insert_events, event_rows))  # noqa: B023
+                self._timed("phases", lambda: copy(_STAGE_PHASES, phase_rows, insert_phases))  # noqa: B023
+                self._timed("events", lambda: copy(_STAGE_EVENTS, event_rows, insert_events))  # noqa: B023
+                staged = True
                 self._written(chunk)
             if indexes:
                 # CREATE INDEX's sorter keeps runs of cache_size bytes in memory: small runs are sorted
