@@ -222,31 +222,11 @@ def _arrow_columns(columns: dict, spec: tuple, n: int, *, text_timestamps: bool 
     return pa.table(arrays)
 
 
-def _sqlite_insert(table: str, spec: tuple) -> tuple[str, tuple[str, ...]]:
-    """An INSERT for ``spec`` that binds each distinct source once: constants are SQL literals and
-    columns sharing a source share a numbered parameter (``?N``). Returns it with the sources in
-    parameter order (what :func:`_source_table` binds). Binding fewer values per row is cheaper than
-    ``adbc_ingest``, which binds every column (measured here: 0.75 against 0.93 CPU s for 300k events
-    and their phases, no indexes)."""
-    sources: list[str] = []
-    values = []
-    for _column, source in spec:
-        if isinstance(source, _Const):
-            value = source.value
-            values.append("'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(int(value)))
-            continue
-        if source not in sources:
-            sources.append(source)
-        values.append(f"?{sources.index(source) + 1}")
-    columns = ", ".join(column for column, _source in spec)
-    return f"INSERT INTO {table} ({columns}) VALUES ({', '.join(values)})", tuple(sources)
-
-
 def _sqlite_copy(table: str, spec: tuple, stage: str) -> tuple[str, tuple[str, ...]]:
-    """An ``INSERT ... SELECT`` for ``spec`` from the temporary table ``stage``, which holds each
-    distinct source once (columns ``p0``, ``p1``... in the order returned, what :func:`_source_table`
-    builds); constants are SQL literals, columns sharing a source read the same stage column. The
-    stage's rows are taken in the order they were added."""
+    """An ``INSERT ... SELECT`` for ``spec`` from the table ``stage``, which holds each distinct source
+    column once (``p0``, ``p1``... in the order returned, what :func:`_source_table` builds), taking its
+    rows in the order they were added. Constants are SQL literals; columns sharing a source read the
+    same column."""
     sources: list[str] = []
     values = []
     for _column, source in spec:
@@ -258,12 +238,12 @@ def _sqlite_copy(table: str, spec: tuple, stage: str) -> tuple[str, tuple[str, .
             sources.append(source)
         values.append(f"p{sources.index(source)}")
     columns = ", ".join(column for column, _source in spec)
-    return (f"INSERT INTO {table} ({columns}) SELECT {', '.join(values)} FROM temp.{stage} ORDER BY rowid",
+    return (f"INSERT INTO {table} ({columns}) SELECT {', '.join(values)} FROM {stage} ORDER BY rowid",
             tuple(sources))
 
 
 def _source_table(columns: dict, sources: tuple[str, ...]) -> pa.Table:
-    """The parameters of a :func:`_sqlite_insert` statement: each source once, timestamps as text."""
+    """The rows a :func:`_sqlite_copy` statement reads: each source once, timestamps as text."""
     return pa.table({f"p{i}": _source_array(columns[source], source, text_timestamps=True)
                      for i, source in enumerate(sources)})
 

@@ -153,6 +153,29 @@ def test_a_sqlite_append_that_fails_midway_leaves_nothing(sqlite_engine, monkeyp
     assert bulk_load(sqlite_engine, 1000, runs=2, seed=2).events == 1000  # the seed is free
 
 
+def test_a_sqlite_append_whose_staging_fails_leaves_nothing_and_stops(sqlite_engine, monkeypatch):
+    """The helper thread stages the pieces: a failure there reaches the load, which rolls back whole
+    and returns (no thread left waiting for a stage)."""
+    bulk_load(sqlite_engine, 300, runs=1, seed=1)
+    monkeypatch.setattr(bulk.sqlite, "SQLITE_PIECE_PHASES", 50)  # several pieces, the failure after two
+    real_fill = bulk.sqlite._Stages.fill
+    filled = []
+
+    def fill_then_fail(self, slot, tables):
+        filled.append(slot)
+        if len(filled) > 2:
+            raise RuntimeError("staging failed")
+        real_fill(self, slot, tables)
+
+    monkeypatch.setattr(bulk.sqlite._Stages, "fill", fill_then_fail)
+    with pytest.raises(RuntimeError, match="staging failed"):
+        bulk_load(sqlite_engine, 1000, runs=2, seed=2)
+    assert filled == [0, 1, 0]  # the two stages take turns
+    assert [count_rows(sqlite_engine, t) for t in ("runs", "phases", "token_estimation_v2_events")][::2] == [1, 300]
+    monkeypatch.undo()
+    assert bulk_load(sqlite_engine, 1000, runs=2, seed=2).events == 1000  # the seed is free
+
+
 def test_more_than_100k_runs_load(engine):
     """Run numbers of six digits (Autopack's shape gives ~294k runs for 10M events) do not sort
     between the first and the last run id as text; every run still gets its tier."""
@@ -302,6 +325,10 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
     stored = read_events(engine).iloc[800:]
     expected = generated_frame(700, 3, 2)
     assert stored["event_id"].is_monotonic_increasing  # ids in the order generated, as one connection gives
+    if may_skip_key_checks:  # the ids were taken from the table's sequence: the next row gets the next one
+        with engine.connect() as connection:
+            last = connection.exec_driver_sql("SELECT last_value FROM token_estimation_v2_events_event_id_seq").scalar()
+        assert stored["event_id"].tolist() == list(range(801, 1501)) and last == 1500
     assert stored["run_id"].tolist() == [run_id_for(2, r) for r in expected["run"]]
     assert stored["phase_id"].tolist() == expected["phase_id"].tolist()
     assert stored["actual_output_tokens"].tolist() == expected["actual_output_tokens"].tolist()
