@@ -6,6 +6,7 @@ subclass :class:`_Loader` and add their ``load`` method."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -57,6 +58,7 @@ class _Loader:
         self.last_us: int | None = None
         self.method = ""
         self.timings = {"generate": 0.0, "stage": 0.0, "phases": 0.0, "events": 0.0, "indexes": 0.0}
+        self._timings_lock = threading.Lock()
 
     def _update_runs(self, cursor: Any, *, text_timestamps: bool) -> None:
         """Every run's phase count, tokens and last activity, by one UPDATE from a temporary table
@@ -73,7 +75,8 @@ class _Loader:
         try:
             return work()
         finally:
-            self.timings[stage] += time.perf_counter() - began
+            with self._timings_lock:  # threads of a load add to the same stage
+                self.timings[stage] += time.perf_counter() - began
 
     def _written(self, chunk: SynthChunk) -> None:
         self.stats.add(chunk)

@@ -6,9 +6,10 @@ Into an empty events table the load is one transaction that drops the secondary 
 rows and rebuilds them before committing; the foreign keys stay, with their triggers off for the load
 (``session_replication_role``) when the role may do that, or are dropped and added again (checking
 every row) when it may not. An append keeps every index and commits every 500k events; when the role
-may turn the foreign-key triggers off, it copies the events on a second connection while the first
-copies the phases (two backends, two cores), otherwise on one connection with the keys checked by the
-server. A failure after some batches were committed deletes the load's runs again, which cascades to
+may turn the foreign-key triggers off, it copies three quarters of each batch's events on a second
+connection while the first copies the phases and the first quarter (two backends, two cores; the events
+carry the ids their sequence gives, taken in generation order), otherwise everything on one
+connection with the keys checked by the server. A failure after some batches were committed deletes the load's runs again, which cascades to
 the rest."""
 
 from __future__ import annotations
