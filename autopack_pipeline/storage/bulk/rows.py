@@ -222,11 +222,18 @@ def _arrow_columns(columns: dict, spec: tuple, n: int, *, text_timestamps: bool 
     return pa.table(arrays)
 
 
-def _sqlite_copy(table: str, spec: tuple, stage: str) -> tuple[str, tuple[str, ...]]:
-    """An ``INSERT ... SELECT`` for ``spec`` from the table ``stage``, which holds each distinct source
-    column once (``p0``, ``p1``... in the order returned, what :func:`_source_table` builds), taking its
-    rows in the order they were added. Constants are SQL literals; columns sharing a source read the
-    same column."""
+def _sqlite_insert(table: str, spec: tuple) -> tuple[str, tuple[str, ...]]:
+    """A prepared INSERT for ``spec`` that binds each distinct source once: constants are SQL literals
+    and columns sharing a source share a numbered parameter (``?N``). Returns it with the sources in
+    parameter order (what :func:`_source_table` builds; the same order as :func:`_sqlite_copy`'s)."""
+    values, sources = _select_list(spec, lambda i: f"?{i + 1}")
+    columns = ", ".join(column for column, _source in spec)
+    return f"INSERT INTO {table} ({columns}) VALUES ({values})", sources
+
+
+def _select_list(spec: tuple, parameter) -> tuple[str, tuple[str, ...]]:
+    """The values of ``spec``'s columns, in order: constants as SQL literals, each distinct source
+    as ``parameter(i)`` for its position ``i`` among the sources (returned in that order)."""
     sources: list[str] = []
     values = []
     for _column, source in spec:
@@ -236,14 +243,23 @@ def _sqlite_copy(table: str, spec: tuple, stage: str) -> tuple[str, tuple[str, .
             continue
         if source not in sources:
             sources.append(source)
-        values.append(f"p{sources.index(source)}")
+        values.append(parameter(sources.index(source)))
+    return ", ".join(values), tuple(sources)
+
+
+def _sqlite_copy(table: str, spec: tuple, stage: str) -> tuple[str, tuple[str, ...]]:
+    """An ``INSERT ... SELECT`` for ``spec`` from the table ``stage``, which holds each distinct source
+    column once (``p0``, ``p1``... in the order returned, what :func:`_source_table` builds), taking its
+    rows in the order they were added. Constants are SQL literals; columns sharing a source read the
+    same column."""
+    values, sources = _select_list(spec, lambda i: f"p{i}")
     columns = ", ".join(column for column, _source in spec)
-    return (f"INSERT INTO {table} ({columns}) SELECT {', '.join(values)} FROM {stage} ORDER BY rowid",
-            tuple(sources))
+    return f"INSERT INTO {table} ({columns}) SELECT {values} FROM {stage} ORDER BY rowid", sources
 
 
 def _source_table(columns: dict, sources: tuple[str, ...]) -> pa.Table:
-    """The rows a :func:`_sqlite_copy` statement reads: each source once, timestamps as text."""
+    """The rows a :func:`_sqlite_insert` binds or a :func:`_sqlite_copy` reads: each source once,
+    timestamps as text."""
     return pa.table({f"p{i}": _source_array(columns[source], source, text_timestamps=True)
                      for i, source in enumerate(sources)})
 
