@@ -73,9 +73,9 @@ class _PostgresqlLoader(_Loader):
             fresh = _scalar(cursor, "SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)")
             skip_key_checks = _may_skip_key_checks(cursor)
             streams.begin(skip_key_checks)
-            # An append keeps every index, so the server's per-row work is what limits it. Events then go
-            # through a second connection, in parallel with the phases (one backend per core); that
-            # needs the foreign-key triggers off, as the events' phases are not committed yet.
+            # An append keeps every index, so the server's per-row work is what limits it. Most events then
+            # go through a second connection, in parallel with the phases and the rest (one backend per
+            # core); that needs the foreign-key triggers off, as the events' phases are not committed yet.
             if not fresh and skip_key_checks:
                 streams.add_events_connection(engine)
             if fresh:
