@@ -51,7 +51,7 @@ class SynthSummary:
     coefficient_version: str = ""
     phase_ids: str = "per-run"  # generate.PHASE_ID_SCHEMES
     # Seconds per stage: "generate" (rows built in the helper thread, overlapping the rest), "stage"
-    # (SQLite: the rows put in an in-memory table by that thread), "phases" and "events" (the database
+    # (a SQLite append: the rows put in an in-memory table by that thread), "phases" and "events" (the database
     # taking the rows; they overlap on a PostgreSQL append with two connections), "indexes" (rebuilt
     # after a fresh load).
     timings: dict = field(default_factory=dict)

@@ -6,18 +6,16 @@ Into an empty events table the load is one transaction that drops the secondary 
 rows and rebuilds them before committing; the foreign keys stay, with their triggers off for the load
 (``session_replication_role``) when the role may do that, or are dropped and added again (checking
 every row) when it may not. An append keeps every index and commits every 500k events; when the role
-may turn the foreign-key triggers off, it copies three quarters of each batch's events on a second
-connection while the first copies the phases and the first quarter (two backends, two cores; the events
-carry the ids their sequence gives, taken in generation order), otherwise everything on one
-connection with the keys checked by the server. A failure after some batches were committed deletes the load's runs again, which cascades to
+may turn the foreign-key triggers off, it copies the events on a second connection while the first
+copies the phases (two backends, two cores), otherwise on one connection with the keys checked by the
+server. A failure after some batches were committed deletes the load's runs again, which cascades to
 the rest."""
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import pyarrow as pa
@@ -50,10 +48,6 @@ PG_TRANSACTION_EVENTS = 500_000
 # Phases per COPY (with their events): pieces of a chunk, so the first COPY starts sooner and the two
 # connections of an append wait less for each other.
 PG_PIECE_PHASES = 10_000
-# The share of each batch's events the first connection of a parallel append copies besides every
-# phase: indexing a phase row costs the server about half what an event row does (8 indexes against
-# 16), so this evens out the two backends' work.
-PG_FIRST_CONNECTION_EVENTS = 0.25
 
 # The Arrow type binary COPY needs for each PostgreSQL column type the loaded tables use.
 _ARROW_TYPES = {
@@ -73,9 +67,9 @@ class _PostgresqlLoader(_Loader):
             fresh = _scalar(cursor, "SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)")
             skip_key_checks = _may_skip_key_checks(cursor)
             streams.begin(skip_key_checks)
-            # An append keeps every index, so the server's per-row work is what limits it. Most events then
-            # go through a second connection, in parallel with the phases and the rest (one backend per
-            # core); that needs the foreign-key triggers off, as the events' phases are not committed yet.
+            # An append keeps every index, so the server's per-row work is what limits it. Events then go
+            # through a second connection, in parallel with the phases (one backend per core); that
+            # needs the foreign-key triggers off, as the events' phases are not committed yet.
             if not fresh and skip_key_checks:
                 streams.add_events_connection(engine)
             if fresh:
@@ -84,8 +78,7 @@ class _PostgresqlLoader(_Loader):
                                   else "foreign keys added again"))
             else:
                 self.method = "postgresql: binary COPY with indexes in place, 500k events per transaction" + (
-                    ", events on a second connection with the phases and a quarter of them on the first"
-                    if streams.parallel else "")
+                    ", events on a second connection" if streams.parallel else "")
             types = {table: _column_types(cursor, table)
                      for table in ("runs", "tiers", "phases", "token_estimation_v2_events")}
             chunks = iter(chunks)
@@ -104,28 +97,23 @@ class _PostgresqlLoader(_Loader):
             def tables(chunk: SynthChunk) -> tuple[pa.Table, pa.Table]:
                 def build() -> tuple[pa.Table, pa.Table]:
                     phase_cols, event_cols = _chunk_columns(chunk, self.run_id_text, tier_pk, self.seed)
-                    events = _arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"]))
-                    if streams.parallel:  # the ids the sequence gives next, in the order generated
-                        events = events.append_column("event_id", streams.event_ids(events.num_rows))
                     return (_cast_to(_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"])),
                                      types["phases"]),
-                            _cast_to(events, types["token_estimation_v2_events"]))
+                            _cast_to(_arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"])),
+                                     types["token_estimation_v2_events"]))
 
                 return self._timed("generate", build)
 
-            in_transaction = committed = 0
+            in_transaction = 0
             # Pieces smaller than a chunk: the first COPY starts sooner, the streams wait less for each other.
             pieces = _sliced(_chain(first, chunks), PG_PIECE_PHASES)
             for chunk, (phase_rows, event_rows) in prefetch(pieces, tables):
-                batch = min(PG_TRANSACTION_EVENTS, self.total - committed)
-                streams.copy(phase_rows, event_rows, in_transaction, batch, self._timed)
+                streams.copy(phase_rows, event_rows, self._timed)
                 self._written(chunk)
                 in_transaction += len(chunk.events["run"])
                 if not fresh and in_transaction >= PG_TRANSACTION_EVENTS:
                     streams.commit()
-                    committed += in_transaction
                     in_transaction = 0
-            streams.finish_copies()  # the first connection is free for the statements below
             if rebuild:
                 # Index builds sort in memory instead of spilling to disk (this transaction only).
                 cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
@@ -145,17 +133,13 @@ class _PostgresqlLoader(_Loader):
 
 
 class _PgStreams:
-    """The load's PostgreSQL connections (ADBC, each in its own transaction). Alone, the first one copies
-    everything in turn. With :meth:`add_events_connection`, each connection gets a thread that copies
-    what it is handed (:meth:`copy`): the first the phases and the first quarter of a batch's events,
-    the second the rest of the events, so the server's work, which is mostly keeping the indexes, is
-    split about evenly over two backends (phases keep 8 indexes, events 16).
+    """The load's PostgreSQL connections (ADBC, each in its own transaction): phases (and everything
+    else) on the first; events on a second one when :meth:`add_events_connection` was called, copied by
+    a worker thread meanwhile.
 
-    The events then carry ids taken from the table's own sequence, in the order generated, before they
-    are copied (:meth:`event_ids`), so they are the ids one connection copying them in order would
-    get. Each batch commits the first connection, then the second, so whoever reads between the two
-    commits sees phases without some of their events yet, never events without their phases, and the
-    visible event ids always run without a gap from the lowest, as the columnar refresh expects.
+    Each batch commits the first connection, then the second, so whoever reads between the two
+    commits sees phases without their events yet, never events without their phases, and event ids
+    (one sequence, one connection) become visible in ascending order as the columnar refresh expects.
     """
 
     def __init__(self, connection: Any) -> None:
@@ -163,9 +147,7 @@ class _PgStreams:
         self.cursor = connection.cursor()
         self.events_connection: Any = None
         self.events_cursor = self.cursor
-        self.ids_connection: Any = None
-        self.sequence = ""
-        self.workers: list[_CopyWorker] = []
+        self.worker: ThreadPoolExecutor | None = None
         self.skip_key_checks = False
         self.committed = False  # a batch of this load is committed: a failure must undo it
 
@@ -180,46 +162,26 @@ class _PgStreams:
             _pg_settings(cursor, skip_key_checks=skip_key_checks)
 
     def add_events_connection(self, engine: Engine) -> None:
-        self.sequence = _scalar(self.cursor, "SELECT pg_get_serial_sequence('token_estimation_v2_events', 'event_id')")
         self.events_connection = adbc.connect(engine)
         self.events_cursor = self.events_connection.cursor()
         _pg_settings(self.events_cursor, skip_key_checks=True)
-        # Ids are taken outside the load's transactions (a sequence is not transactional anyway).
-        self.ids_connection = adbc.connect(engine)
-        self.workers = [_CopyWorker(self.cursor, "synth-copy-1"), _CopyWorker(self.events_cursor, "synth-copy-2")]
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-events")
 
-    def event_ids(self, rows: int) -> pa.Array:
-        """The next ``rows`` values of the events' id sequence, ascending (pieces ask in order)."""
-        with self.ids_connection.cursor() as cursor:
-            cursor.execute(f"SELECT nextval('{self.sequence}') AS id FROM generate_series(1, {int(rows)}) ORDER BY 1")
-            ids = cursor.fetch_arrow_table().column(0)
-        self.ids_connection.commit()
-        return ids
-
-    def copy(self, phase_rows: pa.Table, event_rows: pa.Table, offset: int, batch: int,
-             timed: Callable[[str, Callable[[], Any]], Any]) -> None:
-        """Copy a piece whose events start ``offset`` events into a batch of about ``batch``."""
-        if not self.parallel:
+    def copy(self, phase_rows: pa.Table, event_rows: pa.Table, timed: Callable[[str, Callable[[], Any]], Any]) -> None:
+        if self.worker is None:
             timed("phases", lambda: _ingest(self.cursor, "phases", phase_rows))
             timed("events", lambda: _ingest(self.cursor, "token_estimation_v2_events", event_rows))
             return
-        for worker in self.workers:
-            worker.check()
-        first, second = self.workers
-        split = min(max(int(batch * PG_FIRST_CONNECTION_EVENTS) - offset, 0), event_rows.num_rows)
-        first.submit(timed, "phases", "phases", phase_rows)
-        if split:
-            first.submit(timed, "events", "token_estimation_v2_events", event_rows.slice(0, split))
-        if split < event_rows.num_rows:
-            second.submit(timed, "events", "token_estimation_v2_events", event_rows.slice(split))
-
-    def finish_copies(self) -> None:
-        """Wait for the copies handed to the threads; raise the first failure."""
-        for worker in self.workers:
-            worker.wait()
+        events = self.worker.submit(timed, "events",
+                                    lambda: _ingest(self.events_cursor, "token_estimation_v2_events", event_rows))
+        try:
+            timed("phases", lambda: _ingest(self.cursor, "phases", phase_rows))
+        except BaseException:
+            wait([events])  # its connection must be idle before the rollback
+            raise
+        events.result()
 
     def commit(self, *, last: bool = False) -> None:
-        self.finish_copies()
         self.connection.commit()
         self.committed = True
         if self.parallel:
@@ -228,8 +190,6 @@ class _PgStreams:
             self.begin(self.skip_key_checks)
 
     def rollback(self) -> None:
-        for worker in self.workers:  # the connections must be idle before the rollback
-            worker.stop()
         try:
             self.connection.rollback()
         finally:
@@ -237,61 +197,15 @@ class _PgStreams:
                 self.events_connection.rollback()
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+        if self.worker is not None:
+            self.worker.shutdown()
         try:
             if self.parallel:
                 self.events_cursor.close()
                 self.events_connection.close()
-                self.ids_connection.close()
         finally:
             self.cursor.close()
             self.connection.close()
-
-
-class _CopyWorker:
-    """A thread copying the tables it is handed, in order, through one connection's cursor. After a
-    failure it skips the rest; :meth:`check` and :meth:`wait` raise that failure in the caller."""
-
-    def __init__(self, cursor: Any, name: str) -> None:
-        self.cursor = cursor
-        # Bounded, so a long load holds a limited number of pieces in memory; deep enough that the
-        # second connection has work before the first one's queue is full.
-        self.jobs: queue.Queue = queue.Queue(maxsize=32)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            try:
-                if job is None:
-                    return
-                if self.error is None:
-                    timed, stage, table, rows = job
-                    timed(stage, lambda: _ingest(self.cursor, table, rows))  # noqa: B023
-            except BaseException as exc:  # noqa: BLE001 - raised in the loading thread by check/wait
-                self.error = exc
-            finally:
-                self.jobs.task_done()
-
-    def submit(self, timed: Callable, stage: str, table: str, rows: pa.Table) -> None:
-        self.jobs.put((timed, stage, table, rows))
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def wait(self) -> None:
-        self.jobs.join()
-        self.check()
-
-    def stop(self) -> None:
-        """Let the copies handed over finish (or be skipped after a failure) and end the thread."""
-        if self.thread.is_alive():
-            self.jobs.put(None)
-            self.thread.join()
 
 
 def _scalar(cursor: Any, query: str) -> Any:

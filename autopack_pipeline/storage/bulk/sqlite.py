@@ -1,5 +1,6 @@
-"""The SQLite bulk loader: Arrow tables staged through ADBC's SQLite driver in in-memory tables and
-copied from there by ``INSERT ... SELECT``, in one transaction, so a failure leaves nothing, with ``synchronous=OFF`` and foreign-key enforcement off for the load (the
+"""The SQLite bulk loader: Arrow tables written through ADBC's SQLite driver (bound to prepared INSERTs
+into an empty table; appended through in-memory stages and ``INSERT ... SELECT``) in one transaction,
+so a failure leaves nothing, with ``synchronous=OFF`` and foreign-key enforcement off for the load (the
 generator produces the runs, tiers and phases every event refers to, and the tests check the keys).
 Into an empty events table, when the loader has the only connection to the file, the transaction runs
 in a rollback journal and drops the secondary indexes, building them again after the rows; otherwise

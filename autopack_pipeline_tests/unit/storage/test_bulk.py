@@ -325,10 +325,6 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
     stored = read_events(engine).iloc[800:]
     expected = generated_frame(700, 3, 2)
     assert stored["event_id"].is_monotonic_increasing  # ids in the order generated, as one connection gives
-    if may_skip_key_checks:  # the ids were taken from the table's sequence: the next row gets the next one
-        with engine.connect() as connection:
-            last = connection.exec_driver_sql("SELECT last_value FROM token_estimation_v2_events_event_id_seq").scalar()
-        assert stored["event_id"].tolist() == list(range(801, 1501)) and last == 1500
     assert stored["run_id"].tolist() == [run_id_for(2, r) for r in expected["run"]]
     assert stored["phase_id"].tolist() == expected["phase_id"].tolist()
     assert stored["actual_output_tokens"].tolist() == expected["actual_output_tokens"].tolist()
