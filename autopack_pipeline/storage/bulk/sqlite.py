@@ -53,7 +53,7 @@ SQLITE_LOAD_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRA
                         "PRAGMA temp_store=FILE", "PRAGMA threads=2")
 
 
-# Phases per piece of a chunk staged and copied at a time: the first copy starts sooner, and the
+# Phases per piece of a chunk an append stages and copies at a time: the first copy starts sooner, and the
 # staging of one piece overlaps the copy of the one before.
 SQLITE_PIECE_PHASES = 10_000
 
@@ -206,7 +206,10 @@ class _SqliteLoader(_Loader):
                 self._timed("stage", lambda: stages.fill(slot, rows))
                 return slot
 
-            stream = prefetch(_sliced(_chain(first, chunks), SQLITE_PIECE_PHASES), prepare)
+            # Appending, in pieces: the first copy starts sooner and the stages stay small. A fresh load
+            # binds whole chunks, so the helper thread stays further ahead.
+            rows = _chain(first, chunks)
+            stream = prefetch(rows if stages is None else _sliced(rows, SQLITE_PIECE_PHASES), prepare)
             try:
                 for piece, prepared in stream:
                     for name in ("phases", "events"):
