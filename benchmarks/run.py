@@ -566,8 +566,9 @@ def postgres_available() -> bool:
 
 def _stages(result: dict) -> str:
     t = result.get("timings") or {}
+    staged = f" + staging {t['stage']:.1f} s" if t.get("stage") else ""
     return (f"database: phases {t.get('phases', 0):.1f} s + events {t.get('events', 0):.1f} s + index rebuild "
-            f"{t.get('indexes', 0):.1f} s; row generation {t.get('generate', 0):.1f} s in a helper thread")
+            f"{t.get('indexes', 0):.1f} s; row generation {t.get('generate', 0):.1f} s{staged} in a helper thread")
 
 
 def bench_synth(report: Report, work: Path, scale: int) -> None:

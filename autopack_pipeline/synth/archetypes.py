@@ -80,7 +80,9 @@ def load_archetypes(seeds_dir: Path = PACKAGED_SEEDS_DIR) -> Archetypes:
     coefficients = load_coefficients(seeds_dir / "estimator_coefficients.yaml")
     profile = SimulationProfile.load(seeds_dir)
     # A workspace that does not exist: every deliverable is a new file, whatever the current directory.
-    estimator = TokenEstimator(coefficients, workspace=seeds_dir / "__no_workspace__")
+    # Nothing is created in it while pricing, so each deliverable's cost is measured once and remembered
+    # across the complexities that share its path (a fifth of the lookups).
+    estimator = TokenEstimator(coefficients, workspace=seeds_dir / "__no_workspace__", remember_deliverables=True)
     categories, complexities = tuple(CATEGORY_WEIGHTS), tuple(COMPLEXITY_WEIGHTS)
     shape = (len(categories), len(complexities), len(DELIVERABLE_WEIGHTS), ARCHETYPE_VARIANTS)
     predicted = np.zeros(shape, dtype=np.int64)

@@ -50,9 +50,10 @@ class SynthSummary:
     last_timestamp: str | None = None
     coefficient_version: str = ""
     phase_ids: str = "per-run"  # generate.PHASE_ID_SCHEMES
-    # Seconds per stage: "generate" (rows built in the helper thread, overlapping the rest),
-    # "phases" and "events" (the database taking the rows; they overlap on a PostgreSQL append with two
-    # connections), "indexes" (rebuilt after a fresh load).
+    # Seconds per stage: "generate" (rows built in the helper thread, overlapping the rest), "stage"
+    # (a SQLite append: the rows put in an in-memory table by that thread), "phases" and "events" (the database
+    # taking the rows; they overlap on a PostgreSQL append with two connections), "indexes" (rebuilt
+    # after a fresh load).
     timings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:

@@ -3,14 +3,15 @@
 The rows come from :mod:`autopack_pipeline.synth` (the generator) as :class:`SynthChunk` columns; this
 package only writes them. Event ids are the database's own (autoincrement / sequence).
 
-SQLite through ADBC's SQLite driver (Arrow tables bound column by column in C) in one transaction,
-with ``synchronous=OFF`` and foreign-key enforcement off for the load (the generator produces the
-runs, tiers and phases every event refers to, and the tests check the keys); PostgreSQL through
-ADBC's PostgreSQL driver, whose ``adbc_ingest`` writes Arrow tables by binary ``COPY``. A PostgreSQL
-append, where every index is maintained row by row, copies the events on a second connection while
-the first copies the phases (two backends, two cores); that needs the foreign-key triggers off for the
-load (``session_replication_role``, superuser or granted), otherwise it runs on one connection with
-the keys checked by the server.
+SQLite through ADBC's SQLite driver in one transaction (into an empty table, Arrow tables bound to
+prepared INSERTs in C; appends, staged in in-memory tables by a helper thread and copied by
+``INSERT ... SELECT``), with ``synchronous=OFF`` and foreign-key enforcement off for the load (the
+generator produces the runs, tiers and phases every event refers to, and the tests check the keys);
+PostgreSQL through ADBC's PostgreSQL driver, whose ``adbc_ingest`` writes Arrow tables by binary
+``COPY``. A PostgreSQL append, where every index is maintained row by row, copies the events on a
+second connection while the first copies the phases (two backends, two cores); that needs the
+foreign-key triggers off for the load (``session_replication_role``, superuser or granted), otherwise
+it runs on one connection with the keys checked by the server.
 
 The modules: ``chunk`` (what a loader takes), ``rows`` (chunks as table rows), ``loader`` (what the
 loaders share), ``sqlite`` and ``postgresql`` (the loaders), ``loading`` (:func:`load_chunks` and the

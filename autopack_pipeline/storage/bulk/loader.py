@@ -5,6 +5,8 @@ subclass :class:`_Loader` and add their ``load`` method."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -55,7 +57,8 @@ class _Loader:
         self.first_us: int | None = None
         self.last_us: int | None = None
         self.method = ""
-        self.timings = {"generate": 0.0, "phases": 0.0, "events": 0.0, "indexes": 0.0}
+        self.timings = {"generate": 0.0, "stage": 0.0, "phases": 0.0, "events": 0.0, "indexes": 0.0}
+        self._timings_lock = threading.Lock()
 
     def _update_runs(self, cursor: Any, *, text_timestamps: bool) -> None:
         """Every run's phase count, tokens and last activity, by one UPDATE from a temporary table
@@ -72,7 +75,8 @@ class _Loader:
         try:
             return work()
         finally:
-            self.timings[stage] += time.perf_counter() - began
+            with self._timings_lock:  # threads of a load add to the same stage
+                self.timings[stage] += time.perf_counter() - began
 
     def _written(self, chunk: SynthChunk) -> None:
         self.stats.add(chunk)
@@ -89,3 +93,18 @@ class _Loader:
 def _chain(first: SynthChunk, rest: Iterator[SynthChunk]) -> Iterator[SynthChunk]:
     yield first
     yield from rest
+
+
+def _sliced(chunks: Iterator[SynthChunk], phases: int) -> Iterator[SynthChunk]:
+    """The chunks cut into pieces of ``phases`` phases, each with the events of those phases."""
+    for chunk in chunks:
+        ph, ev = chunk.phases, chunk.events
+        # (run, phase number) grows along both tables, so one search finds where a piece's events start.
+        phase_keys = (ph["run"] << 32) + ph["phase_index"]
+        event_keys = (ev["run"] << 32) + ev["phase_index"]
+        starts = list(range(0, len(phase_keys), phases))
+        event_starts = np.searchsorted(event_keys, phase_keys[starts]).tolist() + [len(event_keys)]
+        for i, start in enumerate(starts):
+            a, b = event_starts[i], event_starts[i + 1]
+            yield dataclasses.replace(chunk, phases={k: v[start:start + phases] for k, v in ph.items()},
+                                      events={k: v[a:b] for k, v in ev.items()})

@@ -13,19 +13,17 @@ the rest."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.bulk.chunk import SynthChunk
-from autopack_pipeline.storage.bulk.loader import _chain, _Loader
+from autopack_pipeline.storage.bulk.loader import _chain, _Loader, _sliced
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,
     _PHASE_SPEC,
@@ -285,18 +283,3 @@ def _drop_for_load(cursor: Any, *, drop_foreign_keys: bool) -> list[str]:
     return [definition for _name, definition in indexes] + [
         f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}' for name, table, definition in foreign_keys
     ]
-
-
-def _sliced(chunks: Iterator[SynthChunk], phases: int) -> Iterator[SynthChunk]:
-    """The chunks cut into pieces of ``phases`` phases, each with the events of those phases."""
-    for chunk in chunks:
-        ph, ev = chunk.phases, chunk.events
-        # (run, phase number) grows along both tables, so one search finds where a piece's events start.
-        phase_keys = (ph["run"] << 32) + ph["phase_index"]
-        event_keys = (ev["run"] << 32) + ev["phase_index"]
-        starts = list(range(0, len(phase_keys), phases))
-        event_starts = np.searchsorted(event_keys, phase_keys[starts]).tolist() + [len(event_keys)]
-        for i, start in enumerate(starts):
-            a, b = event_starts[i], event_starts[i + 1]
-            yield dataclasses.replace(chunk, phases={k: v[start:start + phases] for k, v in ph.items()},
-                                      events={k: v[a:b] for k, v in ev.items()})

@@ -1,5 +1,6 @@
-"""The SQLite bulk loader: Arrow tables ingested through ADBC's SQLite driver in one transaction, so a
-failure leaves nothing, with ``synchronous=OFF`` and foreign-key enforcement off for the load (the
+"""The SQLite bulk loader: Arrow tables written through ADBC's SQLite driver (bound to prepared INSERTs
+into an empty table; appended through in-memory stages and ``INSERT ... SELECT``) in one transaction,
+so a failure leaves nothing, with ``synchronous=OFF`` and foreign-key enforcement off for the load (the
 generator produces the runs, tiers and phases every event refers to, and the tests check the keys).
 Into an empty events table, when the loader has the only connection to the file, the transaction runs
 in a rollback journal and drops the secondary indexes, building them again after the rows; otherwise
@@ -8,14 +9,18 @@ the commit)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage.bulk.chunk import SynthChunk
-from autopack_pipeline.storage.bulk.loader import _chain, _Loader
+from autopack_pipeline.storage.bulk.loader import _chain, _Loader, _sliced
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,
     _PHASE_SPEC,
@@ -25,6 +30,7 @@ from autopack_pipeline.storage.bulk.rows import (
     _row_table,
     _run_rows,
     _source_table,
+    _sqlite_copy,
     _sqlite_insert,
     _text_timestamps,
     _tier_keys,
@@ -47,6 +53,76 @@ SQLITE_LOAD_PRAGMAS = ("PRAGMA synchronous=OFF", "PRAGMA foreign_keys=OFF", "PRA
                         "PRAGMA temp_store=FILE", "PRAGMA threads=2")
 
 
+# Phases per piece of a chunk an append stages and copies at a time: the first copy starts sooner, and the
+# staging of one piece overlaps the copy of the one before.
+SQLITE_PIECE_PHASES = 10_000
+
+
+class _Stages:
+    """Two in-memory databases of this process that take turns holding a piece's rows on their way into
+    the file: a helper thread fills one through its own connection (:meth:`fill`) while the load's
+    connection, which has both attached, copies the previous piece from the other (:meth:`statement`)
+    and then hands it back (:meth:`release`).
+
+    They are shared-cache databases, the one way two connections see the same in-memory data. The load's
+    connection reads them with ``read_uncommitted`` (no table locks), so its one long transaction never
+    keeps the helper from emptying and filling a stage again; the tables exist before it first reads
+    them and are never altered, so no schema lock is in the way either.
+    """
+
+    def __init__(self, driver: Any, widths: dict[str, int]) -> None:
+        self.uris = [f"file:synth_stage_{uuid.uuid4().hex}?mode=memory&cache=shared" for _ in range(2)]
+        self.error = driver.Error
+        self.connections = [driver.connect(uri, autocommit=True) for uri in self.uris]
+        self.cursors = [connection.cursor() for connection in self.connections]
+        # Columns without a declared type keep every value as it was bound, as the direct INSERT did.
+        for cursor in self.cursors:
+            for table, width in widths.items():
+                cursor.execute(f"CREATE TABLE {table} ({', '.join(f'p{i}' for i in range(width))})")
+        self.free = [threading.Semaphore(1), threading.Semaphore(1)]
+        self.stopped = threading.Event()
+        self.next = 0
+
+    @staticmethod
+    def schema(slot: int) -> str:
+        """The name stage ``slot`` is attached as."""
+        return f"synth_stage_{slot}"
+
+    def attach(self, cursor: Any) -> None:
+        for slot, uri in enumerate(self.uris):
+            cursor.execute(f"ATTACH '{uri}' AS {self.schema(slot)}")
+        cursor.execute("PRAGMA read_uncommitted=1")
+
+    def take(self) -> int:
+        """The next stage, once the load's connection is done with it (helper thread)."""
+        slot, self.next = self.next, 1 - self.next
+        while not self.free[slot].acquire(timeout=0.05):
+            if self.stopped.is_set():
+                raise RuntimeError("the load stopped")
+        return slot
+
+    def fill(self, slot: int, tables: dict[str, pa.Table]) -> None:
+        """Put ``tables`` (by name) in stage ``slot`` in place of what it held."""
+        cursor = self.cursors[slot]
+        for table, rows in tables.items():
+            cursor.execute(f"DELETE FROM {table}")
+            cursor.adbc_ingest(table, rows, mode="append")
+
+    def release(self, slot: int) -> None:
+        self.free[slot].release()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def close(self, cursor: Any) -> None:
+        for slot in range(len(self.uris)):
+            with contextlib.suppress(self.error):  # not attached: the load failed before that
+                cursor.execute(f"DETACH {self.schema(slot)}")
+        for stage_cursor, connection in zip(self.cursors, self.connections):
+            stage_cursor.close()
+            connection.close()
+
+
 class _SqliteLoader(_Loader):
     """Writes generated chunks into a SQLite file and counts what it wrote."""
 
@@ -67,6 +143,7 @@ class _SqliteLoader(_Loader):
         connection = adbc_sqlite.connect(path, autocommit=True)
         cursor = connection.cursor()
         in_transaction = False
+        stages: _Stages | None = None
         try:
             cursor.execute("PRAGMA busy_timeout=30000")
             for pragma in SQLITE_LOAD_PRAGMAS:
@@ -96,22 +173,57 @@ class _SqliteLoader(_Loader):
                 for name, _sql in indexes:
                     cursor.execute(f'DROP INDEX "{name}"')
 
-            # Prepared INSERTs bound to whole Arrow tables (the driver steps through them in C), with the
-            # constants as literals and shared columns bound once.
-            insert_phases, phase_sources = _sqlite_insert("phases", _PHASE_SPEC)
-            insert_events, event_sources = _sqlite_insert("token_estimation_v2_events", _EVENT_SPEC)
+            # Appending, each piece's rows are first staged by a helper thread, with its own connections,
+            # in one of two in-memory tables without indexes (ADBC's bulk ingest, in C), then copied into
+            # the real tables by one INSERT ... SELECT each, as SQLite's own copy does: one statement
+            # keeps its cursors on the table and every index open from row to row, where a prepared
+            # INSERT executed per row opens them all again for each one (measured here, 100k events
+            # appended to 1M: 1.06 CPU s staged and copied, 1.29 prepared, SQLite's own copy 1.07). The
+            # staging of the next piece overlaps the copy of this one (two cores). Into an empty table,
+            # whose secondary indexes are gone for the load, the prepared INSERTs bound to the Arrow
+            # tables are cheaper than staging (10.9 against 11.8-12.2 CPU s per 1M here). Either way
+            # constants are SQL literals and shared columns are bound or staged once.
+            targets = {"phases": ("phases", _PHASE_SPEC), "events": ("token_estimation_v2_events", _EVENT_SPEC)}
+            inserts = {name: _sqlite_insert(table, spec) for name, (table, spec) in targets.items()}
+            copies = {name: [_sqlite_copy(table, spec, f"{_Stages.schema(slot)}.{name}")[0] for slot in (0, 1)]
+                      for name, (table, spec) in targets.items()}
+            sources = {name: insert[1] for name, insert in inserts.items()}
+            if not fresh:
+                stages = _Stages(adbc_sqlite, {name: len(columns) for name, columns in sources.items()})
+                stages.attach(cursor)
 
-            def tables(chunk: SynthChunk) -> tuple[pa.Table, pa.Table]:
-                def build() -> tuple[pa.Table, pa.Table]:
-                    phase_cols, event_cols = _chunk_columns(chunk, self.run_id_text, tier_pk, self.seed)
-                    return _source_table(phase_cols, phase_sources), _source_table(event_cols, event_sources)
+            def build(piece: SynthChunk) -> dict[str, pa.Table]:
+                phase_cols, event_cols = _chunk_columns(piece, self.run_id_text, tier_pk, self.seed)
+                return {"phases": _source_table(phase_cols, sources["phases"]),
+                        "events": _source_table(event_cols, sources["events"])}
 
-                return self._timed("generate", build)
+            def prepare(piece: SynthChunk) -> dict[str, pa.Table] | int:
+                """The piece's rows (fresh), or the stage now holding them (append)."""
+                rows = self._timed("generate", lambda: build(piece))
+                if stages is None:
+                    return rows
+                slot = stages.take()
+                self._timed("stage", lambda: stages.fill(slot, rows))
+                return slot
 
-            for chunk, (phase_rows, event_rows) in prefetch(_chain(first, chunks), tables):
-                self._timed("phases", lambda: cursor.executemany(insert_phases, phase_rows))  # noqa: B023
-                self._timed("events", lambda: cursor.executemany(insert_events, event_rows))  # noqa: B023
-                self._written(chunk)
+            # Appending, in pieces: the first copy starts sooner and the stages stay small. A fresh load
+            # binds whole chunks, so the helper thread stays further ahead.
+            rows = _chain(first, chunks)
+            stream = prefetch(rows if stages is None else _sliced(rows, SQLITE_PIECE_PHASES), prepare)
+            try:
+                for piece, prepared in stream:
+                    for name in ("phases", "events"):
+                        if stages is None:
+                            self._timed(name, lambda: cursor.executemany(inserts[name][0], prepared[name]))  # noqa: B023
+                        else:
+                            self._timed(name, lambda: cursor.execute(copies[name][prepared]))  # noqa: B023
+                    if stages is not None:
+                        stages.release(prepared)
+                    self._written(piece)
+            finally:
+                if stages is not None:
+                    stages.stop()
+                stream.close()  # the helper thread has finished with the stages when this returns
             if indexes:
                 # CREATE INDEX's sorter keeps runs of cache_size bytes in memory: small runs are sorted
                 # and merged by the worker threads (PRAGMA threads) while this one scans the table.
@@ -126,6 +238,8 @@ class _SqliteLoader(_Loader):
                 cursor.execute("ROLLBACK")
             raise
         finally:
+            if stages is not None:
+                stages.close(cursor)
             try:
                 cursor.execute("PRAGMA journal_mode=WAL")  # what make_engine's connections use
             except adbc_sqlite.Error:

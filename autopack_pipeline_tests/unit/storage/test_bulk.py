@@ -153,6 +153,29 @@ def test_a_sqlite_append_that_fails_midway_leaves_nothing(sqlite_engine, monkeyp
     assert bulk_load(sqlite_engine, 1000, runs=2, seed=2).events == 1000  # the seed is free
 
 
+def test_a_sqlite_append_whose_staging_fails_leaves_nothing_and_stops(sqlite_engine, monkeypatch):
+    """The helper thread stages the pieces: a failure there reaches the load, which rolls back whole
+    and returns (no thread left waiting for a stage)."""
+    bulk_load(sqlite_engine, 300, runs=1, seed=1)
+    monkeypatch.setattr(bulk.sqlite, "SQLITE_PIECE_PHASES", 50)  # several pieces, the failure after two
+    real_fill = bulk.sqlite._Stages.fill
+    filled = []
+
+    def fill_then_fail(self, slot, tables):
+        filled.append(slot)
+        if len(filled) > 2:
+            raise RuntimeError("staging failed")
+        real_fill(self, slot, tables)
+
+    monkeypatch.setattr(bulk.sqlite._Stages, "fill", fill_then_fail)
+    with pytest.raises(RuntimeError, match="staging failed"):
+        bulk_load(sqlite_engine, 1000, runs=2, seed=2)
+    assert filled == [0, 1, 0]  # the two stages take turns
+    assert [count_rows(sqlite_engine, t) for t in ("runs", "phases", "token_estimation_v2_events")][::2] == [1, 300]
+    monkeypatch.undo()
+    assert bulk_load(sqlite_engine, 1000, runs=2, seed=2).events == 1000  # the seed is free
+
+
 def test_more_than_100k_runs_load(engine):
     """Run numbers of six digits (Autopack's shape gives ~294k runs for 10M events) do not sort
     between the first and the last run id as text; every run still gets its tier."""
