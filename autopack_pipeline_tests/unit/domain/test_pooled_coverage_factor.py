@@ -29,17 +29,13 @@ from autopack_pipeline.domain.targets import (
     UNDER_TOLERANCE,
     UNDERESTIMATION_TARGET_PCT,
 )
+from autopack_pipeline_tests.support.group_observations import CoverageGroupSlice, observations
 
 pytestmark = pytest.mark.unit
 
 # One tail shape: 80 evenly spaced quantiles of a standard normal, on the log scale, spread 0.3.
 SHAPE = 0.3 * norm.ppf((np.arange(80) + 0.5) / 80)
 
-
-def _observations(key, log_ratios, predicted=1000.0):
-    ratios = np.exp(np.asarray(log_ratios, dtype=float))
-    return GroupObservationsInForce(key[0], key[1], np.full(len(ratios), predicted), ratios * predicted,
-                                    np.zeros(0), np.zeros(0))
 
 
 def _own_coverage_factor(group: GroupObservationsInForce) -> float:
@@ -51,18 +47,12 @@ def _own_coverage_factor(group: GroupObservationsInForce) -> float:
 def _groups():
     """Four groups of one shape, and one ("short", "low") whose top tenth happened to come out short:
     its own 95% order statistic sits below the shape's 95% point."""
-    observed = [_observations((f"g{i}", "low"), SHAPE) for i in range(4)]
+    observed = [observations((f"g{i}", "low"), SHAPE) for i in range(4)]
     short = SHAPE.copy()
     short[-8:] = short[-9]  # its 8 largest ratios no longer than its 9th largest
-    observed.append(_observations(("short", "low"), short))
+    observed.append(observations(("short", "low"), short))
     return observed
 
-
-class _Coverage:  # the slice of a coverage group calibration_section reads
-    def __init__(self, g):
-        self.key, self.predicted, self.actual = (g.category, g.complexity), g.predicted, g.actual
-        self.censored_predicted, self.bounds, self.censored_rows = np.zeros(0), np.zeros(0), np.zeros(0)
-        self.size = len(g.actual)
 
 
 def test_a_factor_below_the_pooled_bound_is_raised_to_it_and_one_above_is_kept():
@@ -84,12 +74,12 @@ def test_a_factor_below_the_pooled_bound_is_raised_to_it_and_one_above_is_kept()
 
 def test_raising_the_factor_moves_predictions_not_budgets():
     seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
-    observed = [_observations(("implementation", c), SHAPE) for c in ("low", "medium", "high")]
+    observed = [observations(("implementation", c), SHAPE) for c in ("low", "medium", "high")]
     short = SHAPE.copy()
     short[-8:] = short[-9]
-    observed.append(_observations(("tests", "low"), short))
+    observed.append(observations(("tests", "low"), short))
 
-    groups = [_Coverage(g) for g in observed]
+    groups = [CoverageGroupSlice(g) for g in observed]
     factors = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed}
     plain = {(g["category"], g["complexity"]): g for g in calibration_section(groups, seed, factors)["groups"]}
     raised = {(g["category"], g["complexity"]): g
@@ -111,9 +101,9 @@ SMALL = ("small", "medium")
 
 
 def _small_pool():
-    noisy = [_observations((f"noisy{i}", "low"), np.r_[NOISY_BODY + 0.1 * i, math.log(2.0), math.log(2.8)])
+    noisy = [observations((f"noisy{i}", "low"), np.r_[NOISY_BODY + 0.1 * i, math.log(2.0), math.log(2.8)])
              for i in range(4)]
-    return noisy + [_observations(SMALL, np.log(np.linspace(0.34, 1.41, 21)))]
+    return noisy + [observations(SMALL, np.log(np.linspace(0.34, 1.41, 21)))]
 
 
 def _uncapped_bound(observed, key, target_pct):
@@ -152,7 +142,7 @@ def test_a_small_clean_group_next_to_noisy_ones_is_raised_no_further_than_its_re
 def test_a_small_clean_groups_budget_stays_within_its_reach_of_the_prediction_in_force():
     seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
     observed = _small_pool()
-    groups = [_Coverage(g) for g in observed]
+    groups = [CoverageGroupSlice(g) for g in observed]
     factors = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed}
     section = {(g["category"], g["complexity"]): g
                for g in calibration_section(groups, seed, factors, pooled_factors=True)["groups"]}
@@ -188,7 +178,7 @@ def test_a_factor_covers_the_phase_target_with_the_groups_own_ratios():
     base = 0.3 * norm.ppf((np.arange(150) + 0.5) / 150)
     heavy = base.copy()
     heavy[-6:] += math.log(1.5)
-    observed = [_observations((f"g{i}", "low"), base) for i in range(4)] + [_observations(("heavy", "low"), heavy)]
+    observed = [observations((f"g{i}", "low"), base) for i in range(4)] + [observations(("heavy", "low"), heavy)]
     factors = {(g.category, g.complexity): _own_coverage_factor(g) for g in observed}
     ratios = np.exp(heavy)
     assert factors[("heavy", "low")] == pytest.approx(ratios[143] / UNDER_TOLERANCE)
@@ -211,7 +201,7 @@ def test_a_pooled_group_the_coverage_method_left_without_a_factor_gets_the_poole
     # proposes no factor; its calls still accept the pooled margin. Its factor is the larger of its own
     # Kaplan-Meier bound and the pooled bound at the phase target, as every other group's.
     base = 0.3 * norm.ppf((np.arange(150) + 0.5) / 150)
-    observed = [_observations((f"g{i}", "low"), base) for i in range(4)]
+    observed = [observations((f"g{i}", "low"), base) for i in range(4)]
     ratios = np.exp(base)
     cut = GroupObservationsInForce("cut", "low", np.full(143, 1000.0), ratios[:143] * 1000.0, np.full(7, 1000.0),
                                    0.95 * ratios[143:] * 1000.0)

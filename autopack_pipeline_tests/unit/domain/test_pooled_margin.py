@@ -14,7 +14,7 @@ from scipy.stats import t as t_dist
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.analysis.samples import stable_order
-from autopack_pipeline.domain.budget_calibration import GroupObservationsInForce, pooled_margins
+from autopack_pipeline.domain.budget_calibration import pooled_margins
 from autopack_pipeline.domain.coefficients import load_coefficients
 from autopack_pipeline.domain.pooled_margin import (
     CENSORED_HEADROOM,
@@ -32,18 +32,13 @@ from autopack_pipeline.domain.pooled_margin import (
     retry_cut_chance,
 )
 from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT
+from autopack_pipeline_tests.support.group_observations import CoverageGroupSlice, observations
 
 pytestmark = pytest.mark.unit
 
 # One tail shape: 80 evenly spaced quantiles of a standard normal, on the log scale.
 SHAPE = norm.ppf((np.arange(80) + 0.5) / 80)
 
-
-def _observations(key, log_ratios, censored_ratios=(), predicted=1000.0):
-    ratios = np.exp(np.asarray(log_ratios, dtype=float))
-    return GroupObservationsInForce(key[0], key[1], np.full(len(ratios), predicted), ratios * predicted,
-                                    np.full(len(censored_ratios), predicted),
-                                    np.asarray(censored_ratios, dtype=float) * predicted)
 
 
 def test_kaplan_meier_is_the_empirical_cdf_without_censoring_and_moves_a_censored_share_to_the_right():
@@ -118,9 +113,9 @@ def test_a_thin_group_gets_the_pooled_point_its_own_calls_are_too_few_to_show():
     # Three groups of 80 and a thin one of 20 drawn from the same shape: alone, the thin group's 98%
     # bound needs 49 calls and its rule takes the largest of 20 ratios, which covers about 95% of
     # new calls; pooled, it gets the shape's 98% point, above that maximum.
-    observed = [_observations((f"g{i}", "low"), 0.1 * i + 0.3 * SHAPE) for i in range(3)]
+    observed = [observations((f"g{i}", "low"), 0.1 * i + 0.3 * SHAPE) for i in range(3)]
     thin = 0.3 * SHAPE[2::4]
-    observed.append(_observations(("thin", "low"), thin))
+    observed.append(observations(("thin", "low"), thin))
     chosen = pooled_margins(observed, {})
     assert set(chosen) == {("g0", "low"), ("g1", "low"), ("g2", "low"), ("thin", "low")}
     assert chosen[("thin", "low")][0] > math.exp(thin.max())
@@ -188,10 +183,10 @@ def test_the_own_check_is_binomial_in_the_groups_size_and_counts_truncated_calls
 
 
 def test_a_group_whose_own_tail_is_heavier_than_the_pool_keeps_its_own_bound():
-    observed = [_observations((f"g{i}", "low"), 0.3 * SHAPE) for i in range(5)]
+    observed = [observations((f"g{i}", "low"), 0.3 * SHAPE) for i in range(5)]
     heavy = 0.3 * SHAPE.copy()
     heavy[-8:] += 1.5  # 8 of its 80 calls far out in the tail
-    observed.append(_observations(("heavy", "low"), heavy))
+    observed.append(observations(("heavy", "low"), heavy))
     chosen = pooled_margins(observed, {})
     assert ("heavy", "low") not in chosen and len(chosen) == 5
 
@@ -200,7 +195,7 @@ def test_the_section_marks_pooled_groups_and_measures_margins_against_the_new_pr
     from autopack_pipeline.domain.budget_calibration import propose_group_budget
 
     seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
-    observed = [_observations(("implementation", c), 0.3 * SHAPE) for c in ("low", "medium", "high")]
+    observed = [observations(("implementation", c), 0.3 * SHAPE) for c in ("low", "medium", "high")]
     plain = pooled_margins(observed, {})
     scaled = pooled_margins(observed, {("implementation", "low"): 2.0})
     # The group's predictions x2: its ratios, location and margin halve, the others' stay.
@@ -228,7 +223,7 @@ def test_a_pooled_group_the_coverage_method_left_without_a_factor_still_moves_it
     # 70 clean calls (ratios up to 2.0) and 10 truncated at 1.5x the prediction: more truncations than
     # a 95% bound of 80 absorbs (4), so the coverage method proposes no factor (1.0).
     clean = np.linspace(0.5, 2.0, 70)
-    group = _observations(("implementation", "high"), np.log(clean), np.full(10, 1.5))
+    group = observations(("implementation", "high"), np.log(clean), np.full(10, 1.5))
     proposal = propose_group_budget(group, seed, proposed_factor=1.0, pooled=(2.2, "pooled"))
     # Kaplan-Meier puts the truncated calls' share on the clean ratios above 1.5: its point at the
     # factor's phase target (k = 79 of 80, targets.FACTOR_PHASE_TARGET_PCT) is one of them, above the
@@ -413,16 +408,10 @@ def test_truncation_margins_count_the_escalated_retry_of_a_cut_call():
     assert margin > plain and _calls_cut(margin) < 2.05  # at 2% up to the retry's chance read one step out
     assert "their retries counted" in why
     # The calibration section's margins are these (the coverage factors' 5% bound counts no retry).
-    observed = [_observations((f"g{i}", "low"), LOG_T3 + 0.1 * i) for i in range(7)]
+    observed = [observations((f"g{i}", "low"), LOG_T3 + 0.1 * i) for i in range(7)]
     assert pooled_margins(observed, {}, retry_factor=1.25)[("g0", "low")][0] == pytest.approx(margin)
     assert pooled_margins(observed, {})[("g0", "low")][0] == pytest.approx(plain)
 
-
-class _CoverageGroup:  # the slice of a coverage group calibration_section reads
-    def __init__(self, g):
-        self.key, self.predicted, self.actual = (g.category, g.complexity), g.predicted, g.actual
-        self.censored_predicted, self.bounds, self.censored_rows = np.zeros(0), np.zeros(0), np.zeros(0)
-        self.size = len(g.actual)
 
 
 def test_the_calibration_section_sets_margins_with_the_retry_counted():
@@ -430,9 +419,9 @@ def test_the_calibration_section_sets_margins_with_the_retry_counted():
     from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 
     seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
-    observed = [_observations(("implementation", c), LOG_T3 + 0.1 * i) for i, c in enumerate(("low", "medium"))]
-    observed += [_observations(("tests", c), LOG_T3 - 0.1 * i) for i, c in enumerate(("low", "medium", "high"))]
-    section = calibration_section([_CoverageGroup(g) for g in observed], seed, {})
+    observed = [observations(("implementation", c), LOG_T3 + 0.1 * i) for i, c in enumerate(("low", "medium"))]
+    observed += [observations(("tests", c), LOG_T3 - 0.1 * i) for i, c in enumerate(("low", "medium", "high"))]
+    section = calibration_section([CoverageGroupSlice(g) for g in observed], seed, {})
     counted = pooled_margins(observed, {}, retry_factor=ESCALATION_FACTOR)
     plain = pooled_margins(observed, {})
     for group in section["groups"]:
@@ -474,11 +463,11 @@ def test_the_calibration_section_reads_the_retrys_chance_from_the_retries_it_is_
     from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 
     seed = load_coefficients(Path(__file__).resolve().parents[3] / "seeds" / "estimator_coefficients.yaml")
-    observed = [_observations((f"g{i}", "low"), LOG_T3 + 0.1 * i) for i in range(7)]
+    observed = [observations((f"g{i}", "low"), LOG_T3 + 0.1 * i) for i in range(7)]
     pooled_only = pooled_margins(observed, {}, retry_factor=ESCALATION_FACTOR)  # the pooled reading, ~0.5
     # Retries that nearly always fit leave first calls more of the target; retries cut again, less.
     for retries, wider in ((RetryOutcomes(retried=60, cut_again=3), False), (RetryOutcomes(60, 50), True)):
-        section = calibration_section([_CoverageGroup(g) for g in observed], seed, {}, retries=retries)
+        section = calibration_section([CoverageGroupSlice(g) for g in observed], seed, {}, retries=retries)
         counted = pooled_margins(observed, {}, retry_factor=ESCALATION_FACTOR, retries=retries)
         for group in section["groups"]:
             key = (group["category"], group["complexity"])
