@@ -21,7 +21,7 @@ from autopack_pipeline.domain.analysis.rates import (
     percent,
     tier1_block,
 )
-from autopack_pipeline.domain.categories import deliverable_bucket, normalise_category, normalise_complexity
+from autopack_pipeline.domain.categories import deliverable_bucket
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 
@@ -222,9 +222,10 @@ def dimension_codes(arrays: EventArrays, dimension: str) -> tuple[np.ndarray, li
     """Row codes into the sorted canonical labels of one strata dimension."""
     if dimension == "deliverables":
         return deliverable_codes(arrays)
+    named = arrays.canonical_groups
     if dimension == "category":
-        return arrays.category.canonical(normalise_category)
-    return arrays.complexity.canonical(normalise_complexity)
+        return named.category, named.category_names
+    return named.complexity, named.complexity_names
 
 
 def _flag_bits(known: np.ndarray, over: np.ndarray, truncated: np.ndarray, success: np.ndarray) -> np.ndarray:
@@ -259,8 +260,9 @@ def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = UNDER_T
     """The Tier-1 block of every canonical (category, complexity) group's events, sorted by group."""
     multiplier = check_under_multiplier(under_multiplier)
     base = _Basics.of(arrays)
-    cat_codes, cat_names = arrays.category.canonical(normalise_category)
-    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
+    named = arrays.canonical_groups
+    cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
+                                                named.complexity_names)
     pairs = [(c, x) for c in cat_names for x in cx_names]  # code = category * len(cx_names) + complexity
     codes = cat_codes.astype(np.int64) * len(cx_names) + cx_codes
     bits = _flag_bits(base.known, base.over(multiplier), base.truncated, base.success)
