@@ -259,7 +259,10 @@ def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = UNDER_T
                        ) -> dict[tuple[str, str], dict[str, Any]]:
     """The Tier-1 block of every canonical (category, complexity) group's events, sorted by group."""
     multiplier = check_under_multiplier(under_multiplier)
-    base = _Basics.of(arrays)
+    return _group_tier1(arrays, _Basics.of(arrays), multiplier)
+
+
+def _group_tier1(arrays: EventArrays, base: _Basics, multiplier: float) -> dict[tuple[str, str], dict[str, Any]]:
     named = arrays.canonical_groups
     cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
                                                 named.complexity_names)
@@ -277,7 +280,22 @@ def tier_metrics_document_arrays(
     The successful and the other rows are the two parts both documents are made of.
     """
     multiplier = check_under_multiplier(under_multiplier)
+    return _tier_metrics_document(arrays, _Basics.of(arrays), multiplier, clean_samples)
+
+
+def tier_metrics_with_group_tier1_arrays(
+    arrays: EventArrays, *, under_multiplier: float = UNDER_TOLERANCE, clean_samples: int,
+) -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, Any]]]:
+    """(:func:`tier_metrics_document_arrays`, :func:`group_tier1_arrays`) of the same events, from one
+    set of per-row flags: the group blocks count the flags the document counts (the calibration gate
+    reads them; computing them apart converted both token columns of every event to floats again)."""
+    multiplier = check_under_multiplier(under_multiplier)
     base = _Basics.of(arrays)
+    return _tier_metrics_document(arrays, base, multiplier, clean_samples), _group_tier1(arrays, base, multiplier)
+
+
+def _tier_metrics_document(arrays: EventArrays, base: _Basics, multiplier: float, clean_samples: int
+                           ) -> dict[str, Any]:
     every, successful = _shared_ratio_figures(base, [base.success, ~base.success], [[0, 1], [0]])
     return {
         "all_events": _document(arrays, base, None, multiplier, every, stratify=True),
