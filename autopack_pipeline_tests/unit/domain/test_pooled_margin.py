@@ -370,3 +370,14 @@ def test_kaplan_meier_sorted_apart_is_the_loops_estimate(seed):
     assert cdf.tolist() == want_cdf
     shuffled = kaplan_meier(rng.permutation(clean), rng.permutation(censored))
     assert np.array_equal(shuffled[0], points) and np.array_equal(shuffled[1], cdf)
+
+
+def test_pooled_clean_scores_are_each_folds_scores_ascending_bit_for_bit():
+    """The pool's clean scores (gathered fold by fold from the cached rank order) are, fold after fold,
+    that fold's cross-fitted scores in ascending order, the very bits ``scores()`` gives."""
+    rng = np.random.default_rng(7)
+    shape = group_shape(("g", "h"), np.exp(rng.normal(0, 0.3, 997)), np.exp(rng.normal(0.4, 0.1, 23)))
+    clean, _cut = shape.scores()
+    folds = shape._folds[0]
+    expected = np.concatenate([np.sort(clean[folds == fold]) for fold in range(FOLDS)])
+    assert np.array_equal(shape.pooled_clean_scores, expected)
