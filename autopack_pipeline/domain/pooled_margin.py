@@ -139,8 +139,8 @@ class GroupShape:
         return folds_of(self.log_ratios, order=self._clean_order).astype(np.int8), self._censored_folds
 
     @cached_property
-    def _sorted_logs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(the clean log ratios ascending, each one's fold)."""
+    def _sorted_logs(self) -> tuple[np.ndarray, _RankFolds]:
+        """(the clean log ratios ascending, the folds of their ranks)."""
         # A call's fold is the hash of its rank, so the i-th smallest value's fold is that of rank i
         # whichever of several equal values holds it (equal values are interchangeable): a plain sort
         # of the values gives the same pairs as the calls' stable order, without its argsort (a stable
@@ -155,12 +155,12 @@ class GroupShape:
         The group's clean log ratios are sorted once; a fold's order statistics are read off that
         order with the fold's calls skipped (the same values a sort of the other calls gives), so
         the five places cost one sort, not five."""
-        ordered, ordered_fold = self._sorted_logs
+        ordered, folds = self._sorted_logs
         places = []
         for fold in range(FOLDS):
             # The i-th kept value sits at i + (the fold's own values before it): with ``skipped[j]`` the
             # kept values before the fold's j-th, that is i + #{j: skipped[j] <= i}.
-            mine = np.flatnonzero(ordered_fold == fold)
+            mine = folds.ranks_in(fold)
             skipped = mine - np.arange(len(mine))
             censored = int((self._censored_folds != fold).sum())
             place = _place_of_sorted(len(ordered) - len(mine), censored,
@@ -172,9 +172,15 @@ class GroupShape:
     def pooled_clean_scores(self) -> np.ndarray:
         """The clean calls' cross-fitted scores (the values of ``scores()[0]``), ascending within each
         fold: the pool, which only needs the values, sorts five runs per group 3x faster than a shuffle."""
-        ordered, ordered_fold = self._sorted_logs
-        return np.concatenate([(ordered[ordered_fold == fold] - place[0]) / place[1]
-                               for fold, place in enumerate(self._fold_places)])
+        ordered, folds = self._sorted_logs
+        # One gather puts each fold's values together, still ascending, and each fold is scored in
+        # place: the same values and operations as a mask per fold, without five passes over the group.
+        scores = ordered[folds.ranks]
+        for fold, (location, scale) in enumerate(self._fold_places):
+            mine = scores[folds.bounds[fold]:folds.bounds[fold + 1]]
+            mine -= location
+            mine /= scale
+        return scores
 
     @cached_property
     def plain_censored_scores(self) -> np.ndarray:
@@ -220,13 +226,30 @@ def folds_of(values: np.ndarray, salt: int = 0, order: np.ndarray | None = None)
     return _hashed_folds(ranks, salt)
 
 
+@dataclass(frozen=True)
+class _RankFolds:
+    """The folds of ranks 0 .. n - 1 (``folds_of``'s of the clean calls, in ascending order), as the
+    ranks of each fold: ``ranks`` lists fold 0's ranks ascending, then fold 1's, ...; fold f's are
+    ``ranks[bounds[f]:bounds[f + 1]]``."""
+
+    ranks: np.ndarray
+    bounds: np.ndarray
+
+    def ranks_in(self, fold: int) -> np.ndarray:
+        return self.ranks[self.bounds[fold]:self.bounds[fold + 1]]
+
+
 @lru_cache(maxsize=64)
-def _rank_folds(n: int) -> np.ndarray:
-    """The folds of ranks 0 .. n - 1 (``folds_of``'s of the clean calls, in ascending order), read-only
-    and kept: the same group size asks again in each of a calibration's pooled passes."""
+def _rank_folds(n: int) -> _RankFolds:
+    """:class:`_RankFolds` of ``n`` ranks, read-only and kept: the same group size asks again in each of
+    a calibration's pooled passes."""
     folds = _hashed_folds(np.arange(n, dtype=np.uint64), 0).astype(np.int8)
-    folds.flags.writeable = False
-    return folds
+    # A stable sort of the int8 folds (a radix sort) keeps each fold's ranks ascending; int32 while
+    # they fit: half the memory of 64-bit indices, kept for the process (30 MB at 10M events).
+    ranks = np.argsort(folds, kind="stable").astype(np.int32 if n < 2**31 else np.int64)
+    ranks.flags.writeable = False
+    bounds = np.r_[0, np.cumsum(np.bincount(folds, minlength=FOLDS))]
+    return _RankFolds(ranks, bounds)
 
 
 def _hashed_folds(ranks: np.ndarray, salt: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from autopack_pipeline.domain.analysis import (
     clean_sample_rows,
     sample_groups,
     tier_metrics_document_arrays,
+    tier_metrics_with_group_tier1_arrays,
 )
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.domain.windows import (
@@ -141,12 +142,24 @@ class TierMetrics:
     window: str = "all events"
     # Tier 1 over the last SHORT_WINDOW_DAYS of the events (tier_metrics only): {"window", "tier1"}.
     last_7_days: dict[str, Any] | None = field(default=None)
+    # Each canonical group's Tier-1 block over the same events (``group_tier1_arrays``), when
+    # :meth:`of` counted them beside the document: the calibration gate of the same process reads them
+    # (services.pipeline). Not part of the document, and never pickled, as SampleSummary's rows: a
+    # step elsewhere counts them over its own events.
+    group_tier1: dict[tuple[str, str], dict[str, Any]] | None = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"group_tier1": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     @classmethod
     def of(cls, events: EventArrays, clean_samples: int, *, under_multiplier: float = UNDER_TOLERANCE,
            window: str = "all events") -> TierMetrics:
-        document = tier_metrics_document(events, clean_samples, under_multiplier=under_multiplier)
-        return cls(document, under_multiplier, window)
+        document, group_tier1 = tier_metrics_with_group_tier1_arrays(
+            as_event_arrays(events), under_multiplier=under_multiplier, clean_samples=clean_samples)
+        return cls(document, under_multiplier, window, group_tier1=group_tier1)
 
     @property
     def overall(self) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def metrics_stage(windowed: WindowedEvents, samples: SampleSummary, every_event:
     # Only the Tier-1 block of the last 7 days is kept: its ratio figures and strata are not computed.
     recent = tier1_arrays(events_in_window(every_event, short), under_multiplier=under_multiplier)
     return TierMetrics(metrics.document, under_multiplier, windowed.label,
-                       last_7_days={"window": window_label(short), "tier1": recent})
+                       last_7_days={"window": window_label(short), "tier1": recent}, group_tier1=metrics.group_tier1)
 
 
 def calibration_stage(engine: Engine | None, settings: Settings, windowed: WindowedEvents, metrics: TierMetrics,
@@ -68,6 +68,8 @@ def calibration_stage(engine: Engine | None, settings: Settings, windowed: Windo
     so they are calibrated as recorded (the benchmarks, the parity tests)."""
     if samples is not None and samples.rows is not None and samples.dedup == options.get("dedup", True):
         options |= {"clean": samples.rows, "groups": samples.groups}
+    if metrics.group_tier1 is not None and "group_tier1" not in options:
+        options["group_tier1"] = metrics.group_tier1  # counted by the metrics stage over the same events
     if engine is None:
         from autopack_pipeline.services.calibrating import calibrate
 

@@ -52,6 +52,7 @@ from autopack_pipeline.domain.analysis.metrics import (
     group_tier1_arrays,
     tier1_arrays,
     tier_metrics_document_arrays,
+    tier_metrics_with_group_tier1_arrays,
 )
 from autopack_pipeline.domain.analysis.order_statistics import _summary_and_p90, median_of, p90, p90_of
 from autopack_pipeline.domain.analysis.rates import percent, wilson_interval
@@ -93,6 +94,7 @@ __all__ = [
     "success_flags",
     "tier1_arrays",
     "tier_metrics_document_arrays",
+    "tier_metrics_with_group_tier1_arrays",
     "truncated_flags",
     "truncation_disagreements",
     "wilson_interval",

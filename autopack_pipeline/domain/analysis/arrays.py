@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -60,12 +62,27 @@ class LabelColumn:
     def notna(self) -> np.ndarray:
         return self.codes >= 0
 
-    def canonical(self, normaliser: Callable[[str | None], str]) -> tuple[np.ndarray, list[str]]:
-        """Codes into the sorted canonical spellings (``canonical_labels`` of the samples module)."""
+    def canonical(self, normaliser: Callable[[str | None], str], *, narrow: bool = False
+                  ) -> tuple[np.ndarray, list[str]]:
+        """Codes into the sorted canonical spellings (``canonical_labels`` of the samples module), int32,
+        or with ``narrow`` int8 when the spellings fit (a quarter of the memory)."""
         mapped = [normaliser(label) for label in self.labels] + [normaliser(None)]
         names = sorted(set(mapped))
-        lookup = np.array([names.index(name) for name in mapped], dtype=np.int32)
+        dtype = np.int8 if narrow and len(names) <= np.iinfo(np.int8).max else np.int32
+        lookup = np.array([names.index(name) for name in mapped], dtype=dtype)
         return lookup[self.codes], names  # code -1 picks the last entry: normaliser(None)
+
+
+@dataclass(frozen=True)
+class CanonicalGroups:
+    """Every event's canonical category and complexity: codes (int8 while the spellings fit) into the
+    sorted canonical spellings (:meth:`LabelColumn.canonical`). Callers widen the codes before they
+    combine them (a pair's code is ``category * len(complexity_names) + complexity``)."""
+
+    category: np.ndarray
+    category_names: list[str]
+    complexity: np.ndarray
+    complexity_names: list[str]
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,17 @@ class EventArrays:
         else:
             keys = runs.astype(np.int64) * width + phases
         return IntColumn(keys, None if valid.all() else valid)
+
+    @cached_property
+    def canonical_groups(self) -> CanonicalGroups:
+        """:class:`CanonicalGroups` of these events, computed once: the samples, the strata, the gate's
+        groups, the coverage groups and the economics all read them (each recomputing them was ten
+        passes over every event at ten million events, where int8 codes cost 20 MB kept)."""
+        categories, category_names = self.category.canonical(normalise_category, narrow=True)
+        complexities, complexity_names = self.complexity.canonical(normalise_complexity, narrow=True)
+        for codes in (categories, complexities):
+            codes.flags.writeable = False  # shared by every reader
+        return CanonicalGroups(categories, category_names, complexities, complexity_names)
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> EventArrays:

@@ -41,7 +41,6 @@ from autopack_pipeline.domain.analysis.samples import (
     clean_sample_rows,
     stable_order,
 )
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
 
@@ -180,8 +179,9 @@ def coverage_groups(
 ) -> tuple[CleanSamples, np.ndarray, list[CoverageGroup]]:
     """(clean samples, censored rows mask, observations per canonical group sorted by key)."""
     clean, censored = coverage_observations(arrays, dedup=dedup, all_clean=all_clean)
-    cat_codes, cat_names = arrays.category.canonical(normalise_category)
-    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
+    named = arrays.canonical_groups
+    cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
+                                                named.complexity_names)
     rows = np.flatnonzero(clean.mask | censored)
     # Group by (category, complexity), clean rows before censored ones, row order kept within each.
     pair = (cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]) * 2 + censored[rows]

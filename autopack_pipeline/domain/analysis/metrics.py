@@ -21,7 +21,7 @@ from autopack_pipeline.domain.analysis.rates import (
     percent,
     tier1_block,
 )
-from autopack_pipeline.domain.categories import deliverable_bucket, normalise_category, normalise_complexity
+from autopack_pipeline.domain.categories import deliverable_bucket
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 
@@ -222,9 +222,10 @@ def dimension_codes(arrays: EventArrays, dimension: str) -> tuple[np.ndarray, li
     """Row codes into the sorted canonical labels of one strata dimension."""
     if dimension == "deliverables":
         return deliverable_codes(arrays)
+    named = arrays.canonical_groups
     if dimension == "category":
-        return arrays.category.canonical(normalise_category)
-    return arrays.complexity.canonical(normalise_complexity)
+        return named.category, named.category_names
+    return named.complexity, named.complexity_names
 
 
 def _flag_bits(known: np.ndarray, over: np.ndarray, truncated: np.ndarray, success: np.ndarray) -> np.ndarray:
@@ -258,9 +259,13 @@ def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = UNDER_T
                        ) -> dict[tuple[str, str], dict[str, Any]]:
     """The Tier-1 block of every canonical (category, complexity) group's events, sorted by group."""
     multiplier = check_under_multiplier(under_multiplier)
-    base = _Basics.of(arrays)
-    cat_codes, cat_names = arrays.category.canonical(normalise_category)
-    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
+    return _group_tier1(arrays, _Basics.of(arrays), multiplier)
+
+
+def _group_tier1(arrays: EventArrays, base: _Basics, multiplier: float) -> dict[tuple[str, str], dict[str, Any]]:
+    named = arrays.canonical_groups
+    cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
+                                                named.complexity_names)
     pairs = [(c, x) for c in cat_names for x in cx_names]  # code = category * len(cx_names) + complexity
     codes = cat_codes.astype(np.int64) * len(cx_names) + cx_codes
     bits = _flag_bits(base.known, base.over(multiplier), base.truncated, base.success)
@@ -275,7 +280,22 @@ def tier_metrics_document_arrays(
     The successful and the other rows are the two parts both documents are made of.
     """
     multiplier = check_under_multiplier(under_multiplier)
+    return _tier_metrics_document(arrays, _Basics.of(arrays), multiplier, clean_samples)
+
+
+def tier_metrics_with_group_tier1_arrays(
+    arrays: EventArrays, *, under_multiplier: float = UNDER_TOLERANCE, clean_samples: int,
+) -> tuple[dict[str, Any], dict[tuple[str, str], dict[str, Any]]]:
+    """(:func:`tier_metrics_document_arrays`, :func:`group_tier1_arrays`) of the same events, from one
+    set of per-row flags: the group blocks count the flags the document counts (the calibration gate
+    reads them; computing them apart converted both token columns of every event to floats again)."""
+    multiplier = check_under_multiplier(under_multiplier)
     base = _Basics.of(arrays)
+    return _tier_metrics_document(arrays, base, multiplier, clean_samples), _group_tier1(arrays, base, multiplier)
+
+
+def _tier_metrics_document(arrays: EventArrays, base: _Basics, multiplier: float, clean_samples: int
+                           ) -> dict[str, Any]:
     every, successful = _shared_ratio_figures(base, [base.success, ~base.success], [[0, 1], [0]])
     return {
         "all_events": _document(arrays, base, None, multiplier, every, stratify=True),

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from autopack_pipeline.domain.analysis.arrays import EventArrays, IntColumn, success_flags, truncated_flags
-from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
 
 # Exclusion reasons, in the order they are tested. A row failing several tests is counted under the
@@ -177,8 +176,9 @@ class SampleGroups:
 def sample_groups(arrays: EventArrays, samples: np.ndarray) -> SampleGroups:
     """The clean rows ``samples`` (a boolean mask) split into canonical (category, complexity) groups."""
     usable = samples & arrays.predicted.notna() & arrays.actual.notna()
-    cat_codes, cat_names = arrays.category.canonical(normalise_category)
-    cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
+    named = arrays.canonical_groups
+    cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
+                                                named.complexity_names)
     rows = np.flatnonzero(usable)
     pair = cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]
     order = stable_order(pair)

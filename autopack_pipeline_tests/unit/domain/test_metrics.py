@@ -271,3 +271,33 @@ def test_metrics_never_raise_and_rates_sit_inside_their_intervals(rows, multipli
         for key in ("underestimation_rate_pct", "truncation_rate_pct", "success_rate_pct"):
             low, high = block[f"{key}_ci"]
             assert 0.0 <= low <= block[key] <= high <= 100.0
+
+
+def test_group_tier1_counted_beside_the_document_is_the_gates_own():
+    """The metrics stage's group Tier-1 blocks (handed to the gate) equal ``group_tier1_arrays`` of the
+    same events, and the document equals ``tier_metrics_document_arrays``'s; the shared canonical codes
+    are the column's own (int8 while the spellings fit)."""
+    import numpy as np
+
+    from autopack_pipeline.domain.analysis import (
+        EventArrays,
+        group_tier1_arrays,
+        tier_metrics_document_arrays,
+        tier_metrics_with_group_tier1_arrays,
+    )
+    from autopack_pipeline.domain.categories import normalise_category
+
+    rng = np.random.default_rng(3)
+    rows = [{"event_id": i, "category": ["tests", "testing", "docs", None][i % 4],
+             "complexity": ["low", "high"][i % 2], "predicted_output_tokens": int(rng.integers(100, 900)),
+             "actual_output_tokens": int(rng.integers(50, 1500)), "success": bool(i % 5), "truncated": i % 7 == 0,
+             "run_id": f"r{i // 10}", "phase_id": f"p{i}", "attempt": 1} for i in range(200)]
+    arrays = EventArrays.from_records(rows)
+    document, groups = tier_metrics_with_group_tier1_arrays(arrays, under_multiplier=1.2, clean_samples=7)
+    assert groups == group_tier1_arrays(arrays, under_multiplier=1.2)
+    assert json.dumps(document, sort_keys=True) == json.dumps(
+        tier_metrics_document_arrays(arrays, under_multiplier=1.2, clean_samples=7), sort_keys=True)
+    codes, names = arrays.category.canonical(normalise_category)
+    shared = arrays.canonical_groups
+    assert shared.category.dtype == np.int8 and shared.category_names == names
+    assert np.array_equal(shared.category, codes)

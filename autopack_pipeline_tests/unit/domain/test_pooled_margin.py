@@ -413,7 +413,6 @@ def test_truncation_margins_count_the_escalated_retry_of_a_cut_call():
     assert pooled_margins(observed, {})[("g0", "low")][0] == pytest.approx(plain)
 
 
-
 def test_the_calibration_section_sets_margins_with_the_retry_counted():
     from autopack_pipeline.domain.budget_calibration import calibration_section
     from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
@@ -474,3 +473,14 @@ def test_the_calibration_section_reads_the_retrys_chance_from_the_retries_it_is_
             assert group["budget_margin"] == pytest.approx(math.ceil(counted[key][0] * 1000) / 1000)
             assert (counted[key][0] > pooled_only[key][0]) is wider
             assert (counted[key][0] < pooled_only[key][0]) is not wider
+
+
+def test_pooled_clean_scores_are_each_folds_scores_ascending_bit_for_bit():
+    """The pool's clean scores (gathered fold by fold from the cached rank order) are, fold after fold,
+    that fold's cross-fitted scores in ascending order, the very bits ``scores()`` gives."""
+    rng = np.random.default_rng(7)
+    shape = group_shape(("g", "h"), np.exp(rng.normal(0, 0.3, 997)), np.exp(rng.normal(0.4, 0.1, 23)))
+    clean, _cut = shape.scores()
+    folds = shape._folds[0]
+    expected = np.concatenate([np.sort(clean[folds == fold]) for fold in range(FOLDS)])
+    assert np.array_equal(shape.pooled_clean_scores, expected)
