@@ -13,7 +13,7 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
   largest of its ~80 ratios (a thin group, too few observations for that order statistic, at most
   its reach: ``THIN_MARGIN_HEADROOM`` x its largest ratio); when the coverage method left such a group
   no factor (too many truncations for its bound), the factor comes from the Kaplan-Meier estimate of the group's
-  ratios (:func:`_censored_coverage_factor`) and the margin shrinks so the budget stays put.
+  ratios (``coverage_factor.own_coverage_factor``) and the margin shrinks so the budget stays put.
   Otherwise (a group refused by the check, or no pooled bound), the group's own bound b: ratios
   ``actual / new prediction``, truncated calls censored (they count as
   exceeding every candidate), ``N`` observations, ``k = ceil((N + 1) * (1 - target))``; b is the k-th
@@ -56,14 +56,12 @@ import numpy as np
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
+from autopack_pipeline.domain.coverage_factor import ceiling_order_statistic, coverage_has_no_bound, own_coverage_factor
 from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
-from autopack_pipeline.domain.pooled_margin import (
-    CENSORED_HEADROOM,
-    group_shape,
-    kaplan_meier,
-    pooled_group_margins,
-)
-from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.domain.group_observations import GroupObservationsInForce
+from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
+from autopack_pipeline.domain.pooled_margin import kaplan_meier, pooled_group_margins
+from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import Insight
 
 DEFAULT_TRUNCATION_TARGET_PCT = 2.0
@@ -83,18 +81,6 @@ FLOOR_RAISE_FACTOR = 2
 # margin had it, at less budget waste; 1.5 and 1.25 truncated more.
 THIN_MARGIN_HEADROOM = FLOOR_RAISE_FACTOR
 # The underestimation tolerance the coverage factor is measured against (actual > 1.1 x predicted).
-
-
-@dataclass(frozen=True)
-class GroupObservationsInForce:
-    """One group's observations, predictions in force (before the proposed factor)."""
-
-    category: str
-    complexity: str
-    predicted: np.ndarray  # clean samples
-    actual: np.ndarray
-    censored_predicted: np.ndarray  # truncated calls
-    censored_ceiling: np.ndarray  # the ceiling each truncated call hit (at least its output)
 
 
 @dataclass(frozen=True)
@@ -174,11 +160,11 @@ def propose_group_budget(
     ratios = group.actual / (group.predicted * proposed_factor)
     if pooled is not None and n >= min_samples:
         status, margin = "pooled", pooled[0]
-        if _coverage_has_no_bound(n, n_cut):
+        if coverage_has_no_bound(n, n_cut):
             # The coverage method proposed no factor (too many truncations for its bound): the
             # prediction still has to move, by the censored estimate; the budget stays where the
             # pooled margin put it.
-            factor = max(proposed_factor, _censored_coverage_factor(group))
+            factor = max(proposed_factor, own_coverage_factor(group))
             margin, proposed_factor = margin * proposed_factor / factor, factor
     elif n >= min_samples and k <= n and k - 1 < n_clean:
         status, margin = "identifiable", float(np.partition(ratios, k - 1)[k - 1])
@@ -232,7 +218,7 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
     n_clean, n_cut = len(group.actual), len(group.censored_ceiling)
     n = n_clean + n_cut
     clean_max = float((group.actual / group.predicted).max())
-    factor = max(proposed_factor, max(clean_max, _ceiling_order_statistic(group)) / UNDER_TOLERANCE)
+    factor = max(proposed_factor, max(clean_max, ceiling_order_statistic(group)) / UNDER_TOLERANCE)
     margin, how = _censored_margin(group, factor, k)
     margin = math.ceil(margin * 1000) / 1000
     floor = _proportional_floor(group, factor, margin, cap)
@@ -277,39 +263,6 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
         return float(points[reached[0]]), (f"the Kaplan-Meier {k}/{n} point of its ratios, truncated calls censored "
                                            f"at their ceilings")
     return cap, f"the {k}-th of {n} ratios with truncated calls at {CENSORED_HEADROOM}x their ceilings"
-
-
-def _coverage_has_no_bound(n: int, n_cut: int) -> bool:
-    """Whether the coverage method's bound (at 5% of ``n`` observations, truncated calls above every
-    candidate) is lost to the ``n_cut`` truncations: it then proposes no factor."""
-    return n_cut > 0 and n_cut > n - order_statistic_index(n, UNDERESTIMATION_TARGET_PCT)
-
-
-def _censored_coverage_factor(group: GroupObservationsInForce) -> float:
-    """The group's own coverage factor at the phase target (``targets.FACTOR_PHASE_TARGET_PCT``): the
-    ratio where the Kaplan-Meier estimate of its ratios (truncated calls right-censored at their
-    ceiling / prediction) reaches the rank ``k = ceil((N + 1) x (1 - target))`` (the k-th smallest
-    ratio when none is truncated), or the largest clean ratio when it never does (or when the group
-    is too small for k), and never below :func:`_ceiling_order_statistic`; / the 1.1 tolerance. Every
-    factor the patch sets is at least this (:func:`raise_to_pooled_coverage`), and it is the factor
-    of a group whose truncations leave the coverage method no bound."""
-    clean = group.actual / group.predicted
-    points, cdf = kaplan_meier(clean, group.censored_ceiling / group.censored_predicted)
-    n = len(clean) + len(group.censored_ceiling)
-    k = min(order_statistic_index(n, FACTOR_PHASE_TARGET_PCT), n)
-    reached = np.nonzero(cdf >= k / n - 1e-12)[0]
-    estimate = float(points[reached[0]]) if len(reached) else float(clean.max())
-    return max(estimate, _ceiling_order_statistic(group)) / UNDER_TOLERANCE
-
-
-def _ceiling_order_statistic(group: GroupObservationsInForce) -> float:
-    """A lower bound on the ratio the factor needs: the k-th smallest (k at the phase target; the
-    largest when the group is too small for k) of the clean ratios and the truncated calls'
-    ceiling / prediction, each a lower bound on that call's ratio. The largest clean ratio is the other
-    bound (the truncated calls counted above every candidate): the factor takes the larger."""
-    lows = np.r_[group.actual / group.predicted, group.censored_ceiling / group.censored_predicted]
-    k = min(order_statistic_index(len(lows), FACTOR_PHASE_TARGET_PCT), len(lows))
-    return float(np.partition(lows, k - 1)[k - 1])
 
 
 def _needed(target_pct: float) -> int:
@@ -433,7 +386,7 @@ def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], facto
     above the tolerance, so 5% of phases is more than 5% of calls whenever anything truncates
     (simulated seed 31, round 4: 5.3% of phases, 7.2% of calls). Both bounds are therefore taken at
     the share of phases that keeps the calls within 5% when truncation is at its 2% target: the
-    group's own (:func:`_censored_coverage_factor`, the coverage rule with truncated calls censored),
+    group's own (``coverage_factor.own_coverage_factor``, the coverage rule with truncated calls censored),
     and the pooled one (``domain.pooled_margin``, the rule the margins use, here at the phase target):
     the pooled bound takes the tail's shape from all groups' calls with 90% confidence, where a
     group's own k-th ratio of ~150 observations covers only on average (its coverage is
@@ -450,11 +403,11 @@ def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], facto
                             truncation_target_pct=truncation_target_pct, reach_headroom=CENSORED_HEADROOM)
     for group in observed:
         key = (group.category, group.complexity)
-        left_without = key in bounds and _coverage_has_no_bound(len(group.actual) + len(group.censored_ceiling),
+        left_without = key in bounds and coverage_has_no_bound(len(group.actual) + len(group.censored_ceiling),
                                                                 len(group.censored_ceiling))
         if (key not in factors and not left_without) or not len(group.actual):
             continue
-        own = _censored_coverage_factor(group)
+        own = own_coverage_factor(group)
         pooled = bounds[key][0] / UNDER_TOLERANCE if key in bounds else 0.0
         chosen[key] = max(factors.get(key, 1.0), own, pooled)
     return chosen

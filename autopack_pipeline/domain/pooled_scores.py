@@ -72,7 +72,7 @@ class ScorePool:
 
     @classmethod
     def of_shapes(cls, shapes: Sequence) -> ScorePool:
-        """From ``pooled_margin.GroupShape`` values (their cross-fitted and headroom scores)."""
+        """From ``group_shape.GroupShape`` values (their cross-fitted and headroom scores)."""
         return cls.of([shape.pooled_clean_scores for shape in shapes],
                       [shape.plain_censored_scores for shape in shapes], [shape.headroom_scores for shape in shapes])
 
@@ -125,7 +125,7 @@ class PooledScores:
 
     @classmethod
     def of(cls, shapes: Sequence) -> PooledScores:
-        """Every one of ``shapes`` (``pooled_margin.GroupShape``) pooled."""
+        """Every one of ``shapes`` (``group_shape.GroupShape``) pooled."""
         return ScorePool.of_shapes(shapes).subset(range(len(shapes)))
 
     def _clean_upto(self, clean_seen: np.ndarray) -> np.ndarray:

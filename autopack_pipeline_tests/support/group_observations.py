@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autopack_pipeline.domain.budget_calibration import GroupObservationsInForce
+from autopack_pipeline.domain.group_observations import GroupObservationsInForce
 
 
 def observations(key, log_ratios, censored_ratios=(), predicted=1000.0) -> GroupObservationsInForce:

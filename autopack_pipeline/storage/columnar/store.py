@@ -40,11 +40,11 @@ from autopack_pipeline.storage.columnar.encoding import (
     Progress,
     RefreshResult,
     _unreadable_entry,
-    arrow_of,
     numpy_of,
     read_parquet,
 )
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
+from autopack_pipeline.storage.columnar.parts import files_of, inputs_file_of, parts_holding, rows_within
 from autopack_pipeline.storage.columnar.prefetch import prefetch
 from autopack_pipeline.storage.frames import EVENT_COLUMNS, events_frame_of_table
 
@@ -120,7 +120,7 @@ class ColumnarStore:
             if rebuilt or manifest is None:
                 fresh = self._new_manifest(source)
                 if manifest is not None:
-                    obsolete = [name for part in manifest["parts"] for name in _files_of(part)]
+                    obsolete = [name for part in manifest["parts"] for name in files_of(part)]
                     fresh["next_part"] = manifest["next_part"]  # new names never overwrite old files
                     logger.warning("rebuilding the columnar store %s: %s", self.directory, rebuilt)
                 manifest = fresh
@@ -232,7 +232,7 @@ class ColumnarStore:
         part = {"file": name, "rows": table.num_rows, "min_event_id": int(pc.min(ids).as_py()),
                 "max_event_id": int(pc.max(ids).as_py())}
         if inputs is not None:
-            part["inputs"] = self._write_file(_inputs_file(name), inputs, INPUT_KINDS)
+            part["inputs"] = self._write_file(inputs_file_of(name), inputs, INPUT_KINDS)
         manifest["parts"].append(part)
         return name
 
@@ -294,7 +294,7 @@ class ColumnarStore:
         self._append_part(manifest, table, inputs)
         if all(a["max_event_id"] < b["min_event_id"] for a, b in zip(manifest["parts"], manifest["parts"][1:])):
             manifest["sorted"] = True
-        return len(merging), [name for p in merging for name in _files_of(p)]
+        return len(merging), [name for p in merging for name in files_of(p)]
 
     def _merged(self, names: list[str]) -> pa.Table:
         table = pa.concat_tables([read_parquet(self.directory / name) for name in names], promote_options="permissive")
@@ -315,7 +315,7 @@ class ColumnarStore:
             manifest = self.manifest()
             if manifest is None:
                 raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
-            parts = _parts_holding(manifest, id_range)
+            parts = parts_holding(manifest, id_range)
             missing = [part for part in parts if "inputs" not in part]
             if missing:
                 self._add_inputs(engine, missing)
@@ -323,7 +323,7 @@ class ColumnarStore:
             pieces = [read_parquet(self.directory / part["inputs"], read_dictionary=list(as_codes) or None)
                       for part in parts]
             table = pa.concat_tables(pieces, promote_options="permissive") if pieces else INPUT_SCHEMA.empty_table()
-            table = _within(table, id_range)
+            table = rows_within(table, id_range)
             if not manifest["sorted"]:
                 table = table.take(pc.sort_indices(table.column("event_id")))
             return table
@@ -333,7 +333,7 @@ class ColumnarStore:
         reader = _BatchReader(engine, INPUT_KINDS) if parts else None
         for part in parts:
             inputs = self._extract_inputs(reader, part)
-            part["inputs"] = self._write_file(_inputs_file(part["file"]), inputs, INPUT_KINDS)
+            part["inputs"] = self._write_file(inputs_file_of(part["file"]), inputs, INPUT_KINDS)
 
     def _extract_inputs(self, reader: _BatchReader, part: dict[str, Any]) -> pa.Table:
         stored = read_parquet(self.directory / part["file"], ["event_id"]).column("event_id")
@@ -375,7 +375,7 @@ class ColumnarStore:
             wanted = list(columns) if columns else STORE_SCHEMA.names
             need_ids = (not manifest["sorted"] or id_range is not None) and "event_id" not in wanted
             read_columns = wanted + (["event_id"] if need_ids else [])
-            parts = _parts_holding(manifest, id_range)
+            parts = parts_holding(manifest, id_range)
             try:
                 pieces = [read_parquet(self.directory / p["file"], read_columns, list(as_codes) or None) for p in parts]
             except FileNotFoundError:
@@ -386,7 +386,7 @@ class ColumnarStore:
                 table = pa.concat_tables(pieces, promote_options="permissive")
             else:
                 table = pa.schema([STORE_SCHEMA.field(name) for name in read_columns]).empty_table()
-            table = _within(table, id_range)
+            table = rows_within(table, id_range)
             if not manifest["sorted"]:
                 table = table.take(pc.sort_indices(table.column("event_id")))
             if need_ids:
@@ -423,14 +423,6 @@ class ColumnarStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _inputs_file(part_file: str) -> str:
-    return part_file.replace("part-", "inputs-", 1)
-
-
-def _files_of(part: dict[str, Any]) -> list[str]:
-    return [part["file"], *([part["inputs"]] if "inputs" in part else [])]
-
-
 def refresh_store(engine: Engine, *, full: bool = False, progress: Progress | None = None
                   ) -> tuple[ColumnarStore | None, RefreshResult | None]:
     """Refresh the store of ``engine``'s database; ``(None, None)`` for an in-memory database."""
@@ -438,18 +430,3 @@ def refresh_store(engine: Engine, *, full: bool = False, progress: Progress | No
     if store is None:
         return None, None
     return store, store.refresh(engine, full=full, progress=progress)
-
-
-def _parts_holding(manifest: dict[str, Any], id_range: tuple[int, int] | None) -> list[dict[str, Any]]:
-    """The manifest's parts that can hold events of ``id_range`` (lowest, highest id; None: every part)."""
-    return [p for p in manifest["parts"]
-            if id_range is None or (p["max_event_id"] >= id_range[0] and p["min_event_id"] <= id_range[1])]
-
-
-def _within(table: pa.Table, id_range: tuple[int, int] | None) -> pa.Table:
-    """The rows of ``table`` whose ``event_id`` lies in ``id_range`` (both ends included; None: all)."""
-    if id_range is None:
-        return table
-    ids = numpy_of(table.column("event_id"))  # in numpy: Arrow scalars load pandas (encoding.arrow_of)
-    keep = (ids >= id_range[0]) & (ids <= id_range[1])
-    return table if keep.all() else table.filter(arrow_of(keep))

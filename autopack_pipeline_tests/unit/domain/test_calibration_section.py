@@ -11,12 +11,12 @@ import pytest
 
 from autopack_pipeline.domain.backtest import run_backtest
 from autopack_pipeline.domain.budget_calibration import (
-    GroupObservationsInForce,
     insights_from_budget_proposals,
     propose_group_budget,
 )
 from autopack_pipeline.domain.coefficients import GroupSetting, load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
+from autopack_pipeline.domain.group_observations import GroupObservationsInForce
 from autopack_pipeline.domain.reprediction import PredictionInputs, Repredictor, StoredPrediction
 from autopack_pipeline.storage.frames import event_arrays_from_frame
 

@@ -16,13 +16,14 @@ from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_ind
 from autopack_pipeline.domain.budget_calibration import (
     CENSORED_HEADROOM,
     THIN_MARGIN_HEADROOM,
-    GroupObservationsInForce,
     calibration_section,
     pooled_margins,
     raise_to_pooled_coverage,
 )
 from autopack_pipeline.domain.coefficients import load_coefficients
-from autopack_pipeline.domain.pooled_margin import group_shape, pooled_bound, pooled_group_margins
+from autopack_pipeline.domain.group_observations import GroupObservationsInForce
+from autopack_pipeline.domain.group_shape import group_shape
+from autopack_pipeline.domain.pooled_margin import pooled_bound, pooled_group_margins
 from autopack_pipeline.domain.targets import (
     FACTOR_PHASE_TARGET_PCT,
     TRUNCATION_TARGET_PCT,

@@ -16,15 +16,12 @@ from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.analysis.samples import stable_order
 from autopack_pipeline.domain.budget_calibration import pooled_margins
 from autopack_pipeline.domain.coefficients import load_coefficients
+from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, FOLDS, folds_of, group_shape
 from autopack_pipeline.domain.pooled_margin import (
-    CENSORED_HEADROOM,
     CONFIDENCE,
-    FOLDS,
     PooledScores,
     confident_rank,
     first_call_target,
-    folds_of,
-    group_shape,
     kaplan_meier,
     own_tail_contradicts,
     pooled_bound,

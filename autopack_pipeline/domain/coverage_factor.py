@@ -1,0 +1,45 @@
+"""A group's own lower bounds on its prediction factor, truncated calls counted as what they are: lower
+bounds on their ratios. ``domain.budget_calibration`` raises every factor the patch sets to at least
+these (and to the pooled bound)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.group_observations import GroupObservationsInForce
+from autopack_pipeline.domain.pooled_margin import kaplan_meier
+from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
+
+
+def coverage_has_no_bound(n: int, n_cut: int) -> bool:
+    """Whether the coverage method's bound (at 5% of ``n`` observations, truncated calls above every
+    candidate) is lost to the ``n_cut`` truncations: it then proposes no factor."""
+    return n_cut > 0 and n_cut > n - order_statistic_index(n, UNDERESTIMATION_TARGET_PCT)
+
+
+def own_coverage_factor(group: GroupObservationsInForce) -> float:
+    """The group's own coverage factor at the phase target (``targets.FACTOR_PHASE_TARGET_PCT``): the
+    ratio where the Kaplan-Meier estimate of its ratios (truncated calls right-censored at their
+    ceiling / prediction) reaches the rank ``k = ceil((N + 1) x (1 - target))`` (the k-th smallest
+    ratio when none is truncated), or the largest clean ratio when it never does (or when the group
+    is too small for k), and never below :func:`ceiling_order_statistic`; / the 1.1 tolerance. Every
+    factor the patch sets is at least this (``budget_calibration.raise_to_pooled_coverage``), and it is
+    the factor of a group whose truncations leave the coverage method no bound."""
+    clean = group.actual / group.predicted
+    points, cdf = kaplan_meier(clean, group.censored_ceiling / group.censored_predicted)
+    n = len(clean) + len(group.censored_ceiling)
+    k = min(order_statistic_index(n, FACTOR_PHASE_TARGET_PCT), n)
+    reached = np.nonzero(cdf >= k / n - 1e-12)[0]
+    estimate = float(points[reached[0]]) if len(reached) else float(clean.max())
+    return max(estimate, ceiling_order_statistic(group)) / UNDER_TOLERANCE
+
+
+def ceiling_order_statistic(group: GroupObservationsInForce) -> float:
+    """A lower bound on the ratio the factor needs: the k-th smallest (k at the phase target; the
+    largest when the group is too small for k) of the clean ratios and the truncated calls'
+    ceiling / prediction, each a lower bound on that call's ratio. The largest clean ratio is the other
+    bound (the truncated calls counted above every candidate): the factor takes the larger."""
+    lows = np.r_[group.actual / group.predicted, group.censored_ceiling / group.censored_predicted]
+    k = min(order_statistic_index(len(lows), FACTOR_PHASE_TARGET_PCT), len(lows))
+    return float(np.partition(lows, k - 1)[k - 1])

@@ -1,0 +1,33 @@
+"""The parts of a columnar store: which files a part has, which parts can hold an id range, and the
+rows of a part inside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from autopack_pipeline.storage.columnar.encoding import arrow_of, numpy_of
+
+
+def inputs_file_of(part_file: str) -> str:
+    return part_file.replace("part-", "inputs-", 1)
+
+
+def files_of(part: dict[str, Any]) -> list[str]:
+    return [part["file"], *([part["inputs"]] if "inputs" in part else [])]
+
+
+def parts_holding(manifest: dict[str, Any], id_range: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """The manifest's parts that can hold events of ``id_range`` (lowest, highest id; None: every part)."""
+    return [p for p in manifest["parts"]
+            if id_range is None or (p["max_event_id"] >= id_range[0] and p["min_event_id"] <= id_range[1])]
+
+
+def rows_within(table: pa.Table, id_range: tuple[int, int] | None) -> pa.Table:
+    """The rows of ``table`` whose ``event_id`` lies in ``id_range`` (both ends included; None: all)."""
+    if id_range is None:
+        return table
+    ids = numpy_of(table.column("event_id"))  # in numpy: Arrow scalars load pandas (encoding.arrow_of)
+    keep = (ids >= id_range[0]) & (ids <= id_range[1])
+    return table if keep.all() else table.filter(arrow_of(keep))
