@@ -16,7 +16,7 @@ from autopack_pipeline.defs.shared.metadata import (
     tier1_table,
 )
 from autopack_pipeline.defs.shared.series import refuse_another_database
-from autopack_pipeline.domain.analysis import EventArrays, group_tier1_arrays
+from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.group_economics import spend_of_events
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.services.analysis import SampleSummary, events_for_analysis
@@ -72,7 +72,7 @@ def tier_metrics(
             **{f"tier1_by_{dimension}": dg.MetadataValue.md(strata_table(dimension, metrics.strata.get(dimension, {})))
                for dimension in ("category", "complexity", "deliverables")},
             # Each group's Tier-1 counts: the gate sensor opens for a group whose breach is certain.
-            "group_tier1": group_tier1_metadata(group_tier1_arrays(windowed.events, under_multiplier=config.under_multiplier)),
+            "group_tier1": group_tier1_metadata(metrics.group_tier1),  # counted beside the document (metrics_stage)
             # Only numbers go in: the UI plots numeric metadata across materialisations.
             **{key: rounded(tier2[key], 2) for key in ("waste_ratio_p90", "budget_waste_p90")
                if tier2.get(key) is not None},
