@@ -113,6 +113,7 @@ def calibrate(
     waste_over_oracle: float | None = None,
     clean: CleanSamples | None = None,
     groups: SampleGroups | None = None,
+    reopen_on_drift: bool = False,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -137,6 +138,10 @@ def calibrate(
 
     ``clean`` and ``groups``: the clean samples of ``events`` (with this ``dedup``) and their groups,
     when the caller found them already (the pipeline's sample stage).
+
+    ``reopen_on_drift`` (with ``prediction_inputs`` and ``window_versions``): a gate that Tier 1 and
+    Tier 2 would close opens when the window's drift test finds the estimator's error moved since the
+    previous version (the loop: a round can meet Tier 1 on budgets fitted before a drift by luck).
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
@@ -149,9 +154,20 @@ def calibrate(
         group_tier1 = group_tier1_arrays(arrays, under_multiplier=under_multiplier)
     gate = calibration_gate_arrays(samples.count, groups, tier1, min_samples=min_samples, force=force,
                                    group_tier1=group_tier1, waste_over_oracle=waste_over_oracle)
+    coefficients = None if gate.open or not reopen_on_drift else load_coefficients_for(settings)
+    in_force = chosen = None
+    if coefficients is not None and prediction_inputs is not None and window_versions is not None:
+        from autopack_pipeline.domain.calibration_window import window_of_events
+
+        in_force = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
+        chosen = window_of_events(in_force[0], prediction_inputs, keep_versions=window_versions)
+        if chosen.drift is not None and chosen.drift.moved:
+            gate = calibration_gate_arrays(samples.count, groups, tier1, min_samples=min_samples,
+                                           group_tier1=group_tier1, waste_over_oracle=waste_over_oracle,
+                                           drift=chosen.drift.summary())
     if not gate.open:
         return CalibrationOutcome(gate=gate, result=None)
-    coefficients = load_coefficients_for(settings)
+    coefficients = coefficients or load_coefficients_for(settings)
     provenance = {
         "coefficient_file_version": coefficients.version,
         "dagster_run_id": dagster_run_id,
@@ -162,13 +178,13 @@ def calibrate(
     }
     reprediction = window = None
     if prediction_inputs is not None:
-        arrays, reprediction = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
+        arrays, reprediction = in_force or arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
         provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
                                        + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
         if window_versions is not None:
             from autopack_pipeline.domain.calibration_window import window_of_events
 
-            chosen = window_of_events(arrays, prediction_inputs, keep_versions=window_versions)
+            chosen = chosen or window_of_events(arrays, prediction_inputs, keep_versions=window_versions)
             arrays, window = chosen.events_of(arrays), chosen.as_dict()
             provenance["window"] = window
             provenance["gate_summary"] += (f"; window: {window['events']} events of {len(window['versions'])} "

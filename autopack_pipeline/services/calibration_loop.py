@@ -155,7 +155,8 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
                      round_group_tier1: dict[tuple[str, str], dict[str, Any]], options: LoopOptions,
                      waste_over_oracle: float | None = None) -> dict[str, Any]:
     """Calibrate on the recent window (in force), gate on this round's own Tier 1 (overall and per group)
-    and its budget waste against the oracle's (Tier 2 reopens the gate), apply what it proposes."""
+    and its budget waste against the oracle's (Tier 2 reopens the gate; so does a drift of the
+    estimator's error since the previous version), apply what it proposes."""
     # Version names carry the UTC second: two rounds within one second still get distinct versions.
     from datetime import datetime, timedelta, timezone
 
@@ -168,7 +169,7 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     step = calibrate_and_apply(engine, settings, write=True, now=now, tier1=round_tier1,
                                group_tier1=round_group_tier1, waste_over_oracle=waste_over_oracle,
                                min_samples=options.min_samples, confidence_threshold=options.confidence_threshold,
-                               window_versions=options.window_versions)
+                               window_versions=options.window_versions, reopen_on_drift=True)
     outcome, application = step["outcome"], step["application"]
     if not outcome.gate.open:
         return {"status": "gate_closed", "message": outcome.gate.summary(), "applied_version": None}

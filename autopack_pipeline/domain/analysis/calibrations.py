@@ -36,12 +36,14 @@ def calibration_gate_arrays(
     force: bool = False,
     group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
     waste_over_oracle: float | None = None,
+    drift: str | None = None,
 ) -> GateDecision:
     """The calibration gate (:func:`.gate.decide_gate`) from the clean count and the group sizes.
 
     ``group_tier1`` (each group's Tier-1 counts over the same events as ``tier1``) lets a group's
     certain breach open the gate (:func:`.gate.certain_group_breaches`); ``waste_over_oracle`` (the
-    same events' budget waste P90 against the oracle's) lets Tier 2 reopen it.
+    same events' budget waste P90 against the oracle's) lets Tier 2 reopen it, ``drift`` (a drift
+    test's summary, when it found the estimator's error moved) a drift.
     """
     counts = groups.counts()
     breaches = (None if group_tier1 is None
@@ -50,7 +52,8 @@ def calibration_gate_arrays(
     under = float(tier1.get("underestimation_rate_pct") or 0.0)
     truncation = float(tier1.get("truncation_rate_pct") or 0.0)
     return decide_gate(clean_count, group, under, truncation, min_total=min_total, min_samples=min_samples,
-                       force=force, group_breaches=breaches, waste_over_oracle=waste_over_oracle)
+                       force=force, group_breaches=breaches, waste_over_oracle=waste_over_oracle,
+                       drift=drift)
 
 
 def calibrations_arrays(

@@ -70,6 +70,8 @@ class GateDecision:
             if ratio is not None and ratio > WASTE_OVER_ORACLE_LIMIT:
                 text += (f"; Tier 2: budget waste P90 {ratio:.2f}x the oracle's, above "
                          f"{WASTE_OVER_ORACLE_LIMIT:.2f}x")
+            if self.observed.get("estimator_drift"):
+                text += f"; the estimator's error moved since the previous version ({self.observed['estimator_drift']})"
             return text
         return "Calibration gate closed: " + "; ".join(self.reasons)
 
@@ -161,13 +163,17 @@ def decide_gate(
     force: bool = False,
     group_breaches: list[dict[str, Any]] | None = None,
     waste_over_oracle: float | None = None,
+    drift: str | None = None,
 ) -> GateDecision:
     """The gate's rule from its figures, whichever path computed them (arrays or asset metadata).
 
     ``group_breaches`` is :func:`certain_group_breaches`' answer; None when the caller has no
     per-group figures (then only the overall rates decide, and the reasons do not mention groups).
     ``waste_over_oracle`` (budget waste P90 / the oracle's, for the events the rates describe; None
-    when unknown) above :data:`WASTE_OVER_ORACLE_LIMIT` opens a gate Tier 1 alone would close.
+    when unknown) above :data:`WASTE_OVER_ORACLE_LIMIT` opens a gate Tier 1 alone would close, and so
+    does ``drift``, the summary of a drift test that found the estimator's error moved since the
+    previous coefficient version: budgets fitted before the move hold only by luck (a round that met
+    Tier 1 after a drift cut 4.4% of calls in the next round on the same budgets).
     """
     tier2_breach = waste_over_oracle is not None and waste_over_oracle > WASTE_OVER_ORACLE_LIMIT
     reasons: list[str] = []
@@ -181,7 +187,7 @@ def decide_gate(
             f"has {group['n']} clean samples; the gate needs one with at least {min_samples}"
         )
     if not (under > UNDERESTIMATION_TARGET_PCT or truncation > TRUNCATION_TARGET_PCT or group_breaches
-            or tier2_breach):
+            or tier2_breach or drift):
         reasons.append(
             f"Tier 1 is within targets: underestimation {under:.1f}% (limit {UNDERESTIMATION_TARGET_PCT:.1f}%), "
             f"truncation {truncation:.1f}% (limit {TRUNCATION_TARGET_PCT:.1f}%); calibration runs only "
@@ -204,6 +210,7 @@ def decide_gate(
             "truncation_rate_pct": truncation,
             **({} if group_breaches is None else {"group_breaches": list(group_breaches)}),
             **({} if waste_over_oracle is None else {"waste_over_oracle": waste_over_oracle}),
+            **({} if drift is None else {"estimator_drift": drift}),
         },
         thresholds={
             "min_clean_samples": min_total,

@@ -35,3 +35,14 @@ def test_waste_at_or_below_the_limit_or_unknown_keeps_the_tier1_rule():
 def test_tier2_does_not_open_a_gate_that_lacks_samples():
     decision = decide_gate(10, GROUP, 3.0, 1.0, waste_over_oracle=2.0)
     assert not decision.open and any("clean samples" in reason for reason in decision.reasons)
+
+
+def test_a_drift_of_the_estimators_error_opens_a_gate_tier1_would_close():
+    """Budgets fitted before the world moved meet Tier 1 only by luck (length world, seed 59: a round
+    at 1.8% truncation after the drift, then 4.4% on the same budgets), so a measured drift reopens."""
+    drift = "stratified rank test over 7 group(s): combined z +9.75; smallest group p 4.7e-06 (tests/medium)"
+    reopened = decide_gate(500, GROUP, 3.0, 1.0, drift=drift)
+    assert reopened.open and not reopened.reasons and reopened.observed["estimator_drift"] == drift
+    assert f"the estimator's error moved since the previous version ({drift})" in reopened.summary()
+    assert not decide_gate(500, GROUP, 3.0, 1.0, drift=None).open
+    assert not decide_gate(10, GROUP, 3.0, 1.0, drift=drift).open  # still needs its samples
