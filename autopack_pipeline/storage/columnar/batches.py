@@ -6,6 +6,7 @@ import io
 import logging
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from sqlalchemy import inspect, select, text
@@ -15,11 +16,14 @@ from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.adbc import AdbcUnavailable
 from autopack_pipeline.storage.columnar.encoding import (
     _KINDS,
+    GROUPED_LABELS,
     TABLE,
     ColumnarStoreError,
     _empty_parsed,
     _parse_types,
     _store_table,
+    arrow_of,
+    numpy_of,
 )
 from autopack_pipeline.storage.frames import conform_events_frame
 from autopack_pipeline.storage.timestamps import (
@@ -97,6 +101,11 @@ class _BatchReader:
                 # SQLite's driver types a column by its first rows; a column holding mixed types (any
                 # value is allowed there) stops it. The CSV route takes anything.
                 logger.info("the ADBC route could not read a batch (%s); trying the CSV route", exc)
+        if self.dialect == "sqlite" and "timestamp" not in self.kinds and set(GROUPED_LABELS) & set(self.kinds):
+            try:
+                return self._sqlite_grouped(where, params)
+            except (pa.ArrowInvalid, ValueError) as exc:
+                logger.info("the grouped route could not read a batch (%s); trying the CSV route", exc)
         if self.dialect == "sqlite":
             try:
                 return self._sqlite_csv(where, params)
@@ -133,9 +142,10 @@ class _BatchReader:
                                      pa.nulls(len(stamps), pa.string()))
         return table
 
-    def _sqlite_csv(self, where: str, params: tuple) -> pa.Table:
+    def _sqlite_csv(self, where: str, params: tuple, kinds: dict[str, str] | None = None) -> pa.Table:
+        kinds = kinds or self.kinds  # a subset: the columns the grouped route leaves to this one
         formats, values = [], []
-        for name, kind in self.kinds.items():
+        for name, kind in kinds.items():
             text_like = kind in ("label", "text", "timestamp")  # a timestamp may be any text in SQLite
             formats.append("%Q" if text_like else "%s")
             values.append(f'"{name}"' if name in self.present else "NULL")
@@ -151,16 +161,71 @@ class _BatchReader:
         finally:
             connection.close()
         if not blob:
-            return _empty_parsed(True, self.kinds)
+            return _empty_parsed(True, kinds)
         return pa_csv.read_csv(
             io.BytesIO(blob.encode("utf-8")),
-            read_options=pa_csv.ReadOptions(column_names=list(self.kinds)),
+            read_options=pa_csv.ReadOptions(column_names=list(kinds)),
             parse_options=pa_csv.ParseOptions(quote_char="'", double_quote=True, newlines_in_values=True),
             convert_options=pa_csv.ConvertOptions(
-                column_types=_parse_types(True, self.kinds), null_values=["", "NULL"],
+                column_types=_parse_types(True, kinds), null_values=["", "NULL"],
                 strings_can_be_null=True, quoted_strings_can_be_null=False,
             ),
         )
+
+    def _sqlite_grouped(self, where: str, params: tuple) -> pa.Table:
+        """The rows with a long repeated text (:data:`GROUPED_LABELS`; the prediction inputs'
+        deliverables) as the CSV route reads them, that text coming once per distinct value.
+
+        One statement groups the batch by the text, giving each text once with its rows' ids, and
+        counts the other columns' values; only columns holding a value are read again by the CSV route
+        (an Autopack database has none). The codes are put in the order of the texts' first rows, as
+        ``dictionary_encode`` of the CSV route's column. A value that is not text (SQLite keeps any
+        type in any column) leaves the batch to the CSV route, which shows it as ``printf`` does.
+        """
+        name = next(label for label in GROUPED_LABELS if label in self.kinds)
+        others = [column for column in self.kinds if column not in ("event_id", name)]
+        counted = [column for column in others if column in self.present]
+        value = f'"{name}"' if name in self.present else "NULL"
+        counts = "".join(f', count("{column}")' for column in counted)
+        sql = (f"SELECT {value} AS value, group_concat(event_id){counts} FROM {TABLE} "
+               f"WHERE {where.replace('%s', '?')} GROUP BY value")
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(sql, params)
+            groups = cursor.fetchall()
+            cursor.close()
+        finally:
+            connection.close()
+        types = _parse_types(True, self.kinds)
+        if not groups:
+            return _empty_parsed(True, self.kinds)
+        if any(not isinstance(text, str | None) for text, *_rest in groups):
+            raise ValueError(f"{name} holds values that are not text")
+        pieces = [np.fromstring(ids, dtype=np.int64, sep=",") for _text, ids, *_counts in groups]
+        ids = np.concatenate(pieces)
+        order = np.argsort(ids, kind="stable")
+        ids = ids[order]
+        group_of = np.repeat(np.arange(len(groups)), [len(piece) for piece in pieces])[order]
+        # Distinct texts numbered by their first row in event_id order; the NULL group is no text.
+        firsts = np.unique(group_of, return_index=True)[1]
+        texts = [(first, i) for i, first in enumerate(firsts) if groups[i][0] is not None]
+        texts.sort()
+        code_of = np.full(len(groups), -1, dtype=np.int32)
+        code_of[[i for _first, i in texts]] = np.arange(len(texts), dtype=np.int32)
+        codes = code_of[group_of]
+        column = pa.DictionaryArray.from_arrays(_codes_array(codes), _string_array([groups[i][0] for _first, i in texts]))
+        filled = [other for i, other in enumerate(counted) if any(group[2 + i] for group in groups)]
+        rest = None
+        if filled:
+            rest = self._sqlite_csv(where, params, {"event_id": "key", **{other: self.kinds[other] for other in filled}})
+            if not np.array_equal(numpy_of(rest.column("event_id")), ids):
+                raise ValueError("the rows changed between the two reads of the batch")
+        columns = {"event_id": arrow_of(ids)}
+        for other in others:
+            columns[other] = rest.column(other) if other in filled else pa.nulls(len(ids), types[other])
+        columns[name] = column
+        return pa.table({key: columns[key] for key in self.kinds})
 
     def _postgresql_csv(self, where: str, params: tuple) -> pa.Table:
         exprs = []
@@ -229,3 +294,18 @@ class _BatchReader:
         table = pa.Table.from_pandas(conform_events_frame(frame), preserve_index=False)
         return table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
                                 table.column("timestamp").cast(pa.timestamp("us", tz="UTC"), safe=False))
+
+
+def _codes_array(codes: np.ndarray) -> pa.Array:
+    """int32 codes as an Arrow array, negative ones null (built from buffers: no pandas import)."""
+    valid = codes >= 0
+    bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.int32(), len(codes), [bitmap, pa.py_buffer(np.where(valid, codes, 0).astype(np.int32))])
+
+
+def _string_array(texts: list[str]) -> pa.Array:
+    """Python strings as an Arrow string array, built from buffers (no pandas import)."""
+    encoded = [text.encode("utf-8") for text in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(item) for item in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])

@@ -62,6 +62,10 @@ INPUT_KINDS: dict[str, str] = {
     "usage_guide_required": "flag",
     "context_quality": "label",
 }
+# Long texts that repeat across many rows (a run's phases, retries and templates share deliverables):
+# SQLite hands each distinct text of a batch once, with the ids of its rows (batches.py), rather than
+# formatting it into a line per row, the most of what reading the prediction inputs cost.
+GROUPED_LABELS = ("deliverables_json",)
 assert list(_KINDS) == list(EVENT_COLUMNS), "the parts hold the events frame's columns"
 
 _ARROW_TYPES = {
@@ -187,7 +191,8 @@ def _store_table(parsed: pa.Table, kinds: dict[str, str] = _KINDS) -> pa.Table:
         if kind == "timestamp":
             column = column.cast(pa.timestamp("us", tz="UTC"))
         elif kind == "label":
-            column = pc.dictionary_encode(column.cast(pa.string()))
+            if column.type != _ARROW_TYPES["label"]:  # already codes (a grouped label): kept as they are
+                column = pc.dictionary_encode(column.cast(pa.string()))
         elif kind == "text":
             column = column.cast(pa.string())
         else:

@@ -297,3 +297,35 @@ def test_with_a_phase_id_missing_the_phase_codes_are_unified_over_every_part():
         codes = filler.values["phase_id"]
         assert codes[0] == codes[3]  # run a's p1 in both parts: one phase
         assert bool(codes[5] == codes[0]) is unified  # another run's p1: the same code only when unified
+
+
+def test_sqlite_reads_the_prediction_inputs_grouped_by_deliverables_as_the_csv_route_reads_them(sqlite_engine, monkeypatch):
+    # The grouped route hands each distinct deliverables text once; the batch must come out exactly as
+    # the CSV route's: codes in first-row order, NULL apart from '', feature columns with values read too.
+    from autopack_pipeline.storage.columnar.batches import _BatchReader
+    from autopack_pipeline.storage.columnar.encoding import INPUT_KINDS, _store_table
+
+    bulk_load(sqlite_engine, 900, seed=6)
+    with sqlite_engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE token_estimation_v2_events SET deliverables_json = '' WHERE event_id % 7 = 0")
+        connection.exec_driver_sql("UPDATE token_estimation_v2_events SET deliverables_json = 'it''s, odd\nNULL' "
+                                   "WHERE event_id % 11 = 0")
+        connection.exec_driver_sql("UPDATE token_estimation_v2_events SET context_quality = 'good', "
+                                   "examples_required = 1 WHERE event_id % 5 = 0")
+    reader = _BatchReader(sqlite_engine, INPUT_KINDS)
+    batch = ("event_id > %s AND event_id <= %s", (0, 900))
+    grouped = _store_table(reader._sqlite_grouped(*batch), INPUT_KINDS)
+    assert grouped.equals(_store_table(reader._sqlite_csv(*batch), INPUT_KINDS))
+    assert grouped.column("deliverables_json").to_pylist()[6] == ""
+    assert grouped.column("context_quality").to_pylist()[4] == "good"
+
+    with sqlite_engine.begin() as connection:  # SQLite keeps any type: a number goes to the CSV route
+        connection.exec_driver_sql("UPDATE token_estimation_v2_events SET deliverables_json = 5 WHERE event_id = 3")
+    routes: list[str] = []
+    for route in ("_sqlite_grouped", "_sqlite_csv"):
+        original = getattr(columnar._BatchReader, route)
+        monkeypatch.setattr(columnar._BatchReader, route,
+                            lambda self, *a, _route=route, _original=original: routes.append(_route) or _original(self, *a))
+    table = reader.read(*batch)
+    assert routes == ["_sqlite_grouped", "_sqlite_csv"]
+    assert table.column("deliverables_json").to_pylist()[2] == "5"
