@@ -142,6 +142,18 @@ class _BatchReader:
                                      pa.nulls(len(stamps), pa.string()))
         return table
 
+    def _sqlite_rows(self, sql: str, params: tuple) -> list[tuple]:
+        """Every row of one statement, through the ``sqlite3`` driver itself (no SQLAlchemy rows)."""
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            cursor.close()
+        finally:
+            connection.close()
+        return rows
+
     def _sqlite_csv(self, where: str, params: tuple, kinds: dict[str, str] | None = None) -> pa.Table:
         kinds = kinds or self.kinds  # a subset: the columns the grouped route leaves to this one
         formats, values = [], []
@@ -152,14 +164,7 @@ class _BatchReader:
         line = f"printf('{','.join(formats)}', {', '.join(values)})"
         sql = (f"SELECT group_concat(line, char(10)) FROM (SELECT {line} AS line FROM {TABLE} "
                f"WHERE {where.replace('%s', '?')} ORDER BY event_id)")
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(sql, params)
-            blob = cursor.fetchone()[0]
-            cursor.close()
-        finally:
-            connection.close()
+        blob = self._sqlite_rows(sql, params)[0][0]
         if not blob:
             return _empty_parsed(True, kinds)
         return pa_csv.read_csv(
@@ -189,14 +194,7 @@ class _BatchReader:
         counts = "".join(f', count("{column}")' for column in counted)
         sql = (f"SELECT {value} AS value, group_concat(event_id){counts} FROM {TABLE} "
                f"WHERE {where.replace('%s', '?')} GROUP BY value")
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(sql, params)
-            groups = cursor.fetchall()
-            cursor.close()
-        finally:
-            connection.close()
+        groups = self._sqlite_rows(sql, params)
         types = _parse_types(True, self.kinds)
         if not groups:
             return _empty_parsed(True, self.kinds)
