@@ -109,9 +109,16 @@ class PredictionInputs:
         out = np.full(len(ids.values), -1, dtype=np.int64)
         if not len(self.event_ids):
             return out
-        order = np.argsort(self.event_ids, kind="stable")  # duplicates: the first entry wins
-        ordered = self.event_ids[order]
         wanted = ids.values.astype(np.int64, copy=False)
+        # The columnar copy stores the inputs in id order, one per id, and `calibrate` asks for the
+        # entries of exactly those events: then the answer is every entry in turn, with no sort or
+        # search of a million ids (twice per `calibrate`: re-prediction and window).
+        increasing = bool(np.all(self.event_ids[1:] > self.event_ids[:-1]))
+        if increasing and (ids.valid is None or bool(ids.valid.all())) and np.array_equal(wanted, self.event_ids):
+            return np.arange(len(wanted), dtype=np.int64)
+        # Strictly increasing ids are their own stable order; otherwise duplicates: the first entry wins.
+        order = np.arange(len(self.event_ids)) if increasing else np.argsort(self.event_ids, kind="stable")
+        ordered = self.event_ids[order] if not increasing else self.event_ids
         at = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
         found = (ordered[at] == wanted) & ids.notna()
         out[found] = order[at[found]]

@@ -127,3 +127,38 @@ def test_rerun_codes_gives_each_row_the_prediction_and_budget_of_its_own_rerun(t
                                                      inputs.deliverables_at(at), None,
                                                      features=inputs.features_at(at)))
         assert (predicted[row], budget[row]) == expected
+
+
+def _positions_by_lookup(stored: np.ndarray, ids: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    first: dict[int, int] = {}
+    for index, event_id in enumerate(stored.tolist()):
+        first.setdefault(event_id, index)
+    return np.array([first.get(event_id, -1) if valid is None or valid[i] else -1
+                     for i, event_id in enumerate(ids.tolist())], dtype=np.int64)
+
+
+@pytest.mark.parametrize("case", ["same ids", "same ids, one missing", "a sorted subset", "shuffled with repeats",
+                                  "sorted with repeats", "ids not stored"])
+def test_positions_find_each_events_first_entry(case):
+    from autopack_pipeline.domain.analysis.arrays import IntColumn
+
+    rng = np.random.default_rng(7)
+    stored = np.arange(100, 1100, dtype=np.int64)
+    ids, valid = stored.copy(), None
+    if case == "same ids, one missing":
+        valid = np.ones(len(ids), dtype=bool)
+        valid[10] = False
+    elif case == "a sorted subset":
+        ids = np.sort(rng.choice(stored, 300, replace=False))
+    elif case == "shuffled with repeats":
+        stored = rng.permutation(np.concatenate([stored, stored[:50]]))
+        ids = rng.choice(stored, 500)
+    elif case == "sorted with repeats":
+        stored = np.sort(np.concatenate([stored, stored[:50]]))
+        ids = stored.copy()
+    elif case == "ids not stored":
+        ids = np.arange(1050, 1200, dtype=np.int64)
+    inputs = PredictionInputs.from_rows(stored.tolist(), [None] * len(stored))
+    found = inputs.positions(IntColumn(ids, valid))
+    assert found.dtype == np.int64
+    assert np.array_equal(found, _positions_by_lookup(stored, ids, valid))
