@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
@@ -32,9 +32,10 @@ from autopack_pipeline.services.analysis import (
     window_label,
 )
 from autopack_pipeline.services.calibrating import CalibrationOutcome
-from autopack_pipeline.services.task_generation import improvement_tasks
 from autopack_pipeline.settings import Settings
-from autopack_pipeline.storage.tasks import TaskRefresh
+
+if TYPE_CHECKING:
+    from autopack_pipeline.storage.tasks import TaskRefresh
 
 
 def sample_stage(windowed: WindowedEvents, *, dedup: bool = True) -> SampleSummary:
@@ -88,6 +89,10 @@ def task_stage(engine: Engine, settings: Settings, every_event: EventArrays, sam
                now: datetime | None = None) -> tuple[list[GeneratedTask], TaskRefresh]:
     """Improvement tasks from the stages before and from the drift of every event (computed here
     unless ``extra_insights`` already holds it)."""
+    # Here, not at import: the task stores load SQLAlchemy's ORM and the task models, which `calibrate`
+    # (it makes no tasks) would otherwise pay for at every start.
+    from autopack_pipeline.services.task_generation import improvement_tasks
+
     if extra_insights is None:
         extra_insights = drift_insights(detect_drift(every_event))
     return improvement_tasks(engine, settings, metrics, samples.group_counts, calibration, min_samples=min_samples,
