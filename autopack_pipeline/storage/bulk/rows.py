@@ -144,16 +144,16 @@ def _labels(values: np.ndarray) -> pa.Array:
     return pa.array(values, type=pa.string(), from_pandas=True)
 
 
-def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray, seed: int) -> tuple[dict, dict]:
+def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray | None, seed: int) -> tuple[dict, dict]:
     """The phases and events of one chunk as named columns: Arrow arrays for text, numpy for numbers,
-    timestamps as µs since the epoch (negative: NULL)."""
+    timestamps as µs since the epoch (negative: NULL). Without ``tier_pk`` (the tier row id of each
+    run) the phases have no ``tier_id`` column."""
     ph, ev = chunk.phases, chunk.events
     completed = pa.array(ph["completed"])
     retries = ph["attempts"] - 1
     phase_cols = {
         "phase_id": _phase_id_codes(chunk, seed, ph["run"], ph["phase_index"]),
         "run_id": run_ids.take(pa.array(ph["run"])),
-        "tier_id": tier_pk[ph["run"]],
         "phase_index": ph["phase_index"],
         "state": pc.if_else(completed, "COMPLETE", "FAILED"),
         "category": _labels(ph["category"]),
@@ -166,6 +166,8 @@ def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray, se
         "failure": pc.if_else(completed, pa.scalar(None, pa.string()), _FAILURE_TEXT),
         "completed_at": np.where(ph["completed"], ph["last_us"], -1),  # -1: NULL
     }
+    if tier_pk is not None:
+        phase_cols["tier_id"] = tier_pk[ph["run"]]
     event_cols = {
         "run_id": run_ids.take(pa.array(ev["run"])),
         "phase_id": _phase_id_codes(chunk, seed, ev["run"], ev["phase_index"]),

@@ -312,6 +312,12 @@ def key_violations(engine) -> tuple[int, int, int]:
         ))
 
 
+def phases_with_another_runs_tier(engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(sa.text(
+            "SELECT count(*) FROM phases p JOIN tiers t ON t.id = p.tier_id WHERE t.run_id <> p.run_id")).scalar()
+
+
 @POSTGRES_ONLY
 @pytest.mark.parametrize("may_skip_key_checks", [True, False])
 def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_role_may(
@@ -329,6 +335,7 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
     assert stored["phase_id"].tolist() == expected["phase_id"].tolist()
     assert stored["actual_output_tokens"].tolist() == expected["actual_output_tokens"].tolist()
     assert key_violations(engine) == (0, 0, 0)
+    assert phases_with_another_runs_tier(engine) == 0  # tier_id joined to a piece after it was built
     with engine.connect() as connection:
         counted = connection.execute(sa.text(
             "SELECT r.max_phases, count(p.id) FROM runs r JOIN phases p ON p.run_id = r.id "
@@ -371,3 +378,31 @@ def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_run
 @POSTGRES_ONLY
 def test_a_fresh_postgresql_load_that_fails_midway_leaves_nothing(engine, monkeypatch):
     _fresh_load_failing_midway_leaves_nothing(engine, monkeypatch, bulk.postgresql._PostgresqlLoader)
+
+
+@POSTGRES_ONLY
+def test_a_postgresql_append_whose_events_copy_fails_while_the_phases_go_on_leaves_nothing(engine, monkeypatch):
+    """The events connection copies in a worker thread, ahead of the phases: its failure reaches the load,
+    which rolls both connections back (one transaction each, nothing committed)."""
+    bulk_load(engine, 300, runs=1, seed=1)
+    monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 50)  # many pieces
+    real_ingest = bulk.postgresql._ingest
+    tables = []
+
+    def fail_on_third_events(cursor, table, rows):
+        tables.append(table)
+        if tables.count("token_estimation_v2_events") == 3:
+            raise RuntimeError("events copy failed")
+        real_ingest(cursor, table, rows)
+
+    monkeypatch.setattr(bulk.postgresql, "_ingest", fail_on_third_events)
+    with pytest.raises(RuntimeError, match="events copy failed"):
+        bulk_load(engine, 2000, runs=3, seed=2)
+    # Noticed at the latest when the queue was full again, not after all ~34 pieces' phases.
+    assert tables.count("phases") <= 2 + bulk.postgresql.PG_EVENTS_AHEAD
+    assert [count_rows(engine, t) for t in ("runs", "tiers", "token_estimation_v2_events")] == [1, 1, 300]
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM phases WHERE run_id LIKE 'synth-2-%'")).scalar() == 0
+    monkeypatch.setattr(bulk.postgresql, "_ingest", real_ingest)
+    assert bulk_load(engine, 2000, runs=3, seed=2).events == 2000
+    assert key_violations(engine) == (0, 0, 0) and phases_with_another_runs_tier(engine) == 0
