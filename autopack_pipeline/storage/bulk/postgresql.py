@@ -29,16 +29,13 @@ from autopack_pipeline.storage.bulk.loader import _Loader, _sliced
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,
     _PHASE_SPEC,
-    _RUN_COLUMNS,
-    _TIER_COLUMNS,
     _arrow_columns,
     _cast_to,
     _chunk_columns,
-    _row_table,
-    _run_rows,
+    _run_table,
     _text_timestamps,
     _tier_keys,
-    _tier_rows,
+    _tier_table,
     run_id_for,
 )
 from autopack_pipeline.storage.columnar import prefetch
@@ -98,14 +95,12 @@ class _PostgresqlLoader(_Loader):
             cursor = streams.cursor
             first_piece = first[0]
             start_text = _text_timestamps(first_piece.phases["started_us"][:1])[0]
-            _ingest(cursor, "runs", _cast_to(_row_table(_RUN_COLUMNS, _run_rows(self.seed, self.runs, start_text)),
-                                             types["runs"]))
-            _ingest(cursor, "tiers", _cast_to(_row_table(_TIER_COLUMNS, _tier_rows(self.run_ids.tolist(), start_text)),
-                                              types["tiers"]))
+            _ingest(cursor, "runs", _cast_to(_run_table(self.seed, self.run_id_text, start_text), types["runs"]))
+            _ingest(cursor, "tiers", _cast_to(_tier_table(self.run_id_text, start_text), types["tiers"]))
             # The seed's runs by their prefix (LIKE: text ranges follow the database's collation).
             cursor.execute("SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id LIKE "
                            f"'{run_id_for(self.seed, 0)[:-5]}%'")
-            tier_pk = _tier_keys(cursor.fetchall(), self.run_ids)
+            tier_pk = _tier_keys(cursor.fetch_arrow_table(), self.run_id_text)
             tier_field = types["phases"].field("tier_id")
             rebuild = _drop_for_load(cursor, drop_foreign_keys=not skip_key_checks) if fresh else []
 
