@@ -13,11 +13,12 @@ the rest."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-from collections import deque
+import queue
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -47,7 +48,7 @@ PG_TRANSACTION_EVENTS = 500_000
 # Phases per COPY (with their events): pieces of a chunk, so the first COPY starts sooner and the two
 # connections of an append wait less for each other.
 PG_PIECE_PHASES = 10_000
-# Event pieces queued on the events connection of an append: it never waits for the phases, and the
+# Event pieces waiting for the events connection of an append: it never waits for the phases, and the
 # memory the queue holds stays bounded when the events are the slower stream (as they are).
 PG_EVENTS_AHEAD = 2
 
@@ -178,13 +179,15 @@ def _connect(engine: Engine, skip_key_checks: bool) -> Any:
 
 class _PgStreams:
     """The load's PostgreSQL connections (ADBC, each in its own transaction): phases (and everything
-    else) on the first; events on a second one when two were opened, copied by a worker thread
-    meanwhile, in order, at most :data:`PG_EVENTS_AHEAD` pieces queued.
+    else) on the first; events on a second one when two were opened.
 
-    Each batch waits for its events, then commits the first connection, then the second, so whoever
-    reads between the two commits sees phases without their events yet, never events without their
-    phases, and event ids (one sequence, one connection) become visible in ascending order as the
-    columnar refresh expects.
+    There, each transaction's events are one ``COPY``, run by a worker thread and fed piece by piece
+    through a queue (at most :data:`PG_EVENTS_AHEAD` pieces waiting) as the pieces are generated: the
+    driver encodes and sends a piece while the server is still storing the one before, and no round
+    trips fall between pieces. Each batch ends that ``COPY``, then commits the first connection, then
+    the second, so whoever reads between the two commits sees phases without their events yet, never
+    events without their phases, and event ids (one sequence, one connection) become visible in
+    ascending order as the columnar refresh expects.
     """
 
     def __init__(self, connections: list, skip_key_checks: bool) -> None:
@@ -194,7 +197,8 @@ class _PgStreams:
         self.events_cursor = self.cursor if self.events_connection is None else self.events_connection.cursor()
         self.worker = None if self.events_connection is None else ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="synth-events")
-        self.pending: deque[Future] = deque()  # the worker's copies, oldest first
+        self.waiting: queue.Queue | None = None  # pieces for the running events COPY, then _END
+        self.copying: Future | None = None  # that COPY
         self.skip_key_checks = skip_key_checks
         self.committed = False  # a batch of this load is committed: a failure must undo it
 
@@ -203,19 +207,41 @@ class _PgStreams:
         return self.worker is not None
 
     def copy_events(self, rows: pa.Table, timed: Callable[[str, Callable[[], Any]], Any]) -> None:
-        """Copy ``rows`` into the events table: now on one connection, queued on two (raising the
-        failure of an earlier queued copy)."""
+        """Copy ``rows`` into the events table: now on one connection; on two, handed to the
+        transaction's events ``COPY`` (begun with the first piece; its failure is raised here)."""
         if self.worker is None:
             timed("events", lambda: _ingest(self.cursor, "token_estimation_v2_events", rows))
             return
-        while len(self.pending) >= PG_EVENTS_AHEAD:
-            self.pending.popleft().result()
-        self.pending.append(self.worker.submit(
-            timed, "events", lambda: _ingest(self.events_cursor, "token_estimation_v2_events", rows)))
+        if self.copying is None:
+            self.waiting = queue.Queue(maxsize=PG_EVENTS_AHEAD)
+            reader = pa.RecordBatchReader.from_batches(rows.schema, _batches(self.waiting))
+            self.copying = self.worker.submit(
+                timed, "events", lambda: _ingest(self.events_cursor, "token_estimation_v2_events", reader))
+        self._hand(rows)
+
+    def _hand(self, item: object) -> None:
+        """Queue ``item`` for the events ``COPY``, or raise why that ``COPY`` stopped taking pieces."""
+        assert self.waiting is not None and self.copying is not None
+        while True:
+            try:
+                self.waiting.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                if self.copying.done():
+                    self.copying.result()  # its failure
+                    raise RuntimeError("the events COPY ended before its last piece") from None
+
+    def _end_events(self) -> None:
+        """End the events ``COPY`` after the pieces handed to it, and wait for it."""
+        if self.copying is not None:
+            try:
+                self._hand(_END)
+                self.copying.result()
+            finally:
+                self.copying = self.waiting = None
 
     def commit(self, *, last: bool = False) -> None:
-        while self.pending:
-            self.pending.popleft().result()
+        self._end_events()
         self.connection.commit()
         self.committed = True
         if self.parallel:
@@ -225,15 +251,17 @@ class _PgStreams:
                 _pg_settings(cursor, skip_key_checks=self.skip_key_checks)
 
     def rollback(self) -> None:
-        for future in self.pending:
-            future.cancel()
-        wait(self.pending)  # a copy still running must end before its connection rolls back
-        self.pending.clear()
         try:
-            self.connection.rollback()
+            # The events COPY must be over before its connection rolls back; what it raises is not
+            # the failure to report.
+            with contextlib.suppress(Exception):
+                self._end_events()
         finally:
-            if self.parallel:
-                self.events_connection.rollback()
+            try:
+                self.connection.rollback()
+            finally:
+                if self.parallel:
+                    self.events_connection.rollback()
 
     def close(self) -> None:
         if self.worker is not None:
@@ -245,6 +273,15 @@ class _PgStreams:
         finally:
             self.cursor.close()
             self.connection.close()
+
+
+_END = object()  # ends an events COPY's queue
+
+
+def _batches(waiting: queue.Queue) -> Iterator[pa.RecordBatch]:
+    """The record batches of the tables put in ``waiting``, until :data:`_END`."""
+    while (rows := waiting.get()) is not _END:
+        yield from rows.to_batches()
 
 
 def _inspect(engine: Engine) -> tuple[bool, bool, dict[str, pa.Schema]]:

@@ -8,6 +8,7 @@ import sqlite3
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
@@ -382,24 +383,29 @@ def test_a_fresh_postgresql_load_that_fails_midway_leaves_nothing(engine, monkey
 
 @POSTGRES_ONLY
 def test_a_postgresql_append_whose_events_copy_fails_while_the_phases_go_on_leaves_nothing(engine, monkeypatch):
-    """The events connection copies in a worker thread, ahead of the phases: its failure reaches the load,
-    which rolls both connections back (one transaction each, nothing committed)."""
+    """The events connection copies a transaction's events as one stream, fed piece by piece in a worker
+    thread: a failure in the middle of it reaches the load, which rolls both connections back (nothing
+    was committed yet), and stops handing it pieces."""
     bulk_load(engine, 300, runs=1, seed=1)
     monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 50)  # many pieces
     real_ingest = bulk.postgresql._ingest
-    tables = []
+    phases = []
 
-    def fail_on_third_events(cursor, table, rows):
-        tables.append(table)
-        if tables.count("token_estimation_v2_events") == 3:
-            raise RuntimeError("events copy failed")
-        real_ingest(cursor, table, rows)
+    def fail_after_two_event_pieces(cursor, table, rows):
+        if table != "token_estimation_v2_events":
+            phases.append(len(rows))
+            return real_ingest(cursor, table, rows)
+        assert isinstance(rows, pa.RecordBatchReader)  # one COPY for the transaction's pieces
+        rows.read_next_batch()
+        rows.read_next_batch()
+        raise RuntimeError("events copy failed")
 
-    monkeypatch.setattr(bulk.postgresql, "_ingest", fail_on_third_events)
+    monkeypatch.setattr(bulk.postgresql, "_ingest", fail_after_two_event_pieces)
     with pytest.raises(RuntimeError, match="events copy failed"):
         bulk_load(engine, 2000, runs=3, seed=2)
-    # Noticed at the latest when the queue was full again, not after all ~34 pieces' phases.
-    assert tables.count("phases") <= 2 + bulk.postgresql.PG_EVENTS_AHEAD
+    # Noticed when the queue was full again, not after all ~34 pieces' phases: runs and tiers, then the
+    # phases of the two pieces read, of those in the queue and of the one being handed over.
+    assert len(phases) <= 2 + 2 + bulk.postgresql.PG_EVENTS_AHEAD + 1
     assert [count_rows(engine, t) for t in ("runs", "tiers", "token_estimation_v2_events")] == [1, 1, 300]
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM phases WHERE run_id LIKE 'synth-2-%'")).scalar() == 0
