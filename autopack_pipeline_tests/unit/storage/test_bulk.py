@@ -327,7 +327,17 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
         monkeypatch.setattr(bulk.postgresql, "_may_skip_key_checks", lambda cursor: False)
     monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 97)  # chunks copied in many pieces
     bulk_load(engine, 800, runs=2, seed=1)
+    commits = []
+    real_commit = bulk.postgresql._PgStreams.commit
+
+    def counted_commit(streams, *, last=False):
+        commits.append(last)
+        real_commit(streams, last=last)
+
+    monkeypatch.setattr(bulk.postgresql._PgStreams, "commit", counted_commit)
+    monkeypatch.setattr(bulk.postgresql, "PG_TRANSACTION_EVENTS", 250)  # several transactions, each its COPYs
     second = bulk_load(engine, 700, runs=3, seed=2)
+    assert commits == [False, False, True]
     assert ("events on a second connection" in second.method) == may_skip_key_checks
     stored = read_events(engine).iloc[800:]
     expected = generated_frame(700, 3, 2)
