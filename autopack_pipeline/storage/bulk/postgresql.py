@@ -7,9 +7,13 @@ rows and rebuilds them before committing; the foreign keys stay, with their trig
 (``session_replication_role``) when the role may do that, or are dropped and added again (checking
 every row) when it may not. An append keeps every index and commits every 500k events; when the role
 may turn the foreign-key triggers off, it copies the events on a second connection while the first
-copies the phases (two backends, two cores), otherwise on one connection with the keys checked by the
-server. A failure after some batches were committed deletes the load's runs again, which cascades to
-the rest."""
+copies the runs, tiers and phases (two backends, two cores), otherwise on one connection with the
+keys checked by the server. The events, which cost the server most (16 indexes), are then the load's
+critical path: their connection opens while the first chunk is generated, its one ``COPY`` per
+transaction starts with the first piece (before the runs and tiers exist: no trigger looks) and never
+waits for the phases, and the runs' counts are written while its last pieces are still being copied.
+A failure after some batches were committed deletes the load's runs again, which cascades to the
+rest."""
 
 from __future__ import annotations
 
