@@ -52,8 +52,8 @@ class SynthSummary:
     phase_ids: str = "per-run"  # generate.PHASE_ID_SCHEMES
     # Seconds per stage: "generate" (rows built in the helper thread, overlapping the rest), "stage"
     # (a SQLite append: the rows put in an in-memory table by that thread), "phases" and "events" (the database
-    # taking the rows; they overlap on a PostgreSQL append with two connections), "indexes" (rebuilt
-    # after a fresh load).
+    # taking the rows; they overlap on a PostgreSQL append with two connections, where "events" is the
+    # events COPYs' whole time, waits for pieces included), "indexes" (rebuilt after a fresh load).
     timings: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:

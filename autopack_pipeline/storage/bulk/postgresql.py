@@ -7,15 +7,22 @@ rows and rebuilds them before committing; the foreign keys stay, with their trig
 (``session_replication_role``) when the role may do that, or are dropped and added again (checking
 every row) when it may not. An append keeps every index and commits every 500k events; when the role
 may turn the foreign-key triggers off, it copies the events on a second connection while the first
-copies the phases (two backends, two cores), otherwise on one connection with the keys checked by the
-server. A failure after some batches were committed deletes the load's runs again, which cascades to
-the rest."""
+copies the runs, tiers and phases (two backends, two cores), otherwise on one connection with the
+keys checked by the server. The events, which cost the server most (16 indexes), are then the load's
+critical path: their connection opens while the first chunk is generated, its one ``COPY`` per
+transaction starts with the first piece (before the runs and tiers exist: no trigger looks) and never
+waits for the phases, and the runs' counts are written while its last pieces are still being copied.
+A failure after some batches were committed deletes the load's runs again, which cascades to the
+rest."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import queue
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -23,20 +30,17 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.bulk.chunk import SynthChunk
-from autopack_pipeline.storage.bulk.loader import _chain, _Loader, _sliced
+from autopack_pipeline.storage.bulk.loader import _Loader, _sliced
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,
     _PHASE_SPEC,
-    _RUN_COLUMNS,
-    _TIER_COLUMNS,
     _arrow_columns,
     _cast_to,
     _chunk_columns,
-    _row_table,
-    _run_rows,
+    _run_table,
     _text_timestamps,
     _tier_keys,
-    _tier_rows,
+    _tier_table,
     run_id_for,
 )
 from autopack_pipeline.storage.columnar import prefetch
@@ -48,6 +52,9 @@ PG_TRANSACTION_EVENTS = 500_000
 # Phases per COPY (with their events): pieces of a chunk, so the first COPY starts sooner and the two
 # connections of an append wait less for each other.
 PG_PIECE_PHASES = 10_000
+# Event pieces waiting for the events connection of an append: it never waits for the phases, and the
+# memory the queue holds stays bounded when the events are the slower stream (as they are).
+PG_EVENTS_AHEAD = 2
 
 # The Arrow type binary COPY needs for each PostgreSQL column type the loaded tables use.
 _ARROW_TYPES = {
@@ -55,62 +62,65 @@ _ARROW_TYPES = {
     "double precision": pa.float64(), "real": pa.float32(), "timestamp without time zone": pa.timestamp("us"),
     "character varying": pa.string(), "text": pa.string(),
 }
+# The phases' columns but tier_id: a piece is built before the tiers' keys are known.
+_PHASE_SPEC_NO_TIER = tuple(item for item in _PHASE_SPEC if item[0] != "tier_id")
 
 
 class _PostgresqlLoader(_Loader):
     """Writes generated chunks into a PostgreSQL database and counts what it wrote."""
 
     def load(self, engine: Engine, chunks: Iterator[SynthChunk]) -> None:
-        streams = _PgStreams(adbc.connect(engine))
+        fresh, skip_key_checks, types = _inspect(engine)
+        # An append keeps every index, so the server's per-row work is what limits it. Events then go
+        # through a second connection, in parallel with the phases (one backend per core); that
+        # needs the foreign-key triggers off, as the events' phases are not committed yet.
+        parallel = not fresh and skip_key_checks
+        if fresh:
+            self.method = ("postgresql: binary COPY in one transaction, indexes rebuilt after the rows, "
+                           + ("foreign keys kept, their triggers off" if skip_key_checks else "foreign keys added again"))
+        else:
+            self.method = "postgresql: binary COPY with indexes in place, 500k events per transaction" + (
+                ", events on a second connection" if parallel else "")
+
+        def tables(piece: SynthChunk) -> tuple[pa.Table, pa.Table]:
+            return self._timed("generate", lambda: self._tables(piece, types))
+
+        # Pieces smaller than a chunk: the first COPY starts sooner, the streams wait less for each other.
+        pieces = prefetch(_sliced(chunks, PG_PIECE_PHASES), tables)
+        streams: _PgStreams | None = None
         try:
+            # The first piece is generated while the connections open (the driver reads the server's
+            # type catalogue on connect: tens of milliseconds each, more on a busy machine).
+            first, connections = _opened_during(engine, 1 + parallel, skip_key_checks, lambda: next(pieces))
+            streams = _PgStreams(connections, skip_key_checks)
+            if streams.parallel:
+                # With the key triggers off the events need no runs, tiers or phases first: the events
+                # connection, which has the most to copy, starts now.
+                streams.copy_events(first[1][1], self._timed)
             cursor = streams.cursor
-            fresh = _scalar(cursor, "SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)")
-            skip_key_checks = _may_skip_key_checks(cursor)
-            streams.begin(skip_key_checks)
-            # An append keeps every index, so the server's per-row work is what limits it. Events then go
-            # through a second connection, in parallel with the phases (one backend per core); that
-            # needs the foreign-key triggers off, as the events' phases are not committed yet.
-            if not fresh and skip_key_checks:
-                streams.add_events_connection(engine)
-            if fresh:
-                self.method = ("postgresql: binary COPY in one transaction, indexes rebuilt after the rows, "
-                               + ("foreign keys kept, their triggers off" if skip_key_checks
-                                  else "foreign keys added again"))
-            else:
-                self.method = "postgresql: binary COPY with indexes in place, 500k events per transaction" + (
-                    ", events on a second connection" if streams.parallel else "")
-            types = {table: _column_types(cursor, table)
-                     for table in ("runs", "tiers", "phases", "token_estimation_v2_events")}
-            chunks = iter(chunks)
-            first = next(chunks)
-            start_text = _text_timestamps(first.phases["started_us"][:1])[0]
-            _ingest(cursor, "runs", _cast_to(_row_table(_RUN_COLUMNS, _run_rows(self.seed, self.runs, start_text)),
-                                             types["runs"]))
-            _ingest(cursor, "tiers", _cast_to(_row_table(_TIER_COLUMNS, _tier_rows(self.run_ids.tolist(), start_text)),
-                                              types["tiers"]))
+            first_piece = first[0]
+            start_text = _text_timestamps(first_piece.phases["started_us"][:1])[0]
+            _ingest(cursor, "runs", _cast_to(_run_table(self.seed, self.run_id_text, start_text), types["runs"]))
+            _ingest(cursor, "tiers", _cast_to(_tier_table(self.run_id_text, start_text), types["tiers"]))
             # The seed's runs by their prefix (LIKE: text ranges follow the database's collation).
             cursor.execute("SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id LIKE "
                            f"'{run_id_for(self.seed, 0)[:-5]}%'")
-            tier_pk = _tier_keys(cursor.fetchall(), self.run_ids)
+            tier_pk = _tier_keys(cursor.fetch_arrow_table(), self.run_id_text)
+            tier_field = types["phases"].field("tier_id")
             rebuild = _drop_for_load(cursor, drop_foreign_keys=not skip_key_checks) if fresh else []
 
-            def tables(chunk: SynthChunk) -> tuple[pa.Table, pa.Table]:
-                def build() -> tuple[pa.Table, pa.Table]:
-                    phase_cols, event_cols = _chunk_columns(chunk, self.run_id_text, tier_pk, self.seed)
-                    return (_cast_to(_arrow_columns(phase_cols, _PHASE_SPEC, len(chunk.phases["run"])),
-                                     types["phases"]),
-                            _cast_to(_arrow_columns(event_cols, _EVENT_SPEC, len(chunk.events["run"])),
-                                     types["token_estimation_v2_events"]))
-
-                return self._timed("generate", build)
-
             in_transaction = 0
-            # Pieces smaller than a chunk: the first COPY starts sooner, the streams wait less for each other.
-            pieces = _sliced(_chain(first, chunks), PG_PIECE_PHASES)
-            for chunk, (phase_rows, event_rows) in prefetch(pieces, tables):
-                streams.copy(phase_rows, event_rows, self._timed)
-                self._written(chunk)
-                in_transaction += len(chunk.events["run"])
+            for piece, (phase_rows, event_rows) in itertools.chain([first], pieces):
+                if streams.parallel and piece is not first_piece:
+                    streams.copy_events(event_rows, self._timed)  # queued before this piece's phases
+                # The tiers' keys came from the server after the piece was built: its one missing column.
+                phase_rows = phase_rows.append_column(
+                    tier_field, pa.array(tier_pk[piece.phases["run"]]).cast(tier_field.type))
+                self._timed("phases", lambda: _ingest(cursor, "phases", phase_rows))  # noqa: B023
+                if not streams.parallel:  # one connection: the events after their phases (keys checked)
+                    streams.copy_events(event_rows, self._timed)
+                self._written(piece)
+                in_transaction += len(piece.events["run"])
                 if not fresh and in_transaction >= PG_TRANSACTION_EVENTS:
                     streams.commit()
                     in_transaction = 0
@@ -119,82 +129,143 @@ class _PostgresqlLoader(_Loader):
                 cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
             for statement in rebuild:
                 self._timed("indexes", lambda: cursor.execute(statement))  # noqa: B023
+            # Every piece's phases are counted by now; on an append with two connections the events'
+            # last pieces are still being copied meanwhile.
             self._update_runs(cursor, text_timestamps=False)
             streams.commit(last=True)
         except BaseException:
-            try:
-                streams.rollback()
-            finally:
-                if streams.committed:
-                    _undo_load(streams.connection, self.run_ids.tolist())
+            if streams is not None:
+                try:
+                    streams.rollback()
+                finally:
+                    if streams.committed:
+                        _undo_load(streams.connection, self.run_ids.tolist())
             raise
         finally:
-            streams.close()
+            pieces.close()  # stops the generating thread when the load ended early
+            if streams is not None:
+                streams.close()
+
+    def _tables(self, piece: SynthChunk, types: dict[str, pa.Schema]) -> tuple[pa.Table, pa.Table]:
+        """A piece's phases (all but ``tier_id``, which needs the tiers' keys from the server) and its
+        events, as Arrow tables of the columns' own types."""
+        phase_cols, event_cols = _chunk_columns(piece, self.run_id_text, None, self.seed)
+        return (_cast_to(_arrow_columns(phase_cols, _PHASE_SPEC_NO_TIER, len(piece.phases["run"])), types["phases"]),
+                _cast_to(_arrow_columns(event_cols, _EVENT_SPEC, len(piece.events["run"])),
+                         types["token_estimation_v2_events"]))
+
+
+def _opened_during(engine: Engine, count: int, skip_key_checks: bool, work: Callable[[], Any]) -> tuple[Any, list]:
+    """``work()``'s result and ``count`` ADBC connections (each in its transaction, with the load's
+    settings), opened by helper threads while ``work`` runs here. On a failure none stays open."""
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="synth-connect") as opener:
+        opening = [opener.submit(_connect, engine, skip_key_checks) for _ in range(count)]
+        try:
+            result = work()
+            return result, [future.result() for future in opening]
+        except BaseException:
+            for future in opening:
+                if future.exception() is None:  # waits for it
+                    future.result().close()
+            raise
+
+
+def _connect(engine: Engine, skip_key_checks: bool) -> Any:
+    connection = adbc.connect(engine)
+    try:
+        with connection.cursor() as cursor:
+            _pg_settings(cursor, skip_key_checks=skip_key_checks)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 class _PgStreams:
     """The load's PostgreSQL connections (ADBC, each in its own transaction): phases (and everything
-    else) on the first; events on a second one when :meth:`add_events_connection` was called, copied by
-    a worker thread meanwhile.
+    else) on the first; events on a second one when two were opened.
 
-    Each batch commits the first connection, then the second, so whoever reads between the two
-    commits sees phases without their events yet, never events without their phases, and event ids
-    (one sequence, one connection) become visible in ascending order as the columnar refresh expects.
+    There, each transaction's events are one ``COPY``, run by a worker thread and fed piece by piece
+    through a queue (at most :data:`PG_EVENTS_AHEAD` pieces waiting) as the pieces are generated: the
+    driver encodes and sends a piece while the server is still storing the one before, and no round
+    trips fall between pieces. Each batch ends that ``COPY``, then commits the first connection, then
+    the second, so whoever reads between the two commits sees phases without their events yet, never
+    events without their phases, and event ids (one sequence, one connection) become visible in
+    ascending order as the columnar refresh expects.
     """
 
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-        self.cursor = connection.cursor()
-        self.events_connection: Any = None
-        self.events_cursor = self.cursor
-        self.worker: ThreadPoolExecutor | None = None
-        self.skip_key_checks = False
+    def __init__(self, connections: list, skip_key_checks: bool) -> None:
+        self.connection = connections[0]
+        self.cursor = self.connection.cursor()
+        self.events_connection: Any = connections[1] if len(connections) > 1 else None
+        self.events_cursor = self.cursor if self.events_connection is None else self.events_connection.cursor()
+        self.worker = None if self.events_connection is None else ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="synth-events")
+        self.waiting: queue.Queue | None = None  # pieces for the running events COPY, then _END
+        self.copying: Future | None = None  # that COPY
+        self.skip_key_checks = skip_key_checks
         self.committed = False  # a batch of this load is committed: a failure must undo it
 
     @property
     def parallel(self) -> bool:
-        return self.events_connection is not None
+        return self.worker is not None
 
-    def begin(self, skip_key_checks: bool) -> None:
-        """Settings of the transaction just begun on each connection (``SET LOCAL`` ends with it)."""
-        self.skip_key_checks = skip_key_checks
-        for cursor in {id(c): c for c in (self.cursor, self.events_cursor)}.values():
-            _pg_settings(cursor, skip_key_checks=skip_key_checks)
-
-    def add_events_connection(self, engine: Engine) -> None:
-        self.events_connection = adbc.connect(engine)
-        self.events_cursor = self.events_connection.cursor()
-        _pg_settings(self.events_cursor, skip_key_checks=True)
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-events")
-
-    def copy(self, phase_rows: pa.Table, event_rows: pa.Table, timed: Callable[[str, Callable[[], Any]], Any]) -> None:
+    def copy_events(self, rows: pa.Table, timed: Callable[[str, Callable[[], Any]], Any]) -> None:
+        """Copy ``rows`` into the events table: now on one connection; on two, handed to the
+        transaction's events ``COPY`` (begun with the first piece; its failure is raised here)."""
         if self.worker is None:
-            timed("phases", lambda: _ingest(self.cursor, "phases", phase_rows))
-            timed("events", lambda: _ingest(self.cursor, "token_estimation_v2_events", event_rows))
+            timed("events", lambda: _ingest(self.cursor, "token_estimation_v2_events", rows))
             return
-        events = self.worker.submit(timed, "events",
-                                    lambda: _ingest(self.events_cursor, "token_estimation_v2_events", event_rows))
-        try:
-            timed("phases", lambda: _ingest(self.cursor, "phases", phase_rows))
-        except BaseException:
-            wait([events])  # its connection must be idle before the rollback
-            raise
-        events.result()
+        if self.copying is None:
+            self.waiting = queue.Queue(maxsize=PG_EVENTS_AHEAD)
+            reader = pa.RecordBatchReader.from_batches(rows.schema, _batches(self.waiting))
+            self.copying = self.worker.submit(
+                timed, "events", lambda: _ingest(self.events_cursor, "token_estimation_v2_events", reader))
+        self._hand(rows)
+
+    def _hand(self, item: object) -> None:
+        """Queue ``item`` for the events ``COPY``, or raise why that ``COPY`` stopped taking pieces."""
+        assert self.waiting is not None and self.copying is not None
+        while True:
+            try:
+                self.waiting.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                if self.copying.done():
+                    self.copying.result()  # its failure
+                    raise RuntimeError("the events COPY ended before its last piece") from None
+
+    def _end_events(self) -> None:
+        """End the events ``COPY`` after the pieces handed to it, and wait for it."""
+        if self.copying is not None:
+            try:
+                self._hand(_END)
+                self.copying.result()
+            finally:
+                self.copying = self.waiting = None
 
     def commit(self, *, last: bool = False) -> None:
+        self._end_events()
         self.connection.commit()
         self.committed = True
         if self.parallel:
             self.events_connection.commit()
         if not last:  # the driver has begun the next transaction on each connection
-            self.begin(self.skip_key_checks)
+            for cursor in {id(c): c for c in (self.cursor, self.events_cursor)}.values():
+                _pg_settings(cursor, skip_key_checks=self.skip_key_checks)
 
     def rollback(self) -> None:
         try:
-            self.connection.rollback()
+            # The events COPY must be over before its connection rolls back; what it raises is not
+            # the failure to report.
+            with contextlib.suppress(Exception):
+                self._end_events()
         finally:
-            if self.parallel:
-                self.events_connection.rollback()
+            try:
+                self.connection.rollback()
+            finally:
+                if self.parallel:
+                    self.events_connection.rollback()
 
     def close(self) -> None:
         if self.worker is not None:
@@ -208,9 +279,33 @@ class _PgStreams:
             self.connection.close()
 
 
-def _scalar(cursor: Any, query: str) -> Any:
-    cursor.execute(query)
-    return cursor.fetchone()[0]
+_END = object()  # ends an events COPY's queue
+
+
+def _batches(waiting: queue.Queue) -> Iterator[pa.RecordBatch]:
+    """The record batches of the tables put in ``waiting``, until :data:`_END`."""
+    while (rows := waiting.get()) is not _END:
+        yield from rows.to_batches()
+
+
+def _inspect(engine: Engine) -> tuple[bool, bool, dict[str, pa.Schema]]:
+    """What a load asks before its own connections open: whether the events table is empty, whether
+    this role may turn the foreign-key triggers off, and the Arrow types binary COPY needs for the
+    columns of the four loaded tables."""
+    with engine.connect() as connection:
+        def scalar(query: str) -> Any:
+            return connection.exec_driver_sql(query).scalar()
+
+        fresh = bool(scalar("SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)"))
+        skip_key_checks = _may_skip_key_checks(scalar)
+        columns = connection.exec_driver_sql(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name IN "
+            "('runs', 'tiers', 'phases', 'token_estimation_v2_events') ORDER BY table_name, ordinal_position").all()
+    types = {table: pa.schema([(name, _ARROW_TYPES[kind]) for owner, name, kind in columns
+                               if owner == table and kind in _ARROW_TYPES])
+             for table in ("runs", "tiers", "phases", "token_estimation_v2_events")}
+    return fresh, skip_key_checks, types
 
 
 def _pg_settings(cursor: Any, *, skip_key_checks: bool) -> None:
@@ -222,20 +317,14 @@ def _pg_settings(cursor: Any, *, skip_key_checks: bool) -> None:
         cursor.execute("SET LOCAL session_replication_role = replica")
 
 
-def _may_skip_key_checks(cursor: Any) -> bool:
-    """Whether this role may turn the foreign-key triggers off (superuser, or granted the setting)."""
-    if _scalar(cursor, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+def _may_skip_key_checks(scalar: Callable[[str], Any]) -> bool:
+    """Whether this role may turn the foreign-key triggers off (superuser, or granted the setting);
+    ``scalar`` answers a query with its one value."""
+    if scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
         return True
     # Granting a setting (and asking about it) came with PostgreSQL 15.
-    return int(_scalar(cursor, "SHOW server_version_num")) >= 150000 and bool(
-        _scalar(cursor, "SELECT has_parameter_privilege('session_replication_role', 'SET')"))
-
-
-def _column_types(cursor: Any, table: str) -> pa.Schema:
-    """The Arrow types binary COPY needs for ``table``'s columns."""
-    cursor.execute("SELECT column_name, data_type FROM information_schema.columns "
-                   f"WHERE table_schema = current_schema() AND table_name = '{table}'")
-    return pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in cursor.fetchall() if kind in _ARROW_TYPES])
+    return int(scalar("SHOW server_version_num")) >= 150000 and bool(
+        scalar("SELECT has_parameter_privilege('session_replication_role', 'SET')"))
 
 
 def _ingest(cursor: Any, table: str, rows: pa.Table) -> None:

@@ -52,16 +52,6 @@ _PHASE_SPEC: tuple[tuple[str, str | _Const], ...] = (
     ("last_failure_reason", "failure"), ("created_at", "started"), ("updated_at", "last"),
     ("started_at", "started"), ("completed_at", "completed_at"),
 )
-_RUN_COLUMNS = (
-    "id", "state", "created_at", "updated_at", "started_at", "completed_at", "safety_profile", "run_scope",
-    "token_cap", "max_phases", "max_duration_minutes", "tokens_used", "ci_runs_used", "minor_issues_count",
-    "major_issues_count", "promotion_eligible_to_main", "goal_anchor",
-)
-_TIER_COLUMNS = (
-    "tier_id", "run_id", "tier_index", "name", "state", "token_cap", "ci_run_cap", "max_major_issues_tolerated",
-    "tokens_used", "ci_runs_used", "minor_issues_count", "major_issues_count", "cleanliness", "created_at",
-    "updated_at",
-)
 _FAILURE_TEXT = "synthetic: the phase did not complete"
 
 
@@ -144,16 +134,16 @@ def _labels(values: np.ndarray) -> pa.Array:
     return pa.array(values, type=pa.string(), from_pandas=True)
 
 
-def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray, seed: int) -> tuple[dict, dict]:
+def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray | None, seed: int) -> tuple[dict, dict]:
     """The phases and events of one chunk as named columns: Arrow arrays for text, numpy for numbers,
-    timestamps as µs since the epoch (negative: NULL)."""
+    timestamps as µs since the epoch (negative: NULL). Without ``tier_pk`` (the tier row id of each
+    run) the phases have no ``tier_id`` column."""
     ph, ev = chunk.phases, chunk.events
     completed = pa.array(ph["completed"])
     retries = ph["attempts"] - 1
     phase_cols = {
         "phase_id": _phase_id_codes(chunk, seed, ph["run"], ph["phase_index"]),
         "run_id": run_ids.take(pa.array(ph["run"])),
-        "tier_id": tier_pk[ph["run"]],
         "phase_index": ph["phase_index"],
         "state": pc.if_else(completed, "COMPLETE", "FAILED"),
         "category": _labels(ph["category"]),
@@ -166,6 +156,8 @@ def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray, se
         "failure": pc.if_else(completed, pa.scalar(None, pa.string()), _FAILURE_TEXT),
         "completed_at": np.where(ph["completed"], ph["last_us"], -1),  # -1: NULL
     }
+    if tier_pk is not None:
+        phase_cols["tier_id"] = tier_pk[ph["run"]]
     event_cols = {
         "run_id": run_ids.take(pa.array(ev["run"])),
         "phase_id": _phase_id_codes(chunk, seed, ev["run"], ev["phase_index"]),
@@ -264,30 +256,41 @@ def _source_table(columns: dict, sources: tuple[str, ...]) -> pa.Table:
                      for i, source in enumerate(sources)})
 
 
-def _row_table(columns: tuple[str, ...], rows: list[tuple]) -> pa.Table:
-    """Python rows (the runs', the tiers') as an Arrow table, one column per name."""
-    return pa.table({name: pa.array(list(values)) for name, values in zip(columns, zip(*rows))})
-
-
 def _cast_to(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with the column types of ``schema`` (a database's own column types, for binary COPY)."""
     return table.cast(pa.schema([schema.field(name) for name in table.column_names]))
 
 
-def _run_rows(seed: int, runs: int, start_text: str) -> list[tuple]:
-    goal = f"synthetic telemetry (autopack-telemetry synth, seed {seed})"
-    return [
-        (run_id_for(seed, k), "DONE_SUCCESS", start_text, start_text, start_text, None, "normal", "multi_tier",
-         5_000_000, 0, 120, 0, 0, 0, 0, "false", goal)
-        for k in range(runs)
-    ]
+def _repeated(values: dict, rows: int) -> pa.Table:
+    """A table of ``rows`` rows: Arrow arrays as they are, any other value repeated in every row."""
+    return pa.table({name: value if isinstance(value, pa.Array) else pa.repeat(value, rows)
+                     for name, value in values.items()})
 
 
-def _tier_rows(run_ids: list[str], start_text: str) -> list[tuple]:
-    return [("T1", rid, 0, "Synthetic tier", "COMPLETE", 5_000_000, 20, 0, 0, 0, 0, 0, "clean", start_text, start_text)
-            for rid in run_ids]
+def _run_table(seed: int, run_ids: pa.Array, start_text: str) -> pa.Table:
+    """The load's runs, one per id; their counts are written at the end of the load."""
+    return _repeated({
+        "id": run_ids, "state": "DONE_SUCCESS", "created_at": start_text, "updated_at": start_text,
+        "started_at": start_text, "completed_at": None, "safety_profile": "normal", "run_scope": "multi_tier",
+        "token_cap": 5_000_000, "max_phases": 0, "max_duration_minutes": 120, "tokens_used": 0, "ci_runs_used": 0,
+        "minor_issues_count": 0, "major_issues_count": 0, "promotion_eligible_to_main": "false",
+        "goal_anchor": f"synthetic telemetry (autopack-telemetry synth, seed {seed})",
+    }, len(run_ids))
 
 
-def _tier_keys(rows: list[tuple], run_ids: np.ndarray) -> np.ndarray:
-    by_run = dict(rows)
-    return np.array([by_run[r] for r in run_ids.tolist()], dtype=np.int64)
+def _tier_table(run_ids: pa.Array, start_text: str) -> pa.Table:
+    """One tier ``T1`` per run."""
+    return _repeated({
+        "tier_id": "T1", "run_id": run_ids, "tier_index": 0, "name": "Synthetic tier", "state": "COMPLETE",
+        "token_cap": 5_000_000, "ci_run_cap": 20, "max_major_issues_tolerated": 0, "tokens_used": 0,
+        "ci_runs_used": 0, "minor_issues_count": 0, "major_issues_count": 0, "cleanliness": "clean",
+        "created_at": start_text, "updated_at": start_text,
+    }, len(run_ids))
+
+
+def _tier_keys(stored: pa.Table, run_ids: pa.Array) -> np.ndarray:
+    """The row id of each run's tier, in run order, from the stored tiers' ``run_id`` and ``id``."""
+    at = pc.index_in(run_ids, value_set=stored["run_id"])
+    if at.null_count:
+        raise RuntimeError(f"{at.null_count} of the load's runs have no tier row")
+    return stored["id"].take(at).to_numpy().astype(np.int64)

@@ -24,17 +24,14 @@ from autopack_pipeline.storage.bulk.loader import _chain, _Loader, _sliced
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,
     _PHASE_SPEC,
-    _RUN_COLUMNS,
-    _TIER_COLUMNS,
     _chunk_columns,
-    _row_table,
-    _run_rows,
+    _run_table,
     _source_table,
     _sqlite_copy,
     _sqlite_insert,
     _text_timestamps,
     _tier_keys,
-    _tier_rows,
+    _tier_table,
     run_id_for,
 )
 from autopack_pipeline.storage.columnar import prefetch
@@ -155,16 +152,14 @@ class _SqliteLoader(_Loader):
             chunks = iter(chunks)
             first = next(chunks)
             start_text = _text_timestamps(first.phases["started_us"][:1])[0]
-            cursor.adbc_ingest("runs", _row_table(_RUN_COLUMNS, _run_rows(self.seed, self.runs, start_text)),
-                               mode="append")
-            cursor.adbc_ingest("tiers", _row_table(_TIER_COLUMNS, _tier_rows(self.run_ids.tolist(), start_text)),
-                               mode="append")
+            cursor.adbc_ingest("runs", _run_table(self.seed, self.run_id_text, start_text), mode="append")
+            cursor.adbc_ingest("tiers", _tier_table(self.run_id_text, start_text), mode="append")
             # The seed's runs by their common prefix: run numbers of more than five digits do not sort
             # between the first and the last run id as text.
             prefix = run_id_for(self.seed, 0)[:-5]
             cursor.execute("SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id >= ? AND run_id < ?",
                            (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))
-            tier_pk = _tier_keys(cursor.fetchall(), self.run_ids)
+            tier_pk = _tier_keys(cursor.fetch_arrow_table(), self.run_id_text)
             indexes = []
             if fresh:
                 cursor.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "

@@ -8,6 +8,7 @@ import sqlite3
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
@@ -312,6 +313,12 @@ def key_violations(engine) -> tuple[int, int, int]:
         ))
 
 
+def phases_with_another_runs_tier(engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(sa.text(
+            "SELECT count(*) FROM phases p JOIN tiers t ON t.id = p.tier_id WHERE t.run_id <> p.run_id")).scalar()
+
+
 @POSTGRES_ONLY
 @pytest.mark.parametrize("may_skip_key_checks", [True, False])
 def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_role_may(
@@ -320,7 +327,17 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
         monkeypatch.setattr(bulk.postgresql, "_may_skip_key_checks", lambda cursor: False)
     monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 97)  # chunks copied in many pieces
     bulk_load(engine, 800, runs=2, seed=1)
+    commits = []
+    real_commit = bulk.postgresql._PgStreams.commit
+
+    def counted_commit(streams, *, last=False):
+        commits.append(last)
+        real_commit(streams, last=last)
+
+    monkeypatch.setattr(bulk.postgresql._PgStreams, "commit", counted_commit)
+    monkeypatch.setattr(bulk.postgresql, "PG_TRANSACTION_EVENTS", 250)  # several transactions, each its COPYs
     second = bulk_load(engine, 700, runs=3, seed=2)
+    assert commits == [False, False, True]
     assert ("events on a second connection" in second.method) == may_skip_key_checks
     stored = read_events(engine).iloc[800:]
     expected = generated_frame(700, 3, 2)
@@ -329,6 +346,7 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
     assert stored["phase_id"].tolist() == expected["phase_id"].tolist()
     assert stored["actual_output_tokens"].tolist() == expected["actual_output_tokens"].tolist()
     assert key_violations(engine) == (0, 0, 0)
+    assert phases_with_another_runs_tier(engine) == 0  # tier_id joined to a piece after it was built
     with engine.connect() as connection:
         counted = connection.execute(sa.text(
             "SELECT r.max_phases, count(p.id) FROM runs r JOIN phases p ON p.run_id = r.id "
@@ -371,3 +389,36 @@ def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_run
 @POSTGRES_ONLY
 def test_a_fresh_postgresql_load_that_fails_midway_leaves_nothing(engine, monkeypatch):
     _fresh_load_failing_midway_leaves_nothing(engine, monkeypatch, bulk.postgresql._PostgresqlLoader)
+
+
+@POSTGRES_ONLY
+def test_a_postgresql_append_whose_events_copy_fails_while_the_phases_go_on_leaves_nothing(engine, monkeypatch):
+    """The events connection copies a transaction's events as one stream, fed piece by piece in a worker
+    thread: a failure in the middle of it reaches the load, which rolls both connections back (nothing
+    was committed yet), and stops handing it pieces."""
+    bulk_load(engine, 300, runs=1, seed=1)
+    monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 50)  # many pieces
+    real_ingest = bulk.postgresql._ingest
+    phases = []
+
+    def fail_after_two_event_pieces(cursor, table, rows):
+        if table != "token_estimation_v2_events":
+            phases.append(len(rows))
+            return real_ingest(cursor, table, rows)
+        assert isinstance(rows, pa.RecordBatchReader)  # one COPY for the transaction's pieces
+        rows.read_next_batch()
+        rows.read_next_batch()
+        raise RuntimeError("events copy failed")
+
+    monkeypatch.setattr(bulk.postgresql, "_ingest", fail_after_two_event_pieces)
+    with pytest.raises(RuntimeError, match="events copy failed"):
+        bulk_load(engine, 2000, runs=3, seed=2)
+    # Noticed when the queue was full again, not after all ~34 pieces' phases: runs and tiers, then the
+    # phases of the two pieces read, of those in the queue and of the one being handed over.
+    assert len(phases) <= 2 + 2 + bulk.postgresql.PG_EVENTS_AHEAD + 1
+    assert [count_rows(engine, t) for t in ("runs", "tiers", "token_estimation_v2_events")] == [1, 1, 300]
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM phases WHERE run_id LIKE 'synth-2-%'")).scalar() == 0
+    monkeypatch.setattr(bulk.postgresql, "_ingest", real_ingest)
+    assert bulk_load(engine, 2000, runs=3, seed=2).events == 2000
+    assert key_violations(engine) == (0, 0, 0) and phases_with_another_runs_tier(engine) == 0
