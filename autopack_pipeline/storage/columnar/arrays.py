@@ -260,3 +260,34 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
         phase_code=filler.code_column("phase_id"),
         model=filler.label_column("model"),
     )
+
+
+def counted_arrays(table: pa.Table) -> EventArrays:
+    """The numbers and flags of a part in memory (the store's schema) as :class:`EventArrays`, by the
+    same conversion as a part read back (:class:`_Filler`), its labels (run, phase, category,
+    complexity, model) all missing: what a tally reads (``domain/event_tally``), without encoding a
+    label (the phase ids alone cost 0.4 s per million rows)."""
+    rows = table.num_rows
+    filler = _Filler(rows)
+    filler.add(table.select([name for name in (*_ARRAY_INTS, "timestamp", *_ARRAY_FLAGS)
+                             if name in table.column_names]), 0)
+    missing_label = LabelColumn(np.full(rows, -1, dtype=np.int32), ())
+    missing_code = IntColumn(np.zeros(rows, dtype=np.int32), np.zeros(rows, dtype=bool))
+    return EventArrays(
+        event_id=filler.int_column("event_id"),
+        timestamp_us=filler.int_column("timestamp"),
+        category=missing_label,
+        complexity=missing_label,
+        deliverable_count=filler.int_column("deliverable_count"),
+        predicted=filler.int_column("predicted_output_tokens"),
+        actual=filler.int_column("actual_output_tokens"),
+        selected_budget=filler.int_column("selected_budget"),
+        actual_max_tokens=filler.int_column("actual_max_tokens"),
+        success=filler.values["success"],
+        truncated=filler.values["truncated"],
+        is_truncated_output=filler.values["is_truncated_output"],
+        attempt=filler.int_column("attempt"),
+        run_code=missing_code,
+        phase_code=missing_code,
+        model=missing_label,
+    )
