@@ -111,3 +111,18 @@ def test_a_compacted_part_is_tallied_and_the_merged_parts_tallies_are_removed(en
     assert_tallied_as_written(store, engine)
     store.refresh(engine, full=True)  # a rebuild: the old parts' tallies go with them
     assert_tallied_as_written(store, engine)
+
+
+def test_a_store_of_an_earlier_version_is_tallied_when_first_asked_and_its_new_parts_as_written(engine, store):
+    """Parts written without a tally (an earlier version): a refresh tallies the part it writes and
+    leaves the old ones; the history counts the old ones from their rows once and keeps their tallies."""
+    bulk_load(engine, 900, runs=3, seed=61)
+    store.refresh(engine)
+    for path in store.directory.glob("tally-*"):
+        path.unlink()
+    bulk_load(engine, 200, runs=1, seed=62)
+    store.refresh(engine)
+    old, new = store.manifest()["parts"]
+    assert kept_tally(store.directory, old["file"]) is None and kept_tally(store.directory, new["file"]) is not None
+    same_history(history_of(store, new["max_event_id"]), read_events(engine))
+    assert_tallied_as_written(store, engine)  # the old part's tally, kept now, is the one of its rows
