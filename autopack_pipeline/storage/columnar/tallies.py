@@ -81,7 +81,7 @@ def run_counts(run_ids: pa.ChunkedArray) -> pa.Table:
     are not counted)."""
     names, counts = [], []
     for chunk in run_ids.chunks:
-        per_code = np.bincount(numpy_of(filled(chunk.indices, -1)).astype(np.int64) + 1,
+        per_code = np.bincount(numpy_of(filled(chunk.indices, -1)) + 1,
                                minlength=len(chunk.dictionary) + 1)[1:]
         present = per_code > 0
         names.append(chunk.dictionary.cast(pa.string()).filter(arrow_of(present)))
