@@ -814,9 +814,9 @@ ANALYSIS_STEPS = ("raw_events", "success_samples", "tier_metrics", "calibration_
 
 
 def bench_dagster(report: Report, data: Path, work: Path, name: str) -> None:
-    """Two "Materialize all" runs, each in a fresh process: the first after the extraction pays
-    one-time costs (each part of the columnar copy tallied once, the window's prediction inputs
-    extracted from the database); the second is every later run's cost with nothing new collected."""
+    """Two "Materialize all" runs, each in a fresh process: the first after the extraction pays a
+    one-time cost (the window's prediction inputs extracted from the database; the parts were tallied
+    as the extraction wrote them); the second is every later run's cost with nothing new collected."""
     label = "Dagster: every asset after collection, with its checks"
     print(f"{label}, on the {name} history", flush=True)
     workdir = work / f"dagster-{name}"

@@ -2,8 +2,8 @@
 
 The blocking data-quality checks and raw_events' metadata judge the whole history, not the analysis
 window. Each figure here is a sum over events, so the tally of a history is the sum of the tallies of
-its pieces: the columnar copy's parts are tallied once each (storage/snapshot.py keeps them), and a
-run adds up ten tallies instead of reading ten million events again.
+its pieces: each part of the columnar copy is tallied as it is written (storage/columnar/tallies.py
+keeps them), and a run adds up ten tallies instead of reading ten million events again.
 """
 
 from __future__ import annotations

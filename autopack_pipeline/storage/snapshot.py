@@ -11,9 +11,10 @@ Not every step needs every event. The analysis reads its rolling window, so a sn
 events since a moment (:meth:`EventSnapshot.arrays`' ``since``) from only the parts that can hold them:
 each part's newest timestamp is in its Parquet statistics, so the choice holds whatever order the
 events were written in. The whole-history figures (data-quality checks, raw_events' metadata) are
-sums over events: each part is tallied once (:class:`EventHistory`), the tally kept in a small file
-beside the part (parts are never rewritten: a compaction writes a new part), and a snapshot adds
-the tallies up instead of reading every event.
+sums over events: each part is tallied as the store writes it, the tally kept in a small file beside
+the part (``columnar/tallies.py``; parts are never rewritten: a compaction writes a new part), and a
+snapshot adds the tallies up (:class:`EventHistory`) instead of reading every event. A part of a
+store written before that is tallied from its rows once, when first asked.
 
 A database without a store (in-memory SQLite), or a store that cannot be written, is read whole
 and its arrays travel inside the snapshot.
@@ -21,14 +22,11 @@ and its arrays travel inside the snapshot.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -38,6 +36,14 @@ from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.event_tally import EventTally, add_tallies, tally_events
 from autopack_pipeline.domain.windows import latest_day
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, Progress, RefreshResult, refresh_store
+from autopack_pipeline.storage.columnar.tallies import (
+    TALLY_PREFIX,
+    keep_tally,
+    kept_tally,
+    run_counts,
+    runs_table,
+    tally_file_of,
+)
 from autopack_pipeline.storage.frames import event_arrays_from_frame
 from autopack_pipeline.storage.timestamps import UnreadableTimestamp, unreadable_document
 
@@ -48,9 +54,6 @@ logger = logging.getLogger(__name__)
 
 LARGEST_RUNS = 20  # how many runs raw_events lists by event count
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# A part's tally file: ``tally-<part file>``, its run counts as rows and its tally in the schema's metadata.
-_TALLY_PREFIX = "tally-"
-_TALLY_FORMAT = b"1"
 
 
 class SnapshotUnavailable(RuntimeError):
@@ -87,8 +90,8 @@ class EventSnapshot:
     unreadable: dict[str, Any] = field(default_factory=lambda: unreadable_document([]))
     # Figures over every event (None unless asked for: ``snapshot_events(with_history=True)``).
     history: EventHistory | None = None
-    # Every event, when whoever made the snapshot loaded them (raw_events, tallying a store none of
-    # whose parts was tallied yet): handed to the IO manager of the same process, so the steps that
+    # Every event, when whoever made the snapshot loaded them (raw_events, tallying the parts of a
+    # store written before parts were tallied as they were written): handed to the IO manager of the same process, so the steps that
     # read every event do not read them again. Never stored; not part of what the snapshot is.
     loaded: EventArrays | None = field(default=None, repr=False, compare=False)
 
@@ -267,38 +270,41 @@ def history_of(store: ColumnarStore, high_water: int) -> EventHistory:
 
 
 def _history_and_events(store: ColumnarStore, high_water: int) -> tuple[EventHistory, EventArrays | None]:
-    """:func:`history_of`, and every event when they were loaded for it: when most rows are in parts
-    never tallied (the first run after an extraction or a rebuild), reading every event once and
-    tallying each part's rows costs what reading each part does, and the events are there for the
-    steps that read them all (drift, generated_tasks)."""
+    """:func:`history_of`, and every event when they were loaded for it. Parts are tallied as they are
+    written (``columnar/tallies.py``); a store written by an earlier version has parts without a tally,
+    and when those hold most rows (its first run), reading every event once and tallying each part's
+    rows costs what reading each part does, and the events are there for the steps that read them all
+    (drift, generated_tasks)."""
     for attempt in (1, 2):
         manifest = store.manifest()
         if manifest is None:
             raise SnapshotUnavailable(f"no columnar store at {store.directory} any more")
         parts = [p for p in manifest["parts"] if p["min_event_id"] <= high_water]
         try:
-            every = _every_event_to_tally(store, manifest, parts, high_water)
-            tallies = [_part_tally(store, manifest, part, high_water, every) for part in parts]
+            kept = {p["file"]: kept_tally(store.directory, p["file"]) for p in parts if p["max_event_id"] <= high_water}
+            every = _every_event_to_tally(store, manifest, parts, high_water, kept)
+            tallies = [kept.get(part["file"]) or _part_tally(store, manifest, part, high_water, every) for part in parts]
         except FileNotFoundError:
             if attempt == 2:
                 raise
             continue  # a refresh compacted the parts under us; read the new manifest
         _drop_stale_tallies(store, manifest)
-        runs = pa.concat_tables([runs for _tally, runs in tallies]) if tallies else _runs_table([], [])
+        runs = pa.concat_tables([runs for _tally, runs in tallies]) if tallies else runs_table([], [])
         return _history(add_tallies([tally for tally, _runs in tallies]), runs), (
             None if every is None else every[0])
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _every_event_to_tally(store: ColumnarStore, manifest: dict[str, Any], parts: list[dict[str, Any]],
-                          high_water: int) -> tuple[EventArrays, dict[str, slice]] | None:
-    """Every event and each part's rows among them, when most rows are in parts without a tally and
-    the parts lie one after the other in event-id order, all up to ``high_water`` (so a part's rows
-    are one slice); else None (each untallied part is read on its own)."""
+                          high_water: int, kept: dict[str, Any]) -> tuple[EventArrays, dict[str, slice]] | None:
+    """Every event and each part's rows among them, when most rows are in parts without a tally
+    (``kept``: the tallies found, by part file) and the parts lie one after the other in event-id
+    order, all up to ``high_water`` (so a part's rows are one slice); else None (each untallied part
+    is read on its own)."""
     if not manifest["sorted"] or len(parts) != len(manifest["parts"]) or any(
             p["max_event_id"] > high_water for p in parts):
         return None
-    untallied = sum(p["rows"] for p in parts if _kept_tally(store, p) is None)
+    untallied = sum(p["rows"] for p in parts if kept.get(p["file"]) is None)
     if untallied * 2 <= manifest["rows"]:
         return None
     arrays = store.event_arrays(parts=parts, manifest=manifest)
@@ -307,18 +313,6 @@ def _every_event_to_tally(store: ColumnarStore, manifest: dict[str, Any], parts:
         slices[part["file"]] = slice(start, start + part["rows"])
         start += part["rows"]
     return arrays, slices
-
-
-def _kept_tally(store: ColumnarStore, part: dict[str, Any]) -> tuple[EventTally, pa.Table] | None:
-    """The tally file of ``part``, when there is a readable one of this format."""
-    try:
-        kept = pq.read_table(store.directory / f"{_TALLY_PREFIX}{part['file']}")
-        metadata = kept.schema.metadata or {}
-        if metadata.get(b"format") == _TALLY_FORMAT:
-            return EventTally.from_dict(json.loads(metadata[b"tally"])), kept.replace_schema_metadata(None)
-    except (FileNotFoundError, OSError, pa.ArrowInvalid, KeyError, ValueError, TypeError):
-        pass  # missing or unreadable: tallied again
-    return None
 
 
 def _history(tally: EventTally, runs: pa.Table) -> EventHistory:
@@ -331,19 +325,13 @@ def _history(tally: EventTally, runs: pa.Table) -> EventHistory:
                         list(zip(top.column("run_id").to_pylist(), top.column("events_sum").to_pylist())))
 
 
-def _runs_table(names: list[str], counts: list[int]) -> pa.Table:
-    return pa.table({"run_id": pa.array(names, pa.string()), "events": pa.array(counts, pa.int64())})
-
-
 def _part_tally(store: ColumnarStore, manifest: dict[str, Any], part: dict[str, Any], high_water: int,
                 every: tuple[EventArrays, dict[str, slice]] | None = None) -> tuple[EventTally, pa.Table]:
-    """A part's tally and run counts (of its rows up to ``high_water``): from its tally file, or
-    counted from its rows (``every``: every event and each part's slice of them, already loaded;
-    else the part is read) and kept, when every row of the part counts."""
+    """The tally and run counts of a part with no tally kept (written by an earlier version), or of its
+    rows up to ``high_water`` when it holds later ones: counted from its rows (``every``: every event
+    and each part's slice of them, already loaded; else the part is read), and kept when every row of
+    the part counts."""
     whole = part["max_event_id"] <= high_water
-    path = store.directory / f"{_TALLY_PREFIX}{part['file']}"
-    if whole and (kept := _kept_tally(store, part)) is not None:
-        return kept
     if every is not None:
         arrays = every[0].take(every[1][part["file"]])  # a slice: views of the arrays, nothing copied
     else:
@@ -353,37 +341,16 @@ def _part_tally(store: ColumnarStore, manifest: dict[str, Any], part: dict[str, 
     if not whole:
         arrays = arrays.take(arrays.event_id.values <= high_water)
         table = table.filter(pc.less_equal(table.column("event_id"), high_water))
-    runs = _run_counts(table.column("run_id"))
+    runs = run_counts(table.column("run_id"))
     tally = tally_events(arrays)
     if whole:
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            pq.write_table(runs.replace_schema_metadata({b"format": _TALLY_FORMAT,
-                                                         b"tally": json.dumps(tally.as_dict()).encode()}), tmp)
-            os.replace(tmp, path)
-        except OSError as exc:  # a read-only store still answers; it tallies again next time
-            logger.warning("could not keep the tally of %s: %s", part["file"], exc)
+        keep_tally(store.directory, part["file"], tally, runs)
     return tally, runs
-
-
-def _run_counts(run_ids: pa.ChunkedArray) -> pa.Table:
-    """Events per run id of a dictionary-encoded column (a run may have a row per chunk; missing ids
-    are not counted)."""
-    names, counts = [], []
-    for chunk in run_ids.chunks:
-        per_code = np.bincount(chunk.indices.fill_null(-1).to_numpy(zero_copy_only=False) + 1,
-                               minlength=len(chunk.dictionary) + 1)[1:]
-        present = per_code > 0
-        names.append(chunk.dictionary.cast(pa.string()).filter(pa.array(present)))
-        counts.append(pa.array(per_code[present], pa.int64()))
-    if not names:
-        return _runs_table([], [])
-    return pa.table({"run_id": pa.concat_arrays(names), "events": pa.concat_arrays(counts)})
 
 
 def _drop_stale_tallies(store: ColumnarStore, manifest: dict[str, Any]) -> None:
     """Remove the tally files of parts the store no longer has (compacted or rebuilt away)."""
-    current = {f"{_TALLY_PREFIX}{p['file']}" for p in manifest["parts"]}
-    for path in store.directory.glob(f"{_TALLY_PREFIX}*"):
-        if path.name not in current and not (store.directory / path.name.removeprefix(_TALLY_PREFIX)).exists():
+    current = {tally_file_of(p["file"]) for p in manifest["parts"]}
+    for path in store.directory.glob(f"{TALLY_PREFIX}*"):
+        if path.name not in current and not (store.directory / path.name.removeprefix(TALLY_PREFIX)).exists():
             path.unlink(missing_ok=True)

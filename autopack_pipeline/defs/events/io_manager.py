@@ -20,7 +20,8 @@ snapshot: they are pickled beside the JSON.
 
 Loaded arrays are kept by this IO manager object for the steps it serves (with the in-process
 executor, one run), keyed on the snapshot and the reach: a run's steps read each once. When
-raw_events read every event itself (tallying a store none of whose parts was tallied yet), it hands
+raw_events read every event itself (tallying a store whose parts were written untallied, by an
+earlier version), it hands
 them over: then nothing is read again, and the analysis' reach is taken from them. The drift
 report of every event is kept beside them: the estimator_drift check and generated_tasks both need
 it, and it costs seconds at ten million events, so a run computes it once.

@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow as pa
 
 from autopack_pipeline.storage.columnar.encoding import arrow_of, numpy_of
+from autopack_pipeline.storage.columnar.tallies import tally_file_of
 
 
 def inputs_file_of(part_file: str) -> str:
@@ -15,7 +16,9 @@ def inputs_file_of(part_file: str) -> str:
 
 
 def files_of(part: dict[str, Any]) -> list[str]:
-    return [part["file"], *([part["inputs"]] if "inputs" in part else [])]
+    """The files of ``part``: its rows, its prediction inputs when read, and its tally (tallies.py),
+    which a store written by an earlier version may lack."""
+    return [part["file"], *([part["inputs"]] if "inputs" in part else []), tally_file_of(part["file"])]
 
 
 def parts_holding(manifest: dict[str, Any], id_range: tuple[int, int] | None) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from autopack_pipeline.storage.columnar.encoding import (
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
 from autopack_pipeline.storage.columnar.parts import files_of, inputs_file_of, parts_holding, rows_within
 from autopack_pipeline.storage.columnar.prefetch import prefetch
+from autopack_pipeline.storage.columnar.tallies import keep_tally, tally_of_table
 from autopack_pipeline.storage.frames import EVENT_COLUMNS, events_frame_of_table
 
 # The package's logger, as before the split, so a log filter on it keeps working.
@@ -228,6 +229,9 @@ class ColumnarStore:
         name = f"part-{manifest['next_part']:06d}.parquet"
         manifest["next_part"] += 1
         self._write_file(name, table, _KINDS)
+        # Tallied now, from the rows in memory: the first snapshot after an extraction reads no event
+        # for the whole-history figures (tallies.py).
+        keep_tally(self.directory, name, *tally_of_table(table))
         ids = table.column("event_id")
         part = {"file": name, "rows": table.num_rows, "min_event_id": int(pc.min(ids).as_py()),
                 "max_event_id": int(pc.max(ids).as_py())}

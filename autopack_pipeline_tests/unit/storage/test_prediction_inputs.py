@@ -123,7 +123,8 @@ def test_compaction_merges_the_inputs_beside_the_parts(sqlite_engine, tmp_path, 
     assert compactions
     parts = store.manifest()["parts"]
     assert len(parts) <= 3 and all("inputs" in p for p in parts)
-    assert {p.name for p in directory.glob("*.parquet")} == {name for p in parts for name in (p["file"], p["inputs"])}
+    assert {p.name for p in directory.glob("*.parquet")} == {
+        name for p in parts for name in (p["file"], p["inputs"], f"tally-{p['file']}")}
 
 
 def test_an_id_range_reads_the_inputs_of_those_events_only(seeded, make_event, tmp_path, monkeypatch):

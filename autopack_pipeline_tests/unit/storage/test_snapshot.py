@@ -181,29 +181,46 @@ def test_without_a_store_the_events_travel_inside_the_snapshot(engine, tmp_path,
 
 @pytest.mark.integration  # materialises through Dagster
 def test_raw_events_and_its_checks_read_no_event_once_each_part_is_tallied(engine, monkeypatch):
-    """The data-quality checks read the parts' tallies; the drift check reads every event, once (in
-    the first run, those raw_events read to tally the parts); a later run reads no part for the
-    tallies (they are kept beside the parts)."""
+    """The parts are tallied as the store writes them: the first run after an extraction reads no event
+    in raw_events or the data-quality checks (the drift check reads every event, once). A store written
+    by an earlier version, its parts untallied: its first run reads every event once in raw_events to
+    tally the parts and hands them on to the drift check; a later run reads none for the tallies."""
     from autopack_pipeline.defs.asset_graph import DATA_QUALITY_CHECKS
     from autopack_pipeline.defs.events.drift_checks import estimator_drift
+    from autopack_pipeline.storage import snapshot as snapshot_module
 
     reads = []
-    real = columnar.ColumnarStore.event_arrays
+    real, real_tally = columnar.ColumnarStore.event_arrays, snapshot_module._part_tally
 
     def counted(store, **kwargs):
         reads.append("every event" if kwargs.get("parts") is None else len(kwargs["parts"]))
         return real(store, **kwargs)
 
+    def tallied(*args, **kwargs):
+        reads.append("a part tallied from its rows")
+        return real_tally(*args, **kwargs)
+
     monkeypatch.setattr(columnar.ColumnarStore, "event_arrays", counted)
+    monkeypatch.setattr(snapshot_module, "_part_tally", tallied)
     resources = {"telemetry_db": TelemetryDatabase(database_url=str(engine.url)), **event_io_resources()}
     bulk_load(engine, 400, runs=2, seed=7)
+    result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS], resources=resources)
+    assert result.success and len(result.get_asset_check_evaluations()) >= 3
+    assert reads == []  # extracted and tallied by raw_events' refresh: not one event read for the figures
     result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS, estimator_drift], resources=resources)
-    # No part tallied yet: every event read once to tally the part, and handed on to the drift check.
-    assert result.success and reads == [1]
+    assert result.success and reads == ["every event"]  # the drift check's
+    store = columnar.ColumnarStore.for_engine(engine)
+    tallies = list(store.directory.glob("tally-*"))
+    assert len(tallies) == 1
+    for path in tallies:  # as a store written before parts were tallied as written
+        path.unlink()
     reads.clear()
     result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS, estimator_drift], resources=resources)
-    assert result.success and len(result.get_asset_check_evaluations()) >= 4
-    assert reads == ["every event"]  # the drift check's; the tally was kept
+    # No part tallied: every event read once to tally the part, and handed on to the drift check.
+    assert result.success and reads == [1, "a part tallied from its rows"]
+    reads.clear()
+    result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS, estimator_drift], resources=resources)
+    assert result.success and reads == ["every event"]  # the drift check's; the tally was kept
 
 
 def test_the_history_is_that_of_the_rows_up_to_the_high_water_id(engine):
@@ -285,6 +302,10 @@ def test_a_tally_is_the_same_read_with_every_event_or_part_by_part(engine):
     for seed in (21, 22, 23):
         bulk_load(engine, 200, runs=2, seed=seed)
         store, refresh = columnar.refresh_store(engine)
+    written = sorted(store.directory.glob("tally-*"))
+    assert len(written) == 3  # tallied by the refreshes; removed, as in a store of an earlier version
+    for path in written:
+        path.unlink()
     history, every = snapshot_module._history_and_events(store, refresh.high_water)
     assert every is not None and len(every) == 600  # every event read once, for all three parts
     same_history(history, read_events(engine))
