@@ -120,6 +120,26 @@ def test_tier_metrics_document_equals_the_reference(seed, under):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_tier_metrics_of_whole_token_counts_divide_the_integers_with_the_floats_bits(seed):
+    # Every count known and non-negative: the ratio figures divide the int32 counts themselves; every
+    # figure is the reference's and bit for bit what the float copies give (ties and zeros included).
+    from autopack_pipeline.domain.analysis import metrics
+
+    frame = random_events(seed, 400, missing=0)
+    samples, expected = reference_analysis(frame)
+    arrays = event_arrays_from_frame(frame)
+    whole = metrics._Basics.of(arrays)
+    assert whole.whole and whole.arrays.predicted.values.dtype.kind == "i"
+    floats = metrics._Basics(arrays, whole.known, whole.truncated, whole.success, whole=False)
+    document = metrics._tier_metrics_document(arrays, whole, 1.1, len(samples))
+    assert document == metrics._tier_metrics_document(arrays, floats, 1.1, len(samples))
+    assert_close(document, expected)
+    negative = arrays.take(np.arange(len(arrays)))
+    negative.actual.values[0] = -1  # a negative count: no longer "whole", the float copies are used
+    assert not metrics._Basics.of(negative).whole
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_group_tier1_equals_the_reference_per_group(seed):
     frame = random_events(seed, 400)
     expected = group_tier1_metrics(frame, under_multiplier=1.2)
