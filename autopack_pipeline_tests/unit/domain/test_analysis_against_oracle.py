@@ -370,6 +370,11 @@ def test_the_sample_summary_hands_its_rows_to_calibration_in_process_and_pickles
     settings = load_settings()
     handed = analyse_events(settings, windowed, windowed.events, force=True, write_reports=False)
     alone = calibration_stage(None, settings, windowed, handed.metrics, force=True, write_reports=False)
+    # The chain found the samples on a second thread beside the metrics, which waited for their count.
+    from autopack_pipeline.services.pipeline import metrics_stage
+
+    assert handed.metrics.clean_samples == summary.count > 0
+    assert metrics_stage(windowed, summary, windowed.events).document == handed.metrics.document
     assert handed.calibration.as_dict() == alone.as_dict()
     other = calibration_stage(None, settings, windowed, handed.metrics, summary, dedup=False, force=True,
                               write_reports=False)
