@@ -139,6 +139,19 @@ def test_tier_metrics_of_whole_token_counts_divide_the_integers_with_the_floats_
     assert not metrics._Basics.of(negative).whole
 
 
+def test_the_budget_sent_of_whole_columns_is_the_rule_on_floats():
+    # Nothing missing: the rule is applied to the integers (a zero ceiling falls back), the same floats.
+    from autopack_pipeline.domain.analysis.arrays import budget_sent, budget_sent_rule
+
+    arrays = event_arrays_from_frame(random_events(3, 300, missing=0))
+    assert arrays.actual_max_tokens.valid is None and (arrays.actual_max_tokens.values == 0).any()
+    rule = budget_sent_rule(arrays.actual_max_tokens.floats(), arrays.selected_budget.floats())
+    rows = np.arange(0, 300, 7)
+    for picked, expected in ((None, rule), (rows, rule[rows]), (arrays.success == 1, rule[arrays.success == 1])):
+        found = budget_sent(arrays, picked)
+        assert found.dtype == np.float64 and np.array_equal(found, expected)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_group_tier1_equals_the_reference_per_group(seed):
     frame = random_events(seed, 400)
