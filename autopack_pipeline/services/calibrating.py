@@ -36,6 +36,7 @@ from autopack_pipeline.services.reporting import write_calibration_report_set
 from autopack_pipeline.services.seed_files import load_coefficients_for, load_prices_for
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.frames import as_event_arrays
+from autopack_pipeline.storage.process_memory import release_freed_memory
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,6 +204,7 @@ def calibrate(
                                       tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
                                       observed=observed)
         retries = retrying.result()
+    release_freed_memory()  # what the retries' thread freed, kept by its malloc arena (storage.process_memory)
     economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
                                       tolerance=under_multiplier)
     # Each method's proposals get their own section, so `apply-calibration --method M` writes M's

@@ -35,6 +35,7 @@ from autopack_pipeline.services.analysis import (
 from autopack_pipeline.services.calibrating import CalibrationOutcome
 from autopack_pipeline.services.task_generation import improvement_tasks
 from autopack_pipeline.settings import Settings
+from autopack_pipeline.storage.process_memory import release_freed_memory
 from autopack_pipeline.storage.tasks import TaskRefresh
 
 
@@ -139,6 +140,7 @@ def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: Ev
         metrics = metrics_stage(windowed, sampling, every_event, under_multiplier=under_multiplier)
         timed("metrics", began)
         samples = sampling.result()
+    release_freed_memory()  # what the samples' thread freed, kept by its malloc arena (storage.process_memory)
     began = time.perf_counter()
     outcome = calibration_stage(engine, settings, windowed, metrics, samples, dedup=dedup, min_samples=min_samples,
                                 **calibration)

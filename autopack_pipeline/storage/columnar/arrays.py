@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, arrow_of, filled, numpy_of
+from autopack_pipeline.storage.process_memory import release_freed_memory
 
 _ARRAY_INTS = {
     "event_id": np.int64, "deliverable_count": np.int32, "predicted_output_tokens": np.int32,
@@ -266,6 +267,7 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
         beside = pool.submit(read, _BESIDE)
         read(tuple(name for name in _ARRAY_NAMES if name not in _BESIDE))
         beside.result()
+    release_freed_memory()  # what the second thread's malloc arena kept (storage.process_memory)
     filler.unify_labels()
     if not manifest["sorted"]:
         filler.permute(np.argsort(filler.values["event_id"], kind="stable"))
