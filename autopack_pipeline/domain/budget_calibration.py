@@ -156,8 +156,11 @@ def propose_group_budget(
     n = n_clean + n_cut
     k = order_statistic_index(n, target_pct) if n else 0
     # Only the identifiable and thin rules read a ratio: the k-th smallest or the largest, each found
-    # without sorting the group (a pooled group's millions of ratios were sorted for nothing).
-    ratios = group.actual / (group.predicted * proposed_factor)
+    # without sorting the group (a pooled group's millions of ratios were sorted for nothing), and only
+    # they divide: a pooled group's ratios were computed for nothing too.
+    def ratios() -> np.ndarray:
+        return group.actual / (group.predicted * proposed_factor)
+
     if pooled is not None and n >= min_samples:
         status, margin = "pooled", pooled[0]
         if coverage_has_no_bound(n, n_cut):
@@ -167,9 +170,9 @@ def propose_group_budget(
             factor = max(proposed_factor, own_coverage_factor(group))
             margin, proposed_factor = margin * proposed_factor / factor, factor
     elif n >= min_samples and k <= n and k - 1 < n_clean:
-        status, margin = "identifiable", float(np.partition(ratios, k - 1)[k - 1])
+        status, margin = "identifiable", float(np.partition(ratios(), k - 1)[k - 1])
     elif n >= min_samples and k > n and n_cut == 0:
-        status, margin = "thin", float(ratios.max())
+        status, margin = "thin", float(ratios().max())
     elif n >= min_samples and n_clean:
         return _unidentifiable_bounds(group, table, proposed_factor, target_pct, k, previous_floor)
     else:

@@ -52,6 +52,29 @@ def spend_of_events(arrays: EventArrays, prices: PriceTable) -> Spend:
                                   known=arrays.actual.notna() & arrays.timestamp_us.notna())
 
 
+def _rows_by_pair(usable: np.ndarray, cat_codes: np.ndarray, cx_codes: np.ndarray, width: int, count: int,
+                  chunk: int = 1 << 20) -> list[np.ndarray]:
+    """Per (category, complexity) pair code (``category * width + complexity``), the ``usable`` rows, ascending.
+
+    Every group's rows from stable sorts of the rows by pair, rather than a mask over every event per
+    group (35 groups x 10M events was most of the economics' time); a million rows at a time, as int32
+    row numbers, so the sort's temporaries are those of a million rows, not of every event (the
+    analysis is near its peak memory here)."""
+    pieces: list[list[np.ndarray]] = [[] for _ in range(count)]
+    dtype = np.int32 if len(usable) < 2**31 else np.int64
+    for begin in range(0, len(usable), chunk):
+        rows = np.flatnonzero(usable[begin:begin + chunk]).astype(dtype)
+        rows += begin
+        pair = np.multiply(cat_codes[rows], width, dtype=np.int32)  # int32 from the int8 codes
+        pair += cx_codes[rows]
+        order = stable_order(pair)  # radix: each pair's rows stay ascending
+        ends = np.cumsum(np.bincount(pair, minlength=count))
+        rows = rows[order]
+        for code in np.flatnonzero(np.diff(np.r_[0, ends])):
+            pieces[code].append(rows[(ends[code - 1] if code else 0):ends[code]])
+    return [np.concatenate(parts) if parts else np.zeros(0, dtype) for parts in pieces]
+
+
 def group_economics(
     arrays: EventArrays,
     groups: list[CoverageGroup],
@@ -65,18 +88,9 @@ def group_economics(
     named = arrays.canonical_groups
     cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
                                                 named.complexity_names)
-    # Every group's rows (ascending) from one stable sort of the known rows by group, rather than a
-    # mask over every event per group (35 groups x 10M events was most of this function's time). Row
-    # numbers as int32 and the rest let go at once: the analysis is near its peak memory here.
-    known = np.flatnonzero(arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0))
-    known = known.astype(np.int32) if len(arrays) < 2**31 else known
-    pair = np.multiply(cat_codes[known], len(cx_names), dtype=np.int32)  # int32 from the int8 codes
-    pair += cx_codes[known]
-    sizes = np.bincount(pair, minlength=len(cat_names) * len(cx_names))
-    order = stable_order(pair)
-    del pair
-    rows_by_pair = np.split(known[order], np.cumsum(sizes)[:-1])
-    del known, order
+    usable = arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0)
+    rows_by_pair = _rows_by_pair(usable, cat_codes, cx_codes, len(cx_names), len(cat_names) * len(cx_names))
+    del usable
     out = []
     for group in groups:
         category, complexity = group.key

@@ -43,6 +43,17 @@ def _ranks_by_group(groups: np.ndarray, count: int) -> list[np.ndarray]:
     return np.split(order, np.cumsum(np.bincount(groups, minlength=count))[:-1])
 
 
+def _stacked_clean_scores(shapes: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_stacked` of the shapes' clean scores, each shape writing its own into one array of all of
+    them (none kept on the shapes: at ten million events one copy of every score less at a pooled pass's
+    peak)."""
+    lengths = [len(shape.log_ratios) for shape in shapes]
+    values = np.empty(sum(lengths))
+    for shape, end, length in zip(shapes, np.cumsum(lengths), lengths):
+        shape.write_pooled_clean_scores(values[end - length:end])
+    return values, np.repeat(np.arange(len(shapes), dtype=np.int16 if len(shapes) < 1 << 15 else np.int32), lengths)
+
+
 @dataclass(frozen=True)
 class ScorePool:
     """Every group's clean scores, truncated calls' scores and headroom scores, each sorted once,
@@ -61,11 +72,19 @@ class ScorePool:
     def of(cls, clean: Sequence[np.ndarray], censored: Sequence[np.ndarray], headroom: Sequence[np.ndarray]
            ) -> ScorePool:
         """From each group's clean scores, truncated calls' scores and headroom scores."""
-        count = len(clean)
-        clean_values, clean_group = _sorted_with_groups(*_stacked(clean))
+        return cls._of_stacked(_stacked(clean), censored, headroom)
+
+    @classmethod
+    def _of_stacked(cls, clean: tuple[np.ndarray, np.ndarray], censored: Sequence[np.ndarray],
+                    headroom: Sequence[np.ndarray]) -> ScorePool:
+        """:meth:`of`, the clean scores given stacked (:func:`_stacked`'s values and group of each)."""
+        count = len(censored)
+        clean_values, clean_group = _sorted_with_groups(*clean)
+        clean_sizes = np.bincount(clean[1], minlength=count) if len(clean[1]) else np.zeros(count, np.int64)
+        del clean
         cut_values, cut_group = _sorted_with_groups(*_stacked(censored))
         head_values, head_group = _sorted_with_groups(*_stacked(headroom))
-        sizes = np.array([len(a) + len(b) for a, b in zip(clean, censored)], dtype=np.int64)
+        sizes = clean_sizes.astype(np.int64) + np.array([len(b) for b in censored], dtype=np.int64)
         return cls(clean_values, _ranks_by_group(clean_group, count), cut_values, cut_group,
                    np.searchsorted(clean_values, cut_values, side="right"), head_values,
                    _ranks_by_group(head_group, count), sizes)
@@ -73,8 +92,9 @@ class ScorePool:
     @classmethod
     def of_shapes(cls, shapes: Sequence) -> ScorePool:
         """From ``group_shape.GroupShape`` values (their cross-fitted and headroom scores)."""
-        return cls.of([shape.pooled_clean_scores for shape in shapes],
-                      [shape.plain_censored_scores for shape in shapes], [shape.headroom_scores for shape in shapes])
+        # Passed straight on: the stacked scores are let go once sorted, before the groups' ranks are found.
+        return cls._of_stacked(_stacked_clean_scores(shapes), [shape.plain_censored_scores for shape in shapes],
+                               [shape.headroom_scores for shape in shapes])
 
     def subset(self, groups: Sequence[int] | range) -> PooledScores:
         """The pooled scores of the groups with these indices."""

@@ -6,6 +6,7 @@ first re-expresses the predictions under the coefficients in force and then call
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from autopack_pipeline.services.reporting import write_calibration_report_set
 from autopack_pipeline.services.seed_files import load_coefficients_for, load_prices_for
 from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.frames import as_event_arrays
+from autopack_pipeline.storage.process_memory import release_freed_memory
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -192,15 +194,21 @@ def calibrate(
         samples = clean_sample_rows(arrays, dedup=dedup)
         groups = sample_groups(arrays, samples.mask)
     observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
-    results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
-                                  confidence_threshold=confidence_threshold, dedup=dedup,
-                                  tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
-                                  observed=observed)
+    # The window's escalated retries (the samples keep one call per phase) are counted on a second thread
+    # while both methods calibrate: numpy over every event on both sides, and little memory together
+    # (beside the frontier or the pooled margins, the calibration's peaks, it would add to them).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        retrying = pool.submit(escalated_retries, arrays)
+        results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
+                                      confidence_threshold=confidence_threshold, dedup=dedup,
+                                      tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
+                                      observed=observed)
+        retries = retrying.result()
+    release_freed_memory()  # what the retries' thread freed, kept by its malloc arena (storage.process_memory)
     economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
                                       tolerance=under_multiplier)
     # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
     # multipliers (and the margins measured against them) into the calibration section.
-    retries = escalated_retries(arrays)  # the window's retries: the samples keep one call per phase
     sections = {name: calibration_section(observed[2], coefficients,
                                           {(g.category, g.complexity): g.proposed_multiplier
                                            for g in result.actionable_groups}, min_samples=min_samples,

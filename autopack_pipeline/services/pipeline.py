@@ -11,6 +11,7 @@ how the benchmarks run the same chain on the columnar store's arrays.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from autopack_pipeline.services.analysis import (
 )
 from autopack_pipeline.services.calibrating import CalibrationOutcome
 from autopack_pipeline.settings import Settings
+from autopack_pipeline.storage.process_memory import release_freed_memory
 
 if TYPE_CHECKING:
     from autopack_pipeline.storage.tasks import TaskRefresh
@@ -43,17 +45,18 @@ def sample_stage(windowed: WindowedEvents, *, dedup: bool = True) -> SampleSumma
     return summarise_samples(windowed.events, dedup=dedup)
 
 
-def metrics_stage(windowed: WindowedEvents, samples: SampleSummary, every_event: EventArrays, *,
-                  under_multiplier: float = UNDER_TOLERANCE) -> TierMetrics:
+def metrics_stage(windowed: WindowedEvents, samples: SampleSummary | Future[SampleSummary], every_event: EventArrays,
+                  *, under_multiplier: float = UNDER_TOLERANCE) -> TierMetrics:
     """Tier 1 and 2 over the window, with Tier 1 over the last 7 days of ``every_event`` beside them
     (``every_event``: every event, or the events within :func:`~.analysis.analysis_reach` of the newest,
-    which hold the same last 7 days)."""
-    metrics = TierMetrics.of(windowed.events, samples.count, under_multiplier=under_multiplier,
-                             window=windowed.label)
+    which hold the same last 7 days). ``samples`` (only their count is read): a future of them when
+    they are being found on another thread (:func:`analyse_events`), waited for once the figures are done."""
+    metrics = TierMetrics.of(windowed.events, 0, under_multiplier=under_multiplier, window=windowed.label)
     short = trailing_days(SHORT_WINDOW_DAYS, latest_day(every_event))
     # Only the Tier-1 block of the last 7 days is kept: its ratio figures and strata are not computed.
     recent = tier1_arrays(events_in_window(every_event, short), under_multiplier=under_multiplier)
-    return TierMetrics(metrics.document, under_multiplier, windowed.label,
+    found = samples.result() if isinstance(samples, Future) else samples
+    return TierMetrics({**metrics.document, "clean_samples": int(found.count)}, under_multiplier, windowed.label,
                        last_7_days={"window": window_label(short), "tier1": recent}, group_tier1=metrics.group_tier1)
 
 
@@ -126,12 +129,23 @@ def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: Ev
     def timed(name: str, began: float) -> None:
         timings[name] = time.perf_counter() - began
 
-    began = time.perf_counter()
-    samples = sample_stage(windowed, dedup=dedup)
-    timed("samples", began)
-    began = time.perf_counter()
-    metrics = metrics_stage(windowed, samples, every_event, under_multiplier=under_multiplier)
-    timed("metrics", began)
+    def found_samples() -> SampleSummary:
+        began = time.perf_counter()
+        samples = sample_stage(windowed, dedup=dedup)
+        timed("samples", began)
+        return samples
+
+    # The clean samples are found on a second thread while this one computes the tier metrics, which
+    # only read their count: both are numpy over every event (sorts, partitions, bincounts) and let go
+    # of the GIL, so on two cores the samples cost no wall time; each holds its own few hundred MB,
+    # together still below the calibration's peak.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sampling = pool.submit(found_samples)
+        began = time.perf_counter()
+        metrics = metrics_stage(windowed, sampling, every_event, under_multiplier=under_multiplier)
+        timed("metrics", began)
+        samples = sampling.result()
+    release_freed_memory()  # what the samples' thread freed, kept by its malloc arena (storage.process_memory)
     began = time.perf_counter()
     outcome = calibration_stage(engine, settings, windowed, metrics, samples, dedup=dedup, min_samples=min_samples,
                                 **calibration)

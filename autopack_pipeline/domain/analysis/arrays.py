@@ -264,4 +264,11 @@ def budget_sent_rule(sent: np.ndarray, selected: np.ndarray) -> np.ndarray:
 
 def budget_sent(arrays: EventArrays, rows: np.ndarray | None = None) -> np.ndarray:
     """:func:`budget_sent_rule` of the events at ``rows`` (indices or a mask; None: all), as floats."""
-    return budget_sent_rule(arrays.actual_max_tokens.floats_at(rows), arrays.selected_budget.floats_at(rows))
+    sent, selected = arrays.actual_max_tokens, arrays.selected_budget
+    if sent.valid is None and selected.valid is None:
+        # Nothing missing: the rule picked on the integers and converted once (int32 to float64 is exact),
+        # the same floats as two float copies with their NaN tests.
+        chosen = sent.values if rows is None else sent.values[rows]
+        fallback = selected.values if rows is None else selected.values[rows]
+        return np.where(chosen == 0, fallback, chosen).astype(np.float64)
+    return budget_sent_rule(sent.floats_at(rows), selected.floats_at(rows))

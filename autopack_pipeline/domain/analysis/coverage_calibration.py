@@ -183,8 +183,15 @@ def coverage_groups(
     cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
                                                 named.complexity_names)
     rows = np.flatnonzero(clean.mask | censored)
+    if len(arrays) < 2**31:  # int32 row numbers: half the memory, kept by every group to the end of calibration
+        rows = rows.astype(np.int32)
     # Group by (category, complexity), clean rows before censored ones, row order kept within each.
-    pair = (cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]) * 2 + censored[rows]
+    # int32 keys, built in place from the int8 codes (the pairs number far below 2**31).
+    pair = cat_codes[rows].astype(np.int32)
+    pair *= len(cx_names)
+    pair += cx_codes[rows]
+    pair *= 2
+    pair += censored[rows]
     order = stable_order(pair)
     rows, pair = rows[order], pair[order]
     del order

@@ -180,7 +180,11 @@ def sample_groups(arrays: EventArrays, samples: np.ndarray) -> SampleGroups:
     cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
                                                 named.complexity_names)
     rows = np.flatnonzero(usable)
-    pair = cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]
+    if len(arrays) < 2**31:  # int32 row numbers: half the memory, held through the calibration
+        rows = rows.astype(np.int32)
+    pair = cat_codes[rows].astype(np.int32)
+    pair *= len(cx_names)
+    pair += cx_codes[rows]
     order = stable_order(pair)
     pair_sorted = pair[order]
     starts = np.flatnonzero(np.r_[True, pair_sorted[1:] != pair_sorted[:-1]]) if len(pair_sorted) else np.zeros(0, int)

@@ -3,6 +3,7 @@ arrays filled part by part, labels unified into one dictionary per column over a
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, arrow_of, filled, numpy_of
+from autopack_pipeline.storage.process_memory import release_freed_memory
 
 _ARRAY_INTS = {
     "event_id": np.int64, "deliverable_count": np.int32, "predicted_output_tokens": np.int32,
@@ -23,6 +25,11 @@ _ARRAY_FLAGS = ("success", "truncated", "is_truncated_output")
 _ARRAY_CODES = ("run_id", "phase_id", "category", "complexity", "model")
 # Nothing goes to Arrow through pa.array here, not even an empty list (encoding.arrow_of says why).
 _NO_LABELS = pa.nulls(0, pa.string())
+_ARRAY_NAMES = (*_ARRAY_INTS, "timestamp", *_ARRAY_FLAGS, *_ARRAY_CODES)
+# The columns _load_arrays reads on its second thread: about half of the reading's CPU time.
+_BESIDE = ("phase_id", "event_id", "timestamp")
+# Rows per piece a text column (phase ids) is dictionary-encoded in (_Filler._add_text).
+TEXT_PIECE_ROWS = 1 << 15
 
 
 class _Filler:
@@ -78,58 +85,69 @@ class _Filler:
                 offset += len(chunk)
 
     def _add_text(self, name: str, where: slice, column: pa.ChunkedArray) -> None:
-        """A text column (phase ids) dictionary-encoded within its part, the codes shifted past the
-        parts before: equal codes, equal text, but one text may have a code per part until
-        :meth:`_join_phase_parts` (encoding 10 parts of a million costs 0.6 of encoding ten million at
-        once: smaller hash tables)."""
+        """A text column (phase ids) dictionary-encoded piece by piece (``TEXT_PIECE_ROWS`` rows), the codes
+        shifted past the pieces before: equal codes, equal text, but one text may have a code per piece
+        until :meth:`_join_phase_parts`. Arrow's hash table of a piece stays in the CPU's cache: a million
+        phase ids cost 0.26 s of CPU encoded at once, 0.03 s in pieces of 32k (ten parts of a million
+        encoded apart cost 0.6 of ten million at once, the reason the pieces began as parts)."""
         out = self.values[name]
-        encoded = pc.dictionary_encode(column.cast(pa.string()))
+        text = column.cast(pa.string())
         shift = sum(len(dictionary) for _rows, dictionary in self.texts[name])
-        offset = where.start
-        for chunk in encoded.chunks:  # one dictionary for the chunks of one call
-            codes = numpy_of(filled(chunk.indices, -1))
-            out[offset:offset + len(chunk)] = np.where(codes >= 0, codes + shift, -1)
-            offset += len(chunk)
-        dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else _NO_LABELS
-        self.texts[name].append((where, dictionary))
-        del encoded, column
-        pa.default_memory_pool().release_unused()  # the hash table of a million ids: 80 MB back before the next column
+        for begin in range(0, len(text), TEXT_PIECE_ROWS):
+            encoded = pc.dictionary_encode(text.slice(begin, TEXT_PIECE_ROWS))
+            offset = where.start + begin
+            for chunk in encoded.chunks:  # one dictionary for the chunks of one call
+                codes = numpy_of(filled(chunk.indices, -1))
+                out[offset:offset + len(chunk)] = np.where(codes >= 0, codes + shift, -1)
+                offset += len(chunk)
+            dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else _NO_LABELS
+            self.texts[name].append((slice(where.start + begin, offset), dictionary))
+            shift += len(dictionary)
+        del text, column
 
     def _join_phase_parts(self) -> None:
-        """Phase codes that identify a phase, (run id, phase id), across parts.
+        """Phase codes that identify a phase, (run id, phase id), across the pieces they were encoded in.
 
-        Within a part one phase id has one code. A phase of a run whose events lie in several parts has
-        a code per part: those runs' rows (a few per part boundary: Autopack writes a run's events
-        together) are encoded again together, into codes past every part's. Rows of other runs keep
-        their part's code; the same phase id in two such runs may differ in code, which is harmless:
-        a phase is its run and its id together (``EventArrays.phase_key``). When a run id or a phase id
-        is missing somewhere, the codes are unified over all parts instead (one dictionary, equal text
-        equal code), as the reference's pairing of ids across rows then needs.
+        Within a piece (:meth:`_add_text`) one phase id has one code. A phase of a run whose events lie in
+        several pieces has a code per piece: those runs' rows (a few per piece boundary: Autopack writes a
+        run's events together) are encoded again together, into codes past every piece's. Rows of other
+        runs keep their piece's code; the same phase id in two such runs may differ in code, which is
+        harmless: a phase is its run and its id together (``EventArrays.phase_key``). When a run id or a
+        phase id is missing somewhere, the codes are unified over all pieces instead (one dictionary, equal
+        text equal code), as the reference's pairing of ids across rows then needs.
         """
-        parts = self.texts["phase_id"]
-        if len(parts) < 2:  # one encoding already: equal text, equal code (hashing it again cost 0.1 s)
+        pieces = self.texts["phase_id"]
+        if len(pieces) < 2:  # one encoding already: equal text, equal code (hashing it again cost 0.1 s)
             self.texts["phase_id"] = []
             return
         runs, phases = self.values["run_id"], self.values["phase_id"]
         if (runs < 0).any() or (phases < 0).any():
             self._unify_text_parts("phase_id")
             return
-        present = np.zeros(len(self.labels["run_id"]), dtype=np.int32)
-        for rows, _dictionary in parts:
-            present += np.bincount(runs[rows], minlength=len(present)) > 0
-        spanning = present > 1
-        top = sum(len(dictionary) for _rows, dictionary in parts)
+        # A run spans pieces when its first and last rows lie in different ones (its rows need not be
+        # together). First and last rows by ufunc.at, a million rows at a time (no 10M-row index array).
+        first = np.full(len(self.labels["run_id"]), self.rows, dtype=np.int64)
+        last = np.full(len(first), -1, dtype=np.int64)
+        for begin in range(0, self.rows, 1 << 20):
+            at = np.arange(begin, min(begin + (1 << 20), self.rows))
+            np.minimum.at(first, runs[at], at)
+            np.maximum.at(last, runs[at], at)
+        starts = np.array([rows.start for rows, _dictionary in pieces])
+        seen = last >= 0
+        spanning = np.zeros(len(first), dtype=bool)
+        spanning[seen] = (np.searchsorted(starts, first[seen], side="right")
+                          != np.searchsorted(starts, last[seen], side="right"))
+        shifts = np.cumsum([0] + [len(dictionary) for _rows, dictionary in pieces])
         if spanning.any():
             texts, where = [], []
-            for rows, dictionary in parts:
+            for (rows, dictionary), shift in zip(pieces, shifts[:-1]):
                 mine = np.flatnonzero(spanning[runs[rows]]) + rows.start
                 if len(mine):
-                    first = top - sum(len(d) for r, d in parts if r.start >= rows.start)  # this part's shift
-                    texts.append(dictionary.take(arrow_of(phases[mine] - first)))
+                    texts.append(dictionary.take(arrow_of(phases[mine] - shift)))
                     where.append(mine)
             rows = np.concatenate(where)
             joined = pc.dictionary_encode(pa.chunked_array(texts, type=pa.string()))
-            phases[rows] = np.concatenate([numpy_of(c.indices) for c in joined.chunks]) + top
+            phases[rows] = np.concatenate([numpy_of(c.indices) for c in joined.chunks]) + shifts[-1]
         self.texts["phase_id"] = []  # no labels kept: phase codes are only compared, never named
 
     def _unify_text_parts(self, name: str) -> None:
@@ -234,22 +252,35 @@ def _same_array(a: pa.Array, b: pa.Array) -> bool:
 
 def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
     filler = _Filler(int(manifest["rows"]))
-    names = [*_ARRAY_INTS, "timestamp", *_ARRAY_FLAGS, *_ARRAY_CODES]
+    files = [directory / part["file"] for part in manifest["parts"]]
+    starts = []  # each part's first row
     position = 0
-    for part in manifest["parts"]:
-        # Phase ids are read as text and encoded here in one pass: with about one distinct id per phase,
-        # Parquet's dictionary pages overflow to plain ones, and asking pyarrow for a dictionary costs
-        # twice as much as encoding the text (0.87 s against 0.41 s per million, measured).
-        # One column at a time: the peak is the arrays plus one decoded column, not plus a whole part
-        # (at a million rows 75 MB above the arrays instead of 145, for the same time). ParquetFile, not
-        # pq.read_table: that one imports pyarrow.dataset, which imports pandas (0.3 s, 50 MB).
-        with pq.ParquetFile(directory / part["file"]) as parquet:
-            rows = parquet.metadata.num_rows
-            for name in names:
-                filler.add(parquet.read(columns=[name]), position)
-        position += rows
+    for path in files:
+        starts.append(position)
+        position += pq.read_metadata(path).num_rows
     if position != filler.rows:
         raise ColumnarStoreError(f"the manifest of {directory} counts {filler.rows} rows, its parts {position}")
+
+    def read(names: tuple[str, ...]) -> None:
+        # Phase ids are read as text and encoded here: with about one distinct id per phase, Parquet's
+        # dictionary pages overflow to plain ones, and asking pyarrow for a dictionary costs twice as
+        # much as encoding the text (0.87 s against 0.41 s per million, measured).
+        # One column at a time: the peak is the arrays plus one decoded column per thread, not plus a
+        # whole part (at a million rows 75 MB above the arrays instead of 145, for the same time).
+        # ParquetFile, not pq.read_table: that one imports pyarrow.dataset, which imports pandas (0.3 s, 50 MB).
+        for path, start in zip(files, starts):
+            with pq.ParquetFile(path) as parquet:
+                for name in names:
+                    filler.add(parquet.read(columns=[name]), start)
+
+    # Two threads, each filling its own columns (no column is written by both): Parquet decoding, Arrow's
+    # hashing and numpy's copies let go of the GIL, so the phase ids (a third of the reading) and the two
+    # 8-byte columns are read beside the others, on the second of the machine's cores.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        beside = pool.submit(read, _BESIDE)
+        read(tuple(name for name in _ARRAY_NAMES if name not in _BESIDE))
+        beside.result()
+    release_freed_memory()  # what the second thread's malloc arena kept (storage.process_memory)
     filler.unify_labels()
     if not manifest["sorted"]:
         filler.permute(np.argsort(filler.values["event_id"], kind="stable"))

@@ -120,6 +120,39 @@ def test_tier_metrics_document_equals_the_reference(seed, under):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_tier_metrics_of_whole_token_counts_divide_the_integers_with_the_floats_bits(seed):
+    # Every count known and non-negative: the ratio figures divide the int32 counts themselves; every
+    # figure is the reference's and bit for bit what the float copies give (ties and zeros included).
+    from autopack_pipeline.domain.analysis import metrics
+
+    frame = random_events(seed, 400, missing=0)
+    samples, expected = reference_analysis(frame)
+    arrays = event_arrays_from_frame(frame)
+    whole = metrics._Basics.of(arrays)
+    assert whole.whole and whole.arrays.predicted.values.dtype.kind == "i"
+    floats = metrics._Basics(arrays, whole.known, whole.truncated, whole.success, whole=False)
+    document = metrics._tier_metrics_document(arrays, whole, 1.1, len(samples))
+    assert document == metrics._tier_metrics_document(arrays, floats, 1.1, len(samples))
+    assert_close(document, expected)
+    negative = arrays.take(np.arange(len(arrays)))
+    negative.actual.values[0] = -1  # a negative count: no longer "whole", the float copies are used
+    assert not metrics._Basics.of(negative).whole
+
+
+def test_the_budget_sent_of_whole_columns_is_the_rule_on_floats():
+    # Nothing missing: the rule is applied to the integers (a zero ceiling falls back), the same floats.
+    from autopack_pipeline.domain.analysis.arrays import budget_sent, budget_sent_rule
+
+    arrays = event_arrays_from_frame(random_events(3, 300, missing=0))
+    assert arrays.actual_max_tokens.valid is None and (arrays.actual_max_tokens.values == 0).any()
+    rule = budget_sent_rule(arrays.actual_max_tokens.floats(), arrays.selected_budget.floats())
+    rows = np.arange(0, 300, 7)
+    for picked, expected in ((None, rule), (rows, rule[rows]), (arrays.success == 1, rule[arrays.success == 1])):
+        found = budget_sent(arrays, picked)
+        assert found.dtype == np.float64 and np.array_equal(found, expected)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_group_tier1_equals_the_reference_per_group(seed):
     frame = random_events(seed, 400)
     expected = group_tier1_metrics(frame, under_multiplier=1.2)
@@ -350,6 +383,11 @@ def test_the_sample_summary_hands_its_rows_to_calibration_in_process_and_pickles
     settings = load_settings()
     handed = analyse_events(settings, windowed, windowed.events, force=True, write_reports=False)
     alone = calibration_stage(None, settings, windowed, handed.metrics, force=True, write_reports=False)
+    # The chain found the samples on a second thread beside the metrics, which waited for their count.
+    from autopack_pipeline.services.pipeline import metrics_stage
+
+    assert handed.metrics.clean_samples == summary.count > 0
+    assert metrics_stage(windowed, summary, windowed.events).document == handed.metrics.document
     assert handed.calibration.as_dict() == alone.as_dict()
     other = calibration_stage(None, settings, windowed, handed.metrics, summary, dedup=False, force=True,
                               write_reports=False)

@@ -44,3 +44,21 @@ def test_reports_show_frontier_and_cost_per_group(tmp_path, monkeypatch):
     assert medium["frontier"]["reachable"] is False
     assert "3 of 28 observations (10.7%) were truncated" in markdown
     assert outcome.as_dict()["frontier_and_cost"] == payload["frontier_and_cost"]
+
+
+def test_each_groups_rows_are_the_same_read_a_few_rows_at_a_time():
+    # The frontier and cost group the usable rows a million at a time; in chunks of 7 rows (pairs
+    # split across chunks, chunks without some pairs) every pair's rows are those of one stable sort.
+    import numpy as np
+
+    from autopack_pipeline.domain.group_economics import _rows_by_pair
+
+    rng = np.random.default_rng(5)
+    cat, cx = rng.integers(0, 4, 200).astype(np.int8), rng.integers(0, 3, 200).astype(np.int8)
+    usable = rng.random(200) < 0.7
+    known = np.flatnonzero(usable)
+    pair = cat[known].astype(np.int64) * 3 + cx[known]
+    expected = [known[pair == code] for code in range(12)]
+    for chunk in (7, 1 << 20):
+        found = _rows_by_pair(usable, cat, cx, 3, 12, chunk=chunk)
+        assert len(found) == 12 and all(np.array_equal(a, b) for a, b in zip(found, expected))

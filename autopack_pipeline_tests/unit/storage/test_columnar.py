@@ -278,6 +278,23 @@ def test_phases_of_runs_split_across_parts_keep_one_key(engine, store, monkeypat
     assert fm.clean_sample_rows(arrays).exclusions == sample_exclusions(events)
 
 
+def test_phases_of_runs_split_across_encoding_pieces_keep_one_key(engine, store, monkeypatch):
+    """Within a part, phase ids are encoded in pieces of TEXT_PIECE_ROWS rows (17 here, runs of ~34
+    events, so most runs span two or three pieces, and some pieces hold a run's rows apart): one key
+    per (run_id, phase_id) all the same."""
+    from autopack_pipeline.storage.columnar import arrays as columnar_arrays
+
+    bulk_load(engine, 3000, seed=10)
+    store.refresh(engine, full=True)
+    assert len(store.manifest()["parts"]) == 1
+    monkeypatch.setattr(columnar_arrays, "TEXT_PIECE_ROWS", 17)
+    events = read_events(engine)
+    arrays = store.event_arrays()
+    pairs = events["run_id"] + "\x00" + events["phase_id"]
+    assert (pd.factorize(arrays.phase_key.values)[0] == pd.factorize(pairs)[0]).all()
+    assert fm.clean_sample_rows(arrays).exclusions == sample_exclusions(events)
+
+
 def test_with_a_phase_id_missing_the_phase_codes_are_unified_over_every_part():
     """A missing id (possible in an Autopack database, not in ours) makes the reference pair ids across
     rows, which needs equal codes for equal phase ids in every part: they are unified instead."""
