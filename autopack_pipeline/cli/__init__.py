@@ -121,6 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"database error: {getattr(exc, 'orig', exc) or type(exc).__name__}", EXIT_REFUSED, as_json)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # ADBC turns Ctrl-C during a blocking call (a COPY, a read) into a cancelled statement raised from
+        # KeyboardInterrupt; the work has been rolled back on the way out, as for the interrupt itself.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return 130
+        raise
     except BrokenPipeError:  # output piped into `head` and the like
         return EXIT_OK
     except OSError as exc:

@@ -98,3 +98,29 @@ def test_version_prints_the_installed_package_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"autopack-telemetry {version('autopack_pipeline')}"
+
+
+def test_ctrl_c_exits_130_also_when_a_driver_turns_it_into_its_own_error(capsys, monkeypatch, tmp_path):
+    """ADBC answers Ctrl-C during a COPY by cancelling it and raising the driver's error *from*
+    KeyboardInterrupt: the user gets the interrupt's exit code, not a traceback; any other error is raised."""
+    import autopack_pipeline.services.synthetic_data as synthetic_data
+
+    class Cancelled(Exception):
+        pass
+
+    def cancelled(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise Cancelled("CANCELLED: canceling statement due to user request") from interrupt
+
+    monkeypatch.setattr(synthetic_data, "synthesise", cancelled)
+    code, out, err = _cli(capsys, tmp_path / "t.db", "synth", "--events", "10", "--seed", "1")
+    assert (code, out, err) == (130, "", "")
+
+    def broken(*args, **kwargs):
+        raise Cancelled("a fault, not an interrupt")
+
+    monkeypatch.setattr(synthetic_data, "synthesise", broken)
+    with pytest.raises(Cancelled):
+        _cli(capsys, tmp_path / "t.db", "synth", "--events", "10", "--seed", "1")
