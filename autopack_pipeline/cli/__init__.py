@@ -97,6 +97,17 @@ def _os_error_text(exc: OSError) -> str:
     return f"{paths}: {exc.strerror or exc}"
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C that a database driver turned into its own error. ADBC answers SIGINT during a blocking call
+    (a COPY, a read) by cancelling the statement: the server's "canceling statement due to user request"
+    (SQLSTATE 57014, which a statement timeout shares with another message) comes back, or, when the
+    cancel itself failed, the driver's error raised from KeyboardInterrupt."""
+    if isinstance(exc.__cause__, KeyboardInterrupt):
+        return True
+    return (type(exc).__module__.startswith("adbc_driver_manager") and getattr(exc, "sqlstate", None) == "57014"
+            and "user request" in str(exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. User mistakes (bad arguments or settings, unusable paths, unsupported
     database URLs) end in one line and exit 2, never a traceback; with ``--json`` also as JSON."""
@@ -122,9 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        # ADBC turns Ctrl-C during a blocking call (a COPY, a read) into a cancelled statement raised from
-        # KeyboardInterrupt; the work has been rolled back on the way out, as for the interrupt itself.
-        if isinstance(exc.__cause__, KeyboardInterrupt):
+        if _interrupted(exc):  # the work has been rolled back on the way out, as for the interrupt itself
             return 130
         raise
     except BrokenPipeError:  # output piped into `head` and the like

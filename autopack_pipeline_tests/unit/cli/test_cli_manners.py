@@ -118,9 +118,32 @@ def test_ctrl_c_exits_130_also_when_a_driver_turns_it_into_its_own_error(capsys,
     code, out, err = _cli(capsys, tmp_path / "t.db", "synth", "--events", "10", "--seed", "1")
     assert (code, out, err) == (130, "", "")
 
+    # What ADBC raised when Ctrl-C reached a PostgreSQL append's COPY (the cancel worked): the server's error.
+    from adbc_driver_manager import OperationalError
+
+    def server_cancelled(*args, **kwargs):
+        raise OperationalError("CANCELLED: [libpq] Failed to execute COPY statement: PGRES_FATAL_ERROR ERROR:  "
+                               "canceling statement due to user request", status_code=0, sqlstate="57014")
+
+    monkeypatch.setattr(synthetic_data, "synthesise", server_cancelled)
+    code, out, err = _cli(capsys, tmp_path / "t.db", "synth", "--events", "10", "--seed", "1")
+    assert (code, out, err) == (130, "", "")
+
     def broken(*args, **kwargs):
         raise Cancelled("a fault, not an interrupt")
 
     monkeypatch.setattr(synthetic_data, "synthesise", broken)
     with pytest.raises(Cancelled):
+        _cli(capsys, tmp_path / "t.db", "synth", "--events", "10", "--seed", "1")
+
+
+def test_a_statement_timeout_is_not_taken_for_ctrl_c(capsys, monkeypatch, tmp_path):
+    import autopack_pipeline.services.synthetic_data as synthetic_data
+    from adbc_driver_manager import OperationalError
+
+    def timed_out(*args, **kwargs):
+        raise OperationalError("ERROR:  canceling statement due to statement timeout", status_code=0, sqlstate="57014")
+
+    monkeypatch.setattr(synthetic_data, "synthesise", timed_out)
+    with pytest.raises(OperationalError):
         _cli(capsys, tmp_path / "t.db", "synth", "--events", "10", "--seed", "1")
