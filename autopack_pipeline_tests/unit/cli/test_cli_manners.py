@@ -138,8 +138,9 @@ def test_ctrl_c_exits_130_also_when_a_driver_turns_it_into_its_own_error(capsys,
 
 
 def test_a_statement_timeout_is_not_taken_for_ctrl_c(capsys, monkeypatch, tmp_path):
-    import autopack_pipeline.services.synthetic_data as synthetic_data
     from adbc_driver_manager import OperationalError
+
+    import autopack_pipeline.services.synthetic_data as synthetic_data
 
     def timed_out(*args, **kwargs):
         raise OperationalError("ERROR:  canceling statement due to statement timeout", status_code=0, sqlstate="57014")
