@@ -132,10 +132,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"database error: {getattr(exc, 'orig', exc) or type(exc).__name__}", EXIT_REFUSED, as_json)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
-        if _interrupted(exc):  # the work has been rolled back on the way out, as for the interrupt itself
-            return 130
-        raise
     except BrokenPipeError:  # output piped into `head` and the like
         return EXIT_OK
     except OSError as exc:
@@ -143,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # not about a path the user named: a fault worth its traceback
         # A file or directory the user named (or configured) cannot be read or written.
         return _fail(_os_error_text(exc), EXIT_USAGE, as_json)
+    except Exception as exc:  # last: every narrower clause above comes first
+        if _interrupted(exc):  # the work has been rolled back on the way out, as for the interrupt itself
+            return 130
+        raise
 
 
 if __name__ == "__main__":
