@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, truncation_rule
+from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, narrow_rows, truncation_rule
 from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
 from autopack_pipeline.domain.analysis.samples import stable_order
 from autopack_pipeline.domain.coefficients import CoefficientTable
@@ -61,9 +61,8 @@ def _rows_by_pair(usable: np.ndarray, cat_codes: np.ndarray, cx_codes: np.ndarra
     row numbers, so the sort's temporaries are those of a million rows, not of every event (the
     analysis is near its peak memory here)."""
     pieces: list[list[np.ndarray]] = [[] for _ in range(count)]
-    dtype = np.int32 if len(usable) < 2**31 else np.int64
     for begin in range(0, len(usable), chunk):
-        rows = np.flatnonzero(usable[begin:begin + chunk]).astype(dtype)
+        rows = narrow_rows(np.flatnonzero(usable[begin:begin + chunk]), len(usable))
         rows += begin
         pair = np.multiply(cat_codes[rows], width, dtype=np.int32)  # int32 from the int8 codes
         pair += cx_codes[rows]
@@ -72,7 +71,8 @@ def _rows_by_pair(usable: np.ndarray, cat_codes: np.ndarray, cx_codes: np.ndarra
         rows = rows[order]
         for code in np.flatnonzero(np.diff(np.r_[0, ends])):
             pieces[code].append(rows[(ends[code - 1] if code else 0):ends[code]])
-    return [np.concatenate(parts) if parts else np.zeros(0, dtype) for parts in pieces]
+    empty = narrow_rows(np.zeros(0, dtype=np.int64), len(usable))
+    return [np.concatenate(parts) if parts else empty for parts in pieces]
 
 
 def group_economics(

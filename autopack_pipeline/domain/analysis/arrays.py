@@ -48,6 +48,16 @@ class IntColumn:
     def notna(self) -> np.ndarray:
         return np.ones(len(self.values), dtype=bool) if self.valid is None else self.valid
 
+    def known_at(self, rows: np.ndarray) -> np.ndarray:
+        """Whether the column is known at ``rows``: a mask of those rows only (``notna()`` of a column
+        known everywhere builds a mask of every event)."""
+        return np.ones(len(rows), dtype=bool) if self.valid is None else self.valid[rows]
+
+    def known_or_zero(self, rows: np.ndarray) -> np.ndarray:
+        """The values at ``rows``, 0 where missing."""
+        values = self.values[rows]
+        return values if self.valid is None else np.where(self.valid[rows], values, 0)
+
     def take(self, rows: np.ndarray) -> IntColumn:
         return IntColumn(self.values[rows], None if self.valid is None else self.valid[rows])
 
@@ -262,13 +272,27 @@ def budget_sent_rule(sent: np.ndarray, selected: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(sent) | (sent == 0), selected, sent)
 
 
+def budget_sent_integers(arrays: EventArrays, rows: np.ndarray | None = None) -> np.ndarray | None:
+    """:func:`budget_sent_rule` picked on the integers, when neither column misses a value (else None):
+    a zero ceiling falls back. int32 to float64 is exact, so these are the rule's floats without their
+    float copies and NaN tests."""
+    sent, selected = arrays.actual_max_tokens, arrays.selected_budget
+    if sent.valid is not None or selected.valid is not None:
+        return None
+    chosen = sent.values if rows is None else sent.values[rows]
+    fallback = selected.values if rows is None else selected.values[rows]
+    return np.where(chosen == 0, fallback, chosen)
+
+
 def budget_sent(arrays: EventArrays, rows: np.ndarray | None = None) -> np.ndarray:
     """:func:`budget_sent_rule` of the events at ``rows`` (indices or a mask; None: all), as floats."""
-    sent, selected = arrays.actual_max_tokens, arrays.selected_budget
-    if sent.valid is None and selected.valid is None:
-        # Nothing missing: the rule picked on the integers and converted once (int32 to float64 is exact),
-        # the same floats as two float copies with their NaN tests.
-        chosen = sent.values if rows is None else sent.values[rows]
-        fallback = selected.values if rows is None else selected.values[rows]
-        return np.where(chosen == 0, fallback, chosen).astype(np.float64)
-    return budget_sent_rule(sent.floats_at(rows), selected.floats_at(rows))
+    integers = budget_sent_integers(arrays, rows)
+    if integers is not None:
+        return integers.astype(np.float64)
+    return budget_sent_rule(arrays.actual_max_tokens.floats_at(rows), arrays.selected_budget.floats_at(rows))
+
+
+def narrow_rows(rows: np.ndarray, total: int) -> np.ndarray:
+    """Row numbers (of ``total`` rows) as int32 where they fit: half the memory of int64, for row lists
+    held through the calibration."""
+    return rows.astype(np.int32) if total < 2**31 else rows

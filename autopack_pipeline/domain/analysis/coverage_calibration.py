@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, success_flags, truncated_flags
+from autopack_pipeline.domain.analysis.arrays import (
+    EventArrays,
+    budget_sent,
+    narrow_rows,
+    success_flags,
+    truncated_flags,
+)
 from autopack_pipeline.domain.analysis.calibration_results import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     BelowThresholdGroup,
@@ -183,8 +189,7 @@ def coverage_groups(
     cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
                                                 named.complexity_names)
     rows = np.flatnonzero(clean.mask | censored)
-    if len(arrays) < 2**31:  # int32 row numbers: half the memory, kept by every group to the end of calibration
-        rows = rows.astype(np.int32)
+    rows = narrow_rows(rows, len(arrays))  # kept by every group to the end of calibration
     # Group by (category, complexity), clean rows before censored ones, row order kept within each.
     # int32 keys, built in place from the int8 codes (the pairs number far below 2**31).
     pair = cat_codes[rows].astype(np.int32)

@@ -98,9 +98,9 @@ def calibrate_autopack_median_arrays(
         actual = arrays.actual.values[rows]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = np.where(predicted != 0, actual / predicted, 0.0)  # int / int: the exact quotient, rounded
-        sent = _known_or_zero(arrays.actual_max_tokens, rows)
-        selected_known = _known_at(arrays.selected_budget, rows)
-        selected = _known_or_zero(arrays.selected_budget, rows)
+        sent = arrays.actual_max_tokens.known_or_zero(rows)
+        selected_known = arrays.selected_budget.known_at(rows)
+        selected = arrays.selected_budget.known_or_zero(rows)
         budgets = np.where(sent != 0, sent, selected)  # Python's `s or b or 0`
         with np.errstate(divide="ignore", invalid="ignore"):
             waste = np.where(actual != 0, budgets / actual, 0.0)
@@ -113,18 +113,6 @@ def calibrate_autopack_median_arrays(
         below_threshold=sorted(below, key=group_order),
         provenance=provenance_arrays(arrays, samples, provenance),
     )
-
-
-def _known_at(column: IntColumn, rows: np.ndarray) -> np.ndarray:
-    """Whether ``column`` is known at ``rows``: a mask of the rows only (``notna()`` of a column known
-    everywhere builds a mask of every event, per group)."""
-    return np.ones(len(rows), dtype=bool) if column.valid is None else column.valid[rows]
-
-
-def _known_or_zero(column: IntColumn, rows: np.ndarray) -> np.ndarray:
-    """``column`` at ``rows``, 0 where it is missing."""
-    values = column.values[rows]
-    return values if column.valid is None else np.where(column.valid[rows], values, 0)
 
 
 def _group_figures(key: tuple[str, str], ratios: np.ndarray, waste: np.ndarray, predicted: np.ndarray,

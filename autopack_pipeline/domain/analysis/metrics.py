@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, success_flags, truncated_flags
+from autopack_pipeline.domain.analysis.arrays import (
+    EventArrays,
+    budget_sent,
+    budget_sent_integers,
+    success_flags,
+    truncated_flags,
+)
 from autopack_pipeline.domain.analysis.order_statistics import _summary, _summary_and_p90, p90_of
 from autopack_pipeline.domain.analysis.rates import (
     STRATA_DIMENSIONS,
@@ -66,9 +72,8 @@ class _Basics:
         return self.predicted(rows), self.actual(rows)
 
     def budget(self, rows: np.ndarray | None) -> np.ndarray:
-        if self.whole:  # budget_sent_rule on integers: nothing is missing, a zero ceiling falls back
-            sent = _select(self.arrays.actual_max_tokens.values, rows)
-            return np.where(sent == 0, _select(self.arrays.selected_budget.values, rows), sent)
+        if self.whole:  # nothing is missing: the integers themselves, no float copy
+            return budget_sent_integers(self.arrays, rows)
         return budget_sent(self.arrays, rows)
 
     def over(self, multiplier: float) -> np.ndarray:

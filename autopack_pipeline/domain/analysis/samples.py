@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import EventArrays, IntColumn, success_flags, truncated_flags
+from autopack_pipeline.domain.analysis.arrays import EventArrays, IntColumn, narrow_rows, success_flags, truncated_flags
 from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
 
 # Exclusion reasons, in the order they are tested. A row failing several tests is counted under the
@@ -180,8 +180,7 @@ def sample_groups(arrays: EventArrays, samples: np.ndarray) -> SampleGroups:
     cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
                                                 named.complexity_names)
     rows = np.flatnonzero(usable)
-    if len(arrays) < 2**31:  # int32 row numbers: half the memory, held through the calibration
-        rows = rows.astype(np.int32)
+    rows = narrow_rows(rows, len(arrays))
     pair = cat_codes[rows].astype(np.int32)
     pair *= len(cx_names)
     pair += cx_codes[rows]
