@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autopack_pipeline.domain.oracle import oracle_budget_waste, oracle_multiplier
+from autopack_pipeline.domain.oracle import (
+    budget_waste_with,
+    carried_oracle,
+    oracle_budget_waste,
+    oracle_multiplier,
+    oracle_multipliers,
+)
 
 
 def test_the_multiplier_is_the_nearest_rank_98th_percentile_of_actual_over_predicted():
@@ -55,3 +61,47 @@ def test_budgets_are_proportional_to_the_predictions_and_the_waste_p90_is_over_t
     waste = np.r_[190.0 / actual[:10], np.ones(10)]
     import statistics
     assert oracle.budget_waste_p90 == pytest.approx(statistics.quantiles(waste.tolist(), n=10)[8])
+
+
+def test_the_previous_rounds_oracle_applied_to_this_round():
+    # Previous round, predictions already in this round's coefficients. a: 50 calls predicted 100, actuals
+    # 100, 102, ..., 198, the first truncated at its cut (ratio 1.00, counted above every multiplier): the
+    # 49th smallest of 1.02 .. 1.98 and +inf is 1.98. b: 10 calls predicted 200, actual 100: 0.5.
+    previous = (np.array(["a"] * 50 + ["b"] * 10, dtype=object), np.r_[np.full(50, 100.0), np.full(10, 200.0)],
+                np.r_[100.0 + 2 * np.arange(50), np.full(10, 100.0)], np.r_[True, np.zeros(59, dtype=bool)])
+    # This round: a predicted 50, actuals 50, 55, ..., 95 (the last truncated); b predicted 100, actual 60;
+    # c, a group the previous round did not have.
+    groups = np.array(["a"] * 10 + ["b"] * 10 + ["c"] * 2, dtype=object)
+    predicted = np.r_[np.full(10, 50.0), np.full(10, 100.0), np.full(2, 10.0)]
+    actual = np.r_[50.0 + 5 * np.arange(10), np.full(10, 60.0), np.full(2, 10.0)]
+    truncated = np.zeros(22, dtype=bool)
+    truncated[9] = True
+    own = oracle_budget_waste(groups, predicted, actual, truncated)
+    carried = carried_oracle(previous, groups, predicted, actual, truncated, own)
+    assert carried.groups["a"].multiplier == pytest.approx(1.98) and carried.groups["b"].multiplier == pytest.approx(0.5)
+    # Budgets 1.98 x 50 = 99 and 0.5 x 100 = 50; c has none and stays out of the P90.
+    assert carried.budgets[:20].tolist() == [99.0] * 10 + [50.0] * 10 and np.isnan(carried.budgets[20:]).all()
+    import statistics
+    waste = np.r_[99.0 / actual[:10], np.full(10, 50.0 / 60.0)]
+    assert carried.budget_waste_p90 == pytest.approx(statistics.quantiles(waste.tolist(), n=10)[8]) == pytest.approx(1.785)
+    # This round's own oracle: a x1.9 (censored: the rank falls on the truncated call), b x0.6, c x1.0.
+    assert own.budget_waste_p90 == pytest.approx(1.6840909, rel=1e-6)
+    assert carried.ratio == pytest.approx(1.785 / 1.6840909, rel=1e-6)
+    assert (carried.budgeted, carried.without_multiplier) == (20, 2)
+    # Over budget: every b call (60 > 50) and a's truncated call (95 < 99, but its length is unknown).
+    assert carried.over_budget == 11
+
+
+def test_the_oracle_is_its_own_rounds_multipliers_applied_with_the_same_rule():
+    rng = np.random.default_rng(5)
+    groups = rng.choice(np.array(["x", "y", "z"], dtype=object), 300)
+    predicted = rng.uniform(50, 500, 300)
+    actual = predicted * rng.lognormal(0, 0.4, 300)
+    truncated = rng.random(300) < 0.03
+    own = oracle_budget_waste(groups, predicted, actual, truncated)
+    assert own.groups == oracle_multipliers(groups, predicted, actual, truncated)
+    budgets, waste_p90 = budget_waste_with(own.groups, groups, predicted, actual)
+    assert np.array_equal(budgets, own.budgets, equal_nan=True) and waste_p90 == own.budget_waste_p90
+    # A round carried onto itself is its own oracle.
+    itself = carried_oracle((groups, predicted, actual, truncated), groups, predicted, actual, truncated, own)
+    assert itself.budget_waste_p90 == own.budget_waste_p90 and itself.ratio == 1.0
