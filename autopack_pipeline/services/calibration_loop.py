@@ -2,7 +2,8 @@
 
 Each round collects ``runs_per_round`` runs with the coefficients in force, measures *that round's
 own* events (Tier 1 with Wilson intervals, Tier 2, cost, the oracle of ``domain.oracle`` and per-group
-figures with their frontier), then calibrates on the stored events of the recent coefficient versions
+figures with their frontier; from round 2, the previous round's oracle applied to this one, the
+oracle's noise floor), then calibrates on the stored events of the recent coefficient versions
 (``domain.calibration_window``), re-expressed under the coefficients in force (``calibration_apply``;
 no compounding) and applies the patch to the private
 seeds copy. The gate judges the round's own Tier 1, overall and per group (a group whose breach is
@@ -34,7 +35,7 @@ from autopack_pipeline.domain.categories import normalise_category, normalise_co
 from autopack_pipeline.domain.cost import cost_now
 from autopack_pipeline.domain.frontier import group_frontier
 from autopack_pipeline.domain.group_economics import output_price_per_row
-from autopack_pipeline.domain.oracle import oracle_budget_waste
+from autopack_pipeline.domain.oracle import carried_oracle, oracle_budget_waste
 from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.services.calibration_apply import calibrate_and_apply, read_stored
@@ -76,19 +77,49 @@ def _rate(k: int, n: int) -> dict[str, Any]:
     return {"count": int(k), "pct": 100.0 * k / n if n else 0.0, "ci": list(wilson_interval(int(k), int(n)))}
 
 
-def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = UNDER_TOLERANCE) -> dict[str, Any]:
-    """Tier 1, Tier 2, cost, oracle and per-group figures of one round's events (an events frame)."""
+def _oracle_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(group label, predicted, actual, truncated) per call: what the oracle reads of a round."""
+    return (_group_labels(frame), frame["predicted_output_tokens"].to_numpy(dtype=float, na_value=np.nan),
+            frame["actual_output_tokens"].to_numpy(dtype=float, na_value=np.nan),
+            frame["truncated"].fillna(False).to_numpy(dtype=bool))
+
+
+def previous_in_force(engine: Engine, settings: Any, run_ids: list[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The events of ``run_ids`` (the previous round) with their predictions re-expressed under the
+    coefficients in force, as ``calibrate`` re-expresses history (``reprediction.arrays_in_force``),
+    and how: the version and the count of events per way."""
+    from autopack_pipeline.domain.coefficients import load_coefficient_history
+    from autopack_pipeline.domain.reprediction import arrays_in_force
+    from autopack_pipeline.services.seed_files import load_coefficients_for
+
+    stored = read_stored(engine, run_ids)
+    table = load_coefficients_for(settings)
+    history = load_coefficient_history(settings.seeds_dir / COEFFICIENTS_FILE)
+    arrays, ways = arrays_in_force(stored.arrays(), stored.inputs, table, history)
+    frame = stored.events.copy()
+    # The arrays keep the frame's row order (event_arrays_from_frame), so the column lines up.
+    frame["predicted_output_tokens"] = pd.array(np.where(arrays.predicted.notna(), arrays.predicted.values, None),
+                                                dtype="Int64")
+    return frame, {"under": table.version, "events": {way: n for way, n in ways.items() if n}}
+
+
+def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = UNDER_TOLERANCE,
+                  previous: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Tier 1, Tier 2, cost, oracle and per-group figures of one round's events (an events frame).
+
+    ``previous``: the previous round's events, predictions in this round's coefficients
+    (:func:`previous_in_force`): its oracle applied to this round is reported as the oracle
+    comparison's noise floor (``previous_oracle``; None without it)."""
     arrays = event_arrays_from_frame(frame)
     document = compute_metrics_arrays(arrays, under_multiplier=under_multiplier)
     tier1, tier2 = document["tier1"], document["tier2"]
-    predicted = frame["predicted_output_tokens"].to_numpy(dtype=float, na_value=np.nan)
-    actual = frame["actual_output_tokens"].to_numpy(dtype=float, na_value=np.nan)
-    truncated = frame["truncated"].fillna(False).to_numpy(dtype=bool)
+    labels, predicted, actual, truncated = _oracle_columns(frame)
     sent = np.nan_to_num(budget_sent(arrays), nan=0.0)
     known = np.isfinite(actual)
     cost = cost_now(actual[known], sent[known], truncated[known], output_price_per_row(arrays, prices)[known])
-    labels = _group_labels(frame)
     oracle = oracle_budget_waste(labels, predicted, actual, truncated)
+    carried = None if previous is None else carried_oracle(_oracle_columns(previous), labels, predicted, actual,
+                                                           truncated, oracle)
     ours = tier2.get("budget_waste_p90")
     groups = []
     for label in sorted(set(labels.tolist())):
@@ -108,6 +139,7 @@ def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = UN
             "group": label, "events": n, "underestimation": _rate(under, n), "truncation": _rate(cut, n),
             "meets_tier1": meets, "budget_waste_p90": p90(waste.tolist()),
             "oracle_multiplier": oracle_group.multiplier if oracle_group else None,
+            "previous_oracle_multiplier": _carried_multiplier(carried, label),
             "frontier_reachable": frontier.reachable,
             "frontier_tier2_holds": frontier.tier2_holds,
             "why": None if meets else _why(frontier),
@@ -124,8 +156,17 @@ def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = UN
                  "capacity_utilisation": cost.utilisation},
         "oracle": {"budget_waste_p90": oracle.budget_waste_p90,
                    "ratio": (ours / oracle.budget_waste_p90) if ours and oracle.budget_waste_p90 else None},
+        "previous_oracle": None if carried is None else {
+            "budget_waste_p90": carried.budget_waste_p90, "ratio": carried.ratio, "calls": carried.budgeted,
+            "without_multiplier": carried.without_multiplier,
+            "over_budget": _rate(carried.over_budget, carried.budgeted)},
         "groups": groups,
     }
+
+
+def _carried_multiplier(carried: Any, label: str) -> float | None:
+    group = None if carried is None else carried.groups.get(label)
+    return None if group is None else group.multiplier
 
 
 def _why(frontier: Any) -> str:
@@ -212,7 +253,11 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
             failures += len(summary.problems())
             run_ids.append(run_id)
         stored = read_stored(engine, run_ids)
-        measured = measure_round(stored.events, prices)
+        previous, re_expressed = (previous_in_force(engine, settings, rounds[-1]["run_ids"]) if rounds
+                                  else (None, None))
+        measured = measure_round(stored.events, prices, previous=previous)
+        if re_expressed is not None:
+            measured["previous_oracle"] |= {"from_round": number - 1, "re_expressed": re_expressed}
         versions = stored.inputs.versions_present()
         round_arrays = as_event_arrays(stored.events)
         round_tier1 = compute_metrics_arrays(round_arrays)["tier1"]
@@ -249,6 +294,7 @@ def round_lines(document: dict[str, Any], *, groups: bool = True) -> list[str]:
         + ("targets met" if t1["meets"] else "targets missed"),
         f"  Tier 2: budget waste P90 {_x(document['tier2']['budget_waste_p90'])}; oracle "
         f"{_x(oracle['budget_waste_p90'])}; ratio {_x(oracle['ratio'])}",
+        *_noise_floor_line(document.get("previous_oracle")),
         f"  Cost: ${cost['dollars']:.2f} for {cost['billed_output_tokens']:,.0f} billed output tokens; reserved "
         f"{cost['reserved_output_tokens']:,.0f} output tokens (used {'n/a' if use is None else f'{100 * use:.0f}%'})",
     ]
@@ -273,7 +319,18 @@ def round_lines(document: dict[str, Any], *, groups: bool = True) -> list[str]:
     return lines
 
 
-TABLE_COLUMNS = ("round", "calls", "under %", "trunc %", "waste P90", "oracle P90", "ratio", "$ billed", "reserved")
+def _noise_floor_line(carried: dict[str, Any] | None) -> list[str]:
+    if carried is None:
+        return []
+    missing = carried["without_multiplier"]
+    return [f"  Noise floor: the previous round's oracle applied to this round: budget waste P90 "
+            f"{_x(carried['budget_waste_p90'])}, {_x(carried['ratio'])} this round's oracle; over budget "
+            f"{_pct(carried['over_budget'])} of {carried['calls']} calls"
+            + (f" ({missing} calls in groups the previous round did not have)" if missing else "")]
+
+
+TABLE_COLUMNS = ("round", "calls", "under %", "trunc %", "waste P90", "oracle P90", "ratio", "prev-oracle P90",
+                 "prev ratio", "$ billed", "reserved")
 
 
 def table_lines(rounds: list[dict[str, Any]]) -> list[str]:
@@ -283,7 +340,13 @@ def table_lines(rounds: list[dict[str, Any]]) -> list[str]:
         rows.append((
             str(d["round"]), str(d["events"]), f"{d['tier1']['underestimation']['pct']:.1f}",
             f"{d['tier1']['truncation']['pct']:.1f}", _x(d["tier2"]["budget_waste_p90"]),
-            _x(d["oracle"]["budget_waste_p90"]), _x(d["oracle"]["ratio"]), f"{d['cost']['dollars']:.2f}",
+            _x(d["oracle"]["budget_waste_p90"]), _x(d["oracle"]["ratio"]), *_carried_cells(d.get("previous_oracle")),
+            f"{d['cost']['dollars']:.2f}",
             f"{d['cost']['reserved_output_tokens'] / 1e6:.2f}M"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
     return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+
+
+def _carried_cells(carried: dict[str, Any] | None) -> tuple[str, str]:
+    """The table's noise-floor cells: "-" in round 1, which has no previous round."""
+    return ("-", "-") if carried is None else (_x(carried["budget_waste_p90"]), _x(carried["ratio"]))
