@@ -139,7 +139,9 @@ def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = UN
             "group": label, "events": n, "underestimation": _rate(under, n), "truncation": _rate(cut, n),
             "meets_tier1": meets, "budget_waste_p90": p90(waste.tolist()),
             "oracle_multiplier": oracle_group.multiplier if oracle_group else None,
-            "previous_oracle_multiplier": _carried_multiplier(carried, label),
+            "oracle_censored": bool(oracle_group and oracle_group.censored),
+            "previous_oracle_multiplier": _carried(carried, label, "multiplier"),
+            "previous_oracle_censored": bool(_carried(carried, label, "censored")),
             "frontier_reachable": frontier.reachable,
             "frontier_tier2_holds": frontier.tier2_holds,
             "why": None if meets else _why(frontier),
@@ -155,18 +157,25 @@ def measure_round(frame: pd.DataFrame, prices: Any, under_multiplier: float = UN
                  "reserved_output_tokens": cost.reserved_output_tokens,
                  "capacity_utilisation": cost.utilisation},
         "oracle": {"budget_waste_p90": oracle.budget_waste_p90,
-                   "ratio": (ours / oracle.budget_waste_p90) if ours and oracle.budget_waste_p90 else None},
+                   "ratio": (ours / oracle.budget_waste_p90) if ours and oracle.budget_waste_p90 else None,
+                   "censored_groups": _censored(oracle.groups)},
         "previous_oracle": None if carried is None else {
             "budget_waste_p90": carried.budget_waste_p90, "ratio": carried.ratio, "calls": carried.budgeted,
             "without_multiplier": carried.without_multiplier,
-            "over_budget": _rate(carried.over_budget, carried.budgeted)},
+            "over_budget": _rate(carried.over_budget, carried.budgeted),
+            "censored_groups": _censored(carried.groups)},
         "groups": groups,
     }
 
 
-def _carried_multiplier(carried: Any, label: str) -> float | None:
+def _carried(carried: Any, label: str, field: str) -> Any:
     group = None if carried is None else carried.groups.get(label)
-    return None if group is None else group.multiplier
+    return None if group is None else getattr(group, field)
+
+
+def _censored(groups: dict[object, Any]) -> list[str]:
+    """The groups whose oracle multiplier is only a lower bound (its rank fell on a truncated call)."""
+    return sorted(str(label) for label, group in groups.items() if group.censored)
 
 
 def _why(frontier: Any) -> str:
@@ -326,7 +335,9 @@ def _noise_floor_line(carried: dict[str, Any] | None) -> list[str]:
     return [f"  Noise floor: the previous round's oracle applied to this round: budget waste P90 "
             f"{_x(carried['budget_waste_p90'])}, {_x(carried['ratio'])} this round's oracle; over budget "
             f"{_pct(carried['over_budget'])} of {carried['calls']} calls"
-            + (f" ({missing} calls in groups the previous round did not have)" if missing else "")]
+            + (f" ({missing} calls in groups the previous round did not have)" if missing else "")
+            + (f"; {len(carried['censored_groups'])} group(s) at a lower bound (rank on a truncated call): "
+               + ", ".join(carried["censored_groups"]) if carried["censored_groups"] else "")]
 
 
 TABLE_COLUMNS = ("round", "calls", "under %", "trunc %", "waste P90", "oracle P90", "ratio", "prev-oracle P90",

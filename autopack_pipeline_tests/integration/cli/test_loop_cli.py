@@ -38,7 +38,8 @@ def test_two_rounds_measure_each_round_and_predict_round_two_with_the_applied_ve
     for key in ("underestimation", "truncation"):
         assert set(first["tier1"][key]) == {"count", "pct", "ci"}
     assert set(first["cost"]) >= {"dollars", "billed_output_tokens", "reserved_output_tokens"}
-    assert set(first["oracle"]) == {"budget_waste_p90", "ratio"}
+    assert set(first["oracle"]) == {"budget_waste_p90", "ratio", "censored_groups"}
+    assert first["oracle"]["censored_groups"] == sorted(g["group"] for g in first["groups"] if g["oracle_censored"])
     assert first["oracle"]["ratio"] == pytest.approx(first["tier2"]["budget_waste_p90"]
                                                      / first["oracle"]["budget_waste_p90"])
     assert first["calibration"]["status"] == "applied"
@@ -70,6 +71,7 @@ def test_from_round_two_the_previous_rounds_oracle_is_applied_in_this_rounds_uni
         assert carried["re_expressed"] == {"under": this["coefficients_version"], "events": {"scaled": before["events"]}}
         assert carried["ratio"] == pytest.approx(carried["budget_waste_p90"] / this["oracle"]["budget_waste_p90"])
         assert set(carried["over_budget"]) == {"count", "pct", "ci"}
+        assert carried["censored_groups"] == sorted(g["group"] for g in this["groups"] if g["previous_oracle_censored"])
         old, new = history[before["coefficients_version"]], history[this["coefficients_version"]]
         previous = {g["group"]: g["oracle_multiplier"] for g in before["groups"]}
         for group in this["groups"]:
