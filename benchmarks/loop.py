@@ -2,7 +2,8 @@
 
 Worlds: the simulated backend, and ``LengthWorld`` (lengths from the deliverables' content, log-t
 tails, x1.3 drift from round 3) through the real ``anthropic`` SDK and the local Messages server.
-Prints each round's Tier 1, Tier 2 against the oracle, cost and per-group lines, then one table.
+Prints each round's Tier 1, Tier 2 against the oracle (and, from round 2, the previous round's oracle
+applied to it: the oracle's own noise floor), cost and per-group lines, then one table.
 Figures are measured in this one run; nothing here asserts a timing.
 
     .venv/bin/python benchmarks/loop.py [--rounds 4] [--runs-per-round 3] [--seed S] [--world W] [--json-out F]
