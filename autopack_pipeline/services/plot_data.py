@@ -12,12 +12,14 @@ the truncated events' lower bounds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis import CalibrationResult, CoverageGroup
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
+
+if TYPE_CHECKING:  # the drawing process unpickles PlotData without loading the domain's analysis
+    from autopack_pipeline.domain.analysis import CalibrationResult, CoverageGroup
 
 BINS = 240  # log-spaced bins across the plot's width (1,000 px): about 4 px each
 CLEAN_COLOUR, TRUNCATED_COLOUR = (0.25, 0.25, 0.25), (0.8392156862745098, 0.15294117647058825, 0.1568627450980392)

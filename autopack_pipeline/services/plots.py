@@ -17,20 +17,23 @@ window, safe inside Dagster's worker processes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from autopack_pipeline.domain.analysis import COVERAGE, CalibrationResult, CoverageGroup
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.services.plot_data import BINS, PlotData, plot_data
 
+if TYPE_CHECKING:  # the drawing process (services.plot_process) imports matplotlib, not the domain's analysis
+    from autopack_pipeline.domain.analysis import CalibrationResult, CoverageGroup
+
 __all__ = ["BINS", "draw_plot", "render_calibration_plot"]
 
-_COLOURS = {"autopack-median": "tab:blue", COVERAGE: "tab:orange"}
+# Per method (domain.analysis.CALIBRATION_METHODS, spelled out for the reason above), its marks' colour.
+_COLOURS = {"autopack-median": "tab:blue", "coverage": "tab:orange"}
 _CLEAN, _TRUNCATED = "0.25", "tab:red"  # the legend's names of plot_data's strip colours
 
 
