@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -104,10 +105,19 @@ class PlotProcess:
         process.wait()
 
 
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def plot_process_for(events: int) -> AbstractContextManager[PlotProcess | None]:
     """A :class:`PlotProcess` for an analysis of ``events`` events, or None (draw in this process)
-    below :data:`PLOT_PROCESS_MIN_EVENTS`."""
-    return PlotProcess() if events >= PLOT_PROCESS_MIN_EVENTS else nullcontext()
+    below :data:`PLOT_PROCESS_MIN_EVENTS` or on a single core, where the process would only add its
+    start to the command's CPU time."""
+    return PlotProcess() if events >= PLOT_PROCESS_MIN_EVENTS and _cores() > 1 else nullcontext()
 
 
 def main(stdin: IO[bytes], stdout: IO[bytes]) -> int:

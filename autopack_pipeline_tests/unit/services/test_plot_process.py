@@ -37,8 +37,11 @@ def test_the_plot_names_the_colour_of_every_calibration_method():
     assert set(plots._COLOURS) == set(CALIBRATION_METHODS)
 
 
-def test_few_events_are_drawn_in_the_command_itself():
+def test_few_events_or_one_core_are_drawn_in_the_command_itself(monkeypatch):
     with plot_process.plot_process_for(plot_process.PLOT_PROCESS_MIN_EVENTS - 1) as process:
+        assert process is None
+    monkeypatch.setattr(plot_process, "_cores", lambda: 1)
+    with plot_process.plot_process_for(plot_process.PLOT_PROCESS_MIN_EVENTS) as process:
         assert process is None
 
 
