@@ -70,29 +70,14 @@ def _print_tier1(tier1: dict[str, Any], label: str) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from autopack_pipeline.services.plot_process import plot_process_for
-
-    settings_and_events = _load_for_calibration(args)
-    # The plot's process imports matplotlib on another core while this one calibrates (none for a few events).
-    with plot_process_for(len(settings_and_events[2])) as plot_process:
-        return _calibrate(args, *settings_and_events, plot_process)
-
-
-def _load_for_calibration(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    from autopack_pipeline.services.calibration_review import frontier_and_cost_lines, section_lines, window_line
+    from autopack_pipeline.services.pipeline import analyse
     from autopack_pipeline.settings import load_settings
+    from autopack_pipeline.storage.database import describe_database
 
     settings = load_settings()
     engine = open_engine(args)
     events, unreadable = load_event_arrays(engine, args, args.include_run_id)
-    return settings, engine, events, unreadable
-
-
-def _calibrate(args: argparse.Namespace, settings: Any, engine: Any, events: Any, unreadable: dict[str, Any],
-               plot_process: Any) -> int:
-    from autopack_pipeline.services.calibration_review import frontier_and_cost_lines, section_lines, window_line
-    from autopack_pipeline.services.pipeline import analyse
-    from autopack_pipeline.storage.database import describe_database
-
     # The one composition and window rule the calibration_recommendations asset uses: the last
     # AUTOPACK_METRICS_WINDOW_DAYS days of telemetry, ending on the newest event (0 = every event).
     outcome = analyse(
@@ -108,7 +93,6 @@ def _calibrate(args: argparse.Namespace, settings: Any, engine: Any, events: Any
         method=args.method,
         window_versions=args.window_versions,
         gate_metrics_only=True,  # only the gate reads the metrics here
-        plot_process=plot_process,
     ).calibration
     if args.json:
         print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from autopack_pipeline.domain.analysis import (
     CALIBRATION_METHODS,
@@ -32,7 +32,6 @@ from autopack_pipeline.domain.budget_calibration import calibration_section
 from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.reprediction import PredictionInputs, arrays_in_force
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
-from autopack_pipeline.services.plot_data import plot_data
 from autopack_pipeline.services.reporting import write_calibration_report_set
 from autopack_pipeline.services.seed_files import load_coefficients_for, load_prices_for
 from autopack_pipeline.settings import Settings
@@ -41,8 +40,6 @@ from autopack_pipeline.storage.process_memory import release_freed_memory
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from autopack_pipeline.services.plot_process import PlotProcess
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,6 @@ def calibrate(
     clean: CleanSamples | None = None,
     groups: SampleGroups | None = None,
     reopen_on_drift: bool = False,
-    plot_process: PlotProcess | None = None,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -148,9 +144,6 @@ def calibrate(
     ``reopen_on_drift`` (with ``prediction_inputs`` and ``window_versions``): a gate that Tier 1 and
     Tier 2 would close opens when the window's drift test finds the estimator's error moved since the
     previous version (the loop: a round can meet Tier 1 on budgets fitted before a drift by luck).
-
-    ``plot_process`` (``services.plot_process``, started by the caller early on) draws the plot beside
-    the margins and the reports instead of this process; the PNG is the same.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
@@ -212,10 +205,6 @@ def calibrate(
                                       observed=observed)
         retries = retrying.result()
     release_freed_memory()  # what the retries' thread freed, kept by its malloc arena (storage.process_memory)
-    if write_reports and plot_process is not None:
-        # Everything the plot shows is known now: it is drawn while the frontier and the margins are worked out.
-        plot_process.submit(plot_data({g.key: g for g in observed[2]}, list(results.values()),
-                                      tolerance=under_multiplier))
     economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
                                       tolerance=under_multiplier)
     # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
@@ -230,14 +219,7 @@ def calibrate(
         return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,
                                   calibration_section=section, reprediction=reprediction,
                                   calibration_sections=sections, window=window)
-    def plot(handle: IO[bytes]) -> None:
-        if plot_process is not None:
-            plot_process.write(handle)
-            return
-        from autopack_pipeline.services.plots import render_calibration_plot  # matplotlib loads only to draw a plot
-
-        render_calibration_plot(handle, {g.key: g for g in observed[2]}, list(results.values()),
-                                tolerance=under_multiplier)
+    from autopack_pipeline.services.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
 
     files = write_calibration_report_set(
         results[method],
@@ -245,7 +227,8 @@ def calibrate(
         others=[r for name, r in results.items() if name != method],
         calibration_section=section,
         method_sections=sections,
-        plot=plot,
+        plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observed[2]},
+                                                    list(results.values()), tolerance=under_multiplier),
         economics=economics,
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
