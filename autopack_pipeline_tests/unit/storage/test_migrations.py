@@ -65,6 +65,7 @@ def test_the_columns_spelled_out_for_opening_a_database_are_the_models() -> None
                              for name in TELEMETRY_TABLES}
 
 
+@pytest.mark.integration  # a fresh interpreter, as a subprocess
 def test_opening_a_database_at_head_leaves_the_orm_unloaded(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'telemetry.db'}"
     upgrade_database(url)
