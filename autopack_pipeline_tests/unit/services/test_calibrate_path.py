@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
 from autopack_pipeline.services.analysis import WindowedEvents
 from autopack_pipeline.services.pipeline import analyse_events, gate_metrics_stage, metrics_stage, sample_stage
 from autopack_pipeline.settings import load_settings
@@ -23,3 +27,27 @@ def test_the_gate_metrics_are_the_full_metrics_gate_figures():
         alone = analyse_events(settings, windowed, windowed.events, force=force, write_reports=False,
                                gate_metrics_only=True)
         assert alone.calibration.as_dict() == whole.calibration.as_dict()
+
+
+def test_a_window_holding_every_event_is_the_events_themselves():
+    from autopack_pipeline.domain.windows import (
+        TimeWindow,
+        events_in_window,
+        latest_day,
+        rows_in_window,
+        trailing_days,
+    )
+
+    arrays = event_arrays_from_frame(random_events(6, 300, phases=10, missing=0.0))
+    years = trailing_days(3650, latest_day(arrays))
+    assert events_in_window(arrays, years) is arrays  # no copy of every column
+    # Some events outside (before the window, or without a timestamp): a copy of those inside, as before.
+    middle = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(
+        microseconds=int(np.median(arrays.timestamp_us.values)))
+    for events, window in ((arrays, TimeWindow(middle, years.end)),
+                           (event_arrays_from_frame(random_events(6, 300, phases=10)), years)):
+        inside = rows_in_window(events, window)
+        assert 0 < inside.sum() < len(events)
+        windowed, taken = events_in_window(events, window), events.take(inside)
+        for name in ("event_id", "timestamp_us", "predicted", "actual"):
+            assert np.array_equal(getattr(windowed, name).values, getattr(taken, name).values)
