@@ -92,6 +92,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         database=describe_database(engine).url,
         method=args.method,
         window_versions=args.window_versions,
+        gate_metrics_only=True,  # only the gate reads the metrics here
     ).calibration
     if args.json:
         print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})

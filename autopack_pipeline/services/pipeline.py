@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.domain.analysis import EventArrays, tier1_arrays
+from autopack_pipeline.domain.analysis import EventArrays, group_tier1_arrays, tier1_arrays
 from autopack_pipeline.domain.drift import detect_drift, drift_insights
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import GeneratedTask, Insight
@@ -58,6 +58,19 @@ def metrics_stage(windowed: WindowedEvents, samples: SampleSummary | Future[Samp
     found = samples.result() if isinstance(samples, Future) else samples
     return TierMetrics({**metrics.document, "clean_samples": int(found.count)}, under_multiplier, windowed.label,
                        last_7_days={"window": window_label(short), "tier1": recent}, group_tier1=metrics.group_tier1)
+
+
+def gate_metrics_stage(windowed: WindowedEvents, samples: SampleSummary | Future[SampleSummary], *,
+                       under_multiplier: float = UNDER_TOLERANCE) -> TierMetrics:
+    """Only the figures the calibration gate reads: Tier 1 and each group's Tier 1 over the window.
+    ``calibrate`` shows no other metric, and the whole document (Tier 2, strata, the successful calls,
+    the last 7 days) cost eight times these two at a million events. Its ``document`` holds
+    ``all_events.tier1`` and ``clean_samples`` only: ``tier2``, ``strata`` and ``needs_tuning`` are absent."""
+    tier1 = tier1_arrays(windowed.events, under_multiplier=under_multiplier)
+    group_tier1 = group_tier1_arrays(windowed.events, under_multiplier=under_multiplier)
+    found = samples.result() if isinstance(samples, Future) else samples
+    return TierMetrics({"all_events": {"tier1": tier1}, "clean_samples": int(found.count)}, under_multiplier,
+                       windowed.label, group_tier1=group_tier1)
 
 
 def calibration_stage(engine: Engine | None, settings: Settings, windowed: WindowedEvents, metrics: TierMetrics,
@@ -120,10 +133,12 @@ class Analysis:
 
 def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: EventArrays, *,
                    engine: Engine | None = None, dedup: bool = True, under_multiplier: float = UNDER_TOLERANCE,
-                   min_samples: int = MIN_GROUP_SAMPLES, **calibration: Any) -> Analysis:
+                   min_samples: int = MIN_GROUP_SAMPLES, gate_metrics_only: bool = False,
+                   **calibration: Any) -> Analysis:
     """Samples, metrics and calibration of ``windowed`` (``every_event`` gives the last 7 days' Tier 1),
     one stage after the other. ``engine`` is what :func:`calibration_stage` re-expresses the predictions
-    with; without one nothing is read from a database."""
+    with; without one nothing is read from a database. ``gate_metrics_only``: the metrics are
+    :func:`gate_metrics_stage`'s, for a caller that reads nothing else of them (``calibrate``)."""
     timings: dict[str, float] = {}
 
     def timed(name: str, began: float) -> None:
@@ -142,7 +157,8 @@ def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: Ev
     with ThreadPoolExecutor(max_workers=1) as pool:
         sampling = pool.submit(found_samples)
         began = time.perf_counter()
-        metrics = metrics_stage(windowed, sampling, every_event, under_multiplier=under_multiplier)
+        metrics = (gate_metrics_stage(windowed, sampling, under_multiplier=under_multiplier) if gate_metrics_only
+                   else metrics_stage(windowed, sampling, every_event, under_multiplier=under_multiplier))
         timed("metrics", began)
         samples = sampling.result()
     release_freed_memory()  # what the samples' thread freed, kept by its malloc arena (storage.process_memory)
@@ -156,14 +172,18 @@ def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: Ev
 def analyse(engine: Engine, settings: Settings, every_event: EventArrays, *, dedup: bool = True,
             under_multiplier: float = UNDER_TOLERANCE, min_samples: int = MIN_GROUP_SAMPLES,
             output_dir: Path | None = None, generate: bool = False, source: dict[str, Any] | None = None,
-            outcome_window_days: float = 7, now: datetime | None = None, **calibration: Any) -> Analysis:
+            outcome_window_days: float = 7, now: datetime | None = None, gate_metrics_only: bool = False,
+            **calibration: Any) -> Analysis:
     """The whole analysis of ``every_event``: the window (``analysis.analysis_window``), samples,
     metrics, calibration (``calibration``: method, force, write_reports, ...) and, with ``generate``,
-    the tasks stored in the database."""
+    the tasks stored in the database. ``gate_metrics_only`` (not with ``generate``, whose tasks read
+    every figure): see :func:`analyse_events`."""
+    if gate_metrics_only and generate:
+        raise ValueError("the tasks read every metric: gate_metrics_only cannot be combined with generate")
     windowed = events_for_analysis(settings, every_event)
     analysis = analyse_events(settings, windowed, every_event, engine=engine, dedup=dedup,
                               under_multiplier=under_multiplier, min_samples=min_samples, output_dir=output_dir,
-                              **calibration)
+                              gate_metrics_only=gate_metrics_only, **calibration)
     if not generate:
         return analysis
     began = time.perf_counter()

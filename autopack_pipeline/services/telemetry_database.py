@@ -20,7 +20,6 @@ from autopack_pipeline.storage.migrate import (
     prepare_database,
     upgrade_database,
 )
-from autopack_pipeline.storage.summary import database_summary
 
 __all__ = ["BackupNotPossible", "back_up", "open_database", "summarise", "upgrade"]
 
@@ -42,6 +41,9 @@ def open_database(url: str, *, must_exist: bool = False) -> Engine:
 
 def summarise(engine: Engine) -> dict[str, Any]:
     """Identity, schema revision, rows per table, phase states and event counts of the database."""
+    # Here, not at import: the summary reads the ORM's models, which opening a database does without.
+    from autopack_pipeline.storage.summary import database_summary
+
     return database_summary(engine)
 
 

@@ -26,7 +26,10 @@ from sqlalchemy import Column, false, inspect, text, true
 from sqlalchemy.engine import Connection, Engine
 
 from autopack_pipeline.storage.database import describe_database, make_engine
-from autopack_pipeline.storage.models import TELEMETRY_TABLES, Base
+
+# The tables and columns the models declare, without the models: checking a database at head (every
+# command) needs only their names; creating or completing a schema imports the models where it runs.
+from autopack_pipeline.storage.model_columns import MODEL_COLUMNS, TELEMETRY_TABLES
 
 if TYPE_CHECKING:  # Alembic loads where a migration runs or its scripts are read, not for every command
     from alembic.config import Config
@@ -102,7 +105,7 @@ def missing_columns(bind: Engine | Connection) -> dict[str, list[str]]:
         if name not in present:
             continue
         live = {column["name"] for column in inspector.get_columns(name)}
-        lacking = [column.name for column in Base.metadata.tables[name].columns if column.name not in live]
+        lacking = [column for column in MODEL_COLUMNS[name] if column not in live]
         if lacking:
             missing[name] = lacking
     return missing
@@ -166,6 +169,8 @@ def _repair_to_models(connection: Connection) -> None:
     """
     from alembic.operations import Operations
     from alembic.runtime.migration import MigrationContext
+
+    from autopack_pipeline.storage.models import Base
 
     present = set(inspect(connection).get_table_names())
     absent = [Base.metadata.tables[name] for name in TELEMETRY_TABLES if name not in present]

@@ -33,6 +33,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
 from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 
+# The eight tables of the telemetry schema, parents before children: named in model_columns, where
+# opening a database reads them without these models.
+from autopack_pipeline.storage.model_columns import TELEMETRY_TABLES  # noqa: F401 (re-exported)
+
 
 def utc_now() -> datetime:
     """Current UTC time without tzinfo.
@@ -377,16 +381,3 @@ class LlmUsageEvent(Base):
     doctor_action: Mapped[str | None] = mapped_column(String, nullable=True)
     phase_type: Mapped[str | None] = mapped_column(String, nullable=True)
     intent: Mapped[str | None] = mapped_column(String, nullable=True)
-
-
-TELEMETRY_TABLES: tuple[str, ...] = (
-    "runs",
-    "tiers",
-    "phases",
-    "token_estimation_v2_events",
-    "token_budget_escalation_events",
-    "phase_outcome_events",
-    "generated_tasks",
-    "llm_usage_events",
-)
-"""The eight tables of the telemetry schema, parents before children."""

@@ -1,4 +1,4 @@
-"""`calibrate` and `metrics` read the columnar copy without loading pandas or Alembic.
+"""`calibrate` and `metrics` read the columnar copy without loading pandas, Alembic or the ORM models.
 
 Both cost a command time and memory it does not need (pandas 0.3 s and 50 MB, Alembic a tenth of a
 second): nothing in the path may import them, and pyarrow imports pandas by itself the first time it
@@ -19,13 +19,16 @@ import pytest
 from autopack_pipeline_tests.support.calibration_cli_support import environment, populate
 
 HEAVY = ("pandas", "alembic")
+# Nor SQLAlchemy's ORM with our models (0.07 s): opening a database at head checks its columns by name
+# (storage.model_columns); nor PostgreSQL's dialect for a SQLite database.
+HEAVY_MODULES = ("sqlalchemy.orm", "autopack_pipeline.storage.models", "sqlalchemy.dialects.postgresql")
 _PROBE = """
 import contextlib, io, json, sys
 from autopack_pipeline.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     code = main(sys.argv[1:])
-print(json.dumps({"exit": code, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
-""" % (HEAVY,)
+print(json.dumps({"exit": code, "loaded": sorted(m for m in sys.modules if m.split(".")[0] in %r or m in %r)}))
+""" % (HEAVY, HEAVY_MODULES)
 
 
 def _loaded(args: list[str], env: dict[str, str], cwd: Path) -> dict:
@@ -57,7 +60,7 @@ def store_of_two_parts(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("args", [["metrics", "--json"], ["calibrate", "--force", "--json"]],
                          ids=["metrics", "calibrate"])
-def test_reading_the_columnar_copy_loads_neither_pandas_nor_alembic(tmp_path, store_of_two_parts, args):
+def test_reading_the_columnar_copy_loads_neither_pandas_nor_alembic_nor_the_orm(tmp_path, store_of_two_parts, args):
     found = _loaded(args, store_of_two_parts, tmp_path)
     assert found == {"exit": 0, "loaded": []}
     manifest = json.loads((tmp_path / ".autopack" / "columnar" / "telemetry.db" / "manifest.json").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from autopack_pipeline.storage.migrate import (
     require_current_schema,
     upgrade_database,
 )
+from autopack_pipeline.storage.model_columns import MODEL_COLUMNS
 from autopack_pipeline.storage.models import (
     TELEMETRY_TABLES,
     Base,
@@ -53,6 +56,26 @@ def test_head_is_0004() -> None:
 def test_the_head_spelled_out_for_opening_a_database_is_alembics() -> None:
     # prepare_database trusts HEAD_REVISION without asking Alembic: a new revision script must move it.
     assert HEAD_REVISION == head_revision()
+
+
+def test_the_columns_spelled_out_for_opening_a_database_are_the_models() -> None:
+    # prepare_database checks a database against MODEL_COLUMNS without importing the models: a new
+    # column of a model must be named there too.
+    assert MODEL_COLUMNS == {name: tuple(column.name for column in Base.metadata.tables[name].columns)
+                             for name in TELEMETRY_TABLES}
+
+
+@pytest.mark.integration  # a fresh interpreter, as a subprocess
+def test_opening_a_database_at_head_leaves_the_orm_unloaded(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'telemetry.db'}"
+    upgrade_database(url)
+    # In a fresh interpreter: this one has imported the models already.
+    script = ("import sys; from autopack_pipeline.services.telemetry_database import open_database; "
+              f"open_database({url!r}, must_exist=True).dispose(); "
+              "print(sorted(m for m in sys.modules if m.startswith(('sqlalchemy.orm', 'sqlalchemy.dialects.postgresql'))"
+              " or m == 'autopack_pipeline.storage.models'))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_the_revision_is_read_as_alembic_reads_it(blank_engine: Engine) -> None:
