@@ -60,7 +60,7 @@ from autopack_pipeline.domain.coverage_factor import ceiling_order_statistic, co
 from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 from autopack_pipeline.domain.group_observations import GroupObservationsInForce
 from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
-from autopack_pipeline.domain.pooled_margin import kaplan_meier, pooled_group_margins
+from autopack_pipeline.domain.pooled_margin import kaplan_meier_point, pooled_group_margins
 from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import Insight
 
@@ -260,11 +260,9 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
     cap = float(np.partition(np.r_[clean, CENSORED_HEADROOM * ceilings], rank - 1)[rank - 1])
     if k > n:
         return cap, f"every clean call, and {CENSORED_HEADROOM}x every ceiling hit"
-    points, cdf = kaplan_meier(clean, ceilings)
-    reached = np.nonzero(cdf >= k / n - 1e-12)[0]
-    if len(reached) and points[reached[0]] < cap:
-        return float(points[reached[0]]), (f"the Kaplan-Meier {k}/{n} point of its ratios, truncated calls censored "
-                                           f"at their ceilings")
+    point = kaplan_meier_point(clean, ceilings, k / n - 1e-12)
+    if point is not None and point < cap:
+        return point, f"the Kaplan-Meier {k}/{n} point of its ratios, truncated calls censored at their ceilings"
     return cap, f"the {k}-th of {n} ratios with truncated calls at {CENSORED_HEADROOM}x their ceilings"
 
 
