@@ -94,14 +94,15 @@ def group_economics(
     out = []
     for group in groups:
         category, complexity = group.key
-        rows = rows_by_pair[cat_names.index(category) * len(cx_names) + cx_names.index(complexity)]
+        code = cat_names.index(category) * len(cx_names) + cx_names.index(complexity)
+        rows, rows_by_pair[code] = rows_by_pair[code], rows_by_pair[code][:0]  # each group's rows let go once read
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
         # Read for the group's rows only (truncated_flags' rule): no per-event array of the whole history.
         truncated = truncation_rule(arrays.truncated[rows], arrays.is_truncated_output[rows])
         price = output_price_per_row(arrays, prices, rows)
-        sent = budget_sent(arrays, rows)
-        sent = np.where(np.isnan(sent), 0.0, sent)
+        sent = budget_sent(arrays, rows)  # the group's own copy: a missing budget set to 0 in place
+        sent[np.isnan(sent)] = 0.0
         now = cost_now(actual, sent, truncated, price)
         floor, cap = coefficients.budget_floor(category, complexity), coefficients.budget.cap
         proposals = []

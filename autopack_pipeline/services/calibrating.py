@@ -205,15 +205,28 @@ def calibrate(
                                       observed=observed)
         retries = retrying.result()
     release_freed_memory()  # what the retries' thread freed, kept by its malloc arena (storage.process_memory)
-    economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
-                                      tolerance=under_multiplier)
-    # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
-    # multipliers (and the margins measured against them) into the calibration section.
-    sections = {name: calibration_section(observed[2], coefficients,
-                                          {(g.category, g.complexity): g.proposed_multiplier
-                                           for g in result.actionable_groups}, min_samples=min_samples,
-                                          pooled_factors=name == COVERAGE, retries=retries)
-                for name, result in results.items()}
+    # The frontier and cost per group are priced on a second thread while this one finds both methods'
+    # sections (the pooled passes): numpy on both sides, which lets go of the GIL. Their temporaries
+    # are one group's calls at a time (~130 MB for the largest at ten million events), beside a
+    # pooled pass's; every figure is the same, each side computing alone.
+    def priced() -> list[dict[str, Any]]:
+        economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
+                                          tolerance=under_multiplier)
+        # At once, not after the sections: the thread's malloc arena keeps what it freed (storage.process_memory),
+        # ~100 MB at ten million events, which would sit under the pooled passes' peak.
+        release_freed_memory()
+        return economics
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pricing = pool.submit(priced)
+        # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
+        # multipliers (and the margins measured against them) into the calibration section.
+        sections = {name: calibration_section(observed[2], coefficients,
+                                              {(g.category, g.complexity): g.proposed_multiplier
+                                               for g in result.actionable_groups}, min_samples=min_samples,
+                                              pooled_factors=name == COVERAGE, retries=retries)
+                    for name, result in results.items()}
+        economics = pricing.result()
     section = sections[method]
     if not write_reports:
         return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,
