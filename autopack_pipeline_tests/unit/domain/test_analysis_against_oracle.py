@@ -230,6 +230,30 @@ def test_autopack_median_calibration_equals_the_reference(seed, min_samples, thr
     assert_close(got, expected)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("positive", [True, False])
+def test_autopack_median_calibration_reading_the_coverage_groups_is_bit_for_bit_its_own(seed, positive, monkeypatch):
+    # Every count known and every prediction positive: the coverage groups' clean rows are the samples'
+    # and their figures are read; otherwise (zeros, missing budgets) the groups' own are gathered.
+    from autopack_pipeline.domain.analysis import median_calibration
+
+    frame = random_events(seed, 600, missing=0 if positive else 0.08)
+    if positive:
+        frame["predicted_output_tokens"] = frame["predicted_output_tokens"].clip(lower=1)
+    arrays = event_arrays_from_frame(frame)
+    kept = fm.clean_sample_rows(arrays)
+    observed = fm.coverage_groups(arrays, all_clean=kept)
+    read = []
+    original = median_calibration._gathered_figures
+    monkeypatch.setattr(median_calibration, "_gathered_figures",
+                        lambda *args: read.append(figures := original(*args)) or figures)
+    got = fm.calibrate_autopack_median_arrays(arrays, kept.mask, min_samples=1, provenance=PROVENANCE,
+                                              gathered={g.key: g for g in observed[2]})
+    plain = fm.calibrate_autopack_median_arrays(arrays, kept.mask, min_samples=1, provenance=PROVENANCE)
+    assert got.model_dump() == plain.model_dump()
+    assert any(f is not None for f in read) == positive and len(got.groups) > 3
+
+
 @pytest.mark.parametrize("seed", SEEDS[:6])
 @pytest.mark.parametrize(("min_total", "min_samples", "force", "rows"), [
     (20, 5, False, 400), (20, 5, True, 30), (500, 5, False, 400), (20, 200, False, 400), (20, 5, False, 0),
