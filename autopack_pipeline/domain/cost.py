@@ -35,7 +35,8 @@ def dollars(tokens: np.ndarray, price_per_million: np.ndarray | float) -> float:
 def clamped_budgets(predicted: np.ndarray, multiplier: float, margin: float | np.ndarray, floor: float | np.ndarray,
                     cap: float) -> np.ndarray:
     """``min(cap, max(floor, floor(margin * multiplier * predicted)))`` per call."""
-    raw = np.floor(np.asarray(predicted, dtype=float) * multiplier * margin)
+    raw = np.asarray(predicted, dtype=float) * multiplier * margin
+    raw = np.floor(raw, out=raw) if isinstance(raw, np.ndarray) else np.floor(raw)
     if not isinstance(raw, np.ndarray) or raw.shape != np.broadcast_shapes(raw.shape, np.shape(floor)):
         return np.minimum(cap, np.maximum(floor, raw))  # scalars, or a floor per call over one prediction
     # In place: the same values, without two more arrays of the calls (a group holds millions at 10M events).

@@ -27,7 +27,7 @@ from autopack_pipeline.domain.analysis import (
     group_tier1_arrays,
     sample_groups,
 )
-from autopack_pipeline.domain.analysis.retries import escalated_retries
+from autopack_pipeline.domain.analysis.retries import RetryOutcomes, escalated_retries
 from autopack_pipeline.domain.budget_calibration import calibration_section
 from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.reprediction import PredictionInputs, arrays_in_force
@@ -193,31 +193,33 @@ def calibrate(
                                            f"version(s), {window['events_dropped']} older left out ({chosen.reason})")
         samples = clean_sample_rows(arrays, dedup=dedup)
         groups = sample_groups(arrays, samples.mask)
-    observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
-    # The window's escalated retries (the samples keep one call per phase) are counted on a second thread
-    # while both methods calibrate: numpy over every event on both sides, and little memory together
-    # (beside the frontier or the pooled margins, the calibration's peaks, it would add to them).
+    def counted_retries() -> RetryOutcomes:
+        retries = escalated_retries(arrays)
+        release_freed_memory()  # the thread's malloc arena keeps what it freed (storage.process_memory)
+        return retries
+
+    def priced() -> list[dict[str, Any]]:
+        economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
+                                          tolerance=under_multiplier)
+        # At once, not after the sections: the arena's ~100 MB at ten million events would sit under the
+        # pooled passes' peak.
+        release_freed_memory()
+        return economics
+
+    # A second thread works beside this one, numpy on both sides (which lets go of the GIL): first the
+    # window's escalated retries (the samples keep one call per phase) while the coverage groups are
+    # found and both methods calibrate, then the frontier and cost per group while both methods'
+    # sections run the pooled passes. Neither adds much to the peak: the retries' arrays are small
+    # beside the calibration's, the economics' temporaries are one group's calls at a time (~130 MB
+    # for the largest at ten million events). Every figure is the same, each side computing alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        retrying = pool.submit(escalated_retries, arrays)
+        retrying = pool.submit(counted_retries)
+        observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
         results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
                                       confidence_threshold=confidence_threshold, dedup=dedup,
                                       tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
                                       observed=observed)
         retries = retrying.result()
-    release_freed_memory()  # what the retries' thread freed, kept by its malloc arena (storage.process_memory)
-    # The frontier and cost per group are priced on a second thread while this one finds both methods'
-    # sections (the pooled passes): numpy on both sides, which lets go of the GIL. Their temporaries
-    # are one group's calls at a time (~130 MB for the largest at ten million events), beside a
-    # pooled pass's; every figure is the same, each side computing alone.
-    def priced() -> list[dict[str, Any]]:
-        economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
-                                          tolerance=under_multiplier)
-        # At once, not after the sections: the thread's malloc arena keeps what it freed (storage.process_memory),
-        # ~100 MB at ten million events, which would sit under the pooled passes' peak.
-        release_freed_memory()
-        return economics
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
         pricing = pool.submit(priced)
         # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
         # multipliers (and the margins measured against them) into the calibration section.
