@@ -111,16 +111,16 @@ class GroupBudgetProposal:
         return asdict(self)
 
 
-def _budgets(predicted: np.ndarray, margin: float, floor: int, cap: int) -> np.ndarray:
-    return np.minimum(cap, np.maximum(floor, np.floor(predicted * margin)))
-
-
-def _truncated(group: GroupObservationsInForce, factor: float, margin: float, floor: int, cap: int) -> int:
-    """Past calls the settings would truncate: clean ones whose output exceeds the budget, truncated
-    ones whose budget is no larger than the ceiling they already hit."""
-    clean = int((group.actual > _budgets(group.predicted * factor, margin, floor, cap)).sum())
-    cut = int((_budgets(group.censored_predicted * factor, margin, floor, cap) <= group.censored_ceiling).sum())
-    return clean + cut
+def _truncated(group: GroupObservationsInForce, factor: float, margin: float, floors: tuple[int, ...], cap: int
+               ) -> tuple[int, ...]:
+    """Past calls the settings would truncate, under each of ``floors``: clean ones whose output
+    exceeds the budget, truncated ones whose budget is no larger than the ceiling they already hit.
+    The budgets are ``min(cap, max(floor, floor(new prediction x margin)))``, floored once for every floor."""
+    clean_raw = np.floor(group.predicted * factor * margin)
+    cut_raw = np.floor(group.censored_predicted * factor * margin)
+    return tuple(int((group.actual > np.minimum(cap, np.maximum(floor, clean_raw))).sum())
+                 + int((np.minimum(cap, np.maximum(floor, cut_raw)) <= group.censored_ceiling).sum())
+                 for floor in floors)
 
 
 def _proportional_floor(group: GroupObservationsInForce, factor: float, margin: float, cap: int) -> int:
@@ -183,23 +183,21 @@ def propose_group_budget(
         floor = int(min(cap, max(previous_floor, FLOOR_RAISE_FACTOR * hit)))
         why = (f"{n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} can absorb "
                f"at most {max(0, n - k)}") if n >= min_samples else f"only {n} observations (need {min_samples})"
+        truncated = _truncated(group, proposed_factor, _margin_in_force(table, key), (floor, int(previous_floor)), cap)
         return GroupBudgetProposal(
             *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
             current_prediction_multiplier=current_m, proposed_factor=proposed_factor,
             prediction_multiplier=round(current_m * proposed_factor, 4),
             budget_margin=current.budget_margin if current is not None else None, budget_floor=floor,
             previous_budget_floor=int(previous_floor),
-            truncated_past_calls_projected=_truncated(group, proposed_factor, _margin_in_force(table, key), floor,
-                                                      cap),
-            truncated_past_calls_with_previous_floor=_truncated(group, proposed_factor, _margin_in_force(table, key),
-                                                                int(previous_floor), cap),
+            truncated_past_calls_projected=truncated[0], truncated_past_calls_with_previous_floor=truncated[1],
             note=f"Unidentifiable: {why}. Floor raised to {floor} ({FLOOR_RAISE_FACTOR}x the largest ceiling "
                  f"hit, capped at {cap}); collect more samples.")
 
     margin = math.ceil(margin * 1000) / 1000  # rounded up: the written margin still covers the k-th call
     floor = _proportional_floor(group, proposed_factor, margin, cap)
     multiplier = round(current_m * proposed_factor, 4)
-    projected = _truncated(group, proposed_factor, margin, floor, cap)
+    projected, with_previous = _truncated(group, proposed_factor, margin, (floor, int(previous_floor)), cap)
     kind = (pooled[1] if status == "pooled"
             else f"the {k}-th of {n} ratios (a {100 - target_pct:g}% bound)" if status == "identifiable"
             else f"the largest of {n} ratios (advisory: a {100 - target_pct:g}% bound needs "
@@ -209,7 +207,7 @@ def propose_group_budget(
         current_prediction_multiplier=current_m, proposed_factor=proposed_factor, prediction_multiplier=multiplier,
         budget_margin=margin, budget_floor=int(floor), previous_budget_floor=int(previous_floor),
         truncated_past_calls_projected=projected,
-        truncated_past_calls_with_previous_floor=_truncated(group, proposed_factor, margin, int(previous_floor), cap),
+        truncated_past_calls_with_previous_floor=with_previous,
         note=f"margin x{margin:.3f} = {kind}; floor {floor} (was {previous_floor})")
 
 
@@ -225,13 +223,13 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
     margin, how = _censored_margin(group, factor, k)
     margin = math.ceil(margin * 1000) / 1000
     floor = _proportional_floor(group, factor, margin, cap)
+    truncated = _truncated(group, factor, margin, (floor, int(previous_floor)), cap)
     return GroupBudgetProposal(
         *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
         current_prediction_multiplier=current_m, proposed_factor=factor,
         prediction_multiplier=round(current_m * factor, 4), budget_margin=margin, budget_floor=int(floor),
         previous_budget_floor=int(previous_floor),
-        truncated_past_calls_projected=_truncated(group, factor, margin, floor, cap),
-        truncated_past_calls_with_previous_floor=_truncated(group, factor, margin, int(previous_floor), cap),
+        truncated_past_calls_projected=truncated[0], truncated_past_calls_with_previous_floor=truncated[1],
         note=(f"Unidentifiable: {n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} "
               f"can absorb at most {max(0, n - k)}. From lower bounds: factor x{factor:.3f} (the "
               f"larger of the largest clean ratio and the {FACTOR_PHASE_TARGET_PCT:.2f}% bound's ratio with ceilings "
