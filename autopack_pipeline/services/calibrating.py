@@ -6,6 +6,7 @@ first re-expresses the predictions under the coefficients in force and then call
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from autopack_pipeline.domain.analysis import (
     group_tier1_arrays,
     sample_groups,
 )
-from autopack_pipeline.domain.analysis.retries import RetryOutcomes, escalated_retries
+from autopack_pipeline.domain.analysis.retries import escalated_retries
 from autopack_pipeline.domain.budget_calibration import calibration_section
 from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.reprediction import PredictionInputs, arrays_in_force
@@ -193,34 +194,31 @@ def calibrate(
                                            f"version(s), {window['events_dropped']} older left out ({chosen.reason})")
         samples = clean_sample_rows(arrays, dedup=dedup)
         groups = sample_groups(arrays, samples.mask)
-    def counted_retries() -> RetryOutcomes:
-        retries = escalated_retries(arrays)
-        release_freed_memory()  # the thread's malloc arena keeps what it freed (storage.process_memory)
-        return retries
 
-    def priced() -> list[dict[str, Any]]:
-        economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
-                                          tolerance=under_multiplier)
-        # At once, not after the sections: the arena's ~100 MB at ten million events would sit under the
-        # pooled passes' peak.
+    def trimmed(work: Callable[[], Any]) -> Any:
+        done = work()
+        # At once, on the thread: its malloc arena keeps what it freed (storage.process_memory), ~100 MB
+        # after the economics at ten million events, which would sit under the pooled passes' peak.
         release_freed_memory()
-        return economics
+        return done
 
     # A second thread works beside this one, numpy on both sides (which lets go of the GIL): first the
     # window's escalated retries (the samples keep one call per phase) while the coverage groups are
-    # found and both methods calibrate, then the frontier and cost per group while both methods'
-    # sections run the pooled passes. Neither adds much to the peak: the retries' arrays are small
-    # beside the calibration's, the economics' temporaries are one group's calls at a time (~130 MB
-    # for the largest at ten million events). Every figure is the same, each side computing alone.
+    # found, then the coverage method while this thread runs the median one, then the frontier and
+    # cost per group while both methods' sections run the pooled passes. Little of it adds to the
+    # peak: the retries' and the methods' arrays are small beside the calibration's, the economics'
+    # temporaries one group's calls at a time (~130 MB for the largest at ten million events). Every
+    # figure is the same, each side computing alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        retrying = pool.submit(counted_retries)
+        retrying = pool.submit(trimmed, lambda: escalated_retries(arrays))
         observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
         results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
                                       confidence_threshold=confidence_threshold, dedup=dedup,
                                       tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
-                                      observed=observed)
+                                      observed=observed, beside=lambda work: pool.submit(trimmed, work))
         retries = retrying.result()
-        pricing = pool.submit(priced)
+        pricing = pool.submit(trimmed, lambda: calibration_economics(arrays, observed[2], results[method], coefficients,
+                                                                     settings, tolerance=under_multiplier))
         # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
         # multipliers (and the margins measured against them) into the calibration section.
         sections = {name: calibration_section(observed[2], coefficients,

@@ -418,3 +418,18 @@ def test_the_sample_summary_hands_its_rows_to_calibration_in_process_and_pickles
     assert other.as_dict() == calibration_stage(None, settings, windowed, handed.metrics, dedup=False, force=True,
                                                 write_reports=False).as_dict()
     assert other.gate.observed != alone.gate.observed  # dedup changes the counts: the check can fail
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_both_methods_with_the_coverage_one_on_another_thread_are_those_one_after_the_other(seed):
+    from concurrent.futures import ThreadPoolExecutor
+
+    arrays = event_arrays_from_frame(random_events(seed, 500))
+    kept = fm.clean_sample_rows(arrays)
+    groups = fm.sample_groups(arrays, kept.mask)
+    observed = fm.coverage_groups(arrays, all_clean=kept)
+    alone = fm.calibrations_arrays(arrays, kept, groups, min_samples=1, provenance=PROVENANCE, observed=observed)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        beside = fm.calibrations_arrays(arrays, kept, groups, min_samples=1, provenance=PROVENANCE, observed=observed,
+                                        beside=pool.submit)
+    assert {k: r.model_dump() for k, r in beside.items()} == {k: r.model_dump() for k, r in alone.items()}
