@@ -345,7 +345,29 @@ def calibration_section(
     ``retries``: the escalated retries among the events the groups come from
     (``domain.analysis.retries``), how often a cut call's retry is cut again, which sets the share of
     first calls the truncation margins may leave cut (``pooled_margin.retry_cut_chance``).
+
+    In two steps, :func:`pooled_section` (every group together) and :func:`section_of` (each group
+    alone), which a caller may run on two threads.
     """
+    pooled = pooled_section(groups, factors, min_samples=min_samples, target_pct=target_pct,
+                            pooled_factors=pooled_factors, retries=retries)
+    return section_of(pooled, table, min_samples=min_samples, target_pct=target_pct)
+
+
+@dataclass(frozen=True)
+class PooledSection:
+    """What :func:`calibration_section` reads off the groups together: their observations, their factors
+    (raised to the pooled coverage bound when asked) and the pooled margins the groups' calls accept."""
+
+    observed: list[GroupObservationsInForce]
+    factors: dict[tuple[str, str], float]
+    margins: dict[tuple[str, str], tuple[float, str]]
+
+
+def pooled_section(groups: Sequence, factors: dict[tuple[str, str], float], *, min_samples: int = 5,
+                   target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, pooled_factors: bool = False,
+                   retries: RetryOutcomes | None = None) -> PooledSection:
+    """:func:`calibration_section`'s first step: the pooled passes."""
     observed = []
     for group in groups:
         if group.size < min_samples and len(group.censored_rows) == 0:
@@ -359,10 +381,16 @@ def calibration_section(
     # Tier 1 counts the escalated retry of a cut call as a call too (see pooled_margin.first_call_target).
     pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples,
                             retry_factor=ESCALATION_FACTOR, retries=retries)
-    proposals = [propose_group_budget(g, table, proposed_factor=factors.get((g.category, g.complexity), 1.0),
+    return PooledSection(observed, factors, pooled)
+
+
+def section_of(pooled: PooledSection, table: CoefficientTable, *, min_samples: int = 5,
+               target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT) -> dict:
+    """:func:`calibration_section`'s second step: each group's settings (:func:`propose_group_budget`)."""
+    proposals = [propose_group_budget(g, table, proposed_factor=pooled.factors.get((g.category, g.complexity), 1.0),
                                       target_pct=target_pct, min_samples=min_samples,
-                                      pooled=pooled.get((g.category, g.complexity)))
-                 for g in observed]
+                                      pooled=pooled.margins.get((g.category, g.complexity)))
+                 for g in pooled.observed]
     return {
         "coefficient_file_version": table.version,
         "target_truncation_pct": target_pct,

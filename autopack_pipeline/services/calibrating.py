@@ -7,8 +7,9 @@ first re-expresses the predictions under the coefficients in force and then call
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ from autopack_pipeline.domain.analysis import (
     sample_groups,
 )
 from autopack_pipeline.domain.analysis.retries import escalated_retries
-from autopack_pipeline.domain.budget_calibration import calibration_section
+from autopack_pipeline.domain.budget_calibration import pooled_section, section_of
 from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.reprediction import PredictionInputs, arrays_in_force
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
@@ -220,12 +221,17 @@ def calibrate(
         pricing = pool.submit(trimmed, lambda: calibration_economics(arrays, observed[2], results[method], coefficients,
                                                                      settings, tolerance=under_multiplier))
         # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
-        # multipliers (and the margins measured against them) into the calibration section.
-        sections = {name: calibration_section(observed[2], coefficients,
-                                              {(g.category, g.complexity): g.proposed_multiplier
-                                               for g in result.actionable_groups}, min_samples=min_samples,
-                                              pooled_factors=name == COVERAGE, retries=retries)
-                    for name, result in results.items()}
+        # multipliers (and the margins measured against them) into the calibration section. The
+        # pooled passes run here, one method after the other; each method's groups but the last are
+        # then proposed on the second thread (after the economics) while the next method's passes run.
+        proposing: dict[str, Any] = {}
+        for name, result in results.items():
+            pooled = pooled_section(observed[2], {(g.category, g.complexity): g.proposed_multiplier
+                                                  for g in result.actionable_groups},
+                                    min_samples=min_samples, pooled_factors=name == COVERAGE, retries=retries)
+            propose = partial(section_of, pooled, coefficients, min_samples=min_samples)
+            proposing[name] = pool.submit(trimmed, propose) if len(proposing) < len(results) - 1 else propose()
+        sections = {name: p.result() if isinstance(p, Future) else p for name, p in proposing.items()}
         economics = pricing.result()
     section = sections[method]
     if not write_reports:
