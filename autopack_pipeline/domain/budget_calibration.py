@@ -60,7 +60,7 @@ from autopack_pipeline.domain.coverage_factor import ceiling_order_statistic, co
 from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 from autopack_pipeline.domain.group_observations import GroupObservationsInForce
 from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
-from autopack_pipeline.domain.pooled_margin import kaplan_meier, pooled_group_margins
+from autopack_pipeline.domain.pooled_margin import kaplan_meier_point, pooled_group_margins
 from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import Insight
 
@@ -111,16 +111,16 @@ class GroupBudgetProposal:
         return asdict(self)
 
 
-def _budgets(predicted: np.ndarray, margin: float, floor: int, cap: int) -> np.ndarray:
-    return np.minimum(cap, np.maximum(floor, np.floor(predicted * margin)))
-
-
-def _truncated(group: GroupObservationsInForce, factor: float, margin: float, floor: int, cap: int) -> int:
-    """Past calls the settings would truncate: clean ones whose output exceeds the budget, truncated
-    ones whose budget is no larger than the ceiling they already hit."""
-    clean = int((group.actual > _budgets(group.predicted * factor, margin, floor, cap)).sum())
-    cut = int((_budgets(group.censored_predicted * factor, margin, floor, cap) <= group.censored_ceiling).sum())
-    return clean + cut
+def _truncated(group: GroupObservationsInForce, factor: float, margin: float, floors: tuple[int, ...], cap: int
+               ) -> tuple[int, ...]:
+    """Past calls the settings would truncate, under each of ``floors``: clean ones whose output
+    exceeds the budget, truncated ones whose budget is no larger than the ceiling they already hit.
+    The budgets are ``min(cap, max(floor, floor(new prediction x margin)))``, floored once for every floor."""
+    clean_raw = np.floor(group.predicted * factor * margin)
+    cut_raw = np.floor(group.censored_predicted * factor * margin)
+    return tuple(int((group.actual > np.minimum(cap, np.maximum(floor, clean_raw))).sum())
+                 + int((np.minimum(cap, np.maximum(floor, cut_raw)) <= group.censored_ceiling).sum())
+                 for floor in floors)
 
 
 def _proportional_floor(group: GroupObservationsInForce, factor: float, margin: float, cap: int) -> int:
@@ -183,23 +183,21 @@ def propose_group_budget(
         floor = int(min(cap, max(previous_floor, FLOOR_RAISE_FACTOR * hit)))
         why = (f"{n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} can absorb "
                f"at most {max(0, n - k)}") if n >= min_samples else f"only {n} observations (need {min_samples})"
+        truncated = _truncated(group, proposed_factor, _margin_in_force(table, key), (floor, int(previous_floor)), cap)
         return GroupBudgetProposal(
             *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
             current_prediction_multiplier=current_m, proposed_factor=proposed_factor,
             prediction_multiplier=round(current_m * proposed_factor, 4),
             budget_margin=current.budget_margin if current is not None else None, budget_floor=floor,
             previous_budget_floor=int(previous_floor),
-            truncated_past_calls_projected=_truncated(group, proposed_factor, _margin_in_force(table, key), floor,
-                                                      cap),
-            truncated_past_calls_with_previous_floor=_truncated(group, proposed_factor, _margin_in_force(table, key),
-                                                                int(previous_floor), cap),
+            truncated_past_calls_projected=truncated[0], truncated_past_calls_with_previous_floor=truncated[1],
             note=f"Unidentifiable: {why}. Floor raised to {floor} ({FLOOR_RAISE_FACTOR}x the largest ceiling "
                  f"hit, capped at {cap}); collect more samples.")
 
     margin = math.ceil(margin * 1000) / 1000  # rounded up: the written margin still covers the k-th call
     floor = _proportional_floor(group, proposed_factor, margin, cap)
     multiplier = round(current_m * proposed_factor, 4)
-    projected = _truncated(group, proposed_factor, margin, floor, cap)
+    projected, with_previous = _truncated(group, proposed_factor, margin, (floor, int(previous_floor)), cap)
     kind = (pooled[1] if status == "pooled"
             else f"the {k}-th of {n} ratios (a {100 - target_pct:g}% bound)" if status == "identifiable"
             else f"the largest of {n} ratios (advisory: a {100 - target_pct:g}% bound needs "
@@ -209,7 +207,7 @@ def propose_group_budget(
         current_prediction_multiplier=current_m, proposed_factor=proposed_factor, prediction_multiplier=multiplier,
         budget_margin=margin, budget_floor=int(floor), previous_budget_floor=int(previous_floor),
         truncated_past_calls_projected=projected,
-        truncated_past_calls_with_previous_floor=_truncated(group, proposed_factor, margin, int(previous_floor), cap),
+        truncated_past_calls_with_previous_floor=with_previous,
         note=f"margin x{margin:.3f} = {kind}; floor {floor} (was {previous_floor})")
 
 
@@ -225,13 +223,13 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
     margin, how = _censored_margin(group, factor, k)
     margin = math.ceil(margin * 1000) / 1000
     floor = _proportional_floor(group, factor, margin, cap)
+    truncated = _truncated(group, factor, margin, (floor, int(previous_floor)), cap)
     return GroupBudgetProposal(
         *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
         current_prediction_multiplier=current_m, proposed_factor=factor,
         prediction_multiplier=round(current_m * factor, 4), budget_margin=margin, budget_floor=int(floor),
         previous_budget_floor=int(previous_floor),
-        truncated_past_calls_projected=_truncated(group, factor, margin, floor, cap),
-        truncated_past_calls_with_previous_floor=_truncated(group, factor, margin, int(previous_floor), cap),
+        truncated_past_calls_projected=truncated[0], truncated_past_calls_with_previous_floor=truncated[1],
         note=(f"Unidentifiable: {n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} "
               f"can absorb at most {max(0, n - k)}. From lower bounds: factor x{factor:.3f} (the "
               f"larger of the largest clean ratio and the {FACTOR_PHASE_TARGET_PCT:.2f}% bound's ratio with ceilings "
@@ -260,11 +258,9 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
     cap = float(np.partition(np.r_[clean, CENSORED_HEADROOM * ceilings], rank - 1)[rank - 1])
     if k > n:
         return cap, f"every clean call, and {CENSORED_HEADROOM}x every ceiling hit"
-    points, cdf = kaplan_meier(clean, ceilings)
-    reached = np.nonzero(cdf >= k / n - 1e-12)[0]
-    if len(reached) and points[reached[0]] < cap:
-        return float(points[reached[0]]), (f"the Kaplan-Meier {k}/{n} point of its ratios, truncated calls censored "
-                                           f"at their ceilings")
+    point = kaplan_meier_point(clean, ceilings, k / n - 1e-12)
+    if point is not None and point < cap:
+        return point, f"the Kaplan-Meier {k}/{n} point of its ratios, truncated calls censored at their ceilings"
     return cap, f"the {k}-th of {n} ratios with truncated calls at {CENSORED_HEADROOM}x their ceilings"
 
 
@@ -349,7 +345,29 @@ def calibration_section(
     ``retries``: the escalated retries among the events the groups come from
     (``domain.analysis.retries``), how often a cut call's retry is cut again, which sets the share of
     first calls the truncation margins may leave cut (``pooled_margin.retry_cut_chance``).
+
+    In two steps, :func:`pooled_section` (every group together) and :func:`section_of` (each group
+    alone), which a caller may run on two threads.
     """
+    pooled = pooled_section(groups, factors, min_samples=min_samples, target_pct=target_pct,
+                            pooled_factors=pooled_factors, retries=retries)
+    return section_of(pooled, table, min_samples=min_samples, target_pct=target_pct)
+
+
+@dataclass(frozen=True)
+class PooledSection:
+    """What :func:`calibration_section` reads off the groups together: their observations, their factors
+    (raised to the pooled coverage bound when asked) and the pooled margins the groups' calls accept."""
+
+    observed: list[GroupObservationsInForce]
+    factors: dict[tuple[str, str], float]
+    margins: dict[tuple[str, str], tuple[float, str]]
+
+
+def pooled_section(groups: Sequence, factors: dict[tuple[str, str], float], *, min_samples: int = 5,
+                   target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, pooled_factors: bool = False,
+                   retries: RetryOutcomes | None = None) -> PooledSection:
+    """:func:`calibration_section`'s first step: the pooled passes."""
     observed = []
     for group in groups:
         if group.size < min_samples and len(group.censored_rows) == 0:
@@ -363,10 +381,16 @@ def calibration_section(
     # Tier 1 counts the escalated retry of a cut call as a call too (see pooled_margin.first_call_target).
     pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples,
                             retry_factor=ESCALATION_FACTOR, retries=retries)
-    proposals = [propose_group_budget(g, table, proposed_factor=factors.get((g.category, g.complexity), 1.0),
+    return PooledSection(observed, factors, pooled)
+
+
+def section_of(pooled: PooledSection, table: CoefficientTable, *, min_samples: int = 5,
+               target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT) -> dict:
+    """:func:`calibration_section`'s second step: each group's settings (:func:`propose_group_budget`)."""
+    proposals = [propose_group_budget(g, table, proposed_factor=pooled.factors.get((g.category, g.complexity), 1.0),
                                       target_pct=target_pct, min_samples=min_samples,
-                                      pooled=pooled.get((g.category, g.complexity)))
-                 for g in observed]
+                                      pooled=pooled.margins.get((g.category, g.complexity)))
+                 for g in pooled.observed]
     return {
         "coefficient_file_version": table.version,
         "target_truncation_pct": target_pct,

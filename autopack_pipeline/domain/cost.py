@@ -35,8 +35,13 @@ def dollars(tokens: np.ndarray, price_per_million: np.ndarray | float) -> float:
 def clamped_budgets(predicted: np.ndarray, multiplier: float, margin: float | np.ndarray, floor: float | np.ndarray,
                     cap: float) -> np.ndarray:
     """``min(cap, max(floor, floor(margin * multiplier * predicted)))`` per call."""
-    raw = np.floor(np.asarray(predicted, dtype=float) * multiplier * margin)
-    return np.minimum(cap, np.maximum(floor, raw))
+    raw = np.asarray(predicted, dtype=float) * multiplier * margin
+    raw = np.floor(raw, out=raw) if isinstance(raw, np.ndarray) else np.floor(raw)
+    if not isinstance(raw, np.ndarray) or raw.shape != np.broadcast_shapes(raw.shape, np.shape(floor)):
+        return np.minimum(cap, np.maximum(floor, raw))  # scalars, or a floor per call over one prediction
+    # In place: the same values, without two more arrays of the calls (a group holds millions at 10M events).
+    np.maximum(floor, raw, out=raw)
+    return np.minimum(cap, raw, out=raw)
 
 
 @dataclass(frozen=True)
@@ -76,12 +81,13 @@ def cost_now(actual: np.ndarray, budget_sent: np.ndarray, truncated: np.ndarray,
              output_price: np.ndarray | float) -> CostFigures:
     """Today's figures of the stored calls: every attempt billed, every budget sent reserved."""
     actual = np.asarray(actual, dtype=float)
+    total = float(actual.sum())
     return CostFigures(
         calls=len(actual),
-        billed_output_tokens=float(actual.sum()),
+        billed_output_tokens=total,
         dollars=dollars(actual, output_price),
         reserved_output_tokens=float(np.sum(budget_sent)),
-        produced_output_tokens=float(actual.sum()),
+        produced_output_tokens=total,
         truncated_calls=int(np.sum(truncated)),
     )
 
@@ -93,13 +99,15 @@ def cost_with_budgets(actual: np.ndarray, new_budgets: np.ndarray, truncated: np
     truncated = np.asarray(truncated, dtype=bool)
     new_budgets = np.asarray(new_budgets, dtype=float)
     cut = ~truncated & (actual > new_budgets)
-    billed = np.where(cut, new_budgets + actual, actual)
+    billed = actual.copy()  # the newly cut calls' budget added where they are: one array, not two
+    billed[cut] += new_budgets[cut]
+    total = float(billed.sum())
     return CostFigures(
         calls=len(actual),
-        billed_output_tokens=float(billed.sum()),
+        billed_output_tokens=total,
         dollars=dollars(billed, output_price),
         reserved_output_tokens=float(new_budgets.sum()),
-        produced_output_tokens=float(billed.sum()),
+        produced_output_tokens=total,
         truncated_calls=int(truncated.sum() + cut.sum()),
     )
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.group_observations import GroupObservationsInForce
-from autopack_pipeline.domain.pooled_margin import kaplan_meier
+from autopack_pipeline.domain.pooled_margin import kaplan_meier_point
 from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 
 
@@ -27,11 +27,10 @@ def own_coverage_factor(group: GroupObservationsInForce) -> float:
     factor the patch sets is at least this (``budget_calibration.raise_to_pooled_coverage``), and it is
     the factor of a group whose truncations leave the coverage method no bound."""
     clean = group.actual / group.predicted
-    points, cdf = kaplan_meier(clean, group.censored_ceiling / group.censored_predicted)
     n = len(clean) + len(group.censored_ceiling)
     k = min(order_statistic_index(n, FACTOR_PHASE_TARGET_PCT), n)
-    reached = np.nonzero(cdf >= k / n - 1e-12)[0]
-    estimate = float(points[reached[0]]) if len(reached) else float(clean.max())
+    estimate = kaplan_meier_point(clean, group.censored_ceiling / group.censored_predicted, k / n - 1e-12)
+    estimate = float(clean.max()) if estimate is None else estimate
     return max(estimate, ceiling_order_statistic(group)) / UNDER_TOLERANCE
 
 

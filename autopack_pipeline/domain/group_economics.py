@@ -42,6 +42,15 @@ def output_price_per_row(arrays: EventArrays, prices: PriceTable, rows: np.ndarr
     return by_code[arrays.model.codes if rows is None else arrays.model.codes[rows]]
 
 
+def _one_price(arrays: EventArrays, prices: PriceTable) -> float | None:
+    """The output price of every event when all of them have the same one (one model, or models priced
+    alike), else None. A call's cost is then its tokens x that number, the very products a price per
+    row gives, with no price array per group."""
+    by_code = np.r_[prices.output_prices(arrays.model.labels), prices.default.output] if arrays.model is not None \
+        else np.array([prices.default.output])
+    return float(by_code[0]) if (by_code == by_code[0]).all() else None
+
+
 def spend_of_events(arrays: EventArrays, prices: PriceTable) -> Spend:
     """Billed output spend of every stored attempt, per model and per UTC day."""
     if arrays.model is None:
@@ -91,17 +100,19 @@ def group_economics(
     usable = arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0)
     rows_by_pair = _rows_by_pair(usable, cat_codes, cx_codes, len(cx_names), len(cat_names) * len(cx_names))
     del usable
+    one_price = _one_price(arrays, prices)
     out = []
     for group in groups:
         category, complexity = group.key
-        rows = rows_by_pair[cat_names.index(category) * len(cx_names) + cx_names.index(complexity)]
+        code = cat_names.index(category) * len(cx_names) + cx_names.index(complexity)
+        rows, rows_by_pair[code] = rows_by_pair[code], rows_by_pair[code][:0]  # each group's rows let go once read
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
         # Read for the group's rows only (truncated_flags' rule): no per-event array of the whole history.
         truncated = truncation_rule(arrays.truncated[rows], arrays.is_truncated_output[rows])
-        price = output_price_per_row(arrays, prices, rows)
-        sent = budget_sent(arrays, rows)
-        sent = np.where(np.isnan(sent), 0.0, sent)
+        price = one_price if one_price is not None else output_price_per_row(arrays, prices, rows)
+        sent = budget_sent(arrays, rows)  # the group's own copy: a missing budget set to 0 in place
+        sent[np.isnan(sent)] = 0.0
         now = cost_now(actual, sent, truncated, price)
         floor, cap = coefficients.budget_floor(category, complexity), coefficients.budget.cap
         proposals = []

@@ -81,13 +81,46 @@ def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, n
         # together cost most of an unidentifiable group's margin at 10M events) and merged by count:
         # the i-th smallest clean value has i clean values and the censored ones below it before it.
         points = np.sort(clean)
-        events = np.arange(len(points)) + np.searchsorted(np.sort(censored), points, side="left")
-        return _product_limit(points, events, len(clean) + len(censored))
+        return _product_limit(points, _event_positions(points, censored), len(clean) + len(censored))
+    points, events, total = _stably_merged(clean, censored)
+    return _product_limit(points, events, total)
+
+
+def kaplan_meier_point(clean: np.ndarray, censored: np.ndarray, level: float) -> float | None:
+    """The least clean value at which :func:`kaplan_meier`'s estimate reaches ``level`` (None when it
+    never does): the same estimate, read at one point. Every clean value's factor is still multiplied
+    in order, but the estimate is not cut down to its distinct values: the first position reaching
+    ``level`` holds the answer (the estimate only grows, so the last of its ties reaches it too, and
+    a smaller value's last tie comes before it)."""
+    clean, censored = np.asarray(clean, dtype=float), np.asarray(censored, dtype=float)
+    if _plainly_ordered(clean) and _plainly_ordered(censored):
+        points = np.sort(clean)
+        events = _event_positions(points, censored)
+        total = len(clean) + len(censored)
+    else:
+        points, events, total = _stably_merged(clean, censored)
+    reached = 1 - np.cumprod(1 - 1 / (total - events)) >= level  # _product_limit's cdf, before the ties
+    first = int(np.argmax(reached)) if len(reached) else 0
+    return float(points[first]) if len(reached) and reached[first] else None
+
+
+def _event_positions(points: np.ndarray, censored: np.ndarray) -> np.ndarray:
+    """Each of the ascending clean ``points``' position among all values in order (clean first at a
+    tie): its index plus the censored values below it. Counted from the censored side, the fewer:
+    a censored value below the i-th point is one with at most i points at or below it, so a bincount
+    of those counts, summed up, gives them all (a binary search per point was most of the estimate)."""
+    at_or_below = np.searchsorted(points, censored, side="right")
+    below = np.cumsum(np.bincount(at_or_below, minlength=len(points) + 1)[:len(points)])
+    return np.arange(len(points)) + below
+
+
+def _stably_merged(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(clean values ascending, their positions among all values, how many) by one stable sort of both."""
     values = np.r_[clean, censored]
     is_event = np.r_[np.ones(len(clean), bool), np.zeros(len(censored), bool)]
     order = stable_order(values)  # stable: clean values, listed first, precede censored at a tie
     events = np.flatnonzero(is_event[order])
-    return _product_limit(values[order][events], events, len(values))
+    return values[order][events], events, len(values)
 
 
 def _plainly_ordered(values: np.ndarray) -> bool:

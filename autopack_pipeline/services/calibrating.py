@@ -6,8 +6,10 @@ first re-expresses the predictions under the coefficients in force and then call
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +30,7 @@ from autopack_pipeline.domain.analysis import (
     sample_groups,
 )
 from autopack_pipeline.domain.analysis.retries import escalated_retries
-from autopack_pipeline.domain.budget_calibration import calibration_section
+from autopack_pipeline.domain.budget_calibration import pooled_section, section_of
 from autopack_pipeline.domain.group_economics import group_economics
 from autopack_pipeline.domain.reprediction import PredictionInputs, arrays_in_force
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
@@ -193,27 +195,44 @@ def calibrate(
                                            f"version(s), {window['events_dropped']} older left out ({chosen.reason})")
         samples = clean_sample_rows(arrays, dedup=dedup)
         groups = sample_groups(arrays, samples.mask)
-    observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
-    # The window's escalated retries (the samples keep one call per phase) are counted on a second thread
-    # while both methods calibrate: numpy over every event on both sides, and little memory together
-    # (beside the frontier or the pooled margins, the calibration's peaks, it would add to them).
+
+    def trimmed(work: Callable[[], Any]) -> Any:
+        done = work()
+        # At once, on the thread: its malloc arena keeps what it freed (storage.process_memory), ~100 MB
+        # after the economics at ten million events, which would sit under the pooled passes' peak.
+        release_freed_memory()
+        return done
+
+    # A second thread works beside this one, numpy on both sides (which lets go of the GIL): first the
+    # window's escalated retries (the samples keep one call per phase) while the coverage groups are
+    # found, then the coverage method while this thread runs the median one, then the frontier and
+    # cost per group while both methods' sections run the pooled passes. Little of it adds to the
+    # peak: the retries' and the methods' arrays are small beside the calibration's, the economics'
+    # temporaries one group's calls at a time (~130 MB for the largest at ten million events). Every
+    # figure is the same, each side computing alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        retrying = pool.submit(escalated_retries, arrays)
+        retrying = pool.submit(trimmed, lambda: escalated_retries(arrays))
+        observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
         results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
                                       confidence_threshold=confidence_threshold, dedup=dedup,
                                       tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
-                                      observed=observed)
+                                      observed=observed, beside=lambda work: pool.submit(trimmed, work))
         retries = retrying.result()
-    release_freed_memory()  # what the retries' thread freed, kept by its malloc arena (storage.process_memory)
-    economics = calibration_economics(arrays, observed[2], results[method], coefficients, settings,
-                                      tolerance=under_multiplier)
-    # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
-    # multipliers (and the margins measured against them) into the calibration section.
-    sections = {name: calibration_section(observed[2], coefficients,
-                                          {(g.category, g.complexity): g.proposed_multiplier
-                                           for g in result.actionable_groups}, min_samples=min_samples,
-                                          pooled_factors=name == COVERAGE, retries=retries)
-                for name, result in results.items()}
+        pricing = pool.submit(trimmed, lambda: calibration_economics(arrays, observed[2], results[method], coefficients,
+                                                                     settings, tolerance=under_multiplier))
+        # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
+        # multipliers (and the margins measured against them) into the calibration section. The
+        # pooled passes run here, one method after the other; each method's groups but the last are
+        # then proposed on the second thread (after the economics) while the next method's passes run.
+        proposing: dict[str, Any] = {}
+        for name, result in results.items():
+            pooled = pooled_section(observed[2], {(g.category, g.complexity): g.proposed_multiplier
+                                                  for g in result.actionable_groups},
+                                    min_samples=min_samples, pooled_factors=name == COVERAGE, retries=retries)
+            propose = partial(section_of, pooled, coefficients, min_samples=min_samples)
+            proposing[name] = pool.submit(trimmed, propose) if len(proposing) < len(results) - 1 else propose()
+        sections = {name: p.result() if isinstance(p, Future) else p for name, p in proposing.items()}
+        economics = pricing.result()
     section = sections[method]
     if not write_reports:
         return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,

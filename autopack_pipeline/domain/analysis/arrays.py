@@ -279,9 +279,20 @@ def budget_sent_integers(arrays: EventArrays, rows: np.ndarray | None = None) ->
     sent, selected = arrays.actual_max_tokens, arrays.selected_budget
     if sent.valid is not None or selected.valid is not None:
         return None
-    chosen = sent.values if rows is None else sent.values[rows]
-    fallback = selected.values if rows is None else selected.values[rows]
-    return np.where(chosen == 0, fallback, chosen)
+    if sent.values.dtype != selected.values.dtype:
+        chosen, fallback = sent.values if rows is None else sent.values[rows], selected.values
+        return np.where(chosen == 0, fallback if rows is None else fallback[rows], chosen)
+    chosen = sent.values.copy() if rows is None else sent.values[rows]
+    # The fallback is read only where it is taken (a zero ceiling, a few calls), not gathered for every row.
+    zero = np.flatnonzero(chosen == 0)
+    if len(zero):
+        chosen[zero] = selected.values[zero if rows is None else _positions(rows, zero)]
+    return chosen
+
+
+def _positions(rows: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    """The rows at positions ``picked`` of ``rows`` (indices or a boolean mask)."""
+    return np.flatnonzero(rows)[picked] if rows.dtype == bool else rows[picked]
 
 
 def budget_sent(arrays: EventArrays, rows: np.ndarray | None = None) -> np.ndarray:

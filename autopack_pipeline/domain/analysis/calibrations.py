@@ -7,6 +7,8 @@ them after the samples and the metrics is the services' job (``services.pipeline
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -68,16 +70,26 @@ def calibrations_arrays(
     coefficients: CoefficientTable | None = None,
     provenance: dict[str, Any],
     observed: tuple[CleanSamples, np.ndarray, list[CoverageGroup]] | None = None,
+    beside: Callable[[Callable[[], CalibrationResult]], Future[CalibrationResult]] | None = None,
 ) -> dict[str, CalibrationResult]:
     """Both methods, as ``calibrating.calibrate`` runs them: ``samples`` and ``groups`` are the clean
     samples (``dedup`` as given) and their groups, ``observed`` optionally ``coverage_groups``' result;
-    ``provenance`` gets the exclusions added. One method after the other: on a thread of its own the
-    median method's arrays went to that thread's malloc arena, which kept about 70 MB of them after
-    it ended, at ten million events, when the analysis is near its peak memory; it saved ~0.2 s."""
+    ``provenance`` gets the exclusions added. One method after the other, unless ``beside`` (an
+    executor's ``submit``) runs the coverage method while this thread runs the median one, when
+    ``observed`` is given: both then read the coverage groups, found already, and neither holds more
+    than a group's temporaries. The caller's thread keeps what it freed in its malloc arena (about
+    70 MB of the median method's arrays at ten million events, when it ran on a thread of its own):
+    freeing it is the caller's part."""
     shared = {**provenance, "exclusions": samples.exclusions}
+
+    def coverage_method() -> CalibrationResult:
+        return calibrate_coverage_arrays(
+            arrays, min_samples=min_samples, confidence_threshold=confidence_threshold, dedup=dedup,
+            tolerance=tolerance, coefficients=coefficients, provenance=shared, all_clean=samples, observed=observed)
+
+    running = beside(coverage_method) if beside is not None and observed is not None else None
     median = calibrate_autopack_median_arrays(arrays, samples.mask, groups=groups, min_samples=min_samples,
-                                              confidence_threshold=confidence_threshold, provenance=shared)
-    coverage = calibrate_coverage_arrays(
-        arrays, min_samples=min_samples, confidence_threshold=confidence_threshold, dedup=dedup,
-        tolerance=tolerance, coefficients=coefficients, provenance=shared, all_clean=samples, observed=observed)
+                                              confidence_threshold=confidence_threshold, provenance=shared,
+                                              gathered={g.key: g for g in observed[2]} if observed else None)
+    coverage = running.result() if running is not None else coverage_method()
     return {COVERAGE: coverage, AUTOPACK_MEDIAN: median}

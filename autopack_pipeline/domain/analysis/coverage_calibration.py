@@ -7,7 +7,6 @@ groups, a category, a group) are order statistics by partition.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -197,19 +196,19 @@ def coverage_groups(
     pair += cx_codes[rows]
     pair *= 2
     pair += censored[rows]
-    order = stable_order(pair)
-    rows, pair = rows[order], pair[order]
-    del order
-    starts = np.flatnonzero(np.r_[True, pair[1:] // 2 != pair[:-1] // 2]) if len(pair) else np.zeros(0, dtype=np.int64)
-    bounds_at = np.r_[starts, len(pair)]
+    rows = rows[stable_order(pair)]
+    # Where each group's clean rows, then its censored ones, begin in that order: the counts of the
+    # codes, summed up (no pass over the sorted codes).
+    begins = np.r_[0, np.cumsum(np.bincount(pair, minlength=2 * len(cat_names) * len(cx_names)))]
+    del pair
     # The figures of the used rows, gathered once in group order; every group is a slice (a view).
     predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), budget_sent(
         arrays, rows)
 
     groups: list[CoverageGroup] = []
-    for start, end in itertools.pairwise(bounds_at):
-        cat, cx = divmod(int(pair[start]) // 2, len(cx_names))
-        split = start + int(np.searchsorted(pair[start:end] % 2, 1))  # first censored row
+    for code in np.flatnonzero(begins[2::2] > begins[:-1:2]):  # the groups with rows
+        cat, cx = divmod(int(code), len(cx_names))
+        start, split, end = (int(v) for v in begins[2 * code:2 * code + 3])
         kept, cut = slice(start, split), slice(split, end)
         ceiling = np.nan_to_num(budget[cut], nan=0.0)
         groups.append(CoverageGroup(

@@ -9,6 +9,7 @@ come from one partition of its ratios and budget waste.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -75,12 +76,17 @@ def calibrate_autopack_median_arrays(
     min_samples: int = MIN_GROUP_SAMPLES,
     confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     provenance: dict[str, Any],
+    gathered: Mapping[tuple[str, str], Any] | None = None,
 ) -> CalibrationResult:
     """Autopack's median-ratio calibration of the clean rows ``samples`` (a boolean mask).
 
     Groups with fewer than ``min_samples`` are listed in ``below_threshold``; the others get the
     full figure set, ``actionable`` when confidence >= ``confidence_threshold``. Both lists are sorted
     by (-samples, category, complexity), the order of Autopack's detailed table.
+
+    ``gathered``: the coverage method's groups by key (``coverage_calibration.CoverageGroup``), whose
+    clean rows' predictions, lengths, budgets and ratios were gathered already: a group whose clean
+    rows are these same rows reads them (:func:`_gathered_figures`) instead of gathering them again.
     """
     if min_samples < 1:
         raise ValueError(f"min_samples must be at least 1, got {min_samples}")
@@ -94,14 +100,18 @@ def calibrate_autopack_median_arrays(
     calibrated: list[GroupCalibration] = []
     for i in big:  # one group at a time: temporaries stay the size of the largest group
         rows = groups.rows[i]
-        predicted = arrays.predicted.values[rows]
-        actual = arrays.actual.values[rows]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = np.where(predicted != 0, actual / predicted, 0.0)  # int / int: the exact quotient, rounded
-        sent = arrays.actual_max_tokens.known_or_zero(rows)
         selected_known = arrays.selected_budget.known_at(rows)
         selected = arrays.selected_budget.known_or_zero(rows)
-        budgets = np.where(sent != 0, sent, selected)  # Python's `s or b or 0`
+        figures = _gathered_figures(arrays, (gathered or {}).get(groups.keys[i]), rows)
+        if figures is not None:
+            predicted, actual, ratios, budgets = figures
+        else:
+            predicted = arrays.predicted.values[rows]
+            actual = arrays.actual.values[rows]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios = np.where(predicted != 0, actual / predicted, 0.0)  # int / int: the exact quotient, rounded
+            sent = arrays.actual_max_tokens.known_or_zero(rows)
+            budgets = np.where(sent != 0, sent, selected)  # Python's `s or b or 0`
         with np.errstate(divide="ignore", invalid="ignore"):
             waste = np.where(actual != 0, budgets / actual, 0.0)
         calibrated.append(_group_figures(groups.keys[i], ratios, waste, predicted, actual, selected[selected_known],
@@ -113,6 +123,20 @@ def calibrate_autopack_median_arrays(
         below_threshold=sorted(below, key=group_order),
         provenance=provenance_arrays(arrays, samples, provenance),
     )
+
+
+def _gathered_figures(arrays: EventArrays, group: Any, rows: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(predicted, actual, ratios, budgets) of ``rows`` read off a coverage group, or None when they
+    cannot stand for this method's own: the group's clean rows must be ``rows`` (they are when every
+    prediction is positive), and no budget may be missing (the coverage group's budget is then the
+    integer rule's, as floats). Every value is the one gathered here: an int32 count converts to
+    float64 exactly, the ratios are the same quotients (no prediction is 0 among them), and sums of
+    those counts are exact integers either way. The ratios are copied: the median partitions them."""
+    if (group is None or arrays.actual_max_tokens.valid is not None or arrays.selected_budget.valid is not None
+            or not np.array_equal(group.clean_rows, rows)):
+        return None
+    return group.predicted, group.actual, group.ratios.copy(), group.budget
 
 
 def _group_figures(key: tuple[str, str], ratios: np.ndarray, waste: np.ndarray, predicted: np.ndarray,

@@ -230,6 +230,30 @@ def test_autopack_median_calibration_equals_the_reference(seed, min_samples, thr
     assert_close(got, expected)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("positive", [True, False])
+def test_autopack_median_calibration_reading_the_coverage_groups_is_bit_for_bit_its_own(seed, positive, monkeypatch):
+    # Every count known and every prediction positive: the coverage groups' clean rows are the samples'
+    # and their figures are read; otherwise (zeros, missing budgets) the groups' own are gathered.
+    from autopack_pipeline.domain.analysis import median_calibration
+
+    frame = random_events(seed, 600, missing=0 if positive else 0.08)
+    if positive:
+        frame["predicted_output_tokens"] = frame["predicted_output_tokens"].clip(lower=1)
+    arrays = event_arrays_from_frame(frame)
+    kept = fm.clean_sample_rows(arrays)
+    observed = fm.coverage_groups(arrays, all_clean=kept)
+    read = []
+    original = median_calibration._gathered_figures
+    monkeypatch.setattr(median_calibration, "_gathered_figures",
+                        lambda *args: read.append(figures := original(*args)) or figures)
+    got = fm.calibrate_autopack_median_arrays(arrays, kept.mask, min_samples=1, provenance=PROVENANCE,
+                                              gathered={g.key: g for g in observed[2]})
+    plain = fm.calibrate_autopack_median_arrays(arrays, kept.mask, min_samples=1, provenance=PROVENANCE)
+    assert got.model_dump() == plain.model_dump()
+    assert any(f is not None for f in read) == positive and len(got.groups) > 3
+
+
 @pytest.mark.parametrize("seed", SEEDS[:6])
 @pytest.mark.parametrize(("min_total", "min_samples", "force", "rows"), [
     (20, 5, False, 400), (20, 5, True, 30), (500, 5, False, 400), (20, 200, False, 400), (20, 5, False, 0),
@@ -394,3 +418,18 @@ def test_the_sample_summary_hands_its_rows_to_calibration_in_process_and_pickles
     assert other.as_dict() == calibration_stage(None, settings, windowed, handed.metrics, dedup=False, force=True,
                                                 write_reports=False).as_dict()
     assert other.gate.observed != alone.gate.observed  # dedup changes the counts: the check can fail
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_both_methods_with_the_coverage_one_on_another_thread_are_those_one_after_the_other(seed):
+    from concurrent.futures import ThreadPoolExecutor
+
+    arrays = event_arrays_from_frame(random_events(seed, 500))
+    kept = fm.clean_sample_rows(arrays)
+    groups = fm.sample_groups(arrays, kept.mask)
+    observed = fm.coverage_groups(arrays, all_clean=kept)
+    alone = fm.calibrations_arrays(arrays, kept, groups, min_samples=1, provenance=PROVENANCE, observed=observed)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        beside = fm.calibrations_arrays(arrays, kept, groups, min_samples=1, provenance=PROVENANCE, observed=observed,
+                                        beside=pool.submit)
+    assert {k: r.model_dump() for k, r in beside.items()} == {k: r.model_dump() for k, r in alone.items()}

@@ -115,3 +115,14 @@ def test_price_table_errors_name_the_file_and_key(tmp_path, text, message):
 def test_missing_price_table_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="price table not found: .*nowhere.yaml"):
         load_price_table(tmp_path / "nowhere.yaml")
+
+
+def test_clamped_budgets_are_the_clamps_of_select_budget_whatever_the_shapes():
+    predicted = np.array([10.0, 100.0, 1000.0, 5000.0])
+    margins = np.array([1.5, 1.2, 1.1, 1.3])
+    want = np.minimum(8000, np.maximum(200, np.floor(predicted * 1.1 * margins)))
+    assert clamped_budgets(predicted, 1.1, margins, 200, 8000).tolist() == want.tolist()
+    # A floor per call over one prediction broadcasts to the floors' shape.
+    floors = np.array([100.0, 200.0, 300.0])
+    assert clamped_budgets(150.0, 1.0, 1.5, floors, 8000).tolist() == [225.0, 225.0, 300.0]
+    assert float(clamped_budgets(150.0, 1.0, 1.5, 300, 250)) == 250.0

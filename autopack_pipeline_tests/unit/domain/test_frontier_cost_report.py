@@ -62,3 +62,27 @@ def test_each_groups_rows_are_the_same_read_a_few_rows_at_a_time():
     for chunk in (7, 1 << 20):
         found = _rows_by_pair(usable, cat, cx, 3, 12, chunk=chunk)
         assert len(found) == 12 and all(np.array_equal(a, b) for a, b in zip(found, expected))
+
+
+@pytest.mark.parametrize("model", [None, "claude-sonnet-4-5"])
+def test_one_price_for_every_event_prices_each_group_as_a_price_per_event_does(model, monkeypatch):
+    # One price for every event (no model stored, or one model): the groups' costs multiply the tokens
+    # by that number, the very products a price per event gives.
+    from autopack_pipeline.domain import group_economics
+    from autopack_pipeline.domain.analysis import coverage_groups
+    from autopack_pipeline.domain.coefficients import load_coefficients
+    from autopack_pipeline.services.seed_files import load_prices_for
+    from autopack_pipeline.storage.frames import event_arrays_from_frame
+
+    frame = events()
+    frame["model"] = model
+    arrays = event_arrays_from_frame(frame)
+    settings = load_settings()
+    prices, table = load_prices_for(settings), load_coefficients(settings.seeds_dir / "estimator_coefficients.yaml")
+    groups = coverage_groups(arrays)[2]
+    assert group_economics._one_price(arrays, prices) == prices.default.output
+    multipliers = {g.key: 1.3 for g in groups}
+    once = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers)
+    monkeypatch.setattr(group_economics, "_one_price", lambda *args: None)
+    per_event = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers)
+    assert json.dumps(once) == json.dumps(per_event)

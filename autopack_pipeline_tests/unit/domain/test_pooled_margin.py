@@ -23,6 +23,7 @@ from autopack_pipeline.domain.pooled_margin import (
     confident_rank,
     first_call_target,
     kaplan_meier,
+    kaplan_meier_point,
     own_tail_contradicts,
     pooled_bound,
     pooled_group_margins,
@@ -233,6 +234,21 @@ def test_a_pooled_group_the_coverage_method_left_without_a_factor_still_moves_it
     assert 1.5 / 1.1 < proposal.proposed_factor <= 2.0 / 1.1
     # The budget stays where the pooled margin put it: factor x margin = 2.2 (margin rounded up).
     assert proposal.proposed_factor * proposal.budget_margin == pytest.approx(2.2, abs=2e-3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("zeros", [False, True])  # True: a zero takes the stable sort's way
+def test_the_kaplan_meier_point_is_the_first_distinct_point_reaching_the_level(seed, zeros):
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(1 - zeros, 60, 700).astype(float)  # many ties, among themselves and censored
+    censored = rng.integers(1 - zeros, 60, int(rng.integers(0, 300))).astype(float)
+    points, cdf = kaplan_meier(clean, censored)
+    assert (points.tolist(), cdf.tolist()) == _kaplan_meier_by_loop(clean.tolist(), censored.tolist())
+    for level in (0.0, 0.3, 0.9, 0.95, 0.98, 0.999, cdf[-1], 1.0 + 1e-9):
+        reached = np.nonzero(cdf >= level)[0]
+        want = float(points[reached[0]]) if len(reached) else None
+        assert kaplan_meier_point(clean, censored, level) == want
+    assert kaplan_meier_point(np.zeros(0), censored, 0.5) is None
 
 
 def _kaplan_meier_by_loop(clean, censored):
