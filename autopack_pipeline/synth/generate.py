@@ -1,7 +1,7 @@
 """The numpy generator of synthetic phases and their estimation events, in chunks.
 
-Every chunk is drawn from a generator seeded by ``(seed, chunk number)``, so a seed gives the same rows
-whatever reads them. Each phase follows the simulated backend's output lengths (log-normal body, Pareto
+The draws come in blocks of :data:`DRAW_BLOCK_PHASES` phases, each from a generator seeded by ``(seed,
+block number)``, so a seed gives the same rows whatever reads them and however they are cut into chunks. Each phase follows the simulated backend's output lengths (log-normal body, Pareto
 tail, malformed and degenerate answers) and the Builder's rules: the first call runs under the selected
 budget, a truncated call (or a failed one that used 95% of its ceiling) escalates once, a second
 truncation fails. The columns the writer derives (SMAPE, waste ratio, underestimated) are computed
@@ -33,9 +33,16 @@ from autopack_pipeline.synth.archetypes import (
     load_archetypes,
 )
 
-# Phases per generated chunk. Fixed: the random streams are seeded per chunk, so changing this would
-# change the data a seed gives.
+# Phases per block of random draws, each block from its own stream seeded by (seed, block number). The
+# rows a seed gives depend on this and on nothing else of the cutting: chunks take any number of
+# phases from consecutive blocks, so a loader may ask for a small first chunk. (Until the draws were
+# per block, each 50k-phase chunk had its own stream, and a smaller first chunk would have changed the
+# data.)
+DRAW_BLOCK_PHASES = 5_000
+# Phases per generated chunk, and in the first one: small, because a loader can start writing (on
+# PostgreSQL, the events COPY that is the load's critical path) only when the first chunk exists.
 PHASES_PER_CHUNK = 50_000
+FIRST_CHUNK_PHASES = 5_000
 # Mean seconds between two phase starts, and the spread of a retry after its first attempt.
 PHASE_GAP_SECONDS = 1.5
 RETRY_DELAY_SECONDS = (20.0, 120.0)
@@ -104,6 +111,29 @@ def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_frac
     }
 
 
+class _DrawBlocks:
+    """The per-phase draws of a seed, block after block, handed out in runs of any length."""
+
+    def __init__(self, seed: int, arch: Archetypes, legacy_fraction: float) -> None:
+        self.seed, self.arch, self.legacy_fraction = seed, arch, legacy_fraction
+        self.blocks = 0
+        self.waiting: list[dict[str, np.ndarray]] = []  # drawn, not handed out yet (oldest first)
+        self.available = 0
+
+    def take(self, phases: int) -> dict[str, np.ndarray]:
+        """The draws of the next ``phases`` phases (per-phase arrays: the last axis is the phase)."""
+        while self.available < phases:
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, self.blocks])))
+            self.blocks += 1
+            self.waiting.append(_draw_phases(rng, DRAW_BLOCK_PHASES, self.arch, self.legacy_fraction))
+            self.available += DRAW_BLOCK_PHASES
+        drawn = self.waiting[0] if len(self.waiting) == 1 else {
+            key: np.concatenate([block[key] for block in self.waiting], axis=-1) for key in self.waiting[0]}
+        self.available -= phases
+        self.waiting = [{key: values[..., phases:] for key, values in drawn.items()}] if self.available else []
+        return {key: values[..., :phases] for key, values in drawn.items()}
+
+
 @dataclass
 class _Cursor:
     """Where generation stands between chunks."""
@@ -149,17 +179,16 @@ def generate_chunks(
     # Naive datetimes are UTC, as the telemetry columns hold them.
     start_us = int((start if start.tzinfo else start.replace(tzinfo=timezone.utc)).timestamp() * 1_000_000)
     state = _Cursor()
-    chunk_number = 0
+    blocks = _DrawBlocks(seed, arch, legacy_fraction)
     while state.events_done < total_events:
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, chunk_number])))
-        chunk_number += 1
-        draws = _draw_phases(rng, PHASES_PER_CHUNK, arch, legacy_fraction)
+        chunk_phases = FIRST_CHUNK_PHASES if state.phases_done == 0 else PHASES_PER_CHUNK
+        draws = blocks.take(chunk_phases)
         recorded = draws["recorded"]
         per_phase = recorded.sum(axis=0)
         events_before = state.events_done + np.concatenate([[0], np.cumsum(per_phase)[:-1]])
         # Stop at the phase holding the last wanted event; that phase may lose its second attempt.
         keep_phases = int(np.searchsorted(events_before, total_events, side="left"))
-        keep_phases = max(1, min(keep_phases, PHASES_PER_CHUNK))
+        keep_phases = max(1, min(keep_phases, chunk_phases))
         sl = slice(0, keep_phases)
         events_before = events_before[sl]
         if run_ends is None:
