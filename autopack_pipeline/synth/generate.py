@@ -1,8 +1,9 @@
 """The numpy generator of synthetic phases and their estimation events, in chunks.
 
 The draws come in blocks of :data:`DRAW_BLOCK_PHASES` phases, each from a generator seeded by ``(seed,
-block number)``, so a seed gives the same rows whatever reads them and however they are cut into chunks. Each phase follows the simulated backend's output lengths (log-normal body, Pareto
-tail, malformed and degenerate answers) and the Builder's rules: the first call runs under the selected
+block number)``, so a seed gives the same rows whatever reads them and however they are cut into
+chunks. Each phase follows the simulated backend's output lengths (log-normal body, Pareto tail,
+malformed and degenerate answers) and the Builder's rules: the first call runs under the selected
 budget, a truncated call (or a failed one that used 95% of its ceiling) escalates once, a second
 truncation fails. The columns the writer derives (SMAPE, waste ratio, underestimated) are computed
 as the writer computes them.
