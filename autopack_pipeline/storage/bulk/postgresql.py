@@ -171,13 +171,14 @@ def _opened_during(engine: Engine, count: int, skip_key_checks: bool, work: Call
 
 
 def _connect(engine: Engine, count: int, skip_key_checks: bool) -> list:
-    """``count`` connections sharing one ADBC database: the driver reads the server's type catalogue
-    when a database opens (three queries on a backend of its own), not per connection, so a second
-    connection costs one backend instead of two and the type queries once (tens of milliseconds of
-    both processes' CPU, before the first ``COPY`` can start)."""
+    """``count`` connections sharing one ADBC database: the driver opens a backend of its own when a
+    database opens (to read the type catalogue, unless it knows the built-in types), not per
+    connection, so a second connection costs one backend instead of two (tens of milliseconds of both
+    processes' CPU, before the first ``COPY`` can start)."""
     connections: list = []
     try:
-        connections.append(adbc.connect(engine))
+        # The loader's columns are all of built-in types: the driver need not read the type catalogue.
+        connections.append(adbc.connect(engine, builtin_types=True))
         while len(connections) < count:
             connections.append(connections[0].adbc_clone())
         for connection in connections:

@@ -331,6 +331,27 @@ POSTGRES_ONLY = pytest.mark.parametrize(
     "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
 
 
+@POSTGRES_ONLY
+def test_the_loaders_connections_know_the_built_in_types_without_reading_the_catalogue(engine):
+    """The loader opens its connections with the driver's built-in type table (no catalogue queries),
+    and they read and write every type its columns have as the default connections do."""
+    import adbc_driver_postgresql.dbapi as driver
+
+    from autopack_pipeline.storage import adbc
+
+    query = ("SELECT 1::integer AS i, 2::bigint AS b, 3::smallint AS s, true AS t, 1.5::double precision AS d, "
+             "0.5::real AS r, TIMESTAMP '2025-01-01 00:00:01.5' AS ts, 'x'::varchar AS v, 'y'::text AS x")
+    tables = []
+    for builtin in (True, False):
+        with adbc.connect(engine, builtin_types=builtin) as connection, connection.cursor() as cursor:
+            cursor.execute(query)
+            tables.append(cursor.fetch_arrow_table())
+    assert tables[0].equals(tables[1]) and tables[0].num_rows == 1
+    assert adbc._version(driver) >= (1, 0)  # the installed driver's version is read
+    summary = bulk_load(engine, 800, runs=2, seed=1)
+    assert summary.events == count_rows(engine, "token_estimation_v2_events") == 800
+
+
 def key_violations(engine) -> tuple[int, int, int]:
     """Events without their phase, events without their run, phases without their tier."""
     with engine.connect() as connection:
