@@ -30,8 +30,9 @@ from autopack_pipeline.synth.archetypes import (
     DEFAULT_LEGACY_FRACTION,
     DELIVERABLE_WEIGHTS,
     LEGACY_SPELLINGS,
+    ArchetypePricer,
     Archetypes,
-    load_archetypes,
+    archetype_pricer,
 )
 
 # Phases per block of random draws, each block from its own stream seeded by (seed, block number). The
@@ -60,8 +61,9 @@ EVENTS_PER_RUN = {"per-run": 34, "reused": 2_000}
 RUN_SIZE_SIGMA = 1.0
 
 
-def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_fraction: float) -> dict[str, np.ndarray]:
+def _draw_phases(rng: np.random.Generator, n: int, pricer: ArchetypePricer, legacy_fraction: float) -> dict[str, np.ndarray]:
     """Per-phase draws and the Builder's outcome of up to two attempts, vectorised."""
+    arch = pricer.archetypes
     profile = arch.profile
     cat_p = np.array(list(CATEGORY_WEIGHTS.values()))
     cx_p = np.array(list(COMPLEXITY_WEIGHTS.values()))
@@ -82,6 +84,7 @@ def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_frac
     retry_delay = rng.uniform(*RETRY_DELAY_SECONDS, size=n)
 
     index = (cat, cx, deliverables - 1, variant)
+    pricer.ensure(index)  # the archetypes these phases are, priced before their prices are read
     predicted = arch.predicted[index]
     selected = arch.selected[index]
     # The Builder's rules (domain/escalation.py): attempt 1 runs under the selected budget; a failed
@@ -115,8 +118,8 @@ def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_frac
 class _DrawBlocks:
     """The per-phase draws of a seed, block after block, handed out in runs of any length."""
 
-    def __init__(self, seed: int, arch: Archetypes, legacy_fraction: float) -> None:
-        self.seed, self.arch, self.legacy_fraction = seed, arch, legacy_fraction
+    def __init__(self, seed: int, pricer: ArchetypePricer, legacy_fraction: float) -> None:
+        self.seed, self.pricer, self.legacy_fraction = seed, pricer, legacy_fraction
         self.blocks = 0
         self.waiting: list[dict[str, np.ndarray]] = []  # drawn, not handed out yet (oldest first)
         self.available = 0
@@ -126,7 +129,7 @@ class _DrawBlocks:
         while self.available < phases:
             rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, self.blocks])))
             self.blocks += 1
-            self.waiting.append(_draw_phases(rng, DRAW_BLOCK_PHASES, self.arch, self.legacy_fraction))
+            self.waiting.append(_draw_phases(rng, DRAW_BLOCK_PHASES, self.pricer, self.legacy_fraction))
             self.available += DRAW_BLOCK_PHASES
         drawn = self.waiting[0] if len(self.waiting) == 1 else {
             key: np.concatenate([block[key] for block in self.waiting], axis=-1) for key in self.waiting[0]}
@@ -173,14 +176,16 @@ def generate_chunks(
     largest_run = total_events // runs if run_ends is None else int(np.diff(run_ends, prepend=0.0).max())
     widths = {"phase_ids": phase_ids, "run_digits": max(5, len(str(runs - 1))),
               "phase_digits": max(4 if run_ends is not None else 5, len(str(largest_run + 2)))}
-    arch = load_archetypes(seeds_dir)
+    # Archetypes are priced as the draws first use them: the first chunk waits for those it holds only.
+    pricer = archetype_pricer(seeds_dir)
+    arch = pricer.archetypes
     labels = np.array(arch.categories, dtype=object)
     legacy_labels = np.array([LEGACY_SPELLINGS.get(c, c) for c in arch.categories], dtype=object)
     complexities = np.array(arch.complexities, dtype=object)
     # Naive datetimes are UTC, as the telemetry columns hold them.
     start_us = int((start if start.tzinfo else start.replace(tzinfo=timezone.utc)).timestamp() * 1_000_000)
     state = _Cursor()
-    blocks = _DrawBlocks(seed, arch, legacy_fraction)
+    blocks = _DrawBlocks(seed, pricer, legacy_fraction)
     while state.events_done < total_events:
         chunk_phases = FIRST_CHUNK_PHASES if state.phases_done == 0 else PHASES_PER_CHUNK
         draws = blocks.take(chunk_phases)

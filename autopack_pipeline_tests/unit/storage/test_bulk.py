@@ -242,6 +242,25 @@ def test_predictions_and_budgets_are_the_real_estimators():
         assert len(deliverables) == ev["deliverable_count"][i]
 
 
+def test_archetypes_priced_as_the_draws_ask_for_them_are_the_ones_priced_all_at_once():
+    """The generator prices an archetype when a block first draws it: the order changes nothing."""
+    from autopack_pipeline.synth.archetypes import ArchetypePricer
+
+    seeds = REPO_ROOT / "seeds"
+    lazy = ArchetypePricer(seeds)
+    rng = np.random.default_rng(5)
+    some = tuple(rng.integers(0, size, 200) for size in lazy.priced.shape)
+    lazy.ensure(some)
+    assert 0 < lazy.priced.sum() < lazy.priced.size and lazy.priced[some].all()
+    lazy.ensure(some)  # nothing is priced twice
+    eager = ArchetypePricer(seeds).ensure_all()
+    lazy_all = lazy.ensure_all()
+    assert lazy.priced.all()
+    for name in ("predicted", "selected", "deliverables_json", "medians"):
+        assert np.array_equal(getattr(lazy_all, name), getattr(eager, name)), name
+    assert eager.predicted.min() > 0 and eager.selected.min() > 0
+
+
 def test_distributions_look_like_the_simulated_backend():
     frame = generated_frame(40_000, 20, 2)
     shares = frame["category"].value_counts(normalize=True)
