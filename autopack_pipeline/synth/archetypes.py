@@ -6,6 +6,7 @@ coefficient file in ``seeds/``, next to the simulated backend's median output pe
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -74,30 +75,66 @@ def _deliverable_paths(category: str, count: int, variant: int) -> list[str]:
     return paths
 
 
+class ArchetypePricer:
+    """The archetypes of one seeds directory, priced when first asked for.
+
+    The generator asks for the archetypes each block of phases draws before it reads their prices,
+    so a load's first chunk waits only for the few hundred it uses (about 660 of 1,400 for 5,000 phases)
+    and the rest are priced while the load runs. A price does not depend on what was priced before
+    (nothing is created in the workspace), so the arrays end up as :func:`load_archetypes` gives them.
+    """
+
+    def __init__(self, seeds_dir: Path) -> None:
+        self.coefficients = load_coefficients(seeds_dir / "estimator_coefficients.yaml")
+        profile = SimulationProfile.load(seeds_dir)
+        # A workspace that does not exist: every deliverable is a new file, whatever the current
+        # directory. Nothing is created in it while pricing, so each deliverable's cost is measured once
+        # and remembered across the complexities that share its path (a fifth of the lookups).
+        self.estimator = TokenEstimator(self.coefficients, workspace=seeds_dir / "__no_workspace__",
+                                        remember_deliverables=True)
+        categories, complexities = tuple(CATEGORY_WEIGHTS), tuple(COMPLEXITY_WEIGHTS)
+        shape = (len(categories), len(complexities), len(DELIVERABLE_WEIGHTS), ARCHETYPE_VARIANTS)
+        medians = np.array([[profile.median_for(category, complexity) for complexity in complexities]
+                            for category in categories], dtype=np.float64)
+        # The arrays are filled in place as archetypes are priced; read them after ensure().
+        self.archetypes = Archetypes(categories, complexities, np.zeros(shape, dtype=np.int64),
+                                     np.zeros(shape, dtype=np.int64), np.empty(shape, dtype=object), medians,
+                                     profile, self.coefficients.version)
+        self.priced = np.zeros(shape, dtype=bool)
+        self._lock = threading.Lock()  # two loads in one process may share this pricer
+
+    def ensure(self, index: tuple[np.ndarray, ...]) -> None:
+        """Price the archetypes ``index`` names (arrays of category, complexity, deliverables - 1 and
+        variant numbers) that are not priced yet."""
+        flat = np.ravel_multi_index(index, self.priced.shape)
+        with self._lock:
+            missing = np.unique(flat[~self.priced.ravel()[flat]])
+            for a, b, c, v in zip(*np.unravel_index(missing, self.priced.shape)):
+                self._price(int(a), int(b), int(c), int(v))
+
+    def ensure_all(self) -> Archetypes:
+        self.ensure(tuple(axis.ravel() for axis in np.indices(self.priced.shape)))
+        return self.archetypes
+
+    def _price(self, a: int, b: int, c: int, v: int) -> None:
+        arch = self.archetypes
+        category, complexity = arch.categories[a], arch.complexities[b]
+        deliverables = _deliverable_paths(category, c + 1, v)
+        estimate = self.estimator.estimate(deliverables, category, complexity)
+        arch.predicted[a, b, c, v] = estimate.estimated_tokens
+        arch.selected[a, b, c, v] = select_budget(estimate, complexity, self.coefficients)
+        # Short paths: the writer's 200-character clipping never applies.
+        arch.deliverables_json[a, b, c, v] = json.dumps(deliverables[:MAX_STORED_DELIVERABLES])
+        self.priced[a, b, c, v] = True
+
+
+@lru_cache(maxsize=4)
+def archetype_pricer(seeds_dir: Path = PACKAGED_SEEDS_DIR) -> ArchetypePricer:
+    """The pricer of ``seeds_dir``'s archetypes, one per process (what it priced stays priced)."""
+    return ArchetypePricer(seeds_dir)
+
+
 @lru_cache(maxsize=4)
 def load_archetypes(seeds_dir: Path = PACKAGED_SEEDS_DIR) -> Archetypes:
-    """Price every archetype once with the real estimator (``seeds/estimator_coefficients.yaml``)."""
-    coefficients = load_coefficients(seeds_dir / "estimator_coefficients.yaml")
-    profile = SimulationProfile.load(seeds_dir)
-    # A workspace that does not exist: every deliverable is a new file, whatever the current directory.
-    # Nothing is created in it while pricing, so each deliverable's cost is measured once and remembered
-    # across the complexities that share its path (a fifth of the lookups).
-    estimator = TokenEstimator(coefficients, workspace=seeds_dir / "__no_workspace__", remember_deliverables=True)
-    categories, complexities = tuple(CATEGORY_WEIGHTS), tuple(COMPLEXITY_WEIGHTS)
-    shape = (len(categories), len(complexities), len(DELIVERABLE_WEIGHTS), ARCHETYPE_VARIANTS)
-    predicted = np.zeros(shape, dtype=np.int64)
-    selected = np.zeros(shape, dtype=np.int64)
-    stored = np.empty(shape, dtype=object)
-    medians = np.zeros(shape[:2], dtype=np.float64)
-    for a, category in enumerate(categories):
-        for b, complexity in enumerate(complexities):
-            medians[a, b] = profile.median_for(category, complexity)
-            for c in range(shape[2]):
-                for v in range(ARCHETYPE_VARIANTS):
-                    deliverables = _deliverable_paths(category, c + 1, v)
-                    estimate = estimator.estimate(deliverables, category, complexity)
-                    predicted[a, b, c, v] = estimate.estimated_tokens
-                    selected[a, b, c, v] = select_budget(estimate, complexity, coefficients)
-                    # Short paths: the writer's 200-character clipping never applies.
-                    stored[a, b, c, v] = json.dumps(deliverables[:MAX_STORED_DELIVERABLES])
-    return Archetypes(categories, complexities, predicted, selected, stored, medians, profile, coefficients.version)
+    """Every archetype priced with the real estimator (``seeds/estimator_coefficients.yaml``)."""
+    return archetype_pricer(seeds_dir).ensure_all()

@@ -1,8 +1,9 @@
 """The numpy generator of synthetic phases and their estimation events, in chunks.
 
-Every chunk is drawn from a generator seeded by ``(seed, chunk number)``, so a seed gives the same rows
-whatever reads them. Each phase follows the simulated backend's output lengths (log-normal body, Pareto
-tail, malformed and degenerate answers) and the Builder's rules: the first call runs under the selected
+The draws come in blocks of :data:`DRAW_BLOCK_PHASES` phases, each from a generator seeded by ``(seed,
+block number)``, so a seed gives the same rows whatever reads them and however they are cut into
+chunks. Each phase follows the simulated backend's output lengths (log-normal body, Pareto tail,
+malformed and degenerate answers) and the Builder's rules: the first call runs under the selected
 budget, a truncated call (or a failed one that used 95% of its ceiling) escalates once, a second
 truncation fails. The columns the writer derives (SMAPE, waste ratio, underestimated) are computed
 as the writer computes them.
@@ -29,13 +30,21 @@ from autopack_pipeline.synth.archetypes import (
     DEFAULT_LEGACY_FRACTION,
     DELIVERABLE_WEIGHTS,
     LEGACY_SPELLINGS,
+    ArchetypePricer,
     Archetypes,
-    load_archetypes,
+    archetype_pricer,
 )
 
-# Phases per generated chunk. Fixed: the random streams are seeded per chunk, so changing this would
-# change the data a seed gives.
+# Phases per block of random draws, each block from its own stream seeded by (seed, block number). The
+# rows a seed gives depend on this and on nothing else of the cutting: chunks take any number of
+# phases from consecutive blocks, so a loader may ask for a small first chunk. (Until the draws were
+# per block, each 50k-phase chunk had its own stream, and a smaller first chunk would have changed the
+# data.)
+DRAW_BLOCK_PHASES = 5_000
+# Phases per generated chunk, and in the first one: small, because a loader can start writing (on
+# PostgreSQL, the events COPY that is the load's critical path) only when the first chunk exists.
 PHASES_PER_CHUNK = 50_000
+FIRST_CHUNK_PHASES = 5_000
 # Mean seconds between two phase starts, and the spread of a retry after its first attempt.
 PHASE_GAP_SECONDS = 1.5
 RETRY_DELAY_SECONDS = (20.0, 120.0)
@@ -52,8 +61,9 @@ EVENTS_PER_RUN = {"per-run": 34, "reused": 2_000}
 RUN_SIZE_SIGMA = 1.0
 
 
-def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_fraction: float) -> dict[str, np.ndarray]:
+def _draw_phases(rng: np.random.Generator, n: int, pricer: ArchetypePricer, legacy_fraction: float) -> dict[str, np.ndarray]:
     """Per-phase draws and the Builder's outcome of up to two attempts, vectorised."""
+    arch = pricer.archetypes
     profile = arch.profile
     cat_p = np.array(list(CATEGORY_WEIGHTS.values()))
     cx_p = np.array(list(COMPLEXITY_WEIGHTS.values()))
@@ -74,6 +84,7 @@ def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_frac
     retry_delay = rng.uniform(*RETRY_DELAY_SECONDS, size=n)
 
     index = (cat, cx, deliverables - 1, variant)
+    pricer.ensure(index)  # the archetypes these phases are, priced before their prices are read
     predicted = arch.predicted[index]
     selected = arch.selected[index]
     # The Builder's rules (domain/escalation.py): attempt 1 runs under the selected budget; a failed
@@ -102,6 +113,29 @@ def _draw_phases(rng: np.random.Generator, n: int, arch: Archetypes, legacy_frac
         "recorded": np.stack([recorded1, recorded2]), "attempts": 1 + second.astype(np.int64),
         "completed": completed,
     }
+
+
+class _DrawBlocks:
+    """The per-phase draws of a seed, block after block, handed out in runs of any length."""
+
+    def __init__(self, seed: int, pricer: ArchetypePricer, legacy_fraction: float) -> None:
+        self.seed, self.pricer, self.legacy_fraction = seed, pricer, legacy_fraction
+        self.blocks = 0
+        self.waiting: list[dict[str, np.ndarray]] = []  # drawn, not handed out yet (oldest first)
+        self.available = 0
+
+    def take(self, phases: int) -> dict[str, np.ndarray]:
+        """The draws of the next ``phases`` phases (per-phase arrays: the last axis is the phase)."""
+        while self.available < phases:
+            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, self.blocks])))
+            self.blocks += 1
+            self.waiting.append(_draw_phases(rng, DRAW_BLOCK_PHASES, self.pricer, self.legacy_fraction))
+            self.available += DRAW_BLOCK_PHASES
+        drawn = self.waiting[0] if len(self.waiting) == 1 else {
+            key: np.concatenate([block[key] for block in self.waiting], axis=-1) for key in self.waiting[0]}
+        self.available -= phases
+        self.waiting = [{key: values[..., phases:] for key, values in drawn.items()}] if self.available else []
+        return {key: values[..., :phases] for key, values in drawn.items()}
 
 
 @dataclass
@@ -142,24 +176,25 @@ def generate_chunks(
     largest_run = total_events // runs if run_ends is None else int(np.diff(run_ends, prepend=0.0).max())
     widths = {"phase_ids": phase_ids, "run_digits": max(5, len(str(runs - 1))),
               "phase_digits": max(4 if run_ends is not None else 5, len(str(largest_run + 2)))}
-    arch = load_archetypes(seeds_dir)
+    # Archetypes are priced as the draws first use them: the first chunk waits for those it holds only.
+    pricer = archetype_pricer(seeds_dir)
+    arch = pricer.archetypes
     labels = np.array(arch.categories, dtype=object)
     legacy_labels = np.array([LEGACY_SPELLINGS.get(c, c) for c in arch.categories], dtype=object)
     complexities = np.array(arch.complexities, dtype=object)
     # Naive datetimes are UTC, as the telemetry columns hold them.
     start_us = int((start if start.tzinfo else start.replace(tzinfo=timezone.utc)).timestamp() * 1_000_000)
     state = _Cursor()
-    chunk_number = 0
+    blocks = _DrawBlocks(seed, pricer, legacy_fraction)
     while state.events_done < total_events:
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, chunk_number])))
-        chunk_number += 1
-        draws = _draw_phases(rng, PHASES_PER_CHUNK, arch, legacy_fraction)
+        chunk_phases = FIRST_CHUNK_PHASES if state.phases_done == 0 else PHASES_PER_CHUNK
+        draws = blocks.take(chunk_phases)
         recorded = draws["recorded"]
         per_phase = recorded.sum(axis=0)
         events_before = state.events_done + np.concatenate([[0], np.cumsum(per_phase)[:-1]])
         # Stop at the phase holding the last wanted event; that phase may lose its second attempt.
         keep_phases = int(np.searchsorted(events_before, total_events, side="left"))
-        keep_phases = max(1, min(keep_phases, PHASES_PER_CHUNK))
+        keep_phases = max(1, min(keep_phases, chunk_phases))
         sl = slice(0, keep_phases)
         events_before = events_before[sl]
         if run_ends is None:

@@ -41,6 +41,12 @@ def schema_objects(engine) -> set[tuple[str, str]]:
     return found
 
 
+def small_chunks(monkeypatch) -> None:
+    """Chunks of 100 phases, the first one too: a few hundred events come in several."""
+    monkeypatch.setattr(synth.generate, "FIRST_CHUNK_PHASES", 100)
+    monkeypatch.setattr(synth.generate, "PHASES_PER_CHUNK", 100)
+
+
 def generated_frame(events: int, runs: int, seed: int, phase_ids: str = "per-run") -> pd.DataFrame:
     """The generator's events (before any database), in the columns the loaders write, with their phase ids."""
     pieces = []
@@ -137,7 +143,7 @@ def test_a_fresh_sqlite_load_that_fails_midway_leaves_nothing(sqlite_engine, mon
 
 def test_a_sqlite_append_that_fails_midway_leaves_nothing(sqlite_engine, monkeypatch):
     """An append is one transaction too: a failure after the first chunk's rows rolls all of it back."""
-    monkeypatch.setattr(synth.generate, "PHASES_PER_CHUNK", 100)  # several chunks, the failure after one
+    small_chunks(monkeypatch)  # several chunks, the failure after one
     bulk_load(sqlite_engine, 300, runs=1, seed=1)
     calls = []
 
@@ -205,9 +211,11 @@ def test_rows_follow_the_builder_and_the_writer(sqlite_engine):
     assert (near_ceiling & ~earlier["truncated"].astype(bool)).any()  # the utilisation rule happened too
     out_of_room = first["truncated"].astype(bool) | (
         ~first["success"].astype(bool) & (first["actual_output_tokens"] * 100 >= 95 * first["actual_max_tokens"]))
-    # ... and every such attempt did escalate (a degenerate retry is not stored, its phase counts it)
+    # ... and every such attempt did escalate (a degenerate retry is not stored, its phase counts it),
+    # but in the phase the load ends in, whose retry may lie past its last event
     escalated = phases.loc[list(zip(first.loc[out_of_room, "run_id"], first.loc[out_of_room, "phase_id"]))]
-    assert (escalated["builder_attempts"] == 2).all()
+    cut = escalated.index == (events["run_id"].iloc[-1], events["phase_id"].iloc[-1])
+    assert (escalated.loc[~cut, "builder_attempts"] == 2).all() and len(escalated) > 1
     ceiling = np.minimum((retries["selected_budget"] * 1.25).astype(int), MAX_TOKENS_CAP).to_numpy()
     assert (retries["actual_max_tokens"].to_numpy() == np.maximum(ceiling, retries["selected_budget"])).all()
     for row in events.sample(50, random_state=1).itertuples():
@@ -234,6 +242,25 @@ def test_predictions_and_budgets_are_the_real_estimators():
         assert len(deliverables) == ev["deliverable_count"][i]
 
 
+def test_archetypes_priced_as_the_draws_ask_for_them_are_the_ones_priced_all_at_once():
+    """The generator prices an archetype when a block first draws it: the order changes nothing."""
+    from autopack_pipeline.synth.archetypes import ArchetypePricer
+
+    seeds = REPO_ROOT / "seeds"
+    lazy = ArchetypePricer(seeds)
+    rng = np.random.default_rng(5)
+    some = tuple(rng.integers(0, size, 200) for size in lazy.priced.shape)
+    lazy.ensure(some)
+    assert 0 < lazy.priced.sum() < lazy.priced.size and lazy.priced[some].all()
+    lazy.ensure(some)  # nothing is priced twice
+    eager = ArchetypePricer(seeds).ensure_all()
+    lazy_all = lazy.ensure_all()
+    assert lazy.priced.all()
+    for name in ("predicted", "selected", "deliverables_json", "medians"):
+        assert np.array_equal(getattr(lazy_all, name), getattr(eager, name)), name
+    assert eager.predicted.min() > 0 and eager.selected.min() > 0
+
+
 def test_distributions_look_like_the_simulated_backend():
     frame = generated_frame(40_000, 20, 2)
     shares = frame["category"].value_counts(normalize=True)
@@ -253,6 +280,27 @@ def test_a_seed_gives_the_same_events_and_loads_once(sqlite_engine):
     bulk_load(sqlite_engine, 500, runs=2, seed=4)
     with pytest.raises(RunsAlreadyPresent, match="another --seed"):
         bulk_load(sqlite_engine, 500, runs=2, seed=4)
+
+
+@pytest.mark.parametrize("phase_ids", ["per-run", "reused"])
+def test_a_seed_gives_the_same_rows_however_they_are_cut_into_chunks(monkeypatch, phase_ids):
+    """The draws come in blocks with their own streams, so a loader may pick its chunk sizes (a small
+    first chunk starts its writing sooner) without changing the data."""
+    def rows(first: int, per_chunk: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+        monkeypatch.setattr(synth.generate, "FIRST_CHUNK_PHASES", first)
+        monkeypatch.setattr(synth.generate, "PHASES_PER_CHUNK", per_chunk)
+        chunks = list(generate_chunks(30_000, runs=700, seed=6, phase_ids=phase_ids))
+        return (pd.concat([pd.DataFrame(c.phases) for c in chunks], ignore_index=True),
+                pd.concat([pd.DataFrame(c.events) for c in chunks], ignore_index=True), len(chunks))
+
+    phases, events, count = rows(synth.generate.FIRST_CHUNK_PHASES, synth.generate.PHASES_PER_CHUNK)
+    blocks = synth.generate.DRAW_BLOCK_PHASES
+    for first, per_chunk in ((1, 1000), (777, 4321), (3 * blocks, blocks), (len(phases), len(phases))):
+        other_phases, other_events, other_count = rows(first, per_chunk)
+        assert other_count != count or (first, per_chunk) == (len(phases), len(phases))
+        pd.testing.assert_frame_equal(other_phases, phases)
+        pd.testing.assert_frame_equal(other_events, events)
+    assert len(events) == 30_000 and len(phases) > 2 * blocks  # the rows span several draw blocks
 
 
 def test_a_second_seed_appends_after_the_newest_event_with_indexes_in_place(engine):
@@ -300,6 +348,27 @@ def test_an_empty_database_another_connection_holds_open_gets_the_incremental_lo
 
 POSTGRES_ONLY = pytest.mark.parametrize(
     "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+
+
+@POSTGRES_ONLY
+def test_the_loaders_connections_know_the_built_in_types_without_reading_the_catalogue(engine):
+    """The loader opens its connections with the driver's built-in type table (no catalogue queries),
+    and they read and write every type its columns have as the default connections do."""
+    import adbc_driver_postgresql.dbapi as driver
+
+    from autopack_pipeline.storage import adbc
+
+    query = ("SELECT 1::integer AS i, 2::bigint AS b, 3::smallint AS s, true AS t, 1.5::double precision AS d, "
+             "0.5::real AS r, TIMESTAMP '2025-01-01 00:00:01.5' AS ts, 'x'::varchar AS v, 'y'::text AS x")
+    tables = []
+    for builtin in (True, False):
+        with adbc.connect(engine, builtin_types=builtin) as connection, connection.cursor() as cursor:
+            cursor.execute(query)
+            tables.append(cursor.fetch_arrow_table())
+    assert tables[0].equals(tables[1]) and tables[0].num_rows == 1
+    assert adbc._version(driver) >= (1, 0)  # the installed driver's version is read
+    summary = bulk_load(engine, 800, runs=2, seed=1)
+    assert summary.events == count_rows(engine, "token_estimation_v2_events") == 800
 
 
 def key_violations(engine) -> tuple[int, int, int]:
@@ -363,7 +432,7 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
 def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_runs(engine, monkeypatch):
     bulk_load(engine, 300, runs=1, seed=1)
     # Small chunks and batches, so that several batches are committed before the failure.
-    monkeypatch.setattr(synth.generate, "PHASES_PER_CHUNK", 100)
+    small_chunks(monkeypatch)
     monkeypatch.setattr(bulk.postgresql, "PG_TRANSACTION_EVENTS", 100)
     copies = []
     real_ingest = bulk.postgresql._ingest
