@@ -8,7 +8,8 @@ coefficients in force (``domain.reprediction``) and scaled by the factor propose
 - ``prediction_multiplier`` = the group's current multiplier x the proposed factor (never compounding:
   the factor was measured against predictions that already include the current multiplier);
 - ``budget_margin`` b, first from the tail shape pooled over the groups (``domain.pooled_margin``,
-  status ``pooled``): a group whose own calls accept it takes ``exp(median + upper spread x q)``,
+  status ``pooled``): a group whose own calls accept it takes ``exp(median + upper spread x q)``, its
+  upper spread moved half way (in logs) to the groups' average first (``domain.scale_pooling``),
   ``q`` one bound over several hundred calls, where its own order statistic below would be the
   largest of its ~80 ratios (a thin group, too few observations for that order statistic, at most
   its reach: ``THIN_MARGIN_HEADROOM`` x its largest ratio); when the coverage method left such a group
@@ -61,6 +62,7 @@ from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 from autopack_pipeline.domain.group_observations import GroupObservationsInForce
 from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
 from autopack_pipeline.domain.pooled_margin import kaplan_meier_point, pooled_group_margins
+from autopack_pipeline.domain.scale_pooling import scales_pooled
 from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import Insight
 
@@ -305,12 +307,14 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
                    target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, min_samples: int = 5,
                    truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
                    reach_headroom: float = THIN_MARGIN_HEADROOM, retry_factor: float | None = None,
-                   retries: RetryOutcomes | None = None) -> dict[tuple[str, str], tuple[float, str]]:
+                   retries: RetryOutcomes | None = None, pool_scales: bool = False
+                   ) -> dict[tuple[str, str], tuple[float, str]]:
     """Per group, (margin, why) from the pooled tail shape (``domain.pooled_margin``), for the groups
     whose own calls do not refuse it; the others keep their own order statistic. Margins are measured
     against the new prediction (the current one x the group's proposed factor). A thin group (too few
     observations for its own bound at ``truncation_target_pct``, the rule's ``thin`` status, whatever
-    ``target_pct`` this bound is at) gets no more than its reach, ``reach_headroom`` x its largest ratio."""
+    ``target_pct`` this bound is at) gets no more than its reach, ``reach_headroom`` x its largest ratio.
+    ``pool_scales`` (the budget margins): the groups' scales partly pooled first (``domain.scale_pooling``)."""
     shapes = []
     for g in observed:
         key = (g.category, g.complexity)
@@ -320,6 +324,8 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
         shape = group_shape(key, g.actual / (g.predicted * scale), g.censored_ceiling / (g.censored_predicted * scale))
         if shape is not None:
             shapes.append(shape)
+    if pool_scales:
+        shapes = scales_pooled(shapes)
     return pooled_group_margins(shapes, target_pct, thin_below=_needed(truncation_target_pct),
                                 headroom=reach_headroom, retry_factor=retry_factor, retries=retries)
 
@@ -380,7 +386,7 @@ def pooled_section(groups: Sequence, factors: dict[tuple[str, str], float], *, m
         factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct)
     # Tier 1 counts the escalated retry of a cut call as a call too (see pooled_margin.first_call_target).
     pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples,
-                            retry_factor=ESCALATION_FACTOR, retries=retries)
+                            retry_factor=ESCALATION_FACTOR, retries=retries, pool_scales=True)
     return PooledSection(observed, factors, pooled)
 
 

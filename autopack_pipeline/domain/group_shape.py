@@ -8,6 +8,7 @@ score is its distance from a place fitted without it, in the group's scales.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,6 +148,14 @@ class GroupShape:
     def headroom_scores(self) -> np.ndarray:
         """The truncated calls' scores at ``CENSORED_HEADROOM`` x their ceilings, computed once."""
         return self._censored_scores(math.log(CENSORED_HEADROOM))
+
+    def rescaled(self, factor: float) -> GroupShape:
+        """This shape with its scale, and every cross-fitting fold's scale, multiplied by ``factor``
+        (``domain.scale_pooling``): the same calls, scored on a wider or narrower scale."""
+        copy = dataclasses.replace(self, scale=self.scale * factor)
+        # The folds' places are a cached property of the copy: set before anything reads them.
+        copy.__dict__["_fold_places"] = [(location, scale * factor) for location, scale in self._fold_places]
+        return copy
 
     def margin(self, q: float) -> float:
         return float(math.exp(self.location + self.scale * q))
