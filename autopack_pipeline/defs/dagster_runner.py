@@ -101,7 +101,8 @@ def _print_days(days: list[dg.ExecuteInProcessResult]) -> None:
 def _print_results(result: dg.ExecuteInProcessResult, home: str, settings: StorageSettings) -> None:
     from autopack_pipeline.storage.database import describe_database, make_engine
 
-    identity = describe_database(make_engine(settings.resolved_database_url()))
+    engine = make_engine(settings.resolved_database_url())
+    identity = describe_database(engine)
     print(f"Telemetry database: {identity.url}" + (f" ({identity.sqlite_path})" if identity.sqlite_path else ""))
     outputs = {node: result.output_for_node(node) for node in (
         "tier_metrics", "calibration_recommendations", "generated_tasks")}
@@ -117,6 +118,8 @@ def _print_results(result: dg.ExecuteInProcessResult, home: str, settings: Stora
                                  f"{MIN_VALID_OUTPUT_TOKENS} tokens not recorded."
                                  if run.get("short_answers_not_recorded") else ".")
             )
+            if run["events_written"]:
+                _print_run_tier1(engine, run["run_id"])
     metrics = outputs["tier_metrics"]  # services.analysis.TierMetrics
     tier1 = metrics.tier1
     print(f"Tier 1 over {tier1['total_samples']} Builder calls (targets: underestimation <= 5%, truncation <= 2%):")
@@ -136,6 +139,18 @@ def _print_results(result: dg.ExecuteInProcessResult, home: str, settings: Stora
         print(f"  {task['task_id']} [{task['priority']}] {task['title']}")
     print(f"Dagster run {result.run_id} is recorded in {home}; browse it with: "
           "dagster dev -w workspace.yaml -h 127.0.0.1")
+
+
+def _print_run_tier1(engine, run_id: str) -> None:
+    """This run's own Tier 1: the figures below mix it with the window's older runs, whose predictions
+    came from the coefficients before the last applied calibration."""
+    from autopack_pipeline.services.analysis import run_tier1
+
+    tier1 = run_tier1(engine, run_id)
+    figures = [f"{name} {tier1[key]:.1f}% ({tier1[key + '_ci'][0]:.1f}-{tier1[key + '_ci'][1]:.1f})"
+               for key, name in (("underestimation_rate_pct", "underestimation"), ("truncation_rate_pct", "truncation"))]
+    print(f"  this run alone, on the coefficients in force: {tier1['total_samples']} calls, " + ", ".join(figures)
+          + f" (`autopack-telemetry metrics --run-id {run_id}`)")
 
 
 def _print_patch(calibration: dict) -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.engine import Engine
+
 from autopack_pipeline.domain.analysis import (
     CleanSamples,
     EventArrays,
@@ -209,3 +211,14 @@ def gate_of_counts(sizes: dict[tuple[str, str], int], tier1: dict[str, Any],
     """The calibration gate (``domain.analysis.calibration_gate_arrays``: the largest group, certain group
     breaches, the rates) from the clean samples per group and the Tier-1 rates alone."""
     return calibration_gate_arrays(sum(sizes.values()), GroupCounts(sizes), tier1, group_tier1=group_tier1)
+
+
+def run_tier1(engine: Engine, run_id: str, *, under_multiplier: float = UNDER_TOLERANCE) -> dict[str, Any]:
+    """Tier 1 of one run's events alone, read from the database. The analysis window mixes that run
+    with the runs before it, which were predicted by older coefficients; after a calibration is applied
+    this is what the coefficients the run used achieved (``metrics --run-id RUN`` shows the same)."""
+    from autopack_pipeline.domain.analysis import tier1_arrays
+    from autopack_pipeline.services.event_reading import read_event_arrays
+
+    events, _ = read_event_arrays(engine, [run_id])
+    return tier1_arrays(events, under_multiplier=under_multiplier)

@@ -109,9 +109,20 @@ def test_bad_setting_names_the_variable(workdir):
 
 
 def test_pipeline_runs_through_dagster_and_says_where_results_are(workdir):
+    earlier = run("collect", "--run-id", "earlier-run", "--json", cwd=workdir)
+    assert earlier.returncode == 0, earlier.stderr
     result = run("pipeline", cwd=workdir, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    # The collected run's own Tier 1 beside the window's, which also holds the earlier run: the same
+    # figures as `metrics --run-id` of that run.
+    run_id = out.split("Collection run ", 1)[1].split()[0]
+    alone = json.loads(run("metrics", "--run-id", run_id, "--json", cwd=workdir).stdout)["tier1"]
+    line = next(line for line in out.splitlines() if "this run alone" in line)
+    assert f"{alone['total_samples']} calls, underestimation {alone['underestimation_rate_pct']:.1f}%" in line
+    assert f"truncation {alone['truncation_rate_pct']:.1f}%" in line
+    window = int(out.split("Tier 1 over ", 1)[1].split()[0])
+    assert window == alone["total_samples"] + json.loads(earlier.stdout)["events_written"]
     assert f"Telemetry database: sqlite:///{workdir / 'autopack.db'}" in out
     assert "underestimation" in out and "truncation" in out and "95% interval" in out
     assert f"Calibration report: {workdir / 'reports'}" in out
