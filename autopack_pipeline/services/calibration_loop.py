@@ -38,7 +38,7 @@ from autopack_pipeline.domain.group_economics import output_price_per_row
 from autopack_pipeline.domain.oracle import carried_oracle, oracle_budget_waste
 from autopack_pipeline.domain.targets import TRUNCATION_TARGET_PCT, UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
 from autopack_pipeline.llm.backends import LLMBackend
-from autopack_pipeline.services.calibration_apply import calibrate_and_apply, read_stored
+from autopack_pipeline.services.calibration_apply import StoredEvents, calibrate_and_apply, read_stored
 from autopack_pipeline.services.refusals import Refused
 from autopack_pipeline.storage.database import make_engine
 from autopack_pipeline.storage.events import read_events
@@ -84,15 +84,14 @@ def _oracle_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nda
             frame["truncated"].fillna(False).to_numpy(dtype=bool))
 
 
-def previous_in_force(engine: Engine, settings: Any, run_ids: list[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The events of ``run_ids`` (the previous round) with their predictions re-expressed under the
-    coefficients in force, as ``calibrate`` re-expresses history (``reprediction.arrays_in_force``),
-    and how: the version and the count of events per way."""
+def previous_in_force(settings: Any, stored: StoredEvents) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The previous round's ``stored`` events (as the loop read them for that round) with their
+    predictions re-expressed under the coefficients in force now, as ``calibrate`` re-expresses
+    history (``reprediction.arrays_in_force``), and how: the version and the count of events per way."""
     from autopack_pipeline.domain.coefficients import load_coefficient_history
     from autopack_pipeline.domain.reprediction import arrays_in_force
     from autopack_pipeline.services.seed_files import load_coefficients_for
 
-    stored = read_stored(engine, run_ids)
     table = load_coefficients_for(settings)
     history = load_coefficient_history(settings.seeds_dir / COEFFICIENTS_FILE)
     arrays, ways = arrays_in_force(stored.arrays(), stored.inputs, table, history)
@@ -247,6 +246,7 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
 
     prices = load_prices_for(settings)
     rounds = []
+    previous_stored: StoredEvents | None = None
     for number in range(1, options.rounds + 1):
         if before_round is not None:
             before_round(number)
@@ -262,8 +262,9 @@ def run_loop(engine: Engine, settings: Any, backend_for_round: Callable[[int], L
             failures += len(summary.problems())
             run_ids.append(run_id)
         stored = read_stored(engine, run_ids)
-        previous, re_expressed = (previous_in_force(engine, settings, rounds[-1]["run_ids"]) if rounds
+        previous, re_expressed = (previous_in_force(settings, previous_stored) if previous_stored is not None
                                   else (None, None))
+        previous_stored = stored
         measured = measure_round(stored.events, prices, previous=previous)
         if re_expressed is not None:
             measured["previous_oracle"] |= {"from_round": number - 1, "re_expressed": re_expressed}
