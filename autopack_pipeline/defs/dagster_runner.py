@@ -91,11 +91,14 @@ def _print_days(days: list[dg.ExecuteInProcessResult]) -> None:
     print(f"Per day (daily_tier_metrics, {len(done)} day(s) with events in the rolling window; 95% intervals):")
     for run in done:
         metrics = run.output_for_node("daily_tier_metrics")  # services.analysis.TierMetrics of one day
-        tier1 = metrics.tier1
-        figures = [f"{name} {tier1[key]:.1f}% ({tier1[key + '_ci'][0]:.1f}-{tier1[key + '_ci'][1]:.1f})"
-                   for key, name in (("underestimation_rate_pct", "underestimation"),
-                                     ("truncation_rate_pct", "truncation"))]
-        print(f"  {metrics.window}: {tier1['total_samples']} calls, " + ", ".join(figures))
+        print(f"  {metrics.window}: {_calls_and_rates(metrics.tier1)}")
+
+
+def _calls_and_rates(tier1: dict) -> str:
+    """"N calls, underestimation X% (low-high), truncation Y% (low-high)" of a Tier-1 block."""
+    figures = [f"{name} {tier1[key]:.1f}% ({tier1[key + '_ci'][0]:.1f}-{tier1[key + '_ci'][1]:.1f})"
+               for key, name in (("underestimation_rate_pct", "underestimation"), ("truncation_rate_pct", "truncation"))]
+    return f"{tier1['total_samples']} calls, " + ", ".join(figures)
 
 
 def _print_results(result: dg.ExecuteInProcessResult, home: str, settings: StorageSettings) -> None:
@@ -146,11 +149,8 @@ def _print_run_tier1(engine, run_id: str) -> None:
     came from the coefficients before the last applied calibration."""
     from autopack_pipeline.services.analysis import run_tier1
 
-    tier1 = run_tier1(engine, run_id)
-    figures = [f"{name} {tier1[key]:.1f}% ({tier1[key + '_ci'][0]:.1f}-{tier1[key + '_ci'][1]:.1f})"
-               for key, name in (("underestimation_rate_pct", "underestimation"), ("truncation_rate_pct", "truncation"))]
-    print(f"  this run alone, on the coefficients in force: {tier1['total_samples']} calls, " + ", ".join(figures)
-          + f" (`autopack-telemetry metrics --run-id {run_id}`)")
+    print(f"  this run alone, on the coefficients in force: {_calls_and_rates(run_tier1(engine, run_id))} "
+          f"(`autopack-telemetry metrics --run-id {run_id}`)")
 
 
 def _print_patch(calibration: dict) -> None:
