@@ -93,6 +93,13 @@ def test_every_flag_and_argument_of_every_subcommand_has_help():
     assert missing == [], "options without help text:\n" + "\n".join(missing)
 
 
+def test_apply_calibration_help_names_the_history_directory_the_service_keeps():
+    from autopack_pipeline.domain.coefficients import HISTORY_DIR_NAME
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert f"{HISTORY_DIR_NAME}/." in subcommands.choices["apply-calibration"].description
+
+
 def test_version_prints_the_installed_package_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
