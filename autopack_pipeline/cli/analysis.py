@@ -10,6 +10,7 @@ from autopack_pipeline.cli.common import (
     CALIBRATION_METHOD_CHOICES,
     EXIT_OK,
     EXIT_REFUSED,
+    freeze_loaded_objects,
     identity_line,
     load_event_arrays,
     non_negative_int,
@@ -84,6 +85,7 @@ def _calibrate(args: argparse.Namespace, plotter: Any) -> int:
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.database import describe_database
 
+    freeze_loaded_objects()
     settings = load_settings()
     engine = open_engine(args)
     events, unreadable = load_event_arrays(engine, args, args.include_run_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from typing import Any
@@ -72,6 +73,18 @@ def open_engine(args: argparse.Namespace):
         return open_database(database_url(args), must_exist=command_name(args) in READ_ONLY_COMMANDS)
     except DatabaseNotFound as exc:
         raise UsageError(str(exc)) from exc
+
+
+def freeze_loaded_objects() -> None:
+    """Set what the command has loaded so far (modules, classes, functions, ~80,000 objects that live as
+    long as the process) aside from the garbage collector: its full collections during the analysis
+    and the interpreter's at exit no longer walk them, which cost ``calibrate`` a third of a second at
+    exit. Called once the command's imports are done. A process running many commands (the tests)
+    first collects what an earlier command froze and has become garbage since, so nothing piles up."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
 
 
 def identity_line(engine) -> str:

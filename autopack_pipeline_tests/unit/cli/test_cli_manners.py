@@ -155,3 +155,24 @@ def test_a_statement_timeout_is_not_taken_for_ctrl_c(capsys, monkeypatch, tmp_pa
     monkeypatch.setattr(synthetic_data, "synthesise", timed_out)
     with pytest.raises(OperationalError):
         _cli(capsys, tmp_path / "t.db", "synth", "--events", "10", "--seed", "1")
+
+
+def test_a_command_freezing_what_is_loaded_lets_an_earlier_commands_frozen_garbage_go():
+    import gc
+    import weakref
+
+    from autopack_pipeline.cli.common import freeze_loaded_objects
+
+    class Node:
+        pass
+
+    node = Node()
+    node.me = node  # a cycle: only the collector frees it
+    gone = weakref.ref(node)
+    try:
+        freeze_loaded_objects()  # a first command freezes it, alive
+        del node
+        freeze_loaded_objects()  # the next command in this process
+        assert gone() is None
+    finally:
+        gc.unfreeze()
