@@ -97,6 +97,13 @@ def _os_error_text(exc: OSError) -> str:
     return f"{paths}: {exc.strerror or exc}"
 
 
+def _database_error(exc: BaseException) -> bool:
+    """A SQLAlchemy error. Looked up only when one is raised: a command that never loaded SQLAlchemy
+    (a usage error, ``--help``) cannot raise one, and loading it costs a fifth of a second."""
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.SQLAlchemyError)
+
+
 def _interrupted(exc: BaseException) -> bool:
     """Ctrl-C that a database driver turned into its own error. ADBC answers SIGINT during a blocking call
     (a COPY, a read) by cancelling the statement: the server's "canceling statement due to user request"
@@ -111,10 +118,7 @@ def _interrupted(exc: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. User mistakes (bad arguments or settings, unusable paths, unsupported
     database URLs) end in one line and exit 2, never a traceback; with ``--json`` also as JSON."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from autopack_pipeline.settings import SettingsError
-
+    # Nothing heavy before the subcommand runs: `calibrate` starts its plot's child process first thing.
     arguments = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in arguments  # known before parsing, so a parse error is JSON too
     try:
@@ -123,13 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE, as_json)
-    except (SettingsError, ValueError) as exc:  # a bad phases file (PhaseSetError) is a ValueError too
+    except ValueError as exc:  # bad settings (SettingsError) and a bad phases file (PhaseSetError) are ValueErrors
         return _fail(str(exc), EXIT_USAGE, as_json)
     except Refused as exc:
         return _fail(str(exc), EXIT_REFUSED, as_json)
-    except SQLAlchemyError as exc:
-        # Show the driver's message without the SQL text or connection parameters.
-        return _fail(f"database error: {getattr(exc, 'orig', exc) or type(exc).__name__}", EXIT_REFUSED, as_json)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
@@ -140,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A file or directory the user named (or configured) cannot be read or written.
         return _fail(_os_error_text(exc), EXIT_USAGE, as_json)
     except Exception as exc:  # last: every narrower clause above comes first
+        if _database_error(exc):
+            # Show the driver's message without the SQL text or connection parameters.
+            return _fail(f"database error: {getattr(exc, 'orig', exc) or type(exc).__name__}", EXIT_REFUSED, as_json)
         if _interrupted(exc):  # the work has been rolled back on the way out, as for the interrupt itself
             return 130
         raise

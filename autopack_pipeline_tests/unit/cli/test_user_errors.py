@@ -134,3 +134,13 @@ def test_every_json_error_is_a_json_document(workspace: Path, capsys: pytest.Cap
     out = capsys.readouterr().out
     document = json.loads(out)
     assert code in (1, 2) and document["exit_code"] == code and document["error"]
+
+
+def test_a_database_error_is_one_line_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # A file that is not a SQLite database: SQLAlchemy's error, shown as the driver's message.
+    (tmp_path / "not-a-database.db").write_bytes(b"not a database, " * 512)
+    code = main(["--database-url", f"sqlite:///{tmp_path / 'not-a-database.db'}", "calibrate", "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.strip() == "autopack-telemetry: database error: file is not a database"
+    assert json.loads(captured.out) == {"error": "database error: file is not a database", "exit_code": 1}
