@@ -71,9 +71,23 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked. Reading the package metadata
+    costs a few hundredths of a second, which argparse's own version action made every command pay."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autopack-telemetry", description="Token-budget telemetry and calibration for Autopack.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+    parser.add_argument("--version", action=_VersionAction,
                         help="print the installed autopack_pipeline version and exit")
     parser.add_argument("--database-url", help=_DATABASE_URL_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
