@@ -854,6 +854,17 @@ def _report_dagster(report: Report, label: str, run: ChildResult) -> None:
                f"IO managers {figures['io_s']:.2f} s")
 
 
+def compile_package(report: Report) -> None:
+    """Byte-compile the package before any child runs, as an installed package is: a checkout run with
+    ``PYTHONDONTWRITEBYTECODE`` set (this machine sets it) would otherwise compile every module from
+    source in every fresh child, 0.15-0.3 s of CPU per command that no user of an install pays."""
+    import compileall
+
+    compiled = compileall.compile_dir(REPO / "autopack_pipeline", quiet=1)
+    report.notes.append("package byte-compiled before measuring" if compiled else
+                        "byte-compiling the package failed: children compile their modules from source")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "autopack-bench")
@@ -883,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--data-dir must be outside the repository")
     (data / "stores").mkdir(parents=True, exist_ok=True)
     report = Report(machine=machine())
+    compile_package(report)
     m = report.machine
     print(f"machine: {m['nproc']} x {m['cpu']}, {m['ram_gib']} GiB RAM; load average {m['load_average_before']}")
     began = time.perf_counter()
