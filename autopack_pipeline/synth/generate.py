@@ -41,8 +41,10 @@ from autopack_pipeline.synth.archetypes import (
 # per block, each 50k-phase chunk had its own stream, and a smaller first chunk would have changed the
 # data.)
 DRAW_BLOCK_PHASES = 5_000
-# Phases per generated chunk, and in the first one: small, because a loader can start writing (on
-# PostgreSQL, the events COPY that is the load's critical path) only when the first chunk exists.
+# Phases per generated chunk, and in the first one: small, because a loader can start writing only when
+# the first chunk exists. The chunks after it double in size up to PHASES_PER_CHUNK (5k, 10k, 20k, 40k,
+# 50k...): a PostgreSQL append starts its events COPY with the second piece, which then comes after
+# 10k phases instead of 50k.
 PHASES_PER_CHUNK = 50_000
 FIRST_CHUNK_PHASES = 5_000
 # Mean seconds between two phase starts, and the spread of a retry after its first attempt.
@@ -186,8 +188,9 @@ def generate_chunks(
     start_us = int((start if start.tzinfo else start.replace(tzinfo=timezone.utc)).timestamp() * 1_000_000)
     state = _Cursor()
     blocks = _DrawBlocks(seed, pricer, legacy_fraction)
+    chunk_phases = FIRST_CHUNK_PHASES
     while state.events_done < total_events:
-        chunk_phases = FIRST_CHUNK_PHASES if state.phases_done == 0 else PHASES_PER_CHUNK
+        chunk_phases = min(chunk_phases * 2, PHASES_PER_CHUNK) if state.phases_done else chunk_phases
         draws = blocks.take(chunk_phases)
         recorded = draws["recorded"]
         per_phase = recorded.sum(axis=0)

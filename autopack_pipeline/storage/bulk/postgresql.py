@@ -17,6 +17,7 @@ rest."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -55,6 +56,10 @@ PG_PIECE_PHASES = 10_000
 # Event pieces waiting for the events connection of an append: it never waits for the phases, and the
 # memory the queue holds stays bounded when the events are the slower stream (as they are).
 PG_EVENTS_AHEAD = 2
+# The share of an append transaction's events that the first connection copies, with their phases,
+# before the rest of its phases: the events cost the server about twice what the phases do (16 indexes
+# against 8, measured here), so the second connection, copying only events, would otherwise finish last.
+PG_FIRST_CONNECTION_SHARE = 0.08
 
 # The Arrow type binary COPY needs for each PostgreSQL column type the loaded tables use.
 _ARROW_TYPES = {
@@ -70,7 +75,7 @@ class _PostgresqlLoader(_Loader):
     """Writes generated chunks into a PostgreSQL database and counts what it wrote."""
 
     def load(self, engine: Engine, chunks: Iterator[SynthChunk]) -> None:
-        fresh, skip_key_checks, types = _inspect(engine)
+        fresh, skip_key_checks, types, event_sequence = _inspect(engine)
         # An append keeps every index, so the server's per-row work is what limits it. Events then go
         # through a second connection, in parallel with the phases (one backend per core); that
         # needs the foreign-key triggers off, as the events' phases are not committed yet.
@@ -92,11 +97,7 @@ class _PostgresqlLoader(_Loader):
             # The first piece is generated while the connections open (the driver reads the server's
             # type catalogue on connect: tens of milliseconds each, more on a busy machine).
             first, connections = _opened_during(engine, 1 + parallel, skip_key_checks, lambda: next(pieces))
-            streams = _PgStreams(connections, skip_key_checks)
-            if streams.parallel:
-                # With the key triggers off the events need no runs, tiers or phases first: the events
-                # connection, which has the most to copy, starts now.
-                streams.copy_events(first[1][1], self._timed)
+            streams = _PgStreams(connections, skip_key_checks, event_sequence)
             cursor = streams.cursor
             first_piece = first[0]
             start_text = _text_timestamps(first_piece.phases["started_us"][:1])[0]
@@ -109,21 +110,63 @@ class _PostgresqlLoader(_Loader):
             tier_field = types["phases"].field("tier_id")
             rebuild = _drop_for_load(cursor, drop_foreign_keys=not skip_key_checks) if fresh else []
 
-            in_transaction = 0
-            for piece, (phase_rows, event_rows) in itertools.chain([first], pieces):
-                if streams.parallel and piece is not first_piece:
-                    streams.copy_events(event_rows, self._timed)  # queued before this piece's phases
+            def copy_phases(piece: SynthChunk, phase_rows: pa.Table) -> None:
                 # The tiers' keys came from the server after the piece was built: its one missing column.
                 phase_rows = phase_rows.append_column(
                     tier_field, pa.array(tier_pk[piece.phases["run"]]).cast(tier_field.type))
-                self._timed("phases", lambda: _ingest(cursor, "phases", phase_rows))  # noqa: B023
-                if not streams.parallel:  # one connection: the events after their phases (keys checked)
-                    streams.copy_events(event_rows, self._timed)
+                self._timed("phases", lambda: _ingest(cursor, "phases", phase_rows))
+
+            # What the first connection has still to copy, in order: [piece, phases, events or None]; the
+            # events are those of a transaction's first pieces (see _PgStreams), the rest go on the second.
+            pending: collections.deque[list] = collections.deque()
+            held_events = 0  # events of this transaction's first pieces, waiting in ``pending``
+            in_transaction = 0  # events of the pieces taken into this transaction
+            event_id_field = types["token_estimation_v2_events"].field("event_id")
+
+            def copy_pending() -> None:
+                piece, phase_rows, event_rows = pending.popleft()
+                copy_phases(piece, phase_rows)
+                if event_rows is not None:
+                    self._timed("events", lambda: _ingest(cursor, "token_estimation_v2_events", event_rows))
                 self._written(piece)
+
+            def give_held_ids() -> None:
+                """The held events' ids, drawn now: below every id the second connection draws later."""
+                ids = streams.reserve_event_ids(held_events)
+                at = 0
+                for item in pending:
+                    if item[2] is not None:
+                        item[2] = item[2].append_column(
+                            event_id_field, ids.slice(at, item[2].num_rows).cast(event_id_field.type))
+                        at += item[2].num_rows
+
+            for piece, (phase_rows, event_rows) in itertools.chain([first], pieces):
+                if not streams.parallel:  # one connection: the events after their phases (keys checked)
+                    copy_phases(piece, phase_rows)
+                    streams.copy_events(event_rows, self._timed)
+                    self._written(piece)
+                elif streams.copying is None and held_events + event_rows.num_rows <= (
+                        PG_FIRST_CONNECTION_SHARE * min(PG_TRANSACTION_EVENTS, self.total - self.events_written)):
+                    pending.append([piece, phase_rows, event_rows])
+                    held_events += event_rows.num_rows
+                else:
+                    if held_events and streams.copying is None:
+                        give_held_ids()
+                    streams.copy_events(event_rows, self._timed)
+                    pending.append([piece, phase_rows, None])
+                    # The first connection copies while the second has a piece waiting beyond the one
+                    # it copies, else the next piece is handed over first (generating it is quicker).
+                    while pending and streams.copying is not None and (
+                            streams.events_waiting() or len(pending) > PG_EVENTS_AHEAD + 1):
+                        copy_pending()
                 in_transaction += len(piece.events["run"])
                 if not fresh and in_transaction >= PG_TRANSACTION_EVENTS:
+                    while pending:
+                        copy_pending()
                     streams.commit()
-                    in_transaction = 0
+                    in_transaction = held_events = 0
+            while pending:  # held pieces are copied with the sequence's ids when no piece followed them
+                copy_pending()
             if rebuild:
                 # Index builds sort in memory instead of spilling to disk (this transaction only).
                 cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
@@ -204,7 +247,7 @@ class _PgStreams:
     ascending order as the columnar refresh expects.
     """
 
-    def __init__(self, connections: list, skip_key_checks: bool) -> None:
+    def __init__(self, connections: list, skip_key_checks: bool, event_sequence: str) -> None:
         self.connection = connections[0]
         self.cursor = self.connection.cursor()
         self.events_connection: Any = connections[1] if len(connections) > 1 else None
@@ -214,6 +257,7 @@ class _PgStreams:
         self.waiting: queue.Queue | None = None  # pieces for the running events COPY, then _END
         self.copying: Future | None = None  # that COPY
         self.skip_key_checks = skip_key_checks
+        self.event_sequence = event_sequence
         self.committed = False  # a batch of this load is committed: a failure must undo it
 
     @property
@@ -232,6 +276,18 @@ class _PgStreams:
             self.copying = self.worker.submit(
                 timed, "events", lambda: _ingest(self.events_cursor, "token_estimation_v2_events", reader))
         self._hand(rows)
+
+    def reserve_event_ids(self, count: int) -> pa.Array:
+        """``count`` event ids drawn from the events' sequence on the first connection, ascending: ids
+        below every one the second connection's ``COPY`` draws after this. Not a range claimed at once:
+        other writers keep drawing from the sequence meanwhile, without waiting for a lock."""
+        self.cursor.execute(f"SELECT nextval('{self.event_sequence}') FROM generate_series(1, {int(count)}) "
+                            "ORDER BY 1")
+        return self.cursor.fetch_arrow_table().column(0).combine_chunks()
+
+    def events_waiting(self) -> bool:
+        """Whether the events ``COPY`` has a piece waiting beyond the one it copies."""
+        return self.waiting is not None and not self.waiting.empty()
 
     def _hand(self, item: object) -> None:
         """Queue ``item`` for the events ``COPY``, or raise why that ``COPY`` stopped taking pieces."""
@@ -298,16 +354,17 @@ def _batches(waiting: queue.Queue) -> Iterator[pa.RecordBatch]:
         yield from rows.to_batches()
 
 
-def _inspect(engine: Engine) -> tuple[bool, bool, dict[str, pa.Schema]]:
+def _inspect(engine: Engine) -> tuple[bool, bool, dict[str, pa.Schema], str]:
     """What a load asks before its own connections open: whether the events table is empty, whether
-    this role may turn the foreign-key triggers off, and the Arrow types binary COPY needs for the
-    columns of the four loaded tables."""
+    this role may turn the foreign-key triggers off, the Arrow types binary COPY needs for the
+    columns of the four loaded tables, and the name of the event ids' sequence."""
     with engine.connect() as connection:
         def scalar(query: str) -> Any:
             return connection.exec_driver_sql(query).scalar()
 
         fresh = bool(scalar("SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)"))
         skip_key_checks = _may_skip_key_checks(scalar)
+        event_sequence = scalar("SELECT pg_get_serial_sequence('token_estimation_v2_events', 'event_id')")
         columns = connection.exec_driver_sql(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name IN "
@@ -315,7 +372,7 @@ def _inspect(engine: Engine) -> tuple[bool, bool, dict[str, pa.Schema]]:
     types = {table: pa.schema([(name, _ARROW_TYPES[kind]) for owner, name, kind in columns
                                if owner == table and kind in _ARROW_TYPES])
              for table in ("runs", "tiers", "phases", "token_estimation_v2_events")}
-    return fresh, skip_key_checks, types
+    return fresh, skip_key_checks, types, event_sequence
 
 
 def _pg_settings(cursor: Any, *, skip_key_checks: bool) -> None:
