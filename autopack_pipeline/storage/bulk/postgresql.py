@@ -8,12 +8,14 @@ rows and rebuilds them before committing; the foreign keys stay, with their trig
 every row) when it may not. An append keeps every index and commits every 500k events; when the role
 may turn the foreign-key triggers off, it copies the events on a second connection while the first
 copies the runs, tiers and phases (two backends, two cores), otherwise on one connection with the
-keys checked by the server. The events, which cost the server most (16 indexes), are then the load's
-critical path: their connection opens while the first chunk is generated, its one ``COPY`` per
-transaction starts with the first piece (before the runs and tiers exist: no trigger looks) and never
-waits for the phases, and the runs' counts are written while its last pieces are still being copied.
-A failure after some batches were committed deletes the load's runs again, which cascades to the
-rest."""
+keys checked by the server. The events cost the server about twice what the phases do (16 indexes
+against 8), so the first connection also copies the events of each transaction's first pieces
+(:data:`PG_FIRST_CONNECTION_SHARE`), with ids drawn from the sequence before the second connection's
+``COPY`` starts, and both backends end at about the same time. That ``COPY`` starts as soon as the
+first piece after those exists, the first connection copies only while it has a piece waiting (else
+the next piece is generated and handed over first), and the runs' counts are written while its last
+pieces are still being copied. A failure after some batches were committed deletes the load's runs
+again, which cascades to the rest."""
 
 from __future__ import annotations
 
@@ -241,9 +243,11 @@ class _PgStreams:
     There, each transaction's events are one ``COPY``, run by a worker thread and fed piece by piece
     through a queue (at most :data:`PG_EVENTS_AHEAD` pieces waiting) as the pieces are generated: the
     driver encodes and sends a piece while the server is still storing the one before, and no round
-    trips fall between pieces. Each batch ends that ``COPY``, then commits the first connection, then
-    the second, so whoever reads between the two commits sees phases without their events yet, never
-    events without their phases, and event ids (one sequence, one connection) become visible in
+    trips fall between pieces. The first connection copies the events of the transaction's first
+    pieces itself, with ids drawn from the sequence (:meth:`reserve_event_ids`) before that ``COPY``
+    draws any. Each batch ends that ``COPY``, then commits the first connection, then the second, so
+    whoever reads between the two commits sees phases without their events yet, never events without
+    their phases, and event ids (the first connection's below the second's) become visible in
     ascending order as the columnar refresh expects.
     """
 
