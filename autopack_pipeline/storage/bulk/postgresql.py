@@ -89,7 +89,7 @@ class _PostgresqlLoader(_Loader):
                            + ("foreign keys kept, their triggers off" if skip_key_checks else "foreign keys added again"))
         else:
             self.method = "postgresql: binary COPY with indexes in place, 500k events per transaction" + (
-                ", events on a second connection" if parallel else "")
+                ", events on a second connection but for each transaction's first pieces" if parallel else "")
 
         def tables(piece: SynthChunk) -> tuple[pa.Table, pa.Table]:
             return self._timed("generate", lambda: self._tables(piece, types))
@@ -169,7 +169,7 @@ class _PostgresqlLoader(_Loader):
                         copy_pending()
                     streams.commit()
                     in_transaction = held_events = 0
-            while pending:  # held pieces are copied with the sequence's ids when no piece followed them
+            while pending:  # what is left; held events that no piece followed take the sequence's ids
                 copy_pending()
             if rebuild:
                 # Index builds sort in memory instead of spilling to disk (this transaction only).
