@@ -44,7 +44,7 @@ class SynthSummary:
     runs: int
     first_run_id: str
     last_run_id: str
-    seconds: float
+    seconds: float  # the whole call, its questions to the database before the load included
     events_per_second: float
     method: str = ""
     first_timestamp: str | None = None
