@@ -395,6 +395,8 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
     if not may_skip_key_checks:  # a role that may not set session_replication_role
         monkeypatch.setattr(bulk.postgresql, "_may_skip_key_checks", lambda cursor: False)
     monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 97)  # chunks copied in many pieces
+    # Each transaction's first piece (~115 events) on the first connection, with ids drawn beforehand.
+    monkeypatch.setattr(bulk.postgresql, "PG_FIRST_CONNECTION_SHARE", 0.5)
     bulk_load(engine, 800, runs=2, seed=1)
     commits = []
     real_commit = bulk.postgresql._PgStreams.commit
@@ -404,10 +406,19 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
         real_commit(streams, last=last)
 
     monkeypatch.setattr(bulk.postgresql._PgStreams, "commit", counted_commit)
+    reserved = []
+    real_reserve = bulk.postgresql._PgStreams.reserve_event_ids
+
+    def counted_reserve(streams, count):
+        reserved.append(count)
+        return real_reserve(streams, count)
+
+    monkeypatch.setattr(bulk.postgresql._PgStreams, "reserve_event_ids", counted_reserve)
     monkeypatch.setattr(bulk.postgresql, "PG_TRANSACTION_EVENTS", 250)  # several transactions, each its COPYs
     second = bulk_load(engine, 700, runs=3, seed=2)
     assert commits == [False, False, True]
     assert ("events on a second connection" in second.method) == may_skip_key_checks
+    assert (len(reserved) == 2) == may_skip_key_checks  # the first two transactions' first pieces
     stored = read_events(engine).iloc[800:]
     expected = generated_frame(700, 3, 2)
     assert stored["event_id"].is_monotonic_increasing  # ids in the order generated, as one connection gives
