@@ -128,9 +128,18 @@ class ArchetypePricer:
         self.priced[a, b, c, v] = True
 
 
-@lru_cache(maxsize=4)
+_PRICERS_LOCK = threading.Lock()
+
+
 def archetype_pricer(seeds_dir: Path = PACKAGED_SEEDS_DIR) -> ArchetypePricer:
-    """The pricer of ``seeds_dir``'s archetypes, one per process (what it priced stays priced)."""
+    """The pricer of ``seeds_dir``'s archetypes, one per process (what it priced stays priced). A thread
+    asking while another builds it waits for that one instead of building a second."""
+    with _PRICERS_LOCK:
+        return _pricer(seeds_dir)
+
+
+@lru_cache(maxsize=4)
+def _pricer(seeds_dir: Path) -> ArchetypePricer:
     return ArchetypePricer(seeds_dir)
 
 

@@ -6,6 +6,7 @@ what was written and how fast."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -17,8 +18,8 @@ from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
 from autopack_pipeline.storage.bulk.loader import Progress
 from autopack_pipeline.storage.bulk.loading import latest_event_time, load_chunks, stored_run_ids, text_timestamp
 from autopack_pipeline.storage.bulk.rows import run_id_for
-from autopack_pipeline.synth.archetypes import DEFAULT_LEGACY_FRACTION, load_archetypes
-from autopack_pipeline.synth.generate import DEFAULT_START, EVENTS_PER_RUN, generate_chunks
+from autopack_pipeline.synth.archetypes import DEFAULT_LEGACY_FRACTION, archetype_pricer
+from autopack_pipeline.synth.generate import DEFAULT_START, EVENTS_PER_RUN, generate_chunks, price_first_block
 
 
 def default_run_count(events: int, phase_ids: str = "per-run") -> int:
@@ -43,7 +44,7 @@ class SynthSummary:
     runs: int
     first_run_id: str
     last_run_id: str
-    seconds: float
+    seconds: float  # the whole call, its questions to the database before the load included
     events_per_second: float
     method: str = ""
     first_timestamp: str | None = None
@@ -100,13 +101,18 @@ def bulk_load(
     if events < 1:
         raise ValueError(f"the number of events must be at least 1, got {events}")
     runs = max(1, min(int(runs or default_run_count(events, phase_ids)), events))
+    began = time.perf_counter()
+    # The first chunk waits for its archetypes' prices (and the pricer for its seed files): priced by a
+    # helper thread while the database is asked what follows and the loader opens its connections.
+    pricing = threading.Thread(target=price_first_block, args=(seed,), daemon=True, name="synth-pricing",
+                               kwargs={"legacy_fraction": legacy_fraction, "seeds_dir": seeds_dir})
+    pricing.start()
     _check_runs_absent(engine, seed, runs)
     latest = latest_event_time(engine)
     # Continue a minute after the newest stored event, so a second batch reads as later use.
     start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
     chunks = generate_chunks(events, runs=runs, seed=seed, start=start,
                              legacy_fraction=legacy_fraction, seeds_dir=seeds_dir, phase_ids=phase_ids)
-    began = time.perf_counter()
     loader = load_chunks(engine, chunks, seed=seed, runs=runs, events=events, progress=progress)
     seconds = time.perf_counter() - began
     return SynthSummary(
@@ -123,7 +129,7 @@ def bulk_load(
         method=loader.method,
         first_timestamp=text_timestamp(loader.first_us),
         last_timestamp=text_timestamp(loader.last_us),
-        coefficient_version=load_archetypes(seeds_dir).coefficient_version,
+        coefficient_version=archetype_pricer(seeds_dir).archetypes.coefficient_version,
         phase_ids=phase_ids,
         timings={k: round(v, 3) for k, v in loader.timings.items()},
     )

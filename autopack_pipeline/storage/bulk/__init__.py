@@ -14,7 +14,8 @@ foreign-key triggers off for the load (``session_replication_role``, superuser o
 it runs on one connection with the keys checked by the server.
 
 The modules: ``chunk`` (what a loader takes), ``rows`` (chunks as table rows), ``loader`` (what the
-loaders share), ``sqlite`` and ``postgresql`` (the loaders), ``loading`` (:func:`load_chunks` and the
+loaders share), ``sqlite`` and ``postgresql`` (the loaders; ``postgresql_steps``: the PostgreSQL load's
+index drops and rebuilds and its undo after a failure), ``loading`` (:func:`load_chunks` and the
 questions a load asks the database first).
 """
 

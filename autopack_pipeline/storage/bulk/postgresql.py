@@ -8,18 +8,20 @@ rows and rebuilds them before committing; the foreign keys stay, with their trig
 every row) when it may not. An append keeps every index and commits every 500k events; when the role
 may turn the foreign-key triggers off, it copies the events on a second connection while the first
 copies the runs, tiers and phases (two backends, two cores), otherwise on one connection with the
-keys checked by the server. The events, which cost the server most (16 indexes), are then the load's
-critical path: their connection opens while the first chunk is generated, its one ``COPY`` per
-transaction starts with the first piece (before the runs and tiers exist: no trigger looks) and never
-waits for the phases, and the runs' counts are written while its last pieces are still being copied.
-A failure after some batches were committed deletes the load's runs again, which cascades to the
-rest."""
+keys checked by the server. The events cost the server about twice what the phases do (16 indexes
+against 8), so the first connection also copies the events of each transaction's first pieces
+(:data:`PG_FIRST_CONNECTION_SHARE`), with ids drawn from the sequence before the second connection's
+``COPY`` starts, and both backends end at about the same time. That ``COPY`` starts as soon as the
+first piece after those exists, the first connection copies only while it has a piece waiting (else
+the next piece is generated and handed over first), and the runs' counts are written while its last
+pieces are still being copied. A failure after some batches were committed deletes the load's runs
+again, which cascades to the rest."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
-import logging
 import queue
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +33,7 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.bulk.chunk import SynthChunk
 from autopack_pipeline.storage.bulk.loader import _Loader, _sliced
+from autopack_pipeline.storage.bulk.postgresql_steps import _drop_for_load, _undo_load
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,
     _PHASE_SPEC,
@@ -45,16 +48,24 @@ from autopack_pipeline.storage.bulk.rows import (
 )
 from autopack_pipeline.storage.columnar import prefetch
 
-logger = logging.getLogger(__name__)
-
 # Events per transaction of an append, as on SQLite: commits cost nothing, memory stays bounded.
 PG_TRANSACTION_EVENTS = 500_000
 # Phases per COPY (with their events): pieces of a chunk, so the first COPY starts sooner and the two
 # connections of an append wait less for each other.
 PG_PIECE_PHASES = 10_000
 # Event pieces waiting for the events connection of an append: it never waits for the phases, and the
-# memory the queue holds stays bounded when the events are the slower stream (as they are).
-PG_EVENTS_AHEAD = 2
+# memory the queue holds stays bounded when the events are the slower stream. The first connection
+# copies while at least half of them wait (else the next piece is handed over first), so that one of
+# its longer copies (a held piece's phases and events) does not leave the events connection without a
+# piece. (Sampled wait events on a busy machine: the events backend waited for the client in 3-8% of
+# samples either way, against 2-5% before the first connection took a share of the events.)
+PG_EVENTS_AHEAD = 4
+# At most this share of an append transaction's events is copied by the first connection, with their
+# phases (whole pieces: the first two of 100k events, 17.7%): the events cost the server about twice
+# what the phases do (16 indexes against 8; the events backend took 63-67% of the server's CPU here),
+# so the second connection, copying only events, would otherwise finish last. At 6% (the first piece)
+# it still took 63%, at 17.7% 52-56%.
+PG_FIRST_CONNECTION_SHARE = 0.18
 
 # The Arrow type binary COPY needs for each PostgreSQL column type the loaded tables use.
 _ARROW_TYPES = {
@@ -70,7 +81,7 @@ class _PostgresqlLoader(_Loader):
     """Writes generated chunks into a PostgreSQL database and counts what it wrote."""
 
     def load(self, engine: Engine, chunks: Iterator[SynthChunk]) -> None:
-        fresh, skip_key_checks, types = _inspect(engine)
+        fresh, skip_key_checks, types, event_sequence = _inspect(engine)
         # An append keeps every index, so the server's per-row work is what limits it. Events then go
         # through a second connection, in parallel with the phases (one backend per core); that
         # needs the foreign-key triggers off, as the events' phases are not committed yet.
@@ -80,7 +91,7 @@ class _PostgresqlLoader(_Loader):
                            + ("foreign keys kept, their triggers off" if skip_key_checks else "foreign keys added again"))
         else:
             self.method = "postgresql: binary COPY with indexes in place, 500k events per transaction" + (
-                ", events on a second connection" if parallel else "")
+                ", events on a second connection but for each transaction's first pieces" if parallel else "")
 
         def tables(piece: SynthChunk) -> tuple[pa.Table, pa.Table]:
             return self._timed("generate", lambda: self._tables(piece, types))
@@ -92,11 +103,7 @@ class _PostgresqlLoader(_Loader):
             # The first piece is generated while the connections open (the driver reads the server's
             # type catalogue on connect: tens of milliseconds each, more on a busy machine).
             first, connections = _opened_during(engine, 1 + parallel, skip_key_checks, lambda: next(pieces))
-            streams = _PgStreams(connections, skip_key_checks)
-            if streams.parallel:
-                # With the key triggers off the events need no runs, tiers or phases first: the events
-                # connection, which has the most to copy, starts now.
-                streams.copy_events(first[1][1], self._timed)
+            streams = _PgStreams(connections, skip_key_checks, event_sequence)
             cursor = streams.cursor
             first_piece = first[0]
             start_text = _text_timestamps(first_piece.phases["started_us"][:1])[0]
@@ -109,21 +116,64 @@ class _PostgresqlLoader(_Loader):
             tier_field = types["phases"].field("tier_id")
             rebuild = _drop_for_load(cursor, drop_foreign_keys=not skip_key_checks) if fresh else []
 
-            in_transaction = 0
-            for piece, (phase_rows, event_rows) in itertools.chain([first], pieces):
-                if streams.parallel and piece is not first_piece:
-                    streams.copy_events(event_rows, self._timed)  # queued before this piece's phases
+            def copy_phases(piece: SynthChunk, phase_rows: pa.Table) -> None:
                 # The tiers' keys came from the server after the piece was built: its one missing column.
                 phase_rows = phase_rows.append_column(
                     tier_field, pa.array(tier_pk[piece.phases["run"]]).cast(tier_field.type))
-                self._timed("phases", lambda: _ingest(cursor, "phases", phase_rows))  # noqa: B023
-                if not streams.parallel:  # one connection: the events after their phases (keys checked)
-                    streams.copy_events(event_rows, self._timed)
+                self._timed("phases", lambda: _ingest(cursor, "phases", phase_rows))
+
+            # What the first connection has still to copy, in order: [piece, phases, events or None]; the
+            # events are those of a transaction's first pieces (see _PgStreams), the rest go on the second.
+            pending: collections.deque[list] = collections.deque()
+            held_events = 0  # events of this transaction's first pieces, waiting in ``pending``
+            in_transaction = 0  # events of the pieces taken into this transaction
+            event_id_field = types["token_estimation_v2_events"].field("event_id")
+
+            def copy_pending() -> None:
+                piece, phase_rows, event_rows = pending.popleft()
+                copy_phases(piece, phase_rows)
+                if event_rows is not None:
+                    self._timed("events", lambda: _ingest(cursor, "token_estimation_v2_events", event_rows))
                 self._written(piece)
+
+            def give_held_ids() -> None:
+                """The held events' ids, drawn now: below every id the second connection draws later."""
+                ids = streams.reserve_event_ids(held_events)
+                at = 0
+                for item in pending:
+                    if item[2] is not None:
+                        item[2] = item[2].append_column(
+                            event_id_field, ids.slice(at, item[2].num_rows).cast(event_id_field.type))
+                        at += item[2].num_rows
+
+            for piece, (phase_rows, event_rows) in itertools.chain([first], pieces):
+                if not streams.parallel:  # one connection: the events after their phases (keys checked)
+                    copy_phases(piece, phase_rows)
+                    streams.copy_events(event_rows, self._timed)
+                    self._written(piece)
+                elif streams.copying is None and held_events + event_rows.num_rows <= (
+                        PG_FIRST_CONNECTION_SHARE * min(PG_TRANSACTION_EVENTS, self.total - self.events_written)):
+                    pending.append([piece, phase_rows, event_rows])
+                    held_events += event_rows.num_rows
+                else:
+                    if held_events and streams.copying is None:
+                        give_held_ids()
+                    streams.copy_events(event_rows, self._timed)
+                    pending.append([piece, phase_rows, None])
+                    # The first connection copies while the second has pieces waiting beyond the one
+                    # it copies, else the next piece is handed over first (generating it is quicker).
+                    while pending and streams.copying is not None and (
+                            streams.events_waiting() >= PG_EVENTS_AHEAD // 2
+                            or len(pending) > PG_EVENTS_AHEAD + 1):
+                        copy_pending()
                 in_transaction += len(piece.events["run"])
                 if not fresh and in_transaction >= PG_TRANSACTION_EVENTS:
+                    while pending:
+                        copy_pending()
                     streams.commit()
-                    in_transaction = 0
+                    in_transaction = held_events = 0
+            while pending:  # what is left; held events that no piece followed take the sequence's ids
+                copy_pending()
             if rebuild:
                 # Index builds sort in memory instead of spilling to disk (this transaction only).
                 cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
@@ -198,13 +248,15 @@ class _PgStreams:
     There, each transaction's events are one ``COPY``, run by a worker thread and fed piece by piece
     through a queue (at most :data:`PG_EVENTS_AHEAD` pieces waiting) as the pieces are generated: the
     driver encodes and sends a piece while the server is still storing the one before, and no round
-    trips fall between pieces. Each batch ends that ``COPY``, then commits the first connection, then
-    the second, so whoever reads between the two commits sees phases without their events yet, never
-    events without their phases, and event ids (one sequence, one connection) become visible in
+    trips fall between pieces. The first connection copies the events of the transaction's first
+    pieces itself, with ids drawn from the sequence (:meth:`reserve_event_ids`) before that ``COPY``
+    draws any. Each batch ends that ``COPY``, then commits the first connection, then the second, so
+    whoever reads between the two commits sees phases without their events yet, never events without
+    their phases, and event ids (the first connection's below the second's) become visible in
     ascending order as the columnar refresh expects.
     """
 
-    def __init__(self, connections: list, skip_key_checks: bool) -> None:
+    def __init__(self, connections: list, skip_key_checks: bool, event_sequence: str) -> None:
         self.connection = connections[0]
         self.cursor = self.connection.cursor()
         self.events_connection: Any = connections[1] if len(connections) > 1 else None
@@ -214,6 +266,7 @@ class _PgStreams:
         self.waiting: queue.Queue | None = None  # pieces for the running events COPY, then _END
         self.copying: Future | None = None  # that COPY
         self.skip_key_checks = skip_key_checks
+        self.event_sequence = event_sequence
         self.committed = False  # a batch of this load is committed: a failure must undo it
 
     @property
@@ -232,6 +285,18 @@ class _PgStreams:
             self.copying = self.worker.submit(
                 timed, "events", lambda: _ingest(self.events_cursor, "token_estimation_v2_events", reader))
         self._hand(rows)
+
+    def reserve_event_ids(self, count: int) -> pa.Array:
+        """``count`` event ids drawn from the events' sequence on the first connection, ascending: ids
+        below every one the second connection's ``COPY`` draws after this. Not a range claimed at once:
+        other writers keep drawing from the sequence meanwhile, without waiting for a lock."""
+        self.cursor.execute(f"SELECT nextval('{self.event_sequence}') FROM generate_series(1, {int(count)}) "
+                            "ORDER BY 1")
+        return self.cursor.fetch_arrow_table().column(0).combine_chunks()
+
+    def events_waiting(self) -> int:
+        """How many pieces wait for the events ``COPY`` beyond the one it copies."""
+        return 0 if self.waiting is None else self.waiting.qsize()
 
     def _hand(self, item: object) -> None:
         """Queue ``item`` for the events ``COPY``, or raise why that ``COPY`` stopped taking pieces."""
@@ -298,16 +363,17 @@ def _batches(waiting: queue.Queue) -> Iterator[pa.RecordBatch]:
         yield from rows.to_batches()
 
 
-def _inspect(engine: Engine) -> tuple[bool, bool, dict[str, pa.Schema]]:
+def _inspect(engine: Engine) -> tuple[bool, bool, dict[str, pa.Schema], str]:
     """What a load asks before its own connections open: whether the events table is empty, whether
-    this role may turn the foreign-key triggers off, and the Arrow types binary COPY needs for the
-    columns of the four loaded tables."""
+    this role may turn the foreign-key triggers off, the Arrow types binary COPY needs for the
+    columns of the four loaded tables, and the name of the event ids' sequence."""
     with engine.connect() as connection:
         def scalar(query: str) -> Any:
             return connection.exec_driver_sql(query).scalar()
 
         fresh = bool(scalar("SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)"))
         skip_key_checks = _may_skip_key_checks(scalar)
+        event_sequence = scalar("SELECT pg_get_serial_sequence('token_estimation_v2_events', 'event_id')")
         columns = connection.exec_driver_sql(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name IN "
@@ -315,7 +381,7 @@ def _inspect(engine: Engine) -> tuple[bool, bool, dict[str, pa.Schema]]:
     types = {table: pa.schema([(name, _ARROW_TYPES[kind]) for owner, name, kind in columns
                                if owner == table and kind in _ARROW_TYPES])
              for table in ("runs", "tiers", "phases", "token_estimation_v2_events")}
-    return fresh, skip_key_checks, types
+    return fresh, skip_key_checks, types, event_sequence
 
 
 def _pg_settings(cursor: Any, *, skip_key_checks: bool) -> None:
@@ -339,46 +405,3 @@ def _may_skip_key_checks(scalar: Callable[[str], Any]) -> bool:
 
 def _ingest(cursor: Any, table: str, rows: pa.Table) -> None:
     cursor.adbc_ingest(table, rows, mode="append")
-
-
-def _undo_load(connection: Any, run_ids: list[str]) -> None:
-    """Delete the load's runs after a failure that left batches committed; the keys cascade to tiers,
-    phases and events. Best effort: when the server is unreachable too, the committed rows stay, and
-    loading the same seed again is refused (:class:`RunsAlreadyPresent`)."""
-    try:
-        with connection.cursor() as cursor:
-            cursor.adbc_ingest("synth_undo", pa.table({"id": pa.array(run_ids, pa.string())}), mode="create",
-                               temporary=True)
-            cursor.execute("DELETE FROM runs WHERE id IN (SELECT id FROM synth_undo)")
-            cursor.execute("DROP TABLE synth_undo")
-        connection.commit()
-    except Exception:  # the original failure is the one to report
-        logger.warning("could not remove the partly loaded synthetic runs %s .. %s", run_ids[0], run_ids[-1],
-                       exc_info=True)
-
-
-def _drop_for_load(cursor: Any, *, drop_foreign_keys: bool) -> list[str]:
-    """Drop the secondary indexes (and with ``drop_foreign_keys`` the foreign keys) of phases and events;
-    return what rebuilds them.
-
-    Runs inside the load's transaction (PostgreSQL DDL is transactional), so a failed load leaves
-    every index and constraint as it was. Indexes backing a primary key or unique constraint stay.
-    """
-    tables = "'phases'::regclass, 'token_estimation_v2_events'::regclass"
-    foreign_keys = []
-    if drop_foreign_keys:
-        cursor.execute("SELECT c.conname, c.conrelid::regclass::text, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-                       f"WHERE c.contype = 'f' AND c.conrelid IN ({tables}) ORDER BY c.conname")
-        foreign_keys = cursor.fetchall()
-    cursor.execute(
-        "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
-        f"WHERE i.indrelid IN ({tables}) AND NOT EXISTS "
-        "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) ORDER BY 1")
-    indexes = cursor.fetchall()
-    for name, table, _definition in foreign_keys:
-        cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
-    for name, _definition in indexes:
-        cursor.execute(f"DROP INDEX {name}")
-    return [definition for _name, definition in indexes] + [
-        f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}' for name, table, definition in foreign_keys
-    ]

@@ -395,6 +395,8 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
     if not may_skip_key_checks:  # a role that may not set session_replication_role
         monkeypatch.setattr(bulk.postgresql, "_may_skip_key_checks", lambda cursor: False)
     monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 97)  # chunks copied in many pieces
+    # Each transaction's first piece (~115 events) on the first connection, with ids drawn beforehand.
+    monkeypatch.setattr(bulk.postgresql, "PG_FIRST_CONNECTION_SHARE", 0.5)
     bulk_load(engine, 800, runs=2, seed=1)
     commits = []
     real_commit = bulk.postgresql._PgStreams.commit
@@ -404,10 +406,19 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
         real_commit(streams, last=last)
 
     monkeypatch.setattr(bulk.postgresql._PgStreams, "commit", counted_commit)
+    reserved = []
+    real_reserve = bulk.postgresql._PgStreams.reserve_event_ids
+
+    def counted_reserve(streams, count):
+        reserved.append(count)
+        return real_reserve(streams, count)
+
+    monkeypatch.setattr(bulk.postgresql._PgStreams, "reserve_event_ids", counted_reserve)
     monkeypatch.setattr(bulk.postgresql, "PG_TRANSACTION_EVENTS", 250)  # several transactions, each its COPYs
     second = bulk_load(engine, 700, runs=3, seed=2)
     assert commits == [False, False, True]
     assert ("events on a second connection" in second.method) == may_skip_key_checks
+    assert (len(reserved) == 2) == may_skip_key_checks  # the first two transactions' first pieces
     stored = read_events(engine).iloc[800:]
     expected = generated_frame(700, 3, 2)
     assert stored["event_id"].is_monotonic_increasing  # ids in the order generated, as one connection gives
@@ -469,12 +480,16 @@ def test_a_postgresql_append_whose_events_copy_fails_while_the_phases_go_on_leav
     monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 50)  # many pieces
     real_ingest = bulk.postgresql._ingest
     phases = []
+    first_connection_events = []
 
     def fail_after_two_event_pieces(cursor, table, rows):
         if table != "token_estimation_v2_events":
             phases.append(len(rows))
             return real_ingest(cursor, table, rows)
-        assert isinstance(rows, pa.RecordBatchReader)  # one COPY for the transaction's pieces
+        if isinstance(rows, pa.Table):  # the transaction's first pieces, on the first connection
+            first_connection_events.append(len(rows))
+            return real_ingest(cursor, table, rows)
+        assert isinstance(rows, pa.RecordBatchReader)  # one COPY for the rest of the transaction's pieces
         rows.read_next_batch()
         rows.read_next_batch()
         raise RuntimeError("events copy failed")
@@ -482,9 +497,11 @@ def test_a_postgresql_append_whose_events_copy_fails_while_the_phases_go_on_leav
     monkeypatch.setattr(bulk.postgresql, "_ingest", fail_after_two_event_pieces)
     with pytest.raises(RuntimeError, match="events copy failed"):
         bulk_load(engine, 2000, runs=3, seed=2)
-    # Noticed when the queue was full again, not after all ~34 pieces' phases: runs and tiers, then the
-    # phases of the two pieces read, of those in the queue and of the one being handed over.
-    assert len(phases) <= 2 + 2 + bulk.postgresql.PG_EVENTS_AHEAD + 1
+    # Noticed when the queue was full again, not after all ~34 pieces' phases: runs and tiers, the pieces
+    # copied whole on the first connection, then the phases of the two pieces read, of those in the
+    # queue and of the one being handed over.
+    assert 0 < sum(first_connection_events) < 0.2 * 2000
+    assert len(phases) <= 2 + len(first_connection_events) + 2 + bulk.postgresql.PG_EVENTS_AHEAD + 1
     assert [count_rows(engine, t) for t in ("runs", "tiers", "token_estimation_v2_events")] == [1, 1, 300]
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM phases WHERE run_id LIKE 'synth-2-%'")).scalar() == 0
