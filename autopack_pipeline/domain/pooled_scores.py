@@ -174,10 +174,20 @@ class PooledScores:
     def survival(self, s: np.ndarray | float) -> np.ndarray | float:
         """``P(score > s)`` of the pooled estimate, at each of ``s``."""
         at = np.atleast_1d(np.asarray(s, dtype=float))
+        if len(at) <= 1024:
+            result = self._survival_at(at)
+        else:
+            # Many points (a group's truncated calls) are looked up in ascending order and put back: binary
+            # searches of points in order stay in the cache, 3-5x faster than in the calls' order.
+            order = np.argsort(at)
+            result = np.empty(len(at))
+            result[order] = self._survival_at(at[order])
+        return float(result[0]) if np.ndim(s) == 0 else result
+
+    def _survival_at(self, at: np.ndarray) -> np.ndarray:
         clean = np.searchsorted(self.pool.clean, at, side="right") - _count(self.out_clean, at, "right")
         seen_cut = np.searchsorted(self.pool.censored, at, side="right")
-        result = self._survival_after(clean, seen_cut - self.out_cut_before[seen_cut])
-        return float(result[0]) if np.ndim(s) == 0 else result
+        return self._survival_after(clean, seen_cut - self.out_cut_before[seen_cut])
 
     def first_reaching(self, cdf: float) -> float | None:
         """The least of the set's clean scores at which the estimated P(score <= it) reaches ``cdf``."""
