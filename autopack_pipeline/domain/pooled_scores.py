@@ -132,10 +132,16 @@ class ScorePool:
         kept = np.flatnonzero(~cut_out)
         # Index in the set's order of each of its truncated scores: the set's clean scores before it
         # (the pool's at most its value, less the left-out groups') plus the set's truncated scores before it.
-        out_before = _upto_each(out_clean, self.censored[kept]) if out_clean else 0
-        index = self.clean_before[kept] - out_before + kept - out_cut_before[kept]
+        # (A kept score's place among the kept ones is its index less the left-out ones before it.)
+        index = self.clean_before[kept]
+        if out_clean:
+            index -= _upto_each(out_clean, self.censored[kept])
+        index += np.arange(len(kept))
+        steps = np.subtract(size, index, dtype=np.float64)  # exact: integers below 2**53
+        del index
         with np.errstate(divide="ignore"):  # a truncated score last of all: log(0), never read (cut_cap)
-            steps = np.log1p(-1.0 / (size - index))
+            np.divide(-1.0, steps, out=steps)
+            np.log1p(steps, out=steps)
         # The estimate stops moving at the set's last clean score; truncated scores after it are not read.
         cut_cap = 0
         if chosen.any() and np.isfinite(last := float(self.clean_largest[chosen].max())):

@@ -66,9 +66,10 @@ def coverage_observations(
     if dedup and censored.any():
         width = _phase_width(arrays)
         phase = arrays.phase_key
+        both_known = arrays.run_code.valid is None and arrays.phase_code.valid is None  # no mask to build
         run_ok, phase_ok = arrays.run_code.notna(), arrays.phase_code.notna()
-        rows = np.flatnonzero(censored & run_ok & phase_ok)
-        if (clean.mask & ~(run_ok & phase_ok)).any():
+        rows = np.flatnonzero(censored if both_known else censored & run_ok & phase_ok)
+        if not both_known and (clean.mask & ~(run_ok & phase_ok)).any():
             # Rows missing one id: run ids and phase ids are paired after dropping missing ones separately
             # (the reference's rule, kept so results do not change). Such pairs need not be phases that
             # exist, so they are compared as run x width + phase codes, not as phase keys.
