@@ -370,6 +370,19 @@ class PooledSection:
     margins: dict[tuple[str, str], tuple[float, str]]
 
 
+def _in_force(group) -> GroupObservationsInForce:
+    """A coverage group (``domain.analysis.CoverageGroup``) as the margins read it: one object per group for
+    every method's pooled pass, kept on the group, so what is read off it once (its own coverage factor,
+    ``coverage_factor.own_coverage_factor``) is not computed again for each method."""
+    kept = group.__dict__.get("_observations_in_force")
+    if kept is None:
+        kept = group.__dict__["_observations_in_force"] = GroupObservationsInForce(
+            group.key[0], group.key[1], np.asarray(group.predicted, dtype=float), np.asarray(group.actual, dtype=float),
+            np.asarray(group.censored_predicted, dtype=float),
+            np.asarray(group.bounds * group.censored_predicted, dtype=float))
+    return kept
+
+
 def pooled_section(groups: Sequence, factors: dict[tuple[str, str], float], *, min_samples: int = 5,
                    target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, pooled_factors: bool = False,
                    retries: RetryOutcomes | None = None) -> PooledSection:
@@ -378,10 +391,7 @@ def pooled_section(groups: Sequence, factors: dict[tuple[str, str], float], *, m
     for group in groups:
         if group.size < min_samples and len(group.censored_rows) == 0:
             continue
-        observed.append(GroupObservationsInForce(
-            group.key[0], group.key[1], np.asarray(group.predicted, dtype=float), np.asarray(group.actual, dtype=float),
-            np.asarray(group.censored_predicted, dtype=float),
-            np.asarray(group.bounds * group.censored_predicted, dtype=float)))
+        observed.append(_in_force(group))
     if pooled_factors:
         factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct)
     # Tier 1 counts the escalated retry of a cut call as a call too (see pooled_margin.first_call_target).
