@@ -49,10 +49,11 @@ class IntColumn:
         return np.ones(len(self.values), dtype=bool) if self.valid is None else self.valid
 
     @cached_property
-    def ascending(self) -> bool:
-        """Every value known and none below the one before it (event ids, read in id order): the least and
-        the largest of any rows are then the first and the last of them."""
-        return self.valid is None and bool((self.values[1:] >= self.values[:-1]).all())
+    def increasing(self) -> bool:
+        """Every value known and each above the one before it (event ids, read in id order): the least and
+        the largest of any rows are then the first and the last of them, and the values order rows as
+        their positions do."""
+        return self.valid is None and bool((self.values[1:] > self.values[:-1]).all())
 
     def known_at(self, rows: np.ndarray) -> np.ndarray:
         """Whether the column is known at ``rows``: a mask of those rows only (``notna()`` of a column
