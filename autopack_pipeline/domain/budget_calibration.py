@@ -59,7 +59,7 @@ from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.coverage_factor import ceiling_order_statistic, coverage_has_no_bound, own_coverage_factor
 from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
-from autopack_pipeline.domain.group_observations import GroupObservationsInForce
+from autopack_pipeline.domain.group_observations import GroupObservationsInForce, observations_in_force
 from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
 from autopack_pipeline.domain.pooled_margin import kaplan_meier_point, pooled_group_margins
 from autopack_pipeline.domain.scale_pooling import scales_pooled
@@ -378,10 +378,7 @@ def pooled_section(groups: Sequence, factors: dict[tuple[str, str], float], *, m
     for group in groups:
         if group.size < min_samples and len(group.censored_rows) == 0:
             continue
-        observed.append(GroupObservationsInForce(
-            group.key[0], group.key[1], np.asarray(group.predicted, dtype=float), np.asarray(group.actual, dtype=float),
-            np.asarray(group.censored_predicted, dtype=float),
-            np.asarray(group.bounds * group.censored_predicted, dtype=float)))
+        observed.append(observations_in_force(group))
     if pooled_factors:
         factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct)
     # Tier 1 counts the escalated retry of a cut call as a call too (see pooled_margin.first_call_target).

@@ -25,7 +25,17 @@ def own_coverage_factor(group: GroupObservationsInForce) -> float:
     ratio when none is truncated), or the largest clean ratio when it never does (or when the group
     is too small for k), and never below :func:`ceiling_order_statistic`; / the 1.1 tolerance. Every
     factor the patch sets is at least this (``budget_calibration.raise_to_pooled_coverage``), and it is
-    the factor of a group whose truncations leave the coverage method no bound."""
+    the factor of a group whose truncations leave the coverage method no bound.
+
+    Kept on ``group`` once computed (a frozen dataclass of arrays nobody changes): the coverage method's
+    pooled pass and both methods' proposals ask for it, a Kaplan-Meier estimate over the group's calls each."""
+    kept = group.__dict__.get("_own_coverage_factor")
+    if kept is None:
+        kept = group.__dict__["_own_coverage_factor"] = _own_coverage_factor(group)
+    return kept
+
+
+def _own_coverage_factor(group: GroupObservationsInForce) -> float:
     clean = group.actual / group.predicted
     n = len(clean) + len(group.censored_ceiling)
     k = min(order_statistic_index(n, FACTOR_PHASE_TARGET_PCT), n)

@@ -4,6 +4,7 @@ the factors' own bounds are computed from."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,3 +19,16 @@ class GroupObservationsInForce:
     actual: np.ndarray
     censored_predicted: np.ndarray  # truncated calls
     censored_ceiling: np.ndarray  # the ceiling each truncated call hit (at least its output)
+
+
+def observations_in_force(group: Any) -> GroupObservationsInForce:
+    """A coverage group (``domain.analysis.CoverageGroup``) as the budget margins read it: one object per
+    group for every method's pooled pass, kept on the group, so what is read off it once (its own coverage
+    factor, ``coverage_factor.own_coverage_factor``) is not computed again for each method."""
+    kept = group.__dict__.get("_observations_in_force")
+    if kept is None:
+        kept = group.__dict__["_observations_in_force"] = GroupObservationsInForce(
+            group.key[0], group.key[1], np.asarray(group.predicted, dtype=float), np.asarray(group.actual, dtype=float),
+            np.asarray(group.censored_predicted, dtype=float),
+            np.asarray(group.bounds * group.censored_predicted, dtype=float))
+    return kept

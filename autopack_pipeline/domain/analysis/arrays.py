@@ -48,6 +48,13 @@ class IntColumn:
     def notna(self) -> np.ndarray:
         return np.ones(len(self.values), dtype=bool) if self.valid is None else self.valid
 
+    @cached_property
+    def increasing(self) -> bool:
+        """Every value known and each above the one before it (event ids, read in id order): the least and
+        the largest of any rows are then the first and the last of them, and the values order rows as
+        their positions do."""
+        return self.valid is None and bool((self.values[1:] > self.values[:-1]).all())
+
     def known_at(self, rows: np.ndarray) -> np.ndarray:
         """Whether the column is known at ``rows``: a mask of those rows only (``notna()`` of a column
         known everywhere builds a mask of every event)."""
@@ -152,13 +159,16 @@ class EventArrays:
         runs, phases = self.run_code.values, self.phase_code.values
         width = int(phases.max()) + 1 if len(phases) else 1
         valid = self.run_code.notna() & self.phase_code.notna()
+        every = bool(valid.all())
+        # Every pair known (the usual case): the columns themselves, not boolean gathers of them.
+        known_runs, known_phases = (runs, phases) if every else (runs[valid], phases[valid])
         owner = np.full(width, -1, dtype=runs.dtype)
-        owner[phases[valid]] = runs[valid]  # a phase's last run wins; any other run shows below
-        if np.array_equal(owner[phases[valid]], runs[valid]):
+        owner[known_phases] = known_runs  # a phase's last run wins; any other run shows below
+        if np.array_equal(owner[known_phases], known_runs):
             keys = phases  # the codes themselves (int32: half the memory of pair codes)
         else:
             keys = runs.astype(np.int64) * width + phases
-        return IntColumn(keys, None if valid.all() else valid)
+        return IntColumn(keys, None if every else valid)
 
     @cached_property
     def canonical_groups(self) -> CanonicalGroups:

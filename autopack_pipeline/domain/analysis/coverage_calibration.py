@@ -44,7 +44,6 @@ from autopack_pipeline.domain.analysis.samples import (
     _duplicate_attempts,
     _member_of,
     clean_sample_rows,
-    stable_order,
 )
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
@@ -67,9 +66,10 @@ def coverage_observations(
     if dedup and censored.any():
         width = _phase_width(arrays)
         phase = arrays.phase_key
+        both_known = arrays.run_code.valid is None and arrays.phase_code.valid is None  # no mask to build
         run_ok, phase_ok = arrays.run_code.notna(), arrays.phase_code.notna()
-        rows = np.flatnonzero(censored & run_ok & phase_ok)
-        if (clean.mask & ~(run_ok & phase_ok)).any():
+        rows = np.flatnonzero(censored if both_known else censored & run_ok & phase_ok)
+        if not both_known and (clean.mask & ~(run_ok & phase_ok)).any():
             # Rows missing one id: run ids and phase ids are paired after dropping missing ones separately
             # (the reference's rule, kept so results do not change). Such pairs need not be phases that
             # exist, so they are compared as run x width + phase codes, not as phase keys.
@@ -187,20 +187,24 @@ def coverage_groups(
     named = arrays.canonical_groups
     cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
                                                 named.complexity_names)
-    rows = np.flatnonzero(clean.mask | censored)
-    rows = narrow_rows(rows, len(arrays))  # kept by every group to the end of calibration
-    # Group by (category, complexity), clean rows before censored ones, row order kept within each.
-    # int32 keys, built in place from the int8 codes (the pairs number far below 2**31).
-    pair = cat_codes[rows].astype(np.int32)
+    # Group by (category, complexity), clean rows before censored ones, row order kept within each: every
+    # row's code, the unused rows on one code after the others', in one stable sort (a radix sort while
+    # the codes fit in 16 bits), whose first rows are the used ones in group order (no list of the used
+    # rows gathered and sorted apart).
+    codes = 2 * len(cat_names) * len(cx_names)
+    pair = cat_codes.astype(np.uint16 if codes < 1 << 16 else np.int64)
     pair *= len(cx_names)
-    pair += cx_codes[rows]
+    pair += cx_codes.astype(pair.dtype)
     pair *= 2
-    pair += censored[rows]
-    rows = rows[stable_order(pair)]
+    pair += censored
+    pair[~(clean.mask | censored)] = codes
+    order = np.argsort(pair, kind="stable")
     # Where each group's clean rows, then its censored ones, begin in that order: the counts of the
     # codes, summed up (no pass over the sorted codes).
-    begins = np.r_[0, np.cumsum(np.bincount(pair, minlength=2 * len(cat_names) * len(cx_names)))]
+    begins = np.r_[0, np.cumsum(np.bincount(pair, minlength=codes + 1))[:codes]]
     del pair
+    rows = narrow_rows(order[:begins[-1]], len(arrays))  # kept by every group to the end of calibration
+    del order
     # The figures of the used rows, gathered once in group order; every group is a slice (a view).
     predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), budget_sent(
         arrays, rows)

@@ -43,6 +43,9 @@ def _masked_range(column: IntColumn, rows: np.ndarray) -> tuple[int, int] | None
     chosen = rows if column.valid is None else rows & column.valid
     if not chosen.any():
         return None
+    if column.increasing:  # event ids in the order they were written: the first and the last chosen
+        first, last = int(np.argmax(chosen)), len(chosen) - 1 - int(np.argmax(chosen[::-1]))
+        return int(column.values[first]), int(column.values[last])
     # The chosen values copied out, then two plain reductions: twice as fast as reducing with
     # ``where=`` (not vectorised), for a transient copy the size of one column.
     values = column.values[chosen]

@@ -7,6 +7,7 @@ codes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,9 @@ class _Basics:
     success: np.ndarray
     whole: bool = False  # every predicted, actual and budget count known and >= 0: integers stand for floats
     _over: dict[float, np.ndarray] = field(default_factory=dict)
+    # Per multiplier, every row's count per (category x complexity code, flag pattern), when the strata
+    # of every row counted them (:func:`_strata`).
+    group_cells: dict[float, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def of(cls, arrays: EventArrays) -> _Basics:
@@ -84,42 +88,54 @@ class _Basics:
         return self._over[multiplier]
 
     def ratio_values(self, name: str, rows: np.ndarray | None,
-                     tokens: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """The values the reference sorts for one figure, over ``rows`` (a mask), in row order.
+                     tokens: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the values the reference sorts for one figure over ``rows`` (a mask or indices), in that
+        order; which of those rows have one, None when all do).
 
         ``waste``: finite predicted/actual; ``budget_waste``: finite budget/actual with both positive;
         ``smape``: 200 * |p - a| / (|p| + |a|) over non-truncated rows with a positive finite scale.
         ``tokens``: ``self.tokens(rows)`` when the caller has them (not changed).
+        Each value is computed for every row and the rows without one dropped after, in one gather (the
+        same operations per value as on the kept rows alone, which took three gathers).
         """
         predicted, actual = tokens or self.tokens(rows)
         with np.errstate(divide="ignore", invalid="ignore"):
             if name == "waste":
                 values = np.divide(predicted, actual, dtype=np.float64)
-                return values[np.isfinite(values)]
+                return _kept(values, np.isfinite(values))
             if name == "budget_waste":
                 budget = self.budget(rows)
                 values = np.divide(budget, actual, dtype=np.float64)
-                return values[np.isfinite(values) & (budget > 0) & (actual > 0)]
-            if self.whole:
-                # Non-negative integers: |p| + |a| exactly, in 64 bits (two int32 counts may pass 2**31).
+                return _kept(values, np.isfinite(values) & (budget > 0) & (actual > 0))
+            if self.whole and max(predicted.itemsize, actual.itemsize) <= 4:
+                # Non-negative 32-bit integers: |p| + |a| and p - a exactly, as float64 (below 2**33, where
+                # float64 holds every integer: the values the integers convert to), in place from there on.
+                scale = np.add(predicted, actual, dtype=np.float64)
+                usable = ~_select(self.truncated, rows) & (scale > 0)
+                values = np.subtract(predicted, actual, dtype=np.float64)
+                np.abs(values, out=values)
+                values *= 200.0
+            elif self.whole:
+                # Non-negative integers: |p| + |a| exactly, in 64 bits.
                 scale = np.add(predicted, actual, dtype=np.int64)
                 usable = ~_select(self.truncated, rows) & (scale > 0)
-                values = np.abs(np.subtract(predicted[usable], actual[usable], dtype=np.int64)) * 200.0
+                values = np.abs(np.subtract(predicted, actual, dtype=np.int64)) * 200.0
             else:
                 scale = np.abs(predicted) + np.abs(actual)
                 usable = ~_select(self.truncated, rows) & np.isfinite(scale) & (scale > 0)
-                values = np.abs(predicted[usable] - actual[usable])
+                values = np.abs(predicted - actual)
                 values *= 200.0  # 200.0 * |p - a|, then / scale: the reference's order of operations
-            values /= scale[usable]
-            return values
+            values /= scale
+            return _kept(values, usable)
+
+
+def _kept(values: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(``values`` where ``keep``, ``keep``), or (``values``, None) when every one is kept (no copy)."""
+    return (values, None) if keep.all() else (values[keep], keep)
 
 
 def _select(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     return values if rows is None else values[rows]
-
-
-def _both(mask: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-    return mask if rows is None else mask & rows
 
 
 def _ratio_figures(base: _Basics, parts: list[np.ndarray | None]) -> dict[str, Any]:
@@ -129,26 +145,39 @@ def _ratio_figures(base: _Basics, parts: list[np.ndarray | None]) -> dict[str, A
 
 def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documents: list[list[int]]
                           ) -> list[dict[str, Any]]:
-    """Figures for several documents, each the union of some of the disjoint ``parts``.
+    """Figures for several documents, each the union of a run of consecutive ``parts`` (disjoint masks).
 
-    Each part's values are computed once; a document partitions its own concatenation of them. One
-    figure at a time, to bound memory.
+    The rows are put in one order, each part's ascending and the parts one after the other, and each
+    figure's values are computed once over them: a document's values are a slice of those, in the order
+    its parts' values concatenated had (its mean, numpy's pairwise sum, depends on the order). Before,
+    each part's values were computed apart (a boolean gather of every column per part) and concatenated
+    per document. One figure at a time, to bound memory.
     """
+    if any(members != list(range(members[0], members[-1] + 1)) for members in documents):
+        raise ValueError("a document's parts must be consecutive")
+    total = len(base.known)
+    if len(parts) == 1:
+        rows, ends = parts[0], [total if parts[0] is None else int(np.count_nonzero(parts[0]))]
+    else:
+        picked = [np.arange(total) if part is None else np.flatnonzero(part) for part in parts]
+        rows, ends = np.concatenate(picked), list(np.cumsum([len(p) for p in picked]))
+        del picked
+    # The token counts gathered once for the three figures: the int32 counts themselves when every one is
+    # known (_Basics.whole), else floats.
+    tokens = base.tokens(rows)
     out: list[dict[str, Any]] = [{} for _ in documents]
-    # Each part's token counts gathered once for the three figures (converting them per figure was a
-    # third of the metrics' time at ten million events), held to the last figure: the int32 counts
-    # themselves when every one is known (_Basics.whole), else floats.
-    tokens = [base.tokens(part) for part in parts]
+    # The largest document last: it reorders the values in place; the others partition a copy.
+    last = max(range(len(documents)), key=lambda d: (len(documents[d]), -d))
     for name in ("waste", "budget_waste", "smape"):
-        values = [base.ratio_values(name, part, pair) for part, pair in zip(parts, tokens)]
-        uses = [sum(i in members for members in documents) for i in range(len(parts))]
-        for doc, members in zip(out, documents):
-            for i in members:
-                uses[i] -= 1
-            if len(members) > 1:
-                chosen = np.concatenate([values[i] for i in members])
-            else:  # the last document to read a part may reorder it in place
-                chosen = values[members[0]] if uses[members[0]] == 0 else values[members[0]].copy()
+        values, kept = base.ratio_values(name, rows, tokens)
+        bounds = [0] + [end if kept is None else int(np.count_nonzero(kept[:end])) for end in ends]
+        del kept
+        for d in [d for d in range(len(documents)) if d != last] + [last]:
+            members = documents[d]
+            chosen = values[bounds[members[0]]:bounds[members[-1] + 1]]
+            if d != last:
+                chosen = chosen.copy()
+            doc = out[d]
             if name == "waste":
                 doc["waste_ratio_median"], doc["waste_ratio_mean"], doc["waste_ratio_p90"] = _summary_and_p90(
                     chosen, overwrite=True)
@@ -163,13 +192,18 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
 
 def _document(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multiplier: float, figures: dict[str, Any],
               stratify: bool) -> dict[str, Any]:
-    known, truncated = _select(base.known, rows), _select(base.truncated, rows)
-    success = _select(base.success, rows)
-    over = _select(base.over(multiplier), rows)
-    total = len(known)
-    truncated_count = int(truncated.sum())
-    bounded = _both(base.truncated & base.known, rows)
-    tier1 = _tier1_of(multiplier, known, over, truncated, success)
+    over = base.over(multiplier)
+
+    def count(flags: np.ndarray) -> int:  # of the rows: an AND and a count, not a gather of every flag per subset
+        return int(np.count_nonzero(flags if rows is None else flags & rows))
+
+    total = len(base.known) if rows is None else int(np.count_nonzero(rows))
+    truncated_count = count(base.truncated)
+    # The truncated calls with both counts (a tenth of the calls) as row numbers: two gathers of those rows,
+    # not two boolean gathers over every row (the same values in the same order, so the same means).
+    bounded = np.flatnonzero(base.truncated & base.known if rows is None else base.truncated & base.known & rows)
+    bounded_count = len(bounded)
+    tier1 = tier1_block(multiplier, total, count(base.known), count(over), truncated_count, count(base.success))
     document: dict[str, Any] = {
         "tier1": tier1,
         "tier2": {key: figures[key] for key in
@@ -181,15 +215,15 @@ def _document(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multi
             "truncated_count": truncated_count,
             "truncated_lower_bound": {
                 "count": truncated_count,
-                "predicted_mean": float(base.predicted(bounded).mean()) if bounded.any() else None,
-                "actual_mean": float(base.actual(bounded).mean()) if bounded.any() else None,
-                "underestimated_pct": percent(int((over & truncated).sum()), int(bounded.sum())),
+                "predicted_mean": float(base.predicted(bounded).mean()) if bounded_count else None,
+                "actual_mean": float(base.actual(bounded).mean()) if bounded_count else None,
+                "underestimated_pct": percent(count(over & base.truncated), bounded_count),
             },
         },
         "needs_tuning": needs_tuning(tier1),
     }
     if stratify:
-        document["strata"] = _strata(arrays, rows, multiplier, known, over, truncated, success)
+        document["strata"] = _strata(arrays, base, rows, multiplier)
     return document
 
 
@@ -232,7 +266,8 @@ def compute_metrics_arrays(
 
 def deliverable_codes(arrays: EventArrays) -> tuple[np.ndarray, list[str]]:
     """Row codes into the sorted deliverable buckets (``1``, ``2-5``, ``6+``), by ``deliverable_bucket``."""
-    counts = np.where(arrays.deliverable_count.notna(), arrays.deliverable_count.values, 0)
+    column = arrays.deliverable_count
+    counts = column.values if column.valid is None else np.where(column.valid, column.values, 0)
     if len(counts) == 0:
         return np.zeros(0, dtype=np.int32), []
     low, high = int(counts.min()), int(counts.max())
@@ -260,29 +295,62 @@ def dimension_codes(arrays: EventArrays, dimension: str) -> tuple[np.ndarray, li
 
 def _flag_bits(known: np.ndarray, over: np.ndarray, truncated: np.ndarray, success: np.ndarray) -> np.ndarray:
     # The four Tier-1 flags of a row in one small integer, so one bincount counts them all.
-    return known.astype(np.uint8) | (over.astype(np.uint8) << 1) | (truncated.astype(np.uint8) << 2) | (
-        success.astype(np.uint8) << 3)
+    # Booleans are bytes 0 and 1: read as uint8 in place (views), not converted.
+    bits = over.view(np.uint8) << 1
+    bits |= known.view(np.uint8)
+    bits |= truncated.view(np.uint8) << 2
+    bits |= success.view(np.uint8) << 3
+    return bits
 
 
-def _tier1_by_code(codes: np.ndarray, names: list, bits: np.ndarray, multiplier: float) -> dict[Any, dict[str, Any]]:
-    """The Tier-1 block of the rows of each code (``names[code]``), for the codes that have rows."""
-    size = len(names)
-    counts = np.bincount(codes.astype(np.int64) * 16 + bits, minlength=size * 16).reshape(size, 16)
+def _blocks(counts: np.ndarray, names: list, multiplier: float) -> dict[Any, dict[str, Any]]:
+    """The Tier-1 block of each code (``names[code]``) from its row counts per flag pattern (``counts[code]``,
+    16 patterns of :func:`_flag_bits`), for the codes that have rows."""
     totals = counts.sum(axis=1)
     patterns = np.arange(16)
     flagged = [counts[:, (patterns >> bit) & 1 == 1].sum(axis=1) for bit in range(4)]
     return {
         names[i]: tier1_block(multiplier, int(totals[i]), int(flagged[0][i]), int(flagged[1][i]),
                               int(flagged[2][i]), int(flagged[3][i]))
-        for i in range(size) if totals[i] > 0
+        for i in range(len(names)) if totals[i] > 0
     }
 
 
-def _strata(arrays: EventArrays, rows: np.ndarray | None, multiplier: float, known: np.ndarray, over: np.ndarray,
-            truncated: np.ndarray, success: np.ndarray) -> dict[str, dict[str, Any]]:
-    bits = _flag_bits(known, over, truncated, success)
-    return {dimension: _tier1_by_code(_select(codes, rows), names, bits, multiplier)
-            for dimension in STRATA_DIMENSIONS for codes, names in [dimension_codes(arrays, dimension)]}
+def _tier1_by_code(codes: np.ndarray, names: list, bits: np.ndarray, multiplier: float) -> dict[Any, dict[str, Any]]:
+    """The Tier-1 block of the rows of each code (``names[code]``), for the codes that have rows."""
+    size = len(names)
+    return _blocks(np.bincount(codes.astype(np.int64) * 16 + bits, minlength=size * 16).reshape(size, 16), names,
+                   multiplier)
+
+
+# Above this many (category, complexity, deliverables, flags) cells, each dimension is counted apart.
+_MAX_CELLS = 1 << 20
+
+
+def _strata(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multiplier: float
+            ) -> dict[str, dict[str, Any]]:
+    """Tier 1 per category, complexity and deliverable bucket of the events at ``rows`` (a mask; None: all)."""
+    dimensions = [dimension_codes(arrays, dimension) for dimension in STRATA_DIMENSIONS]
+    sizes = [len(names) for _codes, names in dimensions]
+    bits = _select(_flag_bits(base.known, base.over(multiplier), base.truncated, base.success), rows)
+    if math.prod(sizes) * 16 > _MAX_CELLS:
+        return {dimension: _tier1_by_code(_select(codes, rows), names, bits, multiplier)
+                for dimension, (codes, names) in zip(STRATA_DIMENSIONS, dimensions)}
+    # One bincount of every row's (category, complexity, deliverables, flags) cell, each dimension's
+    # counts its sums (integers: the same counts as a bincount per dimension, a quarter of the passes).
+    cell = _select(dimensions[0][0], rows).astype(np.int32)  # below _MAX_CELLS: 32 bits, half the traffic
+    for codes, size in zip([codes for codes, _names in dimensions[1:]], sizes[1:]):
+        cell *= size
+        cell += _select(codes, rows)
+    cell *= 16
+    cell += bits
+    counts = np.bincount(cell, minlength=math.prod(sizes) * 16).reshape(*sizes, 16)
+    del cell
+    if rows is None:
+        # The groups' Tier 1 (_group_tier1) counts the same rows' (category, complexity) cells.
+        base.group_cells[multiplier] = counts.sum(axis=2).reshape(sizes[0] * sizes[1], 16)
+    return {dimension: _blocks(counts.sum(axis=tuple(a for a in range(3) if a != axis)), names, multiplier)
+            for axis, (dimension, (_codes, names)) in enumerate(zip(STRATA_DIMENSIONS, dimensions))}
 
 
 def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = UNDER_TOLERANCE
@@ -294,10 +362,11 @@ def group_tier1_arrays(arrays: EventArrays, *, under_multiplier: float = UNDER_T
 
 def _group_tier1(arrays: EventArrays, base: _Basics, multiplier: float) -> dict[tuple[str, str], dict[str, Any]]:
     named = arrays.canonical_groups
-    cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
-                                                named.complexity_names)
+    cat_names, cx_names = named.category_names, named.complexity_names
     pairs = [(c, x) for c in cat_names for x in cx_names]  # code = category * len(cx_names) + complexity
-    codes = cat_codes.astype(np.int64) * len(cx_names) + cx_codes
+    if multiplier in base.group_cells:  # counted with the strata already
+        return _blocks(base.group_cells[multiplier], pairs, multiplier)
+    codes = named.category.astype(np.int64) * len(cx_names) + named.complexity
     bits = _flag_bits(base.known, base.over(multiplier), base.truncated, base.success)
     return _tier1_by_code(codes, pairs, bits, multiplier)
 

@@ -16,7 +16,6 @@ the coverage calibration.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,16 +116,20 @@ def clean_sample_rows(
     """
     n = len(arrays)
     outside = len(EXCLUSION_REASONS) + 1
-    reason = np.zeros(n, dtype=np.int8)  # 0: kept, else 1 + index into EXCLUSION_REASONS
-    if within is not None:
-        reason[~within] = outside
     missing = ~arrays.predicted.notna() | ~arrays.actual.notna()
     actual = np.where(arrays.actual.notna(), arrays.actual.values, min_actual)
     tests = (~success_flags(arrays), truncated_flags(arrays), missing, actual < min_actual)
-    for code, failed in enumerate(tests, start=1):
-        reason[(reason == 0) & failed] = code
+    del actual
+    # 0: kept, else 1 + index into EXCLUSION_REASONS, the first test a row fails: the tests written last
+    # to first, each over the ones after it (a select per test, not a masked write of every row per test).
+    reason = np.zeros(n, dtype=np.int8)
+    for code in range(len(tests), 0, -1):
+        reason = np.where(tests[code - 1], np.int8(code), reason)
+    del tests
+    if within is not None:
+        reason[~within] = outside
     if dedup:
-        reason[_duplicate_attempts(arrays, reason == 0)] = len(tests) + 1
+        reason[_duplicate_attempts(arrays, reason == 0)] = len(EXCLUSION_REASONS)
     counts = np.bincount(reason, minlength=outside + 1)
     exclusions = {name: int(counts[i + 1]) for i, name in enumerate(EXCLUSION_REASONS)}
     return CleanSamples(mask=reason == 0, exclusions=exclusions)
@@ -147,6 +150,21 @@ def _duplicate_attempts(arrays: EventArrays, candidates: np.ndarray) -> np.ndarr
     if len(rows) == 0:
         return rows
     group = phase.values[rows]
+    attempt, ids = arrays.attempt, arrays.event_id
+    if attempt.valid is None and ids.increasing:
+        # Event ids unique and increasing with the rows: the ids, then the timestamps and the rows, order
+        # a phase's equal attempts as the rows' own order does, so one stable sort of (phase, attempt) in
+        # one integer is the same order. The rows come in phase order nearly, which numpy's stable sort
+        # of 64-bit keys (a timsort) runs through, where lexsort sorted five keys from scratch.
+        tries = attempt.values[rows].astype(np.int64)
+        low, span = (int(tries.min()), int(tries.max()) - int(tries.min()) + 1) if len(tries) else (0, 1)
+        if (int(group.max()) + 1) * span < 1 << 62 and int(group.min()) >= 0:
+            tries -= low
+            tries += group.astype(np.int64) * span
+            order = np.argsort(tries, kind="stable")
+            ordered_group = group[order]
+            last_of_group = np.r_[ordered_group[1:] != ordered_group[:-1], True]
+            return rows[order[~last_of_group]]
 
     def key(column: IntColumn) -> tuple[np.ndarray, ...]:
         """(value, whether known), least significant first; a column known everywhere sorts by its
@@ -177,20 +195,25 @@ def sample_groups(arrays: EventArrays, samples: np.ndarray) -> SampleGroups:
     """The clean rows ``samples`` (a boolean mask) split into canonical (category, complexity) groups."""
     usable = samples & arrays.predicted.notna() & arrays.actual.notna()
     named = arrays.canonical_groups
-    cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
-                                                named.complexity_names)
-    rows = np.flatnonzero(usable)
-    rows = narrow_rows(rows, len(arrays))
-    pair = cat_codes[rows].astype(np.int32)
+    cat_names, cx_names = named.category_names, named.complexity_names
+    count = len(cat_names) * len(cx_names)
+    # Every row's pair code, the other rows on one code after the pairs': one stable sort of every row's
+    # code (a radix sort while they fit in 16 bits) gives each group's rows ascending, with no list of
+    # the usable rows gathered first and no pass over the sorted codes.
+    dtype = np.uint16 if count < 1 << 16 else np.int64
+    pair = named.category.astype(dtype)
     pair *= len(cx_names)
-    pair += cx_codes[rows]
-    order = stable_order(pair)
-    pair_sorted = pair[order]
-    starts = np.flatnonzero(np.r_[True, pair_sorted[1:] != pair_sorted[:-1]]) if len(pair_sorted) else np.zeros(0, int)
-    bounds = np.r_[starts, len(pair_sorted)]
+    pair += named.complexity.astype(dtype)
+    pair[~usable] = count
+    del usable
+    order = np.argsort(pair, kind="stable")
+    ends = np.cumsum(np.bincount(pair, minlength=count + 1))
+    del pair
+    rows = narrow_rows(order[:ends[count - 1]] if count else order[:0], len(arrays))
+    del order
     found = []
-    for start, end in itertools.pairwise(bounds):
-        cat, cx = divmod(int(pair_sorted[start]), len(cx_names))
-        found.append(((cat_names[cat], cx_names[cx]), rows[order[start:end]]))
+    for code in np.flatnonzero(np.diff(np.r_[0, ends[:count]])):
+        cat, cx = divmod(int(code), len(cx_names))
+        found.append(((cat_names[cat], cx_names[cx]), rows[(ends[code - 1] if code else 0):ends[code]]))
     found.sort(key=lambda item: item[0])
     return SampleGroups(keys=[k for k, _r in found], rows=[r for _k, r in found])
