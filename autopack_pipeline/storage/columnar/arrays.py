@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
-from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, arrow_of, filled, numpy_of
+from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, filled, numpy_of
+from autopack_pipeline.storage.columnar.phases import PHASE_CODE, PhaseEncoder
 from autopack_pipeline.storage.process_memory import release_freed_memory
 
 _ARRAY_INTS = {
@@ -28,8 +29,6 @@ _NO_LABELS = pa.nulls(0, pa.string())
 _ARRAY_NAMES = (*_ARRAY_INTS, "timestamp", *_ARRAY_FLAGS, *_ARRAY_CODES)
 # The columns _load_arrays reads on its second thread: about half of the reading's CPU time.
 _BESIDE = ("phase_id", "event_id", "timestamp")
-# Rows per piece a text column (phase ids) is dictionary-encoded in (_Filler._add_text).
-TEXT_PIECE_ROWS = 1 << 15
 
 
 class _Filler:
@@ -46,9 +45,8 @@ class _Filler:
         # written are the chunk's own until :meth:`unify_labels` maps them onto one dictionary.
         self.chunk_dictionaries: dict[str, list[tuple[slice, pa.Array]]] = {name: [] for name in _ARRAY_CODES}
         self.labels: dict[str, pa.Array] = {}
-        # Text columns (phase ids), encoded part by part: per part, the rows and the part's dictionary,
-        # whose codes were written shifted past the dictionaries of the parts before (_add_text).
-        self.texts: dict[str, list[tuple[slice, pa.Array]]] = {name: [] for name in _ARRAY_CODES}
+        # Phase ids read as text (a store written before parts carried phase codes, or a missing id).
+        self.phases = PhaseEncoder(self.values["phase_id"])
 
     def add(self, table: pa.Table, start: int) -> None:
         """The rows of ``table`` from row ``start`` on, for the columns it has (a part may come a few
@@ -66,13 +64,15 @@ class _Filler:
             if name not in present:
                 continue
             self.values[name][where] = _flag_values(table.column(name))
+        if PHASE_CODE in present:  # a part's phase codes (phases.py): the phase ids as the analysis needs them
+            self.values["phase_id"][where] = numpy_of(filled(_one_array(table.column(PHASE_CODE)), -1))
         for name in _ARRAY_CODES:
             if name not in present:
                 continue
             out = self.values[name]
             column = table.column(name)
-            if not pa.types.is_dictionary(column.type):
-                self._add_text(name, where, column)
+            if not pa.types.is_dictionary(column.type):  # phase ids as text
+                self.phases.add(column, start)
                 continue
             pieces = self.chunk_dictionaries[name]
             offset = start
@@ -83,85 +83,6 @@ class _Filler:
                 else:  # chunks sharing a dictionary (Parquet gives every row group its column's) count once
                     pieces.append((slice(offset, offset + len(chunk)), chunk.dictionary))
                 offset += len(chunk)
-
-    def _add_text(self, name: str, where: slice, column: pa.ChunkedArray) -> None:
-        """A text column (phase ids) dictionary-encoded piece by piece (``TEXT_PIECE_ROWS`` rows), the codes
-        shifted past the pieces before: equal codes, equal text, but one text may have a code per piece
-        until :meth:`_join_phase_parts`. Arrow's hash table of a piece stays in the CPU's cache: a million
-        phase ids cost 0.26 s of CPU encoded at once, 0.03 s in pieces of 32k (ten parts of a million
-        encoded apart cost 0.6 of ten million at once, the reason the pieces began as parts)."""
-        out = self.values[name]
-        text = column.cast(pa.string())
-        shift = sum(len(dictionary) for _rows, dictionary in self.texts[name])
-        for begin in range(0, len(text), TEXT_PIECE_ROWS):
-            encoded = pc.dictionary_encode(text.slice(begin, TEXT_PIECE_ROWS))
-            offset = where.start + begin
-            for chunk in encoded.chunks:  # one dictionary for the chunks of one call
-                codes = numpy_of(filled(chunk.indices, -1))
-                out[offset:offset + len(chunk)] = np.where(codes >= 0, codes + shift, -1)
-                offset += len(chunk)
-            dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else _NO_LABELS
-            self.texts[name].append((slice(where.start + begin, offset), dictionary))
-            shift += len(dictionary)
-        del text, column
-
-    def _join_phase_parts(self) -> None:
-        """Phase codes that identify a phase, (run id, phase id), across the pieces they were encoded in.
-
-        Within a piece (:meth:`_add_text`) one phase id has one code. A phase of a run whose events lie in
-        several pieces has a code per piece: those runs' rows (a few per piece boundary: Autopack writes a
-        run's events together) are encoded again together, into codes past every piece's. Rows of other
-        runs keep their piece's code; the same phase id in two such runs may differ in code, which is
-        harmless: a phase is its run and its id together (``EventArrays.phase_key``). When a run id or a
-        phase id is missing somewhere, the codes are unified over all pieces instead (one dictionary, equal
-        text equal code), as the reference's pairing of ids across rows then needs.
-        """
-        pieces = self.texts["phase_id"]
-        if len(pieces) < 2:  # one encoding already: equal text, equal code (hashing it again cost 0.1 s)
-            self.texts["phase_id"] = []
-            return
-        runs, phases = self.values["run_id"], self.values["phase_id"]
-        if (runs < 0).any() or (phases < 0).any():
-            self._unify_text_parts("phase_id")
-            return
-        # A run spans pieces when its first and last rows lie in different ones (its rows need not be
-        # together). First and last rows by ufunc.at, a million rows at a time (no 10M-row index array).
-        first = np.full(len(self.labels["run_id"]), self.rows, dtype=np.int64)
-        last = np.full(len(first), -1, dtype=np.int64)
-        for begin in range(0, self.rows, 1 << 20):
-            at = np.arange(begin, min(begin + (1 << 20), self.rows))
-            np.minimum.at(first, runs[at], at)
-            np.maximum.at(last, runs[at], at)
-        starts = np.array([rows.start for rows, _dictionary in pieces])
-        seen = last >= 0
-        spanning = np.zeros(len(first), dtype=bool)
-        spanning[seen] = (np.searchsorted(starts, first[seen], side="right")
-                          != np.searchsorted(starts, last[seen], side="right"))
-        shifts = np.cumsum([0] + [len(dictionary) for _rows, dictionary in pieces])
-        if spanning.any():
-            texts, where = [], []
-            for (rows, dictionary), shift in zip(pieces, shifts[:-1]):
-                mine = np.flatnonzero(spanning[runs[rows]]) + rows.start
-                if len(mine):
-                    texts.append(dictionary.take(arrow_of(phases[mine] - shift)))
-                    where.append(mine)
-            rows = np.concatenate(where)
-            joined = pc.dictionary_encode(pa.chunked_array(texts, type=pa.string()))
-            phases[rows] = np.concatenate([numpy_of(c.indices) for c in joined.chunks]) + shifts[-1]
-        self.texts["phase_id"] = []  # no labels kept: phase codes are only compared, never named
-
-    def _unify_text_parts(self, name: str) -> None:
-        """One dictionary over every part of a text column, and the codes into it."""
-        parts = self.texts[name]
-        self.labels[name] = _NO_LABELS
-        if parts:
-            out = self.values[name]
-            encoded = pc.dictionary_encode(pa.concat_arrays([dictionary for _rows, dictionary in parts]))
-            self.labels[name] = encoded.dictionary
-            lookup = np.append(numpy_of(encoded.indices).astype(np.int32), np.int32(-1))
-            for rows, _dictionary in parts:
-                out[rows] = lookup[out[rows]]  # the codes were shifted into the concatenation already
-        self.texts[name] = []
 
     def unify_labels(self) -> None:
         """One dictionary per label column over every chunk of every part, and the codes into it.
@@ -190,9 +111,12 @@ class _Filler:
                 out[rows] = lookup[out[rows]]
                 first += len(dictionary)
         self.chunk_dictionaries = {name: [] for name in _ARRAY_CODES}
-        for name in _ARRAY_CODES:
-            if self.texts[name]:
-                self._join_phase_parts() if name == "phase_id" else self._unify_text_parts(name)
+        if self.phases.pieces:
+            self.phases.finish(self.values["run_id"])
+
+    def missing_ids(self) -> bool:
+        """A run id or a phase id is missing somewhere (the phase codes must then be the phase ids')."""
+        return bool((self.values["run_id"] < 0).any() or (self.values["phase_id"] < 0).any())
 
     def permute(self, order: np.ndarray) -> None:
         for name in self.values:
@@ -255,16 +179,19 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
     files = [directory / part["file"] for part in manifest["parts"]]
     starts = []  # each part's first row
     position = 0
+    coded = True  # every part carries its phase codes (a store written before that has none)
     for path in files:
         starts.append(position)
-        position += pq.read_metadata(path).num_rows
+        metadata = pq.read_metadata(path)
+        position += metadata.num_rows
+        coded = coded and PHASE_CODE in metadata.schema.names
     if position != filler.rows:
         raise ColumnarStoreError(f"the manifest of {directory} counts {filler.rows} rows, its parts {position}")
 
     def read(names: tuple[str, ...]) -> None:
-        # Phase ids are read as text and encoded here: with about one distinct id per phase, Parquet's
-        # dictionary pages overflow to plain ones, and asking pyarrow for a dictionary costs twice as
-        # much as encoding the text (0.87 s against 0.41 s per million, measured).
+        # Phase ids without codes are read as text and encoded here (phases.PhaseEncoder): with about one
+        # distinct id per phase, Parquet's dictionary pages overflow to plain ones, and asking pyarrow for
+        # a dictionary costs twice as much as encoding the text (0.87 s against 0.41 s per million, measured).
         # One column at a time: the peak is the arrays plus one decoded column per thread, not plus a
         # whole part (at a million rows 75 MB above the arrays instead of 145, for the same time).
         # ParquetFile, not pq.read_table: that one imports pyarrow.dataset, which imports pandas (0.3 s, 50 MB).
@@ -273,13 +200,19 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
                 for name in names:
                     filler.add(parquet.read(columns=[name]), start)
 
+    phases = PHASE_CODE if coded else "phase_id"
+    beside = tuple(phases if name == "phase_id" else name for name in _BESIDE)
     # Two threads, each filling its own columns (no column is written by both): Parquet decoding, Arrow's
     # hashing and numpy's copies let go of the GIL, so the phase ids (a third of the reading) and the two
     # 8-byte columns are read beside the others, on the second of the machine's cores.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        beside = pool.submit(read, _BESIDE)
+        done = pool.submit(read, beside)
         read(tuple(name for name in _ARRAY_NAMES if name not in _BESIDE))
-        beside.result()
+        done.result()
+        if coded and filler.missing_ids():
+            # A missing id: equal phase ids must have equal codes over every part, which the codes of
+            # the parts (one per phase) need not be; the ids are read as text and encoded instead.
+            read(("phase_id",))
     release_freed_memory()  # what the second thread's malloc arena kept (storage.process_memory)
     filler.unify_labels()
     if not manifest["sorted"]:

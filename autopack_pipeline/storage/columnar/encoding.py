@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from autopack_pipeline.storage.frames import EVENT_COLUMNS
 from autopack_pipeline.storage.timestamps import SHOWN_ROWS, UnreadableTimestamp, merge_ids
 
-STORE_FORMAT = 3  # 3: the prediction inputs in files of their own beside the parts (2: inside them)
+STORE_FORMAT = 4  # 4: phase codes in the parts (phases.py); 3: the prediction inputs in files beside the parts
 MANIFEST = "manifest.json"
 TABLE = "token_estimation_v2_events"
 PART_ROWS = 1_000_000  # rows per file of a cold extraction

@@ -44,7 +44,9 @@ from autopack_pipeline.storage.columnar.encoding import (
     read_parquet,
 )
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
+from autopack_pipeline.storage.columnar.part_phases import part_phase_codes
 from autopack_pipeline.storage.columnar.parts import files_of, inputs_file_of, parts_holding, rows_within
+from autopack_pipeline.storage.columnar.phases import PHASE_CODE
 from autopack_pipeline.storage.columnar.prefetch import prefetch
 from autopack_pipeline.storage.columnar.tallies import keep_tally, tally_of_table
 from autopack_pipeline.storage.frames import EVENT_COLUMNS, events_frame_of_table
@@ -89,7 +91,8 @@ class ColumnarStore:
     @staticmethod
     def _new_manifest(source: str) -> dict[str, Any]:
         return {"format": STORE_FORMAT, "source": source, "high_water_event_id": 0,
-                "rows": 0, "sorted": True, "parts": [], "next_part": 1, "gaps": [], "anchor": None}
+                "rows": 0, "sorted": True, "parts": [], "next_part": 1, "gaps": [], "anchor": None,
+                "phase_codes": 0}
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -225,7 +228,10 @@ class ColumnarStore:
             yield pa.concat_tables(pending).combine_chunks()
 
     def _append_part(self, manifest: dict[str, Any], table: pa.Table, inputs: pa.Table | None = None) -> str:
-        """Write ``table`` as the next part (and ``inputs`` as its prediction inputs, when given)."""
+        """Write ``table`` as the next part (and ``inputs`` as its prediction inputs, when given); new rows
+        get their phase codes here (``part_phases.py``), merged parts (a compaction) keep theirs."""
+        if PHASE_CODE not in table.column_names:
+            table = table.append_column(PHASE_CODE, part_phase_codes(self.directory, manifest, table))
         name = f"part-{manifest['next_part']:06d}.parquet"
         manifest["next_part"] += 1
         self._write_file(name, table, _KINDS)
@@ -242,9 +248,14 @@ class ColumnarStore:
 
     def _write_file(self, name: str, table: pa.Table, kinds: dict[str, str]) -> str:
         tmp = self.directory / f".{name}.tmp"
-        # Dictionary pages only for labels: plain integers decode several times faster than dictionary ones.
+        # Dictionary pages only for labels: plain integers decode several times faster than dictionary ones,
+        # and delta-packed ones (bits per value as each block of 128 needs) faster still, in fewer bytes: at
+        # a million rows 5-7 ms per column to read against 18-36 ms plain, zstd on top of both.
         labels = [column for column, kind in kinds.items() if kind in ("label", "text")]
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=labels)
+        packed = {column: "DELTA_BINARY_PACKED" for column in table.column_names
+                  if pa.types.is_integer(table.schema.field(column).type)
+                  or pa.types.is_timestamp(table.schema.field(column).type)}
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=labels, column_encoding=packed)
         os.replace(tmp, self.directory / name)
         return name
 

@@ -282,12 +282,12 @@ def test_phases_of_runs_split_across_encoding_pieces_keep_one_key(engine, store,
     """Within a part, phase ids are encoded in pieces of TEXT_PIECE_ROWS rows (17 here, runs of ~34
     events, so most runs span two or three pieces, and some pieces hold a run's rows apart): one key
     per (run_id, phase_id) all the same."""
-    from autopack_pipeline.storage.columnar import arrays as columnar_arrays
+    from autopack_pipeline.storage.columnar import phases
 
     bulk_load(engine, 3000, seed=10)
+    monkeypatch.setattr(phases, "TEXT_PIECE_ROWS", 17)
     store.refresh(engine, full=True)
     assert len(store.manifest()["parts"]) == 1
-    monkeypatch.setattr(columnar_arrays, "TEXT_PIECE_ROWS", 17)
     events = read_events(engine)
     arrays = store.event_arrays()
     pairs = events["run_id"] + "\x00" + events["phase_id"]
