@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
-from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, filled, numpy_of
-from autopack_pipeline.storage.columnar.phases import PHASE_CODE, PhaseEncoder
+from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, arrow_of, filled, numpy_of
+from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE, PhaseEncoder
 from autopack_pipeline.storage.process_memory import release_freed_memory
 
 _ARRAY_INTS = {
@@ -31,22 +31,48 @@ _ARRAY_NAMES = (*_ARRAY_INTS, "timestamp", *_ARRAY_FLAGS, *_ARRAY_CODES)
 _BESIDE = ("phase_id", "event_id", "timestamp")
 
 
+class _Labels:
+    """One label column's dictionary over every chunk read so far, grown as chunks come: a chunk's codes
+    are mapped onto it as they are copied, so no second pass over the rows. The same dictionary as
+    encoding all the chunks' dictionaries one after the other (each new label in order of appearance)."""
+
+    def __init__(self) -> None:
+        self.dictionary: pa.Array = _NO_LABELS
+        self._last: tuple[pa.Array, np.ndarray] | None = None  # chunks sharing a dictionary map once
+
+    def lookup(self, dictionary: pa.Array) -> np.ndarray:
+        """Per code of ``dictionary``, its code in the whole column; then -1 (so a missing code, -1, maps to -1)."""
+        if self._last is not None and _same_array(self._last[0], dictionary):
+            return self._last[1]
+        text = dictionary.cast(pa.string())
+        if len(self.dictionary):
+            at = numpy_of(filled(pc.index_in(text, value_set=self.dictionary), -1)).astype(np.int32)
+        else:
+            at = np.full(len(text), -1, dtype=np.int32)
+        new = at < 0
+        at[new] = np.arange(len(self.dictionary), len(self.dictionary) + int(new.sum()), dtype=np.int32)
+        if new.any():
+            self.dictionary = pa.concat_arrays([self.dictionary, text.filter(arrow_of(new))])
+        self._last = (dictionary, np.append(at, np.int32(-1)))
+        return self._last[1]
+
+
 class _Filler:
     """Preallocated analysis arrays, filled part by part."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int, event_ids: tuple[int, int] | None = None) -> None:
         self.rows = rows
         self.values: dict[str, np.ndarray] = {name: np.zeros(rows, dtype=t) for name, t in _ARRAY_INTS.items()}
+        if event_ids is not None and _fits(np.int32, *event_ids):  # as narrow() makes it, without the copy
+            self.values["event_id"] = np.zeros(rows, dtype=np.int32)
         self.values["timestamp"] = np.zeros(rows, dtype=np.int64)
         self.values.update({name: np.zeros(rows, dtype=np.int8) for name in _ARRAY_FLAGS})
         self.values.update({name: np.zeros(rows, dtype=np.int32) for name in _ARRAY_CODES})
         self.valid: dict[str, np.ndarray] = {}
-        # Per label column, the dictionary of every chunk written so far and the rows it covers; the codes
-        # written are the chunk's own until :meth:`unify_labels` maps them onto one dictionary.
-        self.chunk_dictionaries: dict[str, list[tuple[slice, pa.Array]]] = {name: [] for name in _ARRAY_CODES}
-        self.labels: dict[str, pa.Array] = {}
+        self.labels = {name: _Labels() for name in _ARRAY_CODES}
         # Phase ids read as text (a store written before parts carried phase codes, or a missing id).
         self.phases = PhaseEncoder(self.values["phase_id"])
+        self.missing_ids = False  # a run or phase code read is missing (see _load_arrays)
 
     def add(self, table: pa.Table, start: int) -> None:
         """The rows of ``table`` from row ``start`` on, for the columns it has (a part may come a few
@@ -61,62 +87,31 @@ class _Filler:
                 self.valid.setdefault(name, np.ones(self.rows, dtype=bool))[where] = valid
             self.values[name][where] = values
         for name in _ARRAY_FLAGS:
-            if name not in present:
-                continue
-            self.values[name][where] = _flag_values(table.column(name))
-        if PHASE_CODE in present:  # a part's phase codes (phases.py): the phase ids as the analysis needs them
-            self.values["phase_id"][where] = numpy_of(filled(_one_array(table.column(PHASE_CODE)), -1))
+            if name in present:
+                _flag_values(table.column(name), self.values[name][where])
+        for name, code in (("run_id", RUN_CODE), ("phase_id", PHASE_CODE)):
+            if code in present:  # the part's codes (phases.py): the ids as the analysis needs them
+                column = _one_array(table.column(code))
+                self.missing_ids |= bool(column.null_count)
+                self.values[name][where] = numpy_of(filled(column, -1))
         for name in _ARRAY_CODES:
             if name not in present:
                 continue
-            out = self.values[name]
             column = table.column(name)
             if not pa.types.is_dictionary(column.type):  # phase ids as text
                 self.phases.add(column, start)
                 continue
-            pieces = self.chunk_dictionaries[name]
             offset = start
             for chunk in column.chunks:
-                out[offset:offset + len(chunk)] = numpy_of(filled(chunk.indices, -1))
-                if pieces and pieces[-1][0].stop == offset and _same_array(pieces[-1][1], chunk.dictionary):
-                    pieces[-1] = (slice(pieces[-1][0].start, offset + len(chunk)), pieces[-1][1])
-                else:  # chunks sharing a dictionary (Parquet gives every row group its column's) count once
-                    pieces.append((slice(offset, offset + len(chunk)), chunk.dictionary))
+                indices = numpy_of(filled(chunk.indices, -1))
+                np.take(self.labels[name].lookup(chunk.dictionary), indices, mode="wrap",  # -1 (missing): the last
+                        out=self.values[name][offset:offset + len(chunk)])
                 offset += len(chunk)
 
-    def unify_labels(self) -> None:
-        """One dictionary per label column over every chunk of every part, and the codes into it.
-
-        For dictionary columns, the chunks' dictionaries are concatenated and dictionary-encoded once
-        (one hash pass in Arrow): the result's dictionary is the unified one, and its indices, cut at the
-        chunk boundaries, map each chunk's local codes onto it. Text columns (phase ids, about one per
-        phase) were encoded part by part; their codes identify a phase with its run
-        (:meth:`_join_phase_parts`). Python never touches a label value, so a million distinct phase ids
-        cost what a thousand do, bar the hashing.
-        """
-        for name, pieces in self.chunk_dictionaries.items():
-            if not pieces:
-                self.labels[name] = _NO_LABELS
-                continue
-            if len(pieces) == 1:  # one dictionary already (one part, or text encoded above): the codes stand
-                self.labels[name] = pieces[0][1].cast(pa.string())
-                continue
-            encoded = pc.dictionary_encode(pa.concat_arrays([d.cast(pa.string()) for _rows, d in pieces]))
-            self.labels[name] = encoded.dictionary
-            maps = numpy_of(encoded.indices).astype(np.int32)
-            out = self.values[name]
-            first = 0
-            for rows, dictionary in pieces:
-                lookup = np.append(maps[first:first + len(dictionary)], np.int32(-1))  # local -1: missing
-                out[rows] = lookup[out[rows]]
-                first += len(dictionary)
-        self.chunk_dictionaries = {name: [] for name in _ARRAY_CODES}
+    def finish_phases(self) -> None:
+        """The phase ids read as text made one code per phase (PhaseEncoder.finish), once every run code is in."""
         if self.phases.pieces:
             self.phases.finish(self.values["run_id"])
-
-    def missing_ids(self) -> bool:
-        """A run id or a phase id is missing somewhere (the phase codes must then be the phase ids')."""
-        return bool((self.values["run_id"] < 0).any() or (self.values["phase_id"] < 0).any())
 
     def permute(self, order: np.ndarray) -> None:
         for name in self.values:
@@ -125,12 +120,16 @@ class _Filler:
             self.valid[name] = self.valid[name][order]
 
     def narrow(self) -> None:
-        """Smaller integer types where every value fits (event ids, deliverable counts, label codes)."""
+        """Smaller integer types where every value fits (event ids, deliverable counts, label codes). A label
+        column's codes lie in -1 .. its labels' count - 1, which says they fit without a pass over them."""
         for name, small in (("event_id", np.int32), ("deliverable_count", np.int16), ("category", np.int16),
                             ("complexity", np.int16), ("model", np.int16)):
             values = self.values[name]
-            info = np.iinfo(small)
-            if len(values) == 0 or (info.min <= int(values.min()) and int(values.max()) <= info.max):
+            if values.dtype == small:
+                continue
+            labels = len(self.labels[name].dictionary) if name in self.labels else None
+            if len(values) == 0 or (labels is not None and _fits(small, -1, labels - 1)) or _fits(
+                    small, int(values.min()), int(values.max())):
                 self.values[name] = values.astype(small)
 
     def int_column(self, name: str) -> IntColumn:
@@ -139,10 +138,17 @@ class _Filler:
     def code_column(self, name: str) -> IntColumn:
         codes = self.values[name]
         valid = codes >= 0
-        return IntColumn(np.maximum(codes, 0), None if valid.all() else valid)
+        if valid.all():
+            return IntColumn(codes, None)  # no code missing: the codes as they are (no copy)
+        return IntColumn(np.maximum(codes, 0), valid)
 
     def label_column(self, name: str) -> LabelColumn:
-        return LabelColumn(self.values[name], tuple(self.labels[name].to_pylist()))
+        return LabelColumn(self.values[name], tuple(self.labels[name].dictionary.to_pylist()))
+
+
+def _fits(dtype: type, low: int, high: int) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= low and high <= info.max
 
 
 def _one_array(column: pa.ChunkedArray) -> pa.Array:
@@ -159,13 +165,17 @@ def _int_values(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, np.ndar
     return numpy_of(filled(array, 0)), (numpy_of(array.is_valid()) if array.null_count else None)
 
 
-def _flag_values(column: pa.ChunkedArray) -> np.ndarray:
-    """A nullable boolean column as int8: 1, 0, or -1 where missing."""
+def _flag_values(column: pa.ChunkedArray, out: np.ndarray | None = None) -> np.ndarray:
+    """A nullable boolean column as int8 (into ``out`` when given): 1, 0, or -1 where missing."""
     array = _one_array(column)
-    flags = numpy_of(filled(array, False)).astype(np.int8)
+    flags = numpy_of(filled(array, False).cast(pa.int8()))  # Arrow's bits as bytes, once
+    if out is None:
+        out = flags.copy()
+    else:
+        out[:] = flags
     if array.null_count:
-        flags[~numpy_of(array.is_valid())] = -1
-    return flags
+        out[~numpy_of(array.is_valid())] = -1
+    return out
 
 
 def _same_array(a: pa.Array, b: pa.Array) -> bool:
@@ -175,16 +185,18 @@ def _same_array(a: pa.Array, b: pa.Array) -> bool:
 
 
 def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
-    filler = _Filler(int(manifest["rows"]))
-    files = [directory / part["file"] for part in manifest["parts"]]
+    parts = manifest["parts"]
+    event_ids = (min(p["min_event_id"] for p in parts), max(p["max_event_id"] for p in parts)) if parts else None
+    filler = _Filler(int(manifest["rows"]), event_ids)
+    files = [directory / part["file"] for part in parts]
     starts = []  # each part's first row
     position = 0
-    coded = True  # every part carries its phase codes (a store written before that has none)
+    coded = True  # every part carries its run and phase codes (a store written before that has none)
     for path in files:
         starts.append(position)
         metadata = pq.read_metadata(path)
         position += metadata.num_rows
-        coded = coded and PHASE_CODE in metadata.schema.names
+        coded = coded and {RUN_CODE, PHASE_CODE} <= set(metadata.schema.names)
     if position != filler.rows:
         raise ColumnarStoreError(f"the manifest of {directory} counts {filler.rows} rows, its parts {position}")
 
@@ -200,21 +212,20 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
                 for name in names:
                     filler.add(parquet.read(columns=[name]), start)
 
-    phases = PHASE_CODE if coded else "phase_id"
-    beside = tuple(phases if name == "phase_id" else name for name in _BESIDE)
+    codes = {"run_id": RUN_CODE, "phase_id": PHASE_CODE} if coded else {}
+    beside = tuple(codes.get(name, name) for name in _BESIDE)
     # Two threads, each filling its own columns (no column is written by both): Parquet decoding, Arrow's
-    # hashing and numpy's copies let go of the GIL, so the phase ids (a third of the reading) and the two
-    # 8-byte columns are read beside the others, on the second of the machine's cores.
+    # hashing and numpy's copies let go of the GIL, so about half the columns are read on the second core.
     with ThreadPoolExecutor(max_workers=1) as pool:
         done = pool.submit(read, beside)
-        read(tuple(name for name in _ARRAY_NAMES if name not in _BESIDE))
+        read(tuple(codes.get(name, name) for name in _ARRAY_NAMES if name not in _BESIDE))
         done.result()
-        if coded and filler.missing_ids():
-            # A missing id: equal phase ids must have equal codes over every part, which the codes of
-            # the parts (one per phase) need not be; the ids are read as text and encoded instead.
-            read(("phase_id",))
+    if filler.missing_ids:
+        # A missing id: equal phase ids must have equal codes over every part, which the parts' codes
+        # (one per phase) need not be; the phase ids are read as text and encoded instead.
+        read(("phase_id",))
     release_freed_memory()  # what the second thread's malloc arena kept (storage.process_memory)
-    filler.unify_labels()
+    filler.finish_phases()
     if not manifest["sorted"]:
         filler.permute(np.argsort(filler.values["event_id"], kind="stable"))
     filler.narrow()

@@ -1,13 +1,13 @@
-"""Phase codes: one integer per phase, (run id, phase id), for the analysis.
+"""Run and phase codes: one integer per run id, and one per phase, (run id, phase id), for the analysis.
 
 About one phase id per phase (8.5M distinct at ten million events) made encoding them the most of
-loading the arrays. So each part carries its rows' codes (column ``phase_code``, beside the text),
-given when the part is written: the same phase (same run id and phase id) has the same code in every
-part of a store, and one code is one phase id (two runs may share a code when their phase ids are
-equal: a phase is its run and its code together, ``EventArrays.phase_key``). A load then reads
-integers only. The manifest keeps the next free code (``phase_codes``); a rebuild starts again at 0.
-
-A new part's codes come from ``part_phases.py``, its own phases encoded here.
+loading the arrays, and unifying the parts' run dictionaries most of the rest. So each part carries
+its rows' codes (columns ``run_code`` and ``phase_code``, beside the ids), given when the part is
+written: one run id has one run code in every part of a store, and the same phase (same run id and
+phase id) one phase code; one phase code is one phase id (two runs may share a code when their phase
+ids are equal: a phase is its run and its code together, ``EventArrays.phase_key``). A load then
+reads integers only. The manifest keeps the next free codes (``run_codes``, ``phase_codes``); a
+rebuild starts again at 0. A new part's codes come from ``part_codes.py``, its own phases encoded here.
 
 :class:`PhaseEncoder` also loads a store written before parts carried codes, and the codes when a run
 id or a phase id is missing (then equal phase ids get equal codes over every part: the reference
@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 
 from autopack_pipeline.storage.columnar.encoding import arrow_of, filled, numpy_of
 
-PHASE_CODE = "phase_code"  # the column of a part holding its rows' phase codes
+RUN_CODE = "run_code"  # the columns of a part holding its rows' run and phase codes
+PHASE_CODE = "phase_code"
 # Rows per piece phase ids are dictionary-encoded in (PhaseEncoder.add).
 TEXT_PIECE_ROWS = 1 << 15
 _NO_LABELS = pa.nulls(0, pa.string())

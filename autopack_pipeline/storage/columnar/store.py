@@ -44,9 +44,9 @@ from autopack_pipeline.storage.columnar.encoding import (
     read_parquet,
 )
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
-from autopack_pipeline.storage.columnar.part_phases import part_phase_codes
+from autopack_pipeline.storage.columnar.part_codes import code_columns, part_codes
 from autopack_pipeline.storage.columnar.parts import files_of, inputs_file_of, parts_holding, rows_within
-from autopack_pipeline.storage.columnar.phases import PHASE_CODE
+from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE
 from autopack_pipeline.storage.columnar.prefetch import prefetch
 from autopack_pipeline.storage.columnar.tallies import keep_tally, tally_of_table
 from autopack_pipeline.storage.frames import EVENT_COLUMNS, events_frame_of_table
@@ -64,6 +64,7 @@ class ColumnarStore:
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
+        self._recent: dict[str, pa.Table] = {}  # the codes of the part written last (part_codes.py)
 
     @classmethod
     def for_engine(cls, engine: Engine) -> ColumnarStore | None:
@@ -92,7 +93,7 @@ class ColumnarStore:
     def _new_manifest(source: str) -> dict[str, Any]:
         return {"format": STORE_FORMAT, "source": source, "high_water_event_id": 0,
                 "rows": 0, "sorted": True, "parts": [], "next_part": 1, "gaps": [], "anchor": None,
-                "phase_codes": 0}
+                "run_codes": 0, "phase_codes": 0}
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -166,6 +167,7 @@ class ColumnarStore:
             else:
                 manifest["gaps"] = gaps
             compacted, removed = self._compact(manifest, engine)
+            self._recent = {}
             obsolete += removed
             timings["write"] = time.perf_counter() - started + writing
             self._write_manifest(manifest)
@@ -229,11 +231,14 @@ class ColumnarStore:
 
     def _append_part(self, manifest: dict[str, Any], table: pa.Table, inputs: pa.Table | None = None) -> str:
         """Write ``table`` as the next part (and ``inputs`` as its prediction inputs, when given); new rows
-        get their phase codes here (``part_phases.py``), merged parts (a compaction) keep theirs."""
+        get their run and phase codes here (``part_codes.py``), merged parts (a compaction) keep theirs."""
         if PHASE_CODE not in table.column_names:
-            table = table.append_column(PHASE_CODE, part_phase_codes(self.directory, manifest, table))
+            runs, phases = part_codes(self.directory, manifest, table, self._recent)
+            table = table.append_column(RUN_CODE, runs).append_column(PHASE_CODE, phases)
         name = f"part-{manifest['next_part']:06d}.parquet"
         manifest["next_part"] += 1
+        # A run whose events go on in the next part of this refresh finds its phases here, not on disk.
+        self._recent = {name: code_columns(table)}
         self._write_file(name, table, _KINDS)
         # Tallied now, from the rows in memory: the first snapshot after an extraction reads no event
         # for the whole-history figures (tallies.py).

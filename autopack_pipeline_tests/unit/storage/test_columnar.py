@@ -315,7 +315,7 @@ def test_with_a_phase_id_missing_the_phase_codes_are_unified_over_every_part():
         filler = _Filler(6)
         filler.add(part(["a", "b", "c"], ["p1", "p2", "p3"]), 0)
         filler.add(part(["a", "d", "e"], phases), 3)
-        filler.unify_labels()
+        filler.finish_phases()
         codes = filler.values["phase_id"]
         assert codes[0] == codes[3]  # run a's p1 in both parts: one phase
         assert bool(codes[5] == codes[0]) is unified  # another run's p1: the same code only when unified

@@ -1,0 +1,129 @@
+"""The run and phase codes of a part about to be written (``phases.py`` says what the codes are).
+
+Runs and phases that earlier parts hold (a run whose events a refresh splits; the parts that hold it
+are found from their tallies, ``tallies.py``, or in memory for the part written just before) take the
+codes those parts gave them; every other run gets a new code in the order of its first row, every
+other phase one per phase of the part (encoded in pieces, ``phases.PhaseEncoder``), past the store's
+last (the manifest's ``run_codes`` and ``phase_codes``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from autopack_pipeline.storage.columnar.encoding import arrow_of, filled, numpy_of, read_parquet
+from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE, PhaseEncoder
+from autopack_pipeline.storage.columnar.tallies import kept_tally
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def code_columns(table: pa.Table) -> pa.Table:
+    """What a part's rows tell the codes of a later part (kept in memory for the next part of a refresh)."""
+    return table.select(["run_id", "phase_id", RUN_CODE, PHASE_CODE])
+
+
+def part_codes(directory: Path, manifest: dict[str, Any], table: pa.Table,
+               recent: dict[str, pa.Table] | None = None) -> tuple[pa.Array, pa.Array]:
+    """The run codes and phase codes of a new part's rows (``table``, the store's schema), continuing
+    the codes of the parts ``manifest`` lists (``recent``: :func:`code_columns` of some of them, by file
+    name, in memory); the manifest's next free codes move past the new ones. Null where an id is missing."""
+    column = table.column("run_id").combine_chunks()
+    runs = numpy_of(filled(column.indices, -1)).astype(np.int32)  # the part's own run codes
+    dictionary = column.dictionary.cast(pa.string())
+    local = PhaseEncoder(np.zeros(table.num_rows, dtype=np.int32))
+    local.add(table.column("phase_id"), 0)
+    local_phases = local.finish(runs)
+    run_of_entry = np.full(len(dictionary), -1, dtype=np.int64)  # per entry of the dictionary, its code
+    phases = np.full(table.num_rows, -1, dtype=np.int32)
+    _take_earlier_codes(directory, manifest, table, runs, dictionary, run_of_entry, phases, recent or {})
+    used = np.zeros(len(dictionary), dtype=bool)
+    used[runs[runs >= 0]] = True
+    _number_new(manifest, "run_codes", run_of_entry, used & (run_of_entry < 0), np.arange(len(dictionary)))
+    run_codes = np.where(runs >= 0, np.append(run_of_entry, -1)[runs], -1)
+    fresh = (phases < 0) & (local_phases >= 0)
+    used = np.zeros(int(local_phases.max()) + 1 if table.num_rows else 0, dtype=bool)
+    used[local_phases[fresh]] = True
+    _number_new(manifest, "phase_codes", phases, fresh, local_phases, used)
+    return _codes_array(run_codes), _codes_array(phases)
+
+
+def _number_new(manifest: dict[str, Any], counter: str, codes: np.ndarray, fresh: np.ndarray,
+                local: np.ndarray, used: np.ndarray | None = None) -> None:
+    """New codes past the manifest's ``counter`` into ``codes`` where ``fresh``: one per local code in use
+    (``used``: which are; by default those of the fresh places), in the order of the local codes."""
+    if used is None:
+        used = np.zeros(len(codes), dtype=bool)
+        used[local[fresh]] = True
+    rank = np.cumsum(used, dtype=np.int64) - 1
+    base = int(manifest.get(counter, 0))
+    codes[fresh] = base + rank[local[fresh]]
+    top = base + int(used.sum())
+    if top > _INT32_MAX:
+        raise OverflowError(f"{top} {counter.replace('_', ' ')} do not fit int32")
+    manifest[counter] = top
+
+
+def _codes_array(codes: np.ndarray) -> pa.Array:
+    """Codes as an int32 Arrow array, negative ones null (built from buffers: no pandas import)."""
+    valid = codes >= 0
+    bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.int32(), len(codes), [bitmap, pa.py_buffer(np.where(valid, codes, 0).astype(np.int32))])
+
+
+def _take_earlier_codes(directory: Path, manifest: dict[str, Any], table: pa.Table, runs: np.ndarray,
+                        dictionary: pa.Array, run_of_entry: np.ndarray, phases: np.ndarray,
+                        recent: dict[str, pa.Table]) -> None:
+    """The codes the earlier parts gave the runs of ``table`` they hold (into ``run_of_entry``, by entry
+    of the part's run ``dictionary``) and its phases they hold (into ``phases``, by row).
+    Runs are matched on the parts' run dictionaries (tens of thousands of ids, not a string per row)."""
+    present = np.zeros(len(dictionary), dtype=bool)
+    present[runs[runs >= 0]] = True
+    names = dictionary.filter(arrow_of(present))
+    if not len(names):
+        return
+    earlier = []
+    for part in manifest["parts"]:
+        rows = recent.get(part["file"])
+        if rows is None:
+            kept = kept_tally(directory, part["file"])  # its runs, without reading the part's rows
+            if kept is not None and not pc.any(pc.is_in(names, value_set=kept[1].column("run_id"))).as_py():
+                continue
+            rows = read_parquet(directory / part["file"], ["run_id", "phase_id", RUN_CODE, PHASE_CODE])
+        column = rows.column("run_id").combine_chunks()
+        mine = pc.is_in(column.dictionary.cast(pa.string()), value_set=names)
+        if pc.any(mine).as_py():
+            earlier.append(rows.filter(arrow_of(np.append(numpy_of(mine), False)[numpy_of(filled(column.indices, -1))])))
+    if not earlier:
+        return
+    before = pa.concat_tables(earlier, promote_options="permissive")
+    # Runs: each entry of the part's dictionary that an earlier row names takes that row's run code.
+    run_text = before.column("run_id").cast(pa.string())
+    at = numpy_of(filled(pc.index_in(dictionary, value_set=run_text.combine_chunks()), -1))
+    found = at >= 0
+    run_of_entry[found] = numpy_of(before.column(RUN_CODE).combine_chunks())[at[found]]
+    # Phases: (run id, phase id) as one integer over both sides, each id dictionary-encoded over both.
+    mine = np.flatnonzero(np.append(found, False)[runs])  # runs -1 (missing) pick the False appended
+    before = before.filter(pc.is_valid(before.column(PHASE_CODE)))
+    if not len(mine) or not before.num_rows:
+        return
+    taken = table.select(["run_id", "phase_id"]).take(arrow_of(mine))
+    run_text = pa.chunked_array([*before.column("run_id").cast(pa.string()).chunks,
+                                 *taken.column("run_id").cast(pa.string()).chunks])
+    phase_text = pa.chunked_array([*before.column("phase_id").chunks, *taken.column("phase_id").chunks],
+                                  type=pa.string())
+    run_key = numpy_of(pc.dictionary_encode(run_text).combine_chunks().indices).astype(np.int64)
+    phase_key = numpy_of(filled(pc.dictionary_encode(phase_text).combine_chunks().indices, -1)).astype(np.int64)
+    key = run_key * (int(phase_key.max()) + 2) + phase_key
+    old_keys, new_keys = key[:before.num_rows], key[before.num_rows:]
+    old_codes = numpy_of(before.column(PHASE_CODE).combine_chunks())
+    order = np.argsort(old_keys, kind="stable")
+    old_keys, old_codes = old_keys[order], old_codes[order]
+    at = np.minimum(np.searchsorted(old_keys, new_keys), len(old_keys) - 1)
+    matched = (old_keys[at] == new_keys) & (phase_key[before.num_rows:] >= 0)
+    phases[mine[matched]] = old_codes[at[matched]]
