@@ -41,7 +41,10 @@ The modules: ``encoding`` (columns, Arrow types, sizes), ``layout`` (where a sto
 reading), ``arrays`` (parts into the analysis arrays), ``prefetch`` (a helper thread ahead).
 """
 
-from autopack_pipeline.storage.columnar.batches import _BatchReader
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from autopack_pipeline.storage.columnar.encoding import (
     BATCH_IDS,
     GAP_RETENTION_SECONDS,
@@ -62,6 +65,18 @@ from autopack_pipeline.storage.columnar.encoding import (
 from autopack_pipeline.storage.columnar.layout import COLUMNAR_DIR_VARIABLE, store_directory_for
 from autopack_pipeline.storage.columnar.prefetch import prefetch
 from autopack_pipeline.storage.columnar.store import ColumnarStore, refresh_store
+
+if TYPE_CHECKING:
+    from autopack_pipeline.storage.columnar.batches import _BatchReader
+
+
+def __getattr__(name: str) -> Any:
+    """The database reader on first use (PEP 562): it loads SQLAlchemy, which reading the store never needs."""
+    if name == "_BatchReader":
+        from autopack_pipeline.storage.columnar.batches import _BatchReader
+
+        return _BatchReader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BATCH_IDS",

@@ -3,7 +3,6 @@ it back as a table, an events frame or the analysis arrays."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -12,25 +11,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.storage.columnar.arrays import _load_arrays
-from autopack_pipeline.storage.columnar.batches import _BatchReader
 from autopack_pipeline.storage.columnar.encoding import (
     _KINDS,
     BATCH_IDS,
-    GAP_RETENTION_SECONDS,
     INPUT_KINDS,
     INPUT_SCHEMA,
     MANIFEST,
-    MAX_GAP_RANGES,
     MAX_SMALL_PARTS,
     PART_ROWS,
     SMALL_PART_ROWS,
@@ -43,6 +38,7 @@ from autopack_pipeline.storage.columnar.encoding import (
     numpy_of,
     read_parquet,
 )
+from autopack_pipeline.storage.columnar.gaps import live_gaps, update_gaps
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
 from autopack_pipeline.storage.columnar.part_codes import code_columns, part_codes
 from autopack_pipeline.storage.columnar.parts import files_of, inputs_file_of, parts_holding, rows_within
@@ -51,12 +47,13 @@ from autopack_pipeline.storage.columnar.prefetch import prefetch
 from autopack_pipeline.storage.columnar.tallies import keep_tally, tally_of_table
 from autopack_pipeline.storage.frames import EVENT_COLUMNS, events_frame_of_table
 
+if TYPE_CHECKING:  # SQLAlchemy and the readers of the database load only for a refresh (loading reads files)
+    from sqlalchemy.engine import Engine
+
+    from autopack_pipeline.storage.columnar.batches import _BatchReader
+
 # The package's logger, as before the split, so a log filter on it keeps working.
 logger = logging.getLogger("autopack_pipeline.storage.columnar")
-
-
-def _now() -> float:
-    return time.time()
 
 
 class ColumnarStore:
@@ -114,6 +111,8 @@ class ColumnarStore:
 
     def refresh(self, engine: Engine, *, full: bool = False, progress: Progress | None = None) -> RefreshResult:
         """Copy the events above the high-water mark (all of them when ``full``); return what happened."""
+        from autopack_pipeline.storage.columnar.batches import _BatchReader
+
         began = time.perf_counter()
         timings: dict[str, float] = {}
         with self._locked():
@@ -134,7 +133,7 @@ class ColumnarStore:
 
             started = time.perf_counter()
             top = reader.max_event_id()
-            gaps = self._live_gaps(manifest) if reader.dialect != "sqlite" else []
+            gaps = live_gaps(manifest) if reader.dialect != "sqlite" else []
             # Rows set aside for an unreadable timestamp are asked for again: one fixed since joins the store.
             retry = [[lo, hi, 0] for lo, hi in (manifest.get("unreadable") or {}).get("ranges", [])]
             new_rows = written = 0
@@ -161,7 +160,7 @@ class ColumnarStore:
                 if new_rows and np.concatenate(id_pieces).min() <= manifest["high_water_event_id"]:
                     manifest["sorted"] = False  # late rows filled a gap below the mark
                 manifest["rows"] += new_rows
-                self._update_gaps(manifest, ids, gaps, top, reader.dialect)
+                update_gaps(manifest, ids, gaps, top, reader.dialect)
                 manifest["high_water_event_id"] = max(manifest["high_water_event_id"], int(ids.max()))
                 manifest["anchor"] = reader.anchor(manifest["high_water_event_id"])
             else:
@@ -264,34 +263,6 @@ class ColumnarStore:
         os.replace(tmp, self.directory / name)
         return name
 
-    # PostgreSQL id gaps ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _live_gaps(manifest: dict[str, Any]) -> list[list]:
-        now = _now()
-        return [g for g in manifest.get("gaps", []) if now - g[2] < GAP_RETENTION_SECONDS]
-
-    @staticmethod
-    def _update_gaps(manifest: dict[str, Any], ids: np.ndarray, asked: list[list], top: int, dialect: str) -> None:
-        if dialect == "sqlite":
-            manifest["gaps"] = []
-            return
-        found = np.unique(ids)
-        ranges: list[list] = []
-        for lo, hi, seen in asked:  # re-asked gaps: keep the ids still missing
-            inside = found[(found >= lo) & (found <= hi)]
-            edges = np.r_[lo - 1, inside, hi + 1]
-            for a, b in itertools.pairwise(edges):
-                if b - a > 1:
-                    ranges.append([int(a + 1), int(b - 1), seen])
-        fresh = found[found > manifest["high_water_event_id"]]
-        edges = np.r_[manifest["high_water_event_id"], fresh]
-        now = _now()
-        for a, b in itertools.pairwise(edges):
-            if b - a > 1:
-                ranges.append([int(a + 1), int(b - 1), now])
-        manifest["gaps"] = ranges[-MAX_GAP_RANGES:]
-
     # compaction ------------------------------------------------------------------------------------
 
     def _compact(self, manifest: dict[str, Any], engine: Engine) -> tuple[int, list[str]]:
@@ -350,6 +321,8 @@ class ColumnarStore:
 
     def _add_inputs(self, engine: Engine, parts: list[dict[str, Any]]) -> None:
         """Read the inputs of ``parts`` from the database into files beside them, named in their entries."""
+        from autopack_pipeline.storage.columnar.batches import _BatchReader
+
         reader = _BatchReader(engine, INPUT_KINDS) if parts else None
         for part in parts:
             inputs = self._extract_inputs(reader, part)
