@@ -27,8 +27,9 @@ _ARRAY_CODES = ("run_id", "phase_id", "category", "complexity", "model")
 # Nothing goes to Arrow through pa.array here, not even an empty list (encoding.arrow_of says why).
 _NO_LABELS = pa.nulls(0, pa.string())
 _ARRAY_NAMES = (*_ARRAY_INTS, "timestamp", *_ARRAY_FLAGS, *_ARRAY_CODES)
-# The columns _load_arrays reads on its second thread: about half of the reading's CPU time.
-_BESIDE = ("phase_id", "event_id", "timestamp")
+# The smaller types columns take where every value fits (_Filler.narrow).
+_NARROW = {"event_id": np.int32, "deliverable_count": np.int16, "category": np.int16, "complexity": np.int16,
+           "model": np.int16}
 
 
 class _Labels:
@@ -60,14 +61,19 @@ class _Labels:
 class _Filler:
     """Preallocated analysis arrays, filled part by part."""
 
-    def __init__(self, rows: int, event_ids: tuple[int, int] | None = None) -> None:
+    def __init__(self, rows: int, ranges: dict[str, tuple[int, int]] | None = None) -> None:
+        """``ranges``: the lowest and highest value of some integer columns (missing ones as 0), known
+        beforehand: those that fit their smaller type (_NARROW) are filled in it, not narrowed after."""
         self.rows = rows
         self.values: dict[str, np.ndarray] = {name: np.zeros(rows, dtype=t) for name, t in _ARRAY_INTS.items()}
-        if event_ids is not None and _fits(np.int32, *event_ids):  # as narrow() makes it, without the copy
-            self.values["event_id"] = np.zeros(rows, dtype=np.int32)
         self.values["timestamp"] = np.zeros(rows, dtype=np.int64)
         self.values.update({name: np.zeros(rows, dtype=np.int8) for name in _ARRAY_FLAGS})
         self.values.update({name: np.zeros(rows, dtype=np.int32) for name in _ARRAY_CODES})
+        for name, (low, high) in (ranges or {}).items():
+            if _fits(_NARROW[name], low, high):
+                self.values[name] = np.zeros(rows, dtype=_NARROW[name])
+        for name in ("category", "complexity", "model"):  # widened in add() if a column has that many labels
+            self.values[name] = np.zeros(rows, dtype=_NARROW[name])
         self.valid: dict[str, np.ndarray] = {}
         self.labels = {name: _Labels() for name in _ARRAY_CODES}
         # Phase ids read as text (a store written before parts carried phase codes, or a missing id).
@@ -92,7 +98,8 @@ class _Filler:
         for name, code in (("run_id", RUN_CODE), ("phase_id", PHASE_CODE)):
             if code in present:  # the part's codes (phases.py): the ids as the analysis needs them
                 column = _one_array(table.column(code))
-                self.missing_ids |= bool(column.null_count)
+                if column.null_count:  # only ever set (two threads write here)
+                    self.missing_ids = True
                 self.values[name][where] = numpy_of(filled(column, -1))
         for name in _ARRAY_CODES:
             if name not in present:
@@ -103,8 +110,11 @@ class _Filler:
                 continue
             offset = start
             for chunk in column.chunks:
+                lookup = self.labels[name].lookup(chunk.dictionary)
+                if not _fits(self.values[name].dtype, -1, len(self.labels[name].dictionary) - 1):
+                    self.values[name] = self.values[name].astype(np.int32)  # one thread fills a label column
                 indices = numpy_of(filled(chunk.indices, -1))
-                np.take(self.labels[name].lookup(chunk.dictionary), indices, mode="wrap",  # -1 (missing): the last
+                np.take(lookup.astype(self.values[name].dtype, copy=False), indices, mode="wrap",  # -1: the last
                         out=self.values[name][offset:offset + len(chunk)])
                 offset += len(chunk)
 
@@ -122,8 +132,7 @@ class _Filler:
     def narrow(self) -> None:
         """Smaller integer types where every value fits (event ids, deliverable counts, label codes). A label
         column's codes lie in -1 .. its labels' count - 1, which says they fit without a pass over them."""
-        for name, small in (("event_id", np.int32), ("deliverable_count", np.int16), ("category", np.int16),
-                            ("complexity", np.int16), ("model", np.int16)):
+        for name, small in _NARROW.items():
             values = self.values[name]
             if values.dtype == small:
                 continue
@@ -149,6 +158,27 @@ class _Filler:
 def _fits(dtype: type, low: int, high: int) -> bool:
     info = np.iinfo(dtype)
     return info.min <= low and high <= info.max
+
+
+def _value_range(footers: list[pq.FileMetaData], name: str) -> tuple[int, int] | None:
+    """The lowest and highest value of an integer column over every row group (0 too where one is
+    missing: the arrays hold 0 there), from the Parquet statistics; None when a row group has none."""
+    low = high = None
+    for footer in footers:
+        column = footer.schema.names.index(name) if name in footer.schema.names else -1
+        for group in range(footer.num_row_groups):
+            statistics = footer.row_group(group).column(column).statistics if column >= 0 else None
+            if statistics is None or not statistics.has_null_count:
+                return None
+            values = [0] if statistics.null_count else []
+            if statistics.has_min_max:
+                values += [statistics.min, statistics.max]
+            elif statistics.null_count != footer.row_group(group).num_rows:
+                return None
+            for value in values:
+                low = value if low is None else min(low, value)
+                high = value if high is None else max(high, value)
+    return None if low is None else (int(low), int(high))
 
 
 def _one_array(column: pa.ChunkedArray) -> pa.Array:
@@ -186,45 +216,51 @@ def _same_array(a: pa.Array, b: pa.Array) -> bool:
 
 def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
     parts = manifest["parts"]
-    event_ids = (min(p["min_event_id"] for p in parts), max(p["max_event_id"] for p in parts)) if parts else None
-    filler = _Filler(int(manifest["rows"]), event_ids)
     files = [directory / part["file"] for part in parts]
-    starts = []  # each part's first row
+    starts, footers = [], []  # each part's first row and Parquet footer (read once, not per column)
     position = 0
     coded = True  # every part carries its run and phase codes (a store written before that has none)
     for path in files:
         starts.append(position)
-        metadata = pq.read_metadata(path)
-        position += metadata.num_rows
-        coded = coded and {RUN_CODE, PHASE_CODE} <= set(metadata.schema.names)
+        footers.append(pq.read_metadata(path))
+        position += footers[-1].num_rows
+        coded = coded and {RUN_CODE, PHASE_CODE} <= set(footers[-1].schema.names)
+    ranges = {"event_id": (min(p["min_event_id"] for p in parts), max(p["max_event_id"] for p in parts))} if parts else {}
+    if (counts := _value_range(footers, "deliverable_count")) is not None:
+        ranges["deliverable_count"] = counts
+    filler = _Filler(int(manifest["rows"]), ranges)
     if position != filler.rows:
         raise ColumnarStoreError(f"the manifest of {directory} counts {filler.rows} rows, its parts {position}")
 
-    def read(names: tuple[str, ...]) -> None:
-        # Phase ids without codes are read as text and encoded here (phases.PhaseEncoder): with about one
-        # distinct id per phase, Parquet's dictionary pages overflow to plain ones, and asking pyarrow for
-        # a dictionary costs twice as much as encoding the text (0.87 s against 0.41 s per million, measured).
+    def read(name: str, which: range) -> None:
         # One column at a time: the peak is the arrays plus one decoded column per thread, not plus a
         # whole part (at a million rows 75 MB above the arrays instead of 145, for the same time).
         # ParquetFile, not pq.read_table: that one imports pyarrow.dataset, which imports pandas (0.3 s, 50 MB).
-        for path, start in zip(files, starts):
-            with pq.ParquetFile(path) as parquet:
-                for name in names:
-                    filler.add(parquet.read(columns=[name]), start)
+        # Decoded on this thread (use_threads=False): handing one column to Arrow's pool and waiting for it
+        # cost half as much CPU again as the decoding (120 against 78 ms per part).
+        for part in which:
+            with pq.ParquetFile(files[part], metadata=footers[part]) as parquet:
+                filler.add(parquet.read(columns=[name], use_threads=False), starts[part])
 
     codes = {"run_id": RUN_CODE, "phase_id": PHASE_CODE} if coded else {}
-    beside = tuple(codes.get(name, name) for name in _BESIDE)
-    # Two threads, each filling its own columns (no column is written by both): Parquet decoding, Arrow's
-    # hashing and numpy's copies let go of the GIL, so about half the columns are read on the second core.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        done = pool.submit(read, beside)
-        read(tuple(codes.get(name, name) for name in _ARRAY_NAMES if name not in _BESIDE))
-        done.result()
+    names = [codes.get(name, name) for name in _ARRAY_NAMES]
+    # Label columns (and phase ids without codes, read as text and encoded here: phases.PhaseEncoder) are
+    # built up part after part, so each is one job over every part; any other column is a job per part.
+    # Two threads take the jobs in turn: Parquet decoding and numpy's copies let go of the GIL, so the
+    # reading is spread over the machine's two cores whatever each column costs.
+    in_order = [name for name in names if name in _ARRAY_CODES]
+    every = range(len(files))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(read, name, every) for name in in_order]
+        jobs += [pool.submit(read, name, range(part, part + 1)) for part in every
+                 for name in names if name not in in_order]
+        for job in jobs:
+            job.result()
     if filler.missing_ids:
         # A missing id: equal phase ids must have equal codes over every part, which the parts' codes
         # (one per phase) need not be; the phase ids are read as text and encoded instead.
-        read(("phase_id",))
-    release_freed_memory()  # what the second thread's malloc arena kept (storage.process_memory)
+        read("phase_id", every)
+    release_freed_memory()  # what the threads' malloc arenas kept (storage.process_memory)
     filler.finish_phases()
     if not manifest["sorted"]:
         filler.permute(np.argsort(filler.values["event_id"], kind="stable"))
