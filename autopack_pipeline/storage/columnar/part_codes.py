@@ -9,6 +9,7 @@ last (the manifest's ``run_codes`` and ``phase_codes``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,24 @@ from autopack_pipeline.storage.columnar.tallies import kept_tally
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-def code_columns(table: pa.Table) -> pa.Table:
-    """What a part's rows tell the codes of a later part (kept in memory for the next part of a refresh)."""
-    return table.select(["run_id", "phase_id", RUN_CODE, PHASE_CODE])
+@dataclass
+class Written:
+    """What the parts one refresh wrote tell the codes of its later parts, kept in memory instead of read
+    back: each part's run ids, and the rows of the last (a run the refresh splits goes on in the next)."""
+
+    runs: dict[str, pa.Array] = field(default_factory=dict)  # part file -> its run ids
+    last: tuple[str, pa.Table] | None = None  # part file, its run and phase ids and codes
+
+    def keep(self, name: str, table: pa.Table, runs: pa.Array) -> None:
+        self.runs[name] = runs
+        self.last = (name, table.select(["run_id", "phase_id", RUN_CODE, PHASE_CODE]))
 
 
 def part_codes(directory: Path, manifest: dict[str, Any], table: pa.Table,
-               recent: dict[str, pa.Table] | None = None) -> tuple[pa.Array, pa.Array]:
+               written: Written | None = None) -> tuple[pa.Array, pa.Array]:
     """The run codes and phase codes of a new part's rows (``table``, the store's schema), continuing
-    the codes of the parts ``manifest`` lists (``recent``: :func:`code_columns` of some of them, by file
-    name, in memory); the manifest's next free codes move past the new ones. Null where an id is missing."""
+    the codes of the parts ``manifest`` lists (``written``: what this refresh knows of some of them); the
+    manifest's next free codes move past the new ones. Null where an id is missing."""
     column = table.column("run_id").combine_chunks()
     runs = numpy_of(filled(column.indices, -1)).astype(np.int32)  # the part's own run codes
     dictionary = column.dictionary.cast(pa.string())
@@ -41,7 +50,7 @@ def part_codes(directory: Path, manifest: dict[str, Any], table: pa.Table,
     local_phases = local.finish(runs)
     run_of_entry = np.full(len(dictionary), -1, dtype=np.int64)  # per entry of the dictionary, its code
     phases = np.full(table.num_rows, -1, dtype=np.int32)
-    _take_earlier_codes(directory, manifest, table, runs, dictionary, run_of_entry, phases, recent or {})
+    _take_earlier_codes(directory, manifest, table, runs, dictionary, run_of_entry, phases, written or Written())
     used = np.zeros(len(dictionary), dtype=bool)
     used[runs[runs >= 0]] = True
     _number_new(manifest, "run_codes", run_of_entry, used & (run_of_entry < 0), np.arange(len(dictionary)))
@@ -78,7 +87,7 @@ def _codes_array(codes: np.ndarray) -> pa.Array:
 
 def _take_earlier_codes(directory: Path, manifest: dict[str, Any], table: pa.Table, runs: np.ndarray,
                         dictionary: pa.Array, run_of_entry: np.ndarray, phases: np.ndarray,
-                        recent: dict[str, pa.Table]) -> None:
+                        written: Written) -> None:
     """The codes the earlier parts gave the runs of ``table`` they hold (into ``run_of_entry``, by entry
     of the part's run ``dictionary``) and its phases they hold (into ``phases``, by row).
     Runs are matched on the parts' run dictionaries (tens of thousands of ids, not a string per row)."""
@@ -89,11 +98,14 @@ def _take_earlier_codes(directory: Path, manifest: dict[str, Any], table: pa.Tab
         return
     earlier = []
     for part in manifest["parts"]:
-        rows = recent.get(part["file"])
-        if rows is None:
-            kept = kept_tally(directory, part["file"])  # its runs, without reading the part's rows
-            if kept is not None and not pc.any(pc.is_in(names, value_set=kept[1].column("run_id"))).as_py():
-                continue
+        held = written.runs.get(part["file"])
+        if held is None and (kept := kept_tally(directory, part["file"])) is not None:
+            held = kept[1].column("run_id")  # its runs, without reading the part's rows
+        if held is not None and not pc.any(pc.is_in(names, value_set=held)).as_py():
+            continue
+        if written.last is not None and written.last[0] == part["file"]:
+            rows = written.last[1]
+        else:
             rows = read_parquet(directory / part["file"], ["run_id", "phase_id", RUN_CODE, PHASE_CODE])
         column = rows.column("run_id").combine_chunks()
         mine = pc.is_in(column.dictionary.cast(pa.string()), value_set=names)

@@ -40,7 +40,7 @@ from autopack_pipeline.storage.columnar.encoding import (
 )
 from autopack_pipeline.storage.columnar.gaps import live_gaps, update_gaps
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
-from autopack_pipeline.storage.columnar.part_codes import code_columns, part_codes
+from autopack_pipeline.storage.columnar.part_codes import Written, part_codes
 from autopack_pipeline.storage.columnar.parts import files_of, inputs_file_of, parts_holding, rows_within
 from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE
 from autopack_pipeline.storage.columnar.prefetch import prefetch
@@ -61,7 +61,7 @@ class ColumnarStore:
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
-        self._recent: dict[str, pa.Table] = {}  # the codes of the part written last (part_codes.py)
+        self._written = Written()  # what this refresh's parts tell the codes of its next (part_codes.py)
 
     @classmethod
     def for_engine(cls, engine: Engine) -> ColumnarStore | None:
@@ -166,7 +166,7 @@ class ColumnarStore:
             else:
                 manifest["gaps"] = gaps
             compacted, removed = self._compact(manifest, engine)
-            self._recent = {}
+            self._written = Written()
             obsolete += removed
             timings["write"] = time.perf_counter() - started + writing
             self._write_manifest(manifest)
@@ -232,16 +232,17 @@ class ColumnarStore:
         """Write ``table`` as the next part (and ``inputs`` as its prediction inputs, when given); new rows
         get their run and phase codes here (``part_codes.py``), merged parts (a compaction) keep theirs."""
         if PHASE_CODE not in table.column_names:
-            runs, phases = part_codes(self.directory, manifest, table, self._recent)
+            runs, phases = part_codes(self.directory, manifest, table, self._written)
             table = table.append_column(RUN_CODE, runs).append_column(PHASE_CODE, phases)
         name = f"part-{manifest['next_part']:06d}.parquet"
         manifest["next_part"] += 1
-        # A run whose events go on in the next part of this refresh finds its phases here, not on disk.
-        self._recent = {name: code_columns(table)}
         self._write_file(name, table, _KINDS)
         # Tallied now, from the rows in memory: the first snapshot after an extraction reads no event
         # for the whole-history figures (tallies.py).
-        keep_tally(self.directory, name, *tally_of_table(table))
+        tally, runs = tally_of_table(table)
+        keep_tally(self.directory, name, tally, runs)
+        # A run whose events go on in the next part of this refresh finds its codes here, not on disk.
+        self._written.keep(name, table, runs.column("run_id"))
         ids = table.column("event_id")
         part = {"file": name, "rows": table.num_rows, "min_event_id": int(pc.min(ids).as_py()),
                 "max_event_id": int(pc.max(ids).as_py())}
