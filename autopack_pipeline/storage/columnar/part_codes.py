@@ -48,27 +48,24 @@ def part_codes(directory: Path, manifest: dict[str, Any], table: pa.Table,
     local = PhaseEncoder(np.zeros(table.num_rows, dtype=np.int32))
     local.add(table.column("phase_id"), 0)
     local_phases = local.finish(runs)
+    present = np.zeros(len(dictionary), dtype=bool)  # the dictionary's entries the rows name
+    present[runs[runs >= 0]] = True
     run_of_entry = np.full(len(dictionary), -1, dtype=np.int64)  # per entry of the dictionary, its code
     phases = np.full(table.num_rows, -1, dtype=np.int32)
-    _take_earlier_codes(directory, manifest, table, runs, dictionary, run_of_entry, phases, written or Written())
-    used = np.zeros(len(dictionary), dtype=bool)
-    used[runs[runs >= 0]] = True
-    _number_new(manifest, "run_codes", run_of_entry, used & (run_of_entry < 0), np.arange(len(dictionary)))
+    _take_earlier_codes(directory, manifest, table, runs, dictionary.filter(arrow_of(present)), dictionary,
+                        run_of_entry, phases, written or Written())
+    _number_new(manifest, "run_codes", run_of_entry, present & (run_of_entry < 0), np.arange(len(dictionary)))
     run_codes = np.where(runs >= 0, np.append(run_of_entry, -1)[runs], -1)
-    fresh = (phases < 0) & (local_phases >= 0)
-    used = np.zeros(int(local_phases.max()) + 1 if table.num_rows else 0, dtype=bool)
-    used[local_phases[fresh]] = True
-    _number_new(manifest, "phase_codes", phases, fresh, local_phases, used)
+    _number_new(manifest, "phase_codes", phases, (phases < 0) & (local_phases >= 0), local_phases)
     return _codes_array(run_codes), _codes_array(phases)
 
 
 def _number_new(manifest: dict[str, Any], counter: str, codes: np.ndarray, fresh: np.ndarray,
-                local: np.ndarray, used: np.ndarray | None = None) -> None:
-    """New codes past the manifest's ``counter`` into ``codes`` where ``fresh``: one per local code in use
-    (``used``: which are; by default those of the fresh places), in the order of the local codes."""
-    if used is None:
-        used = np.zeros(len(codes), dtype=bool)
-        used[local[fresh]] = True
+                local: np.ndarray) -> None:
+    """New codes past the manifest's ``counter`` into ``codes`` where ``fresh``: one per local code there
+    (``local``: the places' codes in the part), in the order of the local codes."""
+    used = np.zeros(int(local.max()) + 1 if len(local) else 0, dtype=bool)
+    used[local[fresh]] = True
     rank = np.cumsum(used, dtype=np.int64) - 1
     base = int(manifest.get(counter, 0))
     codes[fresh] = base + rank[local[fresh]]
@@ -86,14 +83,12 @@ def _codes_array(codes: np.ndarray) -> pa.Array:
 
 
 def _take_earlier_codes(directory: Path, manifest: dict[str, Any], table: pa.Table, runs: np.ndarray,
-                        dictionary: pa.Array, run_of_entry: np.ndarray, phases: np.ndarray,
+                        names: pa.Array, dictionary: pa.Array, run_of_entry: np.ndarray, phases: np.ndarray,
                         written: Written) -> None:
     """The codes the earlier parts gave the runs of ``table`` they hold (into ``run_of_entry``, by entry
-    of the part's run ``dictionary``) and its phases they hold (into ``phases``, by row).
-    Runs are matched on the parts' run dictionaries (tens of thousands of ids, not a string per row)."""
-    present = np.zeros(len(dictionary), dtype=bool)
-    present[runs[runs >= 0]] = True
-    names = dictionary.filter(arrow_of(present))
+    of the part's run ``dictionary``; ``names``: the run ids its rows name) and its phases they hold (into
+    ``phases``, by row). Runs are matched on the parts' run dictionaries (tens of thousands of ids, not a
+    string per row)."""
     if not len(names):
         return
     earlier = []
