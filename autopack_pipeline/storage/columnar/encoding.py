@@ -67,6 +67,9 @@ INPUT_KINDS: dict[str, str] = {
 # formatting it into a line per row, the most of what reading the prediction inputs cost.
 GROUPED_LABELS = ("deliverables_json",)
 assert list(_KINDS) == list(EVENT_COLUMNS), "the parts hold the events frame's columns"
+# Integer columns of a handful of distinct values (ceilings, attempts, counts): dictionary pages read
+# faster than delta-packed ones for these (3.5-3.9 against 4.3-5.8 ms per million) and take less room.
+FEW_VALUES = ("deliverable_count", "selected_budget", "actual_max_tokens", "attempt")
 
 _ARROW_TYPES = {
     "key": pa.int64(),
