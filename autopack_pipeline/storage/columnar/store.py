@@ -117,6 +117,7 @@ class ColumnarStore:
         began = time.perf_counter()
         timings: dict[str, float] = {}
         with self._locked():
+            self._written = Written()  # part names are numbered again after a refresh that failed
             source = _source_identity(engine)
             manifest = self.manifest()
             reader = _BatchReader(engine)
