@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Engine
-
 from autopack_pipeline.domain.analysis import (
     CleanSamples,
     EventArrays,
@@ -37,6 +35,7 @@ from autopack_pipeline.storage.snapshot import EventSnapshot
 
 if TYPE_CHECKING:
     import pandas as pd
+    from sqlalchemy.engine import Engine  # a type only: the analysis of a columnar copy loads no SQLAlchemy
 
 
 def analysis_window(settings: Settings, events: EventArrays | None = None,

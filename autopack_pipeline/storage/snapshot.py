@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.event_tally import EventTally, add_tallies, tally_events
@@ -49,6 +48,7 @@ from autopack_pipeline.storage.timestamps import UnreadableTimestamp, unreadable
 
 if TYPE_CHECKING:
     import pandas as pd
+    from sqlalchemy.engine import Engine  # a type only: loading the events from a store needs no SQLAlchemy
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import DateTime, String, type_coerce
 
 if TYPE_CHECKING:  # pandas loads only when a batch Arrow refuses is parsed: the columnar reads never need it
     import pandas as pd
@@ -82,6 +81,8 @@ def readable_column(column: Any, dialect: str) -> Any:
     """``column`` labelled by its name for a SELECT. On SQLite a timestamp column comes back as the
     stored value, not through SQLAlchemy's date parser, which stops the whole read at the first row that
     is not a date; parse it with :func:`set_aside_in_frame`."""
+    from sqlalchemy import DateTime, String, type_coerce  # here: reading the columnar copy needs no SQLAlchemy
+
     if dialect == "sqlite" and isinstance(column.type, DateTime):
         return type_coerce(column, String).label(column.name)
     return column.label(column.name)

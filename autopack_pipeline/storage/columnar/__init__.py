@@ -15,14 +15,17 @@ Layout (default: ``.autopack/columnar/<file name>/`` next to a SQLite file; for 
 ``./.autopack/columnar/<backend>-<host>-<port>-<database>/``; ``AUTOPACK_COLUMNAR_DIR`` overrides
 both)::
 
-    manifest.json           format, source database, high-water event id, parts, pending id gaps
+    manifest.json           format, source database, high-water event id, parts, pending id gaps,
+                            the next free run and phase codes
     part-000001.parquet     ~1M rows each from a cold extraction; one file per refresh after that
     inputs-000001.parquet   the prediction inputs of part-000001's events (deliverables, coefficient
                             version, doc features), written the first time calibration asks for them
 
 Compact types: labels (run, category, complexity, stop reason, model) are dictionary-encoded, token
-counts and flags int32/bool, timestamps µs UTC; phase ids are plain strings, which Parquet
-dictionary-encodes on disk and the analysis reads back as codes (a phase is (run code, phase code)).
+counts and flags int32/bool (integers delta-packed), timestamps µs UTC, phase ids plain strings. Each
+part also carries its rows' run and phase codes (``run_code``, ``phase_code``: one per run id and one
+per phase over the whole store, given as the part is written, ``phases.py``), so loading the analysis
+arrays reads integers, not 8.5M distinct phase ids at ten million events.
 
 Only the re-prediction of ``calibrate``/``backtest``/``apply-calibration`` reads the prediction
 inputs, so a refresh leaves them out (the deliverables text made a cold extraction of 10M events
@@ -38,10 +41,14 @@ for again for ten minutes. ``refresh(full=True)`` rebuilds from scratch.
 
 The modules: ``encoding`` (columns, Arrow types, sizes), ``layout`` (where a store lives),
 ``batches`` (rows out of the database), ``store`` (:class:`ColumnarStore`: manifest, refresh,
-reading), ``arrays`` (parts into the analysis arrays), ``prefetch`` (a helper thread ahead).
+reading), ``gaps`` (PostgreSQL's id gaps), ``phases`` and ``part_codes`` (run and phase codes),
+``arrays`` (parts into the analysis arrays), ``prefetch`` (a helper thread ahead).
 """
 
-from autopack_pipeline.storage.columnar.batches import _BatchReader
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from autopack_pipeline.storage.columnar.encoding import (
     BATCH_IDS,
     GAP_RETENTION_SECONDS,
@@ -62,6 +69,18 @@ from autopack_pipeline.storage.columnar.encoding import (
 from autopack_pipeline.storage.columnar.layout import COLUMNAR_DIR_VARIABLE, store_directory_for
 from autopack_pipeline.storage.columnar.prefetch import prefetch
 from autopack_pipeline.storage.columnar.store import ColumnarStore, refresh_store
+
+if TYPE_CHECKING:
+    from autopack_pipeline.storage.columnar.batches import _BatchReader
+
+
+def __getattr__(name: str) -> Any:
+    """The database reader on first use (PEP 562): it loads SQLAlchemy, which reading the store never needs."""
+    if name == "_BatchReader":
+        from autopack_pipeline.storage.columnar.batches import _BatchReader
+
+        return _BatchReader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BATCH_IDS",

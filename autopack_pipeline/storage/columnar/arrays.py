@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, arrow_of, filled, numpy_of
+from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE, PhaseEncoder
 from autopack_pipeline.storage.process_memory import release_freed_memory
 
 _ARRAY_INTS = {
@@ -26,29 +27,58 @@ _ARRAY_CODES = ("run_id", "phase_id", "category", "complexity", "model")
 # Nothing goes to Arrow through pa.array here, not even an empty list (encoding.arrow_of says why).
 _NO_LABELS = pa.nulls(0, pa.string())
 _ARRAY_NAMES = (*_ARRAY_INTS, "timestamp", *_ARRAY_FLAGS, *_ARRAY_CODES)
-# The columns _load_arrays reads on its second thread: about half of the reading's CPU time.
-_BESIDE = ("phase_id", "event_id", "timestamp")
-# Rows per piece a text column (phase ids) is dictionary-encoded in (_Filler._add_text).
-TEXT_PIECE_ROWS = 1 << 15
+# The smaller types columns take where every value fits (_Filler.narrow).
+_NARROW = {"event_id": np.int32, "deliverable_count": np.int16, "category": np.int16, "complexity": np.int16,
+           "model": np.int16}
+
+
+class _Labels:
+    """One label column's dictionary over every chunk read so far, grown as chunks come: a chunk's codes
+    are mapped onto it as they are copied, so no second pass over the rows. The same dictionary as
+    encoding all the chunks' dictionaries one after the other (each new label in order of appearance)."""
+
+    def __init__(self) -> None:
+        self.dictionary: pa.Array = _NO_LABELS
+        self._last: tuple[pa.Array, np.ndarray] | None = None  # chunks sharing a dictionary map once
+
+    def lookup(self, dictionary: pa.Array) -> np.ndarray:
+        """Per code of ``dictionary``, its code in the whole column; then -1 (so a missing code, -1, maps to -1)."""
+        if self._last is not None and _same_array(self._last[0], dictionary):
+            return self._last[1]
+        text = dictionary.cast(pa.string())
+        if len(self.dictionary):
+            at = numpy_of(filled(pc.index_in(text, value_set=self.dictionary), -1)).astype(np.int32)
+        else:
+            at = np.full(len(text), -1, dtype=np.int32)
+        new = at < 0
+        at[new] = np.arange(len(self.dictionary), len(self.dictionary) + int(new.sum()), dtype=np.int32)
+        if new.any():
+            self.dictionary = pa.concat_arrays([self.dictionary, text.filter(arrow_of(new))])
+        self._last = (dictionary, np.append(at, np.int32(-1)))
+        return self._last[1]
 
 
 class _Filler:
     """Preallocated analysis arrays, filled part by part."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int, ranges: dict[str, tuple[int, int]] | None = None) -> None:
+        """``ranges``: the lowest and highest value of some integer columns (missing ones as 0), known
+        beforehand: those that fit their smaller type (_NARROW) are filled in it, not narrowed after."""
         self.rows = rows
         self.values: dict[str, np.ndarray] = {name: np.zeros(rows, dtype=t) for name, t in _ARRAY_INTS.items()}
         self.values["timestamp"] = np.zeros(rows, dtype=np.int64)
         self.values.update({name: np.zeros(rows, dtype=np.int8) for name in _ARRAY_FLAGS})
         self.values.update({name: np.zeros(rows, dtype=np.int32) for name in _ARRAY_CODES})
+        for name, (low, high) in (ranges or {}).items():
+            if _fits(_NARROW[name], low, high):
+                self.values[name] = np.zeros(rows, dtype=_NARROW[name])
+        for name in ("category", "complexity", "model"):  # widened in add() if a column has that many labels
+            self.values[name] = np.zeros(rows, dtype=_NARROW[name])
         self.valid: dict[str, np.ndarray] = {}
-        # Per label column, the dictionary of every chunk written so far and the rows it covers; the codes
-        # written are the chunk's own until :meth:`unify_labels` maps them onto one dictionary.
-        self.chunk_dictionaries: dict[str, list[tuple[slice, pa.Array]]] = {name: [] for name in _ARRAY_CODES}
-        self.labels: dict[str, pa.Array] = {}
-        # Text columns (phase ids), encoded part by part: per part, the rows and the part's dictionary,
-        # whose codes were written shifted past the dictionaries of the parts before (_add_text).
-        self.texts: dict[str, list[tuple[slice, pa.Array]]] = {name: [] for name in _ARRAY_CODES}
+        self.labels = {name: _Labels() for name in _ARRAY_CODES}
+        # Phase ids read as text (a store written before parts carried phase codes, or a missing id).
+        self.phases = PhaseEncoder(self.values["phase_id"])
+        self.missing_ids = False  # a run or phase code read is missing (see _load_arrays)
 
     def add(self, table: pa.Table, start: int) -> None:
         """The rows of ``table`` from row ``start`` on, for the columns it has (a part may come a few
@@ -63,136 +93,35 @@ class _Filler:
                 self.valid.setdefault(name, np.ones(self.rows, dtype=bool))[where] = valid
             self.values[name][where] = values
         for name in _ARRAY_FLAGS:
-            if name not in present:
-                continue
-            self.values[name][where] = _flag_values(table.column(name))
+            if name in present:
+                _flag_values(table.column(name), self.values[name][where])
+        for name, code in (("run_id", RUN_CODE), ("phase_id", PHASE_CODE)):
+            if code in present:  # the part's codes (phases.py): the ids as the analysis needs them
+                column = _one_array(table.column(code))
+                if column.null_count:  # only ever set (two threads write here)
+                    self.missing_ids = True
+                self.values[name][where] = numpy_of(filled(column, -1))
         for name in _ARRAY_CODES:
             if name not in present:
                 continue
-            out = self.values[name]
             column = table.column(name)
-            if not pa.types.is_dictionary(column.type):
-                self._add_text(name, where, column)
+            if not pa.types.is_dictionary(column.type):  # phase ids as text
+                self.phases.add(column, start)
                 continue
-            pieces = self.chunk_dictionaries[name]
             offset = start
             for chunk in column.chunks:
-                out[offset:offset + len(chunk)] = numpy_of(filled(chunk.indices, -1))
-                if pieces and pieces[-1][0].stop == offset and _same_array(pieces[-1][1], chunk.dictionary):
-                    pieces[-1] = (slice(pieces[-1][0].start, offset + len(chunk)), pieces[-1][1])
-                else:  # chunks sharing a dictionary (Parquet gives every row group its column's) count once
-                    pieces.append((slice(offset, offset + len(chunk)), chunk.dictionary))
+                lookup = self.labels[name].lookup(chunk.dictionary)
+                if not _fits(self.values[name].dtype, -1, len(self.labels[name].dictionary) - 1):
+                    self.values[name] = self.values[name].astype(np.int32)  # one thread fills a label column
+                indices = numpy_of(filled(chunk.indices, -1))
+                np.take(lookup.astype(self.values[name].dtype, copy=False), indices, mode="wrap",  # -1: the last
+                        out=self.values[name][offset:offset + len(chunk)])
                 offset += len(chunk)
 
-    def _add_text(self, name: str, where: slice, column: pa.ChunkedArray) -> None:
-        """A text column (phase ids) dictionary-encoded piece by piece (``TEXT_PIECE_ROWS`` rows), the codes
-        shifted past the pieces before: equal codes, equal text, but one text may have a code per piece
-        until :meth:`_join_phase_parts`. Arrow's hash table of a piece stays in the CPU's cache: a million
-        phase ids cost 0.26 s of CPU encoded at once, 0.03 s in pieces of 32k (ten parts of a million
-        encoded apart cost 0.6 of ten million at once, the reason the pieces began as parts)."""
-        out = self.values[name]
-        text = column.cast(pa.string())
-        shift = sum(len(dictionary) for _rows, dictionary in self.texts[name])
-        for begin in range(0, len(text), TEXT_PIECE_ROWS):
-            encoded = pc.dictionary_encode(text.slice(begin, TEXT_PIECE_ROWS))
-            offset = where.start + begin
-            for chunk in encoded.chunks:  # one dictionary for the chunks of one call
-                codes = numpy_of(filled(chunk.indices, -1))
-                out[offset:offset + len(chunk)] = np.where(codes >= 0, codes + shift, -1)
-                offset += len(chunk)
-            dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else _NO_LABELS
-            self.texts[name].append((slice(where.start + begin, offset), dictionary))
-            shift += len(dictionary)
-        del text, column
-
-    def _join_phase_parts(self) -> None:
-        """Phase codes that identify a phase, (run id, phase id), across the pieces they were encoded in.
-
-        Within a piece (:meth:`_add_text`) one phase id has one code. A phase of a run whose events lie in
-        several pieces has a code per piece: those runs' rows (a few per piece boundary: Autopack writes a
-        run's events together) are encoded again together, into codes past every piece's. Rows of other
-        runs keep their piece's code; the same phase id in two such runs may differ in code, which is
-        harmless: a phase is its run and its id together (``EventArrays.phase_key``). When a run id or a
-        phase id is missing somewhere, the codes are unified over all pieces instead (one dictionary, equal
-        text equal code), as the reference's pairing of ids across rows then needs.
-        """
-        pieces = self.texts["phase_id"]
-        if len(pieces) < 2:  # one encoding already: equal text, equal code (hashing it again cost 0.1 s)
-            self.texts["phase_id"] = []
-            return
-        runs, phases = self.values["run_id"], self.values["phase_id"]
-        if (runs < 0).any() or (phases < 0).any():
-            self._unify_text_parts("phase_id")
-            return
-        # A run spans pieces when its first and last rows lie in different ones (its rows need not be
-        # together). First and last rows by ufunc.at, a million rows at a time (no 10M-row index array).
-        first = np.full(len(self.labels["run_id"]), self.rows, dtype=np.int64)
-        last = np.full(len(first), -1, dtype=np.int64)
-        for begin in range(0, self.rows, 1 << 20):
-            at = np.arange(begin, min(begin + (1 << 20), self.rows))
-            np.minimum.at(first, runs[at], at)
-            np.maximum.at(last, runs[at], at)
-        starts = np.array([rows.start for rows, _dictionary in pieces])
-        seen = last >= 0
-        spanning = np.zeros(len(first), dtype=bool)
-        spanning[seen] = (np.searchsorted(starts, first[seen], side="right")
-                          != np.searchsorted(starts, last[seen], side="right"))
-        shifts = np.cumsum([0] + [len(dictionary) for _rows, dictionary in pieces])
-        if spanning.any():
-            texts, where = [], []
-            for (rows, dictionary), shift in zip(pieces, shifts[:-1]):
-                mine = np.flatnonzero(spanning[runs[rows]]) + rows.start
-                if len(mine):
-                    texts.append(dictionary.take(arrow_of(phases[mine] - shift)))
-                    where.append(mine)
-            rows = np.concatenate(where)
-            joined = pc.dictionary_encode(pa.chunked_array(texts, type=pa.string()))
-            phases[rows] = np.concatenate([numpy_of(c.indices) for c in joined.chunks]) + shifts[-1]
-        self.texts["phase_id"] = []  # no labels kept: phase codes are only compared, never named
-
-    def _unify_text_parts(self, name: str) -> None:
-        """One dictionary over every part of a text column, and the codes into it."""
-        parts = self.texts[name]
-        self.labels[name] = _NO_LABELS
-        if parts:
-            out = self.values[name]
-            encoded = pc.dictionary_encode(pa.concat_arrays([dictionary for _rows, dictionary in parts]))
-            self.labels[name] = encoded.dictionary
-            lookup = np.append(numpy_of(encoded.indices).astype(np.int32), np.int32(-1))
-            for rows, _dictionary in parts:
-                out[rows] = lookup[out[rows]]  # the codes were shifted into the concatenation already
-        self.texts[name] = []
-
-    def unify_labels(self) -> None:
-        """One dictionary per label column over every chunk of every part, and the codes into it.
-
-        For dictionary columns, the chunks' dictionaries are concatenated and dictionary-encoded once
-        (one hash pass in Arrow): the result's dictionary is the unified one, and its indices, cut at the
-        chunk boundaries, map each chunk's local codes onto it. Text columns (phase ids, about one per
-        phase) were encoded part by part; their codes identify a phase with its run
-        (:meth:`_join_phase_parts`). Python never touches a label value, so a million distinct phase ids
-        cost what a thousand do, bar the hashing.
-        """
-        for name, pieces in self.chunk_dictionaries.items():
-            if not pieces:
-                self.labels[name] = _NO_LABELS
-                continue
-            if len(pieces) == 1:  # one dictionary already (one part, or text encoded above): the codes stand
-                self.labels[name] = pieces[0][1].cast(pa.string())
-                continue
-            encoded = pc.dictionary_encode(pa.concat_arrays([d.cast(pa.string()) for _rows, d in pieces]))
-            self.labels[name] = encoded.dictionary
-            maps = numpy_of(encoded.indices).astype(np.int32)
-            out = self.values[name]
-            first = 0
-            for rows, dictionary in pieces:
-                lookup = np.append(maps[first:first + len(dictionary)], np.int32(-1))  # local -1: missing
-                out[rows] = lookup[out[rows]]
-                first += len(dictionary)
-        self.chunk_dictionaries = {name: [] for name in _ARRAY_CODES}
-        for name in _ARRAY_CODES:
-            if self.texts[name]:
-                self._join_phase_parts() if name == "phase_id" else self._unify_text_parts(name)
+    def finish_phases(self) -> None:
+        """The phase ids read as text made one code per phase (PhaseEncoder.finish), once every run code is in."""
+        if self.phases.pieces:
+            self.phases.finish(self.values["run_id"])
 
     def permute(self, order: np.ndarray) -> None:
         for name in self.values:
@@ -201,12 +130,15 @@ class _Filler:
             self.valid[name] = self.valid[name][order]
 
     def narrow(self) -> None:
-        """Smaller integer types where every value fits (event ids, deliverable counts, label codes)."""
-        for name, small in (("event_id", np.int32), ("deliverable_count", np.int16), ("category", np.int16),
-                            ("complexity", np.int16), ("model", np.int16)):
+        """Smaller integer types where every value fits (event ids, deliverable counts, label codes). A label
+        column's codes lie in -1 .. its labels' count - 1, which says they fit without a pass over them."""
+        for name, small in _NARROW.items():
             values = self.values[name]
-            info = np.iinfo(small)
-            if len(values) == 0 or (info.min <= int(values.min()) and int(values.max()) <= info.max):
+            if values.dtype == small:
+                continue
+            labels = len(self.labels[name].dictionary) if name in self.labels else None
+            if len(values) == 0 or (labels is not None and _fits(small, -1, labels - 1)) or _fits(
+                    small, int(values.min()), int(values.max())):
                 self.values[name] = values.astype(small)
 
     def int_column(self, name: str) -> IntColumn:
@@ -215,10 +147,38 @@ class _Filler:
     def code_column(self, name: str) -> IntColumn:
         codes = self.values[name]
         valid = codes >= 0
-        return IntColumn(np.maximum(codes, 0), None if valid.all() else valid)
+        if valid.all():
+            return IntColumn(codes, None)  # no code missing: the codes as they are (no copy)
+        return IntColumn(np.maximum(codes, 0), valid)
 
     def label_column(self, name: str) -> LabelColumn:
-        return LabelColumn(self.values[name], tuple(self.labels[name].to_pylist()))
+        return LabelColumn(self.values[name], tuple(self.labels[name].dictionary.to_pylist()))
+
+
+def _fits(dtype: type, low: int, high: int) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= low and high <= info.max
+
+
+def _value_range(footers: list[pq.FileMetaData], name: str) -> tuple[int, int] | None:
+    """The lowest and highest value of an integer column over every row group (0 too where one is
+    missing: the arrays hold 0 there), from the Parquet statistics; None when a row group has none."""
+    low = high = None
+    for footer in footers:
+        column = footer.schema.names.index(name) if name in footer.schema.names else -1
+        for group in range(footer.num_row_groups):
+            statistics = footer.row_group(group).column(column).statistics if column >= 0 else None
+            if statistics is None or not statistics.has_null_count:
+                return None
+            values = [0] if statistics.null_count else []
+            if statistics.has_min_max:
+                values += [statistics.min, statistics.max]
+            elif statistics.null_count != footer.row_group(group).num_rows:
+                return None
+            for value in values:
+                low = value if low is None else min(low, value)
+                high = value if high is None else max(high, value)
+    return None if low is None else (int(low), int(high))
 
 
 def _one_array(column: pa.ChunkedArray) -> pa.Array:
@@ -235,13 +195,17 @@ def _int_values(column: pa.ChunkedArray, name: str) -> tuple[np.ndarray, np.ndar
     return numpy_of(filled(array, 0)), (numpy_of(array.is_valid()) if array.null_count else None)
 
 
-def _flag_values(column: pa.ChunkedArray) -> np.ndarray:
-    """A nullable boolean column as int8: 1, 0, or -1 where missing."""
+def _flag_values(column: pa.ChunkedArray, out: np.ndarray | None = None) -> np.ndarray:
+    """A nullable boolean column as int8 (into ``out`` when given): 1, 0, or -1 where missing."""
     array = _one_array(column)
-    flags = numpy_of(filled(array, False)).astype(np.int8)
+    flags = numpy_of(filled(array, False).cast(pa.int8()))  # Arrow's bits as bytes, once
+    if out is None:
+        out = flags.copy()
+    else:
+        out[:] = flags
     if array.null_count:
-        flags[~numpy_of(array.is_valid())] = -1
-    return flags
+        out[~numpy_of(array.is_valid())] = -1
+    return out
 
 
 def _same_array(a: pa.Array, b: pa.Array) -> bool:
@@ -251,37 +215,55 @@ def _same_array(a: pa.Array, b: pa.Array) -> bool:
 
 
 def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
-    filler = _Filler(int(manifest["rows"]))
-    files = [directory / part["file"] for part in manifest["parts"]]
-    starts = []  # each part's first row
+    parts = manifest["parts"]
+    files = [directory / part["file"] for part in parts]
+    starts, footers = [], []  # each part's first row and Parquet footer (read once, not per column)
     position = 0
+    coded = True  # every part carries its run and phase codes (a store written before that has none)
     for path in files:
         starts.append(position)
-        position += pq.read_metadata(path).num_rows
+        footers.append(pq.read_metadata(path))
+        position += footers[-1].num_rows
+        coded = coded and {RUN_CODE, PHASE_CODE} <= set(footers[-1].schema.names)
+    ranges = {"event_id": (min(p["min_event_id"] for p in parts), max(p["max_event_id"] for p in parts))} if parts else {}
+    if (counts := _value_range(footers, "deliverable_count")) is not None:
+        ranges["deliverable_count"] = counts
+    filler = _Filler(int(manifest["rows"]), ranges)
     if position != filler.rows:
         raise ColumnarStoreError(f"the manifest of {directory} counts {filler.rows} rows, its parts {position}")
 
-    def read(names: tuple[str, ...]) -> None:
-        # Phase ids are read as text and encoded here: with about one distinct id per phase, Parquet's
-        # dictionary pages overflow to plain ones, and asking pyarrow for a dictionary costs twice as
-        # much as encoding the text (0.87 s against 0.41 s per million, measured).
+    def read(name: str, which: range) -> None:
         # One column at a time: the peak is the arrays plus one decoded column per thread, not plus a
         # whole part (at a million rows 75 MB above the arrays instead of 145, for the same time).
         # ParquetFile, not pq.read_table: that one imports pyarrow.dataset, which imports pandas (0.3 s, 50 MB).
-        for path, start in zip(files, starts):
-            with pq.ParquetFile(path) as parquet:
-                for name in names:
-                    filler.add(parquet.read(columns=[name]), start)
+        # Decoded on this thread (use_threads=False): handing one column to Arrow's pool and waiting for it
+        # cost half as much CPU again as the decoding (120 against 78 ms per part).
+        for part in which:
+            with pq.ParquetFile(files[part], metadata=footers[part]) as parquet:
+                filler.add(parquet.read(columns=[name], use_threads=False), starts[part])
 
-    # Two threads, each filling its own columns (no column is written by both): Parquet decoding, Arrow's
-    # hashing and numpy's copies let go of the GIL, so the phase ids (a third of the reading) and the two
-    # 8-byte columns are read beside the others, on the second of the machine's cores.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        beside = pool.submit(read, _BESIDE)
-        read(tuple(name for name in _ARRAY_NAMES if name not in _BESIDE))
-        beside.result()
-    release_freed_memory()  # what the second thread's malloc arena kept (storage.process_memory)
-    filler.unify_labels()
+    codes = {"run_id": RUN_CODE, "phase_id": PHASE_CODE} if coded else {}
+    names = [codes.get(name, name) for name in _ARRAY_NAMES]
+    # Label columns (and phase ids without codes, read as text and encoded here, phases.PhaseEncoder: with
+    # about one id per phase, asking pyarrow for a dictionary cost twice as much, 0.87 against 0.41 s per
+    # million) are built up part after part, so each is one job over every part; any other column is a job
+    # per part.
+    # Two threads take the jobs in turn: Parquet decoding and numpy's copies let go of the GIL, so the
+    # reading is spread over the machine's two cores whatever each column costs.
+    in_order = [name for name in names if name in _ARRAY_CODES]
+    every = range(len(files))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(read, name, every) for name in in_order]
+        jobs += [pool.submit(read, name, range(part, part + 1)) for part in every
+                 for name in names if name not in in_order]
+        for job in jobs:
+            job.result()
+    if filler.missing_ids:
+        # A missing id: equal phase ids must have equal codes over every part, which the parts' codes
+        # (one per phase) need not be; the phase ids are read as text and encoded instead.
+        read("phase_id", every)
+    release_freed_memory()  # what the threads' malloc arenas kept (storage.process_memory)
+    filler.finish_phases()
     if not manifest["sorted"]:
         filler.permute(np.argsort(filler.values["event_id"], kind="stable"))
     filler.narrow()

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from autopack_pipeline.storage.frames import EVENT_COLUMNS
 from autopack_pipeline.storage.timestamps import SHOWN_ROWS, UnreadableTimestamp, merge_ids
 
-STORE_FORMAT = 3  # 3: the prediction inputs in files of their own beside the parts (2: inside them)
+STORE_FORMAT = 4  # 4: phase codes in the parts (phases.py); 3: the prediction inputs in files beside the parts
 MANIFEST = "manifest.json"
 TABLE = "token_estimation_v2_events"
 PART_ROWS = 1_000_000  # rows per file of a cold extraction
@@ -67,6 +67,9 @@ INPUT_KINDS: dict[str, str] = {
 # formatting it into a line per row, the most of what reading the prediction inputs cost.
 GROUPED_LABELS = ("deliverables_json",)
 assert list(_KINDS) == list(EVENT_COLUMNS), "the parts hold the events frame's columns"
+# Integer columns of a handful of distinct values (ceilings, attempts, counts): dictionary pages read
+# faster than delta-packed ones for these (3.5-3.9 against 4.3-5.8 ms per million) and take less room.
+FEW_VALUES = ("deliverable_count", "selected_budget", "actual_max_tokens", "attempt")
 
 _ARROW_TYPES = {
     "key": pa.int64(),

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
-
-from autopack_pipeline.storage.database import describe_database
+if TYPE_CHECKING:  # the database's modules (SQLAlchemy) load when a store is looked for, not with the store
+    from sqlalchemy.engine import Engine
 
 COLUMNAR_DIR_VARIABLE = "AUTOPACK_COLUMNAR_DIR"  # read by settings.StorageSettings.columnar_dir
 
@@ -14,6 +14,8 @@ COLUMNAR_DIR_VARIABLE = "AUTOPACK_COLUMNAR_DIR"  # read by settings.StorageSetti
 def store_directory_for(engine: Engine, override: Path | str | None = None) -> Path | None:
     """Where the store of ``engine``'s database lives: ``override``, else the settings' ``columnar_dir``
     (``$AUTOPACK_COLUMNAR_DIR``), else next to the SQLite file; None for an in-memory SQLite database."""
+    from autopack_pipeline.storage.database import describe_database
+
     identity = describe_database(engine)
     if identity.backend == "sqlite" and not identity.sqlite_path:
         return None  # even with an override: a copy would outlive the database it copies
@@ -33,5 +35,7 @@ def store_directory_for(engine: Engine, override: Path | str | None = None) -> P
 
 
 def _source_identity(engine: Engine) -> str:
+    from autopack_pipeline.storage.database import describe_database
+
     identity = describe_database(engine)
     return identity.sqlite_path or identity.url

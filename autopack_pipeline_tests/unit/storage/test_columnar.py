@@ -278,16 +278,43 @@ def test_phases_of_runs_split_across_parts_keep_one_key(engine, store, monkeypat
     assert fm.clean_sample_rows(arrays).exclusions == sample_exclusions(events)
 
 
+def test_runs_and_phases_continued_by_later_refreshes_keep_their_codes(engine, store, make_event, monkeypatch):
+    """A refresh gives a run or a phase that earlier parts hold the codes those parts gave it (found from
+    their tallies and rows on disk), a new one a new code; a compaction keeps the codes it merges."""
+    monkeypatch.setattr(columnar.store, "MAX_SMALL_PARTS", 2)
+    bulk_load(engine, 400, runs=4, seed=11)
+    store.refresh(engine)
+    first = read_events(engine)
+    for round_ in range(4):
+        older = first.iloc[[round_ * 37, round_ * 53 + 5, 390 - round_]]  # phases of runs the first part holds
+        with engine.begin() as connection:
+            for run_id, phase_id in zip(older["run_id"], older["phase_id"]):
+                insert_estimation_row(connection, estimation_row(make_event(run_id=run_id, phase_id=phase_id, attempt=2)))
+        ensure_run_and_phase(engine, older["run_id"].iloc[0], f"new-phase-{round_}")
+        ensure_run_and_phase(engine, f"new-run-{round_}", "p1")
+        with engine.begin() as connection:
+            for run_id, phase_id in ((older["run_id"].iloc[0], f"new-phase-{round_}"), (f"new-run-{round_}", "p1")):
+                insert_estimation_row(connection, estimation_row(make_event(run_id=run_id, phase_id=phase_id)))
+        store.refresh(engine)
+    assert store.manifest()["parts"][-1]["rows"] > 5  # the small parts were merged
+    events = read_events(engine)
+    arrays = store.event_arrays()
+    pairs = events["run_id"] + "\x00" + events["phase_id"]
+    assert (pd.factorize(arrays.phase_key.values)[0] == pd.factorize(pairs)[0]).all()
+    assert (pd.factorize(arrays.run_code.values)[0] == pd.factorize(events["run_id"])[0]).all()
+    assert_reads_like_the_table(store, engine)
+
+
 def test_phases_of_runs_split_across_encoding_pieces_keep_one_key(engine, store, monkeypatch):
     """Within a part, phase ids are encoded in pieces of TEXT_PIECE_ROWS rows (17 here, runs of ~34
     events, so most runs span two or three pieces, and some pieces hold a run's rows apart): one key
     per (run_id, phase_id) all the same."""
-    from autopack_pipeline.storage.columnar import arrays as columnar_arrays
+    from autopack_pipeline.storage.columnar import phases
 
     bulk_load(engine, 3000, seed=10)
+    monkeypatch.setattr(phases, "TEXT_PIECE_ROWS", 17)
     store.refresh(engine, full=True)
     assert len(store.manifest()["parts"]) == 1
-    monkeypatch.setattr(columnar_arrays, "TEXT_PIECE_ROWS", 17)
     events = read_events(engine)
     arrays = store.event_arrays()
     pairs = events["run_id"] + "\x00" + events["phase_id"]
@@ -315,10 +342,39 @@ def test_with_a_phase_id_missing_the_phase_codes_are_unified_over_every_part():
         filler = _Filler(6)
         filler.add(part(["a", "b", "c"], ["p1", "p2", "p3"]), 0)
         filler.add(part(["a", "d", "e"], phases), 3)
-        filler.unify_labels()
+        filler.finish_phases()
         codes = filler.values["phase_id"]
         assert codes[0] == codes[3]  # run a's p1 in both parts: one phase
         assert bool(codes[5] == codes[0]) is unified  # another run's p1: the same code only when unified
+
+
+def test_with_an_id_missing_the_parts_codes_give_way_to_the_phase_ids(tmp_path):
+    """Parts carry one phase code per phase; with an id missing somewhere, the load encodes the phase
+    ids read as text instead, equal ids equal codes over every part (as a store without codes loads)."""
+    from autopack_pipeline.storage.columnar.encoding import _KINDS, _parse_types, _store_table
+
+    store = ColumnarStore(tmp_path / "columnar")
+    store.directory.mkdir()
+    manifest = store._new_manifest("test")
+
+    def write(first_id, runs, phases):
+        n = len(runs)
+        types = _parse_types(False)
+        columns = {name: pa.array([None] * n, types[name]) for name in _KINDS}
+        columns |= {"event_id": pa.array(range(first_id, first_id + n), pa.int64()),
+                    "timestamp": pa.array([0] * n, pa.int64()), "run_id": pa.array(runs, pa.string()),
+                    "phase_id": pa.array(phases, pa.string())}
+        store._append_part(manifest, _store_table(pa.table(columns)))
+        manifest["rows"] += n
+
+    write(1, ["a", "b", "c"], ["p1", "p2", "p3"])
+    write(4, ["a", "d", "e"], ["p1", None, "p1"])
+    codes = store.event_arrays(parts=manifest["parts"], manifest=manifest).phase_code.values
+    assert codes[0] == codes[3] == codes[5]  # run a's p1 in both parts, and run e's p1: unified
+    del manifest["parts"][1]
+    manifest["rows"] = 3
+    coded = store.event_arrays(parts=manifest["parts"], manifest=manifest)
+    assert coded.phase_code.valid is None and len(set(coded.phase_code.values)) == 3
 
 
 def test_sqlite_reads_the_prediction_inputs_grouped_by_deliverables_as_the_csv_route_reads_them(sqlite_engine, monkeypatch):
