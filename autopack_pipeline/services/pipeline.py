@@ -20,8 +20,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Engine
-
 from autopack_pipeline.domain.analysis import EventArrays, group_tier1_arrays, tier1_arrays
 from autopack_pipeline.domain.drift import detect_drift, drift_insights
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
@@ -40,6 +38,10 @@ from autopack_pipeline.settings import Settings
 from autopack_pipeline.storage.process_memory import release_freed_memory
 
 if TYPE_CHECKING:
+    # SQLAlchemy for the annotations only: the analysis of stored arrays (the benchmark's, Dagster's
+    # analysis steps) needs no engine, and importing it costs about 0.1 s.
+    from sqlalchemy.engine import Engine
+
     from autopack_pipeline.storage.tasks import TaskRefresh
 
 
