@@ -71,15 +71,6 @@ def _print_tier1(tier1: dict[str, Any], label: str) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from autopack_pipeline.services.plot_process import plot_process
-
-    # First: the child that draws the plot imports matplotlib on the other core while this one imports
-    # the rest and loads the events.
-    with plot_process() as plotter:
-        return _calibrate(args, plotter)
-
-
-def _calibrate(args: argparse.Namespace, plotter: Any) -> int:
     from autopack_pipeline.services.calibration_review import frontier_and_cost_lines, section_lines, window_line
     from autopack_pipeline.services.pipeline import analyse
     from autopack_pipeline.settings import load_settings
@@ -104,7 +95,6 @@ def _calibrate(args: argparse.Namespace, plotter: Any) -> int:
         method=args.method,
         window_versions=args.window_versions,
         gate_metrics_only=True,  # only the gate reads the metrics here
-        plotter=plotter,
     ).calibration
     if args.json:
         print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})

@@ -43,8 +43,6 @@ from autopack_pipeline.storage.process_memory import release_freed_memory
 if TYPE_CHECKING:
     import pandas as pd
 
-    from autopack_pipeline.services.plot_process import PlotProcess
-
 
 @dataclass(frozen=True)
 class CalibrationOutcome:
@@ -120,7 +118,6 @@ def calibrate(
     clean: CleanSamples | None = None,
     groups: SampleGroups | None = None,
     reopen_on_drift: bool = False,
-    plotter: PlotProcess | None = None,
 ) -> CalibrationOutcome:
     """Gate, then calibrate with both methods and write the reports; a closed gate writes nothing.
 
@@ -149,9 +146,6 @@ def calibrate(
     ``reopen_on_drift`` (with ``prediction_inputs`` and ``window_versions``): a gate that Tier 1 and
     Tier 2 would close opens when the window's drift test finds the estimator's error moved since the
     previous version (the loop: a round can meet Tier 1 on budgets fitted before a drift by luck).
-
-    ``plotter`` (``plot_process.plot_process``): a child process that draws the plot while the rest is
-    computed and written; without one (or when it gives no answer) the plot is drawn here.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r} (expected one of {', '.join(CALIBRATION_METHODS)})")
@@ -224,12 +218,6 @@ def calibrate(
                                       tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
                                       observed=observed, beside=lambda work: pool.submit(trimmed, work))
         retries = retrying.result()
-        # Both methods' results are all the plot shows: the child draws it from here on, beside the rest.
-        plotting = write_reports and plotter is not None
-        if plotting:
-            from autopack_pipeline.services.plots import plot_rows
-
-            plotter.submit(plot_rows({g.key: g for g in observed[2]}, list(results.values())), under_multiplier)
         pricing = pool.submit(trimmed, lambda: calibration_economics(arrays, observed[2], results[method], coefficients,
                                                                      settings, tolerance=under_multiplier))
         # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
@@ -252,21 +240,14 @@ def calibrate(
                                   calibration_sections=sections, window=window)
     from autopack_pipeline.services.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
 
-    def plot(handle) -> None:
-        drawn = plotter.result() if plotting else None
-        if drawn is None:
-            render_calibration_plot(handle, {g.key: g for g in observed[2]}, list(results.values()),
-                                    tolerance=under_multiplier)
-        else:
-            handle.write(drawn)
-
     files = write_calibration_report_set(
         results[method],
         output_dir or settings.resolved_reports_dir(),
         others=[r for name, r in results.items() if name != method],
         calibration_section=section,
         method_sections=sections,
-        plot=plot,
+        plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observed[2]},
+                                                    list(results.values()), tolerance=under_multiplier),
         economics=economics,
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,

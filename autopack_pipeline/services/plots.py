@@ -12,9 +12,7 @@ events or a million, where a dot per event cost half a second at a million event
 after sampling) and buried the shape under overlapping ink.
 
 Drawn with matplotlib's object API on the Agg canvas, never pyplot: no global backend switch, no
-window, safe inside Dagster's worker processes. This module turns the calibration into plain rows
-(``plot_drawing.PlotRow``); ``plot_drawing`` draws them, here or in the child process ``plot_process``
-starts beside the calibration.
+window, safe inside Dagster's worker processes.
 """
 
 from __future__ import annotations
@@ -23,11 +21,21 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from autopack_pipeline.domain.analysis import COVERAGE, CalibrationResult, CoverageGroup
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
+BINS = 240  # log-spaced bins across the plot's width (1,000 px): about 4 px each
 _COLOURS = {"autopack-median": "tab:blue", COVERAGE: "tab:orange"}
+_CLEAN, _TRUNCATED = "0.25", "tab:red"
+# A row's band, in row units around its centre (the y axis is inverted: negative is up): clean
+# ratios above, truncated lower bounds below.
+_CLEAN_BAND, _TRUNCATED_BAND = (-0.36, 0.12), (0.12, 0.36)
 
 
 def _markers(results: list[CalibrationResult]) -> dict[tuple[str, str], dict[str, dict]]:
@@ -41,23 +49,29 @@ def _markers(results: list[CalibrationResult]) -> dict[tuple[str, str], dict[str
     return found
 
 
-def plot_rows(observations: dict[tuple[str, str], CoverageGroup], results: list[CalibrationResult]) -> list:
-    """The plot's rows (``plot_drawing.PlotRow``), one per group of ``observations`` in their order,
-    with each method's mark from ``results``. Plain data: a child process draws them."""
-    from autopack_pipeline.services.plot_drawing import PlotMark, PlotRow  # matplotlib loads only to draw
+def _positive(values: np.ndarray) -> np.ndarray:
+    """The values a log axis can place (finite and above zero)."""
+    return values[np.isfinite(values) & (values > 0)]
 
-    markers = _markers(results)
-    rows = []
-    for (category, complexity), obs in observations.items():
-        marks = tuple(
-            PlotMark(method=method, colour=_COLOURS.get(method, "tab:green"), multiplier=mark["multiplier"],
-                     bound=mark["details"].get("upper_ratio_bound"),
-                     lower_bound_only=bool(mark["details"].get("multiplier_is_lower_bound")))
-            for method, mark in markers.get((category, complexity), {}).items())
-        rows.append(PlotRow(label=f"{category}/{complexity} (n={obs.size})",
-                            ratios=np.asarray(obs.ratios, dtype=float),
-                            lower_bounds=np.asarray(obs.lower_bounds, dtype=float), marks=marks))
-    return rows
+
+def _edges(observations: dict[tuple[str, str], CoverageGroup], marks: list[float]) -> np.ndarray:
+    """Log-spaced bin edges over every ratio, lower bound and mark, with a little room either side."""
+    found = [_positive(np.asarray(v, dtype=float)) for g in observations.values() for v in (g.ratios, g.lower_bounds)]
+    found.append(_positive(np.asarray(marks, dtype=float)))
+    values = np.concatenate(found) if found else np.zeros(0)
+    low, high = (float(values.min()), float(values.max())) if len(values) else (0.5, 2.0)
+    low, high = min(low, 0.9), max(high, 1.2)  # 1 and the tolerance always in view
+    pad = (np.log10(high) - np.log10(low)) * 0.02
+    return np.logspace(np.log10(low) - pad, np.log10(high) + pad, BINS + 1)
+
+
+def _shade(counts: np.ndarray) -> np.ndarray:
+    """Opacity per bin: none for an empty bin, 0.15 for a single event (so a sparse tail still shows),
+    growing with the square root of the count to 0.9 at the row's fullest bin."""
+    top = counts.max() if len(counts) else 0
+    if top == 0:
+        return np.zeros(len(counts))
+    return np.where(counts > 0, 0.15 + 0.75 * np.sqrt(counts / top), 0.0)
 
 
 def render_calibration_plot(
@@ -67,7 +81,75 @@ def render_calibration_plot(
     *,
     tolerance: float = UNDER_TOLERANCE,
 ) -> None:
-    """Write the PNG to ``target`` (a path or a binary file object), drawn in this process."""
-    from autopack_pipeline.services.plot_drawing import draw_calibration_plot
+    """Write the PNG to ``target`` (a path or a binary file object)."""
+    keys = list(observations)
+    markers = _markers(results)
+    height = max(2.5, 0.55 * len(keys) + 1.6)
+    figure = Figure(figsize=(10, height), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    seen_labels: set[str] = set()
 
-    draw_calibration_plot(target, plot_rows(observations, results), tolerance)
+    def label(text: str) -> str | None:
+        # One legend entry per kind of mark, however many groups draw it.
+        if text in seen_labels:
+            return None
+        seen_labels.add(text)
+        return text
+
+    marks = [m for key in keys for mark in markers.get(key, {}).values()
+             for m in (mark["multiplier"], mark["details"].get("upper_ratio_bound")) if m is not None]
+    edges = _edges(observations, [*marks, 1.0, tolerance])
+    # One mesh for every strip: per row, a clean band, a truncated band and the gap to the next row.
+    y_edges = np.array([row + offset for row in range(len(keys))
+                        for offset in (_CLEAN_BAND[0], _CLEAN_BAND[1], _TRUNCATED_BAND[1])] + [len(keys) - 0.36])
+    colours = np.zeros((len(y_edges) - 1, BINS, 4))
+    for row, key in enumerate(keys):
+        obs = observations[key]
+        for band, values, colour in ((3 * row, obs.ratios, _CLEAN), (3 * row + 1, obs.lower_bounds, _TRUNCATED)):
+            counts, _ = np.histogram(_positive(np.asarray(values, dtype=float)), bins=edges)
+            colours[band, :, :3] = to_rgb(colour)
+            colours[band, :, 3] = _shade(counts)
+    if keys:
+        axes.pcolormesh(edges, y_edges, colours, shading="flat", antialiased=False)
+    for row, key in enumerate(keys):
+        for method, mark in markers.get(key, {}).items():
+            colour = _COLOURS.get(method, "tab:green")
+            details = mark["details"]
+            if details.get("multiplier_is_lower_bound"):
+                axes.annotate("unidentifiable", (1.0, row), xycoords=("axes fraction", "data"),
+                              xytext=(-4, 0), textcoords="offset points", ha="right", va="center",
+                              fontsize=8, color="tab:red")
+                continue
+            axes.plot([mark["multiplier"]] * 2, [row - 0.38, row + 0.38], color=colour, linewidth=2.5,
+                      label=label(f"{method} multiplier"))
+            bound = details.get("upper_ratio_bound")
+            if bound is not None:
+                axes.plot([bound], [row], marker="D", color=colour, markersize=6, markeredgecolor="white",
+                          label=label(f"{method} 95% bound (= multiplier x {tolerance:g})"))
+
+    axes.axvline(1.0, color="0.6", linewidth=1)
+    axes.axvline(tolerance, color="0.6", linewidth=1, linestyle="--", label=label(f"tolerance {tolerance:g}"))
+    axes.set_xscale("log")
+    axes.set_xlim(edges[0], edges[-1])
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.5 and 2, not 5x10^-1
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(plain)
+    axes.tick_params(axis="x", which="minor", labelsize=7)
+    axes.set_yticks(range(len(keys)), [f"{c}/{x} (n={observations[(c, x)].size})" for c, x in keys])
+    axes.set_ylim(-0.7, max(0.7, len(keys) - 0.3))
+    axes.invert_yaxis()
+    axes.set_xlabel("actual / predicted output tokens (log scale)")
+    axes.set_title("Ratio distributions and proposed multipliers per (category, complexity)")
+    axes.grid(axis="x", which="both", alpha=0.25)
+    handles, labels = axes.get_legend_handles_labels()
+    if keys:
+        strips = [Patch(color=_CLEAN, alpha=0.6, label="clean samples: actual/predicted (darker: more)"),
+                  Patch(color=_TRUNCATED, alpha=0.6, label="truncated: ratio at least this (darker: more)")]
+        handles, labels = strips + handles, [s.get_label() for s in strips] + labels
+    if handles:
+        figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    # Room at the bottom for the figure-level legend (two rows of entries).
+    figure.tight_layout(rect=(0, 0.45 / height, 1, 1))
+    figure.set_layout_engine(None)  # laid out once: savefig would otherwise draw the figure twice
+    figure.savefig(target, format="png")
