@@ -248,8 +248,9 @@ def child_cli(db: str, store: str, args: list[str]) -> dict:
     began = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) as out:
         code = main(args)
-    # The peak of the largest process this command started and waited for (calibrate's plot child): the
-    # parent's wait4 sees only this process' own peak, and the two run at once, so the memory figure adds it.
+    # The peak of the largest process this command started and waited for, if any: the parent's wait4
+    # reports only the larger of the two peaks, and a helper process runs beside the command, so the memory
+    # figure adds it. (A child's peak includes this process' size when it was started.)
     own_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"exit": code, "seconds": time.perf_counter() - began, "output_chars": len(out.getvalue()),
@@ -833,7 +834,7 @@ def bench_shapes(report: Report, data: Path, shapes: dict[str, str], size: str) 
         orm = run_child("orm_calibrate", db=shapes["per-run"], out=out)
     mine = ours["per-run"]
     speedup = orm.wall_s / mine.wall_s
-    # Both processes of our calibrate at their peaks (they overlap), against the ORM way's one.
+    # Our calibrate's processes at their peaks (a helper process would overlap it), against the ORM way's one.
     mine_mb = mine.result["own_maxrss_mb"] + mine.result["children_maxrss_mb"]
     memory = mine_mb / orm.maxrss_mb
     report.add(f"{size} per-run: the per-row ORM way (Autopack's calibrate)", orm.wall_s, "s", "", "", None,
@@ -843,7 +844,7 @@ def bench_shapes(report: Report, data: Path, shapes: dict[str, str], size: str) 
                f"{mine.wall_s:.1f} s against {orm.wall_s:.1f} s")
     report.add("  `calibrate` memory / the ORM way's", memory, "x", f"<= {CALIBRATE_MEMORY_SHARE:.3f}",
                f"1/{1 / memory:.1f}", memory <= CALIBRATE_MEMORY_SHARE,
-               f"{mine_mb:,.0f} MB (its processes' peaks added) against {orm.maxrss_mb:,.0f} MB")
+               f"{mine_mb:,.0f} MB against {orm.maxrss_mb:,.0f} MB")
 
 
 def bench_record(report: Report, work: Path, histories: dict[str, str]) -> None:
