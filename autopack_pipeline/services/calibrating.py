@@ -206,10 +206,12 @@ def calibrate(
     # A second thread works beside this one, numpy on both sides (which lets go of the GIL): first the
     # window's escalated retries (the samples keep one call per phase) while the coverage groups are
     # found, then the coverage method while this thread runs the median one, then the frontier and
-    # cost per group while both methods' sections run the pooled passes. Little of it adds to the
-    # peak: the retries' and the methods' arrays are small beside the calibration's, the economics'
-    # temporaries one group's calls at a time (~130 MB for the largest at ten million events). Every
-    # figure is the same, each side computing alone.
+    # cost per group while this thread runs the coverage method's pooled passes, then the median
+    # method's section beside their end. Little of it adds to the peak (~1.4 GB at ten million events,
+    # in the coverage method's pooled passes): the retries' and the methods' arrays are small beside
+    # the calibration's, the economics' temporaries one group's calls at a time (~130 MB for the
+    # largest), and the median method's pass starts after them. Every figure is the same, each side
+    # computing alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
         retrying = pool.submit(trimmed, lambda: escalated_retries(arrays))
         observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
@@ -221,17 +223,18 @@ def calibrate(
         pricing = pool.submit(trimmed, lambda: calibration_economics(arrays, observed[2], results[method], coefficients,
                                                                      settings, tolerance=under_multiplier))
         # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
-        # multipliers (and the margins measured against them) into the calibration section. The
-        # pooled passes run here, one method after the other; each method's groups but the last are
-        # then proposed on the second thread (after the economics) while the next method's passes run.
-        proposing: dict[str, Any] = {}
-        for name, result in results.items():
-            pooled = pooled_section(observed[2], {(g.category, g.complexity): g.proposed_multiplier
-                                                  for g in result.actionable_groups},
-                                    min_samples=min_samples, pooled_factors=name == COVERAGE, retries=retries)
-            propose = partial(section_of, pooled, coefficients, min_samples=min_samples)
-            proposing[name] = pool.submit(trimmed, propose) if len(proposing) < len(results) - 1 else propose()
-        sections = {name: p.result() if isinstance(p, Future) else p for name, p in proposing.items()}
+        # multipliers (and the margins measured against them) into the calibration section: a pooled
+        # pass over every group, then each group's proposals. The coverage method's is the longest
+        # (its factors raised to the pooled bound first) and runs here; the other method's runs on the
+        # second thread after the economics, its pooled pass beside the end of this one's.
+        def section(name: str) -> dict[str, Any]:
+            factors = {(g.category, g.complexity): g.proposed_multiplier for g in results[name].actionable_groups}
+            pooled = pooled_section(observed[2], factors, min_samples=min_samples, pooled_factors=name == COVERAGE,
+                                    retries=retries)
+            return section_of(pooled, coefficients, min_samples=min_samples)
+
+        proposing = {name: pool.submit(trimmed, partial(section, name)) for name in results if name != COVERAGE}
+        sections = {name: proposing[name].result() if name in proposing else section(name) for name in results}
         economics = pricing.result()
     section = sections[method]
     if not write_reports:
