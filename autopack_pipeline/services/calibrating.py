@@ -7,7 +7,7 @@ first re-expresses the predictions under the coefficients in force and then call
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -227,14 +227,14 @@ def calibrate(
         # pass over every group, then each group's proposals. The coverage method's is the longest
         # (its factors raised to the pooled bound first) and runs here; the other method's runs on the
         # second thread after the economics, its pooled pass beside the end of this one's.
-        def section(name: str) -> dict[str, Any]:
+        def method_section(name: str) -> dict[str, Any]:
             factors = {(g.category, g.complexity): g.proposed_multiplier for g in results[name].actionable_groups}
             pooled = pooled_section(observed[2], factors, min_samples=min_samples, pooled_factors=name == COVERAGE,
                                     retries=retries)
             return section_of(pooled, coefficients, min_samples=min_samples)
 
-        proposing = {name: pool.submit(trimmed, partial(section, name)) for name in results if name != COVERAGE}
-        sections = {name: proposing[name].result() if name in proposing else section(name) for name in results}
+        proposing = {name: pool.submit(trimmed, partial(method_section, name)) for name in results if name != COVERAGE}
+        sections = {name: proposing[name].result() if name in proposing else method_section(name) for name in results}
         economics = pricing.result()
     section = sections[method]
     if not write_reports:
