@@ -132,7 +132,8 @@ def _interrupted(exc: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. User mistakes (bad arguments or settings, unusable paths, unsupported
     database URLs) end in one line and exit 2, never a traceback; with ``--json`` also as JSON."""
-    # Nothing heavy before the subcommand runs: `calibrate` starts its plot's child process first thing.
+    # Nothing heavy before the subcommand runs: each command loads what its own path needs (SQLAlchemy and
+    # the settings among them), and `--help` or a usage error loads none of it.
     arguments = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in arguments  # known before parsing, so a parse error is JSON too
     try:
