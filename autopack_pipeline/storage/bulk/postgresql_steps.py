@@ -55,7 +55,7 @@ def remove_interrupted_loads(engine: Engine) -> dict[int, int]:
     removed: dict[int, int] = {}
     with engine.connect() as connection:
         ids = connection.execute(text("SELECT DISTINCT substring(id from '^synth-(-?[0-9]+)-r') FROM runs "
-                                      "WHERE state = :loading"), {"loading": LOADING_STATE}).scalars().all()
+                                      "WHERE state = :loading AND id LIKE 'synth-%'"), {"loading": LOADING_STATE}).scalars().all()
         for seed in sorted(int(found) for found in ids if found and re.fullmatch(r"-?[0-9]+", found)):
             if not connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({_lock_key(seed)})").scalar():
                 connection.commit()

@@ -25,8 +25,9 @@ def run_id_for(seed: int, run: int) -> str:
 # A synthetic run's state once its load is complete. A PostgreSQL append commits several times, so its
 # runs are LOADING until the last commit is through: a load killed in between (no Python left to undo
 # it) is found by that mark and removed by the next one (``postgresql_steps.remove_interrupted_loads``).
+# Both are Autopack's own run states, so they fit its native ``runstate`` enum on PostgreSQL too.
 LOADED_STATE = "DONE_SUCCESS"
-LOADING_STATE = "SYNTH_LOADING"
+LOADING_STATE = "RUN_CREATED"
 
 
 @dataclass(frozen=True)
