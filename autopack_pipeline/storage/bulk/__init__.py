@@ -29,7 +29,11 @@ from autopack_pipeline.storage.bulk.loading import (
     text_timestamp,
 )
 from autopack_pipeline.storage.bulk.postgresql import PG_PIECE_PHASES, PG_TRANSACTION_EVENTS
-from autopack_pipeline.storage.bulk.postgresql_steps import LoadInProgress, remove_interrupted_loads
+from autopack_pipeline.storage.bulk.postgresql_steps import (
+    LoadInProgress,
+    remove_interrupted_loads,
+    unfinished_synthetic_runs,
+)
 from autopack_pipeline.storage.bulk.rows import SYNTH_MODEL, phase_ids_for, run_id_for
 from autopack_pipeline.storage.bulk.sqlite import SQLITE_INDEX_SORT_KIB, SQLITE_LOAD_PRAGMAS
 
@@ -50,4 +54,5 @@ __all__ = [
     "run_id_for",
     "stored_run_ids",
     "text_timestamp",
+    "unfinished_synthetic_runs",
 ]

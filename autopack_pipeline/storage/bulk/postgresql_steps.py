@@ -48,6 +48,14 @@ def _mark_loaded(cursor: Any, seed: int) -> None:
                    f"AND id LIKE '{_seed_pattern(seed)}'")
 
 
+def unfinished_synthetic_runs(engine: Engine) -> int:
+    """Synthetic runs still marked loading: a PostgreSQL append running now, or one killed between two
+    commits that the next load will remove (read-only; ``doctor`` reports them)."""
+    with engine.connect() as connection:
+        return int(connection.execute(text("SELECT count(*) FROM runs WHERE state = :loading AND id LIKE 'synth-%'"),
+                                      {"loading": LOADING_STATE}).scalar() or 0)
+
+
 def remove_interrupted_loads(engine: Engine) -> dict[int, int]:
     """Delete the runs an append left marked loading when it was killed between two commits (SIGKILL, a
     lost machine) and no load of their seed is alive; the keys cascade to tiers, phases and events.

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack_pipeline.cli import main
-from autopack_pipeline.storage.bulk import LoadInProgress, remove_interrupted_loads
+from autopack_pipeline.storage.bulk import LoadInProgress, remove_interrupted_loads, unfinished_synthetic_runs
 from autopack_pipeline.storage.bulk.postgresql_steps import LOAD_LOCK_NAMESPACE
 from autopack_pipeline.storage.bulk.rows import LOADED_STATE, LOADING_STATE
 from autopack_pipeline.synth import bulk_load
@@ -58,11 +58,13 @@ def test_an_append_killed_between_commits_is_removed_by_the_next_load(engine, da
     # Half done: two transactions of seed 2 are committed, its runs still marked loading.
     assert runs_by_state(engine, "synth-2-%") == {LOADING_STATE: 3}
     assert 0 < count_rows(engine, "token_estimation_v2_events") - 300 < 1000
+    assert unfinished_synthetic_runs(engine) == 3  # what doctor reports
 
     assert main(["--database-url", database_url, "synth", "--events", "1000", "--runs", "3", "--seed", "2"]) == 0
     assert "Removed 3 runs of seed 2 left by an interrupted earlier load" in capsys.readouterr().out
     assert runs_by_state(engine, "synth-2-%") == {LOADED_STATE: 3}
     assert runs_by_state(engine, "synth-1-%") == {LOADED_STATE: 1}
+    assert unfinished_synthetic_runs(engine) == 0
     assert count_rows(engine, "token_estimation_v2_events") == 1300
     with engine.connect() as connection:
         orphans = connection.execute(sa.text(
