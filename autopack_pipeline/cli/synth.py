@@ -10,7 +10,7 @@ from autopack_pipeline.cli.progress import progress_bar
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from autopack_pipeline.services.synthetic_data import RunsAlreadyPresent, synthesise
+    from autopack_pipeline.services.synthetic_data import LoadInProgress, RunsAlreadyPresent, synthesise
 
     if args.runs is not None and args.runs > args.events:
         raise UsageError(f"--runs ({args.runs}) cannot exceed --events ({args.events})")
@@ -21,12 +21,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
         with progress_bar(args, "Synthesising", "events") as advance:
             summary = synthesise(engine, args.events, runs=args.runs, seed=args.seed, phase_ids=args.phase_ids,
                                  progress=advance)
-    except RunsAlreadyPresent as exc:
+    except (RunsAlreadyPresent, LoadInProgress) as exc:
         raise UsageError(str(exc)) from exc
     if args.json:
         print_json(summary.as_dict())
         return EXIT_OK
     print(identity_line(engine))
+    for removed in summary.interrupted_loads_removed:
+        print(f"Removed {removed['runs']} runs of seed {removed['seed']} left by an interrupted earlier load "
+              "(killed between two of its commits).")
     print(
         f"Synthesised {summary.events} events in {summary.phases} phases of {summary.runs} runs "
         f"({summary.first_run_id} .. {summary.last_run_id}), seed {summary.seed}, "

@@ -217,6 +217,18 @@ def check_unreadable_timestamps(facts: dict[str, Any]) -> Check:
     ])
 
 
+def check_unfinished_synthetic_runs(facts: dict[str, Any]) -> Check:
+    unfinished = int(facts.get("unfinished_synthetic_runs") or 0)
+    title, threshold = "No synthetic load left half done", "0 synthetic runs marked loading (RUN_CREATED)"
+    if not unfinished:
+        return Check("unfinished_synthetic_runs", title, OK, 0, threshold)
+    return Check("unfinished_synthetic_runs", title, WARN, unfinished, threshold, [
+        "a PostgreSQL synth append is running now, or one was killed between two of its commits and left "
+        "these runs with part of their events; metrics and calibration count those events",
+        "the next `autopack-telemetry synth` into this database removes an interrupted load's runs first",
+    ])
+
+
 def check_spool(facts: dict[str, Any]) -> Check:
     spooled = int(facts.get("spooled_events") or 0)
     if not spooled:
@@ -233,7 +245,8 @@ def run_checks(facts: dict[str, Any]) -> list[Check]:
     ``telemetry_flag`` (raw value or None), ``telemetry_enabled``, ``file_exists`` (SQLite only),
     ``connect_error``, ``summary`` (``database_summary`` output), ``clean_samples``, ``group_counts``
     {"category/complexity": n}, ``flag_disagreements``, ``fallback_rows``, ``spooled_events``,
-    ``unreadable_timestamps`` ({"count", "rows"}: rows whose timestamp is not a date).
+    ``unreadable_timestamps`` ({"count", "rows"}: rows whose timestamp is not a date),
+    ``unfinished_synthetic_runs`` (synthetic runs still marked loading).
     """
     checks = [check_identity(facts)]
     summary = facts.get("summary")
@@ -249,6 +262,7 @@ def run_checks(facts: dict[str, Any]) -> list[Check]:
             check_flag_agreement(facts),
             check_fallback_rows(facts),
             check_unreadable_timestamps(facts),
+            check_unfinished_synthetic_runs(facts),
         ]
     checks.append(check_spool(facts))
     return checks

@@ -20,6 +20,7 @@ def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]
 
     from autopack_pipeline.domain.analysis import clean_sample_rows, sample_groups, truncation_disagreements
     from autopack_pipeline.storage import spool
+    from autopack_pipeline.storage.bulk import unfinished_synthetic_runs
     from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
     from autopack_pipeline.storage.events import read_events_checked
     from autopack_pipeline.storage.frames import event_arrays_from_frame
@@ -52,6 +53,7 @@ def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]
             facts["clean_samples"] = clean.count
             facts["group_counts"] = {f"{cat}/{cpx}": n for (cat, cpx), n in groups.items()}
             facts["flag_disagreements"] = truncation_disagreements(arrays)
+            facts["unfinished_synthetic_runs"] = unfinished_synthetic_runs(engine)
             fallback_rows = count_total_token_fallbacks(engine)
             if fallback_rows is not None:  # the column is absent on an Autopack database not yet upgraded
                 facts["fallback_rows"] = fallback_rows

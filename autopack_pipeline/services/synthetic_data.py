@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
+from autopack_pipeline.storage.bulk import LoadInProgress
 from autopack_pipeline.synth import RunsAlreadyPresent, SynthSummary, bulk_load, default_run_count
 
-__all__ = ["RunsAlreadyPresent", "SynthSummary", "synthesise"]
+__all__ = ["LoadInProgress", "RunsAlreadyPresent", "SynthSummary", "synthesise"]
 
 
 def synthesise(engine: Engine, events: int, *, runs: int | None = None, seed: int, phase_ids: str,

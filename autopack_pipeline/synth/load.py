@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
 from autopack_pipeline.storage.bulk.loader import Progress
 from autopack_pipeline.storage.bulk.loading import latest_event_time, load_chunks, stored_run_ids, text_timestamp
+from autopack_pipeline.storage.bulk.postgresql_steps import remove_interrupted_loads
 from autopack_pipeline.storage.bulk.rows import run_id_for
 from autopack_pipeline.synth.archetypes import DEFAULT_LEGACY_FRACTION, archetype_pricer
 from autopack_pipeline.synth.generate import DEFAULT_START, EVENTS_PER_RUN, generate_chunks, price_first_block
@@ -56,6 +57,8 @@ class SynthSummary:
     # taking the rows; they overlap on a PostgreSQL append with two connections, where "events" is the
     # events COPYs' whole time, waits for pieces included), "indexes" (rebuilt after a fresh load).
     timings: dict = field(default_factory=dict)
+    # Runs removed before the load, per seed: left by a PostgreSQL append killed between two commits.
+    interrupted_loads_removed: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,8 +98,9 @@ def bulk_load(
     off.) Into a table that holds events already, rows are inserted with the indexes in place: on SQLite
     in one transaction, rolled back whole on an interruption; on PostgreSQL in transactions of 500k
     events, after which an interruption makes the loader delete its runs, which cascades to their tiers,
-    phases and events (if the server cannot be reached for that either, the seed's runs stay and loading
-    the seed again is refused).
+    phases and events. Until its last commit an append's runs are marked loading, under an advisory lock
+    its connection holds: when the process was killed in between, or the server could not be reached to
+    delete them, the next load into the database removes them (``interrupted_loads_removed``).
     """
     if events < 1:
         raise ValueError(f"the number of events must be at least 1, got {events}")
@@ -107,6 +111,9 @@ def bulk_load(
     pricing = threading.Thread(target=price_first_block, args=(seed,), daemon=True, name="synth-pricing",
                                kwargs={"legacy_fraction": legacy_fraction, "seeds_dir": seeds_dir})
     pricing.start()
+    # A PostgreSQL append killed between two of its commits left runs marked loading: gone before the
+    # seed's runs are looked for, so the seed that was interrupted loads again.
+    interrupted = remove_interrupted_loads(engine) if engine.dialect.name == "postgresql" else {}
     _check_runs_absent(engine, seed, runs)
     latest = latest_event_time(engine)
     # Continue a minute after the newest stored event, so a second batch reads as later use.
@@ -132,4 +139,5 @@ def bulk_load(
         coefficient_version=archetype_pricer(seeds_dir).archetypes.coefficient_version,
         phase_ids=phase_ids,
         timings={k: round(v, 3) for k, v in loader.timings.items()},
+        interrupted_loads_removed=[{"seed": s, "runs": n} for s, n in interrupted.items()],
     )

@@ -29,10 +29,16 @@ from autopack_pipeline.storage.bulk.loading import (
     text_timestamp,
 )
 from autopack_pipeline.storage.bulk.postgresql import PG_PIECE_PHASES, PG_TRANSACTION_EVENTS
+from autopack_pipeline.storage.bulk.postgresql_steps import (
+    LoadInProgress,
+    remove_interrupted_loads,
+    unfinished_synthetic_runs,
+)
 from autopack_pipeline.storage.bulk.rows import SYNTH_MODEL, phase_ids_for, run_id_for
 from autopack_pipeline.storage.bulk.sqlite import SQLITE_INDEX_SORT_KIB, SQLITE_LOAD_PRAGMAS
 
 __all__ = [
+    "LoadInProgress",
     "PG_PIECE_PHASES",
     "PG_TRANSACTION_EVENTS",
     "SQLITE_INDEX_SORT_KIB",
@@ -44,7 +50,9 @@ __all__ = [
     "latest_event_time",
     "load_chunks",
     "phase_ids_for",
+    "remove_interrupted_loads",
     "run_id_for",
     "stored_run_ids",
     "text_timestamp",
+    "unfinished_synthetic_runs",
 ]

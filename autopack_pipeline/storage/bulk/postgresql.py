@@ -15,7 +15,9 @@ against 8), so the first connection also copies the events of each transaction's
 first piece after those exists, the first connection copies only while it has a piece waiting (else
 the next piece is generated and handed over first), and the runs' counts are written while its last
 pieces are still being copied. A failure after some batches were committed deletes the load's runs
-again, which cascades to the rest."""
+again, which cascades to the rest; an append's runs are marked loading until its last commit, under an
+advisory lock, so that a load killed in between (no Python left to delete them) is removed by the next
+(``postgresql_steps.remove_interrupted_loads``)."""
 
 from __future__ import annotations
 
@@ -33,10 +35,12 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.bulk.chunk import SynthChunk
 from autopack_pipeline.storage.bulk.loader import _Loader, _sliced
-from autopack_pipeline.storage.bulk.postgresql_steps import _drop_for_load, _undo_load
+from autopack_pipeline.storage.bulk.postgresql_steps import _drop_for_load, _mark_loaded, _take_load_lock, _undo_load
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,
     _PHASE_SPEC,
+    LOADED_STATE,
+    LOADING_STATE,
     _arrow_columns,
     _cast_to,
     _chunk_columns,
@@ -107,7 +111,11 @@ class _PostgresqlLoader(_Loader):
             cursor = streams.cursor
             first_piece = first[0]
             start_text = _text_timestamps(first_piece.phases["started_us"][:1])[0]
-            _ingest(cursor, "runs", _cast_to(_run_table(self.seed, self.run_id_text, start_text), types["runs"]))
+            if not fresh:  # several commits: the runs say "loading" until the last (postgresql_steps)
+                _take_load_lock(cursor, self.seed)
+            state = LOADED_STATE if fresh else LOADING_STATE
+            _ingest(cursor, "runs", _cast_to(_run_table(self.seed, self.run_id_text, start_text, state),
+                                             types["runs"]))
             _ingest(cursor, "tiers", _cast_to(_tier_table(self.run_id_text, start_text), types["tiers"]))
             # The seed's runs by their prefix (LIKE: text ranges follow the database's collation).
             cursor.execute("SELECT run_id, id FROM tiers WHERE tier_id = 'T1' AND run_id LIKE "
@@ -183,6 +191,9 @@ class _PostgresqlLoader(_Loader):
             # last pieces are still being copied meanwhile.
             self._update_runs(cursor, text_timestamps=False)
             streams.commit(last=True)
+            if not fresh:  # both connections' last commits are through: the load is whole
+                _mark_loaded(cursor, self.seed)
+                streams.connection.commit()
         except BaseException:
             if streams is not None:
                 try:

@@ -1,21 +1,90 @@
 """What the PostgreSQL loader does besides copying rows: dropping the secondary indexes (and foreign
-keys) of a fresh load and rebuilding them, and deleting an append's runs again after a failure that
-left some of its batches committed."""
+keys) of a fresh load and rebuilding them, deleting an append's runs again after a failure that left
+some of its batches committed, and finding and removing the runs of an append that was killed between
+two commits, when no Python was left to delete them."""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import pyarrow as pa
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from autopack_pipeline.storage.bulk.rows import LOADED_STATE, LOADING_STATE, run_id_for
 
 logger = logging.getLogger(__name__)
+
+# An append's first connection holds this session-level advisory lock, (namespace, seed), from before its
+# runs are written until it closes: PostgreSQL lets go of it when the connection ends however the process
+# ended, so whoever can take it knows that no live load is writing the seed's runs.
+LOAD_LOCK_NAMESPACE = 0x41505359  # "APSY"
+
+
+class LoadInProgress(RuntimeError):
+    """Another process is loading the same seed into this database right now."""
+
+
+def _lock_key(seed: int) -> str:
+    return f"{LOAD_LOCK_NAMESPACE}, {seed & 0x7FFFFFFF}"  # the two int4 keys
+
+
+def _seed_pattern(seed: int) -> str:
+    return run_id_for(seed, 0)[:-5] + "%"  # synth-<seed>-r%: the seed's runs, not those of a longer seed
+
+
+def _take_load_lock(cursor: Any, seed: int) -> None:
+    """Hold the seed's load lock on the append's first connection (released when it closes)."""
+    cursor.execute(f"SELECT pg_try_advisory_lock({_lock_key(seed)})")
+    if not cursor.fetchone()[0]:
+        raise LoadInProgress(f"another synth is loading seed {seed} into this database right now")
+
+
+def _mark_loaded(cursor: Any, seed: int) -> None:
+    """The append's runs are complete: every batch is committed (the caller commits this too)."""
+    cursor.execute(f"UPDATE runs SET state = '{LOADED_STATE}' WHERE state = '{LOADING_STATE}' "
+                   f"AND id LIKE '{_seed_pattern(seed)}'")
+
+
+def unfinished_synthetic_runs(engine: Engine) -> int:
+    """Synthetic runs still marked loading: a PostgreSQL append running now, or one killed between two
+    commits that the next load will remove (read-only; ``doctor`` reports them)."""
+    with engine.connect() as connection:
+        return int(connection.execute(text("SELECT count(*) FROM runs WHERE state = :loading AND id LIKE 'synth-%'"),
+                                      {"loading": LOADING_STATE}).scalar() or 0)
+
+
+def remove_interrupted_loads(engine: Engine) -> dict[int, int]:
+    """Delete the runs an append left marked loading when it was killed between two commits (SIGKILL, a
+    lost machine) and no load of their seed is alive; the keys cascade to tiers, phases and events.
+    Returns the runs removed per seed."""
+    removed: dict[int, int] = {}
+    with engine.connect() as connection:
+        ids = connection.execute(text("SELECT DISTINCT substring(id from '^synth-(-?[0-9]+)-r') FROM runs "
+                                      "WHERE state = :loading AND id LIKE 'synth-%'"), {"loading": LOADING_STATE}).scalars().all()
+        for seed in sorted(int(found) for found in ids if found and re.fullmatch(r"-?[0-9]+", found)):
+            if not connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({_lock_key(seed)})").scalar():
+                connection.commit()
+                continue  # its load is still running
+            try:
+                deleted = connection.execute(text("DELETE FROM runs WHERE state = :loading AND id LIKE :pattern"),
+                                             {"loading": LOADING_STATE, "pattern": _seed_pattern(seed)}).rowcount
+                connection.commit()
+            finally:
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_lock_key(seed)})")
+                connection.commit()
+            if deleted:
+                removed[seed] = deleted
+                logger.warning("removed %d runs of seed %d left by an interrupted synthetic load", deleted, seed)
+    return removed
 
 
 def _undo_load(connection: Any, run_ids: list[str]) -> None:
     """Delete the load's runs after a failure that left batches committed; the keys cascade to tiers,
-    phases and events. Best effort: when the server is unreachable too, the committed rows stay, and
-    loading the same seed again is refused (:class:`RunsAlreadyPresent`)."""
+    phases and events. Best effort: when the server is unreachable too, the committed rows stay, marked
+    loading, and the next load removes them (:func:`remove_interrupted_loads`)."""
     try:
         with connection.cursor() as cursor:
             cursor.adbc_ingest("synth_undo", pa.table({"id": pa.array(run_ids, pa.string())}), mode="create",

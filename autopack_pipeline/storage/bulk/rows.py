@@ -22,6 +22,14 @@ def run_id_for(seed: int, run: int) -> str:
     return f"synth-{seed}-r{run:05d}"
 
 
+# A synthetic run's state once its load is complete. A PostgreSQL append commits several times, so its
+# runs are LOADING until the last commit is through: a load killed in between (no Python left to undo
+# it) is found by that mark and removed by the next one (``postgresql_steps.remove_interrupted_loads``).
+# Both are Autopack's own run states, so they fit its native ``runstate`` enum on PostgreSQL too.
+LOADED_STATE = "DONE_SUCCESS"
+LOADING_STATE = "RUN_CREATED"
+
+
 @dataclass(frozen=True)
 class _Const:
     """A value every synthetic row shares: a literal in the SQL, a repeated column in a COPY."""
@@ -267,10 +275,10 @@ def _repeated(values: dict, rows: int) -> pa.Table:
                      for name, value in values.items()})
 
 
-def _run_table(seed: int, run_ids: pa.Array, start_text: str) -> pa.Table:
+def _run_table(seed: int, run_ids: pa.Array, start_text: str, state: str = LOADED_STATE) -> pa.Table:
     """The load's runs, one per id; their counts are written at the end of the load."""
     return _repeated({
-        "id": run_ids, "state": "DONE_SUCCESS", "created_at": start_text, "updated_at": start_text,
+        "id": run_ids, "state": state, "created_at": start_text, "updated_at": start_text,
         "started_at": start_text, "completed_at": None, "safety_profile": "normal", "run_scope": "multi_tier",
         "token_cap": 5_000_000, "max_phases": 0, "max_duration_minutes": 120, "tokens_used": 0, "ci_runs_used": 0,
         "minor_issues_count": 0, "major_issues_count": 0, "promotion_eligible_to_main": "false",

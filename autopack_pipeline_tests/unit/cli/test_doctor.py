@@ -55,7 +55,7 @@ def test_a_healthy_database_passes_every_check() -> None:
     assert [c.name for c in checks] == [
         "database_identity", "schema", "empty_database", "events_collected", "success_samples", "truncation_rate",
         "clean_samples", "group_samples", "truncation_flags", "fallback_rows", "unreadable_timestamps",
-        "spool"]
+        "unfinished_synthetic_runs", "spool"]
     assert {c.status for c in checks} == {"ok"} and doctor.overall_status(checks) == "ok"
 
 
@@ -144,6 +144,12 @@ def test_data_quality_findings_warn() -> None:
     assert (checks["fallback_rows"].status, checks["fallback_rows"].observed) == ("warn", 5)
     assert checks["spool"].status == "warn" and "spool replay" in checks["spool"].advice[0]
     assert doctor.overall_status(list(checks.values())) == "warn"
+
+
+def test_synthetic_runs_left_loading_warn_with_what_removes_them() -> None:
+    check = by_name(healthy_facts() | {"unfinished_synthetic_runs": 3})["unfinished_synthetic_runs"]
+    assert (check.status, check.observed) == ("warn", 3)
+    assert "next `autopack-telemetry synth`" in check.advice[1]
 
 
 def test_check_to_dict_is_json_ready() -> None:
