@@ -35,7 +35,13 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.bulk.chunk import SynthChunk
 from autopack_pipeline.storage.bulk.loader import _Loader, _sliced
-from autopack_pipeline.storage.bulk.postgresql_steps import _drop_for_load, _mark_loaded, _take_load_lock, _undo_load
+from autopack_pipeline.storage.bulk.postgresql_steps import (
+    _drop_for_load,
+    _mark_loaded,
+    _may_skip_key_checks,
+    _take_load_lock,
+    _undo_load,
+)
 from autopack_pipeline.storage.bulk.rows import (
     _EVENT_SPEC,
     _PHASE_SPEC,
@@ -200,7 +206,7 @@ class _PostgresqlLoader(_Loader):
                     streams.rollback()
                 finally:
                     if streams.committed:
-                        _undo_load(streams.connection, self.run_ids.tolist())
+                        _undo_load(streams.connection, self.seed, skip_key_checks=skip_key_checks)
             raise
         finally:
             pieces.close()  # stops the generating thread when the load ended early
@@ -402,16 +408,6 @@ def _pg_settings(cursor: Any, *, skip_key_checks: bool) -> None:
         # The generator writes the runs, tiers and phases every event refers to (the tests check the
         # keys), as the SQLite load does with foreign_keys=OFF; this also saves a lookup per key and row.
         cursor.execute("SET LOCAL session_replication_role = replica")
-
-
-def _may_skip_key_checks(scalar: Callable[[str], Any]) -> bool:
-    """Whether this role may turn the foreign-key triggers off (superuser, or granted the setting);
-    ``scalar`` answers a query with its one value."""
-    if scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
-        return True
-    # Granting a setting (and asking about it) came with PostgreSQL 15.
-    return int(scalar("SHOW server_version_num")) >= 150000 and bool(
-        scalar("SELECT has_parameter_privilege('session_replication_role', 'SET')"))
 
 
 def _ingest(cursor: Any, table: str, rows: pa.Table) -> None:

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from autopack_pipeline.cli import main
+from autopack_pipeline.storage import bulk
 from autopack_pipeline.storage.bulk import LoadInProgress, remove_interrupted_loads, unfinished_synthetic_runs
 from autopack_pipeline.storage.bulk.postgresql_steps import LOAD_LOCK_NAMESPACE
 from autopack_pipeline.storage.bulk.rows import LOADED_STATE, LOADING_STATE
@@ -51,7 +52,12 @@ def runs_by_state(engine, pattern: str) -> dict[str, int]:
                                        {"p": pattern}).all())
 
 
-def test_an_append_killed_between_commits_is_removed_by_the_next_load(engine, database_url, capsys):
+@pytest.mark.parametrize("may_skip_key_checks", [True, False])
+def test_an_append_killed_between_commits_is_removed_by_the_next_load(engine, database_url, capsys, monkeypatch,
+                                                                       may_skip_key_checks):
+    """Removed table by table with the key triggers off, or by the keys' cascade when the role may not."""
+    if not may_skip_key_checks:
+        monkeypatch.setattr(bulk.postgresql_steps, "_may_skip_key_checks", lambda scalar: False)
     bulk_load(engine, 300, runs=1, seed=1)
     killed = subprocess.run([sys.executable, "-c", _KILLED_LOAD, database_url], capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
