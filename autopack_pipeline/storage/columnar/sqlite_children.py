@@ -88,17 +88,23 @@ def _child() -> None:
     out = sys.stdout.buffer
     database = adbc_driver_sqlite.connect(request["path"])
     connection = adbc_driver_manager.AdbcConnection(database)
+
+    def query(sql: str) -> pa.Table:
+        statement = adbc_driver_manager.AdbcStatement(connection)
+        try:
+            statement.set_sql_query(sql)
+            stream, _rows = statement.execute_query()
+            return pa.RecordBatchReader._import_from_c(stream.address).read_all()
+        finally:
+            statement.close()
+
+    # A writer holding the file (a rollback journal) is waited for as the parent's connections wait.
+    query(f"PRAGMA busy_timeout = {int(request['busy_timeout_ms'])}")
     for where, params in request["batches"]:
         metadata: dict[bytes, bytes] = {}
         try:
             clause = where % tuple(int(value) for value in params)  # integers only: no text in the SQL
-            statement = adbc_driver_manager.AdbcStatement(connection)
-            try:
-                statement.set_sql_query(select_sql(kinds, present, clause))
-                stream, _rows = statement.execute_query()
-                table = checked(pa.RecordBatchReader._import_from_c(stream.address).read_all(), kinds)
-            finally:
-                statement.close()
+            table = checked(query(select_sql(kinds, present, clause)), kinds)
             table, aside = set_aside_unreadable(table, ["timestamp"])
             table = _store_table(table, kinds)
             metadata[_ASIDE] = json.dumps([row.to_dict() for row in aside]).encode()
@@ -138,9 +144,12 @@ class ChildReaders:
             raise
 
     def _start(self, path: str, batches: list[tuple[str, tuple]]) -> None:
+        from autopack_pipeline.storage.database import SQLITE_BUSY_TIMEOUT_MS
+
         reader = self.reader
         for k in range(CHILDREN):
             request = {"path": path, "kinds": reader.kinds, "present": sorted(reader.present),
+                       "busy_timeout_ms": SQLITE_BUSY_TIMEOUT_MS,
                        "batches": [[where.replace("%s", "%d"), list(params)] for where, params in batches[k::CHILDREN]]}
             errors = tempfile.TemporaryFile()
             process = subprocess.Popen(child_command(), stdin=subprocess.PIPE,
@@ -200,12 +209,12 @@ def child_readers(reader: Any, batches: list[tuple[str, tuple]]) -> ChildReaders
     to be worth them and the driver is installed; None otherwise (the parent reads them)."""
     if reader.dialect != "sqlite" or len(batches) < MIN_BATCHES or "timestamp" not in reader.kinds:
         return None
+    import importlib.util
+
     from autopack_pipeline.storage.database import describe_database
 
     path = describe_database(reader.engine).sqlite_path
-    import importlib.util
-
-    # Found, not imported: importing it here would load nothing yet, but nothing here needs it.
+    # The driver found, not imported: the parent never loads its SQLite library.
     if not path or importlib.util.find_spec("adbc_driver_sqlite") is None:
         return None
     try:

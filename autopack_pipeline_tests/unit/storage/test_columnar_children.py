@@ -91,6 +91,27 @@ def test_the_children_write_the_store_the_parent_writes(odd_database, tmp_path, 
     assert store.events_frame()["model"].iloc[2897] == "7"
 
 
+def test_a_later_refresh_by_the_children_asks_again_for_the_rows_set_aside(odd_database, tmp_path, monkeypatch,
+                                                                            small_batches):
+    stores = [ColumnarStore(tmp_path / "parent"), ColumnarStore(tmp_path / "children")]
+    with monkeypatch.context() as patch:
+        patch.setattr(columnar.store, "child_readers", lambda reader, batches: None)
+        stores[0].refresh(odd_database)
+    stores[1].refresh(odd_database)
+    with odd_database.begin() as connection:  # the rows set aside fixed, and six batches more
+        connection.exec_driver_sql("UPDATE token_estimation_v2_events SET timestamp = '2025-03-04 05:06:07' "
+                                   "WHERE event_id IN (10, 1700)")
+    bulk_load(odd_database, 1500, runs=2, seed=8)
+    parent_read = _parent_reads(monkeypatch)
+    result = stores[1].refresh(odd_database)
+    assert result.new_rows == 1502 and parent_read == []  # the set-aside ranges read by the children too
+    with monkeypatch.context() as patch:
+        patch.setattr(columnar.store, "child_readers", lambda reader, batches: None)
+        stores[0].refresh(odd_database)
+    _assert_same(stores[1], stores[0])
+    assert stores[1].unreadable()["count"] == 0
+
+
 def test_a_child_that_dies_leaves_its_batches_to_the_parent(odd_database, tmp_path, monkeypatch, small_batches, caplog):
     reference = _reference(odd_database, tmp_path, monkeypatch)
     parent_read = _parent_reads(monkeypatch)
