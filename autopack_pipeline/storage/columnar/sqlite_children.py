@@ -24,6 +24,7 @@ import logging
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -122,9 +123,12 @@ def _child() -> None:
 
 
 def child_command() -> list[str]:
-    """The child's command line: this interpreter, calling :func:`_child` (not ``-m``: the package
-    imports this module first, which runpy warns of)."""
-    return [sys.executable, "-c", f"from {__name__} import _child; _child()"]
+    """The child's command line: this interpreter, calling :func:`_child` of this very package (its
+    directory put first on the path unless the path holds it already, as site-packages; however the
+    parent found it; not ``-m``: the package imports this module first, which runpy warns of)."""
+    root = str(Path(__file__).resolve().parents[3])
+    return [sys.executable, "-c", f"import sys; {root!r} in sys.path or sys.path.insert(0, {root!r}); "
+            f"from {__name__} import _child; _child()"]
 
 
 class ChildReaders:
@@ -207,7 +211,8 @@ class ChildReaders:
 def child_readers(reader: Any, batches: list[tuple[str, tuple]]) -> ChildReaders | None:
     """Children to read ``batches`` of ``reader``'s SQLite database file, when there are enough batches
     to be worth them and the driver is installed; None otherwise (the parent reads them)."""
-    if reader.dialect != "sqlite" or len(batches) < MIN_BATCHES or "timestamp" not in reader.kinds:
+    if (reader.dialect != "sqlite" or len(batches) < MIN_BATCHES or "timestamp" not in reader.kinds
+            or not sys.executable):  # an embedded interpreter may not know its executable
         return None
     import importlib.util
 
