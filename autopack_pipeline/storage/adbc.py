@@ -43,7 +43,9 @@ def connect(engine: Engine, *, builtin_types: bool = False) -> Any:
         # process share the file's POSIX locks, and closing a file in one drops the locks the other
         # holds (SQLite's "multiple copies of SQLite in one application" hazard): measured here, a
         # Dagster run that extracted through it and then stored tasks through sqlite3 lost those rows
-        # and later reads failed with "disk I/O error". The CSV route reads through sqlite3 itself.
+        # and later reads failed with "disk I/O error". The CSV route reads through sqlite3 itself; a cold
+        # extraction's child processes use the driver, each the only SQLite library of its process
+        # (storage/columnar/sqlite_children.py).
         raise AdbcUnavailable("SQLite is read through the sqlite3 module: a second SQLite library in one "
                               "process would break the database's locks")
     if backend == "postgresql":

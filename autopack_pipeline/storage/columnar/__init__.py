@@ -42,7 +42,8 @@ for again for ten minutes. ``refresh(full=True)`` rebuilds from scratch.
 The modules: ``encoding`` (columns, Arrow types, sizes), ``layout`` (where a store lives),
 ``batches`` (rows out of the database), ``store`` (:class:`ColumnarStore`: manifest, refresh,
 reading), ``gaps`` (PostgreSQL's id gaps), ``phases`` and ``part_codes`` (run and phase codes),
-``arrays`` (parts into the analysis arrays), ``prefetch`` (a helper thread ahead).
+``arrays`` (parts into the analysis arrays), ``prefetch`` (helper threads ahead), ``sqlite_children``
+(a cold SQLite extraction read by two child processes through ADBC).
 """
 
 from __future__ import annotations

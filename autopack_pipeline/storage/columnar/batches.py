@@ -86,14 +86,22 @@ class _BatchReader:
 
         Rows with an unreadable timestamp are left out and added to ``self.unreadable``.
         """
-        table = self._read(where, params)
+        table, found = self.read_apart(where, params)
+        self.unreadable += found
+        return table
+
+    def read_apart(self, where: str, params: tuple) -> tuple[pa.Table, list[UnreadableTimestamp]]:
+        """As :meth:`read`, the rows set aside returned instead of added: batches read on several
+        threads add theirs in the batches' order (the caller's)."""
+        found: list[UnreadableTimestamp] = []
+        table = self._read(where, params, found)
         timed = "timestamp" in self.kinds
         if timed and pa.types.is_string(table.schema.field("timestamp").type):  # SQLite's CSV route: the text
-            table, found = set_aside_unreadable(table, ["timestamp"])
-            self.unreadable += found
-        return _store_table(table, self.kinds)
+            table, aside = set_aside_unreadable(table, ["timestamp"])
+            found += aside
+        return _store_table(table, self.kinds), found
 
-    def _read(self, where: str, params: tuple) -> pa.Table:
+    def _read(self, where: str, params: tuple, found: list[UnreadableTimestamp]) -> pa.Table:
         if self.dialect in ("sqlite", "postgresql"):
             try:
                 return self._adbc(where, params)
@@ -116,7 +124,7 @@ class _BatchReader:
                 return self._postgresql_csv(where, params)
             except (pa.ArrowInvalid, ValueError) as exc:
                 logger.info("COPY route could not parse a batch (%s); reading it row by row", exc)
-        return self._rows(where, params)
+        return self._rows(where, params, found)
 
     def _adbc(self, where: str, params: tuple) -> pa.Table:
         """The rows straight into Arrow through the ADBC driver of the backend (no text in between)."""
@@ -263,7 +271,7 @@ class _BatchReader:
         return table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
                                 table.column("timestamp").cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")))
 
-    def _rows(self, where: str, params: tuple) -> pa.Table:
+    def _rows(self, where: str, params: tuple, found: list[UnreadableTimestamp]) -> pa.Table:
         import pandas as pd  # this path alone (no ADBC, no CSV route) builds a frame
 
         from autopack_pipeline.storage.models import TokenEstimationV2Event
@@ -287,8 +295,8 @@ class _BatchReader:
                                             if name in frame.columns else [None] * len(frame), type=types[name])
                              for name in self.kinds})
         if self.dialect == "sqlite":
-            frame, found = set_aside_in_frame(frame, ["timestamp"])
-            self.unreadable += found
+            frame, aside = set_aside_in_frame(frame, ["timestamp"])
+            found += aside
         table = pa.Table.from_pandas(conform_events_frame(frame), preserve_index=False)
         return table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
                                 table.column("timestamp").cast(pa.timestamp("us", tz="UTC"), safe=False))

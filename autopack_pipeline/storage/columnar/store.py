@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ from autopack_pipeline.storage.columnar.part_codes import Written, part_codes
 from autopack_pipeline.storage.columnar.parts import files_of, inputs_file_of, parts_holding, rows_within
 from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE
 from autopack_pipeline.storage.columnar.prefetch import prefetch
+from autopack_pipeline.storage.columnar.sqlite_children import CHILDREN, child_readers
 from autopack_pipeline.storage.columnar.tallies import keep_tally, tally_of_table
 from autopack_pipeline.storage.frames import EVENT_COLUMNS, events_frame_of_table
 
@@ -142,13 +143,16 @@ class ColumnarStore:
             id_pieces: list[np.ndarray] = []
             writing = 0.0
             # Each ~1M-row table becomes a part file as soon as it is read, so memory stays bounded.
-            for table in self._extract(reader, manifest["high_water_event_id"], top, gaps + retry, progress):
-                tick = time.perf_counter()
-                id_pieces.append(numpy_of(table.column("event_id")))
-                self._append_part(manifest, table)
-                written += 1
-                new_rows += table.num_rows
-                writing += time.perf_counter() - tick
+            # Closed on any error, not when the traceback lets go of it: that ends its reading children.
+            extracted = closing(self._extract(reader, manifest["high_water_event_id"], top, gaps + retry, progress))
+            with extracted as tables:
+                for table in tables:
+                    tick = time.perf_counter()
+                    id_pieces.append(numpy_of(table.column("event_id")))
+                    self._append_part(manifest, table)
+                    written += 1
+                    new_rows += table.num_rows
+                    writing += time.perf_counter() - tick
             timings["extract"] = time.perf_counter() - started - writing
 
             started = time.perf_counter()
@@ -216,9 +220,27 @@ class ColumnarStore:
             batches.append(("event_id > %s AND event_id <= %s", (start, end)))
             start = end
         total = max(0, top - high_water)
+        # Many batches from SQLite: child processes read them (sqlite_children.py), one thread here per child
+        # taking its batches in turn; else one thread reads ahead of this one.
+        children = child_readers(reader, batches)
+        if children is None:
+            stream = prefetch(batches, lambda batch: reader.read_apart(*batch))
+        else:
+            stream = prefetch(list(enumerate(batches)), lambda job: children.read(*job), depth=1, workers=CHILDREN)
+        try:
+            yield from self._parts(((job[-1], got) for job, got in stream), reader, high_water, total, progress)
+        finally:  # stopped early (an error, Ctrl-C): the children are ended first, so no thread waits on them
+            if children is not None:
+                children.close()
+            stream.close()
+
+    def _parts(self, stream: Iterator[tuple[tuple[str, tuple], tuple[pa.Table, list]]], reader: _BatchReader,
+               high_water: int, total: int, progress: Progress | None) -> Iterator[pa.Table]:
+        """The batches of ``stream`` gathered into tables of about PART_ROWS rows."""
         pending: list[pa.Table] = []
         pending_rows = 0
-        for (where, params), table in prefetch(batches, lambda b: reader.read(*b)):
+        for (where, params), (table, aside) in stream:
+            reader.unreadable += aside  # in the batches' order, whichever thread or process read them
             if table.num_rows:
                 pending.append(table)
                 pending_rows += table.num_rows
