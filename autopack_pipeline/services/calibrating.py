@@ -31,7 +31,7 @@ from autopack_pipeline.domain.analysis import (
 )
 from autopack_pipeline.domain.analysis.retries import escalated_retries
 from autopack_pipeline.domain.budget_calibration import pooled_section, section_of
-from autopack_pipeline.domain.group_economics import group_economics
+from autopack_pipeline.domain.group_economics import economics_rows, group_economics
 from autopack_pipeline.domain.reprediction import PredictionInputs, arrays_in_force
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.services.reporting import write_calibration_report_set
@@ -204,16 +204,20 @@ def calibrate(
         return done
 
     # A second thread works beside this one, numpy on both sides (which lets go of the GIL): first the
-    # window's escalated retries (the samples keep one call per phase) while the coverage groups are
-    # found, then the coverage method while this thread runs the median one, then the frontier and
-    # cost per group while this thread runs the coverage method's pooled passes, then the median
-    # method's section beside their end. Little of it adds to the peak (~1.4 GB at ten million events,
-    # in the coverage method's pooled passes): the retries' and the methods' arrays are small beside
-    # the calibration's, the economics' temporaries one group's calls at a time (~130 MB for the
-    # largest), and the median method's pass starts after them. Every figure is the same, each side
-    # computing alone.
+    # window's escalated retries (the samples keep one call per phase) and the economics' rows per
+    # group while the coverage groups are found, then the coverage method while this thread runs the
+    # median one, then the frontier and cost per group while this thread runs the coverage method's
+    # pooled passes, then the median method's pooled pass; the two methods' sections share their
+    # unidentifiable groups' work (budget_calibration.section_of). Little of it adds to the peak
+    # (~1.4 GB at ten million events, in the coverage method's pooled passes): the retries', the
+    # economics' rows (int32, 40 MB) and the methods' arrays are small beside the calibration's, the
+    # economics' temporaries one group's calls at a time (~130 MB for the largest), and the median
+    # method's pass starts after them. Every figure is the same, each side computing alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
         retrying = pool.submit(trimmed, lambda: escalated_retries(arrays))
+        # The economics' rows per group, which the events alone decide, after the retries: the coverage
+        # groups take longer than the retries, and the second thread was idle for the difference.
+        pricing_rows = pool.submit(trimmed, lambda: economics_rows(arrays))
         observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
         results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
                                       confidence_threshold=confidence_threshold, dedup=dedup,
@@ -221,7 +225,8 @@ def calibrate(
                                       observed=observed, beside=lambda work: pool.submit(trimmed, work))
         retries = retrying.result()
         pricing = pool.submit(trimmed, lambda: calibration_economics(arrays, observed[2], results[method], coefficients,
-                                                                     settings, tolerance=under_multiplier))
+                                                                     settings, tolerance=under_multiplier,
+                                                                     rows_by_pair=pricing_rows.result()))
         # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
         # multipliers (and the margins measured against them) into the calibration section: a pooled
         # pass over every group, then each group's proposals. The coverage method's is the longest
@@ -260,9 +265,11 @@ def calibrate(
 
 
 def calibration_economics(arrays: EventArrays, groups: list, result: CalibrationResult, coefficients,
-                          settings: Settings, *, tolerance: float) -> list[dict[str, Any]]:
-    """Per group: the frontier and what the frontier's (m, b) and the calibration's multiplier cost."""
+                          settings: Settings, *, tolerance: float, rows_by_pair: list | None = None
+                          ) -> list[dict[str, Any]]:
+    """Per group: the frontier and what the frontier's (m, b) and the calibration's multiplier cost
+    (``rows_by_pair``: ``group_economics.economics_rows(arrays)``, when found already)."""
     multipliers = {(g.category, g.complexity): g.proposed_multiplier for g in result.actionable_groups
                    if not g.method_details.get("multiplier_is_lower_bound")}
     return group_economics(arrays, groups, coefficients, load_prices_for(settings),
-                           calibrated_multipliers=multipliers, tolerance=tolerance)
+                           calibrated_multipliers=multipliers, tolerance=tolerance, rows_by_pair=rows_by_pair)
