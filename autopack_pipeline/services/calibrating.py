@@ -218,7 +218,8 @@ def calibrate(
         # The economics' rows per group, which the events alone decide, after the retries: the coverage
         # groups take longer than the retries, and the second thread was idle for the difference.
         pricing_rows = pool.submit(trimmed, lambda: economics_rows(arrays))
-        observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
+        observed = coverage_groups(arrays, dedup=dedup, all_clean=samples,  # the coverage method's and the plot's
+                                   clean_groups=groups)
         results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
                                       confidence_threshold=confidence_threshold, dedup=dedup,
                                       tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
