@@ -44,6 +44,7 @@ from autopack_pipeline.domain.analysis.samples import (
     SampleGroups,
     _duplicate_attempts,
     _member_of,
+    _radix_type,
     clean_sample_rows,
     stable_order,
 )
@@ -227,7 +228,7 @@ def _rows_by_group(arrays: EventArrays, clean: np.ndarray, censored: np.ndarray)
     # while the codes fit in 16 bits), whose first rows are the used ones in group order (no list of the
     # used rows gathered and sorted apart).
     codes = 2 * len(named.category_names) * len(named.complexity_names)
-    pair = named.category.astype(np.uint16 if codes < 1 << 16 else np.int64)
+    pair = named.category.astype(_radix_type(codes) if codes < 1 << 16 else np.int64)
     pair *= len(named.complexity_names)
     pair += named.complexity.astype(pair.dtype)
     pair *= 2
