@@ -116,7 +116,9 @@ def group_economics(
     for group in groups:
         category, complexity = group.key
         code = cat_names.index(category) * len(cx_names) + cx_names.index(complexity)
-        rows, rows_by_pair[code] = rows_by_pair[code], rows_by_pair[code][:0]  # each group's rows let go once read
+        # Each group's rows let go once read: replaced by a new empty array (an empty slice of them would
+        # keep them, and the caller's list, held to the end of the calibration, with them).
+        rows, rows_by_pair[code] = rows_by_pair[code], np.empty(0, dtype=rows_by_pair[code].dtype)
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
         # Read for the group's rows only (truncated_flags' rule): no per-event array of the whole history.
