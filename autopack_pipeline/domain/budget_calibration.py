@@ -354,19 +354,38 @@ class PooledSection:
 
 def pooled_section(groups: Sequence, factors: dict[tuple[str, str], float], *, min_samples: int = 5,
                    target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, pooled_factors: bool = False,
-                   retries: RetryOutcomes | None = None) -> PooledSection:
-    """:func:`calibration_section`'s first step: the pooled passes."""
-    observed = []
-    for group in groups:
-        if group.size < min_samples and len(group.censored_rows) == 0:
-            continue
-        observed.append(observations_in_force(group))
+                   retries: RetryOutcomes | None = None,
+                   coverage_bounds: dict[tuple[str, str], tuple[float, str]] | None = None) -> PooledSection:
+    """:func:`calibration_section`'s first step: the pooled passes. ``coverage_bounds``: with
+    ``pooled_factors``, :func:`pooled_coverage_bounds` of the same groups, when found already."""
+    observed = _observed(groups, min_samples)
     if pooled_factors:
-        factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct)
+        factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct,
+                                           bounds=coverage_bounds)
     # Tier 1 counts the escalated retry of a cut call as a call too (see pooled_margin.first_call_target).
     pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples,
                             retry_factor=ESCALATION_FACTOR, retries=retries, pool_scales=True)
     return PooledSection(observed, factors, pooled)
+
+
+def _observed(groups: Sequence, min_samples: int) -> list[GroupObservationsInForce]:
+    """The coverage groups with settings (``min_samples`` observations, or a truncation), in force."""
+    return [observations_in_force(group) for group in groups
+            if group.size >= min_samples or len(group.censored_rows) > 0]
+
+
+def pooled_coverage_bounds(groups: Sequence, *, min_samples: int = 5,
+                           truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT
+                           ) -> dict[tuple[str, str], tuple[float, str]]:
+    """The pooled bounds :func:`raise_to_pooled_coverage` raises the coverage factors to, of the coverage
+    groups :func:`pooled_section` reads: the groups alone decide them, not the factors."""
+    return _pooled_coverage_bounds(_observed(groups, min_samples), min_samples, truncation_target_pct)
+
+
+def _pooled_coverage_bounds(observed: Sequence[GroupObservationsInForce], min_samples: int,
+                            truncation_target_pct: float) -> dict[tuple[str, str], tuple[float, str]]:
+    return pooled_margins(observed, {}, target_pct=FACTOR_PHASE_TARGET_PCT, min_samples=min_samples,
+                          truncation_target_pct=truncation_target_pct, reach_headroom=CENSORED_HEADROOM)
 
 
 def section_of(pooled: PooledSection, table: CoefficientTable, *, min_samples: int = 5,
@@ -391,7 +410,8 @@ def section_of(pooled: PooledSection, table: CoefficientTable, *, min_samples: i
 
 
 def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], factors: dict[tuple[str, str], float], *,
-                             min_samples: int = 5, truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT
+                             min_samples: int = 5, truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
+                             bounds: dict[tuple[str, str], tuple[float, str]] | None = None
                              ) -> dict[tuple[str, str], float]:
     """The coverage factors, each raised to the larger of its group's own bound and its pooled bound at
     the phase target (``targets.FACTOR_PHASE_TARGET_PCT``), / the 1.1 tolerance, where that is higher.
@@ -418,8 +438,8 @@ def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], facto
     truncated call's ceiling counting as one).
     """
     chosen = {key: factor for key, factor in factors.items()}
-    bounds = pooled_margins(observed, {}, target_pct=FACTOR_PHASE_TARGET_PCT, min_samples=min_samples,
-                            truncation_target_pct=truncation_target_pct, reach_headroom=CENSORED_HEADROOM)
+    if bounds is None:  # else :func:`pooled_coverage_bounds` of the same groups, found before
+        bounds = _pooled_coverage_bounds(observed, min_samples, truncation_target_pct)
     for group in observed:
         key = (group.category, group.complexity)
         left_without = key in bounds and coverage_has_no_bound(len(group.actual) + len(group.censored_ceiling),

@@ -112,3 +112,34 @@ def test_two_sections_on_two_threads_give_what_each_gives_alone(seed):
     # The factors below every group's lower bound gave the same settings, computed once for both.
     first, second = (propose_group_budget(groups[0], seed, proposed_factor=f[("tests", "low")]) for f in factors)
     assert first is second
+
+
+def _coverage_groups(seed_value: int) -> list:
+    from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
+
+    rng, groups, empty = np.random.default_rng(seed_value), [], np.zeros(0)
+    for i, level in enumerate(("low", "medium", "high", "critical", "maintenance")):
+        n, cut = 300 + 100 * i, 5 + 7 * i
+        predicted = rng.integers(200, 4000, n).astype(float)
+        actual = np.round(predicted * rng.lognormal(0.1 * i, 0.3 + 0.05 * i, n))
+        cut_predicted = rng.integers(200, 4000, cut).astype(float)
+        groups.append(CoverageGroup(("tests", level), np.arange(n), np.arange(n, n + cut), predicted, actual, empty,
+                                    cut_predicted, empty, actual / predicted, rng.uniform(1.2, 3, cut)))
+    return groups
+
+
+@pytest.mark.parametrize("seed_value", [1, 2])
+def test_the_coverage_bounds_found_beforehand_raise_the_factors_as_the_section_would(seed_value):
+    from autopack_pipeline.domain.budget_calibration import pooled_coverage_bounds, pooled_section
+
+    factors = {("tests", "low"): 0.9, ("tests", "high"): 1.4, ("tests", "critical"): 1.1}
+    alone = pooled_section(_coverage_groups(seed_value), factors, pooled_factors=True)
+    groups = _coverage_groups(seed_value)
+    bounds = pooled_coverage_bounds(groups)
+    assert bounds  # the pooled pass found bounds: the test can tell a wrong one
+    handed = pooled_section(groups, factors, pooled_factors=True, coverage_bounds=bounds)
+    assert handed.factors == alone.factors and handed.margins == alone.margins
+    assert handed.factors != factors  # the raise moved something
+    wrong = {key: (value[0] * 2, value[1]) for key, value in bounds.items()}
+    assert pooled_section(_coverage_groups(seed_value), factors, pooled_factors=True,
+                          coverage_bounds=wrong).factors != alone.factors
