@@ -53,18 +53,28 @@ def sample_stage(windowed: WindowedEvents, *, dedup: bool = True) -> SampleSumma
 
 
 def metrics_stage(windowed: WindowedEvents, samples: SampleSummary | Future[SampleSummary], every_event: EventArrays,
-                  *, under_multiplier: float = UNDER_TOLERANCE) -> TierMetrics:
+                  *, under_multiplier: float = UNDER_TOLERANCE,
+                  last_7_days: dict[str, Any] | Future[dict[str, Any]] | None = None) -> TierMetrics:
     """Tier 1 and 2 over the window, with Tier 1 over the last 7 days of ``every_event`` beside them
     (``every_event``: every event, or the events within :func:`~.analysis.analysis_reach` of the newest,
     which hold the same last 7 days). ``samples`` (only their count is read): a future of them when
-    they are being found on another thread (:func:`analyse_events`), waited for once the figures are done."""
+    they are being found on another thread (:func:`analyse_events`), waited for once the figures are done;
+    ``last_7_days``: :func:`last_7_days_tier1` of ``every_event``, or a future of it, when found elsewhere."""
     metrics = TierMetrics.of(windowed.events, 0, under_multiplier=under_multiplier, window=windowed.label)
-    short = trailing_days(SHORT_WINDOW_DAYS, latest_day(every_event))
-    # Only the Tier-1 block of the last 7 days is kept: its ratio figures and strata are not computed.
-    recent = tier1_arrays(events_in_window(every_event, short), under_multiplier=under_multiplier)
+    if last_7_days is None:
+        last_7_days = last_7_days_tier1(every_event, under_multiplier=under_multiplier)
+    recent = last_7_days.result() if isinstance(last_7_days, Future) else last_7_days
     found = samples.result() if isinstance(samples, Future) else samples
     return TierMetrics({**metrics.document, "clean_samples": int(found.count)}, under_multiplier, windowed.label,
-                       last_7_days={"window": window_label(short), "tier1": recent}, group_tier1=metrics.group_tier1)
+                       last_7_days=recent, group_tier1=metrics.group_tier1)
+
+
+def last_7_days_tier1(every_event: EventArrays, *, under_multiplier: float = UNDER_TOLERANCE) -> dict[str, Any]:
+    """The metrics' last-7-days block: the window and the Tier-1 block of ``every_event`` in it (its ratio
+    figures and strata are not computed)."""
+    short = trailing_days(SHORT_WINDOW_DAYS, latest_day(every_event))
+    return {"window": window_label(short),
+            "tier1": tier1_arrays(events_in_window(every_event, short), under_multiplier=under_multiplier)}
 
 
 def gate_metrics_stage(windowed: WindowedEvents, samples: SampleSummary | Future[SampleSummary], *,
@@ -181,12 +191,17 @@ def _analysed(settings: Settings, windowed: WindowedEvents, every_event: EventAr
     # The clean samples are found on a second thread while this one computes the tier metrics, which
     # only read their count: both are numpy over every event (sorts, partitions, bincounts) and let go
     # of the GIL, so on two cores the samples cost no wall time; each holds its own few hundred MB,
-    # together still below the calibration's peak.
+    # together still below the calibration's peak. The metrics' last-7-days block follows the samples
+    # there (the samples took less time than the metrics by more than it costs).
     with ThreadPoolExecutor(max_workers=1) as pool:
         sampling = pool.submit(found_samples)
         began = time.perf_counter()
-        metrics = (gate_metrics_stage(windowed, sampling, under_multiplier=under_multiplier) if gate_metrics_only
-                   else metrics_stage(windowed, sampling, every_event, under_multiplier=under_multiplier))
+        if gate_metrics_only:
+            metrics = gate_metrics_stage(windowed, sampling, under_multiplier=under_multiplier)
+        else:
+            recent = pool.submit(last_7_days_tier1, every_event, under_multiplier=under_multiplier)
+            metrics = metrics_stage(windowed, sampling, every_event, under_multiplier=under_multiplier,
+                                    last_7_days=recent)
         timed("metrics", began)
         samples = sampling.result()
     release_freed_memory()  # what the samples' thread freed, kept by its malloc arena (storage.process_memory)
