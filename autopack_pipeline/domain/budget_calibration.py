@@ -56,13 +56,15 @@ import numpy as np
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.analysis.retries import RetryOutcomes
+from autopack_pipeline.domain.budget_projection import proportional_floor, truncated_past_calls
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
-from autopack_pipeline.domain.coverage_factor import ceiling_order_statistic, coverage_has_no_bound, own_coverage_factor
+from autopack_pipeline.domain.coverage_factor import coverage_has_no_bound, factor_lower_bound, own_coverage_factor
 from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
 from autopack_pipeline.domain.group_observations import GroupObservationsInForce, observations_in_force
 from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
 from autopack_pipeline.domain.pooled_margin import kaplan_meier_point, pooled_group_margins
 from autopack_pipeline.domain.scale_pooling import scales_pooled
+from autopack_pipeline.domain.shared_figures import BUSY, shared
 from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import Insight
 
@@ -113,30 +115,6 @@ class GroupBudgetProposal:
         return asdict(self)
 
 
-def _truncated(group: GroupObservationsInForce, factor: float, margin: float, floors: tuple[int, ...], cap: int
-               ) -> tuple[int, ...]:
-    """Past calls the settings would truncate, under each of ``floors``: clean ones whose output
-    exceeds the budget, truncated ones whose budget is no larger than the ceiling they already hit.
-    The budgets are ``min(cap, max(floor, floor(new prediction x margin)))``, floored once for every floor."""
-    clean_raw = np.floor(group.predicted * factor * margin)
-    cut_raw = np.floor(group.censored_predicted * factor * margin)
-    return tuple(int((group.actual > np.minimum(cap, np.maximum(floor, clean_raw))).sum())
-                 + int((np.minimum(cap, np.maximum(floor, cut_raw)) <= group.censored_ceiling).sum())
-                 for floor in floors)
-
-
-def _proportional_floor(group: GroupObservationsInForce, factor: float, margin: float, cap: int) -> int:
-    """The group's smallest new prediction x ``margin``: a floor that binds for no past call.
-
-    No search above it is needed: the margin is the k-th smallest of the N ratios (censored calls
-    above every one), so the proportional rule exceeds on at most ``N - k`` past calls, the allowance
-    the order statistic gives (0 for a thin group, whose margin is the largest ratio). Only the cap
-    can make it exceed on more, and no floor lifts a budget over the cap.
-    """
-    lowest = np.r_[group.predicted, group.censored_predicted].min() * factor
-    return int(min(cap, max(1, int(lowest * margin))))
-
-
 def propose_group_budget(
     group: GroupObservationsInForce,
     table: CoefficientTable,
@@ -145,10 +123,13 @@ def propose_group_budget(
     target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
     min_samples: int = 5,
     pooled: tuple[float, str] | None = None,
+    wait: bool = True,
 ) -> GroupBudgetProposal:
     """The settings of one group (see the module docstring). ``pooled`` is (margin, why) from
     :func:`pooled_margins`, already checked against the group's own calls; it replaces the group's
-    own order statistic."""
+    own order statistic. An unidentifiable group's settings are computed once for every caller
+    asking with the same factor and table figures (``shared_figures``); ``wait=False`` returns
+    :data:`~.shared_figures.BUSY` while another thread is computing them."""
     key = (group.category, group.complexity)
     current = table.group_setting(*key)
     previous_floor = current.budget_floor if current is not None and current.budget_floor else table.budget_floor(*key)
@@ -176,7 +157,9 @@ def propose_group_budget(
     elif n >= min_samples and k > n and n_cut == 0:
         status, margin = "thin", float(ratios().max())
     elif n >= min_samples and n_clean:
-        return _unidentifiable_bounds(group, table, proposed_factor, target_pct, k, previous_floor)
+        factor = max(proposed_factor, factor_lower_bound(group))
+        return shared(group, ("unidentifiable", factor, target_pct, k, previous_floor, current_m, cap),
+                      lambda: _unidentifiable_bounds(group, table, factor, target_pct, k, previous_floor), wait=wait)
     else:
         status, margin = "unidentifiable", None
 
@@ -185,7 +168,7 @@ def propose_group_budget(
         floor = int(min(cap, max(previous_floor, FLOOR_RAISE_FACTOR * hit)))
         why = (f"{n_cut} of {n} observations were truncated; a {100 - target_pct:g}% bound from {n} can absorb "
                f"at most {max(0, n - k)}") if n >= min_samples else f"only {n} observations (need {min_samples})"
-        truncated = _truncated(group, proposed_factor, _margin_in_force(table, key), (floor, int(previous_floor)), cap)
+        truncated = truncated_past_calls(group, proposed_factor, _margin_in_force(table, key), (floor, int(previous_floor)), cap)
         return GroupBudgetProposal(
             *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
             current_prediction_multiplier=current_m, proposed_factor=proposed_factor,
@@ -197,9 +180,9 @@ def propose_group_budget(
                  f"hit, capped at {cap}); collect more samples.")
 
     margin = math.ceil(margin * 1000) / 1000  # rounded up: the written margin still covers the k-th call
-    floor = _proportional_floor(group, proposed_factor, margin, cap)
+    floor = proportional_floor(group, proposed_factor, margin, cap)
     multiplier = round(current_m * proposed_factor, 4)
-    projected, with_previous = _truncated(group, proposed_factor, margin, (floor, int(previous_floor)), cap)
+    projected, with_previous = truncated_past_calls(group, proposed_factor, margin, (floor, int(previous_floor)), cap)
     kind = (pooled[1] if status == "pooled"
             else f"the {k}-th of {n} ratios (a {100 - target_pct:g}% bound)" if status == "identifiable"
             else f"the largest of {n} ratios (advisory: a {100 - target_pct:g}% bound needs "
@@ -220,12 +203,11 @@ def _unidentifiable_bounds(group: GroupObservationsInForce, table: CoefficientTa
     current_m, cap = table.prediction_multiplier(*key), table.budget.cap
     n_clean, n_cut = len(group.actual), len(group.censored_ceiling)
     n = n_clean + n_cut
-    clean_max = float((group.actual / group.predicted).max())
-    factor = max(proposed_factor, max(clean_max, ceiling_order_statistic(group)) / UNDER_TOLERANCE)
+    factor = max(proposed_factor, factor_lower_bound(group))
     margin, how = _censored_margin(group, factor, k)
     margin = math.ceil(margin * 1000) / 1000
-    floor = _proportional_floor(group, factor, margin, cap)
-    truncated = _truncated(group, factor, margin, (floor, int(previous_floor)), cap)
+    floor = proportional_floor(group, factor, margin, cap)
+    truncated = truncated_past_calls(group, factor, margin, (floor, int(previous_floor)), cap)
     return GroupBudgetProposal(
         *key, status="unidentifiable", observations=n, censored=n_cut, order_statistic_k=k,
         current_prediction_multiplier=current_m, proposed_factor=factor,
@@ -372,28 +354,54 @@ class PooledSection:
 
 def pooled_section(groups: Sequence, factors: dict[tuple[str, str], float], *, min_samples: int = 5,
                    target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT, pooled_factors: bool = False,
-                   retries: RetryOutcomes | None = None) -> PooledSection:
-    """:func:`calibration_section`'s first step: the pooled passes."""
-    observed = []
-    for group in groups:
-        if group.size < min_samples and len(group.censored_rows) == 0:
-            continue
-        observed.append(observations_in_force(group))
+                   retries: RetryOutcomes | None = None,
+                   coverage_bounds: dict[tuple[str, str], tuple[float, str]] | None = None) -> PooledSection:
+    """:func:`calibration_section`'s first step: the pooled passes. ``coverage_bounds``: with
+    ``pooled_factors``, :func:`pooled_coverage_bounds` of the same groups, when found already."""
+    observed = _observed(groups, min_samples)
     if pooled_factors:
-        factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct)
+        factors = raise_to_pooled_coverage(observed, factors, min_samples=min_samples, truncation_target_pct=target_pct,
+                                           bounds=coverage_bounds)
     # Tier 1 counts the escalated retry of a cut call as a call too (see pooled_margin.first_call_target).
     pooled = pooled_margins(observed, factors, target_pct=target_pct, min_samples=min_samples,
                             retry_factor=ESCALATION_FACTOR, retries=retries, pool_scales=True)
     return PooledSection(observed, factors, pooled)
 
 
+def _observed(groups: Sequence, min_samples: int) -> list[GroupObservationsInForce]:
+    """The coverage groups with settings (``min_samples`` observations, or a truncation), in force."""
+    return [observations_in_force(group) for group in groups
+            if group.size >= min_samples or len(group.censored_rows) > 0]
+
+
+def pooled_coverage_bounds(groups: Sequence, *, min_samples: int = 5,
+                           truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT
+                           ) -> dict[tuple[str, str], tuple[float, str]]:
+    """The pooled bounds :func:`raise_to_pooled_coverage` raises the coverage factors to, of the coverage
+    groups :func:`pooled_section` reads: the groups alone decide them, not the factors."""
+    return _pooled_coverage_bounds(_observed(groups, min_samples), min_samples, truncation_target_pct)
+
+
+def _pooled_coverage_bounds(observed: Sequence[GroupObservationsInForce], min_samples: int,
+                            truncation_target_pct: float) -> dict[tuple[str, str], tuple[float, str]]:
+    return pooled_margins(observed, {}, target_pct=FACTOR_PHASE_TARGET_PCT, min_samples=min_samples,
+                          truncation_target_pct=truncation_target_pct, reach_headroom=CENSORED_HEADROOM)
+
+
 def section_of(pooled: PooledSection, table: CoefficientTable, *, min_samples: int = 5,
                target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT) -> dict:
-    """:func:`calibration_section`'s second step: each group's settings (:func:`propose_group_budget`)."""
-    proposals = [propose_group_budget(g, table, proposed_factor=pooled.factors.get((g.category, g.complexity), 1.0),
-                                      target_pct=target_pct, min_samples=min_samples,
-                                      pooled=pooled.margins.get((g.category, g.complexity)))
-                 for g in pooled.observed]
+    """:func:`calibration_section`'s second step: each group's settings (:func:`propose_group_budget`).
+
+    A group whose settings the other method's section is computing at the time (the same figures:
+    ``shared_figures``) is passed over and taken after the others, so the two sections, on two
+    threads, share those groups' work rather than one waiting."""
+    def proposal(g: GroupObservationsInForce, wait: bool) -> GroupBudgetProposal:
+        key = (g.category, g.complexity)
+        return propose_group_budget(g, table, proposed_factor=pooled.factors.get(key, 1.0), target_pct=target_pct,
+                                    min_samples=min_samples, pooled=pooled.margins.get(key), wait=wait)
+
+    first = [proposal(g, wait=False) for g in pooled.observed]
+    proposals = [proposal(g, wait=True) if found is BUSY else found for g, found in zip(pooled.observed, first)]
     return {
         "coefficient_file_version": table.version,
         "target_truncation_pct": target_pct,
@@ -402,7 +410,8 @@ def section_of(pooled: PooledSection, table: CoefficientTable, *, min_samples: i
 
 
 def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], factors: dict[tuple[str, str], float], *,
-                             min_samples: int = 5, truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT
+                             min_samples: int = 5, truncation_target_pct: float = DEFAULT_TRUNCATION_TARGET_PCT,
+                             bounds: dict[tuple[str, str], tuple[float, str]] | None = None
                              ) -> dict[tuple[str, str], float]:
     """The coverage factors, each raised to the larger of its group's own bound and its pooled bound at
     the phase target (``targets.FACTOR_PHASE_TARGET_PCT``), / the 1.1 tolerance, where that is higher.
@@ -429,8 +438,8 @@ def raise_to_pooled_coverage(observed: Sequence[GroupObservationsInForce], facto
     truncated call's ceiling counting as one).
     """
     chosen = {key: factor for key, factor in factors.items()}
-    bounds = pooled_margins(observed, {}, target_pct=FACTOR_PHASE_TARGET_PCT, min_samples=min_samples,
-                            truncation_target_pct=truncation_target_pct, reach_headroom=CENSORED_HEADROOM)
+    if bounds is None:  # else :func:`pooled_coverage_bounds` of the same groups, found before
+        bounds = _pooled_coverage_bounds(observed, min_samples, truncation_target_pct)
     for group in observed:
         key = (group.category, group.complexity)
         left_without = key in bounds and coverage_has_no_bound(len(group.actual) + len(group.censored_ceiling),

@@ -44,11 +44,30 @@ def _own_coverage_factor(group: GroupObservationsInForce) -> float:
     return max(estimate, ceiling_order_statistic(group)) / UNDER_TOLERANCE
 
 
+def factor_lower_bound(group: GroupObservationsInForce) -> float:
+    """The least factor an unidentifiable group may get: the larger of its largest clean ratio and
+    :func:`ceiling_order_statistic`, / the 1.1 tolerance. Kept on ``group`` as :func:`own_coverage_factor` is
+    (both methods' sections ask for it)."""
+    kept = group.__dict__.get("_factor_lower_bound")
+    if kept is None:
+        clean_max = float((group.actual / group.predicted).max())
+        kept = group.__dict__["_factor_lower_bound"] = max(clean_max, ceiling_order_statistic(group)) / UNDER_TOLERANCE
+    return kept
+
+
 def ceiling_order_statistic(group: GroupObservationsInForce) -> float:
     """A lower bound on the ratio the factor needs: the k-th smallest (k at the phase target; the
     largest when the group is too small for k) of the clean ratios and the truncated calls'
     ceiling / prediction, each a lower bound on that call's ratio. The largest clean ratio is the other
-    bound (the truncated calls counted above every candidate): the factor takes the larger."""
+    bound (the truncated calls counted above every candidate): the factor takes the larger. Kept on
+    ``group`` once computed (its own coverage factor and its lower bound both read it)."""
+    kept = group.__dict__.get("_ceiling_order_statistic")
+    if kept is None:
+        kept = group.__dict__["_ceiling_order_statistic"] = _ceiling_order_statistic(group)
+    return kept
+
+
+def _ceiling_order_statistic(group: GroupObservationsInForce) -> float:
     lows = np.r_[group.actual / group.predicted, group.censored_ceiling / group.censored_predicted]
     k = min(order_statistic_index(len(lows), FACTOR_PHASE_TARGET_PCT), len(lows))
     return float(np.partition(lows, k - 1)[k - 1])

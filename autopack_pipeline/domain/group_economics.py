@@ -84,6 +84,16 @@ def _rows_by_pair(usable: np.ndarray, cat_codes: np.ndarray, cx_codes: np.ndarra
     return [np.concatenate(parts) if parts else empty for parts in pieces]
 
 
+def economics_rows(arrays: EventArrays) -> list[np.ndarray]:
+    """Per (category, complexity) pair code, the rows :func:`group_economics` prices (every stored attempt
+    with a positive prediction and both counts), ascending. Events alone decide them, so a caller may
+    find them before the coverage groups and the calibration are known (``services.calibrating``)."""
+    named = arrays.canonical_groups
+    usable = arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0)
+    return _rows_by_pair(usable, named.category, named.complexity, len(named.complexity_names),
+                         len(named.category_names) * len(named.complexity_names))
+
+
 def group_economics(
     arrays: EventArrays,
     groups: list[CoverageGroup],
@@ -92,20 +102,23 @@ def group_economics(
     *,
     calibrated_multipliers: Mapping[tuple[str, str], float] | None = None,
     tolerance: float = UNDER_TOLERANCE,
+    rows_by_pair: list[np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per coverage group, in the groups' order: its frontier and its cost now vs each proposal."""
+    """One entry per coverage group, in the groups' order: its frontier and its cost now vs each proposal.
+    ``rows_by_pair``: :func:`economics_rows` of ``arrays``, when the caller found them already (the list
+    is used up: each group's rows are let go once read)."""
     named = arrays.canonical_groups
-    cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
-                                                named.complexity_names)
-    usable = arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0)
-    rows_by_pair = _rows_by_pair(usable, cat_codes, cx_codes, len(cx_names), len(cat_names) * len(cx_names))
-    del usable
+    cat_names, cx_names = named.category_names, named.complexity_names
+    if rows_by_pair is None:
+        rows_by_pair = economics_rows(arrays)
     one_price = _one_price(arrays, prices)
     out = []
     for group in groups:
         category, complexity = group.key
         code = cat_names.index(category) * len(cx_names) + cx_names.index(complexity)
-        rows, rows_by_pair[code] = rows_by_pair[code], rows_by_pair[code][:0]  # each group's rows let go once read
+        # Each group's rows let go once read: replaced by a new empty array (an empty slice of them would
+        # keep them, and the caller's list, held to the end of the calibration, with them).
+        rows, rows_by_pair[code] = rows_by_pair[code], np.empty(0, dtype=rows_by_pair[code].dtype)
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
         # Read for the group's rows only (truncated_flags' rule): no per-event array of the whole history.

@@ -7,7 +7,7 @@ first re-expresses the predictions under the coefficients in force and then call
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,8 +30,8 @@ from autopack_pipeline.domain.analysis import (
     sample_groups,
 )
 from autopack_pipeline.domain.analysis.retries import escalated_retries
-from autopack_pipeline.domain.budget_calibration import pooled_section, section_of
-from autopack_pipeline.domain.group_economics import group_economics
+from autopack_pipeline.domain.budget_calibration import pooled_coverage_bounds, pooled_section, section_of
+from autopack_pipeline.domain.group_economics import economics_rows, group_economics
 from autopack_pipeline.domain.reprediction import PredictionInputs, arrays_in_force
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.services.reporting import write_calibration_report_set
@@ -204,24 +204,47 @@ def calibrate(
         return done
 
     # A second thread works beside this one, numpy on both sides (which lets go of the GIL): first the
-    # window's escalated retries (the samples keep one call per phase) while the coverage groups are
-    # found, then the coverage method while this thread runs the median one, then the frontier and
-    # cost per group while this thread runs the coverage method's pooled passes, then the median
-    # method's section beside their end. Little of it adds to the peak (~1.4 GB at ten million events,
-    # in the coverage method's pooled passes): the retries' and the methods' arrays are small beside
-    # the calibration's, the economics' temporaries one group's calls at a time (~130 MB for the
-    # largest), and the median method's pass starts after them. Every figure is the same, each side
-    # computing alone.
+    # window's escalated retries (the samples keep one call per phase) and the economics' rows per
+    # group while the coverage groups are found, then the coverage method while this thread runs the
+    # median one and the coverage factors' pooled bounds, then the frontier and cost per group while
+    # this thread runs the coverage method's pooled passes, then the median method's pooled pass; the
+    # two methods' sections share their unidentifiable groups' work (budget_calibration.section_of).
+    # Little of it adds to the peak
+    # (~1.4 GB at ten million events, in the coverage method's pooled passes): the retries', the
+    # economics' rows (int32, 40 MB) and the methods' arrays are small beside the calibration's, the
+    # economics' temporaries one group's calls at a time (~130 MB for the largest), and the median
+    # method's pass starts after them. Every figure is the same, each side computing alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
         retrying = pool.submit(trimmed, lambda: escalated_retries(arrays))
-        observed = coverage_groups(arrays, dedup=dedup, all_clean=samples)  # the coverage method's and the plot's
+        # The economics' rows per group, which the events alone decide, after the retries: the coverage
+        # groups take longer than the retries, and the second thread was idle for the difference.
+        pricing_rows = pool.submit(trimmed, lambda: economics_rows(arrays))
+        observed = coverage_groups(arrays, dedup=dedup, all_clean=samples,  # the coverage method's and the plot's
+                                   clean_groups=groups)
+
+        def priced(result: CalibrationResult) -> list[dict[str, Any]]:
+            return calibration_economics(arrays, observed[2], result, coefficients, settings,
+                                         tolerance=under_multiplier, rows_by_pair=pricing_rows.result())
+
+        early: dict[str, Any] = {}
+
+        def coverage_beside(work: Callable[[], CalibrationResult]) -> Future:
+            running = pool.submit(trimmed, work)
+            if method == COVERAGE:  # priced next on that thread, from the coverage method's result
+                early["pricing"] = pool.submit(trimmed, lambda: priced(running.result()))
+            return running
+
+        def bounds() -> None:
+            # The coverage factors' pooled bounds read the groups alone: found here, after the median
+            # method, while the coverage method ends on the second thread (this thread waited for it).
+            early["bounds"] = pooled_coverage_bounds(observed[2], min_samples=min_samples)
+
         results = calibrations_arrays(arrays, samples, groups, min_samples=min_samples,
                                       confidence_threshold=confidence_threshold, dedup=dedup,
                                       tolerance=under_multiplier, coefficients=coefficients, provenance=provenance,
-                                      observed=observed, beside=lambda work: pool.submit(trimmed, work))
+                                      observed=observed, beside=coverage_beside, meanwhile=bounds)
         retries = retrying.result()
-        pricing = pool.submit(trimmed, lambda: calibration_economics(arrays, observed[2], results[method], coefficients,
-                                                                     settings, tolerance=under_multiplier))
+        pricing = early.get("pricing") or pool.submit(trimmed, lambda: priced(results[method]))
         # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
         # multipliers (and the margins measured against them) into the calibration section: a pooled
         # pass over every group, then each group's proposals. The coverage method's is the longest
@@ -230,7 +253,7 @@ def calibrate(
         def method_section(name: str) -> dict[str, Any]:
             factors = {(g.category, g.complexity): g.proposed_multiplier for g in results[name].actionable_groups}
             pooled = pooled_section(observed[2], factors, min_samples=min_samples, pooled_factors=name == COVERAGE,
-                                    retries=retries)
+                                    retries=retries, coverage_bounds=early.get("bounds"))
             return section_of(pooled, coefficients, min_samples=min_samples)
 
         proposing = {name: pool.submit(trimmed, partial(method_section, name)) for name in results if name != COVERAGE}
@@ -260,9 +283,11 @@ def calibrate(
 
 
 def calibration_economics(arrays: EventArrays, groups: list, result: CalibrationResult, coefficients,
-                          settings: Settings, *, tolerance: float) -> list[dict[str, Any]]:
-    """Per group: the frontier and what the frontier's (m, b) and the calibration's multiplier cost."""
+                          settings: Settings, *, tolerance: float, rows_by_pair: list | None = None
+                          ) -> list[dict[str, Any]]:
+    """Per group: the frontier and what the frontier's (m, b) and the calibration's multiplier cost
+    (``rows_by_pair``: ``group_economics.economics_rows(arrays)``, when found already)."""
     multipliers = {(g.category, g.complexity): g.proposed_multiplier for g in result.actionable_groups
                    if not g.method_details.get("multiplier_is_lower_bound")}
     return group_economics(arrays, groups, coefficients, load_prices_for(settings),
-                           calibrated_multipliers=multipliers, tolerance=tolerance)
+                           calibrated_multipliers=multipliers, tolerance=tolerance, rows_by_pair=rows_by_pair)

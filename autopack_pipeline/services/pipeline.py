@@ -14,7 +14,9 @@ import importlib
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -51,18 +53,28 @@ def sample_stage(windowed: WindowedEvents, *, dedup: bool = True) -> SampleSumma
 
 
 def metrics_stage(windowed: WindowedEvents, samples: SampleSummary | Future[SampleSummary], every_event: EventArrays,
-                  *, under_multiplier: float = UNDER_TOLERANCE) -> TierMetrics:
+                  *, under_multiplier: float = UNDER_TOLERANCE,
+                  last_7_days: dict[str, Any] | Future[dict[str, Any]] | None = None) -> TierMetrics:
     """Tier 1 and 2 over the window, with Tier 1 over the last 7 days of ``every_event`` beside them
     (``every_event``: every event, or the events within :func:`~.analysis.analysis_reach` of the newest,
     which hold the same last 7 days). ``samples`` (only their count is read): a future of them when
-    they are being found on another thread (:func:`analyse_events`), waited for once the figures are done."""
+    they are being found on another thread (:func:`analyse_events`), waited for once the figures are done;
+    ``last_7_days``: :func:`last_7_days_tier1` of ``every_event``, or a future of it, when found elsewhere."""
     metrics = TierMetrics.of(windowed.events, 0, under_multiplier=under_multiplier, window=windowed.label)
-    short = trailing_days(SHORT_WINDOW_DAYS, latest_day(every_event))
-    # Only the Tier-1 block of the last 7 days is kept: its ratio figures and strata are not computed.
-    recent = tier1_arrays(events_in_window(every_event, short), under_multiplier=under_multiplier)
+    if last_7_days is None:
+        last_7_days = last_7_days_tier1(every_event, under_multiplier=under_multiplier)
+    recent = last_7_days.result() if isinstance(last_7_days, Future) else last_7_days
     found = samples.result() if isinstance(samples, Future) else samples
     return TierMetrics({**metrics.document, "clean_samples": int(found.count)}, under_multiplier, windowed.label,
-                       last_7_days={"window": window_label(short), "tier1": recent}, group_tier1=metrics.group_tier1)
+                       last_7_days=recent, group_tier1=metrics.group_tier1)
+
+
+def last_7_days_tier1(every_event: EventArrays, *, under_multiplier: float = UNDER_TOLERANCE) -> dict[str, Any]:
+    """The metrics' last-7-days block: the window and the Tier-1 block of ``every_event`` in it (its ratio
+    figures and strata are not computed)."""
+    short = trailing_days(SHORT_WINDOW_DAYS, latest_day(every_event))
+    return {"window": window_label(short),
+            "tier1": tier1_arrays(events_in_window(every_event, short), under_multiplier=under_multiplier)}
 
 
 def gate_metrics_stage(windowed: WindowedEvents, samples: SampleSummary | Future[SampleSummary], *,
@@ -155,6 +167,16 @@ def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: Ev
     one stage after the other. ``engine`` is what :func:`calibration_stage` re-expresses the predictions
     with; without one nothing is read from a database. ``gate_metrics_only``: the metrics are
     :func:`gate_metrics_stage`'s, for a caller that reads nothing else of them (``calibrate``)."""
+    with _small_pages():
+        return _analysed(settings, windowed, every_event, engine=engine, dedup=dedup,
+                         under_multiplier=under_multiplier, min_samples=min_samples,
+                         gate_metrics_only=gate_metrics_only, **calibration)
+
+
+def _analysed(settings: Settings, windowed: WindowedEvents, every_event: EventArrays, *, engine: Engine | None,
+              dedup: bool, under_multiplier: float, min_samples: int, gate_metrics_only: bool,
+              **calibration: Any) -> Analysis:
+    """:func:`analyse_events`' stages."""
     timings: dict[str, float] = {}
 
     def timed(name: str, began: float) -> None:
@@ -169,12 +191,17 @@ def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: Ev
     # The clean samples are found on a second thread while this one computes the tier metrics, which
     # only read their count: both are numpy over every event (sorts, partitions, bincounts) and let go
     # of the GIL, so on two cores the samples cost no wall time; each holds its own few hundred MB,
-    # together still below the calibration's peak.
+    # together still below the calibration's peak. The metrics' last-7-days block follows the samples
+    # there (the samples took less time than the metrics by more than it costs).
     with ThreadPoolExecutor(max_workers=1) as pool:
         sampling = pool.submit(found_samples)
         began = time.perf_counter()
-        metrics = (gate_metrics_stage(windowed, sampling, under_multiplier=under_multiplier) if gate_metrics_only
-                   else metrics_stage(windowed, sampling, every_event, under_multiplier=under_multiplier))
+        if gate_metrics_only:
+            metrics = gate_metrics_stage(windowed, sampling, under_multiplier=under_multiplier)
+        else:
+            recent = pool.submit(last_7_days_tier1, every_event, under_multiplier=under_multiplier)
+            metrics = metrics_stage(windowed, sampling, every_event, under_multiplier=under_multiplier,
+                                    last_7_days=recent)
         timed("metrics", began)
         samples = sampling.result()
     release_freed_memory()  # what the samples' thread freed, kept by its malloc arena (storage.process_memory)
@@ -183,6 +210,28 @@ def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: Ev
                                 **calibration)
     timed("calibration", began)
     return Analysis(windowed, samples, metrics, outcome, timings=timings)
+
+
+@contextmanager
+def _small_pages() -> Iterator[None]:
+    """numpy's large arrays on ordinary 4 KB pages for the duration (its default asks the kernel for
+    2 MB transparent huge pages, ``madvise(MADV_HUGEPAGE)``, for every array of 4 MB or more).
+
+    The analysis allocates and frees some 4 GB of short-lived arrays at ten million events, each a fresh
+    mapping whose pages the kernel zeroes on first touch. On huge pages that zeroing (with the
+    compaction that finds the pages) took a third of the analysis' CPU time on the two-core benchmark
+    machine, twice what the same bytes cost on small pages; the gathers' extra TLB misses cost less.
+    The setting is the process' own: it is put back afterwards."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # another numpy layout: keep its default
+        yield
+        return
+    previous = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(previous)
 
 
 def analyse(engine: Engine, settings: Settings, every_event: EventArrays, *, dedup: bool = True,

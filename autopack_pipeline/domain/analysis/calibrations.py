@@ -71,6 +71,7 @@ def calibrations_arrays(
     provenance: dict[str, Any],
     observed: tuple[CleanSamples, np.ndarray, list[CoverageGroup]] | None = None,
     beside: Callable[[Callable[[], CalibrationResult]], Future[CalibrationResult]] | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> dict[str, CalibrationResult]:
     """Both methods, as ``calibrating.calibrate`` runs them: ``samples`` and ``groups`` are the clean
     samples (``dedup`` as given) and their groups, ``observed`` optionally ``coverage_groups``' result;
@@ -79,7 +80,8 @@ def calibrations_arrays(
     ``observed`` is given: both then read the coverage groups, found already, and neither holds more
     than a group's temporaries. The caller's thread keeps what it freed in its malloc arena (about
     70 MB of the median method's arrays at ten million events, when it ran on a thread of its own):
-    freeing it is the caller's part."""
+    freeing it is the caller's part. ``meanwhile``: work of the caller's run on this thread after the
+    median method, before the coverage method's result is waited for."""
     shared = {**provenance, "exclusions": samples.exclusions}
 
     def coverage_method() -> CalibrationResult:
@@ -91,5 +93,7 @@ def calibrations_arrays(
     median = calibrate_autopack_median_arrays(arrays, samples.mask, groups=groups, min_samples=min_samples,
                                               confidence_threshold=confidence_threshold, provenance=shared,
                                               gathered={g.key: g for g in observed[2]} if observed else None)
+    if meanwhile is not None:
+        meanwhile()
     coverage = running.result() if running is not None else coverage_method()
     return {COVERAGE: coverage, AUTOPACK_MEDIAN: median}

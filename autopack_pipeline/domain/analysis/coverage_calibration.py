@@ -41,9 +41,12 @@ from autopack_pipeline.domain.analysis.median_calibration import provenance_arra
 from autopack_pipeline.domain.analysis.order_statistics import median_of, p90_of
 from autopack_pipeline.domain.analysis.samples import (
     CleanSamples,
+    SampleGroups,
     _duplicate_attempts,
     _member_of,
+    _radix_type,
     clean_sample_rows,
+    stable_order,
 )
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
@@ -180,31 +183,19 @@ def _coverage_group(arrays: EventArrays, group: CoverageGroup, level: LevelValue
 
 
 def coverage_groups(
-    arrays: EventArrays, *, dedup: bool = True, all_clean: CleanSamples | None = None
+    arrays: EventArrays, *, dedup: bool = True, all_clean: CleanSamples | None = None,
+    clean_groups: SampleGroups | None = None,
 ) -> tuple[CleanSamples, np.ndarray, list[CoverageGroup]]:
-    """(clean samples, censored rows mask, observations per canonical group sorted by key)."""
+    """(clean samples, censored rows mask, observations per canonical group sorted by key).
+    ``clean_groups``: ``sample_groups(arrays, all_clean.mask)``, when the caller has them (the pipeline's
+    sample stage found them): the clean rows are then not grouped again."""
     clean, censored = coverage_observations(arrays, dedup=dedup, all_clean=all_clean)
     named = arrays.canonical_groups
-    cat_codes, cat_names, cx_codes, cx_names = (named.category, named.category_names, named.complexity,
-                                                named.complexity_names)
-    # Group by (category, complexity), clean rows before censored ones, row order kept within each: every
-    # row's code, the unused rows on one code after the others', in one stable sort (a radix sort while
-    # the codes fit in 16 bits), whose first rows are the used ones in group order (no list of the used
-    # rows gathered and sorted apart).
-    codes = 2 * len(cat_names) * len(cx_names)
-    pair = cat_codes.astype(np.uint16 if codes < 1 << 16 else np.int64)
-    pair *= len(cx_names)
-    pair += cx_codes.astype(pair.dtype)
-    pair *= 2
-    pair += censored
-    pair[~(clean.mask | censored)] = codes
-    order = np.argsort(pair, kind="stable")
-    # Where each group's clean rows, then its censored ones, begin in that order: the counts of the
-    # codes, summed up (no pass over the sorted codes).
-    begins = np.r_[0, np.cumsum(np.bincount(pair, minlength=codes + 1))[:codes]]
-    del pair
-    rows = narrow_rows(order[:begins[-1]], len(arrays))  # kept by every group to the end of calibration
-    del order
+    cat_names, cx_names = named.category_names, named.complexity_names
+    if clean_groups is not None and clean is all_clean:
+        rows, begins = _rows_with_clean_groups(arrays, clean_groups, censored)
+    else:
+        rows, begins = _rows_by_group(arrays, clean.mask, censored)
     # The figures of the used rows, gathered once in group order; every group is a slice (a view).
     predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), budget_sent(
         arrays, rows)
@@ -226,6 +217,52 @@ def coverage_groups(
         ))
     groups.sort(key=lambda g: g.key)
     return clean, censored, groups
+
+
+def _rows_by_group(arrays: EventArrays, clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the clean and censored rows in group order: per (category, complexity) pair code, its clean rows
+    ascending, then its censored ones; where each code's clean rows (at ``2 x code``) and censored rows
+    (at ``2 x code + 1``) begin in them, and where the last end)."""
+    named = arrays.canonical_groups
+    # Every row's code, the unused rows on one code after the others', in one stable sort (a radix sort
+    # while the codes fit in 16 bits), whose first rows are the used ones in group order (no list of the
+    # used rows gathered and sorted apart).
+    codes = 2 * len(named.category_names) * len(named.complexity_names)
+    pair = named.category.astype(_radix_type(codes) if codes < 1 << 16 else np.int64)
+    pair *= len(named.complexity_names)
+    pair += named.complexity.astype(pair.dtype)
+    pair *= 2
+    pair += censored
+    pair[~(clean | censored)] = codes
+    order = np.argsort(pair, kind="stable")
+    # Where each group's clean rows, then its censored ones, begin in that order: the counts of the
+    # codes, summed up (no pass over the sorted codes).
+    begins = np.r_[0, np.cumsum(np.bincount(pair, minlength=codes + 1))[:codes]]
+    del pair
+    return narrow_rows(order[:begins[-1]], len(arrays)), begins
+
+
+def _rows_with_clean_groups(arrays: EventArrays, clean_groups: SampleGroups, censored: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_rows_by_group`, the clean rows taken from their groups (``sample_groups``: each group's clean
+    rows ascending) and only the censored rows (a tenth of the calls) sorted by group: the same order
+    without a sort of every event."""
+    named = arrays.canonical_groups
+    width, count = len(named.complexity_names), len(named.category_names) * len(named.complexity_names)
+    cut = narrow_rows(np.flatnonzero(censored), len(arrays))
+    pair = named.category[cut].astype(np.int64) * width + named.complexity[cut]
+    cut = cut[stable_order(pair)]  # stable: each group's censored rows stay ascending
+    cut_ends = np.cumsum(np.bincount(pair, minlength=count))
+    del pair
+    clean_of = {named.category_names.index(cat) * width + named.complexity_names.index(cx): rows
+                for (cat, cx), rows in zip(clean_groups.keys, clean_groups.rows)}
+    empty = cut[:0]
+    parts, sizes = [], []
+    for code in range(count):
+        mine = cut[(cut_ends[code - 1] if code else 0):cut_ends[code]]
+        parts += [clean_of.get(code, empty), mine]
+        sizes += [len(parts[-2]), len(mine)]
+    return np.concatenate(parts).astype(cut.dtype, copy=False), np.r_[0, np.cumsum(sizes)]
 
 
 def calibrate_coverage_arrays(

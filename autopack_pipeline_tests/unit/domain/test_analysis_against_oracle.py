@@ -433,3 +433,26 @@ def test_both_methods_with_the_coverage_one_on_another_thread_are_those_one_afte
         beside = fm.calibrations_arrays(arrays, kept, groups, min_samples=1, provenance=PROVENANCE, observed=observed,
                                         beside=pool.submit)
     assert {k: r.model_dump() for k, r in beside.items()} == {k: r.model_dump() for k, r in alone.items()}
+
+
+@pytest.mark.parametrize("seed", SEEDS[:6])
+@pytest.mark.parametrize("positive", [True, False])
+def test_coverage_groups_from_the_samples_groups_are_those_it_finds_alone(seed, positive):
+    # The clean rows taken from the sample stage's groups, only the censored ones sorted: the same groups,
+    # rows and figures, bit for bit, dtypes too (with a zero prediction the clean rows differ from the
+    # samples', and the groups are found alone).
+    frame = random_events(seed, 800, missing=0 if positive else 0.08, phases=5000)  # most phases once: censored rows stay
+    if positive:
+        frame["predicted_output_tokens"] = frame["predicted_output_tokens"].clip(lower=1)
+    arrays = event_arrays_from_frame(frame)
+    kept = fm.clean_sample_rows(arrays)
+    alone = fm.coverage_groups(arrays, all_clean=kept)
+    handed = fm.coverage_groups(arrays, all_clean=kept, clean_groups=fm.sample_groups(arrays, kept.mask))
+    assert np.array_equal(alone[1], handed[1]) and len(alone[2]) == len(handed[2]) > 3
+    assert any(len(g.censored_rows) for g in alone[2])
+    for mine, theirs in zip(handed[2], alone[2]):
+        assert mine.key == theirs.key
+        for name in ("clean_rows", "censored_rows", "predicted", "actual", "budget", "censored_predicted",
+                     "censored_actual", "ratios", "bounds"):
+            a, b = getattr(mine, name), getattr(theirs, name)
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), name

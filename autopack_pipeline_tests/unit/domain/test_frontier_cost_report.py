@@ -86,3 +86,9 @@ def test_one_price_for_every_event_prices_each_group_as_a_price_per_event_does(m
     monkeypatch.setattr(group_economics, "_one_price", lambda *args: None)
     per_event = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers)
     assert json.dumps(once) == json.dumps(per_event)
+    # The rows found beforehand (the calibration finds them on its second thread) price the same calls.
+    rows = group_economics.economics_rows(arrays)
+    assert sum(len(r) for r in rows) > 0
+    found_before = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers,
+                                                   rows_by_pair=rows)
+    assert json.dumps(found_before) == json.dumps(once)

@@ -497,3 +497,11 @@ def test_pooled_clean_scores_are_each_folds_scores_ascending_bit_for_bit():
     folds = shape._folds[0]
     expected = np.concatenate([np.sort(clean[folds == fold]) for fold in range(FOLDS)])
     assert np.array_equal(shape.pooled_clean_scores, expected)
+
+
+@pytest.mark.parametrize("largest", [0, 200, 255, 256, 40_000, 65_535, 65_536, 2**40])
+def test_stable_order_of_integers_is_numpys_stable_argsort(largest):
+    # One byte per key up to 255, two up to 65,535, the keys themselves beyond: the same order each way.
+    keys = np.random.default_rng(largest % 97).integers(0, largest + 1, 5000).astype(np.int64)
+    keys[:3] = largest
+    assert np.array_equal(stable_order(keys), np.argsort(keys, kind="stable"))

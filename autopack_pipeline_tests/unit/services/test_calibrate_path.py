@@ -51,3 +51,27 @@ def test_a_window_holding_every_event_is_the_events_themselves():
         windowed, taken = events_in_window(events, window), events.take(inside)
         for name in ("event_id", "timestamp_us", "predicted", "actual"):
             assert np.array_equal(getattr(windowed, name).values, getattr(taken, name).values)
+
+
+def test_the_last_7_days_found_on_the_samples_thread_are_the_metrics_own():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from autopack_pipeline.services.pipeline import last_7_days_tier1
+
+    windowed = WindowedEvents(event_arrays_from_frame(random_events(7, 600, phases=10)), None)
+    samples = sample_stage(windowed)
+    alone = metrics_stage(windowed, samples, windowed.events, under_multiplier=1.2)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        handed = metrics_stage(windowed, samples, windowed.events, under_multiplier=1.2,
+                               last_7_days=pool.submit(last_7_days_tier1, windowed.events, under_multiplier=1.2))
+    assert handed.as_dict() == alone.as_dict()
+    # The block itself: Tier 1 of the events of the newest 7 days, at the metrics' tolerance.
+    from autopack_pipeline.domain.analysis import tier1_arrays
+    from autopack_pipeline.domain.windows import events_in_window, latest_day, trailing_days
+
+    week = events_in_window(windowed.events, trailing_days(7, latest_day(windowed.events)))
+    assert alone.as_dict()["last_7_days"]["tier1"] == tier1_arrays(week, under_multiplier=1.2)
+    assert alone.as_dict()["last_7_days"]["tier1"] != tier1_arrays(week)  # the tolerance shows
+    whole = analyse_events(load_settings(), windowed, windowed.events, force=True, write_reports=False,
+                           under_multiplier=1.2)
+    assert whole.metrics.as_dict() == alone.as_dict()
