@@ -14,9 +14,7 @@ import importlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +35,7 @@ from autopack_pipeline.services.analysis import (
 )
 from autopack_pipeline.services.calibrating import CalibrationOutcome
 from autopack_pipeline.settings import Settings
-from autopack_pipeline.storage.process_memory import release_freed_memory
+from autopack_pipeline.storage.process_memory import release_freed_memory, small_pages
 
 if TYPE_CHECKING:
     # SQLAlchemy for the annotations only: the analysis of stored arrays (the benchmark's, Dagster's
@@ -167,7 +165,7 @@ def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: Ev
     one stage after the other. ``engine`` is what :func:`calibration_stage` re-expresses the predictions
     with; without one nothing is read from a database. ``gate_metrics_only``: the metrics are
     :func:`gate_metrics_stage`'s, for a caller that reads nothing else of them (``calibrate``)."""
-    with _small_pages():
+    with small_pages():
         return _analysed(settings, windowed, every_event, engine=engine, dedup=dedup,
                          under_multiplier=under_multiplier, min_samples=min_samples,
                          gate_metrics_only=gate_metrics_only, **calibration)
@@ -210,28 +208,6 @@ def _analysed(settings: Settings, windowed: WindowedEvents, every_event: EventAr
                                 **calibration)
     timed("calibration", began)
     return Analysis(windowed, samples, metrics, outcome, timings=timings)
-
-
-@contextmanager
-def _small_pages() -> Iterator[None]:
-    """numpy's large arrays on ordinary 4 KB pages for the duration (its default asks the kernel for
-    2 MB transparent huge pages, ``madvise(MADV_HUGEPAGE)``, for every array of 4 MB or more).
-
-    The analysis allocates and frees some 4 GB of short-lived arrays at ten million events, each a fresh
-    mapping whose pages the kernel zeroes on first touch. On huge pages that zeroing (with the
-    compaction that finds the pages) took a third of the analysis' CPU time on the two-core benchmark
-    machine, twice what the same bytes cost on small pages; the gathers' extra TLB misses cost less.
-    The setting is the process' own: it is put back afterwards."""
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # another numpy layout: keep its default
-        yield
-        return
-    previous = _set_madvise_hugepage(False)
-    try:
-        yield
-    finally:
-        _set_madvise_hugepage(previous)
 
 
 def analyse(engine: Engine, settings: Settings, every_event: EventArrays, *, dedup: bool = True,

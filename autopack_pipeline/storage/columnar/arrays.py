@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
 from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, arrow_of, filled, numpy_of
 from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE, PhaseEncoder
-from autopack_pipeline.storage.process_memory import release_freed_memory
+from autopack_pipeline.storage.process_memory import release_freed_memory, small_pages
 
 _ARRAY_INTS = {
     "event_id": np.int64, "deliverable_count": np.int32, "predicted_output_tokens": np.int32,
@@ -214,6 +214,7 @@ def _same_array(a: pa.Array, b: pa.Array) -> bool:
         [x.address if x else 0 for x in b.buffers()]
 
 
+@small_pages()  # the arrays are fresh mappings the kernel zeroes: cheaper on 4 KB pages (process_memory)
 def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
     parts = manifest["parts"]
     files = [directory / part["file"] for part in parts]
