@@ -223,12 +223,14 @@ class ColumnarStore:
         # Many batches from SQLite: child processes read them (sqlite_children.py), one thread here per child
         # taking its batches in turn; else one thread reads ahead of this one.
         children = child_readers(reader, batches)
+        jobs = list(enumerate(batches))  # (index, batch): the children take every other index
         if children is None:
-            stream = prefetch(batches, lambda batch: reader.read_apart(*batch))
+            stream = prefetch(jobs, lambda job: reader.read_apart(*job[1]))
         else:
-            stream = prefetch(list(enumerate(batches)), lambda job: children.read(*job), depth=1, workers=CHILDREN)
+            stream = prefetch(jobs, lambda job: children.read(*job), depth=1, workers=CHILDREN)
         try:
-            yield from self._parts(((job[-1], got) for job, got in stream), reader, high_water, total, progress)
+            yield from self._parts(((batch, got) for (_index, batch), got in stream), reader, high_water, total,
+                                   progress)
         finally:  # stopped early (an error, Ctrl-C): the children are ended first, so no thread waits on them
             if children is not None:
                 children.close()
