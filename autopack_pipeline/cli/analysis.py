@@ -95,6 +95,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         method=args.method,
         window_versions=args.window_versions,
         gate_metrics_only=True,  # only the gate reads the metrics here
+        # Every run's events came through the columnar copy, refreshed just now: the prediction inputs are
+        # read from it without refreshing it again.
+        store_refreshed=not args.include_run_id,
     ).calibration
     if args.json:
         print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})
