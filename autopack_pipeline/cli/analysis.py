@@ -10,6 +10,7 @@ from autopack_pipeline.cli.common import (
     CALIBRATION_METHOD_CHOICES,
     EXIT_OK,
     EXIT_REFUSED,
+    freeze_for_exit,
     freeze_loaded_objects,
     identity_line,
     load_event_arrays,
@@ -126,6 +127,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             print(f"Patch:  {outcome.json_path}")
             if outcome.plot_path:
                 print(f"Plot:   {outcome.plot_path}")
+    freeze_for_exit()
     return EXIT_OK if outcome.gate.open else EXIT_REFUSED
 
 
