@@ -255,8 +255,10 @@ def rerun_codes(repredictor: Repredictor, inputs: PredictionInputs, position: np
         codes, names = category.canonical(normalise_category)
         category = LabelColumn(codes, tuple(names))
     features = list(inputs.features.items())
+    # A feature column with no value stored (an Autopack database keeps none) is missing everywhere: it
+    # tells no combination apart, so it is not gathered per row (a million-row copy each).
     rows, inverse = distinct_rows([inputs.deliverables.codes[position], category.codes, complexity.codes,
-                                    *(column.codes[position] for _name, column in features)])
+                                    *(column.codes[position] for _name, column in features if column.values)])
     predicted, budget = np.zeros(len(rows)), np.zeros(len(rows))
     for k, row in enumerate(rows.tolist()):
         at = int(position[row])
