@@ -10,6 +10,7 @@ from autopack_pipeline.cli.common import (
     CALIBRATION_METHOD_CHOICES,
     EXIT_OK,
     EXIT_REFUSED,
+    collector_paused,
     freeze_loaded_objects,
     identity_line,
     load_event_arrays,
@@ -77,52 +78,56 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from autopack_pipeline.storage.database import describe_database
 
     freeze_loaded_objects()
-    settings = load_settings()
-    engine = open_engine(args)
-    events, unreadable = load_event_arrays(engine, args, args.include_run_id)
-    # The one composition and window rule the calibration_recommendations asset uses: the last
-    # AUTOPACK_METRICS_WINDOW_DAYS days of telemetry, ending on the newest event (0 = every event).
-    outcome = analyse(
-        engine,
-        settings,
-        events,
-        min_samples=args.min_samples,
-        confidence_threshold=args.confidence_threshold,
-        dedup=not args.no_dedup,
-        force=args.force,
-        output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
-        database=describe_database(engine).url,
-        method=args.method,
-        window_versions=args.window_versions,
-        gate_metrics_only=True,  # only the gate reads the metrics here
-    ).calibration
-    if args.json:
-        print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})
-    else:
-        print(identity_line(engine))
-        print(outcome.gate.summary())
-        if outcome.reprediction:
-            print("Predictions re-expressed under the coefficients in force: "
-                  + ", ".join(f"{n} {way}" for way, n in outcome.reprediction.items() if n))
-        if outcome.window:
-            print(window_line(outcome.window))
-        if outcome.result is not None:
-            others = [r for name, r in (outcome.results or {}).items() if name != outcome.result.method]
-            for result in (outcome.result, *others):
-                chosen = " (chosen: its actionable groups are the patch)" if result is outcome.result else ""
-                print(f"Method {result.method}{chosen}:")
-                for group in result.groups:
-                    _print_group(group)
-                for group in result.below_threshold:
-                    print(f"  {group.category}/{group.complexity}: {group.note}")
-            for line in frontier_and_cost_lines(outcome.economics):
-                print(line)
-            for line in section_lines(outcome.calibration_section):
-                print(line)
-            print(f"Report: {outcome.markdown_path}")
-            print(f"Patch:  {outcome.json_path}")
-            if outcome.plot_path:
-                print(f"Plot:   {outcome.plot_path}")
+    with collector_paused():
+        settings = load_settings()
+        engine = open_engine(args)
+        events, unreadable = load_event_arrays(engine, args, args.include_run_id)
+        # The one composition and window rule the calibration_recommendations asset uses: the last
+        # AUTOPACK_METRICS_WINDOW_DAYS days of telemetry, ending on the newest event (0 = every event).
+        outcome = analyse(
+            engine,
+            settings,
+            events,
+            min_samples=args.min_samples,
+            confidence_threshold=args.confidence_threshold,
+            dedup=not args.no_dedup,
+            force=args.force,
+            output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
+            database=describe_database(engine).url,
+            method=args.method,
+            window_versions=args.window_versions,
+            gate_metrics_only=True,  # only the gate reads the metrics here
+            # Every run's events came through the columnar copy, refreshed just now: the prediction inputs are
+            # read from it without refreshing it again.
+            store_refreshed=not args.include_run_id,
+        ).calibration
+        if args.json:
+            print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})
+        else:
+            print(identity_line(engine))
+            print(outcome.gate.summary())
+            if outcome.reprediction:
+                print("Predictions re-expressed under the coefficients in force: "
+                      + ", ".join(f"{n} {way}" for way, n in outcome.reprediction.items() if n))
+            if outcome.window:
+                print(window_line(outcome.window))
+            if outcome.result is not None:
+                others = [r for name, r in (outcome.results or {}).items() if name != outcome.result.method]
+                for result in (outcome.result, *others):
+                    chosen = " (chosen: its actionable groups are the patch)" if result is outcome.result else ""
+                    print(f"Method {result.method}{chosen}:")
+                    for group in result.groups:
+                        _print_group(group)
+                    for group in result.below_threshold:
+                        print(f"  {group.category}/{group.complexity}: {group.note}")
+                for line in frontier_and_cost_lines(outcome.economics):
+                    print(line)
+                for line in section_lines(outcome.calibration_section):
+                    print(line)
+                print(f"Report: {outcome.markdown_path}")
+                print(f"Patch:  {outcome.json_path}")
+                if outcome.plot_path:
+                    print(f"Plot:   {outcome.plot_path}")
     return EXIT_OK if outcome.gate.open else EXIT_REFUSED
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -77,8 +78,11 @@ def is_doc_path(deliverable: str) -> bool:
     return text.startswith("docs/") or text.endswith(".md")
 
 
+@lru_cache(maxsize=4096)
 def lower_basename(deliverable: str) -> str:
-    """The lower-cased file name a deliverable ends with (SOT files are matched on it)."""
+    """The lower-cased file name a deliverable ends with (SOT files are matched on it). Remembered: the
+    estimator asks it of every deliverable of every estimate (twice for a match), and re-predicting a
+    million stored events asks it of the same few hundred texts over and over (a path object each)."""
     return PurePosixPath(deliverable.lower().replace("\\", "/")).name
 
 

@@ -255,8 +255,10 @@ def rerun_codes(repredictor: Repredictor, inputs: PredictionInputs, position: np
         codes, names = category.canonical(normalise_category)
         category = LabelColumn(codes, tuple(names))
     features = list(inputs.features.items())
+    # A feature column with no value stored (an Autopack database keeps none) is missing everywhere: it
+    # tells no combination apart, so it is not gathered per row (a million-row copy each).
     rows, inverse = distinct_rows([inputs.deliverables.codes[position], category.codes, complexity.codes,
-                                    *(column.codes[position] for _name, column in features)])
+                                    *(column.codes[position] for _name, column in features if column.values)])
     predicted, budget = np.zeros(len(rows)), np.zeros(len(rows))
     for k, row in enumerate(rows.tolist()):
         at = int(position[row])
@@ -300,9 +302,11 @@ def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: Coeffi
     candidates = has_inputs & has_recorded & ~same
     versions_to_scale = [code for code in np.unique(version[candidates]).tolist()
                          if code >= 0 and repredictor._scalable(inputs.versions.values[code]) is not None]
-    # Per (category, complexity) code pair, one ratio per version: rows look theirs up in a table.
+    # Per (category, complexity) code pair, one ratio per version: rows look theirs up in a table (made only
+    # when a version scales: 16 MB at a million events, at the calibration's peak otherwise).
     width = len(cx_labels) + 1
-    pair = (arrays.category.codes.astype(np.int64) + 1) * width + (arrays.complexity.codes + 1)
+    pair = (arrays.category.codes.astype(np.int64) + 1) * width + (arrays.complexity.codes + 1) \
+        if versions_to_scale else None
     for code in versions_to_scale:
         old = repredictor._scalable(inputs.versions.values[code])
         rows = np.flatnonzero(candidates & (version == code))

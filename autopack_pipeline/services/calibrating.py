@@ -110,7 +110,7 @@ def calibrate(
     database: str | None = None,
     method: str = "coverage",
     write_reports: bool = True,
-    prediction_inputs: PredictionInputs | None = None,
+    prediction_inputs: PredictionInputs | Callable[[], PredictionInputs] | None = None,
     coefficient_history: dict[str, Any] | None = None,
     window_versions: int | None = None,
     group_tier1: dict[tuple[str, str], dict[str, Any]] | None = None,
@@ -126,7 +126,8 @@ def calibrate(
     underestimation tolerance and the tolerance the coverage multiplier is computed against.
     ``write_reports=False`` computes everything and writes no file (``tasks generate``).
 
-    With ``prediction_inputs`` (``storage.prediction_inputs.read_prediction_inputs``), every event's
+    With ``prediction_inputs`` (``storage.prediction_inputs.read_prediction_inputs``, or a function reading
+    them when they are first needed, which then lets them go after the window is chosen), every event's
     prediction is first re-expressed under the coefficients in force (``domain.reprediction``;
     ``coefficient_history`` holds the kept versions, by version), so the multipliers proposed are
     factors on top of the current file, never a second application of an earlier one. The gate still
@@ -163,6 +164,7 @@ def calibrate(
     if coefficients is not None and prediction_inputs is not None and window_versions is not None:
         from autopack_pipeline.domain.calibration_window import window_of_events
 
+        prediction_inputs = _read(prediction_inputs)
         in_force = arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
         chosen = window_of_events(in_force[0], prediction_inputs, keep_versions=window_versions)
         if chosen.drift is not None and chosen.drift.moved:
@@ -182,6 +184,7 @@ def calibrate(
     }
     reprediction = window = None
     if prediction_inputs is not None:
+        prediction_inputs = _read(prediction_inputs)
         arrays, reprediction = in_force or arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
         provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
                                        + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
@@ -195,6 +198,9 @@ def calibrate(
                                            f"version(s), {window['events_dropped']} older left out ({chosen.reason})")
         samples = clean_sample_rows(arrays, dedup=dedup)
         groups = sample_groups(arrays, samples.mask)
+        # Nothing reads the stored inputs (or the events before the window) again: read through a function,
+        # they are held by nobody else and go now, not after the calibration's peak (15 MB at a million events).
+        prediction_inputs = in_force = chosen = None
 
     def trimmed(work: Callable[[], Any]) -> Any:
         done = work()
@@ -280,6 +286,11 @@ def calibrate(
                               json_path=files.json, plot_path=files.plot, results=results, economics=economics,
                               calibration_section=section, reprediction=reprediction,
                               calibration_sections=sections, window=window)
+
+
+def _read(inputs: PredictionInputs | Callable[[], PredictionInputs]) -> PredictionInputs:
+    """The prediction inputs, read now if ``calibrate`` was handed the function reading them."""
+    return inputs() if callable(inputs) else inputs
 
 
 def calibration_economics(arrays: EventArrays, groups: list, result: CalibrationResult, coefficients,

@@ -78,16 +78,20 @@ def read_stored(engine: Engine, run_ids: list[str] | None = None) -> StoredEvent
     return StoredEvents(events, read_prediction_inputs(engine, ids))
 
 
-def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, **options: Any):
+def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, *, store_refreshed: bool = False,
+                       **options: Any):
     """``calibrating.calibrate`` with every prediction re-expressed under the coefficients in force.
 
     ``events`` (a frame or EventArrays) defaults to all stored events; ``options`` are
     ``calibrating.calibrate``'s keyword arguments. ``window_versions`` defaults to the setting
-    (``AUTOPACK_CALIBRATION_WINDOW_VERSIONS``, 2): what calibration learns from.
+    (``AUTOPACK_CALIBRATION_WINDOW_VERSIONS``, 2): what calibration learns from. ``store_refreshed``:
+    ``events`` were loaded from the columnar copy just refreshed by this process
+    (``read_prediction_inputs``' ``refreshed``).
     """
     from autopack_pipeline.services.calibrating import calibrate
     from autopack_pipeline.storage.prediction_inputs import read_prediction_inputs
 
+    refreshed = store_refreshed and events is not None  # events read from the database here are not the copy's
     if events is None:
         from autopack_pipeline.storage.events import read_events  # pandas and the ORM, for this case only
 
@@ -95,9 +99,12 @@ def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, **opti
     path = settings.seeds_dir / "estimator_coefficients.yaml"
     if options.get("window_versions") is None:
         options["window_versions"] = settings.calibration_window_versions
+    id_range = _id_range(events)
     return calibrate(
         events, settings,
-        prediction_inputs=read_prediction_inputs(engine, id_range=_id_range(events)),
+        # Read by calibrate when it needs them: a value passed here would be held by this call's keyword
+        # arguments until calibrate returns, past the point where calibrate lets them go.
+        prediction_inputs=lambda: read_prediction_inputs(engine, id_range=id_range, refreshed=refreshed),
         coefficient_history=load_coefficient_history(path), **options,
     )
 

@@ -92,7 +92,8 @@ def calibration_stage(engine: Engine | None, settings: Settings, windowed: Windo
                       samples: SampleSummary | None = None, **options: Any) -> CalibrationOutcome:
     """Gate and calibrate the window's events under the coefficients in force; the gate reads
     ``metrics``' Tier 1 and the coverage bound its tolerance (the ``under_multiplier`` it was measured
-    with). ``options``: ``calibrating.calibrate``'s keyword arguments (method, min_samples, ...).
+    with). ``options``: ``calibrating.calibrate``'s keyword arguments (method, min_samples, ...), and
+    ``calibration_apply.calibrate_in_force``'s ``store_refreshed``.
     ``samples``: the window's clean samples as :func:`sample_stage` found them in this process, so
     the gate does not find them again (ignored when they were found with another ``dedup``).
 
@@ -109,6 +110,8 @@ def calibration_stage(engine: Engine | None, settings: Settings, windowed: Windo
         options["group_tier1"] = metrics.group_tier1  # counted by the metrics stage over the same events
     if engine is None:
         from autopack_pipeline.services.calibrating import calibrate
+
+        options.pop("store_refreshed", None)  # no database, so no store to read the inputs from
 
         return calibrate(windowed.events, settings, tier1=metrics.tier1,
                          under_multiplier=metrics.under_multiplier, **options)

@@ -78,15 +78,21 @@ def prediction_inputs_from_arrow(table: pa.Table) -> PredictionInputs:
 
 
 def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = None, *,
-                           id_range: tuple[int, int] | None = None) -> PredictionInputs:
+                           id_range: tuple[int, int] | None = None, refreshed: bool = False) -> PredictionInputs:
     """Every stored event's prediction inputs (of ``event_ids`` only, when given; of the events with
     ids from ``id_range[0]`` to ``id_range[1]`` only, when given: the columnar copy reads only the
-    parts that can hold them)."""
-    from autopack_pipeline.storage.columnar import ColumnarStoreError, refresh_store
+    parts that can hold them). ``refreshed``: the events asked about came through the columnar copy,
+    refreshed by this process moments ago, so its parts hold every one of them and it is not refreshed
+    again (the second refresh's database round trips cost ``calibrate`` up to a tenth of a second while
+    its other threads hold the GIL)."""
+    from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, refresh_store
 
     table = None
     try:
-        store, _refresh = refresh_store(engine)
+        store = ColumnarStore.for_engine(engine) if refreshed else None
+        manifest = store.manifest() if store is not None else None
+        if manifest is None or (id_range is not None and manifest["high_water_event_id"] < id_range[1]):
+            store = refresh_store(engine)[0]  # not refreshed, or not holding every event asked about
         if store is not None:
             table = store.inputs_table(engine, as_codes=TEXT_COLUMNS, id_range=id_range)
     except (ColumnarStoreError, OSError):

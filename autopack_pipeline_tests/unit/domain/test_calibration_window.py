@@ -184,3 +184,25 @@ def test_the_window_of_stored_events_is_choose_window_over_their_plain_labels():
     assert (got.rows == want.rows).all() and got.versions == want.versions
     assert got.dropped_versions == want.dropped_versions and got.drift == want.drift
     assert got.drift is not None and got.drift.groups_tested == 6
+
+
+@pytest.mark.parametrize(("versions", "keep", "asked"), [
+    (["v0"] * 720, 2, False),  # one version (Autopack's events have none): no drift test, no error read
+    (["v0"] * 240 + ["v1"] * 480, 1, False),  # the last version alone is kept
+    (["v0"] * 240 + ["v1"] * 480, 2, True),  # two versions: the drift test reads each call's error
+])
+def test_the_errors_are_computed_only_for_a_window_that_tests_for_drift(versions, keep, asked):
+    from autopack_pipeline.domain.calibration_window import _window
+
+    _, order, groups, values, censored = _history()
+    names = sorted(set(versions))
+    codes = np.array([names.index(v) for v in versions])
+    calls: list[int] = []
+
+    def errors():
+        calls.append(1)
+        return groups, values, censored, None
+
+    window = _window(codes, names, order, errors, keep_versions=keep)
+    assert bool(calls) is asked
+    assert window.as_dict() == choose_window(versions, order, groups, values, censored, keep_versions=keep).as_dict()

@@ -126,3 +126,25 @@ def test_clamped_budgets_are_the_clamps_of_select_budget_whatever_the_shapes():
     floors = np.array([100.0, 200.0, 300.0])
     assert clamped_budgets(150.0, 1.0, 1.5, floors, 8000).tolist() == [225.0, 225.0, 300.0]
     assert float(clamped_budgets(150.0, 1.0, 1.5, 300, 250)) == 250.0
+
+
+def test_the_seed_files_read_the_same_through_libyaml_as_through_pythons_parser():
+    """``read_yaml_file`` parses with libyaml where PyYAML has it: every seed file must give the very
+    document ``yaml.safe_load`` gives; a file it refuses is parsed again in Python for the message."""
+    import yaml
+
+    from autopack_pipeline.domain.coefficients import read_yaml_file
+
+    repo = Path(__file__).resolve().parents[3]
+    files = sorted([*(repo / "seeds").glob("*.yaml"), *(repo / "autopack_pipeline" / "seeds_default").glob("*.yaml")])
+    assert len(files) >= 10
+    for path in files:
+        assert read_yaml_file(path, "seed") == yaml.safe_load(path.read_text(encoding="utf-8")), path
+
+
+def test_a_yaml_error_quotes_the_line_as_pythons_parser_does(tmp_path):
+    path = tmp_path / "model_prices.yaml"
+    path.write_text("version: v\nmodels: {a: 1: 2}\n")
+    with pytest.raises(ValueError) as caught:
+        load_price_table(path)
+    assert "models: {a: 1: 2}" in str(caught.value) and "^" in str(caught.value)  # the line, and a caret under it

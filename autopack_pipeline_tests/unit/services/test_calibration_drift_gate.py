@@ -56,3 +56,42 @@ def test_no_drift_keeps_the_gate_closed(sqlite_url):
                                  reopen_on_drift=True)
     assert not outcome.gate.open
     engine.dispose()
+
+
+def test_the_prediction_inputs_are_read_once_the_gate_opens_and_let_go_before_the_methods_run(
+        sqlite_url, monkeypatch):
+    """A gate that stays closed reads none; an open one reads them once, and they are gone (held by no
+    one) before the methods run: the calibration's peak memory comes after."""
+    import gc
+    import weakref
+
+    from autopack_pipeline.services import calibrating
+    from autopack_pipeline.storage import prediction_inputs
+
+    engine = make_engine(sqlite_url)
+    upgrade_database(engine)
+    _store_round(engine, "run-new", "v5-step1", 0.8)
+    read: list[weakref.ref] = []
+    real_read = prediction_inputs.read_prediction_inputs
+
+    def spy(*args, **kwargs):
+        inputs = real_read(*args, **kwargs)
+        read.append(weakref.ref(inputs))
+        return inputs
+
+    monkeypatch.setattr(prediction_inputs, "read_prediction_inputs", spy)
+    closed = calibrate_in_force(engine, load_settings(), write_reports=False, window_versions=2)
+    assert not closed.gate.open and read == []
+    alive_at_methods: list[bool] = []
+    real_methods = calibrating.calibrations_arrays
+
+    def methods(*args, **kwargs):
+        gc.collect()
+        alive_at_methods.append(read[0]() is not None)
+        return real_methods(*args, **kwargs)
+
+    monkeypatch.setattr(calibrating, "calibrations_arrays", methods)
+    opened = calibrate_in_force(engine, load_settings(), write_reports=False, window_versions=2, force=True)
+    assert opened.gate.open and len(read) == 1 and alive_at_methods == [False]
+    assert opened.reprediction == {"recorded": 80, "scaled": 0, "rerun": 0, "kept": 0}
+    engine.dispose()

@@ -79,3 +79,26 @@ def test_groups_without_placeable_values_still_draw(drawn):
            ("tests", "low"): _group(("tests", "low"), [0.0, np.inf, 1.5])})
     axes = drawn({})
     assert not axes.collections
+
+
+def test_the_layout_is_tight_layouts_with_the_legend_room_to_the_bit(drawn, monkeypatch):
+    """``_lay_out`` measures the labels once, where ``tight_layout(rect=...)`` measures them twice: the
+    subplot parameters must be the very same floats, so the picture is the same PNG."""
+    rng = np.random.default_rng(3)
+    observations = {(c, x): _group((c, x), rng.lognormal(0, 0.5, 50), rng.uniform(1, 3, 5))
+                    for c in ("configuration", "implementation", "docs") for x in ("maintenance", "low")}
+
+    def picture() -> tuple[dict, bytes]:
+        out = io.BytesIO()
+        plots.render_calibration_plot(out, observations, [])
+        return vars(drawn(observations).figure.subplotpars).copy(), out.getvalue()
+
+    ours = picture()
+
+    def tight(figure: Figure, legend_room: float) -> None:
+        figure.tight_layout(rect=(0, legend_room, 1, 1))
+        figure.set_layout_engine(None)
+
+    monkeypatch.setattr(plots, "_lay_out", tight)
+    assert picture() == ours
+    assert ours[0]["bottom"] > 0.45 / 4.9  # the legend's room (figure height 4.9 in) and the x labels' below the axes

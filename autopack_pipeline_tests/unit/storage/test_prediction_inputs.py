@@ -151,3 +151,28 @@ def test_an_id_range_reads_the_inputs_of_those_events_only(seeded, make_event, t
         chosen = entries(read_prediction_inputs(seeded, id_range=(low, high)))
         assert chosen == [entry for entry in every if low <= entry[0] <= high]
     assert len(entries(read_prediction_inputs(seeded, id_range=(ids[5], ids[30])))) == 26
+
+
+def test_a_copy_refreshed_by_the_caller_is_not_refreshed_again_unless_it_lacks_the_events(
+        seeded, make_event, tmp_path, monkeypatch):
+    """``refreshed``: the events came through the copy just refreshed, so it is read as it is; a copy whose
+    high-water mark is below the events asked about is refreshed all the same (their inputs are not in it)."""
+    from autopack_pipeline.storage import columnar
+    from autopack_pipeline.storage.columnar import store as store_module
+
+    monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(tmp_path / "columnar"))
+    for i in range(10):
+        assert record_estimation_event(seeded, make_event(event_uid=f"a{i}"), respect_flag=False)
+    columnar.refresh_store(seeded)
+    refreshes: list[int] = []
+    real = store_module.ColumnarStore.refresh
+    monkeypatch.setattr(store_module.ColumnarStore, "refresh",
+                        lambda self, *a, **k: refreshes.append(1) or real(self, *a, **k))
+    every = _rows(read_prediction_inputs(seeded))
+    assert refreshes == [1]
+    ids = [row[0] for row in every]
+    assert _rows(read_prediction_inputs(seeded, id_range=(ids[0], ids[-1]), refreshed=True)) == every
+    assert refreshes == [1]
+    assert record_estimation_event(seeded, make_event(event_uid="late"), respect_flag=False)
+    newest = _rows(read_prediction_inputs(seeded, id_range=(ids[0], ids[-1] + 1), refreshed=True))
+    assert refreshes == [1, 1] and len(newest) == len(every) + 1
