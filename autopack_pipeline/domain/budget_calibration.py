@@ -66,7 +66,6 @@ from autopack_pipeline.domain.pooled_margin import kaplan_meier_point, pooled_gr
 from autopack_pipeline.domain.scale_pooling import scales_pooled
 from autopack_pipeline.domain.shared_figures import BUSY, shared
 from autopack_pipeline.domain.targets import FACTOR_PHASE_TARGET_PCT, UNDER_TOLERANCE
-from autopack_pipeline.domain.tasks import Insight
 
 DEFAULT_TRUNCATION_TARGET_PCT = 2.0
 # The floor raise for a group too small to estimate (a truncation among fewer than min_samples calls):
@@ -186,7 +185,7 @@ def propose_group_budget(
     kind = (pooled[1] if status == "pooled"
             else f"the {k}-th of {n} ratios (a {100 - target_pct:g}% bound)" if status == "identifiable"
             else f"the largest of {n} ratios (advisory: a {100 - target_pct:g}% bound needs "
-                 f"{_needed(target_pct)} observations)")
+                 f"{observations_for_bound(target_pct)} observations)")
     return GroupBudgetProposal(
         *key, status=status, observations=n, censored=n_cut, order_statistic_k=k,
         current_prediction_multiplier=current_m, proposed_factor=proposed_factor, prediction_multiplier=multiplier,
@@ -248,12 +247,13 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
     return cap, f"the {k}-th of {n} ratios with truncated calls at {CENSORED_HEADROOM}x their ceilings"
 
 
-def _needed(target_pct: float) -> int:
+def observations_for_bound(target_pct: float) -> int:
     """Observations needed for an order-statistic bound at ``target_pct``: the least n with k <= n."""
     n = 1
     while order_statistic_index(n, target_pct) > n:
         n += 1
     return n
+
 
 
 def _margin_in_force(table: CoefficientTable, key: tuple[str, str]) -> float:
@@ -262,27 +262,6 @@ def _margin_in_force(table: CoefficientTable, key: tuple[str, str]) -> float:
     if setting is not None and setting.budget_margin is not None:
         return setting.budget_margin
     return table.budget.doc_models.margin if key[0] in table.budget.doc_models.categories else table.budget.buffer_margin
-
-
-def insights_from_budget_proposals(proposals: Sequence[GroupBudgetProposal], min_samples: int) -> list[Insight]:
-    """A collect-samples task per unidentifiable group: its figure needs more (untruncated) data."""
-    insights = []
-    for proposal in proposals:
-        if proposal.status != "unidentifiable":
-            continue
-        subject = f"{proposal.category}/{proposal.complexity}"
-        wanted = max(min_samples, _needed(DEFAULT_TRUNCATION_TARGET_PCT))
-        insights.append(Insight(
-            kind="sample_shortfall", subject=subject,
-            title=f"Collect more samples for {subject}: its truncation budget is unidentifiable",
-            detail=proposal.note, confidence=0.8, severity=5, task_kind="collect_samples", requires_approval=False,
-            effort="S",
-            evidence={"category": proposal.category, "complexity": proposal.complexity,
-                      "observed": proposal.observations, "threshold": wanted,
-                      "proposed_budget_floor": proposal.budget_floor},
-            source="calibration_recommendations",
-        ))
-    return insights
 
 
 def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[tuple[str, str], float], *,
@@ -308,7 +287,7 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
             shapes.append(shape)
     if pool_scales:
         shapes = scales_pooled(shapes)
-    return pooled_group_margins(shapes, target_pct, thin_below=_needed(truncation_target_pct),
+    return pooled_group_margins(shapes, target_pct, thin_below=observations_for_bound(truncation_target_pct),
                                 headroom=reach_headroom, retry_factor=retry_factor, retries=retries)
 
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.analysis import EventArrays
-from autopack_pipeline.domain.budget_calibration import GroupBudgetProposal, insights_from_budget_proposals
+from autopack_pipeline.domain.budget_calibration import GroupBudgetProposal
+from autopack_pipeline.domain.budget_insights import insights_from_budget_proposals
 from autopack_pipeline.domain.outcome_insights import analyse_outcomes, insights_from_outcomes
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 from autopack_pipeline.domain.tasks import (

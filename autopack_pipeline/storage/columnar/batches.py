@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from autopack_pipeline.storage.columnar.encoding import (
     GROUPED_LABELS,
     TABLE,
     ColumnarStoreError,
+    Progress,
     _empty_parsed,
     _parse_types,
     _store_table,
@@ -315,3 +317,24 @@ def _string_array(texts: list[str]) -> pa.Array:
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
     np.cumsum([len(item) for item in encoded], out=offsets[1:])
     return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def gathered_parts(stream: Iterator[tuple[tuple[str, tuple], tuple[pa.Table, list]]], reader: _BatchReader,
+                   high_water: int, total: int, progress: Progress | None, part_rows: int) -> Iterator[pa.Table]:
+    """The batches of ``stream`` (``((where, params), (table, rows set aside))`` in id order) gathered into
+    tables of about ``part_rows`` rows; the set-aside rows go to ``reader.unreadable`` in the batches' order,
+    whichever thread or process read them; ``progress`` hears of each batch above the mark."""
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    for (where, params), (table, aside) in stream:
+        reader.unreadable += aside
+        if table.num_rows:
+            pending.append(table)
+            pending_rows += table.num_rows
+        if pending_rows >= part_rows:
+            yield pa.concat_tables(pending).combine_chunks()
+            pending, pending_rows = [], 0
+        if progress is not None and where.startswith("event_id >"):
+            progress(params[1] - high_water, total)
+    if pending:
+        yield pa.concat_tables(pending).combine_chunks()

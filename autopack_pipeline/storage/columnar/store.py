@@ -213,6 +213,8 @@ class ColumnarStore:
     def _extract(self, reader: _BatchReader, high_water: int, top: int, gaps: list[list], progress: Progress | None
                  ) -> Iterator[pa.Table]:
         """New rows as tables of about PART_ROWS rows each (ids in gaps first, then above the mark)."""
+        from autopack_pipeline.storage.columnar.batches import gathered_parts
+
         batches: list[tuple[str, tuple]] = [("event_id BETWEEN %s AND %s", (int(lo), int(hi))) for lo, hi, _t in gaps]
         start = high_water
         while start < top:
@@ -229,30 +231,12 @@ class ColumnarStore:
         else:
             stream = prefetch(jobs, lambda job: children.read(*job), depth=1, workers=CHILDREN)
         try:
-            yield from self._parts(((batch, got) for (_index, batch), got in stream), reader, high_water, total,
-                                   progress)
+            yield from gathered_parts(((batch, got) for (_index, batch), got in stream), reader, high_water, total,
+                                      progress, PART_ROWS)
         finally:  # stopped early (an error, Ctrl-C): the children are ended first, so no thread waits on them
             if children is not None:
                 children.close()
             stream.close()
-
-    def _parts(self, stream: Iterator[tuple[tuple[str, tuple], tuple[pa.Table, list]]], reader: _BatchReader,
-               high_water: int, total: int, progress: Progress | None) -> Iterator[pa.Table]:
-        """The batches of ``stream`` gathered into tables of about PART_ROWS rows."""
-        pending: list[pa.Table] = []
-        pending_rows = 0
-        for (where, params), (table, aside) in stream:
-            reader.unreadable += aside  # in the batches' order, whichever thread or process read them
-            if table.num_rows:
-                pending.append(table)
-                pending_rows += table.num_rows
-            if pending_rows >= PART_ROWS:
-                yield pa.concat_tables(pending).combine_chunks()
-                pending, pending_rows = [], 0
-            if progress is not None and where.startswith("event_id >"):
-                progress(params[1] - high_water, total)
-        if pending:
-            yield pa.concat_tables(pending).combine_chunks()
 
     def _append_part(self, manifest: dict[str, Any], table: pa.Table, inputs: pa.Table | None = None) -> str:
         """Write ``table`` as the next part (and ``inputs`` as its prediction inputs, when given); new rows

@@ -10,10 +10,8 @@ import pandas as pd
 import pytest
 
 from autopack_pipeline.domain.backtest import run_backtest
-from autopack_pipeline.domain.budget_calibration import (
-    insights_from_budget_proposals,
-    propose_group_budget,
-)
+from autopack_pipeline.domain.budget_calibration import propose_group_budget
+from autopack_pipeline.domain.budget_insights import insights_from_budget_proposals
 from autopack_pipeline.domain.coefficients import GroupSetting, load_coefficients
 from autopack_pipeline.domain.estimator import TokenEstimator, select_budget
 from autopack_pipeline.domain.group_observations import GroupObservationsInForce
