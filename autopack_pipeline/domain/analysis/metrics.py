@@ -88,31 +88,35 @@ class _Basics:
         return self._over[multiplier]
 
     def ratio_values(self, name: str, rows: np.ndarray | None,
-                     tokens: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                     tokens: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(the values the reference sorts for one figure over ``rows`` (a mask or indices), in that
         order; which of those rows have one, None when all do).
 
         ``waste``: finite predicted/actual; ``budget_waste``: finite budget/actual with both positive;
         ``smape``: 200 * |p - a| / (|p| + |a|) over non-truncated rows with a positive finite scale.
-        ``tokens``: ``self.tokens(rows)`` when the caller has them (not changed).
+        ``tokens``: ``self.tokens(rows)`` when the caller has them (not changed). ``out``: a float64 array
+        of one value per row the values may be computed in (overwritten; the values returned may be it, so
+        it must not be used again while they are): each figure of ten million rows otherwise maps a fresh
+        80 MB whose pages the kernel zeroes on first touch.
         Each value is computed for every row and the rows without one dropped after, in one gather (the
         same operations per value as on the kept rows alone, which took three gathers).
         """
         predicted, actual = tokens or self.tokens(rows)
         with np.errstate(divide="ignore", invalid="ignore"):
             if name == "waste":
-                values = np.divide(predicted, actual, dtype=np.float64)
+                values = np.divide(predicted, actual, dtype=np.float64, out=out)
                 return _kept(values, np.isfinite(values))
             if name == "budget_waste":
                 budget = self.budget(rows)
-                values = np.divide(budget, actual, dtype=np.float64)
+                values = np.divide(budget, actual, dtype=np.float64, out=out)
                 return _kept(values, np.isfinite(values) & (budget > 0) & (actual > 0))
             if self.whole and max(predicted.itemsize, actual.itemsize) <= 4:
                 # Non-negative 32-bit integers: |p| + |a| and p - a exactly, as float64 (below 2**33, where
                 # float64 holds every integer: the values the integers convert to), in place from there on.
                 scale = np.add(predicted, actual, dtype=np.float64)
                 usable = ~_select(self.truncated, rows) & (scale > 0)
-                values = np.subtract(predicted, actual, dtype=np.float64)
+                values = np.subtract(predicted, actual, dtype=np.float64, out=out)
                 np.abs(values, out=values)
                 values *= 200.0
             elif self.whole:
@@ -165,29 +169,50 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
     # The token counts gathered once for the three figures: the int32 counts themselves when every one is
     # known (_Basics.whole), else floats.
     tokens = base.tokens(rows)
+    # One buffer every figure's values are computed in, in turn (each figure is done with its values before
+    # the next one's are computed).
+    buffer = np.empty(len(tokens[0]), dtype=np.float64)
     out: list[dict[str, Any]] = [{} for _ in documents]
-    # The largest document last: it reorders the values in place; the others partition a copy.
-    last = max(range(len(documents)), key=lambda d: (len(documents[d]), -d))
+    # Without copies when every value is a non-negative number (_Basics.whole: no NaN, no -0.0, so equal
+    # values have equal bits) and no two documents' parts partly overlap: each document's values are then
+    # partitioned in place, the smaller documents first. A partition reorders values within a document's
+    # slice only, so a document containing it still holds its own values (the order statistics read the
+    # values, not their order), and the means are taken before anything is reordered. Else the largest
+    # document last: it reorders the values in place; the others partition a copy.
+    in_place = base.whole and _nested(documents)
+    if in_place:
+        order = sorted(range(len(documents)), key=lambda d: (len(documents[d]), d))
+    else:
+        last = max(range(len(documents)), key=lambda d: (len(documents[d]), -d))
+        order = [d for d in range(len(documents)) if d != last] + [last]
     for name in ("waste", "budget_waste", "smape"):
-        values, kept = base.ratio_values(name, rows, tokens)
+        values, kept = base.ratio_values(name, rows, tokens, out=buffer)
         bounds = [0] + [end if kept is None else int(np.count_nonzero(kept[:end])) for end in ends]
         del kept
-        for d in [d for d in range(len(documents)) if d != last] + [last]:
-            members = documents[d]
-            chosen = values[bounds[members[0]]:bounds[members[-1] + 1]]
-            if d != last:
-                chosen = chosen.copy()
-            doc = out[d]
+        slices = [values[bounds[members[0]]:bounds[members[-1] + 1]] for members in documents]
+        means = ([float(chosen.mean()) if len(chosen) else None for chosen in slices]
+                 if in_place and name != "budget_waste" else [None] * len(documents))
+        for d in order:
+            chosen = slices[d] if in_place or d == last else slices[d].copy()
+            doc, mean = out[d], means[d]
             if name == "waste":
                 doc["waste_ratio_median"], doc["waste_ratio_mean"], doc["waste_ratio_p90"] = _summary_and_p90(
-                    chosen, overwrite=True)
+                    chosen, overwrite=True, mean=mean)
             elif name == "budget_waste":
                 doc["budget_waste_p90"] = p90_of(chosen, overwrite=True)
             else:
-                doc["smape_median"], doc["smape_mean"] = _summary(chosen, overwrite=True)
+                doc["smape_median"], doc["smape_mean"] = _summary(chosen, overwrite=True, mean=mean)
             del chosen
-        del values
+        del values, slices
     return out
+
+
+def _nested(documents: list[list[int]]) -> bool:
+    """No two documents (runs of consecutive parts) partly overlap: each pair is disjoint or one holds the other."""
+    spans = [(members[0], members[-1]) for members in documents]
+    return all(b_end < a_start or a_end < b_start or (a_start <= b_start and b_end <= a_end)
+               or (b_start <= a_start and a_end <= b_end)
+               for i, (a_start, a_end) in enumerate(spans) for (b_start, b_end) in spans[i + 1:])
 
 
 def _document(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multiplier: float, figures: dict[str, Any],

@@ -83,22 +83,27 @@ def median_of(values: np.ndarray, *, overwrite: bool = False) -> float:
     return _median_from(order_statistics(values, _median_positions(len(values)), overwrite=overwrite), len(values))
 
 
-def _summary(values: np.ndarray, *, overwrite: bool = False) -> tuple[float | None, float | None]:
-    """(median, mean) of ``values``; (None, None) when empty. ``overwrite``: reorder the caller's copy."""
+def _summary(values: np.ndarray, *, overwrite: bool = False, mean: float | None = None
+             ) -> tuple[float | None, float | None]:
+    """(median, mean) of ``values``; (None, None) when empty. ``overwrite``: reorder the caller's copy.
+    ``mean``: the values' mean, when the caller took it before they were reordered."""
     if len(values) == 0:
         return None, None
-    mean = float(values.mean())  # before any partition: numpy's pairwise sum depends on the order
+    if mean is None:
+        mean = float(values.mean())  # before any partition: numpy's pairwise sum depends on the order
     return median_of(values, overwrite=overwrite), mean
 
 
-def _summary_and_p90(values: np.ndarray, *, overwrite: bool = False
+def _summary_and_p90(values: np.ndarray, *, overwrite: bool = False, mean: float | None = None
                      ) -> tuple[float | None, float | None, float | None]:
-    """Median, mean and P90 of ``values`` with one partition (of the caller's copy if ``overwrite``)."""
+    """Median, mean and P90 of ``values`` with one partition (of the caller's copy if ``overwrite``).
+    ``mean``: as for :func:`_summary`."""
     n = len(values)
     if n == 0:
         return None, None, None
     positions = _median_positions(n) + (list(_p90_positions(n)[:2]) if n >= 10 else [])
-    mean = float(values.mean())
+    if mean is None:
+        mean = float(values.mean())
     maximum = float(values.max()) if n < 10 else math.nan
     picked = order_statistics(values, positions, overwrite=overwrite)
     return _median_from(picked, n), mean, _p90_from(picked, n, maximum)

@@ -301,3 +301,34 @@ def test_group_tier1_counted_beside_the_document_is_the_gates_own():
     shared = arrays.canonical_groups
     assert shared.category.dtype == np.int8 and shared.category_names == names
     assert np.array_equal(shared.category, codes)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nested_documents_partitioned_in_place_match_each_partitioned_from_a_copy(seed, monkeypatch):
+    """Documents made of nested runs of parts share one array of values, each partitioned in place
+    (smaller documents first, means taken before): every figure equals the copy-per-document way's,
+    bit for bit; partly overlapping documents are not nested and take the copy way."""
+    import numpy as np
+
+    from autopack_pipeline.domain.analysis import EventArrays
+    from autopack_pipeline.domain.analysis import metrics as metrics_module
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    rows = [{"event_id": i, "category": "tests", "complexity": "low",
+             "predicted_output_tokens": int(rng.integers(0, 60)), "actual_output_tokens": int(rng.integers(0, 90)),
+             "selected_budget": int(rng.integers(1, 200)), "actual_max_tokens": int(rng.integers(0, 3)) * 100,
+             "success": bool(rng.integers(0, 2)), "truncated": bool(rng.integers(0, 4) == 0),
+             "run_id": "r", "phase_id": f"p{i}", "attempt": 1} for i in range(n)]
+    base = metrics_module._Basics.of(EventArrays.from_records(rows))
+    assert base.whole
+    part = rng.integers(0, 4, n)
+    parts = [part == k for k in range(4)]
+    documents = [[0, 1, 2, 3], [0], [1, 2], [2], [3]]
+    assert metrics_module._nested(documents)
+    assert not metrics_module._nested([[0, 1], [1, 2]])
+    in_place = metrics_module._shared_ratio_figures(base, parts, documents)
+    monkeypatch.setattr(metrics_module, "_nested", lambda documents: False)
+    copied = metrics_module._shared_ratio_figures(base, parts, documents)
+    assert json.dumps(in_place) == json.dumps(copied)
+    assert all(doc["waste_ratio_median"] is not None for doc in in_place)
