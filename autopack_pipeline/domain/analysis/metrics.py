@@ -88,35 +88,36 @@ class _Basics:
         return self._over[multiplier]
 
     def ratio_values(self, name: str, rows: np.ndarray | None,
-                     tokens: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray | None]:
+                     tokens: tuple[np.ndarray, np.ndarray] | None = None,
+                     out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(the values the reference sorts for one figure over ``rows`` (a mask or indices), in that
         order; which of those rows have one, None when all do).
 
         ``waste``: finite predicted/actual; ``budget_waste``: finite budget/actual with both positive;
         ``smape``: 200 * |p - a| / (|p| + |a|) over non-truncated rows with a positive finite scale.
-        ``tokens``: ``self.tokens(rows)`` when the caller has them (not changed). ``out``: a float64 array
-        of one value per row the values may be computed in (overwritten; the values returned may be it, so
-        it must not be used again while they are): each figure of ten million rows otherwise maps a fresh
-        80 MB whose pages the kernel zeroes on first touch.
+        ``tokens``: ``self.tokens(rows)`` when the caller has them (not changed). ``out``: two float64
+        arrays of one value per row the values (and SMAPE's scale) may be computed in, overwritten; the
+        values returned may be the first, so it must not be used again while they are. Each figure at ten
+        million rows otherwise maps a fresh 80 MB or two, whose pages the kernel zeroes on first touch.
         Each value is computed for every row and the rows without one dropped after, in one gather (the
         same operations per value as on the kept rows alone, which took three gathers).
         """
         predicted, actual = tokens or self.tokens(rows)
+        values_out, scale_out = out or (None, None)
         with np.errstate(divide="ignore", invalid="ignore"):
             if name == "waste":
-                values = np.divide(predicted, actual, dtype=np.float64, out=out)
+                values = np.divide(predicted, actual, dtype=np.float64, out=values_out)
                 return _kept(values, np.isfinite(values))
             if name == "budget_waste":
                 budget = self.budget(rows)
-                values = np.divide(budget, actual, dtype=np.float64, out=out)
+                values = np.divide(budget, actual, dtype=np.float64, out=values_out)
                 return _kept(values, np.isfinite(values) & (budget > 0) & (actual > 0))
             if self.whole and max(predicted.itemsize, actual.itemsize) <= 4:
                 # Non-negative 32-bit integers: |p| + |a| and p - a exactly, as float64 (below 2**33, where
                 # float64 holds every integer: the values the integers convert to), in place from there on.
-                scale = np.add(predicted, actual, dtype=np.float64)
+                scale = np.add(predicted, actual, dtype=np.float64, out=scale_out)
                 usable = ~_select(self.truncated, rows) & (scale > 0)
-                values = np.subtract(predicted, actual, dtype=np.float64, out=out)
+                values = np.subtract(predicted, actual, dtype=np.float64, out=values_out)
                 np.abs(values, out=values)
                 values *= 200.0
             elif self.whole:
@@ -169,9 +170,9 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
     # The token counts gathered once for the three figures: the int32 counts themselves when every one is
     # known (_Basics.whole), else floats.
     tokens = base.tokens(rows)
-    # One buffer every figure's values are computed in, in turn (each figure is done with its values before
+    # The buffers every figure's values are computed in, in turn (each figure is done with its values before
     # the next one's are computed).
-    buffer = np.empty(len(tokens[0]), dtype=np.float64)
+    buffers = (np.empty(len(tokens[0]), dtype=np.float64), np.empty(len(tokens[0]), dtype=np.float64))
     out: list[dict[str, Any]] = [{} for _ in documents]
     # Without copies when every value is a non-negative number (_Basics.whole: no NaN, no -0.0, so equal
     # values have equal bits) and no two documents' parts partly overlap: each document's values are then
@@ -186,7 +187,7 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
         last = max(range(len(documents)), key=lambda d: (len(documents[d]), -d))
         order = [d for d in range(len(documents)) if d != last] + [last]
     for name in ("waste", "budget_waste", "smape"):
-        values, kept = base.ratio_values(name, rows, tokens, out=buffer)
+        values, kept = base.ratio_values(name, rows, tokens, out=buffers)
         bounds = [0] + [end if kept is None else int(np.count_nonzero(kept[:end])) for end in ends]
         del kept
         slices = [values[bounds[members[0]]:bounds[members[-1] + 1]] for members in documents]
