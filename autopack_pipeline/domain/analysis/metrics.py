@@ -84,7 +84,9 @@ class _Basics:
         if multiplier not in self._over:
             predicted, actual = self.tokens(None)
             with np.errstate(invalid="ignore"):
-                self._over[multiplier] = self.known & (actual > predicted * multiplier)
+                over = actual > predicted * multiplier
+            # Every count known (whole): ``known`` is all True, and the AND a copy of ``over``.
+            self._over[multiplier] = over if self.whole else self.known & over
         return self._over[multiplier]
 
     def ratio_values(self, name: str, rows: np.ndarray | None,
