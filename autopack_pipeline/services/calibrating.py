@@ -215,11 +215,11 @@ def calibrate(
     # median one and the coverage factors' pooled bounds, then the frontier and cost per group while
     # this thread runs the coverage method's pooled passes, then the median method's pooled pass; the
     # two methods' sections share their unidentifiable groups' work (budget_calibration.section_of).
-    # Little of it adds to the peak
-    # (~1.4 GB at ten million events, in the coverage method's pooled passes): the retries', the
-    # economics' rows (int32, 40 MB) and the methods' arrays are small beside the calibration's, the
-    # economics' temporaries one group's calls at a time (~130 MB for the largest), and the median
-    # method's pass starts after them. Every figure is the same, each side computing alone.
+    # Little of it adds to the peak (~1.4 GB at ten million events, in the coverage method's pooled
+    # passes): the retries', the economics' rows (int32, 40 MB) and the methods' arrays are small beside
+    # the calibration's, the economics' temporaries one group's calls at a time (~130 MB for the
+    # largest), and the median method's pass starts after them. Every figure is the same, each side
+    # computing alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
         retrying = pool.submit(trimmed, lambda: escalated_retries(arrays))
         # The economics' rows per group, which the events alone decide, after the retries: the coverage
