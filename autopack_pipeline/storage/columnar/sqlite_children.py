@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,7 +79,6 @@ def checked(table: pa.Table, kinds: dict[str, str]) -> pa.Table:
 
 
 def _child() -> None:
-    import signal
 
     import adbc_driver_manager
     import adbc_driver_sqlite
@@ -194,7 +194,10 @@ class ChildReaders:
         errors = self.errors[k]
         errors.seek(0)
         said = errors.read()[-2000:].decode(errors="replace").strip()
-        logger.warning("a reading child process ended (%s; exit code %s)%s; the parent reads its batches",
+        # Ctrl-C reaches the whole process group: the child ends first and this process stops next,
+        # so there is nothing to warn of (the parent would not read the batches after all).
+        log = logger.debug if process.returncode == -signal.SIGINT else logger.warning
+        log("a reading child process ended (%s; exit code %s)%s; the parent reads its batches",
                        exc, process.returncode, f": {said}" if said else "")
 
     def close(self) -> None:
