@@ -79,7 +79,6 @@ def checked(table: pa.Table, kinds: dict[str, str]) -> pa.Table:
 
 
 def _child() -> None:
-
     import adbc_driver_manager
     import adbc_driver_sqlite
 
