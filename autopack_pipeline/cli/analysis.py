@@ -11,7 +11,6 @@ from autopack_pipeline.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
     collector_paused,
-    freeze_loaded_objects,
     identity_line,
     load_event_arrays,
     non_negative_int,
@@ -77,7 +76,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.database import describe_database
 
-    freeze_loaded_objects()
     with collector_paused():
         settings = load_settings()
         engine = open_engine(args)

@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 LOAD_LOCK_NAMESPACE = 0x41505359  # "APSY"
 
 
+# Synthetic runs of any seed still marked loading (``:loading`` is LOADING_STATE), for SQLAlchemy's text().
+_ANY_SEED_LOADING = "state = :loading AND id LIKE 'synth-%'"
+
+
 class LoadInProgress(RuntimeError):
     """Another process is loading the same seed into this database right now."""
 
@@ -94,19 +98,19 @@ def unfinished_synthetic_runs(engine: Engine) -> int:
     """Synthetic runs still marked loading: a PostgreSQL append running now, or one killed between two
     commits that the next load will remove (read-only; ``doctor`` reports them)."""
     with engine.connect() as connection:
-        return int(connection.execute(text("SELECT count(*) FROM runs WHERE state = :loading AND id LIKE 'synth-%'"),
+        return int(connection.execute(text(f"SELECT count(*) FROM runs WHERE {_ANY_SEED_LOADING}"),
                                       {"loading": LOADING_STATE}).scalar() or 0)
 
 
 def remove_interrupted_loads(engine: Engine) -> dict[int, int]:
     """Delete the runs an append left marked loading when it was killed between two commits (SIGKILL, a
-    lost machine) and no load of their seed is alive; the keys cascade to tiers, phases and events.
-    Returns the runs removed per seed."""
+    lost machine) and no load of their seed is alive, with their tiers, phases and events
+    (:func:`_delete_loading_runs`). Returns the runs removed per seed."""
     removed: dict[int, int] = {}
     with engine.connect() as connection:
         skip_key_checks = _may_skip_key_checks(lambda query: connection.exec_driver_sql(query).scalar())
         ids = connection.execute(text("SELECT DISTINCT substring(id from '^synth-(-?[0-9]+)-r') FROM runs "
-                                      "WHERE state = :loading AND id LIKE 'synth-%'"), {"loading": LOADING_STATE}).scalars().all()
+                                      f"WHERE {_ANY_SEED_LOADING}"), {"loading": LOADING_STATE}).scalars().all()
         for seed in sorted(int(found) for found in ids if found and re.fullmatch(r"-?[0-9]+", found)):
             if not connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({_lock_key(seed)})").scalar():
                 connection.commit()
