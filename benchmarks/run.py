@@ -597,6 +597,26 @@ def free_seed(db: str) -> int:
         connection.close()
 
 
+def remove_seed(db: str, seed: int) -> None:
+    """Delete what ``synth --seed seed`` appended to a history, so that the history keeps the size its name
+    says for the next run (its columnar copy, now ahead of the database, is rebuilt by that run)."""
+    import sqlite3
+
+    connection = sqlite3.connect(db.removeprefix("sqlite:///"))
+    try:
+        with connection:
+            # The seed's rows came last: its ids are above every earlier row's (ranges over the keys).
+            first = {table: connection.execute(f"SELECT min({key}) FROM {table} WHERE run_id = ?",
+                                               (f"synth-{seed}-r00000",)).fetchone()[0]
+                     for table, key in (("token_estimation_v2_events", "event_id"), ("phases", "id"), ("tiers", "id"))}
+            for table, key in (("token_estimation_v2_events", "event_id"), ("phases", "id"), ("tiers", "id")):
+                if first[table] is not None:
+                    connection.execute(f"DELETE FROM {table} WHERE {key} >= ?", (first[table],))
+            connection.execute("DELETE FROM runs WHERE id >= ? AND id < ?", (f"synth-{seed}-", f"synth-{seed}."))
+    finally:
+        connection.close()
+
+
 def event_count(db: str) -> int:
     import sqlite3
 
@@ -793,8 +813,10 @@ def bench_incremental(report: Report, data: Path, histories: dict[str, str]) -> 
     for name, db in histories.items():
         store = str(data / "stores" / name)
         run_child("extract", db=db, store=store, full=False)  # catch up with the history first
-        added = run_child("synth", db=db, events=NEW_EVENTS, seed=free_seed(db))
+        seed = free_seed(db)
+        added = run_child("synth", db=db, events=NEW_EVENTS, seed=seed)
         refresh = run_child("extract", db=db, store=store, full=False)
+        remove_seed(db, seed)
         seconds = refresh.result["seconds"]
         times[name] = seconds
         report.add(f"refresh after {NEW_EVENTS // 1000}k new events, {refresh.result['rows_before'] / 1e6:.1f}M history",
