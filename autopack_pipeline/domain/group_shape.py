@@ -133,7 +133,9 @@ class GroupShape:
         ordered, folds = self._sorted_logs
         # One gather puts each fold's values together, still ascending, and each fold is scored in
         # place: the same values and operations as a mask per fold, without five passes over the group.
-        np.take(ordered, folds.ranks, out=out)
+        # mode 'clip' (the ranks are in range): the default 'raise' gathers into a copy of ``out`` and
+        # copies that back, two more passes over the group, on fresh pages in a worker thread's arena.
+        np.take(ordered, folds.ranks, out=out, mode="clip")
         for fold, (location, scale) in enumerate(self._fold_places):
             mine = out[folds.bounds[fold]:folds.bounds[fold + 1]]
             mine -= location
@@ -242,11 +244,14 @@ def _place_of_sorted(clean: int, censored: int, nth: Callable[[int], float]) -> 
     return (location, max(upper - location, MIN_SCALE)) if math.isfinite(upper) else None
 
 
-def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.ndarray) -> GroupShape | None:
+def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.ndarray, *,
+                overwrite: bool = False) -> GroupShape | None:
     """The group's location and scale, or None when it has too few calls or too many truncated for
     its upper spread to be seen (``SCALE_QUANTILE`` falls on a truncated call, counted above every
-    clean one: its length is unknown)."""
-    logs = np.log(np.asarray(ratios, dtype=float))
+    clean one: its length is unknown). ``overwrite``: ``ratios`` is the caller's float64 temporary,
+    which becomes the logs (and, sorted, the shape's own copy of them)."""
+    ratios = np.asarray(ratios, dtype=float)
+    logs = np.log(ratios, out=ratios) if overwrite else np.log(ratios)
     finite = np.isfinite(logs)
     if not finite.all():
         logs = logs[finite]
@@ -254,7 +259,10 @@ def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.nd
     cut = cut[np.isfinite(cut)]
     if len(logs) + len(cut) < MIN_SHAPE_OBSERVATIONS:
         return None
-    ordered = np.sort(logs)  # kept: the shape's folds read the same order
+    # Sorted in place, this call's own array (or the caller's temporary): the shape's folds read the
+    # same order, and np.sort's copy of a group's logs was fresh pages in a worker thread's arena.
+    ordered = logs
+    ordered.sort()
     del logs
     place = _place_of_sorted(len(ordered), len(cut), ordered.__getitem__)
     # The calls ascending stand for the calls: a call's fold is the hash of its rank, so every figure
