@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from autopack_pipeline.domain.analysis.arrays import (
+    CHUNK_ROWS,
     EventArrays,
     budget_sent,
     budget_sent_integers,
@@ -83,8 +84,11 @@ class _Basics:
     def over(self, multiplier: float) -> np.ndarray:
         if multiplier not in self._over:
             predicted, actual = self.tokens(None)
+            over = np.empty(len(actual), dtype=bool)
             with np.errstate(invalid="ignore"):
-                over = actual > predicted * multiplier
+                for start in range(0, len(actual), CHUNK_ROWS):  # no 80 MB product of every row (CHUNK_ROWS)
+                    end = start + CHUNK_ROWS
+                    np.greater(actual[start:end], predicted[start:end] * multiplier, out=over[start:end])
             # Every count known (whole): ``known`` is all True, and the AND a copy of ``over``.
             self._over[multiplier] = over if self.whole else self.known & over
         return self._over[multiplier]
