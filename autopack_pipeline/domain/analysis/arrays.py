@@ -193,6 +193,14 @@ class EventArrays:
             codes.flags.writeable = False  # shared by every reader
         return CanonicalGroups(categories, category_names, complexities, complexity_names)
 
+    @cached_property
+    def truncated_calls(self) -> np.ndarray:
+        """:func:`truncated_flags`, computed once and read-only: the samples, the tier metrics, the coverage
+        observations and the retries all read it (four passes and their temporaries at ten million events)."""
+        flags = truncation_rule(self.truncated, self.is_truncated_output)
+        flags.flags.writeable = False  # shared by every reader
+        return flags
+
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> EventArrays:
         """Arrays of plain event records (dicts keyed by the events table's column names).
@@ -266,8 +274,8 @@ def truncation_rule(truncated: np.ndarray, is_truncated_output: np.ndarray) -> n
 
 
 def truncated_flags(arrays: EventArrays) -> np.ndarray:
-    """:func:`truncation_rule` of every event."""
-    return truncation_rule(arrays.truncated, arrays.is_truncated_output)
+    """:func:`truncation_rule` of every event (read-only: :attr:`EventArrays.truncated_calls`)."""
+    return arrays.truncated_calls
 
 
 def success_flags(arrays: EventArrays) -> np.ndarray:
