@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, narrow_rows, truncation_rule
+from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, narrow_rows, rows_of, truncated_flags
 from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
 from autopack_pipeline.domain.analysis.samples import stable_order
 from autopack_pipeline.domain.coefficients import CoefficientTable
@@ -121,8 +121,8 @@ def group_economics(
         rows, rows_by_pair[code] = rows_by_pair[code], np.empty(0, dtype=rows_by_pair[code].dtype)
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
-        # Read for the group's rows only (truncated_flags' rule): no per-event array of the whole history.
-        truncated = truncation_rule(arrays.truncated[rows], arrays.is_truncated_output[rows])
+        # The events' truncation flags (computed once for every reader) at the group's rows.
+        truncated = rows_of(truncated_flags(arrays), rows)
         price = one_price if one_price is not None else output_price_per_row(arrays, prices, rows)
         sent = budget_sent(arrays, rows)  # the group's own copy: a missing budget set to 0 in place
         sent[np.isnan(sent)] = 0.0

@@ -44,15 +44,7 @@ class IntColumn:
         """``floats()`` of the rows selected by ``rows`` (indices or a mask; None: all)."""
         if rows is None:
             return self.floats()
-        if rows.dtype == bool:
-            out = self.values[rows].astype(np.float64)
-        else:
-            # Indices gathered by np.take a slice at a time, each converted into the result: fancy
-            # indexing with the int32 row lists of the calibration is a third slower, and the whole
-            # gather a second copy of the rows' values (8M rows of a group order at ten million events).
-            out = np.empty(len(rows), dtype=np.float64)
-            for start in range(0, len(rows), CHUNK_ROWS):
-                out[start:start + CHUNK_ROWS] = np.take(self.values, rows[start:start + CHUNK_ROWS])
+        out = rows_of(self.values, rows, np.float64)
         if self.valid is not None:
             out[~self.valid[rows]] = np.nan
         return out
@@ -263,6 +255,21 @@ class EventArrays:
         )
 
 
+def rows_of(values: np.ndarray, rows: np.ndarray, dtype: type | None = None) -> np.ndarray:
+    """``values[rows]`` (``rows``: indices or a mask) as ``dtype`` (default: the values'). Indices are
+    gathered by np.take a slice at a time into the result: fancy indexing with the int32 row lists the
+    calibration keeps is 1.7x slower (0.11 against 0.065 s for 8M rows of a group order), np.take of all
+    of them at once copies them to int64 first, and a converted gather is no second copy of the values."""
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        out = values[rows]
+        return out if dtype is None else out.astype(dtype)
+    out = np.empty(len(rows), dtype=values.dtype if dtype is None else dtype)
+    for start in range(0, len(rows), CHUNK_ROWS):
+        out[start:start + CHUNK_ROWS] = np.take(values, rows[start:start + CHUNK_ROWS])
+    return out
+
+
 def truncation_rule(truncated: np.ndarray, is_truncated_output: np.ndarray) -> np.ndarray:
     """Whether each call was truncated, from the two int8 flags (1, 0, -1 missing); DESIGN §5.
 
@@ -310,9 +317,9 @@ def budget_sent_integers(arrays: EventArrays, rows: np.ndarray | None = None) ->
     if sent.valid is not None or selected.valid is not None:
         return None
     if sent.values.dtype != selected.values.dtype:
-        chosen, fallback = sent.values if rows is None else sent.values[rows], selected.values
-        return np.where(chosen == 0, fallback if rows is None else fallback[rows], chosen)
-    chosen = sent.values.copy() if rows is None else sent.values[rows]
+        chosen, fallback = sent.values if rows is None else rows_of(sent.values, rows), selected.values
+        return np.where(chosen == 0, fallback if rows is None else rows_of(fallback, rows), chosen)
+    chosen = sent.values.copy() if rows is None else rows_of(sent.values, rows)
     # The fallback is read only where it is taken (a zero ceiling, a few calls), not gathered for every row.
     zero = np.flatnonzero(chosen == 0)
     if len(zero):
