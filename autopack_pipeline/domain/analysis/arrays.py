@@ -309,17 +309,20 @@ def budget_sent_rule(sent: np.ndarray, selected: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(sent) | (sent == 0), selected, sent)
 
 
-def budget_sent_integers(arrays: EventArrays, rows: np.ndarray | None = None) -> np.ndarray | None:
+def budget_sent_integers(arrays: EventArrays, rows: np.ndarray | None = None,
+                         dtype: type | None = None) -> np.ndarray | None:
     """:func:`budget_sent_rule` picked on the integers, when neither column misses a value (else None):
     a zero ceiling falls back. int32 to float64 is exact, so these are the rule's floats without their
-    float copies and NaN tests."""
+    float copies and NaN tests. ``dtype``: the result's (default: the integers'), gathered into it."""
     sent, selected = arrays.actual_max_tokens, arrays.selected_budget
     if sent.valid is not None or selected.valid is not None:
         return None
     if sent.values.dtype != selected.values.dtype:
         chosen, fallback = sent.values if rows is None else rows_of(sent.values, rows), selected.values
-        return np.where(chosen == 0, fallback if rows is None else rows_of(fallback, rows), chosen)
-    chosen = sent.values.copy() if rows is None else rows_of(sent.values, rows)
+        picked = np.where(chosen == 0, fallback if rows is None else rows_of(fallback, rows), chosen)
+        return picked if dtype is None else picked.astype(dtype)
+    chosen = (sent.values.astype(dtype or sent.values.dtype) if rows is None  # (astype: a copy)
+              else rows_of(sent.values, rows, dtype))
     # The fallback is read only where it is taken (a zero ceiling, a few calls), not gathered for every row.
     zero = np.flatnonzero(chosen == 0)
     if len(zero):
@@ -334,9 +337,9 @@ def _positions(rows: np.ndarray, picked: np.ndarray) -> np.ndarray:
 
 def budget_sent(arrays: EventArrays, rows: np.ndarray | None = None) -> np.ndarray:
     """:func:`budget_sent_rule` of the events at ``rows`` (indices or a mask; None: all), as floats."""
-    integers = budget_sent_integers(arrays, rows)
+    integers = budget_sent_integers(arrays, rows, np.float64)  # the integers gathered as floats (exact)
     if integers is not None:
-        return integers.astype(np.float64)
+        return integers
     return budget_sent_rule(arrays.actual_max_tokens.floats_at(rows), arrays.selected_budget.floats_at(rows))
 
 
