@@ -127,9 +127,12 @@ def clean_sample_rows(
     n = len(arrays)
     outside = len(EXCLUSION_REASONS) + 1
     missing = ~arrays.predicted.notna() | ~arrays.actual.notna()
-    actual = np.where(arrays.actual.notna(), arrays.actual.values, min_actual)
-    tests = (~success_flags(arrays), truncated_flags(arrays), missing, actual < min_actual)
-    del actual
+    # A missing actual counts as min_actual (not short): the known ones compared, no copy of the column.
+    short = arrays.actual.values < min_actual
+    if arrays.actual.valid is not None:
+        short &= arrays.actual.valid
+    tests = (~success_flags(arrays), truncated_flags(arrays), missing, short)
+    del short
     # 0: kept, else 1 + index into EXCLUSION_REASONS, the first test a row fails: the tests written last
     # to first, each over the ones after it (a select per test, not a masked write of every row per test).
     reason = np.zeros(n, dtype=np.int8)
