@@ -270,6 +270,25 @@ def rows_of(values: np.ndarray, rows: np.ndarray, dtype: type | None = None) -> 
     return out
 
 
+def rows_of_masks(parts: list[np.ndarray | None], total: int) -> tuple[np.ndarray, list]:
+    """(each part's rows ascending (a mask of ``total`` rows; None: all), the parts one after the other;
+    where each part ends in them): the parts' ``np.flatnonzero`` concatenated, found a million rows at a
+    time into the one array (each part's list apart was a second 80 MB at ten million events)."""
+    sizes = [total if part is None else int(np.count_nonzero(part)) for part in parts]
+    rows, at = np.empty(sum(sizes), dtype=np.int64), 0
+    for part in parts:
+        if part is None:
+            rows[at:at + total] = np.arange(total)
+            at += total
+            continue
+        for start in range(0, total, 1 << 20):
+            found = np.flatnonzero(part[start:start + (1 << 20)])
+            found += start
+            rows[at:at + len(found)] = found
+            at += len(found)
+    return rows, list(np.cumsum(sizes))
+
+
 def truncation_rule(truncated: np.ndarray, is_truncated_output: np.ndarray) -> np.ndarray:
     """Whether each call was truncated, from the two int8 flags (1, 0, -1 missing); DESIGN §5.
 

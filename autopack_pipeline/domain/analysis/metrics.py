@@ -18,6 +18,7 @@ from autopack_pipeline.domain.analysis.arrays import (
     EventArrays,
     budget_sent,
     budget_sent_integers,
+    rows_of_masks,
     success_flags,
     truncated_flags,
 )
@@ -141,8 +142,17 @@ class _Basics:
 
 
 def _kept(values: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(``values`` where ``keep``, ``keep``), or (``values``, None) when every one is kept (no copy)."""
-    return (values, None) if keep.all() else (values[keep], keep)
+    """(``values`` where ``keep``, ``keep``), or (``values``, None) when every one is kept (no copy).
+    ``values`` is :meth:`_Basics.ratio_values`' own array: the kept ones are moved to its front a slice at
+    a time (CHUNK_ROWS), where a boolean gather of every row was a fresh array (80 MB at 10M rows)."""
+    if keep.all():
+        return values, None
+    at = 0
+    for start in range(0, len(values), CHUNK_ROWS):
+        mine = values[start:start + CHUNK_ROWS][keep[start:start + CHUNK_ROWS]]
+        values[at:at + len(mine)] = mine  # at <= start: nothing not yet read is written over
+        at += len(mine)
+    return values[:at], keep
 
 
 def _select(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -170,9 +180,7 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
     if len(parts) == 1:
         rows, ends = parts[0], [total if parts[0] is None else int(np.count_nonzero(parts[0]))]
     else:
-        picked = [np.arange(total) if part is None else np.flatnonzero(part) for part in parts]
-        rows, ends = np.concatenate(picked), list(np.cumsum([len(p) for p in picked]))
-        del picked
+        rows, ends = rows_of_masks(parts, total)
     # The token counts gathered once for the three figures: the int32 counts themselves when every one is
     # known (_Basics.whole), else floats.
     tokens = base.tokens(rows)
