@@ -49,10 +49,6 @@ def _stacked_clean_scores(shapes: Sequence) -> tuple[np.ndarray, list[np.ndarray
 def _count(runs: Sequence[np.ndarray], values: np.ndarray | float, side: str) -> np.ndarray | int:
     """How many values of the ascending ``runs`` together are below (``side`` left) or at most (right) each
     of ``values``."""
-    if np.ndim(values) == 0:
-        # One value, as the bisections ask thousands of times per pooled pass: Python integers, no arrays
-        # made and added (a third of the leave-one-out bounds' time).
-        return sum(int(run.searchsorted(values, side=side)) for run in runs)
     return sum((np.searchsorted(run, values, side=side) for run in runs), np.zeros(np.shape(values), np.int64))
 
 
