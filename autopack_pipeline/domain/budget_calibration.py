@@ -282,7 +282,10 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
         if len(g.actual) + len(g.censored_ceiling) < min_samples or not len(g.actual):
             continue
         scale = factors.get(key, 1.0)
-        shape = group_shape(key, g.actual / (g.predicted * scale), g.censored_ceiling / (g.censored_predicted * scale))
+        # The ratios computed into the scaled predictions' array, which becomes the logs (one temporary).
+        ratios = g.predicted * scale
+        np.divide(g.actual, ratios, out=ratios)
+        shape = group_shape(key, ratios, g.censored_ceiling / (g.censored_predicted * scale), overwrite=True)
         if shape is not None:
             shapes.append(shape)
     if pool_scales:

@@ -145,7 +145,12 @@ class FrontierGrid:
 def frontier_grid(ratios: np.ndarray, censored: int, *, multipliers=DEFAULT_MULTIPLIERS, margins=DEFAULT_MARGINS,
                   tolerance: float = UNDER_TOLERANCE) -> FrontierGrid:
     """Underestimation, truncation and both wastes for every (multiplier, margin) of the grid."""
-    r = np.sort(np.asarray(ratios, dtype=float))
+    return _grid_of_sorted(np.sort(np.asarray(ratios, dtype=float)), censored, multipliers=multipliers,
+                           margins=margins, tolerance=tolerance)
+
+
+def _grid_of_sorted(r: np.ndarray, censored: int, *, multipliers, margins, tolerance: float) -> FrontierGrid:
+    """:func:`frontier_grid` of ratios sorted already (:func:`group_frontier`'s: not sorted twice)."""
     m = np.asarray(multipliers, dtype=float)
     b = np.asarray(margins, dtype=float)
     product = m[:, None] * b[None, :]
@@ -284,7 +289,7 @@ def group_frontier(
         raise ValueError("ratios must be positive and finite")
     censored = int(censored)
     n = len(r) + censored
-    grid = frontier_grid(r, censored, multipliers=multipliers, margins=margins, tolerance=tolerance)
+    grid = _grid_of_sorted(r, censored, multipliers=multipliers, margins=margins, tolerance=tolerance)
     # Clean observations allowed above each threshold once the censored ones (always above) are counted.
     under_room = _allowed(under_target_pct, n) - censored
     truncation_room = _allowed(truncation_target_pct, n) - censored

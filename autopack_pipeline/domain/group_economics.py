@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, narrow_rows, truncation_rule
+from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, rows_of, truncated_flags
 from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
-from autopack_pipeline.domain.analysis.samples import stable_order
+from autopack_pipeline.domain.analysis.samples import rows_by_pair
 from autopack_pipeline.domain.coefficients import CoefficientTable
 from autopack_pipeline.domain.cost import (
     Spend,
@@ -61,37 +61,14 @@ def spend_of_events(arrays: EventArrays, prices: PriceTable) -> Spend:
                                   known=arrays.actual.notna() & arrays.timestamp_us.notna())
 
 
-def _rows_by_pair(usable: np.ndarray, cat_codes: np.ndarray, cx_codes: np.ndarray, width: int, count: int,
-                  chunk: int = 1 << 20) -> list[np.ndarray]:
-    """Per (category, complexity) pair code (``category * width + complexity``), the ``usable`` rows, ascending.
-
-    Every group's rows from stable sorts of the rows by pair, rather than a mask over every event per
-    group (35 groups x 10M events was most of the economics' time); a million rows at a time, as int32
-    row numbers, so the sort's temporaries are those of a million rows, not of every event (the
-    analysis is near its peak memory here)."""
-    pieces: list[list[np.ndarray]] = [[] for _ in range(count)]
-    for begin in range(0, len(usable), chunk):
-        rows = narrow_rows(np.flatnonzero(usable[begin:begin + chunk]), len(usable))
-        rows += begin
-        pair = np.multiply(cat_codes[rows], width, dtype=np.int32)  # int32 from the int8 codes
-        pair += cx_codes[rows]
-        order = stable_order(pair)  # radix: each pair's rows stay ascending
-        ends = np.cumsum(np.bincount(pair, minlength=count))
-        rows = rows[order]
-        for code in np.flatnonzero(np.diff(np.r_[0, ends])):
-            pieces[code].append(rows[(ends[code - 1] if code else 0):ends[code]])
-    empty = narrow_rows(np.zeros(0, dtype=np.int64), len(usable))
-    return [np.concatenate(parts) if parts else empty for parts in pieces]
-
-
 def economics_rows(arrays: EventArrays) -> list[np.ndarray]:
     """Per (category, complexity) pair code, the rows :func:`group_economics` prices (every stored attempt
     with a positive prediction and both counts), ascending. Events alone decide them, so a caller may
     find them before the coverage groups and the calibration are known (``services.calibrating``)."""
     named = arrays.canonical_groups
     usable = arrays.predicted.notna() & arrays.actual.notna() & (arrays.predicted.values > 0)
-    return _rows_by_pair(usable, named.category, named.complexity, len(named.complexity_names),
-                         len(named.category_names) * len(named.complexity_names))
+    return rows_by_pair(usable, named.category, named.complexity, len(named.complexity_names),
+                        len(named.category_names) * len(named.complexity_names))
 
 
 def group_economics(
@@ -121,8 +98,8 @@ def group_economics(
         rows, rows_by_pair[code] = rows_by_pair[code], np.empty(0, dtype=rows_by_pair[code].dtype)
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
-        # Read for the group's rows only (truncated_flags' rule): no per-event array of the whole history.
-        truncated = truncation_rule(arrays.truncated[rows], arrays.is_truncated_output[rows])
+        # The events' truncation flags (computed once for every reader) at the group's rows.
+        truncated = rows_of(truncated_flags(arrays), rows)
         price = one_price if one_price is not None else output_price_per_row(arrays, prices, rows)
         sent = budget_sent(arrays, rows)  # the group's own copy: a missing budget set to 0 in place
         sent[np.isnan(sent)] = 0.0

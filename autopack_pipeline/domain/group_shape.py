@@ -133,7 +133,9 @@ class GroupShape:
         ordered, folds = self._sorted_logs
         # One gather puts each fold's values together, still ascending, and each fold is scored in
         # place: the same values and operations as a mask per fold, without five passes over the group.
-        np.take(ordered, folds.ranks, out=out)
+        # mode 'clip' (the ranks are in range): the default 'raise' gathers into a copy of ``out`` and
+        # copies that back, two more passes over the group, on fresh pages in a worker thread's arena.
+        np.take(ordered, folds.ranks, out=out, mode="clip")
         for fold, (location, scale) in enumerate(self._fold_places):
             mine = out[folds.bounds[fold]:folds.bounds[fold + 1]]
             mine -= location
@@ -155,6 +157,8 @@ class GroupShape:
         copy = dataclasses.replace(self, scale=self.scale * factor)
         # The folds' places are a cached property of the copy: set before anything reads them.
         copy.__dict__["_fold_places"] = [(location, scale * factor) for location, scale in self._fold_places]
+        # And the truncated calls' folds, which their values alone decide (a scale leaves them).
+        copy.__dict__["_censored_folds"] = self._censored_folds
         return copy
 
     def margin(self, q: float) -> float:
@@ -230,31 +234,52 @@ def _place_of_sorted(clean: int, censored: int, nth: Callable[[int], float]) -> 
     """(median, upper spread) of ``clean`` clean values, of which ``nth(i)`` is the i-th smallest, and
     ``censored`` truncated calls, counted above every clean value; None when the spread's end falls on
     a truncated call or there are too few calls."""
-    n = clean + censored
-    if n < MIN_SHAPE_OBSERVATIONS // 2:
+    ranks = _place_ranks(clean, censored)
+    if ranks is None:
         return None
 
-    def nearest_rank(quantile: float) -> float:
-        index = max(1, math.ceil(quantile * n - 1e-9)) - 1
+    def nearest_rank(index: int) -> float:
         return float(nth(index)) if index < clean else math.inf
 
-    location, upper = nearest_rank(0.5), nearest_rank(SCALE_QUANTILE)
+    location, upper = nearest_rank(ranks[0]), nearest_rank(ranks[1])
     return (location, max(upper - location, MIN_SCALE)) if math.isfinite(upper) else None
 
 
-def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.ndarray) -> GroupShape | None:
+def _place_ranks(clean: int, censored: int) -> tuple[int, int] | None:
+    """The nearest ranks (0-based) of the median and of the upper spread's end among ``clean`` clean
+    values and ``censored`` truncated calls; None when there are too few calls, or when the spread's
+    end falls on a truncated call (counted above every clean value): :func:`_place_of_sorted` has no
+    place then, which the counts alone tell."""
+    n = clean + censored
+    if n < MIN_SHAPE_OBSERVATIONS // 2:
+        return None
+    location, upper = (max(1, math.ceil(quantile * n - 1e-9)) - 1 for quantile in (0.5, SCALE_QUANTILE))
+    return (location, upper) if upper < clean else None
+
+
+def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.ndarray, *,
+                overwrite: bool = False) -> GroupShape | None:
     """The group's location and scale, or None when it has too few calls or too many truncated for
     its upper spread to be seen (``SCALE_QUANTILE`` falls on a truncated call, counted above every
-    clean one: its length is unknown)."""
-    logs = np.log(np.asarray(ratios, dtype=float))
-    finite = np.isfinite(logs)
-    if not finite.all():
-        logs = logs[finite]
+    clean one: its length is unknown). ``overwrite``: ``ratios`` is the caller's float64 temporary,
+    which becomes the logs (and, sorted, the shape's own copy of them)."""
+    ratios = np.asarray(ratios, dtype=float)
+    # A ratio's log is finite exactly when the ratio is positive and finite: a group with no place is
+    # known from these counts before any log is taken or sorted (a third of the calls at ten million
+    # events are in such groups, in each of the three pooled passes).
+    finite = (ratios > 0) & np.isfinite(ratios)
+    clean = int(np.count_nonzero(finite))
     cut = np.log(np.asarray(censored_ratios, dtype=float))
     cut = cut[np.isfinite(cut)]
-    if len(logs) + len(cut) < MIN_SHAPE_OBSERVATIONS:
+    if clean + len(cut) < MIN_SHAPE_OBSERVATIONS or _place_ranks(clean, len(cut)) is None:
         return None
-    ordered = np.sort(logs)  # kept: the shape's folds read the same order
+    logs = np.log(ratios, out=ratios) if overwrite else np.log(ratios)
+    if clean < len(logs):
+        logs = logs[finite]
+    # Sorted in place, this call's own array (or the caller's temporary): the shape's folds read the
+    # same order, and np.sort's copy of a group's logs was fresh pages in a worker thread's arena.
+    ordered = logs
+    ordered.sort()
     del logs
     place = _place_of_sorted(len(ordered), len(cut), ordered.__getitem__)
     # The calls ascending stand for the calls: a call's fold is the hash of its rank, so every figure

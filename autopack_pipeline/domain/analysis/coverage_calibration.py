@@ -95,15 +95,20 @@ def _phase_width(arrays: EventArrays) -> int:
 
 
 def _coverage_level(ratios: np.ndarray, censored: int, parent: float | None, target_pct: float,
-                    prior: float) -> LevelValue:
+                    prior: float, *, overwrite: bool = False) -> LevelValue:
     """The coverage bound of one level from its clean ratios and its number of censored observations:
-    its own bound when it has one, else borrowed from ``parent`` (see :mod:`.coverage_rules`)."""
+    its own bound when it has one, else borrowed from ``parent`` (see :mod:`.coverage_rules`).
+    ``overwrite``: ``ratios`` is the caller's temporary, partitioned in place (no copy of it)."""
     n = len(ratios) + censored
     if n == 0:
         raise ValueError("no observations")
     k = order_statistic_index(n, target_pct)
     if k <= n:
-        own = float(np.partition(ratios, k - 1)[k - 1]) if k - 1 < len(ratios) else math.inf
+        own = math.inf
+        if k - 1 < len(ratios):
+            picked = ratios if overwrite else ratios.copy()  # what np.partition partitions
+            picked.partition(k - 1)
+            own = float(picked[k - 1])
         finite = True
     else:
         own = math.inf if censored else float(ratios.max())
@@ -299,14 +304,15 @@ def calibrate_coverage_arrays(
     calibrated: list[GroupCalibration] = []
     below: list[BelowThresholdGroup] = []
     if groups:
+        # The root's and each category's ratios are concatenated for them alone: partitioned in place.
         root = _coverage_level(np.concatenate([g.ratios for g in groups]), sum(len(g.censored_rows) for g in groups),
-                               None, target_pct, prior_weight)
+                               None, target_pct, prior_weight, overwrite=True)
         categories = {}
         for category in sorted({g.key[0] for g in groups}):
             members = [g for g in groups if g.key[0] == category]
             categories[category] = _coverage_level(np.concatenate([g.ratios for g in members]),
                                                    sum(len(g.censored_rows) for g in members), root.value,
-                                                   target_pct, prior_weight)
+                                                   target_pct, prior_weight, overwrite=True)
         for group in groups:
             size = len(group.clean_rows) + len(group.censored_rows)
             if size < min_samples:

@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 
 from autopack_pipeline.domain.analysis.arrays import (
+    CHUNK_ROWS,
     EventArrays,
     budget_sent,
     budget_sent_integers,
+    rows_of_masks,
     success_flags,
     truncated_flags,
 )
@@ -83,8 +85,11 @@ class _Basics:
     def over(self, multiplier: float) -> np.ndarray:
         if multiplier not in self._over:
             predicted, actual = self.tokens(None)
+            over = np.empty(len(actual), dtype=bool)
             with np.errstate(invalid="ignore"):
-                over = actual > predicted * multiplier
+                for start in range(0, len(actual), CHUNK_ROWS):  # no 80 MB product of every row (CHUNK_ROWS)
+                    end = start + CHUNK_ROWS
+                    np.greater(actual[start:end], predicted[start:end] * multiplier, out=over[start:end])
             # Every count known (whole): ``known`` is all True, and the AND a copy of ``over``.
             self._over[multiplier] = over if self.whole else self.known & over
         return self._over[multiplier]
@@ -137,8 +142,17 @@ class _Basics:
 
 
 def _kept(values: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(``values`` where ``keep``, ``keep``), or (``values``, None) when every one is kept (no copy)."""
-    return (values, None) if keep.all() else (values[keep], keep)
+    """(``values`` where ``keep``, ``keep``), or (``values``, None) when every one is kept (no copy).
+    ``values`` is :meth:`_Basics.ratio_values`' own array: the kept ones are moved to its front a slice at
+    a time (CHUNK_ROWS), where a boolean gather of every row was a fresh array (80 MB at 10M rows)."""
+    if keep.all():
+        return values, None
+    at = 0
+    for start in range(0, len(values), CHUNK_ROWS):
+        mine = values[start:start + CHUNK_ROWS][keep[start:start + CHUNK_ROWS]]
+        values[at:at + len(mine)] = mine  # at <= start: nothing not yet read is written over
+        at += len(mine)
+    return values[:at], keep
 
 
 def _select(values: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -166,9 +180,7 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
     if len(parts) == 1:
         rows, ends = parts[0], [total if parts[0] is None else int(np.count_nonzero(parts[0]))]
     else:
-        picked = [np.arange(total) if part is None else np.flatnonzero(part) for part in parts]
-        rows, ends = np.concatenate(picked), list(np.cumsum([len(p) for p in picked]))
-        del picked
+        rows, ends = rows_of_masks(parts, total)
     # The token counts gathered once for the three figures: the int32 counts themselves when every one is
     # known (_Basics.whole), else floats.
     tokens = base.tokens(rows)
@@ -302,8 +314,12 @@ def deliverable_codes(arrays: EventArrays) -> tuple[np.ndarray, list[str]]:
     if high - low < 100_000:  # the usual case: a lookup table over the range of counts
         buckets = [deliverable_bucket(n) for n in range(low, high + 1)]
         names = sorted(set(buckets))
-        lookup = np.array([names.index(b) for b in buckets], dtype=np.int32)
-        return lookup[counts - low], names
+        # int8 codes (three buckets): a quarter of int32 codes' memory. Indexed by the counts themselves
+        # when none is negative (the entries below the least are never read): no shifted copy of them.
+        shift = min(low, 0)
+        lookup = np.zeros(high + 1 - shift, dtype=np.int8 if len(names) < 128 else np.int32)
+        lookup[low - shift:] = [names.index(b) for b in buckets]
+        return lookup[counts if shift == 0 else counts - shift], names
     uniques, codes = np.unique(counts, return_inverse=True)
     buckets = [deliverable_bucket(int(n)) for n in uniques]
     names = sorted(set(buckets))

@@ -51,7 +51,7 @@ def test_each_groups_rows_are_the_same_read_a_few_rows_at_a_time():
     # split across chunks, chunks without some pairs) every pair's rows are those of one stable sort.
     import numpy as np
 
-    from autopack_pipeline.domain.group_economics import _rows_by_pair
+    from autopack_pipeline.domain.analysis.samples import rows_by_pair
 
     rng = np.random.default_rng(5)
     cat, cx = rng.integers(0, 4, 200).astype(np.int8), rng.integers(0, 3, 200).astype(np.int8)
@@ -60,7 +60,7 @@ def test_each_groups_rows_are_the_same_read_a_few_rows_at_a_time():
     pair = cat[known].astype(np.int64) * 3 + cx[known]
     expected = [known[pair == code] for code in range(12)]
     for chunk in (7, 1 << 20):
-        found = _rows_by_pair(usable, cat, cx, 3, 12, chunk=chunk)
+        found = rows_by_pair(usable, cat, cx, 3, 12, chunk=chunk)
         assert len(found) == 12 and all(np.array_equal(a, b) for a, b in zip(found, expected))
 
 
