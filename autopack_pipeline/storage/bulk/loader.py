@@ -60,6 +60,14 @@ class _Loader:
         self.timings = {"generate": 0.0, "stage": 0.0, "phases": 0.0, "events": 0.0, "indexes": 0.0}
         self._timings_lock = threading.Lock()
 
+    def prepare(self, engine: Any) -> None:
+        """Begin what the load needs before its first rows while the caller still asks the database its
+        own questions (the PostgreSQL loader opens its connections); :meth:`close` ends it when
+        :meth:`load` is not reached."""
+
+    def close(self) -> None:
+        """Let go of what :meth:`prepare` began and :meth:`load` did not take over."""
+
     def _update_runs(self, cursor: Any, *, text_timestamps: bool) -> None:
         """Every run's phase count, tokens and last activity, by one UPDATE from a temporary table
         (both SQLite and PostgreSQL take ``UPDATE ... FROM``), in the load's transaction."""
