@@ -62,6 +62,11 @@ PG_TRANSACTION_EVENTS = 500_000
 # Phases per COPY (with their events): pieces of a chunk, so the first COPY starts sooner and the two
 # connections of an append wait less for each other.
 PG_PIECE_PHASES = 10_000
+# The first phases of a load go in smaller pieces: an append's events COPY starts with the first piece
+# after those whose events the first connection copies (PG_FIRST_CONNECTION_SHARE, ~15k phases of a
+# 100k-event append), so it waits for fewer phases to be generated beyond them (2.5k instead of 10k).
+PG_SMALL_PIECE_PHASES = 2_500
+PG_SMALL_PIECES_UNTIL = 20_000
 # Event pieces waiting for the events connection of an append: it never waits for the phases, and the
 # memory the queue holds stays bounded when the events are the slower stream. The first connection
 # copies while at least half of them wait (else the next piece is handed over first), so that one of
@@ -96,13 +101,19 @@ class _PostgresqlLoader(_Loader):
         self._opening.close()
 
     def load(self, engine: Engine, chunks: Iterator[SynthChunk]) -> None:
+        self.prepare(engine)
+
         def tables(piece: SynthChunk) -> tuple[pa.Table, pa.Table]:
-            return self._timed("generate", lambda: self._tables(piece, types))
+            return self._timed("generate", lambda: self._tables(piece))
 
         streams: _PgStreams | None = None
         pieces = None
         try:
-            opened = self._opening.result(engine)
+            # Pieces smaller than a chunk: the first COPY starts sooner, the streams wait less for each
+            # other. The first are generated while the connections finish opening.
+            small = min(PG_SMALL_PIECE_PHASES, PG_PIECE_PHASES)
+            pieces = prefetch(_sliced(chunks, PG_PIECE_PHASES, small=small, small_until=PG_SMALL_PIECES_UNTIL), tables)
+            opened = self._opening.take()
             try:
                 types, skip_key_checks = opened.types, opened.skip_key_checks
                 with opened.connections[0].cursor() as cursor:  # after the caller removed interrupted loads
@@ -110,9 +121,6 @@ class _PostgresqlLoader(_Loader):
                     fresh = bool(cursor.fetchone()[0])
                 if fresh and len(opened.connections) > 1:  # a fresh load copies on one connection
                     opened.connections.pop().close()
-                # Pieces smaller than a chunk: the first COPY starts sooner, the streams wait less for
-                # each other.
-                pieces = prefetch(_sliced(chunks, PG_PIECE_PHASES), tables)
             except BaseException:
                 for connection in reversed(opened.connections):
                     connection.close()
@@ -221,13 +229,14 @@ class _PostgresqlLoader(_Loader):
             if streams is not None:
                 streams.close()
 
-    def _tables(self, piece: SynthChunk, types: dict[str, pa.Schema]) -> tuple[pa.Table, pa.Table]:
+    def _tables(self, piece: SynthChunk) -> tuple[pa.Table, pa.Table]:
         """A piece's phases (all but ``tier_id``, which needs the tiers' keys from the server) and its
-        events, as Arrow tables of the columns' own types."""
+        events, as Arrow tables of the columns' own types (the first pieces wait for them here)."""
         phase_cols, event_cols = _chunk_columns(piece, self.run_id_text, None, self.seed)
-        return (_cast_to(_arrow_columns(phase_cols, _PHASE_SPEC_NO_TIER, len(piece.phases["run"])), types["phases"]),
-                _cast_to(_arrow_columns(event_cols, _EVENT_SPEC, len(piece.events["run"])),
-                         types["token_estimation_v2_events"]))
+        phases = _arrow_columns(phase_cols, _PHASE_SPEC_NO_TIER, len(piece.phases["run"]))
+        events = _arrow_columns(event_cols, _EVENT_SPEC, len(piece.events["run"]))
+        types = self._opening.opened().types
+        return _cast_to(phases, types["phases"]), _cast_to(events, types["token_estimation_v2_events"])
 
 
 class _PgStreams:

@@ -36,30 +36,34 @@ class Opened:
 
 
 class Opening:
-    """:func:`open_connections` running in a helper thread from :meth:`start` on; :meth:`result` hands
-    its connections over (the caller closes them), :meth:`close` closes them when nobody took them."""
+    """:func:`open_connections` running in a helper thread from :meth:`start` on. :meth:`opened` waits
+    for what it found (from any thread); :meth:`take` hands its connections over (the caller closes
+    them then), and :meth:`close` closes them when nobody took them."""
 
     def __init__(self) -> None:
-        self._opener: ThreadPoolExecutor | None = None
         self._future: Future | None = None
+        self._taken = False
 
     def start(self, engine: Engine) -> None:
         if self._future is None:
-            self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-connect")
-            self._future = self._opener.submit(open_connections, engine)
-            self._opener.shutdown(wait=False)  # the thread ends with its one task
+            opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-connect")
+            self._future = opener.submit(open_connections, engine)
+            opener.shutdown(wait=False)  # the thread ends with its one task
 
-    def result(self, engine: Engine) -> Opened:
-        self.start(engine)
-        assert self._future is not None
-        future, self._future = self._future, None
-        return future.result()
+    def opened(self) -> Opened:
+        assert self._future is not None, "start() first"
+        return self._future.result()
+
+    def take(self) -> Opened:
+        opened = self.opened()
+        self._taken = True
+        return opened
 
     def close(self) -> None:
-        if self._future is not None:
-            future, self._future = self._future, None
-            if future.exception() is None:  # waits for it
-                for connection in reversed(future.result().connections):
+        if self._future is not None and not self._taken:
+            self._taken = True
+            if self._future.exception() is None:  # waits for it
+                for connection in reversed(self._future.result().connections):
                     connection.close()
 
 
