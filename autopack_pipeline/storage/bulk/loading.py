@@ -1,8 +1,9 @@
 """The loaders' entry point and what a load asks the database first.
 
-:func:`load_chunks` hands generated chunks to the SQLite or PostgreSQL loader (:func:`make_loader`) and
-returns it, holding what it wrote; :func:`latest_event_time` and :func:`stored_run_ids` are the two questions a synthetic
-load asks before it starts (where its timestamps continue, whether its runs exist already).
+:func:`make_loader` gives the SQLite or PostgreSQL loader; :func:`load_chunks` hands generated chunks to
+it and returns it, holding what it wrote; :func:`latest_event_time` and :func:`stored_run_ids` are the
+two questions a synthetic load asks before it starts (where its timestamps continue, whether its runs
+exist already).
 """
 
 from __future__ import annotations
