@@ -159,17 +159,19 @@ class _PostgresqlLoader(_Loader):
                     tier_field, pa.array(tier_pk[piece.phases["run"]]).cast(tier_field.type))
                 self._timed("phases", lambda: _ingest(cursor, "phases", phase_rows))
 
-            # What the first connection has still to copy, in order: [piece, phases, events or None]; the
-            # events are those of a transaction's first pieces (see _PgStreams), the rest go on the second.
+            # What the first connection has still to copy, in order: [piece, phases, None or (events, their
+            # ids' Future)]; the events are those of a transaction's first pieces (see _PgStreams), the
+            # rest go on the second.
             pending: collections.deque[list] = collections.deque()
             held_events = 0  # events of this transaction's first pieces, waiting in ``pending``
             in_transaction = 0  # events of the pieces taken into this transaction
             event_id_field = types["token_estimation_v2_events"].field("event_id")
 
             def copy_pending() -> None:
-                piece, phase_rows, event_rows = pending.popleft()
+                piece, phase_rows, held = pending.popleft()
                 copy_phases(piece, phase_rows)
-                if event_rows is not None:
+                if held is not None:  # events of the transaction's first pieces, and their ids' Future
+                    event_rows = held[0].append_column(event_id_field, held[1].result().cast(event_id_field.type))
                     self._timed("events", lambda: _ingest(cursor, "token_estimation_v2_events", event_rows))
                 self._written(piece)
 
@@ -180,11 +182,9 @@ class _PostgresqlLoader(_Loader):
                     self._written(piece)
                 elif streams.copying is None and held_events + event_rows.num_rows <= (
                         PG_FIRST_CONNECTION_SHARE * min(PG_TRANSACTION_EVENTS, self.total - self.events_written)):
-                    # Its ids drawn now, below every id the second connection draws later; while the
+                    # Its ids drawn now, below every id the second connection draws later, while the
                     # next pieces are still being generated.
-                    ids = streams.reserve_event_ids(event_rows.num_rows)
-                    pending.append([piece, phase_rows, event_rows.append_column(
-                        event_id_field, ids.cast(event_id_field.type))])
+                    pending.append([piece, phase_rows, (event_rows, streams.reserve_event_ids(event_rows.num_rows))])
                     held_events += event_rows.num_rows
                 else:
                     streams.copy_events(event_rows, self._timed)
@@ -284,13 +284,19 @@ class _PgStreams:
                 timed, "events", lambda: _ingest(self.events_cursor, "token_estimation_v2_events", reader))
         self._hand(rows)
 
-    def reserve_event_ids(self, count: int) -> pa.Array:
-        """``count`` event ids drawn from the events' sequence on the first connection, ascending: ids
-        below every one the second connection's ``COPY`` draws after this. Not a range claimed at once:
-        other writers keep drawing from the sequence meanwhile, without waiting for a lock."""
-        self.cursor.execute(f"SELECT nextval('{self.event_sequence}') FROM generate_series(1, {int(count)}) "
-                            "ORDER BY 1")
-        return self.cursor.fetch_arrow_table().column(0).combine_chunks()
+    def reserve_event_ids(self, count: int) -> Future:
+        """``count`` event ids drawn from the events' sequence, ascending, as a Future: drawn on the
+        second connection by its worker, which runs what it is given in order, so they are below every
+        id that connection's next ``COPY`` draws, and the first connection and the caller are not held
+        up meanwhile. Not a range claimed at once: other writers keep drawing from the sequence
+        meanwhile, without waiting for a lock."""
+        assert self.worker is not None, "only with two connections"
+        return self.worker.submit(self._draw_event_ids, int(count))
+
+    def _draw_event_ids(self, count: int) -> pa.Array:
+        self.events_cursor.execute(f"SELECT nextval('{self.event_sequence}') FROM generate_series(1, {count}) "
+                                   "ORDER BY 1")
+        return self.events_cursor.fetch_arrow_table().column(0).combine_chunks()
 
     def events_waiting(self) -> int:
         """How many pieces wait for the events ``COPY`` beyond the one it copies."""
@@ -329,10 +335,12 @@ class _PgStreams:
 
     def rollback(self) -> None:
         try:
-            # The events COPY must be over before its connection rolls back; what it raises is not
-            # the failure to report.
+            # The events COPY must be over before its connection rolls back, and any draw of ids queued
+            # on it (the worker runs its tasks in order); what they raise is not the failure to report.
             with contextlib.suppress(Exception):
                 self._end_events()
+            if self.worker is not None:
+                self.worker.submit(int).result()
         finally:
             try:
                 self.connection.rollback()
