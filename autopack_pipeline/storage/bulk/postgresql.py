@@ -164,11 +164,16 @@ class _PostgresqlLoader(_Loader):
             # rest go on the second.
             pending: collections.deque[list] = collections.deque()
             held_events = 0  # events of this transaction's first pieces, waiting in ``pending``
+            # Phases in ``pending``, which bound it (memory): by pieces, a transaction's many small first
+            # pieces would be copied on the first connection while the second waits for its next piece.
+            pending_phases = 0
             in_transaction = 0  # events of the pieces taken into this transaction
             event_id_field = types["token_estimation_v2_events"].field("event_id")
 
             def copy_pending() -> None:
+                nonlocal pending_phases
                 piece, phase_rows, held = pending.popleft()
+                pending_phases -= phase_rows.num_rows
                 copy_phases(piece, phase_rows)
                 if held is not None:  # events of the transaction's first pieces, and their ids' Future
                     event_rows = held[0].append_column(event_id_field, held[1].result().cast(event_id_field.type))
@@ -185,15 +190,17 @@ class _PostgresqlLoader(_Loader):
                     # Its ids drawn now, below every id the second connection draws later, while the
                     # next pieces are still being generated.
                     pending.append([piece, phase_rows, (event_rows, streams.reserve_event_ids(event_rows.num_rows))])
+                    pending_phases += phase_rows.num_rows
                     held_events += event_rows.num_rows
                 else:
                     streams.copy_events(event_rows, self._timed)
                     pending.append([piece, phase_rows, None])
+                    pending_phases += phase_rows.num_rows
                     # The first connection copies while the second has pieces waiting beyond the one
                     # it copies, else the next piece is handed over first (generating it is quicker).
                     while pending and streams.copying is not None and (
                             streams.events_waiting() >= PG_EVENTS_AHEAD // 2
-                            or len(pending) > PG_EVENTS_AHEAD + 1):
+                            or pending_phases > (PG_EVENTS_AHEAD + 1) * PG_PIECE_PHASES):
                         copy_pending()
                 in_transaction += len(piece.events["run"])
                 if not fresh and in_transaction >= PG_TRANSACTION_EVENTS:
