@@ -43,11 +43,11 @@ from autopack_pipeline.synth.archetypes import (
 # data.)
 DRAW_BLOCK_PHASES = 5_000
 # Phases per generated chunk, and in the first one: small, because a loader can start writing only when
-# the first chunk exists. The chunks after it double in size up to PHASES_PER_CHUNK (5k, 10k, 20k, 40k,
-# 50k...): a PostgreSQL append starts its events COPY with the second piece, which then comes after
-# 10k phases instead of 50k.
+# the first chunk exists. The chunks after it double in size up to PHASES_PER_CHUNK (2.5k, 5k, 10k, 20k,
+# 40k, 50k...): a PostgreSQL append of 100k events starts its events COPY with the piece after its
+# first ~15k phases, which then exists after 17.5k phases generated instead of 35k.
 PHASES_PER_CHUNK = 50_000
-FIRST_CHUNK_PHASES = 5_000
+FIRST_CHUNK_PHASES = 2_500
 # Mean seconds between two phase starts, and the spread of a retry after its first attempt.
 PHASE_GAP_SECONDS = 1.5
 RETRY_DELAY_SECONDS = (20.0, 120.0)

@@ -110,9 +110,11 @@ class _PostgresqlLoader(_Loader):
         pieces = None
         try:
             # Pieces smaller than a chunk: the first COPY starts sooner, the streams wait less for each
-            # other. The first are generated while the connections finish opening.
+            # other. The generating thread starts with the first next(): the first piece is generated
+            # while the connections finish opening (it waits for their column types only to be cast).
             small = min(PG_SMALL_PIECE_PHASES, PG_PIECE_PHASES)
             pieces = prefetch(_sliced(chunks, PG_PIECE_PHASES, small=small, small_until=PG_SMALL_PIECES_UNTIL), tables)
+            first = next(pieces)
             opened = self._opening.take()
             try:
                 types, skip_key_checks = opened.types, opened.skip_key_checks
@@ -140,7 +142,6 @@ class _PostgresqlLoader(_Loader):
             cursor = streams.cursor
             if not fresh:  # several commits: the runs say "loading" until the last (postgresql_steps)
                 _take_load_lock(cursor, self.seed)
-            first = next(pieces)
             start_text = _text_timestamps(first[0].phases["started_us"][:1])[0]
             state = LOADED_STATE if fresh else LOADING_STATE
             _ingest(cursor, "runs", _cast_to(_run_table(self.seed, self.run_id_text, start_text, state),
