@@ -14,7 +14,7 @@ import pyarrow as pa
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage import adbc
-from autopack_pipeline.storage.bulk import postgresql_steps
+from autopack_pipeline.storage.bulk.postgresql_steps import _may_skip_key_checks
 
 # The Arrow type binary COPY needs for each PostgreSQL column type the loaded tables use.
 _ARROW_TYPES = {
@@ -80,7 +80,7 @@ def open_connections(engine: Engine) -> Opened:
                 cursor.execute(query)
                 return cursor.fetchone()[0]
 
-            skip_key_checks = postgresql_steps._may_skip_key_checks(scalar)
+            skip_key_checks = _may_skip_key_checks(scalar)
             event_sequence = scalar("SELECT pg_get_serial_sequence('token_estimation_v2_events', 'event_id')")
             # pg_attribute rather than information_schema.columns: the same names and types, without
             # the view's privilege checks and joins (the first query of a backend fills its caches).

@@ -393,7 +393,7 @@ def phases_with_another_runs_tier(engine) -> int:
 def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_role_may(
         engine, monkeypatch, may_skip_key_checks):
     if not may_skip_key_checks:  # a role that may not set session_replication_role
-        monkeypatch.setattr(bulk.postgresql_steps, "_may_skip_key_checks", lambda scalar: False)
+        monkeypatch.setattr(bulk.postgresql_open, "_may_skip_key_checks", lambda scalar: False)
     monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 97)  # chunks copied in many pieces
     # Each transaction's first piece (~115 events) on the first connection, with ids drawn beforehand.
     monkeypatch.setattr(bulk.postgresql, "PG_FIRST_CONNECTION_SHARE", 0.5)
