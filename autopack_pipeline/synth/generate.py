@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from autopack_pipeline.domain import escalation as rule
 from autopack_pipeline.llm.simulated import DEGENERATE_TOKENS
@@ -42,11 +43,11 @@ from autopack_pipeline.synth.archetypes import (
 # data.)
 DRAW_BLOCK_PHASES = 5_000
 # Phases per generated chunk, and in the first one: small, because a loader can start writing only when
-# the first chunk exists. The chunks after it double in size up to PHASES_PER_CHUNK (5k, 10k, 20k, 40k,
-# 50k...): a PostgreSQL append starts its events COPY with the second piece, which then comes after
-# 10k phases instead of 50k.
+# the first chunk exists. The chunks after it double in size up to PHASES_PER_CHUNK (2.5k, 5k, 10k, 20k,
+# 40k, 50k...): a PostgreSQL append of 100k events starts its events COPY with the piece after its
+# first ~15k phases, which then exists after 17.5k phases generated instead of 35k.
 PHASES_PER_CHUNK = 50_000
-FIRST_CHUNK_PHASES = 5_000
+FIRST_CHUNK_PHASES = 2_500
 # Mean seconds between two phase starts, and the spread of a retry after its first attempt.
 PHASE_GAP_SECONDS = 1.5
 RETRY_DELAY_SECONDS = (20.0, 120.0)
@@ -194,9 +195,14 @@ def generate_chunks(
     # Archetypes are priced as the draws first use them: the first chunk waits for those it holds only.
     pricer = archetype_pricer(seeds_dir)
     arch = pricer.archetypes
-    labels = np.array(arch.categories, dtype=object)
-    legacy_labels = np.array([LEGACY_SPELLINGS.get(c, c) for c in arch.categories], dtype=object)
+    # A category's code is its number, or that plus the number of categories for its legacy spelling.
+    category_texts = np.array(list(arch.categories) + [LEGACY_SPELLINGS.get(c, c) for c in arch.categories],
+                              dtype=object)
+    stop_texts = np.array(["end_turn", "max_tokens"], dtype=object)
     complexities = np.array(arch.complexities, dtype=object)
+    # The texts of the label columns' codes, for the loaders (SynthChunk.labels).
+    texts = {"category": pa.array(category_texts, pa.string()), "complexity": pa.array(complexities, pa.string()),
+             "stop_reason": pa.array(stop_texts, pa.string())}
     # Naive datetimes are UTC, as the telemetry columns hold them.
     start_us = int((start if start.tzinfo else start.replace(tzinfo=timezone.utc)).timestamp() * 1_000_000)
     state = _Cursor()
@@ -251,7 +257,9 @@ def generate_chunks(
 
         p, a = phase_of_event, attempt_of_event
         cat = draws["cat"][sl][p]
-        category = np.where(draws["legacy"][sl][p], legacy_labels[cat], labels[cat])
+        category_code = np.where(draws["legacy"][sl][p], cat + len(arch.categories), cat)
+        archetype = _archetype_code(draws, arch, sl, p)
+        stop_code = draws["stop_max"][a, p].astype(np.int8)
         predicted = draws["predicted"][sl][p]
         actual = draws["output"][a, p]
         ceiling = draws["ceiling"][a, p]
@@ -263,17 +271,21 @@ def generate_chunks(
             "run": run_of_phase[p],
             "phase_index": phase_index[p],
             "timestamp_us": start_us + event_us,
-            "category": category,
+            "category": category_texts[category_code],
+            "category_code": category_code,
             "complexity": complexities[draws["cx"][sl][p]],
+            "complexity_code": draws["cx"][sl][p],
             "deliverable_count": draws["deliverables"][sl][p],
-            "deliverables_json": _archetype_json(draws, arch, sl, p),
+            "deliverables_json": arch.deliverables_json.ravel()[archetype],
+            "deliverables_json_code": archetype,
             "predicted_output_tokens": predicted,
             "actual_output_tokens": actual,
             "selected_budget": draws["selected"][sl][p],
             "actual_max_tokens": ceiling,
             "success": success,
             "truncated": truncated,
-            "stop_reason": np.where(draws["stop_max"][a, p], "max_tokens", "end_turn").astype(object),
+            "stop_reason": stop_texts[stop_code],
+            "stop_reason_code": stop_code,
             "smape_percent": smape,
             "waste_ratio": waste,
             "underestimated": under,
@@ -290,12 +302,15 @@ def generate_chunks(
             completed[last] = False
             events["phase_completed"] = np.where(p == last, False, events["phase_completed"])
         last_us = np.where(attempts == 2, retry_us, started_us)
+        phase_category = np.where(draws["legacy"][sl], draws["cat"][sl] + len(arch.categories), draws["cat"][sl])
         output_sum = draws["output"][0, sl] + np.where(attempts == 2, draws["output"][1, sl], 0)
         phases = {
             "run": run_of_phase,
             "phase_index": phase_index,
-            "category": np.where(draws["legacy"][sl], legacy_labels[draws["cat"][sl]], labels[draws["cat"][sl]]),
+            "category": category_texts[phase_category],
+            "category_code": phase_category,
             "complexity": complexities[draws["cx"][sl]],
+            "complexity_code": draws["cx"][sl],
             "deliverables": draws["deliverables"][sl],
             "started_us": start_us + started_us,
             "last_us": start_us + last_us,
@@ -306,7 +321,9 @@ def generate_chunks(
         }
         state.events_done += len(p)
         state.phases_done += keep_phases
-        yield SynthChunk(phases=phases, events=events, **widths)
+        # The archetypes' JSON as priced so far (those of this chunk are).
+        labels = {**texts, "deliverables_json": pa.array(arch.deliverables_json.ravel(), pa.string(), from_pandas=True)}
+        yield SynthChunk(phases=phases, events=events, labels=labels, **widths)
 
 
 def _run_ends(total_events: int, runs: int, seed: int) -> np.ndarray:
@@ -321,9 +338,10 @@ def _run_ends(total_events: int, runs: int, seed: int) -> np.ndarray:
     return np.cumsum(sizes)
 
 
-def _archetype_json(draws: dict[str, np.ndarray], arch: Archetypes, sl: slice, p: np.ndarray) -> np.ndarray:
+def _archetype_code(draws: dict[str, np.ndarray], arch: Archetypes, sl: slice, p: np.ndarray) -> np.ndarray:
+    """Each event's archetype, as its position in the archetype arrays raveled."""
     index = (draws["cat"][sl][p], draws["cx"][sl][p], draws["deliverables"][sl][p] - 1, draws["variant"][sl][p])
-    return arch.deliverables_json[index]
+    return np.ravel_multi_index(index, arch.deliverables_json.shape)
 
 
 def _writer_metrics(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

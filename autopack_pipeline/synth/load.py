@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.settings import PACKAGED_SEEDS_DIR
 from autopack_pipeline.storage.bulk.loader import Progress
-from autopack_pipeline.storage.bulk.loading import latest_event_time, load_chunks, stored_run_ids, text_timestamp
+from autopack_pipeline.storage.bulk.loading import latest_event_time, make_loader, stored_run_ids, text_timestamp
 from autopack_pipeline.storage.bulk.postgresql_steps import remove_interrupted_loads
 from autopack_pipeline.storage.bulk.rows import run_id_for
 from autopack_pipeline.synth.archetypes import DEFAULT_LEGACY_FRACTION, archetype_pricer
@@ -111,16 +111,22 @@ def bulk_load(
     pricing = threading.Thread(target=price_first_block, args=(seed,), daemon=True, name="synth-pricing",
                                kwargs={"legacy_fraction": legacy_fraction, "seeds_dir": seeds_dir})
     pricing.start()
-    # A PostgreSQL append killed between two of its commits left runs marked loading: gone before the
-    # seed's runs are looked for, so the seed that was interrupted loads again.
-    interrupted = remove_interrupted_loads(engine) if engine.dialect.name == "postgresql" else {}
-    _check_runs_absent(engine, seed, runs)
-    latest = latest_event_time(engine)
-    # Continue a minute after the newest stored event, so a second batch reads as later use.
-    start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
-    chunks = generate_chunks(events, runs=runs, seed=seed, start=start,
-                             legacy_fraction=legacy_fraction, seeds_dir=seeds_dir, phase_ids=phase_ids)
-    loader = load_chunks(engine, chunks, seed=seed, runs=runs, events=events, progress=progress)
+    loader = make_loader(engine, seed=seed, runs=runs, events=events, progress=progress)
+    # The PostgreSQL loader opens its connections meanwhile, in a helper thread too.
+    loader.prepare(engine)
+    try:
+        # A PostgreSQL append killed between two of its commits left runs marked loading: gone before the
+        # seed's runs are looked for, so the seed that was interrupted loads again.
+        interrupted = remove_interrupted_loads(engine) if engine.dialect.name == "postgresql" else {}
+        _check_runs_absent(engine, seed, runs)
+        latest = latest_event_time(engine)
+        # Continue a minute after the newest stored event, so a second batch reads as later use.
+        start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
+        chunks = generate_chunks(events, runs=runs, seed=seed, start=start,
+                                 legacy_fraction=legacy_fraction, seeds_dir=seeds_dir, phase_ids=phase_ids)
+        loader.load(engine, chunks)
+    finally:
+        loader.close()
     seconds = time.perf_counter() - began
     return SynthSummary(
         database=engine.url.render_as_string(hide_password=True),

@@ -14,9 +14,10 @@ foreign-key triggers off for the load (``session_replication_role``, superuser o
 it runs on one connection with the keys checked by the server.
 
 The modules: ``chunk`` (what a loader takes), ``rows`` (chunks as table rows), ``loader`` (what the
-loaders share), ``sqlite`` and ``postgresql`` (the loaders; ``postgresql_steps``: the PostgreSQL load's
-index drops and rebuilds and its undo after a failure), ``loading`` (:func:`load_chunks` and the
-questions a load asks the database first).
+loaders share), ``sqlite`` and ``postgresql`` (the loaders; ``postgresql_open``: the PostgreSQL load's
+connections and what it asks on them, opened while the caller asks its own questions;
+``postgresql_steps``: its index drops and rebuilds and its undo after a failure), ``loading``
+(:func:`make_loader`, :func:`load_chunks` and the questions a load asks the database first).
 """
 
 from autopack_pipeline.storage.bulk.chunk import SynthChunk

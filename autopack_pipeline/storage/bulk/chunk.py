@@ -7,9 +7,10 @@ listed where the generator fills them (``synth/generate.py``) and read in ``rows
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 
 @dataclass
@@ -21,3 +22,6 @@ class SynthChunk:
     phase_ids: str = "per-run"  # one of synth.generate.PHASE_ID_SCHEMES
     phase_digits: int = 5  # zero-padded width of the phase number in a phase id
     run_digits: int = 5  # the same for the run number
+    # Per text column given as codes too (``<name>_code`` beside ``<name>``): the texts the codes number.
+    # Taking them by code makes the Arrow column without a Python object per value.
+    labels: dict[str, pa.Array] = field(default_factory=dict)

@@ -60,6 +60,14 @@ class _Loader:
         self.timings = {"generate": 0.0, "stage": 0.0, "phases": 0.0, "events": 0.0, "indexes": 0.0}
         self._timings_lock = threading.Lock()
 
+    def prepare(self, engine: Any) -> None:
+        """Begin what the load needs before its first rows while the caller still asks the database its
+        own questions (the PostgreSQL loader opens its connections); :meth:`close` ends it when
+        :meth:`load` is not reached."""
+
+    def close(self) -> None:
+        """Let go of what :meth:`prepare` began and :meth:`load` did not take over."""
+
     def _update_runs(self, cursor: Any, *, text_timestamps: bool) -> None:
         """Every run's phase count, tokens and last activity, by one UPDATE from a temporary table
         (both SQLite and PostgreSQL take ``UPDATE ... FROM``), in the load's transaction."""
@@ -95,16 +103,24 @@ def _chain(first: SynthChunk, rest: Iterator[SynthChunk]) -> Iterator[SynthChunk
     yield from rest
 
 
-def _sliced(chunks: Iterator[SynthChunk], phases: int) -> Iterator[SynthChunk]:
-    """The chunks cut into pieces of ``phases`` phases, each with the events of those phases."""
+def _sliced(chunks: Iterator[SynthChunk], phases: int, *, small: int = 0, small_until: int = 0) -> Iterator[SynthChunk]:
+    """The chunks cut into pieces of ``phases`` phases, each with the events of those phases; the first
+    ``small_until`` phases of all in pieces of ``small``."""
+    done = 0  # phases in the pieces so far
     for chunk in chunks:
         ph, ev = chunk.phases, chunk.events
         # (run, phase number) grows along both tables, so one search finds where a piece's events start.
         phase_keys = (ph["run"] << 32) + ph["phase_index"]
         event_keys = (ev["run"] << 32) + ev["phase_index"]
-        starts = list(range(0, len(phase_keys), phases))
+        starts = []
+        at = 0
+        while at < len(phase_keys):
+            starts.append(at)
+            at += small if done + at < small_until else phases
+        ends = starts[1:] + [len(phase_keys)]
         event_starts = np.searchsorted(event_keys, phase_keys[starts]).tolist() + [len(event_keys)]
-        for i, start in enumerate(starts):
+        for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
             a, b = event_starts[i], event_starts[i + 1]
-            yield dataclasses.replace(chunk, phases={k: v[start:start + phases] for k, v in ph.items()},
+            yield dataclasses.replace(chunk, phases={k: v[start:end] for k, v in ph.items()},
                                       events={k: v[a:b] for k, v in ev.items()})
+        done += len(phase_keys)

@@ -1,8 +1,9 @@
 """The loaders' entry point and what a load asks the database first.
 
-:func:`load_chunks` hands generated chunks to the SQLite or PostgreSQL loader and returns it, holding
-what it wrote; :func:`latest_event_time` and :func:`stored_run_ids` are the two questions a synthetic
-load asks before it starts (where its timestamps continue, whether its runs exist already).
+:func:`make_loader` gives the SQLite or PostgreSQL loader; :func:`load_chunks` hands generated chunks to
+it and returns it, holding what it wrote; :func:`latest_event_time` and :func:`stored_run_ids` are the
+two questions a synthetic load asks before it starts (where its timestamps continue, whether its runs
+exist already).
 """
 
 from __future__ import annotations
@@ -32,12 +33,20 @@ def check_bulk_backend(engine: Engine) -> str:
     return backend
 
 
+def make_loader(engine: Engine, *, seed: int, runs: int, events: int, progress: Progress | None) -> _Loader:
+    """The loader for ``engine``'s database, to write ``events`` events in ``runs`` runs of ``seed``."""
+    return _LOADERS[check_bulk_backend(engine)](seed, runs, events, progress)
+
+
 def load_chunks(
     engine: Engine, chunks: Iterator[SynthChunk], *, seed: int, runs: int, events: int, progress: Progress | None,
 ) -> _Loader:
     """Write ``chunks`` (``events`` events in ``runs`` runs of ``seed``); the loader, with what it wrote."""
-    loader = _LOADERS[check_bulk_backend(engine)](seed, runs, events, progress)
-    loader.load(engine, chunks)
+    loader = make_loader(engine, seed=seed, runs=runs, events=events, progress=progress)
+    try:
+        loader.load(engine, chunks)
+    finally:
+        loader.close()
     return loader
 
 

@@ -32,13 +32,12 @@ from typing import Any
 import pyarrow as pa
 from sqlalchemy.engine import Engine
 
-from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.bulk.chunk import SynthChunk
 from autopack_pipeline.storage.bulk.loader import _Loader, _sliced
+from autopack_pipeline.storage.bulk.postgresql_open import Opening, pg_settings
 from autopack_pipeline.storage.bulk.postgresql_steps import (
     _drop_for_load,
     _mark_loaded,
-    _may_skip_key_checks,
     _take_load_lock,
     _undo_load,
 )
@@ -63,6 +62,11 @@ PG_TRANSACTION_EVENTS = 500_000
 # Phases per COPY (with their events): pieces of a chunk, so the first COPY starts sooner and the two
 # connections of an append wait less for each other.
 PG_PIECE_PHASES = 10_000
+# The first phases of a load go in smaller pieces: an append's events COPY starts with the first piece
+# after those whose events the first connection copies (PG_FIRST_CONNECTION_SHARE, ~15k phases of a
+# 100k-event append), so it waits for fewer phases to be generated beyond them (2.5k instead of 10k).
+PG_SMALL_PIECE_PHASES = 2_500
+PG_SMALL_PIECES_UNTIL = 20_000
 # Event pieces waiting for the events connection of an append: it never waits for the phases, and the
 # memory the queue holds stays bounded when the events are the slower stream. The first connection
 # copies while at least half of them wait (else the next piece is handed over first), so that one of
@@ -77,12 +81,6 @@ PG_EVENTS_AHEAD = 4
 # it still took 63%, at 17.7% 52-56%.
 PG_FIRST_CONNECTION_SHARE = 0.18
 
-# The Arrow type binary COPY needs for each PostgreSQL column type the loaded tables use.
-_ARROW_TYPES = {
-    "integer": pa.int32(), "bigint": pa.int64(), "smallint": pa.int16(), "boolean": pa.bool_(),
-    "double precision": pa.float64(), "real": pa.float32(), "timestamp without time zone": pa.timestamp("us"),
-    "character varying": pa.string(), "text": pa.string(),
-}
 # The phases' columns but tier_id: a piece is built before the tiers' keys are known.
 _PHASE_SPEC_NO_TIER = tuple(item for item in _PHASE_SPEC if item[0] != "tier_id")
 
@@ -90,35 +88,61 @@ _PHASE_SPEC_NO_TIER = tuple(item for item in _PHASE_SPEC if item[0] != "tier_id"
 class _PostgresqlLoader(_Loader):
     """Writes generated chunks into a PostgreSQL database and counts what it wrote."""
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._opening = Opening()
+
+    def prepare(self, engine: Engine) -> None:
+        # The connections open, and the loader's questions are asked on them, in a helper thread while
+        # the caller asks its own; the driver's connect alone takes tens of milliseconds.
+        self._opening.start(engine)
+
+    def close(self) -> None:
+        self._opening.close()
+
     def load(self, engine: Engine, chunks: Iterator[SynthChunk]) -> None:
-        fresh, skip_key_checks, types, event_sequence = _inspect(engine)
-        # An append keeps every index, so the server's per-row work is what limits it. Events then go
-        # through a second connection, in parallel with the phases (one backend per core); that
-        # needs the foreign-key triggers off, as the events' phases are not committed yet.
-        parallel = not fresh and skip_key_checks
-        if fresh:
-            self.method = ("postgresql: binary COPY in one transaction, indexes rebuilt after the rows, "
-                           + ("foreign keys kept, their triggers off" if skip_key_checks else "foreign keys added again"))
-        else:
-            self.method = "postgresql: binary COPY with indexes in place, 500k events per transaction" + (
-                ", events on a second connection but for each transaction's first pieces" if parallel else "")
+        self.prepare(engine)
 
         def tables(piece: SynthChunk) -> tuple[pa.Table, pa.Table]:
-            return self._timed("generate", lambda: self._tables(piece, types))
+            return self._timed("generate", lambda: self._tables(piece))
 
-        # Pieces smaller than a chunk: the first COPY starts sooner, the streams wait less for each other.
-        pieces = prefetch(_sliced(chunks, PG_PIECE_PHASES), tables)
         streams: _PgStreams | None = None
+        pieces = None
         try:
-            # The first piece is generated while the connections open (the driver reads the server's
-            # type catalogue on connect: tens of milliseconds each, more on a busy machine).
-            first, connections = _opened_during(engine, 1 + parallel, skip_key_checks, lambda: next(pieces))
-            streams = _PgStreams(connections, skip_key_checks, event_sequence)
+            # Pieces smaller than a chunk: the first COPY starts sooner, the streams wait less for each
+            # other. The generating thread starts with the first next(): the first piece is generated
+            # while the connections finish opening (it waits for their column types only to be cast).
+            small = min(PG_SMALL_PIECE_PHASES, PG_PIECE_PHASES)
+            pieces = prefetch(_sliced(chunks, PG_PIECE_PHASES, small=small, small_until=PG_SMALL_PIECES_UNTIL), tables)
+            first = next(pieces)
+            opened = self._opening.take()
+            try:
+                types, skip_key_checks = opened.types, opened.skip_key_checks
+                with opened.connections[0].cursor() as cursor:  # after the caller removed interrupted loads
+                    cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)")
+                    fresh = bool(cursor.fetchone()[0])
+                if fresh and len(opened.connections) > 1:  # a fresh load copies on one connection
+                    opened.connections.pop().close()
+            except BaseException:
+                for connection in reversed(opened.connections):
+                    connection.close()
+                raise
+            streams = _PgStreams(opened.connections, skip_key_checks, opened.event_sequence)
+            # An append keeps every index, so the server's per-row work is what limits it. Events then
+            # go through a second connection, in parallel with the phases (one backend per core); that
+            # needs the foreign-key triggers off, as the events' phases are not committed yet.
+            if fresh:
+                self.method = ("postgresql: binary COPY in one transaction, indexes rebuilt after the rows, "
+                               + ("foreign keys kept, their triggers off" if skip_key_checks
+                                  else "foreign keys added again"))
+            else:
+                self.method = "postgresql: binary COPY with indexes in place, 500k events per transaction" + (
+                    ", events on a second connection but for each transaction's first pieces"
+                    if streams.parallel else "")
             cursor = streams.cursor
-            first_piece = first[0]
-            start_text = _text_timestamps(first_piece.phases["started_us"][:1])[0]
             if not fresh:  # several commits: the runs say "loading" until the last (postgresql_steps)
                 _take_load_lock(cursor, self.seed)
+            start_text = _text_timestamps(first[0].phases["started_us"][:1])[0]
             state = LOADED_STATE if fresh else LOADING_STATE
             _ingest(cursor, "runs", _cast_to(_run_table(self.seed, self.run_id_text, start_text, state),
                                              types["runs"]))
@@ -136,29 +160,26 @@ class _PostgresqlLoader(_Loader):
                     tier_field, pa.array(tier_pk[piece.phases["run"]]).cast(tier_field.type))
                 self._timed("phases", lambda: _ingest(cursor, "phases", phase_rows))
 
-            # What the first connection has still to copy, in order: [piece, phases, events or None]; the
-            # events are those of a transaction's first pieces (see _PgStreams), the rest go on the second.
+            # What the first connection has still to copy, in order: [piece, phases, None or (events, their
+            # ids' Future)]; the events are those of a transaction's first pieces (see _PgStreams), the
+            # rest go on the second.
             pending: collections.deque[list] = collections.deque()
             held_events = 0  # events of this transaction's first pieces, waiting in ``pending``
+            # Phases in ``pending``, which bound it (memory): by pieces, a transaction's many small first
+            # pieces would be copied on the first connection while the second waits for its next piece.
+            pending_phases = 0
             in_transaction = 0  # events of the pieces taken into this transaction
             event_id_field = types["token_estimation_v2_events"].field("event_id")
 
             def copy_pending() -> None:
-                piece, phase_rows, event_rows = pending.popleft()
+                nonlocal pending_phases
+                piece, phase_rows, held = pending.popleft()
+                pending_phases -= phase_rows.num_rows
                 copy_phases(piece, phase_rows)
-                if event_rows is not None:
+                if held is not None:  # events of the transaction's first pieces, and their ids' Future
+                    event_rows = held[0].append_column(event_id_field, held[1].result().cast(event_id_field.type))
                     self._timed("events", lambda: _ingest(cursor, "token_estimation_v2_events", event_rows))
                 self._written(piece)
-
-            def give_held_ids() -> None:
-                """The held events' ids, drawn now: below every id the second connection draws later."""
-                ids = streams.reserve_event_ids(held_events)
-                at = 0
-                for item in pending:
-                    if item[2] is not None:
-                        item[2] = item[2].append_column(
-                            event_id_field, ids.slice(at, item[2].num_rows).cast(event_id_field.type))
-                        at += item[2].num_rows
 
             for piece, (phase_rows, event_rows) in itertools.chain([first], pieces):
                 if not streams.parallel:  # one connection: the events after their phases (keys checked)
@@ -167,18 +188,20 @@ class _PostgresqlLoader(_Loader):
                     self._written(piece)
                 elif streams.copying is None and held_events + event_rows.num_rows <= (
                         PG_FIRST_CONNECTION_SHARE * min(PG_TRANSACTION_EVENTS, self.total - self.events_written)):
-                    pending.append([piece, phase_rows, event_rows])
+                    # Its ids drawn now, below every id the second connection draws later, while the
+                    # next pieces are still being generated.
+                    pending.append([piece, phase_rows, (event_rows, streams.reserve_event_ids(event_rows.num_rows))])
+                    pending_phases += phase_rows.num_rows
                     held_events += event_rows.num_rows
                 else:
-                    if held_events and streams.copying is None:
-                        give_held_ids()
                     streams.copy_events(event_rows, self._timed)
                     pending.append([piece, phase_rows, None])
+                    pending_phases += phase_rows.num_rows
                     # The first connection copies while the second has pieces waiting beyond the one
                     # it copies, else the next piece is handed over first (generating it is quicker).
                     while pending and streams.copying is not None and (
                             streams.events_waiting() >= PG_EVENTS_AHEAD // 2
-                            or len(pending) > PG_EVENTS_AHEAD + 1):
+                            or pending_phases > (PG_EVENTS_AHEAD + 1) * PG_PIECE_PHASES):
                         copy_pending()
                 in_transaction += len(piece.events["run"])
                 if not fresh and in_transaction >= PG_TRANSACTION_EVENTS:
@@ -186,7 +209,7 @@ class _PostgresqlLoader(_Loader):
                         copy_pending()
                     streams.commit()
                     in_transaction = held_events = 0
-            while pending:  # what is left; held events that no piece followed take the sequence's ids
+            while pending:  # what is left
                 copy_pending()
             if rebuild:
                 # Index builds sort in memory instead of spilling to disk (this transaction only).
@@ -209,53 +232,19 @@ class _PostgresqlLoader(_Loader):
                         _undo_load(streams.connection, self.seed, skip_key_checks=skip_key_checks)
             raise
         finally:
-            pieces.close()  # stops the generating thread when the load ended early
+            if pieces is not None:
+                pieces.close()  # stops the generating thread when the load ended early
             if streams is not None:
                 streams.close()
 
-    def _tables(self, piece: SynthChunk, types: dict[str, pa.Schema]) -> tuple[pa.Table, pa.Table]:
+    def _tables(self, piece: SynthChunk) -> tuple[pa.Table, pa.Table]:
         """A piece's phases (all but ``tier_id``, which needs the tiers' keys from the server) and its
-        events, as Arrow tables of the columns' own types."""
+        events, as Arrow tables of the columns' own types (the first pieces wait for them here)."""
         phase_cols, event_cols = _chunk_columns(piece, self.run_id_text, None, self.seed)
-        return (_cast_to(_arrow_columns(phase_cols, _PHASE_SPEC_NO_TIER, len(piece.phases["run"])), types["phases"]),
-                _cast_to(_arrow_columns(event_cols, _EVENT_SPEC, len(piece.events["run"])),
-                         types["token_estimation_v2_events"]))
-
-
-def _opened_during(engine: Engine, count: int, skip_key_checks: bool, work: Callable[[], Any]) -> tuple[Any, list]:
-    """``work()``'s result and ``count`` ADBC connections (each in its transaction, with the load's
-    settings), opened by a helper thread while ``work`` runs here. On a failure none stays open."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-connect") as opener:
-        opening = opener.submit(_connect, engine, count, skip_key_checks)
-        try:
-            result = work()
-            return result, opening.result()
-        except BaseException:
-            if opening.exception() is None:  # waits for it
-                for connection in opening.result():
-                    connection.close()
-            raise
-
-
-def _connect(engine: Engine, count: int, skip_key_checks: bool) -> list:
-    """``count`` connections sharing one ADBC database: the driver opens a backend of its own when a
-    database opens (to read the type catalogue, unless it knows the built-in types), not per
-    connection, so a second connection costs one backend instead of two (tens of milliseconds of both
-    processes' CPU, before the first ``COPY`` can start)."""
-    connections: list = []
-    try:
-        # The loader's columns are all of built-in types: the driver need not read the type catalogue.
-        connections.append(adbc.connect(engine, builtin_types=True))
-        while len(connections) < count:
-            connections.append(connections[0].adbc_clone())
-        for connection in connections:
-            with connection.cursor() as cursor:
-                _pg_settings(cursor, skip_key_checks=skip_key_checks)
-    except BaseException:
-        for connection in reversed(connections):
-            connection.close()
-        raise
-    return connections
+        phases = _arrow_columns(phase_cols, _PHASE_SPEC_NO_TIER, len(piece.phases["run"]))
+        events = _arrow_columns(event_cols, _EVENT_SPEC, len(piece.events["run"]))
+        types = self._opening.opened().types
+        return _cast_to(phases, types["phases"]), _cast_to(events, types["token_estimation_v2_events"])
 
 
 class _PgStreams:
@@ -303,13 +292,19 @@ class _PgStreams:
                 timed, "events", lambda: _ingest(self.events_cursor, "token_estimation_v2_events", reader))
         self._hand(rows)
 
-    def reserve_event_ids(self, count: int) -> pa.Array:
-        """``count`` event ids drawn from the events' sequence on the first connection, ascending: ids
-        below every one the second connection's ``COPY`` draws after this. Not a range claimed at once:
-        other writers keep drawing from the sequence meanwhile, without waiting for a lock."""
-        self.cursor.execute(f"SELECT nextval('{self.event_sequence}') FROM generate_series(1, {int(count)}) "
-                            "ORDER BY 1")
-        return self.cursor.fetch_arrow_table().column(0).combine_chunks()
+    def reserve_event_ids(self, count: int) -> Future:
+        """``count`` event ids drawn from the events' sequence, ascending, as a Future: drawn on the
+        second connection by its worker, which runs what it is given in order, so they are below every
+        id that connection's next ``COPY`` draws, and the first connection and the caller are not held
+        up meanwhile. Not a range claimed at once: other writers keep drawing from the sequence
+        meanwhile, without waiting for a lock."""
+        assert self.worker is not None, "only with two connections"
+        return self.worker.submit(self._draw_event_ids, int(count))
+
+    def _draw_event_ids(self, count: int) -> pa.Array:
+        self.events_cursor.execute(f"SELECT nextval('{self.event_sequence}') FROM generate_series(1, {count}) "
+                                   "ORDER BY 1")
+        return self.events_cursor.fetch_arrow_table().column(0).combine_chunks()
 
     def events_waiting(self) -> int:
         """How many pieces wait for the events ``COPY`` beyond the one it copies."""
@@ -344,14 +339,16 @@ class _PgStreams:
             self.events_connection.commit()
         if not last:  # the driver has begun the next transaction on each connection
             for cursor in {id(c): c for c in (self.cursor, self.events_cursor)}.values():
-                _pg_settings(cursor, skip_key_checks=self.skip_key_checks)
+                pg_settings(cursor, skip_key_checks=self.skip_key_checks)
 
     def rollback(self) -> None:
         try:
-            # The events COPY must be over before its connection rolls back; what it raises is not
-            # the failure to report.
+            # The events COPY must be over before its connection rolls back, and any draw of ids queued
+            # on it (the worker runs its tasks in order); what they raise is not the failure to report.
             with contextlib.suppress(Exception):
                 self._end_events()
+            if self.worker is not None:
+                self.worker.submit(int).result()
         finally:
             try:
                 self.connection.rollback()
@@ -378,36 +375,6 @@ def _batches(waiting: queue.Queue) -> Iterator[pa.RecordBatch]:
     """The record batches of the tables put in ``waiting``, until :data:`_END`."""
     while (rows := waiting.get()) is not _END:
         yield from rows.to_batches()
-
-
-def _inspect(engine: Engine) -> tuple[bool, bool, dict[str, pa.Schema], str]:
-    """What a load asks before its own connections open: whether the events table is empty, whether
-    this role may turn the foreign-key triggers off, the Arrow types binary COPY needs for the
-    columns of the four loaded tables, and the name of the event ids' sequence."""
-    with engine.connect() as connection:
-        def scalar(query: str) -> Any:
-            return connection.exec_driver_sql(query).scalar()
-
-        fresh = bool(scalar("SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)"))
-        skip_key_checks = _may_skip_key_checks(scalar)
-        event_sequence = scalar("SELECT pg_get_serial_sequence('token_estimation_v2_events', 'event_id')")
-        columns = connection.exec_driver_sql(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name IN "
-            "('runs', 'tiers', 'phases', 'token_estimation_v2_events') ORDER BY table_name, ordinal_position").all()
-    types = {table: pa.schema([(name, _ARROW_TYPES[kind]) for owner, name, kind in columns
-                               if owner == table and kind in _ARROW_TYPES])
-             for table in ("runs", "tiers", "phases", "token_estimation_v2_events")}
-    return fresh, skip_key_checks, types, event_sequence
-
-
-def _pg_settings(cursor: Any, *, skip_key_checks: bool) -> None:
-    # A crash may lose the last batches, which are copies of generated data anyway.
-    cursor.execute("SET LOCAL synchronous_commit = off")
-    if skip_key_checks:
-        # The generator writes the runs, tiers and phases every event refers to (the tests check the
-        # keys), as the SQLite load does with foreign_keys=OFF; this also saves a lookup per key and row.
-        cursor.execute("SET LOCAL session_replication_role = replica")
 
 
 def _ingest(cursor: Any, table: str, rows: pa.Table) -> None:

@@ -137,9 +137,13 @@ def phase_ids_for(chunk: SynthChunk, seed: int, runs: np.ndarray, phase_index: n
     return _phase_id_codes(chunk, seed, runs, phase_index).to_numpy(zero_copy_only=False)
 
 
-def _labels(values: np.ndarray) -> pa.Array:
-    """An object column of text (None: NULL) as Arrow."""
-    return pa.array(values, type=pa.string(), from_pandas=True)
+def _labels(chunk: SynthChunk, columns: dict, name: str) -> pa.Array:
+    """A text column of ``chunk``'s phases or events (``columns``) as Arrow: its texts taken by code where
+    the chunk has them (:attr:`SynthChunk.labels`), else from the object column (None: NULL)."""
+    texts = chunk.labels.get(name)
+    if texts is not None and f"{name}_code" in columns:
+        return texts.take(pa.array(columns[f"{name}_code"]))
+    return pa.array(columns[name], type=pa.string(), from_pandas=True)
 
 
 def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray | None, seed: int) -> tuple[dict, dict]:
@@ -154,8 +158,8 @@ def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray | N
         "run_id": run_ids.take(pa.array(ph["run"])),
         "phase_index": ph["phase_index"],
         "state": pc.if_else(completed, "COMPLETE", "FAILED"),
-        "category": _labels(ph["category"]),
-        "complexity": _labels(ph["complexity"]),
+        "category": _labels(chunk, ph, "category"),
+        "complexity": _labels(chunk, ph, "complexity"),
         "attempts": ph["attempts"],
         "tokens_used": ph["tokens_used"],
         "retries": retries,
@@ -170,17 +174,17 @@ def _chunk_columns(chunk: SynthChunk, run_ids: pa.Array, tier_pk: np.ndarray | N
         "run_id": run_ids.take(pa.array(ev["run"])),
         "phase_id": _phase_id_codes(chunk, seed, ev["run"], ev["phase_index"]),
         "timestamp": ev["timestamp_us"],
-        "category": _labels(ev["category"]),
-        "complexity": _labels(ev["complexity"]),
+        "category": _labels(chunk, ev, "category"),
+        "complexity": _labels(chunk, ev, "complexity"),
         "deliverable_count": ev["deliverable_count"],
-        "deliverables_json": _labels(ev["deliverables_json"]),
+        "deliverables_json": _labels(chunk, ev, "deliverables_json"),
         "predicted_output_tokens": ev["predicted_output_tokens"],
         "actual_output_tokens": ev["actual_output_tokens"],
         "selected_budget": ev["selected_budget"],
         "actual_max_tokens": ev["actual_max_tokens"],
         "success": ev["success"],
         "truncated": ev["truncated"],
-        "stop_reason": _labels(ev["stop_reason"]),
+        "stop_reason": _labels(chunk, ev, "stop_reason"),
         "smape_percent": ev["smape_percent"],
         "waste_ratio": ev["waste_ratio"],
         "underestimated": ev["underestimated"],
