@@ -599,7 +599,8 @@ def free_seed(db: str) -> int:
 
 def remove_seed(db: str, seed: int) -> None:
     """Delete what ``synth --seed seed`` appended to a history, so that the history keeps the size its name
-    says for the next run (its columnar copy, now ahead of the database, is rebuilt by that run)."""
+    says for the next run (the columnar copies, now ahead of the database, are rebuilt by that run: the 10M
+    one by the cold extraction, the others when the refresh benchmark catches them up)."""
     import sqlite3
 
     connection = sqlite3.connect(db.removeprefix("sqlite:///"))
@@ -807,7 +808,10 @@ def bench_columnar(report: Report, data: Path, histories: dict[str, str]) -> dic
     return {"analysis_wall": analysis.wall_s, "extract_wall": cold.wall_s, "rows": figures["events"]}
 
 
-def bench_incremental(report: Report, data: Path, histories: dict[str, str]) -> None:
+def bench_incremental(report: Report, data: Path, histories: dict[str, str], appended: list[tuple[str, int]]) -> None:
+    """The refresh after 100k new events appended to each history; ``appended`` gets (history, seed) of each
+    append, which the run deletes at its end (:func:`remove_seed`), after the benchmarks that read the copies
+    these refreshes brought up to date."""
     print("incremental refresh after 100k new events", flush=True)
     times = {}
     for name, db in histories.items():
@@ -816,7 +820,7 @@ def bench_incremental(report: Report, data: Path, histories: dict[str, str]) -> 
         seed = free_seed(db)
         added = run_child("synth", db=db, events=NEW_EVENTS, seed=seed)
         refresh = run_child("extract", db=db, store=store, full=False)
-        remove_seed(db, seed)
+        appended.append((db, seed))
         seconds = refresh.result["seconds"]
         times[name] = seconds
         report.add(f"refresh after {NEW_EVENTS // 1000}k new events, {refresh.result['rows_before'] / 1e6:.1f}M history",
@@ -998,6 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
         size_name(n): ensure_history(data, size_name(n), n, report) for n in sizes if n in args_sizes(args, sizes)}
     shapes = {} if args.synth_only or args.skip_shapes else {
         shape: ensure_history(data, size_name(sizes[0]), sizes[0], report, shape) for shape in SHAPES}
+    appended: list[tuple[str, int]] = []
     with tempfile.TemporaryDirectory(dir=data, prefix="run-") as scratch:
         work = Path(scratch)
         print(f"  {'figure':<58} {'value':>10} {'unit':<8} {'bound':<14} {'ratio':<22}")
@@ -1006,12 +1011,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.synth_only:
             if shapes:
                 bench_shapes(report, data, shapes, size_name(sizes[0]))
-            bench_columnar(report, data, histories)
-            bench_incremental(report, data, histories)
-            bench_record(report, work, histories)
-            bench_collection(report, work)
-            if args.dagster_events:
-                bench_dagster(report, data, work, size_name(args.dagster_events // args.scale))
+            try:
+                bench_columnar(report, data, histories)
+                bench_incremental(report, data, histories, appended)
+                bench_record(report, work, histories)
+                bench_collection(report, work)
+                if args.dagster_events:
+                    bench_dagster(report, data, work, size_name(args.dagster_events // args.scale))
+            finally:
+                for db, seed in appended:
+                    remove_seed(db, seed)
     m["load_average_after"] = os.getloadavg()
     m["benchmark_minutes"] = round((time.perf_counter() - began) / 60, 1)
     print(f"load average after: {m['load_average_after']}; {m['benchmark_minutes']} minutes")
