@@ -42,12 +42,14 @@ from autopack_pipeline.synth.archetypes import (
 # per block, each 50k-phase chunk had its own stream, and a smaller first chunk would have changed the
 # data.)
 DRAW_BLOCK_PHASES = 5_000
-# Phases per generated chunk, and in the first one: small, because a loader can start writing only when
-# the first chunk exists. The chunks after it double in size up to PHASES_PER_CHUNK (2.5k, 5k, 10k, 20k,
-# 40k, 50k...): a PostgreSQL append of 100k events starts its events COPY with the piece after its
-# first ~15k phases, which then exists after 17.5k phases generated instead of 35k.
+# Phases per generated chunk, and in the first one by default: small, because a loader can start writing
+# only when the first chunk exists. The chunks after it double in size up to PHASES_PER_CHUNK (5k, 10k,
+# 20k, 40k, 50k...). A loader may ask for a smaller first chunk (``first_chunk_phases``): the PostgreSQL
+# append's events COPY starts with the piece after its first ~15k phases, which with 2.5k exists after
+# 17.5k phases generated instead of 35k; SQLite's append stages each piece, and one more small piece
+# cost it more than it gained.
 PHASES_PER_CHUNK = 50_000
-FIRST_CHUNK_PHASES = 2_500
+FIRST_CHUNK_PHASES = 5_000
 # Mean seconds between two phase starts, and the spread of a retry after its first attempt.
 PHASE_GAP_SECONDS = 1.5
 RETRY_DELAY_SECONDS = (20.0, 120.0)
@@ -174,8 +176,11 @@ def generate_chunks(
     legacy_fraction: float = DEFAULT_LEGACY_FRACTION,
     seeds_dir: Path = PACKAGED_SEEDS_DIR,
     phase_ids: str = "per-run",
+    first_chunk_phases: int | None = None,
 ) -> Iterator[SynthChunk]:
-    """Yield chunks of phases and their events until exactly ``total_events`` events exist.
+    """Yield chunks of phases and their events until exactly ``total_events`` events exist; the first
+    of ``first_chunk_phases`` phases (None: ``FIRST_CHUNK_PHASES``), each after it twice as many as the
+    one before, none over ``PHASES_PER_CHUNK`` (the rows are the same however they are cut).
 
     Phases go to runs in order, as consecutive blocks. With ``phase_ids="per-run"`` the blocks' sizes
     are drawn log-normally (seeded by ``seed``) and every run gets its own phase ids, as Autopack's
@@ -207,7 +212,7 @@ def generate_chunks(
     start_us = int((start if start.tzinfo else start.replace(tzinfo=timezone.utc)).timestamp() * 1_000_000)
     state = _Cursor()
     blocks = _DrawBlocks(seed, pricer, legacy_fraction)
-    chunk_phases = FIRST_CHUNK_PHASES
+    chunk_phases = min(FIRST_CHUNK_PHASES if first_chunk_phases is None else first_chunk_phases, PHASES_PER_CHUNK)
     while state.events_done < total_events:
         chunk_phases = min(chunk_phases * 2, PHASES_PER_CHUNK) if state.phases_done else chunk_phases
         draws = blocks.take(chunk_phases)

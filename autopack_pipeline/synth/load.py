@@ -123,7 +123,8 @@ def bulk_load(
         # Continue a minute after the newest stored event, so a second batch reads as later use.
         start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
         chunks = generate_chunks(events, runs=runs, seed=seed, start=start,
-                                 legacy_fraction=legacy_fraction, seeds_dir=seeds_dir, phase_ids=phase_ids)
+                                 legacy_fraction=legacy_fraction, seeds_dir=seeds_dir, phase_ids=phase_ids,
+                                 first_chunk_phases=loader.first_chunk_phases)
         loader.load(engine, chunks)
     finally:
         loader.close()

@@ -47,6 +47,9 @@ class _RunStats:
 class _Loader:
     """Writes generated chunks into one database and counts what it wrote."""
 
+    # Phases of the first generated chunk it asks for (synth.generate); None: the generator's default.
+    first_chunk_phases: int | None = None
+
     def __init__(self, seed: int, runs: int, total: int, progress: Progress | None) -> None:
         self.seed, self.runs, self.total, self.progress = seed, runs, total, progress
         self.run_ids = np.array([run_id_for(seed, k) for k in range(runs)], dtype=object)

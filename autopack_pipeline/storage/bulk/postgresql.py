@@ -88,6 +88,9 @@ _PHASE_SPEC_NO_TIER = tuple(item for item in _PHASE_SPEC if item[0] != "tier_id"
 class _PostgresqlLoader(_Loader):
     """Writes generated chunks into a PostgreSQL database and counts what it wrote."""
 
+    # The first chunk as small as its small pieces: the events COPY starts after fewer generated phases.
+    first_chunk_phases = PG_SMALL_PIECE_PHASES
+
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._opening = Opening()
