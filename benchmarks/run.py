@@ -607,12 +607,11 @@ def remove_seed(db: str, seed: int) -> None:
     try:
         with connection:
             # The seed's rows came last: its ids are above every earlier row's (ranges over the keys).
-            first = {table: connection.execute(f"SELECT min({key}) FROM {table} WHERE run_id = ?",
-                                               (f"synth-{seed}-r00000",)).fetchone()[0]
-                     for table, key in (("token_estimation_v2_events", "event_id"), ("phases", "id"), ("tiers", "id"))}
             for table, key in (("token_estimation_v2_events", "event_id"), ("phases", "id"), ("tiers", "id")):
-                if first[table] is not None:
-                    connection.execute(f"DELETE FROM {table} WHERE {key} >= ?", (first[table],))
+                first = connection.execute(f"SELECT min({key}) FROM {table} WHERE run_id = ?",
+                                           (f"synth-{seed}-r00000",)).fetchone()[0]
+                if first is not None:
+                    connection.execute(f"DELETE FROM {table} WHERE {key} >= ?", (first,))
             connection.execute("DELETE FROM runs WHERE id >= ? AND id < ?", (f"synth-{seed}-", f"synth-{seed}."))
     finally:
         connection.close()
