@@ -49,7 +49,19 @@ def _stacked_clean_scores(shapes: Sequence) -> tuple[np.ndarray, list[np.ndarray
 def _count(runs: Sequence[np.ndarray], values: np.ndarray | float, side: str) -> np.ndarray | int:
     """How many values of the ascending ``runs`` together are below (``side`` left) or at most (right) each
     of ``values``."""
+    if np.ndim(values) == 0:
+        return _count_one(runs, values, side)
     return sum((np.searchsorted(run, values, side=side) for run in runs), np.zeros(np.shape(values), np.int64))
+
+
+def _count_one(runs: Sequence[np.ndarray], value: float, side: str) -> int:
+    """:func:`_count` of one value, as a Python int. The bisections below call it some 30,000 times per
+    ``calibrate``: the array method is called directly (``np.searchsorted`` dispatches to it) and the
+    counts are added as ints, without a zero array to start the sum from."""
+    total = 0
+    for run in runs:
+        total += int(run.searchsorted(value, side))
+    return total
 
 
 def _upto_each(runs: Sequence[np.ndarray], sorted_values: np.ndarray) -> np.ndarray:
@@ -195,20 +207,29 @@ class PooledScores:
         seen_cut = np.searchsorted(self.pool.censored, at, side="right")
         return self._survival_after(clean, seen_cut - self.out_cut_before[seen_cut])
 
+    def _survival_after_one(self, clean: int, cut: int) -> float:
+        """:meth:`_survival_after` of one count of each, the same arithmetic on scalars: the difference
+        of integers divided as float64 (exact below 2**53, then one rounding either way) times numpy's
+        exp of the same float64."""
+        if clean == 0:
+            return 1.0
+        cut = min(cut, self.cut_cap)
+        return (self.size - (clean + cut)) / self.size * float(np.exp(-self.log_correction[cut]))
+
     def first_reaching(self, cdf: float) -> float | None:
         """The least of the set's clean scores at which the estimated P(score <= it) reaches ``cdf``."""
         clean, pool = self.pool.clean, self.pool
+        censored, out_clean, out_cut_before = pool.censored, self.out_clean, self.out_cut_before
 
         def reached(rank: int) -> bool:  # with the pool's clean scores up to ``rank`` passed
             value = clean[rank]
-            seen_cut = int(np.searchsorted(pool.censored, value, side="left"))
+            seen_cut = int(censored.searchsorted(value, "left"))
             # The other groups' scores among the first rank + 1, theirs first among equal ones: the
             # estimate only grows with the rank, and inside a run of equal scores any order of them
             # reaches the level at the same value.
-            below, upto = _count(self.out_clean, value, "left"), _count(self.out_clean, value, "right")
-            out = below + min(upto - below, rank + 1 - int(np.searchsorted(clean, value, side="left")))
-            mine = np.array([rank + 1 - out])
-            return bool(1 - self._survival_after(mine, np.array([seen_cut - self.out_cut_before[seen_cut]]))[0] >= cdf)
+            below, upto = _count_one(out_clean, value, "left"), _count_one(out_clean, value, "right")
+            out = below + min(upto - below, rank + 1 - int(clean.searchsorted(value, "left")))
+            return 1 - self._survival_after_one(rank + 1 - out, seen_cut - int(out_cut_before[seen_cut])) >= cdf
 
         low, high = 0, len(clean)  # the estimate only grows with the rank: bisect for the least reaching
         while low < high:
@@ -226,9 +247,9 @@ class PooledScores:
         pool = self.pool
 
         def count_upto(value: float) -> int:
-            clean = int(np.searchsorted(pool.clean, value, side="right")) - _count(self.out_clean, value, "right")
-            head = int(np.searchsorted(pool.headroom, value, side="right")) - _count(self.out_head, value, "right")
-            return int(clean + head)
+            clean = int(pool.clean.searchsorted(value, "right")) - _count_one(self.out_clean, value, "right")
+            head = int(pool.headroom.searchsorted(value, "right")) - _count_one(self.out_head, value, "right")
+            return clean + head
 
         best = np.inf
         for values, out in ((pool.clean, self.out_clean), (pool.headroom, self.out_head)):
@@ -240,10 +261,10 @@ class PooledScores:
                 else:
                     low = middle + 1
             # The value there may be only the other groups': the set's own next one is then the candidate.
-            while low < len(values) and (int(np.searchsorted(values, values[low], side="right"))
-                                         - int(np.searchsorted(values, values[low], side="left"))
-                                         == _count(out, values[low], "right") - _count(out, values[low], "left")):
-                low = int(np.searchsorted(values, values[low], side="right"))
+            while low < len(values) and (int(values.searchsorted(values[low], "right"))
+                                         - int(values.searchsorted(values[low], "left"))
+                                         == _count_one(out, values[low], "right") - _count_one(out, values[low], "left")):
+                low = int(values.searchsorted(values[low], "right"))
             if low < len(values):
                 best = min(best, float(values[low]))
         return best
