@@ -106,16 +106,17 @@ class PredictionInputs:
 
     def positions(self, ids: IntColumn) -> np.ndarray:
         """Per event, the index of its entry; -1 where the event has no id or nothing is stored."""
-        out = np.full(len(ids.values), -1, dtype=np.int64)
         if not len(self.event_ids):
-            return out
-        wanted = ids.values.astype(np.int64, copy=False)
+            return np.full(len(ids.values), -1, dtype=np.int64)
         # The columnar copy stores the inputs in id order, one per id, and `calibrate` asks for the
         # entries of exactly those events: then the answer is every entry in turn, with no sort or
-        # search of a million ids (twice per `calibrate`: re-prediction and window).
+        # search of a million ids (twice per `calibrate`: re-prediction and window). The ids are compared
+        # as they are (int32 beside int64): an int64 copy of them was 8 MB at the calibration's peak.
         increasing = bool(np.all(self.event_ids[1:] > self.event_ids[:-1]))
-        if increasing and (ids.valid is None or bool(ids.valid.all())) and np.array_equal(wanted, self.event_ids):
-            return np.arange(len(wanted), dtype=np.int64)
+        if increasing and (ids.valid is None or bool(ids.valid.all())) and np.array_equal(ids.values, self.event_ids):
+            return np.arange(len(ids.values), dtype=np.int64)
+        out = np.full(len(ids.values), -1, dtype=np.int64)
+        wanted = ids.values.astype(np.int64, copy=False)
         # Strictly increasing ids are their own stable order; otherwise duplicates: the first entry wins.
         order = np.arange(len(self.event_ids)) if increasing else np.argsort(self.event_ids, kind="stable")
         ordered = self.event_ids[order] if not increasing else self.event_ids
@@ -133,8 +134,10 @@ class PredictionInputs:
 
     def version_codes(self, position: np.ndarray) -> np.ndarray:
         """Per entry position (-1: none), the code of its version (-1: none)."""
-        return np.where(position >= 0, self.versions.codes[np.maximum(position, 0)], -1) if len(self) else \
-            np.full(len(position), -1, dtype=np.int32)
+        if not len(self):
+            return np.full(len(position), -1, dtype=np.int32)
+        # Position -1 wraps to the last entry, replaced by -1 below: no clipped int64 copy of the positions.
+        return np.where(position >= 0, np.take(self.versions.codes, position, mode="wrap"), -1)
 
     def has_deliverables(self, position: np.ndarray) -> np.ndarray:
         """Per entry position (-1: none), whether it keeps at least one deliverable."""
@@ -249,6 +252,14 @@ def rerun_codes(repredictor: Repredictor, inputs: PredictionInputs, position: np
     once per distinct combination of codes and the results are scattered back to the rows."""
     if not len(position):
         return np.zeros(0), np.zeros(0)
+    predicted, budget, inverse = rerun_combinations(repredictor, inputs, position, category, complexity)
+    return predicted[inverse], budget[inverse]
+
+
+def rerun_combinations(repredictor: Repredictor, inputs: PredictionInputs, position: np.ndarray,
+                       category: LabelColumn, complexity: LabelColumn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`rerun_codes` before the scatter: (prediction, budget) per distinct combination of codes and
+    each row's combination number (``position`` not empty)."""
     if repredictor.estimator.category_lookup == "canonical":
         # That estimator reads a category only through normalise_category (a missing one included,
         # as "unknown"), so spellings of one category (tests/testing, docs/documentation) share a run.
@@ -268,7 +279,7 @@ def rerun_codes(repredictor: Repredictor, inputs: PredictionInputs, position: np
                                  deliverables=inputs.deliverables_at(at), recorded=None,
                                  features={name: column.at(at) for name, column in features})
         predicted[k], budget[k] = repredictor.rerun(event)
-    return predicted[inverse], budget[inverse]
+    return predicted, budget, inverse
 
 
 def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: CoefficientTable,
@@ -285,8 +296,9 @@ def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: Coeffi
     n = len(arrays)
     position = inputs.positions(arrays.event_id)
     has_inputs = position >= 0
-    recorded = arrays.predicted.floats()
-    has_recorded = ~np.isnan(recorded)
+    # Known where the column is (integers are never NaN); the recorded values as floats only for the rows
+    # a version scales (a float64 copy of every row was 8 MB at the calibration's peak).
+    has_recorded = arrays.predicted.notna()
     version = inputs.version_codes(position)
     current = inputs.versions.values.index(table.version) if table.version in inputs.versions.values else -2
 
@@ -316,16 +328,25 @@ def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: Coeffi
             key = (normalise_category(cat_labels[cat - 1] if cat > 0 else None),
                    normalise_complexity(cx_labels[cx - 1] if cx > 0 else None))
             ratio_of[group] = table.prediction_multiplier(*key) / old.prediction_multiplier(*key)
-        ratio, before = ratio_of[pair[rows]], recorded[rows]
+        ratio, before = ratio_of[pair[rows]], arrays.predicted.floats_at(rows)
         values[rows] = np.where(ratio != 1.0, np.floor(before * ratio + 0.5), before).astype(np.int64)
         way[rows] = scaled_way
 
-    rerun_rows = np.flatnonzero(way == rerun_way)
-    if len(rerun_rows):
-        predicted, _budget = rerun_codes(repredictor, inputs, position[rerun_rows],
-                                         LabelColumn(arrays.category.codes[rerun_rows], arrays.category.labels),
-                                         LabelColumn(arrays.complexity.codes[rerun_rows], arrays.complexity.labels))
-        values[rerun_rows] = predicted.astype(np.int64)
+    rerun = way == rerun_way
+    if n and bool(rerun.all()):
+        # Every event re-run (an Autopack database keeps no version): the columns themselves, not a
+        # gathered copy of each (position, category, complexity: 12 MB at a million events, at the
+        # calibration's peak), and each combination's prediction written straight into the rows.
+        predicted, _budget, inverse = rerun_combinations(repredictor, inputs, position, arrays.category,
+                                                         arrays.complexity)
+        np.take(predicted.astype(np.int64), inverse, out=values)
+    elif rerun.any():
+        rerun_rows = np.flatnonzero(rerun)
+        predicted, _budget, inverse = rerun_combinations(
+            repredictor, inputs, position[rerun_rows], LabelColumn(arrays.category.codes[rerun_rows],
+                                                                   arrays.category.labels),
+            LabelColumn(arrays.complexity.codes[rerun_rows], arrays.complexity.labels))
+        values[rerun_rows] = predicted.astype(np.int64)[inverse]  # per combination, then per row
     valid = None if arrays.predicted.valid is None else arrays.predicted.valid | (way != kept)
     counts = {name: int((way == i).sum()) for i, name in enumerate(HOW)} | {"kept": int((way == kept).sum())}
     return replace(arrays, predicted=IntColumn(values, valid)), counts
