@@ -690,7 +690,8 @@ def _settled() -> None:
     """Write every dirty page out before a load is timed. The loads and copies before it leave gigabytes
     for the kernel to write back, and that writeback competes with whichever load runs next: unsettled,
     the SQLite 100k append's loader and floor swung between 0.72x and 1.09x of each other from round
-    to round here; settled, 0.95-1.02x in four pairs. PostgreSQL's loads settle the same way."""
+    to round here; settled, 0.95-1.02x in four quiet pairs (this benchmark's own sequence still moves more,
+    hence the rounds above). PostgreSQL's loads settle the same way."""
     os.sync()
 
 
