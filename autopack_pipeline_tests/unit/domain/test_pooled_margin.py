@@ -505,3 +505,24 @@ def test_stable_order_of_integers_is_numpys_stable_argsort(largest):
     keys = np.random.default_rng(largest % 97).integers(0, largest + 1, 5000).astype(np.int64)
     keys[:3] = largest
     assert np.array_equal(stable_order(keys), np.argsort(keys, kind="stable"))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_bisections_scalar_estimate_is_the_arrays_to_the_bit(seed):
+    """first_reaching bisects with the estimate of one count at a time (``_survival_after_one``): it must
+    be the very float the whole-array estimate gives, or a level the pool reaches exactly could be missed;
+    every count of clean and truncated scores passed, nothing clean passed and cuts past the cap included."""
+    from autopack_pipeline.domain.pooled_scores import ScorePool, _count, _count_one
+
+    rng = np.random.default_rng(seed)
+    clean = [rng.integers(0, 40, n).astype(float) for n in (70, 30, 5)]
+    censored = [rng.integers(0, 41, n).astype(float) for n in (25, 4, 2)]
+    pooled = ScorePool.of(clean, censored, [c + 0.5 for c in censored]).subset([0, 2])
+    cleans = np.repeat(np.arange(pooled.size + 1), pooled.cut_cap + 3)
+    cuts = np.tile(np.arange(pooled.cut_cap + 3), pooled.size + 1)
+    whole = pooled._survival_after(cleans, cuts)
+    one = [pooled._survival_after_one(int(c), int(k)) for c, k in zip(cleans, cuts)]
+    assert np.array_equal(np.array(one), whole, equal_nan=True)
+    for value in (-1.0, 0.0, 3.0, 17.5, 40.0, 99.0):
+        for side in ("left", "right"):
+            assert _count_one(pooled.out_clean, value, side) == int(_count(pooled.out_clean, np.array([value]), side)[0])

@@ -86,6 +86,40 @@ def test_whole_columns_equal_the_event_by_event_rule(tables, seed_value):
     assert min(counts.values()) > 0  # every way was exercised
 
 
+def test_every_event_rerun_equals_the_event_by_event_rule(tables):
+    """An Autopack database keeps no coefficients version, so every event with stored inputs is re-run:
+    the columns are used as they are (no gathered copies) and each combination's prediction is written
+    straight into the rows; the events keep their ids in order, as the columnar copy stores them."""
+    new, history = tables
+    rng = np.random.default_rng(5)
+    n = 2500
+    pick = lambda options: [options[i] for i in rng.integers(0, len(options), n)]  # noqa: E731
+    categories, complexities, deliverables = pick(CATEGORIES), pick(COMPLEXITIES), pick(DELIVERABLES)
+    features = {name: pick(values) for name, values in FEATURES.items()}
+    recorded = rng.integers(1, 20000, n)
+    event_ids = np.arange(1, n + 1, dtype=np.int32)  # narrower than the stored ids' int64, as loaded
+    frame = pd.DataFrame({"event_id": event_ids, "run_id": "r", "phase_id": [f"p{i}" for i in range(n)],
+                          "category": categories, "complexity": complexities, "predicted_output_tokens": recorded,
+                          "actual_output_tokens": 1000, "selected_budget": 8192, "success": True,
+                          "truncated": False})
+    inputs = PredictionInputs.from_rows(event_ids.astype(np.int64), deliverables, None, features)
+
+    arrays, counts = arrays_in_force(event_arrays_from_frame(frame), inputs, new, history)
+
+    repredictor = Repredictor(new, history)
+    expected = []
+    for i in range(n):
+        event = StoredPrediction(categories[i], complexities[i],
+                                 list(deliverables[i]) if isinstance(deliverables[i], list) else [],
+                                 float(recorded[i]), version=None,
+                                 features={name: values[i] for name, values in features.items()})
+        value, way = repredictor.one(event)
+        assert way == "rerun"
+        expected.append(int(value))
+    assert arrays.predicted.values.tolist() == expected
+    assert counts == {"recorded": 0, "scaled": 0, "rerun": n, "kept": 0}
+
+
 def test_distinct_rows_numbers_each_combination_once():
     rng = np.random.default_rng(7)
     stacked_sets = [[rng.integers(-1, 4, 500), rng.integers(0, 3, 500), rng.integers(-1, 2, 500)],  # a table

@@ -102,3 +102,17 @@ def test_the_layout_is_tight_layouts_with_the_legend_room_to_the_bit(drawn, monk
     monkeypatch.setattr(plots, "_lay_out", tight)
     assert picture() == ours
     assert ours[0]["bottom"] > 0.45 / 4.9  # the legend's room (figure height 4.9 in) and the x labels' below the axes
+
+
+def test_loading_the_plot_module_leaves_matplotlibs_property_tables_as_they_were():
+    """plots.py stubs matplotlib.artist.kwdoc only while it imports the artists it draws with: afterwards
+    the real function is back (any artist defined later gets its table) and set() keeps its signature."""
+    import inspect
+
+    import matplotlib.artist
+
+    with plots._property_tables_left_out():
+        assert matplotlib.artist.kwdoc(Figure) == ""
+    assert matplotlib.artist.kwdoc.__module__ == "matplotlib.artist"
+    assert "facecolor" in matplotlib.artist.kwdoc(Figure)
+    assert "facecolor" in inspect.signature(Figure.set).parameters
