@@ -731,8 +731,8 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
     # The append: the loader and the floor each into a byte copy of the database the fresh load left.
     base = work / "synth-append-base.db"
     _sqlite_copy(path, base)
-    # The fresh load's database and its floor's are done with: left in place, the first append round after
-    # them ran 1.2-1.6x slower here (the floor too, the loader more), removed, not (three rounds each way).
+    # The fresh load's database and its floor's are done with. Left in place, the append rounds after them ran
+    # slower here, the first 1.3-1.8x (the floor 1.3x, the loader more); removed, not (three rounds each way).
     for name in (*_sqlite_files(path), *_sqlite_files(floor_path)):
         name.unlink(missing_ok=True)
     loaded, floors = [], []
