@@ -79,15 +79,15 @@ def group_economics(
     *,
     calibrated_multipliers: Mapping[tuple[str, str], float] | None = None,
     tolerance: float = UNDER_TOLERANCE,
-    rows_by_pair: list[np.ndarray] | None = None,
+    pair_rows: list[np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per coverage group, in the groups' order: its frontier and its cost now vs each proposal.
-    ``rows_by_pair``: :func:`economics_rows` of ``arrays``, when the caller found them already (the list
+    ``pair_rows``: :func:`economics_rows` of ``arrays``, when the caller found them already (the list
     is used up: each group's rows are let go once read)."""
     named = arrays.canonical_groups
     cat_names, cx_names = named.category_names, named.complexity_names
-    if rows_by_pair is None:
-        rows_by_pair = economics_rows(arrays)
+    if pair_rows is None:
+        pair_rows = economics_rows(arrays)
     one_price = _one_price(arrays, prices)
     out = []
     for group in groups:
@@ -95,7 +95,7 @@ def group_economics(
         code = cat_names.index(category) * len(cx_names) + cx_names.index(complexity)
         # Each group's rows let go once read: replaced by a new empty array (an empty slice of them would
         # keep them, and the caller's list, held to the end of the calibration, with them).
-        rows, rows_by_pair[code] = rows_by_pair[code], np.empty(0, dtype=rows_by_pair[code].dtype)
+        rows, pair_rows[code] = pair_rows[code], np.empty(0, dtype=pair_rows[code].dtype)
         frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
         # The events' truncation flags (computed once for every reader) at the group's rows.

@@ -230,7 +230,7 @@ def calibrate(
 
         def priced(result: CalibrationResult) -> list[dict[str, Any]]:
             return calibration_economics(arrays, observed[2], result, coefficients, settings,
-                                         tolerance=under_multiplier, rows_by_pair=pricing_rows.result())
+                                         tolerance=under_multiplier, pair_rows=pricing_rows.result())
 
         early: dict[str, Any] = {}
 
@@ -297,11 +297,11 @@ def _read(inputs: PredictionInputs | Callable[[], PredictionInputs]) -> Predicti
 
 
 def calibration_economics(arrays: EventArrays, groups: list, result: CalibrationResult, coefficients,
-                          settings: Settings, *, tolerance: float, rows_by_pair: list | None = None
+                          settings: Settings, *, tolerance: float, pair_rows: list | None = None
                           ) -> list[dict[str, Any]]:
     """Per group: the frontier and what the frontier's (m, b) and the calibration's multiplier cost
-    (``rows_by_pair``: ``group_economics.economics_rows(arrays)``, when found already)."""
+    (``pair_rows``: ``group_economics.economics_rows(arrays)``, when found already)."""
     multipliers = {(g.category, g.complexity): g.proposed_multiplier for g in result.actionable_groups
                    if not g.method_details.get("multiplier_is_lower_bound")}
     return group_economics(arrays, groups, coefficients, load_prices_for(settings),
-                           calibrated_multipliers=multipliers, tolerance=tolerance, rows_by_pair=rows_by_pair)
+                           calibrated_multipliers=multipliers, tolerance=tolerance, pair_rows=pair_rows)

@@ -24,6 +24,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # temporaries (half a MB) come back from malloc each time, where one of every row (tens of MB at ten
 # million events) is fresh pages the kernel zeroes.
 CHUNK_ROWS = 1 << 16
+# Rows per slice where a pass keeps each slice's result (row lists found, sorted or reduced a slice at a
+# time): its temporaries are a million rows' instead of every event's.
+SLICE_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -281,8 +284,8 @@ def rows_of_masks(parts: list[np.ndarray | None], total: int) -> tuple[np.ndarra
             rows[at:at + total] = np.arange(total)
             at += total
             continue
-        for start in range(0, total, 1 << 20):
-            found = np.flatnonzero(part[start:start + (1 << 20)])
+        for start in range(0, total, SLICE_ROWS):
+            found = np.flatnonzero(part[start:start + SLICE_ROWS])
             found += start
             rows[at:at + len(found)] = found
             at += len(found)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import EventArrays, IntColumn
+from autopack_pipeline.domain.analysis.arrays import SLICE_ROWS, EventArrays, IntColumn
 from autopack_pipeline.domain.analysis.calibration_results import (
     AUTOPACK_MEDIAN,
     DEFAULT_CONFIDENCE_THRESHOLD,
@@ -38,9 +38,6 @@ def _datetime_from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=int(us))
 
 
-_RANGE_CHUNK = 1 << 20
-
-
 def _masked_range(column: IntColumn, rows: np.ndarray) -> tuple[int, int] | None:
     """(min, max) of ``column`` over ``rows`` where it is known; None when empty."""
     chosen = rows if column.valid is None else rows & column.valid
@@ -53,8 +50,8 @@ def _masked_range(column: IntColumn, rows: np.ndarray) -> tuple[int, int] | None
     # ``where=`` (not vectorised). A million rows at a time: a copy the size of the column (80 MB of
     # timestamps at ten million events) would be fresh pages, the chunks' copies reuse malloc's.
     low, high = None, None
-    for start in range(0, len(chosen), _RANGE_CHUNK):
-        values = column.values[start:start + _RANGE_CHUNK][chosen[start:start + _RANGE_CHUNK]]
+    for start in range(0, len(chosen), SLICE_ROWS):
+        values = column.values[start:start + SLICE_ROWS][chosen[start:start + SLICE_ROWS]]
         if len(values):
             least, most = int(values.min()), int(values.max())
             low, high = (least, most) if low is None else (min(low, least), max(high, most))

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import EventArrays, IntColumn, narrow_rows, success_flags, truncated_flags
+from autopack_pipeline.domain.analysis.arrays import (
+    SLICE_ROWS,
+    EventArrays,
+    IntColumn,
+    narrow_rows,
+    success_flags,
+    truncated_flags,
+)
 from autopack_pipeline.domain.targets import MIN_ACTUAL_TOKENS
 
 # Exclusion reasons, in the order they are tested. A row failing several tests is counted under the
@@ -222,7 +229,7 @@ def sample_groups(arrays: EventArrays, samples: np.ndarray) -> SampleGroups:
 
 
 def rows_by_pair(usable: np.ndarray, cat_codes: np.ndarray, cx_codes: np.ndarray, width: int, count: int,
-                 chunk: int = 1 << 20) -> list[np.ndarray]:
+                 chunk: int = SLICE_ROWS) -> list[np.ndarray]:
     """Per (category, complexity) pair code (``category * width + complexity``), the ``usable`` rows, ascending
     (the clean samples' groups, the economics' rows per group).
 

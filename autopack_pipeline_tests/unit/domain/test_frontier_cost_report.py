@@ -90,5 +90,5 @@ def test_one_price_for_every_event_prices_each_group_as_a_price_per_event_does(m
     rows = group_economics.economics_rows(arrays)
     assert sum(len(r) for r in rows) > 0
     found_before = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers,
-                                                   rows_by_pair=rows)
+                                                   pair_rows=rows)
     assert json.dumps(found_before) == json.dumps(once)
