@@ -96,8 +96,8 @@ def collector_paused() -> Iterator[None]:
 
     The analysis makes few Python objects that only the collector frees (33,000 at the end of ``calibrate``
     at 1M or 10M events, a few MB), and its collections of the young objects cost ``calibrate`` 0.15 s of
-    CPU. At the end, what the command loaded after the first freeze (matplotlib for the plot, ~100,000
-    objects) and its results are frozen: the interpreter's exit runs full collections over every object
+    CPU. At the end, what the command loaded after the first freeze (Pillow and the plot module, a few
+    thousand objects) and its results are frozen: the interpreter's exit runs full collections over every object
     not frozen while it clears the modules, a quarter of a second after ``calibrate``'s last line of output;
     frozen, they are freed as the modules are cleared, or with the process. The next command in the same
     process collects what became garbage (:func:`freeze_loaded_objects`)."""

@@ -270,10 +270,10 @@ def calibrate(
         return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,
                                   calibration_section=section, reprediction=reprediction,
                                   calibration_sections=sections, window=window)
-    # Nothing below reads the events in force or the samples: they go before matplotlib loads and the plot is
+    # Nothing below reads the events in force or the samples: they go before Pillow loads and the plot is
     # drawn, the command's last peak (the re-expressed predictions are this function's own, 8 MB at 1M).
     arrays = samples = groups = pricing_rows = retries = None
-    from autopack_pipeline.services.plots import render_calibration_plot  # matplotlib loads only when a plot is drawn
+    from autopack_pipeline.services.plots import render_calibration_plot  # Pillow loads only when a plot is drawn
 
     files = write_calibration_report_set(
         results[method],

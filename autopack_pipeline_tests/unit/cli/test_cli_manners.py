@@ -181,7 +181,7 @@ def test_a_command_freezing_what_is_loaded_lets_an_earlier_commands_frozen_garba
 def test_calibrate_runs_with_the_collector_paused_and_sets_what_it_leaves_aside_as_it_ends(
         tmp_path, monkeypatch, capsys):
     """No collection while the analysis runs (it makes little cyclic garbage, and the collections cost
-    0.15 s of CPU at a million events); at the end everything alive, matplotlib loaded for the plot
+    0.15 s of CPU at a million events); at the end everything alive, Pillow loaded for the plot
     included, is frozen, so the interpreter's exit walks none of it; and the collector is on again."""
     import gc
 
