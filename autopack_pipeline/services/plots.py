@@ -11,12 +11,12 @@ samples, red below it for the truncated events' lower bounds. A strip costs the 
 events or a million, where a dot per event cost half a second at a million events (about 70,000 dots
 after sampling) and buried the shape under overlapping ink.
 
-Drawn with Pillow, not matplotlib: the picture is a few dozen lines, a diamond per group, some text and
-two shaded masks, and matplotlib cost 0.44 s of ``calibrate``'s 1.69 s at a million events (importing it
-~0.13 s; ``tight_layout`` measuring every tick label, drawing and saving ~0.30 s). Pillow and its
-scalable default font load in ~0.01 s and the whole plot takes ~0.05 s. What matplotlib did for us is
-done here by hand, in :class:`Geometry`: the log axis (value -> pixel column), the rows, the decade
-ticks and which of their labels fit, the margins measured from the labels' widths.
+Drawn with Pillow, not matplotlib: the picture is some lines, a diamond per group, some text and a
+shaded strip per group, and matplotlib cost ~0.5 s of ``calibrate``'s ~1.7 s at a million events
+(importing it ~0.17 s; ``tight_layout`` measuring every tick label, drawing and saving ~0.34 s). Pillow
+loads in ~0.01 s and the whole plot takes ~0.075 s, 0.03 s of it the PNG encoding. What matplotlib did
+for us is done here by hand, in :class:`Geometry` and :func:`tick_labels`: the log axis (value -> pixel
+column), the rows, the ticks and which of their labels fit, the margin measured from the widest label.
 """
 
 from __future__ import annotations
@@ -227,15 +227,16 @@ def _draw_strips(image: Image.Image, geometry: Geometry,
     stretched over the band: the same few calls for ten events or a million."""
     width, columns = geometry.right - geometry.left, geometry.bin_of_columns()
     for row, group in enumerate(observations.values()):
-        for band, values, colour in ((CLEAN_BAND, group.ratios, CLEAN), (TRUNCATED_BAND, group.lower_bounds, TRUNCATED)):
+        for band, values, colour in ((CLEAN_BAND, group.ratios, CLEAN),
+                                     (TRUNCATED_BAND, group.lower_bounds, TRUNCATED)):
             # Zero, infinite and NaN values fall outside the edges: the histogram leaves them out.
             counts, _ = np.histogram(np.asarray(values, dtype=float), bins=geometry.edges)
             if not counts.any():
                 continue
             top, bottom = geometry.band(row, band)
             opacity = np.rint(_shade(counts) * 255).astype(np.uint8)[columns]  # one pixel row
-            image.paste(colour, (geometry.left, top, geometry.right, bottom),
-                        Image.fromarray(opacity[None, :], "L").resize((width, bottom - top), Image.Resampling.NEAREST))
+            stretched = Image.fromarray(opacity[None, :], "L").resize((width, bottom - top), Image.Resampling.NEAREST)
+            image.paste(colour, (geometry.left, top, geometry.right, bottom), stretched)
 
 
 def _dashed(draw: ImageDraw.ImageDraw, x: int, top: int, bottom: int, colour: tuple[int, int, int]) -> None:
@@ -253,7 +254,7 @@ def _draw_legend(draw: ImageDraw.ImageDraw, entries: list[LegendEntry], top: int
     columns = [entries[i:i + rows] for i in range(0, len(entries), rows)]
     widths = [handle + 6 + max(font.getlength(e.text) for e in column) for column in columns]
     x = (WIDTH - sum(widths) - 24 * (len(columns) - 1)) / 2
-    for column, width in zip(columns, widths):
+    for column, width in zip(columns, widths, strict=True):
         for i, entry in enumerate(column):
             y = top + 15 * i + 7
             if entry.kind == "strip":  # the strip's colour at 0.6 opacity over white
@@ -270,30 +271,7 @@ def _draw_legend(draw: ImageDraw.ImageDraw, entries: list[LegendEntry], top: int
         x += width + 24
 
 
-def render_calibration_plot(
-    target: Path | BinaryIO,
-    observations: dict[tuple[str, str], CoverageGroup],
-    results: list[CalibrationResult],
-    *,
-    tolerance: float = UNDER_TOLERANCE,
-) -> None:
-    """Write the PNG to ``target`` (a path or a binary file object)."""
-    keys = list(observations)
-    marks = _marks(keys, results)
-    geometry = plot_geometry(observations, results, tolerance=tolerance)
-    g = geometry
-    image = Image.new("RGB", (WIDTH, g.height), WHITE)
-    draw = ImageDraw.Draw(image)
-    labels, small = _font(LABEL_SIZE), _font(SMALL_SIZE)
-    labelled = tick_labels(g, lambda text, major: (labels if major else small).getlength(text))
-    every_tick = ticks(g.low, g.high)
-    for value, _ in every_tick:  # the grid, under the strips
-        draw.line([(round(g.x(value)), g.top), (round(g.x(value)), g.bottom - 1)], fill=GRID)
-
-    _draw_strips(image, g, observations)
-    draw.line([(round(g.x(1.0)), g.top), (round(g.x(1.0)), g.bottom - 1)], fill=REFERENCE)
-    _dashed(draw, round(g.x(tolerance)), g.top, g.bottom, REFERENCE)
-
+def _draw_marks(draw: ImageDraw.ImageDraw, g: Geometry, marks: list[Mark]) -> None:
     note = _font(NOTE_SIZE)
     for mark in marks:
         colour, centre = COLOURS.get(mark.method, GREEN), g.y(mark.row)
@@ -307,18 +285,44 @@ def render_calibration_plot(
         if _placeable(mark.bound):
             _diamond(draw, round(g.x(mark.bound)), round(centre), colour)
 
-    draw.rectangle([g.left - 1, g.top - 1, g.right, g.bottom], outline=BLACK)  # the frame, around the area
-    for value, major in every_tick:
+
+def _draw_axes(draw: ImageDraw.ImageDraw, g: Geometry, row_labels: list[str]) -> None:
+    """The frame, the x axis's ticks and labels, each row's tick and label, the title and the axis label."""
+    labels, small = _font(LABEL_SIZE), _font(SMALL_SIZE)
+    draw.rectangle([g.left - 1, g.top - 1, g.right, g.bottom], outline=BLACK)  # around the area
+    for value, major in ticks(g.low, g.high):
         x = round(g.x(value))
         draw.line([(x, g.bottom), (x, g.bottom + (5 if major else 3))], fill=BLACK)
-    for value, text, major in labelled:
+    for value, text, major in tick_labels(g, lambda text, major: (labels if major else small).getlength(text)):
         draw.text((g.x(value), g.bottom + 8), text, fill=BLACK, font=labels if major else small, anchor="ma")
-    for row, text in enumerate(_row_labels(observations)):
+    for row, text in enumerate(row_labels):
         centre = round(g.y(row))
         draw.line([(g.left - 6, centre), (g.left - 2, centre)], fill=BLACK)
         draw.text((g.left - 10, centre), text, fill=BLACK, font=labels, anchor="rm")
     middle = (g.left + g.right) / 2
     draw.text((middle, 10), TITLE, fill=BLACK, font=_font(TITLE_SIZE), anchor="ma")
     draw.text((middle, g.bottom + 30), X_LABEL, fill=BLACK, font=labels, anchor="ma")
+
+
+def render_calibration_plot(
+    target: Path | BinaryIO,
+    observations: dict[tuple[str, str], CoverageGroup],
+    results: list[CalibrationResult],
+    *,
+    tolerance: float = UNDER_TOLERANCE,
+) -> None:
+    """Write the PNG to ``target`` (a path or a binary file object)."""
+    keys = list(observations)
+    marks = _marks(keys, results)
+    g = plot_geometry(observations, results, tolerance=tolerance)
+    image = Image.new("RGB", (WIDTH, g.height), WHITE)
+    draw = ImageDraw.Draw(image)
+    for value, _ in ticks(g.low, g.high):  # the grid, under the strips
+        draw.line([(round(g.x(value)), g.top), (round(g.x(value)), g.bottom - 1)], fill=GRID)
+    _draw_strips(image, g, observations)
+    draw.line([(round(g.x(1.0)), g.top), (round(g.x(1.0)), g.bottom - 1)], fill=REFERENCE)
+    _dashed(draw, round(g.x(tolerance)), g.top, g.bottom, REFERENCE)
+    _draw_marks(draw, g, marks)
+    _draw_axes(draw, g, _row_labels(observations))
     _draw_legend(draw, _legend(keys, marks, tolerance), g.bottom + 56)
     image.save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL)

@@ -86,8 +86,14 @@ def test_each_value_shades_its_own_bin_in_its_groups_band_and_more_events_darker
     assert list(np.flatnonzero(_ink(pixels, g, _middle(g.band(1, plots.CLEAN_BAND))))) == [_bin(g, 1.05)]
     assert not _ink(pixels, g, _middle(g.band(1, plots.TRUNCATED_BAND))).any()  # tests has no truncated event
     # Between the rows (the end of docs' red band to the top of tests' grey one), nothing but the lines.
+    assert g.band(0, plots.TRUNCATED_BAND)[1] < round(g.y(0.5)) < g.band(1, plots.CLEAN_BAND)[0]
     for y in range(g.band(0, plots.TRUNCATED_BAND)[1], g.band(1, plots.CLEAN_BAND)[0]):
         assert not _ink(pixels, g, y).any()
+    # And the ink sits where the log axis puts each value.
+    for row, band, value in ((0, plots.CLEAN_BAND, 0.5), (0, plots.CLEAN_BAND, 2.0), (0, plots.TRUNCATED_BAND, 3.0),
+                             (1, plots.CLEAN_BAND, 1.05)):
+        inked = np.flatnonzero(pixels[_middle(g.band(row, band)), g.left:g.right].min(axis=1) < 250) + g.left
+        assert np.abs(inked - g.x(value)).min() <= 2
 
 
 def test_each_methods_mark_is_at_its_multiplier_in_its_row_and_the_coverage_diamond_at_its_bound():
