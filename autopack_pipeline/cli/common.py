@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from autopack_pipeline.json_text import indented_json
+
 # Refused: the data refuses the request, exit 1 with the message. It is the services' own class, so a
 # refusal raised in the application layer ends the command the same way as one raised here.
 from autopack_pipeline.services.refusals import Refused  # noqa: F401 (re-exported)
@@ -26,7 +28,13 @@ CALIBRATION_METHOD_CHOICES = ("coverage", "autopack-median")
 
 
 def print_json(document: Any) -> None:
-    json.dump(document, sys.stdout, indent=2, default=str)
+    """One JSON document on stdout (``json_text``: UTF-8 text). A stdout that cannot take every
+    character (a terminal in a Latin-1 locale) gets the standard library's ASCII escapes instead."""
+    encoding = (sys.stdout.encoding or "").lower().replace("-", "").replace("_", "")
+    if encoding in ("utf8", "utf8sig"):
+        sys.stdout.write(indented_json(document, default=str))
+    else:
+        json.dump(document, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
 
 

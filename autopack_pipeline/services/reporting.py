@@ -10,7 +10,6 @@ checked so that no stem can put a file outside the output directory.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import IO, Any
 
 from autopack_pipeline.domain.analysis import CalibrationResult, GroupCalibration
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
+from autopack_pipeline.json_text import indented_json
 
 # The one writer of user-facing files (atomic, umask modes, special files refused), re-exported here
 # because the report writers grew up in this module.
@@ -386,8 +386,7 @@ def write_calibration_report_set(
     markdown_path, json_path = _inside(directory, f"{name}.md"), _inside(directory, f"{name}.json")
     payload = calibration_report_payload(result, moment, others=others, economics=economics,
                                          calibration_section=calibration_section, method_sections=method_sections)
-    # allow_nan=False: a NaN would make the file unreadable for strict JSON parsers; fail here instead.
-    write_atomic_text(json_path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    write_atomic_text(json_path, indented_json(payload) + "\n")  # a NaN is null (json_text)
     write_atomic_text(markdown_path, render_calibration_markdown(result, generated_at=moment, others=others,
                                                                  economics=economics,
                                                                  calibration_section=calibration_section))
