@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -349,4 +349,4 @@ def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: Coeffi
         values[rerun_rows] = predicted.astype(np.int64)[inverse]  # per combination, then per row
     valid = None if arrays.predicted.valid is None else arrays.predicted.valid | (way != kept)
     counts = {name: int((way == i).sum()) for i, name in enumerate(HOW)} | {"kept": int((way == kept).sum())}
-    return replace(arrays, predicted=IntColumn(values, valid)), counts
+    return arrays.with_predicted(IntColumn(values, valid)), counts
