@@ -13,6 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from autopack_pipeline.domain.analysis import (
     CALIBRATION_METHODS,
     COVERAGE,
@@ -20,6 +22,7 @@ from autopack_pipeline.domain.analysis import (
     CleanSamples,
     EventArrays,
     GateDecision,
+    IntColumn,
     SampleGroups,
     calibration_gate_arrays,
     calibrations_arrays,
@@ -185,7 +188,9 @@ def calibrate(
     reprediction = window = None
     if prediction_inputs is not None:
         prediction_inputs = _read(prediction_inputs)
+        recorded = arrays
         arrays, reprediction = in_force or arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
+        re_expressed = arrays
         provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
                                        + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
         if window_versions is not None:
@@ -196,11 +201,15 @@ def calibrate(
             provenance["window"] = window
             provenance["gate_summary"] += (f"; window: {window['events']} events of {len(window['versions'])} "
                                            f"version(s), {window['events_dropped']} older left out ({chosen.reason})")
-        samples = clean_sample_rows(arrays, dedup=dedup)
-        groups = sample_groups(arrays, samples.mask)
+        # The same events (a window of every one, none rescaled) with their predictions known at the same
+        # rows have the same clean samples and groups: they read a prediction only through whether it is
+        # known (finding them again was ~45 ms at a million events).
+        if arrays is not re_expressed or not _known_alike(recorded.predicted, arrays.predicted):
+            samples = clean_sample_rows(arrays, dedup=dedup)
+            groups = sample_groups(arrays, samples.mask)
         # Nothing reads the stored inputs (or the events before the window) again: read through a function,
         # they are held by nobody else and go now, not after the calibration's peak (15 MB at a million events).
-        prediction_inputs = in_force = chosen = None
+        prediction_inputs = in_force = chosen = recorded = re_expressed = None
 
     def trimmed(work: Callable[[], Any]) -> Any:
         done = work()
@@ -289,6 +298,13 @@ def calibrate(
                               json_path=files.json, plot_path=files.plot, results=results, economics=economics,
                               calibration_section=section, reprediction=reprediction,
                               calibration_sections=sections, window=window)
+
+
+def _known_alike(before: IntColumn, after: IntColumn) -> bool:
+    """Whether the two columns are known at the same rows."""
+    if before.valid is None and after.valid is None:
+        return True
+    return bool(np.array_equal(before.notna(), after.notna()))
 
 
 def _read(inputs: PredictionInputs | Callable[[], PredictionInputs]) -> PredictionInputs:
