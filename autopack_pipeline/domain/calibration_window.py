@@ -236,19 +236,21 @@ def _window(version_codes: np.ndarray, version_names: Sequence[str | None], orde
             keep_versions: int) -> CalibrationWindow:
     """:func:`window_of_codes`, its groups, log ratios, censoring and group names asked of ``errors`` only
     when the window keeps two versions or more: only the drift test between them reads them."""
-    order = np.asarray(order, dtype=float)
     codes = np.asarray(version_codes, dtype=np.int64)
-    present = _first_seen(codes)
+    # Every event of one version (an Autopack database, which keeps none, has only None): nothing to rank
+    # or leave out, where the sort, the search and the gathers of every event cost ~25 ms at a million.
+    single = bool(len(codes)) and int(codes.min()) == int(codes.max())
+    present = [int(codes[0])] if single else _first_seen(codes)
     first = np.full(len(version_names), math.inf)
-    if len(codes):
-        np.minimum.at(first, codes, order)
+    if len(present) > 1:  # the versions' first events order them
+        np.minimum.at(first, codes, np.asarray(order, dtype=float))
     # Events from before the column (None) are the oldest; the others by their first event (ties: the
     # version seen first).
     ranked_codes = sorted(present, key=lambda c: (version_names[c] is not None, first[c]))
     ranked = [version_names[c] for c in ranked_codes]
     kept_codes = ranked_codes if keep_versions <= 0 else ranked_codes[-keep_versions:]
     kept = [version_names[c] for c in kept_codes]
-    rows = np.isin(codes, kept_codes)
+    rows = np.ones(len(codes), dtype=bool) if single else np.isin(codes, kept_codes)
     dropped = [v for v in ranked if v not in kept]
     if len(kept) < 2:
         return CalibrationWindow(rows, kept, dropped, None, f"{len(kept)} version(s) with events: all kept")

@@ -206,3 +206,25 @@ def test_the_errors_are_computed_only_for_a_window_that_tests_for_drift(versions
     window = _window(codes, names, order, errors, keep_versions=keep)
     assert bool(calls) is asked
     assert window.as_dict() == choose_window(versions, order, groups, values, censored, keep_versions=keep).as_dict()
+
+
+@pytest.mark.parametrize("keep", [0, 1, 2])
+@pytest.mark.parametrize("version", [None, "v3"])
+def test_a_window_of_one_version_keeps_every_event_without_ranking_versions(keep, version, monkeypatch):
+    """Every event of one version (Autopack's: None): all kept as they are, and no version is ranked (the
+    ranking sorted every event's version)."""
+    from autopack_pipeline.domain import calibration_window
+
+    def no_ranking(codes):
+        raise AssertionError("one version has nothing to rank")
+
+    monkeypatch.setattr(calibration_window, "_first_seen", no_ranking)
+    _, order, groups, values, censored = _history()
+    # Coded as the second of two names, the first of which no event has.
+    window = calibration_window.window_of_codes(np.ones(len(order), dtype=np.int64), ["v0", version], order, groups,
+                                                values, censored, keep_versions=keep)
+    assert window.as_dict() == choose_window([version] * len(order), order, groups, values, censored,
+                                             keep_versions=keep).as_dict()
+    assert window.rows.dtype == bool and window.rows.all() and len(window.rows) == len(order)
+    assert (window.versions, window.dropped_versions, window.drift) == ([version], [], None)
+    assert window.reason == "1 version(s) with events: all kept" and window.log_shift is None
