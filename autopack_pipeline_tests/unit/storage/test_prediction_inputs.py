@@ -176,3 +176,21 @@ def test_a_copy_refreshed_by_the_caller_is_not_refreshed_again_unless_it_lacks_t
     assert record_estimation_event(seeded, make_event(event_uid="late"), respect_flag=False)
     newest = _rows(read_prediction_inputs(seeded, id_range=(ids[0], ids[-1] + 1), refreshed=True))
     assert refreshes == [1, 1] and len(newest) == len(every) + 1
+
+
+def test_a_column_of_nulls_encodes_as_missing_everywhere_whatever_its_type():
+    """An Autopack database keeps no doc feature: flags and texts all NULL, typed or not, are missing
+    everywhere, one byte per event, with no value."""
+    import numpy as np
+    import pyarrow as pa
+
+    from autopack_pipeline.storage.prediction_inputs import _deliverables, _encoded
+
+    for column in (pa.nulls(4), pa.array([None] * 4, type=pa.bool_()), pa.array([None] * 4, type=pa.string()),
+                   pa.chunked_array([pa.array([None] * 2, type=pa.bool_())] * 2),
+                   pa.array([None] * 4, type=pa.string()).dictionary_encode()):
+        for parse in (None, _deliverables):
+            encoded = _encoded(column, parse)
+            assert encoded.codes.dtype == np.int8 and encoded.codes.tolist() == [-1] * 4 and encoded.values == ()
+    partly = _encoded(pa.array([None, True, None, False]))
+    assert partly.codes.tolist() == [-1, 0, -1, 1] and partly.values == (True, False)
