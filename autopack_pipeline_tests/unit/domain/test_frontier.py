@@ -5,6 +5,7 @@ import pytest
 
 from autopack_pipeline.domain.analysis import wilson_interval
 from autopack_pipeline.domain.analysis.order_statistics import p90_of
+from autopack_pipeline.domain.analysis.rates import wilson_highs
 from autopack_pipeline.domain.frontier import frontier_grid, group_frontier, observations_needed
 
 # 49 clean ratios 0.1, 0.2, ..., 4.9 (exactly i / 10) and one truncated call: N = 50.
@@ -107,3 +108,24 @@ def test_censored_calls_never_make_a_group_look_better():
 def test_rejects_non_positive_ratios():
     with pytest.raises(ValueError, match="positive and finite"):
         group_frontier(np.array([1.0, 0.0]), 0)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_grid_is_each_figure_computed_alone_to_the_bit(seed):
+    """Every cell of the grid's wastes and Wilson upper ends is the very float the one-figure functions
+    give (``p90_of`` of the fitting calls' wastes, ``wilson_interval`` of each count): the whole-grid
+    passes change no bit of the report."""
+    rng = np.random.default_rng(seed)
+    ratios = np.sort(np.exp(rng.normal(0.0, 0.6, 137)))
+    grid = frontier_grid(ratios, 3)
+    document = grid.to_dict()
+    for i, m in enumerate(grid.multipliers):
+        assert grid.prediction_waste_p90[i] == p90_of(m / ratios)
+        assert document["underestimation_ci_high"][i] == wilson_interval(int(grid.under_count[i]), 140)[1]
+        for j, b in enumerate(grid.margins):
+            fitting = ratios[ratios <= m * b]
+            waste = grid.budget_waste_p90[i, j]
+            assert (np.isnan(waste) and not len(fitting)) or waste == p90_of(m * b / fitting)
+            assert document["truncation_ci_high"][i][j] == wilson_interval(int(grid.truncation_count[i, j]), 140)[1]
+    counts = np.r_[np.arange(0, 141), 140]
+    assert [float(v) for v in wilson_highs(counts, 140)] == [wilson_interval(int(k), 140)[1] for k in counts]
