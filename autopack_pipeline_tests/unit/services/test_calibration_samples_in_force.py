@@ -1,7 +1,8 @@
 """The clean samples ``calibrate`` works on after re-expressing the predictions: those found before are
 kept only when the re-expressed events have them too (the same events, predictions known at the same
-rows); an event whose prediction only the re-run gives joins them. The re-expressed events keep the
-figures cached on them that read no prediction."""
+rows); an event whose prediction only the re-run gives joins them. The retries and the economics' rows,
+found beside the re-prediction, are found again for a window that leaves events out. The re-expressed
+events keep the figures cached on them that read no prediction."""
 
 from __future__ import annotations
 
@@ -64,3 +65,34 @@ def test_re_expressed_events_keep_the_figures_that_read_no_prediction():
     assert all(mine is theirs for mine, theirs in
                zip((in_force.canonical_groups, in_force.truncated_calls, in_force.phase_key), cached))
     assert in_force.predicted is not arrays.predicted and bool(in_force.predicted.notna().all())
+
+
+def test_the_retries_and_the_economics_are_the_windows_when_it_leaves_events_out():
+    """The retries (found beside the re-prediction, from the events as recorded) and the economics' rows
+    are those of the window's events once it leaves the older version out: here its retries fit half the
+    time, where the older version's were all cut again."""
+    calls = []
+    for version, cut_again in (("v1", (True, True)), ("v2", (False, True))):
+        for category, complexity in GROUPS:
+            for i, length in enumerate(np.exp(np.linspace(-0.6, 0.6, 58)) * 3424):
+                calls.append((version, category, complexity, f"{version}-{category}-{complexity}-{i}", 1,
+                              int(length), 8192))
+            for i, again in enumerate(cut_again):
+                phase = f"{version}-{category}-{complexity}-cut-{i}"
+                calls.append((version, category, complexity, phase, 1, 8192, 8192))
+                calls.append((version, category, complexity, phase, 2, 10240 if again else 9000, 10240))
+    n = len(calls)
+    frame = pd.DataFrame({
+        "event_id": np.arange(1, n + 1), "run_id": "r", "phase_id": [c[3] for c in calls],
+        "category": [c[1] for c in calls], "complexity": [c[2] for c in calls], "attempt": [c[4] for c in calls],
+        "predicted_output_tokens": 3424, "actual_output_tokens": [c[5] for c in calls],
+        "selected_budget": 8192, "actual_max_tokens": [c[6] for c in calls],
+        "success": [c[5] < c[6] for c in calls], "truncated": [c[5] >= c[6] for c in calls]})
+    inputs = PredictionInputs.from_rows(np.arange(1, n + 1), [["src/a.py (new)"]] * n, [c[0] for c in calls])
+    outcome = calibrate(event_arrays_from_frame(frame), load_settings(), force=True, write_reports=False,
+                        prediction_inputs=inputs, window_versions=1)
+    assert outcome.window["events_dropped"] == n // 2
+    pooled = [g for g in outcome.calibration_section["groups"] if g["status"] == "pooled"]
+    assert pooled and all("4 of the window's 8 retries cut again" in g["note"] for g in pooled), pooled[0]["note"]
+    # Each group's calls priced are the window's: 58 clean calls and two phases of two attempts.
+    assert [e["cost"]["now"]["calls"] for e in outcome.economics] == [62] * len(GROUPS)
