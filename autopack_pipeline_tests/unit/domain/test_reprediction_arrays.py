@@ -196,3 +196,23 @@ def test_positions_find_each_events_first_entry(case):
     found = inputs.positions(IntColumn(ids, valid))
     assert found.dtype == np.int64
     assert np.array_equal(found, _positions_by_lookup(stored, ids, valid))
+
+
+def test_a_rerun_looks_the_deliverables_up_in_the_working_directory_as_the_estimator_does(tables, tmp_path,
+                                                                                           monkeypatch):
+    """Files of the working directory are modified, not new, for the re-run as for the estimator asked
+    alone: the re-predictor finds them in the directory it was made in."""
+    from autopack_pipeline.domain.estimator import TokenEstimator
+
+    new, history = tables
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "kept.py").write_text("import os\n\n\ndef f():\n    return 1\n" * 40)
+    monkeypatch.chdir(tmp_path)
+    repredictor = Repredictor(new, history)
+    for deliverables in (["src/kept.py"], ["src/kept.py", "src/missing.py"], ["src/missing.py"]):
+        event = StoredPrediction("implementation", "medium", deliverables, None)
+        alone = TokenEstimator(new).repredict(deliverables, "implementation", "medium", {})
+        assert repredictor.rerun(event)[0] == alone.estimated_tokens
+    modified = TokenEstimator(new).repredict(["src/kept.py"], "implementation", "medium", {})
+    assert modified.estimated_tokens != TokenEstimator(new).repredict(["src/missing.py"], "implementation",
+                                                                      "medium", {}).estimated_tokens
