@@ -307,9 +307,12 @@ def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_W
     ids = arrays.event_id
     known = ids.notna()
     # Events without a version (or without stored inputs) share the last code: None.
-    codes = inputs.version_codes(inputs.positions(ids)).astype(np.int64)
     version_names = [*inputs.versions.values, None]
-    codes[codes < 0] = len(version_names) - 1
+    if inputs.versions.values:
+        codes = inputs.version_codes(inputs.positions(ids)).astype(np.int64)
+        codes[codes < 0] = len(version_names) - 1
+    else:  # no version stored (an Autopack database has no column for it): every event's is None, found or not
+        codes = np.zeros(len(arrays), dtype=np.int64)
     order = np.where(known, ids.values, np.arange(len(arrays))).astype(float)
 
     def errors() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:

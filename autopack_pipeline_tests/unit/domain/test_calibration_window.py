@@ -228,3 +228,24 @@ def test_a_window_of_one_version_keeps_every_event_without_ranking_versions(keep
     assert window.rows.dtype == bool and window.rows.all() and len(window.rows) == len(order)
     assert (window.versions, window.dropped_versions, window.drift) == ([version], [], None)
     assert window.reason == "1 version(s) with events: all kept" and window.log_shift is None
+
+
+def test_events_of_a_database_that_stores_no_version_are_one_window_of_none(monkeypatch):
+    """An Autopack database has no version column: every event's version is None, and no event's stored
+    entry is looked for to learn it."""
+    from autopack_pipeline.domain.analysis import EventArrays
+    from autopack_pipeline.domain.calibration_window import window_of_events
+    from autopack_pipeline.domain.reprediction import PredictionInputs
+
+    records = [{"event_id": i + 1, "category": "tests", "complexity": "low", "predicted_output_tokens": 1000,
+                "actual_output_tokens": 900 + i, "selected_budget": 4000} for i in range(50)]
+    inputs = PredictionInputs.from_rows(list(range(1, 41)), [None] * 40)  # ten events have no entry
+    assert inputs.versions.values == ()
+
+    def unread(self, ids):
+        raise AssertionError("no entry is needed to know the version is None")
+
+    monkeypatch.setattr(PredictionInputs, "positions", unread)
+    window = window_of_events(EventArrays.from_records(records), inputs, keep_versions=2)
+    assert window.rows.all() and len(window.rows) == 50
+    assert (window.versions, window.dropped_versions, window.drift) == ([None], [], None)
