@@ -102,6 +102,16 @@ def context_quality(
 # -- the estimator --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _DeliverablesRead:
+    """What an estimate reads off its deliverables alone, whatever its category, complexity and scope."""
+
+    pure_doc: bool  # every deliverable is documentation
+    doc_features: dict[str, bool]  # extract_doc_features' (each estimate copies it: it adds to its own)
+    sot_file: str | None  # the first deliverable naming a SOT file (lower-cased name), if any
+    confidence: float  # estimate_confidence's
+
+
 class TokenEstimator:
     """Predicts a phase's output tokens from its deliverables, category and complexity."""
 
@@ -127,6 +137,11 @@ class TokenEstimator:
         self.category_lookup = category_lookup
         self.file_measurer = file_measurer if file_measurer is not None else FileMeasurer()
         self._deliverable_costs: dict[tuple[str, str, Path], tuple[str, int]] | None = (
+            {} if remember_deliverables else None)
+        # And what an estimate reads off a list of deliverables alone (_DeliverablesRead), by the list:
+        # re-prediction estimates each stored list under several categories and complexities (1,377 runs
+        # of 280 lists at a million events, ~12 ms of re-reading them).
+        self._deliverables_read: dict[tuple[tuple[str, ...], str], _DeliverablesRead] | None = (
             {} if remember_deliverables else None)
 
     def estimate(
@@ -212,20 +227,17 @@ class TokenEstimator:
                 confidence=NO_DELIVERABLES_CONFIDENCE,
             )
 
-        # A phase whose deliverables are all docs is a docs phase whatever it was filed under
-        # (some phases had no category at all), so the doc models can apply.
-        pure_doc = all(is_doc_path(d) for d in items)
+        read = self._read_of(items, task_description)
+        pure_doc, sot_file = read.pure_doc, read.sot_file
         doc_categories = _CANONICAL_DOC_CATEGORIES if canonical else _AUTOPACK_DOC_CATEGORIES
         effective = category_key
         if pure_doc and category_key not in doc_categories:
             effective = "docs" if canonical else "documentation"
 
-        features: dict[str, Any] = extract_doc_features(items, task_description)
+        features: dict[str, Any] = dict(read.doc_features)  # this estimate's own: it is added to
         features["context_quality"] = quality = context_quality(scope_paths, table)
         features.update(is_sot_file=False, sot_file_name=None, sot_entry_count_hint=None)
 
-        sot_names = set(table.doc_sot_update.sot_file_names)
-        sot_file = next((lower_basename(d) for d in items if lower_basename(d) in sot_names), None)
         if pure_doc and sot_file is not None:
             features.update(is_sot_file=True, sot_file_name=sot_file, sot_entry_count_hint=len(items))
             return self._doc_sot_update(items, level, quality, features)
@@ -234,7 +246,27 @@ class TokenEstimator:
         if pure_doc and effective in synthesis_categories and is_doc_synthesis(features):
             return self._doc_synthesis(items, level, quality, features)
 
-        return self._overhead_model(items, effective, level, features)
+        return self._overhead_model(items, effective, level, features, read.confidence)
+
+    def _read_of(self, items: list[str], task_description: str) -> _DeliverablesRead:
+        """:class:`_DeliverablesRead` of ``items`` (remembered with ``remember_deliverables``)."""
+        if self._deliverables_read is None:
+            return self._read(items, task_description)
+        key = (tuple(items), task_description)
+        if key not in self._deliverables_read:
+            self._deliverables_read[key] = self._read(items, task_description)
+        return self._deliverables_read[key]
+
+    def _read(self, items: list[str], task_description: str) -> _DeliverablesRead:
+        sot_names = set(self.coefficients.doc_sot_update.sot_file_names)
+        return _DeliverablesRead(
+            # A phase whose deliverables are all docs is a docs phase whatever it was filed under
+            # (some phases had no category at all), so the doc models can apply.
+            pure_doc=all(is_doc_path(d) for d in items),
+            doc_features=extract_doc_features(items, task_description),
+            sot_file=next((lower_basename(d) for d in items if lower_basename(d) in sot_names), None),
+            confidence=estimate_confidence(items),
+        )
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -266,7 +298,8 @@ class TokenEstimator:
         total = int(sum(breakdown.values()) * self.coefficients.safety_margin)
         return TokenEstimate(total, len(items), "doc_synthesis", level, breakdown, model.confidence, features)
 
-    def _overhead_model(self, items: list[str], category: str, level: str, features: dict) -> TokenEstimate:
+    def _overhead_model(self, items: list[str], category: str, level: str, features: dict,
+                        confidence: float) -> TokenEstimate:
         workspace = self.workspace if self.workspace is not None else Path.cwd()
         breakdown: dict[str, int] = {}
         marginal = 0
@@ -280,7 +313,7 @@ class TokenEstimator:
             "overhead model: category=%s complexity=%s overhead=%d marginal=%d total=%d (coefficients %s)",
             category, level, overhead, marginal, total, self.coefficients.version,
         )
-        return TokenEstimate(total, len(items), category, level, breakdown, estimate_confidence(items), features)
+        return TokenEstimate(total, len(items), category, level, breakdown, confidence, features)
 
     def _deliverable_cost(self, item: str, category: str, workspace: Path) -> tuple[str, int]:
         """(breakdown label, marginal tokens) of one deliverable (remembered when asked to)."""

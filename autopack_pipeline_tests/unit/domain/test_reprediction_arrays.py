@@ -216,3 +216,32 @@ def test_a_rerun_looks_the_deliverables_up_in_the_working_directory_as_the_estim
     modified = TokenEstimator(new).repredict(["src/kept.py"], "implementation", "medium", {})
     assert modified.estimated_tokens != TokenEstimator(new).repredict(["src/missing.py"], "implementation",
                                                                       "medium", {}).estimated_tokens
+
+
+@pytest.mark.parametrize("lookup", ["canonical", "autopack"])
+def test_an_estimator_that_remembers_deliverables_estimates_as_a_fresh_one(tables, lookup):
+    """Remembering what each list of deliverables says (re-prediction's estimator) changes no estimate:
+    every model, category, complexity, scope and task description, asked in turn of one estimator that
+    remembers, gives the estimate a fresh estimator gives alone (its features dict included)."""
+    from autopack_pipeline.domain.estimator import TokenEstimator
+
+    new, _history = tables
+    remembering = TokenEstimator(new, category_lookup=lookup, remember_deliverables=True)
+    lists = [*DELIVERABLES[:-1], ["CHANGELOG.md", "docs/history.md"], ["docs/api_reference.md"],
+             [" docs/guide.md ", ["docs/usage_guide.md"]], ["Create src/new_module.py"],
+             ["src/kept.py", "Add a section on retries"]]
+    tasks = ["", "Document the API from scratch", "write examples", ""]
+    scopes = [None, ["src"] * 3, ["src"] * 20, ["src"]]  # context none, some, strong, some
+    seen = []
+    for round_ in range(2):  # the second round reads what the first remembered
+        for deliverables in lists:
+            for category in CATEGORIES:
+                for complexity in COMPLEXITIES[:3]:
+                    for task, scope in zip(tasks, scopes):
+                        got = remembering.estimate(deliverables, category, complexity, scope, task)
+                        want = TokenEstimator(new, category_lookup=lookup).estimate(deliverables, category,
+                                                                                    complexity, scope, task)
+                        seen.append((got, want, (deliverables, category, complexity, task)))
+    for got, want, asked in seen:  # compared once all are made: each estimate's features are its own
+        assert got == want, asked
+    assert {"doc_sot_update", "doc_synthesis", "docs", "tests"} <= {got.category for got, _w, _a in seen}
