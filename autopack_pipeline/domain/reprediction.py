@@ -316,8 +316,10 @@ def arrays_in_force(arrays: EventArrays, inputs: PredictionInputs, table: Coeffi
     repredictor = Repredictor(table, history, workspace)
     cat_labels, cx_labels = list(arrays.category.labels), list(arrays.complexity.labels)
     candidates = has_inputs & has_recorded & ~same
+    # (Inputs that store no version, an Autopack database's, have none to scale: no search of every row.)
     versions_to_scale = [code for code in np.unique(version[candidates]).tolist()
-                         if code >= 0 and repredictor._scalable(inputs.versions.values[code]) is not None]
+                         if code >= 0 and repredictor._scalable(inputs.versions.values[code]) is not None
+                         ] if inputs.versions.values else []
     # Per (category, complexity) code pair, one ratio per version: rows look theirs up in a table (made only
     # when a version scales: 16 MB at a million events, at the calibration's peak otherwise).
     width = len(cx_labels) + 1
