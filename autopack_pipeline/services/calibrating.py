@@ -186,6 +186,30 @@ def calibrate(
         "gate_summary": gate.summary(),
     }
     reprediction = window = None
+    if prediction_inputs is not None:
+        prediction_inputs = _read(prediction_inputs)
+        recorded = arrays
+        arrays, reprediction = in_force or arrays_in_force(arrays, prediction_inputs, coefficients, coefficient_history)
+        re_expressed = arrays
+        provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
+                                       + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
+        if window_versions is not None:
+            from autopack_pipeline.domain.calibration_window import window_of_events
+
+            chosen = chosen or window_of_events(arrays, prediction_inputs, keep_versions=window_versions)
+            arrays, window = chosen.events_of(arrays), chosen.as_dict()
+            provenance["window"] = window
+            provenance["gate_summary"] += (f"; window: {window['events']} events of {len(window['versions'])} "
+                                           f"version(s), {window['events_dropped']} older left out ({chosen.reason})")
+        # The same events (a window of every one, none rescaled) with their predictions known at the same
+        # rows have the same clean samples and groups: they read a prediction only through whether it is
+        # known (finding them again was ~45 ms at a million events).
+        if arrays is not re_expressed or not _known_alike(recorded.predicted, arrays.predicted):
+            samples = clean_sample_rows(arrays, dedup=dedup)
+            groups = sample_groups(arrays, samples.mask)
+        # Nothing reads the stored inputs (or the events before the window) again: read through a function,
+        # they are held by nobody else and go now, not after the calibration's peak (15 MB at a million events).
+        prediction_inputs = in_force = chosen = recorded = re_expressed = None
 
     def trimmed(work: Callable[[], Any]) -> Any:
         done = work()
@@ -195,55 +219,21 @@ def calibrate(
         return done
 
     # A second thread works beside this one, numpy on both sides (which lets go of the GIL): first the
-    # window's escalated retries (the samples keep one call per phase), which read no prediction, while
-    # this thread re-expresses the predictions (Python, the estimator run again), and the economics' rows
-    # per group while it chooses the window and finds the coverage groups; then the coverage method
-    # while this thread runs the median one and the coverage factors' pooled bounds, then the frontier
-    # and cost per group while this thread runs the coverage method's pooled passes, then the median
-    # method's pooled pass; the two methods' sections share their unidentifiable groups' work
-    # (budget_calibration.section_of). Little of it adds to the peak (~1.4 GB at ten million events, in
-    # the coverage method's pooled passes): the retries', the economics' rows (int32, 40 MB) and the
-    # methods' arrays are small beside the calibration's, the economics' temporaries one group's calls
-    # at a time (~130 MB for the largest), and the median method's pass starts after them. Every figure
-    # is the same, each side computing alone.
+    # window's escalated retries (the samples keep one call per phase) and the economics' rows per
+    # group while the coverage groups are found, then the coverage method while this thread runs the
+    # median one and the coverage factors' pooled bounds, then the frontier and cost per group while
+    # this thread runs the coverage method's pooled passes, then the median method's pooled pass; the
+    # two methods' sections share their unidentifiable groups' work (budget_calibration.section_of).
+    # Little of it adds to the peak (~1.4 GB at ten million events, in the coverage method's pooled
+    # passes): the retries', the economics' rows (int32, 40 MB) and the methods' arrays are small beside
+    # the calibration's, the economics' temporaries one group's calls at a time (~130 MB for the
+    # largest), and the median method's pass starts after them. Every figure is the same, each side
+    # computing alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        retrying = pool.submit(trimmed, partial(escalated_retries, arrays))
-        if prediction_inputs is not None:
-            prediction_inputs = _read(prediction_inputs)
-            recorded = arrays
-            arrays, reprediction = in_force or arrays_in_force(arrays, prediction_inputs, coefficients,
-                                                               coefficient_history)
-            re_expressed = arrays
-            # The economics' rows read the predictions: those in force, found while the window is chosen.
-            pricing_rows = pool.submit(trimmed, partial(economics_rows, arrays))
-            provenance["gate_summary"] += (f"; predictions re-expressed under {coefficients.version}: "
-                                           + ", ".join(f"{n} {way}" for way, n in reprediction.items() if n))
-            if window_versions is not None:
-                from autopack_pipeline.domain.calibration_window import window_of_events
-
-                chosen = chosen or window_of_events(arrays, prediction_inputs, keep_versions=window_versions)
-                arrays, window = chosen.events_of(arrays), chosen.as_dict()
-                provenance["window"] = window
-                provenance["gate_summary"] += (f"; window: {window['events']} events of {len(window['versions'])} "
-                                               f"version(s), {window['events_dropped']} older left out "
-                                               f"({chosen.reason})")
-            if arrays is not re_expressed:  # the window left events out or re-expressed them: theirs, found again
-                for stale in (retrying, pricing_rows):
-                    stale.cancel()
-                retrying = pool.submit(trimmed, partial(escalated_retries, arrays))
-                pricing_rows = pool.submit(trimmed, partial(economics_rows, arrays))
-            # The same events (a window of every one, none rescaled) with their predictions known at the same
-            # rows have the same clean samples and groups: they read a prediction only through whether it is
-            # known (finding them again was ~45 ms at a million events).
-            if arrays is not re_expressed or not _known_alike(recorded.predicted, arrays.predicted):
-                samples = clean_sample_rows(arrays, dedup=dedup)
-                groups = sample_groups(arrays, samples.mask)
-            # Nothing reads the stored inputs (or the events before the window) again: read through a function,
-            # they are held by nobody else and go now, not after the calibration's peak (15 MB at a million
-            # events).
-            prediction_inputs = in_force = chosen = recorded = re_expressed = None
-        else:
-            pricing_rows = pool.submit(trimmed, partial(economics_rows, arrays))
+        retrying = pool.submit(trimmed, lambda: escalated_retries(arrays))
+        # The economics' rows per group, which the events alone decide, after the retries: the coverage
+        # groups take longer than the retries, and the second thread was idle for the difference.
+        pricing_rows = pool.submit(trimmed, lambda: economics_rows(arrays))
         observed = coverage_groups(arrays, dedup=dedup, all_clean=samples,  # the coverage method's and the plot's
                                    clean_groups=groups)
 

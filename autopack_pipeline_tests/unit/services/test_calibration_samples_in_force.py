@@ -1,8 +1,8 @@
 """The clean samples ``calibrate`` works on after re-expressing the predictions: those found before are
 kept only when the re-expressed events have them too (the same events, predictions known at the same
-rows); an event whose prediction only the re-run gives joins them. The retries and the economics' rows,
-found beside the re-prediction, are found again for a window that leaves events out. The re-expressed
-events keep the figures cached on them that read no prediction."""
+rows); an event whose prediction only the re-run gives joins them. The retries and the economics' rows
+are those of a window that leaves events out. The re-expressed events keep the figures cached on them
+that read no prediction."""
 
 from __future__ import annotations
 
@@ -71,9 +71,8 @@ def test_re_expressed_events_keep_the_figures_that_read_no_prediction():
 
 
 def test_the_retries_and_the_economics_are_the_windows_when_it_leaves_events_out():
-    """The retries (found beside the re-prediction, from the events as recorded) and the economics' rows
-    are those of the window's events once it leaves the older version out: here its retries fit half the
-    time, where the older version's were all cut again."""
+    """The retries and the economics' rows are those of the window's events once it leaves the older
+    version out: here its retries fit half the time, where the older version's were all cut again."""
     calls = []
     for version, cut_again in (("v1", (True, True)), ("v2", (False, True))):
         for category, complexity in GROUPS:
