@@ -231,11 +231,13 @@ def window_of_codes(version_codes: np.ndarray, version_names: Sequence[str | Non
                    keep_versions=keep_versions)
 
 
-def _window(version_codes: np.ndarray, version_names: Sequence[str | None], order: np.ndarray,
+def _window(version_codes: np.ndarray, version_names: Sequence[str | None],
+            order: np.ndarray | Callable[[], np.ndarray],
             errors: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[str] | None]], *,
             keep_versions: int) -> CalibrationWindow:
     """:func:`window_of_codes`, its groups, log ratios, censoring and group names asked of ``errors`` only
-    when the window keeps two versions or more: only the drift test between them reads them."""
+    when the window keeps two versions or more: only the drift test between them reads them. ``order``:
+    the events' order in time, or a function giving it, asked only when there are versions to rank."""
     codes = np.asarray(version_codes, dtype=np.int64)
     # Every event of one version (an Autopack database, which keeps none, has only None): nothing to rank
     # or leave out, where the sort, the search and the gathers of every event cost ~25 ms at a million.
@@ -243,7 +245,7 @@ def _window(version_codes: np.ndarray, version_names: Sequence[str | None], orde
     present = [int(codes[0])] if single else _first_seen(codes)
     first = np.full(len(version_names), math.inf)
     if len(present) > 1:  # the versions' first events order them
-        np.minimum.at(first, codes, np.asarray(order, dtype=float))
+        np.minimum.at(first, codes, np.asarray(order() if callable(order) else order, dtype=float))
     # Events from before the column (None) are the oldest; the others by their first event (ties: the
     # version seen first).
     ranked_codes = sorted(present, key=lambda c: (version_names[c] is not None, first[c]))
@@ -305,7 +307,6 @@ def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_W
     from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 
     ids = arrays.event_id
-    known = ids.notna()
     # Events without a version (or without stored inputs) share the last code: None.
     version_names = [*inputs.versions.values, None]
     if inputs.versions.values:
@@ -313,7 +314,9 @@ def window_of_events(arrays: Any, inputs: Any, *, keep_versions: int = DEFAULT_W
         codes[codes < 0] = len(version_names) - 1
     else:  # no version stored (an Autopack database has no column for it): every event's is None, found or not
         codes = np.zeros(len(arrays), dtype=np.int64)
-    order = np.where(known, ids.values, np.arange(len(arrays))).astype(float)
+
+    def order() -> np.ndarray:  # the events' order in time, read only when versions are to be ranked
+        return np.where(ids.notna(), ids.values, np.arange(len(arrays))).astype(float)
 
     def errors() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         # Only a window of two versions or more tests for drift: a database of one version (or of none, as
