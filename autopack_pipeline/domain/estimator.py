@@ -196,7 +196,8 @@ class TokenEstimator:
             merged["context_quality"] = quality = quality if quality in ("none", "some", "strong") else "none"
             model = self._doc_synthesis if category == "doc_synthesis" else self._doc_sot_update
             return self.calibrated(model(items, level, quality, merged))
-        return self.estimate(items, recorded_category, complexity)
+        # The items normalised above, not normalised again (a walk of every deliverable per re-run).
+        return self.calibrated(self._estimate_of(items, recorded_category, complexity, None, ""))
 
     def _estimate(
         self,
@@ -206,7 +207,12 @@ class TokenEstimator:
         scope_paths: Sequence[str] | None = None,
         task_description: str = "",
     ) -> TokenEstimate:
-        items = normalize_deliverables(deliverables)
+        return self._estimate_of(normalize_deliverables(deliverables), category, complexity, scope_paths,
+                                 task_description)
+
+    def _estimate_of(self, items: list[str], category: str, complexity: str, scope_paths: Sequence[str] | None,
+                     task_description: str) -> TokenEstimate:
+        """:meth:`_estimate` of deliverables normalised already (``normalize_deliverables``)."""
         canonical = self.category_lookup == "canonical"
         raw_category = "" if category is None else str(category)
         raw_complexity = "" if complexity is None else str(complexity)

@@ -222,7 +222,8 @@ def test_a_rerun_looks_the_deliverables_up_in_the_working_directory_as_the_estim
 def test_an_estimator_that_remembers_deliverables_estimates_as_a_fresh_one(tables, lookup):
     """Remembering what each list of deliverables says (re-prediction's estimator) changes no estimate:
     every model, category, complexity, scope and task description, asked in turn of one estimator that
-    remembers, gives the estimate a fresh estimator gives alone (its features dict included)."""
+    remembers (and re-runs of stored events), gives the estimate a fresh estimator gives alone (its
+    features dict included)."""
     from autopack_pipeline.domain.estimator import TokenEstimator
 
     new, _history = tables
@@ -242,6 +243,11 @@ def test_an_estimator_that_remembers_deliverables_estimates_as_a_fresh_one(table
                         want = TokenEstimator(new, category_lookup=lookup).estimate(deliverables, category,
                                                                                     complexity, scope, task)
                         seen.append((got, want, (deliverables, category, complexity, task)))
+                    if category not in ("doc_synthesis", "doc_sot_update"):  # the stored event's re-run
+                        seen.append((remembering.repredict(deliverables, category, complexity, {}),
+                                     TokenEstimator(new, category_lookup=lookup).estimate(deliverables, category,
+                                                                                          complexity),
+                                     (deliverables, category, complexity, "repredict")))
     for got, want, asked in seen:  # compared once all are made: each estimate's features are its own
         assert got == want, asked
     assert {"doc_sot_update", "doc_synthesis", "docs", "tests"} <= {got.category for got, _w, _a in seen}
