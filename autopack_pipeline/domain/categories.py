@@ -22,6 +22,7 @@ _CATEGORY_ALIASES = {
 }
 
 COMPLEXITIES = ("low", "medium", "high", "critical", "maintenance")
+_CANONICAL_COMPLEXITIES = frozenset(COMPLEXITIES)
 _COMPLEXITY_SUFFIXES = ("_complexity", "-complexity", "_level", "-level", "_mode", "-mode", "_task", "_tier")
 _COMPLEXITY_ALIASES = {
     "med": "medium",
@@ -48,6 +49,8 @@ def canonical_complexity(complexity: str | None) -> str | None:
     key = str(complexity).strip().lower()
     if key in _COMPLEXITY_ALIASES:
         return _COMPLEXITY_ALIASES[key]
+    if key in _CANONICAL_COMPLEXITIES:  # already canonical (none ends with a suffix): the usual case, asked
+        return key                     # four times per estimate, 1,377 re-runs at a million events
     for suffix in _COMPLEXITY_SUFFIXES:
         if key.endswith(suffix):
             key = key[: -len(suffix)]
