@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from autopack_pipeline.json_text import indented_json
+from autopack_pipeline.services.json_text import indented_json
 
 # Refused: the data refuses the request, exit 1 with the message. It is the services' own class, so a
 # refusal raised in the application layer ends the command the same way as one raised here.

@@ -19,11 +19,11 @@ from typing import IO, Any
 
 from autopack_pipeline.domain.analysis import CalibrationResult, GroupCalibration
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE, UNDERESTIMATION_TARGET_PCT
-from autopack_pipeline.json_text import indented_json
 
 # The one writer of user-facing files (atomic, umask modes, special files refused), re-exported here
 # because the report writers grew up in this module.
 from autopack_pipeline.output_files import ensure_directory, write_atomic_text, write_atomic_with  # noqa: F401
+from autopack_pipeline.services.json_text import indented_json
 from autopack_pipeline.services.report_cells import cell as _cell
 from autopack_pipeline.services.report_cells import frontier_and_cost_lines
 from autopack_pipeline.services.report_cells import pct_text as _pct_text

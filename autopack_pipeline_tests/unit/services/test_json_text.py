@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from autopack_pipeline.cli import common
-from autopack_pipeline.json_text import indented_json
+from autopack_pipeline.services.json_text import indented_json
 
 
 @dataclasses.dataclass
