@@ -6,6 +6,7 @@ first re-expresses the predictions under the coefficients in force and then call
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -260,6 +261,9 @@ def calibrate(
                                       observed=observed, beside=coverage_beside, meanwhile=bounds)
         retries = retrying.result()
         pricing = early.get("pricing") or pool.submit(trimmed, lambda: priced(results[method]))
+        # The plot reads only the groups and the methods' results: drawn now, on a thread of its own, beside
+        # the methods' sections (its PNG compression, a third of it, lets go of the GIL), not after them.
+        picture = _plot_drawn_beside(observed[2], results, under_multiplier) if write_reports else None
         # Each method's proposals get their own section, so `apply-calibration --method M` writes M's
         # multipliers (and the margins measured against them) into the calibration section: a pooled
         # pass over every group, then each group's proposals. The coverage method's is the longest
@@ -279,19 +283,17 @@ def calibrate(
         return CalibrationOutcome(gate=gate, result=results[method], results=results, economics=economics,
                                   calibration_section=section, reprediction=reprediction,
                                   calibration_sections=sections, window=window)
-    # Nothing below reads the events in force or the samples: they go before Pillow loads and the plot is
-    # drawn, the command's last peak (the re-expressed predictions are this function's own, 8 MB at 1M).
+    # Nothing below reads the events in force or the samples: they go before the reports are written (the
+    # re-expressed predictions are this function's own, 8 MB at 1M; the plot, drawn by now or nearly, holds
+    # only the groups).
     arrays = samples = groups = pricing_rows = retries = None
-    from autopack_pipeline.services.plots import render_calibration_plot  # Pillow loads only when a plot is drawn
-
     files = write_calibration_report_set(
         results[method],
         output_dir or settings.resolved_reports_dir(),
         others=[r for name, r in results.items() if name != method],
         calibration_section=section,
         method_sections=sections,
-        plot=lambda handle: render_calibration_plot(handle, {g.key: g for g in observed[2]},
-                                                    list(results.values()), tolerance=under_multiplier),
+        plot=lambda handle: handle.write(picture.result()),  # a drawing that failed raises here: no file
         economics=economics,
     )
     return CalibrationOutcome(gate=gate, result=results[method], markdown_path=files.markdown,
@@ -305,6 +307,22 @@ def _known_alike(before: IntColumn, after: IntColumn) -> bool:
     if before.valid is None and after.valid is None:
         return True
     return bool(np.array_equal(before.notna(), after.notna()))
+
+
+def _plot_drawn_beside(groups: list, results: dict[str, CalibrationResult], tolerance: float) -> Future:
+    """The calibration plot's PNG bytes, drawn on a thread of its own (``Future.result()`` gives them, or
+    raises what drawing raised)."""
+    from autopack_pipeline.services.plots import render_calibration_plot  # Pillow loads only when a plot is drawn
+
+    def draw() -> bytes:
+        png = io.BytesIO()
+        render_calibration_plot(png, {g.key: g for g in groups}, list(results.values()), tolerance=tolerance)
+        return png.getvalue()
+
+    drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plot")
+    drawing = drawer.submit(draw)
+    drawer.shutdown(wait=False)  # its thread ends with the drawing
+    return drawing
 
 
 def _read(inputs: PredictionInputs | Callable[[], PredictionInputs]) -> PredictionInputs:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import threading
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -142,3 +144,34 @@ def test_calibrate_workflow_reports_both_methods_and_the_plot(tmp_path, monkeypa
     assert json.loads(median.json_path.read_text())["method"] == "autopack-median"
     with pytest.raises(ValueError, match="unknown calibration method"):
         calibrating.calibrate(events(), settings, force=True, output_dir=tmp_path, method="mean")
+
+
+def test_calibrate_draws_the_plot_beside_the_sections_and_a_failed_drawing_leaves_no_plot(tmp_path, monkeypatch):
+    """The plot is drawn on its own thread while the methods' sections are found; it is the same picture as
+    one drawn afterwards, and a drawing that fails ends the command with its error and no PNG written."""
+    from autopack_pipeline.services import plots
+
+    monkeypatch.delenv("AUTOPACK_SEEDS_DIR", raising=False)
+    settings = load_settings()
+    threads = []
+    real = plots.render_calibration_plot
+
+    def recorded(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "render_calibration_plot", recorded)
+    outcome = calibrating.calibrate(events(), settings, force=True, output_dir=tmp_path / "drawn")
+    assert threads and threads[0].startswith("plot")
+    redrawn = io.BytesIO()
+    observed = calibrating.coverage_groups(calibrating.as_event_arrays(events()))[2]
+    real(redrawn, {g.key: g for g in observed}, list(outcome.results.values()))
+    assert outcome.plot_path.read_bytes() == redrawn.getvalue()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no ink")
+
+    monkeypatch.setattr(plots, "render_calibration_plot", broken)
+    with pytest.raises(RuntimeError, match="no ink"):
+        calibrating.calibrate(events(), settings, force=True, output_dir=tmp_path / "failed")
+    assert not list((tmp_path / "failed").glob("*.png"))
