@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import gc
 import json
 import sys
@@ -29,9 +30,10 @@ CALIBRATION_METHOD_CHOICES = ("coverage", "autopack-median")
 
 def print_json(document: Any) -> None:
     """One JSON document on stdout (``json_text``: UTF-8 text). A stdout that cannot take every
-    character (a terminal in a Latin-1 locale) gets the standard library's ASCII escapes instead."""
-    encoding = (sys.stdout.encoding or "").lower().replace("-", "").replace("_", "")
-    if encoding in ("utf8", "utf8sig"):
+    character (a terminal in a Latin-1 locale) gets the standard library's ASCII escapes instead; a
+    stream of text in memory (no encoding: a caller capturing the output) takes any."""
+    encoding = sys.stdout.encoding
+    if encoding is None or codecs.lookup(encoding).name in ("utf-8", "utf-8-sig"):
         sys.stdout.write(indented_json(document, default=str))
     else:
         json.dump(document, sys.stdout, indent=2, default=str)

@@ -66,3 +66,12 @@ def test_print_json_writes_what_stdout_can_take(monkeypatch, encoding):
     printed = out.text()
     assert json.loads(printed) == {"action": "within ±5% of Ω", "at": "/x"} and printed.endswith("}\n")
     assert ("Ω" in printed) == (encoding == "utf-8")  # escaped where stdout could not take it
+
+
+def test_print_json_into_text_in_memory_is_utf8(monkeypatch):
+    """A caller capturing the output in memory (``redirect_stdout(io.StringIO())``, the benchmarks) gets
+    orjson's text: a StringIO has no encoding and takes any character."""
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    common.print_json({"action": "within ±5%", "f": 1e-7})
+    assert out.getvalue() == '{\n  "action": "within ±5%",\n  "f": 1e-7\n}\n'
