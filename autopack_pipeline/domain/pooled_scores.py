@@ -65,17 +65,29 @@ def _count_one(runs: Sequence[np.ndarray], value: float, side: str) -> int:
 
 
 def _upto_each(runs: Sequence[np.ndarray], sorted_values: np.ndarray) -> np.ndarray:
-    """:func:`_count` (side right) of the ascending ``sorted_values``. A run shorter than them is placed
-    among them instead, value by value, and the placings summed up: one group's scores against every
-    truncated score of the pool, a binary search per score of the fewer."""
+    """:func:`_count` (side right) of the ascending ``sorted_values``. A run much shorter than them is
+    placed among them instead, value by value, and the placings summed up: one group's scores against
+    every truncated score of the pool. Placing costs a search per score of the run and a count per value,
+    searching one per value: at a million events (17,515 truncated scores) placing won below ~5,600
+    scores (50 against 110 us at 500) and lost from ~6,900 (153 against 143 us; 313 against 182 at 15,900)."""
     upto = np.zeros(len(sorted_values), dtype=np.int64)
     for run in runs:
-        if len(run) < len(sorted_values):
+        if 3 * len(run) < len(sorted_values):
             placed = np.bincount(np.searchsorted(sorted_values, run, side="left"), minlength=len(sorted_values) + 1)
             upto += np.cumsum(placed[:-1])
         else:
             upto += np.searchsorted(run, sorted_values, side="right")
     return upto
+
+
+def _running_total(values: np.ndarray, dtype: type) -> np.ndarray:
+    """0, then the running sum of ``values`` (``np.r_[0, np.cumsum(values)]``, the same sums in the same
+    order), summed straight into its place: no cumsum array to copy, no ``np.r_`` (~13 us a call, two
+    per pooled set, 63 sets per calibration)."""
+    total = np.empty(len(values) + 1, dtype=dtype)
+    total[0] = 0
+    np.cumsum(values, out=total[1:])
+    return total
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,7 @@ class ScorePool:
         out_clean = [self.clean_runs[g] for g in left_out]
         out_head = [self.headroom_runs[g] for g in left_out]
         cut_out = ~chosen[self.censored_group] if len(self.censored_group) else np.zeros(0, bool)
-        out_cut_before = np.r_[0, np.cumsum(cut_out)]  # left-out truncated scores among the first j
+        out_cut_before = _running_total(cut_out, np.int64)  # left-out truncated scores among the first j
         size = int(self.sizes[chosen].sum())
         kept = np.flatnonzero(~cut_out)
         # Index in the set's order of each of its truncated scores: the set's clean scores before it
@@ -154,12 +166,14 @@ class ScorePool:
         with np.errstate(divide="ignore"):  # a truncated score last of all: log(0), never read (cut_cap)
             np.divide(-1.0, steps, out=steps)
             np.log1p(steps, out=steps)
+        log_correction = _running_total(steps, np.float64)
+        del steps
         # The estimate stops moving at the set's last clean score; truncated scores after it are not read.
         cut_cap = 0
         if chosen.any() and np.isfinite(last := float(self.clean_largest[chosen].max())):
             seen = int(np.searchsorted(self.censored, last, side="left"))
             cut_cap = seen - int(out_cut_before[seen])
-        return PooledScores(self, chosen, size, out_clean, out_head, out_cut_before, np.r_[0.0, np.cumsum(steps)],
+        return PooledScores(self, chosen, size, out_clean, out_head, out_cut_before, log_correction,
                             cut_cap)
 
 
