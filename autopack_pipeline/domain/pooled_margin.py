@@ -260,13 +260,19 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
     if len(bounds):
         passed = np.ones(len(bounds))  # a ceiling at or above the margin, or no estimate to ask
         if survival is not None:
-            below = survival((bounds - shape.location) / shape.scale)
-            beyond = survival(np.array([(line - shape.location) / shape.scale]))[0]
+            # The margin's score asked with the ceilings' (one look-up of the estimate, not two): the
+            # estimate of each point is its own, whatever points come with it.
+            at = np.empty(len(bounds) + 1)
+            np.subtract(bounds, shape.location, out=at[:-1])
+            at[-1] = line - shape.location
+            at /= shape.scale
+            estimate = survival(at)
+            below, beyond = estimate[:-1], estimate[-1]
             with np.errstate(divide="ignore", invalid="ignore"):
                 chance = np.where(below <= 0, 1.0, np.minimum(1.0, beyond / below))
             passed = np.where(bounds >= line, 1.0, chance)
         # Added one by one in the calls' order, as a running float sum (the counts stay exact).
-        above = float(np.add.accumulate(np.r_[above, passed])[-1])
+        above = float(np.add.accumulate(np.concatenate(([above], passed)))[-1])
     n = len(shape.log_ratios) + shape.censored
     count = math.ceil(above - 1e-9)
     p = float(bdtrc(count - 1, n, target_pct / 100)) if count else 1.0
