@@ -1,0 +1,73 @@
+"""The pooled passes' shortcuts give the very figures of the plain computations they replace, bit for bit."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from scipy.special import bdtrc
+
+from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.group_shape import group_shape
+from autopack_pipeline.domain.pooled_margin import CHECK_ALPHA, own_tail_contradicts
+from autopack_pipeline.domain.pooled_scores import PooledScores, _running_total, _upto_each
+
+
+def test_a_running_total_is_zero_then_numpys_cumsum():
+    rng = np.random.default_rng(5)
+    # Magnitudes far apart: a sum in any other order rounds differently.
+    floats = rng.standard_normal(5000) * 10.0 ** rng.integers(-8, 9, 5000)
+    assert np.array_equal(_running_total(floats, np.float64), np.r_[0.0, np.cumsum(floats)])
+    flags = rng.random(3000) < 0.3
+    assert np.array_equal(_running_total(flags, np.int64), np.r_[0, np.cumsum(flags)])
+    assert np.array_equal(_running_total(np.zeros(0), np.float64), np.zeros(1))
+
+
+@pytest.mark.parametrize("length", [0, 1, 40, 99, 100, 101, 150, 299, 300, 2000])
+def test_counts_up_to_sorted_values_are_a_search_per_value_on_either_path(length):
+    """_upto_each places a run much shorter than the values among them (below a third of their number)
+    and searches each value in a longer one: both give every count a search of each value would."""
+    rng = np.random.default_rng(length)
+    values = np.sort(rng.integers(0, 60, 300).astype(float))  # ties, and runs sharing values
+    runs = [np.sort(rng.integers(-5, 66, length).astype(float)), np.sort(rng.integers(0, 60, 7).astype(float))]
+    want = sum(np.searchsorted(run, values, side="right") for run in runs)
+    assert np.array_equal(_upto_each(runs, values), want)
+
+
+def _own_tail_by_two_lookups(shape, margin, target_pct, survival):
+    """own_tail_contradicts as it was: the ceilings' scores and the margin's asked of the estimate apart."""
+    line = math.log(margin)
+    above = float(shape.clean_above(line))
+    bounds = shape.censored_logs
+    below = survival((bounds - shape.location) / shape.scale)
+    beyond = survival(np.array([(line - shape.location) / shape.scale]))[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chance = np.where(below <= 0, 1.0, np.minimum(1.0, beyond / below))
+    passed = np.where(bounds >= line, 1.0, chance)
+    above = float(np.add.accumulate(np.r_[above, passed])[-1])
+    n = len(shape.log_ratios) + shape.censored
+    count = math.ceil(above - 1e-9)
+    p = float(bdtrc(count - 1, n, target_pct / 100)) if count else 1.0
+    return p < CHECK_ALPHA, above, p
+
+
+@pytest.mark.parametrize("truncated", [3, 1023, 1024, 1500])
+def test_the_own_tail_check_reads_the_estimate_as_two_lookups_did(truncated):
+    """One look-up of the ceilings' and the margin's scores together: the same calls above and the same p,
+    to the bit, on either side of the estimate's sorted look-up (1024 points)."""
+    rng = np.random.default_rng(truncated)
+    shapes = [group_shape((f"g{i}", "low"), np.exp(rng.standard_t(4, 20000 if i == 0 else 3000) * 0.3),
+                          np.exp(rng.standard_normal(truncated if i == 0 else 40) * 0.3 + 0.2)) for i in range(3)]
+    survival = PooledScores.of(shapes).survival
+    for margin in (1.05, 1.4, 2.2):
+        got = own_tail_contradicts(shapes[0], margin, 2.0, survival)
+        assert got == _own_tail_by_two_lookups(shapes[0], margin, 2.0, survival)
+
+
+def test_the_order_statistic_index_is_the_exact_rank_for_every_target():
+    # 2.3 as a float is below 2.3: (999 + 1) x its fraction passes 977, where the exact rank is 977.
+    for target in (5, 5.0, 2.0, 2.3, 1.3, 3.061224489795918, 0.1, 10.0, 5.0):  # 5.0 again: a kept fraction
+        for n in (0, 1, 18, 19, 99, 100, 999, 474416, 10**7):
+            assert order_statistic_index(n, target) == math.ceil((n + 1) * (1 - Fraction(str(target)) / 100))
