@@ -67,10 +67,12 @@ class GroupShape:
         return clean, self._censored_scores(censored_shift)
 
     def _censored_scores(self, shift: float) -> np.ndarray:
-        cut = np.empty(len(self.censored_logs))
-        for fold, place in enumerate(self._fold_places):
-            mine = self._censored_folds == fold
-            cut[mine] = (self.censored_logs[mine] + shift - place[0]) / place[1]
+        # Each call's fold's place gathered to it: the same arithmetic per call as a mask per fold,
+        # without five masks and ten gathers per group (two passes per group in each pooled pass).
+        places = np.array(self._fold_places)[self._censored_folds]
+        cut = self.censored_logs + shift
+        cut -= places[:, 0]
+        cut /= places[:, 1]
         return cut
 
     @cached_property

@@ -10,7 +10,7 @@ import pytest
 from scipy.special import bdtrc
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
-from autopack_pipeline.domain.group_shape import group_shape
+from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
 from autopack_pipeline.domain.pooled_margin import CHECK_ALPHA, own_tail_contradicts
 from autopack_pipeline.domain.pooled_scores import PooledScores, _running_total, _upto_each
 
@@ -71,3 +71,19 @@ def test_the_order_statistic_index_is_the_exact_rank_for_every_target():
     for target in (5, 5.0, 2.0, 2.3, 1.3, 3.061224489795918, 0.1, 10.0, 5.0):  # 5.0 again: a kept fraction
         for n in (0, 1, 18, 19, 99, 100, 999, 474416, 10**7):
             assert order_statistic_index(n, target) == math.ceil((n + 1) * (1 - Fraction(str(target)) / 100))
+
+
+@pytest.mark.parametrize("truncated", [0, 1, 7, 300])
+def test_truncated_calls_scores_are_each_folds_place_applied_by_mask(truncated):
+    """The truncated calls' scores (plain, at the headroom, rescaled) gather each call's fold's place: the
+    figures of a mask per fold, ``(log bound + shift - fold's location) / fold's scale``."""
+    rng = np.random.default_rng(truncated)
+    shape = group_shape(("a", "low"), np.exp(rng.standard_t(4, 4000) * 0.3), np.exp(rng.standard_normal(truncated) * 0.3))
+    for current in (shape, shape.rescaled(1.37)):
+        for shift, got in ((0.0, current.plain_censored_scores), (math.log(CENSORED_HEADROOM), current.headroom_scores)):
+            want = np.empty(truncated)
+            for fold, (location, scale) in enumerate(current._fold_places):
+                mine = current._censored_folds == fold
+                want[mine] = (current.censored_logs[mine] + shift - location) / scale
+            assert np.array_equal(got, want)
+            assert np.array_equal(current.scores(shift)[1], want)
