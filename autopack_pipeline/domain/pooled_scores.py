@@ -82,8 +82,8 @@ def _upto_each(runs: Sequence[np.ndarray], sorted_values: np.ndarray) -> np.ndar
 
 def _running_total(values: np.ndarray, dtype: type) -> np.ndarray:
     """0, then the running sum of ``values`` (``np.r_[0, np.cumsum(values)]``, the same sums in the same
-    order), summed straight into its place: no cumsum array to copy, no ``np.r_`` (~13 us a call, two
-    per pooled set, 63 sets per calibration)."""
+    order), summed straight into its place: no cumsum array to copy, no ``np.r_`` (38 against 45 us over
+    17,500 truncated scores, two per pooled set, 63 sets per calibration at a million events)."""
     total = np.empty(len(values) + 1, dtype=dtype)
     total[0] = 0
     np.cumsum(values, out=total[1:])
