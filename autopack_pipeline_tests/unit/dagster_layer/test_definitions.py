@@ -100,3 +100,19 @@ def test_no_private_dagster_api():
     offenders = [str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "autopack_pipeline").rglob("*.py")
                  if "dagster._" in path.read_text()]
     assert offenders == []
+
+
+
+def test_the_instance_files_open_the_ui_without_the_community_dialog(tmp_path):
+    """Both instance files turn Dagster's first-visit dialog off (the webserver asks the instance's
+    ``nux_enabled`` before drawing it): a fresh instance's first page is the one the user opened."""
+    for name in ("dagster.yaml", "deploy/dagster.postgres.yaml"):
+        assert yaml.safe_load((REPO_ROOT / name).read_text())["nux"] == {"enabled": False}, name
+    # The repository's own file, as Dagster reads it (its storage moved into a temporary home).
+    document = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    document["local_artifact_storage"]["config"]["base_dir"] = str(tmp_path)
+    document["storage"]["sqlite"]["base_dir"] = str(tmp_path / "storage")
+    document["compute_logs"]["config"]["base_dir"] = str(tmp_path / "logs")
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(document))
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.nux_enabled is False
