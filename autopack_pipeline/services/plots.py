@@ -190,16 +190,21 @@ def _row_labels(observations: dict[tuple[str, str], CoverageGroup]) -> list[str]
 def plot_geometry(observations: dict[tuple[str, str], CoverageGroup], results: list[CalibrationResult], *,
                   tolerance: float = UNDER_TOLERANCE) -> Geometry:
     """The geometry :func:`render_calibration_plot` draws with, for the same arguments."""
-    keys = list(observations)
-    marks = _marks(keys, results)
+    marks = _marks(list(observations), results)
+    return _geometry(observations, marks, _legend(list(observations), marks, tolerance), tolerance)
+
+
+def _geometry(observations: dict[tuple[str, str], CoverageGroup], marks: list[Mark], legend: list[LegendEntry],
+              tolerance: float) -> Geometry:
+    """:func:`plot_geometry` from the marks and legend entries found already."""
     edges = _edges(observations, [*[m.multiplier for m in marks], *[m.bound for m in marks if m.bound is not None],
                                   1.0, tolerance])
     label_width = max((_font(LABEL_SIZE).getlength(text) for text in _row_labels(observations)), default=0)
-    legend_rows = math.ceil(len(_legend(keys, marks, tolerance)) / 3)
-    height = round(DPI * max(2.5, 0.55 * len(keys) + 1.6))
+    height = round(DPI * max(2.5, 0.55 * len(observations) + 1.6))
     # Below the plot: tick marks and labels (30 px), the axis label (26 px), the legend (15 px a row).
     return Geometry(height=height, left=max(40, math.ceil(label_width) + 24), right=WIDTH - 18, top=38,
-                    bottom=height - 30 - 26 - 15 * legend_rows - 14, edges=edges, rows=len(keys))
+                    bottom=height - 30 - 26 - 15 * math.ceil(len(legend) / 3) - 14, edges=edges,
+                    rows=len(observations))
 
 
 def tick_labels(geometry: Geometry, width_of: Callable[[str, bool], float]) -> list[tuple[float, str, bool]]:
@@ -312,9 +317,9 @@ def render_calibration_plot(
     tolerance: float = UNDER_TOLERANCE,
 ) -> None:
     """Write the PNG to ``target`` (a path or a binary file object)."""
-    keys = list(observations)
-    marks = _marks(keys, results)
-    g = plot_geometry(observations, results, tolerance=tolerance)
+    marks = _marks(list(observations), results)
+    legend = _legend(list(observations), marks, tolerance)
+    g = _geometry(observations, marks, legend, tolerance)
     image = Image.new("RGB", (WIDTH, g.height), WHITE)
     draw = ImageDraw.Draw(image)
     for value, _ in ticks(g.low, g.high):  # the grid, under the strips
@@ -324,5 +329,5 @@ def render_calibration_plot(
     _dashed(draw, round(g.x(tolerance)), g.top, g.bottom, REFERENCE)
     _draw_marks(draw, g, marks)
     _draw_axes(draw, g, _row_labels(observations))
-    _draw_legend(draw, _legend(keys, marks, tolerance), g.bottom + 56)
+    _draw_legend(draw, legend, g.bottom + 56)
     image.save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
