@@ -154,7 +154,7 @@ class StorageSettings(BaseModel):
         """The one database URL a command or asset uses: ``explicit`` (``--database-url``, a resource's
         config), else ``DATABASE_URL``, else the default, resolved by the storage rule (absolute SQLite
         path, psycopg driver). Carries the password: never log it, use ``describe_database`` for that."""
-        from autopack_pipeline.storage.database import resolve_database_url
+        from autopack_pipeline.storage.database_url import resolve_database_url
 
         return resolve_database_url(explicit or self.database_url)
 

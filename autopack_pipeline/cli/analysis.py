@@ -14,7 +14,7 @@ from autopack_pipeline.cli.common import (
     identity_line,
     load_event_arrays,
     non_negative_int,
-    open_engine,
+    open_database,
     positive_float,
     positive_int,
     print_json,
@@ -27,14 +27,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from autopack_pipeline.services.metrics_report import measure, metrics_json, spend_line
     from autopack_pipeline.settings import load_settings
 
-    engine = open_engine(args)
-    events, unreadable = load_event_arrays(engine, args, args.run_id)
+    database = open_database(args)
+    events, unreadable = load_event_arrays(database, args, args.run_id)
     document = measure(events, success_only=args.success_only, under_multiplier=args.under_multiplier,
                        stratify=args.stratify)
     if args.json:
         print_json(metrics_json(document) | {"unreadable_timestamps": unreadable})
         return EXIT_OK
-    print(identity_line(engine))
+    print(identity_line(database))
     print(f"Analysis set: {'successful calls only' if args.success_only else 'all Builder calls'}")
     _print_tier1(document["tier1"], "Tier 1")
     tier2 = document["tier2"]
@@ -74,16 +74,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from autopack_pipeline.services.calibration_review import frontier_and_cost_lines, section_lines, window_line
     from autopack_pipeline.services.pipeline import analyse
     from autopack_pipeline.settings import load_settings
-    from autopack_pipeline.storage.database import describe_database
+    from autopack_pipeline.storage.handle import describe_database
 
     with collector_paused():
         settings = load_settings()
-        engine = open_engine(args)
-        events, unreadable = load_event_arrays(engine, args, args.include_run_id)
+        database = open_database(args)
+        events, unreadable = load_event_arrays(database, args, args.include_run_id)
         # The one composition and window rule the calibration_recommendations asset uses: the last
         # AUTOPACK_METRICS_WINDOW_DAYS days of telemetry, ending on the newest event (0 = every event).
         outcome = analyse(
-            engine,
+            database,
             settings,
             events,
             min_samples=args.min_samples,
@@ -91,7 +91,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             dedup=not args.no_dedup,
             force=args.force,
             output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
-            database=describe_database(engine).url,
+            database=describe_database(database).url,
             method=args.method,
             window_versions=args.window_versions,
             gate_metrics_only=True,  # only the gate reads the metrics here
@@ -102,7 +102,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.json:
             print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})
         else:
-            print(identity_line(engine))
+            print(identity_line(database))
             print(outcome.gate.summary())
             if outcome.reprediction:
                 print("Predictions re-expressed under the coefficients in force: "

@@ -92,7 +92,8 @@ def _phases_argument(args: argparse.Namespace) -> tuple[Path | None, int | None]
 
 def _refuse_memory_database(args: argparse.Namespace) -> None:
     """A collection run into an in-memory database would be thrown away when the command ends."""
-    from autopack_pipeline.storage.database import describe_database, make_engine
+    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.storage.handle import describe_database
 
     engine = make_engine(database_url(args))
     try:

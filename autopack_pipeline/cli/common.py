@@ -71,20 +71,27 @@ def database_url(args: argparse.Namespace) -> str:
     return storage_settings(args).resolved_database_url(getattr(args, "database_url", None))
 
 
-def open_engine(args: argparse.Namespace):
-    """The telemetry database of ``--database-url`` / ``DATABASE_URL``, ready for use.
+def open_database(args: argparse.Namespace):
+    """The telemetry database of ``--database-url`` / ``DATABASE_URL``, ready for use, as a handle
+    (``storage.handle``: an up-to-date SQLite file is checked without SQLAlchemy, which loads when
+    something needs the engine).
 
     A brand-new database gets the schema, unless the command only reads (``READ_ONLY_COMMANDS``):
     then a missing SQLite file is a usage error naming the path. One at an older revision (including
     an Autopack database never migrated) is refused with exit 1 and a message saying to run ``db upgrade``.
     """
-    from autopack_pipeline.services.telemetry_database import open_database
-    from autopack_pipeline.storage.database import DatabaseNotFound
+    from autopack_pipeline.services.telemetry_database import open_database_handle
+    from autopack_pipeline.storage.database_url import DatabaseNotFound
 
     try:
-        return open_database(database_url(args), must_exist=command_name(args) in READ_ONLY_COMMANDS)
+        return open_database_handle(database_url(args), must_exist=command_name(args) in READ_ONLY_COMMANDS)
     except DatabaseNotFound as exc:
         raise UsageError(str(exc)) from exc
+
+
+def open_engine(args: argparse.Namespace):
+    """:func:`open_database`'s database as SQLAlchemy's engine."""
+    return open_database(args).engine
 
 
 def freeze_loaded_objects() -> None:
@@ -122,10 +129,11 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def identity_line(engine) -> str:
-    from autopack_pipeline.storage.database import describe_database
+def identity_line(database) -> str:
+    """The database a command used (an engine or a handle), as the first line of its report."""
+    from autopack_pipeline.storage.handle import describe_database
 
-    identity = describe_database(engine)
+    identity = describe_database(database)
     return f"Telemetry database: {identity.url}" + (f" ({identity.sqlite_path})" if identity.sqlite_path else "")
 
 
@@ -136,13 +144,13 @@ def extraction_progress(args: argparse.Namespace):
     return lambda: progress_bar(args, "Extracting new events to the columnar copy", "rows", transient=True)
 
 
-def load_event_arrays(engine, args: argparse.Namespace, run_ids: list[str] | None = None):
+def load_event_arrays(database, args: argparse.Namespace, run_ids: list[str] | None = None):
     """The events as analysis arrays, and the document of the rows left out for an unreadable timestamp
     (warned about on stderr here). All runs come through the columnar copy (refreshed first, so only
     new events are read from the database); a selection of runs is read from the database."""
     from autopack_pipeline.services.event_reading import read_event_arrays
 
-    arrays, unreadable = read_event_arrays(engine, run_ids, allow_empty=getattr(args, "allow_empty_db", False),
+    arrays, unreadable = read_event_arrays(database, run_ids, allow_empty=getattr(args, "allow_empty_db", False),
                                            extraction_progress=extraction_progress(args))
     warn_unreadable(unreadable)
     return arrays, unreadable

@@ -42,7 +42,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from autopack_pipeline.services.event_transfer import import_events
-    from autopack_pipeline.storage.database import describe_database
+    from autopack_pipeline.storage.handle import describe_database
 
     source = Path(args.file)
     if not source.is_file():

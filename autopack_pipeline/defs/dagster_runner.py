@@ -102,7 +102,8 @@ def _calls_and_rates(tier1: dict) -> str:
 
 
 def _print_results(result: dg.ExecuteInProcessResult, home: str, settings: StorageSettings) -> None:
-    from autopack_pipeline.storage.database import describe_database, make_engine
+    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.storage.handle import describe_database
 
     engine = make_engine(settings.resolved_database_url())
     identity = describe_database(engine)

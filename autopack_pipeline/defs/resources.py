@@ -15,7 +15,8 @@ from sqlalchemy.engine import Engine
 from autopack_pipeline.llm.backends import LLMBackend
 from autopack_pipeline.llm.factory import make_backend
 from autopack_pipeline.settings import DATABASE_URL_VARIABLE, StorageSettings, load_settings, load_storage_settings
-from autopack_pipeline.storage.database import DatabaseIdentity, describe_database, make_engine
+from autopack_pipeline.storage.database import DatabaseIdentity, make_engine
+from autopack_pipeline.storage.handle import describe_database
 from autopack_pipeline.storage.migrate import prepare_database
 
 

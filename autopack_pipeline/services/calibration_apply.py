@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.backtest import (
@@ -45,6 +44,9 @@ from autopack_pipeline.storage.frames import as_event_arrays
 
 if TYPE_CHECKING:
     import pandas as pd
+    from sqlalchemy.engine import Engine
+
+    from autopack_pipeline.storage.handle import Database
 
 _VERSION_SUFFIX = "+cal"
 
@@ -78,9 +80,10 @@ def read_stored(engine: Engine, run_ids: list[str] | None = None) -> StoredEvent
     return StoredEvents(events, read_prediction_inputs(engine, ids))
 
 
-def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, *, store_refreshed: bool = False,
+def calibrate_in_force(telemetry_db: Database, settings: Any, events: Any = None, *, store_refreshed: bool = False,
                        **options: Any):
-    """``calibrating.calibrate`` with every prediction re-expressed under the coefficients in force.
+    """``calibrating.calibrate`` with every prediction re-expressed under the coefficients in force
+    (``telemetry_db``: an engine or a handle, ``storage.handle``).
 
     ``events`` (a frame or EventArrays) defaults to all stored events; ``options`` are
     ``calibrating.calibrate``'s keyword arguments. ``window_versions`` defaults to the setting
@@ -94,8 +97,9 @@ def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, *, sto
     refreshed = store_refreshed and events is not None  # events read from the database here are not the copy's
     if events is None:
         from autopack_pipeline.storage.events import read_events  # pandas and the ORM, for this case only
+        from autopack_pipeline.storage.handle import as_handle
 
-        events = read_events(engine)
+        events = read_events(as_handle(telemetry_db).engine)
     path = settings.seeds_dir / "estimator_coefficients.yaml"
     if options.get("window_versions") is None:
         options["window_versions"] = settings.calibration_window_versions
@@ -104,7 +108,7 @@ def calibrate_in_force(engine: Engine, settings: Any, events: Any = None, *, sto
         events, settings,
         # Read by calibrate when it needs them: a value passed here would be held by this call's keyword
         # arguments until calibrate returns, past the point where calibrate lets them go.
-        prediction_inputs=lambda: read_prediction_inputs(engine, id_range=id_range, refreshed=refreshed),
+        prediction_inputs=lambda: read_prediction_inputs(telemetry_db, id_range=id_range, refreshed=refreshed),
         coefficient_history=load_coefficient_history(path), **options,
     )
 

@@ -21,9 +21,10 @@ def gather_facts(database_url: str, settings: StorageSettings) -> dict[str, Any]
     from autopack_pipeline.domain.analysis import clean_sample_rows, sample_groups, truncation_disagreements
     from autopack_pipeline.storage import spool
     from autopack_pipeline.storage.bulk import unfinished_synthetic_runs
-    from autopack_pipeline.storage.database import describe_database, make_engine, safe_error_text
+    from autopack_pipeline.storage.database import make_engine, safe_error_text
     from autopack_pipeline.storage.events import read_events_checked
     from autopack_pipeline.storage.frames import event_arrays_from_frame
+    from autopack_pipeline.storage.handle import describe_database
     from autopack_pipeline.storage.summary import count_total_token_fallbacks, database_summary
     from autopack_pipeline.storage.timestamps import unreadable_document
 

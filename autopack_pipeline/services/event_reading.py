@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING, Any
 
 from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.services.refusals import Refused
-from autopack_pipeline.storage.database import describe_database
 from autopack_pipeline.storage.frames import event_arrays_from_frame
+from autopack_pipeline.storage.handle import describe_database
 from autopack_pipeline.storage.snapshot import EventSnapshot, snapshot_events
 from autopack_pipeline.storage.timestamps import describe_unreadable, unreadable_document
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from autopack_pipeline.storage.handle import Database
 
 ProgressScope = Callable[[], AbstractContextManager[Callable[..., None] | None]]
 
@@ -46,23 +49,28 @@ def read_events_frame(engine: Engine, run_ids: list[str] | None = None, *, allow
     return events, document
 
 
-def refreshed_snapshot(engine: Engine, extraction_progress: ProgressScope | None = None) -> EventSnapshot:
+def refreshed_snapshot(database: Database, extraction_progress: ProgressScope | None = None) -> EventSnapshot:
     """Every stored event, through the columnar copy refreshed first (only new events are read from
     the database). Its ``run_counts`` stay empty: the commands only read its events, and counting runs
     reads every run id of the store (a tenth of a second and 70 MB at a million events)."""
     with (extraction_progress or nullcontext)() as advance:
-        snapshot, _refresh, _fallback = snapshot_events(engine, progress=advance)
+        snapshot, _refresh, _fallback = snapshot_events(database, progress=advance)
     return snapshot
 
 
-def read_event_arrays(engine: Engine, run_ids: list[str] | None = None, *, allow_empty: bool = False,
+def read_event_arrays(database: Database, run_ids: list[str] | None = None, *, allow_empty: bool = False,
                       extraction_progress: ProgressScope | None = None) -> tuple[EventArrays, dict[str, Any]]:
     """The events as analysis arrays, and the document of the rows left out for an unreadable timestamp.
-    All runs come through the columnar copy; a selection of runs is read from the database."""
+    All runs come through the columnar copy; a selection of runs is read from the database.
+    ``database``: an engine, or a handle (``storage.handle``), which makes one only when the copy needs
+    new rows or the database is read itself."""
+    from autopack_pipeline.storage.handle import as_handle
+
     if run_ids:
-        events, unreadable = read_events_frame(engine, run_ids, allow_empty=allow_empty)
+        events, unreadable = read_events_frame(as_handle(database).engine, run_ids, allow_empty=allow_empty)
         return event_arrays_from_frame(events), unreadable
-    snapshot = refreshed_snapshot(engine, extraction_progress)
+    snapshot = refreshed_snapshot(database, extraction_progress)
     if snapshot.rows == 0:
-        read_events_frame(engine, allow_empty=allow_empty)  # refuses an empty database with its explanation
+        # Refuses an empty database with its explanation.
+        read_events_frame(as_handle(database).engine, allow_empty=allow_empty)
     return snapshot.arrays(), snapshot.unreadable

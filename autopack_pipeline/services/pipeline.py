@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     # analysis steps) needs no engine, and importing it costs about 0.1 s.
     from sqlalchemy.engine import Engine
 
+    from autopack_pipeline.storage.handle import Database
     from autopack_pipeline.storage.tasks import TaskRefresh
 
 
@@ -88,7 +89,7 @@ def gate_metrics_stage(windowed: WindowedEvents, samples: SampleSummary | Future
                        windowed.label, group_tier1=group_tier1)
 
 
-def calibration_stage(engine: Engine | None, settings: Settings, windowed: WindowedEvents, metrics: TierMetrics,
+def calibration_stage(telemetry_db: Database | None, settings: Settings, windowed: WindowedEvents, metrics: TierMetrics,
                       samples: SampleSummary | None = None, **options: Any) -> CalibrationOutcome:
     """Gate and calibrate the window's events under the coefficients in force; the gate reads
     ``metrics``' Tier 1 and the coverage bound its tolerance (the ``under_multiplier`` it was measured
@@ -97,8 +98,9 @@ def calibration_stage(engine: Engine | None, settings: Settings, windowed: Windo
     ``samples``: the window's clean samples as :func:`sample_stage` found them in this process, so
     the gate does not find them again (ignored when they were found with another ``dedup``).
 
-    Without an ``engine`` there are no stored prediction inputs to re-express the predictions with,
-    so they are calibrated as recorded (the benchmarks, the parity tests)."""
+    ``telemetry_db``: an engine or a handle (``storage.handle``). Without one there are no stored prediction
+    inputs to re-express the predictions with, so they are calibrated as recorded (the benchmarks, the
+    parity tests)."""
     # The pooled margins' binomial (scipy.special, ~0.25 s to import) loads on a thread of its own while
     # the coverage groups are found here and the retries beside them, which leave the second core idle
     # part of the time; the pooled passes would import it later on this thread. Not waited for: a gate
@@ -108,7 +110,7 @@ def calibration_stage(engine: Engine | None, settings: Settings, windowed: Windo
         options |= {"clean": samples.rows, "groups": samples.groups}
     if metrics.group_tier1 is not None and "group_tier1" not in options:
         options["group_tier1"] = metrics.group_tier1  # counted by the metrics stage over the same events
-    if engine is None:
+    if telemetry_db is None:
         from autopack_pipeline.services.calibrating import calibrate
 
         options.pop("store_refreshed", None)  # no database, so no store to read the inputs from
@@ -117,7 +119,7 @@ def calibration_stage(engine: Engine | None, settings: Settings, windowed: Windo
                          under_multiplier=metrics.under_multiplier, **options)
     from autopack_pipeline.services.calibration_apply import calibrate_in_force
 
-    return calibrate_in_force(engine, settings, windowed.events, tier1=metrics.tier1,
+    return calibrate_in_force(telemetry_db, settings, windowed.events, tier1=metrics.tier1,
                               under_multiplier=metrics.under_multiplier, **options)
 
 
@@ -161,20 +163,20 @@ class Analysis:
 
 
 def analyse_events(settings: Settings, windowed: WindowedEvents, every_event: EventArrays, *,
-                   engine: Engine | None = None, dedup: bool = True, under_multiplier: float = UNDER_TOLERANCE,
+                   telemetry_db: Database | None = None, dedup: bool = True, under_multiplier: float = UNDER_TOLERANCE,
                    min_samples: int = MIN_GROUP_SAMPLES, gate_metrics_only: bool = False,
                    **calibration: Any) -> Analysis:
     """Samples, metrics and calibration of ``windowed`` (``every_event`` gives the last 7 days' Tier 1),
-    one stage after the other. ``engine`` is what :func:`calibration_stage` re-expresses the predictions
+    one stage after the other. ``telemetry_db`` is what :func:`calibration_stage` re-expresses the predictions
     with; without one nothing is read from a database. ``gate_metrics_only``: the metrics are
     :func:`gate_metrics_stage`'s, for a caller that reads nothing else of them (``calibrate``)."""
     with small_pages():
-        return _analysed(settings, windowed, every_event, engine=engine, dedup=dedup,
+        return _analysed(settings, windowed, every_event, telemetry_db=telemetry_db, dedup=dedup,
                          under_multiplier=under_multiplier, min_samples=min_samples,
                          gate_metrics_only=gate_metrics_only, **calibration)
 
 
-def _analysed(settings: Settings, windowed: WindowedEvents, every_event: EventArrays, *, engine: Engine | None,
+def _analysed(settings: Settings, windowed: WindowedEvents, every_event: EventArrays, *, telemetry_db: Database | None,
               dedup: bool, under_multiplier: float, min_samples: int, gate_metrics_only: bool,
               **calibration: Any) -> Analysis:
     """:func:`analyse_events`' stages."""
@@ -207,13 +209,13 @@ def _analysed(settings: Settings, windowed: WindowedEvents, every_event: EventAr
         samples = sampling.result()
     release_freed_memory()  # what the samples' thread freed, kept by its malloc arena (storage.process_memory)
     began = time.perf_counter()
-    outcome = calibration_stage(engine, settings, windowed, metrics, samples, dedup=dedup, min_samples=min_samples,
-                                **calibration)
+    outcome = calibration_stage(telemetry_db, settings, windowed, metrics, samples, dedup=dedup,
+                                min_samples=min_samples, **calibration)
     timed("calibration", began)
     return Analysis(windowed, samples, metrics, outcome, timings=timings)
 
 
-def analyse(engine: Engine, settings: Settings, every_event: EventArrays, *, dedup: bool = True,
+def analyse(telemetry_db: Database, settings: Settings, every_event: EventArrays, *, dedup: bool = True,
             under_multiplier: float = UNDER_TOLERANCE, min_samples: int = MIN_GROUP_SAMPLES,
             output_dir: Path | None = None, generate: bool = False, source: dict[str, Any] | None = None,
             outcome_window_days: float = 7, now: datetime | None = None, gate_metrics_only: bool = False,
@@ -225,14 +227,16 @@ def analyse(engine: Engine, settings: Settings, every_event: EventArrays, *, ded
     if gate_metrics_only and generate:
         raise ValueError("the tasks read every metric: gate_metrics_only cannot be combined with generate")
     windowed = events_for_analysis(settings, every_event)
-    analysis = analyse_events(settings, windowed, every_event, engine=engine, dedup=dedup,
+    analysis = analyse_events(settings, windowed, every_event, telemetry_db=telemetry_db, dedup=dedup,
                               under_multiplier=under_multiplier, min_samples=min_samples, output_dir=output_dir,
                               gate_metrics_only=gate_metrics_only, **calibration)
     if not generate:
         return analysis
     began = time.perf_counter()
-    tasks, stored = task_stage(engine, settings, every_event, analysis.samples, analysis.metrics,
-                               analysis.calibration, min_samples=min_samples, source=source,
+    from autopack_pipeline.storage.handle import as_handle
+
+    tasks, stored = task_stage(as_handle(telemetry_db).engine, settings, every_event, analysis.samples,
+                               analysis.metrics, analysis.calibration, min_samples=min_samples, source=source,
                                outcome_window_days=outcome_window_days, now=now)
     timings = {**analysis.timings, "tasks": time.perf_counter() - began}
     return replace(analysis, tasks=tasks, stored=stored, timings=timings)

@@ -16,7 +16,7 @@ from autopack_pipeline.services.event_reading import ProgressScope, refreshed_sn
 from autopack_pipeline.services.pipeline import analyse
 from autopack_pipeline.services.refusals import Refused
 from autopack_pipeline.settings import Settings
-from autopack_pipeline.storage.database import describe_database
+from autopack_pipeline.storage.handle import describe_database
 from autopack_pipeline.storage.outcomes import read_phase_outcomes
 
 

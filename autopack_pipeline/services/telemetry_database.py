@@ -3,40 +3,55 @@ to date, a safe copy. Called by the ``db`` commands and by every command that op
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING, Any
 
 from autopack_pipeline.services.refusals import Refused
 from autopack_pipeline.storage.backup import BackupNotPossible, BackupReport, backup_sqlite
-from autopack_pipeline.storage.database import describe_database, make_engine, require_existing_database
-from autopack_pipeline.storage.migrate import (
-    SchemaOutOfDate,
-    SchemaTooNew,
-    current_revision,
-    head_revision,
-    known_revisions,
-    prepare_database,
-    upgrade_database,
-)
+from autopack_pipeline.storage.database_url import require_existing_database, resolve_database_url
+from autopack_pipeline.storage.handle import DatabaseHandle
+from autopack_pipeline.storage.schema_check import read_schema
 
-__all__ = ["BackupNotPossible", "back_up", "open_database", "summarise", "upgrade"]
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+__all__ = ["BackupNotPossible", "back_up", "open_database", "open_database_handle", "summarise", "upgrade"]
+
+
+def open_database_handle(url: str, *, must_exist: bool = False) -> DatabaseHandle:
+    """The database ``url`` names, ready for use. A brand-new one gets the schema, unless ``must_exist``:
+    then a missing SQLite file raises ``storage.database.DatabaseNotFound`` naming the path. One at an
+    older revision (an Autopack database never migrated included) is refused, saying to run ``db upgrade``.
+
+    An existing SQLite file whose schema is current (the usual case) is found so through the standard
+    library: the handle makes no engine and SQLAlchemy is not imported until something needs it.
+    Anything else, or a file ``sqlite3`` cannot read, goes through ``storage.migrate.prepare_database``
+    (which creates, refuses or reports it as before)."""
+    if must_exist:
+        require_existing_database(url)
+    database = DatabaseHandle(resolve_database_url(url))
+    path = database.identity.sqlite_path
+    if path is not None and Path(path).exists():
+        try:
+            with database.catalog() as catalog:
+                if read_schema(catalog).ready:
+                    return database
+        except sqlite3.Error:
+            pass  # SQLAlchemy's route below says what is wrong with the file, as it always has
+    from autopack_pipeline.storage.migrate import SchemaOutOfDate, prepare_database
+
+    try:
+        prepare_database(database.engine)
+    except SchemaOutOfDate as exc:
+        database.dispose()
+        raise Refused(str(exc)) from exc
+    return database
 
 
 def open_database(url: str, *, must_exist: bool = False) -> Engine:
-    """The database ``url`` names, ready for use. A brand-new one gets the schema, unless ``must_exist``:
-    then a missing SQLite file raises ``storage.database.DatabaseNotFound`` naming the path. One at an
-    older revision (an Autopack database never migrated included) is refused, saying to run ``db upgrade``."""
-    if must_exist:
-        require_existing_database(url)
-    engine = make_engine(url)
-    try:
-        prepare_database(engine)
-    except SchemaOutOfDate as exc:
-        engine.dispose()
-        raise Refused(str(exc)) from exc
-    return engine
+    """:func:`open_database_handle`'s database as SQLAlchemy's engine."""
+    return open_database_handle(url, must_exist=must_exist).engine
 
 
 def summarise(engine: Engine) -> dict[str, Any]:
@@ -50,6 +65,16 @@ def summarise(engine: Engine) -> dict[str, Any]:
 def upgrade(url: str) -> tuple[Engine, str]:
     """Bring the schema of ``url``'s database to the newest revision, in place: the engine and the revision.
     A revision this version does not know (written by a newer one) is refused with what it means."""
+    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.storage.handle import describe_database
+    from autopack_pipeline.storage.migrate import (
+        SchemaTooNew,
+        current_revision,
+        head_revision,
+        known_revisions,
+        upgrade_database,
+    )
+
     engine = make_engine(url)
     current = current_revision(engine)
     if current is not None and current not in known_revisions():
@@ -60,6 +85,8 @@ def upgrade(url: str) -> tuple[Engine, str]:
 
 def back_up(url: str, file: Path) -> BackupReport:
     """A consistent copy of the SQLite database ``url`` names into ``file`` (``BackupNotPossible`` otherwise)."""
+    from autopack_pipeline.storage.database import make_engine
+
     engine = make_engine(url)
     try:
         return backup_sqlite(engine, file)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 # Public name -> the module that defines it.
 _EXPORTS = {
     "DatabaseIdentity": "database",
-    "describe_database": "database",
+    "describe_database": "handle",
     "make_engine": "database",
     "resolve_database_url": "database",
     "EstimationEvent": "events",
@@ -59,7 +59,6 @@ __all__ = [
 if TYPE_CHECKING:
     from autopack_pipeline.storage.database import (
         DatabaseIdentity,
-        describe_database,
         make_engine,
         resolve_database_url,
     )
@@ -71,6 +70,7 @@ if TYPE_CHECKING:
         record_estimation_event,
         telemetry_enabled,
     )
+    from autopack_pipeline.storage.handle import describe_database
     from autopack_pipeline.storage.migrate import (
         SchemaOutOfDate,
         current_revision,

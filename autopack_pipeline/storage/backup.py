@@ -1,6 +1,6 @@
 """A safe copy of the telemetry database.
 
-A SQLite database in WAL mode (every database this product opens is switched to it, so the Dagster
+A SQLite database in WAL mode (every database this product writes to is switched to it, so the Dagster
 webserver can read while a run writes) keeps its newest commits in ``<file>-wal`` until a checkpoint
 moves them into the main file. Copying ``autopack.db`` alone can therefore miss recent rows, or catch
 a file mid-write. SQLite's online backup API reads one consistent snapshot, WAL included, while
@@ -15,11 +15,13 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING
 
 from autopack_pipeline.output_files import AtomicFile, OutputPathError
-from autopack_pipeline.storage.database import describe_database
+from autopack_pipeline.storage.handle import describe_database
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 class BackupNotPossible(ValueError):

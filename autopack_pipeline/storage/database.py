@@ -1,17 +1,9 @@
-"""Which telemetry database we talk to, and how we connect to it.
+"""How we connect to the telemetry database: SQLAlchemy's engine with the settings each backend needs.
 
-Autopack's worst telemetry bug (pitfall P1) was database identity drift: an engine bound at import
-time, relative SQLite paths resolved against different directories by different scripts, health
-checks printing a hard-coded path. Here there is exactly one rule, applied when a command or asset
-starts (never at import): the URL given (``Settings.resolved_database_url`` gives ``--database-url``,
-else ``DATABASE_URL``), else ``sqlite:///autopack.db``, with a relative SQLite path turned into an
-absolute one against the current working directory.
-
-Secrets: :func:`resolve_database_url` returns the connectable URL (it has to carry the password to
-be usable); everything else in this module that returns or logs a URL masks the password.
-
-Also here, because they are about dialect differences rather than any one table: a log-safe error
-description and an insert-unless-present helper shared by the writers.
+Which database a URL names, and the identity a person is shown, are ``storage.database_url``'s (no
+SQLAlchemy there); they are re-exported here for the code that connects. Also here, because they are
+about dialect differences rather than any one table: a log-safe error description and an
+insert-unless-present helper shared by the writers.
 """
 
 from __future__ import annotations
@@ -19,101 +11,29 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, create_engine, event, exists, insert, select
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from autopack_pipeline.storage.catalog import SQLITE_BUSY_TIMEOUT_MS
+from autopack_pipeline.storage.database_url import (
+    DEFAULT_DATABASE_URL,
+    DatabaseIdentity,
+    DatabaseNotFound,
+    UnsupportedDatabaseURL,
+    missing_sqlite_file,
+    require_existing_database,
+    resolve_database_url,
+)
+
+__all__ = [
+    "DEFAULT_DATABASE_URL", "SQLITE_BUSY_TIMEOUT_MS", "DatabaseIdentity", "DatabaseNotFound", "UnsupportedDatabaseURL",
+    "insert_ignoring_conflicts", "insert_unless_exists", "make_engine", "missing_sqlite_file",
+    "require_existing_database", "resolve_database_url", "safe_error_text",
+]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_DATABASE_URL = "sqlite:///autopack.db"
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-
-# In-memory SQLite names that must not be turned into file paths.
-_SQLITE_MEMORY_NAMES = {"", ":memory:"}
-
-
-# The drivers this product installs; any other URL is refused up front instead of failing on an import.
-_SUPPORTED_DRIVERS = {"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"}
-_URL_EXAMPLES = "use sqlite:///FILE or postgresql://USER:PASSWORD@HOST:5432/DATABASE"
-
-
-class UnsupportedDatabaseURL(ValueError):
-    """``--database-url``/``DATABASE_URL`` names no database this product can use (never shows a password)."""
-
-
-def _is_memory_sqlite(url: URL) -> bool:
-    database = url.database or ""
-    return database in _SQLITE_MEMORY_NAMES or database.startswith("file::memory:")
-
-
-def resolve_database_url(url: str | None = None) -> str:
-    """Return the one database URL every command and asset must use.
-
-    ``url``, else ``sqlite:///autopack.db`` (the environment's ``DATABASE_URL`` is the settings'
-    to add: :meth:`autopack_pipeline.settings.StorageSettings.resolved_database_url`). A relative SQLite path is resolved against the current working
-    directory, so the result names an absolute file and means the same thing from any process.
-    ``postgresql://`` (and the older ``postgres://``) select the psycopg 3 driver, which is the
-    one installed.
-    """
-    raw = url or DEFAULT_DATABASE_URL
-    try:
-        parsed = make_url(raw.strip())
-    except ArgumentError:  # the text is not shown: it may hold a password
-        raise UnsupportedDatabaseURL(f"the telemetry database URL is not a URL; {_URL_EXAMPLES}") from None
-    if parsed.drivername not in _SUPPORTED_DRIVERS:
-        raise UnsupportedDatabaseURL(
-            f"unsupported database URL scheme {parsed.drivername!r} in "
-            f"{parsed.render_as_string(hide_password=True)}; {_URL_EXAMPLES}"
-        )
-    backend = parsed.get_backend_name()
-    if backend in ("postgresql", "postgres") and parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    elif backend == "sqlite" and not _is_memory_sqlite(parsed):
-        path = Path(parsed.database or "").expanduser()
-        if not path.is_absolute():
-            path = Path.cwd() / path
-        # resolve() also folds "..", so two spellings of one file give one identity.
-        parsed = parsed.set(database=str(path.resolve()))
-    return parsed.render_as_string(hide_password=False)
-
-
-class DatabaseNotFound(RuntimeError):
-    """A command that only reads was pointed at a SQLite file that does not exist."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        super().__init__(
-            f"no telemetry database at {path}: the file does not exist, and this command only reads, so it "
-            "created nothing. Choose the database with --database-url URL or the DATABASE_URL environment "
-            "variable (default sqlite:///autopack.db in the working directory); `collect`, `import` and "
-            "`db upgrade` create a new one."
-        )
-
-
-def missing_sqlite_file(url: str) -> Path | None:
-    """The absolute file ``url`` names when it is a SQLite file that does not exist, else None.
-
-    Opening such a URL would make SQLite create an empty database there, which then reports "empty"
-    instead of "wrong path" (the identity confusion of Autopack's pitfall P1). PostgreSQL and
-    in-memory SQLite have no file and give None. Does not connect.
-    """
-    parsed = make_url(resolve_database_url(url))
-    if parsed.get_backend_name() != "sqlite" or _is_memory_sqlite(parsed):
-        return None
-    path = Path(parsed.database or "")
-    return None if path.exists() else path
-
-
-def require_existing_database(url: str) -> None:
-    """Raise :class:`DatabaseNotFound` when ``url`` names a SQLite file that does not exist."""
-    path = missing_sqlite_file(url)
-    if path is not None:
-        raise DatabaseNotFound(path)
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
@@ -145,60 +65,6 @@ def make_engine(url: str | None = None) -> Engine:
         engine = create_engine(resolved, pool_pre_ping=True, hide_parameters=True)
     logger.debug("telemetry database engine created for %s", engine.url.render_as_string(hide_password=True))
     return engine
-
-
-@dataclass(frozen=True)
-class DatabaseIdentity:
-    """What a person needs to know which database a command touched. Never holds a password."""
-
-    url: str
-    backend: str
-    sqlite_path: str | None
-    sqlite_mtime: str | None
-
-    def to_dict(self) -> dict[str, str | None]:
-        """Plain, JSON-serialisable form."""
-        return asdict(self)
-
-    def banner(self) -> str:
-        """One line for logs and reports."""
-        if self.sqlite_path:
-            mtime = self.sqlite_mtime or "not created yet"
-            return f"telemetry DB: {self.url} (file {self.sqlite_path}, modified {mtime})"
-        return f"telemetry DB: {self.url} ({self.backend})"
-
-
-def _latest_mtime(path: Path) -> str | None:
-    """Last modification of the database, counting its WAL file.
-
-    In WAL mode recent commits live in ``<db>-wal`` until a checkpoint, so the main file's mtime
-    alone can say "hours ago" for a database written a second ago.
-    """
-    stamps = [p.stat().st_mtime for p in (path, Path(f"{path}-wal")) if p.exists()]
-    if not stamps:
-        return None
-    return datetime.fromtimestamp(max(stamps), tz=timezone.utc).isoformat()
-
-
-def describe_database(engine: Engine) -> DatabaseIdentity:
-    """Identity of ``engine``'s database: masked URL, backend, absolute SQLite file and its mtime.
-
-    Does not connect, so it also works (and says where it looked) when the database is unreachable.
-    """
-    url = engine.url
-    backend = url.get_backend_name()
-    sqlite_path: str | None = None
-    sqlite_mtime: str | None = None
-    if backend == "sqlite" and not _is_memory_sqlite(url):
-        path = Path(url.database or "").expanduser().resolve()
-        sqlite_path = str(path)
-        sqlite_mtime = _latest_mtime(path)
-    return DatabaseIdentity(
-        url=url.render_as_string(hide_password=True),
-        backend=backend,
-        sqlite_path=sqlite_path,
-        sqlite_mtime=sqlite_mtime,
-    )
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")

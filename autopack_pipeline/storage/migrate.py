@@ -25,11 +25,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Column, false, inspect, text, true
 from sqlalchemy.engine import Connection, Engine
 
-from autopack_pipeline.storage.database import describe_database, make_engine
-
-# The tables and columns the models declare, without the models: checking a database at head (every
-# command) needs only their names; creating or completing a schema imports the models where it runs.
-from autopack_pipeline.storage.model_columns import MODEL_COLUMNS, TELEMETRY_TABLES
+from autopack_pipeline.storage.catalog import EngineCatalog
+from autopack_pipeline.storage.database import make_engine
+from autopack_pipeline.storage.handle import describe_database
+from autopack_pipeline.storage.model_columns import TELEMETRY_TABLES
+from autopack_pipeline.storage.schema_check import (
+    HEAD_REVISION,
+    VERSION_TABLE,
+    missing_columns_of,
+    read_schema,
+    schema_gaps_of,
+)
 
 if TYPE_CHECKING:  # Alembic loads where a migration runs or its scripts are read, not for every command
     from alembic.config import Config
@@ -38,19 +44,10 @@ if TYPE_CHECKING:  # Alembic loads where a migration runs or its scripts are rea
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-# The newest revision under migrations/versions, spelled out so that opening a database at it (every
-# command, every asset) needs no Alembic: importing it and reading the scripts cost a tenth of a second.
-# test_migrations checks it is Alembic's head; a database at any other revision still asks Alembic.
-HEAD_REVISION = "0004"
-_VERSION_TABLE = "alembic_version"  # Alembic's default, which migrations/env.py keeps
 UPGRADE_COMMAND = "autopack-telemetry db upgrade"
 # Arbitrary constant naming our advisory lock; two processes (say the Dagster daemon and the
 # webserver) starting together must not both run the same DDL.
 _PG_MIGRATION_LOCK_KEY = 0x4150_4B54
-# Tables whose presence means the database already holds a telemetry schema. Not llm_usage_events:
-# Autopack's executor has created that table alone in a stray file (pitfall P1), which is still new.
-_SCHEMA_MARKERS = (set(TELEMETRY_TABLES) - {"llm_usage_events"}) | {"alembic_version"}
-
 
 class SchemaOutOfDate(RuntimeError):
     """The telemetry database is not at the schema revision this code needs."""
@@ -92,32 +89,17 @@ class SchemaIncomplete(SchemaOutOfDate):
         )
 
 
-def missing_columns(bind: Engine | Connection) -> dict[str, list[str]]:
-    """Columns of the models that the database's telemetry tables lack, by table.
-
-    Read from the live tables (the inspector), never from the revision stamp. Absent tables are not
-    listed here: they are a finding of their own (see :func:`schema_gaps`).
-    """
-    inspector = inspect(bind)
-    present = set(inspector.get_table_names())
-    missing: dict[str, list[str]] = {}
-    for name in TELEMETRY_TABLES:
-        if name not in present:
-            continue
-        live = {column["name"] for column in inspector.get_columns(name)}
-        lacking = [column for column in MODEL_COLUMNS[name] if column not in live]
-        if lacking:
-            missing[name] = lacking
-    return missing
+def missing_columns(engine: Engine) -> dict[str, list[str]]:
+    """Columns of the models that the database's telemetry tables lack, by table (read from the live
+    tables, never from the revision stamp; absent tables are :func:`schema_gaps`' finding)."""
+    with EngineCatalog(engine) as catalog:
+        return missing_columns_of(catalog)
 
 
-def schema_gaps(bind: Engine | Connection) -> list[str]:
+def schema_gaps(engine: Engine) -> list[str]:
     """What the database lacks of the models, as ``table NAME`` and ``TABLE.COLUMN`` items."""
-    present = set(inspect(bind).get_table_names())
-    gaps = [f"table {name}" for name in TELEMETRY_TABLES if name not in present]
-    for table, columns in missing_columns(bind).items():
-        gaps += [f"{table}.{column}" for column in columns]
-    return gaps
+    with EngineCatalog(engine) as catalog:
+        return schema_gaps_of(catalog)
 
 
 def add_missing_columns(operations: Operations, wanted: Mapping[str, Sequence[Column]]) -> dict[str, list[str]]:
@@ -217,9 +199,9 @@ def current_revision(engine: Engine) -> str | None:
     """The revision recorded in the database, or ``None`` when it has no ``alembic_version`` table
     (or an empty one). Read with SQLAlchemy's core, as Alembic reads it, without loading Alembic."""
     with engine.connect() as connection:
-        if not inspect(connection).has_table(_VERSION_TABLE):
+        if not inspect(connection).has_table(VERSION_TABLE):
             return None
-        rows = connection.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalars().all()
+        rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
         if len(rows) > 1:  # several heads: Alembic's own error says what that means
             from alembic.runtime.migration import MigrationContext
 
@@ -339,11 +321,13 @@ def prepare_database(engine: Engine) -> str:
     """
     # Under the lock, another process's half-made schema is never mistaken for an old one.
     with _sqlite_migration_lock(engine):
-        present = set(inspect(engine).get_table_names())
-        if not present & _SCHEMA_MARKERS:
+        with EngineCatalog(engine) as catalog:
+            reading = read_schema(catalog)
+        if not reading.holds_schema:
             return _upgrade(engine)
-        current = current_revision(engine)
-    # The usual case, at the head this code was written for, asks Alembic nothing (HEAD_REVISION).
+    if reading.ready:  # the usual case, at the head this code was written for: asks Alembic nothing
+        return HEAD_REVISION
+    current = current_revision(engine)
     head = HEAD_REVISION if current == HEAD_REVISION else head_revision()
     if current == head:
         _require_complete(engine, head)

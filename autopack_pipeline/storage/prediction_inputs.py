@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Engine
 
 from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, EncodedColumn, PredictionInputs
+from autopack_pipeline.storage.catalog import EVENTS_TABLE as TABLE
 from autopack_pipeline.storage.columnar.encoding import filled, numpy_of
 
-TABLE = "token_estimation_v2_events"
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from autopack_pipeline.storage.handle import Database
 INPUT_COLUMNS = ("deliverables_json", "coefficients_version", *FEATURE_COLUMNS)
 TEXT_COLUMNS = ("deliverables_json", "coefficients_version", "context_quality")  # the rest are flags
 
@@ -79,7 +82,7 @@ def prediction_inputs_from_arrow(table: pa.Table) -> PredictionInputs:
     )
 
 
-def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = None, *,
+def read_prediction_inputs(database: Database, event_ids: Iterable[int] | None = None, *,
                            id_range: tuple[int, int] | None = None, refreshed: bool = False) -> PredictionInputs:
     """Every stored event's prediction inputs (of ``event_ids`` only, when given; of the events with
     ids from ``id_range[0]`` to ``id_range[1]`` only, when given: the columnar copy reads only the
@@ -91,16 +94,18 @@ def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = Non
 
     table = None
     try:
-        store = ColumnarStore.for_engine(engine) if refreshed else None
+        store = ColumnarStore.for_engine(database) if refreshed else None
         manifest = store.manifest() if store is not None else None
         if manifest is None or (id_range is not None and manifest["high_water_event_id"] < id_range[1]):
-            store = refresh_store(engine)[0]  # not refreshed, or not holding every event asked about
+            store = refresh_store(database)[0]  # not refreshed, or not holding every event asked about
         if store is not None:
-            table = store.inputs_table(engine, as_codes=TEXT_COLUMNS, id_range=id_range)
+            table = store.inputs_table(database, as_codes=TEXT_COLUMNS, id_range=id_range)
     except (ColumnarStoreError, OSError):
         table = None  # no usable copy: the database itself
     if table is None:
-        table = _read_from_database(engine)
+        from autopack_pipeline.storage.handle import as_handle
+
+        table = _read_from_database(as_handle(database).engine)
         if id_range is not None and table.num_rows:
             ids = table.column("event_id")
             table = table.filter(pc.and_(pc.greater_equal(ids, id_range[0]), pc.less_equal(ids, id_range[1])))
@@ -115,6 +120,8 @@ def read_prediction_inputs(engine: Engine, event_ids: Iterable[int] | None = Non
 
 def _read_from_database(engine: Engine) -> pa.Table:
     """The input columns the events table has, in one query, as Arrow columns of the raw values."""
+    from sqlalchemy import inspect, text
+
     inspector = inspect(engine)
     if not inspector.has_table(TABLE):
         return pa.table({"event_id": pa.array([], type=pa.int64())})

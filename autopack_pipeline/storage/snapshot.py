@@ -48,7 +48,8 @@ from autopack_pipeline.storage.timestamps import UnreadableTimestamp, unreadable
 
 if TYPE_CHECKING:
     import pandas as pd
-    from sqlalchemy.engine import Engine  # a type only: loading the events from a store needs no SQLAlchemy
+
+    from autopack_pipeline.storage.handle import Database
 
 logger = logging.getLogger(__name__)
 
@@ -234,9 +235,9 @@ def _newest_stamp(store: ColumnarStore, part: dict[str, Any]) -> int | None:
     return newest
 
 
-def snapshot_events(engine: Engine, *, progress: Progress | None = None, with_history: bool = False
+def snapshot_events(database: Database, *, progress: Progress | None = None, with_history: bool = False
                     ) -> tuple[EventSnapshot, RefreshResult | None, str | None]:
-    """Refresh the columnar store of ``engine``'s database and snapshot it; ``progress(rows, total)``
+    """Refresh the columnar store of ``database`` (an engine or a handle) and snapshot it; ``progress(rows, total)``
     follows the extraction of new rows. ``with_history``: with the figures over every event
     (:class:`EventHistory`; a part never tallied before is read once for it).
 
@@ -244,7 +245,7 @@ def snapshot_events(engine: Engine, *, progress: Progress | None = None, with_hi
     table read from the database, None, why there was no store).
     """
     try:
-        store, refresh = refresh_store(engine, progress=progress)
+        store, refresh = refresh_store(database, progress=progress)
     except (ColumnarStoreError, OSError) as exc:
         store, refresh, reason = None, None, f"columnar store unavailable ({exc}); read the whole events table"
     else:
@@ -252,8 +253,9 @@ def snapshot_events(engine: Engine, *, progress: Progress | None = None, with_hi
     if store is None or refresh is None:
         # Only here is the table read row by row: the reader (pandas, the ORM's models) loads for it alone.
         from autopack_pipeline.storage.events import read_events_checked
+        from autopack_pipeline.storage.handle import as_handle
 
-        return EventSnapshot.from_frame(*read_events_checked(engine)), None, reason
+        return EventSnapshot.from_frame(*read_events_checked(as_handle(database).engine)), None, reason
     snapshot = EventSnapshot(rows=refresh.rows_after, high_water_event_id=refresh.high_water,
                              store_directory=str(store.directory), unreadable=store.unreadable())
     if with_history:

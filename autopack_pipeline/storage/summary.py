@@ -14,7 +14,7 @@ from sqlalchemy import func, inspect, select, table
 from sqlalchemy.engine import Connection, Engine
 
 from autopack_pipeline.domain.categories import canonical_complexity, normalise_category
-from autopack_pipeline.storage.database import describe_database
+from autopack_pipeline.storage.handle import describe_database
 from autopack_pipeline.storage.migrate import current_revision, head_revision, missing_columns
 from autopack_pipeline.storage.models import (
     TELEMETRY_TABLES,

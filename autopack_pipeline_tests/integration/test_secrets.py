@@ -85,7 +85,8 @@ def test_the_database_password_stays_out_of_the_resources_config_repr_and_metada
     assert password not in repr(database) and password not in str(database)
     assert password not in repr(resources["llm"])
     # In a run the variable is read: the engine gets the password, metadata the masked identity only.
-    from autopack_pipeline.storage.database import describe_database, make_engine
+    from autopack_pipeline.storage.database import make_engine
+    from autopack_pipeline.storage.handle import describe_database
 
     with dg.build_resources({"telemetry_db": database}) as built:
         assert built.telemetry_db.resolved_url() == url.replace("postgresql://", "postgresql+psycopg://")

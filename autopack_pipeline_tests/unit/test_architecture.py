@@ -45,8 +45,10 @@ CLI_MAY_IMPORT = {
     "autopack_pipeline.services": "the application layer, which every command exists to call",
     "autopack_pipeline.settings": "the command's configuration, read from the environment once per command",
     "autopack_pipeline.output_files": "writing a file the user named, atomically and with the usual modes",
-    "autopack_pipeline.storage.database": "opening the engine: the URL, the identity banner, error text without "
-                                          "secrets, DatabaseNotFound for a read-only command's missing file",
+    "autopack_pipeline.storage.database": "opening the engine: the URL, error text without secrets",
+    # The next two load no SQLAlchemy, which a read-only command on an up-to-date SQLite file never needs.
+    "autopack_pipeline.storage.database_url": "DatabaseNotFound for a read-only command's missing file",
+    "autopack_pipeline.storage.handle": "the identity banner of the database a command used",
     # A constant, not a rule: the tolerance is defined once there and shown as the argparse default of
     # --under-multiplier; a re-export through services would give it a second name. domain.targets imports
     # nothing, so the CLI still starts without the domain.

@@ -35,7 +35,7 @@ from autopack_pipeline.storage.bulk.rows import (
     run_id_for,
 )
 from autopack_pipeline.storage.columnar import prefetch
-from autopack_pipeline.storage.database import describe_database
+from autopack_pipeline.storage.handle import describe_database
 
 # Page cache while SQLite rebuilds the indexes after a fresh load, which is also the size of the sorter's
 # in-memory runs; 4 MiB was fastest here from 1M to 3M events (64 MiB: 25-35% slower).

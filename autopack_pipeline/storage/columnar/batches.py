@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage import adbc
 from autopack_pipeline.storage.adbc import AdbcUnavailable
+from autopack_pipeline.storage.catalog import EngineCatalog, max_event_id
 from autopack_pipeline.storage.columnar.encoding import (
     _KINDS,
     GROUPED_LABELS,
@@ -65,21 +66,13 @@ class _BatchReader:
     # id bounds ---------------------------------------------------------------------------------
 
     def max_event_id(self) -> int:
-        with self.engine.connect() as connection:
-            value = connection.execute(text(f"SELECT max(event_id) FROM {TABLE}")).scalar()
-        return int(value or 0)
+        with EngineCatalog(self.engine) as catalog:
+            return max_event_id(catalog)
 
     def anchor(self, event_id: int) -> dict[str, Any] | None:
         """The identifying fields of one row, or None when it does not exist."""
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                text(f"SELECT run_id, phase_id, actual_output_tokens FROM {TABLE} WHERE event_id = :id"),
-                {"id": event_id},
-            ).first()
-        if row is None:
-            return None
-        return {"event_id": event_id, "run_id": str(row[0]), "phase_id": str(row[1]),
-                "actual_output_tokens": None if row[2] is None else int(row[2])}
+        with EngineCatalog(self.engine) as catalog:
+            return catalog.anchor(event_id)
 
     # batches -----------------------------------------------------------------------------------
 

@@ -12,12 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from autopack_pipeline.storage.catalog import EVENTS_TABLE
 from autopack_pipeline.storage.frames import EVENT_COLUMNS
 from autopack_pipeline.storage.timestamps import SHOWN_ROWS, UnreadableTimestamp, merge_ids
 
 STORE_FORMAT = 4  # 4: phase codes in the parts (phases.py); 3: the prediction inputs in files beside the parts
 MANIFEST = "manifest.json"
-TABLE = "token_estimation_v2_events"
+TABLE = EVENTS_TABLE
 PART_ROWS = 1_000_000  # rows per file of a cold extraction
 BATCH_IDS = 250_000  # event ids per database query
 SMALL_PART_ROWS = PART_ROWS // 2

@@ -218,7 +218,7 @@ def child_readers(reader: Any, batches: list[tuple[str, tuple]]) -> ChildReaders
         return None
     import importlib.util
 
-    from autopack_pipeline.storage.database import describe_database
+    from autopack_pipeline.storage.handle import describe_database
 
     path = describe_database(reader.engine).sqlite_path
     # The driver found, not imported: the parent never loads its SQLite library.

@@ -27,9 +27,7 @@ from autopack_pipeline.storage.columnar.encoding import (
     INPUT_KINDS,
     INPUT_SCHEMA,
     MANIFEST,
-    MAX_SMALL_PARTS,
     PART_ROWS,
-    SMALL_PART_ROWS,
     STORE_FORMAT,
     STORE_SCHEMA,
     ColumnarStoreError,
@@ -39,6 +37,7 @@ from autopack_pipeline.storage.columnar.encoding import (
     numpy_of,
     read_parquet,
 )
+from autopack_pipeline.storage.columnar.freshness import parts_to_compact, rebuild_reason, up_to_date
 from autopack_pipeline.storage.columnar.gaps import live_gaps, update_gaps
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
 from autopack_pipeline.storage.columnar.part_codes import Written, part_codes
@@ -49,10 +48,9 @@ from autopack_pipeline.storage.columnar.sqlite_children import CHILDREN, child_r
 from autopack_pipeline.storage.columnar.tallies import keep_tally, tally_of_table
 from autopack_pipeline.storage.frames import EVENT_COLUMNS, events_frame_of_table
 
-if TYPE_CHECKING:  # SQLAlchemy and the readers of the database load only for a refresh (loading reads files)
-    from sqlalchemy.engine import Engine
-
+if TYPE_CHECKING:  # SQLAlchemy and the readers of the database load only for a refresh with work to do
     from autopack_pipeline.storage.columnar.batches import _BatchReader
+    from autopack_pipeline.storage.handle import Database, DatabaseHandle
 
 # The package's logger, as before the split, so a log filter on it keeps working.
 logger = logging.getLogger("autopack_pipeline.storage.columnar")
@@ -66,8 +64,8 @@ class ColumnarStore:
         self._written = Written()  # what this refresh's parts tell the codes of its next (part_codes.py)
 
     @classmethod
-    def for_engine(cls, engine: Engine) -> ColumnarStore | None:
-        directory = store_directory_for(engine)
+    def for_engine(cls, database: Database) -> ColumnarStore | None:
+        directory = store_directory_for(database)
         return None if directory is None else cls(directory)
 
     # manifest ------------------------------------------------------------------------------------
@@ -111,18 +109,30 @@ class ColumnarStore:
 
     # refresh -------------------------------------------------------------------------------------
 
-    def refresh(self, engine: Engine, *, full: bool = False, progress: Progress | None = None) -> RefreshResult:
-        """Copy the events above the high-water mark (all of them when ``full``); return what happened."""
-        from autopack_pipeline.storage.columnar.batches import _BatchReader
+    def refresh(self, database: Database, *, full: bool = False, progress: Progress | None = None) -> RefreshResult:
+        """Copy the events above the high-water mark (all of them when ``full``); return what happened.
+
+        A copy already up to date is found so through the database's catalog, without a reader of its
+        rows: for a SQLite file without SQLAlchemy (``storage.handle``)."""
+        from autopack_pipeline.storage.handle import as_handle
 
         began = time.perf_counter()
         timings: dict[str, float] = {}
+        database = as_handle(database)
         with self._locked():
             self._written = Written()  # part names are numbered again after a refresh that failed
-            source = _source_identity(engine)
+            source = _source_identity(database)
             manifest = self.manifest()
-            reader = _BatchReader(engine)
-            rebuilt = self._rebuild_reason(manifest, source, reader, full)
+            if not full and manifest is not None and up_to_date(self.directory, manifest, source, database):
+                rows, high_water = manifest["rows"], manifest["high_water_event_id"]
+                seconds = round(time.perf_counter() - began, 4)
+                return RefreshResult(directory=str(self.directory), rows_before=rows, new_rows=0, rows_after=rows,
+                                     high_water_before=high_water, high_water=high_water, parts_written=0,
+                                     parts_compacted=0, seconds=seconds, timings={"checks": seconds})
+            from autopack_pipeline.storage.columnar.batches import _BatchReader
+
+            reader = _BatchReader(database.engine)
+            rebuilt = rebuild_reason(self.directory, manifest, source, reader.anchor, full)
             obsolete: list[str] = []
             if rebuilt or manifest is None:
                 fresh = self._new_manifest(source)
@@ -171,7 +181,7 @@ class ColumnarStore:
                 manifest["anchor"] = reader.anchor(manifest["high_water_event_id"])
             else:
                 manifest["gaps"] = gaps
-            compacted, removed = self._compact(manifest, engine)
+            compacted, removed = self._compact(manifest, database)
             self._written = Written()
             obsolete += removed
             timings["write"] = time.perf_counter() - started + writing
@@ -191,24 +201,6 @@ class ColumnarStore:
             rebuilt=rebuilt,
             timings={k: round(v, 4) for k, v in timings.items()},
         )
-
-    def _rebuild_reason(self, manifest: dict | None, source: str, reader: _BatchReader, full: bool) -> str | None:
-        if manifest is None:
-            return None
-        if full:
-            return "a full rebuild was asked for"
-        if manifest.get("format") != STORE_FORMAT:
-            return "the store was written by another version"
-        if manifest.get("source") != source:
-            return f"it held events of {manifest.get('source')}, not of {source}"
-        missing = [p["file"] for p in manifest["parts"] if not (self.directory / p["file"]).exists()]
-        if missing:
-            return f"part files are missing ({', '.join(missing[:3])})"
-        anchor = manifest.get("anchor")
-        if manifest["high_water_event_id"] and anchor != reader.anchor(manifest["high_water_event_id"]):
-            return (f"event {manifest['high_water_event_id']} is gone or changed in the database "
-                    "(the database was replaced, or rows were deleted)")
-        return None
 
     def _extract(self, reader: _BatchReader, high_water: int, top: int, gaps: list[list], progress: Progress | None
                  ) -> Iterator[pa.Table]:
@@ -280,13 +272,11 @@ class ColumnarStore:
 
     # compaction ------------------------------------------------------------------------------------
 
-    def _compact(self, manifest: dict[str, Any], engine: Engine) -> tuple[int, list[str]]:
+    def _compact(self, manifest: dict[str, Any], database: DatabaseHandle) -> tuple[int, list[str]]:
         """Merge the trailing small parts into one when there are more than MAX_SMALL_PARTS of them."""
         parts = manifest["parts"]
-        tail = 0
-        while tail < len(parts) and parts[len(parts) - 1 - tail]["rows"] < SMALL_PART_ROWS:
-            tail += 1
-        if tail <= MAX_SMALL_PARTS:
+        tail = parts_to_compact(parts)
+        if not tail:
             return 0, []
         merging = parts[len(parts) - tail:]
         table = self._merged([p["file"] for p in merging])
@@ -294,7 +284,7 @@ class ColumnarStore:
         if any("inputs" in p for p in merging):
             # The inputs are in use: the new parts' are read now (few rows), and all merge with the parts,
             # rather than reading every merged row's again at the next calibration.
-            self._add_inputs(engine, [p for p in merging if "inputs" not in p])
+            self._add_inputs(database, [p for p in merging if "inputs" not in p])
             inputs = self._merged([p["inputs"] for p in merging])
         manifest["parts"] = parts[: len(parts) - tail]
         self._append_part(manifest, table, inputs)
@@ -308,12 +298,12 @@ class ColumnarStore:
 
     # prediction inputs -----------------------------------------------------------------------------
 
-    def inputs_table(self, engine: Engine, *, as_codes: tuple[str, ...] = (),
+    def inputs_table(self, database: Database, *, as_codes: tuple[str, ...] = (),
                      id_range: tuple[int, int] | None = None) -> pa.Table:
         """``event_id`` and the prediction inputs of every stored event (``id_range``: of those events
         only, as in :meth:`table`), in event_id order (columns in ``as_codes`` dictionary-encoded).
 
-        A part's inputs are read from ``engine``'s database the first time they are asked for, by the
+        A part's inputs are read from the database the first time they are asked for, by the
         part's id range and filtered to its events, and kept in a file beside it; so only the parts
         written since the last call are read again. Call :meth:`refresh` first.
         """
@@ -324,7 +314,7 @@ class ColumnarStore:
             parts = parts_holding(manifest, id_range)
             missing = [part for part in parts if "inputs" not in part]
             if missing:
-                self._add_inputs(engine, missing)
+                self._add_inputs(database, missing)
                 self._write_manifest(manifest)
             pieces = [read_parquet(self.directory / part["inputs"], read_dictionary=list(as_codes) or None)
                       for part in parts]
@@ -334,11 +324,12 @@ class ColumnarStore:
                 table = table.take(pc.sort_indices(table.column("event_id")))
             return table
 
-    def _add_inputs(self, engine: Engine, parts: list[dict[str, Any]]) -> None:
+    def _add_inputs(self, database: Database, parts: list[dict[str, Any]]) -> None:
         """Read the inputs of ``parts`` from the database into files beside them, named in their entries."""
         from autopack_pipeline.storage.columnar.batches import _BatchReader
+        from autopack_pipeline.storage.handle import as_handle
 
-        reader = _BatchReader(engine, INPUT_KINDS) if parts else None
+        reader = _BatchReader(as_handle(database).engine, INPUT_KINDS) if parts else None
         for part in parts:
             inputs = self._extract_inputs(reader, part)
             part["inputs"] = self._write_file(inputs_file_of(part["file"]), inputs, INPUT_KINDS)
@@ -431,10 +422,11 @@ class ColumnarStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def refresh_store(engine: Engine, *, full: bool = False, progress: Progress | None = None
+def refresh_store(database: Database, *, full: bool = False, progress: Progress | None = None
                   ) -> tuple[ColumnarStore | None, RefreshResult | None]:
-    """Refresh the store of ``engine``'s database; ``(None, None)`` for an in-memory database."""
-    store = ColumnarStore.for_engine(engine)
+    """Refresh the store of ``database`` (an engine or a handle); ``(None, None)`` for an in-memory database."""
+    store = ColumnarStore.for_engine(database)
     if store is None:
         return None, None
-    return store, store.refresh(engine, full=full, progress=progress)
+    return store, store.refresh(database, full=full, progress=progress)
+

@@ -184,7 +184,7 @@ def test_one_directory_never_mixes_two_databases(tmp_path, store):
 
 
 def test_many_small_refreshes_are_compacted(sqlite_engine, store, monkeypatch):
-    monkeypatch.setattr(columnar.store, "MAX_SMALL_PARTS", 2)
+    monkeypatch.setattr(columnar.freshness, "MAX_SMALL_PARTS", 2)
     for seed in range(1, 6):
         bulk_load(sqlite_engine, 40, runs=1, seed=seed)
         store.refresh(sqlite_engine)
@@ -281,7 +281,7 @@ def test_phases_of_runs_split_across_parts_keep_one_key(engine, store, monkeypat
 def test_runs_and_phases_continued_by_later_refreshes_keep_their_codes(engine, store, make_event, monkeypatch):
     """A refresh gives a run or a phase that earlier parts hold the codes those parts gave it (found from
     their tallies and rows on disk), a new one a new code; a compaction keeps the codes it merges."""
-    monkeypatch.setattr(columnar.store, "MAX_SMALL_PARTS", 2)
+    monkeypatch.setattr(columnar.freshness, "MAX_SMALL_PARTS", 2)
     bulk_load(engine, 400, runs=4, seed=11)
     store.refresh(engine)
     first = read_events(engine)

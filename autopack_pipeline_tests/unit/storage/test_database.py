@@ -11,11 +11,11 @@ import sqlalchemy as sa
 
 from autopack_pipeline.settings import load_storage_settings
 from autopack_pipeline.storage.database import (
-    describe_database,
     make_engine,
     resolve_database_url,
     safe_error_text,
 )
+from autopack_pipeline.storage.handle import describe_database
 
 
 def test_relative_sqlite_path_is_resolved_against_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,3 +117,28 @@ def test_safe_error_text_masks_passwords_and_keeps_one_line() -> None:
 def test_safe_error_text_prefers_the_driver_exception() -> None:
     wrapped = sa.exc.OperationalError("SELECT 1", {"secret_param": "x"}, ValueError("driver said no"))
     assert safe_error_text(wrapped) == "ValueError: driver said no"
+
+
+@pytest.mark.parametrize("database", [
+    "data/telemetry.db", "autopack.db", "~/x.db", "a b.db", "a%20b.db", "x#y.db", "a@b:c.db", "päth/ü.db",
+    "sub/../b.db", "./rel.db", "%2Fetc", "/abs/path.db", "//double/slash.db", "/a//b/../c.db",
+])
+@pytest.mark.parametrize("driver", ["sqlite", "sqlite+pysqlite"])
+def test_a_plain_sqlite_url_resolves_and_identifies_without_sqlalchemy_as_with_it(
+        driver: str, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autopack_pipeline.storage.database_url import _resolved_by_sqlalchemy, identify, identity_of
+
+    monkeypatch.chdir(tmp_path)
+    url = f"{driver}:///{database}"
+    resolved = resolve_database_url(url)
+    assert resolved == _resolved_by_sqlalchemy(url)
+    assert identify(resolved) == identity_of(sa.engine.make_url(resolved))
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:",
+                                 "sqlite:///file:x.db?mode=ro&uri=true",
+                                 "sqlite:///x.db?timeout=3", "SQLITE:///x.db"])
+def test_other_sqlite_urls_are_left_to_sqlalchemy(url: str) -> None:
+    from autopack_pipeline.storage.database_url import _plain_sqlite_file
+
+    assert _plain_sqlite_file(url) is None

@@ -100,7 +100,7 @@ def test_events_out_of_time_and_id_order_are_tallied_in_the_part_that_holds_them
 
 
 def test_a_compacted_part_is_tallied_and_the_merged_parts_tallies_are_removed(engine, store, monkeypatch):
-    monkeypatch.setattr(columnar.store, "MAX_SMALL_PARTS", 2)
+    monkeypatch.setattr(columnar.freshness, "MAX_SMALL_PARTS", 2)
     bulk_load(engine, 500, runs=2, seed=51)
     compacted = [store.refresh(engine).parts_compacted]
     for seed in range(52, 58):

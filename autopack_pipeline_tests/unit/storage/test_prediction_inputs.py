@@ -111,7 +111,7 @@ def test_compaction_merges_the_inputs_beside_the_parts(sqlite_engine, tmp_path, 
 
     directory = tmp_path / "columnar"
     monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(directory))
-    monkeypatch.setattr(columnar.store, "MAX_SMALL_PARTS", 2)
+    monkeypatch.setattr(columnar.freshness, "MAX_SMALL_PARTS", 2)
     store = columnar.ColumnarStore(directory)
     compactions = 0
     for seed in range(1, 6):
