@@ -36,10 +36,12 @@ def own_coverage_factor(group: GroupObservationsInForce) -> float:
 
 
 def _own_coverage_factor(group: GroupObservationsInForce) -> float:
-    clean = group.actual / group.predicted
+    ascending = group.ratios_ascending is not None  # sorted once for the group's readers (~28 ms at 1M)
+    clean = group.ratios_ascending if ascending else group.actual / group.predicted
     n = len(clean) + len(group.censored_ceiling)
     k = min(order_statistic_index(n, FACTOR_PHASE_TARGET_PCT), n)
-    estimate = kaplan_meier_point(clean, group.censored_ceiling / group.censored_predicted, k / n - 1e-12)
+    estimate = kaplan_meier_point(clean, group.censored_ceiling / group.censored_predicted, k / n - 1e-12,
+                                  ascending=ascending)
     estimate = float(clean.max()) if estimate is None else estimate
     return max(estimate, ceiling_order_statistic(group)) / UNDER_TOLERANCE
 

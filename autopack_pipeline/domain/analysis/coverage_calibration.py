@@ -49,6 +49,7 @@ from autopack_pipeline.domain.analysis.samples import (
     stable_order,
 )
 from autopack_pipeline.domain.coefficients import CoefficientTable
+from autopack_pipeline.domain.shared_figures import shared
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
 
 
@@ -166,6 +167,13 @@ class CoverageGroup:
     @property
     def size(self) -> int:
         return len(self.clean_rows) + len(self.censored_rows)
+
+    @property
+    def ratios_ascending(self) -> np.ndarray:
+        """``ratios`` sorted, once for every reader, on whichever thread asks first: the frontier (the
+        economics), the group's own coverage factor and the first pooled pass each sorted them (about
+        28 ms for the 720k clean calls of a million events, each time)."""
+        return shared(self, "ratios_ascending", lambda: np.sort(self.ratios))
 
 
 def _coverage_group(arrays: EventArrays, group: CoverageGroup, level: LevelValue, tolerance: float,
