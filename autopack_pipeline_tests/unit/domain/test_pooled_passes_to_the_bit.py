@@ -13,9 +13,9 @@ from scipy.special import bdtrc
 from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.budget_calibration import pooled_margins
-from autopack_pipeline.domain.coverage_factor import own_coverage_factor
+from autopack_pipeline.domain.coverage_factor import ceiling_order_statistic, factor_lower_bound, own_coverage_factor
 from autopack_pipeline.domain.frontier import group_frontier
-from autopack_pipeline.domain.group_observations import observations_in_force
+from autopack_pipeline.domain.group_observations import GroupObservationsInForce, observations_in_force
 from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
 from autopack_pipeline.domain.pooled_margin import CHECK_ALPHA, own_tail_contradicts
 from autopack_pipeline.domain.pooled_scores import PooledScores, _running_total, _upto_each
@@ -122,3 +122,21 @@ def test_a_groups_ratios_sorted_once_give_each_reader_the_figures_of_its_own_sor
     for g in groups:
         assert (group_frontier(g.ratios_ascending, len(g.censored_rows), ascending=True).to_dict()
                 == group_frontier(g.ratios, len(g.censored_rows)).to_dict())
+
+
+@pytest.mark.parametrize("cut_share", [0.0, 0.05, 0.3, 0.9])
+def test_the_ceiling_order_statistic_of_sorted_ratios_is_the_partitions(cut_share):
+    """The k-th of the clean ratios and the ceilings, merged from the sorted ratios, is the partition's, whether
+    it falls on a clean ratio or on a ceiling (ties between the two included); the largest ratio too."""
+    rng = np.random.default_rng(int(cut_share * 100))
+    for size in (1, 7, 60, 2500):
+        cut = int(size * cut_share)
+        # Ratios of 0.1 to 2.9 and ceilings of 0.5 to 3.9 predictions, in tenths: ties within and between.
+        predicted = rng.integers(1, 40, size).astype(float) * 100
+        actual = predicted * rng.integers(1, 30, size) / 10
+        ceilings = rng.integers(5, 40, cut) * 200.0
+        group = GroupObservationsInForce("c", "low", predicted, actual, np.full(cut, 2000.0), ceilings,
+                                         np.sort(actual / predicted))
+        plain = dataclasses.replace(group, ratios_ascending=None)
+        assert ceiling_order_statistic(group) == ceiling_order_statistic(plain)
+        assert factor_lower_bound(group) == factor_lower_bound(plain)
