@@ -282,10 +282,14 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
         if len(g.actual) + len(g.censored_ceiling) < min_samples or not len(g.actual):
             continue
         scale = factors.get(key, 1.0)
-        # The ratios computed into the scaled predictions' array, which becomes the logs (one temporary).
-        ratios = g.predicted * scale
-        np.divide(g.actual, ratios, out=ratios)
-        shape = group_shape(key, ratios, g.censored_ceiling / (g.censored_predicted * scale), overwrite=True)
+        ascending = scale == 1.0 and g.ratios_ascending is not None
+        if ascending:  # actual / (predicted x 1) are the group's ratios, sorted already: a copy becomes the logs
+            ratios = g.ratios_ascending.copy()
+        else:  # the ratios computed into the scaled predictions' array, which becomes the logs (one temporary)
+            ratios = g.predicted * scale
+            np.divide(g.actual, ratios, out=ratios)
+        shape = group_shape(key, ratios, g.censored_ceiling / (g.censored_predicted * scale), overwrite=True,
+                            ascending=ascending)
         if shape is not None:
             shapes.append(shape)
     if pool_scales:

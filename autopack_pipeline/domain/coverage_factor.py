@@ -36,10 +36,12 @@ def own_coverage_factor(group: GroupObservationsInForce) -> float:
 
 
 def _own_coverage_factor(group: GroupObservationsInForce) -> float:
-    clean = group.actual / group.predicted
+    ascending = group.ratios_ascending is not None  # sorted once for the group's readers (~28 ms at 1M)
+    clean = group.ratios_ascending if ascending else group.actual / group.predicted
     n = len(clean) + len(group.censored_ceiling)
     k = min(order_statistic_index(n, FACTOR_PHASE_TARGET_PCT), n)
-    estimate = kaplan_meier_point(clean, group.censored_ceiling / group.censored_predicted, k / n - 1e-12)
+    estimate = kaplan_meier_point(clean, group.censored_ceiling / group.censored_predicted, k / n - 1e-12,
+                                  ascending=ascending)
     estimate = float(clean.max()) if estimate is None else estimate
     return max(estimate, ceiling_order_statistic(group)) / UNDER_TOLERANCE
 
@@ -50,7 +52,9 @@ def factor_lower_bound(group: GroupObservationsInForce) -> float:
     (both methods' sections ask for it)."""
     kept = group.__dict__.get("_factor_lower_bound")
     if kept is None:
-        clean_max = float((group.actual / group.predicted).max())
+        # The largest ratio is the sorted ratios' last (a NaN, which max gives, sorts last too).
+        clean_max = float(group.ratios_ascending[-1] if group.ratios_ascending is not None
+                          else (group.actual / group.predicted).max())
         kept = group.__dict__["_factor_lower_bound"] = max(clean_max, ceiling_order_statistic(group)) / UNDER_TOLERANCE
     return kept
 
@@ -68,6 +72,19 @@ def ceiling_order_statistic(group: GroupObservationsInForce) -> float:
 
 
 def _ceiling_order_statistic(group: GroupObservationsInForce) -> float:
-    lows = np.r_[group.actual / group.predicted, group.censored_ceiling / group.censored_predicted]
-    k = min(order_statistic_index(len(lows), FACTOR_PHASE_TARGET_PCT), len(lows))
-    return float(np.partition(lows, k - 1)[k - 1])
+    ceilings = group.censored_ceiling / group.censored_predicted
+    n = len(group.actual) + len(ceilings)
+    k = min(order_statistic_index(n, FACTOR_PHASE_TARGET_PCT), n)
+    clean = group.ratios_ascending
+    if clean is None or not len(clean):
+        return float(np.partition(np.r_[group.actual / group.predicted, ceilings], k - 1)[k - 1])
+    # The k-th smallest of the sorted clean ratios and the ceilings (a tenth of the calls) together, with
+    # no partition of a copy of every ratio (~10 ms at 1M): each ceiling's place in the merged order is its
+    # rank among the ceilings plus the clean ratios at or below it; the k-th is a ceiling's value if one
+    # sits there, else the clean ratio that many places in (NaN sorts last in both, as in a partition).
+    ceilings.sort()
+    places = clean.searchsorted(ceilings, "right") + np.arange(len(ceilings))
+    at = int(np.searchsorted(places, k - 1))
+    if at < len(places) and places[at] == k - 1:
+        return float(ceilings[at])
+    return float(clean[k - 1 - at])

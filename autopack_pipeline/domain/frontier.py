@@ -286,9 +286,11 @@ def group_frontier(
     min_margin: float = DEFAULT_MIN_MARGIN,
     multipliers=DEFAULT_MULTIPLIERS,
     margins=DEFAULT_MARGINS,
+    ascending: bool = False,
 ) -> GroupFrontier:
-    """The frontier of one group from its clean ``ratios`` (actual / predicted) and ``censored`` count."""
-    r = np.sort(np.asarray(ratios, dtype=float))
+    """The frontier of one group from its clean ``ratios`` (actual / predicted) and ``censored`` count.
+    ``ascending``: the ratios are sorted already (``CoverageGroup.ratios_ascending``), and only read."""
+    r = np.asarray(ratios, dtype=float) if ascending else np.sort(np.asarray(ratios, dtype=float))
     if len(r) and not (np.isfinite(r).all() and r[0] > 0):
         raise ValueError("ratios must be positive and finite")
     censored = int(censored)

@@ -96,7 +96,8 @@ def group_economics(
         # Each group's rows let go once read: replaced by a new empty array (an empty slice of them would
         # keep them, and the caller's list, held to the end of the calibration, with them).
         rows, pair_rows[code] = pair_rows[code], np.empty(0, dtype=pair_rows[code].dtype)
-        frontier = group_frontier(group.ratios, len(group.censored_rows), tolerance=tolerance)
+        frontier = group_frontier(group.ratios_ascending, len(group.censored_rows), tolerance=tolerance,
+                                  ascending=True)
         predicted, actual = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows)
         # The events' truncation flags (computed once for every reader) at the group's rows.
         truncated = rows_of(truncated_flags(arrays), rows)

@@ -260,11 +260,13 @@ def _place_ranks(clean: int, censored: int) -> tuple[int, int] | None:
 
 
 def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.ndarray, *,
-                overwrite: bool = False) -> GroupShape | None:
+                overwrite: bool = False, ascending: bool = False) -> GroupShape | None:
     """The group's location and scale, or None when it has too few calls or too many truncated for
     its upper spread to be seen (``SCALE_QUANTILE`` falls on a truncated call, counted above every
     clean one: its length is unknown). ``overwrite``: ``ratios`` is the caller's float64 temporary,
-    which becomes the logs (and, sorted, the shape's own copy of them)."""
+    which becomes the logs (and, sorted, the shape's own copy of them). ``ascending``: ``ratios`` are
+    sorted already, so their logs are too (the log only grows), or nearly: timsort (``kind="stable"``) then checks
+    that in one pass, where quicksort sorted them again (~12 ms per pooled pass at 1M)."""
     ratios = np.asarray(ratios, dtype=float)
     # A ratio's log is finite exactly when the ratio is positive and finite: a group with no place is
     # known from these counts before any log is taken or sorted (a third of the calls at ten million
@@ -281,7 +283,7 @@ def group_shape(key: tuple[str, str], ratios: np.ndarray, censored_ratios: np.nd
     # Sorted in place, this call's own array (or the caller's temporary): the shape's folds read the
     # same order, and np.sort's copy of a group's logs was fresh pages in a worker thread's arena.
     ordered = logs
-    ordered.sort()
+    ordered.sort(kind="stable" if ascending else None)
     del logs
     place = _place_of_sorted(len(ordered), len(cut), ordered.__getitem__)
     # The calls ascending stand for the calls: a call's fold is the hash of its rank, so every figure

@@ -86,15 +86,17 @@ def kaplan_meier(clean: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, n
     return _product_limit(points, events, total)
 
 
-def kaplan_meier_point(clean: np.ndarray, censored: np.ndarray, level: float) -> float | None:
+def kaplan_meier_point(clean: np.ndarray, censored: np.ndarray, level: float, *, ascending: bool = False
+                       ) -> float | None:
     """The least clean value at which :func:`kaplan_meier`'s estimate reaches ``level`` (None when it
     never does): the same estimate, read at one point. Every clean value's factor is still multiplied
     in order, but the estimate is not cut down to its distinct values: the first position reaching
     ``level`` holds the answer (the estimate only grows, so the last of its ties reaches it too, and
-    a smaller value's last tie comes before it)."""
+    a smaller value's last tie comes before it). ``ascending``: ``clean`` is sorted already (read as
+    it is; with a NaN or a zero among the values they are merged in that order, the same values)."""
     clean, censored = np.asarray(clean, dtype=float), np.asarray(censored, dtype=float)
     if _plainly_ordered(clean) and _plainly_ordered(censored):
-        points = np.sort(clean)
+        points = clean if ascending else np.sort(clean)
         events = _event_positions(points, censored)
         total = len(clean) + len(censored)
     else:

@@ -41,7 +41,9 @@ def _stacked_clean_scores(shapes: Sequence) -> tuple[np.ndarray, list[np.ndarray
     for shape, end, length in zip(shapes, np.cumsum(lengths), lengths):
         mine = values[end - length:end]
         shape.write_pooled_clean_scores(mine)
-        mine.sort()  # five ascending folds merged: one binary search per count instead of five
+        # Five ascending folds merged (one binary search per count instead of five): timsort ("stable")
+        # merges the runs it finds, 3x faster here than quicksort's sort from scratch (the same values).
+        mine.sort(kind="stable")
         runs.append(mine)
     return values, runs
 
@@ -123,7 +125,10 @@ class ScorePool:
                  headroom: Sequence[np.ndarray]) -> ScorePool:
         """:meth:`of`, the clean scores given as one array of every group's and each group's sorted run in it."""
         count = len(censored)
-        clean_values = np.sort(values)  # the runs keep ``values``: a sorted copy beside it
+        # The runs keep ``values``: a sorted copy beside it. ``values`` is one ascending run per group, which
+        # timsort merges: 7 against 25 ms for quicksort over a pool of 473k scores at a million events (the
+        # same values: equal floats are equal bits, the scores holding no NaN and no -0.0).
+        clean_values = np.sort(values, kind="stable")
         cut_values = np.concatenate(censored).astype(float) if count else np.zeros(0)
         cut_group = np.repeat(np.arange(count, dtype=np.int16 if count < 1 << 15 else np.int32),
                               [len(part) for part in censored])
@@ -134,7 +139,7 @@ class ScorePool:
         sizes = clean_sizes + np.array([len(b) for b in censored], dtype=np.int64)
         cut_sorted = cut_values[cut_order]
         return cls(clean_values, runs, cut_sorted, cut_group[cut_order],
-                   np.searchsorted(clean_values, cut_sorted, side="right"), np.sort(head_values),
+                   np.searchsorted(clean_values, cut_sorted, side="right"), np.sort(head_values, kind="stable"),
                    head_runs, largest, sizes)
 
     @classmethod

@@ -215,7 +215,10 @@ def calibrate(
     def trimmed(work: Callable[[], Any]) -> Any:
         done = work()
         # At once, on the thread: its malloc arena keeps what it freed (storage.process_memory), ~100 MB
-        # after the economics at ten million events, which would sit under the pooled passes' peak.
+        # after the economics at ten million events, which would sit under the pooled passes' peak. Only
+        # after the economics and the median method's section: the retries, the economics' rows and the
+        # coverage method free little, and the same thread's next work reuses it, where each trim's pages
+        # were faulted in again (5 trims were 0.05 s of CPU at a million events, 8 pairs; the peak the same).
         release_freed_memory()
         return done
 
@@ -231,10 +234,10 @@ def calibrate(
     # largest), and the median method's pass starts after them. Every figure is the same, each side
     # computing alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        retrying = pool.submit(trimmed, lambda: escalated_retries(arrays))
+        retrying = pool.submit(escalated_retries, arrays)
         # The economics' rows per group, which the events alone decide, after the retries: the coverage
         # groups take longer than the retries, and the second thread was idle for the difference.
-        pricing_rows = pool.submit(trimmed, lambda: economics_rows(arrays))
+        pricing_rows = pool.submit(economics_rows, arrays)
         observed = coverage_groups(arrays, dedup=dedup, all_clean=samples,  # the coverage method's and the plot's
                                    clean_groups=groups)
 
@@ -245,7 +248,7 @@ def calibrate(
         early: dict[str, Any] = {}
 
         def coverage_beside(work: Callable[[], CalibrationResult]) -> Future:
-            running = pool.submit(trimmed, work)
+            running = pool.submit(work)
             if method == COVERAGE:  # priced next on that thread, from the coverage method's result
                 early["pricing"] = pool.submit(trimmed, lambda: priced(running.result()))
             return running

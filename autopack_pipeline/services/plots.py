@@ -232,16 +232,27 @@ def _draw_strips(image: Image.Image, geometry: Geometry,
     stretched over the band: the same few calls for ten events or a million."""
     width, columns = geometry.right - geometry.left, geometry.bin_of_columns()
     for row, group in enumerate(observations.values()):
-        for band, values, colour in ((CLEAN_BAND, group.ratios, CLEAN),
+        ascending = getattr(group, "ratios_ascending", None)  # a CoverageGroup's (not every test's groups)
+        for band, values, colour in ((CLEAN_BAND, group.ratios if ascending is None else ascending, CLEAN),
                                      (TRUNCATED_BAND, group.lower_bounds, TRUNCATED)):
             # Zero, infinite and NaN values fall outside the edges: the histogram leaves them out.
-            counts, _ = np.histogram(np.asarray(values, dtype=float), bins=geometry.edges)
+            counts = (_ascending_counts(values, geometry.edges) if values is ascending
+                      else np.histogram(np.asarray(values, dtype=float), bins=geometry.edges)[0])
             if not counts.any():
                 continue
             top, bottom = geometry.band(row, band)
             opacity = np.rint(_shade(counts) * 255).astype(np.uint8)[columns]  # one pixel row
             stretched = Image.fromarray(opacity[None, :], "L").resize((width, bottom - top), Image.Resampling.NEAREST)
             image.paste(colour, (geometry.left, top, geometry.right, bottom), stretched)
+
+
+def _ascending_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``np.histogram(values, bins=edges)[0]`` of ascending ``values`` (the clean ratios, sorted once for
+    every reader: ``CoverageGroup.ratios_ascending``). np.histogram counts uneven bins by sorting the values
+    and searching each edge in them, the last edge inclusive: here the same searches, without its sort of
+    the group's ratios (~30 ms of the plot at a million events)."""
+    found = np.concatenate((values.searchsorted(edges[:-1], "left"), values.searchsorted(edges[-1:], "right")))
+    return np.diff(found)
 
 
 def _dashed(draw: ImageDraw.ImageDraw, x: int, top: int, bottom: int, colour: tuple[int, int, int]) -> None:

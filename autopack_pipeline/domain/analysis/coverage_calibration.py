@@ -49,6 +49,7 @@ from autopack_pipeline.domain.analysis.samples import (
     stable_order,
 )
 from autopack_pipeline.domain.coefficients import CoefficientTable
+from autopack_pipeline.domain.shared_figures import shared
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
 
 
@@ -95,17 +96,20 @@ def _phase_width(arrays: EventArrays) -> int:
 
 
 def _coverage_level(ratios: np.ndarray, censored: int, parent: float | None, target_pct: float,
-                    prior: float, *, overwrite: bool = False) -> LevelValue:
+                    prior: float, *, overwrite: bool = False, ascending: bool = False) -> LevelValue:
     """The coverage bound of one level from its clean ratios and its number of censored observations:
     its own bound when it has one, else borrowed from ``parent`` (see :mod:`.coverage_rules`).
-    ``overwrite``: ``ratios`` is the caller's temporary, partitioned in place (no copy of it)."""
+    ``overwrite``: ``ratios`` is the caller's temporary, partitioned in place (no copy of it);
+    ``ascending``: ``ratios`` are sorted already, and only read."""
     n = len(ratios) + censored
     if n == 0:
         raise ValueError("no observations")
     k = order_statistic_index(n, target_pct)
     if k <= n:
         own = math.inf
-        if k - 1 < len(ratios):
+        if k - 1 < len(ratios) and ascending:
+            own = float(ratios[k - 1])
+        elif k - 1 < len(ratios):
             picked = ratios if overwrite else ratios.copy()  # what np.partition partitions
             picked.partition(k - 1)
             own = float(picked[k - 1])
@@ -167,6 +171,13 @@ class CoverageGroup:
     def size(self) -> int:
         return len(self.clean_rows) + len(self.censored_rows)
 
+    @property
+    def ratios_ascending(self) -> np.ndarray:
+        """``ratios`` sorted, once for every reader, on whichever thread asks first: the frontier (the
+        economics), the group's own coverage factor and the first pooled pass each sorted them (about
+        28 ms for the 720k clean calls of a million events, each time)."""
+        return shared(self, "ratios_ascending", lambda: np.sort(self.ratios))
+
 
 def _coverage_group(arrays: EventArrays, group: CoverageGroup, level: LevelValue, tolerance: float,
                     target_pct: float, threshold: float, table: CoefficientTable | None) -> GroupCalibration:
@@ -184,6 +195,7 @@ def _coverage_group(arrays: EventArrays, group: CoverageGroup, level: LevelValue
         selected=selected[~np.isnan(selected)],
         level=level, parent_name=f"category {group.key[0]}", tolerance=tolerance, target_pct=target_pct,
         threshold=threshold, waste_now=waste(1.0, None), projected_waste=lambda scale: waste(scale, table),
+        ratios_ascending=group.ratios_ascending,
     )
 
 
@@ -319,8 +331,9 @@ def calibrate_coverage_arrays(
                 below.append(BelowThresholdGroup(category=group.key[0], complexity=group.key[1], sample_count=size,
                                                  needed=min_samples - size))
                 continue
-            level = _coverage_level(group.ratios, len(group.censored_rows), categories[group.key[0]].value,
-                                    target_pct, prior_weight)
+            # Its ratios sorted once for every reader (CoverageGroup.ratios_ascending): no copy to partition.
+            level = _coverage_level(group.ratios_ascending, len(group.censored_rows), categories[group.key[0]].value,
+                                    target_pct, prior_weight, ascending=True)
             calibrated.append(_coverage_group(arrays, group, level, tolerance, target_pct, confidence_threshold,
                                               coefficients))
 

@@ -146,6 +146,7 @@ def group_calibration(
     threshold: float,
     waste_now: tuple[float | None, float | None],
     projected_waste: Callable[[float], tuple[float | None, float | None]],
+    ratios_ascending: np.ndarray | None = None,
 ) -> GroupCalibration:
     """One group's coverage figures from plain arrays, shared by every way of gathering them.
 
@@ -153,8 +154,12 @@ def group_calibration(
     ``source_*`` and ``selected`` describe the clean samples (the censored ones when none is clean);
     ``waste_now`` is budget waste P50/P90 as sent; ``projected_waste(scale)`` the same with estimates
     scaled by ``scale`` and budgets recomputed (called only for a multiplier that exists).
+    ``ratios_ascending``: ``ratios`` sorted, when the caller has them (the median is read off them).
     """
     described = ratios if len(ratios) else bounds
+    middle = len(described) // 2
+    median = (ratios_ascending[middle] if ratios_ascending is not None and len(ratios)
+              else np.partition(described, middle)[middle])
     censored = len(bounds)
     q = level.value
     status = "unidentifiable" if math.isinf(q) else ("identifiable" if level.finite_sample else "thin")
@@ -193,7 +198,7 @@ def group_calibration(
         avg_actual=float(source_actual.mean()),
         avg_estimated=float(source_predicted.mean()),
         avg_ratio=float(described.mean()),
-        median_ratio=float(np.partition(described, len(described) // 2)[len(described) // 2]),
+        median_ratio=float(median),
         min_ratio=float(described.min()),
         max_ratio=float(described.max()),
         ratio_std=float(described.std()),

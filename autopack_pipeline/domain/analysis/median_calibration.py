@@ -112,8 +112,9 @@ def calibrate_autopack_median_arrays(
         selected_known = arrays.selected_budget.known_at(rows)
         selected = arrays.selected_budget.known_or_zero(rows)
         figures = _gathered_figures(arrays, (gathered or {}).get(groups.keys[i]), rows)
+        ascending = None
         if figures is not None:
-            predicted, actual, ratios, budgets = figures
+            predicted, actual, ratios, budgets, ascending = figures
         else:
             predicted = arrays.predicted.values[rows]
             actual = arrays.actual.values[rows]
@@ -124,7 +125,7 @@ def calibrate_autopack_median_arrays(
         with np.errstate(divide="ignore", invalid="ignore"):
             waste = np.where(actual != 0, budgets / actual, 0.0)
         calibrated.append(_group_figures(groups.keys[i], ratios, waste, predicted, actual, selected[selected_known],
-                                         confidence_threshold))
+                                         confidence_threshold, ascending))
     return CalibrationResult(
         method=AUTOPACK_MEDIAN,
         parameters={"min_samples": int(min_samples), "confidence_threshold": float(confidence_threshold)},
@@ -135,25 +136,30 @@ def calibrate_autopack_median_arrays(
 
 
 def _gathered_figures(arrays: EventArrays, group: Any, rows: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """(predicted, actual, ratios, budgets) of ``rows`` read off a coverage group, or None when they
-    cannot stand for this method's own: the group's clean rows must be ``rows`` (they are when every
-    prediction is positive), and no budget may be missing (the coverage group's budget is then the
-    integer rule's, as floats). Every value is the one gathered here: an int32 count converts to
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(predicted, actual, ratios, budgets, the ratios ascending) of ``rows`` read off a coverage group, or
+    None when they cannot stand for this method's own: the group's clean rows must be ``rows`` (they are
+    when every prediction is positive), and no budget may be missing (the coverage group's budget is then
+    the integer rule's, as floats). Every value is the one gathered here: an int32 count converts to
     float64 exactly, the ratios are the same quotients (no prediction is 0 among them), and sums of
-    those counts are exact integers either way. The ratios are copied: the median partitions them."""
+    those counts are exact integers either way. The median is read off the ratios sorted once for every
+    reader (``CoverageGroup.ratios_ascending``), where a copy of them was partitioned."""
     if (group is None or arrays.actual_max_tokens.valid is not None or arrays.selected_budget.valid is not None
             or not np.array_equal(group.clean_rows, rows)):
         return None
-    return group.predicted, group.actual, group.ratios.copy(), group.budget
+    return group.predicted, group.actual, group.ratios, group.budget, group.ratios_ascending
 
 
 def _group_figures(key: tuple[str, str], ratios: np.ndarray, waste: np.ndarray, predicted: np.ndarray,
-                   actual: np.ndarray, known_selected: np.ndarray, threshold: float) -> GroupCalibration:
+                   actual: np.ndarray, known_selected: np.ndarray, threshold: float,
+                   ascending: np.ndarray | None = None) -> GroupCalibration:
+    """One group's figures; ``ascending``: ``ratios`` sorted (then only read), else ``ratios`` are this
+    method's own copy, reordered by the median's partition."""
     n = len(ratios)
     low, high = float(ratios.min()), float(ratios.max())
     mean, std = float(ratios.mean()), float(ratios.std())  # before the partition reorders the ratios
-    upper_middle = order_statistics(ratios, [n // 2], overwrite=True)[n // 2]  # our own copies: reorder them
+    upper_middle = (float(ascending[n // 2]) if ascending is not None
+                    else order_statistics(ratios, [n // 2], overwrite=True)[n // 2])
     p90_index = min(int(0.9 * n), n - 1)
     picked = order_statistics(waste, [n // 2, p90_index], overwrite=True)
     confidence = median_confidence(n, std)

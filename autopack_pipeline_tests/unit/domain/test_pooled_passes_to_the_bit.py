@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -9,7 +10,12 @@ import numpy as np
 import pytest
 from scipy.special import bdtrc
 
+from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.budget_calibration import pooled_margins
+from autopack_pipeline.domain.coverage_factor import ceiling_order_statistic, factor_lower_bound, own_coverage_factor
+from autopack_pipeline.domain.frontier import group_frontier
+from autopack_pipeline.domain.group_observations import GroupObservationsInForce, observations_in_force
 from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
 from autopack_pipeline.domain.pooled_margin import CHECK_ALPHA, own_tail_contradicts
 from autopack_pipeline.domain.pooled_scores import PooledScores, _running_total, _upto_each
@@ -87,3 +93,50 @@ def test_truncated_calls_scores_are_each_folds_place_applied_by_mask(truncated):
                 want[mine] = (current.censored_logs[mine] + shift - location) / scale
             assert np.array_equal(got, want)
             assert np.array_equal(current.scores(shift)[1], want)
+
+
+def _coverage_group(rng, key, clean: int, cut: int) -> CoverageGroup:
+    """A coverage group of integer token counts, with ties among its ratios (as stored counts have)."""
+    predicted = rng.integers(200, 4000, clean + cut).astype(float)
+    actual = np.maximum(1.0, np.round(predicted * np.exp(rng.standard_t(5, clean + cut) * 0.35)))
+    ceiling = np.round(predicted[clean:] * 1.3)
+    return CoverageGroup(key=key, clean_rows=np.arange(clean), censored_rows=np.arange(clean, clean + cut),
+                         predicted=predicted[:clean], actual=actual[:clean], budget=np.round(predicted[:clean] * 1.3),
+                         censored_predicted=predicted[clean:], censored_actual=ceiling,
+                         ratios=actual[:clean] / predicted[:clean], bounds=ceiling / predicted[clean:])
+
+
+def test_a_groups_ratios_sorted_once_give_each_reader_the_figures_of_its_own_sort():
+    """The frontier, the own coverage factor and a pooled pass at factor 1 read CoverageGroup.ratios_ascending
+    instead of sorting the ratios themselves: the very figures, to the bit."""
+    rng = np.random.default_rng(17)
+    groups = [_coverage_group(rng, (f"c{i}", "low"), clean, cut)
+              for i, (clean, cut) in enumerate([(3000, 40), (800, 0), (150, 9), (40, 2), (20000, 900)])]
+    shared = [observations_in_force(g) for g in groups]
+    assert all(o.ratios_ascending is not None for o in shared)
+    plain = [dataclasses.replace(o, ratios_ascending=None) for o in shared]
+    assert [own_coverage_factor(o) for o in shared] == [own_coverage_factor(o) for o in plain]
+    for factors in ({}, {("c2", "low"): 1.2}):  # a group at factor 1 reads the sorted ratios, one scaled does not
+        margins = pooled_margins(shared, factors)
+        assert ("c2", "low") in margins and margins == pooled_margins(plain, factors)
+    for g in groups:
+        assert (group_frontier(g.ratios_ascending, len(g.censored_rows), ascending=True).to_dict()
+                == group_frontier(g.ratios, len(g.censored_rows)).to_dict())
+
+
+@pytest.mark.parametrize("cut_share", [0.0, 0.05, 0.3, 0.9])
+def test_the_ceiling_order_statistic_of_sorted_ratios_is_the_partitions(cut_share):
+    """The k-th of the clean ratios and the ceilings, merged from the sorted ratios, is the partition's, whether
+    it falls on a clean ratio or on a ceiling (ties between the two included); the largest ratio too."""
+    rng = np.random.default_rng(int(cut_share * 100))
+    for size in (1, 7, 60, 2500):
+        cut = int(size * cut_share)
+        # Ratios of 0.1 to 2.9 and ceilings of 0.5 to 3.9 predictions, in tenths: ties within and between.
+        predicted = rng.integers(1, 40, size).astype(float) * 100
+        actual = predicted * rng.integers(1, 30, size) / 10
+        ceilings = rng.integers(5, 40, cut) * 200.0
+        group = GroupObservationsInForce("c", "low", predicted, actual, np.full(cut, 2000.0), ceilings,
+                                         np.sort(actual / predicted))
+        plain = dataclasses.replace(group, ratios_ascending=None)
+        assert ceiling_order_statistic(group) == ceiling_order_statistic(plain)
+        assert factor_lower_bound(group) == factor_lower_bound(plain)

@@ -211,3 +211,15 @@ def test_the_left_margin_fits_the_widest_label():
     label_rows = pixels[round(wide.y(0.8)):round(wide.y(1.2)), :wide.left - 7]  # left of the row's tick mark
     inked = np.flatnonzero((label_rows < 128).any(axis=(0, 2)))
     assert 2 <= inked.min() and inked.max() <= wide.left - 10  # the whole label in the picture, clear of the axis
+
+
+def test_the_clean_strips_counts_of_sorted_ratios_are_np_histograms():
+    """A coverage group's clean ratios are counted from their sorted copy (two searches per edge): the
+    counts np.histogram gives, values on an edge, on the last edge, outside the edges, zero, inf and NaN too."""
+    edges = np.logspace(-1.5, 1.2, plots.BINS + 1)
+    rng = np.random.default_rng(3)
+    values = np.r_[np.exp(rng.standard_normal(5000)), edges[[0, 7, 7, 100, -1, -1]], 0.0, 0.01, 40.0,
+                   np.inf, np.nan, rng.integers(1, 5, 300) / 2.0]
+    got = plots._ascending_counts(np.sort(values), edges)
+    assert got.dtype == np.histogram(values, bins=edges)[0].dtype
+    assert np.array_equal(got, np.histogram(values, bins=edges)[0])
