@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autopack_pipeline.domain.analysis import EventArrays, group_tier1_arrays, tier1_arrays
-from autopack_pipeline.domain.drift import detect_drift, drift_insights
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
-from autopack_pipeline.domain.tasks import GeneratedTask, Insight
 from autopack_pipeline.domain.windows import SHORT_WINDOW_DAYS, events_in_window, latest_day, trailing_days
 from autopack_pipeline.services.analysis import (
     SampleSummary,
@@ -42,6 +40,7 @@ if TYPE_CHECKING:
     # analysis steps) needs no engine, and importing it costs about 0.1 s.
     from sqlalchemy.engine import Engine
 
+    from autopack_pipeline.domain.tasks import GeneratedTask, Insight
     from autopack_pipeline.storage.handle import Database
     from autopack_pipeline.storage.tasks import TaskRefresh
 
@@ -136,8 +135,9 @@ def task_stage(engine: Engine, settings: Settings, every_event: EventArrays, sam
                now: datetime | None = None) -> tuple[list[GeneratedTask], TaskRefresh]:
     """Improvement tasks from the stages before and from the drift of every event (computed here
     unless ``extra_insights`` already holds it)."""
-    # Here, not at import: the task stores load SQLAlchemy's ORM and the task models, which `calibrate`
-    # (it makes no tasks) would otherwise pay for at every start.
+    # Here, not at import: the task stores load SQLAlchemy's ORM and the task models, and the drift and the
+    # tasks' rules their own modules, which `calibrate` (it makes no tasks) would otherwise pay for at every start.
+    from autopack_pipeline.domain.drift import detect_drift, drift_insights
     from autopack_pipeline.services.task_generation import improvement_tasks
 
     if extra_insights is None:

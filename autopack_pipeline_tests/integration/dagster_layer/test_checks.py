@@ -10,7 +10,7 @@ from autopack_pipeline.defs.metrics.checks import (
     tier1_underestimation_within_target,
     tier2_budget_waste_p90_below_3x,
 )
-from autopack_pipeline.services import pipeline
+from autopack_pipeline.domain import drift
 from autopack_pipeline.services.analysis import TierMetrics
 from autopack_pipeline.storage.frames import conform_events_frame, empty_events_frame
 from autopack_pipeline.storage.snapshot import EventHistory, EventSnapshot
@@ -38,14 +38,14 @@ def _metrics(under=0.0, truncation=0.0, waste=None, n=100):
 
 def test_whole_graph_runs_with_its_checks_and_tier1_breaches_do_not_block(instance, sqlite_url, monkeypatch):
     drift_runs = []
-    detect = pipeline.detect_drift
+    detect = drift.detect_drift
 
     def counted(events):
         drift_runs.append(len(events))
         return detect(events)
 
     monkeypatch.setattr(io_manager, "detect_drift", counted)
-    monkeypatch.setattr(pipeline, "detect_drift", counted)
+    monkeypatch.setattr(drift, "detect_drift", counted)  # what the task stage imports when it runs
     result = materialize_slice(instance, sqlite_url)
     assert result.success
     # The drift checks and generated_tasks both report drift, computed once on raw_events' events: the
