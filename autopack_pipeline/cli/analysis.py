@@ -71,7 +71,6 @@ def _print_tier1(tier1: dict[str, Any], label: str) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from autopack_pipeline.services.calibration_review import frontier_and_cost_lines, section_lines, window_line
     from autopack_pipeline.services.pipeline import analyse
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.handle import describe_database
@@ -102,6 +101,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.json:
             print_json(outcome.as_dict() | {"unreadable_timestamps": unreadable})
         else:
+            # The review's wording (and difflib) only for the text: --json prints none of it.
+            from autopack_pipeline.services.calibration_review import (
+                frontier_and_cost_lines,
+                section_lines,
+                window_line,
+            )
+
             print(identity_line(database))
             print(outcome.gate.summary())
             if outcome.reprediction:
