@@ -22,10 +22,14 @@ import pytest
 
 from autopack_pipeline_tests.support.calibration_cli_support import environment, populate
 
-HEAVY = ("pandas", "alembic")
+# pydantic-settings and its sources (dotenv, the cloud secret stores) cost 10 ms: load_settings reads the
+# environment itself.
+HEAVY = ("pandas", "alembic", "pydantic_settings", "dotenv")
 # Nor SQLAlchemy's ORM with our models (0.07 s): opening a database at head checks its columns by name
-# (storage.model_columns); nor PostgreSQL's dialect for a SQLite database.
-HEAVY_MODULES = ("sqlalchemy.orm", "autopack_pipeline.storage.models", "sqlalchemy.dialects.postgresql")
+# (storage.model_columns); nor PostgreSQL's dialect for a SQLite database; nor the drift and the tasks'
+# rules (7 ms), which only the task stage reads.
+HEAVY_MODULES = ("sqlalchemy.orm", "autopack_pipeline.storage.models", "sqlalchemy.dialects.postgresql",
+                 "autopack_pipeline.domain.drift", "autopack_pipeline.domain.tasks")
 _PROBE = """
 import contextlib, io, json, sys
 from autopack_pipeline.cli import main
