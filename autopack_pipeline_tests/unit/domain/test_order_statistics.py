@@ -23,3 +23,36 @@ def test_adjacent_positions_are_the_sorted_values(seed):
     ordered = np.sort(values)
     for p in positions:
         assert np.array_equal(np.array([picked[p]]), ordered[p:p + 1], equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", ["spread", "ties", "ascending", "nan", "zeros"])
+def test_many_values_are_selected_in_a_range_as_the_sorted_values(kind, monkeypatch):
+    """From ``_BRACKET_FROM`` values on, a median's and a P90's pair are read among the values of a range
+    around them (the values left unmoved); a range that cannot tell (a zero in it) is left to the partition."""
+    from autopack_pipeline.domain.analysis import order_statistics as module
+
+    rng = np.random.default_rng(7)
+    size = (1 << 18) + int(rng.integers(0, 5000))
+    values = {"spread": rng.lognormal(0, 1, size),
+              "ties": rng.integers(1, 40, size) / rng.integers(1, 40, size),
+              "ascending": np.sort(rng.lognormal(0, 1, size)),
+              "nan": np.where(rng.random(size) < 0.05, np.nan, rng.lognormal(0, 1, size)),
+              # zeros of both signs at the median and around it
+              "zeros": np.where(rng.random(size) < 0.5, -1.0, 1.0) * np.round(np.abs(rng.normal(0, 1, size)) - 0.7, 2)
+              }[kind]
+    n = size
+    positions = [n // 2 - 1, n // 2, 9 * (n + 1) // 10 - 1, 9 * (n + 1) // 10]
+    before = values.copy()
+    ranged = []
+    bracketed = module._bracketed
+    monkeypatch.setattr(module, "_bracketed", lambda v, w: ranged.append(bracketed(v, w)) or ranged[-1])
+    picked = order_statistics(values, positions)
+    ordered = np.sort(values)
+    # Left to the partition, a zero's sign is the partition's (the bits it gave before).
+    signs = module._partitioned(before.copy(), positions) if kind == "zeros" else {p: ordered[p] for p in positions}
+    for p in positions:
+        assert np.array_equal(np.array([picked[p]]), ordered[p:p + 1], equal_nan=True)
+        assert np.signbit(picked[p]) == np.signbit(signs[p])
+    assert (ranged[0] is None) == (kind == "zeros")
+    if kind != "zeros":
+        assert np.array_equal(values, before, equal_nan=True)
