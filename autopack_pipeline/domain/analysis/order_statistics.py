@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# From this many values on, order statistics are selected among the values of a narrow range found from
-# a sample (:func:`_bracketed`), not by partitioning every value.
-_BRACKET_FROM = 1 << 18
+# From this many values on, order statistics are selected among the values of a narrow range found from a
+# sample (:func:`_bracketed`), not by partitioning every value: the faster from 32k values on (median and
+# P90 of lognormal values: 0.50 against 0.64 ms at 32k, 0.68 against 1.56 ms at 64k, 5.3 against 15.8 ms at 1M).
+_BRACKET_FROM = 1 << 16
 _SAMPLE = 8192
 _CHUNK = 1 << 20
 

@@ -32,7 +32,7 @@ def test_many_values_are_selected_in_a_range_as_the_sorted_values(kind, monkeypa
     from autopack_pipeline.domain.analysis import order_statistics as module
 
     rng = np.random.default_rng(7)
-    size = (1 << 18) + int(rng.integers(0, 5000))
+    size = module._BRACKET_FROM + int(rng.integers(0, 5000))
     values = {"spread": rng.lognormal(0, 1, size),
               "ties": rng.integers(1, 40, size) / rng.integers(1, 40, size),
               "ascending": np.sort(rng.lognormal(0, 1, size)),
