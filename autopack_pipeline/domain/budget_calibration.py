@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.analysis.order_statistics import order_statistics
 from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.budget_projection import proportional_floor, truncated_past_calls
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
@@ -152,7 +153,7 @@ def propose_group_budget(
             factor = max(proposed_factor, own_coverage_factor(group))
             margin, proposed_factor = margin * proposed_factor / factor, factor
     elif n >= min_samples and k <= n and k - 1 < n_clean:
-        status, margin = "identifiable", float(np.partition(ratios(), k - 1)[k - 1])
+        status, margin = "identifiable", order_statistics(ratios(), [k - 1], overwrite=True)[k - 1]
     elif n >= min_samples and k > n and n_cut == 0:
         status, margin = "thin", float(ratios().max())
     elif n >= min_samples and n_clean:
@@ -238,7 +239,8 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
     ceilings = group.censored_ceiling / (group.censored_predicted * factor)
     n = len(clean) + len(ceilings)
     rank = min(k, n)
-    cap = float(np.partition(np.r_[clean, CENSORED_HEADROOM * ceilings], rank - 1)[rank - 1])
+    # order_statistics: np.partition's value (the same selection, or the exact k-th of a range around it).
+    cap = order_statistics(np.r_[clean, CENSORED_HEADROOM * ceilings], [rank - 1], overwrite=True)[rank - 1]
     if k > n:
         return cap, f"every clean call, and {CENSORED_HEADROOM}x every ceiling hit"
     point = kaplan_meier_point(clean, ceilings, k / n - 1e-12)
