@@ -14,7 +14,7 @@ from autopack_pipeline.cli.common import (
     identity_line,
     load_event_arrays,
     non_negative_int,
-    open_database,
+    open_handle,
     positive_float,
     positive_int,
     print_json,
@@ -27,7 +27,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from autopack_pipeline.services.metrics_report import measure, metrics_json, spend_line
     from autopack_pipeline.settings import load_settings
 
-    database = open_database(args)
+    database = open_handle(args)
     events, unreadable = load_event_arrays(database, args, args.run_id)
     document = measure(events, success_only=args.success_only, under_multiplier=args.under_multiplier,
                        stratify=args.stratify)
@@ -77,7 +77,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     with collector_paused():
         settings = load_settings()
-        database = open_database(args)
+        database = open_handle(args)
         events, unreadable = load_event_arrays(database, args, args.include_run_id)
         # The one composition and window rule the calibration_recommendations asset uses: the last
         # AUTOPACK_METRICS_WINDOW_DAYS days of telemetry, ending on the newest event (0 = every event).

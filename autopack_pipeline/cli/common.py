@@ -71,7 +71,7 @@ def database_url(args: argparse.Namespace) -> str:
     return storage_settings(args).resolved_database_url(getattr(args, "database_url", None))
 
 
-def open_database(args: argparse.Namespace):
+def open_handle(args: argparse.Namespace):
     """The telemetry database of ``--database-url`` / ``DATABASE_URL``, ready for use, as a handle
     (``storage.handle``: an up-to-date SQLite file is checked without SQLAlchemy, which loads when
     something needs the engine).
@@ -90,8 +90,8 @@ def open_database(args: argparse.Namespace):
 
 
 def open_engine(args: argparse.Namespace):
-    """:func:`open_database`'s database as SQLAlchemy's engine."""
-    return open_database(args).engine
+    """:func:`open_handle`'s database as SQLAlchemy's engine."""
+    return open_handle(args).engine
 
 
 def freeze_loaded_objects() -> None:
