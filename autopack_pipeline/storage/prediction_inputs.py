@@ -94,7 +94,7 @@ def read_prediction_inputs(database: Database, event_ids: Iterable[int] | None =
 
     table = None
     try:
-        store = ColumnarStore.for_engine(database) if refreshed else None
+        store = ColumnarStore.for_database(database) if refreshed else None
         manifest = store.manifest() if store is not None else None
         if manifest is None or (id_range is not None and manifest["high_water_event_id"] < id_range[1]):
             store = refresh_store(database)[0]  # not refreshed, or not holding every event asked about

@@ -64,7 +64,8 @@ class ColumnarStore:
         self._written = Written()  # what this refresh's parts tell the codes of its next (part_codes.py)
 
     @classmethod
-    def for_engine(cls, database: Database) -> ColumnarStore | None:
+    def for_database(cls, database: Database) -> ColumnarStore | None:
+        """The store of ``database`` (an engine or a handle); None for an in-memory SQLite database."""
         directory = store_directory_for(database)
         return None if directory is None else cls(directory)
 
@@ -425,7 +426,7 @@ class ColumnarStore:
 def refresh_store(database: Database, *, full: bool = False, progress: Progress | None = None
                   ) -> tuple[ColumnarStore | None, RefreshResult | None]:
     """Refresh the store of ``database`` (an engine or a handle); ``(None, None)`` for an in-memory database."""
-    store = ColumnarStore.for_engine(database)
+    store = ColumnarStore.for_database(database)
     if store is None:
         return None, None
     return store, store.refresh(database, full=full, progress=progress)

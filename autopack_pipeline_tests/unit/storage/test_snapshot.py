@@ -209,7 +209,7 @@ def test_raw_events_and_its_checks_read_no_event_once_each_part_is_tallied(engin
     assert reads == []  # extracted and tallied by raw_events' refresh: not one event read for the figures
     result = dg.materialize([raw_events, *DATA_QUALITY_CHECKS, estimator_drift], resources=resources)
     assert result.success and reads == ["every event"]  # the drift check's
-    store = columnar.ColumnarStore.for_engine(engine)
+    store = columnar.ColumnarStore.for_database(engine)
     tallies = list(store.directory.glob("tally-*"))
     assert len(tallies) == 1
     for path in tallies:  # as a store written before parts were tallied as written
