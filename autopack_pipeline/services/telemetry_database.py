@@ -28,9 +28,10 @@ def open_database_handle(url: str, *, must_exist: bool = False) -> DatabaseHandl
     library: the handle makes no engine and SQLAlchemy is not imported until something needs it.
     Anything else, or a file ``sqlite3`` cannot read, goes through ``storage.migrate.prepare_database``
     (which creates, refuses or reports it as before)."""
+    resolved = resolve_database_url(url)
     if must_exist:
-        require_existing_database(url)
-    database = DatabaseHandle(resolve_database_url(url))
+        require_existing_database(resolved)
+    database = DatabaseHandle(resolved)
     path = database.identity.sqlite_path
     if path is not None and Path(path).exists():
         try:

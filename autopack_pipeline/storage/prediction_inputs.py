@@ -120,12 +120,14 @@ def read_prediction_inputs(database: Database, event_ids: Iterable[int] | None =
 
 def _read_from_database(engine: Engine) -> pa.Table:
     """The input columns the events table has, in one query, as Arrow columns of the raw values."""
-    from sqlalchemy import inspect, text
+    from sqlalchemy import text
 
-    inspector = inspect(engine)
-    if not inspector.has_table(TABLE):
-        return pa.table({"event_id": pa.array([], type=pa.int64())})
-    present = {column["name"] for column in inspector.get_columns(TABLE)}
+    from autopack_pipeline.storage.catalog import EngineCatalog
+
+    with EngineCatalog(engine) as catalog:
+        if TABLE not in catalog.table_names():
+            return pa.table({"event_id": pa.array([], type=pa.int64())})
+        present = catalog.column_names(TABLE)
     chosen = ["event_id", *(name for name in INPUT_COLUMNS if name in present)]
     with engine.connect() as connection:
         rows = connection.execute(text(f"SELECT {', '.join(chosen)} FROM {TABLE}")).fetchall()

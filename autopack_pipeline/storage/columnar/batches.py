@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from sqlalchemy import inspect, select, text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from autopack_pipeline.storage import adbc
@@ -53,10 +53,10 @@ class _BatchReader:
         self.engine = engine
         self.kinds = kinds  # the column group read: the events' (_KINDS) or the prediction inputs
         self.dialect = engine.dialect.name
-        inspector = inspect(engine)
-        if not inspector.has_table(TABLE):
-            raise ColumnarStoreError(f"the telemetry database has no {TABLE} table")
-        self.present = {column["name"] for column in inspector.get_columns(TABLE)}
+        with EngineCatalog(engine) as catalog:
+            if TABLE not in catalog.table_names():
+                raise ColumnarStoreError(f"the telemetry database has no {TABLE} table")
+            self.present = catalog.column_names(TABLE)
         # Rows whose timestamp is not a date (SQLite holds any text): kept out of the store, named.
         self.unreadable: list[UnreadableTimestamp] = []
         missing = {"event_id", "run_id", "phase_id"} - self.present
