@@ -94,13 +94,17 @@ def bulk_load(
     the rows and builds them again before committing, the usual way to populate a database; an
     interruption rolls all of it back. (On SQLite that needs the only connection to the file; with
     another one open, the load keeps the indexes in place as below. On PostgreSQL the foreign keys stay,
-    their triggers off for the load, or are dropped and added again when the role may not turn them
-    off.) Into a table that holds events already, rows are inserted with the indexes in place: on SQLite
-    in one transaction, rolled back whole on an interruption; on PostgreSQL in transactions of 500k
-    events, after which an interruption makes the loader delete its runs, which cascades to their tiers,
-    phases and events. Until its last commit an append's runs are marked loading, under an advisory lock
-    its connection holds: when the process was killed in between, or the server could not be reached to
-    delete them, the next load into the database removes them (``interrupted_loads_removed``).
+    their triggers off for the load, and two connections work at once, one transaction each: the phases
+    (with the runs and tiers) on one, the events on the other, each dropping and rebuilding its own
+    table's indexes; when the role may not turn the triggers off, the load is one transaction that drops
+    the foreign keys too and adds them again.) Into a table that holds events already, rows are inserted
+    with the indexes in place: on SQLite in one transaction, rolled back whole on an interruption; on
+    PostgreSQL in transactions of 500k events. A PostgreSQL load that commits more than once (an append,
+    a fresh load on two connections) deletes its runs after an interruption that follows a commit, which
+    cascades to their tiers, phases and events; until its last commit its runs are marked loading, under
+    an advisory lock its connection holds: when the process was killed in between, or the server could
+    not be reached to delete them, the next load into the database removes them
+    (``interrupted_loads_removed``).
     """
     if events < 1:
         raise ValueError(f"the number of events must be at least 1, got {events}")

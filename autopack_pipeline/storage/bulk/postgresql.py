@@ -2,21 +2,25 @@
 ADBC's PostgreSQL driver (``adbc_ingest``), cast first to the table's own column types, since binary
 COPY takes values as the column stores them. The server parses no text, and no CSV is written.
 
-Into an empty events table the load is one transaction that drops the secondary indexes, copies the
-rows and rebuilds them before committing; the foreign keys stay, with their triggers off for the load
-(``session_replication_role``) when the role may do that, or are dropped and added again (checking
-every row) when it may not. An append keeps every index and commits every 500k events; when the role
-may turn the foreign-key triggers off, it copies the events on a second connection while the first
-copies the runs, tiers and phases (two backends, two cores), otherwise on one connection with the
-keys checked by the server. The events cost the server about twice what the phases do (16 indexes
+Into an empty events table the secondary indexes are dropped, the rows copied and the indexes rebuilt
+before committing. When the role may turn the foreign-key triggers off (``session_replication_role``),
+the keys stay and two connections work at once, each in one transaction: the first drops the phases'
+indexes, copies the runs, tiers and phases and rebuilds them, the second does the same for the events
+(each connection locks its own table, and the events' sixteen index builds are the load's longest
+step: on one connection, the phases' copy and rebuild came before them, 10-11 s for 500k events against
+7-8 s); else the load is one transaction, which drops the foreign keys too and adds them again (checking
+every row). An append keeps every index and commits every 500k events; when the role may turn the
+foreign-key triggers off, it copies the events on a second connection while the first copies the runs,
+tiers and phases (two backends, two cores), otherwise on one connection with the keys checked by the
+server. The events cost the server about twice what the phases do (16 indexes
 against 8), so the first connection also copies the events of each transaction's first pieces
 (:data:`PG_FIRST_CONNECTION_SHARE`), with ids drawn from the sequence before the second connection's
 ``COPY`` starts, and both backends end at about the same time. That ``COPY`` starts as soon as the
 first piece after those exists, the first connection copies only while it has a piece waiting (else
 the next piece is generated and handed over first), and the runs' counts are written while its last
 pieces are still being copied. A failure after some batches were committed deletes the load's runs
-again, which cascades to the rest; an append's runs are marked loading until its last commit, under an
-advisory lock, so that a load killed in between (no Python left to delete them) is removed by the next
+again, which cascades to the rest; the runs of a load that commits more than once (an append, a fresh
+load on two connections) are marked loading until its last commit, under an advisory lock, so that a load killed in between (no Python left to delete them) is removed by the next
 (``postgresql_steps.remove_interrupted_loads``)."""
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from autopack_pipeline.storage.bulk.postgresql_open import Opening, pg_settings
 from autopack_pipeline.storage.bulk.postgresql_steps import (
     _drop_for_load,
     _mark_loaded,
+    _release_load_lock,
     _take_load_lock,
     _undo_load,
 )
@@ -124,29 +129,33 @@ class _PostgresqlLoader(_Loader):
                 with opened.connections[0].cursor() as cursor:  # after the caller removed interrupted loads
                     cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)")
                     fresh = bool(cursor.fetchone()[0])
-                if fresh and len(opened.connections) > 1:  # a fresh load copies on one connection
-                    opened.connections.pop().close()
+                    if fresh and len(opened.connections) > 1:
+                        # That read's lock on the events table would keep the second connection from
+                        # dropping its indexes until the first commits: its transaction ends here.
+                        opened.connections[0].rollback()
+                        pg_settings(cursor, skip_key_checks=skip_key_checks)
             except BaseException:
                 for connection in reversed(opened.connections):
                     connection.close()
                 raise
             streams = _PgStreams(opened.connections, skip_key_checks, opened.event_sequence)
-            # An append keeps every index, so the server's per-row work is what limits it. Events then
-            # go through a second connection, in parallel with the phases (one backend per core); that
-            # needs the foreign-key triggers off, as the events' phases are not committed yet.
+            # Events go through a second connection, in parallel with the phases (one backend per core);
+            # that needs the foreign-key triggers off, as the events' phases are not committed yet. An
+            # append keeps every index, so the server's per-row work is what limits it.
+            staged = not fresh or streams.parallel  # commits more than once: runs marked loading till the last
             if fresh:
-                self.method = ("postgresql: binary COPY in one transaction, indexes rebuilt after the rows, "
-                               + ("foreign keys kept, their triggers off" if skip_key_checks
-                                  else "foreign keys added again"))
+                self.method = "postgresql: binary COPY, indexes rebuilt after the rows, " + (
+                    "phases and events on two connections at once (one transaction each), foreign keys kept, "
+                    "their triggers off" if streams.parallel else "in one transaction, foreign keys added again")
             else:
                 self.method = "postgresql: binary COPY with indexes in place, 500k events per transaction" + (
                     ", events on a second connection but for each transaction's first pieces"
                     if streams.parallel else "")
             cursor = streams.cursor
-            if not fresh:  # several commits: the runs say "loading" until the last (postgresql_steps)
+            if staged:  # several commits: the runs say "loading" until the last (postgresql_steps)
                 _take_load_lock(cursor, self.seed)
             start_text = _text_timestamps(first[0].phases["started_us"][:1])[0]
-            state = LOADED_STATE if fresh else LOADING_STATE
+            state = LOADING_STATE if staged else LOADED_STATE
             _ingest(cursor, "runs", _cast_to(_run_table(self.seed, self.run_id_text, start_text, state),
                                              types["runs"]))
             _ingest(cursor, "tiers", _cast_to(_tier_table(self.run_id_text, start_text), types["tiers"]))
@@ -155,7 +164,12 @@ class _PostgresqlLoader(_Loader):
                            f"'{run_id_for(self.seed, 0)[:-5]}%'")
             tier_pk = _tier_keys(cursor.fetch_arrow_table(), self.run_id_text)
             tier_field = types["phases"].field("tier_id")
-            rebuild = _drop_for_load(cursor, drop_foreign_keys=not skip_key_checks) if fresh else []
+            rebuild = []
+            if fresh and streams.parallel:  # each connection drops (and rebuilds) its own table's indexes
+                rebuild = _drop_for_load(cursor, drop_foreign_keys=False, tables=("phases",))
+                streams.drop_event_indexes()
+            elif fresh:
+                rebuild = _drop_for_load(cursor, drop_foreign_keys=not skip_key_checks)
 
             def copy_phases(piece: SynthChunk, phase_rows: pa.Table) -> None:
                 # The tiers' keys came from the server after the piece was built: its one missing column.
@@ -189,7 +203,7 @@ class _PostgresqlLoader(_Loader):
                     copy_phases(piece, phase_rows)
                     streams.copy_events(event_rows, self._timed)
                     self._written(piece)
-                elif streams.copying is None and held_events + event_rows.num_rows <= (
+                elif not fresh and streams.copying is None and held_events + event_rows.num_rows <= (
                         PG_FIRST_CONNECTION_SHARE * min(PG_TRANSACTION_EVENTS, self.total - self.events_written)):
                     # Its ids drawn now, below every id the second connection draws later, while the
                     # next pieces are still being generated.
@@ -214,6 +228,7 @@ class _PostgresqlLoader(_Loader):
                     in_transaction = held_events = 0
             while pending:  # what is left
                 copy_pending()
+            streams.finish_events(self._timed)  # a fresh load's events indexes rebuild meanwhile
             if rebuild:
                 # Index builds sort in memory instead of spilling to disk (this transaction only).
                 cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
@@ -223,9 +238,10 @@ class _PostgresqlLoader(_Loader):
             # last pieces are still being copied meanwhile.
             self._update_runs(cursor, text_timestamps=False)
             streams.commit(last=True)
-            if not fresh:  # both connections' last commits are through: the load is whole
+            if staged:  # both connections' last commits are through: the load is whole
                 _mark_loaded(cursor, self.seed)
                 streams.connection.commit()
+                _release_load_lock(cursor, self.seed)
         except BaseException:
             if streams is not None:
                 try:
@@ -274,6 +290,11 @@ class _PgStreams:
             max_workers=1, thread_name_prefix="synth-events")
         self.waiting: queue.Queue | None = None  # pieces for the running events COPY, then _END
         self.copying: Future | None = None  # that COPY
+        self.ended = False  # that COPY was handed its end
+        # A fresh load's: the events' secondary indexes the second connection dropped, rebuilt after its
+        # COPY (see drop_event_indexes), and that rebuild.
+        self.event_indexes: Future | None = None
+        self.rebuilding: Future | None = None
         self.skip_key_checks = skip_key_checks
         self.event_sequence = event_sequence
         self.committed = False  # a batch of this load is committed: a failure must undo it
@@ -294,6 +315,30 @@ class _PgStreams:
             self.copying = self.worker.submit(
                 timed, "events", lambda: _ingest(self.events_cursor, "token_estimation_v2_events", reader))
         self._hand(rows)
+
+    def drop_event_indexes(self) -> None:
+        """A fresh load's: drop the events' secondary indexes on the events connection, before its
+        ``COPY`` (its worker runs its tasks in order); :meth:`finish_events` rebuilds them."""
+        assert self.worker is not None, "only with two connections"
+        self.event_indexes = self.worker.submit(_drop_for_load, self.events_cursor, drop_foreign_keys=False,
+                                                tables=("token_estimation_v2_events",))
+
+    def finish_events(self, timed: Callable[[str, Callable[[], Any]], Any]) -> None:
+        """The last piece was handed over: end the events ``COPY`` without waiting for it and, on a fresh
+        load, rebuild the events' indexes after it on its connection, while the caller goes on with the
+        first (the last commit waits for both)."""
+        if self.copying is not None and not self.ended:
+            self._hand(_END)
+            self.ended = True
+        if self.event_indexes is not None and self.rebuilding is None:
+            self.rebuilding = self.worker.submit(self._rebuild_event_indexes, timed)
+
+    def _rebuild_event_indexes(self, timed: Callable[[str, Callable[[], Any]], Any]) -> None:
+        assert self.event_indexes is not None
+        # Index builds sort in memory instead of spilling to disk (this transaction only).
+        self.events_cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
+        for statement in self.event_indexes.result():
+            timed("indexes", lambda: self.events_cursor.execute(statement))  # noqa: B023
 
     def reserve_event_ids(self, count: int) -> Future:
         """``count`` event ids drawn from the events' sequence, ascending, as a Future: drawn on the
@@ -326,13 +371,18 @@ class _PgStreams:
                     raise RuntimeError("the events COPY ended before its last piece") from None
 
     def _end_events(self) -> None:
-        """End the events ``COPY`` after the pieces handed to it, and wait for it."""
+        """End the events ``COPY`` after the pieces handed to it, and wait for it (and for the rebuild of
+        a fresh load's events indexes)."""
         if self.copying is not None:
             try:
-                self._hand(_END)
+                if not self.ended:
+                    self._hand(_END)
                 self.copying.result()
             finally:
                 self.copying = self.waiting = None
+                self.ended = False
+        if self.rebuilding is not None:
+            self.rebuilding.result()
 
     def commit(self, *, last: bool = False) -> None:
         self._end_events()

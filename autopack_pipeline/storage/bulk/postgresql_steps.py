@@ -49,8 +49,15 @@ def _take_load_lock(cursor: Any, seed: int) -> None:
 
 
 def _mark_loaded(cursor: Any, seed: int) -> None:
-    """The append's runs are complete: every batch is committed (the caller commits this too)."""
+    """The load's runs are complete: every batch is committed (the caller commits this too)."""
     cursor.execute(f"UPDATE runs SET state = '{LOADED_STATE}' WHERE {_seed_runs(seed)}")
+
+
+def _release_load_lock(cursor: Any, seed: int) -> None:
+    """Let go of the seed's load lock once the runs marked loaded are committed (not before: another load
+    would take them for an interrupted one's). Closing the connection would too, but only as its backend
+    exits, which a query just after the load can still see."""
+    cursor.execute(f"SELECT pg_advisory_unlock({_lock_key(seed)})")
 
 
 def _may_skip_key_checks(scalar: Callable[[str], Any]) -> bool:
@@ -128,22 +135,23 @@ def remove_interrupted_loads(engine: Engine) -> dict[int, int]:
     return removed
 
 
-def _drop_for_load(cursor: Any, *, drop_foreign_keys: bool) -> list[str]:
-    """Drop the secondary indexes (and with ``drop_foreign_keys`` the foreign keys) of phases and events;
+def _drop_for_load(cursor: Any, *, drop_foreign_keys: bool,
+                   tables: tuple[str, ...] = ("phases", "token_estimation_v2_events")) -> list[str]:
+    """Drop the secondary indexes (and with ``drop_foreign_keys`` the foreign keys) of ``tables``;
     return what rebuilds them.
 
     Runs inside the load's transaction (PostgreSQL DDL is transactional), so a failed load leaves
     every index and constraint as it was. Indexes backing a primary key or unique constraint stay.
     """
-    tables = "'phases'::regclass, 'token_estimation_v2_events'::regclass"
+    relations = ", ".join(f"'{table}'::regclass" for table in tables)
     foreign_keys = []
     if drop_foreign_keys:
         cursor.execute("SELECT c.conname, c.conrelid::regclass::text, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-                       f"WHERE c.contype = 'f' AND c.conrelid IN ({tables}) ORDER BY c.conname")
+                       f"WHERE c.contype = 'f' AND c.conrelid IN ({relations}) ORDER BY c.conname")
         foreign_keys = cursor.fetchall()
     cursor.execute(
         "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
-        f"WHERE i.indrelid IN ({tables}) AND NOT EXISTS "
+        f"WHERE i.indrelid IN ({relations}) AND NOT EXISTS "
         "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) ORDER BY 1")
     indexes = cursor.fetchall()
     for name, table, _definition in foreign_keys:

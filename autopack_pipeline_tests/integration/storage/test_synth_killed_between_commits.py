@@ -1,5 +1,5 @@
-"""A PostgreSQL append commits several times; a process killed between two commits has no Python left to
-undo what it committed. Its runs stay marked loading, and the next load removes them (nothing half-done
+"""A PostgreSQL append commits several times, a fresh load once per connection; a process killed between
+two commits has no Python left to undo what it committed. Its runs stay marked loading, and the next load removes them (nothing half-done
 stays, the seed is not stuck), unless their load is still alive."""
 
 from __future__ import annotations
@@ -77,6 +77,43 @@ def test_an_append_killed_between_commits_is_removed_by_the_next_load(engine, da
             "SELECT count(*) FROM token_estimation_v2_events e LEFT JOIN phases p "
             "ON p.run_id = e.run_id AND p.phase_id = e.phase_id WHERE p.id IS NULL")).scalar()
     assert orphans == 0
+
+
+# A fresh load on two connections, killed with SIGKILL after the first connection (runs, tiers, phases)
+# committed and before the second (the events) did.
+_KILLED_FRESH_LOAD = textwrap.dedent("""
+    import os, signal, sys
+    from autopack_pipeline import synth
+    from autopack_pipeline.storage import bulk
+    from autopack_pipeline.storage.database import make_engine
+
+    def first_commit_then_die(streams, *, last=False):
+        streams._end_events()
+        streams.connection.commit()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    bulk.postgresql._PgStreams.commit = first_commit_then_die
+    synth.bulk_load(make_engine(sys.argv[1]), 1000, runs=3, seed=2)
+""")
+
+
+def test_a_fresh_load_killed_between_its_two_connections_commits_is_removed_by_the_next_load(
+        engine, database_url, capsys):
+    killed = subprocess.run([sys.executable, "-c", _KILLED_FRESH_LOAD, database_url], capture_output=True,
+                            timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    # Half done: the runs and phases are committed, marked loading; the events and their indexes are not.
+    assert runs_by_state(engine, "synth-2-%") == {LOADING_STATE: 3}
+    assert count_rows(engine, "phases") > 0 and count_rows(engine, "token_estimation_v2_events") == 0
+    with engine.connect() as connection:
+        indexes = connection.exec_driver_sql(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'token_estimation_v2_events'").scalar()
+    assert indexes > 10  # the dropped ones came back with the rolled-back transaction
+
+    assert main(["--database-url", database_url, "synth", "--events", "1000", "--runs", "3", "--seed", "2"]) == 0
+    assert "Removed 3 runs of seed 2 left by an interrupted earlier load" in capsys.readouterr().out
+    assert runs_by_state(engine, "synth-2-%") == {LOADED_STATE: 3}
+    assert count_rows(engine, "token_estimation_v2_events") == 1000
 
 
 def test_the_runs_of_a_load_that_is_still_running_stay(engine):

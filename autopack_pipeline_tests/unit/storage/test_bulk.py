@@ -440,6 +440,44 @@ def test_a_postgresql_append_copies_the_events_on_a_second_connection_when_the_r
 
 
 @POSTGRES_ONLY
+@pytest.mark.parametrize("may_skip_key_checks", [True, False])
+def test_a_fresh_postgresql_load_copies_and_rebuilds_each_table_on_its_own_connection_when_the_role_may(
+        engine, monkeypatch, may_skip_key_checks):
+    """With the key triggers off, the first connection drops and rebuilds the phases' indexes, the second
+    the events': each table's whole load on one connection, both at once. Otherwise one transaction
+    drops the foreign keys too. Either way the schema, the rows and their keys end as an append's do."""
+    if not may_skip_key_checks:
+        monkeypatch.setattr(bulk.postgresql_open, "_may_skip_key_checks", lambda scalar: False)
+    dropped = []
+    real_drop = bulk.postgresql._drop_for_load
+
+    def recorded_drop(cursor, *, drop_foreign_keys, **tables):
+        dropped.append((tables.get("tables"), drop_foreign_keys))
+        return real_drop(cursor, drop_foreign_keys=drop_foreign_keys, **tables)
+
+    monkeypatch.setattr(bulk.postgresql, "_drop_for_load", recorded_drop)
+    monkeypatch.setattr(bulk.postgresql, "PG_PIECE_PHASES", 97)  # many pieces, the events COPY fed by several
+    before = schema_objects(engine)
+    summary = bulk_load(engine, 1500, runs=3, seed=4)
+    assert ("two connections at once" in summary.method) == may_skip_key_checks
+    assert sorted(dropped, key=str) == (
+        [(("phases",), False), (("token_estimation_v2_events",), False)] if may_skip_key_checks
+        else [(None, True)])  # one call for both tables, foreign keys included
+    assert schema_objects(engine) == before
+    stored = read_events(engine)
+    expected = generated_frame(1500, 3, 4)
+    assert stored["event_id"].tolist() == list(range(1, 1501))
+    assert stored["phase_id"].tolist() == expected["phase_id"].tolist()
+    assert stored["actual_output_tokens"].tolist() == expected["actual_output_tokens"].tolist()
+    assert count_rows(engine, "phases") == summary.phases
+    assert key_violations(engine) == (0, 0, 0) and phases_with_another_runs_tier(engine) == 0
+    with engine.connect() as connection:
+        states = connection.execute(sa.text("SELECT DISTINCT state FROM runs")).scalars().all()
+        locks = connection.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").scalar()
+    assert (states, locks) == ([bulk.rows.LOADED_STATE], 0)
+
+
+@POSTGRES_ONLY
 def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_runs(engine, monkeypatch):
     bulk_load(engine, 300, runs=1, seed=1)
     # Small chunks and batches, so that several batches are committed before the failure.
