@@ -90,14 +90,14 @@ def bulk_load(
     each, a phase row for every phase and the events. Refuses with :class:`RunsAlreadyPresent` when
     the seed's runs exist. ``progress(events_written, events)`` is called after every chunk.
 
-    Into an empty events table the load is one transaction that drops the secondary indexes, copies
-    the rows and builds them again before committing, the usual way to populate a database; an
-    interruption rolls all of it back. (On SQLite that needs the only connection to the file; with
-    another one open, the load keeps the indexes in place as below. On PostgreSQL the foreign keys stay,
-    their triggers off for the load, and two connections work at once, one transaction each: the phases
-    (with the runs and tiers) on one, the events on the other, each dropping and rebuilding its own
-    table's indexes; when the role may not turn the triggers off, the load is one transaction that drops
-    the foreign keys too and adds them again.) Into a table that holds events already, rows are inserted
+    Into an empty events table the load drops the secondary indexes, copies the rows and builds them
+    again before committing, the usual way to populate a database. On SQLite that is one transaction,
+    which an interruption rolls back whole; it needs the only connection to the file (with another one
+    open, the load keeps the indexes in place as below). On PostgreSQL the foreign keys stay, their
+    triggers off for the load, and two connections work at once, one transaction each: the phases (with
+    the runs and tiers) on one, the events on the other, each dropping and rebuilding its own table's
+    indexes; when the role may not turn the triggers off, the load is one transaction that drops the
+    foreign keys too and adds them again. Into a table that holds events already, rows are inserted
     with the indexes in place: on SQLite in one transaction, rolled back whole on an interruption; on
     PostgreSQL in transactions of 500k events. A PostgreSQL load that commits more than once (an append,
     a fresh load on two connections) deletes its runs after an interruption that follows a commit, which
