@@ -66,7 +66,7 @@ def _may_skip_key_checks(scalar: Callable[[str], Any]) -> bool:
     if scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
         return True
     # Granting a setting (and asking about it) came with PostgreSQL 15.
-    return int(scalar("SHOW server_version_num")) >= 150000 and bool(
+    return int(scalar("SELECT current_setting('server_version_num')")) >= 150000 and bool(
         scalar("SELECT has_parameter_privilege('session_replication_role', 'SET')"))
 
 

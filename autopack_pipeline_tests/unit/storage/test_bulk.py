@@ -477,6 +477,57 @@ def test_a_fresh_postgresql_load_copies_and_rebuilds_each_table_on_its_own_conne
     assert (states, locks) == ([bulk.rows.LOADED_STATE], 0)
 
 
+@pytest.fixture
+def role_url(database_url):
+    """``database_url`` as a new role that is not a superuser and owns the (empty) database; the role is
+    dropped after the test, what it owned handed back first."""
+    import uuid
+
+    from autopack_pipeline_tests.support.databases import _admin_engine
+
+    role = f"autopack_test_role_{uuid.uuid4().hex[:8]}"
+    url = sa.engine.make_url(database_url)
+    admin = _admin_engine()
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
+        connection.exec_driver_sql(f'ALTER DATABASE "{url.database}" OWNER TO "{role}"')
+    try:
+        yield url.set(username=role).render_as_string(hide_password=False)
+    finally:
+        with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as connection:
+            connection.exec_driver_sql(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER')
+            connection.exec_driver_sql(f'DROP OWNED BY "{role}"')
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP ROLE "{role}"')
+        admin.dispose()
+
+
+@POSTGRES_ONLY
+@pytest.mark.parametrize("granted", [False, True])
+def test_a_role_that_is_not_a_superuser_loads_as_its_privileges_allow(role_url, database_url, granted):
+    """Whether the role may turn the key triggers off is asked of the server (the setting granted or not):
+    without it, the fresh load is one transaction that adds the foreign keys again and the append keeps
+    them checked on one connection; with it, both use two connections."""
+    if granted:  # PostgreSQL 15 lets a setting be granted
+        with sa.create_engine(database_url, isolation_level="AUTOCOMMIT").connect() as connection:
+            role = sa.engine.make_url(role_url).username
+            connection.exec_driver_sql(f'GRANT SET ON PARAMETER session_replication_role TO "{role}"')
+    engine = make_engine(role_url)
+    try:
+        upgrade_database(engine)
+        before = schema_objects(engine)
+        fresh = bulk_load(engine, 600, runs=2, seed=1)
+        append = bulk_load(engine, 400, runs=2, seed=2)
+        assert ("two connections at once" in fresh.method) == granted
+        assert ("foreign keys added again" in fresh.method) == (not granted)
+        assert ("events on a second connection" in append.method) == granted
+        assert schema_objects(engine) == before
+        assert count_rows(engine, "token_estimation_v2_events") == 1000
+        assert key_violations(engine) == (0, 0, 0)
+    finally:
+        engine.dispose()
+
+
 @POSTGRES_ONLY
 def test_a_postgresql_append_that_fails_after_committing_batches_removes_its_runs(engine, monkeypatch):
     bulk_load(engine, 300, runs=1, seed=1)
