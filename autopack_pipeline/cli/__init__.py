@@ -14,6 +14,7 @@ argparse defaults. ``test_architecture.CLI_MAY_IMPORT`` holds that list.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -112,10 +113,23 @@ def _os_error_text(exc: OSError) -> str:
 
 
 def _database_error(exc: BaseException) -> bool:
-    """A SQLAlchemy error. Looked up only when one is raised: a command that never loaded SQLAlchemy
-    (a usage error, ``--help``) cannot raise one, and loading it costs a fifth of a second."""
-    errors = sys.modules.get("sqlalchemy.exc")
-    return errors is not None and isinstance(exc, errors.SQLAlchemyError)
+    """A SQLAlchemy error, or one of ADBC's (the bulk loads and extractions). Looked up only when one is
+    raised: a command that never loaded their modules (a usage error, ``--help``) cannot raise one, and
+    loading SQLAlchemy costs a fifth of a second."""
+    errors, adbc = sys.modules.get("sqlalchemy.exc"), sys.modules.get("adbc_driver_manager")
+    return (errors is not None and isinstance(exc, errors.SQLAlchemyError)) or (
+        adbc is not None and isinstance(exc, adbc.Error))
+
+
+def _database_error_text(exc: BaseException) -> str:
+    """The driver's message, without the SQL text or connection parameters: the wrapped driver error of
+    SQLAlchemy's; of ADBC's, which quotes the statement it ran, the server's own message after ``ERROR:``."""
+    inner = getattr(exc, "orig", None) or exc
+    text = str(inner).strip()
+    if type(inner).__module__.startswith("adbc_driver_manager"):
+        server = re.search(r"ERROR:\s+(.+)", text)
+        text = server.group(1).strip() if server else text.splitlines()[0] if text else ""
+    return text or type(inner).__name__
 
 
 def _interrupted(exc: BaseException) -> bool:
@@ -156,11 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A file or directory the user named (or configured) cannot be read or written.
         return _fail(_os_error_text(exc), EXIT_USAGE, as_json)
     except Exception as exc:  # last: every narrower clause above comes first
-        if _database_error(exc):
-            # Show the driver's message without the SQL text or connection parameters.
-            return _fail(f"database error: {getattr(exc, 'orig', exc) or type(exc).__name__}", EXIT_REFUSED, as_json)
         if _interrupted(exc):  # the work has been rolled back on the way out, as for the interrupt itself
             return 130
+        if _database_error(exc):
+            return _fail(f"database error: {_database_error_text(exc)}", EXIT_REFUSED, as_json)
         raise
 
 

@@ -128,7 +128,7 @@ class _PostgresqlLoader(_Loader):
                 types, skip_key_checks = opened.types, opened.skip_key_checks
                 with opened.connections[0].cursor() as cursor:  # after the caller removed interrupted loads
                     cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM token_estimation_v2_events)")
-                    fresh = bool(cursor.fetchone()[0])
+                    fresh = bool(cursor.fetchone()[0]) and opened.owns_tables  # else as an append
                     if fresh and len(opened.connections) > 1:
                         # That read's lock on the events table would keep the second connection from
                         # dropping its indexes until the first commits: its transaction ends here.

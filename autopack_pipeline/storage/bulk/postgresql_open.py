@@ -31,6 +31,7 @@ class Opened:
 
     connections: list
     skip_key_checks: bool  # this role may turn the foreign-key triggers off
+    owns_tables: bool  # this role may drop and create the phases' and events' indexes (it owns them)
     types: dict[str, pa.Schema]  # per loaded table, its columns' Arrow types for binary COPY
     event_sequence: str  # the sequence the event ids come from
 
@@ -82,6 +83,11 @@ def open_connections(engine: Engine) -> Opened:
 
             skip_key_checks = _may_skip_key_checks(scalar)
             event_sequence = scalar("SELECT pg_get_serial_sequence('token_estimation_v2_events', 'event_id')")
+            # Only an owner (or a member of the owning role) may drop an index: a role granted no more than
+            # inserting rows loads an empty database with the indexes in place, as an append does.
+            owns_tables = bool(scalar(
+                "SELECT bool_and(pg_has_role(relowner, 'USAGE')) FROM pg_class "
+                "WHERE oid IN ('phases'::regclass, 'token_estimation_v2_events'::regclass)"))
             # pg_attribute rather than information_schema.columns: the same names and types, without
             # the view's privilege checks and joins (the first query of a backend fills its caches).
             cursor.execute(
@@ -101,7 +107,7 @@ def open_connections(engine: Engine) -> Opened:
         raise
     types = {table: pa.schema([(name, _ARROW_TYPES[kind]) for owner, name, kind in columns
                                if owner == table and kind in _ARROW_TYPES]) for table in _LOADED_TABLES}
-    return Opened(connections, skip_key_checks, types, event_sequence)
+    return Opened(connections, skip_key_checks, owns_tables, types, event_sequence)
 
 
 def pg_settings(cursor: Any, *, skip_key_checks: bool) -> None:

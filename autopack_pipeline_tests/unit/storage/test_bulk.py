@@ -3,8 +3,10 @@ left as it was, on SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import uuid
 
 import numpy as np
 import pandas as pd
@@ -477,26 +479,31 @@ def test_a_fresh_postgresql_load_copies_and_rebuilds_each_table_on_its_own_conne
     assert (states, locks) == ([bulk.rows.LOADED_STATE], 0)
 
 
-@pytest.fixture
-def role_url(database_url):
-    """``database_url`` as a new role that is not a superuser and owns the (empty) database; the role is
-    dropped after the test, what it owned handed back first."""
-    import uuid
-
+@contextlib.contextmanager
+def a_role(database_url: str, *, owns_database: bool):
+    """The URL of ``database_url`` as a new role that is not a superuser, which owns the database (and so
+    the tables it migrates) or was only granted the rows of the tables already there; dropped afterwards,
+    what it owned handed back first."""
     from autopack_pipeline_tests.support.databases import _admin_engine
 
     role = f"autopack_test_role_{uuid.uuid4().hex[:8]}"
     url = sa.engine.make_url(database_url)
-    admin = _admin_engine()
+    admin, here = _admin_engine(), sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
-        connection.exec_driver_sql(f'ALTER DATABASE "{url.database}" OWNER TO "{role}"')
+        if owns_database:
+            connection.exec_driver_sql(f'ALTER DATABASE "{url.database}" OWNER TO "{role}"')
+    if not owns_database:
+        with here.connect() as connection:
+            for kind in ("TABLES", "SEQUENCES"):
+                connection.exec_driver_sql(f'GRANT ALL ON ALL {kind} IN SCHEMA public TO "{role}"')
     try:
         yield url.set(username=role).render_as_string(hide_password=False)
     finally:
-        with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as connection:
+        with here.connect() as connection:
             connection.exec_driver_sql(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER')
             connection.exec_driver_sql(f'DROP OWNED BY "{role}"')
+        here.dispose()
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP ROLE "{role}"')
         admin.dispose()
@@ -504,23 +511,45 @@ def role_url(database_url):
 
 @POSTGRES_ONLY
 @pytest.mark.parametrize("granted", [False, True])
-def test_a_role_that_is_not_a_superuser_loads_as_its_privileges_allow(role_url, database_url, granted):
-    """Whether the role may turn the key triggers off is asked of the server (the setting granted or not):
-    without it, the fresh load is one transaction that adds the foreign keys again and the append keeps
-    them checked on one connection; with it, both use two connections."""
-    if granted:  # PostgreSQL 15 lets a setting be granted
+def test_a_role_that_is_not_a_superuser_loads_as_its_privileges_allow(database_url, granted):
+    """A role owning the database: whether it may turn the key triggers off is asked of the server (the
+    setting granted or not). Without it, the fresh load is one transaction that adds the foreign keys again
+    and the append keeps them checked on one connection; with it, both use two connections."""
+    with a_role(database_url, owns_database=True) as role_url:
+        if granted:  # PostgreSQL 15 lets a setting be granted
+            with sa.create_engine(database_url, isolation_level="AUTOCOMMIT").connect() as connection:
+                role = sa.engine.make_url(role_url).username
+                connection.exec_driver_sql(f'GRANT SET ON PARAMETER session_replication_role TO "{role}"')
+        _load_fresh_then_append(role_url, two_connections=granted, rebuilt=True, keys_added_again=not granted)
+
+
+@POSTGRES_ONLY
+def test_a_role_granted_only_the_rows_loads_an_empty_database_with_the_indexes_in_place(engine, database_url, capsys):
+    """A role that does not own the tables may not drop their indexes: the empty database is loaded as an
+    append is. A table it may not write is a one-line database error, exit 1, and nothing is left."""
+    with a_role(database_url, owns_database=False) as role_url:
+        _load_fresh_then_append(role_url, two_connections=False, rebuilt=False, keys_added_again=False)
         with sa.create_engine(database_url, isolation_level="AUTOCOMMIT").connect() as connection:
-            role = sa.engine.make_url(role_url).username
-            connection.exec_driver_sql(f'GRANT SET ON PARAMETER session_replication_role TO "{role}"')
-    engine = make_engine(role_url)
+            connection.exec_driver_sql(f'REVOKE INSERT ON phases FROM "{sa.engine.make_url(role_url).username}"')
+        code = main(["--database-url", role_url, "synth", "--events", "300", "--runs", "1", "--seed", "3"])
+        assert code == 1
+        assert capsys.readouterr().err.strip() == "autopack-telemetry: database error: permission denied for table phases"
+        assert count_rows(engine, "runs") == 4 and count_rows(engine, "token_estimation_v2_events") == 1000
+
+
+def _load_fresh_then_append(url: str, *, two_connections: bool, rebuilt: bool, keys_added_again: bool) -> None:
+    """Seed 1 into the empty database at ``url``, then seed 2, each loaded as the method says; the schema,
+    the rows and their keys as they should be."""
+    engine = make_engine(url)
     try:
         upgrade_database(engine)
         before = schema_objects(engine)
         fresh = bulk_load(engine, 600, runs=2, seed=1)
         append = bulk_load(engine, 400, runs=2, seed=2)
-        assert ("two connections at once" in fresh.method) == granted
-        assert ("foreign keys added again" in fresh.method) == (not granted)
-        assert ("events on a second connection" in append.method) == granted
+        assert ("two connections at once" in fresh.method) == two_connections
+        assert ("rebuilt after the rows" in fresh.method) == rebuilt
+        assert ("foreign keys added again" in fresh.method) == keys_added_again
+        assert ("events on a second connection" in append.method) == two_connections
         assert schema_objects(engine) == before
         assert count_rows(engine, "token_estimation_v2_events") == 1000
         assert key_violations(engine) == (0, 0, 0)
