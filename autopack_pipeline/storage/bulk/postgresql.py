@@ -6,21 +6,23 @@ Into an empty events table the secondary indexes are dropped, the rows copied an
 before committing. When the role may turn the foreign-key triggers off (``session_replication_role``),
 the keys stay and two connections work at once, each in one transaction: the first drops the phases'
 indexes, copies the runs, tiers and phases and rebuilds them, the second does the same for the events
-(each connection locks its own table, and the events' sixteen index builds are the load's longest
-step: on one connection, the phases' copy and rebuild came before them, 10-11 s for 500k events against
-7-8 s); else the load is one transaction, which drops the foreign keys too and adds them again (checking
-every row). An append keeps every index and commits every 500k events; when the role may turn the
-foreign-key triggers off, it copies the events on a second connection while the first copies the runs,
-tiers and phases (two backends, two cores), otherwise on one connection with the keys checked by the
-server. The events cost the server about twice what the phases do (16 indexes
-against 8), so the first connection also copies the events of each transaction's first pieces
-(:data:`PG_FIRST_CONNECTION_SHARE`), with ids drawn from the sequence before the second connection's
-``COPY`` starts, and both backends end at about the same time. That ``COPY`` starts as soon as the
-first piece after those exists, the first connection copies only while it has a piece waiting (else
-the next piece is generated and handed over first), and the runs' counts are written while its last
-pieces are still being copied. A failure after some batches were committed deletes the load's runs
-again, which cascades to the rest; the runs of a load that commits more than once (an append, a fresh
-load on two connections) are marked loading until its last commit, under an advisory lock, so that a load killed in between (no Python left to delete them) is removed by the next
+(each connection locks its own table; the events' sixteen index builds are the load's longest step,
+which on one connection came after the phases' copy and rebuild: 500k events took 9.8-10.7 s that way
+here, 7.7-9.6 s on two connections, beside other work); else the load is one transaction, which drops
+the foreign keys too and adds them again (checking every row). A role that does not own the tables may
+not drop their indexes: it loads an empty table as an append does. An append keeps every index and
+commits every 500k events; when the role may turn the foreign-key triggers off, it copies the events on
+a second connection while the first copies the runs, tiers and phases (two backends, two cores),
+otherwise on one connection with the keys checked by the server. The events cost the server about twice
+what the phases do (16 indexes against 8), so the first connection also copies the events of each
+transaction's first pieces (:data:`PG_FIRST_CONNECTION_SHARE`), with ids drawn from the sequence before
+the second connection's ``COPY`` starts, and both backends end at about the same time. That ``COPY``
+starts as soon as the first piece after those exists, the first connection copies only while it has a
+piece waiting (else the next piece is generated and handed over first), and the runs' counts are
+written while its last pieces are still being copied. A failure after some batches were committed
+deletes the load's runs again, which cascades to the rest; the runs of a load that commits more than
+once (an append, a fresh load on two connections) are marked loading until its last commit, under an
+advisory lock, so that a load killed in between (no Python left to delete them) is removed by the next
 (``postgresql_steps.remove_interrupted_loads``)."""
 
 from __future__ import annotations
@@ -229,11 +231,7 @@ class _PostgresqlLoader(_Loader):
             while pending:  # what is left
                 copy_pending()
             streams.finish_events(self._timed)  # a fresh load's events indexes rebuild meanwhile
-            if rebuild:
-                # Index builds sort in memory instead of spilling to disk (this transaction only).
-                cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
-            for statement in rebuild:
-                self._timed("indexes", lambda: cursor.execute(statement))  # noqa: B023
+            _rebuild(cursor, rebuild, self._timed)
             # Every piece's phases are counted by now; on an append with two connections the events'
             # last pieces are still being copied meanwhile.
             self._update_runs(cursor, text_timestamps=False)
@@ -335,10 +333,7 @@ class _PgStreams:
 
     def _rebuild_event_indexes(self, timed: Callable[[str, Callable[[], Any]], Any]) -> None:
         assert self.event_indexes is not None
-        # Index builds sort in memory instead of spilling to disk (this transaction only).
-        self.events_cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
-        for statement in self.event_indexes.result():
-            timed("indexes", lambda: self.events_cursor.execute(statement))  # noqa: B023
+        _rebuild(self.events_cursor, self.event_indexes.result(), timed)
 
     def reserve_event_ids(self, count: int) -> Future:
         """``count`` event ids drawn from the events' sequence, ascending, as a Future: drawn on the
@@ -428,6 +423,14 @@ def _batches(waiting: queue.Queue) -> Iterator[pa.RecordBatch]:
     """The record batches of the tables put in ``waiting``, until :data:`_END`."""
     while (rows := waiting.get()) is not _END:
         yield from rows.to_batches()
+
+
+def _rebuild(cursor: Any, statements: list[str], timed: Callable[[str, Callable[[], Any]], Any]) -> None:
+    """Run what rebuilds the dropped indexes (and keys) in the cursor's transaction, timed as "indexes"."""
+    if statements:  # index builds sort in memory instead of spilling to disk (this transaction only)
+        cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
+    for statement in statements:
+        timed("indexes", lambda: cursor.execute(statement))  # noqa: B023
 
 
 def _ingest(cursor: Any, table: str, rows: pa.Table) -> None:
