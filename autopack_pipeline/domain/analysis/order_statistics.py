@@ -92,8 +92,27 @@ def _bracketed(values: np.ndarray, wanted: list[int]) -> dict[int, float] | None
         middle = np.concatenate(parts)
         if not below <= run[0] <= run[-1] < below + len(middle) or len(middle) > n // 4:
             return None  # not in the range, or too many values in it (ties) for a gain
-        picked = _partitioned(middle, [p - below for p in run])
+        wanted_here = [p - below for p in run]
+        picked = _tied(middle, wanted_here, [sample[min(m - 1, int(p / n * m))] for p in run])
+        left = [p for p in wanted_here if p not in picked]
+        if left:
+            picked |= _partitioned(middle, left)
         found.update({p: picked[p - below] for p in run})
+    return found
+
+
+def _tied(values: np.ndarray, wanted: list[int], guesses: list[float]) -> dict[int, float]:
+    """The positions of ``wanted`` (of ``sorted(values)``) that hold one of ``guesses`` (values of the sample
+    near them), found by counting the values below and equal to each guess: a position with ``below <= p <
+    below + equal`` holds that very value. Token ratios tie heavily (5/6 is the waste ratios' median at ten
+    million events, ~60% of the 960k values around it), and numpy's selection slows down on many values equal
+    to its pivot (0.094 s for that partition, 0.003 s for the P90's range, which ties less). Equal floats
+    here are equal bits: the range holds no zero and no NaN (:func:`_bracketed`)."""
+    found: dict[int, float] = {}
+    for guess in dict.fromkeys(guesses):
+        below = int(np.count_nonzero(values < guess))
+        equal = int(np.count_nonzero(values == guess))
+        found.update({p: float(guess) for p in wanted if below <= p < below + equal})
     return found
 
 
