@@ -80,11 +80,8 @@ class RatioPairs:
                 and int(whole_p.min()) >= 0 and int(whole_a.min()) >= 1
                 and max(int(whole_p.max()), int(whole_a.max())) < 2**31):
             return None
-        whole_p <<= 32
-        whole_p |= whole_a
-        del whole_a
-        keys, counts = np.unique(whole_p, return_counts=True)
-        del whole_p
+        keys, counts = _distinct_pairs(whole_p, whole_a)
+        del whole_p, whole_a
         with np.errstate(divide="ignore"):  # a zero prediction: an infinite ratio, as CoverageGroup.ratios holds
             ratios = _actual(keys) / _predicted(keys)
         order = np.argsort(ratios)
@@ -103,6 +100,43 @@ class RatioPairs:
         np.divide(_actual(self.keys), scaled, out=scaled)
         order = np.argsort(scaled, kind="stable")  # nearly ascending already: timsort's runs
         return np.repeat(scaled[order], self.counts[order])
+
+
+def _distinct_pairs(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct ``predicted << 32 | actual`` keys ascending, how many calls have each) of non-negative
+    int64 counts below 2**31 (``predicted`` is overwritten). Counted in a table of (predicted value, actual
+    value) cells when both kinds' values span a narrow enough range and their distinct values make few
+    enough cells: a group's predictions take few values (27 across the 1.4M calls of the largest at ten
+    million events), so its 200k pairs are found by four passes and a count (~15 ms) where ``np.unique``
+    sorted every call's key (~100 ms); else by ``np.unique``."""
+    n = len(predicted)
+    limit = 4 * n + (1 << 16)
+    low_p, low_a = int(predicted.min()), int(actual.min())
+    span_p, span_a = int(predicted.max()) - low_p + 1, int(actual.max()) - low_a + 1
+    if span_p <= limit and span_a <= limit:
+        predicted -= low_p
+        shifted_a = actual - low_a
+        # Each kind's values, and each value's code among them (ascending, so the cells keep the keys' order).
+        seen_p = np.bincount(predicted, minlength=span_p) > 0
+        seen_a = np.bincount(shifted_a, minlength=span_a) > 0
+        values_p, values_a = np.flatnonzero(seen_p), np.flatnonzero(seen_a)
+        if len(values_p) * len(values_a) <= limit:
+            code_p = np.cumsum(seen_p, dtype=np.int64) - 1
+            code_a = np.cumsum(seen_a, dtype=np.int64) - 1
+            cell = code_p[predicted]
+            cell *= len(values_a)
+            cell += code_a[shifted_a]
+            counts = np.bincount(cell, minlength=len(values_p) * len(values_a))
+            del cell
+            present = np.flatnonzero(counts)
+            keys = values_p[present // len(values_a)] + low_p
+            keys <<= 32
+            keys |= values_a[present % len(values_a)] + low_a
+            return keys, counts[present]
+        predicted += low_p
+    predicted <<= 32
+    predicted |= actual
+    return np.unique(predicted, return_counts=True)
 
 
 def _predicted(keys: np.ndarray) -> np.ndarray:

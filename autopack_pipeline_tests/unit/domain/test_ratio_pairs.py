@@ -72,3 +72,24 @@ def test_a_groups_pooled_margins_and_censored_margin_are_those_of_every_calls_qu
             assert ascending == (fast.ratio_pairs is not None)
             assert np.array_equal(np.sort(got), np.sort(scaled_ratios(slow, factor)[0]))
             assert _censored_margin(fast, factor, 40) == _censored_margin(slow, factor, 40)
+
+
+@pytest.mark.parametrize("shape", ["few predictions", "wide predictions", "wide actuals", "both wide"])
+def test_distinct_pairs_counted_in_a_table_or_sorted_are_np_uniques(shape):
+    """The distinct (predicted, actual) keys and their counts, from a table of cells where the values allow it,
+    else from np.unique: np.unique's either way."""
+    from autopack_pipeline.domain.group_observations import _distinct_pairs
+
+    rng = np.random.default_rng(len(shape))
+    n = 30000
+    predicted = {"few predictions": rng.choice([3998, 4500, 9000, 22068], n),
+                 "wide predictions": rng.integers(0, 2**31 - 1, n),
+                 "wide actuals": rng.integers(100, 5000, n),
+                 "both wide": rng.integers(0, 2**30, n)}[shape].astype(np.int64)
+    actual = (rng.integers(1, 2**31 - 1, n) if shape in ("wide actuals", "both wide")
+              else np.maximum(1, predicted // 3 + rng.integers(-200, 200, n))).astype(np.int64)
+    actual[: n // 3] = actual[n // 3: 2 * (n // 3)]  # repeated pairs
+    predicted[: n // 3] = predicted[n // 3: 2 * (n // 3)]
+    want = np.unique((predicted << 32) | actual, return_counts=True)
+    got = _distinct_pairs(predicted.copy(), actual.copy())
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
