@@ -84,10 +84,11 @@ def _bracketed(values: np.ndarray, wanted: list[int]) -> dict[int, float] | None
         for start in range(0, n, _CHUNK):
             chunk = values[start:start + _CHUNK]
             ge, le = inside[:len(chunk)], upper[:len(chunk)]
-            below += int(np.count_nonzero(np.less(chunk, lo, out=le)))
             np.greater_equal(chunk, lo, out=ge)
             np.less_equal(chunk, hi, out=le)
             ge &= le
+            # Below lo: at most hi and not in the range (lo <= hi; a NaN is neither), one comparison fewer.
+            below += int(np.count_nonzero(le)) - int(np.count_nonzero(ge))
             parts.append(chunk[ge])
         middle = np.concatenate(parts)
         if not below <= run[0] <= run[-1] < below + len(middle) or len(middle) > n // 4:
