@@ -233,8 +233,9 @@ def coverage_groups(
     else:
         rows, begins = _rows_by_group(arrays, clean.mask, censored)
     # The figures of the used rows, gathered once in group order; every group is a slice (a view).
-    predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), budget_sent(
-        arrays, rows)
+    # Each group's clean rows, then its censored rows, ascending: runs that begin at ``begins`` (rows_of).
+    predicted, actual = arrays.predicted.floats_at(rows, begins), arrays.actual.floats_at(rows, begins)
+    budget = budget_sent(arrays, rows, begins)
 
     groups: list[CoverageGroup] = []
     for code in np.flatnonzero(begins[2::2] > begins[:-1:2]):  # the groups with rows
