@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import SLICE_ROWS, EventArrays, IntColumn
+from autopack_pipeline.domain.analysis.arrays import SLICE_ROWS, EventArrays, IntColumn, rows_of
 from autopack_pipeline.domain.analysis.calibration_results import (
     AUTOPACK_MEDIAN,
     DEFAULT_CONFIDENCE_THRESHOLD,
@@ -107,10 +107,14 @@ def calibrate_autopack_median_arrays(
         for i, rows in enumerate(groups.rows) if len(rows) < min_samples
     ]
     calibrated: list[GroupCalibration] = []
-    for i in big:  # one group at a time: temporaries stay the size of the largest group
+    # Every group's selected budgets in one gather, a block of the column at a time (arrays.rows_of with
+    # runs), where each group's rows, spread over every event, were a cache line each (~0.04 s at 10M).
+    every_selected = _selected_of_groups(arrays.selected_budget, [groups.rows[i] for i in big])
+    for at, i in enumerate(big):  # one group at a time: temporaries stay the size of the largest group
         rows = groups.rows[i]
         selected_known = arrays.selected_budget.known_at(rows)
-        selected = arrays.selected_budget.known_or_zero(rows)
+        selected = (arrays.selected_budget.known_or_zero(rows) if every_selected is None
+                    else every_selected[at])
         figures = _gathered_figures(arrays, (gathered or {}).get(groups.keys[i]), rows)
         ascending = None
         if figures is not None:
@@ -133,6 +137,16 @@ def calibrate_autopack_median_arrays(
         below_threshold=sorted(below, key=group_order),
         provenance=provenance_arrays(arrays, samples, provenance),
     )
+
+
+def _selected_of_groups(column: IntColumn, rows: list[np.ndarray]) -> list[np.ndarray] | None:
+    """``column.known_or_zero(r)`` of each of ``rows`` (each ascending), gathered together; None when the
+    column misses a value or there is one group at most (then each is gathered alone)."""
+    if column.valid is not None or len(rows) < 2:
+        return None
+    bounds = np.r_[0, np.cumsum([len(r) for r in rows])]
+    values = rows_of(column.values, np.concatenate(rows), runs=bounds)
+    return [values[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 def _gathered_figures(arrays: EventArrays, group: Any, rows: np.ndarray
