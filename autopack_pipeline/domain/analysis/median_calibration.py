@@ -110,7 +110,11 @@ def calibrate_autopack_median_arrays(
     # Every group's selected budgets in one gather, a block of the column at a time (arrays.rows_of with
     # runs), where each group's rows, spread over every event, were a cache line each (~0.04 s at 10M).
     every_selected = _selected_of_groups(arrays.selected_budget, [groups.rows[i] for i in big])
-    for at, i in enumerate(big):  # one group at a time: temporaries stay the size of the largest group
+    # One group at a time (temporaries stay the size of the largest group), the last first: the coverage method,
+    # on another thread, reads the same groups' sorted ratios from the first (CoverageGroup.ratios_ascending,
+    # computed once by whichever asks first), so the two sort half of them each instead of one waiting for
+    # the other's group after group. The groups are put in order below.
+    for at, i in reversed(list(enumerate(big))):
         rows = groups.rows[i]
         selected_known = arrays.selected_budget.known_at(rows)
         selected = (arrays.selected_budget.known_or_zero(rows) if every_selected is None
