@@ -229,7 +229,12 @@ def _rank_folds(n: int) -> _RankFolds:
             reach, per_fold = _FOLD_RANKS[-1]
             if n > reach or not per_fold:
                 reach = max(_FOLD_REACH_FROM, 1 << (n - 1).bit_length())
-                folds = _hashed_folds(np.arange(reach, dtype=np.uint64), 0).astype(np.int8)
+                # Hashed a slice at a time: the hash's 64-bit temporaries stay small (its 2M ranks at ten
+                # million events were ~70 MB of them at once, beside the analysis' peak memory).
+                folds = np.empty(reach, dtype=np.int8)
+                for start in range(0, reach, _FOLD_REACH_FROM):
+                    end = min(reach, start + _FOLD_REACH_FROM)
+                    folds[start:end] = _hashed_folds(np.arange(start, end, dtype=np.uint64), 0)
                 # int32 while they fit: half the memory of 64-bit indices.
                 kind = np.int32 if reach <= 2**31 else np.int64
                 per_fold = tuple(np.flatnonzero(folds == fold).astype(kind) for fold in range(FOLDS))

@@ -91,5 +91,5 @@ def test_distinct_pairs_counted_in_a_table_or_sorted_are_np_uniques(shape):
     actual[: n // 3] = actual[n // 3: 2 * (n // 3)]  # repeated pairs
     predicted[: n // 3] = predicted[n // 3: 2 * (n // 3)]
     want = np.unique((predicted << 32) | actual, return_counts=True)
-    got = _distinct_pairs(predicted.copy(), actual.copy())
+    got = _distinct_pairs(predicted.astype(np.int32), actual.astype(np.int32))
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
