@@ -113,5 +113,6 @@ def test_groups_gathered_in_batches_are_priced_as_each_group_alone(monkeypatch):
     alone = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers)
     monkeypatch.setattr(group_economics, "_BATCH_ROWS", 10**9)  # every group in one batch, by blocks
     monkeypatch.setattr(array_module, "_RUN_BLOCK", 16)
+    monkeypatch.setattr(array_module, "_RUNS_FROM_BYTES", 0)
     together = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers)
     assert len(groups) >= 2 and len(arrays) > 16 and json.dumps(together) == json.dumps(alone)

@@ -11,6 +11,7 @@ from autopack_pipeline.domain.analysis import arrays as module
 @pytest.mark.parametrize("ordered", [True, False])
 def test_rows_in_ascending_runs_gathered_by_blocks_are_a_plain_gather(ordered, monkeypatch):
     monkeypatch.setattr(module, "_RUN_BLOCK", 1000)  # many blocks over a small column
+    monkeypatch.setattr(module, "_RUNS_FROM_BYTES", 0)
     rng = np.random.default_rng(5)
     values = rng.integers(0, 50000, 25_000).astype(np.int32)
     group = rng.integers(0, 9, len(values))
