@@ -76,3 +76,18 @@ def test_positions_on_a_heavily_tied_value_are_counted_as_the_sorted_values(seed
     assert all(picked[p] == ordered[p] for p in positions)
     tied = module._tied(values, [p for p in sorted(positions)], [5 / 6])
     assert tied and all(ordered[p] == 5 / 6 for p in tied)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.75, 0.95, 1.0])
+def test_kept_values_are_a_boolean_index_whatever_share_is_kept(share):
+    """The tier metrics' kept values (np.extract below nine in ten kept, a boolean index above): the same
+    values in the same order, at the front of the caller's array."""
+    from autopack_pipeline.domain.analysis.metrics import _kept
+
+    rng = np.random.default_rng(int(share * 100))
+    values = rng.lognormal(0, 1, 200_003)
+    keep = rng.random(len(values)) < share
+    want = values[keep]
+    got, flags = _kept(values.copy(), keep)
+    assert np.array_equal(got, want if not keep.all() else values)
+    assert (flags is None) == bool(keep.all())
