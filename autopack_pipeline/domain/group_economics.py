@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, rows_of, truncated_flags
+from autopack_pipeline.domain.analysis.arrays import EventArrays, budget_sent, gathers_by_runs, rows_of, truncated_flags
 from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
 from autopack_pipeline.domain.analysis.samples import rows_by_pair
 from autopack_pipeline.domain.coefficients import CoefficientTable
@@ -155,10 +155,13 @@ def _gathered_batch(arrays: EventArrays, pair_rows: list[np.ndarray], codes: lis
     every event, were a cache line each. Each group's rows are let go once read: replaced in ``pair_rows``
     by a new empty array (an empty slice of them would keep them, and the caller's list, held to the end
     of the calibration, with them). The same values as each group's own gathers, in slices."""
+    # A column the CPU's cache holds is gathered group by group as fast: one group at a time then, whose
+    # temporaries are the smaller (calibrate at a million events).
+    limit = _BATCH_ROWS if gathers_by_runs(arrays.predicted.values) else 0
     chosen, total = [], 0
     for index in range(first, len(codes)):
         size = len(pair_rows[codes[index]])
-        if chosen and total + size > _BATCH_ROWS:
+        if chosen and total + size > limit:
             break
         chosen.append(index)
         total += size

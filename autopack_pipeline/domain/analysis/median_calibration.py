@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import SLICE_ROWS, EventArrays, IntColumn, rows_of
+from autopack_pipeline.domain.analysis.arrays import SLICE_ROWS, EventArrays, IntColumn, gathers_by_runs, rows_of
 from autopack_pipeline.domain.analysis.calibration_results import (
     AUTOPACK_MEDIAN,
     DEFAULT_CONFIDENCE_THRESHOLD,
@@ -149,8 +149,9 @@ def calibrate_autopack_median_arrays(
 
 def _selected_of_groups(column: IntColumn, rows: list[np.ndarray]) -> list[np.ndarray] | None:
     """``column.known_or_zero(r)`` of each of ``rows`` (each ascending), gathered together; None when the
-    column misses a value or there is one group at most (then each is gathered alone)."""
-    if column.valid is not None or len(rows) < 2:
+    column misses a value, there is one group at most, or the column is small enough to be gathered group
+    by group as fast (then each is gathered alone)."""
+    if column.valid is not None or len(rows) < 2 or not gathers_by_runs(column.values):
         return None
     bounds = np.r_[0, np.cumsum([len(r) for r in rows])]
     values = rows_of(column.values, np.concatenate(rows), runs=bounds)
