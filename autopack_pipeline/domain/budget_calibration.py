@@ -61,7 +61,7 @@ from autopack_pipeline.domain.budget_projection import proportional_floor, trunc
 from autopack_pipeline.domain.coefficients import CoefficientTable, GroupSetting
 from autopack_pipeline.domain.coverage_factor import coverage_has_no_bound, factor_lower_bound, own_coverage_factor
 from autopack_pipeline.domain.escalation import ESCALATION_FACTOR
-from autopack_pipeline.domain.group_observations import GroupObservationsInForce, observations_in_force
+from autopack_pipeline.domain.group_observations import GroupObservationsInForce, observations_in_force, scaled_ratios
 from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, group_shape
 from autopack_pipeline.domain.pooled_margin import kaplan_meier_point, pooled_group_margins
 from autopack_pipeline.domain.scale_pooling import scales_pooled
@@ -235,7 +235,9 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
     allows above (length-world seed 43's implementation/low after round 2, 6 of 156 truncated:
     margin x1.831 where the estimate gives x1.100, the largest clean ratio). A group too small for the rank (``k > N``)
     has no such allowance: its margin still covers every clean call and every ceiling x1.25."""
-    clean = group.actual / (group.predicted * factor)
+    # Ascending already when the group has its distinct pairs (group_observations.RatioPairs): the
+    # values np.sort gives, so the estimate reads them as they are.
+    clean, ascending = scaled_ratios(group, factor)
     ceilings = group.censored_ceiling / (group.censored_predicted * factor)
     n = len(clean) + len(ceilings)
     rank = min(k, n)
@@ -243,7 +245,7 @@ def _censored_margin(group: GroupObservationsInForce, factor: float, k: int) -> 
     cap = order_statistics(np.r_[clean, CENSORED_HEADROOM * ceilings], [rank - 1], overwrite=True)[rank - 1]
     if k > n:
         return cap, f"every clean call, and {CENSORED_HEADROOM}x every ceiling hit"
-    point = kaplan_meier_point(clean, ceilings, k / n - 1e-12)
+    point = kaplan_meier_point(clean, ceilings, k / n - 1e-12, ascending=ascending)
     if point is not None and point < cap:
         return point, f"the Kaplan-Meier {k}/{n} point of its ratios, truncated calls censored at their ceilings"
     return cap, f"the {k}-th of {n} ratios with truncated calls at {CENSORED_HEADROOM}x their ceilings"
@@ -287,9 +289,9 @@ def pooled_margins(observed: Sequence[GroupObservationsInForce], factors: dict[t
         ascending = scale == 1.0 and g.ratios_ascending is not None
         if ascending:  # actual / (predicted x 1) are the group's ratios, sorted already: a copy becomes the logs
             ratios = g.ratios_ascending.copy()
-        else:  # the ratios computed into the scaled predictions' array, which becomes the logs (one temporary)
-            ratios = g.predicted * scale
-            np.divide(g.actual, ratios, out=ratios)
+        else:  # the scaled ratios, a fresh array that becomes the logs (one temporary), ascending already when
+            # the group has its distinct pairs (group_observations.RatioPairs: group_shape then checks the order)
+            ratios, ascending = scaled_ratios(g, scale)
         shape = group_shape(key, ratios, g.censored_ceiling / (g.censored_predicted * scale), overwrite=True,
                             ascending=ascending)
         if shape is not None:

@@ -74,7 +74,7 @@ def events_in_window(arrays: EventArrays, window: TimeWindow | None) -> EventArr
 def latest_day(arrays: EventArrays) -> date | None:
     """The UTC day of the newest event; ``None`` when no event has a timestamp."""
     stamps = arrays.timestamp_us
-    known = stamps.values[stamps.notna()]
+    known = stamps.values if stamps.valid is None else stamps.values[stamps.valid]  # every one known: no copy
     if not len(known):
         return None
     return (_EPOCH + timedelta(microseconds=int(known.max()))).date()

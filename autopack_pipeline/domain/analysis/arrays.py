@@ -43,11 +43,12 @@ class IntColumn:
             out[~self.valid] = np.nan
         return out
 
-    def floats_at(self, rows: np.ndarray | None) -> np.ndarray:
-        """``floats()`` of the rows selected by ``rows`` (indices or a mask; None: all)."""
+    def floats_at(self, rows: np.ndarray | None, runs: np.ndarray | None = None) -> np.ndarray:
+        """``floats()`` of the rows selected by ``rows`` (indices or a mask; None: all); ``runs``: see
+        :func:`rows_of`."""
         if rows is None:
             return self.floats()
-        out = rows_of(self.values, rows, np.float64)
+        out = rows_of(self.values, rows, np.float64, runs=runs)
         if self.valid is not None:
             out[~self.valid[rows]] = np.nan
         return out
@@ -272,18 +273,59 @@ class EventArrays:
         )
 
 
-def rows_of(values: np.ndarray, rows: np.ndarray, dtype: type | None = None) -> np.ndarray:
+def rows_of(values: np.ndarray, rows: np.ndarray, dtype: type | None = None, *,
+            runs: np.ndarray | None = None) -> np.ndarray:
     """``values[rows]`` (``rows``: indices or a mask) as ``dtype`` (default: the values'). Indices are
     gathered by np.take a slice at a time into the result: fancy indexing with the int32 row lists the
     calibration keeps is 1.7x slower (0.11 against 0.065 s for 8M rows of a group order), np.take of all
-    of them at once copies them to int64 first, and a converted gather is no second copy of the values."""
+    of them at once copies them to int64 first, and a converted gather is no second copy of the values.
+
+    ``runs``: where ascending runs of ``rows`` begin (and the last ends), when they are such runs (each
+    group's rows in a group order): they are then gathered a block of ``values`` at a time, every run's
+    rows in that block, so each block is read from the CPU cache by every run (:func:`_rows_of_runs`)."""
     rows = np.asarray(rows)
     if rows.dtype == bool:
         out = values[rows]
         return out if dtype is None else out.astype(dtype)
     out = np.empty(len(rows), dtype=values.dtype if dtype is None else dtype)
+    if runs is not None and len(runs) > 2 and gathers_by_runs(values):
+        return _rows_of_runs(values, rows, runs, out)
     for start in range(0, len(rows), CHUNK_ROWS):
         out[start:start + CHUNK_ROWS] = np.take(values, rows[start:start + CHUNK_ROWS])
+    return out
+
+
+# Rows of a column per block of :func:`_rows_of_runs` (2 MB of int32 values: within the CPU's caches).
+_RUN_BLOCK = 1 << 19
+# A column this large or smaller is gathered run by run (:func:`rows_of`): it stays in the CPU's last-level
+# cache (32 MB here), where a plain gather is the faster (3M int32 values: 8 against 11 ms; 4.5M: 42 against 22).
+_RUNS_FROM_BYTES = 16 << 20
+
+
+def gathers_by_runs(values: np.ndarray) -> bool:
+    """Whether :func:`rows_of` gathers runs of rows from ``values`` a block at a time (else run by run)."""
+    return values.nbytes > _RUNS_FROM_BYTES
+
+
+def _rows_of_runs(values: np.ndarray, rows: np.ndarray, runs: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:func:`rows_of` of rows made of ascending runs (``rows[runs[i]:runs[i + 1]]``), into ``out``. Gathered
+    run by run, each run's rows spread over the whole column (35 groups' rows interleaved at ten million
+    events: each row a cache line of its own, 0.09 s per column of 9M rows); a block of the column at a
+    time, each run's rows in it, the block's lines are read once (0.045 s). The same values, in place."""
+    edges = np.arange(0, len(values) + _RUN_BLOCK, _RUN_BLOCK)
+    cuts = []
+    for start, end in zip(runs[:-1], runs[1:]):
+        if end > start:
+            cut = start + np.searchsorted(rows[start:end], edges)
+            # Every position of the run in exactly one block, whatever its rows: a run out of order costs
+            # speed, never a value (each position gets its own row's value).
+            cut[0], cut[-1] = start, end
+            cuts.append(np.maximum.accumulate(cut))
+    for block in range(len(edges) - 1):
+        for cut in cuts:
+            first, last = int(cut[block]), int(cut[block + 1])
+            if last > first:
+                out[first:last] = np.take(values, rows[first:last])
     return out
 
 
@@ -346,7 +388,7 @@ def budget_sent_rule(sent: np.ndarray, selected: np.ndarray) -> np.ndarray:
 
 
 def budget_sent_integers(arrays: EventArrays, rows: np.ndarray | None = None,
-                         dtype: type | None = None) -> np.ndarray | None:
+                         dtype: type | None = None, runs: np.ndarray | None = None) -> np.ndarray | None:
     """:func:`budget_sent_rule` picked on the integers, when neither column misses a value (else None):
     a zero ceiling falls back. int32 to float64 is exact, so these are the rule's floats without their
     float copies and NaN tests. ``dtype``: the result's (default: the integers'), gathered into it."""
@@ -358,7 +400,7 @@ def budget_sent_integers(arrays: EventArrays, rows: np.ndarray | None = None,
         picked = np.where(chosen == 0, fallback if rows is None else rows_of(fallback, rows), chosen)
         return picked if dtype is None else picked.astype(dtype)
     chosen = (sent.values.astype(dtype or sent.values.dtype) if rows is None  # (astype: a copy)
-              else rows_of(sent.values, rows, dtype))
+              else rows_of(sent.values, rows, dtype, runs=runs))
     # The fallback is read only where it is taken (a zero ceiling, a few calls), not gathered for every row.
     zero = np.flatnonzero(chosen == 0)
     if len(zero):
@@ -371,9 +413,10 @@ def _positions(rows: np.ndarray, picked: np.ndarray) -> np.ndarray:
     return np.flatnonzero(rows)[picked] if rows.dtype == bool else rows[picked]
 
 
-def budget_sent(arrays: EventArrays, rows: np.ndarray | None = None) -> np.ndarray:
-    """:func:`budget_sent_rule` of the events at ``rows`` (indices or a mask; None: all), as floats."""
-    integers = budget_sent_integers(arrays, rows, np.float64)  # the integers gathered as floats (exact)
+def budget_sent(arrays: EventArrays, rows: np.ndarray | None = None, runs: np.ndarray | None = None) -> np.ndarray:
+    """:func:`budget_sent_rule` of the events at ``rows`` (indices or a mask; None: all), as floats;
+    ``runs``: see :func:`rows_of`."""
+    integers = budget_sent_integers(arrays, rows, np.float64, runs)  # the integers gathered as floats (exact)
     if integers is not None:
         return integers
     return budget_sent_rule(arrays.actual_max_tokens.floats_at(rows), arrays.selected_budget.floats_at(rows))

@@ -49,6 +49,7 @@ from autopack_pipeline.domain.analysis.samples import (
     stable_order,
 )
 from autopack_pipeline.domain.coefficients import CoefficientTable
+from autopack_pipeline.domain.group_observations import RatioPairs
 from autopack_pipeline.domain.shared_figures import shared
 from autopack_pipeline.domain.targets import MIN_GROUP_SAMPLES, UNDER_TOLERANCE
 
@@ -84,7 +85,9 @@ def coverage_observations(
             has_clean = _member_of(arrays.run_code.values[rows].astype(np.int64) * width
                                    + arrays.phase_code.values[rows], pairs)
         else:
-            has_clean = _member_of(phase.values[rows], phase.values[clean.mask])
+            # np.extract: the clean rows' phases as phase.values[clean.mask] gives them, faster for a mask
+            # of about three rows in four (numpy's boolean indexing branches per row: 41 against 16 ms at 10M).
+            has_clean = _member_of(phase.values[rows], np.extract(clean.mask, phase.values))
         censored = censored.copy()
         censored[rows[has_clean]] = False
         censored[_duplicate_attempts(arrays, censored)] = False
@@ -147,6 +150,10 @@ def _coverage_waste(budget_sent: np.ndarray, predicted: np.ndarray, actual: np.n
     return median_of(values, overwrite=True), p90_of(values, overwrite=True)
 
 
+# From this many clean calls on, a group's ratios are sorted through its distinct pairs (CoverageGroup.ratio_pairs).
+_PAIRS_FROM = 4096
+
+
 @dataclass
 class CoverageGroup:
     """One (category, complexity) group's observations: row indices and their figures, in row order."""
@@ -176,7 +183,21 @@ class CoverageGroup:
         """``ratios`` sorted, once for every reader, on whichever thread asks first: the frontier (the
         economics), the group's own coverage factor and the first pooled pass each sorted them (about
         28 ms for the 720k clean calls of a million events, each time)."""
-        return shared(self, "ratios_ascending", lambda: np.sort(self.ratios))
+        return shared(self, "ratios_sorted", self._ratios_sorted)[0]
+
+    @property
+    def ratio_pairs(self) -> RatioPairs | None:
+        """The group's distinct (predicted, actual) pairs in ascending ratio order, with how many calls have
+        each (:class:`~autopack_pipeline.domain.group_observations.RatioPairs`), or None when the token counts
+        are not all whole numbers below 2**31 or a ratio is zero or NaN."""
+        return shared(self, "ratios_sorted", self._ratios_sorted)[1]
+
+    def _ratios_sorted(self) -> tuple[np.ndarray, RatioPairs | None]:
+        """(``ratios`` ascending, :attr:`ratio_pairs`)."""
+        pairs = RatioPairs.of(self.predicted, self.actual) if len(self.ratios) >= _PAIRS_FROM else None
+        if pairs is None:
+            return np.sort(self.ratios), None
+        return pairs.ascending_ratios(), pairs
 
 
 def _coverage_group(arrays: EventArrays, group: CoverageGroup, level: LevelValue, tolerance: float,
@@ -214,8 +235,9 @@ def coverage_groups(
     else:
         rows, begins = _rows_by_group(arrays, clean.mask, censored)
     # The figures of the used rows, gathered once in group order; every group is a slice (a view).
-    predicted, actual, budget = arrays.predicted.floats_at(rows), arrays.actual.floats_at(rows), budget_sent(
-        arrays, rows)
+    # Each group's clean rows, then its censored rows, ascending: runs that begin at ``begins`` (rows_of).
+    predicted, actual = arrays.predicted.floats_at(rows, begins), arrays.actual.floats_at(rows, begins)
+    budget = budget_sent(arrays, rows, begins)
 
     groups: list[CoverageGroup] = []
     for code in np.flatnonzero(begins[2::2] > begins[:-1:2]):  # the groups with rows

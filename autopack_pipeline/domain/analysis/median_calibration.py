@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autopack_pipeline.domain.analysis.arrays import SLICE_ROWS, EventArrays, IntColumn
+from autopack_pipeline.domain.analysis.arrays import SLICE_ROWS, EventArrays, IntColumn, gathers_by_runs, rows_of
 from autopack_pipeline.domain.analysis.calibration_results import (
     AUTOPACK_MEDIAN,
     DEFAULT_CONFIDENCE_THRESHOLD,
@@ -50,8 +50,12 @@ def _masked_range(column: IntColumn, rows: np.ndarray) -> tuple[int, int] | None
     # ``where=`` (not vectorised). A million rows at a time: a copy the size of the column (80 MB of
     # timestamps at ten million events) would be fresh pages, the chunks' copies reuse malloc's.
     low, high = None, None
+    # np.extract below nine in ten chosen (the clean samples: about three rows in four), a boolean index's
+    # values where the index branches per row and is 2-3x slower.
+    sparse = np.count_nonzero(chosen) < 0.9 * len(chosen)
     for start in range(0, len(chosen), SLICE_ROWS):
-        values = column.values[start:start + SLICE_ROWS][chosen[start:start + SLICE_ROWS]]
+        values, flags = column.values[start:start + SLICE_ROWS], chosen[start:start + SLICE_ROWS]
+        values = np.extract(flags, values) if sparse else values[flags]
         if len(values):
             least, most = int(values.min()), int(values.max())
             low, high = (least, most) if low is None else (min(low, least), max(high, most))
@@ -107,10 +111,18 @@ def calibrate_autopack_median_arrays(
         for i, rows in enumerate(groups.rows) if len(rows) < min_samples
     ]
     calibrated: list[GroupCalibration] = []
-    for i in big:  # one group at a time: temporaries stay the size of the largest group
+    # Every group's selected budgets in one gather, a block of the column at a time (arrays.rows_of with
+    # runs), where each group's rows, spread over every event, were a cache line each (~0.04 s at 10M).
+    every_selected = _selected_of_groups(arrays.selected_budget, [groups.rows[i] for i in big])
+    # One group at a time (temporaries stay the size of the largest group), the last first: the coverage method,
+    # on another thread, reads the same groups' sorted ratios from the first (CoverageGroup.ratios_ascending,
+    # computed once by whichever asks first), so the two sort half of them each instead of one waiting for
+    # the other's group after group. The groups are put in order below.
+    for at, i in reversed(list(enumerate(big))):
         rows = groups.rows[i]
         selected_known = arrays.selected_budget.known_at(rows)
-        selected = arrays.selected_budget.known_or_zero(rows)
+        selected = (arrays.selected_budget.known_or_zero(rows) if every_selected is None
+                    else every_selected[at])
         figures = _gathered_figures(arrays, (gathered or {}).get(groups.keys[i]), rows)
         ascending = None
         if figures is not None:
@@ -133,6 +145,17 @@ def calibrate_autopack_median_arrays(
         below_threshold=sorted(below, key=group_order),
         provenance=provenance_arrays(arrays, samples, provenance),
     )
+
+
+def _selected_of_groups(column: IntColumn, rows: list[np.ndarray]) -> list[np.ndarray] | None:
+    """``column.known_or_zero(r)`` of each of ``rows`` (each ascending), gathered together; None when the
+    column misses a value, there is one group at most, or the column is small enough to be gathered group
+    by group as fast (then each is gathered alone)."""
+    if column.valid is not None or len(rows) < 2 or not gathers_by_runs(column.values):
+        return None
+    bounds = np.r_[0, np.cumsum([len(r) for r in rows])]
+    values = rows_of(column.values, np.concatenate(rows), runs=bounds)
+    return [values[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 def _gathered_figures(arrays: EventArrays, group: Any, rows: np.ndarray

@@ -92,7 +92,11 @@ def _occurs_twice(keys: np.ndarray) -> np.ndarray:
     # Few keys over a wide range (the censored calls' phases): a value occurring more than once equals its
     # neighbour once sorted, and those values are marked (np.unique's inverse and counts cost 4x as much:
     # 0.10 against 0.03 s for 1.8M keys at ten million events).
-    ordered = np.sort(keys)
+    # Keys in nearly ascending order (the censored calls' phases, in row order: 99.98% ascending at ten
+    # million events) are sorted by timsort's runs, 3 against 60 ms for 1.8M keys; others by quicksort,
+    # which a timsort of keys in no order is slower than. The same sorted integers either way.
+    descents = int(np.count_nonzero(keys[1:] < keys[:-1]))
+    ordered = np.sort(keys, kind="stable" if descents < len(keys) // 64 else None)
     return _member_of(keys, ordered[1:][ordered[1:] == ordered[:-1]])
 
 

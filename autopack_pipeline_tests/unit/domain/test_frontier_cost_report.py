@@ -92,3 +92,27 @@ def test_one_price_for_every_event_prices_each_group_as_a_price_per_event_does(m
     found_before = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers,
                                                    pair_rows=rows)
     assert json.dumps(found_before) == json.dumps(once)
+
+
+def test_groups_gathered_in_batches_are_priced_as_each_group_alone(monkeypatch):
+    """The groups' rows gathered a batch of groups at a time, a block of each column at a time: the same
+    figures as each group gathered alone."""
+    from autopack_pipeline.domain import group_economics
+    from autopack_pipeline.domain.analysis import arrays as array_module
+    from autopack_pipeline.domain.analysis import coverage_groups
+    from autopack_pipeline.domain.coefficients import load_coefficients
+    from autopack_pipeline.services.seed_files import load_prices_for
+    from autopack_pipeline.storage.frames import event_arrays_from_frame
+
+    arrays = event_arrays_from_frame(events())
+    settings = load_settings()
+    prices, table = load_prices_for(settings), load_coefficients(settings.seeds_dir / "estimator_coefficients.yaml")
+    groups = coverage_groups(arrays)[2]
+    multipliers = {g.key: 1.2 for g in groups}
+    monkeypatch.setattr(group_economics, "_BATCH_ROWS", 0)  # each group alone, a plain gather
+    alone = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers)
+    monkeypatch.setattr(group_economics, "_BATCH_ROWS", 10**9)  # every group in one batch, by blocks
+    monkeypatch.setattr(array_module, "_RUN_BLOCK", 16)
+    monkeypatch.setattr(array_module, "_RUNS_FROM_BYTES", 0)
+    together = group_economics.group_economics(arrays, groups, table, prices, calibrated_multipliers=multipliers)
+    assert len(groups) >= 2 and len(arrays) > 16 and json.dumps(together) == json.dumps(alone)

@@ -56,3 +56,38 @@ def test_many_values_are_selected_in_a_range_as_the_sorted_values(kind, monkeypa
     assert (ranged[0] is None) == (kind == "zeros")
     if kind != "zeros":
         assert np.array_equal(values, before, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_positions_on_a_heavily_tied_value_are_counted_as_the_sorted_values(seed):
+    """A position whose value the sample guesses, with many values equal to it (token ratios such as 5/6), is
+    read by counting the values below and equal to it; the others of the range are still selected."""
+    from autopack_pipeline.domain.analysis import order_statistics as module
+
+    rng = np.random.default_rng(seed)
+    size = module._BRACKET_FROM * 3 + int(rng.integers(0, 5000))
+    values = rng.lognormal(0, 0.5, size)
+    values[rng.random(size) < 0.4] = 5 / 6  # the median on it, the P90 not
+    values[rng.random(size) < 0.05] = rng.integers(1, 4, 1)[0] + 0.5  # a second tie, above the P90 or on it
+    n = size
+    positions = [n // 2 - 1, n // 2, 9 * (n + 1) // 10 - 1, 9 * (n + 1) // 10, n // 7]
+    picked = order_statistics(values, positions)
+    ordered = np.sort(values)
+    assert all(picked[p] == ordered[p] for p in positions)
+    tied = module._tied(values, [p for p in sorted(positions)], [5 / 6])
+    assert tied and all(ordered[p] == 5 / 6 for p in tied)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.75, 0.95, 1.0])
+def test_kept_values_are_a_boolean_index_whatever_share_is_kept(share):
+    """The tier metrics' kept values (np.extract below nine in ten kept, a boolean index above): the same
+    values in the same order, at the front of the caller's array."""
+    from autopack_pipeline.domain.analysis.metrics import _kept
+
+    rng = np.random.default_rng(int(share * 100))
+    values = rng.lognormal(0, 1, 200_003)
+    keep = rng.random(len(values)) < share
+    want = values[keep]
+    got, flags = _kept(values.copy(), keep)
+    assert np.array_equal(got, want if not keep.all() else values)
+    assert (flags is None) == bool(keep.all())

@@ -140,3 +140,19 @@ def test_the_ceiling_order_statistic_of_sorted_ratios_is_the_partitions(cut_shar
         plain = dataclasses.replace(group, ratios_ascending=None)
         assert ceiling_order_statistic(group) == ceiling_order_statistic(plain)
         assert factor_lower_bound(group) == factor_lower_bound(plain)
+
+
+def test_the_folds_of_ranks_are_those_hashed_for_each_size_whatever_sizes_came_before(monkeypatch):
+    """Every group size reads views of one list of each fold's ranks (computed for the largest size asked):
+    the ranks and bounds a stable sort of that size's own hashed folds gives, whichever sizes were asked first."""
+    from autopack_pipeline.domain import group_shape as module
+
+    monkeypatch.setattr(module, "_FOLD_RANKS", [(0, ())])
+    monkeypatch.setattr(module, "_FOLD_REACH_FROM", 64)
+    for n in (0, 1, 5, 63, 64, 65, 1000, 7, 70000, 129, 70001):
+        folds = module._hashed_folds(np.arange(n, dtype=np.uint64), 0)
+        want = np.argsort(folds, kind="stable")
+        got = module._rank_folds(n)
+        assert np.array_equal(np.concatenate(got.per_fold), want)
+        assert np.array_equal(got.bounds, np.r_[0, np.cumsum(np.bincount(folds, minlength=module.FOLDS))])
+        assert all(np.array_equal(got.ranks_in(f), want[got.bounds[f]:got.bounds[f + 1]]) for f in range(module.FOLDS))
