@@ -484,8 +484,25 @@ def _materialize_and_split(assets: list, resources: dict, workdir: str, outputs:
             "pickle_bytes": pickles}
 
 
+def child_probe() -> dict:
+    """The same fixed work in every run: the host's speed at that moment. A machine of this kind shares its
+    host, which ran the same one-thread loop 1.3 to 2.1 s from one minute to the next (2026-12-06), so a run's
+    figures are read against the probes taken at its start and its end."""
+    import numpy as np
+
+    began = time.perf_counter()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    python_s = time.perf_counter() - began
+    values = np.random.default_rng(7).random(4_000_000)
+    began = time.perf_counter()
+    np.sort(values)
+    return {"python_s": python_s, "numpy_sort_s": time.perf_counter() - began}
+
+
 CHILDREN = {
-    "synth": child_synth, "sqlite_floor": child_sqlite_floor, "pg_floor": child_pg_floor, "extract": child_extract, "analyse": child_analyse, "cli": child_cli,
+    "probe": child_probe, "synth": child_synth, "sqlite_floor": child_sqlite_floor, "pg_floor": child_pg_floor, "extract": child_extract, "analyse": child_analyse, "cli": child_cli,
     "orm_calibrate": child_orm_calibrate,
     "record": child_record, "collection": child_collection, "dagster": child_dagster,
 }
@@ -585,6 +602,14 @@ def machine() -> dict:
         "numpy": numpy.__version__, "pandas": pandas.__version__, "pyarrow": pyarrow.__version__,
         "sqlalchemy": sqlalchemy.__version__, "load_average_before": os.getloadavg(),
     }
+
+
+def host_probe(when: str) -> dict:
+    """:func:`child_probe` in a fresh process, printed: the host's speed ``when`` (before or after the figures)."""
+    probe = run_child("probe").result
+    print(f"host speed probe {when}: 5M-step Python loop {probe['python_s']:.3f} s, numpy sort of 4M floats "
+          f"{probe['numpy_sort_s']:.3f} s (the same work every run: higher means a slower host)", flush=True)
+    return probe
 
 
 def args_sizes(args: argparse.Namespace, sizes: list[int]) -> list[int]:
@@ -1027,6 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
     compile_package(report)
     m = report.machine
     print(f"machine: {m['nproc']} x {m['cpu']}, {m['ram_gib']} GiB RAM; load average {m['load_average_before']}")
+    m["probe_before"] = host_probe("before")
     began = time.perf_counter()
     global NEW_EVENTS
     NEW_EVENTS = NEW_EVENTS // args.scale
@@ -1055,6 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
                 for db, seed in appended:
                     remove_seed(db, seed)
     m["load_average_after"] = os.getloadavg()
+    m["probe_after"] = host_probe("after")
     m["benchmark_minutes"] = round((time.perf_counter() - began) / 60, 1)
     print(f"load average after: {m['load_average_after']}; {m['benchmark_minutes']} minutes")
     for note in report.notes:
