@@ -223,8 +223,9 @@ def check_unfinished_synthetic_runs(facts: dict[str, Any]) -> Check:
     if not unfinished:
         return Check("unfinished_synthetic_runs", title, OK, 0, threshold)
     return Check("unfinished_synthetic_runs", title, WARN, unfinished, threshold, [
-        "a PostgreSQL synth append is running now, or one was killed between two of its commits and left "
-        "these runs with part of their events; metrics and calibration count those events",
+        "a PostgreSQL synth load (an append, or a load into an empty database, which commits once per "
+        "connection) is running now, or one was killed between two of its commits and left these runs with "
+        "part of their rows; metrics and calibration count the events among them",
         "the next `autopack-telemetry synth` into this database removes an interrupted load's runs first",
     ])
 
