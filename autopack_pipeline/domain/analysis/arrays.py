@@ -9,7 +9,7 @@ step shares (success, truncation, the budget sent) are defined here, once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -327,6 +327,16 @@ def _rows_of_runs(values: np.ndarray, rows: np.ndarray, runs: np.ndarray, out: n
             if last > first:
                 out[first:last] = np.take(values, rows[first:last])
     return out
+
+
+def kept_slices(values: np.ndarray, keep: np.ndarray, rows: int) -> Iterator[np.ndarray]:
+    """``values[keep]`` a slice of ``rows`` at a time: each slice's kept values, in order. Below nine in ten
+    kept, by ``np.extract`` (the positions, then a gather): a boolean index branches per row and is 2-3x
+    slower there (the clean samples keep about three rows in four); above, the boolean index is faster."""
+    sparse = np.count_nonzero(keep) < 0.9 * len(keep)
+    for start in range(0, len(values), rows):
+        chunk, flags = values[start:start + rows], keep[start:start + rows]
+        yield np.extract(flags, chunk) if sparse else chunk[flags]
 
 
 def rows_of_masks(parts: list[np.ndarray | None], total: int) -> tuple[np.ndarray, list]:
