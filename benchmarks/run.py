@@ -524,6 +524,12 @@ def run_child(task: str, timeout: float = 3600, **kwargs: Any) -> ChildResult:
     """
     import threading
 
+    # Every dirty page written out first, so no figure pays for the write-back of what the steps before it
+    # wrote (gigabytes after a load or an extraction), which competes with whatever runs next: unsettled,
+    # the SQLite 100k append's loader and floor swung between 0.72x and 1.09x of each other from round to
+    # round here; settled, 0.95-1.02x in four quiet pairs. The 10M analysis right after its extraction took
+    # 6.6 and 5.6 s unsettled, 5.7 and 5.1 s settled (alternating, 2026-12-06).
+    os.sync()
     began = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         # As a module (``-m``), not by path: its byte-compiled file is used (``compile_package``), where a
@@ -722,21 +728,11 @@ def _sqlite_copy(source: Path, target: Path) -> None:
 SQLITE_APPEND_ROUNDS = 5
 
 
-def _settled() -> None:
-    """Write every dirty page out before a load is timed. The loads and copies before it leave gigabytes
-    for the kernel to write back, and that writeback competes with whichever load runs next: unsettled,
-    the SQLite 100k append's loader and floor swung between 0.72x and 1.09x of each other from round
-    to round here; settled, 0.95-1.02x in four quiet pairs (this benchmark's own sequence still moves more,
-    hence the rounds above). PostgreSQL's loads settle the same way."""
-    os.sync()
-
-
 def bench_synth(report: Report, work: Path, scale: int) -> None:
     print("synth: bulk load rates", flush=True)
     path = work / "synth-rate.db"
     floor_path = work / "synth-floor.db"
     db = f"sqlite:///{path}"
-    _settled()
     fresh = run_child("synth", db=db, events=1_000_000 // scale, seed=1)
     first = fresh.result
 
@@ -759,7 +755,6 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
     rate = first["events_per_second"]
     report.add(f"synth into SQLite, {size_name(1_000_000 // scale)} events into an empty DB", rate, "events/s", "", "",
                None, f"{first['phases']:,} phases, {first['runs']:,} runs too; {_stages(first)}")
-    _settled()
     floor = run_child("sqlite_floor", source=str(path), target=str(floor_path), stage="empty",
                       events=first["events"], phases=first["phases"]).result
     add_floor([first], [floor], f"rows {floor['rows_s']:.1f} s + {floor['indexes']} index rebuilds "
@@ -775,10 +770,8 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
     for round_ in range(SQLITE_APPEND_ROUNDS):
         target = work / f"synth-append-{round_}.db"
         _sqlite_copy(base, target)
-        _settled()
         loaded.append(run_child("synth", db=f"sqlite:///{target}", events=NEW_EVENTS, seed=2).result)
         _sqlite_copy(base, floor_path)
-        _settled()
         floors.append(run_child("sqlite_floor", source=str(target), target=str(floor_path), stage="append",
                                 events=first["events"], phases=first["phases"]).result)
         for name in _sqlite_files(target):
@@ -805,7 +798,6 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
         connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     try:
         url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-        _settled()
         fresh = run_child("synth", db=url, events=500_000 // scale, seed=1)
         rate = fresh.result["events_per_second"]
         report.add(f"synth into PostgreSQL (COPY), {size_name(500_000 // scale)} into an empty DB", rate, "events/s",
@@ -816,14 +808,12 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
         # which the append would otherwise find still being flushed.
         with admin.connect() as connection:
             connection.exec_driver_sql(f'CREATE DATABASE "{name}_floor" TEMPLATE "{name}" STRATEGY = FILE_COPY')
-        _settled()
         append = run_child("synth", db=url, events=NEW_EVENTS, seed=2)
         rate = append.result["events_per_second"]
         report.add(f"synth into PostgreSQL, {size_name(NEW_EVENTS)} more (indexes in place)", rate, "events/s",
                    f">= {SYNTH_PG_PER_S:,}/s", f"{rate / SYNTH_PG_PER_S:.2f}x of bound", rate >= SYNTH_PG_PER_S,
                    _stages(append.result))
         floor_url = sa.engine.make_url(url).set(database=f"{name}_floor").render_as_string(hide_password=False)
-        _settled()
         floor = run_child("pg_floor", source=url, target=floor_url, seed=2).result
         share = rate / floor["events_per_second"]
         report.add("  PostgreSQL's floor: the same rows by binary COPY", floor["events_per_second"], "events/s",
