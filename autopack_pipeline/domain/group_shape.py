@@ -241,7 +241,8 @@ def _rank_folds(n: int) -> _RankFolds:
                 for ranks in per_fold:
                     ranks.flags.writeable = False
                 _FOLD_RANKS[-1] = (reach, per_fold)
-    counts = [int(np.searchsorted(ranks, n)) for ranks in per_fold]
+    # n in the ranks' own type: an int searched in int32 ranks copies them to int64 first (2 ms at 16M reach)
+    counts = [int(ranks.searchsorted(ranks.dtype.type(n))) for ranks in per_fold]
     return _RankFolds(tuple(ranks[:count] for ranks, count in zip(per_fold, counts)), np.r_[0, np.cumsum(counts)])
 
 

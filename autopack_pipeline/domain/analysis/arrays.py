@@ -313,6 +313,9 @@ def _rows_of_runs(values: np.ndarray, rows: np.ndarray, runs: np.ndarray, out: n
     events: each row a cache line of its own, 0.09 s per column of 9M rows); a block of the column at a
     time, each run's rows in it, the block's lines are read once (0.045 s). The same values, in place."""
     edges = np.arange(0, len(values) + _RUN_BLOCK, _RUN_BLOCK)
+    if edges.dtype != rows.dtype and edges[-1] <= np.iinfo(rows.dtype).max:
+        # In the rows' own type: int64 edges searched in a run of int32 rows copy the run to int64 first.
+        edges = edges.astype(rows.dtype)
     cuts = []
     for start, end in zip(runs[:-1], runs[1:]):
         if end > start:
