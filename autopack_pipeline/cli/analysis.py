@@ -24,6 +24,11 @@ from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    with collector_paused():  # as calibrate: no collections during the measure, none over its objects at exit
+        return _metrics(args)
+
+
+def _metrics(args: argparse.Namespace) -> int:
     from autopack_pipeline.services.metrics_report import measure, metrics_json, spend_line
     from autopack_pipeline.settings import load_settings
 
