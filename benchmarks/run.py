@@ -210,18 +210,20 @@ def child_extract(db: str, store: str, full: bool) -> dict:
 
 def child_analyse(store: str) -> dict:
     began = time.perf_counter()
+    from autopack_pipeline.cli.common import collector_paused
     from autopack_pipeline.services.analysis import WindowedEvents
     from autopack_pipeline.services.pipeline import analyse_events
     from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.columnar import ColumnarStore
 
     imported = time.perf_counter()
-    arrays = ColumnarStore(store).event_arrays()
-    loaded = time.perf_counter()
-    # The product's one chain (services.pipeline) over every event, with no database: predictions as
-    # recorded (no re-prediction), the gate forced open, no report written.
-    analysis = analyse_events(load_settings(), WindowedEvents(arrays, None), arrays, force=True, write_reports=False)
-    done = time.perf_counter()
+    with collector_paused():
+        arrays = ColumnarStore(store).event_arrays()
+        loaded = time.perf_counter()
+        # The product's one chain (services.pipeline) over every event, with no database: predictions as
+        # recorded (no re-prediction), the gate forced open, no report written.
+        analysis = analyse_events(load_settings(), WindowedEvents(arrays, None), arrays, force=True, write_reports=False)
+        done = time.perf_counter()
     tier1 = analysis.metrics.tier1
     gate = analysis.calibration.gate
     # The gate's line names every group whose breach is certain; the note only counts them.
