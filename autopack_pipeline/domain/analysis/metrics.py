@@ -380,16 +380,19 @@ def _strata(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multipl
     if math.prod(sizes) * 16 > _MAX_CELLS:
         return {dimension: _tier1_by_code(_select(codes, rows), names, bits, multiplier)
                 for dimension, (codes, names) in zip(STRATA_DIMENSIONS, dimensions)}
-    # One bincount of every row's (category, complexity, deliverables, flags) cell, each dimension's
-    # counts its sums (integers: the same counts as a bincount per dimension, a quarter of the passes).
-    cell = _select(dimensions[0][0], rows).astype(np.int32)  # below _MAX_CELLS: 32 bits, half the traffic
-    for codes, size in zip([codes for codes, _names in dimensions[1:]], sizes[1:]):
-        cell *= size
-        cell += _select(codes, rows)
-    cell *= 16
-    cell += bits
-    counts = np.bincount(cell, minlength=math.prod(sizes) * 16).reshape(*sizes, 16)
-    del cell
+    # One bincount of every row's (category, complexity, deliverables, flags) cell (each dimension's counts its sums),
+    # a slice at a time in bincount's intp (int32 columns were copied to int64 inside it: 0.15-0.22 -> 0.10 s at 10M).
+    codes = [_select(codes, rows) for codes, _names in dimensions]
+    counts = np.zeros(math.prod(sizes) * 16, dtype=np.intp)
+    for start in range(0, len(bits), CHUNK_ROWS):
+        cell = codes[0][start:start + CHUNK_ROWS].astype(np.intp)
+        for more, size in zip(codes[1:], sizes[1:]):
+            cell *= size
+            cell += more[start:start + CHUNK_ROWS]
+        cell *= 16
+        cell += bits[start:start + CHUNK_ROWS]
+        counts += np.bincount(cell, minlength=len(counts))
+    counts = counts.reshape(*sizes, 16)
     if rows is None:
         # The groups' Tier 1 (_group_tier1) counts the same rows' (category, complexity) cells.
         base.group_cells[multiplier] = counts.sum(axis=2).reshape(sizes[0] * sizes[1], 16)
