@@ -31,7 +31,7 @@ from autopack_pipeline.domain.analysis.rates import (
     percent,
     tier1_block,
 )
-from autopack_pipeline.domain.categories import deliverable_bucket
+from autopack_pipeline.domain.analysis.strata_codes import dimension_codes
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 
 
@@ -97,38 +97,45 @@ class _Basics:
 
     def ratio_values(self, name: str, rows: np.ndarray | None,
                      tokens: tuple[np.ndarray, np.ndarray] | None = None,
-                     out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                     out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(the values the reference sorts for one figure over ``rows`` (a mask or indices), in that
         order; which of those rows have one, None when all do).
 
         ``waste``: finite predicted/actual; ``budget_waste``: finite budget/actual with both positive;
         ``smape``: 200 * |p - a| / (|p| + |a|) over non-truncated rows with a positive finite scale.
-        ``tokens``: ``self.tokens(rows)`` when the caller has them (not changed). ``out``: two float64
-        arrays of one value per row the values (and SMAPE's scale) may be computed in, overwritten; the
-        values returned may be the first, so it must not be used again while they are. Each figure at ten
-        million rows otherwise maps a fresh 80 MB or two, whose pages the kernel zeroes on first touch.
+        ``tokens``: ``self.tokens(rows)`` when the caller has them (not changed). ``out``: a float64 array
+        of one value per row the values may be computed in, overwritten; the values returned may be it, so
+        it must not be used again while they are. Each figure at ten million rows otherwise maps a fresh
+        80 MB or two, whose pages the kernel zeroes on first touch.
         Each value is computed for every row and the rows without one dropped after, in one gather (the
         same operations per value as on the kept rows alone, which took three gathers).
         """
         predicted, actual = tokens or self.tokens(rows)
-        values_out, scale_out = out or (None, None)
         with np.errstate(divide="ignore", invalid="ignore"):
             if name == "waste":
-                values = np.divide(predicted, actual, dtype=np.float64, out=values_out)
+                values = np.divide(predicted, actual, dtype=np.float64, out=out)
                 return _kept(values, np.isfinite(values))
             if name == "budget_waste":
                 budget = self.budget(rows)
-                values = np.divide(budget, actual, dtype=np.float64, out=values_out)
+                values = np.divide(budget, actual, dtype=np.float64, out=out)
                 return _kept(values, np.isfinite(values) & (budget > 0) & (actual > 0))
             if self.whole and max(predicted.itemsize, actual.itemsize) <= 4:
                 # Non-negative 32-bit integers: |p| + |a| and p - a exactly, as float64 (below 2**33, where
-                # float64 holds every integer: the values the integers convert to), in place from there on.
-                scale = np.add(predicted, actual, dtype=np.float64, out=scale_out)
-                usable = ~_select(self.truncated, rows) & (scale > 0)
-                values = np.subtract(predicted, actual, dtype=np.float64, out=values_out)
-                np.abs(values, out=values)
-                values *= 200.0
-            elif self.whole:
+                # float64 holds every integer: the values the integers convert to). A slice at a time, the
+                # scale in one small array: a scale per row was 140 MB of fresh pages at ten million events.
+                values = np.empty(len(actual)) if out is None else out
+                usable = ~_select(self.truncated, rows)
+                scale = np.empty(min(CHUNK_ROWS, len(actual)))
+                for start in range(0, len(actual), CHUNK_ROWS):
+                    mine, end = values[start:start + CHUNK_ROWS], start + CHUNK_ROWS
+                    own = np.add(predicted[start:end], actual[start:end], dtype=np.float64, out=scale[:len(mine)])
+                    usable[start:end] &= own > 0
+                    np.subtract(predicted[start:end], actual[start:end], dtype=np.float64, out=mine)
+                    np.abs(mine, out=mine)
+                    mine *= 200.0
+                    mine /= own
+                return _kept(values, usable)
+            if self.whole:
                 # Non-negative integers: |p| + |a| exactly, in 64 bits.
                 scale = np.add(predicted, actual, dtype=np.int64)
                 usable = ~_select(self.truncated, rows) & (scale > 0)
@@ -184,9 +191,9 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
     # The token counts gathered once for the three figures: the int32 counts themselves when every one is
     # known (_Basics.whole), else floats.
     tokens = base.tokens(rows)
-    # The buffers every figure's values are computed in, in turn (each figure is done with its values before
+    # The buffer every figure's values are computed in, in turn (each figure is done with its values before
     # the next one's are computed).
-    buffers = (np.empty(len(tokens[0]), dtype=np.float64), np.empty(len(tokens[0]), dtype=np.float64))
+    buffer = np.empty(len(tokens[0]), dtype=np.float64)
     out: list[dict[str, Any]] = [{} for _ in documents]
     # Without copies when every value is a non-negative number (_Basics.whole: no NaN, no -0.0, so equal
     # values have equal bits) and no two documents' parts partly overlap: each document's values are then
@@ -201,7 +208,7 @@ def _shared_ratio_figures(base: _Basics, parts: list[np.ndarray | None], documen
         last = max(range(len(documents)), key=lambda d: (len(documents[d]), -d))
         order = [d for d in range(len(documents)) if d != last] + [last]
     for name in ("waste", "budget_waste", "smape"):
-        values, kept = base.ratio_values(name, rows, tokens, out=buffers)
+        values, kept = base.ratio_values(name, rows, tokens, out=buffer)
         bounds = [0] + [end if kept is None else int(np.count_nonzero(kept[:end])) for end in ends]
         del kept
         slices = [values[bounds[members[0]]:bounds[members[-1] + 1]] for members in documents]
@@ -302,39 +309,6 @@ def compute_metrics_arrays(
 
 
 # -- strata and groups ------------------------------------------------------------------------------
-
-
-def deliverable_codes(arrays: EventArrays) -> tuple[np.ndarray, list[str]]:
-    """Row codes into the sorted deliverable buckets (``1``, ``2-5``, ``6+``), by ``deliverable_bucket``."""
-    column = arrays.deliverable_count
-    counts = column.values if column.valid is None else np.where(column.valid, column.values, 0)
-    if len(counts) == 0:
-        return np.zeros(0, dtype=np.int32), []
-    low, high = int(counts.min()), int(counts.max())
-    if high - low < 100_000:  # the usual case: a lookup table over the range of counts
-        buckets = [deliverable_bucket(n) for n in range(low, high + 1)]
-        names = sorted(set(buckets))
-        # int8 codes (three buckets): a quarter of int32 codes' memory. Indexed by the counts themselves
-        # when none is negative (the entries below the least are never read): no shifted copy of them.
-        shift = min(low, 0)
-        lookup = np.zeros(high + 1 - shift, dtype=np.int8 if len(names) < 128 else np.int32)
-        lookup[low - shift:] = [names.index(b) for b in buckets]
-        return lookup[counts if shift == 0 else counts - shift], names
-    uniques, codes = np.unique(counts, return_inverse=True)
-    buckets = [deliverable_bucket(int(n)) for n in uniques]
-    names = sorted(set(buckets))
-    lookup = np.array([names.index(b) for b in buckets], dtype=np.int32)
-    return lookup[codes], names
-
-
-def dimension_codes(arrays: EventArrays, dimension: str) -> tuple[np.ndarray, list[str]]:
-    """Row codes into the sorted canonical labels of one strata dimension."""
-    if dimension == "deliverables":
-        return deliverable_codes(arrays)
-    named = arrays.canonical_groups
-    if dimension == "category":
-        return named.category, named.category_names
-    return named.complexity, named.complexity_names
 
 
 def _flag_bits(known: np.ndarray, over: np.ndarray, truncated: np.ndarray, success: np.ndarray) -> np.ndarray:
