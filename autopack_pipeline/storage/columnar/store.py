@@ -342,7 +342,7 @@ class ColumnarStore:
             end = min(start + BATCH_IDS, part["max_event_id"])
             batches.append(("event_id > %s AND event_id <= %s", (start, end)))
             start = end
-        tables = [table for _batch, table in prefetch(batches, lambda b: reader.read(*b))]
+        tables = [table for _batch, table in prefetch(batches, lambda b: reader.read(*b), workers=2)]
         table = pa.concat_tables(tables).combine_chunks()
         # The range also holds rows that are not in this part: set aside for their timestamp, or
         # (PostgreSQL) committed late into another part.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from autopack_pipeline.storage.events import record_estimation_event
 from autopack_pipeline.storage.prediction_inputs import read_prediction_inputs
 
@@ -20,9 +22,11 @@ def test_events_record_their_coefficients_version(seeded, make_event):
     assert features["context_quality"] == "some" and features["examples_required"] is True
 
 
-def test_the_columnar_copy_and_the_database_give_the_same_inputs(seeded, make_event, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_ids", [None, 7], ids=["one-batch", "batches-on-two-threads"])
+def test_the_columnar_copy_and_the_database_give_the_same_inputs(seeded, make_event, tmp_path, monkeypatch, batch_ids):
     """Both routes (the columnar copy, refreshed first; the table itself) against the rows read one by
-    one: NULL and set features, unparseable deliverables, events before and after the version column."""
+    one: NULL and set features, unparseable deliverables, events before and after the version column.
+    With small batches the copy's inputs are read by two threads, and still come in event_id order."""
     import json
 
     import sqlalchemy as sa
@@ -33,6 +37,8 @@ def test_the_columnar_copy_and_the_database_give_the_same_inputs(seeded, make_ev
     from autopack_pipeline.storage.prediction_inputs import _read_from_database, prediction_inputs_from_arrow
 
     monkeypatch.setenv(columnar.COLUMNAR_DIR_VARIABLE, str(tmp_path / "columnar"))
+    if batch_ids:
+        monkeypatch.setattr(columnar.store, "BATCH_IDS", batch_ids)
     engine = seeded
     with engine.begin() as connection:
         for i in range(40):
@@ -56,7 +62,9 @@ def test_the_columnar_copy_and_the_database_give_the_same_inputs(seeded, make_ev
                 {name: row[name] for name in ("api_reference_required", "examples_required", "research_required",
                                               "usage_guide_required", "context_quality")})
 
-    for inputs in (read_prediction_inputs(engine), prediction_inputs_from_arrow(_read_from_database(engine))):
+    copied = read_prediction_inputs(engine)
+    assert list(copied.event_ids) == sorted(copied.event_ids)  # in event_id order, however many threads read it
+    for inputs in (copied, prediction_inputs_from_arrow(_read_from_database(engine))):
         got = [(int(inputs.event_ids[i]), inputs.deliverables_at(i), inputs.version_at(i), inputs.features_at(i))
                for i in range(len(inputs))]
         assert sorted(got, key=lambda entry: entry[0]) == [expected(row) for row in stored]
