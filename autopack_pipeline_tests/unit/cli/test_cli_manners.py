@@ -180,14 +180,19 @@ def test_a_command_freezing_what_is_loaded_lets_an_earlier_commands_frozen_garba
         gc.unfreeze()
 
 
-def test_calibrate_runs_with_the_collector_paused_and_sets_what_it_leaves_aside_as_it_ends(
-        tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("command", "module", "function"), [
+    (["calibrate", "--json", "--force", "--output-dir", "{tmp}/reports"], "pipeline", "analyse"),
+    (["metrics", "--json"], "metrics_report", "measure"),
+])
+def test_analysis_commands_run_with_the_collector_paused_and_set_what_they_leave_aside_as_they_end(
+        tmp_path, monkeypatch, capsys, command, module, function):
     """No collection while the analysis runs (it makes little cyclic garbage, and the collections cost
-    0.15 s of CPU at a million events); at the end everything alive, Pillow loaded for the plot
-    included, is frozen, so the interpreter's exit walks none of it; and the collector is on again."""
+    ``calibrate`` 0.15 s of CPU at a million events); at the end everything alive, Pillow loaded for the
+    plot included, is frozen, so the interpreter's exit walks none of it (a fifth of ``metrics``' time at a
+    million events); and the collector is on again."""
     import gc
+    import importlib
 
-    from autopack_pipeline.services import pipeline
     from autopack_pipeline_tests.support.calibration_cli_support import environment, populate
 
     env = environment(tmp_path) | {"AUTOPACK_COLUMNAR_DIR": str(tmp_path / "columnar")}
@@ -196,50 +201,20 @@ def test_calibrate_runs_with_the_collector_paused_and_sets_what_it_leaves_aside_
     populate(env["DATABASE_URL"], [int(3424 * (0.8 + 0.025 * i)) for i in range(30)], truncated=1)
     collecting: list[bool] = []
     made: list = []
-    real_analyse = pipeline.analyse
+    owner = importlib.import_module(f"autopack_pipeline.services.{module}")
+    real = getattr(owner, function)
 
-    def analyse(*args, **kwargs):
+    def watched(*args, **kwargs):
         collecting.append(gc.isenabled())
-        made.append(real_analyse(*args, **kwargs))
+        made.append(real(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(pipeline, "analyse", analyse)
+    monkeypatch.setattr(owner, function, watched)
     try:
-        code = main(["calibrate", "--json", "--force", "--output-dir", str(tmp_path / "reports")])
+        code = main([part.replace("{tmp}", str(tmp_path)) for part in command])
         assert gc.isenabled() and collecting == [False]
         # Made after the command's first freeze and alive as it ended: frozen, in no generation the collector walks.
         assert not any(o is made[0] for o in gc.get_objects())
     finally:
         gc.unfreeze()  # for the tests after this one
-    assert code == 0 and json.loads(capsys.readouterr().out)["reports"]["plot"]
-
-
-def test_metrics_runs_with_the_collector_paused_as_calibrate_does(tmp_path, monkeypatch, capsys):
-    """``metrics`` measures with the collector off and freezes what it leaves alive, as ``calibrate``:
-    the interpreter's exit then walks none of it (a fifth of the command's time at a million events)."""
-    import gc
-
-    from autopack_pipeline.services import metrics_report
-    from autopack_pipeline_tests.support.calibration_cli_support import environment, populate
-
-    env = environment(tmp_path) | {"AUTOPACK_COLUMNAR_DIR": str(tmp_path / "columnar")}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    populate(env["DATABASE_URL"], [1000 + 10 * i for i in range(30)], truncated=1)
-    collecting: list[bool] = []
-    made: list = []
-    real_measure = metrics_report.measure
-
-    def measure(*args, **kwargs):
-        collecting.append(gc.isenabled())
-        made.append(real_measure(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(metrics_report, "measure", measure)
-    try:
-        code = main(["metrics", "--json"])
-        assert gc.isenabled() and collecting == [False]
-        assert not any(o is made[0] for o in gc.get_objects())
-    finally:
-        gc.unfreeze()
-    assert code == 0 and json.loads(capsys.readouterr().out)["tier1"]["total_samples"] == 31  # and the cut one
+    assert code == 0 and json.loads(capsys.readouterr().out)
