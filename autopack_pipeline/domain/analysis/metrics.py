@@ -127,7 +127,8 @@ class _Basics:
                 usable = ~_select(self.truncated, rows)
                 scale = np.empty(min(CHUNK_ROWS, len(actual)))
                 for start in range(0, len(actual), CHUNK_ROWS):
-                    mine, end = values[start:start + CHUNK_ROWS], start + CHUNK_ROWS
+                    end = start + CHUNK_ROWS
+                    mine = values[start:end]
                     own = np.add(predicted[start:end], actual[start:end], dtype=np.float64, out=scale[:len(mine)])
                     usable[start:end] &= own > 0
                     np.subtract(predicted[start:end], actual[start:end], dtype=np.float64, out=mine)
@@ -356,11 +357,11 @@ def _strata(arrays: EventArrays, base: _Basics, rows: np.ndarray | None, multipl
                 for dimension, (codes, names) in zip(STRATA_DIMENSIONS, dimensions)}
     # One bincount of every row's (category, complexity, deliverables, flags) cell (each dimension's counts its sums),
     # a slice at a time in bincount's intp (int32 columns were copied to int64 inside it: 0.15-0.22 -> 0.10 s at 10M).
-    codes = [_select(codes, rows) for codes, _names in dimensions]
+    columns = [_select(codes, rows) for codes, _names in dimensions]
     counts = np.zeros(math.prod(sizes) * 16, dtype=np.intp)
     for start in range(0, len(bits), CHUNK_ROWS):
-        cell = codes[0][start:start + CHUNK_ROWS].astype(np.intp)
-        for more, size in zip(codes[1:], sizes[1:]):
+        cell = columns[0][start:start + CHUNK_ROWS].astype(np.intp)
+        for more, size in zip(columns[1:], sizes[1:]):
             cell *= size
             cell += more[start:start + CHUNK_ROWS]
         cell *= 16
