@@ -3,6 +3,7 @@ arrays filled part by part, labels unified into one dictionary per column over a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,19 +62,22 @@ class _Labels:
 class _Filler:
     """Preallocated analysis arrays, filled part by part."""
 
-    def __init__(self, rows: int, ranges: dict[str, tuple[int, int]] | None = None) -> None:
+    def __init__(self, rows: int, ranges: dict[str, tuple[int, int]] | None = None,
+                 zeros: Callable[[str, int, type], np.ndarray] | None = None) -> None:
         """``ranges``: the lowest and highest value of some integer columns (missing ones as 0), known
-        beforehand: those that fit their smaller type (_NARROW) are filled in it, not narrowed after."""
+        beforehand: those that fit their smaller type (_NARROW) are filled in it, not narrowed after.
+        ``zeros(name, rows, dtype)``: where each column's array is made (default np.zeros; the store's
+        image gives arrays backed by its files, storage.columnar.image)."""
         self.rows = rows
-        self.values: dict[str, np.ndarray] = {name: np.zeros(rows, dtype=t) for name, t in _ARRAY_INTS.items()}
-        self.values["timestamp"] = np.zeros(rows, dtype=np.int64)
-        self.values.update({name: np.zeros(rows, dtype=np.int8) for name in _ARRAY_FLAGS})
-        self.values.update({name: np.zeros(rows, dtype=np.int32) for name in _ARRAY_CODES})
+        types: dict[str, type] = {**_ARRAY_INTS, "timestamp": np.int64, **dict.fromkeys(_ARRAY_FLAGS, np.int8),
+                                  **dict.fromkeys(_ARRAY_CODES, np.int32)}
         for name, (low, high) in (ranges or {}).items():
             if _fits(_NARROW[name], low, high):
-                self.values[name] = np.zeros(rows, dtype=_NARROW[name])
+                types[name] = _NARROW[name]
         for name in ("category", "complexity", "model"):  # widened in add() if a column has that many labels
-            self.values[name] = np.zeros(rows, dtype=_NARROW[name])
+            types[name] = _NARROW[name]
+        make = zeros or (lambda _name, count, dtype: np.zeros(count, dtype=dtype))
+        self.values: dict[str, np.ndarray] = {name: make(name, rows, dtype) for name, dtype in types.items()}
         self.valid: dict[str, np.ndarray] = {}
         self.labels = {name: _Labels() for name in _ARRAY_CODES}
         # Phase ids read as text (a store written before parts carried phase codes, or a missing id).
@@ -215,7 +219,9 @@ def _same_array(a: pa.Array, b: pa.Array) -> bool:
 
 
 @small_pages()  # the arrays are fresh mappings the kernel zeroes: cheaper on 4 KB pages (process_memory)
-def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
+def _load_arrays(directory: Path, manifest: dict[str, Any],
+                 zeros: Callable[[str, int, type], np.ndarray] | None = None) -> EventArrays:
+    """Every part of ``manifest`` decoded into the analysis arrays (``zeros``: see :class:`_Filler`)."""
     parts = manifest["parts"]
     files = [directory / part["file"] for part in parts]
     starts, footers = [], []  # each part's first row and Parquet footer (read once, not per column)
@@ -229,7 +235,7 @@ def _load_arrays(directory: Path, manifest: dict[str, Any]) -> EventArrays:
     ranges = {"event_id": (min(p["min_event_id"] for p in parts), max(p["max_event_id"] for p in parts))} if parts else {}
     if (counts := _value_range(footers, "deliverable_count")) is not None:
         ranges["deliverable_count"] = counts
-    filler = _Filler(int(manifest["rows"]), ranges)
+    filler = _Filler(int(manifest["rows"]), ranges, zeros)
     if position != filler.rows:
         raise ColumnarStoreError(f"the manifest of {directory} counts {filler.rows} rows, its parts {position}")
 

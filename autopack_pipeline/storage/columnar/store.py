@@ -39,6 +39,7 @@ from autopack_pipeline.storage.columnar.encoding import (
 )
 from autopack_pipeline.storage.columnar.freshness import parts_to_compact, rebuild_reason, up_to_date
 from autopack_pipeline.storage.columnar.gaps import live_gaps, update_gaps
+from autopack_pipeline.storage.columnar.image import ImageWriter, read_image
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
 from autopack_pipeline.storage.columnar.part_codes import Written, part_codes
 from autopack_pipeline.storage.columnar.parts import files_of, inputs_file_of, parts_holding, rows_within
@@ -403,8 +404,9 @@ class ColumnarStore:
         """The columns the analysis needs as :class:`~autopack_pipeline.domain.analysis.EventArrays`.
 
         Parts are read one at a time straight into preallocated numpy arrays, so the peak memory is
-        the arrays plus one part; labels become integer codes, unified over all parts in Arrow.
-        ``parts`` (entries of ``manifest``, the one they were chosen from): only those parts' events,
+        the arrays plus one part; labels become integer codes, unified over all parts in Arrow. Every
+        part's arrays are kept as the store's image once decoded, and later calls map that instead
+        (:mod:`~autopack_pipeline.storage.columnar.image`). ``parts`` (entries of ``manifest``, the one they were chosen from): only those parts' events,
         in event_id order; a missing part file raises FileNotFoundError (choose again from a new manifest).
         """
         if parts is not None:
@@ -415,11 +417,17 @@ class ColumnarStore:
             manifest = self.manifest()
             if manifest is None:
                 raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
+            if (image := read_image(self.directory, manifest)) is not None:
+                return image
+            writer = ImageWriter(self.directory, manifest)  # decoded into the image a later load maps
             try:
-                return _load_arrays(self.directory, manifest)
-            except FileNotFoundError:
-                if attempt == 2:
+                arrays = _load_arrays(self.directory, manifest, writer.zeros)
+            except BaseException as exc:
+                writer.discard()
+                if attempt == 2 or not isinstance(exc, FileNotFoundError):
                     raise
+                continue
+            return writer.finish(arrays)
         raise AssertionError("unreachable")  # pragma: no cover
 
 
