@@ -72,11 +72,26 @@ def read_image(directory: Path, manifest: dict[str, Any]) -> EventArrays | None:
 
 
 def remove_images(directory: Path, keep: str | None = None) -> None:
-    """Remove every image of ``directory`` but ``keep``, and any left half-written (a process mapping one
-    keeps its pages)."""
-    for path in [*directory.glob(f"{IMAGE_PREFIX}*"), *directory.glob(f".{IMAGE_PREFIX}*")]:
+    """Remove every image of ``directory`` but ``keep`` (a process mapping one keeps its pages), and any
+    left half-written by a process that has ended (killed while decoding)."""
+    for path in directory.glob(f"{IMAGE_PREFIX}*"):
         if path.name != keep:
             shutil.rmtree(path, ignore_errors=True)
+    for path in directory.glob(f".{IMAGE_PREFIX}*.tmp"):  # .image-<digest>.<pid>.tmp (ImageWriter)
+        pid = path.name.split(".")[-2]
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 class ImageWriter:
@@ -116,6 +131,8 @@ class ImageWriter:
         if self._failed:
             return arrays
         try:
+            if self._files and not self.temporary.is_dir():
+                raise FileNotFoundError(f"{self.temporary} was removed while the parts were decoded into it")
             self.temporary.mkdir(exist_ok=True)
             columns = {field.name: self._entry(field.name, getattr(arrays, field.name))
                        for field in dataclasses.fields(EventArrays)}

@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -193,3 +194,39 @@ def test_arrays_made_after_the_decoding_are_kept_too(tmp_path):
     assert is_mapped(mapped.predicted.values) and is_mapped(mapped.predicted.valid) and is_mapped(mapped.truncated)
     assert_same_arrays(read_image(tmp_path, manifest), arrays)
     assert sorted(p.name for p in tmp_path.iterdir()) == [image_directory(tmp_path, manifest).name]
+
+
+def test_a_writer_killed_half_way_leaves_files_the_next_writer_removes(sqlite_engine, store):
+    """A process killed while decoding leaves its temporary directory; the next image written removes it,
+    but not one a running process is still writing."""
+    bulk_load(sqlite_engine, 500, runs=2, seed=9)
+    store.refresh(sqlite_engine)
+    store.directory.mkdir(parents=True, exist_ok=True)
+    ended = store.directory / ".image-0123456789abcdef0123.999999999.tmp"  # no such process
+    running = store.directory / f".image-0123456789abcdef0123.{os.getpid()}.tmp"
+    for path in (ended, running):
+        path.mkdir()
+        (path / "event_id.npy").write_bytes(b"half")
+    assert_same_arrays(store.event_arrays(), decoded(store))
+    assert not ended.exists() and running.exists()
+    assert images(store) == sorted([running.name, image_directory(store.directory, store.manifest()).name])
+
+
+def test_a_writer_whose_files_were_removed_meanwhile_keeps_its_arrays_and_writes_no_image(sqlite_engine, store,
+                                                                                        monkeypatch, caplog):
+    """Another process' clean-up (or a user) removing the directory being decoded into: the arrays are the
+    ones decoded, and no image naming files that are gone is put in place."""
+    bulk_load(sqlite_engine, 500, runs=2, seed=10)
+    store.refresh(sqlite_engine)
+    finish = ImageWriter.finish
+
+    def removed_first(self, arrays):
+        shutil.rmtree(self.temporary)
+        return finish(self, arrays)
+
+    monkeypatch.setattr(ImageWriter, "finish", removed_first)
+    with caplog.at_level(logging.WARNING, logger="autopack_pipeline.storage.columnar"):
+        arrays = store.event_arrays()
+    assert_same_arrays(arrays, decoded(store))
+    assert "was removed while the parts were decoded into it" in caplog.text
+    assert images(store) == []
