@@ -403,32 +403,39 @@ class ColumnarStore:
                      manifest: dict[str, Any] | None = None) -> EventArrays:
         """The columns the analysis needs as :class:`~autopack_pipeline.domain.analysis.EventArrays`.
 
-        Parts are read one at a time straight into preallocated numpy arrays, so the peak memory is
-        the arrays plus one part; labels become integer codes, unified over all parts in Arrow. Every
-        part's arrays are kept as the store's image once decoded, and later calls map that instead
-        (:mod:`~autopack_pipeline.storage.columnar.image`). ``parts`` (entries of ``manifest``, the one they were chosen from): only those parts' events,
-        in event_id order; a missing part file raises FileNotFoundError (choose again from a new manifest).
+        Parts are decoded one at a time into preallocated arrays, labels as codes unified over all parts;
+        every part's arrays are kept as the store's image, which later calls map (``columnar.image``).
+        ``parts`` (entries of ``manifest``, the one they were chosen from): only those parts' events, in
+        event_id order; a missing part file raises FileNotFoundError (choose again from a new manifest).
         """
         if parts is not None:
             if manifest is None:
                 raise ValueError("parts are chosen from a manifest: pass it")
+            if [p["file"] for p in parts] == [p["file"] for p in manifest["parts"]]:
+                return self._every_part(manifest)
             return _load_arrays(self.directory, {**manifest, "parts": parts, "rows": sum(p["rows"] for p in parts)})
         for attempt in (1, 2):
             manifest = self.manifest()
             if manifest is None:
                 raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
-            if (image := read_image(self.directory, manifest)) is not None:
-                return image
-            writer = ImageWriter(self.directory, manifest)  # decoded into the image a later load maps
             try:
-                arrays = _load_arrays(self.directory, manifest, writer.zeros)
-            except BaseException as exc:
-                writer.discard()
-                if attempt == 2 or not isinstance(exc, FileNotFoundError):
+                return self._every_part(manifest)
+            except FileNotFoundError:
+                if attempt == 2:
                     raise
-                continue
-            return writer.finish(arrays)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _every_part(self, manifest: dict[str, Any]) -> EventArrays:
+        """The arrays of every part of ``manifest``: mapped from its image, else decoded into a new one."""
+        if (image := read_image(self.directory, manifest)) is not None:
+            return image
+        writer = ImageWriter(self.directory, manifest)
+        try:
+            arrays = _load_arrays(self.directory, manifest, writer.zeros)
+        except BaseException:
+            writer.discard()
+            raise
+        return writer.finish(arrays)
 
 
 def refresh_store(database: Database, *, full: bool = False, progress: Progress | None = None

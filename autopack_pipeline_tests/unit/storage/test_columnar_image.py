@@ -230,3 +230,17 @@ def test_a_writer_whose_files_were_removed_meanwhile_keeps_its_arrays_and_writes
     assert_same_arrays(arrays, decoded(store))
     assert "was removed while the parts were decoded into it" in caplog.text
     assert images(store) == []
+
+
+def test_every_part_chosen_from_a_manifest_is_the_whole_store_and_uses_its_image(sqlite_engine, store, monkeypatch):
+    """A window that reaches back past the first part (every part chosen, as the assets choose them by their
+    newest timestamp) reads the image, and writes it when there is none; the same arrays as a whole load."""
+    monkeypatch.setattr(columnar.store, "PART_ROWS", 300)
+    monkeypatch.setattr(columnar.store, "BATCH_IDS", 300)
+    bulk_load(sqlite_engine, 1000, runs=3, seed=11)
+    store.refresh(sqlite_engine)
+    manifest = store.manifest()
+    every = store.event_arrays(parts=list(manifest["parts"]), manifest=manifest)
+    assert_same_arrays(every, decoded(store))
+    assert images(store) == [image_directory(store.directory, manifest).name]
+    assert is_mapped(store.event_arrays(parts=list(manifest["parts"]), manifest=manifest).actual.values)
