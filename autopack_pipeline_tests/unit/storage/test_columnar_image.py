@@ -11,6 +11,8 @@ import pickle
 import shutil
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
@@ -172,6 +174,7 @@ def test_arrays_made_after_the_decoding_are_kept_too(tmp_path):
     """Masks of missing values, columns replaced after the decoding (narrowed, reordered) and a missing
     model column are saved beside the arrays the decoder filled in the image's files."""
     manifest = {"rows": 4, "sorted": False, "parts": [{"file": "part-000001.parquet", "rows": 4}]}
+    (tmp_path / "part-000001.parquet").write_bytes(b"the part the image is of")
     writer = ImageWriter(tmp_path, manifest)
     filled = {name: writer.zeros(name, 4, dtype) for name, dtype in
               (("event_id", np.int32), ("predicted", np.int32), ("success", np.int8), ("category", np.int16))}
@@ -193,7 +196,8 @@ def test_arrays_made_after_the_decoding_are_kept_too(tmp_path):
     assert_same_arrays(mapped, arrays)
     assert is_mapped(mapped.predicted.values) and is_mapped(mapped.predicted.valid) and is_mapped(mapped.truncated)
     assert_same_arrays(read_image(tmp_path, manifest), arrays)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [image_directory(tmp_path, manifest).name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([image_directory(tmp_path, manifest).name,
+                                                                 "part-000001.parquet"])
 
 
 def test_a_writer_killed_half_way_leaves_files_the_next_writer_removes(sqlite_engine, store):
@@ -244,3 +248,19 @@ def test_every_part_chosen_from_a_manifest_is_the_whole_store_and_uses_its_image
     assert_same_arrays(every, decoded(store))
     assert images(store) == [image_directory(store.directory, manifest).name]
     assert is_mapped(store.event_arrays(parts=list(manifest["parts"]), manifest=manifest).actual.values)
+
+
+def test_a_part_written_again_under_the_same_name_never_finds_the_old_image(sqlite_engine, store):
+    """A store made again from scratch (its manifest deleted) numbers its parts from 1 again: the same file
+    names and row counts, other contents. The image of the old files is not theirs."""
+    bulk_load(sqlite_engine, 600, runs=2, seed=12)
+    store.refresh(sqlite_engine)
+    old = store.event_arrays()
+    part = store.directory / store.manifest()["parts"][0]["file"]
+    table = pq.read_table(part)
+    column = table.schema.get_field_index("predicted_output_tokens")
+    table = table.set_column(column, "predicted_output_tokens", pc.add(table.column(column), 1))
+    pq.write_table(table, part)
+    again = store.event_arrays()
+    assert_same_arrays(again, decoded(store))
+    assert np.array_equal(again.predicted.values, old.predicted.values + 1)
