@@ -16,7 +16,7 @@ An image belongs to one state of the store: its directory is named by a digest o
 (each part's file, row count, size and modification time), so after a refresh that adds, compacts or
 rebuilds parts no manifest names it. The next whole load writes the new state's and removes the others
 then, not the refresh: removing 510 MB of files (the page cache's pages freed one by one) took 0.15 s at ten
-million events, a third of what a refresh of 100k events takes, where that load decodes for ~0.7 s anyway.
+million events, up to a third of what a refresh of 100k events takes, where that load decodes for ~0.7 s anyway.
 It is written into a temporary directory renamed into place once complete: a reader sees a whole image or
 none, and decodes the parts on anything unexpected (a file gone, a bad header).
 """
@@ -157,7 +157,8 @@ class ImageWriter:
                 return arrays
             shutil.rmtree(self.temporary, ignore_errors=True)
         remove_images(self.directory, keep=self.final.name)
-        return read_image(self.directory, self.manifest) or arrays
+        mapped = read_image(self.directory, self.manifest)
+        return arrays if mapped is None else mapped
 
     def discard(self) -> None:
         """Remove what was written (the decoding failed)."""
