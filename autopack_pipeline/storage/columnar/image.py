@@ -60,15 +60,19 @@ def image_directory(directory: Path, manifest: dict[str, Any]) -> Path:
 
 def read_image(directory: Path, manifest: dict[str, Any]) -> EventArrays | None:
     """The arrays of ``manifest``'s state, mapped from its image; None when there is no complete image."""
-    path = image_directory(directory, manifest)
+    return _map_image(image_directory(directory, manifest), manifest["rows"])
+
+
+def _map_image(path: Path, rows: int) -> EventArrays | None:
+    """:func:`read_image` of the image at ``path``, which ``rows`` events must fill."""
     try:
         text = (path / _CONTENTS).read_text()
     except FileNotFoundError:
         return None  # none yet, or removed by a refresh since: the parts are decoded instead
     try:
         arrays = EventArrays(**{name: _mapped(path, entry) for name, entry in json.loads(text)["columns"].items()})
-        if len(arrays) != manifest["rows"]:
-            raise ValueError(f"{len(arrays)} rows, the manifest {manifest['rows']}")
+        if len(arrays) != rows:
+            raise ValueError(f"{len(arrays)} rows, the manifest {rows}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         # Damaged (a file cut short or removed by hand): removed, so the next load writes it again.
         logger.warning("removing the damaged arrays image %s (%s): the parts are read instead", path, exc)
@@ -107,7 +111,7 @@ class ImageWriter:
     arrays are then made in memory, and only the next load is slower."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
-        self.directory, self.manifest = directory, manifest
+        self.directory, self.rows = directory, manifest["rows"]
         self.final = image_directory(directory, manifest)
         self.temporary = directory / f".{self.final.name}.{os.getpid()}.tmp"
         self._files: dict[int, tuple[np.ndarray, str]] = {}  # id of each file-backed array: (it, its file)
@@ -157,7 +161,7 @@ class ImageWriter:
                 return arrays
             shutil.rmtree(self.temporary, ignore_errors=True)
         remove_images(self.directory, keep=self.final.name)
-        mapped = read_image(self.directory, self.manifest)
+        mapped = _map_image(self.final, self.rows)  # the path named once, in __init__ (a stat per part)
         return arrays if mapped is None else mapped
 
     def discard(self) -> None:
