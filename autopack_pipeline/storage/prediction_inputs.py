@@ -17,10 +17,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, EncodedColumn, PredictionInputs
+from autopack_pipeline.storage.arrow_modules import pa, pc
 from autopack_pipeline.storage.catalog import EVENTS_TABLE as TABLE
 from autopack_pipeline.storage.columnar.encoding import filled, numpy_of
 

@@ -27,13 +27,10 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from autopack_pipeline.domain.analysis import EventArrays
 from autopack_pipeline.domain.event_tally import EventTally, add_tallies, tally_events
 from autopack_pipeline.domain.windows import latest_day
+from autopack_pipeline.storage.arrow_modules import pa, pc, pq
 from autopack_pipeline.storage.columnar import ColumnarStore, ColumnarStoreError, Progress, RefreshResult, refresh_store
 from autopack_pipeline.storage.columnar.tallies import (
     TALLY_PREFIX,

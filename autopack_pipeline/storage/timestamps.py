@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
+
+from autopack_pipeline.storage.arrow_modules import pa
 
 if TYPE_CHECKING:  # pandas loads only when a batch Arrow refuses is parsed: the columnar reads never need it
     import pandas as pd

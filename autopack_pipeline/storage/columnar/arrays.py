@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.analysis import EventArrays, IntColumn, LabelColumn
-from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, arrow_of, filled, numpy_of
+from autopack_pipeline.storage.arrow_modules import pa, pc, pq
+from autopack_pipeline.storage.columnar.encoding import ColumnarStoreError, arrow_of, filled, no_labels, numpy_of
 from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE, PhaseEncoder
 from autopack_pipeline.storage.process_memory import release_freed_memory, small_pages
 
@@ -26,7 +24,6 @@ _ARRAY_INTS = {
 _ARRAY_FLAGS = ("success", "truncated", "is_truncated_output")
 _ARRAY_CODES = ("run_id", "phase_id", "category", "complexity", "model")
 # Nothing goes to Arrow through pa.array here, not even an empty list (encoding.arrow_of says why).
-_NO_LABELS = pa.nulls(0, pa.string())
 _ARRAY_NAMES = (*_ARRAY_INTS, "timestamp", *_ARRAY_FLAGS, *_ARRAY_CODES)
 # The smaller types columns take where every value fits (_Filler.narrow).
 _NARROW = {"event_id": np.int32, "deliverable_count": np.int16, "category": np.int16, "complexity": np.int16,
@@ -39,7 +36,7 @@ class _Labels:
     encoding all the chunks' dictionaries one after the other (each new label in order of appearance)."""
 
     def __init__(self) -> None:
-        self.dictionary: pa.Array = _NO_LABELS
+        self.dictionary: pa.Array = no_labels()
         self._last: tuple[pa.Array, np.ndarray] | None = None  # chunks sharing a dictionary map once
 
     def lookup(self, dictionary: pa.Array) -> np.ndarray:

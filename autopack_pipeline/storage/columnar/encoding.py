@@ -4,14 +4,14 @@ this schema here. Also the store's sizes and limits, its error, and what a refre
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from autopack_pipeline.storage.arrow_modules import pa, pc
 from autopack_pipeline.storage.catalog import EVENTS_TABLE
 from autopack_pipeline.storage.frames import EVENT_COLUMNS
 from autopack_pipeline.storage.timestamps import SHOWN_ROWS, UnreadableTimestamp, merge_ids
@@ -72,14 +72,19 @@ assert list(_KINDS) == list(EVENT_COLUMNS), "the parts hold the events frame's c
 # faster than delta-packed ones for these (3.5-3.9 against 4.3-5.8 ms per million) and take less room.
 FEW_VALUES = ("deliverable_count", "selected_budget", "actual_max_tokens", "attempt")
 
-_ARROW_TYPES = {
-    "key": pa.int64(),
-    "label": pa.dictionary(pa.int32(), pa.string()),
-    "text": pa.string(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "int": pa.int32(),
-    "flag": pa.bool_(),
-}
+
+
+@functools.cache
+def arrow_type(kind: str) -> pa.DataType:
+    """The Arrow type a part stores a column of ``kind`` as (built on first use: pyarrow imports then)."""
+    return {
+        "key": pa.int64(),
+        "label": pa.dictionary(pa.int32(), pa.string()),
+        "text": pa.string(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "int": pa.int32(),
+        "flag": pa.bool_(),
+    }[kind]
 
 
 # pyarrow imports pandas the first time it converts between Arrow and Python or numpy through its
@@ -122,11 +127,25 @@ def read_parquet(path: Any, columns: list[str] | None = None, read_dictionary: l
 
 
 def _schema(kinds: dict[str, str]) -> pa.Schema:
-    return pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in kinds.items()])
+    return pa.schema([(name, arrow_type(kind)) for name, kind in kinds.items()])
 
 
-STORE_SCHEMA = _schema(_KINDS)
-INPUT_SCHEMA = _schema(INPUT_KINDS)
+@functools.cache
+def no_labels() -> pa.Array:
+    """An empty dictionary of labels."""
+    return pa.nulls(0, pa.string())
+
+
+@functools.cache
+def store_schema() -> pa.Schema:
+    """The schema of a part's events."""
+    return _schema(_KINDS)
+
+
+@functools.cache
+def input_schema() -> pa.Schema:
+    """The schema of a part's prediction inputs."""
+    return _schema(INPUT_KINDS)
 
 
 class ColumnarStoreError(RuntimeError):
@@ -195,12 +214,12 @@ def _store_table(parsed: pa.Table, kinds: dict[str, str] = _KINDS) -> pa.Table:
         if kind == "timestamp":
             column = column.cast(pa.timestamp("us", tz="UTC"))
         elif kind == "label":
-            if column.type != _ARROW_TYPES["label"]:  # already codes (a grouped label): kept as they are
+            if column.type != arrow_type("label"):  # already codes (a grouped label): kept as they are
                 column = pc.dictionary_encode(column.cast(pa.string()))
         elif kind == "text":
             column = column.cast(pa.string())
         else:
-            column = column.cast(_ARROW_TYPES[kind])  # safe cast: an int32 overflow raises
+            column = column.cast(arrow_type(kind))  # safe cast: an int32 overflow raises
         columns[name] = column
     table = pa.table(columns).combine_chunks()
     if table.num_rows > 1:

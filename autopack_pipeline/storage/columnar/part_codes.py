@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from autopack_pipeline.storage.arrow_modules import pa, pc
 from autopack_pipeline.storage.columnar.encoding import arrow_of, filled, numpy_of, read_parquet
 from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE, PhaseEncoder
 from autopack_pipeline.storage.columnar.tallies import kept_tally

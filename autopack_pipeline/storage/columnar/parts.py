@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
-
+from autopack_pipeline.storage.arrow_modules import pa
 from autopack_pipeline.storage.columnar.encoding import arrow_of, numpy_of
 from autopack_pipeline.storage.columnar.tallies import tally_file_of
 

@@ -17,16 +17,14 @@ pairs ids across rows, see :meth:`PhaseEncoder.finish`).
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from autopack_pipeline.storage.columnar.encoding import arrow_of, filled, numpy_of
+from autopack_pipeline.storage.arrow_modules import pa, pc
+from autopack_pipeline.storage.columnar.encoding import arrow_of, filled, no_labels, numpy_of
 
 RUN_CODE = "run_code"  # the columns of a part holding its rows' run and phase codes
 PHASE_CODE = "phase_code"
 # Rows per piece phase ids are dictionary-encoded in (PhaseEncoder.add).
 TEXT_PIECE_ROWS = 1 << 15
-_NO_LABELS = pa.nulls(0, pa.string())
 
 
 class PhaseEncoder:
@@ -53,7 +51,7 @@ class PhaseEncoder:
                 codes = numpy_of(filled(chunk.indices, -1))
                 self.out[offset:offset + len(chunk)] = np.where(codes >= 0, codes + shift, -1)
                 offset += len(chunk)
-            dictionary = chunks[0].dictionary if chunks else _NO_LABELS
+            dictionary = chunks[0].dictionary if chunks else no_labels()
             self.pieces.append((slice(start + begin, offset), dictionary))
             shift += len(dictionary)
 

@@ -29,9 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
+from autopack_pipeline.storage.arrow_modules import pa, pc
 from autopack_pipeline.storage.columnar.encoding import TABLE, ColumnarStoreError, _store_table
 from autopack_pipeline.storage.timestamps import UnreadableTimestamp, set_aside_unreadable
 

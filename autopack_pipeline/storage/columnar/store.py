@@ -14,28 +14,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.analysis import EventArrays
+from autopack_pipeline.storage.arrow_modules import pa, pc, pq
 from autopack_pipeline.storage.columnar.arrays import _load_arrays
 from autopack_pipeline.storage.columnar.encoding import (
     _KINDS,
     BATCH_IDS,
     FEW_VALUES,
     INPUT_KINDS,
-    INPUT_SCHEMA,
     MANIFEST,
     PART_ROWS,
     STORE_FORMAT,
-    STORE_SCHEMA,
     ColumnarStoreError,
     Progress,
     RefreshResult,
     _unreadable_entry,
+    input_schema,
     numpy_of,
     read_parquet,
+    store_schema,
 )
 from autopack_pipeline.storage.columnar.freshness import parts_to_compact, rebuild_reason, up_to_date
 from autopack_pipeline.storage.columnar.gaps import live_gaps, update_gaps
@@ -320,7 +318,7 @@ class ColumnarStore:
                 self._write_manifest(manifest)
             pieces = [read_parquet(self.directory / part["inputs"], read_dictionary=list(as_codes) or None)
                       for part in parts]
-            table = pa.concat_tables(pieces, promote_options="permissive") if pieces else INPUT_SCHEMA.empty_table()
+            table = pa.concat_tables(pieces, promote_options="permissive") if pieces else input_schema().empty_table()
             table = rows_within(table, id_range)
             if not manifest["sorted"]:
                 table = table.take(pc.sort_indices(table.column("event_id")))
@@ -373,7 +371,7 @@ class ColumnarStore:
             manifest = self.manifest()
             if manifest is None:
                 raise ColumnarStoreError(f"no columnar store at {self.directory}; refresh it first")
-            wanted = list(columns) if columns else STORE_SCHEMA.names
+            wanted = list(columns) if columns else store_schema().names
             need_ids = (not manifest["sorted"] or id_range is not None) and "event_id" not in wanted
             read_columns = wanted + (["event_id"] if need_ids else [])
             parts = parts_holding(manifest, id_range)
@@ -386,7 +384,7 @@ class ColumnarStore:
             if pieces:
                 table = pa.concat_tables(pieces, promote_options="permissive")
             else:
-                table = pa.schema([STORE_SCHEMA.field(name) for name in read_columns]).empty_table()
+                table = pa.schema([store_schema().field(name) for name in read_columns]).empty_table()
             table = rows_within(table, id_range)
             if not manifest["sorted"]:
                 table = table.take(pc.sort_indices(table.column("event_id")))

@@ -21,10 +21,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from autopack_pipeline.domain.event_tally import EventTally, tally_events
+from autopack_pipeline.storage.arrow_modules import pa, pq
 from autopack_pipeline.storage.columnar.arrays import counted_arrays
 from autopack_pipeline.storage.columnar.encoding import arrow_of, filled, numpy_of, read_parquet
 
