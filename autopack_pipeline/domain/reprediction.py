@@ -105,6 +105,22 @@ class PredictionInputs:
     def __len__(self) -> int:
         return len(self.event_ids)
 
+    def within(self, id_range: tuple[int, int] | None) -> PredictionInputs:
+        """The entries whose event id lies in ``id_range`` (both ends included; None: every entry), as views;
+        the entries must be in increasing id order. Each column keeps all its values, used or not."""
+        if id_range is None:
+            return self
+        first, end = np.searchsorted(self.event_ids, id_range[0], "left"), np.searchsorted(self.event_ids, id_range[1],
+                                                                                           "right")
+        if first == 0 and end == len(self):
+            return self
+
+        def part(column: EncodedColumn) -> EncodedColumn:
+            return EncodedColumn(column.codes[first:end], column.values)
+
+        return PredictionInputs(self.event_ids[first:end], part(self.deliverables), part(self.versions),
+                                {name: part(column) for name, column in self.features.items()})
+
     def positions(self, ids: IntColumn) -> np.ndarray:
         """Per event, the index of its entry; -1 where the event has no id or nothing is stored."""
         if not len(self.event_ids):

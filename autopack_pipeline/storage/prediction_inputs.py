@@ -22,10 +22,14 @@ from autopack_pipeline.domain.reprediction import FEATURE_COLUMNS, EncodedColumn
 from autopack_pipeline.storage.arrow_modules import pa, pc
 from autopack_pipeline.storage.catalog import EVENTS_TABLE as TABLE
 from autopack_pipeline.storage.columnar.encoding import filled, numpy_of
+from autopack_pipeline.storage.columnar.image import complete_image
+from autopack_pipeline.storage.columnar.inputs_image import read_inputs_image, write_inputs_image
+from autopack_pipeline.storage.columnar.parts import parts_holding
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from autopack_pipeline.storage.columnar import ColumnarStore
     from autopack_pipeline.storage.handle import Database
 INPUT_COLUMNS = ("deliverables_json", "coefficients_version", *FEATURE_COLUMNS)
 TEXT_COLUMNS = ("deliverables_json", "coefficients_version", "context_quality")  # the rest are flags
@@ -97,6 +101,8 @@ def read_prediction_inputs(database: Database, event_ids: Iterable[int] | None =
         manifest = store.manifest() if store is not None else None
         if manifest is None or (id_range is not None and manifest["high_water_event_id"] < id_range[1]):
             store = refresh_store(database)[0]  # not refreshed, or not holding every event asked about
+        if store is not None and event_ids is None and (kept := _kept_inputs(store, database, id_range)) is not None:
+            return kept
         if store is not None:
             table = store.inputs_table(database, as_codes=TEXT_COLUMNS, id_range=id_range)
     except (ColumnarStoreError, OSError):
@@ -115,6 +121,27 @@ def read_prediction_inputs(database: Database, event_ids: Iterable[int] | None =
     del table
     pa.default_memory_pool().release_unused()  # the table's memory back to the system: the analysis is at its peak next
     return inputs
+
+
+def _kept_inputs(store: ColumnarStore, database: Database, id_range: tuple[int, int] | None) -> PredictionInputs | None:
+    """The inputs of ``id_range``'s events from the store's image (``columnar.inputs_image``): mapped, or read
+    for every part and kept there first. None when the store has no image of its current state, or when
+    ``id_range`` reaches only some parts and others have no inputs yet (reading those would read inputs from
+    the database that nobody asked for)."""
+    manifest = store.manifest()
+    image = complete_image(store.directory, manifest) if manifest is not None else None
+    if image is None:
+        return None
+    kept = read_inputs_image(image)
+    if kept is None:
+        parts = manifest["parts"]
+        if len(parts_holding(manifest, id_range)) < len(parts) and any("inputs" not in part for part in parts):
+            return None
+        kept = prediction_inputs_from_arrow(store.inputs_table(database, as_codes=TEXT_COLUMNS))
+        pa.default_memory_pool().release_unused()
+        if complete_image(store.directory, store.manifest()) == image:  # no refresh since: the image's own inputs
+            write_inputs_image(image, kept)
+    return kept.within(id_range)
 
 
 def _read_from_database(engine: Engine) -> pa.Table:

@@ -58,6 +58,12 @@ def image_directory(directory: Path, manifest: dict[str, Any]) -> Path:
     return directory / f"{IMAGE_PREFIX}{digest}"
 
 
+def complete_image(directory: Path, manifest: dict[str, Any]) -> Path | None:
+    """The image directory of ``manifest``'s state when that image is complete, else None."""
+    path = image_directory(directory, manifest)
+    return path if (path / _CONTENTS).exists() else None
+
+
 def read_image(directory: Path, manifest: dict[str, Any]) -> EventArrays | None:
     """The arrays of ``manifest``'s state, mapped from its image; None when there is no complete image."""
     return _map_image(image_directory(directory, manifest), manifest["rows"])
@@ -87,7 +93,13 @@ def remove_images(directory: Path, keep: str | None = None) -> None:
     for path in directory.glob(f"{IMAGE_PREFIX}*"):
         if path.name != keep:
             shutil.rmtree(path, ignore_errors=True)
-    for path in directory.glob(f".{IMAGE_PREFIX}*.tmp"):  # .image-<digest>.<pid>.tmp (ImageWriter)
+    remove_abandoned(directory, f".{IMAGE_PREFIX}*.tmp")  # .image-<digest>.<pid>.tmp (ImageWriter)
+
+
+def remove_abandoned(directory: Path, pattern: str) -> None:
+    """Remove the temporary directories matching ``pattern`` (named ``.<what>.<pid>.tmp``) of writers that
+    have ended (killed while writing), never those of running ones."""
+    for path in directory.glob(pattern):
         pid = path.name.split(".")[-2]
         if not (pid.isdigit() and _alive(int(pid))):
             shutil.rmtree(path, ignore_errors=True)

@@ -7,8 +7,9 @@ converts between Arrow and Python or numpy through ``pa.array``, ``pa.scalar`` o
 (``storage.columnar.encoding.arrow_of``). SQLAlchemy's import is a seventh of a warm `calibrate` at a
 million events: when the schema is current and the copy up to date, the standard library's ``sqlite3``
 answers the few questions asked of the database (``storage.handle``). Nor pyarrow then (80-100 ms): the
-arrays are mapped from the copy's image (``storage.columnar.image``), and the modules on that path import
-pyarrow only when they first use it (``storage.arrow_modules``). A fresh interpreter runs the command and
+arrays are mapped from the copy's image (``storage.columnar.image``), and so are `calibrate`'s prediction
+inputs (``storage.columnar.inputs_image``), and the modules on that path import pyarrow only when they first
+use it (``storage.arrow_modules``). A fresh interpreter runs the command and
 reports what it loaded.
 """
 
@@ -84,7 +85,7 @@ def test_on_an_up_to_date_copy_a_sqlite_database_is_read_without_sqlalchemy_or_p
                                                                                       args):
     # The first run reads run-2's rows (and `calibrate` the prediction inputs) from the database: the engine does,
     # and pyarrow writes the new part and decodes the parts into the image.
-    heavy = ("sqlalchemy", "pyarrow") if args[0] == "metrics" else ("sqlalchemy",)
+    heavy = ("sqlalchemy", "pyarrow")
     extracting = _loaded(args, store_of_two_parts, tmp_path, heavy=heavy)
     assert extracting["exit"] == 0 and set(heavy) <= set(extracting["loaded"])
     warm = _loaded(args, store_of_two_parts, tmp_path, heavy=heavy)
