@@ -29,6 +29,10 @@ def test_four_processes_write_every_event_exactly_once(
         stored = pool.starmap(
             write_events, [(str(spool_dir), database_url, w, EVENTS_EACH, RUN) for w in range(WORKERS)]
         )
+        # Ended by their queue, not by the SIGTERM of the pool's exit: a shell that started the tests in the
+        # background with SIGTERM ignored passes that on, and a worker waiting on the queue then never ended.
+        pool.close()
+        pool.join()
     # Under heavy lock contention a write may be spooled instead (the writer then reports False);
     # a replay must bring the total to exactly what was written, without duplicates.
     spooled = sum(len(spool._read_lines(path)) for path in spool_dir.glob("*.ndjson")) if spool_dir.exists() else 0
