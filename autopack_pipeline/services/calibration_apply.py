@@ -57,18 +57,35 @@ class ApplicationRefused(Exception):
 
 @dataclass(frozen=True)
 class StoredEvents:
-    """The events frame and, found by ``event_id``, what each event keeps about its prediction."""
+    """The events (a frame, or the domain's arrays) and, found by ``event_id``, what each event keeps about
+    its prediction."""
 
-    events: pd.DataFrame
+    events: pd.DataFrame | EventArrays
     inputs: PredictionInputs  # deliverables, coefficients_version, doc features
 
     def arrays(self) -> EventArrays:
         """The events as the domain's arrays."""
         return as_event_arrays(self.events)
 
+    @property
+    def empty(self) -> bool:
+        return len(self.events) == 0
+
     def prediction_inputs(self) -> PredictionInputs:
         """The stored inputs as the domain reads them (found by ``event_id``)."""
         return self.inputs
+
+
+def read_every_stored(database: Database) -> StoredEvents:
+    """Every stored event as the domain's arrays, read through the columnar copy (refreshed first) as
+    ``calibrate`` reads them, and their prediction inputs (mapped from the copy's image once it keeps
+    them). The events frame of :func:`read_stored` came row by row through SQLAlchemy and pandas: 80% of an
+    ``apply-calibration --dry-run`` at a million events (20 s)."""
+    from autopack_pipeline.services.event_reading import read_event_arrays
+    from autopack_pipeline.storage.prediction_inputs import read_prediction_inputs
+
+    arrays, _unreadable = read_event_arrays(database, allow_empty=True)
+    return StoredEvents(arrays, read_prediction_inputs(database, id_range=_id_range(arrays), refreshed=True))
 
 
 def read_stored(engine: Engine, run_ids: list[str] | None = None) -> StoredEvents:
@@ -253,7 +270,7 @@ def plan_application(
 def backtest_patch(patch: CalibrationPatch, old: CoefficientTable, new: CoefficientTable, stored: StoredEvents,
                    tolerance: float = UNDER_TOLERANCE) -> dict[str, Any] | None:
     """Old versus new re-run on the stored events, per group the patch touches; None without events."""
-    if stored.events.empty:
+    if stored.empty:
         return None
     groups = list(dict.fromkeys([*patch.settings, *patch.multipliers()]))
     result = run_backtest(stored.arrays(), stored.prediction_inputs(), old, new, groups=groups, tolerance=tolerance)
@@ -275,14 +292,18 @@ def _overhead_changes(patch: CalibrationPatch, old: CoefficientTable, stored: St
     from autopack_pipeline.domain.categories import normalise_category
 
     proposed = patch.multipliers()
-    events = stored.events
-    if scale == "overhead" or events.empty:
+    if scale == "overhead" or stored.empty:
         return dict(proposed)
-    converted = overhead_multipliers_for_prediction_scale(stored.arrays(), stored.prediction_inputs(), old, proposed)
-    categories = events["category"].map(normalise_category)
+    arrays = stored.arrays()
+    converted = overhead_multipliers_for_prediction_scale(arrays, stored.prediction_inputs(), old, proposed)
+    categories, category_names = arrays.category.canonical(normalise_category)
+    complexities = list(arrays.complexity.labels)
 
     def has_events(group: tuple[str, str]) -> bool:
-        return bool(((categories == group[0]) & (events["complexity"] == group[1])).any())
+        if group[0] not in category_names or group[1] not in complexities:
+            return False
+        return bool(((categories == category_names.index(group[0]))
+                     & (arrays.complexity.codes == complexities.index(group[1]))).any())
 
     # A group with no stored events to convert on keeps the literal multiplier.
     return {group: converted[group] if converted[group] is not None or has_events(group) else m
@@ -345,7 +366,7 @@ def read_patch_file(path: Path) -> Any:
         raise PatchError(f"{path} is not JSON: {exc}") from None
 
 
-def plan_patch_file(engine: Engine, path: Path, **options: Any) -> CalibrationApplication:
+def plan_patch_file(database: Database, path: Path, **options: Any) -> CalibrationApplication:
     """:func:`plan_application` of a patch file on every stored event: what ``apply-calibration`` and
     the Dagster ``apply_calibration_job`` both run before anything is written."""
-    return plan_application(read_patch_file(path), read_stored(engine), patch_name=Path(path).name, **options)
+    return plan_application(read_patch_file(path), read_every_stored(database), patch_name=Path(path).name, **options)
