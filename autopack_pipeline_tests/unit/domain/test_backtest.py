@@ -165,3 +165,52 @@ def test_backtest_with_unchanged_coefficients_changes_nothing(table, tmp_path):
     same = table.with_overhead_multipliers({("docs", "high"): 1.0}, "v6")
     result = run_backtest(events, deliverables, table, same, workspace=tmp_path)
     assert result["old"] == result["new"]
+
+
+def _overhead_multipliers_one_event_at_a_time(arrays, inputs, table, changes):
+    """The reference: every event of a group estimated on its own, the median over all of them."""
+    import numpy as np
+
+    from autopack_pipeline.domain.backtest import MIN_OVERHEAD_MULTIPLIER, _groups_of
+    from autopack_pipeline.domain.estimator import TokenEstimator
+
+    items = [inputs.deliverables_at(p) for p in inputs.positions(arrays.event_id).tolist()]
+    categories, complexities = _groups_of(arrays)
+    estimator, out = TokenEstimator(table), {}
+    for (category, complexity), multiplier in changes.items():
+        totals = [estimator.estimate(found, category, complexity) for found, c, x in
+                  zip(items, categories, complexities) if (c, x) == (category, complexity) and found]
+        totals = [e.estimated_tokens / table.safety_margin for e in totals if e.category == category]
+        out[(category, complexity)] = None if not totals else round(max(
+            MIN_OVERHEAD_MULTIPLIER, 1.0 + (multiplier - 1.0) * float(np.median(totals)) / table.overhead(category,
+                                                                                                       complexity)), 4)
+    return out
+
+
+def test_the_overhead_conversion_estimates_each_distinct_deliverables_list_once_with_the_same_median(table):
+    """Lists repeated across events (in uneven numbers, so the median is a weighted one), events without
+    stored inputs, with an empty list, a group priced by a doc model and a group without events."""
+    import numpy as np
+
+    from autopack_pipeline.domain.backtest import overhead_multipliers_for_prediction_scale
+
+    rng = np.random.default_rng(5)
+    lists = [["src/a.py"], ["src/a.py", "src/b.py (new)"], ["src/c.py"] * 4, ["docs/guide.md"], [],
+             ["src/d.py", "tests/test_d.py", "src/e.py"]]
+    n = 600
+    groups = [("implementation", "low"), ("implementation", "medium"), ("tests", "low"), ("docs", "low")]
+    chosen = rng.integers(0, len(groups), n)
+    frame = conform_events_frame(pd.DataFrame({
+        "event_id": range(1, n + 1), "run_id": "r", "phase_id": [f"p{i}" for i in range(n)],
+        "category": [groups[g][0] for g in chosen], "complexity": [groups[g][1] for g in chosen],
+        "predicted_output_tokens": 3000, "actual_output_tokens": 4000, "selected_budget": 8192,
+        "success": True, "truncated": False}))
+    arrays = event_arrays_from_frame(frame)
+    stored = [i for i in range(1, n + 1) if i % 7]  # every seventh event kept no inputs
+    inputs = PredictionInputs.from_rows(stored, [lists[int(rng.choice(len(lists), p=[.4, .2, .15, .1, .1, .05]))]
+                                                 for _ in stored])
+    changes = {("implementation", "low"): 1.5, ("implementation", "medium"): 0.8, ("tests", "low"): 1.3,
+               ("docs", "low"): 1.2, ("tests", "high"): 1.7}
+    got = overhead_multipliers_for_prediction_scale(arrays, inputs, table, changes)
+    assert got == _overhead_multipliers_one_event_at_a_time(arrays, inputs, table, changes)
+    assert got[("tests", "high")] is None and sum(v is not None for v in got.values()) >= 3
