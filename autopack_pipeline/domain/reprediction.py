@@ -110,8 +110,8 @@ class PredictionInputs:
         the entries must be in increasing id order. Each column keeps all its values, used or not."""
         if id_range is None:
             return self
-        first, end = np.searchsorted(self.event_ids, id_range[0], "left"), np.searchsorted(self.event_ids, id_range[1],
-                                                                                           "right")
+        first = int(np.searchsorted(self.event_ids, id_range[0], "left"))
+        end = int(np.searchsorted(self.event_ids, id_range[1], "right"))
         if first == 0 and end == len(self):
             return self
 

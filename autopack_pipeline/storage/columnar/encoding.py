@@ -73,7 +73,6 @@ assert list(_KINDS) == list(EVENT_COLUMNS), "the parts hold the events frame's c
 FEW_VALUES = ("deliverable_count", "selected_budget", "actual_max_tokens", "attempt")
 
 
-
 @functools.cache
 def arrow_type(kind: str) -> pa.DataType:
     """The Arrow type a part stores a column of ``kind`` as (built on first use: pyarrow imports then)."""
