@@ -211,17 +211,18 @@ def _mapped(path: Path, entry: dict[str, Any]) -> Any:
     kind = entry["kind"]
     if kind == "none":
         return None
-    values = _map(path / entry["file"])
+    values = map_array(path / entry["file"])
     if kind == "labels":
         return LabelColumn(values, tuple(entry["labels"]))
     if kind == "ints":
-        return IntColumn(values, _map(path / entry["valid"]) if entry["valid"] else None)
+        return IntColumn(values, map_array(path / entry["valid"]) if entry["valid"] else None)
     if kind == "array":
         return values
     raise ValueError(f"unknown column kind {kind!r}")
 
 
-def _map(file: Path) -> np.ndarray:
+def map_array(file: Path) -> np.ndarray:
+    """The array of a ``.npy`` file, mapped copy-on-write."""
     # A plain ndarray over the map (np.memmap's subclass would travel into every slice and pickle): the
     # view keeps the map alive as its base.
     return np.load(file, mmap_mode="c", allow_pickle=False).view(np.ndarray)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from autopack_pipeline.domain.reprediction import EncodedColumn, PredictionInputs
-from autopack_pipeline.storage.columnar.image import remove_abandoned
+from autopack_pipeline.storage.columnar.image import map_array, remove_abandoned
 
 logger = logging.getLogger("autopack_pipeline.storage.columnar")
 
@@ -46,7 +46,7 @@ def read_inputs_image(image: Path) -> PredictionInputs | None:
         contents = json.loads(text)
         if contents["format"] != _FORMAT:
             raise ValueError(f"format {contents['format']}")
-        event_ids = _map(path / contents["event_ids"])
+        event_ids = map_array(path / contents["event_ids"])
         columns = {name: _column(path, entry, len(event_ids)) for name, entry in contents["columns"].items()}
         features = {name: columns[name] for name in contents["features"]}
         return PredictionInputs(event_ids, columns["deliverables"], columns["versions"], features)
@@ -87,15 +87,10 @@ def _save(directory: Path, name: str, column: EncodedColumn) -> dict[str, Any]:
 
 
 def _column(path: Path, entry: dict[str, Any], rows: int) -> EncodedColumn:
-    codes = _map(path / entry["file"])
+    codes = map_array(path / entry["file"])
     if len(codes) != rows:
         raise ValueError(f"{entry['file']} holds {len(codes)} entries, not {rows}")
     values = entry["values"]
     if entry["tuples"]:
         values = [tuple(value) if value is not None else None for value in values]
     return EncodedColumn(codes, tuple(values))
-
-
-def _map(file: Path) -> np.ndarray:
-    # Copy-on-write, as the image's arrays (image._map).
-    return np.load(file, mmap_mode="c", allow_pickle=False).view(np.ndarray)
