@@ -125,22 +125,22 @@ def read_prediction_inputs(database: Database, event_ids: Iterable[int] | None =
 
 def _kept_inputs(store: ColumnarStore, database: Database, id_range: tuple[int, int] | None) -> PredictionInputs | None:
     """The inputs of ``id_range``'s events from the store's image (``columnar.inputs_image``): mapped, or read
-    for every part and kept there first. None when the store has no image of its current state, or when
-    ``id_range`` reaches only some parts and others have no inputs yet (reading those would read inputs from
-    the database that nobody asked for)."""
+    and kept there first: every part's, unless ``id_range`` reaches only some parts and others have no inputs
+    yet (reading those would read inputs from the database that nobody asked for), then ``id_range``'s own.
+    None when the store has no image of its current state."""
     manifest = store.manifest()
     image = complete_image(store.directory, manifest) if manifest is not None else None
     if image is None:
         return None
-    kept = read_inputs_image(image)
+    kept = read_inputs_image(image, id_range)
     if kept is None:
         parts = manifest["parts"]
-        if len(parts_holding(manifest, id_range)) < len(parts) and any("inputs" not in part for part in parts):
-            return None
-        kept = prediction_inputs_from_arrow(store.inputs_table(database, as_codes=TEXT_COLUMNS))
+        every_part = len(parts_holding(manifest, id_range)) == len(parts) or all("inputs" in part for part in parts)
+        span = None if every_part else id_range
+        kept = prediction_inputs_from_arrow(store.inputs_table(database, as_codes=TEXT_COLUMNS, id_range=span))
         pa.default_memory_pool().release_unused()
         if complete_image(store.directory, store.manifest()) == image:  # no refresh since: the image's own inputs
-            write_inputs_image(image, kept)
+            write_inputs_image(image, kept, span)
     return kept.within(id_range)
 
 

@@ -8,8 +8,10 @@ milliseconds. The inputs are kept as :class:`~autopack_pipeline.domain.repredict
 them: the event ids and each column's codes as ``.npy`` files, each column's distinct values (deliverables
 parsed, versions, doc features) in ``inputs.json``.
 
-They live in a directory of the image (``inputs/``), so they belong to the same state of the store and go
-with it. They are written after the image itself (the prediction inputs are read the first time a command
+They live in a directory of the image, so they belong to the same state of the store and go with it: every
+event's inputs in ``inputs/``; the inputs of the events of one id range only in ``inputs-<first>-<last>/`` (a
+window's: ``calibrate``'s 28-day window over a long history reaches the newest parts only, whose inputs are all
+it reads). They are written after the image itself (the prediction inputs are read the first time a command
 asks for them), into a temporary directory renamed into place once complete: a reader sees all of them or
 none, and reads the Parquet files on anything unexpected.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,11 +36,40 @@ logger = logging.getLogger("autopack_pipeline.storage.columnar")
 INPUTS_DIRECTORY = "inputs"
 _CONTENTS = "inputs.json"  # written last
 _FORMAT = 1
+_SPAN_DIRECTORY = re.compile(rf"{INPUTS_DIRECTORY}-(-?\d+)-(-?\d+)")
+
+Span = tuple[int, int]  # the lowest and highest event id of the events whose inputs are kept (both included)
 
 
-def read_inputs_image(image: Path) -> PredictionInputs | None:
-    """The prediction inputs kept in ``image`` (a complete image directory), mapped; None when none are kept."""
-    path = image / INPUTS_DIRECTORY
+def inputs_directory(span: Span | None) -> str:
+    """The name of the directory of the inputs of ``span``'s events (None: of every event)."""
+    return INPUTS_DIRECTORY if span is None else f"{INPUTS_DIRECTORY}-{span[0]}-{span[1]}"
+
+
+def read_inputs_image(image: Path, id_range: Span | None = None) -> PredictionInputs | None:
+    """Prediction inputs kept in ``image`` (a complete image directory) that hold every event of ``id_range``
+    (None: every event), mapped: every event's if kept, else those of a kept span covering ``id_range``; None
+    when no such inputs are kept."""
+    for path in _covering(image, id_range):
+        inputs = _read(path)
+        if inputs is not None:
+            return inputs
+    return None
+
+
+def _covering(image: Path, id_range: Span | None) -> list[Path]:
+    """The directories of ``image`` whose inputs hold every event of ``id_range``: every event's first."""
+    found = [image / INPUTS_DIRECTORY]
+    if id_range is not None:
+        for path in image.glob(f"{INPUTS_DIRECTORY}-*"):
+            span = _SPAN_DIRECTORY.fullmatch(path.name)
+            if span is not None and int(span[1]) <= id_range[0] and id_range[1] <= int(span[2]):
+                found.append(path)
+    return found
+
+
+def _read(path: Path) -> PredictionInputs | None:
+    """The inputs kept in ``path``, mapped; None when there are none, or they are damaged (then removed)."""
     try:
         text = (path / _CONTENTS).read_text()
     except FileNotFoundError:
@@ -56,12 +88,14 @@ def read_inputs_image(image: Path) -> PredictionInputs | None:
         return None
 
 
-def write_inputs_image(image: Path, inputs: PredictionInputs) -> None:
-    """Keep ``inputs`` (every event of the image's state of the store, in event id order) in ``image``. A
-    failure (a full disk, the image removed meanwhile) is logged: the next command reads the Parquet files."""
-    final = image / INPUTS_DIRECTORY
-    temporary = image / f".{INPUTS_DIRECTORY}.{os.getpid()}.tmp"
-    remove_abandoned(image, f".{INPUTS_DIRECTORY}.*.tmp")
+def write_inputs_image(image: Path, inputs: PredictionInputs, span: Span | None = None) -> None:
+    """Keep ``inputs`` (of every event of the image's state of the store, or of every event of ``span`` when
+    given; in event id order) in ``image``. A failure (a full disk, the image removed meanwhile) is logged:
+    the next command reads the Parquet files."""
+    name = inputs_directory(span)
+    final = image / name
+    temporary = image / f".{name}.{os.getpid()}.tmp"
+    remove_abandoned(image, f".{INPUTS_DIRECTORY}*.tmp")
     try:
         shutil.rmtree(temporary, ignore_errors=True)  # this process id's, left by an ended process that had it
         temporary.mkdir()

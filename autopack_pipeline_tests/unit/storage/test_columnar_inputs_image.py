@@ -87,14 +87,24 @@ def test_an_id_range_of_the_kept_inputs_gives_those_events_inputs(seeded, store,
         assert _rows(read_prediction_inputs(seeded, id_range=id_range)) == _reference(seeded, id_range)
 
 
-def test_a_range_over_some_parts_keeps_nothing_while_other_parts_have_no_inputs(seeded, store):
-    """Keeping every part's inputs would read from the database inputs that nobody asked for."""
+def test_a_range_over_some_parts_keeps_only_its_own_inputs_while_other_parts_have_none(seeded, store, monkeypatch):
+    """A window over a long history: keeping every part's inputs would read from the database inputs that nobody
+    asked for, so the range's own are kept, and serve the ranges within it."""
     ids = [row[0] for row in _reference(seeded)]
-    newest = (ids[25], ids[-1])  # the second part's events
+    newest = (ids[25], ids[-1])  # within the second part
     assert _rows(read_prediction_inputs(seeded, id_range=newest)) == _reference(seeded, newest)
     assert not _inputs_kept(store)
+    image = complete_image(store.directory, store.manifest())
+    assert (image / inputs_image.inputs_directory(newest) / "inputs.json").exists()
     assert ["inputs" in part for part in store.manifest()["parts"]] == [False, True]
-    assert _rows(read_prediction_inputs(seeded)) == _reference(seeded)  # every part asked for: kept now
+    with monkeypatch.context() as forbidden:
+        _forbid_parquet(forbidden)
+        for id_range in (newest, (ids[30], ids[35])):
+            assert _rows(read_prediction_inputs(seeded, id_range=id_range)) == _reference(seeded, id_range)
+    # Beyond the kept range: not from the range's inputs.
+    for id_range in ((ids[5], ids[30]), (ids[24], ids[-1])):
+        assert _rows(read_prediction_inputs(seeded, id_range=id_range)) == _reference(seeded, id_range)
+    assert _rows(read_prediction_inputs(seeded)) == _reference(seeded)  # every part asked for: every part kept
     assert _inputs_kept(store)
 
 
@@ -154,8 +164,9 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_one(seeded, store):
     ended = subprocess.Popen(["true"])
     ended.wait()  # reaped: its process id no longer runs
     image = complete_image(store.directory, store.manifest())
-    left = image / f".{inputs_image.INPUTS_DIRECTORY}.{ended.pid}.tmp"
-    left.mkdir()
-    (left / "event_ids.npy").write_bytes(b"half")
+    left = [image / f".{inputs_image.inputs_directory(span)}.{ended.pid}.tmp" for span in (None, (3, 9))]
+    for directory in left:
+        directory.mkdir()
+        (directory / "event_ids.npy").write_bytes(b"half")
     assert _rows(read_prediction_inputs(seeded)) == _reference(seeded)
-    assert _inputs_kept(store) and not left.exists()
+    assert _inputs_kept(store) and not any(directory.exists() for directory in left)
