@@ -11,6 +11,7 @@ from autopack_pipeline.cli.common import (
     EXIT_OK,
     UsageError,
     database_url,
+    extraction_progress,
     identity_line,
     open_engine,
     print_json,
@@ -21,7 +22,7 @@ def cmd_db_check(args: argparse.Namespace) -> int:
     from autopack_pipeline.services.telemetry_database import summarise
 
     engine = open_engine(args)
-    summary = summarise(engine)
+    summary = summarise(engine, extraction_progress(args))
     if args.json:
         print_json(summary)
         return EXIT_OK

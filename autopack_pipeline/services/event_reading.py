@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 ProgressScope = Callable[[], AbstractContextManager[Callable[..., None] | None]]
 
-__all__ = ["ProgressScope", "describe_unreadable", "read_event_arrays", "read_events_frame", "refreshed_snapshot"]
+__all__ = ["ProgressScope", "copied_events", "describe_unreadable", "read_event_arrays", "read_events_frame",
+           "refreshed_snapshot"]
 
 
 def read_events_frame(engine: Engine, run_ids: list[str] | None = None, *, allow_empty: bool = False):
@@ -56,6 +57,28 @@ def refreshed_snapshot(database: Database, extraction_progress: ProgressScope | 
     with (extraction_progress or nullcontext)() as advance:
         snapshot, _refresh, _fallback = snapshot_events(database, progress=advance)
     return snapshot
+
+
+def copied_events(database: Database, extraction_progress: ProgressScope | None = None
+                  ) -> Callable[[], EventArrays | None]:
+    """What reads every event of the columnar copy, refreshed first, for the counts of
+    ``storage.summary.database_summary`` (``db-check``, ``doctor``); it gives None when there is no usable
+    copy (an in-memory database, a directory that cannot be written, the database failing meanwhile),
+    and the summary groups the table in SQL instead."""
+
+    def arrays() -> EventArrays | None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from autopack_pipeline.storage.columnar import ColumnarStoreError, refresh_store
+
+        try:
+            with (extraction_progress or nullcontext)() as advance:
+                store, refresh = refresh_store(database, progress=advance)
+            return None if store is None or refresh is None else store.event_arrays()
+        except (ColumnarStoreError, OSError, SQLAlchemyError):
+            return None
+
+    return arrays
 
 
 def read_event_arrays(database: Database, run_ids: list[str] | None = None, *, allow_empty: bool = False,

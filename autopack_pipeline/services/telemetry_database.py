@@ -16,6 +16,8 @@ from autopack_pipeline.storage.schema_check import read_schema
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from autopack_pipeline.services.event_reading import ProgressScope
+
 __all__ = ["BackupNotPossible", "back_up", "open_database", "open_database_handle", "summarise", "upgrade"]
 
 
@@ -55,12 +57,14 @@ def open_database(url: str, *, must_exist: bool = False) -> Engine:
     return open_database_handle(url, must_exist=must_exist).engine
 
 
-def summarise(engine: Engine) -> dict[str, Any]:
-    """Identity, schema revision, rows per table, phase states and event counts of the database."""
+def summarise(engine: Engine, extraction_progress: ProgressScope | None = None) -> dict[str, Any]:
+    """Identity, schema revision, rows per table, phase states and event counts of the database (the
+    event counts through the columnar copy, refreshed first, when it holds every event)."""
     # Here, not at import: the summary reads the ORM's models, which opening a database does without.
+    from autopack_pipeline.services.event_reading import copied_events
     from autopack_pipeline.storage.summary import database_summary
 
-    return database_summary(engine)
+    return database_summary(engine, copied_events(engine, extraction_progress))
 
 
 def upgrade(url: str) -> tuple[Engine, str]:
