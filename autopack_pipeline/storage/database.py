@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, create_engine, event, exists, insert, select
+from sqlalchemy import Table, create_engine, event, exists, func, insert, select, text, tuple_
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from autopack_pipeline.storage.catalog import SQLITE_BUSY_TIMEOUT_MS
@@ -93,22 +93,65 @@ def insert_ignoring_conflicts(
     Uses ``INSERT ... ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL, so two writers racing on
     the same key cannot both insert or fail; other backends get a check-then-insert.
     """
+    statement = _conflict_free_insert(connection, table, conflict_columns)
+    if statement is None:
+        return insert_unless_exists(connection, table, values, conflict_columns)
+    return _inserted(connection, statement.values(**values))
+
+
+def insert_many_ignoring_conflicts(
+    connection: Connection, table: Table, rows: Sequence[Mapping[str, object]], conflict_columns: Sequence[str]
+) -> int:
+    """:func:`insert_ignoring_conflicts` of every row of ``rows`` (all with the same keys), in one executemany
+    statement on SQLite and PostgreSQL (SQLAlchemy sends them as multi-row INSERTs); return rows inserted."""
+    if not rows:
+        return 0
+    statement = _conflict_free_insert(connection, table, conflict_columns)
+    if statement is None:
+        return sum(insert_unless_exists(connection, table, row, conflict_columns) for row in rows)
+    if connection.dialect.name == "postgresql" and not connection.in_nested_transaction():
+        # psycopg parses the text of a multi-row INSERT (what RETURNING makes of an executemany) anew each
+        # time: 16,500 placeholders for 500 events, 0.2 ms a row. Its own executemany of the one-row
+        # statement is pipelined and parsed once, 8x faster; the rows this transaction inserted are then
+        # counted by their xmin (a savepoint's rows would carry its own transaction id: not here).
+        connection.execute(statement, list(rows))
+        return _inserted_by_this_transaction(connection, table, rows, conflict_columns)
+    return _inserted(connection, statement, list(rows))
+
+
+def _inserted_by_this_transaction(connection: Connection, table: Table, rows: Sequence[Mapping[str, object]],
+                                  conflict_columns: Sequence[str]) -> int:
+    """How many of ``rows`` (by their ``conflict_columns``) PostgreSQL holds as written by this transaction."""
+    key = tuple_(*(table.c[name] for name in conflict_columns))
+    written = 0
+    for start in range(0, len(rows), 500):
+        keys = [tuple(row[name] for name in conflict_columns) for row in rows[start:start + 500]]
+        written += connection.execute(select(func.count()).select_from(table).where(
+            key.in_(keys), text("xmin = pg_current_xact_id()::xid"))).scalar_one()
+    return written
+
+
+def _conflict_free_insert(connection: Connection, table: Table, conflict_columns: Sequence[str]):
+    """``INSERT ... ON CONFLICT (conflict_columns) DO NOTHING`` into ``table`` on SQLite and PostgreSQL; else None."""
     name = connection.dialect.name
-    if name in ("postgresql", "sqlite"):
-        # Each dialect's insert where it is used: importing PostgreSQL's dialect cost a SQLite
-        # command (every `calibrate`) three hundredths of a second at start.
-        if name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as builder
-        else:
-            from sqlalchemy.dialects.sqlite import insert as builder
-        statement = builder(table).values(**values).on_conflict_do_nothing(index_elements=list(conflict_columns))
-        if connection.dialect.insert_returning:
-            # rowcount is unreliable here: SQLAlchemy adds an implicit RETURNING on PostgreSQL and
-            # psycopg then reports -1. Counting the returned keys is exact on both backends.
-            returned = connection.execute(statement.returning(*table.primary_key.columns)).all()
-            return len(returned)
-        return max(connection.execute(statement).rowcount, 0)
-    return insert_unless_exists(connection, table, values, conflict_columns)
+    if name not in ("postgresql", "sqlite"):
+        return None
+    # Each dialect's insert where it is used: importing PostgreSQL's dialect cost a SQLite
+    # command (every `calibrate`) three hundredths of a second at start.
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as builder
+    else:
+        from sqlalchemy.dialects.sqlite import insert as builder
+    return builder(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+
+
+def _inserted(connection: Connection, statement, rows: list | None = None) -> int:
+    """Run a conflict-free insert (with ``rows`` as its executemany parameters) and count the rows it inserted."""
+    if connection.dialect.insert_returning:
+        # rowcount is unreliable here: SQLAlchemy adds an implicit RETURNING on PostgreSQL and
+        # psycopg then reports -1. Counting the returned keys is exact on both backends.
+        return len(connection.execute(statement.returning(*statement.table.primary_key.columns), rows).all())
+    return max(connection.execute(statement, rows).rowcount, 0)
 
 
 def insert_unless_exists(

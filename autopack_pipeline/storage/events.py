@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from enum import Enum
@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Table, func, insert, inspect, select
+from sqlalchemy import Table, insert, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,7 @@ import autopack_pipeline.storage.spool as spool
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.storage.database import (
     insert_ignoring_conflicts,
+    insert_many_ignoring_conflicts,
     insert_unless_exists,
     safe_error_text,
 )
@@ -37,14 +38,12 @@ from autopack_pipeline.storage.frames import (
     empty_events_frame,
 )
 from autopack_pipeline.storage.models import (
-    Phase,
-    Run,
-    Tier,
     TokenBudgetEscalationEvent,
     TokenEstimationV2Event,
     naive_utc,
     utc_now,
 )
+from autopack_pipeline.storage.phase_rows import PhaseRow, ensure_phase_rows
 from autopack_pipeline.storage.timestamps import UnreadableTimestamp, readable_column, set_aside_in_frame
 
 logger = logging.getLogger(__name__)
@@ -157,14 +156,27 @@ def estimation_row(event: EstimationEvent) -> dict[str, Any]:
     }
 
 
-def event_uid_stored(connection: Connection, event_uid: str) -> bool:
-    """Whether an events row with ``event_uid`` exists (committed, or written by this transaction)."""
-    return connection.execute(select(_EVENTS.c.event_uid).where(_EVENTS.c.event_uid == event_uid).limit(1)).first() is not None
-
-
 def insert_estimation_row(connection: Connection, row: Mapping[str, Any]) -> int:
     """Insert one events row unless its ``event_uid`` is stored already; return rows inserted (0/1)."""
     return insert_ignoring_conflicts(connection, _EVENTS, row, ["event_uid"])
+
+
+def insert_estimation_rows(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """:func:`insert_estimation_row` of each of ``rows``, a statement per set of columns given; return rows
+    inserted."""
+    by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_columns.setdefault(tuple(row), []).append(row)
+    return sum(insert_many_ignoring_conflicts(connection, _EVENTS, same, ["event_uid"]) for same in by_columns.values())
+
+
+def stored_event_uids(connection: Connection, event_uids: Sequence[str]) -> set[str]:
+    """Those of ``event_uids`` an events row has (committed, or written by this transaction)."""
+    stored: set[str] = set()
+    for start in range(0, len(event_uids), 500):  # well under SQLite's limit of bound parameters
+        chunk = list(event_uids[start:start + 500])
+        stored.update(connection.execute(select(_EVENTS.c.event_uid).where(_EVENTS.c.event_uid.in_(chunk))).scalars())
+    return stored
 
 
 # What identifies one escalation decision: the table has no event id of ours, and the timestamp is
@@ -351,44 +363,10 @@ def ensure_run_and_phase(
     Returns the phase's integer primary key. Existing rows are left exactly as they are. With a
     Session or Connection the caller owns the transaction; with an Engine this commits.
     """
-    runs, tiers, phases = Run.__table__, Tier.__table__, Phase.__table__
     with _connection_for(session_or_engine) as connection:
-        insert_ignoring_conflicts(connection, runs, {"id": run_id, "state": run_state}, ["id"])
-        existing = connection.execute(
-            select(phases.c.id).where(phases.c.run_id == run_id, phases.c.phase_id == phase_id)
-        ).scalar()
-        if existing is not None:
-            return int(existing)
-        tier_pk = connection.execute(
-            select(tiers.c.id).where(tiers.c.run_id == run_id, tiers.c.tier_id == tier_id).order_by(tiers.c.id)
-        ).scalar()
-        if tier_pk is None:
-            tier_index = connection.execute(
-                select(func.count()).select_from(tiers).where(tiers.c.run_id == run_id)
-            ).scalar_one()
-            result = connection.execute(
-                insert(tiers).values(tier_id=tier_id, run_id=run_id, tier_index=tier_index, name=tier_id, state="PENDING")
-            )
-            tier_pk = result.inserted_primary_key[0]
-        phase_index = connection.execute(
-            select(func.count()).select_from(phases).where(phases.c.run_id == run_id)
-        ).scalar_one()
-        values = {
-            "phase_id": phase_id,
-            "run_id": run_id,
-            "tier_id": tier_pk,
-            "phase_index": phase_index,
-            "name": phase_name or phase_id,
-            "state": phase_state,
-            "task_category": category,
-            "complexity": complexity,
-        }
-        insert_ignoring_conflicts(connection, phases, values, ["run_id", "phase_id"])
-        return int(
-            connection.execute(
-                select(phases.c.id).where(phases.c.run_id == run_id, phases.c.phase_id == phase_id)
-            ).scalar_one()
-        )
+        row = PhaseRow(run_id, phase_id, category, complexity, phase_name)
+        keys = ensure_phase_rows(connection, [row], tier_id=tier_id, phase_state=phase_state, run_state=run_state)
+        return keys[(run_id, phase_id)]
 
 
 def read_events(engine: Engine, run_ids: Iterable[str] | None = None) -> pd.DataFrame:

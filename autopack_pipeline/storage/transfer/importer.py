@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 
 from autopack_pipeline.output_files import AtomicFile, check_output_path
 from autopack_pipeline.storage.database import safe_error_text
-from autopack_pipeline.storage.events import ensure_run_and_phase, event_uid_stored, insert_estimation_row
+from autopack_pipeline.storage.events import insert_estimation_rows, stored_event_uids
+from autopack_pipeline.storage.phase_rows import PhaseRow, ensure_phase_rows
 from autopack_pipeline.storage.spool import is_transient_failure
 from autopack_pipeline.storage.transfer.records import LineRejected, parse_line
 
@@ -88,21 +89,23 @@ class _Importer:
         self.quarantine.add(line_no, raw, reason)
 
     def _write(self, batch: list[tuple[int, bytes, dict[str, Any]]]) -> tuple[int, int]:
-        """Import ``batch`` in one transaction; returns (inserted, duplicates) or raises (rolled back)."""
-        inserted = 0
-        ensured: set[tuple[str, str]] = set()
+        """Import ``batch`` in one transaction; returns (inserted, duplicates) or raises (rolled back).
+
+        A few statements per batch (which event_uids are stored, the runs and phases missing, the rows),
+        not per line: one by one, the import took 420 events a second into SQLite."""
         with self.engine.begin() as connection:
+            stored = stored_event_uids(connection, [row["event_uid"] for _line_no, _raw, row in batch])
+            rows = []
             for _line_no, _raw, row in batch:
-                pair = (row["run_id"], row["phase_id"])
-                if pair not in self.known_phases and pair not in ensured:
-                    # A duplicate line names a run and phase of its own: only a row that goes in may
-                    # create them (else an import of nothing new would add phases).
-                    if event_uid_stored(connection, row["event_uid"]):
-                        continue
-                    ensure_run_and_phase(connection, *pair, category=row["category"], complexity=row["complexity"])
-                    ensured.add(pair)
-                inserted += insert_estimation_row(connection, row)
-        self.known_phases |= ensured
+                if row["event_uid"] not in stored:  # nor the same uid on an earlier line of the batch
+                    stored.add(row["event_uid"])
+                    rows.append(row)
+            # Only a row that goes in may create its run and phase (else an import of nothing new would add phases).
+            wanted = [PhaseRow(row["run_id"], row["phase_id"], row["category"], row["complexity"]) for row in rows
+                      if (row["run_id"], row["phase_id"]) not in self.known_phases]
+            ensure_phase_rows(connection, wanted)
+            inserted = insert_estimation_rows(connection, rows)
+        self.known_phases.update((row.run_id, row.phase_id) for row in wanted)
         return inserted, len(batch) - inserted
 
     def flush(self, batch: list[tuple[int, bytes, dict[str, Any]]]) -> None:
