@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Table, create_engine, event, exists, func, insert, select, text, tuple_
@@ -29,11 +29,13 @@ from autopack_pipeline.storage.database_url import (
 
 __all__ = [
     "DEFAULT_DATABASE_URL", "SQLITE_BUSY_TIMEOUT_MS", "DatabaseIdentity", "DatabaseNotFound", "UnsupportedDatabaseURL",
-    "insert_ignoring_conflicts", "insert_unless_exists", "make_engine", "missing_sqlite_file",
-    "require_existing_database", "resolve_database_url", "safe_error_text",
+    "in_chunks", "insert_ignoring_conflicts", "insert_many_ignoring_conflicts", "insert_unless_exists", "make_engine",
+    "missing_sqlite_file", "require_existing_database", "resolve_database_url", "safe_error_text",
 ]
 
 logger = logging.getLogger(__name__)
+
+_IN_LIST_VALUES = 500  # values per IN list (in_chunks)
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
@@ -102,8 +104,8 @@ def insert_ignoring_conflicts(
 def insert_many_ignoring_conflicts(
     connection: Connection, table: Table, rows: Sequence[Mapping[str, object]], conflict_columns: Sequence[str]
 ) -> int:
-    """:func:`insert_ignoring_conflicts` of every row of ``rows`` (all with the same keys), in one executemany
-    statement on SQLite and PostgreSQL (SQLAlchemy sends them as multi-row INSERTs); return rows inserted."""
+    """:func:`insert_ignoring_conflicts` of every row of ``rows`` (all with the same keys), as one executemany
+    on SQLite and PostgreSQL; return rows inserted."""
     if not rows:
         return 0
     statement = _conflict_free_insert(connection, table, conflict_columns)
@@ -123,12 +125,16 @@ def _inserted_by_this_transaction(connection: Connection, table: Table, rows: Se
                                   conflict_columns: Sequence[str]) -> int:
     """How many of ``rows`` (by their ``conflict_columns``) PostgreSQL holds as written by this transaction."""
     key = tuple_(*(table.c[name] for name in conflict_columns))
-    written = 0
-    for start in range(0, len(rows), 500):
-        keys = [tuple(row[name] for name in conflict_columns) for row in rows[start:start + 500]]
-        written += connection.execute(select(func.count()).select_from(table).where(
-            key.in_(keys), text("xmin = pg_current_xact_id()::xid"))).scalar_one()
-    return written
+    keys = [tuple(row[name] for name in conflict_columns) for row in rows]
+    return sum(connection.execute(select(func.count()).select_from(table).where(
+        key.in_(chunk), text("xmin = pg_current_xact_id()::xid"))).scalar_one() for chunk in in_chunks(keys))
+
+
+def in_chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
+    """``values`` in lists short enough for one ``IN (...)`` each: well under SQLite's limit of bound
+    parameters (32,766 since 3.32, 999 before)."""
+    for start in range(0, len(values), _IN_LIST_VALUES):
+        yield list(values[start:start + _IN_LIST_VALUES])
 
 
 def _conflict_free_insert(connection: Connection, table: Table, conflict_columns: Sequence[str]):

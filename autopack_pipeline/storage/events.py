@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 import autopack_pipeline.storage.spool as spool
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.storage.database import (
+    in_chunks,
     insert_ignoring_conflicts,
     insert_many_ignoring_conflicts,
     insert_unless_exists,
@@ -173,8 +174,7 @@ def insert_estimation_rows(connection: Connection, rows: Sequence[Mapping[str, A
 def stored_event_uids(connection: Connection, event_uids: Sequence[str]) -> set[str]:
     """Those of ``event_uids`` an events row has (committed, or written by this transaction)."""
     stored: set[str] = set()
-    for start in range(0, len(event_uids), 500):  # well under SQLite's limit of bound parameters
-        chunk = list(event_uids[start:start + 500])
+    for chunk in in_chunks(event_uids):
         stored.update(connection.execute(select(_EVENTS.c.event_uid).where(_EVENTS.c.event_uid.in_(chunk))).scalars())
     return stored
 

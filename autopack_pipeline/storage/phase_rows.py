@@ -10,18 +10,16 @@ events a second into SQLite).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
-from autopack_pipeline.storage.database import insert_many_ignoring_conflicts
+from autopack_pipeline.storage.database import in_chunks, insert_many_ignoring_conflicts
 from autopack_pipeline.storage.models import Phase, Run, Tier
 
 _RUNS, _TIERS, _PHASES = Run.__table__, Tier.__table__, Phase.__table__
-# Run ids per IN list: well under SQLite's limit of bound parameters (32,766 since 3.32, 999 before).
-_IDS_PER_QUERY = 500
 
 
 class PhaseRow(NamedTuple):
@@ -67,7 +65,7 @@ def _tier_keys(connection: Connection, run_ids: list[str], tier_id: str) -> dict
     """Each run's first tier ``tier_id`` (by primary key), created after the run's tiers where missing."""
     def found() -> dict[str, int]:
         keys = {}
-        for chunk in _chunks(run_ids):
+        for chunk in in_chunks(run_ids):
             keys.update(connection.execute(
                 select(_TIERS.c.run_id, func.min(_TIERS.c.id))
                 .where(_TIERS.c.run_id.in_(chunk), _TIERS.c.tier_id == tier_id).group_by(_TIERS.c.run_id)).all())
@@ -87,7 +85,7 @@ def _tier_keys(connection: Connection, run_ids: list[str], tier_id: str) -> dict
 def _phase_keys(connection: Connection, run_ids: list[str]) -> dict[tuple[str, str], int]:
     """Every phase of ``run_ids``: its primary key by (run id, phase id)."""
     keys = {}
-    for chunk in _chunks(run_ids):
+    for chunk in in_chunks(run_ids):
         rows = connection.execute(select(_PHASES.c.run_id, _PHASES.c.phase_id, _PHASES.c.id)
                                   .where(_PHASES.c.run_id.in_(chunk)))
         keys.update(((run, phase), int(key)) for run, phase, key in rows)
@@ -97,12 +95,7 @@ def _phase_keys(connection: Connection, run_ids: list[str]) -> dict[tuple[str, s
 def _counts(connection: Connection, table, run_ids: list[str]) -> dict[str, int]:
     """How many rows of ``table`` each of ``run_ids`` has (runs without any are left out)."""
     counts = {}
-    for chunk in _chunks(run_ids):
+    for chunk in in_chunks(run_ids):
         counts.update(connection.execute(select(table.c.run_id, func.count()).where(table.c.run_id.in_(chunk))
                                          .group_by(table.c.run_id)).all())
     return counts
-
-
-def _chunks(values: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(values), _IDS_PER_QUERY):
-        yield values[start:start + _IDS_PER_QUERY]
