@@ -94,6 +94,17 @@ def test_export_has_every_column_newest_first(varied: Engine) -> None:
     assert records[0]["timestamp"] == "2025-12-02T00:00:00"
 
 
+def test_export_lines_are_written_as_json_dumps_writes_them(varied: Engine, make_event) -> None:
+    """The line format stays the standard library's (", " and ": " separators, text as UTF-8, floats as repr)."""
+    assert record_estimation_event(varied, make_event(run_id="run-b", phase_id="p1", deliverables=["docs/café.md"],
+                                                      timestamp=datetime(2025, 12, 3)), respect_flag=False)
+    out = io.StringIO()
+    transfer.write_export(varied, out)
+    lines = out.getvalue().splitlines()
+    assert '"docs/café.md"' in lines[0]
+    assert lines == [json.dumps(json.loads(line), ensure_ascii=False) for line in lines]
+
+
 def test_round_trip_into_a_fresh_database_is_equal(varied: Engine, backend: str, tmp_path: Path) -> None:
     path = tmp_path / "export.ndjson"
     assert transfer.export_to_file(varied, path) == 4
