@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# The test databases (a SQLite file, and PostgreSQL as a second parameter: ``engine``, ``seeded``, ``make_event``
+# and the rest) for every test that asks for one; a module's own fixture of the same name takes precedence.
+pytest_plugins = ("autopack_pipeline_tests.support.databases",)
+
 
 @pytest.fixture(autouse=True)
 def _spool_in_tmp(tmp_path_factory, monkeypatch) -> None:
