@@ -766,11 +766,11 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
         fresh.append(run_child("synth", db=db, events=1_000_000 // scale, seed=1).result)
         fresh_floors.append(run_child("sqlite_floor", source=str(path), target=str(floor_path), stage="empty",
                                       events=fresh[-1]["events"], phases=fresh[-1]["phases"]).result)
-    first = fresh[-1]  # the database the append rounds below start from
+    base_load = fresh[-1]  # what the database the append rounds below start from holds
     rate = sum(r["events"] for r in fresh) / sum(r["seconds"] for r in fresh)
     report.add(f"synth into SQLite, {size_name(1_000_000 // scale)} events into an empty DB", rate, "events/s", "", "",
-               None, f"{first['phases']:,} phases, {first['runs']:,} runs too; {len(fresh)} rounds: "
-               + ", ".join(f"{r['events_per_second']:,.0f}/s" for r in fresh) + f"; last {_stages(first)}")
+               None, f"{base_load['phases']:,} phases, {base_load['runs']:,} runs too; {len(fresh)} rounds: "
+               + ", ".join(f"{r['events_per_second']:,.0f}/s" for r in fresh) + f"; last {_stages(base_load)}")
     add_floor(fresh, fresh_floors, "rows " + ", ".join(f"{f['rows_s']:.1f} s" for f in fresh_floors)
               + f" + {fresh_floors[-1]['indexes']} index rebuilds "
               + ", ".join(f"{f['indexes_s']:.1f} s" for f in fresh_floors)
@@ -789,7 +789,7 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
         loaded.append(run_child("synth", db=f"sqlite:///{target}", events=NEW_EVENTS, seed=2).result)
         _sqlite_copy(base, floor_path)
         floors.append(run_child("sqlite_floor", source=str(target), target=str(floor_path), stage="append",
-                                events=first["events"], phases=first["phases"]).result)
+                                events=base_load["events"], phases=base_load["phases"]).result)
         for name in _sqlite_files(target):
             name.unlink(missing_ok=True)
     rate = sum(r["events"] for r in loaded) / sum(r["seconds"] for r in loaded)
@@ -820,7 +820,7 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
                    f">= {SYNTH_PG_PER_S:,}/s", f"{rate / SYNTH_PG_PER_S:.2f}x of bound", rate >= SYNTH_PG_PER_S,
                    _stages(fresh.result))
         appends, floors = [], []
-        for round_ in range(PG_APPEND_ROUNDS):
+        for _round in range(PG_APPEND_ROUNDS):
             # Two copies of the database as the append finds it: the loader's and the floor's (a template
             # needs no open connection). FILE_COPY copies the files after a checkpoint instead of writing the
             # whole database to the WAL, which the append would otherwise find still being flushed.
