@@ -35,6 +35,7 @@ from autopack_pipeline.domain.targets import UNDER_TOLERANCE
 V2_MARKER = "[TokenEstimationV2]"
 V1_MARKER = "[TokenEstimation]"
 FORMATS = ("v2", "v2-fallback", "v1")
+_MARKERS_START = "[TokenEstimation"  # the start both markers share
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})")
 _PAIR = re.compile(r"(\w+)=(\S+)")
 _V1 = re.compile(
@@ -91,6 +92,8 @@ def _bool(text: str | None) -> bool | None:
 
 def parse_line(line: str, source_file: str = "<memory>", line_number: int = 0) -> LogRecord | None | bool:
     """A :class:`LogRecord`, ``None`` for a line without a marker, or ``False`` for an unreadable one."""
+    if _MARKERS_START not in line:  # most of a log: no time read for them
+        return None
     stamp = _TIMESTAMP.match(line)
     timestamp = f"{stamp.group(1)}T{stamp.group(2)}" if stamp else None
     if V2_MARKER in line:
