@@ -707,6 +707,19 @@ def _stages(result: dict) -> str:
             f"{t.get('indexes', 0):.1f} s; row generation {t.get('generate', 0):.1f} s{staged} in a helper thread")
 
 
+def _overall_rate(rounds: list[dict]) -> float:
+    """Events per second over every round together: their events over their seconds, not a mean of rates."""
+    return sum(r["events"] for r in rounds) / sum(r["seconds"] for r in rounds)
+
+
+def _round_rates(rounds: list[dict]) -> str:
+    return f"{len(rounds)} rounds: " + ", ".join(f"{r['events_per_second']:,.0f}/s" for r in rounds)
+
+
+def _round_seconds(rounds: list[dict], key: str) -> str:
+    return ", ".join(f"{r[key]:.1f} s" for r in rounds)
+
+
 def _sqlite_files(path: Path) -> list[Path]:
     return [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
 
@@ -744,9 +757,8 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
     db = f"sqlite:///{path}"
 
     def add_floor(loaded: list[dict], floors: list[dict], rows: str) -> None:
-        events, seconds = sum(f["events"] for f in floors), sum(f["seconds"] for f in floors)
-        loader_rate = sum(r["events"] for r in loaded) / sum(r["seconds"] for r in loaded)
-        share = loader_rate / (events / seconds)
+        events, floor_rate = sum(f["events"] for f in floors), _overall_rate(floors)
+        share = _overall_rate(loaded) / floor_rate
         # CPU seconds per event, floor over loader: the work each did, which other load on the machine
         # does not change as much as it changes wall time (the loader's includes making the rows).
         floor_cpu, loader_cpu = sum(f["cpu_s"] for f in floors), sum(r["cpu_s"] for r in loaded)
@@ -754,7 +766,7 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
         rounds = "" if len(floors) == 1 else " (rounds: " + ", ".join(
             f"floor {f['events_per_second']:,.0f}/s, loader at {r['events_per_second'] / f['events_per_second']:.2f}x"
             for r, f in zip(loaded, floors, strict=True)) + ")"
-        report.add("  SQLite's floor: the same rows by INSERT..SELECT", events / seconds, "events/s",
+        report.add("  SQLite's floor: the same rows by INSERT..SELECT", floor_rate, "events/s",
                    f"loader >= {SYNTH_FLOOR_SHARE}x", f"loader at {share:.2f}x of it", share >= SYNTH_FLOOR_SHARE,
                    f"no Python per row: {rows}; CPU: floor {floor_cpu:.1f} s, loader {loader_cpu:.1f} s "
                    f"(loader at {cpu_share:.2f}x by CPU){rounds}")
@@ -767,14 +779,12 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
         fresh_floors.append(run_child("sqlite_floor", source=str(path), target=str(floor_path), stage="empty",
                                       events=fresh[-1]["events"], phases=fresh[-1]["phases"]).result)
     base_load = fresh[-1]  # what the database the append rounds below start from holds
-    rate = sum(r["events"] for r in fresh) / sum(r["seconds"] for r in fresh)
-    report.add(f"synth into SQLite, {size_name(1_000_000 // scale)} events into an empty DB", rate, "events/s", "", "",
-               None, f"{base_load['phases']:,} phases, {base_load['runs']:,} runs too; {len(fresh)} rounds: "
-               + ", ".join(f"{r['events_per_second']:,.0f}/s" for r in fresh) + f"; last {_stages(base_load)}")
-    add_floor(fresh, fresh_floors, "rows " + ", ".join(f"{f['rows_s']:.1f} s" for f in fresh_floors)
-              + f" + {fresh_floors[-1]['indexes']} index rebuilds "
-              + ", ".join(f"{f['indexes_s']:.1f} s" for f in fresh_floors)
-              + " + commit " + ", ".join(f"{f['commit_s']:.1f} s" for f in fresh_floors))
+    report.add(f"synth into SQLite, {size_name(1_000_000 // scale)} events into an empty DB", _overall_rate(fresh),
+               "events/s", "", "", None, f"{base_load['phases']:,} phases, {base_load['runs']:,} runs too; "
+               f"{_round_rates(fresh)}; last {_stages(base_load)}")
+    add_floor(fresh, fresh_floors, f"rows {_round_seconds(fresh_floors, 'rows_s')} + {fresh_floors[-1]['indexes']} "
+              f"index rebuilds {_round_seconds(fresh_floors, 'indexes_s')} + commit "
+              f"{_round_seconds(fresh_floors, 'commit_s')}")
     # The append: the loader and the floor each into a byte copy of the database the fresh load left.
     base = work / "synth-append-base.db"
     _sqlite_copy(path, base)
@@ -792,12 +802,10 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
                                 events=base_load["events"], phases=base_load["phases"]).result)
         for name in _sqlite_files(target):
             name.unlink(missing_ok=True)
-    rate = sum(r["events"] for r in loaded) / sum(r["seconds"] for r in loaded)
-    report.add(f"synth into SQLite, {size_name(NEW_EVENTS)} more (indexes in place)", rate, "events/s", "", "", None,
-               f"{len(loaded)} rounds: " + ", ".join(f"{r['events_per_second']:,.0f}/s" for r in loaded)
-               + f"; last {_stages(loaded[-1])}")
-    add_floor(loaded, floors, "rows with their index entries " + ", ".join(f"{f['rows_s']:.1f} s" for f in floors)
-              + " + commit " + ", ".join(f"{f['commit_s']:.1f} s" for f in floors))
+    report.add(f"synth into SQLite, {size_name(NEW_EVENTS)} more (indexes in place)", _overall_rate(loaded),
+               "events/s", "", "", None, f"{_round_rates(loaded)}; last {_stages(loaded[-1])}")
+    add_floor(loaded, floors, f"rows with their index entries {_round_seconds(floors, 'rows_s')} + commit "
+              f"{_round_seconds(floors, 'commit_s')}")
     for name in (path, floor_path, base):
         for file in _sqlite_files(name):
             file.unlink(missing_ok=True)
@@ -833,12 +841,11 @@ def bench_synth(report: Report, work: Path, scale: int) -> None:
                 sa.engine.make_url(url).set(database=database).render_as_string(hide_password=False) for database in copies)
             appends.append(run_child("synth", db=target_url, events=NEW_EVENTS, seed=2).result)
             floors.append(run_child("pg_floor", source=target_url, target=floor_url, seed=2).result)
-        rate = sum(r["events"] for r in appends) / sum(r["seconds"] for r in appends)
+        rate = _overall_rate(appends)
         report.add(f"synth into PostgreSQL, {size_name(NEW_EVENTS)} more (indexes in place)", rate, "events/s",
                    f">= {SYNTH_PG_PER_S:,}/s", f"{rate / SYNTH_PG_PER_S:.2f}x of bound", rate >= SYNTH_PG_PER_S,
-                   f"{len(appends)} rounds: " + ", ".join(f"{r['events_per_second']:,.0f}/s" for r in appends)
-                   + f"; last {_stages(appends[-1])}")
-        floor_rate = sum(f["events"] for f in floors) / sum(f["seconds"] for f in floors)
+                   f"{_round_rates(appends)}; last {_stages(appends[-1])}")
+        floor_rate = _overall_rate(floors)
         report.add("  PostgreSQL's floor: the same rows by binary COPY", floor_rate, "events/s",
                    "", f"loader at {rate / floor_rate:.2f}x of it", None,
                    f"no Python per row: events on one connection, runs, tiers, phases and the first "
