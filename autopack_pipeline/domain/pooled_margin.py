@@ -59,6 +59,7 @@ import numpy as np
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
 from autopack_pipeline.domain.analysis.retries import RetryOutcomes
 from autopack_pipeline.domain.analysis.samples import stable_order
+from autopack_pipeline.domain.binomial import Binomial
 from autopack_pipeline.domain.group_shape import CENSORED_HEADROOM, GroupShape
 from autopack_pipeline.domain.pooled_scores import PooledScores, ScorePool
 
@@ -147,19 +148,8 @@ def confident_rank(m: int, target_pct: float, confidence: float = CONFIDENCE) ->
     """The least k whose k-th smallest of ``m`` exchangeable values covers ``1 - target`` of new ones
     with probability ``confidence`` (the coverage of the k-th is Beta(k, m - k + 1)), and at least the
     split-conformal rank; ``m + 1`` when no rank reaches it."""
-    # scipy.special's binomial distribution function, not scipy.stats': importing scipy.stats costs a
-    # second and a half, more than the whole calibration at a million events.
-    from scipy.special import bdtr, ndtri
-
-    p = 1 - target_pct / 100
-    # Start at the normal approximation's rank (a million-call pool made walking up from 1 a second's
-    # work); the two walks make the answer exactly "least k with cdf(k - 1) >= confidence".
-    k = min(m, max(1, int(m * p + ndtri(confidence) * math.sqrt(m * p * (1 - p))) + 1)) if m else 1
-    while k > 1 and bdtr(k - 2, m, p) >= confidence:
-        k -= 1
-    while k <= m and bdtr(k - 1, m, p) < confidence:
-        k += 1
-    k = min(k, m + 1)
+    # The least k with P(Binomial(m, 1 - target) <= k - 1) >= confidence: at most m, where that is 1.
+    k = Binomial(m, 1 - target_pct / 100).least_reaching(confidence) + 1
     return max(k, order_statistic_index(m, target_pct))
 
 
@@ -254,8 +244,6 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
     below the margin counts ``survival(margin score) / survival(its ceiling's score)`` (the pooled
     estimate's chance that it passed the margin too), or 1 when ``survival`` is not given
     (``survival`` takes an array of scores)."""
-    from scipy.special import bdtrc  # scipy.stats' binom.sf without importing scipy.stats (see confident_rank)
-
     line = math.log(margin)
     above = float(shape.clean_above(line))
     bounds = shape.censored_logs
@@ -277,7 +265,7 @@ def own_tail_contradicts(shape: GroupShape, margin: float, target_pct: float,
         above = float(np.add.accumulate(np.concatenate(([above], passed)))[-1])
     n = len(shape.log_ratios) + shape.censored
     count = math.ceil(above - 1e-9)
-    p = float(bdtrc(count - 1, n, target_pct / 100)) if count else 1.0
+    p = Binomial(n, target_pct / 100).sf(count - 1) if count else 1.0
     return p < CHECK_ALPHA, above, p
 
 

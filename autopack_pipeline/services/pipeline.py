@@ -10,9 +10,6 @@ how the benchmarks run the same chain on the columnar store's arrays.
 
 from __future__ import annotations
 
-import importlib
-import sys
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -100,11 +97,6 @@ def calibration_stage(telemetry_db: Database | None, settings: Settings, windowe
     ``telemetry_db``: an engine or a handle (``storage.handle``). Without one there are no stored prediction
     inputs to re-express the predictions with, so they are calibrated as recorded (the benchmarks, the
     parity tests)."""
-    # The pooled margins' binomial (scipy.special, ~0.25 s to import) loads on a thread of its own while
-    # the coverage groups are found here and the retries beside them, which leave the second core idle
-    # part of the time; the pooled passes would import it later on this thread. Not waited for: a gate
-    # that stays closed never asks for it.
-    _import_beside("scipy.special")
     if samples is not None and samples.rows is not None and samples.dedup == options.get("dedup", True):
         options |= {"clean": samples.rows, "groups": samples.groups}
     if metrics.group_tier1 is not None and "group_tier1" not in options:
@@ -122,10 +114,6 @@ def calibration_stage(telemetry_db: Database | None, settings: Settings, windowe
                               under_multiplier=metrics.under_multiplier, **options)
 
 
-def _import_beside(module: str) -> None:
-    """Import ``module`` on a daemon thread, unless it is loaded already (a later import of it waits for it)."""
-    if module not in sys.modules:
-        threading.Thread(target=importlib.import_module, args=(module,), name=f"import {module}", daemon=True).start()
 
 
 def task_stage(engine: Engine, settings: Settings, every_event: EventArrays, samples: SampleSummary,

@@ -1,4 +1,4 @@
-"""`calibrate` and `metrics` read the columnar copy without loading pandas, Alembic or the ORM models,
+"""`calibrate` and `metrics` read the columnar copy without loading pandas, Alembic, scipy or the ORM models,
 and on an up-to-date copy of a SQLite file without SQLAlchemy at all.
 
 Both cost a command time and memory it does not need (pandas 0.3 s and 50 MB, Alembic a tenth of a
@@ -26,8 +26,9 @@ import pytest
 from autopack_pipeline_tests.support.calibration_cli_support import environment, populate
 
 # pydantic-settings and its sources (dotenv, the cloud secret stores) cost 10 ms: load_settings reads the
-# environment itself.
-HEAVY = ("pandas", "alembic", "pydantic_settings", "dotenv")
+# environment itself. scipy: scipy.special alone loaded numpy.testing, numpy.f2py and numpy.ma through its
+# array-API layer, 0.3 s (domain.binomial sums the pooled margins' binomial instead).
+HEAVY = ("pandas", "alembic", "pydantic_settings", "dotenv", "scipy")
 # Nor SQLAlchemy's ORM with our models (0.07 s): opening a database at head checks its columns by name
 # (storage.model_columns); nor PostgreSQL's dialect for a SQLite database; nor the drift and the tasks'
 # rules (7 ms), which only the task stage reads.

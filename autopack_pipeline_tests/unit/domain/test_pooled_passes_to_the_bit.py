@@ -8,10 +8,10 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from scipy.special import bdtrc
 
 from autopack_pipeline.domain.analysis.coverage_calibration import CoverageGroup
 from autopack_pipeline.domain.analysis.coverage_rules import order_statistic_index
+from autopack_pipeline.domain.binomial import Binomial
 from autopack_pipeline.domain.budget_calibration import pooled_margins
 from autopack_pipeline.domain.coverage_factor import ceiling_order_statistic, factor_lower_bound, own_coverage_factor
 from autopack_pipeline.domain.frontier import group_frontier
@@ -55,7 +55,7 @@ def _own_tail_by_two_lookups(shape, margin, target_pct, survival):
     above = float(np.add.accumulate(np.r_[above, passed])[-1])
     n = len(shape.log_ratios) + shape.censored
     count = math.ceil(above - 1e-9)
-    p = float(bdtrc(count - 1, n, target_pct / 100)) if count else 1.0
+    p = Binomial(n, target_pct / 100).sf(count - 1) if count else 1.0
     return p < CHECK_ALPHA, above, p
 
 
