@@ -1,4 +1,5 @@
-"""domain.binomial: the binomial's probabilities as exact sums give them, and as scipy.stats gives them."""
+"""domain.binomial: the binomial's probabilities as exact sums give them, and as scipy.stats gives them, to 13 and
+9 digits (scipy's own error at ten million trials), and within 1e-30 in the tails the window leaves out."""
 
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ def test_every_probability_is_the_exact_sum_to_thirteen_digits(n, p):
     binomial = Binomial(n, p)
     for k, exact in enumerate(_exact_cdfs(n, p)):
         for got, want in ((binomial.cdf(k), exact), (binomial.sf(k), 1 - exact)):
-            if want > Fraction(1, 10**100):
+            if want > Fraction(1, 10**25):
                 assert abs(Fraction(got) - want) <= want * Fraction(1, 10**13), (k, got, float(want))
-            else:  # a term beyond the window: far below any probability the margins compare
-                assert got <= 1e-90
+            else:  # in a tail the window leaves out: right to far below any probability the margins compare
+                assert abs(Fraction(got) - want) <= Fraction(1, 10**30), (k, got, float(want))
 
 
 @pytest.mark.parametrize("n", [1000, 4321, 30000, 718822, 10**7])
@@ -44,7 +45,7 @@ def test_large_counts_agree_with_scipy_stats(n, p):
     for k in ks.tolist():
         for got, want in ((binomial.cdf(k), binom.cdf(k, n, p)), (binomial.sf(k), binom.sf(k, n, p))):
             # scipy's own error reaches 3e-10 here (incomplete beta through log-gamma at n = 10**7).
-            assert got == pytest.approx(want, rel=1e-9, abs=1e-300), (k, got, want)
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-30), (k, got, want)
 
 
 def test_the_edges_hold_all_the_mass_where_it_must_be():
