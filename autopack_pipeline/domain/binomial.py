@@ -50,9 +50,10 @@ class Binomial:
         counts = np.arange(low, high, dtype=np.float64)  # the ratio from each count to the next
         log_ratio = np.log((n - counts) / (counts + 1))
         log_ratio += math.log(p) - math.log1p(-p)
-        log_terms = np.zeros(high - low + 1)
-        np.cumsum(log_ratio[mode - low:], out=log_terms[mode - low + 1:])
-        log_terms[:mode - low] = -np.cumsum(log_ratio[mode - low - 1::-1] if mode > low else [])[::-1]
+        up, down = log_ratio[mode - low:], log_ratio[:mode - low]  # the ratios above the mode, below it
+        log_terms = np.zeros(high - low + 1)  # the mode's is log 1
+        np.cumsum(up, out=log_terms[mode - low + 1:])
+        log_terms[:mode - low] = -np.cumsum(down[::-1])[::-1]  # each term below: the next one over its ratio
         return low, np.exp(log_terms, out=log_terms)
 
     @cached_property
@@ -65,8 +66,7 @@ class Binomial:
     def _beyond(self) -> np.ndarray:
         """P(X > count) over the window, summed from the upper terms (not ``1 - cdf``, which loses a small tail)."""
         terms = self._terms[1]
-        beyond = np.zeros(len(terms))
-        np.cumsum(terms[:0:-1], out=beyond[-2::-1])
+        beyond = np.r_[np.cumsum(terms[:0:-1])[::-1], 0.0]  # the terms after each count, added from the top
         return beyond / (beyond[0] + terms[0])
 
     def cdf(self, k: int) -> float:
