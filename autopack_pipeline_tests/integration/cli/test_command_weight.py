@@ -91,3 +91,22 @@ def test_on_an_up_to_date_copy_a_sqlite_database_is_read_without_sqlalchemy_or_p
     assert extracting["exit"] == 0 and set(heavy) <= set(extracting["loaded"])
     warm = _loaded(args, store_of_two_parts, tmp_path, heavy=heavy)
     assert warm == {"exit": 0, "loaded": []}
+
+
+def test_the_window_drift_test_of_a_later_round_loads_no_scipy():
+    """After the loop's first apply, `calibrate` compares the newest coefficient version's errors with the older
+    ones' (``calibration_window.error_moved``); scipy.stats took 1.1 s of it to import."""
+    probe = """
+import json, sys
+import numpy as np
+from autopack_pipeline.domain.calibration_window import error_moved
+rng = np.random.default_rng(3)
+n = 400
+groups = np.repeat(np.arange(4), n // 4)
+newest = np.arange(n) % 2 == 0
+test = error_moved(groups, rng.normal(size=n) + newest * 0.5, np.zeros(n, bool), newest, ~newest,
+                   group_names=["a", "b", "c", "d"])
+print(json.dumps({"moved": test.moved, "scipy": sorted(m for m in sys.modules if m.split(".")[0] == "scipy")}))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"moved": True, "scipy": []}

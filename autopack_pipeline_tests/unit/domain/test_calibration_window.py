@@ -249,3 +249,16 @@ def test_events_of_a_database_that_stores_no_version_are_one_window_of_none(monk
     window = window_of_events(EventArrays.from_records(records), inputs, keep_versions=2)
     assert window.rows.all() and len(window.rows) == 50
     assert (window.versions, window.dropped_versions, window.drift) == ([None], [], None)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 300, 4000])
+def test_average_ranks_are_scipys_rankdata_with_and_without_ties(n):
+    from scipy.stats import norm, rankdata
+
+    from autopack_pipeline.domain.calibration_window import _average_ranks, _two_sided_p
+
+    rng = np.random.default_rng(n)
+    for values in (rng.normal(size=n), rng.integers(0, 4, n).astype(float), np.round(rng.normal(size=n), 1)):
+        assert np.array_equal(_average_ranks(values), rankdata(values))
+    for z in (0.0, 0.7, -1.96, 3.3, -6.0):
+        assert _two_sided_p(z) == pytest.approx(2 * norm.sf(abs(z)), rel=1e-13)
