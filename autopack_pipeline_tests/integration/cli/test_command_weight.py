@@ -110,3 +110,31 @@ print(json.dumps({"moved": test.moved, "scipy": sorted(m for m in sys.modules if
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"moved": True, "scipy": []}
+
+
+_THREADS_AFTER_NUMPY = """
+import os, sys
+if sys.argv[1] == "package":
+    import autopack_pipeline  # noqa: F401
+import numpy  # noqa: F401
+print(len(os.listdir("/proc/self/task")), os.environ.get("OPENBLAS_NUM_THREADS"))
+"""
+
+
+def _threads_after_numpy(first: str, **env: str) -> tuple[int, str]:
+    clean = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", _THREADS_AFTER_NUMPY, first], env={**clean, **env},
+                          capture_output=True, text=True, timeout=120, check=True)
+    threads, setting = done.stdout.split()
+    return int(threads), setting
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not Path("/proc/self/task").is_dir(),
+                    reason="OpenBLAS starts helper threads only with a second core; counted through /proc")
+def test_numpy_starts_no_blas_threads_under_the_package():
+    """OpenBLAS's helper threads spin for about 0.1 s of CPU when numpy loads (the package's __init__ says
+    why none are wanted); a process that loads the package first starts none, and a user's setting stands."""
+    alone, _ = _threads_after_numpy("numpy-alone")
+    assert alone > 1  # what the package prevents: without it, numpy starts OpenBLAS's threads here
+    assert _threads_after_numpy("package") == (1, "1")
+    assert _threads_after_numpy("package", OPENBLAS_NUM_THREADS="2") == (2, "2")
