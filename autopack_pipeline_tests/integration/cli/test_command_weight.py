@@ -122,7 +122,8 @@ print(len(os.listdir("/proc/self/task")), os.environ.get("OPENBLAS_NUM_THREADS")
 
 
 def _threads_after_numpy(first: str, **env: str) -> tuple[int, str]:
-    clean = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    # Each of these sets OpenBLAS's thread count; none may come from the environment the tests run in.
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")}
     done = subprocess.run([sys.executable, "-c", _THREADS_AFTER_NUMPY, first], env={**clean, **env},
                           capture_output=True, text=True, timeout=120, check=True)
     threads, setting = done.stdout.split()
