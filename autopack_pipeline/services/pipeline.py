@@ -114,8 +114,6 @@ def calibration_stage(telemetry_db: Database | None, settings: Settings, windowe
                               under_multiplier=metrics.under_multiplier, **options)
 
 
-
-
 def task_stage(engine: Engine, settings: Settings, every_event: EventArrays, samples: SampleSummary,
                metrics: TierMetrics, calibration: CalibrationOutcome | dict[str, Any] | None, *,
                min_samples: int = MIN_GROUP_SAMPLES, source: dict[str, Any] | None = None,
