@@ -10,8 +10,12 @@ events for the statistics to mean something; other groups are listed as skipped,
 - Two-sample Kolmogorov-Smirnov on ``l`` (scipy), flagged only when the p-value is small *and* the
   statistic is large enough to matter: on large windows the test rejects on tiny shifts.
 - A one-sided Bernoulli CUSUM over the recent events in time order, on the underestimation
-  indicator ``actual > predicted * 1.1``: it accumulates the log-likelihood ratio of "the rate has
-  doubled" against the reference rate and signals when the sum passes ``h``.
+  indicator ``actual > predicted * 1.1``: it accumulates the log-likelihood ratio of "the odds of
+  underestimation have doubled" against the reference rate and signals when the sum passes ``h``.
+  A doubling of the odds is a doubling of the rate while the rate is small, and still a shift that
+  can happen when the reference underestimated most of the time. ``h`` grows with the recent
+  window (:func:`cusum_decision_interval`): with nothing changed, the chance of an alarm anywhere in
+  it stays below 1%, however many events it holds.
 
 Pure functions on the events' arrays; drifted groups also become :class:`Insight` objects for task generation.
 """
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from autopack_pipeline.domain.analysis import EventArrays
-from autopack_pipeline.domain.analysis.samples import stable_order
+from autopack_pipeline.domain.analysis.samples import duplicate_attempts, stable_order
 from autopack_pipeline.domain.categories import normalise_category, normalise_complexity
 from autopack_pipeline.domain.insights import Insight
 from autopack_pipeline.domain.targets import UNDER_TOLERANCE
@@ -44,7 +48,9 @@ class DriftThresholds:
     psi_threshold: float = 0.25  # "significant shift" by convention; 0.1-0.25 is "moderate"
     ks_alpha: float = 0.01
     ks_min_statistic: float = 0.1  # effect size the KS statistic must also reach
-    cusum_h: float = 5.0  # decision interval, in log-likelihood units
+    cusum_h: float = 5.0  # the least decision interval, in log-likelihood units
+    cusum_odds_ratio: float = 2.0  # the shift the CUSUM is tuned to: the odds of underestimation doubled
+    cusum_false_alarm: float = 0.01  # at most this chance of an alarm in a recent window where nothing changed
     under_multiplier: float = UNDER_TOLERANCE
 
     def as_dict(self) -> dict[str, Any]:
@@ -52,9 +58,9 @@ class DriftThresholds:
 
 
 PSI_EPSILON = 1e-4
-# The reference underestimation rate is kept inside this range so the CUSUM's likelihood ratio
-# stays finite when the reference window never (or always) underestimated.
-_CUSUM_P0_RANGE = (0.01, 0.45)
+# The in-control rate is kept inside this range so the CUSUM's likelihood ratio stays finite when the
+# reference window never (or always) underestimated.
+_CUSUM_P0_RANGE = (0.001, 0.999)
 
 
 def population_stability_index(reference: np.ndarray, recent: np.ndarray, bins: int = 10) -> float:
@@ -87,29 +93,52 @@ def ks_two_sample(reference: np.ndarray, recent: np.ndarray) -> tuple[float, flo
 class CusumResult:
     p0: float  # in-control underestimation rate (from the reference window)
     p1: float  # out-of-control rate the CUSUM is tuned to detect
+    h: float  # the decision interval it was compared with
     max_statistic: float
     final_statistic: float
     alarm_index: int | None  # position in the recent sequence of the first crossing of h
 
 
+def shifted_rate(p0: float, odds_ratio: float = 2.0) -> float:
+    """The rate whose odds are ``odds_ratio`` times those of ``p0``."""
+    odds = odds_ratio * p0 / (1.0 - p0)
+    return odds / (1.0 + odds)
+
+
+def cusum_decision_interval(n: int, p1: float, false_alarm: float, least: float = 0.0) -> float:
+    """The ``h`` at which an upper Bernoulli CUSUM tuned to ``p1`` alarms with probability at most
+    ``false_alarm`` over ``n`` in-control events (never below ``least``).
+
+    The sum leaves zero only on an underestimated event (expected ``n * p0`` times in ``n`` events),
+    to ``log(p1/p0)``. From there ``exp(S)`` is a martingale while the rate is ``p0``, so by Ville's
+    inequality that excursion reaches ``h`` with probability at most ``exp(log(p1/p0) - h)``. Over
+    every excursion: at most ``n * p1 * exp(-h)``, which is ``false_alarm`` at this ``h``. A fixed
+    ``h`` instead alarms almost surely on a long enough window: on a ten-million-event history whose
+    rates had not changed, ``h = 5`` alarmed in 10 of the 16 groups it could judge, after 112 to 5,503
+    recent events (the other 19 underestimated more than 45% of the time, the most the earlier tuning,
+    a doubled rate, could take, and all alarmed within 109).
+    """
+    return max(least, math.log(max(n, 1) * p1 / false_alarm))
+
+
 def bernoulli_cusum(indicators: np.ndarray, p0: float, h: float, p1: float | None = None) -> CusumResult:
     """Upper Bernoulli CUSUM: ``S_t = max(0, S_{t-1} + x_t log(p1/p0) + (1-x_t) log((1-p1)/(1-p0)))``.
 
-    ``p0`` is clamped to [0.01, 0.45]; ``p1`` defaults to twice ``p0`` (at least five points more).
+    ``p0`` is clamped to [0.001, 0.999]; ``p1`` defaults to the rate of twice ``p0``'s odds.
     """
     p0 = min(max(float(p0), _CUSUM_P0_RANGE[0]), _CUSUM_P0_RANGE[1])
-    p1 = float(p1) if p1 is not None else min(0.95, max(2.0 * p0, p0 + 0.05))
+    p1 = float(p1) if p1 is not None else shifted_rate(p0)
     if not 0.0 < p0 < p1 < 1.0:
         raise ValueError(f"need 0 < p0 < p1 < 1, got p0={p0}, p1={p1}")
     up, down = math.log(p1 / p0), math.log((1.0 - p1) / (1.0 - p0))
-    s = peak = 0.0
-    alarm: int | None = None
-    for index, x in enumerate(np.asarray(indicators, dtype=bool)):
-        s = max(0.0, s + (up if x else down))
-        peak = max(peak, s)
-        if alarm is None and s > h:
-            alarm = index
-    return CusumResult(p0=p0, p1=p1, max_statistic=peak, final_statistic=s, alarm_index=alarm)
+    # The recursion in closed form (Lindley's): S_t is the cumulative sum less its lowest point so far
+    # (zero included), so the whole window is a few array passes instead of a Python step per event.
+    total = np.cumsum(np.where(np.asarray(indicators, dtype=bool), up, down))
+    statistic = total - np.minimum(np.minimum.accumulate(total), 0.0) if total.size else total
+    crossed = np.flatnonzero(statistic > h)
+    return CusumResult(p0=p0, p1=p1, h=float(h), max_statistic=float(statistic.max(initial=0.0)),
+                       final_statistic=float(statistic[-1]) if statistic.size else 0.0,
+                       alarm_index=int(crossed[0]) if crossed.size else None)
 
 
 @dataclass(frozen=True)
@@ -187,6 +216,7 @@ def detect_drift(
     stamps = arrays.timestamp_us.values
     with np.errstate(invalid="ignore"):
         usable = (predicted > 0) & (actual > 0) & arrays.timestamp_us.notna() & (stamps <= _microseconds(now))
+    usable[duplicate_attempts(arrays, usable)] = False
     rows = np.flatnonzero(usable)
     log_ratio = np.log(actual[rows] / predicted[rows])
     underestimated = np.exp(log_ratio) > thresholds.under_multiplier
@@ -214,8 +244,14 @@ def detect_drift(
         ref_l, rec_l = log_ratio[reference], log_ratio[recent]
         psi = population_stability_index(ref_l, rec_l, thresholds.psi_bins)
         ks_statistic, ks_pvalue = ks_two_sample(ref_l, rec_l)
-        reference_rate = float(underestimated[reference].mean())
-        cusum = bernoulli_cusum(underestimated[recent], reference_rate, thresholds.cusum_h)
+        under_reference = int(np.count_nonzero(underestimated[reference]))
+        reference_rate = under_reference / len(reference)
+        # Half an event away from 0 and 1: a reference that never (or always) underestimated still
+        # leaves the odds something to double.
+        p0 = (under_reference + 0.5) / (len(reference) + 1)
+        p1 = shifted_rate(p0, thresholds.cusum_odds_ratio)
+        h = cusum_decision_interval(len(recent), p1, thresholds.cusum_false_alarm, thresholds.cusum_h)
+        cusum = bernoulli_cusum(underestimated[recent], p0, h, p1)
         groups.append(
             GroupDrift(
                 category=str(category),
@@ -262,7 +298,7 @@ def drift_insights(report: DriftReport) -> list[Insight]:
                     f"Over the last {t.recent_days:g} days ({g.n_recent} events) against the {g.n_reference} events "
                     f"before, log(actual/predicted) moved: PSI {g.psi:.3f} (threshold {t.psi_threshold}), "
                     f"KS D={g.ks_statistic:.3f} p={g.ks_pvalue:.2g} (alpha {t.ks_alpha}, min D {t.ks_min_statistic}), "
-                    f"underestimation CUSUM peak {g.cusum.max_statistic:.2f} (h {t.cusum_h}); underestimation "
+                    f"underestimation CUSUM peak {g.cusum.max_statistic:.2f} (h {g.cusum.h:.2f}); underestimation "
                     f"{100 * g.reference_under_rate:.1f}% -> {100 * g.recent_under_rate:.1f}%, {direction}. "
                     "Check what changed (model, prompts, phase mix) before recalibrating this group."
                 ),
@@ -281,7 +317,7 @@ def drift_insights(report: DriftReport) -> list[Insight]:
                     "cusum_max": round(g.cusum.max_statistic, 3),
                     "n_reference": g.n_reference,
                     "n_recent": g.n_recent,
-                    "thresholds": {"psi": t.psi_threshold, "ks_alpha": t.ks_alpha, "cusum_h": t.cusum_h},
+                    "thresholds": {"psi": t.psi_threshold, "ks_alpha": t.ks_alpha, "cusum_h": round(g.cusum.h, 3)},
                 },
             )
         )

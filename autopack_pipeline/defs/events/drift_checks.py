@@ -30,9 +30,10 @@ def _drift_table(report: DriftReport) -> str:
     if not report.groups:
         return "_no group with enough events in both windows_"
     return markdown_table(
-        ["group", "reference n", "recent n", "PSI", "KS D", "KS p", "CUSUM peak", "under % ref -> recent", "signals"],
+        ["group", "reference n", "recent n", "PSI", "KS D", "KS p", "CUSUM peak / h", "under % ref -> recent", "signals"],
         [
-            [g.subject, g.n_reference, g.n_recent, g.psi, g.ks_statistic, f"{g.ks_pvalue:.2g}", g.cusum.max_statistic,
+            [g.subject, g.n_reference, g.n_recent, g.psi, g.ks_statistic, f"{g.ks_pvalue:.2g}",
+             f"{g.cusum.max_statistic:.2f} / {g.cusum.h:.2f}",
              f"{100 * g.reference_under_rate:.1f} -> {100 * g.recent_under_rate:.1f}", ", ".join(g.signals) or "none"]
             for g in report.groups
         ],
@@ -74,6 +75,8 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
         )
 
     groups = report.groups
+    # Each group's h grows with its recent window: the group shown is the one nearest its own h.
+    nearest = max(groups, key=lambda g: g.cusum.max_statistic / g.cusum.h, default=None)
     return [
         result(
             DRIFT_PSI,
@@ -96,10 +99,14 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
             DRIFT_CUSUM,
             "cusum",
             {
-                "observed_max_cusum": max((g.cusum.max_statistic for g in groups), default=0.0),
-                "threshold_cusum_h": t.cusum_h,
+                "observed_max_cusum": nearest.cusum.max_statistic if nearest else 0.0,
+                "threshold_cusum_h": nearest.cusum.h if nearest else t.cusum_h,
+                "observed_group": nearest.subject if nearest else "",
+                "threshold_cusum_false_alarm": t.cusum_false_alarm,
+                "threshold_cusum_least_h": t.cusum_h,
             },
-            f"Bernoulli CUSUM on underestimation above h={t.cusum_h}",
+            f"Bernoulli CUSUM on underestimation (odds x{t.cusum_odds_ratio:g}) above each group's h (at least "
+            f"{t.cusum_h:g}; {t.cusum_false_alarm:.0%} false alarms over its recent window)",
         ),
     ]
 
@@ -111,14 +118,16 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
         dg.AssetCheckSpec(DRIFT_KS, asset=raw_events,
                           description="Two-sample KS test of log(actual/predicted): last 7 days against before"),
         dg.AssetCheckSpec(DRIFT_CUSUM, asset=raw_events,
-                          description="Bernoulli CUSUM of the underestimation indicator over the last 7 days"),
+                          description="Bernoulli CUSUM of the underestimation indicator over the last 7 days, "
+                                      "one event per phase"),
     ],
 )
 def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: TelemetryDatabase,
                     event_snapshot_io_manager: dg.ResourceParam[EventSnapshotIOManager]):
     """Drift of the estimator's error per (category, complexity), on the telemetry database as it is now.
 
-    Groups need 30 events in each window; the others are counted as skipped. The events come through
+    Each phase counts once, by its last attempt. Groups need 30 events in each window; the others are
+    counted as skipped. The events come through
     the columnar copy, refreshed first (only new rows are read from the database).
     """
     snapshot, _refresh, fallback = snapshot_events(telemetry_db.engine())

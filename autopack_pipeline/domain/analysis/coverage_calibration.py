@@ -42,10 +42,10 @@ from autopack_pipeline.domain.analysis.order_statistics import median_of, p90_of
 from autopack_pipeline.domain.analysis.samples import (
     CleanSamples,
     SampleGroups,
-    _duplicate_attempts,
     _member_of,
     _radix_type,
     clean_sample_rows,
+    duplicate_attempts,
     stable_order,
 )
 from autopack_pipeline.domain.coefficients import CoefficientTable
@@ -90,7 +90,7 @@ def coverage_observations(
             has_clean = _member_of(phase.values[rows], np.extract(clean.mask, phase.values))
         censored = censored.copy()
         censored[rows[has_clean]] = False
-        censored[_duplicate_attempts(arrays, censored)] = False
+        censored[duplicate_attempts(arrays, censored)] = False
     return clean, censored
 
 

@@ -153,13 +153,13 @@ def clean_sample_rows(
     if within is not None:
         reason[~within] = outside
     if dedup:
-        reason[_duplicate_attempts(arrays, reason == 0)] = len(EXCLUSION_REASONS)
+        reason[duplicate_attempts(arrays, reason == 0)] = len(EXCLUSION_REASONS)
     counts = np.bincount(reason, minlength=outside + 1)
     exclusions = {name: int(counts[i + 1]) for i, name in enumerate(EXCLUSION_REASONS)}
     return CleanSamples(mask=reason == 0, exclusions=exclusions)
 
 
-def _duplicate_attempts(arrays: EventArrays, candidates: np.ndarray) -> np.ndarray:
+def duplicate_attempts(arrays: EventArrays, candidates: np.ndarray) -> np.ndarray:
     """Row indices that lose their phase's one slot to a later attempt (``keep="last"`` after sorting).
 
     Only rows whose phase occurs more than once among the candidates are sorted, as

@@ -50,11 +50,15 @@ def write_events(sqlite_url) -> Callable[..., int]:
     """Write events with chosen timestamps and token counts straight into the telemetry database."""
     engine = TelemetryDatabase(database_url=sqlite_url).engine()
 
-    def write(rows: list[tuple[datetime, int, int]], *, category="implementation", complexity="medium", run_id="seeded") -> int:
-        phase_id = f"{category}-{complexity}"
-        ensure_run_and_phase(engine, run_id, phase_id, category=category, complexity=complexity)
+    def write(rows: list[tuple[datetime, int, int]], *, category="implementation", complexity="medium", run_id="seeded",
+              phase_per_event: bool = False) -> int:
+        """``rows`` as calls of one phase, or with ``phase_per_event`` each call its own phase (as the
+        drift checks, which count a phase once, need them)."""
         written = 0
-        for moment, predicted, actual in rows:
+        for index, (moment, predicted, actual) in enumerate(rows):
+            phase_id = f"{category}-{complexity}" + (f"-{index}" if phase_per_event else "")
+            if phase_per_event or index == 0:
+                ensure_run_and_phase(engine, run_id, phase_id, category=category, complexity=complexity)
             event = EstimationEvent(
                 run_id=run_id,
                 phase_id=phase_id,

@@ -28,10 +28,12 @@ def test_schedule_is_daily_and_targets_only_the_drift_checks():
 
 def test_schedule_tick_runs_the_drift_checks_and_they_flag_a_shift(sqlite_url, write_events):
     now = datetime.now(timezone.utc)
-    write_events(_rows(now - timedelta(days=20), 60, -0.1, seed=1), category="implementation", complexity="medium")
+    write_events(_rows(now - timedelta(days=20), 60, -0.1, seed=1), category="implementation", complexity="medium",
+                 phase_per_event=True)
     write_events(_rows(now - timedelta(days=4), 30, 0.45, seed=2), category="implementation", complexity="medium",
-                 run_id="recent")
-    write_events(_rows(now - timedelta(days=3), 10, 0.0, seed=3), category="tests", complexity="low", run_id="few")
+                 run_id="recent", phase_per_event=True)
+    write_events(_rows(now - timedelta(days=3), 10, 0.0, seed=3), category="tests", complexity="low", run_id="few",
+                 phase_per_event=True)
 
     with dg.instance_for_test() as instance:
         schedule = defs.resolve_schedule_def("drift_check_schedule")

@@ -12,10 +12,12 @@ import pytest
 from autopack_pipeline.domain.drift import (
     DriftThresholds,
     bernoulli_cusum,
+    cusum_decision_interval,
     detect_drift,
     drift_insights,
     ks_two_sample,
     population_stability_index,
+    shifted_rate,
 )
 from autopack_pipeline.storage.frames import as_event_arrays, conform_events_frame
 
@@ -80,12 +82,116 @@ def test_cusum_stays_quiet_in_control_and_alarms_when_the_rate_doubles():
     assert in_control.alarm_index is None and in_control.max_statistic < 5.0
     shifted = bernoulli_cusum(rng.random(300) < 0.25, p0=0.05, h=5.0)
     assert shifted.alarm_index is not None and shifted.alarm_index < 100
-    assert shifted.p1 == pytest.approx(0.10)
+    assert shifted.p1 == pytest.approx(0.1 / 0.95 / (1 + 0.1 / 0.95))  # twice the odds of 5%
 
 
 def test_cusum_clamps_a_reference_rate_of_zero():
-    result = bernoulli_cusum(np.array([True] * 5), p0=0.0, h=5.0)
-    assert result.p0 == 0.01 and result.alarm_index is not None
+    result = bernoulli_cusum(np.array([True] * 8), p0=0.0, h=5.0)  # each step log(2)
+    assert result.p0 == 0.001 and result.alarm_index is not None
+
+
+def _cusum_step_by_step(indicators, p0, p1):
+    """The recursion as written, one event at a time: what the closed form must reproduce."""
+    up, down = np.log(p1 / p0), np.log((1 - p1) / (1 - p0))
+    s, path = 0.0, []
+    for x in indicators:
+        s = max(0.0, s + (up if x else down))
+        path.append(s)
+    return np.array(path)
+
+
+@pytest.mark.parametrize("p0", [0.02, 0.3, 0.7, 0.98])
+def test_cusum_in_closed_form_follows_the_recursion(p0):
+    rng = np.random.default_rng(int(p0 * 100))
+    indicators = rng.random(3_000) < min(0.99, p0 * 1.3)
+    path = _cusum_step_by_step(indicators, p0, shifted_rate(p0))
+    h = float(np.quantile(path, 0.9))
+    result = bernoulli_cusum(indicators, p0, h)
+    assert result.max_statistic == pytest.approx(path.max(), rel=1e-9, abs=1e-9)
+    assert result.final_statistic == pytest.approx(path[-1], rel=1e-9, abs=1e-9)
+    assert result.alarm_index == int(np.flatnonzero(path > h)[0])
+    assert bernoulli_cusum(np.array([], dtype=bool), p0, h).max_statistic == 0.0
+
+
+def test_shifted_rate_doubles_the_odds_at_any_rate():
+    assert shifted_rate(0.5) == pytest.approx(2 / 3)
+    assert shifted_rate(0.01) == pytest.approx(0.0198, abs=2e-4)  # about twice a small rate
+    assert 0.99 < shifted_rate(0.99) < 1.0
+
+
+@pytest.mark.parametrize("p0", [0.05, 0.3, 0.6, 0.95])
+def test_cusum_false_alarms_stay_within_their_bound_on_long_windows(p0):
+    """With the rate unchanged over 5,000 recent events, at most 1% of windows may alarm (the bound); a
+    fixed h = 5 alarms in a fifth of them or more."""
+    rng = np.random.default_rng(round(p0 * 1000))
+    p1 = shifted_rate(p0)
+    h = cusum_decision_interval(5_000, p1, false_alarm=0.01, least=5.0)
+    windows = rng.random((200, 5_000)) < p0
+    alarms = sum(bernoulli_cusum(w, p0, h, p1).alarm_index is not None for w in windows)
+    fixed = sum(bernoulli_cusum(w, p0, 5.0, p1).alarm_index is not None for w in windows)
+    assert alarms <= 4, (alarms, h)  # 2 expected at most; binomial(200, 0.01) exceeds 4 once in 20
+    assert fixed >= 40, fixed
+
+
+def test_decision_interval_grows_with_the_window_and_keeps_its_floor():
+    p1 = shifted_rate(0.1)
+    assert cusum_decision_interval(30, p1, 0.01, least=5.0) == pytest.approx(max(5.0, np.log(30 * p1 / 0.01)))
+    assert cusum_decision_interval(100_000, p1, 0.01) > cusum_decision_interval(1_000, p1, 0.01)
+    assert cusum_decision_interval(3, p1, 0.5, least=5.0) == 5.0
+
+
+def _underestimation_world(rates, n_reference, n_recent, *, seed, retries=False):
+    """Events whose underestimation indicator is Bernoulli(rate) per window: ``rates`` = (reference,
+    recent). ``retries``: each underestimated call is followed by a second call of the same phase,
+    underestimated again (as a truncated call's retry with the same prediction is)."""
+    rng = np.random.default_rng(seed)
+    under = np.concatenate([rng.random(n_reference) < rates[0], rng.random(n_recent) < rates[1]])
+    ratio = np.where(under, rng.uniform(1.2, 2.0, under.size), rng.uniform(0.5, 1.05, under.size))
+    times = ([NOW - timedelta(days=60) + timedelta(seconds=40 * i) for i in range(n_reference)]
+             + [NOW - timedelta(days=6) + timedelta(seconds=40 * i) for i in range(n_recent)])
+    phase = [f"p{i}" for i in range(under.size)]
+    attempt = [1] * under.size
+    if retries:
+        again = np.flatnonzero(under)
+        ratio = np.concatenate([ratio, ratio[again] * 1.01])
+        times += [times[i] + timedelta(seconds=5) for i in again]
+        phase += [phase[i] for i in again]
+        attempt += [2] * len(again)
+        order = np.argsort([t.timestamp() for t in times], kind="stable")
+        ratio, times = ratio[order], [times[i] for i in order]
+        phase, attempt = [phase[i] for i in order], [attempt[i] for i in order]
+    n = len(ratio)
+    predicted = np.full(n, 4_000)
+    return as_event_arrays(conform_events_frame(pd.DataFrame({
+        "event_id": range(1, n + 1), "run_id": ["r"] * n, "phase_id": phase, "attempt": attempt, "timestamp": times,
+        "category": ["tests"] * n, "complexity": ["medium"] * n, "predicted_output_tokens": predicted,
+        "actual_output_tokens": np.round(predicted * ratio).astype(int), "success": [True] * n,
+        "truncated": [False] * n})))
+
+
+@pytest.mark.parametrize("rate", [0.08, 0.7, 0.97])
+def test_an_unchanged_rate_raises_no_cusum_alarm_over_a_long_recent_window(rate):
+    """The earlier tuning (a doubled rate, the reference rate capped at 45%, h = 5) alarmed at once on any
+    group underestimated more than 45% of the time, and on long windows whatever the rate."""
+    (group,) = detect_drift(_underestimation_world((rate, rate), 20_000, 12_000, seed=5), now=NOW).groups
+    assert group.n_recent == 12_000 and not group.cusum_alarm, group.cusum
+
+
+@pytest.mark.parametrize(("before", "after"), [(0.05, 0.15), (0.6, 0.8)])
+def test_a_rising_underestimation_rate_raises_the_cusum_alarm(before, after):
+    (group,) = detect_drift(_underestimation_world((before, after), 20_000, 3_000, seed=6), now=NOW).groups
+    assert group.cusum_alarm and group.cusum.alarm_index < 1_500, group.cusum
+    assert group.cusum.h == pytest.approx(np.log(3_000 * group.cusum.p1 / 0.01))
+
+
+def test_retries_of_a_phase_count_once():
+    """A truncated call's retry repeats its phase's error: counted as a second event, it would make
+    clusters the CUSUM reads as a rising rate. Each phase counts once, by its last attempt."""
+    arrays = _underestimation_world((0.3, 0.3), 20_000, 12_000, seed=7, retries=True)
+    assert len(arrays) > 38_000
+    (group,) = detect_drift(arrays, now=NOW).groups
+    assert (group.n_reference, group.n_recent) == (20_000, 12_000)
+    assert not group.cusum_alarm, group.cusum
 
 
 def test_unshifted_group_raises_no_signal_and_no_insight():
@@ -109,12 +215,9 @@ def test_shifted_group_is_flagged_by_all_three_and_becomes_an_insight():
 
 
 def test_groups_short_of_events_in_either_window_are_skipped_with_counts():
-    events = pd.concat(
-        [
-            synthetic_events(n_reference=200, n_recent=10, category="tests", complexity="low"),
-            synthetic_events(n_reference=12, n_recent=200, category="docs", complexity="high", seed=9),
-        ]
-    )
+    docs = synthetic_events(n_reference=12, n_recent=200, category="docs", complexity="high", seed=9)
+    docs["run_id"] = "r2"  # phases of another run: the same phase ids are other phases
+    events = pd.concat([synthetic_events(n_reference=200, n_recent=10, category="tests", complexity="low"), docs])
     report = detect_drift(as_event_arrays(events), now=NOW, thresholds=DriftThresholds(min_events_per_window=30))
     assert report.groups == []
     assert report.skipped == {"tests/low": (200, 10), "docs/high": (12, 200)}

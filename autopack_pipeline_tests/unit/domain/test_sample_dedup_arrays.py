@@ -1,4 +1,4 @@
-"""The attempt dedup's shortcut for event ids that increase with the rows (``samples._duplicate_attempts``)
+"""The attempt dedup's shortcut for event ids that increase with the rows (``samples.duplicate_attempts``)
 against the full sort of (phase, attempt, event id, timestamp, row) it stands for."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from autopack_pipeline.domain.analysis.arrays import EventArrays
-from autopack_pipeline.domain.analysis.samples import _duplicate_attempts
+from autopack_pipeline.domain.analysis.samples import duplicate_attempts
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -34,4 +34,4 @@ def test_increasing_event_ids_give_the_full_sorts_losers(seed):
     arrays = EventArrays.from_records(records)
     assert arrays.event_id.increasing
     candidates = rng.random(n) < 0.8
-    assert np.array_equal(np.sort(_duplicate_attempts(arrays, candidates)), _losers_by_lexsort(arrays, candidates))
+    assert np.array_equal(np.sort(duplicate_attempts(arrays, candidates)), _losers_by_lexsort(arrays, candidates))
