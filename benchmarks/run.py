@@ -240,6 +240,25 @@ def child_analyse(store: str) -> dict:
     }
 
 
+def child_drift(store: str) -> dict:
+    """The drift checks' statistics over every event of the copy, as the daily drift schedule computes
+    them, with the recent window the history's last 7 days (the histories are dated in the past, so by
+    the clock's window no group would have a recent event and nothing would be compared)."""
+    from datetime import timedelta
+
+    began = time.perf_counter()
+    from autopack_pipeline.services.pipeline import drift_report
+    from autopack_pipeline.storage.columnar import ColumnarStore
+
+    arrays = ColumnarStore(store).event_arrays()
+    loaded = time.perf_counter()
+    newest = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(arrays.timestamp_us.values.max()))
+    report = drift_report(arrays, now=newest)
+    return {"import_and_load_s": loaded - began, "drift_s": time.perf_counter() - loaded,
+            "groups": len(report.groups), "drifted": len(report.drifted()),
+            "recent": sum(g.n_recent for g in report.groups), "considered": report.events_considered}
+
+
 def child_cli(db: str, store: str, args: list[str]) -> dict:
     """One ``autopack-telemetry`` command, as a user runs it (its output kept out of the result line)."""
     import contextlib
@@ -504,7 +523,7 @@ def child_probe() -> dict:
 
 
 CHILDREN = {
-    "probe": child_probe, "synth": child_synth, "sqlite_floor": child_sqlite_floor, "pg_floor": child_pg_floor, "extract": child_extract, "analyse": child_analyse, "cli": child_cli,
+    "probe": child_probe, "synth": child_synth, "sqlite_floor": child_sqlite_floor, "pg_floor": child_pg_floor, "extract": child_extract, "analyse": child_analyse, "drift": child_drift, "cli": child_cli,
     "orm_calibrate": child_orm_calibrate,
     "record": child_record, "collection": child_collection, "dagster": child_dagster,
 }
@@ -879,6 +898,13 @@ def bench_columnar(report: Report, data: Path, histories: dict[str, str]) -> dic
                f"cpu {analysis.cpu_s:.1f} s")
     report.add("full analysis, peak memory", analysis.maxrss_mb, "MB", f"<= {ANALYSIS_MB:,} MB",
                f"{ANALYSIS_MB / analysis.maxrss_mb:.2f}x headroom", analysis.maxrss_mb <= ANALYSIS_MB)
+    drift = run_child("drift", store=store)
+    figures_drift = drift.result
+    report.add(f"drift checks' statistics over {figures_drift['considered'] / 1e6:.1f}M phases (process wall)",
+               drift.wall_s, "s", "", "", None,
+               f"imports and load {figures_drift['import_and_load_s']:.1f} + drift {figures_drift['drift_s']:.1f} s; "
+               f"{figures_drift['groups']} groups compared over the history's last 7 days ({figures_drift['recent']:,} "
+               f"phases), {figures_drift['drifted']} drifted; cpu {drift.cpu_s:.1f} s; peak {drift.maxrss_mb:,.0f} MB")
     report.notes.append("analysis steps (services.pipeline's stages, one after the other): " + ", ".join(
         f"{k} {v:.2f} s" for k, v in figures["steps"].items()))
     report.notes.append(f"analysis result: {figures['clean_samples']:,} clean samples; {figures['gate']}; "

@@ -38,8 +38,9 @@ from typing import Any
 import dagster as dg
 
 from autopack_pipeline.domain.analysis import EventArrays
-from autopack_pipeline.domain.drift import DriftReport, detect_drift
+from autopack_pipeline.domain.drift import DriftReport
 from autopack_pipeline.services.analysis import events_within_reach
+from autopack_pipeline.services.pipeline import drift_report
 from autopack_pipeline.settings import load_settings
 from autopack_pipeline.storage.snapshot import EventHistory, EventSnapshot
 
@@ -141,13 +142,13 @@ class EventSnapshotIOManager(dg.IOManager):
         return self._loaded[key]
 
     def drift_of(self, arrays: EventArrays) -> DriftReport:
-        """``detect_drift(arrays)``, computed once for the arrays this object handed out; arrays it
+        """``drift_report(arrays)``, computed once for the arrays this object handed out; arrays it
         does not hold (inline ones, or read elsewhere) are analysed afresh each time."""
         key = next((key for key, held in self._loaded.items() if held is arrays), None)
         if key is None:
-            return detect_drift(arrays)
+            return drift_report(arrays)
         if key not in self._drift:
-            self._drift[key] = detect_drift(arrays)
+            self._drift[key] = drift_report(arrays)
         return self._drift[key]
 
 

@@ -3,7 +3,6 @@
 import dagster as dg
 import pandas as pd
 
-from autopack_pipeline.defs.events import io_manager
 from autopack_pipeline.defs.events.checks import events_exist, not_all_failures, token_counts_plausible
 from autopack_pipeline.defs.metrics.checks import (
     tier1_truncation_within_target,
@@ -40,12 +39,11 @@ def test_whole_graph_runs_with_its_checks_and_tier1_breaches_do_not_block(instan
     drift_runs = []
     detect = drift.detect_drift
 
-    def counted(events):
+    def counted(events, now=None):
         drift_runs.append(len(events))
-        return detect(events)
+        return detect(events, now=now)
 
-    monkeypatch.setattr(io_manager, "detect_drift", counted)
-    monkeypatch.setattr(drift, "detect_drift", counted)  # what the task stage imports when it runs
+    monkeypatch.setattr(drift, "detect_drift", counted)  # what services.pipeline.drift_report imports when it runs
     result = materialize_slice(instance, sqlite_url)
     assert result.success
     # The drift checks and generated_tasks both report drift, computed once on raw_events' events: the
