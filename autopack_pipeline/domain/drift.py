@@ -218,8 +218,10 @@ def detect_drift(
         usable = (predicted > 0) & (actual > 0) & arrays.timestamp_us.notna() & (stamps <= _microseconds(now))
     usable[duplicate_attempts(arrays, usable)] = False
     rows = np.flatnonzero(usable)
-    log_ratio = np.log(actual[rows] / predicted[rows])
-    underestimated = np.exp(log_ratio) > thresholds.under_multiplier
+    actual, predicted = actual[rows], predicted[rows]
+    log_ratio = np.log(actual / predicted)
+    underestimated = actual > predicted * thresholds.under_multiplier  # as the Tier-1 metrics count it
+    del actual, predicted
     stamps, event_ids = stamps[rows], arrays.event_id.values[rows]
     in_recent = stamps >= _microseconds(recent_start)
     cat_codes, cat_names = arrays.category.canonical(normalise_category)
