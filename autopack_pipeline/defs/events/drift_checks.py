@@ -106,7 +106,7 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
                 "threshold_cusum_least_h": t.cusum_h,
             },
             f"Bernoulli CUSUM on underestimation (odds x{t.cusum_odds_ratio:g}) above each group's h (at least "
-            f"{t.cusum_h:g}; {t.cusum_false_alarm:.0%} false alarms over its recent window)",
+            f"{t.cusum_h:g}; at most {t.cusum_false_alarm:.0%} false alarms over its recent window)",
         ),
     ]
 
