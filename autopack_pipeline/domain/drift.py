@@ -4,6 +4,8 @@ The quantity watched is ``l = log(actual / predicted)``: zero when the estimate 
 when the estimate was too small. A group is compared between a *recent* window (the last 7 days by
 default) and a *reference* window (everything before it), and only when both windows hold enough
 events for the statistics to mean something; other groups are listed as skipped, with their counts.
+Each phase counts once, by its last attempt (the clean samples' rule): a truncated call's retry
+repeats its phase's error, and two events would make runs the CUSUM reads as a rising rate.
 
 - PSI over quantile bins of the reference ``l``: how much the shape of the error moved.
   The 0.1 / 0.25 bands are convention, not theory, so the threshold is a parameter.
@@ -207,7 +209,7 @@ def detect_drift(
     """Compare each (category, complexity) group's recent window with its reference window.
 
     Events need positive predicted and actual token counts and a timestamp; events dated after
-    ``now`` (clock skew) are ignored.
+    ``now`` (clock skew) are ignored; of the rest, each phase's last attempt is kept.
     """
     thresholds = thresholds or DriftThresholds()
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)

@@ -127,8 +127,8 @@ def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: Teleme
     """Drift of the estimator's error per (category, complexity), on the telemetry database as it is now.
 
     Each phase counts once, by its last attempt. Groups need 30 events in each window; the others are
-    counted as skipped. The events come through
-    the columnar copy, refreshed first (only new rows are read from the database).
+    counted as skipped. The events come through the columnar copy, refreshed first (only new rows are
+    read from the database).
     """
     snapshot, _refresh, fallback = snapshot_events(telemetry_db.engine())
     if fallback:
