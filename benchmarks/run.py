@@ -248,12 +248,13 @@ def child_drift(store: str) -> dict:
 
     began = time.perf_counter()
     from autopack_pipeline.services.pipeline import drift_report
+    from autopack_pipeline.settings import load_settings
     from autopack_pipeline.storage.columnar import ColumnarStore
 
     arrays = ColumnarStore(store).event_arrays()
     loaded = time.perf_counter()
     newest = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(arrays.timestamp_us.values.max()))
-    report = drift_report(arrays, now=newest)
+    report = drift_report(arrays, load_settings(), now=newest)
     return {"import_and_load_s": loaded - began, "drift_s": time.perf_counter() - loaded,
             "groups": len(report.groups), "drifted": len(report.drifted()),
             "recent": sum(g.n_recent for g in report.groups), "considered": report.events_considered}

@@ -8,6 +8,7 @@ every reader here takes its path.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,27 @@ def read_yaml_file(path: Path, what: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
+
+
+# apply-calibration names each version it writes "<base>+cal<UTC stamp>", so a version tells when it was applied.
+CALIBRATION_SUFFIX = "+cal"
+_CALIBRATION_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def calibrated_version_name(old_version: str, now: datetime) -> str:
+    """``<base>+cal<UTC stamp>``: the base is the old version without an earlier ``+cal`` suffix."""
+    return old_version.split(CALIBRATION_SUFFIX)[0] + CALIBRATION_SUFFIX + now.strftime(_CALIBRATION_STAMP)
+
+
+def calibrated_at(version: str) -> datetime | None:
+    """When apply-calibration wrote ``version`` (UTC), read from its name; None for a version it did not name."""
+    _base, suffix, stamp = version.rpartition(CALIBRATION_SUFFIX)
+    if not suffix:
+        return None
+    try:
+        return datetime.strptime(stamp, _CALIBRATION_STAMP).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 def load_coefficient_history(path: Path) -> dict[str, CoefficientTable]:

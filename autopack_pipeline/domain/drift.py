@@ -158,6 +158,9 @@ class GroupDrift:
     psi_drift: bool
     ks_drift: bool
     cusum_alarm: bool
+    # The shift is what a calibration applied inside the recent window does: the shape moved (PSI, KS),
+    # underestimation fell and the CUSUM stayed quiet. Still a signal; no task.
+    calibration_effect: bool = False
 
     @property
     def subject(self) -> str:
@@ -180,6 +183,9 @@ class DriftReport:
     events_considered: int
     groups: list[GroupDrift] = field(default_factory=list)
     skipped: dict[str, tuple[int, int]] = field(default_factory=dict)  # subject -> (n_reference, n_recent)
+    calibrated_at: datetime | None = None  # the coefficients in force were applied then, inside the recent window
+    # The coefficients in force were applied then, before the recent window: the reference starts there.
+    reference_start: datetime | None = None
 
     def drifted(self, signal: str | None = None) -> list[GroupDrift]:
         """Groups with any signal, or with the named one (``psi``, ``ks``, ``cusum``)."""
@@ -187,13 +193,23 @@ class DriftReport:
 
     def summary(self) -> str:
         if not self.groups:
+            since = "" if self.reference_start is None else (
+                f" (since the coefficients in force were applied, {self.reference_start:%Y-%m-%d %H:%M} UTC)")
             return (
-                f"no group has {self.thresholds.min_events_per_window} events in both the reference window and the "
-                f"last {self.thresholds.recent_days:g} days ({len(self.skipped)} groups skipped)"
+                f"no group has {self.thresholds.min_events_per_window} events in both the reference window{since} "
+                f"and the last {self.thresholds.recent_days:g} days ({len(self.skipped)} groups skipped)"
             )
         drifted = self.drifted()
         names = ", ".join(f"{g.subject} ({'+'.join(g.signals)})" for g in drifted) or "none"
-        return f"{len(self.groups)} groups compared, {len(drifted)} drifted: {names}"
+        return f"{len(self.groups)} groups compared, {len(drifted)} drifted: {names}" + self.calibration_note()
+
+    def calibration_note(self) -> str:
+        """What a calibration applied inside the recent window explains, or nothing."""
+        explained = [g.subject for g in self.groups if g.calibration_effect]
+        if not explained:
+            return ""
+        return (f"; {', '.join(explained)}: underestimation fell after the coefficients in force were applied "
+                f"({self.calibrated_at:%Y-%m-%d %H:%M} UTC, inside the window), the calibration's effect (no task)")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -204,20 +220,31 @@ def _microseconds(moment: datetime) -> int:
 
 
 def detect_drift(
-    arrays: EventArrays, *, now: datetime | None = None, thresholds: DriftThresholds | None = None
+    arrays: EventArrays, *, now: datetime | None = None, thresholds: DriftThresholds | None = None,
+    calibrated_at: datetime | None = None,
 ) -> DriftReport:
     """Compare each (category, complexity) group's recent window with its reference window.
 
     Events need positive predicted and actual token counts and a timestamp; events dated after
-    ``now`` (clock skew) are ignored; of the rest, each phase's last attempt is kept.
+    ``now`` (clock skew) are ignored; of the rest, each phase's last attempt is kept. ``calibrated_at``:
+    when the coefficients in force were applied. Before the recent window, the reference starts there,
+    so both windows hold the error of the same coefficients; inside it, a group whose error moved with
+    its underestimation down and no CUSUM alarm is marked as the calibration's effect.
     """
     thresholds = thresholds or DriftThresholds()
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     recent_start = now - timedelta(days=thresholds.recent_days)
+    if calibrated_at is not None and calibrated_at > now:  # a clock ahead: nothing is known of it
+        calibrated_at = None
+    reference_start = calibrated_at if calibrated_at is not None and calibrated_at < recent_start else None
+    if reference_start is not None:
+        calibrated_at = None
     predicted, actual = arrays.predicted.floats(), arrays.actual.floats()
     stamps = arrays.timestamp_us.values
     with np.errstate(invalid="ignore"):
         usable = (predicted > 0) & (actual > 0) & arrays.timestamp_us.notna() & (stamps <= _microseconds(now))
+    if reference_start is not None:
+        usable &= stamps >= _microseconds(reference_start)
     usable[duplicate_attempts(arrays, usable)] = False
     rows = np.flatnonzero(usable)
     actual, predicted = actual[rows], predicted[rows]
@@ -256,6 +283,10 @@ def detect_drift(
         p1 = shifted_rate(p0, thresholds.cusum_odds_ratio)
         h = cusum_decision_interval(len(recent), p1, thresholds.cusum_false_alarm, thresholds.cusum_h)
         cusum = bernoulli_cusum(underestimated[recent], p0, h, p1)
+        recent_rate = float(underestimated[recent].mean())
+        psi_drift = psi > thresholds.psi_threshold
+        ks_drift = ks_pvalue < thresholds.ks_alpha and ks_statistic >= thresholds.ks_min_statistic
+        cusum_alarm = cusum.alarm_index is not None
         groups.append(
             GroupDrift(
                 category=str(category),
@@ -267,10 +298,12 @@ def detect_drift(
                 ks_pvalue=ks_pvalue,
                 cusum=cusum,
                 reference_under_rate=reference_rate,
-                recent_under_rate=float(underestimated[recent].mean()),
-                psi_drift=psi > thresholds.psi_threshold,
-                ks_drift=ks_pvalue < thresholds.ks_alpha and ks_statistic >= thresholds.ks_min_statistic,
-                cusum_alarm=cusum.alarm_index is not None,
+                recent_under_rate=recent_rate,
+                psi_drift=psi_drift,
+                ks_drift=ks_drift,
+                cusum_alarm=cusum_alarm,
+                calibration_effect=(calibrated_at is not None and (psi_drift or ks_drift) and not cusum_alarm
+                                    and recent_rate < reference_rate),
             )
         )
     return DriftReport(
@@ -280,6 +313,8 @@ def detect_drift(
         events_considered=len(rows),
         groups=groups,
         skipped=skipped,
+        calibrated_at=calibrated_at,
+        reference_start=reference_start,
     )
 
 
@@ -287,10 +322,13 @@ def drift_insights(report: DriftReport) -> list[Insight]:
     """One insight per drifted group. More agreeing signals, more confidence.
 
     Re-estimating a group's coefficients is a judgement call, so every drift task waits for a person.
+    A shift that is a calibration's effect (:attr:`GroupDrift.calibration_effect`) asks nothing of anyone.
     """
     t = report.thresholds
     insights = []
     for g in report.drifted():
+        if g.calibration_effect:
+            continue
         n_signals = len(g.signals)
         direction = "more often underestimated" if g.recent_under_rate > g.reference_under_rate else "shifted"
         insights.append(

@@ -33,6 +33,7 @@ from autopack_pipeline.domain.backtest import (
 from autopack_pipeline.domain.coefficients import (
     HISTORY_DIR_NAME,
     CoefficientTable,
+    calibrated_version_name,
     coefficients_path_in,
     load_coefficient_history,
     load_coefficients,
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
     from autopack_pipeline.storage.handle import Database
 
-_VERSION_SUFFIX = "+cal"
 
 
 class ApplicationRefused(Exception):
@@ -218,11 +218,6 @@ def _with_calibration_block(text: str, new: CoefficientTable) -> str:
     return text.rstrip("\n") + "\n\n" + note + block
 
 
-def new_version_name(old_version: str, now: datetime) -> str:
-    """``<base>+cal<UTC stamp>``: the base is the old version without an earlier ``+cal`` suffix."""
-    return old_version.split(_VERSION_SUFFIX)[0] + _VERSION_SUFFIX + now.strftime("%Y%m%dT%H%M%SZ")
-
-
 def plan_application(
     patch_data: Any,
     stored: StoredEvents,
@@ -255,7 +250,7 @@ def plan_application(
     metadata = dict(calibration_date=moment.date().isoformat(), calibration_samples=int(samples),
                     source=f"apply-calibration of {patch_name} ({patch.method or 'autopack format'}, generated "
                            f"{patch.generated_at or 'unknown'}) on top of {old.version}")
-    version = new_version_name(old.version, moment)
+    version = calibrated_version_name(old.version, moment)
     overhead_changes: dict[tuple[str, str], float | None] = {}
     if patch.settings:
         new = old.with_calibration(patch.settings, version, **metadata)

@@ -209,11 +209,11 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     # Version names carry the UTC second: two rounds within one second still get distinct versions.
     from datetime import datetime, timedelta, timezone
 
-    from autopack_pipeline.services.calibration_apply import new_version_name
+    from autopack_pipeline.domain.coefficients import calibrated_version_name
     from autopack_pipeline.services.seed_files import load_coefficients_for
 
     now, current = datetime.now(timezone.utc), load_coefficients_for(settings).version
-    while new_version_name(current, now) == current:
+    while calibrated_version_name(current, now) == current:
         now += timedelta(seconds=1)
     step = calibrate_and_apply(engine, settings, write=True, now=now, tier1=round_tier1,
                                group_tier1=round_group_tier1, waste_over_oracle=waste_over_oracle,

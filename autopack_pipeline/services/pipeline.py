@@ -115,15 +115,21 @@ def calibration_stage(telemetry_db: Database | None, settings: Settings, windowe
                               under_multiplier=metrics.under_multiplier, **options)
 
 
-def drift_report(every_event: EventArrays, *, now: datetime | None = None) -> DriftReport:
+def drift_report(every_event: EventArrays, settings: Settings, *, now: datetime | None = None) -> DriftReport:
     """The drift of the estimator's error over ``every_event`` (``domain.drift``; ``now``: the end of the
-    recent window, default the clock), its arrays on small pages as the analysis' (``small_pages``): on
-    huge pages the kernel's zeroing of them took 2.1 s of CPU of the drift check's 2.7 s at ten million
-    events, 0.6-0.7 s on small pages."""
+    recent window, default the clock), told when the coefficients in force were applied (from their
+    version's name), so a shift that a calibration made is not taken for drift. Its arrays are on small
+    pages as the analysis' (``small_pages``): on huge pages the kernel's zeroing of them took 2.1 s of
+    CPU of the drift check's 2.7 s at ten million events, 0.6-0.7 s on small pages."""
+    from autopack_pipeline.domain.coefficients import calibrated_at, coefficients_path_in, load_coefficients
     from autopack_pipeline.domain.drift import detect_drift  # here: its module is the drift check's alone
 
+    try:
+        applied = calibrated_at(load_coefficients(coefficients_path_in(settings.seeds_dir)).version)
+    except (OSError, ValueError):  # no readable coefficient file: nothing is known of a calibration
+        applied = None
     with small_pages():
-        return detect_drift(every_event, now=now)
+        return detect_drift(every_event, now=now, calibrated_at=applied)
 
 
 def task_stage(engine: Engine, settings: Settings, every_event: EventArrays, samples: SampleSummary,
@@ -139,7 +145,7 @@ def task_stage(engine: Engine, settings: Settings, every_event: EventArrays, sam
     from autopack_pipeline.services.task_generation import improvement_tasks
 
     if extra_insights is None:
-        extra_insights = drift_insights(drift_report(every_event))
+        extra_insights = drift_insights(drift_report(every_event, settings))
     return improvement_tasks(engine, settings, metrics, samples.group_counts, calibration, min_samples=min_samples,
                              events=every_event, source=source, extra_insights=extra_insights,
                              outcome_window_days=outcome_window_days, now=now)

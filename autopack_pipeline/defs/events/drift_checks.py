@@ -48,6 +48,10 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
         "groups_skipped": len(report.skipped),
         "events_considered": report.events_considered,
         "recent_window_start": dg.MetadataValue.timestamp(report.recent_start),
+        # The reference starts when the coefficients in force were applied (before the recent window), else
+        # with the first event.
+        **({"reference_window_start": dg.MetadataValue.timestamp(report.reference_start)}
+           if report.reference_start is not None else {}),
         "threshold_min_events_per_window": t.min_events_per_window,
         "groups": dg.MetadataValue.md(_drift_table(report)),
     }
@@ -62,7 +66,7 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
                 check_name=name, asset_key=raw_events.key,
             )
         if drifted:
-            description = f"{what} flags {', '.join(g.subject for g in drifted)}"
+            description = f"{what} flags {', '.join(g.subject for g in drifted)}" + report.calibration_note()
         else:
             description = f"{what}: no drift in {len(report.groups)} groups"
         return dg.AssetCheckResult(

@@ -146,9 +146,9 @@ class EventSnapshotIOManager(dg.IOManager):
         does not hold (inline ones, or read elsewhere) are analysed afresh each time."""
         key = next((key for key, held in self._loaded.items() if held is arrays), None)
         if key is None:
-            return drift_report(arrays)
+            return drift_report(arrays, load_settings())
         if key not in self._drift:
-            self._drift[key] = drift_report(arrays)
+            self._drift[key] = drift_report(arrays, load_settings())
         return self._drift[key]
 
 

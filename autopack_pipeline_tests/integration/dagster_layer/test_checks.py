@@ -39,9 +39,9 @@ def test_whole_graph_runs_with_its_checks_and_tier1_breaches_do_not_block(instan
     drift_runs = []
     detect = drift.detect_drift
 
-    def counted(events, now=None):
+    def counted(events, **options):
         drift_runs.append(len(events))
-        return detect(events, now=now)
+        return detect(events, **options)
 
     monkeypatch.setattr(drift, "detect_drift", counted)  # what services.pipeline.drift_report imports when it runs
     result = materialize_slice(instance, sqlite_url)

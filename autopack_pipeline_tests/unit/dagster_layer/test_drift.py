@@ -232,3 +232,34 @@ def test_category_spellings_are_one_group_and_future_events_are_ignored():
     report = detect_drift(as_event_arrays(pd.concat([events, future], ignore_index=True)), now=NOW)
     assert [g.subject for g in report.groups] == ["implementation/medium"]
     assert report.events_considered == 400
+
+
+def test_a_shift_a_calibration_made_inside_the_window_becomes_no_task():
+    """After apply-calibration the error moves by design: the checks still show it, with the reason, and no
+    person is asked to investigate. A rise in underestimation after it is drift all the same."""
+    applied = NOW - timedelta(days=2)
+    fell = as_event_arrays(synthetic_events(shift=-0.5))
+    report = detect_drift(fell, now=NOW, calibrated_at=applied)
+    (group,) = report.groups
+    assert group.signals == ["psi", "ks"] and group.calibration_effect
+    assert group.recent_under_rate < group.reference_under_rate
+    assert drift_insights(report) == []
+    assert "the calibration's effect (no task)" in report.summary() and "implementation/medium" in report.summary()
+    assert len(drift_insights(detect_drift(fell, now=NOW))) == 1  # without the calibration: a task
+    rose = detect_drift(as_event_arrays(synthetic_events(shift=0.5)), now=NOW, calibrated_at=applied)
+    assert not rose.groups[0].calibration_effect and len(drift_insights(rose)) == 1
+
+
+def test_after_the_window_the_reference_starts_when_the_coefficients_in_force_were_applied():
+    """Eight days after an apply, the reference holds only the events under the new coefficients before
+    the last 7 days (here none): too few to compare, so the group is skipped, not flagged for the
+    calibration's own shift."""
+    fell = as_event_arrays(synthetic_events(shift=-0.5))  # reference 30 to 13 days back
+    applied = NOW - timedelta(days=8)
+    report = detect_drift(fell, now=NOW, calibrated_at=applied)
+    assert report.groups == [] and report.reference_start == applied and report.calibrated_at is None
+    assert report.skipped == {"implementation/medium": (0, 200)}
+    assert "since the coefficients in force were applied" in report.summary()
+    assert drift_insights(report) == []
+    # Applied before the whole history: the reference is all of it, as without a calibration.
+    assert detect_drift(fell, now=NOW, calibrated_at=NOW - timedelta(days=60)).groups[0].n_reference == 200

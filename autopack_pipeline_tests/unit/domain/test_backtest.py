@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from autopack_pipeline.domain.backtest import PatchError, read_patch, run_backtest
-from autopack_pipeline.domain.coefficients import CoefficientTable
+from autopack_pipeline.domain.coefficients import CoefficientTable, calibrated_at, calibrated_version_name
 from autopack_pipeline.domain.reprediction import PredictionInputs
-from autopack_pipeline.services.calibration_apply import new_version_name, updated_yaml_text
+from autopack_pipeline.services.calibration_apply import updated_yaml_text
 from autopack_pipeline.storage.frames import conform_events_frame, event_arrays_from_frame
 
 
@@ -89,8 +89,10 @@ def test_new_version_replaces_an_earlier_calibration_suffix():
     from datetime import datetime, timezone
 
     now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    assert new_version_name("v5-step1", now) == "v5-step1+cal20260102T030405Z"
-    assert new_version_name("v5-step1+cal20251231T000000Z", now) == "v5-step1+cal20260102T030405Z"
+    assert calibrated_version_name("v5-step1", now) == "v5-step1+cal20260102T030405Z"
+    assert calibrated_version_name("v5-step1+cal20251231T000000Z", now) == "v5-step1+cal20260102T030405Z"
+    assert calibrated_at("v5-step1+cal20260102T030405Z") == now.replace(tzinfo=timezone.utc)
+    assert calibrated_at("v5-step1") is None and calibrated_at("v5-step1+calibrated") is None
 
 
 def test_yaml_edit_keeps_comments_and_changes_only_what_moved(seed_text, table):
