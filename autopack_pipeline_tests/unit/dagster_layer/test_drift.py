@@ -68,6 +68,19 @@ def test_psi_survives_tied_reference_values_and_empty_bins():
         population_stability_index(reference, np.array([]))
 
 
+def test_psi_bins_count_as_searching_every_value_among_the_edges():
+    """The bins are counted from the sorted values (where the edges fall among them); a value equal to an
+    edge goes to the bin above it, as searching it among the edges (side right) puts it."""
+    from autopack_pipeline.domain.drift import _bin_counts
+
+    rng = np.random.default_rng(4)
+    values = np.round(rng.normal(0, 1, 5_000), 1)  # many values equal to an edge
+    edges = np.unique(np.round(np.quantile(values, np.linspace(0, 1, 11))[1:-1], 1))
+    expected = np.bincount(np.searchsorted(edges, values, side="right"), minlength=edges.size + 1)
+    assert np.array_equal(_bin_counts(np.sort(values), edges), expected)
+    assert np.array_equal(_bin_counts(np.array([]), edges), np.zeros(edges.size + 1, dtype=int))
+
+
 def test_ks_separates_shifted_samples():
     rng = np.random.default_rng(2)
     _, p_same = ks_two_sample(rng.normal(0, 1, 300), rng.normal(0, 1, 300))
