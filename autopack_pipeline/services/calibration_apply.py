@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from autopack_pipeline.storage.handle import Database
 
 
-
 class ApplicationRefused(Exception):
     """The patch cannot be applied as asked (nothing to change, another base version)."""
 

@@ -121,11 +121,12 @@ def drift_report(every_event: EventArrays, settings: Settings, *, now: datetime 
     version's name), so a shift that a calibration made is not taken for drift. Its arrays are on small
     pages as the analysis' (``small_pages``): on huge pages the kernel's zeroing of them took 2.1 s of
     CPU of the drift check's 2.7 s at ten million events, 0.6-0.7 s on small pages."""
-    from autopack_pipeline.domain.coefficients import calibrated_at, coefficients_path_in, load_coefficients
+    from autopack_pipeline.domain.coefficients import calibrated_at
     from autopack_pipeline.domain.drift import detect_drift  # here: its module is the drift check's alone
+    from autopack_pipeline.services.seed_files import load_coefficients_for
 
     try:
-        applied = calibrated_at(load_coefficients(coefficients_path_in(settings.seeds_dir)).version)
+        applied = calibrated_at(load_coefficients_for(settings).version)
     except (OSError, ValueError):  # no readable coefficient file: nothing is known of a calibration
         applied = None
     with small_pages():
