@@ -192,6 +192,8 @@ class DriftReport:
     calibrated_at: datetime | None = None  # the coefficients in force were applied then, inside the recent window
     # The coefficients in force were applied then, before the recent window: the reference starts there.
     reference_start: datetime | None = None
+    # Why the coefficients in force could not be read (then no calibration is known to explain a shift).
+    coefficients_unread: str | None = None
 
     def drifted(self, signal: str | None = None) -> list[GroupDrift]:
         """Groups with any signal, or with the named one (``psi``, ``ks``, ``cusum``)."""
@@ -210,7 +212,10 @@ class DriftReport:
         return f"{len(self.groups)} groups compared, {len(drifted)} drifted: {names}" + self.calibration_note()
 
     def calibration_note(self) -> str:
-        """What a calibration applied inside the recent window explains, or nothing."""
+        """What a calibration applied inside the recent window explains, or why none could be known, or nothing."""
+        if self.coefficients_unread is not None:
+            return (f"; the coefficients in force could not be read ({self.coefficients_unread}): a shift that "
+                    "applying a calibration made cannot be told from drift")
         explained = [g.subject for g in self.groups if g.calibration_effect]
         if not explained:
             return ""

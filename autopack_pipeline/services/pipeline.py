@@ -125,12 +125,14 @@ def drift_report(every_event: EventArrays, settings: Settings, *, now: datetime 
     from autopack_pipeline.domain.drift import detect_drift  # here: its module is the drift check's alone
     from autopack_pipeline.services.seed_files import load_coefficients_for
 
+    unread = None
     try:
         applied = calibrated_at(load_coefficients_for(settings).version)
-    except (OSError, ValueError):  # no readable coefficient file: nothing is known of a calibration
-        applied = None
+    except (OSError, ValueError) as exc:  # nothing is known of a calibration: the report says why
+        applied, unread = None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     with small_pages():
-        return detect_drift(every_event, now=now, calibrated_at=applied)
+        report = detect_drift(every_event, now=now, calibrated_at=applied)
+    return report if unread is None else replace(report, coefficients_unread=unread)
 
 
 def task_stage(engine: Engine, settings: Settings, every_event: EventArrays, samples: SampleSummary,

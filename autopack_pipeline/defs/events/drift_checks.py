@@ -52,6 +52,7 @@ def drift_check_results(report: DriftReport) -> list[dg.AssetCheckResult]:
         # with the first event.
         **({"reference_window_start": dg.MetadataValue.timestamp(report.reference_start)}
            if report.reference_start is not None else {}),
+        **({"coefficients_unread": report.coefficients_unread} if report.coefficients_unread is not None else {}),
         "threshold_min_events_per_window": t.min_events_per_window,
         "groups": dg.MetadataValue.md(_drift_table(report)),
     }
@@ -141,4 +142,7 @@ def estimator_drift(context: dg.AssetCheckExecutionContext, telemetry_db: Teleme
     # materialised in the same process, nothing new since), they are not read again.
     report = event_snapshot_io_manager.drift_of(event_snapshot_io_manager.arrays_of(snapshot))
     context.log.info("drift: %s", report.summary())
+    if report.coefficients_unread is not None:
+        context.log.warning("drift: the coefficients in force could not be read, so no calibration is known to "
+                            "explain a shift: %s", report.coefficients_unread)
     yield from drift_check_results(report)

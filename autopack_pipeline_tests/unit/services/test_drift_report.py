@@ -59,3 +59,30 @@ def test_the_report_knows_a_calibration_applied_inside_the_recent_window(seeds):
     _set_version(seeds, f"v5-step1+cal{NOW - timedelta(days=9):%Y%m%dT%H%M%SZ}")  # before the window
     report = drift_report(events, settings, now=NOW)
     assert report.calibrated_at is None and report.reference_start == NOW - timedelta(days=9)
+
+
+def test_a_coefficient_file_that_does_not_parse_is_named_in_the_report_and_its_checks(seeds):
+    from autopack_pipeline.defs.events.drift_checks import drift_check_results
+
+    events = as_event_arrays(synthetic_events(shift=-0.5))
+    path = seeds / "estimator_coefficients.yaml"
+    path.write_text("version: [unclosed\n")
+    report = drift_report(events, load_settings(seeds_dir=seeds), now=NOW)
+    assert report.calibrated_at is None and str(path) in report.coefficients_unread
+    assert "could not be read" in report.summary() and str(path) in report.summary()
+    assert [g.subject for g in report.drifted()] == ["implementation/medium"]
+    assert len(drift.drift_insights(report)) == 1  # nothing explains the shift: a task, as without a calibration
+    for result in drift_check_results(report):
+        assert result.metadata["coefficients_unread"].value == report.coefficients_unread
+    psi = drift_check_results(report)[0]
+    assert "could not be read" in psi.description and not psi.passed
+    path.unlink()  # a missing file is said too
+    assert "not found" in drift_report(events, load_settings(seeds_dir=seeds), now=NOW).coefficients_unread
+
+
+def test_a_readable_coefficient_file_leaves_no_such_note(seeds):
+    from autopack_pipeline.defs.events.drift_checks import drift_check_results
+
+    report = drift_report(as_event_arrays(synthetic_events(shift=-0.5)), load_settings(seeds_dir=seeds), now=NOW)
+    assert report.coefficients_unread is None and "could not be read" not in report.summary()
+    assert all("coefficients_unread" not in r.metadata for r in drift_check_results(report))
