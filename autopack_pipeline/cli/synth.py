@@ -35,6 +35,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
         f"({summary.first_run_id} .. {summary.last_run_id}), seed {summary.seed}, "
         f"timestamps {summary.first_timestamp} .. {summary.last_timestamp}."
     )
+    if summary.ends_before_now:
+        print("Dated to end before now, among the stored events: after the newest of them the batch could have "
+              "run into the future, where the drift checks would not see it.")
     print(f"{summary.seconds:.1f} s, {summary.events_per_second:,.0f} events/s ({summary.method}).")
     return EXIT_OK
 

@@ -1,7 +1,7 @@
 """The entry point of a synthetic load, :func:`bulk_load`: it refuses a seed whose runs exist already,
-starts the generated timestamps a minute after the newest stored event (so a second batch reads as
-later use), hands the chunks to the SQLite or PostgreSQL loader and returns a :class:`SynthSummary` of
-what was written and how fast."""
+dates the batch (:func:`batch_start`: a minute after the newest stored event, so a second batch reads
+as later use, but never after now), hands the chunks to the SQLite or PostgreSQL loader and returns a
+:class:`SynthSummary` of what was written and how fast."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
@@ -20,7 +20,17 @@ from autopack_pipeline.storage.bulk.loading import latest_event_time, make_loade
 from autopack_pipeline.storage.bulk.postgresql_steps import remove_interrupted_loads
 from autopack_pipeline.storage.bulk.rows import run_id_for
 from autopack_pipeline.synth.archetypes import DEFAULT_LEGACY_FRACTION, archetype_pricer
-from autopack_pipeline.synth.generate import DEFAULT_START, EVENTS_PER_RUN, generate_chunks, price_first_block
+from autopack_pipeline.synth.generate import (
+    DEFAULT_START,
+    EVENTS_PER_RUN,
+    PHASE_GAP_SECONDS,
+    RETRY_DELAY_SECONDS,
+    generate_chunks,
+    price_first_block,
+)
+
+# Added to a batch's longest span: the sum of a few phases' random gaps can exceed their mean by minutes.
+BATCH_SPAN_MARGIN = timedelta(minutes=10)
 
 
 def default_run_count(events: int, phase_ids: str = "per-run") -> int:
@@ -57,11 +67,30 @@ class SynthSummary:
     # taking the rows; they overlap on a PostgreSQL append with two connections, where "events" is the
     # events COPYs' whole time, waits for pieces included), "indexes" (rebuilt after a fresh load).
     timings: dict = field(default_factory=dict)
+    # Continuing after the newest stored event would have dated rows after now: the batch ends before now.
+    ends_before_now: bool = False
     # Runs removed before the load, per seed: left by a PostgreSQL append killed between two commits.
     interrupted_loads_removed: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def batch_start(latest: datetime | None, events: int, now: datetime) -> tuple[datetime, bool]:
+    """When a batch of ``events`` starts (naive UTC), and whether it was moved to end before ``now``.
+
+    A minute after the newest stored event, so a second batch reads as later use (``DEFAULT_START`` in an
+    empty database), unless the batch could then run past ``now``: then it ends before now, among the
+    stored events. Rows dated in the future would stay out of the drift's windows, and a real event
+    collected next would be older than them. The span is bounded from above: a phase per event at most,
+    the mean gap each, with a margin for the gaps' spread and the last retry's delay.
+    """
+    now = now.astimezone(timezone.utc).replace(tzinfo=None, microsecond=0)
+    longest = timedelta(seconds=events * PHASE_GAP_SECONDS + RETRY_DELAY_SECONDS[1]) + BATCH_SPAN_MARGIN
+    start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
+    if start + longest > now:
+        return now - longest, True
+    return start, False
 
 
 def _check_runs_absent(engine: Engine, seed: int, runs: int) -> None:
@@ -123,9 +152,7 @@ def bulk_load(
         # seed's runs are looked for, so the seed that was interrupted loads again.
         interrupted = remove_interrupted_loads(engine) if engine.dialect.name == "postgresql" else {}
         _check_runs_absent(engine, seed, runs)
-        latest = latest_event_time(engine)
-        # Continue a minute after the newest stored event, so a second batch reads as later use.
-        start = DEFAULT_START if latest is None else latest.replace(tzinfo=None, microsecond=0) + timedelta(minutes=1)
+        start, ends_before_now = batch_start(latest_event_time(engine), events, datetime.now(timezone.utc))
         chunks = generate_chunks(events, runs=runs, seed=seed, start=start,
                                  legacy_fraction=legacy_fraction, seeds_dir=seeds_dir, phase_ids=phase_ids,
                                  first_chunk_phases=loader.first_chunk_phases)
@@ -149,6 +176,7 @@ def bulk_load(
         last_timestamp=text_timestamp(loader.last_us),
         coefficient_version=archetype_pricer(seeds_dir).archetypes.coefficient_version,
         phase_ids=phase_ids,
+        ends_before_now=ends_before_now,
         timings={k: round(v, 3) for k, v in loader.timings.items()},
         interrupted_loads_removed=[{"seed": s, "runs": n} for s, n in interrupted.items()],
     )
