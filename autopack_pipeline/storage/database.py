@@ -109,7 +109,7 @@ def insert_ignoring_conflicts(
 def _with_python_defaults(table: Table, values: Mapping[str, object]) -> dict[str, object] | None:
     """``values`` with the Python-side default of each column they leave out, as SQLAlchemy's insert adds
     them (a constant, or a function of nothing); None when a column left out has another kind of default
-    (a sequence, a SQL expression)."""
+    (a function of the execution context, a sequence, a SQL expression)."""
     row = dict(values)
     for column in table.columns:
         default = column.default
