@@ -245,11 +245,10 @@ def detect_drift(
     thresholds = thresholds or DriftThresholds()
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     recent_start = now - timedelta(days=thresholds.recent_days)
-    if calibrated_at is not None and calibrated_at > now:  # a clock ahead: nothing is known of it
-        calibrated_at = None
+    # An apply before the recent window starts the reference; one inside it may explain a shift; one after
+    # now (a clock ahead) tells nothing.
     reference_start = calibrated_at if calibrated_at is not None and calibrated_at < recent_start else None
-    if reference_start is not None:
-        calibrated_at = None
+    applied_in_window = calibrated_at if calibrated_at is not None and recent_start <= calibrated_at <= now else None
     predicted, actual = arrays.predicted.floats(), arrays.actual.floats()
     stamps = arrays.timestamp_us.values
     with np.errstate(invalid="ignore"):
@@ -315,7 +314,7 @@ def detect_drift(
                 psi_drift=psi_drift,
                 ks_drift=ks_drift,
                 cusum_alarm=cusum_alarm,
-                calibration_effect=(calibrated_at is not None and (psi_drift or ks_drift) and not cusum_alarm
+                calibration_effect=(applied_in_window is not None and (psi_drift or ks_drift) and not cusum_alarm
                                     and recent_rate < reference_rate),
             )
         )
@@ -326,7 +325,7 @@ def detect_drift(
         events_considered=len(rows),
         groups=groups,
         skipped=skipped,
-        calibrated_at=calibrated_at,
+        calibrated_at=applied_in_window,
         reference_start=reference_start,
     )
 
