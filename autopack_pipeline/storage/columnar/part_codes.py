@@ -5,6 +5,12 @@ are found from their tallies, ``tallies.py``, or in memory for the part written 
 codes those parts gave them; every other run gets a new code in the order of its first row, every
 other phase one per phase of the part (encoded in pieces, ``phases.PhaseEncoder``), past the store's
 last (the manifest's ``run_codes`` and ``phase_codes``).
+
+Each part's entry in the manifest keeps its lowest and highest run id (:func:`run_id_range`), so a part
+whose range the new runs fall outside is passed over without reading its tally: run ids that grow with
+time (Autopack's, ours, the synthetic loads') leave the earlier parts' tallies unread, and a refresh
+costs the same after a hundred parts as after one. Other ids (random ones) fall inside and are looked
+up in the tallies as before; so is every part of a store written before the ranges were kept.
 """
 
 from __future__ import annotations
@@ -34,6 +40,22 @@ class Written:
     def keep(self, name: str, table: pa.Table, runs: pa.Array) -> None:
         self.runs[name] = runs
         self.last = (name, table.select(["run_id", "phase_id", RUN_CODE, PHASE_CODE]))
+
+
+def run_id_range(run_ids: pa.Array) -> dict[str, str | None]:
+    """A part's lowest and highest run id (its manifest entry's ``min_run_id``, ``max_run_id``; None and
+    None when it names no run). Arrow orders strings by their UTF-8 bytes, which is the order of their
+    code points, as Python compares them."""
+    low, high = pc.min_max(run_ids).values()
+    return {"min_run_id": low.as_py(), "max_run_id": high.as_py()}
+
+
+def _may_hold(part: dict[str, Any], lowest: str, highest: str) -> bool:
+    """Whether ``part`` can hold a run id between ``lowest`` and ``highest``: unknown (a part written
+    before the ranges were kept) counts as yes."""
+    if "min_run_id" not in part:
+        return True
+    return part["min_run_id"] is not None and part["min_run_id"] <= highest and lowest <= part["max_run_id"]
 
 
 def part_codes(directory: Path, manifest: dict[str, Any], table: pa.Table,
@@ -90,8 +112,11 @@ def _take_earlier_codes(directory: Path, manifest: dict[str, Any], table: pa.Tab
     string per row)."""
     if not len(names):
         return
+    lowest, highest = run_id_range(names).values()
     earlier = []
     for part in manifest["parts"]:
+        if not _may_hold(part, lowest, highest):
+            continue
         held = written.runs.get(part["file"])
         if held is None and (kept := kept_tally(directory, part["file"])) is not None:
             held = kept[1].column("run_id")  # its runs, without reading the part's rows

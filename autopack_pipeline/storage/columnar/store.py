@@ -39,7 +39,7 @@ from autopack_pipeline.storage.columnar.freshness import parts_to_compact, rebui
 from autopack_pipeline.storage.columnar.gaps import live_gaps, update_gaps
 from autopack_pipeline.storage.columnar.image import ImageWriter, read_image
 from autopack_pipeline.storage.columnar.layout import _source_identity, store_directory_for
-from autopack_pipeline.storage.columnar.part_codes import Written, part_codes
+from autopack_pipeline.storage.columnar.part_codes import Written, part_codes, run_id_range
 from autopack_pipeline.storage.columnar.parts import files_of, inputs_file_of, parts_holding, rows_within
 from autopack_pipeline.storage.columnar.phases import PHASE_CODE, RUN_CODE
 from autopack_pipeline.storage.columnar.prefetch import prefetch
@@ -247,7 +247,7 @@ class ColumnarStore:
         self._written.keep(name, table, runs.column("run_id"))
         ids = table.column("event_id")
         part = {"file": name, "rows": table.num_rows, "min_event_id": int(pc.min(ids).as_py()),
-                "max_event_id": int(pc.max(ids).as_py())}
+                "max_event_id": int(pc.max(ids).as_py()), **run_id_range(runs.column("run_id"))}
         if inputs is not None:
             part["inputs"] = self._write_file(inputs_file_of(name), inputs, INPUT_KINDS)
         manifest["parts"].append(part)

@@ -46,6 +46,17 @@ def assert_reads_like_the_table(store: ColumnarStore, engine) -> None:
     pd.testing.assert_frame_equal(store.events_frame(), read_events(engine))
 
 
+def assert_codes_follow_the_ids(store: ColumnarStore, engine) -> None:
+    """One run code per run id and one phase key per (run id, phase id) over every part, and the rows as
+    the table holds them."""
+    events = read_events(engine)
+    arrays = store.event_arrays()
+    pairs = events["run_id"] + "\x00" + events["phase_id"]
+    assert (pd.factorize(arrays.phase_key.values)[0] == pd.factorize(pairs)[0]).all()
+    assert (pd.factorize(arrays.run_code.values)[0] == pd.factorize(events["run_id"])[0]).all()
+    assert_reads_like_the_table(store, engine)
+
+
 def written_files(parts: list[dict]) -> set[str]:
     """The files a refresh leaves for ``parts``: each part and its tally (no file of an old part)."""
     return {p["file"] for p in parts} | {f"tally-{p['file']}" for p in parts}
@@ -297,12 +308,48 @@ def test_runs_and_phases_continued_by_later_refreshes_keep_their_codes(engine, s
                 insert_estimation_row(connection, estimation_row(make_event(run_id=run_id, phase_id=phase_id)))
         store.refresh(engine)
     assert store.manifest()["parts"][-1]["rows"] > 5  # the small parts were merged
-    events = read_events(engine)
-    arrays = store.event_arrays()
-    pairs = events["run_id"] + "\x00" + events["phase_id"]
-    assert (pd.factorize(arrays.phase_key.values)[0] == pd.factorize(pairs)[0]).all()
-    assert (pd.factorize(arrays.run_code.values)[0] == pd.factorize(events["run_id"])[0]).all()
-    assert_reads_like_the_table(store, engine)
+    assert_codes_follow_the_ids(store, engine)
+
+
+def test_a_refresh_reads_the_tallies_only_of_parts_whose_run_ids_the_new_runs_fall_within(
+        engine, store, make_event, monkeypatch):
+    """Each part keeps its lowest and highest run id: new runs whose ids sort past every earlier part's (ids
+    that grow with time) read no earlier tally; a run continued later reads the tally of the part holding
+    it; a store written before the ranges were kept reads every tally, as before. The codes are right
+    either way."""
+    from autopack_pipeline.storage.columnar import part_codes as part_codes_module
+
+    read = []
+    kept_tally = part_codes_module.kept_tally
+    monkeypatch.setattr(part_codes_module, "kept_tally",
+                        lambda directory, part_file: read.append(part_file) or kept_tally(directory, part_file))
+    for seed in (21, 22):
+        bulk_load(engine, 300, runs=6, seed=seed)
+        store.refresh(engine)
+    first, second = (part["file"] for part in store.manifest()["parts"])
+    assert [(part["min_run_id"], part["max_run_id"]) for part in store.manifest()["parts"]] == [
+        ("synth-21-r00000", "synth-21-r00005"), ("synth-22-r00000", "synth-22-r00005")]
+
+    bulk_load(engine, 300, runs=6, seed=23)
+    store.refresh(engine)
+    assert read == []  # synth-23-... sorts past both parts' runs
+
+    ensure_run_and_phase(engine, "synth-21-r00002", "late-phase")
+    with engine.begin() as connection:
+        insert_estimation_row(connection, estimation_row(make_event(run_id="synth-21-r00002", phase_id="late-phase")))
+    store.refresh(engine)
+    assert read == [first]  # only the part holding synth-21-...
+
+    manifest = store.manifest()  # as a store written before the ranges were kept
+    for part in manifest["parts"]:
+        del part["min_run_id"], part["max_run_id"]
+    store._write_manifest(manifest)
+    read.clear()
+    bulk_load(engine, 300, runs=6, seed=24)
+    store.refresh(engine)
+    assert read[:2] == [first, second] and len(read) == len(manifest["parts"])
+
+    assert_codes_follow_the_ids(store, engine)
 
 
 def test_phases_of_runs_split_across_encoding_pieces_keep_one_key(engine, store, monkeypatch):
