@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any
 
@@ -27,18 +26,19 @@ def update_gaps(manifest: dict[str, Any], ids: np.ndarray, asked: list[list], to
     if dialect == "sqlite":
         manifest["gaps"] = []
         return
-    found = np.unique(ids)
+    found = np.unique(ids)  # sorted
     ranges: list[list] = []
     for lo, hi, seen in asked:  # re-asked gaps: keep the ids still missing
-        inside = found[(found >= lo) & (found <= hi)]
-        edges = np.r_[lo - 1, inside, hi + 1]
-        for a, b in itertools.pairwise(edges):
-            if b - a > 1:
-                ranges.append([int(a + 1), int(b - 1), seen])
-    fresh = found[found > manifest["high_water_event_id"]]
-    edges = np.r_[manifest["high_water_event_id"], fresh]
+        inside = found[np.searchsorted(found, lo, side="left"):np.searchsorted(found, hi, side="right")]
+        ranges += [[first, last, seen] for first, last in _holes(np.r_[lo - 1, inside, hi + 1])]
+    fresh = found[np.searchsorted(found, manifest["high_water_event_id"], side="right"):]
     now = _now()
-    for a, b in itertools.pairwise(edges):
-        if b - a > 1:
-            ranges.append([int(a + 1), int(b - 1), now])
+    ranges += [[first, last, now] for first, last in _holes(np.r_[manifest["high_water_event_id"], fresh])]
     manifest["gaps"] = ranges[-MAX_GAP_RANGES:]
+
+
+def _holes(edges: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) of each run of ids missing between neighbours of the ascending ``edges``, found in numpy:
+    a loop over every id took a second per million ids read from PostgreSQL."""
+    at = np.flatnonzero(np.diff(edges) > 1)
+    return list(zip((edges[at] + 1).tolist(), (edges[at + 1] - 1).tolist(), strict=True))

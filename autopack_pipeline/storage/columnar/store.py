@@ -207,19 +207,16 @@ class ColumnarStore:
         """New rows as tables of about PART_ROWS rows each (ids in gaps first, then above the mark)."""
         from autopack_pipeline.storage.columnar.batches import gathered_parts
 
-        batches: list[tuple[str, tuple]] = [("event_id BETWEEN %s AND %s", (int(lo), int(hi))) for lo, hi, _t in gaps]
-        start = high_water
-        while start < top:
-            end = min(start + BATCH_IDS, top)
-            batches.append(("event_id > %s AND event_id <= %s", (start, end)))
-            start = end
+        batches = [("event_id BETWEEN %s AND %s", (int(lo), int(hi))) for lo, hi, _t in gaps] + _id_batches(high_water, top)
         total = max(0, top - high_water)
         # Many batches from SQLite: child processes read them (sqlite_children.py), one thread here per child
-        # taking its batches in turn; else one thread reads ahead of this one.
+        # taking its batches in turn; from PostgreSQL two threads on two connections (the server's side of a
+        # batch is about two thirds of it: two backends work at once); else one thread reads ahead of this one.
         children = child_readers(reader, batches)
         jobs = list(enumerate(batches))  # (index, batch): the children take every other index
         if children is None:
-            stream = prefetch(jobs, lambda job: reader.read_apart(*job[1]))
+            two = reader.dialect == "postgresql"
+            stream = prefetch(jobs, lambda job: reader.read_apart(*job[1]), depth=1 if two else 2, workers=1 + two)
         else:
             stream = prefetch(jobs, lambda job: children.read(*job), depth=1, workers=CHILDREN)
         try:
@@ -229,6 +226,7 @@ class ColumnarStore:
             if children is not None:
                 children.close()
             stream.close()
+            reader.close()
 
     def _append_part(self, manifest: dict[str, Any], table: pa.Table, inputs: pa.Table | None = None) -> str:
         """Write ``table`` as the next part (and ``inputs`` as its prediction inputs, when given); new rows
@@ -329,18 +327,16 @@ class ColumnarStore:
         from autopack_pipeline.storage.columnar.batches import _BatchReader
         from autopack_pipeline.storage.handle import as_handle
 
-        reader = _BatchReader(as_handle(database).engine, INPUT_KINDS) if parts else None
-        for part in parts:
-            inputs = self._extract_inputs(reader, part)
-            part["inputs"] = self._write_file(inputs_file_of(part["file"]), inputs, INPUT_KINDS)
+        if not parts:
+            return
+        with closing(_BatchReader(as_handle(database).engine, INPUT_KINDS)) as reader:
+            for part in parts:
+                inputs = self._extract_inputs(reader, part)
+                part["inputs"] = self._write_file(inputs_file_of(part["file"]), inputs, INPUT_KINDS)
 
     def _extract_inputs(self, reader: _BatchReader, part: dict[str, Any]) -> pa.Table:
         stored = read_parquet(self.directory / part["file"], ["event_id"]).column("event_id")
-        batches, start = [], part["min_event_id"] - 1
-        while start < part["max_event_id"]:
-            end = min(start + BATCH_IDS, part["max_event_id"])
-            batches.append(("event_id > %s AND event_id <= %s", (start, end)))
-            start = end
+        batches = _id_batches(part["min_event_id"] - 1, part["max_event_id"])
         tables = [table for _batch, table in prefetch(batches, lambda b: reader.read(*b), workers=2)]
         table = pa.concat_tables(tables).combine_chunks()
         # The range also holds rows that are not in this part: set aside for their timestamp, or
@@ -434,6 +430,12 @@ class ColumnarStore:
             writer.discard()
             raise
         return writer.finish(arrays)
+
+
+def _id_batches(after: int, top: int) -> list[tuple[str, tuple]]:
+    """The queries of the ids above ``after`` up to ``top``, BATCH_IDS ids each."""
+    return [("event_id > %s AND event_id <= %s", (start, min(start + BATCH_IDS, top)))
+            for start in range(after, top, BATCH_IDS)]
 
 
 def refresh_store(database: Database, *, full: bool = False, progress: Progress | None = None

@@ -4,6 +4,8 @@ a late PostgreSQL commit) is caught."""
 
 from __future__ import annotations
 
+import threading
+
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -125,6 +127,29 @@ def test_batches_are_read_into_arrow_by_adbc_on_postgresql_and_by_sqlite3_on_sql
             adbc.connect(engine)
     else:
         assert text_routes == []  # neither CSV text nor SQLAlchemy rows
+    assert_reads_like_the_table(store, engine)
+
+
+def test_postgresql_batches_are_read_on_two_adbc_connections_kept_until_the_refresh_ends(
+        engine, backend, store, monkeypatch):
+    """The driver's connect reads the server's type catalogue (40-50 ms): a refresh's batches are read by two
+    threads, each on a connection kept between its batches, all closed when the refresh is done."""
+    if backend != "postgresql":
+        pytest.skip("SQLite is read by the sqlite3 module or by child processes")
+    monkeypatch.setattr(columnar.store, "BATCH_IDS", 100)
+    bulk_load(engine, 1000, seed=31)
+    opened, threads = [], set()
+    connect = adbc.connect
+
+    def counted(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(adbc, "connect", counted)
+    store.refresh(engine)
+    assert 1 <= len(opened) <= 2 and all(connection._closed for connection in opened)  # 10 batches
+    assert threads <= {"prefetch-0", "prefetch-1"}
     assert_reads_like_the_table(store, engine)
 
 
