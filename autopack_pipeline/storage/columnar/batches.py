@@ -45,9 +45,11 @@ class _BatchReader:
     """Event rows by id range as Arrow tables, by the fastest route the backend offers.
 
     SQLite: one ``printf`` line per row and ``group_concat`` per batch, so Python handles one string
-    per 250k rows and pyarrow's CSV reader does the parsing. PostgreSQL: ``COPY (SELECT ...) TO
-    STDOUT`` in CSV. Anything else, or a batch the CSV route cannot parse (a database holding odd
-    types), goes through SQLAlchemy rows.
+    per 250k rows and pyarrow's CSV reader does the parsing (a cold extraction's child processes read
+    through ADBC's SQLite driver instead, ``sqlite_children.py``). PostgreSQL: ADBC's driver, straight
+    into Arrow, on connections kept between batches until :meth:`close`; a batch it cannot read goes
+    through ``COPY (SELECT ...) TO STDOUT`` in CSV. Anything else, or a batch the CSV route cannot
+    parse (a database holding odd types), goes through SQLAlchemy rows.
     """
 
     def __init__(self, engine: Engine, kinds: dict[str, str] = _KINDS) -> None:
