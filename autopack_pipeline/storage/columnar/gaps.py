@@ -26,7 +26,7 @@ def update_gaps(manifest: dict[str, Any], ids: np.ndarray, asked: list[list], to
     if dialect == "sqlite":
         manifest["gaps"] = []
         return
-    found = np.unique(ids)  # sorted
+    found = _distinct_ascending(ids)
     ranges: list[list] = []
     for lo, hi, seen in asked:  # re-asked gaps: keep the ids still missing
         inside = found[np.searchsorted(found, lo, side="left"):np.searchsorted(found, hi, side="right")]
@@ -35,6 +35,14 @@ def update_gaps(manifest: dict[str, Any], ids: np.ndarray, asked: list[list], to
     now = _now()
     ranges += [[first, last, now] for first, last in _holes(np.r_[manifest["high_water_event_id"], fresh])]
     manifest["gaps"] = ranges[-MAX_GAP_RANGES:]
+
+
+def _distinct_ascending(ids: np.ndarray) -> np.ndarray:
+    """``np.unique(ids)``, by a sort and a comparison of neighbours: numpy 2.4's ``np.unique`` looks values up in a
+    hash table first, which took 0.9 s for a million distinct ids (3.8 s for three million) where this takes
+    0.01-0.07 s; the ids come in ascending batches, which the stable sort (timsort) merges."""
+    ordered = np.sort(ids, kind="stable")
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]] if len(ordered) else ordered
 
 
 def _holes(edges: np.ndarray) -> list[tuple[int, int]]:

@@ -53,3 +53,9 @@ def test_sqlite_keeps_no_gaps():
     manifest = {"high_water_event_id": 5, "gaps": [[1, 2, 0.0]]}
     gaps.update_gaps(manifest, np.array([7, 9]), [], 9, "sqlite")
     assert manifest["gaps"] == []
+
+
+@pytest.mark.parametrize("ids", [[], [5], [3, 1, 3, 2, 2], list(range(10, 0, -1)), [*range(100), *range(50, 150)]])
+def test_the_distinct_ids_are_numpys_unique(ids):
+    ids = np.array(ids, dtype=np.int64)
+    assert np.array_equal(gaps._distinct_ascending(ids), np.unique(ids))
