@@ -214,9 +214,10 @@ class ColumnarStore:
         # batch is about two thirds of it: two backends work at once); else one thread reads ahead of this one.
         children = child_readers(reader, batches)
         jobs = list(enumerate(batches))  # (index, batch): the children take every other index
-        if children is None:
-            two = reader.dialect == "postgresql"
-            stream = prefetch(jobs, lambda job: reader.read_apart(*job[1]), depth=1 if two else 2, workers=1 + two)
+        if children is None and reader.dialect == "postgresql":
+            stream = prefetch(jobs, lambda job: reader.read_apart(*job[1]), depth=1, workers=2)
+        elif children is None:
+            stream = prefetch(jobs, lambda job: reader.read_apart(*job[1]))
         else:
             stream = prefetch(jobs, lambda job: children.read(*job), depth=1, workers=CHILDREN)
         try:
