@@ -8,7 +8,7 @@ every reader here takes its path.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,15 @@ _CALIBRATION_STAMP = "%Y%m%dT%H%M%SZ"
 
 
 def calibrated_version_name(old_version: str, now: datetime) -> str:
-    """``<base>+cal<UTC stamp>``: the base is the old version without an earlier ``+cal`` suffix."""
-    return old_version.split(CALIBRATION_SUFFIX)[0] + CALIBRATION_SUFFIX + now.strftime(_CALIBRATION_STAMP)
+    """``<base>+cal<UTC stamp>``: the base is the old version without an earlier ``+cal`` suffix. The stamp is
+    at least a second after the old version's, so a version applied within the same second as the one before
+    it (rounds of ``loop``) still gets a name of its own: the history keeps versions by name, and two rounds
+    once shared one."""
+    moment = now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
+    previous = calibrated_at(old_version)
+    if previous is not None and moment < previous + timedelta(seconds=1):
+        moment = previous + timedelta(seconds=1)
+    return old_version.split(CALIBRATION_SUFFIX)[0] + CALIBRATION_SUFFIX + moment.strftime(_CALIBRATION_STAMP)
 
 
 def calibrated_at(version: str) -> datetime | None:

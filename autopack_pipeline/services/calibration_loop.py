@@ -206,16 +206,8 @@ def _calibrate_round(engine: Engine, settings: Any, round_tier1: dict[str, Any],
     """Calibrate on the recent window (in force), gate on this round's own Tier 1 (overall and per group)
     and its budget waste against the oracle's (Tier 2 reopens the gate; so does a drift of the
     estimator's error since the previous version), apply what it proposes."""
-    # Version names carry the UTC second: two rounds within one second still get distinct versions.
-    from datetime import datetime, timedelta, timezone
-
-    from autopack_pipeline.domain.coefficients import calibrated_version_name
-    from autopack_pipeline.services.seed_files import load_coefficients_for
-
-    now, current = datetime.now(timezone.utc), load_coefficients_for(settings).version
-    while calibrated_version_name(current, now) == current:
-        now += timedelta(seconds=1)
-    step = calibrate_and_apply(engine, settings, write=True, now=now, tier1=round_tier1,
+    # Two rounds within one second still get versions of their own: coefficients.calibrated_version_name.
+    step = calibrate_and_apply(engine, settings, write=True, tier1=round_tier1,
                                group_tier1=round_group_tier1, waste_over_oracle=waste_over_oracle,
                                min_samples=options.min_samples, confidence_threshold=options.confidence_threshold,
                                window_versions=options.window_versions, reopen_on_drift=True)

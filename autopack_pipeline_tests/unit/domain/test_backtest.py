@@ -95,6 +95,19 @@ def test_new_version_replaces_an_earlier_calibration_suffix():
     assert calibrated_at("v5-step1") is None and calibrated_at("v5-step1+calibrated") is None
 
 
+def test_versions_applied_within_one_second_get_names_of_their_own():
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 1, 2, 3, 4, 5, 600_000, tzinfo=timezone.utc)
+    first = calibrated_version_name("v5-step1", now)
+    second = calibrated_version_name(first, now)
+    third = calibrated_version_name(second, now.replace(microsecond=900_000))
+    assert (first, second, third) == ("v5-step1+cal20260102T030405Z", "v5-step1+cal20260102T030406Z",
+                                      "v5-step1+cal20260102T030407Z")
+    # Later than the old version's stamp: the clock's own second, as before.
+    assert calibrated_version_name(first, now.replace(second=9)) == "v5-step1+cal20260102T030409Z"
+
+
 def test_yaml_edit_keeps_comments_and_changes_only_what_moved(seed_text, table):
     new = table.with_overhead_multipliers({("implementation", "low"): 2.0, ("tests", "low"): 1.2}, "v6",
                                           calibration_date="2026-01-02", calibration_samples=99, source="a test")
