@@ -445,6 +445,7 @@ def test_browser_shows_the_asset_graph(dagster_server, pipeline_run, browser, sc
 
 def _metadata_row(driver, server: DagsterServer, asset: str, key: str):
     """Open ``asset``'s page and return its metadata row ``key`` (the latest materialisation's), scrolled into view."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{server.url}/assets/{asset}")
@@ -453,9 +454,14 @@ def _metadata_row(driver, server: DagsterServer, asset: str, key: str):
     def row_shown(d):
         _no_dialog_over_the_page(d)
         rows = d.find_elements("xpath", row_xpath)
-        return rows[0] if rows and rows[0].is_displayed() else False
+        if not rows or not rows[0].is_displayed():
+            return False
+        # The value's cell can be drawn after the key's and the time's (a CI run read the row without it).
+        cells = rows[0].find_elements("tag name", "td")
+        return rows[0] if len(cells) >= 3 and cells[-1].text.strip() else False
 
-    row = WebDriverWait(driver, 90, poll_frequency=1).until(row_shown)
+    row = WebDriverWait(driver, 90, poll_frequency=1, ignored_exceptions=(StaleElementReferenceException,)).until(
+        row_shown)
     driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", row)
     return row
 
